@@ -1,0 +1,124 @@
+#include "core/engine/engine.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "core/common/status_macros.h"
+#include "core/engine/expert_executor.h"
+#include "core/engine/kv_cache.h"
+#include "core/engine/model.h"
+#include "core/model/safetensors.h"
+#include "core/model/weights.h"
+#include "core/tensor/thread_pool.h"
+
+namespace moemesh {
+
+absl::Status EngineOptions::Validate() const {
+  if (num_threads < 1 || num_threads > 1024) return absl::InvalidArgumentError("threads must be in [1, 1024]");
+  if (kv_block_size < 1) return absl::InvalidArgumentError("KV block size must be positive");
+  if (kv_cache_tokens < kv_block_size) {
+    return absl::InvalidArgumentError("KV cache must hold at least one block");
+  }
+  if (prefill_chunk < 1) return absl::InvalidArgumentError("prefill chunk must be positive");
+  return absl::OkStatus();
+}
+
+absl::Status GenerateParams::Validate() const {
+  if (max_new_tokens < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("max_new_tokens must be >= 1, got ", max_new_tokens));
+  }
+  return sampling.Validate();
+}
+
+Engine::Engine() = default;
+Engine::~Engine() = default;
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_dir,
+                                                       const EngineOptions& options) {
+  MM_RETURN_IF_ERROR(options.Validate());
+  MM_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
+  if (options.gating.temperature > 0 || options.gating.dynamic_k_max > 0) {
+    config.gating = options.gating;
+  }
+  MM_RETURN_IF_ERROR(config.Validate());
+  MM_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(model_dir));
+  MM_ASSIGN_OR_RETURN(ModelWeights w, LoadWeights(std::move(ckpt), config));
+  std::unique_ptr<Engine> e(new Engine);
+  e->options_ = options;
+  e->pool_ = std::make_unique<ThreadPool>(options.num_threads);
+  e->weights_ = std::make_shared<const ModelWeights>(std::move(w));
+  MM_ASSIGN_OR_RETURN(e->model_, Model::Create(config, e->weights_, e->pool_.get()));
+  int blocks = (options.kv_cache_tokens + options.kv_block_size - 1) / options.kv_block_size;
+  e->cache_ = std::make_unique<KvCache>(config.num_layers, e->model_->kv_k_width(),
+                                        e->model_->kv_v_width(), options.kv_block_size, blocks);
+  e->experts_ = std::make_unique<LocalExpertExecutor>(&e->weights_->experts, e->pool_.get());
+  return e;
+}
+
+const ModelConfig& Engine::config() const { return model_->config(); }
+
+absl::Status Engine::CheckPrompt(const std::vector<int>& prompt) const {
+  if (prompt.empty()) return absl::InvalidArgumentError("prompt is empty; give at least one token id");
+  for (int t : prompt) {
+    if (t < 0 || t >= config().vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("prompt token id ", t, " is outside the vocabulary [0, ", config().vocab_size, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<float>> Engine::Score(const std::vector<int>& prompt) {
+  MM_RETURN_IF_ERROR(CheckPrompt(prompt));
+  KvSequence seq;
+  std::vector<float> logits;
+  absl::Status st;
+  for (size_t start = 0; start < prompt.size() && st.ok(); start += options_.prefill_chunk) {
+    size_t len = std::min<size_t>(options_.prefill_chunk, prompt.size() - start);
+    ForwardItem item{&seq, absl::MakeConstSpan(prompt).subspan(start, len), /*all_logits=*/true};
+    st = model_->Forward({&item, 1}, cache_.get(), experts_.get(), &logits);
+  }
+  cache_->Release(&seq);
+  if (!st.ok()) return st;
+  return logits;
+}
+
+absl::StatusOr<GenerateResult> Engine::Generate(const std::vector<int>& prompt,
+                                                const GenerateParams& params) {
+  MM_RETURN_IF_ERROR(CheckPrompt(prompt));
+  MM_RETURN_IF_ERROR(params.Validate());
+  std::vector<int> stops = params.stop_token_ids;
+  if (!params.ignore_eos) {
+    stops.insert(stops.end(), config().eos_token_ids.begin(), config().eos_token_ids.end());
+  }
+  KvSequence seq;
+  Sampler sampler(params.sampling, prompt);
+  GenerateResult result;
+  std::vector<float> logits;
+  const int vocab = config().vocab_size;
+  auto step = [&](absl::Span<const int> tokens) -> absl::Status {
+    logits.clear();
+    ForwardItem item{&seq, tokens, false};
+    return model_->Forward({&item, 1}, cache_.get(), experts_.get(), &logits);
+  };
+  absl::Status st;
+  for (size_t start = 0; start < prompt.size() && st.ok(); start += options_.prefill_chunk) {
+    size_t len = std::min<size_t>(options_.prefill_chunk, prompt.size() - start);
+    st = step(absl::MakeConstSpan(prompt).subspan(start, len));
+  }
+  while (st.ok()) {
+    int next = sampler.Sample(logits.data(), vocab);
+    result.tokens.push_back(next);
+    if (std::find(stops.begin(), stops.end(), next) != stops.end()) {
+      result.finish_reason = FinishReason::kStop;
+      break;
+    }
+    if (static_cast<int>(result.tokens.size()) >= params.max_new_tokens) break;
+    st = step({&next, 1});
+  }
+  cache_->Release(&seq);
+  if (!st.ok()) return st;
+  return result;
+}
+
+}  // namespace moemesh

@@ -1,0 +1,78 @@
+#ifndef MOEMESH_CORE_ENGINE_ENGINE_H_
+#define MOEMESH_CORE_ENGINE_ENGINE_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/engine/sampler.h"
+#include "core/model/config.h"
+
+namespace moemesh {
+
+class ExpertExecutor;
+class KvCache;
+class Model;
+struct ModelWeights;
+class ThreadPool;
+
+struct EngineOptions {
+  int num_threads = 1;
+  int kv_cache_tokens = 65536;  // capacity of the paged KV cache
+  int kv_block_size = 16;
+  int prefill_chunk = 512;      // longest prefill piece per forward step
+  GatingExtensions gating;      // overrides config.json's (off by default)
+
+  absl::Status Validate() const;
+};
+
+struct GenerateParams {
+  int max_new_tokens = 16;
+  SamplingParams sampling;
+  std::vector<int> stop_token_ids;  // in addition to the model's EOS ids
+  bool ignore_eos = false;
+
+  absl::Status Validate() const;
+};
+
+enum class FinishReason { kLength, kStop };
+
+struct GenerateResult {
+  std::vector<int> tokens;  // new tokens only
+  FinishReason finish_reason = FinishReason::kLength;
+};
+
+// The single-process engine: a model, its weights, a KV cache and a thread
+// pool, with the experts run locally unless an ExpertExecutor is supplied.
+// Calls are serialised by the caller (not thread-safe).
+class Engine {
+ public:
+  // Loads config.json and the safetensors weights from `model_dir`.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const std::string& model_dir,
+                                                        const EngineOptions& options);
+  ~Engine();
+
+  const ModelConfig& config() const;
+
+  // Generates up to max_new_tokens after `prompt`.
+  absl::StatusOr<GenerateResult> Generate(const std::vector<int>& prompt,
+                                          const GenerateParams& params);
+  // Logits of every prompt position, [prompt.size(), vocab] row-major.
+  absl::StatusOr<std::vector<float>> Score(const std::vector<int>& prompt);
+
+ private:
+  Engine();
+  absl::Status CheckPrompt(const std::vector<int>& prompt) const;
+
+  std::unique_ptr<ThreadPool> pool_;
+  std::shared_ptr<const ModelWeights> weights_;
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<KvCache> cache_;
+  std::unique_ptr<ExpertExecutor> experts_;
+  EngineOptions options_;
+};
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_CORE_ENGINE_ENGINE_H_

@@ -1,0 +1,48 @@
+#ifndef MOEMESH_CORE_ENGINE_SAMPLER_H_
+#define MOEMESH_CORE_ENGINE_SAMPLER_H_
+
+#include <cstdint>
+#include <optional>
+#include <random>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace moemesh {
+
+// Sampling parameters with vLLM's meaning. temperature 0 is greedy.
+struct SamplingParams {
+  float temperature = 0.0f;
+  int top_k = 0;        // 0: off
+  float top_p = 1.0f;   // 1: off
+  float min_p = 0.0f;   // 0: off
+  float repetition_penalty = 1.0f;  // prompt and output tokens
+  float presence_penalty = 0.0f;    // output tokens
+  float frequency_penalty = 0.0f;   // output tokens
+  std::optional<uint64_t> seed;     // same seed, same tokens
+
+  // INVALID_ARGUMENT naming the parameter and its valid range.
+  absl::Status Validate() const;
+};
+
+// Picks tokens for one sequence. Deterministic given the seed.
+class Sampler {
+ public:
+  Sampler(const SamplingParams& params, const std::vector<int>& prompt);
+
+  // Chooses the next token from `logits` (modified in place) and records it.
+  int Sample(float* logits, int vocab_size);
+
+ private:
+  double Uniform();  // [0, 1)
+
+  SamplingParams p_;
+  std::vector<int> seen_;                    // prompt and output tokens (distinct)
+  std::unordered_map<int, int> out_counts_;  // output token -> count
+  std::mt19937_64 rng_;
+};
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_CORE_ENGINE_SAMPLER_H_

@@ -1,0 +1,192 @@
+#include "core/model/weights.h"
+
+#include "absl/strings/str_cat.h"
+#include "core/common/status_macros.h"
+
+namespace moemesh {
+namespace {
+
+class Loader {
+ public:
+  Loader(const Checkpoint& ckpt, const ModelConfig& c) : ckpt_(ckpt), c_(c) {}
+
+  absl::StatusOr<Matrix> Mat(const std::string& name, int rows, int cols) const {
+    MM_ASSIGN_OR_RETURN(TensorInfo t, ckpt_.GetFloat(name, {rows, cols}));
+    return Matrix{t.dtype, rows, cols, t.data};
+  }
+  absl::StatusOr<std::vector<float>> Vec(const std::string& name, int n) const {
+    MM_ASSIGN_OR_RETURN(TensorInfo t, ckpt_.GetFloat(name, {n}));
+    std::vector<float> v(n);
+    ConvertToF32(t.dtype, t.data, n, v.data());
+    return v;
+  }
+  absl::StatusOr<FfnWeights> Ffn(const std::string& prefix, const char* gate, const char* up,
+                                 const char* down, int width) const {
+    FfnWeights f;
+    int h = c_.hidden_size;
+    MM_ASSIGN_OR_RETURN(f.gate, Mat(absl::StrCat(prefix, gate, ".weight"), width, h));
+    MM_ASSIGN_OR_RETURN(f.up, Mat(absl::StrCat(prefix, up, ".weight"), width, h));
+    MM_ASSIGN_OR_RETURN(f.down, Mat(absl::StrCat(prefix, down, ".weight"), h, width));
+    return f;
+  }
+
+  absl::Status Attention(const std::string& p, AttentionWeights* a) const {
+    int h = c_.hidden_size;
+    if (c_.mla) {
+      int qk = c_.qk_nope_head_dim + c_.qk_rope_head_dim;
+      if (c_.q_lora_rank > 0) {
+        MM_ASSIGN_OR_RETURN(a->q_a, Mat(p + "q_a_proj.weight", c_.q_lora_rank, h));
+        MM_ASSIGN_OR_RETURN(a->q_a_norm, Vec(p + "q_a_layernorm.weight", c_.q_lora_rank));
+        MM_ASSIGN_OR_RETURN(a->q_b, Mat(p + "q_b_proj.weight", c_.num_heads * qk, c_.q_lora_rank));
+        if (c_.attention_bias) {
+          MM_ASSIGN_OR_RETURN(a->q_a_bias, Vec(p + "q_a_proj.bias", c_.q_lora_rank));
+        }
+      } else {
+        MM_ASSIGN_OR_RETURN(a->q, Mat(p + "q_proj.weight", c_.num_heads * qk, h));
+      }
+      int kv_a_rows = c_.kv_lora_rank + c_.qk_rope_head_dim;
+      MM_ASSIGN_OR_RETURN(a->kv_a, Mat(p + "kv_a_proj_with_mqa.weight", kv_a_rows, h));
+      if (c_.attention_bias) {
+        MM_ASSIGN_OR_RETURN(a->kv_a_bias, Vec(p + "kv_a_proj_with_mqa.bias", kv_a_rows));
+      }
+      MM_ASSIGN_OR_RETURN(a->kv_a_norm, Vec(p + "kv_a_layernorm.weight", c_.kv_lora_rank));
+      MM_ASSIGN_OR_RETURN(a->kv_b, Mat(p + "kv_b_proj.weight",
+                                       c_.num_heads * (c_.qk_nope_head_dim + c_.v_head_dim),
+                                       c_.kv_lora_rank));
+      MM_ASSIGN_OR_RETURN(a->o, Mat(p + "o_proj.weight", h, c_.num_heads * c_.v_head_dim));
+      if (c_.o_proj_bias) {
+        MM_ASSIGN_OR_RETURN(a->o_bias, Vec(p + "o_proj.bias", h));
+      }
+      return absl::OkStatus();
+    }
+    int q_out = c_.num_heads * c_.head_dim, kv_out = c_.num_kv_heads * c_.head_dim;
+    MM_ASSIGN_OR_RETURN(a->q, Mat(p + "q_proj.weight", q_out, h));
+    MM_ASSIGN_OR_RETURN(a->k, Mat(p + "k_proj.weight", kv_out, h));
+    MM_ASSIGN_OR_RETURN(a->v, Mat(p + "v_proj.weight", kv_out, h));
+    MM_ASSIGN_OR_RETURN(a->o, Mat(p + "o_proj.weight", h, q_out));
+    if (c_.attention_bias) {
+      MM_ASSIGN_OR_RETURN(a->q_bias, Vec(p + "q_proj.bias", q_out));
+      MM_ASSIGN_OR_RETURN(a->k_bias, Vec(p + "k_proj.bias", kv_out));
+      MM_ASSIGN_OR_RETURN(a->v_bias, Vec(p + "v_proj.bias", kv_out));
+    }
+    if (c_.o_proj_bias) {
+      MM_ASSIGN_OR_RETURN(a->o_bias, Vec(p + "o_proj.bias", h));
+    }
+    if (c_.qk_norm_per_head) {
+      MM_ASSIGN_OR_RETURN(a->q_norm, Vec(p + "q_norm.weight", c_.head_dim));
+      MM_ASSIGN_OR_RETURN(a->k_norm, Vec(p + "k_norm.weight", c_.head_dim));
+    } else if (c_.qk_norm_full) {
+      MM_ASSIGN_OR_RETURN(a->q_norm, Vec(p + "q_norm.weight", q_out));
+      // transformers sizes OLMoE's k_norm as (hidden / heads) * kv_heads.
+      MM_ASSIGN_OR_RETURN(a->k_norm, Vec(p + "k_norm.weight",
+                                         (h / c_.num_heads) * c_.num_kv_heads));
+      if (static_cast<int>(a->k_norm.size()) != kv_out) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            p, "k_norm.weight: OLMoE needs head_dim == hidden_size / num_attention_heads"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // The MoE block's module prefix: Mixtral's hub files say block_sparse_moe,
+  // transformers 5 in memory says mlp.
+  std::string MoePrefix(const std::string& layer) const {
+    if (c_.arch == Architecture::kMixtral &&
+        ckpt_.Has(layer + "block_sparse_moe.gate.weight")) {
+      return layer + "block_sparse_moe.";
+    }
+    return layer + "mlp.";
+  }
+
+  absl::StatusOr<FfnWeights> Expert(const std::string& moe, int e) const {
+    int w = c_.moe_intermediate_size, h = c_.hidden_size;
+    std::string p = absl::StrCat(moe, "experts.", e, ".");
+    if (c_.arch == Architecture::kMixtral && ckpt_.Has(p + "w1.weight")) {
+      return Ffn(p, "w1", "w3", "w2", w);
+    }
+    if (ckpt_.Has(p + "gate_proj.weight") || !ckpt_.Has(moe + "experts.gate_up_proj")) {
+      return Ffn(p, "gate_proj", "up_proj", "down_proj", w);
+    }
+    // transformers 5's fused layout: gate_up_proj [E, 2w, h], down_proj [E, h, w].
+    int n = c_.num_experts;
+    MM_ASSIGN_OR_RETURN(TensorInfo gu, ckpt_.GetFloat(moe + "experts.gate_up_proj", {n, 2 * w, h}));
+    MM_ASSIGN_OR_RETURN(TensorInfo dn, ckpt_.GetFloat(moe + "experts.down_proj", {n, h, w}));
+    size_t es = DTypeSize(gu.dtype);
+    const char* gu_base = static_cast<const char*>(gu.data) + es * e * 2 * w * h;
+    FfnWeights f;
+    f.gate = Matrix{gu.dtype, w, h, gu_base};
+    f.up = Matrix{gu.dtype, w, h, gu_base + es * w * h};
+    f.down = Matrix{dn.dtype, h, w, static_cast<const char*>(dn.data) + DTypeSize(dn.dtype) * e * h * w};
+    return f;
+  }
+
+  absl::Status Layer(int i, const WeightLoadOptions& opt, ModelWeights* mw) const {
+    std::string p = absl::StrCat("model.layers.", i, ".");
+    bool moe = c_.is_moe_layer[i];
+    std::string moe_prefix = MoePrefix(p);
+    if (opt.load_dense) {
+      LayerWeights& l = mw->layers[i];
+      l.moe = moe;
+      MM_ASSIGN_OR_RETURN(l.input_norm, Vec(p + "input_layernorm.weight", c_.hidden_size));
+      MM_ASSIGN_OR_RETURN(l.post_attention_norm, Vec(p + "post_attention_layernorm.weight", c_.hidden_size));
+      MM_RETURN_IF_ERROR(Attention(p + "self_attn.", &l.attn));
+      if (!moe) {
+        MM_ASSIGN_OR_RETURN(l.dense, Ffn(p + "mlp.", "gate_proj", "up_proj", "down_proj",
+                                         c_.intermediate_size));
+      } else {
+        MM_ASSIGN_OR_RETURN(l.router, Mat(moe_prefix + "gate.weight", c_.num_experts, c_.hidden_size));
+        if (c_.arch == Architecture::kDeepseekV3) {
+          MM_ASSIGN_OR_RETURN(l.score_correction_bias,
+                              Vec(moe_prefix + "gate.e_score_correction_bias", c_.num_experts));
+        }
+        if (c_.shared_expert_intermediate_size > 0) {
+          const char* name = c_.arch == Architecture::kDeepseekV3 ? "shared_experts." : "shared_expert.";
+          MM_ASSIGN_OR_RETURN(l.shared_expert, Ffn(moe_prefix + name, "gate_proj", "up_proj", "down_proj",
+                                                   c_.shared_expert_intermediate_size));
+        }
+        if (c_.shared_expert_gate) {
+          MM_ASSIGN_OR_RETURN(l.shared_expert_gate, Mat(moe_prefix + "shared_expert_gate.weight", 1,
+                                                        c_.hidden_size));
+        }
+      }
+    }
+    if (moe) {
+      for (int e = 0; e < c_.num_experts; ++e) {
+        if (opt.load_expert && !opt.load_expert(i, e)) continue;
+        MM_ASSIGN_OR_RETURN(FfnWeights f, Expert(moe_prefix, e));
+        mw->experts.Add(i, e, f);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  const Checkpoint& ckpt_;
+  const ModelConfig& c_;
+};
+
+}  // namespace
+
+absl::StatusOr<ModelWeights> LoadWeights(std::shared_ptr<const Checkpoint> checkpoint,
+                                         const ModelConfig& config,
+                                         const WeightLoadOptions& options) {
+  ModelWeights mw;
+  mw.checkpoint = checkpoint;
+  Loader ld(*checkpoint, config);
+  if (options.load_dense) {
+    MM_ASSIGN_OR_RETURN(mw.embed, ld.Mat("model.embed_tokens.weight", config.vocab_size, config.hidden_size));
+    if (config.tie_word_embeddings) {
+      mw.lm_head = mw.embed;
+    } else {
+      MM_ASSIGN_OR_RETURN(mw.lm_head, ld.Mat("lm_head.weight", config.vocab_size, config.hidden_size));
+    }
+    MM_ASSIGN_OR_RETURN(mw.final_norm, ld.Vec("model.norm.weight", config.hidden_size));
+    mw.layers.resize(config.num_layers);
+  }
+  for (int i = 0; i < config.num_layers; ++i) {
+    MM_RETURN_IF_ERROR(ld.Layer(i, options, &mw));
+  }
+  return mw;
+}
+
+}  // namespace moemesh

@@ -1,0 +1,37 @@
+#ifndef MOEMESH_TOOLS_MOEMESH_CLI_H_
+#define MOEMESH_TOOLS_MOEMESH_CLI_H_
+
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/engine/engine.h"
+
+namespace moemesh {
+
+// Parses "1,2,3" (spaces allowed). INVALID_ARGUMENT names the bad item.
+absl::StatusOr<std::vector<int>> ParseTokenIds(const std::string& text);
+
+struct GenerateCommand {
+  std::string model_dir;
+  std::vector<int> prompt_ids;
+  GenerateParams params;
+  EngineOptions engine;
+  bool json = false;
+};
+
+struct ScoreCommand {
+  std::string model_dir;
+  std::vector<int> prompt_ids;
+  std::string logits_out;  // safetensors file
+  EngineOptions engine;
+};
+
+// Run a command, printing its result to `out`.
+absl::Status RunGenerate(const GenerateCommand& cmd, std::ostream& out);
+absl::Status RunScore(const ScoreCommand& cmd, std::ostream& out);
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_TOOLS_MOEMESH_CLI_H_
