@@ -101,10 +101,10 @@ class Loader {
   absl::StatusOr<FfnWeights> Expert(const std::string& moe, int e) const {
     int w = c_.moe_intermediate_size, h = c_.hidden_size;
     std::string p = absl::StrCat(moe, "experts.", e, ".");
-    if (c_.arch == Architecture::kMixtral && ckpt_.Has(p + "w1.weight")) {
-      return Ffn(p, "w1", "w3", "w2", w);
-    }
-    if (ckpt_.Has(p + "gate_proj.weight") || !ckpt_.Has(moe + "experts.gate_up_proj")) {
+    if (!ckpt_.Has(moe + "experts.gate_up_proj")) {
+      // The hub's per-expert layout: Mixtral says w1/w3/w2, the rest
+      // gate_proj/up_proj/down_proj.
+      if (c_.arch == Architecture::kMixtral) return Ffn(p, "w1", "w3", "w2", w);
       return Ffn(p, "gate_proj", "up_proj", "down_proj", w);
     }
     // transformers 5's fused layout: gate_up_proj [E, 2w, h], down_proj [E, h, w].

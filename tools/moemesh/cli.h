@@ -32,6 +32,14 @@ struct ScoreCommand {
 absl::Status RunGenerate(const GenerateCommand& cmd, std::ostream& out);
 absl::Status RunScore(const ScoreCommand& cmd, std::ostream& out);
 
+// The whole CLI: parses argv (flags may use dashes), runs the command,
+// prints results on stdout and a one-line error on stderr. Returns the
+// process exit code: 0 on success, 2 for bad input, 1 otherwise.
+int CliMain(int argc, char** argv);
+
+// One-paragraph usage text for --help.
+extern const char kUsage[];
+
 }  // namespace moemesh
 
 #endif  // MOEMESH_TOOLS_MOEMESH_CLI_H_
