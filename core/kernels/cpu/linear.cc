@@ -75,6 +75,52 @@ __attribute__((target("avx2,fma"))) void DotTileAvx2(const float* x, const float
   }
 }
 
+template <bool kBf16>
+__attribute__((target("avx2,fma,f16c"))) inline __m256 Load8(const uint16_t* p) {
+  __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  if constexpr (kBf16) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  } else {
+    return _mm256_cvtph_ps(h);
+  }
+}
+
+// Like DotTileAvx2 but reads 16-bit weights directly, widening them in
+// registers: for the few-row (decode) case this keeps the loop a pure stream
+// over the weights without a scratch round trip.
+template <bool kBf16>
+__attribute__((target("avx2,fma,f16c"))) void DotTile16Avx2(const float* x, const uint16_t* w,
+                                                            int rows, int k, float* out) {
+  __m256 acc[kRowTile];
+  for (int r = 0; r < kRowTile; ++r) acc[r] = _mm256_setzero_ps();
+  int i = 0;
+  if (rows == kRowTile) {
+    for (; i + 8 <= k; i += 8) {
+      __m256 xv = _mm256_loadu_ps(x + i);
+      acc[0] = _mm256_fmadd_ps(xv, Load8<kBf16>(w + i), acc[0]);
+      acc[1] = _mm256_fmadd_ps(xv, Load8<kBf16>(w + k + i), acc[1]);
+      acc[2] = _mm256_fmadd_ps(xv, Load8<kBf16>(w + 2 * k + i), acc[2]);
+      acc[3] = _mm256_fmadd_ps(xv, Load8<kBf16>(w + 3 * k + i), acc[3]);
+    }
+  } else {
+    for (; i + 8 <= k; i += 8) {
+      __m256 xv = _mm256_loadu_ps(x + i);
+      for (int r = 0; r < rows; ++r) acc[r] = _mm256_fmadd_ps(xv, Load8<kBf16>(w + r * k + i), acc[r]);
+    }
+  }
+  for (int r = 0; r < rows; ++r) {
+    float s = HSum(acc[r]);
+    for (int j = i; j < k; ++j) {
+      s += x[j] * (kBf16 ? Bf16ToF32(w[r * k + j]) : F16ToF32(w[r * k + j]));
+    }
+    out[r] = s;
+  }
+}
+
+// Up to this many input rows read 16-bit weights directly; more rows
+// amortise converting the tile to fp32 once.
+constexpr int kDirectMaxRows = 4;
+
 void DotTilePortable(const float* x, const float* w, int rows, int k, float* out) {
   for (int r = 0; r < rows; ++r) {
     float s = 0;
@@ -105,6 +151,19 @@ void Linear(const float* x, int m, const MatrixView& w, const float* bias, float
       int r0 = static_cast<int>(t * kRowTile);
       int rows = std::min(kRowTile, n - r0);
       const char* src = static_cast<const char*>(w.data) + static_cast<size_t>(r0) * k * elem;
+      if (avx2 && w.dtype != DType::kF32 && m <= kDirectMaxRows) {
+        const uint16_t* w16 = reinterpret_cast<const uint16_t*>(src);
+        for (int i = 0; i < m; ++i) {
+          if (w.dtype == DType::kBF16) {
+            DotTile16Avx2<true>(x + static_cast<size_t>(i) * k, w16, rows, k, out);
+          } else {
+            DotTile16Avx2<false>(x + static_cast<size_t>(i) * k, w16, rows, k, out);
+          }
+          float* yi = y + static_cast<size_t>(i) * n + r0;
+          for (int r = 0; r < rows; ++r) yi[r] = bias ? out[r] + bias[r0 + r] : out[r];
+        }
+        continue;
+      }
       const float* wt;
       if (w.dtype == DType::kF32) {
         wt = reinterpret_cast<const float*>(src);
