@@ -1,5 +1,6 @@
 #include "tools/moemesh/cli.h"
 
+#include <cmath>
 #include <cstring>
 
 #include "absl/strings/numbers.h"
@@ -7,8 +8,11 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "core/common/file_util.h"
 #include "core/common/status_macros.h"
+#include "core/engine/perplexity.h"
 #include "core/model/safetensors.h"
+#include "nlohmann/json.hpp"
 
 namespace moemesh {
 
@@ -53,6 +57,54 @@ absl::Status RunScore(const ScoreCommand& cmd, std::ostream& out) {
   std::memcpy(t.bytes.data(), logits.data(), t.bytes.size());
   MM_RETURN_IF_ERROR(WriteSafetensors(cmd.logits_out, {t}));
   out << "wrote logits [" << t.shape[0] << ", " << t.shape[1] << "] to " << cmd.logits_out << "\n";
+  return absl::OkStatus();
+}
+
+absl::Status RunEval(const EvalCommand& cmd, std::ostream& out) {
+  if (cmd.dataset.empty()) return absl::InvalidArgumentError("--dataset FILE is required");
+  MM_ASSIGN_OR_RETURN(std::string text, ReadFile(cmd.dataset));
+  std::vector<std::vector<int>> seqs;
+  int line_no = 0;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    ++line_no;
+    if (absl::StripAsciiWhitespace(line).empty()) continue;
+    nlohmann::json j = nlohmann::json::parse(line.begin(), line.end(), nullptr, false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("ids") || !j["ids"].is_array()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          cmd.dataset, ":", line_no, ": expected a JSON object with an \"ids\" list"));
+    }
+    std::vector<int> ids;
+    for (const auto& v : j["ids"]) {
+      if (!v.is_number_integer()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(cmd.dataset, ":", line_no, ": ids must be integers"));
+      }
+      ids.push_back(v.get<int>());
+    }
+    if (ids.size() < 2) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(cmd.dataset, ":", line_no, ": a sequence needs at least 2 tokens"));
+    }
+    seqs.push_back(std::move(ids));
+  }
+  if (seqs.empty()) return absl::InvalidArgumentError(absl::StrCat(cmd.dataset, ": no sequences"));
+  MM_ASSIGN_OR_RETURN(auto engine, Engine::Create(cmd.model_dir, cmd.engine));
+  double nll = 0;
+  int64_t count = 0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    auto logits = engine->Score(seqs[i]);
+    if (!logits.ok()) {
+      return absl::Status(logits.status().code(),
+                          absl::StrCat("sequence ", i + 1, ": ", logits.status().message()));
+    }
+    nll += SequenceNll(logits->data(), engine->config().vocab_size, seqs[i]);
+    count += static_cast<int64_t>(seqs[i].size()) - 1;
+  }
+  nlohmann::json r = {{"perplexity", std::exp(nll / count)},
+                      {"nll_sum", nll},
+                      {"predicted_tokens", count},
+                      {"sequences", seqs.size()}};
+  out << r.dump() << "\n";
   return absl::OkStatus();
 }
 

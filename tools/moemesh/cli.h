@@ -28,9 +28,19 @@ struct ScoreCommand {
   EngineOptions engine;
 };
 
+// Perplexity over a JSON-lines dataset, one sequence per line as
+// {"ids": [...]}; each sequence is scored on its own.
+struct EvalCommand {
+  std::string model_dir;
+  std::string dataset;
+  EngineOptions engine;
+};
+
 // Run a command, printing its result to `out`.
 absl::Status RunGenerate(const GenerateCommand& cmd, std::ostream& out);
 absl::Status RunScore(const ScoreCommand& cmd, std::ostream& out);
+// Prints {"perplexity": p, "nll_sum": s, "predicted_tokens": n, "sequences": k}.
+absl::Status RunEval(const EvalCommand& cmd, std::ostream& out);
 
 // The whole CLI: parses argv (flags may use dashes), runs the command,
 // prints results on stdout and a one-line error on stderr. Returns the

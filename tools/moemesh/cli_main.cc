@@ -25,6 +25,7 @@ ABSL_FLAG(std::string, stop_token_ids, "", "extra stop token ids, comma separate
 ABSL_FLAG(bool, ignore_eos, false, "keep generating past the model's EOS tokens");
 ABSL_FLAG(std::string, output, "text", "output format: text or json");
 ABSL_FLAG(std::string, logits_out, "", "score: safetensors file to write the logits to");
+ABSL_FLAG(std::string, dataset, "", "eval: JSON lines of {\"ids\": [...]}");
 ABSL_FLAG(int, threads, 1, "CPU threads");
 ABSL_FLAG(int, kv_cache_tokens, 65536, "KV cache capacity in tokens");
 ABSL_FLAG(int, prefill_chunk, 512, "longest prefill chunk per forward step");
@@ -41,6 +42,7 @@ const char kUsage[] =
     "  generate --model DIR --prompt-ids 1,2,3 [--max-new-tokens N] [--temperature T ...] "
     "[--output json]\n"
     "  score    --model DIR --prompt-ids 1,2,3 --logits-out FILE\n"
+    "  eval     --model DIR --dataset FILE.jsonl   (perplexity)\n"
     "run `moemesh --help` for every flag";
 
 namespace {
@@ -97,6 +99,11 @@ int CliMain(int argc, char** argv) {
   if (!ids.ok()) return Fail(ids.status());
   auto engine = EngineFlags();
   if (!engine.ok()) return Fail(engine.status());
+  if (command == "eval") {
+    EvalCommand cmd{model, absl::GetFlag(FLAGS_dataset), *engine};
+    absl::Status st = RunEval(cmd, std::cout);
+    return st.ok() ? 0 : Fail(st);
+  }
   if (command == "generate") {
     GenerateCommand cmd;
     cmd.model_dir = model;
