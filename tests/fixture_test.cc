@@ -3,6 +3,7 @@
 // the logits of each greedy decode step within 1e-3, and the same greedy
 // tokens, through the engine, chunked prefill, and a mixed batch.
 #include <dirent.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -30,7 +31,10 @@ std::vector<std::string> FixtureNames() {
   if (DIR* d = opendir(kFixtures)) {
     while (dirent* e = readdir(d)) {
       std::string n = e->d_name;
-      if (n[0] != '.' && n != "README.md") names.push_back(n);
+      // A model fixture is a directory with a config.json.
+      if (n[0] != '.' && access((std::string(kFixtures) + "/" + n + "/config.json").c_str(), R_OK) == 0) {
+        names.push_back(n);
+      }
     }
     closedir(d);
   }

@@ -84,7 +84,8 @@ absl::StatusOr<std::vector<float>> Engine::Score(const std::vector<int>& prompt)
 }
 
 absl::StatusOr<GenerateResult> Engine::Generate(const std::vector<int>& prompt,
-                                                const GenerateParams& params) {
+                                                const GenerateParams& params,
+                                                const std::function<void(int)>& on_token) {
   MM_RETURN_IF_ERROR(CheckPrompt(prompt));
   MM_RETURN_IF_ERROR(params.Validate());
   std::vector<int> stops = params.stop_token_ids;
@@ -109,6 +110,7 @@ absl::StatusOr<GenerateResult> Engine::Generate(const std::vector<int>& prompt,
   while (st.ok()) {
     int next = sampler.Sample(logits.data(), vocab);
     result.tokens.push_back(next);
+    if (on_token) on_token(next);
     if (std::find(stops.begin(), stops.end(), next) != stops.end()) {
       result.finish_reason = FinishReason::kStop;
       break;

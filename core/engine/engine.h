@@ -1,6 +1,7 @@
 #ifndef MOEMESH_CORE_ENGINE_ENGINE_H_
 #define MOEMESH_CORE_ENGINE_ENGINE_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -55,9 +56,11 @@ class Engine {
 
   const ModelConfig& config() const;
 
-  // Generates up to max_new_tokens after `prompt`.
+  // Generates up to max_new_tokens after `prompt`. `on_token`, when set,
+  // sees each new token as soon as it is sampled (for streaming).
   absl::StatusOr<GenerateResult> Generate(const std::vector<int>& prompt,
-                                          const GenerateParams& params);
+                                          const GenerateParams& params,
+                                          const std::function<void(int)>& on_token = nullptr);
   // Logits of every prompt position, [prompt.size(), vocab] row-major.
   absl::StatusOr<std::vector<float>> Score(const std::vector<int>& prompt);
 

@@ -79,7 +79,9 @@ TEST(EngineTest, StopTokensAndEos) {
 }
 
 TEST(EngineTest, SeededSamplingIsReproducible) {
-  auto e = MakeEngine(kMixtral, EngineOptions{2});
+  EngineOptions two;
+  two.num_threads = 2;
+  auto e = MakeEngine(kMixtral, two);
   GenerateParams p;
   p.max_new_tokens = 12;
   p.sampling.temperature = 1.0f;

@@ -1,6 +1,8 @@
 #include "tools/moemesh/cli.h"
 
 #include <cmath>
+#include <functional>
+#include <memory>
 #include <cstring>
 
 #include "absl/strings/numbers.h"
@@ -12,6 +14,8 @@
 #include "core/common/status_macros.h"
 #include "core/engine/perplexity.h"
 #include "core/model/safetensors.h"
+#include "core/tokenizer/streaming_detokenizer.h"
+#include "core/tokenizer/tokenizer.h"
 #include "nlohmann/json.hpp"
 
 namespace moemesh {
@@ -33,16 +37,108 @@ absl::StatusOr<std::vector<int>> ParseTokenIds(const std::string& text) {
 
 absl::Status RunGenerate(const GenerateCommand& cmd, std::ostream& out) {
   MM_RETURN_IF_ERROR(cmd.params.Validate());
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::vector<int> prompt = cmd.prompt_ids;
+  if (prompt.empty() && cmd.prompt.empty()) {
+    return absl::InvalidArgumentError("give a prompt: --prompt TEXT or --prompt-ids 1,2,3");
+  }
+  if (!cmd.prompt.empty() && !prompt.empty()) {
+    return absl::InvalidArgumentError("give --prompt or --prompt-ids, not both");
+  }
+  // Text needs a tokenizer; with ids it is optional (for "text" output).
+  std::string tok_path = cmd.tokenizer_path.empty() ? cmd.model_dir : cmd.tokenizer_path;
+  auto loaded = LoadTokenizer(tok_path);
+  if (loaded.ok()) {
+    tokenizer = std::move(*loaded);
+  } else if (!cmd.prompt.empty() || !cmd.tokenizer_path.empty() || !absl::IsNotFound(loaded.status())) {
+    return loaded.status();
+  }
+  if (!cmd.prompt.empty()) {
+    MM_ASSIGN_OR_RETURN(prompt, tokenizer->Encode(cmd.prompt, /*add_special_tokens=*/true));
+  }
   MM_ASSIGN_OR_RETURN(auto engine, Engine::Create(cmd.model_dir, cmd.engine));
-  MM_ASSIGN_OR_RETURN(GenerateResult r, engine->Generate(cmd.prompt_ids, cmd.params));
+  std::unique_ptr<StreamingDetokenizer> stream;
+  if (tokenizer) stream = std::make_unique<StreamingDetokenizer>(tokenizer.get(), true);
+  std::string text;
+  absl::Status stream_status;
+  auto on_token = [&](int id) {
+    if (!stream || !stream_status.ok()) return;
+    auto piece = stream->Add(id);
+    if (!piece.ok()) {
+      stream_status = piece.status();
+      return;
+    }
+    text += *piece;
+    if (!cmd.json) out << *piece << std::flush;  // stream as tokens arrive
+  };
+  MM_ASSIGN_OR_RETURN(GenerateResult r, engine->Generate(prompt, cmd.params, on_token));
+  MM_RETURN_IF_ERROR(stream_status);
+  if (stream) {
+    MM_ASSIGN_OR_RETURN(std::string rest, stream->Finish());
+    text += rest;
+    if (!cmd.json) out << rest;
+  }
   const char* reason = r.finish_reason == FinishReason::kStop ? "stop" : "length";
   if (cmd.json) {
-    out << "{\"token_ids\": [" << absl::StrJoin(r.tokens, ", ") << "], \"finish_reason\": \""
-        << reason << "\"}\n";
-  } else {
+    nlohmann::ordered_json j = {{"token_ids", r.tokens}};
+    if (tokenizer) j["text"] = text;
+    j["finish_reason"] = reason;
+    out << j.dump() << "\n";
+  } else if (!tokenizer) {
     out << absl::StrJoin(r.tokens, ",") << "\n";
+  } else {
+    out << "\n";
   }
   return absl::OkStatus();
+}
+
+namespace {
+
+// Calls fn(json, line_number) for each non-blank line of `in`.
+absl::Status ForEachJsonLine(std::istream& in,
+                             const std::function<absl::Status(const nlohmann::json&, int)>& fn) {
+  std::string line;
+  int n = 0;
+  while (std::getline(in, line)) {
+    ++n;
+    if (absl::StripAsciiWhitespace(line).empty()) continue;
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) {
+      return absl::InvalidArgumentError(absl::StrCat("line ", n, ": not a JSON object"));
+    }
+    absl::Status st = fn(j, n);
+    if (!st.ok()) return absl::Status(st.code(), absl::StrCat("line ", n, ": ", st.message()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status RunTokenize(const TokenizeCommand& cmd, std::istream& in, std::ostream& out) {
+  MM_ASSIGN_OR_RETURN(auto tok, LoadTokenizer(cmd.tokenizer_path));
+  return ForEachJsonLine(in, [&](const nlohmann::json& j, int) -> absl::Status {
+    if (!j.contains("text") || !j["text"].is_string()) {
+      return absl::InvalidArgumentError("expected {\"text\": \"...\"}");
+    }
+    MM_ASSIGN_OR_RETURN(std::vector<int> ids, tok->Encode(j["text"].get<std::string>(), cmd.add_special_tokens));
+    out << nlohmann::json({{"ids", ids}}).dump() << "\n";
+    return absl::OkStatus();
+  });
+}
+
+absl::Status RunDetokenize(const TokenizeCommand& cmd, std::istream& in, std::ostream& out) {
+  MM_ASSIGN_OR_RETURN(auto tok, LoadTokenizer(cmd.tokenizer_path));
+  return ForEachJsonLine(in, [&](const nlohmann::json& j, int) -> absl::Status {
+    if (!j.contains("ids") || !j["ids"].is_array()) return absl::InvalidArgumentError("expected {\"ids\": [...]}");
+    std::vector<int> ids;
+    for (const auto& v : j["ids"]) {
+      if (!v.is_number_integer()) return absl::InvalidArgumentError("ids must be integers");
+      ids.push_back(v.get<int>());
+    }
+    MM_ASSIGN_OR_RETURN(std::string text, tok->Decode(ids, cmd.skip_special_tokens));
+    out << nlohmann::json({{"text", text}}).dump() << "\n";
+    return absl::OkStatus();
+  });
 }
 
 absl::Status RunScore(const ScoreCommand& cmd, std::ostream& out) {

@@ -1,6 +1,7 @@
 #ifndef MOEMESH_TOOLS_MOEMESH_CLI_H_
 #define MOEMESH_TOOLS_MOEMESH_CLI_H_
 
+#include <istream>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -16,6 +17,8 @@ absl::StatusOr<std::vector<int>> ParseTokenIds(const std::string& text);
 struct GenerateCommand {
   std::string model_dir;
   std::vector<int> prompt_ids;
+  std::string prompt;          // text; used when prompt_ids is empty
+  std::string tokenizer_path;  // default: the model directory's tokenizer.json
   GenerateParams params;
   EngineOptions engine;
   bool json = false;
@@ -36,9 +39,20 @@ struct EvalCommand {
   EngineOptions engine;
 };
 
+// tokenize: {"text": ...} lines in, {"ids": [...]} lines out; detokenize:
+// the reverse. Every input line is answered; a bad line fails the command
+// with its line number.
+struct TokenizeCommand {
+  std::string tokenizer_path;
+  bool add_special_tokens = false;
+  bool skip_special_tokens = false;
+};
+
 // Run a command, printing its result to `out`.
 absl::Status RunGenerate(const GenerateCommand& cmd, std::ostream& out);
 absl::Status RunScore(const ScoreCommand& cmd, std::ostream& out);
+absl::Status RunTokenize(const TokenizeCommand& cmd, std::istream& in, std::ostream& out);
+absl::Status RunDetokenize(const TokenizeCommand& cmd, std::istream& in, std::ostream& out);
 // Prints {"perplexity": p, "nll_sum": s, "predicted_tokens": n, "sequences": k}.
 absl::Status RunEval(const EvalCommand& cmd, std::ostream& out);
 

@@ -12,6 +12,10 @@
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory (config.json + safetensors)");
 ABSL_FLAG(std::string, prompt_ids, "", "prompt token ids, comma separated");
+ABSL_FLAG(std::string, prompt, "", "prompt text (tokenized with the model's tokenizer.json, BOS added)");
+ABSL_FLAG(std::string, tokenizer, "", "tokenizer.json file or directory (default: the model's)");
+ABSL_FLAG(bool, add_special_tokens, false, "tokenize: add the template's special tokens (BOS)");
+ABSL_FLAG(bool, skip_special_tokens, false, "detokenize: leave special tokens out of the text");
 ABSL_FLAG(int, max_new_tokens, 16, "tokens to generate");
 ABSL_FLAG(float, temperature, 0.0f, "sampling temperature; 0 is greedy");
 ABSL_FLAG(int, top_k, 0, "keep the k most likely tokens; 0 disables");
@@ -39,10 +43,12 @@ namespace moemesh {
 const char kUsage[] =
     "usage: moemesh <command> [flags]\n"
     "commands:\n"
-    "  generate --model DIR --prompt-ids 1,2,3 [--max-new-tokens N] [--temperature T ...] "
-    "[--output json]\n"
-    "  score    --model DIR --prompt-ids 1,2,3 --logits-out FILE\n"
-    "  eval     --model DIR --dataset FILE.jsonl   (perplexity)\n"
+    "  generate   --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [--max-new-tokens N]\n"
+    "             [--temperature T --top-p P --seed S ...] [--output json]\n"
+    "  score      --model DIR --prompt-ids 1,2,3 --logits-out FILE\n"
+    "  eval       --model DIR --dataset FILE.jsonl   (perplexity)\n"
+    "  tokenize   --tokenizer FILE [--add-special-tokens] < {\"text\"} lines\n"
+    "  detokenize --tokenizer FILE [--skip-special-tokens] < {\"ids\"} lines\n"
     "run `moemesh --help` for every flag";
 
 namespace {
@@ -93,6 +99,14 @@ int CliMain(int argc, char** argv) {
     return 2;
   }
   std::string command = rest[1];
+  if (command == "tokenize" || command == "detokenize") {
+    TokenizeCommand cmd{absl::GetFlag(FLAGS_tokenizer), absl::GetFlag(FLAGS_add_special_tokens),
+                        absl::GetFlag(FLAGS_skip_special_tokens)};
+    if (cmd.tokenizer_path.empty()) return Fail(absl::InvalidArgumentError("--tokenizer FILE is required"));
+    absl::Status st = command == "tokenize" ? RunTokenize(cmd, std::cin, std::cout)
+                                            : RunDetokenize(cmd, std::cin, std::cout);
+    return st.ok() ? 0 : Fail(st);
+  }
   std::string model = absl::GetFlag(FLAGS_model);
   if (model.empty()) return Fail(absl::InvalidArgumentError("--model DIR is required"));
   auto ids = ParseTokenIds(absl::GetFlag(FLAGS_prompt_ids));
@@ -108,6 +122,8 @@ int CliMain(int argc, char** argv) {
     GenerateCommand cmd;
     cmd.model_dir = model;
     cmd.prompt_ids = *ids;
+    cmd.prompt = absl::GetFlag(FLAGS_prompt);
+    cmd.tokenizer_path = absl::GetFlag(FLAGS_tokenizer);
     cmd.engine = *engine;
     cmd.params.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
     SamplingParams& s = cmd.params.sampling;

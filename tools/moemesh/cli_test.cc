@@ -5,6 +5,8 @@
 #include "absl/flags/reflection.h"
 #include "core/common/file_util.h"
 #include "core/model/safetensors.h"
+#include "core/tokenizer/tokenizer.h"
+#include "nlohmann/json.hpp"
 #include "gtest/gtest.h"
 
 namespace moemesh {
@@ -36,11 +38,11 @@ TEST(CliTest, ParseTokenIds) {
 TEST(CliTest, GenerateJsonPrintsNewTokensOnly) {
   std::string out, err;
   int rc = RunCli({"generate", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1,2,3",
-                "--max-new-tokens", "5", "--output", "json"},
-               &out, &err);
+                   "--max-new-tokens", "5", "--output", "json"},
+                  &out, &err);
   ASSERT_EQ(rc, 0) << err;
-  EXPECT_EQ(out.rfind("{\"token_ids\": [", 0), 0u) << out;
-  EXPECT_EQ(std::count(out.begin(), out.end(), ','), 4 + 1);  // 5 ids and finish_reason
+  EXPECT_EQ(out.rfind("{\"token_ids\":[", 0), 0u) << out;
+  nlohmann::json j = nlohmann::json::parse(out);
   // Same as the library's greedy continuation.
   auto engine = Engine::Create("tests/fixtures/olmoe", {});
   ASSERT_TRUE(engine.ok());
@@ -48,10 +50,42 @@ TEST(CliTest, GenerateJsonPrintsNewTokensOnly) {
   p.max_new_tokens = 5;
   auto r = (*engine)->Generate({1, 2, 3}, p);
   ASSERT_TRUE(r.ok());
-  std::ostringstream want;
-  want << "{\"token_ids\": [";
-  for (size_t i = 0; i < r->tokens.size(); ++i) want << (i ? ", " : "") << r->tokens[i];
-  EXPECT_EQ(out.substr(0, want.str().size()), want.str());
+  EXPECT_EQ(j["token_ids"].get<std::vector<int>>(), r->tokens);
+  EXPECT_EQ(j["finish_reason"], "length");
+  EXPECT_FALSE(j.contains("text"));  // the fixture has no tokenizer
+}
+
+TEST(CliTest, GenerateFromTextStreamsTheSameTextAsJson) {
+  std::vector<std::string> args = {"generate", "--model", "models/fortune-moe", "--prompt", "Life is",
+                                   "--max-new-tokens", "24", "--temperature", "0.8", "--seed", "5"};
+  std::string text_out, json_out, err;
+  ASSERT_EQ(RunCli(args, &text_out, &err), 0) << err;
+  args.insert(args.end(), {"--output", "json"});
+  ASSERT_EQ(RunCli(args, &json_out, &err), 0) << err;
+  nlohmann::json j = nlohmann::json::parse(json_out);
+  EXPECT_EQ(text_out, j["text"].get<std::string>() + "\n");
+  EXPECT_FALSE(j["token_ids"].empty());
+  // The text is the tokenizer's decoding of the ids.
+  auto tok = LoadTokenizer("models/fortune-moe");
+  ASSERT_TRUE(tok.ok());
+  auto decoded = (*tok)->Decode(j["token_ids"].get<std::vector<int>>(), true);
+  EXPECT_EQ(*decoded, j["text"]);
+}
+
+TEST(CliTest, TokenizeAndDetokenizeRoundTrip) {
+  TokenizeCommand cmd{"models/fortune-moe/tokenizer.json", true, true};
+  std::istringstream in("{\"text\": \"Hello 人生\"}\n\n{\"text\": \"x\"}\n");
+  std::ostringstream out;
+  ASSERT_TRUE(RunTokenize(cmd, in, out).ok());
+  EXPECT_EQ(out.str(), "{\"ids\":[0,42,630,81,223,422,821]}\n{\"ids\":[0,90]}\n");
+  std::istringstream ids("{\"ids\":[0,42,630,81,223,422,821]}\n");
+  std::ostringstream text;
+  ASSERT_TRUE(RunDetokenize(cmd, ids, text).ok());
+  EXPECT_EQ(text.str(), "{\"text\":\"Hello 人生\"}\n");
+  std::istringstream bad("{\"text\": 5}\n");
+  auto st = RunTokenize(cmd, bad, out);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("line 1"), std::string::npos);
 }
 
 TEST(CliTest, ScoreWritesLogitsSafetensors) {
@@ -81,6 +115,9 @@ TEST(CliTest, BadInputExitsNonZeroWithOneLine) {
            {"generate", "--model", "tests/fixtures/olmoe", "--prompt-ids", ""},
            {"generate", "--model", "/nonexistent", "--prompt-ids", "1"},
            {"generate", "--prompt-ids", "1"},
+           {"generate", "--model", "tests/fixtures/olmoe", "--prompt", "needs a tokenizer"},
+           {"generate", "--model", "models/fortune-moe", "--prompt", "x", "--prompt-ids", "1"},
+           {"tokenize"},
            {"generate", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1", "--top-p", "0"},
            {"score", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1"},
            {"frobnicate", "--model", "tests/fixtures/olmoe"},

@@ -1,0 +1,59 @@
+#ifndef MOEMESH_CORE_TOKENIZER_BPE_H_
+#define MOEMESH_CORE_TOKENIZER_BPE_H_
+
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace moemesh {
+
+// Byte-pair encoding over a vocabulary and ranked merges, as Hugging Face's
+// BPE model: a word's characters are merged pairwise, lowest rank first
+// (leftmost first among equal ranks). Immutable; thread-safe.
+class BpeModel {
+ public:
+  struct Options {
+    std::optional<std::string> unk_token;
+    bool byte_fallback = false;  // unknown characters become <0xNN> tokens
+    bool fuse_unk = false;       // consecutive unknowns become one
+    bool ignore_merges = false;  // a word already in the vocabulary is one token
+  };
+
+  // `merges` are pairs of token strings, first = highest priority.
+  // INVALID_ARGUMENT when a merge names a token missing from the vocabulary.
+  static absl::StatusOr<BpeModel> Create(absl::flat_hash_map<std::string, int> vocab,
+                                         const std::vector<std::pair<std::string, std::string>>& merges,
+                                         Options options);
+
+  // Appends the ids of one pre-tokenized word. INVALID_ARGUMENT when a
+  // character is unknown and neither byte fallback nor unk applies.
+  absl::Status Tokenize(absl::string_view word, std::vector<int>* ids) const;
+
+  std::optional<int> TokenToId(absl::string_view token) const;
+  int vocab_size() const { return static_cast<int>(id_to_token_.size()); }
+  // "" for ids with no token.
+  const std::string& IdToToken(int id) const { return id_to_token_[id]; }
+
+ private:
+  struct Merge {
+    int rank;
+    int new_id;
+  };
+  static uint64_t Key(int a, int b) { return (static_cast<uint64_t>(a) << 32) | static_cast<uint32_t>(b); }
+
+  absl::flat_hash_map<std::string, int> vocab_;
+  std::vector<std::string> id_to_token_;
+  absl::flat_hash_map<uint64_t, Merge> merges_;
+  Options options_;
+  int unk_id_ = -1;
+};
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_CORE_TOKENIZER_BPE_H_

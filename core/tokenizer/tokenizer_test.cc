@@ -1,0 +1,177 @@
+#include <string>
+#include <vector>
+
+#include "core/common/file_util.h"
+#include "core/tokenizer/hf_tokenizer.h"
+#include "core/tokenizer/streaming_detokenizer.h"
+#include "core/tokenizer/tokenizer.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace moemesh {
+namespace {
+
+using Json = nlohmann::json;
+
+struct Case {
+  std::string text, decoded;
+  std::vector<int> ids, ids_with_special;
+};
+
+// Reference encodings made by the Hugging Face tokenizers library
+// (tools/hf_tokenizers/make_reference.js).
+std::vector<Case> LoadCases(const std::string& path) {
+  auto text = ReadFile(path);
+  EXPECT_TRUE(text.ok()) << text.status();
+  std::vector<Case> cases;
+  size_t start = 0;
+  while (start < text->size()) {
+    size_t end = text->find('\n', start);
+    if (end == std::string::npos) end = text->size();
+    if (end > start) {
+      Json j = Json::parse(text->substr(start, end - start));
+      cases.push_back({j["text"], j["decoded"], j["ids"], j["ids_with_special"]});
+    }
+    start = end + 1;
+  }
+  return cases;
+}
+
+class DemoTokenizerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto t = LoadTokenizer("models/fortune-moe");
+    ASSERT_TRUE(t.ok()) << t.status();
+    tok_ = std::move(*t);
+  }
+  std::unique_ptr<Tokenizer> tok_;
+};
+
+TEST_F(DemoTokenizerTest, MatchesHuggingFaceOnEveryReferenceString) {
+  std::vector<Case> cases = LoadCases("tests/fixtures/tokenizers/fortune-moe.jsonl");
+  ASSERT_GT(cases.size(), 250u);
+  int mismatches = 0;
+  for (const Case& c : cases) {
+    auto ids = tok_->Encode(c.text, false);
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    if (*ids != c.ids) ++mismatches;
+    EXPECT_EQ(*ids, c.ids) << "text: " << c.text;
+    auto with = tok_->Encode(c.text, true);
+    ASSERT_TRUE(with.ok());
+    EXPECT_EQ(*with, c.ids_with_special) << "text: " << c.text;
+    auto decoded = tok_->Decode(c.ids, false);
+    ASSERT_TRUE(decoded.ok());
+    EXPECT_EQ(*decoded, c.decoded);
+  }
+  EXPECT_EQ(mismatches, 0);
+}
+
+TEST_F(DemoTokenizerTest, SpecialTokens) {
+  EXPECT_EQ(tok_->TokenToId("<|bos|>"), 0);
+  EXPECT_EQ(tok_->TokenToId("<|eos|>"), 1);
+  EXPECT_TRUE(tok_->IsSpecial(1));
+  EXPECT_FALSE(tok_->IsSpecial(100));
+  EXPECT_EQ(tok_->vocab_size(), 4096);
+  auto ids = tok_->Encode("hi<|eos|>", false);
+  ASSERT_TRUE(ids.ok());
+  EXPECT_EQ(ids->back(), 1);
+  auto text = tok_->Decode(*ids, /*skip_special_tokens=*/true);
+  ASSERT_TRUE(text.ok());
+  EXPECT_EQ(*text, "hi");
+}
+
+TEST_F(DemoTokenizerTest, BadInput) {
+  auto bad = tok_->Encode(std::string("ok \xff\xfe bytes"), false);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("UTF-8"), std::string::npos);
+  EXPECT_EQ(tok_->Decode({5000}, false).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(tok_->Decode({-1}, false).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(DemoTokenizerTest, LongWhitespaceRunIsFast) {
+  std::string s(200000, ' ');
+  s += "x";
+  auto ids = tok_->Encode(s, false);  // quadratic merging would take minutes
+  ASSERT_TRUE(ids.ok());
+  auto back = tok_->Decode(*ids, false);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(*back, s);
+}
+
+// Streaming: characters spread over several byte-level tokens are emitted
+// only when complete, and the pieces add up to the full decode.
+TEST_F(DemoTokenizerTest, StreamingDetokenizerEmitsCompleteUtf8) {
+  for (const std::string text : {"人生得意须尽欢 😀🎉 done", "plain ascii text", "ü😀x"}) {
+    auto ids = tok_->Encode(text, false);
+    ASSERT_TRUE(ids.ok());
+    StreamingDetokenizer stream(tok_.get(), false);
+    std::string joined;
+    for (int id : *ids) {
+      auto piece = stream.Add(id);
+      ASSERT_TRUE(piece.ok());
+      EXPECT_EQ(piece->find("\xEF\xBF\xBD"), std::string::npos) << "partial character emitted";
+      joined += *piece;
+    }
+    auto rest = stream.Finish();
+    ASSERT_TRUE(rest.ok());
+    joined += *rest;
+    EXPECT_EQ(joined, text);
+  }
+  // A stream cut inside a character flushes U+FFFD at the end, as Decode.
+  auto ids = tok_->Encode("😀", false);
+  ASSERT_TRUE(ids.ok());
+  ASSERT_GT(ids->size(), 1u);
+  StreamingDetokenizer stream(tok_.get(), false);
+  auto first = stream.Add((*ids)[0]);
+  ASSERT_TRUE(first.ok());
+  EXPECT_TRUE(first->empty());
+  auto rest = stream.Finish();
+  ASSERT_TRUE(rest.ok());
+  auto full = tok_->Decode({(*ids)[0]}, false);
+  EXPECT_EQ(*rest, *full);
+}
+
+TEST(TokenizerLoadTest, ErrorsNameTheFileAndComponent) {
+  auto missing = LoadTokenizer("/nonexistent/tokenizer.json");
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  auto not_json = ParseHfTokenizer("{", "t.json");
+  EXPECT_EQ(not_json.status().code(), absl::StatusCode::kInvalidArgument);
+  auto wordpiece = ParseHfTokenizer(R"({"model": {"type": "WordPiece", "vocab": {}}})", "t.json");
+  EXPECT_EQ(wordpiece.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(wordpiece.status().message().find("WordPiece"), std::string::npos);
+  EXPECT_NE(wordpiece.status().message().find("t.json"), std::string::npos);
+  auto pre = ParseHfTokenizer(
+      R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
+          "pre_tokenizer": {"type": "FancyNew"}})",
+      "t.json");
+  EXPECT_EQ(pre.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(pre.status().message().find("FancyNew"), std::string::npos);
+  auto bad_merge = ParseHfTokenizer(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}})", "t.json");
+  EXPECT_EQ(bad_merge.status().code(), absl::StatusCode::kInvalidArgument);
+  auto bad_type = ParseHfTokenizer(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [], "byte_fallback": "yes"}})", "t.json");
+  EXPECT_EQ(bad_type.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// A tiny hand-made BPE: merges apply lowest rank first, and unknown
+// characters fall back to <0xNN> byte tokens.
+TEST(TokenizerLoadTest, BpeMergesAndByteFallback) {
+  auto tok = ParseHfTokenizer(R"({
+    "model": {"type": "BPE", "byte_fallback": true,
+              "vocab": {"a": 0, "b": 1, "c": 2, "ab": 3, "bc": 4, "abc": 5, "<0xC3>": 6, "<0xA9>": 7},
+              "merges": ["b c", "a b", "a bc"]}})",
+                              "t.json");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  auto ids = (*tok)->Encode("abc", false);
+  ASSERT_TRUE(ids.ok());
+  EXPECT_EQ(*ids, (std::vector<int>{5}));  // b c first, then a bc
+  ids = (*tok)->Encode("abab", false);
+  EXPECT_EQ(*ids, (std::vector<int>{3, 3}));
+  ids = (*tok)->Encode("\xC3\xA9", false);  // é, not in the vocabulary
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  EXPECT_EQ(*ids, (std::vector<int>{6, 7}));
+  auto no_unk = (*tok)->Encode("z", false);
+  EXPECT_EQ(no_unk.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace moemesh
