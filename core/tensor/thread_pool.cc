@@ -2,18 +2,30 @@
 
 #include <algorithm>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define MM_CPU_RELAX() _mm_pause()
+#else
+#define MM_CPU_RELAX() std::this_thread::yield()
+#endif
+
 namespace moemesh {
+namespace {
+
+// About 20-50 microseconds of spinning before a worker sleeps.
+constexpr int kSpinIterations = 20000;
+
+}  // namespace
 
 ThreadPool::ThreadPool(int num_threads) : num_threads_(std::max(1, num_threads)) {
-  for (int i = 1; i < num_threads_; ++i) {
-    workers_.emplace_back([this, i] { WorkerLoop(i); });
-  }
+  for (int i = 1; i < num_threads_; ++i) workers_.emplace_back([this] { WorkerLoop(); });
 }
 
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
+    stop_.store(true);
+    generation_.fetch_add(1);
   }
   start_cv_.notify_all();
   for (auto& t : workers_) t.join();
@@ -27,20 +39,25 @@ void ThreadPool::RunChunks() {
   }
 }
 
-void ThreadPool::WorkerLoop(int index) {
+void ThreadPool::WorkerLoop() {
   uint64_t seen = 0;
   for (;;) {
-    {
+    uint64_t g = generation_.load();
+    for (int spin = 0; g == seen && spin < kSpinIterations; ++spin) {
+      MM_CPU_RELAX();
+      g = generation_.load();
+    }
+    if (g == seen) {
       std::unique_lock<std::mutex> lock(mu_);
-      start_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
+      sleepers_.fetch_add(1);
+      start_cv_.wait(lock, [&] { return generation_.load() != seen; });
+      sleepers_.fetch_sub(1);
+      g = generation_.load();
     }
+    if (stop_.load()) return;
+    seen = g;
     RunChunks();
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (--active_workers_ == 0) done_cv_.notify_one();
-    }
+    pending_.fetch_sub(1, std::memory_order_release);
   }
 }
 
@@ -59,16 +76,21 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
   n_ = n;
   chunk_ = (n + chunks - 1) / chunks;
   next_.store(0, std::memory_order_relaxed);
-  {
+  pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+  // Sequentially consistent bump and sleeper check: either a worker about to
+  // sleep sees the new generation, or we see it counted and wake it.
+  generation_.fetch_add(1);
+  if (sleepers_.load() > 0) {
     std::lock_guard<std::mutex> lock(mu_);
-    active_workers_ = static_cast<int>(workers_.size());
-    ++generation_;
+    start_cv_.notify_all();
   }
-  start_cv_.notify_all();
   RunChunks();
-  {
-    std::unique_lock<std::mutex> lock(mu_);
-    done_cv_.wait(lock, [&] { return active_workers_ == 0; });
+  for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
+    if (spin < kSpinIterations) {
+      MM_CPU_RELAX();
+    } else {
+      std::this_thread::yield();
+    }
   }
   in_loop_.store(false);
 }

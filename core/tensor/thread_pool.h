@@ -15,6 +15,10 @@ namespace moemesh {
 // contiguous chunks; the calling thread works too, so a pool of N threads
 // spawns N-1 workers. Calls must not overlap: ParallelFor is meant for one
 // driver thread (the engine's step loop); a nested call runs inline.
+//
+// A decode step issues hundreds of small loops, so hand-off latency matters:
+// idle workers spin briefly on an atomic generation counter before sleeping
+// on a condition variable, and the caller spins for the loop's completion.
 class ThreadPool {
  public:
   explicit ThreadPool(int num_threads);
@@ -30,7 +34,7 @@ class ThreadPool {
                    const std::function<void(int64_t, int64_t)>& fn);
 
  private:
-  void WorkerLoop(int index);
+  void WorkerLoop();
   void RunChunks();
 
   const int num_threads_;
@@ -38,12 +42,12 @@ class ThreadPool {
 
   std::mutex mu_;
   std::condition_variable start_cv_;
-  std::condition_variable done_cv_;
-  uint64_t generation_ = 0;  // guarded by mu_
-  bool stop_ = false;        // guarded by mu_
-  int active_workers_ = 0;   // guarded by mu_
+  std::atomic<uint64_t> generation_{0};  // bumped to start a loop
+  std::atomic<int> sleepers_{0};         // workers blocked on start_cv_
+  std::atomic<int> pending_{0};          // workers still in the current loop
+  std::atomic<bool> stop_{false};
 
-  // The current loop; written before a generation starts.
+  // The current loop; written before generation_ is bumped.
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
   int64_t n_ = 0;
   int64_t chunk_ = 0;
