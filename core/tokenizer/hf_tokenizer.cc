@@ -8,11 +8,14 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "core/common/file_util.h"
 #include "core/common/status_macros.h"
 #include "core/tokenizer/bpe.h"
-#include "core/tokenizer/byte_level.h"
-#include "core/tokenizer/regex.h"
+#include "core/tokenizer/decoder.h"
+#include "core/tokenizer/normalizer.h"
+#include "core/tokenizer/pre_tokenizer.h"
+#include "core/tokenizer/unicode.h"
 #include "core/tokenizer/utf8.h"
 #include "nlohmann/json.hpp"
 
@@ -21,167 +24,12 @@ namespace {
 
 using Json = nlohmann::json;
 
-// GPT-2's pre-tokenization pattern, used by ByteLevel with use_regex.
-constexpr char kGpt2Pattern[] =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
-
-// A piece of the input during pre-tokenization: text still to split, or a
-// token already decided (an added token).
-struct Piece {
-  std::string text;
-  int token = -1;  // >= 0: an added token's id
-};
-
-class PreTokenizer {
- public:
-  virtual ~PreTokenizer() = default;
-  // Splits each text piece in place; added-token pieces pass through.
-  virtual absl::Status Apply(std::vector<Piece>* pieces) const = 0;
-};
-
-enum class SplitBehavior { kRemoved, kIsolated, kMergedWithPrevious, kMergedWithNext, kContiguous };
-
-// Splits `text` around the matches of `re` the way Hugging Face's
-// SplitDelimiterBehavior does.
-absl::Status SplitText(const Regex& re, SplitBehavior behavior, bool invert, const std::string& text,
-                       std::vector<std::string>* out) {
-  MM_ASSIGN_OR_RETURN(auto matches, re.FindAll(text));
-  // (begin, end, is_match) spans covering the text.
-  std::vector<std::tuple<size_t, size_t, bool>> spans;
-  size_t prev = 0;
-  for (auto [b, e] : matches) {
-    if (b > prev) spans.emplace_back(prev, b, false);
-    spans.emplace_back(b, e, true);
-    prev = e;
-  }
-  if (prev < text.size()) spans.emplace_back(prev, text.size(), false);
-  if (invert) {
-    for (auto& s : spans) std::get<2>(s) = !std::get<2>(s);
-  }
-  std::vector<std::pair<size_t, size_t>> pieces;
-  switch (behavior) {
-    case SplitBehavior::kRemoved:
-      for (auto [b, e, m] : spans) {
-        if (!m) pieces.emplace_back(b, e);
-      }
-      break;
-    case SplitBehavior::kIsolated:
-      for (auto [b, e, m] : spans) pieces.emplace_back(b, e);
-      break;
-    case SplitBehavior::kMergedWithPrevious:
-      for (auto [b, e, m] : spans) {
-        if (m && !pieces.empty()) {
-          pieces.back().second = e;
-        } else {
-          pieces.emplace_back(b, e);
-        }
-      }
-      break;
-    case SplitBehavior::kMergedWithNext: {
-      bool pending = false;
-      for (auto [b, e, m] : spans) {
-        if (pending) {
-          pieces.back().second = e;
-        } else {
-          pieces.emplace_back(b, e);
-        }
-        pending = m;
-      }
-      break;
-    }
-    case SplitBehavior::kContiguous: {
-      bool last_match = false;
-      for (auto [b, e, m] : spans) {
-        if (m && last_match && !pieces.empty()) {
-          pieces.back().second = e;
-        } else {
-          pieces.emplace_back(b, e);
-        }
-        last_match = m;
-      }
-      break;
-    }
-  }
-  for (auto [b, e] : pieces) {
-    if (e > b) out->push_back(text.substr(b, e - b));
-  }
-  return absl::OkStatus();
-}
-
-class SplitPreTokenizer : public PreTokenizer {
- public:
-  SplitPreTokenizer(std::unique_ptr<Regex> re, SplitBehavior b, bool invert)
-      : re_(std::move(re)), behavior_(b), invert_(invert) {}
-  absl::Status Apply(std::vector<Piece>* pieces) const override {
-    std::vector<Piece> out;
-    for (Piece& p : *pieces) {
-      if (p.token >= 0) {
-        out.push_back(std::move(p));
-        continue;
-      }
-      std::vector<std::string> parts;
-      MM_RETURN_IF_ERROR(SplitText(*re_, behavior_, invert_, p.text, &parts));
-      for (std::string& s : parts) out.push_back({std::move(s), -1});
-    }
-    *pieces = std::move(out);
-    return absl::OkStatus();
-  }
-
- private:
-  std::unique_ptr<Regex> re_;
-  SplitBehavior behavior_;
-  bool invert_;
-};
-
-class ByteLevelPreTokenizer : public PreTokenizer {
- public:
-  ByteLevelPreTokenizer(bool add_prefix_space, std::unique_ptr<Regex> re)
-      : add_prefix_space_(add_prefix_space), re_(std::move(re)) {}
-  absl::Status Apply(std::vector<Piece>* pieces) const override {
-    std::vector<Piece> out;
-    for (size_t i = 0; i < pieces->size(); ++i) {
-      Piece& p = (*pieces)[i];
-      if (p.token >= 0) {
-        out.push_back(std::move(p));
-        continue;
-      }
-      std::string text = p.text;
-      if (add_prefix_space_ && !text.empty() && text[0] != ' ') text.insert(text.begin(), ' ');
-      std::vector<std::string> parts;
-      if (re_) {
-        MM_RETURN_IF_ERROR(SplitText(*re_, SplitBehavior::kIsolated, false, text, &parts));
-      } else {
-        parts.push_back(text);
-      }
-      for (const std::string& s : parts) out.push_back({BytesToByteLevel(s), -1});
-    }
-    *pieces = std::move(out);
-    return absl::OkStatus();
-  }
-
- private:
-  bool add_prefix_space_;
-  std::unique_ptr<Regex> re_;
-};
-
-class SequencePreTokenizer : public PreTokenizer {
- public:
-  explicit SequencePreTokenizer(std::vector<std::unique_ptr<PreTokenizer>> steps)
-      : steps_(std::move(steps)) {}
-  absl::Status Apply(std::vector<Piece>* pieces) const override {
-    for (const auto& s : steps_) MM_RETURN_IF_ERROR(s->Apply(pieces));
-    return absl::OkStatus();
-  }
-
- private:
-  std::vector<std::unique_ptr<PreTokenizer>> steps_;
-};
-
 // A token added on top of the model's vocabulary, matched in the raw text.
 struct AddedToken {
   int id;
   std::string content;
   bool special, lstrip, rstrip, single_word;
+  bool normalized;  // matched in the normalized text rather than the raw input
 };
 
 // TemplateProcessing for a single sequence: ids to put before and after.
@@ -203,57 +51,86 @@ class HfTokenizer : public Tokenizer {
   bool IsSpecial(int id) const override { return special_ids_.contains(id); }
 
   std::optional<BpeModel> bpe_;
+  std::unique_ptr<TextNormalizer> normalizer_;
   std::unique_ptr<PreTokenizer> pre_tokenizer_;
+  std::unique_ptr<TokenDecoder> decoder_;
   std::vector<AddedToken> added_;  // longest content first
   absl::flat_hash_set<int> special_ids_;
   std::vector<std::string> added_by_id_;  // id -> content ("" if not added)
   std::optional<Template> template_;
-  bool byte_level_decoder_ = false;
   int vocab_size_ = 0;
 
  private:
-  // Splits text around added tokens (leftmost, then longest match).
-  std::vector<Piece> SplitAdded(absl::string_view text) const;
+  // Splits the text pieces around the added tokens whose `normalized` flag
+  // equals `normalized` (leftmost, then longest match).
+  std::vector<Piece> SplitAdded(std::vector<Piece> pieces, bool normalized) const;
 };
 
-bool IsWordChar(char c) {
-  unsigned char u = static_cast<unsigned char>(c);
-  return std::isalnum(u) || c == '_' || u >= 0x80;
+bool WordCharBefore(absl::string_view text, size_t i) {
+  if (i == 0) return false;
+  size_t start = i - 1;
+  while (start > 0 && (static_cast<unsigned char>(text[start]) & 0xC0) == 0x80) --start;
+  size_t p = start;
+  return IsWordChar(NextCodePoint(text, &p));
 }
 
-std::vector<Piece> HfTokenizer::SplitAdded(absl::string_view text) const {
+bool WordCharAt(absl::string_view text, size_t i) {
+  if (i >= text.size()) return false;
+  return IsWordChar(NextCodePoint(text, &i));
+}
+
+// Whether the character ending at byte i (and starting at or after
+// `lower`) is whitespace; sets *char_start to where it starts.
+bool SpaceBefore(absl::string_view text, size_t i, size_t lower, size_t* char_start) {
+  if (i <= lower) return false;
+  size_t b = i - 1;
+  while (b > lower && (static_cast<unsigned char>(text[b]) & 0xC0) == 0x80) --b;
+  size_t p = b;
+  if (!IsWhitespace(NextCodePoint(text, &p))) return false;
+  *char_start = b;
+  return true;
+}
+
+std::vector<Piece> HfTokenizer::SplitAdded(std::vector<Piece> pieces, bool normalized) const {
   std::vector<Piece> out;
-  size_t start = 0, i = 0;
-  std::string pending;
-  while (i < text.size()) {
-    const AddedToken* hit = nullptr;
-    for (const AddedToken& a : added_) {  // sorted longest first
-      if (text.compare(i, a.content.size(), a.content) != 0) continue;
-      if (a.single_word) {
-        bool before = i > 0 && IsWordChar(text[i - 1]);
-        size_t end = i + a.content.size();
-        bool after = end < text.size() && IsWordChar(text[end]);
-        if (before || after) continue;
-      }
-      hit = &a;
-      break;
-    }
-    if (hit == nullptr) {
-      ++i;
+  for (Piece& piece : pieces) {
+    if (piece.token >= 0) {
+      out.push_back(std::move(piece));
       continue;
     }
-    size_t seg_end = i, next = i + hit->content.size();
-    if (hit->lstrip) {
-      while (seg_end > start && std::isspace(static_cast<unsigned char>(text[seg_end - 1]))) --seg_end;
+    const std::string& text = piece.text;
+    size_t start = 0, i = 0;
+    while (i < text.size()) {
+      const AddedToken* hit = nullptr;
+      for (const AddedToken& a : added_) {  // longest first
+        if (a.normalized != normalized || text.compare(i, a.content.size(), a.content) != 0) continue;
+        if (a.single_word && (WordCharBefore(text, i) || WordCharAt(text, i + a.content.size()))) continue;
+        hit = &a;
+        break;
+      }
+      if (hit == nullptr) {
+        ++i;
+        continue;
+      }
+      size_t seg_end = i, next = i + hit->content.size();
+      if (hit->lstrip) {
+        // The token swallows the whitespace before it.
+        size_t b;
+        while (SpaceBefore(text, seg_end, start, &b)) seg_end = b;
+      }
+      if (hit->rstrip) {
+        while (next < text.size()) {
+          size_t p = next;
+          if (!IsWhitespace(NextCodePoint(text, &p))) break;
+          next = p;
+        }
+      }
+      if (seg_end > start) out.push_back({text.substr(start, seg_end - start), -1, piece.at_start && start == 0});
+      out.push_back({hit->content, hit->id, false});
+      start = i = next;
     }
-    if (hit->rstrip) {
-      while (next < text.size() && std::isspace(static_cast<unsigned char>(text[next]))) ++next;
-    }
-    if (seg_end > start) out.push_back({std::string(text.substr(start, seg_end - start)), -1});
-    out.push_back({hit->content, hit->id});
-    start = i = next;
+    if (start < text.size()) out.push_back({text.substr(start), -1, piece.at_start && start == 0});
   }
-  if (start < text.size()) out.push_back({std::string(text.substr(start)), -1});
   return out;
 }
 
@@ -262,7 +139,15 @@ absl::StatusOr<std::vector<int>> HfTokenizer::Encode(absl::string_view text, boo
   if (bad != text.size()) {
     return absl::InvalidArgumentError(absl::StrCat("text is not valid UTF-8 (byte offset ", bad, ")"));
   }
-  std::vector<Piece> pieces = SplitAdded(text);
+  std::vector<Piece> pieces = SplitAdded({Piece{std::string(text), -1, true}}, /*normalized=*/false);
+  if (normalizer_) {
+    for (Piece& p : pieces) {
+      if (p.token < 0) {
+        MM_ASSIGN_OR_RETURN(p.text, normalizer_->Apply(std::move(p.text)));
+      }
+    }
+  }
+  pieces = SplitAdded(std::move(pieces), /*normalized=*/true);
   if (pre_tokenizer_) MM_RETURN_IF_ERROR(pre_tokenizer_->Apply(&pieces));
   std::vector<int> ids;
   if (add_special_tokens && template_) ids = template_->prefix;
@@ -278,28 +163,18 @@ absl::StatusOr<std::vector<int>> HfTokenizer::Encode(absl::string_view text, boo
 }
 
 absl::StatusOr<std::string> HfTokenizer::Decode(absl::Span<const int> ids, bool skip_special_tokens) const {
-  std::string bytes;
+  std::vector<std::string> tokens;
+  tokens.reserve(ids.size());
   for (int id : ids) {
     if (id < 0 || id >= vocab_size_) {
       return absl::InvalidArgumentError(
           absl::StrCat("token id ", id, " is outside the vocabulary [0, ", vocab_size_, ")"));
     }
     if (skip_special_tokens && special_ids_.contains(id)) continue;
-    const std::string& tok = !added_by_id_[id].empty() ? added_by_id_[id] : bpe_->IdToToken(id);
-    if (byte_level_decoder_) {
-      // A token whose characters are not all byte stand-ins (an added token
-      // such as "<|bos|>" is) keeps its own UTF-8, as in Hugging Face.
-      std::string b;
-      if (ByteLevelToBytes(tok, &b)) {
-        bytes += b;
-      } else {
-        bytes += tok;
-      }
-    } else {
-      bytes += tok;
-    }
+    tokens.push_back(!added_by_id_[id].empty() ? added_by_id_[id] : bpe_->IdToToken(id));
   }
-  return Utf8Lossy(bytes);
+  if (!decoder_) return absl::StrJoin(tokens, " ");  // Hugging Face's default
+  return absl::StrJoin(decoder_->DecodeChain(std::move(tokens)), "");
 }
 
 absl::Status Unsupported(absl::string_view source, absl::string_view what, const Json& j) {
@@ -308,60 +183,6 @@ absl::Status Unsupported(absl::string_view source, absl::string_view what, const
                          : j.dump();
   return absl::UnimplementedError(
       absl::StrCat(source, ": unsupported ", what, " \"", type, "\""));
-}
-
-absl::StatusOr<std::unique_ptr<Regex>> PatternOf(const Json& pattern, absl::string_view source) {
-  if (pattern.is_object() && pattern.contains("Regex") && pattern["Regex"].is_string()) {
-    return Regex::Compile(pattern["Regex"].get<std::string>());
-  }
-  if (pattern.is_object() && pattern.contains("String") && pattern["String"].is_string()) {
-    // A literal: quote it for PCRE2.
-    return Regex::Compile(absl::StrCat("\\Q", pattern["String"].get<std::string>(), "\\E"));
-  }
-  return absl::InvalidArgumentError(absl::StrCat(source, ": Split pattern must be {\"Regex\": ...} or {\"String\": ...}"));
-}
-
-absl::StatusOr<std::unique_ptr<PreTokenizer>> ParsePreTokenizer(const Json& j, absl::string_view source) {
-  if (!j.is_object() || !j.contains("type")) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": pre_tokenizer needs a \"type\""));
-  }
-  std::string type = j["type"].get<std::string>();
-  if (type == "ByteLevel") {
-    bool prefix = j.value("add_prefix_space", true);
-    std::unique_ptr<Regex> re;
-    if (j.value("use_regex", true)) {
-      MM_ASSIGN_OR_RETURN(re, Regex::Compile(kGpt2Pattern));
-    }
-    return std::unique_ptr<PreTokenizer>(new ByteLevelPreTokenizer(prefix, std::move(re)));
-  }
-  if (type == "Split") {
-    MM_ASSIGN_OR_RETURN(std::unique_ptr<Regex> re, PatternOf(j.value("pattern", Json()), source));
-    std::string b = j.value("behavior", "Isolated");
-    SplitBehavior behavior;
-    if (b == "Removed") {
-      behavior = SplitBehavior::kRemoved;
-    } else if (b == "Isolated") {
-      behavior = SplitBehavior::kIsolated;
-    } else if (b == "MergedWithPrevious") {
-      behavior = SplitBehavior::kMergedWithPrevious;
-    } else if (b == "MergedWithNext") {
-      behavior = SplitBehavior::kMergedWithNext;
-    } else if (b == "Contiguous") {
-      behavior = SplitBehavior::kContiguous;
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat(source, ": unknown Split behavior \"", b, "\""));
-    }
-    return std::unique_ptr<PreTokenizer>(new SplitPreTokenizer(std::move(re), behavior, j.value("invert", false)));
-  }
-  if (type == "Sequence") {
-    std::vector<std::unique_ptr<PreTokenizer>> steps;
-    for (const Json& s : j.value("pretokenizers", Json::array())) {
-      MM_ASSIGN_OR_RETURN(auto step, ParsePreTokenizer(s, source));
-      steps.push_back(std::move(step));
-    }
-    return std::unique_ptr<PreTokenizer>(new SequencePreTokenizer(std::move(steps)));
-  }
-  return Unsupported(source, "pre_tokenizer", j);
 }
 
 absl::Status ParsePostProcessor(const Json& j, const HfTokenizer& tok, absl::string_view source,
@@ -450,7 +271,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseImpl(const Json& j, absl::string
 
   for (const Json& a : j.value("added_tokens", Json::array())) {
     AddedToken t{a.value("id", -1), a.value("content", ""), a.value("special", false),
-                 a.value("lstrip", false), a.value("rstrip", false), a.value("single_word", false)};
+                 a.value("lstrip", false), a.value("rstrip", false), a.value("single_word", false),
+                 a.value("normalized", !a.value("special", false))};
     if (t.id < 0 || t.content.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(source, ": added token needs an id and content: ", a.dump()));
     }
@@ -464,7 +286,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseImpl(const Json& j, absl::string
   for (const AddedToken& a : tok->added_) tok->added_by_id_[a.id] = a.content;
 
   const Json& norm = j.value("normalizer", Json());
-  if (!norm.is_null()) return Unsupported(source, "normalizer", norm);
+  if (!norm.is_null()) {
+    MM_ASSIGN_OR_RETURN(tok->normalizer_, ParseNormalizer(norm, source));
+  }
   const Json& pre = j.value("pre_tokenizer", Json());
   if (!pre.is_null()) {
     MM_ASSIGN_OR_RETURN(tok->pre_tokenizer_, ParsePreTokenizer(pre, source));
@@ -473,8 +297,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseImpl(const Json& j, absl::string
   if (!post.is_null()) MM_RETURN_IF_ERROR(ParsePostProcessor(post, *tok, source, &tok->template_));
   const Json& dec = j.value("decoder", Json());
   if (!dec.is_null()) {
-    if (dec.value("type", "") != "ByteLevel") return Unsupported(source, "decoder", dec);
-    tok->byte_level_decoder_ = true;
+    MM_ASSIGN_OR_RETURN(tok->decoder_, ParseDecoder(dec, source));
   }
   return std::unique_ptr<Tokenizer>(std::move(tok));
 }

@@ -3,6 +3,7 @@
 # Idempotent and quick when everything is present: apt runs only if a
 # package is missing.
 set -euo pipefail
+cd "$(dirname "$0")/../.."
 
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config
@@ -10,7 +11,13 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   bazel-bootstrap
   python3
+  libutf8proc-dev libsentencepiece-dev sentencepiece
+  clang-14 libclang-rt-14-dev
 )
+
+# The Hugging Face tokenizers library (Node build) is the reference of the
+# tokenizer tests; Node.js is on these machines, Debian's packages otherwise.
+command -v node >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -18,11 +25,16 @@ for p in "${PACKAGES[@]}"; do
     missing+=("$p")
   fi
 done
-if [ ${#missing[@]} -eq 0 ]; then
-  exit 0
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install_deps: installing ${missing[*]}"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-echo "install_deps: installing ${missing[*]}"
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+
+hf=tools/hf_tokenizers
+if [ ! -d "$hf/node_modules/@anush008/tokenizers" ]; then
+  echo "install_deps: installing the Hugging Face tokenizers reference (npm)"
+  npm install --prefix "$hf" --no-audit --no-fund --no-package-lock --loglevel=error
+fi

@@ -16,6 +16,7 @@
 #include "core/model/safetensors.h"
 #include "core/tokenizer/streaming_detokenizer.h"
 #include "core/tokenizer/tokenizer.h"
+#include "core/tokenizer/utf8.h"
 #include "nlohmann/json.hpp"
 
 namespace moemesh {
@@ -102,6 +103,9 @@ absl::Status ForEachJsonLine(std::istream& in,
   while (std::getline(in, line)) {
     ++n;
     if (absl::StripAsciiWhitespace(line).empty()) continue;
+    if (size_t bad = FirstInvalidUtf8(line); bad != line.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("line ", n, ": input is not valid UTF-8 (byte offset ", bad, ")"));
+    }
     nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
     if (j.is_discarded() || !j.is_object()) {
       return absl::InvalidArgumentError(absl::StrCat("line ", n, ": not a JSON object"));
