@@ -7,6 +7,7 @@
 #include <variant>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/common/file_util.h"
@@ -15,6 +16,7 @@
 #include "core/tokenizer/decoder.h"
 #include "core/tokenizer/normalizer.h"
 #include "core/tokenizer/pre_tokenizer.h"
+#include "core/tokenizer/sentencepiece_tokenizer.h"
 #include "core/tokenizer/unicode.h"
 #include "core/tokenizer/utf8.h"
 #include "nlohmann/json.hpp"
@@ -321,7 +323,14 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseHfTokenizer(absl::string_view js
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& path) {
   std::string file = path;
   struct stat st;
-  if (stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) file = JoinPath(path, "tokenizer.json");
+  if (stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+    // A model directory: tokenizer.json, else a SentencePiece tokenizer.model.
+    file = JoinPath(path, "tokenizer.json");
+    std::string spm = JoinPath(path, "tokenizer.model");
+    if (stat(file.c_str(), &st) != 0 && stat(spm.c_str(), &st) == 0) return LoadSentencePiece(spm);
+  } else if (absl::EndsWith(path, ".model")) {
+    return LoadSentencePiece(path);
+  }
   MM_ASSIGN_OR_RETURN(std::string text, ReadFile(file));
   return ParseHfTokenizer(text, file);
 }

@@ -32,9 +32,9 @@ class Tokenizer {
   virtual bool IsSpecial(int id) const = 0;
 };
 
-// Loads a tokenizer.json file, or <dir>/tokenizer.json when given a
-// directory. Errors name the file and the component that is malformed or
-// unsupported.
+// Loads a Hugging Face tokenizer.json, or a SentencePiece .model file; given
+// a model directory, its tokenizer.json or else its tokenizer.model. Errors
+// name the file and the component that is malformed or unsupported.
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& path);
 
 }  // namespace moemesh

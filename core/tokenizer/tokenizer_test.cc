@@ -173,5 +173,40 @@ TEST(TokenizerLoadTest, BpeMergesAndByteFallback) {
   EXPECT_EQ(no_unk.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// SentencePiece .model files go through libsentencepiece; the reference ids
+// and texts come from its spm_encode and spm_decode tools.
+TEST(SentencePieceTest, MatchesSpmEncodeAndRoundTrips) {
+  auto tok = LoadTokenizer("tests/fixtures/tokenizers/spm_bpe.model");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  auto text = ReadFile("tests/fixtures/tokenizers/spm_bpe.jsonl");
+  ASSERT_TRUE(text.ok());
+  int n = 0;
+  size_t start = 0;
+  while (start < text->size()) {
+    size_t end = text->find('\n', start);
+    Json j = Json::parse(text->substr(start, end - start));
+    start = end + 1;
+    auto ids = (*tok)->Encode(j["text"].get<std::string>(), false);
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    EXPECT_EQ(*ids, j["ids"].get<std::vector<int>>()) << j["text"];
+    auto back = (*tok)->Decode(*ids, false);
+    ASSERT_TRUE(back.ok());
+    EXPECT_EQ(*back, j["decoded"].get<std::string>());  // as spm_decode
+    ++n;
+  }
+  EXPECT_GT(n, 100);
+  auto with_bos = (*tok)->Encode("hi", true);
+  ASSERT_TRUE(with_bos.ok());
+  EXPECT_EQ(with_bos->front(), 1);  // <s>
+  EXPECT_TRUE((*tok)->IsSpecial(1));
+  auto skipped = (*tok)->Decode(*with_bos, true);
+  EXPECT_EQ(*skipped, "hi");
+  EXPECT_EQ((*tok)->Encode(std::string("\xff"), false).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*tok)->Decode({999999}, false).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(LoadTokenizer("/nonexistent/x.model").status().code(), absl::StatusCode::kNotFound);
+  auto junk = LoadTokenizer("tests/fixtures/tokenizers/gpt2.json");  // not a .model: parsed as JSON
+  EXPECT_TRUE(junk.ok());
+}
+
 }  // namespace
 }  // namespace moemesh
