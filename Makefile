@@ -3,7 +3,10 @@ BUILD_DIR ?= build
 BUILD_TYPE ?= RelWithDebInfo
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps configure build test test-cmake test-bazel demo bench clean
+FUZZ_DIR ?= build-fuzz
+FUZZ_RUNS ?= 20000
+
+.PHONY: all deps configure build test test-cmake test-bazel fuzz demo bench clean
 
 all: build
 
@@ -22,14 +25,22 @@ test-cmake: build
 test-bazel: deps
 	@bash tools/ci/bazel_test.sh
 
-# Every test through ctest, then the same targets through Bazel.
-test: test-cmake test-bazel
+# libFuzzer targets built with clang and sanitizers, run for FUZZ_RUNS inputs.
+fuzz: deps
+	@CC=clang-14 CXX=clang++-14 cmake -S . -B $(FUZZ_DIR) -G Ninja -DMOEMESH_FUZZ=ON \
+	  -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null
+	@ninja -C $(FUZZ_DIR) -j $(JOBS) tokenizer_fuzzer
+	@bash tools/ci/run_fuzzers.sh $(FUZZ_DIR) $(FUZZ_RUNS)
+
+# Every test through ctest, the same targets through Bazel, and the fuzzers.
+test: test-cmake test-bazel fuzz
 
 demo: build
 	@bash tools/demo.sh $(BUILD_DIR)
 
 bench: build
 	@$(BUILD_DIR)/bench/engine_bench
+	@$(BUILD_DIR)/bench/tokenizer_bench
 
 clean:
-	rm -rf $(BUILD_DIR)
+	rm -rf $(BUILD_DIR) $(FUZZ_DIR)
