@@ -40,6 +40,10 @@ absl::StatusOr<std::string> Utf8procNormalize(absl::string_view s, int options) 
 }  // namespace
 
 absl::StatusOr<std::string> Normalize(absl::string_view s, NormalForm form) {
+  // ASCII is invariant under every normal form.
+  if (std::all_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; })) {
+    return std::string(s);
+  }
   int options = UTF8PROC_STABLE;
   switch (form) {
     case NormalForm::kNfc: options |= UTF8PROC_COMPOSE; break;
