@@ -131,6 +131,41 @@ TEST_F(DemoTokenizerTest, StreamingDetokenizerEmitsCompleteUtf8) {
   EXPECT_EQ(*rest, *full);
 }
 
+// Every tokenizer layout streams to exactly its full decode: byte-fallback
+// tokens (<0xNN>), characters spread over byte-level tokens, Metaspace and
+// Strip decoders that treat the first token differently.
+class StreamingAllTokenizersTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(StreamingAllTokenizersTest, ConcatenationEqualsDecode) {
+  auto tok = LoadTokenizer(GetParam());
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  for (const std::string text : {"Hello world! 人生得意须尽欢", "😀🎉 한국어 텍스트 👍🏽", "  leading and   inner spaces ",
+                                 "\n\ncode: int main() { return 0; }", "ünïcödé ǅ ﬁ ① İ", "x"}) {
+    auto ids = (*tok)->Encode(text, true);
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    for (bool skip : {false, true}) {
+      auto full = (*tok)->Decode(*ids, skip);
+      ASSERT_TRUE(full.ok());
+      StreamingDetokenizer stream(tok->get(), skip);
+      std::string joined;
+      for (int id : *ids) {
+        auto piece = stream.Add(id);
+        ASSERT_TRUE(piece.ok());
+        joined += *piece;
+      }
+      joined += *stream.Finish();
+      EXPECT_EQ(joined, *full) << GetParam() << ": " << text;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Layouts, StreamingAllTokenizersTest,
+    ::testing::Values("tests/fixtures/tokenizers/gpt2.json", "tests/fixtures/tokenizers/llama3.json",
+                      "tests/fixtures/tokenizers/qwen2.json", "tests/fixtures/tokenizers/llama2.json",
+                      "tests/fixtures/tokenizers/mistral.json", "tests/fixtures/tokenizers/misc.json",
+                      "tests/fixtures/tokenizers/spm_bpe.model", "models/fortune-moe/tokenizer.json"));
+
 TEST(TokenizerLoadTest, ErrorsNameTheFileAndComponent) {
   auto missing = LoadTokenizer("/nonexistent/tokenizer.json");
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
