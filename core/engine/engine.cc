@@ -34,7 +34,8 @@ Engine::Engine() = default;
 Engine::~Engine() = default;
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_dir,
-                                                       const EngineOptions& options) {
+                                                       const EngineOptions& options,
+                                                       std::unique_ptr<ExpertExecutor> experts) {
   MM_RETURN_IF_ERROR(options.Validate());
   MM_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
   if (options.gating.temperature > 0 || options.gating.dynamic_k_max > 0) {
@@ -42,7 +43,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
   }
   MM_RETURN_IF_ERROR(config.Validate());
   MM_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(model_dir));
-  MM_ASSIGN_OR_RETURN(ModelWeights w, LoadWeights(std::move(ckpt), config));
+  WeightLoadOptions load;
+  if (experts) load.load_expert = [](int, int) { return false; };
+  MM_ASSIGN_OR_RETURN(ModelWeights w, LoadWeights(std::move(ckpt), config, load));
   std::unique_ptr<Engine> e(new Engine);
   e->options_ = options;
   e->pool_ = std::make_unique<ThreadPool>(options.num_threads);
@@ -51,7 +54,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
   int blocks = (options.kv_cache_tokens + options.kv_block_size - 1) / options.kv_block_size;
   e->cache_ = std::make_unique<KvCache>(config.num_layers, e->model_->kv_k_width(),
                                         e->model_->kv_v_width(), options.kv_block_size, blocks);
-  e->experts_ = std::make_unique<LocalExpertExecutor>(&e->weights_->experts, e->pool_.get());
+  e->experts_ = experts ? std::move(experts)
+                        : std::make_unique<LocalExpertExecutor>(&e->weights_->experts, e->pool_.get());
   return e;
 }
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/engine/expert_executor.h"
 #include "core/engine/sampler.h"
 #include "core/model/config.h"
 
@@ -49,9 +50,12 @@ struct GenerateResult {
 // Calls are serialised by the caller (not thread-safe).
 class Engine {
  public:
-  // Loads config.json and the safetensors weights from `model_dir`.
+  // Loads config.json and the safetensors weights from `model_dir`. With
+  // `experts` the routed experts run there (e.g. on remote expert workers)
+  // and are not loaded here; otherwise they run in this process.
   static absl::StatusOr<std::unique_ptr<Engine>> Create(const std::string& model_dir,
-                                                        const EngineOptions& options);
+                                                        const EngineOptions& options,
+                                                        std::unique_ptr<ExpertExecutor> experts = nullptr);
   ~Engine();
 
   const ModelConfig& config() const;

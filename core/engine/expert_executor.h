@@ -2,6 +2,7 @@
 #define MOEMESH_CORE_ENGINE_EXPERT_EXECUTOR_H_
 
 #include "absl/status/status.h"
+#include "absl/types/span.h"
 
 namespace moemesh {
 
@@ -33,6 +34,15 @@ class ExpertExecutor {
   // thread-safe; the engine calls it from one thread.
   virtual absl::Status Execute(const ExpertBatch& batch, float* out) = 0;
 };
+
+struct FfnWeights;
+
+// Runs one expert on `rows` of `hidden_states` ([*, hidden_size]) and writes
+// weights[i] * FFN(hidden_states[rows[i]]) to out[i] ([rows.size(),
+// hidden_size]). The building block of local and remote expert execution.
+void ComputeExpertRows(const FfnWeights& expert, const float* hidden_states, int hidden_size,
+                       absl::Span<const int> rows, absl::Span<const float> weights, float* out,
+                       ThreadPool* pool);
 
 // Runs experts from a weights table in this process. NOT_FOUND when a batch
 // names an expert the table lacks.

@@ -7,9 +7,12 @@
 
 namespace moemesh {
 
-// A thin wall around libsentencepiece. Its header declares its own
-// absl::string_view, which clashes with Abseil's, so only spm_shim.cc
-// includes it, and this interface uses the standard library alone.
+// A wall around libsentencepiece. Debian's build carries its own protobuf
+// 3.14, which crashes a process that also loads libprotobuf 3.21 (gRPC), and
+// its header declares an absl::string_view that clashes with Abseil's. So
+// the library is reached only through libmoemesh_spm.so (spm_c_api.cc), a C
+// interface loaded with a private symbol scope; this interface uses the
+// standard library alone.
 class SpmModel {
  public:
   // nullptr on failure, with *error set and *not_found telling why.

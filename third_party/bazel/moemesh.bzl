@@ -20,6 +20,6 @@ def moemesh_test(name, srcs, deps = [], data = [], **kwargs):
             "//third_party/gtest:gtest_main",
             "//third_party/gtest:gmock",
         ],
-        data = data + ["//tests:fixtures", "//models:fortune_moe"],
+        data = data + ["//tests:fixtures", "//models:fortune_moe", "//core/tokenizer:moemesh_spm"],
         **kwargs
     )

@@ -12,6 +12,7 @@ PACKAGES=(
   bazel-bootstrap
   python3
   libutf8proc-dev libsentencepiece-dev sentencepiece
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   clang-14 libclang-rt-14-dev
 )
 

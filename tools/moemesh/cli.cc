@@ -14,6 +14,7 @@
 #include "core/common/status_macros.h"
 #include "core/engine/perplexity.h"
 #include "core/model/safetensors.h"
+#include "services/router/remote_expert_executor.h"
 #include "core/tokenizer/streaming_detokenizer.h"
 #include "core/tokenizer/tokenizer.h"
 #include "core/tokenizer/utf8.h"
@@ -57,7 +58,13 @@ absl::Status RunGenerate(const GenerateCommand& cmd, std::ostream& out) {
   if (!cmd.prompt.empty()) {
     MM_ASSIGN_OR_RETURN(prompt, tokenizer->Encode(cmd.prompt, /*add_special_tokens=*/true));
   }
-  MM_ASSIGN_OR_RETURN(auto engine, Engine::Create(cmd.model_dir, cmd.engine));
+  std::unique_ptr<ExpertExecutor> remote;
+  if (!cmd.expert_addresses.empty()) {
+    MM_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(cmd.model_dir));
+    MM_ASSIGN_OR_RETURN(remote, RemoteExpertExecutor::Connect(cmd.expert_addresses, config.hidden_size,
+                                                                 cmd.experts_connect_timeout_ms));
+  }
+  MM_ASSIGN_OR_RETURN(auto engine, Engine::Create(cmd.model_dir, cmd.engine, std::move(remote)));
   std::unique_ptr<StreamingDetokenizer> stream;
   if (tokenizer) stream = std::make_unique<StreamingDetokenizer>(tokenizer.get(), true);
   std::string text;

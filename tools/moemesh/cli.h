@@ -16,6 +16,10 @@ absl::StatusOr<std::vector<int>> ParseTokenIds(const std::string& text);
 
 struct GenerateCommand {
   std::string model_dir;
+  // Expert workers, one address per shard (shard i first); empty runs the
+  // experts in this process.
+  std::vector<std::string> expert_addresses;
+  int experts_connect_timeout_ms = 10000;
   std::vector<int> prompt_ids;
   std::string prompt;          // text; used when prompt_ids is empty
   std::string tokenizer_path;  // default: the model directory's tokenizer.json

@@ -8,6 +8,8 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/status/status.h"
+#include "absl/strings/str_split.h"
+#include "services/common/server_util.h"
 #include "tools/moemesh/cli.h"
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory (config.json + safetensors)");
@@ -31,6 +33,10 @@ ABSL_FLAG(std::string, output, "text", "output format: text or json");
 ABSL_FLAG(std::string, logits_out, "", "score: safetensors file to write the logits to");
 ABSL_FLAG(std::string, dataset, "", "eval: JSON lines of {\"ids\": [...]}");
 ABSL_FLAG(int, threads, 1, "CPU threads");
+ABSL_FLAG(int, experts_connect_timeout_ms, 10000, "generate: how long to wait for the expert workers");
+ABSL_FLAG(std::string, experts, "",
+          "generate: expert worker addresses, one per shard in shard order (host:port,host:port); "
+          "empty runs the experts in this process");
 ABSL_FLAG(int, kv_cache_tokens, 65536, "KV cache capacity in tokens");
 ABSL_FLAG(int, prefill_chunk, 512, "longest prefill chunk per forward step");
 ABSL_FLAG(double, gating_temperature, 0.0, "MoE gating temperature T (off when 0)");
@@ -71,22 +77,6 @@ absl::StatusOr<EngineOptions> EngineFlags() {
   return e;
 }
 
-// The CLI spells flags with dashes (--prompt-ids); Abseil wants underscores.
-std::vector<std::string> NormalizeFlagNames(int argc, char** argv) {
-  std::vector<std::string> out(argv, argv + argc);
-  for (size_t i = 1; i < out.size(); ++i) {
-    std::string& a = out[i];
-    if (a == "--") break;
-    if (a.size() < 3 || a.compare(0, 2, "--") != 0) continue;
-    size_t end = a.find('=');
-    if (end == std::string::npos) end = a.size();
-    for (size_t j = 2; j < end; ++j) {
-      if (a[j] == '-') a[j] = '_';
-    }
-  }
-  return out;
-}
-
 }  // namespace
 
 int CliMain(int argc, char** argv) {
@@ -124,6 +114,10 @@ int CliMain(int argc, char** argv) {
     cmd.prompt_ids = *ids;
     cmd.prompt = absl::GetFlag(FLAGS_prompt);
     cmd.tokenizer_path = absl::GetFlag(FLAGS_tokenizer);
+    cmd.experts_connect_timeout_ms = absl::GetFlag(FLAGS_experts_connect_timeout_ms);
+    for (absl::string_view a : absl::StrSplit(absl::GetFlag(FLAGS_experts), ',', absl::SkipEmpty())) {
+      cmd.expert_addresses.emplace_back(a);
+    }
     cmd.engine = *engine;
     cmd.params.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
     SamplingParams& s = cmd.params.sampling;

@@ -1,0 +1,34 @@
+#ifndef MOEMESH_SERVICES_COMMON_SERVER_UTIL_H_
+#define MOEMESH_SERVICES_COMMON_SERVER_UTIL_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+namespace moemesh {
+
+// Largest message a moemesh service or client accepts: a prefill chunk of
+// hidden states is tens of MB on large models.
+constexpr int kMaxMessageBytes = 512 << 20;
+
+// Flags may be written with dashes (--shard-index); Abseil wants
+// underscores. Returns argv with the flag names rewritten.
+std::vector<std::string> NormalizeFlagNames(int argc, char** argv);
+
+// Builds and starts a server on `address` ("host:port", port 0 picks a free
+// one) with health checking and reflection. Returns null on failure;
+// *bound_port receives the port.
+std::unique_ptr<grpc::Server> StartServer(const std::string& address, const std::vector<grpc::Service*>& services,
+                                          int* bound_port);
+
+// Channel arguments for clients of moemesh services.
+grpc::ChannelArguments ClientChannelArguments();
+
+// Blocks until SIGINT or SIGTERM, then returns. Call once, from main.
+void WaitForTerminationSignal();
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_SERVICES_COMMON_SERVER_UTIL_H_

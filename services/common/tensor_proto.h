@@ -1,0 +1,28 @@
+#ifndef MOEMESH_SERVICES_COMMON_TENSOR_PROTO_H_
+#define MOEMESH_SERVICES_COMMON_TENSOR_PROTO_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "moemesh/v1/common.pb.h"
+
+namespace moemesh {
+
+// Fills `t` with a [rows, cols] F32 tensor copied from `data`.
+void SetF32Tensor(const float* data, int64_t rows, int64_t cols, v1::Tensor* t);
+
+// A view of a rank-2 F32 tensor's data. INVALID_ARGUMENT, naming `what`,
+// unless the dtype is F32, the shape [rows, cols] (cols == want_cols when
+// want_cols >= 0) and the byte count matches. The pointer lives as long as
+// the message.
+struct F32Matrix {
+  const float* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+};
+absl::StatusOr<F32Matrix> GetF32Matrix(const v1::Tensor& t, int64_t want_cols, const char* what);
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_SERVICES_COMMON_TENSOR_PROTO_H_

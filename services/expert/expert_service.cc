@@ -1,0 +1,62 @@
+#include "services/expert/expert_service.h"
+
+#include "services/common/grpc_status.h"
+#include "services/common/tensor_proto.h"
+
+namespace moemesh {
+
+void ExpertServiceImpl::Handle(const v1::DispatchRequest& request, v1::DispatchResponse* response) {
+  response->set_step(request.step());
+  response->set_layer(request.layer());
+  response->set_micro_batch(request.micro_batch());
+  auto fail = [&](const absl::Status& s) {
+    response->set_error_code(static_cast<int>(s.code()));
+    response->set_error_message(std::string(s.message()));
+  };
+  auto hidden = GetF32Matrix(request.hidden_states(), worker_->config().hidden_size, "hidden_states");
+  if (!hidden.ok()) return fail(hidden.status());
+  ExpertWork work;
+  work.layer = request.layer();
+  work.num_rows = static_cast<int>(hidden->rows);
+  work.hidden_size = static_cast<int>(hidden->cols);
+  work.hidden_states = hidden->data;
+  work.groups.reserve(request.groups_size());
+  for (const v1::ExpertRows& g : request.groups()) {
+    work.groups.push_back({g.expert(), {g.rows().begin(), g.rows().end()}, {g.weights().begin(), g.weights().end()}});
+  }
+  std::vector<float> out;
+  absl::Status st = worker_->Run(work, &out);
+  if (!st.ok()) return fail(st);
+  SetF32Tensor(out.data(), static_cast<int64_t>(out.size() / work.hidden_size), work.hidden_size,
+               response->mutable_outputs());
+}
+
+grpc::Status ExpertServiceImpl::Dispatch(
+    grpc::ServerContext* context, grpc::ServerReaderWriter<v1::DispatchResponse, v1::DispatchRequest>* stream) {
+  v1::DispatchRequest request;
+  while (stream->Read(&request)) {
+    v1::DispatchResponse response;
+    Handle(request, &response);
+    if (!stream->Write(response)) break;  // the router went away
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status ExpertServiceImpl::GetShardInfo(grpc::ServerContext* context, const v1::GetShardInfoRequest* request,
+                                             v1::ShardInfo* response) {
+  const ModelConfig& c = worker_->config();
+  response->set_model(worker_->options().model_dir);
+  response->set_shard_index(worker_->options().shard_index);
+  response->set_num_shards(worker_->options().num_shards);
+  response->set_hidden_size(c.hidden_size);
+  response->set_num_layers(c.num_layers);
+  response->set_num_experts(c.num_experts);
+  for (const auto& [layer, experts] : worker_->HeldExperts()) {
+    v1::LayerExperts* le = response->add_experts();
+    le->set_layer(layer);
+    le->mutable_experts()->Add(experts.begin(), experts.end());
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace moemesh

@@ -1,0 +1,31 @@
+#ifndef MOEMESH_SERVICES_EXPERT_EXPERT_SERVICE_H_
+#define MOEMESH_SERVICES_EXPERT_EXPERT_SERVICE_H_
+
+#include "moemesh/v1/expert.grpc.pb.h"
+#include "services/expert/expert_worker.h"
+
+namespace moemesh {
+
+// gRPC adapter of ExpertWorker. A request that cannot be served is answered
+// with error_code/error_message in its response, so one bad step does not
+// tear down the router's long-lived stream.
+class ExpertServiceImpl final : public v1::ExpertService::Service {
+ public:
+  // `worker` must outlive the service.
+  explicit ExpertServiceImpl(ExpertWorker* worker) : worker_(worker) {}
+
+  grpc::Status Dispatch(grpc::ServerContext* context,
+                        grpc::ServerReaderWriter<v1::DispatchResponse, v1::DispatchRequest>* stream) override;
+  grpc::Status GetShardInfo(grpc::ServerContext* context, const v1::GetShardInfoRequest* request,
+                            v1::ShardInfo* response) override;
+
+  // Serves one request (exposed for tests).
+  void Handle(const v1::DispatchRequest& request, v1::DispatchResponse* response);
+
+ private:
+  ExpertWorker* worker_;
+};
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_SERVICES_EXPERT_EXPERT_SERVICE_H_

@@ -1,0 +1,86 @@
+#include "services/expert/expert_worker.h"
+
+#include "absl/strings/str_cat.h"
+#include "core/common/status_macros.h"
+#include "core/engine/expert_executor.h"
+#include "core/engine/placement.h"
+#include "core/model/safetensors.h"
+#include "core/tensor/thread_pool.h"
+
+namespace moemesh {
+
+ExpertWorker::~ExpertWorker() = default;
+
+absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const Options& options) {
+  if (options.threads < 1) return absl::InvalidArgumentError("--threads must be >= 1");
+  MM_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(options.model_dir));
+  MM_RETURN_IF_ERROR(ShardPlacement::Validate(options.shard_index, options.num_shards, config.num_experts));
+  MM_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(options.model_dir));
+  ShardPlacement placement(options.num_shards);
+  WeightLoadOptions load;
+  load.load_dense = false;  // experts only: attention and the rest live on the router
+  load.load_expert = [&](int layer, int expert) { return placement.Holds(options.shard_index, layer, expert); };
+  MM_ASSIGN_OR_RETURN(ModelWeights weights, LoadWeights(std::move(ckpt), config, load));
+  std::unique_ptr<ExpertWorker> w(new ExpertWorker);
+  w->options_ = options;
+  w->config_ = config;
+  w->weights_ = std::make_unique<ModelWeights>(std::move(weights));
+  w->pool_ = std::make_unique<ThreadPool>(options.threads);
+  return w;
+}
+
+std::vector<std::pair<int, std::vector<int>>> ExpertWorker::HeldExperts() const {
+  std::vector<std::pair<int, std::vector<int>>> out;
+  for (int l = 0; l < config_.num_layers; ++l) {
+    std::vector<int> experts;
+    for (int e = 0; e < config_.num_experts; ++e) {
+      if (weights_->experts.Find(l, e) != nullptr) experts.push_back(e);
+    }
+    if (!experts.empty()) out.emplace_back(l, std::move(experts));
+  }
+  return out;
+}
+
+absl::Status ExpertWorker::Run(const ExpertWork& work, std::vector<float>* out) {
+  const ModelConfig& c = config_;
+  if (work.layer < 0 || work.layer >= c.num_layers || !c.is_moe_layer[work.layer]) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", work.layer, " is not a MoE layer of this model"));
+  }
+  if (work.hidden_size != c.hidden_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("hidden size ", work.hidden_size, " does not match the model's ", c.hidden_size));
+  }
+  size_t total = 0;
+  for (const ExpertWork::Group& g : work.groups) {
+    if (g.expert < 0 || g.expert >= c.num_experts) {
+      return absl::InvalidArgumentError(absl::StrCat("expert ", g.expert, " is outside [0, ", c.num_experts, ")"));
+    }
+    if (weights_->experts.Find(work.layer, g.expert) == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "expert ", g.expert, " of layer ", work.layer, " is not on shard ", options_.shard_index, " of ",
+          options_.num_shards));
+    }
+    if (g.rows.size() != g.weights.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("expert ", g.expert, ": ", g.rows.size(), " rows but ",
+                                                     g.weights.size(), " weights"));
+    }
+    for (int r : g.rows) {
+      if (r < 0 || r >= work.num_rows) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("expert ", g.expert, ": row ", r, " is outside [0, ", work.num_rows, ")"));
+      }
+    }
+    total += g.rows.size();
+  }
+  out->resize(total * static_cast<size_t>(c.hidden_size));
+  absl::MutexLock lock(&mu_);
+  float* dst = out->data();
+  for (const ExpertWork::Group& g : work.groups) {
+    ComputeExpertRows(*weights_->experts.Find(work.layer, g.expert), work.hidden_states, c.hidden_size, g.rows,
+                      g.weights, dst, pool_.get());
+    dst += g.rows.size() * static_cast<size_t>(c.hidden_size);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace moemesh

@@ -1,0 +1,70 @@
+#ifndef MOEMESH_SERVICES_EXPERT_EXPERT_WORKER_H_
+#define MOEMESH_SERVICES_EXPERT_EXPERT_WORKER_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "core/model/config.h"
+#include "core/model/weights.h"
+
+namespace moemesh {
+
+class ThreadPool;
+
+// Rows of one MoE layer to run through this worker's experts.
+struct ExpertWork {
+  struct Group {
+    int expert = 0;
+    std::vector<int> rows;       // indices into hidden_states
+    std::vector<float> weights;  // one per row
+  };
+  int layer = 0;
+  int num_rows = 0;
+  int hidden_size = 0;
+  const float* hidden_states = nullptr;  // [num_rows, hidden_size]
+  std::vector<Group> groups;
+};
+
+// The logic of an expert worker, apart from gRPC: loads the experts of its
+// shard (expert e of every layer where e mod num_shards == shard_index) and
+// runs batches of rows through them. Thread-safe; calls are serialised
+// because they share one thread pool.
+class ExpertWorker {
+ public:
+  struct Options {
+    std::string model_dir;
+    int shard_index = 0;
+    int num_shards = 1;
+    int threads = 1;
+  };
+  static absl::StatusOr<std::unique_ptr<ExpertWorker>> Create(const Options& options);
+  ~ExpertWorker();
+
+  // Writes weights * FFN_expert(row) for every (group, row), in request
+  // order, to `out` ([total rows, hidden_size]). INVALID_ARGUMENT for
+  // malformed work (bad layer, row, sizes); FAILED_PRECONDITION for an
+  // expert this shard does not hold.
+  absl::Status Run(const ExpertWork& work, std::vector<float>* out);
+
+  const ModelConfig& config() const { return config_; }
+  const Options& options() const { return options_; }
+  // (layer, experts) this worker holds, in increasing order.
+  std::vector<std::pair<int, std::vector<int>>> HeldExperts() const;
+
+ private:
+  ExpertWorker() = default;
+
+  Options options_;
+  ModelConfig config_;
+  std::unique_ptr<ModelWeights> weights_;
+  absl::Mutex mu_;
+  std::unique_ptr<ThreadPool> pool_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_SERVICES_EXPERT_EXPERT_WORKER_H_

@@ -1,0 +1,67 @@
+// moemesh-expert: serves the experts of one shard over gRPC.
+//   moemesh-expert --model DIR --shard-index I --num-shards N [--port 0] [--threads T]
+// Prints "listening on HOST:PORT" once serving; stops on SIGINT/SIGTERM.
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "services/common/server_util.h"
+#include "services/expert/expert_service.h"
+#include "services/expert/expert_worker.h"
+
+ABSL_FLAG(std::string, model, "", "checkpoint directory");
+ABSL_FLAG(int, shard_index, 0, "this worker's shard: experts e with e mod num_shards == shard_index");
+ABSL_FLAG(int, num_shards, 1, "number of expert shards");
+ABSL_FLAG(std::string, host, "127.0.0.1", "address to listen on");
+ABSL_FLAG(int, port, 0, "port to listen on; 0 picks a free one");
+ABSL_FLAG(int, threads, 1, "CPU threads for the expert kernels");
+
+int main(int argc, char** argv) {
+  // Signals are taken synchronously by WaitForTerminationSignal.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+
+  absl::SetProgramUsageMessage("moemesh-expert --model DIR --shard-index I --num-shards N [--port P]");
+  std::vector<std::string> args = moemesh::NormalizeFlagNames(argc, argv);
+  std::vector<char*> argp;
+  for (std::string& a : args) argp.push_back(a.data());
+  absl::ParseCommandLine(static_cast<int>(argp.size()), argp.data());
+
+  moemesh::ExpertWorker::Options opt;
+  opt.model_dir = absl::GetFlag(FLAGS_model);
+  opt.shard_index = absl::GetFlag(FLAGS_shard_index);
+  opt.num_shards = absl::GetFlag(FLAGS_num_shards);
+  opt.threads = absl::GetFlag(FLAGS_threads);
+  if (opt.model_dir.empty()) {
+    std::fprintf(stderr, "moemesh-expert: error: --model DIR is required\n");
+    return 2;
+  }
+  auto worker = moemesh::ExpertWorker::Create(opt);
+  if (!worker.ok()) {
+    std::fprintf(stderr, "moemesh-expert: error: %s\n", std::string(worker.status().message()).c_str());
+    return 2;
+  }
+  moemesh::ExpertServiceImpl service(worker->get());
+  int port = 0;
+  std::string address = absl::GetFlag(FLAGS_host) + ":" + std::to_string(absl::GetFlag(FLAGS_port));
+  auto server = moemesh::StartServer(address, {&service}, &port);
+  if (server == nullptr) {
+    std::fprintf(stderr, "moemesh-expert: error: cannot listen on %s\n", address.c_str());
+    return 1;
+  }
+  std::printf("listening on %s:%d\n", absl::GetFlag(FLAGS_host).c_str(), port);
+  std::fflush(stdout);
+  moemesh::WaitForTerminationSignal();
+  // Let in-flight calls finish for a moment, then cancel the streams.
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  return 0;
+}

@@ -1,0 +1,134 @@
+// The mesh's expert hop: a model whose experts run on gRPC expert workers
+// (real servers on loopback ports) must give exactly the logits of the
+// single-process engine, with one and with several shards.
+#include "services/router/remote_expert_executor.h"
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/engine/kv_cache.h"
+#include "core/engine/model.h"
+#include "core/model/safetensors.h"
+#include "core/model/weights.h"
+#include "core/tensor/thread_pool.h"
+#include "gtest/gtest.h"
+#include "services/common/server_util.h"
+#include "services/expert/expert_service.h"
+#include "services/expert/expert_worker.h"
+
+namespace moemesh {
+namespace {
+
+struct Worker {
+  std::unique_ptr<ExpertWorker> worker;
+  std::unique_ptr<ExpertServiceImpl> service;
+  std::unique_ptr<grpc::Server> server;
+  std::string address;
+};
+
+std::vector<Worker> StartWorkers(const std::string& model, int shards) {
+  std::vector<Worker> out;
+  for (int i = 0; i < shards; ++i) {
+    Worker w;
+    auto worker = ExpertWorker::Create({model, i, shards, 1});
+    EXPECT_TRUE(worker.ok()) << worker.status();
+    w.worker = std::move(*worker);
+    w.service = std::make_unique<ExpertServiceImpl>(w.worker.get());
+    int port = 0;
+    w.server = StartServer("127.0.0.1:0", {w.service.get()}, &port);
+    EXPECT_NE(w.server, nullptr);
+    w.address = "127.0.0.1:" + std::to_string(port);
+    out.push_back(std::move(w));
+  }
+  return out;
+}
+
+std::vector<std::string> Addresses(const std::vector<Worker>& ws) {
+  std::vector<std::string> a;
+  for (const Worker& w : ws) a.push_back(w.address);
+  return a;
+}
+
+// Prefill + greedy decode, returning every logit row produced.
+std::vector<float> RunModel(const std::string& model_dir, ExpertExecutor* experts) {
+  auto config = LoadModelConfig(model_dir);
+  auto ckpt = Checkpoint::Open(model_dir);
+  auto w = LoadWeights(std::move(*ckpt), *config);
+  auto weights = std::make_shared<const ModelWeights>(std::move(*w));
+  auto model = Model::Create(*config, weights, nullptr);
+  KvCache cache(config->num_layers, (*model)->kv_k_width(), (*model)->kv_v_width(), 16, 8);
+  LocalExpertExecutor local(&weights->experts, nullptr);
+  ExpertExecutor* ex = experts ? experts : &local;
+  std::vector<int> prompt = {3, 14, 15, 92, 65, 35, 89, 79};
+  KvSequence seq;
+  std::vector<float> all, logits;
+  ForwardItem item{&seq, prompt, true};
+  EXPECT_TRUE((*model)->Forward({&item, 1}, &cache, ex, &logits).ok());
+  all = logits;
+  const int vocab = config->vocab_size;
+  for (int step = 0; step < 6; ++step) {
+    int next = static_cast<int>(std::max_element(logits.end() - vocab, logits.end()) - (logits.end() - vocab));
+    logits.clear();
+    ForwardItem dec{&seq, absl::MakeConstSpan(&next, 1), false};
+    absl::Status st = (*model)->Forward({&dec, 1}, &cache, ex, &logits);
+    EXPECT_TRUE(st.ok()) << st;
+    all.insert(all.end(), logits.begin(), logits.end());
+  }
+  return all;
+}
+
+class RemoteExpertsTest : public ::testing::TestWithParam<std::tuple<std::string, int>> {};
+
+TEST_P(RemoteExpertsTest, LogitsEqualSingleProcessExactly) {
+  const auto& [name, shards] = GetParam();
+  const std::string dir = "tests/fixtures/" + name;
+  auto config = LoadModelConfig(dir);
+  ASSERT_TRUE(config.ok());
+  std::vector<Worker> workers = StartWorkers(dir, shards);
+  auto remote = RemoteExpertExecutor::Connect(Addresses(workers), config->hidden_size);
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  std::vector<float> local = RunModel(dir, nullptr);
+  std::vector<float> mesh = RunModel(dir, remote->get());
+  ASSERT_EQ(local.size(), mesh.size());
+  EXPECT_EQ(local, mesh);  // bitwise
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, RemoteExpertsTest,
+                         ::testing::Combine(::testing::Values("mixtral", "qwen2_moe", "deepseek_v3", "olmoe"),
+                                            ::testing::Values(1, 3)),
+                         [](const auto& info) {
+                           return std::get<0>(info.param) + "_" + std::to_string(std::get<1>(info.param)) + "_shards";
+                         });
+
+TEST(RemoteExpertExecutorTest, ConnectChecksPlacementAndReachability) {
+  std::vector<Worker> workers = StartWorkers("tests/fixtures/mixtral", 2);
+  // Swapped addresses: shard 0's address serves shard 1.
+  auto swapped = RemoteExpertExecutor::Connect({workers[1].address, workers[0].address}, 64);
+  EXPECT_EQ(swapped.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(swapped.status().message().find(workers[1].address), std::string::npos);
+  auto wrong_hidden = RemoteExpertExecutor::Connect(Addresses(workers), 128);
+  EXPECT_EQ(wrong_hidden.status().code(), absl::StatusCode::kFailedPrecondition);
+  auto nobody = RemoteExpertExecutor::Connect({"127.0.0.1:1"}, 64, /*connect_timeout_ms=*/300);
+  EXPECT_EQ(nobody.status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(RemoteExpertExecutorTest, WorkerGoneIsUnavailable) {
+  std::vector<Worker> workers = StartWorkers("tests/fixtures/mixtral", 2);
+  auto remote = RemoteExpertExecutor::Connect(Addresses(workers), 64);
+  ASSERT_TRUE(remote.ok());
+  std::vector<float> hidden(2 * 64, 0.1f), out(2 * 64);
+  int ids[4] = {0, 1, 2, 3};
+  float wts[4] = {0.5f, 0.5f, 0.5f, 0.5f};
+  ExpertBatch batch{0, 2, 64, hidden.data(), 2, ids, wts};
+  ASSERT_TRUE((*remote)->Execute(batch, out.data()).ok());
+  // Cancels the worker's open stream after 100 ms, as a crash would.
+  workers[1].server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(100));
+  absl::Status st = (*remote)->Execute(batch, out.data());
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  EXPECT_NE(st.message().find(workers[1].address), std::string::npos);
+}
+
+}  // namespace
+}  // namespace moemesh
