@@ -113,6 +113,47 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, MeshTest,
                            return std::get<0>(info.param) + "_" + std::to_string(std::get<1>(info.param)) + "_shards";
                          });
 
+// The demo model writes the same text through two expert workers as in one
+// process: a text prompt, seeded sampling, streamed detokenization.
+TEST(MeshDemoModelTest, SameTextThroughTheMesh) {
+  const std::string model = "models/fortune-moe";
+  std::vector<Child> workers;
+  std::string addresses;
+  for (int i = 0; i < 2; ++i) {
+    Child w = Spawn({g_expert, "--model", model, "--shard-index", std::to_string(i), "--num-shards", "2"});
+    char line[256] = {0};
+    ASSERT_NE(fgets(line, sizeof line, w.out), nullptr);
+    std::string l(line);
+    ASSERT_EQ(l.rfind("listening on ", 0), 0u) << l;
+    addresses += (i ? "," : "") + l.substr(13, l.find('\n') - 13);
+    workers.push_back(w);
+  }
+  for (const char* prompt : {"Life is", "明月"}) {
+    std::vector<std::string> args = {g_moemesh, "generate", "--model", model, "--prompt", prompt,
+                                     "--max-new-tokens", "40", "--temperature", "0.8", "--top-p", "0.95",
+                                     "--seed", "3", "--output", "json"};
+    Child local = Spawn(args);
+    std::string a = ReadAll(local.out);
+    fclose(local.out);
+    EXPECT_EQ(Wait(local.pid), 0);
+    args.push_back("--experts=" + addresses);
+    Child mesh = Spawn(args);
+    std::string b = ReadAll(mesh.out);
+    fclose(mesh.out);
+    EXPECT_EQ(Wait(mesh.pid), 0);
+    auto ja = nlohmann::json::parse(a, nullptr, false), jb = nlohmann::json::parse(b, nullptr, false);
+    ASSERT_FALSE(jb.is_discarded()) << "not JSON (or not UTF-8): " << b;
+    EXPECT_EQ(ja["token_ids"], jb["token_ids"]);
+    EXPECT_EQ(ja["text"], jb["text"]);
+    EXPECT_FALSE(jb["text"].get<std::string>().empty());
+  }
+  for (Child& w : workers) {
+    kill(w.pid, SIGTERM);
+    EXPECT_EQ(Wait(w.pid), 0);
+    fclose(w.out);
+  }
+}
+
 TEST(MeshErrorsTest, UnreachableOrMisplacedWorkersFailClearly) {
   std::vector<std::string> args = {g_moemesh, "generate", "--model", "tests/fixtures/mixtral", "--prompt-ids", "1,2",
                                    "--experts", "127.0.0.1:1", "--experts-connect-timeout-ms", "300"};
