@@ -5,7 +5,7 @@
 #include "absl/strings/str_replace.h"
 #include "core/common/status_macros.h"
 #include "core/tokenizer/byte_level.h"
-#include "core/tokenizer/regex.h"
+#include "core/tokenizer/replace_pattern.h"
 #include "core/tokenizer/utf8.h"
 #include "nlohmann/json.hpp"
 
@@ -52,32 +52,17 @@ class MetaspaceDecoder : public TokenDecoder {
 
 class ReplaceDecoder : public TokenDecoder {
  public:
-  ReplaceDecoder(std::unique_ptr<Regex> re, std::string literal, std::string content)
-      : re_(std::move(re)), literal_(std::move(literal)), content_(std::move(content)) {}
+  explicit ReplaceDecoder(std::unique_ptr<ReplacePattern> r) : r_(std::move(r)) {}
   std::vector<std::string> DecodeChain(std::vector<std::string> tokens) const override {
     for (std::string& t : tokens) {
-      if (!re_) {
-        t = absl::StrReplaceAll(t, {{literal_, content_}});
-        continue;
-      }
-      auto matches = re_->FindAll(t);
-      if (!matches.ok()) continue;
-      std::string out;
-      size_t prev = 0;
-      for (auto [b, e] : *matches) {
-        out.append(t, prev, b - prev);
-        out += content_;
-        prev = e;
-      }
-      out.append(t, prev, std::string::npos);
-      t = std::move(out);
+      // Only a regex that exhausts PCRE2's limits fails; the token stays.
+      if (auto replaced = r_->Apply(t); replaced.ok()) t = std::move(*replaced);
     }
     return tokens;
   }
 
  private:
-  std::unique_ptr<Regex> re_;
-  std::string literal_, content_;
+  std::unique_ptr<ReplacePattern> r_;
 };
 
 int ParseByteToken(const std::string& t) {
@@ -179,18 +164,8 @@ absl::StatusOr<std::unique_ptr<TokenDecoder>> ParseDecoder(const Json& j, absl::
         new StripDecoder(j.value("content", " "), j.value("start", 0), j.value("stop", 0)));
   }
   if (type == "Replace") {
-    const Json& pattern = j.value("pattern", Json());
-    std::string content = j.value("content", "");
-    if (pattern.contains("String")) {
-      std::string lit = pattern["String"].get<std::string>();
-      if (lit.empty()) return absl::InvalidArgumentError(absl::StrCat(source, ": Replace with an empty pattern"));
-      return std::unique_ptr<TokenDecoder>(new ReplaceDecoder(nullptr, lit, content));
-    }
-    if (pattern.contains("Regex")) {
-      MM_ASSIGN_OR_RETURN(auto re, Regex::Compile(pattern["Regex"].get<std::string>()));
-      return std::unique_ptr<TokenDecoder>(new ReplaceDecoder(std::move(re), "", content));
-    }
-    return absl::InvalidArgumentError(absl::StrCat(source, ": Replace needs a String or Regex pattern"));
+    MM_ASSIGN_OR_RETURN(auto r, ReplacePattern::Parse(j, source));
+    return std::unique_ptr<TokenDecoder>(new ReplaceDecoder(std::move(r)));
   }
   if (type == "Sequence") {
     std::vector<std::unique_ptr<TokenDecoder>> steps;

@@ -3,9 +3,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_replace.h"
 #include "core/common/status_macros.h"
-#include "core/tokenizer/regex.h"
+#include "core/tokenizer/replace_pattern.h"
 #include "core/tokenizer/unicode.h"
 #include "core/tokenizer/utf8.h"
 #include "nlohmann/json.hpp"
@@ -84,25 +83,11 @@ class PrependNormalizer : public TextNormalizer {
 
 class ReplaceNormalizer : public TextNormalizer {
  public:
-  ReplaceNormalizer(std::unique_ptr<Regex> re, std::string literal, std::string content)
-      : re_(std::move(re)), literal_(std::move(literal)), content_(std::move(content)) {}
-  absl::StatusOr<std::string> Apply(std::string text) const override {
-    if (!re_) return absl::StrReplaceAll(text, {{literal_, content_}});
-    MM_ASSIGN_OR_RETURN(auto matches, re_->FindAll(text));
-    std::string out;
-    size_t prev = 0;
-    for (auto [b, e] : matches) {
-      out.append(text, prev, b - prev);
-      out += content_;
-      prev = e;
-    }
-    out.append(text, prev, std::string::npos);
-    return out;
-  }
+  explicit ReplaceNormalizer(std::unique_ptr<ReplacePattern> r) : r_(std::move(r)) {}
+  absl::StatusOr<std::string> Apply(std::string text) const override { return r_->Apply(text); }
 
  private:
-  std::unique_ptr<Regex> re_;
-  std::string literal_, content_;
+  std::unique_ptr<ReplacePattern> r_;
 };
 
 }  // namespace
@@ -128,18 +113,8 @@ absl::StatusOr<std::unique_ptr<TextNormalizer>> ParseNormalizer(const Json& j, a
   }
   if (type == "Prepend") return std::unique_ptr<TextNormalizer>(new PrependNormalizer(j.value("prepend", "")));
   if (type == "Replace") {
-    const Json& pattern = j.value("pattern", Json());
-    std::string content = j.value("content", "");
-    if (pattern.contains("String")) {
-      std::string lit = pattern["String"].get<std::string>();
-      if (lit.empty()) return absl::InvalidArgumentError(absl::StrCat(source, ": Replace with an empty pattern"));
-      return std::unique_ptr<TextNormalizer>(new ReplaceNormalizer(nullptr, lit, content));
-    }
-    if (pattern.contains("Regex")) {
-      MM_ASSIGN_OR_RETURN(auto re, Regex::Compile(pattern["Regex"].get<std::string>()));
-      return std::unique_ptr<TextNormalizer>(new ReplaceNormalizer(std::move(re), "", content));
-    }
-    return absl::InvalidArgumentError(absl::StrCat(source, ": Replace needs a String or Regex pattern"));
+    MM_ASSIGN_OR_RETURN(auto r, ReplacePattern::Parse(j, source));
+    return std::unique_ptr<TextNormalizer>(new ReplaceNormalizer(std::move(r)));
   }
   return absl::UnimplementedError(absl::StrCat(source, ": unsupported normalizer \"",
                                                type.empty() ? j.dump() : type, "\""));
