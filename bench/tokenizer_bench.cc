@@ -62,7 +62,10 @@ int Main(int argc, char** argv) {
   }
   std::ifstream in(docs_path);
   if (!in) {
-    std::system(("bash bench/make_bench_text.sh " + docs_path).c_str());
+    if (std::system(("bash bench/make_bench_text.sh " + docs_path).c_str()) != 0) {
+      std::fprintf(stderr, "cannot assemble the benchmark text (bench/make_bench_text.sh)\n");
+      return 1;
+    }
     in.open(docs_path);
   }
   std::vector<std::string> docs;

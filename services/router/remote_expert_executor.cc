@@ -7,6 +7,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "moemesh/v1/expert.grpc.pb.h"
 #include "services/common/grpc_status.h"
 #include "services/common/server_util.h"
@@ -14,16 +15,14 @@
 
 namespace moemesh {
 
-struct RemoteExpertExecutor::Shard {
+// One expert worker and our stream to it.
+struct RemoteExpertExecutor::Replica {
   std::string address;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::ExpertService::Stub> stub;
   std::unique_ptr<grpc::ClientContext> context;
   std::unique_ptr<grpc::ClientReaderWriter<v1::DispatchRequest, v1::DispatchResponse>> stream;
-  // This step's request: rows of the batch it carries, per expert.
-  std::vector<int> tokens;  // local row -> batch token
-  std::map<int, std::vector<std::pair<int, float>>> groups;  // expert -> (local row, weight)
-  v1::DispatchResponse response;
+  bool pending = false;  // a request was written and its answer not read
 
   // Drops the current stream, whatever state it is in.
   void Close() {
@@ -31,50 +30,107 @@ struct RemoteExpertExecutor::Shard {
     context->TryCancel();
     stream->Finish();
     stream.reset();
+    pending = false;
   }
 
-  absl::Status Open() {
+  void Open() {
     Close();
     context = std::make_unique<grpc::ClientContext>();
     stream = stub->Dispatch(context.get());
-    if (stream == nullptr) return absl::UnavailableError(absl::StrCat("cannot open a stream to ", address));
+  }
+
+  absl::Status Unavailable() const {
+    return absl::UnavailableError(absl::StrCat("expert worker ", address, " closed its stream"));
+  }
+
+  absl::Status Send(const v1::DispatchRequest& req) {
+    if (!stream) Open();
+    if (!stream || !stream->Write(req)) return Unavailable();
+    pending = true;
+    return absl::OkStatus();
+  }
+
+  absl::Status Receive(v1::DispatchResponse* resp) {
+    pending = false;
+    if (!stream->Read(resp)) return Unavailable();
+    if (resp->error_code() != 0) {
+      return absl::Status(static_cast<absl::StatusCode>(resp->error_code()),
+                          absl::StrCat("expert worker ", address, ": ", resp->error_message()));
+    }
     return absl::OkStatus();
   }
 };
 
+// A shard: its replicas and this step's request.
+struct RemoteExpertExecutor::Shard {
+  std::vector<std::unique_ptr<Replica>> replicas;
+  size_t next = 0;          // round-robin position
+  Replica* chosen = nullptr;
+  std::vector<int> tokens;  // local row -> batch token
+  std::map<int, std::vector<std::pair<int, float>>> groups;  // expert -> (local row, weight)
+  v1::DispatchRequest request;
+  v1::DispatchResponse response;
+};
+
 RemoteExpertExecutor::~RemoteExpertExecutor() {
-  for (auto& s : shards_) s->Close();
+  for (auto& s : shards_) {
+    for (auto& r : s->replicas) r->Close();
+  }
+}
+
+absl::StatusOr<std::vector<std::vector<std::string>>> RemoteExpertExecutor::ParseAddresses(const std::string& spec) {
+  std::vector<std::vector<std::string>> shards;
+  for (absl::string_view shard : absl::StrSplit(spec, ',')) {
+    std::vector<std::string> replicas;
+    for (absl::string_view r : absl::StrSplit(shard, '|', absl::SkipWhitespace())) replicas.emplace_back(r);
+    if (replicas.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--experts \"", spec, "\": shard ", shards.size(), " has no address (use host:port, '|' between replicas, ',' between shards)"));
+    }
+    shards.push_back(std::move(replicas));
+  }
+  return shards;
 }
 
 absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Connect(
     const std::vector<std::string>& shard_addresses, int hidden_size, int connect_timeout_ms) {
-  if (shard_addresses.empty()) return absl::InvalidArgumentError("no expert worker addresses");
+  std::vector<std::vector<std::string>> shards;
+  for (const std::string& a : shard_addresses) shards.push_back({a});
+  return Connect(shards, hidden_size, connect_timeout_ms);
+}
+
+absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Connect(
+    const std::vector<std::vector<std::string>>& shards, int hidden_size, int connect_timeout_ms) {
+  if (shards.empty()) return absl::InvalidArgumentError("no expert worker addresses");
   std::unique_ptr<RemoteExpertExecutor> ex(new RemoteExpertExecutor);
   ex->hidden_size_ = hidden_size;
-  ex->placement_ = std::make_unique<ShardPlacement>(static_cast<int>(shard_addresses.size()));
-  for (size_t i = 0; i < shard_addresses.size(); ++i) {
+  ex->placement_ = std::make_unique<ShardPlacement>(static_cast<int>(shards.size()));
+  for (size_t i = 0; i < shards.size(); ++i) {
     auto shard = std::make_unique<Shard>();
-    shard->address = shard_addresses[i];
-    shard->channel = grpc::CreateCustomChannel(shard->address, grpc::InsecureChannelCredentials(),
-                                               ClientChannelArguments());
-    shard->stub = v1::ExpertService::NewStub(shard->channel);
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(connect_timeout_ms));
-    ctx.set_wait_for_ready(true);
-    v1::ShardInfo info;
-    grpc::Status st = shard->stub->GetShardInfo(&ctx, v1::GetShardInfoRequest(), &info);
-    if (!st.ok()) {
-      return absl::UnavailableError(
-          absl::StrCat("expert worker ", shard->address, " (shard ", i, ") is not reachable: ", st.error_message()));
+    for (const std::string& address : shards[i]) {
+      auto r = std::make_unique<Replica>();
+      r->address = address;
+      r->channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), ClientChannelArguments());
+      r->stub = v1::ExpertService::NewStub(r->channel);
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(connect_timeout_ms));
+      ctx.set_wait_for_ready(true);
+      v1::ShardInfo info;
+      grpc::Status st = r->stub->GetShardInfo(&ctx, v1::GetShardInfoRequest(), &info);
+      if (!st.ok()) {
+        return absl::UnavailableError(
+            absl::StrCat("expert worker ", address, " (shard ", i, ") is not reachable: ", st.error_message()));
+      }
+      if (info.shard_index() != static_cast<int>(i) || info.num_shards() != static_cast<int>(shards.size()) ||
+          info.hidden_size() != hidden_size) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "expert worker ", address, " serves shard ", info.shard_index(), " of ", info.num_shards(),
+            " with hidden size ", info.hidden_size(), "; expected shard ", i, " of ", shards.size(),
+            " with hidden size ", hidden_size));
+      }
+      r->Open();
+      shard->replicas.push_back(std::move(r));
     }
-    if (info.shard_index() != static_cast<int>(i) || info.num_shards() != static_cast<int>(shard_addresses.size()) ||
-        info.hidden_size() != hidden_size) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "expert worker ", shard->address, " serves shard ", info.shard_index(), " of ", info.num_shards(),
-          " with hidden size ", info.hidden_size(), "; expected shard ", i, " of ", shard_addresses.size(),
-          " with hidden size ", hidden_size));
-    }
-    if (absl::Status open = shard->Open(); !open.ok()) return open;
     ex->shards_.push_back(std::move(shard));
   }
   return ex;
@@ -83,9 +139,13 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
 absl::Status RemoteExpertExecutor::Execute(const ExpertBatch& b, float* out) {
   absl::Status st = ExecuteOnce(b, out);
   if (!st.ok()) {
-    // A failed step leaves streams with unsent or unread messages: start
-    // every stream afresh so the next step is not answered with stale rows.
-    for (auto& s : shards_) s->Open().IgnoreError();
+    // A failed step can leave answers unread: start those streams afresh so
+    // the next step is not answered with stale rows.
+    for (auto& s : shards_) {
+      for (auto& r : s->replicas) {
+        if (r->pending) r->Open();
+      }
+    }
   }
   return st;
 }
@@ -98,12 +158,10 @@ absl::Status RemoteExpertExecutor::ExecuteOnce(const ExpertBatch& b, float* out)
   ++step_;
   // Partition the assignments by shard; each shard gets only the rows it needs.
   std::vector<int> local(b.num_tokens);
-  for (auto& s : shards_) {
-    s->tokens.clear();
-    s->groups.clear();
-  }
   for (size_t si = 0; si < shards_.size(); ++si) {
     Shard& s = *shards_[si];
+    s.tokens.clear();
+    s.groups.clear();
     std::fill(local.begin(), local.end(), -1);
     for (int t = 0; t < b.num_tokens; ++t) {
       for (int j = 0; j < b.slots; ++j) {
@@ -117,12 +175,15 @@ absl::Status RemoteExpertExecutor::ExecuteOnce(const ExpertBatch& b, float* out)
       }
     }
   }
-  // Send to every shard with work, then collect: all shards run at once.
+  // Build and send every shard's request, then collect: all shards run at
+  // once. A replica that fails is replaced by the next one of its shard.
   std::vector<float> rows;
   for (auto& sp : shards_) {
     Shard& s = *sp;
+    s.chosen = nullptr;
     if (s.tokens.empty()) continue;
-    v1::DispatchRequest req;
+    v1::DispatchRequest& req = s.request;
+    req.Clear();
     req.set_step(step_);
     req.set_layer(b.layer);
     rows.resize(s.tokens.size() * static_cast<size_t>(h));
@@ -139,33 +200,65 @@ absl::Status RemoteExpertExecutor::ExecuteOnce(const ExpertBatch& b, float* out)
         g->add_weights(w);
       }
     }
-    if (!s.stream->Write(req)) {
-      return absl::UnavailableError(absl::StrCat("expert worker ", s.address, " closed its stream"));
-    }
   }
-  // Per token: (expert, pointer to its weighted row) from every shard.
-  std::vector<std::vector<std::pair<int, const float*>>> parts(b.num_tokens);
-  for (auto& sp : shards_) {
-    Shard& s = *sp;
+  // Each shard tries its replicas in round-robin order, starting with a
+  // new one every step.
+  auto try_replicas = [&](Shard& s, bool already_sent) -> absl::Status {
+    absl::Status last;
+    const size_t n = s.replicas.size();
+    for (size_t attempt = 0; attempt < n; ++attempt) {
+      Replica* r = s.replicas[(s.next + attempt) % n].get();
+      if (attempt > 0 || !already_sent) {
+        if (attempt > 0) ++retries_;
+        last = r->Send(s.request);
+        if (!last.ok()) {
+          r->Open();
+          continue;
+        }
+      }
+      last = r->Receive(&s.response);
+      if (last.ok()) {
+        s.chosen = r;
+        return absl::OkStatus();
+      }
+      // Only a lost worker is worth another replica; a refused request
+      // would be refused everywhere.
+      r->Open();
+      if (!absl::IsUnavailable(last) && !absl::IsCancelled(last)) return last;
+    }
+    return last;
+  };
+  std::vector<bool> sent(shards_.size(), false);
+  for (size_t si = 0; si < shards_.size(); ++si) {
+    Shard& s = *shards_[si];
     if (s.tokens.empty()) continue;
-    if (!s.stream->Read(&s.response)) {
-      return absl::UnavailableError(absl::StrCat("expert worker ", s.address, " closed its stream"));
+    Replica* first = s.replicas[s.next % s.replicas.size()].get();
+    sent[si] = first->Send(s.request).ok();
+    if (!sent[si]) first->Open();
+  }
+  std::vector<std::vector<std::pair<int, const float*>>> parts(b.num_tokens);
+  for (size_t si = 0; si < shards_.size(); ++si) {
+    Shard& s = *shards_[si];
+    if (s.tokens.empty()) continue;
+    if (!sent[si]) {  // its first replica already failed: go to the next
+      ++s.next;
+      ++retries_;
     }
-    if (s.response.error_code() != 0) {
-      return absl::Status(static_cast<absl::StatusCode>(s.response.error_code()),
-                          absl::StrCat("expert worker ", s.address, ": ", s.response.error_message()));
-    }
+    absl::Status st = try_replicas(s, sent[si]);
+    s.next = (s.next + 1) % s.replicas.size();
+    if (!st.ok()) return st;
     if (s.response.step() != step_ || s.response.layer() != b.layer) {
-      return absl::InternalError(absl::StrCat("expert worker ", s.address, " answered step ", s.response.step(),
-                                              " layer ", s.response.layer(), ", expected step ", step_, " layer ",
-                                              b.layer));
+      return absl::InternalError(absl::StrCat("expert worker ", s.chosen->address, " answered step ",
+                                              s.response.step(), " layer ", s.response.layer(), ", expected step ",
+                                              step_, " layer ", b.layer));
     }
     size_t total = 0;
     for (const auto& [e, assigned] : s.groups) total += assigned.size();
     auto m = GetF32Matrix(s.response.outputs(), h, "outputs");
     if (!m.ok()) return m.status();
     if (static_cast<size_t>(m->rows) != total) {
-      return absl::InternalError(absl::StrCat("expert worker ", s.address, " returned ", m->rows, " rows, expected ", total));
+      return absl::InternalError(
+          absl::StrCat("expert worker ", s.chosen->address, " returned ", m->rows, " rows, expected ", total));
     }
     const float* row = m->data;
     for (const auto& [e, assigned] : s.groups) {

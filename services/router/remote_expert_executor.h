@@ -15,20 +15,36 @@ namespace moemesh {
 // shard over a long-lived Dispatch stream each, all shards in flight at
 // once, then adds the returned weighted rows per token in increasing expert
 // order, exactly as LocalExpertExecutor does, so the mesh's logits equal
-// the single-process engine's bit for bit. Not thread-safe: the engine
-// calls it from its step thread.
+// the single-process engine's bit for bit.
+//
+// A shard may have several replicas: steps rotate among them, and since an
+// expert call is a pure function, a request that fails on one replica is
+// sent again to the next. The step fails with UNAVAILABLE only when every
+// replica of a shard has failed it. Not thread-safe: the engine calls it
+// from its step thread.
 class RemoteExpertExecutor : public ExpertExecutor {
  public:
-  // `shard_addresses[i]` serves shard i of `shard_addresses.size()`.
-  // Checks each worker's GetShardInfo against the placement; UNAVAILABLE
-  // when a worker cannot be reached within `connect_timeout_ms`.
+  // `shards[i]` lists the replicas (addresses) of shard i of
+  // `shards.size()`. Checks every worker's GetShardInfo against the
+  // placement; UNAVAILABLE when one cannot be reached within
+  // `connect_timeout_ms`.
+  static absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> Connect(
+      const std::vector<std::vector<std::string>>& shards, int hidden_size, int connect_timeout_ms = 10000);
+  // One replica per shard.
   static absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> Connect(
       const std::vector<std::string>& shard_addresses, int hidden_size, int connect_timeout_ms = 10000);
+
+  // Parses "a|b,c" (shards separated by ',', replicas by '|').
+  static absl::StatusOr<std::vector<std::vector<std::string>>> ParseAddresses(const std::string& spec);
+
+  // Requests resent to another replica after a failure (for tests and metrics).
+  int64_t retries() const { return retries_; }
   ~RemoteExpertExecutor() override;
 
   absl::Status Execute(const ExpertBatch& batch, float* out) override;
 
  private:
+  struct Replica;
   struct Shard;
   RemoteExpertExecutor() = default;
   absl::Status ExecuteOnce(const ExpertBatch& batch, float* out);
@@ -37,6 +53,7 @@ class RemoteExpertExecutor : public ExpertExecutor {
   std::unique_ptr<ShardPlacement> placement_;
   int hidden_size_ = 0;
   uint64_t step_ = 0;
+  int64_t retries_ = 0;
 };
 
 }  // namespace moemesh

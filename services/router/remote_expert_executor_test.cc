@@ -114,6 +114,50 @@ TEST(RemoteExpertExecutorTest, ConnectChecksPlacementAndReachability) {
   EXPECT_EQ(nobody.status().code(), absl::StatusCode::kUnavailable);
 }
 
+// Two replicas per shard: steps rotate between them, and when one dies in
+// the middle of a generation its requests go to the other, with no change
+// in the logits.
+TEST(RemoteExpertExecutorTest, SurvivesLosingOneOfTwoReplicas) {
+  const std::string dir = "tests/fixtures/qwen3_moe";
+  std::vector<Worker> a = StartWorkers(dir, 2), b = StartWorkers(dir, 2);
+  auto remote = RemoteExpertExecutor::Connect({{a[0].address, b[0].address}, {a[1].address, b[1].address}}, 64);
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  auto config = LoadModelConfig(dir);
+  auto ckpt = Checkpoint::Open(dir);
+  auto w = LoadWeights(std::move(*ckpt), *config);
+  auto weights = std::make_shared<const ModelWeights>(std::move(*w));
+  auto model = Model::Create(*config, weights, nullptr);
+  LocalExpertExecutor local(&weights->experts, nullptr);
+  KvCache cache(config->num_layers, (*model)->kv_k_width(), (*model)->kv_v_width(), 16, 8);
+  std::vector<int> prompt = {9, 8, 7, 6, 5};
+  KvSequence s_local, s_mesh;
+  std::vector<float> l_local, l_mesh;
+  ForwardItem p1{&s_local, prompt, false}, p2{&s_mesh, prompt, false};
+  ASSERT_TRUE((*model)->Forward({&p1, 1}, &cache, &local, &l_local).ok());
+  ASSERT_TRUE((*model)->Forward({&p2, 1}, &cache, remote->get(), &l_mesh).ok());
+  for (int step = 0; step < 8; ++step) {
+    ASSERT_EQ(l_local, l_mesh) << "step " << step;
+    if (step == 3) {  // replica a of shard 0 dies mid-generation
+      a[0].server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(50));
+    }
+    int next = static_cast<int>(std::max_element(l_local.begin(), l_local.end()) - l_local.begin());
+    l_local.clear();
+    l_mesh.clear();
+    ForwardItem d1{&s_local, absl::MakeConstSpan(&next, 1), false}, d2{&s_mesh, absl::MakeConstSpan(&next, 1), false};
+    ASSERT_TRUE((*model)->Forward({&d1, 1}, &cache, &local, &l_local).ok());
+    absl::Status st = (*model)->Forward({&d2, 1}, &cache, remote->get(), &l_mesh);
+    ASSERT_TRUE(st.ok()) << st;
+  }
+  EXPECT_GT((*remote)->retries(), 0);
+}
+
+TEST(RemoteExpertExecutorTest, ParsesReplicaSpecs) {
+  auto s = RemoteExpertExecutor::ParseAddresses("a:1|b:2,c:3");
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(*s, (std::vector<std::vector<std::string>>{{"a:1", "b:2"}, {"c:3"}}));
+  EXPECT_EQ(RemoteExpertExecutor::ParseAddresses("a:1,,c:3").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(RemoteExpertExecutorTest, WorkerGoneIsUnavailable) {
   std::vector<Worker> workers = StartWorkers("tests/fixtures/mixtral", 2);
   auto remote = RemoteExpertExecutor::Connect(Addresses(workers), 64);

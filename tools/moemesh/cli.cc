@@ -59,9 +59,10 @@ absl::Status RunGenerate(const GenerateCommand& cmd, std::ostream& out) {
     MM_ASSIGN_OR_RETURN(prompt, tokenizer->Encode(cmd.prompt, /*add_special_tokens=*/true));
   }
   std::unique_ptr<ExpertExecutor> remote;
-  if (!cmd.expert_addresses.empty()) {
+  if (!cmd.experts.empty()) {
+    MM_ASSIGN_OR_RETURN(auto shards, RemoteExpertExecutor::ParseAddresses(cmd.experts));
     MM_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(cmd.model_dir));
-    MM_ASSIGN_OR_RETURN(remote, RemoteExpertExecutor::Connect(cmd.expert_addresses, config.hidden_size,
+    MM_ASSIGN_OR_RETURN(remote, RemoteExpertExecutor::Connect(shards, config.hidden_size,
                                                                  cmd.experts_connect_timeout_ms));
   }
   MM_ASSIGN_OR_RETURN(auto engine, Engine::Create(cmd.model_dir, cmd.engine, std::move(remote)));

@@ -16,9 +16,9 @@ absl::StatusOr<std::vector<int>> ParseTokenIds(const std::string& text);
 
 struct GenerateCommand {
   std::string model_dir;
-  // Expert workers, one address per shard (shard i first); empty runs the
-  // experts in this process.
-  std::vector<std::string> expert_addresses;
+  // Expert workers: "a|b,c" = shard 0 on replicas a and b, shard 1 on c;
+  // empty runs the experts in this process.
+  std::string experts;
   int experts_connect_timeout_ms = 10000;
   std::vector<int> prompt_ids;
   std::string prompt;          // text; used when prompt_ids is empty

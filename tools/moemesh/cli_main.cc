@@ -8,7 +8,6 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/status/status.h"
-#include "absl/strings/str_split.h"
 #include "services/common/server_util.h"
 #include "tools/moemesh/cli.h"
 
@@ -35,8 +34,8 @@ ABSL_FLAG(std::string, dataset, "", "eval: JSON lines of {\"ids\": [...]}");
 ABSL_FLAG(int, threads, 1, "CPU threads");
 ABSL_FLAG(int, experts_connect_timeout_ms, 10000, "generate: how long to wait for the expert workers");
 ABSL_FLAG(std::string, experts, "",
-          "generate: expert worker addresses, one per shard in shard order (host:port,host:port); "
-          "empty runs the experts in this process");
+          "generate: expert workers, shards in order separated by ',', replicas of a shard by '|' "
+          "(a:1|b:2,c:3); empty runs the experts in this process");
 ABSL_FLAG(int, kv_cache_tokens, 65536, "KV cache capacity in tokens");
 ABSL_FLAG(int, prefill_chunk, 512, "longest prefill chunk per forward step");
 ABSL_FLAG(double, gating_temperature, 0.0, "MoE gating temperature T (off when 0)");
@@ -115,9 +114,7 @@ int CliMain(int argc, char** argv) {
     cmd.prompt = absl::GetFlag(FLAGS_prompt);
     cmd.tokenizer_path = absl::GetFlag(FLAGS_tokenizer);
     cmd.experts_connect_timeout_ms = absl::GetFlag(FLAGS_experts_connect_timeout_ms);
-    for (absl::string_view a : absl::StrSplit(absl::GetFlag(FLAGS_experts), ',', absl::SkipEmpty())) {
-      cmd.expert_addresses.emplace_back(a);
-    }
+    cmd.experts = absl::GetFlag(FLAGS_experts);
     cmd.engine = *engine;
     cmd.params.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
     SamplingParams& s = cmd.params.sampling;
