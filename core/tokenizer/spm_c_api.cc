@@ -12,10 +12,15 @@
 
 namespace {
 
+// memcpy that accepts empty ranges (whose pointers may be null).
+void Copy(void* dst, const void* src, size_t n) {
+  if (n > 0) std::memcpy(dst, src, n);
+}
+
 void SetError(const std::string& msg, char* err, size_t cap) {
   if (err == nullptr || cap == 0) return;
   size_t n = std::min(msg.size(), cap - 1);
-  std::memcpy(err, msg.data(), n);
+  Copy(err, msg.data(), n);
   err[n] = '\0';
 }
 
@@ -50,7 +55,7 @@ __attribute__((visibility("default"))) long mm_spm_encode(void* h, const char* t
     SetError(st.ToString(), err, errcap);
     return -1;
   }
-  std::memcpy(ids, out.data(), std::min(out.size(), cap) * sizeof(int));
+  Copy(ids, out.data(), std::min(out.size(), cap) * sizeof(int));
   return static_cast<long>(out.size());
 }
 
@@ -58,12 +63,12 @@ __attribute__((visibility("default"))) long mm_spm_encode(void* h, const char* t
 __attribute__((visibility("default"))) long mm_spm_decode(void* h, const int* ids, size_t n, char* text,
                                                            size_t cap, char* err, size_t errcap) {
   std::string out;
-  auto st = static_cast<sentencepiece::SentencePieceProcessor*>(h)->Decode(std::vector<int>(ids, ids + n), &out);
+  auto st = static_cast<sentencepiece::SentencePieceProcessor*>(h)->Decode(n > 0 ? std::vector<int>(ids, ids + n) : std::vector<int>(), &out);
   if (!st.ok()) {
     SetError(st.ToString(), err, errcap);
     return -1;
   }
-  std::memcpy(text, out.data(), std::min(out.size(), cap));
+  Copy(text, out.data(), std::min(out.size(), cap));
   return static_cast<long>(out.size());
 }
 
@@ -85,7 +90,7 @@ __attribute__((visibility("default"))) int mm_spm_piece_to_id(void* h, const cha
 // Copies the piece of `id` (no terminator); returns its length.
 __attribute__((visibility("default"))) long mm_spm_id_to_piece(void* h, int id, char* out, size_t cap) {
   const std::string& p = static_cast<sentencepiece::SentencePieceProcessor*>(h)->IdToPiece(id);
-  std::memcpy(out, p.data(), std::min(p.size(), cap));
+  Copy(out, p.data(), std::min(p.size(), cap));
   return static_cast<long>(p.size());
 }
 

@@ -9,6 +9,23 @@
 #define MOEMESH_SPM_LIBRARY "libmoemesh_spm.so"
 #endif
 
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MM_SANITIZED 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define MM_SANITIZED 1
+#endif
+
+// The sanitizers' runtime refuses RTLD_DEEPBIND; sanitized builds (the
+// fuzzers) load no libprotobuf, so they do not need it.
+#ifdef MM_SANITIZED
+constexpr int kDlopenFlags = RTLD_NOW | RTLD_LOCAL;
+#else
+constexpr int kDlopenFlags = RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND;
+#endif
+
 namespace moemesh {
 namespace {
 
@@ -33,7 +50,7 @@ const Api& GetApi() {
     const char* env = std::getenv("MOEMESH_SPM_LIBRARY");
     const char* path = env != nullptr && *env != '\0' ? env : MOEMESH_SPM_LIBRARY;
     // A private symbol scope: the library's bundled protobuf stays its own.
-    void* lib = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+    void* lib = dlopen(path, kDlopenFlags);
     if (lib == nullptr) {
       a->error = std::string("cannot load the SentencePiece support library ") + path + ": " + dlerror() +
                  " (set MOEMESH_SPM_LIBRARY to its path)";

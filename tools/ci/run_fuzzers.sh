@@ -20,5 +20,15 @@ for mode in 1 2 3 4 5 6 7; do
   done
 done
 printf '\x08\x00\x10\x01\x02\x00\x03' > "$corpus/dec_0"
+mkdir -p "$build/fuzz-artifacts"
+set +e
 "$build/fuzz/tokenizer_fuzzer" -runs="$runs" -seed=1 -timeout=10 -max_len=4096 \
-  -print_final_stats=1 "$corpus" 2>&1 | tail -n 15
+  -artifact_prefix="$build/fuzz-artifacts/" -print_final_stats=1 "$corpus" > "$build/fuzz.log" 2>&1
+rc=$?
+set -e
+tail -n 15 "$build/fuzz.log"
+if [ $rc -ne 0 ]; then
+  echo "tokenizer_fuzzer failed (exit $rc); inputs in $build/fuzz-artifacts/, log in $build/fuzz.log"
+  grep -m 20 -E "ERROR|SUMMARY|==[0-9]+==" "$build/fuzz.log" || true
+fi
+exit $rc
