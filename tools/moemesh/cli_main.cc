@@ -58,7 +58,10 @@ const char kUsage[] =
 
 namespace {
 
-int Fail(const absl::Status& s) {
+// The exit code of a command: 0, or the one-line error and 2 for bad input,
+// 1 otherwise.
+int ExitWith(const absl::Status& s) {
+  if (s.ok()) return 0;
   std::fprintf(stderr, "moemesh: error: %s\n", std::string(s.message()).c_str());
   return s.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
 }
@@ -91,21 +94,19 @@ int CliMain(int argc, char** argv) {
   if (command == "tokenize" || command == "detokenize") {
     TokenizeCommand cmd{absl::GetFlag(FLAGS_tokenizer), absl::GetFlag(FLAGS_add_special_tokens),
                         absl::GetFlag(FLAGS_skip_special_tokens)};
-    if (cmd.tokenizer_path.empty()) return Fail(absl::InvalidArgumentError("--tokenizer FILE is required"));
-    absl::Status st = command == "tokenize" ? RunTokenize(cmd, std::cin, std::cout)
-                                            : RunDetokenize(cmd, std::cin, std::cout);
-    return st.ok() ? 0 : Fail(st);
+    if (cmd.tokenizer_path.empty()) return ExitWith(absl::InvalidArgumentError("--tokenizer FILE is required"));
+    return ExitWith(command == "tokenize" ? RunTokenize(cmd, std::cin, std::cout)
+                                            : RunDetokenize(cmd, std::cin, std::cout));
   }
   std::string model = absl::GetFlag(FLAGS_model);
-  if (model.empty()) return Fail(absl::InvalidArgumentError("--model DIR is required"));
+  if (model.empty()) return ExitWith(absl::InvalidArgumentError("--model DIR is required"));
   auto ids = ParseTokenIds(absl::GetFlag(FLAGS_prompt_ids));
-  if (!ids.ok()) return Fail(ids.status());
+  if (!ids.ok()) return ExitWith(ids.status());
   auto engine = EngineFlags();
-  if (!engine.ok()) return Fail(engine.status());
+  if (!engine.ok()) return ExitWith(engine.status());
   if (command == "eval") {
     EvalCommand cmd{model, absl::GetFlag(FLAGS_dataset), *engine};
-    absl::Status st = RunEval(cmd, std::cout);
-    return st.ok() ? 0 : Fail(st);
+    return ExitWith(RunEval(cmd, std::cout));
   }
   if (command == "generate") {
     GenerateCommand cmd;
@@ -127,16 +128,15 @@ int CliMain(int argc, char** argv) {
     s.frequency_penalty = absl::GetFlag(FLAGS_frequency_penalty);
     if (absl::GetFlag(FLAGS_seed) >= 0) s.seed = static_cast<uint64_t>(absl::GetFlag(FLAGS_seed));
     auto stops = ParseTokenIds(absl::GetFlag(FLAGS_stop_token_ids));
-    if (!stops.ok()) return Fail(stops.status());
+    if (!stops.ok()) return ExitWith(stops.status());
     cmd.params.stop_token_ids = *stops;
     cmd.params.ignore_eos = absl::GetFlag(FLAGS_ignore_eos);
     std::string output = absl::GetFlag(FLAGS_output);
     if (output != "json" && output != "text") {
-      return Fail(absl::InvalidArgumentError("--output must be text or json"));
+      return ExitWith(absl::InvalidArgumentError("--output must be text or json"));
     }
     cmd.json = output == "json";
-    absl::Status st = RunGenerate(cmd, std::cout);
-    return st.ok() ? 0 : Fail(st);
+    return ExitWith(RunGenerate(cmd, std::cout));
   }
   if (command == "score") {
     ScoreCommand cmd;
@@ -144,8 +144,7 @@ int CliMain(int argc, char** argv) {
     cmd.prompt_ids = *ids;
     cmd.engine = *engine;
     cmd.logits_out = absl::GetFlag(FLAGS_logits_out);
-    absl::Status st = RunScore(cmd, std::cout);
-    return st.ok() ? 0 : Fail(st);
+    return ExitWith(RunScore(cmd, std::cout));
   }
   std::fprintf(stderr, "moemesh: error: unknown command \"%s\"\n%s\n", command.c_str(), kUsage);
   return 2;
