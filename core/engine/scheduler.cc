@@ -1,0 +1,164 @@
+#include "core/engine/scheduler.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "core/engine/expert_executor.h"
+#include "core/engine/model.h"
+
+namespace moemesh {
+
+struct Scheduler::Request {
+  int64_t id;
+  std::vector<int> prompt;
+  GenerateParams params;
+  std::vector<int> stops;
+  Sampler sampler;
+  std::function<void(const StepEvent&)> on_event;
+  KvSequence seq;
+  int blocks = 0;      // reserved for prompt + max_new_tokens
+  size_t prefilled = 0;
+  int generated = 0;
+  int last_token = -1;
+
+  Request(int64_t i, std::vector<int> p, const GenerateParams& g, std::function<void(const StepEvent&)> cb)
+      : id(i), prompt(std::move(p)), params(g), sampler(g.sampling, prompt), on_event(std::move(cb)) {}
+};
+
+Scheduler::Scheduler(Model* model, KvCache* cache, ExpertExecutor* experts, const Options& options)
+    : model_(model), cache_(cache), experts_(experts), options_(options) {}
+
+Scheduler::~Scheduler() {
+  for (auto& [id, r] : running_) cache_->Release(&r->seq);
+}
+
+int Scheduler::BlocksFor(int tokens) const { return (tokens + cache_->block_size() - 1) / cache_->block_size(); }
+
+absl::StatusOr<int64_t> Scheduler::Add(std::vector<int> prompt, const GenerateParams& params,
+                                       std::function<void(const StepEvent&)> on_event) {
+  const ModelConfig& c = model_->config();
+  if (prompt.empty()) return absl::InvalidArgumentError("prompt is empty; give at least one token id");
+  for (int t : prompt) {
+    if (t < 0 || t >= c.vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("prompt token id ", t, " is outside the vocabulary [0, ", c.vocab_size, ")"));
+    }
+  }
+  if (absl::Status st = params.Validate(); !st.ok()) return st;
+  int blocks = BlocksFor(static_cast<int>(prompt.size()) + params.max_new_tokens);
+  if (blocks > cache_->num_blocks()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "prompt (", prompt.size(), " tokens) + max_new_tokens (", params.max_new_tokens,
+        ") needs more KV cache than this server has (", cache_->num_blocks() * cache_->block_size(), " tokens)"));
+  }
+  auto r = std::make_unique<Request>(next_id_++, std::move(prompt), params, std::move(on_event));
+  r->blocks = blocks;
+  r->stops = params.stop_token_ids;
+  if (!params.ignore_eos) r->stops.insert(r->stops.end(), c.eos_token_ids.begin(), c.eos_token_ids.end());
+  int64_t id = r->id;
+  waiting_.push_back(std::move(r));
+  return id;
+}
+
+bool Scheduler::Cancel(int64_t request_id) {
+  auto w = std::find_if(waiting_.begin(), waiting_.end(), [&](const auto& r) { return r->id == request_id; });
+  if (w != waiting_.end()) {
+    waiting_.erase(w);
+    return true;
+  }
+  auto it = running_.find(request_id);
+  if (it == running_.end()) return false;
+  Finish(it->second.get());
+  running_.erase(it);
+  return true;
+}
+
+void Scheduler::Finish(Request* r) {
+  cache_->Release(&r->seq);
+  reserved_blocks_ -= r->blocks;
+}
+
+void Scheduler::Admit() {
+  while (!waiting_.empty() && static_cast<int>(running_.size()) < options_.max_running &&
+         reserved_blocks_ + waiting_.front()->blocks <= cache_->num_blocks()) {
+    std::unique_ptr<Request> r = std::move(waiting_.front());
+    waiting_.erase(waiting_.begin());
+    reserved_blocks_ += r->blocks;
+    int64_t id = r->id;
+    running_.emplace(id, std::move(r));
+  }
+}
+
+absl::Status Scheduler::Step() {
+  Admit();
+  if (running_.empty()) return absl::OkStatus();
+  std::vector<ForwardItem> items;
+  std::vector<Request*> owners;
+  std::vector<int> chunk;  // prefill tokens per item; 0 for a decode item
+  int budget = options_.max_step_tokens;
+  // Decode tokens first (one each, always), then prefill chunks in
+  // admission order within what is left of the step's budget.
+  for (auto& [id, r] : running_) {
+    if (r->prefilled < r->prompt.size()) continue;
+    items.push_back({&r->seq, absl::MakeConstSpan(&r->last_token, 1), false});
+    owners.push_back(r.get());
+    chunk.push_back(0);
+    --budget;
+  }
+  for (auto& [id, r] : running_) {
+    if (r->prefilled >= r->prompt.size() || budget <= 0) continue;
+    int n = static_cast<int>(std::min<size_t>({r->prompt.size() - r->prefilled,
+                                               static_cast<size_t>(options_.prefill_chunk),
+                                               static_cast<size_t>(budget)}));
+    items.push_back({&r->seq, absl::MakeConstSpan(r->prompt).subspan(r->prefilled, n), false});
+    owners.push_back(r.get());
+    chunk.push_back(n);
+    budget -= n;
+  }
+  std::vector<float> logits;
+  absl::Status st = model_->Forward(items, cache_, experts_, &logits);
+  if (!st.ok()) {
+    // Every request of the pass fails; the others may try again.
+    for (Request* r : owners) {
+      StepEvent ev;
+      ev.request_id = r->id;
+      ev.finished = true;
+      ev.error = st;
+      r->on_event(ev);
+      Finish(r);
+      running_.erase(r->id);
+    }
+    return st;
+  }
+  const int vocab = model_->config().vocab_size;
+  std::vector<int64_t> done;
+  for (size_t i = 0; i < owners.size(); ++i) {
+    Request* r = owners[i];
+    if (chunk[i] > 0) {
+      r->prefilled += chunk[i];
+      if (r->prefilled < r->prompt.size()) continue;  // more prompt to go
+    }
+    StepEvent ev;
+    ev.request_id = r->id;
+    ev.token = r->sampler.Sample(logits.data() + i * static_cast<size_t>(vocab), vocab);
+    r->last_token = ev.token;
+    ++r->generated;
+    if (std::find(r->stops.begin(), r->stops.end(), ev.token) != r->stops.end()) {
+      ev.finished = true;
+      ev.finish_reason = FinishReason::kStop;
+    } else if (r->generated >= r->params.max_new_tokens) {
+      ev.finished = true;
+      ev.finish_reason = FinishReason::kLength;
+    }
+    r->on_event(ev);
+    if (ev.finished) done.push_back(r->id);
+  }
+  for (int64_t id : done) {
+    auto it = running_.find(id);
+    Finish(it->second.get());
+    running_.erase(it);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace moemesh

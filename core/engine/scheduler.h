@@ -1,0 +1,86 @@
+#ifndef MOEMESH_CORE_ENGINE_SCHEDULER_H_
+#define MOEMESH_CORE_ENGINE_SCHEDULER_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "core/engine/engine.h"
+#include "core/engine/kv_cache.h"
+#include "core/engine/sampler.h"
+
+namespace moemesh {
+
+class ExpertExecutor;
+class Model;
+
+// What a request produced in one step.
+struct StepEvent {
+  int64_t request_id = 0;
+  int token = -1;        // the token sampled this step
+  bool finished = false;
+  FinishReason finish_reason = FinishReason::kLength;
+  absl::Status error;    // set (and finished) when the request failed
+};
+
+// Continuous batching: requests join the running batch between steps, and
+// every step runs one forward pass over all of them together: a decode
+// token for each generating request and a prefill chunk for each new one
+// (chunked so that a long prompt does not stall the others). A request is
+// admitted only when the KV cache can hold its prompt and max_new_tokens,
+// so a running request never runs out of cache. Cancel frees a request's
+// cache at once. A request's tokens do not depend on what else is in the
+// batch; with dynamic (NTK) rope they do depend on where its prompt is cut
+// into chunks, as in transformers, since the frequencies follow the longest
+// position of each pass. Not thread-safe: one loop owns it and calls Step.
+class Scheduler {
+ public:
+  struct Options {
+    int max_running = 64;         // requests in the batch at once
+    int max_step_tokens = 2048;   // rows per forward pass (prefill budget)
+    int prefill_chunk = 512;      // longest prompt piece of one request per step
+  };
+
+  // `model`, `cache` and `experts` must outlive the scheduler.
+  Scheduler(Model* model, KvCache* cache, ExpertExecutor* experts, const Options& options);
+  ~Scheduler();
+
+  // Queues a request; its events go to `on_event` from inside Step.
+  // INVALID_ARGUMENT for a bad prompt or parameters; RESOURCE_EXHAUSTED
+  // when the request could never fit in the KV cache.
+  absl::StatusOr<int64_t> Add(std::vector<int> prompt, const GenerateParams& params,
+                              std::function<void(const StepEvent&)> on_event);
+  // Drops a request, queued or running, and frees its KV cache now. No
+  // more events are delivered for it. False if it is unknown or finished.
+  bool Cancel(int64_t request_id);
+
+  // Admits what fits, runs one forward pass, samples, delivers events.
+  // An error of the pass (an expert worker lost) fails every request in it.
+  absl::Status Step();
+
+  bool idle() const { return running_.empty() && waiting_.empty(); }
+  int num_running() const { return static_cast<int>(running_.size()); }
+  int num_waiting() const { return static_cast<int>(waiting_.size()); }
+
+ private:
+  struct Request;
+  void Admit();
+  void Finish(Request* r);
+  int BlocksFor(int tokens) const;
+
+  Model* model_;
+  KvCache* cache_;
+  ExpertExecutor* experts_;
+  Options options_;
+  int64_t next_id_ = 1;
+  int reserved_blocks_ = 0;  // promised to running requests
+  std::map<int64_t, std::unique_ptr<Request>> running_;  // by id: admission order
+  std::vector<std::unique_ptr<Request>> waiting_;         // FIFO
+};
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_CORE_ENGINE_SCHEDULER_H_
