@@ -88,10 +88,8 @@ void RouteTokens(const GatingParams& p, const float* logits, int n, int* expert_
       w[j] = probs[order[j]];
     }
     if (p.temperature > 0) {
-      float sel[256];
-      for (int j = 0; j < k; ++j) sel[j] = lg[ids[j]] / p.temperature;
-      Softmax(sel, k);
-      std::copy(sel, sel + k, w);
+      for (int j = 0; j < k; ++j) w[j] = lg[ids[j]] / p.temperature;
+      Softmax(w, k);
     } else if (p.norm_topk_prob) {
       float sum = 0;
       for (int j = 0; j < k; ++j) sum += w[j];

@@ -108,6 +108,21 @@ TEST(RopeTest, InterleavedPairsComeOutDeinterleaved) {
   EXPECT_EQ(std::vector<float>(x, x + 4), (std::vector<float>{10, 20, 11, 21}));
 }
 
+// No fixed-size scratch: a rotary dimension past 1024 works.
+TEST(RopeTest, WideInterleavedHeads) {
+  RopeParams p;
+  p.dim = 2048;
+  p.interleaved = true;
+  Rope rope(p);
+  std::vector<float> c(1024, 1.0f), s(1024, 0.0f), x(2048);
+  for (int i = 0; i < 2048; ++i) x[i] = static_cast<float>(i);
+  rope.Apply(x.data(), 1, 2048, c.data(), s.data());
+  EXPECT_EQ(x[0], 0.0f);
+  EXPECT_EQ(x[1], 2.0f);     // even channels first
+  EXPECT_EQ(x[1024], 1.0f);  // then odd
+  EXPECT_EQ(x[2047], 2047.0f);
+}
+
 TEST(RopeTest, ScalingTypes) {
   RopeParams base;
   base.dim = 16;

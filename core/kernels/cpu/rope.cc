@@ -110,7 +110,8 @@ void Rope::Angles(const std::vector<float>& inv_freq, int position, float* cos,
 
 void Rope::Apply(float* x, int num_heads, int stride, const float* cos, const float* sin) const {
   const int half = p_.dim / 2;
-  float tmp[1024];
+  thread_local std::vector<float> tmp;
+  tmp.resize(p_.dim);
   for (int h = 0; h < num_heads; ++h) {
     float* v = x + static_cast<long>(h) * stride;
     if (p_.interleaved) {
@@ -119,7 +120,7 @@ void Rope::Apply(float* x, int num_heads, int stride, const float* cos, const fl
         tmp[i] = a * cos[i] - b * sin[i];
         tmp[i + half] = b * cos[i] + a * sin[i];
       }
-      std::copy(tmp, tmp + p_.dim, v);
+      std::copy(tmp.begin(), tmp.end(), v);
     } else {
       for (int i = 0; i < half; ++i) {
         float a = v[i], b = v[i + half];
