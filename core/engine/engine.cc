@@ -7,6 +7,7 @@
 #include "core/engine/expert_executor.h"
 #include "core/engine/kv_cache.h"
 #include "core/engine/model.h"
+#include "core/engine/scheduler.h"
 #include "core/model/safetensors.h"
 #include "core/model/weights.h"
 #include "core/tensor/thread_pool.h"
@@ -26,6 +27,9 @@ absl::Status EngineOptions::Validate() const {
 absl::Status GenerateParams::Validate() const {
   if (max_new_tokens < 1) {
     return absl::InvalidArgumentError(absl::StrCat("max_new_tokens must be >= 1, got ", max_new_tokens));
+  }
+  if (logprobs < 0 || logprobs > kMaxLogprobs) {
+    return absl::InvalidArgumentError(absl::StrCat("logprobs must be in [0, ", kMaxLogprobs, "], got ", logprobs));
   }
   return sampling.Validate();
 }
@@ -60,6 +64,14 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
 }
 
 const ModelConfig& Engine::config() const { return model_->config(); }
+
+std::unique_ptr<Scheduler> Engine::NewScheduler(int max_running, int max_step_tokens) {
+  Scheduler::Options o;
+  o.max_running = max_running;
+  o.max_step_tokens = max_step_tokens;
+  o.prefill_chunk = options_.prefill_chunk;
+  return std::make_unique<Scheduler>(model_.get(), cache_.get(), experts_.get(), o);
+}
 
 absl::Status Engine::CheckPrompt(const std::vector<int>& prompt) const {
   if (prompt.empty()) return absl::InvalidArgumentError("prompt is empty; give at least one token id");

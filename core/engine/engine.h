@@ -15,6 +15,7 @@ namespace moemesh {
 
 class ExpertExecutor;
 class KvCache;
+class Scheduler;
 class Model;
 struct ModelWeights;
 class ThreadPool;
@@ -34,7 +35,9 @@ struct GenerateParams {
   SamplingParams sampling;
   std::vector<int> stop_token_ids;  // in addition to the model's EOS ids
   bool ignore_eos = false;
+  int logprobs = 0;  // top-n log probabilities per token in StepEvent, [0, kMaxLogprobs]
 
+  static constexpr int kMaxLogprobs = 20;
   absl::Status Validate() const;
 };
 
@@ -65,6 +68,10 @@ class Engine {
   absl::StatusOr<GenerateResult> Generate(const std::vector<int>& prompt,
                                           const GenerateParams& params,
                                           const std::function<void(int)>& on_token = nullptr);
+  // A continuous-batching scheduler over this engine's model, KV cache and
+  // experts. While it is in use, only its owner may touch the engine.
+  std::unique_ptr<Scheduler> NewScheduler(int max_running, int max_step_tokens);
+
   // Logits of every prompt position, [prompt.size(), vocab] row-major.
   absl::StatusOr<std::vector<float>> Score(const std::vector<int>& prompt);
 

@@ -23,6 +23,24 @@ absl::Status SamplingParams::Validate() const {
   return absl::OkStatus();
 }
 
+float ComputeLogprobs(const float* logits, int vocab, int token, int top_n, std::vector<TokenLogprob>* top) {
+  float mx = *std::max_element(logits, logits + vocab);
+  double sum = 0;
+  for (int i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(logits[i]) - mx);
+  const double lse = mx + std::log(sum);
+  top->clear();
+  int n = std::min(top_n, vocab);
+  if (n > 0) {
+    std::vector<int> idx(vocab);
+    std::iota(idx.begin(), idx.end(), 0);
+    std::partial_sort(idx.begin(), idx.begin() + n, idx.end(), [&](int a, int b) {
+      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    });
+    for (int i = 0; i < n; ++i) top->push_back({idx[i], static_cast<float>(logits[idx[i]] - lse)});
+  }
+  return static_cast<float>(logits[token] - lse);
+}
+
 Sampler::Sampler(const SamplingParams& params, const std::vector<int>& prompt)
     : p_(params), rng_(params.seed ? *params.seed : std::random_device{}()) {
   std::unordered_set<int> s(prompt.begin(), prompt.end());

@@ -26,6 +26,16 @@ struct SamplingParams {
   absl::Status Validate() const;
 };
 
+// One entry of a top-n list of log probabilities.
+struct TokenLogprob {
+  int token = 0;
+  float logprob = 0;
+};
+
+// Log-softmax of the raw `logits`: the log probability of `token`, and the
+// `top_n` most likely tokens in `*top` (most likely first, ties by id).
+float ComputeLogprobs(const float* logits, int vocab_size, int token, int top_n, std::vector<TokenLogprob>* top);
+
 // Picks tokens for one sequence. Deterministic given the seed.
 class Sampler {
  public:

@@ -34,8 +34,9 @@ Scheduler::~Scheduler() {
 
 int Scheduler::BlocksFor(int tokens) const { return (tokens + cache_->block_size() - 1) / cache_->block_size(); }
 
-absl::StatusOr<int64_t> Scheduler::Add(std::vector<int> prompt, const GenerateParams& params,
-                                       std::function<void(const StepEvent&)> on_event) {
+const ModelConfig& Scheduler::config() const { return model_->config(); }
+
+absl::Status Scheduler::Check(const std::vector<int>& prompt, const GenerateParams& params) const {
   const ModelConfig& c = model_->config();
   if (prompt.empty()) return absl::InvalidArgumentError("prompt is empty; give at least one token id");
   for (int t : prompt) {
@@ -44,13 +45,26 @@ absl::StatusOr<int64_t> Scheduler::Add(std::vector<int> prompt, const GeneratePa
           absl::StrCat("prompt token id ", t, " is outside the vocabulary [0, ", c.vocab_size, ")"));
     }
   }
+  for (int t : params.stop_token_ids) {
+    if (t < 0 || t >= c.vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("stop token id ", t, " is outside the vocabulary [0, ", c.vocab_size, ")"));
+    }
+  }
   if (absl::Status st = params.Validate(); !st.ok()) return st;
-  int blocks = BlocksFor(static_cast<int>(prompt.size()) + params.max_new_tokens);
-  if (blocks > cache_->num_blocks()) {
+  if (BlocksFor(static_cast<int>(prompt.size()) + params.max_new_tokens) > cache_->num_blocks()) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "prompt (", prompt.size(), " tokens) + max_new_tokens (", params.max_new_tokens,
         ") needs more KV cache than this server has (", cache_->num_blocks() * cache_->block_size(), " tokens)"));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> Scheduler::Add(std::vector<int> prompt, const GenerateParams& params,
+                                       std::function<void(const StepEvent&)> on_event) {
+  if (absl::Status st = Check(prompt, params); !st.ok()) return st;
+  const ModelConfig& c = model_->config();
+  int blocks = BlocksFor(static_cast<int>(prompt.size()) + params.max_new_tokens);
   auto r = std::make_unique<Request>(next_id_++, std::move(prompt), params, std::move(on_event));
   r->blocks = blocks;
   r->stops = params.stop_token_ids;
@@ -132,6 +146,7 @@ absl::Status Scheduler::Step() {
   }
   const int vocab = model_->config().vocab_size;
   std::vector<int64_t> done;
+  std::vector<float> raw;
   for (size_t i = 0; i < owners.size(); ++i) {
     Request* r = owners[i];
     if (chunk[i] > 0) {
@@ -140,7 +155,14 @@ absl::Status Scheduler::Step() {
     }
     StepEvent ev;
     ev.request_id = r->id;
-    ev.token = r->sampler.Sample(logits.data() + i * static_cast<size_t>(vocab), vocab);
+    float* row = logits.data() + i * static_cast<size_t>(vocab);
+    if (r->params.logprobs > 0) {
+      raw.assign(row, row + vocab);  // Sample changes the row in place
+      ev.token = r->sampler.Sample(row, vocab);
+      ev.logprob = ComputeLogprobs(raw.data(), vocab, ev.token, r->params.logprobs, &ev.top_logprobs);
+    } else {
+      ev.token = r->sampler.Sample(row, vocab);
+    }
     r->last_token = ev.token;
     ++r->generated;
     if (std::find(r->stops.begin(), r->stops.end(), ev.token) != r->stops.end()) {

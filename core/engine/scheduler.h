@@ -24,6 +24,10 @@ struct StepEvent {
   bool finished = false;
   FinishReason finish_reason = FinishReason::kLength;
   absl::Status error;    // set (and finished) when the request failed
+  // With GenerateParams::logprobs > 0: log probabilities of the model's own
+  // distribution (raw logits) for `token` and the most likely tokens.
+  float logprob = 0;
+  std::vector<TokenLogprob> top_logprobs;
 };
 
 // Continuous batching: requests join the running batch between steps, and
@@ -48,6 +52,9 @@ class Scheduler {
   Scheduler(Model* model, KvCache* cache, ExpertExecutor* experts, const Options& options);
   ~Scheduler();
 
+  // OK if Add would accept the request; thread-safe (reads only the
+  // model's configuration and the cache's size).
+  absl::Status Check(const std::vector<int>& prompt, const GenerateParams& params) const;
   // Queues a request; its events go to `on_event` from inside Step.
   // INVALID_ARGUMENT for a bad prompt or parameters; RESOURCE_EXHAUSTED
   // when the request could never fit in the KV cache.
@@ -64,6 +71,8 @@ class Scheduler {
   bool idle() const { return running_.empty() && waiting_.empty(); }
   int num_running() const { return static_cast<int>(running_.size()); }
   int num_waiting() const { return static_cast<int>(waiting_.size()); }
+  const KvCache& cache() const { return *cache_; }
+  const ModelConfig& config() const;
 
  private:
   struct Request;
