@@ -1,0 +1,99 @@
+// moemesh-router: attention, gating and sampling for a continuous batch,
+// with the routed experts on expert workers (or in this process).
+//   moemesh-router --model DIR [--experts "a|b,c"] [--port 0] [--threads T]
+// Prints "listening on HOST:PORT" once serving; stops on SIGINT/SIGTERM.
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "core/engine/engine.h"
+#include "core/engine/generation_loop.h"
+#include "core/engine/scheduler.h"
+#include "services/common/server_util.h"
+#include "services/router/remote_expert_executor.h"
+#include "services/router/router_service.h"
+
+ABSL_FLAG(std::string, model, "", "checkpoint directory");
+ABSL_FLAG(std::string, experts, "",
+          "expert workers: shards separated by ',', replicas of a shard by '|'; empty runs the experts here");
+ABSL_FLAG(int, experts_connect_timeout_ms, 10000, "how long to wait for the expert workers at start");
+ABSL_FLAG(std::string, host, "127.0.0.1", "address to listen on");
+ABSL_FLAG(int, port, 0, "port to listen on; 0 picks a free one");
+ABSL_FLAG(int, threads, 1, "CPU threads for attention (and local experts)");
+ABSL_FLAG(int, kv_cache_tokens, 65536, "capacity of the paged KV cache, in tokens");
+ABSL_FLAG(int, kv_block_size, 16, "tokens per KV-cache block");
+ABSL_FLAG(int, max_running, 64, "requests in the batch at once");
+ABSL_FLAG(int, max_waiting, 256, "requests waiting for admission before RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, max_step_tokens, 2048, "tokens per forward step (the prefill budget)");
+ABSL_FLAG(int, prefill_chunk, 512, "longest prompt piece of one request per step");
+
+namespace {
+
+int Fail(const std::string& msg, int code) {
+  std::fprintf(stderr, "moemesh-router: error: %s\n", msg.c_str());
+  return code;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+
+  absl::SetProgramUsageMessage("moemesh-router --model DIR [--experts \"a|b,c\"] [--port P]");
+  std::vector<std::string> args = moemesh::NormalizeFlagNames(argc, argv);
+  std::vector<char*> argp;
+  for (std::string& a : args) argp.push_back(a.data());
+  absl::ParseCommandLine(static_cast<int>(argp.size()), argp.data());
+
+  const std::string model_dir = absl::GetFlag(FLAGS_model);
+  if (model_dir.empty()) return Fail("--model DIR is required", 2);
+  moemesh::EngineOptions opt;
+  opt.num_threads = absl::GetFlag(FLAGS_threads);
+  opt.kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
+  opt.kv_block_size = absl::GetFlag(FLAGS_kv_block_size);
+  opt.prefill_chunk = absl::GetFlag(FLAGS_prefill_chunk);
+  const int max_running = absl::GetFlag(FLAGS_max_running);
+  const int max_waiting = absl::GetFlag(FLAGS_max_waiting);
+  const int max_step_tokens = absl::GetFlag(FLAGS_max_step_tokens);
+  if (max_running < 1 || max_waiting < 0 || max_step_tokens < max_running) {
+    return Fail("need --max-running >= 1, --max-waiting >= 0 and --max-step-tokens >= --max-running", 2);
+  }
+  std::unique_ptr<moemesh::ExpertExecutor> remote;
+  if (!absl::GetFlag(FLAGS_experts).empty()) {
+    auto shards = moemesh::RemoteExpertExecutor::ParseAddresses(absl::GetFlag(FLAGS_experts));
+    if (!shards.ok()) return Fail(std::string(shards.status().message()), 2);
+    auto config = moemesh::LoadModelConfig(model_dir);
+    if (!config.ok()) return Fail(std::string(config.status().message()), 2);
+    auto r = moemesh::RemoteExpertExecutor::Connect(*shards, config->hidden_size,
+                                                    absl::GetFlag(FLAGS_experts_connect_timeout_ms));
+    if (!r.ok()) return Fail(std::string(r.status().message()), 1);
+    remote = std::move(*r);
+  }
+  auto engine = moemesh::Engine::Create(model_dir, opt, std::move(remote));
+  if (!engine.ok()) return Fail(std::string(engine.status().message()), 2);
+  auto loop = std::make_unique<moemesh::GenerationLoop>((*engine)->NewScheduler(max_running, max_step_tokens),
+                                                        max_waiting);
+  moemesh::RouterServiceImpl service(loop.get());
+  int port = 0;
+  std::string address = absl::GetFlag(FLAGS_host) + ":" + std::to_string(absl::GetFlag(FLAGS_port));
+  auto server = moemesh::StartServer(address, {&service}, &port);
+  if (server == nullptr) return Fail("cannot listen on " + address, 1);
+  std::printf("listening on %s:%d\n", absl::GetFlag(FLAGS_host).c_str(), port);
+  std::fflush(stdout);
+  moemesh::WaitForTerminationSignal();
+  // Streams in progress see their calls cancelled; the loop then stops.
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  loop.reset();
+  return 0;
+}
