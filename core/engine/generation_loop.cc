@@ -45,6 +45,7 @@ GenerationLoop::Stats GenerationLoop::stats() const {
   absl::MutexLock l(&mu_);
   Stats s = stats_;
   s.waiting += moving_ + static_cast<int>(adds_.size());
+  s.submitted = next_id_ - 1;
   return s;
 }
 

@@ -27,6 +27,7 @@ class GenerationLoop {
     int kv_blocks_used = 0;  // by running requests
     int kv_blocks_total = 0;
     int kv_block_size = 0;
+    int64_t submitted = 0;   // accepted by Submit since the start
   };
 
   // Starts the loop. At most `max_waiting` requests may wait for admission;
@@ -64,7 +65,7 @@ class GenerationLoop {
 
   mutable absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  int64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  int64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;  // next_id_ - 1 were submitted
   std::vector<Pending> adds_ ABSL_GUARDED_BY(mu_);
   int moving_ ABSL_GUARDED_BY(mu_) = 0;  // taken from adds_, not yet in stats_
   std::vector<int64_t> cancels_ ABSL_GUARDED_BY(mu_);

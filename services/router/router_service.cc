@@ -90,6 +90,7 @@ grpc::Status RouterServiceImpl::GetStatus(grpc::ServerContext*, const v1::GetSta
   response->set_kv_cache_blocks_used(s.kv_blocks_used);
   response->set_kv_cache_blocks_total(s.kv_blocks_total);
   response->set_kv_cache_block_size(s.kv_block_size);
+  response->set_requests_total(s.submitted);
   return grpc::Status::OK;
 }
 

@@ -1,0 +1,143 @@
+#include "services/gateway/gateway_service.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "core/tokenizer/tokenizer.h"
+#include "services/common/grpc_status.h"
+#include "services/gateway/router_pool.h"
+#include "services/gateway/text_stream.h"
+
+namespace moemesh {
+namespace {
+
+// Counts a request in progress for as long as it lives.
+class InFlight {
+ public:
+  explicit InFlight(std::atomic<int>* n) : n_(n) { n_->fetch_add(1); }
+  ~InFlight() { n_->fetch_sub(1); }
+
+ private:
+  std::atomic<int>* n_;
+};
+
+std::string TokenText(const Tokenizer& tok, int id) {
+  auto s = tok.Decode({&id, 1}, /*skip_special_tokens=*/false);
+  return s.ok() ? *s : std::string();
+}
+
+}  // namespace
+
+grpc::Status GatewayServiceImpl::Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
+                                          grpc::ServerWriter<v1::GenerateResponse>* writer) {
+  absl::StatusOr<v1::RouterGenerateRequest> routed = BuildRouterRequest(*request, *tokenizer_, model_);
+  if (!routed.ok()) return ToGrpcStatus(routed.status());
+  InFlight counted(&in_flight_);
+  if (in_flight_.load() > options_.max_in_flight) {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        absl::StrCat("the gateway is at its limit of ", options_.max_in_flight,
+                                     " requests in progress; retry later"));
+  }
+  std::vector<std::string> stops(request->stop().begin(), request->stop().end());
+  TextStream text(tokenizer_, request->skip_special_tokens(), std::move(stops));
+  v1::Usage usage;
+  usage.set_prompt_tokens(routed->prompt_ids_size());
+  grpc::Status last(grpc::StatusCode::UNAVAILABLE, "no router is configured");
+  for (int r : routers_->Order(request->session_id())) {
+    // Carries the client's deadline and cancellation to the router.
+    std::unique_ptr<grpc::ClientContext> call = grpc::ClientContext::FromServerContext(*context);
+    auto reader = routers_->stub(r)->Generate(call.get(), *routed);
+    v1::RouterGenerateResponse in;
+    bool received = false, finished = false;
+    while (!finished && reader->Read(&in)) {
+      received = true;
+      v1::GenerateResponse out;
+      for (int i = 0; i < in.token_ids_size() && !text.stopped(); ++i) {
+        const int id = in.token_ids(i);
+        absl::StatusOr<std::string> piece = text.Add(id);
+        if (!piece.ok()) {
+          call->TryCancel();
+          reader->Finish();
+          return ToGrpcStatus(piece.status());
+        }
+        out.add_token_ids(id);
+        out.mutable_text_delta()->append(*piece);
+        if (i < in.logprobs_size()) {
+          v1::TokenLogprobs* lp = out.add_logprobs();
+          *lp = in.logprobs(i);
+          for (v1::TopLogprob& t : *lp->mutable_top()) t.set_text(TokenText(*tokenizer_, t.token_id()));
+        }
+      }
+      usage.set_completion_tokens(usage.completion_tokens() + out.token_ids_size());
+      v1::FinishReason reason = text.stopped() ? v1::FINISH_REASON_STOP : in.finish_reason();
+      if (reason != v1::FINISH_REASON_UNSPECIFIED) {
+        if (!text.stopped()) {
+          absl::StatusOr<std::string> rest = text.Finish();
+          if (rest.ok()) out.mutable_text_delta()->append(*rest);
+        }
+        out.set_finish_reason(reason);
+        *out.mutable_usage() = usage;
+        finished = true;
+        if (text.stopped()) call->TryCancel();  // the router may still be generating
+      }
+      if (!writer->Write(out)) {
+        call->TryCancel();
+        reader->Finish();
+        return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
+      }
+    }
+    grpc::Status st = reader->Finish();
+    if (finished) return grpc::Status::OK;
+    if (st.ok()) return grpc::Status(grpc::StatusCode::INTERNAL, "the router ended the stream without a finish reason");
+    // Nothing was sent yet: another router can take the whole request.
+    if (!received && st.error_code() == grpc::StatusCode::UNAVAILABLE) {
+      last = st;
+      continue;
+    }
+    return st;
+  }
+  return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                      absl::StrCat("no router could take the request: ", last.error_message()));
+}
+
+grpc::Status GatewayServiceImpl::Tokenize(grpc::ServerContext*, const v1::TokenizeRequest* request,
+                                          v1::TokenizeResponse* response) {
+  if (absl::Status st = CheckModelName(request->model(), model_); !st.ok()) return ToGrpcStatus(st);
+  absl::StatusOr<std::vector<int>> ids = tokenizer_->Encode(request->text(), request->add_special_tokens());
+  if (!ids.ok()) return ToGrpcStatus(ids.status());
+  response->mutable_ids()->Add(ids->begin(), ids->end());
+  return grpc::Status::OK;
+}
+
+grpc::Status GatewayServiceImpl::Detokenize(grpc::ServerContext*, const v1::DetokenizeRequest* request,
+                                            v1::DetokenizeResponse* response) {
+  if (absl::Status st = CheckModelName(request->model(), model_); !st.ok()) return ToGrpcStatus(st);
+  std::vector<int> ids(request->ids().begin(), request->ids().end());
+  for (int t : ids) {
+    if (t < 0 || t >= tokenizer_->vocab_size()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          absl::StrCat("ids: ", t, " is outside the tokenizer's vocabulary [0, ",
+                                       tokenizer_->vocab_size(), ")"));
+    }
+  }
+  absl::StatusOr<std::string> text = tokenizer_->Decode(ids, request->skip_special_tokens());
+  if (!text.ok()) return ToGrpcStatus(text.status());
+  response->set_text(*text);
+  return grpc::Status::OK;
+}
+
+grpc::Status GatewayServiceImpl::ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
+                                            v1::ListModelsResponse* response) {
+  v1::ModelInfo* m = response->add_models();
+  m->set_name(model_.name);
+  m->set_architecture(model_.architecture);
+  m->set_context_length(model_.context_length);
+  m->set_vocab_size(model_.vocab_size);
+  return grpc::Status::OK;
+}
+
+}  // namespace moemesh

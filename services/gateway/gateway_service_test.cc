@@ -1,0 +1,309 @@
+#include "services/gateway/gateway_service.h"
+
+#include <chrono>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+
+#include "core/engine/engine.h"
+#include "core/engine/generation_loop.h"
+#include "core/engine/scheduler.h"
+#include "core/tokenizer/tokenizer.h"
+#include "gtest/gtest.h"
+#include "services/common/server_util.h"
+#include "services/gateway/router_pool.h"
+#include "services/router/router_service.h"
+
+namespace moemesh {
+namespace {
+
+constexpr char kModel[] = "models/fortune-moe";
+
+// A router in this process, served over a loopback socket.
+struct LocalRouter {
+  std::unique_ptr<Engine> engine;
+  std::unique_ptr<GenerationLoop> loop;
+  std::unique_ptr<RouterServiceImpl> service;
+  std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<v1::Router::Stub> stub;
+  std::string address;
+
+  explicit LocalRouter(int kv_block_size = 16) {
+    EngineOptions o;
+    o.kv_block_size = kv_block_size;
+    engine = std::move(*Engine::Create(kModel, o));
+    loop = std::make_unique<GenerationLoop>(engine->NewScheduler(64, 2048), 256);
+    service = std::make_unique<RouterServiceImpl>(loop.get());
+    int port = 0;
+    server = StartServer("127.0.0.1:0", {service.get()}, &port);
+    address = "127.0.0.1:" + std::to_string(port);
+    stub = v1::Router::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  }
+  ~LocalRouter() {
+    server->Shutdown(std::chrono::system_clock::now());
+    loop.reset();
+  }
+  v1::RouterStatus Status() {
+    grpc::ClientContext ctx;
+    v1::RouterStatus s;
+    EXPECT_TRUE(stub->GetStatus(&ctx, v1::GetStatusRequest(), &s).ok());
+    return s;
+  }
+};
+
+// A gateway in front of `routers`, served over a loopback socket.
+class Gateway {
+ public:
+  Gateway(const std::vector<std::string>& routers, int max_in_flight = 512) : pool_(routers) {
+    tokenizer_ = std::move(*LoadTokenizer(kModel));
+    auto config = LoadModelConfig(kModel);
+    model_ = {"fortune-moe", "deepseek_v3", config->vocab_size, config->max_position_embeddings};
+    service_ = std::make_unique<GatewayServiceImpl>(tokenizer_.get(), model_, &pool_,
+                                                    GatewayServiceImpl::Options{max_in_flight});
+    int port = 0;
+    server_ = StartServer("127.0.0.1:0", {service_.get()}, &port);
+    stub_ = v1::Gateway::NewStub(
+        grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+  }
+  ~Gateway() { server_->Shutdown(std::chrono::system_clock::now()); }
+  v1::Gateway::Stub* stub() { return stub_.get(); }
+  const ServedModel& model() const { return model_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+
+ private:
+  std::unique_ptr<Tokenizer> tokenizer_;
+  ServedModel model_;
+  RouterPool pool_;
+  std::unique_ptr<GatewayServiceImpl> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<v1::Gateway::Stub> stub_;
+};
+
+struct Answer {
+  grpc::Status status;
+  std::vector<int> ids;
+  std::string text;
+  int responses = 0;
+  v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
+  v1::Usage usage;
+  std::vector<v1::TokenLogprobs> logprobs;
+};
+
+Answer Generate(v1::Gateway::Stub* stub, const v1::GenerateRequest& req) {
+  grpc::ClientContext ctx;
+  auto reader = stub->Generate(&ctx, req);
+  v1::GenerateResponse r;
+  Answer a;
+  while (reader->Read(&r)) {
+    ++a.responses;
+    a.ids.insert(a.ids.end(), r.token_ids().begin(), r.token_ids().end());
+    a.text += r.text_delta();
+    a.logprobs.insert(a.logprobs.end(), r.logprobs().begin(), r.logprobs().end());
+    if (r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+      a.finish = r.finish_reason();
+      a.usage = r.usage();
+    }
+  }
+  a.status = reader->Finish();
+  return a;
+}
+
+v1::GenerateRequest TextRequest(const std::string& text, int max_tokens) {
+  v1::GenerateRequest r;
+  r.set_text(text);
+  r.set_max_tokens(max_tokens);
+  r.mutable_sampling()->set_temperature(0);
+  return r;
+}
+
+TEST(GatewayServiceTest, TextInTextOutEqualsTheEngine) {
+  LocalRouter router;
+  Gateway gw({router.address});
+  v1::GenerateRequest req = TextRequest("The meaning of life is", 24);
+  req.set_logprobs(3);
+  Answer a = Generate(gw.stub(), req);
+  ASSERT_TRUE(a.status.ok()) << a.status.error_message();
+
+  auto engine = Engine::Create(kModel, {});
+  auto prompt = gw.tokenizer().Encode("The meaning of life is", true);
+  GenerateParams g;
+  g.max_new_tokens = 24;
+  auto want = (*engine)->Generate(*prompt, g);
+  ASSERT_TRUE(want.ok());
+  EXPECT_EQ(a.ids, want->tokens);
+  EXPECT_EQ(a.text, *gw.tokenizer().Decode(want->tokens, false));
+  EXPECT_EQ(a.usage.prompt_tokens(), static_cast<int>(prompt->size()));
+  EXPECT_EQ(a.usage.completion_tokens(), static_cast<int>(want->tokens.size()));
+  EXPECT_EQ(a.finish, want->finish_reason == FinishReason::kStop ? v1::FINISH_REASON_STOP : v1::FINISH_REASON_LENGTH);
+  ASSERT_EQ(a.logprobs.size(), a.ids.size());
+  for (size_t i = 0; i < a.ids.size(); ++i) {
+    ASSERT_EQ(a.logprobs[i].top_size(), 3);
+    EXPECT_EQ(a.logprobs[i].top(0).token_id(), a.ids[i]);  // greedy: the most likely
+    EXPECT_FLOAT_EQ(a.logprobs[i].top(0).logprob(), a.logprobs[i].logprob());
+    EXPECT_EQ(a.logprobs[i].top(0).text(), *gw.tokenizer().Decode({a.ids[i]}, false));
+  }
+}
+
+TEST(GatewayServiceTest, StopSequencesEndTheAnswerAndFreeTheRouter) {
+  LocalRouter router;
+  Gateway gw({router.address});
+  v1::GenerateRequest req = TextRequest("Q: What is a friend?\nA:", 64);
+  req.set_ignore_eos(true);
+  Answer full = Generate(gw.stub(), req);
+  ASSERT_TRUE(full.status.ok());
+  ASSERT_GT(full.text.size(), 20u);
+  const std::string stop = full.text.substr(10, 3);
+  req.add_stop(stop);
+  Answer cut = Generate(gw.stub(), req);
+  ASSERT_TRUE(cut.status.ok()) << cut.status.error_message();
+  EXPECT_EQ(cut.text, full.text.substr(0, full.text.find(stop)));
+  EXPECT_EQ(cut.finish, v1::FINISH_REASON_STOP);
+  EXPECT_LT(cut.ids.size(), full.ids.size());
+  EXPECT_EQ(cut.usage.completion_tokens(), static_cast<int>(cut.ids.size()));
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (router.Status().running_requests() != 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(router.Status().running_requests(), 0);
+  EXPECT_EQ(router.Status().kv_cache_blocks_used(), 0);
+}
+
+TEST(GatewayServiceTest, BadRequestsGetTheirDocumentedStatus) {
+  LocalRouter router;
+  Gateway gw({router.address});
+  const int context = gw.model().context_length;
+  struct Case {
+    v1::GenerateRequest req;
+    grpc::StatusCode code;
+    const char* says;
+  };
+  std::vector<Case> cases;
+  auto add = [&](v1::GenerateRequest r, grpc::StatusCode c, const char* s) { cases.push_back({r, c, s}); };
+  v1::GenerateRequest r;
+  r.set_max_tokens(4);
+  add(r, grpc::StatusCode::INVALID_ARGUMENT, "prompt: give text or token_ids");
+  add(TextRequest("", 4), grpc::StatusCode::INVALID_ARGUMENT, "text: the prompt is empty");
+  r = TextRequest("hi", 4);
+  r.mutable_token_ids();
+  add(r, grpc::StatusCode::INVALID_ARGUMENT, "token_ids: the prompt is empty");
+  r.mutable_token_ids()->add_ids(gw.model().vocab_size);
+  add(r, grpc::StatusCode::INVALID_ARGUMENT, "outside the vocabulary");
+  add(TextRequest("hi", 0), grpc::StatusCode::INVALID_ARGUMENT, "max_tokens must be >= 1");
+  add(TextRequest("hi", context), grpc::StatusCode::INVALID_ARGUMENT, "exceeds the context");
+  r = TextRequest("hi", 4);
+  r.mutable_sampling()->set_top_p(0);
+  add(r, grpc::StatusCode::INVALID_ARGUMENT, "sampling: top_p must be in (0, 1]");
+  r = TextRequest("hi", 4);
+  r.mutable_sampling()->set_temperature(-1);
+  add(r, grpc::StatusCode::INVALID_ARGUMENT, "sampling: temperature");
+  r = TextRequest("hi", 4);
+  r.mutable_sampling()->set_presence_penalty(3);
+  add(r, grpc::StatusCode::INVALID_ARGUMENT, "sampling: presence_penalty");
+  r = TextRequest("hi", 4);
+  r.set_logprobs(21);
+  add(r, grpc::StatusCode::INVALID_ARGUMENT, "logprobs must be in [0, 20]");
+  r = TextRequest("hi", 4);
+  r.add_stop("");
+  add(r, grpc::StatusCode::INVALID_ARGUMENT, "stop: each stop sequence");
+  r = TextRequest("hi", 4);
+  r.add_stop_token_ids(-1);
+  add(r, grpc::StatusCode::INVALID_ARGUMENT, "stop_token_ids");
+  r = TextRequest("hi", 4);
+  r.set_model("gpt-4");
+  add(r, grpc::StatusCode::NOT_FOUND, "model \"gpt-4\" is not served here");
+  for (const Case& c : cases) {
+    Answer a = Generate(gw.stub(), c.req);
+    EXPECT_EQ(a.status.error_code(), c.code) << c.says << ": " << a.status.error_message();
+    EXPECT_NE(a.status.error_message().find(c.says), std::string::npos) << a.status.error_message();
+    EXPECT_EQ(a.responses, 0);
+  }
+  EXPECT_EQ(router.Status().requests_total(), 0);  // none reached the router
+}
+
+TEST(GatewayServiceTest, AdmissionControlRefusesBeyondTheLimit) {
+  LocalRouter router;
+  Gateway gw({router.address}, /*max_in_flight=*/1);
+  v1::GenerateRequest slow = TextRequest("Once upon a time", 1000);
+  slow.set_ignore_eos(true);
+  grpc::ClientContext ctx;
+  auto reader = gw.stub()->Generate(&ctx, slow);
+  v1::GenerateResponse resp;
+  ASSERT_TRUE(reader->Read(&resp));  // in progress
+  Answer refused = Generate(gw.stub(), TextRequest("hi", 2));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(refused.status.error_message().find("retry later"), std::string::npos);
+  ctx.TryCancel();
+  while (reader->Read(&resp)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  // The client left: the router drops the request and its cache.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (router.Status().running_requests() != 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(router.Status().kv_cache_blocks_used(), 0);
+  EXPECT_TRUE(Generate(gw.stub(), TextRequest("hi", 2)).status.ok());  // room again
+}
+
+TEST(GatewayServiceTest, SessionsStickToOneRouterAndSkipDeadOnes) {
+  LocalRouter a, b;
+  // A port nothing listens on: the dead router.
+  std::string dead;
+  {
+    LocalRouter gone;
+    dead = gone.address;
+  }
+  Gateway gw({a.address, dead, b.address});
+  RouterPool pool({a.address, dead, b.address});
+  int served = 0;
+  for (int s = 0; s < 12; ++s) {
+    std::string session = "session-" + std::to_string(s);
+    int home = pool.Order(session)[0];
+    int64_t before_a = a.Status().requests_total(), before_b = b.Status().requests_total();
+    for (int turn = 0; turn < 3; ++turn) {
+      v1::GenerateRequest req = TextRequest("Hello", 3);
+      req.set_session_id(session);
+      Answer ans = Generate(gw.stub(), req);
+      ASSERT_TRUE(ans.status.ok()) << ans.status.error_message();
+      ++served;
+    }
+    int64_t da = a.Status().requests_total() - before_a, db = b.Status().requests_total() - before_b;
+    // All three turns on one router: the home, or (home dead) the next live one.
+    EXPECT_TRUE((da == 3 && db == 0) || (da == 0 && db == 3)) << session;
+    if (home == 0) EXPECT_EQ(da, 3);
+    if (home == 2) EXPECT_EQ(db, 3);
+  }
+  // Without a session: round robin, still skipping the dead router.
+  for (int i = 0; i < 6; ++i) ASSERT_TRUE(Generate(gw.stub(), TextRequest("Hi", 2)).status.ok());
+  EXPECT_EQ(a.Status().requests_total() + b.Status().requests_total(), served + 6);
+}
+
+TEST(GatewayServiceTest, TokenizeDetokenizeAndListModels) {
+  LocalRouter router;
+  Gateway gw({router.address});
+  grpc::ClientContext c1;
+  v1::TokenizeRequest tr;
+  tr.set_text("你好, world");
+  v1::TokenizeResponse tresp;
+  ASSERT_TRUE(gw.stub()->Tokenize(&c1, tr, &tresp).ok());
+  EXPECT_EQ(std::vector<int>(tresp.ids().begin(), tresp.ids().end()), *gw.tokenizer().Encode("你好, world", false));
+  grpc::ClientContext c2;
+  v1::DetokenizeRequest dr;
+  *dr.mutable_ids() = tresp.ids();
+  v1::DetokenizeResponse dresp;
+  ASSERT_TRUE(gw.stub()->Detokenize(&c2, dr, &dresp).ok());
+  EXPECT_EQ(dresp.text(), "你好, world");
+  grpc::ClientContext c3;
+  dr.add_ids(-5);
+  EXPECT_EQ(gw.stub()->Detokenize(&c3, dr, &dresp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  grpc::ClientContext c4;
+  v1::ListModelsResponse lm;
+  ASSERT_TRUE(gw.stub()->ListModels(&c4, v1::ListModelsRequest(), &lm).ok());
+  ASSERT_EQ(lm.models_size(), 1);
+  EXPECT_EQ(lm.models(0).name(), "fortune-moe");
+  EXPECT_EQ(lm.models(0).architecture(), "deepseek_v3");
+  EXPECT_GT(lm.models(0).context_length(), 0);
+}
+
+}  // namespace
+}  // namespace moemesh
