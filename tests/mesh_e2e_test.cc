@@ -1,108 +1,184 @@
-// End to end over real processes on loopback: expert workers
-// (moemesh-expert) serve their shards, and `moemesh generate --experts`
-// runs attention, gating and sampling against them. The tokens must equal
-// the single-process engine's, for every fixture model, with one and with
-// several shards; workers stop cleanly on SIGTERM.
+// End to end over real processes on loopback: `moemesh up` starts expert
+// workers, routers and a gateway; the test talks to the gateway (and reads
+// the routers' status) over gRPC, kills and cancels things, and checks the
+// answers against the single-process engine (`moemesh generate`).
 //
 //   mesh_e2e_test MOEMESH_BIN MOEMESH_EXPERT_BIN
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdio>
+#include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
-#include "gtest/gtest.h"
-#include "nlohmann/json.hpp"
+#include <grpcpp/grpcpp.h>
 
-extern char** environ;
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "core/common/subprocess.h"
+#include "gtest/gtest.h"
+#include "moemesh/v1/gateway.grpc.pb.h"
+#include "moemesh/v1/router.grpc.pb.h"
+#include "nlohmann/json.hpp"
+#include "services/common/server_util.h"
+#include "services/gateway/hash_ring.h"
 
 namespace moemesh {
 namespace {
 
 std::string g_moemesh, g_expert;
 
-// A child process whose stdout we read.
-struct Child {
-  pid_t pid = -1;
-  FILE* out = nullptr;
+// Runs a command to its end; returns its stdout and exit status.
+std::pair<std::string, int> RunCommand(const std::vector<std::string>& argv) {
+  auto p = Subprocess::Start(argv);
+  EXPECT_TRUE(p.ok()) << p.status();
+  if (!p.ok()) return {"", -1};
+  std::string out;
+  while (true) {
+    auto line = (*p)->WaitForLine("", absl::Seconds(120));
+    if (!line.ok()) break;  // the child closed stdout: it has ended
+    out += *line + "\n";
+  }
+  return {out, (*p)->Stop()};
+}
+
+// A mesh started by `moemesh up`, stopped (and checked to stop cleanly) at
+// the end of the test.
+class Mesh {
+ public:
+  Mesh(const std::string& model, int shards, int replicas, int routers) {
+    auto p = Subprocess::Start({g_moemesh, "up", "--model=" + model, absl::StrCat("--expert-shards=", shards),
+                                absl::StrCat("--expert-replicas=", replicas), absl::StrCat("--routers=", routers)});
+    EXPECT_TRUE(p.ok()) << p.status();
+    up_ = std::move(*p);
+    auto gw = up_->WaitForLine("gateway listening on ", absl::Seconds(120));
+    EXPECT_TRUE(gw.ok()) << gw.status();
+    if (!gw.ok()) return;
+    gateway_ = v1::Gateway::NewStub(grpc::CreateCustomChannel(*gw, grpc::InsecureChannelCredentials(),
+                                                              ClientChannelArguments()));
+    // "  router 0 on 127.0.0.1:123 (pid 45)", "  expert shard 0 replica 1 on ..."
+    for (const std::string& line : up_->lines()) {
+      std::vector<std::string> w = absl::StrSplit(line, ' ', absl::SkipEmpty());
+      if (w.size() < 5) continue;
+      int pid = 0;
+      (void)absl::SimpleAtoi(absl::StripSuffix(w.back(), ")"), &pid);
+      if (w[0] == "router") {
+        router_addresses_.push_back(w[3]);
+        routers_.push_back(v1::Router::NewStub(
+            grpc::CreateCustomChannel(w[3], grpc::InsecureChannelCredentials(), ClientChannelArguments())));
+      } else if (w[0] == "expert") {
+        expert_pids_[{std::stoi(w[2]), std::stoi(w[4])}] = pid;
+      }
+      if (pid > 0) pids_.push_back(pid);
+    }
+    up_->ForwardOutput(2);
+  }
+  ~Mesh() {
+    if (!up_) return;
+    EXPECT_EQ(up_->Stop(absl::Seconds(20)), 0) << "moemesh up did not stop cleanly";
+    for (int pid : pids_) EXPECT_NE(kill(pid, 0), 0) << "service pid " << pid << " outlived moemesh up";
+  }
+  bool ok() const { return gateway_ != nullptr; }
+  v1::Gateway::Stub* gateway() { return gateway_.get(); }
+  v1::Router::Stub* router(int i) { return routers_[i].get(); }
+  int expert_pid(int shard, int replica) { return expert_pids_[{shard, replica}]; }
+  const std::vector<std::string>& router_addresses() const { return router_addresses_; }
+
+  v1::RouterStatus RouterStatus(int i) {
+    grpc::ClientContext ctx;
+    v1::RouterStatus s;
+    EXPECT_TRUE(routers_[i]->GetStatus(&ctx, v1::GetStatusRequest(), &s).ok());
+    return s;
+  }
+
+ private:
+  std::unique_ptr<Subprocess> up_;
+  std::unique_ptr<v1::Gateway::Stub> gateway_;
+  std::vector<std::unique_ptr<v1::Router::Stub>> routers_;
+  std::vector<std::string> router_addresses_;
+  std::map<std::pair<int, int>, int> expert_pids_;
+  std::vector<int> pids_;
 };
 
-Child Spawn(const std::vector<std::string>& args) {
-  int fds[2];
-  if (pipe(fds) != 0) return {};
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
-  posix_spawn_file_actions_addclose(&fa, fds[0]);
-  std::vector<char*> argv;
-  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  Child c;
-  if (posix_spawn(&c.pid, argv[0], &fa, nullptr, argv.data(), environ) != 0) c.pid = -1;
-  posix_spawn_file_actions_destroy(&fa);
-  close(fds[1]);
-  c.out = fdopen(fds[0], "r");
-  return c;
+struct Answer {
+  grpc::Status status;
+  std::vector<int> ids;
+  std::string text;
+  v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
+};
+
+// One Generate call; `on_first` runs once the first tokens have arrived.
+Answer Generate(v1::Gateway::Stub* gw, const v1::GenerateRequest& req, grpc::ClientContext* ctx = nullptr,
+                const std::function<void()>& on_first = nullptr) {
+  grpc::ClientContext local;
+  if (ctx == nullptr) ctx = &local;
+  auto reader = gw->Generate(ctx, req);
+  v1::GenerateResponse r;
+  Answer a;
+  bool first = true;
+  while (reader->Read(&r)) {
+    a.ids.insert(a.ids.end(), r.token_ids().begin(), r.token_ids().end());
+    a.text += r.text_delta();
+    if (r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) a.finish = r.finish_reason();
+    if (first && on_first) on_first();
+    first = false;
+  }
+  a.status = reader->Finish();
+  return a;
 }
 
-std::string ReadAll(FILE* f) {
-  std::string s;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, f)) > 0) s.append(buf, n);
-  return s;
+v1::GenerateRequest IdsRequest(const std::vector<int>& ids, int max_tokens) {
+  v1::GenerateRequest r;
+  r.mutable_token_ids()->mutable_ids()->Add(ids.begin(), ids.end());
+  r.set_max_tokens(max_tokens);
+  r.mutable_sampling()->set_temperature(0);
+  return r;
 }
 
-int Wait(pid_t pid) {
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
-std::string Generate(const std::string& model, const std::string& experts) {
-  std::vector<std::string> args = {g_moemesh, "generate", "--model", model, "--prompt-ids", "5,17,300,42,7,99,3,250",
-                                   "--max-new-tokens", "10", "--output", "json"};
-  if (!experts.empty()) args.push_back("--experts=" + experts);
-  Child c = Spawn(args);
-  std::string out = ReadAll(c.out);
-  fclose(c.out);
-  EXPECT_EQ(Wait(c.pid), 0) << "moemesh generate failed for " << model;
-  return out;
+std::vector<int> SingleProcessTokens(const std::string& model, const std::string& ids, int n) {
+  auto [out, rc] = RunCommand({g_moemesh, "generate", "--model", model, "--prompt-ids", ids, "--max-new-tokens",
+                        std::to_string(n), "--output", "json"});
+  EXPECT_EQ(rc, 0);
+  auto j = nlohmann::json::parse(out, nullptr, false);
+  if (j.is_discarded()) return {};
+  return j["token_ids"].get<std::vector<int>>();
 }
 
 class MeshTest : public ::testing::TestWithParam<std::tuple<std::string, int>> {};
 
+// Greedy tokens through gateway, routers and expert shards equal the
+// single-process engine's, for every architecture; with two routers,
+// requests of several sessions land on both.
 TEST_P(MeshTest, GreedyTokensEqualSingleProcess) {
   const auto& [name, shards] = GetParam();
   const std::string model = "tests/fixtures/" + name;
-  std::vector<Child> workers;
-  std::string addresses;
-  for (int i = 0; i < shards; ++i) {
-    Child w = Spawn({g_expert, "--model", model, "--shard-index", std::to_string(i), "--num-shards",
-                     std::to_string(shards), "--port", "0"});
-    ASSERT_GT(w.pid, 0);
-    char line[256] = {0};
-    ASSERT_NE(fgets(line, sizeof line, w.out), nullptr) << "worker " << i << " printed nothing";
-    std::string l(line);
-    ASSERT_EQ(l.rfind("listening on ", 0), 0u) << l;
-    addresses += (i ? "," : "") + l.substr(13, l.find('\n') - 13);
-    workers.push_back(w);
+  const int routers = shards;  // 1 shard + 1 router, or 2 shards + 2 routers
+  std::vector<int> want = SingleProcessTokens(model, "5,17,300,42,7,99,3,250", 10);
+  ASSERT_EQ(want.size(), 10u);
+  Mesh mesh(model, shards, 1, routers);
+  ASSERT_TRUE(mesh.ok());
+  // Sessions whose home (by the gateway's consistent hashing) is each router
+  // in turn, two per router.
+  HashRing ring(mesh.router_addresses());
+  std::vector<std::string> sessions;
+  std::map<int, int> per_router;
+  for (int s = 0; static_cast<int>(sessions.size()) < 2 * routers; ++s) {
+    std::string id = absl::StrCat("session-", s);
+    if (per_router[ring.Order(id)[0]]++ < 2) sessions.push_back(id);
   }
-  std::string local = Generate(model, "");
-  std::string mesh = Generate(model, addresses);
-  auto a = nlohmann::json::parse(local, nullptr, false), b = nlohmann::json::parse(mesh, nullptr, false);
-  ASSERT_FALSE(a.is_discarded()) << local;
-  ASSERT_FALSE(b.is_discarded()) << mesh;
-  EXPECT_EQ(a["token_ids"], b["token_ids"]);
-  EXPECT_EQ(a["token_ids"].size(), 10u);
-  for (Child& w : workers) {
-    kill(w.pid, SIGTERM);
-    EXPECT_EQ(Wait(w.pid), 0) << "an expert worker did not stop cleanly";
-    fclose(w.out);
+  for (const std::string& session : sessions) {
+    v1::GenerateRequest req = IdsRequest({5, 17, 300, 42, 7, 99, 3, 250}, 10);
+    req.set_session_id(session);
+    Answer a = Generate(mesh.gateway(), req);
+    ASSERT_TRUE(a.status.ok()) << a.status.error_message();
+    EXPECT_EQ(a.ids, want) << session;
   }
+  for (int r = 0; r < routers; ++r) EXPECT_EQ(mesh.RouterStatus(r).requests_total(), 2) << "router " << r;
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, MeshTest,
@@ -113,58 +189,182 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, MeshTest,
                            return std::get<0>(info.param) + "_" + std::to_string(std::get<1>(info.param)) + "_shards";
                          });
 
-// The demo model writes the same text through two expert workers as in one
-// process: a text prompt, seeded sampling, streamed detokenization.
-TEST(MeshDemoModelTest, SameTextThroughTheMesh) {
-  const std::string model = "models/fortune-moe";
-  std::vector<Child> workers;
-  std::string addresses;
-  for (int i = 0; i < 2; ++i) {
-    Child w = Spawn({g_expert, "--model", model, "--shard-index", std::to_string(i), "--num-shards", "2"});
-    char line[256] = {0};
-    ASSERT_NE(fgets(line, sizeof line, w.out), nullptr);
-    std::string l(line);
-    ASSERT_EQ(l.rfind("listening on ", 0), 0u) << l;
-    addresses += (i ? "," : "") + l.substr(13, l.find('\n') - 13);
-    workers.push_back(w);
+// Mixed requests for the demo model: text prompts, lengths, sampling.
+std::vector<v1::GenerateRequest> MixedRequests(int n) {
+  const char* prompts[] = {"Life is", "The best way to", "明月", "Q: Why?\nA:", "A friend", "Never"};
+  std::vector<v1::GenerateRequest> reqs;
+  for (int i = 0; i < n; ++i) {
+    v1::GenerateRequest r;
+    r.set_text(prompts[i % 6]);
+    r.set_max_tokens(8 + (i * 7) % 33);
+    if (i % 4 == 0) {
+      r.mutable_sampling()->set_temperature(0);
+    } else {
+      r.mutable_sampling()->set_temperature(0.6f + 0.1f * (i % 5));
+      r.mutable_sampling()->set_top_p(0.9f);
+      r.mutable_sampling()->set_seed(1000 + i);
+      if (i % 3 == 0) r.mutable_sampling()->set_frequency_penalty(0.5f);
+    }
+    reqs.push_back(r);
   }
-  for (const char* prompt : {"Life is", "明月"}) {
-    std::vector<std::string> args = {g_moemesh, "generate", "--model", model, "--prompt", prompt,
-                                     "--max-new-tokens", "40", "--temperature", "0.8", "--top-p", "0.95",
-                                     "--seed", "3", "--output", "json"};
-    Child local = Spawn(args);
-    std::string a = ReadAll(local.out);
-    fclose(local.out);
-    EXPECT_EQ(Wait(local.pid), 0);
-    args.push_back("--experts=" + addresses);
-    Child mesh = Spawn(args);
-    std::string b = ReadAll(mesh.out);
-    fclose(mesh.out);
-    EXPECT_EQ(Wait(mesh.pid), 0);
-    auto ja = nlohmann::json::parse(a, nullptr, false), jb = nlohmann::json::parse(b, nullptr, false);
-    ASSERT_FALSE(jb.is_discarded()) << "not JSON (or not UTF-8): " << b;
-    EXPECT_EQ(ja["token_ids"], jb["token_ids"]);
-    EXPECT_EQ(ja["text"], jb["text"]);
-    EXPECT_FALSE(jb["text"].get<std::string>().empty());
+  return reqs;
+}
+
+// 64 concurrent streams of mixed lengths and sampling all complete, and
+// each equals the same request run alone.
+TEST(MeshDemoModelTest, SixtyFourConcurrentStreamsEqualRunsAlone) {
+  Mesh mesh("models/fortune-moe", 2, 1, 2);
+  ASSERT_TRUE(mesh.ok());
+  std::vector<v1::GenerateRequest> reqs = MixedRequests(64);
+  std::vector<Answer> together(reqs.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    threads.emplace_back([&, i] { together[i] = Generate(mesh.gateway(), reqs[i]); });
   }
-  for (Child& w : workers) {
-    kill(w.pid, SIGTERM);
-    EXPECT_EQ(Wait(w.pid), 0);
-    fclose(w.out);
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    ASSERT_TRUE(together[i].status.ok()) << i << ": " << together[i].status.error_message();
+    Answer alone = Generate(mesh.gateway(), reqs[i]);
+    ASSERT_TRUE(alone.status.ok());
+    EXPECT_EQ(together[i].ids, alone.ids) << "request " << i;
+    EXPECT_EQ(together[i].text, alone.text) << "request " << i;
+    EXPECT_NE(together[i].finish, v1::FINISH_REASON_UNSPECIFIED);
   }
 }
 
+// Killing one of two replicas of a shard mid-generation loses nothing: the
+// router resends the failed expert calls to the other replica.
+TEST(MeshDemoModelTest, StreamsSurviveTheLossOfAReplica) {
+  Mesh mesh("models/fortune-moe", 2, 2, 1);
+  ASSERT_TRUE(mesh.ok());
+  std::vector<v1::GenerateRequest> reqs = MixedRequests(8);
+  for (auto& r : reqs) {
+    r.set_max_tokens(120);
+    r.set_ignore_eos(true);
+  }
+  std::vector<Answer> got(reqs.size());
+  std::atomic<int> started{0};
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    threads.emplace_back([&, i] { got[i] = Generate(mesh.gateway(), reqs[i], nullptr, [&] { ++started; }); });
+  }
+  while (started < static_cast<int>(reqs.size())) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_EQ(kill(mesh.expert_pid(0, 0), SIGKILL), 0);
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    ASSERT_TRUE(got[i].status.ok()) << got[i].status.error_message();
+    EXPECT_EQ(got[i].ids.size(), 120u);
+    Answer alone = Generate(mesh.gateway(), reqs[i]);  // on the surviving replica only
+    EXPECT_EQ(got[i].ids, alone.ids) << "request " << i;
+  }
+}
+
+// Cancelling half of 32 streams takes them out of the router's batch and
+// frees their KV cache at once.
+TEST(MeshDemoModelTest, CancelledStreamsLeaveTheBatchAndFreeTheirCache) {
+  Mesh mesh("models/fortune-moe", 2, 1, 1);
+  ASSERT_TRUE(mesh.ok());
+  constexpr int kN = 32;
+  std::vector<grpc::ClientContext> ctx(kN);
+  std::vector<Answer> got(kN);
+  std::atomic<int> started{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kN; ++i) {
+    v1::GenerateRequest r = IdsRequest({1 + i, 2, 3}, 900);
+    r.set_ignore_eos(true);
+    threads.emplace_back([&, i, r] { got[i] = Generate(mesh.gateway(), r, &ctx[i], [&] { ++started; }); });
+  }
+  while (started < kN) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  v1::RouterStatus before = mesh.RouterStatus(0);
+  EXPECT_EQ(before.running_requests(), kN);
+  for (int i = 0; i < kN; i += 2) ctx[i].TryCancel();
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  v1::RouterStatus after = mesh.RouterStatus(0);
+  while (after.running_requests() != kN / 2 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    after = mesh.RouterStatus(0);
+  }
+  EXPECT_EQ(after.running_requests(), kN / 2);
+  // Half the requests held about half the blocks; the rest grew by at
+  // most a block each meanwhile.
+  EXPECT_LE(after.kv_cache_blocks_used(), before.kv_cache_blocks_used() / 2 + kN / 2);
+  for (int i = 1; i < kN; i += 2) ctx[i].TryCancel();
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kN; ++i) EXPECT_EQ(got[i].status.error_code(), grpc::StatusCode::CANCELLED);
+  deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (mesh.RouterStatus(0).kv_cache_blocks_used() != 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  EXPECT_EQ(mesh.RouterStatus(0).running_requests(), 0);
+  EXPECT_EQ(mesh.RouterStatus(0).kv_cache_blocks_used(), 0);
+}
+
+// `moemesh client` prints streamed text, JSON, and the gateway's errors with
+// the CLI's exit codes.
+TEST(MeshDemoModelTest, ClientCommand) {
+  Mesh mesh("models/fortune-moe", 2, 1, 1);
+  ASSERT_TRUE(mesh.ok());
+  grpc::ClientContext ctx;
+  v1::ListModelsResponse models;
+  ASSERT_TRUE(mesh.gateway()->ListModels(&ctx, v1::ListModelsRequest(), &models).ok());
+  // The gateway's address, as a client would be given it.
+  std::string target;
+  {
+    auto p = Subprocess::Start({g_moemesh, "up", "--expert-shards=0"});  // default model, experts in the router
+    ASSERT_TRUE(p.ok());
+    auto gw = (*p)->WaitForLine("gateway listening on ", absl::Seconds(120));
+    ASSERT_TRUE(gw.ok()) << gw.status();
+    target = *gw;
+    (*p)->ForwardOutput(2);
+    auto [json, rc] = RunCommand({g_moemesh, "client", "generate", "--target", target, "--prompt", "Life is",
+                           "--max-new-tokens", "20", "--temperature", "0.8", "--seed", "7", "--output", "json"});
+    EXPECT_EQ(rc, 0);
+    auto j = nlohmann::json::parse(json, nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << json;
+    // The same request through the first mesh (two expert shards) and the
+    // single-process engine give the same text.
+    v1::GenerateRequest req;
+    req.set_text("Life is");
+    req.set_max_tokens(20);
+    req.mutable_sampling()->set_temperature(0.8f);
+    req.mutable_sampling()->set_seed(7);
+    Answer a = Generate(mesh.gateway(), req);
+    ASSERT_TRUE(a.status.ok());
+    std::vector<int> ids = j["token_ids"].get<std::vector<int>>();
+    EXPECT_EQ(ids, a.ids);
+    EXPECT_EQ(j["text"].get<std::string>(), a.text);
+    EXPECT_EQ(j["usage"]["completion_tokens"].get<int>(), static_cast<int>(a.ids.size()));
+    auto [text, rc2] = RunCommand({g_moemesh, "client", "generate", "--target", target, "--prompt", "Life is",
+                            "--max-new-tokens", "20", "--temperature", "0.8", "--seed", "7"});
+    EXPECT_EQ(rc2, 0);
+    EXPECT_EQ(text, a.text + "\n");
+    auto [err, rc3] = RunCommand({g_moemesh, "client", "generate", "--target", target, "--prompt-ids", "1,2",
+                           "--max-new-tokens", "5000"});
+    EXPECT_EQ(rc3, 2);  // INVALID_ARGUMENT: prompt + max_tokens beyond the context
+    auto [models_out, rc4] = RunCommand({g_moemesh, "client", "models", "--target", target});
+    EXPECT_EQ(rc4, 0);
+    EXPECT_TRUE(absl::StrContains(models_out, "\"name\":\"fortune-moe\"")) << models_out;
+    EXPECT_EQ((*p)->Stop(absl::Seconds(20)), 0);
+  }
+  // Nothing listens there any more.
+  auto [gone, rc5] = RunCommand({g_moemesh, "client", "generate", "--target", target, "--prompt", "x", "--timeout-ms", "2000"});
+  EXPECT_EQ(rc5, 1);
+}
+
 TEST(MeshErrorsTest, UnreachableOrMisplacedWorkersFailClearly) {
-  std::vector<std::string> args = {g_moemesh, "generate", "--model", "tests/fixtures/mixtral", "--prompt-ids", "1,2",
-                                   "--experts", "127.0.0.1:1", "--experts-connect-timeout-ms", "300"};
-  Child c = Spawn(args);
-  ReadAll(c.out);
-  fclose(c.out);
-  EXPECT_EQ(Wait(c.pid), 1);  // UNAVAILABLE: not an argument error
-  Child bad = Spawn({g_expert, "--model", "tests/fixtures/mixtral", "--shard-index", "2", "--num-shards", "2"});
-  ReadAll(bad.out);
-  fclose(bad.out);
-  EXPECT_EQ(Wait(bad.pid), 2);
+  auto [out, rc] = RunCommand({g_moemesh, "generate", "--model", "tests/fixtures/mixtral", "--prompt-ids", "1,2",
+                        "--experts", "127.0.0.1:1", "--experts-connect-timeout-ms", "300"});
+  EXPECT_EQ(rc, 1);  // UNAVAILABLE: not an argument error
+  auto [out2, rc2] = RunCommand({g_expert, "--model", "tests/fixtures/mixtral", "--shard-index", "2", "--num-shards", "2"});
+  EXPECT_EQ(rc2, 2);
+  // A fixture has no tokenizer: the gateway serves token ids only.
+  Mesh mesh("tests/fixtures/mixtral", 1, 1, 1);
+  ASSERT_TRUE(mesh.ok());
+  v1::GenerateRequest req;
+  req.set_text("hello");
+  req.set_max_tokens(2);
+  Answer a = Generate(mesh.gateway(), req);
+  EXPECT_EQ(a.status.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << a.status.error_message();
 }
 
 }  // namespace

@@ -365,6 +365,19 @@ double ModelConfig::AttentionScale() const {
   return scale;
 }
 
+int ModelConfig::context_length() const {
+  const double factor = rope.factor > 0 ? rope.factor : 1.0;
+  switch (rope.type) {
+    case RopeType::kLinear:
+    case RopeType::kDynamic:
+      return static_cast<int>(max_position_embeddings * factor);
+    case RopeType::kYarn:
+      return std::max(max_position_embeddings, static_cast<int>(rope.original_max_position_embeddings * factor));
+    default:
+      return max_position_embeddings;
+  }
+}
+
 absl::Status ModelConfig::Validate() const {
   auto positive = [](int v, const char* name) -> absl::Status {
     if (v <= 0) return absl::InvalidArgumentError(absl::StrCat(name, " must be positive, got ", v));

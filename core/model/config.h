@@ -108,6 +108,10 @@ struct ModelConfig {
   int ExpertWidth() const { return moe_intermediate_size; }
   // Checks internal consistency; INVALID_ARGUMENT says what is wrong.
   absl::Status Validate() const;
+  // Longest prompt + generation the model supports: max_position_embeddings,
+  // stretched by linear and dynamic rope scaling (as vLLM derives it) and
+  // at least original * factor for yarn.
+  int context_length() const;
 };
 
 // Parses config.json text. `source` names the file in error messages.

@@ -146,6 +146,21 @@ TEST(ConfigTest, BadFieldsGetClearErrors) {
   EXPECT_EQ(ParseModelConfig("{not json", "x.json").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(ConfigTest, ContextLengthFollowsRopeScaling) {
+  struct Case {
+    const char* fixture;
+    int context;
+  };
+  // default: max_position_embeddings; dynamic and linear: times the factor;
+  // yarn: at least original * factor; llama3: max_position_embeddings.
+  for (const Case& c : {Case{"mixtral", 256}, Case{"olmoe_dynamic", 32}, Case{"qwen2_moe_linear", 512},
+                        Case{"qwen3_moe_yarn", 32}, Case{"deepseek_v3", 64}, Case{"mixtral_llama3", 256}}) {
+    auto config = LoadModelConfig(std::string("tests/fixtures/") + c.fixture);
+    ASSERT_TRUE(config.ok()) << config.status();
+    EXPECT_EQ(config->context_length(), c.context) << c.fixture;
+  }
+}
+
 TEST(ConfigTest, MissingDirectoryIsNotFound) {
   auto c = LoadModelConfig("/nonexistent/model");
   EXPECT_EQ(c.status().code(), absl::StatusCode::kNotFound);

@@ -1,6 +1,8 @@
 #ifndef MOEMESH_SERVICES_COMMON_SERVER_UTIL_H_
 #define MOEMESH_SERVICES_COMMON_SERVER_UTIL_H_
 
+#include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -28,6 +30,14 @@ grpc::ChannelArguments ClientChannelArguments();
 
 // Blocks until SIGINT or SIGTERM, then returns. Call once, from main.
 void WaitForTerminationSignal();
+
+// Stops a server: marks it NOT_SERVING for health checks, lets the calls
+// that `in_flight` counts finish for up to `grace`, then shuts down at
+// once (cancelling what is left). grpc::Server::Shutdown(deadline) alone
+// would also wait out the deadline for clients that merely keep an idle
+// connection open.
+void ShutdownGracefully(grpc::Server* server, const std::function<int()>& in_flight,
+                        std::chrono::milliseconds grace = std::chrono::seconds(5));
 
 }  // namespace moemesh
 

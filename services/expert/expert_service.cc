@@ -35,9 +35,12 @@ grpc::Status ExpertServiceImpl::Dispatch(
     grpc::ServerContext* context, grpc::ServerReaderWriter<v1::DispatchResponse, v1::DispatchRequest>* stream) {
   v1::DispatchRequest request;
   while (stream->Read(&request)) {
+    busy_.fetch_add(1);
     v1::DispatchResponse response;
     Handle(request, &response);
-    if (!stream->Write(response)) break;  // the router went away
+    const bool written = stream->Write(response);
+    busy_.fetch_sub(1);
+    if (!written) break;  // the router went away
   }
   return grpc::Status::OK;
 }

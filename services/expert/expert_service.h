@@ -1,6 +1,8 @@
 #ifndef MOEMESH_SERVICES_EXPERT_EXPERT_SERVICE_H_
 #define MOEMESH_SERVICES_EXPERT_EXPERT_SERVICE_H_
 
+#include <atomic>
+
 #include "moemesh/v1/expert.grpc.pb.h"
 #include "services/expert/expert_worker.h"
 
@@ -22,8 +24,13 @@ class ExpertServiceImpl final : public v1::ExpertService::Service {
   // Serves one request (exposed for tests).
   void Handle(const v1::DispatchRequest& request, v1::DispatchResponse* response);
 
+  // Requests being computed or answered; the Dispatch streams themselves
+  // stay open between steps and do not count.
+  int busy() const { return busy_.load(); }
+
  private:
   ExpertWorker* worker_;
+  std::atomic<int> busy_{0};
 };
 
 }  // namespace moemesh

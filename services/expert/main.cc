@@ -61,7 +61,8 @@ int main(int argc, char** argv) {
   std::printf("listening on %s:%d\n", absl::GetFlag(FLAGS_host).c_str(), port);
   std::fflush(stdout);
   moemesh::WaitForTerminationSignal();
-  // Let in-flight calls finish for a moment, then cancel the streams.
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  // Requests being computed finish; then the routers' streams are cancelled
+  // (they resend to another replica).
+  moemesh::ShutdownGracefully(server.get(), [&] { return service.busy(); });
   return 0;
 }

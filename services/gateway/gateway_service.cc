@@ -1,6 +1,7 @@
 #include "services/gateway/gateway_service.h"
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -34,7 +35,7 @@ std::string TokenText(const Tokenizer& tok, int id) {
 
 grpc::Status GatewayServiceImpl::Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                                           grpc::ServerWriter<v1::GenerateResponse>* writer) {
-  absl::StatusOr<v1::RouterGenerateRequest> routed = BuildRouterRequest(*request, *tokenizer_, model_);
+  absl::StatusOr<v1::RouterGenerateRequest> routed = BuildRouterRequest(*request, tokenizer_, model_);
   if (!routed.ok()) return ToGrpcStatus(routed.status());
   InFlight counted(&in_flight_);
   if (in_flight_.load() > options_.max_in_flight) {
@@ -43,7 +44,11 @@ grpc::Status GatewayServiceImpl::Generate(grpc::ServerContext* context, const v1
                                      " requests in progress; retry later"));
   }
   std::vector<std::string> stops(request->stop().begin(), request->stop().end());
-  TextStream text(tokenizer_, request->skip_special_tokens(), std::move(stops));
+  const bool skip_special = request->has_skip_special_tokens() ? request->skip_special_tokens() : true;
+  // Without a tokenizer only token ids go back (no stops: checked above).
+  std::optional<TextStream> text;
+  if (tokenizer_ != nullptr) text.emplace(tokenizer_, skip_special, std::move(stops));
+  auto stopped = [&] { return text && text->stopped(); };
   v1::Usage usage;
   usage.set_prompt_tokens(routed->prompt_ids_size());
   grpc::Status last(grpc::StatusCode::UNAVAILABLE, "no router is configured");
@@ -56,33 +61,37 @@ grpc::Status GatewayServiceImpl::Generate(grpc::ServerContext* context, const v1
     while (!finished && reader->Read(&in)) {
       received = true;
       v1::GenerateResponse out;
-      for (int i = 0; i < in.token_ids_size() && !text.stopped(); ++i) {
+      for (int i = 0; i < in.token_ids_size() && !stopped(); ++i) {
         const int id = in.token_ids(i);
-        absl::StatusOr<std::string> piece = text.Add(id);
-        if (!piece.ok()) {
-          call->TryCancel();
-          reader->Finish();
-          return ToGrpcStatus(piece.status());
+        if (text) {
+          absl::StatusOr<std::string> piece = text->Add(id);
+          if (!piece.ok()) {
+            call->TryCancel();
+            reader->Finish();
+            return ToGrpcStatus(piece.status());
+          }
+          out.mutable_text_delta()->append(*piece);
         }
         out.add_token_ids(id);
-        out.mutable_text_delta()->append(*piece);
         if (i < in.logprobs_size()) {
           v1::TokenLogprobs* lp = out.add_logprobs();
           *lp = in.logprobs(i);
-          for (v1::TopLogprob& t : *lp->mutable_top()) t.set_text(TokenText(*tokenizer_, t.token_id()));
+          if (tokenizer_ != nullptr) {
+            for (v1::TopLogprob& t : *lp->mutable_top()) t.set_text(TokenText(*tokenizer_, t.token_id()));
+          }
         }
       }
       usage.set_completion_tokens(usage.completion_tokens() + out.token_ids_size());
-      v1::FinishReason reason = text.stopped() ? v1::FINISH_REASON_STOP : in.finish_reason();
+      v1::FinishReason reason = stopped() ? v1::FINISH_REASON_STOP : in.finish_reason();
       if (reason != v1::FINISH_REASON_UNSPECIFIED) {
-        if (!text.stopped()) {
-          absl::StatusOr<std::string> rest = text.Finish();
+        if (text && !stopped()) {
+          absl::StatusOr<std::string> rest = text->Finish();
           if (rest.ok()) out.mutable_text_delta()->append(*rest);
         }
         out.set_finish_reason(reason);
         *out.mutable_usage() = usage;
         finished = true;
-        if (text.stopped()) call->TryCancel();  // the router may still be generating
+        if (stopped()) call->TryCancel();  // the router may still be generating
       }
       if (!writer->Write(out)) {
         call->TryCancel();
@@ -107,6 +116,7 @@ grpc::Status GatewayServiceImpl::Generate(grpc::ServerContext* context, const v1
 grpc::Status GatewayServiceImpl::Tokenize(grpc::ServerContext*, const v1::TokenizeRequest* request,
                                           v1::TokenizeResponse* response) {
   if (absl::Status st = CheckModelName(request->model(), model_); !st.ok()) return ToGrpcStatus(st);
+  if (tokenizer_ == nullptr) return ToGrpcStatus(NoTokenizer("Tokenize"));
   absl::StatusOr<std::vector<int>> ids = tokenizer_->Encode(request->text(), request->add_special_tokens());
   if (!ids.ok()) return ToGrpcStatus(ids.status());
   response->mutable_ids()->Add(ids->begin(), ids->end());
@@ -116,6 +126,7 @@ grpc::Status GatewayServiceImpl::Tokenize(grpc::ServerContext*, const v1::Tokeni
 grpc::Status GatewayServiceImpl::Detokenize(grpc::ServerContext*, const v1::DetokenizeRequest* request,
                                             v1::DetokenizeResponse* response) {
   if (absl::Status st = CheckModelName(request->model(), model_); !st.ok()) return ToGrpcStatus(st);
+  if (tokenizer_ == nullptr) return ToGrpcStatus(NoTokenizer("Detokenize"));
   std::vector<int> ids(request->ids().begin(), request->ids().end());
   for (int t : ids) {
     if (t < 0 || t >= tokenizer_->vocab_size()) {

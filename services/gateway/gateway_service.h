@@ -23,7 +23,8 @@ class GatewayServiceImpl final : public v1::Gateway::Service {
   struct Options {
     int max_in_flight = 512;
   };
-  // `tokenizer` and `routers` must outlive the service.
+  // `tokenizer` (may be null: token ids only) and `routers` must outlive
+  // the service.
   GatewayServiceImpl(const Tokenizer* tokenizer, ServedModel model, RouterPool* routers, const Options& options)
       : tokenizer_(tokenizer), model_(std::move(model)), routers_(routers), options_(options) {}
 

@@ -57,7 +57,7 @@ class Gateway {
   Gateway(const std::vector<std::string>& routers, int max_in_flight = 512) : pool_(routers) {
     tokenizer_ = std::move(*LoadTokenizer(kModel));
     auto config = LoadModelConfig(kModel);
-    model_ = {"fortune-moe", "deepseek_v3", config->vocab_size, config->max_position_embeddings};
+    model_ = {"fortune-moe", "deepseek_v3", config->vocab_size, config->context_length()};
     service_ = std::make_unique<GatewayServiceImpl>(tokenizer_.get(), model_, &pool_,
                                                     GatewayServiceImpl::Options{max_in_flight});
     int port = 0;
@@ -131,7 +131,7 @@ TEST(GatewayServiceTest, TextInTextOutEqualsTheEngine) {
   auto want = (*engine)->Generate(*prompt, g);
   ASSERT_TRUE(want.ok());
   EXPECT_EQ(a.ids, want->tokens);
-  EXPECT_EQ(a.text, *gw.tokenizer().Decode(want->tokens, false));
+  EXPECT_EQ(a.text, *gw.tokenizer().Decode(want->tokens, /*skip_special_tokens=*/true));  // the default
   EXPECT_EQ(a.usage.prompt_tokens(), static_cast<int>(prompt->size()));
   EXPECT_EQ(a.usage.completion_tokens(), static_cast<int>(want->tokens.size()));
   EXPECT_EQ(a.finish, want->finish_reason == FinishReason::kStop ? v1::FINISH_REASON_STOP : v1::FINISH_REASON_LENGTH);

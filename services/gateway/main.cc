@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -56,8 +57,15 @@ int main(int argc, char** argv) {
   auto config = moemesh::LoadModelConfig(model_dir);
   if (!config.ok()) return Fail(std::string(config.status().message()), 2);
   std::string tok_path = absl::GetFlag(FLAGS_tokenizer).empty() ? model_dir : absl::GetFlag(FLAGS_tokenizer);
-  auto tokenizer = moemesh::LoadTokenizer(tok_path);
-  if (!tokenizer.ok()) return Fail(std::string(tokenizer.status().message()), 2);
+  std::unique_ptr<moemesh::Tokenizer> tokenizer;
+  if (auto t = moemesh::LoadTokenizer(tok_path); t.ok()) {
+    tokenizer = std::move(*t);
+  } else if (absl::IsNotFound(t.status()) && absl::GetFlag(FLAGS_tokenizer).empty()) {
+    std::fprintf(stderr, "moemesh-gateway: warning: %s; serving token ids only\n",
+                 std::string(t.status().message()).c_str());
+  } else {
+    return Fail(std::string(t.status().message()), 2);
+  }
 
   moemesh::ServedModel model;
   model.name = absl::GetFlag(FLAGS_model_name);
@@ -67,12 +75,12 @@ int main(int argc, char** argv) {
   }
   model.architecture = std::string(moemesh::ArchitectureName(config->arch));
   model.vocab_size = config->vocab_size;
-  model.context_length = config->max_position_embeddings;
+  model.context_length = config->context_length();
 
   moemesh::RouterPool pool(routers);
   moemesh::GatewayServiceImpl::Options options;
   options.max_in_flight = absl::GetFlag(FLAGS_max_in_flight);
-  moemesh::GatewayServiceImpl service(tokenizer->get(), model, &pool, options);
+  moemesh::GatewayServiceImpl service(tokenizer.get(), model, &pool, options);
   int port = 0;
   std::string address = absl::GetFlag(FLAGS_host) + ":" + std::to_string(absl::GetFlag(FLAGS_port));
   auto server = moemesh::StartServer(address, {&service}, &port);
@@ -80,6 +88,6 @@ int main(int argc, char** argv) {
   std::printf("listening on %s:%d\n", absl::GetFlag(FLAGS_host).c_str(), port);
   std::fflush(stdout);
   moemesh::WaitForTerminationSignal();
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  moemesh::ShutdownGracefully(server.get(), [&] { return service.in_flight(); });
   return 0;
 }

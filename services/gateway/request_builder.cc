@@ -10,6 +10,11 @@
 
 namespace moemesh {
 
+absl::Status NoTokenizer(absl::string_view what) {
+  return absl::FailedPreconditionError(
+      absl::StrCat("this model is served without a tokenizer: ", what, " need one; send token_ids"));
+}
+
 absl::Status CheckModelName(const std::string& name, const ServedModel& model) {
   if (name.empty() || name == model.name) return absl::OkStatus();
   return absl::NotFoundError(absl::StrCat("model \"", name, "\" is not served here; this gateway serves \"",
@@ -17,14 +22,15 @@ absl::Status CheckModelName(const std::string& name, const ServedModel& model) {
 }
 
 absl::StatusOr<v1::RouterGenerateRequest> BuildRouterRequest(const v1::GenerateRequest& request,
-                                                             const Tokenizer& tokenizer, const ServedModel& model) {
+                                                             const Tokenizer* tokenizer, const ServedModel& model) {
   MM_RETURN_IF_ERROR(CheckModelName(request.model(), model));
   std::vector<int> prompt;
   switch (request.prompt_case()) {
     case v1::GenerateRequest::kText: {
       if (request.text().empty()) return absl::InvalidArgumentError("text: the prompt is empty");
+      if (tokenizer == nullptr) return NoTokenizer("text prompts");
       bool special = request.has_add_special_tokens() ? request.add_special_tokens() : true;
-      MM_ASSIGN_OR_RETURN(prompt, tokenizer.Encode(request.text(), special));
+      MM_ASSIGN_OR_RETURN(prompt, tokenizer->Encode(request.text(), special));
       if (prompt.empty()) return absl::InvalidArgumentError("text: the prompt has no tokens");
       break;
     }
@@ -60,6 +66,7 @@ absl::StatusOr<v1::RouterGenerateRequest> BuildRouterRequest(const v1::GenerateR
   if (request.stop_size() > kMaxStopSequences) {
     return absl::InvalidArgumentError(absl::StrCat("stop: at most ", kMaxStopSequences, " stop sequences"));
   }
+  if (request.stop_size() > 0 && tokenizer == nullptr) return NoTokenizer("stop sequences");
   for (const std::string& s : request.stop()) {
     if (s.empty() || s.size() > static_cast<size_t>(kMaxStopSequenceBytes)) {
       return absl::InvalidArgumentError(

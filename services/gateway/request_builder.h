@@ -31,8 +31,13 @@ constexpr int kMaxSessionIdBytes = 256;
 // outside the vocabulary, max_tokens < 1, prompt + max_tokens beyond the
 // context, sampling parameters out of range, bad stop sequences or stop
 // token ids, logprobs outside [0, 20]. A text prompt is tokenized here.
+// Without a tokenizer (a model served by token ids only), text prompts
+// and stop sequences get FAILED_PRECONDITION.
 absl::StatusOr<v1::RouterGenerateRequest> BuildRouterRequest(const v1::GenerateRequest& request,
-                                                             const Tokenizer& tokenizer, const ServedModel& model);
+                                                             const Tokenizer* tokenizer, const ServedModel& model);
+
+// FAILED_PRECONDITION saying that `what` needs a tokenizer.
+absl::Status NoTokenizer(absl::string_view what);
 
 // NOT_FOUND unless `name` is empty or the served model's.
 absl::Status CheckModelName(const std::string& name, const ServedModel& model);

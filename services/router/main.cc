@@ -92,8 +92,9 @@ int main(int argc, char** argv) {
   std::printf("listening on %s:%d\n", absl::GetFlag(FLAGS_host).c_str(), port);
   std::fflush(stdout);
   moemesh::WaitForTerminationSignal();
-  // Streams in progress see their calls cancelled; the loop then stops.
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  // Streams in progress may finish for a while, then are cancelled; the
+  // loop stops after the server.
+  moemesh::ShutdownGracefully(server.get(), [&] { return service.active_calls(); });
   loop.reset();
   return 0;
 }

@@ -44,6 +44,11 @@ v1::FinishReason ToProto(FinishReason r) {
 
 grpc::Status RouterServiceImpl::Generate(grpc::ServerContext* context, const v1::RouterGenerateRequest* request,
                                          grpc::ServerWriter<v1::RouterGenerateResponse>* writer) {
+  active_.fetch_add(1);
+  struct Done {
+    std::atomic<int>* n;
+    ~Done() { n->fetch_sub(1); }
+  } done{&active_};
   auto queue = std::make_shared<EventQueue>();
   std::vector<int> prompt(request->prompt_ids().begin(), request->prompt_ids().end());
   absl::StatusOr<int64_t> id = loop_->Submit(std::move(prompt), GenerateParamsFromProto(*request),
@@ -84,7 +89,7 @@ grpc::Status RouterServiceImpl::GetStatus(grpc::ServerContext*, const v1::GetSta
   const ModelConfig& c = loop_->config();
   response->set_model_type(std::string(ArchitectureName(c.arch)));
   response->set_vocab_size(c.vocab_size);
-  response->set_context_length(c.max_position_embeddings);
+  response->set_context_length(c.context_length());
   response->set_running_requests(s.running);
   response->set_waiting_requests(s.waiting);
   response->set_kv_cache_blocks_used(s.kv_blocks_used);

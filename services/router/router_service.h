@@ -1,6 +1,8 @@
 #ifndef MOEMESH_SERVICES_ROUTER_ROUTER_SERVICE_H_
 #define MOEMESH_SERVICES_ROUTER_ROUTER_SERVICE_H_
 
+#include <atomic>
+
 #include "moemesh/v1/router.grpc.pb.h"
 
 namespace moemesh {
@@ -22,8 +24,12 @@ class RouterServiceImpl final : public v1::Router::Service {
   grpc::Status GetStatus(grpc::ServerContext* context, const v1::GetStatusRequest* request,
                          v1::RouterStatus* response) override;
 
+  // Generate calls in progress.
+  int active_calls() const { return active_.load(); }
+
  private:
   GenerationLoop* loop_;
+  std::atomic<int> active_{0};
 };
 
 }  // namespace moemesh

@@ -1,0 +1,34 @@
+#ifndef MOEMESH_TOOLS_MOEMESH_CLIENT_H_
+#define MOEMESH_TOOLS_MOEMESH_CLIENT_H_
+
+#include <ostream>
+#include <string>
+
+#include "absl/status/status.h"
+#include "moemesh/v1/gateway.pb.h"
+
+namespace moemesh {
+
+// `moemesh client ...`: calls a gateway's public API.
+struct ClientOptions {
+  std::string target;   // gateway HOST:PORT
+  int timeout_ms = 0;   // call deadline; 0: none
+};
+
+// Streams the answer: in text mode each text delta is printed (and
+// flushed) as it arrives; with `json` one object is printed at the end:
+// {"token_ids": [...], "text": "...", "finish_reason": "length"|"stop"|"abort",
+//  "usage": {"prompt_tokens": n, "completion_tokens": m}} plus "logprobs"
+// when asked. The gateway's errors come back as absl::Status.
+absl::Status RunClientGenerate(const ClientOptions& opt, const v1::GenerateRequest& request, bool json,
+                               std::ostream& out);
+// {"ids": [...]}
+absl::Status RunClientTokenize(const ClientOptions& opt, const v1::TokenizeRequest& request, std::ostream& out);
+// {"text": "..."}
+absl::Status RunClientDetokenize(const ClientOptions& opt, const v1::DetokenizeRequest& request, std::ostream& out);
+// One JSON object per served model.
+absl::Status RunClientModels(const ClientOptions& opt, std::ostream& out);
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_TOOLS_MOEMESH_CLIENT_H_

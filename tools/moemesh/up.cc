@@ -1,0 +1,190 @@
+#include "tools/moemesh/up.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/common/status_macros.h"
+#include "core/common/subprocess.h"
+
+namespace moemesh {
+namespace {
+
+namespace fs = std::filesystem;
+
+fs::path ExeDir() {
+  std::error_code ec;
+  fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? fs::path() : exe.parent_path();
+}
+
+struct Service {
+  std::string role;   // "expert shard 0 replica 1", "router 0", "gateway"
+  std::string group;  // services that stand in for each other: "shard 0", "routers", "gateway"
+  std::unique_ptr<Subprocess> process;
+  std::string address;
+  bool reported = false;  // its exit has been announced
+};
+
+struct Spec {
+  std::string role, group;
+  std::vector<std::string> argv;
+};
+
+// Starts every process of a tier, then waits for all of them to listen.
+absl::Status StartTier(const std::vector<Spec>& specs, absl::Duration timeout, std::vector<Service>* tier) {
+  for (const Spec& s : specs) {
+    MM_ASSIGN_OR_RETURN(std::unique_ptr<Subprocess> p, Subprocess::Start(s.argv));
+    tier->push_back({s.role, s.group, std::move(p), "", false});
+  }
+  for (Service& s : *tier) {
+    absl::StatusOr<std::string> addr = s.process->WaitForLine("listening on ", timeout);
+    if (!addr.ok()) return absl::Status(addr.status().code(), absl::StrCat(s.role, ": ", addr.status().message()));
+    s.address = *addr;
+    s.process->ForwardOutput(2);
+  }
+  return absl::OkStatus();
+}
+
+// Blocks until SIGINT/SIGTERM (OK), or until a group has lost every
+// member (UNAVAILABLE): the mesh survives an expert replica or a router
+// whose group still has a live member, since the router and the gateway
+// fail over to them.
+absl::Status Supervise(const std::vector<std::vector<Service>*>& tiers, std::ostream& out) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  for (;;) {
+    timespec wait{0, 200 * 1000 * 1000};
+    if (sigtimedwait(&set, nullptr, &wait) > 0) return absl::OkStatus();
+    std::map<std::string, int> alive;
+    for (auto* tier : tiers) {
+      for (Service& s : *tier) {
+        const int st = s.process->Poll();
+        alive[s.group] += st < 0;
+        if (st >= 0 && !s.reported) {
+          s.reported = true;
+          out << "moemesh up: " << s.role << " (pid " << s.process->pid() << ") exited with status " << st
+              << std::endl;
+        }
+      }
+    }
+    for (const auto& [group, n] : alive) {
+      if (n == 0) return absl::UnavailableError(absl::StrCat("no live ", group, " is left; stopping the mesh"));
+    }
+  }
+}
+
+}  // namespace
+
+std::string FindDefaultModel() {
+  const fs::path rel = fs::path("models") / "fortune-moe";
+  if (fs::exists(rel / "config.json")) return rel.string();
+  for (fs::path d = ExeDir(); !d.empty() && d != d.root_path(); d = d.parent_path()) {
+    if (fs::exists(d / rel / "config.json")) return (d / rel).string();
+  }
+  return "";
+}
+
+absl::StatusOr<std::string> FindServiceBinary(const std::string& name, const std::string& bin_dir) {
+  std::vector<fs::path> candidates;
+  if (!bin_dir.empty()) {
+    candidates.push_back(fs::path(bin_dir) / name);
+  } else {
+    const fs::path exe = ExeDir();
+    const std::string kind = name.substr(name.find('-') + 1);  // "router"
+    candidates.push_back(exe / name);                                  // installed together
+    candidates.push_back(exe / ".." / ".." / "services" / kind / name);  // CMake and Bazel trees
+  }
+  for (const fs::path& p : candidates) {
+    if (access(p.c_str(), X_OK) == 0) return fs::weakly_canonical(p).string();
+  }
+  std::vector<std::string> tried;
+  for (const fs::path& p : candidates) tried.push_back(p.string());
+  return absl::NotFoundError(absl::StrCat("cannot find ", name, " (looked at ", absl::StrJoin(tried, ", "),
+                                          "); build it or give --bin-dir"));
+}
+
+absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
+  if (cmd.expert_shards < 0 || cmd.expert_replicas < 1 || cmd.routers < 1 || cmd.threads < 1) {
+    return absl::InvalidArgumentError(
+        "need --expert-shards >= 0, --expert-replicas >= 1, --routers >= 1 and --threads >= 1");
+  }
+  std::string model = cmd.model_dir.empty() ? FindDefaultModel() : cmd.model_dir;
+  if (model.empty()) return absl::InvalidArgumentError("no --model DIR given and the demo model was not found");
+  if (!fs::exists(fs::path(model) / "config.json")) {
+    return absl::InvalidArgumentError(absl::StrCat("--model ", model, ": no config.json there"));
+  }
+  MM_ASSIGN_OR_RETURN(std::string expert_bin, FindServiceBinary("moemesh-expert", cmd.bin_dir));
+  MM_ASSIGN_OR_RETURN(std::string router_bin, FindServiceBinary("moemesh-router", cmd.bin_dir));
+  MM_ASSIGN_OR_RETURN(std::string gateway_bin, FindServiceBinary("moemesh-gateway", cmd.bin_dir));
+  const std::string threads = absl::StrCat("--threads=", cmd.threads);
+  const std::string host = absl::StrCat("--host=", cmd.host);
+
+  // Tiers stop in reverse order of start: gateway, routers, experts.
+  std::vector<Service> experts, routers, gateway;
+  auto stop_all = [&] {
+    for (auto* tier : {&gateway, &routers, &experts}) {
+      for (Service& s : *tier) s.process->Stop();
+    }
+  };
+  out << "moemesh up: model " << model << ", " << cmd.expert_shards << " expert shard(s) x " << cmd.expert_replicas
+      << " replica(s), " << cmd.routers << " router(s)" << std::endl;
+
+  std::vector<Spec> specs;
+  for (int s = 0; s < cmd.expert_shards; ++s) {
+    for (int r = 0; r < cmd.expert_replicas; ++r) {
+      specs.push_back({absl::StrCat("expert shard ", s, " replica ", r), absl::StrCat("expert shard ", s),
+                       {expert_bin, "--model=" + model, absl::StrCat("--shard-index=", s),
+                        absl::StrCat("--num-shards=", cmd.expert_shards), host, "--port=0", threads}});
+    }
+  }
+  absl::Status st = StartTier(specs, cmd.start_timeout, &experts);
+  std::vector<std::string> shard_addrs(cmd.expert_shards);
+  for (int i = 0; i < static_cast<int>(experts.size()) && st.ok(); ++i) {
+    std::string& a = shard_addrs[i / cmd.expert_replicas];
+    a += (a.empty() ? "" : "|") + experts[i].address;
+  }
+  if (st.ok()) {
+    specs.clear();
+    for (int r = 0; r < cmd.routers; ++r) {
+      std::vector<std::string> argv = {router_bin, "--model=" + model, host, "--port=0", threads,
+                                       absl::StrCat("--kv-cache-tokens=", cmd.kv_cache_tokens),
+                                       absl::StrCat("--max-running=", cmd.max_running)};
+      if (!shard_addrs.empty()) argv.push_back("--experts=" + absl::StrJoin(shard_addrs, ","));
+      specs.push_back({absl::StrCat("router ", r), "router", argv});
+    }
+    st = StartTier(specs, cmd.start_timeout, &routers);
+  }
+  if (st.ok()) {
+    std::vector<std::string> router_addrs;
+    for (const Service& s : routers) router_addrs.push_back(s.address);
+    specs = {{"gateway", "gateway",
+              {gateway_bin, "--model=" + model, "--routers=" + absl::StrJoin(router_addrs, ","), host,
+               absl::StrCat("--port=", cmd.port)}}};
+    st = StartTier(specs, cmd.start_timeout, &gateway);
+  }
+  if (!st.ok()) {
+    stop_all();
+    return st;
+  }
+  for (auto* tier : {&experts, &routers}) {
+    for (const Service& s : *tier) {
+      out << "  " << s.role << " on " << s.address << " (pid " << s.process->pid() << ")" << std::endl;
+    }
+  }
+  out << "gateway listening on " << gateway[0].address << std::endl;
+  st = Supervise({&gateway, &routers, &experts}, out);
+  out << "moemesh up: stopping" << std::endl;
+  stop_all();
+  return st;
+}
+
+}  // namespace moemesh

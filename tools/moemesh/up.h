@@ -1,0 +1,45 @@
+#ifndef MOEMESH_TOOLS_MOEMESH_UP_H_
+#define MOEMESH_TOOLS_MOEMESH_UP_H_
+
+#include <ostream>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace moemesh {
+
+// `moemesh up`: a whole mesh as local processes on free loopback ports.
+struct UpCommand {
+  std::string model_dir;      // empty: the bundled demo model (FindDefaultModel)
+  int expert_shards = 2;      // 0 runs the experts inside the routers
+  int expert_replicas = 1;    // per shard
+  int routers = 1;
+  std::string host = "127.0.0.1";
+  int port = 0;               // the gateway's; 0 picks a free one
+  int threads = 1;            // per process
+  int kv_cache_tokens = 65536;  // per router
+  int max_running = 64;         // per router
+  std::string bin_dir;        // empty: beside this executable (FindServiceBinary)
+  absl::Duration start_timeout = absl::Seconds(120);
+};
+
+// Starts expert workers, then routers, then the gateway, each waiting for
+// the previous to listen; prints "gateway listening on HOST:PORT" to `out`;
+// then runs until SIGINT or SIGTERM (OK) or until the gateway, every
+// router or every replica of an expert shard has died (UNAVAILABLE), and
+// stops everything, gateway first. A lone death is reported and tolerated:
+// routers retry on other replicas, the gateway on other routers. The calling thread
+// must have SIGINT and SIGTERM blocked (CliMain does).
+absl::Status RunUp(const UpCommand& cmd, std::ostream& out);
+
+// The demo model: models/fortune-moe under the working directory or under
+// a parent of this executable's directory.
+std::string FindDefaultModel();
+// Path of a service binary ("moemesh-router"): in `bin_dir` if given, else
+// beside this executable or in the build tree's services/<kind>/.
+absl::StatusOr<std::string> FindServiceBinary(const std::string& name, const std::string& bin_dir);
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_TOOLS_MOEMESH_UP_H_
