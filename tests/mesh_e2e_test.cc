@@ -51,9 +51,11 @@ std::pair<std::string, int> RunCommand(const std::vector<std::string>& argv) {
 // the end of the test.
 class Mesh {
  public:
-  Mesh(const std::string& model, int shards, int replicas, int routers) {
-    auto p = Subprocess::Start({g_moemesh, "up", "--model=" + model, absl::StrCat("--expert-shards=", shards),
-                                absl::StrCat("--expert-replicas=", replicas), absl::StrCat("--routers=", routers)});
+  Mesh(const std::string& model, int shards, int replicas, int routers, const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> argv = {g_moemesh, "up", "--model=" + model, absl::StrCat("--expert-shards=", shards),
+                                     absl::StrCat("--expert-replicas=", replicas), absl::StrCat("--routers=", routers)};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    auto p = Subprocess::Start(argv);
     EXPECT_TRUE(p.ok()) << p.status();
     up_ = std::move(*p);
     auto gw = up_->WaitForLine("gateway listening on ", absl::Seconds(120));
@@ -349,6 +351,37 @@ TEST(MeshDemoModelTest, ClientCommand) {
   // Nothing listens there any more.
   auto [gone, rc5] = RunCommand({g_moemesh, "client", "generate", "--target", target, "--prompt", "x", "--timeout-ms", "2000"});
   EXPECT_EQ(rc5, 1);
+}
+
+// An explicit placement file moves experts between shards, per layer; the
+// tokens do not change. A router and workers with different placements
+// refuse to work together.
+TEST(MeshDemoModelTest, PlacementFile) {
+  const std::string file = ::testing::TempDir() + "/placement.json";
+  FILE* f = std::fopen(file.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  std::fputs(R"({"shards": [[0, 1, 2], [3, 4, 5, 6, 7]], "layers": {"1": [[1, 3, 5, 7], [0, 2, 4, 6]]}})", f);
+  std::fclose(f);
+  const std::string model = "models/fortune-moe";
+  std::vector<int> want = SingleProcessTokens(model, "5,17,300,42", 16);
+  {
+    Mesh mesh(model, 2, 1, 1, {"--placement=" + file});
+    ASSERT_TRUE(mesh.ok());
+    Answer a = Generate(mesh.gateway(), IdsRequest({5, 17, 300, 42}, 16));
+    ASSERT_TRUE(a.status.ok()) << a.status.error_message();
+    EXPECT_EQ(a.ids, want);
+  }
+  auto worker = Subprocess::Start({g_expert, "--model", model, "--placement", file, "--shard-index", "0"});
+  ASSERT_TRUE(worker.ok());
+  auto addr = (*worker)->WaitForLine("listening on ", absl::Seconds(60));
+  ASSERT_TRUE(addr.ok()) << addr.status();
+  (*worker)->ForwardOutput(-1);
+  // Without the placement, the router expects the modulo placement.
+  auto [out, rc] = RunCommand({"/bin/sh", "-c",
+                               g_moemesh + " generate --model " + model + " --prompt-ids 1,2 --experts " + *addr +
+                                   ",127.0.0.1:1 2>&1"});
+  EXPECT_EQ(rc, 1);
+  EXPECT_TRUE(absl::StrContains(out, "but the placement gives shard 0 [0,2,4,6]")) << out;
 }
 
 TEST(MeshErrorsTest, UnreachableOrMisplacedWorkersFailClearly) {

@@ -14,15 +14,20 @@ ExpertWorker::~ExpertWorker() = default;
 absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const Options& options) {
   if (options.threads < 1) return absl::InvalidArgumentError("--threads must be >= 1");
   MM_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(options.model_dir));
-  MM_RETURN_IF_ERROR(ShardPlacement::Validate(options.shard_index, options.num_shards, config.num_experts));
-  MM_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(options.model_dir));
   ShardPlacement placement(options.num_shards);
+  Options resolved = options;
+  if (!options.placement_file.empty()) {
+    MM_ASSIGN_OR_RETURN(placement, ShardPlacement::Load(options.placement_file, config.num_layers, config.num_experts));
+    resolved.num_shards = placement.num_shards();
+  }
+  MM_RETURN_IF_ERROR(ShardPlacement::Validate(resolved.shard_index, resolved.num_shards, config.num_experts));
+  MM_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(options.model_dir));
   WeightLoadOptions load;
   load.load_dense = false;  // experts only: attention and the rest live on the router
   load.load_expert = [&](int layer, int expert) { return placement.Holds(options.shard_index, layer, expert); };
   MM_ASSIGN_OR_RETURN(ModelWeights weights, LoadWeights(std::move(ckpt), config, load));
   std::unique_ptr<ExpertWorker> w(new ExpertWorker);
-  w->options_ = options;
+  w->options_ = resolved;
   w->config_ = config;
   w->weights_ = std::make_unique<ModelWeights>(std::move(weights));
   w->pool_ = std::make_unique<ThreadPool>(options.threads);

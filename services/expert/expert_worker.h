@@ -30,7 +30,8 @@ struct ExpertWork {
 };
 
 // The logic of an expert worker, apart from gRPC: loads the experts of its
-// shard (expert e of every layer where e mod num_shards == shard_index) and
+// shard (expert e of every layer where e mod num_shards == shard_index, or
+// as a placement file says) and
 // runs batches of rows through them. Thread-safe; calls are serialised
 // because they share one thread pool.
 class ExpertWorker {
@@ -38,7 +39,8 @@ class ExpertWorker {
   struct Options {
     std::string model_dir;
     int shard_index = 0;
-    int num_shards = 1;
+    int num_shards = 1;        // ignored with a placement file
+    std::string placement_file;  // explicit placement (ShardPlacement); empty: modulo
     int threads = 1;
   };
   static absl::StatusOr<std::unique_ptr<ExpertWorker>> Create(const Options& options);

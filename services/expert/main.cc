@@ -18,6 +18,7 @@
 ABSL_FLAG(std::string, model, "", "checkpoint directory");
 ABSL_FLAG(int, shard_index, 0, "this worker's shard: experts e with e mod num_shards == shard_index");
 ABSL_FLAG(int, num_shards, 1, "number of expert shards");
+ABSL_FLAG(std::string, placement, "", "placement file (JSON) saying which experts each shard holds; sets the shard count");
 ABSL_FLAG(std::string, host, "127.0.0.1", "address to listen on");
 ABSL_FLAG(int, port, 0, "port to listen on; 0 picks a free one");
 ABSL_FLAG(int, threads, 1, "CPU threads for the expert kernels");
@@ -40,6 +41,7 @@ int main(int argc, char** argv) {
   opt.model_dir = absl::GetFlag(FLAGS_model);
   opt.shard_index = absl::GetFlag(FLAGS_shard_index);
   opt.num_shards = absl::GetFlag(FLAGS_num_shards);
+  opt.placement_file = absl::GetFlag(FLAGS_placement);
   opt.threads = absl::GetFlag(FLAGS_threads);
   if (opt.model_dir.empty()) {
     std::fprintf(stderr, "moemesh-expert: error: --model DIR is required\n");

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,7 @@
 #include "absl/flags/usage.h"
 #include "core/engine/engine.h"
 #include "core/engine/generation_loop.h"
+#include "core/engine/placement.h"
 #include "core/engine/scheduler.h"
 #include "services/common/server_util.h"
 #include "services/router/remote_expert_executor.h"
@@ -23,6 +25,7 @@
 ABSL_FLAG(std::string, model, "", "checkpoint directory");
 ABSL_FLAG(std::string, experts, "",
           "expert workers: shards separated by ',', replicas of a shard by '|'; empty runs the experts here");
+ABSL_FLAG(std::string, placement, "", "placement file (JSON) the expert workers were started with; default: modulo");
 ABSL_FLAG(int, experts_connect_timeout_ms, 10000, "how long to wait for the expert workers at start");
 ABSL_FLAG(std::string, host, "127.0.0.1", "address to listen on");
 ABSL_FLAG(int, port, 0, "port to listen on; 0 picks a free one");
@@ -75,8 +78,15 @@ int main(int argc, char** argv) {
     if (!shards.ok()) return Fail(std::string(shards.status().message()), 2);
     auto config = moemesh::LoadModelConfig(model_dir);
     if (!config.ok()) return Fail(std::string(config.status().message()), 2);
+    std::optional<moemesh::ShardPlacement> placement;
+    if (!absl::GetFlag(FLAGS_placement).empty()) {
+      auto p = moemesh::ShardPlacement::Load(absl::GetFlag(FLAGS_placement), config->num_layers, config->num_experts);
+      if (!p.ok()) return Fail(std::string(p.status().message()), 2);
+      placement = std::move(*p);
+    }
     auto r = moemesh::RemoteExpertExecutor::Connect(*shards, config->hidden_size,
-                                                    absl::GetFlag(FLAGS_experts_connect_timeout_ms));
+                                                    absl::GetFlag(FLAGS_experts_connect_timeout_ms),
+                                                    placement ? &*placement : nullptr);
     if (!r.ok()) return Fail(std::string(r.status().message()), 1);
     remote = std::move(*r);
   }

@@ -7,6 +7,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "moemesh/v1/expert.grpc.pb.h"
 #include "services/common/grpc_status.h"
@@ -100,11 +101,17 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
 }
 
 absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Connect(
-    const std::vector<std::vector<std::string>>& shards, int hidden_size, int connect_timeout_ms) {
+    const std::vector<std::vector<std::string>>& shards, int hidden_size, int connect_timeout_ms,
+    const ShardPlacement* placement) {
   if (shards.empty()) return absl::InvalidArgumentError("no expert worker addresses");
+  if (placement != nullptr && placement->num_shards() != static_cast<int>(shards.size())) {
+    return absl::InvalidArgumentError(absl::StrCat("the placement has ", placement->num_shards(),
+                                                   " shards but --experts lists ", shards.size()));
+  }
   std::unique_ptr<RemoteExpertExecutor> ex(new RemoteExpertExecutor);
   ex->hidden_size_ = hidden_size;
-  ex->placement_ = std::make_unique<ShardPlacement>(static_cast<int>(shards.size()));
+  ex->placement_ = placement ? std::make_unique<ShardPlacement>(*placement)
+                             : std::make_unique<ShardPlacement>(static_cast<int>(shards.size()));
   for (size_t i = 0; i < shards.size(); ++i) {
     auto shard = std::make_unique<Shard>();
     for (const std::string& address : shards[i]) {
@@ -127,6 +134,21 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
             "expert worker ", address, " serves shard ", info.shard_index(), " of ", info.num_shards(),
             " with hidden size ", info.hidden_size(), "; expected shard ", i, " of ", shards.size(),
             " with hidden size ", hidden_size));
+      }
+      // The worker must hold exactly its shard's experts of every layer.
+      std::map<int, std::vector<int>> held;
+      for (const v1::LayerExperts& le : info.experts()) held[le.layer()].assign(le.experts().begin(), le.experts().end());
+      for (int l = 0; l < info.num_layers(); ++l) {
+        auto it = held.find(l);
+        std::vector<int> have = it == held.end() ? std::vector<int>() : it->second;
+        if (have.empty()) continue;  // a dense layer, or nothing of this shard
+        std::vector<int> want = ex->placement_->ExpertsOf(static_cast<int>(i), l, info.num_experts());
+        if (have != want) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "expert worker ", address, " holds experts [", absl::StrJoin(have, ","), "] of layer ", l,
+              " but the placement gives shard ", i, " [", absl::StrJoin(want, ","),
+              "]; start the workers and the router with the same placement"));
+        }
       }
       r->Open();
       shard->replicas.push_back(std::move(r));

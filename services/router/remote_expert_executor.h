@@ -25,11 +25,13 @@ namespace moemesh {
 class RemoteExpertExecutor : public ExpertExecutor {
  public:
   // `shards[i]` lists the replicas (addresses) of shard i of
-  // `shards.size()`. Checks every worker's GetShardInfo against the
-  // placement; UNAVAILABLE when one cannot be reached within
-  // `connect_timeout_ms`.
+  // `shards.size()`, placed by `placement` (null: modulo). Checks that
+  // every worker holds exactly the experts the placement gives its shard
+  // (FAILED_PRECONDITION otherwise); UNAVAILABLE when one cannot be reached
+  // within `connect_timeout_ms`.
   static absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> Connect(
-      const std::vector<std::vector<std::string>>& shards, int hidden_size, int connect_timeout_ms = 10000);
+      const std::vector<std::vector<std::string>>& shards, int hidden_size, int connect_timeout_ms = 10000,
+      const ShardPlacement* placement = nullptr);
   // One replica per shard.
   static absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> Connect(
       const std::vector<std::string>& shard_addresses, int hidden_size, int connect_timeout_ms = 10000);

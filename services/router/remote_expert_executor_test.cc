@@ -32,7 +32,11 @@ std::vector<Worker> StartWorkers(const std::string& model, int shards) {
   std::vector<Worker> out;
   for (int i = 0; i < shards; ++i) {
     Worker w;
-    auto worker = ExpertWorker::Create({model, i, shards, 1});
+    ExpertWorker::Options o;
+    o.model_dir = model;
+    o.shard_index = i;
+    o.num_shards = shards;
+    auto worker = ExpertWorker::Create(o);
     EXPECT_TRUE(worker.ok()) << worker.status();
     w.worker = std::move(*worker);
     w.service = std::make_unique<ExpertServiceImpl>(w.worker.get());

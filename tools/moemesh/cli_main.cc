@@ -48,6 +48,7 @@ ABSL_FLAG(int, dynamic_k_min, 0, "dynamic expert count: smallest k");
 ABSL_FLAG(int, dynamic_k_max, 0, "dynamic expert count: largest k (off when 0)");
 ABSL_FLAG(double, dynamic_k_p, 0.0, "dynamic expert count: cumulative probability to reach");
 ABSL_FLAG(int, expert_shards, 2, "up: expert shards (0 runs the experts inside the routers)");
+ABSL_FLAG(std::string, placement, "", "up: placement file (JSON) for the expert workers and routers");
 ABSL_FLAG(int, expert_replicas, 1, "up: replicas of each expert shard");
 ABSL_FLAG(int, routers, 1, "up: routers");
 ABSL_FLAG(std::string, host, "127.0.0.1", "up: address the services listen on");
@@ -123,6 +124,7 @@ int UpMain() {
   cmd.model_dir = absl::GetFlag(FLAGS_model);
   cmd.expert_shards = absl::GetFlag(FLAGS_expert_shards);
   cmd.expert_replicas = absl::GetFlag(FLAGS_expert_replicas);
+  cmd.placement = absl::GetFlag(FLAGS_placement);
   cmd.routers = absl::GetFlag(FLAGS_routers);
   cmd.host = absl::GetFlag(FLAGS_host);
   cmd.port = absl::GetFlag(FLAGS_port);

@@ -12,6 +12,8 @@
 #include "absl/strings/str_join.h"
 #include "core/common/status_macros.h"
 #include "core/common/subprocess.h"
+#include "core/engine/placement.h"
+#include "core/model/config.h"
 
 namespace moemesh {
 namespace {
@@ -122,6 +124,12 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
   if (!fs::exists(fs::path(model) / "config.json")) {
     return absl::InvalidArgumentError(absl::StrCat("--model ", model, ": no config.json there"));
   }
+  int num_shards = cmd.expert_shards;
+  if (!cmd.placement.empty()) {
+    MM_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model));
+    MM_ASSIGN_OR_RETURN(ShardPlacement p, ShardPlacement::Load(cmd.placement, config.num_layers, config.num_experts));
+    num_shards = p.num_shards();
+  }
   MM_ASSIGN_OR_RETURN(std::string expert_bin, FindServiceBinary("moemesh-expert", cmd.bin_dir));
   MM_ASSIGN_OR_RETURN(std::string router_bin, FindServiceBinary("moemesh-router", cmd.bin_dir));
   MM_ASSIGN_OR_RETURN(std::string gateway_bin, FindServiceBinary("moemesh-gateway", cmd.bin_dir));
@@ -135,19 +143,22 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
       for (Service& s : *tier) s.process->Stop();
     }
   };
-  out << "moemesh up: model " << model << ", " << cmd.expert_shards << " expert shard(s) x " << cmd.expert_replicas
+  out << "moemesh up: model " << model << ", " << num_shards << " expert shard(s) x " << cmd.expert_replicas
       << " replica(s), " << cmd.routers << " router(s)" << std::endl;
 
   std::vector<Spec> specs;
-  for (int s = 0; s < cmd.expert_shards; ++s) {
+  std::vector<std::string> placement_flag;
+  if (!cmd.placement.empty()) placement_flag.push_back("--placement=" + cmd.placement);
+  for (int s = 0; s < num_shards; ++s) {
     for (int r = 0; r < cmd.expert_replicas; ++r) {
       specs.push_back({absl::StrCat("expert shard ", s, " replica ", r), absl::StrCat("expert shard ", s),
                        {expert_bin, "--model=" + model, absl::StrCat("--shard-index=", s),
-                        absl::StrCat("--num-shards=", cmd.expert_shards), host, "--port=0", threads}});
+                        absl::StrCat("--num-shards=", num_shards), host, "--port=0", threads}});
+      specs.back().argv.insert(specs.back().argv.end(), placement_flag.begin(), placement_flag.end());
     }
   }
   absl::Status st = StartTier(specs, cmd.start_timeout, &experts);
-  std::vector<std::string> shard_addrs(cmd.expert_shards);
+  std::vector<std::string> shard_addrs(num_shards);
   for (int i = 0; i < static_cast<int>(experts.size()) && st.ok(); ++i) {
     std::string& a = shard_addrs[i / cmd.expert_replicas];
     a += (a.empty() ? "" : "|") + experts[i].address;
@@ -158,7 +169,10 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
       std::vector<std::string> argv = {router_bin, "--model=" + model, host, "--port=0", threads,
                                        absl::StrCat("--kv-cache-tokens=", cmd.kv_cache_tokens),
                                        absl::StrCat("--max-running=", cmd.max_running)};
-      if (!shard_addrs.empty()) argv.push_back("--experts=" + absl::StrJoin(shard_addrs, ","));
+      if (!shard_addrs.empty()) {
+        argv.push_back("--experts=" + absl::StrJoin(shard_addrs, ","));
+        argv.insert(argv.end(), placement_flag.begin(), placement_flag.end());
+      }
       specs.push_back({absl::StrCat("router ", r), "router", argv});
     }
     st = StartTier(specs, cmd.start_timeout, &routers);

@@ -13,6 +13,7 @@ namespace moemesh {
 struct UpCommand {
   std::string model_dir;      // empty: the bundled demo model (FindDefaultModel)
   int expert_shards = 2;      // 0 runs the experts inside the routers
+  std::string placement;      // placement file for workers and routers (sets the shard count)
   int expert_replicas = 1;    // per shard
   int routers = 1;
   std::string host = "127.0.0.1";
