@@ -1,8 +1,9 @@
-// The cost of one expert hop: round-trip time of a Dispatch on the
-// long-lived gRPC stream (RemoteExpertExecutor -> ExpertService) against a
-// plain TCP echo of the same bytes, on loopback, for payloads of 4 KB to
-// 2 MB. The worker side answers with an output of the same size without
-// computing, so the figure is transport alone.
+// The cost of one expert hop: round-trip time of a Dispatch from
+// RemoteExpertExecutor to a worker, over the raw data channel (the default)
+// and over the gRPC stream, against a plain TCP echo of the same bytes, on
+// loopback, for payloads of 4 KB to 2 MB. The worker side answers with an
+// output of the same size without computing, so the figure is transport
+// alone.
 //
 //   build/bench/dispatch_bench [--iterations 200]
 #include <arpa/inet.h>
@@ -14,6 +15,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -21,6 +23,7 @@
 
 #include "core/engine/expert_executor.h"
 #include "moemesh/v1/expert.grpc.pb.h"
+#include "services/common/frame_socket.h"
 #include "services/common/server_util.h"
 #include "services/common/tensor_proto.h"
 #include "services/router/remote_expert_executor.h"
@@ -36,6 +39,7 @@ double Now() {
 class NullExpertService final : public v1::ExpertService::Service {
  public:
   explicit NullExpertService(int hidden) : hidden_(hidden) {}
+  void set_data_port(int p) { data_port_ = p; }
   grpc::Status Dispatch(grpc::ServerContext*,
                         grpc::ServerReaderWriter<v1::DispatchResponse, v1::DispatchRequest>* stream) override {
     v1::DispatchRequest req;
@@ -52,7 +56,25 @@ class NullExpertService final : public v1::ExpertService::Service {
     }
     return grpc::Status::OK;
   }
+  // The same answers on the raw data channel.
+  void ServeFrames(FrameSocket* socket) {
+    v1::DispatchRequest req;
+    std::vector<char> payload;
+    std::vector<float> zeros;
+    while (socket->Receive(&req, &payload).ok()) {
+      v1::DispatchResponse resp;
+      resp.set_step(req.step());
+      resp.set_layer(req.layer());
+      int rows = 0;
+      for (const auto& g : req.groups()) rows += g.rows_size();
+      zeros.assign(static_cast<size_t>(rows) * hidden_, 0.0f);
+      SetF32Shape(rows, hidden_, resp.mutable_outputs());
+      iovec data{zeros.data(), zeros.size() * sizeof(float)};
+      if (!socket->Send(resp, {&data, 1}).ok()) return;
+    }
+  }
   grpc::Status GetShardInfo(grpc::ServerContext*, const v1::GetShardInfoRequest*, v1::ShardInfo* info) override {
+    info->set_data_port(data_port_);
     info->set_shard_index(0);
     info->set_num_shards(1);
     info->set_hidden_size(hidden_);
@@ -61,54 +83,70 @@ class NullExpertService final : public v1::ExpertService::Service {
 
  private:
   int hidden_;
+  int data_port_ = 0;
 };
 
-// Median round trip of `bytes` through a TCP echo server on loopback.
-double TcpEchoSeconds(size_t bytes, int iterations) {
-  int ls = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(ls, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  socklen_t len = sizeof addr;
-  getsockname(ls, reinterpret_cast<sockaddr*>(&addr), &len);
-  listen(ls, 1);
-  std::thread server([&] {
-    int c = accept(ls, nullptr, nullptr);
-    int one = 1;
-    setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    std::vector<char> buf(bytes);
-    for (int i = 0; i < iterations; ++i) {
-      size_t got = 0;
-      while (got < bytes) {
-        ssize_t n = read(c, buf.data() + got, bytes - got);
-        if (n <= 0) return;
-        got += n;
+// A TCP echo server on loopback and a connection to it: RoundTrip sends
+// `bytes` and reads them back.
+class TcpEcho {
+ public:
+  explicit TcpEcho(size_t bytes) : bytes_(bytes), out_(bytes, 1), in_(bytes) {
+    int ls = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(ls, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    socklen_t len = sizeof addr;
+    getsockname(ls, reinterpret_cast<sockaddr*>(&addr), &len);
+    listen(ls, 1);
+    server_ = std::thread([this, ls] {
+      int c = accept(ls, nullptr, nullptr);
+      close(ls);
+      int one = 1;
+      setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      std::vector<char> buf(bytes_);
+      for (;;) {
+        size_t got = 0;
+        while (got < bytes_) {
+          ssize_t n = read(c, buf.data() + got, bytes_ - got);
+          if (n <= 0) {
+            close(c);
+            return;
+          }
+          got += n;
+        }
+        size_t sent = 0;
+        while (sent < bytes_) sent += write(c, buf.data() + sent, bytes_ - sent);
       }
-      size_t sent = 0;
-      while (sent < bytes) sent += write(c, buf.data() + sent, bytes - sent);
-    }
-    close(c);
-  });
-  int s = socket(AF_INET, SOCK_STREAM, 0);
-  connect(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  int one = 1;
-  setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  std::vector<char> out(bytes, 1), in(bytes);
-  std::vector<double> times;
-  for (int i = 0; i < iterations; ++i) {
+    });
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    int one = 1;
+    setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  ~TcpEcho() {
+    close(fd_);
+    server_.join();
+  }
+  double RoundTrip() {
     double t0 = Now();
     size_t sent = 0;
-    while (sent < bytes) sent += write(s, out.data() + sent, bytes - sent);
+    while (sent < bytes_) sent += write(fd_, out_.data() + sent, bytes_ - sent);
     size_t got = 0;
-    while (got < bytes) got += read(s, in.data() + got, bytes - got);
-    times.push_back(Now() - t0);
+    while (got < bytes_) got += read(fd_, in_.data() + got, bytes_ - got);
+    return Now() - t0;
   }
-  server.join();
-  close(s);
-  close(ls);
-  std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
-  return times[times.size() / 2];
+
+ private:
+  size_t bytes_;
+  std::vector<char> out_, in_;
+  int fd_ = -1;
+  std::thread server_;
+};
+
+double Median(std::vector<double> v) {
+  std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+  return v[v.size() / 2];
 }
 
 int Main(int argc, char** argv) {
@@ -118,33 +156,49 @@ int Main(int argc, char** argv) {
   }
   const int hidden = 1024;  // 4 KB per row
   NullExpertService service(hidden);
+  auto frames = FrameServer::Start("127.0.0.1", 0, [&service](FrameSocket* s) { service.ServeFrames(s); });
+  if (!frames.ok()) return 1;
+  service.set_data_port((*frames)->port());
   int port = 0;
   auto server = StartServer("127.0.0.1:0", {&service}, &port);
-  auto remote = RemoteExpertExecutor::Connect({"127.0.0.1:" + std::to_string(port)}, hidden);
-  if (!remote.ok()) {
-    std::fprintf(stderr, "%s\n", std::string(remote.status().message()).c_str());
+  const std::string address = "127.0.0.1:" + std::to_string(port);
+  auto raw = RemoteExpertExecutor::Connect({{address}}, hidden, 10000, nullptr, /*use_data_channel=*/true);
+  auto grpc_stream = RemoteExpertExecutor::Connect({{address}}, hidden, 10000, nullptr, /*use_data_channel=*/false);
+  if (!raw.ok() || !grpc_stream.ok()) {
+    std::fprintf(stderr, "cannot connect\n");
     return 1;
   }
-  std::printf("%-10s %14s %14s %8s\n", "payload", "dispatch us", "tcp echo us", "ratio");
+  std::printf("%-10s %12s %12s %12s %14s %14s\n", "payload", "channel us", "grpc us", "tcp echo us",
+              "channel/echo", "grpc/echo");
   for (int rows : {1, 4, 16, 64, 256, 512}) {
     std::vector<float> hidden_states(static_cast<size_t>(rows) * hidden, 0.5f), out(hidden_states.size());
     std::vector<int> ids(rows, 0);
     std::vector<float> weights(rows, 1.0f);
     ExpertBatch batch{0, rows, hidden, hidden_states.data(), 1, ids.data(), weights.data()};
-    std::vector<double> times;
-    for (int i = 0; i < iterations + 10; ++i) {
+    // The three are interleaved, one round trip of each in turn, so that
+    // all see the same machine (a 2-core VM's timing drifts).
+    TcpEcho echo_server(static_cast<size_t>(rows) * hidden * sizeof(float));
+    std::vector<double> t_channel, t_grpc, t_echo;
+    auto once = [&](RemoteExpertExecutor* ex) {
       double t0 = Now();
-      if (!(*remote)->Execute(batch, out.data()).ok()) return 1;
-      if (i >= 10) times.push_back(Now() - t0);
+      if (!ex->Execute(batch, out.data()).ok()) std::exit(1);
+      return Now() - t0;
+    };
+    for (int i = 0; i < iterations + 10; ++i) {
+      double a = once(raw->get()), b = once(grpc_stream->get()), c = echo_server.RoundTrip();
+      if (i < 10) continue;  // warm-up
+      t_channel.push_back(a);
+      t_grpc.push_back(b);
+      t_echo.push_back(c);
     }
-    std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
-    double dispatch = times[times.size() / 2];
+    double channel = Median(t_channel), via_grpc = Median(t_grpc), echo = Median(t_echo);
     size_t bytes = static_cast<size_t>(rows) * hidden * sizeof(float);
-    double echo = TcpEchoSeconds(bytes, iterations);
-    std::printf("%-10s %14.1f %14.1f %8.2f\n", (std::to_string(bytes / 1024) + " KB").c_str(), dispatch * 1e6,
-                echo * 1e6, dispatch / echo);
+    std::printf("%-10s %12.1f %12.1f %12.1f %14.2f %14.2f\n", (std::to_string(bytes / 1024) + " KB").c_str(),
+                channel * 1e6, via_grpc * 1e6, echo * 1e6, channel / echo, via_grpc / echo);
   }
-  remote->reset();
+  raw->reset();
+  grpc_stream->reset();
+  (*frames)->Stop();
   server->Shutdown();
   return 0;
 }

@@ -23,6 +23,13 @@ struct F32Matrix {
 };
 absl::StatusOr<F32Matrix> GetF32Matrix(const v1::Tensor& t, int64_t want_cols, const char* what);
 
+// The raw data channel sends a tensor's dtype and shape in the header and
+// its bytes as the frame payload: SetF32Shape fills the header side, and
+// GetF32Matrix checks the header against `bytes` bytes at `data`.
+void SetF32Shape(int64_t rows, int64_t cols, v1::Tensor* t);
+absl::StatusOr<F32Matrix> GetF32Matrix(const v1::Tensor& t, const char* data, size_t bytes, int64_t want_cols,
+                                       const char* what);
+
 }  // namespace moemesh
 
 #endif  // MOEMESH_SERVICES_COMMON_TENSOR_PROTO_H_

@@ -1,11 +1,13 @@
 #include "services/expert/expert_service.h"
 
+#include "services/common/frame_socket.h"
 #include "services/common/grpc_status.h"
 #include "services/common/tensor_proto.h"
 
 namespace moemesh {
 
-void ExpertServiceImpl::Handle(const v1::DispatchRequest& request, v1::DispatchResponse* response) {
+void ExpertServiceImpl::Run(const v1::DispatchRequest& request, const absl::StatusOr<F32Matrix>& hidden,
+                            v1::DispatchResponse* response, std::vector<float>* out) {
   response->set_step(request.step());
   response->set_layer(request.layer());
   response->set_micro_batch(request.micro_batch());
@@ -13,7 +15,7 @@ void ExpertServiceImpl::Handle(const v1::DispatchRequest& request, v1::DispatchR
     response->set_error_code(static_cast<int>(s.code()));
     response->set_error_message(std::string(s.message()));
   };
-  auto hidden = GetF32Matrix(request.hidden_states(), worker_->config().hidden_size, "hidden_states");
+  out->clear();
   if (!hidden.ok()) return fail(hidden.status());
   ExpertWork work;
   work.layer = request.layer();
@@ -24,11 +26,34 @@ void ExpertServiceImpl::Handle(const v1::DispatchRequest& request, v1::DispatchR
   for (const v1::ExpertRows& g : request.groups()) {
     work.groups.push_back({g.expert(), {g.rows().begin(), g.rows().end()}, {g.weights().begin(), g.weights().end()}});
   }
+  if (absl::Status st = worker_->Run(work, out); !st.ok()) return fail(st);
+}
+
+void ExpertServiceImpl::Handle(const v1::DispatchRequest& request, v1::DispatchResponse* response) {
   std::vector<float> out;
-  absl::Status st = worker_->Run(work, &out);
-  if (!st.ok()) return fail(st);
-  SetF32Tensor(out.data(), static_cast<int64_t>(out.size() / work.hidden_size), work.hidden_size,
-               response->mutable_outputs());
+  Run(request, GetF32Matrix(request.hidden_states(), worker_->config().hidden_size, "hidden_states"), response, &out);
+  if (response->error_code() != 0) return;
+  const int h = worker_->config().hidden_size;
+  SetF32Tensor(out.data(), static_cast<int64_t>(out.size() / h), h, response->mutable_outputs());
+}
+
+void ExpertServiceImpl::ServeFrames(FrameSocket* socket) {
+  v1::DispatchRequest request;
+  v1::DispatchResponse response;
+  std::vector<char> payload;
+  std::vector<float> out;
+  const int h = worker_->config().hidden_size;
+  while (socket->Receive(&request, &payload).ok()) {
+    busy_.fetch_add(1);
+    response.Clear();
+    Run(request, GetF32Matrix(request.hidden_states(), payload.data(), payload.size(), h, "hidden_states"),
+        &response, &out);
+    iovec data{out.data(), out.size() * sizeof(float)};
+    if (response.error_code() == 0) SetF32Shape(static_cast<int64_t>(out.size() / h), h, response.mutable_outputs());
+    const bool sent = socket->Send(response, {&data, response.error_code() == 0 ? 1u : 0u}).ok();
+    busy_.fetch_sub(1);
+    if (!sent) return;  // the router went away
+  }
 }
 
 grpc::Status ExpertServiceImpl::Dispatch(
@@ -49,6 +74,7 @@ grpc::Status ExpertServiceImpl::GetShardInfo(grpc::ServerContext* context, const
                                              v1::ShardInfo* response) {
   const ModelConfig& c = worker_->config();
   response->set_model(worker_->options().model_dir);
+  response->set_data_port(data_port_);
   response->set_shard_index(worker_->options().shard_index);
   response->set_num_shards(worker_->options().num_shards);
   response->set_hidden_size(c.hidden_size);

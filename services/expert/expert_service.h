@@ -3,10 +3,15 @@
 
 #include <atomic>
 
+#include <vector>
+
 #include "moemesh/v1/expert.grpc.pb.h"
+#include "services/common/tensor_proto.h"
 #include "services/expert/expert_worker.h"
 
 namespace moemesh {
+
+class FrameSocket;
 
 // gRPC adapter of ExpertWorker. A request that cannot be served is answered
 // with error_code/error_message in its response, so one bad step does not
@@ -23,14 +28,26 @@ class ExpertServiceImpl final : public v1::ExpertService::Service {
 
   // Serves one request (exposed for tests).
   void Handle(const v1::DispatchRequest& request, v1::DispatchResponse* response);
+  // Serves Dispatch frames on the raw data channel (FrameServer's callback)
+  // until the router leaves: the same messages as the stream, with the
+  // tensors' bytes as frame payloads.
+  void ServeFrames(FrameSocket* socket);
 
   // Requests being computed or answered; the Dispatch streams themselves
   // stay open between steps and do not count.
   int busy() const { return busy_.load(); }
+  // The raw data channel's port, advertised in ShardInfo (0: none).
+  void set_data_port(int port) { data_port_ = port; }
 
  private:
+  // Runs `request` on `hidden`; fills the response's ids (and error) and
+  // writes the outputs to `out`. Shared by both transports.
+  void Run(const v1::DispatchRequest& request, const absl::StatusOr<F32Matrix>& hidden,
+           v1::DispatchResponse* response, std::vector<float>* out);
+
   ExpertWorker* worker_;
   std::atomic<int> busy_{0};
+  int data_port_ = 0;
 };
 
 }  // namespace moemesh

@@ -5,12 +5,14 @@
 
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "services/common/frame_socket.h"
 #include "services/common/server_util.h"
 #include "services/expert/expert_service.h"
 #include "services/expert/expert_worker.h"
@@ -21,6 +23,7 @@ ABSL_FLAG(int, num_shards, 1, "number of expert shards");
 ABSL_FLAG(std::string, placement, "", "placement file (JSON) saying which experts each shard holds; sets the shard count");
 ABSL_FLAG(std::string, host, "127.0.0.1", "address to listen on");
 ABSL_FLAG(int, port, 0, "port to listen on; 0 picks a free one");
+ABSL_FLAG(int, data_port, 0, "port of the raw data channel for Dispatch (0 picks a free one, -1 offers none)");
 ABSL_FLAG(int, threads, 1, "CPU threads for the expert kernels");
 
 int main(int argc, char** argv) {
@@ -53,6 +56,17 @@ int main(int argc, char** argv) {
     return 2;
   }
   moemesh::ExpertServiceImpl service(worker->get());
+  std::unique_ptr<moemesh::FrameServer> frames;
+  if (absl::GetFlag(FLAGS_data_port) >= 0) {
+    auto f = moemesh::FrameServer::Start(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_data_port),
+                                         [&service](moemesh::FrameSocket* s) { service.ServeFrames(s); });
+    if (!f.ok()) {
+      std::fprintf(stderr, "moemesh-expert: error: %s\n", std::string(f.status().message()).c_str());
+      return 1;
+    }
+    frames = std::move(*f);
+    service.set_data_port(frames->port());
+  }
   int port = 0;
   std::string address = absl::GetFlag(FLAGS_host) + ":" + std::to_string(absl::GetFlag(FLAGS_port));
   auto server = moemesh::StartServer(address, {&service}, &port);
@@ -66,5 +80,6 @@ int main(int argc, char** argv) {
   // Requests being computed finish; then the routers' streams are cancelled
   // (they resend to another replica).
   moemesh::ShutdownGracefully(server.get(), [&] { return service.busy(); });
+  if (frames) frames->Stop();
   return 0;
 }

@@ -26,6 +26,8 @@ ABSL_FLAG(std::string, model, "", "checkpoint directory");
 ABSL_FLAG(std::string, experts, "",
           "expert workers: shards separated by ',', replicas of a shard by '|'; empty runs the experts here");
 ABSL_FLAG(std::string, placement, "", "placement file (JSON) the expert workers were started with; default: modulo");
+ABSL_FLAG(std::string, expert_transport, "auto",
+          "auto: Dispatch over a worker's raw data channel when it offers one; grpc: always the gRPC stream");
 ABSL_FLAG(int, experts_connect_timeout_ms, 10000, "how long to wait for the expert workers at start");
 ABSL_FLAG(std::string, host, "127.0.0.1", "address to listen on");
 ABSL_FLAG(int, port, 0, "port to listen on; 0 picks a free one");
@@ -78,6 +80,8 @@ int main(int argc, char** argv) {
     if (!shards.ok()) return Fail(std::string(shards.status().message()), 2);
     auto config = moemesh::LoadModelConfig(model_dir);
     if (!config.ok()) return Fail(std::string(config.status().message()), 2);
+    const std::string transport = absl::GetFlag(FLAGS_expert_transport);
+    if (transport != "auto" && transport != "grpc") return Fail("--expert-transport must be auto or grpc", 2);
     std::optional<moemesh::ShardPlacement> placement;
     if (!absl::GetFlag(FLAGS_placement).empty()) {
       auto p = moemesh::ShardPlacement::Load(absl::GetFlag(FLAGS_placement), config->num_layers, config->num_experts);
@@ -86,7 +90,7 @@ int main(int argc, char** argv) {
     }
     auto r = moemesh::RemoteExpertExecutor::Connect(*shards, config->hidden_size,
                                                     absl::GetFlag(FLAGS_experts_connect_timeout_ms),
-                                                    placement ? &*placement : nullptr);
+                                                    placement ? &*placement : nullptr, transport == "auto");
     if (!r.ok()) return Fail(std::string(r.status().message()), 1);
     remote = std::move(*r);
   }

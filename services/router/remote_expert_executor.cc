@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <map>
 
 #include <grpcpp/grpcpp.h>
@@ -10,32 +11,42 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "moemesh/v1/expert.grpc.pb.h"
+#include "services/common/frame_socket.h"
 #include "services/common/grpc_status.h"
 #include "services/common/server_util.h"
 #include "services/common/tensor_proto.h"
 
 namespace moemesh {
 
-// One expert worker and our stream to it.
+// One expert worker and our channel to it: the raw data channel when the
+// worker offers one (and it is allowed), else the gRPC Dispatch stream.
 struct RemoteExpertExecutor::Replica {
   std::string address;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::ExpertService::Stub> stub;
   std::unique_ptr<grpc::ClientContext> context;
   std::unique_ptr<grpc::ClientReaderWriter<v1::DispatchRequest, v1::DispatchResponse>> stream;
-  bool pending = false;  // a request was written and its answer not read
+  std::string data_host;  // empty: no data channel
+  int data_port = 0;
+  std::unique_ptr<FrameSocket> frames;
+  v1::DispatchRequest full;   // the gRPC path's request, tensor bytes included
+  std::vector<char> payload;  // the data channel's last answer
+  bool pending = false;       // a request was written and its answer not read
 
-  // Drops the current stream, whatever state it is in.
+  // Drops the current stream or connection, whatever state it is in.
   void Close() {
-    if (!stream) return;
-    context->TryCancel();
-    stream->Finish();
-    stream.reset();
+    frames.reset();
+    if (stream) {
+      context->TryCancel();
+      stream->Finish();
+      stream.reset();
+    }
     pending = false;
   }
 
   void Open() {
     Close();
+    if (!data_host.empty()) return;  // connects on the next Send
     context = std::make_unique<grpc::ClientContext>();
     stream = stub->Dispatch(context.get());
   }
@@ -44,20 +55,52 @@ struct RemoteExpertExecutor::Replica {
     return absl::UnavailableError(absl::StrCat("expert worker ", address, " closed its stream"));
   }
 
-  absl::Status Send(const v1::DispatchRequest& req) {
+  // Sends `header` with the hidden states gathered from `rows` (each
+  // hidden_size floats): by writev straight from the engine's buffer on the
+  // data channel, by one copy into the message on the gRPC stream.
+  absl::Status Send(const v1::DispatchRequest& header, absl::Span<const iovec> rows) {
+    if (!data_host.empty()) {
+      if (!frames) {
+        auto f = FrameSocket::Connect(data_host, data_port);
+        if (!f.ok()) return absl::UnavailableError(absl::StrCat("expert worker ", address, ": ", f.status().message()));
+        frames = std::move(*f);
+      }
+      if (!frames->Send(header, rows).ok()) return Unavailable();
+      pending = true;
+      return absl::OkStatus();
+    }
     if (!stream) Open();
-    if (!stream || !stream->Write(req)) return Unavailable();
+    full = header;
+    size_t bytes = 0;
+    for (const iovec& v : rows) bytes += v.iov_len;
+    std::string* data = full.mutable_hidden_states()->mutable_data();
+    data->resize(bytes);
+    char* p = data->data();
+    for (const iovec& v : rows) {
+      std::memcpy(p, v.iov_base, v.iov_len);
+      p += v.iov_len;
+    }
+    if (!stream || !stream->Write(full)) return Unavailable();
     pending = true;
     return absl::OkStatus();
   }
 
-  absl::Status Receive(v1::DispatchResponse* resp) {
+  // Receives the answer; `*outputs` stays valid until the next Receive.
+  absl::Status Receive(v1::DispatchResponse* resp, int hidden_size, F32Matrix* outputs) {
     pending = false;
-    if (!stream->Read(resp)) return Unavailable();
+    if (frames) {
+      if (!frames->Receive(resp, &payload).ok()) return Unavailable();
+    } else if (!stream || !stream->Read(resp)) {
+      return Unavailable();
+    }
     if (resp->error_code() != 0) {
       return absl::Status(static_cast<absl::StatusCode>(resp->error_code()),
                           absl::StrCat("expert worker ", address, ": ", resp->error_message()));
     }
+    auto m = frames ? GetF32Matrix(resp->outputs(), payload.data(), payload.size(), hidden_size, "outputs")
+                    : GetF32Matrix(resp->outputs(), hidden_size, "outputs");
+    if (!m.ok()) return absl::InternalError(absl::StrCat("expert worker ", address, ": ", m.status().message()));
+    *outputs = *m;
     return absl::OkStatus();
   }
 };
@@ -69,8 +112,10 @@ struct RemoteExpertExecutor::Shard {
   Replica* chosen = nullptr;
   std::vector<int> tokens;  // local row -> batch token
   std::map<int, std::vector<std::pair<int, float>>> groups;  // expert -> (local row, weight)
-  v1::DispatchRequest request;
+  v1::DispatchRequest request;  // header: the hidden states' shape, no bytes
+  std::vector<iovec> rows;      // the hidden states, in the engine's buffer
   v1::DispatchResponse response;
+  F32Matrix outputs;
 };
 
 RemoteExpertExecutor::~RemoteExpertExecutor() {
@@ -102,7 +147,7 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
 
 absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Connect(
     const std::vector<std::vector<std::string>>& shards, int hidden_size, int connect_timeout_ms,
-    const ShardPlacement* placement) {
+    const ShardPlacement* placement, bool use_data_channel) {
   if (shards.empty()) return absl::InvalidArgumentError("no expert worker addresses");
   if (placement != nullptr && placement->num_shards() != static_cast<int>(shards.size())) {
     return absl::InvalidArgumentError(absl::StrCat("the placement has ", placement->num_shards(),
@@ -148,6 +193,16 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
               "expert worker ", address, " holds experts [", absl::StrJoin(have, ","), "] of layer ", l,
               " but the placement gives shard ", i, " [", absl::StrJoin(want, ","),
               "]; start the workers and the router with the same placement"));
+        }
+      }
+      if (use_data_channel && info.data_port() > 0) {
+        // The data channel is on the worker's host, at the port it advertises.
+        size_t colon = address.rfind(':');
+        std::string host = colon == std::string::npos ? std::string() : address.substr(0, colon);
+        if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+        if (!host.empty() && host.find('/') == std::string::npos) {
+          r->data_host = host;
+          r->data_port = info.data_port();
         }
       }
       r->Open();
@@ -199,7 +254,6 @@ absl::Status RemoteExpertExecutor::ExecuteOnce(const ExpertBatch& b, float* out)
   }
   // Build and send every shard's request, then collect: all shards run at
   // once. A replica that fails is replaced by the next one of its shard.
-  std::vector<float> rows;
   for (auto& sp : shards_) {
     Shard& s = *sp;
     s.chosen = nullptr;
@@ -208,12 +262,11 @@ absl::Status RemoteExpertExecutor::ExecuteOnce(const ExpertBatch& b, float* out)
     req.Clear();
     req.set_step(step_);
     req.set_layer(b.layer);
-    rows.resize(s.tokens.size() * static_cast<size_t>(h));
-    for (size_t i = 0; i < s.tokens.size(); ++i) {
-      std::copy(b.hidden_states + static_cast<size_t>(s.tokens[i]) * h,
-                b.hidden_states + static_cast<size_t>(s.tokens[i] + 1) * h, rows.data() + i * h);
+    SetF32Shape(static_cast<int64_t>(s.tokens.size()), h, req.mutable_hidden_states());
+    s.rows.clear();
+    for (int t : s.tokens) {
+      s.rows.push_back({const_cast<float*>(b.hidden_states) + static_cast<size_t>(t) * h, h * sizeof(float)});
     }
-    SetF32Tensor(rows.data(), static_cast<int64_t>(s.tokens.size()), h, req.mutable_hidden_states());
     for (const auto& [e, assigned] : s.groups) {
       v1::ExpertRows* g = req.add_groups();
       g->set_expert(e);
@@ -232,13 +285,13 @@ absl::Status RemoteExpertExecutor::ExecuteOnce(const ExpertBatch& b, float* out)
       Replica* r = s.replicas[(s.next + attempt) % n].get();
       if (attempt > 0 || !already_sent) {
         if (attempt > 0) ++retries_;
-        last = r->Send(s.request);
+        last = r->Send(s.request, s.rows);
         if (!last.ok()) {
           r->Open();
           continue;
         }
       }
-      last = r->Receive(&s.response);
+      last = r->Receive(&s.response, h, &s.outputs);
       if (last.ok()) {
         s.chosen = r;
         return absl::OkStatus();
@@ -255,7 +308,7 @@ absl::Status RemoteExpertExecutor::ExecuteOnce(const ExpertBatch& b, float* out)
     Shard& s = *shards_[si];
     if (s.tokens.empty()) continue;
     Replica* first = s.replicas[s.next % s.replicas.size()].get();
-    sent[si] = first->Send(s.request).ok();
+    sent[si] = first->Send(s.request, s.rows).ok();
     if (!sent[si]) first->Open();
   }
   std::vector<std::vector<std::pair<int, const float*>>> parts(b.num_tokens);
@@ -276,13 +329,12 @@ absl::Status RemoteExpertExecutor::ExecuteOnce(const ExpertBatch& b, float* out)
     }
     size_t total = 0;
     for (const auto& [e, assigned] : s.groups) total += assigned.size();
-    auto m = GetF32Matrix(s.response.outputs(), h, "outputs");
-    if (!m.ok()) return m.status();
-    if (static_cast<size_t>(m->rows) != total) {
+    const F32Matrix& m = s.outputs;
+    if (static_cast<size_t>(m.rows) != total) {
       return absl::InternalError(
-          absl::StrCat("expert worker ", s.chosen->address, " returned ", m->rows, " rows, expected ", total));
+          absl::StrCat("expert worker ", s.chosen->address, " returned ", m.rows, " rows, expected ", total));
     }
-    const float* row = m->data;
+    const float* row = m.data;
     for (const auto& [e, assigned] : s.groups) {
       for (const auto& [local_row, w] : assigned) {
         parts[s.tokens[local_row]].push_back({e, row});

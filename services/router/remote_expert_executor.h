@@ -28,10 +28,13 @@ class RemoteExpertExecutor : public ExpertExecutor {
   // `shards.size()`, placed by `placement` (null: modulo). Checks that
   // every worker holds exactly the experts the placement gives its shard
   // (FAILED_PRECONDITION otherwise); UNAVAILABLE when one cannot be reached
-  // within `connect_timeout_ms`.
+  // within `connect_timeout_ms`. With `use_data_channel`, Dispatch goes
+  // over a worker's raw data channel when it offers one (the hidden states
+  // are written straight from the engine's buffer); otherwise over the
+  // gRPC stream.
   static absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> Connect(
       const std::vector<std::vector<std::string>>& shards, int hidden_size, int connect_timeout_ms = 10000,
-      const ShardPlacement* placement = nullptr);
+      const ShardPlacement* placement = nullptr, bool use_data_channel = true);
   // One replica per shard.
   static absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> Connect(
       const std::vector<std::string>& shard_addresses, int hidden_size, int connect_timeout_ms = 10000);

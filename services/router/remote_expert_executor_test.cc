@@ -1,6 +1,7 @@
-// The mesh's expert hop: a model whose experts run on gRPC expert workers
-// (real servers on loopback ports) must give exactly the logits of the
-// single-process engine, with one and with several shards.
+// The mesh's expert hop: a model whose experts run on expert workers (real
+// servers on loopback ports, over the raw data channel or the gRPC stream)
+// must give exactly the logits of the single-process engine, with one and
+// with several shards.
 #include "services/router/remote_expert_executor.h"
 
 #include <chrono>
@@ -14,6 +15,7 @@
 #include "core/model/weights.h"
 #include "core/tensor/thread_pool.h"
 #include "gtest/gtest.h"
+#include "services/common/frame_socket.h"
 #include "services/common/server_util.h"
 #include "services/expert/expert_service.h"
 #include "services/expert/expert_worker.h"
@@ -25,10 +27,20 @@ struct Worker {
   std::unique_ptr<ExpertWorker> worker;
   std::unique_ptr<ExpertServiceImpl> service;
   std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<FrameServer> frames;  // the raw data channel, when offered
   std::string address;
+
+  // Stops serving as a crash would: the data channel at once, the gRPC
+  // stream after `ms`.
+  void Kill(int ms) {
+    if (frames) frames->Stop();
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(ms));
+  }
 };
 
-std::vector<Worker> StartWorkers(const std::string& model, int shards) {
+// Workers in this process on loopback ports; with `data_channel` they also
+// offer the raw data channel (as moemesh-expert does by default).
+std::vector<Worker> StartWorkers(const std::string& model, int shards, bool data_channel = true) {
   std::vector<Worker> out;
   for (int i = 0; i < shards; ++i) {
     Worker w;
@@ -40,6 +52,13 @@ std::vector<Worker> StartWorkers(const std::string& model, int shards) {
     EXPECT_TRUE(worker.ok()) << worker.status();
     w.worker = std::move(*worker);
     w.service = std::make_unique<ExpertServiceImpl>(w.worker.get());
+    if (data_channel) {
+      ExpertServiceImpl* svc = w.service.get();
+      auto f = FrameServer::Start("127.0.0.1", 0, [svc](FrameSocket* s) { svc->ServeFrames(s); });
+      EXPECT_TRUE(f.ok()) << f.status();
+      w.frames = std::move(*f);
+      w.service->set_data_port(w.frames->port());
+    }
     int port = 0;
     w.server = StartServer("127.0.0.1:0", {w.service.get()}, &port);
     EXPECT_NE(w.server, nullptr);
@@ -83,15 +102,18 @@ std::vector<float> RunModel(const std::string& model_dir, ExpertExecutor* expert
   return all;
 }
 
-class RemoteExpertsTest : public ::testing::TestWithParam<std::tuple<std::string, int>> {};
+class RemoteExpertsTest : public ::testing::TestWithParam<std::tuple<std::string, int, bool>> {};
 
+// Over the raw data channel and over the gRPC stream alike.
 TEST_P(RemoteExpertsTest, LogitsEqualSingleProcessExactly) {
-  const auto& [name, shards] = GetParam();
+  const auto& [name, shards, data_channel] = GetParam();
   const std::string dir = "tests/fixtures/" + name;
   auto config = LoadModelConfig(dir);
   ASSERT_TRUE(config.ok());
-  std::vector<Worker> workers = StartWorkers(dir, shards);
-  auto remote = RemoteExpertExecutor::Connect(Addresses(workers), config->hidden_size);
+  std::vector<Worker> workers = StartWorkers(dir, shards, data_channel);
+  std::vector<std::vector<std::string>> replicas;
+  for (const std::string& a : Addresses(workers)) replicas.push_back({a});
+  auto remote = RemoteExpertExecutor::Connect(replicas, config->hidden_size, 10000, nullptr, data_channel);
   ASSERT_TRUE(remote.ok()) << remote.status();
   std::vector<float> local = RunModel(dir, nullptr);
   std::vector<float> mesh = RunModel(dir, remote->get());
@@ -101,9 +123,10 @@ TEST_P(RemoteExpertsTest, LogitsEqualSingleProcessExactly) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, RemoteExpertsTest,
                          ::testing::Combine(::testing::Values("mixtral", "qwen2_moe", "deepseek_v3", "olmoe"),
-                                            ::testing::Values(1, 3)),
+                                            ::testing::Values(1, 3), ::testing::Bool()),
                          [](const auto& info) {
-                           return std::get<0>(info.param) + "_" + std::to_string(std::get<1>(info.param)) + "_shards";
+                           return std::get<0>(info.param) + "_" + std::to_string(std::get<1>(info.param)) +
+                                  "_shards" + (std::get<2>(info.param) ? "_data_channel" : "_grpc");
                          });
 
 TEST(RemoteExpertExecutorTest, ConnectChecksPlacementAndReachability) {
@@ -142,7 +165,7 @@ TEST(RemoteExpertExecutorTest, SurvivesLosingOneOfTwoReplicas) {
   for (int step = 0; step < 8; ++step) {
     ASSERT_EQ(l_local, l_mesh) << "step " << step;
     if (step == 3) {  // replica a of shard 0 dies mid-generation
-      a[0].server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(50));
+      a[0].Kill(50);
     }
     int next = static_cast<int>(std::max_element(l_local.begin(), l_local.end()) - l_local.begin());
     l_local.clear();
@@ -172,7 +195,7 @@ TEST(RemoteExpertExecutorTest, WorkerGoneIsUnavailable) {
   ExpertBatch batch{0, 2, 64, hidden.data(), 2, ids, wts};
   ASSERT_TRUE((*remote)->Execute(batch, out.data()).ok());
   // Cancels the worker's open stream after 100 ms, as a crash would.
-  workers[1].server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(100));
+  workers[1].Kill(100);
   absl::Status st = (*remote)->Execute(batch, out.data());
   EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
   EXPECT_NE(st.message().find(workers[1].address), std::string::npos);

@@ -1,0 +1,124 @@
+// Decode throughput of the mesh against the single-process engine, same
+// model, same load, same run. The load is N concurrent streams of T tokens
+// each (ignore_eos, greedy), from prompts of a few tokens.
+//   single process: the engine's continuous-batching loop (GenerationLoop)
+//                   with --threads threads;
+//   mesh:           `moemesh up` (gateway, one router, 2 expert shards, each
+//                   process with --threads threads), N client streams over
+//                   gRPC to the gateway.
+//
+//   build/bench/mesh_bench [--model models/fortune-moe] [--streams 32] [--tokens 128]
+//                          [--threads 1] [--moemesh build/tools/moemesh/moemesh]
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/synchronization/notification.h"
+#include "core/common/subprocess.h"
+#include "core/engine/engine.h"
+#include "core/engine/generation_loop.h"
+#include "core/engine/scheduler.h"
+#include "moemesh/v1/gateway.grpc.pb.h"
+#include "services/common/server_util.h"
+
+namespace moemesh {
+namespace {
+
+double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+std::vector<int> Prompt(int i) { return {1 + i % 50, 7 + i % 13, 42, 5 + i}; }
+
+// Tokens per second of the single-process engine.
+double SingleProcess(const std::string& model, int streams, int tokens, int threads) {
+  EngineOptions o;
+  o.num_threads = threads;
+  auto engine = Engine::Create(model, o);
+  if (!engine.ok()) {
+    std::fprintf(stderr, "mesh_bench: %s\n", std::string(engine.status().message()).c_str());
+    std::exit(1);
+  }
+  GenerationLoop loop((*engine)->NewScheduler(streams, 2048), streams);
+  std::vector<absl::Notification> done(streams);
+  GenerateParams g;
+  g.max_new_tokens = tokens;
+  g.ignore_eos = true;
+  const double t0 = Now();
+  for (int i = 0; i < streams; ++i) {
+    auto id = loop.Submit(Prompt(i), g, [&done, i](const StepEvent& ev) {
+      if (ev.finished) done[i].Notify();
+    });
+    if (!id.ok()) std::exit(1);
+  }
+  for (auto& d : done) d.WaitForNotification();
+  return static_cast<double>(streams) * tokens / (Now() - t0);
+}
+
+// Tokens per second through gateway, router and expert workers.
+double Mesh(const std::string& moemesh, const std::string& model, int streams, int tokens, int threads) {
+  auto up = Subprocess::Start({moemesh, "up", "--model=" + model, "--expert-shards=2", "--routers=1",
+                               "--threads=" + std::to_string(threads)});
+  if (!up.ok()) {
+    std::fprintf(stderr, "mesh_bench: %s\n", std::string(up.status().message()).c_str());
+    std::exit(1);
+  }
+  auto target = (*up)->WaitForLine("gateway listening on ", absl::Seconds(120));
+  if (!target.ok()) {
+    std::fprintf(stderr, "mesh_bench: %s\n", std::string(target.status().message()).c_str());
+    std::exit(1);
+  }
+  (*up)->ForwardOutput(-1);
+  auto stub = v1::Gateway::NewStub(
+      grpc::CreateCustomChannel(*target, grpc::InsecureChannelCredentials(), ClientChannelArguments()));
+  auto run = [&](int i, int n) {
+    v1::GenerateRequest r;
+    std::vector<int> p = Prompt(i);
+    r.mutable_token_ids()->mutable_ids()->Add(p.begin(), p.end());
+    r.set_max_tokens(n);
+    r.set_ignore_eos(true);
+    r.mutable_sampling()->set_temperature(0);
+    grpc::ClientContext ctx;
+    auto reader = stub->Generate(&ctx, r);
+    v1::GenerateResponse resp;
+    int got = 0;
+    while (reader->Read(&resp)) got += resp.token_ids_size();
+    if (!reader->Finish().ok() || got != n) std::exit(1);
+  };
+  run(0, 4);  // connections up before the clock starts
+  const double t0 = Now();
+  std::vector<std::thread> clients;
+  for (int i = 0; i < streams; ++i) clients.emplace_back(run, i, tokens);
+  for (auto& c : clients) c.join();
+  const double rate = static_cast<double>(streams) * tokens / (Now() - t0);
+  (*up)->Stop();
+  return rate;
+}
+
+}  // namespace
+}  // namespace moemesh
+
+int main(int argc, char** argv) {
+  std::string model = "models/fortune-moe", moemesh = "build/tools/moemesh/moemesh";
+  int streams = 32, tokens = 128, threads = 1;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--model")) model = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--moemesh")) moemesh = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--streams")) streams = std::atoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--tokens")) tokens = std::atoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
+  }
+  std::printf("model %s, %d streams x %d tokens, %d thread(s) per process\n", model.c_str(), streams, tokens,
+              threads);
+  double single = moemesh::SingleProcess(model, streams, tokens, threads);
+  double mesh = moemesh::Mesh(moemesh, model, streams, tokens, threads);
+  std::printf("%-16s %12s\n", "", "tokens/s");
+  std::printf("%-16s %12.0f\n", "single process", single);
+  std::printf("%-16s %12.0f\n", "mesh", mesh);
+  std::printf("mesh / single = %.2f (target >= 0.8)\n", mesh / single);
+  return 0;
+}

@@ -1,0 +1,78 @@
+#include "services/common/frame_socket.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <thread>
+
+#include "gtest/gtest.h"
+#include "moemesh/v1/expert.pb.h"
+
+namespace moemesh {
+namespace {
+
+// Echoes every frame back, header and payload.
+std::unique_ptr<FrameServer> EchoServer() {
+  auto s = FrameServer::Start("127.0.0.1", 0, [](FrameSocket* sock) {
+    v1::DispatchRequest h;
+    std::vector<char> p;
+    while (sock->Receive(&h, &p).ok()) {
+      iovec v{p.data(), p.size()};
+      if (!sock->Send(h, {&v, 1}).ok()) return;
+    }
+  });
+  EXPECT_TRUE(s.ok()) << s.status();
+  return std::move(*s);
+}
+
+TEST(FrameSocketTest, CarriesHeaderAndGatheredPayload) {
+  auto server = EchoServer();
+  auto c = FrameSocket::Connect("127.0.0.1", server->port());
+  ASSERT_TRUE(c.ok()) << c.status();
+  for (size_t size : {size_t{0}, size_t{1}, size_t{4096}, size_t{3} << 20}) {
+    std::vector<char> a(size / 2), b(size - size / 2);
+    for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<char>(i * 7);
+    for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<char>(i * 13 + 1);
+    v1::DispatchRequest h;
+    h.set_step(size);
+    h.set_layer(3);
+    iovec parts[2] = {{a.data(), a.size()}, {b.data(), b.size()}};
+    ASSERT_TRUE((*c)->Send(h, parts).ok());
+    v1::DispatchRequest got;
+    std::vector<char> payload;
+    ASSERT_TRUE((*c)->Receive(&got, &payload).ok());
+    EXPECT_EQ(got.step(), size);
+    EXPECT_EQ(got.layer(), 3);
+    std::vector<char> want = a;
+    want.insert(want.end(), b.begin(), b.end());
+    EXPECT_EQ(payload, want) << size;
+  }
+}
+
+TEST(FrameSocketTest, PeerGoneIsUnavailableAndGarbageIsDataLoss) {
+  int fds[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  FrameSocket a(fds[0]);
+  ASSERT_EQ(write(fds[1], "GET / HTTP/1.1\r\n", 16), 16);
+  v1::DispatchRequest h;
+  std::vector<char> p;
+  EXPECT_EQ(a.Receive(&h, &p).code(), absl::StatusCode::kDataLoss);
+  close(fds[1]);
+  EXPECT_EQ(a.Receive(&h, &p).code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(FrameSocket::Connect("127.0.0.1", 1).status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(FrameSocketTest, StopEndsConnectionsInProgress) {
+  auto server = EchoServer();
+  auto c = FrameSocket::Connect("127.0.0.1", server->port());
+  ASSERT_TRUE(c.ok());
+  v1::DispatchRequest h;
+  ASSERT_TRUE((*c)->Send(h, {}).ok());
+  std::vector<char> p;
+  ASSERT_TRUE((*c)->Receive(&h, &p).ok());
+  server->Stop();  // joins the connection's thread: it must not hang
+  EXPECT_EQ((*c)->Receive(&h, &p).code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace moemesh
