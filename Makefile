@@ -41,6 +41,8 @@ demo: build
 bench: build
 	@$(BUILD_DIR)/bench/engine_bench
 	@$(BUILD_DIR)/bench/tokenizer_bench
+	@$(BUILD_DIR)/bench/dispatch_bench
+	@$(BUILD_DIR)/bench/mesh_bench
 
 clean:
 	rm -rf $(BUILD_DIR) $(FUZZ_DIR)
