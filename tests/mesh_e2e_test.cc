@@ -61,6 +61,7 @@ class Mesh {
     auto gw = up_->WaitForLine("gateway listening on ", absl::Seconds(120));
     EXPECT_TRUE(gw.ok()) << gw.status();
     if (!gw.ok()) return;
+    target_ = *gw;
     gateway_ = v1::Gateway::NewStub(grpc::CreateCustomChannel(*gw, grpc::InsecureChannelCredentials(),
                                                               ClientChannelArguments()));
     // "  router 0 on 127.0.0.1:123 (pid 45)", "  expert shard 0 replica 1 on ..."
@@ -86,6 +87,7 @@ class Mesh {
     for (int pid : pids_) EXPECT_NE(kill(pid, 0), 0) << "service pid " << pid << " outlived moemesh up";
   }
   bool ok() const { return gateway_ != nullptr; }
+  const std::string& target() const { return target_; }
   v1::Gateway::Stub* gateway() { return gateway_.get(); }
   v1::Router::Stub* router(int i) { return routers_[i].get(); }
   int expert_pid(int shard, int replica) { return expert_pids_[{shard, replica}]; }
@@ -100,6 +102,7 @@ class Mesh {
 
  private:
   std::unique_ptr<Subprocess> up_;
+  std::string target_;
   std::unique_ptr<v1::Gateway::Stub> gateway_;
   std::vector<std::unique_ptr<v1::Router::Stub>> routers_;
   std::vector<std::string> router_addresses_;
@@ -336,6 +339,27 @@ TEST(MeshDemoModelTest, ClientCommand) {
     EXPECT_EQ(ids, a.ids);
     EXPECT_EQ(j["text"].get<std::string>(), a.text);
     EXPECT_EQ(j["usage"]["completion_tokens"].get<int>(), static_cast<int>(a.ids.size()));
+    // The demo model writes the same text through gateway, router and two
+    // expert workers as the single-process engine (`moemesh generate`), in English
+    // and in Chinese; JSON parsing checks that the text is valid UTF-8.
+    for (const char* prompt : {"Life is", "明月"}) {
+      std::vector<std::string> flags = {"--prompt", prompt, "--max-new-tokens", "40", "--temperature", "0.8",
+                                        "--top-p", "0.95", "--seed", "3", "--output", "json"};
+      std::vector<std::string> local = {g_moemesh, "generate", "--model", "models/fortune-moe"};
+      std::vector<std::string> mesh_cmd = {g_moemesh, "client", "generate", "--target", mesh.target()};
+      local.insert(local.end(), flags.begin(), flags.end());
+      mesh_cmd.insert(mesh_cmd.end(), flags.begin(), flags.end());
+      auto [a_out, a_rc] = RunCommand(local);
+      auto [b_out, b_rc] = RunCommand(mesh_cmd);
+      ASSERT_EQ(a_rc, 0);
+      ASSERT_EQ(b_rc, 0);
+      auto ja = nlohmann::json::parse(a_out, nullptr, false), jb = nlohmann::json::parse(b_out, nullptr, false);
+      ASSERT_FALSE(ja.is_discarded()) << a_out;
+      ASSERT_FALSE(jb.is_discarded()) << "not JSON (or not UTF-8): " << b_out;
+      EXPECT_EQ(ja["token_ids"], jb["token_ids"]) << prompt;
+      EXPECT_EQ(ja["text"], jb["text"]) << prompt;
+      EXPECT_FALSE(jb["text"].get<std::string>().empty());
+    }
     auto [text, rc2] = RunCommand({g_moemesh, "client", "generate", "--target", target, "--prompt", "Life is",
                             "--max-new-tokens", "20", "--temperature", "0.8", "--seed", "7"});
     EXPECT_EQ(rc2, 0);

@@ -45,7 +45,9 @@ class FrameSocket {
   // Makes a blocked Receive return (from another thread).
   void Shutdown();
 
-  static constexpr uint64_t kMaxPayloadBytes = uint64_t{4} << 30;
+  // Larger frames are refused (DATA_LOSS) before anything is allocated;
+  // the same bound as gRPC messages (kMaxMessageBytes).
+  static constexpr uint64_t kMaxPayloadBytes = uint64_t{512} << 20;
 
  private:
   int fd_;

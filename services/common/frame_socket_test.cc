@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <thread>
 
 #include "gtest/gtest.h"
@@ -60,6 +61,22 @@ TEST(FrameSocketTest, PeerGoneIsUnavailableAndGarbageIsDataLoss) {
   close(fds[1]);
   EXPECT_EQ(a.Receive(&h, &p).code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(FrameSocket::Connect("127.0.0.1", 1).status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(FrameSocketTest, RefusesOversizedFramesBeforeAllocating) {
+  int fds[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  FrameSocket a(fds[0]);
+  char prefix[16] = {'M', 'M', 'F', '1'};
+  const uint64_t huge = uint64_t{1} << 40;  // a terabyte
+  std::memcpy(prefix + 8, &huge, 8);
+  ASSERT_EQ(write(fds[1], prefix, sizeof prefix), 16);
+  v1::DispatchRequest h;
+  std::vector<char> p;
+  absl::Status st = a.Receive(&h, &p);
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+  EXPECT_TRUE(p.empty());
+  close(fds[1]);
 }
 
 TEST(FrameSocketTest, StopEndsConnectionsInProgress) {
