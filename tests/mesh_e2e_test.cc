@@ -67,7 +67,7 @@ class Mesh {
     // "  router 0 on 127.0.0.1:123 (pid 45)", "  expert shard 0 replica 1 on ..."
     for (const std::string& line : up_->lines()) {
       std::vector<std::string> w = absl::StrSplit(line, ' ', absl::SkipEmpty());
-      if (w.size() < 5) continue;
+      if (w.size() < 5 || !absl::StrContains(line, "(pid ")) continue;
       int pid = 0;
       (void)absl::SimpleAtoi(absl::StripSuffix(w.back(), ")"), &pid);
       if (w[0] == "router") {

@@ -7,8 +7,9 @@
 
 namespace moemesh {
 
-GenerationLoop::GenerationLoop(std::unique_ptr<Scheduler> scheduler, int max_waiting)
-    : scheduler_(std::move(scheduler)), max_waiting_(max_waiting) {
+GenerationLoop::GenerationLoop(std::unique_ptr<Scheduler> scheduler, int max_waiting,
+                               std::function<void(const StepStats&, const Stats&)> on_step)
+    : scheduler_(std::move(scheduler)), max_waiting_(max_waiting), on_step_(std::move(on_step)) {
   Publish();
   thread_ = std::thread([this] { Run(); });
 }
@@ -32,7 +33,7 @@ absl::StatusOr<int64_t> GenerationLoop::Submit(std::vector<int> prompt, const Ge
         absl::StrCat("too many requests waiting (", max_waiting_, "); retry later or add routers"));
   }
   int64_t id = next_id_++;
-  adds_.push_back({id, std::move(prompt), params, std::move(on_event)});
+  adds_.push_back({id, std::move(prompt), params, std::move(on_event), std::chrono::steady_clock::now()});
   return id;
 }
 
@@ -49,7 +50,7 @@ GenerationLoop::Stats GenerationLoop::stats() const {
   return s;
 }
 
-void GenerationLoop::Publish() {
+GenerationLoop::Stats GenerationLoop::Publish() {
   Stats s;
   s.running = scheduler_->num_running();
   s.waiting = scheduler_->num_waiting();
@@ -60,6 +61,7 @@ void GenerationLoop::Publish() {
   absl::MutexLock l(&mu_);
   stats_ = s;
   moving_ = 0;  // now counted by the scheduler
+  return s;
 }
 
 void GenerationLoop::Run() {
@@ -83,10 +85,13 @@ void GenerationLoop::Run() {
     for (Pending& p : adds) {
       int64_t id = p.id;
       auto cb = std::move(p.on_event);
-      auto sid = scheduler_->Add(std::move(p.prompt), p.params, [this, id, cb](const StepEvent& ev) {
-        if (ev.finished) scheduler_ids_.erase(id);
-        cb(ev);
-      });
+      auto sid = scheduler_->Add(
+          std::move(p.prompt), p.params,
+          [this, id, cb](const StepEvent& ev) {
+            if (ev.finished) scheduler_ids_.erase(id);
+            cb(ev);
+          },
+          p.submitted);
       if (!sid.ok()) {
         StepEvent ev;
         ev.request_id = id;
@@ -107,7 +112,8 @@ void GenerationLoop::Run() {
     // A failed pass has already failed its requests through their events;
     // the loop carries on with the rest.
     (void)scheduler_->Step();
-    Publish();
+    Stats s = Publish();
+    if (on_step_ && scheduler_->last_step().requests > 0) on_step_(scheduler_->last_step(), s);
   }
 }
 

@@ -1,6 +1,7 @@
 #ifndef MOEMESH_CORE_ENGINE_GENERATION_LOOP_H_
 #define MOEMESH_CORE_ENGINE_GENERATION_LOOP_H_
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -32,7 +33,10 @@ class GenerationLoop {
 
   // Starts the loop. At most `max_waiting` requests may wait for admission;
   // more are refused with RESOURCE_EXHAUSTED.
-  GenerationLoop(std::unique_ptr<Scheduler> scheduler, int max_waiting);
+  // `on_step`, when set, is called on the loop's thread after every step
+  // that ran a forward pass (for metrics); it must return quickly.
+  GenerationLoop(std::unique_ptr<Scheduler> scheduler, int max_waiting,
+                 std::function<void(const StepStats&, const Stats&)> on_step = nullptr);
   // Drops every request (no more events) and joins the thread.
   ~GenerationLoop();
 
@@ -55,12 +59,14 @@ class GenerationLoop {
     std::vector<int> prompt;
     GenerateParams params;
     std::function<void(const StepEvent&)> on_event;
+    std::chrono::steady_clock::time_point submitted;
   };
   void Run();
-  void Publish() ABSL_LOCKS_EXCLUDED(mu_);
+  Stats Publish() ABSL_LOCKS_EXCLUDED(mu_);
 
   const std::unique_ptr<Scheduler> scheduler_;  // used by the loop thread only
   const int max_waiting_;
+  const std::function<void(const StepStats&, const Stats&)> on_step_;
   std::unordered_map<int64_t, int64_t> scheduler_ids_;  // loop thread only
 
   mutable absl::Mutex mu_;

@@ -20,13 +20,50 @@ struct Scheduler::Request {
   size_t prefilled = 0;
   int generated = 0;
   int last_token = -1;
+  std::chrono::steady_clock::time_point submitted;
+  bool reported_queue = false;  // queue_seconds went out with the first event
+  double queue_seconds = 0;
 
   Request(int64_t i, std::vector<int> p, const GenerateParams& g, std::function<void(const StepEvent&)> cb)
       : id(i), prompt(std::move(p)), params(g), sampler(g.sampling, prompt), on_event(std::move(cb)) {}
 };
 
+// Times the expert calls and counts the tokens routed to each expert.
+class Scheduler::StatsExecutor : public ExpertExecutor {
+ public:
+  StatsExecutor(ExpertExecutor* inner, StepStats* stats, int num_experts)
+      : inner_(inner), stats_(stats), num_experts_(num_experts) {}
+  absl::Status Execute(const ExpertBatch& b, float* out) override {
+    const size_t need = static_cast<size_t>(b.layer + 1) * num_experts_;
+    if (stats_->routed.size() < need) stats_->routed.resize(need, 0);
+    for (int i = 0; i < b.num_tokens * b.slots; ++i) {
+      const int e = b.expert_ids[i];
+      if (e >= 0 && e < num_experts_) ++stats_->routed[static_cast<size_t>(b.layer) * num_experts_ + e];
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    absl::Status st = inner_->Execute(b, out);
+    stats_->expert_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return st;
+  }
+
+ private:
+  ExpertExecutor* inner_;
+  StepStats* stats_;
+  int num_experts_;
+};
+
+namespace {
+double Since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+}  // namespace
+
 Scheduler::Scheduler(Model* model, KvCache* cache, ExpertExecutor* experts, const Options& options)
-    : model_(model), cache_(cache), experts_(experts), options_(options) {}
+    : model_(model),
+      cache_(cache),
+      experts_(experts),
+      timed_experts_(std::make_unique<StatsExecutor>(experts, &last_step_, model->config().num_experts)),
+      options_(options) {}
 
 Scheduler::~Scheduler() {
   for (auto& [id, r] : running_) cache_->Release(&r->seq);
@@ -61,12 +98,14 @@ absl::Status Scheduler::Check(const std::vector<int>& prompt, const GeneratePara
 }
 
 absl::StatusOr<int64_t> Scheduler::Add(std::vector<int> prompt, const GenerateParams& params,
-                                       std::function<void(const StepEvent&)> on_event) {
+                                       std::function<void(const StepEvent&)> on_event,
+                                       std::chrono::steady_clock::time_point submitted) {
   if (absl::Status st = Check(prompt, params); !st.ok()) return st;
   const ModelConfig& c = model_->config();
   int blocks = BlocksFor(static_cast<int>(prompt.size()) + params.max_new_tokens);
   auto r = std::make_unique<Request>(next_id_++, std::move(prompt), params, std::move(on_event));
   r->blocks = blocks;
+  r->submitted = submitted;
   r->stops = params.stop_token_ids;
   if (!params.ignore_eos) r->stops.insert(r->stops.end(), c.eos_token_ids.begin(), c.eos_token_ids.end());
   int64_t id = r->id;
@@ -98,13 +137,18 @@ void Scheduler::Admit() {
     std::unique_ptr<Request> r = std::move(waiting_.front());
     waiting_.erase(waiting_.begin());
     reserved_blocks_ += r->blocks;
+    r->queue_seconds = Since(r->submitted);
     int64_t id = r->id;
     running_.emplace(id, std::move(r));
   }
 }
 
 absl::Status Scheduler::Step() {
+  const auto step_start = std::chrono::steady_clock::now();
   Admit();
+  std::fill(last_step_.routed.begin(), last_step_.routed.end(), 0);
+  last_step_.requests = last_step_.rows = 0;
+  last_step_.total_seconds = last_step_.expert_seconds = last_step_.sampling_seconds = 0;
   if (running_.empty()) return absl::OkStatus();
   std::vector<ForwardItem> items;
   std::vector<Request*> owners;
@@ -130,7 +174,9 @@ absl::Status Scheduler::Step() {
     budget -= n;
   }
   std::vector<float> logits;
-  absl::Status st = model_->Forward(items, cache_, experts_, &logits);
+  last_step_.requests = static_cast<int>(items.size());
+  for (const ForwardItem& it : items) last_step_.rows += static_cast<int>(it.tokens.size());
+  absl::Status st = model_->Forward(items, cache_, timed_experts_.get(), &logits);
   if (!st.ok()) {
     // Every request of the pass fails; the others may try again.
     for (Request* r : owners) {
@@ -147,6 +193,7 @@ absl::Status Scheduler::Step() {
   const int vocab = model_->config().vocab_size;
   std::vector<int64_t> done;
   std::vector<float> raw;
+  const auto sampling_start = std::chrono::steady_clock::now();
   for (size_t i = 0; i < owners.size(); ++i) {
     Request* r = owners[i];
     if (chunk[i] > 0) {
@@ -172,14 +219,20 @@ absl::Status Scheduler::Step() {
       ev.finished = true;
       ev.finish_reason = FinishReason::kLength;
     }
+    if (!r->reported_queue) {
+      ev.queue_seconds = r->queue_seconds;
+      r->reported_queue = true;
+    }
     r->on_event(ev);
     if (ev.finished) done.push_back(r->id);
   }
+  last_step_.sampling_seconds = Since(sampling_start);
   for (int64_t id : done) {
     auto it = running_.find(id);
     Finish(it->second.get());
     running_.erase(it);
   }
+  last_step_.total_seconds = Since(step_start);
   return absl::OkStatus();
 }
 

@@ -1,6 +1,7 @@
 #ifndef MOEMESH_CORE_ENGINE_SCHEDULER_H_
 #define MOEMESH_CORE_ENGINE_SCHEDULER_H_
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -28,6 +29,19 @@ struct StepEvent {
   // distribution (raw logits) for `token` and the most likely tokens.
   float logprob = 0;
   std::vector<TokenLogprob> top_logprobs;
+  // On a request's first event: seconds from Add to admission into the batch.
+  double queue_seconds = 0;
+};
+
+// What one Step did, for metrics.
+struct StepStats {
+  int requests = 0;          // in the forward pass
+  int rows = 0;              // tokens in the pass (decode + prefill)
+  double total_seconds = 0;  // the whole step
+  double expert_seconds = 0; // inside the ExpertExecutor (dispatch and combine)
+  double sampling_seconds = 0;
+  // Tokens routed to each expert in the step, [layer * num_experts + expert].
+  std::vector<int64_t> routed;
 };
 
 // Continuous batching: requests join the running batch between steps, and
@@ -58,8 +72,10 @@ class Scheduler {
   // Queues a request; its events go to `on_event` from inside Step.
   // INVALID_ARGUMENT for a bad prompt or parameters; RESOURCE_EXHAUSTED
   // when the request could never fit in the KV cache.
+  // `submitted` is when the request arrived (for its queue time).
   absl::StatusOr<int64_t> Add(std::vector<int> prompt, const GenerateParams& params,
-                              std::function<void(const StepEvent&)> on_event);
+                              std::function<void(const StepEvent&)> on_event,
+                              std::chrono::steady_clock::time_point submitted = std::chrono::steady_clock::now());
   // Drops a request, queued or running, and frees its KV cache now. No
   // more events are delivered for it. False if it is unknown or finished.
   bool Cancel(int64_t request_id);
@@ -72,10 +88,13 @@ class Scheduler {
   int num_running() const { return static_cast<int>(running_.size()); }
   int num_waiting() const { return static_cast<int>(waiting_.size()); }
   const KvCache& cache() const { return *cache_; }
+  // The last Step's statistics.
+  const StepStats& last_step() const { return last_step_; }
   const ModelConfig& config() const;
 
  private:
   struct Request;
+  class StatsExecutor;
   void Admit();
   void Finish(Request* r);
   int BlocksFor(int tokens) const;
@@ -83,7 +102,9 @@ class Scheduler {
   Model* model_;
   KvCache* cache_;
   ExpertExecutor* experts_;
+  std::unique_ptr<StatsExecutor> timed_experts_;  // wraps experts_ for StepStats
   Options options_;
+  StepStats last_step_;
   int64_t next_id_ = 1;
   int reserved_blocks_ = 0;  // promised to running requests
   std::map<int64_t, std::unique_ptr<Request>> running_;  // by id: admission order

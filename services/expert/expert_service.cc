@@ -1,6 +1,9 @@
 #include "services/expert/expert_service.h"
 
+#include <chrono>
+
 #include "services/common/frame_socket.h"
+#include "services/expert/expert_metrics.h"
 #include "services/common/grpc_status.h"
 #include "services/common/tensor_proto.h"
 
@@ -16,7 +19,10 @@ void ExpertServiceImpl::Run(const v1::DispatchRequest& request, const absl::Stat
     response->set_error_message(std::string(s.message()));
   };
   out->clear();
-  if (!hidden.ok()) return fail(hidden.status());
+  if (!hidden.ok()) {
+    if (metrics_) metrics_->ObserveRequest(0, 0, false);
+    return fail(hidden.status());
+  }
   ExpertWork work;
   work.layer = request.layer();
   work.num_rows = static_cast<int>(hidden->rows);
@@ -26,7 +32,15 @@ void ExpertServiceImpl::Run(const v1::DispatchRequest& request, const absl::Stat
   for (const v1::ExpertRows& g : request.groups()) {
     work.groups.push_back({g.expert(), {g.rows().begin(), g.rows().end()}, {g.weights().begin(), g.weights().end()}});
   }
-  if (absl::Status st = worker_->Run(work, out); !st.ok()) return fail(st);
+  int rows = 0;
+  for (const ExpertWork::Group& g : work.groups) rows += static_cast<int>(g.rows.size());
+  const auto t0 = std::chrono::steady_clock::now();
+  absl::Status st = worker_->Run(work, out);
+  if (metrics_) {
+    metrics_->ObserveRequest(rows, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                             st.ok());
+  }
+  if (!st.ok()) return fail(st);
 }
 
 void ExpertServiceImpl::Handle(const v1::DispatchRequest& request, v1::DispatchResponse* response) {
@@ -44,14 +58,18 @@ void ExpertServiceImpl::ServeFrames(FrameSocket* socket) {
   std::vector<float> out;
   const int h = worker_->config().hidden_size;
   while (socket->Receive(&request, &payload).ok()) {
-    busy_.fetch_add(1);
+    if (metrics_) metrics_->SetQueueDepth(busy_.fetch_add(1) + 1);
     response.Clear();
     Run(request, GetF32Matrix(request.hidden_states(), payload.data(), payload.size(), h, "hidden_states"),
         &response, &out);
     iovec data{out.data(), out.size() * sizeof(float)};
     if (response.error_code() == 0) SetF32Shape(static_cast<int64_t>(out.size() / h), h, response.mutable_outputs());
     const bool sent = socket->Send(response, {&data, response.error_code() == 0 ? 1u : 0u}).ok();
-    busy_.fetch_sub(1);
+    if (metrics_) {
+      metrics_->SetQueueDepth(busy_.fetch_sub(1) - 1);
+    } else {
+      busy_.fetch_sub(1);
+    }
     if (!sent) return;  // the router went away
   }
 }
@@ -60,11 +78,15 @@ grpc::Status ExpertServiceImpl::Dispatch(
     grpc::ServerContext* context, grpc::ServerReaderWriter<v1::DispatchResponse, v1::DispatchRequest>* stream) {
   v1::DispatchRequest request;
   while (stream->Read(&request)) {
-    busy_.fetch_add(1);
+    if (metrics_) metrics_->SetQueueDepth(busy_.fetch_add(1) + 1);
     v1::DispatchResponse response;
     Handle(request, &response);
     const bool written = stream->Write(response);
-    busy_.fetch_sub(1);
+    if (metrics_) {
+      metrics_->SetQueueDepth(busy_.fetch_sub(1) - 1);
+    } else {
+      busy_.fetch_sub(1);
+    }
     if (!written) break;  // the router went away
   }
   return grpc::Status::OK;

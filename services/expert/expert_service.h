@@ -11,6 +11,7 @@
 
 namespace moemesh {
 
+class ExpertMetrics;
 class FrameSocket;
 
 // gRPC adapter of ExpertWorker. A request that cannot be served is answered
@@ -36,6 +37,8 @@ class ExpertServiceImpl final : public v1::ExpertService::Service {
   // Requests being computed or answered; the Dispatch streams themselves
   // stay open between steps and do not count.
   int busy() const { return busy_.load(); }
+  // Where to report requests (null: nowhere). Must outlive the service.
+  void set_metrics(ExpertMetrics* m) { metrics_ = m; }
   // The raw data channel's port, advertised in ShardInfo (0: none).
   void set_data_port(int port) { data_port_ = port; }
 
@@ -48,6 +51,7 @@ class ExpertServiceImpl final : public v1::ExpertService::Service {
   ExpertWorker* worker_;
   std::atomic<int> busy_{0};
   int data_port_ = 0;
+  ExpertMetrics* metrics_ = nullptr;
 };
 
 }  // namespace moemesh

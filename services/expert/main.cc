@@ -14,6 +14,9 @@
 #include "absl/flags/usage.h"
 #include "services/common/frame_socket.h"
 #include "services/common/server_util.h"
+#include "core/metrics/metrics_server.h"
+#include "prometheus/registry.h"
+#include "services/expert/expert_metrics.h"
 #include "services/expert/expert_service.h"
 #include "services/expert/expert_worker.h"
 
@@ -23,6 +26,7 @@ ABSL_FLAG(int, num_shards, 1, "number of expert shards");
 ABSL_FLAG(std::string, placement, "", "placement file (JSON) saying which experts each shard holds; sets the shard count");
 ABSL_FLAG(std::string, host, "127.0.0.1", "address to listen on");
 ABSL_FLAG(int, port, 0, "port to listen on; 0 picks a free one");
+ABSL_FLAG(int, metrics_port, 0, "port of the Prometheus /metrics endpoint; 0 picks a free one, -1 serves none");
 ABSL_FLAG(int, data_port, 0, "port of the raw data channel for Dispatch (0 picks a free one, -1 offers none)");
 ABSL_FLAG(int, threads, 1, "CPU threads for the expert kernels");
 
@@ -56,6 +60,18 @@ int main(int argc, char** argv) {
     return 2;
   }
   moemesh::ExpertServiceImpl service(worker->get());
+  auto registry = std::make_shared<prometheus::Registry>();
+  moemesh::ExpertMetrics metrics(*registry);
+  service.set_metrics(&metrics);
+  std::unique_ptr<moemesh::MetricsServer> metrics_server;
+  if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
+    auto m = moemesh::MetricsServer::Start(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port), registry);
+    if (!m.ok()) {
+      std::fprintf(stderr, "moemesh-expert: error: %s\n", std::string(m.status().message()).c_str());
+      return 1;
+    }
+    metrics_server = std::move(*m);
+  }
   std::unique_ptr<moemesh::FrameServer> frames;
   if (absl::GetFlag(FLAGS_data_port) >= 0) {
     auto f = moemesh::FrameServer::Start(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_data_port),
@@ -74,6 +90,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "moemesh-expert: error: cannot listen on %s\n", address.c_str());
     return 1;
   }
+  if (metrics_server) {
+    std::printf("metrics on %s:%d\n", absl::GetFlag(FLAGS_host).c_str(), metrics_server->port());
+  }
   std::printf("listening on %s:%d\n", absl::GetFlag(FLAGS_host).c_str(), port);
   std::fflush(stdout);
   moemesh::WaitForTerminationSignal();
@@ -81,5 +100,6 @@ int main(int argc, char** argv) {
   // (they resend to another replica).
   moemesh::ShutdownGracefully(server.get(), [&] { return service.busy(); });
   if (frames) frames->Stop();
+  (void)metrics_server.release();  // its web server takes seconds to stop; the process ends
   return 0;
 }

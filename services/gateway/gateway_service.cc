@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/tokenizer/tokenizer.h"
 #include "services/common/grpc_status.h"
+#include "services/gateway/gateway_metrics.h"
 #include "services/gateway/router_pool.h"
 #include "services/gateway/text_stream.h"
 
@@ -31,18 +32,46 @@ std::string TokenText(const Tokenizer& tok, int id) {
   return s.ok() ? *s : std::string();
 }
 
+std::string CodeName(grpc::StatusCode code) {
+  return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
+}
+
+const char* ReasonName(v1::FinishReason r) {
+  return r == v1::FINISH_REASON_STOP ? "stop" : r == v1::FINISH_REASON_LENGTH ? "length" : "abort";
+}
+
 }  // namespace
 
 grpc::Status GatewayServiceImpl::Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                                           grpc::ServerWriter<v1::GenerateResponse>* writer) {
+  grpc::Status st = GenerateImpl(context, request, writer);
+  if (metrics_) metrics_->CountStatus(CodeName(st.error_code()));
+  return st;
+}
+
+void GatewayServiceImpl::Rejected(const grpc::Status& st) {
+  if (metrics_) metrics_->CountRejected(CodeName(st.error_code()));
+}
+
+grpc::Status GatewayServiceImpl::GenerateImpl(grpc::ServerContext* context, const v1::GenerateRequest* request,
+                                              grpc::ServerWriter<v1::GenerateResponse>* writer) {
   absl::StatusOr<v1::RouterGenerateRequest> routed = BuildRouterRequest(*request, tokenizer_, model_);
-  if (!routed.ok()) return ToGrpcStatus(routed.status());
+  if (!routed.ok()) {
+    grpc::Status st = ToGrpcStatus(routed.status());
+    Rejected(st);
+    return st;
+  }
   InFlight counted(&in_flight_);
   if (in_flight_.load() > options_.max_in_flight) {
-    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                        absl::StrCat("the gateway is at its limit of ", options_.max_in_flight,
-                                     " requests in progress; retry later"));
+    grpc::Status st(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                    absl::StrCat("the gateway is at its limit of ", options_.max_in_flight,
+                                 " requests in progress; retry later"));
+    Rejected(st);
+    return st;
   }
+  std::optional<GatewayMetrics::Request> track;
+  if (metrics_) track.emplace(metrics_);
+  std::vector<int> output_ids;
   std::vector<std::string> stops(request->stop().begin(), request->stop().end());
   const bool skip_special = request->has_skip_special_tokens() ? request->skip_special_tokens() : true;
   // Without a tokenizer only token ids go back (no stops: checked above).
@@ -60,6 +89,7 @@ grpc::Status GatewayServiceImpl::Generate(grpc::ServerContext* context, const v1
     bool received = false, finished = false;
     while (!finished && reader->Read(&in)) {
       received = true;
+      if (track && in.queue_seconds() > 0) track->QueueTime(in.queue_seconds());
       v1::GenerateResponse out;
       for (int i = 0; i < in.token_ids_size() && !stopped(); ++i) {
         const int id = in.token_ids(i);
@@ -82,6 +112,8 @@ grpc::Status GatewayServiceImpl::Generate(grpc::ServerContext* context, const v1
         }
       }
       usage.set_completion_tokens(usage.completion_tokens() + out.token_ids_size());
+      output_ids.insert(output_ids.end(), out.token_ids().begin(), out.token_ids().end());
+      if (track) track->Tokens(out.token_ids_size());
       v1::FinishReason reason = stopped() ? v1::FINISH_REASON_STOP : in.finish_reason();
       if (reason != v1::FINISH_REASON_UNSPECIFIED) {
         if (text && !stopped()) {
@@ -91,6 +123,7 @@ grpc::Status GatewayServiceImpl::Generate(grpc::ServerContext* context, const v1
         out.set_finish_reason(reason);
         *out.mutable_usage() = usage;
         finished = true;
+        if (track) track->Finish(ReasonName(reason), usage.prompt_tokens(), output_ids);
         if (stopped()) call->TryCancel();  // the router may still be generating
       }
       if (!writer->Write(out)) {
@@ -109,8 +142,11 @@ grpc::Status GatewayServiceImpl::Generate(grpc::ServerContext* context, const v1
     }
     return st;
   }
-  return grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                      absl::StrCat("no router could take the request: ", last.error_message()));
+  grpc::Status st(grpc::StatusCode::UNAVAILABLE,
+                  absl::StrCat("no router could take the request: ", last.error_message()));
+  Rejected(st);
+  if (track) track->Refused();
+  return st;
 }
 
 grpc::Status GatewayServiceImpl::Tokenize(grpc::ServerContext*, const v1::TokenizeRequest* request,

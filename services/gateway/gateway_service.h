@@ -8,6 +8,7 @@
 
 namespace moemesh {
 
+class GatewayMetrics;
 class RouterPool;
 class Tokenizer;
 
@@ -23,10 +24,11 @@ class GatewayServiceImpl final : public v1::Gateway::Service {
   struct Options {
     int max_in_flight = 512;
   };
-  // `tokenizer` (may be null: token ids only) and `routers` must outlive
-  // the service.
-  GatewayServiceImpl(const Tokenizer* tokenizer, ServedModel model, RouterPool* routers, const Options& options)
-      : tokenizer_(tokenizer), model_(std::move(model)), routers_(routers), options_(options) {}
+  // `tokenizer` (may be null: token ids only), `routers` and `metrics`
+  // (may be null) must outlive the service.
+  GatewayServiceImpl(const Tokenizer* tokenizer, ServedModel model, RouterPool* routers, const Options& options,
+                     GatewayMetrics* metrics = nullptr)
+      : tokenizer_(tokenizer), model_(std::move(model)), routers_(routers), options_(options), metrics_(metrics) {}
 
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                         grpc::ServerWriter<v1::GenerateResponse>* writer) override;
@@ -40,11 +42,16 @@ class GatewayServiceImpl final : public v1::Gateway::Service {
   int in_flight() const { return in_flight_.load(); }
 
  private:
+  grpc::Status GenerateImpl(grpc::ServerContext* context, const v1::GenerateRequest* request,
+                            grpc::ServerWriter<v1::GenerateResponse>* writer);
+  void Rejected(const grpc::Status& st);
+
   const Tokenizer* tokenizer_;
   const ServedModel model_;
   RouterPool* routers_;
   const Options options_;
   std::atomic<int> in_flight_{0};
+  GatewayMetrics* metrics_;
 };
 
 }  // namespace moemesh

@@ -1,6 +1,7 @@
 #include "services/gateway/gateway_service.h"
 
 #include <chrono>
+#include <sstream>
 #include <thread>
 
 #include <grpcpp/grpcpp.h>
@@ -11,6 +12,10 @@
 #include "core/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
 #include "services/common/server_util.h"
+#include "absl/strings/match.h"
+#include "prometheus/registry.h"
+#include "prometheus/text_serializer.h"
+#include "services/gateway/gateway_metrics.h"
 #include "services/gateway/router_pool.h"
 #include "services/router/router_service.h"
 
@@ -54,12 +59,13 @@ struct LocalRouter {
 // A gateway in front of `routers`, served over a loopback socket.
 class Gateway {
  public:
-  Gateway(const std::vector<std::string>& routers, int max_in_flight = 512) : pool_(routers) {
+  Gateway(const std::vector<std::string>& routers, int max_in_flight = 512, GatewayMetrics* metrics = nullptr)
+      : pool_(routers) {
     tokenizer_ = std::move(*LoadTokenizer(kModel));
     auto config = LoadModelConfig(kModel);
     model_ = {"fortune-moe", "deepseek_v3", config->vocab_size, config->context_length()};
     service_ = std::make_unique<GatewayServiceImpl>(tokenizer_.get(), model_, &pool_,
-                                                    GatewayServiceImpl::Options{max_in_flight});
+                                                    GatewayServiceImpl::Options{max_in_flight}, metrics);
     int port = 0;
     server_ = StartServer("127.0.0.1:0", {service_.get()}, &port);
     stub_ = v1::Gateway::NewStub(
@@ -303,6 +309,77 @@ TEST(GatewayServiceTest, TokenizeDetokenizeAndListModels) {
   EXPECT_EQ(lm.models(0).name(), "fortune-moe");
   EXPECT_EQ(lm.models(0).architecture(), "deepseek_v3");
   EXPECT_GT(lm.models(0).context_length(), 0);
+}
+
+std::string Scrape(prometheus::Registry& r) {
+  std::ostringstream out;
+  prometheus::TextSerializer().Serialize(out, r.Collect());
+  return out.str();
+}
+
+// What the gateway's metrics count: finished, rejected and aborted requests,
+// tokens, and the latency histograms with their sliding-window summaries.
+TEST(GatewayServiceTest, MetricsCountWhatHappened) {
+  LocalRouter router;
+  prometheus::Registry registry;
+  GatewayMetrics metrics(registry);
+  Gateway gw({router.address}, 512, &metrics);
+  int generated = 0, prompt = 0;
+  for (int i = 0; i < 3; ++i) {
+    Answer a = Generate(gw.stub(), TextRequest("Once upon a time", 6));
+    ASSERT_TRUE(a.status.ok());
+    generated += static_cast<int>(a.ids.size());
+    prompt += a.usage.prompt_tokens();
+  }
+  EXPECT_EQ(Generate(gw.stub(), TextRequest("", 6)).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  {  // a client that leaves mid-stream
+    v1::GenerateRequest slow = TextRequest("Once upon a time", 900);
+    slow.set_ignore_eos(true);
+    grpc::ClientContext ctx;
+    auto reader = gw.stub()->Generate(&ctx, slow);
+    v1::GenerateResponse resp;
+    ASSERT_TRUE(reader->Read(&resp));
+    ctx.TryCancel();
+    while (reader->Read(&resp)) {
+    }
+    reader->Finish();
+  }
+  // The cancelled call ends on the server shortly after the client leaves.
+  for (int i = 0; i < 500 && !absl::StrContains(Scrape(registry), "moemesh_requests_aborted_total 1"); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  const std::string text = Scrape(registry);
+  for (const std::string& want :
+       {std::string("moemesh_requests_total{finish_reason=\"length\"} 3"),
+        std::string("moemesh_request_status_total{code=\"OK\"} 3"),
+        std::string("moemesh_request_status_total{code=\"INVALID_ARGUMENT\"} 1"),
+        std::string("moemesh_request_status_total{code=\"CANCELLED\"} 1"),
+        std::string("moemesh_requests_rejected_total{reason=\"INVALID_ARGUMENT\"} 1"),
+        std::string("moemesh_requests_aborted_total 1"), "moemesh_prompt_tokens_total " + std::to_string(prompt),
+        std::string("moemesh_time_to_first_token_seconds_count 4"),
+        std::string("moemesh_e2e_request_latency_seconds_count 3"),
+        std::string("moemesh_request_queue_time_seconds_count 4"),
+        std::string("moemesh_e2e_request_latency_window_seconds{quantile=\"0.99\"}"),
+        std::string("moemesh_requests_running 0"), std::string("moemesh_requests_waiting 0")}) {
+    EXPECT_TRUE(absl::StrContains(text, want)) << want << "\n" << text;
+  }
+  // Every token sent, the cancelled stream's included; inter-token gaps for
+  // all but each stream's first token.
+  double tokens = 0, itl = 0;
+  for (const auto& f : registry.Collect()) {
+    if (f.name == "moemesh_generation_tokens_total") tokens = f.metric[0].counter.value;
+    if (f.name == "moemesh_inter_token_latency_seconds") itl = f.metric[0].histogram.sample_count;
+  }
+  EXPECT_GE(tokens, generated + 1);
+  EXPECT_EQ(itl, tokens - 4);
+}
+
+TEST(GatewayMetricsTest, RepetitionDetector) {
+  EXPECT_FALSE(IsRepetitive({1, 2, 3, 4, 5, 6, 7, 8, 9}));
+  EXPECT_FALSE(IsRepetitive({1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4}));  // 3 times: allowed
+  EXPECT_TRUE(IsRepetitive({1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4}));
+  EXPECT_TRUE(IsRepetitive(std::vector<int>(20, 7)));
+  EXPECT_FALSE(IsRepetitive({}));
 }
 
 }  // namespace

@@ -16,6 +16,9 @@
 #include "core/model/config.h"
 #include "core/tokenizer/tokenizer.h"
 #include "services/common/server_util.h"
+#include "core/metrics/metrics_server.h"
+#include "prometheus/registry.h"
+#include "services/gateway/gateway_metrics.h"
 #include "services/gateway/gateway_service.h"
 #include "services/gateway/router_pool.h"
 
@@ -25,6 +28,7 @@ ABSL_FLAG(std::string, tokenizer, "", "tokenizer.json or .model file; default: t
 ABSL_FLAG(std::string, routers, "", "routers, comma-separated HOST:PORT");
 ABSL_FLAG(std::string, host, "127.0.0.1", "address to listen on");
 ABSL_FLAG(int, port, 0, "port to listen on; 0 picks a free one");
+ABSL_FLAG(int, metrics_port, 0, "port of the Prometheus /metrics endpoint; 0 picks a free one, -1 serves none");
 ABSL_FLAG(int, max_in_flight, 512, "requests in progress before RESOURCE_EXHAUSTED");
 
 namespace {
@@ -80,14 +84,26 @@ int main(int argc, char** argv) {
   moemesh::RouterPool pool(routers);
   moemesh::GatewayServiceImpl::Options options;
   options.max_in_flight = absl::GetFlag(FLAGS_max_in_flight);
-  moemesh::GatewayServiceImpl service(tokenizer.get(), model, &pool, options);
+  auto registry = std::make_shared<prometheus::Registry>();
+  moemesh::GatewayMetrics metrics(*registry);
+  std::unique_ptr<moemesh::MetricsServer> metrics_server;
+  if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
+    auto m = moemesh::MetricsServer::Start(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port), registry);
+    if (!m.ok()) return Fail(std::string(m.status().message()), 1);
+    metrics_server = std::move(*m);
+  }
+  moemesh::GatewayServiceImpl service(tokenizer.get(), model, &pool, options, &metrics);
   int port = 0;
   std::string address = absl::GetFlag(FLAGS_host) + ":" + std::to_string(absl::GetFlag(FLAGS_port));
   auto server = moemesh::StartServer(address, {&service}, &port);
   if (server == nullptr) return Fail("cannot listen on " + address, 1);
+  if (metrics_server) {
+    std::printf("metrics on %s:%d\n", absl::GetFlag(FLAGS_host).c_str(), metrics_server->port());
+  }
   std::printf("listening on %s:%d\n", absl::GetFlag(FLAGS_host).c_str(), port);
   std::fflush(stdout);
   moemesh::WaitForTerminationSignal();
   moemesh::ShutdownGracefully(server.get(), [&] { return service.in_flight(); });
+  (void)metrics_server.release();  // its web server takes seconds to stop; the process ends
   return 0;
 }

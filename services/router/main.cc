@@ -20,7 +20,10 @@
 #include "core/engine/scheduler.h"
 #include "services/common/server_util.h"
 #include "services/router/remote_expert_executor.h"
+#include "services/router/router_metrics.h"
 #include "services/router/router_service.h"
+#include "core/metrics/metrics_server.h"
+#include "prometheus/registry.h"
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory");
 ABSL_FLAG(std::string, experts, "",
@@ -31,6 +34,7 @@ ABSL_FLAG(std::string, expert_transport, "auto",
 ABSL_FLAG(int, experts_connect_timeout_ms, 10000, "how long to wait for the expert workers at start");
 ABSL_FLAG(std::string, host, "127.0.0.1", "address to listen on");
 ABSL_FLAG(int, port, 0, "port to listen on; 0 picks a free one");
+ABSL_FLAG(int, metrics_port, 0, "port of the Prometheus /metrics endpoint; 0 picks a free one, -1 serves none");
 ABSL_FLAG(int, threads, 1, "CPU threads for attention (and local experts)");
 ABSL_FLAG(int, kv_cache_tokens, 65536, "capacity of the paged KV cache, in tokens");
 ABSL_FLAG(int, kv_block_size, 16, "tokens per KV-cache block");
@@ -75,6 +79,7 @@ int main(int argc, char** argv) {
     return Fail("need --max-running >= 1, --max-waiting >= 0 and --max-step-tokens >= --max-running", 2);
   }
   std::unique_ptr<moemesh::ExpertExecutor> remote;
+  moemesh::RemoteExpertExecutor* remote_view = nullptr;  // owned by the engine
   if (!absl::GetFlag(FLAGS_experts).empty()) {
     auto shards = moemesh::RemoteExpertExecutor::ParseAddresses(absl::GetFlag(FLAGS_experts));
     if (!shards.ok()) return Fail(std::string(shards.status().message()), 2);
@@ -92,17 +97,42 @@ int main(int argc, char** argv) {
                                                     absl::GetFlag(FLAGS_experts_connect_timeout_ms),
                                                     placement ? &*placement : nullptr, transport == "auto");
     if (!r.ok()) return Fail(std::string(r.status().message()), 1);
+    remote_view = r->get();
     remote = std::move(*r);
   }
   auto engine = moemesh::Engine::Create(model_dir, opt, std::move(remote));
   if (!engine.ok()) return Fail(std::string(engine.status().message()), 2);
+  // Metrics: the step observer runs on the loop's thread, after each step.
+  auto registry = std::make_shared<prometheus::Registry>();
+  const moemesh::ModelConfig& config = (*engine)->config();
+  moemesh::RouterMetrics metrics(*registry, config.num_layers, config.num_experts);
+  if (remote_view != nullptr) {
+    remote_view->set_dispatch_observer(
+        [&metrics](const std::string& worker, double s) { metrics.ObserveDispatch(worker, s); });
+  }
+  double combined = 0;  // RemoteExpertExecutor::combine_seconds at the last step
+  auto on_step = [&metrics, remote_view, &combined](const moemesh::StepStats& s,
+                                                      const moemesh::GenerationLoop::Stats& l) {
+    const double now = remote_view ? remote_view->combine_seconds() : 0;
+    metrics.OnStep(s, l, now - combined);
+    combined = now;
+  };
+  std::unique_ptr<moemesh::MetricsServer> metrics_server;
+  if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
+    auto m = moemesh::MetricsServer::Start(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port), registry);
+    if (!m.ok()) return Fail(std::string(m.status().message()), 1);
+    metrics_server = std::move(*m);
+  }
   auto loop = std::make_unique<moemesh::GenerationLoop>((*engine)->NewScheduler(max_running, max_step_tokens),
-                                                        max_waiting);
+                                                        max_waiting, on_step);
   moemesh::RouterServiceImpl service(loop.get());
   int port = 0;
   std::string address = absl::GetFlag(FLAGS_host) + ":" + std::to_string(absl::GetFlag(FLAGS_port));
   auto server = moemesh::StartServer(address, {&service}, &port);
   if (server == nullptr) return Fail("cannot listen on " + address, 1);
+  if (metrics_server) {
+    std::printf("metrics on %s:%d\n", absl::GetFlag(FLAGS_host).c_str(), metrics_server->port());
+  }
   std::printf("listening on %s:%d\n", absl::GetFlag(FLAGS_host).c_str(), port);
   std::fflush(stdout);
   moemesh::WaitForTerminationSignal();
@@ -110,5 +140,8 @@ int main(int argc, char** argv) {
   // loop stops after the server.
   moemesh::ShutdownGracefully(server.get(), [&] { return service.active_calls(); });
   loop.reset();
+  // The metrics endpoint's web server takes seconds to stop, and the
+  // process is ending anyway.
+  (void)metrics_server.release();
   return 0;
 }

@@ -304,6 +304,7 @@ absl::Status RemoteExpertExecutor::ExecuteOnce(const ExpertBatch& b, float* out)
     return last;
   };
   std::vector<bool> sent(shards_.size(), false);
+  const auto sent_at = std::chrono::steady_clock::now();
   for (size_t si = 0; si < shards_.size(); ++si) {
     Shard& s = *shards_[si];
     if (s.tokens.empty()) continue;
@@ -322,6 +323,10 @@ absl::Status RemoteExpertExecutor::ExecuteOnce(const ExpertBatch& b, float* out)
     absl::Status st = try_replicas(s, sent[si]);
     s.next = (s.next + 1) % s.replicas.size();
     if (!st.ok()) return st;
+    if (observer_) {
+      observer_(s.chosen->address,
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - sent_at).count());
+    }
     if (s.response.step() != step_ || s.response.layer() != b.layer) {
       return absl::InternalError(absl::StrCat("expert worker ", s.chosen->address, " answered step ",
                                               s.response.step(), " layer ", s.response.layer(), ", expected step ",
@@ -342,6 +347,7 @@ absl::Status RemoteExpertExecutor::ExecuteOnce(const ExpertBatch& b, float* out)
       }
     }
   }
+  const auto combine_start = std::chrono::steady_clock::now();
   for (int t = 0; t < b.num_tokens; ++t) {
     float* o = out + static_cast<size_t>(t) * h;
     std::fill(o, o + h, 0.0f);
@@ -351,6 +357,7 @@ absl::Status RemoteExpertExecutor::ExecuteOnce(const ExpertBatch& b, float* out)
       for (int d = 0; d < h; ++d) o[d] += r[d];
     }
   }
+  combine_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - combine_start).count();
   return absl::OkStatus();
 }
 

@@ -1,6 +1,7 @@
 #ifndef MOEMESH_SERVICES_ROUTER_REMOTE_EXPERT_EXECUTOR_H_
 #define MOEMESH_SERVICES_ROUTER_REMOTE_EXPERT_EXECUTOR_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -44,6 +45,11 @@ class RemoteExpertExecutor : public ExpertExecutor {
 
   // Requests resent to another replica after a failure (for tests and metrics).
   int64_t retries() const { return retries_; }
+  // Seconds spent adding the returned rows into the output, since the start.
+  double combine_seconds() const { return combine_seconds_; }
+  // Called with a worker's address and the seconds from sending a request
+  // to it until its answer was read, for every answered request.
+  void set_dispatch_observer(std::function<void(const std::string&, double)> f) { observer_ = std::move(f); }
   ~RemoteExpertExecutor() override;
 
   absl::Status Execute(const ExpertBatch& batch, float* out) override;
@@ -59,6 +65,8 @@ class RemoteExpertExecutor : public ExpertExecutor {
   int hidden_size_ = 0;
   uint64_t step_ = 0;
   int64_t retries_ = 0;
+  double combine_seconds_ = 0;
+  std::function<void(const std::string&, double)> observer_;
 };
 
 }  // namespace moemesh

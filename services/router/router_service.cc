@@ -65,6 +65,7 @@ grpc::Status RouterServiceImpl::Generate(grpc::ServerContext* context, const v1:
     v1::RouterGenerateResponse response;
     absl::Status error;
     for (const StepEvent& ev : events) {
+      if (ev.queue_seconds > 0) response.set_queue_seconds(static_cast<float>(ev.queue_seconds));
       if (!ev.error.ok()) {
         error = ev.error;
         break;

@@ -14,6 +14,7 @@ PACKAGES=(
   libutf8proc-dev libsentencepiece-dev sentencepiece
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   clang-14 libclang-rt-14-dev
+  prometheus-cpp-dev prometheus
 )
 
 # The Hugging Face tokenizers library (Node build) is the reference of the

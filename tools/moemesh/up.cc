@@ -31,6 +31,7 @@ struct Service {
   std::string group;  // services that stand in for each other: "shard 0", "routers", "gateway"
   std::unique_ptr<Subprocess> process;
   std::string address;
+  std::string metrics;    // its /metrics endpoint, HOST:PORT
   bool reported = false;  // its exit has been announced
 };
 
@@ -43,12 +44,15 @@ struct Spec {
 absl::Status StartTier(const std::vector<Spec>& specs, absl::Duration timeout, std::vector<Service>* tier) {
   for (const Spec& s : specs) {
     MM_ASSIGN_OR_RETURN(std::unique_ptr<Subprocess> p, Subprocess::Start(s.argv));
-    tier->push_back({s.role, s.group, std::move(p), "", false});
+    tier->push_back({s.role, s.group, std::move(p), "", "", false});
   }
   for (Service& s : *tier) {
     absl::StatusOr<std::string> addr = s.process->WaitForLine("listening on ", timeout);
     if (!addr.ok()) return absl::Status(addr.status().code(), absl::StrCat(s.role, ": ", addr.status().message()));
     s.address = *addr;
+    for (const std::string& line : s.process->lines()) {
+      if (line.rfind("metrics on ", 0) == 0) s.metrics = line.substr(11);
+    }
     s.process->ForwardOutput(2);
   }
   return absl::OkStatus();
@@ -192,6 +196,11 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
   for (auto* tier : {&experts, &routers}) {
     for (const Service& s : *tier) {
       out << "  " << s.role << " on " << s.address << " (pid " << s.process->pid() << ")" << std::endl;
+    }
+  }
+  for (auto* tier : {&experts, &routers, &gateway}) {
+    for (const Service& s : *tier) {
+      if (!s.metrics.empty()) out << "  metrics of " << s.role << " at http://" << s.metrics << "/metrics" << std::endl;
     }
   }
   out << "gateway listening on " << gateway[0].address << std::endl;

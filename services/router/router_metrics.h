@@ -1,0 +1,63 @@
+#ifndef MOEMESH_SERVICES_ROUTER_ROUTER_METRICS_H_
+#define MOEMESH_SERVICES_ROUTER_ROUTER_METRICS_H_
+
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "core/engine/generation_loop.h"
+
+namespace prometheus {
+class Counter;
+class Gauge;
+class Histogram;
+class Registry;
+template <typename T>
+class Family;
+}  // namespace prometheus
+
+namespace moemesh {
+
+// The router's Prometheus metrics (names in docs/OBSERVABILITY.md):
+//   moemesh_router_step_seconds{phase}         attention, dispatch, combine, sampling, total
+//   moemesh_router_batch_requests, moemesh_router_batch_tokens (histograms)
+//   moemesh_router_requests_running, moemesh_router_requests_waiting, moemesh_router_kv_cache_usage_ratio
+//   moemesh_router_routed_tokens_total{layer, expert}
+//   moemesh_router_expert_load_imbalance       max / mean tokens per expert (recent, worst layer)
+//   moemesh_router_dispatch_seconds{worker}    one expert worker's round trip
+// OnStep is called from the generation loop's thread, ObserveDispatch from
+// the same thread (inside the step); both are thread-safe anyway.
+class RouterMetrics {
+ public:
+  RouterMetrics(prometheus::Registry& registry, int num_layers, int num_experts);
+
+  // After a step. `combine_seconds` is the part of stats.expert_seconds
+  // spent combining rows (0 with local experts).
+  void OnStep(const StepStats& stats, const GenerationLoop::Stats& loop, double combine_seconds);
+  void ObserveDispatch(const std::string& worker, double seconds);
+
+  // The imbalance gauge's value, for tests.
+  double load_imbalance() const;
+
+ private:
+  prometheus::Histogram* phase_[5];
+  prometheus::Histogram* batch_requests_;
+  prometheus::Histogram* batch_tokens_;
+  prometheus::Gauge* running_;
+  prometheus::Gauge* waiting_;
+  prometheus::Gauge* kv_usage_;
+  prometheus::Gauge* imbalance_;
+  prometheus::Family<prometheus::Counter>* routed_family_;
+  prometheus::Family<prometheus::Histogram>* dispatch_family_;
+  const int num_layers_, num_experts_;
+
+  mutable std::mutex mu_;
+  std::vector<prometheus::Counter*> routed_;  // [layer * E + e], made on first use
+  std::vector<double> recent_;                // decayed tokens per (layer, expert)
+  std::map<std::string, prometheus::Histogram*> dispatch_;
+};
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_SERVICES_ROUTER_ROUTER_METRICS_H_
