@@ -49,6 +49,9 @@ ABSL_FLAG(int, dynamic_k_max, 0, "dynamic expert count: largest k (off when 0)")
 ABSL_FLAG(double, dynamic_k_p, 0.0, "dynamic expert count: cumulative probability to reach");
 ABSL_FLAG(int, expert_shards, 2, "up: expert shards (0 runs the experts inside the routers)");
 ABSL_FLAG(std::string, placement, "", "up: placement file (JSON) for the expert workers and routers");
+ABSL_FLAG(bool, monitoring, false, "up: also start a local Prometheus (Debian's prometheus) scraping the mesh");
+ABSL_FLAG(int, prometheus_port, 0, "up --monitoring: Prometheus's port; 0 picks a free one");
+ABSL_FLAG(int, scrape_interval_s, 5, "up --monitoring: scrape and rule evaluation interval in seconds");
 ABSL_FLAG(int, expert_replicas, 1, "up: replicas of each expert shard");
 ABSL_FLAG(int, routers, 1, "up: routers");
 ABSL_FLAG(std::string, host, "127.0.0.1", "up: address the services listen on");
@@ -125,6 +128,9 @@ int UpMain() {
   cmd.expert_shards = absl::GetFlag(FLAGS_expert_shards);
   cmd.expert_replicas = absl::GetFlag(FLAGS_expert_replicas);
   cmd.placement = absl::GetFlag(FLAGS_placement);
+  cmd.monitoring = absl::GetFlag(FLAGS_monitoring);
+  cmd.prometheus_port = absl::GetFlag(FLAGS_prometheus_port);
+  cmd.scrape_interval_s = absl::GetFlag(FLAGS_scrape_interval_s);
   cmd.routers = absl::GetFlag(FLAGS_routers);
   cmd.host = absl::GetFlag(FLAGS_host);
   cmd.port = absl::GetFlag(FLAGS_port);

@@ -14,6 +14,7 @@
 #include "core/common/subprocess.h"
 #include "core/engine/placement.h"
 #include "core/model/config.h"
+#include "tools/moemesh/monitoring.h"
 
 namespace moemesh {
 namespace {
@@ -202,6 +203,27 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
     for (const Service& s : *tier) {
       if (!s.metrics.empty()) out << "  metrics of " << s.role << " at http://" << s.metrics << "/metrics" << std::endl;
     }
+  }
+  std::unique_ptr<LocalPrometheus> prometheus;
+  if (cmd.monitoring) {
+    std::map<std::string, std::vector<std::string>> targets;
+    for (auto [tier, kind] : {std::pair{&experts, "expert"}, {&routers, "router"}, {&gateway, "gateway"}}) {
+      for (const Service& s : *tier) {
+        if (!s.metrics.empty()) targets[kind].push_back(s.metrics);
+      }
+    }
+    LocalPrometheus::Options po;
+    po.host = cmd.host;
+    po.port = cmd.prometheus_port;
+    po.scrape_interval_s = cmd.scrape_interval_s;
+    auto p = LocalPrometheus::Start(po, targets);
+    if (!p.ok()) {
+      stop_all();
+      return p.status();
+    }
+    prometheus = std::move(*p);
+    out << "  prometheus at http://" << prometheus->address() << " (rules and alerts of deploy/prometheus)"
+        << std::endl;
   }
   out << "gateway listening on " << gateway[0].address << std::endl;
   st = Supervise({&gateway, &routers, &experts}, out);

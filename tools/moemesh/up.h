@@ -22,11 +22,16 @@ struct UpCommand {
   int kv_cache_tokens = 65536;  // per router
   int max_running = 64;         // per router
   std::string bin_dir;        // empty: beside this executable (FindServiceBinary)
+  bool monitoring = false;    // also run a local Prometheus scraping the mesh
+  int prometheus_port = 0;    // 0 picks a free one
+  int scrape_interval_s = 5;
   absl::Duration start_timeout = absl::Seconds(120);
 };
 
 // Starts expert workers, then routers, then the gateway, each waiting for
-// the previous to listen; prints "gateway listening on HOST:PORT" to `out`;
+// the previous to listen (and, with monitoring, a Prometheus scraping them
+// all, printed as "prometheus at http://HOST:PORT"); prints "gateway
+// listening on HOST:PORT" to `out`;
 // then runs until SIGINT or SIGTERM (OK) or until the gateway, every
 // router or every replica of an expert shard has died (UNAVAILABLE), and
 // stops everything, gateway first. A lone death is reported and tolerated:
