@@ -102,40 +102,29 @@ absl::StatusOr<std::vector<float>> Engine::Score(const std::vector<int>& prompt)
 absl::StatusOr<GenerateResult> Engine::Generate(const std::vector<int>& prompt,
                                                 const GenerateParams& params,
                                                 const std::function<void(int)>& on_token) {
-  MM_RETURN_IF_ERROR(CheckPrompt(prompt));
-  MM_RETURN_IF_ERROR(params.Validate());
-  std::vector<int> stops = params.stop_token_ids;
-  if (!params.ignore_eos) {
-    stops.insert(stops.end(), config().eos_token_ids.begin(), config().eos_token_ids.end());
-  }
-  KvSequence seq;
-  Sampler sampler(params.sampling, prompt);
+  // One request through the same continuous-batching scheduler that serves
+  // many: there is one generation loop in moemesh.
+  std::unique_ptr<Scheduler> sched = NewScheduler(/*max_running=*/1, /*max_step_tokens=*/options_.prefill_chunk);
   GenerateResult result;
-  std::vector<float> logits;
-  const int vocab = config().vocab_size;
-  auto step = [&](absl::Span<const int> tokens) -> absl::Status {
-    logits.clear();
-    ForwardItem item{&seq, tokens, false};
-    return model_->Forward({&item, 1}, cache_.get(), experts_.get(), &logits);
-  };
-  absl::Status st;
-  for (size_t start = 0; start < prompt.size() && st.ok(); start += options_.prefill_chunk) {
-    size_t len = std::min<size_t>(options_.prefill_chunk, prompt.size() - start);
-    st = step(absl::MakeConstSpan(prompt).subspan(start, len));
-  }
-  while (st.ok()) {
-    int next = sampler.Sample(logits.data(), vocab);
-    result.tokens.push_back(next);
-    if (on_token) on_token(next);
-    if (std::find(stops.begin(), stops.end(), next) != stops.end()) {
-      result.finish_reason = FinishReason::kStop;
-      break;
+  absl::Status error;
+  bool done = false;
+  auto id = sched->Add(prompt, params, [&](const StepEvent& ev) {
+    if (ev.token >= 0) {
+      result.tokens.push_back(ev.token);
+      if (on_token) on_token(ev.token);
     }
-    if (static_cast<int>(result.tokens.size()) >= params.max_new_tokens) break;
-    st = step({&next, 1});
+    if (ev.finished) {
+      done = true;
+      error = ev.error;
+      result.finish_reason = ev.finish_reason;
+    }
+  });
+  if (!id.ok()) return id.status();
+  while (!done) {
+    absl::Status st = sched->Step();
+    if (!st.ok()) return st;
   }
-  cache_->Release(&seq);
-  if (!st.ok()) return st;
+  if (!error.ok()) return error;
   return result;
 }
 
