@@ -280,6 +280,10 @@ TEST(MeshDemoModelTest, CancelledStreamsLeaveTheBatchAndFreeTheirCache) {
     threads.emplace_back([&, i, r] { got[i] = Generate(mesh.gateway(), r, &ctx[i], [&] { ++started; }); });
   }
   while (started < kN) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  // The router publishes its status after the step that sent the tokens.
+  for (int i = 0; i < 1000 && mesh.RouterStatus(0).running_requests() != kN; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   v1::RouterStatus before = mesh.RouterStatus(0);
   EXPECT_EQ(before.running_requests(), kN);
   for (int i = 0; i < kN; i += 2) ctx[i].TryCancel();

@@ -81,9 +81,15 @@ TEST(GenerationLoopTest, ConcurrentSubmissionsEqualRunsAlone) {
     ASSERT_TRUE(want.ok());
     EXPECT_EQ(sinks[i].tokens, want->tokens) << "request " << i;
   }
+  // The loop publishes its stats after the step that delivered the events.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (loop->stats().running != 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   GenerationLoop::Stats s = loop->stats();
   EXPECT_EQ(s.running, 0);
   EXPECT_EQ(s.kv_blocks_used, 0);
+  EXPECT_EQ(s.submitted, kN);
 }
 
 // Cancelled requests leave the batch and free their cache within a step.

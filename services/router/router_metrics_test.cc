@@ -64,16 +64,18 @@ TEST(RouterMetricsTest, CountsEveryRoutedToken) {
   const ModelConfig& c = (*engine)->config();
   prometheus::Registry r;
   RouterMetrics m(r, c.num_layers, c.num_experts);
-  GenerationLoop loop((*engine)->NewScheduler(8, 256), 8,
-                      [&m](const StepStats& s, const GenerationLoop::Stats& l) { m.OnStep(s, l, 0); });
+  auto loop = std::make_unique<GenerationLoop>(
+      (*engine)->NewScheduler(8, 256), 8,
+      [&m](const StepStats& s, const GenerationLoop::Stats& l) { m.OnStep(s, l, 0); });
   GenerateParams g;
   g.max_new_tokens = 5;
   g.ignore_eos = true;
   absl::Notification done;
-  ASSERT_TRUE(loop.Submit({1, 2, 3, 4}, g, [&](const StepEvent& ev) {
-                    if (ev.finished) done.Notify();
-                  }).ok());
+  ASSERT_TRUE(loop->Submit({1, 2, 3, 4}, g, [&](const StepEvent& ev) {
+                     if (ev.finished) done.Notify();
+                   }).ok());
   done.WaitForNotification();
+  loop.reset();  // the last step's observer has run once the loop has stopped
   // 4 prompt tokens + 4 decoded (the 5th token is sampled, never fed back).
   int moe_layers = 0;
   for (bool b : c.is_moe_layer) moe_layers += b;

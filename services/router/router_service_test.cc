@@ -131,6 +131,10 @@ TEST_F(RouterServiceTest, CancelAndDeadlineFreeTheCache) {
   v1::RouterGenerateResponse resp;
   ASSERT_TRUE(a->Read(&resp));
   ASSERT_TRUE(b->Read(&resp));
+  // Stats are published after the step that sent the tokens.
+  for (int i = 0; i < 1000 && Status().running_requests() != 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   v1::RouterStatus s = Status();
   EXPECT_EQ(s.running_requests(), 2);
   EXPECT_EQ(s.kv_cache_blocks_used(), 2);
