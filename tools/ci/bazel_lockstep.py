@@ -6,7 +6,7 @@ moemesh_test) and the Bazel rules (`bazel query --output=xml` on stdin) and repo
 each CMake target that has no cc_* twin of the same name in the same folder, or whose
 .cc/.cu sources differ. Like the CMake helper, a moemesh_test whose sources do not
 exist yet is not expected. Usage:
-  bazel query 'kind("cc_.* rule", //...)' --output=xml | tools/ci/bazel_lockstep.py
+  bazel query 'kind("(cc_.*|genrule) rule", //...)' --output=xml | tools/ci/bazel_lockstep.py
 """
 import os
 import re
@@ -46,14 +46,23 @@ def cmake_targets(root):
 
 
 def bazel_targets(xml_text):
-    out = {}
+    out, cuda = {}, {}
     for rule in ET.fromstring(xml_text).iter("rule"):
         srcs = []
         for lst in rule.iter("list"):
             if lst.get("name") == "srcs":
                 srcs = [l.get("value").split(":", 1)[1] for l in lst.iter("label")]
-        out[rule.get("name")] = sorted(s for s in srcs if s.endswith((".cc", ".cu")))
-    return out
+        name = rule.get("name")
+        if rule.get("class") == "genrule":
+            # moemesh_cuda_library: <target>_nvcc compiles the target's .cu files.
+            if name.endswith("_nvcc"):
+                cuda[name[:-len("_nvcc")]] = [s for s in srcs if s.endswith(".cu")]
+            continue
+        out[name] = [s for s in srcs if s.endswith((".cc", ".cu"))]
+    for name, cu in cuda.items():
+        if name in out:
+            out[name] += cu
+    return {name: sorted(srcs) for name, srcs in out.items()}
 
 
 def main():

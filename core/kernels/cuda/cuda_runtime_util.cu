@@ -1,0 +1,47 @@
+#include "core/kernels/cuda/cuda_runtime_util.h"
+
+#include "core/kernels/cuda/cuda_check.cuh"
+
+namespace moemesh {
+
+int CudaDeviceCount() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no device" error
+    return 0;
+  }
+  return n;
+}
+
+absl::StatusOr<std::unique_ptr<DeviceBuffer>> DeviceBuffer::Allocate(size_t bytes) {
+  void* p = nullptr;
+  if (bytes > 0) {
+    absl::Status st = CudaStatus(cudaMalloc(&p, bytes), "cudaMalloc");
+    if (!st.ok()) return absl::ResourceExhaustedError(absl::StrCat(st.message(), " (", bytes, " bytes)"));
+  }
+  return std::unique_ptr<DeviceBuffer>(new DeviceBuffer(p, bytes));
+}
+
+DeviceBuffer::~DeviceBuffer() {
+  if (ptr_ != nullptr) cudaFree(ptr_);
+}
+
+absl::Status DeviceBuffer::CopyFrom(const void* host, size_t bytes) {
+  if (bytes > bytes_) return absl::InvalidArgumentError("copy larger than the device buffer");
+  return CudaStatus(cudaMemcpy(ptr_, host, bytes, cudaMemcpyHostToDevice), "cudaMemcpy to device");
+}
+
+absl::Status DeviceBuffer::CopyTo(void* host, size_t bytes) const {
+  if (bytes > bytes_) return absl::InvalidArgumentError("copy larger than the device buffer");
+  return CudaStatus(cudaMemcpy(host, ptr_, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy to host");
+}
+
+absl::Status DeviceBuffer::Fill(int value) {
+  return CudaStatus(cudaMemset(ptr_, value, bytes_), "cudaMemset");
+}
+
+absl::Status CudaSynchronize(CudaStream stream) {
+  return CudaStatus(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "cudaStreamSynchronize");
+}
+
+}  // namespace moemesh

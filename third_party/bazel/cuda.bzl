@@ -1,0 +1,33 @@
+"""CUDA for Debian's offline Bazel, which has no CUDA rules: nvcc from
+/usr/local/cuda compiles each .cu in a genrule named <name>_nvcc, and a
+cc_library links the objects with the C++ sources. The same flags as
+CMake's CUDA build (sm_90, C++17, -O2). Targets are tagged "cuda";
+tools/ci/bazel_test.sh leaves them out where nvcc is absent."""
+
+load("@rules_cc//cc:defs.bzl", "cc_library")
+
+NVCC = "/usr/local/cuda/bin/nvcc"
+
+def moemesh_cuda_library(name, srcs, hdrs = [], deps = [], **kwargs):
+    cu = [s for s in srcs if s.endswith(".cu")]
+    cc = [s for s in srcs if not s.endswith(".cu")]
+    objs = [s + ".o" for s in cu]
+    native.genrule(
+        name = name + "_nvcc",
+        srcs = cu + native.glob(["*.h", "*.cuh"]),
+        outs = objs,
+        cmd = " && ".join([
+            "%s -std=c++17 -O2 -DNDEBUG -arch=sm_90 -Xcompiler -fPIC -I. -c $(location %s) -o $(location %s)" %
+            (NVCC, s, o)
+            for s, o in zip(cu, objs)
+        ]),
+        tags = ["cuda"],
+    )
+    cc_library(
+        name = name,
+        srcs = cc + objs,
+        hdrs = hdrs,
+        deps = deps + ["//third_party/cuda:cudart_static"],
+        tags = ["cuda"],
+        **kwargs
+    )
