@@ -31,6 +31,9 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const Options
   w->config_ = config;
   w->weights_ = std::make_unique<ModelWeights>(std::move(weights));
   w->pool_ = std::make_unique<ThreadPool>(options.threads);
+  if (options.device) {
+    MM_ASSIGN_OR_RETURN(w->device_, options.device(w->config_, *w->weights_));
+  }
   return w;
 }
 
@@ -79,6 +82,7 @@ absl::Status ExpertWorker::Run(const ExpertWork& work, std::vector<float>* out) 
   }
   out->resize(total * static_cast<size_t>(c.hidden_size));
   absl::MutexLock lock(&mu_);
+  if (device_) return device_->Run(work, out->data());
   float* dst = out->data();
   for (const ExpertWork::Group& g : work.groups) {
     ComputeExpertRows(*weights_->experts.Find(work.layer, g.expert), work.hidden_states, c.hidden_size, g.rows,

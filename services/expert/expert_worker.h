@@ -10,6 +10,7 @@
 #include "absl/synchronization/mutex.h"
 #include "core/model/config.h"
 #include "core/model/weights.h"
+#include "services/expert/expert_device.h"
 
 namespace moemesh {
 
@@ -42,6 +43,8 @@ class ExpertWorker {
     int num_shards = 1;        // ignored with a placement file
     std::string placement_file;  // explicit placement (ShardPlacement); empty: modulo
     int threads = 1;
+    // Empty: the CPU kernels with `threads` threads; else e.g. a GPU.
+    ExpertDeviceFactory device;
   };
   static absl::StatusOr<std::unique_ptr<ExpertWorker>> Create(const Options& options);
   ~ExpertWorker();
@@ -65,6 +68,7 @@ class ExpertWorker {
   std::unique_ptr<ModelWeights> weights_;
   absl::Mutex mu_;
   std::unique_ptr<ThreadPool> pool_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<ExpertDevice> device_ ABSL_GUARDED_BY(mu_);  // null: the CPU kernels
 };
 
 }  // namespace moemesh

@@ -12,12 +12,16 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
 #include "services/common/frame_socket.h"
 #include "services/common/server_util.h"
 #include "core/metrics/metrics_server.h"
 #include "prometheus/registry.h"
 #include "services/expert/expert_metrics.h"
 #include "services/expert/expert_service.h"
+#ifdef MOEMESH_WITH_CUDA
+#include "services/expert/cuda_expert_device.h"
+#endif
 #include "services/expert/expert_worker.h"
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory");
@@ -29,6 +33,7 @@ ABSL_FLAG(int, port, 0, "port to listen on; 0 picks a free one");
 ABSL_FLAG(int, metrics_port, 0, "port of the Prometheus /metrics endpoint; 0 picks a free one, -1 serves none");
 ABSL_FLAG(int, data_port, 0, "port of the raw data channel for Dispatch (0 picks a free one, -1 offers none)");
 ABSL_FLAG(int, threads, 1, "CPU threads for the expert kernels");
+ABSL_FLAG(std::string, device, "cpu", "where the experts run: cpu, or cuda[:N] (GPU N, default 0)");
 
 int main(int argc, char** argv) {
   // Signals are taken synchronously by WaitForTerminationSignal.
@@ -50,6 +55,24 @@ int main(int argc, char** argv) {
   opt.num_shards = absl::GetFlag(FLAGS_num_shards);
   opt.placement_file = absl::GetFlag(FLAGS_placement);
   opt.threads = absl::GetFlag(FLAGS_threads);
+  const std::string device = absl::GetFlag(FLAGS_device);
+  if (device.rfind("cuda", 0) == 0) {
+    int index = 0;
+    if (device.size() > 4 && (device[4] != ':' || !absl::SimpleAtoi(device.substr(5), &index))) {
+      std::fprintf(stderr, "moemesh-expert: error: --device %s: expected cpu, cuda or cuda:N\n", device.c_str());
+      return 2;
+    }
+#ifdef MOEMESH_WITH_CUDA
+    opt.device = moemesh::CudaExpertDevice::Factory(index);
+#else
+    std::fprintf(stderr, "moemesh-expert: error: --device %s: this build has no CUDA (nvcc was not found)\n",
+                 device.c_str());
+    return 2;
+#endif
+  } else if (device != "cpu") {
+    std::fprintf(stderr, "moemesh-expert: error: --device %s: expected cpu, cuda or cuda:N\n", device.c_str());
+    return 2;
+  }
   if (opt.model_dir.empty()) {
     std::fprintf(stderr, "moemesh-expert: error: --model DIR is required\n");
     return 2;

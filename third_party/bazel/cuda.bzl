@@ -1,8 +1,8 @@
 """CUDA for Debian's offline Bazel, which has no CUDA rules: nvcc from
 /usr/local/cuda compiles each .cu in a genrule named <name>_nvcc, and a
 cc_library links the objects with the C++ sources. The same flags as
-CMake's CUDA build (sm_90, C++17, -O2). Targets are tagged "cuda";
-tools/ci/bazel_test.sh leaves them out where nvcc is absent."""
+CMake's CUDA build (sm_90, C++17, -O2). Targets are tagged "cuda". Unlike
+CMake, where CUDA is optional, the Bazel build needs /usr/local/cuda."""
 
 load("@rules_cc//cc:defs.bzl", "cc_library")
 

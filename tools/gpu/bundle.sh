@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Builds the GPU tests (ctest label `gpu`) here, for sm_90, and bundles them
-# with the shared libraries they need (not libc, not the NVIDIA driver's)
-# into .gpu-bundle/, which the device tool carries to the GPU machine;
-# tools/gpu/run.sh runs them there.
+# Builds the GPU tests (ctest label `gpu`) here, for sm_90, and bundles them,
+# the mesh's binaries (in the build tree's layout, where `moemesh up` finds
+# them) and the shared libraries they all need (not libc, not the NVIDIA
+# driver's) into .gpu-bundle/, which the device tool carries to the GPU
+# machine, compressed; tools/gpu/run.sh unpacks and runs them there.
 #   tools/gpu/bundle.sh [BUILD_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -11,11 +12,17 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null
 tests=$(cd "$build" && ctest -L gpu --show-only=json-v1 |
         python3 -c 'import json,sys; [print(t["command"][0]) for t in json.load(sys.stdin)["tests"]]')
 targets=$(for t in $tests; do basename "$t"; done)
-ninja -C "$build" $targets > /dev/null
+binaries="tools/moemesh/moemesh services/router/moemesh-router services/gateway/moemesh-gateway
+          services/expert/moemesh-expert"
+ninja -C "$build" $targets moemesh moemesh-router moemesh-gateway moemesh-expert > /dev/null
 rm -rf .gpu-bundle
 mkdir -p .gpu-bundle/bin .gpu-bundle/lib
-for t in $tests; do
-  cp "$t" .gpu-bundle/bin/
+for b in $binaries; do
+  mkdir -p ".gpu-bundle/build/$(dirname "$b")"
+  cp "$build/$b" ".gpu-bundle/build/$b"
+done
+for t in $tests $(for b in $binaries; do echo "$build/$b"; done); do
+  case "$t" in "$build"/tools/*|"$build"/services/*/moemesh-*) ;; *) cp "$t" .gpu-bundle/bin/ ;; esac
   ldd "$t" | awk '$3 ~ /^\// {print $3}' | while read -r lib; do
     case "$(basename "$lib")" in
       libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*|libcuda.so*|libnvidia*) ;;
@@ -23,5 +30,11 @@ for t in $tests; do
     esac
   done
 done
-du -sh .gpu-bundle | cut -f1 | xargs echo "gpu bundle:"
-ls .gpu-bundle/bin
+# The device tool carries at most 64 MiB with the tree: debug info stays
+# here, and the rest travels compressed (run.sh unpacks it).
+find .gpu-bundle -type f -exec strip --strip-debug {} +
+tar -C .gpu-bundle -czf .gpu-bundle.tar.gz bin lib build
+rm -rf .gpu-bundle
+mkdir .gpu-bundle
+mv .gpu-bundle.tar.gz .gpu-bundle/bundle.tar.gz
+du -sh .gpu-bundle/bundle.tar.gz | cut -f1 | xargs echo "gpu bundle (compressed):"

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# On the GPU machine, from the repository root: runs every test in
-# .gpu-bundle/bin (made by tools/gpu/bundle.sh) with its libraries, writes
+# On the GPU machine, from the repository root: unpacks .gpu-bundle (made
+# by tools/gpu/bundle.sh) and runs every test in it with its libraries, writes
 # each one's log and JUnit XML under $OUT (or ./gpu-results), and prints a
 # summary. Exits non-zero if any test fails.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-gpu-results}
 mkdir -p "$out"
-export LD_LIBRARY_PATH="$PWD/.gpu-bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+bundle=/tmp/moemesh-gpu-bundle
+rm -rf "$bundle" && mkdir -p "$bundle"
+tar -C "$bundle" -xzf .gpu-bundle/bundle.tar.gz
+export LD_LIBRARY_PATH="$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export MOEMESH_BIN="$bundle/build/tools/moemesh/moemesh"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 status=0
-for t in .gpu-bundle/bin/*; do
+for t in "$bundle"/bin/*; do
   name=$(basename "$t")
   if "$t" --gtest_output="xml:$out/$name.xml" > "$out/$name.log" 2>&1; then
     echo "PASS $name: $(grep -c '^\[       OK \]' "$out/$name.log") passed, $(grep -c '^\[  SKIPPED \]' "$out/$name.log") skipped"

@@ -52,6 +52,7 @@ ABSL_FLAG(std::string, placement, "", "up: placement file (JSON) for the expert 
 ABSL_FLAG(bool, monitoring, false, "up: also start a local Prometheus (Debian's prometheus) scraping the mesh");
 ABSL_FLAG(int, prometheus_port, 0, "up --monitoring: Prometheus's port; 0 picks a free one");
 ABSL_FLAG(int, scrape_interval_s, 5, "up --monitoring: scrape and rule evaluation interval in seconds");
+ABSL_FLAG(std::string, expert_device, "cpu", "up: where the expert workers compute: cpu, cuda or cuda:N");
 ABSL_FLAG(int, expert_replicas, 1, "up: replicas of each expert shard");
 ABSL_FLAG(int, routers, 1, "up: routers");
 ABSL_FLAG(std::string, host, "127.0.0.1", "up: address the services listen on");
@@ -129,6 +130,7 @@ int UpMain() {
   cmd.model_dir = absl::GetFlag(FLAGS_model);
   cmd.expert_shards = absl::GetFlag(FLAGS_expert_shards);
   cmd.expert_replicas = absl::GetFlag(FLAGS_expert_replicas);
+  cmd.expert_device = absl::GetFlag(FLAGS_expert_device);
   cmd.placement = absl::GetFlag(FLAGS_placement);
   cmd.monitoring = absl::GetFlag(FLAGS_monitoring);
   cmd.prometheus_port = absl::GetFlag(FLAGS_prometheus_port);

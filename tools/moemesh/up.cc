@@ -158,7 +158,8 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
     for (int r = 0; r < cmd.expert_replicas; ++r) {
       specs.push_back({absl::StrCat("expert shard ", s, " replica ", r), absl::StrCat("expert shard ", s),
                        {expert_bin, "--model=" + model, absl::StrCat("--shard-index=", s),
-                        absl::StrCat("--num-shards=", num_shards), host, "--port=0", threads}});
+                        absl::StrCat("--num-shards=", num_shards), host, "--port=0", threads,
+                        "--device=" + cmd.expert_device}});
       specs.back().argv.insert(specs.back().argv.end(), placement_flag.begin(), placement_flag.end());
     }
   }

@@ -40,6 +40,8 @@ absl::Status DeviceBuffer::Fill(int value) {
   return CudaStatus(cudaMemset(ptr_, value, bytes_), "cudaMemset");
 }
 
+absl::Status CudaSetDevice(int index) { return CudaStatus(cudaSetDevice(index), "cudaSetDevice"); }
+
 absl::Status CudaSynchronize(CudaStream stream) {
   return CudaStatus(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "cudaStreamSynchronize");
 }

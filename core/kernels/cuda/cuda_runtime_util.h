@@ -43,6 +43,9 @@ class DeviceBuffer {
   size_t bytes_;
 };
 
+// Makes `index` the calling thread's current device.
+absl::Status CudaSetDevice(int index);
+
 // Waits for all work on `stream`.
 absl::Status CudaSynchronize(CudaStream stream);
 

@@ -1,0 +1,105 @@
+#include "services/expert/cuda_expert_device.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "core/common/status_macros.h"
+#include "core/kernels/cuda/expert_ffn.h"
+#include "core/model/weights.h"
+#include "core/tensor/dtype.h"
+#include "services/expert/expert_worker.h"
+
+namespace moemesh {
+namespace {
+
+// A matrix as bf16 on the device.
+absl::StatusOr<std::unique_ptr<DeviceBuffer>> UploadBf16(const MatrixView& m) {
+  const size_t n = static_cast<size_t>(m.rows) * m.cols;
+  std::vector<uint16_t> bf16(n);
+  if (m.dtype == DType::kBF16) {
+    std::memcpy(bf16.data(), m.data, n * 2);
+  } else {
+    std::vector<float> f32(n);
+    ConvertToF32(m.dtype, m.data, n, f32.data());
+    for (size_t i = 0; i < n; ++i) bf16[i] = F32ToBf16(f32[i]);
+  }
+  MM_ASSIGN_OR_RETURN(auto buf, DeviceBuffer::Allocate(n * 2));
+  MM_RETURN_IF_ERROR(buf->CopyFrom(bf16.data(), n * 2));
+  return buf;
+}
+
+}  // namespace
+
+ExpertDeviceFactory CudaExpertDevice::Factory(int device_index) {
+  return [device_index](const ModelConfig& c, const ModelWeights& w) { return Create(c, w, device_index); };
+}
+
+absl::StatusOr<std::unique_ptr<ExpertDevice>> CudaExpertDevice::Create(const ModelConfig& config,
+                                                                       const ModelWeights& weights,
+                                                                       int device_index) {
+  if (device_index < 0 || device_index >= CudaDeviceCount()) {
+    return absl::FailedPreconditionError(absl::StrCat("--device cuda:", device_index, ": this machine has ",
+                                                      CudaDeviceCount(), " CUDA device(s)"));
+  }
+  MM_RETURN_IF_ERROR(CudaSetDevice(device_index));
+  std::unique_ptr<CudaExpertDevice> d(new CudaExpertDevice);
+  d->hidden_ = config.hidden_size;
+  d->device_ = device_index;
+  for (int l = 0; l < config.num_layers; ++l) {
+    for (int e = 0; e < config.num_experts; ++e) {
+      const FfnWeights* f = weights.experts.Find(l, e);
+      if (f == nullptr) continue;
+      d->intermediate_ = f->gate.rows;
+      Expert ex;
+      MM_ASSIGN_OR_RETURN(ex.gate, UploadBf16(f->gate));
+      MM_ASSIGN_OR_RETURN(ex.up, UploadBf16(f->up));
+      MM_ASSIGN_OR_RETURN(ex.down, UploadBf16(f->down));
+      d->experts_.emplace(std::make_pair(l, e), std::move(ex));
+    }
+  }
+  return std::unique_ptr<ExpertDevice>(std::move(d));
+}
+
+absl::Status CudaExpertDevice::Reserve(std::unique_ptr<DeviceBuffer>* buf, size_t bytes) {
+  if (*buf && (*buf)->bytes() >= bytes) return absl::OkStatus();
+  buf->reset();
+  MM_ASSIGN_OR_RETURN(*buf, DeviceBuffer::Allocate(std::max<size_t>(bytes, 1) * 2));  // room to grow
+  return absl::OkStatus();
+}
+
+absl::Status CudaExpertDevice::Run(const ExpertWork& work, float* out) {
+  MM_RETURN_IF_ERROR(CudaSetDevice(device_));
+  const int h = hidden_;
+  gathered_.clear();
+  row_weights_.clear();
+  std::vector<ExpertFfnGroup> groups;
+  for (const ExpertWork::Group& g : work.groups) {
+    auto it = experts_.find({work.layer, g.expert});
+    if (it == experts_.end()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("expert ", g.expert, " of layer ", work.layer, " is not on this GPU"));
+    }
+    groups.push_back({it->second.gate->as<uint16_t>(), it->second.up->as<uint16_t>(),
+                      it->second.down->as<uint16_t>(), static_cast<int>(row_weights_.size()),
+                      static_cast<int>(g.rows.size())});
+    for (size_t i = 0; i < g.rows.size(); ++i) {
+      const float* src = work.hidden_states + static_cast<size_t>(g.rows[i]) * h;
+      gathered_.insert(gathered_.end(), src, src + h);
+      row_weights_.push_back(g.weights[i]);
+    }
+  }
+  const size_t rows = row_weights_.size();
+  if (rows == 0) return absl::OkStatus();
+  MM_RETURN_IF_ERROR(Reserve(&x_, gathered_.size() * sizeof(float)));
+  MM_RETURN_IF_ERROR(Reserve(&weights_, rows * sizeof(float)));
+  MM_RETURN_IF_ERROR(Reserve(&act_, rows * static_cast<size_t>(intermediate_) * sizeof(float)));
+  MM_RETURN_IF_ERROR(Reserve(&out_, rows * static_cast<size_t>(h) * sizeof(float)));
+  MM_RETURN_IF_ERROR(x_->CopyFrom(gathered_.data(), gathered_.size() * sizeof(float)));
+  MM_RETURN_IF_ERROR(weights_->CopyFrom(row_weights_.data(), rows * sizeof(float)));
+  MM_RETURN_IF_ERROR(ExpertFfnCuda(x_->as<float>(), weights_->as<float>(), groups, h, intermediate_,
+                                   act_->as<float>(), out_->as<float>(), nullptr));
+  return out_->CopyTo(out, rows * static_cast<size_t>(h) * sizeof(float));
+}
+
+}  // namespace moemesh

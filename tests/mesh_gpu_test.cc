@@ -1,0 +1,64 @@
+// The mesh with its expert workers on a GPU (`moemesh up --expert-device
+// cuda`) against the single-process CPU engine: greedy tokens of the demo
+// model (bf16 weights, so both sides use the same weights and differ only
+// in the order of fp32 sums). Labelled `gpu`; skips without a GPU.
+//   MOEMESH_BIN=build/tools/moemesh/moemesh mesh_gpu_test
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/common/subprocess.h"
+#include "core/kernels/cuda/cuda_runtime_util.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace moemesh {
+namespace {
+
+std::string Moemesh() {
+  const char* bin = std::getenv("MOEMESH_BIN");
+  return bin ? bin : "build/tools/moemesh/moemesh";
+}
+
+std::string Output(const std::vector<std::string>& argv) {
+  auto p = Subprocess::Start(argv);
+  EXPECT_TRUE(p.ok()) << p.status();
+  if (!p.ok()) return "";
+  std::string out;
+  while (true) {
+    auto line = (*p)->WaitForLine("", absl::Seconds(120));
+    if (!line.ok()) break;
+    out += *line + "\n";
+  }
+  EXPECT_EQ((*p)->Stop(), 0) << argv[1];
+  return out;
+}
+
+TEST(MeshGpuTest, GreedyTokensThroughCudaExpertsEqualTheCpuEngine) {
+  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  auto up = Subprocess::Start({Moemesh(), "up", "--expert-shards=2", "--expert-device=cuda"});
+  ASSERT_TRUE(up.ok());
+  auto target = (*up)->WaitForLine("gateway listening on ", absl::Seconds(120));
+  ASSERT_TRUE(target.ok()) << target.status();
+  (*up)->ForwardOutput(-1);
+  for (const char* prompt : {"The meaning of life is", "明月", "Q: What is a friend?\nA:"}) {
+    std::vector<std::string> flags = {"--prompt", prompt, "--max-new-tokens", "48", "--ignore-eos", "--output",
+                                      "json"};
+    std::vector<std::string> cpu = {Moemesh(), "generate", "--model", "models/fortune-moe"};
+    std::vector<std::string> gpu = {Moemesh(), "client", "generate", "--target", *target};
+    cpu.insert(cpu.end(), flags.begin(), flags.end());
+    gpu.insert(gpu.end(), flags.begin(), flags.end());
+    auto a = nlohmann::json::parse(Output(cpu), nullptr, false);
+    auto b = nlohmann::json::parse(Output(gpu), nullptr, false);
+    ASSERT_FALSE(a.is_discarded() || b.is_discarded());
+    std::vector<int> want = a["token_ids"].get<std::vector<int>>(), got = b["token_ids"].get<std::vector<int>>();
+    size_t same = 0;
+    while (same < want.size() && same < got.size() && want[same] == got[same]) ++same;
+    EXPECT_EQ(got, want) << "\"" << prompt << "\": first difference at token " << same;
+  }
+  EXPECT_EQ((*up)->Stop(absl::Seconds(30)), 0);
+}
+
+}  // namespace
+}  // namespace moemesh
