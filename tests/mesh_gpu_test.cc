@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/common/subprocess.h"
 #include "core/kernels/cuda/cuda_runtime_util.h"
+#include "core/metrics/http_get.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
@@ -41,7 +42,20 @@ TEST(MeshGpuTest, GreedyTokensThroughCudaExpertsEqualTheCpuEngine) {
   ASSERT_TRUE(up.ok());
   auto target = (*up)->WaitForLine("gateway listening on ", absl::Seconds(120));
   ASSERT_TRUE(target.ok()) << target.status();
+  // A CUDA worker exports its GPU's memory and utilisation.
+  std::string expert_metrics;
+  for (const std::string& line : (*up)->lines()) {
+    const std::string key = "metrics of expert shard 0 replica 0 at http://";
+    if (line.find(key) != std::string::npos) expert_metrics = line.substr(line.find(key) + key.size());
+  }
   (*up)->ForwardOutput(-1);
+  ASSERT_FALSE(expert_metrics.empty());
+  const std::string hostport = expert_metrics.substr(0, expert_metrics.find('/'));
+  auto body = HttpGet(hostport.substr(0, hostport.find(':')), std::stoi(hostport.substr(hostport.find(':') + 1)),
+                      "/metrics");
+  ASSERT_TRUE(body.ok()) << body.status();
+  EXPECT_NE(body->find("moemesh_gpu_memory_total_bytes{gpu=\"0\"}"), std::string::npos) << *body;
+  EXPECT_NE(body->find("moemesh_gpu_utilization_ratio{gpu=\"0\"}"), std::string::npos);
   for (const char* prompt : {"The meaning of life is", "明月", "Q: What is a friend?\nA:"}) {
     std::vector<std::string> flags = {"--prompt", prompt, "--max-new-tokens", "48", "--ignore-eos", "--output",
                                       "json"};

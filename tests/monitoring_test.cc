@@ -204,16 +204,22 @@ TEST(MonitoringTest, PrometheusSeesWhatTheClientSees) {
     EXPECT_NE(std::find(alerts.begin(), alerts.end(), want), alerts.end()) << want;
   }
 
-  // Every dashboard query runs and has data.
+  // Every dashboard query runs and has data; the GPU panels run, and have
+  // data only where a GPU is used (not in this CPU mesh).
   std::ifstream in("deploy/grafana/dashboards/moemesh.json");
   nlohmann::json dash = nlohmann::json::parse(in, nullptr, false);
   ASSERT_FALSE(dash.is_discarded());
   int queries = 0;
   for (const auto& panel : dash["panels"]) {
     if (!panel.contains("targets")) continue;
+    const bool gpu_only = panel.value("description", "").find("--device cuda") != std::string::npos;
     for (const auto& t : panel["targets"]) {
       const std::string expr = absl::StrReplaceAll(t["expr"].get<std::string>(), {{"$__rate_interval", "1m"}});
       ++queries;
+      if (gpu_only) {
+        api.Query(expr);  // asserts that it runs
+        continue;
+      }
       EXPECT_TRUE(api.WaitFor(expr, [](const nlohmann::json& r) { return r.is_array() && !r.empty(); }, 20))
           << "panel \"" << panel["title"].get<std::string>() << "\": no data for " << expr;
     }

@@ -11,6 +11,11 @@ namespace moemesh {
 
 MetricsServer::~MetricsServer() = default;
 
+void MetricsServer::Register(std::shared_ptr<prometheus::Collectable> c) {
+  exposer_->RegisterCollectable(c);
+  extra_.push_back(std::move(c));  // the exposer holds a weak pointer
+}
+
 absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::string& host, int port,
                                                                    std::shared_ptr<prometheus::Registry> registry) {
   std::unique_ptr<MetricsServer> s(new MetricsServer);

@@ -3,10 +3,12 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
 namespace prometheus {
+class Collectable;
 class Exposer;
 class Registry;
 }  // namespace prometheus
@@ -28,12 +30,15 @@ class MetricsServer {
   ~MetricsServer();
 
   int port() const { return port_; }
+  // Serves `c`'s metrics too (e.g. a GpuCollector).
+  void Register(std::shared_ptr<prometheus::Collectable> c);
 
  private:
   MetricsServer() = default;
 
   std::shared_ptr<prometheus::Registry> registry_;
   std::shared_ptr<ProcessCollector> process_;
+  std::vector<std::shared_ptr<prometheus::Collectable>> extra_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   int port_ = 0;
 };

@@ -15,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "services/common/frame_socket.h"
 #include "services/common/server_util.h"
+#include "core/metrics/gpu_collector.h"
 #include "core/metrics/metrics_server.h"
 #include "prometheus/registry.h"
 #include "services/expert/expert_metrics.h"
@@ -56,6 +57,7 @@ int main(int argc, char** argv) {
   opt.placement_file = absl::GetFlag(FLAGS_placement);
   opt.threads = absl::GetFlag(FLAGS_threads);
   const std::string device = absl::GetFlag(FLAGS_device);
+  int gpu = -1;  // the GPU in use, for its metrics
   if (device.rfind("cuda", 0) == 0) {
     int index = 0;
     if (device.size() > 4 && (device[4] != ':' || !absl::SimpleAtoi(device.substr(5), &index))) {
@@ -64,6 +66,7 @@ int main(int argc, char** argv) {
     }
 #ifdef MOEMESH_WITH_CUDA
     opt.device = moemesh::CudaExpertDevice::Factory(index);
+    gpu = index;
 #else
     std::fprintf(stderr, "moemesh-expert: error: --device %s: this build has no CUDA (nvcc was not found)\n",
                  device.c_str());
@@ -115,6 +118,9 @@ int main(int argc, char** argv) {
   }
   if (metrics_server) {
     std::printf("metrics on %s:%d\n", absl::GetFlag(FLAGS_host).c_str(), metrics_server->port());
+  }
+  if (metrics_server && gpu >= 0) {
+    if (auto c = moemesh::GpuCollector::Create({gpu})) metrics_server->Register(c);
   }
   std::printf("listening on %s:%d\n", absl::GetFlag(FLAGS_host).c_str(), port);
   std::fflush(stdout);
