@@ -8,13 +8,15 @@ load("@rules_cc//cc:defs.bzl", "cc_library")
 
 NVCC = "/usr/local/cuda/bin/nvcc"
 
-def moemesh_cuda_library(name, srcs, hdrs = [], deps = [], **kwargs):
+def moemesh_cuda_library(name, srcs, hdrs = [], deps = [], nvcc_hdrs = [], **kwargs):
+    """`nvcc_hdrs`: headers of other packages that the .cu files include
+    (a genrule sees only the files it is given)."""
     cu = [s for s in srcs if s.endswith(".cu")]
     cc = [s for s in srcs if not s.endswith(".cu")]
     objs = [s + ".o" for s in cu]
     native.genrule(
         name = name + "_nvcc",
-        srcs = cu + native.glob(["*.h", "*.cuh"]),
+        srcs = cu + native.glob(["*.h", "*.cuh"]) + nvcc_hdrs,
         outs = objs,
         cmd = " && ".join([
             "%s -std=c++17 -O2 -DNDEBUG -arch=sm_90 -Xcompiler -fPIC -I. -c $(location %s) -o $(location %s)" %

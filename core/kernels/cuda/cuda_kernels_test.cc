@@ -2,6 +2,7 @@
 // (DESIGN.md: every CUDA kernel is tested against its CPU kernel). Labelled
 // `gpu`; skips where no GPU is present. Run on the GPU machine with
 // tools/gpu/run.sh.
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -9,6 +10,7 @@
 #include "core/engine/expert_executor.h"
 #include "core/kernels/cpu/norm.h"
 #include "core/kernels/cuda/expert_ffn.h"
+#include "core/kernels/cuda/gating.h"
 #include "core/model/weights.h"
 #include "core/tensor/dtype.h"
 #include "core/kernels/cuda/cuda_runtime_util.h"
@@ -140,7 +142,70 @@ TEST_F(CudaKernelsTest, ExpertFfnMatchesCpu) {
   }
 }
 
+// Softmax top-k (Mixtral), sigmoid with bias and groups (DeepSeek-V3), and
+// the temperature and dynamic-k extensions, against RouteTokens. Expert
+// ids must agree except where two candidates' scores tie to within 1e-6
+// (GPU and CPU exp differ in the last bit); weights within 1e-5.
+TEST_F(CudaKernelsTest, RoutingMatchesCpu) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  auto configs = std::vector<GatingParams>(5);
+  configs[0].num_experts = 8, configs[0].top_k = 2;                                  // Mixtral
+  configs[1].num_experts = 60, configs[1].top_k = 4, configs[1].norm_topk_prob = true;  // Qwen2-MoE-ish
+  configs[2].num_experts = 256, configs[2].top_k = 8, configs[2].sigmoid = true;      // DeepSeek-V3
+  configs[2].norm_topk_prob = true, configs[2].n_group = 8, configs[2].topk_group = 4;
+  configs[2].routed_scaling_factor = 2.5f;
+  configs[3].num_experts = 64, configs[3].top_k = 6, configs[3].temperature = 0.7f;
+  configs[4].num_experts = 64, configs[4].top_k = 2, configs[4].dynamic_k_min = 1;
+  configs[4].dynamic_k_max = 8, configs[4].dynamic_k_p = 0.6f;
+  for (const GatingParams& base : configs) {
+    const int n = 300, ec = base.num_experts, slots = base.SlotsPerToken();
+    std::vector<float> logits(static_cast<size_t>(n) * ec), bias(ec);
+    for (float& v : logits) v = normal(rng) * 2.f;
+    for (float& v : bias) v = normal(rng) * 0.1f;
+    GatingParams cpu = base;
+    if (cpu.sigmoid) cpu.score_bias = bias.data();
+    std::vector<int> want_ids(static_cast<size_t>(n) * slots);
+    std::vector<float> want_w(want_ids.size());
+    RouteTokens(cpu, logits.data(), n, want_ids.data(), want_w.data());
+    auto dl = Upload(logits), db = Upload(bias);
+    auto dids = DeviceBuffer::Allocate(want_ids.size() * sizeof(int));
+    auto dw = DeviceBuffer::Allocate(want_w.size() * sizeof(float));
+    ASSERT_TRUE(dids.ok() && dw.ok());
+    GatingParams gpu = base;
+    if (gpu.sigmoid) gpu.score_bias = db->as<float>();
+    ASSERT_TRUE(RouteTokensCuda(gpu, dl->as<float>(), n, (*dids)->as<int>(), (*dw)->as<float>(), nullptr).ok());
+    ASSERT_TRUE(CudaSynchronize(nullptr).ok());
+    std::vector<int> got_ids(want_ids.size());
+    std::vector<float> got_w(want_w.size());
+    ASSERT_TRUE((*dids)->CopyTo(got_ids.data(), got_ids.size() * sizeof(int)).ok());
+    ASSERT_TRUE((*dw)->CopyTo(got_w.data(), got_w.size() * sizeof(float)).ok());
+    int near_ties = 0;
+    for (int t = 0; t < n; ++t) {
+      const size_t o = static_cast<size_t>(t) * slots;
+      if (!std::equal(got_ids.begin() + o, got_ids.begin() + o + slots, want_ids.begin() + o)) {
+        ++near_ties;  // accepted only as a near-tie of the two logits involved
+        for (int j = 0; j < slots; ++j) {
+          if (got_ids[o + j] != want_ids[o + j] && got_ids[o + j] >= 0 && want_ids[o + j] >= 0) {
+            EXPECT_NEAR(logits[static_cast<size_t>(t) * ec + got_ids[o + j]],
+                        logits[static_cast<size_t>(t) * ec + want_ids[o + j]], 1e-5)
+                << "token " << t << " slot " << j;
+          }
+        }
+        continue;
+      }
+      for (int j = 0; j < slots; ++j) EXPECT_NEAR(got_w[o + j], want_w[o + j], 1e-5) << "token " << t;
+    }
+    EXPECT_LE(near_ties, 2) << ec << " experts";
+  }
+}
+
 TEST(CudaRuntimeTest, BadArgumentsAreErrorsNotCrashes) {
+  GatingParams too_many;
+  too_many.num_experts = 1000;
+  too_many.top_k = 2;
+  EXPECT_EQ(RouteTokensCuda(too_many, nullptr, 1, nullptr, nullptr, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ExpertFfnCuda(nullptr, nullptr, {}, 0, 8, nullptr, nullptr, nullptr).code(),
             absl::StatusCode::kInvalidArgument);
   ExpertFfnGroup no_weights;

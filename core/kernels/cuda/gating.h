@@ -1,0 +1,22 @@
+#ifndef MOEMESH_CORE_KERNELS_CUDA_GATING_H_
+#define MOEMESH_CORE_KERNELS_CUDA_GATING_H_
+
+#include "absl/status/status.h"
+#include "core/kernels/cpu/gating.h"
+#include "core/kernels/cuda/cuda_runtime_util.h"
+
+namespace moemesh {
+
+// RouteTokens on the GPU: the same routing (softmax top-k; sigmoid with
+// score bias and group-limited top-k; normalisation, scaling, and the
+// temperature and dynamic-k extensions) with the same tie-breaking, for `n`
+// tokens' router logits [n, num_experts]. `logits`, `expert_ids`,
+// `weights` and `p.score_bias` are device pointers. One thread per token;
+// at most kMaxGatingExperts experts.
+inline constexpr int kMaxGatingExperts = 512;
+absl::Status RouteTokensCuda(const GatingParams& p, const float* logits, int n, int* expert_ids, float* weights,
+                             CudaStream stream);
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_CORE_KERNELS_CUDA_GATING_H_
