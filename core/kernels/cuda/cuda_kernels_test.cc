@@ -10,7 +10,9 @@
 #include "core/engine/expert_executor.h"
 #include "core/kernels/cpu/norm.h"
 #include "core/kernels/cuda/expert_ffn.h"
+#include "core/kernels/cpu/rope.h"
 #include "core/kernels/cuda/gating.h"
+#include "core/kernels/cuda/rope.h"
 #include "core/model/weights.h"
 #include "core/tensor/dtype.h"
 #include "core/kernels/cuda/cuda_runtime_util.h"
@@ -200,7 +202,53 @@ TEST_F(CudaKernelsTest, RoutingMatchesCpu) {
   }
 }
 
+// Every scaling type (the host computes the frequencies with the CPU Rope),
+// plain and interleaved, partial rotary dims, against Rope::Apply.
+TEST_F(CudaKernelsTest, RopeMatchesCpuForEveryScaling) {
+  std::mt19937 rng(9);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  std::vector<RopeParams> cases(6);
+  cases[0].dim = 128;
+  cases[1].kind = RopeKind::kLinear, cases[1].dim = 64, cases[1].factor = 4;
+  cases[2].kind = RopeKind::kDynamic, cases[2].dim = 64, cases[2].factor = 2, cases[2].max_position_embeddings = 512;
+  cases[3].kind = RopeKind::kYarn, cases[3].dim = 64, cases[3].factor = 40, cases[3].interleaved = true;
+  cases[3].original_max_position_embeddings = 4096, cases[3].mscale = 1, cases[3].mscale_all_dim = 1;
+  cases[3].max_position_embeddings = 163840;
+  cases[4].kind = RopeKind::kLlama3, cases[4].dim = 128, cases[4].factor = 8, cases[4].theta = 500000;
+  cases[4].original_max_position_embeddings = 8192, cases[4].max_position_embeddings = 131072;
+  cases[5].dim = 34, cases[5].interleaved = true;  // a partial rotary dim, not a multiple of 16
+  for (const RopeParams& p : cases) {
+    Rope rope(p);
+    const int tokens = 37, heads = 5, head_stride = p.dim + 16, token_stride = heads * head_stride;
+    std::vector<int> positions(tokens);
+    for (int& v : positions) v = static_cast<int>(rng() % 3000);
+    std::vector<float> inv = rope.InvFreq(3000);
+    std::vector<float> x(static_cast<size_t>(tokens) * token_stride);
+    for (float& v : x) v = normal(rng);
+    std::vector<float> want = x, c(p.dim / 2), s(p.dim / 2);
+    for (int t = 0; t < tokens; ++t) {
+      rope.Angles(inv, positions[t], c.data(), s.data());
+      rope.Apply(want.data() + static_cast<size_t>(t) * token_stride, heads, head_stride, c.data(), s.data());
+    }
+    auto dx = Upload(x), dinv = Upload(inv);
+    auto dpos = DeviceBuffer::Allocate(positions.size() * sizeof(int));
+    ASSERT_TRUE(dpos.ok());
+    ASSERT_TRUE((*dpos)->CopyFrom(positions.data(), positions.size() * sizeof(int)).ok());
+    ASSERT_TRUE(RopeCuda(dinv->as<float>(), rope.attention_scaling(), p.dim, p.interleaved, (*dpos)->as<int>(),
+                         tokens, heads, token_stride, head_stride, dx->as<float>(), nullptr)
+                    .ok());
+    ASSERT_TRUE(CudaSynchronize(nullptr).ok());
+    std::vector<float> got(x.size());
+    ASSERT_TRUE(dx->CopyTo(got.data(), got.size() * sizeof(float)).ok());
+    // Angles up to ~3000 rad: GPU and CPU sin/cos of the same float differ
+    // in the last bits.
+    EXPECT_LT(RelError(got, want), 1e-5) << "rope kind " << static_cast<int>(p.kind);
+  }
+}
+
 TEST(CudaRuntimeTest, BadArgumentsAreErrorsNotCrashes) {
+  EXPECT_EQ(RopeCuda(nullptr, 1.f, 33, false, nullptr, 1, 1, 33, 33, nullptr, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
   GatingParams too_many;
   too_many.num_experts = 1000;
   too_many.top_k = 2;
