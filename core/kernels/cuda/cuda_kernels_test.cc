@@ -10,7 +10,9 @@
 #include "core/engine/expert_executor.h"
 #include "core/kernels/cpu/norm.h"
 #include "core/kernels/cuda/expert_ffn.h"
+#include "core/kernels/cpu/attention.h"
 #include "core/kernels/cpu/rope.h"
+#include "core/kernels/cuda/attention.h"
 #include "core/kernels/cuda/gating.h"
 #include "core/kernels/cuda/rope.h"
 #include "core/model/weights.h"
@@ -246,7 +248,73 @@ TEST_F(CudaKernelsTest, RopeMatchesCpuForEveryScaling) {
   }
 }
 
+// Paged causal attention: decode and prefill chunks, GQA, a sliding window,
+// K and V sharing rows with different head sizes (latent attention), head
+// sizes that are not multiples of 16, against CausalAttention on the CPU.
+TEST_F(CudaKernelsTest, PagedAttentionMatchesCpu) {
+  std::mt19937 rng(13);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  struct Case {
+    AttentionShape shape;
+    int n, first_pos;
+    bool shared_rows;
+  };
+  std::vector<Case> cases = {
+      {{8, 2, 64, 64, 0.125f, 0}, 1, 100, false},      // GQA decode
+      {{4, 4, 128, 128, 0.088f, 0}, 20, 30, false},    // a prefill chunk
+      {{6, 3, 40, 40, 0.158f, 16}, 5, 50, false},      // sliding window, dim 40
+      {{4, 1, 80, 64, 0.11f, 0}, 3, 70, true},         // latent: V is the first 64 of K's 80
+      {{2, 1, 512, 512, 0.044f, 0}, 2, 300, false},    // the largest head
+  };
+  for (const Case& c : cases) {
+    const AttentionShape& sh = c.shape;
+    const int block_size = 16, len = c.first_pos + c.n, blocks = (len + block_size - 1) / block_size;
+    const int k_stride = sh.num_kv_heads * sh.head_dim + 8, v_stride = sh.num_kv_heads * sh.v_head_dim + 4;
+    std::vector<float> kdata(static_cast<size_t>(blocks) * block_size * k_stride);
+    std::vector<float> vdata(static_cast<size_t>(blocks) * block_size * v_stride);
+    for (float& v : kdata) v = normal(rng);
+    for (float& v : vdata) v = normal(rng);
+    std::vector<float> q(static_cast<size_t>(c.n) * sh.num_heads * sh.head_dim);
+    for (float& v : q) v = normal(rng);
+    // Blocks in reverse order in memory, as a paged cache hands them out.
+    std::vector<const float*> kb(blocks), vb(blocks);
+    for (int b = 0; b < blocks; ++b) {
+      kb[b] = kdata.data() + static_cast<size_t>(blocks - 1 - b) * block_size * k_stride;
+      vb[b] = c.shared_rows ? kb[b] : vdata.data() + static_cast<size_t>(blocks - 1 - b) * block_size * v_stride;
+    }
+    KvPages host{kb.data(), vb.data(), block_size, k_stride, c.shared_rows ? k_stride : v_stride, 0, 0};
+    std::vector<float> want(static_cast<size_t>(c.n) * sh.num_heads * sh.v_head_dim);
+    CausalAttention(sh, q.data(), c.n, c.first_pos, host, want.data(), nullptr);
+
+    auto dk = Upload(kdata), dv = Upload(vdata), dq = Upload(q);
+    std::vector<const float*> dkb(blocks), dvb(blocks);
+    for (int b = 0; b < blocks; ++b) {
+      dkb[b] = dk->as<float>() + (kb[b] - kdata.data());
+      dvb[b] = c.shared_rows ? dkb[b] : dv->as<float>() + (vb[b] - vdata.data());
+    }
+    auto dkp = DeviceBuffer::Allocate(blocks * sizeof(float*)), dvp = DeviceBuffer::Allocate(blocks * sizeof(float*));
+    ASSERT_TRUE(dkp.ok() && dvp.ok());
+    ASSERT_TRUE((*dkp)->CopyFrom(dkb.data(), blocks * sizeof(float*)).ok());
+    ASSERT_TRUE((*dvp)->CopyFrom(dvb.data(), blocks * sizeof(float*)).ok());
+    KvPages dev = host;
+    dev.k_blocks = (*dkp)->as<const float*>();
+    dev.v_blocks = (*dvp)->as<const float*>();
+    auto dout = DeviceBuffer::Allocate(want.size() * sizeof(float));
+    ASSERT_TRUE(dout.ok());
+    ASSERT_TRUE((*dout)->Fill(0xff).ok());
+    absl::Status st = CausalAttentionCuda(sh, dq->as<float>(), c.n, c.first_pos, dev, (*dout)->as<float>(), nullptr);
+    ASSERT_TRUE(st.ok()) << st;
+    ASSERT_TRUE(CudaSynchronize(nullptr).ok());
+    std::vector<float> got(want.size());
+    ASSERT_TRUE((*dout)->CopyTo(got.data(), got.size() * sizeof(float)).ok());
+    EXPECT_LT(RelError(got, want), 1e-5) << sh.num_heads << " heads, dim " << sh.head_dim << ", n " << c.n;
+  }
+}
+
 TEST(CudaRuntimeTest, BadArgumentsAreErrorsNotCrashes) {
+  AttentionShape bad{6, 4, 64, 64, 1.f, 0};  // 4 does not divide 6
+  EXPECT_EQ(CausalAttentionCuda(bad, nullptr, 1, 0, KvPages{nullptr, nullptr, 16}, nullptr, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(RopeCuda(nullptr, 1.f, 33, false, nullptr, 1, 1, 33, 33, nullptr, nullptr).code(),
             absl::StatusCode::kInvalidArgument);
   GatingParams too_many;
