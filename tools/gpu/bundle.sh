@@ -14,18 +14,21 @@ tests=$(cd "$build" && ctest -L gpu --show-only=json-v1 |
 targets=$(for t in $tests; do basename "$t"; done)
 binaries="tools/moemesh/moemesh services/router/moemesh-router services/gateway/moemesh-gateway
           services/expert/moemesh-expert"
-ninja -C "$build" $targets moemesh moemesh-router moemesh-gateway moemesh-expert > /dev/null
+benches="expert_ffn_bench"
+ninja -C "$build" $targets $benches moemesh moemesh-router moemesh-gateway moemesh-expert > /dev/null
 rm -rf .gpu-bundle
-mkdir -p .gpu-bundle/bin .gpu-bundle/lib
+mkdir -p .gpu-bundle/bin .gpu-bundle/lib .gpu-bundle/bench
+for b in $benches; do cp "$build/bench/$b" .gpu-bundle/bench/; done
 for b in $binaries; do
   mkdir -p ".gpu-bundle/build/$(dirname "$b")"
   cp "$build/$b" ".gpu-bundle/build/$b"
 done
-for t in $tests $(for b in $binaries; do echo "$build/$b"; done); do
-  case "$t" in "$build"/tools/*|"$build"/services/*/moemesh-*) ;; *) cp "$t" .gpu-bundle/bin/ ;; esac
+for t in $tests $(for b in $binaries; do echo "$build/$b"; done) $(for b in $benches; do echo "$build/bench/$b"; done); do
+  case "$t" in "$build"/tools/*|"$build"/services/*/moemesh-*|"$build"/bench/*) ;; *) cp "$t" .gpu-bundle/bin/ ;; esac
   ldd "$t" | awk '$3 ~ /^\// {print $3}' | while read -r lib; do
     case "$(basename "$lib")" in
-      libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*|libcuda.so*|libnvidia*) ;;
+      # The GPU machine has the driver and CUDA 13 (cuBLAS is 600 MB).
+      libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*|libcuda.so*|libnvidia*|libcublas*) ;;
       *) cp -n "$lib" .gpu-bundle/lib/ ;;
     esac
   done
@@ -33,7 +36,7 @@ done
 # The device tool carries at most 64 MiB with the tree: debug info stays
 # here, and the rest travels compressed (run.sh unpacks it).
 find .gpu-bundle -type f -exec strip --strip-debug {} +
-tar -C .gpu-bundle -czf .gpu-bundle.tar.gz bin lib build
+tar -C .gpu-bundle -czf .gpu-bundle.tar.gz bin lib build bench
 rm -rf .gpu-bundle
 mkdir .gpu-bundle
 mv .gpu-bundle.tar.gz .gpu-bundle/bundle.tar.gz

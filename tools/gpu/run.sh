@@ -3,6 +3,8 @@
 # by tools/gpu/bundle.sh) and runs every test in it with its libraries, writes
 # each one's log and JUnit XML under $OUT (or ./gpu-results), and prints a
 # summary. Exits non-zero if any test fails.
+#   tools/gpu/run.sh          the GPU tests
+#   tools/gpu/run.sh bench    the GPU benchmarks instead (tables to $OUT/*.txt)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-gpu-results}
@@ -10,9 +12,16 @@ mkdir -p "$out"
 bundle=/tmp/moemesh-gpu-bundle
 rm -rf "$bundle" && mkdir -p "$bundle"
 tar -C "$bundle" -xzf .gpu-bundle/bundle.tar.gz
-export LD_LIBRARY_PATH="$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH="$bundle/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export MOEMESH_BIN="$bundle/build/tools/moemesh/moemesh"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+if [ "${1:-}" = bench ]; then
+  status=0
+  for b in "$bundle"/bench/*; do
+    "$b" | tee "$out/$(basename "$b").txt" || status=1
+  done
+  exit $status
+fi
 status=0
 for t in "$bundle"/bin/*; do
   name=$(basename "$t")

@@ -1,0 +1,112 @@
+#include "core/kernels/cuda/ceilings.h"
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "core/kernels/cuda/cuda_check.cuh"
+#include "core/kernels/cuda/cuda_runtime_util.h"
+
+namespace moemesh {
+namespace {
+
+__global__ void FillRandomBf16(__nv_bfloat16* p, size_t n, unsigned seed) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    unsigned x = static_cast<unsigned>(i) * 2654435761u ^ seed;
+    x ^= x >> 13;
+    x *= 0x5bd1e995u;
+    x ^= x >> 15;
+    p[i] = __float2bfloat16((static_cast<float>(x & 0xffff) / 65536.f - 0.5f) * 0.1f);
+  }
+}
+
+__global__ void FillRandomF32Kernel(float* p, size_t n, unsigned seed) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    unsigned x = static_cast<unsigned>(i) * 2246822519u ^ seed;
+    x ^= x >> 13;
+    x *= 0x5bd1e995u;
+    x ^= x >> 15;
+    p[i] = (static_cast<float>(x & 0xffff) / 65536.f - 0.5f) * 2.f;
+  }
+}
+
+}  // namespace
+
+absl::Status FillRandomBf16(void* p, size_t n, unsigned seed) {
+  FillRandomBf16<<<2048, 256>>>(static_cast<__nv_bfloat16*>(p), n, seed);
+  return LaunchStatus("FillRandomBf16");
+}
+
+absl::Status FillRandomF32(float* p, size_t n, unsigned seed) {
+  FillRandomF32Kernel<<<2048, 256>>>(p, n, seed);
+  return LaunchStatus("FillRandomF32");
+}
+
+absl::StatusOr<double> TimeOnGpu(const std::function<absl::Status()>& f, int warmup, int iterations) {
+  for (int i = 0; i < warmup; ++i) {
+    if (absl::Status st = f(); !st.ok()) return st;
+  }
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  std::vector<double> times;
+  for (int i = 0; i < iterations; ++i) {
+    cudaEventRecord(a);
+    if (absl::Status st = f(); !st.ok()) return st;
+    cudaEventRecord(b);
+    if (absl::Status st = CudaStatus(cudaEventSynchronize(b), "cudaEventSynchronize"); !st.ok()) return st;
+    float ms = 0;
+    cudaEventElapsedTime(&ms, a, b);
+    times.push_back(ms / 1e3);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
+  return times[times.size() / 2];
+}
+
+absl::StatusOr<double> MeasureCopyBandwidth(size_t bytes) {
+  auto src = DeviceBuffer::Allocate(bytes);
+  auto dst = DeviceBuffer::Allocate(bytes);
+  if (!src.ok()) return src.status();
+  if (!dst.ok()) return dst.status();
+  FillRandomBf16<<<1024, 256>>>((*src)->as<__nv_bfloat16>(), bytes / 2, 1);
+  auto t = TimeOnGpu(
+      [&] { return CudaStatus(cudaMemcpyAsync((*dst)->data(), (*src)->data(), bytes, cudaMemcpyDeviceToDevice),
+                              "cudaMemcpyAsync"); },
+      3, 20);
+  if (!t.ok()) return t.status();
+  return 2.0 * bytes / *t;
+}
+
+absl::StatusOr<double> MeasureBf16GemmFlops(int m, int n, int k) {
+  cublasHandle_t h;
+  if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) return absl::InternalError("cublasCreate failed");
+  auto a = DeviceBuffer::Allocate(static_cast<size_t>(m) * k * 2);
+  auto b = DeviceBuffer::Allocate(static_cast<size_t>(k) * n * 2);
+  auto c = DeviceBuffer::Allocate(static_cast<size_t>(m) * n * 2);
+  if (!a.ok() || !b.ok() || !c.ok()) {
+    cublasDestroy(h);
+    return absl::ResourceExhaustedError("GEMM buffers");
+  }
+  FillRandomBf16<<<1024, 256>>>((*a)->as<__nv_bfloat16>(), static_cast<size_t>(m) * k, 2);
+  FillRandomBf16<<<1024, 256>>>((*b)->as<__nv_bfloat16>(), static_cast<size_t>(k) * n, 3);
+  const float alpha = 1.f, beta = 0.f;
+  auto t = TimeOnGpu(
+      [&]() -> absl::Status {
+        cublasStatus_t st = cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &alpha, (*a)->data(), CUDA_R_16BF, m,
+                                         (*b)->data(), CUDA_R_16BF, k, &beta, (*c)->data(), CUDA_R_16BF, m,
+                                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        return st == CUBLAS_STATUS_SUCCESS ? absl::OkStatus() : absl::InternalError("cublasGemmEx failed");
+      },
+      3, 10);
+  cublasDestroy(h);
+  if (!t.ok()) return t.status();
+  return 2.0 * m * n * static_cast<double>(k) / *t;
+}
+
+}  // namespace moemesh

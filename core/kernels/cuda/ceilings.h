@@ -1,0 +1,30 @@
+#ifndef MOEMESH_CORE_KERNELS_CUDA_CEILINGS_H_
+#define MOEMESH_CORE_KERNELS_CUDA_CEILINGS_H_
+
+#include <functional>
+
+#include "absl/status/statusor.h"
+
+namespace moemesh {
+
+// The two ceilings GPU benchmarks are measured against, on the machine
+// they run on (docs/PERFORMANCE.md):
+// bytes per second of a large device-to-device copy, counting bytes read
+// plus bytes written;
+absl::StatusOr<double> MeasureCopyBandwidth(size_t bytes);
+// FLOP per second of a large bf16 GEMM (fp32 accumulation) through cuBLAS,
+// on random data.
+absl::StatusOr<double> MeasureBf16GemmFlops(int m, int n, int k);
+
+// Fills device memory with pseudo-random values in [-0.05, 0.05): bf16
+// (`n` elements) or f32. Benchmarks never time zeros (METHOD.md).
+absl::Status FillRandomBf16(void* p, size_t n, unsigned seed);
+absl::Status FillRandomF32(float* p, size_t n, unsigned seed);
+
+// Median seconds of `f` on the GPU over `iterations` runs after `warmup`,
+// timed with CUDA events on the default stream.
+absl::StatusOr<double> TimeOnGpu(const std::function<absl::Status()>& f, int warmup, int iterations);
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_CORE_KERNELS_CUDA_CEILINGS_H_
