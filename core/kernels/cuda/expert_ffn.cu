@@ -21,8 +21,51 @@ __device__ inline float WarpSum(float v) {
   return v;
 }
 
+// 8 bf16 weights from one 16-byte load.
+__device__ inline void Unpack8(const uint4& v, float* f) {
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    f[2 * i] = __uint_as_float(w[i] << 16);
+    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+
+// sum over k of w[k] * a[k] for up to kRows rows a_r, accumulated into
+// acc[r]: one lane's share of a warp-wide dot product. With Vec (length a
+// multiple of 8) each lane takes 8 weights per 16-byte load; otherwise one.
+template <bool Vec>
+__device__ inline void DotRows(const uint16_t* __restrict__ w, const float* __restrict__ a, size_t a_stride, int len,
+                               int nr, int lane, float* acc) {
+  if (Vec) {
+    const uint4* w8 = reinterpret_cast<const uint4*>(w);
+    for (int k8 = lane; k8 < len / 8; k8 += 32) {
+      float wf[8];
+      Unpack8(w8[k8], wf);
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        if (r < nr) {
+          const float4* ap = reinterpret_cast<const float4*>(a + r * a_stride) + 2 * k8;
+          const float4 p = ap[0], q = ap[1];
+          acc[r] += wf[0] * p.x + wf[1] * p.y + wf[2] * p.z + wf[3] * p.w + wf[4] * q.x + wf[5] * q.y +
+                    wf[6] * q.z + wf[7] * q.w;
+        }
+      }
+    }
+  } else {
+    for (int k = lane; k < len; k += 32) {
+      const float wk = Bf16(w[k]);
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        if (r < nr) acc[r] += wk * a[r * a_stride + k];
+      }
+    }
+  }
+}
+
 // act[r, j] = silu(gate_j . x_r) * (up_j . x_r) for the rows of group
 // blockIdx.y, neuron j = one per warp.
+template <bool Vec>
 __global__ void GateUpKernel(const ExpertFfnGroup* __restrict__ groups, const float* __restrict__ x, int hidden,
                              int intermediate, float* __restrict__ act) {
   const ExpertFfnGroup g = groups[blockIdx.y];
@@ -33,18 +76,10 @@ __global__ void GateUpKernel(const ExpertFfnGroup* __restrict__ groups, const fl
   const uint16_t* uw = g.up + static_cast<size_t>(j) * hidden;
   for (int r0 = 0; r0 < g.num_rows; r0 += kRows) {
     const int nr = min(kRows, g.num_rows - r0);
+    const float* xr = x + static_cast<size_t>(g.row_offset + r0) * hidden;
     float ag[kRows] = {}, au[kRows] = {};
-    for (int k = lane; k < hidden; k += 32) {
-      const float wg = Bf16(gw[k]), wu = Bf16(uw[k]);
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        if (r < nr) {
-          const float xv = x[static_cast<size_t>(g.row_offset + r0 + r) * hidden + k];
-          ag[r] += wg * xv;
-          au[r] += wu * xv;
-        }
-      }
-    }
+    DotRows<Vec>(gw, xr, hidden, hidden, nr, lane, ag);
+    DotRows<Vec>(uw, xr, hidden, hidden, nr, lane, au);
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
       const float sg = WarpSum(ag[r]), su = WarpSum(au[r]);
@@ -56,6 +91,7 @@ __global__ void GateUpKernel(const ExpertFfnGroup* __restrict__ groups, const fl
 }
 
 // out[r, d] = row_weight[r] * (down_d . act_r), output column d per warp.
+template <bool Vec>
 __global__ void DownKernel(const ExpertFfnGroup* __restrict__ groups, const float* __restrict__ act,
                            const float* __restrict__ row_weight, int hidden, int intermediate,
                            float* __restrict__ out) {
@@ -67,13 +103,8 @@ __global__ void DownKernel(const ExpertFfnGroup* __restrict__ groups, const floa
   for (int r0 = 0; r0 < g.num_rows; r0 += kRows) {
     const int nr = min(kRows, g.num_rows - r0);
     float acc[kRows] = {};
-    for (int k = lane; k < intermediate; k += 32) {
-      const float w = Bf16(dw[k]);
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        if (r < nr) acc[r] += w * act[static_cast<size_t>(g.row_offset + r0 + r) * intermediate + k];
-      }
-    }
+    DotRows<Vec>(dw, act + static_cast<size_t>(g.row_offset + r0) * intermediate, intermediate, intermediate, nr,
+                 lane, acc);
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
       const float s = WarpSum(acc[r]);
@@ -111,13 +142,23 @@ absl::Status ExpertFfnCuda(const float* x, const float* row_weight, const std::v
   if (st.ok()) {
     const dim3 block(32 * kWarpsPerBlock);
     const dim3 gate_grid((intermediate + kWarpsPerBlock - 1) / kWarpsPerBlock, static_cast<unsigned>(groups.size()));
-    GateUpKernel<<<gate_grid, block, 0, s>>>(table, x, hidden, intermediate, act);
+    // 16-byte loads need rows of a multiple of 8 elements (and aligned bases,
+    // which cudaMalloc gives).
+    if (hidden % 8 == 0) {
+      GateUpKernel<true><<<gate_grid, block, 0, s>>>(table, x, hidden, intermediate, act);
+    } else {
+      GateUpKernel<false><<<gate_grid, block, 0, s>>>(table, x, hidden, intermediate, act);
+    }
     st.Update(LaunchStatus("GateUpKernel"));
   }
   if (st.ok()) {
     const dim3 block(32 * kWarpsPerBlock);
     const dim3 down_grid((hidden + kWarpsPerBlock - 1) / kWarpsPerBlock, static_cast<unsigned>(groups.size()));
-    DownKernel<<<down_grid, block, 0, s>>>(table, act, row_weight, hidden, intermediate, out);
+    if (intermediate % 8 == 0) {
+      DownKernel<true><<<down_grid, block, 0, s>>>(table, act, row_weight, hidden, intermediate, out);
+    } else {
+      DownKernel<false><<<down_grid, block, 0, s>>>(table, act, row_weight, hidden, intermediate, out);
+    }
     st.Update(LaunchStatus("DownKernel"));
   }
   // Stream-ordered: freed after the kernels have read it. (A copy from
