@@ -1,6 +1,5 @@
 #include "core/metrics/http_get.h"
 
-#include <netdb.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -8,27 +7,14 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "core/common/tcp_connect.h"
 
 namespace moemesh {
 
 absl::StatusOr<std::string> HttpGet(const std::string& host, int port, const std::string& path) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  if (getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res) != 0) {
-    return absl::UnavailableError(absl::StrCat("cannot resolve ", host));
-  }
-  int fd = -1;
-  for (addrinfo* a = res; a != nullptr && fd < 0; a = a->ai_next) {
-    fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-    if (fd >= 0 && connect(fd, a->ai_addr, a->ai_addrlen) != 0) {
-      close(fd);
-      fd = -1;
-    }
-  }
-  freeaddrinfo(res);
-  if (fd < 0) return absl::UnavailableError(absl::StrCat("cannot connect to ", host, ":", port));
+  absl::StatusOr<int> conn = TcpConnect(host, port);
+  if (!conn.ok()) return conn.status();
+  const int fd = *conn;
   const std::string req = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: ", host, ":", port, "\r\n\r\n");
   size_t sent = 0;
   while (sent < req.size()) {

@@ -11,6 +11,12 @@ namespace moemesh {
 
 MetricsServer::~MetricsServer() = default;
 
+absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::StartIfEnabled(
+    const std::string& host, int port, std::shared_ptr<prometheus::Registry> registry) {
+  if (port < 0) return std::unique_ptr<MetricsServer>();
+  return Start(host, port, std::move(registry));
+}
+
 void MetricsServer::Register(std::shared_ptr<prometheus::Collectable> c) {
   exposer_->RegisterCollectable(c);
   extra_.push_back(std::move(c));  // the exposer holds a weak pointer

@@ -27,6 +27,9 @@ class MetricsServer {
   // port cannot be bound.
   static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(const std::string& host, int port,
                                                              std::shared_ptr<prometheus::Registry> registry);
+  // As Start, but null for a negative port (the endpoint turned off).
+  static absl::StatusOr<std::unique_ptr<MetricsServer>> StartIfEnabled(
+      const std::string& host, int port, std::shared_ptr<prometheus::Registry> registry);
   ~MetricsServer();
 
   int port() const { return port_; }

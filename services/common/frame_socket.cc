@@ -14,6 +14,7 @@
 #include <google/protobuf/message_lite.h>
 
 #include "absl/strings/str_cat.h"
+#include "core/common/tcp_connect.h"
 
 namespace moemesh {
 namespace {
@@ -73,24 +74,9 @@ FrameSocket::~FrameSocket() {
 }
 
 absl::StatusOr<std::unique_ptr<FrameSocket>> FrameSocket::Connect(const std::string& host, int port) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  if (int rc = getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res); rc != 0) {
-    return absl::UnavailableError(absl::StrCat("frame channel: cannot resolve ", host, ": ", gai_strerror(rc)));
-  }
-  int fd = -1;
-  for (addrinfo* a = res; a != nullptr && fd < 0; a = a->ai_next) {
-    fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-    if (fd >= 0 && connect(fd, a->ai_addr, a->ai_addrlen) != 0) {
-      close(fd);
-      fd = -1;
-    }
-  }
-  freeaddrinfo(res);
-  if (fd < 0) return absl::UnavailableError(absl::StrCat("frame channel: cannot connect to ", host, ":", port));
-  return std::make_unique<FrameSocket>(fd);
+  absl::StatusOr<int> fd = TcpConnect(host, port);
+  if (!fd.ok()) return absl::UnavailableError(absl::StrCat("frame channel: ", fd.status().message()));
+  return std::make_unique<FrameSocket>(*fd);
 }
 
 absl::Status FrameSocket::Send(const google::protobuf::MessageLite& header, absl::Span<const iovec> payload) {

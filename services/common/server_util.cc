@@ -2,10 +2,14 @@
 
 #include <signal.h>
 
+#include <cstdio>
 #include <thread>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
 
 namespace moemesh {
 
@@ -55,6 +59,25 @@ void ShutdownGracefully(grpc::Server* server, const std::function<int()>& in_fli
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   server->Shutdown(std::chrono::system_clock::now());
+}
+
+void InitService(int argc, char** argv, const char* usage) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  absl::SetProgramUsageMessage(usage);
+  std::vector<std::string> args = NormalizeFlagNames(argc, argv);
+  std::vector<char*> argp;
+  for (std::string& a : args) argp.push_back(a.data());
+  absl::ParseCommandLine(static_cast<int>(argp.size()), argp.data());
+}
+
+void AnnounceService(const std::string& host, int port, int metrics_port) {
+  if (metrics_port > 0) std::printf("metrics on %s:%d\n", host.c_str(), metrics_port);
+  std::printf("listening on %s:%d\n", host.c_str(), port);
+  std::fflush(stdout);
 }
 
 void WaitForTerminationSignal() {

@@ -28,6 +28,15 @@ std::unique_ptr<grpc::Server> StartServer(const std::string& address, const std:
 // Channel arguments for clients of moemesh services.
 grpc::ChannelArguments ClientChannelArguments();
 
+// The start of every service's main: blocks SIGINT and SIGTERM in this and
+// every later thread (WaitForTerminationSignal takes them) and parses the
+// Abseil flags, which may be written with dashes.
+void InitService(int argc, char** argv, const char* usage);
+
+// Prints "metrics on HOST:PORT" (when metrics_port > 0), then "listening
+// on HOST:PORT": the lines `moemesh up` and the tests wait for.
+void AnnounceService(const std::string& host, int port, int metrics_port);
+
 // Blocks until SIGINT or SIGTERM, then returns. Call once, from main.
 void WaitForTerminationSignal();
 

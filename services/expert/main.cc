@@ -1,7 +1,6 @@
 // moemesh-expert: serves the experts of one shard over gRPC.
 //   moemesh-expert --model DIR --shard-index I --num-shards N [--port 0] [--threads T]
 // Prints "listening on HOST:PORT" once serving; stops on SIGINT/SIGTERM.
-#include <signal.h>
 
 #include <chrono>
 #include <cstdio>
@@ -10,8 +9,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "services/common/frame_socket.h"
 #include "services/common/server_util.h"
@@ -37,18 +34,7 @@ ABSL_FLAG(int, threads, 1, "CPU threads for the expert kernels");
 ABSL_FLAG(std::string, device, "cpu", "where the experts run: cpu, or cuda[:N] (GPU N, default 0)");
 
 int main(int argc, char** argv) {
-  // Signals are taken synchronously by WaitForTerminationSignal.
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-
-  absl::SetProgramUsageMessage("moemesh-expert --model DIR --shard-index I --num-shards N [--port P]");
-  std::vector<std::string> args = moemesh::NormalizeFlagNames(argc, argv);
-  std::vector<char*> argp;
-  for (std::string& a : args) argp.push_back(a.data());
-  absl::ParseCommandLine(static_cast<int>(argp.size()), argp.data());
+  moemesh::InitService(argc, argv, "moemesh-expert --model DIR --shard-index I --num-shards N [--port P]");
 
   moemesh::ExpertWorker::Options opt;
   opt.model_dir = absl::GetFlag(FLAGS_model);
@@ -89,15 +75,13 @@ int main(int argc, char** argv) {
   auto registry = std::make_shared<prometheus::Registry>();
   moemesh::ExpertMetrics metrics(*registry);
   service.set_metrics(&metrics);
-  std::unique_ptr<moemesh::MetricsServer> metrics_server;
-  if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
-    auto m = moemesh::MetricsServer::Start(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port), registry);
-    if (!m.ok()) {
-      std::fprintf(stderr, "moemesh-expert: error: %s\n", std::string(m.status().message()).c_str());
-      return 1;
-    }
-    metrics_server = std::move(*m);
+  auto started = moemesh::MetricsServer::StartIfEnabled(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port),
+                                                        registry);
+  if (!started.ok()) {
+    std::fprintf(stderr, "moemesh-expert: error: %s\n", std::string(started.status().message()).c_str());
+    return 1;
   }
+  std::unique_ptr<moemesh::MetricsServer> metrics_server = std::move(*started);
   std::unique_ptr<moemesh::FrameServer> frames;
   if (absl::GetFlag(FLAGS_data_port) >= 0) {
     auto f = moemesh::FrameServer::Start(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_data_port),
@@ -116,14 +100,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "moemesh-expert: error: cannot listen on %s\n", address.c_str());
     return 1;
   }
-  if (metrics_server) {
-    std::printf("metrics on %s:%d\n", absl::GetFlag(FLAGS_host).c_str(), metrics_server->port());
-  }
   if (metrics_server && gpu >= 0) {
     if (auto c = moemesh::GpuCollector::Create({gpu})) metrics_server->Register(c);
   }
-  std::printf("listening on %s:%d\n", absl::GetFlag(FLAGS_host).c_str(), port);
-  std::fflush(stdout);
+  moemesh::AnnounceService(absl::GetFlag(FLAGS_host), port, metrics_server ? metrics_server->port() : 0);
   moemesh::WaitForTerminationSignal();
   // Requests being computed finish; then the routers' streams are cancelled
   // (they resend to another replica).

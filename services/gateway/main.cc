@@ -1,7 +1,6 @@
 // moemesh-gateway: the public API of a mesh (moemesh.v1.Gateway).
 //   moemesh-gateway --model DIR --routers HOST:PORT[,HOST:PORT...] [--port 0]
 // Prints "listening on HOST:PORT" once serving; stops on SIGINT/SIGTERM.
-#include <signal.h>
 
 #include <chrono>
 #include <cstdio>
@@ -10,8 +9,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/str_split.h"
 #include "core/model/config.h"
 #include "core/tokenizer/tokenizer.h"
@@ -41,17 +38,7 @@ int Fail(const std::string& msg, int code) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-
-  absl::SetProgramUsageMessage("moemesh-gateway --model DIR --routers HOST:PORT[,...] [--port P]");
-  std::vector<std::string> args = moemesh::NormalizeFlagNames(argc, argv);
-  std::vector<char*> argp;
-  for (std::string& a : args) argp.push_back(a.data());
-  absl::ParseCommandLine(static_cast<int>(argp.size()), argp.data());
+  moemesh::InitService(argc, argv, "moemesh-gateway --model DIR --routers HOST:PORT[,...] [--port P]");
 
   std::string model_dir = absl::GetFlag(FLAGS_model);
   if (model_dir.empty()) return Fail("--model DIR is required", 2);
@@ -86,22 +73,16 @@ int main(int argc, char** argv) {
   options.max_in_flight = absl::GetFlag(FLAGS_max_in_flight);
   auto registry = std::make_shared<prometheus::Registry>();
   moemesh::GatewayMetrics metrics(*registry);
-  std::unique_ptr<moemesh::MetricsServer> metrics_server;
-  if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
-    auto m = moemesh::MetricsServer::Start(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port), registry);
-    if (!m.ok()) return Fail(std::string(m.status().message()), 1);
-    metrics_server = std::move(*m);
-  }
+  auto started = moemesh::MetricsServer::StartIfEnabled(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port),
+                                                        registry);
+  if (!started.ok()) return Fail(std::string(started.status().message()), 1);
+  std::unique_ptr<moemesh::MetricsServer> metrics_server = std::move(*started);
   moemesh::GatewayServiceImpl service(tokenizer.get(), model, &pool, options, &metrics);
   int port = 0;
   std::string address = absl::GetFlag(FLAGS_host) + ":" + std::to_string(absl::GetFlag(FLAGS_port));
   auto server = moemesh::StartServer(address, {&service}, &port);
   if (server == nullptr) return Fail("cannot listen on " + address, 1);
-  if (metrics_server) {
-    std::printf("metrics on %s:%d\n", absl::GetFlag(FLAGS_host).c_str(), metrics_server->port());
-  }
-  std::printf("listening on %s:%d\n", absl::GetFlag(FLAGS_host).c_str(), port);
-  std::fflush(stdout);
+  moemesh::AnnounceService(absl::GetFlag(FLAGS_host), port, metrics_server ? metrics_server->port() : 0);
   moemesh::WaitForTerminationSignal();
   moemesh::ShutdownGracefully(server.get(), [&] { return service.in_flight(); });
   (void)metrics_server.release();  // its web server takes seconds to stop; the process ends

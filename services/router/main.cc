@@ -2,7 +2,6 @@
 // with the routed experts on expert workers (or in this process).
 //   moemesh-router --model DIR [--experts "a|b,c"] [--port 0] [--threads T]
 // Prints "listening on HOST:PORT" once serving; stops on SIGINT/SIGTERM.
-#include <signal.h>
 
 #include <chrono>
 #include <cstdio>
@@ -12,8 +11,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "core/engine/engine.h"
 #include "core/engine/generation_loop.h"
 #include "core/engine/placement.h"
@@ -53,17 +50,7 @@ int Fail(const std::string& msg, int code) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-
-  absl::SetProgramUsageMessage("moemesh-router --model DIR [--experts \"a|b,c\"] [--port P]");
-  std::vector<std::string> args = moemesh::NormalizeFlagNames(argc, argv);
-  std::vector<char*> argp;
-  for (std::string& a : args) argp.push_back(a.data());
-  absl::ParseCommandLine(static_cast<int>(argp.size()), argp.data());
+  moemesh::InitService(argc, argv, "moemesh-router --model DIR [--experts \"a|b,c\"] [--port P]");
 
   const std::string model_dir = absl::GetFlag(FLAGS_model);
   if (model_dir.empty()) return Fail("--model DIR is required", 2);
@@ -117,12 +104,10 @@ int main(int argc, char** argv) {
     metrics.OnStep(s, l, now - combined);
     combined = now;
   };
-  std::unique_ptr<moemesh::MetricsServer> metrics_server;
-  if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
-    auto m = moemesh::MetricsServer::Start(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port), registry);
-    if (!m.ok()) return Fail(std::string(m.status().message()), 1);
-    metrics_server = std::move(*m);
-  }
+  auto started = moemesh::MetricsServer::StartIfEnabled(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port),
+                                                        registry);
+  if (!started.ok()) return Fail(std::string(started.status().message()), 1);
+  std::unique_ptr<moemesh::MetricsServer> metrics_server = std::move(*started);
   auto loop = std::make_unique<moemesh::GenerationLoop>((*engine)->NewScheduler(max_running, max_step_tokens),
                                                         max_waiting, on_step);
   moemesh::RouterServiceImpl service(loop.get());
@@ -130,11 +115,7 @@ int main(int argc, char** argv) {
   std::string address = absl::GetFlag(FLAGS_host) + ":" + std::to_string(absl::GetFlag(FLAGS_port));
   auto server = moemesh::StartServer(address, {&service}, &port);
   if (server == nullptr) return Fail("cannot listen on " + address, 1);
-  if (metrics_server) {
-    std::printf("metrics on %s:%d\n", absl::GetFlag(FLAGS_host).c_str(), metrics_server->port());
-  }
-  std::printf("listening on %s:%d\n", absl::GetFlag(FLAGS_host).c_str(), port);
-  std::fflush(stdout);
+  moemesh::AnnounceService(absl::GetFlag(FLAGS_host), port, metrics_server ? metrics_server->port() : 0);
   moemesh::WaitForTerminationSignal();
   // Streams in progress may finish for a while, then are cancelled; the
   // loop stops after the server.
