@@ -6,6 +6,7 @@
 #include <map>
 #include <thread>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "core/engine/engine.h"
@@ -162,12 +163,28 @@ TEST(GenerationLoopTest, BoundsTheWaitingQueue) {
   g.max_new_tokens = 60;
   g.ignore_eos = true;
   std::vector<Sink> sinks(3);
-  ASSERT_TRUE(loop->Submit({1, 2}, g, sinks[0].Callback()).ok());
-  while (loop->stats().running != 1) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  // The first request's second event holds the loop thread (its first step
+  // has been published: it runs, nothing waits) until the queue has been
+  // filled, so the test cannot lose a race against the loop on a slow machine.
+  absl::Notification held, release;
+  auto first = sinks[0].Callback();
+  int events = 0;
+  ASSERT_TRUE(loop->Submit({1, 2}, g, [&, first](const StepEvent& ev) {
+                    if (++events == 2) {
+                      held.Notify();
+                      release.WaitForNotification();
+                    }
+                    first(ev);
+                  }).ok());
+  held.WaitForNotification();
+  absl::Cleanup let_go = [&] { release.Notify(); };  // also when an assertion fails
+  EXPECT_EQ(loop->stats().running, 1);
+  EXPECT_EQ(loop->stats().waiting, 0);
   ASSERT_TRUE(loop->Submit({1, 2}, g, sinks[1].Callback()).ok());
   ASSERT_TRUE(loop->Submit({1, 2}, g, sinks[2].Callback()).ok());
   auto st = loop->Submit({1, 2}, g, [](const StepEvent&) {}).status();
   EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+  std::move(let_go).Invoke();
   for (auto& s : sinks) s.AwaitFinished();
   for (auto& s : sinks) EXPECT_EQ(s.count(), 60u);
 }
