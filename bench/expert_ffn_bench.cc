@@ -3,8 +3,11 @@
 // 7168, expert FFN 2048, 256 experts, top-8), for 1 to 8192 tokens:
 // achieved TB/s and TFLOP/s against the ceilings measured in the same run
 // (device-to-device copy bandwidth; a large bf16 cuBLAS GEMM). Tokens are
-// spread evenly over the experts. Run on the GPU machine (tools/gpu/run.sh
-// bench).
+// spread evenly over the experts. Besides the default (each group's path
+// chosen by its size) it times each path alone, which is how the default
+// threshold was chosen. bench/expert_ffn_torch.py reads this output and
+// prints PyTorch's times beside it. Run on the GPU machine
+// (tools/gpu/run.sh bench).
 #include <cstdio>
 #include <memory>
 #include <vector>
@@ -33,52 +36,61 @@ int Main() {
     return 1;
   }
   std::printf("ceilings: copy %.2f TB/s, bf16 GEMM %.0f TFLOP/s\n", *bw / 1e12, *flops / 1e12);
-  std::printf("%-12s %6s %10s %8s %9s %7s %7s\n", "shape", "tokens", "ms", "TB/s", "TFLOP/s", "%BW", "%GEMM");
+  std::printf("%-12s %6s %10s %8s %9s %7s %7s %10s %10s\n", "shape", "tokens", "ms", "TB/s", "TFLOP/s", "%BW",
+              "%GEMM", "kernel_ms", "cublas_ms");
   for (const Shape& sh : {Shape{"mixtral", 4096, 14336, 8, 2}, Shape{"deepseek-v3", 7168, 2048, 256, 8}}) {
     const size_t per_matrix = static_cast<size_t>(sh.hidden) * sh.inter;
+    // Per expert: gate and up in one allocation (as the worker holds them), down.
     std::vector<std::unique_ptr<DeviceBuffer>> weights;
     for (int e = 0; e < sh.experts; ++e) {
-      for (int m = 0; m < 3; ++m) {
-        auto b = DeviceBuffer::Allocate(per_matrix * 2);
-        if (!b.ok() || !FillRandomBf16((*b)->data(), per_matrix, e * 3 + m + 7).ok()) return 1;
+      for (int m = 0; m < 2; ++m) {
+        const size_t n = (m == 0 ? 2 : 1) * per_matrix;
+        auto b = DeviceBuffer::Allocate(n * 2);
+        if (!b.ok() || !FillRandomBf16((*b)->data(), n, e * 3 + m + 7).ok()) return 1;
         weights.push_back(std::move(*b));
       }
     }
-    for (int tokens : {1, 8, 64, 512, 4096, 8192}) {
+    auto path = [&](int gemm_min_rows) { return CudaExpertFfn::Create(sh.hidden, sh.inter, {gemm_min_rows}); };
+    auto automatic = path(CudaExpertFfn::Options().gemm_min_rows), kernel = path(1 << 30), cublas = path(1);
+    if (!automatic.ok() || !kernel.ok() || !cublas.ok()) return 1;
+    for (int tokens : {1, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192}) {
       const int rows = tokens * sh.top_k;
       // Row r goes to expert r % experts: an even spread.
       std::vector<ExpertFfnGroup> groups;
       int offset = 0, active = 0;
       for (int e = 0; e < sh.experts; ++e) {
         const int n = rows / sh.experts + (e < rows % sh.experts ? 1 : 0);
-        groups.push_back({weights[3 * e]->as<uint16_t>(), weights[3 * e + 1]->as<uint16_t>(),
-                          weights[3 * e + 2]->as<uint16_t>(), offset, n});
+        const uint16_t* gate = weights[2 * e]->as<uint16_t>();
+        groups.push_back({gate, gate + per_matrix, weights[2 * e + 1]->as<uint16_t>(), offset, n});
         offset += n;
         active += n > 0;
       }
       auto x = DeviceBuffer::Allocate(static_cast<size_t>(rows) * sh.hidden * 4);
       auto w = DeviceBuffer::Allocate(static_cast<size_t>(rows) * 4);
-      auto act = DeviceBuffer::Allocate(static_cast<size_t>(rows) * sh.inter * 4);
       auto out = DeviceBuffer::Allocate(static_cast<size_t>(rows) * sh.hidden * 4);
-      if (!x.ok() || !w.ok() || !act.ok() || !out.ok()) return 1;
+      if (!x.ok() || !w.ok() || !out.ok()) return 1;
       if (!FillRandomF32((*x)->as<float>(), static_cast<size_t>(rows) * sh.hidden, 1).ok()) return 1;
       if (!FillRandomF32((*w)->as<float>(), rows, 2).ok()) return 1;
-      auto t = TimeOnGpu(
-          [&] {
-            return ExpertFfnCuda((*x)->as<float>(), (*w)->as<float>(), groups, sh.hidden, sh.inter,
-                                 (*act)->as<float>(), (*out)->as<float>(), nullptr);
-          },
-          2, tokens >= 4096 ? 3 : 10);
-      if (!t.ok()) {
-        std::fprintf(stderr, "expert_ffn_bench: %s\n", std::string(t.status().message()).c_str());
-        return 1;
+      double ms[3];
+      CudaExpertFfn* ffns[3] = {automatic->get(), kernel->get(), cublas->get()};
+      for (int i = 0; i < 3; ++i) {
+        auto t = TimeOnGpu(
+            [&] { return ffns[i]->Run((*x)->as<float>(), (*w)->as<float>(), groups, (*out)->as<float>(), nullptr); },
+            2, tokens >= 4096 ? 5 : 20);
+        if (!t.ok()) {
+          std::fprintf(stderr, "expert_ffn_bench: %s\n", std::string(t.status().message()).c_str());
+          return 1;
+        }
+        ms[i] = *t * 1e3;
       }
+      const double secs = ms[0] / 1e3;
       // The fewest bytes: each active expert's weights once, the rows in
-      // and out (fp32), the activations written and read once.
-      const double bytes = active * 3.0 * per_matrix * 2 + rows * (2.0 * sh.hidden + 2.0 * sh.inter) * 4;
+      // and out (fp32), the activations (bf16) written and read once.
+      const double bytes = active * 3.0 * per_matrix * 2 + rows * (8.0 * sh.hidden + 4.0 * sh.inter);
       const double fl = 2.0 * rows * 3.0 * per_matrix;
-      std::printf("%-12s %6d %10.3f %8.2f %9.1f %6.1f%% %6.1f%%\n", sh.name, tokens, *t * 1e3, bytes / *t / 1e12,
-                  fl / *t / 1e12, 100 * bytes / *t / *bw, 100 * fl / *t / *flops);
+      std::printf("%-12s %6d %10.3f %8.2f %9.1f %6.1f%% %6.1f%% %10.3f %10.3f\n", sh.name, tokens, ms[0],
+                  bytes / secs / 1e12, fl / secs / 1e12, 100 * bytes / secs / *bw, 100 * fl / secs / *flops, ms[1],
+                  ms[2]);
     }
   }
   return 0;

@@ -1,8 +1,9 @@
 // The mesh with its expert workers on a GPU (`moemesh up --expert-device
 // cuda`) against the single-process CPU engine: greedy tokens of the demo
-// model (bf16 weights, so both sides use the same weights and differ only
-// in the order of fp32 sums). Labelled `gpu`; skips without a GPU.
+// model (bf16 weights on both sides; the GPU's rows and activations are
+// bf16 too). Labelled `gpu`; skips without a GPU.
 //   MOEMESH_BIN=build/tools/moemesh/moemesh mesh_gpu_test
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -56,20 +57,34 @@ TEST(MeshGpuTest, GreedyTokensThroughCudaExpertsEqualTheCpuEngine) {
   ASSERT_TRUE(body.ok()) << body.status();
   EXPECT_NE(body->find("moemesh_gpu_memory_total_bytes{gpu=\"0\"}"), std::string::npos) << *body;
   EXPECT_NE(body->find("moemesh_gpu_utilization_ratio{gpu=\"0\"}"), std::string::npos);
+  // The GPU runs the experts' rows and activations in bf16, the CPU engine
+  // in fp32, so greedy decoding may part where the two best tokens are
+  // nearly tied. Up to the first difference the tokens must be equal; at it,
+  // the CPU's token must be the GPU's runner-up within kTie nats, a step
+  // that bf16 rounding decides either way (docs/PERFORMANCE.md lists them).
+  constexpr double kTie = 0.05;
   for (const char* prompt : {"The meaning of life is", "明月", "Q: What is a friend?\nA:"}) {
     std::vector<std::string> flags = {"--prompt", prompt, "--max-new-tokens", "48", "--ignore-eos", "--output",
                                       "json"};
     std::vector<std::string> cpu = {Moemesh(), "generate", "--model", "models/fortune-moe"};
-    std::vector<std::string> gpu = {Moemesh(), "client", "generate", "--target", *target};
+    std::vector<std::string> gpu = {Moemesh(), "client", "generate", "--target", *target, "--logprobs", "2"};
     cpu.insert(cpu.end(), flags.begin(), flags.end());
     gpu.insert(gpu.end(), flags.begin(), flags.end());
     auto a = nlohmann::json::parse(Output(cpu), nullptr, false);
     auto b = nlohmann::json::parse(Output(gpu), nullptr, false);
     ASSERT_FALSE(a.is_discarded() || b.is_discarded());
     std::vector<int> want = a["token_ids"].get<std::vector<int>>(), got = b["token_ids"].get<std::vector<int>>();
+    ASSERT_EQ(got.size(), want.size()) << prompt;
     size_t same = 0;
-    while (same < want.size() && same < got.size() && want[same] == got[same]) ++same;
-    EXPECT_EQ(got, want) << "\"" << prompt << "\": first difference at token " << same;
+    while (same < want.size() && want[same] == got[same]) ++same;
+    if (same == want.size()) continue;
+    const nlohmann::json& top = b["logprobs"][same]["top"];
+    ASSERT_EQ(top.size(), 2u) << prompt;
+    const double gap = top[0]["logprob"].get<double>() - top[1]["logprob"].get<double>();
+    EXPECT_EQ(top[1]["token_id"].get<int>(), want[same]) << "\"" << prompt << "\" parts at token " << same;
+    EXPECT_LT(gap, kTie) << "\"" << prompt << "\" parts at token " << same << " with a gap of " << gap;
+    std::printf("\"%s\": bf16 near-tie at token %zu (GPU %d, CPU %d, gap %.4f nats)\n", prompt, same, got[same],
+                want[same], gap);
   }
   EXPECT_EQ((*up)->Stop(absl::Seconds(30)), 0);
 }

@@ -1,6 +1,7 @@
 #include "core/common/tcp_connect.h"
 
 #include <netdb.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -27,6 +28,23 @@ absl::StatusOr<int> TcpConnect(const std::string& host, int port) {
   freeaddrinfo(res);
   if (fd < 0) return absl::UnavailableError(absl::StrCat("cannot connect to ", host, ":", port));
   return fd;
+}
+
+absl::StatusOr<int> FreeLoopbackPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::UnavailableError("cannot open a socket to find a free port");
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  int port = 0;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
+    port = ntohs(a.sin_port);
+  }
+  close(fd);
+  if (port == 0) return absl::UnavailableError("the kernel gave no free loopback port");
+  return port;
 }
 
 }  // namespace moemesh

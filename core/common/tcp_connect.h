@@ -12,6 +12,11 @@ namespace moemesh {
 // UNAVAILABLE, naming host:port, when it cannot be resolved or reached.
 absl::StatusOr<int> TcpConnect(const std::string& host, int port);
 
+// A loopback TCP port that nothing listens on at the time of the call (for
+// servers that cannot be told to pick one themselves); UNAVAILABLE when the
+// kernel gives none.
+absl::StatusOr<int> FreeLoopbackPort();
+
 }  // namespace moemesh
 
 #endif  // MOEMESH_CORE_COMMON_TCP_CONNECT_H_

@@ -13,19 +13,24 @@
 namespace moemesh {
 namespace {
 
-// A matrix as bf16 on the device.
-absl::StatusOr<std::unique_ptr<DeviceBuffer>> UploadBf16(const MatrixView& m) {
-  const size_t n = static_cast<size_t>(m.rows) * m.cols;
-  std::vector<uint16_t> bf16(n);
-  if (m.dtype == DType::kBF16) {
-    std::memcpy(bf16.data(), m.data, n * 2);
-  } else {
-    std::vector<float> f32(n);
-    ConvertToF32(m.dtype, m.data, n, f32.data());
-    for (size_t i = 0; i < n; ++i) bf16[i] = F32ToBf16(f32[i]);
+// Matrices as bf16 on the device, one after another in one allocation (the
+// expert FFN does gate and up in one GEMM when they are adjacent).
+absl::StatusOr<std::unique_ptr<DeviceBuffer>> UploadBf16(std::initializer_list<const MatrixView*> ms) {
+  std::vector<uint16_t> bf16;
+  for (const MatrixView* m : ms) {
+    const size_t n = static_cast<size_t>(m->rows) * m->cols;
+    const size_t at = bf16.size();
+    bf16.resize(at + n);
+    if (m->dtype == DType::kBF16) {
+      std::memcpy(bf16.data() + at, m->data, n * 2);
+    } else {
+      std::vector<float> f32(n);
+      ConvertToF32(m->dtype, m->data, n, f32.data());
+      for (size_t i = 0; i < n; ++i) bf16[at + i] = F32ToBf16(f32[i]);
+    }
   }
-  MM_ASSIGN_OR_RETURN(auto buf, DeviceBuffer::Allocate(n * 2));
-  MM_RETURN_IF_ERROR(buf->CopyFrom(bf16.data(), n * 2));
+  MM_ASSIGN_OR_RETURN(auto buf, DeviceBuffer::Allocate(bf16.size() * 2));
+  MM_RETURN_IF_ERROR(buf->CopyFrom(bf16.data(), bf16.size() * 2));
   return buf;
 }
 
@@ -50,11 +55,15 @@ absl::StatusOr<std::unique_ptr<ExpertDevice>> CudaExpertDevice::Create(const Mod
     for (int e = 0; e < config.num_experts; ++e) {
       const FfnWeights* f = weights.experts.Find(l, e);
       if (f == nullptr) continue;
-      d->intermediate_ = f->gate.rows;
+      if (d->ffn_ == nullptr) {
+        MM_ASSIGN_OR_RETURN(d->ffn_, CudaExpertFfn::Create(config.hidden_size, f->gate.rows));
+      }
+      if (f->gate.rows != d->ffn_->intermediate() || f->up.rows != f->gate.rows || f->down.cols != f->gate.rows) {
+        return absl::InvalidArgumentError(absl::StrCat("expert ", e, " of layer ", l, " has an FFN size unlike the others"));
+      }
       Expert ex;
-      MM_ASSIGN_OR_RETURN(ex.gate, UploadBf16(f->gate));
-      MM_ASSIGN_OR_RETURN(ex.up, UploadBf16(f->up));
-      MM_ASSIGN_OR_RETURN(ex.down, UploadBf16(f->down));
+      MM_ASSIGN_OR_RETURN(ex.gate_up, UploadBf16({&f->gate, &f->up}));
+      MM_ASSIGN_OR_RETURN(ex.down, UploadBf16({&f->down}));
       d->experts_.emplace(std::make_pair(l, e), std::move(ex));
     }
   }
@@ -80,9 +89,9 @@ absl::Status CudaExpertDevice::Run(const ExpertWork& work, float* out) {
       return absl::FailedPreconditionError(
           absl::StrCat("expert ", g.expert, " of layer ", work.layer, " is not on this GPU"));
     }
-    groups.push_back({it->second.gate->as<uint16_t>(), it->second.up->as<uint16_t>(),
-                      it->second.down->as<uint16_t>(), static_cast<int>(row_weights_.size()),
-                      static_cast<int>(g.rows.size())});
+    const uint16_t* gate = it->second.gate_up->as<uint16_t>();
+    groups.push_back({gate, gate + static_cast<size_t>(ffn_->intermediate()) * h, it->second.down->as<uint16_t>(),
+                      static_cast<int>(row_weights_.size()), static_cast<int>(g.rows.size())});
     for (size_t i = 0; i < g.rows.size(); ++i) {
       const float* src = work.hidden_states + static_cast<size_t>(g.rows[i]) * h;
       gathered_.insert(gathered_.end(), src, src + h);
@@ -93,12 +102,10 @@ absl::Status CudaExpertDevice::Run(const ExpertWork& work, float* out) {
   if (rows == 0) return absl::OkStatus();
   MM_RETURN_IF_ERROR(Reserve(&x_, gathered_.size() * sizeof(float)));
   MM_RETURN_IF_ERROR(Reserve(&weights_, rows * sizeof(float)));
-  MM_RETURN_IF_ERROR(Reserve(&act_, rows * static_cast<size_t>(intermediate_) * sizeof(float)));
   MM_RETURN_IF_ERROR(Reserve(&out_, rows * static_cast<size_t>(h) * sizeof(float)));
   MM_RETURN_IF_ERROR(x_->CopyFrom(gathered_.data(), gathered_.size() * sizeof(float)));
   MM_RETURN_IF_ERROR(weights_->CopyFrom(row_weights_.data(), rows * sizeof(float)));
-  MM_RETURN_IF_ERROR(ExpertFfnCuda(x_->as<float>(), weights_->as<float>(), groups, h, intermediate_,
-                                   act_->as<float>(), out_->as<float>(), nullptr));
+  MM_RETURN_IF_ERROR(ffn_->Run(x_->as<float>(), weights_->as<float>(), groups, out_->as<float>(), nullptr));
   return out_->CopyTo(out, rows * static_cast<size_t>(h) * sizeof(float));
 }
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/kernels/cuda/cuda_runtime_util.h"
+#include "core/kernels/cuda/expert_ffn.h"
 #include "services/expert/expert_device.h"
 
 namespace moemesh {
@@ -14,7 +15,7 @@ namespace moemesh {
 // An expert worker's experts on a GPU: every expert it holds is uploaded
 // once, as bf16 (F32 and F16 checkpoints are rounded to bf16, so results
 // differ from the CPU kernels by bf16 rounding), and each request runs
-// ExpertFfnCuda on device buffers that grow as needed and are reused.
+// CudaExpertFfn on device buffers that grow as needed and are reused.
 class CudaExpertDevice : public ExpertDevice {
  public:
   // FAILED_PRECONDITION without a GPU `device_index`; RESOURCE_EXHAUSTED
@@ -28,14 +29,15 @@ class CudaExpertDevice : public ExpertDevice {
 
  private:
   struct Expert {
-    std::unique_ptr<DeviceBuffer> gate, up, down;
+    std::unique_ptr<DeviceBuffer> gate_up, down;  // gate and up adjacent
   };
   CudaExpertDevice() = default;
   absl::Status Reserve(std::unique_ptr<DeviceBuffer>* buf, size_t bytes);
 
-  int hidden_ = 0, intermediate_ = 0, device_ = 0;
+  int hidden_ = 0, device_ = 0;
+  std::unique_ptr<CudaExpertFfn> ffn_;  // null when the worker holds no experts
   std::map<std::pair<int, int>, Expert> experts_;  // (layer, expert)
-  std::unique_ptr<DeviceBuffer> x_, weights_, act_, out_;
+  std::unique_ptr<DeviceBuffer> x_, weights_, out_;
   std::vector<float> gathered_, row_weights_;
 };
 

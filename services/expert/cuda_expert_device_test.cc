@@ -71,10 +71,11 @@ TEST_P(CudaExpertDeviceTest, MatchesTheCpuWorker) {
   }
 }
 
-// bf16 checkpoints run the same bf16 weights on both sides (fp32 sums in a
-// different order); F32 fixtures are rounded to bf16 on the GPU.
+// The GPU takes the rows and the activations between the two products in
+// bf16 (CudaExpertFfn), the CPU in fp32: within 5e-3 of the norm for bf16
+// checkpoints. F32 fixtures' weights are also rounded to bf16 on the GPU.
 INSTANTIATE_TEST_SUITE_P(Models, CudaExpertDeviceTest,
-                         ::testing::Values(std::pair<std::string, double>{"models/fortune-moe", 1e-5},
+                         ::testing::Values(std::pair<std::string, double>{"models/fortune-moe", 5e-3},
                                            std::pair<std::string, double>{"tests/fixtures/mixtral", 2e-2},
                                            std::pair<std::string, double>{"tests/fixtures/qwen2_moe", 2e-2},
                                            std::pair<std::string, double>{"tests/fixtures/deepseek_v3", 2e-2},

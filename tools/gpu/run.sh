@@ -4,7 +4,8 @@
 # each one's log and JUnit XML under $OUT (or ./gpu-results), and prints a
 # summary. Exits non-zero if any test fails.
 #   tools/gpu/run.sh          the GPU tests
-#   tools/gpu/run.sh bench    the GPU benchmarks instead (tables to $OUT/*.txt)
+#   tools/gpu/run.sh bench    the GPU benchmarks instead, and PyTorch's figures
+#                             beside them (tables to $OUT/*.txt)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-gpu-results}
@@ -20,6 +21,9 @@ if [ "${1:-}" = bench ]; then
   for b in "$bundle"/bench/*; do
     "$b" | tee "$out/$(basename "$b").txt" || status=1
   done
+  # PyTorch on the same machine and work, beside moemesh's figures.
+  python3 bench/expert_ffn_torch.py --moemesh "$out/expert_ffn_bench.txt" | tee "$out/expert_ffn_torch.txt" ||
+    status=1
   exit $status
 fi
 status=0

@@ -1,9 +1,5 @@
 #include "tools/moemesh/monitoring.h"
 
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +11,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "core/common/status_macros.h"
+#include "core/common/tcp_connect.h"
 #include "core/metrics/http_get.h"
 #include "nlohmann/json.hpp"
 
@@ -22,22 +19,6 @@ namespace moemesh {
 namespace {
 
 namespace fs = std::filesystem;
-
-// A port nothing listens on now (Prometheus cannot be told to pick one).
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  int port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
-    port = ntohs(a.sin_port);
-  }
-  close(fd);
-  return port;
-}
 
 std::string OnPath(const std::string& name) {
   const char* path = std::getenv("PATH");
@@ -103,7 +84,10 @@ absl::StatusOr<std::unique_ptr<LocalPrometheus>> LocalPrometheus::Start(
     MM_RETURN_IF_ERROR(WriteText(dir / "targets" / absl::StrCat(kind, ".json"),
                                  absl::StrCat("[{\"targets\": [", absl::StrJoin(quoted, ", "), "]}]\n")));
   }
-  const int port = o.port > 0 ? o.port : FreePort();
+  int port = o.port;
+  if (port <= 0) {  // Prometheus cannot be told to pick one
+    MM_ASSIGN_OR_RETURN(port, FreeLoopbackPort());
+  }
   p->address_ = absl::StrCat(o.host, ":", port);
   MM_ASSIGN_OR_RETURN(p->process_,
                       Subprocess::Start({binary, "--config.file=" + (dir / "prometheus.yml").string(),

@@ -2,170 +2,500 @@
 
 #include <cuda_bf16.h>
 
+#include <algorithm>
+#include <type_traits>
+
+#include "absl/strings/str_cat.h"
+#include "core/common/status_macros.h"
+#include "core/kernels/cuda/cublas_loader.cuh"
 #include "core/kernels/cuda/cuda_check.cuh"
 
 namespace moemesh {
 namespace {
 
-// Few rows per expert during decode, so both matrix products are warp-wide
-// dot products: one warp per output neuron reads that weight row once and
-// applies it to up to kRows rows of the group held in registers. The
-// weights are the bytes to move; this reads each once per kRows rows.
-constexpr int kRows = 8;
-constexpr int kWarpsPerBlock = 8;
+// The decode path. A weight matrix times a few rows is bound by reading the
+// weights, so one pass streams each weight once with 16-byte copies and
+// applies it to up to 8 * kTiles rows (kTiles of 1, 2 or 4, by the largest
+// group) on the tensor cores (mma.sync.m16n8k16: 16 weight rows x 8 input
+// rows per instruction). Each warp owns 16 output neurons of one group;
+// kWarps warps per block.
+//
+// Layout: a dot product does not care in which order it visits k, so thread
+// (g, t) of a warp takes elements [8t, 8t + 8) of a 32-wide k chunk, for
+// weight rows g and g + 8 and input row g, and feeds them to two mma steps
+// as if they were the k columns {2t, 2t + 1, 2t + 8, 2t + 9} that the
+// instruction's layout names. Weights and rows are then both read with
+// plain, coalesced 16-byte accesses.
+//
+// Bandwidth: full speed needs more bytes in flight per SM than registers
+// hold, so each thread's pieces go through a ring of shared-memory stages
+// with cp.async (a thread reads back only what it copied itself: no
+// barriers), kStages chunks ahead of the tensor cores. Weight copies ask L2
+// to fetch the surrounding 256 bytes (.L2::256B): the next chunks of the
+// same rows, which the warp asks for next. That hint took the H200 from
+// about 65% to 97% of copy bandwidth (docs/PERFORMANCE.md). Rows of a
+// length that is not a multiple of 8 take a plain register path instead.
+constexpr int kWarps = 4;
+constexpr int kTile = 16;  // neurons per warp (the mma's M)
 
-__device__ inline float Bf16(uint16_t v) { return __uint_as_float(static_cast<uint32_t>(v) << 16); }
+template <int kMats, int kTiles>
+struct Ring {
+  static constexpr int kPieces = 2 * kMats + kTiles;  // 16-byte copies per thread per chunk
+  static constexpr int kStageBytes = kPieces * 16 * 32;  // per warp
+  static constexpr int kFit = 49152 / (kWarps * kStageBytes);  // static shared memory: 48 KB a block
+  static constexpr int kStages = kFit > 8 ? 8 : kFit;
+  static_assert(kStages >= 3, "too few chunks in flight");
+};
 
-__device__ inline float WarpSum(float v) {
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  return v;
+// 16 bytes from global to shared memory, or zeros when !ok (gmem must still
+// be a readable address). Prefetch: also bring the surrounding 256 bytes
+// into L2.
+template <bool kPrefetch>
+__device__ inline void CpAsync16(uint4* smem, const uint16_t* gmem, bool ok) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  if constexpr (kPrefetch) {
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(ok ? 16 : 0));
+  } else {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(ok ? 16 : 0));
+  }
+}
+__device__ inline void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ inline void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-// 8 bf16 weights from one 16-byte load.
-__device__ inline void Unpack8(const uint4& v, float* f) {
-  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+__device__ inline void Mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// acc[m][i] += W_m[16 rows] . X[8 rows of tile i] for one 32-wide chunk:
+// `w[m][0]`, `w[m][1]` are matrix m's pieces for rows g and g + 8, `x[i]`
+// row tile i's piece; `tiles` of the kTiles hold rows.
+template <int kMats, int kTiles>
+__device__ inline void MmaChunk(const uint4 (&w)[kMats][2], const uint4 (&x)[kTiles], int tiles,
+                                float (&acc)[kMats][kTiles][4]) {
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    f[2 * i] = __uint_as_float(w[i] << 16);
-    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  for (int m = 0; m < kMats; ++m) {
+    // Step 0 takes words x, y of each piece; step 1 words z, w.
+    const uint32_t s0[4] = {w[m][0].x, w[m][1].x, w[m][0].y, w[m][1].y};
+    const uint32_t s1[4] = {w[m][0].z, w[m][1].z, w[m][0].w, w[m][1].w};
+#pragma unroll
+    for (int i = 0; i < kTiles; ++i) {
+      if (i < tiles) {
+        Mma(acc[m][i], s0, x[i].x, x[i].y);
+        Mma(acc[m][i], s1, x[i].z, x[i].w);
+      }
+    }
   }
 }
 
-// sum over k of w[k] * a[k] for up to kRows rows a_r, accumulated into
-// acc[r]: one lane's share of a warp-wide dot product. With Vec (length a
-// multiple of 8) each lane takes 8 weights per 16-byte load; otherwise one.
-template <bool Vec>
-__device__ inline void DotRows(const uint16_t* __restrict__ w, const float* __restrict__ a, size_t a_stride, int len,
-                               int nr, int lane, float* acc) {
-  if (Vec) {
-    const uint4* w8 = reinterpret_cast<const uint4*>(w);
-    for (int k8 = lane; k8 < len / 8; k8 += 32) {
-      float wf[8];
-      Unpack8(w8[k8], wf);
+// Elements [k, k + 8) of a bf16 row of length `len` (any length), zero past
+// the end or when !ok.
+__device__ inline uint4 Load8Scalar(const uint16_t* row, bool ok, int k, int len) {
+  uint32_t w[4];
 #pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        if (r < nr) {
-          const float4* ap = reinterpret_cast<const float4*>(a + r * a_stride) + 2 * k8;
-          const float4 p = ap[0], q = ap[1];
-          acc[r] += wf[0] * p.x + wf[1] * p.y + wf[2] * p.z + wf[3] * p.w + wf[4] * q.x + wf[5] * q.y +
-                    wf[6] * q.z + wf[7] * q.w;
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t lo = ok && k + 2 * i < len ? row[k + 2 * i] : 0;
+    const uint32_t hi = ok && k + 2 * i + 1 < len ? row[k + 2 * i + 1] : 0;
+    w[i] = lo | (hi << 16);
+  }
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// acc[m][i] += W_m[n0 .. n0 + 16) . X[8i .. 8i + 8) over all k, for kMats
+// weight matrices sharing the input rows. `w[m]` point at row n0 of each
+// matrix (rows from `n_valid` on read as zeros), `x` at the first input
+// row, `nr` rows valid (1 or more). Vec: len % 8 == 0 and 16-byte aligned
+// rows.
+template <bool Vec, int kMats, int kTiles>
+__device__ inline void MmaRows(const uint16_t* const* w, int n_valid, const uint16_t* x, int nr, int len,
+                               float (&acc)[kMats][kTiles][4]) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  // Rows past the end point at a readable row and read as zeros.
+  const bool w_ok[2] = {g < n_valid, g + 8 < n_valid};
+  const uint16_t* wr[kMats][2];
+#pragma unroll
+  for (int m = 0; m < kMats; ++m) {
+    wr[m][0] = w[m] + (w_ok[0] ? static_cast<size_t>(g) * len : 0);
+    wr[m][1] = w[m] + (w_ok[1] ? static_cast<size_t>(g + 8) * len : 0);
+  }
+  bool x_ok[kTiles];
+  const uint16_t* xr[kTiles];
+#pragma unroll
+  for (int i = 0; i < kTiles; ++i) {
+    x_ok[i] = 8 * i + g < nr;
+    xr[i] = x + (x_ok[i] ? static_cast<size_t>(8 * i + g) * len : 0);
+  }
+  const int tiles = (nr + 7) / 8;
+  const int chunks = (len + 31) / 32;
+  if constexpr (Vec) {
+    using R = Ring<kMats, kTiles>;
+    __shared__ uint4 ring[kWarps][R::kStages][R::kPieces][32];
+    uint4(*mine)[R::kPieces][32] = ring[threadIdx.x >> 5];
+    // Chunk c into stage c % kStages; an empty group past the end keeps the
+    // number of groups in flight the same every step.
+    auto issue = [&](int c) {
+      if (c < chunks) {
+        const int k = 32 * c + 8 * t;
+        const bool in = k < len;
+        uint4* st = &mine[c % R::kStages][0][lane];
+#pragma unroll
+        for (int m = 0; m < kMats; ++m) {
+          CpAsync16<true>(st + (2 * m) * 32, wr[m][0] + (in ? k : 0), in && w_ok[0]);
+          CpAsync16<true>(st + (2 * m + 1) * 32, wr[m][1] + (in ? k : 0), in && w_ok[1]);
+        }
+#pragma unroll
+        for (int i = 0; i < kTiles; ++i) {
+          CpAsync16<false>(st + (2 * kMats + i) * 32, xr[i] + (in ? k : 0), in && x_ok[i]);
+        }
+      }
+      CpAsyncCommit();
+    };
+#pragma unroll
+    for (int c = 0; c < R::kStages - 1; ++c) issue(c);
+    for (int c = 0; c < chunks; ++c) {
+      issue(c + R::kStages - 1);
+      CpAsyncWait<R::kStages - 1>();  // chunk c has landed
+      const uint4* st = &mine[c % R::kStages][0][lane];
+      uint4 wp[kMats][2], xp[kTiles];
+#pragma unroll
+      for (int m = 0; m < kMats; ++m) {
+        wp[m][0] = st[(2 * m) * 32];
+        wp[m][1] = st[(2 * m + 1) * 32];
+      }
+#pragma unroll
+      for (int i = 0; i < kTiles; ++i) xp[i] = st[(2 * kMats + i) * 32];
+      MmaChunk<kMats, kTiles>(wp, xp, tiles, acc);
+    }
+    CpAsyncWait<0>();
+  } else {
+    for (int c = 0; c < chunks; ++c) {
+      const int k = 32 * c + 8 * t;
+      uint4 wp[kMats][2], xp[kTiles];
+#pragma unroll
+      for (int m = 0; m < kMats; ++m) {
+        wp[m][0] = Load8Scalar(wr[m][0], w_ok[0], k, len);
+        wp[m][1] = Load8Scalar(wr[m][1], w_ok[1], k, len);
+      }
+#pragma unroll
+      for (int i = 0; i < kTiles; ++i) xp[i] = Load8Scalar(xr[i], x_ok[i], k, len);
+      MmaChunk<kMats, kTiles>(wp, xp, tiles, acc);
+    }
+  }
+}
+
+__device__ inline float Silu(float v) { return v / (1.f + __expf(-v)); }
+
+// act[r, j] = silu(gate_j . x_r) * (up_j . x_r) in bf16, for the groups with
+// fewer than `max_rows` rows (blockIdx.y is the group).
+template <bool Vec, int kTiles>
+__global__ void __launch_bounds__(32 * kWarps) GateUpKernel(const ExpertFfnGroup* __restrict__ groups, int max_rows,
+                                                           const uint16_t* __restrict__ x, int hidden,
+                                                           int intermediate, __nv_bfloat16* __restrict__ act) {
+  const ExpertFfnGroup grp = groups[blockIdx.y];
+  const int n0 = (blockIdx.x * kWarps + (threadIdx.x >> 5)) * kTile;
+  if (grp.num_rows == 0 || grp.num_rows >= max_rows || n0 >= intermediate) return;
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const uint16_t* w[2] = {grp.gate + static_cast<size_t>(n0) * hidden, grp.up + static_cast<size_t>(n0) * hidden};
+  for (int r0 = 0; r0 < grp.num_rows; r0 += 8 * kTiles) {
+    const int nr = min(8 * kTiles, grp.num_rows - r0);
+    float acc[2][kTiles][4] = {};
+    MmaRows<Vec, 2, kTiles>(w, intermediate - n0, x + static_cast<size_t>(grp.row_offset + r0) * hidden, nr, hidden, acc);
+#pragma unroll
+    for (int i = 0; i < kTiles; ++i) {
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int n = n0 + g + (c >= 2 ? 8 : 0), r = 8 * i + 2 * t + (c & 1);
+        if (n < intermediate && r < nr) {
+          act[static_cast<size_t>(grp.row_offset + r0 + r) * intermediate + n] =
+              __float2bfloat16(Silu(acc[0][i][c]) * acc[1][i][c]);
         }
       }
     }
+  }
+}
+
+// out[r, d] = row_weight[r] * (down_d . act_r) in fp32, for the same groups.
+template <bool Vec, int kTiles>
+__global__ void __launch_bounds__(32 * kWarps) DownKernel(const ExpertFfnGroup* __restrict__ groups, int max_rows,
+                                                         const uint16_t* __restrict__ act,
+                                                         const float* __restrict__ row_weight, int hidden,
+                                                         int intermediate, float* __restrict__ out) {
+  const ExpertFfnGroup grp = groups[blockIdx.y];
+  const int n0 = (blockIdx.x * kWarps + (threadIdx.x >> 5)) * kTile;
+  if (grp.num_rows == 0 || grp.num_rows >= max_rows || n0 >= hidden) return;
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const uint16_t* w[1] = {grp.down + static_cast<size_t>(n0) * intermediate};
+  for (int r0 = 0; r0 < grp.num_rows; r0 += 8 * kTiles) {
+    const int nr = min(8 * kTiles, grp.num_rows - r0);
+    float acc[1][kTiles][4] = {};
+    MmaRows<Vec, 1, kTiles>(w, hidden - n0, act + static_cast<size_t>(grp.row_offset + r0) * intermediate, nr,
+                    intermediate, acc);
+#pragma unroll
+    for (int i = 0; i < kTiles; ++i) {
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int n = n0 + g + (c >= 2 ? 8 : 0), r = 8 * i + 2 * t + (c & 1);
+        if (n < hidden && r < nr) {
+          const size_t row = static_cast<size_t>(grp.row_offset + r0 + r);
+          out[row * hidden + n] = row_weight[row] * acc[0][i][c];
+        }
+      }
+    }
+  }
+}
+
+__global__ void ToBf16Kernel(const float* __restrict__ in, size_t n, __nv_bfloat16* __restrict__ out) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    out[i] = __float2bfloat16(in[i]);
+  }
+}
+
+// The large-batch path between its two GEMMs, for the rows of one group:
+// act[r, j] = row_weight[r] * silu(gu[r, j]) * gu[r, intermediate + j]. The
+// row weight goes in here because the down GEMM is linear in its input.
+__global__ void SwigluKernel(const __nv_bfloat16* __restrict__ gu, const float* __restrict__ row_weight, int rows,
+                             int intermediate, __nv_bfloat16* __restrict__ act) {
+  const size_t n = static_cast<size_t>(rows) * intermediate;
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const size_t row = i / intermediate, j = i % intermediate;
+    const float gv = __bfloat162float(gu[row * 2 * intermediate + j]);
+    const float uv = __bfloat162float(gu[row * 2 * intermediate + intermediate + j]);
+    act[i] = __float2bfloat16(row_weight[row] * Silu(gv) * uv);
+  }
+}
+
+// Launches the decode kernels with the fewest row tiles that hold the
+// largest group they take.
+template <bool Vec>
+absl::Status LaunchDecode(const ExpertFfnGroup* table, unsigned num_groups, int max_rows, int largest,
+                          const uint16_t* x, int hidden, int intermediate, __nv_bfloat16* act, const float* row_weight,
+                          float* out, cudaStream_t s, bool gate_up) {
+  const int per_block = kWarps * kTile;
+  const int n = gate_up ? intermediate : hidden;
+  const dim3 grid((n + per_block - 1) / per_block, num_groups), block(32 * kWarps);
+  auto launch = [&](auto tiles) {
+    constexpr int kTiles = decltype(tiles)::value;
+    if (gate_up) {
+      GateUpKernel<Vec, kTiles><<<grid, block, 0, s>>>(table, max_rows, x, hidden, intermediate, act);
+    } else {
+      DownKernel<Vec, kTiles><<<grid, block, 0, s>>>(table, max_rows, reinterpret_cast<const uint16_t*>(act),
+                                                      row_weight, hidden, intermediate, out);
+    }
+  };
+  if (largest <= 8) {
+    launch(std::integral_constant<int, 1>());
+  } else if (largest <= 16) {
+    launch(std::integral_constant<int, 2>());
   } else {
-    for (int k = lane; k < len; k += 32) {
-      const float wk = Bf16(w[k]);
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        if (r < nr) acc[r] += wk * a[r * a_stride + k];
-      }
-    }
+    launch(std::integral_constant<int, 4>());
   }
+  return LaunchStatus(gate_up ? "GateUpKernel" : "DownKernel");
 }
 
-// act[r, j] = silu(gate_j . x_r) * (up_j . x_r) for the rows of group
-// blockIdx.y, neuron j = one per warp.
-template <bool Vec>
-__global__ void GateUpKernel(const ExpertFfnGroup* __restrict__ groups, const float* __restrict__ x, int hidden,
-                             int intermediate, float* __restrict__ act) {
-  const ExpertFfnGroup g = groups[blockIdx.y];
-  const int lane = threadIdx.x & 31;
-  const int j = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
-  if (j >= intermediate || g.num_rows == 0) return;
-  const uint16_t* gw = g.gate + static_cast<size_t>(j) * hidden;
-  const uint16_t* uw = g.up + static_cast<size_t>(j) * hidden;
-  for (int r0 = 0; r0 < g.num_rows; r0 += kRows) {
-    const int nr = min(kRows, g.num_rows - r0);
-    const float* xr = x + static_cast<size_t>(g.row_offset + r0) * hidden;
-    float ag[kRows] = {}, au[kRows] = {};
-    DotRows<Vec>(gw, xr, hidden, hidden, nr, lane, ag);
-    DotRows<Vec>(uw, xr, hidden, hidden, nr, lane, au);
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      const float sg = WarpSum(ag[r]), su = WarpSum(au[r]);
-      if (lane == 0 && r < nr) {
-        act[static_cast<size_t>(g.row_offset + r0 + r) * intermediate + j] = sg / (1.f + __expf(-sg)) * su;
-      }
-    }
-  }
-}
-
-// out[r, d] = row_weight[r] * (down_d . act_r), output column d per warp.
-template <bool Vec>
-__global__ void DownKernel(const ExpertFfnGroup* __restrict__ groups, const float* __restrict__ act,
-                           const float* __restrict__ row_weight, int hidden, int intermediate,
-                           float* __restrict__ out) {
-  const ExpertFfnGroup g = groups[blockIdx.y];
-  const int lane = threadIdx.x & 31;
-  const int d = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
-  if (d >= hidden || g.num_rows == 0) return;
-  const uint16_t* dw = g.down + static_cast<size_t>(d) * intermediate;
-  for (int r0 = 0; r0 < g.num_rows; r0 += kRows) {
-    const int nr = min(kRows, g.num_rows - r0);
-    float acc[kRows] = {};
-    DotRows<Vec>(dw, act + static_cast<size_t>(g.row_offset + r0) * intermediate, intermediate, intermediate, nr,
-                 lane, acc);
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      const float s = WarpSum(acc[r]);
-      if (lane == 0 && r < nr) {
-        const size_t row = static_cast<size_t>(g.row_offset + r0 + r);
-        out[row * hidden + d] = row_weight[row] * s;
-      }
-    }
-  }
+// C[rows, m] (row-major, leading dimension ldc) = X[rows, k] . W[m, k]^T:
+// in cuBLAS's column-major terms C^T = W . X^T, W read transposed.
+absl::Status Gemm(const CublasApi& api, cublasHandle_t h, const uint16_t* w, int m, int k, const void* x, int rows,
+                  void* c, int ldc, cudaDataType_t c_type) {
+  const float one = 1.f, zero = 0.f;
+  return api.Check(api.gemm_ex(h, CUBLAS_OP_T, CUBLAS_OP_N, m, rows, k, &one, w, CUDA_R_16BF, k, x, CUDA_R_16BF, k,
+                               &zero, c, c_type, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                   "cublasGemmEx");
 }
 
 }  // namespace
 
-absl::Status ExpertFfnCuda(const float* x, const float* row_weight, const std::vector<ExpertFfnGroup>& groups,
-                           int hidden, int intermediate, float* act, float* out, CudaStream stream) {
+// Streams for the GEMM path: one group's GEMMs fill the GPU only when it
+// has many rows, so groups take turns over a few streams, each with its own
+// cuBLAS handle (a handle's workspace is not to be shared between streams
+// that run at once), forked from and joined back to the caller's stream.
+struct CudaExpertFfn::GemmStreams {
+  explicit GemmStreams(int n) : count(n), streams(n), handles(n), joins(n) {}
+  const int count;
+  const CublasApi* api = nullptr;
+  std::vector<cudaStream_t> streams;
+  std::vector<cublasHandle_t> handles;
+  cudaEvent_t fork = nullptr;
+  std::vector<cudaEvent_t> joins;
+  ~GemmStreams() {
+    for (int i = 0; i < count; ++i) {
+      if (handles[i] != nullptr) api->destroy(handles[i]);
+      if (streams[i] != nullptr) cudaStreamDestroy(streams[i]);
+      if (joins[i] != nullptr) cudaEventDestroy(joins[i]);
+    }
+    if (fork != nullptr) cudaEventDestroy(fork);
+  }
+  absl::Status Init() {
+    MM_ASSIGN_OR_RETURN(api, LoadCublas());
+    if (absl::Status st = CudaStatus(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming), "cudaEventCreate");
+        !st.ok()) {
+      return st;
+    }
+    for (int i = 0; i < count; ++i) {
+      if (absl::Status st = CudaStatus(cudaStreamCreateWithFlags(&streams[i], cudaStreamNonBlocking),
+                                       "cudaStreamCreate");
+          !st.ok()) {
+        return st;
+      }
+      if (absl::Status st = CudaStatus(cudaEventCreateWithFlags(&joins[i], cudaEventDisableTiming), "cudaEventCreate");
+          !st.ok()) {
+        return st;
+      }
+      MM_RETURN_IF_ERROR(api->Check(api->create(&handles[i]), "cublasCreate"));
+      MM_RETURN_IF_ERROR(api->Check(api->set_stream(handles[i], streams[i]), "cublasSetStream"));
+    }
+    return absl::OkStatus();
+  }
+};
+
+absl::StatusOr<std::unique_ptr<CudaExpertFfn>> CudaExpertFfn::Create(int hidden, int intermediate,
+                                                                     const Options& options) {
   if (hidden <= 0 || intermediate <= 0) {
-    return absl::InvalidArgumentError("ExpertFfnCuda: hidden and intermediate sizes must be positive");
+    return absl::InvalidArgumentError("CudaExpertFfn: hidden and intermediate sizes must be positive");
   }
+  return std::unique_ptr<CudaExpertFfn>(new CudaExpertFfn(hidden, intermediate, options));
+}
+
+CudaExpertFfn::CudaExpertFfn(int hidden, int intermediate, const Options& options)
+    : hidden_(hidden), intermediate_(intermediate), options_(options) {}
+
+CudaExpertFfn::~CudaExpertFfn() = default;
+
+absl::Status CudaExpertFfn::Reserve(size_t rows, size_t groups) {
+  if (rows > rows_reserved_) {
+    rows = std::max(rows, 2 * rows_reserved_);  // room to grow
+    x_bf16_.reset();
+    act_.reset();
+    gate_up_.reset();
+    auto x = DeviceBuffer::Allocate(rows * hidden_ * 2);
+    if (!x.ok()) return x.status();
+    auto act = DeviceBuffer::Allocate(rows * intermediate_ * 2);
+    if (!act.ok()) return act.status();
+    auto gu = DeviceBuffer::Allocate(rows * intermediate_ * 4);
+    if (!gu.ok()) return gu.status();
+    x_bf16_ = std::move(*x);
+    act_ = std::move(*act);
+    gate_up_ = std::move(*gu);
+    rows_reserved_ = rows;
+  }
+  if (groups > groups_reserved_) {
+    groups = std::max(groups, 2 * groups_reserved_);
+    table_.reset();
+    auto t = DeviceBuffer::Allocate(groups * sizeof(ExpertFfnGroup));
+    if (!t.ok()) return t.status();
+    table_ = std::move(*t);
+    groups_reserved_ = groups;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaExpertFfn::Run(const float* x, const float* row_weight, const std::vector<ExpertFfnGroup>& groups,
+                                float* out, CudaStream stream) {
+  size_t rows = 0;
+  int largest_small = 0;
+  bool large = false;
   for (const ExpertFfnGroup& g : groups) {
-    if (g.num_rows < 0 || g.row_offset < 0) return absl::InvalidArgumentError("ExpertFfnCuda: bad group rows");
-    if (g.num_rows > 0 && (g.gate == nullptr || g.up == nullptr || g.down == nullptr)) {
-      return absl::InvalidArgumentError("ExpertFfnCuda: a group with rows has no weights");
+    if (g.num_rows < 0 || g.row_offset < 0) return absl::InvalidArgumentError("CudaExpertFfn: bad group rows");
+    if (g.num_rows == 0) continue;
+    if (g.gate == nullptr || g.up == nullptr || g.down == nullptr) {
+      return absl::InvalidArgumentError("CudaExpertFfn: a group with rows has no weights");
+    }
+    rows = std::max(rows, static_cast<size_t>(g.row_offset) + g.num_rows);
+    if (g.num_rows >= options_.gemm_min_rows) {
+      large = true;
+    } else {
+      largest_small = std::max(largest_small, g.num_rows);
     }
   }
-  if (groups.empty()) return absl::OkStatus();
+  if (rows == 0) return absl::OkStatus();
+  if (absl::Status st = Reserve(rows, groups.size()); !st.ok()) return st;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  ExpertFfnGroup* table = nullptr;
-  const size_t bytes = groups.size() * sizeof(ExpertFfnGroup);
-  if (absl::Status st = CudaStatus(cudaMallocAsync(reinterpret_cast<void**>(&table), bytes, s), "cudaMallocAsync");
-      !st.ok()) {
-    return st;
-  }
-  absl::Status st = CudaStatus(cudaMemcpyAsync(table, groups.data(), bytes, cudaMemcpyHostToDevice, s),
-                               "cudaMemcpyAsync");
-  if (st.ok()) {
-    const dim3 block(32 * kWarpsPerBlock);
-    const dim3 gate_grid((intermediate + kWarpsPerBlock - 1) / kWarpsPerBlock, static_cast<unsigned>(groups.size()));
-    // 16-byte loads need rows of a multiple of 8 elements (and aligned bases,
-    // which cudaMalloc gives).
-    if (hidden % 8 == 0) {
-      GateUpKernel<true><<<gate_grid, block, 0, s>>>(table, x, hidden, intermediate, act);
-    } else {
-      GateUpKernel<false><<<gate_grid, block, 0, s>>>(table, x, hidden, intermediate, act);
+  const size_t n = rows * hidden_;
+  ToBf16Kernel<<<static_cast<unsigned>(std::min<size_t>((n + 255) / 256, 4096)), 256, 0, s>>>(
+      x, n, x_bf16_->as<__nv_bfloat16>());
+  if (absl::Status st = LaunchStatus("ToBf16Kernel"); !st.ok()) return st;
+  // Stream-ordered after the previous call's kernels, which read the table.
+  MM_RETURN_IF_ERROR(CudaStatus(
+      cudaMemcpyAsync(table_->data(), groups.data(), groups.size() * sizeof(groups[0]), cudaMemcpyHostToDevice, s),
+      "cudaMemcpyAsync"));
+  if (largest_small > 0) {
+    const auto* table = table_->as<ExpertFfnGroup>();
+    const unsigned ng = static_cast<unsigned>(groups.size());
+    const int max_rows = options_.gemm_min_rows;
+    auto* act = act_->as<__nv_bfloat16>();
+    const auto* xb = x_bf16_->as<uint16_t>();
+    // 16-byte loads need rows of a multiple of 8 elements (and aligned
+    // bases, which cudaMalloc gives).
+    const bool vec_in = hidden_ % 8 == 0, vec_act = intermediate_ % 8 == 0;
+    for (bool gate_up : {true, false}) {
+      absl::Status st = (gate_up ? vec_in : vec_act)
+                            ? LaunchDecode<true>(table, ng, max_rows, largest_small, xb, hidden_, intermediate_, act,
+                                                 row_weight, out, s, gate_up)
+                            : LaunchDecode<false>(table, ng, max_rows, largest_small, xb, hidden_, intermediate_, act,
+                                                  row_weight, out, s, gate_up);
+      if (!st.ok()) return st;
     }
-    st.Update(LaunchStatus("GateUpKernel"));
   }
-  if (st.ok()) {
-    const dim3 block(32 * kWarpsPerBlock);
-    const dim3 down_grid((hidden + kWarpsPerBlock - 1) / kWarpsPerBlock, static_cast<unsigned>(groups.size()));
-    if (intermediate % 8 == 0) {
-      DownKernel<true><<<down_grid, block, 0, s>>>(table, act, row_weight, hidden, intermediate, out);
-    } else {
-      DownKernel<false><<<down_grid, block, 0, s>>>(table, act, row_weight, hidden, intermediate, out);
+  if (large) return RunGemms(groups, row_weight, out, stream);
+  return absl::OkStatus();
+}
+
+absl::Status CudaExpertFfn::RunGemms(const std::vector<ExpertFfnGroup>& groups, const float* row_weight, float* out,
+                                     CudaStream stream) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (gemm_ == nullptr) {
+    auto g = std::make_unique<GemmStreams>(std::max(options_.gemm_streams, 1));
+    if (absl::Status st = g->Init(); !st.ok()) return st;
+    gemm_ = std::move(g);
+  }
+  GemmStreams& gs = *gemm_;
+  // Fork: every GEMM stream waits for what the caller's stream has queued
+  // (the bf16 rows); join: the caller's stream waits for every GEMM stream.
+  if (absl::Status st = CudaStatus(cudaEventRecord(gs.fork, s), "cudaEventRecord"); !st.ok()) return st;
+  for (int i = 0; i < gs.count; ++i) cudaStreamWaitEvent(gs.streams[i], gs.fork, 0);
+  const int in = intermediate_, hd = hidden_;
+  const auto* xb = x_bf16_->as<uint16_t>();
+  auto* gu = gate_up_->as<uint16_t>();
+  auto* act = act_->as<uint16_t>();
+  auto enqueue = [&]() -> absl::Status {
+    int next = 0;
+    for (const ExpertFfnGroup& g : groups) {
+      if (g.num_rows == 0 || g.num_rows < options_.gemm_min_rows) continue;
+      const int i = next++ % gs.count;
+      cublasHandle_t h = gs.handles[i];
+      const size_t o = g.row_offset;
+      const void* xg = xb + o * hd;
+      uint16_t* c = gu + o * 2 * in;
+      if (g.up == g.gate + static_cast<size_t>(in) * hd) {  // one GEMM for both
+        MM_RETURN_IF_ERROR(Gemm(*gs.api, h, g.gate, 2 * in, hd, xg, g.num_rows, c, 2 * in, CUDA_R_16BF));
+      } else {
+        MM_RETURN_IF_ERROR(Gemm(*gs.api, h, g.gate, in, hd, xg, g.num_rows, c, 2 * in, CUDA_R_16BF));
+        MM_RETURN_IF_ERROR(Gemm(*gs.api, h, g.up, in, hd, xg, g.num_rows, c + in, 2 * in, CUDA_R_16BF));
+      }
+      const size_t elems = static_cast<size_t>(g.num_rows) * in;
+      SwigluKernel<<<static_cast<unsigned>(std::min<size_t>((elems + 255) / 256, 1024)), 256, 0, gs.streams[i]>>>(
+          reinterpret_cast<const __nv_bfloat16*>(c), row_weight + o, g.num_rows, in,
+          reinterpret_cast<__nv_bfloat16*>(act + o * in));
+      MM_RETURN_IF_ERROR(LaunchStatus("SwigluKernel"));
+      MM_RETURN_IF_ERROR(Gemm(*gs.api, h, g.down, hd, in, act + o * in, g.num_rows, out + o * hd, hd, CUDA_R_32F));
     }
-    st.Update(LaunchStatus("DownKernel"));
+    return absl::OkStatus();
+  };
+  const absl::Status status = enqueue();
+  // Join even after an error, so that the caller's stream never runs ahead
+  // of work already queued.
+  for (int i = 0; i < gs.count; ++i) {
+    cudaEventRecord(gs.joins[i], gs.streams[i]);
+    cudaStreamWaitEvent(s, gs.joins[i], 0);
   }
-  // Stream-ordered: freed after the kernels have read it. (A copy from
-  // pageable host memory has been staged by the time cudaMemcpyAsync
-  // returns, so `groups` need not outlive this call.)
-  cudaFreeAsync(table, s);
-  return st;
+  return status;
 }
 
 }  // namespace moemesh

@@ -2,16 +2,19 @@
 #define MOEMESH_CORE_KERNELS_CUDA_EXPERT_FFN_H_
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
-#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "core/kernels/cuda/cuda_runtime_util.h"
 
 namespace moemesh {
 
-// One expert's rows in a batch for ExpertFfnCuda. Weight pointers are on the
+// One expert's rows in a batch for CudaExpertFfn. Weight pointers are on the
 // device, bf16, row-major: gate and up [intermediate, hidden], down
-// [hidden, intermediate]. The group's rows are rows [row_offset,
+// [hidden, intermediate]; 16-byte aligned. When `up` directly follows
+// `gate` (one [2 * intermediate, hidden] allocation) the large-batch path
+// does both in one GEMM. The group's rows are rows [row_offset,
 // row_offset + num_rows) of the gathered input.
 struct ExpertFfnGroup {
   const uint16_t* gate = nullptr;
@@ -23,14 +26,57 @@ struct ExpertFfnGroup {
 
 // The routed experts of one layer on the GPU, as ComputeExpertRows does on
 // the CPU: out[r] = row_weight[r] * down(silu(gate x_r) * up x_r) for every
-// gathered row r, with x_r in fp32, bf16 weights and fp32 accumulation.
-// `x` [total_rows, hidden], `row_weight` [total_rows], `act` (scratch,
-// [total_rows, intermediate]) and `out` [total_rows, hidden] are device
-// pointers. Groups may be empty. Enqueued on `stream`, with the group table
-// copied to a stream-ordered device allocation; `groups` need not outlive
-// the call.
-absl::Status ExpertFfnCuda(const float* x, const float* row_weight, const std::vector<ExpertFfnGroup>& groups,
-                           int hidden, int intermediate, float* act, float* out, CudaStream stream);
+// gathered row r. The rows and the activations between the two products
+// are bf16 (as in vLLM and SGLang), products accumulate in fp32, and the
+// output is fp32. Two paths:
+//   * groups with fewer than `gemm_min_rows` rows (decode) run in
+//     moemesh's own tensor-core kernel, which streams each weight once for
+//     up to 32 rows and fuses SwiGLU;
+//   * larger groups run as cuBLAS GEMMs (bf16 in, fp32 accumulation), with
+//     SwiGLU and the row weights fused into one kernel between them; groups
+//     take turns over a few streams, so that small GEMMs run side by side.
+// Not thread-safe: one instance per stream. Scratch grows as needed.
+class CudaExpertFfn {
+ public:
+  struct Options {
+    // Groups with at least this many rows take the cuBLAS path.
+    int gemm_min_rows = 32;
+    // Streams (each with a cuBLAS handle) that GEMM groups take turns on.
+    int gemm_streams = 4;
+  };
+
+  // INVALID_ARGUMENT for non-positive sizes.
+  static absl::StatusOr<std::unique_ptr<CudaExpertFfn>> Create(int hidden, int intermediate, const Options& options);
+  static absl::StatusOr<std::unique_ptr<CudaExpertFfn>> Create(int hidden, int intermediate) {
+    return Create(hidden, intermediate, Options());
+  }
+  ~CudaExpertFfn();
+  CudaExpertFfn(const CudaExpertFfn&) = delete;
+  CudaExpertFfn& operator=(const CudaExpertFfn&) = delete;
+
+  // `x` [total_rows, hidden] fp32, `row_weight` [total_rows] and `out`
+  // [total_rows, hidden] fp32 are device pointers; total_rows is the end of
+  // the last group. Groups may be empty. Enqueued on `stream`; `groups` need
+  // not outlive the call.
+  absl::Status Run(const float* x, const float* row_weight, const std::vector<ExpertFfnGroup>& groups, float* out,
+                   CudaStream stream);
+
+  int hidden() const { return hidden_; }
+  int intermediate() const { return intermediate_; }
+
+ private:
+  struct GemmStreams;
+  CudaExpertFfn(int hidden, int intermediate, const Options& options);
+  absl::Status Reserve(size_t rows, size_t groups);
+  absl::Status RunGemms(const std::vector<ExpertFfnGroup>& groups, const float* row_weight, float* out,
+                        CudaStream stream);
+
+  const int hidden_, intermediate_;
+  const Options options_;
+  std::unique_ptr<GemmStreams> gemm_;  // made on first use
+  size_t rows_reserved_ = 0, groups_reserved_ = 0;
+  std::unique_ptr<DeviceBuffer> x_bf16_, act_, gate_up_, table_;
+};
 
 }  // namespace moemesh
 
