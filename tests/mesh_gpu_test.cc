@@ -1,7 +1,8 @@
 // The mesh with its expert workers on a GPU (`moemesh up --expert-device
-// cuda`) against the single-process CPU engine: greedy tokens of the demo
-// model (bf16 weights on both sides; the GPU's rows and activations are
-// bf16 too). Labelled `gpu`; skips without a GPU.
+// cuda`), and its router on the CPU or on the GPU (`--router-device`),
+// against the single-process CPU engine: greedy tokens of the demo model
+// (bf16 weights on both sides; the GPU's rows and activations are bf16 too).
+// Labelled `gpu`; skips without a GPU.
 //   MOEMESH_BIN=build/tools/moemesh/moemesh mesh_gpu_test
 #include <cstdio>
 #include <cstdlib>
@@ -37,9 +38,13 @@ std::string Output(const std::vector<std::string>& argv) {
   return out;
 }
 
-TEST(MeshGpuTest, GreedyTokensThroughCudaExpertsEqualTheCpuEngine) {
+// The router on the CPU or on the GPU; the experts on the GPU.
+class MeshGpuTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(MeshGpuTest, GreedyTokensEqualTheCpuEngine) {
   if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-  auto up = Subprocess::Start({Moemesh(), "up", "--expert-shards=2", "--expert-device=cuda"});
+  auto up = Subprocess::Start(
+      {Moemesh(), "up", "--expert-shards=2", "--expert-device=cuda", "--router-device=" + GetParam()});
   ASSERT_TRUE(up.ok());
   auto target = (*up)->WaitForLine("gateway listening on ", absl::Seconds(120));
   ASSERT_TRUE(target.ok()) << target.status();
@@ -83,11 +88,13 @@ TEST(MeshGpuTest, GreedyTokensThroughCudaExpertsEqualTheCpuEngine) {
     const double gap = top[0]["logprob"].get<double>() - top[1]["logprob"].get<double>();
     EXPECT_EQ(top[1]["token_id"].get<int>(), want[same]) << "\"" << prompt << "\" parts at token " << same;
     EXPECT_LT(gap, kTie) << "\"" << prompt << "\" parts at token " << same << " with a gap of " << gap;
-    std::printf("\"%s\": bf16 near-tie at token %zu (GPU %d, CPU %d, gap %.4f nats)\n", prompt, same, got[same],
-                want[same], gap);
+    std::printf("router on %s, \"%s\": bf16 near-tie at token %zu (GPU %d, CPU %d, gap %.4f nats)\n",
+                GetParam().c_str(), prompt, same, got[same], want[same], gap);
   }
   EXPECT_EQ((*up)->Stop(absl::Seconds(30)), 0);
 }
+
+INSTANTIATE_TEST_SUITE_P(RouterDevice, MeshGpuTest, ::testing::Values("cpu", "cuda"));
 
 }  // namespace
 }  // namespace moemesh

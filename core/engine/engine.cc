@@ -54,8 +54,12 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
   e->options_ = options;
   e->pool_ = std::make_unique<ThreadPool>(options.num_threads);
   e->weights_ = std::make_shared<const ModelWeights>(std::move(w));
-  MM_ASSIGN_OR_RETURN(e->model_, Model::Create(config, e->weights_, e->pool_.get()));
   int blocks = (options.kv_cache_tokens + options.kv_block_size - 1) / options.kv_block_size;
+  if (options.forward_pass) {
+    MM_ASSIGN_OR_RETURN(e->model_, options.forward_pass(config, e->weights_, options.kv_block_size, blocks));
+  } else {
+    MM_ASSIGN_OR_RETURN(e->model_, Model::Create(config, e->weights_, e->pool_.get()));
+  }
   e->cache_ = std::make_unique<KvCache>(config.num_layers, e->model_->kv_k_width(),
                                         e->model_->kv_v_width(), options.kv_block_size, blocks);
   e->experts_ = experts ? std::move(experts)

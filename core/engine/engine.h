@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "core/engine/expert_executor.h"
+#include "core/engine/forward_pass.h"
 #include "core/engine/sampler.h"
 #include "core/model/config.h"
 
@@ -16,7 +17,7 @@ namespace moemesh {
 class ExpertExecutor;
 class KvCache;
 class Scheduler;
-class Model;
+class ForwardPass;
 struct ModelWeights;
 class ThreadPool;
 
@@ -26,6 +27,8 @@ struct EngineOptions {
   int kv_block_size = 16;
   int prefill_chunk = 512;      // longest prefill piece per forward step
   GatingExtensions gating;      // overrides config.json's (off by default)
+  // Where the dense part runs; null: the CPU (Model, on num_threads).
+  ForwardPassFactory forward_pass;
 
   absl::Status Validate() const;
 };
@@ -81,7 +84,7 @@ class Engine {
 
   std::unique_ptr<ThreadPool> pool_;
   std::shared_ptr<const ModelWeights> weights_;
-  std::unique_ptr<Model> model_;
+  std::unique_ptr<ForwardPass> model_;
   std::unique_ptr<KvCache> cache_;
   std::unique_ptr<ExpertExecutor> experts_;
   EngineOptions options_;

@@ -8,6 +8,7 @@
 #include "core/engine/expert_executor.h"
 #include "core/engine/ffn.h"
 #include "core/engine/kv_cache.h"
+#include "core/engine/kernel_params.h"
 #include "core/kernels/cpu/activation.h"
 #include "core/kernels/cpu/attention.h"
 #include "core/kernels/cpu/gating.h"
@@ -17,32 +18,6 @@
 
 namespace moemesh {
 namespace {
-
-RopeParams ToRopeParams(const RopeConfig& r) {
-  RopeParams p;
-  switch (r.type) {
-    case RopeType::kDefault: p.kind = RopeKind::kDefault; break;
-    case RopeType::kLinear: p.kind = RopeKind::kLinear; break;
-    case RopeType::kDynamic: p.kind = RopeKind::kDynamic; break;
-    case RopeType::kYarn: p.kind = RopeKind::kYarn; break;
-    case RopeType::kLlama3: p.kind = RopeKind::kLlama3; break;
-  }
-  p.theta = r.theta;
-  p.dim = r.dim;
-  p.factor = r.factor;
-  p.max_position_embeddings = r.max_position_embeddings;
-  p.original_max_position_embeddings = r.original_max_position_embeddings;
-  p.attention_factor = r.attention_factor;
-  p.beta_fast = r.beta_fast;
-  p.beta_slow = r.beta_slow;
-  p.mscale = r.mscale;
-  p.mscale_all_dim = r.mscale_all_dim;
-  p.truncate = r.truncate;
-  p.low_freq_factor = r.low_freq_factor;
-  p.high_freq_factor = r.high_freq_factor;
-  p.interleaved = r.interleaved;
-  return p;
-}
 
 // DeepSeek's q_a and kv_a norms use the module default eps, not the config's.
 constexpr float kLatentNormEps = 1e-6f;
@@ -224,19 +199,7 @@ absl::Status Model::Mlp(int layer, const float* x, int n, ExpertExecutor* expert
   }
   std::vector<float> logits(static_cast<size_t>(n) * c.num_experts);
   Linear(x, n, l.router, nullptr, logits.data(), pool_);
-  GatingParams g;
-  g.num_experts = c.num_experts;
-  g.top_k = c.num_experts_per_tok;
-  g.sigmoid = c.scoring == ScoringFunc::kSigmoid;
-  g.norm_topk_prob = c.norm_topk_prob;
-  g.score_bias = l.score_correction_bias.empty() ? nullptr : l.score_correction_bias.data();
-  g.n_group = c.n_group;
-  g.topk_group = c.topk_group;
-  g.routed_scaling_factor = static_cast<float>(c.routed_scaling_factor);
-  g.temperature = static_cast<float>(c.gating.temperature);
-  g.dynamic_k_min = c.gating.dynamic_k_min;
-  g.dynamic_k_max = c.gating.dynamic_k_max;
-  g.dynamic_k_p = static_cast<float>(c.gating.dynamic_k_p);
+  const GatingParams g = ToGatingParams(c, l.score_correction_bias.empty() ? nullptr : l.score_correction_bias.data());
   const int slots = g.SlotsPerToken();
   std::vector<int> ids(static_cast<size_t>(n) * slots);
   std::vector<float> weights(ids.size());
@@ -264,15 +227,9 @@ absl::Status Model::Forward(absl::Span<const ForwardItem> items, KvCache* cache,
   const ModelConfig& c = config_;
   const int H = c.hidden_size;
   std::vector<RowInfo> rows;
+  MM_RETURN_IF_ERROR(CheckForwardItems(items, c.vocab_size));
   for (size_t i = 0; i < items.size(); ++i) {
     const ForwardItem& it = items[i];
-    if (it.tokens.empty()) return absl::InvalidArgumentError("a forward item has no tokens");
-    for (int t : it.tokens) {
-      if (t < 0 || t >= c.vocab_size) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("token id ", t, " is outside the vocabulary [0, ", c.vocab_size, ")"));
-      }
-    }
     int first = it.seq->length;
     int end = first + static_cast<int>(it.tokens.size());
     MM_RETURN_IF_ERROR(cache->Reserve(it.seq, end));

@@ -6,47 +6,31 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "core/engine/forward_pass.h"
 #include "core/kernels/cpu/rope.h"
 #include "core/model/config.h"
 #include "core/model/weights.h"
 
 namespace moemesh {
 
-class ExpertExecutor;
-class KvCache;
-struct KvSequence;
 class ThreadPool;
-
-// New tokens of one sequence in a forward step: a prefill chunk or one
-// decode token. Their keys are appended to `seq` in `cache`.
-struct ForwardItem {
-  KvSequence* seq = nullptr;
-  absl::Span<const int> tokens;
-  bool all_logits = false;  // logits of every token, else of the last only
-};
 
 // The forward pass of a MoE decoder on CPU: embeddings, attention over the
 // paged KV cache, gating, experts through an ExpertExecutor, LM head. One
 // step may mix sequences. Not thread-safe; the thread pool parallelises
 // inside each kernel.
-class Model {
+class Model : public ForwardPass {
  public:
   // `weights` must hold the dense part (load_dense).
   static absl::StatusOr<std::unique_ptr<Model>> Create(const ModelConfig& config,
                                                        std::shared_ptr<const ModelWeights> weights,
                                                        ThreadPool* pool);
 
-  const ModelConfig& config() const { return config_; }
-  // Floats per position per layer in the KV cache (keys, then values).
-  int kv_k_width() const;
-  int kv_v_width() const;
-
-  // Runs one step. Appends rows to `logits` ([rows, vocab]): one per item,
-  // or one per token for items with all_logits. On error nothing is
-  // appended and the sequences' lengths are unchanged (their reserved
-  // blocks stay reserved).
-  absl::Status Forward(absl::Span<const ForwardItem> items, KvCache* cache,
-                       ExpertExecutor* experts, std::vector<float>* logits);
+  const ModelConfig& config() const override { return config_; }
+  int kv_k_width() const override;
+  int kv_v_width() const override;
+  absl::Status Forward(absl::Span<const ForwardItem> items, KvCache* cache, ExpertExecutor* experts,
+                       std::vector<float>* logits) override;
 
  private:
   Model(const ModelConfig& c, std::shared_ptr<const ModelWeights> w, ThreadPool* pool);

@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/engine/expert_executor.h"
-#include "core/engine/model.h"
+#include "core/engine/forward_pass.h"
 
 namespace moemesh {
 
@@ -58,7 +58,7 @@ double Since(std::chrono::steady_clock::time_point t) {
 }
 }  // namespace
 
-Scheduler::Scheduler(Model* model, KvCache* cache, ExpertExecutor* experts, const Options& options)
+Scheduler::Scheduler(ForwardPass* model, KvCache* cache, ExpertExecutor* experts, const Options& options)
     : model_(model),
       cache_(cache),
       experts_(experts),

@@ -16,7 +16,7 @@
 namespace moemesh {
 
 class ExpertExecutor;
-class Model;
+class ForwardPass;
 
 // What a request produced in one step.
 struct StepEvent {
@@ -63,7 +63,7 @@ class Scheduler {
   };
 
   // `model`, `cache` and `experts` must outlive the scheduler.
-  Scheduler(Model* model, KvCache* cache, ExpertExecutor* experts, const Options& options);
+  Scheduler(ForwardPass* model, KvCache* cache, ExpertExecutor* experts, const Options& options);
   ~Scheduler();
 
   // OK if Add would accept the request; thread-safe (reads only the
@@ -99,7 +99,7 @@ class Scheduler {
   void Finish(Request* r);
   int BlocksFor(int tokens) const;
 
-  Model* model_;
+  ForwardPass* model_;
   KvCache* cache_;
   ExpertExecutor* experts_;
   std::unique_ptr<StatsExecutor> timed_experts_;  // wraps experts_ for StepStats

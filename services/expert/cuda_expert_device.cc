@@ -1,40 +1,15 @@
 #include "services/expert/cuda_expert_device.h"
 
 #include <algorithm>
-#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
+#include "core/engine/cuda/device_weights.h"
 #include "core/kernels/cuda/expert_ffn.h"
 #include "core/model/weights.h"
-#include "core/tensor/dtype.h"
 #include "services/expert/expert_worker.h"
 
 namespace moemesh {
-namespace {
-
-// Matrices as bf16 on the device, one after another in one allocation (the
-// expert FFN does gate and up in one GEMM when they are adjacent).
-absl::StatusOr<std::unique_ptr<DeviceBuffer>> UploadBf16(std::initializer_list<const MatrixView*> ms) {
-  std::vector<uint16_t> bf16;
-  for (const MatrixView* m : ms) {
-    const size_t n = static_cast<size_t>(m->rows) * m->cols;
-    const size_t at = bf16.size();
-    bf16.resize(at + n);
-    if (m->dtype == DType::kBF16) {
-      std::memcpy(bf16.data() + at, m->data, n * 2);
-    } else {
-      std::vector<float> f32(n);
-      ConvertToF32(m->dtype, m->data, n, f32.data());
-      for (size_t i = 0; i < n; ++i) bf16[at + i] = F32ToBf16(f32[i]);
-    }
-  }
-  MM_ASSIGN_OR_RETURN(auto buf, DeviceBuffer::Allocate(bf16.size() * 2));
-  MM_RETURN_IF_ERROR(buf->CopyFrom(bf16.data(), bf16.size() * 2));
-  return buf;
-}
-
-}  // namespace
 
 ExpertDeviceFactory CudaExpertDevice::Factory(int device_index) {
   return [device_index](const ModelConfig& c, const ModelWeights& w) { return Create(c, w, device_index); };

@@ -6,21 +6,12 @@
 #include <cmath>
 #include <random>
 
+#include "core/tensor/rel_error.h"
 #include "gtest/gtest.h"
 #include "services/expert/expert_worker.h"
 
 namespace moemesh {
 namespace {
-
-double RelError(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    num += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
-    den += static_cast<double>(b[i]) * b[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
 
 class CudaExpertDeviceTest : public ::testing::TestWithParam<std::pair<std::string, double>> {
  protected:

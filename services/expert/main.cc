@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/strings/numbers.h"
+#include "services/common/device_flag.h"
 #include "services/common/frame_socket.h"
 #include "services/common/server_util.h"
 #include "core/metrics/gpu_collector.h"
@@ -42,25 +42,20 @@ int main(int argc, char** argv) {
   opt.num_shards = absl::GetFlag(FLAGS_num_shards);
   opt.placement_file = absl::GetFlag(FLAGS_placement);
   opt.threads = absl::GetFlag(FLAGS_threads);
-  const std::string device = absl::GetFlag(FLAGS_device);
-  int gpu = -1;  // the GPU in use, for its metrics
-  if (device.rfind("cuda", 0) == 0) {
-    int index = 0;
-    if (device.size() > 4 && (device[4] != ':' || !absl::SimpleAtoi(device.substr(5), &index))) {
-      std::fprintf(stderr, "moemesh-expert: error: --device %s: expected cpu, cuda or cuda:N\n", device.c_str());
-      return 2;
-    }
+  auto device = moemesh::ParseDeviceFlag(absl::GetFlag(FLAGS_device));
+  if (!device.ok()) {
+    std::fprintf(stderr, "moemesh-expert: error: %s\n", std::string(device.status().message()).c_str());
+    return 2;
+  }
+  const int gpu = *device;  // the GPU in use (-1: none), for its metrics
+  if (gpu >= 0) {
 #ifdef MOEMESH_WITH_CUDA
-    opt.device = moemesh::CudaExpertDevice::Factory(index);
-    gpu = index;
+    opt.device = moemesh::CudaExpertDevice::Factory(gpu);
 #else
     std::fprintf(stderr, "moemesh-expert: error: --device %s: this build has no CUDA (nvcc was not found)\n",
-                 device.c_str());
+                 absl::GetFlag(FLAGS_device).c_str());
     return 2;
 #endif
-  } else if (device != "cpu") {
-    std::fprintf(stderr, "moemesh-expert: error: --device %s: expected cpu, cuda or cuda:N\n", device.c_str());
-    return 2;
   }
   if (opt.model_dir.empty()) {
     std::fprintf(stderr, "moemesh-expert: error: --model DIR is required\n");

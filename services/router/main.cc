@@ -15,6 +15,10 @@
 #include "core/engine/generation_loop.h"
 #include "core/engine/placement.h"
 #include "core/engine/scheduler.h"
+#ifdef MOEMESH_WITH_CUDA
+#include "core/engine/cuda/cuda_forward_pass.h"
+#endif
+#include "services/common/device_flag.h"
 #include "services/common/server_util.h"
 #include "services/router/remote_expert_executor.h"
 #include "services/router/router_metrics.h"
@@ -33,6 +37,8 @@ ABSL_FLAG(std::string, host, "127.0.0.1", "address to listen on");
 ABSL_FLAG(int, port, 0, "port to listen on; 0 picks a free one");
 ABSL_FLAG(int, metrics_port, 0, "port of the Prometheus /metrics endpoint; 0 picks a free one, -1 serves none");
 ABSL_FLAG(int, threads, 1, "CPU threads for attention (and local experts)");
+ABSL_FLAG(std::string, device, "cpu",
+          "where attention, gating and the LM head run: cpu, or cuda[:N] (GPU N, default 0)");
 ABSL_FLAG(int, kv_cache_tokens, 65536, "capacity of the paged KV cache, in tokens");
 ABSL_FLAG(int, kv_block_size, 16, "tokens per KV-cache block");
 ABSL_FLAG(int, max_running, 64, "requests in the batch at once");
@@ -59,6 +65,15 @@ int main(int argc, char** argv) {
   opt.kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
   opt.kv_block_size = absl::GetFlag(FLAGS_kv_block_size);
   opt.prefill_chunk = absl::GetFlag(FLAGS_prefill_chunk);
+  auto device = moemesh::ParseDeviceFlag(absl::GetFlag(FLAGS_device));
+  if (!device.ok()) return Fail(std::string(device.status().message()), 2);
+  if (*device >= 0) {
+#ifdef MOEMESH_WITH_CUDA
+    opt.forward_pass = moemesh::CudaForwardPass::Factory(*device);
+#else
+    return Fail("--device " + absl::GetFlag(FLAGS_device) + ": this build has no CUDA (nvcc was not found)", 2);
+#endif
+  }
   const int max_running = absl::GetFlag(FLAGS_max_running);
   const int max_waiting = absl::GetFlag(FLAGS_max_waiting);
   const int max_step_tokens = absl::GetFlag(FLAGS_max_step_tokens);

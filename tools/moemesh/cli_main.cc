@@ -53,6 +53,8 @@ ABSL_FLAG(bool, monitoring, false, "up: also start a local Prometheus (Debian's 
 ABSL_FLAG(int, prometheus_port, 0, "up --monitoring: Prometheus's port; 0 picks a free one");
 ABSL_FLAG(int, scrape_interval_s, 5, "up --monitoring: scrape and rule evaluation interval in seconds");
 ABSL_FLAG(std::string, expert_device, "cpu", "up: where the expert workers compute: cpu, cuda or cuda:N");
+ABSL_FLAG(std::string, router_device, "cpu",
+          "up: where the routers run attention, gating and the LM head: cpu, cuda or cuda:N");
 ABSL_FLAG(int, expert_replicas, 1, "up: replicas of each expert shard");
 ABSL_FLAG(int, routers, 1, "up: routers");
 ABSL_FLAG(std::string, host, "127.0.0.1", "up: address the services listen on");
@@ -80,7 +82,7 @@ const char kUsage[] =
     "  tokenize   --tokenizer FILE [--add-special-tokens] < {\"text\"} lines\n"
     "  detokenize --tokenizer FILE [--skip-special-tokens] < {\"ids\"} lines\n"
     "  up         [--model DIR] [--expert-shards N] [--expert-replicas R] [--routers K] [--port P]\n"
-    "             [--placement FILE] [--monitoring]\n"
+    "             [--placement FILE] [--expert-device D] [--router-device D] [--monitoring]\n"
     "             (the whole mesh as local processes; default model: the bundled demo;\n"
     "             --monitoring adds a Prometheus scraping it)\n"
     "  client generate   --target HOST:PORT (--prompt TEXT | --prompt-ids 1,2,3) [--max-new-tokens N]\n"
@@ -131,6 +133,7 @@ int UpMain() {
   cmd.expert_shards = absl::GetFlag(FLAGS_expert_shards);
   cmd.expert_replicas = absl::GetFlag(FLAGS_expert_replicas);
   cmd.expert_device = absl::GetFlag(FLAGS_expert_device);
+  cmd.router_device = absl::GetFlag(FLAGS_router_device);
   cmd.placement = absl::GetFlag(FLAGS_placement);
   cmd.monitoring = absl::GetFlag(FLAGS_monitoring);
   cmd.prometheus_port = absl::GetFlag(FLAGS_prometheus_port);

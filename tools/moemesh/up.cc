@@ -174,7 +174,8 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
     for (int r = 0; r < cmd.routers; ++r) {
       std::vector<std::string> argv = {router_bin, "--model=" + model, host, "--port=0", threads,
                                        absl::StrCat("--kv-cache-tokens=", cmd.kv_cache_tokens),
-                                       absl::StrCat("--max-running=", cmd.max_running)};
+                                       absl::StrCat("--max-running=", cmd.max_running),
+                                       "--device=" + cmd.router_device};
       if (!shard_addrs.empty()) {
         argv.push_back("--experts=" + absl::StrJoin(shard_addrs, ","));
         argv.insert(argv.end(), placement_flag.begin(), placement_flag.end());

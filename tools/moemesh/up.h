@@ -20,6 +20,7 @@ struct UpCommand {
   int port = 0;               // the gateway's; 0 picks a free one
   int threads = 1;            // per process
   std::string expert_device = "cpu";  // moemesh-expert --device: cpu, cuda, cuda:N
+  std::string router_device = "cpu";  // moemesh-router --device: cpu, cuda, cuda:N
   int kv_cache_tokens = 65536;  // per router
   int max_running = 64;         // per router
   std::string bin_dir;        // empty: beside this executable (FindServiceBinary)

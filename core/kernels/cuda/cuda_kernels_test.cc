@@ -19,6 +19,7 @@
 #include "core/tensor/dtype.h"
 #include "core/kernels/cuda/cuda_runtime_util.h"
 #include "core/kernels/cuda/norm.h"
+#include "core/tensor/rel_error.h"
 #include "gtest/gtest.h"
 
 namespace moemesh {
@@ -36,17 +37,6 @@ std::unique_ptr<DeviceBuffer> Upload(const std::vector<float>& v) {
   EXPECT_TRUE(b.ok()) << b.status();
   EXPECT_TRUE((*b)->CopyFrom(v.data(), v.size() * sizeof(float)).ok());
   return std::move(*b);
-}
-
-// ||a - b|| / ||b||, NaN-safe: NaN anywhere fails.
-double RelError(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    num += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
-    den += static_cast<double>(b[i]) * b[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
 }
 
 TEST_F(CudaKernelsTest, RmsNormMatchesCpu) {
@@ -223,7 +213,7 @@ TEST_F(CudaKernelsTest, RoutingMatchesCpu) {
 TEST_F(CudaKernelsTest, RopeMatchesCpuForEveryScaling) {
   std::mt19937 rng(9);
   std::normal_distribution<float> normal(0.f, 1.f);
-  std::vector<RopeParams> cases(6);
+  std::vector<RopeParams> cases(7);
   cases[0].dim = 128;
   cases[1].kind = RopeKind::kLinear, cases[1].dim = 64, cases[1].factor = 4;
   cases[2].kind = RopeKind::kDynamic, cases[2].dim = 64, cases[2].factor = 2, cases[2].max_position_embeddings = 512;
@@ -233,6 +223,9 @@ TEST_F(CudaKernelsTest, RopeMatchesCpuForEveryScaling) {
   cases[4].kind = RopeKind::kLlama3, cases[4].dim = 128, cases[4].factor = 8, cases[4].theta = 500000;
   cases[4].original_max_position_embeddings = 8192, cases[4].max_position_embeddings = 131072;
   cases[5].dim = 34, cases[5].interleaved = true;  // a partial rotary dim, not a multiple of 16
+  // Yarn with an attention factor (0.1 ln 4 + 1), as the qwen3_moe_yarn fixture.
+  cases[6].kind = RopeKind::kYarn, cases[6].dim = 24, cases[6].factor = 4;
+  cases[6].original_max_position_embeddings = 8, cases[6].max_position_embeddings = 32;
   for (const RopeParams& p : cases) {
     Rope rope(p);
     const int tokens = 37, heads = 5, head_stride = p.dim + 16, token_stride = heads * head_stride;

@@ -40,6 +40,25 @@ absl::Status DeviceBuffer::Fill(int value) {
   return CudaStatus(cudaMemset(ptr_, value, bytes_), "cudaMemset");
 }
 
+absl::Status CopyToDevice(void* device, const void* host, size_t bytes) {
+  if (bytes == 0) return absl::OkStatus();
+  return CudaStatus(cudaMemcpy(device, host, bytes, cudaMemcpyHostToDevice), "cudaMemcpy to device");
+}
+
+absl::Status CopyToHost(void* host, const void* device, size_t bytes) {
+  if (bytes == 0) return absl::OkStatus();
+  return CudaStatus(cudaMemcpy(host, device, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy to host");
+}
+
+absl::Status CopyRowsOnDevice(const float* src, size_t src_stride, float* dst, size_t dst_stride, size_t rows,
+                              size_t width, CudaStream stream) {
+  if (rows == 0 || width == 0) return absl::OkStatus();
+  return CudaStatus(cudaMemcpy2DAsync(dst, dst_stride * sizeof(float), src, src_stride * sizeof(float),
+                                      width * sizeof(float), rows, cudaMemcpyDeviceToDevice,
+                                      static_cast<cudaStream_t>(stream)),
+                    "cudaMemcpy2DAsync");
+}
+
 absl::Status CudaSetDevice(int index) { return CudaStatus(cudaSetDevice(index), "cudaSetDevice"); }
 
 absl::Status CudaSynchronize(CudaStream stream) {

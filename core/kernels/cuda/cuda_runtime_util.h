@@ -43,6 +43,14 @@ class DeviceBuffer {
   size_t bytes_;
 };
 
+// Synchronous copies between host memory and any device address.
+absl::Status CopyToDevice(void* device, const void* host, size_t bytes);
+absl::Status CopyToHost(void* host, const void* device, size_t bytes);
+// Rows of `width` floats between device addresses with their own strides
+// (in floats), enqueued on `stream`.
+absl::Status CopyRowsOnDevice(const float* src, size_t src_stride, float* dst, size_t dst_stride, size_t rows,
+                              size_t width, CudaStream stream);
+
 // Makes `index` the calling thread's current device.
 absl::Status CudaSetDevice(int index);
 

@@ -9,6 +9,7 @@
 #include "core/common/status_macros.h"
 #include "core/kernels/cuda/cublas_loader.cuh"
 #include "core/kernels/cuda/cuda_check.cuh"
+#include "core/kernels/cuda/dense.h"
 
 namespace moemesh {
 namespace {
@@ -250,13 +251,6 @@ __global__ void __launch_bounds__(32 * kWarps) DownKernel(const ExpertFfnGroup* 
   }
 }
 
-__global__ void ToBf16Kernel(const float* __restrict__ in, size_t n, __nv_bfloat16* __restrict__ out) {
-  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    out[i] = __float2bfloat16(in[i]);
-  }
-}
-
 // The large-batch path between its two GEMMs, for the rows of one group:
 // act[r, j] = row_weight[r] * silu(gu[r, j]) * gu[r, intermediate + j]. The
 // row weight goes in here because the down GEMM is linear in its input.
@@ -417,10 +411,7 @@ absl::Status CudaExpertFfn::Run(const float* x, const float* row_weight, const s
   if (rows == 0) return absl::OkStatus();
   if (absl::Status st = Reserve(rows, groups.size()); !st.ok()) return st;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const size_t n = rows * hidden_;
-  ToBf16Kernel<<<static_cast<unsigned>(std::min<size_t>((n + 255) / 256, 4096)), 256, 0, s>>>(
-      x, n, x_bf16_->as<__nv_bfloat16>());
-  if (absl::Status st = LaunchStatus("ToBf16Kernel"); !st.ok()) return st;
+  MM_RETURN_IF_ERROR(ToBf16Cuda(x, rows * hidden_, x_bf16_->as<uint16_t>(), stream));
   // Stream-ordered after the previous call's kernels, which read the table.
   MM_RETURN_IF_ERROR(CudaStatus(
       cudaMemcpyAsync(table_->data(), groups.data(), groups.size() * sizeof(groups[0]), cudaMemcpyHostToDevice, s),

@@ -1,0 +1,480 @@
+#include "core/engine/cuda/cuda_forward_pass.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "core/common/status_macros.h"
+#include "core/engine/cuda/device_weights.h"
+#include "core/engine/expert_executor.h"
+#include "core/engine/kv_cache.h"
+#include "core/engine/kernel_params.h"
+#include "core/kernels/cpu/gating.h"
+#include "core/kernels/cuda/attention.h"
+#include "core/kernels/cuda/dense.h"
+#include "core/kernels/cuda/expert_ffn.h"
+#include "core/kernels/cuda/gating.h"
+#include "core/kernels/cuda/gemm.h"
+#include "core/kernels/cuda/norm.h"
+#include "core/kernels/cuda/rope.h"
+#include "core/model/weights.h"
+#include "core/tensor/dtype.h"
+
+namespace moemesh {
+namespace {
+
+constexpr CudaStream kStream = nullptr;  // one stream, in order: the default
+constexpr float kLatentNormEps = 1e-6f;  // DeepSeek's q_a and kv_a norms (as Model)
+
+// Scratch slots (CudaForwardPass::Scratch).
+enum Slot { kHidden, kNormed, kDelta, kQ, kK, kV, kCtx, kQa, kCkv, kQabs, kLat, kTmp, kLogits, kGate, kShared };
+// Staging slots for per-step tables on the device.
+enum StagingSlot { kIds, kPositions, kKDst, kVDst, kPages, kInvFreq, kHeadRows, kExpertIds, kExpertW, kOnes };
+
+}  // namespace
+
+struct CudaForwardPass::Layer {
+  std::unique_ptr<DeviceBuffer> input_norm, post_norm;
+  // Attention.
+  std::unique_ptr<DeviceBuffer> q, k, v, o, q_bias, k_bias, v_bias, o_bias, q_norm, k_norm;
+  std::unique_ptr<DeviceBuffer> q_a, q_b, kv_a, q_a_bias, kv_a_bias, q_a_norm, kv_a_norm, kv_b_f32;
+  // MLP.
+  int ffn_width = 0, shared_width = 0;
+  std::unique_ptr<DeviceBuffer> gate_up, down;  // dense layer
+  std::unique_ptr<DeviceBuffer> router_f32, score_bias;
+  std::unique_ptr<DeviceBuffer> shared_gate_up, shared_down, shared_gate_f32;
+};
+
+// One step's rows and the tables its kernels read.
+struct CudaForwardPass::Step {
+  struct Item {
+    int first_row, count, first_pos;
+    int page_offset;  // into each layer's page table
+    int rope_table;   // index into the inverse-frequency tables
+  };
+  int n = 0;
+  std::vector<Item> items;
+  int pages_per_layer = 0;
+  bool one_rope_table = true;
+  std::vector<int> head_rows;  // rows whose logits are wanted
+  // Device tables (staging).
+  const int* ids = nullptr;
+  const int* positions = nullptr;
+  float* const* k_dst = nullptr;  // [layer][row]
+  float* const* v_dst = nullptr;
+  const float* const* pages = nullptr;  // [layer][pages_per_layer]
+  const float* inv_freq = nullptr;       // [table][dim / 2]
+  const int* head_rows_dev = nullptr;
+};
+
+CudaForwardPass::CudaForwardPass(const ModelConfig& config, std::shared_ptr<const ModelWeights> weights)
+    : config_(config), weights_(std::move(weights)), rope_(ToRopeParams(config.rope)) {}
+
+CudaForwardPass::~CudaForwardPass() = default;
+
+ForwardPassFactory CudaForwardPass::Factory(int device) {
+  return [device](const ModelConfig& c, std::shared_ptr<const ModelWeights> w, int block_size, int blocks) {
+    return Create(c, std::move(w), block_size, blocks, device);
+  };
+}
+
+absl::StatusOr<std::unique_ptr<ForwardPass>> CudaForwardPass::Create(const ModelConfig& config,
+                                                                     std::shared_ptr<const ModelWeights> weights,
+                                                                     int kv_block_size, int kv_blocks, int device) {
+  MM_RETURN_IF_ERROR(config.Validate());
+  if (device < 0 || device >= CudaDeviceCount()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--device cuda:", device, ": this machine has ", CudaDeviceCount(), " CUDA device(s)"));
+  }
+  if (weights->layers.size() != static_cast<size_t>(config.num_layers)) {
+    return absl::InvalidArgumentError("model weights lack the dense part (attention, norms, gates)");
+  }
+  MM_RETURN_IF_ERROR(CudaSetDevice(device));
+  std::unique_ptr<CudaForwardPass> p(new CudaForwardPass(config, std::move(weights)));
+  p->device_ = device;
+  MM_RETURN_IF_ERROR(p->Upload(kv_block_size, kv_blocks));
+  return std::unique_ptr<ForwardPass>(std::move(p));
+}
+
+int CudaForwardPass::kv_k_width() const {
+  if (config_.mla) return config_.kv_lora_rank + config_.qk_rope_head_dim;
+  return config_.num_kv_heads * config_.head_dim;
+}
+
+int CudaForwardPass::kv_v_width() const { return config_.mla ? 0 : config_.num_kv_heads * config_.head_dim; }
+
+absl::Status CudaForwardPass::Upload(int kv_block_size, int kv_blocks) {
+  const ModelWeights& w = *weights_;
+  MM_ASSIGN_OR_RETURN(gemm_, CudaGemm::Create());
+  // The embedding keeps bf16 tables as they are and others in fp32.
+  if (w.embed.dtype == DType::kBF16) {
+    MM_ASSIGN_OR_RETURN(embed_, UploadBf16({&w.embed}));
+  } else {
+    MM_ASSIGN_OR_RETURN(embed_, UploadF32(w.embed));
+  }
+  MM_ASSIGN_OR_RETURN(lm_head_, UploadBf16({&w.lm_head}));
+  MM_ASSIGN_OR_RETURN(final_norm_, UploadVector(w.final_norm));
+  auto bf16 = [](const Matrix& m) -> absl::StatusOr<std::unique_ptr<DeviceBuffer>> {
+    if (m.empty()) return std::unique_ptr<DeviceBuffer>();
+    return UploadBf16({&m});
+  };
+  for (const LayerWeights& lw : w.layers) {
+    Layer l;
+    const AttentionWeights& a = lw.attn;
+    MM_ASSIGN_OR_RETURN(l.input_norm, UploadVector(lw.input_norm));
+    MM_ASSIGN_OR_RETURN(l.post_norm, UploadVector(lw.post_attention_norm));
+    MM_ASSIGN_OR_RETURN(l.q, bf16(a.q));
+    MM_ASSIGN_OR_RETURN(l.k, bf16(a.k));
+    MM_ASSIGN_OR_RETURN(l.v, bf16(a.v));
+    MM_ASSIGN_OR_RETURN(l.o, bf16(a.o));
+    MM_ASSIGN_OR_RETURN(l.q_a, bf16(a.q_a));
+    MM_ASSIGN_OR_RETURN(l.q_b, bf16(a.q_b));
+    MM_ASSIGN_OR_RETURN(l.kv_a, bf16(a.kv_a));
+    MM_ASSIGN_OR_RETURN(l.q_bias, UploadVector(a.q_bias));
+    MM_ASSIGN_OR_RETURN(l.k_bias, UploadVector(a.k_bias));
+    MM_ASSIGN_OR_RETURN(l.v_bias, UploadVector(a.v_bias));
+    MM_ASSIGN_OR_RETURN(l.o_bias, UploadVector(a.o_bias));
+    MM_ASSIGN_OR_RETURN(l.q_norm, UploadVector(a.q_norm));
+    MM_ASSIGN_OR_RETURN(l.k_norm, UploadVector(a.k_norm));
+    MM_ASSIGN_OR_RETURN(l.q_a_bias, UploadVector(a.q_a_bias));
+    MM_ASSIGN_OR_RETURN(l.kv_a_bias, UploadVector(a.kv_a_bias));
+    MM_ASSIGN_OR_RETURN(l.q_a_norm, UploadVector(a.q_a_norm));
+    MM_ASSIGN_OR_RETURN(l.kv_a_norm, UploadVector(a.kv_a_norm));
+    // Latent attention's up-projections are applied per head in fp32, as
+    // the CPU does.
+    if (config_.mla) {
+      MM_ASSIGN_OR_RETURN(l.kv_b_f32, UploadF32(a.kv_b));
+    }
+    if (!lw.moe) {
+      l.ffn_width = lw.dense.gate.rows;
+      MM_ASSIGN_OR_RETURN(l.gate_up, UploadBf16({&lw.dense.gate, &lw.dense.up}));
+      MM_ASSIGN_OR_RETURN(l.down, UploadBf16({&lw.dense.down}));
+    } else {
+      MM_ASSIGN_OR_RETURN(l.router_f32, UploadF32(lw.router));
+      MM_ASSIGN_OR_RETURN(l.score_bias, UploadVector(lw.score_correction_bias));
+      if (!lw.shared_expert.empty()) {
+        l.shared_width = lw.shared_expert.gate.rows;
+        MM_ASSIGN_OR_RETURN(l.shared_gate_up, UploadBf16({&lw.shared_expert.gate, &lw.shared_expert.up}));
+        MM_ASSIGN_OR_RETURN(l.shared_down, UploadBf16({&lw.shared_expert.down}));
+        if (!lw.shared_expert_gate.empty()) {
+          MM_ASSIGN_OR_RETURN(l.shared_gate_f32, UploadF32(lw.shared_expert_gate));
+        }
+      }
+    }
+    for (int width : {l.ffn_width, l.shared_width}) {
+      if (width > 0 && ffns_.find(width) == ffns_.end()) {
+        MM_ASSIGN_OR_RETURN(ffns_[width], CudaExpertFfn::Create(config_.hidden_size, width));
+      }
+    }
+    layers_.push_back(std::move(l));
+  }
+  block_size_ = kv_block_size;
+  num_blocks_ = kv_blocks;
+  const size_t row = static_cast<size_t>(kv_k_width()) + kv_v_width();
+  MM_ASSIGN_OR_RETURN(kv_pool_, DeviceBuffer::Allocate(static_cast<size_t>(config_.num_layers) * kv_blocks *
+                                                       kv_block_size * row * sizeof(float)));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<float*> CudaForwardPass::Scratch(int slot, size_t count) {
+  MM_ASSIGN_OR_RETURN(void* p, Staging(1000 + slot, count * sizeof(float)));
+  return static_cast<float*>(p);
+}
+
+absl::StatusOr<void*> CudaForwardPass::Staging(int slot, size_t bytes) {
+  std::unique_ptr<DeviceBuffer>& b = slot >= 1000 ? scratch_[slot] : staging_[slot];
+  if (b == nullptr || b->bytes() < bytes) {
+    b.reset();  // cudaFree waits for kernels that may still use it
+    MM_ASSIGN_OR_RETURN(b, DeviceBuffer::Allocate(std::max<size_t>(bytes, 256) * 2));
+  }
+  return b->data();
+}
+
+absl::StatusOr<CudaForwardPass::Step> CudaForwardPass::Prepare(absl::Span<const ForwardItem> items,
+                                                              KvCache* cache) {
+  const ModelConfig& c = config_;
+  Step step;
+  MM_RETURN_IF_ERROR(CheckForwardItems(items, c.vocab_size));
+  std::vector<int> ids, positions;
+  std::vector<std::vector<float>> inv_freqs;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const ForwardItem& it = items[i];
+    const int first = it.seq->length, count = static_cast<int>(it.tokens.size());
+    MM_RETURN_IF_ERROR(cache->Reserve(it.seq, first + count));
+    // Dynamic rope depends on the longest position of this sequence's step.
+    std::vector<float> inv_freq = rope_.InvFreq(first + count);
+    int table = static_cast<int>(inv_freqs.size());
+    if (!inv_freqs.empty() && inv_freqs.back() == inv_freq) {
+      --table;
+    } else {
+      inv_freqs.push_back(std::move(inv_freq));
+    }
+    step.items.push_back({step.n, count, first, step.pages_per_layer, table});
+    step.pages_per_layer += static_cast<int>(it.seq->blocks.size());
+    for (int j = 0; j < count; ++j) {
+      ids.push_back(it.tokens[j]);
+      positions.push_back(first + j);
+    }
+    const int head_first = it.all_logits ? step.n : step.n + count - 1;
+    for (int r = head_first; r < step.n + count; ++r) step.head_rows.push_back(r);
+    step.n += count;
+  }
+  step.one_rope_table = inv_freqs.size() == 1;
+  // Where each row's keys go, and each sequence's pages, for every layer.
+  const size_t row = static_cast<size_t>(kv_k_width()) + kv_v_width();
+  auto block_ptr = [&](int layer, int block) {
+    return kv_pool_->as<float>() + ((static_cast<size_t>(layer) * num_blocks_ + block) * block_size_) * row;
+  };
+  const int L = c.num_layers;
+  std::vector<float*> k_dst(static_cast<size_t>(L) * step.n), v_dst(k_dst.size());
+  std::vector<const float*> pages(static_cast<size_t>(L) * std::max(step.pages_per_layer, 1));
+  for (int l = 0; l < L; ++l) {
+    int r = 0;
+    for (size_t i = 0; i < items.size(); ++i) {
+      const KvSequence& seq = *items[i].seq;
+      for (size_t b = 0; b < seq.blocks.size(); ++b) {
+        pages[static_cast<size_t>(l) * step.pages_per_layer + step.items[i].page_offset + b] = block_ptr(l, seq.blocks[b]);
+      }
+      for (int j = 0; j < step.items[i].count; ++j, ++r) {
+        const int pos = step.items[i].first_pos + j;
+        float* dst = block_ptr(l, seq.blocks[pos / block_size_]) + static_cast<size_t>(pos % block_size_) * row;
+        k_dst[static_cast<size_t>(l) * step.n + r] = dst;
+        v_dst[static_cast<size_t>(l) * step.n + r] = dst + kv_k_width();
+      }
+    }
+  }
+  std::vector<float> freq_flat;
+  for (const auto& f : inv_freqs) freq_flat.insert(freq_flat.end(), f.begin(), f.end());
+  auto stage = [&](int slot, const void* data, size_t bytes) -> absl::StatusOr<void*> {
+    MM_ASSIGN_OR_RETURN(void* p, Staging(slot, bytes));
+    MM_RETURN_IF_ERROR(CopyToDevice(p, data, bytes));
+    return p;
+  };
+  MM_ASSIGN_OR_RETURN(void* d_ids, stage(kIds, ids.data(), ids.size() * sizeof(int)));
+  MM_ASSIGN_OR_RETURN(void* d_pos, stage(kPositions, positions.data(), positions.size() * sizeof(int)));
+  MM_ASSIGN_OR_RETURN(void* d_k, stage(kKDst, k_dst.data(), k_dst.size() * sizeof(float*)));
+  MM_ASSIGN_OR_RETURN(void* d_v, stage(kVDst, v_dst.data(), v_dst.size() * sizeof(float*)));
+  MM_ASSIGN_OR_RETURN(void* d_pages, stage(kPages, pages.data(), pages.size() * sizeof(float*)));
+  MM_ASSIGN_OR_RETURN(void* d_freq, stage(kInvFreq, freq_flat.data(), freq_flat.size() * sizeof(float)));
+  MM_ASSIGN_OR_RETURN(void* d_head, stage(kHeadRows, step.head_rows.data(), step.head_rows.size() * sizeof(int)));
+  step.ids = static_cast<const int*>(d_ids);
+  step.positions = static_cast<const int*>(d_pos);
+  step.k_dst = static_cast<float* const*>(d_k);
+  step.v_dst = static_cast<float* const*>(d_v);
+  step.pages = static_cast<const float* const*>(d_pages);
+  step.inv_freq = static_cast<const float*>(d_freq);
+  step.head_rows_dev = static_cast<const int*>(d_head);
+  return step;
+}
+
+absl::Status CudaForwardPass::Linear(const std::unique_ptr<DeviceBuffer>& w, const std::unique_ptr<DeviceBuffer>& bias,
+                                     int out_dim, int in_dim, const float* x, int n, float* out) {
+  MM_RETURN_IF_ERROR(gemm_->LinearBf16(x, n, w->as<uint16_t>(), out_dim, in_dim, out, kStream));
+  if (bias != nullptr) MM_RETURN_IF_ERROR(AddBiasCuda(out, bias->as<float>(), n, out_dim, kStream));
+  return absl::OkStatus();
+}
+
+absl::Status CudaForwardPass::Rotate(const Step& step, float* x, int heads, int token_stride, int head_stride) {
+  const int half = config_.rope.dim / 2;
+  if (step.one_rope_table) {
+    return RopeCuda(step.inv_freq, rope_.attention_scaling(), config_.rope.dim, config_.rope.interleaved,
+                    step.positions, step.n, heads, token_stride, head_stride, x, kStream);
+  }
+  for (const Step::Item& it : step.items) {
+    MM_RETURN_IF_ERROR(RopeCuda(step.inv_freq + static_cast<size_t>(it.rope_table) * half, rope_.attention_scaling(),
+                                config_.rope.dim, config_.rope.interleaved, step.positions + it.first_row, it.count,
+                                heads, token_stride, head_stride, x + static_cast<size_t>(it.first_row) * token_stride,
+                                kStream));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaForwardPass::Attention(int layer, const Step& step, const float* x, float* out) {
+  const ModelConfig& c = config_;
+  const Layer& l = layers_[layer];
+  const int n = step.n, hd = c.head_dim, q_w = c.num_heads * hd, kv_w = c.num_kv_heads * hd, H = c.hidden_size;
+  MM_ASSIGN_OR_RETURN(float* q, Scratch(kQ, static_cast<size_t>(n) * q_w));
+  MM_ASSIGN_OR_RETURN(float* k, Scratch(kK, static_cast<size_t>(n) * kv_w));
+  MM_ASSIGN_OR_RETURN(float* v, Scratch(kV, static_cast<size_t>(n) * kv_w));
+  MM_RETURN_IF_ERROR(Linear(l.q, l.q_bias, q_w, H, x, n, q));
+  MM_RETURN_IF_ERROR(Linear(l.k, l.k_bias, kv_w, H, x, n, k));
+  MM_RETURN_IF_ERROR(Linear(l.v, l.v_bias, kv_w, H, x, n, v));
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  if (c.qk_norm_full) {
+    MM_RETURN_IF_ERROR(RmsNormCuda(q, l.q_norm->as<float>(), n, q_w, eps, q, kStream));
+    MM_RETURN_IF_ERROR(RmsNormCuda(k, l.k_norm->as<float>(), n, kv_w, eps, k, kStream));
+  } else if (c.qk_norm_per_head) {
+    MM_RETURN_IF_ERROR(RmsNormCuda(q, l.q_norm->as<float>(), n * c.num_heads, hd, eps, q, kStream));
+    MM_RETURN_IF_ERROR(RmsNormCuda(k, l.k_norm->as<float>(), n * c.num_kv_heads, hd, eps, k, kStream));
+  }
+  if (c.clip_qkv > 0) {
+    const float lim = static_cast<float>(c.clip_qkv);
+    MM_RETURN_IF_ERROR(ClampCuda(q, static_cast<size_t>(n) * q_w, lim, kStream));
+    MM_RETURN_IF_ERROR(ClampCuda(k, static_cast<size_t>(n) * kv_w, lim, kStream));
+    MM_RETURN_IF_ERROR(ClampCuda(v, static_cast<size_t>(n) * kv_w, lim, kStream));
+  }
+  MM_RETURN_IF_ERROR(Rotate(step, q, c.num_heads, q_w, hd));
+  MM_RETURN_IF_ERROR(Rotate(step, k, c.num_kv_heads, kv_w, hd));
+  MM_RETURN_IF_ERROR(ScatterRowsCuda(k, n, kv_w, kv_w, step.k_dst + static_cast<size_t>(layer) * n, kStream));
+  MM_RETURN_IF_ERROR(ScatterRowsCuda(v, n, kv_w, kv_w, step.v_dst + static_cast<size_t>(layer) * n, kStream));
+  const AttentionShape shape{c.num_heads, c.num_kv_heads, hd, hd, static_cast<float>(c.AttentionScale()),
+                             c.sliding_window[layer]};
+  MM_ASSIGN_OR_RETURN(float* ctx, Scratch(kCtx, static_cast<size_t>(n) * q_w));
+  const int row = kv_k_width() + kv_v_width();
+  for (const Step::Item& it : step.items) {
+    KvPages pages;
+    pages.k_blocks = pages.v_blocks = step.pages + static_cast<size_t>(layer) * step.pages_per_layer + it.page_offset;
+    pages.block_size = block_size_;
+    pages.k_stride = pages.v_stride = row;
+    pages.k_offset = 0;
+    pages.v_offset = kv_k_width();
+    MM_RETURN_IF_ERROR(CausalAttentionCuda(shape, q + static_cast<size_t>(it.first_row) * q_w, it.count, it.first_pos,
+                                           pages, ctx + static_cast<size_t>(it.first_row) * q_w, kStream));
+  }
+  return Linear(l.o, l.o_bias, H, q_w, ctx, n, out);
+}
+
+// As Model::LatentAttention: the cache holds the normalised latent and the
+// rotated shared key; queries are absorbed into the latent space per head.
+absl::Status CudaForwardPass::LatentAttention(int layer, const Step& step, const float* x, float* out) {
+  const ModelConfig& c = config_;
+  const Layer& l = layers_[layer];
+  const int n = step.n, Hh = c.num_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim,
+            lora = c.kv_lora_rank, vd = c.v_head_dim, qk = nope + rope, row_w = lora + rope, H = c.hidden_size;
+  MM_ASSIGN_OR_RETURN(float* q, Scratch(kQ, static_cast<size_t>(n) * Hh * qk));
+  if (c.q_lora_rank > 0) {
+    MM_ASSIGN_OR_RETURN(float* qa, Scratch(kQa, static_cast<size_t>(n) * c.q_lora_rank));
+    MM_RETURN_IF_ERROR(Linear(l.q_a, l.q_a_bias, c.q_lora_rank, H, x, n, qa));
+    MM_RETURN_IF_ERROR(RmsNormCuda(qa, l.q_a_norm->as<float>(), n, c.q_lora_rank, kLatentNormEps, qa, kStream));
+    MM_RETURN_IF_ERROR(Linear(l.q_b, nullptr, Hh * qk, c.q_lora_rank, qa, n, q));
+  } else {
+    MM_RETURN_IF_ERROR(Linear(l.q, nullptr, Hh * qk, H, x, n, q));
+  }
+  MM_ASSIGN_OR_RETURN(float* ckv, Scratch(kCkv, static_cast<size_t>(n) * row_w));
+  MM_RETURN_IF_ERROR(Linear(l.kv_a, l.kv_a_bias, row_w, H, x, n, ckv));
+  // Normalise the latent part of each row (packed, normalised, put back).
+  MM_ASSIGN_OR_RETURN(float* tmp, Scratch(kTmp, static_cast<size_t>(n) * lora));
+  MM_RETURN_IF_ERROR(CopyRowsOnDevice(ckv, row_w, tmp, lora, n, lora, kStream));
+  MM_RETURN_IF_ERROR(RmsNormCuda(tmp, l.kv_a_norm->as<float>(), n, lora, kLatentNormEps, tmp, kStream));
+  MM_RETURN_IF_ERROR(CopyRowsOnDevice(tmp, lora, ckv, row_w, n, lora, kStream));
+  MM_RETURN_IF_ERROR(Rotate(step, ckv + lora, 1, row_w, 0));
+  MM_RETURN_IF_ERROR(Rotate(step, q + nope, Hh, Hh * qk, qk));
+  MM_RETURN_IF_ERROR(ScatterRowsCuda(ckv, n, row_w, row_w, step.k_dst + static_cast<size_t>(layer) * n, kStream));
+  // qabs[r, h] = (W_uk[h]^T q_nope[r, h], q_rot[r, h]); W_uk[h] is
+  // kv_b[h * (nope + vd) .. + nope, :] ([nope, lora]).
+  const float* kvb = l.kv_b_f32->as<float>();
+  MM_ASSIGN_OR_RETURN(float* qabs, Scratch(kQabs, static_cast<size_t>(n) * Hh * row_w));
+  MM_RETURN_IF_ERROR(gemm_->BatchedF32({n, lora, nope, Hh, q, Hh * qk, qk, kvb, lora,
+                                        static_cast<long long>(nope + vd) * lora, false, qabs, Hh * row_w, row_w},
+                                       kStream));
+  MM_RETURN_IF_ERROR(CopyRowsOnDevice(q + nope, qk, qabs + lora, row_w, static_cast<size_t>(n) * Hh, rope, kStream));
+  const AttentionShape shape{Hh, 1, row_w, lora, static_cast<float>(c.AttentionScale()), 0};
+  MM_ASSIGN_OR_RETURN(float* lat, Scratch(kLat, static_cast<size_t>(n) * Hh * lora));
+  for (const Step::Item& it : step.items) {
+    KvPages pages;
+    pages.k_blocks = pages.v_blocks = step.pages + static_cast<size_t>(layer) * step.pages_per_layer + it.page_offset;
+    pages.block_size = block_size_;
+    pages.k_stride = pages.v_stride = row_w;
+    pages.k_offset = pages.v_offset = 0;
+    MM_RETURN_IF_ERROR(CausalAttentionCuda(shape, qabs + static_cast<size_t>(it.first_row) * Hh * row_w, it.count,
+                                           it.first_pos, pages, lat + static_cast<size_t>(it.first_row) * Hh * lora,
+                                           kStream));
+  }
+  // ctx[r, h] = W_uv[h] lat[r, h]; W_uv[h] is kv_b[h * (nope + vd) + nope ..
+  // + vd, :] ([vd, lora]).
+  MM_ASSIGN_OR_RETURN(float* ctx, Scratch(kCtx, static_cast<size_t>(n) * Hh * vd));
+  MM_RETURN_IF_ERROR(gemm_->BatchedF32({n, vd, lora, Hh, lat, Hh * lora, lora, kvb + static_cast<size_t>(nope) * lora,
+                                        lora, static_cast<long long>(nope + vd) * lora, true, ctx, Hh * vd, vd},
+                                       kStream));
+  return Linear(l.o, l.o_bias, H, Hh * vd, ctx, n, out);
+}
+
+absl::Status CudaForwardPass::Ffn(const std::unique_ptr<DeviceBuffer>& gate_up,
+                                  const std::unique_ptr<DeviceBuffer>& down, int width, const float* x,
+                                  const float* row_weight, int n, float* out) {
+  const uint16_t* g = gate_up->as<uint16_t>();
+  ExpertFfnGroup group{g, g + static_cast<size_t>(width) * config_.hidden_size, down->as<uint16_t>(), 0, n};
+  return ffns_.at(width)->Run(x, row_weight, {group}, out, kStream);
+}
+
+absl::Status CudaForwardPass::Mlp(int layer, const Step& step, const float* x, ExpertExecutor* experts, float* out) {
+  const ModelConfig& c = config_;
+  const Layer& l = layers_[layer];
+  const int n = step.n, H = c.hidden_size;
+  MM_ASSIGN_OR_RETURN(void* ones_p, Staging(kOnes, static_cast<size_t>(n) * sizeof(float)));
+  float* ones = static_cast<float*>(ones_p);
+  if (l.ffn_width > 0 || l.shared_width > 0) {
+    const std::vector<float> one(n, 1.0f);
+    MM_RETURN_IF_ERROR(CopyToDevice(ones, one.data(), one.size() * sizeof(float)));
+  }
+  if (l.ffn_width > 0) return Ffn(l.gate_up, l.down, l.ffn_width, x, ones, n, out);
+  // Gating on the device, the routed experts through the executor.
+  MM_ASSIGN_OR_RETURN(float* logits, Scratch(kGate, static_cast<size_t>(n) * c.num_experts));
+  MM_RETURN_IF_ERROR(gemm_->LinearF32(x, n, l.router_f32->as<float>(), c.num_experts, H, logits, kStream));
+  const GatingParams g = ToGatingParams(c, l.score_bias ? l.score_bias->as<float>() : nullptr);
+  const int slots = g.SlotsPerToken();
+  MM_ASSIGN_OR_RETURN(void* d_ids, Staging(kExpertIds, static_cast<size_t>(n) * slots * sizeof(int)));
+  MM_ASSIGN_OR_RETURN(void* d_w, Staging(kExpertW, static_cast<size_t>(n) * slots * sizeof(float)));
+  MM_RETURN_IF_ERROR(RouteTokensCuda(g, logits, n, static_cast<int*>(d_ids), static_cast<float*>(d_w), kStream));
+  std::vector<int> ids(static_cast<size_t>(n) * slots);
+  std::vector<float> weights(ids.size()), rows(static_cast<size_t>(n) * H), routed(rows.size());
+  MM_RETURN_IF_ERROR(CopyToHost(ids.data(), d_ids, ids.size() * sizeof(int)));
+  MM_RETURN_IF_ERROR(CopyToHost(weights.data(), d_w, weights.size() * sizeof(float)));
+  MM_RETURN_IF_ERROR(CopyToHost(rows.data(), x, rows.size() * sizeof(float)));
+  ExpertBatch batch{layer, n, H, rows.data(), slots, ids.data(), weights.data()};
+  MM_RETURN_IF_ERROR(experts->Execute(batch, routed.data()));
+  MM_RETURN_IF_ERROR(CopyToDevice(out, routed.data(), routed.size() * sizeof(float)));
+  if (l.shared_width > 0) {
+    const float* row_weight = ones;
+    if (l.shared_gate_f32 != nullptr) {
+      MM_ASSIGN_OR_RETURN(float* gate, Scratch(kTmp, n));
+      MM_RETURN_IF_ERROR(gemm_->LinearF32(x, n, l.shared_gate_f32->as<float>(), 1, H, gate, kStream));
+      MM_RETURN_IF_ERROR(SigmoidCuda(gate, n, gate, kStream));
+      row_weight = gate;
+    }
+    MM_ASSIGN_OR_RETURN(float* shared, Scratch(kShared, static_cast<size_t>(n) * H));
+    MM_RETURN_IF_ERROR(Ffn(l.shared_gate_up, l.shared_down, l.shared_width, x, row_weight, n, shared));
+    MM_RETURN_IF_ERROR(AddCuda(out, shared, static_cast<size_t>(n) * H, kStream));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaForwardPass::Forward(absl::Span<const ForwardItem> items, KvCache* cache, ExpertExecutor* experts,
+                                      std::vector<float>* logits) {
+  const ModelConfig& c = config_;
+  const int H = c.hidden_size;
+  MM_RETURN_IF_ERROR(CudaSetDevice(device_));
+  MM_ASSIGN_OR_RETURN(Step step, Prepare(items, cache));
+  const int n = step.n;
+  MM_ASSIGN_OR_RETURN(float* hidden, Scratch(kHidden, static_cast<size_t>(n) * H));
+  MM_ASSIGN_OR_RETURN(float* normed, Scratch(kNormed, static_cast<size_t>(n) * H));
+  MM_ASSIGN_OR_RETURN(float* delta, Scratch(kDelta, static_cast<size_t>(n) * H));
+  MM_RETURN_IF_ERROR(EmbedRowsCuda(embed_->data(), weights_->embed.dtype == DType::kBF16, H, step.ids, n, hidden,
+                                   kStream));
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  for (int layer = 0; layer < c.num_layers; ++layer) {
+    const Layer& l = layers_[layer];
+    MM_RETURN_IF_ERROR(RmsNormCuda(hidden, l.input_norm->as<float>(), n, H, eps, normed, kStream));
+    MM_RETURN_IF_ERROR(c.mla ? LatentAttention(layer, step, normed, delta) : Attention(layer, step, normed, delta));
+    MM_RETURN_IF_ERROR(AddCuda(hidden, delta, static_cast<size_t>(n) * H, kStream));
+    MM_RETURN_IF_ERROR(RmsNormCuda(hidden, l.post_norm->as<float>(), n, H, eps, normed, kStream));
+    MM_RETURN_IF_ERROR(Mlp(layer, step, normed, experts, delta));
+    MM_RETURN_IF_ERROR(AddCuda(hidden, delta, static_cast<size_t>(n) * H, kStream));
+  }
+  // Final norm and LM head on the rows whose logits are wanted.
+  const int m = static_cast<int>(step.head_rows.size());
+  MM_RETURN_IF_ERROR(GatherRowsCuda(hidden, H, step.head_rows_dev, m, normed, kStream));
+  MM_RETURN_IF_ERROR(RmsNormCuda(normed, final_norm_->as<float>(), m, H, eps, normed, kStream));
+  MM_ASSIGN_OR_RETURN(float* out, Scratch(kLogits, static_cast<size_t>(m) * c.vocab_size));
+  MM_RETURN_IF_ERROR(gemm_->LinearBf16(normed, m, lm_head_->as<uint16_t>(), c.vocab_size, H, out, kStream));
+  const size_t old = logits->size();
+  logits->resize(old + static_cast<size_t>(m) * c.vocab_size);
+  if (absl::Status st = CopyToHost(logits->data() + old, out, static_cast<size_t>(m) * c.vocab_size * sizeof(float));
+      !st.ok()) {
+    logits->resize(old);
+    return st;
+  }
+  for (const ForwardItem& it : items) it.seq->length += static_cast<int>(it.tokens.size());
+  return absl::OkStatus();
+}
+
+}  // namespace moemesh

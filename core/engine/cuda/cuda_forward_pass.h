@@ -1,0 +1,80 @@
+#ifndef MOEMESH_CORE_ENGINE_CUDA_CUDA_FORWARD_PASS_H_
+#define MOEMESH_CORE_ENGINE_CUDA_CUDA_FORWARD_PASS_H_
+
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "core/engine/forward_pass.h"
+#include "core/kernels/cpu/rope.h"
+#include "core/kernels/cuda/cuda_runtime_util.h"
+
+namespace moemesh {
+
+class CudaExpertFfn;
+class CudaGemm;
+
+// The dense part of the forward pass on a GPU: the same steps as Model
+// (core/engine/model.h), with the weights uploaded once and the KV cache's
+// contents in device memory. The host KvCache still hands out the blocks;
+// block b of layer l lives at a fixed place in one device pool.
+//
+// Numerics: weights of the projections, the shared experts and the LM head
+// are bf16 on the device, and activations are rounded to bf16 on their way
+// into each product (fp32 accumulation, fp32 out), as in vLLM. Norms,
+// rotary embedding, attention, gating, and the expert gates' products stay
+// fp32, as on the CPU. The routed experts go through the ExpertExecutor
+// (remote workers), with the rows copied to the host and back.
+class CudaForwardPass : public ForwardPass {
+ public:
+  // FAILED_PRECONDITION without GPU `device`; RESOURCE_EXHAUSTED when the
+  // weights or the cache do not fit.
+  static absl::StatusOr<std::unique_ptr<ForwardPass>> Create(const ModelConfig& config,
+                                                             std::shared_ptr<const ModelWeights> weights,
+                                                             int kv_block_size, int kv_blocks, int device);
+  // For EngineOptions::forward_pass.
+  static ForwardPassFactory Factory(int device);
+  ~CudaForwardPass() override;
+
+  const ModelConfig& config() const override { return config_; }
+  int kv_k_width() const override;
+  int kv_v_width() const override;
+  absl::Status Forward(absl::Span<const ForwardItem> items, KvCache* cache, ExpertExecutor* experts,
+                       std::vector<float>* logits) override;
+
+ private:
+  struct Layer;
+  struct Step;
+  CudaForwardPass(const ModelConfig& config, std::shared_ptr<const ModelWeights> weights);
+  absl::Status Upload(int kv_block_size, int kv_blocks);
+  absl::StatusOr<Step> Prepare(absl::Span<const ForwardItem> items, KvCache* cache);
+  absl::Status Attention(int layer, const Step& step, const float* x, float* out);
+  absl::Status LatentAttention(int layer, const Step& step, const float* x, float* out);
+  absl::Status Rotate(const Step& step, float* x, int heads, int token_stride, int head_stride);
+  absl::Status Mlp(int layer, const Step& step, const float* x, ExpertExecutor* experts, float* out);
+  // One FFN (dense layer or shared expert) on n rows with per-row weights.
+  absl::Status Ffn(const std::unique_ptr<DeviceBuffer>& gate_up, const std::unique_ptr<DeviceBuffer>& down,
+                   int width, const float* x, const float* row_weight, int n, float* out);
+  absl::Status Linear(const std::unique_ptr<DeviceBuffer>& w, const std::unique_ptr<DeviceBuffer>& bias, int out_dim,
+                      int in_dim, const float* x, int n, float* out);
+  // Scratch that grows as needed: `count` floats.
+  absl::StatusOr<float*> Scratch(int slot, size_t count);
+  absl::StatusOr<void*> Staging(int slot, size_t bytes);
+
+  ModelConfig config_;
+  std::shared_ptr<const ModelWeights> weights_;
+  Rope rope_;
+  int device_ = 0;
+  int block_size_ = 0, num_blocks_ = 0;
+  std::unique_ptr<DeviceBuffer> kv_pool_;
+  std::vector<Layer> layers_;
+  std::unique_ptr<DeviceBuffer> embed_, lm_head_, final_norm_;
+  std::unique_ptr<CudaGemm> gemm_;
+  std::map<int, std::unique_ptr<CudaExpertFfn>> ffns_;  // by FFN width
+  std::map<int, std::unique_ptr<DeviceBuffer>> scratch_;
+  std::map<int, std::unique_ptr<DeviceBuffer>> staging_;
+};
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_CORE_ENGINE_CUDA_CUDA_FORWARD_PASS_H_

@@ -1,0 +1,240 @@
+// The forward pass on the GPU against the CPU engine, for every model
+// family's fixture (every rope scaling, sliding windows, latent attention
+// with and without q_lora, qk norms, biases, shared experts and their
+// gates) and the bf16 demo model. Labelled `gpu`; skips without a GPU.
+//
+// The GPU rounds weights and activations to bf16 on their way into the
+// projections (the fixtures' fp32 weights too), so logits agree to within
+// 2e-2 of their norm (1.3e-2 at worst today: DeepSeek-V3's fixture, whose
+// fp32 weights are rounded), not to the last bit. Two kinds of step are then ambiguous: a token
+// whose best two logits are within kTie nats, and a token whose gate puts
+// two experts nearly level, so that the GPU and the CPU route it to
+// different experts (the fixtures' random gates have many such ties). The
+// test records every routing decision on both sides and checks:
+//   - every position before the first routing difference has the CPU's
+//     logits within 2e-2, and few decisions differ at all (a broken gate
+//     or kernel would change most of them);
+//   - greedy tokens agree up to a step explained by one of the two kinds.
+// It prints where the two parted.
+#include "core/engine/cuda/cuda_forward_pass.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+
+#include "core/engine/engine.h"
+#include "core/engine/expert_executor.h"
+#include "core/model/safetensors.h"
+#include "core/model/weights.h"
+#include "core/kernels/cuda/cuda_runtime_util.h"
+#include "core/tensor/rel_error.h"
+#include "gtest/gtest.h"
+
+namespace moemesh {
+namespace {
+
+constexpr double kTie = 0.05;
+
+// The relative error of each row (position), for failure messages.
+std::string ErrorsByRow(const std::vector<float>& got, const std::vector<float>& want, int width) {
+  std::string out;
+  for (size_t r = 0; r * width < want.size(); ++r) {
+    std::vector<float> a(got.begin() + r * width, got.begin() + (r + 1) * width),
+        b(want.begin() + r * width, want.begin() + (r + 1) * width);
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%s%zu:%.3f", r ? " " : "", r, RelError(a, b));
+    out += buf;
+  }
+  return out;
+}
+
+// Runs the experts in process and records each call's routing.
+class RecordingExecutor : public ExpertExecutor {
+ public:
+  explicit RecordingExecutor(const ExpertWeightsTable* table) : inner_(table, nullptr) {}
+  absl::Status Execute(const ExpertBatch& batch, float* out) override {
+    calls_.emplace_back(batch.expert_ids, batch.expert_ids + static_cast<size_t>(batch.num_tokens) * batch.slots);
+    return inner_.Execute(batch, out);
+  }
+  std::vector<std::vector<int>>& calls() { return calls_; }
+
+ private:
+  LocalExpertExecutor inner_;
+  std::vector<std::vector<int>> calls_;
+};
+
+struct Side {
+  std::shared_ptr<const ModelWeights> experts;  // the routed experts, for the executor
+  RecordingExecutor* recorder = nullptr;
+  std::unique_ptr<Engine> engine;
+};
+
+Side MakeSide(const std::string& dir, bool gpu, int block_size = 16, int chunk = 512) {
+  Side side;
+  auto config = LoadModelConfig(dir);
+  auto ckpt = Checkpoint::Open(dir);
+  EXPECT_TRUE(config.ok() && ckpt.ok());
+  if (!config.ok() || !ckpt.ok()) return side;
+  WeightLoadOptions load;
+  load.load_dense = false;
+  auto w = LoadWeights(std::move(*ckpt), *config, load);
+  EXPECT_TRUE(w.ok()) << w.status();
+  if (!w.ok()) return side;
+  side.experts = std::make_shared<const ModelWeights>(std::move(*w));
+  auto recorder = std::make_unique<RecordingExecutor>(&side.experts->experts);
+  side.recorder = recorder.get();
+  EngineOptions o;
+  o.kv_cache_tokens = 4096;
+  o.kv_block_size = block_size;
+  o.prefill_chunk = chunk;
+  if (gpu) o.forward_pass = CudaForwardPass::Factory(0);
+  auto e = Engine::Create(dir, o, std::move(recorder));
+  EXPECT_TRUE(e.ok()) << dir << ": " << e.status();
+  if (e.ok()) side.engine = std::move(*e);
+  return side;
+}
+
+// The first recorded call in which the two sides' routing differs, and the
+// first token row in it; {-1, -1} when none does. Counts differing tokens.
+struct RoutingDiff {
+  int call = -1, row = -1;
+  size_t tokens = 0, differing = 0;
+};
+RoutingDiff CompareRouting(const std::vector<std::vector<int>>& a, const std::vector<std::vector<int>>& b, int slots) {
+  RoutingDiff d;
+  for (size_t c = 0; c < std::min(a.size(), b.size()); ++c) {
+    for (size_t t = 0; t * slots < std::min(a[c].size(), b[c].size()); ++t) {
+      ++d.tokens;
+      std::vector<int> x(a[c].begin() + t * slots, a[c].begin() + (t + 1) * slots),
+          y(b[c].begin() + t * slots, b[c].begin() + (t + 1) * slots);
+      std::sort(x.begin(), x.end());
+      std::sort(y.begin(), y.end());
+      if (x == y) continue;
+      ++d.differing;
+      if (d.call < 0) d.call = static_cast<int>(c), d.row = static_cast<int>(t);
+    }
+  }
+  return d;
+}
+
+// Log-softmax gap between the best and second-best logits of a row.
+std::pair<int, double> TopTwoGap(const float* row, int vocab, int* second) {
+  std::vector<int> idx(vocab);
+  for (int i = 0; i < vocab; ++i) idx[i] = i;
+  std::partial_sort(idx.begin(), idx.begin() + 2, idx.end(), [&](int a, int b) { return row[a] > row[b]; });
+  *second = idx[1];
+  return {idx[0], static_cast<double>(row[idx[0]]) - row[idx[1]]};
+}
+
+class CudaForwardPassTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  }
+};
+
+TEST_P(CudaForwardPassTest, MatchesTheCpuEngine) {
+  const std::string dir = GetParam();
+  Side cpu = MakeSide(dir, false), gpu = MakeSide(dir, true);
+  ASSERT_TRUE(cpu.engine && gpu.engine);
+  const ModelConfig& config = cpu.engine->config();
+  const int vocab = config.vocab_size, slots = config.num_experts_per_tok;
+  std::mt19937 rng(3);
+  std::vector<int> prompt(37);
+  for (int& t : prompt) t = static_cast<int>(rng() % vocab);
+  // Every position's logits in one pass, over blocks of 16 positions.
+  auto want = cpu.engine->Score(prompt), got = gpu.engine->Score(prompt);
+  ASSERT_TRUE(want.ok() && got.ok()) << want.status() << got.status();
+  RoutingDiff routing = CompareRouting(cpu.recorder->calls(), gpu.recorder->calls(), slots);
+  const int exact_rows = routing.row < 0 ? static_cast<int>(prompt.size()) : routing.row;
+  std::vector<float> head_want(want->begin(), want->begin() + static_cast<size_t>(exact_rows) * vocab),
+      head_got(got->begin(), got->begin() + static_cast<size_t>(exact_rows) * vocab);
+  const double err = RelError(head_got, head_want);
+  EXPECT_LT(err, 2e-2) << dir << "; by position: " << ErrorsByRow(*got, *want, vocab);
+  EXPECT_LE(routing.differing * 10, routing.tokens) << dir << ": routing differs for " << routing.differing << " of "
+                                                    << routing.tokens << " token-layers";
+  // Prefill in chunks of 5 over blocks of 4 positions, against the CPU
+  // doing the same (dynamic rope's frequencies follow each pass's length):
+  // the first chunk's rows, which no earlier routing difference can reach.
+  Side cpu_chunked = MakeSide(dir, false, 4, 5), gpu_chunked = MakeSide(dir, true, 4, 5);
+  ASSERT_TRUE(cpu_chunked.engine && gpu_chunked.engine);
+  auto want_chunked = cpu_chunked.engine->Score(prompt), got_chunked = gpu_chunked.engine->Score(prompt);
+  ASSERT_TRUE(got_chunked.ok() && want_chunked.ok()) << got_chunked.status() << want_chunked.status();
+  RoutingDiff chunked_routing =
+      CompareRouting(cpu_chunked.recorder->calls(), gpu_chunked.recorder->calls(), slots);
+  const int moe_layers = static_cast<int>(
+      std::count(config.is_moe_layer.begin(), config.is_moe_layer.end(), true));
+  const int clean_chunks = chunked_routing.call < 0 ? 8 : chunked_routing.call / std::max(moe_layers, 1);
+  const size_t clean = std::min<size_t>(static_cast<size_t>(clean_chunks) * 5, prompt.size()) * vocab;
+  EXPECT_LT(RelError(std::vector<float>(got_chunked->begin(), got_chunked->begin() + clean),
+                     std::vector<float>(want_chunked->begin(), want_chunked->begin() + clean)),
+            2e-2)
+      << dir << ", chunked";
+  // Greedy tokens.
+  cpu.recorder->calls().clear();
+  gpu.recorder->calls().clear();
+  GenerateParams p;
+  p.max_new_tokens = 24;
+  p.ignore_eos = true;
+  auto a = cpu.engine->Generate(prompt, p), b = gpu.engine->Generate(prompt, p);
+  ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
+  ASSERT_EQ(a->tokens.size(), b->tokens.size());
+  size_t same = 0;
+  while (same < a->tokens.size() && a->tokens[same] == b->tokens[same]) ++same;
+  std::printf("%s: logits within %.1e before the first routing difference (position %d; %zu of %zu token-layers "
+              "differ); greedy tokens equal for %zu of %zu",
+              dir.c_str(), err, routing.row, routing.differing, routing.tokens, same, a->tokens.size());
+  if (same < a->tokens.size()) {
+    // Token `same` came out of forward pass `same` (the prompt is pass 0).
+    RoutingDiff gen = CompareRouting(cpu.recorder->calls(), gpu.recorder->calls(), slots);
+    const bool routed_apart = gen.call >= 0 && gen.call < static_cast<int>(same + 1) * std::max(moe_layers, 1);
+    std::vector<int> prefix = prompt;
+    prefix.insert(prefix.end(), b->tokens.begin(), b->tokens.begin() + same);
+    auto logits = gpu.engine->Score(prefix);
+    ASSERT_TRUE(logits.ok());
+    int second = -1;
+    const double gap = TopTwoGap(logits->data() + (prefix.size() - 1) * vocab, vocab, &second).second;
+    const bool tie = second == a->tokens[same] && gap < kTie;
+    EXPECT_TRUE(routed_apart || tie) << dir << ": tokens part at " << same << " with a gap of " << gap
+                                     << " and the same routing";
+    std::printf(", then part after %s", routed_apart ? "a routing difference" : "a near-tie");
+    if (tie) std::printf(" (gap %.4f)", gap);
+  }
+  std::printf("\n");
+}
+
+// MOEMESH_CUDA_FORWARD_MODELS (directories, comma-separated) runs the test
+// on other checkpoints instead, e.g. a real model on the GPU machine.
+std::vector<std::string> Models() {
+  if (const char* env = std::getenv("MOEMESH_CUDA_FORWARD_MODELS")) {
+    std::vector<std::string> dirs;
+    std::string s = env;
+    for (size_t at = 0; at <= s.size();) {
+      const size_t comma = std::min(s.find(',', at), s.size());
+      if (comma > at) dirs.push_back(s.substr(at, comma - at));
+      at = comma + 1;
+    }
+    return dirs;
+  }
+  return {"models/fortune-moe",           "tests/fixtures/mixtral",          "tests/fixtures/mixtral_llama3",
+          "tests/fixtures/mixtral_sliding", "tests/fixtures/qwen2_moe",        "tests/fixtures/qwen2_moe_linear",
+          "tests/fixtures/qwen2_moe_sliding", "tests/fixtures/qwen3_moe",      "tests/fixtures/qwen3_moe_sliding",
+          "tests/fixtures/qwen3_moe_yarn", "tests/fixtures/olmoe",           "tests/fixtures/olmoe_dynamic",
+          "tests/fixtures/deepseek_v3",    "tests/fixtures/deepseek_v3_nolora"};
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, CudaForwardPassTest, ::testing::ValuesIn(Models()));
+
+TEST(CudaForwardPassErrorsTest, NoSuchDevice) {
+  EngineOptions o;
+  o.forward_pass = CudaForwardPass::Factory(CudaDeviceCount() + 3);
+  auto e = Engine::Create("tests/fixtures/mixtral", o);
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kFailedPrecondition) << e.status();
+}
+
+}  // namespace
+}  // namespace moemesh

@@ -1,0 +1,20 @@
+#include "core/engine/forward_pass.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace moemesh {
+
+absl::Status CheckForwardItems(absl::Span<const ForwardItem> items, int vocab_size) {
+  for (const ForwardItem& it : items) {
+    if (it.tokens.empty()) return absl::InvalidArgumentError("a forward item has no tokens");
+    for (int t : it.tokens) {
+      if (t < 0 || t >= vocab_size) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("token id ", t, " is outside the vocabulary [0, ", vocab_size, ")"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace moemesh

@@ -1,0 +1,60 @@
+#ifndef MOEMESH_CORE_ENGINE_FORWARD_PASS_H_
+#define MOEMESH_CORE_ENGINE_FORWARD_PASS_H_
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "core/model/config.h"
+
+namespace moemesh {
+
+class ExpertExecutor;
+class KvCache;
+struct KvSequence;
+struct ModelWeights;
+
+// New tokens of one sequence in a forward step: a prefill chunk or one
+// decode token. Their keys are appended to `seq` in `cache`.
+struct ForwardItem {
+  KvSequence* seq = nullptr;
+  absl::Span<const int> tokens;
+  bool all_logits = false;  // logits of every token, else of the last only
+};
+
+// The dense part of a MoE decoder's forward pass (embeddings, attention over
+// the paged KV cache, gating, LM head), with the routed experts through an
+// ExpertExecutor: on the CPU (Model) or on a GPU (CudaForwardPass). The
+// scheduler sees only this. Not thread-safe.
+class ForwardPass {
+ public:
+  virtual ~ForwardPass() = default;
+
+  virtual const ModelConfig& config() const = 0;
+  // Floats per position per layer in the KV cache (keys, then values).
+  virtual int kv_k_width() const = 0;
+  virtual int kv_v_width() const = 0;
+
+  // Runs one step. Appends rows to `logits` ([rows, vocab]): one per item,
+  // or one per token for items with all_logits. On error nothing is
+  // appended and the sequences' lengths are unchanged (their reserved
+  // blocks stay reserved).
+  virtual absl::Status Forward(absl::Span<const ForwardItem> items, KvCache* cache, ExpertExecutor* experts,
+                               std::vector<float>* logits) = 0;
+};
+
+// INVALID_ARGUMENT for an item without tokens or a token outside the
+// vocabulary: the checks every ForwardPass makes before a step.
+absl::Status CheckForwardItems(absl::Span<const ForwardItem> items, int vocab_size);
+
+// Makes the forward pass for a model; `weights` hold its dense part. The
+// cache's block size and block count come with it, for passes that keep
+// the cache's contents in memory of their own (the GPU's).
+using ForwardPassFactory = std::function<absl::StatusOr<std::unique_ptr<ForwardPass>>(
+    const ModelConfig& config, std::shared_ptr<const ModelWeights> weights, int kv_block_size, int kv_blocks)>;
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_CORE_ENGINE_FORWARD_PASS_H_

@@ -1,0 +1,118 @@
+#include "core/kernels/cuda/dense.h"
+
+#include <cuda_bf16.h>
+
+#include <algorithm>
+
+#include "core/kernels/cuda/cuda_check.cuh"
+
+namespace moemesh {
+namespace {
+
+unsigned Blocks(size_t n) { return static_cast<unsigned>(std::max<size_t>(1, std::min<size_t>((n + 255) / 256, 4096))); }
+
+#define MM_GRID_STRIDE(i, n)                                                          \
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < (n); \
+       i += static_cast<size_t>(gridDim.x) * blockDim.x)
+
+__global__ void EmbedKernel(const void* table, bool bf16, int width, const int* ids, int n, float* out) {
+  MM_GRID_STRIDE(i, static_cast<size_t>(n) * width) {
+    const size_t src = static_cast<size_t>(ids[i / width]) * width + i % width;
+    out[i] = bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(table)[src])
+                  : static_cast<const float*>(table)[src];
+  }
+}
+
+__global__ void ToBf16Kernel(const float* x, size_t n, __nv_bfloat16* out) {
+  MM_GRID_STRIDE(i, n) { out[i] = __float2bfloat16(x[i]); }
+}
+
+__global__ void AddKernel(float* y, const float* x, size_t n) {
+  MM_GRID_STRIDE(i, n) { y[i] += x[i]; }
+}
+
+__global__ void AddBiasKernel(float* y, const float* bias, int rows, int width) {
+  MM_GRID_STRIDE(i, static_cast<size_t>(rows) * width) { y[i] += bias[i % width]; }
+}
+
+__global__ void ClampKernel(float* y, size_t n, float limit) {
+  MM_GRID_STRIDE(i, n) { y[i] = fminf(fmaxf(y[i], -limit), limit); }
+}
+
+__global__ void SigmoidKernel(const float* x, size_t n, float* y) {
+  MM_GRID_STRIDE(i, n) { y[i] = 1.f / (1.f + expf(-x[i])); }
+}
+
+__global__ void ScatterRowsKernel(const float* src, int rows, int width, int src_stride, float* const* dst) {
+  MM_GRID_STRIDE(i, static_cast<size_t>(rows) * width) {
+    const size_t r = i / width, j = i % width;
+    dst[r][j] = src[r * src_stride + j];
+  }
+}
+
+__global__ void GatherRowsKernel(const float* src, int width, const int* rows, int n, float* out) {
+  MM_GRID_STRIDE(i, static_cast<size_t>(n) * width) {
+    out[i] = src[static_cast<size_t>(rows[i / width]) * width + i % width];
+  }
+}
+
+#undef MM_GRID_STRIDE
+
+}  // namespace
+
+absl::Status EmbedRowsCuda(const void* table, bool bf16, int width, const int* ids, int n, float* out,
+                           CudaStream stream) {
+  if (n == 0) return absl::OkStatus();
+  EmbedKernel<<<Blocks(static_cast<size_t>(n) * width), 256, 0, static_cast<cudaStream_t>(stream)>>>(
+      table, bf16, width, ids, n, out);
+  return LaunchStatus("EmbedKernel");
+}
+
+absl::Status ToBf16Cuda(const float* x, size_t n, uint16_t* out, CudaStream stream) {
+  if (n == 0) return absl::OkStatus();
+  ToBf16Kernel<<<Blocks(n), 256, 0, static_cast<cudaStream_t>(stream)>>>(x, n,
+                                                                         reinterpret_cast<__nv_bfloat16*>(out));
+  return LaunchStatus("ToBf16Kernel");
+}
+
+absl::Status AddCuda(float* y, const float* x, size_t n, CudaStream stream) {
+  if (n == 0) return absl::OkStatus();
+  AddKernel<<<Blocks(n), 256, 0, static_cast<cudaStream_t>(stream)>>>(y, x, n);
+  return LaunchStatus("AddKernel");
+}
+
+absl::Status AddBiasCuda(float* y, const float* bias, int rows, int width, CudaStream stream) {
+  if (rows == 0) return absl::OkStatus();
+  AddBiasKernel<<<Blocks(static_cast<size_t>(rows) * width), 256, 0, static_cast<cudaStream_t>(stream)>>>(
+      y, bias, rows, width);
+  return LaunchStatus("AddBiasKernel");
+}
+
+absl::Status ClampCuda(float* y, size_t n, float limit, CudaStream stream) {
+  if (n == 0) return absl::OkStatus();
+  ClampKernel<<<Blocks(n), 256, 0, static_cast<cudaStream_t>(stream)>>>(y, n, limit);
+  return LaunchStatus("ClampKernel");
+}
+
+absl::Status SigmoidCuda(const float* x, size_t n, float* y, CudaStream stream) {
+  if (n == 0) return absl::OkStatus();
+  SigmoidKernel<<<Blocks(n), 256, 0, static_cast<cudaStream_t>(stream)>>>(x, n, y);
+  return LaunchStatus("SigmoidKernel");
+}
+
+absl::Status ScatterRowsCuda(const float* src, int rows, int width, int src_stride, float* const* dst,
+                             CudaStream stream) {
+  if (rows == 0) return absl::OkStatus();
+  ScatterRowsKernel<<<Blocks(static_cast<size_t>(rows) * width), 256, 0, static_cast<cudaStream_t>(stream)>>>(
+      src, rows, width, src_stride, dst);
+  return LaunchStatus("ScatterRowsKernel");
+}
+
+absl::Status GatherRowsCuda(const float* src, int width, const int* rows, int n, float* out, CudaStream stream) {
+  if (n == 0) return absl::OkStatus();
+  GatherRowsKernel<<<Blocks(static_cast<size_t>(n) * width), 256, 0, static_cast<cudaStream_t>(stream)>>>(
+      src, width, rows, n, out);
+  return LaunchStatus("GatherRowsKernel");
+}
+
+}  // namespace moemesh

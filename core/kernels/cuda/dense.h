@@ -1,0 +1,38 @@
+#ifndef MOEMESH_CORE_KERNELS_CUDA_DENSE_H_
+#define MOEMESH_CORE_KERNELS_CUDA_DENSE_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "core/kernels/cuda/cuda_runtime_util.h"
+
+namespace moemesh {
+
+// Element-wise and row-moving kernels for the dense part of the forward
+// pass on the GPU. All pointers are device pointers; each call is enqueued
+// on `stream`.
+
+// out[i] = table[ids[i]] as fp32; `table` is [vocab, width], bf16 or fp32.
+absl::Status EmbedRowsCuda(const void* table, bool bf16, int width, const int* ids, int n, float* out,
+                           CudaStream stream);
+// x rounded to bf16.
+absl::Status ToBf16Cuda(const float* x, size_t n, uint16_t* out, CudaStream stream);
+// y += x.
+absl::Status AddCuda(float* y, const float* x, size_t n, CudaStream stream);
+// y[r, j] += bias[j] for rows x width.
+absl::Status AddBiasCuda(float* y, const float* bias, int rows, int width, CudaStream stream);
+// Clamps to [-limit, limit].
+absl::Status ClampCuda(float* y, size_t n, float limit, CudaStream stream);
+// y = 1 / (1 + exp(-x)).
+absl::Status SigmoidCuda(const float* x, size_t n, float* y, CudaStream stream);
+// dst[r][0 .. width) = src[r * src_stride ..] for r < rows: `dst` is a
+// device array of row pointers (KV cache rows).
+absl::Status ScatterRowsCuda(const float* src, int rows, int width, int src_stride, float* const* dst,
+                             CudaStream stream);
+// out[i] = src[rows[i]] (width floats each).
+absl::Status GatherRowsCuda(const float* src, int width, const int* rows, int n, float* out, CudaStream stream);
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_CORE_KERNELS_CUDA_DENSE_H_

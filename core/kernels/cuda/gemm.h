@@ -1,0 +1,54 @@
+#ifndef MOEMESH_CORE_KERNELS_CUDA_GEMM_H_
+#define MOEMESH_CORE_KERNELS_CUDA_GEMM_H_
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "core/kernels/cuda/cuda_runtime_util.h"
+
+namespace moemesh {
+
+// Row-major matrix products on the GPU through cuBLAS (loaded at run time),
+// for the dense part of the forward pass. All pointers are device pointers.
+// Not thread-safe: one instance per stream.
+class CudaGemm {
+ public:
+  static absl::StatusOr<std::unique_ptr<CudaGemm>> Create();
+  ~CudaGemm();
+
+  // out[n, m] = x[n, k] . w[m, k]^T with bf16 weights: x is rounded to bf16
+  // (in scratch that grows as needed), products accumulate in fp32, out is
+  // fp32. The layers' Linear.
+  absl::Status LinearBf16(const float* x, int n, const uint16_t* w, int m, int k, float* out, CudaStream stream);
+  // The same with fp32 weights and fp32 arithmetic (no TF32), for small
+  // matrices where rounding would matter (expert gates).
+  absl::Status LinearF32(const float* x, int n, const float* w, int m, int k, float* out, CudaStream stream);
+
+  // Batched fp32 products, batch b of `batch`: C_b[rows, cols] = A_b[rows, k]
+  // . (transpose_b ? B_b[cols, k]^T : B_b[k, cols]), each matrix row-major with
+  // the given leading dimension and batch stride (in elements).
+  struct Batched {
+    int rows, cols, k, batch;
+    const float* a;
+    int lda;
+    long long stride_a;
+    const float* b;
+    int ldb;
+    long long stride_b;
+    bool transpose_b;
+    float* c;
+    int ldc;
+    long long stride_c;
+  };
+  absl::Status BatchedF32(const Batched& p, CudaStream stream);
+
+ private:
+  CudaGemm() = default;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_CORE_KERNELS_CUDA_GEMM_H_
