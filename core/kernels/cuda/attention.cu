@@ -1,13 +1,18 @@
 #include "core/kernels/cuda/attention.h"
 
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
 #include "core/kernels/cuda/cuda_check.cuh"
 
 namespace moemesh {
 namespace {
 
 constexpr int kWarps = 4;
-constexpr int kPerLane = kMaxAttentionHeadDim / 32;  // output channels per lane
 
+// kPerLane: output channels per lane, so heads up to 32 * kPerLane wide;
+// instantiated for a few sizes so that small heads keep few registers.
+template <int kPerLane>
 __global__ void AttentionKernel(AttentionShape s, const float* __restrict__ q, int first_pos, KvPages kv,
                                 float* __restrict__ out) {
   const int i = blockIdx.x, h = blockIdx.y;
@@ -16,9 +21,9 @@ __global__ void AttentionKernel(AttentionShape s, const float* __restrict__ q, i
   const int pos = first_pos + i;
   const int lo = s.sliding_window > 0 ? max(0, pos - s.sliding_window + 1) : 0;
 
-  __shared__ float qs[kMaxAttentionHeadDim];
+  __shared__ float qs[32 * kPerLane];
   __shared__ float wm[kWarps], wl[kWarps];
-  __shared__ float wacc[kWarps][kMaxAttentionHeadDim];
+  __shared__ float wacc[kWarps][32 * kPerLane];
   const float* qv = q + (static_cast<size_t>(i) * s.num_heads + h) * s.head_dim;
   for (int d = threadIdx.x; d < s.head_dim; d += blockDim.x) qs[d] = qv[d];
   __syncthreads();
@@ -79,12 +84,22 @@ absl::Status CausalAttentionCuda(const AttentionShape& s, const float* q, int n,
   }
   if (s.head_dim <= 0 || s.head_dim > kMaxAttentionHeadDim || s.v_head_dim <= 0 ||
       s.v_head_dim > kMaxAttentionHeadDim) {
-    return absl::InvalidArgumentError("CausalAttentionCuda: head sizes must be in [1, 512]");
+    return absl::InvalidArgumentError(
+        absl::StrCat("CausalAttentionCuda: head sizes must be in [1, ", kMaxAttentionHeadDim, "]"));
   }
   if (n < 0 || first_pos < 0 || kv.block_size <= 0) return absl::InvalidArgumentError("CausalAttentionCuda: bad sizes");
   if (n == 0) return absl::OkStatus();
-  AttentionKernel<<<dim3(n, s.num_heads), 32 * kWarps, 0, static_cast<cudaStream_t>(stream)>>>(s, q, first_pos, kv,
-                                                                                               out);
+  const dim3 grid(n, s.num_heads);
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  const int widest = std::max(s.head_dim, s.v_head_dim);
+  if (widest <= 128) {
+    AttentionKernel<4><<<grid, 32 * kWarps, 0, st>>>(s, q, first_pos, kv, out);
+  } else if (widest <= 256) {
+    AttentionKernel<8><<<grid, 32 * kWarps, 0, st>>>(s, q, first_pos, kv, out);
+  } else {
+    static_assert(kMaxAttentionHeadDim == 32 * 20, "the widest instantiation");
+    AttentionKernel<20><<<grid, 32 * kWarps, 0, st>>>(s, q, first_pos, kv, out);
+  }
   return LaunchStatus("AttentionKernel");
 }
 

@@ -12,8 +12,9 @@ namespace moemesh {
 // arrays of device pointers, and `q`, `out` are device pointers. GQA,
 // sliding windows, and K/V head sizes that differ (latent attention) as on
 // the CPU. Each (query, head) is one block whose warps walk the keys with
-// an online softmax in fp32, then merge.
-inline constexpr int kMaxAttentionHeadDim = 512;
+// an online softmax in fp32, then merge. Head sizes up to 640 (DeepSeek-V3's
+// latent rows are 512 + 64 wide).
+inline constexpr int kMaxAttentionHeadDim = 640;
 absl::Status CausalAttentionCuda(const AttentionShape& shape, const float* q, int n, int first_pos,
                                  const KvPages& kv, float* out, CudaStream stream);
 

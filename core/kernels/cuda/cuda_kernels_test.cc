@@ -271,7 +271,9 @@ TEST_F(CudaKernelsTest, PagedAttentionMatchesCpu) {
       {{4, 4, 128, 128, 0.088f, 0}, 20, 30, false},    // a prefill chunk
       {{6, 3, 40, 40, 0.158f, 16}, 5, 50, false},      // sliding window, dim 40
       {{4, 1, 80, 64, 0.11f, 0}, 3, 70, true},         // latent: V is the first 64 of K's 80
-      {{2, 1, 512, 512, 0.044f, 0}, 2, 300, false},    // the largest head
+      {{2, 1, 512, 512, 0.044f, 0}, 2, 300, false},    // a wide head
+      {{16, 1, 576, 512, 0.042f, 0}, 2, 200, true},    // DeepSeek-V3's latent rows: 512 + 64
+      {{2, 2, 200, 200, 0.07f, 0}, 3, 40, false},      // between the instantiations
   };
   for (const Case& c : cases) {
     const AttentionShape& sh = c.shape;

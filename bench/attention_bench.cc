@@ -1,0 +1,94 @@
+// Decode attention on the GPU (CausalAttentionCuda): one new token per
+// sequence attending to its whole context in the paged fp32 KV cache, for a
+// batch of sequences, at Mixtral's shape (32 heads over 8 KV heads of 128)
+// and DeepSeek-V3's latent shape (128 heads over one shared 576-wide row,
+// values its first 512). Achieved bandwidth counts each KV byte once (the
+// least a decode step must read) and is set against the copy bandwidth
+// measured in the same run. Run on the GPU machine (tools/gpu/run.sh bench).
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/kernels/cuda/attention.h"
+#include "core/kernels/cuda/ceilings.h"
+#include "core/kernels/cuda/cuda_runtime_util.h"
+
+namespace moemesh {
+namespace {
+
+struct Shape {
+  const char* name;
+  AttentionShape attn;
+  bool latent;  // V is the first v_head_dim floats of the K row
+};
+
+int Main() {
+  if (CudaDeviceCount() == 0) {
+    std::fprintf(stderr, "attention_bench: no CUDA device\n");
+    return 1;
+  }
+  auto bw = MeasureCopyBandwidth(size_t{4} << 30);
+  if (!bw.ok()) return 1;
+  std::printf("ceiling: copy %.2f TB/s; KV cache fp32, blocks of 16 positions\n", *bw / 1e12);
+  std::printf("%-12s %6s %8s %10s %8s %7s\n", "shape", "batch", "context", "ms", "TB/s", "%BW");
+  const Shape shapes[] = {{"mixtral", {32, 8, 128, 128, 0.0884f, 0}, false},
+                          {"deepseek-v3", {128, 1, 576, 512, 0.0417f, 0}, true}};
+  constexpr int kBlock = 16;
+  for (const Shape& sh : shapes) {
+    const AttentionShape& a = sh.attn;
+    const int k_width = a.num_kv_heads * a.head_dim, v_width = sh.latent ? 0 : a.num_kv_heads * a.v_head_dim;
+    const int row = k_width + v_width;
+    for (auto [batch, context] : std::vector<std::pair<int, int>>{{1, 4096}, {1, 32768}, {32, 4096}, {64, 2048}}) {
+      const int blocks_per_seq = (context + kBlock - 1) / kBlock;
+      const size_t floats = static_cast<size_t>(batch) * blocks_per_seq * kBlock * row;
+      auto pool = DeviceBuffer::Allocate(floats * sizeof(float));
+      auto q = DeviceBuffer::Allocate(static_cast<size_t>(batch) * a.num_heads * a.head_dim * sizeof(float));
+      auto out = DeviceBuffer::Allocate(static_cast<size_t>(batch) * a.num_heads * a.v_head_dim * sizeof(float));
+      auto pages = DeviceBuffer::Allocate(static_cast<size_t>(batch) * blocks_per_seq * sizeof(float*));
+      if (!pool.ok() || !q.ok() || !out.ok() || !pages.ok()) return 1;
+      if (!FillRandomF32((*pool)->as<float>(), floats, 1).ok()) return 1;
+      if (!FillRandomF32((*q)->as<float>(), static_cast<size_t>(batch) * a.num_heads * a.head_dim, 2).ok()) return 1;
+      // Sequence s owns blocks [s * blocks_per_seq, (s + 1) * blocks_per_seq),
+      // listed in reverse so that pages are not simply contiguous.
+      std::vector<const float*> table(static_cast<size_t>(batch) * blocks_per_seq);
+      for (int s = 0; s < batch; ++s) {
+        for (int b = 0; b < blocks_per_seq; ++b) {
+          table[static_cast<size_t>(s) * blocks_per_seq + b] =
+              (*pool)->as<float>() +
+              (static_cast<size_t>(s) * blocks_per_seq + (blocks_per_seq - 1 - b)) * kBlock * row;
+        }
+      }
+      if (!(*pages)->CopyFrom(table.data(), table.size() * sizeof(float*)).ok()) return 1;
+      auto step = [&]() -> absl::Status {
+        for (int s = 0; s < batch; ++s) {
+          KvPages kv;
+          kv.k_blocks = kv.v_blocks = (*pages)->as<const float*>() + static_cast<size_t>(s) * blocks_per_seq;
+          kv.block_size = kBlock;
+          kv.k_stride = kv.v_stride = row;
+          kv.k_offset = 0;
+          kv.v_offset = sh.latent ? 0 : k_width;
+          absl::Status st = CausalAttentionCuda(
+              a, (*q)->as<float>() + static_cast<size_t>(s) * a.num_heads * a.head_dim, 1, context - 1, kv,
+              (*out)->as<float>() + static_cast<size_t>(s) * a.num_heads * a.v_head_dim, nullptr);
+          if (!st.ok()) return st;
+        }
+        return absl::OkStatus();
+      };
+      auto t = TimeOnGpu(step, 2, 10);
+      if (!t.ok()) {
+        std::fprintf(stderr, "attention_bench: %s\n", std::string(t.status().message()).c_str());
+        return 1;
+      }
+      const double bytes = static_cast<double>(batch) * context * row * sizeof(float);
+      std::printf("%-12s %6d %8d %10.3f %8.2f %6.1f%%\n", sh.name, batch, context, *t * 1e3, bytes / *t / 1e12,
+                  100 * bytes / *t / *bw);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace moemesh
+
+int main() { return moemesh::Main(); }
