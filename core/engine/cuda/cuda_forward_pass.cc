@@ -194,6 +194,12 @@ absl::StatusOr<CudaForwardPass::Step> CudaForwardPass::Prepare(absl::Span<const 
   const ModelConfig& c = config_;
   Step step;
   MM_RETURN_IF_ERROR(CheckForwardItems(items, c.vocab_size));
+  // Device addresses follow the geometry this pass was made for.
+  if (cache->block_size() != block_size_ || cache->num_blocks() > num_blocks_) {
+    return absl::InvalidArgumentError(absl::StrCat("the KV cache (", cache->num_blocks(), " blocks of ",
+                                                   cache->block_size(), ") is not the one this GPU pass holds (",
+                                                   num_blocks_, " blocks of ", block_size_, ")"));
+  }
   std::vector<int> ids, positions;
   std::vector<std::vector<float>> inv_freqs;
   for (size_t i = 0; i < items.size(); ++i) {

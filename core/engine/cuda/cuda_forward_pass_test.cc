@@ -27,6 +27,7 @@
 
 #include "core/engine/engine.h"
 #include "core/engine/expert_executor.h"
+#include "core/engine/kv_cache.h"
 #include "core/model/safetensors.h"
 #include "core/model/weights.h"
 #include "core/kernels/cuda/cuda_runtime_util.h"
@@ -227,6 +228,32 @@ std::vector<std::string> Models() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, CudaForwardPassTest, ::testing::ValuesIn(Models()));
+
+// A KV cache other than the one the pass was made for is refused, not
+// written out of bounds.
+TEST(CudaForwardPassErrorsTest, RefusesAnotherCache) {
+  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  auto config = LoadModelConfig("tests/fixtures/mixtral");
+  auto ckpt = Checkpoint::Open("tests/fixtures/mixtral");
+  ASSERT_TRUE(config.ok() && ckpt.ok());
+  auto w = LoadWeights(std::move(*ckpt), *config);
+  ASSERT_TRUE(w.ok());
+  auto weights = std::make_shared<const ModelWeights>(std::move(*w));
+  auto pass = CudaForwardPass::Create(*config, weights, /*kv_block_size=*/16, /*kv_blocks=*/8, 0);
+  ASSERT_TRUE(pass.ok()) << pass.status();
+  LocalExpertExecutor experts(&weights->experts, nullptr);
+  for (auto [block_size, blocks] : std::vector<std::pair<int, int>>{{8, 8}, {16, 9}}) {
+    KvCache cache(config->num_layers, (*pass)->kv_k_width(), (*pass)->kv_v_width(), block_size, blocks);
+    KvSequence seq;
+    const std::vector<int> tokens = {1, 2, 3};
+    ForwardItem item{&seq, tokens, false};
+    std::vector<float> logits;
+    EXPECT_EQ((*pass)->Forward({&item, 1}, &cache, &experts, &logits).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(logits.empty());
+    EXPECT_EQ(seq.length, 0);
+    cache.Release(&seq);
+  }
+}
 
 TEST(CudaForwardPassErrorsTest, NoSuchDevice) {
   EngineOptions o;

@@ -338,6 +338,10 @@ TEST(CudaRuntimeTest, BadArgumentsAreErrorsNotCrashes) {
   no_weights.num_rows = 2;
   EXPECT_EQ((*ffn)->Run(nullptr, nullptr, {no_weights}, nullptr, nullptr).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE((*ffn)->Run(nullptr, nullptr, {ExpertFfnGroup{}}, nullptr, nullptr).ok());  // nothing to do
+  static const uint16_t fake = 0;  // never read: the check comes first
+  std::vector<ExpertFfnGroup> too_many_groups(65536, ExpertFfnGroup{&fake, &fake, &fake, 0, 1});
+  EXPECT_EQ((*ffn)->Run(nullptr, nullptr, too_many_groups, nullptr, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
   // Argument checks come before any CUDA call, so they hold without a GPU.
   EXPECT_EQ(RmsNormCuda(nullptr, nullptr, 1, 0, 1e-6f, nullptr, nullptr).code(),
             absl::StatusCode::kInvalidArgument);

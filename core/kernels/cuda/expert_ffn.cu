@@ -365,9 +365,12 @@ CudaExpertFfn::~CudaExpertFfn() = default;
 absl::Status CudaExpertFfn::Reserve(size_t rows, size_t groups) {
   if (rows > rows_reserved_) {
     rows = std::max(rows, 2 * rows_reserved_);  // room to grow
+    // Freed first (the old and new buffers need not fit together), and
+    // marked gone, so that a failed allocation leaves nothing half-made.
     x_bf16_.reset();
     act_.reset();
     gate_up_.reset();
+    rows_reserved_ = 0;
     auto x = DeviceBuffer::Allocate(rows * hidden_ * 2);
     if (!x.ok()) return x.status();
     auto act = DeviceBuffer::Allocate(rows * intermediate_ * 2);
@@ -382,6 +385,7 @@ absl::Status CudaExpertFfn::Reserve(size_t rows, size_t groups) {
   if (groups > groups_reserved_) {
     groups = std::max(groups, 2 * groups_reserved_);
     table_.reset();
+    groups_reserved_ = 0;
     auto t = DeviceBuffer::Allocate(groups * sizeof(ExpertFfnGroup));
     if (!t.ok()) return t.status();
     table_ = std::move(*t);
@@ -409,6 +413,11 @@ absl::Status CudaExpertFfn::Run(const float* x, const float* row_weight, const s
     }
   }
   if (rows == 0) return absl::OkStatus();
+  // The decode kernels take a group per block row (gridDim.y).
+  if (groups.size() > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CudaExpertFfn: ", groups.size(), " groups in one call; at most 65535"));
+  }
   if (absl::Status st = Reserve(rows, groups.size()); !st.ok()) return st;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   MM_RETURN_IF_ERROR(ToBf16Cuda(x, rows * hidden_, x_bf16_->as<uint16_t>(), stream));
@@ -450,7 +459,9 @@ absl::Status CudaExpertFfn::RunGemms(const std::vector<ExpertFfnGroup>& groups, 
   // Fork: every GEMM stream waits for what the caller's stream has queued
   // (the bf16 rows); join: the caller's stream waits for every GEMM stream.
   if (absl::Status st = CudaStatus(cudaEventRecord(gs.fork, s), "cudaEventRecord"); !st.ok()) return st;
-  for (int i = 0; i < gs.count; ++i) cudaStreamWaitEvent(gs.streams[i], gs.fork, 0);
+  for (int i = 0; i < gs.count; ++i) {
+    MM_RETURN_IF_ERROR(CudaStatus(cudaStreamWaitEvent(gs.streams[i], gs.fork, 0), "cudaStreamWaitEvent"));
+  }
   const int in = intermediate_, hd = hidden_;
   const auto* xb = x_bf16_->as<uint16_t>();
   auto* gu = gate_up_->as<uint16_t>();
@@ -482,11 +493,12 @@ absl::Status CudaExpertFfn::RunGemms(const std::vector<ExpertFfnGroup>& groups, 
   const absl::Status status = enqueue();
   // Join even after an error, so that the caller's stream never runs ahead
   // of work already queued.
+  absl::Status join;
   for (int i = 0; i < gs.count; ++i) {
-    cudaEventRecord(gs.joins[i], gs.streams[i]);
-    cudaStreamWaitEvent(s, gs.joins[i], 0);
+    join.Update(CudaStatus(cudaEventRecord(gs.joins[i], gs.streams[i]), "cudaEventRecord"));
+    join.Update(CudaStatus(cudaStreamWaitEvent(s, gs.joins[i], 0), "cudaStreamWaitEvent"));
   }
-  return status;
+  return status.ok() ? join : status;
 }
 
 }  // namespace moemesh
