@@ -1,5 +1,7 @@
 #include "services/expert/expert_worker.h"
 
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
 #include "core/engine/expert_executor.h"
@@ -59,10 +61,17 @@ absl::Status ExpertWorker::Run(const ExpertWork& work, std::vector<float>* out) 
         absl::StrCat("hidden size ", work.hidden_size, " does not match the model's ", c.hidden_size));
   }
   size_t total = 0;
+  std::vector<bool> seen(c.num_experts, false);
   for (const ExpertWork::Group& g : work.groups) {
     if (g.expert < 0 || g.expert >= c.num_experts) {
       return absl::InvalidArgumentError(absl::StrCat("expert ", g.expert, " is outside [0, ", c.num_experts, ")"));
     }
+    // One group per expert: a router sends each expert's rows together.
+    if (seen[g.expert]) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("expert ", g.expert, " has two groups in one dispatch; send its rows in one"));
+    }
+    seen[g.expert] = true;
     if (weights_->experts.Find(work.layer, g.expert) == nullptr) {
       return absl::FailedPreconditionError(absl::StrCat(
           "expert ", g.expert, " of layer ", work.layer, " is not on shard ", options_.shard_index, " of ",

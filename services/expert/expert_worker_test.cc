@@ -75,6 +75,9 @@ TEST(ExpertWorkerTest, BadWorkGetsClearErrors) {
   EXPECT_EQ(run({0, 2, 64, hidden.data(), {{0, {0, 1}, {1.0f}}}}).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(run({0, 2, 32, hidden.data(), {{0, {0}, {1.0f}}}}).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(run({0, 2, 64, hidden.data(), {{99, {0}, {1.0f}}}}).code(), absl::StatusCode::kInvalidArgument);
+  st = run({0, 2, 64, hidden.data(), {{0, {0}, {1.0f}}, {0, {1}, {1.0f}}}});  // expert 0 twice
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("two groups"), std::string::npos) << st;
 }
 
 TEST(ExpertServiceTest, MalformedTensorIsAnsweredInTheResponse) {
