@@ -64,6 +64,7 @@ struct CudaForwardPass::Step {
   const float* const* pages = nullptr;  // [layer][pages_per_layer]
   const float* inv_freq = nullptr;       // [table][dim / 2]
   const int* head_rows_dev = nullptr;
+  const float* ones = nullptr;  // n row weights of 1, for dense and shared FFNs
 };
 
 CudaForwardPass::CudaForwardPass(const ModelConfig& config, std::shared_ptr<const ModelWeights> weights)
@@ -181,7 +182,7 @@ absl::StatusOr<float*> CudaForwardPass::Scratch(int slot, size_t count) {
 }
 
 absl::StatusOr<void*> CudaForwardPass::Staging(int slot, size_t bytes) {
-  std::unique_ptr<DeviceBuffer>& b = slot >= 1000 ? scratch_[slot] : staging_[slot];
+  std::unique_ptr<DeviceBuffer>& b = buffers_[slot];
   if (b == nullptr || b->bytes() < bytes) {
     b.reset();  // cudaFree waits for kernels that may still use it
     MM_ASSIGN_OR_RETURN(b, DeviceBuffer::Allocate(std::max<size_t>(bytes, 256) * 2));
@@ -269,6 +270,9 @@ absl::StatusOr<CudaForwardPass::Step> CudaForwardPass::Prepare(absl::Span<const 
   step.pages = static_cast<const float* const*>(d_pages);
   step.inv_freq = static_cast<const float*>(d_freq);
   step.head_rows_dev = static_cast<const int*>(d_head);
+  const std::vector<float> ones(step.n, 1.0f);
+  MM_ASSIGN_OR_RETURN(void* d_ones, stage(kOnes, ones.data(), ones.size() * sizeof(float)));
+  step.ones = static_cast<const float*>(d_ones);
   return step;
 }
 
@@ -406,13 +410,7 @@ absl::Status CudaForwardPass::Mlp(int layer, const Step& step, const float* x, E
   const ModelConfig& c = config_;
   const Layer& l = layers_[layer];
   const int n = step.n, H = c.hidden_size;
-  MM_ASSIGN_OR_RETURN(void* ones_p, Staging(kOnes, static_cast<size_t>(n) * sizeof(float)));
-  float* ones = static_cast<float*>(ones_p);
-  if (l.ffn_width > 0 || l.shared_width > 0) {
-    const std::vector<float> one(n, 1.0f);
-    MM_RETURN_IF_ERROR(CopyToDevice(ones, one.data(), one.size() * sizeof(float)));
-  }
-  if (l.ffn_width > 0) return Ffn(l.gate_up, l.down, l.ffn_width, x, ones, n, out);
+  if (l.ffn_width > 0) return Ffn(l.gate_up, l.down, l.ffn_width, x, step.ones, n, out);
   // Gating on the device, the routed experts through the executor.
   MM_ASSIGN_OR_RETURN(float* logits, Scratch(kGate, static_cast<size_t>(n) * c.num_experts));
   MM_RETURN_IF_ERROR(gemm_->LinearF32(x, n, l.router_f32->as<float>(), c.num_experts, H, logits, kStream));
@@ -430,7 +428,7 @@ absl::Status CudaForwardPass::Mlp(int layer, const Step& step, const float* x, E
   MM_RETURN_IF_ERROR(experts->Execute(batch, routed.data()));
   MM_RETURN_IF_ERROR(CopyToDevice(out, routed.data(), routed.size() * sizeof(float)));
   if (l.shared_width > 0) {
-    const float* row_weight = ones;
+    const float* row_weight = step.ones;
     if (l.shared_gate_f32 != nullptr) {
       MM_ASSIGN_OR_RETURN(float* gate, Scratch(kTmp, n));
       MM_RETURN_IF_ERROR(gemm_->LinearF32(x, n, l.shared_gate_f32->as<float>(), 1, H, gate, kStream));

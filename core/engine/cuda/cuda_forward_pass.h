@@ -57,9 +57,10 @@ class CudaForwardPass : public ForwardPass {
                    int width, const float* x, const float* row_weight, int n, float* out);
   absl::Status Linear(const std::unique_ptr<DeviceBuffer>& w, const std::unique_ptr<DeviceBuffer>& bias, int out_dim,
                       int in_dim, const float* x, int n, float* out);
-  // Scratch that grows as needed: `count` floats.
-  absl::StatusOr<float*> Scratch(int slot, size_t count);
+  // Device memory by slot that grows as needed (contents are lost when it
+  // grows): per-step tables (Staging) and `count` floats of scratch.
   absl::StatusOr<void*> Staging(int slot, size_t bytes);
+  absl::StatusOr<float*> Scratch(int slot, size_t count);
 
   ModelConfig config_;
   std::shared_ptr<const ModelWeights> weights_;
@@ -71,8 +72,7 @@ class CudaForwardPass : public ForwardPass {
   std::unique_ptr<DeviceBuffer> embed_, lm_head_, final_norm_;
   std::unique_ptr<CudaGemm> gemm_;
   std::map<int, std::unique_ptr<CudaExpertFfn>> ffns_;  // by FFN width
-  std::map<int, std::unique_ptr<DeviceBuffer>> scratch_;
-  std::map<int, std::unique_ptr<DeviceBuffer>> staging_;
+  std::map<int, std::unique_ptr<DeviceBuffer>> buffers_;  // Staging's; Scratch's from slot 1000
 };
 
 }  // namespace moemesh

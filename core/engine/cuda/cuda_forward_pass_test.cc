@@ -121,13 +121,17 @@ RoutingDiff CompareRouting(const std::vector<std::vector<int>>& a, const std::ve
   return d;
 }
 
-// Log-softmax gap between the best and second-best logits of a row.
-std::pair<int, double> TopTwoGap(const float* row, int vocab, int* second) {
+// The runner-up token of a row and its distance from the best, in nats (a
+// logit difference is a log-probability difference).
+struct TopTwo {
+  int second;
+  double gap;
+};
+TopTwo TopTwoOf(const float* row, int vocab) {
   std::vector<int> idx(vocab);
   for (int i = 0; i < vocab; ++i) idx[i] = i;
   std::partial_sort(idx.begin(), idx.begin() + 2, idx.end(), [&](int a, int b) { return row[a] > row[b]; });
-  *second = idx[1];
-  return {idx[0], static_cast<double>(row[idx[0]]) - row[idx[1]]};
+  return {idx[1], static_cast<double>(row[idx[0]]) - row[idx[1]]};
 }
 
 class CudaForwardPassTest : public ::testing::TestWithParam<std::string> {
@@ -196,8 +200,7 @@ TEST_P(CudaForwardPassTest, MatchesTheCpuEngine) {
     prefix.insert(prefix.end(), b->tokens.begin(), b->tokens.begin() + same);
     auto logits = gpu.engine->Score(prefix);
     ASSERT_TRUE(logits.ok());
-    int second = -1;
-    const double gap = TopTwoGap(logits->data() + (prefix.size() - 1) * vocab, vocab, &second).second;
+    const auto [second, gap] = TopTwoOf(logits->data() + (prefix.size() - 1) * vocab, vocab);
     const bool tie = second == a->tokens[same] && gap < kTie;
     EXPECT_TRUE(routed_apart || tie) << dir << ": tokens part at " << same << " with a gap of " << gap
                                      << " and the same routing";

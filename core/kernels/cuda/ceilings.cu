@@ -12,25 +12,26 @@
 namespace moemesh {
 namespace {
 
+// A pseudo-random value in [-0.5, 0.5) for element i.
+__device__ inline float Noise(size_t i, unsigned multiplier, unsigned seed) {
+  unsigned x = static_cast<unsigned>(i) * multiplier ^ seed;
+  x ^= x >> 13;
+  x *= 0x5bd1e995u;
+  x ^= x >> 15;
+  return static_cast<float>(x & 0xffff) / 65536.f - 0.5f;
+}
+
 __global__ void FillRandomBf16(__nv_bfloat16* p, size_t n, unsigned seed) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    unsigned x = static_cast<unsigned>(i) * 2654435761u ^ seed;
-    x ^= x >> 13;
-    x *= 0x5bd1e995u;
-    x ^= x >> 15;
-    p[i] = __float2bfloat16((static_cast<float>(x & 0xffff) / 65536.f - 0.5f) * 0.1f);
+    p[i] = __float2bfloat16(Noise(i, 2654435761u, seed) * 0.1f);
   }
 }
 
 __global__ void FillRandomF32Kernel(float* p, size_t n, unsigned seed) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    unsigned x = static_cast<unsigned>(i) * 2246822519u ^ seed;
-    x ^= x >> 13;
-    x *= 0x5bd1e995u;
-    x ^= x >> 15;
-    p[i] = (static_cast<float>(x & 0xffff) / 65536.f - 0.5f) * 2.f;
+    p[i] = Noise(i, 2246822519u, seed) * 2.f;
   }
 }
 

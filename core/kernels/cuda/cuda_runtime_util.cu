@@ -28,12 +28,12 @@ DeviceBuffer::~DeviceBuffer() {
 
 absl::Status DeviceBuffer::CopyFrom(const void* host, size_t bytes) {
   if (bytes > bytes_) return absl::InvalidArgumentError("copy larger than the device buffer");
-  return CudaStatus(cudaMemcpy(ptr_, host, bytes, cudaMemcpyHostToDevice), "cudaMemcpy to device");
+  return CopyToDevice(ptr_, host, bytes);
 }
 
 absl::Status DeviceBuffer::CopyTo(void* host, size_t bytes) const {
   if (bytes > bytes_) return absl::InvalidArgumentError("copy larger than the device buffer");
-  return CudaStatus(cudaMemcpy(host, ptr_, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy to host");
+  return CopyToHost(host, ptr_, bytes);
 }
 
 absl::Status DeviceBuffer::Fill(int value) {

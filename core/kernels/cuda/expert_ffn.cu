@@ -421,11 +421,12 @@ absl::Status CudaExpertFfn::Run(const float* x, const float* row_weight, const s
   if (absl::Status st = Reserve(rows, groups.size()); !st.ok()) return st;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   MM_RETURN_IF_ERROR(ToBf16Cuda(x, rows * hidden_, x_bf16_->as<uint16_t>(), stream));
-  // Stream-ordered after the previous call's kernels, which read the table.
-  MM_RETURN_IF_ERROR(CudaStatus(
-      cudaMemcpyAsync(table_->data(), groups.data(), groups.size() * sizeof(groups[0]), cudaMemcpyHostToDevice, s),
-      "cudaMemcpyAsync"));
   if (largest_small > 0) {
+    // The decode kernels read the group table; stream-ordered after the
+    // previous call's kernels, which read it too.
+    MM_RETURN_IF_ERROR(CudaStatus(
+        cudaMemcpyAsync(table_->data(), groups.data(), groups.size() * sizeof(groups[0]), cudaMemcpyHostToDevice, s),
+        "cudaMemcpyAsync"));
     const auto* table = table_->as<ExpertFfnGroup>();
     const unsigned ng = static_cast<unsigned>(groups.size());
     const int max_rows = options_.gemm_min_rows;
