@@ -1,6 +1,6 @@
-// Decode attention on the GPU (CausalAttentionCuda): one new token per
+// Decode attention on the GPU (CudaPagedAttention): one new token per
 // sequence attending to its whole context in the paged fp32 KV cache, for a
-// batch of sequences, at Mixtral's shape (32 heads over 8 KV heads of 128)
+// batch of sequences in one call, at Mixtral's shape (32 heads over 8 KV heads of 128)
 // and DeepSeek-V3's latent shape (128 heads over one shared 576-wide row,
 // values its first 512). Achieved bandwidth counts each KV byte once (the
 // least a decode step must read) and is set against the copy bandwidth
@@ -60,21 +60,24 @@ int Main() {
         }
       }
       if (!(*pages)->CopyFrom(table.data(), table.size() * sizeof(float*)).ok()) return 1;
-      auto step = [&]() -> absl::Status {
-        for (int s = 0; s < batch; ++s) {
-          KvPages kv;
-          kv.k_blocks = kv.v_blocks = (*pages)->as<const float*>() + static_cast<size_t>(s) * blocks_per_seq;
-          kv.block_size = kBlock;
-          kv.k_stride = kv.v_stride = row;
-          kv.k_offset = 0;
-          kv.v_offset = sh.latent ? 0 : k_width;
-          absl::Status st = CausalAttentionCuda(
-              a, (*q)->as<float>() + static_cast<size_t>(s) * a.num_heads * a.head_dim, 1, context - 1, kv,
-              (*out)->as<float>() + static_cast<size_t>(s) * a.num_heads * a.v_head_dim, nullptr);
-          if (!st.ok()) return st;
-        }
-        return absl::OkStatus();
-      };
+      std::vector<int> positions(batch, context - 1), page_offsets(batch);
+      for (int s = 0; s < batch; ++s) page_offsets[s] = s * blocks_per_seq;
+      auto dpos = DeviceBuffer::Allocate(batch * sizeof(int)), dpo = DeviceBuffer::Allocate(batch * sizeof(int));
+      if (!dpos.ok() || !dpo.ok()) return 1;
+      if (!(*dpos)->CopyFrom(positions.data(), batch * sizeof(int)).ok()) return 1;
+      if (!(*dpo)->CopyFrom(page_offsets.data(), batch * sizeof(int)).ok()) return 1;
+      PagedRows rows;
+      rows.kv.k_blocks = rows.kv.v_blocks = (*pages)->as<const float*>();
+      rows.kv.block_size = kBlock;
+      rows.kv.k_stride = rows.kv.v_stride = row;
+      rows.kv.k_offset = 0;
+      rows.kv.v_offset = sh.latent ? 0 : k_width;
+      rows.positions = (*dpos)->as<int>();
+      rows.page_offsets = (*dpo)->as<int>();
+      rows.rows = batch;
+      rows.max_position = context - 1;
+      CudaPagedAttention attention;
+      auto step = [&]() { return attention.Run(a, (*q)->as<float>(), rows, (*out)->as<float>(), nullptr); };
       auto t = TimeOnGpu(step, 2, 10);
       if (!t.ok()) {
         std::fprintf(stderr, "attention_bench: %s\n", std::string(t.status().message()).c_str());

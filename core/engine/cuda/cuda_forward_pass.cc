@@ -28,7 +28,19 @@ constexpr float kLatentNormEps = 1e-6f;  // DeepSeek's q_a and kv_a norms (as Mo
 // Scratch slots (CudaForwardPass::Scratch).
 enum Slot { kHidden, kNormed, kDelta, kQ, kK, kV, kCtx, kQa, kCkv, kQabs, kLat, kTmp, kLogits, kGate, kShared };
 // Staging slots for per-step tables on the device.
-enum StagingSlot { kIds, kPositions, kKDst, kVDst, kPages, kInvFreq, kHeadRows, kExpertIds, kExpertW, kOnes };
+enum StagingSlot {
+  kIds,
+  kPositions,
+  kRowPages,
+  kKDst,
+  kVDst,
+  kPages,
+  kInvFreq,
+  kHeadRows,
+  kExpertIds,
+  kExpertW,
+  kOnes
+};
 
 }  // namespace
 
@@ -54,11 +66,13 @@ struct CudaForwardPass::Step {
   int n = 0;
   std::vector<Item> items;
   int pages_per_layer = 0;
+  int max_position = 0;
   bool one_rope_table = true;
   std::vector<int> head_rows;  // rows whose logits are wanted
   // Device tables (staging).
   const int* ids = nullptr;
   const int* positions = nullptr;
+  const int* row_pages = nullptr;  // each row's sequence's page_offset
   float* const* k_dst = nullptr;  // [layer][row]
   float* const* v_dst = nullptr;
   const float* const* pages = nullptr;  // [layer][pages_per_layer]
@@ -106,6 +120,7 @@ int CudaForwardPass::kv_v_width() const { return config_.mla ? 0 : config_.num_k
 absl::Status CudaForwardPass::Upload(int kv_block_size, int kv_blocks) {
   const ModelWeights& w = *weights_;
   MM_ASSIGN_OR_RETURN(gemm_, CudaGemm::Create());
+  attention_ = std::make_unique<CudaPagedAttention>();
   // The embedding keeps bf16 tables as they are and others in fp32.
   if (w.embed.dtype == DType::kBF16) {
     MM_ASSIGN_OR_RETURN(embed_, UploadBf16({&w.embed}));
@@ -201,7 +216,7 @@ absl::StatusOr<CudaForwardPass::Step> CudaForwardPass::Prepare(absl::Span<const 
                                                    cache->block_size(), ") is not the one this GPU pass holds (",
                                                    num_blocks_, " blocks of ", block_size_, ")"));
   }
-  std::vector<int> ids, positions;
+  std::vector<int> ids, positions, row_pages;
   std::vector<std::vector<float>> inv_freqs;
   for (size_t i = 0; i < items.size(); ++i) {
     const ForwardItem& it = items[i];
@@ -220,7 +235,9 @@ absl::StatusOr<CudaForwardPass::Step> CudaForwardPass::Prepare(absl::Span<const 
     for (int j = 0; j < count; ++j) {
       ids.push_back(it.tokens[j]);
       positions.push_back(first + j);
+      row_pages.push_back(step.items.back().page_offset);
     }
+    step.max_position = std::max(step.max_position, first + count - 1);
     const int head_first = it.all_logits ? step.n : step.n + count - 1;
     for (int r = head_first; r < step.n + count; ++r) step.head_rows.push_back(r);
     step.n += count;
@@ -258,6 +275,7 @@ absl::StatusOr<CudaForwardPass::Step> CudaForwardPass::Prepare(absl::Span<const 
   };
   MM_ASSIGN_OR_RETURN(void* d_ids, stage(kIds, ids.data(), ids.size() * sizeof(int)));
   MM_ASSIGN_OR_RETURN(void* d_pos, stage(kPositions, positions.data(), positions.size() * sizeof(int)));
+  MM_ASSIGN_OR_RETURN(void* d_rp, stage(kRowPages, row_pages.data(), row_pages.size() * sizeof(int)));
   MM_ASSIGN_OR_RETURN(void* d_k, stage(kKDst, k_dst.data(), k_dst.size() * sizeof(float*)));
   MM_ASSIGN_OR_RETURN(void* d_v, stage(kVDst, v_dst.data(), v_dst.size() * sizeof(float*)));
   MM_ASSIGN_OR_RETURN(void* d_pages, stage(kPages, pages.data(), pages.size() * sizeof(float*)));
@@ -265,6 +283,7 @@ absl::StatusOr<CudaForwardPass::Step> CudaForwardPass::Prepare(absl::Span<const 
   MM_ASSIGN_OR_RETURN(void* d_head, stage(kHeadRows, step.head_rows.data(), step.head_rows.size() * sizeof(int)));
   step.ids = static_cast<const int*>(d_ids);
   step.positions = static_cast<const int*>(d_pos);
+  step.row_pages = static_cast<const int*>(d_rp);
   step.k_dst = static_cast<float* const*>(d_k);
   step.v_dst = static_cast<float* const*>(d_v);
   step.pages = static_cast<const float* const*>(d_pages);
@@ -298,6 +317,17 @@ absl::Status CudaForwardPass::Rotate(const Step& step, float* x, int heads, int 
   return absl::OkStatus();
 }
 
+PagedRows CudaForwardPass::StepRows(int layer, const Step& step) const {
+  PagedRows rows;
+  rows.kv.k_blocks = rows.kv.v_blocks = step.pages + static_cast<size_t>(layer) * step.pages_per_layer;
+  rows.kv.block_size = block_size_;
+  rows.positions = step.positions;
+  rows.page_offsets = step.row_pages;
+  rows.rows = step.n;
+  rows.max_position = step.max_position;
+  return rows;
+}
+
 absl::Status CudaForwardPass::Attention(int layer, const Step& step, const float* x, float* out) {
   const ModelConfig& c = config_;
   const Layer& l = layers_[layer];
@@ -329,17 +359,11 @@ absl::Status CudaForwardPass::Attention(int layer, const Step& step, const float
   const AttentionShape shape{c.num_heads, c.num_kv_heads, hd, hd, static_cast<float>(c.AttentionScale()),
                              c.sliding_window[layer]};
   MM_ASSIGN_OR_RETURN(float* ctx, Scratch(kCtx, static_cast<size_t>(n) * q_w));
-  const int row = kv_k_width() + kv_v_width();
-  for (const Step::Item& it : step.items) {
-    KvPages pages;
-    pages.k_blocks = pages.v_blocks = step.pages + static_cast<size_t>(layer) * step.pages_per_layer + it.page_offset;
-    pages.block_size = block_size_;
-    pages.k_stride = pages.v_stride = row;
-    pages.k_offset = 0;
-    pages.v_offset = kv_k_width();
-    MM_RETURN_IF_ERROR(CausalAttentionCuda(shape, q + static_cast<size_t>(it.first_row) * q_w, it.count, it.first_pos,
-                                           pages, ctx + static_cast<size_t>(it.first_row) * q_w, kStream));
-  }
+  PagedRows rows = StepRows(layer, step);
+  rows.kv.k_stride = rows.kv.v_stride = kv_k_width() + kv_v_width();
+  rows.kv.k_offset = 0;
+  rows.kv.v_offset = kv_k_width();
+  MM_RETURN_IF_ERROR(attention_->Run(shape, q, rows, ctx, kStream));
   return Linear(l.o, l.o_bias, H, q_w, ctx, n, out);
 }
 
@@ -379,16 +403,10 @@ absl::Status CudaForwardPass::LatentAttention(int layer, const Step& step, const
   MM_RETURN_IF_ERROR(CopyRowsOnDevice(q + nope, qk, qabs + lora, row_w, static_cast<size_t>(n) * Hh, rope, kStream));
   const AttentionShape shape{Hh, 1, row_w, lora, static_cast<float>(c.AttentionScale()), 0};
   MM_ASSIGN_OR_RETURN(float* lat, Scratch(kLat, static_cast<size_t>(n) * Hh * lora));
-  for (const Step::Item& it : step.items) {
-    KvPages pages;
-    pages.k_blocks = pages.v_blocks = step.pages + static_cast<size_t>(layer) * step.pages_per_layer + it.page_offset;
-    pages.block_size = block_size_;
-    pages.k_stride = pages.v_stride = row_w;
-    pages.k_offset = pages.v_offset = 0;
-    MM_RETURN_IF_ERROR(CausalAttentionCuda(shape, qabs + static_cast<size_t>(it.first_row) * Hh * row_w, it.count,
-                                           it.first_pos, pages, lat + static_cast<size_t>(it.first_row) * Hh * lora,
-                                           kStream));
-  }
+  PagedRows rows = StepRows(layer, step);
+  rows.kv.k_stride = rows.kv.v_stride = row_w;
+  rows.kv.k_offset = rows.kv.v_offset = 0;
+  MM_RETURN_IF_ERROR(attention_->Run(shape, qabs, rows, lat, kStream));
   // ctx[r, h] = W_uv[h] lat[r, h]; W_uv[h] is kv_b[h * (nope + vd) + nope ..
   // + vd, :] ([vd, lora]).
   MM_ASSIGN_OR_RETURN(float* ctx, Scratch(kCtx, static_cast<size_t>(n) * Hh * vd));

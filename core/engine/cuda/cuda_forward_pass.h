@@ -13,6 +13,8 @@ namespace moemesh {
 
 class CudaExpertFfn;
 class CudaGemm;
+class CudaPagedAttention;
+struct PagedRows;
 
 // The dense part of the forward pass on a GPU: the same steps as Model
 // (core/engine/model.h), with the weights uploaded once and the KV cache's
@@ -48,6 +50,8 @@ class CudaForwardPass : public ForwardPass {
   CudaForwardPass(const ModelConfig& config, std::shared_ptr<const ModelWeights> weights);
   absl::Status Upload(int kv_block_size, int kv_blocks);
   absl::StatusOr<Step> Prepare(absl::Span<const ForwardItem> items, KvCache* cache);
+  // The step's query rows over `layer`'s pages; the caller sets the row geometry.
+  PagedRows StepRows(int layer, const Step& step) const;
   absl::Status Attention(int layer, const Step& step, const float* x, float* out);
   absl::Status LatentAttention(int layer, const Step& step, const float* x, float* out);
   absl::Status Rotate(const Step& step, float* x, int heads, int token_stride, int head_stride);
@@ -71,6 +75,7 @@ class CudaForwardPass : public ForwardPass {
   std::vector<Layer> layers_;
   std::unique_ptr<DeviceBuffer> embed_, lm_head_, final_norm_;
   std::unique_ptr<CudaGemm> gemm_;
+  std::unique_ptr<CudaPagedAttention> attention_;
   std::map<int, std::unique_ptr<CudaExpertFfn>> ffns_;  // by FFN width
   std::map<int, std::unique_ptr<DeviceBuffer>> buffers_;  // Staging's; Scratch's from slot 1000
 };

@@ -1,106 +1,331 @@
 #include "core/kernels/cuda/attention.h"
 
 #include <algorithm>
+#include <climits>
 
 #include "absl/strings/str_cat.h"
+#include "core/common/status_macros.h"
+#include "core/kernels/cuda/cp_async.cuh"
 #include "core/kernels/cuda/cuda_check.cuh"
 
 namespace moemesh {
 namespace {
 
-constexpr int kWarps = 4;
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxSplits = 64;
 
-// kPerLane: output channels per lane, so heads up to 32 * kPerLane wide;
-// instantiated for a few sizes so that small heads keep few registers.
-template <int kPerLane>
-__global__ void AttentionKernel(AttentionShape s, const float* __restrict__ q, int first_pos, KvPages kv,
-                                float* __restrict__ out) {
-  const int i = blockIdx.x, h = blockIdx.y;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int kvh = h / (s.num_heads / s.num_kv_heads);
-  const int pos = first_pos + i;
-  const int lo = s.sliding_window > 0 ? max(0, pos - s.sliding_window + 1) : 0;
+// What both kernels of one call need, worked out on the host.
+struct Geometry {
+  AttentionShape s;
+  PagedRows rows;
+  const float* q;
+  float* out;
+  int group;        // query heads per KV head
+  int head_groups;  // blocks per KV head
+  int splits;
+  int dpad, vpad;      // head sizes rounded up to whole float4s
+  int kpitch, vpitch;  // shared-memory row pitches in floats (a float4 more: no bank conflicts)
+  bool v_in_k;         // V's rows are the heads of K's rows (latent attention): one tile
+  bool aligned;        // rows are whole float4s: 16-byte copies
+  float* part_acc;     // [rows][heads][splits][vpad], when splits > 1
+  float* part_ml;      // [rows][heads][splits][2]: running max and sum
+};
 
-  __shared__ float qs[32 * kPerLane];
-  __shared__ float wm[kWarps], wl[kWarps];
-  __shared__ float wacc[kWarps][32 * kPerLane];
-  const float* qv = q + (static_cast<size_t>(i) * s.num_heads + h) * s.head_dim;
-  for (int d = threadIdx.x; d < s.head_dim; d += blockDim.x) qs[d] = qv[d];
-  __syncthreads();
+__device__ inline float WarpMax(float v) {
+  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+}
+__device__ inline float WarpSum(float v) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
 
-  float m = -INFINITY, l = 0.f, acc[kPerLane];
-#pragma unroll
-  for (int j = 0; j < kPerLane; ++j) acc[j] = 0.f;
-  for (int t = lo + warp; t <= pos; t += kWarps) {
-    const float* k = kv.k_blocks[t / kv.block_size] + static_cast<size_t>(t % kv.block_size) * kv.k_stride +
-                     kv.k_offset + static_cast<size_t>(kvh) * s.head_dim;
-    float dot = 0.f;
-    for (int d = lane; d < s.head_dim; d += 32) dot += qs[d] * k[d];
-    for (int off = 16; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
-    const float score = dot * s.scale;
-    const float m_new = fmaxf(m, score);
-    const float corr = expf(m - m_new), p = expf(score - m_new);
-    l = l * corr + p;
-    const float* v = kv.v_blocks[t / kv.block_size] + static_cast<size_t>(t % kv.block_size) * kv.v_stride +
-                     kv.v_offset + static_cast<size_t>(kvh) * s.v_head_dim;
-#pragma unroll
-    for (int j = 0; j < kPerLane; ++j) {
-      const int d = lane + 32 * j;
-      if (d < s.v_head_dim) acc[j] = acc[j] * corr + p * v[d];
+// Copies keys [t0, t0 + nv) of one KV head (width floats at `offset` of
+// rows `stride` floats apart) into a tile of rows `pitch` floats apart.
+__device__ inline void LoadTile(const float* const* blocks, int block_size, int stride, int offset, int width,
+                                bool aligned, int t0, int nv, float* tile, int pitch) {
+  if (aligned) {
+    const int per_row = width / 4;
+    for (int c = threadIdx.x; c < nv * per_row; c += kThreads) {
+      const int t = c / per_row, d = (c - t * per_row) * 4, p = t0 + t;
+      CpAsync16<false>(tile + t * pitch + d,
+                       blocks[p / block_size] + static_cast<size_t>(p % block_size) * stride + offset + d, true);
     }
-    m = m_new;
-  }
-  if (lane == 0) {
-    wm[warp] = m;
-    wl[warp] = l;
-  }
-#pragma unroll
-  for (int j = 0; j < kPerLane; ++j) {
-    const int d = lane + 32 * j;
-    if (d < s.v_head_dim) wacc[warp][d] = acc[j];
-  }
-  __syncthreads();
-  // Merge the warps' partial softmaxes (a warp with no keys has m = -inf).
-  float mx = -INFINITY;
-  for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, wm[w]);
-  float denom = 0.f;
-  for (int w = 0; w < kWarps; ++w) denom += wm[w] == -INFINITY ? 0.f : wl[w] * expf(wm[w] - mx);
-  float* o = out + (static_cast<size_t>(i) * s.num_heads + h) * s.v_head_dim;
-  for (int d = threadIdx.x; d < s.v_head_dim; d += blockDim.x) {
-    float num = 0.f;
-    for (int w = 0; w < kWarps; ++w) {
-      if (wm[w] != -INFINITY) num += wacc[w][d] * expf(wm[w] - mx);
+  } else {
+    for (int c = threadIdx.x; c < nv * width; c += kThreads) {
+      const int t = c / width, d = c - t * width, p = t0 + t;
+      CpAsync4(tile + t * pitch + d, blocks[p / block_size] + static_cast<size_t>(p % block_size) * stride + offset + d);
     }
-    o[d] = num / denom;
   }
 }
 
+__host__ __device__ inline size_t SmemFloats(const Geometry& g, int heads, int keys) {
+  return static_cast<size_t>(heads) * g.dpad + 2 * static_cast<size_t>(keys) * g.kpitch +
+         (g.v_in_k ? 0 : 2 * static_cast<size_t>(keys) * g.vpitch) + static_cast<size_t>(heads) * keys + 3 * heads;
+}
+
+// One block: query row blockIdx.x, up to kHeads query heads of one KV head
+// (blockIdx.y), keys of chunk blockIdx.z of the row's range. kDim4: the
+// widest head in float4s; kKeys: keys per tile (at most 32, a warp's).
+template <int kDim4, int kHeads, int kKeys>
+__global__ void __launch_bounds__(kThreads) SplitKernel(Geometry g) {
+  static_assert(kKeys <= 32, "a warp reduces a tile's scores");
+  constexpr int kItems = (kHeads * kDim4 + kThreads - 1) / kThreads;
+  extern __shared__ float4 smem4[];
+  const AttentionShape& s = g.s;
+  const KvPages& kv = g.rows.kv;
+  const int r = blockIdx.x, split = blockIdx.z, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int kvh = blockIdx.y / g.head_groups;
+  const int h0 = kvh * g.group + (blockIdx.y % g.head_groups) * kHeads;
+  const int nh = min(kHeads, (kvh + 1) * g.group - h0);
+  const int pos = g.rows.positions[r];
+  const int lo = s.sliding_window > 0 ? max(0, pos - s.sliding_window + 1) : 0;
+  const int chunk = ((pos - lo + g.splits) / g.splits + kKeys - 1) / kKeys * kKeys;
+  const int first = lo + split * chunk, last = min(pos, first + chunk - 1);
+
+  float* qs = reinterpret_cast<float*>(smem4);
+  float* ks = qs + kHeads * g.dpad;
+  float* vs = g.v_in_k ? ks : ks + 2 * kKeys * g.kpitch;
+  float* sp = ks + 2 * kKeys * g.kpitch + (g.v_in_k ? 0 : 2 * kKeys * g.vpitch);  // scores, then weights
+  float* sm = sp + kHeads * kKeys;  // running max per head
+  float* sl = sm + kHeads;          // running sum
+  float* sc = sl + kHeads;          // this tile's correction
+
+  // Queries, zero past head_dim, as are the K tiles' pads (loads never write
+  // them), so that dot products can run over whole float4s.
+  for (int i = tid; i < kHeads * g.dpad; i += kThreads) {
+    const int j = i / g.dpad, d = i - j * g.dpad;
+    qs[i] = j < nh && d < s.head_dim ? g.q[(static_cast<size_t>(r) * s.num_heads + h0 + j) * s.head_dim + d] : 0.f;
+  }
+  const int kpad = g.dpad - s.head_dim;
+  for (int i = tid; i < 2 * kKeys * kpad; i += kThreads) ks[(i / kpad) * g.kpitch + s.head_dim + i % kpad] = 0.f;
+  if (tid < kHeads) {
+    sm[tid] = -INFINITY;
+    sl[tid] = 0.f;
+  }
+  __syncthreads();
+
+  const int dv4 = g.vpad / 4, items = nh * dv4;
+  float4 acc[kItems];
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) acc[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+
+  const int tiles = first <= last ? (last - first + kKeys) / kKeys : 0;
+  const int page0 = g.rows.page_offsets[r];
+  auto load = [&](int tile) {
+    const int t0 = first + tile * kKeys, nv = min(kKeys, last - t0 + 1), buf = tile & 1;
+    LoadTile(kv.k_blocks + page0, kv.block_size, kv.k_stride, kv.k_offset + kvh * s.head_dim, s.head_dim, g.aligned,
+             t0, nv, ks + buf * kKeys * g.kpitch, g.kpitch);
+    if (!g.v_in_k) {
+      LoadTile(kv.v_blocks + page0, kv.block_size, kv.v_stride, kv.v_offset + kvh * s.v_head_dim, s.v_head_dim,
+               g.aligned, t0, nv, vs + buf * kKeys * g.vpitch, g.vpitch);
+    }
+    CpAsyncCommit();
+  };
+  if (tiles > 0) load(0);
+  for (int tile = 0; tile < tiles; ++tile) {
+    if (tile + 1 < tiles) {
+      load(tile + 1);
+      CpAsyncWait<1>();
+    } else {
+      CpAsyncWait<0>();
+    }
+    __syncthreads();
+    const int nv = min(kKeys, last - (first + tile * kKeys) + 1), buf = tile & 1;
+    const float* kt = ks + buf * kKeys * g.kpitch;
+    const float* vt = vs + buf * kKeys * g.vpitch;
+    // Scores: a warp's lanes take different keys of one head.
+    for (int p = tid; p < kHeads * kKeys; p += kThreads) {
+      const int j = p / kKeys, t = p - j * kKeys;
+      float score = -INFINITY;
+      if (j < nh && t < nv) {
+        const float4* qv = reinterpret_cast<const float4*>(qs + j * g.dpad);
+        const float4* kr = reinterpret_cast<const float4*>(kt + t * g.kpitch);
+        float dot = 0.f;
+        for (int d = 0; d < g.dpad / 4; ++d) {
+          const float4 a = qv[d], b = kr[d];
+          dot += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+        }
+        score = dot * s.scale;
+      }
+      sp[p] = score;
+    }
+    __syncthreads();
+    // Online softmax, a warp per head.
+    for (int j = warp; j < nh; j += kWarps) {
+      const float v = lane < kKeys ? sp[j * kKeys + lane] : -INFINITY;
+      const float m_old = sm[j], m_new = fmaxf(m_old, WarpMax(v));
+      const float p = lane < kKeys ? expf(v - m_new) : 0.f;
+      const float sum = WarpSum(p);
+      if (lane < kKeys) sp[j * kKeys + lane] = p;
+      if (lane == 0) {
+        const float corr = expf(m_old - m_new);
+        sc[j] = corr;
+        sl[j] = sl[j] * corr + sum;
+        sm[j] = m_new;
+      }
+    }
+    __syncthreads();
+    // Weighted values: each thread owns float4s of some heads' outputs.
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      const int item = tid + i * kThreads;
+      if (item < items) {
+        const int j = item / dv4, c = item - j * dv4;
+        const float corr = sc[j];
+        float4 a = acc[i];
+        a.x *= corr, a.y *= corr, a.z *= corr, a.w *= corr;
+        const float* pj = sp + j * kKeys;
+        for (int t = 0; t < nv; ++t) {
+          const float p = pj[t];
+          const float4 v = reinterpret_cast<const float4*>(vt + t * g.vpitch)[c];
+          a.x += p * v.x, a.y += p * v.y, a.z += p * v.z, a.w += p * v.w;
+        }
+        acc[i] = a;
+      }
+    }
+    __syncthreads();  // the next tile's copy reuses this buffer
+  }
+
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    const int item = tid + i * kThreads;
+    if (item >= items) continue;
+    const int j = item / dv4, c = item - j * dv4;
+    const size_t head = static_cast<size_t>(r) * s.num_heads + h0 + j;
+    if (g.splits == 1) {
+      const float inv = 1.f / sl[j];
+      const float o[4] = {acc[i].x * inv, acc[i].y * inv, acc[i].z * inv, acc[i].w * inv};
+      for (int e = 0; e < 4 && c * 4 + e < s.v_head_dim; ++e) g.out[head * s.v_head_dim + c * 4 + e] = o[e];
+    } else {
+      reinterpret_cast<float4*>(g.part_acc + (head * g.splits + split) * g.vpad)[c] = acc[i];
+    }
+  }
+  if (g.splits > 1 && tid < nh) {
+    const size_t at = ((static_cast<size_t>(r) * s.num_heads + h0 + tid) * g.splits + split) * 2;
+    g.part_ml[at] = sm[tid];
+    g.part_ml[at + 1] = sl[tid];
+  }
+}
+
+// Merges the splits of (row blockIdx.x, head blockIdx.y); a split without
+// keys has max -inf and adds nothing.
+__global__ void __launch_bounds__(kThreads) CombineKernel(Geometry g) {
+  __shared__ float weight[kMaxSplits];
+  __shared__ float inv_sum;
+  const size_t head = static_cast<size_t>(blockIdx.x) * g.s.num_heads + blockIdx.y;
+  const float* ml = g.part_ml + head * g.splits * 2;
+  if (threadIdx.x < 32) {
+    float mx = -INFINITY;
+    for (int s = threadIdx.x; s < g.splits; s += 32) mx = fmaxf(mx, ml[2 * s]);
+    mx = WarpMax(mx);
+    float sum = 0.f;
+    for (int s = threadIdx.x; s < g.splits; s += 32) {
+      const float w = ml[2 * s] == -INFINITY ? 0.f : expf(ml[2 * s] - mx);
+      weight[s] = w;
+      sum += w * ml[2 * s + 1];
+    }
+    sum = WarpSum(sum);
+    if (threadIdx.x == 0) inv_sum = 1.f / sum;
+  }
+  __syncthreads();
+  const float* acc = g.part_acc + head * g.splits * g.vpad;
+  for (int d = threadIdx.x; d < g.s.v_head_dim; d += kThreads) {
+    float num = 0.f;
+    for (int s = 0; s < g.splits; ++s) num += weight[s] * acc[static_cast<size_t>(s) * g.vpad + d];
+    g.out[head * g.s.v_head_dim + d] = num * inv_sum;
+  }
+}
+
+struct Config {
+  int heads, keys;  // per block, per tile
+  void (*kernel)(Geometry);
+};
+
+Config Pick(int widest) {
+  if (widest <= 128) return {8, 32, SplitKernel<32, 8, 32>};
+  if (widest <= 256) return {8, 32, SplitKernel<64, 8, 32>};
+  static_assert(kMaxAttentionHeadDim == 4 * 160, "the widest instantiation");
+  return {16, 16, SplitKernel<160, 16, 16>};
+}
+
+int RoundUp4(int v) { return (v + 3) / 4 * 4; }
+
 }  // namespace
 
-absl::Status CausalAttentionCuda(const AttentionShape& s, const float* q, int n, int first_pos, const KvPages& kv,
-                                 float* out, CudaStream stream) {
+CudaPagedAttention::CudaPagedAttention() = default;
+CudaPagedAttention::~CudaPagedAttention() = default;
+
+absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, const PagedRows& rows, float* out,
+                                     CudaStream stream) {
   if (s.num_heads <= 0 || s.num_kv_heads <= 0 || s.num_heads % s.num_kv_heads != 0) {
-    return absl::InvalidArgumentError("CausalAttentionCuda: num_kv_heads must divide num_heads");
+    return absl::InvalidArgumentError("CudaPagedAttention: num_kv_heads must divide num_heads");
   }
   if (s.head_dim <= 0 || s.head_dim > kMaxAttentionHeadDim || s.v_head_dim <= 0 ||
       s.v_head_dim > kMaxAttentionHeadDim) {
     return absl::InvalidArgumentError(
-        absl::StrCat("CausalAttentionCuda: head sizes must be in [1, ", kMaxAttentionHeadDim, "]"));
+        absl::StrCat("CudaPagedAttention: head sizes must be in [1, ", kMaxAttentionHeadDim, "]"));
   }
-  if (n < 0 || first_pos < 0 || kv.block_size <= 0) return absl::InvalidArgumentError("CausalAttentionCuda: bad sizes");
-  if (n == 0) return absl::OkStatus();
-  const dim3 grid(n, s.num_heads);
+  const KvPages& kv = rows.kv;
+  if (rows.rows < 0 || rows.max_position < 0 || kv.block_size <= 0 || kv.k_stride <= 0 || kv.v_stride <= 0 ||
+      kv.k_offset < 0 || kv.v_offset < 0) {
+    return absl::InvalidArgumentError("CudaPagedAttention: bad sizes");
+  }
+  if (rows.rows == 0) return absl::OkStatus();
+  Geometry g;
+  g.s = s;
+  g.rows = rows;
+  g.q = q;
+  g.out = out;
+  g.group = s.num_heads / s.num_kv_heads;
+  const Config config = Pick(std::max(s.head_dim, s.v_head_dim));
+  g.head_groups = (g.group + config.heads - 1) / config.heads;
+  g.dpad = RoundUp4(s.head_dim);
+  g.vpad = RoundUp4(s.v_head_dim);
+  g.kpitch = g.dpad + 4;
+  g.v_in_k = kv.k_blocks == kv.v_blocks && kv.k_stride == kv.v_stride && kv.k_offset == kv.v_offset &&
+             s.v_head_dim <= s.head_dim && (s.num_kv_heads == 1 || s.head_dim == s.v_head_dim);
+  g.vpitch = g.v_in_k ? g.kpitch : g.vpad + 4;
+  g.aligned = (kv.k_stride | kv.v_stride | kv.k_offset | kv.v_offset | s.head_dim | s.v_head_dim) % 4 == 0;
+
+  const size_t smem = SmemFloats(g, config.heads, config.keys) * sizeof(float);
+  MM_RETURN_IF_ERROR(CudaStatus(
+      cudaFuncSetAttribute(config.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+      "CudaPagedAttention: shared memory"));
+  if (sm_count_ == 0) {
+    int device = 0;
+    MM_RETURN_IF_ERROR(CudaStatus(cudaGetDevice(&device), "cudaGetDevice"));
+    MM_RETURN_IF_ERROR(
+        CudaStatus(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device), "SM count"));
+  }
+  int per_sm = 0;
+  MM_RETURN_IF_ERROR(CudaStatus(
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, config.kernel, kThreads, smem), "occupancy"));
+  // Enough chunks to fill the GPU twice over, none shorter than a tile.
+  const long long blocks = static_cast<long long>(rows.rows) * s.num_kv_heads * g.head_groups;
+  const int keys = s.sliding_window > 0 ? std::min(rows.max_position + 1, s.sliding_window) : rows.max_position + 1;
+  const long long wanted = (2LL * std::max(per_sm, 1) * sm_count_ + blocks - 1) / blocks;
+  g.splits = static_cast<int>(std::clamp<long long>(
+      wanted, 1, std::min<long long>(kMaxSplits, (keys + config.keys - 1) / config.keys)));
+  g.part_acc = g.part_ml = nullptr;
+  if (g.splits > 1) {
+    const size_t heads = static_cast<size_t>(rows.rows) * s.num_heads * g.splits;
+    const size_t bytes = heads * (g.vpad + 2) * sizeof(float);
+    if (partials_ == nullptr || partials_->bytes() < bytes) {
+      partials_.reset();  // cudaFree waits for kernels that may still use it
+      MM_ASSIGN_OR_RETURN(partials_, DeviceBuffer::Allocate(bytes));
+    }
+    g.part_acc = partials_->as<float>();
+    g.part_ml = g.part_acc + heads * g.vpad;
+  }
+  if (s.num_kv_heads * g.head_groups > 65535) return absl::InvalidArgumentError("CudaPagedAttention: too many heads");
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
-  const int widest = std::max(s.head_dim, s.v_head_dim);
-  if (widest <= 128) {
-    AttentionKernel<4><<<grid, 32 * kWarps, 0, st>>>(s, q, first_pos, kv, out);
-  } else if (widest <= 256) {
-    AttentionKernel<8><<<grid, 32 * kWarps, 0, st>>>(s, q, first_pos, kv, out);
-  } else {
-    static_assert(kMaxAttentionHeadDim == 32 * 20, "the widest instantiation");
-    AttentionKernel<20><<<grid, 32 * kWarps, 0, st>>>(s, q, first_pos, kv, out);
-  }
-  return LaunchStatus("AttentionKernel");
+  config.kernel<<<dim3(rows.rows, s.num_kv_heads * g.head_groups, g.splits), kThreads, smem, st>>>(g);
+  MM_RETURN_IF_ERROR(LaunchStatus("attention SplitKernel"));
+  if (g.splits == 1) return absl::OkStatus();
+  CombineKernel<<<dim3(rows.rows, s.num_heads), kThreads, 0, st>>>(g);
+  return LaunchStatus("attention CombineKernel");
 }
 
 }  // namespace moemesh

@@ -1,22 +1,57 @@
 #ifndef MOEMESH_CORE_KERNELS_CUDA_ATTENTION_H_
 #define MOEMESH_CORE_KERNELS_CUDA_ATTENTION_H_
 
+#include <memory>
+
 #include "absl/status/status.h"
 #include "core/kernels/cpu/attention.h"
 #include "core/kernels/cuda/cuda_runtime_util.h"
 
 namespace moemesh {
 
-// CausalAttention (core/kernels/cpu/attention.h) on the GPU, over a paged
-// KV cache in device memory: `kv.k_blocks` and `kv.v_blocks` are device
-// arrays of device pointers, and `q`, `out` are device pointers. GQA,
-// sliding windows, and K/V head sizes that differ (latent attention) as on
-// the CPU. Each (query, head) is one block whose warps walk the keys with
-// an online softmax in fp32, then merge. Head sizes up to 640 (DeepSeek-V3's
-// latent rows are 512 + 64 wide).
+// The query rows of one batched attention call, from any number of
+// sequences: row r is at position positions[r] of the sequence whose block
+// table starts at kv.k_blocks + page_offsets[r] (and kv.v_blocks +
+// page_offsets[r]); it attends to that sequence's keys at positions
+// 0 .. positions[r] (or the sliding window's), already in the cache.
+// Every pointer is a device pointer; page pointers are 16-byte aligned.
+struct PagedRows {
+  KvPages kv;
+  const int* positions = nullptr;     // [rows]
+  const int* page_offsets = nullptr;  // [rows]
+  int rows = 0;
+  int max_position = 0;  // at least every positions[r]; sizes the split
+};
+
+// CausalAttention (core/kernels/cpu/attention.h) on the GPU over a paged KV
+// cache, with GQA, sliding windows, and K/V head sizes that differ (latent
+// attention, where V may be the head of K's row), for head sizes up to
+// kMaxAttentionHeadDim (DeepSeek-V3's latent rows are 512 + 64 wide).
+//
+// Flash-decoding: each row's keys are split into chunks that run as
+// separate blocks, and a second kernel merges their partial softmaxes. A
+// block serves all query heads of one KV head (up to 8 or 16 of them), so
+// a KV row is read once per group, not once per head; tiles of keys are
+// copied into shared memory with 16-byte cp.async, two tiles in flight.
+// Scores, softmax and sums are fp32, as on the CPU.
+//
+// Holds the scratch for the partial results; one instance per stream.
 inline constexpr int kMaxAttentionHeadDim = 640;
-absl::Status CausalAttentionCuda(const AttentionShape& shape, const float* q, int n, int first_pos,
-                                 const KvPages& kv, float* out, CudaStream stream);
+class CudaPagedAttention {
+ public:
+  CudaPagedAttention();
+  ~CudaPagedAttention();
+  CudaPagedAttention(const CudaPagedAttention&) = delete;
+  CudaPagedAttention& operator=(const CudaPagedAttention&) = delete;
+
+  // q: [rows, num_heads * head_dim]; out: [rows, num_heads * v_head_dim].
+  absl::Status Run(const AttentionShape& shape, const float* q, const PagedRows& rows, float* out,
+                   CudaStream stream);
+
+ private:
+  std::unique_ptr<DeviceBuffer> partials_;
+  int sm_count_ = 0;
+};
 
 }  // namespace moemesh
 

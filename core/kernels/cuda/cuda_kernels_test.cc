@@ -255,74 +255,127 @@ TEST_F(CudaKernelsTest, RopeMatchesCpuForEveryScaling) {
   }
 }
 
-// Paged causal attention: decode and prefill chunks, GQA, a sliding window,
-// K and V sharing rows with different head sizes (latent attention), head
-// sizes that are not multiples of 16, against CausalAttention on the CPU.
+// Paged causal attention: decode and prefill chunks, several sequences in
+// one call, contexts long enough to be split, GQA, sliding windows, K and V
+// sharing rows with different head sizes (latent attention), head sizes that
+// are not multiples of 16 and rows that are not 16-byte aligned, against
+// CausalAttention on the CPU.
 TEST_F(CudaKernelsTest, PagedAttentionMatchesCpu) {
   std::mt19937 rng(13);
   std::normal_distribution<float> normal(0.f, 1.f);
-  struct Case {
-    AttentionShape shape;
+  struct Seq {
     int n, first_pos;
-    bool shared_rows;
   };
-  std::vector<Case> cases = {
-      {{8, 2, 64, 64, 0.125f, 0}, 1, 100, false},      // GQA decode
-      {{4, 4, 128, 128, 0.088f, 0}, 20, 30, false},    // a prefill chunk
-      {{6, 3, 40, 40, 0.158f, 16}, 5, 50, false},      // sliding window, dim 40
-      {{4, 1, 80, 64, 0.11f, 0}, 3, 70, true},         // latent: V is the first 64 of K's 80
-      {{2, 1, 512, 512, 0.044f, 0}, 2, 300, false},    // a wide head
-      {{16, 1, 576, 512, 0.042f, 0}, 2, 200, true},    // DeepSeek-V3's latent rows: 512 + 64
-      {{2, 2, 200, 200, 0.07f, 0}, 3, 40, false},      // between the instantiations
+  struct Case {
+    const char* what;
+    AttentionShape shape;
+    std::vector<Seq> seqs;  // all in one call
+    bool shared_rows;
+    int pad;  // floats past each K row (V rows: pad / 2); odd: rows not 16-byte aligned
+  };
+  const std::vector<Case> cases = {
+      {"GQA decode", {8, 2, 64, 64, 0.125f, 0}, {{1, 100}}, false, 8},
+      {"a prefill chunk", {4, 4, 128, 128, 0.088f, 0}, {{20, 30}}, false, 8},
+      {"sliding window, dim 40", {6, 3, 40, 40, 0.158f, 16}, {{5, 50}}, false, 8},
+      {"latent: V is the first 64 of K's 80", {4, 1, 80, 64, 0.11f, 0}, {{3, 70}}, true, 8},
+      {"a wide head", {2, 1, 512, 512, 0.044f, 0}, {{2, 300}}, false, 8},
+      {"DeepSeek-V3's latent rows", {16, 1, 576, 512, 0.042f, 0}, {{2, 200}, {1, 900}}, true, 8},
+      {"between the instantiations", {2, 2, 200, 200, 0.07f, 0}, {{3, 40}}, false, 8},
+      {"a batch: decodes and a prefill", {8, 2, 64, 64, 0.125f, 0}, {{1, 0}, {1, 4000}, {7, 9}, {1, 33}}, false, 8},
+      {"a long context, split", {32, 8, 128, 128, 0.088f, 0}, {{1, 6000}}, false, 8},
+      {"a long context in a window", {4, 2, 128, 128, 0.088f, 100}, {{1, 3000}, {2, 50}}, false, 8},
+      {"unaligned rows, odd dims", {6, 2, 38, 37, 0.16f, 0}, {{2, 130}, {1, 7}}, false, 3},
+      {"more heads than a block takes", {40, 2, 64, 64, 0.125f, 0}, {{1, 77}, {3, 5}}, false, 8},
   };
   for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
     const AttentionShape& sh = c.shape;
-    const int block_size = 16, len = c.first_pos + c.n, blocks = (len + block_size - 1) / block_size;
-    const int k_stride = sh.num_kv_heads * sh.head_dim + 8, v_stride = sh.num_kv_heads * sh.v_head_dim + 4;
-    std::vector<float> kdata(static_cast<size_t>(blocks) * block_size * k_stride);
-    std::vector<float> vdata(static_cast<size_t>(blocks) * block_size * v_stride);
+    const int block_size = 16;
+    const int k_stride = sh.num_kv_heads * sh.head_dim + c.pad, v_stride = sh.num_kv_heads * sh.v_head_dim + c.pad / 2;
+    // One pool of blocks; each sequence owns a run of them, in reverse order
+    // in memory, as a paged cache hands them out.
+    int total_blocks = 0;
+    std::vector<int> first_block;
+    for (const Seq& q : c.seqs) {
+      first_block.push_back(total_blocks);
+      total_blocks += (q.first_pos + q.n + block_size - 1) / block_size;
+    }
+    std::vector<float> kdata(static_cast<size_t>(total_blocks) * block_size * k_stride);
+    std::vector<float> vdata(static_cast<size_t>(total_blocks) * block_size * v_stride);
     for (float& v : kdata) v = normal(rng);
     for (float& v : vdata) v = normal(rng);
-    std::vector<float> q(static_cast<size_t>(c.n) * sh.num_heads * sh.head_dim);
-    for (float& v : q) v = normal(rng);
-    // Blocks in reverse order in memory, as a paged cache hands them out.
-    std::vector<const float*> kb(blocks), vb(blocks);
-    for (int b = 0; b < blocks; ++b) {
-      kb[b] = kdata.data() + static_cast<size_t>(blocks - 1 - b) * block_size * k_stride;
-      vb[b] = c.shared_rows ? kb[b] : vdata.data() + static_cast<size_t>(blocks - 1 - b) * block_size * v_stride;
+    auto dk = Upload(kdata), dv = Upload(vdata);
+    std::vector<int> kb_index(total_blocks);  // page -> block of the pool
+    std::vector<float> q, want;
+    std::vector<int> positions, page_offsets;
+    int max_position = 0;
+    for (size_t i = 0; i < c.seqs.size(); ++i) {
+      const Seq& seq = c.seqs[i];
+      const int blocks = (seq.first_pos + seq.n + block_size - 1) / block_size;
+      std::vector<const float*> kb(blocks), vb(blocks);
+      for (int b = 0; b < blocks; ++b) {
+        const int block = first_block[i] + blocks - 1 - b;
+        kb_index[first_block[i] + b] = block;
+        kb[b] = kdata.data() + static_cast<size_t>(block) * block_size * k_stride;
+        vb[b] = c.shared_rows ? kb[b] : vdata.data() + static_cast<size_t>(block) * block_size * v_stride;
+      }
+      KvPages host{kb.data(), vb.data(), block_size, k_stride, c.shared_rows ? k_stride : v_stride, 0, 0};
+      std::vector<float> sq(static_cast<size_t>(seq.n) * sh.num_heads * sh.head_dim);
+      for (float& v : sq) v = normal(rng);
+      std::vector<float> out(static_cast<size_t>(seq.n) * sh.num_heads * sh.v_head_dim);
+      CausalAttention(sh, sq.data(), seq.n, seq.first_pos, host, out.data(), nullptr);
+      q.insert(q.end(), sq.begin(), sq.end());
+      want.insert(want.end(), out.begin(), out.end());
+      for (int j = 0; j < seq.n; ++j) {
+        positions.push_back(seq.first_pos + j);
+        page_offsets.push_back(first_block[i]);
+      }
+      max_position = std::max(max_position, seq.first_pos + seq.n - 1);
     }
-    KvPages host{kb.data(), vb.data(), block_size, k_stride, c.shared_rows ? k_stride : v_stride, 0, 0};
-    std::vector<float> want(static_cast<size_t>(c.n) * sh.num_heads * sh.v_head_dim);
-    CausalAttention(sh, q.data(), c.n, c.first_pos, host, want.data(), nullptr);
-
-    auto dk = Upload(kdata), dv = Upload(vdata), dq = Upload(q);
-    std::vector<const float*> dkb(blocks), dvb(blocks);
-    for (int b = 0; b < blocks; ++b) {
-      dkb[b] = dk->as<float>() + (kb[b] - kdata.data());
-      dvb[b] = c.shared_rows ? dkb[b] : dv->as<float>() + (vb[b] - vdata.data());
+    std::vector<const float*> dkb(total_blocks), dvb(total_blocks);
+    for (int p = 0; p < total_blocks; ++p) {
+      dkb[p] = dk->as<float>() + static_cast<size_t>(kb_index[p]) * block_size * k_stride;
+      dvb[p] = c.shared_rows ? dkb[p] : dv->as<float>() + static_cast<size_t>(kb_index[p]) * block_size * v_stride;
     }
-    auto dkp = DeviceBuffer::Allocate(blocks * sizeof(float*)), dvp = DeviceBuffer::Allocate(blocks * sizeof(float*));
-    ASSERT_TRUE(dkp.ok() && dvp.ok());
-    ASSERT_TRUE((*dkp)->CopyFrom(dkb.data(), blocks * sizeof(float*)).ok());
-    ASSERT_TRUE((*dvp)->CopyFrom(dvb.data(), blocks * sizeof(float*)).ok());
-    KvPages dev = host;
-    dev.k_blocks = (*dkp)->as<const float*>();
-    dev.v_blocks = (*dvp)->as<const float*>();
+    auto dkp = DeviceBuffer::Allocate(total_blocks * sizeof(float*));
+    auto dvp = DeviceBuffer::Allocate(total_blocks * sizeof(float*));
+    auto dpos = DeviceBuffer::Allocate(positions.size() * sizeof(int));
+    auto dpo = DeviceBuffer::Allocate(page_offsets.size() * sizeof(int));
+    ASSERT_TRUE(dkp.ok() && dvp.ok() && dpos.ok() && dpo.ok());
+    ASSERT_TRUE((*dkp)->CopyFrom(dkb.data(), total_blocks * sizeof(float*)).ok());
+    ASSERT_TRUE((*dvp)->CopyFrom(dvb.data(), total_blocks * sizeof(float*)).ok());
+    ASSERT_TRUE((*dpos)->CopyFrom(positions.data(), positions.size() * sizeof(int)).ok());
+    ASSERT_TRUE((*dpo)->CopyFrom(page_offsets.data(), page_offsets.size() * sizeof(int)).ok());
+    PagedRows rows;
+    rows.kv = KvPages{(*dkp)->as<const float*>(), (*dvp)->as<const float*>(), block_size, k_stride,
+                      c.shared_rows ? k_stride : v_stride, 0, 0};
+    rows.positions = (*dpos)->as<int>();
+    rows.page_offsets = (*dpo)->as<int>();
+    rows.rows = static_cast<int>(positions.size());
+    rows.max_position = max_position;
+    auto dq = Upload(q);
     auto dout = DeviceBuffer::Allocate(want.size() * sizeof(float));
     ASSERT_TRUE(dout.ok());
     ASSERT_TRUE((*dout)->Fill(0xff).ok());
-    absl::Status st = CausalAttentionCuda(sh, dq->as<float>(), c.n, c.first_pos, dev, (*dout)->as<float>(), nullptr);
+    CudaPagedAttention attention;
+    absl::Status st = attention.Run(sh, dq->as<float>(), rows, (*dout)->as<float>(), nullptr);
     ASSERT_TRUE(st.ok()) << st;
     ASSERT_TRUE(CudaSynchronize(nullptr).ok());
     std::vector<float> got(want.size());
     ASSERT_TRUE((*dout)->CopyTo(got.data(), got.size() * sizeof(float)).ok());
-    EXPECT_LT(RelError(got, want), 1e-5) << sh.num_heads << " heads, dim " << sh.head_dim << ", n " << c.n;
+    EXPECT_LT(RelError(got, want), 1e-5);
   }
 }
 
 TEST(CudaRuntimeTest, BadArgumentsAreErrorsNotCrashes) {
   AttentionShape bad{6, 4, 64, 64, 1.f, 0};  // 4 does not divide 6
-  EXPECT_EQ(CausalAttentionCuda(bad, nullptr, 1, 0, KvPages{nullptr, nullptr, 16}, nullptr, nullptr).code(),
+  PagedRows rows;
+  rows.kv = KvPages{nullptr, nullptr, 16, 64, 64, 0, 0};
+  rows.rows = 1;
+  CudaPagedAttention attention;
+  EXPECT_EQ(attention.Run(bad, nullptr, rows, nullptr, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  rows.kv.block_size = 0;
+  EXPECT_EQ(attention.Run(AttentionShape{8, 4, 64, 64, 1.f, 0}, nullptr, rows, nullptr, nullptr).code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(RopeCuda(nullptr, 1.f, 33, false, nullptr, 1, 1, 33, 33, nullptr, nullptr).code(),
             absl::StatusCode::kInvalidArgument);

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
 #include "core/kernels/cuda/cublas_loader.cuh"
+#include "core/kernels/cuda/cp_async.cuh"
 #include "core/kernels/cuda/cuda_check.cuh"
 #include "core/kernels/cuda/dense.h"
 
@@ -47,24 +48,6 @@ struct Ring {
   static constexpr int kStages = kFit > 8 ? 8 : kFit;
   static_assert(kStages >= 3, "too few chunks in flight");
 };
-
-// 16 bytes from global to shared memory, or zeros when !ok (gmem must still
-// be a readable address). Prefetch: also bring the surrounding 256 bytes
-// into L2.
-template <bool kPrefetch>
-__device__ inline void CpAsync16(uint4* smem, const uint16_t* gmem, bool ok) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  if constexpr (kPrefetch) {
-    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(ok ? 16 : 0));
-  } else {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(ok ? 16 : 0));
-  }
-}
-__device__ inline void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ inline void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 
 __device__ inline void Mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
   asm volatile(
