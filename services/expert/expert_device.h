@@ -14,8 +14,8 @@ struct ModelWeights;
 
 // Where an expert worker computes: the CPU kernels (the default) or a GPU
 // (CudaExpertDevice, services/expert/cuda_expert_device.h, in builds with
-// CUDA). Called with work the worker has already validated, one call at a
-// time.
+// CUDA). Called with work the worker has already validated, from several
+// gRPC threads at once: a device serialises what it must itself.
 class ExpertDevice {
  public:
   virtual ~ExpertDevice() = default;

@@ -90,8 +90,8 @@ absl::Status ExpertWorker::Run(const ExpertWork& work, std::vector<float>* out) 
     total += g.rows.size();
   }
   out->resize(total * static_cast<size_t>(c.hidden_size));
-  absl::MutexLock lock(&mu_);
   if (device_) return device_->Run(work, out->data());
+  absl::MutexLock lock(&mu_);
   float* dst = out->data();
   for (const ExpertWork::Group& g : work.groups) {
     ComputeExpertRows(*weights_->experts.Find(work.layer, g.expert), work.hidden_states, c.hidden_size, g.rows,

@@ -33,8 +33,9 @@ struct ExpertWork {
 // The logic of an expert worker, apart from gRPC: loads the experts of its
 // shard (expert e of every layer where e mod num_shards == shard_index, or
 // as a placement file says) and
-// runs batches of rows through them. Thread-safe; calls are serialised
-// because they share one thread pool.
+// runs batches of rows through them. Thread-safe; on the CPU calls are
+// serialised because they share one thread pool, on a device they run as
+// the device allows (CudaExpertDevice: a few side by side).
 class ExpertWorker {
  public:
   struct Options {
@@ -68,7 +69,7 @@ class ExpertWorker {
   std::unique_ptr<ModelWeights> weights_;
   absl::Mutex mu_;
   std::unique_ptr<ThreadPool> pool_ ABSL_GUARDED_BY(mu_);
-  std::unique_ptr<ExpertDevice> device_ ABSL_GUARDED_BY(mu_);  // null: the CPU kernels
+  std::unique_ptr<ExpertDevice> device_;  // null: the CPU kernels; thread-safe
 };
 
 }  // namespace moemesh

@@ -32,6 +32,8 @@ ABSL_FLAG(int, metrics_port, 0, "port of the Prometheus /metrics endpoint; 0 pic
 ABSL_FLAG(int, data_port, 0, "port of the raw data channel for Dispatch (0 picks a free one, -1 offers none)");
 ABSL_FLAG(int, threads, 1, "CPU threads for the expert kernels");
 ABSL_FLAG(std::string, device, "cpu", "where the experts run: cpu, or cuda[:N] (GPU N, default 0)");
+ABSL_FLAG(int, gpu_lanes, 2, "with --device cuda: requests that run on the GPU side by side");
+ABSL_FLAG(int, gpu_chunk_rows, 256, "with --device cuda: rows per pipelined chunk of a request");
 
 int main(int argc, char** argv) {
   moemesh::InitService(argc, argv, "moemesh-expert --model DIR --shard-index I --num-shards N [--port P]");
@@ -50,7 +52,10 @@ int main(int argc, char** argv) {
   const int gpu = *device;  // the GPU in use (-1: none), for its metrics
   if (gpu >= 0) {
 #ifdef MOEMESH_WITH_CUDA
-    opt.device = moemesh::CudaExpertDevice::Factory(gpu);
+    moemesh::CudaExpertDevice::Options cuda;
+    cuda.lanes = absl::GetFlag(FLAGS_gpu_lanes);
+    cuda.chunk_rows = absl::GetFlag(FLAGS_gpu_chunk_rows);
+    opt.device = moemesh::CudaExpertDevice::Factory(gpu, cuda);
 #else
     std::fprintf(stderr, "moemesh-expert: error: --device %s: this build has no CUDA (nvcc was not found)\n",
                  absl::GetFlag(FLAGS_device).c_str());

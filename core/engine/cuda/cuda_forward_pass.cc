@@ -26,6 +26,9 @@ constexpr CudaStream kStream = nullptr;  // one stream, in order: the default
 constexpr float kLatentNormEps = 1e-6f;  // DeepSeek's q_a and kv_a norms (as Model)
 
 // Scratch slots (CudaForwardPass::Scratch).
+// Pinned host buffers for the rows that go to the expert workers and back.
+enum PinnedSlot { kHostIds, kHostWeights, kHostRows, kHostRouted };
+
 enum Slot { kHidden, kNormed, kDelta, kQ, kK, kV, kCtx, kQa, kCkv, kQabs, kLat, kTmp, kLogits, kGate, kShared };
 // Staging slots for per-step tables on the device.
 enum StagingSlot {
@@ -121,6 +124,7 @@ absl::Status CudaForwardPass::Upload(int kv_block_size, int kv_blocks) {
   const ModelWeights& w = *weights_;
   MM_ASSIGN_OR_RETURN(gemm_, CudaGemm::Create());
   attention_ = std::make_unique<CudaPagedAttention>();
+  MM_ASSIGN_OR_RETURN(copied_, CudaEvent::Create());
   // The embedding keeps bf16 tables as they are and others in fp32.
   if (w.embed.dtype == DType::kBF16) {
     MM_ASSIGN_OR_RETURN(embed_, UploadBf16({&w.embed}));
@@ -194,6 +198,17 @@ absl::Status CudaForwardPass::Upload(int kv_block_size, int kv_blocks) {
 absl::StatusOr<float*> CudaForwardPass::Scratch(int slot, size_t count) {
   MM_ASSIGN_OR_RETURN(void* p, Staging(1000 + slot, count * sizeof(float)));
   return static_cast<float*>(p);
+}
+
+absl::StatusOr<void*> CudaForwardPass::Pinned(int slot, size_t bytes) {
+  std::unique_ptr<PinnedBuffer>& b = pinned_[slot];
+  if (b == nullptr || b->bytes() < bytes) {
+    // Every copy from or to it is done: a step ends with a synchronous copy
+    // of the logits, and within a step the sizes do not change.
+    b.reset();
+    MM_ASSIGN_OR_RETURN(b, PinnedBuffer::Allocate(std::max<size_t>(bytes, 256) * 2));
+  }
+  return b->data();
 }
 
 absl::StatusOr<void*> CudaForwardPass::Staging(int slot, size_t bytes) {
@@ -437,14 +452,19 @@ absl::Status CudaForwardPass::Mlp(int layer, const Step& step, const float* x, E
   MM_ASSIGN_OR_RETURN(void* d_ids, Staging(kExpertIds, static_cast<size_t>(n) * slots * sizeof(int)));
   MM_ASSIGN_OR_RETURN(void* d_w, Staging(kExpertW, static_cast<size_t>(n) * slots * sizeof(float)));
   MM_RETURN_IF_ERROR(RouteTokensCuda(g, logits, n, static_cast<int*>(d_ids), static_cast<float*>(d_w), kStream));
-  std::vector<int> ids(static_cast<size_t>(n) * slots);
-  std::vector<float> weights(ids.size()), rows(static_cast<size_t>(n) * H), routed(rows.size());
-  MM_RETURN_IF_ERROR(CopyToHost(ids.data(), d_ids, ids.size() * sizeof(int)));
-  MM_RETURN_IF_ERROR(CopyToHost(weights.data(), d_w, weights.size() * sizeof(float)));
-  MM_RETURN_IF_ERROR(CopyToHost(rows.data(), x, rows.size() * sizeof(float)));
-  ExpertBatch batch{layer, n, H, rows.data(), slots, ids.data(), weights.data()};
-  MM_RETURN_IF_ERROR(experts->Execute(batch, routed.data()));
-  MM_RETURN_IF_ERROR(CopyToDevice(out, routed.data(), routed.size() * sizeof(float)));
+  // The routing and the rows go to the host through pinned memory. The
+  // shared expert is enqueued behind those copies, so the GPU computes it
+  // while the routed experts are away on the workers.
+  const size_t picks = static_cast<size_t>(n) * slots, floats = static_cast<size_t>(n) * H;
+  MM_ASSIGN_OR_RETURN(void* ids, Pinned(kHostIds, picks * sizeof(int)));
+  MM_ASSIGN_OR_RETURN(void* weights, Pinned(kHostWeights, picks * sizeof(float)));
+  MM_ASSIGN_OR_RETURN(void* rows, Pinned(kHostRows, floats * sizeof(float)));
+  MM_ASSIGN_OR_RETURN(void* routed, Pinned(kHostRouted, floats * sizeof(float)));
+  MM_RETURN_IF_ERROR(CopyToHostAsync(ids, d_ids, picks * sizeof(int), kStream));
+  MM_RETURN_IF_ERROR(CopyToHostAsync(weights, d_w, picks * sizeof(float), kStream));
+  MM_RETURN_IF_ERROR(CopyToHostAsync(rows, x, floats * sizeof(float), kStream));
+  MM_RETURN_IF_ERROR(copied_->Record(kStream));
+  float* shared = nullptr;
   if (l.shared_width > 0) {
     const float* row_weight = step.ones;
     if (l.shared_gate_f32 != nullptr) {
@@ -453,10 +473,15 @@ absl::Status CudaForwardPass::Mlp(int layer, const Step& step, const float* x, E
       MM_RETURN_IF_ERROR(SigmoidCuda(gate, n, gate, kStream));
       row_weight = gate;
     }
-    MM_ASSIGN_OR_RETURN(float* shared, Scratch(kShared, static_cast<size_t>(n) * H));
+    MM_ASSIGN_OR_RETURN(shared, Scratch(kShared, floats));
     MM_RETURN_IF_ERROR(Ffn(l.shared_gate_up, l.shared_down, l.shared_width, x, row_weight, n, shared));
-    MM_RETURN_IF_ERROR(AddCuda(out, shared, static_cast<size_t>(n) * H, kStream));
   }
+  MM_RETURN_IF_ERROR(copied_->Synchronize());
+  ExpertBatch batch{layer, n, H, static_cast<const float*>(rows), slots, static_cast<const int*>(ids),
+                    static_cast<const float*>(weights)};
+  MM_RETURN_IF_ERROR(experts->Execute(batch, static_cast<float*>(routed)));
+  MM_RETURN_IF_ERROR(CopyToDeviceAsync(out, routed, floats * sizeof(float), kStream));
+  if (shared != nullptr) MM_RETURN_IF_ERROR(AddCuda(out, shared, floats, kStream));
   return absl::OkStatus();
 }
 

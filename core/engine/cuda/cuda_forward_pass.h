@@ -26,7 +26,8 @@ struct PagedRows;
 // into each product (fp32 accumulation, fp32 out), as in vLLM. Norms,
 // rotary embedding, attention, gating, and the expert gates' products stay
 // fp32, as on the CPU. The routed experts go through the ExpertExecutor
-// (remote workers), with the rows copied to the host and back.
+// (remote workers), with the rows copied to the host and back through
+// pinned memory, while the GPU computes the shared expert.
 class CudaForwardPass : public ForwardPass {
  public:
   // FAILED_PRECONDITION without GPU `device`; RESOURCE_EXHAUSTED when the
@@ -65,6 +66,8 @@ class CudaForwardPass : public ForwardPass {
   // grows): per-step tables (Staging) and `count` floats of scratch.
   absl::StatusOr<void*> Staging(int slot, size_t bytes);
   absl::StatusOr<float*> Scratch(int slot, size_t count);
+  // Pinned host memory by slot, likewise.
+  absl::StatusOr<void*> Pinned(int slot, size_t bytes);
 
   ModelConfig config_;
   std::shared_ptr<const ModelWeights> weights_;
@@ -78,6 +81,8 @@ class CudaForwardPass : public ForwardPass {
   std::unique_ptr<CudaPagedAttention> attention_;
   std::map<int, std::unique_ptr<CudaExpertFfn>> ffns_;  // by FFN width
   std::map<int, std::unique_ptr<DeviceBuffer>> buffers_;  // Staging's; Scratch's from slot 1000
+  std::map<int, std::unique_ptr<PinnedBuffer>> pinned_;
+  std::unique_ptr<CudaEvent> copied_;  // the rows for the expert workers are on the host
 };
 
 }  // namespace moemesh

@@ -1,5 +1,6 @@
 #include "core/kernels/cuda/cuda_runtime_util.h"
 
+#include "core/common/status_macros.h"
 #include "core/kernels/cuda/cuda_check.cuh"
 
 namespace moemesh {
@@ -48,6 +49,61 @@ absl::Status CopyToDevice(void* device, const void* host, size_t bytes) {
 absl::Status CopyToHost(void* host, const void* device, size_t bytes) {
   if (bytes == 0) return absl::OkStatus();
   return CudaStatus(cudaMemcpy(host, device, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy to host");
+}
+
+absl::StatusOr<std::unique_ptr<PinnedBuffer>> PinnedBuffer::Allocate(size_t bytes) {
+  void* p = nullptr;
+  if (bytes > 0) {
+    absl::Status st = CudaStatus(cudaHostAlloc(&p, bytes, cudaHostAllocPortable), "cudaHostAlloc");
+    if (!st.ok()) return absl::ResourceExhaustedError(absl::StrCat(st.message(), " (", bytes, " bytes)"));
+  }
+  return std::unique_ptr<PinnedBuffer>(new PinnedBuffer(p, bytes));
+}
+
+PinnedBuffer::~PinnedBuffer() {
+  if (ptr_ != nullptr) cudaFreeHost(ptr_);
+}
+
+absl::StatusOr<std::unique_ptr<OwnedStream>> OwnedStream::Create() {
+  cudaStream_t s = nullptr;
+  MM_RETURN_IF_ERROR(CudaStatus(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate"));
+  return std::unique_ptr<OwnedStream>(new OwnedStream(s));
+}
+
+OwnedStream::~OwnedStream() { cudaStreamDestroy(static_cast<cudaStream_t>(stream_)); }
+
+absl::StatusOr<std::unique_ptr<CudaEvent>> CudaEvent::Create() {
+  cudaEvent_t e = nullptr;
+  MM_RETURN_IF_ERROR(CudaStatus(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate"));
+  return std::unique_ptr<CudaEvent>(new CudaEvent(e));
+}
+
+CudaEvent::~CudaEvent() { cudaEventDestroy(static_cast<cudaEvent_t>(event_)); }
+
+absl::Status CudaEvent::Record(CudaStream stream) {
+  return CudaStatus(cudaEventRecord(static_cast<cudaEvent_t>(event_), static_cast<cudaStream_t>(stream)),
+                    "cudaEventRecord");
+}
+
+absl::Status CudaEvent::WaitOn(CudaStream stream) {
+  return CudaStatus(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), static_cast<cudaEvent_t>(event_), 0),
+                    "cudaStreamWaitEvent");
+}
+
+absl::Status CudaEvent::Synchronize() {
+  return CudaStatus(cudaEventSynchronize(static_cast<cudaEvent_t>(event_)), "cudaEventSynchronize");
+}
+
+absl::Status CopyToDeviceAsync(void* device, const void* host, size_t bytes, CudaStream stream) {
+  if (bytes == 0) return absl::OkStatus();
+  return CudaStatus(cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(stream)),
+                    "cudaMemcpyAsync to device");
+}
+
+absl::Status CopyToHostAsync(void* host, const void* device, size_t bytes, CudaStream stream) {
+  if (bytes == 0) return absl::OkStatus();
+  return CudaStatus(cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, static_cast<cudaStream_t>(stream)),
+                    "cudaMemcpyAsync to host");
 }
 
 absl::Status CopyRowsOnDevice(const float* src, size_t src_stride, float* dst, size_t dst_stride, size_t rows,

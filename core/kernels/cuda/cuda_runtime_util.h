@@ -43,9 +43,63 @@ class DeviceBuffer {
   size_t bytes_;
 };
 
+// Page-locked host memory (cudaHostAlloc), freed on destruction: copies
+// from and to it run asynchronously, at full PCIe speed, and overlap with
+// kernels.
+class PinnedBuffer {
+ public:
+  static absl::StatusOr<std::unique_ptr<PinnedBuffer>> Allocate(size_t bytes);
+  ~PinnedBuffer();
+
+  void* data() const { return ptr_; }
+  size_t bytes() const { return bytes_; }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+
+ private:
+  PinnedBuffer(void* ptr, size_t bytes) : ptr_(ptr), bytes_(bytes) {}
+  void* ptr_;
+  size_t bytes_;
+};
+
+// A stream of its own that does not wait for the legacy default stream
+// (cudaStreamNonBlocking), destroyed with the object.
+class OwnedStream {
+ public:
+  static absl::StatusOr<std::unique_ptr<OwnedStream>> Create();
+  ~OwnedStream();
+  CudaStream get() const { return stream_; }
+
+ private:
+  explicit OwnedStream(CudaStream s) : stream_(s) {}
+  CudaStream stream_;
+};
+
+// An event for ordering one stream after work on another.
+class CudaEvent {
+ public:
+  static absl::StatusOr<std::unique_ptr<CudaEvent>> Create();
+  ~CudaEvent();
+  // Marks the work enqueued on `stream` so far.
+  absl::Status Record(CudaStream stream);
+  // Work enqueued on `stream` from now on waits for the recorded work.
+  absl::Status WaitOn(CudaStream stream);
+  // Blocks the calling thread until the recorded work is done.
+  absl::Status Synchronize();
+
+ private:
+  explicit CudaEvent(void* e) : event_(e) {}
+  void* event_;
+};
+
 // Synchronous copies between host memory and any device address.
 absl::Status CopyToDevice(void* device, const void* host, size_t bytes);
 absl::Status CopyToHost(void* host, const void* device, size_t bytes);
+// The same, enqueued on `stream`; asynchronous when `host` is pinned.
+absl::Status CopyToDeviceAsync(void* device, const void* host, size_t bytes, CudaStream stream);
+absl::Status CopyToHostAsync(void* host, const void* device, size_t bytes, CudaStream stream);
 // Rows of `width` floats between device addresses with their own strides
 // (in floats), enqueued on `stream`.
 absl::Status CopyRowsOnDevice(const float* src, size_t src_stride, float* dst, size_t dst_stride, size_t rows,
