@@ -17,4 +17,8 @@ absl::Status CheckForwardItems(absl::Span<const ForwardItem> items, int vocab_si
   return absl::OkStatus();
 }
 
+absl::Status ForwardPass::SampleLast(absl::Span<const DeviceSampleRow>, std::vector<int>*, std::vector<float>*) {
+  return absl::FailedPreconditionError("this forward pass does not sample on a device");
+}
+
 }  // namespace moemesh

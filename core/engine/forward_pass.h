@@ -7,6 +7,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "core/engine/sampler.h"
 #include "core/model/config.h"
 
 namespace moemesh {
@@ -22,6 +23,16 @@ struct ForwardItem {
   KvSequence* seq = nullptr;
   absl::Span<const int> tokens;
   bool all_logits = false;  // logits of every token, else of the last only
+};
+
+// One row of the last step's logits, to sample where the pass keeps them.
+// The scheduler fills it from the row's Sampler and records the token.
+struct DeviceSampleRow {
+  int row = 0;  // as Forward would have appended the rows
+  SamplingParams params;
+  std::vector<std::pair<int, int>> penalty_tokens;  // Sampler::PenaltyTokens
+  double uniform = 0;                               // Sampler::Draw
+  bool want_logits = false;  // also return the raw row (for logprobs)
 };
 
 // The dense part of a MoE decoder's forward pass (embeddings, attention over
@@ -43,6 +54,16 @@ class ForwardPass {
   // blocks stay reserved).
   virtual absl::Status Forward(absl::Span<const ForwardItem> items, KvCache* cache, ExpertExecutor* experts,
                                std::vector<float>* logits) = 0;
+
+  // A pass whose logits live on a device may sample there, so that only
+  // token ids come back: Forward with `logits` null keeps the step's
+  // logits, and SampleLast picks a token for each row (as Sampler::Sample
+  // does given the same draw; penalised logits change in place), and
+  // appends the raw logits of the rows that want them to `raw_logits`, in
+  // order. Others return false and FAILED_PRECONDITION.
+  virtual bool samples_on_device() const { return false; }
+  virtual absl::Status SampleLast(absl::Span<const DeviceSampleRow> rows, std::vector<int>* tokens,
+                                  std::vector<float>* raw_logits);
 };
 
 // INVALID_ARGUMENT for an item without tokens or a token outside the

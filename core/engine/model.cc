@@ -228,6 +228,7 @@ absl::Status Model::Forward(absl::Span<const ForwardItem> items, KvCache* cache,
   const int H = c.hidden_size;
   std::vector<RowInfo> rows;
   MM_RETURN_IF_ERROR(CheckForwardItems(items, c.vocab_size));
+  if (logits == nullptr) return absl::InvalidArgumentError("the CPU forward pass returns its logits");
   for (size_t i = 0; i < items.size(); ++i) {
     const ForwardItem& it = items[i];
     int first = it.seq->length;

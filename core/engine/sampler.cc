@@ -109,11 +109,25 @@ int Sampler::Sample(float* logits, int vocab) {
       }
     }
   }
-  if (out_counts_[chosen]++ == 0 &&
-      std::find(seen_.begin(), seen_.end(), chosen) == seen_.end()) {
-    seen_.push_back(chosen);
-  }
+  Record(chosen);
   return chosen;
+}
+
+void Sampler::Record(int token) {
+  if (out_counts_[token]++ == 0 && std::find(seen_.begin(), seen_.end(), token) == seen_.end()) {
+    seen_.push_back(token);
+  }
+}
+
+std::vector<std::pair<int, int>> Sampler::PenaltyTokens() const {
+  std::vector<std::pair<int, int>> out;
+  if (p_.repetition_penalty == 1.0f && p_.presence_penalty == 0 && p_.frequency_penalty == 0) return out;
+  out.reserve(seen_.size());
+  for (int t : seen_) {
+    auto it = out_counts_.find(t);
+    out.emplace_back(t, it == out_counts_.end() ? 0 : it->second);
+  }
+  return out;
 }
 
 }  // namespace moemesh

@@ -5,6 +5,7 @@
 #include <optional>
 #include <random>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -43,6 +44,16 @@ class Sampler {
 
   // Chooses the next token from `logits` (modified in place) and records it.
   int Sample(float* logits, int vocab_size);
+
+  // The parts of Sample, for a sampler elsewhere (a GPU, CudaSampler) that
+  // must pick the same tokens: the parameters; the tokens the penalties
+  // touch, each once, with its count in the output (0: prompt only); the
+  // draw Sample would make now (0 for greedy, which draws nothing); and
+  // recording the token picked.
+  const SamplingParams& params() const { return p_; }
+  std::vector<std::pair<int, int>> PenaltyTokens() const;
+  double Draw() { return p_.temperature == 0 ? 0.0 : Uniform(); }
+  void Record(int token);
 
  private:
   double Uniform();  // [0, 1)

@@ -1,5 +1,6 @@
 #include "core/engine/sampler.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -110,6 +111,36 @@ TEST(SamplerTest, PenaltiesSteerAwayFromSeenTokens) {
   EXPECT_EQ(s.Sample(l.data(), 5), 1);
   l = Logits();
   EXPECT_EQ(s.Sample(l.data(), 5), 4);
+}
+
+// The parts a GPU sampler uses stay in step with Sample: Draw takes the
+// draw Sample would, Record keeps the same penalty state, and
+// PenaltyTokens lists every prompt and output token once with its output
+// count.
+TEST(SamplerTest, PartsMatchSample) {
+  SamplingParams p;
+  p.temperature = 0.8f;
+  p.seed = 42;
+  p.repetition_penalty = 1.3f;
+  p.frequency_penalty = 0.5f;
+  Sampler whole(p, {3, 3, 0}), parts(p, {3, 3, 0});
+  std::vector<float> l = Logits();
+  const int first = whole.Sample(l.data(), 5);
+  parts.Draw();
+  parts.Record(first);
+  for (int step = 0; step < 20; ++step) {  // the same draws and penalties from here on
+    std::vector<float> a = Logits(), b = Logits();
+    EXPECT_EQ(whole.Sample(a.data(), 5), parts.Sample(b.data(), 5)) << "step " << step;
+  }
+  Sampler counted(p, {3, 0});
+  counted.Record(4);
+  counted.Record(4);
+  counted.Record(3);
+  std::vector<std::pair<int, int>> got = counted.PenaltyTokens();
+  std::sort(got.begin(), got.end());
+  EXPECT_EQ(got, (std::vector<std::pair<int, int>>{{0, 0}, {3, 1}, {4, 2}}));
+  EXPECT_TRUE(Sampler(SamplingParams{}, {1, 2}).PenaltyTokens().empty());  // no penalties: nothing to list
+  EXPECT_EQ(Sampler(SamplingParams{}, {}).Draw(), 0.0);                    // greedy draws nothing
 }
 
 }  // namespace

@@ -176,9 +176,8 @@ absl::Status Scheduler::Step() {
   std::vector<float> logits;
   last_step_.requests = static_cast<int>(items.size());
   for (const ForwardItem& it : items) last_step_.rows += static_cast<int>(it.tokens.size());
-  absl::Status st = model_->Forward(items, cache_, timed_experts_.get(), &logits);
-  if (!st.ok()) {
-    // Every request of the pass fails; the others may try again.
+  // Every request of a failed pass fails; the others may try again.
+  auto fail_all = [&](const absl::Status& st) {
     for (Request* r : owners) {
       StepEvent ev;
       ev.request_id = r->id;
@@ -189,26 +188,61 @@ absl::Status Scheduler::Step() {
       running_.erase(r->id);
     }
     return st;
-  }
+  };
+  const bool on_device = model_->samples_on_device();
+  absl::Status st = model_->Forward(items, cache_, timed_experts_.get(), on_device ? nullptr : &logits);
+  if (!st.ok()) return fail_all(st);
   const int vocab = model_->config().vocab_size;
   std::vector<int64_t> done;
   std::vector<float> raw;
   const auto sampling_start = std::chrono::steady_clock::now();
   for (size_t i = 0; i < owners.size(); ++i) {
-    Request* r = owners[i];
-    if (chunk[i] > 0) {
-      r->prefilled += chunk[i];
-      if (r->prefilled < r->prompt.size()) continue;  // more prompt to go
+    if (chunk[i] > 0) owners[i]->prefilled += chunk[i];
+  }
+  auto sampling = [&](size_t i) { return owners[i]->prefilled >= owners[i]->prompt.size(); };
+  // Device sampling: the pass picks the tokens and returns only the raw
+  // rows that logprobs need (row_of[i] indexes them).
+  std::vector<int> device_tokens, row_of(owners.size(), -1);
+  if (on_device) {
+    std::vector<DeviceSampleRow> rows;
+    int wanted = 0;
+    for (size_t i = 0; i < owners.size(); ++i) {
+      if (!sampling(i)) continue;
+      Request* r = owners[i];
+      DeviceSampleRow row;
+      row.row = static_cast<int>(i);
+      row.params = r->sampler.params();
+      row.penalty_tokens = r->sampler.PenaltyTokens();
+      row.uniform = r->sampler.Draw();
+      row.want_logits = r->params.logprobs > 0;
+      if (row.want_logits) row_of[i] = wanted++;
+      rows.push_back(std::move(row));
     }
+    st = model_->SampleLast(rows, &device_tokens, &raw);
+    if (!st.ok()) return fail_all(st);
+  }
+  size_t next_token = 0;
+  for (size_t i = 0; i < owners.size(); ++i) {
+    if (!sampling(i)) continue;  // more prompt to go
+    Request* r = owners[i];
     StepEvent ev;
     ev.request_id = r->id;
-    float* row = logits.data() + i * static_cast<size_t>(vocab);
-    if (r->params.logprobs > 0) {
-      raw.assign(row, row + vocab);  // Sample changes the row in place
-      ev.token = r->sampler.Sample(row, vocab);
-      ev.logprob = ComputeLogprobs(raw.data(), vocab, ev.token, r->params.logprobs, &ev.top_logprobs);
+    if (on_device) {
+      ev.token = device_tokens[next_token++];
+      r->sampler.Record(ev.token);
+      if (row_of[i] >= 0) {
+        ev.logprob = ComputeLogprobs(raw.data() + static_cast<size_t>(row_of[i]) * vocab, vocab, ev.token,
+                                     r->params.logprobs, &ev.top_logprobs);
+      }
     } else {
-      ev.token = r->sampler.Sample(row, vocab);
+      float* row = logits.data() + i * static_cast<size_t>(vocab);
+      if (r->params.logprobs > 0) {
+        raw.assign(row, row + vocab);  // Sample changes the row in place
+        ev.token = r->sampler.Sample(row, vocab);
+        ev.logprob = ComputeLogprobs(raw.data(), vocab, ev.token, r->params.logprobs, &ev.top_logprobs);
+      } else {
+        ev.token = r->sampler.Sample(row, vocab);
+      }
     }
     r->last_token = ev.token;
     ++r->generated;

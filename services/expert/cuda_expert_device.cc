@@ -11,19 +11,6 @@
 #include "services/expert/expert_worker.h"
 
 namespace moemesh {
-namespace {
-
-// Grows `*buf` to at least `bytes` (twice that, room to grow). Callers make
-// sure no copy or kernel still uses the old buffer.
-template <typename Buffer>
-absl::Status Reserve(std::unique_ptr<Buffer>* buf, size_t bytes) {
-  if (*buf && (*buf)->bytes() >= bytes) return absl::OkStatus();
-  buf->reset();
-  MM_ASSIGN_OR_RETURN(*buf, Buffer::Allocate(std::max<size_t>(bytes, 1) * 2));
-  return absl::OkStatus();
-}
-
-}  // namespace
 
 struct CudaExpertDevice::Lane {
   std::unique_ptr<CudaExpertFfn> ffn;
@@ -147,12 +134,12 @@ absl::Status CudaExpertDevice::RunOn(Lane& lane, const ExpertWork& work, float* 
   }
   // The lane is idle here (the last request waited for its copies out), so
   // its buffers may grow.
-  MM_RETURN_IF_ERROR(Reserve(&lane.host_x, total * h * sizeof(float)));
-  MM_RETURN_IF_ERROR(Reserve(&lane.host_w, total * sizeof(float)));
-  MM_RETURN_IF_ERROR(Reserve(&lane.host_y, total * h * sizeof(float)));
-  MM_RETURN_IF_ERROR(Reserve(&lane.x, total * h * sizeof(float)));
-  MM_RETURN_IF_ERROR(Reserve(&lane.w, total * sizeof(float)));
-  MM_RETURN_IF_ERROR(Reserve(&lane.y, total * h * sizeof(float)));
+  MM_RETURN_IF_ERROR(GrowBuffer(&lane.host_x, total * h * sizeof(float)));
+  MM_RETURN_IF_ERROR(GrowBuffer(&lane.host_w, total * sizeof(float)));
+  MM_RETURN_IF_ERROR(GrowBuffer(&lane.host_y, total * h * sizeof(float)));
+  MM_RETURN_IF_ERROR(GrowBuffer(&lane.x, total * h * sizeof(float)));
+  MM_RETURN_IF_ERROR(GrowBuffer(&lane.w, total * sizeof(float)));
+  MM_RETURN_IF_ERROR(GrowBuffer(&lane.y, total * h * sizeof(float)));
   while (lane.copied.size() < chunks.size()) {
     MM_ASSIGN_OR_RETURN(auto copied, CudaEvent::Create());
     MM_ASSIGN_OR_RETURN(auto computed, CudaEvent::Create());

@@ -16,6 +16,7 @@
 #include "core/kernels/cuda/gemm.h"
 #include "core/kernels/cuda/norm.h"
 #include "core/kernels/cuda/rope.h"
+#include "core/kernels/cuda/sampling.h"
 #include "core/model/weights.h"
 #include "core/tensor/dtype.h"
 
@@ -124,6 +125,7 @@ absl::Status CudaForwardPass::Upload(int kv_block_size, int kv_blocks) {
   const ModelWeights& w = *weights_;
   MM_ASSIGN_OR_RETURN(gemm_, CudaGemm::Create());
   attention_ = std::make_unique<CudaPagedAttention>();
+  sampler_ = std::make_unique<CudaSampler>();
   MM_ASSIGN_OR_RETURN(copied_, CudaEvent::Create());
   // The embedding keeps bf16 tables as they are and others in fp32.
   if (w.embed.dtype == DType::kBF16) {
@@ -201,22 +203,16 @@ absl::StatusOr<float*> CudaForwardPass::Scratch(int slot, size_t count) {
 }
 
 absl::StatusOr<void*> CudaForwardPass::Pinned(int slot, size_t bytes) {
+  // Every copy from or to it is done when it grows: a step ends with a
+  // synchronous copy, and within a step the sizes do not change.
   std::unique_ptr<PinnedBuffer>& b = pinned_[slot];
-  if (b == nullptr || b->bytes() < bytes) {
-    // Every copy from or to it is done: a step ends with a synchronous copy
-    // of the logits, and within a step the sizes do not change.
-    b.reset();
-    MM_ASSIGN_OR_RETURN(b, PinnedBuffer::Allocate(std::max<size_t>(bytes, 256) * 2));
-  }
+  MM_RETURN_IF_ERROR(GrowBuffer(&b, bytes));
   return b->data();
 }
 
 absl::StatusOr<void*> CudaForwardPass::Staging(int slot, size_t bytes) {
   std::unique_ptr<DeviceBuffer>& b = buffers_[slot];
-  if (b == nullptr || b->bytes() < bytes) {
-    b.reset();  // cudaFree waits for kernels that may still use it
-    MM_ASSIGN_OR_RETURN(b, DeviceBuffer::Allocate(std::max<size_t>(bytes, 256) * 2));
-  }
+  MM_RETURN_IF_ERROR(GrowBuffer(&b, bytes));  // cudaFree waits for kernels that may still use it
   return b->data();
 }
 
@@ -490,6 +486,7 @@ absl::Status CudaForwardPass::Forward(absl::Span<const ForwardItem> items, KvCac
   const ModelConfig& c = config_;
   const int H = c.hidden_size;
   MM_RETURN_IF_ERROR(CudaSetDevice(device_));
+  last_logits_ = nullptr;  // the scratch may move
   MM_ASSIGN_OR_RETURN(Step step, Prepare(items, cache));
   const int n = step.n;
   MM_ASSIGN_OR_RETURN(float* hidden, Scratch(kHidden, static_cast<size_t>(n) * H));
@@ -513,15 +510,61 @@ absl::Status CudaForwardPass::Forward(absl::Span<const ForwardItem> items, KvCac
   MM_RETURN_IF_ERROR(RmsNormCuda(normed, final_norm_->as<float>(), m, H, eps, normed, kStream));
   MM_ASSIGN_OR_RETURN(float* out, Scratch(kLogits, static_cast<size_t>(m) * c.vocab_size));
   MM_RETURN_IF_ERROR(gemm_->LinearBf16(normed, m, lm_head_->as<uint16_t>(), c.vocab_size, H, out, kStream));
-  const size_t old = logits->size();
-  logits->resize(old + static_cast<size_t>(m) * c.vocab_size);
-  if (absl::Status st = CopyToHost(logits->data() + old, out, static_cast<size_t>(m) * c.vocab_size * sizeof(float));
-      !st.ok()) {
-    logits->resize(old);
-    return st;
+  if (logits != nullptr) {
+    const size_t old = logits->size();
+    logits->resize(old + static_cast<size_t>(m) * c.vocab_size);
+    if (absl::Status st =
+            CopyToHost(logits->data() + old, out, static_cast<size_t>(m) * c.vocab_size * sizeof(float));
+        !st.ok()) {
+      logits->resize(old);
+      return st;
+    }
+  } else {
+    MM_RETURN_IF_ERROR(CudaSynchronize(kStream));  // the step's errors surface here, not in SampleLast
   }
+  last_logits_ = out;
+  last_rows_ = m;
   for (const ForwardItem& it : items) it.seq->length += static_cast<int>(it.tokens.size());
   return absl::OkStatus();
+}
+
+absl::Status CudaForwardPass::SampleLast(absl::Span<const DeviceSampleRow> rows, std::vector<int>* tokens,
+                                         std::vector<float>* raw_logits) {
+  if (last_logits_ == nullptr) return absl::FailedPreconditionError("SampleLast: no step has run");
+  MM_RETURN_IF_ERROR(CudaSetDevice(device_));
+  const int vocab = config_.vocab_size;
+  std::vector<SampleRowParams> params;
+  std::vector<PenaltyToken> penalties;
+  for (const DeviceSampleRow& r : rows) {
+    if (r.row < 0 || r.row >= last_rows_) {
+      return absl::InvalidArgumentError(absl::StrCat("SampleLast: row ", r.row, " outside the step's ", last_rows_));
+    }
+    MM_RETURN_IF_ERROR(r.params.Validate());
+    SampleRowParams p;
+    p.row = r.row;
+    p.temperature = r.params.temperature;
+    p.top_k = r.params.top_k;
+    p.top_p = r.params.top_p;
+    p.min_p = r.params.min_p;
+    p.repetition_penalty = r.params.repetition_penalty;
+    p.presence_penalty = r.params.presence_penalty;
+    p.frequency_penalty = r.params.frequency_penalty;
+    p.uniform = r.uniform;
+    p.penalty_begin = static_cast<int>(penalties.size());
+    for (const auto& [token, count] : r.penalty_tokens) penalties.push_back({token, count});
+    p.penalty_end = static_cast<int>(penalties.size());
+    params.push_back(p);
+  }
+  // The raw rows first: sampling penalises in place.
+  for (const DeviceSampleRow& r : rows) {
+    if (!r.want_logits) continue;
+    const size_t old = raw_logits->size();
+    raw_logits->resize(old + vocab);
+    MM_RETURN_IF_ERROR(CopyToHost(raw_logits->data() + old, last_logits_ + static_cast<size_t>(r.row) * vocab,
+                                  vocab * sizeof(float)));
+  }
+  tokens->resize(rows.size());
+  return sampler_->Run(last_logits_, last_rows_, vocab, params, penalties, tokens->data(), kStream);
 }
 
 }  // namespace moemesh

@@ -14,6 +14,7 @@ namespace moemesh {
 class CudaExpertFfn;
 class CudaGemm;
 class CudaPagedAttention;
+class CudaSampler;
 struct PagedRows;
 
 // The dense part of the forward pass on a GPU: the same steps as Model
@@ -44,6 +45,11 @@ class CudaForwardPass : public ForwardPass {
   int kv_v_width() const override;
   absl::Status Forward(absl::Span<const ForwardItem> items, KvCache* cache, ExpertExecutor* experts,
                        std::vector<float>* logits) override;
+  // On the GPU (CudaSampler): only token ids, and the raw rows logprobs
+  // need, come back to the host.
+  bool samples_on_device() const override { return true; }
+  absl::Status SampleLast(absl::Span<const DeviceSampleRow> rows, std::vector<int>* tokens,
+                          std::vector<float>* raw_logits) override;
 
  private:
   struct Layer;
@@ -79,6 +85,9 @@ class CudaForwardPass : public ForwardPass {
   std::unique_ptr<DeviceBuffer> embed_, lm_head_, final_norm_;
   std::unique_ptr<CudaGemm> gemm_;
   std::unique_ptr<CudaPagedAttention> attention_;
+  std::unique_ptr<CudaSampler> sampler_;
+  float* last_logits_ = nullptr;  // the last step's, on the device (scratch)
+  int last_rows_ = 0;
   std::map<int, std::unique_ptr<CudaExpertFfn>> ffns_;  // by FFN width
   std::map<int, std::unique_ptr<DeviceBuffer>> buffers_;  // Staging's; Scratch's from slot 1000
   std::map<int, std::unique_ptr<PinnedBuffer>> pinned_;

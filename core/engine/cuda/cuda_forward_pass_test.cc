@@ -26,6 +26,7 @@
 #include <string>
 
 #include "core/engine/engine.h"
+#include "core/engine/sampler.h"
 #include "core/engine/expert_executor.h"
 #include "core/engine/kv_cache.h"
 #include "core/model/safetensors.h"
@@ -255,6 +256,65 @@ TEST(CudaForwardPassErrorsTest, RefusesAnotherCache) {
     EXPECT_TRUE(logits.empty());
     EXPECT_EQ(seq.length, 0);
     cache.Release(&seq);
+  }
+}
+
+// Sampling on the GPU after a step that kept its logits there: the same
+// tokens as Sampler::Sample on the raw rows the pass hands back, with the
+// same draws; the step's logits equal those a step that returns them gives.
+TEST(CudaForwardPassSamplingTest, SamplesTheStepsLogits) {
+  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  auto config = LoadModelConfig("tests/fixtures/mixtral");
+  auto ckpt = Checkpoint::Open("tests/fixtures/mixtral");
+  ASSERT_TRUE(config.ok() && ckpt.ok());
+  auto w = LoadWeights(std::move(*ckpt), *config);
+  ASSERT_TRUE(w.ok());
+  auto weights = std::make_shared<const ModelWeights>(std::move(*w));
+  auto pass = CudaForwardPass::Create(*config, weights, 16, 32, 0);
+  ASSERT_TRUE(pass.ok()) << pass.status();
+  ASSERT_TRUE((*pass)->samples_on_device());
+  LocalExpertExecutor experts(&weights->experts, nullptr);
+  std::vector<float> returned;
+  for (bool keep : {false, true}) {
+    KvCache cache(config->num_layers, (*pass)->kv_k_width(), (*pass)->kv_v_width(), 16, 32);
+    KvSequence a, b;
+    const std::vector<int> ta = {1, 5, 9, 2}, tb = {7, 3};
+    ForwardItem items[] = {{&a, ta, false}, {&b, tb, false}};
+    std::vector<float> logits;
+    ASSERT_TRUE((*pass)->Forward(items, &cache, &experts, keep ? nullptr : &logits).ok());
+    if (!keep) {
+      returned = logits;
+      continue;
+    }
+    EXPECT_TRUE(logits.empty());
+    SamplingParams greedy, hot;
+    hot.temperature = 0.9f;
+    hot.top_p = 0.95f;
+    hot.repetition_penalty = 1.2f;
+    hot.seed = 11;
+    Sampler sa(greedy, ta), sb(hot, tb), twin(hot, tb);
+    std::vector<DeviceSampleRow> rows(2);
+    rows[0].row = 0;
+    rows[0].params = greedy;
+    rows[0].want_logits = true;
+    rows[1].row = 1;
+    rows[1].params = hot;
+    rows[1].penalty_tokens = twin.PenaltyTokens();
+    rows[1].uniform = twin.Draw();
+    rows[1].want_logits = true;
+    std::vector<int> tokens;
+    std::vector<float> raw;
+    ASSERT_TRUE((*pass)->SampleLast(rows, &tokens, &raw).ok());
+    const size_t vocab = config->vocab_size;
+    ASSERT_EQ(raw.size(), 2 * vocab);
+    EXPECT_EQ(raw, returned);  // the same step, kept or returned
+    ASSERT_EQ(tokens.size(), 2u);
+    EXPECT_EQ(tokens[0], sa.Sample(raw.data(), vocab));
+    EXPECT_EQ(tokens[1], sb.Sample(raw.data() + vocab, vocab));
+    rows[0].row = 2;  // the step had two rows
+    EXPECT_EQ((*pass)->SampleLast(rows, &tokens, &raw).code(), absl::StatusCode::kInvalidArgument);
+    cache.Release(&a);
+    cache.Release(&b);
   }
 }
 

@@ -312,10 +312,7 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
   if (g.splits > 1) {
     const size_t heads = static_cast<size_t>(rows.rows) * s.num_heads * g.splits;
     const size_t bytes = heads * (g.vpad + 2) * sizeof(float);
-    if (partials_ == nullptr || partials_->bytes() < bytes) {
-      partials_.reset();  // cudaFree waits for kernels that may still use it
-      MM_ASSIGN_OR_RETURN(partials_, DeviceBuffer::Allocate(bytes));
-    }
+    MM_RETURN_IF_ERROR(GrowBuffer(&partials_, bytes));  // cudaFree waits for kernels that may still use it
     g.part_acc = partials_->as<float>();
     g.part_ml = g.part_acc + heads * g.vpad;
   }

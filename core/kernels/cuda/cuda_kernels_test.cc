@@ -15,6 +15,8 @@
 #include "core/kernels/cuda/attention.h"
 #include "core/kernels/cuda/gating.h"
 #include "core/kernels/cuda/rope.h"
+#include "core/kernels/cuda/sampling.h"
+#include "core/engine/sampler.h"
 #include "core/model/weights.h"
 #include "core/tensor/dtype.h"
 #include "core/kernels/cuda/cuda_runtime_util.h"
@@ -365,6 +367,98 @@ TEST_F(CudaKernelsTest, PagedAttentionMatchesCpu) {
     ASSERT_TRUE((*dout)->CopyTo(got.data(), got.size() * sizeof(float)).ok());
     EXPECT_LT(RelError(got, want), 1e-5);
   }
+}
+
+// The GPU sampler against Sampler::Sample, given the same draws: greedy and
+// sampled rows in one call, every filter and penalty, ties, vocabularies
+// of many sizes. It must pick the CPU's token and penalise the same way.
+TEST_F(CudaKernelsTest, SamplerMatchesCpu) {
+  std::mt19937 rng(17);
+  std::normal_distribution<float> normal(0.f, 2.f);
+  auto params = [](float t, int k, float p, float min_p, float rep, float pres, float freq, uint64_t seed) {
+    SamplingParams s;
+    s.temperature = t;
+    s.top_k = k;
+    s.top_p = p;
+    s.min_p = min_p;
+    s.repetition_penalty = rep;
+    s.presence_penalty = pres;
+    s.frequency_penalty = freq;
+    s.seed = seed;
+    return s;
+  };
+  const std::vector<SamplingParams> kinds = {
+      params(0, 0, 1, 0, 1, 0, 0, 1),           // greedy
+      params(0, 0, 1, 0, 1.3f, 0.4f, 0.2f, 2),  // greedy with penalties
+      params(1, 0, 1, 0, 1, 0, 0, 3),           // plain sampling
+      params(0.7f, 50, 1, 0, 1, 0, 0, 4),       // top-k
+      params(1.2f, 0, 0.9f, 0, 1, 0, 0, 5),     // top-p
+      params(0.9f, 0, 1, 0.05f, 1, 0, 0, 6),    // min-p
+      params(0.8f, 40, 0.8f, 0.02f, 1.2f, 0.3f, 0.1f, 7),  // everything
+      params(2.0f, 1, 1, 0, 1, 0, 0, 8),        // top-k 1 is greedy
+  };
+  for (int vocab : {1, 7, 1000, 50257, 151936}) {
+    for (bool ties : {false, true}) {
+      SCOPED_TRACE(testing::Message() << "vocab " << vocab << (ties ? ", ties" : ""));
+      // Rows of every kind, three draws each, in one call.
+      const int rows = static_cast<int>(kinds.size()) * 3;
+      std::vector<float> logits(static_cast<size_t>(rows) * vocab);
+      for (float& v : logits) v = ties ? std::round(normal(rng)) : normal(rng);  // ties: few distinct values
+      std::vector<int> want(rows);
+      std::vector<float> want_logits = logits;
+      std::vector<SampleRowParams> table;
+      std::vector<PenaltyToken> penalties;
+      for (int r = 0; r < rows; ++r) {
+        SamplingParams sp = kinds[r % kinds.size()];
+        sp.seed = *sp.seed + 100 * r;
+        std::vector<int> prompt;
+        for (int i = 0; i < 5; ++i) prompt.push_back(static_cast<int>(rng() % vocab));
+        Sampler cpu(sp, prompt), twin(sp, prompt);
+        for (int i = 0; i < 3; ++i) {  // some output so far
+          const int t = static_cast<int>(rng() % vocab);
+          cpu.Record(t);
+          twin.Record(t);
+        }
+        want[r] = cpu.Sample(want_logits.data() + static_cast<size_t>(r) * vocab, vocab);
+        SampleRowParams p;
+        p.row = r;
+        p.temperature = sp.temperature;
+        p.top_k = sp.top_k;
+        p.top_p = sp.top_p;
+        p.min_p = sp.min_p;
+        p.repetition_penalty = sp.repetition_penalty;
+        p.presence_penalty = sp.presence_penalty;
+        p.frequency_penalty = sp.frequency_penalty;
+        p.uniform = twin.Draw();
+        p.penalty_begin = static_cast<int>(penalties.size());
+        for (const auto& [token, count] : twin.PenaltyTokens()) penalties.push_back({token, count});
+        p.penalty_end = static_cast<int>(penalties.size());
+        table.push_back(p);
+      }
+      auto d = Upload(logits);
+      CudaSampler sampler;
+      std::vector<int> got(rows, -1);
+      absl::Status st = sampler.Run(d->as<float>(), rows, vocab, table, penalties, got.data(), nullptr);
+      ASSERT_TRUE(st.ok()) << st;
+      EXPECT_EQ(got, want);
+      std::vector<float> penalised(logits.size());
+      ASSERT_TRUE(d->CopyTo(penalised.data(), penalised.size() * sizeof(float)).ok());
+      EXPECT_EQ(penalised, want_logits);
+    }
+  }
+  // Bad rows and parameters are errors.
+  auto d = Upload(std::vector<float>(10));
+  CudaSampler sampler;
+  int token = 0;
+  SampleRowParams bad;
+  bad.row = 2;  // of 1
+  EXPECT_EQ(sampler.Run(d->as<float>(), 1, 10, {bad}, {}, &token, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  bad.row = 0;
+  bad.top_p = 0;
+  EXPECT_EQ(sampler.Run(d->as<float>(), 1, 10, {bad}, {}, &token, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  bad.top_p = 1;
+  bad.penalty_end = 3;  // of none
+  EXPECT_EQ(sampler.Run(d->as<float>(), 1, 10, {bad}, {}, &token, nullptr).code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(CudaRuntimeTest, BadArgumentsAreErrorsNotCrashes) {

@@ -1,5 +1,7 @@
 #include "core/kernels/cuda/cuda_runtime_util.h"
 
+#include <algorithm>
+
 #include "core/common/status_macros.h"
 #include "core/kernels/cuda/cuda_check.cuh"
 
@@ -63,6 +65,19 @@ absl::StatusOr<std::unique_ptr<PinnedBuffer>> PinnedBuffer::Allocate(size_t byte
 PinnedBuffer::~PinnedBuffer() {
   if (ptr_ != nullptr) cudaFreeHost(ptr_);
 }
+
+namespace {
+template <typename Buffer>
+absl::Status Grow(std::unique_ptr<Buffer>* buf, size_t bytes) {
+  if (*buf != nullptr && (*buf)->bytes() >= bytes) return absl::OkStatus();
+  buf->reset();
+  MM_ASSIGN_OR_RETURN(*buf, Buffer::Allocate(std::max<size_t>(bytes, 256) * 2));
+  return absl::OkStatus();
+}
+}  // namespace
+
+absl::Status GrowBuffer(std::unique_ptr<DeviceBuffer>* buf, size_t bytes) { return Grow(buf, bytes); }
+absl::Status GrowBuffer(std::unique_ptr<PinnedBuffer>* buf, size_t bytes) { return Grow(buf, bytes); }
 
 absl::StatusOr<std::unique_ptr<OwnedStream>> OwnedStream::Create() {
   cudaStream_t s = nullptr;

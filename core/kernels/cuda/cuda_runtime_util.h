@@ -94,6 +94,12 @@ class CudaEvent {
   void* event_;
 };
 
+// Makes `*buf` hold at least `bytes` (allocating twice that, room to
+// grow); the old contents are lost. Callers make sure that no pending copy
+// or kernel still uses the old buffer.
+absl::Status GrowBuffer(std::unique_ptr<DeviceBuffer>* buf, size_t bytes);
+absl::Status GrowBuffer(std::unique_ptr<PinnedBuffer>* buf, size_t bytes);
+
 // Synchronous copies between host memory and any device address.
 absl::Status CopyToDevice(void* device, const void* host, size_t bytes);
 absl::Status CopyToHost(void* host, const void* device, size_t bytes);
