@@ -76,7 +76,7 @@ int Main() {
       for (int i = 0; i < 3; ++i) {
         auto t = TimeOnGpu(
             [&] { return ffns[i]->Run((*x)->as<float>(), (*w)->as<float>(), groups, (*out)->as<float>(), nullptr); },
-            2, tokens >= 4096 ? 5 : 20);
+            5, tokens >= 4096 ? 15 : 30);
         if (!t.ok()) {
           std::fprintf(stderr, "expert_ffn_bench: %s\n", std::string(t.status().message()).c_str());
           return 1;

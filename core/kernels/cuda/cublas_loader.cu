@@ -28,6 +28,7 @@ absl::StatusOr<CublasApi> Load() {
   sym(&api.set_stream, "cublasSetStream_v2");
   sym(&api.gemm_ex, "cublasGemmEx");
   sym(&api.gemm_strided_batched_ex, "cublasGemmStridedBatchedEx");
+  sym(&api.gemm_batched_ex, "cublasGemmBatchedEx");
   sym(&api.status_name, "cublasGetStatusName");
   sym(&api.status_string, "cublasGetStatusString");
   if (missing) return absl::FailedPreconditionError(absl::StrCat(name, " lacks functions moemesh needs"));

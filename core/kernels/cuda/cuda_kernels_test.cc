@@ -70,8 +70,16 @@ std::vector<uint16_t> RandomBf16(size_t n, std::mt19937& rng, float scale) {
   return v;
 }
 
+// 32 to 71 rows per expert: padded sizes that groups share, some exact.
+std::vector<int> ManyGroups(int experts) {
+  std::vector<int> rows;
+  for (int e = 0; e < experts; ++e) rows.push_back(32 + (e * 7) % 40);
+  return rows;
+}
+
 // Every expert of a layer with mixed group sizes (empty, 1 row, more rows
-// than one pass of the decode kernel takes, enough for the GEMM path), at
+// than one pass of the decode kernel takes, enough for the GEMM path, row
+// counts that the batched GEMMs pad into shared calls), at
 // shapes that are not multiples of 16, with gate and up adjacent (one GEMM)
 // or apart, through each path, against ComputeExpertRows on the CPU. The
 // inputs are bf16 values, so the only roundings are of the activations
@@ -85,7 +93,13 @@ TEST_F(CudaKernelsTest, ExpertFfnMatchesCpu) {
   };
   for (const Shape& sh : {Shape{64, 96, 4, {1, 0, 3, 2}}, Shape{100, 37, 3, {9, 1, 70}},
                           Shape{1024, 352, 8, {0, 1, 2, 8, 0, 33, 5, 1}}, Shape{7, 5, 2, {1, 4}},
-                          Shape{512, 1408, 4, {64, 17, 130, 0}}}) {
+                          Shape{512, 1408, 4, {64, 17, 130, 0}},
+                          Shape{256, 160, 8, {33, 40, 48, 64, 100, 0, 39, 36}},
+                          // Batched GEMMs (18 groups with gate and up adjacent): row counts
+                          // that share a padded size, some without padding; and a group
+                          // large enough to run alone.
+                          Shape{128, 96, 36, ManyGroups(36)}, Shape{126, 40, 34, ManyGroups(34)},
+                          Shape{64, 48, 2, {600, 3}}}) {
     const int h = sh.hidden, in = sh.inter;
     std::vector<std::vector<uint16_t>> gate_up, down;
     std::vector<std::unique_ptr<DeviceBuffer>> dgate_up, dup, ddown;

@@ -3,7 +3,9 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <cstdint>
 
+#include "core/common/status_macros.h"
 #include "core/kernels/cuda/cuda_check.cuh"
 
 namespace moemesh {
@@ -25,6 +27,15 @@ __global__ void EmbedKernel(const void* table, bool bf16, int width, const int* 
 
 __global__ void ToBf16Kernel(const float* x, size_t n, __nv_bfloat16* out) {
   MM_GRID_STRIDE(i, n) { out[i] = __float2bfloat16(x[i]); }
+}
+
+// Four at a time: 16-byte loads, 8-byte stores.
+__global__ void ToBf16x4Kernel(const float4* x, size_t n4, uint2* out) {
+  MM_GRID_STRIDE(i, n4) {
+    const float4 v = x[i];
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+    out[i] = make_uint2(*reinterpret_cast<const unsigned*>(&lo), *reinterpret_cast<const unsigned*>(&hi));
+  }
 }
 
 __global__ void AddKernel(float* y, const float* x, size_t n) {
@@ -70,8 +81,16 @@ absl::Status EmbedRowsCuda(const void* table, bool bf16, int width, const int* i
 
 absl::Status ToBf16Cuda(const float* x, size_t n, uint16_t* out, CudaStream stream) {
   if (n == 0) return absl::OkStatus();
-  ToBf16Kernel<<<Blocks(n), 256, 0, static_cast<cudaStream_t>(stream)>>>(x, n,
-                                                                         reinterpret_cast<__nv_bfloat16*>(out));
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  size_t done = 0;
+  if (reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 8 == 0 && n >= 4) {
+    const size_t n4 = n / 4;
+    ToBf16x4Kernel<<<Blocks(n4), 256, 0, st>>>(reinterpret_cast<const float4*>(x), n4, reinterpret_cast<uint2*>(out));
+    MM_RETURN_IF_ERROR(LaunchStatus("ToBf16x4Kernel"));
+    done = 4 * n4;
+  }
+  if (done == n) return absl::OkStatus();
+  ToBf16Kernel<<<Blocks(n - done), 256, 0, st>>>(x + done, n - done, reinterpret_cast<__nv_bfloat16*>(out) + done);
   return LaunchStatus("ToBf16Kernel");
 }
 

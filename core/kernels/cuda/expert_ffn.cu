@@ -3,6 +3,7 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <map>
 #include <type_traits>
 
 #include "absl/strings/str_cat.h"
@@ -239,13 +240,49 @@ __global__ void __launch_bounds__(32 * kWarps) DownKernel(const ExpertFfnGroup* 
 // row weight goes in here because the down GEMM is linear in its input.
 __global__ void SwigluKernel(const __nv_bfloat16* __restrict__ gu, const float* __restrict__ row_weight, int rows,
                              int intermediate, __nv_bfloat16* __restrict__ act) {
-  const size_t n = static_cast<size_t>(rows) * intermediate;
-  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    const size_t row = i / intermediate, j = i % intermediate;
-    const float gv = __bfloat162float(gu[row * 2 * intermediate + j]);
-    const float uv = __bfloat162float(gu[row * 2 * intermediate + intermediate + j]);
-    act[i] = __float2bfloat16(row_weight[row] * Silu(gv) * uv);
+  for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+    const float w = row_weight[r];
+    const __nv_bfloat16* in = gu + static_cast<size_t>(r) * 2 * intermediate;
+    __nv_bfloat16* o = act + static_cast<size_t>(r) * intermediate;
+    for (int j = threadIdx.x; j < intermediate; j += blockDim.x) {
+      o[j] = __float2bfloat16(w * Silu(__bfloat162float(in[j])) * __bfloat162float(in[intermediate + j]));
+    }
+  }
+}
+
+// One large group in the padded layout of the batched GEMMs: its rows are
+// rows [row_offset, + num_rows) of the input and output, and rows
+// [padded_offset, + num_rows) of the intermediate buffers.
+struct PaddedGroup {
+  long long padded_offset;
+  int row_offset, num_rows;
+};
+
+// SwigluKernel for every padded group at once: group blockIdx.y, rows
+// strided over blockIdx.x.
+__global__ void PaddedSwigluKernel(const PaddedGroup* __restrict__ groups, const __nv_bfloat16* __restrict__ gu,
+                                   const float* __restrict__ row_weight, int intermediate,
+                                   __nv_bfloat16* __restrict__ act) {
+  const PaddedGroup g = groups[blockIdx.y];
+  for (int r = blockIdx.x; r < g.num_rows; r += gridDim.x) {
+    const size_t row = g.padded_offset + r;
+    const float w = row_weight[g.row_offset + r];
+    const __nv_bfloat16* in = gu + row * 2 * intermediate;
+    __nv_bfloat16* o = act + row * intermediate;
+    for (int j = threadIdx.x; j < intermediate; j += blockDim.x) {
+      o[j] = __float2bfloat16(w * Silu(__bfloat162float(in[j])) * __bfloat162float(in[intermediate + j]));
+    }
+  }
+}
+
+// The down products' real rows, from the padded layout to the output.
+__global__ void UnpadKernel(const PaddedGroup* __restrict__ groups, const float4* __restrict__ down, int hidden4,
+                            float4* __restrict__ out) {
+  const PaddedGroup g = groups[blockIdx.y];
+  for (int r = blockIdx.x; r < g.num_rows; r += gridDim.x) {
+    const float4* in = down + (g.padded_offset + r) * hidden4;
+    float4* o = out + (static_cast<size_t>(g.row_offset) + r) * hidden4;
+    for (int j = threadIdx.x; j < hidden4; j += blockDim.x) o[j] = in[j];
   }
 }
 
@@ -346,6 +383,9 @@ CudaExpertFfn::CudaExpertFfn(int hidden, int intermediate, const Options& option
 CudaExpertFfn::~CudaExpertFfn() = default;
 
 absl::Status CudaExpertFfn::Reserve(size_t rows, size_t groups) {
+  // The batched GEMMs read up to kPadRows - 1 rows past a group (zeros past
+  // the last) and keep their intermediates in a padded layout.
+  rows += kPadRows * groups;
   if (rows > rows_reserved_) {
     rows = std::max(rows, 2 * rows_reserved_);  // room to grow
     // Freed first (the old and new buffers need not fit together), and
@@ -356,6 +396,7 @@ absl::Status CudaExpertFfn::Reserve(size_t rows, size_t groups) {
     rows_reserved_ = 0;
     auto x = DeviceBuffer::Allocate(rows * hidden_ * 2);
     if (!x.ok()) return x.status();
+    MM_RETURN_IF_ERROR((*x)->Fill(0));
     auto act = DeviceBuffer::Allocate(rows * intermediate_ * 2);
     if (!act.ok()) return act.status();
     auto gu = DeviceBuffer::Allocate(rows * intermediate_ * 4);
@@ -450,27 +491,133 @@ absl::Status CudaExpertFfn::RunGemms(const std::vector<ExpertFfnGroup>& groups, 
   const auto* xb = x_bf16_->as<uint16_t>();
   auto* gu = gate_up_->as<uint16_t>();
   auto* act = act_->as<uint16_t>();
+  // Every large group gets rows of the intermediates. Those whose gate and
+  // up are one [2 * intermediate, hidden] matrix run as batched GEMMs, one
+  // call per row count rounded up to kPadRows; the others one by one.
+  std::vector<PaddedGroup> padded;
+  std::vector<const ExpertFfnGroup*> padded_src;
+  std::map<int, std::vector<size_t>> buckets;  // padded rows -> indices into `padded`
+  std::vector<std::pair<const ExpertFfnGroup*, size_t>> singles;
+  auto batchable = [&](const ExpertFfnGroup& g) {
+    return g.num_rows >= options_.gemm_min_rows && g.num_rows > 0 && g.num_rows < kBatchMaxRows &&
+           g.up == g.gate + static_cast<size_t>(in) * hd;
+  };
+  const bool batch = std::count_if(groups.begin(), groups.end(), batchable) >= kBatchMinGroups;
+  size_t next_row = 0;
+  for (const ExpertFfnGroup& g : groups) {
+    if (g.num_rows == 0 || g.num_rows < options_.gemm_min_rows) continue;
+    if (batch && batchable(g)) {
+      const int rounded = (g.num_rows + kPadRows - 1) / kPadRows * kPadRows;
+      buckets[rounded].push_back(padded.size());
+      padded.push_back({static_cast<long long>(next_row), g.row_offset, g.num_rows});
+      padded_src.push_back(&g);
+      next_row += rounded;
+    } else {
+      singles.emplace_back(&g, next_row);
+      next_row += g.num_rows;
+    }
+  }
   auto enqueue = [&]() -> absl::Status {
     int next = 0;
-    for (const ExpertFfnGroup& g : groups) {
-      if (g.num_rows == 0 || g.num_rows < options_.gemm_min_rows) continue;
+    if (!padded.empty()) {
+      const int i = next++ % gs.count;
+      cudaStream_t st = gs.streams[i];
+      cublasHandle_t h = gs.handles[i];
+      MM_RETURN_IF_ERROR(GrowBuffer(&down_, next_row * hd * sizeof(float)));
+      float* down = down_->as<float>();
+      // Per bucket, the six pointer arrays cuBLAS takes (gate_up, x, gu;
+      // down, act, down rows), one after another; then the group table.
+      std::vector<const void*> ptrs;
+      std::vector<std::pair<int, int>> calls;  // (rows, groups)
+      std::vector<size_t> bases;
+      for (const auto& [rows, members] : buckets) {
+        calls.emplace_back(rows, static_cast<int>(members.size()));
+        bases.push_back(ptrs.size());
+        for (int op = 0; op < 6; ++op) {
+          for (size_t m : members) {
+            const size_t at = static_cast<size_t>(padded[m].padded_offset);
+            // Rows that fill whole pads go straight to the output.
+            const bool exact = padded[m].num_rows % kPadRows == 0;
+            const void* v[6] = {padded_src[m]->gate,
+                                xb + static_cast<size_t>(padded[m].row_offset) * hd,
+                                gu + at * 2 * in,
+                                padded_src[m]->down,
+                                act + at * in,
+                                exact ? out + static_cast<size_t>(padded[m].row_offset) * hd : down + at * hd};
+            ptrs.push_back(v[op]);
+          }
+        }
+      }
+      std::vector<PaddedGroup> unpad;
+      for (const PaddedGroup& p : padded) {
+        if (p.num_rows % kPadRows != 0) unpad.push_back(p);
+      }
+      const size_t table_bytes = ptrs.size() * sizeof(void*) + (padded.size() + unpad.size()) * sizeof(PaddedGroup);
+      MM_RETURN_IF_ERROR(GrowBuffer(&batch_table_, table_bytes));  // waits for the last call's readers
+      auto* d_ptrs = batch_table_->as<const void*>();
+      auto* d_groups = reinterpret_cast<PaddedGroup*>(d_ptrs + ptrs.size());
+      MM_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(d_ptrs, ptrs.data(), ptrs.size() * sizeof(void*),
+                                                    cudaMemcpyHostToDevice, st),
+                                    "cudaMemcpyAsync"));
+      MM_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(d_groups, padded.data(), padded.size() * sizeof(PaddedGroup),
+                                                    cudaMemcpyHostToDevice, st),
+                                    "cudaMemcpyAsync"));
+      PaddedGroup* d_unpad = d_groups + padded.size();
+      MM_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(d_unpad, unpad.data(), unpad.size() * sizeof(PaddedGroup),
+                                                    cudaMemcpyHostToDevice, st),
+                                    "cudaMemcpyAsync"));
+      const float one = 1.f, zero = 0.f;
+      for (size_t c = 0; c < calls.size(); ++c) {
+        const auto [rows, count] = calls[c];
+        const void* const* a = d_ptrs + bases[c];
+        MM_RETURN_IF_ERROR(gs.api->Check(
+            gs.api->gemm_batched_ex(h, CUBLAS_OP_T, CUBLAS_OP_N, 2 * in, rows, hd, &one, a, CUDA_R_16BF, hd,
+                                    a + count, CUDA_R_16BF, hd, &zero, const_cast<void* const*>(a + 2 * count),
+                                    CUDA_R_16BF, 2 * in, count, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+            "cublasGemmBatchedEx"));
+      }
+      const unsigned row_blocks = static_cast<unsigned>(std::min(calls.back().first, 32));
+      PaddedSwigluKernel<<<dim3(row_blocks, static_cast<unsigned>(padded.size())), 256, 0, st>>>(
+          d_groups, reinterpret_cast<const __nv_bfloat16*>(gu), row_weight, in, reinterpret_cast<__nv_bfloat16*>(act));
+      MM_RETURN_IF_ERROR(LaunchStatus("PaddedSwigluKernel"));
+      for (size_t c = 0; c < calls.size(); ++c) {
+        const auto [rows, count] = calls[c];
+        const void* const* a = d_ptrs + bases[c] + 3 * count;
+        MM_RETURN_IF_ERROR(gs.api->Check(
+            gs.api->gemm_batched_ex(h, CUBLAS_OP_T, CUBLAS_OP_N, hd, rows, in, &one, a, CUDA_R_16BF, in, a + count,
+                                    CUDA_R_16BF, in, &zero, const_cast<void* const*>(a + 2 * count), CUDA_R_32F, hd,
+                                    count, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+            "cublasGemmBatchedEx"));
+      }
+      if (!unpad.empty() && hd % 4 == 0) {
+        UnpadKernel<<<dim3(row_blocks, static_cast<unsigned>(unpad.size())), 256, 0, st>>>(
+            d_unpad, reinterpret_cast<const float4*>(down), hd / 4, reinterpret_cast<float4*>(out));
+        MM_RETURN_IF_ERROR(LaunchStatus("UnpadKernel"));
+      } else {
+        for (const PaddedGroup& p : unpad) {
+          MM_RETURN_IF_ERROR(CopyRowsOnDevice(down + static_cast<size_t>(p.padded_offset) * hd, hd,
+                                              out + static_cast<size_t>(p.row_offset) * hd, hd, p.num_rows, hd, st));
+        }
+      }
+    }
+    for (const auto& [gp, at] : singles) {
+      const ExpertFfnGroup& g = *gp;
       const int i = next++ % gs.count;
       cublasHandle_t h = gs.handles[i];
       const size_t o = g.row_offset;
       const void* xg = xb + o * hd;
-      uint16_t* c = gu + o * 2 * in;
+      uint16_t* c = gu + at * 2 * in;
       if (g.up == g.gate + static_cast<size_t>(in) * hd) {  // one GEMM for both
         MM_RETURN_IF_ERROR(Gemm(*gs.api, h, g.gate, 2 * in, hd, xg, g.num_rows, c, 2 * in, CUDA_R_16BF));
       } else {
         MM_RETURN_IF_ERROR(Gemm(*gs.api, h, g.gate, in, hd, xg, g.num_rows, c, 2 * in, CUDA_R_16BF));
         MM_RETURN_IF_ERROR(Gemm(*gs.api, h, g.up, in, hd, xg, g.num_rows, c + in, 2 * in, CUDA_R_16BF));
       }
-      const size_t elems = static_cast<size_t>(g.num_rows) * in;
-      SwigluKernel<<<static_cast<unsigned>(std::min<size_t>((elems + 255) / 256, 1024)), 256, 0, gs.streams[i]>>>(
+      SwigluKernel<<<static_cast<unsigned>(std::min(g.num_rows, 1024)), 256, 0, gs.streams[i]>>>(
           reinterpret_cast<const __nv_bfloat16*>(c), row_weight + o, g.num_rows, in,
-          reinterpret_cast<__nv_bfloat16*>(act + o * in));
+          reinterpret_cast<__nv_bfloat16*>(act + at * in));
       MM_RETURN_IF_ERROR(LaunchStatus("SwigluKernel"));
-      MM_RETURN_IF_ERROR(Gemm(*gs.api, h, g.down, hd, in, act + o * in, g.num_rows, out + o * hd, hd, CUDA_R_32F));
+      MM_RETURN_IF_ERROR(Gemm(*gs.api, h, g.down, hd, in, act + at * in, g.num_rows, out + o * hd, hd, CUDA_R_32F));
     }
     return absl::OkStatus();
   };

@@ -33,8 +33,14 @@ struct ExpertFfnGroup {
 //     moemesh's own tensor-core kernel, which streams each weight once for
 //     up to 32 rows and fuses SwiGLU;
 //   * larger groups run as cuBLAS GEMMs (bf16 in, fp32 accumulation), with
-//     SwiGLU and the row weights fused into one kernel between them; groups
-//     take turns over a few streams, so that small GEMMs run side by side.
+//     SwiGLU and the row weights fused into one kernel between them. Groups
+//     whose gate and up are one matrix go in batched GEMMs, one call per
+//     row count rounded up to 8 (a few calls for all experts, where a call
+//     per expert would leave the GPU waiting on the host, as with
+//     DeepSeek-V3's 256 experts). Groups of 512 rows or more, calls with
+//     fewer than 16 such groups (Mixtral's 8 experts), and groups with gate
+//     and up apart run one by one, taking turns over a few streams, so that
+//     their GEMMs run side by side.
 // Not thread-safe: one instance per stream. Scratch grows as needed.
 class CudaExpertFfn {
  public:
@@ -75,7 +81,13 @@ class CudaExpertFfn {
   const Options options_;
   std::unique_ptr<GemmStreams> gemm_;  // made on first use
   size_t rows_reserved_ = 0, groups_reserved_ = 0;
+  // Rows of the batched GEMMs are padded to a multiple of kPadRows. Groups
+  // of kBatchMaxRows rows or more fill the GPU alone, and fewer than
+  // kBatchMinGroups groups keep the host ahead of the GPU: those run one by
+  // one, where cuBLAS picks faster kernels than for a batch.
+  static constexpr int kPadRows = 8, kBatchMaxRows = 512, kBatchMinGroups = 16;
   std::unique_ptr<DeviceBuffer> x_bf16_, act_, gate_up_, table_;
+  std::unique_ptr<DeviceBuffer> down_, batch_table_;  // the batched GEMMs' padded output and pointer arrays
 };
 
 }  // namespace moemesh
