@@ -219,6 +219,9 @@ absl::Status Scheduler::Step() {
       rows.push_back(std::move(row));
     }
     st = model_->SampleLast(rows, &device_tokens, &raw);
+    if (st.ok() && (device_tokens.size() != rows.size() || raw.size() != static_cast<size_t>(wanted) * vocab)) {
+      st = absl::InternalError("the forward pass sampled a different number of rows than asked");
+    }
     if (!st.ok()) return fail_all(st);
   }
   size_t next_token = 0;

@@ -195,11 +195,208 @@ __global__ void __launch_bounds__(kThreads) SplitKernel(Geometry g) {
     const int j = item / dv4, c = item - j * dv4;
     const size_t head = static_cast<size_t>(r) * s.num_heads + h0 + j;
     if (g.splits == 1) {
-      const float inv = 1.f / sl[j];
+      const float inv = sl[j] > 0 ? 1.f / sl[j] : 0.f;  // no keys (a bad position): zeros, not NaN
       const float o[4] = {acc[i].x * inv, acc[i].y * inv, acc[i].z * inv, acc[i].w * inv};
       for (int e = 0; e < 4 && c * 4 + e < s.v_head_dim; ++e) g.out[head * s.v_head_dim + c * 4 + e] = o[e];
     } else {
       reinterpret_cast<float4*>(g.part_acc + (head * g.splits + split) * g.vpad)[c] = acc[i];
+    }
+  }
+  if (g.splits > 1 && tid < nh) {
+    const size_t at = ((static_cast<size_t>(r) * s.num_heads + h0 + tid) * g.splits + split) * 2;
+    g.part_ml[at] = sm[tid];
+    g.part_ml[at + 1] = sl[tid];
+  }
+}
+
+// Latent attention (DeepSeek-V3: 128 heads over one 576-wide row whose
+// first 512 floats are V) does about 120 FLOP per byte read: too much
+// arithmetic for the CUDA cores. This kernel runs the two products on tensor
+// cores in TF32 (mma.sync m16n8k8: 10-bit mantissas, fp32 sums); softmax
+// stays fp32. A block of 8 warps serves 32 heads (two m16 tiles) and one
+// chunk of keys, 32 keys a tile: warp w scores keys [8 (w % 4), + 8) of the
+// tile for the heads of tile w / 4, then accumulates a quarter of their
+// value columns. Shared memory holds the queries and two tiles of keys,
+// which bounds the head size (kMaxLatentDim).
+constexpr int kLatentHeads = 32, kLatentKeys = 32, kLatentWarps = 8, kLatentThreads = 32 * kLatentWarps;
+constexpr int kMaxLatentDim = 576;
+
+__device__ inline unsigned ToTf32(float v) {
+  unsigned r;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(v));
+  return r;
+}
+
+__device__ inline void MmaTf32(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__host__ __device__ inline int RoundUp8(int v) { return (v + 7) / 8 * 8; }
+
+__host__ __device__ inline size_t LatentSmemFloats(const Geometry& g) {
+  const int pitch = RoundUp8(g.s.head_dim) + 4;
+  return static_cast<size_t>(kLatentHeads) * pitch + 2 * static_cast<size_t>(kLatentKeys) * pitch +
+         kLatentHeads * (kLatentKeys + 4) + 3 * kLatentHeads;
+}
+
+// kNT: the most value n-tiles (8 columns) a warp owns.
+template <int kNT>
+__global__ void __launch_bounds__(kLatentThreads) LatentKernel(Geometry g) {
+  extern __shared__ float4 smem4[];
+  const AttentionShape& s = g.s;
+  const KvPages& kv = g.rows.kv;
+  const int r = blockIdx.x, split = blockIdx.z, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int gq = lane >> 2, tq = lane & 3, mt = warp / 4, quarter = warp % 4;
+  const int kvh = blockIdx.y / g.head_groups;
+  const int h0 = kvh * g.group + (blockIdx.y % g.head_groups) * kLatentHeads;
+  const int nh = min(kLatentHeads, (kvh + 1) * g.group - h0);
+  const int pos = g.rows.positions[r];
+  const int lo = s.sliding_window > 0 ? max(0, pos - s.sliding_window + 1) : 0;
+  const int chunk = ((pos - lo + g.splits) / g.splits + kLatentKeys - 1) / kLatentKeys * kLatentKeys;
+  const int first = lo + split * chunk, last = min(pos, first + chunk - 1);
+  const int d8 = RoundUp8(s.head_dim), pitch = d8 + 4, spitch = kLatentKeys + 4;
+
+  float* qs = reinterpret_cast<float*>(smem4);
+  float* ks = qs + kLatentHeads * pitch;
+  float* sp = ks + 2 * kLatentKeys * pitch;  // scores, then weights: [head][key]
+  float* sm = sp + kLatentHeads * spitch;
+  float* sl = sm + kLatentHeads;
+  float* sc = sl + kLatentHeads;
+  for (int i = tid; i < kLatentHeads * d8; i += kLatentThreads) {
+    const int j = i / d8, d = i - j * d8;
+    qs[j * pitch + d] =
+        j < nh && d < s.head_dim ? g.q[(static_cast<size_t>(r) * s.num_heads + h0 + j) * s.head_dim + d] : 0.f;
+  }
+  const int kpad = d8 - s.head_dim;
+  for (int i = tid; i < 2 * kLatentKeys * kpad; i += kLatentThreads) ks[(i / kpad) * pitch + s.head_dim + i % kpad] = 0.f;
+  if (tid < kLatentHeads) {
+    sm[tid] = -INFINITY;
+    sl[tid] = 0.f;
+  }
+  __syncthreads();
+
+  // Value n-tiles of this warp.
+  const int tiles_v = (s.v_head_dim + 7) / 8, per_warp = (tiles_v + 3) / 4;
+  const int nt0 = quarter * per_warp, nts = max(0, min(per_warp, tiles_v - nt0));
+  const int hq = 16 * mt + gq;  // this lane's heads: hq and hq + 8
+  float acc[kNT][4];
+#pragma unroll
+  for (int i = 0; i < kNT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+
+  const int tiles = first <= last ? (last - first + kLatentKeys) / kLatentKeys : 0;
+  const float* const* blocks = kv.k_blocks + g.rows.page_offsets[r];
+  const int koff = kv.k_offset + kvh * s.head_dim;
+  // Whole tiles: keys past the chunk are zeros, so that weights of 0 never
+  // meet stale values.
+  auto load = [&](int tile) {
+    const int t0 = first + tile * kLatentKeys, nv = min(kLatentKeys, last - t0 + 1);
+    float* dst = ks + (tile & 1) * kLatentKeys * pitch;
+    const int per_row = s.head_dim / 4;
+    for (int c = tid; c < kLatentKeys * per_row; c += kLatentThreads) {
+      const int t = c / per_row, d = (c - t * per_row) * 4, p = t0 + min(t, nv - 1);
+      CpAsync16<false>(dst + t * pitch + d,
+                       blocks[p / kv.block_size] + static_cast<size_t>(p % kv.block_size) * kv.k_stride + koff + d,
+                       t < nv);
+    }
+    CpAsyncCommit();
+  };
+  if (tiles > 0) load(0);
+  for (int tile = 0; tile < tiles; ++tile) {
+    if (tile + 1 < tiles) {
+      load(tile + 1);
+      CpAsyncWait<1>();
+    } else {
+      CpAsyncWait<0>();
+    }
+    __syncthreads();
+    const int nv = min(kLatentKeys, last - (first + tile * kLatentKeys) + 1);
+    const float* kt = ks + (tile & 1) * kLatentKeys * pitch;
+    {
+      // Four independent sums over the k steps: one chain of dependent
+      // mma.sync would leave the tensor cores waiting on their own latency.
+      float c4[4][4] = {};
+      const float* krow = kt + (8 * quarter + gq) * pitch;
+      int k0 = 0;
+      for (; k0 + 32 <= d8; k0 += 32) {
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int k = k0 + 8 * u;
+          const unsigned a[4] = {ToTf32(qs[hq * pitch + k + tq]), ToTf32(qs[(hq + 8) * pitch + k + tq]),
+                                 ToTf32(qs[hq * pitch + k + tq + 4]), ToTf32(qs[(hq + 8) * pitch + k + tq + 4])};
+          MmaTf32(c4[u], a, ToTf32(krow[k + tq]), ToTf32(krow[k + tq + 4]));
+        }
+      }
+      for (int u = 0; k0 < d8; k0 += 8, ++u) {
+        const unsigned a[4] = {ToTf32(qs[hq * pitch + k0 + tq]), ToTf32(qs[(hq + 8) * pitch + k0 + tq]),
+                               ToTf32(qs[hq * pitch + k0 + tq + 4]), ToTf32(qs[(hq + 8) * pitch + k0 + tq + 4])};
+        MmaTf32(c4[u], a, ToTf32(krow[k0 + tq]), ToTf32(krow[k0 + tq + 4]));
+      }
+      float c[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) c[e] = (c4[0][e] + c4[1][e]) + (c4[2][e] + c4[3][e]);
+      // c: heads hq and hq + 8, keys 8 quarter + 2tq and + 1.
+      const int key = 8 * quarter + 2 * tq;
+      sp[hq * spitch + key] = key < nv ? c[0] * s.scale : -INFINITY;
+      sp[hq * spitch + key + 1] = key + 1 < nv ? c[1] * s.scale : -INFINITY;
+      sp[(hq + 8) * spitch + key] = key < nv ? c[2] * s.scale : -INFINITY;
+      sp[(hq + 8) * spitch + key + 1] = key + 1 < nv ? c[3] * s.scale : -INFINITY;
+    }
+    __syncthreads();
+    for (int j = warp; j < kLatentHeads; j += kLatentWarps) {
+      const float v = sp[j * spitch + lane];
+      const float m_old = sm[j], m_new = fmaxf(m_old, WarpMax(v));
+      const float p = expf(v - m_new);
+      const float sum = WarpSum(p);
+      sp[j * spitch + lane] = p;
+      if (lane == 0) {
+        const float corr = expf(m_old - m_new);
+        sc[j] = corr;
+        sl[j] = sl[j] * corr + sum;
+        sm[j] = m_new;
+      }
+    }
+    __syncthreads();
+    {
+      const float corr_lo = sc[hq], corr_hi = sc[hq + 8];
+#pragma unroll
+      for (int i = 0; i < kNT; ++i) {
+        acc[i][0] *= corr_lo, acc[i][1] *= corr_lo, acc[i][2] *= corr_hi, acc[i][3] *= corr_hi;
+      }
+      for (int k0 = 0; k0 < kLatentKeys; k0 += 8) {
+        const unsigned a[4] = {ToTf32(sp[hq * spitch + k0 + tq]), ToTf32(sp[(hq + 8) * spitch + k0 + tq]),
+                               ToTf32(sp[hq * spitch + k0 + tq + 4]), ToTf32(sp[(hq + 8) * spitch + k0 + tq + 4])};
+        const float* v0 = kt + (k0 + tq) * pitch;
+        const float* v1 = kt + (k0 + tq + 4) * pitch;
+#pragma unroll
+        for (int i = 0; i < kNT; ++i) {
+          if (i < nts) {
+            const int n = 8 * (nt0 + i) + gq;
+            MmaTf32(acc[i], a, ToTf32(v0[n]), ToTf32(v1[n]));
+          }
+        }
+      }
+    }
+    __syncthreads();  // the next tile's copy reuses this buffer
+  }
+
+  // acc[i]: heads hq, hq + 8; columns 8 (nt0 + i) + 2tq and + 1.
+#pragma unroll
+  for (int i = 0; i < kNT; ++i) {
+    if (i >= nts) continue;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int j = hq + (e >= 2 ? 8 : 0), d = 8 * (nt0 + i) + 2 * tq + (e & 1);
+      if (j >= nh || d >= s.v_head_dim) continue;
+      const size_t head = static_cast<size_t>(r) * s.num_heads + h0 + j;
+      if (g.splits == 1) {
+        g.out[head * s.v_head_dim + d] = sl[j] > 0 ? acc[i][e] / sl[j] : 0.f;
+      } else {
+        g.part_acc[(head * g.splits + split) * g.vpad + d] = acc[i][e];
+      }
     }
   }
   if (g.splits > 1 && tid < nh) {
@@ -227,7 +424,7 @@ __global__ void __launch_bounds__(kThreads) CombineKernel(Geometry g) {
       sum += w * ml[2 * s + 1];
     }
     sum = WarpSum(sum);
-    if (threadIdx.x == 0) inv_sum = 1.f / sum;
+    if (threadIdx.x == 0) inv_sum = sum > 0 ? 1.f / sum : 0.f;
   }
   __syncthreads();
   const float* acc = g.part_acc + head * g.splits * g.vpad;
@@ -279,7 +476,7 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
   g.q = q;
   g.out = out;
   g.group = s.num_heads / s.num_kv_heads;
-  const Config config = Pick(std::max(s.head_dim, s.v_head_dim));
+  Config config = Pick(std::max(s.head_dim, s.v_head_dim));
   g.head_groups = (g.group + config.heads - 1) / config.heads;
   g.dpad = RoundUp4(s.head_dim);
   g.vpad = RoundUp4(s.v_head_dim);
@@ -289,19 +486,35 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
   g.vpitch = g.v_in_k ? g.kpitch : g.vpad + 4;
   g.aligned = (kv.k_stride | kv.v_stride | kv.k_offset | kv.v_offset | s.head_dim | s.v_head_dim) % 4 == 0;
 
-  const size_t smem = SmemFloats(g, config.heads, config.keys) * sizeof(float);
-  MM_RETURN_IF_ERROR(CudaStatus(
-      cudaFuncSetAttribute(config.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
-      "CudaPagedAttention: shared memory"));
+  // Many heads over rows that hold V too: the tensor-core kernel.
+  const bool latent = g.v_in_k && g.aligned && g.group >= 16 && s.v_head_dim <= s.head_dim &&
+                      RoundUp8(s.head_dim) <= kMaxLatentDim;
+  if (latent) {
+    config = {kLatentHeads, kLatentKeys, LatentKernel<kMaxLatentDim / 8 / 4>};
+    g.head_groups = (g.group + kLatentHeads - 1) / kLatentHeads;
+  }
+  const int threads = latent ? kLatentThreads : kThreads;
+  const size_t smem = (latent ? LatentSmemFloats(g) : SmemFloats(g, config.heads, config.keys)) * sizeof(float);
   if (sm_count_ == 0) {
     int device = 0;
     MM_RETURN_IF_ERROR(CudaStatus(cudaGetDevice(&device), "cudaGetDevice"));
     MM_RETURN_IF_ERROR(
         CudaStatus(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device), "SM count"));
+    MM_RETURN_IF_ERROR(CudaStatus(
+        cudaDeviceGetAttribute(&smem_limit_, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "shared memory"));
   }
+  if (smem > static_cast<size_t>(smem_limit_)) {
+    return absl::InvalidArgumentError(absl::StrCat("CudaPagedAttention: heads of ", s.head_dim, " need ", smem,
+                                                   " bytes of shared memory; this GPU has ", smem_limit_));
+  }
+  // Always the device's limit: the attribute belongs to the kernel, not to
+  // this instance, and another thread's call must not lower it under us.
+  MM_RETURN_IF_ERROR(CudaStatus(
+      cudaFuncSetAttribute(config.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_limit_),
+      "CudaPagedAttention: shared memory"));
   int per_sm = 0;
   MM_RETURN_IF_ERROR(CudaStatus(
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, config.kernel, kThreads, smem), "occupancy"));
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, config.kernel, threads, smem), "occupancy"));
   // Enough chunks to fill the GPU twice over, none shorter than a tile.
   const long long blocks = static_cast<long long>(rows.rows) * s.num_kv_heads * g.head_groups;
   const int keys = s.sliding_window > 0 ? std::min(rows.max_position + 1, s.sliding_window) : rows.max_position + 1;
@@ -318,7 +531,7 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
   }
   if (s.num_kv_heads * g.head_groups > 65535) return absl::InvalidArgumentError("CudaPagedAttention: too many heads");
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
-  config.kernel<<<dim3(rows.rows, s.num_kv_heads * g.head_groups, g.splits), kThreads, smem, st>>>(g);
+  config.kernel<<<dim3(rows.rows, s.num_kv_heads * g.head_groups, g.splits), threads, smem, st>>>(g);
   MM_RETURN_IF_ERROR(LaunchStatus("attention SplitKernel"));
   if (g.splits == 1) return absl::OkStatus();
   CombineKernel<<<dim3(rows.rows, s.num_heads), kThreads, 0, st>>>(g);

@@ -33,7 +33,11 @@ struct PagedRows {
 // block serves all query heads of one KV head (up to 8 or 16 of them), so
 // a KV row is read once per group, not once per head; tiles of keys are
 // copied into shared memory with 16-byte cp.async, two tiles in flight.
-// Scores, softmax and sums are fp32, as on the CPU.
+// Scores, softmax and sums are fp32, as on the CPU, except for latent
+// attention (16 or more query heads over rows whose heads are V, as in
+// DeepSeek-V3): there the two products run on tensor cores in TF32 (10-bit
+// mantissas, fp32 sums; within 3e-3 of the CPU), since their arithmetic,
+// not memory, bounds them.
 //
 // Holds the scratch for the partial results; one instance per stream.
 inline constexpr int kMaxAttentionHeadDim = 640;
@@ -50,7 +54,7 @@ class CudaPagedAttention {
 
  private:
   std::unique_ptr<DeviceBuffer> partials_;
-  int sm_count_ = 0;
+  int sm_count_ = 0, smem_limit_ = 0;
 };
 
 }  // namespace moemesh

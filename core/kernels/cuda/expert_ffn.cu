@@ -3,6 +3,7 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <map>
 #include <type_traits>
 
@@ -383,8 +384,10 @@ CudaExpertFfn::CudaExpertFfn(int hidden, int intermediate, const Options& option
 CudaExpertFfn::~CudaExpertFfn() = default;
 
 absl::Status CudaExpertFfn::Reserve(size_t rows, size_t groups) {
-  // The batched GEMMs read up to kPadRows - 1 rows past a group (zeros past
-  // the last) and keep their intermediates in a padded layout.
+  // The batched GEMMs read up to kPadRows - 1 rows past a group (whatever
+  // is there: a GEMM's output row depends on its input row alone, and
+  // padded rows are never copied out) and keep their intermediates in a
+  // padded layout.
   rows += kPadRows * groups;
   if (rows > rows_reserved_) {
     rows = std::max(rows, 2 * rows_reserved_);  // room to grow
@@ -396,7 +399,6 @@ absl::Status CudaExpertFfn::Reserve(size_t rows, size_t groups) {
     rows_reserved_ = 0;
     auto x = DeviceBuffer::Allocate(rows * hidden_ * 2);
     if (!x.ok()) return x.status();
-    MM_RETURN_IF_ERROR((*x)->Fill(0));
     auto act = DeviceBuffer::Allocate(rows * intermediate_ * 2);
     if (!act.ok()) return act.status();
     auto gu = DeviceBuffer::Allocate(rows * intermediate_ * 4);
@@ -589,7 +591,7 @@ absl::Status CudaExpertFfn::RunGemms(const std::vector<ExpertFfnGroup>& groups, 
                                     count, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
             "cublasGemmBatchedEx"));
       }
-      if (!unpad.empty() && hd % 4 == 0) {
+      if (!unpad.empty() && hd % 4 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0) {
         UnpadKernel<<<dim3(row_blocks, static_cast<unsigned>(unpad.size())), 256, 0, st>>>(
             d_unpad, reinterpret_cast<const float4*>(down), hd / 4, reinterpret_cast<float4*>(out));
         MM_RETURN_IF_ERROR(LaunchStatus("UnpadKernel"));

@@ -1,5 +1,6 @@
 #include "core/kernels/cuda/sampling.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
@@ -14,6 +15,7 @@ namespace moemesh {
 namespace {
 
 constexpr int kThreads = 1024;
+constexpr size_t kSortRows = 16;  // sampled rows a sort takes
 
 // Penalties as Sampler::Sample applies them, in the same float operations
 // (no fused multiply-adds): repetition on every listed token, presence and
@@ -197,18 +199,21 @@ absl::Status CudaSampler::Run(float* logits, int logits_rows, int vocab, absl::S
   int* d_tokens = tokens_->as<int>();
   ArgmaxKernel<<<static_cast<unsigned>(n), kThreads, 0, st>>>(logits, vocab, d_rows, d_tokens);
   MM_RETURN_IF_ERROR(LaunchStatus("ArgmaxKernel"));
-  if (!sampled.empty()) {
-    const size_t items = sampled.size() * static_cast<size_t>(vocab);
-    if (items > static_cast<size_t>(INT32_MAX)) return absl::InvalidArgumentError("CudaSampler: too many rows");
+  // Sampled rows, a bounded number at a time: the sort's scratch is 24
+  // bytes a vocabulary entry.
+  for (size_t c0 = 0; c0 < sampled.size(); c0 += kSortRows) {
+    const int count = static_cast<int>(std::min<size_t>(kSortRows, sampled.size() - c0));
+    const size_t items = static_cast<size_t>(count) * vocab;
+    if (items > static_cast<size_t>(INT32_MAX)) return absl::InvalidArgumentError("CudaSampler: vocabulary too large");
     MM_RETURN_IF_ERROR(GrowBuffer(&keys_, 2 * items * sizeof(unsigned long long)));
     MM_RETURN_IF_ERROR(GrowBuffer(&values_, 2 * items * sizeof(int)));
     auto* keys = keys_->as<unsigned long long>();
     int* values = values_->as<int>();
-    KeysKernel<<<dim3((vocab + 255) / 256, static_cast<unsigned>(sampled.size())), 256, 0, st>>>(
-        logits, vocab, d_rows, d_sampled, keys, values);
+    KeysKernel<<<dim3((vocab + 255) / 256, static_cast<unsigned>(count)), 256, 0, st>>>(logits, vocab, d_rows,
+                                                                                        d_sampled + c0, keys, values);
     MM_RETURN_IF_ERROR(LaunchStatus("KeysKernel"));
     int end_bit = 33;
-    while ((size_t{1} << (end_bit - 32)) < sampled.size()) ++end_bit;
+    while ((1 << (end_bit - 32)) < count) ++end_bit;
     size_t temp_bytes = 0;
     MM_RETURN_IF_ERROR(CudaStatus(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys, keys + items, values,
                                                                   values + items, static_cast<int>(items), 0,
@@ -219,8 +224,8 @@ absl::Status CudaSampler::Run(float* logits, int logits_rows, int vocab, absl::S
                                                                   values, values + items, static_cast<int>(items), 0,
                                                                   end_bit, st),
                                   "cub::DeviceRadixSort"));
-    PickKernel<<<static_cast<unsigned>(sampled.size()), kThreads, 0, st>>>(logits, vocab, d_rows, d_sampled,
-                                                                           values + items, d_tokens);
+    PickKernel<<<static_cast<unsigned>(count), kThreads, 0, st>>>(logits, vocab, d_rows, d_sampled + c0,
+                                                                  values + items, d_tokens);
     MM_RETURN_IF_ERROR(LaunchStatus("PickKernel"));
   }
   MM_RETURN_IF_ERROR(CopyToHostAsync(tokens, d_tokens, n * sizeof(int), stream));

@@ -38,7 +38,7 @@ struct PenaltyToken {
 // token whose interval holds `uniform`. Given the same draw it picks the
 // CPU's token, unless the draw falls within rounding (about 1e-15) of a
 // boundary between two tokens: the GPU's sums run in another order.
-// Sampled rows sort the whole vocabulary (one radix sort for all of them).
+// Sampled rows sort the whole vocabulary (radix sorts of up to 16 rows).
 // Holds its scratch; one instance per stream.
 class CudaSampler {
  public:
