@@ -49,57 +49,57 @@ Sampler::Sampler(const SamplingParams& params, const std::vector<int>& prompt)
 
 double Sampler::Uniform() { return static_cast<double>(rng_() >> 11) * (1.0 / 9007199254740992.0); }
 
-int Sampler::Sample(float* logits, int vocab) {
-  if (p_.repetition_penalty != 1.0f) {
-    for (int t : seen_) {
-      if (t < 0 || t >= vocab) continue;
-      logits[t] = logits[t] > 0 ? logits[t] / p_.repetition_penalty : logits[t] * p_.repetition_penalty;
+int SampleWithDraw(const SamplingParams& p, absl::Span<const std::pair<int, int>> penalty_tokens, double uniform,
+                   float* logits, int vocab) {
+  // Every listed token once: repetition on all (prompt and output),
+  // presence and frequency on the output's.
+  for (const auto& [t, n] : penalty_tokens) {
+    if (t < 0 || t >= vocab) continue;
+    if (p.repetition_penalty != 1.0f) {
+      logits[t] = logits[t] > 0 ? logits[t] / p.repetition_penalty : logits[t] * p.repetition_penalty;
     }
-  }
-  if (p_.presence_penalty != 0 || p_.frequency_penalty != 0) {
-    for (const auto& [t, n] : out_counts_) {
-      if (t < 0 || t >= vocab) continue;
-      logits[t] -= p_.presence_penalty + p_.frequency_penalty * n;
+    if (n > 0 && (p.presence_penalty != 0 || p.frequency_penalty != 0)) {
+      logits[t] -= p.presence_penalty + p.frequency_penalty * n;
     }
   }
   int chosen;
-  if (p_.temperature == 0) {
+  if (p.temperature == 0) {
     chosen = static_cast<int>(std::max_element(logits, logits + vocab) - logits);
   } else {
     // Candidates sorted by logit, then top-k, softmax, top-p, min-p.
     std::vector<int> idx(vocab);
     std::iota(idx.begin(), idx.end(), 0);
-    int k = p_.top_k > 0 ? std::min(p_.top_k, vocab) : vocab;
+    int k = p.top_k > 0 ? std::min(p.top_k, vocab) : vocab;
     auto by_logit = [&](int a, int b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
     std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), by_logit);
     idx.resize(k);
     std::vector<double> prob(k);
-    double mx = logits[idx[0]] / p_.temperature, sum = 0;
+    double mx = logits[idx[0]] / p.temperature, sum = 0;
     for (int i = 0; i < k; ++i) {
-      prob[i] = std::exp(logits[idx[i]] / p_.temperature - mx);
+      prob[i] = std::exp(logits[idx[i]] / p.temperature - mx);
       sum += prob[i];
     }
     for (double& q : prob) q /= sum;
     int keep = k;
-    if (p_.top_p < 1.0f) {
+    if (p.top_p < 1.0f) {
       double cum = 0;
       for (int i = 0; i < k; ++i) {
         cum += prob[i];
-        if (cum >= p_.top_p) {
+        if (cum >= p.top_p) {
           keep = i + 1;
           break;
         }
       }
     }
-    if (p_.min_p > 0) {
-      double floor = p_.min_p * prob[0];
+    if (p.min_p > 0) {
+      double floor = p.min_p * prob[0];
       int j = 0;
       while (j < keep && prob[j] >= floor) ++j;
       keep = std::max(1, j);
     }
     double total = 0;
     for (int i = 0; i < keep; ++i) total += prob[i];
-    double r = Uniform() * total;
+    double r = uniform * total;
     chosen = idx[keep - 1];
     for (int i = 0; i < keep; ++i) {
       r -= prob[i];
@@ -109,6 +109,11 @@ int Sampler::Sample(float* logits, int vocab) {
       }
     }
   }
+  return chosen;
+}
+
+int Sampler::Sample(float* logits, int vocab) {
+  const int chosen = SampleWithDraw(p_, PenaltyTokens(), Draw(), logits, vocab);
   Record(chosen);
   return chosen;
 }

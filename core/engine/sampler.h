@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/types/span.h"
 
 namespace moemesh {
 
@@ -36,6 +37,12 @@ struct TokenLogprob {
 // Log-softmax of the raw `logits`: the log probability of `token`, and the
 // `top_n` most likely tokens in `*top` (most likely first, ties by id).
 float ComputeLogprobs(const float* logits, int vocab_size, int token, int top_n, std::vector<TokenLogprob>* top);
+
+// Sampler::Sample's choice with its state spelled out: the penalties on
+// `penalty_tokens` (Sampler::PenaltyTokens), then greedy or a draw of
+// `uniform` (Sampler::Draw) over the filtered softmax. Changes `logits`.
+int SampleWithDraw(const SamplingParams& params, absl::Span<const std::pair<int, int>> penalty_tokens,
+                   double uniform, float* logits, int vocab_size);
 
 // Picks tokens for one sequence. Deterministic given the seed.
 class Sampler {

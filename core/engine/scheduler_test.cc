@@ -160,6 +160,76 @@ TEST(SchedulerTest, AdmissionWaitsForCacheAndRejectsWhatCanNeverFit) {
   EXPECT_EQ(sched.Add({}, p, [](const StepEvent&) {}).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// The CPU Model behind the interface a GPU pass offers: it keeps each
+// step's logits and samples them itself (SampleLast), so that the
+// scheduler's device-sampling path runs here, without a GPU.
+class KeepsLogits : public ForwardPass {
+ public:
+  explicit KeepsLogits(ForwardPass* inner) : inner_(inner) {}
+  const ModelConfig& config() const override { return inner_->config(); }
+  int kv_k_width() const override { return inner_->kv_k_width(); }
+  int kv_v_width() const override { return inner_->kv_v_width(); }
+  absl::Status Forward(absl::Span<const ForwardItem> items, KvCache* cache, ExpertExecutor* experts,
+                       std::vector<float>* logits) override {
+    if (logits != nullptr) return inner_->Forward(items, cache, experts, logits);
+    kept_.clear();
+    return inner_->Forward(items, cache, experts, &kept_);
+  }
+  bool samples_on_device() const override { return true; }
+  absl::Status SampleLast(absl::Span<const DeviceSampleRow> rows, std::vector<int>* tokens,
+                          std::vector<float>* raw) override {
+    const int vocab = config().vocab_size;
+    for (const DeviceSampleRow& r : rows) {
+      float* row = kept_.data() + static_cast<size_t>(r.row) * vocab;
+      if (r.want_logits) raw->insert(raw->end(), row, row + vocab);
+      tokens->push_back(SampleWithDraw(r.params, r.penalty_tokens, r.uniform, row, vocab));
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  ForwardPass* inner_;
+  std::vector<float> kept_;
+};
+
+// Sampling where the pass keeps its logits (as on a GPU) gives the tokens
+// and log probabilities of sampling on the host, for requests batched
+// together with every sampling parameter and logprobs.
+TEST(SchedulerTest, DeviceSamplingPathMatchesHostSampling) {
+  Loaded l = Load("tests/fixtures/mixtral", nullptr);
+  KeepsLogits keeps(l.model.get());
+  std::vector<Job> jobs = MixedJobs(24, l.config.vocab_size);
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    if (i % 2 == 0) jobs[i].params.logprobs = 3;
+    if (i % 4 == 1) jobs[i].params.sampling.repetition_penalty = 1.3f;
+    if (i % 6 == 2) jobs[i].params.sampling.top_k = 5, jobs[i].params.sampling.min_p = 0.05f;
+  }
+  auto run = [&](ForwardPass* pass) {
+    KvCache cache(l.config.num_layers, pass->kv_k_width(), pass->kv_v_width(), 8, 256);
+    LocalExpertExecutor experts(&l.weights->experts, nullptr);
+    Scheduler sched(pass, &cache, &experts, {24, 4096, 7});
+    std::vector<std::vector<StepEvent>> events(jobs.size());
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      EXPECT_TRUE(
+          sched.Add(jobs[i].prompt, jobs[i].params, [&, i](const StepEvent& ev) { events[i].push_back(ev); }).ok());
+    }
+    for (int steps = 0; !sched.idle() && steps < 1000; ++steps) EXPECT_TRUE(sched.Step().ok());
+    return events;
+  };
+  const auto host = run(l.model.get()), device = run(&keeps);
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    ASSERT_EQ(host[i].size(), device[i].size()) << "request " << i;
+    for (size_t t = 0; t < host[i].size(); ++t) {
+      const StepEvent &a = host[i][t], &b = device[i][t];
+      ASSERT_TRUE(b.error.ok()) << b.error;
+      EXPECT_EQ(a.token, b.token) << "request " << i << " token " << t;
+      EXPECT_EQ(a.logprob, b.logprob);
+      ASSERT_EQ(a.top_logprobs.size(), b.top_logprobs.size());
+      for (size_t k = 0; k < a.top_logprobs.size(); ++k) EXPECT_EQ(a.top_logprobs[k].token, b.top_logprobs[k].token);
+    }
+  }
+}
+
 class FailingExecutor : public ExpertExecutor {
  public:
   absl::Status Execute(const ExpertBatch&, float*) override { return absl::UnavailableError("worker lost"); }

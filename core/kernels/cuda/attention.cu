@@ -155,7 +155,8 @@ __global__ void __launch_bounds__(kThreads) SplitKernel(Geometry g) {
     // Online softmax, a warp per head.
     for (int j = warp; j < nh; j += kWarps) {
       const float v = lane < kKeys ? sp[j * kKeys + lane] : -INFINITY;
-      const float m_old = sm[j], m_new = fmaxf(m_old, WarpMax(v));
+      // Lane 0 alone reads and writes the running state.
+      const float m_old = __shfl_sync(0xffffffffu, lane == 0 ? sm[j] : 0.f, 0), m_new = fmaxf(m_old, WarpMax(v));
       const float p = lane < kKeys ? expf(v - m_new) : 0.f;
       const float sum = WarpSum(p);
       if (lane < kKeys) sp[j * kKeys + lane] = p;
@@ -348,7 +349,8 @@ __global__ void __launch_bounds__(kLatentThreads) LatentKernel(Geometry g) {
     __syncthreads();
     for (int j = warp; j < kLatentHeads; j += kLatentWarps) {
       const float v = sp[j * spitch + lane];
-      const float m_old = sm[j], m_new = fmaxf(m_old, WarpMax(v));
+      // Lane 0 alone reads and writes the running state.
+      const float m_old = __shfl_sync(0xffffffffu, lane == 0 ? sm[j] : 0.f, 0), m_new = fmaxf(m_old, WarpMax(v));
       const float p = expf(v - m_new);
       const float sum = WarpSum(p);
       sp[j * spitch + lane] = p;
