@@ -4,7 +4,9 @@
 // and DeepSeek-V3's latent shape (128 heads over one shared 576-wide row,
 // values its first 512). Achieved bandwidth counts each KV byte once (the
 // least a decode step must read) and is set against the copy bandwidth
-// measured in the same run. Run on the GPU machine (tools/gpu/run.sh bench).
+// measured in the same run. Then prefill: one prompt of 1,024 and 4,096
+// tokens in one call, as TFLOP/s. Run on the GPU machine (tools/gpu/run.sh
+// bench).
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -86,6 +88,53 @@ int Main() {
       const double bytes = static_cast<double>(batch) * context * row * sizeof(float);
       std::printf("%-12s %6d %8d %10.3f %8.2f %6.1f%%\n", sh.name, batch, context, *t * 1e3, bytes / *t / 1e12,
                   100 * bytes / *t / *bw);
+    }
+  }
+  // Prefill: every position of one prompt attends to those before it, in
+  // one call. Set against nothing yet: the figure is the achieved rate of
+  // the causal products, heads * n (n + 1) / 2 * (d_k + d_v) * 2 FLOP.
+  std::printf("\nprefill, one prompt\n%-12s %8s %10s %9s\n", "shape", "tokens", "ms", "TFLOP/s");
+  for (const Shape& sh : shapes) {
+    const AttentionShape& a = sh.attn;
+    const int k_width = a.num_kv_heads * a.head_dim, v_width = sh.latent ? 0 : a.num_kv_heads * a.v_head_dim;
+    const int row = k_width + v_width;
+    for (int tokens : {1024, 4096}) {
+      const int blocks = (tokens + kBlock - 1) / kBlock;
+      auto pool = DeviceBuffer::Allocate(static_cast<size_t>(blocks) * kBlock * row * sizeof(float));
+      auto q = DeviceBuffer::Allocate(static_cast<size_t>(tokens) * a.num_heads * a.head_dim * sizeof(float));
+      auto out = DeviceBuffer::Allocate(static_cast<size_t>(tokens) * a.num_heads * a.v_head_dim * sizeof(float));
+      auto pages = DeviceBuffer::Allocate(blocks * sizeof(float*));
+      auto dpos = DeviceBuffer::Allocate(tokens * sizeof(int)), dpo = DeviceBuffer::Allocate(tokens * sizeof(int));
+      if (!pool.ok() || !q.ok() || !out.ok() || !pages.ok() || !dpos.ok() || !dpo.ok()) return 1;
+      if (!FillRandomF32((*pool)->as<float>(), static_cast<size_t>(blocks) * kBlock * row, 3).ok()) return 1;
+      if (!FillRandomF32((*q)->as<float>(), static_cast<size_t>(tokens) * a.num_heads * a.head_dim, 4).ok()) return 1;
+      std::vector<const float*> table(blocks);
+      for (int b = 0; b < blocks; ++b) table[b] = (*pool)->as<float>() + static_cast<size_t>(b) * kBlock * row;
+      std::vector<int> positions(tokens), offsets(tokens, 0);
+      for (int i = 0; i < tokens; ++i) positions[i] = i;
+      if (!(*pages)->CopyFrom(table.data(), table.size() * sizeof(float*)).ok()) return 1;
+      if (!(*dpos)->CopyFrom(positions.data(), tokens * sizeof(int)).ok()) return 1;
+      if (!(*dpo)->CopyFrom(offsets.data(), tokens * sizeof(int)).ok()) return 1;
+      PagedRows rows;
+      rows.kv.k_blocks = rows.kv.v_blocks = (*pages)->as<const float*>();
+      rows.kv.block_size = kBlock;
+      rows.kv.k_stride = rows.kv.v_stride = row;
+      rows.kv.k_offset = 0;
+      rows.kv.v_offset = sh.latent ? 0 : k_width;
+      rows.positions = (*dpos)->as<int>();
+      rows.page_offsets = (*dpo)->as<int>();
+      rows.rows = tokens;
+      rows.max_position = tokens - 1;
+      CudaPagedAttention attention;
+      auto t = TimeOnGpu([&] { return attention.Run(a, (*q)->as<float>(), rows, (*out)->as<float>(), nullptr); }, 1,
+                         3);
+      if (!t.ok()) {
+        std::fprintf(stderr, "attention_bench: %s\n", std::string(t.status().message()).c_str());
+        return 1;
+      }
+      const double flops = 2.0 * a.num_heads * (static_cast<double>(tokens) * (tokens + 1) / 2) *
+                           (a.head_dim + a.v_head_dim);
+      std::printf("%-12s %8d %10.3f %9.1f\n", sh.name, tokens, *t * 1e3, flops / *t / 1e12);
     }
   }
   return 0;
