@@ -126,8 +126,10 @@ int Main() {
       rows.rows = tokens;
       rows.max_position = tokens - 1;
       CudaPagedAttention attention;
-      auto t = TimeOnGpu([&] { return attention.Run(a, (*q)->as<float>(), rows, (*out)->as<float>(), nullptr); }, 1,
-                         3);
+      const RowSpan prompt{0, tokens};
+      auto t = TimeOnGpu(
+          [&] { return attention.Run(a, (*q)->as<float>(), rows, (*out)->as<float>(), nullptr, {&prompt, 1}); }, 1,
+          3);
       if (!t.ok()) {
         std::fprintf(stderr, "attention_bench: %s\n", std::string(t.status().message()).c_str());
         return 1;

@@ -374,7 +374,9 @@ absl::Status CudaForwardPass::Attention(int layer, const Step& step, const float
   rows.kv.k_stride = rows.kv.v_stride = kv_k_width() + kv_v_width();
   rows.kv.k_offset = 0;
   rows.kv.v_offset = kv_k_width();
-  MM_RETURN_IF_ERROR(attention_->Run(shape, q, rows, ctx, kStream));
+  std::vector<RowSpan> sequences;
+  for (const Step::Item& it : step.items) sequences.push_back({it.first_row, it.count});
+  MM_RETURN_IF_ERROR(attention_->Run(shape, q, rows, ctx, kStream, sequences));
   return Linear(l.o, l.o_bias, H, q_w, ctx, n, out);
 }
 

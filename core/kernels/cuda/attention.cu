@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
@@ -28,6 +29,8 @@ struct Geometry {
   int kpitch, vpitch;  // shared-memory row pitches in floats (a float4 more: no bank conflicts)
   bool v_in_k;         // V's rows are the heads of K's rows (latent attention): one tile
   bool aligned;        // rows are whole float4s: 16-byte copies
+  const int* tiles;    // tensor-core kernel: [tiles][2] first row and count, or null: a row each
+  int pair_heads;      // tensor-core kernel: heads per block (the rest of its 32 pairs are rows)
   float* part_acc;     // [rows][heads][splits][vpad], when splits > 1
   float* part_ml;      // [rows][heads][splits][2]: running max and sum
 };
@@ -210,17 +213,23 @@ __global__ void __launch_bounds__(kThreads) SplitKernel(Geometry g) {
   }
 }
 
-// Latent attention (DeepSeek-V3: 128 heads over one 576-wide row whose
-// first 512 floats are V) does about 120 FLOP per byte read: too much
-// arithmetic for the CUDA cores. This kernel runs the two products on tensor
-// cores in TF32 (mma.sync m16n8k8: 10-bit mantissas, fp32 sums); softmax
-// stays fp32. A block of 8 warps serves 32 heads (two m16 tiles) and one
+// The tensor-core kernel. Its M side is 32 (query row, head) pairs that
+// share one KV head and one sequence, so that each tile of keys read serves
+// them all:
+//   * latent attention (DeepSeek-V3: 128 heads over one 576-wide row whose
+//     first 512 floats are V) takes 32 heads of one row. It does about 120
+//     FLOP per byte read, too much arithmetic for the CUDA cores;
+//   * prefill takes the group's heads for 32 / group consecutive rows of
+//     one prompt (8 rows of Mixtral's 4 heads), where the decode kernel
+//     would read the keys again for every row.
+// Both products run in TF32 (mma.sync m16n8k8: 10-bit mantissas, fp32
+// sums); softmax stays fp32. A block of 8 warps serves the 32 pairs and one
 // chunk of keys, 32 keys a tile: warp w scores keys [8 (w % 4), + 8) of the
-// tile for the heads of tile w / 4, then accumulates a quarter of their
-// value columns. Shared memory holds the queries and two tiles of keys,
-// which bounds the head size (kMaxLatentDim).
-constexpr int kLatentHeads = 32, kLatentKeys = 32, kLatentWarps = 8, kLatentThreads = 32 * kLatentWarps;
-constexpr int kMaxLatentDim = 576;
+// tile for the pairs of m16 tile w / 4, then accumulates a quarter of their
+// value columns. Shared memory holds the queries and two tiles of keys (and
+// of values, unless they are the keys' heads), which bounds the head size.
+constexpr int kPairs = 32, kMmaKeys = 32, kMmaWarps = 8, kMmaThreads = 32 * kMmaWarps;
+constexpr int kMaxLatentDim = 576, kMaxPrefillDim = 256;
 
 __device__ inline unsigned ToTf32(float v) {
   unsigned r;
@@ -238,70 +247,101 @@ __device__ inline void MmaTf32(float (&c)[4], const unsigned (&a)[4], unsigned b
 
 __host__ __device__ inline int RoundUp8(int v) { return (v + 7) / 8 * 8; }
 
-__host__ __device__ inline size_t LatentSmemFloats(const Geometry& g) {
-  const int pitch = RoundUp8(g.s.head_dim) + 4;
-  return static_cast<size_t>(kLatentHeads) * pitch + 2 * static_cast<size_t>(kLatentKeys) * pitch +
-         kLatentHeads * (kLatentKeys + 4) + 3 * kLatentHeads;
+__host__ __device__ inline size_t MmaSmemFloats(const Geometry& g) {
+  const size_t kp = RoundUp8(g.s.head_dim) + 4, vp = RoundUp8(g.s.v_head_dim) + 4;
+  return kPairs * kp + 2 * kMmaKeys * kp + (g.v_in_k ? 0 : 2 * kMmaKeys * vp) + kPairs * (kMmaKeys + 4) +
+         5 * kPairs;  // running max, sum, correction; each pair's first and last key
 }
 
 // kNT: the most value n-tiles (8 columns) a warp owns.
 template <int kNT>
-__global__ void __launch_bounds__(kLatentThreads) LatentKernel(Geometry g) {
+__global__ void __launch_bounds__(kMmaThreads) MmaKernel(Geometry g) {
   extern __shared__ float4 smem4[];
   const AttentionShape& s = g.s;
   const KvPages& kv = g.rows.kv;
-  const int r = blockIdx.x, split = blockIdx.z, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int split = blockIdx.z, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int gq = lane >> 2, tq = lane & 3, mt = warp / 4, quarter = warp % 4;
+  // This block's rows [row0, row0 + nrows) and heads [h0, h0 + nh).
+  int row0 = blockIdx.x, nrows = 1;
+  if (g.tiles != nullptr) row0 = g.tiles[2 * blockIdx.x], nrows = g.tiles[2 * blockIdx.x + 1];
   const int kvh = blockIdx.y / g.head_groups;
-  const int h0 = kvh * g.group + (blockIdx.y % g.head_groups) * kLatentHeads;
-  const int nh = min(kLatentHeads, (kvh + 1) * g.group - h0);
-  const int pos = g.rows.positions[r];
-  const int lo = s.sliding_window > 0 ? max(0, pos - s.sliding_window + 1) : 0;
-  const int chunk = ((pos - lo + g.splits) / g.splits + kLatentKeys - 1) / kLatentKeys * kLatentKeys;
-  const int first = lo + split * chunk, last = min(pos, first + chunk - 1);
-  const int d8 = RoundUp8(s.head_dim), pitch = d8 + 4, spitch = kLatentKeys + 4;
+  const int h0 = kvh * g.group + (blockIdx.y % g.head_groups) * g.pair_heads;
+  const int nh = min(g.pair_heads, (kvh + 1) * g.group - h0);
+  const int d8 = RoundUp8(s.head_dim), kpitch = d8 + 4, v8 = RoundUp8(s.v_head_dim);
+  const int vpitch = g.v_in_k ? kpitch : v8 + 4, spitch = kMmaKeys + 4;
 
   float* qs = reinterpret_cast<float*>(smem4);
-  float* ks = qs + kLatentHeads * pitch;
-  float* sp = ks + 2 * kLatentKeys * pitch;  // scores, then weights: [head][key]
-  float* sm = sp + kLatentHeads * spitch;
-  float* sl = sm + kLatentHeads;
-  float* sc = sl + kLatentHeads;
-  for (int i = tid; i < kLatentHeads * d8; i += kLatentThreads) {
-    const int j = i / d8, d = i - j * d8;
-    qs[j * pitch + d] =
-        j < nh && d < s.head_dim ? g.q[(static_cast<size_t>(r) * s.num_heads + h0 + j) * s.head_dim + d] : 0.f;
-  }
-  const int kpad = d8 - s.head_dim;
-  for (int i = tid; i < 2 * kLatentKeys * kpad; i += kLatentThreads) ks[(i / kpad) * pitch + s.head_dim + i % kpad] = 0.f;
-  if (tid < kLatentHeads) {
+  float* ks = qs + kPairs * kpitch;
+  float* vs = g.v_in_k ? ks : ks + 2 * kMmaKeys * kpitch;
+  float* sp = ks + 2 * kMmaKeys * kpitch + (g.v_in_k ? 0 : 2 * kMmaKeys * vpitch);  // [pair][key]
+  float* sm = sp + kPairs * spitch;
+  float* sl = sm + kPairs;
+  float* sc = sl + kPairs;
+  int* pair_lo = reinterpret_cast<int*>(sc + kPairs);  // each pair's keys: [lo, hi]
+  int* pair_hi = pair_lo + kPairs;
+
+  // Pair m: row row0 + m / pair_heads, head h0 + m % pair_heads; pairs
+  // past the rows or heads have no keys (hi = -1) and zero queries.
+  if (tid < kPairs) {
+    const int rr = tid / g.pair_heads, hh = tid % g.pair_heads;
+    int lo = 0, hi = -1;
+    if (rr < nrows && hh < nh) {
+      hi = g.rows.positions[row0 + rr];
+      lo = s.sliding_window > 0 ? max(0, hi - s.sliding_window + 1) : 0;
+    }
+    pair_lo[tid] = lo;
+    pair_hi[tid] = hi;
     sm[tid] = -INFINITY;
     sl[tid] = 0.f;
   }
+  for (int i = tid; i < kPairs * d8; i += kMmaThreads) {
+    const int m = i / d8, d = i - m * d8, rr = m / g.pair_heads, hh = m % g.pair_heads;
+    qs[m * kpitch + d] =
+        rr < nrows && hh < nh && d < s.head_dim
+            ? g.q[(static_cast<size_t>(row0 + rr) * s.num_heads + h0 + hh) * s.head_dim + d]
+            : 0.f;
+  }
+  const int kpad = d8 - s.head_dim;
+  for (int i = tid; i < 2 * kMmaKeys * kpad; i += kMmaThreads) ks[(i / kpad) * kpitch + s.head_dim + i % kpad] = 0.f;
   __syncthreads();
 
+  // The block's keys: from the smallest first key to the largest last one.
+  int lo = INT_MAX, hi = -1;
+  for (int m = 0; m < kPairs; ++m) {
+    if (pair_hi[m] >= 0) lo = min(lo, pair_lo[m]), hi = max(hi, pair_hi[m]);
+  }
+  const int chunk = hi < 0 ? 0 : ((hi - lo + g.splits) / g.splits + kMmaKeys - 1) / kMmaKeys * kMmaKeys;
+  const int first = lo + split * chunk, last = min(hi, first + chunk - 1);
+
   // Value n-tiles of this warp.
-  const int tiles_v = (s.v_head_dim + 7) / 8, per_warp = (tiles_v + 3) / 4;
+  const int tiles_v = v8 / 8, per_warp = (tiles_v + 3) / 4;
   const int nt0 = quarter * per_warp, nts = max(0, min(per_warp, tiles_v - nt0));
-  const int hq = 16 * mt + gq;  // this lane's heads: hq and hq + 8
+  const int mq = 16 * mt + gq;  // this lane's pairs: mq and mq + 8
   float acc[kNT][4];
 #pragma unroll
   for (int i = 0; i < kNT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
 
-  const int tiles = first <= last ? (last - first + kLatentKeys) / kLatentKeys : 0;
-  const float* const* blocks = kv.k_blocks + g.rows.page_offsets[r];
-  const int koff = kv.k_offset + kvh * s.head_dim;
+  const int tiles = hi >= 0 && first <= last ? (last - first + kMmaKeys) / kMmaKeys : 0;
+  const int page0 = g.rows.page_offsets[row0];
   // Whole tiles: keys past the chunk are zeros, so that weights of 0 never
   // meet stale values.
-  auto load = [&](int tile) {
-    const int t0 = first + tile * kLatentKeys, nv = min(kLatentKeys, last - t0 + 1);
-    float* dst = ks + (tile & 1) * kLatentKeys * pitch;
-    const int per_row = s.head_dim / 4;
-    for (int c = tid; c < kLatentKeys * per_row; c += kLatentThreads) {
+  auto load_rows = [&](const float* const* blocks, int stride, int offset, int width, int t0, int nv, float* dst,
+                       int pitch) {
+    const int per_row = width / 4;
+    for (int c = tid; c < kMmaKeys * per_row; c += kMmaThreads) {
       const int t = c / per_row, d = (c - t * per_row) * 4, p = t0 + min(t, nv - 1);
       CpAsync16<false>(dst + t * pitch + d,
-                       blocks[p / kv.block_size] + static_cast<size_t>(p % kv.block_size) * kv.k_stride + koff + d,
+                       blocks[p / kv.block_size] + static_cast<size_t>(p % kv.block_size) * stride + offset + d,
                        t < nv);
+    }
+  };
+  auto load = [&](int tile) {
+    const int t0 = first + tile * kMmaKeys, nv = min(kMmaKeys, last - t0 + 1), buf = tile & 1;
+    load_rows(kv.k_blocks + page0, kv.k_stride, kv.k_offset + kvh * s.head_dim, s.head_dim, t0, nv,
+              ks + buf * kMmaKeys * kpitch, kpitch);
+    if (!g.v_in_k) {
+      load_rows(kv.v_blocks + page0, kv.v_stride, kv.v_offset + kvh * s.v_head_dim, s.v_head_dim, t0, nv,
+                vs + buf * kMmaKeys * vpitch, vpitch);
     }
     CpAsyncCommit();
   };
@@ -314,65 +354,65 @@ __global__ void __launch_bounds__(kLatentThreads) LatentKernel(Geometry g) {
       CpAsyncWait<0>();
     }
     __syncthreads();
-    const int nv = min(kLatentKeys, last - (first + tile * kLatentKeys) + 1);
-    const float* kt = ks + (tile & 1) * kLatentKeys * pitch;
+    const int t0 = first + tile * kMmaKeys;
+    const float* kt = ks + (tile & 1) * kMmaKeys * kpitch;
+    const float* vt = vs + (tile & 1) * kMmaKeys * vpitch;
     {
       // Four independent sums over the k steps: one chain of dependent
       // mma.sync would leave the tensor cores waiting on their own latency.
       float c4[4][4] = {};
-      const float* krow = kt + (8 * quarter + gq) * pitch;
+      const float* krow = kt + (8 * quarter + gq) * kpitch;
       int k0 = 0;
       for (; k0 + 32 <= d8; k0 += 32) {
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
           const int k = k0 + 8 * u;
-          const unsigned a[4] = {ToTf32(qs[hq * pitch + k + tq]), ToTf32(qs[(hq + 8) * pitch + k + tq]),
-                                 ToTf32(qs[hq * pitch + k + tq + 4]), ToTf32(qs[(hq + 8) * pitch + k + tq + 4])};
+          const unsigned a[4] = {ToTf32(qs[mq * kpitch + k + tq]), ToTf32(qs[(mq + 8) * kpitch + k + tq]),
+                                 ToTf32(qs[mq * kpitch + k + tq + 4]), ToTf32(qs[(mq + 8) * kpitch + k + tq + 4])};
           MmaTf32(c4[u], a, ToTf32(krow[k + tq]), ToTf32(krow[k + tq + 4]));
         }
       }
       for (int u = 0; k0 < d8; k0 += 8, ++u) {
-        const unsigned a[4] = {ToTf32(qs[hq * pitch + k0 + tq]), ToTf32(qs[(hq + 8) * pitch + k0 + tq]),
-                               ToTf32(qs[hq * pitch + k0 + tq + 4]), ToTf32(qs[(hq + 8) * pitch + k0 + tq + 4])};
+        const unsigned a[4] = {ToTf32(qs[mq * kpitch + k0 + tq]), ToTf32(qs[(mq + 8) * kpitch + k0 + tq]),
+                               ToTf32(qs[mq * kpitch + k0 + tq + 4]), ToTf32(qs[(mq + 8) * kpitch + k0 + tq + 4])};
         MmaTf32(c4[u], a, ToTf32(krow[k0 + tq]), ToTf32(krow[k0 + tq + 4]));
       }
-      float c[4];
+      // c4: pairs mq and mq + 8, keys 8 quarter + 2tq and + 1 of the tile.
 #pragma unroll
-      for (int e = 0; e < 4; ++e) c[e] = (c4[0][e] + c4[1][e]) + (c4[2][e] + c4[3][e]);
-      // c: heads hq and hq + 8, keys 8 quarter + 2tq and + 1.
-      const int key = 8 * quarter + 2 * tq;
-      sp[hq * spitch + key] = key < nv ? c[0] * s.scale : -INFINITY;
-      sp[hq * spitch + key + 1] = key + 1 < nv ? c[1] * s.scale : -INFINITY;
-      sp[(hq + 8) * spitch + key] = key < nv ? c[2] * s.scale : -INFINITY;
-      sp[(hq + 8) * spitch + key + 1] = key + 1 < nv ? c[3] * s.scale : -INFINITY;
+      for (int e = 0; e < 4; ++e) {
+        const int m = mq + (e >= 2 ? 8 : 0), key = 8 * quarter + 2 * tq + (e & 1), pos = t0 + key;
+        const bool in = pos >= pair_lo[m] && pos <= pair_hi[m] && pos <= last;
+        sp[m * spitch + key] = in ? ((c4[0][e] + c4[1][e]) + (c4[2][e] + c4[3][e])) * s.scale : -INFINITY;
+      }
     }
     __syncthreads();
-    for (int j = warp; j < kLatentHeads; j += kLatentWarps) {
-      const float v = sp[j * spitch + lane];
+    for (int m = warp; m < kPairs; m += kMmaWarps) {
+      const float v = sp[m * spitch + lane];
       // Lane 0 alone reads and writes the running state.
-      const float m_old = __shfl_sync(0xffffffffu, lane == 0 ? sm[j] : 0.f, 0), m_new = fmaxf(m_old, WarpMax(v));
-      const float p = expf(v - m_new);
+      const float m_old = __shfl_sync(0xffffffffu, lane == 0 ? sm[m] : 0.f, 0), m_new = fmaxf(m_old, WarpMax(v));
+      // A pair with no keys in this tile (or none yet) keeps its state.
+      const float p = m_new == -INFINITY ? 0.f : expf(v - m_new);
       const float sum = WarpSum(p);
-      sp[j * spitch + lane] = p;
+      sp[m * spitch + lane] = p;
       if (lane == 0) {
-        const float corr = expf(m_old - m_new);
-        sc[j] = corr;
-        sl[j] = sl[j] * corr + sum;
-        sm[j] = m_new;
+        const float corr = m_new == -INFINITY ? 1.f : expf(m_old - m_new);
+        sc[m] = corr;
+        sl[m] = sl[m] * corr + sum;
+        sm[m] = m_new;
       }
     }
     __syncthreads();
     {
-      const float corr_lo = sc[hq], corr_hi = sc[hq + 8];
+      const float corr_lo = sc[mq], corr_hi = sc[mq + 8];
 #pragma unroll
       for (int i = 0; i < kNT; ++i) {
         acc[i][0] *= corr_lo, acc[i][1] *= corr_lo, acc[i][2] *= corr_hi, acc[i][3] *= corr_hi;
       }
-      for (int k0 = 0; k0 < kLatentKeys; k0 += 8) {
-        const unsigned a[4] = {ToTf32(sp[hq * spitch + k0 + tq]), ToTf32(sp[(hq + 8) * spitch + k0 + tq]),
-                               ToTf32(sp[hq * spitch + k0 + tq + 4]), ToTf32(sp[(hq + 8) * spitch + k0 + tq + 4])};
-        const float* v0 = kt + (k0 + tq) * pitch;
-        const float* v1 = kt + (k0 + tq + 4) * pitch;
+      for (int k0 = 0; k0 < kMmaKeys; k0 += 8) {
+        const unsigned a[4] = {ToTf32(sp[mq * spitch + k0 + tq]), ToTf32(sp[(mq + 8) * spitch + k0 + tq]),
+                               ToTf32(sp[mq * spitch + k0 + tq + 4]), ToTf32(sp[(mq + 8) * spitch + k0 + tq + 4])};
+        const float* v0 = vt + (k0 + tq) * vpitch;
+        const float* v1 = vt + (k0 + tq + 4) * vpitch;
 #pragma unroll
         for (int i = 0; i < kNT; ++i) {
           if (i < nts) {
@@ -385,24 +425,26 @@ __global__ void __launch_bounds__(kLatentThreads) LatentKernel(Geometry g) {
     __syncthreads();  // the next tile's copy reuses this buffer
   }
 
-  // acc[i]: heads hq, hq + 8; columns 8 (nt0 + i) + 2tq and + 1.
+  // acc[i]: pairs mq, mq + 8; columns 8 (nt0 + i) + 2tq and + 1.
 #pragma unroll
   for (int i = 0; i < kNT; ++i) {
     if (i >= nts) continue;
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const int j = hq + (e >= 2 ? 8 : 0), d = 8 * (nt0 + i) + 2 * tq + (e & 1);
-      if (j >= nh || d >= s.v_head_dim) continue;
-      const size_t head = static_cast<size_t>(r) * s.num_heads + h0 + j;
+      const int m = mq + (e >= 2 ? 8 : 0), d = 8 * (nt0 + i) + 2 * tq + (e & 1);
+      if (pair_hi[m] < 0 || d >= s.v_head_dim) continue;
+      const size_t head = static_cast<size_t>(row0 + m / g.pair_heads) * s.num_heads + h0 + m % g.pair_heads;
       if (g.splits == 1) {
-        g.out[head * s.v_head_dim + d] = sl[j] > 0 ? acc[i][e] / sl[j] : 0.f;
+        g.out[head * s.v_head_dim + d] = sl[m] > 0 ? acc[i][e] / sl[m] : 0.f;
       } else {
         g.part_acc[(head * g.splits + split) * g.vpad + d] = acc[i][e];
       }
     }
   }
-  if (g.splits > 1 && tid < nh) {
-    const size_t at = ((static_cast<size_t>(r) * s.num_heads + h0 + tid) * g.splits + split) * 2;
+  if (g.splits > 1 && tid < kPairs && pair_hi[tid] >= 0) {
+    const size_t head =
+        static_cast<size_t>(row0 + tid / g.pair_heads) * s.num_heads + h0 + tid % g.pair_heads;
+    const size_t at = (head * g.splits + split) * 2;
     g.part_ml[at] = sm[tid];
     g.part_ml[at + 1] = sl[tid];
   }
@@ -457,7 +499,7 @@ CudaPagedAttention::CudaPagedAttention() = default;
 CudaPagedAttention::~CudaPagedAttention() = default;
 
 absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, const PagedRows& rows, float* out,
-                                     CudaStream stream) {
+                                     CudaStream stream, absl::Span<const RowSpan> sequences) {
   if (s.num_heads <= 0 || s.num_kv_heads <= 0 || s.num_heads % s.num_kv_heads != 0) {
     return absl::InvalidArgumentError("CudaPagedAttention: num_kv_heads must divide num_heads");
   }
@@ -488,15 +530,45 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
   g.vpitch = g.v_in_k ? g.kpitch : g.vpad + 4;
   g.aligned = (kv.k_stride | kv.v_stride | kv.k_offset | kv.v_offset | s.head_dim | s.v_head_dim) % 4 == 0;
 
-  // Many heads over rows that hold V too: the tensor-core kernel.
+  // The tensor-core kernel: for many heads over rows that hold V too
+  // (latent attention), 32 heads of a row a block; for prompts, the group's
+  // heads of 32 / group consecutive rows of one sequence a block.
+  g.tiles = nullptr;
+  g.pair_heads = 0;
+  int grid_x = rows.rows;
   const bool latent = g.v_in_k && g.aligned && g.group >= 16 && s.v_head_dim <= s.head_dim &&
                       RoundUp8(s.head_dim) <= kMaxLatentDim;
-  if (latent) {
-    config = {kLatentHeads, kLatentKeys, LatentKernel<kMaxLatentDim / 8 / 4>};
-    g.head_groups = (g.group + kLatentHeads - 1) / kLatentHeads;
+  bool prefill = false;
+  if (!latent && g.aligned && kPairs % g.group == 0 &&
+      RoundUp8(std::max(s.head_dim, s.v_head_dim)) <= kMaxPrefillDim) {
+    for (const RowSpan& span : sequences) prefill |= span.count > 1;
   }
-  const int threads = latent ? kLatentThreads : kThreads;
-  const size_t smem = (latent ? LatentSmemFloats(g) : SmemFloats(g, config.heads, config.keys)) * sizeof(float);
+  if (latent) {
+    g.pair_heads = kPairs;
+    g.head_groups = (g.group + kPairs - 1) / kPairs;
+  } else if (prefill) {
+    g.pair_heads = g.group;
+    g.head_groups = 1;
+    const int per_tile = kPairs / g.group;
+    std::vector<int> tiles;
+    for (const RowSpan& span : sequences) {
+      if (span.first_row < 0 || span.count < 0 || span.first_row + span.count > rows.rows) {
+        return absl::InvalidArgumentError("CudaPagedAttention: a sequence's rows are out of range");
+      }
+      for (int r = 0; r < span.count; r += per_tile) {
+        tiles.push_back(span.first_row + r);
+        tiles.push_back(std::min(per_tile, span.count - r));
+      }
+    }
+    MM_RETURN_IF_ERROR(GrowBuffer(&tiles_, tiles.size() * sizeof(int)));  // cudaFree waits for its readers
+    MM_RETURN_IF_ERROR(CopyToDeviceAsync(tiles_->data(), tiles.data(), tiles.size() * sizeof(int), stream));
+    g.tiles = tiles_->as<int>();
+    grid_x = static_cast<int>(tiles.size() / 2);
+  }
+  const bool mma = latent || prefill;
+  if (mma) config = {kPairs, kMmaKeys, MmaKernel<kMaxLatentDim / 8 / 4>};
+  const int threads = mma ? kMmaThreads : kThreads;
+  const size_t smem = (mma ? MmaSmemFloats(g) : SmemFloats(g, config.heads, config.keys)) * sizeof(float);
   if (sm_count_ == 0) {
     int device = 0;
     MM_RETURN_IF_ERROR(CudaStatus(cudaGetDevice(&device), "cudaGetDevice"));
@@ -518,7 +590,7 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
   MM_RETURN_IF_ERROR(CudaStatus(
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, config.kernel, threads, smem), "occupancy"));
   // Enough chunks to fill the GPU twice over, none shorter than a tile.
-  const long long blocks = static_cast<long long>(rows.rows) * s.num_kv_heads * g.head_groups;
+  const long long blocks = static_cast<long long>(grid_x) * s.num_kv_heads * g.head_groups;
   const int keys = s.sliding_window > 0 ? std::min(rows.max_position + 1, s.sliding_window) : rows.max_position + 1;
   const long long wanted = (2LL * std::max(per_sm, 1) * sm_count_ + blocks - 1) / blocks;
   g.splits = static_cast<int>(std::clamp<long long>(
@@ -533,7 +605,7 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
   }
   if (s.num_kv_heads * g.head_groups > 65535) return absl::InvalidArgumentError("CudaPagedAttention: too many heads");
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
-  config.kernel<<<dim3(rows.rows, s.num_kv_heads * g.head_groups, g.splits), threads, smem, st>>>(g);
+  config.kernel<<<dim3(grid_x, s.num_kv_heads * g.head_groups, g.splits), threads, smem, st>>>(g);
   MM_RETURN_IF_ERROR(LaunchStatus("attention SplitKernel"));
   if (g.splits == 1) return absl::OkStatus();
   CombineKernel<<<dim3(rows.rows, s.num_heads), kThreads, 0, st>>>(g);

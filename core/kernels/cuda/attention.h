@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "absl/status/status.h"
+#include "absl/types/span.h"
 #include "core/kernels/cpu/attention.h"
 #include "core/kernels/cuda/cuda_runtime_util.h"
 
@@ -23,6 +24,13 @@ struct PagedRows {
   int max_position = 0;  // at least every positions[r]; sizes the split
 };
 
+// Rows [first_row, first_row + count) of one call that belong to one
+// sequence, at consecutive positions (a prompt chunk, or a decode row).
+struct RowSpan {
+  int first_row = 0;
+  int count = 0;
+};
+
 // CausalAttention (core/kernels/cpu/attention.h) on the GPU over a paged KV
 // cache, with GQA, sliding windows, and K/V head sizes that differ (latent
 // attention, where V may be the head of K's row), for head sizes up to
@@ -33,11 +41,13 @@ struct PagedRows {
 // block serves all query heads of one KV head (up to 8 or 16 of them), so
 // a KV row is read once per group, not once per head; tiles of keys are
 // copied into shared memory with 16-byte cp.async, two tiles in flight.
-// Scores, softmax and sums are fp32, as on the CPU, except for latent
-// attention (16 or more query heads over rows whose heads are V, as in
-// DeepSeek-V3): there the two products run on tensor cores in TF32 (10-bit
-// mantissas, fp32 sums; within 3e-3 of the CPU), since their arithmetic,
-// not memory, bounds them.
+// Scores, softmax and sums are fp32, as on the CPU. Two cases do enough
+// arithmetic per byte for tensor cores, where both products run in TF32
+// (10-bit mantissas, fp32 sums; within 3e-3 of the CPU): latent attention
+// (16 or more query heads over rows whose heads are V, as in DeepSeek-V3),
+// and calls with prompt chunks (`sequences`), whose consecutive rows share
+// each tile of keys read. A call with any prompt chunk runs all its rows
+// that way.
 //
 // Holds the scratch for the partial results; one instance per stream.
 inline constexpr int kMaxAttentionHeadDim = 640;
@@ -49,11 +59,13 @@ class CudaPagedAttention {
   CudaPagedAttention& operator=(const CudaPagedAttention&) = delete;
 
   // q: [rows, num_heads * head_dim]; out: [rows, num_heads * v_head_dim].
+  // `sequences` (host memory, optional) says which rows are prompt chunks:
+  // those run in tiles of consecutive rows on tensor cores.
   absl::Status Run(const AttentionShape& shape, const float* q, const PagedRows& rows, float* out,
-                   CudaStream stream);
+                   CudaStream stream, absl::Span<const RowSpan> sequences = {});
 
  private:
-  std::unique_ptr<DeviceBuffer> partials_;
+  std::unique_ptr<DeviceBuffer> partials_, tiles_;
   int sm_count_ = 0, smem_limit_ = 0;
 };
 

@@ -288,25 +288,29 @@ TEST_F(CudaKernelsTest, PagedAttentionMatchesCpu) {
     std::vector<Seq> seqs;  // all in one call
     bool shared_rows;
     int pad;  // floats past each K row (V rows: pad / 2); odd: rows not 16-byte aligned
-    // fp32 throughout; the latent kernel (16 or more heads over rows that hold
-    // V) multiplies in TF32, 10-bit mantissas.
+    // fp32 throughout; the tensor-core kernel (latent attention: 16 or more
+    // heads over rows that hold V; calls with prompt chunks) multiplies in
+    // TF32, 10-bit mantissas.
     double tolerance = 1e-5;
   };
   const std::vector<Case> cases = {
       {"GQA decode", {8, 2, 64, 64, 0.125f, 0}, {{1, 100}}, false, 8},
-      {"a prefill chunk", {4, 4, 128, 128, 0.088f, 0}, {{20, 30}}, false, 8},
-      {"sliding window, dim 40", {6, 3, 40, 40, 0.158f, 16}, {{5, 50}}, false, 8},
-      {"latent: V is the first 64 of K's 80", {4, 1, 80, 64, 0.11f, 0}, {{3, 70}}, true, 8},
+      {"a prefill chunk", {4, 4, 128, 128, 0.088f, 0}, {{20, 30}}, false, 8, 3e-3},
+      {"sliding window, dim 40", {6, 3, 40, 40, 0.158f, 16}, {{5, 50}}, false, 8, 3e-3},
+      {"latent: V is the first 64 of K's 80", {4, 1, 80, 64, 0.11f, 0}, {{3, 70}}, true, 8, 3e-3},
       {"a wide head", {2, 1, 512, 512, 0.044f, 0}, {{2, 300}}, false, 8},
       {"DeepSeek-V3's latent rows", {16, 1, 576, 512, 0.042f, 0}, {{2, 200}, {1, 900}}, true, 8, 3e-3},
       {"DeepSeek-V3's 128 heads, long and short", {128, 1, 576, 512, 0.042f, 0}, {{1, 3000}, {3, 20}}, true, 8,
        3e-3},
       {"latent, a partial head group, dims not multiples of 8", {20, 1, 76, 60, 0.11f, 0}, {{2, 100}}, true, 8, 3e-3},
       {"latent in a window", {32, 1, 96, 64, 0.1f, 40}, {{1, 500}, {4, 9}}, true, 8, 3e-3},
-      {"between the instantiations", {2, 2, 200, 200, 0.07f, 0}, {{3, 40}}, false, 8},
-      {"a batch: decodes and a prefill", {8, 2, 64, 64, 0.125f, 0}, {{1, 0}, {1, 4000}, {7, 9}, {1, 33}}, false, 8},
+      {"between the instantiations", {2, 2, 200, 200, 0.07f, 0}, {{3, 40}}, false, 8, 3e-3},
+      {"a batch: decodes and a prefill", {8, 2, 64, 64, 0.125f, 0}, {{1, 0}, {1, 4000}, {7, 9}, {1, 33}}, false, 8,
+       3e-3},
+      {"decodes alone, as sequences", {8, 2, 64, 64, 0.125f, 0}, {{1, 10}, {1, 4000}, {1, 33}}, false, 8},
+      {"a long prompt chunk after a long history", {32, 8, 128, 128, 0.088f, 0}, {{70, 3000}}, false, 8, 3e-3},
       {"a long context, split", {32, 8, 128, 128, 0.088f, 0}, {{1, 6000}}, false, 8},
-      {"a long context in a window", {4, 2, 128, 128, 0.088f, 100}, {{1, 3000}, {2, 50}}, false, 8},
+      {"a long context in a window", {4, 2, 128, 128, 0.088f, 100}, {{1, 3000}, {2, 50}}, false, 8, 3e-3},
       {"unaligned rows, odd dims", {6, 2, 38, 37, 0.16f, 0}, {{2, 130}, {1, 7}}, false, 3},
       {"more heads than a block takes", {40, 2, 64, 64, 0.125f, 0}, {{1, 77}, {3, 5}}, false, 8},
   };
@@ -331,6 +335,7 @@ TEST_F(CudaKernelsTest, PagedAttentionMatchesCpu) {
     std::vector<int> kb_index(total_blocks);  // page -> block of the pool
     std::vector<float> q, want;
     std::vector<int> positions, page_offsets;
+    std::vector<RowSpan> sequences;
     int max_position = 0;
     for (size_t i = 0; i < c.seqs.size(); ++i) {
       const Seq& seq = c.seqs[i];
@@ -349,6 +354,7 @@ TEST_F(CudaKernelsTest, PagedAttentionMatchesCpu) {
       CausalAttention(sh, sq.data(), seq.n, seq.first_pos, host, out.data(), nullptr);
       q.insert(q.end(), sq.begin(), sq.end());
       want.insert(want.end(), out.begin(), out.end());
+      sequences.push_back({static_cast<int>(positions.size()), seq.n});
       for (int j = 0; j < seq.n; ++j) {
         positions.push_back(seq.first_pos + j);
         page_offsets.push_back(first_block[i]);
@@ -381,7 +387,7 @@ TEST_F(CudaKernelsTest, PagedAttentionMatchesCpu) {
     ASSERT_TRUE(dout.ok());
     ASSERT_TRUE((*dout)->Fill(0xff).ok());
     CudaPagedAttention attention;
-    absl::Status st = attention.Run(sh, dq->as<float>(), rows, (*dout)->as<float>(), nullptr);
+    absl::Status st = attention.Run(sh, dq->as<float>(), rows, (*dout)->as<float>(), nullptr, sequences);
     ASSERT_TRUE(st.ok()) << st;
     ASSERT_TRUE(CudaSynchronize(nullptr).ok());
     std::vector<float> got(want.size());
