@@ -25,8 +25,10 @@ struct PagedRows;
 // Numerics: weights of the projections, the shared experts and the LM head
 // are bf16 on the device, and activations are rounded to bf16 on their way
 // into each product (fp32 accumulation, fp32 out), as in vLLM. Norms,
-// rotary embedding, attention, gating, and the expert gates' products stay
-// fp32, as on the CPU. The routed experts go through the ExpertExecutor
+// rotary embedding, gating, and the expert gates' products stay fp32, as on
+// the CPU; so does decode attention, while steps with prompt chunks and
+// latent attention multiply in TF32 on tensor cores (CudaPagedAttention).
+// The routed experts go through the ExpertExecutor
 // (remote workers), with the rows copied to the host and back through
 // pinned memory, while the GPU computes the shared expert.
 class CudaForwardPass : public ForwardPass {
