@@ -247,8 +247,18 @@ __device__ inline void MmaTf32(float (&c)[4], const unsigned (&a)[4], unsigned b
 
 __host__ __device__ inline int RoundUp8(int v) { return (v + 7) / 8 * 8; }
 
+// Row pitches in floats. K's is 4 past a multiple of 32, so that the score
+// product's fragment loads (8 rows by 4 columns) hit 32 banks; a separate
+// V's is 8 past, for the value product's (4 rows by 8 columns). V within K
+// rows shares K's pitch (two-way conflicts on its loads).
+__host__ __device__ inline int MmaKPitch(const Geometry& g) { return RoundUp8(g.s.head_dim) + 4; }
+__host__ __device__ inline int MmaVPitch(const Geometry& g) {
+  const int v8 = RoundUp8(g.s.v_head_dim);
+  return g.v_in_k ? MmaKPitch(g) : v8 + (40 - v8 % 32) % 32;
+}
+
 __host__ __device__ inline size_t MmaSmemFloats(const Geometry& g) {
-  const size_t kp = RoundUp8(g.s.head_dim) + 4, vp = RoundUp8(g.s.v_head_dim) + 4;
+  const size_t kp = MmaKPitch(g), vp = MmaVPitch(g);
   return kPairs * kp + 2 * kMmaKeys * kp + (g.v_in_k ? 0 : 2 * kMmaKeys * vp) + kPairs * (kMmaKeys + 4) +
          5 * kPairs;  // running max, sum, correction; each pair's first and last key
 }
@@ -267,8 +277,8 @@ __global__ void __launch_bounds__(kMmaThreads) MmaKernel(Geometry g) {
   const int kvh = blockIdx.y / g.head_groups;
   const int h0 = kvh * g.group + (blockIdx.y % g.head_groups) * g.pair_heads;
   const int nh = min(g.pair_heads, (kvh + 1) * g.group - h0);
-  const int d8 = RoundUp8(s.head_dim), kpitch = d8 + 4, v8 = RoundUp8(s.v_head_dim);
-  const int vpitch = g.v_in_k ? kpitch : v8 + 4, spitch = kMmaKeys + 4;
+  const int d8 = RoundUp8(s.head_dim), kpitch = MmaKPitch(g), v8 = RoundUp8(s.v_head_dim);
+  const int vpitch = MmaVPitch(g), spitch = kMmaKeys + 4;
 
   float* qs = reinterpret_cast<float*>(smem4);
   float* ks = qs + kPairs * kpitch;
@@ -514,6 +524,19 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
     return absl::InvalidArgumentError("CudaPagedAttention: bad sizes");
   }
   if (rows.rows == 0) return absl::OkStatus();
+  if (!sequences.empty()) {
+    // They must cover every row once, in order.
+    int next = 0;
+    for (const RowSpan& span : sequences) {
+      if (span.first_row != next || span.count < 1 || span.count > rows.rows - next) {
+        return absl::InvalidArgumentError("CudaPagedAttention: `sequences` must cover the rows once, in order");
+      }
+      next += span.count;
+    }
+    if (next != rows.rows) {
+      return absl::InvalidArgumentError("CudaPagedAttention: `sequences` must cover the rows once, in order");
+    }
+  }
   Geometry g;
   g.s = s;
   g.rows = rows;
@@ -530,17 +553,27 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
   g.vpitch = g.v_in_k ? g.kpitch : g.vpad + 4;
   g.aligned = (kv.k_stride | kv.v_stride | kv.k_offset | kv.v_offset | s.head_dim | s.v_head_dim) % 4 == 0;
 
+  if (sm_count_ == 0) {
+    int device = 0;
+    MM_RETURN_IF_ERROR(CudaStatus(cudaGetDevice(&device), "cudaGetDevice"));
+    MM_RETURN_IF_ERROR(
+        CudaStatus(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device), "SM count"));
+    MM_RETURN_IF_ERROR(CudaStatus(
+        cudaDeviceGetAttribute(&smem_limit_, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "shared memory"));
+  }
   // The tensor-core kernel: for many heads over rows that hold V too
   // (latent attention), 32 heads of a row a block; for prompts, the group's
   // heads of 32 / group consecutive rows of one sequence a block.
   g.tiles = nullptr;
   g.pair_heads = 0;
   int grid_x = rows.rows;
+  // Only where its shared memory fits this GPU (else the CUDA-core kernel).
+  const bool mma_fits = MmaSmemFloats(g) * sizeof(float) <= static_cast<size_t>(smem_limit_);
   const bool latent = g.v_in_k && g.aligned && g.group >= 16 && s.v_head_dim <= s.head_dim &&
-                      RoundUp8(s.head_dim) <= kMaxLatentDim;
+                      RoundUp8(s.head_dim) <= kMaxLatentDim && mma_fits;
   bool prefill = false;
   if (!latent && g.aligned && kPairs % g.group == 0 &&
-      RoundUp8(std::max(s.head_dim, s.v_head_dim)) <= kMaxPrefillDim) {
+      RoundUp8(std::max(s.head_dim, s.v_head_dim)) <= kMaxPrefillDim && mma_fits) {
     for (const RowSpan& span : sequences) prefill |= span.count > 1;
   }
   if (latent) {
@@ -552,9 +585,6 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
     const int per_tile = kPairs / g.group;
     std::vector<int> tiles;
     for (const RowSpan& span : sequences) {
-      if (span.first_row < 0 || span.count < 0 || span.first_row + span.count > rows.rows) {
-        return absl::InvalidArgumentError("CudaPagedAttention: a sequence's rows are out of range");
-      }
       for (int r = 0; r < span.count; r += per_tile) {
         tiles.push_back(span.first_row + r);
         tiles.push_back(std::min(per_tile, span.count - r));
@@ -569,14 +599,6 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
   if (mma) config = {kPairs, kMmaKeys, MmaKernel<kMaxLatentDim / 8 / 4>};
   const int threads = mma ? kMmaThreads : kThreads;
   const size_t smem = (mma ? MmaSmemFloats(g) : SmemFloats(g, config.heads, config.keys)) * sizeof(float);
-  if (sm_count_ == 0) {
-    int device = 0;
-    MM_RETURN_IF_ERROR(CudaStatus(cudaGetDevice(&device), "cudaGetDevice"));
-    MM_RETURN_IF_ERROR(
-        CudaStatus(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device), "SM count"));
-    MM_RETURN_IF_ERROR(CudaStatus(
-        cudaDeviceGetAttribute(&smem_limit_, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "shared memory"));
-  }
   if (smem > static_cast<size_t>(smem_limit_)) {
     return absl::InvalidArgumentError(absl::StrCat("CudaPagedAttention: heads of ", s.head_dim, " need ", smem,
                                                    " bytes of shared memory; this GPU has ", smem_limit_));
@@ -603,7 +625,9 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
     g.part_acc = partials_->as<float>();
     g.part_ml = g.part_acc + heads * g.vpad;
   }
-  if (s.num_kv_heads * g.head_groups > 65535) return absl::InvalidArgumentError("CudaPagedAttention: too many heads");
+  if (s.num_kv_heads * g.head_groups > 65535 || s.num_heads > 65535) {
+    return absl::InvalidArgumentError("CudaPagedAttention: too many heads");
+  }
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   config.kernel<<<dim3(grid_x, s.num_kv_heads * g.head_groups, g.splits), threads, smem, st>>>(g);
   MM_RETURN_IF_ERROR(LaunchStatus("attention SplitKernel"));

@@ -59,8 +59,9 @@ class CudaPagedAttention {
   CudaPagedAttention& operator=(const CudaPagedAttention&) = delete;
 
   // q: [rows, num_heads * head_dim]; out: [rows, num_heads * v_head_dim].
-  // `sequences` (host memory, optional) says which rows are prompt chunks:
-  // those run in tiles of consecutive rows on tensor cores.
+  // `sequences` (host memory, optional; if given, covering every row once,
+  // in order) says which rows are prompt chunks: those run in tiles of
+  // consecutive rows on tensor cores.
   absl::Status Run(const AttentionShape& shape, const float* q, const PagedRows& rows, float* out,
                    CudaStream stream, absl::Span<const RowSpan> sequences = {});
 

@@ -498,6 +498,11 @@ TEST(CudaRuntimeTest, BadArgumentsAreErrorsNotCrashes) {
   rows.kv.block_size = 0;
   EXPECT_EQ(attention.Run(AttentionShape{8, 4, 64, 64, 1.f, 0}, nullptr, rows, nullptr, nullptr).code(),
             absl::StatusCode::kInvalidArgument);
+  rows.kv.block_size = 16;
+  rows.rows = 3;
+  const RowSpan gap[] = {{0, 1}, {2, 1}};  // row 1 in no sequence
+  EXPECT_EQ(attention.Run(AttentionShape{8, 4, 64, 64, 1.f, 0}, nullptr, rows, nullptr, nullptr, gap).code(),
+            absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(RopeCuda(nullptr, 1.f, 33, false, nullptr, 1, 1, 33, 33, nullptr, nullptr).code(),
             absl::StatusCode::kInvalidArgument);
   GatingParams too_many;
