@@ -7,6 +7,7 @@
 // measured in the same run. Then prefill: one prompt of 1,024 and 4,096
 // tokens in one call, as TFLOP/s. Run on the GPU machine (tools/gpu/run.sh
 // bench).
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -23,7 +24,50 @@ struct Shape {
   const char* name;
   AttentionShape attn;
   bool latent;  // V is the first v_head_dim floats of the K row
+
+  // Floats of a cache row: K of every KV head, then V unless latent.
+  int k_width() const { return attn.num_kv_heads * attn.head_dim; }
+  int row() const { return k_width() + (latent ? 0 : attn.num_kv_heads * attn.v_head_dim); }
 };
+
+// A call's page table and rows on the device, and the PagedRows over them.
+struct DeviceRows {
+  std::unique_ptr<DeviceBuffer> pages, positions, offsets;
+  PagedRows rows;
+};
+
+template <typename T>
+absl::StatusOr<std::unique_ptr<DeviceBuffer>> Upload(const std::vector<T>& v) {
+  auto b = DeviceBuffer::Allocate(v.size() * sizeof(T));
+  if (!b.ok()) return b.status();
+  if (absl::Status st = (*b)->CopyFrom(v.data(), v.size() * sizeof(T)); !st.ok()) return st;
+  return std::move(*b);
+}
+
+// Rows of `sh`'s cache layout (K, then V unless latent) in blocks of `block`.
+absl::StatusOr<DeviceRows> UploadRows(const Shape& sh, int block, const std::vector<const float*>& table,
+                                      const std::vector<int>& positions, const std::vector<int>& offsets) {
+  DeviceRows d;
+  auto pages = Upload(table);
+  auto pos = Upload(positions);
+  auto off = Upload(offsets);
+  if (!pages.ok()) return pages.status();
+  if (!pos.ok()) return pos.status();
+  if (!off.ok()) return off.status();
+  d.pages = std::move(*pages);
+  d.positions = std::move(*pos);
+  d.offsets = std::move(*off);
+  d.rows.kv.k_blocks = d.rows.kv.v_blocks = d.pages->as<const float*>();
+  d.rows.kv.block_size = block;
+  d.rows.kv.k_stride = d.rows.kv.v_stride = sh.row();
+  d.rows.kv.k_offset = 0;
+  d.rows.kv.v_offset = sh.latent ? 0 : sh.k_width();
+  d.rows.positions = d.positions->as<int>();
+  d.rows.page_offsets = d.offsets->as<int>();
+  d.rows.rows = static_cast<int>(positions.size());
+  d.rows.max_position = *std::max_element(positions.begin(), positions.end());
+  return d;
+}
 
 int Main() {
   if (CudaDeviceCount() == 0) {
@@ -39,16 +83,14 @@ int Main() {
   constexpr int kBlock = 16;
   for (const Shape& sh : shapes) {
     const AttentionShape& a = sh.attn;
-    const int k_width = a.num_kv_heads * a.head_dim, v_width = sh.latent ? 0 : a.num_kv_heads * a.v_head_dim;
-    const int row = k_width + v_width;
+    const int row = sh.row();
     for (auto [batch, context] : std::vector<std::pair<int, int>>{{1, 4096}, {1, 32768}, {32, 4096}, {64, 2048}}) {
       const int blocks_per_seq = (context + kBlock - 1) / kBlock;
       const size_t floats = static_cast<size_t>(batch) * blocks_per_seq * kBlock * row;
       auto pool = DeviceBuffer::Allocate(floats * sizeof(float));
       auto q = DeviceBuffer::Allocate(static_cast<size_t>(batch) * a.num_heads * a.head_dim * sizeof(float));
       auto out = DeviceBuffer::Allocate(static_cast<size_t>(batch) * a.num_heads * a.v_head_dim * sizeof(float));
-      auto pages = DeviceBuffer::Allocate(static_cast<size_t>(batch) * blocks_per_seq * sizeof(float*));
-      if (!pool.ok() || !q.ok() || !out.ok() || !pages.ok()) return 1;
+      if (!pool.ok() || !q.ok() || !out.ok()) return 1;
       if (!FillRandomF32((*pool)->as<float>(), floats, 1).ok()) return 1;
       if (!FillRandomF32((*q)->as<float>(), static_cast<size_t>(batch) * a.num_heads * a.head_dim, 2).ok()) return 1;
       // Sequence s owns blocks [s * blocks_per_seq, (s + 1) * blocks_per_seq),
@@ -61,23 +103,11 @@ int Main() {
               (static_cast<size_t>(s) * blocks_per_seq + (blocks_per_seq - 1 - b)) * kBlock * row;
         }
       }
-      if (!(*pages)->CopyFrom(table.data(), table.size() * sizeof(float*)).ok()) return 1;
       std::vector<int> positions(batch, context - 1), page_offsets(batch);
       for (int s = 0; s < batch; ++s) page_offsets[s] = s * blocks_per_seq;
-      auto dpos = DeviceBuffer::Allocate(batch * sizeof(int)), dpo = DeviceBuffer::Allocate(batch * sizeof(int));
-      if (!dpos.ok() || !dpo.ok()) return 1;
-      if (!(*dpos)->CopyFrom(positions.data(), batch * sizeof(int)).ok()) return 1;
-      if (!(*dpo)->CopyFrom(page_offsets.data(), batch * sizeof(int)).ok()) return 1;
-      PagedRows rows;
-      rows.kv.k_blocks = rows.kv.v_blocks = (*pages)->as<const float*>();
-      rows.kv.block_size = kBlock;
-      rows.kv.k_stride = rows.kv.v_stride = row;
-      rows.kv.k_offset = 0;
-      rows.kv.v_offset = sh.latent ? 0 : k_width;
-      rows.positions = (*dpos)->as<int>();
-      rows.page_offsets = (*dpo)->as<int>();
-      rows.rows = batch;
-      rows.max_position = context - 1;
+      auto dev = UploadRows(sh, kBlock, table, positions, page_offsets);
+      if (!dev.ok()) return 1;
+      const PagedRows& rows = dev->rows;
       CudaPagedAttention attention;
       auto step = [&]() { return attention.Run(a, (*q)->as<float>(), rows, (*out)->as<float>(), nullptr); };
       auto t = TimeOnGpu(step, 2, 10);
@@ -96,35 +126,22 @@ int Main() {
   std::printf("\nprefill, one prompt\n%-12s %8s %10s %9s\n", "shape", "tokens", "ms", "TFLOP/s");
   for (const Shape& sh : shapes) {
     const AttentionShape& a = sh.attn;
-    const int k_width = a.num_kv_heads * a.head_dim, v_width = sh.latent ? 0 : a.num_kv_heads * a.v_head_dim;
-    const int row = k_width + v_width;
+    const int row = sh.row();
     for (int tokens : {1024, 4096}) {
       const int blocks = (tokens + kBlock - 1) / kBlock;
       auto pool = DeviceBuffer::Allocate(static_cast<size_t>(blocks) * kBlock * row * sizeof(float));
       auto q = DeviceBuffer::Allocate(static_cast<size_t>(tokens) * a.num_heads * a.head_dim * sizeof(float));
       auto out = DeviceBuffer::Allocate(static_cast<size_t>(tokens) * a.num_heads * a.v_head_dim * sizeof(float));
-      auto pages = DeviceBuffer::Allocate(blocks * sizeof(float*));
-      auto dpos = DeviceBuffer::Allocate(tokens * sizeof(int)), dpo = DeviceBuffer::Allocate(tokens * sizeof(int));
-      if (!pool.ok() || !q.ok() || !out.ok() || !pages.ok() || !dpos.ok() || !dpo.ok()) return 1;
+      if (!pool.ok() || !q.ok() || !out.ok()) return 1;
       if (!FillRandomF32((*pool)->as<float>(), static_cast<size_t>(blocks) * kBlock * row, 3).ok()) return 1;
       if (!FillRandomF32((*q)->as<float>(), static_cast<size_t>(tokens) * a.num_heads * a.head_dim, 4).ok()) return 1;
       std::vector<const float*> table(blocks);
       for (int b = 0; b < blocks; ++b) table[b] = (*pool)->as<float>() + static_cast<size_t>(b) * kBlock * row;
       std::vector<int> positions(tokens), offsets(tokens, 0);
       for (int i = 0; i < tokens; ++i) positions[i] = i;
-      if (!(*pages)->CopyFrom(table.data(), table.size() * sizeof(float*)).ok()) return 1;
-      if (!(*dpos)->CopyFrom(positions.data(), tokens * sizeof(int)).ok()) return 1;
-      if (!(*dpo)->CopyFrom(offsets.data(), tokens * sizeof(int)).ok()) return 1;
-      PagedRows rows;
-      rows.kv.k_blocks = rows.kv.v_blocks = (*pages)->as<const float*>();
-      rows.kv.block_size = kBlock;
-      rows.kv.k_stride = rows.kv.v_stride = row;
-      rows.kv.k_offset = 0;
-      rows.kv.v_offset = sh.latent ? 0 : k_width;
-      rows.positions = (*dpos)->as<int>();
-      rows.page_offsets = (*dpo)->as<int>();
-      rows.rows = tokens;
-      rows.max_position = tokens - 1;
+      auto dev = UploadRows(sh, kBlock, table, positions, offsets);
+      if (!dev.ok()) return 1;
+      const PagedRows& rows = dev->rows;
       CudaPagedAttention attention;
       const RowSpan prompt{0, tokens};
       auto t = TimeOnGpu(

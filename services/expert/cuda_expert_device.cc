@@ -149,8 +149,10 @@ absl::Status CudaExpertDevice::RunOn(Lane& lane, const ExpertWork& work, float* 
   CudaStream in = lane.in->get(), compute = lane.compute->get(), copy_out = lane.out->get();
   for (size_t i = 0; i < chunks.size(); ++i) {
     const Chunk& c = chunks[i];
-    float* hx = lane.host_x->as<float>() + c.first_row * h;
-    float* hw = lane.host_w->as<float>() + c.first_row;
+    float* const x0 = lane.host_x->as<float>() + c.first_row * h;
+    float* const w0 = lane.host_w->as<float>() + c.first_row;
+    float* hx = x0;
+    float* hw = w0;
     // Gathering this chunk overlaps the copies and kernels of the last.
     for (const ExpertWork::Group* g : c.sources) {
       for (size_t r = 0; r < g->rows.size(); ++r) {
@@ -162,8 +164,8 @@ absl::Status CudaExpertDevice::RunOn(Lane& lane, const ExpertWork& work, float* 
     float* dx = lane.x->as<float>() + c.first_row * h;
     float* dw = lane.w->as<float>() + c.first_row;
     float* dy = lane.y->as<float>() + c.first_row * h;
-    MM_RETURN_IF_ERROR(CopyToDeviceAsync(dx, lane.host_x->as<float>() + c.first_row * h, c.rows * h * sizeof(float), in));
-    MM_RETURN_IF_ERROR(CopyToDeviceAsync(dw, lane.host_w->as<float>() + c.first_row, c.rows * sizeof(float), in));
+    MM_RETURN_IF_ERROR(CopyToDeviceAsync(dx, x0, c.rows * h * sizeof(float), in));
+    MM_RETURN_IF_ERROR(CopyToDeviceAsync(dw, w0, c.rows * sizeof(float), in));
     MM_RETURN_IF_ERROR(lane.copied[i]->Record(in));
     MM_RETURN_IF_ERROR(lane.copied[i]->WaitOn(compute));
     MM_RETURN_IF_ERROR(lane.ffn->Run(dx, dw, c.groups, dy, compute));

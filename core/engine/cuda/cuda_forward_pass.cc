@@ -72,6 +72,7 @@ struct CudaForwardPass::Step {
   int pages_per_layer = 0;
   int max_position = 0;
   bool one_rope_table = true;
+  std::vector<RowSpan> sequences;  // each item's rows, for attention
   std::vector<int> head_rows;  // rows whose logits are wanted
   // Device tables (staging).
   const int* ids = nullptr;
@@ -242,6 +243,7 @@ absl::StatusOr<CudaForwardPass::Step> CudaForwardPass::Prepare(absl::Span<const 
       inv_freqs.push_back(std::move(inv_freq));
     }
     step.items.push_back({step.n, count, first, step.pages_per_layer, table});
+    step.sequences.push_back({step.n, count});
     step.pages_per_layer += static_cast<int>(it.seq->blocks.size());
     for (int j = 0; j < count; ++j) {
       ids.push_back(it.tokens[j]);
@@ -374,9 +376,7 @@ absl::Status CudaForwardPass::Attention(int layer, const Step& step, const float
   rows.kv.k_stride = rows.kv.v_stride = kv_k_width() + kv_v_width();
   rows.kv.k_offset = 0;
   rows.kv.v_offset = kv_k_width();
-  std::vector<RowSpan> sequences;
-  for (const Step::Item& it : step.items) sequences.push_back({it.first_row, it.count});
-  MM_RETURN_IF_ERROR(attention_->Run(shape, q, rows, ctx, kStream, sequences));
+  MM_RETURN_IF_ERROR(attention_->Run(shape, q, rows, ctx, kStream, step.sequences));
   return Linear(l.o, l.o_bias, H, q_w, ctx, n, out);
 }
 

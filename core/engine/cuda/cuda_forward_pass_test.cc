@@ -233,16 +233,23 @@ std::vector<std::string> Models() {
 
 INSTANTIATE_TEST_SUITE_P(Models, CudaForwardPassTest, ::testing::ValuesIn(Models()));
 
+// The mixtral fixture's weights, or null.
+std::shared_ptr<const ModelWeights> LoadMixtral(const ModelConfig& config) {
+  auto ckpt = Checkpoint::Open("tests/fixtures/mixtral");
+  if (!ckpt.ok()) return nullptr;
+  auto w = LoadWeights(std::move(*ckpt), config);
+  if (!w.ok()) return nullptr;
+  return std::make_shared<const ModelWeights>(std::move(*w));
+}
+
 // A KV cache other than the one the pass was made for is refused, not
 // written out of bounds.
 TEST(CudaForwardPassErrorsTest, RefusesAnotherCache) {
   if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   auto config = LoadModelConfig("tests/fixtures/mixtral");
-  auto ckpt = Checkpoint::Open("tests/fixtures/mixtral");
-  ASSERT_TRUE(config.ok() && ckpt.ok());
-  auto w = LoadWeights(std::move(*ckpt), *config);
-  ASSERT_TRUE(w.ok());
-  auto weights = std::make_shared<const ModelWeights>(std::move(*w));
+  ASSERT_TRUE(config.ok());
+  std::shared_ptr<const ModelWeights> weights = LoadMixtral(*config);
+  ASSERT_NE(weights, nullptr);
   auto pass = CudaForwardPass::Create(*config, weights, /*kv_block_size=*/16, /*kv_blocks=*/8, 0);
   ASSERT_TRUE(pass.ok()) << pass.status();
   LocalExpertExecutor experts(&weights->experts, nullptr);
@@ -265,11 +272,9 @@ TEST(CudaForwardPassErrorsTest, RefusesAnotherCache) {
 TEST(CudaForwardPassSamplingTest, SamplesTheStepsLogits) {
   if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   auto config = LoadModelConfig("tests/fixtures/mixtral");
-  auto ckpt = Checkpoint::Open("tests/fixtures/mixtral");
-  ASSERT_TRUE(config.ok() && ckpt.ok());
-  auto w = LoadWeights(std::move(*ckpt), *config);
-  ASSERT_TRUE(w.ok());
-  auto weights = std::make_shared<const ModelWeights>(std::move(*w));
+  ASSERT_TRUE(config.ok());
+  std::shared_ptr<const ModelWeights> weights = LoadMixtral(*config);
+  ASSERT_NE(weights, nullptr);
   auto pass = CudaForwardPass::Create(*config, weights, 16, 32, 0);
   ASSERT_TRUE(pass.ok()) << pass.status();
   ASSERT_TRUE((*pass)->samples_on_device());

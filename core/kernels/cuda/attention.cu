@@ -590,10 +590,15 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
         tiles.push_back(std::min(per_tile, span.count - r));
       }
     }
-    MM_RETURN_IF_ERROR(GrowBuffer(&tiles_, tiles.size() * sizeof(int)));  // cudaFree waits for its readers
-    MM_RETURN_IF_ERROR(CopyToDeviceAsync(tiles_->data(), tiles.data(), tiles.size() * sizeof(int), stream));
+    // The layers of a step ask for the same tiles: copy them once.
+    if (tiles != tiles_host_) {
+      tiles_host_.clear();  // until the copy is queued
+      MM_RETURN_IF_ERROR(GrowBuffer(&tiles_, tiles.size() * sizeof(int)));  // cudaFree waits for its readers
+      MM_RETURN_IF_ERROR(CopyToDeviceAsync(tiles_->data(), tiles.data(), tiles.size() * sizeof(int), stream));
+      tiles_host_ = std::move(tiles);
+    }
     g.tiles = tiles_->as<int>();
-    grid_x = static_cast<int>(tiles.size() / 2);
+    grid_x = static_cast<int>(tiles_host_.size() / 2);
   }
   const bool mma = latent || prefill;
   if (mma) config = {kPairs, kMmaKeys, MmaKernel<kMaxLatentDim / 8 / 4>};

@@ -2,6 +2,7 @@
 #define MOEMESH_CORE_KERNELS_CUDA_ATTENTION_H_
 
 #include <memory>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
@@ -67,6 +68,7 @@ class CudaPagedAttention {
 
  private:
   std::unique_ptr<DeviceBuffer> partials_, tiles_;
+  std::vector<int> tiles_host_;  // what tiles_ holds
   int sm_count_ = 0, smem_limit_ = 0;
 };
 
