@@ -4,10 +4,10 @@
 // achieved TB/s and TFLOP/s against the ceilings measured in the same run
 // (device-to-device copy bandwidth; a large bf16 cuBLAS GEMM). Tokens are
 // spread evenly over the experts. Besides the default (each group's path
-// chosen by its size) it times each path alone, which is how the default
-// threshold was chosen. bench/expert_ffn_torch.py reads this output and
-// prints PyTorch's times beside it. Run on the GPU machine
-// (tools/gpu/run.sh bench).
+// chosen by its size) it times each path alone (the decode kernel, cuBLAS,
+// the grouped GEMM), which is how the default threshold was chosen.
+// bench/expert_ffn_torch.py reads this output and prints PyTorch's times
+// beside it. Run on the GPU machine (tools/gpu/run.sh bench).
 #include <cstdio>
 #include <memory>
 #include <vector>
@@ -36,8 +36,8 @@ int Main() {
     return 1;
   }
   std::printf("ceilings: copy %.2f TB/s, bf16 GEMM %.0f TFLOP/s\n", *bw / 1e12, *flops / 1e12);
-  std::printf("%-12s %6s %10s %8s %9s %7s %7s %10s %10s\n", "shape", "tokens", "ms", "TB/s", "TFLOP/s", "%BW",
-              "%GEMM", "kernel_ms", "cublas_ms");
+  std::printf("%-12s %6s %10s %8s %9s %7s %7s %10s %10s %10s\n", "shape", "tokens", "ms", "TB/s", "TFLOP/s", "%BW",
+              "%GEMM", "kernel_ms", "cublas_ms", "grouped_ms");
   for (const Shape& sh : {Shape{"mixtral", 4096, 14336, 8, 2}, Shape{"deepseek-v3", 7168, 2048, 256, 8}}) {
     const size_t per_matrix = static_cast<size_t>(sh.hidden) * sh.inter;
     // Per expert: gate and up in one allocation (as the worker holds them), down.
@@ -50,9 +50,16 @@ int Main() {
         weights.push_back(std::move(*b));
       }
     }
-    auto path = [&](int gemm_min_rows) { return CudaExpertFfn::Create(sh.hidden, sh.inter, {gemm_min_rows}); };
-    auto automatic = path(CudaExpertFfn::Options().gemm_min_rows), kernel = path(1 << 30), cublas = path(1);
-    if (!automatic.ok() || !kernel.ok() || !cublas.ok()) return 1;
+    auto path = [&](int gemm_min_rows, bool grouped) {
+      CudaExpertFfn::Options o;
+      o.gemm_min_rows = gemm_min_rows;
+      o.grouped_gemm = grouped;
+      o.grouped_max_rows = 1 << 30;
+      return CudaExpertFfn::Create(sh.hidden, sh.inter, o);
+    };
+    auto automatic = CudaExpertFfn::Create(sh.hidden, sh.inter), kernel = path(1 << 30, false),
+         cublas = path(1, false), grouped = path(1, true);
+    if (!automatic.ok() || !kernel.ok() || !cublas.ok() || !grouped.ok()) return 1;
     for (int tokens : {1, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192}) {
       const int rows = tokens * sh.top_k;
       // Row r goes to expert r % experts: an even spread.
@@ -71,9 +78,9 @@ int Main() {
       if (!x.ok() || !w.ok() || !out.ok()) return 1;
       if (!FillRandomF32((*x)->as<float>(), static_cast<size_t>(rows) * sh.hidden, 1).ok()) return 1;
       if (!FillRandomF32((*w)->as<float>(), rows, 2).ok()) return 1;
-      double ms[3];
-      CudaExpertFfn* ffns[3] = {automatic->get(), kernel->get(), cublas->get()};
-      for (int i = 0; i < 3; ++i) {
+      double ms[4];
+      CudaExpertFfn* ffns[4] = {automatic->get(), kernel->get(), cublas->get(), grouped->get()};
+      for (int i = 0; i < 4; ++i) {
         auto t = TimeOnGpu(
             [&] { return ffns[i]->Run((*x)->as<float>(), (*w)->as<float>(), groups, (*out)->as<float>(), nullptr); },
             5, tokens >= 4096 ? 15 : 30);
@@ -88,9 +95,9 @@ int Main() {
       // and out (fp32), the activations (bf16) written and read once.
       const double bytes = active * 3.0 * per_matrix * 2 + rows * (8.0 * sh.hidden + 4.0 * sh.inter);
       const double fl = 2.0 * rows * 3.0 * per_matrix;
-      std::printf("%-12s %6d %10.3f %8.2f %9.1f %6.1f%% %6.1f%% %10.3f %10.3f\n", sh.name, tokens, ms[0],
+      std::printf("%-12s %6d %10.3f %8.2f %9.1f %6.1f%% %6.1f%% %10.3f %10.3f %10.3f\n", sh.name, tokens, ms[0],
                   bytes / secs / 1e12, fl / secs / 1e12, 100 * bytes / secs / *bw, 100 * fl / secs / *flops, ms[1],
-                  ms[2]);
+                  ms[2], ms[3]);
     }
   }
   return 0;

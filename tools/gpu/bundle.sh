@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the GPU tests (ctest label `gpu`) here, for sm_90, and bundles them,
+# Builds the GPU tests (ctest label `gpu`) here, for sm_90a, and bundles them,
 # the mesh's binaries (in the build tree's layout, where `moemesh up` finds
 # them) and the shared libraries they all need (not libc, not the NVIDIA
 # driver's) into .gpu-bundle/, which the device tool carries to the GPU

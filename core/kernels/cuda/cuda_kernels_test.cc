@@ -10,6 +10,7 @@
 #include "core/engine/expert_executor.h"
 #include "core/kernels/cpu/norm.h"
 #include "core/kernels/cuda/expert_ffn.h"
+#include "core/kernels/cuda/grouped_gemm.h"
 #include "core/kernels/cpu/attention.h"
 #include "core/kernels/cpu/rope.h"
 #include "core/kernels/cuda/attention.h"
@@ -101,6 +102,8 @@ TEST_F(CudaKernelsTest, ExpertFfnMatchesCpu) {
                           Shape{128, 96, 36, ManyGroups(36)}, Shape{126, 40, 34, ManyGroups(34)},
                           Shape{64, 48, 2, {600, 3}}}) {
     const int h = sh.hidden, in = sh.inter;
+    // The grouped GEMM must not be skipped where it should run.
+    if (CudaComputeCapability() == 90) EXPECT_EQ(CudaGroupedGemm::Supported(h, in), h % 8 == 0 && in % 8 == 0);
     std::vector<std::vector<uint16_t>> gate_up, down;
     std::vector<std::unique_ptr<DeviceBuffer>> dgate_up, dup, ddown;
     for (int e = 0; e < sh.experts; ++e) {
@@ -146,11 +149,22 @@ TEST_F(CudaKernelsTest, ExpertFfnMatchesCpu) {
     }
     const size_t total = wts.size();
     auto dx = Upload(x), dw = Upload(wts);
-    // Default (both paths by group size), everything through cuBLAS on one
-    // stream and on several, everything through the decode kernel.
-    for (auto [gemm_min_rows, streams] : std::vector<std::pair<int, int>>{
-             {CudaExpertFfn::Options().gemm_min_rows, 4}, {1, 1}, {1, 4}, {1 << 30, 4}}) {
-      auto ffn = CudaExpertFfn::Create(h, in, {gemm_min_rows, streams});
+    // The default (each group's path by its rows); everything through
+    // cuBLAS on one stream and on several; everything through the grouped
+    // GEMM (where supported), and only groups of up to 128 rows; everything
+    // through the decode kernel.
+    auto options = [](int gemm_min_rows, int streams, bool grouped, int grouped_max_rows) {
+      CudaExpertFfn::Options o;
+      o.gemm_min_rows = gemm_min_rows;
+      o.gemm_streams = streams;
+      o.grouped_gemm = grouped;
+      o.grouped_max_rows = grouped_max_rows;
+      return o;
+    };
+    for (const CudaExpertFfn::Options& opt :
+         {CudaExpertFfn::Options(), options(1, 1, false, 0), options(1, 4, false, 0), options(1, 4, true, 1 << 30),
+          options(1, 4, true, 128), options(1 << 30, 4, false, 0)}) {
+      auto ffn = CudaExpertFfn::Create(h, in, opt);
       ASSERT_TRUE(ffn.ok()) << ffn.status();
       auto out = DeviceBuffer::Allocate(std::max<size_t>(1, total * h * sizeof(float)));
       ASSERT_TRUE(out.ok());
@@ -160,8 +174,9 @@ TEST_F(CudaKernelsTest, ExpertFfnMatchesCpu) {
       ASSERT_TRUE(CudaSynchronize(nullptr).ok());
       std::vector<float> got(total * h);
       ASSERT_TRUE((*out)->CopyTo(got.data(), got.size() * sizeof(float)).ok());
-      EXPECT_LT(RelError(got, want), 5e-3) << h << "x" << in << ", gemm_min_rows " << gemm_min_rows << ", streams "
-                                            << streams;
+      EXPECT_LT(RelError(got, want), 5e-3) << h << "x" << in << ", gemm_min_rows " << opt.gemm_min_rows << ", streams "
+                                            << opt.gemm_streams << ", grouped " << opt.grouped_gemm << " up to "
+                                            << opt.grouped_max_rows;
     }
   }
 }

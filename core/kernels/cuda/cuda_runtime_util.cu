@@ -16,6 +16,16 @@ int CudaDeviceCount() {
   return n;
 }
 
+int CudaComputeCapability() {
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return 10 * major + minor;
+}
+
 absl::StatusOr<std::unique_ptr<DeviceBuffer>> DeviceBuffer::Allocate(size_t bytes) {
   void* p = nullptr;
   if (bytes > 0) {

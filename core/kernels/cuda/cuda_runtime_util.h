@@ -18,6 +18,10 @@ using CudaStream = void*;
 // Devices present; 0 without a driver or GPU (never an error).
 int CudaDeviceCount();
 
+// The current device's compute capability as 10 * major + minor (90 for
+// H100 and H200); 0 without a device.
+int CudaComputeCapability();
+
 // Device memory, freed on destruction.
 class DeviceBuffer {
  public:

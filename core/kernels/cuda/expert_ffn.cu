@@ -13,6 +13,7 @@
 #include "core/kernels/cuda/cp_async.cuh"
 #include "core/kernels/cuda/cuda_check.cuh"
 #include "core/kernels/cuda/dense.h"
+#include "core/kernels/cuda/grouped_gemm.h"
 
 namespace moemesh {
 namespace {
@@ -476,6 +477,26 @@ absl::Status CudaExpertFfn::Run(const float* x, const float* row_weight, const s
 
 absl::Status CudaExpertFfn::RunGemms(const std::vector<ExpertFfnGroup>& groups, const float* row_weight, float* out,
                                      CudaStream stream) {
+  if (options_.grouped_gemm && !grouped_checked_) {
+    grouped_checked_ = true;
+    if (CudaGroupedGemm::Supported(hidden_, intermediate_)) {
+      MM_ASSIGN_OR_RETURN(grouped_, CudaGroupedGemm::Create(hidden_, intermediate_));
+    }
+  }
+  if (grouped_ == nullptr) return RunCublas(groups, row_weight, out, stream);
+  // Groups up to grouped_max_rows rows in the grouped GEMM, larger ones on
+  // cuBLAS.
+  std::vector<ExpertFfnGroup> mine, rest;
+  for (const ExpertFfnGroup& g : groups) {
+    if (g.num_rows <= 0 || g.num_rows < options_.gemm_min_rows) continue;
+    (g.num_rows <= options_.grouped_max_rows ? mine : rest).push_back(g);
+  }
+  MM_RETURN_IF_ERROR(grouped_->Run(x_bf16_->as<uint16_t>(), row_weight, mine, act_->as<uint16_t>(), out, stream));
+  return rest.empty() ? absl::OkStatus() : RunCublas(rest, row_weight, out, stream);
+}
+
+absl::Status CudaExpertFfn::RunCublas(const std::vector<ExpertFfnGroup>& groups, const float* row_weight, float* out,
+                                      CudaStream stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   if (gemm_ == nullptr) {
     auto g = std::make_unique<GemmStreams>(std::max(options_.gemm_streams, 1));

@@ -10,6 +10,8 @@
 
 namespace moemesh {
 
+class CudaGroupedGemm;
+
 // One expert's rows in a batch for CudaExpertFfn. Weight pointers are on the
 // device, bf16, row-major: gate and up [intermediate, hidden], down
 // [hidden, intermediate]; 16-byte aligned. When `up` directly follows
@@ -28,27 +30,36 @@ struct ExpertFfnGroup {
 // the CPU: out[r] = row_weight[r] * down(silu(gate x_r) * up x_r) for every
 // gathered row r. The rows and the activations between the two products
 // are bf16 (as in vLLM and SGLang), products accumulate in fp32, and the
-// output is fp32. Two paths:
-//   * groups with fewer than `gemm_min_rows` rows (decode) run in
-//     moemesh's own tensor-core kernel, which streams each weight once for
-//     up to 32 rows and fuses SwiGLU;
-//   * larger groups run as cuBLAS GEMMs (bf16 in, fp32 accumulation), with
-//     SwiGLU and the row weights fused into one kernel between them. Groups
-//     whose gate and up are one matrix go in batched GEMMs, one call per
-//     row count rounded up to 8 (a few calls for all experts, where a call
-//     per expert would leave the GPU waiting on the host, as with
-//     DeepSeek-V3's 256 experts). Groups of 512 rows or more, calls with
-//     fewer than 16 such groups (Mixtral's 8 experts), and groups with gate
-//     and up apart run one by one, taking turns over a few streams, so that
-//     their GEMMs run side by side.
+// output is fp32. Three paths, by a group's rows:
+//   * fewer than `gemm_min_rows` (decode): moemesh's own tensor-core
+//     kernel, which streams each weight once for up to 32 rows and fuses
+//     SwiGLU;
+//   * on Hopper, up to `grouped_max_rows`: moemesh's grouped GEMM
+//     (CudaGroupedGemm), two launches for all such groups, which reads each
+//     weight once per group and fuses SwiGLU and the row weights;
+//   * the rest (all of them on other GPUs): cuBLAS GEMMs (bf16 in, fp32
+//     accumulation), with SwiGLU and the row weights fused into one kernel
+//     between them. Groups whose gate and up are one matrix go in batched
+//     GEMMs, one call per row count rounded up to 8 (a few calls for all
+//     experts, where a call per expert would leave the GPU waiting on the
+//     host, as with DeepSeek-V3's 256 experts). Groups of 512 rows or more,
+//     calls with fewer than 16 such groups (Mixtral's 8 experts), and groups
+//     with gate and up apart run one by one, taking turns over a few
+//     streams, so that their GEMMs run side by side.
+// The thresholds come from bench/expert_ffn_bench (docs/PERFORMANCE.md).
 // Not thread-safe: one instance per stream. Scratch grows as needed.
 class CudaExpertFfn {
  public:
   struct Options {
-    // Groups with at least this many rows take the cuBLAS path.
-    int gemm_min_rows = 32;
-    // Streams (each with a cuBLAS handle) that GEMM groups take turns on.
+    // Groups with fewer rows run in the decode kernel.
+    int gemm_min_rows = 8;
+    // Streams (each with a cuBLAS handle) that cuBLAS's groups take turns on.
     int gemm_streams = 4;
+    // On Hopper (CudaGroupedGemm::Supported), groups of up to
+    // grouped_max_rows rows run in moemesh's grouped GEMM, two launches for
+    // all of them; larger ones (and all, elsewhere) on cuBLAS.
+    bool grouped_gemm = true;
+    int grouped_max_rows = 128;
   };
 
   // INVALID_ARGUMENT for non-positive sizes.
@@ -74,12 +85,17 @@ class CudaExpertFfn {
   struct GemmStreams;
   CudaExpertFfn(int hidden, int intermediate, const Options& options);
   absl::Status Reserve(size_t rows, size_t groups);
+  // The groups of gemm_min_rows rows or more: grouped GEMM, cuBLAS.
   absl::Status RunGemms(const std::vector<ExpertFfnGroup>& groups, const float* row_weight, float* out,
                         CudaStream stream);
+  absl::Status RunCublas(const std::vector<ExpertFfnGroup>& groups, const float* row_weight, float* out,
+                         CudaStream stream);
 
   const int hidden_, intermediate_;
   const Options options_;
   std::unique_ptr<GemmStreams> gemm_;  // made on first use
+  std::unique_ptr<CudaGroupedGemm> grouped_;  // made on first use where supported
+  bool grouped_checked_ = false;
   size_t rows_reserved_ = 0, groups_reserved_ = 0;
   // Rows of the batched GEMMs are padded to a multiple of kPadRows. Groups
   // of kBatchMaxRows rows or more fill the GPU alone, and fewer than
