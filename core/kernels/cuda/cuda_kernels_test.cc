@@ -103,7 +103,9 @@ TEST_F(CudaKernelsTest, ExpertFfnMatchesCpu) {
                           Shape{64, 48, 2, {600, 3}}}) {
     const int h = sh.hidden, in = sh.inter;
     // The grouped GEMM must not be skipped where it should run.
-    if (CudaComputeCapability() == 90) EXPECT_EQ(CudaGroupedGemm::Supported(h, in), h % 8 == 0 && in % 8 == 0);
+    if (CudaComputeCapability() == 90) {
+      EXPECT_EQ(CudaGroupedGemm::Supported(h, in), h % 8 == 0 && in % 8 == 0);
+    }
     std::vector<std::vector<uint16_t>> gate_up, down;
     std::vector<std::unique_ptr<DeviceBuffer>> dgate_up, dup, ddown;
     for (int e = 0; e < sh.experts; ++e) {
