@@ -57,7 +57,8 @@ class CudaExpertFfn {
     int gemm_streams = 4;
     // On Hopper (CudaGroupedGemm::Supported), groups of up to
     // grouped_max_rows rows run in moemesh's grouped GEMM, two launches for
-    // all of them; larger ones (and all, elsewhere) on cuBLAS.
+    // all of them; larger ones (and all, elsewhere) on cuBLAS. From 256 rows
+    // up the two are within the benchmark's run-to-run spread.
     bool grouped_gemm = true;
     int grouped_max_rows = 128;
   };

@@ -108,7 +108,7 @@ __device__ inline float Silu(float v) { return v / (1.f + __expf(-v)); }
 // weight row `n0`: out[row0 + token, n0 + i] for SwiGLU (act, bf16) and
 // out[row0 + token, n0 + 64m + i] for the down product (fp32).
 template <int N, bool kSwiglu>
-__device__ void Consume(const Ring& ring, int c, int num_k, int row0, int rows, int n0, int n_total,
+__device__ void Consume(const Ring& ring, int c, int it0, int num_k, int row0, int rows, int n0, int n_total,
                         const float* __restrict__ row_weight, void* __restrict__ out) {
   float d[2][N / 2];
 #pragma unroll
@@ -117,9 +117,11 @@ __device__ void Consume(const Ring& ring, int c, int num_k, int row0, int rows, 
     for (int i = 0; i < N / 2; ++i) d[m][i] = 0.f;
   }
   const int t = threadIdx.x % 128, lane = t % 32;
+  // Step it0 + s of the block's ring; the loader may already be filling
+  // stages for the block's next tile.
   for (int s = 0; s < num_k; ++s) {
-    const int st = s % ring.stages;
-    BarWait(ring.full(st), (s / ring.stages) & 1);
+    const int it = it0 + s, st = it % ring.stages;
+    BarWait(ring.full(st), (it / ring.stages) & 1);
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
     for (int kk = 0; kk < kBlockK / 16; ++kk) {
@@ -132,11 +134,12 @@ __device__ void Consume(const Ring& ring, int c, int num_k, int row0, int rows, 
     asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
     KeepInRegisters(d[0]);
     KeepInRegisters(d[1]);
-    if (s > 0 && lane == 0) BarArrive(ring.empty((s - 1) % ring.stages));
+    if (s > 0 && lane == 0) BarArrive(ring.empty((it - 1) % ring.stages));
   }
   asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
   KeepInRegisters(d[0]);
   KeepInRegisters(d[1]);
+  if (lane == 0) BarArrive(ring.empty((it0 + num_k - 1) % ring.stages));
   // Accumulator 4i + e of a sub-tile is its weight row 16w + g (+ 8 for
   // e >= 2) against token 8i + 2q (+ 1 for odd e), for warp w and lane
   // 4g + q.
@@ -164,21 +167,18 @@ __device__ void Consume(const Ring& ring, int c, int num_k, int row0, int rows, 
 }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-// Block b takes one tile: a group (found by its first tile), 128 of its
-// neurons (SwiGLU) or 256 outputs (down) from n0, and up to 128 of its
-// rows. `x_map` is the tokens' [rows, k] matrix; the output has n_total
-// columns. The ring's stages are `stage_boxes` boxes.
+// A tile: up to 128 of a group's rows from row0, against 128 of its
+// neurons (SwiGLU) or 256 outputs (down) from n0.
+struct Tile {
+  const GroupEntry* grp;
+  int row0, rows, n0;
+};
 template <bool kSwiglu>
-__global__ void __launch_bounds__(kThreads, 1)
-    GroupedGemmKernel(const __grid_constant__ CUtensorMap x_map, const GroupEntry* __restrict__ groups,
-                      int num_groups, int k, int n_total, int stage_boxes, int stages,
-                      const float* __restrict__ row_weight, void* __restrict__ out) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  extern __shared__ uint8_t raw[];
+__device__ inline Tile TileAt(const GroupEntry* __restrict__ groups, int num_groups, int tile) {
   int lo = 0, hi = num_groups - 1;
   while (lo < hi) {
     const int mid = (lo + hi + 1) / 2;
-    if (groups[mid].first_tile <= static_cast<int>(blockIdx.x)) {
+    if (groups[mid].first_tile <= tile) {
       lo = mid;
     } else {
       hi = mid - 1;
@@ -186,12 +186,25 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   const GroupEntry& grp = groups[lo];
   const int token_tiles = (grp.num_rows + kTileRows - 1) / kTileRows;
-  const int local = blockIdx.x - grp.first_tile;
-  // Token tiles innermost: neighbouring blocks share weights through L2.
-  const int n0 = (local / token_tiles) * 2 * kTileRows / (kSwiglu ? 2 : 1);
+  const int local = tile - grp.first_tile;
+  // Token tiles innermost: neighbouring tiles share weights through L2.
   const int t0 = (local % token_tiles) * kTileRows;
-  const int row0 = grp.row_offset + t0, rows = min(kTileRows, grp.num_rows - t0);
-  const int n16 = (rows + 15) / 16, boxes = (16 * n16 + kBoxRows - 1) / kBoxRows;
+  return {&grp, grp.row_offset + t0, min(kTileRows, grp.num_rows - t0),
+          (local / token_tiles) * 2 * kTileRows / (kSwiglu ? 2 : 1)};
+}
+
+// A persistent kernel: block b takes tiles b, b + gridDim.x, ... of the
+// launch's `tiles`, and its loader runs on into the next tile while the
+// multiplying warpgroups store the last one. `x_map` is the tokens' [rows,
+// k] matrix; the output has n_total columns. The ring's stages are
+// `stage_boxes` boxes.
+template <bool kSwiglu>
+__global__ void __launch_bounds__(kThreads, 1)
+    GroupedGemmKernel(const __grid_constant__ CUtensorMap x_map, const GroupEntry* __restrict__ groups,
+                      int num_groups, int tiles, int k, int n_total, int stage_boxes, int stages,
+                      const float* __restrict__ row_weight, void* __restrict__ out) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ uint8_t raw[];
   const int num_k = (k + kBlockK - 1) / kBlockK;
   Ring ring;
   ring.base = raw + ((1024 - (SmemAddr(raw) & 1023)) & 1023);
@@ -208,25 +221,29 @@ __global__ void __launch_bounds__(kThreads, 1)
   __syncthreads();
   // Warpgroup c's first weight row: SwiGLU's take 64 neurons each (gate
   // and up), down's 128 outputs each.
-  auto wg_n0 = [&](int c) { return n0 + (kSwiglu ? 1 : 2) * kWgRows * c; };
+  auto wg_n0 = [](const Tile& t, int c) { return t.n0 + (kSwiglu ? 1 : 2) * kWgRows * c; };
+  auto n16_of = [](const Tile& t) { return (t.rows + 15) / 16; };
   const int wg = threadIdx.x / 128;
   if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
-    if (threadIdx.x == 0) {
-      for (int s = 0; s < num_k; ++s) {
-        const int st = s % stages;
-        if (s >= stages) BarWait(ring.empty(st), (s / stages - 1) & 1);
+    if (threadIdx.x != 0) return;
+    for (int tile = blockIdx.x, it = 0; tile < tiles; tile += gridDim.x) {
+      const Tile t = TileAt<kSwiglu>(groups, num_groups, tile);
+      const int boxes = (16 * n16_of(t) + kBoxRows - 1) / kBoxRows;
+      for (int s = 0; s < num_k; ++s, ++it) {
+        const int st = it % stages;
+        if (it >= stages) BarWait(ring.empty(st), (it / stages - 1) & 1);
         BarExpectTx(ring.full(st), (kABoxes + boxes) * kBoxBytes);
         for (int c = 0; c < 2; ++c) {
           for (int m = 0; m < 2; ++m) {
             // SwiGLU: gate then up rows of the same neurons; down: two
             // consecutive sub-tiles.
-            const CUtensorMap* map = &grp.a[kSwiglu ? m : 0];
-            TmaLoad(ring.a(st, 2 * c + m), map, ring.full(st), s * kBlockK, wg_n0(c) + (kSwiglu ? 0 : kWgRows * m));
+            const CUtensorMap* map = &t.grp->a[kSwiglu ? m : 0];
+            TmaLoad(ring.a(st, 2 * c + m), map, ring.full(st), s * kBlockK, wg_n0(t, c) + (kSwiglu ? 0 : kWgRows * m));
           }
         }
         for (int i = 0; i < boxes; ++i) {
-          TmaLoad(ring.b(st) + i * kBoxBytes, &x_map, ring.full(st), s * kBlockK, row0 + kBoxRows * i);
+          TmaLoad(ring.b(st) + i * kBoxBytes, &x_map, ring.full(st), s * kBlockK, t.row0 + kBoxRows * i);
         }
       }
     }
@@ -234,13 +251,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
   const int c = wg - 1;
-  switch (n16) {
-#define MM_CONSUME(n)                                                                                    \
-  case n:                                                                                                \
-    Consume<16 * n, kSwiglu>(ring, c, num_k, row0, rows, wg_n0(c), n_total, row_weight, out); \
+  for (int tile = blockIdx.x, it = 0; tile < tiles; tile += gridDim.x, it += num_k) {
+    const Tile t = TileAt<kSwiglu>(groups, num_groups, tile);
+    switch (n16_of(t)) {
+#define MM_CONSUME(n)                                                                                          \
+  case n:                                                                                                      \
+    Consume<16 * n, kSwiglu>(ring, c, it, num_k, t.row0, t.rows, wg_n0(t, c), n_total, row_weight, out); \
     break;
-    MM_CONSUME(1) MM_CONSUME(2) MM_CONSUME(3) MM_CONSUME(4) MM_CONSUME(5) MM_CONSUME(6) MM_CONSUME(7) MM_CONSUME(8)
+      MM_CONSUME(1) MM_CONSUME(2) MM_CONSUME(3) MM_CONSUME(4) MM_CONSUME(5) MM_CONSUME(6) MM_CONSUME(7) MM_CONSUME(8)
 #undef MM_CONSUME
+    }
   }
 #endif
 }
@@ -303,11 +323,14 @@ absl::StatusOr<std::unique_ptr<CudaGroupedGemm>> CudaGroupedGemm::Create(int hid
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemLimit),
         "cudaFuncSetAttribute"));
   }
-  return std::unique_ptr<CudaGroupedGemm>(new CudaGroupedGemm(hidden, intermediate));
+  int device = 0, sms = 0;
+  MM_RETURN_IF_ERROR(CudaStatus(cudaGetDevice(&device), "cudaGetDevice"));
+  MM_RETURN_IF_ERROR(CudaStatus(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "SM count"));
+  return std::unique_ptr<CudaGroupedGemm>(new CudaGroupedGemm(hidden, intermediate, sms));
 }
 
-CudaGroupedGemm::CudaGroupedGemm(int hidden, int intermediate)
-    : hidden_(hidden), intermediate_(intermediate), maps_(std::make_unique<Maps>()) {}
+CudaGroupedGemm::CudaGroupedGemm(int hidden, int intermediate, int sm_count)
+    : hidden_(hidden), intermediate_(intermediate), sm_count_(sm_count), maps_(std::make_unique<Maps>()) {}
 
 CudaGroupedGemm::~CudaGroupedGemm() = default;
 
@@ -364,11 +387,14 @@ absl::Status CudaGroupedGemm::Run(const uint16_t* x, const float* row_weight, co
   const int stage_bytes = stage_boxes * kBoxBytes;
   const int stages = std::min(kMaxStages, (kSmemLimit - 1024 - kBarrierBytes) / stage_bytes);
   const size_t smem = static_cast<size_t>(stages) * stage_bytes + 1024 + kBarrierBytes;
-  GroupedGemmKernel<true><<<up_tiles, kThreads, smem, s>>>(x_map, d_up, static_cast<int>(n), hd, in, stage_boxes,
-                                                             stages, row_weight, act);
+  // One block per SM at most (the ring takes the shared memory), each on
+  // tiles b, b + grid, ...
+  const int up_grid = std::min(up_tiles, sm_count_), down_grid = std::min(down_tiles, sm_count_);
+  GroupedGemmKernel<true><<<up_grid, kThreads, smem, s>>>(x_map, d_up, static_cast<int>(n), up_tiles, hd, in,
+                                                            stage_boxes, stages, row_weight, act);
   MM_RETURN_IF_ERROR(LaunchStatus("GroupedGemmKernel<SwiGLU>"));
-  GroupedGemmKernel<false><<<down_tiles, kThreads, smem, s>>>(act_map, d_up + n, static_cast<int>(n), in, hd,
-                                                                stage_boxes, stages, nullptr, out);
+  GroupedGemmKernel<false><<<down_grid, kThreads, smem, s>>>(act_map, d_up + n, static_cast<int>(n), down_tiles, in,
+                                                               hd, stage_boxes, stages, nullptr, out);
   return LaunchStatus("GroupedGemmKernel<down>");
 }
 

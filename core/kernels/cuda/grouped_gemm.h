@@ -46,9 +46,9 @@ class CudaGroupedGemm {
 
  private:
   struct Maps;
-  CudaGroupedGemm(int hidden, int intermediate);
+  CudaGroupedGemm(int hidden, int intermediate, int sm_count);
 
-  const int hidden_, intermediate_;
+  const int hidden_, intermediate_, sm_count_;
   std::unique_ptr<Maps> maps_;             // TMA descriptors of weights, by address
   std::unique_ptr<DeviceBuffer> table_;    // the launches' group tables
 };
