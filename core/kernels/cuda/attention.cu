@@ -304,12 +304,17 @@ __global__ void __launch_bounds__(kMmaThreads) MmaKernel(Geometry g) {
     sm[tid] = -INFINITY;
     sl[tid] = 0.f;
   }
-  for (int i = tid; i < kPairs * d8; i += kMmaThreads) {
-    const int m = i / d8, d = i - m * d8, rr = m / g.pair_heads, hh = m % g.pair_heads;
-    qs[m * kpitch + d] =
-        rr < nrows && hh < nh && d < s.head_dim
-            ? g.q[(static_cast<size_t>(row0 + rr) * s.num_heads + h0 + hh) * s.head_dim + d]
-            : 0.f;
+  // The queries, a warp per pair, in 16-byte pieces (head_dim % 4 == 0 and
+  // q 16-byte aligned on this path): short blocks (many splits) spend a
+  // good part of their time here.
+  for (int m = warp; m < kPairs; m += kMmaWarps) {
+    const int rr = m / g.pair_heads, hh = m % g.pair_heads;
+    const bool ok = rr < nrows && hh < nh;
+    const float* src = g.q + (ok ? (static_cast<size_t>(row0 + rr) * s.num_heads + h0 + hh) * s.head_dim : 0);
+    for (int d = 4 * lane; d < d8; d += 128) {
+      *reinterpret_cast<float4*>(qs + m * kpitch + d) =
+          ok && d < s.head_dim ? *reinterpret_cast<const float4*>(src + d) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
   }
   const int kpad = d8 - s.head_dim;
   for (int i = tid; i < 2 * kMmaKeys * kpad; i += kMmaThreads) ks[(i / kpad) * kpitch + s.head_dim + i % kpad] = 0.f;
@@ -435,19 +440,29 @@ __global__ void __launch_bounds__(kMmaThreads) MmaKernel(Geometry g) {
     __syncthreads();  // the next tile's copy reuses this buffer
   }
 
-  // acc[i]: pairs mq, mq + 8; columns 8 (nt0 + i) + 2tq and + 1.
+  // acc[i]: pairs mq, mq + 8; columns 8 (nt0 + i) + 2tq and + 1. Each
+  // pair's head, once (a division by a variable is dozens of instructions).
+  size_t pair_head[2];
+  bool live[2];
+  float inv_sum[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int m = mq + 8 * h;
+    pair_head[h] = static_cast<size_t>(row0 + m / g.pair_heads) * s.num_heads + h0 + m % g.pair_heads;
+    live[h] = pair_hi[m] >= 0;
+    inv_sum[h] = sl[m] > 0 ? 1.f / sl[m] : 0.f;
+  }
 #pragma unroll
   for (int i = 0; i < kNT; ++i) {
     if (i >= nts) continue;
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const int m = mq + (e >= 2 ? 8 : 0), d = 8 * (nt0 + i) + 2 * tq + (e & 1);
-      if (pair_hi[m] < 0 || d >= s.v_head_dim) continue;
-      const size_t head = static_cast<size_t>(row0 + m / g.pair_heads) * s.num_heads + h0 + m % g.pair_heads;
+      const int h = e >> 1, d = 8 * (nt0 + i) + 2 * tq + (e & 1);
+      if (!live[h] || d >= s.v_head_dim) continue;
       if (g.splits == 1) {
-        g.out[head * s.v_head_dim + d] = sl[m] > 0 ? acc[i][e] / sl[m] : 0.f;
+        g.out[pair_head[h] * s.v_head_dim + d] = acc[i][e] * inv_sum[h];
       } else {
-        g.part_acc[(head * g.splits + split) * g.vpad + d] = acc[i][e];
+        g.part_acc[(pair_head[h] * g.splits + split) * g.vpad + d] = acc[i][e];
       }
     }
   }
@@ -569,10 +584,12 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
   int grid_x = rows.rows;
   // Only where its shared memory fits this GPU (else the CUDA-core kernel).
   const bool mma_fits = MmaSmemFloats(g) * sizeof(float) <= static_cast<size_t>(smem_limit_);
-  const bool latent = g.v_in_k && g.aligned && g.group >= 16 && s.v_head_dim <= s.head_dim &&
+  // It reads whole float4s of the cache and of q.
+  const bool mma_aligned = g.aligned && reinterpret_cast<uintptr_t>(q) % 16 == 0;
+  const bool latent = g.v_in_k && mma_aligned && g.group >= 16 && s.v_head_dim <= s.head_dim &&
                       RoundUp8(s.head_dim) <= kMaxLatentDim && mma_fits;
   bool prefill = false;
-  if (!latent && g.aligned && kPairs % g.group == 0 &&
+  if (!latent && mma_aligned && kPairs % g.group == 0 &&
       RoundUp8(std::max(s.head_dim, s.v_head_dim)) <= kMaxPrefillDim && mma_fits) {
     for (const RowSpan& span : sequences) prefill |= span.count > 1;
   }
