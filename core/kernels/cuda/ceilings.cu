@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "core/common/status_macros.h"
 #include "core/kernels/cuda/cuda_check.cuh"
 #include "core/kernels/cuda/cuda_runtime_util.h"
 
@@ -48,26 +49,48 @@ absl::Status FillRandomF32(float* p, size_t n, unsigned seed) {
 }
 
 absl::StatusOr<double> TimeOnGpu(const std::function<absl::Status()>& f, int warmup, int iterations) {
+  MM_ASSIGN_OR_RETURN(std::vector<double> t, TimeOnGpuInTurn({f}, warmup, iterations));
+  return t[0];
+}
+
+absl::StatusOr<std::vector<double>> TimeOnGpuInTurn(const std::vector<std::function<absl::Status()>>& fs,
+                                                    int warmup, int iterations) {
   for (int i = 0; i < warmup; ++i) {
-    if (absl::Status st = f(); !st.ok()) return st;
+    for (const auto& f : fs) MM_RETURN_IF_ERROR(f());
   }
   cudaEvent_t a, b;
   cudaEventCreate(&a);
   cudaEventCreate(&b);
-  std::vector<double> times;
-  for (int i = 0; i < iterations; ++i) {
-    cudaEventRecord(a);
-    if (absl::Status st = f(); !st.ok()) return st;
-    cudaEventRecord(b);
-    if (absl::Status st = CudaStatus(cudaEventSynchronize(b), "cudaEventSynchronize"); !st.ok()) return st;
+  auto once = [&](const std::function<absl::Status()>& f) -> absl::StatusOr<double> {
+    MM_RETURN_IF_ERROR(CudaStatus(cudaEventRecord(a), "cudaEventRecord"));
+    MM_RETURN_IF_ERROR(f());
+    MM_RETURN_IF_ERROR(CudaStatus(cudaEventRecord(b), "cudaEventRecord"));
+    MM_RETURN_IF_ERROR(CudaStatus(cudaEventSynchronize(b), "cudaEventSynchronize"));
     float ms = 0;
-    cudaEventElapsedTime(&ms, a, b);
-    times.push_back(ms / 1e3);
+    MM_RETURN_IF_ERROR(CudaStatus(cudaEventElapsedTime(&ms, a, b), "cudaEventElapsedTime"));
+    return ms / 1e3;
+  };
+  std::vector<std::vector<double>> times(fs.size());
+  absl::Status status;
+  for (int i = 0; i < iterations && status.ok(); ++i) {
+    for (size_t j = 0; j < fs.size() && status.ok(); ++j) {
+      absl::StatusOr<double> t = once(fs[j]);
+      if (t.ok()) {
+        times[j].push_back(*t);
+      } else {
+        status = t.status();
+      }
+    }
   }
   cudaEventDestroy(a);
   cudaEventDestroy(b);
-  std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
-  return times[times.size() / 2];
+  if (!status.ok()) return status;
+  std::vector<double> medians;
+  for (std::vector<double>& t : times) {
+    std::nth_element(t.begin(), t.begin() + t.size() / 2, t.end());
+    medians.push_back(t[t.size() / 2]);
+  }
+  return medians;
 }
 
 absl::StatusOr<double> MeasureCopyBandwidth(size_t bytes) {

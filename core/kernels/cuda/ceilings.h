@@ -2,6 +2,7 @@
 #define MOEMESH_CORE_KERNELS_CUDA_CEILINGS_H_
 
 #include <functional>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -24,6 +25,11 @@ absl::Status FillRandomF32(float* p, size_t n, unsigned seed);
 // Median seconds of `f` on the GPU over `iterations` runs after `warmup`,
 // timed with CUDA events on the default stream.
 absl::StatusOr<double> TimeOnGpu(const std::function<absl::Status()>& f, int warmup, int iterations);
+// The same for several ways of doing one thing, one run of each in turn,
+// so that all of them see the GPU in the same state (clocks drift with
+// its temperature); a median per function.
+absl::StatusOr<std::vector<double>> TimeOnGpuInTurn(const std::vector<std::function<absl::Status()>>& fs,
+                                                    int warmup, int iterations);
 
 }  // namespace moemesh
 
