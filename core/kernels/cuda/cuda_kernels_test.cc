@@ -153,19 +153,20 @@ TEST_F(CudaKernelsTest, ExpertFfnMatchesCpu) {
     auto dx = Upload(x), dw = Upload(wts);
     // The default (each group's path by its rows); everything through
     // cuBLAS on one stream and on several; everything through the grouped
-    // GEMM (where supported), and only groups of up to 128 rows; everything
+    // GEMM (where supported); only groups of up to 128 rows, and of up to
+    // 50 (the rest of ManyGroups in batched cuBLAS calls); everything
     // through the decode kernel.
     auto options = [](int gemm_min_rows, int streams, bool grouped, int grouped_max_rows) {
       CudaExpertFfn::Options o;
       o.gemm_min_rows = gemm_min_rows;
       o.gemm_streams = streams;
       o.grouped_gemm = grouped;
-      o.grouped_max_rows = grouped_max_rows;
+      o.grouped_max_rows = o.grouped_max_rows_few_groups = grouped_max_rows;
       return o;
     };
     for (const CudaExpertFfn::Options& opt :
          {CudaExpertFfn::Options(), options(1, 1, false, 0), options(1, 4, false, 0), options(1, 4, true, 1 << 30),
-          options(1, 4, true, 128), options(1 << 30, 4, false, 0)}) {
+          options(1, 4, true, 128), options(1, 4, true, 50), options(1 << 30, 4, false, 0)}) {
       auto ffn = CudaExpertFfn::Create(h, in, opt);
       ASSERT_TRUE(ffn.ok()) << ffn.status();
       auto out = DeviceBuffer::Allocate(std::max<size_t>(1, total * h * sizeof(float)));

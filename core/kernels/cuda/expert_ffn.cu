@@ -485,11 +485,16 @@ absl::Status CudaExpertFfn::RunGemms(const std::vector<ExpertFfnGroup>& groups, 
   }
   if (grouped_ == nullptr) return RunCublas(groups, row_weight, out, stream);
   // Groups up to grouped_max_rows rows in the grouped GEMM, larger ones on
-  // cuBLAS.
+  // cuBLAS, unless there are too few of those for cuBLAS's batched calls.
+  int limit = options_.grouped_max_rows;
+  const auto larger = std::count_if(groups.begin(), groups.end(), [&](const ExpertFfnGroup& g) {
+    return g.num_rows >= options_.gemm_min_rows && g.num_rows > limit;
+  });
+  if (larger < kBatchMinGroups) limit = std::max(limit, options_.grouped_max_rows_few_groups);
   std::vector<ExpertFfnGroup> mine, rest;
   for (const ExpertFfnGroup& g : groups) {
     if (g.num_rows <= 0 || g.num_rows < options_.gemm_min_rows) continue;
-    (g.num_rows <= options_.grouped_max_rows ? mine : rest).push_back(g);
+    (g.num_rows <= limit ? mine : rest).push_back(g);
   }
   MM_RETURN_IF_ERROR(grouped_->Run(x_bf16_->as<uint16_t>(), row_weight, mine, act_->as<uint16_t>(), out, stream));
   return rest.empty() ? absl::OkStatus() : RunCublas(rest, row_weight, out, stream);

@@ -34,7 +34,8 @@ struct ExpertFfnGroup {
 //   * fewer than `gemm_min_rows` (decode): moemesh's own tensor-core
 //     kernel, which streams each weight once for up to 32 rows and fuses
 //     SwiGLU;
-//   * on Hopper, up to `grouped_max_rows`: moemesh's grouped GEMM
+//   * on Hopper, up to `grouped_max_rows` (more with few experts, see
+//     Options): moemesh's grouped GEMM
 //     (CudaGroupedGemm), two launches for all such groups, which reads each
 //     weight once per group and fuses SwiGLU and the row weights;
 //   * the rest (all of them on other GPUs): cuBLAS GEMMs (bf16 in, fp32
@@ -57,10 +58,13 @@ class CudaExpertFfn {
     int gemm_streams = 4;
     // On Hopper (CudaGroupedGemm::Supported), groups of up to
     // grouped_max_rows rows run in moemesh's grouped GEMM, two launches for
-    // all of them; larger ones (and all, elsewhere) on cuBLAS. From 256 rows
-    // up the two are within the benchmark's run-to-run spread.
+    // all of them; larger ones (and all, elsewhere) on cuBLAS. Where cuBLAS
+    // would run them one by one (fewer than kBatchMinGroups larger groups:
+    // Mixtral's 8 experts), up to grouped_max_rows_few_groups. The
+    // crossovers are bench/expert_ffn_bench's (docs/PERFORMANCE.md).
     bool grouped_gemm = true;
-    int grouped_max_rows = 128;
+    int grouped_max_rows = 64;
+    int grouped_max_rows_few_groups = 256;
   };
 
   // INVALID_ARGUMENT for non-positive sizes.
