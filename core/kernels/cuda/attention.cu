@@ -45,22 +45,44 @@ __device__ inline float WarpSum(float v) {
 }
 
 // Copies keys [t0, t0 + nv) of one KV head (width floats at `offset` of
-// rows `stride` floats apart) into a tile of rows `pitch` floats apart.
+// rows `stride` floats apart) into rows [0, nv) of a tile of rows `pitch`
+// floats apart, and zeros into rows [nv, rows) (the 16-byte path only; the
+// 4-byte one needs rows == nv). kBlockThreads threads share the copies.
+template <int kBlockThreads>
 __device__ inline void LoadTile(const float* const* blocks, int block_size, int stride, int offset, int width,
-                                bool aligned, int t0, int nv, float* tile, int pitch) {
+                                bool aligned, int t0, int nv, int rows, float* tile, int pitch) {
   if (aligned) {
     const int per_row = width / 4;
-    for (int c = threadIdx.x; c < nv * per_row; c += kThreads) {
-      const int t = c / per_row, d = (c - t * per_row) * 4, p = t0 + t;
+    for (int c = threadIdx.x; c < rows * per_row; c += kBlockThreads) {
+      const int t = c / per_row, d = (c - t * per_row) * 4, p = t0 + min(t, nv - 1);
       CpAsync16<false>(tile + t * pitch + d,
-                       blocks[p / block_size] + static_cast<size_t>(p % block_size) * stride + offset + d, true);
+                       blocks[p / block_size] + static_cast<size_t>(p % block_size) * stride + offset + d, t < nv);
     }
   } else {
-    for (int c = threadIdx.x; c < nv * width; c += kThreads) {
+    for (int c = threadIdx.x; c < nv * width; c += kBlockThreads) {
       const int t = c / width, d = c - t * width, p = t0 + t;
       CpAsync4(tile + t * pitch + d, blocks[p / block_size] + static_cast<size_t>(p % block_size) * stride + offset + d);
     }
   }
+}
+
+// One tile's step of the online softmax for one row of scores, a warp per
+// row: `v` is this lane's score (-inf for none). Returns its weight and
+// updates the row's running max `*m`, sum `*l` and the correction `*corr`
+// for what was accumulated before (lane 0 alone reads and writes them). A
+// row with no score yet keeps its state.
+__device__ inline float OnlineSoftmaxStep(float v, float* m, float* l, float* corr) {
+  const bool lead = (threadIdx.x & 31) == 0;
+  const float m_old = __shfl_sync(0xffffffffu, lead ? *m : 0.f, 0), m_new = fmaxf(m_old, WarpMax(v));
+  const float p = m_new == -INFINITY ? 0.f : expf(v - m_new);
+  const float sum = WarpSum(p);
+  if (lead) {
+    const float c = m_new == -INFINITY ? 1.f : expf(m_old - m_new);
+    *corr = c;
+    *l = *l * c + sum;
+    *m = m_new;
+  }
+  return p;
 }
 
 __host__ __device__ inline size_t SmemFloats(const Geometry& g, int heads, int keys) {
@@ -118,11 +140,11 @@ __global__ void __launch_bounds__(kThreads) SplitKernel(Geometry g) {
   const int page0 = g.rows.page_offsets[r];
   auto load = [&](int tile) {
     const int t0 = first + tile * kKeys, nv = min(kKeys, last - t0 + 1), buf = tile & 1;
-    LoadTile(kv.k_blocks + page0, kv.block_size, kv.k_stride, kv.k_offset + kvh * s.head_dim, s.head_dim, g.aligned,
-             t0, nv, ks + buf * kKeys * g.kpitch, g.kpitch);
+    LoadTile<kThreads>(kv.k_blocks + page0, kv.block_size, kv.k_stride, kv.k_offset + kvh * s.head_dim, s.head_dim,
+                       g.aligned, t0, nv, nv, ks + buf * kKeys * g.kpitch, g.kpitch);
     if (!g.v_in_k) {
-      LoadTile(kv.v_blocks + page0, kv.block_size, kv.v_stride, kv.v_offset + kvh * s.v_head_dim, s.v_head_dim,
-               g.aligned, t0, nv, vs + buf * kKeys * g.vpitch, g.vpitch);
+      LoadTile<kThreads>(kv.v_blocks + page0, kv.block_size, kv.v_stride, kv.v_offset + kvh * s.v_head_dim,
+                         s.v_head_dim, g.aligned, t0, nv, nv, vs + buf * kKeys * g.vpitch, g.vpitch);
     }
     CpAsyncCommit();
   };
@@ -157,18 +179,8 @@ __global__ void __launch_bounds__(kThreads) SplitKernel(Geometry g) {
     __syncthreads();
     // Online softmax, a warp per head.
     for (int j = warp; j < nh; j += kWarps) {
-      const float v = lane < kKeys ? sp[j * kKeys + lane] : -INFINITY;
-      // Lane 0 alone reads and writes the running state.
-      const float m_old = __shfl_sync(0xffffffffu, lane == 0 ? sm[j] : 0.f, 0), m_new = fmaxf(m_old, WarpMax(v));
-      const float p = lane < kKeys ? expf(v - m_new) : 0.f;
-      const float sum = WarpSum(p);
+      const float p = OnlineSoftmaxStep(lane < kKeys ? sp[j * kKeys + lane] : -INFINITY, &sm[j], &sl[j], &sc[j]);
       if (lane < kKeys) sp[j * kKeys + lane] = p;
-      if (lane == 0) {
-        const float corr = expf(m_old - m_new);
-        sc[j] = corr;
-        sl[j] = sl[j] * corr + sum;
-        sm[j] = m_new;
-      }
     }
     __syncthreads();
     // Weighted values: each thread owns float4s of some heads' outputs.
@@ -340,23 +352,13 @@ __global__ void __launch_bounds__(kMmaThreads) MmaKernel(Geometry g) {
   const int page0 = g.rows.page_offsets[row0];
   // Whole tiles: keys past the chunk are zeros, so that weights of 0 never
   // meet stale values.
-  auto load_rows = [&](const float* const* blocks, int stride, int offset, int width, int t0, int nv, float* dst,
-                       int pitch) {
-    const int per_row = width / 4;
-    for (int c = tid; c < kMmaKeys * per_row; c += kMmaThreads) {
-      const int t = c / per_row, d = (c - t * per_row) * 4, p = t0 + min(t, nv - 1);
-      CpAsync16<false>(dst + t * pitch + d,
-                       blocks[p / kv.block_size] + static_cast<size_t>(p % kv.block_size) * stride + offset + d,
-                       t < nv);
-    }
-  };
   auto load = [&](int tile) {
     const int t0 = first + tile * kMmaKeys, nv = min(kMmaKeys, last - t0 + 1), buf = tile & 1;
-    load_rows(kv.k_blocks + page0, kv.k_stride, kv.k_offset + kvh * s.head_dim, s.head_dim, t0, nv,
-              ks + buf * kMmaKeys * kpitch, kpitch);
+    LoadTile<kMmaThreads>(kv.k_blocks + page0, kv.block_size, kv.k_stride, kv.k_offset + kvh * s.head_dim,
+                          s.head_dim, true, t0, nv, kMmaKeys, ks + buf * kMmaKeys * kpitch, kpitch);
     if (!g.v_in_k) {
-      load_rows(kv.v_blocks + page0, kv.v_stride, kv.v_offset + kvh * s.v_head_dim, s.v_head_dim, t0, nv,
-                vs + buf * kMmaKeys * vpitch, vpitch);
+      LoadTile<kMmaThreads>(kv.v_blocks + page0, kv.block_size, kv.v_stride, kv.v_offset + kvh * s.v_head_dim,
+                            s.v_head_dim, true, t0, nv, kMmaKeys, vs + buf * kMmaKeys * vpitch, vpitch);
     }
     CpAsyncCommit();
   };
@@ -402,19 +404,7 @@ __global__ void __launch_bounds__(kMmaThreads) MmaKernel(Geometry g) {
     }
     __syncthreads();
     for (int m = warp; m < kPairs; m += kMmaWarps) {
-      const float v = sp[m * spitch + lane];
-      // Lane 0 alone reads and writes the running state.
-      const float m_old = __shfl_sync(0xffffffffu, lane == 0 ? sm[m] : 0.f, 0), m_new = fmaxf(m_old, WarpMax(v));
-      // A pair with no keys in this tile (or none yet) keeps its state.
-      const float p = m_new == -INFINITY ? 0.f : expf(v - m_new);
-      const float sum = WarpSum(p);
-      sp[m * spitch + lane] = p;
-      if (lane == 0) {
-        const float corr = m_new == -INFINITY ? 1.f : expf(m_old - m_new);
-        sc[m] = corr;
-        sl[m] = sl[m] * corr + sum;
-        sm[m] = m_new;
-      }
+      sp[m * spitch + lane] = OnlineSoftmaxStep(sp[m * spitch + lane], &sm[m], &sl[m], &sc[m]);
     }
     __syncthreads();
     {
