@@ -539,6 +539,20 @@ TEST(CudaRuntimeTest, BadArgumentsAreErrorsNotCrashes) {
   std::vector<ExpertFfnGroup> too_many_groups(65536, ExpertFfnGroup{&fake, &fake, &fake, 0, 1});
   EXPECT_EQ((*ffn)->Run(nullptr, nullptr, too_many_groups, nullptr, nullptr).code(),
             absl::StatusCode::kInvalidArgument);
+  // The grouped GEMM: sizes TMA cannot stride over (or no Hopper GPU) are
+  // refused, and CudaExpertFfn then uses cuBLAS; misaligned weights are an
+  // error before anything is launched.
+  EXPECT_FALSE(CudaGroupedGemm::Supported(100, 64));
+  EXPECT_EQ(CudaGroupedGemm::Create(100, 64).status().code(), absl::StatusCode::kFailedPrecondition);
+  if (CudaComputeCapability() == 90) {
+    auto gg = CudaGroupedGemm::Create(64, 64);
+    ASSERT_TRUE(gg.ok()) << gg.status();
+    auto weights = DeviceBuffer::Allocate(64 * 64 * 2 + 16);
+    ASSERT_TRUE(weights.ok());
+    const uint16_t* odd = (*weights)->as<uint16_t>() + 1;
+    EXPECT_EQ((*gg)->Run(nullptr, nullptr, {ExpertFfnGroup{odd, odd, odd, 0, 8}}, nullptr, nullptr, nullptr).code(),
+              absl::StatusCode::kInvalidArgument);
+  }
   // Argument checks come before any CUDA call, so they hold without a GPU.
   EXPECT_EQ(RmsNormCuda(nullptr, nullptr, 1, 0, 1e-6f, nullptr, nullptr).code(),
             absl::StatusCode::kInvalidArgument);
