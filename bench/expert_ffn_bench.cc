@@ -53,7 +53,7 @@ int Main() {
     }
     auto path = [&](int gemm_min_rows, bool grouped) {
       CudaExpertFfn::Options o;
-      o.gemm_min_rows = gemm_min_rows;
+      o.gemm_min_rows = o.grouped_min_rows = gemm_min_rows;
       o.grouped_gemm = grouped;
       o.grouped_max_rows = o.grouped_max_rows_few_groups = 1 << 30;
       return CudaExpertFfn::Create(sh.hidden, sh.inter, o);

@@ -55,12 +55,16 @@ absl::StatusOr<double> TimeOnGpu(const std::function<absl::Status()>& f, int war
 
 absl::StatusOr<std::vector<double>> TimeOnGpuInTurn(const std::vector<std::function<absl::Status()>>& fs,
                                                     int warmup, int iterations) {
+  if (fs.empty() || iterations < 1) return absl::InvalidArgumentError("TimeOnGpuInTurn: nothing to time");
   for (int i = 0; i < warmup; ++i) {
     for (const auto& f : fs) MM_RETURN_IF_ERROR(f());
   }
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
+  cudaEvent_t a = nullptr, b = nullptr;
+  if (absl::Status st = CudaStatus(cudaEventCreate(&a), "cudaEventCreate"); !st.ok()) return st;
+  if (absl::Status st = CudaStatus(cudaEventCreate(&b), "cudaEventCreate"); !st.ok()) {
+    cudaEventDestroy(a);
+    return st;
+  }
   auto once = [&](const std::function<absl::Status()>& f) -> absl::StatusOr<double> {
     MM_RETURN_IF_ERROR(CudaStatus(cudaEventRecord(a), "cudaEventRecord"));
     MM_RETURN_IF_ERROR(f());

@@ -127,8 +127,21 @@ TEST_F(CudaKernelsTest, ExpertFfnMatchesCpu) {
     const int tokens = 40;
     std::vector<float> hidden(static_cast<size_t>(tokens) * h);
     for (float& v : hidden) v = Bf16ToF32(F32ToBf16(normal(rng)));
-    std::vector<float> x, wts, want;
-    std::vector<ExpertFfnGroup> groups;
+    // `rotated`: the same rows, each group with the next expert's weights,
+    // run again on the same instance (its weight tables change between
+    // calls).
+    std::vector<float> x, wts, want, want_rotated;
+    std::vector<ExpertFfnGroup> groups, rotated;
+    auto weights_of = [&](int e) {
+      const uint16_t* up_host = gate_up[e].data() + static_cast<size_t>(in) * h;
+      return FfnWeights{{DType::kBF16, in, h, gate_up[e].data()}, {DType::kBF16, in, h, up_host},
+                        {DType::kBF16, h, in, down[e].data()}};
+    };
+    auto group_of = [&](int e, int offset, int n) {
+      const uint16_t* g = dgate_up[e]->as<uint16_t>();
+      const uint16_t* u = e % 2 ? dup[e]->as<uint16_t>() : g + static_cast<size_t>(in) * h;
+      return ExpertFfnGroup{g, u, ddown[e]->as<uint16_t>(), offset, n};
+    };
     for (int e = 0; e < sh.experts; ++e) {
       std::vector<int> rows;
       std::vector<float> w;
@@ -136,18 +149,17 @@ TEST_F(CudaKernelsTest, ExpertFfnMatchesCpu) {
         rows.push_back(static_cast<int>(rng() % tokens));
         w.push_back(0.1f + static_cast<float>(rng() % 100) / 100.f);
       }
-      const uint16_t* up_host = gate_up[e].data() + static_cast<size_t>(in) * h;
-      FfnWeights fw{{DType::kBF16, in, h, gate_up[e].data()}, {DType::kBF16, in, h, up_host},
-                    {DType::kBF16, h, in, down[e].data()}};
-      std::vector<float> o(rows.size() * h);
-      ComputeExpertRows(fw, hidden.data(), h, rows, w, o.data(), nullptr);
-      const uint16_t* g = dgate_up[e]->as<uint16_t>();
-      const uint16_t* u = e % 2 ? dup[e]->as<uint16_t>() : g + static_cast<size_t>(in) * h;
-      groups.push_back({g, u, ddown[e]->as<uint16_t>(), static_cast<int>(wts.size()), static_cast<int>(rows.size())});
+      const int next = (e + 1) % sh.experts, offset = static_cast<int>(wts.size()), n = static_cast<int>(rows.size());
+      std::vector<float> o(rows.size() * h), o_rotated(rows.size() * h);
+      ComputeExpertRows(weights_of(e), hidden.data(), h, rows, w, o.data(), nullptr);
+      ComputeExpertRows(weights_of(next), hidden.data(), h, rows, w, o_rotated.data(), nullptr);
+      groups.push_back(group_of(e, offset, n));
+      rotated.push_back(group_of(next, offset, n));
       for (int r : rows) x.insert(x.end(), hidden.begin() + static_cast<size_t>(r) * h,
                                   hidden.begin() + static_cast<size_t>(r + 1) * h);
       wts.insert(wts.end(), w.begin(), w.end());
       want.insert(want.end(), o.begin(), o.end());
+      want_rotated.insert(want_rotated.end(), o_rotated.begin(), o_rotated.end());
     }
     const size_t total = wts.size();
     auto dx = Upload(x), dw = Upload(wts);
@@ -158,7 +170,7 @@ TEST_F(CudaKernelsTest, ExpertFfnMatchesCpu) {
     // through the decode kernel.
     auto options = [](int gemm_min_rows, int streams, bool grouped, int grouped_max_rows) {
       CudaExpertFfn::Options o;
-      o.gemm_min_rows = gemm_min_rows;
+      o.gemm_min_rows = o.grouped_min_rows = gemm_min_rows;
       o.gemm_streams = streams;
       o.grouped_gemm = grouped;
       o.grouped_max_rows = o.grouped_max_rows_few_groups = grouped_max_rows;
@@ -171,15 +183,18 @@ TEST_F(CudaKernelsTest, ExpertFfnMatchesCpu) {
       ASSERT_TRUE(ffn.ok()) << ffn.status();
       auto out = DeviceBuffer::Allocate(std::max<size_t>(1, total * h * sizeof(float)));
       ASSERT_TRUE(out.ok());
-      ASSERT_TRUE((*out)->Fill(0xff).ok());  // NaN poison
-      absl::Status st = (*ffn)->Run(dx->as<float>(), dw->as<float>(), groups, (*out)->as<float>(), nullptr);
-      ASSERT_TRUE(st.ok()) << st;
-      ASSERT_TRUE(CudaSynchronize(nullptr).ok());
-      std::vector<float> got(total * h);
-      ASSERT_TRUE((*out)->CopyTo(got.data(), got.size() * sizeof(float)).ok());
-      EXPECT_LT(RelError(got, want), 5e-3) << h << "x" << in << ", gemm_min_rows " << opt.gemm_min_rows << ", streams "
-                                            << opt.gemm_streams << ", grouped " << opt.grouped_gemm << " up to "
-                                            << opt.grouped_max_rows;
+      for (bool rotate : {false, true}) {
+        ASSERT_TRUE((*out)->Fill(0xff).ok());  // NaN poison
+        absl::Status st =
+            (*ffn)->Run(dx->as<float>(), dw->as<float>(), rotate ? rotated : groups, (*out)->as<float>(), nullptr);
+        ASSERT_TRUE(st.ok()) << st;
+        ASSERT_TRUE(CudaSynchronize(nullptr).ok());
+        std::vector<float> got(total * h);
+        ASSERT_TRUE((*out)->CopyTo(got.data(), got.size() * sizeof(float)).ok());
+        EXPECT_LT(RelError(got, rotate ? want_rotated : want), 5e-3)
+            << h << "x" << in << ", gemm_min_rows " << opt.gemm_min_rows << ", streams " << opt.gemm_streams
+            << ", grouped " << opt.grouped_gemm << " up to " << opt.grouped_max_rows << ", rotated " << rotate;
+      }
     }
   }
 }

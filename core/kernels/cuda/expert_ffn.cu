@@ -424,8 +424,6 @@ absl::Status CudaExpertFfn::Reserve(size_t rows, size_t groups) {
 absl::Status CudaExpertFfn::Run(const float* x, const float* row_weight, const std::vector<ExpertFfnGroup>& groups,
                                 float* out, CudaStream stream) {
   size_t rows = 0;
-  int largest_small = 0;
-  bool large = false;
   for (const ExpertFfnGroup& g : groups) {
     if (g.num_rows < 0 || g.row_offset < 0) return absl::InvalidArgumentError("CudaExpertFfn: bad group rows");
     if (g.num_rows == 0) continue;
@@ -433,17 +431,32 @@ absl::Status CudaExpertFfn::Run(const float* x, const float* row_weight, const s
       return absl::InvalidArgumentError("CudaExpertFfn: a group with rows has no weights");
     }
     rows = std::max(rows, static_cast<size_t>(g.row_offset) + g.num_rows);
-    if (g.num_rows >= options_.gemm_min_rows) {
-      large = true;
-    } else {
-      largest_small = std::max(largest_small, g.num_rows);
-    }
   }
   if (rows == 0) return absl::OkStatus();
   // The decode kernels take a group per block row (gridDim.y).
   if (groups.size() > 65535) {
     return absl::InvalidArgumentError(
         absl::StrCat("CudaExpertFfn: ", groups.size(), " groups in one call; at most 65535"));
+  }
+  // Where the grouped GEMM runs, it takes over from the decode kernel at
+  // fewer rows than cuBLAS does.
+  if (options_.grouped_gemm && !grouped_checked_) {
+    grouped_checked_ = true;
+    if (CudaGroupedGemm::Supported(hidden_, intermediate_)) {
+      auto g = CudaGroupedGemm::Create(hidden_, intermediate_);
+      if (g.ok()) grouped_ = std::move(*g);  // else cuBLAS, as on other GPUs
+    }
+  }
+  const int min_rows = grouped_ != nullptr ? options_.grouped_min_rows : options_.gemm_min_rows;
+  int largest_small = 0;
+  bool large = false;
+  for (const ExpertFfnGroup& g : groups) {
+    if (g.num_rows == 0) continue;
+    if (g.num_rows >= min_rows) {
+      large = true;
+    } else {
+      largest_small = std::max(largest_small, g.num_rows);
+    }
   }
   if (absl::Status st = Reserve(rows, groups.size()); !st.ok()) return st;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
@@ -456,7 +469,7 @@ absl::Status CudaExpertFfn::Run(const float* x, const float* row_weight, const s
         "cudaMemcpyAsync"));
     const auto* table = table_->as<ExpertFfnGroup>();
     const unsigned ng = static_cast<unsigned>(groups.size());
-    const int max_rows = options_.gemm_min_rows;
+    const int max_rows = min_rows;
     auto* act = act_->as<__nv_bfloat16>();
     const auto* xb = x_bf16_->as<uint16_t>();
     // 16-byte loads need rows of a multiple of 8 elements (and aligned
@@ -471,37 +484,36 @@ absl::Status CudaExpertFfn::Run(const float* x, const float* row_weight, const s
       if (!st.ok()) return st;
     }
   }
-  if (large) return RunGemms(groups, row_weight, out, stream);
+  if (large) return RunGemms(groups, min_rows, row_weight, out, stream);
   return absl::OkStatus();
 }
 
-absl::Status CudaExpertFfn::RunGemms(const std::vector<ExpertFfnGroup>& groups, const float* row_weight, float* out,
-                                     CudaStream stream) {
-  if (options_.grouped_gemm && !grouped_checked_) {
-    grouped_checked_ = true;
-    if (CudaGroupedGemm::Supported(hidden_, intermediate_)) {
-      MM_ASSIGN_OR_RETURN(grouped_, CudaGroupedGemm::Create(hidden_, intermediate_));
-    }
-  }
-  if (grouped_ == nullptr) return RunCublas(groups, row_weight, out, stream);
+absl::Status CudaExpertFfn::RunGemms(const std::vector<ExpertFfnGroup>& groups, int min_rows, const float* row_weight,
+                                     float* out, CudaStream stream) {
+  if (grouped_ == nullptr) return RunCublas(groups, min_rows, row_weight, out, stream);
   // Groups up to grouped_max_rows rows in the grouped GEMM, larger ones on
-  // cuBLAS, unless there are too few of those for cuBLAS's batched calls.
-  int limit = options_.grouped_max_rows;
-  const auto larger = std::count_if(groups.begin(), groups.end(), [&](const ExpertFfnGroup& g) {
-    return g.num_rows >= options_.gemm_min_rows && g.num_rows > limit;
+  // cuBLAS, unless too few of those would go in cuBLAS's batched calls.
+  const size_t gate_to_up = static_cast<size_t>(intermediate_) * hidden_;
+  const auto batched = std::count_if(groups.begin(), groups.end(), [&](const ExpertFfnGroup& g) {
+    return g.num_rows > options_.grouped_max_rows && g.num_rows < kBatchMaxRows && g.up == g.gate + gate_to_up;
   });
-  if (larger < kBatchMinGroups) limit = std::max(limit, options_.grouped_max_rows_few_groups);
+  const int limit = batched < kBatchMinGroups
+                        ? std::max(options_.grouped_max_rows, options_.grouped_max_rows_few_groups)
+                        : options_.grouped_max_rows;
   std::vector<ExpertFfnGroup> mine, rest;
   for (const ExpertFfnGroup& g : groups) {
-    if (g.num_rows <= 0 || g.num_rows < options_.gemm_min_rows) continue;
+    if (g.num_rows <= 0 || g.num_rows < min_rows) continue;
     (g.num_rows <= limit ? mine : rest).push_back(g);
   }
+  // The grouped GEMM writes `act` at its groups' own rows, cuBLAS's groups
+  // use it from row 0: cuBLAS's streams fork after the grouped launches,
+  // so the two never overlap (running them side by side would race).
   MM_RETURN_IF_ERROR(grouped_->Run(x_bf16_->as<uint16_t>(), row_weight, mine, act_->as<uint16_t>(), out, stream));
-  return rest.empty() ? absl::OkStatus() : RunCublas(rest, row_weight, out, stream);
+  return rest.empty() ? absl::OkStatus() : RunCublas(rest, min_rows, row_weight, out, stream);
 }
 
-absl::Status CudaExpertFfn::RunCublas(const std::vector<ExpertFfnGroup>& groups, const float* row_weight, float* out,
-                                      CudaStream stream) {
+absl::Status CudaExpertFfn::RunCublas(const std::vector<ExpertFfnGroup>& groups, int min_rows, const float* row_weight,
+                                      float* out, CudaStream stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   if (gemm_ == nullptr) {
     auto g = std::make_unique<GemmStreams>(std::max(options_.gemm_streams, 1));
@@ -527,13 +539,13 @@ absl::Status CudaExpertFfn::RunCublas(const std::vector<ExpertFfnGroup>& groups,
   std::map<int, std::vector<size_t>> buckets;  // padded rows -> indices into `padded`
   std::vector<std::pair<const ExpertFfnGroup*, size_t>> singles;
   auto batchable = [&](const ExpertFfnGroup& g) {
-    return g.num_rows >= options_.gemm_min_rows && g.num_rows > 0 && g.num_rows < kBatchMaxRows &&
+    return g.num_rows >= min_rows && g.num_rows > 0 && g.num_rows < kBatchMaxRows &&
            g.up == g.gate + static_cast<size_t>(in) * hd;
   };
   const bool batch = std::count_if(groups.begin(), groups.end(), batchable) >= kBatchMinGroups;
   size_t next_row = 0;
   for (const ExpertFfnGroup& g : groups) {
-    if (g.num_rows == 0 || g.num_rows < options_.gemm_min_rows) continue;
+    if (g.num_rows == 0 || g.num_rows < min_rows) continue;
     if (batch && batchable(g)) {
       const int rounded = (g.num_rows + kPadRows - 1) / kPadRows * kPadRows;
       buckets[rounded].push_back(padded.size());

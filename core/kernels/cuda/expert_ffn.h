@@ -31,13 +31,13 @@ struct ExpertFfnGroup {
 // gathered row r. The rows and the activations between the two products
 // are bf16 (as in vLLM and SGLang), products accumulate in fp32, and the
 // output is fp32. Three paths, by a group's rows:
-//   * fewer than `gemm_min_rows` (decode): moemesh's own tensor-core
-//     kernel, which streams each weight once for up to 32 rows and fuses
-//     SwiGLU;
+//   * fewer than `gemm_min_rows` (decode; `grouped_min_rows` on Hopper):
+//     moemesh's own tensor-core kernel, which streams each weight once for
+//     up to 32 rows and fuses SwiGLU;
 //   * on Hopper, up to `grouped_max_rows` (more with few experts, see
-//     Options): moemesh's grouped GEMM
-//     (CudaGroupedGemm), two launches for all such groups, which reads each
-//     weight once per group and fuses SwiGLU and the row weights;
+//     Options): moemesh's grouped GEMM (CudaGroupedGemm), two launches for
+//     all such groups, which reads each weight once per group and fuses
+//     SwiGLU and the row weights;
 //   * the rest (all of them on other GPUs): cuBLAS GEMMs (bf16 in, fp32
 //     accumulation), with SwiGLU and the row weights fused into one kernel
 //     between them. Groups whose gate and up are one matrix go in batched
@@ -52,17 +52,20 @@ struct ExpertFfnGroup {
 class CudaExpertFfn {
  public:
   struct Options {
-    // Groups with fewer rows run in the decode kernel.
-    int gemm_min_rows = 8;
+    // Groups with fewer rows run in the decode kernel (grouped_min_rows
+    // where the grouped GEMM runs).
+    int gemm_min_rows = 32;
     // Streams (each with a cuBLAS handle) that cuBLAS's groups take turns on.
     int gemm_streams = 4;
-    // On Hopper (CudaGroupedGemm::Supported), groups of up to
+    // On Hopper (CudaGroupedGemm::Supported), groups of grouped_min_rows to
     // grouped_max_rows rows run in moemesh's grouped GEMM, two launches for
-    // all of them; larger ones (and all, elsewhere) on cuBLAS. Where cuBLAS
-    // would run them one by one (fewer than kBatchMinGroups larger groups:
-    // Mixtral's 8 experts), up to grouped_max_rows_few_groups. The
-    // crossovers are bench/expert_ffn_bench's (docs/PERFORMANCE.md).
+    // all of them; larger ones (and all, elsewhere) on cuBLAS. Where too few
+    // of the larger ones would go in cuBLAS's batched calls (fewer than
+    // kBatchMinGroups: Mixtral's 8 experts), up to
+    // grouped_max_rows_few_groups. The crossovers are
+    // bench/expert_ffn_bench's (docs/PERFORMANCE.md).
     bool grouped_gemm = true;
+    int grouped_min_rows = 8;
     int grouped_max_rows = 64;
     int grouped_max_rows_few_groups = 256;
   };
@@ -90,11 +93,11 @@ class CudaExpertFfn {
   struct GemmStreams;
   CudaExpertFfn(int hidden, int intermediate, const Options& options);
   absl::Status Reserve(size_t rows, size_t groups);
-  // The groups of gemm_min_rows rows or more: grouped GEMM, cuBLAS.
-  absl::Status RunGemms(const std::vector<ExpertFfnGroup>& groups, const float* row_weight, float* out,
+  // The groups of `min_rows` rows or more: grouped GEMM, cuBLAS.
+  absl::Status RunGemms(const std::vector<ExpertFfnGroup>& groups, int min_rows, const float* row_weight, float* out,
                         CudaStream stream);
-  absl::Status RunCublas(const std::vector<ExpertFfnGroup>& groups, const float* row_weight, float* out,
-                         CudaStream stream);
+  absl::Status RunCublas(const std::vector<ExpertFfnGroup>& groups, int min_rows, const float* row_weight,
+                         float* out, CudaStream stream);
 
   const int hidden_, intermediate_;
   const Options options_;

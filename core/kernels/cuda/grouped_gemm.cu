@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <mutex>
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
@@ -37,6 +36,15 @@ constexpr int kThreads = 384;
 
 constexpr int kSmemLimit = 227 * 1024;  // Hopper's largest opt-in block (the ring, below)
 constexpr int kBarrierBytes = 2 * kMaxStages * 8;
+// A ring of one stage would deadlock: the loader refills a stage only once
+// the multipliers are done with the one before.
+static_assert((kSmemLimit - 1024 - kBarrierBytes) / ((kABoxes + kTileRows / kBoxRows) * kBoxBytes) >= 2,
+              "the ring holds at least two of the largest stages");
+// setmaxnreg: the loader's warpgroup gives up registers for the multipliers'
+// (40 + 2 * 232 per thread of a warpgroup), within the 168 a thread that
+// __launch_bounds__(384, 1) allows.
+constexpr int kLoaderRegs = 40, kMultiplierRegs = 232;
+static_assert(kLoaderRegs + 2 * kMultiplierRegs <= 3 * (65536 / kThreads / 8 * 8), "register budget");
 
 // One group in a launch's table: its weight matrices (gate and up, or down
 // twice), its rows and its first block.
@@ -90,6 +98,12 @@ __device__ inline void TmaLoad(void* dst, const CUtensorMap* map, uint64_t* bar,
           "r"(SmemAddr(dst)),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(SmemAddr(bar)), "r"(k), "r"(row)
       : "memory");
+}
+// The weights' descriptors come from a table in global memory, rewritten
+// by the host between launches: the async proxy must not use a stale copy.
+__device__ inline void AcquireTensorMap(const CUtensorMap* map) {
+  asm volatile("fence.proxy.tensormap::generic.acquire.sys [%0], 128;\n" ::"l"(reinterpret_cast<uint64_t>(map))
+               : "memory");
 }
 // The wgmma descriptor of a K-major, 128-byte-swizzled tile at `p`:
 // 8-row core matrices 1024 bytes apart.
@@ -225,11 +239,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto n16_of = [](const Tile& t) { return (t.rows + 15) / 16; };
   const int wg = threadIdx.x / 128;
   if (wg == 0) {
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kLoaderRegs));
     if (threadIdx.x != 0) return;
     for (int tile = blockIdx.x, it = 0; tile < tiles; tile += gridDim.x) {
       const Tile t = TileAt<kSwiglu>(groups, num_groups, tile);
       const int boxes = (16 * n16_of(t) + kBoxRows - 1) / kBoxRows;
+      AcquireTensorMap(&t.grp->a[0]);
+      AcquireTensorMap(&t.grp->a[1]);
       for (int s = 0; s < num_k; ++s, ++it) {
         const int st = it % stages;
         if (it >= stages) BarWait(ring.empty(st), (it / stages - 1) & 1);
@@ -249,7 +265,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     return;
   }
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kMultiplierRegs));
   const int c = wg - 1;
   for (int tile = blockIdx.x, it = 0; tile < tiles; tile += gridDim.x, it += num_k) {
     const Tile t = TileAt<kSwiglu>(groups, num_groups, tile);
@@ -262,6 +278,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 #undef MM_CONSUME
     }
   }
+#else
+  __trap();  // built without sm_90a; Supported() keeps launches away
 #endif
 }
 
