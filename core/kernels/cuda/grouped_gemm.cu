@@ -36,9 +36,11 @@ constexpr int kThreads = 384;
 
 constexpr int kSmemLimit = 227 * 1024;  // Hopper's largest opt-in block (the ring, below)
 constexpr int kBarrierBytes = 2 * kMaxStages * 8;
+// Each multiplying warpgroup's copy of its tile's row weights (SwiGLU).
+constexpr int kRowWeightBytes = 2 * kTileRows * 4;
 // A ring of one stage would deadlock: the loader refills a stage only once
 // the multipliers are done with the one before.
-static_assert((kSmemLimit - 1024 - kBarrierBytes) / ((kABoxes + kTileRows / kBoxRows) * kBoxBytes) >= 2,
+static_assert((kSmemLimit - 1024 - kBarrierBytes - kRowWeightBytes) / ((kABoxes + kTileRows / kBoxRows) * kBoxBytes) >= 2,
               "the ring holds at least two of the largest stages");
 // setmaxnreg: the loader's warpgroup gives up registers for the multipliers'
 // (40 + 2 * 232 per thread of a warpgroup), within the 168 a thread that
@@ -58,16 +60,30 @@ constexpr int kWgRows = 64;  // wgmma's M
 
 // Shared memory is a ring of stages, each kABoxes weight boxes and the
 // launch's largest tile's token boxes (1 or 2), as many as fit (up to
-// kMaxStages). Then the stages' barriers.
+// kMaxStages). Then the stages' barriers, then the row weights.
 struct Ring {
   uint8_t* base;
   uint64_t* bars;
+  float* row_weights;  // kTileRows per multiplying warpgroup
   int stages, stage_bytes;
   // Weight box i of stage st: warpgroup c's sub-tile m is box 2c + m.
   __device__ uint8_t* a(int st, int i) const { return base + st * stage_bytes + i * kBoxBytes; }
   __device__ uint8_t* b(int st) const { return base + st * stage_bytes + kABoxes * kBoxBytes; }
   __device__ uint64_t* full(int st) const { return bars + st; }
   __device__ uint64_t* empty(int st) const { return bars + kMaxStages + st; }
+};
+
+// A position in the ring: its stage and the parity of the stage's current
+// round (the mbarrier phase to wait for), advanced without dividing.
+struct RingPos {
+  int st = 0;
+  uint32_t phase = 0;
+  __device__ void Advance(int stages) {
+    if (++st == stages) {
+      st = 0;
+      phase ^= 1;
+    }
+  }
 };
 
 __device__ inline uint32_t SmemAddr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
@@ -115,65 +131,100 @@ __device__ inline void KeepInRegisters(float (&d)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
-__device__ inline float Silu(float v) { return v / (1.f + __expf(-v)); }
+// The fast division: its 2 ulp vanish in the bf16 result, and for large
+// negative v it gives 0 (v / inf), as silu's limit.
+__device__ inline float Silu(float v) { return __fdividef(v, 1.f + __expf(-v)); }
+// Warpgroup c's barrier (ids 1, 2; 0 is __syncthreads).
+__device__ inline void WarpgroupSync(int c) { asm volatile("bar.sync %0, 128;\n" ::"r"(1 + c) : "memory"); }
 
 // One multiplying warpgroup's part of a block, N of the tile's `rows` rows
 // (from `row0`) against its two sub-tiles of weights, the first from
 // weight row `n0`: out[row0 + token, n0 + i] for SwiGLU (act, bf16) and
-// out[row0 + token, n0 + 64m + i] for the down product (fp32).
+// out[row0 + token, n0 + 64m + i] for the down product (fp32). The ring's
+// steps start at `pos`, which is left after them.
 template <int N, bool kSwiglu>
-__device__ void Consume(const Ring& ring, int c, int it0, int num_k, int row0, int rows, int n0, int n_total,
+__device__ void Consume(const Ring& ring, int c, RingPos& pos, int num_k, int row0, int rows, int n0, int n_total,
                         const float* __restrict__ row_weight, void* __restrict__ out) {
+  const int t = threadIdx.x % 128, lane = t % 32;
+  float* rw = ring.row_weights + kTileRows * c;
+  if constexpr (kSwiglu) {
+    // The tile's row weights into shared memory, landing while the
+    // products run (the epilogue would otherwise wait on each load). The
+    // barrier: every thread is done with the last tile's.
+    WarpgroupSync(c);
+    if (t < rows) {
+      asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(SmemAddr(rw + t)), "l"(row_weight + row0 + t)
+                   : "memory");
+    }
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+  }
   float d[2][N / 2];
 #pragma unroll
   for (int m = 0; m < 2; ++m) {
 #pragma unroll
     for (int i = 0; i < N / 2; ++i) d[m][i] = 0.f;
   }
-  const int t = threadIdx.x % 128, lane = t % 32;
-  // Step it0 + s of the block's ring; the loader may already be filling
-  // stages for the block's next tile.
+  // The loader may already be filling stages for the block's next tile.
+  int last = 0;
   for (int s = 0; s < num_k; ++s) {
-    const int it = it0 + s, st = it % ring.stages;
-    BarWait(ring.full(st), (it / ring.stages) & 1);
+    BarWait(ring.full(pos.st), pos.phase);
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
     for (int kk = 0; kk < kBlockK / 16; ++kk) {
-      const uint64_t b = Desc(ring.b(st) + 32 * kk);
+      const uint64_t b = Desc(ring.b(pos.st) + 32 * kk);
 #pragma unroll
-      for (int m = 0; m < 2; ++m) Wgmma<N>(d[m], Desc(ring.a(st, 2 * c + m) + 32 * kk), b);
+      for (int m = 0; m < 2; ++m) Wgmma<N>(d[m], Desc(ring.a(pos.st, 2 * c + m) + 32 * kk), b);
     }
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
     // Stage s - 1's products are done: its buffers go back to the loader.
     asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
     KeepInRegisters(d[0]);
     KeepInRegisters(d[1]);
-    if (s > 0 && lane == 0) BarArrive(ring.empty((it - 1) % ring.stages));
+    if (s > 0 && lane == 0) BarArrive(ring.empty(last));
+    last = pos.st;
+    pos.Advance(ring.stages);
   }
   asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
   KeepInRegisters(d[0]);
   KeepInRegisters(d[1]);
-  if (lane == 0) BarArrive(ring.empty((it0 + num_k - 1) % ring.stages));
-  // Accumulator 4i + e of a sub-tile is its weight row 16w + g (+ 8 for
-  // e >= 2) against token 8i + 2q (+ 1 for odd e), for warp w and lane
-  // 4g + q.
+  if (lane == 0) BarArrive(ring.empty(last));
+  if constexpr (kSwiglu) {
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    WarpgroupSync(c);
+  }
+  // Accumulator 4i + 2h + j of a sub-tile is its weight row 16w + g + 8h
+  // against token 8i + 2q + j, for warp w and lane 4g + q.
   const int w = t / 32, g = lane / 4, q = lane % 4;
+  const int row = n0 + 16 * w + g;  // the thread's first output column
+  bool col_ok[2][2];
+#pragma unroll
+  for (int m = 0; m < 2; ++m) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) col_ok[m][h] = row + kWgRows * m + 8 * h < n_total;
+  }
 #pragma unroll
   for (int i = 0; i < N / 8; ++i) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int r = 4 * i + e, row = 16 * w + g + (e >= 2 ? 8 : 0), n = 8 * i + 2 * q + (e & 1);
+    for (int j = 0; j < 2; ++j) {
+      const int n = 8 * i + 2 * q + j;
       if (n >= rows) continue;
-      const size_t at = static_cast<size_t>(row0 + n) * n_total;
+      const size_t at = static_cast<size_t>(row0 + n) * n_total + row;
       if constexpr (kSwiglu) {
-        if (n0 + row < n_total) {
-          static_cast<__nv_bfloat16*>(out)[at + n0 + row] =
-              __float2bfloat16(row_weight[row0 + n] * Silu(d[0][r]) * d[1][r]);
+        const float scale = rw[n];
+        __nv_bfloat16* p = static_cast<__nv_bfloat16*>(out) + at;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int r = 4 * i + 2 * h + j;
+          if (col_ok[0][h]) p[8 * h] = __float2bfloat16(scale * Silu(d[0][r]) * d[1][r]);
         }
       } else {
+        float* p = static_cast<float*>(out) + at;
 #pragma unroll
         for (int m = 0; m < 2; ++m) {
-          if (n0 + kWgRows * m + row < n_total) static_cast<float*>(out)[at + n0 + kWgRows * m + row] = d[m][r];
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            if (col_ok[m][h]) p[kWgRows * m + 8 * h] = d[m][4 * i + 2 * h + j];
+          }
         }
       }
     }
@@ -225,6 +276,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   ring.stages = stages;
   ring.stage_bytes = stage_boxes * kBoxBytes;
   ring.bars = reinterpret_cast<uint64_t*>(ring.base + stages * ring.stage_bytes);
+  ring.row_weights = reinterpret_cast<float*>(ring.bars + 2 * kMaxStages);
   if (threadIdx.x == 0) {
     for (int s = 0; s < stages; ++s) {
       BarInit(ring.full(s), 1);
@@ -241,14 +293,17 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kLoaderRegs));
     if (threadIdx.x != 0) return;
+    RingPos pos;
     for (int tile = blockIdx.x, it = 0; tile < tiles; tile += gridDim.x) {
       const Tile t = TileAt<kSwiglu>(groups, num_groups, tile);
       const int boxes = (16 * n16_of(t) + kBoxRows - 1) / kBoxRows;
       AcquireTensorMap(&t.grp->a[0]);
       AcquireTensorMap(&t.grp->a[1]);
-      for (int s = 0; s < num_k; ++s, ++it) {
-        const int st = it % stages;
-        if (it >= stages) BarWait(ring.empty(st), (it / stages - 1) & 1);
+      for (int s = 0; s < num_k; ++s, ++it, pos.Advance(stages)) {
+        const int st = pos.st;
+        // From the second round on, wait until the multipliers have
+        // released the stage's last round.
+        if (it >= stages) BarWait(ring.empty(st), pos.phase ^ 1);
         BarExpectTx(ring.full(st), (kABoxes + boxes) * kBoxBytes);
         for (int c = 0; c < 2; ++c) {
           for (int m = 0; m < 2; ++m) {
@@ -267,12 +322,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kMultiplierRegs));
   const int c = wg - 1;
-  for (int tile = blockIdx.x, it = 0; tile < tiles; tile += gridDim.x, it += num_k) {
+  RingPos pos;
+  for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     const Tile t = TileAt<kSwiglu>(groups, num_groups, tile);
     switch (n16_of(t)) {
-#define MM_CONSUME(n)                                                                                          \
-  case n:                                                                                                      \
-    Consume<16 * n, kSwiglu>(ring, c, it, num_k, t.row0, t.rows, wg_n0(t, c), n_total, row_weight, out); \
+#define MM_CONSUME(n)                                                                                           \
+  case n:                                                                                                       \
+    Consume<16 * n, kSwiglu>(ring, c, pos, num_k, t.row0, t.rows, wg_n0(t, c), n_total, row_weight, out); \
     break;
       MM_CONSUME(1) MM_CONSUME(2) MM_CONSUME(3) MM_CONSUME(4) MM_CONSUME(5) MM_CONSUME(6) MM_CONSUME(7) MM_CONSUME(8)
 #undef MM_CONSUME
@@ -403,8 +459,8 @@ absl::Status CudaGroupedGemm::Run(const uint16_t* x, const float* row_weight, co
   MM_RETURN_IF_ERROR(
       CudaStatus(cudaMemcpyAsync(d_up, up_table.data(), bytes, cudaMemcpyHostToDevice, s), "cudaMemcpyAsync"));
   const int stage_bytes = stage_boxes * kBoxBytes;
-  const int stages = std::min(kMaxStages, (kSmemLimit - 1024 - kBarrierBytes) / stage_bytes);
-  const size_t smem = static_cast<size_t>(stages) * stage_bytes + 1024 + kBarrierBytes;
+  const int stages = std::min(kMaxStages, (kSmemLimit - 1024 - kBarrierBytes - kRowWeightBytes) / stage_bytes);
+  const size_t smem = static_cast<size_t>(stages) * stage_bytes + 1024 + kBarrierBytes + kRowWeightBytes;
   // One block per SM at most (the ring takes the shared memory), each on
   // tiles b, b + grid, ...
   const int up_grid = std::min(up_tiles, sm_count_), down_grid = std::min(down_tiles, sm_count_);
