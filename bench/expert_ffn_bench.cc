@@ -4,8 +4,9 @@
 // achieved TB/s and TFLOP/s against the ceilings measured in the same run
 // (device-to-device copy bandwidth; a large bf16 cuBLAS GEMM). Tokens are
 // spread evenly over the experts. Besides the default (each group's path
-// chosen by its size) it times each path alone (the decode kernel, cuBLAS,
-// the grouped GEMM), which is how the default threshold was chosen.
+// chosen by its size; timed as PyTorch is) it times each path alone (the
+// decode kernel, cuBLAS, the grouped GEMM) in turn, which is how the
+// default's crossovers were chosen.
 // bench/expert_ffn_torch.py reads this output and prints PyTorch's times
 // beside it. Run on the GPU machine (tools/gpu/run.sh bench).
 #include <cstdio>
@@ -79,19 +80,24 @@ int Main() {
       if (!x.ok() || !w.ok() || !out.ok()) return 1;
       if (!FillRandomF32((*x)->as<float>(), static_cast<size_t>(rows) * sh.hidden, 1).ok()) return 1;
       if (!FillRandomF32((*w)->as<float>(), rows, 2).ok()) return 1;
-      // The four paths in turn, one run each, so that they share the GPU's
-      // state (its clocks drift as it warms).
-      std::vector<std::function<absl::Status()>> paths;
-      for (CudaExpertFfn* f : {automatic->get(), kernel->get(), cublas->get(), grouped->get()}) {
-        paths.push_back([&, f] { return f->Run((*x)->as<float>(), (*w)->as<float>(), groups, (*out)->as<float>(), nullptr); });
-      }
-      auto t = TimeOnGpuInTurn(paths, 5, tokens >= 4096 ? 15 : 30);
-      if (!t.ok()) {
-        std::fprintf(stderr, "expert_ffn_bench: %s\n", std::string(t.status().message()).c_str());
+      auto run = [&](CudaExpertFfn* f) {
+        return [&, f] { return f->Run((*x)->as<float>(), (*w)->as<float>(), groups, (*out)->as<float>(), nullptr); };
+      };
+      const int iterations = tokens >= 4096 ? 15 : 30;
+      // The default alone, run after run, as bench/expert_ffn_torch.py
+      // times PyTorch's variants: the speedup compares like with like.
+      // Then the single paths in turn, one run each, so that they share the
+      // GPU's state: their times decide the crossovers, and the clocks
+      // drift with what ran before (the decode kernel at thousands of rows
+      // runs 30 to 60 ms, and the paths after it ran up to 15% slower).
+      auto alone = TimeOnGpu(run(automatic->get()), 5, iterations);
+      auto t = TimeOnGpuInTurn({run(kernel->get()), run(cublas->get()), run(grouped->get())}, 5, iterations);
+      if (!alone.ok() || !t.ok()) {
+        const absl::Status& st = alone.ok() ? t.status() : alone.status();
+        std::fprintf(stderr, "expert_ffn_bench: %s\n", std::string(st.message()).c_str());
         return 1;
       }
-      double ms[4];
-      for (int i = 0; i < 4; ++i) ms[i] = (*t)[i] * 1e3;
+      const double ms[4] = {*alone * 1e3, (*t)[0] * 1e3, (*t)[1] * 1e3, (*t)[2] * 1e3};
       const double secs = ms[0] / 1e3;
       // The fewest bytes: each active expert's weights once, the rows in
       // and out (fp32), the activations (bf16) written and read once.
