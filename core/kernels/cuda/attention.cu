@@ -66,6 +66,38 @@ __device__ inline void LoadTile(const float* const* blocks, int block_size, int 
   }
 }
 
+// The double-buffered K/V pipeline both kernels run: tile `tile` (keys
+// from first + tile * kKeys to at most `last`) of KV head `kvh` into buffer
+// tile & 1 of `ks` (and `vs`, unless V shares K's rows), as one cp.async
+// group. With `whole`, rows past the keys are zeros (kKeys rows always).
+template <int kBlockThreads, int kKeys>
+__device__ inline void LoadKvTile(const Geometry& g, int page0, int kvh, int first, int last, int tile, bool whole,
+                                  float* ks, int kpitch, float* vs, int vpitch) {
+  const AttentionShape& s = g.s;
+  const KvPages& kv = g.rows.kv;
+  const int t0 = first + tile * kKeys, nv = min(kKeys, last - t0 + 1), rows = whole ? kKeys : nv, buf = tile & 1;
+  const bool aligned = whole || g.aligned;  // `whole` needs the 16-byte path
+  LoadTile<kBlockThreads>(kv.k_blocks + page0, kv.block_size, kv.k_stride, kv.k_offset + kvh * s.head_dim,
+                          s.head_dim, aligned, t0, nv, rows, ks + buf * kKeys * kpitch, kpitch);
+  if (!g.v_in_k) {
+    LoadTile<kBlockThreads>(kv.v_blocks + page0, kv.block_size, kv.v_stride, kv.v_offset + kvh * s.v_head_dim,
+                            s.v_head_dim, aligned, t0, nv, rows, vs + buf * kKeys * vpitch, vpitch);
+  }
+  CpAsyncCommit();
+}
+// Before tile `tile` of `tiles`: starts the next tile's copy (`load(tile +
+// 1)`), waits for this one's and makes it visible to the block.
+template <typename Load>
+__device__ inline void AwaitKvTile(int tile, int tiles, const Load& load) {
+  if (tile + 1 < tiles) {
+    load(tile + 1);
+    CpAsyncWait<1>();
+  } else {
+    CpAsyncWait<0>();
+  }
+  __syncthreads();
+}
+
 // One tile's step of the online softmax for one row of scores, a warp per
 // row: `v` is this lane's score (-inf for none). Returns its weight and
 // updates the row's running max `*m`, sum `*l` and the correction `*corr`
@@ -99,7 +131,6 @@ __global__ void __launch_bounds__(kThreads) SplitKernel(Geometry g) {
   constexpr int kItems = (kHeads * kDim4 + kThreads - 1) / kThreads;
   extern __shared__ float4 smem4[];
   const AttentionShape& s = g.s;
-  const KvPages& kv = g.rows.kv;
   const int r = blockIdx.x, split = blockIdx.z, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int kvh = blockIdx.y / g.head_groups;
   const int h0 = kvh * g.group + (blockIdx.y % g.head_groups) * kHeads;
@@ -139,24 +170,11 @@ __global__ void __launch_bounds__(kThreads) SplitKernel(Geometry g) {
   const int tiles = first <= last ? (last - first + kKeys) / kKeys : 0;
   const int page0 = g.rows.page_offsets[r];
   auto load = [&](int tile) {
-    const int t0 = first + tile * kKeys, nv = min(kKeys, last - t0 + 1), buf = tile & 1;
-    LoadTile<kThreads>(kv.k_blocks + page0, kv.block_size, kv.k_stride, kv.k_offset + kvh * s.head_dim, s.head_dim,
-                       g.aligned, t0, nv, nv, ks + buf * kKeys * g.kpitch, g.kpitch);
-    if (!g.v_in_k) {
-      LoadTile<kThreads>(kv.v_blocks + page0, kv.block_size, kv.v_stride, kv.v_offset + kvh * s.v_head_dim,
-                         s.v_head_dim, g.aligned, t0, nv, nv, vs + buf * kKeys * g.vpitch, g.vpitch);
-    }
-    CpAsyncCommit();
+    LoadKvTile<kThreads, kKeys>(g, page0, kvh, first, last, tile, false, ks, g.kpitch, vs, g.vpitch);
   };
   if (tiles > 0) load(0);
   for (int tile = 0; tile < tiles; ++tile) {
-    if (tile + 1 < tiles) {
-      load(tile + 1);
-      CpAsyncWait<1>();
-    } else {
-      CpAsyncWait<0>();
-    }
-    __syncthreads();
+    AwaitKvTile(tile, tiles, load);
     const int nv = min(kKeys, last - (first + tile * kKeys) + 1), buf = tile & 1;
     const float* kt = ks + buf * kKeys * g.kpitch;
     const float* vt = vs + buf * kKeys * g.vpitch;
@@ -280,7 +298,6 @@ template <int kNT>
 __global__ void __launch_bounds__(kMmaThreads) MmaKernel(Geometry g) {
   extern __shared__ float4 smem4[];
   const AttentionShape& s = g.s;
-  const KvPages& kv = g.rows.kv;
   const int split = blockIdx.z, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int gq = lane >> 2, tq = lane & 3, mt = warp / 4, quarter = warp % 4;
   // This block's rows [row0, row0 + nrows) and heads [h0, h0 + nh).
@@ -353,24 +370,11 @@ __global__ void __launch_bounds__(kMmaThreads) MmaKernel(Geometry g) {
   // Whole tiles: keys past the chunk are zeros, so that weights of 0 never
   // meet stale values.
   auto load = [&](int tile) {
-    const int t0 = first + tile * kMmaKeys, nv = min(kMmaKeys, last - t0 + 1), buf = tile & 1;
-    LoadTile<kMmaThreads>(kv.k_blocks + page0, kv.block_size, kv.k_stride, kv.k_offset + kvh * s.head_dim,
-                          s.head_dim, true, t0, nv, kMmaKeys, ks + buf * kMmaKeys * kpitch, kpitch);
-    if (!g.v_in_k) {
-      LoadTile<kMmaThreads>(kv.v_blocks + page0, kv.block_size, kv.v_stride, kv.v_offset + kvh * s.v_head_dim,
-                            s.v_head_dim, true, t0, nv, kMmaKeys, vs + buf * kMmaKeys * vpitch, vpitch);
-    }
-    CpAsyncCommit();
+    LoadKvTile<kMmaThreads, kMmaKeys>(g, page0, kvh, first, last, tile, true, ks, kpitch, vs, vpitch);
   };
   if (tiles > 0) load(0);
   for (int tile = 0; tile < tiles; ++tile) {
-    if (tile + 1 < tiles) {
-      load(tile + 1);
-      CpAsyncWait<1>();
-    } else {
-      CpAsyncWait<0>();
-    }
-    __syncthreads();
+    AwaitKvTile(tile, tiles, load);
     const int t0 = first + tile * kMmaKeys;
     const float* kt = ks + (tile & 1) * kMmaKeys * kpitch;
     const float* vt = vs + (tile & 1) * kMmaKeys * vpitch;
