@@ -2,6 +2,7 @@
 #define MOEMESH_CORE_KERNELS_CUDA_EXPERT_FFN_H_
 
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <vector>
 
@@ -62,12 +63,13 @@ class CudaExpertFfn {
     // all of them; larger ones (and all, elsewhere) on cuBLAS. Where too few
     // of the larger ones would go in cuBLAS's batched calls (fewer than
     // kBatchMinGroups: Mixtral's 8 experts), up to
-    // grouped_max_rows_few_groups. The crossovers are
+    // grouped_max_rows_few_groups (by default all: there it beats one
+    // cuBLAS GEMM per group at every size measured). The crossovers are
     // bench/expert_ffn_bench's (docs/PERFORMANCE.md).
     bool grouped_gemm = true;
     int grouped_min_rows = 8;
     int grouped_max_rows = 64;
-    int grouped_max_rows_few_groups = 256;
+    int grouped_max_rows_few_groups = std::numeric_limits<int>::max();
   };
 
   // INVALID_ARGUMENT for non-positive sizes.
