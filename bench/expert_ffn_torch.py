@@ -9,8 +9,9 @@ weights, as three PyTorch variants:
   hf_experts   the experts module of the transformers MoE block
                (MixtralSparseMoeBlock, DeepseekV3MoE), given the same routing;
                it also gathers the rows and scatter-adds the outputs.
-Times are medians of CUDA-event-timed runs after warm-ups, as TimeOnGpu
-does. With --moemesh FILE (expert_ffn_bench's output) it prints moemesh's
+Times are medians of CUDA-event-timed runs after 0.5 s of warm-up (the
+GPU's sustained state), as expert_ffn_bench does. With --moemesh FILE
+(expert_ffn_bench's output) it prints moemesh's
 time beside them and its speedup over the fastest PyTorch variant (the
 fastest variant's time over moemesh's).
 
@@ -18,6 +19,7 @@ fastest variant's time over moemesh's).
 """
 import argparse
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +28,16 @@ SHAPES = [("mixtral", 4096, 14336, 8, 2), ("deepseek-v3", 7168, 2048, 256, 8)]
 TOKENS = [1, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
 
 
+WARM_UP_SECONDS = 0.5  # kSustainedWarmUpSeconds: time in the sustained state, as expert_ffn_bench
+
+
 def time_gpu(f, iters):
-    for _ in range(5):  # as expert_ffn_bench: clocks settle
+    start = time.perf_counter()
+    while True:  # as expert_ffn_bench: past the GPU's burst clocks
         f()
-    torch.cuda.synchronize()
+        torch.cuda.synchronize()
+        if time.perf_counter() - start >= WARM_UP_SECONDS:
+            break
     times = []
     for _ in range(iters):
         a = torch.cuda.Event(enable_timing=True)

@@ -4,6 +4,7 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <chrono>
 #include <vector>
 
 #include "core/common/status_macros.h"
@@ -97,21 +98,32 @@ absl::StatusOr<std::vector<double>> TimeOnGpuInTurn(const std::vector<std::funct
   return medians;
 }
 
-absl::StatusOr<double> MeasureCopyBandwidth(size_t bytes) {
+absl::Status WarmUpGpu(const std::function<absl::Status()>& f, double seconds) {
+  const auto start = std::chrono::steady_clock::now();
+  do {
+    MM_RETURN_IF_ERROR(f());
+    MM_RETURN_IF_ERROR(CudaStatus(cudaDeviceSynchronize(), "cudaDeviceSynchronize"));
+  } while (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < seconds);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<double> MeasureCopyBandwidth(size_t bytes, double warm_up_seconds) {
   auto src = DeviceBuffer::Allocate(bytes);
   auto dst = DeviceBuffer::Allocate(bytes);
   if (!src.ok()) return src.status();
   if (!dst.ok()) return dst.status();
   FillRandomBf16<<<1024, 256>>>((*src)->as<__nv_bfloat16>(), bytes / 2, 1);
-  auto t = TimeOnGpu(
-      [&] { return CudaStatus(cudaMemcpyAsync((*dst)->data(), (*src)->data(), bytes, cudaMemcpyDeviceToDevice),
-                              "cudaMemcpyAsync"); },
-      3, 20);
+  auto copy = [&] {
+    return CudaStatus(cudaMemcpyAsync((*dst)->data(), (*src)->data(), bytes, cudaMemcpyDeviceToDevice),
+                      "cudaMemcpyAsync");
+  };
+  MM_RETURN_IF_ERROR(WarmUpGpu(copy, warm_up_seconds));
+  auto t = TimeOnGpu(copy, 3, 20);
   if (!t.ok()) return t.status();
   return 2.0 * bytes / *t;
 }
 
-absl::StatusOr<double> MeasureBf16GemmFlops(int m, int n, int k) {
+absl::StatusOr<double> MeasureBf16GemmFlops(int m, int n, int k, double warm_up_seconds) {
   cublasHandle_t h;
   if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) return absl::InternalError("cublasCreate failed");
   auto a = DeviceBuffer::Allocate(static_cast<size_t>(m) * k * 2);
@@ -124,14 +136,14 @@ absl::StatusOr<double> MeasureBf16GemmFlops(int m, int n, int k) {
   FillRandomBf16<<<1024, 256>>>((*a)->as<__nv_bfloat16>(), static_cast<size_t>(m) * k, 2);
   FillRandomBf16<<<1024, 256>>>((*b)->as<__nv_bfloat16>(), static_cast<size_t>(k) * n, 3);
   const float alpha = 1.f, beta = 0.f;
-  auto t = TimeOnGpu(
-      [&]() -> absl::Status {
-        cublasStatus_t st = cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &alpha, (*a)->data(), CUDA_R_16BF, m,
-                                         (*b)->data(), CUDA_R_16BF, k, &beta, (*c)->data(), CUDA_R_16BF, m,
-                                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-        return st == CUBLAS_STATUS_SUCCESS ? absl::OkStatus() : absl::InternalError("cublasGemmEx failed");
-      },
-      3, 10);
+  auto gemm = [&]() -> absl::Status {
+    cublasStatus_t st = cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &alpha, (*a)->data(), CUDA_R_16BF, m,
+                                     (*b)->data(), CUDA_R_16BF, k, &beta, (*c)->data(), CUDA_R_16BF, m,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    return st == CUBLAS_STATUS_SUCCESS ? absl::OkStatus() : absl::InternalError("cublasGemmEx failed");
+  };
+  const absl::Status warm = WarmUpGpu(gemm, warm_up_seconds);
+  const absl::StatusOr<double> t = warm.ok() ? TimeOnGpu(gemm, 3, 10) : absl::StatusOr<double>(warm);
   cublasDestroy(h);
   if (!t.ok()) return t.status();
   return 2.0 * m * n * static_cast<double>(k) / *t;
