@@ -63,8 +63,9 @@ class CudaExpertFfn {
     // all of them; larger ones (and all, elsewhere) on cuBLAS. Where too few
     // of the larger ones would go in cuBLAS's batched calls (fewer than
     // kBatchMinGroups: Mixtral's 8 experts), up to
-    // grouped_max_rows_few_groups (by default all: there it beats one
-    // cuBLAS GEMM per group at every size measured). The crossovers are
+    // grouped_max_rows_few_groups (by default all: there it beats, or
+    // ties with, one cuBLAS GEMM per group at every size measured, Mixtral's
+    // and DeepSeek-V3's groups of 512 rows and more). The crossovers are
     // bench/expert_ffn_bench's (docs/PERFORMANCE.md).
     bool grouped_gemm = true;
     int grouped_min_rows = 8;
