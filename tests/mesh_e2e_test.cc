@@ -412,6 +412,15 @@ TEST(MeshDemoModelTest, PlacementFile) {
   EXPECT_TRUE(absl::StrContains(out, "but the placement gives shard 0 [0,2,4,6]")) << out;
 }
 
+// `--help` lists a service's own flags (Abseil's default filter found none).
+TEST(ServiceFlagsTest, HelpListsTheWorkersOwnFlags) {
+  const auto [out, status] = RunCommand({g_expert, "--help"});
+  EXPECT_TRUE(absl::StrContains(out, "Flags from services/expert/main.cc")) << out;
+  EXPECT_TRUE(absl::StrContains(out, "--device (where the experts run")) << out;
+  EXPECT_TRUE(absl::StrContains(out, "--shard_index")) << out;
+  EXPECT_FALSE(absl::StrContains(out, "No flags matched")) << out;
+}
+
 TEST(MeshErrorsTest, UnreachableOrMisplacedWorkersFailClearly) {
   auto [out, rc] = RunCommand({g_moemesh, "generate", "--model", "tests/fixtures/mixtral", "--prompt-ids", "1,2",
                         "--experts", "127.0.0.1:1", "--experts-connect-timeout-ms", "300"});

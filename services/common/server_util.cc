@@ -3,6 +3,7 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <string>
 #include <thread>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
@@ -10,6 +11,8 @@
 
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 
 namespace moemesh {
 
@@ -68,6 +71,18 @@ void InitService(int argc, char** argv, const char* usage) {
   sigaddset(&set, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   absl::SetProgramUsageMessage(usage);
+  // --help lists the service's own flags. Abseil's default looks for them in
+  // a file named after the binary (moemesh-expert.cc) and found none: the
+  // services define theirs in main.cc.
+  absl::FlagsUsageConfig config;
+  config.contains_help_flags = config.contains_helpshort_flags = [](absl::string_view file) {
+    return file == "main.cc" || absl::EndsWith(file, "/main.cc");
+  };
+  config.normalize_filename = [](absl::string_view file) {
+    const size_t at = file.rfind("services/");
+    return std::string(at == absl::string_view::npos ? file : file.substr(at));
+  };
+  absl::SetFlagsUsageConfig(config);
   std::vector<std::string> args = NormalizeFlagNames(argc, argv);
   std::vector<char*> argp;
   for (std::string& a : args) argp.push_back(a.data());
