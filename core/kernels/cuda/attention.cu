@@ -207,12 +207,21 @@ __global__ void __launch_bounds__(kThreads) SplitKernel(Geometry g) {
       if (j < nh && t < nv) {
         const float4* qv = reinterpret_cast<const float4*>(qs + j * g.dpad);
         const float4* kr = reinterpret_cast<const float4*>(kt + t * g.kpitch);
-        float dot = 0.f;
-        for (int d = 0; d < g.dpad / 4; ++d) {
-          const float4 a = qv[d], b = kr[d];
-          dot += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+        // Eight independent sums: one chain of dependent adds would leave
+        // each lane waiting on its own latency.
+        float4 e = make_float4(0.f, 0.f, 0.f, 0.f), o = e;
+        const int d4 = g.dpad / 4;
+        int d = 0;
+        for (; d + 1 < d4; d += 2) {
+          const float4 a = qv[d], b = kr[d], a1 = qv[d + 1], b1 = kr[d + 1];
+          e.x += a.x * b.x, e.y += a.y * b.y, e.z += a.z * b.z, e.w += a.w * b.w;
+          o.x += a1.x * b1.x, o.y += a1.y * b1.y, o.z += a1.z * b1.z, o.w += a1.w * b1.w;
         }
-        score = dot * s.scale;
+        if (d < d4) {
+          const float4 a = qv[d], b = kr[d];
+          e.x += a.x * b.x, e.y += a.y * b.y, e.z += a.z * b.z, e.w += a.w * b.w;
+        }
+        score = (((e.x + o.x) + (e.y + o.y)) + ((e.z + o.z) + (e.w + o.w))) * s.scale;
       }
       sp[p] = score;
     }
@@ -233,12 +242,22 @@ __global__ void __launch_bounds__(kThreads) SplitKernel(Geometry g) {
         float4 a = acc[i];
         a.x *= corr, a.y *= corr, a.z *= corr, a.w *= corr;
         const float* pj = sp + j * kKeys;
-        for (int t = 0; t < nv; ++t) {
+        // Even and odd keys in separate sums, as the scores above.
+        float4 b = make_float4(0.f, 0.f, 0.f, 0.f);
+        int t = 0;
+        for (; t + 1 < nv; t += 2) {
+          const float p = pj[t], p1 = pj[t + 1];
+          const float4 v = reinterpret_cast<const float4*>(vt + t * g.vpitch)[c];
+          const float4 v1 = reinterpret_cast<const float4*>(vt + (t + 1) * g.vpitch)[c];
+          a.x += p * v.x, a.y += p * v.y, a.z += p * v.z, a.w += p * v.w;
+          b.x += p1 * v1.x, b.y += p1 * v1.y, b.z += p1 * v1.z, b.w += p1 * v1.w;
+        }
+        if (t < nv) {
           const float p = pj[t];
           const float4 v = reinterpret_cast<const float4*>(vt + t * g.vpitch)[c];
           a.x += p * v.x, a.y += p * v.y, a.z += p * v.z, a.w += p * v.w;
         }
-        acc[i] = a;
+        acc[i] = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
       }
     }
     __syncthreads();  // the next tile's copy reuses this buffer
