@@ -37,8 +37,8 @@ absl::Status FillRandomF32(float* p, size_t n, unsigned seed);
 // timed with CUDA events on the default stream.
 absl::StatusOr<double> TimeOnGpu(const std::function<absl::Status()>& f, int warmup, int iterations);
 // The same for several ways of doing one thing, one run of each in turn,
-// so that all of them see the GPU in the same state (clocks drift with
-// its temperature); a median per function.
+// so that all of them see the GPU in the same state (its clocks drift with
+// the load before); a median per function.
 absl::StatusOr<std::vector<double>> TimeOnGpuInTurn(const std::vector<std::function<absl::Status()>>& fs,
                                                     int warmup, int iterations);
 

@@ -240,15 +240,18 @@ __global__ void __launch_bounds__(32 * kWarps) DownKernel(const ExpertFfnGroup* 
 // The large-batch path between its two GEMMs, for the rows of one group:
 // act[r, j] = row_weight[r] * silu(gu[r, j]) * gu[r, intermediate + j]. The
 // row weight goes in here because the down GEMM is linear in its input.
+// One row, by the block's threads: `in` is its gate then up products.
+__device__ inline void SwigluRow(const __nv_bfloat16* __restrict__ in, float w, int intermediate,
+                                 __nv_bfloat16* __restrict__ o) {
+  for (int j = threadIdx.x; j < intermediate; j += blockDim.x) {
+    o[j] = __float2bfloat16(w * Silu(__bfloat162float(in[j])) * __bfloat162float(in[intermediate + j]));
+  }
+}
 __global__ void SwigluKernel(const __nv_bfloat16* __restrict__ gu, const float* __restrict__ row_weight, int rows,
                              int intermediate, __nv_bfloat16* __restrict__ act) {
   for (int r = blockIdx.x; r < rows; r += gridDim.x) {
-    const float w = row_weight[r];
-    const __nv_bfloat16* in = gu + static_cast<size_t>(r) * 2 * intermediate;
-    __nv_bfloat16* o = act + static_cast<size_t>(r) * intermediate;
-    for (int j = threadIdx.x; j < intermediate; j += blockDim.x) {
-      o[j] = __float2bfloat16(w * Silu(__bfloat162float(in[j])) * __bfloat162float(in[intermediate + j]));
-    }
+    SwigluRow(gu + static_cast<size_t>(r) * 2 * intermediate, row_weight[r], intermediate,
+              act + static_cast<size_t>(r) * intermediate);
   }
 }
 
@@ -268,12 +271,7 @@ __global__ void PaddedSwigluKernel(const PaddedGroup* __restrict__ groups, const
   const PaddedGroup g = groups[blockIdx.y];
   for (int r = blockIdx.x; r < g.num_rows; r += gridDim.x) {
     const size_t row = g.padded_offset + r;
-    const float w = row_weight[g.row_offset + r];
-    const __nv_bfloat16* in = gu + row * 2 * intermediate;
-    __nv_bfloat16* o = act + row * intermediate;
-    for (int j = threadIdx.x; j < intermediate; j += blockDim.x) {
-      o[j] = __float2bfloat16(w * Silu(__bfloat162float(in[j])) * __bfloat162float(in[intermediate + j]));
-    }
+    SwigluRow(gu + row * 2 * intermediate, row_weight[g.row_offset + r], intermediate, act + row * intermediate);
   }
 }
 
@@ -488,14 +486,17 @@ absl::Status CudaExpertFfn::Run(const float* x, const float* row_weight, const s
   return absl::OkStatus();
 }
 
+bool CudaExpertFfn::CublasBatches(const ExpertFfnGroup& g) const {
+  return g.num_rows < kBatchMaxRows && g.up == g.gate + static_cast<size_t>(intermediate_) * hidden_;
+}
+
 absl::Status CudaExpertFfn::RunGemms(const std::vector<ExpertFfnGroup>& groups, int min_rows, const float* row_weight,
                                      float* out, CudaStream stream) {
   if (grouped_ == nullptr) return RunCublas(groups, min_rows, row_weight, out, stream);
   // Groups up to grouped_max_rows rows in the grouped GEMM, larger ones on
   // cuBLAS, unless too few of those would go in cuBLAS's batched calls.
-  const size_t gate_to_up = static_cast<size_t>(intermediate_) * hidden_;
   const auto batched = std::count_if(groups.begin(), groups.end(), [&](const ExpertFfnGroup& g) {
-    return g.num_rows > options_.grouped_max_rows && g.num_rows < kBatchMaxRows && g.up == g.gate + gate_to_up;
+    return g.num_rows > options_.grouped_max_rows && CublasBatches(g);
   });
   const int limit = batched < kBatchMinGroups
                         ? std::max(options_.grouped_max_rows, options_.grouped_max_rows_few_groups)
@@ -539,8 +540,7 @@ absl::Status CudaExpertFfn::RunCublas(const std::vector<ExpertFfnGroup>& groups,
   std::map<int, std::vector<size_t>> buckets;  // padded rows -> indices into `padded`
   std::vector<std::pair<const ExpertFfnGroup*, size_t>> singles;
   auto batchable = [&](const ExpertFfnGroup& g) {
-    return g.num_rows >= min_rows && g.num_rows > 0 && g.num_rows < kBatchMaxRows &&
-           g.up == g.gate + static_cast<size_t>(in) * hd;
+    return g.num_rows > 0 && g.num_rows >= min_rows && CublasBatches(g);
   };
   const bool batch = std::count_if(groups.begin(), groups.end(), batchable) >= kBatchMinGroups;
   size_t next_row = 0;

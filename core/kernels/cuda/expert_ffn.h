@@ -101,6 +101,10 @@ class CudaExpertFfn {
                         CudaStream stream);
   absl::Status RunCublas(const std::vector<ExpertFfnGroup>& groups, int min_rows, const float* row_weight,
                          float* out, CudaStream stream);
+  // Whether cuBLAS's batched calls can take a large group: under
+  // kBatchMaxRows rows, gate and up one matrix. RunGemms' rule for few
+  // groups counts the same groups that RunCublas batches.
+  bool CublasBatches(const ExpertFfnGroup& g) const;
 
   const int hidden_, intermediate_;
   const Options options_;
