@@ -21,12 +21,12 @@
 #include <thread>
 #include <vector>
 
-#include "core/engine/expert_executor.h"
+#include "core/experts/expert_executor.h"
 #include "moemesh/v1/expert.grpc.pb.h"
 #include "services/common/frame_socket.h"
 #include "services/common/server_util.h"
 #include "services/common/tensor_proto.h"
-#include "services/router/remote_expert_executor.h"
+#include "services/expert_client/remote_expert_executor.h"
 
 namespace moemesh {
 namespace {

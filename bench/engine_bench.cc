@@ -21,7 +21,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/common/file_util.h"
-#include "core/engine/expert_executor.h"
+#include "core/experts/local_expert_executor.h"
 #include "core/engine/kv_cache.h"
 #include "core/engine/model.h"
 #include "core/model/safetensors.h"

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "core/engine/engine.h"
-#include "core/engine/expert_executor.h"
+#include "core/experts/local_expert_executor.h"
 #include "core/engine/kv_cache.h"
 #include "core/engine/model.h"
 #include "core/model/safetensors.h"

@@ -27,10 +27,10 @@ NODE_SCRIPT = os.path.join(ROOT, "tools", "hf_tokenizers", "encode.js")
 CODE_TEXTS = [
     "core/common/file_util.cc", "core/common/file_util_test.cc", "core/common/subprocess.cc",
     "core/common/subprocess_test.cc", "core/engine/engine.cc", "core/engine/engine_test.cc",
-    "core/engine/expert_executor.cc", "core/engine/ffn.cc", "core/engine/generation_loop.cc",
+    "core/experts/local_expert_executor.cc", "core/experts/ffn.cc", "core/engine/generation_loop.cc",
     "core/engine/generation_loop_test.cc", "core/engine/kv_cache.cc", "core/engine/kv_cache_test.cc",
-    "core/engine/model.cc", "core/engine/perplexity.cc", "core/engine/placement.cc",
-    "core/engine/placement_test.cc", "core/engine/sampler.cc", "core/engine/sampler_test.cc",
+    "core/engine/model.cc", "core/engine/perplexity.cc", "core/experts/placement.cc",
+    "core/experts/placement_test.cc", "core/engine/sampler.cc", "core/engine/sampler_test.cc",
     "core/engine/scheduler.cc", "core/engine/scheduler_test.cc",
 ]
 

@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
-#include "core/engine/expert_executor.h"
+#include "core/experts/local_expert_executor.h"
 #include "core/engine/kv_cache.h"
 #include "core/engine/model.h"
 #include "core/engine/scheduler.h"
@@ -62,8 +62,14 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
   }
   e->cache_ = std::make_unique<KvCache>(config.num_layers, e->model_->kv_k_width(),
                                         e->model_->kv_v_width(), options.kv_block_size, blocks);
-  e->experts_ = experts ? std::move(experts)
-                        : std::make_unique<LocalExpertExecutor>(&e->weights_->experts, e->pool_.get());
+  if (experts) {
+    e->experts_ = std::move(experts);
+  } else if (options.expert_device) {
+    MM_ASSIGN_OR_RETURN(std::unique_ptr<ExpertDevice> device, options.expert_device(config, *e->weights_));
+    e->experts_ = std::make_unique<LocalExpertExecutor>(std::move(device), config.num_experts);
+  } else {
+    e->experts_ = std::make_unique<LocalExpertExecutor>(&e->weights_->experts, e->pool_.get());
+  }
   return e;
 }
 

@@ -7,7 +7,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "core/engine/expert_executor.h"
+#include "core/experts/expert_device.h"
+#include "core/experts/expert_executor.h"
 #include "core/engine/forward_pass.h"
 #include "core/engine/sampler.h"
 #include "core/model/config.h"
@@ -29,6 +30,10 @@ struct EngineOptions {
   GatingExtensions gating;      // overrides config.json's (off by default)
   // Where the dense part runs; null: the CPU (Model, on num_threads).
   ForwardPassFactory forward_pass;
+  // Where the routed experts run when they run in this process; null: the
+  // CPU, on the engine's threads. A GPU device on the forward pass's GPU
+  // takes the rows in device memory (docs/ARCHITECTURE.md, "Expert compute").
+  ExpertDeviceFactory expert_device;
 
   absl::Status Validate() const;
 };

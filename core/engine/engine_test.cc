@@ -4,7 +4,7 @@
 #include <fstream>
 
 #include "core/common/file_util.h"
-#include "core/engine/expert_executor.h"
+#include "core/experts/local_expert_executor.h"
 #include "core/engine/kv_cache.h"
 #include "core/engine/model.h"
 #include "core/model/safetensors.h"

@@ -5,8 +5,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
-#include "core/engine/expert_executor.h"
-#include "core/engine/ffn.h"
+#include "core/experts/expert_executor.h"
+#include "core/experts/ffn.h"
 #include "core/engine/kv_cache.h"
 #include "core/engine/kernel_params.h"
 #include "core/kernels/cpu/activation.h"

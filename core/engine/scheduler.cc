@@ -3,7 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
-#include "core/engine/expert_executor.h"
+#include "core/experts/expert_executor.h"
 #include "core/engine/forward_pass.h"
 
 namespace moemesh {

@@ -4,7 +4,7 @@
 #include <random>
 
 #include "core/engine/engine.h"
-#include "core/engine/expert_executor.h"
+#include "core/experts/local_expert_executor.h"
 #include "core/engine/model.h"
 #include "core/model/safetensors.h"
 #include "core/model/weights.h"

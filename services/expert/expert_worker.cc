@@ -4,8 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
-#include "core/engine/expert_executor.h"
-#include "core/engine/placement.h"
+#include "core/experts/cpu_expert_device.h"
+#include "core/experts/placement.h"
 #include "core/model/safetensors.h"
 #include "core/tensor/thread_pool.h"
 
@@ -35,6 +35,8 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const Options
   w->pool_ = std::make_unique<ThreadPool>(options.threads);
   if (options.device) {
     MM_ASSIGN_OR_RETURN(w->device_, options.device(w->config_, *w->weights_));
+  } else {
+    w->device_ = std::make_unique<CpuExpertDevice>(&w->weights_->experts, w->pool_.get());
   }
   return w;
 }
@@ -56,6 +58,7 @@ absl::Status ExpertWorker::Run(const ExpertWork& work, std::vector<float>* out) 
   if (work.layer < 0 || work.layer >= c.num_layers || !c.is_moe_layer[work.layer]) {
     return absl::InvalidArgumentError(absl::StrCat("layer ", work.layer, " is not a MoE layer of this model"));
   }
+  if (work.on_device) return absl::InvalidArgumentError("an expert worker takes rows in host memory");
   if (work.hidden_size != c.hidden_size) {
     return absl::InvalidArgumentError(
         absl::StrCat("hidden size ", work.hidden_size, " does not match the model's ", c.hidden_size));
@@ -72,7 +75,7 @@ absl::Status ExpertWorker::Run(const ExpertWork& work, std::vector<float>* out) 
           absl::StrCat("expert ", g.expert, " has two groups in one dispatch; send its rows in one"));
     }
     seen[g.expert] = true;
-    if (weights_->experts.Find(work.layer, g.expert) == nullptr) {
+    if (!device_->Holds(work.layer, g.expert)) {
       return absl::FailedPreconditionError(absl::StrCat(
           "expert ", g.expert, " of layer ", work.layer, " is not on shard ", options_.shard_index, " of ",
           options_.num_shards));
@@ -90,15 +93,7 @@ absl::Status ExpertWorker::Run(const ExpertWork& work, std::vector<float>* out) 
     total += g.rows.size();
   }
   out->resize(total * static_cast<size_t>(c.hidden_size));
-  if (device_) return device_->Run(work, out->data());
-  absl::MutexLock lock(&mu_);
-  float* dst = out->data();
-  for (const ExpertWork::Group& g : work.groups) {
-    ComputeExpertRows(*weights_->experts.Find(work.layer, g.expert), work.hidden_states, c.hidden_size, g.rows,
-                      g.weights, dst, pool_.get());
-    dst += g.rows.size() * static_cast<size_t>(c.hidden_size);
-  }
-  return absl::OkStatus();
+  return device_->Run(work, out->data());
 }
 
 }  // namespace moemesh

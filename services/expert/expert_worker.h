@@ -5,37 +5,23 @@
 #include <string>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "core/model/config.h"
 #include "core/model/weights.h"
-#include "services/expert/expert_device.h"
+#include "core/experts/expert_device.h"
+#include "core/experts/expert_work.h"
 
 namespace moemesh {
 
 class ThreadPool;
 
-// Rows of one MoE layer to run through this worker's experts.
-struct ExpertWork {
-  struct Group {
-    int expert = 0;
-    std::vector<int> rows;       // indices into hidden_states
-    std::vector<float> weights;  // one per row
-  };
-  int layer = 0;
-  int num_rows = 0;
-  int hidden_size = 0;
-  const float* hidden_states = nullptr;  // [num_rows, hidden_size]
-  std::vector<Group> groups;
-};
-
 // The logic of an expert worker, apart from gRPC: loads the experts of its
 // shard (expert e of every layer where e mod num_shards == shard_index, or
 // as a placement file says) and
-// runs batches of rows through them. Thread-safe; on the CPU calls are
-// serialised because they share one thread pool, on a device they run as
-// the device allows (CudaExpertDevice: a few side by side).
+// runs batches of rows through them: it validates the work, and its
+// ExpertDevice computes it. Thread-safe; on the CPU calls are serialised
+// because they share one thread pool, on a GPU they run as the device
+// allows (CudaExpertDevice: a few side by side).
 class ExpertWorker {
  public:
   struct Options {
@@ -67,9 +53,8 @@ class ExpertWorker {
   Options options_;
   ModelConfig config_;
   std::unique_ptr<ModelWeights> weights_;
-  absl::Mutex mu_;
-  std::unique_ptr<ThreadPool> pool_ ABSL_GUARDED_BY(mu_);
-  std::unique_ptr<ExpertDevice> device_;  // null: the CPU kernels; thread-safe
+  std::unique_ptr<ThreadPool> pool_;      // the CPU device's
+  std::unique_ptr<ExpertDevice> device_;  // thread-safe
 };
 
 }  // namespace moemesh

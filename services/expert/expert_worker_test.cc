@@ -1,6 +1,6 @@
 #include "services/expert/expert_worker.h"
 
-#include "core/engine/expert_executor.h"
+#include "core/experts/local_expert_executor.h"
 #include "core/model/safetensors.h"
 #include "gtest/gtest.h"
 #include "services/expert/expert_service.h"

@@ -18,7 +18,7 @@
 #include "services/expert/expert_metrics.h"
 #include "services/expert/expert_service.h"
 #ifdef MOEMESH_WITH_CUDA
-#include "services/expert/cuda_expert_device.h"
+#include "core/experts/cuda/cuda_expert_device.h"
 #endif
 #include "services/expert/expert_worker.h"
 

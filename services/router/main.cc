@@ -13,14 +13,15 @@
 #include "absl/flags/flag.h"
 #include "core/engine/engine.h"
 #include "core/engine/generation_loop.h"
-#include "core/engine/placement.h"
+#include "core/experts/placement.h"
 #include "core/engine/scheduler.h"
 #ifdef MOEMESH_WITH_CUDA
 #include "core/engine/cuda/cuda_forward_pass.h"
+#include "core/experts/cuda/cuda_expert_device.h"
 #endif
 #include "services/common/device_flag.h"
 #include "services/common/server_util.h"
-#include "services/router/remote_expert_executor.h"
+#include "services/expert_client/remote_expert_executor.h"
 #include "services/router/router_metrics.h"
 #include "services/router/router_service.h"
 #include "core/metrics/metrics_server.h"
@@ -38,7 +39,8 @@ ABSL_FLAG(int, port, 0, "port to listen on; 0 picks a free one");
 ABSL_FLAG(int, metrics_port, 0, "port of the Prometheus /metrics endpoint; 0 picks a free one, -1 serves none");
 ABSL_FLAG(int, threads, 1, "CPU threads for attention (and local experts)");
 ABSL_FLAG(std::string, device, "cpu",
-          "where attention, gating and the LM head run: cpu, or cuda[:N] (GPU N, default 0)");
+          "where attention, gating and the LM head run, and the experts without --experts: cpu, or cuda[:N] (GPU N, "
+          "default 0)");
 ABSL_FLAG(int, kv_cache_tokens, 65536, "capacity of the paged KV cache, in tokens");
 ABSL_FLAG(int, kv_block_size, 16, "tokens per KV-cache block");
 ABSL_FLAG(int, max_running, 64, "requests in the batch at once");
@@ -70,6 +72,8 @@ int main(int argc, char** argv) {
   if (*device >= 0) {
 #ifdef MOEMESH_WITH_CUDA
     opt.forward_pass = moemesh::CudaForwardPass::Factory(*device);
+    // Experts run here (no --experts): on the same GPU, rows in place.
+    opt.expert_device = moemesh::CudaExpertDevice::Factory(*device);
 #else
     return Fail("--device " + absl::GetFlag(FLAGS_device) + ": this build has no CUDA (nvcc was not found)", 2);
 #endif

@@ -14,7 +14,7 @@
 #include "core/common/status_macros.h"
 #include "core/engine/perplexity.h"
 #include "core/model/safetensors.h"
-#include "services/router/remote_expert_executor.h"
+#include "services/expert_client/remote_expert_executor.h"
 #include "core/tokenizer/streaming_detokenizer.h"
 #include "core/tokenizer/tokenizer.h"
 #include "core/tokenizer/utf8.h"

@@ -10,10 +10,15 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/status/status.h"
+#include "services/common/device_flag.h"
 #include "services/common/server_util.h"
 #include "tools/moemesh/cli.h"
 #include "tools/moemesh/client.h"
 #include "tools/moemesh/up.h"
+#ifdef MOEMESH_WITH_CUDA
+#include "core/engine/cuda/cuda_forward_pass.h"
+#include "core/experts/cuda/cuda_expert_device.h"
+#endif
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory (config.json + safetensors)");
 ABSL_FLAG(std::string, prompt_ids, "", "prompt token ids, comma separated");
@@ -37,6 +42,9 @@ ABSL_FLAG(std::string, output, "text", "output format: text or json");
 ABSL_FLAG(std::string, logits_out, "", "score: safetensors file to write the logits to");
 ABSL_FLAG(std::string, dataset, "", "eval: JSON lines of {\"ids\": [...]}");
 ABSL_FLAG(int, threads, 1, "CPU threads");
+ABSL_FLAG(std::string, device, "cpu",
+          "generate, score, eval: where the model runs: cpu, or cuda[:N] (attention, gating, the LM head and the "
+          "experts run here on GPU N, default 0)");
 ABSL_FLAG(int, experts_connect_timeout_ms, 10000, "generate: how long to wait for the expert workers");
 ABSL_FLAG(std::string, experts, "",
           "generate: expert workers, shards in order separated by ',', replicas of a shard by '|' "
@@ -76,7 +84,7 @@ const char kUsage[] =
     "usage: moemesh <command> [flags]\n"
     "commands:\n"
     "  generate   --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [--max-new-tokens N]\n"
-    "             [--temperature T --top-p P --seed S ...] [--output json]\n"
+    "             [--temperature T --top-p P --seed S ...] [--device cuda] [--output json]\n"
     "  score      --model DIR --prompt-ids 1,2,3 --logits-out FILE\n"
     "  eval       --model DIR --dataset FILE.jsonl   (perplexity)\n"
     "  tokenize   --tokenizer FILE [--add-special-tokens] < {\"text\"} lines\n"
@@ -111,6 +119,17 @@ absl::StatusOr<EngineOptions> EngineFlags() {
   e.gating.dynamic_k_min = absl::GetFlag(FLAGS_dynamic_k_min);
   e.gating.dynamic_k_max = absl::GetFlag(FLAGS_dynamic_k_max);
   e.gating.dynamic_k_p = absl::GetFlag(FLAGS_dynamic_k_p);
+  absl::StatusOr<int> gpu = ParseDeviceFlag(absl::GetFlag(FLAGS_device));
+  if (!gpu.ok()) return gpu.status();
+  if (*gpu >= 0) {
+#ifdef MOEMESH_WITH_CUDA
+    e.forward_pass = CudaForwardPass::Factory(*gpu);
+    e.expert_device = CudaExpertDevice::Factory(*gpu);
+#else
+    return absl::InvalidArgumentError("--device " + absl::GetFlag(FLAGS_device) +
+                                      ": this build has no CUDA (nvcc was not found)");
+#endif
+  }
   if (absl::Status s = e.Validate(); !s.ok()) return s;
   return e;
 }

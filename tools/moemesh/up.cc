@@ -12,7 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "core/common/status_macros.h"
 #include "core/common/subprocess.h"
-#include "core/engine/placement.h"
+#include "core/experts/placement.h"
 #include "core/model/config.h"
 #include "tools/moemesh/monitoring.h"
 

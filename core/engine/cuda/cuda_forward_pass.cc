@@ -4,8 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
-#include "core/engine/cuda/device_weights.h"
-#include "core/engine/expert_executor.h"
+#include "core/experts/cuda/device_weights.h"
+#include "core/experts/expert_executor.h"
 #include "core/engine/kv_cache.h"
 #include "core/engine/kernel_params.h"
 #include "core/kernels/cpu/gating.h"
@@ -450,17 +450,23 @@ absl::Status CudaForwardPass::Mlp(int layer, const Step& step, const float* x, E
   MM_ASSIGN_OR_RETURN(void* d_ids, Staging(kExpertIds, static_cast<size_t>(n) * slots * sizeof(int)));
   MM_ASSIGN_OR_RETURN(void* d_w, Staging(kExpertW, static_cast<size_t>(n) * slots * sizeof(float)));
   MM_RETURN_IF_ERROR(RouteTokensCuda(g, logits, n, static_cast<int*>(d_ids), static_cast<float*>(d_w), kStream));
-  // The routing and the rows go to the host through pinned memory. The
+  // The routing goes to the host (the executor groups the rows there), and
+  // so do the rows unless the executor's experts are on this GPU. The
   // shared expert is enqueued behind those copies, so the GPU computes it
   // while the routed experts are away on the workers.
+  const bool in_place = experts->cuda_device() == device_;
   const size_t picks = static_cast<size_t>(n) * slots, floats = static_cast<size_t>(n) * H;
   MM_ASSIGN_OR_RETURN(void* ids, Pinned(kHostIds, picks * sizeof(int)));
   MM_ASSIGN_OR_RETURN(void* weights, Pinned(kHostWeights, picks * sizeof(float)));
-  MM_ASSIGN_OR_RETURN(void* rows, Pinned(kHostRows, floats * sizeof(float)));
-  MM_ASSIGN_OR_RETURN(void* routed, Pinned(kHostRouted, floats * sizeof(float)));
   MM_RETURN_IF_ERROR(CopyToHostAsync(ids, d_ids, picks * sizeof(int), kStream));
   MM_RETURN_IF_ERROR(CopyToHostAsync(weights, d_w, picks * sizeof(float), kStream));
-  MM_RETURN_IF_ERROR(CopyToHostAsync(rows, x, floats * sizeof(float), kStream));
+  void* rows = nullptr;
+  void* routed = nullptr;
+  if (!in_place) {
+    MM_ASSIGN_OR_RETURN(rows, Pinned(kHostRows, floats * sizeof(float)));
+    MM_ASSIGN_OR_RETURN(routed, Pinned(kHostRouted, floats * sizeof(float)));
+    MM_RETURN_IF_ERROR(CopyToHostAsync(rows, x, floats * sizeof(float), kStream));
+  }
   MM_RETURN_IF_ERROR(copied_->Record(kStream));
   float* shared = nullptr;
   if (l.shared_width > 0) {
@@ -475,10 +481,16 @@ absl::Status CudaForwardPass::Mlp(int layer, const Step& step, const float* x, E
     MM_RETURN_IF_ERROR(Ffn(l.shared_gate_up, l.shared_down, l.shared_width, x, row_weight, n, shared));
   }
   MM_RETURN_IF_ERROR(copied_->Synchronize());
-  ExpertBatch batch{layer, n, H, static_cast<const float*>(rows), slots, static_cast<const int*>(ids),
+  ExpertBatch batch{layer, n, H, in_place ? x : static_cast<const float*>(rows), slots, static_cast<const int*>(ids),
                     static_cast<const float*>(weights)};
-  MM_RETURN_IF_ERROR(experts->Execute(batch, static_cast<float*>(routed)));
-  MM_RETURN_IF_ERROR(CopyToDeviceAsync(out, routed, floats * sizeof(float), kStream));
+  if (in_place) {
+    batch.on_device = true;
+    batch.cuda_stream = kStream;
+    MM_RETURN_IF_ERROR(experts->Execute(batch, out));
+  } else {
+    MM_RETURN_IF_ERROR(experts->Execute(batch, static_cast<float*>(routed)));
+    MM_RETURN_IF_ERROR(CopyToDeviceAsync(out, routed, floats * sizeof(float), kStream));
+  }
   if (shared != nullptr) MM_RETURN_IF_ERROR(AddCuda(out, shared, floats, kStream));
   return absl::OkStatus();
 }

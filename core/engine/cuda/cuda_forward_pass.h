@@ -28,9 +28,10 @@ struct PagedRows;
 // rotary embedding, gating, and the expert gates' products stay fp32, as on
 // the CPU; so does decode attention, while steps with prompt chunks and
 // latent attention multiply in TF32 on tensor cores (CudaPagedAttention).
-// The routed experts go through the ExpertExecutor
-// (remote workers), with the rows copied to the host and back through
-// pinned memory, while the GPU computes the shared expert.
+// The routed experts go through the ExpertExecutor: in place when its
+// experts are on this GPU (LocalExpertExecutor over a CudaExpertDevice),
+// else with the rows copied to the host and back through pinned memory
+// while the GPU computes the shared expert.
 class CudaForwardPass : public ForwardPass {
  public:
   // FAILED_PRECONDITION without GPU `device`; RESOURCE_EXHAUSTED when the

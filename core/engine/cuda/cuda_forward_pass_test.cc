@@ -1,4 +1,6 @@
-// The forward pass on the GPU against the CPU engine, for every model
+// The forward pass on the GPU against the CPU engine, with the routed
+// experts on the CPU or on the GPU (in process, rows in device memory), and
+// the CPU forward pass with GPU experts: every placement, for every model
 // family's fixture (every rope scaling, sliding windows, latent attention
 // with and without q_lora, qk norms, biases, shared experts and their
 // gates) and the bf16 demo model. Labelled `gpu`; skips without a GPU.
@@ -25,10 +27,12 @@
 #include <cstdlib>
 #include <random>
 #include <string>
+#include <tuple>
 
 #include "core/engine/engine.h"
 #include "core/engine/sampler.h"
-#include "core/engine/expert_executor.h"
+#include "core/experts/cuda/cuda_expert_device.h"
+#include "core/experts/local_expert_executor.h"
 #include "core/engine/kv_cache.h"
 #include "core/model/safetensors.h"
 #include "core/model/weights.h"
@@ -57,16 +61,23 @@ std::string ErrorsByRow(const std::vector<float>& got, const std::vector<float>&
 // Runs the experts in process and records each call's routing.
 class RecordingExecutor : public ExpertExecutor {
  public:
-  explicit RecordingExecutor(const ExpertWeightsTable* table) : inner_(table, nullptr) {}
+  explicit RecordingExecutor(std::unique_ptr<LocalExpertExecutor> inner) : inner_(std::move(inner)) {}
   absl::Status Execute(const ExpertBatch& batch, float* out) override {
     calls_.emplace_back(batch.expert_ids, batch.expert_ids + static_cast<size_t>(batch.num_tokens) * batch.slots);
-    return inner_.Execute(batch, out);
+    return inner_->Execute(batch, out);
   }
+  int cuda_device() const override { return inner_->cuda_device(); }
   std::vector<std::vector<int>>& calls() { return calls_; }
 
  private:
-  LocalExpertExecutor inner_;
+  std::unique_ptr<LocalExpertExecutor> inner_;
   std::vector<std::vector<int>> calls_;
+};
+
+// Where the dense part and the routed experts run.
+struct Placement {
+  bool gpu_router = false;
+  bool gpu_experts = false;
 };
 
 struct Side {
@@ -75,7 +86,7 @@ struct Side {
   std::unique_ptr<Engine> engine;
 };
 
-Side MakeSide(const std::string& dir, bool gpu, int block_size = 16, int chunk = 512) {
+Side MakeSide(const std::string& dir, Placement where, int block_size = 16, int chunk = 512) {
   Side side;
   auto config = LoadModelConfig(dir);
   auto ckpt = Checkpoint::Open(dir);
@@ -87,13 +98,22 @@ Side MakeSide(const std::string& dir, bool gpu, int block_size = 16, int chunk =
   EXPECT_TRUE(w.ok()) << w.status();
   if (!w.ok()) return side;
   side.experts = std::make_shared<const ModelWeights>(std::move(*w));
-  auto recorder = std::make_unique<RecordingExecutor>(&side.experts->experts);
+  std::unique_ptr<LocalExpertExecutor> local;
+  if (where.gpu_experts) {
+    auto device = CudaExpertDevice::Create(*config, *side.experts, 0);
+    EXPECT_TRUE(device.ok()) << device.status();
+    if (!device.ok()) return side;
+    local = std::make_unique<LocalExpertExecutor>(std::move(*device), config->num_experts);
+  } else {
+    local = std::make_unique<LocalExpertExecutor>(&side.experts->experts, nullptr);
+  }
+  auto recorder = std::make_unique<RecordingExecutor>(std::move(local));
   side.recorder = recorder.get();
   EngineOptions o;
   o.kv_cache_tokens = 4096;
   o.kv_block_size = block_size;
   o.prefill_chunk = chunk;
-  if (gpu) o.forward_pass = CudaForwardPass::Factory(0);
+  if (where.gpu_router) o.forward_pass = CudaForwardPass::Factory(0);
   auto e = Engine::Create(dir, o, std::move(recorder));
   EXPECT_TRUE(e.ok()) << dir << ": " << e.status();
   if (e.ok()) side.engine = std::move(*e);
@@ -129,7 +149,7 @@ double GapToBest(const float* row, int vocab, int token) {
   return static_cast<double>(*std::max_element(row, row + vocab)) - row[token];
 }
 
-class CudaForwardPassTest : public ::testing::TestWithParam<std::string> {
+class CudaForwardPassTest : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {
  protected:
   void SetUp() override {
     if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
@@ -137,8 +157,12 @@ class CudaForwardPassTest : public ::testing::TestWithParam<std::string> {
 };
 
 TEST_P(CudaForwardPassTest, MatchesTheCpuEngine) {
-  const std::string dir = GetParam();
-  Side cpu = MakeSide(dir, false), gpu = MakeSide(dir, true);
+  const std::string dir = std::get<0>(GetParam());
+  const std::string& placement = std::get<1>(GetParam());
+  // The GPU side: "router" (experts on the CPU), "experts" (the CPU forward
+  // pass) or "both" (the single-process GPU engine).
+  const Placement on_gpu{placement != "experts", placement != "router"};
+  Side cpu = MakeSide(dir, Placement()), gpu = MakeSide(dir, on_gpu);
   ASSERT_TRUE(cpu.engine && gpu.engine);
   const ModelConfig& config = cpu.engine->config();
   const int vocab = config.vocab_size, slots = config.num_experts_per_tok;
@@ -159,7 +183,7 @@ TEST_P(CudaForwardPassTest, MatchesTheCpuEngine) {
   // Prefill in chunks of 5 over blocks of 4 positions, against the CPU
   // doing the same (dynamic rope's frequencies follow each pass's length):
   // the first chunk's rows, which no earlier routing difference can reach.
-  Side cpu_chunked = MakeSide(dir, false, 4, 5), gpu_chunked = MakeSide(dir, true, 4, 5);
+  Side cpu_chunked = MakeSide(dir, Placement(), 4, 5), gpu_chunked = MakeSide(dir, on_gpu, 4, 5);
   ASSERT_TRUE(cpu_chunked.engine && gpu_chunked.engine);
   auto want_chunked = cpu_chunked.engine->Score(prompt), got_chunked = gpu_chunked.engine->Score(prompt);
   ASSERT_TRUE(got_chunked.ok() && want_chunked.ok()) << got_chunked.status() << want_chunked.status();
@@ -184,9 +208,9 @@ TEST_P(CudaForwardPassTest, MatchesTheCpuEngine) {
   ASSERT_EQ(a->tokens.size(), b->tokens.size());
   size_t same = 0;
   while (same < a->tokens.size() && a->tokens[same] == b->tokens[same]) ++same;
-  std::printf("%s: logits within %.1e before the first routing difference (position %d; %zu of %zu token-layers "
+  std::printf("%s, GPU %s: logits within %.1e before the first routing difference (position %d; %zu of %zu token-layers "
               "differ); greedy tokens equal for %zu of %zu",
-              dir.c_str(), err, routing.row, routing.differing, routing.tokens, same, a->tokens.size());
+              dir.c_str(), placement.c_str(), err, routing.row, routing.differing, routing.tokens, same, a->tokens.size());
   if (same < a->tokens.size()) {
     // Token `same` came out of forward pass `same` (the prompt is pass 0).
     RoutingDiff gen = CompareRouting(cpu.recorder->calls(), gpu.recorder->calls(), slots);
@@ -226,7 +250,9 @@ std::vector<std::string> Models() {
           "tests/fixtures/deepseek_v3",    "tests/fixtures/deepseek_v3_nolora"};
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, CudaForwardPassTest, ::testing::ValuesIn(Models()));
+INSTANTIATE_TEST_SUITE_P(Models, CudaForwardPassTest,
+                         ::testing::Combine(::testing::ValuesIn(Models()),
+                                            ::testing::Values("router", "experts", "both")));
 
 // The mixtral fixture's weights, or null.
 std::shared_ptr<const ModelWeights> LoadMixtral(const ModelConfig& config) {

@@ -7,7 +7,7 @@
 #include <random>
 #include <vector>
 
-#include "core/engine/expert_executor.h"
+#include "core/experts/cpu_expert_device.h"
 #include "core/kernels/cpu/norm.h"
 #include "core/kernels/cuda/expert_ffn.h"
 #include "core/kernels/cuda/grouped_gemm.h"

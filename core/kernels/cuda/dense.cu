@@ -67,6 +67,19 @@ __global__ void GatherRowsKernel(const float* src, int width, const int* rows, i
   }
 }
 
+// One block per token: the sum starts at 0 and adds the token's rows in
+// table order, as CombineExpertRows does on the host, so both give the same
+// bits (additions only: nothing to contract into an FMA).
+__global__ void CombineRowsKernel(const float* rows, int width, const int* offsets, const int* index, float* out) {
+  const int t = blockIdx.x;
+  const int begin = offsets[t], end = offsets[t + 1];
+  for (int d = threadIdx.x; d < width; d += blockDim.x) {
+    float s = 0.0f;
+    for (int i = begin; i < end; ++i) s += rows[static_cast<size_t>(index[i]) * width + d];
+    out[static_cast<size_t>(t) * width + d] = s;
+  }
+}
+
 #undef MM_GRID_STRIDE
 
 }  // namespace
@@ -132,6 +145,13 @@ absl::Status GatherRowsCuda(const float* src, int width, const int* rows, int n,
   GatherRowsKernel<<<Blocks(static_cast<size_t>(n) * width), 256, 0, static_cast<cudaStream_t>(stream)>>>(
       src, width, rows, n, out);
   return LaunchStatus("GatherRowsKernel");
+}
+
+absl::Status CombineRowsCuda(const float* rows, int width, const int* row_offsets, const int* row_index,
+                             int tokens, float* out, CudaStream stream) {
+  if (tokens == 0) return absl::OkStatus();
+  CombineRowsKernel<<<tokens, 256, 0, static_cast<cudaStream_t>(stream)>>>(rows, width, row_offsets, row_index, out);
+  return LaunchStatus("CombineRowsKernel");
 }
 
 }  // namespace moemesh

@@ -32,6 +32,11 @@ absl::Status ScatterRowsCuda(const float* src, int rows, int width, int src_stri
                              CudaStream stream);
 // out[i] = src[rows[i]] (width floats each).
 absl::Status GatherRowsCuda(const float* src, int width, const int* rows, int n, float* out, CudaStream stream);
+// The ordered combine of routed experts' rows (CombineTable's table,
+// core/experts/expert_work.h): out[t] = the sum of rows[row_index[i]] for i
+// in [row_offsets[t], row_offsets[t + 1]), added in that order from 0.
+absl::Status CombineRowsCuda(const float* rows, int width, const int* row_offsets, const int* row_index,
+                             int tokens, float* out, CudaStream stream);
 
 }  // namespace moemesh
 

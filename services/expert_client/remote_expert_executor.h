@@ -1,5 +1,5 @@
-#ifndef MOEMESH_SERVICES_ROUTER_REMOTE_EXPERT_EXECUTOR_H_
-#define MOEMESH_SERVICES_ROUTER_REMOTE_EXPERT_EXECUTOR_H_
+#ifndef MOEMESH_SERVICES_EXPERT_CLIENT_REMOTE_EXPERT_EXECUTOR_H_
+#define MOEMESH_SERVICES_EXPERT_CLIENT_REMOTE_EXPERT_EXECUTOR_H_
 
 #include <functional>
 #include <memory>
@@ -7,16 +7,18 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "core/engine/expert_executor.h"
-#include "core/engine/placement.h"
+#include "core/experts/expert_executor.h"
+#include "core/experts/expert_work.h"
+#include "core/experts/placement.h"
 
 namespace moemesh {
 
-// Runs a layer's routed experts on remote expert workers: one request per
-// shard over a long-lived Dispatch stream each, all shards in flight at
-// once, then adds the returned weighted rows per token in increasing expert
-// order, exactly as LocalExpertExecutor does, so the mesh's logits equal
-// the single-process engine's bit for bit.
+// Runs a layer's routed experts on remote expert workers: groups the rows by
+// expert (GroupByExpert), sends each shard the groups it holds over its
+// ExpertTransport (all shards in flight at once), and adds the returned
+// rows per token in increasing expert order (CombineExpertRows), as
+// LocalExpertExecutor does, so the mesh's logits equal the single-process
+// engine's bit for bit.
 //
 // A shard may have several replicas: steps rotate among them, and since an
 // expert call is a pure function, a request that fails on one replica is
@@ -29,9 +31,9 @@ class RemoteExpertExecutor : public ExpertExecutor {
   // `shards.size()`, placed by `placement` (null: modulo). Checks that
   // every worker holds exactly the experts the placement gives its shard
   // (FAILED_PRECONDITION otherwise); UNAVAILABLE when one cannot be reached
-  // within `connect_timeout_ms`. With `use_data_channel`, Dispatch goes
-  // over a worker's raw data channel when it offers one (the hidden states
-  // are written straight from the engine's buffer); otherwise over the
+  // within `connect_timeout_ms`. The transport to each worker is negotiated
+  // from what it advertises (NegotiateTransport): with
+  // `use_data_channel`, its raw data channel where it offers one, else the
   // gRPC stream.
   static absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> Connect(
       const std::vector<std::vector<std::string>>& shards, int hidden_size, int connect_timeout_ms = 10000,
@@ -50,6 +52,8 @@ class RemoteExpertExecutor : public ExpertExecutor {
   // Called with a worker's address and the seconds from sending a request
   // to it until its answer was read, for every answered request.
   void set_dispatch_observer(std::function<void(const std::string&, double)> f) { observer_ = std::move(f); }
+  // The transport each shard's first replica uses ("frames", "grpc-stream").
+  std::vector<std::string> transports() const;
   ~RemoteExpertExecutor() override;
 
   absl::Status Execute(const ExpertBatch& batch, float* out) override;
@@ -58,17 +62,24 @@ class RemoteExpertExecutor : public ExpertExecutor {
   struct Replica;
   struct Shard;
   RemoteExpertExecutor() = default;
+  // Fills each shard's request from work_.
+  void Partition(int num_tokens);
   absl::Status ExecuteOnce(const ExpertBatch& batch, float* out);
+  // Sends (unless already sent) and receives s's request, moving to the
+  // next replica when one is lost.
+  absl::Status Exchange(Shard& s, bool already_sent);
 
   std::vector<std::unique_ptr<Shard>> shards_;
   std::unique_ptr<ShardPlacement> placement_;
   int hidden_size_ = 0;
+  int num_experts_ = 0;
   uint64_t step_ = 0;
   int64_t retries_ = 0;
   double combine_seconds_ = 0;
+  ExpertWork work_;  // this step's rows by expert, reused
   std::function<void(const std::string&, double)> observer_;
 };
 
 }  // namespace moemesh
 
-#endif  // MOEMESH_SERVICES_ROUTER_REMOTE_EXPERT_EXECUTOR_H_
+#endif  // MOEMESH_SERVICES_EXPERT_CLIENT_REMOTE_EXPERT_EXECUTOR_H_

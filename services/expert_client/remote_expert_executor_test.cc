@@ -2,7 +2,7 @@
 // servers on loopback ports, over the raw data channel or the gRPC stream)
 // must give exactly the logits of the single-process engine, with one and
 // with several shards.
-#include "services/router/remote_expert_executor.h"
+#include "services/expert_client/remote_expert_executor.h"
 
 #include <chrono>
 #include <memory>
@@ -11,6 +11,7 @@
 
 #include "core/engine/kv_cache.h"
 #include "core/engine/model.h"
+#include "core/experts/local_expert_executor.h"
 #include "core/model/safetensors.h"
 #include "core/model/weights.h"
 #include "core/tensor/thread_pool.h"
@@ -115,6 +116,8 @@ TEST_P(RemoteExpertsTest, LogitsEqualSingleProcessExactly) {
   for (const std::string& a : Addresses(workers)) replicas.push_back({a});
   auto remote = RemoteExpertExecutor::Connect(replicas, config->hidden_size, 10000, nullptr, data_channel);
   ASSERT_TRUE(remote.ok()) << remote.status();
+  // Negotiated from what the workers offer.
+  for (const std::string& t : (*remote)->transports()) EXPECT_EQ(t, data_channel ? "frames" : "grpc-stream");
   std::vector<float> local = RunModel(dir, nullptr);
   std::vector<float> mesh = RunModel(dir, remote->get());
   ASSERT_EQ(local.size(), mesh.size());

@@ -1,4 +1,4 @@
-#include "core/engine/placement.h"
+#include "core/experts/placement.h"
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"

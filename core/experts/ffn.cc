@@ -1,4 +1,4 @@
-#include "core/engine/ffn.h"
+#include "core/experts/ffn.h"
 
 #include <vector>
 

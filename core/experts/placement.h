@@ -1,5 +1,5 @@
-#ifndef MOEMESH_CORE_ENGINE_PLACEMENT_H_
-#define MOEMESH_CORE_ENGINE_PLACEMENT_H_
+#ifndef MOEMESH_CORE_EXPERTS_PLACEMENT_H_
+#define MOEMESH_CORE_EXPERTS_PLACEMENT_H_
 
 #include <string>
 #include <vector>
@@ -48,4 +48,4 @@ class ShardPlacement {
 
 }  // namespace moemesh
 
-#endif  // MOEMESH_CORE_ENGINE_PLACEMENT_H_
+#endif  // MOEMESH_CORE_EXPERTS_PLACEMENT_H_

@@ -1,4 +1,4 @@
-#include "core/engine/placement.h"
+#include "core/experts/placement.h"
 
 #include "gtest/gtest.h"
 

@@ -1,14 +1,16 @@
-#include "services/expert/cuda_expert_device.h"
+#include "core/experts/cuda/cuda_expert_device.h"
 
 #include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
-#include "core/engine/cuda/device_weights.h"
+#include "core/experts/cuda/device_weights.h"
+#include "core/experts/expert_work.h"
+#include "core/kernels/cuda/dense.h"
 #include "core/kernels/cuda/expert_ffn.h"
+#include "core/model/config.h"
 #include "core/model/weights.h"
-#include "services/expert/expert_worker.h"
 
 namespace moemesh {
 
@@ -18,11 +20,18 @@ struct CudaExpertDevice::Lane {
   std::unique_ptr<PinnedBuffer> host_x, host_w, host_y;
   std::unique_ptr<DeviceBuffer> x, w, y;
   std::vector<std::unique_ptr<CudaEvent>> copied, computed;  // one each per chunk
+  // Work in device memory: the gather, weight and combine tables (pinned,
+  // then on the device), and the events that say the lane's last such work
+  // is done (`idle`) and its tables were read (`uploaded`).
+  std::unique_ptr<PinnedBuffer> host_table;
+  std::unique_ptr<DeviceBuffer> table;
+  std::unique_ptr<CudaEvent> idle, uploaded;
 
   // Waits for everything the lane has enqueued (after an error, so that the
   // next request may reuse or free its buffers).
   void Drain() {
     for (const auto* s : {&in, &compute, &out}) CudaSynchronize((*s)->get()).IgnoreError();
+    if (idle) idle->Synchronize().IgnoreError();
   }
 };
 
@@ -74,6 +83,10 @@ absl::StatusOr<std::unique_ptr<ExpertDevice>> CudaExpertDevice::Create(const Mod
       MM_ASSIGN_OR_RETURN(lane->in, OwnedStream::Create());
       MM_ASSIGN_OR_RETURN(lane->compute, OwnedStream::Create());
       MM_ASSIGN_OR_RETURN(lane->out, OwnedStream::Create());
+      MM_ASSIGN_OR_RETURN(lane->idle, CudaEvent::Create());
+      MM_ASSIGN_OR_RETURN(lane->uploaded, CudaEvent::Create());
+      MM_RETURN_IF_ERROR(lane->idle->Record(lane->compute->get()));
+      MM_RETURN_IF_ERROR(lane->uploaded->Record(lane->compute->get()));
       absl::MutexLock lock(&d->mu_);
       d->free_.push_back(lane.get());
       d->lanes_.push_back(std::move(lane));
@@ -82,11 +95,12 @@ absl::StatusOr<std::unique_ptr<ExpertDevice>> CudaExpertDevice::Create(const Mod
   return std::unique_ptr<ExpertDevice>(std::move(d));
 }
 
-absl::Status CudaExpertDevice::Run(const ExpertWork& work, float* out) {
-  size_t rows = 0;
-  for (const ExpertWork::Group& g : work.groups) rows += g.rows.size();
-  if (rows == 0) return absl::OkStatus();
-  if (lanes_.empty()) return absl::FailedPreconditionError("this GPU worker holds no experts");
+bool CudaExpertDevice::Holds(int layer, int expert) const {
+  return experts_.find({layer, expert}) != experts_.end();
+}
+
+absl::Status CudaExpertDevice::OnLane(const std::function<absl::Status(Lane&)>& fn) {
+  if (lanes_.empty()) return absl::FailedPreconditionError("this GPU holds no experts");
   Lane* lane = nullptr;
   {
     absl::MutexLock lock(&mu_);
@@ -95,15 +109,96 @@ absl::Status CudaExpertDevice::Run(const ExpertWork& work, float* out) {
     lane = free_.back();
     free_.pop_back();
   }
-  absl::Status st = RunOn(*lane, work, out);
+  absl::Status st = fn(*lane);
   if (!st.ok()) lane->Drain();
   absl::MutexLock lock(&mu_);
   free_.push_back(lane);
   return st;
 }
 
-absl::Status CudaExpertDevice::RunOn(Lane& lane, const ExpertWork& work, float* out) {
+absl::Status CudaExpertDevice::Run(const ExpertWork& work, float* out) {
+  if (work.total_rows() == 0) return absl::OkStatus();
+  return OnLane([&](Lane& lane) {
+    return work.on_device ? RunOnDevice(lane, work, /*combine=*/false, out) : RunFromHost(lane, work, out);
+  });
+}
+
+absl::Status CudaExpertDevice::RunCombined(const ExpertWork& work, float* out) {
+  // Rows in host memory come back per expert and are added on the host (a
+  // CPU router's): only the device path keeps them here.
+  if (!work.on_device) return ExpertDevice::RunCombined(work, out);
+  return OnLane([&](Lane& lane) { return RunOnDevice(lane, work, /*combine=*/true, out); });
+}
+
+absl::Status CudaExpertDevice::RunOnDevice(Lane& lane, const ExpertWork& work, bool combine, float* out) {
   MM_RETURN_IF_ERROR(CudaSetDevice(device_));
+  const CudaStream stream = work.cuda_stream;
+  const size_t h = hidden_, total = work.total_rows();
+  // One table, uploaded by one copy: the rows to gather, their weights and
+  // the combine's offsets and row order (ints and floats are both 4 bytes).
+  std::vector<ExpertFfnGroup> groups;
+  groups.reserve(work.groups.size());
+  std::vector<int> offsets, order;
+  if (combine) CombineTable(work, work.num_rows, &offsets, &order);
+  const size_t words = 2 * total + offsets.size() + order.size();
+  // The lane's buffers may be in use by its last work, on another stream
+  // perhaps: the host waits before growing them (rare) or rewriting the
+  // pinned table (its upload is long done by then), and this stream waits
+  // before the device buffers are written.
+  MM_RETURN_IF_ERROR(lane.uploaded->Synchronize());
+  if (!lane.table || lane.table->bytes() < words * 4 || !lane.x || lane.x->bytes() < total * h * sizeof(float) ||
+      (combine && (!lane.y || lane.y->bytes() < total * h * sizeof(float)))) {
+    MM_RETURN_IF_ERROR(lane.idle->Synchronize());
+    MM_RETURN_IF_ERROR(GrowBuffer(&lane.host_table, words * 4));
+    MM_RETURN_IF_ERROR(GrowBuffer(&lane.table, words * 4));
+    MM_RETURN_IF_ERROR(GrowBuffer(&lane.x, total * h * sizeof(float)));
+    if (combine) MM_RETURN_IF_ERROR(GrowBuffer(&lane.y, total * h * sizeof(float)));
+  }
+  int* gather = lane.host_table->as<int>();
+  float* weight = lane.host_table->as<float>() + total;
+  size_t row = 0;
+  for (const ExpertWork::Group& g : work.groups) {
+    if (g.rows.empty()) continue;
+    auto it = experts_.find({work.layer, g.expert});
+    if (it == experts_.end()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("expert ", g.expert, " of layer ", work.layer, " is not on this GPU"));
+    }
+    const uint16_t* gate = it->second.gate_up->as<uint16_t>();
+    groups.push_back({gate, gate + static_cast<size_t>(intermediate_) * h, it->second.down->as<uint16_t>(),
+                      static_cast<int>(row), static_cast<int>(g.rows.size())});
+    for (size_t r = 0; r < g.rows.size(); ++r, ++row) {
+      gather[row] = g.rows[r];
+      weight[row] = g.weights[r];
+    }
+  }
+  std::copy(offsets.begin(), offsets.end(), gather + 2 * total);
+  std::copy(order.begin(), order.end(), gather + 2 * total + offsets.size());
+  MM_RETURN_IF_ERROR(lane.idle->WaitOn(stream));
+  const int* table = lane.table->as<int>();
+  MM_RETURN_IF_ERROR(CopyToDeviceAsync(lane.table->data(), gather, words * 4, stream));
+  MM_RETURN_IF_ERROR(lane.uploaded->Record(stream));
+  float* x = lane.x->as<float>();
+  if (total == 0) {  // no token routed here: the combine writes zeros
+    MM_RETURN_IF_ERROR(CombineRowsCuda(nullptr, hidden_, table, table, work.num_rows, out, stream));
+    return lane.idle->Record(stream);
+  }
+  MM_RETURN_IF_ERROR(GatherRowsCuda(work.hidden_states, hidden_, table, static_cast<int>(total), x, stream));
+  const float* w = reinterpret_cast<const float*>(table + total);
+  if (!combine) {
+    MM_RETURN_IF_ERROR(lane.ffn->Run(x, w, groups, out, stream));
+  } else {
+    float* y = lane.y->as<float>();
+    MM_RETURN_IF_ERROR(lane.ffn->Run(x, w, groups, y, stream));
+    MM_RETURN_IF_ERROR(CombineRowsCuda(y, hidden_, table + 2 * total, table + 2 * total + offsets.size(),
+                                       work.num_rows, out, stream));
+  }
+  return lane.idle->Record(stream);
+}
+
+absl::Status CudaExpertDevice::RunFromHost(Lane& lane, const ExpertWork& work, float* out) {
+  MM_RETURN_IF_ERROR(CudaSetDevice(device_));
+  MM_RETURN_IF_ERROR(lane.idle->Synchronize());  // the lane's last work on the device may use its buffers
   const size_t h = hidden_;
   // Chunks of whole groups, about chunk_rows rows each.
   struct Chunk {

@@ -1,5 +1,5 @@
-#ifndef MOEMESH_CORE_ENGINE_FFN_H_
-#define MOEMESH_CORE_ENGINE_FFN_H_
+#ifndef MOEMESH_CORE_EXPERTS_FFN_H_
+#define MOEMESH_CORE_EXPERTS_FFN_H_
 
 #include "core/model/weights.h"
 
@@ -13,4 +13,4 @@ void RunFfn(const FfnWeights& w, const float* x, int m, float* out, ThreadPool* 
 
 }  // namespace moemesh
 
-#endif  // MOEMESH_CORE_ENGINE_FFN_H_
+#endif  // MOEMESH_CORE_EXPERTS_FFN_H_

@@ -1,5 +1,5 @@
-#ifndef MOEMESH_CORE_ENGINE_CUDA_DEVICE_WEIGHTS_H_
-#define MOEMESH_CORE_ENGINE_CUDA_DEVICE_WEIGHTS_H_
+#ifndef MOEMESH_CORE_EXPERTS_CUDA_DEVICE_WEIGHTS_H_
+#define MOEMESH_CORE_EXPERTS_CUDA_DEVICE_WEIGHTS_H_
 
 #include <initializer_list>
 #include <memory>
@@ -22,4 +22,4 @@ absl::StatusOr<std::unique_ptr<DeviceBuffer>> UploadVector(const std::vector<flo
 
 }  // namespace moemesh
 
-#endif  // MOEMESH_CORE_ENGINE_CUDA_DEVICE_WEIGHTS_H_
+#endif  // MOEMESH_CORE_EXPERTS_CUDA_DEVICE_WEIGHTS_H_

@@ -1,4 +1,4 @@
-#include "core/engine/cuda/device_weights.h"
+#include "core/experts/cuda/device_weights.h"
 
 #include <cstring>
 

@@ -1,0 +1,260 @@
+// The decode step of the single-process GPU engine (CudaForwardPass with the
+// routed experts on the same GPU, rows never leaving device memory) beside
+// the same step with the experts' rows going to the host and back (the path
+// every layer took before: GPU -> host -> expert device -> host -> GPU,
+// without the network), and beside the step's memory roofline: the bytes a
+// decode step must read (bench/roofline.h) over the measured copy bandwidth.
+// Random-weight checkpoints at real layer shapes (bf16), written once under
+// /tmp.
+//
+//   gpu_decode_bench [--shapes mixtral,qwen3] [--layers 8] [--batches 1,8,32,64] [--steps 24]
+//
+// One row per shape and batch size: step ms in place, step ms through the
+// host, their ratio, roofline ms and the in-place step's share of it.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "bench/roofline.h"
+#include "core/common/file_util.h"
+#include "core/engine/cuda/cuda_forward_pass.h"
+#include "core/engine/kv_cache.h"
+#include "core/experts/cuda/cuda_expert_device.h"
+#include "core/experts/local_expert_executor.h"
+#include "core/kernels/cuda/ceilings.h"
+#include "core/kernels/cuda/cuda_runtime_util.h"
+#include "core/model/config.h"
+#include "core/model/safetensors.h"
+#include "core/model/weights.h"
+#include "core/tensor/dtype.h"
+#include "nlohmann/json.hpp"
+
+namespace moemesh {
+namespace {
+
+struct Shape {
+  std::string name, model_type;
+  int hidden, layers, heads, kv_heads, head_dim, experts, top_k, expert_width, vocab;
+};
+
+Shape Mixtral(int layers) { return {"mixtral", "mixtral", 4096, layers, 32, 8, 128, 8, 2, 14336, 32000}; }
+Shape Qwen3(int layers) { return {"qwen3", "qwen3_moe", 2048, layers, 32, 4, 128, 128, 8, 768, 151936}; }
+
+// bf16 values of variance 1/fan_in (uniform), from a counter hash: fast
+// enough for tens of GB, and never zeros (docs/PERFORMANCE.md).
+std::string RandomBf16(size_t n, float fan_in, uint64_t seed) {
+  std::string bytes(n * 2, '\0');
+  uint16_t* p = reinterpret_cast<uint16_t*>(bytes.data());
+  const float a = std::sqrt(3.0f / fan_in);
+  const int threads = std::max(1u, std::thread::hardware_concurrency());
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([=] {
+      for (size_t i = n * t / threads; i < n * (t + 1) / threads; ++i) {
+        uint64_t z = (i + seed * 0x9E3779B97F4A7C15ull) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 31)) * 0x94D049BB133111EBull;
+        const float u = static_cast<float>((z >> 40) & 0xFFFFFF) / 16777216.0f;  // [0, 1)
+        p[i] = F32ToBf16((2 * u - 1) * a);
+      }
+    });
+  }
+  for (auto& th : pool) th.join();
+  return bytes;
+}
+
+// Writes config.json and model.safetensors (experts in transformers 5's
+// fused layout) unless the last run left the same model there.
+std::string WriteModel(const Shape& s) {
+  const std::string dir = absl::StrCat("/tmp/moemesh_gpu_bench_", s.name, "_", s.layers, "l");
+  std::system(("mkdir -p " + dir).c_str());
+  nlohmann::json cfg = {{"model_type", s.model_type},       {"vocab_size", s.vocab},
+                        {"hidden_size", s.hidden},          {"intermediate_size", s.expert_width},
+                        {"moe_intermediate_size", s.expert_width}, {"num_hidden_layers", s.layers},
+                        {"num_attention_heads", s.heads},   {"num_key_value_heads", s.kv_heads},
+                        {"head_dim", s.head_dim},           {"num_local_experts", s.experts},
+                        {"num_experts", s.experts},         {"num_experts_per_tok", s.top_k},
+                        {"norm_topk_prob", true},           {"max_position_embeddings", 4096},
+                        {"rms_norm_eps", 1e-6},             {"tie_word_embeddings", false},
+                        {"decoder_sparse_step", 1},         {"mlp_only_layers", nlohmann::json::array()}};
+  const std::string cfg_text = cfg.dump(1);
+  auto old = ReadFile(dir + "/config.json");
+  if (old.ok() && *old == cfg_text && SafetensorsFile::Open(dir + "/model.safetensors").ok()) return dir;
+  std::vector<TensorToWrite> ts;
+  uint64_t seed = 1;
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, float fan_in) {
+    size_t n = 1;
+    for (int64_t d : shape) n *= d;
+    ts.push_back({name, DType::kBF16, shape, RandomBf16(n, fan_in, seed++)});
+  };
+  auto ones = [&](const std::string& name, int64_t n) {
+    std::string bytes(n * 2, '\0');
+    for (int64_t i = 0; i < n; ++i) reinterpret_cast<uint16_t*>(bytes.data())[i] = F32ToBf16(1.0f);
+    ts.push_back({name, DType::kBF16, {n}, std::move(bytes)});
+  };
+  const int h = s.hidden, q = s.heads * s.head_dim, kv = s.kv_heads * s.head_dim;
+  add("model.embed_tokens.weight", {s.vocab, h}, 1.0f);
+  add("lm_head.weight", {s.vocab, h}, h);
+  ones("model.norm.weight", h);
+  for (int l = 0; l < s.layers; ++l) {
+    const std::string p = absl::StrCat("model.layers.", l, ".");
+    ones(p + "input_layernorm.weight", h);
+    ones(p + "post_attention_layernorm.weight", h);
+    add(p + "self_attn.q_proj.weight", {q, h}, h);
+    add(p + "self_attn.k_proj.weight", {kv, h}, h);
+    add(p + "self_attn.v_proj.weight", {kv, h}, h);
+    add(p + "self_attn.o_proj.weight", {h, q}, q);
+    if (s.model_type == "qwen3_moe") {
+      ones(p + "self_attn.q_norm.weight", s.head_dim);
+      ones(p + "self_attn.k_norm.weight", s.head_dim);
+    }
+    add(p + "mlp.gate.weight", {s.experts, h}, h);
+    add(p + "mlp.experts.gate_up_proj", {s.experts, 2 * s.expert_width, h}, h);
+    add(p + "mlp.experts.down_proj", {s.experts, h, s.expert_width}, s.expert_width);
+  }
+  if (!WriteSafetensors(dir + "/model.safetensors", ts).ok() ||
+      !WriteFileAtomically(dir + "/config.json", cfg_text).ok()) {
+    std::fprintf(stderr, "gpu_decode_bench: cannot write the model to %s\n", dir.c_str());
+    std::exit(1);
+  }
+  return dir;
+}
+
+// The same experts, announced as host-only: the forward pass copies each
+// layer's rows to the host, the device copies them back to compute, and the
+// rows return the same way (the path before rows stayed on the device).
+class ThroughHost : public ExpertExecutor {
+ public:
+  explicit ThroughHost(ExpertExecutor* inner) : inner_(inner) {}
+  absl::Status Execute(const ExpertBatch& batch, float* out) override { return inner_->Execute(batch, out); }
+
+ private:
+  ExpertExecutor* inner_;
+};
+
+std::vector<int> ParseInts(const std::string& s) {
+  std::vector<int> out;
+  for (absl::string_view p : absl::StrSplit(s, ',', absl::SkipEmpty())) {
+    int v;
+    if (absl::SimpleAtoi(p, &v)) out.push_back(v);
+  }
+  return out;
+}
+
+int Run(int argc, char** argv) {
+  std::vector<std::string> shapes = {"mixtral", "qwen3"};
+  std::vector<int> batches = {1, 8, 32, 64};
+  int layers = 8, steps = 24;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i], value = argv[i + 1];
+    if (flag == "--shapes") {
+      shapes = absl::StrSplit(value, ',', absl::SkipEmpty());
+    } else if (flag == "--layers") {
+      layers = std::atoi(value.c_str());
+    } else if (flag == "--batches") {
+      batches = ParseInts(value);
+    } else if (flag == "--steps") {
+      steps = std::atoi(value.c_str());
+    } else {
+      std::fprintf(stderr, "gpu_decode_bench: unknown flag %s\n", flag.c_str());
+      return 2;
+    }
+  }
+  if (CudaDeviceCount() == 0) {
+    std::fprintf(stderr, "gpu_decode_bench: no CUDA device\n");
+    return 1;
+  }
+  auto bw = MeasureCopyBandwidth(size_t{1} << 30, kSustainedWarmUpSeconds);
+  if (!bw.ok()) {
+    std::fprintf(stderr, "gpu_decode_bench: %s\n", std::string(bw.status().message()).c_str());
+    return 1;
+  }
+  constexpr int kPrompt = 180;  // with the decoded tokens, about roofline.h's 192 positions on average
+  std::printf("copy bandwidth %.2f TB/s; prompts of %d tokens, then %d decode steps timed per batch\n", *bw / 1e12,
+              kPrompt, steps);
+  std::printf("%-8s %6s %6s %12s %12s %8s %12s %10s\n", "shape", "layers", "batch", "in place ms", "via host ms",
+              "speedup", "roofline ms", "of roofl.");
+  for (const std::string& name : shapes) {
+    const Shape s = name == "qwen3" ? Qwen3(layers) : Mixtral(layers);
+    const std::string dir = WriteModel(s);
+    auto config = LoadModelConfig(dir);
+    auto ckpt = Checkpoint::Open(dir);
+    if (!config.ok() || !ckpt.ok()) {
+      std::fprintf(stderr, "gpu_decode_bench: %s\n", std::string((config.ok() ? ckpt.status() : config.status()).message()).c_str());
+      return 1;
+    }
+    auto w = LoadWeights(std::move(*ckpt), *config);
+    if (!w.ok()) {
+      std::fprintf(stderr, "gpu_decode_bench: %s\n", std::string(w.status().message()).c_str());
+      return 1;
+    }
+    auto weights = std::make_shared<const ModelWeights>(std::move(*w));
+    const int max_batch = *std::max_element(batches.begin(), batches.end());
+    const int block = 16, blocks = max_batch * ((kPrompt + steps + 2 * block) / block);
+    auto pass = CudaForwardPass::Create(*config, weights, block, blocks, 0);
+    auto device = CudaExpertDevice::Create(*config, *weights, 0);
+    if (!pass.ok() || !device.ok()) {
+      std::fprintf(stderr, "gpu_decode_bench: %s\n",
+                   std::string((pass.ok() ? device.status() : pass.status()).message()).c_str());
+      return 1;
+    }
+    LocalExpertExecutor in_place(std::move(*device), config->num_experts);
+    ThroughHost via_host(&in_place);
+    for (int n : batches) {
+      double ms[2];
+      for (int path = 0; path < 2; ++path) {
+        ExpertExecutor* experts = path == 0 ? static_cast<ExpertExecutor*>(&in_place) : &via_host;
+        KvCache cache(config->num_layers, (*pass)->kv_k_width(), (*pass)->kv_v_width(), block, blocks);
+        std::vector<KvSequence> seqs(n);
+        std::vector<int> prompt(kPrompt);
+        for (int i = 0; i < kPrompt; ++i) prompt[i] = (i * 7919 + 13) % config->vocab_size;
+        bool ok = true;
+        for (KvSequence& seq : seqs) {
+          ok = ok && cache.Reserve(&seq, kPrompt + steps + 2).ok();
+          ForwardItem item{&seq, prompt, false};
+          ok = ok && (*pass)->Forward({&item, 1}, &cache, experts, nullptr).ok();
+        }
+        std::vector<double> times;
+        std::vector<int> tokens(n);
+        for (int step = 0; ok && step < steps + 2; ++step) {
+          std::vector<ForwardItem> items;
+          for (int i = 0; i < n; ++i) {
+            tokens[i] = (step * 31 + i * 17) % config->vocab_size;
+            items.push_back({&seqs[i], absl::MakeConstSpan(&tokens[i], 1), false});
+          }
+          const auto t0 = std::chrono::steady_clock::now();
+          ok = (*pass)->Forward(items, &cache, experts, nullptr).ok();  // waits for the step
+          if (step >= 2) times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        }
+        for (KvSequence& seq : seqs) cache.Release(&seq);
+        if (!ok) {
+          std::fprintf(stderr, "gpu_decode_bench: a step failed (%s, batch %d)\n", s.name.c_str(), n);
+          return 1;
+        }
+        std::sort(times.begin(), times.end());
+        ms[path] = 1e3 * times[times.size() / 2];
+      }
+      const RooflineShape r{s.layers, s.hidden, s.heads, s.kv_heads, s.head_dim, s.experts, s.top_k, s.expert_width,
+                            s.vocab};
+      const double roof_ms = 1e3 * DecodeStepBytes(r, n, kRooflineContext) / *bw;
+      std::printf("%-8s %6d %6d %12.3f %12.3f %7.2fx %12.3f %9.0f%%\n", s.name.c_str(), s.layers, n, ms[0], ms[1],
+                  ms[1] / ms[0], roof_ms, 100 * roof_ms / ms[0]);
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace moemesh
+
+int main(int argc, char** argv) { return moemesh::Run(argc, argv); }

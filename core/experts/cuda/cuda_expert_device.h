@@ -1,0 +1,80 @@
+#ifndef MOEMESH_CORE_EXPERTS_CUDA_CUDA_EXPERT_DEVICE_H_
+#define MOEMESH_CORE_EXPERTS_CUDA_CUDA_EXPERT_DEVICE_H_
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "core/experts/expert_device.h"
+#include "core/kernels/cuda/cuda_runtime_util.h"
+
+namespace moemesh {
+
+// Experts on a GPU: every expert of the weights is uploaded once, as bf16
+// (F32 and F16 checkpoints are rounded to bf16, so results differ from the
+// CPU kernels by bf16 rounding), and work runs CudaExpertFfn.
+//
+// Work in host memory (an expert worker's, a CPU router's) runs on one of
+// `lanes`: each lane has its own streams, pinned host buffers and device
+// scratch, so that requests from several routers run side by side. Within
+// a request the rows go in chunks of about `chunk_rows`, pipelined over
+// three streams: while one chunk computes, the next is gathered and copied
+// in and the last copied out.
+//
+// Work in device memory (work.on_device: a forward pass on this GPU) is
+// gathered, computed and, with RunCombined, combined on the device, all
+// enqueued on work.cuda_stream, and the call returns without waiting.
+class CudaExpertDevice : public ExpertDevice {
+ public:
+  struct Options {
+    int lanes = 2;
+    int chunk_rows = 256;
+  };
+  // FAILED_PRECONDITION without a GPU `device_index`; RESOURCE_EXHAUSTED
+  // when the experts do not fit; INVALID_ARGUMENT for bad options or experts
+  // of unlike FFN sizes.
+  static absl::StatusOr<std::unique_ptr<ExpertDevice>> Create(const ModelConfig& config,
+                                                              const ModelWeights& weights, int device_index,
+                                                              const Options& options);
+  static absl::StatusOr<std::unique_ptr<ExpertDevice>> Create(const ModelConfig& config,
+                                                              const ModelWeights& weights, int device_index) {
+    return Create(config, weights, device_index, Options());
+  }
+  ~CudaExpertDevice() override;
+
+  bool Holds(int layer, int expert) const override;
+  int cuda_device() const override { return device_; }
+  // Thread-safe; up to `lanes` calls run at once, others wait for a lane.
+  absl::Status Run(const ExpertWork& work, float* out) override;
+  absl::Status RunCombined(const ExpertWork& work, float* out) override;
+
+  // A factory for ExpertWorker::Options::device and EngineOptions::expert_device.
+  static ExpertDeviceFactory Factory(int device_index, const Options& options);
+  static ExpertDeviceFactory Factory(int device_index) { return Factory(device_index, Options()); }
+
+ private:
+  struct Expert {
+    std::unique_ptr<DeviceBuffer> gate_up, down;  // gate and up adjacent
+  };
+  struct Lane;
+  CudaExpertDevice();
+  // Takes a free lane (waiting for one) and gives it back after `fn`.
+  absl::Status OnLane(const std::function<absl::Status(Lane&)>& fn);
+  absl::Status RunFromHost(Lane& lane, const ExpertWork& work, float* out);
+  absl::Status RunOnDevice(Lane& lane, const ExpertWork& work, bool combine, float* out);
+
+  Options options_;
+  int hidden_ = 0, intermediate_ = 0, device_ = 0;
+  std::map<std::pair<int, int>, Expert> experts_;  // (layer, expert)
+  std::vector<std::unique_ptr<Lane>> lanes_;        // empty when there are no experts
+  absl::Mutex mu_;
+  std::vector<Lane*> free_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_CORE_EXPERTS_CUDA_CUDA_EXPERT_DEVICE_H_

@@ -1,0 +1,49 @@
+#ifndef MOEMESH_CORE_EXPERTS_EXPERT_DEVICE_H_
+#define MOEMESH_CORE_EXPERTS_EXPERT_DEVICE_H_
+
+#include <functional>
+#include <memory>
+
+#include "absl/status/statusor.h"
+
+namespace moemesh {
+
+struct ExpertWork;
+struct ModelConfig;
+struct ModelWeights;
+
+// Where experts compute: the CPU kernels (CpuExpertDevice) or a GPU
+// (CudaExpertDevice, core/experts/cuda/, in builds with CUDA). Both the
+// engine's LocalExpertExecutor and the expert worker run their experts
+// through one. Called with work its caller has validated (experts it
+// Holds, rows in range), possibly from several threads at once: a device
+// serialises what it must itself.
+class ExpertDevice {
+ public:
+  virtual ~ExpertDevice() = default;
+
+  // Whether this device holds expert `expert` of `layer`.
+  virtual bool Holds(int layer, int expert) const = 0;
+
+  // The GPU whose memory Run and RunCombined accept (work.on_device), or -1.
+  virtual int cuda_device() const { return -1; }
+
+  // Writes weights * FFN_expert(row) for every (group, row), in group
+  // order, to `out` ([work.total_rows(), hidden_size]).
+  virtual absl::Status Run(const ExpertWork& work, float* out) = 0;
+
+  // Writes the combined rows: out[t] = the sum of token t's rows in group
+  // order (CombineExpertRows), for t < work.num_rows. This default runs Run
+  // and combines on the host; a GPU does both on the device, where
+  // work.on_device lets it finish asynchronously on work.cuda_stream.
+  virtual absl::Status RunCombined(const ExpertWork& work, float* out);
+};
+
+// Makes a device for the experts in `weights` (loaded by the caller, who
+// keeps them alive as long as the device).
+using ExpertDeviceFactory =
+    std::function<absl::StatusOr<std::unique_ptr<ExpertDevice>>(const ModelConfig&, const ModelWeights&)>;
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_CORE_EXPERTS_EXPERT_DEVICE_H_

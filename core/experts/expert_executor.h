@@ -1,0 +1,51 @@
+#ifndef MOEMESH_CORE_EXPERTS_EXPERT_EXECUTOR_H_
+#define MOEMESH_CORE_EXPERTS_EXPERT_EXECUTOR_H_
+
+#include "absl/status/status.h"
+
+namespace moemesh {
+
+// The routed rows of one MoE layer: token t goes to experts
+// expert_ids[t * slots + j] with weights weights[t * slots + j]; id -1
+// marks an unused slot. The routing is in host memory; the hidden states,
+// and the output Execute writes, in host memory or on a GPU (`on_device`).
+struct ExpertBatch {
+  int layer = 0;
+  int num_tokens = 0;
+  int hidden_size = 0;
+  const float* hidden_states = nullptr;  // [num_tokens, hidden_size]
+  int slots = 0;
+  const int* expert_ids = nullptr;       // [num_tokens, slots], host memory
+  const float* weights = nullptr;        // [num_tokens, slots], host memory
+  // Whether `hidden_states` and Execute's `out` are device pointers on the
+  // executor's cuda_device(); work on them is then ordered on `cuda_stream`
+  // (a cudaStream_t; null is the default stream), and Execute may return
+  // before it is done.
+  bool on_device = false;
+  void* cuda_stream = nullptr;
+};
+
+// The seam between the model and its routed experts: the forward pass calls
+// it once per MoE layer per step. Implementations run the experts in this
+// process (LocalExpertExecutor, on the CPU or a GPU) or on remote expert
+// workers (RemoteExpertExecutor, services/expert_client/). See
+// docs/ARCHITECTURE.md, "The seams".
+class ExpertExecutor {
+ public:
+  virtual ~ExpertExecutor() = default;
+  // Writes out[t] = sum_j weights[t, j] * FFN_{expert_ids[t, j]}(x_t),
+  // adding the experts of a token in increasing id order (so every
+  // executor gives the same sums for the same rows). `out` is
+  // [num_tokens, hidden_size] and is overwritten. Not required to be
+  // thread-safe; the engine calls it from one thread.
+  virtual absl::Status Execute(const ExpertBatch& batch, float* out) = 0;
+
+  // The GPU whose memory Execute accepts (ExpertBatch::on_device), or -1:
+  // host memory only. A forward pass on that GPU hands its rows over in
+  // place; others copy them to the host and back.
+  virtual int cuda_device() const { return -1; }
+};
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_CORE_EXPERTS_EXPERT_EXECUTOR_H_

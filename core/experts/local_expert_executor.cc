@@ -1,0 +1,38 @@
+#include "core/experts/local_expert_executor.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "core/common/status_macros.h"
+#include "core/experts/cpu_expert_device.h"
+
+namespace moemesh {
+
+LocalExpertExecutor::LocalExpertExecutor(const ExpertWeightsTable* table, ThreadPool* pool)
+    : device_(std::make_unique<CpuExpertDevice>(table, pool)), num_experts_(-1) {}
+
+LocalExpertExecutor::LocalExpertExecutor(std::unique_ptr<ExpertDevice> device, int num_experts)
+    : device_(std::move(device)), num_experts_(num_experts) {}
+
+LocalExpertExecutor::~LocalExpertExecutor() = default;
+
+absl::Status LocalExpertExecutor::Execute(const ExpertBatch& b, float* out) {
+  if (b.on_device && (device_->cuda_device() < 0)) {
+    return absl::InvalidArgumentError("this executor's experts take rows in host memory, not on a GPU");
+  }
+  int num_experts = num_experts_;
+  if (num_experts < 0) {  // as many as the batch names
+    const size_t picks = static_cast<size_t>(b.num_tokens) * b.slots;
+    num_experts = picks == 0 ? 0 : *std::max_element(b.expert_ids, b.expert_ids + picks) + 1;
+  }
+  MM_RETURN_IF_ERROR(GroupByExpert(b, num_experts, &work_));
+  for (const ExpertWork::Group& g : work_.groups) {
+    if (!device_->Holds(b.layer, g.expert)) {
+      return absl::NotFoundError(
+          absl::StrCat("expert ", g.expert, " of layer ", b.layer, " is not loaded in this process"));
+    }
+  }
+  return device_->RunCombined(work_, out);
+}
+
+}  // namespace moemesh

@@ -1,0 +1,70 @@
+#ifndef MOEMESH_SERVICES_EXPERT_CLIENT_EXPERT_TRANSPORT_H_
+#define MOEMESH_SERVICES_EXPERT_CLIENT_EXPERT_TRANSPORT_H_
+
+#include <sys/uio.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "services/common/tensor_proto.h"
+
+namespace grpc {
+class Channel;
+}
+
+namespace moemesh {
+namespace v1 {
+class DispatchRequest;
+class DispatchResponse;
+class ShardInfo;
+}  // namespace v1
+
+// How a dispatch reaches one expert worker and its answer comes back: one
+// connection (or stream) to one worker, answers in the order of requests
+// (docs/ARCHITECTURE.md, "The seams"). Today's: the raw TCP data channel
+// (FrameTransport) and the gRPC Dispatch stream (GrpcStreamTransport); a
+// new wire (shared memory, CUDA IPC, NCCL) is one more class, chosen by
+// NegotiateTransport. Not thread-safe: one step at a time.
+class ExpertTransport {
+ public:
+  virtual ~ExpertTransport() = default;
+
+  // Sends `header` (a request whose hidden_states holds the shape, not the
+  // bytes) with the rows gathered from `rows`. UNAVAILABLE when the worker
+  // is gone.
+  virtual absl::Status Send(const v1::DispatchRequest& header, absl::Span<const iovec> rows) = 0;
+
+  // Reads the answer to the oldest request not yet answered. Where the
+  // answer carries no error, `*outputs` views its rows until the next
+  // Receive. UNAVAILABLE when the worker is gone; INTERNAL for an answer
+  // whose rows are malformed.
+  virtual absl::Status Receive(v1::DispatchResponse* response, F32Matrix* outputs) = 0;
+
+  // "frames" or "grpc-stream", for logs and metrics.
+  virtual absl::string_view name() const = 0;
+};
+
+// Makes a fresh transport to one worker (after a failure, the old one is
+// dropped and a new one made). Connecting may be deferred to the first Send.
+using ExpertTransportFactory = std::function<std::unique_ptr<ExpertTransport>()>;
+
+struct TransportOptions {
+  int hidden_size = 0;
+  // Use the raw data channel where the worker offers one (ShardInfo's
+  // data_port on the worker's host); otherwise the gRPC stream.
+  bool allow_data_channel = true;
+};
+
+// Picks how to reach the worker at `address` from what it advertised in
+// `info` (GetShardInfo, over `channel`), and returns the factory of that
+// transport. The gRPC stream is the fallback every worker serves.
+ExpertTransportFactory NegotiateTransport(const std::string& address, const v1::ShardInfo& info,
+                                          std::shared_ptr<grpc::Channel> channel, const TransportOptions& options);
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_SERVICES_EXPERT_CLIENT_EXPERT_TRANSPORT_H_

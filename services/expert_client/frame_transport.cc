@@ -1,0 +1,29 @@
+#include "services/expert_client/frame_transport.h"
+
+#include "absl/strings/str_cat.h"
+#include "moemesh/v1/expert.pb.h"
+
+namespace moemesh {
+
+absl::Status FrameTransport::Send(const v1::DispatchRequest& header, absl::Span<const iovec> rows) {
+  if (!socket_) {
+    auto s = FrameSocket::Connect(host_, port_);
+    if (!s.ok()) return s.status();
+    socket_ = std::move(*s);
+  }
+  return socket_->Send(header, rows);
+}
+
+absl::Status FrameTransport::Receive(v1::DispatchResponse* response, F32Matrix* outputs) {
+  if (!socket_) return absl::UnavailableError("no request was sent on this data channel");
+  if (absl::Status st = socket_->Receive(response, &payload_); !st.ok()) {
+    return absl::UnavailableError(st.message());
+  }
+  if (response->error_code() != 0) return absl::OkStatus();
+  auto m = GetF32Matrix(response->outputs(), payload_.data(), payload_.size(), hidden_size_, "outputs");
+  if (!m.ok()) return absl::InternalError(m.status().message());
+  *outputs = *m;
+  return absl::OkStatus();
+}
+
+}  // namespace moemesh

@@ -1,0 +1,36 @@
+#ifndef MOEMESH_SERVICES_EXPERT_CLIENT_GRPC_STREAM_TRANSPORT_H_
+#define MOEMESH_SERVICES_EXPERT_CLIENT_GRPC_STREAM_TRANSPORT_H_
+
+#include <memory>
+
+#include <grpcpp/grpcpp.h>
+
+#include "moemesh/v1/expert.grpc.pb.h"
+#include "services/expert_client/expert_transport.h"
+
+namespace moemesh {
+
+// The portable fallback: the worker's gRPC Dispatch stream, one long-lived
+// bidirectional stream per router and worker. The rows are copied once,
+// into the request message. Opens the stream on construction; cancels it
+// on destruction.
+class GrpcStreamTransport : public ExpertTransport {
+ public:
+  GrpcStreamTransport(std::shared_ptr<grpc::Channel> channel, int hidden_size);
+  ~GrpcStreamTransport() override;
+
+  absl::Status Send(const v1::DispatchRequest& header, absl::Span<const iovec> rows) override;
+  absl::Status Receive(v1::DispatchResponse* response, F32Matrix* outputs) override;
+  absl::string_view name() const override { return "grpc-stream"; }
+
+ private:
+  const int hidden_size_;
+  std::unique_ptr<v1::ExpertService::Stub> stub_;
+  grpc::ClientContext context_;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::DispatchRequest, v1::DispatchResponse>> stream_;
+  v1::DispatchRequest full_;  // the request with its rows, reused
+};
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_SERVICES_EXPERT_CLIENT_GRPC_STREAM_TRANSPORT_H_

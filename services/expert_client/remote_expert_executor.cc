@@ -1,0 +1,306 @@
+#include "services/expert_client/remote_expert_executor.h"
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "moemesh/v1/expert.grpc.pb.h"
+#include "core/common/status_macros.h"
+#include "services/common/server_util.h"
+#include "services/common/tensor_proto.h"
+#include "services/expert_client/expert_transport.h"
+
+namespace moemesh {
+
+// One expert worker and the transport to it, made afresh after a failure.
+struct RemoteExpertExecutor::Replica {
+  std::string address;
+  ExpertTransportFactory make_transport;
+  std::unique_ptr<ExpertTransport> transport;
+  bool pending = false;  // a request was sent and its answer not read
+
+  // Drops the transport, whatever state it is in; the next Send makes a new one.
+  void Reset() {
+    transport.reset();
+    pending = false;
+  }
+
+  absl::Status Send(const v1::DispatchRequest& request, absl::Span<const iovec> rows) {
+    if (!transport) transport = make_transport();
+    if (absl::Status st = transport->Send(request, rows); !st.ok()) {
+      return absl::UnavailableError(absl::StrCat("expert worker ", address, ": ", st.message()));
+    }
+    pending = true;
+    return absl::OkStatus();
+  }
+
+  // The answer, with the worker's own error as the status.
+  absl::Status Receive(v1::DispatchResponse* response, F32Matrix* outputs) {
+    pending = false;
+    if (!transport) return absl::UnavailableError(absl::StrCat("expert worker ", address, ": not connected"));
+    if (absl::Status st = transport->Receive(response, outputs); !st.ok()) {
+      return absl::Status(st.code(), absl::StrCat("expert worker ", address, ": ", st.message()));
+    }
+    if (response->error_code() != 0) {
+      return absl::Status(static_cast<absl::StatusCode>(response->error_code()),
+                          absl::StrCat("expert worker ", address, ": ", response->error_message()));
+    }
+    return absl::OkStatus();
+  }
+};
+
+// A shard: its replicas and this step's request.
+struct RemoteExpertExecutor::Shard {
+  std::vector<std::unique_ptr<Replica>> replicas;
+  size_t next = 0;  // round-robin position
+  Replica* chosen = nullptr;
+  std::vector<int> groups;      // this step's groups (indices into work_.groups) it holds
+  std::vector<int> tokens;      // local row -> batch token
+  size_t rows_out = 0;          // rows it must return
+  v1::DispatchRequest request;  // header: the hidden states' shape, no bytes
+  std::vector<iovec> rows;      // the hidden states, in the engine's buffer
+  v1::DispatchResponse response;
+  F32Matrix outputs;
+};
+
+RemoteExpertExecutor::~RemoteExpertExecutor() = default;
+
+std::vector<std::string> RemoteExpertExecutor::transports() const {
+  std::vector<std::string> out;
+  for (const auto& s : shards_) {
+    Replica& r = *s->replicas.front();
+    if (!r.transport) r.transport = r.make_transport();
+    out.emplace_back(r.transport->name());
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<std::vector<std::string>>> RemoteExpertExecutor::ParseAddresses(const std::string& spec) {
+  std::vector<std::vector<std::string>> shards;
+  for (absl::string_view shard : absl::StrSplit(spec, ',')) {
+    std::vector<std::string> replicas;
+    for (absl::string_view r : absl::StrSplit(shard, '|', absl::SkipWhitespace())) replicas.emplace_back(r);
+    if (replicas.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--experts \"", spec, "\": shard ", shards.size(), " has no address (use host:port, '|' between replicas, ',' between shards)"));
+    }
+    shards.push_back(std::move(replicas));
+  }
+  return shards;
+}
+
+absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Connect(
+    const std::vector<std::string>& shard_addresses, int hidden_size, int connect_timeout_ms) {
+  std::vector<std::vector<std::string>> shards;
+  for (const std::string& a : shard_addresses) shards.push_back({a});
+  return Connect(shards, hidden_size, connect_timeout_ms);
+}
+
+absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Connect(
+    const std::vector<std::vector<std::string>>& shards, int hidden_size, int connect_timeout_ms,
+    const ShardPlacement* placement, bool use_data_channel) {
+  if (shards.empty()) return absl::InvalidArgumentError("no expert worker addresses");
+  if (placement != nullptr && placement->num_shards() != static_cast<int>(shards.size())) {
+    return absl::InvalidArgumentError(absl::StrCat("the placement has ", placement->num_shards(),
+                                                   " shards but --experts lists ", shards.size()));
+  }
+  std::unique_ptr<RemoteExpertExecutor> ex(new RemoteExpertExecutor);
+  ex->hidden_size_ = hidden_size;
+  ex->placement_ = placement ? std::make_unique<ShardPlacement>(*placement)
+                             : std::make_unique<ShardPlacement>(static_cast<int>(shards.size()));
+  for (size_t i = 0; i < shards.size(); ++i) {
+    auto shard = std::make_unique<Shard>();
+    for (const std::string& address : shards[i]) {
+      auto r = std::make_unique<Replica>();
+      r->address = address;
+      std::shared_ptr<grpc::Channel> channel =
+          grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), ClientChannelArguments());
+      std::unique_ptr<v1::ExpertService::Stub> stub = v1::ExpertService::NewStub(channel);
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(connect_timeout_ms));
+      ctx.set_wait_for_ready(true);
+      v1::ShardInfo info;
+      grpc::Status st = stub->GetShardInfo(&ctx, v1::GetShardInfoRequest(), &info);
+      if (!st.ok()) {
+        return absl::UnavailableError(
+            absl::StrCat("expert worker ", address, " (shard ", i, ") is not reachable: ", st.error_message()));
+      }
+      if (info.shard_index() != static_cast<int>(i) || info.num_shards() != static_cast<int>(shards.size()) ||
+          info.hidden_size() != hidden_size) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "expert worker ", address, " serves shard ", info.shard_index(), " of ", info.num_shards(),
+            " with hidden size ", info.hidden_size(), "; expected shard ", i, " of ", shards.size(),
+            " with hidden size ", hidden_size));
+      }
+      // The worker must hold exactly its shard's experts of every layer.
+      std::map<int, std::vector<int>> held;
+      for (const v1::LayerExperts& le : info.experts()) held[le.layer()].assign(le.experts().begin(), le.experts().end());
+      for (int l = 0; l < info.num_layers(); ++l) {
+        auto it = held.find(l);
+        std::vector<int> have = it == held.end() ? std::vector<int>() : it->second;
+        if (have.empty()) continue;  // a dense layer, or nothing of this shard
+        std::vector<int> want = ex->placement_->ExpertsOf(static_cast<int>(i), l, info.num_experts());
+        if (have != want) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "expert worker ", address, " holds experts [", absl::StrJoin(have, ","), "] of layer ", l,
+              " but the placement gives shard ", i, " [", absl::StrJoin(want, ","),
+              "]; start the workers and the router with the same placement"));
+        }
+      }
+      TransportOptions transport;
+      transport.hidden_size = hidden_size;
+      transport.allow_data_channel = use_data_channel;
+      r->make_transport = NegotiateTransport(address, info, channel, transport);
+      ex->num_experts_ = info.num_experts();
+      shard->replicas.push_back(std::move(r));
+    }
+    ex->shards_.push_back(std::move(shard));
+  }
+  return ex;
+}
+
+absl::Status RemoteExpertExecutor::Execute(const ExpertBatch& b, float* out) {
+  absl::Status st = ExecuteOnce(b, out);
+  if (!st.ok()) {
+    // A failed step can leave answers unread: start those transports afresh
+    // so the next step is not answered with stale rows.
+    for (auto& s : shards_) {
+      for (auto& r : s->replicas) {
+        if (r->pending) r->Reset();
+      }
+    }
+  }
+  return st;
+}
+
+void RemoteExpertExecutor::Partition(int num_tokens) {
+  const int h = hidden_size_;
+  std::vector<int> local(num_tokens);
+  for (size_t si = 0; si < shards_.size(); ++si) {
+    Shard& s = *shards_[si];
+    s.groups.clear();
+    s.tokens.clear();
+    s.rows.clear();
+    s.rows_out = 0;
+    s.chosen = nullptr;
+    // The shard's rows: every token one of its groups needs, in token order.
+    std::fill(local.begin(), local.end(), -1);
+    for (size_t gi = 0; gi < work_.groups.size(); ++gi) {
+      const ExpertWork::Group& g = work_.groups[gi];
+      if (placement_->ShardOf(work_.layer, g.expert) != static_cast<int>(si)) continue;
+      s.groups.push_back(static_cast<int>(gi));
+      s.rows_out += g.rows.size();
+      for (int t : g.rows) local[t] = 0;
+    }
+    if (s.groups.empty()) continue;
+    for (int t = 0; t < num_tokens; ++t) {
+      if (local[t] < 0) continue;
+      local[t] = static_cast<int>(s.tokens.size());
+      s.tokens.push_back(t);
+      s.rows.push_back({const_cast<float*>(work_.hidden_states) + static_cast<size_t>(t) * h, h * sizeof(float)});
+    }
+    v1::DispatchRequest& req = s.request;
+    req.Clear();
+    req.set_step(step_);
+    req.set_layer(work_.layer);
+    SetF32Shape(static_cast<int64_t>(s.tokens.size()), h, req.mutable_hidden_states());
+    for (int gi : s.groups) {
+      const ExpertWork::Group& g = work_.groups[gi];
+      v1::ExpertRows* rows = req.add_groups();
+      rows->set_expert(g.expert);
+      for (size_t i = 0; i < g.rows.size(); ++i) {
+        rows->add_rows(local[g.rows[i]]);
+        rows->add_weights(g.weights[i]);
+      }
+    }
+  }
+}
+
+absl::Status RemoteExpertExecutor::Exchange(Shard& s, bool already_sent) {
+  // The replicas in round-robin order, starting with a new one every step.
+  absl::Status last;
+  const size_t n = s.replicas.size();
+  for (size_t attempt = 0; attempt < n; ++attempt) {
+    Replica* r = s.replicas[(s.next + attempt) % n].get();
+    if (attempt > 0 || !already_sent) {
+      if (attempt > 0) ++retries_;
+      last = r->Send(s.request, s.rows);
+      if (!last.ok()) {
+        r->Reset();
+        continue;
+      }
+    }
+    last = r->Receive(&s.response, &s.outputs);
+    if (last.ok()) {
+      s.chosen = r;
+      return absl::OkStatus();
+    }
+    // Only a lost worker is worth another replica; a refused request
+    // would be refused everywhere.
+    r->Reset();
+    if (!absl::IsUnavailable(last) && !absl::IsCancelled(last)) return last;
+  }
+  return last;
+}
+
+absl::Status RemoteExpertExecutor::ExecuteOnce(const ExpertBatch& b, float* out) {
+  const int h = b.hidden_size;
+  if (h != hidden_size_) {
+    return absl::InvalidArgumentError(absl::StrCat("hidden size ", h, " != ", hidden_size_));
+  }
+  if (b.on_device) return absl::InvalidArgumentError("remote experts take rows in host memory");
+  ++step_;
+  MM_RETURN_IF_ERROR(GroupByExpert(b, num_experts_, &work_));
+  Partition(b.num_tokens);
+  // Send every shard's request, then collect: all shards run at once.
+  std::vector<bool> sent(shards_.size(), false);
+  const auto sent_at = std::chrono::steady_clock::now();
+  for (size_t si = 0; si < shards_.size(); ++si) {
+    Shard& s = *shards_[si];
+    if (s.groups.empty()) continue;
+    Replica* first = s.replicas[s.next % s.replicas.size()].get();
+    sent[si] = first->Send(s.request, s.rows).ok();
+    if (!sent[si]) first->Reset();
+  }
+  std::vector<const float*> group_rows(work_.groups.size(), nullptr);
+  for (size_t si = 0; si < shards_.size(); ++si) {
+    Shard& s = *shards_[si];
+    if (s.groups.empty()) continue;
+    if (!sent[si]) {  // its first replica already failed: go to the next
+      ++s.next;
+      ++retries_;
+    }
+    absl::Status st = Exchange(s, sent[si]);
+    s.next = (s.next + 1) % s.replicas.size();
+    if (!st.ok()) return st;
+    if (observer_) {
+      observer_(s.chosen->address,
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - sent_at).count());
+    }
+    if (s.response.step() != step_ || s.response.layer() != b.layer) {
+      return absl::InternalError(absl::StrCat("expert worker ", s.chosen->address, " answered step ",
+                                              s.response.step(), " layer ", s.response.layer(), ", expected step ",
+                                              step_, " layer ", b.layer));
+    }
+    if (static_cast<size_t>(s.outputs.rows) != s.rows_out) {
+      return absl::InternalError(absl::StrCat("expert worker ", s.chosen->address, " returned ", s.outputs.rows,
+                                              " rows, expected ", s.rows_out));
+    }
+    const float* row = s.outputs.data;
+    for (int gi : s.groups) {
+      group_rows[gi] = row;
+      row += work_.groups[gi].rows.size() * static_cast<size_t>(h);
+    }
+  }
+  const auto combine_start = std::chrono::steady_clock::now();
+  CombineExpertRows(work_, group_rows, b.num_tokens, out);
+  combine_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - combine_start).count();
+  return absl::OkStatus();
+}
+
+}  // namespace moemesh
