@@ -47,6 +47,7 @@ double SingleProcess(const std::string& model, int streams, int tokens, int thre
   GenerationLoop loop((*engine)->NewScheduler(streams, 2048), streams);
   std::vector<absl::Notification> done(streams);
   GenerateParams g;
+  g.sampling.temperature = 0;  // greedy
   g.max_new_tokens = tokens;
   g.ignore_eos = true;
   const double t0 = Now();

@@ -96,6 +96,7 @@ TEST_P(FixtureTest, GreedyContinuationIsIdentical) {
   auto engine = Engine::Create(Dir(), EngineOptions{});
   ASSERT_TRUE(engine.ok()) << engine.status();
   GenerateParams p;
+  p.sampling.temperature = 0;  // greedy
   p.max_new_tokens = static_cast<int>(ref.greedy.size());
   auto out = (*engine)->Generate(ref.prompt, p);
   ASSERT_TRUE(out.ok()) << out.status();

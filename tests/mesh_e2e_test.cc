@@ -147,7 +147,7 @@ v1::GenerateRequest IdsRequest(const std::vector<int>& ids, int max_tokens) {
 
 std::vector<int> SingleProcessTokens(const std::string& model, const std::string& ids, int n) {
   auto [out, rc] = RunCommand({g_moemesh, "generate", "--model", model, "--prompt-ids", ids, "--max-new-tokens",
-                        std::to_string(n), "--output", "json"});
+                        std::to_string(n), "--temperature", "0", "--output", "json"});
   EXPECT_EQ(rc, 0);
   auto j = nlohmann::json::parse(out, nullptr, false);
   if (j.is_discarded()) return {};

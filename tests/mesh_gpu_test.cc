@@ -69,8 +69,8 @@ TEST_P(MeshGpuTest, GreedyTokensEqualTheCpuEngine) {
   // that bf16 rounding decides either way (docs/PERFORMANCE.md lists them).
   constexpr double kTie = 0.05;
   for (const char* prompt : {"The meaning of life is", "明月", "Q: What is a friend?\nA:"}) {
-    std::vector<std::string> flags = {"--prompt", prompt, "--max-new-tokens", "48", "--ignore-eos", "--output",
-                                      "json"};
+    std::vector<std::string> flags = {"--prompt", prompt, "--max-new-tokens", "48", "--ignore-eos",
+                                      "--temperature", "0", "--output", "json"};
     std::vector<std::string> cpu = {Moemesh(), "generate", "--model", "models/fortune-moe"};
     std::vector<std::string> gpu = {Moemesh(), "client", "generate", "--target", *target, "--logprobs", "2"};
     cpu.insert(cpu.end(), flags.begin(), flags.end());

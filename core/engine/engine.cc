@@ -24,16 +24,6 @@ absl::Status EngineOptions::Validate() const {
   return absl::OkStatus();
 }
 
-absl::Status GenerateParams::Validate() const {
-  if (max_new_tokens < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("max_new_tokens must be >= 1, got ", max_new_tokens));
-  }
-  if (logprobs < 0 || logprobs > kMaxLogprobs) {
-    return absl::InvalidArgumentError(absl::StrCat("logprobs must be in [0, ", kMaxLogprobs, "], got ", logprobs));
-  }
-  return sampling.Validate();
-}
-
 Engine::Engine() = default;
 Engine::~Engine() = default;
 
@@ -84,14 +74,8 @@ std::unique_ptr<Scheduler> Engine::NewScheduler(int max_running, int max_step_to
 }
 
 absl::Status Engine::CheckPrompt(const std::vector<int>& prompt) const {
-  if (prompt.empty()) return absl::InvalidArgumentError("prompt is empty; give at least one token id");
-  for (int t : prompt) {
-    if (t < 0 || t >= config().vocab_size) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("prompt token id ", t, " is outside the vocabulary [0, ", config().vocab_size, ")"));
-    }
-  }
-  return absl::OkStatus();
+  if (prompt.empty()) return absl::InvalidArgumentError("prompt: the prompt is empty; give at least one token");
+  return ValidateTokenIds(prompt, config().vocab_size, "prompt");
 }
 
 absl::StatusOr<std::vector<float>> Engine::Score(const std::vector<int>& prompt) {

@@ -10,6 +10,7 @@
 #include "core/experts/expert_device.h"
 #include "core/experts/expert_executor.h"
 #include "core/engine/forward_pass.h"
+#include "core/engine/request.h"
 #include "core/engine/sampler.h"
 #include "core/model/config.h"
 
@@ -37,19 +38,6 @@ struct EngineOptions {
 
   absl::Status Validate() const;
 };
-
-struct GenerateParams {
-  int max_new_tokens = 16;
-  SamplingParams sampling;
-  std::vector<int> stop_token_ids;  // in addition to the model's EOS ids
-  bool ignore_eos = false;
-  int logprobs = 0;  // top-n log probabilities per token in StepEvent, [0, kMaxLogprobs]
-
-  static constexpr int kMaxLogprobs = 20;
-  absl::Status Validate() const;
-};
-
-enum class FinishReason { kLength, kStop };
 
 struct GenerateResult {
   std::vector<int> tokens;  // new tokens only

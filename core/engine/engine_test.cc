@@ -27,6 +27,7 @@ std::unique_ptr<Engine> MakeEngine(const std::string& dir, EngineOptions opt = {
 TEST(EngineTest, BadRequestsGetClearErrors) {
   auto e = MakeEngine(kMixtral);
   GenerateParams p;
+  p.sampling.temperature = 0;  // greedy
   EXPECT_EQ(e->Generate({}, p).status().code(), absl::StatusCode::kInvalidArgument);
   auto st = e->Generate({1, 512}, p).status();
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
@@ -53,6 +54,7 @@ TEST(EngineTest, KvCacheExhaustionIsResourceExhaustedAndRecoverable) {
   opt.kv_block_size = 4;
   auto e = MakeEngine(kMixtral, opt);
   GenerateParams p;
+  p.sampling.temperature = 0;  // greedy
   p.max_new_tokens = 30;
   auto st = e->Generate(kPrompt, p).status();
   EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
@@ -64,6 +66,7 @@ TEST(EngineTest, KvCacheExhaustionIsResourceExhaustedAndRecoverable) {
 TEST(EngineTest, StopTokensAndEos) {
   auto e = MakeEngine(kMixtral);
   GenerateParams p;
+  p.sampling.temperature = 0;  // greedy
   p.max_new_tokens = 8;
   auto full = e->Generate(kPrompt, p);
   ASSERT_TRUE(full.ok());

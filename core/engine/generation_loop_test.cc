@@ -63,6 +63,7 @@ TEST(GenerationLoopTest, ConcurrentSubmissionsEqualRunsAlone) {
     prompts.push_back(p);
     GenerateParams g;
     g.max_new_tokens = 4 + i % 9;
+    g.sampling.temperature = 0;  // greedy, half of them
     if (i % 2) {
       g.sampling.temperature = 0.8f;
       g.sampling.seed = 100 + i;
@@ -101,6 +102,7 @@ TEST(GenerationLoopTest, CancelFreesTheCache) {
   ASSERT_TRUE(engine.ok());
   auto loop = NewLoop(engine->get());
   GenerateParams g;
+  g.sampling.temperature = 0;  // greedy
   g.max_new_tokens = 400;
   g.ignore_eos = true;
   std::vector<Sink> sinks(8);
@@ -142,6 +144,7 @@ TEST(GenerationLoopTest, RejectsBadRequestsAtOnce) {
   ASSERT_TRUE(engine.ok());
   auto loop = NewLoop(engine->get(), /*max_waiting=*/2);
   GenerateParams g;
+  g.sampling.temperature = 0;  // greedy
   EXPECT_EQ(loop->Submit({}, g, [](const StepEvent&) {}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(loop->Submit({1 << 30}, g, [](const StepEvent&) {}).status().code(),
             absl::StatusCode::kInvalidArgument);
@@ -160,6 +163,7 @@ TEST(GenerationLoopTest, BoundsTheWaitingQueue) {
   ASSERT_TRUE(engine.ok());
   auto loop = NewLoop(engine->get(), /*max_waiting=*/2);
   GenerateParams g;
+  g.sampling.temperature = 0;  // greedy
   g.max_new_tokens = 60;
   g.ignore_eos = true;
   std::vector<Sink> sinks(3);

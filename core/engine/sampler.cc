@@ -9,20 +9,6 @@
 
 namespace moemesh {
 
-absl::Status SamplingParams::Validate() const {
-  auto bad = [](const char* what) { return absl::InvalidArgumentError(what); };
-  if (!(temperature >= 0 && std::isfinite(temperature))) return bad("temperature must be >= 0");
-  if (top_k < 0) return bad("top_k must be >= 0 (0 disables it)");
-  if (!(top_p > 0 && top_p <= 1)) return bad("top_p must be in (0, 1]");
-  if (!(min_p >= 0 && min_p <= 1)) return bad("min_p must be in [0, 1]");
-  if (!(repetition_penalty > 0 && std::isfinite(repetition_penalty))) {
-    return bad("repetition_penalty must be > 0 (1 disables it)");
-  }
-  if (!(presence_penalty >= -2 && presence_penalty <= 2)) return bad("presence_penalty must be in [-2, 2]");
-  if (!(frequency_penalty >= -2 && frequency_penalty <= 2)) return bad("frequency_penalty must be in [-2, 2]");
-  return absl::OkStatus();
-}
-
 float ComputeLogprobs(const float* logits, int vocab, int token, int top_n, std::vector<TokenLogprob>* top) {
   float mx = *std::max_element(logits, logits + vocab);
   double sum = 0;

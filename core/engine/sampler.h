@@ -2,7 +2,6 @@
 #define MOEMESH_CORE_ENGINE_SAMPLER_H_
 
 #include <cstdint>
-#include <optional>
 #include <random>
 #include <unordered_map>
 #include <utility>
@@ -10,29 +9,9 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "core/engine/request.h"
 
 namespace moemesh {
-
-// Sampling parameters with vLLM's meaning. temperature 0 is greedy.
-struct SamplingParams {
-  float temperature = 0.0f;
-  int top_k = 0;        // 0: off
-  float top_p = 1.0f;   // 1: off
-  float min_p = 0.0f;   // 0: off
-  float repetition_penalty = 1.0f;  // prompt and output tokens
-  float presence_penalty = 0.0f;    // output tokens
-  float frequency_penalty = 0.0f;   // output tokens
-  std::optional<uint64_t> seed;     // same seed, same tokens
-
-  // INVALID_ARGUMENT naming the parameter and its valid range.
-  absl::Status Validate() const;
-};
-
-// One entry of a top-n list of log probabilities.
-struct TokenLogprob {
-  int token = 0;
-  float logprob = 0;
-};
 
 // Log-softmax of the raw `logits`: the log probability of `token`, and the
 // `top_n` most likely tokens in `*top` (most likely first, ties by id).

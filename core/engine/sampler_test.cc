@@ -17,7 +17,24 @@ int SampleOnce(const SamplingParams& p, std::vector<int> prompt = {}) {
   return s.Sample(l.data(), static_cast<int>(l.size()));
 }
 
-TEST(SamplerTest, GreedyPicksArgmax) { EXPECT_EQ(SampleOnce({}), 1); }
+SamplingParams Greedy() {
+  SamplingParams p;
+  p.temperature = 0;
+  return p;
+}
+
+TEST(SamplerTest, GreedyPicksArgmax) { EXPECT_EQ(SampleOnce(Greedy()), 1); }
+
+// One default per parameter, vLLM's (and the wire's, and the CLI's).
+TEST(SamplerTest, DefaultsAreVllms) {
+  const SamplingParams d;
+  EXPECT_EQ(d.temperature, 1.0f);
+  EXPECT_EQ(d.top_k, 0);
+  EXPECT_EQ(d.top_p, 1.0f);
+  EXPECT_EQ(d.min_p, 0.0f);
+  EXPECT_EQ(d.repetition_penalty, 1.0f);
+  EXPECT_FALSE(d.seed.has_value());
+}
 
 TEST(SamplerTest, ValidationNamesTheParameter) {
   SamplingParams p;
@@ -100,11 +117,12 @@ TEST(SamplerTest, FrequenciesFollowSoftmax) {
 
 TEST(SamplerTest, PenaltiesSteerAwayFromSeenTokens) {
   SamplingParams p;
+  p.temperature = 0;  // greedy
   p.repetition_penalty = 2.0f;  // 2.0 -> 1.0 for token 1 seen in the prompt
   EXPECT_EQ(SampleOnce(p, {1}), 4);
   // Presence/frequency apply to output tokens only: after emitting token 1
   // the next greedy pick moves to token 4.
-  p = {};
+  p = Greedy();
   p.presence_penalty = 0.2f;
   Sampler s(p, {});
   std::vector<float> l = Logits();
@@ -140,7 +158,7 @@ TEST(SamplerTest, PartsMatchSample) {
   std::sort(got.begin(), got.end());
   EXPECT_EQ(got, (std::vector<std::pair<int, int>>{{0, 0}, {3, 1}, {4, 2}}));
   EXPECT_TRUE(Sampler(SamplingParams{}, {1, 2}).PenaltyTokens().empty());  // no penalties: nothing to list
-  EXPECT_EQ(Sampler(SamplingParams{}, {}).Draw(), 0.0);                    // greedy draws nothing
+  EXPECT_EQ(Sampler(Greedy(), {}).Draw(), 0.0);                           // greedy draws nothing
 }
 
 }  // namespace

@@ -74,21 +74,9 @@ int Scheduler::BlocksFor(int tokens) const { return (tokens + cache_->block_size
 const ModelConfig& Scheduler::config() const { return model_->config(); }
 
 absl::Status Scheduler::Check(const std::vector<int>& prompt, const GenerateParams& params) const {
-  const ModelConfig& c = model_->config();
-  if (prompt.empty()) return absl::InvalidArgumentError("prompt is empty; give at least one token id");
-  for (int t : prompt) {
-    if (t < 0 || t >= c.vocab_size) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("prompt token id ", t, " is outside the vocabulary [0, ", c.vocab_size, ")"));
-    }
-  }
-  for (int t : params.stop_token_ids) {
-    if (t < 0 || t >= c.vocab_size) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("stop token id ", t, " is outside the vocabulary [0, ", c.vocab_size, ")"));
-    }
-  }
-  if (absl::Status st = params.Validate(); !st.ok()) return st;
+  RequestLimits limits;
+  limits.vocab_size = model_->config().vocab_size;
+  if (absl::Status st = ValidateRequest(prompt, params, limits); !st.ok()) return st;
   if (BlocksFor(static_cast<int>(prompt.size()) + params.max_new_tokens) > cache_->num_blocks()) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "prompt (", prompt.size(), " tokens) + max_new_tokens (", params.max_new_tokens,

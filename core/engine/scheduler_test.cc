@@ -42,6 +42,7 @@ std::vector<Job> MixedJobs(int n, int vocab) {
     int len = 1 + static_cast<int>(rng() % 40);
     for (int k = 0; k < len; ++k) j.prompt.push_back(static_cast<int>(rng() % vocab));
     j.params.max_new_tokens = 1 + static_cast<int>(rng() % 20);
+    j.params.sampling.temperature = 0;  // a third greedy
     if (i % 3 != 0) {  // two thirds sample, with their own seeds
       j.params.sampling.temperature = 0.7f + 0.1f * (i % 5);
       j.params.sampling.top_p = 0.9f;
@@ -110,6 +111,7 @@ TEST(SchedulerTest, CancelFreesTheCacheAtOnce) {
   std::vector<int64_t> ids;
   std::map<int64_t, int> events;
   GenerateParams p;
+  p.sampling.temperature = 0;  // greedy
   p.max_new_tokens = 50;
   for (int i = 0; i < 32; ++i) {
     std::vector<int> prompt(10 + i, 7 + i);
@@ -143,6 +145,7 @@ TEST(SchedulerTest, AdmissionWaitsForCacheAndRejectsWhatCanNeverFit) {
   LocalExpertExecutor experts(&l.weights->experts, nullptr);
   Scheduler sched(l.model.get(), &cache, &experts, {});
   GenerateParams p;
+  p.sampling.temperature = 0;  // greedy
   p.max_new_tokens = 6;
   int finished = 0;
   for (int i = 0; i < 5; ++i) {
@@ -242,6 +245,7 @@ TEST(SchedulerTest, AFailedPassFailsItsRequests) {
   Scheduler sched(l.model.get(), &cache, &experts, {});
   std::vector<absl::Status> errors;
   GenerateParams p;
+  p.sampling.temperature = 0;  // greedy
   for (int i = 0; i < 3; ++i) {
     ASSERT_TRUE(sched.Add({1, 2, 3}, p, [&](const StepEvent& ev) { errors.push_back(ev.error); }).ok());
   }

@@ -3,14 +3,14 @@
 namespace moemesh {
 
 SamplingParams SamplingFromProto(const v1::SamplingParams& p) {
-  SamplingParams s;
-  s.temperature = p.has_temperature() ? p.temperature() : 1.0f;
-  s.top_k = p.has_top_k() ? p.top_k() : 0;
-  s.top_p = p.has_top_p() ? p.top_p() : 1.0f;
-  s.min_p = p.has_min_p() ? p.min_p() : 0.0f;
-  s.repetition_penalty = p.has_repetition_penalty() ? p.repetition_penalty() : 1.0f;
-  s.presence_penalty = p.has_presence_penalty() ? p.presence_penalty() : 0.0f;
-  s.frequency_penalty = p.has_frequency_penalty() ? p.frequency_penalty() : 0.0f;
+  SamplingParams s;  // request.h's defaults for the fields left unset
+  if (p.has_temperature()) s.temperature = p.temperature();
+  if (p.has_top_k()) s.top_k = p.top_k();
+  if (p.has_top_p()) s.top_p = p.top_p();
+  if (p.has_min_p()) s.min_p = p.min_p();
+  if (p.has_repetition_penalty()) s.repetition_penalty = p.repetition_penalty();
+  if (p.has_presence_penalty()) s.presence_penalty = p.presence_penalty();
+  if (p.has_frequency_penalty()) s.frequency_penalty = p.frequency_penalty();
   if (p.has_seed()) s.seed = p.seed();
   return s;
 }

@@ -3,15 +3,14 @@
 
 #include <vector>
 
-#include "core/engine/engine.h"
-#include "core/engine/sampler.h"
+#include "core/engine/request.h"
 #include "moemesh/v1/common.pb.h"
 #include "moemesh/v1/router.pb.h"
 
 namespace moemesh {
 
-// Sampling parameters from the wire, with the documented defaults for unset
-// fields (temperature 1, as vLLM and the OpenAI API).
+// Sampling parameters from the wire; unset fields take request.h's
+// defaults (temperature 1, as vLLM and the OpenAI API).
 SamplingParams SamplingFromProto(const v1::SamplingParams& p);
 
 // Everything the router needs to run a request (not validated here).

@@ -1,18 +1,9 @@
 #include "services/common/server_util.h"
 
-#include <signal.h>
-
-#include <cstdio>
 #include <string>
-#include <thread>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
-
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
-#include "absl/strings/match.h"
 
 namespace moemesh {
 
@@ -50,58 +41,6 @@ grpc::ChannelArguments ClientChannelArguments() {
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   args.SetMaxSendMessageSize(kMaxMessageBytes);
   return args;
-}
-
-void ShutdownGracefully(grpc::Server* server, const std::function<int()>& in_flight,
-                        std::chrono::milliseconds grace) {
-  if (grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService()) {
-    health->SetServingStatus(false);
-  }
-  const auto deadline = std::chrono::steady_clock::now() + grace;
-  while (in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  server->Shutdown(std::chrono::system_clock::now());
-}
-
-void InitService(int argc, char** argv, const char* usage) {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  absl::SetProgramUsageMessage(usage);
-  // --help lists the service's own flags. Abseil's default looks for them in
-  // a file named after the binary (moemesh-expert.cc) and found none: the
-  // services define theirs in main.cc.
-  absl::FlagsUsageConfig config;
-  config.contains_help_flags = config.contains_helpshort_flags = [](absl::string_view file) {
-    return file == "main.cc" || absl::EndsWith(file, "/main.cc");
-  };
-  config.normalize_filename = [](absl::string_view file) {
-    const size_t at = file.rfind("services/");
-    return std::string(at == absl::string_view::npos ? file : file.substr(at));
-  };
-  absl::SetFlagsUsageConfig(config);
-  std::vector<std::string> args = NormalizeFlagNames(argc, argv);
-  std::vector<char*> argp;
-  for (std::string& a : args) argp.push_back(a.data());
-  absl::ParseCommandLine(static_cast<int>(argp.size()), argp.data());
-}
-
-void AnnounceService(const std::string& host, int port, int metrics_port) {
-  if (metrics_port > 0) std::printf("metrics on %s:%d\n", host.c_str(), metrics_port);
-  std::printf("listening on %s:%d\n", host.c_str(), port);
-  std::fflush(stdout);
-}
-
-void WaitForTerminationSignal() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  int sig = 0;
-  sigwait(&set, &sig);
 }
 
 }  // namespace moemesh

@@ -1,8 +1,6 @@
 #ifndef MOEMESH_SERVICES_COMMON_SERVER_UTIL_H_
 #define MOEMESH_SERVICES_COMMON_SERVER_UTIL_H_
 
-#include <chrono>
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,26 +25,6 @@ std::unique_ptr<grpc::Server> StartServer(const std::string& address, const std:
 
 // Channel arguments for clients of moemesh services.
 grpc::ChannelArguments ClientChannelArguments();
-
-// The start of every service's main: blocks SIGINT and SIGTERM in this and
-// every later thread (WaitForTerminationSignal takes them) and parses the
-// Abseil flags, which may be written with dashes.
-void InitService(int argc, char** argv, const char* usage);
-
-// Prints "metrics on HOST:PORT" (when metrics_port > 0), then "listening
-// on HOST:PORT": the lines `moemesh up` and the tests wait for.
-void AnnounceService(const std::string& host, int port, int metrics_port);
-
-// Blocks until SIGINT or SIGTERM, then returns. Call once, from main.
-void WaitForTerminationSignal();
-
-// Stops a server: marks it NOT_SERVING for health checks, lets the calls
-// that `in_flight` counts finish for up to `grace`, then shuts down at
-// once (cancelling what is left). grpc::Server::Shutdown(deadline) alone
-// would also wait out the deadline for clients that merely keep an idle
-// connection open.
-void ShutdownGracefully(grpc::Server* server, const std::function<int()>& in_flight,
-                        std::chrono::milliseconds grace = std::chrono::seconds(5));
 
 }  // namespace moemesh
 

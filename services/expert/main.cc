@@ -2,113 +2,111 @@
 //   moemesh-expert --model DIR --shard-index I --num-shards N [--port 0] [--threads T]
 // Prints "listening on HOST:PORT" once serving; stops on SIGINT/SIGTERM.
 
-#include <chrono>
-#include <cstdio>
+#include <functional>
 #include <memory>
 #include <string>
-#include <vector>
 
 #include "absl/flags/flag.h"
+#include "core/metrics/gpu_collector.h"
+#include "prometheus/registry.h"
 #include "services/common/device_flag.h"
 #include "services/common/frame_socket.h"
-#include "services/common/server_util.h"
-#include "core/metrics/gpu_collector.h"
-#include "core/metrics/metrics_server.h"
-#include "prometheus/registry.h"
+#include "services/common/service_main.h"
 #include "services/expert/expert_metrics.h"
 #include "services/expert/expert_service.h"
+#include "services/expert/expert_worker.h"
 #ifdef MOEMESH_WITH_CUDA
 #include "core/experts/cuda/cuda_expert_device.h"
 #endif
-#include "services/expert/expert_worker.h"
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory");
 ABSL_FLAG(int, shard_index, 0, "this worker's shard: experts e with e mod num_shards == shard_index");
 ABSL_FLAG(int, num_shards, 1, "number of expert shards");
 ABSL_FLAG(std::string, placement, "", "placement file (JSON) saying which experts each shard holds; sets the shard count");
-ABSL_FLAG(std::string, host, "127.0.0.1", "address to listen on");
-ABSL_FLAG(int, port, 0, "port to listen on; 0 picks a free one");
-ABSL_FLAG(int, metrics_port, 0, "port of the Prometheus /metrics endpoint; 0 picks a free one, -1 serves none");
 ABSL_FLAG(int, data_port, 0, "port of the raw data channel for Dispatch (0 picks a free one, -1 offers none)");
 ABSL_FLAG(int, threads, 1, "CPU threads for the expert kernels");
 ABSL_FLAG(std::string, device, "cpu", "where the experts run: cpu, or cuda[:N] (GPU N, default 0)");
 ABSL_FLAG(int, gpu_lanes, 2, "with --device cuda: requests that run on the GPU side by side");
 ABSL_FLAG(int, gpu_chunk_rows, 256, "with --device cuda: rows per pipelined chunk of a request");
 
-int main(int argc, char** argv) {
-  moemesh::InitService(argc, argv, "moemesh-expert --model DIR --shard-index I --num-shards N [--port P]");
+namespace moemesh {
+namespace {
 
-  moemesh::ExpertWorker::Options opt;
-  opt.model_dir = absl::GetFlag(FLAGS_model);
-  opt.shard_index = absl::GetFlag(FLAGS_shard_index);
-  opt.num_shards = absl::GetFlag(FLAGS_num_shards);
-  opt.placement_file = absl::GetFlag(FLAGS_placement);
-  opt.threads = absl::GetFlag(FLAGS_threads);
-  auto device = moemesh::ParseDeviceFlag(absl::GetFlag(FLAGS_device));
-  if (!device.ok()) {
-    std::fprintf(stderr, "moemesh-expert: error: %s\n", std::string(device.status().message()).c_str());
-    return 2;
+struct Options {
+  ExpertWorker::Options worker;  // the device is set from `device`
+  std::string device;
+  int gpu_lanes = 0, gpu_chunk_rows = 0;
+  int data_port = 0;  // -1: no raw data channel
+
+  static Options FromFlags() {
+    Options o;
+    o.worker.model_dir = absl::GetFlag(FLAGS_model);
+    o.worker.shard_index = absl::GetFlag(FLAGS_shard_index);
+    o.worker.num_shards = absl::GetFlag(FLAGS_num_shards);
+    o.worker.placement_file = absl::GetFlag(FLAGS_placement);
+    o.worker.threads = absl::GetFlag(FLAGS_threads);
+    o.device = absl::GetFlag(FLAGS_device);
+    o.gpu_lanes = absl::GetFlag(FLAGS_gpu_lanes);
+    o.gpu_chunk_rows = absl::GetFlag(FLAGS_gpu_chunk_rows);
+    o.data_port = absl::GetFlag(FLAGS_data_port);
+    return o;
   }
-  const int gpu = *device;  // the GPU in use (-1: none), for its metrics
-  if (gpu >= 0) {
-#ifdef MOEMESH_WITH_CUDA
-    moemesh::CudaExpertDevice::Options cuda;
-    cuda.lanes = absl::GetFlag(FLAGS_gpu_lanes);
-    cuda.chunk_rows = absl::GetFlag(FLAGS_gpu_chunk_rows);
-    opt.device = moemesh::CudaExpertDevice::Factory(gpu, cuda);
-#else
-    std::fprintf(stderr, "moemesh-expert: error: --device %s: this build has no CUDA (nvcc was not found)\n",
-                 absl::GetFlag(FLAGS_device).c_str());
-    return 2;
-#endif
-  }
-  if (opt.model_dir.empty()) {
-    std::fprintf(stderr, "moemesh-expert: error: --model DIR is required\n");
-    return 2;
-  }
-  auto worker = moemesh::ExpertWorker::Create(opt);
-  if (!worker.ok()) {
-    std::fprintf(stderr, "moemesh-expert: error: %s\n", std::string(worker.status().message()).c_str());
-    return 2;
-  }
-  moemesh::ExpertServiceImpl service(worker->get());
-  auto registry = std::make_shared<prometheus::Registry>();
-  moemesh::ExpertMetrics metrics(*registry);
-  service.set_metrics(&metrics);
-  auto started = moemesh::MetricsServer::StartIfEnabled(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port),
-                                                        registry);
-  if (!started.ok()) {
-    std::fprintf(stderr, "moemesh-expert: error: %s\n", std::string(started.status().message()).c_str());
-    return 1;
-  }
-  std::unique_ptr<moemesh::MetricsServer> metrics_server = std::move(*started);
-  std::unique_ptr<moemesh::FrameServer> frames;
-  if (absl::GetFlag(FLAGS_data_port) >= 0) {
-    auto f = moemesh::FrameServer::Start(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_data_port),
-                                         [&service](moemesh::FrameSocket* s) { service.ServeFrames(s); });
-    if (!f.ok()) {
-      std::fprintf(stderr, "moemesh-expert: error: %s\n", std::string(f.status().message()).c_str());
-      return 1;
+
+  // The shard itself is checked when the worker loads it.
+  absl::Status Validate() const {
+    absl::StatusOr<int> gpu = ParseDeviceFlag(device);
+    if (!gpu.ok()) return gpu.status();
+#ifndef MOEMESH_WITH_CUDA
+    if (*gpu >= 0) {
+      return absl::InvalidArgumentError("--device " + device + ": this build has no CUDA (nvcc was not found)");
     }
+#endif
+    if (worker.model_dir.empty()) return absl::InvalidArgumentError("--model DIR is required");
+    return absl::OkStatus();
+  }
+
+  // The GPU of --device (after Validate); -1 for the CPU.
+  int gpu() const { return ParseDeviceFlag(device).value_or(-1); }
+};
+
+int Main(int argc, char** argv) {
+  ServiceMain service_main("moemesh-expert", argc, argv,
+                           "moemesh-expert --model DIR --shard-index I --num-shards N [--port P]");
+  const Options options = Options::FromFlags();
+  if (absl::Status st = options.Validate(); !st.ok()) return service_main.Fail(st, 2);
+
+  const int gpu = options.gpu();  // the GPU in use (-1: none), for its metrics
+  ExpertWorker::Options worker_options = options.worker;
+#ifdef MOEMESH_WITH_CUDA
+  if (gpu >= 0) {
+    CudaExpertDevice::Options cuda;
+    cuda.lanes = options.gpu_lanes;
+    cuda.chunk_rows = options.gpu_chunk_rows;
+    worker_options.device = CudaExpertDevice::Factory(gpu, cuda);
+  }
+#endif
+  auto worker = ExpertWorker::Create(worker_options);
+  if (!worker.ok()) return service_main.Fail(worker.status(), 2);
+  ExpertServiceImpl service(worker->get());
+  auto registry = std::make_shared<prometheus::Registry>();
+  ExpertMetrics metrics(*registry);
+  service.set_metrics(&metrics);
+  std::unique_ptr<FrameServer> frames;  // stops after the gRPC server (destroyed after Serve returns)
+  if (options.data_port >= 0) {
+    auto f = FrameServer::Start(service_main.host(), options.data_port,
+                                [&service](FrameSocket* s) { service.ServeFrames(s); });
+    if (!f.ok()) return service_main.Fail(f.status(), 1);
     frames = std::move(*f);
     service.set_data_port(frames->port());
   }
-  int port = 0;
-  std::string address = absl::GetFlag(FLAGS_host) + ":" + std::to_string(absl::GetFlag(FLAGS_port));
-  auto server = moemesh::StartServer(address, {&service}, &port);
-  if (server == nullptr) {
-    std::fprintf(stderr, "moemesh-expert: error: cannot listen on %s\n", address.c_str());
-    return 1;
-  }
-  if (metrics_server && gpu >= 0) {
-    if (auto c = moemesh::GpuCollector::Create({gpu})) metrics_server->Register(c);
-  }
-  moemesh::AnnounceService(absl::GetFlag(FLAGS_host), port, metrics_server ? metrics_server->port() : 0);
-  moemesh::WaitForTerminationSignal();
+  std::function<std::shared_ptr<prometheus::Collectable>()> gpu_metrics;
+  if (gpu >= 0) gpu_metrics = [gpu] { return GpuCollector::Create({gpu}); };
   // Requests being computed finish; then the routers' streams are cancelled
   // (they resend to another replica).
-  moemesh::ShutdownGracefully(server.get(), [&] { return service.busy(); });
-  if (frames) frames->Stop();
-  (void)metrics_server.release();  // its web server takes seconds to stop; the process ends
-  return 0;
+  return service_main.Serve({&service}, registry, [&] { return service.busy(); }, gpu_metrics);
 }
+
+}  // namespace
+}  // namespace moemesh
+
+int main(int argc, char** argv) { return moemesh::Main(argc, argv); }

@@ -12,6 +12,7 @@
 #include "core/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
 #include "services/common/server_util.h"
+#include "services/gateway/gateway.h"
 #include "absl/strings/match.h"
 #include "prometheus/registry.h"
 #include "prometheus/text_serializer.h"
@@ -57,21 +58,21 @@ struct LocalRouter {
 };
 
 // A gateway in front of `routers`, served over a loopback socket.
-class Gateway {
+class LocalGateway {
  public:
-  Gateway(const std::vector<std::string>& routers, int max_in_flight = 512, GatewayMetrics* metrics = nullptr)
+  LocalGateway(const std::vector<std::string>& routers, int max_in_flight = 512, GatewayMetrics* metrics = nullptr)
       : pool_(routers) {
     tokenizer_ = std::move(*LoadTokenizer(kModel));
     auto config = LoadModelConfig(kModel);
     model_ = {"fortune-moe", "deepseek_v3", config->vocab_size, config->context_length()};
-    service_ = std::make_unique<GatewayServiceImpl>(tokenizer_.get(), model_, &pool_,
-                                                    GatewayServiceImpl::Options{max_in_flight}, metrics);
+    gateway_ = std::make_unique<Gateway>(tokenizer_.get(), model_, &pool_, Gateway::Options{max_in_flight}, metrics);
+    service_ = std::make_unique<GatewayServiceImpl>(gateway_.get());
     int port = 0;
     server_ = StartServer("127.0.0.1:0", {service_.get()}, &port);
     stub_ = v1::Gateway::NewStub(
         grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
   }
-  ~Gateway() { server_->Shutdown(std::chrono::system_clock::now()); }
+  ~LocalGateway() { server_->Shutdown(std::chrono::system_clock::now()); }
   v1::Gateway::Stub* stub() { return stub_.get(); }
   const ServedModel& model() const { return model_; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
@@ -80,6 +81,7 @@ class Gateway {
   std::unique_ptr<Tokenizer> tokenizer_;
   ServedModel model_;
   RouterPool pool_;
+  std::unique_ptr<Gateway> gateway_;
   std::unique_ptr<GatewayServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<v1::Gateway::Stub> stub_;
@@ -124,7 +126,7 @@ v1::GenerateRequest TextRequest(const std::string& text, int max_tokens) {
 
 TEST(GatewayServiceTest, TextInTextOutEqualsTheEngine) {
   LocalRouter router;
-  Gateway gw({router.address});
+  LocalGateway gw({router.address});
   v1::GenerateRequest req = TextRequest("The meaning of life is", 24);
   req.set_logprobs(3);
   Answer a = Generate(gw.stub(), req);
@@ -133,6 +135,7 @@ TEST(GatewayServiceTest, TextInTextOutEqualsTheEngine) {
   auto engine = Engine::Create(kModel, {});
   auto prompt = gw.tokenizer().Encode("The meaning of life is", true);
   GenerateParams g;
+  g.sampling.temperature = 0;  // greedy
   g.max_new_tokens = 24;
   auto want = (*engine)->Generate(*prompt, g);
   ASSERT_TRUE(want.ok());
@@ -152,7 +155,7 @@ TEST(GatewayServiceTest, TextInTextOutEqualsTheEngine) {
 
 TEST(GatewayServiceTest, StopSequencesEndTheAnswerAndFreeTheRouter) {
   LocalRouter router;
-  Gateway gw({router.address});
+  LocalGateway gw({router.address});
   v1::GenerateRequest req = TextRequest("Q: What is a friend?\nA:", 64);
   req.set_ignore_eos(true);
   Answer full = Generate(gw.stub(), req);
@@ -176,7 +179,7 @@ TEST(GatewayServiceTest, StopSequencesEndTheAnswerAndFreeTheRouter) {
 
 TEST(GatewayServiceTest, BadRequestsGetTheirDocumentedStatus) {
   LocalRouter router;
-  Gateway gw({router.address});
+  LocalGateway gw({router.address});
   const int context = gw.model().context_length;
   struct Case {
     v1::GenerateRequest req;
@@ -228,7 +231,7 @@ TEST(GatewayServiceTest, BadRequestsGetTheirDocumentedStatus) {
 
 TEST(GatewayServiceTest, AdmissionControlRefusesBeyondTheLimit) {
   LocalRouter router;
-  Gateway gw({router.address}, /*max_in_flight=*/1);
+  LocalGateway gw({router.address}, /*max_in_flight=*/1);
   v1::GenerateRequest slow = TextRequest("Once upon a time", 1000);
   slow.set_ignore_eos(true);
   grpc::ClientContext ctx;
@@ -259,7 +262,7 @@ TEST(GatewayServiceTest, SessionsStickToOneRouterAndSkipDeadOnes) {
     LocalRouter gone;
     dead = gone.address;
   }
-  Gateway gw({a.address, dead, b.address});
+  LocalGateway gw({a.address, dead, b.address});
   RouterPool pool({a.address, dead, b.address});
   int served = 0;
   for (int s = 0; s < 12; ++s) {
@@ -289,7 +292,7 @@ TEST(GatewayServiceTest, SessionsStickToOneRouterAndSkipDeadOnes) {
 
 TEST(GatewayServiceTest, TokenizeDetokenizeAndListModels) {
   LocalRouter router;
-  Gateway gw({router.address});
+  LocalGateway gw({router.address});
   grpc::ClientContext c1;
   v1::TokenizeRequest tr;
   tr.set_text("你好, world");
@@ -326,7 +329,7 @@ TEST(GatewayServiceTest, MetricsCountWhatHappened) {
   LocalRouter router;
   prometheus::Registry registry;
   GatewayMetrics metrics(registry);
-  Gateway gw({router.address}, 512, &metrics);
+  LocalGateway gw({router.address}, 512, &metrics);
   int generated = 0, prompt = 0;
   for (int i = 0; i < 3; ++i) {
     Answer a = Generate(gw.stub(), TextRequest("Once upon a time", 6));

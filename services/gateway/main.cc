@@ -2,19 +2,18 @@
 //   moemesh-gateway --model DIR --routers HOST:PORT[,HOST:PORT...] [--port 0]
 // Prints "listening on HOST:PORT" once serving; stops on SIGINT/SIGTERM.
 
-#include <chrono>
-#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "core/model/config.h"
 #include "core/tokenizer/tokenizer.h"
-#include "services/common/server_util.h"
-#include "core/metrics/metrics_server.h"
 #include "prometheus/registry.h"
+#include "services/common/service_main.h"
+#include "services/gateway/gateway.h"
 #include "services/gateway/gateway_metrics.h"
 #include "services/gateway/gateway_service.h"
 #include "services/gateway/router_pool.h"
@@ -23,68 +22,75 @@ ABSL_FLAG(std::string, model, "", "checkpoint directory (config.json and the tok
 ABSL_FLAG(std::string, model_name, "", "name clients use for the model; default: the directory's name");
 ABSL_FLAG(std::string, tokenizer, "", "tokenizer.json or .model file; default: the one in --model");
 ABSL_FLAG(std::string, routers, "", "routers, comma-separated HOST:PORT");
-ABSL_FLAG(std::string, host, "127.0.0.1", "address to listen on");
-ABSL_FLAG(int, port, 0, "port to listen on; 0 picks a free one");
-ABSL_FLAG(int, metrics_port, 0, "port of the Prometheus /metrics endpoint; 0 picks a free one, -1 serves none");
 ABSL_FLAG(int, max_in_flight, 512, "requests in progress before RESOURCE_EXHAUSTED");
 
+namespace moemesh {
 namespace {
 
-int Fail(const std::string& msg, int code) {
-  std::fprintf(stderr, "moemesh-gateway: error: %s\n", msg.c_str());
-  return code;
-}
+struct Options {
+  std::string model_dir;
+  std::string model_name;  // empty: the directory's name
+  std::string tokenizer;   // empty: the one in model_dir, if any
+  std::vector<std::string> routers;
+  Gateway::Options gateway;
 
-}  // namespace
+  static Options FromFlags() {
+    Options o;
+    o.model_dir = absl::GetFlag(FLAGS_model);
+    o.model_name = absl::GetFlag(FLAGS_model_name);
+    o.tokenizer = absl::GetFlag(FLAGS_tokenizer);
+    o.routers = absl::StrSplit(absl::GetFlag(FLAGS_routers), ',', absl::SkipWhitespace());
+    o.gateway.max_in_flight = absl::GetFlag(FLAGS_max_in_flight);
+    return o;
+  }
 
-int main(int argc, char** argv) {
-  moemesh::InitService(argc, argv, "moemesh-gateway --model DIR --routers HOST:PORT[,...] [--port P]");
+  absl::Status Validate() const {
+    if (model_dir.empty()) return absl::InvalidArgumentError("--model DIR is required");
+    if (routers.empty()) return absl::InvalidArgumentError("--routers HOST:PORT[,...] is required");
+    if (gateway.max_in_flight < 1) return absl::InvalidArgumentError("--max-in-flight must be >= 1");
+    return absl::OkStatus();
+  }
 
-  std::string model_dir = absl::GetFlag(FLAGS_model);
-  if (model_dir.empty()) return Fail("--model DIR is required", 2);
-  std::vector<std::string> routers = absl::StrSplit(absl::GetFlag(FLAGS_routers), ',', absl::SkipWhitespace());
-  if (routers.empty()) return Fail("--routers HOST:PORT[,...] is required", 2);
-  if (absl::GetFlag(FLAGS_max_in_flight) < 1) return Fail("--max-in-flight must be >= 1", 2);
-  auto config = moemesh::LoadModelConfig(model_dir);
-  if (!config.ok()) return Fail(std::string(config.status().message()), 2);
-  std::string tok_path = absl::GetFlag(FLAGS_tokenizer).empty() ? model_dir : absl::GetFlag(FLAGS_tokenizer);
-  std::unique_ptr<moemesh::Tokenizer> tokenizer;
-  if (auto t = moemesh::LoadTokenizer(tok_path); t.ok()) {
+  // The served model's name: --model-name, or the directory's.
+  std::string ServedName() const {
+    if (!model_name.empty()) return model_name;
+    std::string dir = model_dir;
+    while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+    return dir.substr(dir.find_last_of('/') + 1);
+  }
+};
+
+int Main(int argc, char** argv) {
+  ServiceMain service_main("moemesh-gateway", argc, argv,
+                           "moemesh-gateway --model DIR --routers HOST:PORT[,...] [--port P]");
+  const Options options = Options::FromFlags();
+  if (absl::Status st = options.Validate(); !st.ok()) return service_main.Fail(st, 2);
+
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(options.model_dir);
+  if (!config.ok()) return service_main.Fail(config.status(), 2);
+  std::unique_ptr<Tokenizer> tokenizer;
+  if (auto t = LoadTokenizer(options.tokenizer.empty() ? options.model_dir : options.tokenizer); t.ok()) {
     tokenizer = std::move(*t);
-  } else if (absl::IsNotFound(t.status()) && absl::GetFlag(FLAGS_tokenizer).empty()) {
-    std::fprintf(stderr, "moemesh-gateway: warning: %s; serving token ids only\n",
-                 std::string(t.status().message()).c_str());
+  } else if (absl::IsNotFound(t.status()) && options.tokenizer.empty()) {
+    service_main.Warn(absl::StrCat(t.status().message(), "; serving token ids only"));
   } else {
-    return Fail(std::string(t.status().message()), 2);
+    return service_main.Fail(t.status(), 2);
   }
-
-  moemesh::ServedModel model;
-  model.name = absl::GetFlag(FLAGS_model_name);
-  if (model.name.empty()) {
-    while (model_dir.size() > 1 && model_dir.back() == '/') model_dir.pop_back();
-    model.name = model_dir.substr(model_dir.find_last_of('/') + 1);
-  }
-  model.architecture = std::string(moemesh::ArchitectureName(config->arch));
+  ServedModel model;
+  model.name = options.ServedName();
+  model.architecture = std::string(ArchitectureName(config->arch));
   model.vocab_size = config->vocab_size;
   model.context_length = config->context_length();
 
-  moemesh::RouterPool pool(routers);
-  moemesh::GatewayServiceImpl::Options options;
-  options.max_in_flight = absl::GetFlag(FLAGS_max_in_flight);
+  RouterPool pool(options.routers);
   auto registry = std::make_shared<prometheus::Registry>();
-  moemesh::GatewayMetrics metrics(*registry);
-  auto started = moemesh::MetricsServer::StartIfEnabled(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port),
-                                                        registry);
-  if (!started.ok()) return Fail(std::string(started.status().message()), 1);
-  std::unique_ptr<moemesh::MetricsServer> metrics_server = std::move(*started);
-  moemesh::GatewayServiceImpl service(tokenizer.get(), model, &pool, options, &metrics);
-  int port = 0;
-  std::string address = absl::GetFlag(FLAGS_host) + ":" + std::to_string(absl::GetFlag(FLAGS_port));
-  auto server = moemesh::StartServer(address, {&service}, &port);
-  if (server == nullptr) return Fail("cannot listen on " + address, 1);
-  moemesh::AnnounceService(absl::GetFlag(FLAGS_host), port, metrics_server ? metrics_server->port() : 0);
-  moemesh::WaitForTerminationSignal();
-  moemesh::ShutdownGracefully(server.get(), [&] { return service.in_flight(); });
-  (void)metrics_server.release();  // its web server takes seconds to stop; the process ends
-  return 0;
+  GatewayMetrics metrics(*registry);
+  Gateway gateway(tokenizer.get(), model, &pool, options.gateway, &metrics);
+  GatewayServiceImpl service(&gateway);
+  return service_main.Serve({&service}, registry, [&] { return gateway.in_flight(); });
 }
+
+}  // namespace
+}  // namespace moemesh
+
+int main(int argc, char** argv) { return moemesh::Main(argc, argv); }

@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
-#include "core/engine/engine.h"
+#include "core/engine/request.h"
 #include "core/tokenizer/tokenizer.h"
 #include "services/common/generate_params_proto.h"
 
@@ -36,32 +36,9 @@ absl::StatusOr<v1::RouterGenerateRequest> BuildRouterRequest(const v1::GenerateR
     }
     case v1::GenerateRequest::kTokenIds:
       prompt.assign(request.token_ids().ids().begin(), request.token_ids().ids().end());
-      if (prompt.empty()) return absl::InvalidArgumentError("token_ids: the prompt is empty");
-      for (int t : prompt) {
-        if (t < 0 || t >= model.vocab_size) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("token_ids: ", t, " is outside the vocabulary [0, ", model.vocab_size, ")"));
-        }
-      }
       break;
     default:
       return absl::InvalidArgumentError("prompt: give text or token_ids");
-  }
-  if (request.max_tokens() < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("max_tokens must be >= 1, got ", request.max_tokens()));
-  }
-  const int64_t total = static_cast<int64_t>(prompt.size()) + request.max_tokens();
-  if (total > model.context_length) {
-    return absl::InvalidArgumentError(absl::StrCat("prompt (", prompt.size(), " tokens) + max_tokens (",
-                                                   request.max_tokens(), ") exceeds the context of ",
-                                                   model.context_length, " tokens; shorten one of them"));
-  }
-  if (absl::Status st = SamplingFromProto(request.sampling()).Validate(); !st.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("sampling: ", st.message()));
-  }
-  if (request.logprobs() < 0 || request.logprobs() > GenerateParams::kMaxLogprobs) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("logprobs must be in [0, ", GenerateParams::kMaxLogprobs, "], got ", request.logprobs()));
   }
   if (request.stop_size() > kMaxStopSequences) {
     return absl::InvalidArgumentError(absl::StrCat("stop: at most ", kMaxStopSequences, " stop sequences"));
@@ -71,12 +48,6 @@ absl::StatusOr<v1::RouterGenerateRequest> BuildRouterRequest(const v1::GenerateR
     if (s.empty() || s.size() > static_cast<size_t>(kMaxStopSequenceBytes)) {
       return absl::InvalidArgumentError(
           absl::StrCat("stop: each stop sequence must have 1 to ", kMaxStopSequenceBytes, " bytes"));
-    }
-  }
-  for (int t : request.stop_token_ids()) {
-    if (t < 0 || t >= model.vocab_size) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("stop_token_ids: ", t, " is outside the vocabulary [0, ", model.vocab_size, ")"));
     }
   }
   if (request.session_id().size() > static_cast<size_t>(kMaxSessionIdBytes)) {
@@ -89,6 +60,15 @@ absl::StatusOr<v1::RouterGenerateRequest> BuildRouterRequest(const v1::GenerateR
   *out.mutable_stop_token_ids() = request.stop_token_ids();
   out.set_ignore_eos(request.ignore_eos());
   out.set_logprobs(request.logprobs());
+  // The engine's own check, with the public API's field names.
+  RequestLimits limits;
+  limits.vocab_size = model.vocab_size;
+  limits.context_length = model.context_length;
+  RequestFieldNames names;
+  names.prompt = request.prompt_case() == v1::GenerateRequest::kText ? "text" : "token_ids";
+  names.max_new_tokens = "max_tokens";
+  names.sampling_prefix = "sampling: ";
+  MM_RETURN_IF_ERROR(ValidateRequest(prompt, GenerateParamsFromProto(out), limits, names));
   return out;
 }
 

@@ -68,6 +68,7 @@ TEST(RouterMetricsTest, CountsEveryRoutedToken) {
       (*engine)->NewScheduler(8, 256), 8,
       [&m](const StepStats& s, const GenerationLoop::Stats& l) { m.OnStep(s, l, 0); });
   GenerateParams g;
+  g.sampling.temperature = 0;  // greedy
   g.max_new_tokens = 5;
   g.ignore_eos = true;
   absl::Notification done;

@@ -91,14 +91,14 @@ class TreeTest(unittest.TestCase):
         self.assertEqual(len(self.check(transitive)), 1)
 
     def test_expert_worker_rule_and_exact_paths(self):
-        self.write("services/expert/worker.h", '#include "core/engine/engine.h"',
-                   '#include "core/engine/kv_cache.h"')
-        self.write("core/engine/engine.h", '#include "core/engine/scheduler.h"')
-        self.write("core/engine/kv_cache.h", "#pragma once")
+        self.write("services/expert/worker.h", '#include "core/experts/device.h"',
+                   '#include "core/model/config.h"')
+        self.write("core/experts/device.h", '#include "core/engine/scheduler.h"')
+        self.write("core/model/config.h", "#pragma once")
         self.write("core/engine/scheduler.h", "#pragma once")
         self.assertEqual(self.check(), [
             'services/expert/worker.h:1: the expert worker links no scheduler: '
-            '"core/engine/engine.h"',
+            '"core/engine/scheduler.h" (via core/experts/device.h)',
         ])
 
     def test_test_file_exemption(self):

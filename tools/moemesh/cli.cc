@@ -13,6 +13,8 @@
 #include "core/common/file_util.h"
 #include "core/common/status_macros.h"
 #include "core/engine/perplexity.h"
+#include "core/engine/request.h"
+#include "core/model/config.h"
 #include "core/model/safetensors.h"
 #include "services/expert_client/remote_expert_executor.h"
 #include "core/tokenizer/streaming_detokenizer.h"
@@ -38,7 +40,7 @@ absl::StatusOr<std::vector<int>> ParseTokenIds(const std::string& text) {
 }
 
 absl::Status RunGenerate(const GenerateCommand& cmd, std::ostream& out) {
-  MM_RETURN_IF_ERROR(cmd.params.Validate());
+  MM_RETURN_IF_ERROR(cmd.params.sampling.Validate());  // the rest once the prompt is known
   std::unique_ptr<Tokenizer> tokenizer;
   std::vector<int> prompt = cmd.prompt_ids;
   if (prompt.empty() && cmd.prompt.empty()) {
@@ -58,14 +60,19 @@ absl::Status RunGenerate(const GenerateCommand& cmd, std::ostream& out) {
   if (!cmd.prompt.empty()) {
     MM_ASSIGN_OR_RETURN(prompt, tokenizer->Encode(cmd.prompt, /*add_special_tokens=*/true));
   }
+  // The engine's own check, before minutes of loading weights.
+  MM_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(cmd.model_dir));
+  RequestLimits limits;
+  limits.vocab_size = config.vocab_size;
+  MM_RETURN_IF_ERROR(ValidateRequest(prompt, cmd.params, limits));
   std::unique_ptr<ExpertExecutor> remote;
   if (!cmd.experts.empty()) {
     MM_ASSIGN_OR_RETURN(auto shards, RemoteExpertExecutor::ParseAddresses(cmd.experts));
-    MM_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(cmd.model_dir));
     MM_ASSIGN_OR_RETURN(remote, RemoteExpertExecutor::Connect(shards, config.hidden_size,
                                                                  cmd.experts_connect_timeout_ms));
   }
-  MM_ASSIGN_OR_RETURN(auto engine, Engine::Create(cmd.model_dir, cmd.engine, std::move(remote)));
+  MM_ASSIGN_OR_RETURN(auto engine,
+                      CreateEngineWithProgress(cmd.model_dir, cmd.engine, std::move(remote), cmd.progress));
   std::unique_ptr<StreamingDetokenizer> stream;
   if (tokenizer) stream = std::make_unique<StreamingDetokenizer>(tokenizer.get(), true);
   std::string text;
@@ -155,7 +162,12 @@ absl::Status RunDetokenize(const TokenizeCommand& cmd, std::istream& in, std::os
 
 absl::Status RunScore(const ScoreCommand& cmd, std::ostream& out) {
   if (cmd.logits_out.empty()) return absl::InvalidArgumentError("--logits-out FILE is required");
-  MM_ASSIGN_OR_RETURN(auto engine, Engine::Create(cmd.model_dir, cmd.engine));
+  MM_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(cmd.model_dir));
+  RequestLimits limits;
+  limits.vocab_size = config.vocab_size;
+  // The prompt part of the engine's check (the default params pass).
+  MM_RETURN_IF_ERROR(ValidateRequest(cmd.prompt_ids, GenerateParams(), limits));
+  MM_ASSIGN_OR_RETURN(auto engine, CreateEngineWithProgress(cmd.model_dir, cmd.engine, nullptr, cmd.progress));
   MM_ASSIGN_OR_RETURN(std::vector<float> logits, engine->Score(cmd.prompt_ids));
   TensorToWrite t;
   t.name = "logits";
@@ -196,7 +208,7 @@ absl::Status RunEval(const EvalCommand& cmd, std::ostream& out) {
     seqs.push_back(std::move(ids));
   }
   if (seqs.empty()) return absl::InvalidArgumentError(absl::StrCat(cmd.dataset, ": no sequences"));
-  MM_ASSIGN_OR_RETURN(auto engine, Engine::Create(cmd.model_dir, cmd.engine));
+  MM_ASSIGN_OR_RETURN(auto engine, CreateEngineWithProgress(cmd.model_dir, cmd.engine, nullptr, cmd.progress));
   double nll = 0;
   int64_t count = 0;
   for (size_t i = 0; i < seqs.size(); ++i) {

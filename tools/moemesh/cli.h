@@ -8,6 +8,8 @@
 
 #include "absl/status/statusor.h"
 #include "core/engine/engine.h"
+#include "tools/moemesh/commands.h"
+#include "tools/moemesh/progress.h"
 
 namespace moemesh {
 
@@ -26,6 +28,7 @@ struct GenerateCommand {
   GenerateParams params;
   EngineOptions engine;
   bool json = false;
+  ProgressOutput progress;  // where loading the weights is reported
 };
 
 struct ScoreCommand {
@@ -33,6 +36,7 @@ struct ScoreCommand {
   std::vector<int> prompt_ids;
   std::string logits_out;  // safetensors file
   EngineOptions engine;
+  ProgressOutput progress;
 };
 
 // Perplexity over a JSON-lines dataset, one sequence per line as
@@ -41,6 +45,7 @@ struct EvalCommand {
   std::string model_dir;
   std::string dataset;
   EngineOptions engine;
+  ProgressOutput progress;
 };
 
 // tokenize: {"text": ...} lines in, {"ids": [...]} lines out; detokenize:
@@ -52,7 +57,9 @@ struct TokenizeCommand {
   bool skip_special_tokens = false;
 };
 
-// Run a command, printing its result to `out`.
+// Run a command, printing its result to `out`. A command that loads a
+// model checks its request against config.json first, so that bad input
+// fails before the weights load.
 absl::Status RunGenerate(const GenerateCommand& cmd, std::ostream& out);
 absl::Status RunScore(const ScoreCommand& cmd, std::ostream& out);
 absl::Status RunTokenize(const TokenizeCommand& cmd, std::istream& in, std::ostream& out);
@@ -61,12 +68,16 @@ absl::Status RunDetokenize(const TokenizeCommand& cmd, std::istream& in, std::os
 absl::Status RunEval(const EvalCommand& cmd, std::ostream& out);
 
 // The whole CLI: parses argv (flags may use dashes), runs the command,
-// prints results on stdout and a one-line error on stderr. Returns the
-// process exit code: 0 on success, 2 for bad input, 1 otherwise.
+// prints results on stdout, progress (loading weights) and a one-line
+// error on stderr. `moemesh [help] COMMAND --help` prints the command's
+// flags, `moemesh --help` the commands, `moemesh --version` the version
+// (all on stdout, exit 0). Returns the process exit code: 0 on success, 2
+// for bad input (a flag the command does not take, an unknown command, no
+// command), 1 otherwise.
 int CliMain(int argc, char** argv);
 
-// One-paragraph usage text for --help.
-extern const char kUsage[];
+// The commands CliMain knows, each with the flags it takes.
+const std::vector<Command>& CliCommands();
 
 }  // namespace moemesh
 

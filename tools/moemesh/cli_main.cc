@@ -1,104 +1,219 @@
-// Flag parsing for the moemesh CLI: flags -> command structs -> cli.cc.
+// The moemesh CLI's commands and flags: argv -> the command's flags -> command structs -> cli.cc.
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <string>
 #include <vector>
 
-#include <signal.h>
-
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "core/common/version.h"
 #include "services/common/device_flag.h"
-#include "services/common/server_util.h"
 #include "tools/moemesh/cli.h"
 #include "tools/moemesh/client.h"
+#include "tools/moemesh/commands.h"
+#include "tools/moemesh/progress.h"
 #include "tools/moemesh/up.h"
 #ifdef MOEMESH_WITH_CUDA
 #include "core/engine/cuda/cuda_forward_pass.h"
 #include "core/experts/cuda/cuda_expert_device.h"
 #endif
 
-ABSL_FLAG(std::string, model, "", "checkpoint directory (config.json + safetensors)");
+// Every flag of every command. Each command takes only the flags that its
+// entry in CliCommands() lists; `moemesh COMMAND --help` prints them.
+ABSL_FLAG(std::string, model, "", "model directory: config.json, safetensors weights, tokenizer.json");
 ABSL_FLAG(std::string, prompt_ids, "", "prompt token ids, comma separated");
-ABSL_FLAG(std::string, prompt, "", "prompt text (tokenized with the model's tokenizer.json, BOS added)");
+ABSL_FLAG(std::string, prompt, "", "prompt text, tokenized with the model's tokenizer.json (BOS added)");
 ABSL_FLAG(std::string, tokenizer, "", "tokenizer.json file or directory (default: the model's)");
-ABSL_FLAG(bool, add_special_tokens, false, "tokenize: add the template's special tokens (BOS)");
-ABSL_FLAG(bool, skip_special_tokens, false, "detokenize: leave special tokens out of the text");
-ABSL_FLAG(bool, keep_special_tokens, false, "client generate: keep special tokens (EOS) in the text");
-ABSL_FLAG(int, max_new_tokens, 16, "tokens to generate");
-ABSL_FLAG(float, temperature, 0.0f, "sampling temperature; 0 is greedy");
-ABSL_FLAG(int, top_k, 0, "keep the k most likely tokens; 0 disables");
-ABSL_FLAG(float, top_p, 1.0f, "nucleus sampling mass; 1 disables");
-ABSL_FLAG(float, min_p, 0.0f, "drop tokens below min_p * p(top token); 0 disables");
-ABSL_FLAG(float, repetition_penalty, 1.0f, "penalty on prompt and output tokens; 1 disables");
-ABSL_FLAG(float, presence_penalty, 0.0f, "subtracted once from each output token's logit");
-ABSL_FLAG(float, frequency_penalty, 0.0f, "subtracted per occurrence of an output token");
+ABSL_FLAG(bool, add_special_tokens, false, "add the tokenizer's special tokens (BOS)");
+ABSL_FLAG(bool, skip_special_tokens, false, "leave special tokens out of the text");
+ABSL_FLAG(bool, keep_special_tokens, false, "keep special tokens (EOS) in the text");
+ABSL_FLAG(int, max_new_tokens, 16, "most tokens to generate");
+// Sampling defaults are the request contract's (core/engine/request.h), as on the wire.
+ABSL_FLAG(float, temperature, moemesh::SamplingParams().temperature, "sampling temperature; 0 is greedy");
+ABSL_FLAG(int, top_k, moemesh::SamplingParams().top_k, "keep the k most likely tokens; 0 disables");
+ABSL_FLAG(float, top_p, moemesh::SamplingParams().top_p, "nucleus sampling mass; 1 disables");
+ABSL_FLAG(float, min_p, moemesh::SamplingParams().min_p, "drop tokens below min_p * p(top token); 0 disables");
+ABSL_FLAG(float, repetition_penalty, moemesh::SamplingParams().repetition_penalty,
+          "penalty on prompt and output tokens; 1 disables");
+ABSL_FLAG(float, presence_penalty, moemesh::SamplingParams().presence_penalty,
+          "subtracted once from each output token's logit");
+ABSL_FLAG(float, frequency_penalty, moemesh::SamplingParams().frequency_penalty,
+          "subtracted per occurrence of an output token");
 ABSL_FLAG(int64_t, seed, -1, "sampling seed; same seed, same tokens; -1 picks one");
 ABSL_FLAG(std::string, stop_token_ids, "", "extra stop token ids, comma separated");
 ABSL_FLAG(bool, ignore_eos, false, "keep generating past the model's EOS tokens");
 ABSL_FLAG(std::string, output, "text", "output format: text or json");
-ABSL_FLAG(std::string, logits_out, "", "score: safetensors file to write the logits to");
-ABSL_FLAG(std::string, dataset, "", "eval: JSON lines of {\"ids\": [...]}");
+ABSL_FLAG(std::string, logits_out, "", "safetensors file to write the logits to");
+ABSL_FLAG(std::string, dataset, "", "JSON lines of {\"ids\": [...]}, one sequence per line");
 ABSL_FLAG(int, threads, 1, "CPU threads");
 ABSL_FLAG(std::string, device, "cpu",
-          "generate, score, eval: where the model runs: cpu, or cuda[:N] (attention, gating, the LM head and the "
-          "experts run here on GPU N, default 0)");
-ABSL_FLAG(int, experts_connect_timeout_ms, 10000, "generate: how long to wait for the expert workers");
+          "where the model runs: cpu, or cuda[:N] for GPU N (attention, gating, the LM head and the experts; cuda is "
+          "cuda:0)");
+ABSL_FLAG(int, experts_connect_timeout_ms, 10000, "how long to wait for the expert workers");
 ABSL_FLAG(std::string, experts, "",
-          "generate: expert workers, shards in order separated by ',', replicas of a shard by '|' "
-          "(a:1|b:2,c:3); empty runs the experts in this process");
+          "expert workers, shards in order separated by ',', replicas of a shard by '|' (a:1|b:2,c:3); empty runs "
+          "the experts in this process");
 ABSL_FLAG(int, kv_cache_tokens, 65536, "KV cache capacity in tokens");
 ABSL_FLAG(int, prefill_chunk, 512, "longest prefill chunk per forward step");
 ABSL_FLAG(double, gating_temperature, 0.0, "MoE gating temperature T (off when 0)");
 ABSL_FLAG(int, dynamic_k_min, 0, "dynamic expert count: smallest k");
 ABSL_FLAG(int, dynamic_k_max, 0, "dynamic expert count: largest k (off when 0)");
 ABSL_FLAG(double, dynamic_k_p, 0.0, "dynamic expert count: cumulative probability to reach");
-ABSL_FLAG(int, expert_shards, 2, "up: expert shards (0 runs the experts inside the routers)");
-ABSL_FLAG(std::string, placement, "", "up: placement file (JSON) for the expert workers and routers");
-ABSL_FLAG(bool, monitoring, false, "up: also start a local Prometheus (Debian's prometheus) scraping the mesh");
-ABSL_FLAG(int, prometheus_port, 0, "up --monitoring: Prometheus's port; 0 picks a free one");
-ABSL_FLAG(int, scrape_interval_s, 5, "up --monitoring: scrape and rule evaluation interval in seconds");
-ABSL_FLAG(std::string, expert_device, "cpu", "up: where the expert workers compute: cpu, cuda or cuda:N");
+ABSL_FLAG(int, expert_shards, 2, "how many expert shards (0 runs the experts inside the routers)");
+ABSL_FLAG(std::string, placement, "", "placement file (JSON) for the expert workers and routers");
+ABSL_FLAG(bool, monitoring, false, "also start a local Prometheus (Debian's prometheus) scraping the mesh");
+ABSL_FLAG(int, prometheus_port, 0, "with --monitoring: Prometheus's port; 0 picks a free one");
+ABSL_FLAG(int, scrape_interval_s, 5, "with --monitoring: scrape and rule evaluation interval in seconds");
+ABSL_FLAG(std::string, expert_device, "cpu", "where the expert workers compute: cpu, cuda or cuda:N");
 ABSL_FLAG(std::string, router_device, "cpu",
-          "up: where the routers run attention, gating and the LM head: cpu, cuda or cuda:N");
-ABSL_FLAG(int, expert_replicas, 1, "up: replicas of each expert shard");
-ABSL_FLAG(int, routers, 1, "up: routers");
-ABSL_FLAG(std::string, host, "127.0.0.1", "up: address the services listen on");
-ABSL_FLAG(int, port, 0, "up: the gateway's port; 0 picks a free one");
-ABSL_FLAG(int, max_running, 64, "up: requests in each router's batch at once");
-ABSL_FLAG(std::string, bin_dir, "", "up: directory of moemesh-expert/-router/-gateway (default: found beside moemesh)");
-ABSL_FLAG(std::string, target, "", "client: the gateway, HOST:PORT");
-ABSL_FLAG(int, timeout_ms, 0, "client: deadline of the call in milliseconds; 0: none");
-ABSL_FLAG(std::vector<std::string>, stop, {}, "client generate: stop sequences, comma separated");
-ABSL_FLAG(int, logprobs, 0, "client generate: top-n log probabilities per token (0-20)");
-ABSL_FLAG(std::string, session_id, "", "client generate: session id (requests of a session share a router)");
-ABSL_FLAG(std::string, text, "", "client tokenize: the text");
-ABSL_FLAG(std::string, ids, "", "client detokenize: token ids, comma separated");
-ABSL_FLAG(std::string, model_name, "", "client: the model's name (default: the only one served)");
+          "where the routers run attention, gating and the LM head: cpu, cuda or cuda:N");
+ABSL_FLAG(int, expert_replicas, 1, "replicas of each expert shard");
+ABSL_FLAG(int, routers, 1, "how many routers");
+ABSL_FLAG(std::string, host, "127.0.0.1", "address the services listen on");
+ABSL_FLAG(int, port, 0, "the gateway's port; 0 picks a free one");
+ABSL_FLAG(int, max_running, 64, "requests in each router's batch at once");
+ABSL_FLAG(std::string, bin_dir, "",
+          "directory of moemesh-expert, moemesh-router and moemesh-gateway (default: beside moemesh, or the build "
+          "tree)");
+ABSL_FLAG(std::string, target, "", "the gateway, HOST:PORT");
+ABSL_FLAG(int, timeout_ms, 0, "deadline of the call in milliseconds; 0: none");
+ABSL_FLAG(std::vector<std::string>, stop, {}, "stop sequences, comma separated");
+ABSL_FLAG(int, logprobs, 0, "top-n log probabilities per token (0-20)");
+ABSL_FLAG(std::string, session_id, "", "session id (requests of a session share a router)");
+ABSL_FLAG(std::string, text, "", "the text");
+ABSL_FLAG(std::string, ids, "", "token ids, comma separated");
+ABSL_FLAG(std::string, model_name, "", "the model's name (default: the only one served)");
 
 namespace moemesh {
 
-const char kUsage[] =
-    "usage: moemesh <command> [flags]\n"
-    "commands:\n"
-    "  generate   --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [--max-new-tokens N]\n"
-    "             [--temperature T --top-p P --seed S ...] [--device cuda] [--output json]\n"
-    "  score      --model DIR --prompt-ids 1,2,3 --logits-out FILE\n"
-    "  eval       --model DIR --dataset FILE.jsonl   (perplexity)\n"
-    "  tokenize   --tokenizer FILE [--add-special-tokens] < {\"text\"} lines\n"
-    "  detokenize --tokenizer FILE [--skip-special-tokens] < {\"ids\"} lines\n"
-    "  up         [--model DIR] [--expert-shards N] [--expert-replicas R] [--routers K] [--port P]\n"
-    "             [--placement FILE] [--expert-device D] [--router-device D] [--monitoring]\n"
-    "             (the whole mesh as local processes; default model: the bundled demo;\n"
-    "             --monitoring adds a Prometheus scraping it)\n"
-    "  client generate   --target HOST:PORT (--prompt TEXT | --prompt-ids 1,2,3) [--max-new-tokens N]\n"
-    "                    [sampling flags] [--stop S1,S2] [--logprobs N] [--session-id ID] [--output json]\n"
-    "  client tokenize   --target HOST:PORT --text TEXT [--add-special-tokens]\n"
-    "  client detokenize --target HOST:PORT --ids 1,2,3 [--skip-special-tokens]\n"
-    "  client models     --target HOST:PORT\n"
-    "run `moemesh --help` for every flag";
+const std::vector<Command>& CliCommands() {
+  static const std::vector<Command>* const commands = [] {
+    const std::vector<FlagUse> sampling = {
+        {"temperature"},       {"top_k"}, {"top_p"}, {"min_p"}, {"repetition_penalty"}, {"presence_penalty"},
+        {"frequency_penalty"}, {"seed"}};
+    const std::vector<FlagUse> engine = {
+        {"threads"},       {"device"},        {"kv_cache_tokens"}, {"prefill_chunk"}, {"gating_temperature"},
+        {"dynamic_k_min"}, {"dynamic_k_max"}, {"dynamic_k_p"}};
+    const FlagUse model_required = {"model", "model directory: config.json, safetensors weights (required)"};
+    const FlagUse target = {"target", "the gateway, HOST:PORT (required)"};
+    const FlagUse timeout = {"timeout_ms"};
+    const FlagUse model_name = {"model_name"};
+    const FlagUse tokenizer_file = {"tokenizer",
+                                    "tokenizer.json or SentencePiece model file, or a model directory (required)"};
+    auto* c = new std::vector<Command>;
+    c->push_back({"generate",
+                  "generate text with a model in this process",
+                  "moemesh generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [flags]",
+                  "Prints the new tokens only: the text as it is sampled, or with --output json {\"token_ids\", "
+                  "\"text\", \"finish_reason\"}. Generation stops at the model's EOS ids (unless --ignore-eos), at "
+                  "--stop-token-ids or after --max-new-tokens. Loading the weights is reported on stderr.",
+                  {{"flags",
+                    {model_required,
+                     {"prompt"},
+                     {"prompt_ids"},
+                     {"tokenizer"},
+                     {"max_new_tokens"},
+                     {"stop_token_ids"},
+                     {"ignore_eos"},
+                     {"output"}}},
+                   {"sampling", sampling},
+                   {"experts on expert workers", {{"experts"}, {"experts_connect_timeout_ms"}}},
+                   {"engine", engine}}});
+    c->push_back({"score",
+                  "write a prompt's logits to a safetensors file",
+                  "moemesh score --model DIR --prompt-ids 1,2,3 --logits-out FILE.safetensors [flags]",
+                  "Writes one F32 tensor \"logits\" of shape [positions, vocab].",
+                  {{"flags", {model_required, {"prompt_ids"}, {"logits_out", "safetensors file to write (required)"}}},
+                   {"engine", engine}}});
+    c->push_back(
+        {"eval",
+         "perplexity of a model over a JSON-lines dataset",
+         "moemesh eval --model DIR --dataset FILE.jsonl [flags]",
+         "Scores each {\"ids\": [...]} line on its own and prints {\"perplexity\", \"nll_sum\", "
+         "\"predicted_tokens\", \"sequences\"}.",
+         {{"flags", {model_required, {"dataset", "JSON lines of {\"ids\": [...]} (required)"}}}, {"engine", engine}}});
+    c->push_back({"tokenize",
+                  "text to token ids: {\"text\"} lines in, {\"ids\"} lines out",
+                  "moemesh tokenize --tokenizer FILE [--add-special-tokens] < {\"text\": \"...\"} lines",
+                  "",
+                  {{"flags", {tokenizer_file, {"add_special_tokens"}}}}});
+    c->push_back({"detokenize",
+                  "token ids to text: {\"ids\"} lines in, {\"text\"} lines out",
+                  "moemesh detokenize --tokenizer FILE [--skip-special-tokens] < {\"ids\": [...]} lines",
+                  "",
+                  {{"flags", {tokenizer_file, {"skip_special_tokens"}}}}});
+    c->push_back({"up",
+                  "run a whole mesh (expert workers, routers, gateway) locally",
+                  "moemesh up [--model DIR] [flags]",
+                  "Starts the expert workers, then the routers, then the gateway, on free ports, and prints each "
+                  "service as it becomes ready, then `gateway listening on HOST:PORT`. Runs until Ctrl-C or SIGTERM.",
+                  {{"mesh",
+                    {{"model", "model directory (default: the bundled demo model, models/fortune-moe)"},
+                     {"expert_shards"},
+                     {"expert_replicas"},
+                     {"routers"},
+                     {"placement"},
+                     {"expert_device"},
+                     {"router_device"},
+                     {"host"},
+                     {"port"},
+                     {"bin_dir"}}},
+                   {"each service",
+                    {{"threads", "CPU threads of each service"},
+                     {"kv_cache_tokens", "KV cache capacity of each router, in tokens"},
+                     {"max_running"}}},
+                   {"monitoring", {{"monitoring"}, {"prometheus_port"}, {"scrape_interval_s"}}}}});
+    c->push_back({"client generate",
+                  "generate text through a mesh's gateway",
+                  "moemesh client generate --target HOST:PORT (--prompt TEXT | --prompt-ids 1,2,3) [flags]",
+                  "Streams the text as it is generated, or with --output json prints {\"token_ids\", \"text\", "
+                  "\"finish_reason\", \"usage\"} (and \"logprobs\" with --logprobs N).",
+                  {{"flags",
+                    {target,
+                     {"prompt", "prompt text; the gateway tokenizes it"},
+                     {"prompt_ids"},
+                     model_name,
+                     {"max_new_tokens"},
+                     {"stop"},
+                     {"stop_token_ids"},
+                     {"ignore_eos"},
+                     {"keep_special_tokens"},
+                     {"logprobs"},
+                     {"session_id"},
+                     {"output"},
+                     timeout}},
+                   {"sampling", sampling}}});
+    c->push_back(
+        {"client tokenize",
+         "tokenize text with a gateway's tokenizer",
+         "moemesh client tokenize --target HOST:PORT --text TEXT [--add-special-tokens]",
+         "",
+         {{"flags", {target, {"text", "the text to tokenize"}, {"add_special_tokens"}, model_name, timeout}}}});
+    c->push_back({"client detokenize",
+                  "turn token ids into text with a gateway's tokenizer",
+                  "moemesh client detokenize --target HOST:PORT --ids 1,2,3 [--skip-special-tokens]",
+                  "",
+                  {{"flags", {target, {"ids"}, {"skip_special_tokens"}, model_name, timeout}}}});
+    c->push_back({"client models",
+                  "list the models a gateway serves",
+                  "moemesh client models --target HOST:PORT",
+                  "",
+                  {{"flags", {target, timeout}}}});
+    c->push_back({"help", "list the commands, or a command's flags", "moemesh help [COMMAND]", "", {}});
+    c->push_back({"version",
+                  "print the version, the commit and how it was built",
+                  "moemesh version (or moemesh --version)",
+                  "",
+                  {}});
+    return c;
+  }();
+  return *commands;
+}
 
 namespace {
 
@@ -164,6 +279,9 @@ int UpMain() {
   cmd.kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
   cmd.max_running = absl::GetFlag(FLAGS_max_running);
   cmd.bin_dir = absl::GetFlag(FLAGS_bin_dir);
+  const ProgressOutput stdout_progress = ProgressOn(STDOUT_FILENO);  // a status line while the services start
+  cmd.terminal = stdout_progress.terminal;
+  cmd.columns = stdout_progress.columns;
   return ExitWith(RunUp(cmd, std::cout));
 }
 
@@ -229,80 +347,131 @@ int ClientMain(const std::string& sub) {
     r.set_skip_special_tokens(absl::GetFlag(FLAGS_skip_special_tokens));
     return ExitWith(RunClientDetokenize(opt, r, std::cout));
   }
-  if (sub == "models") return ExitWith(RunClientModels(opt, std::cout));
-  std::fprintf(stderr, "moemesh: error: unknown client command \"%s\"\n%s\n", sub.c_str(), kUsage);
-  return 2;
+  return ExitWith(RunClientModels(opt, std::cout));  // "models"
 }
 
-}  // namespace
-
-int CliMain(int argc, char** argv) {
-  std::vector<std::string> args = NormalizeFlagNames(argc, argv);
-  std::vector<char*> argp;
-  for (std::string& a : args) argp.push_back(a.data());
-  std::vector<char*> rest = absl::ParseCommandLine(static_cast<int>(argp.size()), argp.data());
-  if (rest.size() == 3 && std::string(rest[1]) == "client") return ClientMain(rest[2]);
-  if (rest.size() != 2) {
-    std::fprintf(stderr, "moemesh: error: expected exactly one command\n%s\n", kUsage);
-    return 2;
-  }
-  std::string command = rest[1];
-  if (command == "up") return UpMain();
-  if (command == "tokenize" || command == "detokenize") {
-    TokenizeCommand cmd{absl::GetFlag(FLAGS_tokenizer), absl::GetFlag(FLAGS_add_special_tokens),
-                        absl::GetFlag(FLAGS_skip_special_tokens)};
-    if (cmd.tokenizer_path.empty()) return ExitWith(absl::InvalidArgumentError("--tokenizer FILE is required"));
-    return ExitWith(command == "tokenize" ? RunTokenize(cmd, std::cin, std::cout)
-                                            : RunDetokenize(cmd, std::cin, std::cout));
-  }
+// Runs a command that loads a model: generate, score or eval.
+int ModelCommandMain(const std::string& command) {
   std::string model = absl::GetFlag(FLAGS_model);
   if (model.empty()) return ExitWith(absl::InvalidArgumentError("--model DIR is required"));
-  auto ids = ParseTokenIds(absl::GetFlag(FLAGS_prompt_ids));
-  if (!ids.ok()) return ExitWith(ids.status());
   auto engine = EngineFlags();
   if (!engine.ok()) return ExitWith(engine.status());
+  const ProgressOutput progress = ProgressOn(STDERR_FILENO);
   if (command == "eval") {
-    EvalCommand cmd{model, absl::GetFlag(FLAGS_dataset), *engine};
+    EvalCommand cmd{model, absl::GetFlag(FLAGS_dataset), *engine, progress};
     return ExitWith(RunEval(cmd, std::cout));
   }
-  if (command == "generate") {
-    GenerateCommand cmd;
-    cmd.model_dir = model;
-    cmd.prompt_ids = *ids;
-    cmd.prompt = absl::GetFlag(FLAGS_prompt);
-    cmd.tokenizer_path = absl::GetFlag(FLAGS_tokenizer);
-    cmd.experts_connect_timeout_ms = absl::GetFlag(FLAGS_experts_connect_timeout_ms);
-    cmd.experts = absl::GetFlag(FLAGS_experts);
-    cmd.engine = *engine;
-    cmd.params.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
-    SamplingParams& s = cmd.params.sampling;
-    s.temperature = absl::GetFlag(FLAGS_temperature);
-    s.top_k = absl::GetFlag(FLAGS_top_k);
-    s.top_p = absl::GetFlag(FLAGS_top_p);
-    s.min_p = absl::GetFlag(FLAGS_min_p);
-    s.repetition_penalty = absl::GetFlag(FLAGS_repetition_penalty);
-    s.presence_penalty = absl::GetFlag(FLAGS_presence_penalty);
-    s.frequency_penalty = absl::GetFlag(FLAGS_frequency_penalty);
-    if (absl::GetFlag(FLAGS_seed) >= 0) s.seed = static_cast<uint64_t>(absl::GetFlag(FLAGS_seed));
-    auto stops = ParseTokenIds(absl::GetFlag(FLAGS_stop_token_ids));
-    if (!stops.ok()) return ExitWith(stops.status());
-    cmd.params.stop_token_ids = *stops;
-    cmd.params.ignore_eos = absl::GetFlag(FLAGS_ignore_eos);
-    auto json = JsonOutput();
-    if (!json.ok()) return ExitWith(json.status());
-    cmd.json = *json;
-    return ExitWith(RunGenerate(cmd, std::cout));
-  }
+  auto ids = ParseTokenIds(absl::GetFlag(FLAGS_prompt_ids));
+  if (!ids.ok()) return ExitWith(ids.status());
   if (command == "score") {
     ScoreCommand cmd;
     cmd.model_dir = model;
     cmd.prompt_ids = *ids;
     cmd.engine = *engine;
     cmd.logits_out = absl::GetFlag(FLAGS_logits_out);
+    cmd.progress = progress;
     return ExitWith(RunScore(cmd, std::cout));
   }
-  std::fprintf(stderr, "moemesh: error: unknown command \"%s\"\n%s\n", command.c_str(), kUsage);
-  return 2;
+  GenerateCommand cmd;
+  cmd.model_dir = model;
+  cmd.prompt_ids = *ids;
+  cmd.prompt = absl::GetFlag(FLAGS_prompt);
+  cmd.tokenizer_path = absl::GetFlag(FLAGS_tokenizer);
+  cmd.experts_connect_timeout_ms = absl::GetFlag(FLAGS_experts_connect_timeout_ms);
+  cmd.experts = absl::GetFlag(FLAGS_experts);
+  cmd.engine = *engine;
+  cmd.progress = progress;
+  cmd.params.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
+  SamplingParams& s = cmd.params.sampling;
+  s.temperature = absl::GetFlag(FLAGS_temperature);
+  s.top_k = absl::GetFlag(FLAGS_top_k);
+  s.top_p = absl::GetFlag(FLAGS_top_p);
+  s.min_p = absl::GetFlag(FLAGS_min_p);
+  s.repetition_penalty = absl::GetFlag(FLAGS_repetition_penalty);
+  s.presence_penalty = absl::GetFlag(FLAGS_presence_penalty);
+  s.frequency_penalty = absl::GetFlag(FLAGS_frequency_penalty);
+  if (absl::GetFlag(FLAGS_seed) >= 0) s.seed = static_cast<uint64_t>(absl::GetFlag(FLAGS_seed));
+  auto stops = ParseTokenIds(absl::GetFlag(FLAGS_stop_token_ids));
+  if (!stops.ok()) return ExitWith(stops.status());
+  cmd.params.stop_token_ids = *stops;
+  cmd.params.ignore_eos = absl::GetFlag(FLAGS_ignore_eos);
+  auto json = JsonOutput();
+  if (!json.ok()) return ExitWith(json.status());
+  cmd.json = *json;
+  return ExitWith(RunGenerate(cmd, std::cout));
+}
+
+const char kListFooter[] =
+    "Run `moemesh help COMMAND` or `moemesh COMMAND --help` for a command's flags\n"
+    "and their defaults, and `moemesh --version` for the version.";
+
+}  // namespace
+
+int CliMain(int argc, char** argv) {
+  const std::vector<Command>& commands = CliCommands();
+  const CommandLine line = SplitCommandLine(std::vector<std::string>(argv + std::min(argc, 1), argv + argc));
+  if (line.version) {
+    std::printf("%s\n", VersionString().c_str());
+    return 0;
+  }
+  std::vector<std::string> words = line.words;
+  bool help = line.help;
+  if (!words.empty() && words[0] == "help") {  // moemesh help [COMMAND]
+    help = true;
+    words.erase(words.begin());
+  }
+  if (words.empty()) {  // the command list: asked for (exit 0) or no command given (exit 2)
+    const std::string list = CommandListText(commands, "", kListFooter);
+    std::fputs(list.c_str(), help ? stdout : stderr);
+    return help ? 0 : 2;
+  }
+  const bool group = IsCommandGroup(commands, words[0]);  // "client"
+  const std::string group_footer = absl::StrCat("Run `moemesh help ", words[0], " SUBCOMMAND` for its flags.");
+  if (group && words.size() == 1) {
+    const std::string list = CommandListText(commands, words[0], group_footer);
+    if (help) {
+      std::fputs(list.c_str(), stdout);
+      return 0;
+    }
+    std::fprintf(stderr, "moemesh: error: `moemesh %s` needs a subcommand\n\n%s", words[0].c_str(), list.c_str());
+    return 2;
+  }
+  size_t used = 0;
+  const Command* command = FindCommand(commands, words, &used);
+  if (command == nullptr) {
+    const std::string what =
+        group ? absl::StrCat(words[0], " command \"", words[1], "\"") : absl::StrCat("command \"", words[0], "\"");
+    const std::string list =
+        group ? CommandListText(commands, words[0], group_footer) : CommandListText(commands, "", kListFooter);
+    std::fprintf(stderr, "moemesh: error: unknown %s\n\n%s", what.c_str(), list.c_str());
+    return 2;
+  }
+  if (help && used == words.size()) {
+    std::fputs(CommandHelpText(*command).c_str(), stdout);
+    return 0;
+  }
+  if (!line.error.ok()) return ExitWith(line.error);
+  if (absl::Status s = ApplyFlags(commands, *command, line.flags); !s.ok()) return ExitWith(s);
+  if (used < words.size()) {
+    return ExitWith(
+        absl::InvalidArgumentError(absl::StrCat("unexpected argument \"", words[used], "\": `moemesh ", command->name,
+                                                "` takes flags only; `moemesh help ", command->name, "` lists them")));
+  }
+  const std::string& name = command->name;
+  if (name == "version") {
+    std::printf("%s\n", VersionString().c_str());
+    return 0;
+  }
+  if (name == "up") return UpMain();
+  if (name.rfind("client ", 0) == 0) return ClientMain(name.substr(7));
+  if (name == "tokenize" || name == "detokenize") {
+    TokenizeCommand cmd{absl::GetFlag(FLAGS_tokenizer), absl::GetFlag(FLAGS_add_special_tokens),
+                        absl::GetFlag(FLAGS_skip_special_tokens)};
+    if (cmd.tokenizer_path.empty()) return ExitWith(absl::InvalidArgumentError("--tokenizer FILE is required"));
+    return ExitWith(name == "tokenize" ? RunTokenize(cmd, std::cin, std::cout)
+                                       : RunDetokenize(cmd, std::cin, std::cout));
+  }
+  return ModelCommandMain(name);  // generate, score, eval
 }
 
 }  // namespace moemesh

@@ -1,9 +1,14 @@
 #include "tools/moemesh/cli.h"
 
+#include <algorithm>
+#include <regex>
 #include <sstream>
 
 #include "absl/flags/reflection.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
 #include "core/common/file_util.h"
+#include "core/common/version.h"
 #include "core/model/safetensors.h"
 #include "core/tokenizer/tokenizer.h"
 #include "nlohmann/json.hpp"
@@ -38,7 +43,7 @@ TEST(CliTest, ParseTokenIds) {
 TEST(CliTest, GenerateJsonPrintsNewTokensOnly) {
   std::string out, err;
   int rc = RunCli({"generate", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1,2,3",
-                   "--max-new-tokens", "5", "--output", "json"},
+                   "--max-new-tokens", "5", "--temperature", "0", "--output", "json"},
                   &out, &err);
   ASSERT_EQ(rc, 0) << err;
   EXPECT_EQ(out.rfind("{\"token_ids\":[", 0), 0u) << out;
@@ -47,6 +52,7 @@ TEST(CliTest, GenerateJsonPrintsNewTokensOnly) {
   auto engine = Engine::Create("tests/fixtures/olmoe", {});
   ASSERT_TRUE(engine.ok());
   GenerateParams p;
+  p.sampling.temperature = 0;  // greedy
   p.max_new_tokens = 5;
   auto r = (*engine)->Generate({1, 2, 3}, p);
   ASSERT_TRUE(r.ok());
@@ -121,12 +127,214 @@ TEST(CliTest, BadInputExitsNonZeroWithOneLine) {
            {"generate", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1", "--top-p", "0"},
            {"score", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1"},
            {"frobnicate", "--model", "tests/fixtures/olmoe"},
+           {"generate", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1", "--device", "tpu"},
        }) {
     int rc = RunCli(args, &out, &err);
     EXPECT_NE(rc, 0) << args[0];
     EXPECT_EQ(err.rfind("moemesh: error: ", 0), 0u) << err;
     EXPECT_TRUE(out.empty());
   }
+}
+
+// --device cuda runs the dense part and the experts on a GPU; where there is
+// none it says so (and the test stops there: GPU runs are in the GPU tests).
+TEST(CliTest, DeviceFlag) {
+  std::string out, err;
+  int rc = RunCli({"generate", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1,2,3", "--max-new-tokens", "3",
+                   "--temperature", "0", "--device", "cuda:7"},
+                  &out, &err);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(err.find("cuda:7"), std::string::npos) << err;
+  rc = RunCli({"generate", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1", "--device", "gpu"}, &out, &err);
+  EXPECT_EQ(rc, 2);
+  EXPECT_NE(err.find("expected cpu, cuda or cuda:N"), std::string::npos) << err;
+}
+
+// Every flag that cli_main.cc defines: the CLI's own.
+std::vector<std::string> CliFlagNames() {
+  std::vector<std::string> names;
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (absl::EndsWith(flag->Filename(), "tools/moemesh/cli_main.cc")) names.emplace_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// A row of a --help listing: "  --max-new-tokens   ...".
+bool ListsFlag(const std::string& help, const std::string& name) {
+  return absl::StrContains(help, "\n  " + FlagDisplayName(name) + " ");
+}
+
+TEST(CliHelpTest, EveryFlagBelongsToACommandAndExists) {
+  const std::vector<std::string> names = CliFlagNames();
+  ASSERT_GT(names.size(), 40u);
+  for (const std::string& name : names) {
+    bool used = false;
+    for (const Command& c : CliCommands()) used |= c.Accepts(name);
+    EXPECT_TRUE(used) << FlagDisplayName(name) << " is defined but no command takes it";
+  }
+  for (const Command& c : CliCommands()) {
+    for (const FlagGroup& g : c.groups) {
+      for (const FlagUse& f : g.flags) {
+        EXPECT_TRUE(std::binary_search(names.begin(), names.end(), f.name)) << c.name << ": " << f.name;
+      }
+    }
+  }
+}
+
+TEST(CliHelpTest, CommandHelpListsItsOwnFlagsWithDefaults) {
+  std::string out, err;
+  ASSERT_EQ(RunCli({"generate", "--help"}, &out, &err), 0) << err;
+  EXPECT_TRUE(err.empty()) << err;
+  EXPECT_EQ(out.rfind("usage: moemesh generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [flags]\n", 0), 0u)
+      << out;
+  for (const char* row : {"\n  --max-new-tokens ", "\n  --temperature ", "\n  --experts ", "\n  --device ",
+                          "\n  --kv-cache-tokens ", "\n  --output "}) {
+    EXPECT_TRUE(absl::StrContains(out, row)) << row << "\n" << out;
+  }
+  EXPECT_TRUE(absl::StrContains(out, "most tokens to generate (default: 16)")) << out;
+  EXPECT_TRUE(absl::StrContains(out, "(default: cpu)")) << out;
+  EXPECT_TRUE(absl::StrContains(out, "(default: 65536)")) << out;
+  EXPECT_TRUE(absl::StrContains(out, "\nsampling:\n")) << out;
+  for (const char* other : {"--expert-shards", "--target", "--logits-out", "--dataset", "--session-id", "--port"}) {
+    EXPECT_FALSE(absl::StrContains(out, other)) << other << "\n" << out;
+  }
+  // `moemesh help generate` says the same; so does -h.
+  std::string help_out;
+  ASSERT_EQ(RunCli({"help", "generate"}, &help_out, &err), 0) << err;
+  EXPECT_EQ(help_out, out);
+  ASSERT_EQ(RunCli({"generate", "-h"}, &help_out, &err), 0) << err;
+  EXPECT_EQ(help_out, out);
+  // Help wins over flags and needs none of the required ones.
+  ASSERT_EQ(RunCli({"generate", "--expert-shards=3", "--help"}, &help_out, &err), 0) << err;
+  EXPECT_EQ(help_out, out);
+}
+
+TEST(CliHelpTest, EachCommandsHelpListsExactlyItsFlags) {
+  const std::vector<std::string> names = CliFlagNames();
+  for (const Command& c : CliCommands()) {
+    if (c.name == "help") continue;  // `moemesh help --help` is the command list
+    std::vector<std::string> args = absl::StrSplit(c.name, ' ');
+    args.push_back("--help");
+    std::string out, err;
+    ASSERT_EQ(RunCli(args, &out, &err), 0) << c.name << ": " << err;
+    EXPECT_EQ(out.rfind("usage: moemesh " + c.name, 0), 0u) << out;
+    EXPECT_FALSE(absl::StrContains(out, "(not defined)")) << out;
+    for (const std::string& name : names) {
+      EXPECT_EQ(ListsFlag(out, name), c.Accepts(name)) << c.name << " " << FlagDisplayName(name) << "\n" << out;
+    }
+  }
+  std::string out, err;
+  ASSERT_EQ(RunCli({"up", "--help"}, &out, &err), 0);
+  EXPECT_TRUE(absl::StrContains(out, "replicas of each expert shard (default: 1)")) << out;
+  EXPECT_TRUE(absl::StrContains(out, "(default: 2)")) << out;
+  EXPECT_TRUE(absl::StrContains(out, "(default: 127.0.0.1)")) << out;
+  EXPECT_TRUE(absl::StrContains(out, "the bundled demo model")) << out;  // up's own help for --model
+  ASSERT_EQ(RunCli({"help", "client", "generate"}, &out, &err), 0);
+  EXPECT_TRUE(ListsFlag(out, "target") && ListsFlag(out, "stop") && ListsFlag(out, "temperature")) << out;
+  EXPECT_FALSE(ListsFlag(out, "model")) << out;
+}
+
+TEST(CliHelpTest, TopLevelHelpListsTheCommands) {
+  for (std::vector<std::string> args : {std::vector<std::string>{"--help"}, {"help"}, {"-h"}}) {
+    std::string out, err;
+    ASSERT_EQ(RunCli(args, &out, &err), 0) << args[0] << ": " << err;
+    EXPECT_TRUE(err.empty()) << err;
+    EXPECT_EQ(out.rfind("usage: moemesh COMMAND [flags]\n", 0), 0u) << out;
+    for (const Command& c : CliCommands()) EXPECT_TRUE(absl::StrContains(out, "\n  " + c.name + " ")) << c.name;
+    EXPECT_TRUE(absl::StrContains(out, "moemesh help COMMAND")) << out;
+    EXPECT_FALSE(absl::StrContains(out, "No flags matched")) << out;
+  }
+  // No command at all: the same list on stderr, exit 2.
+  std::string out, err;
+  EXPECT_EQ(RunCli({}, &out, &err), 2);
+  EXPECT_TRUE(out.empty()) << out;
+  EXPECT_EQ(err.rfind("usage: moemesh COMMAND [flags]\n", 0), 0u) << err;
+}
+
+TEST(CliHelpTest, ClientAloneListsItsSubcommands) {
+  std::string out, err;
+  EXPECT_EQ(RunCli({"client"}, &out, &err), 2);
+  EXPECT_TRUE(out.empty()) << out;
+  EXPECT_EQ(err.rfind("moemesh: error: `moemesh client` needs a subcommand\n", 0), 0u) << err;
+  for (const char* sub : {"client generate", "client tokenize", "client detokenize", "client models"}) {
+    EXPECT_TRUE(absl::StrContains(err, sub)) << err;
+  }
+  EXPECT_FALSE(absl::StrContains(err, "\n  up ")) << err;
+  EXPECT_FALSE(absl::StrContains(err, "--model DIR is required")) << err;
+  for (std::vector<std::string> args : {std::vector<std::string>{"client", "--help"}, {"help", "client"}}) {
+    ASSERT_EQ(RunCli(args, &out, &err), 0) << err;
+    EXPECT_EQ(out.rfind("usage: moemesh client SUBCOMMAND [flags]\n", 0), 0u) << out;
+    EXPECT_TRUE(absl::StrContains(out, "client models")) << out;
+  }
+}
+
+TEST(CliHelpTest, AFlagOfAnotherCommandIsRefused) {
+  std::string out, err;
+  EXPECT_EQ(RunCli({"generate", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1", "--expert-shards", "3"}, &out,
+                   &err),
+            2);
+  EXPECT_TRUE(out.empty()) << out;
+  EXPECT_EQ(err.rfind("moemesh: error: --expert-shards is not a flag of `moemesh generate` (it is one of `moemesh "
+                      "up`); `moemesh help generate` lists its flags\n",
+                      0),
+            0u)
+      << err;
+  // Not run: `up` would start a mesh, the client would dial out.
+  EXPECT_EQ(RunCli({"up", "--prompt=x"}, &out, &err), 2);
+  EXPECT_TRUE(absl::StrContains(err, "--prompt is not a flag of `moemesh up`")) << err;
+  EXPECT_EQ(RunCli({"client", "models", "--target=127.0.0.1:1", "--model", "x"}, &out, &err), 2);
+  EXPECT_TRUE(absl::StrContains(err, "--model is not a flag of `moemesh client models`")) << err;
+  EXPECT_EQ(RunCli({"tokenize", "--tokenizer=models/fortune-moe", "--skip-special-tokens"}, &out, &err), 2);
+  EXPECT_TRUE(absl::StrContains(err, "--skip-special-tokens is not a flag of `moemesh tokenize`")) << err;
+  // A flag no command has, a bad value, a missing value, a stray argument.
+  EXPECT_EQ(RunCli({"generate", "--frobnicate"}, &out, &err), 2);
+  EXPECT_EQ(err.rfind("moemesh: error: unknown flag --frobnicate for `moemesh generate`", 0), 0u) << err;
+  EXPECT_EQ(RunCli({"generate", "--model=tests/fixtures/olmoe", "--max-new-tokens", "many"}, &out, &err), 2);
+  EXPECT_TRUE(absl::StrContains(err, "--max-new-tokens: bad value \"many\" (expected an integer)")) << err;
+  EXPECT_EQ(RunCli({"generate", "--model"}, &out, &err), 2);
+  EXPECT_TRUE(absl::StrContains(err, "--model needs a value")) << err;
+  EXPECT_EQ(RunCli({"generate", "extra", "--model=tests/fixtures/olmoe"}, &out, &err), 2);
+  EXPECT_TRUE(absl::StrContains(err, "unexpected argument \"extra\"")) << err;
+}
+
+TEST(CliHelpTest, UnknownCommandsAreNamed) {
+  std::string out, err;
+  EXPECT_EQ(RunCli({"frobnicate"}, &out, &err), 2);
+  EXPECT_TRUE(out.empty());
+  EXPECT_EQ(err.rfind("moemesh: error: unknown command \"frobnicate\"\n", 0), 0u) << err;
+  EXPECT_TRUE(absl::StrContains(err, "\n  generate ")) << err;  // and the list
+  EXPECT_EQ(RunCli({"help", "frobnicate"}, &out, &err), 2);
+  EXPECT_EQ(err.rfind("moemesh: error: unknown command \"frobnicate\"\n", 0), 0u) << err;
+  EXPECT_EQ(RunCli({"client", "frobnicate"}, &out, &err), 2);
+  EXPECT_EQ(err.rfind("moemesh: error: unknown client command \"frobnicate\"\n", 0), 0u) << err;
+  EXPECT_TRUE(absl::StrContains(err, "client models")) << err;
+}
+
+TEST(CliHelpTest, VersionNamesReleaseCommitAndBuild) {
+  const std::regex format(
+      R"(moemesh \d+\.\d+\.\d+ \(commit ([0-9a-f]{12}|unknown), (not )?optimised, assertions (on|off)\)\n)");
+  for (std::vector<std::string> args :
+       {std::vector<std::string>{"--version"}, {"version"}, {"generate", "--version"}}) {
+    std::string out, err;
+    ASSERT_EQ(RunCli(args, &out, &err), 0) << args[0] << ": " << err;
+    EXPECT_TRUE(std::regex_match(out, format)) << out;
+    EXPECT_EQ(out, VersionString() + "\n");
+    EXPECT_FALSE(absl::StrContains(out, "Debug build")) << out;
+  }
+}
+
+TEST(CliTest, LoadingTheModelIsReportedOnStderr) {
+  std::string out, err;
+  ASSERT_EQ(RunCli({"generate", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1,2", "--max-new-tokens", "2"},
+                   &out, &err),
+            0)
+      << err;
+  // Captured stderr is no terminal: plain lines.
+  EXPECT_TRUE(std::regex_match(err, std::regex("loading model tests/fixtures/olmoe \\([0-9.]+ kB of weights\\)\\.\\.\\.\n"
+                                               "loaded in [0-9]+\\.[0-9]s\n")))
+      << err;
+  EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;  // stdout has the tokens only
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -15,6 +16,7 @@
 #include "core/experts/placement.h"
 #include "core/model/config.h"
 #include "tools/moemesh/monitoring.h"
+#include "tools/moemesh/progress.h"
 
 namespace moemesh {
 namespace {
@@ -41,20 +43,52 @@ struct Spec {
   std::vector<std::string> argv;
 };
 
-// Starts every process of a tier, then waits for all of them to listen.
-absl::Status StartTier(const std::vector<Spec>& specs, absl::Duration timeout, std::vector<Service>* tier) {
+// How far the start of the mesh has come.
+struct Startup {
+  StatusLine* status;
+  int ready = 0;
+  int total = 0;
+  absl::Time start = absl::Now();
+};
+
+// Waits for a service's "listening on HOST:PORT" line and returns the
+// address. On a terminal the status line says whom it waits for.
+absl::StatusOr<std::string> WaitUntilListening(Service& s, absl::Duration timeout, bool terminal, Startup* startup) {
+  constexpr char kListening[] = "listening on ";
+  if (!terminal) return s.process->WaitForLine(kListening, timeout);
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    startup->status->Set(absl::StrCat("moemesh up: waiting for ", s.role, " (", startup->ready, " of ", startup->total,
+                                      " services ready, ", absl::ToInt64Seconds(absl::Now() - startup->start), "s)"));
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) {
+      return absl::DeadlineExceededError(absl::StrCat(s.process->name(), " did not print \"", kListening, "\" within ",
+                                                      absl::FormatDuration(timeout)));
+    }
+    absl::StatusOr<std::string> addr = s.process->WaitForLine(kListening, std::min(left, absl::Milliseconds(500)));
+    if (!absl::IsDeadlineExceeded(addr.status())) return addr;
+  }
+}
+
+// Starts every process of a tier, then waits for each to listen, printing
+// "  ROLE on ADDRESS (pid N)" as it does.
+absl::Status StartTier(const std::vector<Spec>& specs, const std::string& what, absl::Duration timeout, bool terminal,
+                       Startup* startup, std::vector<Service>* tier) {
+  startup->status->Print(absl::StrCat("moemesh up: starting ", what));
   for (const Spec& s : specs) {
     MM_ASSIGN_OR_RETURN(std::unique_ptr<Subprocess> p, Subprocess::Start(s.argv));
     tier->push_back({s.role, s.group, std::move(p), "", "", false});
   }
   for (Service& s : *tier) {
-    absl::StatusOr<std::string> addr = s.process->WaitForLine("listening on ", timeout);
+    absl::StatusOr<std::string> addr = WaitUntilListening(s, timeout, terminal, startup);
     if (!addr.ok()) return absl::Status(addr.status().code(), absl::StrCat(s.role, ": ", addr.status().message()));
     s.address = *addr;
     for (const std::string& line : s.process->lines()) {
       if (line.rfind("metrics on ", 0) == 0) s.metrics = line.substr(11);
     }
     s.process->ForwardOutput(2);
+    ++startup->ready;
+    startup->status->Print(absl::StrCat("  ", s.role, " on ", s.address, " (pid ", s.process->pid(), ")"));
   }
   return absl::OkStatus();
 }
@@ -150,6 +184,9 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
   };
   out << "moemesh up: model " << model << ", " << num_shards << " expert shard(s) x " << cmd.expert_replicas
       << " replica(s), " << cmd.routers << " router(s)" << std::endl;
+  StatusLine status(ProgressOutput{&out, cmd.terminal, cmd.columns});
+  Startup startup{&status};
+  startup.total = num_shards * cmd.expert_replicas + cmd.routers + 1;
 
   std::vector<Spec> specs;
   std::vector<std::string> placement_flag;
@@ -163,7 +200,11 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
       specs.back().argv.insert(specs.back().argv.end(), placement_flag.begin(), placement_flag.end());
     }
   }
-  absl::Status st = StartTier(specs, cmd.start_timeout, &experts);
+  absl::Status st = absl::OkStatus();
+  if (!specs.empty()) {
+    st = StartTier(specs, absl::StrCat(specs.size(), " expert worker(s)"), cmd.start_timeout, cmd.terminal, &startup,
+                   &experts);
+  }
   std::vector<std::string> shard_addrs(num_shards);
   for (int i = 0; i < static_cast<int>(experts.size()) && st.ok(); ++i) {
     std::string& a = shard_addrs[i / cmd.expert_replicas];
@@ -182,7 +223,8 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
       }
       specs.push_back({absl::StrCat("router ", r), "router", argv});
     }
-    st = StartTier(specs, cmd.start_timeout, &routers);
+    st = StartTier(specs, absl::StrCat(specs.size(), " router(s)"), cmd.start_timeout, cmd.terminal, &startup,
+                   &routers);
   }
   if (st.ok()) {
     std::vector<std::string> router_addrs;
@@ -190,16 +232,12 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
     specs = {{"gateway", "gateway",
               {gateway_bin, "--model=" + model, "--routers=" + absl::StrJoin(router_addrs, ","), host,
                absl::StrCat("--port=", cmd.port)}}};
-    st = StartTier(specs, cmd.start_timeout, &gateway);
+    st = StartTier(specs, "the gateway", cmd.start_timeout, cmd.terminal, &startup, &gateway);
   }
+  status.Clear();
   if (!st.ok()) {
     stop_all();
     return st;
-  }
-  for (auto* tier : {&experts, &routers}) {
-    for (const Service& s : *tier) {
-      out << "  " << s.role << " on " << s.address << " (pid " << s.process->pid() << ")" << std::endl;
-    }
   }
   for (auto* tier : {&experts, &routers, &gateway}) {
     for (const Service& s : *tier) {

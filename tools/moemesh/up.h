@@ -28,12 +28,18 @@ struct UpCommand {
   int prometheus_port = 0;    // 0 picks a free one
   int scrape_interval_s = 5;
   absl::Duration start_timeout = absl::Seconds(120);
+  // `out` is a terminal `columns` wide: while the services start, a status
+  // line there says which one is awaited (ProgressOn(1) tells).
+  bool terminal = false;
+  int columns = 80;
 };
 
 // Starts expert workers, then routers, then the gateway, each waiting for
-// the previous to listen (and, with monitoring, a Prometheus scraping them
-// all, printed as "prometheus at http://HOST:PORT"); prints "gateway
-// listening on HOST:PORT" to `out`;
+// the previous to listen, and prints to `out` a line per service as it
+// becomes ready ("  router 0 on HOST:PORT (pid N)"), then where each
+// exports metrics (and, with monitoring, a Prometheus scraping them all,
+// "prometheus at http://HOST:PORT"), and last "gateway listening on
+// HOST:PORT";
 // then runs until SIGINT or SIGTERM (OK) or until the gateway, every
 // router or every replica of an expert shard has died (UNAVAILABLE), and
 // stops everything, gateway first. A lone death is reported and tolerated:

@@ -101,6 +101,7 @@ absl::StatusOr<std::unique_ptr<ForwardPass>> CudaForwardPass::Create(const Model
                                                                      std::shared_ptr<const ModelWeights> weights,
                                                                      int kv_block_size, int kv_blocks, int device) {
   MM_RETURN_IF_ERROR(config.Validate());
+  MM_RETURN_IF_ERROR(CheckGatingParams(ToGatingParams(config, nullptr)));
   if (device < 0 || device >= CudaDeviceCount()) {
     return absl::FailedPreconditionError(
         absl::StrCat("--device cuda:", device, ": this machine has ", CudaDeviceCount(), " CUDA device(s)"));
@@ -553,7 +554,6 @@ absl::Status CudaForwardPass::SampleLast(absl::Span<const DeviceSampleRow> rows,
     if (r.row < 0 || r.row >= last_rows_) {
       return absl::InvalidArgumentError(absl::StrCat("SampleLast: row ", r.row, " outside the step's ", last_rows_));
     }
-    MM_RETURN_IF_ERROR(r.params.Validate());
     SampleRowParams p;
     p.row = r.row;
     p.temperature = r.params.temperature;

@@ -201,6 +201,7 @@ TEST_P(CudaForwardPassTest, MatchesTheCpuEngine) {
   cpu.recorder->calls().clear();
   gpu.recorder->calls().clear();
   GenerateParams p;
+  p.sampling.temperature = 0;  // greedy
   p.max_new_tokens = 24;
   p.ignore_eos = true;
   auto a = cpu.engine->Generate(prompt, p), b = gpu.engine->Generate(prompt, p);

@@ -99,6 +99,17 @@ bool CudaExpertDevice::Holds(int layer, int expert) const {
   return experts_.find({layer, expert}) != experts_.end();
 }
 
+absl::StatusOr<ExpertFfnGroup> CudaExpertDevice::FfnGroup(int layer, const ExpertWork::Group& g,
+                                                          size_t row_offset) const {
+  auto it = experts_.find({layer, g.expert});
+  if (it == experts_.end()) {
+    return absl::FailedPreconditionError(absl::StrCat("expert ", g.expert, " of layer ", layer, " is not on this GPU"));
+  }
+  const uint16_t* gate = it->second.gate_up->as<uint16_t>();
+  return ExpertFfnGroup{gate, gate + static_cast<size_t>(intermediate_) * hidden_, it->second.down->as<uint16_t>(),
+                        static_cast<int>(row_offset), static_cast<int>(g.rows.size())};
+}
+
 absl::Status CudaExpertDevice::OnLane(const std::function<absl::Status(Lane&)>& fn) {
   if (lanes_.empty()) return absl::FailedPreconditionError("this GPU holds no experts");
   Lane* lane = nullptr;
@@ -159,14 +170,8 @@ absl::Status CudaExpertDevice::RunOnDevice(Lane& lane, const ExpertWork& work, b
   size_t row = 0;
   for (const ExpertWork::Group& g : work.groups) {
     if (g.rows.empty()) continue;
-    auto it = experts_.find({work.layer, g.expert});
-    if (it == experts_.end()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("expert ", g.expert, " of layer ", work.layer, " is not on this GPU"));
-    }
-    const uint16_t* gate = it->second.gate_up->as<uint16_t>();
-    groups.push_back({gate, gate + static_cast<size_t>(intermediate_) * h, it->second.down->as<uint16_t>(),
-                      static_cast<int>(row), static_cast<int>(g.rows.size())});
+    MM_ASSIGN_OR_RETURN(ExpertFfnGroup group, FfnGroup(work.layer, g, row));
+    groups.push_back(group);
     for (size_t r = 0; r < g.rows.size(); ++r, ++row) {
       gather[row] = g.rows[r];
       weight[row] = g.weights[r];
@@ -210,19 +215,13 @@ absl::Status CudaExpertDevice::RunFromHost(Lane& lane, const ExpertWork& work, f
   size_t total = 0;
   for (const ExpertWork::Group& g : work.groups) {
     if (g.rows.empty()) continue;
-    auto it = experts_.find({work.layer, g.expert});
-    if (it == experts_.end()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("expert ", g.expert, " of layer ", work.layer, " is not on this GPU"));
-    }
     if (chunks.back().rows >= static_cast<size_t>(options_.chunk_rows)) {
       chunks.emplace_back();
       chunks.back().first_row = total;
     }
     Chunk& c = chunks.back();
-    const uint16_t* gate = it->second.gate_up->as<uint16_t>();
-    c.groups.push_back({gate, gate + static_cast<size_t>(intermediate_) * h, it->second.down->as<uint16_t>(),
-                        static_cast<int>(c.rows), static_cast<int>(g.rows.size())});
+    MM_ASSIGN_OR_RETURN(ExpertFfnGroup group, FfnGroup(work.layer, g, c.rows));
+    c.groups.push_back(group);
     c.sources.push_back(&g);
     c.rows += g.rows.size();
     total += g.rows.size();

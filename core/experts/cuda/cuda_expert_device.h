@@ -10,9 +10,12 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "core/experts/expert_device.h"
+#include "core/experts/expert_work.h"
 #include "core/kernels/cuda/cuda_runtime_util.h"
 
 namespace moemesh {
+
+struct ExpertFfnGroup;
 
 // Experts on a GPU: every expert of the weights is uploaded once, as bf16
 // (F32 and F16 checkpoints are rounded to bf16, so results differ from the
@@ -64,6 +67,9 @@ class CudaExpertDevice : public ExpertDevice {
   CudaExpertDevice();
   // Takes a free lane (waiting for one) and gives it back after `fn`.
   absl::Status OnLane(const std::function<absl::Status(Lane&)>& fn);
+  // The kernel's view of group `g`'s expert, its rows from `row_offset`.
+  // FAILED_PRECONDITION for an expert this GPU does not hold.
+  absl::StatusOr<ExpertFfnGroup> FfnGroup(int layer, const ExpertWork::Group& g, size_t row_offset) const;
   absl::Status RunFromHost(Lane& lane, const ExpertWork& work, float* out);
   absl::Status RunOnDevice(Lane& lane, const ExpertWork& work, bool combine, float* out);
 

@@ -1,6 +1,8 @@
 #ifndef MOEMESH_CORE_KERNELS_CPU_GATING_H_
 #define MOEMESH_CORE_KERNELS_CPU_GATING_H_
 
+#include "absl/status/status.h"
+
 namespace moemesh {
 
 struct GatingParams {
@@ -24,9 +26,16 @@ struct GatingParams {
   int SlotsPerToken() const { return dynamic_k_max > 0 ? dynamic_k_max : top_k; }
 };
 
-// Routes `n` tokens from their router logits [n, num_experts]. Writes
-// expert ids and weights [n, SlotsPerToken()], highest score first; unused
-// slots (dynamic k) get id -1 and weight 0. Matches transformers' routers.
+// INVALID_ARGUMENT unless the routing rule can take `p`: 1 to
+// kMaxGatingExperts experts, 1 to num_experts slots, and expert groups that
+// divide the experts (at most kMaxGatingGroups, two experts or more each).
+absl::Status CheckGatingParams(const GatingParams& p);
+
+// Routes `n` tokens from their router logits [n, num_experts] by RouteToken
+// (gating_rule.h, the GPU's rule too), for `p` that CheckGatingParams
+// accepts. Writes expert ids and weights [n, SlotsPerToken()], highest score
+// first; unused slots (dynamic k) get id -1 and weight 0. Matches
+// transformers' routers.
 void RouteTokens(const GatingParams& p, const float* logits, int n, int* expert_ids,
                  float* weights);
 

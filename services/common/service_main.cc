@@ -1,0 +1,133 @@
+#include "services/common/service_main.h"
+
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "core/metrics/metrics_server.h"
+#include "services/common/server_util.h"
+
+// The flags every service has (--help lists them with the service's own).
+ABSL_FLAG(std::string, host, "127.0.0.1", "address to listen on");
+ABSL_FLAG(int, port, 0, "port to listen on; 0 picks a free one");
+ABSL_FLAG(int, metrics_port, 0, "port of the Prometheus /metrics endpoint; 0 picks a free one, -1 serves none");
+
+namespace moemesh {
+namespace {
+
+// The file whose flags are listed by --help beside the service's main.cc.
+constexpr char kThisFile[] = "services/common/service_main.cc";
+
+// How long a shutdown waits for the calls in progress.
+constexpr std::chrono::seconds kDrainGrace(5);
+
+sigset_t TerminationSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  return set;
+}
+
+// Blocks SIGINT and SIGTERM in this and every later thread (so that
+// WaitForTerminationSignal takes them) and parses the Abseil flags, which
+// may be written with dashes.
+void InitService(int argc, char** argv, const char* usage) {
+  const sigset_t set = TerminationSignals();
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  absl::SetProgramUsageMessage(usage);
+  // --help lists the service's own flags and those defined here. Abseil's
+  // default looks for them in a file named after the binary
+  // (moemesh-expert.cc) and found none: the services define theirs in
+  // main.cc.
+  absl::FlagsUsageConfig config;
+  config.contains_help_flags = config.contains_helpshort_flags = [](absl::string_view file) {
+    return file == "main.cc" || absl::EndsWith(file, "/main.cc") || absl::EndsWith(file, kThisFile);
+  };
+  config.normalize_filename = [](absl::string_view file) {
+    const size_t at = file.rfind("services/");
+    return std::string(at == absl::string_view::npos ? file : file.substr(at));
+  };
+  absl::SetFlagsUsageConfig(config);
+  std::vector<std::string> args = NormalizeFlagNames(argc, argv);
+  std::vector<char*> argp;
+  for (std::string& a : args) argp.push_back(a.data());
+  absl::ParseCommandLine(static_cast<int>(argp.size()), argp.data());
+}
+
+// Blocks until SIGINT or SIGTERM, then returns.
+void WaitForTerminationSignal() {
+  const sigset_t set = TerminationSignals();
+  int sig = 0;
+  sigwait(&set, &sig);
+}
+
+// Stops a server: marks it NOT_SERVING for health checks, lets the calls
+// that `in_flight` counts finish for up to `grace`, then shuts down at once
+// (cancelling what is left).
+void ShutdownGracefully(grpc::Server* server, const std::function<int()>& in_flight,
+                        std::chrono::milliseconds grace) {
+  if (grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService()) {
+    health->SetServingStatus(false);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + grace;
+  while (in_flight && in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  server->Shutdown(std::chrono::system_clock::now());
+}
+
+}  // namespace
+
+ServiceMain::ServiceMain(std::string name, int argc, char** argv, const char* usage) : name_(std::move(name)) {
+  InitService(argc, argv, usage);
+  host_ = absl::GetFlag(FLAGS_host);
+  port_ = absl::GetFlag(FLAGS_port);
+  metrics_port_ = absl::GetFlag(FLAGS_metrics_port);
+}
+
+int ServiceMain::Fail(absl::string_view message, int exit_code) const {
+  std::fprintf(stderr, "%s: error: %s\n", name_.c_str(), std::string(message).c_str());
+  return exit_code;
+}
+
+void ServiceMain::Warn(absl::string_view message) const {
+  std::fprintf(stderr, "%s: warning: %s\n", name_.c_str(), std::string(message).c_str());
+}
+
+int ServiceMain::Serve(const std::vector<grpc::Service*>& services, std::shared_ptr<prometheus::Registry> registry,
+                       const std::function<int()>& in_flight,
+                       const std::function<std::shared_ptr<prometheus::Collectable>()>& more_metrics) const {
+  auto started = MetricsServer::StartIfEnabled(host_, metrics_port_, std::move(registry));
+  if (!started.ok()) return Fail(started.status(), 1);
+  std::unique_ptr<MetricsServer> metrics = std::move(*started);
+  if (metrics && more_metrics) {
+    if (std::shared_ptr<prometheus::Collectable> c = more_metrics()) metrics->Register(std::move(c));
+  }
+  const std::string address = host_ + ":" + std::to_string(port_);
+  int port = 0;
+  std::unique_ptr<grpc::Server> server = StartServer(address, services, &port);
+  if (server == nullptr) return Fail("cannot listen on " + address, 1);
+  if (metrics) std::printf("metrics on %s:%d\n", host_.c_str(), metrics->port());
+  std::printf("listening on %s:%d\n", host_.c_str(), port);
+  std::fflush(stdout);
+  WaitForTerminationSignal();
+  ShutdownGracefully(server.get(), in_flight, kDrainGrace);
+  // The metrics endpoint's web server takes seconds to stop, and the
+  // process is ending anyway.
+  (void)metrics.release();
+  return 0;
+}
+
+}  // namespace moemesh
