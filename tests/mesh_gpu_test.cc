@@ -38,13 +38,18 @@ std::string Output(const std::vector<std::string>& argv) {
   return out;
 }
 
-// The router on the CPU or on the GPU; the experts on the GPU.
+// The router on the CPU or on the GPU, the experts on GPU workers; or
+// ("local") the router on the GPU with the experts in it, on the same GPU.
 class MeshGpuTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(MeshGpuTest, GreedyTokensEqualTheCpuEngine) {
   if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-  auto up = Subprocess::Start(
-      {Moemesh(), "up", "--expert-shards=2", "--expert-device=cuda", "--router-device=" + GetParam()});
+  const bool local = GetParam() == "local";
+  auto up = Subprocess::Start(local ? std::vector<std::string>{Moemesh(), "up", "--expert-shards=0",
+                                                               "--router-device=cuda"}
+                                    : std::vector<std::string>{Moemesh(), "up", "--expert-shards=2",
+                                                               "--expert-device=cuda",
+                                                               "--router-device=" + GetParam()});
   ASSERT_TRUE(up.ok());
   auto target = (*up)->WaitForLine("gateway listening on ", absl::Seconds(120));
   ASSERT_TRUE(target.ok()) << target.status();
@@ -55,13 +60,15 @@ TEST_P(MeshGpuTest, GreedyTokensEqualTheCpuEngine) {
     if (line.find(key) != std::string::npos) expert_metrics = line.substr(line.find(key) + key.size());
   }
   (*up)->ForwardOutput(-1);
-  ASSERT_FALSE(expert_metrics.empty());
-  const std::string hostport = expert_metrics.substr(0, expert_metrics.find('/'));
-  auto body = HttpGet(hostport.substr(0, hostport.find(':')), std::stoi(hostport.substr(hostport.find(':') + 1)),
-                      "/metrics");
-  ASSERT_TRUE(body.ok()) << body.status();
-  EXPECT_NE(body->find("moemesh_gpu_memory_total_bytes{gpu=\"0\"}"), std::string::npos) << *body;
-  EXPECT_NE(body->find("moemesh_gpu_utilization_ratio{gpu=\"0\"}"), std::string::npos);
+  ASSERT_EQ(expert_metrics.empty(), local);
+  if (!local) {
+    const std::string hostport = expert_metrics.substr(0, expert_metrics.find('/'));
+    auto body = HttpGet(hostport.substr(0, hostport.find(':')),
+                        std::stoi(hostport.substr(hostport.find(':') + 1)), "/metrics");
+    ASSERT_TRUE(body.ok()) << body.status();
+    EXPECT_NE(body->find("moemesh_gpu_memory_total_bytes{gpu=\"0\"}"), std::string::npos) << *body;
+    EXPECT_NE(body->find("moemesh_gpu_utilization_ratio{gpu=\"0\"}"), std::string::npos);
+  }
   // The GPU runs the experts' rows and activations in bf16, the CPU engine
   // in fp32, so greedy decoding may part where the two best tokens are
   // nearly tied. Up to the first difference the tokens must be equal; at it,
@@ -80,6 +87,16 @@ TEST_P(MeshGpuTest, GreedyTokensEqualTheCpuEngine) {
     ASSERT_FALSE(a.is_discarded() || b.is_discarded());
     std::vector<int> want = a["token_ids"].get<std::vector<int>>(), got = b["token_ids"].get<std::vector<int>>();
     ASSERT_EQ(got.size(), want.size()) << prompt;
+    if (local) {
+      // The single-process engine on the GPU (`moemesh generate --device
+      // cuda`) runs the same code on the same GPU as this router: the same
+      // tokens exactly.
+      std::vector<std::string> one = {Moemesh(), "generate", "--model", "models/fortune-moe", "--device", "cuda"};
+      one.insert(one.end(), flags.begin(), flags.end());
+      auto c = nlohmann::json::parse(Output(one), nullptr, false);
+      ASSERT_FALSE(c.is_discarded());
+      EXPECT_EQ(c["token_ids"].get<std::vector<int>>(), got) << prompt;
+    }
     size_t same = 0;
     while (same < want.size() && want[same] == got[same]) ++same;
     if (same == want.size()) continue;
@@ -94,7 +111,7 @@ TEST_P(MeshGpuTest, GreedyTokensEqualTheCpuEngine) {
   EXPECT_EQ((*up)->Stop(absl::Seconds(30)), 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(RouterDevice, MeshGpuTest, ::testing::Values("cpu", "cuda"));
+INSTANTIATE_TEST_SUITE_P(RouterDevice, MeshGpuTest, ::testing::Values("cpu", "cuda", "local"));
 
 }  // namespace
 }  // namespace moemesh

@@ -18,44 +18,12 @@
 #include "prometheus/text_serializer.h"
 #include "services/gateway/gateway_metrics.h"
 #include "services/gateway/router_pool.h"
-#include "services/router/router_service.h"
+#include "services/router/local_router.h"
 
 namespace moemesh {
 namespace {
 
 constexpr char kModel[] = "models/fortune-moe";
-
-// A router in this process, served over a loopback socket.
-struct LocalRouter {
-  std::unique_ptr<Engine> engine;
-  std::unique_ptr<GenerationLoop> loop;
-  std::unique_ptr<RouterServiceImpl> service;
-  std::unique_ptr<grpc::Server> server;
-  std::unique_ptr<v1::Router::Stub> stub;
-  std::string address;
-
-  explicit LocalRouter(int kv_block_size = 16) {
-    EngineOptions o;
-    o.kv_block_size = kv_block_size;
-    engine = std::move(*Engine::Create(kModel, o));
-    loop = std::make_unique<GenerationLoop>(engine->NewScheduler(64, 2048), 256);
-    service = std::make_unique<RouterServiceImpl>(loop.get());
-    int port = 0;
-    server = StartServer("127.0.0.1:0", {service.get()}, &port);
-    address = "127.0.0.1:" + std::to_string(port);
-    stub = v1::Router::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
-  }
-  ~LocalRouter() {
-    server->Shutdown(std::chrono::system_clock::now());
-    loop.reset();
-  }
-  v1::RouterStatus Status() {
-    grpc::ClientContext ctx;
-    v1::RouterStatus s;
-    EXPECT_TRUE(stub->GetStatus(&ctx, v1::GetStatusRequest(), &s).ok());
-    return s;
-  }
-};
 
 // A gateway in front of `routers`, served over a loopback socket.
 class LocalGateway {
@@ -125,8 +93,8 @@ v1::GenerateRequest TextRequest(const std::string& text, int max_tokens) {
 }
 
 TEST(GatewayServiceTest, TextInTextOutEqualsTheEngine) {
-  LocalRouter router;
-  LocalGateway gw({router.address});
+  LocalRouter router(kModel);
+  LocalGateway gw({router.address()});
   v1::GenerateRequest req = TextRequest("The meaning of life is", 24);
   req.set_logprobs(3);
   Answer a = Generate(gw.stub(), req);
@@ -154,8 +122,8 @@ TEST(GatewayServiceTest, TextInTextOutEqualsTheEngine) {
 }
 
 TEST(GatewayServiceTest, StopSequencesEndTheAnswerAndFreeTheRouter) {
-  LocalRouter router;
-  LocalGateway gw({router.address});
+  LocalRouter router(kModel);
+  LocalGateway gw({router.address()});
   v1::GenerateRequest req = TextRequest("Q: What is a friend?\nA:", 64);
   req.set_ignore_eos(true);
   Answer full = Generate(gw.stub(), req);
@@ -178,8 +146,8 @@ TEST(GatewayServiceTest, StopSequencesEndTheAnswerAndFreeTheRouter) {
 }
 
 TEST(GatewayServiceTest, BadRequestsGetTheirDocumentedStatus) {
-  LocalRouter router;
-  LocalGateway gw({router.address});
+  LocalRouter router(kModel);
+  LocalGateway gw({router.address()});
   const int context = gw.model().context_length;
   struct Case {
     v1::GenerateRequest req;
@@ -230,8 +198,8 @@ TEST(GatewayServiceTest, BadRequestsGetTheirDocumentedStatus) {
 }
 
 TEST(GatewayServiceTest, AdmissionControlRefusesBeyondTheLimit) {
-  LocalRouter router;
-  LocalGateway gw({router.address}, /*max_in_flight=*/1);
+  LocalRouter router(kModel);
+  LocalGateway gw({router.address()}, /*max_in_flight=*/1);
   v1::GenerateRequest slow = TextRequest("Once upon a time", 1000);
   slow.set_ignore_eos(true);
   grpc::ClientContext ctx;
@@ -255,15 +223,15 @@ TEST(GatewayServiceTest, AdmissionControlRefusesBeyondTheLimit) {
 }
 
 TEST(GatewayServiceTest, SessionsStickToOneRouterAndSkipDeadOnes) {
-  LocalRouter a, b;
+  LocalRouter a(kModel), b(kModel);
   // A port nothing listens on: the dead router.
   std::string dead;
   {
-    LocalRouter gone;
-    dead = gone.address;
+    LocalRouter gone(kModel);
+    dead = gone.address();
   }
-  LocalGateway gw({a.address, dead, b.address});
-  RouterPool pool({a.address, dead, b.address});
+  LocalGateway gw({a.address(), dead, b.address()});
+  RouterPool pool({a.address(), dead, b.address()});
   int served = 0;
   for (int s = 0; s < 12; ++s) {
     std::string session = "session-" + std::to_string(s);
@@ -291,8 +259,8 @@ TEST(GatewayServiceTest, SessionsStickToOneRouterAndSkipDeadOnes) {
 }
 
 TEST(GatewayServiceTest, TokenizeDetokenizeAndListModels) {
-  LocalRouter router;
-  LocalGateway gw({router.address});
+  LocalRouter router(kModel);
+  LocalGateway gw({router.address()});
   grpc::ClientContext c1;
   v1::TokenizeRequest tr;
   tr.set_text("你好, world");
@@ -326,10 +294,10 @@ std::string Scrape(prometheus::Registry& r) {
 // What the gateway's metrics count: finished, rejected and aborted requests,
 // tokens, and the latency histograms with their sliding-window summaries.
 TEST(GatewayServiceTest, MetricsCountWhatHappened) {
-  LocalRouter router;
+  LocalRouter router(kModel);
   prometheus::Registry registry;
   GatewayMetrics metrics(registry);
-  LocalGateway gw({router.address}, 512, &metrics);
+  LocalGateway gw({router.address()}, 512, &metrics);
   int generated = 0, prompt = 0;
   for (int i = 0; i < 3; ++i) {
     Answer a = Generate(gw.stub(), TextRequest("Once upon a time", 6));

@@ -19,7 +19,7 @@
 #include "gtest/gtest.h"
 #include "services/common/server_util.h"
 #include "services/gateway/router_pool.h"
-#include "services/router/router_service.h"
+#include "services/router/local_router.h"
 
 namespace moemesh {
 namespace {
@@ -27,36 +27,6 @@ namespace {
 constexpr char kModel[] = "models/fortune-moe";
 // Nothing listens there: a router that is down.
 constexpr char kDeadRouter[] = "127.0.0.1:1";
-
-// A router in this process, served over a loopback socket.
-struct LocalRouter {
-  std::unique_ptr<Engine> engine;
-  std::unique_ptr<GenerationLoop> loop;
-  std::unique_ptr<RouterServiceImpl> service;
-  std::unique_ptr<grpc::Server> server;
-  std::unique_ptr<v1::Router::Stub> stub;
-  std::string address;
-
-  LocalRouter() {
-    engine = std::move(*Engine::Create(kModel, {}));
-    loop = std::make_unique<GenerationLoop>(engine->NewScheduler(64, 2048), 256);
-    service = std::make_unique<RouterServiceImpl>(loop.get());
-    int port = 0;
-    server = StartServer("127.0.0.1:0", {service.get()}, &port);
-    address = "127.0.0.1:" + std::to_string(port);
-    stub = v1::Router::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
-  }
-  ~LocalRouter() {
-    server->Shutdown(std::chrono::system_clock::now());
-    loop.reset();
-  }
-  v1::RouterStatus Status() {
-    grpc::ClientContext ctx;
-    v1::RouterStatus s;
-    EXPECT_TRUE(stub->GetStatus(&ctx, v1::GetStatusRequest(), &s).ok());
-    return s;
-  }
-};
 
 // A Gateway over `routers`, with the fortune-moe tokenizer.
 struct TestGateway {
@@ -126,8 +96,8 @@ void WaitUntilIdle(LocalRouter& router) {
 }
 
 TEST(GatewayTest, StreamsTextWithUsage) {
-  LocalRouter router;
-  TestGateway gw({router.address});
+  LocalRouter router(kModel);
+  TestGateway gw({router.address()});
   Answer a = Generate(*gw.gateway, TextRequest("The meaning of life is", 8));
   ASSERT_TRUE(a.status.ok()) << a.status;
   EXPECT_EQ(a.router_calls, 1);
@@ -141,8 +111,8 @@ TEST(GatewayTest, StreamsTextWithUsage) {
 }
 
 TEST(GatewayTest, ValidationRefusesBeforeAnyRouterIsCalled) {
-  LocalRouter router;
-  TestGateway gw({router.address});
+  LocalRouter router(kModel);
+  TestGateway gw({router.address()});
   Answer a = Generate(*gw.gateway, TextRequest("hi", 0));
   EXPECT_EQ(a.status.code(), absl::StatusCode::kInvalidArgument) << a.status;
   EXPECT_NE(a.status.message().find("max_tokens must be >= 1"), absl::string_view::npos) << a.status;
@@ -156,8 +126,8 @@ TEST(GatewayTest, ValidationRefusesBeforeAnyRouterIsCalled) {
 }
 
 TEST(GatewayTest, AdmissionRefusesAtTheLimit) {
-  LocalRouter router;
-  TestGateway gw({router.address}, /*max_in_flight=*/1);
+  LocalRouter router(kModel);
+  TestGateway gw({router.address()}, /*max_in_flight=*/1);
   absl::Notification streaming, leave;
   v1::GenerateRequest slow = TextRequest("Once upon a time", 1000);
   slow.set_ignore_eos(true);
@@ -184,8 +154,8 @@ TEST(GatewayTest, AdmissionRefusesAtTheLimit) {
 }
 
 TEST(GatewayTest, ASinkThatReturnsFalseCancelsTheRequest) {
-  LocalRouter router;
-  TestGateway gw({router.address});
+  LocalRouter router(kModel);
+  TestGateway gw({router.address()});
   v1::GenerateRequest slow = TextRequest("Once upon a time", 1000);
   slow.set_ignore_eos(true);
   Answer a = Generate(*gw.gateway, slow, [](const v1::GenerateResponse&) { return false; });
@@ -199,8 +169,8 @@ TEST(GatewayTest, ASinkThatReturnsFalseCancelsTheRequest) {
 }
 
 TEST(GatewayTest, FailsOverToTheNextRouterWhenOneIsDown) {
-  LocalRouter live;
-  TestGateway gw({kDeadRouter, live.address});
+  LocalRouter live(kModel);
+  TestGateway gw({kDeadRouter, live.address()});
   // A session whose home is the dead router, so that it is tried first.
   std::string session;
   for (int s = 0; session.empty(); ++s) {
