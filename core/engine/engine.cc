@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
+#include "core/experts/cpu_expert_device.h"
 #include "core/experts/local_expert_executor.h"
 #include "core/engine/kv_cache.h"
 #include "core/engine/model.h"
@@ -58,7 +59,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
     MM_ASSIGN_OR_RETURN(std::unique_ptr<ExpertDevice> device, options.expert_device(config, *e->weights_));
     e->experts_ = std::make_unique<LocalExpertExecutor>(std::move(device), config.num_experts);
   } else {
-    e->experts_ = std::make_unique<LocalExpertExecutor>(&e->weights_->experts, e->pool_.get());
+    e->experts_ = std::make_unique<LocalExpertExecutor>(
+        std::make_unique<CpuExpertDevice>(&e->weights_->experts, e->pool_.get()), config.num_experts);
   }
   return e;
 }

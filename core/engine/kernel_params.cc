@@ -1,5 +1,7 @@
 #include "core/engine/kernel_params.h"
 
+#include <algorithm>
+
 namespace moemesh {
 
 RopeParams ToRopeParams(const RopeConfig& r) {
@@ -43,6 +45,13 @@ GatingParams ToGatingParams(const ModelConfig& c, const float* score_bias) {
   g.dynamic_k_max = c.gating.dynamic_k_max;
   g.dynamic_k_p = static_cast<float>(c.gating.dynamic_k_p);
   return g;
+}
+
+absl::Status CheckModelGating(const ModelConfig& c) {
+  if (std::find(c.is_moe_layer.begin(), c.is_moe_layer.end(), true) == c.is_moe_layer.end()) {
+    return absl::OkStatus();
+  }
+  return CheckGatingParams(ToGatingParams(c, nullptr));
 }
 
 }  // namespace moemesh

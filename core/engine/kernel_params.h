@@ -15,6 +15,9 @@ RopeParams ToRopeParams(const RopeConfig& r);
 // The gate's, with `score_bias` (DeepSeek-V3's correction; null if none)
 // in the memory the gating kernel reads.
 GatingParams ToGatingParams(const ModelConfig& c, const float* score_bias);
+// OK when the routing rule can take the model's gate (CheckGatingParams),
+// or when no layer is a MoE layer.
+absl::Status CheckModelGating(const ModelConfig& c);
 
 }  // namespace moemesh
 

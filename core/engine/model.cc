@@ -42,7 +42,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config,
                                                      std::shared_ptr<const ModelWeights> weights,
                                                      ThreadPool* pool) {
   MM_RETURN_IF_ERROR(config.Validate());
-  MM_RETURN_IF_ERROR(CheckGatingParams(ToGatingParams(config, nullptr)));
+  MM_RETURN_IF_ERROR(CheckModelGating(config));
   if (weights->layers.size() != static_cast<size_t>(config.num_layers)) {
     return absl::InvalidArgumentError("model weights lack the dense part (attention, norms, gates)");
   }

@@ -145,6 +145,19 @@ TEST(LocalExpertExecutorTest, GroupDeviceCombine) {
   absl::Status st = none.Execute(b, out.data());
   EXPECT_EQ(st.code(), absl::StatusCode::kNotFound);
   EXPECT_NE(st.message().find("of layer 0"), std::string::npos) << st;
+  // Ids no model has, or beyond the model's count: INVALID_ARGUMENT, not an
+  // allocation of that size.
+  std::vector<int> bad = ids;
+  bad[0] = 1000000000;
+  ExpertBatch wild = b;
+  wild.expert_ids = bad.data();
+  EXPECT_EQ(table.Execute(wild, out.data()).code(), absl::StatusCode::kInvalidArgument);
+  bad[0] = config->num_experts;
+  EXPECT_EQ(device.Execute(wild, out.data()).code(), absl::StatusCode::kInvalidArgument);
+  // Rows of another width.
+  ExpertBatch narrow = b;
+  narrow.hidden_size = h / 2;
+  EXPECT_EQ(device.Execute(narrow, out.data()).code(), absl::StatusCode::kInvalidArgument);
   b.on_device = true;  // a CPU device has no GPU memory to read
   EXPECT_EQ(table.Execute(b, out.data()).code(), absl::StatusCode::kInvalidArgument);
 }

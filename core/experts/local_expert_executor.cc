@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
 #include "core/experts/cpu_expert_device.h"
+#include "core/kernels/cpu/gating_rule.h"
 
 namespace moemesh {
 
@@ -21,9 +22,14 @@ absl::Status LocalExpertExecutor::Execute(const ExpertBatch& b, float* out) {
     return absl::InvalidArgumentError("this executor's experts take rows in host memory, not on a GPU");
   }
   int num_experts = num_experts_;
-  if (num_experts < 0) {  // as many as the batch names
+  if (num_experts < 0) {  // as many as the batch names, up to any router's limit
     const size_t picks = static_cast<size_t>(b.num_tokens) * b.slots;
-    num_experts = picks == 0 ? 0 : *std::max_element(b.expert_ids, b.expert_ids + picks) + 1;
+    const int top = picks == 0 ? -1 : *std::max_element(b.expert_ids, b.expert_ids + picks);
+    if (top >= kMaxGatingExperts) {
+      return absl::InvalidArgumentError(absl::StrCat("layer ", b.layer, " is routed to expert ", top,
+                                                     ", outside [0, ", kMaxGatingExperts, ")"));
+    }
+    num_experts = top + 1;
   }
   MM_RETURN_IF_ERROR(GroupByExpert(b, num_experts, &work_));
   for (const ExpertWork::Group& g : work_.groups) {

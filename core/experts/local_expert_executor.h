@@ -21,7 +21,9 @@ class ThreadPool;
 class LocalExpertExecutor : public ExpertExecutor {
  public:
   // The experts of `table` on the CPU, on `pool` (may be null); both must
-  // outlive the executor.
+  // outlive the executor. Expert ids are taken as they come (up to
+  // kMaxGatingExperts); the engine uses the constructor below, which knows
+  // the model's count.
   LocalExpertExecutor(const ExpertWeightsTable* table, ThreadPool* pool);
   // The experts `device` holds, for a model of `num_experts` experts per layer.
   LocalExpertExecutor(std::unique_ptr<ExpertDevice> device, int num_experts);

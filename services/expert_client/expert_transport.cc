@@ -9,13 +9,21 @@ namespace moemesh {
 ExpertTransportFactory NegotiateTransport(const std::string& address, const v1::ShardInfo& info,
                                           std::shared_ptr<grpc::Channel> channel, const TransportOptions& options) {
   const int hidden = options.hidden_size;
-  if (options.allow_data_channel && info.data_port() > 0 && address.rfind("unix:", 0) != 0) {
-    // The data channel is on the worker's host, at the port it advertises
-    // (not over a Unix socket address, which has no port).
+  if (options.allow_data_channel && info.data_port() > 0) {
+    // The data channel is on the worker's host, at the port it advertises,
+    // where the address is a plain HOST:PORT or [V6]:PORT; other gRPC
+    // target forms (unix:, dns:, ipv4: ...) keep to the gRPC stream.
     const size_t colon = address.rfind(':');
     std::string host = colon == std::string::npos ? std::string() : address.substr(0, colon);
-    if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-    if (!host.empty() && host.find('/') == std::string::npos) {
+    const std::string target_port = colon == std::string::npos ? std::string() : address.substr(colon + 1);
+    const bool numeric_port =
+        !target_port.empty() && target_port.find_first_not_of("0123456789") == std::string::npos;
+    if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+      host = host.substr(1, host.size() - 2);  // an IPv6 literal
+    } else if (host.find(':') != std::string::npos) {
+      host.clear();  // a scheme
+    }
+    if (numeric_port && !host.empty() && host.find('/') == std::string::npos) {
       const int port = info.data_port();
       return [host, port, hidden] { return std::make_unique<FrameTransport>(host, port, hidden); };
     }

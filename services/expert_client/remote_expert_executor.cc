@@ -282,6 +282,10 @@ absl::Status RemoteExpertExecutor::ExecuteOnce(const ExpertBatch& b, float* out)
       observer_(s.chosen->address,
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - sent_at).count());
     }
+    if (s.response.step() != step_ || s.response.layer() != b.layer ||
+        static_cast<size_t>(s.outputs.rows) != s.rows_out) {
+      s.chosen->Reset();  // out of step with this worker: start afresh next time
+    }
     if (s.response.step() != step_ || s.response.layer() != b.layer) {
       return absl::InternalError(absl::StrCat("expert worker ", s.chosen->address, " answered step ",
                                               s.response.step(), " layer ", s.response.layer(), ", expected step ",

@@ -17,8 +17,8 @@ namespace moemesh {
 // expert (GroupByExpert), sends each shard the groups it holds over its
 // ExpertTransport (all shards in flight at once), and adds the returned
 // rows per token in increasing expert order (CombineExpertRows), as
-// LocalExpertExecutor does, so the mesh's logits equal the single-process
-// engine's bit for bit.
+// LocalExpertExecutor does: with CPU experts the mesh's logits equal the
+// single-process engine's bit for bit.
 //
 // A shard may have several replicas: steps rotate among them, and since an
 // expert call is a pure function, a request that fails on one replica is

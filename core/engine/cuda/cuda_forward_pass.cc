@@ -101,7 +101,7 @@ absl::StatusOr<std::unique_ptr<ForwardPass>> CudaForwardPass::Create(const Model
                                                                      std::shared_ptr<const ModelWeights> weights,
                                                                      int kv_block_size, int kv_blocks, int device) {
   MM_RETURN_IF_ERROR(config.Validate());
-  MM_RETURN_IF_ERROR(CheckGatingParams(ToGatingParams(config, nullptr)));
+  MM_RETURN_IF_ERROR(CheckModelGating(config));
   if (device < 0 || device >= CudaDeviceCount()) {
     return absl::FailedPreconditionError(
         absl::StrCat("--device cuda:", device, ": this machine has ", CudaDeviceCount(), " CUDA device(s)"));

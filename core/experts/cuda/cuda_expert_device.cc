@@ -27,8 +27,9 @@ struct CudaExpertDevice::Lane {
   std::unique_ptr<DeviceBuffer> table;
   std::unique_ptr<CudaEvent> idle, uploaded;
 
-  // Waits for everything the lane has enqueued (after an error, so that the
-  // next request may reuse or free its buffers).
+  // Waits for everything the lane has enqueued, on its own streams and (up
+  // to `idle`) on callers' (after an error, so that the next request may
+  // reuse or free its buffers).
   void Drain() {
     for (const auto* s : {&in, &compute, &out}) CudaSynchronize((*s)->get()).IgnoreError();
     if (idle) idle->Synchronize().IgnoreError();
@@ -127,7 +128,16 @@ absl::Status CudaExpertDevice::OnLane(const std::function<absl::Status(Lane&)>& 
   return st;
 }
 
+absl::Status CudaExpertDevice::CheckWork(const ExpertWork& work) const {
+  if (work.hidden_size != hidden_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("hidden size ", work.hidden_size, " does not match the experts' ", hidden_));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CudaExpertDevice::Run(const ExpertWork& work, float* out) {
+  MM_RETURN_IF_ERROR(CheckWork(work));
   if (work.total_rows() == 0) return absl::OkStatus();
   return OnLane([&](Lane& lane) {
     return work.on_device ? RunOnDevice(lane, work, /*combine=*/false, out) : RunFromHost(lane, work, out);
@@ -137,6 +147,7 @@ absl::Status CudaExpertDevice::Run(const ExpertWork& work, float* out) {
 absl::Status CudaExpertDevice::RunCombined(const ExpertWork& work, float* out) {
   // Rows in host memory come back per expert and are added on the host (a
   // CPU router's): only the device path keeps them here.
+  MM_RETURN_IF_ERROR(CheckWork(work));
   if (!work.on_device) return ExpertDevice::RunCombined(work, out);
   return OnLane([&](Lane& lane) { return RunOnDevice(lane, work, /*combine=*/true, out); });
 }
@@ -153,9 +164,10 @@ absl::Status CudaExpertDevice::RunOnDevice(Lane& lane, const ExpertWork& work, b
   if (combine) CombineTable(work, work.num_rows, &offsets, &order);
   const size_t words = 2 * total + offsets.size() + order.size();
   // The lane's buffers may be in use by its last work, on another stream
-  // perhaps: the host waits before growing them (rare) or rewriting the
-  // pinned table (its upload is long done by then), and this stream waits
-  // before the device buffers are written.
+  // perhaps: the host waits before growing them (rare) and before rewriting
+  // the pinned table (for the last table's upload: early in the last call's
+  // work, so this seldom waits long), and this stream waits before the
+  // device buffers are written.
   MM_RETURN_IF_ERROR(lane.uploaded->Synchronize());
   if (!lane.table || lane.table->bytes() < words * 4 || !lane.x || lane.x->bytes() < total * h * sizeof(float) ||
       (combine && (!lane.y || lane.y->bytes() < total * h * sizeof(float)))) {
@@ -181,24 +193,27 @@ absl::Status CudaExpertDevice::RunOnDevice(Lane& lane, const ExpertWork& work, b
   std::copy(order.begin(), order.end(), gather + 2 * total + offsets.size());
   MM_RETURN_IF_ERROR(lane.idle->WaitOn(stream));
   const int* table = lane.table->as<int>();
-  MM_RETURN_IF_ERROR(CopyToDeviceAsync(lane.table->data(), gather, words * 4, stream));
-  MM_RETURN_IF_ERROR(lane.uploaded->Record(stream));
   float* x = lane.x->as<float>();
-  if (total == 0) {  // no token routed here: the combine writes zeros
-    MM_RETURN_IF_ERROR(CombineRowsCuda(nullptr, hidden_, table, table, work.num_rows, out, stream));
-    return lane.idle->Record(stream);
-  }
-  MM_RETURN_IF_ERROR(GatherRowsCuda(work.hidden_states, hidden_, table, static_cast<int>(total), x, stream));
-  const float* w = reinterpret_cast<const float*>(table + total);
-  if (!combine) {
-    MM_RETURN_IF_ERROR(lane.ffn->Run(x, w, groups, out, stream));
-  } else {
+  auto enqueue = [&]() -> absl::Status {
+    MM_RETURN_IF_ERROR(CopyToDeviceAsync(lane.table->data(), gather, words * 4, stream));
+    MM_RETURN_IF_ERROR(lane.uploaded->Record(stream));
+    if (total == 0) {  // no token routed here: the combine writes zeros
+      return combine ? CombineRowsCuda(nullptr, hidden_, table, table, work.num_rows, out, stream)
+                     : absl::OkStatus();
+    }
+    MM_RETURN_IF_ERROR(GatherRowsCuda(work.hidden_states, hidden_, table, static_cast<int>(total), x, stream));
+    const float* w = reinterpret_cast<const float*>(table + total);
+    if (!combine) return lane.ffn->Run(x, w, groups, out, stream);
     float* y = lane.y->as<float>();
     MM_RETURN_IF_ERROR(lane.ffn->Run(x, w, groups, y, stream));
-    MM_RETURN_IF_ERROR(CombineRowsCuda(y, hidden_, table + 2 * total, table + 2 * total + offsets.size(),
-                                       work.num_rows, out, stream));
-  }
-  return lane.idle->Record(stream);
+    return CombineRowsCuda(y, hidden_, table + 2 * total, table + 2 * total + offsets.size(), work.num_rows, out,
+                           stream);
+  };
+  // Whatever got enqueued on the caller's stream, failed call or not, uses
+  // the lane's buffers: the lane is busy until that is done.
+  const absl::Status st = enqueue();
+  const absl::Status recorded = lane.idle->Record(stream);
+  return st.ok() ? recorded : st;
 }
 
 absl::Status CudaExpertDevice::RunFromHost(Lane& lane, const ExpertWork& work, float* out) {

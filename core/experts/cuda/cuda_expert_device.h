@@ -30,7 +30,9 @@ struct ExpertFfnGroup;
 //
 // Work in device memory (work.on_device: a forward pass on this GPU) is
 // gathered, computed and, with RunCombined, combined on the device, all
-// enqueued on work.cuda_stream, and the call returns without waiting.
+// enqueued on work.cuda_stream; the call returns without waiting for that
+// work (the host waits only where a lane's pinned table or buffers are
+// still in use by its last call).
 class CudaExpertDevice : public ExpertDevice {
  public:
   struct Options {
@@ -67,6 +69,8 @@ class CudaExpertDevice : public ExpertDevice {
   CudaExpertDevice();
   // Takes a free lane (waiting for one) and gives it back after `fn`.
   absl::Status OnLane(const std::function<absl::Status(Lane&)>& fn);
+  // INVALID_ARGUMENT for work these experts cannot take (its hidden size).
+  absl::Status CheckWork(const ExpertWork& work) const;
   // The kernel's view of group `g`'s expert, its rows from `row_offset`.
   // FAILED_PRECONDITION for an expert this GPU does not hold.
   absl::StatusOr<ExpertFfnGroup> FfnGroup(int layer, const ExpertWork::Group& g, size_t row_offset) const;

@@ -210,6 +210,20 @@ TEST(CudaExpertDeviceLanesTest, ChunksAndConcurrentRequests) {
   }
 }
 
+// Rows of another width are refused before anything reads them.
+TEST(CudaExpertDeviceErrorsTest, HiddenSizeMismatch) {
+  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  Devices d = Load("tests/fixtures/mixtral");
+  ASSERT_TRUE(d.gpu);
+  std::vector<float> hidden;
+  std::mt19937 rng(9);
+  ExpertWork work = RandomWork(d.held[0].first, d.held[0].second, 4, d.config.hidden_size, &rng, &hidden);
+  work.hidden_size /= 2;
+  std::vector<float> out(work.total_rows() * d.config.hidden_size);
+  EXPECT_EQ(d.gpu->Run(work, out.data()).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(d.gpu->RunCombined(work, out.data()).code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(CudaExpertDeviceErrorsTest, BadOptions) {
   if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   auto config = LoadModelConfig("tests/fixtures/mixtral");

@@ -9,7 +9,7 @@ namespace moemesh {
 absl::Status CheckGatingParams(const GatingParams& p) {
   if (p.num_experts < 1 || p.num_experts > kMaxGatingExperts) {
     return absl::InvalidArgumentError(
-        absl::StrCat("the router supports 1 to ", kMaxGatingExperts, " experts per layer, not ", p.num_experts));
+        absl::StrCat("moemesh routes among 1 to ", kMaxGatingExperts, " experts per layer, not ", p.num_experts));
   }
   const int slots = p.SlotsPerToken();
   if (slots < 1 || slots > p.num_experts) {
