@@ -28,6 +28,11 @@ class ExpertDevice {
   // The GPU whose memory Run and RunCombined accept (work.on_device), or -1.
   virtual int cuda_device() const { return -1; }
 
+  // Whether the device rounds rows to bf16 before any product, so that rows
+  // already rounded to bf16 give exactly the same results (a worker then
+  // takes bf16 rows on the wire at half the bytes, for nothing).
+  virtual bool rounds_rows_to_bf16() const { return false; }
+
   // Writes weights * FFN_expert(row) for every (group, row), in group
   // order, to `out` ([work.total_rows(), hidden_size]).
   virtual absl::Status Run(const ExpertWork& work, float* out) = 0;

@@ -3,15 +3,59 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "core/tensor/dtype.h"
 
 namespace moemesh {
 
-void SetF32Shape(int64_t rows, int64_t cols, v1::Tensor* t) {
-  t->set_dtype(v1::DTYPE_F32);
+namespace {
+
+void SetShape(v1::DType dtype, int64_t rows, int64_t cols, v1::Tensor* t) {
+  t->set_dtype(dtype);
   t->clear_shape();
   t->add_shape(rows);
   t->add_shape(cols);
   t->clear_data();
+}
+
+// The shape [rows, cols] (cols == want_cols when want_cols >= 0) and a byte
+// count of rows * cols * element_bytes.
+absl::Status CheckRows(const v1::Tensor& t, size_t bytes, int64_t want_cols, int element_bytes, const char* what) {
+  if (t.shape_size() != 2 || t.shape(0) < 0 || t.shape(1) < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": shape must be [rows, cols]"));
+  }
+  if (want_cols >= 0 && t.shape(1) != want_cols) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": has ", t.shape(1), " columns, expected ", want_cols));
+  }
+  const uint64_t want_bytes = static_cast<uint64_t>(t.shape(0)) * static_cast<uint64_t>(t.shape(1)) * element_bytes;
+  if (bytes != want_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": ", bytes, " bytes of data, shape [", t.shape(0), ", ",
+                                                   t.shape(1), "] needs ", want_bytes));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void SetF32Shape(int64_t rows, int64_t cols, v1::Tensor* t) { SetShape(v1::DTYPE_F32, rows, cols, t); }
+
+void SetBf16Shape(int64_t rows, int64_t cols, v1::Tensor* t) { SetShape(v1::DTYPE_BF16, rows, cols, t); }
+
+absl::StatusOr<F32Matrix> GetRowsAsF32(const v1::Tensor& t, const char* data, size_t bytes, int64_t want_cols,
+                                       const char* what, std::vector<float>* widened) {
+  if (t.dtype() == v1::DTYPE_F32) return GetF32Matrix(t, data, bytes, want_cols, what);
+  if (t.dtype() != v1::DTYPE_BF16) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": dtype must be DTYPE_F32 or DTYPE_BF16, got ", t.dtype()));
+  }
+  if (absl::Status st = CheckRows(t, bytes, want_cols, 2, what); !st.ok()) return st;
+  const size_t n = bytes / 2;
+  widened->resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    uint16_t v;
+    std::memcpy(&v, data + 2 * i, 2);  // the payload need not be 2-byte aligned
+    (*widened)[i] = Bf16ToF32(v);
+  }
+  return F32Matrix{widened->data(), t.shape(0), t.shape(1)};
 }
 
 void SetF32Tensor(const float* data, int64_t rows, int64_t cols, v1::Tensor* t) {
@@ -28,18 +72,7 @@ absl::StatusOr<F32Matrix> GetF32Matrix(const v1::Tensor& t, const char* data, si
   if (t.dtype() != v1::DTYPE_F32) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": dtype must be DTYPE_F32, got ", t.dtype()));
   }
-  if (t.shape_size() != 2 || t.shape(0) < 0 || t.shape(1) < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": shape must be [rows, cols]"));
-  }
-  if (want_cols >= 0 && t.shape(1) != want_cols) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, ": has ", t.shape(1), " columns, expected ", want_cols));
-  }
-  uint64_t want_bytes = static_cast<uint64_t>(t.shape(0)) * static_cast<uint64_t>(t.shape(1)) * 4;
-  if (bytes != want_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": ", bytes, " bytes of data, shape [",
-                                                   t.shape(0), ", ", t.shape(1), "] needs ", want_bytes));
-  }
+  if (absl::Status st = CheckRows(t, bytes, want_cols, 4, what); !st.ok()) return st;
   if (reinterpret_cast<uintptr_t>(data) % alignof(float) != 0) {
     return absl::InternalError(absl::StrCat(what, ": tensor data is not 4-byte aligned"));
   }

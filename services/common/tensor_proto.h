@@ -30,6 +30,13 @@ void SetF32Shape(int64_t rows, int64_t cols, v1::Tensor* t);
 absl::StatusOr<F32Matrix> GetF32Matrix(const v1::Tensor& t, const char* data, size_t bytes, int64_t want_cols,
                                        const char* what);
 
+// Rows sent as BF16 (half the bytes of F32): SetBf16Shape fills the header
+// side. GetRowsAsF32 takes F32 rows as GetF32Matrix does and BF16 rows
+// widened into `*widened` (exact), which the view then points into.
+void SetBf16Shape(int64_t rows, int64_t cols, v1::Tensor* t);
+absl::StatusOr<F32Matrix> GetRowsAsF32(const v1::Tensor& t, const char* data, size_t bytes, int64_t want_cols,
+                                       const char* what, std::vector<float>* widened);
+
 }  // namespace moemesh
 
 #endif  // MOEMESH_SERVICES_COMMON_TENSOR_PROTO_H_

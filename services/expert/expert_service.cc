@@ -44,8 +44,12 @@ void ExpertServiceImpl::Run(const v1::DispatchRequest& request, const absl::Stat
 }
 
 void ExpertServiceImpl::Handle(const v1::DispatchRequest& request, v1::DispatchResponse* response) {
-  std::vector<float> out;
-  Run(request, GetF32Matrix(request.hidden_states(), worker_->config().hidden_size, "hidden_states"), response, &out);
+  std::vector<float> out, widened;
+  const std::string& rows = request.hidden_states().data();
+  Run(request,
+      GetRowsAsF32(request.hidden_states(), rows.data(), rows.size(), worker_->config().hidden_size,
+                   "hidden_states", &widened),
+      response, &out);
   if (response->error_code() != 0) return;
   const int h = worker_->config().hidden_size;
   SetF32Tensor(out.data(), static_cast<int64_t>(out.size() / h), h, response->mutable_outputs());
@@ -55,12 +59,12 @@ void ExpertServiceImpl::ServeFrames(FrameSocket* socket) {
   v1::DispatchRequest request;
   v1::DispatchResponse response;
   std::vector<char> payload;
-  std::vector<float> out;
+  std::vector<float> out, widened;
   const int h = worker_->config().hidden_size;
   while (socket->Receive(&request, &payload).ok()) {
     if (metrics_) metrics_->SetQueueDepth(busy_.fetch_add(1) + 1);
     response.Clear();
-    Run(request, GetF32Matrix(request.hidden_states(), payload.data(), payload.size(), h, "hidden_states"),
+    Run(request, GetRowsAsF32(request.hidden_states(), payload.data(), payload.size(), h, "hidden_states", &widened),
         &response, &out);
     iovec data{out.data(), out.size() * sizeof(float)};
     if (response.error_code() == 0) SetF32Shape(static_cast<int64_t>(out.size() / h), h, response.mutable_outputs());
@@ -97,6 +101,7 @@ grpc::Status ExpertServiceImpl::GetShardInfo(grpc::ServerContext* context, const
   const ModelConfig& c = worker_->config();
   response->set_model(worker_->options().model_dir);
   response->set_data_port(data_port_);
+  response->set_bf16_rows_exact(worker_->bf16_rows_exact());
   response->set_shard_index(worker_->options().shard_index);
   response->set_num_shards(worker_->options().num_shards);
   response->set_hidden_size(c.hidden_size);

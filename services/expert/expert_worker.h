@@ -43,6 +43,8 @@ class ExpertWorker {
   absl::Status Run(const ExpertWork& work, std::vector<float>* out);
 
   const ModelConfig& config() const { return config_; }
+  // Whether bf16 rows give exactly what f32 rows do (ExpertDevice::rounds_rows_to_bf16).
+  bool bf16_rows_exact() const { return device_->rounds_rows_to_bf16(); }
   const Options& options() const { return options_; }
   // (layer, experts) this worker holds, in increasing order.
   std::vector<std::pair<int, std::vector<int>>> HeldExperts() const;

@@ -11,6 +11,7 @@
 #include "absl/strings/str_split.h"
 #include "moemesh/v1/expert.grpc.pb.h"
 #include "core/common/status_macros.h"
+#include "core/tensor/dtype.h"
 #include "services/common/server_util.h"
 #include "services/common/tensor_proto.h"
 #include "services/expert_client/expert_transport.h"
@@ -57,6 +58,8 @@ struct RemoteExpertExecutor::Replica {
 // A shard: its replicas and this step's request.
 struct RemoteExpertExecutor::Shard {
   std::vector<std::unique_ptr<Replica>> replicas;
+  bool bf16 = false;            // rows go as bf16
+  std::vector<uint16_t> packed;  // this step's rows in bf16
   size_t next = 0;  // round-robin position
   Replica* chosen = nullptr;
   std::vector<int> groups;      // this step's groups (indices into work_.groups) it holds
@@ -69,6 +72,19 @@ struct RemoteExpertExecutor::Shard {
 };
 
 RemoteExpertExecutor::~RemoteExpertExecutor() = default;
+
+std::vector<bool> RemoteExpertExecutor::bf16_rows() const {
+  std::vector<bool> out;
+  for (const auto& s : shards_) out.push_back(s->bf16);
+  return out;
+}
+
+absl::StatusOr<RemoteExpertExecutor::Rows> RemoteExpertExecutor::ParseRows(const std::string& value) {
+  if (value == "auto") return Rows::kAuto;
+  if (value == "f32") return Rows::kF32;
+  if (value == "bf16") return Rows::kBf16;
+  return absl::InvalidArgumentError(absl::StrCat("--expert-rows ", value, ": expected auto, f32 or bf16"));
+}
 
 std::vector<std::string> RemoteExpertExecutor::transports() const {
   std::vector<std::string> out;
@@ -104,6 +120,18 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
 absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Connect(
     const std::vector<std::vector<std::string>>& shards, int hidden_size, int connect_timeout_ms,
     const ShardPlacement* placement, bool use_data_channel) {
+  Options options;
+  options.connect_timeout_ms = connect_timeout_ms;
+  options.placement = placement;
+  options.use_data_channel = use_data_channel;
+  return Connect(shards, hidden_size, options);
+}
+
+absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Connect(
+    const std::vector<std::vector<std::string>>& shards, int hidden_size, const Options& options) {
+  const int connect_timeout_ms = options.connect_timeout_ms;
+  const ShardPlacement* placement = options.placement;
+  const bool use_data_channel = options.use_data_channel;
   if (shards.empty()) return absl::InvalidArgumentError("no expert worker addresses");
   if (placement != nullptr && placement->num_shards() != static_cast<int>(shards.size())) {
     return absl::InvalidArgumentError(absl::StrCat("the placement has ", placement->num_shards(),
@@ -115,6 +143,7 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
                              : std::make_unique<ShardPlacement>(static_cast<int>(shards.size()));
   for (size_t i = 0; i < shards.size(); ++i) {
     auto shard = std::make_unique<Shard>();
+    bool all_exact = true;
     for (const std::string& address : shards[i]) {
       auto r = std::make_unique<Replica>();
       r->address = address;
@@ -157,8 +186,10 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
       transport.allow_data_channel = use_data_channel;
       r->make_transport = NegotiateTransport(address, info, channel, transport);
       ex->num_experts_ = info.num_experts();
+      all_exact = all_exact && info.bf16_rows_exact();
       shard->replicas.push_back(std::move(r));
     }
+    shard->bf16 = options.rows == Rows::kBf16 || (options.rows == Rows::kAuto && all_exact);
     ex->shards_.push_back(std::move(shard));
   }
   return ex;
@@ -202,13 +233,27 @@ void RemoteExpertExecutor::Partition(int num_tokens) {
       if (local[t] < 0) continue;
       local[t] = static_cast<int>(s.tokens.size());
       s.tokens.push_back(t);
-      s.rows.push_back({const_cast<float*>(work_.hidden_states) + static_cast<size_t>(t) * h, h * sizeof(float)});
+      if (!s.bf16) {  // written straight from the engine's buffer
+        s.rows.push_back({const_cast<float*>(work_.hidden_states) + static_cast<size_t>(t) * h, h * sizeof(float)});
+      }
     }
     v1::DispatchRequest& req = s.request;
     req.Clear();
     req.set_step(step_);
     req.set_layer(work_.layer);
-    SetF32Shape(static_cast<int64_t>(s.tokens.size()), h, req.mutable_hidden_states());
+    const int64_t n = static_cast<int64_t>(s.tokens.size());
+    if (s.bf16) {  // rounded into one buffer, then written from there
+      s.packed.resize(static_cast<size_t>(n) * h);
+      uint16_t* dst = s.packed.data();
+      for (int t : s.tokens) {
+        const float* src = work_.hidden_states + static_cast<size_t>(t) * h;
+        for (int d = 0; d < h; ++d) *dst++ = F32ToBf16(src[d]);
+      }
+      s.rows.push_back({s.packed.data(), s.packed.size() * sizeof(uint16_t)});
+      SetBf16Shape(n, h, req.mutable_hidden_states());
+    } else {
+      SetF32Shape(n, h, req.mutable_hidden_states());
+    }
     for (int gi : s.groups) {
       const ExpertWork::Group& g = work_.groups[gi];
       v1::ExpertRows* rows = req.add_groups();

@@ -27,6 +27,24 @@ namespace moemesh {
 // from its step thread.
 class RemoteExpertExecutor : public ExpertExecutor {
  public:
+  // The rows' dtype on the wire. kAuto sends bf16 (half the bytes) to shards
+  // whose workers all say bf16 rows give exactly what f32 rows do (GPU
+  // workers: ShardInfo.bf16_rows_exact), f32 to the rest; kBf16 sends bf16
+  // everywhere (on CPU workers the rows are then rounded: results move by
+  // bf16 rounding); kF32 never does. The answers are f32 either way.
+  enum class Rows { kAuto, kF32, kBf16 };
+  struct Options {
+    int connect_timeout_ms = 10000;
+    const ShardPlacement* placement = nullptr;  // null: modulo
+    bool use_data_channel = true;
+    Rows rows = Rows::kAuto;
+  };
+  static absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> Connect(
+      const std::vector<std::vector<std::string>>& shards, int hidden_size, const Options& options);
+  // Parses --expert-rows: auto, f32 or bf16.
+  static absl::StatusOr<Rows> ParseRows(const std::string& value);
+
+  // As above, with `options` spelled out.
   // `shards[i]` lists the replicas (addresses) of shard i of
   // `shards.size()`, placed by `placement` (null: modulo). Checks that
   // every worker holds exactly the experts the placement gives its shard
@@ -54,6 +72,8 @@ class RemoteExpertExecutor : public ExpertExecutor {
   void set_dispatch_observer(std::function<void(const std::string&, double)> f) { observer_ = std::move(f); }
   // The transport each shard's first replica uses ("frames", "grpc-stream").
   std::vector<std::string> transports() const;
+  // Whether each shard is sent bf16 rows.
+  std::vector<bool> bf16_rows() const;
   ~RemoteExpertExecutor() override;
 
   absl::Status Execute(const ExpertBatch& batch, float* out) override;

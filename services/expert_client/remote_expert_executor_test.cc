@@ -5,6 +5,7 @@
 #include "services/expert_client/remote_expert_executor.h"
 
 #include <chrono>
+#include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "core/experts/local_expert_executor.h"
 #include "core/model/safetensors.h"
 #include "core/model/weights.h"
+#include "core/tensor/dtype.h"
 #include "core/tensor/thread_pool.h"
 #include "gtest/gtest.h"
 #include "services/common/frame_socket.h"
@@ -186,6 +188,63 @@ TEST(RemoteExpertExecutorTest, ParsesReplicaSpecs) {
   ASSERT_TRUE(s.ok());
   EXPECT_EQ(*s, (std::vector<std::vector<std::string>>{{"a:1", "b:2"}, {"c:3"}}));
   EXPECT_EQ(RemoteExpertExecutor::ParseAddresses("a:1,,c:3").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Rows in bf16 on the wire: by default only to workers where that changes
+// nothing (CPU workers get f32), and when asked for everywhere: then a CPU
+// worker computes on the rounded rows, exactly as the local experts do on
+// them. Over both transports.
+TEST(RemoteExpertExecutorTest, Bf16RowsOnTheWire) {
+  const std::string dir = "tests/fixtures/mixtral";
+  auto config = LoadModelConfig(dir);
+  ASSERT_TRUE(config.ok());
+  const int h = config->hidden_size, tokens = 5, slots = config->num_experts_per_tok;
+  auto ckpt = Checkpoint::Open(dir);
+  WeightLoadOptions load;
+  load.load_dense = false;
+  auto w = LoadWeights(std::move(*ckpt), *config, load);
+  ASSERT_TRUE(w.ok());
+  LocalExpertExecutor local(&w->experts, nullptr);
+  std::vector<float> hidden(static_cast<size_t>(tokens) * h), rounded(hidden.size());
+  for (size_t i = 0; i < hidden.size(); ++i) {
+    hidden[i] = 0.37f * std::sin(0.1f * static_cast<float>(i)) + 1e-3f * static_cast<float>(i % 7);
+    rounded[i] = Bf16ToF32(F32ToBf16(hidden[i]));
+  }
+  ASSERT_NE(hidden, rounded);
+  std::vector<int> ids;
+  std::vector<float> weights;
+  for (int t = 0; t < tokens; ++t) {
+    for (int j = 0; j < slots; ++j) {
+      ids.push_back((t + 3 * j) % config->num_experts);
+      weights.push_back(0.25f + 0.5f * j);
+    }
+  }
+  ExpertBatch batch{0, tokens, h, hidden.data(), slots, ids.data(), weights.data()};
+  ExpertBatch batch_rounded = batch;
+  batch_rounded.hidden_states = rounded.data();
+  std::vector<float> want(hidden.size()), want_rounded(hidden.size());
+  ASSERT_TRUE(local.Execute(batch, want.data()).ok());
+  ASSERT_TRUE(local.Execute(batch_rounded, want_rounded.data()).ok());
+  for (bool data_channel : {true, false}) {
+    std::vector<Worker> workers = StartWorkers(dir, 2, data_channel);
+    std::vector<std::vector<std::string>> shards;
+    for (const std::string& a : Addresses(workers)) shards.push_back({a});
+    RemoteExpertExecutor::Options options;
+    options.use_data_channel = data_channel;
+    auto automatic = RemoteExpertExecutor::Connect(shards, h, options);
+    options.rows = RemoteExpertExecutor::Rows::kBf16;
+    auto bf16 = RemoteExpertExecutor::Connect(shards, h, options);
+    ASSERT_TRUE(automatic.ok() && bf16.ok());
+    EXPECT_EQ((*automatic)->bf16_rows(), (std::vector<bool>{false, false}));  // CPU workers round nothing
+    EXPECT_EQ((*bf16)->bf16_rows(), (std::vector<bool>{true, true}));
+    std::vector<float> got(hidden.size()), got_bf16(hidden.size());
+    ASSERT_TRUE((*automatic)->Execute(batch, got.data()).ok());
+    ASSERT_TRUE((*bf16)->Execute(batch, got_bf16.data()).ok());
+    EXPECT_EQ(got, want) << "data channel " << data_channel;
+    EXPECT_EQ(got_bf16, want_rounded) << "data channel " << data_channel;
+  }
+  EXPECT_TRUE(RemoteExpertExecutor::ParseRows("bf16").ok());
+  EXPECT_EQ(RemoteExpertExecutor::ParseRows("fp8").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(RemoteExpertExecutorTest, WorkerGoneIsUnavailable) {

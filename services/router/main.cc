@@ -29,6 +29,9 @@ ABSL_FLAG(std::string, experts, "",
 ABSL_FLAG(std::string, placement, "", "placement file (JSON) the expert workers were started with; default: modulo");
 ABSL_FLAG(std::string, expert_transport, "auto",
           "auto: Dispatch over a worker's raw data channel when it offers one; grpc: always the gRPC stream");
+ABSL_FLAG(std::string, expert_rows, "auto",
+          "the rows' dtype on the wire to the expert workers: auto (bf16, half the bytes, to workers where that "
+          "changes nothing: GPU workers; f32 to others), f32, or bf16 (everywhere; CPU workers then see rounded rows)");
 ABSL_FLAG(int, experts_connect_timeout_ms, 10000, "how long to wait for the expert workers at start");
 ABSL_FLAG(int, threads, 1, "CPU threads for attention (and local experts)");
 ABSL_FLAG(std::string, device, "cpu",
@@ -49,6 +52,7 @@ struct Options {
   std::string experts;  // empty: the experts run here
   std::string placement;
   std::string expert_transport;
+  std::string expert_rows;
   int experts_connect_timeout_ms = 0;
   std::string device;
   EngineOptions engine;  // threads, KV cache, prefill chunk; the devices are set from `device`
@@ -60,6 +64,7 @@ struct Options {
     o.experts = absl::GetFlag(FLAGS_experts);
     o.placement = absl::GetFlag(FLAGS_placement);
     o.expert_transport = absl::GetFlag(FLAGS_expert_transport);
+    o.expert_rows = absl::GetFlag(FLAGS_expert_rows);
     o.experts_connect_timeout_ms = absl::GetFlag(FLAGS_experts_connect_timeout_ms);
     o.device = absl::GetFlag(FLAGS_device);
     o.engine.num_threads = absl::GetFlag(FLAGS_threads);
@@ -88,6 +93,7 @@ struct Options {
     if (!experts.empty() && expert_transport != "auto" && expert_transport != "grpc") {
       return absl::InvalidArgumentError("--expert-transport must be auto or grpc");
     }
+    if (absl::Status st = RemoteExpertExecutor::ParseRows(expert_rows).status(); !st.ok()) return st;
     return absl::OkStatus();
   }
 
@@ -121,8 +127,12 @@ int Main(int argc, char** argv) {
       if (!p.ok()) return service_main.Fail(p.status(), 2);
       placement = std::move(*p);
     }
-    auto r = RemoteExpertExecutor::Connect(*shards, config->hidden_size, options.experts_connect_timeout_ms,
-                                           placement ? &*placement : nullptr, options.expert_transport == "auto");
+    RemoteExpertExecutor::Options remote_options;
+    remote_options.connect_timeout_ms = options.experts_connect_timeout_ms;
+    remote_options.placement = placement ? &*placement : nullptr;
+    remote_options.use_data_channel = options.expert_transport == "auto";
+    remote_options.rows = *RemoteExpertExecutor::ParseRows(options.expert_rows);  // checked by Validate
+    auto r = RemoteExpertExecutor::Connect(*shards, config->hidden_size, remote_options);
     if (!r.ok()) return service_main.Fail(r.status(), 1);
     remote_view = r->get();
     remote = std::move(*r);

@@ -53,6 +53,7 @@ class CudaExpertDevice : public ExpertDevice {
 
   bool Holds(int layer, int expert) const override;
   int cuda_device() const override { return device_; }
+  bool rounds_rows_to_bf16() const override { return true; }  // CudaExpertFfn's first step
   // Thread-safe; up to `lanes` calls run at once, others wait for a lane.
   absl::Status Run(const ExpertWork& work, float* out) override;
   absl::Status RunCombined(const ExpertWork& work, float* out) override;

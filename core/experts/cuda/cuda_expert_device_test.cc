@@ -17,6 +17,7 @@
 #include "core/model/config.h"
 #include "core/model/safetensors.h"
 #include "core/model/weights.h"
+#include "core/tensor/dtype.h"
 #include "core/tensor/rel_error.h"
 #include "gtest/gtest.h"
 
@@ -135,6 +136,15 @@ TEST_P(CudaExpertDeviceTest, MatchesTheCpu) {
     ASSERT_TRUE(d.gpu->RunCombined(work, got_combined.data()).ok());
     EXPECT_LT(RelError(got, want), tolerance) << model << " layer " << layer;
     EXPECT_LT(RelError(got_combined, want_combined), tolerance) << model << " layer " << layer;
+    // The device rounds rows to bf16 first: rows sent already rounded (bf16
+    // on the wire) give the same bits.
+    ASSERT_TRUE(d.gpu->rounds_rows_to_bf16());
+    std::vector<float> rounded(hidden.size()), got_rounded(got.size());
+    for (size_t i = 0; i < hidden.size(); ++i) rounded[i] = Bf16ToF32(F32ToBf16(hidden[i]));
+    ExpertWork rounded_work = work;
+    rounded_work.hidden_states = rounded.data();
+    ASSERT_TRUE(d.gpu->Run(rounded_work, got_rounded.data()).ok());
+    EXPECT_EQ(got_rounded, got) << model << " layer " << layer;
     OnDevice dev = RunOnDevice(d.gpu.get(), work);
     EXPECT_LT(RelError(dev.rows, want), tolerance) << model << " layer " << layer << ", rows on the device";
     // The device's combine adds the same rows in the same order as the host's.
