@@ -1,7 +1,8 @@
 // The cost of one expert hop: round-trip time of a Dispatch from
-// RemoteExpertExecutor to a worker, over the raw data channel (the default)
-// and over the gRPC stream, against a plain TCP echo of the same bytes, on
-// loopback, for payloads of 4 KB to 2 MB. The worker side answers with an
+// RemoteExpertExecutor to a worker, over the raw data channel (the default),
+// the same with the rows in bf16 (what GPU workers get), and over the gRPC
+// stream, against a plain TCP echo of the f32 rows' bytes, on loopback, for
+// payloads of 4 KB to 2 MB of f32 rows. The worker side answers with an
 // output of the same size without computing, so the figure is transport
 // alone.
 //
@@ -78,6 +79,8 @@ class NullExpertService final : public v1::ExpertService::Service {
     info->set_shard_index(0);
     info->set_num_shards(1);
     info->set_hidden_size(hidden_);
+    info->set_num_layers(1);
+    info->set_num_experts(1);  // the bench routes every row to expert 0
     return grpc::Status::OK;
   }
 
@@ -164,12 +167,15 @@ int Main(int argc, char** argv) {
   const std::string address = "127.0.0.1:" + std::to_string(port);
   auto raw = RemoteExpertExecutor::Connect({{address}}, hidden, 10000, nullptr, /*use_data_channel=*/true);
   auto grpc_stream = RemoteExpertExecutor::Connect({{address}}, hidden, 10000, nullptr, /*use_data_channel=*/false);
-  if (!raw.ok() || !grpc_stream.ok()) {
+  RemoteExpertExecutor::Options bf16_options;
+  bf16_options.rows = RemoteExpertExecutor::Rows::kBf16;
+  auto bf16 = RemoteExpertExecutor::Connect({{address}}, hidden, bf16_options);
+  if (!raw.ok() || !grpc_stream.ok() || !bf16.ok()) {
     std::fprintf(stderr, "cannot connect\n");
     return 1;
   }
-  std::printf("%-10s %12s %12s %12s %14s %14s\n", "payload", "channel us", "grpc us", "tcp echo us",
-              "channel/echo", "grpc/echo");
+  std::printf("%-10s %12s %12s %12s %12s %14s %12s %12s\n", "payload", "channel us", "bf16 us", "grpc us",
+              "tcp echo us", "channel/echo", "bf16/echo", "grpc/echo");
   for (int rows : {1, 4, 16, 64, 256, 512}) {
     std::vector<float> hidden_states(static_cast<size_t>(rows) * hidden, 0.5f), out(hidden_states.size());
     std::vector<int> ids(rows, 0);
@@ -178,25 +184,29 @@ int Main(int argc, char** argv) {
     // The three are interleaved, one round trip of each in turn, so that
     // all see the same machine (a 2-core VM's timing drifts).
     TcpEcho echo_server(static_cast<size_t>(rows) * hidden * sizeof(float));
-    std::vector<double> t_channel, t_grpc, t_echo;
+    std::vector<double> t_channel, t_bf16, t_grpc, t_echo;
     auto once = [&](RemoteExpertExecutor* ex) {
       double t0 = Now();
       if (!ex->Execute(batch, out.data()).ok()) std::exit(1);
       return Now() - t0;
     };
     for (int i = 0; i < iterations + 10; ++i) {
-      double a = once(raw->get()), b = once(grpc_stream->get()), c = echo_server.RoundTrip();
+      double a = once(raw->get()), half = once(bf16->get()), b = once(grpc_stream->get()),
+             c = echo_server.RoundTrip();
       if (i < 10) continue;  // warm-up
       t_channel.push_back(a);
+      t_bf16.push_back(half);
       t_grpc.push_back(b);
       t_echo.push_back(c);
     }
-    double channel = Median(t_channel), via_grpc = Median(t_grpc), echo = Median(t_echo);
+    double channel = Median(t_channel), half = Median(t_bf16), via_grpc = Median(t_grpc), echo = Median(t_echo);
     size_t bytes = static_cast<size_t>(rows) * hidden * sizeof(float);
-    std::printf("%-10s %12.1f %12.1f %12.1f %14.2f %14.2f\n", (std::to_string(bytes / 1024) + " KB").c_str(),
-                channel * 1e6, via_grpc * 1e6, echo * 1e6, channel / echo, via_grpc / echo);
+    std::printf("%-10s %12.1f %12.1f %12.1f %12.1f %14.2f %12.2f %12.2f\n",
+                (std::to_string(bytes / 1024) + " KB").c_str(), channel * 1e6, half * 1e6, via_grpc * 1e6,
+                echo * 1e6, channel / echo, half / echo, via_grpc / echo);
   }
   raw->reset();
+  bf16->reset();
   grpc_stream->reset();
   (*frames)->Stop();
   server->Shutdown();
