@@ -23,7 +23,7 @@
 #include "core/common/file_util.h"
 #include "core/experts/local_expert_executor.h"
 #include "core/engine/kv_cache.h"
-#include "core/engine/model.h"
+#include "core/engine/cpu_forward_pass.h"
 #include "core/model/safetensors.h"
 #include "core/model/weights.h"
 #include "core/tensor/thread_pool.h"
@@ -212,7 +212,7 @@ int Main(int argc, char** argv) {
   for (int threads = 1; threads <= std::min(2, max_threads); ++threads) {
     double bw = MeasureReadBandwidth(threads);
     ThreadPool pool(threads);
-    auto model = Model::Create(*config, weights, &pool);
+    auto model = CpuForwardPass::Create(*config, weights, &pool);
     if (!model.ok()) return 1;
     KvCache cache(s.layers, (*model)->kv_k_width(), (*model)->kv_v_width(), 16,
                   (prefill_tokens + decode_tokens + 64) / 16 + 2);

@@ -14,7 +14,7 @@
 #include "core/engine/engine.h"
 #include "core/experts/local_expert_executor.h"
 #include "core/engine/kv_cache.h"
-#include "core/engine/model.h"
+#include "core/engine/cpu_forward_pass.h"
 #include "core/model/safetensors.h"
 #include "core/model/weights.h"
 #include "core/tensor/thread_pool.h"
@@ -115,7 +115,7 @@ TEST_P(FixtureTest, DecodeLogitsMatchWithChunkedPrefill) {
   ASSERT_TRUE(weights.ok()) << weights.status();
   auto w = std::make_shared<const ModelWeights>(std::move(*weights));
   ThreadPool pool(2);
-  auto model = Model::Create(*config, w, &pool);
+  auto model = CpuForwardPass::Create(*config, w, &pool);
   ASSERT_TRUE(model.ok()) << model.status();
   KvCache cache(config->num_layers, (*model)->kv_k_width(), (*model)->kv_v_width(), 4, 64);
   LocalExpertExecutor experts(&w->experts, &pool);
@@ -151,7 +151,7 @@ TEST_P(FixtureTest, MixedBatchEqualsSeparateRuns) {
   auto weights = LoadWeights(std::move(*ckpt), *config);
   ASSERT_TRUE(weights.ok());
   auto w = std::make_shared<const ModelWeights>(std::move(*weights));
-  auto model = Model::Create(*config, w, nullptr);
+  auto model = CpuForwardPass::Create(*config, w, nullptr);
   ASSERT_TRUE(model.ok());
   KvCache cache(config->num_layers, (*model)->kv_k_width(), (*model)->kv_v_width(), 4, 64);
   LocalExpertExecutor experts(&w->experts, nullptr);

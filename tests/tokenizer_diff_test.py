@@ -29,7 +29,7 @@ CODE_TEXTS = [
     "core/common/subprocess_test.cc", "core/engine/engine.cc", "core/engine/engine_test.cc",
     "core/experts/local_expert_executor.cc", "core/experts/ffn.cc", "core/engine/generation_loop.cc",
     "core/engine/generation_loop_test.cc", "core/engine/kv_cache.cc", "core/engine/kv_cache_test.cc",
-    "core/engine/model.cc", "core/engine/perplexity.cc", "core/experts/placement.cc",
+    "core/engine/cpu_forward_pass.cc", "core/engine/perplexity.cc", "core/experts/placement.cc",
     "core/experts/placement_test.cc", "core/engine/sampler.cc", "core/engine/sampler_test.cc",
     "core/engine/scheduler.cc", "core/engine/scheduler_test.cc",
 ]

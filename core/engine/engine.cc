@@ -7,7 +7,7 @@
 #include "core/experts/cpu_expert_device.h"
 #include "core/experts/local_expert_executor.h"
 #include "core/engine/kv_cache.h"
-#include "core/engine/model.h"
+#include "core/engine/cpu_forward_pass.h"
 #include "core/engine/scheduler.h"
 #include "core/model/safetensors.h"
 #include "core/model/weights.h"
@@ -49,7 +49,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
   if (options.forward_pass) {
     MM_ASSIGN_OR_RETURN(e->model_, options.forward_pass(config, e->weights_, options.kv_block_size, blocks));
   } else {
-    MM_ASSIGN_OR_RETURN(e->model_, Model::Create(config, e->weights_, e->pool_.get()));
+    MM_ASSIGN_OR_RETURN(e->model_, CpuForwardPass::Create(config, e->weights_, e->pool_.get()));
   }
   e->cache_ = std::make_unique<KvCache>(config.num_layers, e->model_->kv_k_width(),
                                         e->model_->kv_v_width(), options.kv_block_size, blocks);

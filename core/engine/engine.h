@@ -29,7 +29,7 @@ struct EngineOptions {
   int kv_block_size = 16;
   int prefill_chunk = 512;      // longest prefill piece per forward step
   GatingExtensions gating;      // overrides config.json's (off by default)
-  // Where the dense part runs; null: the CPU (Model, on num_threads).
+  // Where the dense part runs; null: the CPU (CpuForwardPass, on num_threads).
   ForwardPassFactory forward_pass;
   // Where the routed experts run when they run in this process; null: the
   // CPU, on the engine's threads. A GPU device on the forward pass's GPU

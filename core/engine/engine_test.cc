@@ -6,7 +6,7 @@
 #include "core/common/file_util.h"
 #include "core/experts/local_expert_executor.h"
 #include "core/engine/kv_cache.h"
-#include "core/engine/model.h"
+#include "core/engine/cpu_forward_pass.h"
 #include "core/model/safetensors.h"
 #include "core/model/weights.h"
 #include "gtest/gtest.h"
@@ -175,7 +175,7 @@ TEST(EngineTest, ExpertExecutorSeam) {
   auto w = LoadWeights(std::move(*ckpt), *config);
   ASSERT_TRUE(w.ok());
   auto weights = std::make_shared<const ModelWeights>(std::move(*w));
-  auto model = Model::Create(*config, weights, nullptr);
+  auto model = CpuForwardPass::Create(*config, weights, nullptr);
   ASSERT_TRUE(model.ok());
   KvCache cache(config->num_layers, (*model)->kv_k_width(), (*model)->kv_v_width(), 16, 4);
   LocalExpertExecutor local(&weights->experts, nullptr);

@@ -37,7 +37,7 @@ struct DeviceSampleRow {
 
 // The dense part of a MoE decoder's forward pass (embeddings, attention over
 // the paged KV cache, gating, LM head), with the routed experts through an
-// ExpertExecutor: on the CPU (Model) or on a GPU (CudaForwardPass). The
+// ExpertExecutor: on the CPU (CpuForwardPass) or on a GPU (CudaForwardPass). The
 // scheduler sees only this. Not thread-safe.
 class ForwardPass {
  public:

@@ -5,7 +5,7 @@
 
 #include "core/engine/engine.h"
 #include "core/experts/local_expert_executor.h"
-#include "core/engine/model.h"
+#include "core/engine/cpu_forward_pass.h"
 #include "core/model/safetensors.h"
 #include "core/model/weights.h"
 #include "core/tensor/thread_pool.h"
@@ -17,7 +17,7 @@ namespace {
 struct Loaded {
   ModelConfig config;
   std::shared_ptr<const ModelWeights> weights;
-  std::unique_ptr<Model> model;
+  std::unique_ptr<CpuForwardPass> model;
 };
 
 Loaded Load(const std::string& dir, ThreadPool* pool) {
@@ -25,7 +25,7 @@ Loaded Load(const std::string& dir, ThreadPool* pool) {
   l.config = *LoadModelConfig(dir);
   auto w = LoadWeights(std::move(*Checkpoint::Open(dir)), l.config);
   l.weights = std::make_shared<const ModelWeights>(std::move(*w));
-  l.model = std::move(*Model::Create(l.config, l.weights, pool));
+  l.model = std::move(*CpuForwardPass::Create(l.config, l.weights, pool));
   return l;
 }
 
@@ -163,7 +163,7 @@ TEST(SchedulerTest, AdmissionWaitsForCacheAndRejectsWhatCanNeverFit) {
   EXPECT_EQ(sched.Add({}, p, [](const StepEvent&) {}).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-// The CPU Model behind the interface a GPU pass offers: it keeps each
+// The CPU CpuForwardPass behind the interface a GPU pass offers: it keeps each
 // step's logits and samples them itself (SampleLast), so that the
 // scheduler's device-sampling path runs here, without a GPU.
 class KeepsLogits : public ForwardPass {

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "core/engine/kv_cache.h"
-#include "core/engine/model.h"
+#include "core/engine/cpu_forward_pass.h"
 #include "core/experts/local_expert_executor.h"
 #include "core/model/safetensors.h"
 #include "core/model/weights.h"
@@ -83,7 +83,7 @@ std::vector<float> RunModel(const std::string& model_dir, ExpertExecutor* expert
   auto ckpt = Checkpoint::Open(model_dir);
   auto w = LoadWeights(std::move(*ckpt), *config);
   auto weights = std::make_shared<const ModelWeights>(std::move(*w));
-  auto model = Model::Create(*config, weights, nullptr);
+  auto model = CpuForwardPass::Create(*config, weights, nullptr);
   KvCache cache(config->num_layers, (*model)->kv_k_width(), (*model)->kv_v_width(), 16, 8);
   LocalExpertExecutor local(&weights->experts, nullptr);
   ExpertExecutor* ex = experts ? experts : &local;
@@ -158,7 +158,7 @@ TEST(RemoteExpertExecutorTest, SurvivesLosingOneOfTwoReplicas) {
   auto ckpt = Checkpoint::Open(dir);
   auto w = LoadWeights(std::move(*ckpt), *config);
   auto weights = std::make_shared<const ModelWeights>(std::move(*w));
-  auto model = Model::Create(*config, weights, nullptr);
+  auto model = CpuForwardPass::Create(*config, weights, nullptr);
   LocalExpertExecutor local(&weights->experts, nullptr);
   KvCache cache(config->num_layers, (*model)->kv_k_width(), (*model)->kv_v_width(), 16, 8);
   std::vector<int> prompt = {9, 8, 7, 6, 5};

@@ -24,7 +24,7 @@ namespace moemesh {
 namespace {
 
 constexpr CudaStream kStream = nullptr;  // one stream, in order: the default
-constexpr float kLatentNormEps = 1e-6f;  // DeepSeek's q_a and kv_a norms (as Model)
+constexpr float kLatentNormEps = 1e-6f;  // DeepSeek's q_a and kv_a norms (as CpuForwardPass)
 
 // Scratch slots (CudaForwardPass::Scratch).
 // Pinned host buffers for the rows that go to the expert workers and back.
@@ -381,7 +381,7 @@ absl::Status CudaForwardPass::Attention(int layer, const Step& step, const float
   return Linear(l.o, l.o_bias, H, q_w, ctx, n, out);
 }
 
-// As Model::LatentAttention: the cache holds the normalised latent and the
+// As CpuForwardPass::LatentAttention: the cache holds the normalised latent and the
 // rotated shared key; queries are absorbed into the latent space per head.
 absl::Status CudaForwardPass::LatentAttention(int layer, const Step& step, const float* x, float* out) {
   const ModelConfig& c = config_;

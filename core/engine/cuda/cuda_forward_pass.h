@@ -17,8 +17,8 @@ class CudaPagedAttention;
 class CudaSampler;
 struct PagedRows;
 
-// The dense part of the forward pass on a GPU: the same steps as Model
-// (core/engine/model.h), with the weights uploaded once and the KV cache's
+// The dense part of the forward pass on a GPU: the same steps as CpuForwardPass
+// (core/engine/cpu_forward_pass.h), with the weights uploaded once and the KV cache's
 // contents in device memory. The host KvCache still hands out the blocks;
 // block b of layer l lives at a fixed place in one device pool.
 //

@@ -1,4 +1,4 @@
-#include "core/engine/model.h"
+#include "core/engine/cpu_forward_pass.h"
 
 #include <algorithm>
 #include <cmath>
@@ -29,16 +29,16 @@ void AddInPlace(float* y, const float* x, size_t n) {
 }  // namespace
 
 // Where a row of the step's activations comes from.
-struct Model::RowInfo {
+struct CpuForwardPass::RowInfo {
   int item;
   int position;
   std::vector<float> cos, sin;  // rotary angles of this position
 };
 
-Model::Model(const ModelConfig& c, std::shared_ptr<const ModelWeights> w, ThreadPool* pool)
+CpuForwardPass::CpuForwardPass(const ModelConfig& c, std::shared_ptr<const ModelWeights> w, ThreadPool* pool)
     : config_(c), w_(std::move(w)), pool_(pool), rope_(ToRopeParams(c.rope)) {}
 
-absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config,
+absl::StatusOr<std::unique_ptr<CpuForwardPass>> CpuForwardPass::Create(const ModelConfig& config,
                                                      std::shared_ptr<const ModelWeights> weights,
                                                      ThreadPool* pool) {
   MM_RETURN_IF_ERROR(config.Validate());
@@ -46,7 +46,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config,
   if (weights->layers.size() != static_cast<size_t>(config.num_layers)) {
     return absl::InvalidArgumentError("model weights lack the dense part (attention, norms, gates)");
   }
-  std::unique_ptr<Model> m(new Model(config, std::move(weights), pool));
+  std::unique_ptr<CpuForwardPass> m(new CpuForwardPass(config, std::move(weights), pool));
   if (config.mla) {
     for (const LayerWeights& l : m->w_->layers) {
       const Matrix& kvb = l.attn.kv_b;
@@ -58,14 +58,14 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config,
   return m;
 }
 
-int Model::kv_k_width() const {
+int CpuForwardPass::kv_k_width() const {
   if (config_.mla) return config_.kv_lora_rank + config_.qk_rope_head_dim;
   return config_.num_kv_heads * config_.head_dim;
 }
 
-int Model::kv_v_width() const { return config_.mla ? 0 : config_.num_kv_heads * config_.head_dim; }
+int CpuForwardPass::kv_v_width() const { return config_.mla ? 0 : config_.num_kv_heads * config_.head_dim; }
 
-void Model::Attention(int layer, const std::vector<RowInfo>& rows,
+void CpuForwardPass::Attention(int layer, const std::vector<RowInfo>& rows,
                       absl::Span<const ForwardItem> items, const float* x, KvCache* cache,
                       float* out) {
   const ModelConfig& c = config_;
@@ -119,7 +119,7 @@ void Model::Attention(int layer, const std::vector<RowInfo>& rows,
 // Multi-head latent attention with the up-projections absorbed: the cache
 // holds the normalised latent c and the rotated shared key; a head scores
 // (W_uk^T q_nope) . c + q_rot . k_rot and reads values W_uv (sum p c).
-void Model::LatentAttention(int layer, const std::vector<RowInfo>& rows,
+void CpuForwardPass::LatentAttention(int layer, const std::vector<RowInfo>& rows,
                             absl::Span<const ForwardItem> items, const float* x, KvCache* cache,
                             float* out) {
   const ModelConfig& c = config_;
@@ -191,7 +191,7 @@ void Model::LatentAttention(int layer, const std::vector<RowInfo>& rows,
   Linear(ctx.data(), n, a.o, a.o_bias.empty() ? nullptr : a.o_bias.data(), out, pool_);
 }
 
-absl::Status Model::Mlp(int layer, const float* x, int n, ExpertExecutor* experts, float* out) {
+absl::Status CpuForwardPass::Mlp(int layer, const float* x, int n, ExpertExecutor* experts, float* out) {
   const ModelConfig& c = config_;
   const LayerWeights& l = w_->layers[layer];
   if (!l.moe) {
@@ -223,7 +223,7 @@ absl::Status Model::Mlp(int layer, const float* x, int n, ExpertExecutor* expert
   return absl::OkStatus();
 }
 
-absl::Status Model::Forward(absl::Span<const ForwardItem> items, KvCache* cache,
+absl::Status CpuForwardPass::Forward(absl::Span<const ForwardItem> items, KvCache* cache,
                             ExpertExecutor* experts, std::vector<float>* logits) {
   const ModelConfig& c = config_;
   const int H = c.hidden_size;

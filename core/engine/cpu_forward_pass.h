@@ -1,5 +1,5 @@
-#ifndef MOEMESH_CORE_ENGINE_MODEL_H_
-#define MOEMESH_CORE_ENGINE_MODEL_H_
+#ifndef MOEMESH_CORE_ENGINE_CPU_FORWARD_PASS_H_
+#define MOEMESH_CORE_ENGINE_CPU_FORWARD_PASS_H_
 
 #include <memory>
 #include <vector>
@@ -19,10 +19,10 @@ class ThreadPool;
 // paged KV cache, gating, experts through an ExpertExecutor, LM head. One
 // step may mix sequences. Not thread-safe; the thread pool parallelises
 // inside each kernel.
-class Model : public ForwardPass {
+class CpuForwardPass : public ForwardPass {
  public:
   // `weights` must hold the dense part (load_dense).
-  static absl::StatusOr<std::unique_ptr<Model>> Create(const ModelConfig& config,
+  static absl::StatusOr<std::unique_ptr<CpuForwardPass>> Create(const ModelConfig& config,
                                                        std::shared_ptr<const ModelWeights> weights,
                                                        ThreadPool* pool);
 
@@ -33,7 +33,7 @@ class Model : public ForwardPass {
                        std::vector<float>* logits) override;
 
  private:
-  Model(const ModelConfig& c, std::shared_ptr<const ModelWeights> w, ThreadPool* pool);
+  CpuForwardPass(const ModelConfig& c, std::shared_ptr<const ModelWeights> w, ThreadPool* pool);
 
   struct RowInfo;
   void Attention(int layer, const std::vector<RowInfo>& rows, absl::Span<const ForwardItem> items,
@@ -53,4 +53,4 @@ class Model : public ForwardPass {
 
 }  // namespace moemesh
 
-#endif  // MOEMESH_CORE_ENGINE_MODEL_H_
+#endif  // MOEMESH_CORE_ENGINE_CPU_FORWARD_PASS_H_
