@@ -315,6 +315,7 @@ TEST(CudaForwardPassSamplingTest, SamplesTheStepsLogits) {
     }
     EXPECT_TRUE(logits.empty());
     SamplingParams greedy, hot;
+    greedy.temperature = 0;
     hot.temperature = 0.9f;
     hot.top_p = 0.95f;
     hot.repetition_penalty = 1.2f;
