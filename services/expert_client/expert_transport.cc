@@ -6,8 +6,8 @@
 
 namespace moemesh {
 
-ExpertTransportFactory NegotiateTransport(const std::string& address, const v1::ShardInfo& info,
-                                          std::shared_ptr<grpc::Channel> channel, const TransportOptions& options) {
+NegotiatedTransport NegotiateTransport(const std::string& address, const v1::ShardInfo& info,
+                                       std::shared_ptr<grpc::Channel> channel, const TransportOptions& options) {
   const int hidden = options.hidden_size;
   if (options.allow_data_channel && info.data_port() > 0) {
     // The data channel is on the worker's host, at the port it advertises,
@@ -25,10 +25,10 @@ ExpertTransportFactory NegotiateTransport(const std::string& address, const v1::
     }
     if (numeric_port && !host.empty() && host.find('/') == std::string::npos) {
       const int port = info.data_port();
-      return [host, port, hidden] { return std::make_unique<FrameTransport>(host, port, hidden); };
+      return {"frames", [host, port, hidden] { return std::make_unique<FrameTransport>(host, port, hidden); }};
     }
   }
-  return [channel, hidden] { return std::make_unique<GrpcStreamTransport>(channel, hidden); };
+  return {"grpc-stream", [channel, hidden] { return std::make_unique<GrpcStreamTransport>(channel, hidden); }};
 }
 
 }  // namespace moemesh

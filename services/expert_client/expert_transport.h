@@ -59,11 +59,18 @@ struct TransportOptions {
   bool allow_data_channel = true;
 };
 
+// The transport chosen for a worker: its name (ExpertTransport::name) and
+// how to make one.
+struct NegotiatedTransport {
+  std::string name;
+  ExpertTransportFactory make;
+};
+
 // Picks how to reach the worker at `address` from what it advertised in
-// `info` (GetShardInfo, over `channel`), and returns the factory of that
-// transport. The gRPC stream is the fallback every worker serves.
-ExpertTransportFactory NegotiateTransport(const std::string& address, const v1::ShardInfo& info,
-                                          std::shared_ptr<grpc::Channel> channel, const TransportOptions& options);
+// `info` (GetShardInfo, over `channel`). The gRPC stream is the fallback
+// every worker serves.
+NegotiatedTransport NegotiateTransport(const std::string& address, const v1::ShardInfo& info,
+                                       std::shared_ptr<grpc::Channel> channel, const TransportOptions& options);
 
 }  // namespace moemesh
 

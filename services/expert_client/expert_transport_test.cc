@@ -16,8 +16,10 @@ std::string Negotiated(const std::string& address, int data_port, bool allow = t
   options.hidden_size = 8;
   options.allow_data_channel = allow;
   auto channel = grpc::CreateChannel("127.0.0.1:1", grpc::InsecureChannelCredentials());
-  std::unique_ptr<ExpertTransport> t = NegotiateTransport(address, info, channel, options)();
-  return std::string(t->name());
+  NegotiatedTransport n = NegotiateTransport(address, info, channel, options);
+  std::unique_ptr<ExpertTransport> t = n.make();
+  EXPECT_EQ(t->name(), n.name);
+  return n.name;
 }
 
 TEST(NegotiateTransportTest, DataChannelOnlyForPlainHostPort) {

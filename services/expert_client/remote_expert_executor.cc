@@ -21,7 +21,7 @@ namespace moemesh {
 // One expert worker and the transport to it, made afresh after a failure.
 struct RemoteExpertExecutor::Replica {
   std::string address;
-  ExpertTransportFactory make_transport;
+  NegotiatedTransport negotiated;
   std::unique_ptr<ExpertTransport> transport;
   bool pending = false;  // a request was sent and its answer not read
 
@@ -32,7 +32,7 @@ struct RemoteExpertExecutor::Replica {
   }
 
   absl::Status Send(const v1::DispatchRequest& request, absl::Span<const iovec> rows) {
-    if (!transport) transport = make_transport();
+    if (!transport) transport = negotiated.make();
     if (absl::Status st = transport->Send(request, rows); !st.ok()) {
       return absl::UnavailableError(absl::StrCat("expert worker ", address, ": ", st.message()));
     }
@@ -88,11 +88,7 @@ absl::StatusOr<RemoteExpertExecutor::Rows> RemoteExpertExecutor::ParseRows(const
 
 std::vector<std::string> RemoteExpertExecutor::transports() const {
   std::vector<std::string> out;
-  for (const auto& s : shards_) {
-    Replica& r = *s->replicas.front();
-    if (!r.transport) r.transport = r.make_transport();
-    out.emplace_back(r.transport->name());
-  }
+  for (const auto& s : shards_) out.push_back(s->replicas.front()->negotiated.name);
   return out;
 }
 
@@ -184,7 +180,7 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
       TransportOptions transport;
       transport.hidden_size = hidden_size;
       transport.allow_data_channel = use_data_channel;
-      r->make_transport = NegotiateTransport(address, info, channel, transport);
+      r->negotiated = NegotiateTransport(address, info, channel, transport);
       ex->num_experts_ = info.num_experts();
       all_exact = all_exact && info.bf16_rows_exact();
       shard->replicas.push_back(std::move(r));
