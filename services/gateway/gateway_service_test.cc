@@ -318,10 +318,15 @@ TEST(GatewayServiceTest, MetricsCountWhatHappened) {
     }
     reader->Finish();
   }
-  // The cancelled call ends on the server shortly after the client leaves.
-  for (int i = 0; i < 500 && !absl::StrContains(Scrape(registry), "moemesh_requests_aborted_total 1"); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  // The cancelled call ends on the server shortly after the client leaves:
+  // its request is counted as aborted, then its status (after the call's
+  // work returns), so wait for both.
+  auto ended = [&] {
+    const std::string t = Scrape(registry);
+    return absl::StrContains(t, "moemesh_requests_aborted_total 1") &&
+           absl::StrContains(t, "moemesh_request_status_total{code=\"CANCELLED\"} 1");
+  };
+  for (int i = 0; i < 500 && !ended(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   const std::string text = Scrape(registry);
   for (const std::string& want :
        {std::string("moemesh_requests_total{finish_reason=\"length\"} 3"),
