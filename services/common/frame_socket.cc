@@ -42,12 +42,16 @@ bool ReadFull(int fd, char* p, size_t n) {
   return true;
 }
 
-// Writes every byte of iov[0..n), advancing through partial writes.
+// Writes every byte of iov[0..n), advancing through partial writes. By
+// sendmsg with MSG_NOSIGNAL, so that a peer gone away is an error (and a
+// retry on another replica), not a SIGPIPE that kills the process.
 bool WriteFull(int fd, std::vector<iovec>& iov) {
   size_t i = 0;
   while (i < iov.size()) {
-    const int count = static_cast<int>(std::min<size_t>(iov.size() - i, IOV_MAX));
-    ssize_t w = writev(fd, &iov[i], count);
+    msghdr msg{};
+    msg.msg_iov = &iov[i];
+    msg.msg_iovlen = std::min<size_t>(iov.size() - i, IOV_MAX);
+    ssize_t w = sendmsg(fd, &msg, MSG_NOSIGNAL);
     if (w < 0 && errno == EINTR) continue;
     if (w <= 0) return false;
     size_t left = static_cast<size_t>(w);

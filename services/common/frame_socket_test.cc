@@ -26,6 +26,21 @@ std::unique_ptr<FrameServer> EchoServer() {
   return std::move(*s);
 }
 
+// Writing to a peer that has gone is an error to handle (a retry on another
+// replica), not a SIGPIPE that kills the process (the signal keeps its
+// default action in this test).
+TEST(FrameSocketTest, PeerGoneIsAnErrorNotASignal) {
+  int fds[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  FrameSocket sender(fds[0]);
+  close(fds[1]);
+  std::vector<char> payload(1 << 20, 'x');
+  iovec v{payload.data(), payload.size()};
+  v1::DispatchRequest h;
+  EXPECT_FALSE(sender.Send(h, {&v, 1}).ok());
+  EXPECT_FALSE(sender.Send(h, {&v, 1}).ok());
+}
+
 TEST(FrameSocketTest, CarriesHeaderAndGatheredPayload) {
   auto server = EchoServer();
   auto c = FrameSocket::Connect("127.0.0.1", server->port());

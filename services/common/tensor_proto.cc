@@ -27,7 +27,15 @@ absl::Status CheckRows(const v1::Tensor& t, size_t bytes, int64_t want_cols, int
     return absl::InvalidArgumentError(
         absl::StrCat(what, ": has ", t.shape(1), " columns, expected ", want_cols));
   }
-  const uint64_t want_bytes = static_cast<uint64_t>(t.shape(0)) * static_cast<uint64_t>(t.shape(1)) * element_bytes;
+  // Checked by division first, so that no product of a hostile shape wraps
+  // around (cols is bounded, then rows by what the bytes can hold).
+  const uint64_t rows = static_cast<uint64_t>(t.shape(0)), cols = static_cast<uint64_t>(t.shape(1));
+  const uint64_t row_bytes = cols * element_bytes;
+  if (cols > (uint64_t{1} << 40) || (cols == 0 ? bytes != 0 : rows > bytes / row_bytes)) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": ", bytes, " bytes of data cannot hold shape [",
+                                                   t.shape(0), ", ", t.shape(1), "]"));
+  }
+  const uint64_t want_bytes = rows * row_bytes;
   if (bytes != want_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": ", bytes, " bytes of data, shape [", t.shape(0), ", ",
                                                    t.shape(1), "] needs ", want_bytes));

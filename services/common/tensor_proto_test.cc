@@ -32,6 +32,12 @@ TEST(TensorProtoTest, RowsAsF32FromF32AndBf16) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(GetRowsAsF32(t, reinterpret_cast<const char*>(bf16.data()), 12, 4, "rows", &widened).status().code(),
             absl::StatusCode::kInvalidArgument);
+  // A shape whose byte count would wrap around is refused, not wrapped.
+  v1::Tensor hostile;
+  SetBf16Shape((int64_t{1} << 51) + 1, 4096, &hostile);
+  std::vector<char> some(8192);
+  EXPECT_EQ(GetRowsAsF32(hostile, some.data(), some.size(), 4096, "rows", &widened).status().code(),
+            absl::StatusCode::kInvalidArgument);
   t.set_dtype(v1::DTYPE_F16);
   auto f16 = GetRowsAsF32(t, reinterpret_cast<const char*>(bf16.data()), 12, 3, "rows", &widened);
   EXPECT_EQ(f16.status().code(), absl::StatusCode::kInvalidArgument);

@@ -9,7 +9,12 @@ namespace moemesh {
 NegotiatedTransport NegotiateTransport(const std::string& address, const v1::ShardInfo& info,
                                        std::shared_ptr<grpc::Channel> channel, const TransportOptions& options) {
   const int hidden = options.hidden_size;
-  if (options.allow_data_channel && info.data_port() > 0) {
+  // Targets with a scheme name no TCP host (unix:PATH may even end in digits).
+  bool schemed = false;
+  for (const char* scheme : {"unix:", "unix-abstract:", "vsock:", "dns:", "ipv4:", "ipv6:"}) {
+    schemed = schemed || address.rfind(scheme, 0) == 0;
+  }
+  if (options.allow_data_channel && info.data_port() > 0 && !schemed) {
     // The data channel is on the worker's host, at the port it advertises,
     // where the address is a plain HOST:PORT or [V6]:PORT; other gRPC
     // target forms (unix:, dns:, ipv4: ...) keep to the gRPC stream.

@@ -30,7 +30,7 @@ TEST(NegotiateTransportTest, DataChannelOnlyForPlainHostPort) {
   EXPECT_EQ(Negotiated("127.0.0.1:50051", 0), "grpc-stream");
   EXPECT_EQ(Negotiated("127.0.0.1:50051", 7000, /*allow=*/false), "grpc-stream");
   // gRPC target forms whose host is not a plain host name.
-  for (const char* a : {"unix:/tmp/worker.sock", "unix-abstract:worker", "dns:///host:50051", "dns:host:50051",
+  for (const char* a : {"unix:/tmp/worker.sock", "unix:50051", "unix-abstract:worker", "vsock:3:50051", "dns:///host:50051", "dns:host:50051",
                         "ipv4:10.0.0.1:50051", "ipv6:[::1]:50051", "host"}) {
     EXPECT_EQ(Negotiated(a, 7000), "grpc-stream") << a;
   }

@@ -129,6 +129,9 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
   const ShardPlacement* placement = options.placement;
   const bool use_data_channel = options.use_data_channel;
   if (shards.empty()) return absl::InvalidArgumentError("no expert worker addresses");
+  for (size_t i = 0; i < shards.size(); ++i) {
+    if (shards[i].empty()) return absl::InvalidArgumentError(absl::StrCat("shard ", i, " has no replica address"));
+  }
   if (placement != nullptr && placement->num_shards() != static_cast<int>(shards.size())) {
     return absl::InvalidArgumentError(absl::StrCat("the placement has ", placement->num_shards(),
                                                    " shards but --experts lists ", shards.size()));

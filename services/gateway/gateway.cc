@@ -20,11 +20,16 @@ namespace {
 // Counts a request in progress for as long as it lives.
 class InFlight {
  public:
-  explicit InFlight(std::atomic<int>* n) : n_(n) { n_->fetch_add(1); }
+  explicit InFlight(std::atomic<int>* n) : n_(n), count_(n_->fetch_add(1) + 1) {}
   ~InFlight() { n_->fetch_sub(1); }
+  // Requests in progress when this one was counted, itself included: each
+  // request sees its own place, so two arriving together for the last slot
+  // are not both refused.
+  int count() const { return count_; }
 
  private:
   std::atomic<int>* n_;
+  const int count_;
 };
 
 std::string TokenText(const Tokenizer& tok, int id) {
@@ -61,7 +66,7 @@ absl::Status Gateway::GenerateImpl(const v1::GenerateRequest& request, const Rou
     return routed.status();
   }
   InFlight counted(&in_flight_);
-  if (in_flight_.load() > options_.max_in_flight) {
+  if (counted.count() > options_.max_in_flight) {
     absl::Status st = absl::ResourceExhaustedError(absl::StrCat(
         "the gateway is at its limit of ", options_.max_in_flight, " requests in progress; retry later"));
     Rejected(st);

@@ -25,6 +25,10 @@ LocalRouter::LocalRouter(const std::string& model_dir, int kv_block_size) {
   service_ = std::make_unique<RouterServiceImpl>(loop_.get());
   int port = 0;
   server_ = StartServer("127.0.0.1:0", {service_.get()}, &port);
+  if (server_ == nullptr) {
+    std::fprintf(stderr, "LocalRouter: cannot listen on a loopback port\n");
+    std::abort();
+  }
   address_ = "127.0.0.1:" + std::to_string(port);
   stub_ = v1::Router::NewStub(grpc::CreateChannel(address_, grpc::InsecureChannelCredentials()));
 }
