@@ -421,6 +421,18 @@ TEST(ServiceFlagsTest, HelpListsTheWorkersOwnFlags) {
   EXPECT_FALSE(absl::StrContains(out, "No flags matched")) << out;
 }
 
+// A stray argument or a port out of range is an argument error (exit 2), not
+// ignored or found out later.
+TEST(ServiceFlagsTest, BadArgumentsExitTwo) {
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{g_expert, "--model", "tests/fixtures/mixtral", "stray"},
+        std::vector<std::string>{g_expert, "--model", "tests/fixtures/mixtral", "--port", "70000"},
+        std::vector<std::string>{g_expert, "--model", "tests/fixtures/mixtral", "--metrics-port", "-5"}}) {
+    const auto [out, rc] = RunCommand(args);
+    EXPECT_EQ(rc, 2) << args.back() << ": " << out;
+  }
+}
+
 TEST(MeshErrorsTest, UnreachableOrMisplacedWorkersFailClearly) {
   auto [out, rc] = RunCommand({g_moemesh, "generate", "--model", "tests/fixtures/mixtral", "--prompt-ids", "1,2",
                         "--experts", "127.0.0.1:1", "--experts-connect-timeout-ms", "300"});

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <thread>
 
@@ -43,7 +44,7 @@ sigset_t TerminationSignals() {
 // Blocks SIGINT and SIGTERM in this and every later thread (so that
 // WaitForTerminationSignal takes them) and parses the Abseil flags, which
 // may be written with dashes.
-void InitService(int argc, char** argv, const char* usage) {
+void InitService(const std::string& name, int argc, char** argv, const char* usage) {
   const sigset_t set = TerminationSignals();
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   absl::SetProgramUsageMessage(usage);
@@ -63,7 +64,18 @@ void InitService(int argc, char** argv, const char* usage) {
   std::vector<std::string> args = NormalizeFlagNames(argc, argv);
   std::vector<char*> argp;
   for (std::string& a : args) argp.push_back(a.data());
-  absl::ParseCommandLine(static_cast<int>(argp.size()), argp.data());
+  std::vector<char*> rest = absl::ParseCommandLine(static_cast<int>(argp.size()), argp.data());
+  if (rest.size() > 1) {
+    std::fprintf(stderr, "%s: error: unexpected argument \"%s\" (flags start with --; see --help)\n",
+                 name.c_str(), rest[1]);
+    std::exit(2);
+  }
+}
+
+// HOST:PORT, with an IPv6 host in brackets.
+std::string HostPort(const std::string& host, int port) {
+  const bool v6 = host.find(':') != std::string::npos && host.front() != '[';
+  return (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
 }
 
 // Blocks until SIGINT or SIGTERM, then returns.
@@ -91,10 +103,15 @@ void ShutdownGracefully(grpc::Server* server, const std::function<int()>& in_fli
 }  // namespace
 
 ServiceMain::ServiceMain(std::string name, int argc, char** argv, const char* usage) : name_(std::move(name)) {
-  InitService(argc, argv, usage);
+  InitService(name_, argc, argv, usage);
   host_ = absl::GetFlag(FLAGS_host);
   port_ = absl::GetFlag(FLAGS_port);
   metrics_port_ = absl::GetFlag(FLAGS_metrics_port);
+  // Start-up misconfiguration: say so and stop, as for a flag that does not parse.
+  if (port_ < 0 || port_ > 65535) std::exit(Fail("--port must be in [0, 65535] (0 picks a free one)", 2));
+  if (metrics_port_ < -1 || metrics_port_ > 65535) {
+    std::exit(Fail("--metrics-port must be in [0, 65535], or -1 for no metrics endpoint", 2));
+  }
 }
 
 int ServiceMain::Fail(absl::string_view message, int exit_code) const {
@@ -115,12 +132,12 @@ int ServiceMain::Serve(const std::vector<grpc::Service*>& services, std::shared_
   if (metrics && more_metrics) {
     if (std::shared_ptr<prometheus::Collectable> c = more_metrics()) metrics->Register(std::move(c));
   }
-  const std::string address = host_ + ":" + std::to_string(port_);
+  const std::string address = HostPort(host_, port_);
   int port = 0;
   std::unique_ptr<grpc::Server> server = StartServer(address, services, &port);
   if (server == nullptr) return Fail("cannot listen on " + address, 1);
-  if (metrics) std::printf("metrics on %s:%d\n", host_.c_str(), metrics->port());
-  std::printf("listening on %s:%d\n", host_.c_str(), port);
+  if (metrics) std::printf("metrics on %s\n", HostPort(host_, metrics->port()).c_str());
+  std::printf("listening on %s\n", HostPort(host_, port).c_str());
   std::fflush(stdout);
   WaitForTerminationSignal();
   ShutdownGracefully(server.get(), in_flight, kDrainGrace);

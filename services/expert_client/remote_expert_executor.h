@@ -31,7 +31,10 @@ class RemoteExpertExecutor : public ExpertExecutor {
   // whose workers all say bf16 rows give exactly what f32 rows do (GPU
   // workers: ShardInfo.bf16_rows_exact), f32 to the rest; kBf16 sends bf16
   // everywhere (on CPU workers the rows are then rounded: results move by
-  // bf16 rounding); kF32 never does. The answers are f32 either way.
+  // bf16 rounding); kF32 never does. The answers are f32 either way. Like
+  // the transport, the choice is made once, at Connect: a replica replaced
+  // later by a worker of another kind needs a new executor (a router
+  // restart).
   enum class Rows { kAuto, kF32, kBf16 };
   struct Options {
     int connect_timeout_ms = 10000;

@@ -128,6 +128,7 @@ TEST(CliTest, BadInputExitsNonZeroWithOneLine) {
            {"score", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1"},
            {"frobnicate", "--model", "tests/fixtures/olmoe"},
            {"generate", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1", "--device", "tpu"},
+           {"generate", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1", "--top-k", "2", "--top-k", "3"},
        }) {
     int rc = RunCli(args, &out, &err);
     EXPECT_NE(rc, 0) << args[0];

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <set>
 
 #include "absl/flags/commandlineflag.h"
 #include "absl/flags/reflection.h"
@@ -149,8 +150,14 @@ bool IsCommandGroup(absl::Span<const Command> commands, const std::string& word)
 absl::Status ApplyFlags(absl::Span<const Command> commands, const Command& command,
                         const std::vector<CommandLine::Flag>& flags) {
   const std::string see = absl::StrCat("`moemesh help ", command.name, "` lists its flags");
+  std::set<std::string> seen;
   for (const CommandLine::Flag& f : flags) {
     const std::string shown = FlagDisplayName(f.name);
+    // A second value would silently replace the first (lists are one
+    // comma-separated value).
+    if (!seen.insert(f.name).second) {
+      return absl::InvalidArgumentError(absl::StrCat(shown, " is given twice; give it once"));
+    }
     if (!command.Accepts(f.name)) {
       std::vector<std::string> owners;
       for (const Command& c : commands) {
