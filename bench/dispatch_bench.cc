@@ -165,11 +165,14 @@ int Main(int argc, char** argv) {
   int port = 0;
   auto server = StartServer("127.0.0.1:0", {&service}, &port);
   const std::string address = "127.0.0.1:" + std::to_string(port);
-  auto raw = RemoteExpertExecutor::Connect({{address}}, hidden, 10000, nullptr, /*use_data_channel=*/true);
-  auto grpc_stream = RemoteExpertExecutor::Connect({{address}}, hidden, 10000, nullptr, /*use_data_channel=*/false);
+  const std::vector<std::vector<std::string>> shards = {{address}};
+  RemoteExpertExecutor::Options grpc_options;
+  grpc_options.use_data_channel = false;
+  auto raw = RemoteExpertExecutor::Connect(shards, hidden);
+  auto grpc_stream = RemoteExpertExecutor::Connect(shards, hidden, grpc_options);
   RemoteExpertExecutor::Options bf16_options;
   bf16_options.rows = RemoteExpertExecutor::Rows::kBf16;
-  auto bf16 = RemoteExpertExecutor::Connect({{address}}, hidden, bf16_options);
+  auto bf16 = RemoteExpertExecutor::Connect(shards, hidden, bf16_options);
   if (!raw.ok() || !grpc_stream.ok() || !bf16.ok()) {
     std::fprintf(stderr, "cannot connect\n");
     return 1;

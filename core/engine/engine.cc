@@ -76,8 +76,7 @@ std::unique_ptr<Scheduler> Engine::NewScheduler(int max_running, int max_step_to
 }
 
 absl::Status Engine::CheckPrompt(const std::vector<int>& prompt) const {
-  if (prompt.empty()) return absl::InvalidArgumentError("prompt: the prompt is empty; give at least one token");
-  return ValidateTokenIds(prompt, config().vocab_size, "prompt");
+  return ValidatePrompt(prompt, config().vocab_size);
 }
 
 absl::StatusOr<std::vector<float>> Engine::Score(const std::vector<int>& prompt) {

@@ -30,12 +30,16 @@ absl::Status ValidateTokenIds(absl::Span<const int> ids, int vocab_size, const c
   return absl::OkStatus();
 }
 
+absl::Status ValidatePrompt(absl::Span<const int> prompt, int vocab_size, const char* field) {
+  if (prompt.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": the prompt is empty; give at least one token"));
+  }
+  return ValidateTokenIds(prompt, vocab_size, field);
+}
+
 absl::Status ValidateRequest(absl::Span<const int> prompt, const GenerateParams& params, const RequestLimits& limits,
                              const RequestFieldNames& names) {
-  if (prompt.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(names.prompt, ": the prompt is empty; give at least one token"));
-  }
-  if (absl::Status st = ValidateTokenIds(prompt, limits.vocab_size, names.prompt); !st.ok()) return st;
+  if (absl::Status st = ValidatePrompt(prompt, limits.vocab_size, names.prompt); !st.ok()) return st;
   if (params.max_new_tokens < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat(names.max_new_tokens, " must be >= 1, got ", params.max_new_tokens));

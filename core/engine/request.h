@@ -75,6 +75,9 @@ absl::Status ValidateRequest(absl::Span<const int> prompt, const GenerateParams&
 
 // INVALID_ARGUMENT, naming `field`, for the first id outside [0, vocab_size).
 absl::Status ValidateTokenIds(absl::Span<const int> ids, int vocab_size, const char* field);
+// INVALID_ARGUMENT, naming `field`, for an empty prompt or one with ids
+// outside the vocabulary (ValidateRequest's first check; Score's only one).
+absl::Status ValidatePrompt(absl::Span<const int> prompt, int vocab_size, const char* field = "prompt");
 
 }  // namespace moemesh
 

@@ -35,7 +35,6 @@ class LocalExpertExecutor : public ExpertExecutor {
  private:
   std::unique_ptr<ExpertDevice> device_;
   int num_experts_;  // -1: from the table (as many as the batch names)
-  const ExpertWeightsTable* table_ = nullptr;
   ExpertWork work_;  // reused step after step
 };
 

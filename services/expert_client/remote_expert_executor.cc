@@ -110,24 +110,19 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
     const std::vector<std::string>& shard_addresses, int hidden_size, int connect_timeout_ms) {
   std::vector<std::vector<std::string>> shards;
   for (const std::string& a : shard_addresses) shards.push_back({a});
-  return Connect(shards, hidden_size, connect_timeout_ms);
-}
-
-absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Connect(
-    const std::vector<std::vector<std::string>>& shards, int hidden_size, int connect_timeout_ms,
-    const ShardPlacement* placement, bool use_data_channel) {
   Options options;
   options.connect_timeout_ms = connect_timeout_ms;
-  options.placement = placement;
-  options.use_data_channel = use_data_channel;
   return Connect(shards, hidden_size, options);
 }
 
 absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Connect(
+    const std::vector<std::vector<std::string>>& shards, int hidden_size) {
+  return Connect(shards, hidden_size, Options());
+}
+
+absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Connect(
     const std::vector<std::vector<std::string>>& shards, int hidden_size, const Options& options) {
-  const int connect_timeout_ms = options.connect_timeout_ms;
   const ShardPlacement* placement = options.placement;
-  const bool use_data_channel = options.use_data_channel;
   if (shards.empty()) return absl::InvalidArgumentError("no expert worker addresses");
   for (size_t i = 0; i < shards.size(); ++i) {
     if (shards[i].empty()) return absl::InvalidArgumentError(absl::StrCat("shard ", i, " has no replica address"));
@@ -150,7 +145,7 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
           grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), ClientChannelArguments());
       std::unique_ptr<v1::ExpertService::Stub> stub = v1::ExpertService::NewStub(channel);
       grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(connect_timeout_ms));
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(options.connect_timeout_ms));
       ctx.set_wait_for_ready(true);
       v1::ShardInfo info;
       grpc::Status st = stub->GetShardInfo(&ctx, v1::GetShardInfoRequest(), &info);
@@ -182,7 +177,7 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
       }
       TransportOptions transport;
       transport.hidden_size = hidden_size;
-      transport.allow_data_channel = use_data_channel;
+      transport.allow_data_channel = options.use_data_channel;
       r->negotiated = NegotiateTransport(address, info, channel, transport);
       ex->num_experts_ = info.num_experts();
       all_exact = all_exact && info.bf16_rows_exact();

@@ -42,27 +42,25 @@ class RemoteExpertExecutor : public ExpertExecutor {
     bool use_data_channel = true;
     Rows rows = Rows::kAuto;
   };
-  static absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> Connect(
-      const std::vector<std::vector<std::string>>& shards, int hidden_size, const Options& options);
-  // Parses --expert-rows: auto, f32 or bf16.
-  static absl::StatusOr<Rows> ParseRows(const std::string& value);
-
-  // As above, with `options` spelled out.
   // `shards[i]` lists the replicas (addresses) of shard i of
-  // `shards.size()`, placed by `placement` (null: modulo). Checks that
-  // every worker holds exactly the experts the placement gives its shard
-  // (FAILED_PRECONDITION otherwise); UNAVAILABLE when one cannot be reached
-  // within `connect_timeout_ms`. The transport to each worker is negotiated
-  // from what it advertises (NegotiateTransport): with
+  // `shards.size()`, placed by `options.placement` (null: modulo). Checks
+  // that every worker holds exactly the experts the placement gives its
+  // shard (FAILED_PRECONDITION otherwise); UNAVAILABLE when one cannot be
+  // reached within `connect_timeout_ms`. The transport to each worker is
+  // negotiated from what it advertises (NegotiateTransport): with
   // `use_data_channel`, its raw data channel where it offers one, else the
   // gRPC stream.
   static absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> Connect(
-      const std::vector<std::vector<std::string>>& shards, int hidden_size, int connect_timeout_ms = 10000,
-      const ShardPlacement* placement = nullptr, bool use_data_channel = true);
+      const std::vector<std::vector<std::string>>& shards, int hidden_size, const Options& options);
+  // With the default Options.
+  static absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> Connect(
+      const std::vector<std::vector<std::string>>& shards, int hidden_size);
   // One replica per shard.
   static absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> Connect(
       const std::vector<std::string>& shard_addresses, int hidden_size, int connect_timeout_ms = 10000);
 
+  // Parses --expert-rows: auto, f32 or bf16.
+  static absl::StatusOr<Rows> ParseRows(const std::string& value);
   // Parses "a|b,c" (shards separated by ',', replicas by '|').
   static absl::StatusOr<std::vector<std::vector<std::string>>> ParseAddresses(const std::string& spec);
 

@@ -116,7 +116,9 @@ TEST_P(RemoteExpertsTest, LogitsEqualSingleProcessExactly) {
   std::vector<Worker> workers = StartWorkers(dir, shards, data_channel);
   std::vector<std::vector<std::string>> replicas;
   for (const std::string& a : Addresses(workers)) replicas.push_back({a});
-  auto remote = RemoteExpertExecutor::Connect(replicas, config->hidden_size, 10000, nullptr, data_channel);
+  RemoteExpertExecutor::Options options;
+  options.use_data_channel = data_channel;
+  auto remote = RemoteExpertExecutor::Connect(replicas, config->hidden_size, options);
   ASSERT_TRUE(remote.ok()) << remote.status();
   // Negotiated from what the workers offer.
   for (const std::string& t : (*remote)->transports()) EXPECT_EQ(t, data_channel ? "frames" : "grpc-stream");

@@ -68,8 +68,9 @@ absl::Status RunGenerate(const GenerateCommand& cmd, std::ostream& out) {
   std::unique_ptr<ExpertExecutor> remote;
   if (!cmd.experts.empty()) {
     MM_ASSIGN_OR_RETURN(auto shards, RemoteExpertExecutor::ParseAddresses(cmd.experts));
-    MM_ASSIGN_OR_RETURN(remote, RemoteExpertExecutor::Connect(shards, config.hidden_size,
-                                                                 cmd.experts_connect_timeout_ms));
+    RemoteExpertExecutor::Options options;
+    options.connect_timeout_ms = cmd.experts_connect_timeout_ms;
+    MM_ASSIGN_OR_RETURN(remote, RemoteExpertExecutor::Connect(shards, config.hidden_size, options));
   }
   MM_ASSIGN_OR_RETURN(auto engine,
                       CreateEngineWithProgress(cmd.model_dir, cmd.engine, std::move(remote), cmd.progress));
