@@ -1,6 +1,7 @@
 #include "core/engine/forward_pass.h"
 
 #include "absl/strings/str_cat.h"
+#include "core/engine/decoder.h"
 
 namespace moemesh {
 
@@ -16,6 +17,10 @@ absl::Status CheckForwardItems(absl::Span<const ForwardItem> items, int vocab_si
   }
   return absl::OkStatus();
 }
+
+int ForwardPass::kv_k_width() const { return CacheKeyWidth(config()); }
+
+int ForwardPass::kv_v_width() const { return CacheValueWidth(config()); }
 
 absl::Status ForwardPass::SampleLast(absl::Span<const DeviceSampleRow>, std::vector<int>*, std::vector<float>*) {
   return absl::FailedPreconditionError("this forward pass does not sample on a device");

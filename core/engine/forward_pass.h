@@ -44,9 +44,10 @@ class ForwardPass {
   virtual ~ForwardPass() = default;
 
   virtual const ModelConfig& config() const = 0;
-  // Floats per position per layer in the KV cache (keys, then values).
-  virtual int kv_k_width() const = 0;
-  virtual int kv_v_width() const = 0;
+  // Floats per position per layer in the KV cache (keys, then values), as
+  // the decoder writes them (core/engine/decoder.h).
+  int kv_k_width() const;
+  int kv_v_width() const;
 
   // Runs one step. Appends rows to `logits` ([rows, vocab]): one per item,
   // or one per token for items with all_logits. On error nothing is

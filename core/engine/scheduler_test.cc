@@ -170,8 +170,6 @@ class KeepsLogits : public ForwardPass {
  public:
   explicit KeepsLogits(ForwardPass* inner) : inner_(inner) {}
   const ModelConfig& config() const override { return inner_->config(); }
-  int kv_k_width() const override { return inner_->kv_k_width(); }
-  int kv_v_width() const override { return inner_->kv_v_width(); }
   absl::Status Forward(absl::Span<const ForwardItem> items, KvCache* cache, ExpertExecutor* experts,
                        std::vector<float>* logits) override {
     if (logits != nullptr) return inner_->Forward(items, cache, experts, logits);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
 #include "core/experts/cuda/device_weights.h"
@@ -24,13 +25,13 @@ namespace moemesh {
 namespace {
 
 constexpr CudaStream kStream = nullptr;  // one stream, in order: the default
-constexpr float kLatentNormEps = 1e-6f;  // DeepSeek's q_a and kv_a norms (as CpuForwardPass)
 
-// Scratch slots (CudaForwardPass::Scratch).
 // Pinned host buffers for the rows that go to the expert workers and back.
 enum PinnedSlot { kHostIds, kHostWeights, kHostRows, kHostRouted };
 
-enum Slot { kHidden, kNormed, kDelta, kQ, kK, kV, kCtx, kQa, kCkv, kQabs, kLat, kTmp, kLogits, kGate, kShared };
+// Scratch slots (CudaForwardPass::Scratch) of this pass's own, after the
+// decoder's.
+enum Slot { kHidden = kNumDecoderSlots, kTmp, kHeadIn, kLogits };
 // Staging slots for per-step tables on the device.
 enum StagingSlot {
   kIds,
@@ -115,13 +116,6 @@ absl::StatusOr<std::unique_ptr<ForwardPass>> CudaForwardPass::Create(const Model
   MM_RETURN_IF_ERROR(p->Upload(kv_block_size, kv_blocks));
   return std::unique_ptr<ForwardPass>(std::move(p));
 }
-
-int CudaForwardPass::kv_k_width() const {
-  if (config_.mla) return config_.kv_lora_rank + config_.qk_rope_head_dim;
-  return config_.num_kv_heads * config_.head_dim;
-}
-
-int CudaForwardPass::kv_v_width() const { return config_.mla ? 0 : config_.num_kv_heads * config_.head_dim; }
 
 absl::Status CudaForwardPass::Upload(int kv_block_size, int kv_blocks) {
   const ModelWeights& w = *weights_;
@@ -309,14 +303,76 @@ absl::StatusOr<CudaForwardPass::Step> CudaForwardPass::Prepare(absl::Span<const 
   return step;
 }
 
-absl::Status CudaForwardPass::Linear(const std::unique_ptr<DeviceBuffer>& w, const std::unique_ptr<DeviceBuffer>& bias,
-                                     int out_dim, int in_dim, const float* x, int n, float* out) {
-  MM_RETURN_IF_ERROR(gemm_->LinearBf16(x, n, w->as<uint16_t>(), out_dim, in_dim, out, kStream));
-  if (bias != nullptr) MM_RETURN_IF_ERROR(AddBiasCuda(out, bias->as<float>(), n, out_dim, kStream));
+PagedRows CudaForwardPass::StepRows(int layer) const {
+  const Step& step = *step_;
+  PagedRows rows;
+  rows.kv.k_blocks = rows.kv.v_blocks = step.pages + static_cast<size_t>(layer) * step.pages_per_layer;
+  rows.kv.block_size = block_size_;
+  rows.positions = step.positions;
+  rows.page_offsets = step.row_pages;
+  rows.rows = step.n;
+  rows.max_position = step.max_position;
+  return rows;
+}
+
+absl::Status CudaForwardPass::Linear(int layer, LayerLinear which, const float* x, int n, float* out) {
+  const Layer& l = layers_[layer];
+  const LayerWeights& lw = weights_->layers[layer];
+  const AttentionWeights& a = lw.attn;
+  // The gates stay fp32 (routing is sensitive to rounding), as on the CPU.
+  if (which == LayerLinear::kRouter) {
+    return gemm_->LinearF32(x, n, l.router_f32->as<float>(), lw.router.rows, lw.router.cols, out, kStream);
+  }
+  if (which == LayerLinear::kSharedGate) {
+    const Matrix& g = lw.shared_expert_gate;
+    return gemm_->LinearF32(x, n, l.shared_gate_f32->as<float>(), g.rows, g.cols, out, kStream);
+  }
+  const DeviceBuffer* w = nullptr;
+  const DeviceBuffer* bias = nullptr;
+  const Matrix* m = nullptr;
+  switch (which) {
+    case LayerLinear::kQ: w = l.q.get(), bias = l.q_bias.get(), m = &a.q; break;
+    case LayerLinear::kK: w = l.k.get(), bias = l.k_bias.get(), m = &a.k; break;
+    case LayerLinear::kV: w = l.v.get(), bias = l.v_bias.get(), m = &a.v; break;
+    case LayerLinear::kO: w = l.o.get(), bias = l.o_bias.get(), m = &a.o; break;
+    case LayerLinear::kQA: w = l.q_a.get(), bias = l.q_a_bias.get(), m = &a.q_a; break;
+    case LayerLinear::kQB: w = l.q_b.get(), m = &a.q_b; break;
+    case LayerLinear::kKvA: w = l.kv_a.get(), bias = l.kv_a_bias.get(), m = &a.kv_a; break;
+    default: return absl::InternalError("unknown layer product");
+  }
+  MM_RETURN_IF_ERROR(gemm_->LinearBf16(x, n, w->as<uint16_t>(), m->rows, m->cols, out, kStream));
+  if (bias != nullptr) MM_RETURN_IF_ERROR(AddBiasCuda(out, bias->as<float>(), n, m->rows, kStream));
   return absl::OkStatus();
 }
 
-absl::Status CudaForwardPass::Rotate(const Step& step, float* x, int heads, int token_stride, int head_stride) {
+absl::Status CudaForwardPass::RmsNorm(int layer, LayerNorm which, const float* x, int rows, int width, int stride,
+                                      float eps, float* out) {
+  const Layer& l = layers_[layer];
+  const DeviceBuffer* w = nullptr;
+  switch (which) {
+    case LayerNorm::kInput: w = l.input_norm.get(); break;
+    case LayerNorm::kPostAttention: w = l.post_norm.get(); break;
+    case LayerNorm::kQ: w = l.q_norm.get(); break;
+    case LayerNorm::kK: w = l.k_norm.get(); break;
+    case LayerNorm::kQA: w = l.q_a_norm.get(); break;
+    case LayerNorm::kKvA: w = l.kv_a_norm.get(); break;
+  }
+  if (stride == width) return RmsNormCuda(x, w->as<float>(), rows, width, eps, out, kStream);
+  // Strided rows are packed, normalised and put back.
+  MM_ASSIGN_OR_RETURN(float* tmp, Scratch(kTmp, static_cast<size_t>(rows) * width));
+  MM_RETURN_IF_ERROR(CopyRowsOnDevice(x, stride, tmp, width, rows, width, kStream));
+  MM_RETURN_IF_ERROR(RmsNormCuda(tmp, w->as<float>(), rows, width, eps, tmp, kStream));
+  return CopyRowsOnDevice(tmp, width, out, stride, rows, width, kStream);
+}
+
+absl::Status CudaForwardPass::Clamp(float* x, size_t count, float limit) { return ClampCuda(x, count, limit, kStream); }
+
+absl::Status CudaForwardPass::Sigmoid(float* x, size_t count) { return SigmoidCuda(x, count, x, kStream); }
+
+absl::Status CudaForwardPass::Add(float* y, const float* x, size_t count) { return AddCuda(y, x, count, kStream); }
+
+absl::Status CudaForwardPass::Rotate(float* x, int heads, int token_stride, int head_stride) {
+  const Step& step = *step_;
   const int half = config_.rope.dim / 2;
   if (step.one_rope_table) {
     return RopeCuda(step.inv_freq, rope_.attention_scaling(), config_.rope.dim, config_.rope.interleaved,
@@ -331,169 +387,99 @@ absl::Status CudaForwardPass::Rotate(const Step& step, float* x, int heads, int 
   return absl::OkStatus();
 }
 
-PagedRows CudaForwardPass::StepRows(int layer, const Step& step) const {
-  PagedRows rows;
-  rows.kv.k_blocks = rows.kv.v_blocks = step.pages + static_cast<size_t>(layer) * step.pages_per_layer;
-  rows.kv.block_size = block_size_;
-  rows.positions = step.positions;
-  rows.page_offsets = step.row_pages;
-  rows.rows = step.n;
-  rows.max_position = step.max_position;
-  return rows;
+absl::Status CudaForwardPass::WriteCache(int layer, const float* k, const float* v) {
+  const int n = step_->n, k_w = kv_k_width(), v_w = kv_v_width();
+  const size_t at = static_cast<size_t>(layer) * n;
+  MM_RETURN_IF_ERROR(ScatterRowsCuda(k, n, k_w, k_w, step_->k_dst + at, kStream));
+  if (v != nullptr) MM_RETURN_IF_ERROR(ScatterRowsCuda(v, n, v_w, v_w, step_->v_dst + at, kStream));
+  return absl::OkStatus();
 }
 
-absl::Status CudaForwardPass::Attention(int layer, const Step& step, const float* x, float* out) {
-  const ModelConfig& c = config_;
-  const Layer& l = layers_[layer];
-  const int n = step.n, hd = c.head_dim, q_w = c.num_heads * hd, kv_w = c.num_kv_heads * hd, H = c.hidden_size;
-  MM_ASSIGN_OR_RETURN(float* q, Scratch(kQ, static_cast<size_t>(n) * q_w));
-  MM_ASSIGN_OR_RETURN(float* k, Scratch(kK, static_cast<size_t>(n) * kv_w));
-  MM_ASSIGN_OR_RETURN(float* v, Scratch(kV, static_cast<size_t>(n) * kv_w));
-  MM_RETURN_IF_ERROR(Linear(l.q, l.q_bias, q_w, H, x, n, q));
-  MM_RETURN_IF_ERROR(Linear(l.k, l.k_bias, kv_w, H, x, n, k));
-  MM_RETURN_IF_ERROR(Linear(l.v, l.v_bias, kv_w, H, x, n, v));
-  const float eps = static_cast<float>(c.rms_norm_eps);
-  if (c.qk_norm_full) {
-    MM_RETURN_IF_ERROR(RmsNormCuda(q, l.q_norm->as<float>(), n, q_w, eps, q, kStream));
-    MM_RETURN_IF_ERROR(RmsNormCuda(k, l.k_norm->as<float>(), n, kv_w, eps, k, kStream));
-  } else if (c.qk_norm_per_head) {
-    MM_RETURN_IF_ERROR(RmsNormCuda(q, l.q_norm->as<float>(), n * c.num_heads, hd, eps, q, kStream));
-    MM_RETURN_IF_ERROR(RmsNormCuda(k, l.k_norm->as<float>(), n * c.num_kv_heads, hd, eps, k, kStream));
-  }
-  if (c.clip_qkv > 0) {
-    const float lim = static_cast<float>(c.clip_qkv);
-    MM_RETURN_IF_ERROR(ClampCuda(q, static_cast<size_t>(n) * q_w, lim, kStream));
-    MM_RETURN_IF_ERROR(ClampCuda(k, static_cast<size_t>(n) * kv_w, lim, kStream));
-    MM_RETURN_IF_ERROR(ClampCuda(v, static_cast<size_t>(n) * kv_w, lim, kStream));
-  }
-  MM_RETURN_IF_ERROR(Rotate(step, q, c.num_heads, q_w, hd));
-  MM_RETURN_IF_ERROR(Rotate(step, k, c.num_kv_heads, kv_w, hd));
-  MM_RETURN_IF_ERROR(ScatterRowsCuda(k, n, kv_w, kv_w, step.k_dst + static_cast<size_t>(layer) * n, kStream));
-  MM_RETURN_IF_ERROR(ScatterRowsCuda(v, n, kv_w, kv_w, step.v_dst + static_cast<size_t>(layer) * n, kStream));
-  const AttentionShape shape{c.num_heads, c.num_kv_heads, hd, hd, static_cast<float>(c.AttentionScale()),
-                             c.sliding_window[layer]};
-  MM_ASSIGN_OR_RETURN(float* ctx, Scratch(kCtx, static_cast<size_t>(n) * q_w));
-  PagedRows rows = StepRows(layer, step);
+absl::Status CudaForwardPass::Attend(int layer, const AttentionShape& shape, const float* q, float* out) {
+  PagedRows rows = StepRows(layer);
   rows.kv.k_stride = rows.kv.v_stride = kv_k_width() + kv_v_width();
   rows.kv.k_offset = 0;
-  rows.kv.v_offset = kv_k_width();
-  MM_RETURN_IF_ERROR(attention_->Run(shape, q, rows, ctx, kStream, step.sequences));
-  return Linear(l.o, l.o_bias, H, q_w, ctx, n, out);
+  rows.kv.v_offset = config_.mla ? 0 : kv_k_width();  // the latent is key and value
+  if (config_.mla) return attention_->Run(shape, q, rows, out, kStream);
+  return attention_->Run(shape, q, rows, out, kStream, step_->sequences);
 }
 
-// As CpuForwardPass::LatentAttention: the cache holds the normalised latent and the
-// rotated shared key; queries are absorbed into the latent space per head.
-absl::Status CudaForwardPass::LatentAttention(int layer, const Step& step, const float* x, float* out) {
+// W_uk[h] is kv_b[h * (nope + vd) .. + nope, :] ([nope, lora]).
+absl::Status CudaForwardPass::AbsorbQuery(int layer, const float* q, float* qabs) {
+  const ModelConfig& c = config_;
+  const int n = step_->n, heads = c.num_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim,
+            lora = c.kv_lora_rank, vd = c.v_head_dim, qk = nope + rope, row_w = lora + rope;
+  const float* kvb = layers_[layer].kv_b_f32->as<float>();
+  MM_RETURN_IF_ERROR(gemm_->BatchedF32({n, lora, nope, heads, q, heads * qk, qk, kvb, lora,
+                                        static_cast<long long>(nope + vd) * lora, false, qabs, heads * row_w, row_w},
+                                       kStream));
+  return CopyRowsOnDevice(q + nope, qk, qabs + lora, row_w, static_cast<size_t>(n) * heads, rope, kStream);
+}
+
+// W_uv[h] is kv_b[h * (nope + vd) + nope .. + vd, :] ([vd, lora]).
+absl::Status CudaForwardPass::ExpandLatent(int layer, const float* lat, float* ctx) {
+  const ModelConfig& c = config_;
+  const int n = step_->n, heads = c.num_heads, nope = c.qk_nope_head_dim, lora = c.kv_lora_rank, vd = c.v_head_dim;
+  const float* kvb = layers_[layer].kv_b_f32->as<float>();
+  return gemm_->BatchedF32({n, vd, lora, heads, lat, heads * lora, lora, kvb + static_cast<size_t>(nope) * lora, lora,
+                            static_cast<long long>(nope + vd) * lora, true, ctx, heads * vd, vd},
+                           kStream);
+}
+
+absl::Status CudaForwardPass::Ffn(int layer, LayerFfn which, const float* x, const float* row_weight, float* out) {
+  const Layer& l = layers_[layer];
+  const bool dense = which == LayerFfn::kDense;
+  const int width = dense ? l.ffn_width : l.shared_width;
+  const uint16_t* gate_up = (dense ? l.gate_up : l.shared_gate_up)->as<uint16_t>();
+  const uint16_t* down = (dense ? l.down : l.shared_down)->as<uint16_t>();
+  ExpertFfnGroup group{gate_up, gate_up + static_cast<size_t>(width) * config_.hidden_size, down, 0, step_->n};
+  return ffns_.at(width)->Run(x, row_weight != nullptr ? row_weight : step_->ones, {group}, out, kStream);
+}
+
+// Gating on the device; the routing goes to the host (the executor groups
+// the rows there), and so do the rows unless the executor's experts are on
+// this GPU. What the decoder enqueues next (the shared expert) runs behind
+// those copies, while the routed experts are away on the workers.
+absl::Status CudaForwardPass::StartExperts(int layer, const float* x, const float* logits, ExpertExecutor* experts) {
   const ModelConfig& c = config_;
   const Layer& l = layers_[layer];
-  const int n = step.n, Hh = c.num_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim,
-            lora = c.kv_lora_rank, vd = c.v_head_dim, qk = nope + rope, row_w = lora + rope, H = c.hidden_size;
-  MM_ASSIGN_OR_RETURN(float* q, Scratch(kQ, static_cast<size_t>(n) * Hh * qk));
-  if (c.q_lora_rank > 0) {
-    MM_ASSIGN_OR_RETURN(float* qa, Scratch(kQa, static_cast<size_t>(n) * c.q_lora_rank));
-    MM_RETURN_IF_ERROR(Linear(l.q_a, l.q_a_bias, c.q_lora_rank, H, x, n, qa));
-    MM_RETURN_IF_ERROR(RmsNormCuda(qa, l.q_a_norm->as<float>(), n, c.q_lora_rank, kLatentNormEps, qa, kStream));
-    MM_RETURN_IF_ERROR(Linear(l.q_b, nullptr, Hh * qk, c.q_lora_rank, qa, n, q));
-  } else {
-    MM_RETURN_IF_ERROR(Linear(l.q, nullptr, Hh * qk, H, x, n, q));
-  }
-  MM_ASSIGN_OR_RETURN(float* ckv, Scratch(kCkv, static_cast<size_t>(n) * row_w));
-  MM_RETURN_IF_ERROR(Linear(l.kv_a, l.kv_a_bias, row_w, H, x, n, ckv));
-  // Normalise the latent part of each row (packed, normalised, put back).
-  MM_ASSIGN_OR_RETURN(float* tmp, Scratch(kTmp, static_cast<size_t>(n) * lora));
-  MM_RETURN_IF_ERROR(CopyRowsOnDevice(ckv, row_w, tmp, lora, n, lora, kStream));
-  MM_RETURN_IF_ERROR(RmsNormCuda(tmp, l.kv_a_norm->as<float>(), n, lora, kLatentNormEps, tmp, kStream));
-  MM_RETURN_IF_ERROR(CopyRowsOnDevice(tmp, lora, ckv, row_w, n, lora, kStream));
-  MM_RETURN_IF_ERROR(Rotate(step, ckv + lora, 1, row_w, 0));
-  MM_RETURN_IF_ERROR(Rotate(step, q + nope, Hh, Hh * qk, qk));
-  MM_RETURN_IF_ERROR(ScatterRowsCuda(ckv, n, row_w, row_w, step.k_dst + static_cast<size_t>(layer) * n, kStream));
-  // qabs[r, h] = (W_uk[h]^T q_nope[r, h], q_rot[r, h]); W_uk[h] is
-  // kv_b[h * (nope + vd) .. + nope, :] ([nope, lora]).
-  const float* kvb = l.kv_b_f32->as<float>();
-  MM_ASSIGN_OR_RETURN(float* qabs, Scratch(kQabs, static_cast<size_t>(n) * Hh * row_w));
-  MM_RETURN_IF_ERROR(gemm_->BatchedF32({n, lora, nope, Hh, q, Hh * qk, qk, kvb, lora,
-                                        static_cast<long long>(nope + vd) * lora, false, qabs, Hh * row_w, row_w},
-                                       kStream));
-  MM_RETURN_IF_ERROR(CopyRowsOnDevice(q + nope, qk, qabs + lora, row_w, static_cast<size_t>(n) * Hh, rope, kStream));
-  const AttentionShape shape{Hh, 1, row_w, lora, static_cast<float>(c.AttentionScale()), 0};
-  MM_ASSIGN_OR_RETURN(float* lat, Scratch(kLat, static_cast<size_t>(n) * Hh * lora));
-  PagedRows rows = StepRows(layer, step);
-  rows.kv.k_stride = rows.kv.v_stride = row_w;
-  rows.kv.k_offset = rows.kv.v_offset = 0;
-  MM_RETURN_IF_ERROR(attention_->Run(shape, qabs, rows, lat, kStream));
-  // ctx[r, h] = W_uv[h] lat[r, h]; W_uv[h] is kv_b[h * (nope + vd) + nope ..
-  // + vd, :] ([vd, lora]).
-  MM_ASSIGN_OR_RETURN(float* ctx, Scratch(kCtx, static_cast<size_t>(n) * Hh * vd));
-  MM_RETURN_IF_ERROR(gemm_->BatchedF32({n, vd, lora, Hh, lat, Hh * lora, lora, kvb + static_cast<size_t>(nope) * lora,
-                                        lora, static_cast<long long>(nope + vd) * lora, true, ctx, Hh * vd, vd},
-                                       kStream));
-  return Linear(l.o, l.o_bias, H, Hh * vd, ctx, n, out);
-}
-
-absl::Status CudaForwardPass::Ffn(const std::unique_ptr<DeviceBuffer>& gate_up,
-                                  const std::unique_ptr<DeviceBuffer>& down, int width, const float* x,
-                                  const float* row_weight, int n, float* out) {
-  const uint16_t* g = gate_up->as<uint16_t>();
-  ExpertFfnGroup group{g, g + static_cast<size_t>(width) * config_.hidden_size, down->as<uint16_t>(), 0, n};
-  return ffns_.at(width)->Run(x, row_weight, {group}, out, kStream);
-}
-
-absl::Status CudaForwardPass::Mlp(int layer, const Step& step, const float* x, ExpertExecutor* experts, float* out) {
-  const ModelConfig& c = config_;
-  const Layer& l = layers_[layer];
-  const int n = step.n, H = c.hidden_size;
-  if (l.ffn_width > 0) return Ffn(l.gate_up, l.down, l.ffn_width, x, step.ones, n, out);
-  // Gating on the device, the routed experts through the executor.
-  MM_ASSIGN_OR_RETURN(float* logits, Scratch(kGate, static_cast<size_t>(n) * c.num_experts));
-  MM_RETURN_IF_ERROR(gemm_->LinearF32(x, n, l.router_f32->as<float>(), c.num_experts, H, logits, kStream));
+  const int n = step_->n;
   const GatingParams g = ToGatingParams(c, l.score_bias ? l.score_bias->as<float>() : nullptr);
   const int slots = g.SlotsPerToken();
-  MM_ASSIGN_OR_RETURN(void* d_ids, Staging(kExpertIds, static_cast<size_t>(n) * slots * sizeof(int)));
-  MM_ASSIGN_OR_RETURN(void* d_w, Staging(kExpertW, static_cast<size_t>(n) * slots * sizeof(float)));
+  const size_t picks = static_cast<size_t>(n) * slots, floats = static_cast<size_t>(n) * c.hidden_size;
+  MM_ASSIGN_OR_RETURN(void* d_ids, Staging(kExpertIds, picks * sizeof(int)));
+  MM_ASSIGN_OR_RETURN(void* d_w, Staging(kExpertW, picks * sizeof(float)));
   MM_RETURN_IF_ERROR(RouteTokensCuda(g, logits, n, static_cast<int*>(d_ids), static_cast<float*>(d_w), kStream));
-  // The routing goes to the host (the executor groups the rows there), and
-  // so do the rows unless the executor's experts are on this GPU. The
-  // shared expert is enqueued behind those copies, so the GPU computes it
-  // while the routed experts are away on the workers.
   const bool in_place = experts->cuda_device() == device_;
-  const size_t picks = static_cast<size_t>(n) * slots, floats = static_cast<size_t>(n) * H;
   MM_ASSIGN_OR_RETURN(void* ids, Pinned(kHostIds, picks * sizeof(int)));
   MM_ASSIGN_OR_RETURN(void* weights, Pinned(kHostWeights, picks * sizeof(float)));
   MM_RETURN_IF_ERROR(CopyToHostAsync(ids, d_ids, picks * sizeof(int), kStream));
   MM_RETURN_IF_ERROR(CopyToHostAsync(weights, d_w, picks * sizeof(float), kStream));
-  void* rows = nullptr;
-  void* routed = nullptr;
+  const float* rows = x;
   if (!in_place) {
-    MM_ASSIGN_OR_RETURN(rows, Pinned(kHostRows, floats * sizeof(float)));
-    MM_ASSIGN_OR_RETURN(routed, Pinned(kHostRouted, floats * sizeof(float)));
-    MM_RETURN_IF_ERROR(CopyToHostAsync(rows, x, floats * sizeof(float), kStream));
+    MM_ASSIGN_OR_RETURN(void* host_rows, Pinned(kHostRows, floats * sizeof(float)));
+    MM_RETURN_IF_ERROR(CopyToHostAsync(host_rows, x, floats * sizeof(float), kStream));
+    rows = static_cast<const float*>(host_rows);
   }
   MM_RETURN_IF_ERROR(copied_->Record(kStream));
-  float* shared = nullptr;
-  if (l.shared_width > 0) {
-    const float* row_weight = step.ones;
-    if (l.shared_gate_f32 != nullptr) {
-      MM_ASSIGN_OR_RETURN(float* gate, Scratch(kTmp, n));
-      MM_RETURN_IF_ERROR(gemm_->LinearF32(x, n, l.shared_gate_f32->as<float>(), 1, H, gate, kStream));
-      MM_RETURN_IF_ERROR(SigmoidCuda(gate, n, gate, kStream));
-      row_weight = gate;
-    }
-    MM_ASSIGN_OR_RETURN(shared, Scratch(kShared, floats));
-    MM_RETURN_IF_ERROR(Ffn(l.shared_gate_up, l.shared_down, l.shared_width, x, row_weight, n, shared));
-  }
-  MM_RETURN_IF_ERROR(copied_->Synchronize());
-  ExpertBatch batch{layer, n, H, in_place ? x : static_cast<const float*>(rows), slots, static_cast<const int*>(ids),
-                    static_cast<const float*>(weights)};
-  if (in_place) {
-    batch.on_device = true;
-    batch.cuda_stream = kStream;
-    MM_RETURN_IF_ERROR(experts->Execute(batch, out));
-  } else {
-    MM_RETURN_IF_ERROR(experts->Execute(batch, static_cast<float*>(routed)));
-    MM_RETURN_IF_ERROR(CopyToDeviceAsync(out, routed, floats * sizeof(float), kStream));
-  }
-  if (shared != nullptr) MM_RETURN_IF_ERROR(AddCuda(out, shared, floats, kStream));
+  experts_ = experts;
+  batch_ = ExpertBatch{layer, n, c.hidden_size, rows, slots, static_cast<const int*>(ids),
+                       static_cast<const float*>(weights)};
+  batch_.on_device = in_place;
+  batch_.cuda_stream = in_place ? kStream : nullptr;
   return absl::OkStatus();
+}
+
+absl::Status CudaForwardPass::FinishExperts(int layer, float* out) {
+  const ExpertBatch batch = batch_;
+  batch_.layer = -1;
+  if (batch.layer != layer) return absl::InternalError("FinishExperts without StartExperts");
+  MM_RETURN_IF_ERROR(copied_->Synchronize());
+  if (batch.on_device) return experts_->Execute(batch, out);
+  const size_t floats = static_cast<size_t>(batch.num_tokens) * batch.hidden_size;
+  MM_ASSIGN_OR_RETURN(void* routed, Pinned(kHostRouted, floats * sizeof(float)));
+  MM_RETURN_IF_ERROR(experts_->Execute(batch, static_cast<float*>(routed)));
+  return CopyToDeviceAsync(out, routed, floats * sizeof(float), kStream);
 }
 
 absl::Status CudaForwardPass::Forward(absl::Span<const ForwardItem> items, KvCache* cache, ExpertExecutor* experts,
@@ -503,28 +489,21 @@ absl::Status CudaForwardPass::Forward(absl::Span<const ForwardItem> items, KvCac
   MM_RETURN_IF_ERROR(CudaSetDevice(device_));
   last_logits_ = nullptr;  // the scratch may move
   MM_ASSIGN_OR_RETURN(Step step, Prepare(items, cache));
+  step_ = &step;
+  absl::Cleanup forget = [this] { step_ = nullptr; };
   const int n = step.n;
   MM_ASSIGN_OR_RETURN(float* hidden, Scratch(kHidden, static_cast<size_t>(n) * H));
-  MM_ASSIGN_OR_RETURN(float* normed, Scratch(kNormed, static_cast<size_t>(n) * H));
-  MM_ASSIGN_OR_RETURN(float* delta, Scratch(kDelta, static_cast<size_t>(n) * H));
   MM_RETURN_IF_ERROR(EmbedRowsCuda(embed_->data(), weights_->embed.dtype == DType::kBF16, H, step.ids, n, hidden,
                                    kStream));
-  const float eps = static_cast<float>(c.rms_norm_eps);
-  for (int layer = 0; layer < c.num_layers; ++layer) {
-    const Layer& l = layers_[layer];
-    MM_RETURN_IF_ERROR(RmsNormCuda(hidden, l.input_norm->as<float>(), n, H, eps, normed, kStream));
-    MM_RETURN_IF_ERROR(c.mla ? LatentAttention(layer, step, normed, delta) : Attention(layer, step, normed, delta));
-    MM_RETURN_IF_ERROR(AddCuda(hidden, delta, static_cast<size_t>(n) * H, kStream));
-    MM_RETURN_IF_ERROR(RmsNormCuda(hidden, l.post_norm->as<float>(), n, H, eps, normed, kStream));
-    MM_RETURN_IF_ERROR(Mlp(layer, step, normed, experts, delta));
-    MM_RETURN_IF_ERROR(AddCuda(hidden, delta, static_cast<size_t>(n) * H, kStream));
-  }
+  MM_RETURN_IF_ERROR(RunDecoderLayers(c, *weights_, n, this, experts, hidden));
   // Final norm and LM head on the rows whose logits are wanted.
   const int m = static_cast<int>(step.head_rows.size());
-  MM_RETURN_IF_ERROR(GatherRowsCuda(hidden, H, step.head_rows_dev, m, normed, kStream));
-  MM_RETURN_IF_ERROR(RmsNormCuda(normed, final_norm_->as<float>(), m, H, eps, normed, kStream));
+  MM_ASSIGN_OR_RETURN(float* head_in, Scratch(kHeadIn, static_cast<size_t>(m) * H));
+  MM_RETURN_IF_ERROR(GatherRowsCuda(hidden, H, step.head_rows_dev, m, head_in, kStream));
+  MM_RETURN_IF_ERROR(
+      RmsNormCuda(head_in, final_norm_->as<float>(), m, H, static_cast<float>(c.rms_norm_eps), head_in, kStream));
   MM_ASSIGN_OR_RETURN(float* out, Scratch(kLogits, static_cast<size_t>(m) * c.vocab_size));
-  MM_RETURN_IF_ERROR(gemm_->LinearBf16(normed, m, lm_head_->as<uint16_t>(), c.vocab_size, H, out, kStream));
+  MM_RETURN_IF_ERROR(gemm_->LinearBf16(head_in, m, lm_head_->as<uint16_t>(), c.vocab_size, H, out, kStream));
   if (logits != nullptr) {
     const size_t old = logits->size();
     logits->resize(old + static_cast<size_t>(m) * c.vocab_size);

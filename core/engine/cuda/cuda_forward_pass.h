@@ -5,7 +5,9 @@
 #include <memory>
 #include <vector>
 
+#include "core/engine/decoder.h"
 #include "core/engine/forward_pass.h"
+#include "core/experts/expert_executor.h"
 #include "core/kernels/cpu/rope.h"
 #include "core/kernels/cuda/cuda_runtime_util.h"
 
@@ -32,7 +34,7 @@ struct PagedRows;
 // experts are on this GPU (LocalExpertExecutor over a CudaExpertDevice),
 // else with the rows copied to the host and back through pinned memory
 // while the GPU computes the shared expert.
-class CudaForwardPass : public ForwardPass {
+class CudaForwardPass : public ForwardPass, private DecoderOps {
  public:
   // FAILED_PRECONDITION without GPU `device`; RESOURCE_EXHAUSTED when the
   // weights or the cache do not fit.
@@ -44,8 +46,6 @@ class CudaForwardPass : public ForwardPass {
   ~CudaForwardPass() override;
 
   const ModelConfig& config() const override { return config_; }
-  int kv_k_width() const override;
-  int kv_v_width() const override;
   absl::Status Forward(absl::Span<const ForwardItem> items, KvCache* cache, ExpertExecutor* experts,
                        std::vector<float>* logits) override;
   // On the GPU (CudaSampler): only token ids, and the raw rows logprobs
@@ -61,20 +61,28 @@ class CudaForwardPass : public ForwardPass {
   absl::Status Upload(int kv_block_size, int kv_blocks);
   absl::StatusOr<Step> Prepare(absl::Span<const ForwardItem> items, KvCache* cache);
   // The step's query rows over `layer`'s pages; the caller sets the row geometry.
-  PagedRows StepRows(int layer, const Step& step) const;
-  absl::Status Attention(int layer, const Step& step, const float* x, float* out);
-  absl::Status LatentAttention(int layer, const Step& step, const float* x, float* out);
-  absl::Status Rotate(const Step& step, float* x, int heads, int token_stride, int head_stride);
-  absl::Status Mlp(int layer, const Step& step, const float* x, ExpertExecutor* experts, float* out);
-  // One FFN (dense layer or shared expert) on n rows with per-row weights.
-  absl::Status Ffn(const std::unique_ptr<DeviceBuffer>& gate_up, const std::unique_ptr<DeviceBuffer>& down,
-                   int width, const float* x, const float* row_weight, int n, float* out);
-  absl::Status Linear(const std::unique_ptr<DeviceBuffer>& w, const std::unique_ptr<DeviceBuffer>& bias, int out_dim,
-                      int in_dim, const float* x, int n, float* out);
+  PagedRows StepRows(int layer) const;
+
+  // DecoderOps, on the step in flight (step_).
+  absl::StatusOr<float*> Scratch(int slot, size_t count) override;
+  absl::Status Linear(int layer, LayerLinear which, const float* x, int n, float* out) override;
+  absl::Status RmsNorm(int layer, LayerNorm which, const float* x, int rows, int width, int stride, float eps,
+                       float* out) override;
+  absl::Status Clamp(float* x, size_t count, float limit) override;
+  absl::Status Sigmoid(float* x, size_t count) override;
+  absl::Status Add(float* y, const float* x, size_t count) override;
+  absl::Status Rotate(float* x, int heads, int token_stride, int head_stride) override;
+  absl::Status WriteCache(int layer, const float* k, const float* v) override;
+  absl::Status Attend(int layer, const AttentionShape& shape, const float* q, float* out) override;
+  absl::Status AbsorbQuery(int layer, const float* q, float* qabs) override;
+  absl::Status ExpandLatent(int layer, const float* lat, float* ctx) override;
+  absl::Status Ffn(int layer, LayerFfn which, const float* x, const float* row_weight, float* out) override;
+  absl::Status StartExperts(int layer, const float* x, const float* logits, ExpertExecutor* experts) override;
+  absl::Status FinishExperts(int layer, float* out) override;
+
   // Device memory by slot that grows as needed (contents are lost when it
-  // grows): per-step tables (Staging) and `count` floats of scratch.
+  // grows): per-step tables (Staging); Scratch above is the same.
   absl::StatusOr<void*> Staging(int slot, size_t bytes);
-  absl::StatusOr<float*> Scratch(int slot, size_t count);
   // Pinned host memory by slot, likewise.
   absl::StatusOr<void*> Pinned(int slot, size_t bytes);
 
@@ -95,6 +103,10 @@ class CudaForwardPass : public ForwardPass {
   std::map<int, std::unique_ptr<DeviceBuffer>> buffers_;  // Staging's; Scratch's from slot 1000
   std::map<int, std::unique_ptr<PinnedBuffer>> pinned_;
   std::unique_ptr<CudaEvent> copied_;  // the rows for the expert workers are on the host
+  const Step* step_ = nullptr;         // the step in flight, during Forward
+  // The routed experts between StartExperts and FinishExperts.
+  ExpertExecutor* experts_ = nullptr;
+  ExpertBatch batch_{-1};
 };
 
 }  // namespace moemesh

@@ -1,0 +1,135 @@
+#include "core/engine/decoder.h"
+
+#include "core/common/status_macros.h"
+#include "core/model/config.h"
+#include "core/model/weights.h"
+
+namespace moemesh {
+namespace {
+
+// DeepSeek's q_a and kv_a norms use the module default eps, not the config's.
+constexpr float kLatentNormEps = 1e-6f;
+
+size_t Floats(int rows, int width) { return static_cast<size_t>(rows) * width; }
+
+absl::Status Attention(const ModelConfig& c, int layer, int n, DecoderOps* ops, const float* x, float* out) {
+  const int hd = c.head_dim, q_w = c.num_heads * hd, kv_w = c.num_kv_heads * hd;
+  MM_ASSIGN_OR_RETURN(float* q, ops->Scratch(kSlotQ, Floats(n, q_w)));
+  MM_ASSIGN_OR_RETURN(float* k, ops->Scratch(kSlotK, Floats(n, kv_w)));
+  MM_ASSIGN_OR_RETURN(float* v, ops->Scratch(kSlotV, Floats(n, kv_w)));
+  MM_RETURN_IF_ERROR(ops->Linear(layer, LayerLinear::kQ, x, n, q));
+  MM_RETURN_IF_ERROR(ops->Linear(layer, LayerLinear::kK, x, n, k));
+  MM_RETURN_IF_ERROR(ops->Linear(layer, LayerLinear::kV, x, n, v));
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  if (c.qk_norm_full) {  // OLMoE: over all heads at once
+    MM_RETURN_IF_ERROR(ops->RmsNorm(layer, LayerNorm::kQ, q, n, q_w, q_w, eps, q));
+    MM_RETURN_IF_ERROR(ops->RmsNorm(layer, LayerNorm::kK, k, n, kv_w, kv_w, eps, k));
+  } else if (c.qk_norm_per_head) {  // Qwen3: each head on its own
+    MM_RETURN_IF_ERROR(ops->RmsNorm(layer, LayerNorm::kQ, q, n * c.num_heads, hd, hd, eps, q));
+    MM_RETURN_IF_ERROR(ops->RmsNorm(layer, LayerNorm::kK, k, n * c.num_kv_heads, hd, hd, eps, k));
+  }
+  if (c.clip_qkv > 0) {
+    const float lim = static_cast<float>(c.clip_qkv);
+    MM_RETURN_IF_ERROR(ops->Clamp(q, Floats(n, q_w), lim));
+    MM_RETURN_IF_ERROR(ops->Clamp(k, Floats(n, kv_w), lim));
+    MM_RETURN_IF_ERROR(ops->Clamp(v, Floats(n, kv_w), lim));
+  }
+  MM_RETURN_IF_ERROR(ops->Rotate(q, c.num_heads, q_w, hd));
+  MM_RETURN_IF_ERROR(ops->Rotate(k, c.num_kv_heads, kv_w, hd));
+  MM_RETURN_IF_ERROR(ops->WriteCache(layer, k, v));
+  const AttentionShape shape{c.num_heads, c.num_kv_heads, hd, hd, static_cast<float>(c.AttentionScale()),
+                             c.sliding_window[layer]};
+  MM_ASSIGN_OR_RETURN(float* ctx, ops->Scratch(kSlotCtx, Floats(n, q_w)));
+  MM_RETURN_IF_ERROR(ops->Attend(layer, shape, q, ctx));
+  return ops->Linear(layer, LayerLinear::kO, ctx, n, out);
+}
+
+// Multi-head latent attention with the up-projections absorbed: the cache
+// holds the normalised latent c and the rotated shared key; a head scores
+// (W_uk^T q_nope) . c + q_rot . k_rot and reads values W_uv (sum p c).
+absl::Status LatentAttention(const ModelConfig& c, int layer, int n, DecoderOps* ops, const float* x, float* out) {
+  const int heads = c.num_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, lora = c.kv_lora_rank,
+            vd = c.v_head_dim, qk = nope + rope, row_w = lora + rope;
+  MM_ASSIGN_OR_RETURN(float* q, ops->Scratch(kSlotQ, Floats(n, heads * qk)));
+  if (c.q_lora_rank > 0) {
+    MM_ASSIGN_OR_RETURN(float* qa, ops->Scratch(kSlotQa, Floats(n, c.q_lora_rank)));
+    MM_RETURN_IF_ERROR(ops->Linear(layer, LayerLinear::kQA, x, n, qa));
+    MM_RETURN_IF_ERROR(
+        ops->RmsNorm(layer, LayerNorm::kQA, qa, n, c.q_lora_rank, c.q_lora_rank, kLatentNormEps, qa));
+    MM_RETURN_IF_ERROR(ops->Linear(layer, LayerLinear::kQB, qa, n, q));
+  } else {
+    MM_RETURN_IF_ERROR(ops->Linear(layer, LayerLinear::kQ, x, n, q));
+  }
+  // Each cache row: the normalised latent, then the rotated shared key.
+  MM_ASSIGN_OR_RETURN(float* ckv, ops->Scratch(kSlotCkv, Floats(n, row_w)));
+  MM_RETURN_IF_ERROR(ops->Linear(layer, LayerLinear::kKvA, x, n, ckv));
+  MM_RETURN_IF_ERROR(ops->RmsNorm(layer, LayerNorm::kKvA, ckv, n, lora, row_w, kLatentNormEps, ckv));
+  MM_RETURN_IF_ERROR(ops->Rotate(ckv + lora, 1, row_w, 0));
+  MM_RETURN_IF_ERROR(ops->Rotate(q + nope, heads, heads * qk, qk));
+  MM_RETURN_IF_ERROR(ops->WriteCache(layer, ckv, nullptr));
+  MM_ASSIGN_OR_RETURN(float* qabs, ops->Scratch(kSlotQabs, Floats(n, heads * row_w)));
+  MM_RETURN_IF_ERROR(ops->AbsorbQuery(layer, q, qabs));
+  const AttentionShape shape{heads, 1, row_w, lora, static_cast<float>(c.AttentionScale()), 0};
+  MM_ASSIGN_OR_RETURN(float* lat, ops->Scratch(kSlotLat, Floats(n, heads * lora)));
+  MM_RETURN_IF_ERROR(ops->Attend(layer, shape, qabs, lat));
+  MM_ASSIGN_OR_RETURN(float* ctx, ops->Scratch(kSlotCtx, Floats(n, heads * vd)));
+  MM_RETURN_IF_ERROR(ops->ExpandLatent(layer, lat, ctx));
+  return ops->Linear(layer, LayerLinear::kO, ctx, n, out);
+}
+
+// A dense FFN, or the MoE block: the routed experts' weighted sum plus the
+// shared expert (scaled by its sigmoid gate where there is one). The shared
+// expert runs while the routed experts are away.
+absl::Status Mlp(const ModelConfig& c, const LayerWeights& w, int layer, int n, DecoderOps* ops,
+                 ExpertExecutor* experts, const float* x, float* out) {
+  if (!w.moe) return ops->Ffn(layer, LayerFfn::kDense, x, nullptr, out);
+  MM_ASSIGN_OR_RETURN(float* logits, ops->Scratch(kSlotGate, Floats(n, c.num_experts)));
+  MM_RETURN_IF_ERROR(ops->Linear(layer, LayerLinear::kRouter, x, n, logits));
+  MM_RETURN_IF_ERROR(ops->StartExperts(layer, x, logits, experts));
+  float* shared = nullptr;
+  if (!w.shared_expert.empty()) {
+    float* row_weight = nullptr;
+    if (!w.shared_expert_gate.empty()) {
+      MM_ASSIGN_OR_RETURN(row_weight, ops->Scratch(kSlotSharedGate, n));
+      MM_RETURN_IF_ERROR(ops->Linear(layer, LayerLinear::kSharedGate, x, n, row_weight));
+      MM_RETURN_IF_ERROR(ops->Sigmoid(row_weight, n));
+    }
+    MM_ASSIGN_OR_RETURN(shared, ops->Scratch(kSlotShared, Floats(n, c.hidden_size)));
+    MM_RETURN_IF_ERROR(ops->Ffn(layer, LayerFfn::kShared, x, row_weight, shared));
+  }
+  MM_RETURN_IF_ERROR(ops->FinishExperts(layer, out));
+  if (shared != nullptr) MM_RETURN_IF_ERROR(ops->Add(out, shared, Floats(n, c.hidden_size)));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int CacheKeyWidth(const ModelConfig& c) {
+  return c.mla ? c.kv_lora_rank + c.qk_rope_head_dim : c.num_kv_heads * c.head_dim;
+}
+
+int CacheValueWidth(const ModelConfig& c) { return c.mla ? 0 : c.num_kv_heads * c.head_dim; }
+
+absl::Status RunDecoderLayers(const ModelConfig& c, const ModelWeights& weights, int n, DecoderOps* ops,
+                              ExpertExecutor* experts, float* hidden) {
+  if (weights.layers.size() != static_cast<size_t>(c.num_layers)) {
+    return absl::InvalidArgumentError("model weights lack the dense part (attention, norms, gates)");
+  }
+  const size_t floats = Floats(n, c.hidden_size);
+  MM_ASSIGN_OR_RETURN(float* normed, ops->Scratch(kSlotNormed, floats));
+  MM_ASSIGN_OR_RETURN(float* delta, ops->Scratch(kSlotDelta, floats));
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  for (int layer = 0; layer < c.num_layers; ++layer) {
+    MM_RETURN_IF_ERROR(ops->RmsNorm(layer, LayerNorm::kInput, hidden, n, c.hidden_size, c.hidden_size, eps, normed));
+    MM_RETURN_IF_ERROR(c.mla ? LatentAttention(c, layer, n, ops, normed, delta)
+                             : Attention(c, layer, n, ops, normed, delta));
+    MM_RETURN_IF_ERROR(ops->Add(hidden, delta, floats));
+    MM_RETURN_IF_ERROR(
+        ops->RmsNorm(layer, LayerNorm::kPostAttention, hidden, n, c.hidden_size, c.hidden_size, eps, normed));
+    MM_RETURN_IF_ERROR(Mlp(c, weights.layers[layer], layer, n, ops, experts, normed, delta));
+    MM_RETURN_IF_ERROR(ops->Add(hidden, delta, floats));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace moemesh
