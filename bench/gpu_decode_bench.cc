@@ -1,16 +1,19 @@
 // The decode step of the single-process GPU engine (CudaForwardPass with the
-// routed experts on the same GPU, rows never leaving device memory) beside
-// the same step with the experts' rows going to the host and back (the path
-// every layer took before: GPU -> host -> expert device -> host -> GPU,
-// without the network), and beside the step's memory roofline: the bytes a
-// decode step must read (bench/roofline.h) over the measured copy bandwidth.
-// Random-weight checkpoints at real layer shapes (bf16), written once under
-// /tmp.
+// routed experts on the same GPU, rows never leaving device memory; small
+// steps group the rows by expert on the GPU too) beside the same step two
+// other ways: with every layer's routing going to the host to be grouped
+// there (the rows stay on the GPU), and with the experts' rows going to the
+// host and back (the path every layer took before: GPU -> host -> expert
+// device -> host -> GPU, without the network); and beside the step's memory
+// roofline: the bytes a decode step must read (bench/roofline.h) over the
+// measured copy bandwidth. Random-weight checkpoints at real layer shapes
+// (bf16), written once under /tmp.
 //
 //   gpu_decode_bench [--shapes mixtral,qwen3] [--layers 8] [--batches 1,8,32,64] [--steps 24]
 //
-// One row per shape and batch size: step ms in place, step ms through the
-// host, their ratio, roofline ms and the in-place step's share of it.
+// One row per shape and batch size: step ms of each of the three, the
+// first's speedup over the other two, roofline ms and the first's share
+// of it.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -181,8 +184,8 @@ int Run(int argc, char** argv) {
   constexpr int kPrompt = 180;  // with the decoded tokens, about roofline.h's 192 positions on average
   std::printf("copy bandwidth %.2f TB/s; prompts of %d tokens, then %d decode steps timed per batch\n", *bw / 1e12,
               kPrompt, steps);
-  std::printf("%-8s %6s %6s %12s %12s %8s %12s %10s\n", "shape", "layers", "batch", "in place ms", "via host ms",
-              "speedup", "roofline ms", "of roofl.");
+  std::printf("%-8s %6s %6s %12s %14s %12s %10s %10s %12s %10s\n", "shape", "layers", "batch", "in place ms",
+              "host-grouped", "via host ms", "vs h.-gr.", "vs v. host", "roofline ms", "of roofl.");
   for (const std::string& name : shapes) {
     const Shape s = name == "qwen3" ? Qwen3(layers) : Mixtral(layers);
     const std::string dir = WriteModel(s);
@@ -200,20 +203,25 @@ int Run(int argc, char** argv) {
     auto weights = std::make_shared<const ModelWeights>(std::move(*w));
     const int max_batch = *std::max_element(batches.begin(), batches.end());
     const int block = 16, blocks = max_batch * ((kPrompt + steps + 2 * block) / block);
+    CudaForwardPass::Options host_grouping;
+    host_grouping.device_grouping_max_tokens = 0;
     auto pass = CudaForwardPass::Create(*config, weights, block, blocks, 0);
+    auto pass_host_grouping = CudaForwardPass::Create(*config, weights, block, blocks, 0, host_grouping);
     auto device = CudaExpertDevice::Create(*config, *weights, 0);
-    if (!pass.ok() || !device.ok()) {
-      std::fprintf(stderr, "gpu_decode_bench: %s\n",
-                   std::string((pass.ok() ? device.status() : pass.status()).message()).c_str());
-      return 1;
+    for (const absl::Status& st : {pass.status(), pass_host_grouping.status(), device.status()}) {
+      if (!st.ok()) {
+        std::fprintf(stderr, "gpu_decode_bench: %s\n", std::string(st.message()).c_str());
+        return 1;
+      }
     }
     LocalExpertExecutor in_place(std::move(*device), config->num_experts);
     ThroughHost via_host(&in_place);
     for (int n : batches) {
-      double ms[2];
-      for (int path = 0; path < 2; ++path) {
-        ExpertExecutor* experts = path == 0 ? static_cast<ExpertExecutor*>(&in_place) : &via_host;
-        KvCache cache(config->num_layers, (*pass)->kv_k_width(), (*pass)->kv_v_width(), block, blocks);
+      double ms[3];
+      for (int path = 0; path < 3; ++path) {
+        ExpertExecutor* experts = path == 2 ? static_cast<ExpertExecutor*>(&via_host) : &in_place;
+        ForwardPass* fp = path == 1 ? pass_host_grouping->get() : pass->get();
+        KvCache cache(config->num_layers, fp->kv_k_width(), fp->kv_v_width(), block, blocks);
         std::vector<KvSequence> seqs(n);
         std::vector<int> prompt(kPrompt);
         for (int i = 0; i < kPrompt; ++i) prompt[i] = (i * 7919 + 13) % config->vocab_size;
@@ -221,7 +229,7 @@ int Run(int argc, char** argv) {
         for (KvSequence& seq : seqs) {
           ok = ok && cache.Reserve(&seq, kPrompt + steps + 2).ok();
           ForwardItem item{&seq, prompt, false};
-          ok = ok && (*pass)->Forward({&item, 1}, &cache, experts, nullptr).ok();
+          ok = ok && fp->Forward({&item, 1}, &cache, experts, nullptr).ok();
         }
         std::vector<double> times;
         std::vector<int> tokens(n);
@@ -232,7 +240,7 @@ int Run(int argc, char** argv) {
             items.push_back({&seqs[i], absl::MakeConstSpan(&tokens[i], 1), false});
           }
           const auto t0 = std::chrono::steady_clock::now();
-          ok = (*pass)->Forward(items, &cache, experts, nullptr).ok();  // waits for the step
+          ok = fp->Forward(items, &cache, experts, nullptr).ok();  // waits for the step
           if (step >= 2) times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
         }
         for (KvSequence& seq : seqs) cache.Release(&seq);
@@ -246,8 +254,8 @@ int Run(int argc, char** argv) {
       const RooflineShape r{s.layers, s.hidden, s.heads, s.kv_heads, s.head_dim, s.experts, s.top_k, s.expert_width,
                             s.vocab};
       const double roof_ms = 1e3 * DecodeStepBytes(r, n, kRooflineContext) / *bw;
-      std::printf("%-8s %6d %6d %12.3f %12.3f %7.2fx %12.3f %9.0f%%\n", s.name.c_str(), s.layers, n, ms[0], ms[1],
-                  ms[1] / ms[0], roof_ms, 100 * roof_ms / ms[0]);
+      std::printf("%-8s %6d %6d %12.3f %14.3f %12.3f %9.2fx %9.2fx %12.3f %9.0f%%\n", s.name.c_str(), s.layers, n,
+                  ms[0], ms[1], ms[2], ms[1] / ms[0], ms[2] / ms[0], roof_ms, 100 * roof_ms / ms[0]);
       std::fflush(stdout);
     }
   }

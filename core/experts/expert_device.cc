@@ -17,4 +17,8 @@ absl::Status ExpertDevice::RunCombined(const ExpertWork& work, float* out) {
   return absl::OkStatus();
 }
 
+absl::Status ExpertDevice::RunRouted(const ExpertBatch&, float*) {
+  return absl::FailedPreconditionError("this expert device groups rows on the host only");
+}
+
 }  // namespace moemesh

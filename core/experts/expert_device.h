@@ -8,6 +8,7 @@
 
 namespace moemesh {
 
+struct ExpertBatch;
 struct ExpertWork;
 struct ModelConfig;
 struct ModelWeights;
@@ -42,6 +43,16 @@ class ExpertDevice {
   // and combines on the host; a GPU does both on the device, where
   // work.on_device lets it finish asynchronously on work.cuda_stream.
   virtual absl::Status RunCombined(const ExpertWork& work, float* out);
+
+  // Whether RunRouted works: the device groups the rows itself, on the GPU,
+  // for every layer it holds experts of (it holds all of that layer's).
+  virtual bool groups_on_device() const { return false; }
+  // RunCombined for a batch whose rows and routing are all in this GPU's
+  // memory (ExpertBatch::routing_on_device): grouped, computed and combined
+  // there, enqueued on batch.cuda_stream without waiting on the host.
+  // Validated by the caller except for the expert ids, which the device
+  // cannot read: ids outside the layer's experts count as no expert.
+  virtual absl::Status RunRouted(const ExpertBatch& batch, float* out);
 };
 
 // Makes a device for the experts in `weights` (loaded by the caller, who

@@ -23,6 +23,10 @@ struct ExpertBatch {
   // before it is done.
   bool on_device = false;
   void* cuda_stream = nullptr;
+  // Whether `expert_ids` and `weights` are device pointers too (with
+  // on_device, for executors whose groups_on_device() is true): the
+  // executor then groups the rows on the GPU, and nothing waits on the host.
+  bool routing_on_device = false;
 };
 
 // The seam between the model and its routed experts: the forward pass calls
@@ -44,6 +48,10 @@ class ExpertExecutor {
   // host memory only. A forward pass on that GPU hands its rows over in
   // place; others copy them to the host and back.
   virtual int cuda_device() const { return -1; }
+  // Whether Execute also takes the routing in that GPU's memory
+  // (ExpertBatch::routing_on_device) for batches of up to
+  // kMaxDeviceGroupedRoutes routes (core/kernels/cpu/gating_rule.h).
+  virtual bool groups_on_device() const { return false; }
 };
 
 }  // namespace moemesh

@@ -21,6 +21,16 @@ absl::Status LocalExpertExecutor::Execute(const ExpertBatch& b, float* out) {
   if (b.on_device && (device_->cuda_device() < 0)) {
     return absl::InvalidArgumentError("this executor's experts take rows in host memory, not on a GPU");
   }
+  if (b.routing_on_device) {
+    if (!b.on_device || !device_->groups_on_device()) {
+      return absl::InvalidArgumentError("this executor's experts take the routing in host memory");
+    }
+    if (static_cast<long long>(b.num_tokens) * b.slots > kMaxDeviceGroupedRoutes) {
+      return absl::InvalidArgumentError(absl::StrCat(b.num_tokens, " tokens of ", b.slots,
+                                                     " routes: the GPU groups at most ", kMaxDeviceGroupedRoutes));
+    }
+    return device_->RunRouted(b, out);
+  }
   int num_experts = num_experts_;
   if (num_experts < 0) {  // as many as the batch names, up to any router's limit
     const size_t picks = static_cast<size_t>(b.num_tokens) * b.slots;

@@ -31,6 +31,7 @@ class LocalExpertExecutor : public ExpertExecutor {
 
   absl::Status Execute(const ExpertBatch& batch, float* out) override;
   int cuda_device() const override { return device_->cuda_device(); }
+  bool groups_on_device() const override { return device_->groups_on_device(); }
 
  private:
   std::unique_ptr<ExpertDevice> device_;

@@ -10,6 +10,7 @@
 #include "core/engine/kv_cache.h"
 #include "core/engine/kernel_params.h"
 #include "core/kernels/cpu/gating.h"
+#include "core/kernels/cpu/gating_rule.h"
 #include "core/kernels/cuda/attention.h"
 #include "core/kernels/cuda/dense.h"
 #include "core/kernels/cuda/expert_ffn.h"
@@ -92,15 +93,15 @@ CudaForwardPass::CudaForwardPass(const ModelConfig& config, std::shared_ptr<cons
 
 CudaForwardPass::~CudaForwardPass() = default;
 
-ForwardPassFactory CudaForwardPass::Factory(int device) {
-  return [device](const ModelConfig& c, std::shared_ptr<const ModelWeights> w, int block_size, int blocks) {
-    return Create(c, std::move(w), block_size, blocks, device);
-  };
+ForwardPassFactory CudaForwardPass::Factory(int device, const Options& options) {
+  return [device, options](const ModelConfig& c, std::shared_ptr<const ModelWeights> w, int block_size,
+                           int blocks) { return Create(c, std::move(w), block_size, blocks, device, options); };
 }
 
 absl::StatusOr<std::unique_ptr<ForwardPass>> CudaForwardPass::Create(const ModelConfig& config,
                                                                      std::shared_ptr<const ModelWeights> weights,
-                                                                     int kv_block_size, int kv_blocks, int device) {
+                                                                     int kv_block_size, int kv_blocks, int device,
+                                                                     const Options& options) {
   MM_RETURN_IF_ERROR(config.Validate());
   MM_RETURN_IF_ERROR(CheckModelGating(config));
   if (device < 0 || device >= CudaDeviceCount()) {
@@ -113,6 +114,7 @@ absl::StatusOr<std::unique_ptr<ForwardPass>> CudaForwardPass::Create(const Model
   MM_RETURN_IF_ERROR(CudaSetDevice(device));
   std::unique_ptr<CudaForwardPass> p(new CudaForwardPass(config, std::move(weights)));
   p->device_ = device;
+  p->options_ = options;
   MM_RETURN_IF_ERROR(p->Upload(kv_block_size, kv_blocks));
   return std::unique_ptr<ForwardPass>(std::move(p));
 }
@@ -436,10 +438,12 @@ absl::Status CudaForwardPass::Ffn(int layer, LayerFfn which, const float* x, con
   return ffns_.at(width)->Run(x, row_weight != nullptr ? row_weight : step_->ones, {group}, out, kStream);
 }
 
-// Gating on the device; the routing goes to the host (the executor groups
-// the rows there), and so do the rows unless the executor's experts are on
-// this GPU. What the decoder enqueues next (the shared expert) runs behind
-// those copies, while the routed experts are away on the workers.
+// Gating on the device. Small steps whose experts are on this GPU stay
+// there, routing and all (the executor groups the rows on the GPU). Else
+// the routing goes to the host (the executor groups the rows there), and so
+// do the rows unless the executor's experts are on this GPU; what the
+// decoder enqueues next (the shared expert) runs behind those copies, while
+// the routed experts are away on the workers.
 absl::Status CudaForwardPass::StartExperts(int layer, const float* x, const float* logits, ExpertExecutor* experts) {
   const ModelConfig& c = config_;
   const Layer& l = layers_[layer];
@@ -451,6 +455,15 @@ absl::Status CudaForwardPass::StartExperts(int layer, const float* x, const floa
   MM_ASSIGN_OR_RETURN(void* d_w, Staging(kExpertW, picks * sizeof(float)));
   MM_RETURN_IF_ERROR(RouteTokensCuda(g, logits, n, static_cast<int*>(d_ids), static_cast<float*>(d_w), kStream));
   const bool in_place = experts->cuda_device() == device_;
+  experts_ = experts;
+  if (in_place && experts->groups_on_device() && n <= options_.device_grouping_max_tokens &&
+      picks <= static_cast<size_t>(kMaxDeviceGroupedRoutes)) {
+    batch_ = ExpertBatch{layer, n, c.hidden_size, x, slots, static_cast<const int*>(d_ids),
+                         static_cast<const float*>(d_w)};
+    batch_.on_device = batch_.routing_on_device = true;
+    batch_.cuda_stream = kStream;
+    return absl::OkStatus();
+  }
   MM_ASSIGN_OR_RETURN(void* ids, Pinned(kHostIds, picks * sizeof(int)));
   MM_ASSIGN_OR_RETURN(void* weights, Pinned(kHostWeights, picks * sizeof(float)));
   MM_RETURN_IF_ERROR(CopyToHostAsync(ids, d_ids, picks * sizeof(int), kStream));
@@ -462,7 +475,6 @@ absl::Status CudaForwardPass::StartExperts(int layer, const float* x, const floa
     rows = static_cast<const float*>(host_rows);
   }
   MM_RETURN_IF_ERROR(copied_->Record(kStream));
-  experts_ = experts;
   batch_ = ExpertBatch{layer, n, c.hidden_size, rows, slots, static_cast<const int*>(ids),
                        static_cast<const float*>(weights)};
   batch_.on_device = in_place;
@@ -474,6 +486,7 @@ absl::Status CudaForwardPass::FinishExperts(int layer, float* out) {
   const ExpertBatch batch = batch_;
   batch_.layer = -1;
   if (batch.layer != layer) return absl::InternalError("FinishExperts without StartExperts");
+  if (batch.routing_on_device) return experts_->Execute(batch, out);
   MM_RETURN_IF_ERROR(copied_->Synchronize());
   if (batch.on_device) return experts_->Execute(batch, out);
   const size_t floats = static_cast<size_t>(batch.num_tokens) * batch.hidden_size;

@@ -36,13 +36,28 @@ struct PagedRows;
 // while the GPU computes the shared expert.
 class CudaForwardPass : public ForwardPass, private DecoderOps {
  public:
+  struct Options {
+    // Steps of up to this many tokens whose experts are on this GPU and
+    // can group rows there (ExpertExecutor::groups_on_device) keep the
+    // routing on the device too: no layer waits on the host. Larger steps
+    // group on the host, where the expert layer picks its GEMMs by group
+    // size (bench/gpu_decode_bench compares the two).
+    int device_grouping_max_tokens = 32;
+  };
   // FAILED_PRECONDITION without GPU `device`; RESOURCE_EXHAUSTED when the
   // weights or the cache do not fit.
   static absl::StatusOr<std::unique_ptr<ForwardPass>> Create(const ModelConfig& config,
                                                              std::shared_ptr<const ModelWeights> weights,
-                                                             int kv_block_size, int kv_blocks, int device);
+                                                             int kv_block_size, int kv_blocks, int device,
+                                                             const Options& options);
+  static absl::StatusOr<std::unique_ptr<ForwardPass>> Create(const ModelConfig& config,
+                                                             std::shared_ptr<const ModelWeights> weights,
+                                                             int kv_block_size, int kv_blocks, int device) {
+    return Create(config, std::move(weights), kv_block_size, kv_blocks, device, Options());
+  }
   // For EngineOptions::forward_pass.
-  static ForwardPassFactory Factory(int device);
+  static ForwardPassFactory Factory(int device, const Options& options);
+  static ForwardPassFactory Factory(int device) { return Factory(device, Options()); }
   ~CudaForwardPass() override;
 
   const ModelConfig& config() const override { return config_; }
@@ -90,6 +105,7 @@ class CudaForwardPass : public ForwardPass, private DecoderOps {
   std::shared_ptr<const ModelWeights> weights_;
   Rope rope_;
   int device_ = 0;
+  Options options_;
   int block_size_ = 0, num_blocks_ = 0;
   std::unique_ptr<DeviceBuffer> kv_pool_;
   std::vector<Layer> layers_;

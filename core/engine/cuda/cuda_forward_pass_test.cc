@@ -63,21 +63,33 @@ class RecordingExecutor : public ExpertExecutor {
  public:
   explicit RecordingExecutor(std::unique_ptr<LocalExpertExecutor> inner) : inner_(std::move(inner)) {}
   absl::Status Execute(const ExpertBatch& batch, float* out) override {
-    calls_.emplace_back(batch.expert_ids, batch.expert_ids + static_cast<size_t>(batch.num_tokens) * batch.slots);
+    std::vector<int> ids(static_cast<size_t>(batch.num_tokens) * batch.slots);
+    if (batch.routing_on_device) {
+      if (absl::Status st = CudaSynchronize(batch.cuda_stream); !st.ok()) return st;
+      if (absl::Status st = CopyToHost(ids.data(), batch.expert_ids, ids.size() * sizeof(int)); !st.ok()) return st;
+      ++device_grouped_;
+    } else {
+      std::copy(batch.expert_ids, batch.expert_ids + ids.size(), ids.begin());
+    }
+    calls_.push_back(std::move(ids));
     return inner_->Execute(batch, out);
   }
   int cuda_device() const override { return inner_->cuda_device(); }
+  bool groups_on_device() const override { return inner_->groups_on_device(); }
+  int device_grouped() const { return device_grouped_; }
   std::vector<std::vector<int>>& calls() { return calls_; }
 
  private:
   std::unique_ptr<LocalExpertExecutor> inner_;
   std::vector<std::vector<int>> calls_;
+  int device_grouped_ = 0;  // calls with the routing on the device
 };
 
 // Where the dense part and the routed experts run.
 struct Placement {
   bool gpu_router = false;
   bool gpu_experts = false;
+  bool device_grouping = true;  // small steps group the rows on the GPU (both there)
 };
 
 struct Side {
@@ -113,7 +125,11 @@ Side MakeSide(const std::string& dir, Placement where, int block_size = 16, int 
   o.kv_cache_tokens = 4096;
   o.kv_block_size = block_size;
   o.prefill_chunk = chunk;
-  if (where.gpu_router) o.forward_pass = CudaForwardPass::Factory(0);
+  if (where.gpu_router) {
+    CudaForwardPass::Options options;
+    if (!where.device_grouping) options.device_grouping_max_tokens = 0;
+    o.forward_pass = CudaForwardPass::Factory(0, options);
+  }
   auto e = Engine::Create(dir, o, std::move(recorder));
   EXPECT_TRUE(e.ok()) << dir << ": " << e.status();
   if (e.ok()) side.engine = std::move(*e);
@@ -160,8 +176,10 @@ TEST_P(CudaForwardPassTest, MatchesTheCpuEngine) {
   const std::string dir = std::get<0>(GetParam());
   const std::string& placement = std::get<1>(GetParam());
   // The GPU side: "router" (experts on the CPU), "experts" (the CPU forward
-  // pass) or "both" (the single-process GPU engine).
-  const Placement on_gpu{placement != "experts", placement != "router"};
+  // pass), "both" (the single-process GPU engine: decode steps and small
+  // prefill chunks group the rows on the GPU, larger steps on the host) or
+  // "both-host-grouping" (every step groups on the host).
+  const Placement on_gpu{placement != "experts", placement != "router", placement != "both-host-grouping"};
   Side cpu = MakeSide(dir, Placement()), gpu = MakeSide(dir, on_gpu);
   ASSERT_TRUE(cpu.engine && gpu.engine);
   const ModelConfig& config = cpu.engine->config();
@@ -206,6 +224,11 @@ TEST_P(CudaForwardPassTest, MatchesTheCpuEngine) {
   p.ignore_eos = true;
   auto a = cpu.engine->Generate(prompt, p), b = gpu.engine->Generate(prompt, p);
   ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
+  // Decode steps (one token) grouped on the GPU exactly where they should.
+  const bool device_grouped = on_gpu.gpu_router && on_gpu.gpu_experts && on_gpu.device_grouping && moe_layers > 0;
+  EXPECT_EQ(gpu.recorder->device_grouped() > 0, device_grouped) << dir << ", " << placement;
+  EXPECT_EQ(gpu_chunked.recorder->device_grouped() > 0, device_grouped)
+      << dir << ", " << placement << ", chunked";
   ASSERT_EQ(a->tokens.size(), b->tokens.size());
   size_t same = 0;
   while (same < a->tokens.size() && a->tokens[same] == b->tokens[same]) ++same;
@@ -253,7 +276,8 @@ std::vector<std::string> Models() {
 
 INSTANTIATE_TEST_SUITE_P(Models, CudaForwardPassTest,
                          ::testing::Combine(::testing::ValuesIn(Models()),
-                                            ::testing::Values("router", "experts", "both")));
+                                            ::testing::Values("router", "experts", "both",
+                                                              "both-host-grouping")));
 
 // The mixtral fixture's weights, or null.
 std::shared_ptr<const ModelWeights> LoadMixtral(const ModelConfig& config) {

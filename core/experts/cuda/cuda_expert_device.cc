@@ -6,9 +6,12 @@
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
 #include "core/experts/cuda/device_weights.h"
+#include "core/experts/expert_executor.h"
 #include "core/experts/expert_work.h"
+#include "core/kernels/cpu/gating_rule.h"
 #include "core/kernels/cuda/dense.h"
 #include "core/kernels/cuda/expert_ffn.h"
+#include "core/kernels/cuda/expert_groups.h"
 #include "core/model/config.h"
 #include "core/model/weights.h"
 
@@ -26,6 +29,8 @@ struct CudaExpertDevice::Lane {
   std::unique_ptr<PinnedBuffer> host_table;
   std::unique_ptr<DeviceBuffer> table;
   std::unique_ptr<CudaEvent> idle, uploaded;
+  // RunRouted's group table and index arrays, made on the device.
+  std::unique_ptr<DeviceBuffer> routed;
 
   // Waits for everything the lane has enqueued, on its own streams and (up
   // to `idle`) on callers' (after an error, so that the next request may
@@ -77,6 +82,28 @@ absl::StatusOr<std::unique_ptr<ExpertDevice>> CudaExpertDevice::Create(const Mod
       d->experts_.emplace(std::make_pair(l, e), std::move(ex));
     }
   }
+  // A layer whose experts are all here can be grouped on the device.
+  d->num_experts_ = config.num_experts;
+  d->groups_on_device_ = !d->experts_.empty() && config.num_experts <= kMaxGatingExperts;
+  for (int l = 0; l < config.num_layers && d->groups_on_device_; ++l) {
+    std::vector<ExpertFfnGroup> table;
+    for (int e = 0; e < config.num_experts; ++e) {
+      if (!d->Holds(l, e)) break;
+      ExpertWork::Group group;
+      group.expert = e;
+      MM_ASSIGN_OR_RETURN(ExpertFfnGroup g, d->FfnGroup(l, group, 0));
+      table.push_back(g);
+    }
+    if (table.empty()) continue;  // a dense layer, or none of its experts here
+    if (table.size() != static_cast<size_t>(config.num_experts)) {
+      d->groups_on_device_ = false;
+      break;
+    }
+    MM_ASSIGN_OR_RETURN(auto buf, DeviceBuffer::Allocate(table.size() * sizeof(ExpertFfnGroup)));
+    MM_RETURN_IF_ERROR(buf->CopyFrom(table.data(), table.size() * sizeof(ExpertFfnGroup)));
+    d->layer_groups_[l] = std::move(buf);
+  }
+  if (!d->groups_on_device_) d->layer_groups_.clear();
   if (!d->experts_.empty()) {
     for (int i = 0; i < options.lanes; ++i) {
       auto lane = std::make_unique<Lane>();
@@ -214,6 +241,58 @@ absl::Status CudaExpertDevice::RunOnDevice(Lane& lane, const ExpertWork& work, b
   const absl::Status st = enqueue();
   const absl::Status recorded = lane.idle->Record(stream);
   return st.ok() ? recorded : st;
+}
+
+absl::Status CudaExpertDevice::RunRouted(const ExpertBatch& batch, float* out) {
+  if (batch.hidden_size != hidden_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("hidden size ", batch.hidden_size, " does not match the experts' ", hidden_));
+  }
+  if (!batch.on_device || !batch.routing_on_device) {
+    return absl::InvalidArgumentError("RunRouted takes rows and routing in device memory");
+  }
+  auto table = layer_groups_.find(batch.layer);
+  if (table == layer_groups_.end()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("layer ", batch.layer, "'s experts are not all on this GPU: it cannot group them itself"));
+  }
+  if (batch.num_tokens == 0) return absl::OkStatus();
+  return OnLane([&](Lane& lane) -> absl::Status {
+    MM_RETURN_IF_ERROR(CudaSetDevice(device_));
+    const CudaStream stream = batch.cuda_stream;
+    const size_t tokens = batch.num_tokens, routes = tokens * batch.slots, h = hidden_;
+    // The group table first (16-byte aligned), then gather, row weights,
+    // combine offsets and combine index (4 bytes each).
+    const size_t table_bytes = (num_experts_ * sizeof(ExpertFfnGroup) + 15) / 16 * 16;
+    const size_t bytes = table_bytes + (3 * routes + tokens + 1) * 4;
+    if (!lane.routed || lane.routed->bytes() < bytes || !lane.y || lane.y->bytes() < routes * h * sizeof(float)) {
+      MM_RETURN_IF_ERROR(lane.idle->Synchronize());  // the lane's last work may still read them
+      MM_RETURN_IF_ERROR(GrowBuffer(&lane.routed, bytes));
+      MM_RETURN_IF_ERROR(GrowBuffer(&lane.y, routes * h * sizeof(float)));
+    }
+    MM_RETURN_IF_ERROR(lane.idle->WaitOn(stream));
+    char* base = static_cast<char*>(lane.routed->data());
+    DeviceExpertGroups groups;
+    groups.groups = reinterpret_cast<ExpertFfnGroup*>(base);
+    groups.gather = reinterpret_cast<int*>(base + table_bytes);
+    groups.row_weight = reinterpret_cast<float*>(groups.gather + routes);
+    groups.combine_offsets = reinterpret_cast<int*>(groups.row_weight + routes);
+    groups.combine_index = groups.combine_offsets + tokens + 1;
+    float* y = lane.y->as<float>();
+    auto enqueue = [&]() -> absl::Status {
+      MM_RETURN_IF_ERROR(GroupExpertsCuda(batch.expert_ids, batch.weights, batch.num_tokens, batch.slots,
+                                          num_experts_, table->second->as<ExpertFfnGroup>(), groups, stream));
+      // A token routes to an expert at most once: no group has more rows
+      // than there are tokens.
+      MM_RETURN_IF_ERROR(lane.ffn->RunGathered(batch.hidden_states, groups.gather, groups.row_weight, groups.groups,
+                                               num_experts_, static_cast<int>(routes), batch.num_tokens, y, stream));
+      return CombineRowsCuda(y, hidden_, groups.combine_offsets, groups.combine_index, batch.num_tokens, out,
+                             stream);
+    };
+    const absl::Status st = enqueue();
+    const absl::Status recorded = lane.idle->Record(stream);
+    return st.ok() ? recorded : st;
+  });
 }
 
 absl::Status CudaExpertDevice::RunFromHost(Lane& lane, const ExpertWork& work, float* out) {

@@ -32,7 +32,10 @@ struct ExpertFfnGroup;
 // gathered, computed and, with RunCombined, combined on the device, all
 // enqueued on work.cuda_stream; the call returns without waiting for that
 // work (the host waits only where a lane's pinned table or buffers are
-// still in use by its last call).
+// still in use by its last call). With the routing on the device too
+// (RunRouted: a decode step's), the rows are grouped there as well
+// (GroupExpertsCuda) and computed in the decode kernels, so that the host
+// waits for nothing.
 class CudaExpertDevice : public ExpertDevice {
  public:
   struct Options {
@@ -57,6 +60,9 @@ class CudaExpertDevice : public ExpertDevice {
   // Thread-safe; up to `lanes` calls run at once, others wait for a lane.
   absl::Status Run(const ExpertWork& work, float* out) override;
   absl::Status RunCombined(const ExpertWork& work, float* out) override;
+  // Where this GPU holds every expert of each layer it holds any of.
+  bool groups_on_device() const override { return groups_on_device_; }
+  absl::Status RunRouted(const ExpertBatch& batch, float* out) override;
 
   // A factory for ExpertWorker::Options::device and EngineOptions::expert_device.
   static ExpertDeviceFactory Factory(int device_index, const Options& options);
@@ -79,7 +85,11 @@ class CudaExpertDevice : public ExpertDevice {
   absl::Status RunOnDevice(Lane& lane, const ExpertWork& work, bool combine, float* out);
 
   Options options_;
-  int hidden_ = 0, intermediate_ = 0, device_ = 0;
+  int hidden_ = 0, intermediate_ = 0, device_ = 0, num_experts_ = 0;
+  // For RunRouted: each complete layer's experts as a kernel group table
+  // (ExpertFfnGroup [num_experts_], rows unset), on the device.
+  std::map<int, std::unique_ptr<DeviceBuffer>> layer_groups_;
+  bool groups_on_device_ = false;
   std::map<std::pair<int, int>, Expert> experts_;  // (layer, expert)
   std::vector<std::unique_ptr<Lane>> lanes_;        // empty when there are no experts
   absl::Mutex mu_;

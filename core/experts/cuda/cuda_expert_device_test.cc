@@ -5,6 +5,7 @@
 // present.
 #include "core/experts/cuda/cuda_expert_device.h"
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <random>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "core/experts/cpu_expert_device.h"
+#include "core/experts/expert_executor.h"
 #include "core/experts/expert_work.h"
 #include "core/experts/placement.h"
 #include "core/model/config.h"
@@ -24,7 +26,8 @@
 namespace moemesh {
 namespace {
 
-// Shard 1 of 2 of a model's experts, on the CPU and on GPU 0.
+// The last shard of `shards` of a model's experts (by default 1 of 2; all
+// of them with 1), on the CPU and on GPU 0.
 struct Devices {
   ModelConfig config;
   std::unique_ptr<ModelWeights> weights;
@@ -32,17 +35,18 @@ struct Devices {
   std::vector<std::pair<int, std::vector<int>>> held;  // (layer, experts)
 };
 
-Devices Load(const std::string& dir, const CudaExpertDevice::Options& options = {}) {
+Devices Load(const std::string& dir, const CudaExpertDevice::Options& options = {}, int shards = 2) {
   Devices d;
   auto config = LoadModelConfig(dir);
   auto ckpt = Checkpoint::Open(dir);
   EXPECT_TRUE(config.ok() && ckpt.ok());
   if (!config.ok() || !ckpt.ok()) return d;
   d.config = *config;
-  const ShardPlacement placement(2);
+  const ShardPlacement placement(shards);
+  const int shard = shards - 1;
   WeightLoadOptions load;
   load.load_dense = false;
-  load.load_expert = [&](int layer, int expert) { return placement.Holds(1, layer, expert); };
+  load.load_expert = [&](int layer, int expert) { return placement.Holds(shard, layer, expert); };
   auto w = LoadWeights(std::move(*ckpt), d.config, load);
   EXPECT_TRUE(w.ok()) << w.status();
   if (!w.ok()) return d;
@@ -52,7 +56,7 @@ Devices Load(const std::string& dir, const CudaExpertDevice::Options& options = 
   EXPECT_TRUE(gpu.ok()) << gpu.status();
   if (gpu.ok()) d.gpu = std::move(*gpu);
   for (int l = 0; l < d.config.num_layers; ++l) {
-    std::vector<int> experts = placement.ExpertsOf(1, l, d.config.num_experts);
+    std::vector<int> experts = placement.ExpertsOf(shard, l, d.config.num_experts);
     if (d.config.is_moe_layer[l] && !experts.empty()) d.held.emplace_back(l, experts);
   }
   return d;
@@ -218,6 +222,85 @@ TEST(CudaExpertDeviceLanesTest, ChunksAndConcurrentRequests) {
     EXPECT_LT(RelError(got[i], want[i]), 2e-2) << "request " << i;
     EXPECT_LT(RelError(got_device[i], want[i]), 2e-2) << "request " << i << ", rows on the device";
   }
+}
+
+// A batch whose routing stays on the GPU (a decode step's): grouped there,
+// computed and combined, as the host's grouping of the same batch gives,
+// for every MoE layer and batches from one token to past a decode kernel's
+// row tiles, with empty slots (-1) and ids outside the layer ignored.
+TEST(CudaExpertDeviceRoutedTest, GroupsOnTheDeviceAsTheHostDoes) {
+  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  for (const std::string dir : {"tests/fixtures/mixtral", "tests/fixtures/qwen2_moe", "tests/fixtures/deepseek_v3"}) {
+    Devices d = Load(dir, {}, /*shards=*/1);
+    ASSERT_TRUE(d.cpu && d.gpu) << dir;
+    ASSERT_TRUE(d.gpu->groups_on_device()) << dir;
+    const int h = d.config.hidden_size, num_experts = d.config.num_experts;
+    const int slots = std::min(d.config.num_experts_per_tok + 1, num_experts);
+    std::mt19937 rng(11);
+    std::normal_distribution<float> normal(0.f, 1.f);
+    for (const auto& held : d.held) {
+      const int layer = held.first;
+      for (int tokens : {1, 3, 17, 40}) {
+        std::vector<float> hidden(static_cast<size_t>(tokens) * h), weights(static_cast<size_t>(tokens) * slots);
+        for (float& v : hidden) v = normal(rng);
+        std::vector<int> ids(weights.size());
+        for (int t = 0; t < tokens; ++t) {
+          std::vector<int> experts(num_experts);
+          for (int e = 0; e < num_experts; ++e) experts[e] = e;
+          std::shuffle(experts.begin(), experts.end(), rng);
+          for (int s = 0; s < slots; ++s) {
+            const size_t i = static_cast<size_t>(t) * slots + s;
+            ids[i] = s == slots - 1 ? (t % 2 ? -1 : num_experts + t) : experts[s];  // the last slot: none
+            weights[i] = 0.1f + 0.1f * static_cast<float>(rng() % 7);
+          }
+        }
+        ExpertBatch batch{layer, tokens, h, hidden.data(), slots, ids.data(), weights.data()};
+        ExpertWork work;
+        std::vector<int> host_ids = ids;
+        for (int& id : host_ids) id = id >= num_experts ? -1 : id;  // as the device counts them
+        ExpertBatch host_batch = batch;
+        host_batch.expert_ids = host_ids.data();
+        ASSERT_TRUE(GroupByExpert(host_batch, num_experts, &work).ok());
+        std::vector<float> want(hidden.size());
+        ASSERT_TRUE(d.cpu->RunCombined(work, want.data()).ok());
+        const std::vector<float> host_grouped = RunOnDevice(d.gpu.get(), work).combined;
+        // The same batch with everything on the device.
+        auto x = DeviceBuffer::Allocate(hidden.size() * sizeof(float));
+        auto dev_ids = DeviceBuffer::Allocate(ids.size() * sizeof(int));
+        auto dev_w = DeviceBuffer::Allocate(weights.size() * sizeof(float));
+        auto out = DeviceBuffer::Allocate(hidden.size() * sizeof(float));
+        ASSERT_TRUE(x.ok() && dev_ids.ok() && dev_w.ok() && out.ok());
+        ASSERT_TRUE((*x)->CopyFrom(hidden.data(), hidden.size() * sizeof(float)).ok());
+        ASSERT_TRUE((*dev_ids)->CopyFrom(ids.data(), ids.size() * sizeof(int)).ok());
+        ASSERT_TRUE((*dev_w)->CopyFrom(weights.data(), weights.size() * sizeof(float)).ok());
+        ASSERT_TRUE((*out)->Fill(0x7f).ok());  // poison: every row must be written
+        ExpertBatch routed{layer, tokens, h, (*x)->as<float>(), slots, (*dev_ids)->as<int>(), (*dev_w)->as<float>()};
+        routed.on_device = routed.routing_on_device = true;
+        ASSERT_TRUE(d.gpu->RunRouted(routed, (*out)->as<float>()).ok());
+        std::vector<float> got(hidden.size());
+        ASSERT_TRUE(CudaSynchronize(nullptr).ok());
+        ASSERT_TRUE((*out)->CopyTo(got.data(), got.size() * sizeof(float)).ok());
+        EXPECT_LT(RelError(got, want), 2e-2) << dir << " layer " << layer << ", " << tokens << " tokens";
+        // The GPU's two groupings differ only in which kernel takes larger
+        // groups (the same bf16 products, summed in another order).
+        EXPECT_LT(RelError(got, host_grouped), 1e-4) << dir << " layer " << layer << ", " << tokens << " tokens";
+      }
+    }
+  }
+}
+
+// A device with part of a layer's experts cannot group that layer itself.
+TEST(CudaExpertDeviceRoutedTest, PartOfTheExpertsGroupsOnTheHost) {
+  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  Devices d = Load("tests/fixtures/mixtral");  // shard 1 of 2
+  ASSERT_TRUE(d.gpu);
+  EXPECT_FALSE(d.gpu->groups_on_device());
+  std::vector<float> hidden(d.config.hidden_size);
+  std::vector<int> ids = {0};
+  std::vector<float> weights = {1.0f};
+  ExpertBatch batch{d.held[0].first, 1, d.config.hidden_size, hidden.data(), 1, ids.data(), weights.data()};
+  batch.on_device = batch.routing_on_device = true;
+  EXPECT_EQ(d.gpu->RunRouted(batch, hidden.data()).code(), absl::StatusCode::kFailedPrecondition);
 }
 
 // Rows of another width are refused before anything reads them.

@@ -23,6 +23,10 @@ namespace moemesh {
 // (DeepSeek-V3: 256 in 8 groups).
 inline constexpr int kMaxGatingExperts = 512;
 inline constexpr int kMaxGatingGroups = 64;
+// The most routes (tokens x slots) of one layer that a GPU groups by expert
+// itself (GroupExpertsCuda, one thread block); larger batches are grouped
+// on the host.
+inline constexpr int kMaxDeviceGroupedRoutes = 4096;
 
 namespace gating_internal {
 

@@ -8,6 +8,9 @@
 #include <vector>
 
 #include "core/experts/cpu_expert_device.h"
+#include "core/experts/expert_executor.h"
+#include "core/experts/expert_work.h"
+#include "core/kernels/cuda/expert_groups.h"
 #include "core/kernels/cpu/norm.h"
 #include "core/kernels/cuda/expert_ffn.h"
 #include "core/kernels/cuda/grouped_gemm.h"
@@ -255,6 +258,103 @@ TEST_F(CudaKernelsTest, RoutingMatchesCpu) {
     }
     EXPECT_LE(near_ties, 2) << ec << " experts";
   }
+}
+
+// The GPU's grouping of routes by expert is the host's, exactly: the same
+// groups, the same rows in the same order with their weights, the same
+// combine table; with empty slots, ids outside the layer, experts no token
+// chose, and the largest batch one block takes.
+TEST_F(CudaKernelsTest, ExpertGroupsMatchTheHost) {
+  std::mt19937 rng(13);
+  struct Shape {
+    int tokens, slots, experts;
+  };
+  for (const Shape& shape : {Shape{1, 2, 8}, Shape{5, 8, 128}, Shape{33, 3, 8}, Shape{200, 9, 256},
+                             Shape{kMaxDeviceGroupedRoutes / 8, 8, 64}}) {
+    const int tokens = shape.tokens, slots = shape.slots, num_experts = shape.experts;
+    const size_t routes = static_cast<size_t>(tokens) * slots;
+    std::vector<int> ids(routes);
+    std::vector<float> weights(routes);
+    for (int t = 0; t < tokens; ++t) {
+      std::vector<int> order(num_experts);
+      for (int e = 0; e < num_experts; ++e) order[e] = e;
+      std::shuffle(order.begin(), order.end(), rng);
+      for (int s = 0; s < slots; ++s) {
+        const int r = static_cast<int>(rng() % 10);
+        ids[static_cast<size_t>(t) * slots + s] = r == 0 ? -1 : r == 1 ? num_experts + s : order[s];
+        weights[static_cast<size_t>(t) * slots + s] = static_cast<float>(rng() % 1000) / 1000.0f;
+      }
+    }
+    // The host's layout.
+    std::vector<int> host_ids = ids;
+    for (int& id : host_ids) id = id >= num_experts ? -1 : id;
+    std::vector<float> hidden(tokens);
+    ExpertBatch batch{0, tokens, 1, hidden.data(), slots, host_ids.data(), weights.data()};
+    ExpertWork work;
+    ASSERT_TRUE(GroupByExpert(batch, num_experts, &work).ok());
+    std::vector<int> want_offsets, want_index, want_gather;
+    std::vector<float> want_weight;
+    CombineTable(work, tokens, &want_offsets, &want_index);
+    std::vector<int> want_first(num_experts, -1), want_rows(num_experts, 0);
+    for (const ExpertWork::Group& g : work.groups) {
+      want_first[g.expert] = static_cast<int>(want_gather.size());
+      want_rows[g.expert] = static_cast<int>(g.rows.size());
+      want_gather.insert(want_gather.end(), g.rows.begin(), g.rows.end());
+      want_weight.insert(want_weight.end(), g.weights.begin(), g.weights.end());
+    }
+    // The device's.
+    std::vector<ExpertFfnGroup> experts(num_experts);
+    std::vector<uint16_t> fake(num_experts);
+    for (int e = 0; e < num_experts; ++e) experts[e] = {&fake[e], &fake[e], &fake[e], -5, -5};
+    auto d_experts = DeviceBuffer::Allocate(experts.size() * sizeof(ExpertFfnGroup));
+    auto d_groups = DeviceBuffer::Allocate(experts.size() * sizeof(ExpertFfnGroup));
+    auto d_ids = DeviceBuffer::Allocate(routes * sizeof(int));
+    auto d_w = Upload(weights);
+    auto d_gather = DeviceBuffer::Allocate(routes * sizeof(int));
+    auto d_rw = DeviceBuffer::Allocate(routes * sizeof(float));
+    auto d_offsets = DeviceBuffer::Allocate((tokens + 1) * sizeof(int));
+    auto d_index = DeviceBuffer::Allocate(routes * sizeof(int));
+    ASSERT_TRUE(d_experts.ok() && d_groups.ok() && d_ids.ok() && d_gather.ok() && d_rw.ok() && d_offsets.ok() &&
+                d_index.ok());
+    ASSERT_TRUE((*d_experts)->CopyFrom(experts.data(), experts.size() * sizeof(ExpertFfnGroup)).ok());
+    ASSERT_TRUE((*d_ids)->CopyFrom(ids.data(), routes * sizeof(int)).ok());
+    ASSERT_TRUE((*d_gather)->Fill(0x7f).ok());
+    ASSERT_TRUE((*d_index)->Fill(0x7f).ok());
+    DeviceExpertGroups out{(*d_groups)->as<ExpertFfnGroup>(), (*d_gather)->as<int>(), (*d_rw)->as<float>(),
+                           (*d_offsets)->as<int>(), (*d_index)->as<int>()};
+    ASSERT_TRUE(GroupExpertsCuda((*d_ids)->as<int>(), d_w->as<float>(), tokens, slots, num_experts,
+                                 (*d_experts)->as<ExpertFfnGroup>(), out, nullptr)
+                    .ok());
+    ASSERT_TRUE(CudaSynchronize(nullptr).ok());
+    std::vector<ExpertFfnGroup> groups(num_experts);
+    std::vector<int> gather(routes), offsets(tokens + 1), index(routes);
+    std::vector<float> row_weight(routes);
+    ASSERT_TRUE((*d_groups)->CopyTo(groups.data(), groups.size() * sizeof(ExpertFfnGroup)).ok());
+    ASSERT_TRUE((*d_gather)->CopyTo(gather.data(), routes * sizeof(int)).ok());
+    ASSERT_TRUE((*d_rw)->CopyTo(row_weight.data(), routes * sizeof(float)).ok());
+    ASSERT_TRUE((*d_offsets)->CopyTo(offsets.data(), offsets.size() * sizeof(int)).ok());
+    ASSERT_TRUE((*d_index)->CopyTo(index.data(), routes * sizeof(int)).ok());
+    const size_t rows = want_gather.size();
+    int next = 0;
+    for (int e = 0; e < num_experts; ++e) {
+      EXPECT_EQ(groups[e].gate, &fake[e]);
+      EXPECT_EQ(groups[e].num_rows, want_rows[e]) << "expert " << e;
+      if (want_first[e] >= 0) {
+        EXPECT_EQ(groups[e].row_offset, want_first[e]) << "expert " << e;
+      }
+      EXPECT_EQ(groups[e].row_offset, next) << "expert " << e;
+      next += groups[e].num_rows;
+    }
+    EXPECT_EQ(std::vector<int>(gather.begin(), gather.begin() + rows), want_gather) << tokens << " tokens";
+    EXPECT_EQ(std::vector<float>(row_weight.begin(), row_weight.begin() + rows), want_weight);
+    EXPECT_EQ(std::vector<int>(gather.begin() + rows, gather.end()), std::vector<int>(routes - rows, 0));
+    EXPECT_EQ(offsets, want_offsets);
+    EXPECT_EQ(std::vector<int>(index.begin(), index.begin() + rows), want_index);
+  }
+  // More routes than one block groups.
+  DeviceExpertGroups none;
+  EXPECT_EQ(GroupExpertsCuda(nullptr, nullptr, kMaxDeviceGroupedRoutes + 1, 1, 8, nullptr, none, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // Every scaling type (the host computes the frequencies with the CPU Rope),

@@ -286,6 +286,14 @@ __global__ void UnpadKernel(const PaddedGroup* __restrict__ groups, const float4
   }
 }
 
+// x_bf16[r] = bf16(x[gather[r]]), one row per block.
+__global__ void GatherBf16Kernel(const float* __restrict__ x, const int* __restrict__ gather, int width,
+                                 __nv_bfloat16* __restrict__ out) {
+  const float* in = x + static_cast<size_t>(gather[blockIdx.x]) * width;
+  __nv_bfloat16* o = out + static_cast<size_t>(blockIdx.x) * width;
+  for (int j = threadIdx.x; j < width; j += blockDim.x) o[j] = __float2bfloat16(in[j]);
+}
+
 // Launches the decode kernels with the fewest row tiles that hold the
 // largest group they take.
 template <bool Vec>
@@ -483,6 +491,36 @@ absl::Status CudaExpertFfn::Run(const float* x, const float* row_weight, const s
     }
   }
   if (large) return RunGemms(groups, min_rows, row_weight, out, stream);
+  return absl::OkStatus();
+}
+
+absl::Status CudaExpertFfn::RunGathered(const float* x, const int* gather, const float* row_weight,
+                                        const ExpertFfnGroup* groups, int num_groups, int rows, int max_group_rows,
+                                        float* out, CudaStream stream) {
+  if (rows < 0 || num_groups < 0 || num_groups > 65535 || max_group_rows < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("CudaExpertFfn::RunGathered: ", rows, " rows, ", num_groups,
+                                                   " groups (at most 65535), groups of ", max_group_rows));
+  }
+  if (rows == 0 || num_groups == 0) return absl::OkStatus();
+  MM_RETURN_IF_ERROR(Reserve(rows, num_groups));
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  auto* xb = x_bf16_->as<__nv_bfloat16>();
+  GatherBf16Kernel<<<static_cast<unsigned>(rows), 256, 0, s>>>(x, gather, hidden_, xb);
+  MM_RETURN_IF_ERROR(LaunchStatus("GatherBf16Kernel"));
+  auto* act = act_->as<__nv_bfloat16>();
+  const auto* xin = reinterpret_cast<const uint16_t*>(xb);
+  const bool vec_in = hidden_ % 8 == 0, vec_act = intermediate_ % 8 == 0;
+  // Every group, whatever its rows, in the decode kernels (no row limit).
+  constexpr int kAnyRows = std::numeric_limits<int>::max();
+  const unsigned ng = static_cast<unsigned>(num_groups);
+  const int largest = std::max(max_group_rows, 1);
+  for (bool gate_up : {true, false}) {
+    MM_RETURN_IF_ERROR((gate_up ? vec_in : vec_act)
+                           ? LaunchDecode<true>(groups, ng, kAnyRows, largest, xin, hidden_, intermediate_, act,
+                                                row_weight, out, s, gate_up)
+                           : LaunchDecode<false>(groups, ng, kAnyRows, largest, xin, hidden_, intermediate_, act,
+                                                 row_weight, out, s, gate_up));
+  }
   return absl::OkStatus();
 }
 

@@ -89,6 +89,15 @@ class CudaExpertFfn {
   absl::Status Run(const float* x, const float* row_weight, const std::vector<ExpertFfnGroup>& groups, float* out,
                    CudaStream stream);
 
+  // The decode kernels over groups whose table is already on the device
+  // (GroupExpertsCuda writes it): out[r] = row_weight[r] * FFN_g(x[gather[r]])
+  // for every row r of every group g, rows [0, rows). `max_group_rows`
+  // bounds any group's rows (it sets the kernels' row tiles; at most the
+  // tokens routed). Nothing waits on the host: for decode, where groups are
+  // a few rows each. Enqueued on `stream`.
+  absl::Status RunGathered(const float* x, const int* gather, const float* row_weight, const ExpertFfnGroup* groups,
+                           int num_groups, int rows, int max_group_rows, float* out, CudaStream stream);
+
   int hidden() const { return hidden_; }
   int intermediate() const { return intermediate_; }
 
