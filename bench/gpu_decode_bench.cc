@@ -1,18 +1,19 @@
 // The decode step of the single-process GPU engine (CudaForwardPass with the
 // routed experts on the same GPU, rows never leaving device memory; small
-// steps group the rows by expert on the GPU too) beside the same step two
-// other ways: with every layer's routing going to the host to be grouped
-// there (the rows stay on the GPU), and with the experts' rows going to the
-// host and back (the path every layer took before: GPU -> host -> expert
-// device -> host -> GPU, without the network); and beside the step's memory
+// steps group the rows by expert on the GPU too and run as CUDA graphs)
+// beside the same step three other ways: without graphs; with every
+// layer's routing going to the host to be grouped there (the rows stay on
+// the GPU; no graphs then); and with the experts' rows going to the host
+// and back (the path every layer took before: GPU -> host -> expert device
+// -> host -> GPU, without the network); and beside the step's memory
 // roofline: the bytes a decode step must read (bench/roofline.h) over the
 // measured copy bandwidth. Random-weight checkpoints at real layer shapes
 // (bf16), written once under /tmp.
 //
 //   gpu_decode_bench [--shapes mixtral,qwen3] [--layers 8] [--batches 1,8,32,64] [--steps 24]
 //
-// One row per shape and batch size: step ms of each of the three, the
-// first's speedup over the other two, roofline ms and the first's share
+// One row per shape and batch size: step ms of each of the four, the
+// first's speedup over the other three, roofline ms and the first's share
 // of it.
 #include <algorithm>
 #include <chrono>
@@ -184,8 +185,8 @@ int Run(int argc, char** argv) {
   constexpr int kPrompt = 180;  // with the decoded tokens, about roofline.h's 192 positions on average
   std::printf("copy bandwidth %.2f TB/s; prompts of %d tokens, then %d decode steps timed per batch\n", *bw / 1e12,
               kPrompt, steps);
-  std::printf("%-8s %6s %6s %12s %14s %12s %10s %10s %12s %10s\n", "shape", "layers", "batch", "in place ms",
-              "host-grouped", "via host ms", "vs h.-gr.", "vs v. host", "roofline ms", "of roofl.");
+  std::printf("%-8s %6s %6s %10s %10s %10s %10s %8s %8s %8s %11s %9s\n", "shape", "layers", "batch", "graphs ms",
+              "eager ms", "host-gr ms", "v.host ms", "x eager", "x h.-gr", "x v.host", "roofline ms", "of roofl");
   for (const std::string& name : shapes) {
     const Shape s = name == "qwen3" ? Qwen3(layers) : Mixtral(layers);
     const std::string dir = WriteModel(s);
@@ -203,12 +204,14 @@ int Run(int argc, char** argv) {
     auto weights = std::make_shared<const ModelWeights>(std::move(*w));
     const int max_batch = *std::max_element(batches.begin(), batches.end());
     const int block = 16, blocks = max_batch * ((kPrompt + steps + 2 * block) / block);
-    CudaForwardPass::Options host_grouping;
+    CudaForwardPass::Options eager, host_grouping;
+    eager.cuda_graphs = false;
     host_grouping.device_grouping_max_tokens = 0;
     auto pass = CudaForwardPass::Create(*config, weights, block, blocks, 0);
+    auto pass_eager = CudaForwardPass::Create(*config, weights, block, blocks, 0, eager);
     auto pass_host_grouping = CudaForwardPass::Create(*config, weights, block, blocks, 0, host_grouping);
     auto device = CudaExpertDevice::Create(*config, *weights, 0);
-    for (const absl::Status& st : {pass.status(), pass_host_grouping.status(), device.status()}) {
+    for (const absl::Status& st : {pass.status(), pass_eager.status(), pass_host_grouping.status(), device.status()}) {
       if (!st.ok()) {
         std::fprintf(stderr, "gpu_decode_bench: %s\n", std::string(st.message()).c_str());
         return 1;
@@ -217,10 +220,10 @@ int Run(int argc, char** argv) {
     LocalExpertExecutor in_place(std::move(*device), config->num_experts);
     ThroughHost via_host(&in_place);
     for (int n : batches) {
-      double ms[3];
-      for (int path = 0; path < 3; ++path) {
-        ExpertExecutor* experts = path == 2 ? static_cast<ExpertExecutor*>(&via_host) : &in_place;
-        ForwardPass* fp = path == 1 ? pass_host_grouping->get() : pass->get();
+      double ms[4];
+      for (int path = 0; path < 4; ++path) {
+        ExpertExecutor* experts = path == 3 ? static_cast<ExpertExecutor*>(&via_host) : &in_place;
+        ForwardPass* fp = path == 1 ? pass_eager->get() : path == 2 ? pass_host_grouping->get() : pass->get();
         KvCache cache(config->num_layers, fp->kv_k_width(), fp->kv_v_width(), block, blocks);
         std::vector<KvSequence> seqs(n);
         std::vector<int> prompt(kPrompt);
@@ -254,8 +257,9 @@ int Run(int argc, char** argv) {
       const RooflineShape r{s.layers, s.hidden, s.heads, s.kv_heads, s.head_dim, s.experts, s.top_k, s.expert_width,
                             s.vocab};
       const double roof_ms = 1e3 * DecodeStepBytes(r, n, kRooflineContext) / *bw;
-      std::printf("%-8s %6d %6d %12.3f %14.3f %12.3f %9.2fx %9.2fx %12.3f %9.0f%%\n", s.name.c_str(), s.layers, n,
-                  ms[0], ms[1], ms[2], ms[1] / ms[0], ms[2] / ms[0], roof_ms, 100 * roof_ms / ms[0]);
+      std::printf("%-8s %6d %6d %10.3f %10.3f %10.3f %10.3f %7.2fx %7.2fx %7.2fx %11.3f %8.0f%%\n", s.name.c_str(),
+                  s.layers, n, ms[0], ms[1], ms[2], ms[3], ms[1] / ms[0], ms[2] / ms[0], ms[3] / ms[0], roof_ms,
+                  100 * roof_ms / ms[0]);
       std::fflush(stdout);
     }
   }

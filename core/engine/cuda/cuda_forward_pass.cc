@@ -25,7 +25,6 @@
 namespace moemesh {
 namespace {
 
-constexpr CudaStream kStream = nullptr;  // one stream, in order: the default
 
 // Pinned host buffers for the rows that go to the expert workers and back.
 enum PinnedSlot { kHostIds, kHostWeights, kHostRows, kHostRouted };
@@ -47,6 +46,13 @@ enum StagingSlot {
   kExpertW,
   kOnes
 };
+
+// The least power of two >= v and >= floor (a power of two).
+int PowerOfTwoAtLeast(int v, int floor) {
+  int p = floor;
+  while (p < v) p *= 2;
+  return p;
+}
 
 }  // namespace
 
@@ -125,6 +131,9 @@ absl::Status CudaForwardPass::Upload(int kv_block_size, int kv_blocks) {
   attention_ = std::make_unique<CudaPagedAttention>();
   sampler_ = std::make_unique<CudaSampler>();
   MM_ASSIGN_OR_RETURN(copied_, CudaEvent::Create());
+  MM_ASSIGN_OR_RETURN(graph_stream_, OwnedStream::CreateBlocking());
+  const bool moe = std::find(config_.is_moe_layer.begin(), config_.is_moe_layer.end(), true) != config_.is_moe_layer.end();
+  max_slots_ = moe ? ToGatingParams(config_, nullptr).SlotsPerToken() : 0;
   // The embedding keeps bf16 tables as they are and others in fp32.
   if (w.embed.dtype == DType::kBF16) {
     MM_ASSIGN_OR_RETURN(embed_, UploadBf16({&w.embed}));
@@ -215,7 +224,7 @@ absl::StatusOr<void*> CudaForwardPass::Staging(int slot, size_t bytes) {
 }
 
 absl::StatusOr<CudaForwardPass::Step> CudaForwardPass::Prepare(absl::Span<const ForwardItem> items,
-                                                              KvCache* cache) {
+                                                              KvCache* cache, bool graph_layout) {
   const ModelConfig& c = config_;
   Step step;
   MM_RETURN_IF_ERROR(CheckForwardItems(items, c.vocab_size));
@@ -253,6 +262,13 @@ absl::StatusOr<CudaForwardPass::Step> CudaForwardPass::Prepare(absl::Span<const 
     step.n += count;
   }
   step.one_rope_table = inv_freqs.size() == 1;
+  if (graph_layout) {
+    // What a captured step bakes in, rounded up so that one graph serves
+    // many steps: the page table's width, and the longest position (it
+    // sizes attention's split; shorter rows leave the extra chunks empty).
+    step.pages_per_layer = PowerOfTwoAtLeast(step.pages_per_layer, 8);
+    step.max_position = PowerOfTwoAtLeast(step.max_position + 1, 256) - 1;
+  }
   // Where each row's keys go, and each sequence's pages, for every layer.
   const size_t row = static_cast<size_t>(kv_k_width()) + kv_v_width();
   auto block_ptr = [&](int layer, int block) {
@@ -323,11 +339,11 @@ absl::Status CudaForwardPass::Linear(int layer, LayerLinear which, const float* 
   const AttentionWeights& a = lw.attn;
   // The gates stay fp32 (routing is sensitive to rounding), as on the CPU.
   if (which == LayerLinear::kRouter) {
-    return gemm_->LinearF32(x, n, l.router_f32->as<float>(), lw.router.rows, lw.router.cols, out, kStream);
+    return gemm_->LinearF32(x, n, l.router_f32->as<float>(), lw.router.rows, lw.router.cols, out, stream_);
   }
   if (which == LayerLinear::kSharedGate) {
     const Matrix& g = lw.shared_expert_gate;
-    return gemm_->LinearF32(x, n, l.shared_gate_f32->as<float>(), g.rows, g.cols, out, kStream);
+    return gemm_->LinearF32(x, n, l.shared_gate_f32->as<float>(), g.rows, g.cols, out, stream_);
   }
   const DeviceBuffer* w = nullptr;
   const DeviceBuffer* bias = nullptr;
@@ -342,8 +358,8 @@ absl::Status CudaForwardPass::Linear(int layer, LayerLinear which, const float* 
     case LayerLinear::kKvA: w = l.kv_a.get(), bias = l.kv_a_bias.get(), m = &a.kv_a; break;
     default: return absl::InternalError("unknown layer product");
   }
-  MM_RETURN_IF_ERROR(gemm_->LinearBf16(x, n, w->as<uint16_t>(), m->rows, m->cols, out, kStream));
-  if (bias != nullptr) MM_RETURN_IF_ERROR(AddBiasCuda(out, bias->as<float>(), n, m->rows, kStream));
+  MM_RETURN_IF_ERROR(gemm_->LinearBf16(x, n, w->as<uint16_t>(), m->rows, m->cols, out, stream_));
+  if (bias != nullptr) MM_RETURN_IF_ERROR(AddBiasCuda(out, bias->as<float>(), n, m->rows, stream_));
   return absl::OkStatus();
 }
 
@@ -359,32 +375,32 @@ absl::Status CudaForwardPass::RmsNorm(int layer, LayerNorm which, const float* x
     case LayerNorm::kQA: w = l.q_a_norm.get(); break;
     case LayerNorm::kKvA: w = l.kv_a_norm.get(); break;
   }
-  if (stride == width) return RmsNormCuda(x, w->as<float>(), rows, width, eps, out, kStream);
+  if (stride == width) return RmsNormCuda(x, w->as<float>(), rows, width, eps, out, stream_);
   // Strided rows are packed, normalised and put back.
   MM_ASSIGN_OR_RETURN(float* tmp, Scratch(kTmp, static_cast<size_t>(rows) * width));
-  MM_RETURN_IF_ERROR(CopyRowsOnDevice(x, stride, tmp, width, rows, width, kStream));
-  MM_RETURN_IF_ERROR(RmsNormCuda(tmp, w->as<float>(), rows, width, eps, tmp, kStream));
-  return CopyRowsOnDevice(tmp, width, out, stride, rows, width, kStream);
+  MM_RETURN_IF_ERROR(CopyRowsOnDevice(x, stride, tmp, width, rows, width, stream_));
+  MM_RETURN_IF_ERROR(RmsNormCuda(tmp, w->as<float>(), rows, width, eps, tmp, stream_));
+  return CopyRowsOnDevice(tmp, width, out, stride, rows, width, stream_);
 }
 
-absl::Status CudaForwardPass::Clamp(float* x, size_t count, float limit) { return ClampCuda(x, count, limit, kStream); }
+absl::Status CudaForwardPass::Clamp(float* x, size_t count, float limit) { return ClampCuda(x, count, limit, stream_); }
 
-absl::Status CudaForwardPass::Sigmoid(float* x, size_t count) { return SigmoidCuda(x, count, x, kStream); }
+absl::Status CudaForwardPass::Sigmoid(float* x, size_t count) { return SigmoidCuda(x, count, x, stream_); }
 
-absl::Status CudaForwardPass::Add(float* y, const float* x, size_t count) { return AddCuda(y, x, count, kStream); }
+absl::Status CudaForwardPass::Add(float* y, const float* x, size_t count) { return AddCuda(y, x, count, stream_); }
 
 absl::Status CudaForwardPass::Rotate(float* x, int heads, int token_stride, int head_stride) {
   const Step& step = *step_;
   const int half = config_.rope.dim / 2;
   if (step.one_rope_table) {
     return RopeCuda(step.inv_freq, rope_.attention_scaling(), config_.rope.dim, config_.rope.interleaved,
-                    step.positions, step.n, heads, token_stride, head_stride, x, kStream);
+                    step.positions, step.n, heads, token_stride, head_stride, x, stream_);
   }
   for (const Step::Item& it : step.items) {
     MM_RETURN_IF_ERROR(RopeCuda(step.inv_freq + static_cast<size_t>(it.rope_table) * half, rope_.attention_scaling(),
                                 config_.rope.dim, config_.rope.interleaved, step.positions + it.first_row, it.count,
                                 heads, token_stride, head_stride, x + static_cast<size_t>(it.first_row) * token_stride,
-                                kStream));
+                                stream_));
   }
   return absl::OkStatus();
 }
@@ -392,8 +408,8 @@ absl::Status CudaForwardPass::Rotate(float* x, int heads, int token_stride, int 
 absl::Status CudaForwardPass::WriteCache(int layer, const float* k, const float* v) {
   const int n = step_->n, k_w = kv_k_width(), v_w = kv_v_width();
   const size_t at = static_cast<size_t>(layer) * n;
-  MM_RETURN_IF_ERROR(ScatterRowsCuda(k, n, k_w, k_w, step_->k_dst + at, kStream));
-  if (v != nullptr) MM_RETURN_IF_ERROR(ScatterRowsCuda(v, n, v_w, v_w, step_->v_dst + at, kStream));
+  MM_RETURN_IF_ERROR(ScatterRowsCuda(k, n, k_w, k_w, step_->k_dst + at, stream_));
+  if (v != nullptr) MM_RETURN_IF_ERROR(ScatterRowsCuda(v, n, v_w, v_w, step_->v_dst + at, stream_));
   return absl::OkStatus();
 }
 
@@ -402,8 +418,8 @@ absl::Status CudaForwardPass::Attend(int layer, const AttentionShape& shape, con
   rows.kv.k_stride = rows.kv.v_stride = kv_k_width() + kv_v_width();
   rows.kv.k_offset = 0;
   rows.kv.v_offset = config_.mla ? 0 : kv_k_width();  // the latent is key and value
-  if (config_.mla) return attention_->Run(shape, q, rows, out, kStream);
-  return attention_->Run(shape, q, rows, out, kStream, step_->sequences);
+  if (config_.mla) return attention_->Run(shape, q, rows, out, stream_);
+  return attention_->Run(shape, q, rows, out, stream_, step_->sequences);
 }
 
 // W_uk[h] is kv_b[h * (nope + vd) .. + nope, :] ([nope, lora]).
@@ -414,8 +430,8 @@ absl::Status CudaForwardPass::AbsorbQuery(int layer, const float* q, float* qabs
   const float* kvb = layers_[layer].kv_b_f32->as<float>();
   MM_RETURN_IF_ERROR(gemm_->BatchedF32({n, lora, nope, heads, q, heads * qk, qk, kvb, lora,
                                         static_cast<long long>(nope + vd) * lora, false, qabs, heads * row_w, row_w},
-                                       kStream));
-  return CopyRowsOnDevice(q + nope, qk, qabs + lora, row_w, static_cast<size_t>(n) * heads, rope, kStream);
+                                       stream_));
+  return CopyRowsOnDevice(q + nope, qk, qabs + lora, row_w, static_cast<size_t>(n) * heads, rope, stream_);
 }
 
 // W_uv[h] is kv_b[h * (nope + vd) + nope .. + vd, :] ([vd, lora]).
@@ -425,7 +441,7 @@ absl::Status CudaForwardPass::ExpandLatent(int layer, const float* lat, float* c
   const float* kvb = layers_[layer].kv_b_f32->as<float>();
   return gemm_->BatchedF32({n, vd, lora, heads, lat, heads * lora, lora, kvb + static_cast<size_t>(nope) * lora, lora,
                             static_cast<long long>(nope + vd) * lora, true, ctx, heads * vd, vd},
-                           kStream);
+                           stream_);
 }
 
 absl::Status CudaForwardPass::Ffn(int layer, LayerFfn which, const float* x, const float* row_weight, float* out) {
@@ -435,7 +451,7 @@ absl::Status CudaForwardPass::Ffn(int layer, LayerFfn which, const float* x, con
   const uint16_t* gate_up = (dense ? l.gate_up : l.shared_gate_up)->as<uint16_t>();
   const uint16_t* down = (dense ? l.down : l.shared_down)->as<uint16_t>();
   ExpertFfnGroup group{gate_up, gate_up + static_cast<size_t>(width) * config_.hidden_size, down, 0, step_->n};
-  return ffns_.at(width)->Run(x, row_weight != nullptr ? row_weight : step_->ones, {group}, out, kStream);
+  return ffns_.at(width)->Run(x, row_weight != nullptr ? row_weight : step_->ones, {group}, out, stream_);
 }
 
 // Gating on the device. Small steps whose experts are on this GPU stay
@@ -453,7 +469,7 @@ absl::Status CudaForwardPass::StartExperts(int layer, const float* x, const floa
   const size_t picks = static_cast<size_t>(n) * slots, floats = static_cast<size_t>(n) * c.hidden_size;
   MM_ASSIGN_OR_RETURN(void* d_ids, Staging(kExpertIds, picks * sizeof(int)));
   MM_ASSIGN_OR_RETURN(void* d_w, Staging(kExpertW, picks * sizeof(float)));
-  MM_RETURN_IF_ERROR(RouteTokensCuda(g, logits, n, static_cast<int*>(d_ids), static_cast<float*>(d_w), kStream));
+  MM_RETURN_IF_ERROR(RouteTokensCuda(g, logits, n, static_cast<int*>(d_ids), static_cast<float*>(d_w), stream_));
   const bool in_place = experts->cuda_device() == device_;
   experts_ = experts;
   if (in_place && experts->groups_on_device() && n <= options_.device_grouping_max_tokens &&
@@ -461,24 +477,24 @@ absl::Status CudaForwardPass::StartExperts(int layer, const float* x, const floa
     batch_ = ExpertBatch{layer, n, c.hidden_size, x, slots, static_cast<const int*>(d_ids),
                          static_cast<const float*>(d_w)};
     batch_.on_device = batch_.routing_on_device = true;
-    batch_.cuda_stream = kStream;
+    batch_.cuda_stream = stream_;
     return absl::OkStatus();
   }
   MM_ASSIGN_OR_RETURN(void* ids, Pinned(kHostIds, picks * sizeof(int)));
   MM_ASSIGN_OR_RETURN(void* weights, Pinned(kHostWeights, picks * sizeof(float)));
-  MM_RETURN_IF_ERROR(CopyToHostAsync(ids, d_ids, picks * sizeof(int), kStream));
-  MM_RETURN_IF_ERROR(CopyToHostAsync(weights, d_w, picks * sizeof(float), kStream));
+  MM_RETURN_IF_ERROR(CopyToHostAsync(ids, d_ids, picks * sizeof(int), stream_));
+  MM_RETURN_IF_ERROR(CopyToHostAsync(weights, d_w, picks * sizeof(float), stream_));
   const float* rows = x;
   if (!in_place) {
     MM_ASSIGN_OR_RETURN(void* host_rows, Pinned(kHostRows, floats * sizeof(float)));
-    MM_RETURN_IF_ERROR(CopyToHostAsync(host_rows, x, floats * sizeof(float), kStream));
+    MM_RETURN_IF_ERROR(CopyToHostAsync(host_rows, x, floats * sizeof(float), stream_));
     rows = static_cast<const float*>(host_rows);
   }
-  MM_RETURN_IF_ERROR(copied_->Record(kStream));
+  MM_RETURN_IF_ERROR(copied_->Record(stream_));
   batch_ = ExpertBatch{layer, n, c.hidden_size, rows, slots, static_cast<const int*>(ids),
                        static_cast<const float*>(weights)};
   batch_.on_device = in_place;
-  batch_.cuda_stream = in_place ? kStream : nullptr;
+  batch_.cuda_stream = in_place ? stream_ : nullptr;
   return absl::OkStatus();
 }
 
@@ -492,31 +508,89 @@ absl::Status CudaForwardPass::FinishExperts(int layer, float* out) {
   const size_t floats = static_cast<size_t>(batch.num_tokens) * batch.hidden_size;
   MM_ASSIGN_OR_RETURN(void* routed, Pinned(kHostRouted, floats * sizeof(float)));
   MM_RETURN_IF_ERROR(experts_->Execute(batch, static_cast<float*>(routed)));
-  return CopyToDeviceAsync(out, routed, floats * sizeof(float), kStream);
+  return CopyToDeviceAsync(out, routed, floats * sizeof(float), stream_);
+}
+
+absl::StatusOr<float*> CudaForwardPass::RunStep(ExpertExecutor* experts) {
+  const ModelConfig& c = config_;
+  const Step& step = *step_;
+  const int n = step.n, H = c.hidden_size;
+  MM_ASSIGN_OR_RETURN(float* hidden, Scratch(kHidden, static_cast<size_t>(n) * H));
+  MM_RETURN_IF_ERROR(EmbedRowsCuda(embed_->data(), weights_->embed.dtype == DType::kBF16, H, step.ids, n, hidden,
+                                   stream_));
+  MM_RETURN_IF_ERROR(RunDecoderLayers(c, *weights_, n, this, experts, hidden));
+  // Final norm and LM head on the rows whose logits are wanted.
+  const int m = static_cast<int>(step.head_rows.size());
+  MM_ASSIGN_OR_RETURN(float* head_in, Scratch(kHeadIn, static_cast<size_t>(m) * H));
+  MM_RETURN_IF_ERROR(GatherRowsCuda(hidden, H, step.head_rows_dev, m, head_in, stream_));
+  MM_RETURN_IF_ERROR(
+      RmsNormCuda(head_in, final_norm_->as<float>(), m, H, static_cast<float>(c.rms_norm_eps), head_in, stream_));
+  MM_ASSIGN_OR_RETURN(float* out, Scratch(kLogits, static_cast<size_t>(m) * c.vocab_size));
+  MM_RETURN_IF_ERROR(gemm_->LinearBf16(head_in, m, lm_head_->as<uint16_t>(), c.vocab_size, H, out, stream_));
+  return out;
+}
+
+bool CudaForwardPass::GraphEligible(absl::Span<const ForwardItem> items, ExpertExecutor* experts) const {
+  const int n = static_cast<int>(items.size());
+  if (!options_.cuda_graphs || n > options_.graph_max_tokens) return false;
+  for (const ForwardItem& it : items) {
+    if (it.tokens.size() != 1) return false;  // decode steps only
+  }
+  // A layer that waits on the host for its experts cannot be captured.
+  return max_slots_ == 0 || (experts->cuda_device() == device_ && experts->groups_on_device() &&
+                             n <= options_.device_grouping_max_tokens &&
+                             static_cast<long long>(n) * max_slots_ <= kMaxDeviceGroupedRoutes);
+}
+
+absl::StatusOr<float*> CudaForwardPass::RunGraphed(ExpertExecutor* experts, bool* on_graph_stream) {
+  const Step& step = *step_;
+  Graphed& g = graphs_[GraphKey{step.n, step.pages_per_layer, step.max_position, experts}];
+  // A graph names the buffers it was captured with: any freed since, it is
+  // stale. A step is captured after it ran once as it is (every buffer it
+  // needs grown), with nothing freed since.
+  if (g.graph != nullptr && g.frees != DeviceFreeCount()) g.graph.reset();
+  if (g.graph == nullptr && g.warm && g.frees == DeviceFreeCount() && g.failures < kMaxCaptureFailures) {
+    stream_ = graph_stream_->get();
+    absl::Status st = CudaGraph::BeginCapture(stream_);
+    absl::StatusOr<float*> out = st.ok() ? RunStep(experts) : st;
+    auto graph = st.ok() ? CudaGraph::EndCapture(stream_) : absl::StatusOr<std::unique_ptr<CudaGraph>>(st);
+    stream_ = nullptr;
+    if (out.ok() && graph.ok() && g.frees == DeviceFreeCount()) {
+      g.graph = std::move(*graph);
+      g.logits = *out;
+      ++graph_stats_.captured;
+    } else {
+      ++g.failures;
+      ++graph_stats_.failed;
+    }
+  }
+  if (g.graph != nullptr) {
+    MM_RETURN_IF_ERROR(g.graph->Launch(graph_stream_->get()));
+    ++graph_stats_.replayed;
+    *on_graph_stream = true;
+    return g.logits;
+  }
+  MM_ASSIGN_OR_RETURN(float* out, RunStep(experts));
+  g.warm = true;
+  g.frees = DeviceFreeCount();
+  return out;
 }
 
 absl::Status CudaForwardPass::Forward(absl::Span<const ForwardItem> items, KvCache* cache, ExpertExecutor* experts,
                                       std::vector<float>* logits) {
   const ModelConfig& c = config_;
-  const int H = c.hidden_size;
   MM_RETURN_IF_ERROR(CudaSetDevice(device_));
   last_logits_ = nullptr;  // the scratch may move
-  MM_ASSIGN_OR_RETURN(Step step, Prepare(items, cache));
+  bool graphed = GraphEligible(items, experts);
+  MM_ASSIGN_OR_RETURN(Step step, Prepare(items, cache, graphed));
+  graphed = graphed && step.one_rope_table;
   step_ = &step;
   absl::Cleanup forget = [this] { step_ = nullptr; };
-  const int n = step.n;
-  MM_ASSIGN_OR_RETURN(float* hidden, Scratch(kHidden, static_cast<size_t>(n) * H));
-  MM_RETURN_IF_ERROR(EmbedRowsCuda(embed_->data(), weights_->embed.dtype == DType::kBF16, H, step.ids, n, hidden,
-                                   kStream));
-  MM_RETURN_IF_ERROR(RunDecoderLayers(c, *weights_, n, this, experts, hidden));
-  // Final norm and LM head on the rows whose logits are wanted.
+  bool on_graph_stream = false;
+  MM_ASSIGN_OR_RETURN(float* out, graphed ? RunGraphed(experts, &on_graph_stream) : RunStep(experts));
+  // The default stream's copies do not wait for the graph's stream.
+  if (on_graph_stream) MM_RETURN_IF_ERROR(CudaSynchronize(graph_stream_->get()));
   const int m = static_cast<int>(step.head_rows.size());
-  MM_ASSIGN_OR_RETURN(float* head_in, Scratch(kHeadIn, static_cast<size_t>(m) * H));
-  MM_RETURN_IF_ERROR(GatherRowsCuda(hidden, H, step.head_rows_dev, m, head_in, kStream));
-  MM_RETURN_IF_ERROR(
-      RmsNormCuda(head_in, final_norm_->as<float>(), m, H, static_cast<float>(c.rms_norm_eps), head_in, kStream));
-  MM_ASSIGN_OR_RETURN(float* out, Scratch(kLogits, static_cast<size_t>(m) * c.vocab_size));
-  MM_RETURN_IF_ERROR(gemm_->LinearBf16(head_in, m, lm_head_->as<uint16_t>(), c.vocab_size, H, out, kStream));
   if (logits != nullptr) {
     const size_t old = logits->size();
     logits->resize(old + static_cast<size_t>(m) * c.vocab_size);
@@ -527,7 +601,7 @@ absl::Status CudaForwardPass::Forward(absl::Span<const ForwardItem> items, KvCac
       return st;
     }
   } else {
-    MM_RETURN_IF_ERROR(CudaSynchronize(kStream));  // the step's errors surface here, not in SampleLast
+    MM_RETURN_IF_ERROR(CudaSynchronize(stream_));  // the step's errors surface here, not in SampleLast
   }
   last_logits_ = out;
   last_rows_ = m;
@@ -570,7 +644,7 @@ absl::Status CudaForwardPass::SampleLast(absl::Span<const DeviceSampleRow> rows,
                                   vocab * sizeof(float)));
   }
   tokens->resize(rows.size());
-  return sampler_->Run(last_logits_, last_rows_, vocab, params, penalties, tokens->data(), kStream);
+  return sampler_->Run(last_logits_, last_rows_, vocab, params, penalties, tokens->data(), stream_);
 }
 
 }  // namespace moemesh

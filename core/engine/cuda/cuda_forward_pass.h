@@ -3,6 +3,7 @@
 
 #include <map>
 #include <memory>
+#include <tuple>
 #include <vector>
 
 #include "core/engine/decoder.h"
@@ -43,6 +44,19 @@ class CudaForwardPass : public ForwardPass, private DecoderOps {
     // group on the host, where the expert layer picks its GEMMs by group
     // size (bench/gpu_decode_bench compares the two).
     int device_grouping_max_tokens = 32;
+    // Decode steps of up to graph_max_tokens tokens whose layers need
+    // nothing from the host (experts grouped on this GPU, or none) run as
+    // CUDA graphs: captured the second time a step of that shape comes
+    // (its token count, page-table width and longest position, the last
+    // two rounded up to powers of two), replayed after, as one launch.
+    bool cuda_graphs = true;
+    int graph_max_tokens = 32;
+  };
+  // What the graphs did, for tests and benchmarks.
+  struct GraphStats {
+    int captured = 0;  // graphs made
+    int replayed = 0;  // steps run as a graph
+    int failed = 0;    // captures that failed (the step then ran as usual)
   };
   // FAILED_PRECONDITION without GPU `device`; RESOURCE_EXHAUSTED when the
   // weights or the cache do not fit.
@@ -66,6 +80,7 @@ class CudaForwardPass : public ForwardPass, private DecoderOps {
   // On the GPU (CudaSampler): only token ids, and the raw rows logprobs
   // need, come back to the host.
   bool samples_on_device() const override { return true; }
+  const GraphStats& graph_stats() const { return graph_stats_; }
   absl::Status SampleLast(absl::Span<const DeviceSampleRow> rows, std::vector<int>* tokens,
                           std::vector<float>* raw_logits) override;
 
@@ -74,7 +89,16 @@ class CudaForwardPass : public ForwardPass, private DecoderOps {
   struct Step;
   CudaForwardPass(const ModelConfig& config, std::shared_ptr<const ModelWeights> weights);
   absl::Status Upload(int kv_block_size, int kv_blocks);
-  absl::StatusOr<Step> Prepare(absl::Span<const ForwardItem> items, KvCache* cache);
+  // The step's tables on the device; with `graph_layout`, sized as a
+  // captured step expects (Options::cuda_graphs).
+  absl::StatusOr<Step> Prepare(absl::Span<const ForwardItem> items, KvCache* cache, bool graph_layout);
+  // Embedding to logits of the step in step_, on stream_; returns the
+  // logits (device scratch).
+  absl::StatusOr<float*> RunStep(ExpertExecutor* experts);
+  bool GraphEligible(absl::Span<const ForwardItem> items, ExpertExecutor* experts) const;
+  // RunStep as a CUDA graph where one is (or can now be) captured, else as
+  // usual; says whether the work went to graph_stream_.
+  absl::StatusOr<float*> RunGraphed(ExpertExecutor* experts, bool* on_graph_stream);
   // The step's query rows over `layer`'s pages; the caller sets the row geometry.
   PagedRows StepRows(int layer) const;
 
@@ -120,6 +144,29 @@ class CudaForwardPass : public ForwardPass, private DecoderOps {
   std::map<int, std::unique_ptr<PinnedBuffer>> pinned_;
   std::unique_ptr<CudaEvent> copied_;  // the rows for the expert workers are on the host
   const Step* step_ = nullptr;         // the step in flight, during Forward
+  // Where the step's work goes: the default stream, or graph_stream_ (a
+  // blocking stream, so ordered with the default one) while capturing.
+  CudaStream stream_ = nullptr;
+  std::unique_ptr<OwnedStream> graph_stream_;
+  int max_slots_ = 0;  // routes per token; 0 without MoE layers
+  struct GraphKey {
+    int n, pages_per_layer, max_position;
+    const ExpertExecutor* experts;
+    bool operator<(const GraphKey& o) const {
+      return std::tie(n, pages_per_layer, max_position, experts) <
+             std::tie(o.n, o.pages_per_layer, o.max_position, o.experts);
+    }
+  };
+  struct Graphed {
+    std::unique_ptr<CudaGraph> graph;
+    float* logits = nullptr;  // where the graph writes them
+    bool warm = false;        // ran once as it is, with `frees` as it was
+    uint64_t frees = 0;       // DeviceFreeCount() then
+    int failures = 0;
+  };
+  static constexpr int kMaxCaptureFailures = 2;
+  std::map<GraphKey, Graphed> graphs_;
+  GraphStats graph_stats_;
   // The routed experts between StartExperts and FinishExperts.
   ExpertExecutor* experts_ = nullptr;
   ExpertBatch batch_{-1};

@@ -270,7 +270,11 @@ absl::Status CudaExpertDevice::RunRouted(const ExpertBatch& batch, float* out) {
       MM_RETURN_IF_ERROR(GrowBuffer(&lane.routed, bytes));
       MM_RETURN_IF_ERROR(GrowBuffer(&lane.y, routes * h * sizeof(float)));
     }
-    MM_RETURN_IF_ERROR(lane.idle->WaitOn(stream));
+    // A CUDA graph's capture cannot wait on, or record, an event from
+    // outside it: a captured step orders its work on its own stream, where
+    // the forward pass that captures it runs every step.
+    const bool capturing = CudaStreamIsCapturing(stream);
+    if (!capturing) MM_RETURN_IF_ERROR(lane.idle->WaitOn(stream));
     char* base = static_cast<char*>(lane.routed->data());
     DeviceExpertGroups groups;
     groups.groups = reinterpret_cast<ExpertFfnGroup*>(base);
@@ -290,7 +294,7 @@ absl::Status CudaExpertDevice::RunRouted(const ExpertBatch& batch, float* out) {
                              stream);
     };
     const absl::Status st = enqueue();
-    const absl::Status recorded = lane.idle->Record(stream);
+    const absl::Status recorded = capturing ? absl::OkStatus() : lane.idle->Record(stream);
     return st.ok() ? recorded : st;
   });
 }

@@ -26,6 +26,7 @@ absl::StatusOr<CublasApi> Load() {
   sym(&api.create, "cublasCreate_v2");
   sym(&api.destroy, "cublasDestroy_v2");
   sym(&api.set_stream, "cublasSetStream_v2");
+  sym(&api.set_workspace, "cublasSetWorkspace_v2");
   sym(&api.gemm_ex, "cublasGemmEx");
   sym(&api.gemm_strided_batched_ex, "cublasGemmStridedBatchedEx");
   sym(&api.gemm_batched_ex, "cublasGemmBatchedEx");

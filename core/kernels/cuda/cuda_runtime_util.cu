@@ -1,6 +1,7 @@
 #include "core/kernels/cuda/cuda_runtime_util.h"
 
 #include <algorithm>
+#include <atomic>
 
 #include "core/common/status_macros.h"
 #include "core/kernels/cuda/cuda_check.cuh"
@@ -35,8 +36,17 @@ absl::StatusOr<std::unique_ptr<DeviceBuffer>> DeviceBuffer::Allocate(size_t byte
   return std::unique_ptr<DeviceBuffer>(new DeviceBuffer(p, bytes));
 }
 
+namespace {
+std::atomic<uint64_t> device_frees{0};
+}  // namespace
+
+uint64_t DeviceFreeCount() { return device_frees.load(std::memory_order_acquire); }
+
 DeviceBuffer::~DeviceBuffer() {
-  if (ptr_ != nullptr) cudaFree(ptr_);
+  if (ptr_ != nullptr) {
+    device_frees.fetch_add(1, std::memory_order_acq_rel);
+    cudaFree(ptr_);
+  }
 }
 
 absl::Status DeviceBuffer::CopyFrom(const void* host, size_t bytes) {
@@ -93,6 +103,47 @@ absl::StatusOr<std::unique_ptr<OwnedStream>> OwnedStream::Create() {
   cudaStream_t s = nullptr;
   MM_RETURN_IF_ERROR(CudaStatus(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate"));
   return std::unique_ptr<OwnedStream>(new OwnedStream(s));
+}
+
+absl::StatusOr<std::unique_ptr<OwnedStream>> OwnedStream::CreateBlocking() {
+  cudaStream_t s = nullptr;
+  MM_RETURN_IF_ERROR(CudaStatus(cudaStreamCreateWithFlags(&s, cudaStreamDefault), "cudaStreamCreate"));
+  return std::unique_ptr<OwnedStream>(new OwnedStream(s));
+}
+
+absl::Status CudaGraph::BeginCapture(CudaStream stream) {
+  // Thread-local: another thread's unrelated CUDA calls neither break the
+  // capture nor are refused because of it.
+  return CudaStatus(cudaStreamBeginCapture(static_cast<cudaStream_t>(stream), cudaStreamCaptureModeThreadLocal),
+                    "cudaStreamBeginCapture");
+}
+
+absl::StatusOr<std::unique_ptr<CudaGraph>> CudaGraph::EndCapture(CudaStream stream) {
+  cudaGraph_t graph = nullptr;
+  MM_RETURN_IF_ERROR(CudaStatus(cudaStreamEndCapture(static_cast<cudaStream_t>(stream), &graph),
+                                "cudaStreamEndCapture"));
+  cudaGraphExec_t exec = nullptr;
+  if (absl::Status st = CudaStatus(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate"); !st.ok()) {
+    cudaGraphDestroy(graph);
+    return st;
+  }
+  return std::unique_ptr<CudaGraph>(new CudaGraph(graph, exec));
+}
+
+CudaGraph::~CudaGraph() {
+  cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec_));
+  cudaGraphDestroy(static_cast<cudaGraph_t>(graph_));
+}
+
+absl::Status CudaGraph::Launch(CudaStream stream) {
+  return CudaStatus(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec_), static_cast<cudaStream_t>(stream)),
+                    "cudaGraphLaunch");
+}
+
+bool CudaStreamIsCapturing(CudaStream stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(static_cast<cudaStream_t>(stream), &status) != cudaSuccess) return false;
+  return status != cudaStreamCaptureStatusNone;
 }
 
 OwnedStream::~OwnedStream() { cudaStreamDestroy(static_cast<cudaStream_t>(stream_)); }

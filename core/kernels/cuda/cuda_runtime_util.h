@@ -5,6 +5,7 @@
 // no CUDA header leaks into callers; CUDA errors become absl::Status here.
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 
 #include "absl/status/statusor.h"
@@ -21,6 +22,11 @@ int CudaDeviceCount();
 // The current device's compute capability as 10 * major + minor (90 for
 // H100 and H200); 0 without a device.
 int CudaComputeCapability();
+
+// Counts the device buffers freed in this process. A CUDA graph holds the
+// addresses its kernels were captured with: one captured at an earlier
+// count may name freed memory, and must be captured again.
+uint64_t DeviceFreeCount();
 
 // Device memory, freed on destruction.
 class DeviceBuffer {
@@ -73,6 +79,10 @@ class PinnedBuffer {
 class OwnedStream {
  public:
   static absl::StatusOr<std::unique_ptr<OwnedStream>> Create();
+  // One that does wait for the legacy default stream, and it for this one,
+  // as if their work were on one stream (CUDA graphs run on one such
+  // beside work on the default stream).
+  static absl::StatusOr<std::unique_ptr<OwnedStream>> CreateBlocking();
   ~OwnedStream();
   CudaStream get() const { return stream_; }
 
@@ -97,6 +107,31 @@ class CudaEvent {
   explicit CudaEvent(void* e) : event_(e) {}
   void* event_;
 };
+
+// Work enqueued on a stream, captured once and replayed: every launch and
+// copy with the same arguments (addresses included), as one launch.
+class CudaGraph {
+ public:
+  // Starts capturing `stream` (not the legacy default stream): until
+  // EndCapture, work enqueued on it from this thread is recorded, not run.
+  static absl::Status BeginCapture(CudaStream stream);
+  // Ends the capture and makes the graph runnable; an error if anything in
+  // the capture failed or was not capturable (the stream is usable again
+  // either way).
+  static absl::StatusOr<std::unique_ptr<CudaGraph>> EndCapture(CudaStream stream);
+  ~CudaGraph();
+  // Enqueues the captured work on `stream`.
+  absl::Status Launch(CudaStream stream);
+
+ private:
+  CudaGraph(void* graph, void* exec) : graph_(graph), exec_(exec) {}
+  void* graph_;
+  void* exec_;
+};
+
+// Whether work enqueued on `stream` is being captured into a graph (then
+// it must not wait on, or record, events from outside the capture).
+bool CudaStreamIsCapturing(CudaStream stream);
 
 // Makes `*buf` hold at least `bytes` (allocating twice that, room to
 // grow); the old contents are lost. Callers make sure that no pending copy

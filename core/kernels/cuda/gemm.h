@@ -44,7 +44,12 @@ class CudaGemm {
   absl::Status BatchedF32(const Batched& p, CudaStream stream);
 
  private:
+  // cuBLAS's workspace (cublasSetWorkspace): 32 MiB, what cuBLAS itself
+  // takes on Hopper.
+  static constexpr size_t kWorkspaceBytes = size_t{32} << 20;
   CudaGemm() = default;
+  // Points the handle at `stream`, with our workspace.
+  absl::Status SetStream(CudaStream stream);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
