@@ -1,6 +1,7 @@
 #ifndef MOEMESH_CORE_ENGINE_FORWARD_PASS_H_
 #define MOEMESH_CORE_ENGINE_FORWARD_PASS_H_
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <vector>
@@ -65,6 +66,12 @@ class ForwardPass {
   virtual bool samples_on_device() const { return false; }
   virtual absl::Status SampleLast(absl::Span<const DeviceSampleRow> rows, std::vector<int>* tokens,
                                   std::vector<float>* raw_logits);
+
+  // Adds the tokens the last step routed to each expert, [layer *
+  // num_experts + expert], for the layers whose routing the executor got
+  // on the device (ExpertBatch::routing_on_device: nothing on the host saw
+  // it). Others add nothing.
+  virtual void AddRoutedCounts(std::vector<int64_t>* routed) const {}
 };
 
 // INVALID_ARGUMENT for an item without tokens or a token outside the

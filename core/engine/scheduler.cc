@@ -36,7 +36,8 @@ class Scheduler::StatsExecutor : public ExpertExecutor {
   absl::Status Execute(const ExpertBatch& b, float* out) override {
     const size_t need = static_cast<size_t>(b.layer + 1) * num_experts_;
     if (stats_->routed.size() < need) stats_->routed.resize(need, 0);
-    for (int i = 0; i < b.num_tokens * b.slots; ++i) {
+    // Routing on the device is counted by the forward pass (AddRoutedCounts).
+    for (int i = 0; !b.routing_on_device && i < b.num_tokens * b.slots; ++i) {
       const int e = b.expert_ids[i];
       if (e >= 0 && e < num_experts_) ++stats_->routed[static_cast<size_t>(b.layer) * num_experts_ + e];
     }
@@ -45,6 +46,9 @@ class Scheduler::StatsExecutor : public ExpertExecutor {
     stats_->expert_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return st;
   }
+  // What the forward pass asks of the executor, the inner one's answers.
+  int cuda_device() const override { return inner_->cuda_device(); }
+  bool groups_on_device() const override { return inner_->groups_on_device(); }
 
  private:
   ExpertExecutor* inner_;
@@ -180,6 +184,7 @@ absl::Status Scheduler::Step() {
   const bool on_device = model_->samples_on_device();
   absl::Status st = model_->Forward(items, cache_, timed_experts_.get(), on_device ? nullptr : &logits);
   if (!st.ok()) return fail_all(st);
+  model_->AddRoutedCounts(&last_step_.routed);
   const int vocab = model_->config().vocab_size;
   std::vector<int64_t> done;
   std::vector<float> raw;

@@ -14,6 +14,7 @@
 #include "core/kernels/cuda/attention.h"
 #include "core/kernels/cuda/dense.h"
 #include "core/kernels/cuda/expert_ffn.h"
+#include "core/kernels/cuda/expert_groups.h"
 #include "core/kernels/cuda/gating.h"
 #include "core/kernels/cuda/gemm.h"
 #include "core/kernels/cuda/norm.h"
@@ -44,7 +45,9 @@ enum StagingSlot {
   kHeadRows,
   kExpertIds,
   kExpertW,
-  kOnes
+  kOnes,
+  kFfnGroups,
+  kRouteCounts
 };
 
 // The least power of two >= v and >= floor (a power of two).
@@ -92,6 +95,10 @@ struct CudaForwardPass::Step {
   const float* inv_freq = nullptr;       // [table][dim / 2]
   const int* head_rows_dev = nullptr;
   const float* ones = nullptr;  // n row weights of 1, for dense and shared FFNs
+  // With the graph layout: each layer's dense and shared FFN as a group of
+  // all n rows ([layer][2]), so that no FFN copies a table from the host
+  // (a captured copy would read the host memory it was captured with).
+  const ExpertFfnGroup* ffn_groups = nullptr;
 };
 
 CudaForwardPass::CudaForwardPass(const ModelConfig& config, std::shared_ptr<const ModelWeights> weights)
@@ -318,6 +325,21 @@ absl::StatusOr<CudaForwardPass::Step> CudaForwardPass::Prepare(absl::Span<const 
   const std::vector<float> ones(step.n, 1.0f);
   MM_ASSIGN_OR_RETURN(void* d_ones, stage(kOnes, ones.data(), ones.size() * sizeof(float)));
   step.ones = static_cast<const float*>(d_ones);
+  if (graph_layout) {
+    std::vector<ExpertFfnGroup> ffn(static_cast<size_t>(2) * L);
+    for (int l = 0; l < L; ++l) {
+      const Layer& layer = layers_[l];
+      for (int shared = 0; shared < 2; ++shared) {
+        const int width = shared ? layer.shared_width : layer.ffn_width;
+        if (width == 0) continue;
+        const uint16_t* gate_up = (shared ? layer.shared_gate_up : layer.gate_up)->as<uint16_t>();
+        ffn[2 * l + shared] = {gate_up, gate_up + static_cast<size_t>(width) * c.hidden_size,
+                               (shared ? layer.shared_down : layer.down)->as<uint16_t>(), 0, step.n};
+      }
+    }
+    MM_ASSIGN_OR_RETURN(void* d_ffn, stage(kFfnGroups, ffn.data(), ffn.size() * sizeof(ExpertFfnGroup)));
+    step.ffn_groups = static_cast<const ExpertFfnGroup*>(d_ffn);
+  }
   return step;
 }
 
@@ -450,8 +472,13 @@ absl::Status CudaForwardPass::Ffn(int layer, LayerFfn which, const float* x, con
   const int width = dense ? l.ffn_width : l.shared_width;
   const uint16_t* gate_up = (dense ? l.gate_up : l.shared_gate_up)->as<uint16_t>();
   const uint16_t* down = (dense ? l.down : l.shared_down)->as<uint16_t>();
+  const float* weight = row_weight != nullptr ? row_weight : step_->ones;
+  if (step_->ffn_groups != nullptr) {
+    const ExpertFfnGroup* group = step_->ffn_groups + 2 * layer + (dense ? 0 : 1);
+    return ffns_.at(width)->RunGathered(x, nullptr, weight, group, 1, step_->n, step_->n, out, stream_);
+  }
   ExpertFfnGroup group{gate_up, gate_up + static_cast<size_t>(width) * config_.hidden_size, down, 0, step_->n};
-  return ffns_.at(width)->Run(x, row_weight != nullptr ? row_weight : step_->ones, {group}, out, stream_);
+  return ffns_.at(width)->Run(x, weight, {group}, out, stream_);
 }
 
 // Gating on the device. Small steps whose experts are on this GPU stay
@@ -478,6 +505,11 @@ absl::Status CudaForwardPass::StartExperts(int layer, const float* x, const floa
                          static_cast<const float*>(d_w)};
     batch_.on_device = batch_.routing_on_device = true;
     batch_.cuda_stream = stream_;
+    // No one reads this routing on the host: count it here for the
+    // scheduler's expert-load figures (AddRoutedCounts).
+    MM_RETURN_IF_ERROR(CountRoutesCuda(static_cast<const int*>(d_ids), static_cast<int>(picks), c.num_experts,
+                                       route_counts_ + static_cast<size_t>(layer) * c.num_experts, stream_));
+    counted_routes_ = true;
     return absl::OkStatus();
   }
   MM_ASSIGN_OR_RETURN(void* ids, Pinned(kHostIds, picks * sizeof(int)));
@@ -515,6 +547,12 @@ absl::StatusOr<float*> CudaForwardPass::RunStep(ExpertExecutor* experts) {
   const ModelConfig& c = config_;
   const Step& step = *step_;
   const int n = step.n, H = c.hidden_size;
+  if (max_slots_ > 0) {
+    const size_t counts = static_cast<size_t>(c.num_layers) * c.num_experts;
+    MM_ASSIGN_OR_RETURN(void* p, Staging(kRouteCounts, counts * sizeof(int)));
+    route_counts_ = static_cast<int*>(p);
+    MM_RETURN_IF_ERROR(ZeroDeviceAsync(route_counts_, counts * sizeof(int), stream_));
+  }
   MM_ASSIGN_OR_RETURN(float* hidden, Scratch(kHidden, static_cast<size_t>(n) * H));
   MM_RETURN_IF_ERROR(EmbedRowsCuda(embed_->data(), weights_->embed.dtype == DType::kBF16, H, step.ids, n, hidden,
                                    stream_));
@@ -587,6 +625,7 @@ absl::Status CudaForwardPass::Forward(absl::Span<const ForwardItem> items, KvCac
   step_ = &step;
   absl::Cleanup forget = [this] { step_ = nullptr; };
   bool on_graph_stream = false;
+  counted_routes_ = false;
   MM_ASSIGN_OR_RETURN(float* out, graphed ? RunGraphed(experts, &on_graph_stream) : RunStep(experts));
   // The default stream's copies do not wait for the graph's stream.
   if (on_graph_stream) MM_RETURN_IF_ERROR(CudaSynchronize(graph_stream_->get()));
@@ -605,8 +644,21 @@ absl::Status CudaForwardPass::Forward(absl::Span<const ForwardItem> items, KvCac
   }
   last_logits_ = out;
   last_rows_ = m;
+  // Graphed steps count on the device whatever they route; others only
+  // where the routing stayed there.
+  routed_counts_.clear();
+  if (counted_routes_ || on_graph_stream) {
+    routed_counts_.resize(static_cast<size_t>(c.num_layers) * c.num_experts);
+    MM_RETURN_IF_ERROR(CopyToHost(routed_counts_.data(), route_counts_, routed_counts_.size() * sizeof(int)));
+  }
   for (const ForwardItem& it : items) it.seq->length += static_cast<int>(it.tokens.size());
   return absl::OkStatus();
+}
+
+void CudaForwardPass::AddRoutedCounts(std::vector<int64_t>* routed) const {
+  if (routed_counts_.empty()) return;
+  if (routed->size() < routed_counts_.size()) routed->resize(routed_counts_.size(), 0);
+  for (size_t i = 0; i < routed_counts_.size(); ++i) (*routed)[i] += routed_counts_[i];
 }
 
 absl::Status CudaForwardPass::SampleLast(absl::Span<const DeviceSampleRow> rows, std::vector<int>* tokens,

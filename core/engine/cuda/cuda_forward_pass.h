@@ -81,6 +81,7 @@ class CudaForwardPass : public ForwardPass, private DecoderOps {
   // need, come back to the host.
   bool samples_on_device() const override { return true; }
   const GraphStats& graph_stats() const { return graph_stats_; }
+  void AddRoutedCounts(std::vector<int64_t>* routed) const override;
   absl::Status SampleLast(absl::Span<const DeviceSampleRow> rows, std::vector<int>* tokens,
                           std::vector<float>* raw_logits) override;
 
@@ -149,6 +150,11 @@ class CudaForwardPass : public ForwardPass, private DecoderOps {
   CudaStream stream_ = nullptr;
   std::unique_ptr<OwnedStream> graph_stream_;
   int max_slots_ = 0;  // routes per token; 0 without MoE layers
+  // Tokens routed per (layer, expert) by the layers that kept their routing
+  // on the device: counted there each step (staging), read back after.
+  int* route_counts_ = nullptr;
+  bool counted_routes_ = false;
+  std::vector<int> routed_counts_;
   struct GraphKey {
     int n, pages_per_layer, max_position;
     const ExpertExecutor* experts;

@@ -87,14 +87,15 @@ absl::StatusOr<std::unique_ptr<ExpertDevice>> CudaExpertDevice::Create(const Mod
   d->groups_on_device_ = !d->experts_.empty() && config.num_experts <= kMaxGatingExperts;
   for (int l = 0; l < config.num_layers && d->groups_on_device_; ++l) {
     std::vector<ExpertFfnGroup> table;
-    for (int e = 0; e < config.num_experts; ++e) {
-      if (!d->Holds(l, e)) break;
+    int held = 0;
+    for (int e = 0; e < config.num_experts; ++e) held += d->Holds(l, e);
+    if (held == 0) continue;  // a dense layer, or none of its experts here
+    for (int e = 0; e < config.num_experts && held == config.num_experts; ++e) {
       ExpertWork::Group group;
       group.expert = e;
       MM_ASSIGN_OR_RETURN(ExpertFfnGroup g, d->FfnGroup(l, group, 0));
       table.push_back(g);
     }
-    if (table.empty()) continue;  // a dense layer, or none of its experts here
     if (table.size() != static_cast<size_t>(config.num_experts)) {
       d->groups_on_device_ = false;
       break;

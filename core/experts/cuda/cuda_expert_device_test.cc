@@ -281,9 +281,12 @@ TEST(CudaExpertDeviceRoutedTest, GroupsOnTheDeviceAsTheHostDoes) {
         ASSERT_TRUE(CudaSynchronize(nullptr).ok());
         ASSERT_TRUE((*out)->CopyTo(got.data(), got.size() * sizeof(float)).ok());
         EXPECT_LT(RelError(got, want), 2e-2) << dir << " layer " << layer << ", " << tokens << " tokens";
-        // The GPU's two groupings differ only in which kernel takes larger
-        // groups (the same bf16 products, summed in another order).
-        EXPECT_LT(RelError(got, host_grouped), 1e-4) << dir << " layer " << layer << ", " << tokens << " tokens";
+        // The GPU's two groupings differ only in which kernel takes groups
+        // of 8 rows or more (the grouped GEMM rounds the row-weighted
+        // activations to bf16; the decode kernels weight the fp32 output):
+        // with fewer tokens, the same kernels give the same sums.
+        EXPECT_LT(RelError(got, host_grouped), tokens < 8 ? 1e-6 : 1e-2)
+            << dir << " layer " << layer << ", " << tokens << " tokens";
       }
     }
   }

@@ -182,6 +182,10 @@ absl::Status CopyToHostAsync(void* host, const void* device, size_t bytes, CudaS
                     "cudaMemcpyAsync to host");
 }
 
+absl::Status ZeroDeviceAsync(void* device, size_t bytes, CudaStream stream) {
+  return CudaStatus(cudaMemsetAsync(device, 0, bytes, static_cast<cudaStream_t>(stream)), "cudaMemsetAsync");
+}
+
 absl::Status CopyRowsOnDevice(const float* src, size_t src_stride, float* dst, size_t dst_stride, size_t rows,
                               size_t width, CudaStream stream) {
   if (rows == 0 || width == 0) return absl::OkStatus();

@@ -145,6 +145,8 @@ absl::Status CopyToHost(void* host, const void* device, size_t bytes);
 // The same, enqueued on `stream`; asynchronous when `host` is pinned.
 absl::Status CopyToDeviceAsync(void* device, const void* host, size_t bytes, CudaStream stream);
 absl::Status CopyToHostAsync(void* host, const void* device, size_t bytes, CudaStream stream);
+// Sets `bytes` bytes at a device address to zero, enqueued on `stream`.
+absl::Status ZeroDeviceAsync(void* device, size_t bytes, CudaStream stream);
 // Rows of `width` floats between device addresses with their own strides
 // (in floats), enqueued on `stream`.
 absl::Status CopyRowsOnDevice(const float* src, size_t src_stride, float* dst, size_t dst_stride, size_t rows,

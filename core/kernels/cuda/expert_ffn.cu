@@ -505,8 +505,12 @@ absl::Status CudaExpertFfn::RunGathered(const float* x, const int* gather, const
   MM_RETURN_IF_ERROR(Reserve(rows, num_groups));
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   auto* xb = x_bf16_->as<__nv_bfloat16>();
-  GatherBf16Kernel<<<static_cast<unsigned>(rows), 256, 0, s>>>(x, gather, hidden_, xb);
-  MM_RETURN_IF_ERROR(LaunchStatus("GatherBf16Kernel"));
+  if (gather == nullptr) {
+    MM_RETURN_IF_ERROR(ToBf16Cuda(x, static_cast<size_t>(rows) * hidden_, x_bf16_->as<uint16_t>(), stream));
+  } else {
+    GatherBf16Kernel<<<static_cast<unsigned>(rows), 256, 0, s>>>(x, gather, hidden_, xb);
+    MM_RETURN_IF_ERROR(LaunchStatus("GatherBf16Kernel"));
+  }
   auto* act = act_->as<__nv_bfloat16>();
   const auto* xin = reinterpret_cast<const uint16_t*>(xb);
   const bool vec_in = hidden_ % 8 == 0, vec_act = intermediate_ % 8 == 0;

@@ -91,7 +91,8 @@ class CudaExpertFfn {
 
   // The decode kernels over groups whose table is already on the device
   // (GroupExpertsCuda writes it): out[r] = row_weight[r] * FFN_g(x[gather[r]])
-  // for every row r of every group g, rows [0, rows). `max_group_rows`
+  // for every row r of every group g, rows [0, rows); `gather` null reads
+  // x[r]. `max_group_rows`
   // bounds any group's rows (it sets the kernels' row tiles; at most the
   // tokens routed). Nothing waits on the host: for decode, where groups are
   // a few rows each. Enqueued on `stream`.
