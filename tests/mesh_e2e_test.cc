@@ -421,11 +421,17 @@ TEST(ServiceFlagsTest, HelpListsTheWorkersOwnFlags) {
   EXPECT_FALSE(absl::StrContains(out, "No flags matched")) << out;
 }
 
-// A stray argument or a port out of range is an argument error (exit 2), not
-// ignored or found out later.
+// A stray argument, a port out of range or a flag that cannot apply is an
+// argument error (exit 2), not ignored or found out later.
 TEST(ServiceFlagsTest, BadArgumentsExitTwo) {
+  // The router lies beside the worker, in the build tree and in Bazel's.
+  std::string router = g_expert;
+  const std::string worker_path = "services/expert/moemesh-expert";
+  ASSERT_TRUE(absl::EndsWith(router, worker_path)) << router;
+  router.replace(router.size() - worker_path.size(), worker_path.size(), "services/router/moemesh-router");
   for (const std::vector<std::string>& args :
-       {std::vector<std::string>{g_expert, "--model", "tests/fixtures/mixtral", "stray"},
+       {std::vector<std::string>{router, "--model", "tests/fixtures/mixtral", "--enforce-eager"},
+        std::vector<std::string>{g_expert, "--model", "tests/fixtures/mixtral", "stray"},
         std::vector<std::string>{g_expert, "--model", "tests/fixtures/mixtral", "--port", "70000"},
         std::vector<std::string>{g_expert, "--model", "tests/fixtures/mixtral", "--metrics-port", "-5"}}) {
     const auto [out, rc] = RunCommand(args);
