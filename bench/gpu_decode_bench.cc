@@ -10,7 +10,11 @@
 // measured copy bandwidth. Random-weight checkpoints at real layer shapes
 // (bf16), written once under /tmp.
 //
-//   gpu_decode_bench [--shapes mixtral,qwen3] [--layers 8] [--batches 1,8,32,64] [--steps 24]
+//   gpu_decode_bench [--shapes mixtral,qwen3,deepseek] [--layers 8] [--deepseek-layers 3]
+//                    [--batches 1,8,32,64] [--steps 24]
+//
+// (Mixtral and Qwen3 by default; DeepSeek-V3's shape writes 23 GB per MoE
+// layer to /tmp.)
 //
 // One row per shape and batch size: step ms of each of the four, the
 // first's speedup over the other three, roofline ms and the first's share
@@ -133,6 +137,100 @@ std::string WriteModel(const Shape& s) {
   return dir;
 }
 
+// DeepSeek-V3's shape with `layers` layers, the first dense (as
+// first_k_dense_replace = 1), in transformers' per-expert layout; about
+// 23 GB per MoE layer.
+std::string WriteDeepSeek(int layers) {
+  const std::string dir = absl::StrCat("/tmp/moemesh_gpu_bench_deepseek_", layers, "l");
+  std::system(("mkdir -p " + dir).c_str());
+  const MlaRooflineShape s = DeepSeekV3Roofline(layers);
+  nlohmann::json cfg = {{"model_type", "deepseek_v3"},
+                        {"vocab_size", s.vocab},
+                        {"hidden_size", s.hidden},
+                        {"intermediate_size", s.dense_width},
+                        {"moe_intermediate_size", s.expert_width},
+                        {"num_hidden_layers", layers},
+                        {"first_k_dense_replace", s.dense_layers},
+                        {"num_attention_heads", s.heads},
+                        {"num_key_value_heads", s.heads},
+                        {"q_lora_rank", s.q_lora},
+                        {"kv_lora_rank", s.kv_lora},
+                        {"qk_nope_head_dim", s.nope},
+                        {"qk_rope_head_dim", s.rope},
+                        {"v_head_dim", s.v_head},
+                        {"n_routed_experts", s.experts},
+                        {"n_shared_experts", s.shared_experts},
+                        {"num_experts_per_tok", s.top_k},
+                        {"n_group", 8},
+                        {"topk_group", 4},
+                        {"norm_topk_prob", true},
+                        {"routed_scaling_factor", 2.5},
+                        {"rope_interleave", true},
+                        {"max_position_embeddings", 163840},
+                        {"rope_parameters",
+                         {{"rope_type", "yarn"},
+                          {"rope_theta", 10000.0},
+                          {"factor", 40.0},
+                          {"original_max_position_embeddings", 4096},
+                          {"beta_fast", 32.0},
+                          {"beta_slow", 1.0},
+                          {"mscale", 1.0},
+                          {"mscale_all_dim", 1.0}}},
+                        {"rms_norm_eps", 1e-6},
+                        {"tie_word_embeddings", false}};
+  const std::string cfg_text = cfg.dump(1);
+  auto old = ReadFile(dir + "/config.json");
+  if (old.ok() && *old == cfg_text && SafetensorsFile::Open(dir + "/model.safetensors").ok()) return dir;
+  std::vector<TensorToWrite> ts;
+  uint64_t seed = 101;
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, float fan_in) {
+    size_t n = 1;
+    for (int64_t d : shape) n *= d;
+    ts.push_back({name, DType::kBF16, shape, RandomBf16(n, fan_in, seed++)});
+  };
+  auto ones = [&](const std::string& name, int64_t n) {
+    std::string bytes(n * 2, '\0');
+    for (int64_t i = 0; i < n; ++i) reinterpret_cast<uint16_t*>(bytes.data())[i] = F32ToBf16(1.0f);
+    ts.push_back({name, DType::kBF16, {n}, std::move(bytes)});
+  };
+  const int h = s.hidden, qk = s.nope + s.rope;
+  add("model.embed_tokens.weight", {s.vocab, h}, 1.0f);
+  add("lm_head.weight", {s.vocab, h}, h);
+  ones("model.norm.weight", h);
+  auto ffn = [&](const std::string& p, int width) {
+    add(p + "gate_proj.weight", {width, h}, h);
+    add(p + "up_proj.weight", {width, h}, h);
+    add(p + "down_proj.weight", {h, width}, width);
+  };
+  for (int l = 0; l < layers; ++l) {
+    const std::string p = absl::StrCat("model.layers.", l, ".");
+    ones(p + "input_layernorm.weight", h);
+    ones(p + "post_attention_layernorm.weight", h);
+    add(p + "self_attn.q_a_proj.weight", {s.q_lora, h}, h);
+    ones(p + "self_attn.q_a_layernorm.weight", s.q_lora);
+    add(p + "self_attn.q_b_proj.weight", {static_cast<int64_t>(s.heads) * qk, s.q_lora}, s.q_lora);
+    add(p + "self_attn.kv_a_proj_with_mqa.weight", {s.kv_lora + s.rope, h}, h);
+    ones(p + "self_attn.kv_a_layernorm.weight", s.kv_lora);
+    add(p + "self_attn.kv_b_proj.weight", {static_cast<int64_t>(s.heads) * (s.nope + s.v_head), s.kv_lora},
+        s.kv_lora);
+    add(p + "self_attn.o_proj.weight", {h, static_cast<int64_t>(s.heads) * s.v_head}, s.heads * s.v_head);
+    if (l < s.dense_layers) {
+      ffn(p + "mlp.", s.dense_width);
+      continue;
+    }
+    add(p + "mlp.gate.weight", {s.experts, h}, h);
+    add(p + "mlp.gate.e_score_correction_bias", {s.experts}, 1e4f);  // small, as trained ones are
+    ffn(p + "mlp.shared_experts.", s.expert_width);
+    for (int e = 0; e < s.experts; ++e) ffn(absl::StrCat(p, "mlp.experts.", e, "."), s.expert_width);
+  }
+  if (!WriteSafetensors(dir + "/model.safetensors", ts).ok() ||
+      !WriteFileAtomically(dir + "/config.json", cfg_text).ok()) {
+    std::fprintf(stderr, "gpu_decode_bench: cannot write the model to %s\n", dir.c_str());
+    std::exit(1);
+  }
+  return dir;
+}
+
 // The same experts, announced as host-only: the forward pass copies each
 // layer's rows to the host, the device copies them back to compute, and the
 // rows return the same way (the path before rows stayed on the device).
@@ -157,13 +255,15 @@ std::vector<int> ParseInts(const std::string& s) {
 int Run(int argc, char** argv) {
   std::vector<std::string> shapes = {"mixtral", "qwen3"};
   std::vector<int> batches = {1, 8, 32, 64};
-  int layers = 8, steps = 24;
+  int layers = 8, deepseek_layers = 3, steps = 24;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--shapes") {
       shapes = absl::StrSplit(value, ',', absl::SkipEmpty());
     } else if (flag == "--layers") {
       layers = std::atoi(value.c_str());
+    } else if (flag == "--deepseek-layers") {
+      deepseek_layers = std::atoi(value.c_str());
     } else if (flag == "--batches") {
       batches = ParseInts(value);
     } else if (flag == "--steps") {
@@ -188,8 +288,10 @@ int Run(int argc, char** argv) {
   std::printf("%-8s %6s %6s %10s %10s %10s %10s %8s %8s %8s %11s %9s\n", "shape", "layers", "batch", "graphs ms",
               "eager ms", "host-gr ms", "v.host ms", "x eager", "x h.-gr", "x v.host", "roofline ms", "of roofl");
   for (const std::string& name : shapes) {
+    const bool deepseek = name == "deepseek";
     const Shape s = name == "qwen3" ? Qwen3(layers) : Mixtral(layers);
-    const std::string dir = WriteModel(s);
+    const std::string dir = deepseek ? WriteDeepSeek(deepseek_layers) : WriteModel(s);
+    const int shape_layers = deepseek ? deepseek_layers : s.layers;
     auto config = LoadModelConfig(dir);
     auto ckpt = Checkpoint::Open(dir);
     if (!config.ok() || !ckpt.ok()) {
@@ -248,7 +350,7 @@ int Run(int argc, char** argv) {
         }
         for (KvSequence& seq : seqs) cache.Release(&seq);
         if (!ok) {
-          std::fprintf(stderr, "gpu_decode_bench: a step failed (%s, batch %d)\n", s.name.c_str(), n);
+          std::fprintf(stderr, "gpu_decode_bench: a step failed (%s, batch %d)\n", name.c_str(), n);
           return 1;
         }
         std::sort(times.begin(), times.end());
@@ -256,9 +358,11 @@ int Run(int argc, char** argv) {
       }
       const RooflineShape r{s.layers, s.hidden, s.heads, s.kv_heads, s.head_dim, s.experts, s.top_k, s.expert_width,
                             s.vocab};
-      const double roof_ms = 1e3 * DecodeStepBytes(r, n, kRooflineContext) / *bw;
-      std::printf("%-8s %6d %6d %10.3f %10.3f %10.3f %10.3f %7.2fx %7.2fx %7.2fx %11.3f %8.0f%%\n", s.name.c_str(),
-                  s.layers, n, ms[0], ms[1], ms[2], ms[3], ms[1] / ms[0], ms[2] / ms[0], ms[3] / ms[0], roof_ms,
+      const double bytes = deepseek ? DecodeStepBytes(DeepSeekV3Roofline(deepseek_layers), n, kRooflineContext)
+                                    : DecodeStepBytes(r, n, kRooflineContext);
+      const double roof_ms = 1e3 * bytes / *bw;
+      std::printf("%-8s %6d %6d %10.3f %10.3f %10.3f %10.3f %7.2fx %7.2fx %7.2fx %11.3f %8.0f%%\n", name.c_str(),
+                  shape_layers, n, ms[0], ms[1], ms[2], ms[3], ms[1] / ms[0], ms[2] / ms[0], ms[3] / ms[0], roof_ms,
                   100 * roof_ms / ms[0]);
       std::fflush(stdout);
     }

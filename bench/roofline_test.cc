@@ -1,6 +1,7 @@
 // The roofline the GPU benchmarks print must agree with the one the issues'
 // targets are set against (the project's shared roofline script): its bytes
-// per decode step for the 8-layer Mixtral-8x7B and Qwen3-30B-A3B shapes.
+// per decode step for the 8-layer Mixtral-8x7B and Qwen3-30B-A3B shapes and
+// the 3-layer DeepSeek-V3 shape.
 #include "bench/roofline.h"
 
 #include "gtest/gtest.h"
@@ -18,6 +19,12 @@ TEST(RooflineTest, AgreesWithTheSharedScript) {
   EXPECT_NEAR(DecodeStepBytes(qwen3, 1, kRooflineContext) / 1e9, 1.543, 5e-4);
   EXPECT_NEAR(DecodeStepBytes(qwen3, 32, kRooflineContext) / 1e9, 9.573, 5e-4);
   EXPECT_NEAR(DecodeStepBytes(qwen3, 64, kRooflineContext) / 1e9, 10.844, 5e-4);
+  // DeepSeek-V3's shape, 3 layers (one dense).
+  const MlaRooflineShape deepseek = DeepSeekV3Roofline(3);
+  EXPECT_NEAR(DecodeStepBytes(deepseek, 1, kRooflineContext) / 1e9, 5.698, 5e-4);
+  EXPECT_NEAR(DecodeStepBytes(deepseek, 8, kRooflineContext) / 1e9, 14.413, 5e-4);
+  EXPECT_NEAR(DecodeStepBytes(deepseek, 32, kRooflineContext) / 1e9, 33.099, 5e-4);
+  EXPECT_NEAR(DecodeStepBytes(deepseek, 64, kRooflineContext) / 1e9, 43.558, 5e-4);
 }
 
 }  // namespace
