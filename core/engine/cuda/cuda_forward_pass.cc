@@ -598,6 +598,7 @@ absl::StatusOr<float*> CudaForwardPass::RunGraphed(ExpertExecutor* experts, bool
       g.logits = *out;
       ++graph_stats_.captured;
     } else {
+      CudaClearLastError();  // what the capture refused; the step runs as usual below
       ++g.failures;
       ++graph_stats_.failed;
     }

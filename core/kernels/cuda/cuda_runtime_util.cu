@@ -120,10 +120,17 @@ absl::Status CudaGraph::BeginCapture(CudaStream stream) {
 
 absl::StatusOr<std::unique_ptr<CudaGraph>> CudaGraph::EndCapture(CudaStream stream) {
   cudaGraph_t graph = nullptr;
-  MM_RETURN_IF_ERROR(CudaStatus(cudaStreamEndCapture(static_cast<cudaStream_t>(stream), &graph),
-                                "cudaStreamEndCapture"));
+  if (absl::Status st = CudaStatus(cudaStreamEndCapture(static_cast<cudaStream_t>(stream), &graph),
+                                   "cudaStreamEndCapture");
+      !st.ok()) {
+    // What broke the capture is not sticky: clear it, or the next launch's
+    // check would report it.
+    cudaGetLastError();
+    return st;
+  }
   cudaGraphExec_t exec = nullptr;
   if (absl::Status st = CudaStatus(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate"); !st.ok()) {
+    cudaGetLastError();
     cudaGraphDestroy(graph);
     return st;
   }
@@ -139,6 +146,8 @@ absl::Status CudaGraph::Launch(CudaStream stream) {
   return CudaStatus(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec_), static_cast<cudaStream_t>(stream)),
                     "cudaGraphLaunch");
 }
+
+void CudaClearLastError() { cudaGetLastError(); }
 
 bool CudaStreamIsCapturing(CudaStream stream) {
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;

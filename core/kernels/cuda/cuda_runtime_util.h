@@ -129,6 +129,10 @@ class CudaGraph {
   void* exec_;
 };
 
+// Forgets the last (non-sticky) CUDA error, such as a call a capture
+// refused, so that the next launch's check does not report it.
+void CudaClearLastError();
+
 // Whether work enqueued on `stream` is being captured into a graph (then
 // it must not wait on, or record, events from outside the capture).
 bool CudaStreamIsCapturing(CudaStream stream);
