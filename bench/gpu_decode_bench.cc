@@ -80,6 +80,41 @@ std::string RandomBf16(size_t n, float fan_in, uint64_t seed) {
   return bytes;
 }
 
+// A random-weight checkpoint being written: bf16 tensors, random (Add) or
+// ones (Ones, for norms), then config.json and model.safetensors together.
+class CheckpointWriter {
+ public:
+  CheckpointWriter(std::string dir, uint64_t seed) : dir_(std::move(dir)), seed_(seed) {}
+  // Whether the last run left a model of this config in the directory.
+  bool Current(const std::string& config_text) const {
+    auto old = ReadFile(dir_ + "/config.json");
+    return old.ok() && *old == config_text && SafetensorsFile::Open(dir_ + "/model.safetensors").ok();
+  }
+  void Add(const std::string& name, std::vector<int64_t> shape, float fan_in) {
+    size_t n = 1;
+    for (int64_t d : shape) n *= d;
+    tensors_.push_back({name, DType::kBF16, shape, RandomBf16(n, fan_in, seed_++)});
+  }
+  void Ones(const std::string& name, int64_t n) {
+    std::string bytes(n * 2, '\0');
+    for (int64_t i = 0; i < n; ++i) reinterpret_cast<uint16_t*>(bytes.data())[i] = F32ToBf16(1.0f);
+    tensors_.push_back({name, DType::kBF16, {n}, std::move(bytes)});
+  }
+  // Exits on failure: a benchmark without its model has nothing to run.
+  void Write(const std::string& config_text) {
+    if (!WriteSafetensors(dir_ + "/model.safetensors", tensors_).ok() ||
+        !WriteFileAtomically(dir_ + "/config.json", config_text).ok()) {
+      std::fprintf(stderr, "gpu_decode_bench: cannot write the model to %s\n", dir_.c_str());
+      std::exit(1);
+    }
+  }
+
+ private:
+  std::string dir_;
+  uint64_t seed_;
+  std::vector<TensorToWrite> tensors_;
+};
+
 // Writes config.json and model.safetensors (experts in transformers 5's
 // fused layout) unless the last run left the same model there.
 std::string WriteModel(const Shape& s) {
@@ -95,20 +130,10 @@ std::string WriteModel(const Shape& s) {
                         {"rms_norm_eps", 1e-6},             {"tie_word_embeddings", false},
                         {"decoder_sparse_step", 1},         {"mlp_only_layers", nlohmann::json::array()}};
   const std::string cfg_text = cfg.dump(1);
-  auto old = ReadFile(dir + "/config.json");
-  if (old.ok() && *old == cfg_text && SafetensorsFile::Open(dir + "/model.safetensors").ok()) return dir;
-  std::vector<TensorToWrite> ts;
-  uint64_t seed = 1;
-  auto add = [&](const std::string& name, std::vector<int64_t> shape, float fan_in) {
-    size_t n = 1;
-    for (int64_t d : shape) n *= d;
-    ts.push_back({name, DType::kBF16, shape, RandomBf16(n, fan_in, seed++)});
-  };
-  auto ones = [&](const std::string& name, int64_t n) {
-    std::string bytes(n * 2, '\0');
-    for (int64_t i = 0; i < n; ++i) reinterpret_cast<uint16_t*>(bytes.data())[i] = F32ToBf16(1.0f);
-    ts.push_back({name, DType::kBF16, {n}, std::move(bytes)});
-  };
+  CheckpointWriter w(dir, 1);
+  if (w.Current(cfg_text)) return dir;
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, float fan_in) { w.Add(name, shape, fan_in); };
+  auto ones = [&](const std::string& name, int64_t n) { w.Ones(name, n); };
   const int h = s.hidden, q = s.heads * s.head_dim, kv = s.kv_heads * s.head_dim;
   add("model.embed_tokens.weight", {s.vocab, h}, 1.0f);
   add("lm_head.weight", {s.vocab, h}, h);
@@ -129,11 +154,7 @@ std::string WriteModel(const Shape& s) {
     add(p + "mlp.experts.gate_up_proj", {s.experts, 2 * s.expert_width, h}, h);
     add(p + "mlp.experts.down_proj", {s.experts, h, s.expert_width}, s.expert_width);
   }
-  if (!WriteSafetensors(dir + "/model.safetensors", ts).ok() ||
-      !WriteFileAtomically(dir + "/config.json", cfg_text).ok()) {
-    std::fprintf(stderr, "gpu_decode_bench: cannot write the model to %s\n", dir.c_str());
-    std::exit(1);
-  }
+  w.Write(cfg_text);
   return dir;
 }
 
@@ -179,20 +200,10 @@ std::string WriteDeepSeek(int layers) {
                         {"rms_norm_eps", 1e-6},
                         {"tie_word_embeddings", false}};
   const std::string cfg_text = cfg.dump(1);
-  auto old = ReadFile(dir + "/config.json");
-  if (old.ok() && *old == cfg_text && SafetensorsFile::Open(dir + "/model.safetensors").ok()) return dir;
-  std::vector<TensorToWrite> ts;
-  uint64_t seed = 101;
-  auto add = [&](const std::string& name, std::vector<int64_t> shape, float fan_in) {
-    size_t n = 1;
-    for (int64_t d : shape) n *= d;
-    ts.push_back({name, DType::kBF16, shape, RandomBf16(n, fan_in, seed++)});
-  };
-  auto ones = [&](const std::string& name, int64_t n) {
-    std::string bytes(n * 2, '\0');
-    for (int64_t i = 0; i < n; ++i) reinterpret_cast<uint16_t*>(bytes.data())[i] = F32ToBf16(1.0f);
-    ts.push_back({name, DType::kBF16, {n}, std::move(bytes)});
-  };
+  CheckpointWriter w(dir, 101);
+  if (w.Current(cfg_text)) return dir;
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, float fan_in) { w.Add(name, shape, fan_in); };
+  auto ones = [&](const std::string& name, int64_t n) { w.Ones(name, n); };
   const int h = s.hidden, qk = s.nope + s.rope;
   add("model.embed_tokens.weight", {s.vocab, h}, 1.0f);
   add("lm_head.weight", {s.vocab, h}, h);
@@ -223,11 +234,7 @@ std::string WriteDeepSeek(int layers) {
     ffn(p + "mlp.shared_experts.", s.expert_width);
     for (int e = 0; e < s.experts; ++e) ffn(absl::StrCat(p, "mlp.experts.", e, "."), s.expert_width);
   }
-  if (!WriteSafetensors(dir + "/model.safetensors", ts).ok() ||
-      !WriteFileAtomically(dir + "/config.json", cfg_text).ok()) {
-    std::fprintf(stderr, "gpu_decode_bench: cannot write the model to %s\n", dir.c_str());
-    std::exit(1);
-  }
+  w.Write(cfg_text);
   return dir;
 }
 
