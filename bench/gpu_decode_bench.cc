@@ -313,10 +313,11 @@ int Run(int argc, char** argv) {
     auto weights = std::make_shared<const ModelWeights>(std::move(*w));
     const int max_batch = *std::max_element(batches.begin(), batches.end());
     const int block = 16, blocks = max_batch * ((kPrompt + steps + 2 * block) / block);
-    CudaForwardPass::Options eager, host_grouping;
+    CudaForwardPass::Options graphs, eager, host_grouping;
+    graphs.cuda_graphs = true;
     eager.cuda_graphs = false;
     host_grouping.device_grouping_max_tokens = 0;
-    auto pass = CudaForwardPass::Create(*config, weights, block, blocks, 0);
+    auto pass = CudaForwardPass::Create(*config, weights, block, blocks, 0, graphs);
     auto pass_eager = CudaForwardPass::Create(*config, weights, block, blocks, 0, eager);
     auto pass_host_grouping = CudaForwardPass::Create(*config, weights, block, blocks, 0, host_grouping);
     auto device = CudaExpertDevice::Create(*config, *weights, 0);

@@ -306,9 +306,10 @@ TEST_P(CudaForwardPassGraphTest, GraphsMatchEagerSteps) {
   auto device = CudaExpertDevice::Create(*config, *weights, 0);
   ASSERT_TRUE(device.ok()) << device.status();
   LocalExpertExecutor experts(std::move(*device), config->num_experts);
-  CudaForwardPass::Options eager_options;
+  CudaForwardPass::Options graph_options, eager_options;
+  graph_options.cuda_graphs = true;
   eager_options.cuda_graphs = false;
-  auto graphed = CudaForwardPass::Create(*config, weights, 16, 64, 0);
+  auto graphed = CudaForwardPass::Create(*config, weights, 16, 64, 0, graph_options);
   auto eager = CudaForwardPass::Create(*config, weights, 16, 64, 0, eager_options);
   ASSERT_TRUE(graphed.ok() && eager.ok()) << graphed.status() << eager.status();
   const int vocab = config->vocab_size;
