@@ -138,7 +138,11 @@ absl::Status CudaForwardPass::Upload(int kv_block_size, int kv_blocks) {
   attention_ = std::make_unique<CudaPagedAttention>();
   sampler_ = std::make_unique<CudaSampler>();
   MM_ASSIGN_OR_RETURN(copied_, CudaEvent::Create());
-  MM_ASSIGN_OR_RETURN(graph_stream_, OwnedStream::CreateBlocking());
+  // Non-blocking: a capture on a blocking stream breaks if any thread uses
+  // the default stream meanwhile. Graph work is ordered after the default
+  // stream's by `ready_` and waited for before the step returns.
+  MM_ASSIGN_OR_RETURN(graph_stream_, OwnedStream::Create());
+  MM_ASSIGN_OR_RETURN(ready_, CudaEvent::Create());
   const bool moe = std::find(config_.is_moe_layer.begin(), config_.is_moe_layer.end(), true) != config_.is_moe_layer.end();
   max_slots_ = moe ? ToGatingParams(config_, nullptr).SlotsPerToken() : 0;
   // The embedding keeps bf16 tables as they are and others in fp32.
@@ -587,7 +591,14 @@ absl::StatusOr<float*> CudaForwardPass::RunGraphed(ExpertExecutor* experts, bool
   // stale. A step is captured after it ran once as it is (every buffer it
   // needs grown), with nothing freed since.
   if (g.graph != nullptr && g.frees != DeviceFreeCount()) g.graph.reset();
-  if (g.graph == nullptr && g.warm && g.frees == DeviceFreeCount() && g.failures < kMaxCaptureFailures) {
+  const bool capture =
+      g.graph == nullptr && g.warm && g.frees == DeviceFreeCount() && g.failures < kMaxCaptureFailures;
+  if (capture || g.graph != nullptr) {
+    // After everything on the default stream (this step's tables among it).
+    MM_RETURN_IF_ERROR(ready_->Record(nullptr));
+    MM_RETURN_IF_ERROR(ready_->WaitOn(graph_stream_->get()));
+  }
+  if (capture) {
     stream_ = graph_stream_->get();
     absl::Status st = CudaGraph::BeginCapture(stream_);
     absl::StatusOr<float*> out = st.ok() ? RunStep(experts) : st;
@@ -628,7 +639,7 @@ absl::Status CudaForwardPass::Forward(absl::Span<const ForwardItem> items, KvCac
   bool on_graph_stream = false;
   counted_routes_ = false;
   MM_ASSIGN_OR_RETURN(float* out, graphed ? RunGraphed(experts, &on_graph_stream) : RunStep(experts));
-  // The default stream's copies do not wait for the graph's stream.
+  // The default stream does not wait for the graph's.
   if (on_graph_stream) MM_RETURN_IF_ERROR(CudaSynchronize(graph_stream_->get()));
   const int m = static_cast<int>(step.head_rows.size());
   if (logits != nullptr) {
@@ -648,7 +659,7 @@ absl::Status CudaForwardPass::Forward(absl::Span<const ForwardItem> items, KvCac
   // Graphed steps count on the device whatever they route; others only
   // where the routing stayed there.
   routed_counts_.clear();
-  if (counted_routes_ || on_graph_stream) {
+  if (max_slots_ > 0 && (counted_routes_ || on_graph_stream)) {
     routed_counts_.resize(static_cast<size_t>(c.num_layers) * c.num_experts);
     MM_RETURN_IF_ERROR(CopyToHost(routed_counts_.data(), route_counts_, routed_counts_.size() * sizeof(int)));
   }

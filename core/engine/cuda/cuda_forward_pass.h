@@ -147,10 +147,12 @@ class CudaForwardPass : public ForwardPass, private DecoderOps {
   std::map<int, std::unique_ptr<PinnedBuffer>> pinned_;
   std::unique_ptr<CudaEvent> copied_;  // the rows for the expert workers are on the host
   const Step* step_ = nullptr;         // the step in flight, during Forward
-  // Where the step's work goes: the default stream, or graph_stream_ (a
-  // blocking stream, so ordered with the default one) while capturing.
+  // Where the step's work goes: the default stream, or graph_stream_ while
+  // capturing; graphs run on graph_stream_ after `ready_`, recorded on the
+  // default stream.
   CudaStream stream_ = nullptr;
   std::unique_ptr<OwnedStream> graph_stream_;
+  std::unique_ptr<CudaEvent> ready_;
   int max_slots_ = 0;  // routes per token; 0 without MoE layers
   // Tokens routed per (layer, expert) by the layers that kept their routing
   // on the device: counted there each step (staging), read back after.

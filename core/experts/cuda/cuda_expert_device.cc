@@ -45,6 +45,8 @@ CudaExpertDevice::CudaExpertDevice() = default;
 
 CudaExpertDevice::~CudaExpertDevice() {
   for (auto& lane : lanes_) lane->Drain();
+  absl::MutexLock lock(&routed_mu_);
+  if (routed_lane_) routed_lane_->Drain();
 }
 
 ExpertDeviceFactory CudaExpertDevice::Factory(int device_index, const Options& options) {
@@ -107,21 +109,31 @@ absl::StatusOr<std::unique_ptr<ExpertDevice>> CudaExpertDevice::Create(const Mod
   if (!d->groups_on_device_) d->layer_groups_.clear();
   if (!d->experts_.empty()) {
     for (int i = 0; i < options.lanes; ++i) {
-      auto lane = std::make_unique<Lane>();
-      MM_ASSIGN_OR_RETURN(lane->ffn, CudaExpertFfn::Create(d->hidden_, d->intermediate_));
-      MM_ASSIGN_OR_RETURN(lane->in, OwnedStream::Create());
-      MM_ASSIGN_OR_RETURN(lane->compute, OwnedStream::Create());
-      MM_ASSIGN_OR_RETURN(lane->out, OwnedStream::Create());
-      MM_ASSIGN_OR_RETURN(lane->idle, CudaEvent::Create());
-      MM_ASSIGN_OR_RETURN(lane->uploaded, CudaEvent::Create());
-      MM_RETURN_IF_ERROR(lane->idle->Record(lane->compute->get()));
-      MM_RETURN_IF_ERROR(lane->uploaded->Record(lane->compute->get()));
+      MM_ASSIGN_OR_RETURN(std::unique_ptr<Lane> lane, d->MakeLane());
       absl::MutexLock lock(&d->mu_);
       d->free_.push_back(lane.get());
       d->lanes_.push_back(std::move(lane));
     }
   }
+  if (d->groups_on_device_) {
+    MM_ASSIGN_OR_RETURN(std::unique_ptr<Lane> lane, d->MakeLane());
+    absl::MutexLock lock(&d->routed_mu_);
+    d->routed_lane_ = std::move(lane);
+  }
   return std::unique_ptr<ExpertDevice>(std::move(d));
+}
+
+absl::StatusOr<std::unique_ptr<CudaExpertDevice::Lane>> CudaExpertDevice::MakeLane() const {
+  auto lane = std::make_unique<Lane>();
+  MM_ASSIGN_OR_RETURN(lane->ffn, CudaExpertFfn::Create(hidden_, intermediate_));
+  MM_ASSIGN_OR_RETURN(lane->in, OwnedStream::Create());
+  MM_ASSIGN_OR_RETURN(lane->compute, OwnedStream::Create());
+  MM_ASSIGN_OR_RETURN(lane->out, OwnedStream::Create());
+  MM_ASSIGN_OR_RETURN(lane->idle, CudaEvent::Create());
+  MM_ASSIGN_OR_RETURN(lane->uploaded, CudaEvent::Create());
+  MM_RETURN_IF_ERROR(lane->idle->Record(lane->compute->get()));
+  MM_RETURN_IF_ERROR(lane->uploaded->Record(lane->compute->get()));
+  return lane;
 }
 
 bool CudaExpertDevice::Holds(int layer, int expert) const {
@@ -258,7 +270,9 @@ absl::Status CudaExpertDevice::RunRouted(const ExpertBatch& batch, float* out) {
         absl::StrCat("layer ", batch.layer, "'s experts are not all on this GPU: it cannot group them itself"));
   }
   if (batch.num_tokens == 0) return absl::OkStatus();
-  return OnLane([&](Lane& lane) -> absl::Status {
+  absl::MutexLock lock(&routed_mu_);
+  Lane& lane = *routed_lane_;
+  absl::Status done = [&]() -> absl::Status {
     MM_RETURN_IF_ERROR(CudaSetDevice(device_));
     const CudaStream stream = batch.cuda_stream;
     const size_t tokens = batch.num_tokens, routes = tokens * batch.slots, h = hidden_;
@@ -297,7 +311,9 @@ absl::Status CudaExpertDevice::RunRouted(const ExpertBatch& batch, float* out) {
     const absl::Status st = enqueue();
     const absl::Status recorded = capturing ? absl::OkStatus() : lane.idle->Record(stream);
     return st.ok() ? recorded : st;
-  });
+  }();
+  if (!done.ok()) lane.Drain();
+  return done;
 }
 
 absl::Status CudaExpertDevice::RunFromHost(Lane& lane, const ExpertWork& work, float* out) {

@@ -62,6 +62,9 @@ class CudaExpertDevice : public ExpertDevice {
   absl::Status RunCombined(const ExpertWork& work, float* out) override;
   // Where this GPU holds every expert of each layer it holds any of.
   bool groups_on_device() const override { return groups_on_device_; }
+  // On a lane of its own, one call at a time: a forward pass may capture
+  // it into a CUDA graph, which names the lane's buffers and replays over
+  // them, so no other request may take that lane.
   absl::Status RunRouted(const ExpertBatch& batch, float* out) override;
 
   // A factory for ExpertWorker::Options::device and EngineOptions::expert_device.
@@ -74,6 +77,7 @@ class CudaExpertDevice : public ExpertDevice {
   };
   struct Lane;
   CudaExpertDevice();
+  absl::StatusOr<std::unique_ptr<Lane>> MakeLane() const;
   // Takes a free lane (waiting for one) and gives it back after `fn`.
   absl::Status OnLane(const std::function<absl::Status(Lane&)>& fn);
   // INVALID_ARGUMENT for work these experts cannot take (its hidden size).
@@ -90,6 +94,8 @@ class CudaExpertDevice : public ExpertDevice {
   // (ExpertFfnGroup [num_experts_], rows unset), on the device.
   std::map<int, std::unique_ptr<DeviceBuffer>> layer_groups_;
   bool groups_on_device_ = false;
+  absl::Mutex routed_mu_;
+  std::unique_ptr<Lane> routed_lane_ ABSL_GUARDED_BY(routed_mu_);  // RunRouted's
   std::map<std::pair<int, int>, Expert> experts_;  // (layer, expert)
   std::vector<std::unique_ptr<Lane>> lanes_;        // empty when there are no experts
   absl::Mutex mu_;

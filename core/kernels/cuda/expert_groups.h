@@ -17,8 +17,9 @@ struct ExpertFfnGroup;
 //
 // Inputs (device): `expert_ids` and `weights` [tokens, slots] as
 // RouteTokensCuda writes them (-1 for an empty slot; ids outside
-// [0, num_experts) count as empty), and `experts` [num_experts], each
-// expert's weights (rows ignored).
+// [0, num_experts) count as empty; a token names an expert at most once, as
+// the routing rule guarantees and GroupByExpert checks), and `experts`
+// [num_experts], each expert's weights (rows ignored).
 // Outputs (device): `groups` [num_experts] (the weights, row_offset and
 // num_rows), `gather` [tokens * slots] (each output row's token; 0 past the
 // last row), `row_weight` [tokens * slots] (0 past the last row),
