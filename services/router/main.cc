@@ -98,10 +98,19 @@ struct Options {
       return absl::InvalidArgumentError(
           "need --max-running >= 1, --max-waiting >= 0 and --max-step-tokens >= --max-running");
     }
-    if (!experts.empty() && expert_transport != "auto" && expert_transport != "grpc") {
+    if (expert_transport != "auto" && expert_transport != "grpc") {
       return absl::InvalidArgumentError("--expert-transport must be auto or grpc");
     }
     if (absl::Status st = RemoteExpertExecutor::ParseRows(expert_rows).status(); !st.ok()) return st;
+    // The expert workers' flags mean nothing without workers: say so rather
+    // than ignore them.
+    if (experts.empty()) {
+      for (const auto& [flag, set] : {std::pair<const char*, bool>{"--expert-transport", expert_transport != "auto"},
+                                      {"--expert-rows", expert_rows != "auto"},
+                                      {"--placement", !placement.empty()}}) {
+        if (set) return absl::InvalidArgumentError(std::string(flag) + " applies to expert workers: it needs --experts");
+      }
+    }
     return absl::OkStatus();
   }
 
