@@ -231,6 +231,61 @@ TEST(SchedulerTest, DeviceSamplingPathMatchesHostSampling) {
   }
 }
 
+// What a GPU pass asks of the executor the scheduler hands it: whose GPU
+// its experts are on and whether it groups routing there. The scheduler's
+// own wrapper (for its timings) must answer as the executor does, or a GPU
+// pass never runs the experts in place. Routing that stayed on the device is
+// counted by the pass (AddRoutedCounts) into the step's figures.
+class OnAGpu : public ExpertExecutor {
+ public:
+  explicit OnAGpu(ExpertExecutor* inner) : inner_(inner) {}
+  absl::Status Execute(const ExpertBatch& b, float* out) override { return inner_->Execute(b, out); }
+  int cuda_device() const override { return 3; }
+  bool groups_on_device() const override { return true; }
+
+ private:
+  ExpertExecutor* inner_;
+};
+
+class AsksTheExecutor : public KeepsLogits {
+ public:
+  using KeepsLogits::KeepsLogits;
+  absl::Status Forward(absl::Span<const ForwardItem> items, KvCache* cache, ExpertExecutor* experts,
+                       std::vector<float>* logits) override {
+    seen_device = experts->cuda_device();
+    seen_grouping = experts->groups_on_device();
+    return KeepsLogits::Forward(items, cache, experts, logits);
+  }
+  void AddRoutedCounts(std::vector<int64_t>* routed) const override {
+    if (routed->size() < 2) routed->resize(2, 0);
+    (*routed)[1] += 1000;  // as if layer 0's expert 1 took 1000 routes on the device
+  }
+  int seen_device = -1;
+  bool seen_grouping = false;
+};
+
+TEST(SchedulerTest, APassSeesTheExecutorsGpuAndCountsItsRoutes) {
+  Loaded l = Load("tests/fixtures/mixtral", nullptr);
+  AsksTheExecutor pass(l.model.get());
+  KvCache cache(l.config.num_layers, pass.kv_k_width(), pass.kv_v_width(), 4, 64);
+  LocalExpertExecutor local(&l.weights->experts, nullptr);
+  OnAGpu experts(&local);
+  Scheduler sched(&pass, &cache, &experts, {});
+  GenerateParams p;
+  p.sampling.temperature = 0;
+  p.max_new_tokens = 1;
+  ASSERT_TRUE(sched.Add({1, 2, 3}, p, [](const StepEvent&) {}).ok());
+  ASSERT_TRUE(sched.Step().ok());
+  EXPECT_EQ(pass.seen_device, 3);
+  EXPECT_TRUE(pass.seen_grouping);
+  // The host saw this step's routing too (the CPU pass): 3 tokens, 2
+  // experts each, every layer; plus what the pass counted.
+  const std::vector<int64_t>& routed = sched.last_step().routed;
+  int64_t total = 0;
+  for (int64_t r : routed) total += r;
+  EXPECT_EQ(total, 3 * l.config.num_experts_per_tok * l.config.num_layers + 1000);
+}
+
 class FailingExecutor : public ExpertExecutor {
  public:
   absl::Status Execute(const ExpertBatch&, float*) override { return absl::UnavailableError("worker lost"); }
