@@ -1,11 +1,14 @@
-// Decode and prefill speed of the CPU engine on a random-weight MoE of
-// realistic proportions, next to the bound set by this machine's measured
-// memory bandwidth for the bytes a decoded token must read.
+// Decode and prefill speed of the CPU engine, each beside its own ceiling on
+// this machine: decode (memory-bound at batch 1) against the measured read
+// bandwidth over the bytes a decoded token reads, prefill (compute-bound)
+// against the measured FMA peak over the FLOPs a prompt takes. By default
+// on a random-weight MoE of realistic proportions, written once under /tmp;
+// --model runs any checkpoint instead.
 //
-//   build/bench/engine_bench [--hidden 1024 --layers 8 --experts 8 --top-k 2]
+//   build/bench/engine_bench [--threads 1,2] [--model DIR | --hidden 1024 --layers 8 --experts 8
+//                             --top-k 2 --expert-width 1408] [--decode-tokens 64] [--prefill-tokens 256]
 //
-// Prints one table row per thread count: decode tok/s, the bandwidth bound
-// in tok/s, their ratio, and prefill tok/s.
+// Prints one table row per thread count.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -19,7 +22,10 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "bench/cpu_ceilings.h"
 #include "core/common/file_util.h"
 #include "core/experts/local_expert_executor.h"
 #include "core/engine/kv_cache.h"
@@ -101,35 +107,6 @@ std::string WriteRandomModel(const Shape& s) {
   return dir;
 }
 
-// Best-of-5 read bandwidth in bytes/s over a buffer far larger than the
-// caches, with `threads` threads each summing its share.
-double MeasureReadBandwidth(int threads) {
-  const size_t n = size_t{1} << 28;  // 1 GiB of floats
-  std::unique_ptr<float[]> buf(new float[n]);
-  for (size_t i = 0; i < n; i += 1024) buf[i] = 1.0f;
-  std::memset(buf.get(), 0, n * sizeof(float));
-  ThreadPool pool(threads);
-  double best = 0;
-  std::vector<double> sink(threads * 16);
-  for (int rep = 0; rep < 5; ++rep) {
-    double t0 = Now();
-    pool.ParallelFor(threads, 1, [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t) {
-        size_t lo = n / threads * t, hi = n / threads * (t + 1);
-        float a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
-        for (size_t i = lo; i < hi; i += 8) {
-          a0 += buf[i]; a1 += buf[i + 1]; a2 += buf[i + 2]; a3 += buf[i + 3];
-          a4 += buf[i + 4]; a5 += buf[i + 5]; a6 += buf[i + 6]; a7 += buf[i + 7];
-        }
-        sink[t * 16] = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7;
-      }
-    });
-    double dt = Now() - t0;
-    best = std::max(best, n * sizeof(float) / dt);
-  }
-  return best;
-}
-
 // Counts the distinct experts each step reads, to know its weight bytes.
 class CountingExecutor : public ExpertExecutor {
  public:
@@ -164,29 +141,115 @@ double DenseBytesPerToken(const ModelWeights& w) {
   return b;
 }
 
+// Parameters a token multiplies by in the dense part (no LM head) and in
+// one routed expert; FLOPs are twice these.
+double Params(const Matrix& m) { return static_cast<double>(m.rows) * m.cols; }
+double DenseParamsPerToken(const ModelWeights& w) {
+  double p = 0;
+  for (const LayerWeights& l : w.layers) {
+    const AttentionWeights& a = l.attn;
+    for (const Matrix* m : {&a.q, &a.k, &a.v, &a.o, &a.q_a, &a.q_b, &a.kv_a, &a.kv_b, &l.router,
+                            &l.shared_expert_gate, &l.dense.gate, &l.dense.up, &l.dense.down,
+                            &l.shared_expert.gate, &l.shared_expert.up, &l.shared_expert.down}) {
+      if (!m->empty()) p += Params(*m);
+    }
+  }
+  return p;
+}
+
+// The FLOPs of prefilling `n` tokens in one step: every token's products
+// (its top-k experts in each MoE layer), causal attention's two products
+// over on average (n + 1) / 2 keys, and the LM head for the last token.
+double PrefillFlops(const ModelConfig& c, const ModelWeights& w, int n) {
+  double expert = 0;
+  int moe_layers = 0;
+  for (int l = 0; l < c.num_layers; ++l) {
+    if (!c.is_moe_layer[l]) continue;
+    ++moe_layers;
+    const FfnWeights* f = w.experts.Find(l, 0);
+    if (f != nullptr) expert = Params(f->gate) + Params(f->up) + Params(f->down);
+  }
+  const double per_token = 2 * (DenseParamsPerToken(w) + moe_layers * c.num_experts_per_tok * expert);
+  const int qk = c.mla ? c.kv_lora_rank + c.qk_rope_head_dim : c.head_dim;
+  const int v = c.mla ? c.kv_lora_rank : c.head_dim;
+  const double attention = 2.0 * c.num_heads * (qk + v) * c.num_layers * (n + 1) / 2.0;
+  return n * (per_token + attention) + 2 * Params(w.lm_head);
+}
+
+constexpr char kUsage[] =
+    "usage: engine_bench [--threads 1,2] [--model DIR | --hidden N --layers N --experts N --top-k N\n"
+    "                    --expert-width N] [--decode-tokens 64] [--prefill-tokens 256]\n"
+    "Decode tok/s beside the read-bandwidth bound, and prefill GFLOP/s beside the FMA peak, for each\n"
+    "thread count. Without --model, a random-weight Mixtral-style model (hidden 1024, 8 layers, 8 experts\n"
+    "of width 1408, top 2) is written once to /tmp/moemesh_bench_model.\n";
+
 int Main(int argc, char** argv) {
   Shape s;
   int decode_tokens = 64, prefill_tokens = 256;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string f = argv[i];
-    int v = std::atoi(argv[i + 1]);
-    if (f == "--hidden") s.hidden = v;
-    else if (f == "--layers") s.layers = v;
-    else if (f == "--experts") s.experts = v;
-    else if (f == "--top-k") s.top_k = v;
-    else if (f == "--expert-width") s.expert_width = v;
-    else if (f == "--decode-tokens") decode_tokens = v;
-    else if (f == "--prefill-tokens") prefill_tokens = v;
-    else {
-      std::fprintf(stderr, "unknown flag %s\n", f.c_str());
+  std::vector<int> thread_counts;
+  std::string model_dir;
+  bool shape_flags = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string f = argv[i];
+    if (f == "--help" || f == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "engine_bench: %s needs a value\n%s", f.c_str(), kUsage);
       return 2;
     }
+    const std::string value = argv[++i];
+    if (f == "--model") {
+      model_dir = value;
+      continue;
+    }
+    if (f == "--threads") {
+      for (absl::string_view t : absl::StrSplit(value, ',')) {
+        int n = 0;
+        if (!absl::SimpleAtoi(t, &n) || n < 1) {
+          std::fprintf(stderr, "engine_bench: --threads takes counts of 1 or more, such as 1,2\n");
+          return 2;
+        }
+        thread_counts.push_back(n);
+      }
+      continue;
+    }
+    int v = 0;
+    if (!absl::SimpleAtoi(value, &v) || v < 1) {
+      std::fprintf(stderr, "engine_bench: %s takes a positive number, not \"%s\"\n", f.c_str(), value.c_str());
+      return 2;
+    }
+    if (f == "--decode-tokens") {
+      decode_tokens = v;
+    } else if (f == "--prefill-tokens") {
+      prefill_tokens = v;
+    } else {
+      shape_flags = true;
+      if (f == "--hidden") s.hidden = v;
+      else if (f == "--layers") s.layers = v;
+      else if (f == "--experts") s.experts = v;
+      else if (f == "--top-k") s.top_k = v;
+      else if (f == "--expert-width") s.expert_width = v;
+      else {
+        std::fprintf(stderr, "engine_bench: unknown flag %s\n%s", f.c_str(), kUsage);
+        return 2;
+      }
+    }
   }
-  std::string dir = WriteRandomModel(s);
+  if (!model_dir.empty() && shape_flags) {
+    std::fprintf(stderr, "engine_bench: --model runs that checkpoint: the shape flags do not apply\n");
+    return 2;
+  }
+  if (thread_counts.empty()) {
+    const int max_threads = std::max(1u, std::thread::hardware_concurrency());
+    for (int t = 1; t <= std::min(2, max_threads); ++t) thread_counts.push_back(t);
+  }
+  const std::string dir = model_dir.empty() ? WriteRandomModel(s) : model_dir;
   auto config = LoadModelConfig(dir);
-  auto ckpt = Checkpoint::Open(dir);
-  if (!config.ok() || !ckpt.ok()) {
-    std::fprintf(stderr, "cannot load bench model\n");
+  auto ckpt = config.ok() ? Checkpoint::Open(dir) : config.status();
+  if (!ckpt.ok()) {
+    std::fprintf(stderr, "engine_bench: %s\n", std::string(ckpt.status().message()).c_str());
     return 1;
   }
   auto mw = LoadWeights(std::move(*ckpt), *config);
@@ -197,30 +260,34 @@ int Main(int argc, char** argv) {
   auto weights = std::make_shared<const ModelWeights>(std::move(*mw));
   double dense_bytes = DenseBytesPerToken(*weights);
   double total_bytes = weights->embed.nbytes() + dense_bytes;
-  for (int l = 0; l < s.layers; ++l) {
-    for (int e = 0; e < s.experts; ++e) {
+  for (int l = 0; l < config->num_layers; ++l) {
+    for (int e = 0; e < config->num_experts; ++e) {
       const FfnWeights* w = weights->experts.Find(l, e);
-      total_bytes += w->gate.nbytes() + w->up.nbytes() + w->down.nbytes();
+      if (w != nullptr) total_bytes += w->gate.nbytes() + w->up.nbytes() + w->down.nbytes();
     }
   }
-  std::printf("model: mixtral-style, hidden %d, %d layers, %d experts (width %d), top-%d, vocab %d, "
-              "bf16 weights %.0f MB\n",
-              s.hidden, s.layers, s.experts, s.expert_width, s.top_k, s.vocab, total_bytes / 1e6);
-  std::printf("%-8s %12s %14s %14s %12s %8s %14s\n", "threads", "bw GB/s", "bytes/token MB",
-              "decode tok/s", "bound tok/s", "ratio", "prefill tok/s");
-  int max_threads = std::max(1u, std::thread::hardware_concurrency());
-  for (int threads = 1; threads <= std::min(2, max_threads); ++threads) {
+  std::printf("model: %s (%s), hidden %d, %d layers, %d experts (width %d), top-%d, vocab %d, weights %.0f MB\n",
+              dir.c_str(), std::string(ArchitectureName(config->arch)).c_str(), config->hidden_size,
+              config->num_layers, config->num_experts, config->ExpertWidth(), config->num_experts_per_tok,
+              config->vocab_size, total_bytes / 1e6);
+  const double prefill_flops = PrefillFlops(*config, *weights, prefill_tokens);
+  std::printf("%-8s %9s %11s %12s %11s %7s %13s %12s %10s %9s\n", "threads", "bw GB/s", "MB/token",
+              "decode tok/s", "bound tok/s", "ratio", "prefill tok/s", "prefill GF/s", "peak GF/s", "of peak");
+  const char* isa = "";
+  for (int threads : thread_counts) {
     double bw = MeasureReadBandwidth(threads);
+    const FmaPeak peak = MeasureFmaPeak(threads);
+    isa = peak.isa;
     ThreadPool pool(threads);
     auto model = CpuForwardPass::Create(*config, weights, &pool);
     if (!model.ok()) return 1;
-    KvCache cache(s.layers, (*model)->kv_k_width(), (*model)->kv_v_width(), 16,
+    KvCache cache(config->num_layers, (*model)->kv_k_width(), (*model)->kv_v_width(), 16,
                   (prefill_tokens + decode_tokens + 64) / 16 + 2);
     LocalExpertExecutor local(&weights->experts, &pool);
     CountingExecutor counting(&local, &weights->experts);
     std::mt19937 rng(threads);
     std::vector<int> prompt(prefill_tokens);
-    for (int& t : prompt) t = static_cast<int>(rng() % s.vocab);
+    for (int& t : prompt) t = static_cast<int>(rng() % config->vocab_size);
 
     // Prefill: the whole prompt in one step, best of 2.
     double prefill_best = 1e30;
@@ -251,10 +318,14 @@ int Main(int argc, char** argv) {
     double bytes_per_token = dense_bytes + counting.bytes / decode_tokens;
     double decode_tps = decode_tokens / dt;
     double bound_tps = bw / bytes_per_token;
-    std::printf("%-8d %12.2f %14.1f %14.2f %12.2f %8.2f %14.1f\n", threads, bw / 1e9,
-                bytes_per_token / 1e6, decode_tps, bound_tps, decode_tps / bound_tps,
-                prefill_tokens / prefill_best);
+    const double prefill_gflops = prefill_flops / prefill_best / 1e9;
+    std::printf("%-8d %9.2f %11.1f %12.2f %11.2f %7.2f %13.1f %12.1f %10.1f %8.0f%%\n", threads, bw / 1e9,
+                bytes_per_token / 1e6, decode_tps, bound_tps, decode_tps / bound_tps, prefill_tokens / prefill_best,
+                prefill_gflops, peak.flops / 1e9, 100 * prefill_gflops * 1e9 / peak.flops);
+    std::fflush(stdout);
   }
+  std::printf("FMA peak measured with %s; prefill of %d tokens is %.1f GFLOP\n",
+              isa, prefill_tokens, prefill_flops / 1e9);
   return 0;
 }
 
