@@ -510,7 +510,14 @@ absl::Status CudaForwardPass::StartExperts(int layer, const float* x, const floa
     batch_.on_device = batch_.routing_on_device = true;
     batch_.cuda_stream = stream_;
     // No one reads this routing on the host: count it here for the
-    // scheduler's expert-load figures (AddRoutedCounts).
+    // scheduler's expert-load figures (AddRoutedCounts), from zero at the
+    // step's first such layer.
+    if (!counted_routes_) {
+      const size_t counts = static_cast<size_t>(c.num_layers) * c.num_experts;
+      MM_ASSIGN_OR_RETURN(void* p, Staging(kRouteCounts, counts * sizeof(int)));
+      route_counts_ = static_cast<int*>(p);
+      MM_RETURN_IF_ERROR(ZeroDeviceAsync(route_counts_, counts * sizeof(int), stream_));
+    }
     MM_RETURN_IF_ERROR(CountRoutesCuda(static_cast<const int*>(d_ids), static_cast<int>(picks), c.num_experts,
                                        route_counts_ + static_cast<size_t>(layer) * c.num_experts, stream_));
     counted_routes_ = true;
@@ -551,12 +558,7 @@ absl::StatusOr<float*> CudaForwardPass::RunStep(ExpertExecutor* experts) {
   const ModelConfig& c = config_;
   const Step& step = *step_;
   const int n = step.n, H = c.hidden_size;
-  if (max_slots_ > 0) {
-    const size_t counts = static_cast<size_t>(c.num_layers) * c.num_experts;
-    MM_ASSIGN_OR_RETURN(void* p, Staging(kRouteCounts, counts * sizeof(int)));
-    route_counts_ = static_cast<int*>(p);
-    MM_RETURN_IF_ERROR(ZeroDeviceAsync(route_counts_, counts * sizeof(int), stream_));
-  }
+  counted_routes_ = false;  // StartExperts counts device-grouped routes
   MM_ASSIGN_OR_RETURN(float* hidden, Scratch(kHidden, static_cast<size_t>(n) * H));
   MM_RETURN_IF_ERROR(EmbedRowsCuda(embed_->data(), weights_->embed.dtype == DType::kBF16, H, step.ids, n, hidden,
                                    stream_));
@@ -637,7 +639,6 @@ absl::Status CudaForwardPass::Forward(absl::Span<const ForwardItem> items, KvCac
   step_ = &step;
   absl::Cleanup forget = [this] { step_ = nullptr; };
   bool on_graph_stream = false;
-  counted_routes_ = false;
   MM_ASSIGN_OR_RETURN(float* out, graphed ? RunGraphed(experts, &on_graph_stream) : RunStep(experts));
   // The default stream does not wait for the graph's.
   if (on_graph_stream) MM_RETURN_IF_ERROR(CudaSynchronize(graph_stream_->get()));

@@ -105,12 +105,6 @@ absl::StatusOr<std::unique_ptr<OwnedStream>> OwnedStream::Create() {
   return std::unique_ptr<OwnedStream>(new OwnedStream(s));
 }
 
-absl::StatusOr<std::unique_ptr<OwnedStream>> OwnedStream::CreateBlocking() {
-  cudaStream_t s = nullptr;
-  MM_RETURN_IF_ERROR(CudaStatus(cudaStreamCreateWithFlags(&s, cudaStreamDefault), "cudaStreamCreate"));
-  return std::unique_ptr<OwnedStream>(new OwnedStream(s));
-}
-
 absl::Status CudaGraph::BeginCapture(CudaStream stream) {
   // Thread-local: another thread's unrelated CUDA calls neither break the
   // capture nor are refused because of it.

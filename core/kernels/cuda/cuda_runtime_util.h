@@ -79,10 +79,6 @@ class PinnedBuffer {
 class OwnedStream {
  public:
   static absl::StatusOr<std::unique_ptr<OwnedStream>> Create();
-  // One that does wait for the legacy default stream, and it for this one,
-  // as if their work were on one stream (CUDA graphs run on one such
-  // beside work on the default stream).
-  static absl::StatusOr<std::unique_ptr<OwnedStream>> CreateBlocking();
   ~OwnedStream();
   CudaStream get() const { return stream_; }
 
