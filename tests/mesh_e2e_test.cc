@@ -430,7 +430,7 @@ TEST(ServiceFlagsTest, BadArgumentsExitTwo) {
   ASSERT_TRUE(absl::EndsWith(router, worker_path)) << router;
   router.replace(router.size() - worker_path.size(), worker_path.size(), "services/router/moemesh-router");
   for (const std::vector<std::string>& args :
-       {std::vector<std::string>{router, "--model", "tests/fixtures/mixtral", "--cuda-graphs"},
+       {std::vector<std::string>{router, "--model", "tests/fixtures/mixtral", "--enforce-eager"},
         std::vector<std::string>{router, "--model", "tests/fixtures/mixtral", "--expert-rows", "bf16"},
         std::vector<std::string>{g_expert, "--model", "tests/fixtures/mixtral", "stray"},
         std::vector<std::string>{g_expert, "--model", "tests/fixtures/mixtral", "--port", "70000"},

@@ -37,9 +37,9 @@ ABSL_FLAG(int, threads, 1, "CPU threads for attention (and local experts)");
 ABSL_FLAG(std::string, device, "cpu",
           "where attention, gating and the LM head run, and the experts without --experts: cpu, or cuda[:N] (GPU N, "
           "default 0)");
-ABSL_FLAG(bool, cuda_graphs, false,
-          "with --device cuda and no --experts: run decode steps of up to 32 tokens as CUDA graphs (captured per step "
-          "shape, replayed as one launch); experimental, off by default");
+ABSL_FLAG(bool, enforce_eager, false,
+          "with --device cuda: launch every kernel of every step, never CUDA graphs (by default decode steps of up "
+          "to 32 tokens whose experts run on this GPU are captured per step shape and replayed as one launch)");
 ABSL_FLAG(int, kv_cache_tokens, 65536, "capacity of the paged KV cache, in tokens");
 ABSL_FLAG(int, kv_block_size, 16, "tokens per KV-cache block");
 ABSL_FLAG(int, max_running, 64, "requests in the batch at once");
@@ -58,7 +58,7 @@ struct Options {
   std::string expert_rows;
   int experts_connect_timeout_ms = 0;
   std::string device;
-  bool cuda_graphs = false;
+  bool enforce_eager = false;
   EngineOptions engine;  // threads, KV cache, prefill chunk; the devices are set from `device`
   int max_running = 0, max_waiting = 0, max_step_tokens = 0;
 
@@ -71,7 +71,7 @@ struct Options {
     o.expert_rows = absl::GetFlag(FLAGS_expert_rows);
     o.experts_connect_timeout_ms = absl::GetFlag(FLAGS_experts_connect_timeout_ms);
     o.device = absl::GetFlag(FLAGS_device);
-    o.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
+    o.enforce_eager = absl::GetFlag(FLAGS_enforce_eager);
     o.engine.num_threads = absl::GetFlag(FLAGS_threads);
     o.engine.kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
     o.engine.kv_block_size = absl::GetFlag(FLAGS_kv_block_size);
@@ -86,8 +86,8 @@ struct Options {
     if (model_dir.empty()) return absl::InvalidArgumentError("--model DIR is required");
     absl::StatusOr<int> gpu = ParseDeviceFlag(device);
     if (!gpu.ok()) return gpu.status();
-    if (cuda_graphs && *gpu < 0) {
-      return absl::InvalidArgumentError("--cuda-graphs needs --device cuda[:N]");
+    if (enforce_eager && *gpu < 0) {
+      return absl::InvalidArgumentError("--enforce-eager applies to --device cuda[:N] (the CPU has no graphs)");
     }
 #ifndef MOEMESH_WITH_CUDA
     if (*gpu >= 0) {
@@ -127,7 +127,7 @@ int Main(int argc, char** argv) {
 #ifdef MOEMESH_WITH_CUDA
   if (const int gpu = options.gpu(); gpu >= 0) {
     CudaForwardPass::Options pass_options;
-    pass_options.cuda_graphs = options.cuda_graphs;
+    pass_options.cuda_graphs = !options.enforce_eager;
     engine_options.forward_pass = CudaForwardPass::Factory(gpu, pass_options);
     // Experts run here (no --experts): on the same GPU, rows in place.
     engine_options.expert_device = CudaExpertDevice::Factory(gpu);

@@ -49,9 +49,8 @@ class CudaForwardPass : public ForwardPass, private DecoderOps {
     // CUDA graphs: captured the second time a step of that shape comes
     // (its token count, page-table width and longest position, the last
     // two rounded up to powers of two), replayed after, as one launch.
-    // Off by default until the GPU suite has run them in the engine
-    // (docs/PERFORMANCE.md); the router's --cuda-graphs turns them on.
-    bool cuda_graphs = false;
+    // The router's --enforce-eager turns them off.
+    bool cuda_graphs = true;
     int graph_max_tokens = 32;
   };
   // What the graphs did, for tests and benchmarks.

@@ -28,9 +28,10 @@ absl::Status CheckGatingParams(const GatingParams& p) {
 
 void RouteTokens(const GatingParams& p, const float* logits, int n, int* expert_ids, float* weights) {
   const int slots = p.SlotsPerToken();
+  GatingScratch scratch;
   for (int t = 0; t < n; ++t) {
-    RouteToken(p, logits + static_cast<long>(t) * p.num_experts, expert_ids + static_cast<long>(t) * slots,
-               weights + static_cast<long>(t) * slots);
+    RouteToken(SerialTeam(), p, logits + static_cast<long>(t) * p.num_experts, expert_ids + static_cast<long>(t) * slots,
+               weights + static_cast<long>(t) * slots, &scratch);
   }
 }
 

@@ -202,14 +202,15 @@ TEST_F(CudaKernelsTest, ExpertFfnMatchesCpu) {
   }
 }
 
-// Softmax top-k (Mixtral), sigmoid with bias and groups (DeepSeek-V3), and
-// the temperature and dynamic-k extensions, against RouteTokens. Expert
+// Softmax top-k (Mixtral, Qwen3-MoE), sigmoid with bias and groups
+// (DeepSeek-V3, and the most experts and groups the rule takes), and the
+// temperature and dynamic-k extensions, against RouteTokens. Expert
 // ids must agree except where two candidates' scores tie to within 1e-6
 // (GPU and CPU exp differ in the last bit); weights within 1e-5.
 TEST_F(CudaKernelsTest, RoutingMatchesCpu) {
   std::mt19937 rng(5);
   std::normal_distribution<float> normal(0.f, 1.f);
-  auto configs = std::vector<GatingParams>(5);
+  auto configs = std::vector<GatingParams>(7);
   configs[0].num_experts = 8, configs[0].top_k = 2;                                  // Mixtral
   configs[1].num_experts = 60, configs[1].top_k = 4, configs[1].norm_topk_prob = true;  // Qwen2-MoE-ish
   configs[2].num_experts = 256, configs[2].top_k = 8, configs[2].sigmoid = true;      // DeepSeek-V3
@@ -218,6 +219,9 @@ TEST_F(CudaKernelsTest, RoutingMatchesCpu) {
   configs[3].num_experts = 64, configs[3].top_k = 6, configs[3].temperature = 0.7f;
   configs[4].num_experts = 64, configs[4].top_k = 2, configs[4].dynamic_k_min = 1;
   configs[4].dynamic_k_max = 8, configs[4].dynamic_k_p = 0.6f;
+  configs[5].num_experts = 128, configs[5].top_k = 8, configs[5].norm_topk_prob = true;  // Qwen3-MoE
+  configs[6].num_experts = kMaxGatingExperts, configs[6].top_k = 16, configs[6].sigmoid = true;
+  configs[6].n_group = kMaxGatingGroups, configs[6].topk_group = 5;  // the limits: 16 experts a lane
   for (const GatingParams& base : configs) {
     const int n = 300, ec = base.num_experts, slots = base.SlotsPerToken();
     std::vector<float> logits(static_cast<size_t>(n) * ec), bias(ec);

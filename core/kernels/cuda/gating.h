@@ -11,7 +11,7 @@ namespace moemesh {
 // score bias and group-limited top-k; normalisation, scaling, and the
 // temperature and dynamic-k extensions) with the same tie-breaking, for `n`
 // tokens' router logits [n, num_experts]: RouteToken
-// (core/kernels/cpu/gating_rule.h), one thread per token. `logits`,
+// (core/kernels/cpu/gating_rule.h), one warp per token. `logits`,
 // `expert_ids`, `weights` and `p.score_bias` are device pointers.
 // INVALID_ARGUMENT beyond kMaxGatingExperts experts or kMaxGatingGroups groups.
 absl::Status RouteTokensCuda(const GatingParams& p, const float* logits, int n, int* expert_ids, float* weights,
