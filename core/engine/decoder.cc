@@ -104,6 +104,12 @@ absl::Status Mlp(const ModelConfig& c, const LayerWeights& w, int layer, int n, 
 
 }  // namespace
 
+absl::Status DecoderOps::AddRmsNorm(int layer, LayerNorm which, float* hidden, const float* delta, int rows,
+                                    int width, float eps, float* out) {
+  MM_RETURN_IF_ERROR(Add(hidden, delta, Floats(rows, width)));
+  return RmsNorm(layer, which, hidden, rows, width, width, eps, out);
+}
+
 int CacheKeyWidth(const ModelConfig& c) {
   return c.mla ? c.kv_lora_rank + c.qk_rope_head_dim : c.num_kv_heads * c.head_dim;
 }
@@ -119,15 +125,20 @@ absl::Status RunDecoderLayers(const ModelConfig& c, const ModelWeights& weights,
   MM_ASSIGN_OR_RETURN(float* normed, ops->Scratch(kSlotNormed, floats));
   MM_ASSIGN_OR_RETURN(float* delta, ops->Scratch(kSlotDelta, floats));
   const float eps = static_cast<float>(c.rms_norm_eps);
+  const int h = c.hidden_size;
+  // Each residual is added together with the norm that follows it; the
+  // last one alone (the final norm is the head's).
+  MM_RETURN_IF_ERROR(ops->RmsNorm(0, LayerNorm::kInput, hidden, n, h, h, eps, normed));
   for (int layer = 0; layer < c.num_layers; ++layer) {
-    MM_RETURN_IF_ERROR(ops->RmsNorm(layer, LayerNorm::kInput, hidden, n, c.hidden_size, c.hidden_size, eps, normed));
     MM_RETURN_IF_ERROR(c.mla ? LatentAttention(c, layer, n, ops, normed, delta)
                              : Attention(c, layer, n, ops, normed, delta));
-    MM_RETURN_IF_ERROR(ops->Add(hidden, delta, floats));
-    MM_RETURN_IF_ERROR(
-        ops->RmsNorm(layer, LayerNorm::kPostAttention, hidden, n, c.hidden_size, c.hidden_size, eps, normed));
+    MM_RETURN_IF_ERROR(ops->AddRmsNorm(layer, LayerNorm::kPostAttention, hidden, delta, n, h, eps, normed));
     MM_RETURN_IF_ERROR(Mlp(c, weights.layers[layer], layer, n, ops, experts, normed, delta));
-    MM_RETURN_IF_ERROR(ops->Add(hidden, delta, floats));
+    if (layer + 1 < c.num_layers) {
+      MM_RETURN_IF_ERROR(ops->AddRmsNorm(layer + 1, LayerNorm::kInput, hidden, delta, n, h, eps, normed));
+    } else {
+      MM_RETURN_IF_ERROR(ops->Add(hidden, delta, floats));
+    }
   }
   return absl::OkStatus();
 }

@@ -66,6 +66,12 @@ class DecoderOps {
   // `out` alike (in place allowed).
   virtual absl::Status RmsNorm(int layer, LayerNorm which, const float* x, int rows, int width, int stride,
                                float eps, float* out) = 0;
+  // The residual, then the next norm: hidden += delta (rows x width,
+  // contiguous), then out = RmsNorm(hidden) with `layer`'s `which` weights.
+  // `out` apart from both. By default Add, then RmsNorm; a backend fuses
+  // them where launches cost.
+  virtual absl::Status AddRmsNorm(int layer, LayerNorm which, float* hidden, const float* delta, int rows,
+                                  int width, float eps, float* out);
   virtual absl::Status Clamp(float* x, size_t count, float limit) = 0;
   virtual absl::Status Sigmoid(float* x, size_t count) = 0;
   virtual absl::Status Add(float* y, const float* x, size_t count) = 0;

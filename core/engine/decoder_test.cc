@@ -3,6 +3,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/model/config.h"
@@ -63,7 +64,7 @@ class TraceOps : public DecoderOps {
   }
   absl::Status FinishExperts(int layer, float*) override { return Log("FinishExperts", layer, ""); }
 
- private:
+ protected:
   absl::Status Log(const std::string& op, int layer, const std::string& args) {
     trace.push_back(absl::StrCat(op, layer >= 0 ? absl::StrCat("[", layer, "]") : "", args.empty() ? "" : " ",
                                  args));
@@ -71,6 +72,7 @@ class TraceOps : public DecoderOps {
     return absl::OkStatus();
   }
 
+ private:
   std::vector<std::vector<float>> buffers_;
 };
 
@@ -222,6 +224,36 @@ TEST(DecoderTest, LatentAttentionAndDenseLayer) {  // DeepSeek-V3
                                             "\n"));
   EXPECT_EQ(t.back(), "Add 64");
   EXPECT_EQ(t[t.size() - 2], "FinishExperts[1]");
+}
+
+// A backend that fuses each residual with the norm after it sees every
+// residual but the last through AddRmsNorm, with the next norm's layer and
+// weights; the first layer's input norm stands alone.
+TEST(DecoderTest, ResidualsGoWithTheNormAfterThem) {
+  class FusingOps : public TraceOps {
+   public:
+    absl::Status AddRmsNorm(int layer, LayerNorm which, float*, const float*, int rows, int width, float eps,
+                            float*) override {
+      return Log("AddRmsNorm", layer,
+                 absl::StrCat(which == LayerNorm::kInput ? "input " : "post ", rows, "x", width, " eps=", eps));
+    }
+  };
+  ModelConfig c = GqaConfig(2);
+  FusingOps ops;
+  std::vector<std::string> t = Trace(c, MoeWeights(c), 3, &ops);
+  std::vector<std::string> norms;
+  for (const std::string& op : t) {
+    if (absl::StrContains(op, "Norm") || absl::StartsWith(op, "Add")) norms.push_back(op);
+  }
+  EXPECT_EQ(absl::StrJoin(norms, "\n"), absl::StrJoin(
+                                            {
+                                                "RmsNorm[0] input 3x32/32 eps=1e-05",
+                                                "AddRmsNorm[0] post 3x32 eps=1e-05",
+                                                "AddRmsNorm[1] input 3x32 eps=1e-05",
+                                                "AddRmsNorm[1] post 3x32 eps=1e-05",
+                                                "Add 96",
+                                            },
+                                            "\n"));
 }
 
 TEST(DecoderTest, PlainQueryProjectionWithoutQLora) {

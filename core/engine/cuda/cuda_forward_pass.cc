@@ -389,24 +389,33 @@ absl::Status CudaForwardPass::Linear(int layer, LayerLinear which, const float* 
   return absl::OkStatus();
 }
 
+const DeviceBuffer* CudaForwardPass::NormWeight(int layer, LayerNorm which) const {
+  const Layer& l = layers_[layer];
+  switch (which) {
+    case LayerNorm::kInput: return l.input_norm.get();
+    case LayerNorm::kPostAttention: return l.post_norm.get();
+    case LayerNorm::kQ: return l.q_norm.get();
+    case LayerNorm::kK: return l.k_norm.get();
+    case LayerNorm::kQA: return l.q_a_norm.get();
+    case LayerNorm::kKvA: return l.kv_a_norm.get();
+  }
+  return nullptr;
+}
+
 absl::Status CudaForwardPass::RmsNorm(int layer, LayerNorm which, const float* x, int rows, int width, int stride,
                                       float eps, float* out) {
-  const Layer& l = layers_[layer];
-  const DeviceBuffer* w = nullptr;
-  switch (which) {
-    case LayerNorm::kInput: w = l.input_norm.get(); break;
-    case LayerNorm::kPostAttention: w = l.post_norm.get(); break;
-    case LayerNorm::kQ: w = l.q_norm.get(); break;
-    case LayerNorm::kK: w = l.k_norm.get(); break;
-    case LayerNorm::kQA: w = l.q_a_norm.get(); break;
-    case LayerNorm::kKvA: w = l.kv_a_norm.get(); break;
-  }
+  const DeviceBuffer* w = NormWeight(layer, which);
   if (stride == width) return RmsNormCuda(x, w->as<float>(), rows, width, eps, out, stream_);
   // Strided rows are packed, normalised and put back.
   MM_ASSIGN_OR_RETURN(float* tmp, Scratch(kTmp, static_cast<size_t>(rows) * width));
   MM_RETURN_IF_ERROR(CopyRowsOnDevice(x, stride, tmp, width, rows, width, stream_));
   MM_RETURN_IF_ERROR(RmsNormCuda(tmp, w->as<float>(), rows, width, eps, tmp, stream_));
   return CopyRowsOnDevice(tmp, width, out, stride, rows, width, stream_);
+}
+
+absl::Status CudaForwardPass::AddRmsNorm(int layer, LayerNorm which, float* hidden, const float* delta, int rows,
+                                         int width, float eps, float* out) {
+  return AddRmsNormCuda(hidden, delta, NormWeight(layer, which)->as<float>(), rows, width, eps, out, stream_);
 }
 
 absl::Status CudaForwardPass::Clamp(float* x, size_t count, float limit) { return ClampCuda(x, count, limit, stream_); }
@@ -434,9 +443,7 @@ absl::Status CudaForwardPass::Rotate(float* x, int heads, int token_stride, int 
 absl::Status CudaForwardPass::WriteCache(int layer, const float* k, const float* v) {
   const int n = step_->n, k_w = kv_k_width(), v_w = kv_v_width();
   const size_t at = static_cast<size_t>(layer) * n;
-  MM_RETURN_IF_ERROR(ScatterRowsCuda(k, n, k_w, k_w, step_->k_dst + at, stream_));
-  if (v != nullptr) MM_RETURN_IF_ERROR(ScatterRowsCuda(v, n, v_w, v_w, step_->v_dst + at, stream_));
-  return absl::OkStatus();
+  return ScatterKvRowsCuda(k, k_w, step_->k_dst + at, v, v_w, step_->v_dst + at, n, stream_);
 }
 
 absl::Status CudaForwardPass::Attend(int layer, const AttentionShape& shape, const float* q, float* out) {

@@ -109,6 +109,8 @@ class CudaForwardPass : public ForwardPass, private DecoderOps {
   absl::Status Linear(int layer, LayerLinear which, const float* x, int n, float* out) override;
   absl::Status RmsNorm(int layer, LayerNorm which, const float* x, int rows, int width, int stride, float eps,
                        float* out) override;
+  absl::Status AddRmsNorm(int layer, LayerNorm which, float* hidden, const float* delta, int rows, int width,
+                          float eps, float* out) override;
   absl::Status Clamp(float* x, size_t count, float limit) override;
   absl::Status Sigmoid(float* x, size_t count) override;
   absl::Status Add(float* y, const float* x, size_t count) override;
@@ -121,6 +123,7 @@ class CudaForwardPass : public ForwardPass, private DecoderOps {
   absl::Status StartExperts(int layer, const float* x, const float* logits, ExpertExecutor* experts) override;
   absl::Status FinishExperts(int layer, float* out) override;
 
+  const DeviceBuffer* NormWeight(int layer, LayerNorm which) const;
   // Device memory by slot that grows as needed (contents are lost when it
   // grows): per-step tables (Staging); Scratch above is the same.
   absl::StatusOr<void*> Staging(int slot, size_t bytes);

@@ -54,10 +54,16 @@ __global__ void SigmoidKernel(const float* x, size_t n, float* y) {
   MM_GRID_STRIDE(i, n) { y[i] = 1.f / (1.f + expf(-x[i])); }
 }
 
-__global__ void ScatterRowsKernel(const float* src, int rows, int width, int src_stride, float* const* dst) {
+__global__ void ScatterKvRowsKernel(const float* k, int k_width, float* const* k_dst, const float* v, int v_width,
+                                    float* const* v_dst, int rows) {
+  const int width = k_width + (v != nullptr ? v_width : 0);
   MM_GRID_STRIDE(i, static_cast<size_t>(rows) * width) {
-    const size_t r = i / width, j = i % width;
-    dst[r][j] = src[r * src_stride + j];
+    const int r = static_cast<int>(i / width), j = static_cast<int>(i % width);
+    if (j < k_width) {
+      k_dst[r][j] = k[static_cast<size_t>(r) * k_width + j];
+    } else {
+      v_dst[r][j - k_width] = v[static_cast<size_t>(r) * v_width + j - k_width];
+    }
   }
 }
 
@@ -132,12 +138,13 @@ absl::Status SigmoidCuda(const float* x, size_t n, float* y, CudaStream stream) 
   return LaunchStatus("SigmoidKernel");
 }
 
-absl::Status ScatterRowsCuda(const float* src, int rows, int width, int src_stride, float* const* dst,
-                             CudaStream stream) {
-  if (rows == 0) return absl::OkStatus();
-  ScatterRowsKernel<<<Blocks(static_cast<size_t>(rows) * width), 256, 0, static_cast<cudaStream_t>(stream)>>>(
-      src, rows, width, src_stride, dst);
-  return LaunchStatus("ScatterRowsKernel");
+absl::Status ScatterKvRowsCuda(const float* k, int k_width, float* const* k_dst, const float* v, int v_width,
+                               float* const* v_dst, int rows, CudaStream stream) {
+  const size_t count = static_cast<size_t>(rows) * (k_width + (v != nullptr ? v_width : 0));
+  if (count == 0) return absl::OkStatus();
+  ScatterKvRowsKernel<<<Blocks(count), 256, 0, static_cast<cudaStream_t>(stream)>>>(k, k_width, k_dst, v, v_width,
+                                                                                    v_dst, rows);
+  return LaunchStatus("ScatterKvRowsKernel");
 }
 
 absl::Status GatherRowsCuda(const float* src, int width, const int* rows, int n, float* out, CudaStream stream) {

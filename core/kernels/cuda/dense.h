@@ -26,10 +26,11 @@ absl::Status AddBiasCuda(float* y, const float* bias, int rows, int width, CudaS
 absl::Status ClampCuda(float* y, size_t n, float limit, CudaStream stream);
 // y = 1 / (1 + exp(-x)).
 absl::Status SigmoidCuda(const float* x, size_t n, float* y, CudaStream stream);
-// dst[r][0 .. width) = src[r * src_stride ..] for r < rows: `dst` is a
-// device array of row pointers (KV cache rows).
-absl::Status ScatterRowsCuda(const float* src, int rows, int width, int src_stride, float* const* dst,
-                             CudaStream stream);
+// The K and V rows of a step into the KV cache in one launch: row r of `k`
+// ([rows, k_width]) to k_dst[r], and of `v` to v_dst[r] (`v` null: keys
+// only).
+absl::Status ScatterKvRowsCuda(const float* k, int k_width, float* const* k_dst, const float* v, int v_width,
+                               float* const* v_dst, int rows, CudaStream stream);
 // out[i] = src[rows[i]] (width floats each).
 absl::Status GatherRowsCuda(const float* src, int width, const int* rows, int n, float* out, CudaStream stream);
 // The ordered combine of routed experts' rows (CombineTable's table,

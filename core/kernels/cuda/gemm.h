@@ -14,15 +14,21 @@ namespace moemesh {
 // Not thread-safe: one instance per stream.
 class CudaGemm {
  public:
-  static absl::StatusOr<std::unique_ptr<CudaGemm>> Create();
+  // Products of up to this many rows take our kernel (below); more, or 0
+  // here, take cuBLAS (bench/linear_bench compares the two).
+  static constexpr int kSkinnyMaxRows = 8;
+  static absl::StatusOr<std::unique_ptr<CudaGemm>> Create(int skinny_max_rows = kSkinnyMaxRows);
   ~CudaGemm();
 
   // out[n, m] = x[n, k] . w[m, k]^T with bf16 weights: x is rounded to bf16
   // (in scratch that grows as needed), products accumulate in fp32, out is
-  // fp32. The layers' Linear.
+  // fp32. The layers' Linear. Up to skinny_max_rows rows (decode steps) take
+  // one kernel of ours, a warp per output column, instead of cuBLAS's two
+  // or three.
   absl::Status LinearBf16(const float* x, int n, const uint16_t* w, int m, int k, float* out, CudaStream stream);
   // The same with fp32 weights and fp32 arithmetic (no TF32), for small
-  // matrices where rounding would matter (expert gates).
+  // matrices where rounding would matter (expert gates). Up to
+  // skinny_max_rows rows take one kernel of ours, as above.
   absl::Status LinearF32(const float* x, int n, const float* w, int m, int k, float* out, CudaStream stream);
 
   // Batched fp32 products, batch b of `batch`: C_b[rows, cols] = A_b[rows, k]
@@ -48,6 +54,7 @@ class CudaGemm {
   // takes on Hopper.
   static constexpr size_t kWorkspaceBytes = size_t{32} << 20;
   CudaGemm() = default;
+  int skinny_max_rows_ = 0;
   // Points the handle at `stream`, with our workspace.
   absl::Status SetStream(CudaStream stream);
   struct Impl;

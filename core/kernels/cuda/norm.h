@@ -12,6 +12,11 @@ namespace moemesh {
 absl::Status RmsNormCuda(const float* x, const float* weight, int rows, int n, float eps, float* y,
                          CudaStream stream);
 
+// The residual and the next norm in one pass: hidden += delta, then
+// y = RmsNorm(hidden) as RmsNormCuda (`y` apart from both).
+absl::Status AddRmsNormCuda(float* hidden, const float* delta, const float* weight, int rows, int n, float eps,
+                            float* y, CudaStream stream);
+
 }  // namespace moemesh
 
 #endif  // MOEMESH_CORE_KERNELS_CUDA_NORM_H_
