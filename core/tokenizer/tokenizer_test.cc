@@ -5,6 +5,7 @@
 #include "core/tokenizer/hf_tokenizer.h"
 #include "core/tokenizer/streaming_detokenizer.h"
 #include "core/tokenizer/tokenizer.h"
+#include "core/tokenizer/unicode.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
@@ -241,6 +242,24 @@ TEST(SentencePieceTest, MatchesSpmEncodeAndRoundTrips) {
   EXPECT_EQ(LoadTokenizer("/nonexistent/x.model").status().code(), absl::StatusCode::kNotFound);
   auto junk = LoadTokenizer("tests/fixtures/tokenizers/gpt2.json");  // not a .model: parsed as JSON
   EXPECT_TRUE(junk.ok());
+}
+
+}  // namespace
+}  // namespace moemesh
+
+namespace moemesh {
+namespace {
+
+// Normal forms as Hugging Face tokenizers computes them: current Unicode,
+// except for characters its tables predate, which stay as they are and
+// which nothing is reordered across (to it they are starters). U+1AC3 is a
+// combining mark of class 220 since Unicode 14; U+06D9 is of class 230.
+TEST(UnicodeNormalizeTest, MatchesHuggingFaceTables) {
+  auto nfc = [](const std::string& s) { return Normalize(s, NormalForm::kNfc).value(); };
+  EXPECT_EQ(nfc("e\u0301"), "\u00e9");                        // composed
+  EXPECT_EQ(nfc("a\u0345\u0316"), "a\u0316\u0345");            // reordered by class
+  EXPECT_EQ(nfc("7\u06d9\u1ac3"), "7\u06d9\u1ac3");            // U+1AC3 unknown to it: not moved
+  EXPECT_EQ(nfc("\u1ac3e\u0301\u1ac3"), "\u1ac3\u00e9\u1ac3");  // the runs around it still normalised
 }
 
 }  // namespace

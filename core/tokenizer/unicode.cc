@@ -14,7 +14,8 @@ namespace moemesh {
 
 namespace {
 
-// Characters Hugging Face tokenizers leaves alone in every normal form.
+// Characters Hugging Face tokenizers leaves alone in every normal form:
+// neither decomposed nor reordered (it takes them for starters).
 constexpr char32_t kHfNoDecomposition[] = {
 #include "core/tokenizer/hf_unicode_exceptions.inc"
 };
@@ -52,14 +53,14 @@ absl::StatusOr<std::string> Normalize(absl::string_view s, NormalForm form) {
     case NormalForm::kNfkd: options |= UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT; break;
   }
   // Normalize the runs between characters that Hugging Face's (older)
-  // tables do not decompose; those stay as they are. They are all starters,
-  // so splitting there changes nothing else.
+  // tables do not know; those stay as they are. To it they are starters,
+  // which nothing reorders across, so splitting there changes nothing else.
   std::string out;
   size_t run = 0, pos = 0;
   while (pos < s.size()) {
     size_t start = pos;
     char32_t c = NextCodePoint(s, &pos);
-    if (c < 0x32FF || !IsHfException(c)) continue;
+    if (c < kHfNoDecomposition[0] || !IsHfException(c)) continue;
     if (absl::StatusOr<std::string> r = Utf8procNormalize(s.substr(run, start - run), options); r.ok()) {
       out += *r;
     } else {
