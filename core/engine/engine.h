@@ -28,6 +28,7 @@ struct EngineOptions {
   int kv_cache_tokens = 65536;  // capacity of the paged KV cache
   int kv_block_size = 16;
   int prefill_chunk = 512;      // longest prefill piece per forward step
+  bool prefix_caching = true;   // schedulers share cached prompt blocks (Scheduler)
   GatingExtensions gating;      // overrides config.json's (off by default)
   // Where the dense part runs; null: the CPU (CpuForwardPass, on num_threads).
   ForwardPassFactory forward_pass;

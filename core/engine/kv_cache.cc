@@ -1,5 +1,8 @@
 #include "core/engine/kv_cache.h"
 
+#include <algorithm>
+
+#include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 
 namespace moemesh {
@@ -11,30 +14,125 @@ KvCache::KvCache(int num_layers, int k_width, int v_width, int block_size, int n
       row_(k_width + v_width),
       block_size_(block_size),
       num_blocks_(num_blocks),
-      storage_(new float[static_cast<size_t>(num_blocks) * num_layers * block_size * (k_width + v_width)]) {
+      storage_(new float[static_cast<size_t>(num_blocks) * num_layers * block_size * (k_width + v_width)]),
+      info_(num_blocks) {
   free_.reserve(num_blocks);
   for (int b = num_blocks - 1; b >= 0; --b) free_.push_back(b);
+}
+
+int KvCache::Take() {
+  int b;
+  if (!free_.empty()) {
+    b = free_.back();
+    free_.pop_back();
+  } else {
+    b = lru_.front();
+    lru_.pop_front();
+    BlockInfo& info = info_[b];
+    committed_.erase(info.hash);
+    info.committed = false;
+    info.tokens.clear();
+    ++evictions_;
+  }
+  info_[b].refs = 1;
+  return b;
 }
 
 absl::Status KvCache::Reserve(KvSequence* seq, int new_length) {
   int need = (new_length + block_size_ - 1) / block_size_ - static_cast<int>(seq->blocks.size());
   if (need <= 0) return absl::OkStatus();
-  if (need > static_cast<int>(free_.size())) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "KV cache full: ", need, " more blocks of ", block_size_, " tokens needed, ",
-        free_.size(), " of ", num_blocks_, " free"));
+  if (need > free_blocks()) {
+    return absl::ResourceExhaustedError(absl::StrCat("KV cache full: ", need, " more blocks of ", block_size_,
+                                                     " tokens needed, ", free_blocks(), " of ", num_blocks_, " free"));
   }
-  for (int i = 0; i < need; ++i) {
-    seq->blocks.push_back(free_.back());
-    free_.pop_back();
-  }
+  for (int i = 0; i < need; ++i) seq->blocks.push_back(Take());
   return absl::OkStatus();
 }
 
 void KvCache::Release(KvSequence* seq) {
-  for (int b : seq->blocks) free_.push_back(b);
+  // Last block first: a prefix's tail is then evicted before its head,
+  // which the tail's hash chains from.
+  for (auto it = seq->blocks.rbegin(); it != seq->blocks.rend(); ++it) {
+    const int b = *it;
+    BlockInfo& info = info_[b];
+    if (--info.refs > 0) continue;
+    if (info.committed) {
+      info.lru = lru_.insert(lru_.end(), b);
+    } else {
+      free_.push_back(b);
+    }
+  }
   seq->blocks.clear();
+  seq->block_hashes.clear();
   seq->length = 0;
+}
+
+uint64_t KvCache::ChainHash(uint64_t parent, absl::Span<const int> block_tokens) const {
+  return absl::HashOf(parent, block_tokens);
+}
+
+int KvCache::Find(uint64_t hash, uint64_t parent, absl::Span<const int> block_tokens) const {
+  auto it = committed_.find(hash);
+  if (it == committed_.end()) return -1;
+  const BlockInfo& info = info_[it->second];
+  if (info.parent != parent || !std::equal(info.tokens.begin(), info.tokens.end(), block_tokens.begin(),
+                                           block_tokens.end())) {
+    return -1;  // a collision
+  }
+  return it->second;
+}
+
+template <typename F>
+void KvCache::Walk(absl::Span<const int> tokens, int max_tokens, F f) const {
+  const int blocks = std::min<int>(max_tokens, static_cast<int>(tokens.size())) / block_size_;
+  uint64_t parent = 0;
+  for (int i = 0; i < blocks; ++i) {
+    const absl::Span<const int> bt = tokens.subspan(static_cast<size_t>(i) * block_size_, block_size_);
+    const uint64_t hash = ChainHash(parent, bt);
+    const int b = Find(hash, parent, bt);
+    if (b < 0 || !f(b, hash)) return;
+    parent = hash;
+  }
+}
+
+KvCache::PrefixMatch KvCache::Probe(absl::Span<const int> tokens, int max_tokens) const {
+  PrefixMatch m;
+  Walk(tokens, max_tokens, [&](int b, uint64_t) {
+    m.tokens += block_size_;
+    if (info_[b].refs == 0) ++m.idle_blocks;
+    return true;
+  });
+  return m;
+}
+
+int KvCache::Match(absl::Span<const int> tokens, int max_tokens, KvSequence* seq) {
+  if (!seq->blocks.empty() || seq->length != 0) return 0;
+  Walk(tokens, max_tokens, [&](int b, uint64_t hash) {
+    BlockInfo& info = info_[b];
+    if (info.refs++ == 0) lru_.erase(info.lru);
+    seq->blocks.push_back(b);
+    seq->block_hashes.push_back(hash);
+    return true;
+  });
+  seq->length = static_cast<int>(seq->blocks.size()) * block_size_;
+  return seq->length;
+}
+
+void KvCache::Commit(KvSequence* seq, absl::Span<const int> tokens) {
+  const int full = std::min<int>(seq->length, static_cast<int>(tokens.size())) / block_size_;
+  for (int i = static_cast<int>(seq->block_hashes.size()); i < full; ++i) {
+    const uint64_t parent = i == 0 ? 0 : seq->block_hashes[i - 1];
+    const absl::Span<const int> bt = tokens.subspan(static_cast<size_t>(i) * block_size_, block_size_);
+    const uint64_t hash = ChainHash(parent, bt);
+    seq->block_hashes.push_back(hash);
+    if (committed_.contains(hash)) continue;  // cached already, or a collision: this block stays private
+    BlockInfo& info = info_[seq->blocks[i]];
+    info.committed = true;
+    info.hash = hash;
+    info.parent = parent;
+    info.tokens.assign(bt.begin(), bt.end());
+    committed_.emplace(hash, seq->blocks[i]);
+  }
 }
 
 float* KvCache::Block(int block, int layer) const {

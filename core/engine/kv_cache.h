@@ -1,10 +1,14 @@
 #ifndef MOEMESH_CORE_ENGINE_KV_CACHE_H_
 #define MOEMESH_CORE_ENGINE_KV_CACHE_H_
 
+#include <cstdint>
+#include <list>
 #include <memory>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "absl/types/span.h"
 #include "core/kernels/cpu/attention.h"
 
 namespace moemesh {
@@ -14,12 +18,24 @@ namespace moemesh {
 struct KvSequence {
   std::vector<int> blocks;
   int length = 0;
+  // The prefix hashes of its leading full blocks that KvCache has seen
+  // (Match, Commit): block i's chains block i - 1's.
+  std::vector<uint64_t> block_hashes;
 };
 
 // A paged KV cache shared by all sequences: fixed-size blocks of
 // `block_size` positions, allocated on demand from one pool. Each position
 // of each layer holds a row of k_width key floats followed by v_width value
 // floats (latent attention stores its latent row as the key and no value).
+//
+// Prefix caching: a full block whose positions a sequence has written can
+// be committed under the hash of its tokens chained to the blocks before it
+// (vLLM's automatic prefix caching). Another sequence that begins with the
+// same tokens then shares it (Match) instead of computing it again. Blocks
+// are reference-counted; a committed block no sequence holds stays cached
+// until an allocation needs the room, the least recently released first.
+// Lookups compare the tokens too, so a hash collision cannot share a block.
+//
 // Not thread-safe: one engine thread owns it.
 class KvCache {
  public:
@@ -27,15 +43,39 @@ class KvCache {
 
   int block_size() const { return block_size_; }
   int num_blocks() const { return num_blocks_; }
-  int free_blocks() const { return static_cast<int>(free_.size()); }
-  // Fraction of blocks in use.
-  double Usage() const { return 1.0 - static_cast<double>(free_.size()) / num_blocks_; }
+  // Blocks an allocation can take: free ones and cached ones no sequence
+  // holds.
+  int free_blocks() const { return static_cast<int>(free_.size() + lru_.size()); }
+  // Of those, the cached ones.
+  int cached_blocks() const { return static_cast<int>(lru_.size()); }
+  // Fraction of blocks held by sequences.
+  double Usage() const { return 1.0 - static_cast<double>(free_blocks()) / num_blocks_; }
+  // Cached blocks dropped to make room, since the start.
+  int64_t evictions() const { return evictions_; }
 
   // Makes room for positions [seq->length, new_length). RESOURCE_EXHAUSTED,
   // with nothing allocated, when the pool cannot hold them.
   absl::Status Reserve(KvSequence* seq, int new_length);
-  // Returns the sequence's blocks to the pool and resets it.
+  // Drops the sequence's hold on its blocks and resets it: committed blocks
+  // stay cached, the others are free.
   void Release(KvSequence* seq);
+
+  // What Match would attach: the tokens its blocks cover (whole blocks of
+  // `tokens`, at most max_tokens) and how many of those blocks no sequence
+  // holds now (an allocation could take them until then).
+  struct PrefixMatch {
+    int tokens = 0;
+    int idle_blocks = 0;
+  };
+  PrefixMatch Probe(absl::Span<const int> tokens, int max_tokens) const;
+  // Attaches to the empty `seq` the longest run of committed blocks that
+  // begins `tokens`, up to max_tokens tokens, and sets seq->length to the
+  // tokens they cover (returned).
+  int Match(absl::Span<const int> tokens, int max_tokens, KvSequence* seq);
+  // Commits the full blocks of `seq` not committed yet: `tokens` are the
+  // tokens at positions [0, seq->length) or more. A block whose prefix is
+  // cached already (another sequence computed it too) stays private.
+  void Commit(KvSequence* seq, absl::Span<const int> tokens);
 
   float* Row(int layer, const KvSequence& seq, int position);
   // Pages of one layer for the attention kernel; `ptrs` backs the pointers
@@ -44,10 +84,30 @@ class KvCache {
 
  private:
   float* Block(int block, int layer) const;
+  uint64_t ChainHash(uint64_t parent, absl::Span<const int> block_tokens) const;
+  // The committed block holding `block_tokens` after `parent`, or -1.
+  int Find(uint64_t hash, uint64_t parent, absl::Span<const int> block_tokens) const;
+  // Calls f(block, hash) for each committed block that begins `tokens`, in
+  // order, up to max_tokens tokens, while f returns true.
+  template <typename F>
+  void Walk(absl::Span<const int> tokens, int max_tokens, F f) const;
+  int Take();  // a free block, else the least recently released cached one
+
+  struct BlockInfo {
+    int refs = 0;
+    bool committed = false;
+    uint64_t hash = 0, parent = 0;
+    std::vector<int> tokens;  // committed: its tokens
+    std::list<int>::iterator lru;  // committed and refs == 0: its place in lru_
+  };
 
   const int num_layers_, k_width_, v_width_, row_, block_size_, num_blocks_;
   std::unique_ptr<float[]> storage_;  // untouched pages cost no memory
   std::vector<int> free_;
+  std::vector<BlockInfo> info_;
+  std::list<int> lru_;  // committed blocks no sequence holds, oldest first
+  absl::flat_hash_map<uint64_t, int> committed_;  // chained hash -> block
+  int64_t evictions_ = 0;
 };
 
 }  // namespace moemesh

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/experts/expert_executor.h"
 #include "core/engine/forward_pass.h"
+#include "core/model/config.h"
 
 namespace moemesh {
 
@@ -16,6 +17,7 @@ struct Scheduler::Request {
   Sampler sampler;
   std::function<void(const StepEvent&)> on_event;
   KvSequence seq;
+  std::vector<int> history;  // prompt and generated tokens: what seq's positions hold
   int blocks = 0;      // reserved for prompt + max_new_tokens
   size_t prefilled = 0;
   int generated = 0;
@@ -25,7 +27,7 @@ struct Scheduler::Request {
   double queue_seconds = 0;
 
   Request(int64_t i, std::vector<int> p, const GenerateParams& g, std::function<void(const StepEvent&)> cb)
-      : id(i), prompt(std::move(p)), params(g), sampler(g.sampling, prompt), on_event(std::move(cb)) {}
+      : id(i), prompt(std::move(p)), params(g), sampler(g.sampling, prompt), on_event(std::move(cb)), history(prompt) {}
 };
 
 // Times the expert calls and counts the tokens routed to each expert.
@@ -67,7 +69,8 @@ Scheduler::Scheduler(ForwardPass* model, KvCache* cache, ExpertExecutor* experts
       cache_(cache),
       experts_(experts),
       timed_experts_(std::make_unique<StatsExecutor>(experts, &last_step_, model->config().num_experts)),
-      options_(options) {}
+      options_(options),
+      prefix_caching_(options.prefix_caching && model->config().rope.type != RopeType::kDynamic) {}
 
 Scheduler::~Scheduler() {
   for (auto& [id, r] : running_) cache_->Release(&r->seq);
@@ -118,17 +121,32 @@ bool Scheduler::Cancel(int64_t request_id) {
   return true;
 }
 
-void Scheduler::Finish(Request* r) {
-  cache_->Release(&r->seq);
-  reserved_blocks_ -= r->blocks;
+void Scheduler::Finish(Request* r) { cache_->Release(&r->seq); }
+
+int Scheduler::Outstanding() const {
+  int blocks = 0;
+  for (const auto& [id, r] : running_) blocks += std::max(0, r->blocks - static_cast<int>(r->seq.blocks.size()));
+  return blocks;
 }
 
 void Scheduler::Admit() {
-  while (!waiting_.empty() && static_cast<int>(running_.size()) < options_.max_running &&
-         reserved_blocks_ + waiting_.front()->blocks <= cache_->num_blocks()) {
+  int outstanding = Outstanding();
+  while (!waiting_.empty() && static_cast<int>(running_.size()) < options_.max_running) {
+    Request& w = *waiting_.front();
+    // The last prompt token is always computed: its logits pick the first
+    // new token.
+    const int reusable = static_cast<int>(w.prompt.size()) - 1;
+    const KvCache::PrefixMatch m = prefix_caching_ ? cache_->Probe(w.prompt, reusable) : KvCache::PrefixMatch();
+    const int fresh = w.blocks - m.tokens / cache_->block_size();
+    if (outstanding + fresh > cache_->free_blocks() - m.idle_blocks) break;
     std::unique_ptr<Request> r = std::move(waiting_.front());
     waiting_.erase(waiting_.begin());
-    reserved_blocks_ += r->blocks;
+    if (prefix_caching_) {
+      r->prefilled = cache_->Match(r->prompt, reusable, &r->seq);
+      last_step_.prefix_query_tokens += static_cast<int64_t>(r->prompt.size());
+      last_step_.prefix_hit_tokens += static_cast<int64_t>(r->prefilled);
+    }
+    outstanding += fresh;
     r->queue_seconds = Since(r->submitted);
     int64_t id = r->id;
     running_.emplace(id, std::move(r));
@@ -137,10 +155,11 @@ void Scheduler::Admit() {
 
 absl::Status Scheduler::Step() {
   const auto step_start = std::chrono::steady_clock::now();
-  Admit();
   std::fill(last_step_.routed.begin(), last_step_.routed.end(), 0);
   last_step_.requests = last_step_.rows = 0;
   last_step_.total_seconds = last_step_.expert_seconds = last_step_.sampling_seconds = 0;
+  last_step_.prefix_query_tokens = last_step_.prefix_hit_tokens = 0;
+  Admit();
   if (running_.empty()) return absl::OkStatus();
   std::vector<ForwardItem> items;
   std::vector<Request*> owners;
@@ -191,6 +210,7 @@ absl::Status Scheduler::Step() {
   const auto sampling_start = std::chrono::steady_clock::now();
   for (size_t i = 0; i < owners.size(); ++i) {
     if (chunk[i] > 0) owners[i]->prefilled += chunk[i];
+    if (prefix_caching_) cache_->Commit(&owners[i]->seq, owners[i]->history);
   }
   auto sampling = [&](size_t i) { return owners[i]->prefilled >= owners[i]->prompt.size(); };
   // Device sampling: the pass picks the tokens and returns only the raw
@@ -241,6 +261,7 @@ absl::Status Scheduler::Step() {
       }
     }
     r->last_token = ev.token;
+    r->history.push_back(ev.token);
     ++r->generated;
     if (std::find(r->stops.begin(), r->stops.end(), ev.token) != r->stops.end()) {
       ev.finished = true;

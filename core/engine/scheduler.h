@@ -42,6 +42,10 @@ struct StepStats {
   double sampling_seconds = 0;
   // Tokens routed to each expert in the step, [layer * num_experts + expert].
   std::vector<int64_t> routed;
+  // Prefix caching, over the requests admitted this step: their prompt
+  // tokens, and those found in the cache (not computed again).
+  int64_t prefix_query_tokens = 0;
+  int64_t prefix_hit_tokens = 0;
 };
 
 // Continuous batching: requests join the running batch between steps, and
@@ -53,13 +57,23 @@ struct StepStats {
 // cache at once. A request's tokens do not depend on what else is in the
 // batch; with dynamic (NTK) rope they do depend on where its prompt is cut
 // into chunks, as in transformers, since the frequencies follow the longest
-// position of each pass. Not thread-safe: one loop owns it and calls Step.
+// position of each pass.
+//
+// With prefix caching (KvCache), a new request starts from the longest run
+// of cached full blocks that begins its prompt (keeping at least its last
+// prompt token to compute), and every request commits its full blocks,
+// prompt and generated tokens alike, as it fills them. Admission counts the
+// blocks each running request may still take against the blocks free or
+// cached, so a running request still never runs out. Dynamic (NTK) rope
+// turns it off: there a prefix's keys depend on the passes that computed
+// them. Not thread-safe: one loop owns it and calls Step.
 class Scheduler {
  public:
   struct Options {
     int max_running = 64;         // requests in the batch at once
     int max_step_tokens = 2048;   // rows per forward pass (prefill budget)
     int prefill_chunk = 512;      // longest prompt piece of one request per step
+    bool prefix_caching = true;   // share cached prompt blocks (above)
   };
 
   // `model`, `cache` and `experts` must outlive the scheduler.
@@ -98,6 +112,8 @@ class Scheduler {
   void Admit();
   void Finish(Request* r);
   int BlocksFor(int tokens) const;
+  // Blocks the running requests may still allocate.
+  int Outstanding() const;
 
   ForwardPass* model_;
   KvCache* cache_;
@@ -106,7 +122,7 @@ class Scheduler {
   Options options_;
   StepStats last_step_;
   int64_t next_id_ = 1;
-  int reserved_blocks_ = 0;  // promised to running requests
+  bool prefix_caching_ = false;  // Options::prefix_caching, where the model allows it
   std::map<int64_t, std::unique_ptr<Request>> running_;  // by id: admission order
   std::vector<std::unique_ptr<Request>> waiting_;         // FIFO
 };

@@ -103,6 +103,91 @@ TEST_P(SchedulerFixtureTest, ConcurrentRequestsEqualRunsAlone) {
 INSTANTIATE_TEST_SUITE_P(Models, SchedulerFixtureTest,
                          ::testing::Values("mixtral_sliding", "deepseek_v3", "qwen2_moe", "olmoe_dynamic"));
 
+// A conversation's second turn (its prompt: the first turn's prompt and
+// answer, then new tokens) starts from the blocks the first turn cached,
+// prompt and generated tokens alike, and gives the tokens and log
+// probabilities it gives computed in full; and so does a request sharing
+// only a prompt head, run beside it. Dynamic (NTK) rope caches nothing.
+class PrefixCachingTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(PrefixCachingTest, CachedTurnsEqualComputedTurns) {
+  const std::string dir = "tests/fixtures/" + GetParam();
+  Loaded l = Load(dir, nullptr);
+  const int vocab = l.config.vocab_size;
+  std::mt19937 rng(3);
+  auto random_tokens = [&](int n) {
+    std::vector<int> v(n);
+    for (int& t : v) t = static_cast<int>(rng() % vocab);
+    return v;
+  };
+  const std::vector<int> first = random_tokens(22), extra = random_tokens(5), other_tail = random_tokens(9);
+  GenerateParams p;
+  p.sampling.temperature = 0;
+  p.max_new_tokens = 7;
+  p.logprobs = 3;
+  p.ignore_eos = true;
+  struct Turns {
+    std::vector<std::vector<StepEvent>> events;
+    int64_t queried = 0, hits = 0;
+  };
+  auto run = [&](bool caching) {
+    KvCache cache(l.config.num_layers, l.model->kv_k_width(), l.model->kv_v_width(), 4, 64);
+    LocalExpertExecutor experts(&l.weights->experts, nullptr);
+    Scheduler sched(l.model.get(), &cache, &experts, {8, 4096, 512, caching});
+    Turns out;
+    auto serve = [&](const std::vector<std::vector<int>>& prompts) {
+      const size_t base = out.events.size();
+      out.events.resize(base + prompts.size());
+      for (size_t i = 0; i < prompts.size(); ++i) {
+        EXPECT_TRUE(
+            sched.Add(prompts[i], p, [&, i, base](const StepEvent& ev) { out.events[base + i].push_back(ev); }).ok());
+      }
+      for (int steps = 0; !sched.idle() && steps < 1000; ++steps) {
+        EXPECT_TRUE(sched.Step().ok());
+        out.queried += sched.last_step().prefix_query_tokens;
+        out.hits += sched.last_step().prefix_hit_tokens;
+      }
+    };
+    serve({first});
+    std::vector<int> second = first;
+    for (const StepEvent& ev : out.events[0]) second.push_back(ev.token);
+    second.insert(second.end(), extra.begin(), extra.end());
+    std::vector<int> sibling(first.begin(), first.begin() + 12);
+    sibling.insert(sibling.end(), other_tail.begin(), other_tail.end());
+    serve({second, sibling});
+    EXPECT_EQ(cache.free_blocks(), cache.num_blocks());
+    return out;
+  };
+  const Turns cached = run(true), computed = run(false);
+  EXPECT_EQ(computed.hits, 0);
+  if (l.config.rope.type == RopeType::kDynamic) {
+    EXPECT_EQ(cached.queried, 0);
+  } else {
+    // The first turn left 22 + 6 computed positions: 7 blocks of 4. The
+    // second turn reuses all of them; its sibling the first 12 tokens.
+    EXPECT_EQ(cached.queried, 22 + (22 + 7 + 5) + 21);
+    EXPECT_EQ(cached.hits, 28 + 12);
+  }
+  ASSERT_EQ(cached.events.size(), computed.events.size());
+  for (size_t r = 0; r < cached.events.size(); ++r) {
+    ASSERT_EQ(cached.events[r].size(), computed.events[r].size()) << r;
+    for (size_t t = 0; t < cached.events[r].size(); ++t) {
+      const StepEvent &a = cached.events[r][t], &b = computed.events[r][t];
+      ASSERT_TRUE(a.error.ok() && b.error.ok()) << a.error << b.error;
+      EXPECT_EQ(a.token, b.token) << "request " << r << " token " << t;
+      EXPECT_NEAR(a.logprob, b.logprob, 1e-4) << "request " << r << " token " << t;
+      ASSERT_EQ(a.top_logprobs.size(), b.top_logprobs.size());
+      for (size_t k = 0; k < a.top_logprobs.size(); ++k) {
+        EXPECT_NEAR(a.top_logprobs[k].logprob, b.top_logprobs[k].logprob, 1e-4);
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, PrefixCachingTest,
+                         ::testing::Values("mixtral", "mixtral_sliding", "deepseek_v3", "deepseek_v3_nolora",
+                                           "qwen2_moe", "qwen3_moe", "olmoe", "olmoe_dynamic"));
+
 TEST(SchedulerTest, CancelFreesTheCacheAtOnce) {
   Loaded l = Load("tests/fixtures/qwen3_moe", nullptr);
   KvCache cache(l.config.num_layers, l.model->kv_k_width(), l.model->kv_v_width(), 4, 1024);

@@ -46,6 +46,9 @@ ABSL_FLAG(int, max_running, 64, "requests in the batch at once");
 ABSL_FLAG(int, max_waiting, 256, "requests waiting for admission before RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, max_step_tokens, 2048, "tokens per forward step (the prefill budget)");
 ABSL_FLAG(int, prefill_chunk, 512, "longest prompt piece of one request per step");
+ABSL_FLAG(bool, prefix_caching, true,
+          "reuse the KV-cache blocks of prompts seen before (their full blocks of --kv-block-size tokens); "
+          "--prefix-caching=false computes every prompt in full");
 
 namespace moemesh {
 namespace {
@@ -76,6 +79,7 @@ struct Options {
     o.engine.kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
     o.engine.kv_block_size = absl::GetFlag(FLAGS_kv_block_size);
     o.engine.prefill_chunk = absl::GetFlag(FLAGS_prefill_chunk);
+    o.engine.prefix_caching = absl::GetFlag(FLAGS_prefix_caching);
     o.max_running = absl::GetFlag(FLAGS_max_running);
     o.max_waiting = absl::GetFlag(FLAGS_max_waiting);
     o.max_step_tokens = absl::GetFlag(FLAGS_max_step_tokens);

@@ -51,6 +51,17 @@ RouterMetrics::RouterMetrics(prometheus::Registry& r, int num_layers, int num_ex
                    .Help("Share of the KV cache's blocks in use, 0 to 1.")
                    .Register(r)
                    .Add({});
+  prefix_query_ = &prometheus::BuildCounter()
+                       .Name("moemesh_router_prefix_cache_query_tokens_total")
+                       .Help("Prompt tokens of the requests admitted with prefix caching on.")
+                       .Register(r)
+                       .Add({});
+  prefix_hit_ = &prometheus::BuildCounter()
+                     .Name("moemesh_router_prefix_cache_hit_tokens_total")
+                     .Help("Of those, the tokens whose keys and values came from cached blocks instead of being "
+                           "computed.")
+                     .Register(r)
+                     .Add({});
   imbalance_ = &prometheus::BuildGauge()
                     .Name("moemesh_router_expert_load_imbalance")
                     .Help("Max over mean of the tokens routed to each expert over roughly the last 50 steps, "
@@ -79,6 +90,8 @@ void RouterMetrics::OnStep(const StepStats& s, const GenerationLoop::Stats& loop
   running_->Set(loop.running);
   waiting_->Set(loop.waiting);
   kv_usage_->Set(loop.kv_blocks_total > 0 ? static_cast<double>(loop.kv_blocks_used) / loop.kv_blocks_total : 0);
+  prefix_query_->Increment(static_cast<double>(s.prefix_query_tokens));
+  prefix_hit_->Increment(static_cast<double>(s.prefix_hit_tokens));
 
   std::lock_guard<std::mutex> l(mu_);
   double worst = 0;

@@ -47,6 +47,8 @@ class RouterMetrics {
   prometheus::Gauge* running_;
   prometheus::Gauge* waiting_;
   prometheus::Gauge* kv_usage_;
+  prometheus::Counter* prefix_query_;
+  prometheus::Counter* prefix_hit_;
   prometheus::Gauge* imbalance_;
   prometheus::Family<prometheus::Counter>* routed_family_;
   prometheus::Family<prometheus::Histogram>* dispatch_family_;

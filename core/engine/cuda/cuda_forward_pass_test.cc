@@ -31,6 +31,7 @@
 
 #include "core/engine/engine.h"
 #include "core/engine/sampler.h"
+#include "core/engine/scheduler.h"
 #include "core/experts/cuda/cuda_expert_device.h"
 #include "core/experts/local_expert_executor.h"
 #include "core/engine/kv_cache.h"
@@ -479,6 +480,67 @@ TEST(CudaForwardPassSamplingTest, SamplesTheStepsLogits) {
     cache.Release(&b);
   }
 }
+
+// Prefix caching on the GPU router, experts in place and graphs on: a
+// second turn that starts from the blocks its first turn cached (prompt and
+// answer) gives the tokens of computing it in full, and log probabilities
+// within 1e-3 (the passes' row counts, hence kernels, differ).
+class CudaPrefixCachingTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  }
+};
+
+TEST_P(CudaPrefixCachingTest, CachedTurnsEqualComputedTurns) {
+  const std::string dir = "tests/fixtures/" + GetParam();
+  GenerateParams p;
+  p.sampling.temperature = 0;
+  p.max_new_tokens = 6;
+  p.logprobs = 2;
+  p.ignore_eos = true;
+  std::vector<std::vector<StepEvent>> turns[2];
+  int64_t hits[2] = {0, 0};
+  for (int caching = 0; caching < 2; ++caching) {
+    EngineOptions o;
+    o.kv_cache_tokens = 1024;
+    o.kv_block_size = 4;
+    o.prefix_caching = caching == 1;
+    o.forward_pass = CudaForwardPass::Factory(0);
+    o.expert_device = CudaExpertDevice::Factory(0);
+    auto e = Engine::Create(dir, o);
+    ASSERT_TRUE(e.ok()) << e.status();
+    std::unique_ptr<Scheduler> sched = (*e)->NewScheduler(4, 4096);
+    std::mt19937 rng(5);
+    std::vector<int> prompt(19);
+    for (int& t : prompt) t = static_cast<int>(rng() % (*e)->config().vocab_size);
+    for (int turn = 0; turn < 2; ++turn) {
+      turns[caching].emplace_back();
+      auto& events = turns[caching].back();
+      ASSERT_TRUE(sched->Add(prompt, p, [&](const StepEvent& ev) { events.push_back(ev); }).ok());
+      for (int steps = 0; !sched->idle() && steps < 100; ++steps) {
+        ASSERT_TRUE(sched->Step().ok());
+        hits[caching] += sched->last_step().prefix_hit_tokens;
+      }
+      for (const StepEvent& ev : events) prompt.push_back(ev.token);
+      prompt.insert(prompt.end(), {1, 2, 3});
+    }
+  }
+  EXPECT_EQ(hits[0], 0);
+  EXPECT_EQ(hits[1], 24);  // 19 + 5 computed positions of the first turn
+  for (int turn = 0; turn < 2; ++turn) {
+    const auto &a = turns[1][turn], &b = turns[0][turn];
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t t = 0; t < a.size(); ++t) {
+      ASSERT_TRUE(a[t].error.ok() && b[t].error.ok()) << a[t].error << b[t].error;
+      EXPECT_EQ(a[t].token, b[t].token) << "turn " << turn << " token " << t;
+      EXPECT_NEAR(a[t].logprob, b[t].logprob, 1e-3) << "turn " << turn << " token " << t;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, CudaPrefixCachingTest,
+                         ::testing::Values("mixtral", "qwen3_moe", "qwen2_moe", "deepseek_v3"));
 
 TEST(CudaForwardPassErrorsTest, NoSuchDevice) {
   EngineOptions o;
