@@ -83,10 +83,9 @@ int KvCache::Find(uint64_t hash, uint64_t parent, absl::Span<const int> block_to
 }
 
 template <typename F>
-void KvCache::Walk(absl::Span<const int> tokens, int max_tokens, F f) const {
+void KvCache::Walk(absl::Span<const int> tokens, int max_tokens, int first, uint64_t parent, F f) const {
   const int blocks = std::min<int>(max_tokens, static_cast<int>(tokens.size())) / block_size_;
-  uint64_t parent = 0;
-  for (int i = 0; i < blocks; ++i) {
+  for (int i = first; i < blocks; ++i) {
     const absl::Span<const int> bt = tokens.subspan(static_cast<size_t>(i) * block_size_, block_size_);
     const uint64_t hash = ChainHash(parent, bt);
     const int b = Find(hash, parent, bt);
@@ -97,7 +96,7 @@ void KvCache::Walk(absl::Span<const int> tokens, int max_tokens, F f) const {
 
 KvCache::PrefixMatch KvCache::Probe(absl::Span<const int> tokens, int max_tokens) const {
   PrefixMatch m;
-  Walk(tokens, max_tokens, [&](int b, uint64_t) {
+  Walk(tokens, max_tokens, 0, 0, [&](int b, uint64_t) {
     m.tokens += block_size_;
     if (info_[b].refs == 0) ++m.idle_blocks;
     return true;
@@ -106,8 +105,10 @@ KvCache::PrefixMatch KvCache::Probe(absl::Span<const int> tokens, int max_tokens
 }
 
 int KvCache::Match(absl::Span<const int> tokens, int max_tokens, KvSequence* seq) {
-  if (!seq->blocks.empty() || seq->length != 0) return 0;
-  Walk(tokens, max_tokens, [&](int b, uint64_t hash) {
+  const int held = static_cast<int>(seq->blocks.size());
+  if (seq->length != held * block_size_ || static_cast<int>(seq->block_hashes.size()) != held) return seq->length;
+  const uint64_t parent = held == 0 ? 0 : seq->block_hashes.back();
+  Walk(tokens, max_tokens, held, parent, [&](int b, uint64_t hash) {
     BlockInfo& info = info_[b];
     if (info.refs++ == 0) lru_.erase(info.lru);
     seq->blocks.push_back(b);

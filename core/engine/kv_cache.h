@@ -68,9 +68,11 @@ class KvCache {
     int idle_blocks = 0;
   };
   PrefixMatch Probe(absl::Span<const int> tokens, int max_tokens) const;
-  // Attaches to the empty `seq` the longest run of committed blocks that
-  // begins `tokens`, up to max_tokens tokens, and sets seq->length to the
-  // tokens they cover (returned).
+  // Attaches to `seq` the longest run of committed blocks that continues
+  // it along `tokens` (its tokens so far, then more), up to max_tokens
+  // tokens, and sets seq->length to the tokens its blocks now cover
+  // (returned). `seq` must be empty or hold only full blocks whose hashes it
+  // knows (Match and Commit leave it so); otherwise nothing is attached.
   int Match(absl::Span<const int> tokens, int max_tokens, KvSequence* seq);
   // Commits the full blocks of `seq` not committed yet: `tokens` are the
   // tokens at positions [0, seq->length) or more. A block whose prefix is
@@ -87,10 +89,11 @@ class KvCache {
   uint64_t ChainHash(uint64_t parent, absl::Span<const int> block_tokens) const;
   // The committed block holding `block_tokens` after `parent`, or -1.
   int Find(uint64_t hash, uint64_t parent, absl::Span<const int> block_tokens) const;
-  // Calls f(block, hash) for each committed block that begins `tokens`, in
-  // order, up to max_tokens tokens, while f returns true.
+  // Calls f(block, hash) for each committed block that continues `tokens`
+  // from block `first` (whose predecessor's hash is `parent`), in order, up
+  // to max_tokens tokens, while f returns true.
   template <typename F>
-  void Walk(absl::Span<const int> tokens, int max_tokens, F f) const;
+  void Walk(absl::Span<const int> tokens, int max_tokens, int first, uint64_t parent, F f) const;
   int Take();  // a free block, else the least recently released cached one
 
   struct BlockInfo {

@@ -114,5 +114,30 @@ TEST(KvCacheTest, ADuplicatePrefixStaysPrivate) {
   EXPECT_EQ(cache.free_blocks(), 3);
 }
 
+// A sequence part-way through its prompt takes the blocks that continue it
+// once another sequence has cached them; one with a partial block or
+// unhashed blocks takes nothing.
+TEST(KvCacheTest, MatchContinuesASequenceAlongItsTokens) {
+  KvCache cache(1, 2, 2, 4, 8);
+  const std::vector<int> t = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13};
+  KvSequence a, b;
+  ASSERT_TRUE(cache.Reserve(&a, 12).ok());
+  a.length = 12;
+  cache.Commit(&a, t);  // three blocks cached
+  ASSERT_TRUE(cache.Reserve(&b, 4).ok());
+  b.length = 4;
+  EXPECT_EQ(cache.Match(t, 12, &b), 4);  // its block not hashed yet: nothing attached
+  cache.Commit(&b, t);                   // a duplicate of a's first block, kept private
+  EXPECT_EQ(cache.Match(t, 12, &b), 12);
+  ASSERT_EQ(b.blocks.size(), 3u);
+  EXPECT_NE(b.blocks[0], a.blocks[0]);
+  EXPECT_EQ(b.blocks[1], a.blocks[1]);
+  EXPECT_EQ(b.blocks[2], a.blocks[2]);
+  ASSERT_TRUE(cache.Reserve(&b, 13).ok());
+  b.length = 13;
+  EXPECT_EQ(cache.Match(t, 13, &b), 13);  // a partial block: left as it is
+  EXPECT_EQ(b.blocks.size(), 4u);
+}
+
 }  // namespace
 }  // namespace moemesh

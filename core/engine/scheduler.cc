@@ -176,6 +176,13 @@ absl::Status Scheduler::Step() {
   }
   for (auto& [id, r] : running_) {
     if (r->prefilled >= r->prompt.size() || budget <= 0) continue;
+    if (prefix_caching_ && r->prefilled == static_cast<size_t>(r->seq.length)) {
+      // Blocks that other requests cached since: a batch sharing a prompt
+      // computes it once, not once per request admitted together.
+      const size_t before = r->prefilled;
+      r->prefilled = cache_->Match(r->prompt, static_cast<int>(r->prompt.size()) - 1, &r->seq);
+      last_step_.prefix_hit_tokens += static_cast<int64_t>(r->prefilled - before);
+    }
     int n = static_cast<int>(std::min<size_t>({r->prompt.size() - r->prefilled,
                                                static_cast<size_t>(options_.prefill_chunk),
                                                static_cast<size_t>(budget)}));

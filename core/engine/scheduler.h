@@ -61,7 +61,8 @@ struct StepStats {
 //
 // With prefix caching (KvCache), a new request starts from the longest run
 // of cached full blocks that begins its prompt (keeping at least its last
-// prompt token to compute), and every request commits its full blocks,
+// prompt token to compute), and before each of its prefill chunks takes
+// the blocks that other requests have cached since; every request commits its full blocks,
 // prompt and generated tokens alike, as it fills them. Admission counts the
 // blocks each running request may still take against the blocks free or
 // cached, so a running request still never runs out. Dynamic (NTK) rope

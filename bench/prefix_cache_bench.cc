@@ -1,0 +1,204 @@
+// Prefix caching on the CPU engine, each figure beside the same work with
+// caching off, in the same run:
+//  - a conversation's second turn: time to its first token when it starts
+//    from the blocks its first turn cached, against computing it in full
+//    (median of --repeats conversations, each with its own random tokens);
+//  - many streams sharing a long system prompt: tokens per second of the
+//    whole batch, and the share of prompt tokens the cache served.
+// By default on the demo model (models/fortune-moe) with conversations that
+// fill its 1,024-token context.
+//
+//   build/bench/prefix_cache_bench [--model DIR] [--threads N] [--conversation 1000] [--repeats 5]
+//                                  [--streams 64] [--shared-prompt 900]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "core/engine/engine.h"
+#include "core/engine/scheduler.h"
+
+namespace moemesh {
+namespace {
+
+constexpr char kUsage[] =
+    "usage: prefix_cache_bench [--model DIR] [--threads N] [--conversation TOKENS] [--repeats N]\n"
+    "                          [--streams N] [--shared-prompt TOKENS]\n";
+
+using Clock = std::chrono::steady_clock;
+
+struct Flags {
+  std::string model = "models/fortune-moe";
+  int threads = 1, conversation = 1000, repeats = 5, streams = 64, shared_prompt = 900;
+};
+
+constexpr int kFirstAnswer = 32;  // tokens the first turn generates
+constexpr int kNewTurn = 48;      // tokens the second turn adds
+constexpr int kStreamTail = 16;   // each stream's own prompt tokens after the shared ones
+constexpr int kStreamAnswer = 16;
+
+std::vector<int> RandomTokens(std::mt19937* rng, int n, int vocab) {
+  std::vector<int> v(n);
+  for (int& t : v) t = static_cast<int>((*rng)() % vocab);
+  return v;
+}
+
+GenerateParams Greedy(int max_new_tokens) {
+  GenerateParams p;
+  p.sampling.temperature = 0;
+  p.max_new_tokens = max_new_tokens;
+  p.ignore_eos = true;
+  return p;
+}
+
+// Runs `sched` until idle; false on an error.
+bool Drain(Scheduler* sched) {
+  while (!sched->idle()) {
+    if (!sched->Step().ok()) return false;
+  }
+  return true;
+}
+
+// Seconds to the second turn's first token, for conversation `seed`; -1 on
+// an error.
+double SecondTurnSeconds(Engine* engine, const Flags& f, unsigned seed, int64_t* hits) {
+  std::unique_ptr<Scheduler> sched = engine->NewScheduler(8, 4096);
+  std::mt19937 rng(seed);
+  const int vocab = engine->config().vocab_size;
+  std::vector<int> prompt = RandomTokens(&rng, f.conversation - kFirstAnswer - kNewTurn, vocab);
+  std::vector<int> answer;
+  if (!sched->Add(prompt, Greedy(kFirstAnswer), [&](const StepEvent& ev) { answer.push_back(ev.token); }).ok() ||
+      !Drain(sched.get())) {
+    return -1;
+  }
+  prompt.insert(prompt.end(), answer.begin(), answer.end());
+  const std::vector<int> turn = RandomTokens(&rng, kNewTurn, vocab);
+  prompt.insert(prompt.end(), turn.begin(), turn.end());
+  bool first = false;
+  const auto start = Clock::now();
+  if (!sched->Add(prompt, Greedy(1), [&](const StepEvent&) { first = true; }).ok()) return -1;
+  while (!first) {
+    if (!sched->Step().ok()) return -1;
+    *hits += sched->last_step().prefix_hit_tokens;
+  }
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+struct Batch {
+  double tokens_per_second = 0;
+  int64_t queried = 0, hits = 0;
+};
+
+// The streams with one shared prompt head, all submitted at once.
+bool SharedPrompt(Engine* engine, const Flags& f, Batch* out) {
+  std::unique_ptr<Scheduler> sched = engine->NewScheduler(f.streams, 4096);
+  std::mt19937 rng(77);
+  const int vocab = engine->config().vocab_size;
+  const std::vector<int> shared = RandomTokens(&rng, f.shared_prompt, vocab);
+  int64_t tokens = 0;
+  const auto start = Clock::now();
+  for (int s = 0; s < f.streams; ++s) {
+    std::vector<int> prompt = shared;
+    const std::vector<int> tail = RandomTokens(&rng, kStreamTail, vocab);
+    prompt.insert(prompt.end(), tail.begin(), tail.end());
+    if (!sched->Add(prompt, Greedy(kStreamAnswer), [&](const StepEvent&) { ++tokens; }).ok()) return false;
+  }
+  while (!sched->idle()) {
+    if (!sched->Step().ok()) return false;
+    out->queried += sched->last_step().prefix_query_tokens;
+    out->hits += sched->last_step().prefix_hit_tokens;
+  }
+  out->tokens_per_second = static_cast<double>(tokens) / std::chrono::duration<double>(Clock::now() - start).count();
+  return true;
+}
+
+int Main(int argc, char** argv) {
+  Flags f;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (flag == "--help" || flag == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "prefix_cache_bench: %s needs a value\n%s", flag.c_str(), kUsage);
+      return 2;
+    }
+    const std::string value = argv[++i];
+    int* number = flag == "--threads"         ? &f.threads
+                  : flag == "--conversation"  ? &f.conversation
+                  : flag == "--repeats"       ? &f.repeats
+                  : flag == "--streams"       ? &f.streams
+                  : flag == "--shared-prompt" ? &f.shared_prompt
+                                              : nullptr;
+    if (flag == "--model") {
+      f.model = value;
+    } else if (number == nullptr || !absl::SimpleAtoi(value, number) || *number < 1) {
+      std::fprintf(stderr, "prefix_cache_bench: bad flag %s %s\n%s", flag.c_str(), value.c_str(), kUsage);
+      return 2;
+    }
+  }
+  if (f.conversation <= kFirstAnswer + kNewTurn + 1) {
+    std::fprintf(stderr, "prefix_cache_bench: --conversation must exceed %d tokens\n", kFirstAnswer + kNewTurn + 1);
+    return 2;
+  }
+  std::unique_ptr<Engine> engines[2];  // caching off, on
+  for (int on = 0; on < 2; ++on) {
+    EngineOptions o;
+    o.num_threads = f.threads;
+    o.prefix_caching = on == 1;
+    o.kv_cache_tokens = std::max(65536, f.streams * (f.shared_prompt + kStreamTail + kStreamAnswer) * 2);
+    auto e = Engine::Create(f.model, o);
+    if (!e.ok()) {
+      std::fprintf(stderr, "prefix_cache_bench: %s\n", std::string(e.status().message()).c_str());
+      return 1;
+    }
+    engines[on] = std::move(*e);
+  }
+  std::printf("model %s, %d thread(s)\n\n", f.model.c_str(), f.threads);
+  std::printf("second turn of a %d-token conversation (+%d new tokens), time to first token, median of %d\n",
+              f.conversation, kNewTurn, f.repeats);
+  std::vector<double> seconds[2];
+  int64_t hits[2] = {0, 0};
+  for (int r = 0; r < f.repeats; ++r) {
+    for (int on = 0; on < 2; ++on) {
+      const double s = SecondTurnSeconds(engines[on].get(), f, 1000 + r, &hits[on]);
+      if (s < 0) {
+        std::fprintf(stderr, "prefix_cache_bench: a step failed\n");
+        return 1;
+      }
+      seconds[on].push_back(s);
+    }
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  const double cached = median(seconds[1]), computed = median(seconds[0]);
+  std::printf("%12s %12s %10s %16s\n", "cached ms", "computed ms", "ratio", "cached tokens");
+  std::printf("%12.2f %12.2f %9.3fx %16lld\n\n", cached * 1e3, computed * 1e3, cached / computed,
+              static_cast<long long>(hits[1] / f.repeats));
+  std::printf("%d streams sharing a %d-token prompt (+%d own tokens, %d generated each)\n", f.streams, f.shared_prompt,
+              kStreamTail, kStreamAnswer);
+  Batch batch[2];
+  for (int on = 0; on < 2; ++on) {
+    if (!SharedPrompt(engines[on].get(), f, &batch[on])) {
+      std::fprintf(stderr, "prefix_cache_bench: a step failed\n");
+      return 1;
+    }
+  }
+  std::printf("%14s %14s %10s %10s\n", "cached tok/s", "computed tok/s", "speed-up", "hit rate");
+  std::printf("%14.1f %14.1f %9.2fx %9.1f%%\n", batch[1].tokens_per_second, batch[0].tokens_per_second,
+              batch[1].tokens_per_second / batch[0].tokens_per_second,
+              batch[1].queried > 0 ? 100.0 * batch[1].hits / batch[1].queried : 0.0);
+  return 0;
+}
+
+}  // namespace
+}  // namespace moemesh
+
+int main(int argc, char** argv) { return moemesh::Main(argc, argv); }
