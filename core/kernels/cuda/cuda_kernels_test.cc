@@ -110,47 +110,51 @@ std::vector<uint16_t> RandomBf16(size_t n, std::mt19937& rng, float scale) {
 TEST_F(CudaKernelsTest, LinearMatchesCpu) {
   std::mt19937 rng(9);
   std::normal_distribution<float> normal(0.f, 1.f);
-  auto gemm = CudaGemm::Create();
-  ASSERT_TRUE(gemm.ok()) << gemm.status();
-  struct Shape {
-    int n, m, k;
-  };
-  for (const Shape& s : {Shape{1, 4096, 2048}, Shape{3, 512, 2048}, Shape{8, 130, 72}, Shape{1, 1, 2048},
-                         Shape{2, 128, 2047}, Shape{9, 300, 256}, Shape{40, 96, 512}}) {
-    std::vector<float> x(static_cast<size_t>(s.n) * s.k), wf(static_cast<size_t>(s.m) * s.k);
-    for (float& v : x) v = normal(rng);
-    for (float& v : wf) v = normal(rng) * 0.05f;
-    std::vector<uint16_t> wb = RandomBf16(wf.size(), rng, 0.05f);
-    std::vector<float> want_b(static_cast<size_t>(s.n) * s.m), want_f(want_b.size());
-    for (int r = 0; r < s.n; ++r) {
-      for (int o = 0; o < s.m; ++o) {
-        double b = 0, f = 0;
-        for (int i = 0; i < s.k; ++i) {
-          const float xi = x[static_cast<size_t>(r) * s.k + i];
-          b += static_cast<double>(Bf16ToF32(F32ToBf16(xi))) * Bf16ToF32(wb[static_cast<size_t>(o) * s.k + i]);
-          f += static_cast<double>(xi) * wf[static_cast<size_t>(o) * s.k + i];
+  // Our kernel wherever it may run, the default, and cuBLAS alone.
+  for (int skinny_rows : {CudaGemm::kSkinnyMaxRows, CudaGemm::kSkinnyDefaultRows, 0}) {
+    auto gemm = CudaGemm::Create(skinny_rows);
+    ASSERT_TRUE(gemm.ok()) << gemm.status();
+    struct Shape {
+      int n, m, k;
+    };
+    for (const Shape& s : {Shape{1, 4096, 2048}, Shape{3, 512, 2048}, Shape{8, 130, 72}, Shape{1, 1, 2048},
+                           Shape{2, 128, 2047}, Shape{9, 300, 256}, Shape{40, 96, 512}}) {
+      std::vector<float> x(static_cast<size_t>(s.n) * s.k), wf(static_cast<size_t>(s.m) * s.k);
+      for (float& v : x) v = normal(rng);
+      for (float& v : wf) v = normal(rng) * 0.05f;
+      std::vector<uint16_t> wb = RandomBf16(wf.size(), rng, 0.05f);
+      std::vector<float> want_b(static_cast<size_t>(s.n) * s.m), want_f(want_b.size());
+      for (int r = 0; r < s.n; ++r) {
+        for (int o = 0; o < s.m; ++o) {
+          double b = 0, f = 0;
+          for (int i = 0; i < s.k; ++i) {
+            const float xi = x[static_cast<size_t>(r) * s.k + i];
+            b += static_cast<double>(Bf16ToF32(F32ToBf16(xi))) * Bf16ToF32(wb[static_cast<size_t>(o) * s.k + i]);
+            f += static_cast<double>(xi) * wf[static_cast<size_t>(o) * s.k + i];
+          }
+          want_b[static_cast<size_t>(r) * s.m + o] = static_cast<float>(b);
+          want_f[static_cast<size_t>(r) * s.m + o] = static_cast<float>(f);
         }
-        want_b[static_cast<size_t>(r) * s.m + o] = static_cast<float>(b);
-        want_f[static_cast<size_t>(r) * s.m + o] = static_cast<float>(f);
       }
+      auto dx = Upload(x), dwf = Upload(wf);
+      auto dwb = DeviceBuffer::Allocate(wb.size() * sizeof(uint16_t));
+      auto db = DeviceBuffer::Allocate(want_b.size() * sizeof(float));
+      auto df = DeviceBuffer::Allocate(want_f.size() * sizeof(float));
+      ASSERT_TRUE(dwb.ok() && db.ok() && df.ok());
+      ASSERT_TRUE((*dwb)->CopyFrom(wb.data(), wb.size() * sizeof(uint16_t)).ok());
+      ASSERT_TRUE((*gemm)->LinearBf16(dx->as<float>(), s.n, (*dwb)->as<uint16_t>(), s.m, s.k, (*db)->as<float>(),
+                                      nullptr)
+                      .ok());
+      ASSERT_TRUE(
+          (*gemm)->LinearF32(dx->as<float>(), s.n, dwf->as<float>(), s.m, s.k, (*df)->as<float>(), nullptr).ok());
+      std::vector<float> got_b(want_b.size()), got_f(want_f.size());
+      ASSERT_TRUE((*db)->CopyTo(got_b.data(), got_b.size() * sizeof(float)).ok());
+      ASSERT_TRUE((*df)->CopyTo(got_f.data(), got_f.size() * sizeof(float)).ok());
+      EXPECT_LT(RelError(got_b, want_b), 1e-5) << s.n << "x" << s.m << "x" << s.k << " bf16 " << skinny_rows;
+      EXPECT_LT(RelError(got_f, want_f), 1e-5) << s.n << "x" << s.m << "x" << s.k << " fp32 " << skinny_rows;
     }
-    auto dx = Upload(x), dwf = Upload(wf);
-    auto dwb = DeviceBuffer::Allocate(wb.size() * sizeof(uint16_t));
-    auto db = DeviceBuffer::Allocate(want_b.size() * sizeof(float));
-    auto df = DeviceBuffer::Allocate(want_f.size() * sizeof(float));
-    ASSERT_TRUE(dwb.ok() && db.ok() && df.ok());
-    ASSERT_TRUE((*dwb)->CopyFrom(wb.data(), wb.size() * sizeof(uint16_t)).ok());
-    ASSERT_TRUE((*gemm)->LinearBf16(dx->as<float>(), s.n, (*dwb)->as<uint16_t>(), s.m, s.k, (*db)->as<float>(),
-                                    nullptr)
-                    .ok());
-    ASSERT_TRUE(
-        (*gemm)->LinearF32(dx->as<float>(), s.n, dwf->as<float>(), s.m, s.k, (*df)->as<float>(), nullptr).ok());
-    std::vector<float> got_b(want_b.size()), got_f(want_f.size());
-    ASSERT_TRUE((*db)->CopyTo(got_b.data(), got_b.size() * sizeof(float)).ok());
-    ASSERT_TRUE((*df)->CopyTo(got_f.data(), got_f.size() * sizeof(float)).ok());
-    EXPECT_LT(RelError(got_b, want_b), 1e-5) << s.n << "x" << s.m << "x" << s.k << " bf16";
-    EXPECT_LT(RelError(got_f, want_f), 1e-5) << s.n << "x" << s.m << "x" << s.k << " fp32";
   }
+  EXPECT_FALSE(CudaGemm::Create(CudaGemm::kSkinnyMaxRows + 1).ok());
 }
 
 // Keys and values of a step's rows to their cache rows (row pointers) in

@@ -14,10 +14,13 @@ namespace moemesh {
 // Not thread-safe: one instance per stream.
 class CudaGemm {
  public:
-  // Products of up to this many rows take our kernel (below); more, or 0
-  // here, take cuBLAS (bench/linear_bench compares the two).
+  // Products of up to `skinny_max_rows` rows (at most kSkinnyMaxRows) take
+  // our kernel (below); more, or 0, take cuBLAS. bench/linear_bench sets
+  // the two side by side. By default one row: on an H100 our kernel gained
+  // at one row and, in its first version, lost at 2 to 8 (docs/PERFORMANCE.md).
   static constexpr int kSkinnyMaxRows = 8;
-  static absl::StatusOr<std::unique_ptr<CudaGemm>> Create(int skinny_max_rows = kSkinnyMaxRows);
+  static constexpr int kSkinnyDefaultRows = 1;
+  static absl::StatusOr<std::unique_ptr<CudaGemm>> Create(int skinny_max_rows = kSkinnyDefaultRows);
   ~CudaGemm();
 
   // out[n, m] = x[n, k] . w[m, k]^T with bf16 weights: x is rounded to bf16
