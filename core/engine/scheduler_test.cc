@@ -188,6 +188,43 @@ INSTANTIATE_TEST_SUITE_P(Models, PrefixCachingTest,
                          ::testing::Values("mixtral", "mixtral_sliding", "deepseek_v3", "deepseek_v3_nolora",
                                            "qwen2_moe", "qwen3_moe", "olmoe", "olmoe_dynamic"));
 
+// Requests admitted together with one long prompt head: those whose first
+// chunk comes after another's take the blocks it cached meanwhile, and all
+// give the tokens they give with caching off.
+TEST(SchedulerTest, RequestsAdmittedTogetherShareWhatTheFirstComputes) {
+  Loaded l = Load("tests/fixtures/qwen3_moe", nullptr);
+  std::mt19937 rng(8);
+  std::vector<int> head(40);
+  for (int& t : head) t = static_cast<int>(rng() % l.config.vocab_size);
+  GenerateParams p;
+  p.sampling.temperature = 0;
+  p.max_new_tokens = 4;
+  p.ignore_eos = true;
+  auto run = [&](bool caching, int64_t* hits) {
+    KvCache cache(l.config.num_layers, l.model->kv_k_width(), l.model->kv_v_width(), 4, 256);
+    LocalExpertExecutor experts(&l.weights->experts, nullptr);
+    // A step takes 16 prompt tokens, so the head takes three steps.
+    Scheduler sched(l.model.get(), &cache, &experts, {8, 16, 16, caching});
+    std::vector<std::vector<int>> tokens(6);
+    for (int i = 0; i < 6; ++i) {
+      std::vector<int> prompt = head;
+      prompt.push_back(100 + i);
+      EXPECT_TRUE(sched.Add(prompt, p, [&, i](const StepEvent& ev) { tokens[i].push_back(ev.token); }).ok());
+    }
+    for (int steps = 0; !sched.idle() && steps < 200; ++steps) {
+      EXPECT_TRUE(sched.Step().ok());
+      *hits += sched.last_step().prefix_hit_tokens;
+    }
+    return tokens;
+  };
+  int64_t on_hits = 0, off_hits = 0;
+  EXPECT_EQ(run(true, &on_hits), run(false, &off_hits));
+  EXPECT_EQ(off_hits, 0);
+  // The second starts in the first's last head step, from its first 32
+  // tokens; the four after it read the whole head.
+  EXPECT_EQ(on_hits, 32 + 4 * 40);
+}
+
 TEST(SchedulerTest, CancelFreesTheCacheAtOnce) {
   Loaded l = Load("tests/fixtures/qwen3_moe", nullptr);
   KvCache cache(l.config.num_layers, l.model->kv_k_width(), l.model->kv_v_width(), 4, 1024);
