@@ -11,23 +11,33 @@ namespace moemesh {
 
 struct Scheduler::Request {
   int64_t id;
-  std::vector<int> prompt;
+  // The prompt, then the tokens generated: what seq's positions hold.
+  std::vector<int> tokens;
+  size_t prompt_size;
   GenerateParams params;
   std::vector<int> stops;
   Sampler sampler;
   std::function<void(const StepEvent&)> on_event;
   KvSequence seq;
-  std::vector<int> history;  // prompt and generated tokens: what seq's positions hold
   int blocks = 0;      // reserved for prompt + max_new_tokens
   size_t prefilled = 0;
-  int generated = 0;
-  int last_token = -1;
   std::chrono::steady_clock::time_point submitted;
   bool reported_queue = false;  // queue_seconds went out with the first event
   double queue_seconds = 0;
 
   Request(int64_t i, std::vector<int> p, const GenerateParams& g, std::function<void(const StepEvent&)> cb)
-      : id(i), prompt(std::move(p)), params(g), sampler(g.sampling, prompt), on_event(std::move(cb)), history(prompt) {}
+      : id(i),
+        tokens(std::move(p)),
+        prompt_size(tokens.size()),
+        params(g),
+        sampler(g.sampling, tokens),
+        on_event(std::move(cb)) {}
+
+  absl::Span<const int> prompt() const { return absl::MakeConstSpan(tokens).first(prompt_size); }
+  int generated() const { return static_cast<int>(tokens.size() - prompt_size); }
+  // Prompt tokens the KV cache may hold already: all but the last, whose
+  // logits pick the first new token.
+  int reusable() const { return static_cast<int>(prompt_size) - 1; }
 };
 
 // Times the expert calls and counts the tokens routed to each expert.
@@ -132,18 +142,16 @@ int Scheduler::Outstanding() const {
 void Scheduler::Admit() {
   int outstanding = Outstanding();
   while (!waiting_.empty() && static_cast<int>(running_.size()) < options_.max_running) {
-    Request& w = *waiting_.front();
-    // The last prompt token is always computed: its logits pick the first
-    // new token.
-    const int reusable = static_cast<int>(w.prompt.size()) - 1;
-    const KvCache::PrefixMatch m = prefix_caching_ ? cache_->Probe(w.prompt, reusable) : KvCache::PrefixMatch();
+    const Request& w = *waiting_.front();
+    const KvCache::PrefixMatch m =
+        prefix_caching_ ? cache_->Probe(w.prompt(), w.reusable()) : KvCache::PrefixMatch();
     const int fresh = w.blocks - m.tokens / cache_->block_size();
     if (outstanding + fresh > cache_->free_blocks() - m.idle_blocks) break;
     std::unique_ptr<Request> r = std::move(waiting_.front());
     waiting_.erase(waiting_.begin());
     if (prefix_caching_) {
-      r->prefilled = cache_->Match(r->prompt, reusable, &r->seq);
-      last_step_.prefix_query_tokens += static_cast<int64_t>(r->prompt.size());
+      r->prefilled = cache_->Match(r->prompt(), r->reusable(), &r->seq);
+      last_step_.prefix_query_tokens += static_cast<int64_t>(r->prompt_size);
       last_step_.prefix_hit_tokens += static_cast<int64_t>(r->prefilled);
     }
     outstanding += fresh;
@@ -168,25 +176,25 @@ absl::Status Scheduler::Step() {
   // Decode tokens first (one each, always), then prefill chunks in
   // admission order within what is left of the step's budget.
   for (auto& [id, r] : running_) {
-    if (r->prefilled < r->prompt.size()) continue;
-    items.push_back({&r->seq, absl::MakeConstSpan(&r->last_token, 1), false});
+    if (r->prefilled < r->prompt_size) continue;
+    items.push_back({&r->seq, absl::MakeConstSpan(r->tokens).last(1), false});
     owners.push_back(r.get());
     chunk.push_back(0);
     --budget;
   }
   for (auto& [id, r] : running_) {
-    if (r->prefilled >= r->prompt.size() || budget <= 0) continue;
+    if (r->prefilled >= r->prompt_size || budget <= 0) continue;
     if (prefix_caching_ && r->prefilled == static_cast<size_t>(r->seq.length)) {
       // Blocks that other requests cached since: a batch sharing a prompt
       // computes it once, not once per request admitted together.
       const size_t before = r->prefilled;
-      r->prefilled = cache_->Match(r->prompt, static_cast<int>(r->prompt.size()) - 1, &r->seq);
+      r->prefilled = cache_->Match(r->prompt(), r->reusable(), &r->seq);
       last_step_.prefix_hit_tokens += static_cast<int64_t>(r->prefilled - before);
     }
-    int n = static_cast<int>(std::min<size_t>({r->prompt.size() - r->prefilled,
+    int n = static_cast<int>(std::min<size_t>({r->prompt_size - r->prefilled,
                                                static_cast<size_t>(options_.prefill_chunk),
                                                static_cast<size_t>(budget)}));
-    items.push_back({&r->seq, absl::MakeConstSpan(r->prompt).subspan(r->prefilled, n), false});
+    items.push_back({&r->seq, r->prompt().subspan(r->prefilled, n), false});
     owners.push_back(r.get());
     chunk.push_back(n);
     budget -= n;
@@ -217,9 +225,9 @@ absl::Status Scheduler::Step() {
   const auto sampling_start = std::chrono::steady_clock::now();
   for (size_t i = 0; i < owners.size(); ++i) {
     if (chunk[i] > 0) owners[i]->prefilled += chunk[i];
-    if (prefix_caching_) cache_->Commit(&owners[i]->seq, owners[i]->history);
+    if (prefix_caching_) cache_->Commit(&owners[i]->seq, owners[i]->tokens);
   }
-  auto sampling = [&](size_t i) { return owners[i]->prefilled >= owners[i]->prompt.size(); };
+  auto sampling = [&](size_t i) { return owners[i]->prefilled >= owners[i]->prompt_size; };
   // Device sampling: the pass picks the tokens and returns only the raw
   // rows that logprobs need (row_of[i] indexes them).
   std::vector<int> device_tokens, row_of(owners.size(), -1);
@@ -267,13 +275,11 @@ absl::Status Scheduler::Step() {
         ev.token = r->sampler.Sample(row, vocab);
       }
     }
-    r->last_token = ev.token;
-    r->history.push_back(ev.token);
-    ++r->generated;
+    r->tokens.push_back(ev.token);
     if (std::find(r->stops.begin(), r->stops.end(), ev.token) != r->stops.end()) {
       ev.finished = true;
       ev.finish_reason = FinishReason::kStop;
-    } else if (r->generated >= r->params.max_new_tokens) {
+    } else if (r->generated() >= r->params.max_new_tokens) {
       ev.finished = true;
       ev.finish_reason = FinishReason::kLength;
     }

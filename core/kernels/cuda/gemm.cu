@@ -30,77 +30,75 @@ __device__ inline float WarpSum(float v) {
 
 __device__ inline float RoundBf16(float v) { return __bfloat162float(__float2bfloat16(v)); }
 
+// How a skinny product reads one 16-byte piece of a weight row, as floats.
+struct Bf16Weights {
+  using T = __nv_bfloat16;
+  static constexpr int kPerLoad = 8;
+  static constexpr bool kRoundX = true;  // x meets the weights in bf16, as cuBLAS's path rounds it
+  __device__ static void Load(const T* row, int c, float* out) {
+    const uint4 packed = reinterpret_cast<const uint4*>(row)[c];
+    const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&packed);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float2 f = __bfloat1622float2(p[e]);
+      out[2 * e] = f.x, out[2 * e + 1] = f.y;
+    }
+  }
+};
+
+struct F32Weights {
+  using T = float;
+  static constexpr int kPerLoad = 4;
+  static constexpr bool kRoundX = false;
+  __device__ static void Load(const T* row, int c, float* out) {
+    const float4 v = reinterpret_cast<const float4*>(row)[c];
+    out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+  }
+};
+
 // A warp per kCols output columns: each x load serves kCols weight rows,
 // which more rows of x need (the loads of x, not of the weights, bound the
-// kernel past a few rows). k % 8 == 0; w and x 16-byte aligned.
-template <int kRows, int kCols>
+// kernel past a few rows). k % W::kPerLoad == 0; w and x 16-byte aligned.
+template <class W, int kRows, int kCols>
 __global__ void __launch_bounds__(kSkinnyWarps * 32)
-    SkinnyBf16Kernel(const float* __restrict__ x, int n, const __nv_bfloat16* __restrict__ w, int m, int k,
-                     float* __restrict__ out) {
+    SkinnyKernel(const float* __restrict__ x, int n, const typename W::T* __restrict__ w, int m, int k,
+                 float* __restrict__ out) {
+  constexpr int kPer = W::kPerLoad;
   const int col0 = (blockIdx.x * kSkinnyWarps + threadIdx.x / 32) * kCols, lane = threadIdx.x % 32;
   if (col0 >= m) return;
   float acc[kRows][kCols] = {};
 #pragma unroll 4
-  for (int c = lane; c < k / 8; c += 32) {
-    float wf[kCols][8];
+  for (int c = lane; c < k / kPer; c += 32) {
+    float wf[kCols][kPer];
 #pragma unroll
     for (int j = 0; j < kCols; ++j) {
-      uint4 packed = make_uint4(0, 0, 0, 0);
-      if (col0 + j < m) packed = reinterpret_cast<const uint4*>(w + static_cast<size_t>(col0 + j) * k)[c];
-      const __nv_bfloat162* wp = reinterpret_cast<const __nv_bfloat162*>(&packed);
+      if (col0 + j < m) {
+        W::Load(w + static_cast<size_t>(col0 + j) * k, c, wf[j]);
+      } else {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float2 f = __bfloat1622float2(wp[e]);
-        wf[j][2 * e] = f.x, wf[j][2 * e + 1] = f.y;
+        for (int e = 0; e < kPer; ++e) wf[j][e] = 0.f;
       }
     }
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
       if (r >= n) break;
-      const float4* xr = reinterpret_cast<const float4*>(x + static_cast<size_t>(r) * k) + 2 * c;
-      const float4 a = xr[0], b = xr[1];
-      const float xv[8] = {RoundBf16(a.x), RoundBf16(a.y), RoundBf16(a.z), RoundBf16(a.w),
-                           RoundBf16(b.x), RoundBf16(b.y), RoundBf16(b.z), RoundBf16(b.w)};
+      const float4* xr =
+          reinterpret_cast<const float4*>(x + static_cast<size_t>(r) * k + static_cast<size_t>(c) * kPer);
+      float xv[kPer];
+#pragma unroll
+      for (int q = 0; q < kPer / 4; ++q) {
+        const float4 v = xr[q];
+        xv[4 * q] = v.x, xv[4 * q + 1] = v.y, xv[4 * q + 2] = v.z, xv[4 * q + 3] = v.w;
+      }
+      if (W::kRoundX) {
+#pragma unroll
+        for (int e = 0; e < kPer; ++e) xv[e] = RoundBf16(xv[e]);
+      }
 #pragma unroll
       for (int j = 0; j < kCols; ++j) {
 #pragma unroll
-        for (int e = 0; e < 8; ++e) acc[r][j] += wf[j][e] * xv[e];
+        for (int e = 0; e < kPer; ++e) acc[r][j] += wf[j][e] * xv[e];
       }
-    }
-  }
-#pragma unroll
-  for (int r = 0; r < kRows; ++r) {
-    if (r >= n) break;
-#pragma unroll
-    for (int j = 0; j < kCols; ++j) {
-      const float v = WarpSum(acc[r][j]);
-      if (lane == 0 && col0 + j < m) out[static_cast<size_t>(r) * m + col0 + j] = v;
-    }
-  }
-}
-
-// The same with fp32 weights; k % 4 == 0.
-template <int kRows, int kCols>
-__global__ void __launch_bounds__(kSkinnyWarps * 32)
-    SkinnyF32Kernel(const float* __restrict__ x, int n, const float* __restrict__ w, int m, int k,
-                    float* __restrict__ out) {
-  const int col0 = (blockIdx.x * kSkinnyWarps + threadIdx.x / 32) * kCols, lane = threadIdx.x % 32;
-  if (col0 >= m) return;
-  float acc[kRows][kCols] = {};
-#pragma unroll 4
-  for (int c = lane; c < k / 4; c += 32) {
-    float4 wv[kCols];
-#pragma unroll
-    for (int j = 0; j < kCols; ++j) {
-      wv[j] = col0 + j < m ? reinterpret_cast<const float4*>(w + static_cast<size_t>(col0 + j) * k)[c]
-                           : make_float4(0.f, 0.f, 0.f, 0.f);
-    }
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      if (r >= n) break;
-      const float4 a = reinterpret_cast<const float4*>(x + static_cast<size_t>(r) * k)[c];
-#pragma unroll
-      for (int j = 0; j < kCols; ++j) acc[r][j] += wv[j].x * a.x + wv[j].y * a.y + wv[j].z * a.z + wv[j].w * a.w;
     }
   }
 #pragma unroll
@@ -116,14 +114,28 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32)
 
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-bool Skinny(const float* x, int n, const void* w, int k, int k_multiple, int max_rows) {
-  return n <= max_rows && k % k_multiple == 0 && Aligned16(x) && Aligned16(w);
-}
-
 // Blocks for m columns, `cols` a warp.
 unsigned SkinnyBlocks(int m, int cols) {
   const int per_block = kSkinnyWarps * cols;
   return static_cast<unsigned>((m + per_block - 1) / per_block);
+}
+
+// Up to two rows a column per warp keeps the most warps reading weights;
+// past that, four columns per warp share each load of x.
+template <class W>
+absl::Status LaunchSkinny(const float* x, int n, const typename W::T* w, int m, int k, float* out,
+                          CudaStream stream) {
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  if (n <= 2) {
+    SkinnyKernel<W, 2, 1><<<SkinnyBlocks(m, 1), kSkinnyWarps * 32, 0, st>>>(x, n, w, m, k, out);
+  } else {
+    SkinnyKernel<W, kSkinnyRows, 4><<<SkinnyBlocks(m, 4), kSkinnyWarps * 32, 0, st>>>(x, n, w, m, k, out);
+  }
+  return LaunchStatus("SkinnyKernel");
+}
+
+bool Skinny(const float* x, int n, const void* w, int k, int k_multiple, int max_rows) {
+  return n <= max_rows && k % k_multiple == 0 && Aligned16(x) && Aligned16(w);
 }
 
 }  // namespace
@@ -168,17 +180,8 @@ CudaGemm::~CudaGemm() = default;
 absl::Status CudaGemm::LinearBf16(const float* x, int n, const uint16_t* w, int m, int k, float* out,
                                   CudaStream stream) {
   if (n == 0) return absl::OkStatus();
-  if (Skinny(x, n, w, k, 8, skinny_max_rows_)) {
-    // Up to two rows a column per warp keeps the most warps reading
-    // weights; past that, four columns per warp share each load of x.
-    const cudaStream_t st = static_cast<cudaStream_t>(stream);
-    const auto* wb = reinterpret_cast<const __nv_bfloat16*>(w);
-    if (n <= 2) {
-      SkinnyBf16Kernel<2, 1><<<SkinnyBlocks(m, 1), kSkinnyWarps * 32, 0, st>>>(x, n, wb, m, k, out);
-    } else {
-      SkinnyBf16Kernel<kSkinnyRows, 4><<<SkinnyBlocks(m, 4), kSkinnyWarps * 32, 0, st>>>(x, n, wb, m, k, out);
-    }
-    return LaunchStatus("SkinnyBf16Kernel");
+  if (Skinny(x, n, w, k, Bf16Weights::kPerLoad, skinny_max_rows_)) {
+    return LaunchSkinny<Bf16Weights>(x, n, reinterpret_cast<const __nv_bfloat16*>(w), m, k, out, stream);
   }
   const CublasApi& api = *impl_->api;
   const size_t need = static_cast<size_t>(n) * k * 2;
@@ -197,14 +200,8 @@ absl::Status CudaGemm::LinearBf16(const float* x, int n, const uint16_t* w, int 
 
 absl::Status CudaGemm::LinearF32(const float* x, int n, const float* w, int m, int k, float* out, CudaStream stream) {
   if (n == 0) return absl::OkStatus();
-  if (Skinny(x, n, w, k, 4, skinny_max_rows_)) {
-    const cudaStream_t st = static_cast<cudaStream_t>(stream);
-    if (n <= 2) {
-      SkinnyF32Kernel<2, 1><<<SkinnyBlocks(m, 1), kSkinnyWarps * 32, 0, st>>>(x, n, w, m, k, out);
-    } else {
-      SkinnyF32Kernel<kSkinnyRows, 4><<<SkinnyBlocks(m, 4), kSkinnyWarps * 32, 0, st>>>(x, n, w, m, k, out);
-    }
-    return LaunchStatus("SkinnyF32Kernel");
+  if (Skinny(x, n, w, k, F32Weights::kPerLoad, skinny_max_rows_)) {
+    return LaunchSkinny<F32Weights>(x, n, w, m, k, out, stream);
   }
   const CublasApi& api = *impl_->api;
   MM_RETURN_IF_ERROR(SetStream(stream));
