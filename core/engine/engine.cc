@@ -9,6 +9,7 @@
 #include "core/engine/kv_cache.h"
 #include "core/engine/cpu_forward_pass.h"
 #include "core/engine/scheduler.h"
+#include "core/kv/fingerprint.h"
 #include "core/model/safetensors.h"
 #include "core/model/weights.h"
 #include "core/tensor/thread_pool.h"
@@ -51,8 +52,22 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
   } else {
     MM_ASSIGN_OR_RETURN(e->model_, CpuForwardPass::Create(config, e->weights_, e->pool_.get()));
   }
-  e->cache_ = std::make_unique<KvCache>(config.num_layers, e->model_->kv_k_width(),
-                                        e->model_->kv_v_width(), options.kv_block_size, blocks);
+  // Blocks are named under the model and the cache layout, so that every
+  // process serving this checkpoint names them alike (the kvcache service).
+  MM_ASSIGN_OR_RETURN(const BlockHash model_fingerprint, ModelFingerprint(model_dir));
+  CacheLayout layout;
+  layout.block_size = options.kv_block_size;
+  layout.num_layers = config.num_layers;
+  layout.k_width = e->model_->kv_k_width();
+  layout.v_width = e->model_->kv_v_width();
+  const GatingExtensions& g = config.gating;
+  if (g.temperature > 0 || g.dynamic_k_max > 0) {
+    layout.extra = absl::StrCat("gating=", g.temperature, "/", g.dynamic_k_min, "/", g.dynamic_k_max, "/",
+                                g.dynamic_k_p);
+  }
+  e->cache_root_ = CacheRoot(model_fingerprint, layout);
+  e->cache_ = std::make_unique<KvCache>(config.num_layers, layout.k_width, layout.v_width, options.kv_block_size,
+                                        blocks, e->cache_root_);
   if (experts) {
     e->experts_ = std::move(experts);
   } else if (options.expert_device) {

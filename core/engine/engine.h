@@ -12,6 +12,7 @@
 #include "core/engine/forward_pass.h"
 #include "core/engine/request.h"
 #include "core/engine/sampler.h"
+#include "core/kv/block_hash.h"
 #include "core/model/config.h"
 
 namespace moemesh {
@@ -59,6 +60,9 @@ class Engine {
   ~Engine();
 
   const ModelConfig& config() const;
+  // The root of this engine's block hashes: the checkpoint's fingerprint and
+  // the cache layout (core/kv/fingerprint.h).
+  const BlockHash& cache_root() const { return cache_root_; }
 
   // Generates up to max_new_tokens after `prompt`. `on_token`, when set,
   // sees each new token as soon as it is sampled (for streaming).
@@ -80,6 +84,7 @@ class Engine {
   std::shared_ptr<const ModelWeights> weights_;
   std::unique_ptr<ForwardPass> model_;
   std::unique_ptr<KvCache> cache_;
+  BlockHash cache_root_;
   std::unique_ptr<ExpertExecutor> experts_;
   EngineOptions options_;
 };

@@ -2,18 +2,18 @@
 
 #include <algorithm>
 
-#include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 
 namespace moemesh {
 
-KvCache::KvCache(int num_layers, int k_width, int v_width, int block_size, int num_blocks)
+KvCache::KvCache(int num_layers, int k_width, int v_width, int block_size, int num_blocks, BlockHash root)
     : num_layers_(num_layers),
       k_width_(k_width),
       v_width_(v_width),
       row_(k_width + v_width),
       block_size_(block_size),
       num_blocks_(num_blocks),
+      root_(root),
       storage_(new float[static_cast<size_t>(num_blocks) * num_layers * block_size * (k_width + v_width)]),
       info_(num_blocks) {
   free_.reserve(num_blocks);
@@ -67,11 +67,7 @@ void KvCache::Release(KvSequence* seq) {
   seq->length = 0;
 }
 
-uint64_t KvCache::ChainHash(uint64_t parent, absl::Span<const int> block_tokens) const {
-  return absl::HashOf(parent, block_tokens);
-}
-
-int KvCache::Find(uint64_t hash, uint64_t parent, absl::Span<const int> block_tokens) const {
+int KvCache::Find(const BlockHash& hash, const BlockHash& parent, absl::Span<const int> block_tokens) const {
   auto it = committed_.find(hash);
   if (it == committed_.end()) return -1;
   const BlockInfo& info = info_[it->second];
@@ -83,11 +79,11 @@ int KvCache::Find(uint64_t hash, uint64_t parent, absl::Span<const int> block_to
 }
 
 template <typename F>
-void KvCache::Walk(absl::Span<const int> tokens, int max_tokens, int first, uint64_t parent, F f) const {
+void KvCache::Walk(absl::Span<const int> tokens, int max_tokens, int first, BlockHash parent, F f) const {
   const int blocks = std::min<int>(max_tokens, static_cast<int>(tokens.size())) / block_size_;
   for (int i = first; i < blocks; ++i) {
     const absl::Span<const int> bt = tokens.subspan(static_cast<size_t>(i) * block_size_, block_size_);
-    const uint64_t hash = ChainHash(parent, bt);
+    const BlockHash hash = ChainBlockHash(parent, bt);
     const int b = Find(hash, parent, bt);
     if (b < 0 || !f(b, hash)) return;
     parent = hash;
@@ -96,7 +92,7 @@ void KvCache::Walk(absl::Span<const int> tokens, int max_tokens, int first, uint
 
 KvCache::PrefixMatch KvCache::Probe(absl::Span<const int> tokens, int max_tokens) const {
   PrefixMatch m;
-  Walk(tokens, max_tokens, 0, 0, [&](int b, uint64_t) {
+  Walk(tokens, max_tokens, 0, root_, [&](int b, const BlockHash&) {
     m.tokens += block_size_;
     if (info_[b].refs == 0) ++m.idle_blocks;
     return true;
@@ -107,8 +103,8 @@ KvCache::PrefixMatch KvCache::Probe(absl::Span<const int> tokens, int max_tokens
 int KvCache::Match(absl::Span<const int> tokens, int max_tokens, KvSequence* seq) {
   const int held = static_cast<int>(seq->blocks.size());
   if (seq->length != held * block_size_ || static_cast<int>(seq->block_hashes.size()) != held) return seq->length;
-  const uint64_t parent = held == 0 ? 0 : seq->block_hashes.back();
-  Walk(tokens, max_tokens, held, parent, [&](int b, uint64_t hash) {
+  const BlockHash parent = held == 0 ? root_ : seq->block_hashes.back();
+  Walk(tokens, max_tokens, held, parent, [&](int b, const BlockHash& hash) {
     BlockInfo& info = info_[b];
     if (info.refs++ == 0) lru_.erase(info.lru);
     seq->blocks.push_back(b);
@@ -122,9 +118,9 @@ int KvCache::Match(absl::Span<const int> tokens, int max_tokens, KvSequence* seq
 void KvCache::Commit(KvSequence* seq, absl::Span<const int> tokens) {
   const int full = std::min<int>(seq->length, static_cast<int>(tokens.size())) / block_size_;
   for (int i = static_cast<int>(seq->block_hashes.size()); i < full; ++i) {
-    const uint64_t parent = i == 0 ? 0 : seq->block_hashes[i - 1];
+    const BlockHash parent = i == 0 ? root_ : seq->block_hashes[i - 1];
     const absl::Span<const int> bt = tokens.subspan(static_cast<size_t>(i) * block_size_, block_size_);
-    const uint64_t hash = ChainHash(parent, bt);
+    const BlockHash hash = ChainBlockHash(parent, bt);
     seq->block_hashes.push_back(hash);
     if (committed_.contains(hash)) continue;  // cached already, or a collision: this block stays private
     BlockInfo& info = info_[seq->blocks[i]];

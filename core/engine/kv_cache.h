@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "core/kernels/cpu/attention.h"
+#include "core/kv/block_hash.h"
 
 namespace moemesh {
 
@@ -20,7 +21,7 @@ struct KvSequence {
   int length = 0;
   // The prefix hashes of its leading full blocks that KvCache has seen
   // (Match, Commit): block i's chains block i - 1's.
-  std::vector<uint64_t> block_hashes;
+  std::vector<BlockHash> block_hashes;
 };
 
 // A paged KV cache shared by all sequences: fixed-size blocks of
@@ -35,13 +36,16 @@ struct KvSequence {
 // are reference-counted; a committed block no sequence holds stays cached
 // until an allocation needs the room, the least recently released first.
 // Lookups compare the tokens too, so a hash collision cannot share a block.
+// Hashes chain from `root` (CacheRoot: the model and the cache layout), so
+// they name the same blocks in every process that serves the model.
 //
 // Not thread-safe: one engine thread owns it.
 class KvCache {
  public:
-  KvCache(int num_layers, int k_width, int v_width, int block_size, int num_blocks);
+  KvCache(int num_layers, int k_width, int v_width, int block_size, int num_blocks, BlockHash root = {});
 
   int block_size() const { return block_size_; }
+  const BlockHash& root() const { return root_; }
   int num_blocks() const { return num_blocks_; }
   // Blocks an allocation can take: free ones and cached ones no sequence
   // holds.
@@ -86,30 +90,30 @@ class KvCache {
 
  private:
   float* Block(int block, int layer) const;
-  uint64_t ChainHash(uint64_t parent, absl::Span<const int> block_tokens) const;
   // The committed block holding `block_tokens` after `parent`, or -1.
-  int Find(uint64_t hash, uint64_t parent, absl::Span<const int> block_tokens) const;
+  int Find(const BlockHash& hash, const BlockHash& parent, absl::Span<const int> block_tokens) const;
   // Calls f(block, hash) for each committed block that continues `tokens`
   // from block `first` (whose predecessor's hash is `parent`), in order, up
   // to max_tokens tokens, while f returns true.
   template <typename F>
-  void Walk(absl::Span<const int> tokens, int max_tokens, int first, uint64_t parent, F f) const;
+  void Walk(absl::Span<const int> tokens, int max_tokens, int first, BlockHash parent, F f) const;
   int Take();  // a free block, else the least recently released cached one
 
   struct BlockInfo {
     int refs = 0;
     bool committed = false;
-    uint64_t hash = 0, parent = 0;
+    BlockHash hash, parent;
     std::vector<int> tokens;  // committed: its tokens
     std::list<int>::iterator lru;  // committed and refs == 0: its place in lru_
   };
 
   const int num_layers_, k_width_, v_width_, row_, block_size_, num_blocks_;
+  const BlockHash root_;
   std::unique_ptr<float[]> storage_;  // untouched pages cost no memory
   std::vector<int> free_;
   std::vector<BlockInfo> info_;
   std::list<int> lru_;  // committed blocks no sequence holds, oldest first
-  absl::flat_hash_map<uint64_t, int> committed_;  // chained hash -> block
+  absl::flat_hash_map<BlockHash, int> committed_;  // chained hash -> block
   int64_t evictions_ = 0;
 };
 

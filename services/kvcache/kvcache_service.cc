@@ -1,0 +1,219 @@
+#include "services/kvcache/kvcache_service.h"
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "services/common/grpc_status.h"
+#include "services/kvcache/kvcache_metrics.h"
+
+namespace moemesh {
+namespace {
+
+absl::StatusOr<BlockHash> ParseHash(const std::string& bytes, absl::string_view what) {
+  absl::StatusOr<BlockHash> h = BlockHash::FromBytes(bytes);
+  if (!h.ok()) return absl::InvalidArgumentError(absl::StrCat(what, ": ", h.status().message()));
+  return h;
+}
+
+absl::StatusOr<std::vector<BlockHash>> ParseChain(const google::protobuf::RepeatedPtrField<std::string>& hashes) {
+  if (hashes.size() > KvCacheServiceImpl::kMaxChain) {
+    return absl::InvalidArgumentError(absl::StrCat(hashes.size(), " hashes in one call; at most ",
+                                                   KvCacheServiceImpl::kMaxChain));
+  }
+  std::vector<BlockHash> chain;
+  chain.reserve(hashes.size());
+  for (int i = 0; i < hashes.size(); ++i) {
+    absl::StatusOr<BlockHash> h = ParseHash(hashes[i], absl::StrCat("hashes[", i, "]"));
+    if (!h.ok()) return h.status();
+    chain.push_back(*h);
+  }
+  return chain;
+}
+
+void ToProto(const SessionRecord& r, bool with_tokens, v1::Session* out) {
+  out->set_session_id(r.id);
+  out->set_root(r.root.Bytes());
+  if (with_tokens) out->mutable_tokens()->Assign(r.tokens.begin(), r.tokens.end());
+  out->set_version(r.version);
+  out->set_updated_unix_ms(absl::ToUnixMillis(r.updated));
+  out->set_token_count(static_cast<int>(r.tokens.size()));
+}
+
+}  // namespace
+
+// Times a call, counts it as busy, and reports it with its status code.
+class KvCacheServiceImpl::Call {
+ public:
+  Call(KvCacheServiceImpl* service, const char* method)
+      : service_(service), method_(method), start_(std::chrono::steady_clock::now()) {
+    ++service_->busy_;
+  }
+  grpc::Status Done(const absl::Status& st) {
+    if (service_->metrics_ != nullptr) {
+      const BlockStore::Stats s = service_->store_->stats();
+      service_->metrics_->Update(s.blocks, s.block_bytes, s.capacity_bytes, s.sessions, s.evictions, s.corrupt_reads);
+      service_->metrics_->ObserveCall(
+          method_, absl::StatusCodeToString(st.code()),
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
+    }
+    --service_->busy_;
+    return ToGrpcStatus(st);
+  }
+
+ private:
+  KvCacheServiceImpl* service_;
+  const char* method_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+void KvCacheServiceImpl::AddBytes(bool in, size_t bytes) {
+  if (metrics_ != nullptr) metrics_->AddBytes(in, static_cast<double>(bytes));
+}
+
+grpc::Status KvCacheServiceImpl::Lookup(grpc::ServerContext*, const v1::LookupRequest* request,
+                                        v1::LookupResponse* response) {
+  Call call(this, "Lookup");
+  absl::StatusOr<BlockHash> root = ParseHash(request->root(), "root");
+  if (!root.ok()) return call.Done(root.status());
+  absl::StatusOr<std::vector<BlockHash>> chain = ParseChain(request->hashes());
+  if (!chain.ok()) return call.Done(chain.status());
+  response->set_held(store_->LongestPrefix(*root, *chain));
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status KvCacheServiceImpl::PutBlocks(grpc::ServerContext*, grpc::ServerReader<v1::PutBlocksRequest>* reader,
+                                           v1::PutBlocksResponse* response) {
+  Call call(this, "PutBlocks");
+  v1::PutBlocksRequest request;
+  std::string root_bytes;
+  BlockHash root;
+  int stored = 0;
+  while (reader->Read(&request)) {
+    if (root_bytes.empty() || (!request.root().empty() && request.root() != root_bytes)) {
+      if (!root_bytes.empty()) {
+        return call.Done(absl::InvalidArgumentError("a PutBlocks stream carries blocks of one root"));
+      }
+      absl::StatusOr<BlockHash> r = ParseHash(request.root(), "root");
+      if (!r.ok()) return call.Done(r.status());
+      root_bytes = request.root();
+      root = *r;
+    }
+    for (const v1::KvBlock& b : request.blocks()) {
+      const std::string where = absl::StrCat("block ", stored);
+      StoredBlock block;
+      absl::StatusOr<BlockHash> hash = ParseHash(b.hash(), absl::StrCat(where, " hash"));
+      if (!hash.ok()) return call.Done(hash.status());
+      absl::StatusOr<BlockHash> parent = ParseHash(b.parent(), absl::StrCat(where, " parent"));
+      if (!parent.ok()) return call.Done(parent.status());
+      if (Checksum64(b.data()) != b.checksum()) {
+        return call.Done(absl::DataLossError(
+            absl::StrCat(where, " (", hash->Hex(), "): its data does not match its checksum; nothing of it stored")));
+      }
+      block.hash = *hash;
+      block.parent = *parent;
+      block.tokens.assign(b.tokens().begin(), b.tokens().end());
+      block.data = b.data();
+      if (absl::Status st = store_->Put(root, block); !st.ok()) {
+        response->set_stored(stored);
+        return call.Done(absl::Status(st.code(), absl::StrCat(where, ": ", st.message())));
+      }
+      AddBytes(/*in=*/true, b.data().size());
+      ++stored;
+    }
+  }
+  response->set_stored(stored);
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status KvCacheServiceImpl::GetBlocks(grpc::ServerContext* context, const v1::GetBlocksRequest* request,
+                                           grpc::ServerWriter<v1::GetBlocksResponse>* writer) {
+  Call call(this, "GetBlocks");
+  absl::StatusOr<BlockHash> root = ParseHash(request->root(), "root");
+  if (!root.ok()) return call.Done(root.status());
+  absl::StatusOr<std::vector<BlockHash>> chain = ParseChain(request->hashes());
+  if (!chain.ok()) return call.Done(chain.status());
+  v1::GetBlocksResponse response;
+  for (const BlockHash& h : *chain) {
+    if (context->IsCancelled()) return call.Done(absl::CancelledError("the caller went away"));
+    absl::StatusOr<StoredBlock> block = store_->Get(*root, h);
+    if (absl::IsNotFound(block.status())) break;  // the run held ends here
+    if (!block.ok()) return call.Done(block.status());
+    v1::KvBlock* out = response.mutable_block();
+    out->set_hash(h.Bytes());
+    out->set_parent(block->parent.Bytes());
+    out->mutable_tokens()->Assign(block->tokens.begin(), block->tokens.end());
+    out->set_checksum(Checksum64(block->data));
+    AddBytes(/*in=*/false, block->data.size());
+    out->set_data(std::move(block->data));
+    if (!writer->Write(response)) return call.Done(absl::CancelledError("the caller went away"));
+  }
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status KvCacheServiceImpl::GetSession(grpc::ServerContext*, const v1::GetSessionRequest* request,
+                                            v1::Session* response) {
+  Call call(this, "GetSession");
+  absl::StatusOr<SessionRecord> r = store_->GetSession(request->session_id());
+  if (!r.ok()) return call.Done(r.status());
+  ToProto(*r, /*with_tokens=*/true, response);
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status KvCacheServiceImpl::PutSession(grpc::ServerContext*, const v1::PutSessionRequest* request,
+                                            v1::Session* response) {
+  Call call(this, "PutSession");
+  absl::StatusOr<BlockHash> root = ParseHash(request->root(), "root");
+  if (!root.ok()) return call.Done(root.status());
+  if (request->expected_version() < 0) {
+    return call.Done(absl::InvalidArgumentError("expected_version must be 0 (any) or a version (> 0)"));
+  }
+  if (request->create_only() && request->expected_version() > 0) {
+    return call.Done(absl::InvalidArgumentError("create_only and expected_version > 0 contradict each other"));
+  }
+  SessionRecord record;
+  record.id = request->session_id();
+  record.root = *root;
+  record.tokens.assign(request->tokens().begin(), request->tokens().end());
+  const int64_t expected = request->create_only() ? 0 : request->expected_version() > 0 ? request->expected_version()
+                                                                                        : -1;
+  absl::StatusOr<SessionRecord> r = store_->PutSession(std::move(record), expected);
+  if (!r.ok()) return call.Done(r.status());
+  ToProto(*r, /*with_tokens=*/false, response);
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status KvCacheServiceImpl::DeleteSession(grpc::ServerContext*, const v1::DeleteSessionRequest* request,
+                                               v1::DeleteSessionResponse*) {
+  Call call(this, "DeleteSession");
+  return call.Done(store_->DeleteSession(request->session_id()));
+}
+
+grpc::Status KvCacheServiceImpl::ListSessions(grpc::ServerContext*, const v1::ListSessionsRequest* request,
+                                              v1::ListSessionsResponse* response) {
+  Call call(this, "ListSessions");
+  const int limit = request->limit() == 0 ? 100 : request->limit();
+  if (limit < 1 || limit > 1000) {
+    return call.Done(absl::InvalidArgumentError(absl::StrCat("limit is 1 to 1000 (0: 100); got ", request->limit())));
+  }
+  absl::StatusOr<std::vector<SessionRecord>> list = store_->ListSessions(request->start_after(), limit);
+  if (!list.ok()) return call.Done(list.status());
+  for (const SessionRecord& r : *list) ToProto(r, /*with_tokens=*/false, response->add_sessions());
+  return call.Done(absl::OkStatus());
+}
+
+grpc::Status KvCacheServiceImpl::GetStats(grpc::ServerContext*, const v1::GetStatsRequest*,
+                                          v1::KvCacheStats* response) {
+  Call call(this, "GetStats");
+  const BlockStore::Stats s = store_->stats();
+  response->set_blocks(s.blocks);
+  response->set_block_bytes(s.block_bytes);
+  response->set_capacity_bytes(s.capacity_bytes);
+  response->set_sessions(s.sessions);
+  response->set_evictions(s.evictions);
+  response->set_corrupt_reads(s.corrupt_reads);
+  return call.Done(absl::OkStatus());
+}
+
+}  // namespace moemesh
