@@ -1,5 +1,7 @@
 #include "services/kvcache/block_store.h"
 
+#include <sys/statvfs.h>
+
 #include <algorithm>
 #include <cstring>
 #include <utility>
@@ -104,7 +106,8 @@ absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
 
 absl::Status BlockStore::Options::Validate() const {
   if (dir.empty()) return absl::InvalidArgumentError("the kvcache store needs a directory (--dir)");
-  if (capacity_bytes <= 0) return absl::InvalidArgumentError("--capacity-bytes must be positive");
+  if (capacity_bytes <= 0) return absl::InvalidArgumentError("--capacity-mb must be positive");
+  if (min_free_bytes < 0) return absl::InvalidArgumentError("--min-free-mb must not be negative");
   if (session_ttl <= absl::ZeroDuration()) return absl::InvalidArgumentError("--session-ttl must be positive");
   return absl::OkStatus();
 }
@@ -169,6 +172,17 @@ absl::Status BlockStore::Write(rocksdb::WriteBatch* batch, bool sync) {
     if (db_->Resume().ok()) s = db_->Write(wo, batch);
   }
   return FromRocks(s, "kvcache write");
+}
+
+absl::Status BlockStore::CheckSpace() const {
+  struct statvfs fs;
+  if (statvfs(options_.dir.c_str(), &fs) != 0) return absl::OkStatus();  // RocksDB will say what is wrong
+  const int64_t free_bytes = static_cast<int64_t>(fs.f_bavail) * static_cast<int64_t>(fs.f_frsize);
+  if (free_bytes >= options_.min_free_bytes) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat("the kvcache store's disk is full: ", free_bytes >> 20,
+                                                   " MiB free in ", options_.dir, ", writes need ",
+                                                   options_.min_free_bytes >> 20,
+                                                   " (--min-free-mb); reads go on, writes resume when space returns"));
 }
 
 bool BlockStore::Held(const std::string& key) const {
@@ -265,6 +279,7 @@ absl::Status BlockStore::Put(const BlockHash& root, const StoredBlock& block) {
   rocksdb::WriteBatch batch;
   absl::MutexLock lock(&mu_);  // one writer at a time keeps the index and the disk in step
   if (index_.contains(key)) return absl::OkStatus();  // the same name is the same block
+  if (absl::Status st = CheckSpace(); !st.ok()) return st;
   const std::vector<std::string> victims = EvictFor(bytes, &batch);
   const uint64_t stamp = ++clock_;
   batch.Put(handles_[kBlocks], key, value).PermitUncheckedError();
@@ -365,6 +380,7 @@ absl::StatusOr<SessionRecord> BlockStore::PutSession(SessionRecord record, int64
     return absl::InvalidArgumentError(absl::StrCat("session '", record.id, "' has ", record.tokens.size(),
                                                    " tokens; the store keeps at most ", options_.max_session_tokens));
   }
+  if (absl::Status st = CheckSpace(); !st.ok()) return st;
   absl::MutexLock lock(&mu_);  // the version check and the write are one step
   std::string old;
   rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), handles_[kSessions], record.id, &old);

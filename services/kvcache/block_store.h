@@ -53,8 +53,9 @@ struct SessionRecord {
 //    are evicted, least recently used first.
 //  - session records by id, dropped `session_ttl` after their last write.
 // Each write is one atomic RocksDB batch through the write-ahead log, acked
-// after the log write (and its fsync with `sync`). A full disk makes writes
-// RESOURCE_EXHAUSTED while reads go on; writes resume once space returns.
+// after the log write (and its fsync with `sync`). A nearly full disk
+// (min_free_bytes) makes writes RESOURCE_EXHAUSTED while reads go on;
+// writes resume once space returns.
 // Thread-safe.
 class BlockStore {
  public:
@@ -67,6 +68,11 @@ class BlockStore {
     int max_block_tokens = 1024;
     int max_session_tokens = 1 << 20;
     int max_session_id_bytes = 128;
+    // Writes are refused while the store's filesystem has less free space
+    // than this: the room RocksDB needs to flush and compact. (Running
+    // RocksDB itself out of space is not an option: Debian's build asserts
+    // on the write after a failed one.)
+    int64_t min_free_bytes = int64_t{512} << 20;
 
     absl::Status Validate() const;
   };
@@ -110,6 +116,8 @@ class BlockStore {
  private:
   explicit BlockStore(const Options& options);
   absl::Status Write(rocksdb::WriteBatch* batch, bool sync);
+  // RESOURCE_EXHAUSTED when the filesystem has less than min_free_bytes free.
+  absl::Status CheckSpace() const;
   absl::Status CheckSessionId(const std::string& id) const;
   bool Held(const std::string& key) const;
   // Marks a block used (LRU), in memory and, unlogged, in its index entry.

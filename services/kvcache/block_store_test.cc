@@ -18,6 +18,7 @@ class BlockStoreTest : public ::testing::Test {
     options_.dir = absl::StrCat(::testing::TempDir(), "/block_store_",
                                 ::testing::UnitTest::GetInstance()->current_test_info()->name());
     std::filesystem::remove_all(options_.dir);
+    options_.min_free_bytes = 16 << 20;
   }
 
   std::unique_ptr<BlockStore> Open() {

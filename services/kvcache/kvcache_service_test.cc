@@ -26,6 +26,7 @@ class KvCacheServiceTest : public ::testing::Test {
                          ::testing::UnitTest::GetInstance()->current_test_info()->name());
     std::filesystem::remove_all(o.dir);
     o.max_block_bytes = 1 << 20;
+    o.min_free_bytes = 16 << 20;
     auto store = BlockStore::Open(o);
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = std::move(*store);

@@ -22,6 +22,9 @@ ABSL_FLAG(bool, sync, false,
           "not only a crash of the process");
 ABSL_FLAG(absl::Duration, session_ttl, absl::Hours(24 * 7), "a session is dropped this long after its last write");
 ABSL_FLAG(int64_t, max_block_mb, 64, "largest block accepted, in MiB");
+ABSL_FLAG(int64_t, min_free_mb, 512,
+          "writes are refused (RESOURCE_EXHAUSTED) while the store's filesystem has less free space than this, "
+          "in MiB: RocksDB's room to flush and compact");
 
 namespace moemesh {
 namespace {
@@ -34,6 +37,7 @@ int Main(int argc, char** argv) {
   options.sync = absl::GetFlag(FLAGS_sync);
   options.session_ttl = absl::GetFlag(FLAGS_session_ttl);
   options.max_block_bytes = absl::GetFlag(FLAGS_max_block_mb) << 20;
+  options.min_free_bytes = absl::GetFlag(FLAGS_min_free_mb) << 20;
   if (absl::Status st = options.Validate(); !st.ok()) return service_main.Fail(st, 2);
   auto store = BlockStore::Open(options);
   if (!store.ok()) return service_main.Fail(store.status(), 1);
