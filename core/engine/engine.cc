@@ -88,6 +88,7 @@ std::unique_ptr<Scheduler> Engine::NewScheduler(int max_running, int max_step_to
   o.max_step_tokens = max_step_tokens;
   o.prefill_chunk = options_.prefill_chunk;
   o.prefix_caching = options_.prefix_caching;
+  o.kv_tier = options_.kv_tier.get();
   return std::make_unique<Scheduler>(model_.get(), cache_.get(), experts_.get(), o);
 }
 

@@ -19,6 +19,7 @@ namespace moemesh {
 
 class ExpertExecutor;
 class KvCache;
+class KvTier;
 class Scheduler;
 class ForwardPass;
 struct ModelWeights;
@@ -30,6 +31,9 @@ struct EngineOptions {
   int kv_block_size = 16;
   int prefill_chunk = 512;      // longest prefill piece per forward step
   bool prefix_caching = true;   // schedulers share cached prompt blocks (Scheduler)
+  // Tiers below the cache (host memory, the kvcache service), with prefix
+  // caching: blocks go there and come back from there (Scheduler).
+  std::shared_ptr<KvTier> kv_tier;
   GatingExtensions gating;      // overrides config.json's (off by default)
   // Where the dense part runs; null: the CPU (CpuForwardPass, on num_threads).
   ForwardPassFactory forward_pass;

@@ -6,7 +6,10 @@
 #include <memory>
 #include <vector>
 
+#include <string>
+
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "core/engine/sampler.h"
 #include "core/model/config.h"
@@ -72,6 +75,14 @@ class ForwardPass {
   // on the device (ExpertBatch::routing_on_device: nothing on the host saw
   // it). Others add nothing.
   virtual void AddRoutedCounts(std::vector<int64_t>* routed) const {}
+
+  // One cache block's rows, every layer, as the KV tiers keep them:
+  // [layers][block_size][k_width + v_width] floats. This pass reads them
+  // from (and writes them to) `cache`'s memory; a pass that keeps the
+  // cache's contents elsewhere (the GPU's) overrides both. Write checks
+  // the size: INVALID_ARGUMENT for bytes of another layout.
+  virtual absl::Status ReadKvBlock(const KvCache& cache, int block, std::string* bytes);
+  virtual absl::Status WriteKvBlock(KvCache* cache, int block, absl::string_view bytes);
 };
 
 // INVALID_ARGUMENT for an item without tokens or a token outside the

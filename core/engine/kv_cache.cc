@@ -49,6 +49,15 @@ absl::Status KvCache::Reserve(KvSequence* seq, int new_length) {
   return absl::OkStatus();
 }
 
+void KvCache::Shrink(KvSequence* seq) {
+  const size_t keep = static_cast<size_t>((seq->length + block_size_ - 1) / block_size_);
+  while (seq->blocks.size() > keep) {
+    const int b = seq->blocks.back();
+    seq->blocks.pop_back();
+    if (--info_[b].refs == 0) free_.push_back(b);
+  }
+}
+
 void KvCache::Release(KvSequence* seq) {
   // Last block first: a prefix's tail is then evicted before its head,
   // which the tail's hash chains from.
@@ -132,19 +141,19 @@ void KvCache::Commit(KvSequence* seq, absl::Span<const int> tokens) {
   }
 }
 
-float* KvCache::Block(int block, int layer) const {
+float* KvCache::BlockRows(int block, int layer) const {
   return storage_.get() +
          (static_cast<size_t>(block) * num_layers_ + layer) * block_size_ * static_cast<size_t>(row_);
 }
 
 float* KvCache::Row(int layer, const KvSequence& seq, int position) {
-  return Block(seq.blocks[position / block_size_], layer) +
+  return BlockRows(seq.blocks[position / block_size_], layer) +
          static_cast<size_t>(position % block_size_) * row_;
 }
 
 KvPages KvCache::Pages(int layer, const KvSequence& seq, std::vector<const float*>* ptrs) const {
   ptrs->resize(seq.blocks.size());
-  for (size_t i = 0; i < seq.blocks.size(); ++i) (*ptrs)[i] = Block(seq.blocks[i], layer);
+  for (size_t i = 0; i < seq.blocks.size(); ++i) (*ptrs)[i] = BlockRows(seq.blocks[i], layer);
   KvPages p;
   p.k_blocks = ptrs->data();
   p.v_blocks = ptrs->data();

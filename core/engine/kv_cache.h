@@ -60,6 +60,8 @@ class KvCache {
   // Makes room for positions [seq->length, new_length). RESOURCE_EXHAUSTED,
   // with nothing allocated, when the pool cannot hold them.
   absl::Status Reserve(KvSequence* seq, int new_length);
+  // Frees the blocks reserved past seq->length (none of them committed).
+  void Shrink(KvSequence* seq);
   // Drops the sequence's hold on its blocks and resets it: committed blocks
   // stay cached, the others are free.
   void Release(KvSequence* seq);
@@ -84,12 +86,15 @@ class KvCache {
   void Commit(KvSequence* seq, absl::Span<const int> tokens);
 
   float* Row(int layer, const KvSequence& seq, int position);
+  // The rows of one block of one layer: [block_size][k_width + v_width].
+  float* BlockRows(int block, int layer) const;
+  int num_layers() const { return num_layers_; }
+  int row_width() const { return row_; }
   // Pages of one layer for the attention kernel; `ptrs` backs the pointers
   // and must outlive the returned view.
   KvPages Pages(int layer, const KvSequence& seq, std::vector<const float*>* ptrs) const;
 
  private:
-  float* Block(int block, int layer) const;
   // The committed block holding `block_tokens` after `parent`, or -1.
   int Find(const BlockHash& hash, const BlockHash& parent, absl::Span<const int> block_tokens) const;
   // Calls f(block, hash) for each committed block that continues `tokens`

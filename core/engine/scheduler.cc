@@ -1,6 +1,7 @@
 #include "core/engine/scheduler.h"
 
 #include <algorithm>
+#include <future>
 
 #include "absl/strings/str_cat.h"
 #include "core/experts/expert_executor.h"
@@ -24,6 +25,11 @@ struct Scheduler::Request {
   std::chrono::steady_clock::time_point submitted;
   bool reported_queue = false;  // queue_seconds went out with the first event
   double queue_seconds = 0;
+  // A lower tier's part: asked once, before admission.
+  bool tier_asked = false;
+  int fetch_first = 0;  // the block index the fetch starts at
+  std::future<absl::StatusOr<std::vector<KvTierBlock>>> fetch;
+  size_t stored_blocks = 0;  // leading committed blocks the tier has (or was given)
 
   Request(int64_t i, std::vector<int> p, const GenerateParams& g, std::function<void(const StepEvent&)> cb)
       : id(i),
@@ -139,18 +145,105 @@ int Scheduler::Outstanding() const {
   return blocks;
 }
 
+bool Scheduler::StartFetch(Request* r) {
+  r->tier_asked = true;
+  const int bs = cache_->block_size();
+  const int local = cache_->Probe(r->prompt(), r->reusable()).tokens / bs;
+  const int wanted = r->reusable() / bs;
+  if (wanted <= local) return false;
+  std::vector<BlockHash> chain;
+  BlockHash parent = cache_->root();
+  for (int i = 0; i < wanted; ++i) {
+    parent = ChainBlockHash(parent, r->prompt().subspan(static_cast<size_t>(i) * bs, bs));
+    if (i >= local) chain.push_back(parent);
+  }
+  r->fetch_first = local;
+  KvTier* tier = options_.kv_tier;
+  r->fetch = std::async(std::launch::async, [tier, root = cache_->root(), chain = std::move(chain)] {
+    return tier->Fetch(root, chain);
+  });
+  return true;
+}
+
+void Scheduler::ImportFetched(Request* r) {
+  if (!r->fetch.valid()) return;
+  absl::StatusOr<std::vector<KvTierBlock>> got = r->fetch.get();
+  if (!got.ok()) {
+    ++last_step_.tier_fallbacks;
+    return;
+  }
+  const int bs = cache_->block_size();
+  // The cache may hold more or fewer of the prompt's blocks than when the
+  // fetch began: use the fetched ones that continue the sequence.
+  const int held = static_cast<int>(r->seq.blocks.size());
+  if (r->seq.length != held * bs || static_cast<int>(r->seq.block_hashes.size()) != held) return;
+  for (int i = held - r->fetch_first; i >= 0 && i < static_cast<int>(got->size()); ++i) {
+    const KvTierBlock& b = (*got)[i];
+    const int index = r->fetch_first + i;
+    const absl::Span<const int> tokens = r->prompt().subspan(static_cast<size_t>(index) * bs, bs);
+    const BlockHash parent = index == 0 ? cache_->root() : r->seq.block_hashes.back();
+    if (b.parent != parent || !std::equal(tokens.begin(), tokens.end(), b.tokens.begin(), b.tokens.end()) ||
+        ChainBlockHash(parent, tokens) != b.hash) {
+      break;  // not the block this sequence needs: compute from here
+    }
+    if (!cache_->Reserve(&r->seq, r->seq.length + bs).ok()) break;
+    if (!model_->WriteKvBlock(cache_, r->seq.blocks.back(), b.bytes).ok()) {
+      cache_->Shrink(&r->seq);
+      ++last_step_.tier_fallbacks;
+      break;
+    }
+    r->seq.length += bs;
+    cache_->Commit(&r->seq, r->tokens);
+    last_step_.tier_hit_tokens += bs;
+  }
+  r->stored_blocks = r->seq.block_hashes.size();  // the tier has these already
+}
+
+void Scheduler::StoreCommitted(Request* r) {
+  if (r->seq.block_hashes.size() <= r->stored_blocks) return;
+  std::vector<KvTierBlock> blocks;
+  const int bs = cache_->block_size();
+  for (size_t i = r->stored_blocks; i < r->seq.block_hashes.size(); ++i) {
+    KvTierBlock b;
+    b.hash = r->seq.block_hashes[i];
+    b.parent = i == 0 ? cache_->root() : r->seq.block_hashes[i - 1];
+    const auto tokens = absl::MakeConstSpan(r->tokens).subspan(i * bs, bs);
+    b.tokens.assign(tokens.begin(), tokens.end());
+    if (!model_->ReadKvBlock(*cache_, r->seq.blocks[i], &b.bytes).ok()) break;
+    blocks.push_back(std::move(b));
+  }
+  r->stored_blocks += blocks.size();
+  last_step_.tier_stored_blocks += static_cast<int64_t>(blocks.size());
+  if (!blocks.empty()) options_.kv_tier->Store(cache_->root(), std::move(blocks));
+}
+
 void Scheduler::Admit() {
   int outstanding = Outstanding();
-  while (!waiting_.empty() && static_cast<int>(running_.size()) < options_.max_running) {
-    const Request& w = *waiting_.front();
+  const bool tiered = prefix_caching_ && options_.kv_tier != nullptr;
+  for (size_t i = 0; i < waiting_.size() && static_cast<int>(running_.size()) < options_.max_running;) {
+    Request& w = *waiting_[i];
+    if (tiered) {
+      // A request waits for its fetch; those behind it go ahead meanwhile.
+      if (!w.tier_asked && StartFetch(&w)) {
+        ++i;
+        continue;
+      }
+      if (w.fetch.valid() && w.fetch.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+        ++i;
+        continue;
+      }
+    }
     const KvCache::PrefixMatch m =
         prefix_caching_ ? cache_->Probe(w.prompt(), w.reusable()) : KvCache::PrefixMatch();
     const int fresh = w.blocks - m.tokens / cache_->block_size();
     if (outstanding + fresh > cache_->free_blocks() - m.idle_blocks) break;
-    std::unique_ptr<Request> r = std::move(waiting_.front());
-    waiting_.erase(waiting_.begin());
+    std::unique_ptr<Request> r = std::move(waiting_[i]);
+    waiting_.erase(waiting_.begin() + static_cast<std::ptrdiff_t>(i));
     if (prefix_caching_) {
-      r->prefilled = cache_->Match(r->prompt(), r->reusable(), &r->seq);
+      cache_->Match(r->prompt(), r->reusable(), &r->seq);
+      r->stored_blocks = r->seq.block_hashes.size();  // computed here: given to the tier then
+      if (tiered) ImportFetched(r.get());
+      r->prefilled = static_cast<size_t>(r->seq.length);
       last_step_.prefix_query_tokens += static_cast<int64_t>(r->prompt_size);
       last_step_.prefix_hit_tokens += static_cast<int64_t>(r->prefilled);
     }
@@ -158,6 +251,11 @@ void Scheduler::Admit() {
     r->queue_seconds = Since(r->submitted);
     int64_t id = r->id;
     running_.emplace(id, std::move(r));
+  }
+  // Nothing to run but fetches in flight: wait a little for the first
+  // rather than spin.
+  if (tiered && running_.empty() && !waiting_.empty() && waiting_.front()->fetch.valid()) {
+    waiting_.front()->fetch.wait_for(std::chrono::milliseconds(2));
   }
 }
 
@@ -167,6 +265,7 @@ absl::Status Scheduler::Step() {
   last_step_.requests = last_step_.rows = 0;
   last_step_.total_seconds = last_step_.expert_seconds = last_step_.sampling_seconds = 0;
   last_step_.prefix_query_tokens = last_step_.prefix_hit_tokens = 0;
+  last_step_.tier_hit_tokens = last_step_.tier_fallbacks = last_step_.tier_stored_blocks = 0;
   Admit();
   if (running_.empty()) return absl::OkStatus();
   std::vector<ForwardItem> items;
@@ -226,6 +325,7 @@ absl::Status Scheduler::Step() {
   for (size_t i = 0; i < owners.size(); ++i) {
     if (chunk[i] > 0) owners[i]->prefilled += chunk[i];
     if (prefix_caching_) cache_->Commit(&owners[i]->seq, owners[i]->tokens);
+    if (prefix_caching_ && options_.kv_tier != nullptr) StoreCommitted(owners[i]);
   }
   auto sampling = [&](size_t i) { return owners[i]->prefilled >= owners[i]->prompt_size; };
   // Device sampling: the pass picks the tokens and returns only the raw

@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "core/engine/engine.h"
 #include "core/engine/kv_cache.h"
+#include "core/engine/kv_tier.h"
 #include "core/engine/sampler.h"
 
 namespace moemesh {
@@ -46,6 +47,12 @@ struct StepStats {
   // tokens, and those found in the cache (not computed again).
   int64_t prefix_query_tokens = 0;
   int64_t prefix_hit_tokens = 0;
+  // Of the hits, the tokens of blocks fetched from a lower tier (KvTier);
+  // fetches that failed (the request then computed its prompt); blocks
+  // given to the tier.
+  int64_t tier_hit_tokens = 0;
+  int64_t tier_fallbacks = 0;
+  int64_t tier_stored_blocks = 0;
 };
 
 // Continuous batching: requests join the running batch between steps, and
@@ -67,7 +74,14 @@ struct StepStats {
 // blocks each running request may still take against the blocks free or
 // cached, so a running request still never runs out. Dynamic (NTK) rope
 // turns it off: there a prefix's keys depend on the passes that computed
-// them. Not thread-safe: one loop owns it and calls Step.
+// them.
+//
+// With a lower tier (Options::kv_tier), every block a request commits is
+// also given to the tier, and a new request whose prompt continues past
+// what the cache holds first asks the tier for the following blocks, off
+// this thread: it waits (and others go ahead) until the answer comes, then
+// is admitted with those blocks copied in. A failed fetch means computing.
+// Not thread-safe: one loop owns it and calls Step.
 class Scheduler {
  public:
   struct Options {
@@ -75,6 +89,7 @@ class Scheduler {
     int max_step_tokens = 2048;   // rows per forward pass (prefill budget)
     int prefill_chunk = 512;      // longest prompt piece of one request per step
     bool prefix_caching = true;   // share cached prompt blocks (above)
+    KvTier* kv_tier = nullptr;    // a lower tier (above); must outlive the scheduler
   };
 
   // `model`, `cache` and `experts` must outlive the scheduler.
@@ -111,6 +126,13 @@ class Scheduler {
   struct Request;
   class StatsExecutor;
   void Admit();
+  // Starts a tier fetch for the blocks of `r`'s prompt that the cache
+  // lacks, if any; returns whether one is in flight.
+  bool StartFetch(Request* r);
+  // Copies the fetched blocks that continue r's sequence into the cache.
+  void ImportFetched(Request* r);
+  // Gives the tier the blocks of `r` committed since the last call.
+  void StoreCommitted(Request* r);
   void Finish(Request* r);
   int BlocksFor(int tokens) const;
   // Blocks the running requests may still allocate.

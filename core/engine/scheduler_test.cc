@@ -4,6 +4,7 @@
 #include <random>
 
 #include "core/engine/engine.h"
+#include "core/engine/host_kv_tier.h"
 #include "core/experts/local_expert_executor.h"
 #include "core/engine/cpu_forward_pass.h"
 #include "core/model/safetensors.h"
@@ -185,6 +186,99 @@ TEST_P(PrefixCachingTest, CachedTurnsEqualComputedTurns) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, PrefixCachingTest,
+                         ::testing::Values("mixtral", "mixtral_sliding", "deepseek_v3", "deepseek_v3_nolora",
+                                           "qwen2_moe", "qwen3_moe", "olmoe", "olmoe_dynamic"));
+
+// A tier that is down.
+class UnreachableTier : public KvTier {
+ public:
+  absl::StatusOr<std::vector<KvTierBlock>> Fetch(const BlockHash&, absl::Span<const BlockHash>) override {
+    ++fetches;
+    return absl::UnavailableError("the kvcache service is down");
+  }
+  void Store(const BlockHash&, std::vector<KvTierBlock>) override {}
+  int fetches = 0;
+};
+
+// A second turn on another router (a new cache, a new scheduler) over the
+// same lower tier: the blocks the first router computed come back by copy,
+// and every token and log probability equals computing the turn; a cache of
+// another root finds nothing there, and a tier that is down costs only the
+// recompute.
+class TieredCacheTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(TieredCacheTest, SecondTurnOnAnotherRouterEqualsComputing) {
+  const std::string dir = "tests/fixtures/" + GetParam();
+  Loaded l = Load(dir, nullptr);
+  std::mt19937 rng(5);
+  std::vector<int> first(22), extra(5);
+  for (int& t : first) t = static_cast<int>(rng() % l.config.vocab_size);
+  for (int& t : extra) t = static_cast<int>(rng() % l.config.vocab_size);
+  GenerateParams p;
+  p.sampling.temperature = 0;
+  p.max_new_tokens = 7;
+  p.logprobs = 2;
+  p.ignore_eos = true;
+  const BlockHash root = HashBytes(dir);
+  struct Served {
+    std::vector<StepEvent> events;
+    int64_t tier_hits = 0, fallbacks = 0, stored = 0;
+  };
+  // One router's life: a fresh cache and scheduler serving one prompt.
+  auto serve = [&](const std::vector<int>& prompt, KvTier* tier, bool caching, const BlockHash& cache_root) {
+    KvCache cache(l.config.num_layers, l.model->kv_k_width(), l.model->kv_v_width(), 4, 64, cache_root);
+    LocalExpertExecutor experts(&l.weights->experts, nullptr);
+    Scheduler::Options o{8, 4096, 512, caching};
+    o.kv_tier = tier;
+    Scheduler sched(l.model.get(), &cache, &experts, o);
+    Served out;
+    EXPECT_TRUE(sched.Add(prompt, p, [&](const StepEvent& ev) { out.events.push_back(ev); }).ok());
+    for (int steps = 0; !sched.idle() && steps < 1000; ++steps) {
+      EXPECT_TRUE(sched.Step().ok());
+      out.tier_hits += sched.last_step().tier_hit_tokens;
+      out.fallbacks += sched.last_step().tier_fallbacks;
+      out.stored += sched.last_step().tier_stored_blocks;
+    }
+    return out;
+  };
+  HostKvTier tier(int64_t{1} << 30);
+  const Served turn1 = serve(first, &tier, true, root);
+  std::vector<int> second = first;
+  for (const StepEvent& ev : turn1.events) second.push_back(ev.token);
+  second.insert(second.end(), extra.begin(), extra.end());
+  const Served tiered = serve(second, &tier, true, root);
+  const int64_t tier_blocks = tier.blocks();
+  const Served computed = serve(second, nullptr, false, root);
+  const Served other_model = serve(second, &tier, true, HashBytes("another model"));
+  UnreachableTier down;
+  const Served fallback = serve(second, &down, true, root);
+
+  if (l.config.rope.type == RopeType::kDynamic) {  // no prefix caching, no tier
+    EXPECT_EQ(turn1.stored, 0);
+    EXPECT_EQ(tiered.tier_hits, 0);
+    EXPECT_EQ(down.fetches, 0);
+  } else {
+    // Turn 1 computed 22 + 6 positions: 7 blocks of 4, all given to the
+    // tier; turn 2 (34 tokens) fetches all 7 and computes the rest.
+    EXPECT_EQ(turn1.stored, 7);
+    EXPECT_EQ(tier_blocks, (34 + 6) / 4);  // and turn 2 gave it its 3 new ones
+    EXPECT_EQ(tiered.tier_hits, 28);
+    EXPECT_EQ(other_model.tier_hits, 0);
+    EXPECT_EQ(down.fetches, 1);
+    EXPECT_EQ(fallback.fallbacks, 1);
+  }
+  for (const Served* s : {&tiered, &other_model, &fallback}) {
+    ASSERT_EQ(s->events.size(), computed.events.size());
+    for (size_t t = 0; t < computed.events.size(); ++t) {
+      const StepEvent &a = s->events[t], &b = computed.events[t];
+      ASSERT_TRUE(a.error.ok()) << a.error;
+      EXPECT_EQ(a.token, b.token) << "token " << t;
+      EXPECT_NEAR(a.logprob, b.logprob, 1e-4) << "token " << t;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, TieredCacheTest,
                          ::testing::Values("mixtral", "mixtral_sliding", "deepseek_v3", "deepseek_v3_nolora",
                                            "qwen2_moe", "qwen3_moe", "olmoe", "olmoe_dynamic"));
 

@@ -719,4 +719,31 @@ absl::Status CudaForwardPass::SampleLast(absl::Span<const DeviceSampleRow> rows,
   return sampler_->Run(last_logits_, last_rows_, vocab, params, penalties, tokens->data(), stream_);
 }
 
+absl::Status CudaForwardPass::ReadKvBlock(const KvCache& cache, int block, std::string* bytes) {
+  const size_t row = static_cast<size_t>(kv_k_width()) + kv_v_width();
+  const size_t layer_bytes = static_cast<size_t>(block_size_) * row * sizeof(float);
+  bytes->resize(layer_bytes * config_.num_layers);
+  MM_RETURN_IF_ERROR(CudaSetDevice(device_));
+  for (int l = 0; l < config_.num_layers; ++l) {
+    const float* src = kv_pool_->as<float>() + ((static_cast<size_t>(l) * num_blocks_ + block) * block_size_) * row;
+    MM_RETURN_IF_ERROR(CopyToHost(bytes->data() + l * layer_bytes, src, layer_bytes));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaForwardPass::WriteKvBlock(KvCache* cache, int block, absl::string_view bytes) {
+  const size_t row = static_cast<size_t>(kv_k_width()) + kv_v_width();
+  const size_t layer_bytes = static_cast<size_t>(block_size_) * row * sizeof(float);
+  if (bytes.size() != layer_bytes * config_.num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("a KV block of this cache is ", layer_bytes * config_.num_layers,
+                                                   " bytes; got ", bytes.size()));
+  }
+  MM_RETURN_IF_ERROR(CudaSetDevice(device_));
+  for (int l = 0; l < config_.num_layers; ++l) {
+    float* dst = kv_pool_->as<float>() + ((static_cast<size_t>(l) * num_blocks_ + block) * block_size_) * row;
+    MM_RETURN_IF_ERROR(CopyToDevice(dst, bytes.data() + l * layer_bytes, layer_bytes));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace moemesh

@@ -83,6 +83,9 @@ class CudaForwardPass : public ForwardPass, private DecoderOps {
   bool samples_on_device() const override { return true; }
   const GraphStats& graph_stats() const { return graph_stats_; }
   void AddRoutedCounts(std::vector<int64_t>* routed) const override;
+  // The cache's rows live in device memory (kv_pool_, layer-major).
+  absl::Status ReadKvBlock(const KvCache& cache, int block, std::string* bytes) override;
+  absl::Status WriteKvBlock(KvCache* cache, int block, absl::string_view bytes) override;
   absl::Status SampleLast(absl::Span<const DeviceSampleRow> rows, std::vector<int>* tokens,
                           std::vector<float>* raw_logits) override;
 

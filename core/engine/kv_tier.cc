@@ -1,0 +1,30 @@
+#include "core/engine/kv_tier.h"
+
+namespace moemesh {
+
+absl::StatusOr<std::vector<KvTierBlock>> KvTierChain::Fetch(const BlockHash& root,
+                                                           absl::Span<const BlockHash> chain) {
+  std::vector<KvTierBlock> out;
+  absl::Status first_error;
+  for (size_t t = 0; t < tiers_.size() && out.size() < chain.size(); ++t) {
+    absl::StatusOr<std::vector<KvTierBlock>> got = tiers_[t]->Fetch(root, chain.subspan(out.size()));
+    if (!got.ok()) {
+      if (first_error.ok()) first_error = got.status();
+      continue;
+    }
+    if (got->empty()) continue;
+    if (t > 0) {  // promote into the tiers above
+      for (size_t above = 0; above < t; ++above) tiers_[above]->Store(root, *got);
+    }
+    for (KvTierBlock& b : *got) out.push_back(std::move(b));
+  }
+  if (out.empty() && !first_error.ok()) return first_error;
+  return out;
+}
+
+void KvTierChain::Store(const BlockHash& root, std::vector<KvTierBlock> blocks) {
+  for (size_t t = 0; t + 1 < tiers_.size(); ++t) tiers_[t]->Store(root, blocks);
+  if (!tiers_.empty()) tiers_.back()->Store(root, std::move(blocks));
+}
+
+}  // namespace moemesh

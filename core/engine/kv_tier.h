@@ -1,0 +1,58 @@
+#ifndef MOEMESH_CORE_ENGINE_KV_TIER_H_
+#define MOEMESH_CORE_ENGINE_KV_TIER_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "core/kv/block_hash.h"
+
+namespace moemesh {
+
+// One full KV block leaving or entering the router's cache: its name, its
+// parent's (the root for a sequence's first block), its tokens, and its
+// rows: [layers][block_size][k_width + v_width] floats (ForwardPass::ReadKvBlock).
+struct KvTierBlock {
+  BlockHash hash, parent;
+  std::vector<int> tokens;
+  std::string bytes;
+};
+
+// A tier of the KV cache below the router's own (docs/ARCHITECTURE.md, "KV
+// cache"): host memory (HostKvTier), the kvcache service (KvCacheTier), or
+// both (KvTierChain). The scheduler stores every block it commits and, for
+// a new request, fetches the blocks its own cache lacks. A tier is a cache:
+// it may lose anything, and the scheduler recomputes what it cannot fetch.
+// Thread-safe: Fetch runs off the scheduler's thread.
+class KvTier {
+ public:
+  virtual ~KvTier() = default;
+  // The leading blocks of `chain` (names of consecutive blocks under
+  // `root`) that the tier holds, in order; fewer (or none) when it holds
+  // fewer. An error (the tier unreachable, too slow) means none.
+  virtual absl::StatusOr<std::vector<KvTierBlock>> Fetch(const BlockHash& root,
+                                                        absl::Span<const BlockHash> chain) = 0;
+  // Takes blocks to keep, in chain order, and returns at once: a slow or
+  // absent tier must never stall a step. It may drop them.
+  virtual void Store(const BlockHash& root, std::vector<KvTierBlock> blocks) = 0;
+};
+
+// Tiers nearest first (host memory, then the kvcache service): Fetch takes
+// what the first holds, the rest from the next, and copies what a lower
+// tier gave into the tiers above it; Store gives blocks to every tier.
+class KvTierChain : public KvTier {
+ public:
+  // The tiers must outlive the chain.
+  explicit KvTierChain(std::vector<KvTier*> tiers) : tiers_(std::move(tiers)) {}
+
+  absl::StatusOr<std::vector<KvTierBlock>> Fetch(const BlockHash& root, absl::Span<const BlockHash> chain) override;
+  void Store(const BlockHash& root, std::vector<KvTierBlock> blocks) override;
+
+ private:
+  std::vector<KvTier*> tiers_;
+};
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_CORE_ENGINE_KV_TIER_H_
