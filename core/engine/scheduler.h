@@ -11,7 +11,7 @@
 #include "absl/status/status.h"
 #include "core/engine/engine.h"
 #include "core/engine/kv_cache.h"
-#include "core/engine/kv_tier.h"
+#include "core/kv/kv_tier.h"
 #include "core/engine/sampler.h"
 
 namespace moemesh {

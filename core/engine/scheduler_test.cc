@@ -4,7 +4,7 @@
 #include <random>
 
 #include "core/engine/engine.h"
-#include "core/engine/host_kv_tier.h"
+#include "core/kv/host_kv_tier.h"
 #include "core/experts/local_expert_executor.h"
 #include "core/engine/cpu_forward_pass.h"
 #include "core/model/safetensors.h"

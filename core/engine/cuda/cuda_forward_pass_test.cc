@@ -30,6 +30,7 @@
 #include <tuple>
 
 #include "core/engine/engine.h"
+#include "core/kv/host_kv_tier.h"
 #include "core/engine/sampler.h"
 #include "core/engine/scheduler.h"
 #include "core/experts/cuda/cuda_expert_device.h"
@@ -541,6 +542,54 @@ TEST_P(CudaPrefixCachingTest, CachedTurnsEqualComputedTurns) {
 
 INSTANTIATE_TEST_SUITE_P(Models, CudaPrefixCachingTest,
                          ::testing::Values("mixtral", "qwen3_moe", "qwen2_moe", "deepseek_v3"));
+
+// A second turn on a new GPU engine over the host tier that the first
+// engine filled: its blocks come back from host memory into the device's
+// cache (ReadKvBlock / WriteKvBlock), and its tokens equal computing it.
+TEST_P(CudaPrefixCachingTest, SecondTurnFromTheHostTierEqualsComputing) {
+  const std::string dir = "tests/fixtures/" + GetParam();
+  GenerateParams p;
+  p.sampling.temperature = 0;
+  p.max_new_tokens = 6;
+  p.logprobs = 2;
+  p.ignore_eos = true;
+  auto tier = std::make_shared<HostKvTier>(int64_t{1} << 30);
+  auto serve = [&](const std::vector<int>& prompt, bool caching, int64_t* tier_hits) {
+    EngineOptions o;
+    o.kv_cache_tokens = 1024;
+    o.kv_block_size = 4;
+    o.prefix_caching = caching;
+    if (caching) o.kv_tier = tier;
+    o.forward_pass = CudaForwardPass::Factory(0);
+    o.expert_device = CudaExpertDevice::Factory(0);
+    std::vector<StepEvent> events;
+    auto e = Engine::Create(dir, o);
+    EXPECT_TRUE(e.ok()) << e.status();
+    if (!e.ok()) return events;
+    std::unique_ptr<Scheduler> sched = (*e)->NewScheduler(4, 4096);
+    EXPECT_TRUE(sched->Add(prompt, p, [&](const StepEvent& ev) { events.push_back(ev); }).ok());
+    for (int steps = 0; !sched->idle() && steps < 100; ++steps) {
+      EXPECT_TRUE(sched->Step().ok());
+      *tier_hits += sched->last_step().tier_hit_tokens;
+    }
+    return events;
+  };
+  std::mt19937 rng(5);
+  std::vector<int> prompt(19);
+  for (int& t : prompt) t = static_cast<int>(rng() % 64);
+  int64_t hits = 0, none = 0;
+  for (const StepEvent& ev : serve(prompt, true, &hits)) prompt.push_back(ev.token);
+  prompt.insert(prompt.end(), {1, 2, 3});
+  const std::vector<StepEvent> tiered = serve(prompt, true, &hits), computed = serve(prompt, false, &none);
+  EXPECT_EQ(hits, 24);  // 19 + 5 computed positions of the first turn
+  EXPECT_EQ(tier->blocks(), (28 + 5) / 4);
+  ASSERT_EQ(tiered.size(), computed.size());
+  for (size_t t = 0; t < tiered.size(); ++t) {
+    ASSERT_TRUE(tiered[t].error.ok()) << tiered[t].error;
+    EXPECT_EQ(tiered[t].token, computed[t].token) << "token " << t;
+    EXPECT_NEAR(tiered[t].logprob, computed[t].logprob, 1e-3) << "token " << t;
+  }
+}
 
 TEST(CudaForwardPassErrorsTest, NoSuchDevice) {
   EngineOptions o;

@@ -1,4 +1,4 @@
-#include "core/engine/kv_tier.h"
+#include "core/kv/kv_tier.h"
 
 namespace moemesh {
 

@@ -1,5 +1,5 @@
-#ifndef MOEMESH_CORE_ENGINE_HOST_KV_TIER_H_
-#define MOEMESH_CORE_ENGINE_HOST_KV_TIER_H_
+#ifndef MOEMESH_CORE_KV_HOST_KV_TIER_H_
+#define MOEMESH_CORE_KV_HOST_KV_TIER_H_
 
 #include <cstdint>
 #include <list>
@@ -7,7 +7,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
-#include "core/engine/kv_tier.h"
+#include "core/kv/kv_tier.h"
 
 namespace moemesh {
 
@@ -51,4 +51,4 @@ class HostKvTier : public KvTier {
 
 }  // namespace moemesh
 
-#endif  // MOEMESH_CORE_ENGINE_HOST_KV_TIER_H_
+#endif  // MOEMESH_CORE_KV_HOST_KV_TIER_H_

@@ -1,4 +1,4 @@
-#include "core/engine/host_kv_tier.h"
+#include "core/kv/host_kv_tier.h"
 
 namespace moemesh {
 

@@ -1,5 +1,5 @@
-#ifndef MOEMESH_CORE_ENGINE_KV_TIER_H_
-#define MOEMESH_CORE_ENGINE_KV_TIER_H_
+#ifndef MOEMESH_CORE_KV_KV_TIER_H_
+#define MOEMESH_CORE_KV_KV_TIER_H_
 
 #include <string>
 #include <vector>
@@ -55,4 +55,4 @@ class KvTierChain : public KvTier {
 
 }  // namespace moemesh
 
-#endif  // MOEMESH_CORE_ENGINE_KV_TIER_H_
+#endif  // MOEMESH_CORE_KV_KV_TIER_H_
