@@ -1,0 +1,71 @@
+#ifndef MOEMESH_SERVICES_KVCACHE_CLIENT_KVCACHE_TIER_H_
+#define MOEMESH_SERVICES_KVCACHE_CLIENT_KVCACHE_TIER_H_
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "core/kv/kv_tier.h"
+
+namespace moemesh {
+
+// The kvcache service as a KvTier (docs/ARCHITECTURE.md, "KV cache"). Fetch
+// is one GetBlocks call bounded by `fetch_timeout`: past it, or with the
+// service down, it fails and the router computes. It keeps only blocks that
+// are what they claim (checksum, chain hash). Store queues blocks for a
+// writer thread that puts them, in order, one PutBlocks stream per batch;
+// past `max_queued_bytes` new blocks are dropped (counted), so a slow
+// service costs cached blocks, never a stalled step. Thread-safe.
+class KvCacheTier : public KvTier {
+ public:
+  struct Options {
+    std::string address;  // HOST:PORT
+    absl::Duration fetch_timeout = absl::Milliseconds(500);
+    absl::Duration store_timeout = absl::Seconds(10);
+    int64_t max_queued_bytes = int64_t{256} << 20;
+  };
+  struct Stats {
+    int64_t fetches = 0, fetch_errors = 0, fetched_blocks = 0;
+    int64_t stored_blocks = 0, store_errors = 0, dropped_blocks = 0;
+  };
+
+  static absl::StatusOr<std::unique_ptr<KvCacheTier>> Create(const Options& options);
+  // Stops the writer; what is still queued is dropped.
+  ~KvCacheTier() override;
+
+  absl::StatusOr<std::vector<KvTierBlock>> Fetch(const BlockHash& root, absl::Span<const BlockHash> chain) override;
+  void Store(const BlockHash& root, std::vector<KvTierBlock> blocks) override;
+
+  // Waits until every block queued so far has been put or given up.
+  void Flush();
+  Stats stats() const;
+
+ private:
+  explicit KvCacheTier(const Options& options);
+  void WriteLoop();
+  // Puts one batch; false on an error.
+  bool Put(const BlockHash& root, const std::vector<KvTierBlock>& blocks);
+
+  const Options options_;
+  struct Rpc;  // the gRPC stub, kept out of this header
+  std::unique_ptr<Rpc> rpc_;
+
+  mutable absl::Mutex mu_;
+  std::deque<std::pair<BlockHash, std::vector<KvTierBlock>>> queue_ ABSL_GUARDED_BY(mu_);
+  int64_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;  // a batch is being put
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  Stats stats_ ABSL_GUARDED_BY(mu_);
+  std::thread writer_;
+};
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_SERVICES_KVCACHE_CLIENT_KVCACHE_TIER_H_

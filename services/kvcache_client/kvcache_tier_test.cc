@@ -1,0 +1,161 @@
+// The kvcache service as a router's lower tier, over a real loopback socket.
+#include "services/kvcache_client/kvcache_tier.h"
+
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "core/engine/engine.h"
+#include "core/engine/scheduler.h"
+#include "gtest/gtest.h"
+#include "services/common/server_util.h"
+#include "services/kvcache/block_store.h"
+#include "services/kvcache/kvcache_service.h"
+
+namespace moemesh {
+namespace {
+
+class KvCacheTierTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    BlockStore::Options o;
+    o.dir = absl::StrCat(::testing::TempDir(), "/kvcache_tier_",
+                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::remove_all(o.dir);
+    o.min_free_bytes = 16 << 20;
+    store_ = std::move(*BlockStore::Open(o));
+    service_ = std::make_unique<KvCacheServiceImpl>(store_.get());
+    int port = 0;
+    server_ = StartServer("127.0.0.1:0", {service_.get()}, &port);
+    ASSERT_NE(server_, nullptr);
+    address_ = absl::StrCat("127.0.0.1:", port);
+  }
+  void TearDown() override {
+    if (server_) server_->Shutdown();
+  }
+
+  std::unique_ptr<KvCacheTier> Tier(const std::string& address) {
+    KvCacheTier::Options o;
+    o.address = address;
+    auto tier = KvCacheTier::Create(o);
+    EXPECT_TRUE(tier.ok()) << tier.status();
+    return std::move(*tier);
+  }
+
+  std::unique_ptr<BlockStore> store_;
+  std::unique_ptr<KvCacheServiceImpl> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::string address_;
+};
+
+std::vector<KvTierBlock> Chain(const BlockHash& root, int n) {
+  std::vector<KvTierBlock> chain;
+  BlockHash parent = root;
+  for (int i = 0; i < n; ++i) {
+    KvTierBlock b;
+    b.parent = parent;
+    b.tokens = {3 * i, 3 * i + 1, 3 * i + 2};
+    b.hash = ChainBlockHash(parent, b.tokens);
+    b.bytes = std::string(1000 + i, static_cast<char>(i));
+    parent = b.hash;
+    chain.push_back(b);
+  }
+  return chain;
+}
+
+TEST_F(KvCacheTierTest, StoresInTheBackgroundAndFetchesTheLeadingRun) {
+  const BlockHash root = HashBytes("m");
+  const std::vector<KvTierBlock> chain = Chain(root, 5);
+  std::unique_ptr<KvCacheTier> tier = Tier(address_);
+  tier->Store(root, {chain[0], chain[1]});
+  tier->Store(root, {chain[2]});
+  tier->Flush();
+  EXPECT_EQ(tier->stats().stored_blocks, 3);
+  std::vector<BlockHash> names;
+  for (const auto& b : chain) names.push_back(b.hash);
+  absl::StatusOr<std::vector<KvTierBlock>> got = tier->Fetch(root, names);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ((*got)[i].bytes, chain[i].bytes);
+    EXPECT_EQ((*got)[i].tokens, chain[i].tokens);
+    EXPECT_EQ((*got)[i].parent, chain[i].parent);
+  }
+  // From the middle of a chain, as a router whose own cache holds the head asks.
+  got = tier->Fetch(root, absl::MakeConstSpan(names).subspan(1));
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->size(), 2u);
+  // A chain whose head is missing is refused by the service, and counted.
+  tier->Store(root, {chain[4]});
+  tier->Flush();
+  EXPECT_EQ(tier->stats().store_errors, 1);
+}
+
+TEST_F(KvCacheTierTest, AServiceThatIsDownFailsFetchesFastAndDropsStores) {
+  server_->Shutdown();
+  server_.reset();
+  std::unique_ptr<KvCacheTier> tier = Tier(address_);
+  const BlockHash root = HashBytes("m");
+  const std::vector<KvTierBlock> chain = Chain(root, 2);
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::vector<KvTierBlock>> got = tier->Fetch(root, {chain[0].hash});
+  EXPECT_FALSE(got.ok());
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2));  // bounded by the fetch timeout
+  tier->Store(root, chain);
+  tier->Flush();
+  EXPECT_EQ(tier->stats().fetch_errors, 1);
+  EXPECT_EQ(tier->stats().store_errors, 1);
+}
+
+// A conversation's second turn on a new engine (a router restarted) over
+// the kvcache service gives exactly the tokens and log probabilities of
+// computing it, its first turn's blocks fetched from the service.
+TEST_F(KvCacheTierTest, SecondTurnAfterARestartEqualsComputing) {
+  for (const std::string model : {"tests/fixtures/mixtral", "tests/fixtures/deepseek_v3"}) {
+    SCOPED_TRACE(model);
+    std::shared_ptr<KvCacheTier> tier = Tier(address_);
+    GenerateParams p;
+    p.sampling.temperature = 0;
+    p.max_new_tokens = 6;
+    p.logprobs = 2;
+    p.ignore_eos = true;
+    auto serve = [&](const std::vector<int>& prompt, bool tiered, int64_t* hits) {
+      EngineOptions o;
+      o.kv_block_size = 4;
+      if (tiered) o.kv_tier = tier;
+      auto engine = Engine::Create(model, o);
+      EXPECT_TRUE(engine.ok()) << engine.status();
+      std::unique_ptr<Scheduler> sched = (*engine)->NewScheduler(4, 4096);
+      std::vector<StepEvent> events;
+      EXPECT_TRUE(sched->Add(prompt, p, [&](const StepEvent& ev) { events.push_back(ev); }).ok());
+      for (int steps = 0; !sched->idle() && steps < 200; ++steps) {
+        EXPECT_TRUE(sched->Step().ok());
+        *hits += sched->last_step().tier_hit_tokens;
+      }
+      tier->Flush();
+      return events;
+    };
+    std::mt19937 rng(9);
+    std::vector<int> prompt(21);
+    for (int& t : prompt) t = static_cast<int>(rng() % 256);
+    int64_t hits = 0, none = 0;
+    for (const StepEvent& ev : serve(prompt, true, &hits)) prompt.push_back(ev.token);
+    prompt.insert(prompt.end(), {5, 6, 7});
+    const std::vector<StepEvent> restarted = serve(prompt, true, &hits), computed = serve(prompt, false, &none);
+    EXPECT_EQ(hits, 24);  // 21 + 5 computed positions: 6 blocks of 4
+    ASSERT_EQ(restarted.size(), computed.size());
+    for (size_t t = 0; t < computed.size(); ++t) {
+      ASSERT_TRUE(restarted[t].error.ok()) << restarted[t].error;
+      EXPECT_EQ(restarted[t].token, computed[t].token) << "token " << t;
+      EXPECT_NEAR(restarted[t].logprob, computed[t].logprob, 1e-4) << "token " << t;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace moemesh
