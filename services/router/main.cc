@@ -6,12 +6,14 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "core/engine/engine.h"
 #include "core/engine/generation_loop.h"
 #include "core/engine/scheduler.h"
 #include "core/experts/placement.h"
+#include "core/kv/host_kv_tier.h"
 #ifdef MOEMESH_WITH_CUDA
 #include "core/engine/cuda/cuda_forward_pass.h"
 #include "core/experts/cuda/cuda_expert_device.h"
@@ -20,6 +22,7 @@
 #include "services/common/device_flag.h"
 #include "services/common/service_main.h"
 #include "services/expert_client/remote_expert_executor.h"
+#include "services/kvcache_client/kvcache_tier.h"
 #include "services/router/router_metrics.h"
 #include "services/router/router_service.h"
 
@@ -49,6 +52,13 @@ ABSL_FLAG(int, prefill_chunk, 512, "longest prompt piece of one request per step
 ABSL_FLAG(bool, prefix_caching, true,
           "reuse the KV-cache blocks of prompts seen before (their full blocks of --kv-block-size tokens); "
           "--prefix-caching=false computes every prompt in full");
+ABSL_FLAG(int64_t, kv_host_cache_mb, 0,
+          "with prefix caching: a tier of KV blocks in host memory below the cache, in MiB (0: none); blocks "
+          "the cache drops come back from it by a copy");
+ABSL_FLAG(std::string, kvcache, "",
+          "with prefix caching: a kvcache service (HOST:PORT) below the cache (and the host tier): every full "
+          "block goes there, and a prompt's blocks found there are fetched instead of computed");
+ABSL_FLAG(int, kvcache_timeout_ms, 500, "how long a fetch from the kvcache service may take before computing instead");
 
 namespace moemesh {
 namespace {
@@ -64,6 +74,9 @@ struct Options {
   bool enforce_eager = false;
   EngineOptions engine;  // threads, KV cache, prefill chunk; the devices are set from `device`
   int max_running = 0, max_waiting = 0, max_step_tokens = 0;
+  int64_t kv_host_cache_mb = 0;
+  std::string kvcache;
+  int kvcache_timeout_ms = 0;
 
   static Options FromFlags() {
     Options o;
@@ -83,6 +96,9 @@ struct Options {
     o.max_running = absl::GetFlag(FLAGS_max_running);
     o.max_waiting = absl::GetFlag(FLAGS_max_waiting);
     o.max_step_tokens = absl::GetFlag(FLAGS_max_step_tokens);
+    o.kv_host_cache_mb = absl::GetFlag(FLAGS_kv_host_cache_mb);
+    o.kvcache = absl::GetFlag(FLAGS_kvcache);
+    o.kvcache_timeout_ms = absl::GetFlag(FLAGS_kvcache_timeout_ms);
     return o;
   }
 
@@ -106,6 +122,12 @@ struct Options {
       return absl::InvalidArgumentError("--expert-transport must be auto or grpc");
     }
     if (absl::Status st = RemoteExpertExecutor::ParseRows(expert_rows).status(); !st.ok()) return st;
+    if (kv_host_cache_mb < 0) return absl::InvalidArgumentError("--kv-host-cache-mb must not be negative");
+    if (kvcache_timeout_ms <= 0) return absl::InvalidArgumentError("--kvcache-timeout-ms must be positive");
+    if ((kv_host_cache_mb > 0 || !kvcache.empty()) && !engine.prefix_caching) {
+      return absl::InvalidArgumentError("--kv-host-cache-mb and --kvcache are tiers below prefix caching: "
+                                        "they need --prefix-caching");
+    }
     // The expert workers' flags mean nothing without workers: say so rather
     // than ignore them.
     if (experts.empty()) {
@@ -137,6 +159,32 @@ int Main(int argc, char** argv) {
     engine_options.expert_device = CudaExpertDevice::Factory(gpu);
   }
 #endif
+  // The tiers below the cache, nearest first.
+  std::shared_ptr<HostKvTier> host_tier;
+  std::shared_ptr<KvCacheTier> kvcache_tier;
+  std::vector<KvTier*> tiers;
+  if (options.kv_host_cache_mb > 0) {
+    host_tier = std::make_shared<HostKvTier>(options.kv_host_cache_mb << 20);
+    tiers.push_back(host_tier.get());
+  }
+  if (!options.kvcache.empty()) {
+    KvCacheTier::Options kv;
+    kv.address = options.kvcache;
+    kv.fetch_timeout = absl::Milliseconds(options.kvcache_timeout_ms);
+    auto t = KvCacheTier::Create(kv);
+    if (!t.ok()) return service_main.Fail(t.status(), 2);
+    kvcache_tier = std::move(*t);
+    tiers.push_back(kvcache_tier.get());
+  }
+  if (tiers.size() == 1) {
+    engine_options.kv_tier = host_tier ? std::shared_ptr<KvTier>(host_tier) : std::shared_ptr<KvTier>(kvcache_tier);
+  } else if (tiers.size() > 1) {
+    // The chain points at the tiers; its deleter keeps them alive with it.
+    engine_options.kv_tier = std::shared_ptr<KvTier>(new KvTierChain(tiers), [host_tier, kvcache_tier](KvTier* t) {
+      delete t;
+    });
+  }
+
   std::unique_ptr<ExpertExecutor> remote;
   RemoteExpertExecutor* remote_view = nullptr;  // owned by the engine
   if (!options.experts.empty()) {

@@ -62,6 +62,22 @@ RouterMetrics::RouterMetrics(prometheus::Registry& r, int num_layers, int num_ex
                            "computed.")
                      .Register(r)
                      .Add({});
+  tier_hit_ = &prometheus::BuildCounter()
+                   .Name("moemesh_router_kv_tier_hit_tokens_total")
+                   .Help("Of the prefix-cache hits, the tokens of blocks fetched from a lower tier (host memory, "
+                         "the kvcache service).")
+                   .Register(r)
+                   .Add({});
+  tier_fallbacks_ = &prometheus::BuildCounter()
+                         .Name("moemesh_router_kv_tier_fallbacks_total")
+                         .Help("Fetches from a lower tier that failed or timed out: the prompt was computed.")
+                         .Register(r)
+                         .Add({});
+  tier_stored_ = &prometheus::BuildCounter()
+                      .Name("moemesh_router_kv_tier_stored_blocks_total")
+                      .Help("Full KV blocks given to the lower tiers.")
+                      .Register(r)
+                      .Add({});
   imbalance_ = &prometheus::BuildGauge()
                     .Name("moemesh_router_expert_load_imbalance")
                     .Help("Max over mean of the tokens routed to each expert over roughly the last 50 steps, "
@@ -92,6 +108,9 @@ void RouterMetrics::OnStep(const StepStats& s, const GenerationLoop::Stats& loop
   kv_usage_->Set(loop.kv_blocks_total > 0 ? static_cast<double>(loop.kv_blocks_used) / loop.kv_blocks_total : 0);
   prefix_query_->Increment(static_cast<double>(s.prefix_query_tokens));
   prefix_hit_->Increment(static_cast<double>(s.prefix_hit_tokens));
+  tier_hit_->Increment(static_cast<double>(s.tier_hit_tokens));
+  tier_fallbacks_->Increment(static_cast<double>(s.tier_fallbacks));
+  tier_stored_->Increment(static_cast<double>(s.tier_stored_blocks));
 
   std::lock_guard<std::mutex> l(mu_);
   double worst = 0;

@@ -23,6 +23,7 @@ namespace moemesh {
 //   moemesh_router_step_seconds{phase}         attention, dispatch, combine, sampling, total
 //   moemesh_router_batch_requests, moemesh_router_batch_tokens (histograms)
 //   moemesh_router_requests_running, moemesh_router_requests_waiting, moemesh_router_kv_cache_usage_ratio
+//   moemesh_router_prefix_cache_{query,hit}_tokens_total, moemesh_router_kv_tier_{hit_tokens,fallbacks,stored_blocks}_total
 //   moemesh_router_routed_tokens_total{layer, expert}
 //   moemesh_router_expert_load_imbalance       max / mean tokens per expert (recent, worst layer)
 //   moemesh_router_dispatch_seconds{worker}    one expert worker's round trip
@@ -49,6 +50,9 @@ class RouterMetrics {
   prometheus::Gauge* kv_usage_;
   prometheus::Counter* prefix_query_;
   prometheus::Counter* prefix_hit_;
+  prometheus::Counter* tier_hit_;
+  prometheus::Counter* tier_fallbacks_;
+  prometheus::Counter* tier_stored_;
   prometheus::Gauge* imbalance_;
   prometheus::Family<prometheus::Counter>* routed_family_;
   prometheus::Family<prometheus::Histogram>* dispatch_family_;
