@@ -12,10 +12,10 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null
 tests=$(cd "$build" && ctest -L gpu --show-only=json-v1 |
         python3 -c 'import json,sys; [print(t["command"][0]) for t in json.load(sys.stdin)["tests"]]')
 targets=$(for t in $tests; do basename "$t"; done)
-binaries="tools/moemesh/moemesh services/router/moemesh-router services/gateway/moemesh-gateway
+binaries="tools/moemesh/moemesh services/router/moemesh-router services/gateway/moemesh-gateway services/kvcache/moemesh-kvcache
           services/expert/moemesh-expert"
 benches="expert_ffn_bench attention_bench linear_bench gpu_decode_bench"
-ninja -C "$build" $targets $benches moemesh moemesh-router moemesh-gateway moemesh-expert > /dev/null
+ninja -C "$build" $targets $benches moemesh moemesh-router moemesh-gateway moemesh-expert moemesh-kvcache > /dev/null
 rm -rf .gpu-bundle
 mkdir -p .gpu-bundle/bin .gpu-bundle/lib .gpu-bundle/bench
 for b in $benches; do cp "$build/bench/$b" .gpu-bundle/bench/; done

@@ -77,6 +77,9 @@ ABSL_FLAG(int, routers, 1, "how many routers");
 ABSL_FLAG(std::string, host, "127.0.0.1", "address the services listen on");
 ABSL_FLAG(int, port, 0, "the gateway's port; 0 picks a free one");
 ABSL_FLAG(int, max_running, 64, "requests in each router's batch at once");
+ABSL_FLAG(bool, kvcache, true,
+          "start a kvcache service below the routers' KV caches (--kvcache=false: none); its loss costs recompute");
+ABSL_FLAG(std::string, kv_dir, "", "the kvcache service's folder (default: a temporary one, removed at exit)");
 ABSL_FLAG(std::string, bin_dir, "",
           "directory of moemesh-expert, moemesh-router and moemesh-gateway (default: beside moemesh, or the build "
           "tree)");
@@ -150,7 +153,8 @@ const std::vector<Command>& CliCommands() {
     c->push_back({"up",
                   "run a whole mesh (expert workers, routers, gateway) locally",
                   "moemesh up [--model DIR] [flags]",
-                  "Starts the expert workers, then the routers, then the gateway, on free ports, and prints each "
+                  "Starts the kvcache service, the expert workers, then the routers, then the gateway, on free ports, "
+                  "and prints each "
                   "service as it becomes ready, then `gateway listening on HOST:PORT`. Runs until Ctrl-C or SIGTERM.",
                   {{"mesh",
                     {{"model", "model directory (default: the bundled demo model, models/fortune-moe)"},
@@ -162,7 +166,9 @@ const std::vector<Command>& CliCommands() {
                      {"router_device"},
                      {"host"},
                      {"port"},
-                     {"bin_dir"}}},
+                     {"bin_dir"},
+                     {"kvcache"},
+                     {"kv_dir"}}},
                    {"each service",
                     {{"threads", "CPU threads of each service"},
                      {"kv_cache_tokens", "KV cache capacity of each router, in tokens"},
@@ -279,6 +285,8 @@ int UpMain() {
   cmd.kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
   cmd.max_running = absl::GetFlag(FLAGS_max_running);
   cmd.bin_dir = absl::GetFlag(FLAGS_bin_dir);
+  cmd.kvcache = absl::GetFlag(FLAGS_kvcache);
+  cmd.kv_dir = absl::GetFlag(FLAGS_kv_dir);
   const ProgressOutput stdout_progress = ProgressOn(STDOUT_FILENO);  // a status line while the services start
   cmd.terminal = stdout_progress.terminal;
   cmd.columns = stdout_progress.columns;

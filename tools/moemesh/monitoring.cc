@@ -75,7 +75,7 @@ absl::StatusOr<std::unique_ptr<LocalPrometheus>> LocalPrometheus::Start(
                                                                   {"evaluation_interval: 5s",
                                                                    "evaluation_interval: " + interval}})));
   fs::create_directories(dir / "targets");
-  for (const char* kind : {"gateway", "router", "expert"}) {
+  for (const char* kind : {"gateway", "router", "expert", "kvcache"}) {
     std::vector<std::string> quoted;
     auto it = targets.find(kind);
     if (it != targets.end()) {

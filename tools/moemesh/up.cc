@@ -1,6 +1,7 @@
 #include "tools/moemesh/up.h"
 
 #include <signal.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -36,11 +37,13 @@ struct Service {
   std::string address;
   std::string metrics;    // its /metrics endpoint, HOST:PORT
   bool reported = false;  // its exit has been announced
+  bool essential = true;  // the mesh stops when its whole group is gone
 };
 
 struct Spec {
   std::string role, group;
   std::vector<std::string> argv;
+  bool essential = true;
 };
 
 // How far the start of the mesh has come.
@@ -77,7 +80,7 @@ absl::Status StartTier(const std::vector<Spec>& specs, const std::string& what, 
   startup->status->Print(absl::StrCat("moemesh up: starting ", what));
   for (const Spec& s : specs) {
     MM_ASSIGN_OR_RETURN(std::unique_ptr<Subprocess> p, Subprocess::Start(s.argv));
-    tier->push_back({s.role, s.group, std::move(p), "", "", false});
+    tier->push_back({s.role, s.group, std::move(p), "", "", false, s.essential});
   }
   for (Service& s : *tier) {
     absl::StatusOr<std::string> addr = WaitUntilListening(s, timeout, terminal, startup);
@@ -109,7 +112,7 @@ absl::Status Supervise(const std::vector<std::vector<Service>*>& tiers, std::ost
     for (auto* tier : tiers) {
       for (Service& s : *tier) {
         const int st = s.process->Poll();
-        alive[s.group] += st < 0;
+        if (s.essential) alive[s.group] += st < 0;
         if (st >= 0 && !s.reported) {
           s.reported = true;
           out << "moemesh up: " << s.role << " (pid " << s.process->pid() << ") exited with status " << st
@@ -172,23 +175,47 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
   MM_ASSIGN_OR_RETURN(std::string expert_bin, FindServiceBinary("moemesh-expert", cmd.bin_dir));
   MM_ASSIGN_OR_RETURN(std::string router_bin, FindServiceBinary("moemesh-router", cmd.bin_dir));
   MM_ASSIGN_OR_RETURN(std::string gateway_bin, FindServiceBinary("moemesh-gateway", cmd.bin_dir));
+  std::string kvcache_bin;
+  if (cmd.kvcache) {
+    MM_ASSIGN_OR_RETURN(kvcache_bin, FindServiceBinary("moemesh-kvcache", cmd.bin_dir));
+  }
   const std::string threads = absl::StrCat("--threads=", cmd.threads);
   const std::string host = absl::StrCat("--host=", cmd.host);
 
-  // Tiers stop in reverse order of start: gateway, routers, experts.
-  std::vector<Service> experts, routers, gateway;
+  // The kvcache service's folder: given, or made here and removed at exit.
+  std::string kv_dir = cmd.kv_dir;
+  std::string temp_kv_dir;
+  if (cmd.kvcache && kv_dir.empty()) {
+    std::string pattern = (fs::temp_directory_path() / "moemesh-kv-XXXXXX").string();
+    if (mkdtemp(pattern.data()) == nullptr) return absl::InternalError("cannot make a temporary folder for the kvcache");
+    kv_dir = temp_kv_dir = pattern;
+  }
+
+  // Tiers stop in reverse order of start: gateway, routers, experts, kvcache.
+  std::vector<Service> kvcache, experts, routers, gateway;
   auto stop_all = [&] {
-    for (auto* tier : {&gateway, &routers, &experts}) {
+    for (auto* tier : {&gateway, &routers, &experts, &kvcache}) {
       for (Service& s : *tier) s.process->Stop();
+    }
+    if (!temp_kv_dir.empty()) {
+      std::error_code ec;
+      fs::remove_all(temp_kv_dir, ec);
     }
   };
   out << "moemesh up: model " << model << ", " << num_shards << " expert shard(s) x " << cmd.expert_replicas
-      << " replica(s), " << cmd.routers << " router(s)" << std::endl;
+      << " replica(s), " << cmd.routers << " router(s)" << (cmd.kvcache ? ", a kvcache service in " + kv_dir : "")
+      << std::endl;
   StatusLine status(ProgressOutput{&out, cmd.terminal, cmd.columns});
   Startup startup{&status};
-  startup.total = num_shards * cmd.expert_replicas + cmd.routers + 1;
+  startup.total = num_shards * cmd.expert_replicas + cmd.routers + 1 + (cmd.kvcache ? 1 : 0);
 
+  absl::Status st = absl::OkStatus();
   std::vector<Spec> specs;
+  if (cmd.kvcache) {
+    specs.push_back({"kvcache", "kvcache", {kvcache_bin, "--dir=" + kv_dir, host, "--port=0"}, /*essential=*/false});
+    st = StartTier(specs, "the kvcache service", cmd.start_timeout, cmd.terminal, &startup, &kvcache);
+    specs.clear();
+  }
   std::vector<std::string> placement_flag;
   if (!cmd.placement.empty()) placement_flag.push_back("--placement=" + cmd.placement);
   for (int s = 0; s < num_shards; ++s) {
@@ -200,8 +227,7 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
       specs.back().argv.insert(specs.back().argv.end(), placement_flag.begin(), placement_flag.end());
     }
   }
-  absl::Status st = absl::OkStatus();
-  if (!specs.empty()) {
+  if (!specs.empty() && st.ok()) {
     st = StartTier(specs, absl::StrCat(specs.size(), " expert worker(s)"), cmd.start_timeout, cmd.terminal, &startup,
                    &experts);
   }
@@ -217,6 +243,7 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
                                        absl::StrCat("--kv-cache-tokens=", cmd.kv_cache_tokens),
                                        absl::StrCat("--max-running=", cmd.max_running),
                                        "--device=" + cmd.router_device};
+      if (!kvcache.empty()) argv.push_back("--kvcache=" + kvcache[0].address);
       if (!shard_addrs.empty()) {
         argv.push_back("--experts=" + absl::StrJoin(shard_addrs, ","));
         argv.insert(argv.end(), placement_flag.begin(), placement_flag.end());
@@ -239,7 +266,7 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
     stop_all();
     return st;
   }
-  for (auto* tier : {&experts, &routers, &gateway}) {
+  for (auto* tier : {&kvcache, &experts, &routers, &gateway}) {
     for (const Service& s : *tier) {
       if (!s.metrics.empty()) out << "  metrics of " << s.role << " at http://" << s.metrics << "/metrics" << std::endl;
     }
@@ -247,7 +274,8 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
   std::unique_ptr<LocalPrometheus> prometheus;
   if (cmd.monitoring) {
     std::map<std::string, std::vector<std::string>> targets;
-    for (auto [tier, kind] : {std::pair{&experts, "expert"}, {&routers, "router"}, {&gateway, "gateway"}}) {
+    for (auto [tier, kind] : {std::pair{&kvcache, "kvcache"}, {&experts, "expert"}, {&routers, "router"},
+                              {&gateway, "gateway"}}) {
       for (const Service& s : *tier) {
         if (!s.metrics.empty()) targets[kind].push_back(s.metrics);
       }
@@ -266,7 +294,7 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
         << std::endl;
   }
   out << "gateway listening on " << gateway[0].address << std::endl;
-  st = Supervise({&gateway, &routers, &experts}, out);
+  st = Supervise({&gateway, &routers, &experts, &kvcache}, out);
   out << "moemesh up: stopping" << std::endl;
   stop_all();
   return st;

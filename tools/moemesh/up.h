@@ -24,6 +24,10 @@ struct UpCommand {
   int kv_cache_tokens = 65536;  // per router
   int max_running = 64;         // per router
   std::string bin_dir;        // empty: beside this executable (FindServiceBinary)
+  // A kvcache service below the routers' caches (its loss costs recompute,
+  // never the mesh): in `kv_dir`, or in a temporary folder removed at exit.
+  bool kvcache = true;
+  std::string kv_dir;
   bool monitoring = false;    // also run a local Prometheus scraping the mesh
   int prometheus_port = 0;    // 0 picks a free one
   int scrape_interval_s = 5;
@@ -34,7 +38,7 @@ struct UpCommand {
   int columns = 80;
 };
 
-// Starts expert workers, then routers, then the gateway, each waiting for
+// Starts the kvcache service, expert workers, then routers, then the gateway, each waiting for
 // the previous to listen, and prints to `out` a line per service as it
 // becomes ready ("  router 0 on HOST:PORT (pid N)"), then where each
 // exports metrics (and, with monitoring, a Prometheus scraping them all,
