@@ -1,5 +1,6 @@
 #include "core/kv/block_hash.h"
 
+#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
 #include <xxhash.h>
 
 #include "absl/status/status.h"
@@ -67,5 +68,13 @@ BlockHash ChainBlockHash(const BlockHash& parent, absl::Span<const int> tokens) 
 }
 
 uint64_t Checksum64(absl::string_view bytes) { return XXH3_64bits(bytes.data(), bytes.size()); }
+
+uint64_t Checksum64(absl::string_view a, absl::string_view b) {
+  XXH3_state_t state;
+  XXH3_64bits_reset(&state);
+  XXH3_64bits_update(&state, a.data(), a.size());
+  XXH3_64bits_update(&state, b.data(), b.size());
+  return XXH3_64bits_digest(&state);
+}
 
 }  // namespace moemesh

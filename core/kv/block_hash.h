@@ -40,8 +40,10 @@ BlockHash HashBytes(absl::string_view bytes);
 // little-endian int32 whatever the host's byte order.
 BlockHash ChainBlockHash(const BlockHash& parent, absl::Span<const int> tokens);
 
-// The 64-bit checksum that each stored block value carries (XXH3-64).
+// The 64-bit checksum that each stored block value carries (XXH3-64), of
+// `bytes`, or of `a` then `b` (as of their concatenation, without making it).
 uint64_t Checksum64(absl::string_view bytes);
+uint64_t Checksum64(absl::string_view a, absl::string_view b);
 
 }  // namespace moemesh
 

@@ -34,6 +34,12 @@ TEST(BlockHashTest, NamesAreStable) {
   EXPECT_EQ(ChainBlockHash(BlockHash{1, 2}, t).Hex(), "cdb297e943b8c88a9df3d1e677f81465");
 }
 
+TEST(BlockHashTest, ChecksumOfTwoPartsIsTheChecksumOfTheWhole) {
+  EXPECT_EQ(Checksum64("key", "value"), Checksum64("keyvalue"));
+  EXPECT_EQ(Checksum64("", "value"), Checksum64("value"));
+  EXPECT_NE(Checksum64("keyvalue"), Checksum64("keyvaluf"));
+}
+
 TEST(BlockHashTest, BytesRoundTripAndRejectBadLengths) {
   const BlockHash h{0x0123456789abcdefULL, 0xfedcba9876543210ULL};
   EXPECT_EQ(h.Hex(), "0123456789abcdeffedcba9876543210");

@@ -68,7 +68,7 @@ class Reader {
 // under another key, or torn, or flipped, fails its checksum.
 std::string Seal(char format, absl::string_view key, const std::string& body) {
   std::string value(1, format);
-  PutU64(&value, Checksum64(absl::StrCat(key, body)));
+  PutU64(&value, Checksum64(key, body));
   value += body;
   return value;
 }
@@ -77,7 +77,7 @@ absl::StatusOr<absl::string_view> Unseal(char format, absl::string_view key, abs
   Reader r(value);
   absl::string_view f;
   uint64_t sum;
-  if (!r.Bytes(1, &f) || f[0] != format || !r.U64(&sum) || sum != Checksum64(absl::StrCat(key, r.rest()))) {
+  if (!r.Bytes(1, &f) || f[0] != format || !r.U64(&sum) || sum != Checksum64(key, r.rest())) {
     return absl::DataLossError("stored value fails its checksum");
   }
   return r.rest();
@@ -297,11 +297,11 @@ absl::Status BlockStore::Put(const BlockHash& root, const StoredBlock& block) {
 
 absl::StatusOr<StoredBlock> BlockStore::Get(const BlockHash& root, const BlockHash& hash) {
   const std::string key = BlockKey(root, hash);
-  std::string value;
+  rocksdb::PinnableSlice value;  // no copy out of RocksDB's cache
   rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), handles_[kBlocks], key, &value);
   if (s.IsNotFound()) return absl::NotFoundError(absl::StrCat("block ", hash.Hex(), " is not held"));
   if (!s.ok()) return FromRocks(s, "kvcache read");
-  absl::StatusOr<absl::string_view> body = Unseal(kBlockFormat, key, value);
+  absl::StatusOr<absl::string_view> body = Unseal(kBlockFormat, key, absl::string_view(value.data(), value.size()));
   StoredBlock block;
   block.hash = hash;
   bool ok = body.ok();

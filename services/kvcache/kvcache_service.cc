@@ -100,7 +100,7 @@ grpc::Status KvCacheServiceImpl::PutBlocks(grpc::ServerContext*, grpc::ServerRea
       root_bytes = request.root();
       root = *r;
     }
-    for (const v1::KvBlock& b : request.blocks()) {
+    for (v1::KvBlock& b : *request.mutable_blocks()) {
       const std::string where = absl::StrCat("block ", stored);
       StoredBlock block;
       absl::StatusOr<BlockHash> hash = ParseHash(b.hash(), absl::StrCat(where, " hash"));
@@ -114,12 +114,13 @@ grpc::Status KvCacheServiceImpl::PutBlocks(grpc::ServerContext*, grpc::ServerRea
       block.hash = *hash;
       block.parent = *parent;
       block.tokens.assign(b.tokens().begin(), b.tokens().end());
-      block.data = b.data();
+      const size_t bytes = b.data().size();
+      block.data = std::move(*b.mutable_data());
       if (absl::Status st = store_->Put(root, block); !st.ok()) {
         response->set_stored(stored);
         return call.Done(absl::Status(st.code(), absl::StrCat(where, ": ", st.message())));
       }
-      AddBytes(/*in=*/true, b.data().size());
+      AddBytes(/*in=*/true, bytes);
       ++stored;
     }
   }

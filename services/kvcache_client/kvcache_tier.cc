@@ -31,8 +31,10 @@ absl::StatusOr<std::unique_ptr<KvCacheTier>> KvCacheTier::Create(const Options& 
     return absl::InvalidArgumentError("the kvcache fetch timeout must be positive");
   }
   std::unique_ptr<KvCacheTier> tier(new KvCacheTier(options));
+  grpc::ChannelArguments args = ClientChannelArguments();
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 16 << 20);
   tier->rpc_->stub = v1::KvCacheService::NewStub(
-      grpc::CreateCustomChannel(options.address, grpc::InsecureChannelCredentials(), ClientChannelArguments()));
+      grpc::CreateCustomChannel(options.address, grpc::InsecureChannelCredentials(), args));
   tier->writer_ = std::thread([t = tier.get()] { t->WriteLoop(); });
   return tier;
 }
@@ -57,7 +59,7 @@ absl::StatusOr<std::vector<KvTierBlock>> KvCacheTier::Fetch(const BlockHash& roo
   v1::GetBlocksResponse resp;
   bool valid = true;
   while (valid && out.size() < chain.size() && reader->Read(&resp)) {
-    const v1::KvBlock& b = resp.block();
+    v1::KvBlock& b = *resp.mutable_block();
     KvTierBlock block;
     absl::StatusOr<BlockHash> parent = BlockHash::FromBytes(b.parent());
     block.tokens.assign(b.tokens().begin(), b.tokens().end());
@@ -66,7 +68,7 @@ absl::StatusOr<std::vector<KvTierBlock>> KvCacheTier::Fetch(const BlockHash& roo
     if (!valid) break;  // keep what came before it
     block.hash = chain[out.size()];
     block.parent = *parent;
-    block.bytes = b.data();
+    block.bytes = std::move(*b.mutable_data());
     out.push_back(std::move(block));
   }
   if (!valid || out.size() == chain.size()) ctx.TryCancel();

@@ -1,0 +1,153 @@
+// The kvcache service's put and get rates against a plain RocksDB loop on
+// the same values, in the same run (target: the service at >= 0.7x).
+//   kvcache_bench [--blocks 256] [--block-kib 1024] [--dir /tmp]
+// The service runs in this process behind a real loopback gRPC server;
+// blocks go through KvCacheTier (the router's client): puts as one
+// PutBlocks stream per 16 blocks, gets as one GetBlocks stream of all.
+#include <chrono>
+#include <cstring>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "rocksdb/db.h"
+#include "services/common/server_util.h"
+#include "services/kvcache/block_store.h"
+#include "services/kvcache/kvcache_service.h"
+#include "services/kvcache_client/kvcache_tier.h"
+
+namespace moemesh {
+namespace {
+
+double Seconds(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+int Run(int argc, char** argv) {
+  int blocks = 256, block_kib = 1024;
+  std::string base = "/tmp";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i];
+    if (flag == "--blocks") {
+      blocks = std::atoi(argv[i + 1]);
+    } else if (flag == "--block-kib") {
+      block_kib = std::atoi(argv[i + 1]);
+    } else if (flag == "--dir") {
+      base = argv[i + 1];
+    } else {
+      std::fprintf(stderr, "usage: kvcache_bench [--blocks N] [--block-kib K] [--dir DIR]\n");
+      return 2;
+    }
+  }
+  // One chain of blocks of random bytes (incompressible, as KV rows are).
+  const BlockHash root = HashBytes("kvcache_bench");
+  std::vector<KvTierBlock> chain;
+  std::mt19937_64 rng(1);
+  BlockHash parent = root;
+  for (int i = 0; i < blocks; ++i) {
+    KvTierBlock b;
+    b.parent = parent;
+    for (int t = 0; t < 16; ++t) b.tokens.push_back(16 * i + t);
+    b.hash = ChainBlockHash(parent, b.tokens);
+    b.bytes.resize(static_cast<size_t>(block_kib) << 10);
+    for (size_t k = 0; k + 8 <= b.bytes.size(); k += 8) {
+      const uint64_t v = rng();
+      std::memcpy(&b.bytes[k], &v, 8);
+    }
+    parent = b.hash;
+    chain.push_back(std::move(b));
+  }
+  const double mb = static_cast<double>(blocks) * block_kib / 1024.0;
+
+  // Plain RocksDB: the same values under the same keys, one Put each.
+  const std::string plain_dir = base + "/kvcache_bench_plain", service_dir = base + "/kvcache_bench_service";
+  std::filesystem::remove_all(plain_dir);
+  std::filesystem::remove_all(service_dir);
+  double plain_put, plain_get;
+  {
+    rocksdb::Options o;
+    o.create_if_missing = true;
+    rocksdb::DB* raw = nullptr;
+    if (!rocksdb::DB::Open(o, plain_dir, &raw).ok()) return 1;
+    std::unique_ptr<rocksdb::DB> db(raw);
+    auto t0 = std::chrono::steady_clock::now();
+    for (const KvTierBlock& b : chain) {
+      if (!db->Put({}, root.Bytes() + b.hash.Bytes(), b.bytes).ok()) return 1;
+    }
+    plain_put = Seconds(t0);
+    t0 = std::chrono::steady_clock::now();
+    std::string v;
+    size_t total = 0;
+    for (const KvTierBlock& b : chain) {
+      if (!db->Get({}, root.Bytes() + b.hash.Bytes(), &v).ok()) return 1;
+      total += v.size();
+    }
+    plain_get = Seconds(t0);
+    if (total != chain.size() * chain[0].bytes.size()) return 1;
+  }
+
+  BlockStore::Options so;
+  so.dir = service_dir;
+  so.min_free_bytes = 64 << 20;
+  auto store = BlockStore::Open(so);
+  if (!store.ok()) {
+    std::fprintf(stderr, "%s\n", store.status().ToString().c_str());
+    return 1;
+  }
+  KvCacheServiceImpl service(store->get());
+  int port = 0;
+  std::unique_ptr<grpc::Server> server = StartServer("127.0.0.1:0", {&service}, &port);
+  KvCacheTier::Options to;
+  to.address = absl::StrCat("127.0.0.1:", port);
+  to.fetch_timeout = absl::Seconds(60);
+  to.max_queued_bytes = int64_t{1} << 40;
+  auto tier = KvCacheTier::Create(to);
+  if (!tier.ok()) return 1;
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < blocks; i += 16) {
+    (*tier)->Store(root, std::vector<KvTierBlock>(chain.begin() + i, chain.begin() + std::min(blocks, i + 16)));
+  }
+  (*tier)->Flush();
+  const double service_put = Seconds(t0);
+  if ((*tier)->stats().stored_blocks != blocks) {
+    std::fprintf(stderr, "stored %lld of %d blocks\n", static_cast<long long>((*tier)->stats().stored_blocks), blocks);
+    return 1;
+  }
+  std::vector<BlockHash> names;
+  for (const KvTierBlock& b : chain) names.push_back(b.hash);
+  t0 = std::chrono::steady_clock::now();
+  absl::StatusOr<std::vector<KvTierBlock>> got = (*tier)->Fetch(root, names);
+  const double service_get = Seconds(t0);
+  if (!got.ok() || static_cast<int>(got->size()) != blocks) {
+    std::fprintf(stderr, "fetched %zu of %d blocks: %s\n", got.ok() ? got->size() : 0, blocks,
+                 got.status().ToString().c_str());
+    return 1;
+  }
+  t0 = std::chrono::steady_clock::now();
+  for (const BlockHash& h : names) {
+    if (!(*store)->Get(root, h).ok()) return 1;
+  }
+  const double store_get = Seconds(t0);
+  server->Shutdown();
+
+  std::printf("kvcache_bench: %d blocks of %d KiB (%.0f MiB), write-ahead log on, no fsync\n", blocks, block_kib, mb);
+  std::printf("%-6s %16s %16s %8s\n", "", "plain RocksDB", "kvcache (gRPC)", "ratio");
+  std::printf("%-6s %11.0f MB/s %11.0f MB/s %7.2fx\n", "put", mb / plain_put, mb / service_put, plain_put / service_put);
+  std::printf("%-6s %11.0f MB/s %11.0f MB/s %7.2fx\n", "get", mb / plain_get, mb / service_get, plain_get / service_get);
+  std::printf("(the store alone, without gRPC: get %.0f MB/s)\n", mb / store_get);
+  std::filesystem::remove_all(plain_dir);
+  std::filesystem::remove_all(service_dir);
+  return 0;
+}
+
+}  // namespace
+}  // namespace moemesh
+
+int main(int argc, char** argv) { return moemesh::Run(argc, argv); }
