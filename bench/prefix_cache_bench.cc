@@ -2,7 +2,10 @@
 // caching off, in the same run:
 //  - a conversation's second turn: time to its first token when it starts
 //    from the blocks its first turn cached, against computing it in full
-//    (median of --repeats conversations, each with its own random tokens);
+//    (median of --repeats conversations, each with its own random tokens),
+//    and when a new engine (a restarted router) serves it, its first turn's
+//    blocks fetched from a kvcache service (in this process, behind a real
+//    loopback gRPC server, on disk in a temporary folder);
 //  - many streams sharing a long system prompt: tokens per second of the
 //    whole batch, and the share of prompt tokens the cache served.
 // By default on the demo model (models/fortune-moe) with conversations that
@@ -12,15 +15,25 @@
 //                                  [--streams 64] [--shared-prompt 900]
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <cstdio>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
+#include <filesystem>
+
+#include <grpcpp/grpcpp.h>
+
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "core/engine/engine.h"
 #include "core/engine/scheduler.h"
+#include "services/common/server_util.h"
+#include "services/kvcache/block_store.h"
+#include "services/kvcache/kvcache_service.h"
+#include "services/kvcache_client/kvcache_tier.h"
 
 namespace moemesh {
 namespace {
@@ -64,8 +77,10 @@ bool Drain(Scheduler* sched) {
 }
 
 // Seconds to the second turn's first token, for conversation `seed`; -1 on
-// an error.
-double SecondTurnSeconds(Engine* engine, const Flags& f, unsigned seed, int64_t* hits) {
+// an error. The first turn runs on `engine`, the second on `second` (a
+// restarted router) when given; `before_second` runs between them.
+double SecondTurnSeconds(Engine* engine, const Flags& f, unsigned seed, int64_t* hits, Engine* second = nullptr,
+                         const std::function<void()>& before_second = nullptr) {
   std::unique_ptr<Scheduler> sched = engine->NewScheduler(8, 4096);
   std::mt19937 rng(seed);
   const int vocab = engine->config().vocab_size;
@@ -78,6 +93,8 @@ double SecondTurnSeconds(Engine* engine, const Flags& f, unsigned seed, int64_t*
   prompt.insert(prompt.end(), answer.begin(), answer.end());
   const std::vector<int> turn = RandomTokens(&rng, kNewTurn, vocab);
   prompt.insert(prompt.end(), turn.begin(), turn.end());
+  if (before_second) before_second();
+  if (second != nullptr) sched = second->NewScheduler(8, 4096);
   bool first = false;
   const auto start = Clock::now();
   if (!sched->Add(prompt, Greedy(1), [&](const StepEvent&) { first = true; }).ok()) return -1;
@@ -159,14 +176,41 @@ int Main(int argc, char** argv) {
     }
     engines[on] = std::move(*e);
   }
+  // A kvcache service, and two engines over it: the first turns run on one,
+  // the second turns on the other.
+  const std::string kv_dir = (std::filesystem::temp_directory_path() / "prefix_cache_bench_kv").string();
+  std::filesystem::remove_all(kv_dir);
+  BlockStore::Options so;
+  so.dir = kv_dir;
+  so.min_free_bytes = 64 << 20;
+  auto store = BlockStore::Open(so);
+  if (!store.ok()) {
+    std::fprintf(stderr, "prefix_cache_bench: %s\n", std::string(store.status().message()).c_str());
+    return 1;
+  }
+  KvCacheServiceImpl service(store->get());
+  int port = 0;
+  std::unique_ptr<grpc::Server> server = StartServer("127.0.0.1:0", {&service}, &port);
+  KvCacheTier::Options to;
+  to.address = absl::StrCat("127.0.0.1:", port);
+  std::shared_ptr<KvCacheTier> tier = std::move(*KvCacheTier::Create(to));
+  std::unique_ptr<Engine> tiered[2];
+  for (auto& e : tiered) {
+    EngineOptions o;
+    o.num_threads = f.threads;
+    o.kv_tier = tier;
+    e = std::move(*Engine::Create(f.model, o));
+  }
   std::printf("model %s, %d thread(s)\n\n", f.model.c_str(), f.threads);
   std::printf("second turn of a %d-token conversation (+%d new tokens), time to first token, median of %d\n",
               f.conversation, kNewTurn, f.repeats);
-  std::vector<double> seconds[2];
-  int64_t hits[2] = {0, 0};
+  std::vector<double> seconds[3];  // computed, cached, restarted
+  int64_t hits[3] = {0, 0, 0};
   for (int r = 0; r < f.repeats; ++r) {
-    for (int on = 0; on < 2; ++on) {
-      const double s = SecondTurnSeconds(engines[on].get(), f, 1000 + r, &hits[on]);
+    for (int on = 0; on < 3; ++on) {
+      const double s = on < 2 ? SecondTurnSeconds(engines[on].get(), f, 1000 + r, &hits[on])
+                              : SecondTurnSeconds(tiered[0].get(), f, 1000 + r, &hits[on], tiered[1].get(),
+                                                  [&tier] { tier->Flush(); });
       if (s < 0) {
         std::fprintf(stderr, "prefix_cache_bench: a step failed\n");
         return 1;
@@ -178,10 +222,12 @@ int Main(int argc, char** argv) {
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
   };
-  const double cached = median(seconds[1]), computed = median(seconds[0]);
+  const double cached = median(seconds[1]), computed = median(seconds[0]), restarted = median(seconds[2]);
   std::printf("%12s %12s %10s %16s\n", "cached ms", "computed ms", "ratio", "cached tokens");
-  std::printf("%12.2f %12.2f %9.3fx %16lld\n\n", cached * 1e3, computed * 1e3, cached / computed,
-              static_cast<long long>(hits[1] / f.repeats));
+  std::printf("%12.2f %12.2f %9.3fx %16lld   (this router's cache)\n", cached * 1e3, computed * 1e3,
+              cached / computed, static_cast<long long>(hits[1] / f.repeats));
+  std::printf("%12.2f %12.2f %9.3fx %16lld   (a restarted router, blocks from the kvcache service)\n\n",
+              restarted * 1e3, computed * 1e3, restarted / computed, static_cast<long long>(hits[2] / f.repeats));
   std::printf("%d streams sharing a %d-token prompt (+%d own tokens, %d generated each)\n", f.streams, f.shared_prompt,
               kStreamTail, kStreamAnswer);
   Batch batch[2];
@@ -195,6 +241,8 @@ int Main(int argc, char** argv) {
   std::printf("%14.1f %14.1f %9.2fx %9.1f%%\n", batch[1].tokens_per_second, batch[0].tokens_per_second,
               batch[1].tokens_per_second / batch[0].tokens_per_second,
               batch[1].queried > 0 ? 100.0 * batch[1].hits / batch[1].queried : 0.0);
+  server->Shutdown();
+  std::filesystem::remove_all(kv_dir);
   return 0;
 }
 
