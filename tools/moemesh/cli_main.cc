@@ -17,6 +17,7 @@
 #include "tools/moemesh/client.h"
 #include "tools/moemesh/commands.h"
 #include "tools/moemesh/progress.h"
+#include "tools/moemesh/kv.h"
 #include "tools/moemesh/up.h"
 #ifdef MOEMESH_WITH_CUDA
 #include "core/engine/cuda/cuda_forward_pass.h"
@@ -88,6 +89,8 @@ ABSL_FLAG(int, timeout_ms, 0, "deadline of the call in milliseconds; 0: none");
 ABSL_FLAG(std::vector<std::string>, stop, {}, "stop sequences, comma separated");
 ABSL_FLAG(int, logprobs, 0, "top-n log probabilities per token (0-20)");
 ABSL_FLAG(std::string, session_id, "", "session id (requests of a session share a router)");
+ABSL_FLAG(std::string, start_after, "", "list the sessions after this id (the last one of the previous page)");
+ABSL_FLAG(int, limit, 100, "at most this many sessions (1 to 1000)");
 ABSL_FLAG(std::string, text, "", "the text");
 ABSL_FLAG(std::string, ids, "", "token ids, comma separated");
 ABSL_FLAG(std::string, model_name, "", "the model's name (default: the only one served)");
@@ -210,6 +213,22 @@ const std::vector<Command>& CliCommands() {
                   "moemesh client models --target HOST:PORT",
                   "",
                   {{"flags", {target, timeout}}}});
+    const FlagUse kv_target = {"target", "the kvcache service, HOST:PORT (required)"};
+    c->push_back({"kv stats",
+                  "a kvcache service's blocks, bytes, sessions and evictions",
+                  "moemesh kv stats --target HOST:PORT",
+                  "",
+                  {{"flags", {kv_target, timeout}}}});
+    c->push_back({"kv sessions",
+                  "list a kvcache service's sessions",
+                  "moemesh kv sessions --target HOST:PORT [--start-after ID] [--limit 100]",
+                  "Prints one JSON line per session, in id order: its id, token count, version and last write.",
+                  {{"flags", {kv_target, {"start_after"}, {"limit"}, timeout}}}});
+    c->push_back({"kv delete-session",
+                  "delete a session from a kvcache service",
+                  "moemesh kv delete-session --target HOST:PORT --session-id ID",
+                  "",
+                  {{"flags", {kv_target, {"session_id", "the session to delete (required)"}, timeout}}}});
     c->push_back({"help", "list the commands, or a command's flags", "moemesh help [COMMAND]", "", {}});
     c->push_back({"version",
                   "print the version, the commit and how it was built",
@@ -358,6 +377,18 @@ int ClientMain(const std::string& sub) {
   return ExitWith(RunClientModels(opt, std::cout));  // "models"
 }
 
+int KvMain(const std::string& sub) {
+  ClientOptions opt{absl::GetFlag(FLAGS_target), absl::GetFlag(FLAGS_timeout_ms)};
+  if (opt.target.empty()) {
+    return ExitWith(absl::InvalidArgumentError("--target HOST:PORT (the kvcache service) is required"));
+  }
+  if (sub == "stats") return ExitWith(RunKvStats(opt, std::cout));
+  if (sub == "sessions") {
+    return ExitWith(RunKvSessions(opt, absl::GetFlag(FLAGS_start_after), absl::GetFlag(FLAGS_limit), std::cout));
+  }
+  return ExitWith(RunKvDeleteSession(opt, absl::GetFlag(FLAGS_session_id), std::cout));  // "delete-session"
+}
+
 // Runs a command that loads a model: generate, score or eval.
 int ModelCommandMain(const std::string& command) {
   std::string model = absl::GetFlag(FLAGS_model);
@@ -472,6 +503,7 @@ int CliMain(int argc, char** argv) {
   }
   if (name == "up") return UpMain();
   if (name.rfind("client ", 0) == 0) return ClientMain(name.substr(7));
+  if (name.rfind("kv ", 0) == 0) return KvMain(name.substr(3));
   if (name == "tokenize" || name == "detokenize") {
     TokenizeCommand cmd{absl::GetFlag(FLAGS_tokenizer), absl::GetFlag(FLAGS_add_special_tokens),
                         absl::GetFlag(FLAGS_skip_special_tokens)};

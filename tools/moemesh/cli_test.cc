@@ -1,6 +1,7 @@
 #include "tools/moemesh/cli.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <regex>
 #include <sstream>
 
@@ -13,6 +14,9 @@
 #include "core/tokenizer/tokenizer.h"
 #include "nlohmann/json.hpp"
 #include "gtest/gtest.h"
+#include "services/common/server_util.h"
+#include "services/kvcache/block_store.h"
+#include "services/kvcache/kvcache_service.h"
 
 namespace moemesh {
 namespace {
@@ -28,6 +32,55 @@ int RunCli(std::vector<std::string> args, std::string* out, std::string* err) {
   *out = ::testing::internal::GetCapturedStdout();
   *err = ::testing::internal::GetCapturedStderr();
   return rc;
+}
+
+// `moemesh kv` against a real kvcache service on loopback.
+TEST(CliTest, KvCommandsTalkToAKvcacheService) {
+  BlockStore::Options o;
+  o.dir = ::testing::TempDir() + "/cli_kv";
+  std::filesystem::remove_all(o.dir);
+  o.min_free_bytes = 16 << 20;
+  auto store = BlockStore::Open(o);
+  ASSERT_TRUE(store.ok()) << store.status();
+  for (const char* id : {"alpha", "beta", "gamma"}) {
+    SessionRecord r;
+    r.id = id;
+    r.tokens = {1, 2, 3};
+    ASSERT_TRUE((*store)->PutSession(r).ok());
+  }
+  KvCacheServiceImpl service(store->get());
+  int port = 0;
+  std::unique_ptr<grpc::Server> server = StartServer("127.0.0.1:0", {&service}, &port);
+  ASSERT_NE(server, nullptr);
+  const std::string target = "--target=127.0.0.1:" + std::to_string(port);
+  std::string out, err;
+  ASSERT_EQ(RunCli({"kv", "stats", target}, &out, &err), 0) << err;
+  nlohmann::json stats = nlohmann::json::parse(out);
+  EXPECT_EQ(stats["sessions"], 3);
+  EXPECT_EQ(stats["blocks"], 0);
+
+  ASSERT_EQ(RunCli({"kv", "sessions", target, "--limit=2"}, &out, &err), 0) << err;
+  std::vector<std::string> lines = absl::StrSplit(out, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 2u) << out;
+  EXPECT_EQ(nlohmann::json::parse(lines[0])["session_id"], "alpha");
+  EXPECT_EQ(nlohmann::json::parse(lines[1])["tokens"], 3);
+  ASSERT_EQ(RunCli({"kv", "sessions", target, "--start-after=beta"}, &out, &err), 0) << err;
+  EXPECT_EQ(nlohmann::json::parse(out)["session_id"], "gamma");
+
+  ASSERT_EQ(RunCli({"kv", "delete-session", target, "--session-id=beta"}, &out, &err), 0) << err;
+  EXPECT_EQ(nlohmann::json::parse(out)["deleted"], "beta");
+  EXPECT_EQ((*store)->stats().sessions, 2);
+  // Errors: the service's status, or a missing flag, and a non-zero exit.
+  EXPECT_NE(RunCli({"kv", "delete-session", target, "--session-id=beta"}, &out, &err), 0);
+  EXPECT_TRUE(absl::StrContains(err, "no session 'beta'")) << err;
+  EXPECT_EQ(RunCli({"kv", "delete-session", target}, &out, &err), 2);
+  EXPECT_TRUE(absl::StrContains(err, "--session-id")) << err;
+  EXPECT_EQ(RunCli({"kv", "sessions", target, "--limit=5000"}, &out, &err), 2);
+  EXPECT_EQ(RunCli({"kv", "stats"}, &out, &err), 2);
+  EXPECT_TRUE(absl::StrContains(err, "--target")) << err;
+  ASSERT_EQ(RunCli({"kv", "sessions", "--help"}, &out, &err), 0);
+  EXPECT_TRUE(absl::StrContains(out, "--start-after")) << out;
+  server->Shutdown();
 }
 
 TEST(CliTest, ParseTokenIds) {
