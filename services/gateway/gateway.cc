@@ -1,5 +1,6 @@
 #include "services/gateway/gateway.h"
 
+#include <algorithm>
 #include <optional>
 #include <string>
 #include <vector>
@@ -58,9 +59,37 @@ void Gateway::Rejected(const absl::Status& st) {
   if (metrics_) metrics_->CountRejected(CodeName(st));
 }
 
+absl::StatusOr<v1::RouterGenerateRequest> Gateway::BuildTurn(const v1::GenerateRequest& request,
+                                                             std::optional<SessionTurn>* session) {
+  if (!request.continue_session()) return BuildRouterRequest(request, tokenizer_, model_);
+  if (request.session_id().empty()) return absl::InvalidArgumentError("continue_session: needs a session_id");
+  if (options_.sessions == nullptr) {
+    return absl::FailedPreconditionError(
+        "continue_session: this gateway keeps no sessions (start it with --kvcache HOST:PORT)");
+  }
+  MM_RETURN_IF_ERROR(CheckModelName(request.model(), model_));
+  absl::StatusOr<SessionHistory> history = options_.sessions->Load(request.session_id());
+  if (!history.ok()) {
+    if (absl::IsFailedPrecondition(history.status())) return history.status();
+    return absl::UnavailableError(absl::StrCat("the session store cannot be read: ", history.status().message()));
+  }
+  // A later turn's text continues the conversation: no BOS in its middle.
+  v1::GenerateRequest turn = request;
+  if (!history->tokens.empty() && !turn.has_add_special_tokens()) turn.set_add_special_tokens(false);
+  MM_ASSIGN_OR_RETURN(v1::RouterGenerateRequest routed, BuildRouterRequest(turn, tokenizer_, model_));
+  const int window = options_.session_window > 0 ? std::min(options_.session_window, model_.context_length)
+                                                 : model_.context_length;
+  MM_ASSIGN_OR_RETURN(SessionTurn t,
+                      ComposeSessionTurn(*history, routed.prompt_ids(), request.max_tokens(), window));
+  routed.mutable_prompt_ids()->Assign(t.prompt.begin(), t.prompt.end());
+  session->emplace(std::move(t));
+  return routed;
+}
+
 absl::Status Gateway::GenerateImpl(const v1::GenerateRequest& request, const RouterCallContext& new_router_call,
                                    const ResponseSink& sink) {
-  absl::StatusOr<v1::RouterGenerateRequest> routed = BuildRouterRequest(request, tokenizer_, model_);
+  std::optional<SessionTurn> session;
+  absl::StatusOr<v1::RouterGenerateRequest> routed = BuildTurn(request, &session);
   if (!routed.ok()) {
     Rejected(routed.status());
     return routed.status();
@@ -135,7 +164,15 @@ absl::Status Gateway::GenerateImpl(const v1::GenerateRequest& request, const Rou
       }
     }
     absl::Status st = FromGrpcStatus(reader->Finish());
-    if (finished) return absl::OkStatus();
+    if (finished) {
+      // The answer is out: a session that cannot be saved (another turn
+      // wrote first, the store is down) is counted, not the request failed.
+      if (session && !options_.sessions->Save(request.session_id(), NextHistory(*session, output_ids)).ok() &&
+          metrics_) {
+        metrics_->CountSessionSaveError();
+      }
+      return absl::OkStatus();
+    }
     if (st.ok()) return absl::InternalError("the router ended the stream without a finish reason");
     // Nothing was sent yet: another router can take the whole request.
     if (!received && absl::IsUnavailable(st)) {

@@ -4,12 +4,14 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <optional>
 
 #include <grpcpp/client_context.h>
 
 #include "absl/status/status.h"
 #include "moemesh/v1/gateway.pb.h"
 #include "services/gateway/request_builder.h"
+#include "services/gateway/session.h"
 
 namespace moemesh {
 
@@ -27,6 +29,13 @@ class Gateway {
  public:
   struct Options {
     int max_in_flight = 512;
+    // Where sessions are kept (GenerateRequest.continue_session); null:
+    // nowhere, and such requests get FAILED_PRECONDITION. Must outlive the
+    // gateway.
+    SessionClient* sessions = nullptr;
+    // Tokens a session's turn may take, history and max_tokens included;
+    // 0: the model's context.
+    int session_window = 0;
   };
   // Makes the context of one router call. The gRPC adapter derives it from
   // the client's call (grpc::ClientContext::FromServerContext), so the
@@ -66,6 +75,11 @@ class Gateway {
   absl::Status GenerateImpl(const v1::GenerateRequest& request, const RouterCallContext& new_router_call,
                             const ResponseSink& sink);
   void Rejected(const absl::Status& st);
+  // For continue_session: loads the session and returns it with the turn's
+  // router request, the prompt then holding its history; without
+  // continue_session, the plain router request.
+  absl::StatusOr<v1::RouterGenerateRequest> BuildTurn(const v1::GenerateRequest& request,
+                                                      std::optional<SessionTurn>* session);
 
   const Tokenizer* tokenizer_;
   const ServedModel model_;

@@ -68,11 +68,19 @@ GatewayMetrics::GatewayMetrics(prometheus::Registry& r) {
                    .Name("moemesh_requests_rejected_total")
                    .Help("Requests refused before generation, by reason (the gRPC status code).")
                    .Register(r);
+  session_save_errors_ = &prometheus::BuildCounter()
+                              .Name("moemesh_session_save_errors_total")
+                              .Help("Session turns answered whose history could not be saved (another turn of the "
+                                    "session wrote first, or the kvcache service was unreachable).")
+                              .Register(r)
+                              .Add({});
 }
 
 void GatewayMetrics::CountStatus(const std::string& code) { status_->Add({{"code", code}}).Increment(); }
 
 void GatewayMetrics::CountRejected(const std::string& reason) { rejected_->Add({{"reason", reason}}).Increment(); }
+
+void GatewayMetrics::CountSessionSaveError() { session_save_errors_->Increment(); }
 
 GatewayMetrics::Request::Request(GatewayMetrics* m) : m_(m), start_(std::chrono::steady_clock::now()) {
   m_->waiting_->Increment();

@@ -58,12 +58,14 @@ class GatewayMetrics {
   void CountStatus(const std::string& code);
   // A request refused before it reached a router.
   void CountRejected(const std::string& reason);
+  // A session turn whose answer could not be saved to the session's history.
+  void CountSessionSaveError();
 
  private:
   friend class Request;
   prometheus::Histogram *ttft_, *itl_, *e2e_, *queue_;
   prometheus::Summary *ttft_window_, *itl_window_, *e2e_window_;
-  prometheus::Counter *prompt_tokens_, *generation_tokens_, *aborted_, *repetitive_;
+  prometheus::Counter *prompt_tokens_, *generation_tokens_, *aborted_, *repetitive_, *session_save_errors_;
   prometheus::Gauge *running_, *waiting_;
   prometheus::Family<prometheus::Counter>* finished_;
   prometheus::Family<prometheus::Counter>* status_;

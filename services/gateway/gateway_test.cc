@@ -3,6 +3,7 @@
 #include "services/gateway/gateway.h"
 
 #include <chrono>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <thread>
@@ -19,6 +20,8 @@
 #include "gtest/gtest.h"
 #include "services/common/server_util.h"
 #include "services/gateway/router_pool.h"
+#include "services/kvcache/block_store.h"
+#include "services/kvcache/kvcache_service.h"
 #include "services/router/local_router.h"
 
 namespace moemesh {
@@ -34,11 +37,13 @@ struct TestGateway {
   RouterPool pool;
   std::unique_ptr<Gateway> gateway;
 
-  explicit TestGateway(const std::vector<std::string>& routers, int max_in_flight = 512) : pool(routers) {
+  explicit TestGateway(const std::vector<std::string>& routers, int max_in_flight = 512)
+      : TestGateway(routers, Gateway::Options{max_in_flight}) {}
+  TestGateway(const std::vector<std::string>& routers, const Gateway::Options& options) : pool(routers) {
     tokenizer = std::move(*LoadTokenizer(kModel));
     auto config = LoadModelConfig(kModel);
     ServedModel model{"fortune-moe", "deepseek_v3", config->vocab_size, config->context_length()};
-    gateway = std::make_unique<Gateway>(tokenizer.get(), model, &pool, Gateway::Options{max_in_flight});
+    gateway = std::make_unique<Gateway>(tokenizer.get(), model, &pool, options);
   }
 };
 
@@ -108,6 +113,87 @@ TEST(GatewayTest, StreamsTextWithUsage) {
   EXPECT_EQ(a.usage.prompt_tokens(), static_cast<int>(gw.tokenizer->Encode("The meaning of life is", true)->size()));
   EXPECT_EQ(a.usage.completion_tokens(), 8);
   EXPECT_EQ(gw.gateway->in_flight(), 0);
+}
+
+// A session over two turns: the second turn's prompt is the first's prompt
+// and answer, then its own text (without BOS), and it answers exactly as
+// that whole prompt sent as token ids does; each turn is saved. The window
+// leaves out the oldest whole turns, and refuses a turn that alone does
+// not fit; without a session id or a store, continue_session is refused.
+TEST(GatewayTest, SessionsContinueTheStoredConversation) {
+  LocalRouter router(kModel);
+  BlockStore::Options so;
+  so.dir = ::testing::TempDir() + "/gateway_sessions";
+  std::filesystem::remove_all(so.dir);
+  so.min_free_bytes = 16 << 20;
+  std::unique_ptr<BlockStore> store = std::move(*BlockStore::Open(so));
+  KvCacheServiceImpl service(store.get());
+  int port = 0;
+  std::unique_ptr<grpc::Server> server = StartServer("127.0.0.1:0", {&service}, &port);
+  ASSERT_NE(server, nullptr);
+  SessionClient sessions("127.0.0.1:" + std::to_string(port), HashBytes("gateway_test"));
+  Gateway::Options options;
+  options.sessions = &sessions;
+  TestGateway gw({router.address()}, options);
+  auto turn = [](const std::string& text, int max_tokens) {
+    v1::GenerateRequest r = TextRequest(text, max_tokens);
+    r.set_session_id("chat");
+    r.set_continue_session(true);
+    return r;
+  };
+
+  Answer a1 = Generate(*gw.gateway, turn("The meaning of life is", 8));
+  ASSERT_TRUE(a1.status.ok()) << a1.status;
+  std::vector<int> history = *gw.tokenizer->Encode("The meaning of life is", true);
+  EXPECT_EQ(a1.usage.prompt_tokens(), static_cast<int>(history.size()));
+  const int first_turn = static_cast<int>(history.size() + a1.ids.size());
+  history.insert(history.end(), a1.ids.begin(), a1.ids.end());
+  absl::StatusOr<SessionHistory> saved = sessions.Load("chat");
+  ASSERT_TRUE(saved.ok()) << saved.status();
+  EXPECT_EQ(saved->tokens, history);
+  EXPECT_EQ(saved->turn_starts, (std::vector<int>{0}));
+  EXPECT_EQ(saved->version, 1);
+
+  Answer a2 = Generate(*gw.gateway, turn(" And then", 6));
+  ASSERT_TRUE(a2.status.ok()) << a2.status;
+  std::vector<int> whole = history;
+  const std::vector<int> second = *gw.tokenizer->Encode(" And then", false);
+  whole.insert(whole.end(), second.begin(), second.end());
+  v1::GenerateRequest direct = TextRequest("", 6);
+  direct.mutable_token_ids()->mutable_ids()->Assign(whole.begin(), whole.end());
+  Answer d = Generate(*gw.gateway, direct);
+  ASSERT_TRUE(d.status.ok()) << d.status;
+  EXPECT_EQ(a2.ids, d.ids);
+  EXPECT_EQ(a2.usage.prompt_tokens(), static_cast<int>(whole.size()));
+  saved = sessions.Load("chat");
+  EXPECT_EQ(saved->version, 2);
+  EXPECT_EQ(saved->turn_starts, (std::vector<int>{0, first_turn}));
+  EXPECT_EQ(saved->tokens.size(), whole.size() + a2.ids.size());
+
+  // A window with room for the second and a third turn, not the first: the
+  // first turn is left out, whole.
+  Gateway::Options narrow = options;
+  narrow.session_window = static_cast<int>(saved->tokens.size()) - first_turn + 8;
+  TestGateway gw2({router.address()}, narrow);
+  Answer a3 = Generate(*gw2.gateway, turn(" Yes", 4));
+  ASSERT_TRUE(a3.status.ok()) << a3.status;
+  saved = sessions.Load("chat");
+  EXPECT_EQ(saved->turn_starts.size(), 2u);  // the second turn, now first, and the third
+  EXPECT_EQ(saved->turn_starts[0], 0);
+  EXPECT_LE(static_cast<int>(saved->tokens.size()), narrow.session_window);
+  // A turn that alone exceeds the window.
+  Answer too_long = Generate(*gw2.gateway, turn(" Yes", narrow.session_window));
+  EXPECT_EQ(too_long.status.code(), absl::StatusCode::kInvalidArgument) << too_long.status;
+  EXPECT_NE(too_long.status.message().find("session window"), absl::string_view::npos) << too_long.status;
+
+  v1::GenerateRequest no_id = turn("hi", 2);
+  no_id.clear_session_id();
+  EXPECT_EQ(Generate(*gw.gateway, no_id).status.code(), absl::StatusCode::kInvalidArgument);
+  TestGateway no_store({router.address()});
+  Answer refused = Generate(*no_store.gateway, turn("hi", 2));
+  EXPECT_EQ(refused.status.code(), absl::StatusCode::kFailedPrecondition) << refused.status;
+  EXPECT_EQ(refused.router_calls, 0);
+  server->Shutdown();
 }
 
 TEST(GatewayTest, ValidationRefusesBeforeAnyRouterIsCalled) {

@@ -23,6 +23,12 @@ ABSL_FLAG(std::string, model_name, "", "name clients use for the model; default:
 ABSL_FLAG(std::string, tokenizer, "", "tokenizer.json or .model file; default: the one in --model");
 ABSL_FLAG(std::string, routers, "", "routers, comma-separated HOST:PORT");
 ABSL_FLAG(int, max_in_flight, 512, "requests in progress before RESOURCE_EXHAUSTED");
+ABSL_FLAG(std::string, kvcache, "",
+          "a kvcache service (HOST:PORT) that keeps sessions: requests with continue_session continue the "
+          "session's stored conversation");
+ABSL_FLAG(int, session_window, 0,
+          "tokens a session's turn may take, history and max_tokens included; the oldest whole turns are left out "
+          "past it (0: the model's context)");
 
 namespace moemesh {
 namespace {
@@ -32,7 +38,8 @@ struct Options {
   std::string model_name;  // empty: the directory's name
   std::string tokenizer;   // empty: the one in model_dir, if any
   std::vector<std::string> routers;
-  Gateway::Options gateway;
+  Gateway::Options gateway;  // sessions are set from `kvcache`
+  std::string kvcache;
 
   static Options FromFlags() {
     Options o;
@@ -41,6 +48,8 @@ struct Options {
     o.tokenizer = absl::GetFlag(FLAGS_tokenizer);
     o.routers = absl::StrSplit(absl::GetFlag(FLAGS_routers), ',', absl::SkipWhitespace());
     o.gateway.max_in_flight = absl::GetFlag(FLAGS_max_in_flight);
+    o.gateway.session_window = absl::GetFlag(FLAGS_session_window);
+    o.kvcache = absl::GetFlag(FLAGS_kvcache);
     return o;
   }
 
@@ -48,6 +57,7 @@ struct Options {
     if (model_dir.empty()) return absl::InvalidArgumentError("--model DIR is required");
     if (routers.empty()) return absl::InvalidArgumentError("--routers HOST:PORT[,...] is required");
     if (gateway.max_in_flight < 1) return absl::InvalidArgumentError("--max-in-flight must be >= 1");
+    if (gateway.session_window < 0) return absl::InvalidArgumentError("--session-window must not be negative");
     return absl::OkStatus();
   }
 
@@ -85,7 +95,15 @@ int Main(int argc, char** argv) {
   RouterPool pool(options.routers);
   auto registry = std::make_shared<prometheus::Registry>();
   GatewayMetrics metrics(*registry);
-  Gateway gateway(tokenizer.get(), model, &pool, options.gateway, &metrics);
+  // Sessions hold token ids: they belong to this model name and vocabulary.
+  std::unique_ptr<SessionClient> sessions;
+  Gateway::Options gateway_options = options.gateway;
+  if (!options.kvcache.empty()) {
+    sessions = std::make_unique<SessionClient>(
+        options.kvcache, HashBytes(absl::StrCat("moemesh-session/1 ", model.name, " vocab=", model.vocab_size)));
+    gateway_options.sessions = sessions.get();
+  }
+  Gateway gateway(tokenizer.get(), model, &pool, gateway_options, &metrics);
   GatewayServiceImpl service(&gateway);
   return service_main.Serve({&service}, registry, [&] { return gateway.in_flight(); });
 }

@@ -338,6 +338,7 @@ std::string SessionBody(const SessionRecord& r) {
   PutU64(&body, static_cast<uint64_t>(r.version));
   PutU64(&body, static_cast<uint64_t>(absl::ToUnixMicros(r.updated)));
   PutTokens(&body, r.tokens);
+  PutTokens(&body, r.turn_starts);
   return body;
 }
 
@@ -349,7 +350,8 @@ absl::StatusOr<SessionRecord> ParseSession(const std::string& id, absl::string_v
   rec.id = id;
   absl::string_view root;
   uint64_t version, micros;
-  if (!r.Bytes(16, &root) || !r.U64(&version) || !r.U64(&micros) || !r.Tokens(&rec.tokens)) {
+  if (!r.Bytes(16, &root) || !r.U64(&version) || !r.U64(&micros) || !r.Tokens(&rec.tokens) ||
+      !r.Tokens(&rec.turn_starts)) {
     return absl::DataLossError(absl::StrCat("session ", id, " is malformed"));
   }
   rec.root = *BlockHash::FromBytes(root);
@@ -381,6 +383,13 @@ absl::StatusOr<SessionRecord> BlockStore::PutSession(SessionRecord record, int64
                                                    " tokens; the store keeps at most ", options_.max_session_tokens));
   }
   if (absl::Status st = CheckSpace(); !st.ok()) return st;
+  for (size_t i = 0; i < record.turn_starts.size(); ++i) {
+    const int t = record.turn_starts[i];
+    if ((i == 0 && t != 0) || (i > 0 && t <= record.turn_starts[i - 1]) || t >= static_cast<int>(record.tokens.size())) {
+      return absl::InvalidArgumentError(absl::StrCat("session '", record.id, "': turn_starts must be ascending offsets "
+                                                     "into its tokens, the first 0"));
+    }
+  }
   absl::MutexLock lock(&mu_);  // the version check and the write are one step
   std::string old;
   rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), handles_[kSessions], record.id, &old);

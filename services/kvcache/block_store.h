@@ -38,6 +38,7 @@ struct SessionRecord {
   std::string id;
   BlockHash root;
   std::vector<int> tokens;
+  std::vector<int> turn_starts;  // where each turn begins in `tokens`
   int64_t version = 0;
   absl::Time updated;
 };
@@ -101,6 +102,8 @@ class BlockStore {
   // NOT_FOUND when unknown or expired.
   absl::StatusOr<SessionRecord> GetSession(const std::string& id);
   // Writes `record` (its version and time are set here and returned).
+  // INVALID_ARGUMENT for turn starts that are not ascending offsets into
+  // the tokens beginning at 0.
   // expected_version >= 0: only if the stored version is that (0: the
   // session does not exist yet), else ABORTED.
   absl::StatusOr<SessionRecord> PutSession(SessionRecord record, int64_t expected_version = -1);

@@ -35,7 +35,10 @@ absl::StatusOr<std::vector<BlockHash>> ParseChain(const google::protobuf::Repeat
 void ToProto(const SessionRecord& r, bool with_tokens, v1::Session* out) {
   out->set_session_id(r.id);
   out->set_root(r.root.Bytes());
-  if (with_tokens) out->mutable_tokens()->Assign(r.tokens.begin(), r.tokens.end());
+  if (with_tokens) {
+    out->mutable_tokens()->Assign(r.tokens.begin(), r.tokens.end());
+    out->mutable_turn_starts()->Assign(r.turn_starts.begin(), r.turn_starts.end());
+  }
   out->set_version(r.version);
   out->set_updated_unix_ms(absl::ToUnixMillis(r.updated));
   out->set_token_count(static_cast<int>(r.tokens.size()));
@@ -177,6 +180,7 @@ grpc::Status KvCacheServiceImpl::PutSession(grpc::ServerContext*, const v1::PutS
   record.id = request->session_id();
   record.root = *root;
   record.tokens.assign(request->tokens().begin(), request->tokens().end());
+  record.turn_starts.assign(request->turn_starts().begin(), request->turn_starts().end());
   const int64_t expected = request->create_only() ? 0 : request->expected_version() > 0 ? request->expected_version()
                                                                                         : -1;
   absl::StatusOr<SessionRecord> r = store_->PutSession(std::move(record), expected);

@@ -259,6 +259,7 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
     specs = {{"gateway", "gateway",
               {gateway_bin, "--model=" + model, "--routers=" + absl::StrJoin(router_addrs, ","), host,
                absl::StrCat("--port=", cmd.port)}}};
+    if (!kvcache.empty()) specs[0].argv.push_back("--kvcache=" + kvcache[0].address);
     st = StartTier(specs, "the gateway", cmd.start_timeout, cmd.terminal, &startup, &gateway);
   }
   status.Clear();
