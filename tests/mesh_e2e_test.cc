@@ -17,10 +17,12 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "core/common/subprocess.h"
+#include "core/metrics/http_get.h"
 #include "gtest/gtest.h"
 #include "moemesh/v1/gateway.grpc.pb.h"
 #include "moemesh/v1/router.grpc.pb.h"
@@ -64,14 +66,21 @@ class Mesh {
     target_ = *gw;
     gateway_ = v1::Gateway::NewStub(grpc::CreateCustomChannel(*gw, grpc::InsecureChannelCredentials(),
                                                               ClientChannelArguments()));
-    // "  router 0 on 127.0.0.1:123 (pid 45)", "  expert shard 0 replica 1 on ..."
+    // "  router 0 on 127.0.0.1:123 (pid 45)", "  expert shard 0 replica 1 on ...",
+    // "  kvcache on ...", "  metrics of router 0 at http://HOST:PORT/metrics"
     for (const std::string& line : up_->lines()) {
+      if (absl::StartsWith(line, "  metrics of router ")) {
+        std::string url = line.substr(line.find("http://") + 7);
+        router_metrics_.push_back(url.substr(0, url.find('/')));
+      }
       std::vector<std::string> w = absl::StrSplit(line, ' ', absl::SkipEmpty());
       if (w.size() < 5 || !absl::StrContains(line, "(pid ")) continue;
       int pid = 0;
       (void)absl::SimpleAtoi(absl::StripSuffix(w.back(), ")"), &pid);
+      if (w[0] == "kvcache") kvcache_address_ = w[2];
       if (w[0] == "router") {
         router_addresses_.push_back(w[3]);
+        router_pids_.push_back(pid);
         routers_.push_back(v1::Router::NewStub(
             grpc::CreateCustomChannel(w[3], grpc::InsecureChannelCredentials(), ClientChannelArguments())));
       } else if (w[0] == "expert") {
@@ -92,6 +101,23 @@ class Mesh {
   v1::Router::Stub* router(int i) { return routers_[i].get(); }
   int expert_pid(int shard, int replica) { return expert_pids_[{shard, replica}]; }
   const std::vector<std::string>& router_addresses() const { return router_addresses_; }
+  int router_pid(int i) const { return router_pids_[i]; }
+  const std::string& kvcache_address() const { return kvcache_address_; }
+  // A counter's value on router i's /metrics, or -1.
+  double RouterCounter(int i, const std::string& name) {
+    const std::string& hp = router_metrics_[i];
+    absl::StatusOr<std::string> body = HttpGet(hp.substr(0, hp.rfind(':')), std::stoi(hp.substr(hp.rfind(':') + 1)),
+                                               "/metrics");
+    if (!body.ok()) return -1;
+    for (absl::string_view line : absl::StrSplit(*body, '\n')) {
+      if (absl::StartsWith(line, name + " ")) {
+        double v = -1;
+        (void)absl::SimpleAtod(line.substr(name.size() + 1), &v);
+        return v;
+      }
+    }
+    return -1;
+  }
 
   v1::RouterStatus RouterStatus(int i) {
     grpc::ClientContext ctx;
@@ -106,6 +132,9 @@ class Mesh {
   std::unique_ptr<v1::Gateway::Stub> gateway_;
   std::vector<std::unique_ptr<v1::Router::Stub>> routers_;
   std::vector<std::string> router_addresses_;
+  std::vector<int> router_pids_;
+  std::vector<std::string> router_metrics_;  // HOST:PORT of each router's /metrics
+  std::string kvcache_address_;
   std::map<std::pair<int, int>, int> expert_pids_;
   std::vector<int> pids_;
 };
@@ -193,6 +222,43 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, MeshTest,
                          [](const auto& info) {
                            return std::get<0>(info.param) + "_" + std::to_string(std::get<1>(info.param)) + "_shards";
                          });
+
+// A session whose home router dies continues on the other router: the
+// gateway sends the stored history with the new turn, the other router
+// fetches the history's KV blocks from the kvcache service instead of
+// computing them, and the answer equals the single-process engine's on the
+// whole conversation.
+TEST(MeshSessionTest, ASessionContinuesOnAnotherRouterFromTheKvcacheService) {
+  const std::string model = "tests/fixtures/qwen3_moe";
+  Mesh mesh(model, 1, 1, 2);
+  ASSERT_TRUE(mesh.ok());
+  ASSERT_FALSE(mesh.kvcache_address().empty());
+  std::vector<int> first;
+  for (int i = 0; i < 40; ++i) first.push_back((i * 37 + 11) % 500);
+  v1::GenerateRequest turn1 = IdsRequest(first, 8);
+  turn1.set_session_id("conversation");
+  turn1.set_continue_session(true);
+  Answer a1 = Generate(mesh.gateway(), turn1);
+  ASSERT_TRUE(a1.status.ok()) << a1.status.error_message();
+  ASSERT_EQ(a1.ids.size(), 8u);
+
+  const int home = HashRing(mesh.router_addresses()).Order("conversation")[0];
+  ASSERT_EQ(kill(mesh.router_pid(home), SIGKILL), 0);
+  const std::vector<int> second = {3, 1, 4, 1, 5};
+  v1::GenerateRequest turn2 = IdsRequest(second, 8);
+  turn2.set_session_id("conversation");
+  turn2.set_continue_session(true);
+  Answer a2 = Generate(mesh.gateway(), turn2);
+  ASSERT_TRUE(a2.status.ok()) << a2.status.error_message();
+
+  std::vector<int> whole = first;
+  whole.insert(whole.end(), a1.ids.begin(), a1.ids.end());
+  whole.insert(whole.end(), second.begin(), second.end());
+  EXPECT_EQ(a2.ids, SingleProcessTokens(model, absl::StrJoin(whole, ","), 8));
+  // The first turn computed 40 + 7 positions: 2 blocks of 16 came back from
+  // the service on the other router.
+  EXPECT_EQ(mesh.RouterCounter(1 - home, "moemesh_router_kv_tier_hit_tokens_total"), 32);
+}
 
 // Mixed requests for the demo model: text prompts, lengths, sampling.
 std::vector<v1::GenerateRequest> MixedRequests(int n) {

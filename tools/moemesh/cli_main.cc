@@ -89,6 +89,9 @@ ABSL_FLAG(int, timeout_ms, 0, "deadline of the call in milliseconds; 0: none");
 ABSL_FLAG(std::vector<std::string>, stop, {}, "stop sequences, comma separated");
 ABSL_FLAG(int, logprobs, 0, "top-n log probabilities per token (0-20)");
 ABSL_FLAG(std::string, session_id, "", "session id (requests of a session share a router)");
+ABSL_FLAG(bool, continue_session, false,
+          "with --session-id: continue the session's stored conversation (a gateway with --kvcache): send only the "
+          "new turn");
 ABSL_FLAG(std::string, start_after, "", "list the sessions after this id (the last one of the previous page)");
 ABSL_FLAG(int, limit, 100, "at most this many sessions (1 to 1000)");
 ABSL_FLAG(std::string, text, "", "the text");
@@ -194,6 +197,7 @@ const std::vector<Command>& CliCommands() {
                      {"keep_special_tokens"},
                      {"logprobs"},
                      {"session_id"},
+                     {"continue_session"},
                      {"output"},
                      timeout}},
                    {"sampling", sampling}}});
@@ -344,6 +348,7 @@ absl::StatusOr<v1::GenerateRequest> ClientGenerateRequest() {
   r.set_ignore_eos(absl::GetFlag(FLAGS_ignore_eos));
   r.set_logprobs(absl::GetFlag(FLAGS_logprobs));
   r.set_session_id(absl::GetFlag(FLAGS_session_id));
+  r.set_continue_session(absl::GetFlag(FLAGS_continue_session));
   r.set_skip_special_tokens(!absl::GetFlag(FLAGS_keep_special_tokens));
   return r;
 }
