@@ -105,14 +105,15 @@ int Run(int argc, char** argv) {
   int port = 0;
   std::unique_ptr<grpc::Server> server = StartServer("127.0.0.1:0", {&service}, &port);
   KvCacheTier::Options to;
-  to.address = absl::StrCat("127.0.0.1:", port);
+  to.addresses = {absl::StrCat("127.0.0.1:", port)};
   to.fetch_timeout = absl::Seconds(60);
   to.max_queued_bytes = int64_t{1} << 40;
   auto tier = KvCacheTier::Create(to);
   if (!tier.ok()) return 1;
   auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < blocks; i += 16) {
-    (*tier)->Store(root, std::vector<KvTierBlock>(chain.begin() + i, chain.begin() + std::min(blocks, i + 16)));
+    (*tier)->Store(root, chain[0].hash,
+                   std::vector<KvTierBlock>(chain.begin() + i, chain.begin() + std::min(blocks, i + 16)));
   }
   (*tier)->Flush();
   const double service_put = Seconds(t0);

@@ -192,7 +192,7 @@ int Main(int argc, char** argv) {
   int port = 0;
   std::unique_ptr<grpc::Server> server = StartServer("127.0.0.1:0", {&service}, &port);
   KvCacheTier::Options to;
-  to.address = absl::StrCat("127.0.0.1:", port);
+  to.addresses = {absl::StrCat("127.0.0.1:", port)};
   std::shared_ptr<KvCacheTier> tier = std::move(*KvCacheTier::Create(to));
   std::unique_ptr<Engine> tiered[2];
   for (auto& e : tiered) {

@@ -155,12 +155,12 @@ bool Scheduler::StartFetch(Request* r) {
   BlockHash parent = cache_->root();
   for (int i = 0; i < wanted; ++i) {
     parent = ChainBlockHash(parent, r->prompt().subspan(static_cast<size_t>(i) * bs, bs));
-    if (i >= local) chain.push_back(parent);
+    chain.push_back(parent);
   }
   r->fetch_first = local;
   KvTier* tier = options_.kv_tier;
-  r->fetch = std::async(std::launch::async, [tier, root = cache_->root(), chain = std::move(chain)] {
-    return tier->Fetch(root, chain);
+  r->fetch = std::async(std::launch::async, [tier, root = cache_->root(), chain = std::move(chain), local] {
+    return tier->Fetch(root, chain, static_cast<size_t>(local));
   });
   return true;
 }
@@ -214,7 +214,7 @@ void Scheduler::StoreCommitted(Request* r) {
   }
   r->stored_blocks += blocks.size();
   last_step_.tier_stored_blocks += static_cast<int64_t>(blocks.size());
-  if (!blocks.empty()) options_.kv_tier->Store(cache_->root(), std::move(blocks));
+  if (!blocks.empty()) options_.kv_tier->Store(cache_->root(), r->seq.block_hashes[0], std::move(blocks));
 }
 
 void Scheduler::Admit() {

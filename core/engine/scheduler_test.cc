@@ -192,11 +192,11 @@ INSTANTIATE_TEST_SUITE_P(Models, PrefixCachingTest,
 // A tier that is down.
 class UnreachableTier : public KvTier {
  public:
-  absl::StatusOr<std::vector<KvTierBlock>> Fetch(const BlockHash&, absl::Span<const BlockHash>) override {
+  absl::StatusOr<std::vector<KvTierBlock>> Fetch(const BlockHash&, absl::Span<const BlockHash>, size_t) override {
     ++fetches;
     return absl::UnavailableError("the kvcache service is down");
   }
-  void Store(const BlockHash&, std::vector<KvTierBlock>) override {}
+  void Store(const BlockHash&, const BlockHash&, std::vector<KvTierBlock>) override {}
   int fetches = 0;
 };
 

@@ -2,12 +2,13 @@
 
 namespace moemesh {
 
-absl::StatusOr<std::vector<KvTierBlock>> HostKvTier::Fetch(const BlockHash& root,
-                                                          absl::Span<const BlockHash> chain) {
+absl::StatusOr<std::vector<KvTierBlock>> HostKvTier::Fetch(const BlockHash& root, absl::Span<const BlockHash> chain,
+                                                          size_t from) {
   std::vector<std::shared_ptr<const KvTierBlock>> found;
   {
     absl::MutexLock lock(&mu_);
-    for (const BlockHash& h : chain) {
+    for (size_t i = from; i < chain.size(); ++i) {
+      const BlockHash& h = chain[i];
       auto it = blocks_.find(Key{root, h});
       if (it == blocks_.end()) break;
       lru_.splice(lru_.end(), lru_, it->second.lru);
@@ -20,7 +21,7 @@ absl::StatusOr<std::vector<KvTierBlock>> HostKvTier::Fetch(const BlockHash& root
   return out;
 }
 
-void HostKvTier::Store(const BlockHash& root, std::vector<KvTierBlock> blocks) {
+void HostKvTier::Store(const BlockHash& root, const BlockHash&, std::vector<KvTierBlock> blocks) {
   absl::MutexLock lock(&mu_);
   for (KvTierBlock& b : blocks) {
     const int64_t size = static_cast<int64_t>(b.bytes.size());

@@ -20,8 +20,9 @@ class HostKvTier : public KvTier {
  public:
   explicit HostKvTier(int64_t capacity_bytes) : capacity_(capacity_bytes) {}
 
-  absl::StatusOr<std::vector<KvTierBlock>> Fetch(const BlockHash& root, absl::Span<const BlockHash> chain) override;
-  void Store(const BlockHash& root, std::vector<KvTierBlock> blocks) override;
+  absl::StatusOr<std::vector<KvTierBlock>> Fetch(const BlockHash& root, absl::Span<const BlockHash> chain,
+                                                size_t from = 0) override;
+  void Store(const BlockHash& root, const BlockHash& head, std::vector<KvTierBlock> blocks) override;
 
   int64_t bytes() const;
   int64_t blocks() const;

@@ -28,14 +28,17 @@ struct KvTierBlock {
 class KvTier {
  public:
   virtual ~KvTier() = default;
-  // The leading blocks of `chain` (names of consecutive blocks under
-  // `root`) that the tier holds, in order; fewer (or none) when it holds
-  // fewer. An error (the tier unreachable, too slow) means none.
-  virtual absl::StatusOr<std::vector<KvTierBlock>> Fetch(const BlockHash& root,
-                                                        absl::Span<const BlockHash> chain) = 0;
-  // Takes blocks to keep, in chain order, and returns at once: a slow or
-  // absent tier must never stall a step. It may drop them.
-  virtual void Store(const BlockHash& root, std::vector<KvTierBlock> blocks) = 0;
+  // The blocks of `chain` from index `from` on that the tier holds, in
+  // order, up to the first it lacks. `chain` names a sequence's blocks
+  // under `root` from its first (its head, which a tier of several
+  // replicas places the sequence by). An error (the tier unreachable, too
+  // slow) means none.
+  virtual absl::StatusOr<std::vector<KvTierBlock>> Fetch(const BlockHash& root, absl::Span<const BlockHash> chain,
+                                                        size_t from = 0) = 0;
+  // Takes blocks of the sequence whose first block is `head`, in chain
+  // order, and returns at once: a slow or absent tier must never stall a
+  // step. It may drop them.
+  virtual void Store(const BlockHash& root, const BlockHash& head, std::vector<KvTierBlock> blocks) = 0;
 };
 
 // Tiers nearest first (host memory, then the kvcache service): Fetch takes
@@ -46,8 +49,9 @@ class KvTierChain : public KvTier {
   // The tiers must outlive the chain.
   explicit KvTierChain(std::vector<KvTier*> tiers) : tiers_(std::move(tiers)) {}
 
-  absl::StatusOr<std::vector<KvTierBlock>> Fetch(const BlockHash& root, absl::Span<const BlockHash> chain) override;
-  void Store(const BlockHash& root, std::vector<KvTierBlock> blocks) override;
+  absl::StatusOr<std::vector<KvTierBlock>> Fetch(const BlockHash& root, absl::Span<const BlockHash> chain,
+                                                size_t from = 0) override;
+  void Store(const BlockHash& root, const BlockHash& head, std::vector<KvTierBlock> blocks) override;
 
  private:
   std::vector<KvTier*> tiers_;

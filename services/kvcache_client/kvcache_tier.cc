@@ -12,7 +12,7 @@
 namespace moemesh {
 
 struct KvCacheTier::Rpc {
-  std::unique_ptr<v1::KvCacheService::Stub> stub;
+  std::vector<std::unique_ptr<v1::KvCacheService::Stub>> stubs;
 };
 
 namespace {
@@ -26,15 +26,20 @@ std::chrono::system_clock::time_point Deadline(absl::Duration d) {
 KvCacheTier::KvCacheTier(const Options& options) : options_(options), rpc_(std::make_unique<Rpc>()) {}
 
 absl::StatusOr<std::unique_ptr<KvCacheTier>> KvCacheTier::Create(const Options& options) {
-  if (options.address.empty()) return absl::InvalidArgumentError("--kvcache needs HOST:PORT");
+  if (options.addresses.empty()) return absl::InvalidArgumentError("--kvcache needs HOST:PORT[,HOST:PORT...]");
+  for (const std::string& a : options.addresses) {
+    if (a.empty()) return absl::InvalidArgumentError("--kvcache: an empty address in the list");
+  }
   if (options.fetch_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("the kvcache fetch timeout must be positive");
   }
   std::unique_ptr<KvCacheTier> tier(new KvCacheTier(options));
   grpc::ChannelArguments args = ClientChannelArguments();
   args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 16 << 20);
-  tier->rpc_->stub = v1::KvCacheService::NewStub(
-      grpc::CreateCustomChannel(options.address, grpc::InsecureChannelCredentials(), args));
+  for (const std::string& a : options.addresses) {
+    tier->rpc_->stubs.push_back(
+        v1::KvCacheService::NewStub(grpc::CreateCustomChannel(a, grpc::InsecureChannelCredentials(), args)));
+  }
   tier->writer_ = std::thread([t = tier.get()] { t->WriteLoop(); });
   return tier;
 }
@@ -47,14 +52,32 @@ KvCacheTier::~KvCacheTier() {
   writer_.join();
 }
 
-absl::StatusOr<std::vector<KvTierBlock>> KvCacheTier::Fetch(const BlockHash& root,
-                                                           absl::Span<const BlockHash> chain) {
+int KvCacheTier::ReplicaOf(const BlockHash& head) const {
+  // Rendezvous hashing: the replica whose hash with the head is highest.
+  // Adding or removing a replica moves only the sequences it gains or had.
+  int best = 0;
+  uint64_t best_score = 0;
+  for (size_t i = 0; i < options_.addresses.size(); ++i) {
+    const uint64_t score = Checksum64(options_.addresses[i], head.Bytes());
+    if (i == 0 || score > best_score) {
+      best = static_cast<int>(i);
+      best_score = score;
+    }
+  }
+  return best;
+}
+
+absl::StatusOr<std::vector<KvTierBlock>> KvCacheTier::Fetch(const BlockHash& root, absl::Span<const BlockHash> all,
+                                                           size_t from) {
+  if (from >= all.size()) return std::vector<KvTierBlock>();
+  const absl::Span<const BlockHash> chain = all.subspan(from);
   grpc::ClientContext ctx;
   ctx.set_deadline(Deadline(options_.fetch_timeout));
   v1::GetBlocksRequest req;
   req.set_root(root.Bytes());
   for (const BlockHash& h : chain) req.add_hashes(h.Bytes());
-  std::unique_ptr<grpc::ClientReader<v1::GetBlocksResponse>> reader = rpc_->stub->GetBlocks(&ctx, req);
+  std::unique_ptr<grpc::ClientReader<v1::GetBlocksResponse>> reader =
+      rpc_->stubs[ReplicaOf(all[0])]->GetBlocks(&ctx, req);
   std::vector<KvTierBlock> out;
   v1::GetBlocksResponse resp;
   bool valid = true;
@@ -83,7 +106,7 @@ absl::StatusOr<std::vector<KvTierBlock>> KvCacheTier::Fetch(const BlockHash& roo
   return out;
 }
 
-void KvCacheTier::Store(const BlockHash& root, std::vector<KvTierBlock> blocks) {
+void KvCacheTier::Store(const BlockHash& root, const BlockHash& head, std::vector<KvTierBlock> blocks) {
   int64_t bytes = 0;
   for (const KvTierBlock& b : blocks) bytes += static_cast<int64_t>(b.bytes.size());
   absl::MutexLock lock(&mu_);
@@ -92,17 +115,18 @@ void KvCacheTier::Store(const BlockHash& root, std::vector<KvTierBlock> blocks) 
     return;
   }
   queued_bytes_ += bytes;
-  queue_.emplace_back(root, std::move(blocks));
+  queue_.push_back(Batch{ReplicaOf(head), root, std::move(blocks)});
 }
 
-bool KvCacheTier::Put(const BlockHash& root, const std::vector<KvTierBlock>& blocks) {
+bool KvCacheTier::Put(const Batch& batch) {
   grpc::ClientContext ctx;
   ctx.set_deadline(Deadline(options_.store_timeout));
   v1::PutBlocksResponse resp;
-  std::unique_ptr<grpc::ClientWriter<v1::PutBlocksRequest>> writer = rpc_->stub->PutBlocks(&ctx, &resp);
+  std::unique_ptr<grpc::ClientWriter<v1::PutBlocksRequest>> writer =
+      rpc_->stubs[batch.replica]->PutBlocks(&ctx, &resp);
   v1::PutBlocksRequest req;
-  req.set_root(root.Bytes());
-  for (const KvTierBlock& b : blocks) {
+  req.set_root(batch.root.Bytes());
+  for (const KvTierBlock& b : batch.blocks) {
     v1::KvBlock* out = req.add_blocks();
     out->set_hash(b.hash.Bytes());
     out->set_parent(b.parent.Bytes());
@@ -118,7 +142,7 @@ bool KvCacheTier::Put(const BlockHash& root, const std::vector<KvTierBlock>& blo
 
 void KvCacheTier::WriteLoop() {
   while (true) {
-    std::pair<BlockHash, std::vector<KvTierBlock>> batch;
+    Batch batch;
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(+[](KvCacheTier* t) { return t->stop_ || !t->queue_.empty(); }, this));
@@ -127,14 +151,14 @@ void KvCacheTier::WriteLoop() {
       queue_.pop_front();
       writing_ = true;
     }
-    const bool ok = Put(batch.first, batch.second);
+    const bool ok = Put(batch);
     int64_t bytes = 0;
-    for (const KvTierBlock& b : batch.second) bytes += static_cast<int64_t>(b.bytes.size());
+    for (const KvTierBlock& b : batch.blocks) bytes += static_cast<int64_t>(b.bytes.size());
     absl::MutexLock lock(&mu_);
     writing_ = false;
     queued_bytes_ -= bytes;
     if (ok) {
-      stats_.stored_blocks += static_cast<int64_t>(batch.second.size());
+      stats_.stored_blocks += static_cast<int64_t>(batch.blocks.size());
     } else {
       ++stats_.store_errors;
     }

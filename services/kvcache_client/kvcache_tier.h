@@ -16,9 +16,12 @@
 
 namespace moemesh {
 
-// The kvcache service as a KvTier (docs/ARCHITECTURE.md, "KV cache"). Fetch
-// is one GetBlocks call bounded by `fetch_timeout`: past it, or with the
-// service down, it fails and the router computes. It keeps only blocks that
+// The kvcache service as a KvTier (docs/ARCHITECTURE.md, "KV cache"), over
+// one or several replicas: each sequence lives on one replica, chosen by
+// rendezvous hashing of its first block's name, so sequences that share a
+// prefix share its blocks, and losing a replica loses (to recompute) only
+// its sequences. Fetch is one GetBlocks call bounded by `fetch_timeout`:
+// past it, or with the replica down, it fails and the router computes. It keeps only blocks that
 // are what they claim (checksum, chain hash). Store queues blocks for a
 // writer thread that puts them, in order, one PutBlocks stream per batch;
 // past `max_queued_bytes` new blocks are dropped (counted), so a slow
@@ -26,7 +29,7 @@ namespace moemesh {
 class KvCacheTier : public KvTier {
  public:
   struct Options {
-    std::string address;  // HOST:PORT
+    std::vector<std::string> addresses;  // HOST:PORT of each replica
     absl::Duration fetch_timeout = absl::Milliseconds(500);
     absl::Duration store_timeout = absl::Seconds(10);
     int64_t max_queued_bytes = int64_t{256} << 20;
@@ -40,8 +43,11 @@ class KvCacheTier : public KvTier {
   // Stops the writer; what is still queued is dropped.
   ~KvCacheTier() override;
 
-  absl::StatusOr<std::vector<KvTierBlock>> Fetch(const BlockHash& root, absl::Span<const BlockHash> chain) override;
-  void Store(const BlockHash& root, std::vector<KvTierBlock> blocks) override;
+  absl::StatusOr<std::vector<KvTierBlock>> Fetch(const BlockHash& root, absl::Span<const BlockHash> chain,
+                                                size_t from = 0) override;
+  void Store(const BlockHash& root, const BlockHash& head, std::vector<KvTierBlock> blocks) override;
+  // The replica that keeps the sequence whose first block is `head`.
+  int ReplicaOf(const BlockHash& head) const;
 
   // Waits until every block queued so far has been put or given up.
   void Flush();
@@ -50,15 +56,20 @@ class KvCacheTier : public KvTier {
  private:
   explicit KvCacheTier(const Options& options);
   void WriteLoop();
+  struct Batch {
+    int replica;
+    BlockHash root;
+    std::vector<KvTierBlock> blocks;
+  };
   // Puts one batch; false on an error.
-  bool Put(const BlockHash& root, const std::vector<KvTierBlock>& blocks);
+  bool Put(const Batch& batch);
 
   const Options options_;
-  struct Rpc;  // the gRPC stub, kept out of this header
+  struct Rpc;  // the gRPC stubs, one per replica, kept out of this header
   std::unique_ptr<Rpc> rpc_;
 
   mutable absl::Mutex mu_;
-  std::deque<std::pair<BlockHash, std::vector<KvTierBlock>>> queue_ ABSL_GUARDED_BY(mu_);
+  std::deque<Batch> queue_ ABSL_GUARDED_BY(mu_);
   int64_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;  // a batch is being put
   bool stop_ ABSL_GUARDED_BY(mu_) = false;

@@ -41,7 +41,7 @@ class KvCacheTierTest : public ::testing::Test {
 
   std::unique_ptr<KvCacheTier> Tier(const std::string& address) {
     KvCacheTier::Options o;
-    o.address = address;
+    o.addresses = {address};
     auto tier = KvCacheTier::Create(o);
     EXPECT_TRUE(tier.ok()) << tier.status();
     return std::move(*tier);
@@ -72,8 +72,8 @@ TEST_F(KvCacheTierTest, StoresInTheBackgroundAndFetchesTheLeadingRun) {
   const BlockHash root = HashBytes("m");
   const std::vector<KvTierBlock> chain = Chain(root, 5);
   std::unique_ptr<KvCacheTier> tier = Tier(address_);
-  tier->Store(root, {chain[0], chain[1]});
-  tier->Store(root, {chain[2]});
+  tier->Store(root, chain[0].hash, {chain[0], chain[1]});
+  tier->Store(root, chain[0].hash, {chain[2]});
   tier->Flush();
   EXPECT_EQ(tier->stats().stored_blocks, 3);
   std::vector<BlockHash> names;
@@ -87,11 +87,11 @@ TEST_F(KvCacheTierTest, StoresInTheBackgroundAndFetchesTheLeadingRun) {
     EXPECT_EQ((*got)[i].parent, chain[i].parent);
   }
   // From the middle of a chain, as a router whose own cache holds the head asks.
-  got = tier->Fetch(root, absl::MakeConstSpan(names).subspan(1));
+  got = tier->Fetch(root, names, 1);
   ASSERT_TRUE(got.ok());
   EXPECT_EQ(got->size(), 2u);
   // A chain whose head is missing is refused by the service, and counted.
-  tier->Store(root, {chain[4]});
+  tier->Store(root, chain[0].hash, {chain[4]});
   tier->Flush();
   EXPECT_EQ(tier->stats().store_errors, 1);
 }
@@ -106,10 +106,82 @@ TEST_F(KvCacheTierTest, AServiceThatIsDownFailsFetchesFastAndDropsStores) {
   absl::StatusOr<std::vector<KvTierBlock>> got = tier->Fetch(root, {chain[0].hash});
   EXPECT_FALSE(got.ok());
   EXPECT_LT(absl::Now() - start, absl::Seconds(2));  // bounded by the fetch timeout
-  tier->Store(root, chain);
+  tier->Store(root, chain[0].hash, chain);
   tier->Flush();
   EXPECT_EQ(tier->stats().fetch_errors, 1);
   EXPECT_EQ(tier->stats().store_errors, 1);
+}
+
+// Sequences spread over two replicas by their first block; losing one
+// replica loses its sequences (a fetch error: the router computes), not
+// the other's.
+TEST(KvCacheTierReplicasTest, SequencesSpreadOverReplicasAndSurviveTheLossOfOne) {
+  struct Replica {
+    std::unique_ptr<BlockStore> store;
+    std::unique_ptr<KvCacheServiceImpl> service;
+    std::unique_ptr<grpc::Server> server;
+    std::string address;
+  };
+  Replica replicas[2];
+  for (int i = 0; i < 2; ++i) {
+    BlockStore::Options o;
+    o.dir = absl::StrCat(::testing::TempDir(), "/kvcache_replica_", i);
+    std::filesystem::remove_all(o.dir);
+    o.min_free_bytes = 16 << 20;
+    replicas[i].store = std::move(*BlockStore::Open(o));
+    replicas[i].service = std::make_unique<KvCacheServiceImpl>(replicas[i].store.get());
+    int port = 0;
+    replicas[i].server = StartServer("127.0.0.1:0", {replicas[i].service.get()}, &port);
+    ASSERT_NE(replicas[i].server, nullptr);
+    replicas[i].address = absl::StrCat("127.0.0.1:", port);
+  }
+  KvCacheTier::Options o;
+  o.addresses = {replicas[0].address, replicas[1].address};
+  std::unique_ptr<KvCacheTier> tier = std::move(*KvCacheTier::Create(o));
+  // 16 sequences of 3 blocks, each with its own first block.
+  std::vector<std::vector<KvTierBlock>> seqs;
+  int on[2] = {0, 0};
+  for (int s = 0; s < 16; ++s) {
+    seqs.push_back(Chain(HashBytes("m"), 3));
+    for (KvTierBlock& b : seqs.back()) b.tokens[0] += 1000 * (s + 1);
+    BlockHash parent = HashBytes("m");
+    for (KvTierBlock& b : seqs.back()) {  // rename after the token change
+      b.parent = parent;
+      b.hash = ChainBlockHash(parent, b.tokens);
+      parent = b.hash;
+    }
+    ++on[tier->ReplicaOf(seqs.back()[0].hash)];
+    tier->Store(HashBytes("m"), seqs.back()[0].hash, seqs.back());
+  }
+  tier->Flush();
+  EXPECT_EQ(tier->stats().stored_blocks, 48);
+  EXPECT_GT(on[0], 0);
+  EXPECT_GT(on[1], 0);
+  EXPECT_EQ(replicas[0].store->stats().blocks, 3 * on[0]);
+  EXPECT_EQ(replicas[1].store->stats().blocks, 3 * on[1]);
+  auto names = [](const std::vector<KvTierBlock>& seq) {
+    std::vector<BlockHash> n;
+    for (const auto& b : seq) n.push_back(b.hash);
+    return n;
+  };
+  for (const auto& seq : seqs) EXPECT_EQ(tier->Fetch(HashBytes("m"), names(seq), 1)->size(), 2u);
+
+  replicas[1].server->Shutdown();
+  int fetched = 0, failed = 0;
+  for (const auto& seq : seqs) {
+    absl::StatusOr<std::vector<KvTierBlock>> got = tier->Fetch(HashBytes("m"), names(seq));
+    if (tier->ReplicaOf(seq[0].hash) == 1) {
+      EXPECT_FALSE(got.ok());
+      ++failed;
+    } else {
+      ASSERT_TRUE(got.ok()) << got.status();
+      EXPECT_EQ(got->size(), 3u);
+      ++fetched;
+    }
+  }
+  EXPECT_EQ(fetched, on[0]);
+  EXPECT_EQ(failed, on[1]);
+  replicas[0].server->Shutdown();
 }
 
 // A conversation's second turn on a new engine (a router restarted) over

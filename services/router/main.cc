@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/str_split.h"
 #include "core/engine/engine.h"
 #include "core/engine/generation_loop.h"
 #include "core/engine/scheduler.h"
@@ -56,8 +57,9 @@ ABSL_FLAG(int64_t, kv_host_cache_mb, 0,
           "with prefix caching: a tier of KV blocks in host memory below the cache, in MiB (0: none); blocks "
           "the cache drops come back from it by a copy");
 ABSL_FLAG(std::string, kvcache, "",
-          "with prefix caching: a kvcache service (HOST:PORT) below the cache (and the host tier): every full "
-          "block goes there, and a prompt's blocks found there are fetched instead of computed");
+          "with prefix caching: a kvcache service (HOST:PORT, or replicas HOST:PORT,HOST:PORT,... over which "
+          "sequences are spread) below the cache (and the host tier): every full block goes there, and a prompt's "
+          "blocks found there are fetched instead of computed");
 ABSL_FLAG(int, kvcache_timeout_ms, 500, "how long a fetch from the kvcache service may take before computing instead");
 
 namespace moemesh {
@@ -169,7 +171,7 @@ int Main(int argc, char** argv) {
   }
   if (!options.kvcache.empty()) {
     KvCacheTier::Options kv;
-    kv.address = options.kvcache;
+    kv.addresses = absl::StrSplit(options.kvcache, ',');
     kv.fetch_timeout = absl::Milliseconds(options.kvcache_timeout_ms);
     auto t = KvCacheTier::Create(kv);
     if (!t.ok()) return service_main.Fail(t.status(), 2);
