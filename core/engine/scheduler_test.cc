@@ -319,6 +319,51 @@ TEST(SchedulerTest, RequestsAdmittedTogetherShareWhatTheFirstComputes) {
   EXPECT_EQ(on_hits, 32 + 4 * 40);
 }
 
+// 64 streams sharing a long system prompt: they reuse its blocks (most of
+// their prompt tokens come from the cache) and give exactly the tokens
+// they give with caching off.
+TEST(SchedulerTest, SixtyFourStreamsSharingASystemPromptReuseItsBlocks) {
+  Loaded l = Load("tests/fixtures/mixtral", nullptr);
+  std::mt19937 rng(64);
+  std::vector<int> system(200);
+  for (int& t : system) t = static_cast<int>(rng() % l.config.vocab_size);
+  GenerateParams p;
+  p.sampling.temperature = 0;
+  p.max_new_tokens = 3;
+  p.ignore_eos = true;
+  auto run = [&](bool caching, int64_t* queried, int64_t* hits) {
+    KvCache cache(l.config.num_layers, l.model->kv_k_width(), l.model->kv_v_width(), 16, 2048);
+    LocalExpertExecutor experts(&l.weights->experts, nullptr);
+    Scheduler sched(l.model.get(), &cache, &experts, {64, 2048, 512, caching});
+    std::vector<std::vector<int>> tokens(64);
+    for (int i = 0; i < 64; ++i) {
+      std::vector<int> prompt = system;
+      for (int k = 0; k < 8; ++k) prompt.push_back(static_cast<int>(rng() % l.config.vocab_size));
+      EXPECT_TRUE(sched.Add(prompt, p, [&, i](const StepEvent& ev) { tokens[i].push_back(ev.token); }).ok());
+    }
+    for (int steps = 0; !sched.idle() && steps < 500; ++steps) {
+      EXPECT_TRUE(sched.Step().ok());
+      *queried += sched.last_step().prefix_query_tokens;
+      *hits += sched.last_step().prefix_hit_tokens;
+    }
+    return tokens;
+  };
+  int64_t queried = 0, hits = 0, off_queried = 0, off_hits = 0;
+  const std::mt19937 start = rng;
+  const auto cached = run(true, &queried, &hits);
+  rng = start;  // the same prompts again
+  EXPECT_EQ(cached, run(false, &off_queried, &off_hits));
+  EXPECT_EQ(off_hits, 0);
+  EXPECT_EQ(queried, 64 * 208);
+  std::printf("64 streams sharing a 200-token prompt: prefix-cache hit rate %.1f%%\n",
+              100.0 * static_cast<double>(hits) / static_cast<double>(queried));
+  // The first step's 2,048 tokens hold 9 whole prompts and 176 tokens of a
+  // tenth: those compute the shared prompt. The tenth then takes its 12th
+  // block from the cache (16 tokens), and the other 54 all 12 full blocks
+  // of the shared 200 tokens (192).
+  EXPECT_EQ(hits, 54 * 192 + 16);
+}
+
 TEST(SchedulerTest, CancelFreesTheCacheAtOnce) {
   Loaded l = Load("tests/fixtures/qwen3_moe", nullptr);
   KvCache cache(l.config.num_layers, l.model->kv_k_width(), l.model->kv_v_width(), 4, 1024);
