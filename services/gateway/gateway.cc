@@ -42,6 +42,17 @@ std::string TokenText(const Tokenizer& tok, int id) {
 // label it.
 std::string CodeName(const absl::Status& st) { return absl::StatusCodeToString(st.code()); }
 
+// continue_session needs a session id and a gateway that keeps sessions.
+absl::Status CheckSessionFields(const v1::GenerateRequest& request, const SessionClient* sessions) {
+  if (!request.continue_session()) return absl::OkStatus();
+  if (request.session_id().empty()) return absl::InvalidArgumentError("continue_session: needs a session_id");
+  if (sessions == nullptr) {
+    return absl::FailedPreconditionError(
+        "continue_session: this gateway keeps no sessions (start it with --kvcache HOST:PORT)");
+  }
+  return absl::OkStatus();
+}
+
 const char* ReasonName(v1::FinishReason r) {
   return r == v1::FINISH_REASON_STOP ? "stop" : r == v1::FINISH_REASON_LENGTH ? "length" : "abort";
 }
@@ -62,11 +73,7 @@ void Gateway::Rejected(const absl::Status& st) {
 absl::StatusOr<v1::RouterGenerateRequest> Gateway::BuildTurn(const v1::GenerateRequest& request,
                                                              std::optional<SessionTurn>* session) {
   if (!request.continue_session()) return BuildRouterRequest(request, tokenizer_, model_);
-  if (request.session_id().empty()) return absl::InvalidArgumentError("continue_session: needs a session_id");
-  if (options_.sessions == nullptr) {
-    return absl::FailedPreconditionError(
-        "continue_session: this gateway keeps no sessions (start it with --kvcache HOST:PORT)");
-  }
+  MM_RETURN_IF_ERROR(CheckSessionFields(request, options_.sessions));
   MM_RETURN_IF_ERROR(CheckModelName(request.model(), model_));
   absl::StatusOr<SessionHistory> history = options_.sessions->Load(request.session_id());
   if (!history.ok()) {
@@ -185,6 +192,11 @@ absl::Status Gateway::GenerateImpl(const v1::GenerateRequest& request, const Rou
   Rejected(st);
   if (track) track->Refused();
   return st;
+}
+
+absl::Status Gateway::Check(const v1::GenerateRequest& request) const {
+  MM_RETURN_IF_ERROR(CheckSessionFields(request, options_.sessions));
+  return BuildRouterRequest(request, tokenizer_, model_).status();
 }
 
 absl::Status Gateway::Tokenize(const v1::TokenizeRequest& request, v1::TokenizeResponse* response) const {

@@ -59,6 +59,10 @@ class Gateway {
   // the router call. Counted in the metrics by the status's code name.
   absl::Status Generate(const v1::GenerateRequest& request, const RouterCallContext& new_router_call,
                         const ResponseSink& sink);
+  // What Generate would refuse before calling a router (except what a
+  // session's history adds): for front ends that must answer before
+  // streaming.
+  absl::Status Check(const v1::GenerateRequest& request) const;
   // NOT_FOUND for another model's name; FAILED_PRECONDITION without a
   // tokenizer.
   absl::Status Tokenize(const v1::TokenizeRequest& request, v1::TokenizeResponse* response) const;

@@ -2,6 +2,7 @@
 //   moemesh-gateway --model DIR --routers HOST:PORT[,HOST:PORT...] [--port 0]
 // Prints "listening on HOST:PORT" once serving; stops on SIGINT/SIGTERM.
 
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
@@ -16,6 +17,7 @@
 #include "services/gateway/gateway.h"
 #include "services/gateway/gateway_metrics.h"
 #include "services/gateway/gateway_service.h"
+#include "services/gateway/http_front_end.h"
 #include "services/gateway/router_pool.h"
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory (config.json and the tokenizer)");
@@ -26,6 +28,10 @@ ABSL_FLAG(int, max_in_flight, 512, "requests in progress before RESOURCE_EXHAUST
 ABSL_FLAG(std::string, kvcache, "",
           "a kvcache service (HOST:PORT) that keeps sessions: requests with continue_session continue the "
           "session's stored conversation");
+ABSL_FLAG(int, http_port, -1,
+          "port of the OpenAI-compatible HTTP API (/v1/completions, /v1/models, /tokenize, /detokenize, /health, "
+          "/metrics); 0 picks a free one, -1 serves none");
+ABSL_FLAG(int, http_threads, 128, "HTTP calls served at once (a stream holds one until it ends)");
 ABSL_FLAG(int, session_window, 0,
           "tokens a session's turn may take, history and max_tokens included; the oldest whole turns are left out "
           "past it (0: the model's context)");
@@ -40,6 +46,7 @@ struct Options {
   std::vector<std::string> routers;
   Gateway::Options gateway;  // sessions are set from `kvcache`
   std::string kvcache;
+  int http_port = -1, http_threads = 0;
 
   static Options FromFlags() {
     Options o;
@@ -50,6 +57,8 @@ struct Options {
     o.gateway.max_in_flight = absl::GetFlag(FLAGS_max_in_flight);
     o.gateway.session_window = absl::GetFlag(FLAGS_session_window);
     o.kvcache = absl::GetFlag(FLAGS_kvcache);
+    o.http_port = absl::GetFlag(FLAGS_http_port);
+    o.http_threads = absl::GetFlag(FLAGS_http_threads);
     return o;
   }
 
@@ -58,6 +67,8 @@ struct Options {
     if (routers.empty()) return absl::InvalidArgumentError("--routers HOST:PORT[,...] is required");
     if (gateway.max_in_flight < 1) return absl::InvalidArgumentError("--max-in-flight must be >= 1");
     if (gateway.session_window < 0) return absl::InvalidArgumentError("--session-window must not be negative");
+    if (http_port < -1 || http_port > 65535) return absl::InvalidArgumentError("--http-port must be -1 to 65535");
+    if (http_threads < 1) return absl::InvalidArgumentError("--http-threads must be >= 1");
     return absl::OkStatus();
   }
 
@@ -105,6 +116,18 @@ int Main(int argc, char** argv) {
   }
   Gateway gateway(tokenizer.get(), model, &pool, gateway_options, &metrics);
   GatewayServiceImpl service(&gateway);
+  std::unique_ptr<HttpFrontEnd> http;  // stops after the gRPC server (destroyed after Serve returns)
+  if (options.http_port >= 0) {
+    HttpFrontEnd::Options ho;
+    ho.host = service_main.host();
+    ho.port = options.http_port;
+    ho.threads = options.http_threads;
+    auto h = HttpFrontEnd::Start(ho, &gateway, registry);
+    if (!h.ok()) return service_main.Fail(h.status(), 1);
+    http = std::move(*h);
+    std::printf("http on %s:%d\n", ho.host.c_str(), http->port());
+    std::fflush(stdout);
+  }
   return service_main.Serve({&service}, registry, [&] { return gateway.in_flight(); });
 }
 

@@ -77,6 +77,7 @@ ABSL_FLAG(int, expert_replicas, 1, "replicas of each expert shard");
 ABSL_FLAG(int, routers, 1, "how many routers");
 ABSL_FLAG(std::string, host, "127.0.0.1", "address the services listen on");
 ABSL_FLAG(int, port, 0, "the gateway's port; 0 picks a free one");
+ABSL_FLAG(int, http_port, -1, "the gateway's OpenAI-compatible HTTP API port; 0 picks a free one, -1 serves none");
 ABSL_FLAG(int, max_running, 64, "requests in each router's batch at once");
 ABSL_FLAG(bool, kvcache, true,
           "start a kvcache service below the routers' KV caches (--kvcache=false: none); its loss costs recompute");
@@ -172,6 +173,7 @@ const std::vector<Command>& CliCommands() {
                      {"router_device"},
                      {"host"},
                      {"port"},
+                     {"http_port"},
                      {"bin_dir"},
                      {"kvcache"},
                      {"kv_dir"}}},
@@ -304,6 +306,7 @@ int UpMain() {
   cmd.routers = absl::GetFlag(FLAGS_routers);
   cmd.host = absl::GetFlag(FLAGS_host);
   cmd.port = absl::GetFlag(FLAGS_port);
+  cmd.http_port = absl::GetFlag(FLAGS_http_port);
   cmd.threads = absl::GetFlag(FLAGS_threads);
   cmd.kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
   cmd.max_running = absl::GetFlag(FLAGS_max_running);

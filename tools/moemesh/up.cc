@@ -260,6 +260,7 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
               {gateway_bin, "--model=" + model, "--routers=" + absl::StrJoin(router_addrs, ","), host,
                absl::StrCat("--port=", cmd.port)}}};
     if (!kvcache.empty()) specs[0].argv.push_back("--kvcache=" + kvcache[0].address);
+    specs[0].argv.push_back(absl::StrCat("--http-port=", cmd.http_port));
     st = StartTier(specs, "the gateway", cmd.start_timeout, cmd.terminal, &startup, &gateway);
   }
   status.Clear();
@@ -293,6 +294,9 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
     prometheus = std::move(*p);
     out << "  prometheus at http://" << prometheus->address() << " (rules and alerts of deploy/prometheus)"
         << std::endl;
+  }
+  for (const std::string& line : gateway[0].process->lines()) {
+    if (line.rfind("http on ", 0) == 0) out << "  OpenAI-compatible HTTP API at http://" << line.substr(8) << "/v1" << std::endl;
   }
   out << "gateway listening on " << gateway[0].address << std::endl;
   st = Supervise({&gateway, &routers, &experts, &kvcache}, out);

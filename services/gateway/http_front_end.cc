@@ -1,0 +1,163 @@
+#include "services/gateway/http_front_end.h"
+
+#include <httplib.h>
+
+#include <chrono>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+#include "prometheus/registry.h"
+#include "prometheus/text_serializer.h"
+#include "services/gateway/gateway.h"
+#include "services/gateway/openai_api.h"
+
+namespace moemesh {
+
+struct HttpFrontEnd::Server {
+  httplib::Server http;
+};
+
+namespace {
+
+using Json = nlohmann::json;
+
+void SendError(httplib::Response& res, const absl::Status& st) {
+  res.status = HttpStatusFor(st);
+  res.set_content(ErrorJson(st), "application/json");
+}
+
+// A router call per request; the HTTP API sets no deadline of its own.
+std::unique_ptr<grpc::ClientContext> NewRouterCall() { return std::make_unique<grpc::ClientContext>(); }
+
+absl::StatusOr<Json> JsonBody(const httplib::Request& req) {
+  Json j = Json::parse(req.body, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError("the request body must be a JSON object");
+  return j;
+}
+
+void Completions(Gateway* gateway, const std::string& model, const httplib::Request& req, httplib::Response& res) {
+  absl::StatusOr<CompletionRequest> parsed = ParseCompletionRequest(req.body);
+  if (!parsed.ok()) return SendError(res, parsed.status());
+  // Checked before any byte goes out: a stream's status line says 200.
+  if (absl::Status st = gateway->Check(parsed->request); !st.ok()) return SendError(res, st);
+  const CompletionIds ids = NewCompletionIds(parsed->request.model().empty() ? model : parsed->request.model());
+  if (!parsed->stream) {
+    std::string text;
+    v1::FinishReason reason = v1::FINISH_REASON_UNSPECIFIED;
+    v1::Usage usage;
+    absl::Status st = gateway->Generate(parsed->request, NewRouterCall, [&](const v1::GenerateResponse& r) {
+      text += r.text_delta();
+      if (r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+        reason = r.finish_reason();
+        usage = r.usage();
+      }
+      return true;
+    });
+    if (!st.ok()) return SendError(res, st);
+    res.set_content(CompletionJson(ids, text, reason, usage), "application/json");
+    return;
+  }
+  auto request = std::make_shared<CompletionRequest>(*std::move(parsed));
+  res.set_header("Cache-Control", "no-cache");
+  res.set_chunked_content_provider("text/event-stream", [gateway, request, ids](size_t, httplib::DataSink& sink) {
+    auto write = [&sink](const std::string& s) { return sink.is_writable() && sink.write(s.data(), s.size()); };
+    absl::Status st = gateway->Generate(request->request, NewRouterCall, [&](const v1::GenerateResponse& r) {
+      std::string events;
+      if (!r.text_delta().empty() || r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+        events = CompletionChunkEvent(ids, r.text_delta(), r.finish_reason());
+      }
+      if (r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED && request->include_usage) {
+        events += UsageChunkEvent(ids, r.usage());
+      }
+      return events.empty() || write(events);  // false: the client left, and the router call is cancelled
+    });
+    if (!st.ok() && !absl::IsCancelled(st)) write("data: " + ErrorJson(st) + "\n\n");
+    write(kDoneEvent);
+    sink.done();
+    return true;
+  });
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<HttpFrontEnd>> HttpFrontEnd::Start(const Options& options, Gateway* gateway,
+                                                                  std::shared_ptr<prometheus::Registry> registry) {
+  std::unique_ptr<HttpFrontEnd> fe(new HttpFrontEnd);
+  fe->server_ = std::make_unique<Server>();
+  httplib::Server& http = fe->server_->http;
+  const int threads = options.threads;
+  http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  v1::ListModelsResponse models;
+  (void)gateway->ListModels(v1::ListModelsRequest(), &models);
+  const v1::ModelInfo info = models.models_size() > 0 ? models.models(0) : v1::ModelInfo();
+  const int64_t started =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+
+  http.Post("/v1/completions", [gateway, name = info.name()](const httplib::Request& req, httplib::Response& res) {
+    Completions(gateway, name, req, res);
+  });
+  http.Get("/v1/models", [info, started](const httplib::Request&, httplib::Response& res) {
+    Json model = {{"id", info.name()},       {"object", "model"},   {"created", started},
+                  {"owned_by", "moemesh"},   {"root", info.name()}, {"max_model_len", info.context_length()}};
+    res.set_content(Json({{"object", "list"}, {"data", Json::array({model})}}).dump(), "application/json");
+  });
+  http.Post("/tokenize", [gateway, info](const httplib::Request& req, httplib::Response& res) {
+    absl::StatusOr<Json> j = JsonBody(req);
+    if (!j.ok()) return SendError(res, j.status());
+    if (!j->contains("prompt") || !(*j)["prompt"].is_string()) {
+      return SendError(res, absl::InvalidArgumentError("prompt: a string is required"));
+    }
+    v1::TokenizeRequest t;
+    t.set_model(j->value("model", ""));
+    t.set_text((*j)["prompt"].get<std::string>());
+    t.set_add_special_tokens(j->value("add_special_tokens", true));
+    v1::TokenizeResponse out;
+    if (absl::Status st = gateway->Tokenize(t, &out); !st.ok()) return SendError(res, st);
+    const std::vector<int> ids(out.ids().begin(), out.ids().end());
+    res.set_content(Json({{"count", ids.size()}, {"max_model_len", info.context_length()}, {"tokens", ids}}).dump(),
+                    "application/json");
+  });
+  http.Post("/detokenize", [gateway](const httplib::Request& req, httplib::Response& res) {
+    absl::StatusOr<Json> j = JsonBody(req);
+    if (!j.ok()) return SendError(res, j.status());
+    const auto it = j->find("tokens");
+    if (it == j->end() || !it->is_array()) {
+      return SendError(res, absl::InvalidArgumentError("tokens: a list of token ids is required"));
+    }
+    v1::DetokenizeRequest d;
+    d.set_model(j->value("model", ""));
+    for (const Json& t : *it) {
+      if (!t.is_number_integer()) return SendError(res, absl::InvalidArgumentError("tokens: integers only"));
+      d.add_ids(t.get<int>());
+    }
+    v1::DetokenizeResponse out;
+    if (absl::Status st = gateway->Detokenize(d, &out); !st.ok()) return SendError(res, st);
+    res.set_content(Json({{"prompt", out.text()}}).dump(-1, ' ', false, Json::error_handler_t::replace),
+                    "application/json");
+  });
+  http.Get("/health", [](const httplib::Request&, httplib::Response& res) { res.status = 200; });
+  if (registry) {
+    http.Get("/metrics", [registry](const httplib::Request&, httplib::Response& res) {
+      res.set_content(prometheus::TextSerializer().Serialize(registry->Collect()), "text/plain; version=0.0.4");
+    });
+  }
+
+  fe->port_ = options.port == 0 ? http.bind_to_any_port(options.host)
+                                : (http.bind_to_port(options.host, options.port) ? options.port : -1);
+  if (fe->port_ <= 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen for HTTP on ", options.host, ":", options.port, " (in use, or not an address here)"));
+  }
+  fe->thread_ = std::thread([s = fe->server_.get()] { s->http.listen_after_bind(); });
+  return fe;
+}
+
+HttpFrontEnd::~HttpFrontEnd() {
+  if (server_) server_->http.stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+}  // namespace moemesh

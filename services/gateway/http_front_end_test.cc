@@ -1,0 +1,164 @@
+// The OpenAI-compatible HTTP API over a real socket, in front of a gateway
+// and a real router on loopback.
+#include "services/gateway/http_front_end.h"
+
+#include <httplib.h>
+
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_split.h"
+#include "core/model/config.h"
+#include "core/tokenizer/tokenizer.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "prometheus/counter.h"
+#include "prometheus/registry.h"
+#include "services/gateway/gateway.h"
+#include "services/gateway/router_pool.h"
+#include "services/router/local_router.h"
+
+namespace moemesh {
+namespace {
+
+using Json = nlohmann::json;
+constexpr char kModel[] = "models/fortune-moe";
+
+class HttpFrontEndTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    router_ = std::make_unique<LocalRouter>(kModel);
+    pool_ = std::make_unique<RouterPool>(std::vector<std::string>{router_->address()});
+    tokenizer_ = std::move(*LoadTokenizer(kModel));
+    auto config = LoadModelConfig(kModel);
+    ServedModel model{"fortune-moe", "deepseek_v3", config->vocab_size, config->context_length()};
+    gateway_ = std::make_unique<Gateway>(tokenizer_.get(), model, pool_.get(), Gateway::Options{});
+    registry_ = std::make_shared<prometheus::Registry>();
+    prometheus::BuildCounter().Name("test_counter_total").Help("t").Register(*registry_).Add({}).Increment();
+    auto fe = HttpFrontEnd::Start({}, gateway_.get(), registry_);
+    ASSERT_TRUE(fe.ok()) << fe.status();
+    front_ = std::move(*fe);
+    client_ = std::make_unique<httplib::Client>("127.0.0.1", front_->port());
+  }
+
+  // The gRPC path's answer, for comparison.
+  std::string GrpcText(const v1::GenerateRequest& req) {
+    std::string text;
+    absl::Status st = gateway_->Generate(
+        req, [] { return std::make_unique<grpc::ClientContext>(); },
+        [&](const v1::GenerateResponse& r) {
+          text += r.text_delta();
+          return true;
+        });
+    EXPECT_TRUE(st.ok()) << st;
+    return text;
+  }
+
+  std::unique_ptr<LocalRouter> router_;
+  std::unique_ptr<RouterPool> pool_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<Gateway> gateway_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<HttpFrontEnd> front_;
+  std::unique_ptr<httplib::Client> client_;
+};
+
+TEST_F(HttpFrontEndTest, CompletionEqualsTheGrpcAnswer) {
+  auto res = client_->Post("/v1/completions",
+                           R"({"model": "fortune-moe", "prompt": "Life is", "max_tokens": 12, "temperature": 0})",
+                           "application/json");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  Json j = Json::parse(res->body);
+  v1::GenerateRequest same;
+  same.set_text("Life is");
+  same.set_max_tokens(12);
+  same.mutable_sampling()->set_temperature(0);
+  EXPECT_EQ(j["choices"][0]["text"], GrpcText(same));
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(j["usage"]["completion_tokens"], 12);
+  EXPECT_EQ(j["usage"]["prompt_tokens"], static_cast<int>(tokenizer_->Encode("Life is", true)->size()));
+  EXPECT_EQ(j["model"], "fortune-moe");
+  EXPECT_EQ(j["id"].get<std::string>().rfind("cmpl-", 0), 0u);
+}
+
+TEST_F(HttpFrontEndTest, StreamsServerSentEventsWithUsageLast) {
+  std::string body;
+  httplib::Headers headers;
+  auto res = client_->Post(
+      "/v1/completions", headers,
+      R"({"prompt": "The best way to", "max_tokens": 10, "temperature": 0, "stream": true,
+          "stream_options": {"include_usage": true}})",
+      "application/json");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(res->get_header_value("Content-Type"), "text/event-stream");
+  std::vector<std::string> events = absl::StrSplit(res->body, "\n\n", absl::SkipEmpty());
+  ASSERT_GE(events.size(), 3u);
+  EXPECT_EQ(events.back(), "data: [DONE]");
+  std::string text;
+  std::string finish;
+  for (size_t i = 0; i + 2 < events.size(); ++i) {
+    ASSERT_EQ(events[i].rfind("data: ", 0), 0u) << events[i];
+    Json c = Json::parse(events[i].substr(6));
+    text += c["choices"][0]["text"].get<std::string>();
+    if (!c["choices"][0]["finish_reason"].is_null()) finish = c["choices"][0]["finish_reason"];
+  }
+  Json usage = Json::parse(events[events.size() - 2].substr(6));
+  EXPECT_TRUE(usage["choices"].empty());
+  EXPECT_EQ(usage["usage"]["completion_tokens"], 10);
+  EXPECT_EQ(finish, "length");
+  v1::GenerateRequest same;
+  same.set_text("The best way to");
+  same.set_max_tokens(10);
+  same.mutable_sampling()->set_temperature(0);
+  EXPECT_EQ(text, GrpcText(same));
+}
+
+TEST_F(HttpFrontEndTest, ErrorsAreOpenAiErrorsWithTheRightStatus) {
+  auto res = client_->Post("/v1/completions", R"({"prompt": "hi", "max_tokens": 1000000})", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 400);
+  Json j = Json::parse(res->body);
+  EXPECT_EQ(j["error"]["type"], "invalid_request_error");
+  EXPECT_NE(j["error"]["message"].get<std::string>().find("context"), std::string::npos) << res->body;
+  // Streams are checked before their first byte, too.
+  res = client_->Post("/v1/completions", R"({"prompt": "", "stream": true})", "application/json");
+  EXPECT_EQ(res->status, 400);
+  EXPECT_NE(res->body.find("prompt: the prompt is empty"), std::string::npos) << res->body;
+  res = client_->Post("/v1/completions", R"({"prompt": "hi", "model": "gpt-4"})", "application/json");
+  EXPECT_EQ(res->status, 404);
+  res = client_->Post("/v1/completions", "{", "application/json");
+  EXPECT_EQ(res->status, 400);
+  res = client_->Get("/v1/nothing");
+  EXPECT_EQ(res->status, 404);
+}
+
+TEST_F(HttpFrontEndTest, ModelsTokenizeDetokenizeHealthAndMetrics) {
+  auto res = client_->Get("/v1/models");
+  ASSERT_TRUE(res);
+  Json j = Json::parse(res->body);
+  EXPECT_EQ(j["object"], "list");
+  EXPECT_EQ(j["data"][0]["id"], "fortune-moe");
+  EXPECT_GT(j["data"][0]["max_model_len"].get<int>(), 0);
+
+  res = client_->Post("/tokenize", R"({"prompt": "Life is"})", "application/json");
+  ASSERT_EQ(res->status, 200) << res->body;
+  j = Json::parse(res->body);
+  EXPECT_EQ(j["tokens"].get<std::vector<int>>(), *tokenizer_->Encode("Life is", true));
+  EXPECT_EQ(j["count"], j["tokens"].size());
+  res = client_->Post("/detokenize", Json({{"tokens", j["tokens"]}}).dump(), "application/json");
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_NE(Json::parse(res->body)["prompt"].get<std::string>().find("Life is"), std::string::npos);
+  res = client_->Post("/tokenize", R"({"text": "x"})", "application/json");
+  EXPECT_EQ(res->status, 400);
+
+  res = client_->Get("/health");
+  EXPECT_EQ(res->status, 200);
+  res = client_->Get("/metrics");
+  EXPECT_EQ(res->status, 200);
+  EXPECT_NE(res->body.find("test_counter_total 1"), std::string::npos) << res->body;
+}
+
+}  // namespace
+}  // namespace moemesh

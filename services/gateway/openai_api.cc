@@ -1,0 +1,283 @@
+#include "services/gateway/openai_api.h"
+
+#include <chrono>
+#include <random>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "nlohmann/json.hpp"
+
+namespace moemesh {
+namespace {
+
+using Json = nlohmann::json;
+
+absl::Status Bad(const std::string& param, const std::string& what) {
+  return absl::InvalidArgumentError(absl::StrCat(param, ": ", what));
+}
+
+// The request's own field names in the gateway's messages.
+std::string OpenAiMessage(absl::string_view message) {
+  for (const char* prefix : {"text: ", "token_ids: "}) {
+    if (absl::StartsWith(message, prefix)) return absl::StrCat("prompt: ", message.substr(std::string(prefix).size()));
+  }
+  if (absl::StartsWith(message, "sampling: ")) return std::string(message.substr(10));
+  return std::string(message);
+}
+
+std::string Dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_handler_t::replace); }
+
+}  // namespace
+
+absl::StatusOr<CompletionRequest> ParseCompletionRequest(const std::string& body) {
+  const Json j = Json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return absl::InvalidArgumentError("the request body is not valid JSON");
+  if (!j.is_object()) return absl::InvalidArgumentError("the request body must be a JSON object");
+  CompletionRequest out;
+  v1::GenerateRequest& r = out.request;
+  auto get = [&](const char* name) -> const Json* {
+    auto it = j.find(name);
+    return it == j.end() || it->is_null() ? nullptr : &*it;
+  };
+  // Typed readers: a field of another type is INVALID_ARGUMENT naming it.
+  auto number = [&](const char* name, double* v) -> absl::Status {
+    const Json* f = get(name);
+    if (f == nullptr) return absl::OkStatus();
+    if (!f->is_number()) return Bad(name, "must be a number");
+    *v = f->get<double>();
+    return absl::OkStatus();
+  };
+  auto integer = [&](const char* name, int64_t* v) -> absl::Status {
+    const Json* f = get(name);
+    if (f == nullptr) return absl::OkStatus();
+    if (!f->is_number_integer()) return Bad(name, "must be an integer");
+    *v = f->get<int64_t>();
+    return absl::OkStatus();
+  };
+  auto boolean = [&](const char* name, bool* v) -> absl::Status {
+    const Json* f = get(name);
+    if (f == nullptr) return absl::OkStatus();
+    if (!f->is_boolean()) return Bad(name, "must be true or false");
+    *v = f->get<bool>();
+    return absl::OkStatus();
+  };
+  auto string = [&](const char* name, std::string* v) -> absl::Status {
+    const Json* f = get(name);
+    if (f == nullptr) return absl::OkStatus();
+    if (!f->is_string()) return Bad(name, "must be a string");
+    *v = f->get<std::string>();
+    return absl::OkStatus();
+  };
+
+  std::string model;
+  if (absl::Status st = string("model", &model); !st.ok()) return st;
+  r.set_model(model);
+
+  // prompt: a string, a list of token ids, or a list of one of either.
+  const Json* prompt = get("prompt");
+  if (prompt == nullptr) return Bad("prompt", "is required");
+  if (prompt->is_array() && prompt->size() == 1 && ((*prompt)[0].is_string() || (*prompt)[0].is_array())) {
+    prompt = &(*prompt)[0];
+  }
+  if (prompt->is_string()) {
+    r.set_text(prompt->get<std::string>());
+  } else if (prompt->is_array() && !prompt->empty() && (*prompt)[0].is_number_integer()) {
+    for (const Json& t : *prompt) {
+      if (!t.is_number_integer() || t.get<int64_t>() < INT32_MIN || t.get<int64_t>() > INT32_MAX) {
+        return Bad("prompt", "a list of token ids must hold integers only");
+      }
+      r.mutable_token_ids()->add_ids(static_cast<int>(t.get<int64_t>()));
+    }
+  } else if (prompt->is_array() && prompt->size() > 1) {
+    return Bad("prompt", "several prompts in one request are not supported yet; send one per request");
+  } else {
+    return Bad("prompt", "must be a string or a list of token ids");
+  }
+
+  int64_t max_tokens = 16;  // OpenAI's default for completions
+  if (absl::Status st = integer("max_tokens", &max_tokens); !st.ok()) return st;
+  if (max_tokens < 1 || max_tokens > INT32_MAX) return Bad("max_tokens", "must be >= 1");
+  r.set_max_tokens(static_cast<int>(max_tokens));
+
+  v1::SamplingParams* s = r.mutable_sampling();
+  double v = 0;
+  struct {
+    const char* name;
+    void (v1::SamplingParams::*set)(float);
+  } floats[] = {{"temperature", &v1::SamplingParams::set_temperature},
+                {"top_p", &v1::SamplingParams::set_top_p},
+                {"min_p", &v1::SamplingParams::set_min_p},
+                {"repetition_penalty", &v1::SamplingParams::set_repetition_penalty},
+                {"presence_penalty", &v1::SamplingParams::set_presence_penalty},
+                {"frequency_penalty", &v1::SamplingParams::set_frequency_penalty}};
+  for (const auto& f : floats) {
+    if (get(f.name) == nullptr) continue;
+    if (absl::Status st = number(f.name, &v); !st.ok()) return st;
+    (s->*f.set)(static_cast<float>(v));
+  }
+  int64_t top_k = 0;
+  if (absl::Status st = integer("top_k", &top_k); !st.ok()) return st;
+  if (get("top_k") != nullptr) s->set_top_k(top_k == -1 ? 0 : static_cast<int>(top_k));  // vLLM: -1 is off
+  int64_t seed = 0;
+  if (absl::Status st = integer("seed", &seed); !st.ok()) return st;
+  if (get("seed") != nullptr) {
+    if (seed < 0) return Bad("seed", "must be >= 0");
+    s->set_seed(static_cast<uint64_t>(seed));
+  }
+
+  int64_t n = 1;
+  if (absl::Status st = integer("n", &n); !st.ok()) return st;
+  if (n != 1) return Bad("n", "only 1 is supported yet");
+  bool echo = false;
+  if (absl::Status st = boolean("echo", &echo); !st.ok()) return st;
+  if (echo) return Bad("echo", "is not supported yet");
+  if (get("logprobs") != nullptr) {
+    int64_t lp = 0;
+    if (absl::Status st = integer("logprobs", &lp); !st.ok()) return st;
+    if (lp != 0) return Bad("logprobs", "is not supported yet on the HTTP API (the gRPC API has it)");
+  }
+
+  if (const Json* stop = get("stop")) {
+    if (stop->is_string()) {
+      r.add_stop(stop->get<std::string>());
+    } else if (stop->is_array()) {
+      for (const Json& e : *stop) {
+        if (!e.is_string()) return Bad("stop", "must be a string or a list of strings");
+        r.add_stop(e.get<std::string>());
+      }
+    } else {
+      return Bad("stop", "must be a string or a list of strings");
+    }
+  }
+  bool b = false;
+  if (absl::Status st = boolean("ignore_eos", &b); !st.ok()) return st;
+  r.set_ignore_eos(b);
+  if (get("skip_special_tokens") != nullptr) {
+    if (absl::Status st = boolean("skip_special_tokens", &b); !st.ok()) return st;
+    r.set_skip_special_tokens(b);
+  }
+  std::string session;
+  if (absl::Status st = string("session_id", &session); !st.ok()) return st;
+  r.set_session_id(session);
+  std::string user;
+  if (absl::Status st = string("user", &user); !st.ok()) return st;  // accepted, not used
+
+  if (absl::Status st = boolean("stream", &out.stream); !st.ok()) return st;
+  if (const Json* so = get("stream_options")) {
+    if (!so->is_object()) return Bad("stream_options", "must be an object");
+    auto it = so->find("include_usage");
+    if (it != so->end() && !it->is_null()) {
+      if (!it->is_boolean()) return Bad("stream_options.include_usage", "must be true or false");
+      out.include_usage = it->get<bool>();
+    }
+    if (!out.stream) return Bad("stream_options", "applies only with stream: true");
+  }
+  return out;
+}
+
+CompletionIds NewCompletionIds(const std::string& model) {
+  thread_local std::mt19937_64 rng(std::random_device{}());
+  CompletionIds ids;
+  ids.id = absl::StrFormat("cmpl-%016x%016x", rng(), rng());
+  ids.created = std::chrono::duration_cast<std::chrono::seconds>(
+                    std::chrono::system_clock::now().time_since_epoch())
+                    .count();
+  ids.model = model;
+  return ids;
+}
+
+const char* FinishReasonName(v1::FinishReason reason) {
+  switch (reason) {
+    case v1::FINISH_REASON_LENGTH:
+      return "length";
+    case v1::FINISH_REASON_STOP:
+    case v1::FINISH_REASON_ABORT:
+      return "stop";
+    default:
+      return nullptr;
+  }
+}
+
+namespace {
+
+Json Usage(const v1::Usage& usage) {
+  return {{"prompt_tokens", usage.prompt_tokens()},
+          {"completion_tokens", usage.completion_tokens()},
+          {"total_tokens", usage.prompt_tokens() + usage.completion_tokens()}};
+}
+
+Json Choice(const std::string& text, v1::FinishReason reason) {
+  const char* finish = FinishReasonName(reason);
+  return {{"index", 0}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", finish ? Json(finish) : Json()}};
+}
+
+Json Object(const CompletionIds& ids) {
+  return {{"id", ids.id}, {"object", "text_completion"}, {"created", ids.created}, {"model", ids.model}};
+}
+
+}  // namespace
+
+std::string CompletionJson(const CompletionIds& ids, const std::string& text, v1::FinishReason reason,
+                           const v1::Usage& usage) {
+  Json j = Object(ids);
+  j["choices"] = Json::array({Choice(text, reason)});
+  j["usage"] = Usage(usage);
+  return Dump(j);
+}
+
+std::string CompletionChunkEvent(const CompletionIds& ids, const std::string& text, v1::FinishReason reason) {
+  Json j = Object(ids);
+  j["choices"] = Json::array({Choice(text, reason)});
+  return absl::StrCat("data: ", Dump(j), "\n\n");
+}
+
+std::string UsageChunkEvent(const CompletionIds& ids, const v1::Usage& usage) {
+  Json j = Object(ids);
+  j["choices"] = Json::array();
+  j["usage"] = Usage(usage);
+  return absl::StrCat("data: ", Dump(j), "\n\n");
+}
+
+int HttpStatusFor(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kOk:
+      return 200;
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kOutOfRange:
+      return 400;
+    case absl::StatusCode::kUnauthenticated:
+      return 401;
+    case absl::StatusCode::kPermissionDenied:
+      return 403;
+    case absl::StatusCode::kNotFound:
+      return 404;
+    case absl::StatusCode::kResourceExhausted:
+      return 429;
+    case absl::StatusCode::kCancelled:
+      return 499;
+    case absl::StatusCode::kUnavailable:
+      return 503;
+    case absl::StatusCode::kDeadlineExceeded:
+      return 504;
+    default:
+      return 500;
+  }
+}
+
+std::string ErrorJson(const absl::Status& status) {
+  const int http = HttpStatusFor(status);
+  const char* type = http == 400   ? "invalid_request_error"
+                     : http == 404 ? "not_found_error"
+                     : http == 429 ? "rate_limit_error"
+                     : http == 503 ? "service_unavailable_error"
+                                   : "server_error";
+  return Dump({{"error",
+                {{"message", OpenAiMessage(status.message())},
+                 {"type", type},
+                 {"param", nullptr},
+                 {"code", absl::StatusCodeToString(status.code())}}}});
+}
+
+}  // namespace moemesh

@@ -1,0 +1,58 @@
+#ifndef MOEMESH_SERVICES_GATEWAY_OPENAI_API_H_
+#define MOEMESH_SERVICES_GATEWAY_OPENAI_API_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "moemesh/v1/gateway.pb.h"
+
+namespace moemesh {
+
+// The OpenAI-compatible HTTP API's translation, apart from any HTTP server
+// (docs/OPERATIONS.md, "HTTP API"): request bodies to the public gRPC
+// request, answers to OpenAI's JSON.
+
+// A parsed POST /v1/completions body.
+struct CompletionRequest {
+  v1::GenerateRequest request;
+  bool stream = false;
+  bool include_usage = false;  // stream_options.include_usage
+};
+
+// INVALID_ARGUMENT naming the field (OpenAI's "param") for malformed JSON,
+// a field of the wrong type, or what this server does not do yet (n > 1,
+// echo, logprobs). Unknown fields are ignored, as OpenAI clients send
+// their own. Range checks are the gateway's (BuildRouterRequest).
+absl::StatusOr<CompletionRequest> ParseCompletionRequest(const std::string& body);
+
+// The parts of a completion answer, as they come out of Gateway::Generate.
+struct CompletionIds {
+  std::string id;     // "cmpl-..."
+  int64_t created;    // Unix seconds
+  std::string model;  // the served model's name
+};
+CompletionIds NewCompletionIds(const std::string& model);
+
+// "stop", "length", or nullptr while not finished.
+const char* FinishReasonName(v1::FinishReason reason);
+
+// A whole (not streamed) completion object.
+std::string CompletionJson(const CompletionIds& ids, const std::string& text, v1::FinishReason reason,
+                           const v1::Usage& usage);
+// One server-sent event of a stream: "data: {chunk}\n\n". `usage` is set
+// on the last chunk with include_usage (then `choices` is empty, as OpenAI
+// sends it).
+std::string CompletionChunkEvent(const CompletionIds& ids, const std::string& text, v1::FinishReason reason);
+std::string UsageChunkEvent(const CompletionIds& ids, const v1::Usage& usage);
+inline constexpr char kDoneEvent[] = "data: [DONE]\n\n";
+
+// The HTTP status for a gateway error, and OpenAI's error object for it:
+// {"error": {"message", "type", "param", "code"}}.
+int HttpStatusFor(const absl::Status& status);
+std::string ErrorJson(const absl::Status& status);
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_SERVICES_GATEWAY_OPENAI_API_H_
