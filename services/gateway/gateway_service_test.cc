@@ -44,6 +44,7 @@ class LocalGateway {
   v1::Gateway::Stub* stub() { return stub_.get(); }
   const ServedModel& model() const { return model_; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
+  int in_flight() const { return gateway_->in_flight(); }
 
  private:
   std::unique_ptr<Tokenizer> tokenizer_;
@@ -219,7 +220,12 @@ TEST(GatewayServiceTest, AdmissionControlRefusesBeyondTheLimit) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   EXPECT_EQ(router.Status().kv_cache_blocks_used(), 0);
-  EXPECT_TRUE(Generate(gw.stub(), TextRequest("hi", 2)).status.ok());  // room again
+  // The cancelled call's handler returns a moment after the client saw
+  // CANCELLED; then there is room again.
+  while (gw.in_flight() != 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_TRUE(Generate(gw.stub(), TextRequest("hi", 2)).status.ok());
 }
 
 TEST(GatewayServiceTest, SessionsStickToOneRouterAndSkipDeadOnes) {
