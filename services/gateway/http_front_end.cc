@@ -38,6 +38,17 @@ absl::StatusOr<Json> JsonBody(const httplib::Request& req) {
   return j;
 }
 
+// A token id's text, by the gateway's tokenizer.
+std::function<std::string(int)> TokenText(Gateway* gateway) {
+  return [gateway](int id) {
+    v1::DetokenizeRequest d;
+    d.add_ids(id);
+    d.set_skip_special_tokens(false);
+    v1::DetokenizeResponse out;
+    return gateway->Detokenize(d, &out).ok() ? out.text() : std::string();
+  };
+}
+
 void Completions(Gateway* gateway, const std::string& model, const httplib::Request& req, httplib::Response& res) {
   absl::StatusOr<CompletionRequest> parsed = ParseCompletionRequest(req.body);
   if (!parsed.ok()) return SendError(res, parsed.status());
@@ -48,7 +59,9 @@ void Completions(Gateway* gateway, const std::string& model, const httplib::Requ
     std::string text;
     v1::FinishReason reason = v1::FINISH_REASON_UNSPECIFIED;
     v1::Usage usage;
+    LogprobsJson logprobs(TokenText(gateway));
     absl::Status st = gateway->Generate(parsed->request, NewRouterCall, [&](const v1::GenerateResponse& r) {
+      logprobs.Add(r, text.size());
       text += r.text_delta();
       if (r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
         reason = r.finish_reason();
@@ -57,17 +70,22 @@ void Completions(Gateway* gateway, const std::string& model, const httplib::Requ
       return true;
     });
     if (!st.ok()) return SendError(res, st);
-    res.set_content(CompletionJson(ids, text, reason, usage), "application/json");
+    res.set_content(CompletionJson(ids, text, reason, usage, logprobs.empty() ? "" : logprobs.Take()),
+                    "application/json");
     return;
   }
   auto request = std::make_shared<CompletionRequest>(*std::move(parsed));
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider("text/event-stream", [gateway, request, ids](size_t, httplib::DataSink& sink) {
     auto write = [&sink](const std::string& s) { return sink.is_writable() && sink.write(s.data(), s.size()); };
+    LogprobsJson logprobs(TokenText(gateway));
+    size_t sent = 0;  // text bytes so far, for the offsets
     absl::Status st = gateway->Generate(request->request, NewRouterCall, [&](const v1::GenerateResponse& r) {
       std::string events;
-      if (!r.text_delta().empty() || r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
-        events = CompletionChunkEvent(ids, r.text_delta(), r.finish_reason());
+      logprobs.Add(r, sent);
+      sent += r.text_delta().size();
+      if (!r.text_delta().empty() || r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED || !logprobs.empty()) {
+        events = CompletionChunkEvent(ids, r.text_delta(), r.finish_reason(), logprobs.empty() ? "" : logprobs.Take());
       }
       if (r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED && request->include_usage) {
         events += UsageChunkEvent(ids, r.usage());

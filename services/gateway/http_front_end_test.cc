@@ -115,6 +115,35 @@ TEST_F(HttpFrontEndTest, StreamsServerSentEventsWithUsageLast) {
   EXPECT_EQ(text, GrpcText(same));
 }
 
+// Log probabilities in OpenAI's legacy form: one entry per token, the
+// sampled token's among its top ones (greedy: the likeliest), offsets into
+// the text.
+TEST_F(HttpFrontEndTest, CompletionLogprobs) {
+  auto res = client_->Post("/v1/completions", R"({"prompt": "Life is", "max_tokens": 5, "temperature": 0,
+                                                  "logprobs": 3})",
+                           "application/json");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  Json choice = Json::parse(res->body)["choices"][0];
+  Json lp = choice["logprobs"];
+  ASSERT_EQ(lp["tokens"].size(), 5u) << res->body;
+  ASSERT_EQ(lp["token_logprobs"].size(), 5u);
+  ASSERT_EQ(lp["top_logprobs"].size(), 5u);
+  std::string joined;
+  for (size_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(lp["text_offset"][i].get<size_t>(), joined.size());
+    joined += lp["tokens"][i].get<std::string>();
+    const Json& top = lp["top_logprobs"][i];
+    EXPECT_LE(top.size(), 3u);
+    ASSERT_TRUE(top.contains(lp["tokens"][i].get<std::string>())) << top;
+    EXPECT_FLOAT_EQ(top[lp["tokens"][i].get<std::string>()].get<float>(), lp["token_logprobs"][i].get<float>());
+    EXPECT_LE(lp["token_logprobs"][i].get<float>(), 0.0f);
+  }
+  EXPECT_EQ(joined, choice["text"]);
+  res = client_->Post("/v1/completions", R"({"prompt": "x", "logprobs": 21})", "application/json");
+  EXPECT_EQ(res->status, 400);
+}
+
 TEST_F(HttpFrontEndTest, ErrorsAreOpenAiErrorsWithTheRightStatus) {
   auto res = client_->Post("/v1/completions", R"({"prompt": "hi", "max_tokens": 1000000})", "application/json");
   ASSERT_TRUE(res);

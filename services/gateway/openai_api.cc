@@ -132,11 +132,10 @@ absl::StatusOr<CompletionRequest> ParseCompletionRequest(const std::string& body
   bool echo = false;
   if (absl::Status st = boolean("echo", &echo); !st.ok()) return st;
   if (echo) return Bad("echo", "is not supported yet");
-  if (get("logprobs") != nullptr) {
-    int64_t lp = 0;
-    if (absl::Status st = integer("logprobs", &lp); !st.ok()) return st;
-    if (lp != 0) return Bad("logprobs", "is not supported yet on the HTTP API (the gRPC API has it)");
-  }
+  int64_t logprobs = 0;  // the gateway checks the range
+  if (absl::Status st = integer("logprobs", &logprobs); !st.ok()) return st;
+  if (logprobs < INT32_MIN || logprobs > INT32_MAX) return Bad("logprobs", "must be 0 to 20");
+  r.set_logprobs(static_cast<int>(logprobs));
 
   if (const Json* stop = get("stop")) {
     if (stop->is_string()) {
@@ -207,9 +206,12 @@ Json Usage(const v1::Usage& usage) {
           {"total_tokens", usage.prompt_tokens() + usage.completion_tokens()}};
 }
 
-Json Choice(const std::string& text, v1::FinishReason reason) {
+Json Choice(const std::string& text, v1::FinishReason reason, const std::string& logprobs) {
   const char* finish = FinishReasonName(reason);
-  return {{"index", 0}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", finish ? Json(finish) : Json()}};
+  return {{"index", 0},
+          {"text", text},
+          {"logprobs", logprobs.empty() ? Json() : Json::parse(logprobs)},
+          {"finish_reason", finish ? Json(finish) : Json()}};
 }
 
 Json Object(const CompletionIds& ids) {
@@ -218,17 +220,51 @@ Json Object(const CompletionIds& ids) {
 
 }  // namespace
 
+void LogprobsJson::Add(const v1::GenerateResponse& response, size_t offset) {
+  for (int i = 0; i < response.token_ids_size() && i < response.logprobs_size(); ++i) {
+    const std::string text = token_text_(response.token_ids(i));
+    offsets_.push_back(offset);
+    offset += text.size();
+    tokens_.push_back(text);
+    logprobs_.push_back(response.logprobs(i).logprob());
+    std::vector<std::pair<std::string, float>> top;
+    for (const v1::TopLogprob& t : response.logprobs(i).top()) top.emplace_back(t.text(), t.logprob());
+    top_.push_back(std::move(top));
+  }
+}
+
+std::string LogprobsJson::Take() {
+  Json top = Json::array();
+  for (const auto& t : top_) {
+    Json m = Json::object();
+    for (const auto& [text, lp] : t) {
+      if (!m.contains(text)) m[text] = lp;  // two ids with one text: the likelier
+    }
+    top.push_back(m);
+  }
+  const std::string out = Dump({{"tokens", tokens_},
+                                {"token_logprobs", logprobs_},
+                                {"top_logprobs", top},
+                                {"text_offset", offsets_}});
+  tokens_.clear();
+  logprobs_.clear();
+  top_.clear();
+  offsets_.clear();
+  return out;
+}
+
 std::string CompletionJson(const CompletionIds& ids, const std::string& text, v1::FinishReason reason,
-                           const v1::Usage& usage) {
+                           const v1::Usage& usage, const std::string& logprobs) {
   Json j = Object(ids);
-  j["choices"] = Json::array({Choice(text, reason)});
+  j["choices"] = Json::array({Choice(text, reason, logprobs)});
   j["usage"] = Usage(usage);
   return Dump(j);
 }
 
-std::string CompletionChunkEvent(const CompletionIds& ids, const std::string& text, v1::FinishReason reason) {
+std::string CompletionChunkEvent(const CompletionIds& ids, const std::string& text, v1::FinishReason reason,
+                                 const std::string& logprobs) {
   Json j = Object(ids);
-  j["choices"] = Json::array({Choice(text, reason)});
+  j["choices"] = Json::array({Choice(text, reason, logprobs)});
   return absl::StrCat("data: ", Dump(j), "\n\n");
 }
 

@@ -2,7 +2,10 @@
 #define MOEMESH_SERVICES_GATEWAY_OPENAI_API_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -23,7 +26,7 @@ struct CompletionRequest {
 
 // INVALID_ARGUMENT naming the field (OpenAI's "param") for malformed JSON,
 // a field of the wrong type, or what this server does not do yet (n > 1,
-// echo, logprobs). Unknown fields are ignored, as OpenAI clients send
+// echo). Unknown fields are ignored, as OpenAI clients send
 // their own. Range checks are the gateway's (BuildRouterRequest).
 absl::StatusOr<CompletionRequest> ParseCompletionRequest(const std::string& body);
 
@@ -38,13 +41,36 @@ CompletionIds NewCompletionIds(const std::string& model);
 // "stop", "length", or nullptr while not finished.
 const char* FinishReasonName(v1::FinishReason reason);
 
-// A whole (not streamed) completion object.
+// Completions' log probabilities (OpenAI's legacy form: tokens,
+// token_logprobs, top_logprobs, text_offset), gathered from responses.
+// `token_text` gives a token id's text.
+class LogprobsJson {
+ public:
+  explicit LogprobsJson(std::function<std::string(int)> token_text) : token_text_(std::move(token_text)) {}
+  // Adds a response's tokens; their text offsets continue from `offset`
+  // (the completion's text so far, in bytes).
+  void Add(const v1::GenerateResponse& response, size_t offset);
+  bool empty() const { return tokens_.empty(); }
+  // The JSON object; then starts over.
+  std::string Take();
+
+ private:
+  std::function<std::string(int)> token_text_;
+  std::vector<std::string> tokens_;
+  std::vector<float> logprobs_;
+  std::vector<std::vector<std::pair<std::string, float>>> top_;
+  std::vector<size_t> offsets_;
+};
+
+// A whole (not streamed) completion object; `logprobs` is a JSON object or
+// empty (null).
 std::string CompletionJson(const CompletionIds& ids, const std::string& text, v1::FinishReason reason,
-                           const v1::Usage& usage);
+                           const v1::Usage& usage, const std::string& logprobs = "");
 // One server-sent event of a stream: "data: {chunk}\n\n". `usage` is set
 // on the last chunk with include_usage (then `choices` is empty, as OpenAI
 // sends it).
-std::string CompletionChunkEvent(const CompletionIds& ids, const std::string& text, v1::FinishReason reason);
+std::string CompletionChunkEvent(const CompletionIds& ids, const std::string& text, v1::FinishReason reason,
+                                 const std::string& logprobs = "");
 std::string UsageChunkEvent(const CompletionIds& ids, const v1::Usage& usage);
 inline constexpr char kDoneEvent[] = "data: [DONE]\n\n";
 

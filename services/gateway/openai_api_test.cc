@@ -61,7 +61,7 @@ TEST(OpenAiApiTest, RefusesWhatItCannotServeNamingTheField) {
       {R"({"prompt": "a", "temperature": "hot"})", "temperature"},
       {R"({"prompt": "a", "n": 2})", "n"},
       {R"({"prompt": "a", "echo": true})", "echo"},
-      {R"({"prompt": "a", "logprobs": 2})", "logprobs"},
+      {R"({"prompt": "a", "logprobs": "2"})", "logprobs"},
       {R"({"prompt": "a", "stop": [1]})", "stop"},
       {R"({"prompt": "a", "seed": -1})", "seed"},
       {R"({"prompt": "a", "stream_options": {"include_usage": true}})", "stream_options"},
