@@ -3,6 +3,9 @@
 #include <httplib.h>
 
 #include <chrono>
+#include <functional>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
@@ -49,6 +52,41 @@ std::function<std::string(int)> TokenText(Gateway* gateway) {
   };
 }
 
+// Runs the request's n choices side by side (choice i with seed + i when a
+// seed is given, so that they differ and repeat), handing each response to
+// `on_response(i, response)`, which may run on any of their threads.
+// Returns the first error, and each choice's usage.
+absl::Status RunChoices(Gateway* gateway, const CompletionRequest& c,
+                        const std::function<bool(int, const v1::GenerateResponse&)>& on_response,
+                        std::vector<v1::Usage>* usage) {
+  std::vector<absl::Status> status(c.n);
+  usage->assign(c.n, v1::Usage());
+  auto run = [&](int i) {
+    v1::GenerateRequest r = c.request;
+    if (r.sampling().has_seed()) r.mutable_sampling()->set_seed(r.sampling().seed() + i);
+    status[i] = gateway->Generate(r, NewRouterCall, [&, i](const v1::GenerateResponse& resp) {
+      if (resp.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) (*usage)[i] = resp.usage();
+      return on_response(i, resp);
+    });
+  };
+  std::vector<std::thread> others;
+  for (int i = 1; i < c.n; ++i) others.emplace_back(run, i);
+  run(0);
+  for (std::thread& t : others) t.join();
+  for (const absl::Status& st : status) {
+    if (!st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
+// The choices' usage together: the prompt once, every choice's tokens.
+v1::Usage Total(const std::vector<v1::Usage>& usage) {
+  v1::Usage total;
+  if (!usage.empty()) total.set_prompt_tokens(usage[0].prompt_tokens());
+  for (const v1::Usage& u : usage) total.set_completion_tokens(total.completion_tokens() + u.completion_tokens());
+  return total;
+}
+
 void Completions(Gateway* gateway, const std::string& model, const httplib::Request& req, httplib::Response& res) {
   absl::StatusOr<CompletionRequest> parsed = ParseCompletionRequest(req.body);
   if (!parsed.ok()) return SendError(res, parsed.status());
@@ -56,42 +94,51 @@ void Completions(Gateway* gateway, const std::string& model, const httplib::Requ
   if (absl::Status st = gateway->Check(parsed->request); !st.ok()) return SendError(res, st);
   const CompletionIds ids = NewCompletionIds(parsed->request.model().empty() ? model : parsed->request.model());
   if (!parsed->stream) {
-    std::string text;
-    v1::FinishReason reason = v1::FINISH_REASON_UNSPECIFIED;
-    v1::Usage usage;
-    LogprobsJson logprobs(TokenText(gateway));
-    absl::Status st = gateway->Generate(parsed->request, NewRouterCall, [&](const v1::GenerateResponse& r) {
-      logprobs.Add(r, text.size());
-      text += r.text_delta();
-      if (r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
-        reason = r.finish_reason();
-        usage = r.usage();
-      }
-      return true;
-    });
+    std::vector<CompletionChoice> choices(parsed->n);
+    std::vector<LogprobsJson> logprobs(parsed->n, LogprobsJson(TokenText(gateway)));
+    std::vector<v1::Usage> usage;
+    absl::Status st = RunChoices(
+        gateway, *parsed,
+        [&](int i, const v1::GenerateResponse& r) {
+          logprobs[i].Add(r, choices[i].text.size());
+          choices[i].text += r.text_delta();
+          if (r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) choices[i].reason = r.finish_reason();
+          return true;
+        },
+        &usage);
     if (!st.ok()) return SendError(res, st);
-    res.set_content(CompletionJson(ids, text, reason, usage, logprobs.empty() ? "" : logprobs.Take()),
-                    "application/json");
+    for (int i = 0; i < parsed->n; ++i) {
+      if (!logprobs[i].empty()) choices[i].logprobs = logprobs[i].Take();
+    }
+    res.set_content(CompletionJson(ids, choices, Total(usage)), "application/json");
     return;
   }
   auto request = std::make_shared<CompletionRequest>(*std::move(parsed));
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider("text/event-stream", [gateway, request, ids](size_t, httplib::DataSink& sink) {
-    auto write = [&sink](const std::string& s) { return sink.is_writable() && sink.write(s.data(), s.size()); };
-    LogprobsJson logprobs(TokenText(gateway));
-    size_t sent = 0;  // text bytes so far, for the offsets
-    absl::Status st = gateway->Generate(request->request, NewRouterCall, [&](const v1::GenerateResponse& r) {
-      std::string events;
-      logprobs.Add(r, sent);
-      sent += r.text_delta().size();
-      if (!r.text_delta().empty() || r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED || !logprobs.empty()) {
-        events = CompletionChunkEvent(ids, r.text_delta(), r.finish_reason(), logprobs.empty() ? "" : logprobs.Take());
-      }
-      if (r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED && request->include_usage) {
-        events += UsageChunkEvent(ids, r.usage());
-      }
-      return events.empty() || write(events);  // false: the client left, and the router call is cancelled
-    });
+    std::mutex mu;  // the choices' threads share the sink
+    bool gone = false;
+    auto write = [&](const std::string& s) {
+      std::lock_guard<std::mutex> lock(mu);
+      gone = gone || !sink.is_writable() || !sink.write(s.data(), s.size());
+      return !gone;
+    };
+    std::vector<LogprobsJson> logprobs(request->n, LogprobsJson(TokenText(gateway)));
+    std::vector<size_t> sent(request->n, 0);  // each choice's text bytes so far, for the offsets
+    std::vector<v1::Usage> usage;
+    absl::Status st = RunChoices(
+        gateway, *request,
+        [&](int i, const v1::GenerateResponse& r) {
+          logprobs[i].Add(r, sent[i]);
+          sent[i] += r.text_delta().size();
+          if (r.text_delta().empty() && r.finish_reason() == v1::FINISH_REASON_UNSPECIFIED && logprobs[i].empty()) {
+            return true;
+          }
+          CompletionChoice c{r.text_delta(), r.finish_reason(), logprobs[i].empty() ? "" : logprobs[i].Take()};
+          return write(CompletionChunkEvent(ids, i, c));  // false: the client left; the router call is cancelled
+        },
+        &usage);
+    if (st.ok() && request->include_usage) write(UsageChunkEvent(ids, Total(usage)));
     if (!st.ok() && !absl::IsCancelled(st)) write("data: " + ErrorJson(st) + "\n\n");
     write(kDoneEvent);
     sink.done();

@@ -144,6 +144,43 @@ TEST_F(HttpFrontEndTest, CompletionLogprobs) {
   EXPECT_EQ(res->status, 400);
 }
 
+// n choices, each sampled with seed + its index: choice i equals a single
+// request with that seed; streamed, every choice's chunks carry its index.
+TEST_F(HttpFrontEndTest, SeveralChoices) {
+  auto res = client_->Post("/v1/completions",
+                           R"({"prompt": "Life is", "max_tokens": 6, "n": 3, "seed": 10, "temperature": 1.0})",
+                           "application/json");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  Json j = Json::parse(res->body);
+  ASSERT_EQ(j["choices"].size(), 3u);
+  EXPECT_EQ(j["usage"]["completion_tokens"], 18);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(j["choices"][i]["index"], i);
+    v1::GenerateRequest one;
+    one.set_text("Life is");
+    one.set_max_tokens(6);
+    one.mutable_sampling()->set_temperature(1.0f);
+    one.mutable_sampling()->set_seed(10 + i);
+    EXPECT_EQ(j["choices"][i]["text"], GrpcText(one)) << i;
+  }
+  res = client_->Post("/v1/completions",
+                      R"({"prompt": "Life is", "max_tokens": 6, "n": 2, "seed": 10, "stream": true,
+                          "stream_options": {"include_usage": true}})",
+                      "application/json");
+  ASSERT_EQ(res->status, 200) << res->body;
+  std::vector<std::string> events = absl::StrSplit(res->body, "\n\n", absl::SkipEmpty());
+  std::string texts[2];
+  for (size_t i = 0; i + 2 < events.size(); ++i) {
+    Json c = Json::parse(events[i].substr(6));
+    texts[c["choices"][0]["index"].get<int>()] += c["choices"][0]["text"].get<std::string>();
+  }
+  EXPECT_EQ(texts[0], j["choices"][0]["text"]);
+  EXPECT_EQ(texts[1], j["choices"][1]["text"]);
+  EXPECT_EQ(Json::parse(events[events.size() - 2].substr(6))["usage"]["completion_tokens"], 12);
+  EXPECT_EQ(events.back(), "data: [DONE]");
+}
+
 TEST_F(HttpFrontEndTest, ErrorsAreOpenAiErrorsWithTheRightStatus) {
   auto res = client_->Post("/v1/completions", R"({"prompt": "hi", "max_tokens": 1000000})", "application/json");
   ASSERT_TRUE(res);

@@ -128,7 +128,8 @@ absl::StatusOr<CompletionRequest> ParseCompletionRequest(const std::string& body
 
   int64_t n = 1;
   if (absl::Status st = integer("n", &n); !st.ok()) return st;
-  if (n != 1) return Bad("n", "only 1 is supported yet");
+  if (n < 1 || n > kMaxChoices) return Bad("n", absl::StrCat("must be 1 to ", kMaxChoices));
+  out.n = static_cast<int>(n);
   bool echo = false;
   if (absl::Status st = boolean("echo", &echo); !st.ok()) return st;
   if (echo) return Bad("echo", "is not supported yet");
@@ -159,6 +160,10 @@ absl::StatusOr<CompletionRequest> ParseCompletionRequest(const std::string& body
   std::string session;
   if (absl::Status st = string("session_id", &session); !st.ok()) return st;
   r.set_session_id(session);
+  bool continue_session = false;
+  if (absl::Status st = boolean("continue_session", &continue_session); !st.ok()) return st;
+  r.set_continue_session(continue_session);
+  if (continue_session && out.n > 1) return Bad("n", "a session's turn has one answer: n must be 1");
   std::string user;
   if (absl::Status st = string("user", &user); !st.ok()) return st;  // accepted, not used
 
@@ -206,11 +211,11 @@ Json Usage(const v1::Usage& usage) {
           {"total_tokens", usage.prompt_tokens() + usage.completion_tokens()}};
 }
 
-Json Choice(const std::string& text, v1::FinishReason reason, const std::string& logprobs) {
-  const char* finish = FinishReasonName(reason);
-  return {{"index", 0},
-          {"text", text},
-          {"logprobs", logprobs.empty() ? Json() : Json::parse(logprobs)},
+Json Choice(int index, const CompletionChoice& c) {
+  const char* finish = FinishReasonName(c.reason);
+  return {{"index", index},
+          {"text", c.text},
+          {"logprobs", c.logprobs.empty() ? Json() : Json::parse(c.logprobs)},
           {"finish_reason", finish ? Json(finish) : Json()}};
 }
 
@@ -253,18 +258,18 @@ std::string LogprobsJson::Take() {
   return out;
 }
 
-std::string CompletionJson(const CompletionIds& ids, const std::string& text, v1::FinishReason reason,
-                           const v1::Usage& usage, const std::string& logprobs) {
+std::string CompletionJson(const CompletionIds& ids, const std::vector<CompletionChoice>& choices,
+                           const v1::Usage& usage) {
   Json j = Object(ids);
-  j["choices"] = Json::array({Choice(text, reason, logprobs)});
+  j["choices"] = Json::array();
+  for (size_t i = 0; i < choices.size(); ++i) j["choices"].push_back(Choice(static_cast<int>(i), choices[i]));
   j["usage"] = Usage(usage);
   return Dump(j);
 }
 
-std::string CompletionChunkEvent(const CompletionIds& ids, const std::string& text, v1::FinishReason reason,
-                                 const std::string& logprobs) {
+std::string CompletionChunkEvent(const CompletionIds& ids, int index, const CompletionChoice& choice) {
   Json j = Object(ids);
-  j["choices"] = Json::array({Choice(text, reason, logprobs)});
+  j["choices"] = Json::array({Choice(index, choice)});
   return absl::StrCat("data: ", Dump(j), "\n\n");
 }
 

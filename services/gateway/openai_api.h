@@ -20,13 +20,16 @@ namespace moemesh {
 // A parsed POST /v1/completions body.
 struct CompletionRequest {
   v1::GenerateRequest request;
+  int n = 1;  // choices, 1 to kMaxChoices
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
 };
 
+inline constexpr int kMaxChoices = 16;
+
 // INVALID_ARGUMENT naming the field (OpenAI's "param") for malformed JSON,
-// a field of the wrong type, or what this server does not do yet (n > 1,
-// echo). Unknown fields are ignored, as OpenAI clients send
+// a field of the wrong type, n outside [1, kMaxChoices] (or with
+// continue_session), or what this server does not do yet (echo). Unknown fields are ignored, as OpenAI clients send
 // their own. Range checks are the gateway's (BuildRouterRequest).
 absl::StatusOr<CompletionRequest> ParseCompletionRequest(const std::string& body);
 
@@ -62,15 +65,19 @@ class LogprobsJson {
   std::vector<size_t> offsets_;
 };
 
-// A whole (not streamed) completion object; `logprobs` is a JSON object or
-// empty (null).
-std::string CompletionJson(const CompletionIds& ids, const std::string& text, v1::FinishReason reason,
-                           const v1::Usage& usage, const std::string& logprobs = "");
-// One server-sent event of a stream: "data: {chunk}\n\n". `usage` is set
-// on the last chunk with include_usage (then `choices` is empty, as OpenAI
-// sends it).
-std::string CompletionChunkEvent(const CompletionIds& ids, const std::string& text, v1::FinishReason reason,
-                                 const std::string& logprobs = "");
+// One choice of a completion; `logprobs` is a JSON object or empty (null).
+struct CompletionChoice {
+  std::string text;
+  v1::FinishReason reason = v1::FINISH_REASON_UNSPECIFIED;
+  std::string logprobs;
+};
+// A whole (not streamed) completion object, its choices indexed in order.
+std::string CompletionJson(const CompletionIds& ids, const std::vector<CompletionChoice>& choices,
+                           const v1::Usage& usage);
+// One server-sent event of a stream: "data: {chunk}\n\n", for choice
+// `index`. UsageChunkEvent is the last before [DONE] with include_usage
+// (its `choices` is empty, as OpenAI sends it).
+std::string CompletionChunkEvent(const CompletionIds& ids, int index, const CompletionChoice& choice);
 std::string UsageChunkEvent(const CompletionIds& ids, const v1::Usage& usage);
 inline constexpr char kDoneEvent[] = "data: [DONE]\n\n";
 

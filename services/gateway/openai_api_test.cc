@@ -59,7 +59,9 @@ TEST(OpenAiApiTest, RefusesWhatItCannotServeNamingTheField) {
       {R"({"prompt": "a", "max_tokens": "3"})", "max_tokens"},
       {R"({"prompt": "a", "max_tokens": 0})", "max_tokens"},
       {R"({"prompt": "a", "temperature": "hot"})", "temperature"},
-      {R"({"prompt": "a", "n": 2})", "n"},
+      {R"({"prompt": "a", "n": 0})", "n"},
+      {R"({"prompt": "a", "n": 17})", "n"},
+      {R"({"prompt": "a", "n": 2, "session_id": "s", "continue_session": true})", "n"},
       {R"({"prompt": "a", "echo": true})", "echo"},
       {R"({"prompt": "a", "logprobs": "2"})", "logprobs"},
       {R"({"prompt": "a", "stop": [1]})", "stop"},
@@ -78,17 +80,21 @@ TEST(OpenAiApiTest, AnswersInOpenAisShapes) {
   v1::Usage usage;
   usage.set_prompt_tokens(3);
   usage.set_completion_tokens(4);
-  Json j = Json::parse(CompletionJson(ids, "hello", v1::FINISH_REASON_LENGTH, usage));
+  Json j = Json::parse(CompletionJson(
+      ids, {{"hello", v1::FINISH_REASON_LENGTH, ""}, {"bye", v1::FINISH_REASON_STOP, ""}}, usage));
   EXPECT_EQ(j["object"], "text_completion");
   EXPECT_EQ(j["choices"][0]["text"], "hello");
   EXPECT_EQ(j["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(j["choices"][1]["index"], 1);
+  EXPECT_EQ(j["choices"][1]["finish_reason"], "stop");
   EXPECT_EQ(j["usage"]["total_tokens"], 7);
 
-  const std::string chunk = CompletionChunkEvent(ids, "he", v1::FINISH_REASON_UNSPECIFIED);
+  const std::string chunk = CompletionChunkEvent(ids, 2, {"he", v1::FINISH_REASON_UNSPECIFIED, ""});
   ASSERT_EQ(chunk.rfind("data: ", 0), 0u);
   ASSERT_EQ(chunk.substr(chunk.size() - 2), "\n\n");
   j = Json::parse(chunk.substr(6));
   EXPECT_TRUE(j["choices"][0]["finish_reason"].is_null());
+  EXPECT_EQ(j["choices"][0]["index"], 2);
   j = Json::parse(UsageChunkEvent(ids, usage).substr(6));
   EXPECT_TRUE(j["choices"].empty());
   EXPECT_EQ(j["usage"]["completion_tokens"], 4);
