@@ -15,6 +15,7 @@
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
+#include <httplib.h>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_join.h"
@@ -69,6 +70,10 @@ class Mesh {
     // "  router 0 on 127.0.0.1:123 (pid 45)", "  expert shard 0 replica 1 on ...",
     // "  kvcache on ...", "  metrics of router 0 at http://HOST:PORT/metrics"
     for (const std::string& line : up_->lines()) {
+      if (absl::StartsWith(line, "  OpenAI-compatible HTTP API at http://")) {
+        http_address_ = line.substr(line.find("http://") + 7);
+        http_address_ = http_address_.substr(0, http_address_.find('/'));
+      }
       if (absl::StartsWith(line, "  metrics of router ")) {
         std::string url = line.substr(line.find("http://") + 7);
         router_metrics_.push_back(url.substr(0, url.find('/')));
@@ -103,6 +108,7 @@ class Mesh {
   const std::vector<std::string>& router_addresses() const { return router_addresses_; }
   int router_pid(int i) const { return router_pids_[i]; }
   const std::string& kvcache_address() const { return kvcache_address_; }
+  const std::string& http_address() const { return http_address_; }  // HOST:PORT, with --http-port
   // A counter's value on router i's /metrics, or -1.
   double RouterCounter(int i, const std::string& name) {
     const std::string& hp = router_metrics_[i];
@@ -135,6 +141,7 @@ class Mesh {
   std::vector<int> router_pids_;
   std::vector<std::string> router_metrics_;  // HOST:PORT of each router's /metrics
   std::string kvcache_address_;
+  std::string http_address_;
   std::map<std::pair<int, int>, int> expert_pids_;
   std::vector<int> pids_;
 };
@@ -450,6 +457,27 @@ TEST(MeshDemoModelTest, ClientCommand) {
 // An explicit placement file moves experts between shards, per layer; the
 // tokens do not change. A router and workers with different placements
 // refuse to work together.
+// moemesh up --http-port: the OpenAI-compatible API answers as the gRPC one.
+TEST(MeshDemoModelTest, HttpApi) {
+  Mesh mesh("models/fortune-moe", 2, 1, 1, {"--http-port=0"});
+  ASSERT_TRUE(mesh.ok());
+  ASSERT_FALSE(mesh.http_address().empty());
+  const std::string& hp = mesh.http_address();
+  httplib::Client client(hp.substr(0, hp.rfind(':')), std::stoi(hp.substr(hp.rfind(':') + 1)));
+  auto res = client.Post("/v1/completions", R"({"prompt": "Life is", "max_tokens": 12, "temperature": 0.8, "seed": 3})",
+                         "application/json");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  v1::GenerateRequest req;
+  req.set_text("Life is");
+  req.set_max_tokens(12);
+  req.mutable_sampling()->set_temperature(0.8f);
+  req.mutable_sampling()->set_seed(3);
+  Answer a = Generate(mesh.gateway(), req);
+  ASSERT_TRUE(a.status.ok());
+  EXPECT_EQ(nlohmann::json::parse(res->body)["choices"][0]["text"], a.text);
+}
+
 TEST(MeshDemoModelTest, PlacementFile) {
   const std::string file = ::testing::TempDir() + "/placement.json";
   FILE* f = std::fopen(file.c_str(), "w");
