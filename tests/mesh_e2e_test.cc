@@ -82,7 +82,7 @@ class Mesh {
       if (w.size() < 5 || !absl::StrContains(line, "(pid ")) continue;
       int pid = 0;
       (void)absl::SimpleAtoi(absl::StripSuffix(w.back(), ")"), &pid);
-      if (w[0] == "kvcache") kvcache_address_ = w[2];
+      if (w[0] == "kvcache") kvcache_address_ = w[w.size() - 3];  // "kvcache [replica N] on ADDR (pid P)"
       if (w[0] == "router") {
         router_addresses_.push_back(w[3]);
         router_pids_.push_back(pid);
@@ -232,12 +232,12 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, MeshTest,
 
 // A session whose home router dies continues on the other router: the
 // gateway sends the stored history with the new turn, the other router
-// fetches the history's KV blocks from the kvcache service instead of
-// computing them, and the answer equals the single-process engine's on the
-// whole conversation.
+// fetches the history's KV blocks from the kvcache service (two replicas)
+// instead of computing them, and the answer equals the single-process
+// engine's on the whole conversation.
 TEST(MeshSessionTest, ASessionContinuesOnAnotherRouterFromTheKvcacheService) {
   const std::string model = "tests/fixtures/qwen3_moe";
-  Mesh mesh(model, 1, 1, 2);
+  Mesh mesh(model, 1, 1, 2, {"--kvcache-replicas=2"});
   ASSERT_TRUE(mesh.ok());
   ASSERT_FALSE(mesh.kvcache_address().empty());
   std::vector<int> first;

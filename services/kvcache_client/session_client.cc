@@ -4,6 +4,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/strings/str_split.h"
 #include "moemesh/v1/kvcache.grpc.pb.h"
 #include "services/common/grpc_status.h"
 #include "services/common/server_util.h"
@@ -14,10 +15,26 @@ struct SessionClient::Rpc {
   std::unique_ptr<v1::KvCacheService::Stub> stub;
 };
 
-SessionClient::SessionClient(const std::string& address, const BlockHash& root, absl::Duration timeout)
-    : rpc_(std::make_unique<Rpc>()), root_(root), timeout_(timeout) {
-  rpc_->stub = v1::KvCacheService::NewStub(
-      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), ClientChannelArguments()));
+SessionClient::SessionClient(const std::string& addresses, const BlockHash& root, absl::Duration timeout)
+    : addresses_(absl::StrSplit(addresses, ',')), root_(root), timeout_(timeout) {
+  for (const std::string& a : addresses_) {
+    rpcs_.push_back(std::make_unique<Rpc>());
+    rpcs_.back()->stub =
+        v1::KvCacheService::NewStub(grpc::CreateCustomChannel(a, grpc::InsecureChannelCredentials(), ClientChannelArguments()));
+  }
+}
+
+SessionClient::Rpc& SessionClient::For(const std::string& session_id) const {
+  size_t best = 0;
+  uint64_t best_score = 0;
+  for (size_t i = 0; i < addresses_.size(); ++i) {
+    const uint64_t score = Checksum64(addresses_[i], session_id);
+    if (i == 0 || score > best_score) {
+      best = i;
+      best_score = score;
+    }
+  }
+  return *rpcs_[best];
 }
 
 SessionClient::~SessionClient() = default;
@@ -28,7 +45,7 @@ absl::StatusOr<SessionHistory> SessionClient::Load(const std::string& session_id
   v1::GetSessionRequest req;
   req.set_session_id(session_id);
   v1::Session s;
-  const grpc::Status st = rpc_->stub->GetSession(&ctx, req, &s);
+  const grpc::Status st = For(session_id).stub->GetSession(&ctx, req, &s);
   SessionHistory h;
   if (st.error_code() == grpc::StatusCode::NOT_FOUND) return h;
   if (!st.ok()) return FromGrpcStatus(st);
@@ -56,7 +73,7 @@ absl::StatusOr<int64_t> SessionClient::Save(const std::string& session_id, const
     req.set_create_only(true);
   }
   v1::Session s;
-  const grpc::Status st = rpc_->stub->PutSession(&ctx, req, &s);
+  const grpc::Status st = For(session_id).stub->PutSession(&ctx, req, &s);
   if (!st.ok()) return FromGrpcStatus(st);
   return s.version();
 }

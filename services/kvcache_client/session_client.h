@@ -19,12 +19,14 @@ struct SessionHistory {
   int64_t version = 0;           // 0: no such session yet
 };
 
-// The gateway's side of the kvcache service's session records. Every call
-// is bounded by `timeout`. Thread-safe.
+// The gateway's side of the kvcache service's session records. With
+// several replicas (`addresses` separated by ','), a session lives on the
+// one rendezvous hashing of its id picks. Every call is bounded by
+// `timeout`. Thread-safe.
 class SessionClient {
  public:
   // `root` names the model whose tokens the sessions hold.
-  SessionClient(const std::string& address, const BlockHash& root, absl::Duration timeout = absl::Seconds(2));
+  SessionClient(const std::string& addresses, const BlockHash& root, absl::Duration timeout = absl::Seconds(2));
   ~SessionClient();
 
   // An unknown (or expired) session is empty, version 0.
@@ -35,7 +37,9 @@ class SessionClient {
 
  private:
   struct Rpc;
-  std::unique_ptr<Rpc> rpc_;
+  Rpc& For(const std::string& session_id) const;
+  std::vector<std::string> addresses_;
+  std::vector<std::unique_ptr<Rpc>> rpcs_;
   const BlockHash root_;
   const absl::Duration timeout_;
 };

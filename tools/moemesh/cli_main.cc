@@ -82,6 +82,7 @@ ABSL_FLAG(int, max_running, 64, "requests in each router's batch at once");
 ABSL_FLAG(bool, kvcache, true,
           "start a kvcache service below the routers' KV caches (--kvcache=false: none); its loss costs recompute");
 ABSL_FLAG(std::string, kv_dir, "", "the kvcache service's folder (default: a temporary one, removed at exit)");
+ABSL_FLAG(int, kvcache_replicas, 1, "kvcache services; sequences and sessions are spread over them by hashing");
 ABSL_FLAG(std::string, bin_dir, "",
           "directory of moemesh-expert, moemesh-router and moemesh-gateway (default: beside moemesh, or the build "
           "tree)");
@@ -176,6 +177,7 @@ const std::vector<Command>& CliCommands() {
                      {"http_port"},
                      {"bin_dir"},
                      {"kvcache"},
+                     {"kvcache_replicas"},
                      {"kv_dir"}}},
                    {"each service",
                     {{"threads", "CPU threads of each service"},
@@ -313,6 +315,7 @@ int UpMain() {
   cmd.bin_dir = absl::GetFlag(FLAGS_bin_dir);
   cmd.kvcache = absl::GetFlag(FLAGS_kvcache);
   cmd.kv_dir = absl::GetFlag(FLAGS_kv_dir);
+  cmd.kvcache_replicas = absl::GetFlag(FLAGS_kvcache_replicas);
   const ProgressOutput stdout_progress = ProgressOn(STDOUT_FILENO);  // a status line while the services start
   cmd.terminal = stdout_progress.terminal;
   cmd.columns = stdout_progress.columns;

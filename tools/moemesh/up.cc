@@ -157,9 +157,11 @@ absl::StatusOr<std::string> FindServiceBinary(const std::string& name, const std
 }
 
 absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
-  if (cmd.expert_shards < 0 || cmd.expert_replicas < 1 || cmd.routers < 1 || cmd.threads < 1) {
+  if (cmd.expert_shards < 0 || cmd.expert_replicas < 1 || cmd.routers < 1 || cmd.threads < 1 ||
+      cmd.kvcache_replicas < 1) {
     return absl::InvalidArgumentError(
-        "need --expert-shards >= 0, --expert-replicas >= 1, --routers >= 1 and --threads >= 1");
+        "need --expert-shards >= 0, --expert-replicas >= 1, --routers >= 1, --threads >= 1 and "
+        "--kvcache-replicas >= 1");
   }
   std::string model = cmd.model_dir.empty() ? FindDefaultModel() : cmd.model_dir;
   if (model.empty()) return absl::InvalidArgumentError("no --model DIR given and the demo model was not found");
@@ -207,12 +209,17 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
       << std::endl;
   StatusLine status(ProgressOutput{&out, cmd.terminal, cmd.columns});
   Startup startup{&status};
-  startup.total = num_shards * cmd.expert_replicas + cmd.routers + 1 + (cmd.kvcache ? 1 : 0);
+  startup.total = num_shards * cmd.expert_replicas + cmd.routers + 1 + (cmd.kvcache ? cmd.kvcache_replicas : 0);
 
   absl::Status st = absl::OkStatus();
   std::vector<Spec> specs;
   if (cmd.kvcache) {
-    specs.push_back({"kvcache", "kvcache", {kvcache_bin, "--dir=" + kv_dir, host, "--port=0"}, /*essential=*/false});
+    for (int r = 0; r < cmd.kvcache_replicas; ++r) {
+      const std::string dir = cmd.kvcache_replicas == 1 ? kv_dir : absl::StrCat(kv_dir, "/replica-", r);
+      specs.push_back({cmd.kvcache_replicas == 1 ? "kvcache" : absl::StrCat("kvcache replica ", r), "kvcache",
+                       {kvcache_bin, "--dir=" + dir, host, "--port=0"},
+                       /*essential=*/false});
+    }
     st = StartTier(specs, "the kvcache service", cmd.start_timeout, cmd.terminal, &startup, &kvcache);
     specs.clear();
   }
@@ -231,6 +238,9 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
     st = StartTier(specs, absl::StrCat(specs.size(), " expert worker(s)"), cmd.start_timeout, cmd.terminal, &startup,
                    &experts);
   }
+  std::vector<std::string> kv_list;
+  for (const Service& s : kvcache) kv_list.push_back(s.address);
+  const std::string kvcache_addrs = absl::StrJoin(kv_list, ",");
   std::vector<std::string> shard_addrs(num_shards);
   for (int i = 0; i < static_cast<int>(experts.size()) && st.ok(); ++i) {
     std::string& a = shard_addrs[i / cmd.expert_replicas];
@@ -243,7 +253,7 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
                                        absl::StrCat("--kv-cache-tokens=", cmd.kv_cache_tokens),
                                        absl::StrCat("--max-running=", cmd.max_running),
                                        "--device=" + cmd.router_device};
-      if (!kvcache.empty()) argv.push_back("--kvcache=" + kvcache[0].address);
+      if (!kvcache.empty()) argv.push_back("--kvcache=" + kvcache_addrs);
       if (!shard_addrs.empty()) {
         argv.push_back("--experts=" + absl::StrJoin(shard_addrs, ","));
         argv.insert(argv.end(), placement_flag.begin(), placement_flag.end());
@@ -259,7 +269,7 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
     specs = {{"gateway", "gateway",
               {gateway_bin, "--model=" + model, "--routers=" + absl::StrJoin(router_addrs, ","), host,
                absl::StrCat("--port=", cmd.port)}}};
-    if (!kvcache.empty()) specs[0].argv.push_back("--kvcache=" + kvcache[0].address);
+    if (!kvcache.empty()) specs[0].argv.push_back("--kvcache=" + kvcache_addrs);
     specs[0].argv.push_back(absl::StrCat("--http-port=", cmd.http_port));
     st = StartTier(specs, "the gateway", cmd.start_timeout, cmd.terminal, &startup, &gateway);
   }

@@ -28,6 +28,7 @@ struct UpCommand {
   // A kvcache service below the routers' caches (its loss costs recompute,
   // never the mesh): in `kv_dir`, or in a temporary folder removed at exit.
   bool kvcache = true;
+  int kvcache_replicas = 1;  // sequences and sessions spread over them by hashing
   std::string kv_dir;
   bool monitoring = false;    // also run a local Prometheus scraping the mesh
   int prometheus_port = 0;    // 0 picks a free one
