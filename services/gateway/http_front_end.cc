@@ -26,6 +26,7 @@ struct HttpFrontEnd::Server {
 namespace {
 
 using Json = nlohmann::json;
+constexpr size_t kMaxBodyBytes = 16 << 20;
 
 void SendError(httplib::Response& res, const absl::Status& st) {
   res.status = HttpStatusFor(st);
@@ -39,6 +40,22 @@ absl::StatusOr<Json> JsonBody(const httplib::Request& req) {
   Json j = Json::parse(req.body, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError("the request body must be a JSON object");
   return j;
+}
+
+// An optional field of a body: `fallback` when absent or null,
+// INVALID_ARGUMENT naming it when of another type (nlohmann's value()
+// would throw).
+absl::StatusOr<std::string> StringField(const Json& j, const char* name, const std::string& fallback) {
+  auto it = j.find(name);
+  if (it == j.end() || it->is_null()) return fallback;
+  if (!it->is_string()) return absl::InvalidArgumentError(absl::StrCat(name, ": must be a string"));
+  return it->get<std::string>();
+}
+absl::StatusOr<bool> BoolField(const Json& j, const char* name, bool fallback) {
+  auto it = j.find(name);
+  if (it == j.end() || it->is_null()) return fallback;
+  if (!it->is_boolean()) return absl::InvalidArgumentError(absl::StrCat(name, ": must be true or false"));
+  return it->get<bool>();
 }
 
 // A token id's text, by the gateway's tokenizer.
@@ -155,6 +172,9 @@ absl::StatusOr<std::unique_ptr<HttpFrontEnd>> HttpFrontEnd::Start(const Options&
   httplib::Server& http = fe->server_->http;
   const int threads = options.threads;
   http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  // A request body is JSON with a prompt: bounded, as gRPC messages are.
+  http.set_payload_max_length(kMaxBodyBytes);
+  http.set_read_timeout(std::chrono::seconds(30));
   v1::ListModelsResponse models;
   (void)gateway->ListModels(v1::ListModelsRequest(), &models);
   const v1::ModelInfo info = models.models_size() > 0 ? models.models(0) : v1::ModelInfo();
@@ -175,10 +195,14 @@ absl::StatusOr<std::unique_ptr<HttpFrontEnd>> HttpFrontEnd::Start(const Options&
     if (!j->contains("prompt") || !(*j)["prompt"].is_string()) {
       return SendError(res, absl::InvalidArgumentError("prompt: a string is required"));
     }
+    absl::StatusOr<std::string> model = StringField(*j, "model", "");
+    if (!model.ok()) return SendError(res, model.status());
+    absl::StatusOr<bool> special = BoolField(*j, "add_special_tokens", true);
+    if (!special.ok()) return SendError(res, special.status());
     v1::TokenizeRequest t;
-    t.set_model(j->value("model", ""));
+    t.set_model(*model);
     t.set_text((*j)["prompt"].get<std::string>());
-    t.set_add_special_tokens(j->value("add_special_tokens", true));
+    t.set_add_special_tokens(*special);
     v1::TokenizeResponse out;
     if (absl::Status st = gateway->Tokenize(t, &out); !st.ok()) return SendError(res, st);
     const std::vector<int> ids(out.ids().begin(), out.ids().end());
@@ -192,11 +216,15 @@ absl::StatusOr<std::unique_ptr<HttpFrontEnd>> HttpFrontEnd::Start(const Options&
     if (it == j->end() || !it->is_array()) {
       return SendError(res, absl::InvalidArgumentError("tokens: a list of token ids is required"));
     }
+    absl::StatusOr<std::string> model = StringField(*j, "model", "");
+    if (!model.ok()) return SendError(res, model.status());
     v1::DetokenizeRequest d;
-    d.set_model(j->value("model", ""));
+    d.set_model(*model);
     for (const Json& t : *it) {
-      if (!t.is_number_integer()) return SendError(res, absl::InvalidArgumentError("tokens: integers only"));
-      d.add_ids(t.get<int>());
+      if (!t.is_number_integer() || t.get<int64_t>() < INT32_MIN || t.get<int64_t>() > INT32_MAX) {
+        return SendError(res, absl::InvalidArgumentError("tokens: token ids (integers) only"));
+      }
+      d.add_ids(static_cast<int>(t.get<int64_t>()));
     }
     v1::DetokenizeResponse out;
     if (absl::Status st = gateway->Detokenize(d, &out); !st.ok()) return SendError(res, st);

@@ -216,8 +216,19 @@ TEST_F(HttpFrontEndTest, ModelsTokenizeDetokenizeHealthAndMetrics) {
   res = client_->Post("/detokenize", Json({{"tokens", j["tokens"]}}).dump(), "application/json");
   ASSERT_EQ(res->status, 200) << res->body;
   EXPECT_NE(Json::parse(res->body)["prompt"].get<std::string>().find("Life is"), std::string::npos);
-  res = client_->Post("/tokenize", R"({"text": "x"})", "application/json");
-  EXPECT_EQ(res->status, 400);
+  for (const char* bad : {R"({"text": "x"})", R"({"prompt": "x", "model": 3})",
+                          R"({"prompt": "x", "add_special_tokens": "yes"})"}) {
+    res = client_->Post("/tokenize", bad, "application/json");
+    EXPECT_EQ(res->status, 400) << bad << " " << res->body;
+  }
+  for (const char* bad : {R"({"tokens": [1, 99999999999]})", R"({"tokens": "1"})", R"({"tokens": [1], "model": []})"}) {
+    res = client_->Post("/detokenize", bad, "application/json");
+    EXPECT_EQ(res->status, 400) << bad << " " << res->body;
+  }
+  // A body past the bound is refused, not read.
+  res = client_->Post("/v1/completions", std::string(17 << 20, ' '), "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 413);
 
   res = client_->Get("/health");
   EXPECT_EQ(res->status, 200);
