@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "core/common/status_macros.h"
 #include "core/experts/cpu_expert_device.h"
 #include "core/experts/local_expert_executor.h"
@@ -62,8 +63,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
   layout.v_width = e->model_->kv_v_width();
   const GatingExtensions& g = config.gating;
   if (g.temperature > 0 || g.dynamic_k_max > 0) {
-    layout.extra = absl::StrCat("gating=", g.temperature, "/", g.dynamic_k_min, "/", g.dynamic_k_max, "/",
-                                g.dynamic_k_p);
+    // Every digit: two settings that differ must name different blocks.
+    layout.extra = absl::StrFormat("gating=%.17g/%d/%d/%.17g", g.temperature, g.dynamic_k_min, g.dynamic_k_max,
+                                   g.dynamic_k_p);
   }
   e->cache_root_ = CacheRoot(model_fingerprint, layout);
   e->cache_ = std::make_unique<KvCache>(config.num_layers, layout.k_width, layout.v_width, options.kv_block_size,

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <future>
+#include <system_error>
 
 #include "absl/strings/str_cat.h"
 #include "core/experts/expert_executor.h"
@@ -127,6 +128,7 @@ absl::StatusOr<int64_t> Scheduler::Add(std::vector<int> prompt, const GeneratePa
 bool Scheduler::Cancel(int64_t request_id) {
   auto w = std::find_if(waiting_.begin(), waiting_.end(), [&](const auto& r) { return r->id == request_id; });
   if (w != waiting_.end()) {
+    if ((*w)->fetch.valid()) draining_.push_back(std::move((*w)->fetch));  // not waited for here
     waiting_.erase(w);
     return true;
   }
@@ -159,9 +161,14 @@ bool Scheduler::StartFetch(Request* r) {
   }
   r->fetch_first = local;
   KvTier* tier = options_.kv_tier;
-  r->fetch = std::async(std::launch::async, [tier, root = cache_->root(), chain = std::move(chain), local] {
-    return tier->Fetch(root, chain, static_cast<size_t>(local));
-  });
+  try {
+    r->fetch = std::async(std::launch::async, [tier, root = cache_->root(), chain = std::move(chain), local] {
+      return tier->Fetch(root, chain, static_cast<size_t>(local));
+    });
+  } catch (const std::system_error&) {  // no thread to be had: compute instead
+    ++last_step_.tier_fallbacks;
+    return false;
+  }
   return true;
 }
 
@@ -218,6 +225,9 @@ void Scheduler::StoreCommitted(Request* r) {
 }
 
 void Scheduler::Admit() {
+  draining_.erase(std::remove_if(draining_.begin(), draining_.end(),
+                                 [](auto& f) { return f.wait_for(std::chrono::seconds(0)) == std::future_status::ready; }),
+                  draining_.end());
   int outstanding = Outstanding();
   const bool tiered = prefix_caching_ && options_.kv_tier != nullptr;
   for (size_t i = 0; i < waiting_.size() && static_cast<int>(running_.size()) < options_.max_running;) {
@@ -287,7 +297,10 @@ absl::Status Scheduler::Step() {
       // Blocks that other requests cached since: a batch sharing a prompt
       // computes it once, not once per request admitted together.
       const size_t before = r->prefilled;
+      const size_t known = r->seq.block_hashes.size();
       r->prefilled = cache_->Match(r->prompt(), r->reusable(), &r->seq);
+      // Blocks another request computed (and gave the tier) are not given again.
+      if (r->stored_blocks == known) r->stored_blocks = r->seq.block_hashes.size();
       last_step_.prefix_hit_tokens += static_cast<int64_t>(r->prefilled - before);
     }
     int n = static_cast<int>(std::min<size_t>({r->prompt_size - r->prefilled,

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <vector>
@@ -148,6 +149,9 @@ class Scheduler {
   bool prefix_caching_ = false;  // Options::prefix_caching, where the model allows it
   std::map<int64_t, std::unique_ptr<Request>> running_;  // by id: admission order
   std::vector<std::unique_ptr<Request>> waiting_;         // FIFO
+  // Tier fetches of cancelled requests, still running: dropped once done
+  // (a future of std::async waits for its task when destroyed).
+  std::vector<std::future<absl::StatusOr<std::vector<KvTierBlock>>>> draining_;
 };
 
 }  // namespace moemesh

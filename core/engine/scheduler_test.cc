@@ -1,8 +1,11 @@
 #include "core/engine/scheduler.h"
 
+#include <atomic>
 #include <map>
+#include <thread>
 #include <random>
 
+#include "absl/synchronization/notification.h"
 #include "core/engine/engine.h"
 #include "core/kv/host_kv_tier.h"
 #include "core/experts/local_expert_executor.h"
@@ -199,6 +202,55 @@ class UnreachableTier : public KvTier {
   void Store(const BlockHash&, const BlockHash&, std::vector<KvTierBlock>) override {}
   int fetches = 0;
 };
+
+// A tier whose fetches wait until released.
+class HeldTier : public KvTier {
+ public:
+  absl::StatusOr<std::vector<KvTierBlock>> Fetch(const BlockHash&, absl::Span<const BlockHash>, size_t) override {
+    release.WaitForNotification();
+    return std::vector<KvTierBlock>();
+  }
+  void Store(const BlockHash&, const BlockHash&, std::vector<KvTierBlock>) override {}
+  absl::Notification release;
+};
+
+// Cancelling a request whose fetch is still out returns at once (the fetch
+// is left to finish on its own), and the others go on.
+TEST(SchedulerTest, CancellingARequestWaitingOnItsFetchDoesNotWaitForIt) {
+  Loaded l = Load("tests/fixtures/mixtral", nullptr);
+  KvCache cache(l.config.num_layers, l.model->kv_k_width(), l.model->kv_v_width(), 4, 64);
+  LocalExpertExecutor experts(&l.weights->experts, nullptr);
+  HeldTier tier;
+  Scheduler::Options o{8, 4096, 512, true};
+  o.kv_tier = &tier;
+  Scheduler sched(l.model.get(), &cache, &experts, o);
+  GenerateParams p;
+  p.sampling.temperature = 0;
+  p.max_new_tokens = 2;
+  std::vector<int> prompt(20, 7);  // full blocks past an empty cache: a fetch
+  auto waiting = sched.Add(prompt, p, [](const StepEvent&) {});
+  ASSERT_TRUE(waiting.ok());
+  ASSERT_TRUE(sched.Step().ok());
+  EXPECT_EQ(sched.num_waiting(), 1);
+  std::atomic<bool> watchdog_fired{false};
+  absl::Notification cancelled;
+  std::thread watchdog([&] {  // frees a Cancel that would wait for the fetch
+    if (!cancelled.WaitForNotificationWithTimeout(absl::Seconds(5))) {
+      watchdog_fired = true;
+      tier.release.Notify();
+    }
+  });
+  EXPECT_TRUE(sched.Cancel(*waiting));
+  cancelled.Notify();
+  EXPECT_FALSE(watchdog_fired.load()) << "Cancel waited for the fetch";
+  std::vector<int> short_prompt = {1, 2, 3};  // no full block: no fetch
+  int tokens = 0;
+  ASSERT_TRUE(sched.Add(short_prompt, p, [&](const StepEvent& ev) { tokens += ev.token >= 0; }).ok());
+  for (int steps = 0; tokens < 2 && steps < 50; ++steps) ASSERT_TRUE(sched.Step().ok());
+  EXPECT_EQ(tokens, 2);
+  if (!tier.release.HasBeenNotified()) tier.release.Notify();
+  watchdog.join();
+}
 
 // A second turn on another router (a new cache, a new scheduler) over the
 // same lower tier: the blocks the first router computed come back by copy,

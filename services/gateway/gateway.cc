@@ -77,7 +77,9 @@ absl::StatusOr<v1::RouterGenerateRequest> Gateway::BuildTurn(const v1::GenerateR
   MM_RETURN_IF_ERROR(CheckModelName(request.model(), model_));
   absl::StatusOr<SessionHistory> history = options_.sessions->Load(request.session_id());
   if (!history.ok()) {
-    if (absl::IsFailedPrecondition(history.status())) return history.status();
+    if (absl::IsFailedPrecondition(history.status()) || absl::IsInvalidArgument(history.status())) {
+      return history.status();
+    }
     return absl::UnavailableError(absl::StrCat("the session store cannot be read: ", history.status().message()));
   }
   // A later turn's text continues the conversation: no BOS in its middle.
@@ -161,6 +163,13 @@ absl::Status Gateway::GenerateImpl(const v1::GenerateRequest& request, const Rou
         out.set_finish_reason(reason);
         *out.mutable_usage() = usage;
         finished = true;
+        // Saved before the client hears the end, so that its next turn reads
+        // this one. A session that cannot be saved (another turn wrote first,
+        // the store is down) is counted, not the request failed.
+        if (session && !options_.sessions->Save(request.session_id(), NextHistory(*session, output_ids)).ok() &&
+            metrics_) {
+          metrics_->CountSessionSaveError();
+        }
         if (track) track->Finish(ReasonName(reason), usage.prompt_tokens(), output_ids);
         if (stopped()) call->TryCancel();  // the router may still be generating
       }
@@ -171,15 +180,7 @@ absl::Status Gateway::GenerateImpl(const v1::GenerateRequest& request, const Rou
       }
     }
     absl::Status st = FromGrpcStatus(reader->Finish());
-    if (finished) {
-      // The answer is out: a session that cannot be saved (another turn
-      // wrote first, the store is down) is counted, not the request failed.
-      if (session && !options_.sessions->Save(request.session_id(), NextHistory(*session, output_ids)).ok() &&
-          metrics_) {
-        metrics_->CountSessionSaveError();
-      }
-      return absl::OkStatus();
-    }
+    if (finished) return absl::OkStatus();
     if (st.ok()) return absl::InternalError("the router ended the stream without a finish reason");
     // Nothing was sent yet: another router can take the whole request.
     if (!received && absl::IsUnavailable(st)) {

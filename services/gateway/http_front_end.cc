@@ -87,7 +87,12 @@ absl::Status RunChoices(Gateway* gateway, const CompletionRequest& c,
     });
   };
   std::vector<std::thread> others;
-  for (int i = 1; i < c.n; ++i) others.emplace_back(run, i);
+  try {
+    for (int i = 1; i < c.n; ++i) others.emplace_back(run, i);
+  } catch (const std::system_error&) {
+    for (std::thread& t : others) t.join();
+    return absl::ResourceExhaustedError("no thread for another choice; retry later, or with a smaller n");
+  }
   run(0);
   for (std::thread& t : others) t.join();
   for (const absl::Status& st : status) {
@@ -187,7 +192,9 @@ absl::StatusOr<std::unique_ptr<HttpFrontEnd>> HttpFrontEnd::Start(const Options&
   http.Get("/v1/models", [info, started](const httplib::Request&, httplib::Response& res) {
     Json model = {{"id", info.name()},       {"object", "model"},   {"created", started},
                   {"owned_by", "moemesh"},   {"root", info.name()}, {"max_model_len", info.context_length()}};
-    res.set_content(Json({{"object", "list"}, {"data", Json::array({model})}}).dump(), "application/json");
+    res.set_content(Json({{"object", "list"}, {"data", Json::array({model})}}).dump(-1, ' ', false,
+                                                                                  Json::error_handler_t::replace),
+                    "application/json");
   });
   http.Post("/tokenize", [gateway, info](const httplib::Request& req, httplib::Response& res) {
     absl::StatusOr<Json> j = JsonBody(req);

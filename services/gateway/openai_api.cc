@@ -1,6 +1,7 @@
 #include "services/gateway/openai_api.h"
 
 #include <chrono>
+#include <cmath>
 #include <random>
 
 #include "absl/strings/match.h"
@@ -114,16 +115,25 @@ absl::StatusOr<CompletionRequest> ParseCompletionRequest(const std::string& body
   for (const auto& f : floats) {
     if (get(f.name) == nullptr) continue;
     if (absl::Status st = number(f.name, &v); !st.ok()) return st;
+    // Past float's range a value would become infinite: refuse it here (the
+    // gateway checks the ranges that matter).
+    if (!(std::abs(v) <= 1e30)) return Bad(f.name, "is out of range");
     (s->*f.set)(static_cast<float>(v));
   }
   int64_t top_k = 0;
   if (absl::Status st = integer("top_k", &top_k); !st.ok()) return st;
-  if (get("top_k") != nullptr) s->set_top_k(top_k == -1 ? 0 : static_cast<int>(top_k));  // vLLM: -1 is off
-  int64_t seed = 0;
-  if (absl::Status st = integer("seed", &seed); !st.ok()) return st;
-  if (get("seed") != nullptr) {
-    if (seed < 0) return Bad("seed", "must be >= 0");
-    s->set_seed(static_cast<uint64_t>(seed));
+  if (get("top_k") != nullptr) {
+    if (top_k < -1 || top_k > INT32_MAX) return Bad("top_k", "must be -1 (off), 0 (off) or a count of tokens");
+    s->set_top_k(top_k == -1 ? 0 : static_cast<int>(top_k));  // vLLM: -1 is off
+  }
+  if (const Json* seed = get("seed")) {
+    if (seed->is_number_unsigned()) {
+      s->set_seed(seed->get<uint64_t>());
+    } else if (seed->is_number_integer()) {
+      return Bad("seed", "must be >= 0");
+    } else {
+      return Bad("seed", "must be an integer");
+    }
   }
 
   int64_t n = 1;

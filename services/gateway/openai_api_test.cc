@@ -34,6 +34,9 @@ TEST(OpenAiApiTest, ParsesACompletionRequest) {
   EXPECT_TRUE(r->stream);
   EXPECT_TRUE(r->include_usage);
 
+  r = ParseCompletionRequest(R"({"prompt": "a", "seed": 18446744073709551615})");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->request.sampling().seed(), 18446744073709551615u);
   r = ParseCompletionRequest(R"({"prompt": [1, 2, 3]})");
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->request.token_ids().ids_size(), 3);
@@ -66,6 +69,9 @@ TEST(OpenAiApiTest, RefusesWhatItCannotServeNamingTheField) {
       {R"({"prompt": "a", "logprobs": "2"})", "logprobs"},
       {R"({"prompt": "a", "stop": [1]})", "stop"},
       {R"({"prompt": "a", "seed": -1})", "seed"},
+      {R"({"prompt": "a", "seed": 1.5})", "seed"},
+      {R"({"prompt": "a", "top_k": 4294967297})", "top_k"},
+      {R"({"prompt": "a", "temperature": 1e39})", "temperature"},
       {R"({"prompt": "a", "stream_options": {"include_usage": true}})", "stream_options"},
   };
   for (const Case& c : cases) {

@@ -191,27 +191,23 @@ bool BlockStore::Held(const std::string& key) const {
 }
 
 void BlockStore::Touch(const std::string& key) {
-  uint64_t stamp;
-  int64_t bytes;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = index_.find(key);
-    if (it == index_.end()) return;
-    lru_.splice(lru_.end(), lru_, it->second.lru);
-    stamp = ++clock_;
-    bytes = it->second.bytes;
-  }
+  absl::MutexLock lock(&mu_);  // with the index row's write: an eviction cannot slip between
+  auto it = index_.find(key);
+  if (it == index_.end()) return;
+  lru_.splice(lru_.end(), lru_, it->second.lru);
   // The order of use matters only for eviction: it is not logged, and a
   // crash forgets the latest uses, never a block.
   rocksdb::WriteOptions wo;
   wo.disableWAL = true;
-  db_->Put(wo, handles_[kIndex], key, IndexValue(bytes, stamp)).PermitUncheckedError();
+  db_->Put(wo, handles_[kIndex], key, IndexValue(it->second.bytes, ++clock_)).PermitUncheckedError();
 }
 
-std::vector<std::string> BlockStore::EvictFor(int64_t bytes, rocksdb::WriteBatch* batch) const {
+std::vector<std::string> BlockStore::EvictFor(int64_t bytes, const std::string& keep,
+                                              rocksdb::WriteBatch* batch) const {
   std::vector<std::string> victims;
   int64_t held = bytes_;
   for (auto it = lru_.begin(); it != lru_.end() && held + bytes > options_.capacity_bytes; ++it) {
+    if (*it == keep) continue;  // the parent of the block being put
     held -= index_.at(*it).bytes;
     victims.push_back(*it);
     batch->Delete(handles_[kBlocks], *it).PermitUncheckedError();
@@ -228,13 +224,11 @@ void BlockStore::Forget(const std::string& key) {
   index_.erase(it);
 }
 
-void BlockStore::Drop(const std::string& key) {
+void BlockStore::Drop(const std::string& key, bool corrupt) {
   rocksdb::WriteBatch batch;
-  {
-    absl::MutexLock lock(&mu_);
-    ++corrupt_reads_;
-    Forget(key);
-  }
+  absl::MutexLock lock(&mu_);  // as one step with the index, as Put
+  if (corrupt) ++corrupt_reads_;
+  Forget(key);
   batch.Delete(handles_[kBlocks], key).PermitUncheckedError();
   batch.Delete(handles_[kIndex], key).PermitUncheckedError();
   Write(&batch, /*sync=*/false).IgnoreError();
@@ -260,13 +254,8 @@ absl::Status BlockStore::Put(const BlockHash& root, const StoredBlock& block) {
     return absl::InvalidArgumentError(absl::StrCat("block ", block.hash.Hex(),
                                                    " is not the chain hash of its parent and tokens"));
   }
-  if (block.parent != root && !Held(BlockKey(root, block.parent))) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "block ", block.hash.Hex(), ": its parent ", block.parent.Hex(),
-        " is neither the root nor a block held for root ", root.Hex(),
-        " (put a chain from its first block, under the root of the model that computed it)"));
-  }
   const std::string key = BlockKey(root, block.hash);
+  const std::string parent_key = block.parent == root ? std::string() : BlockKey(root, block.parent);
   std::string body = block.parent.Bytes();
   PutTokens(&body, block.tokens);
   body += block.data;
@@ -278,9 +267,15 @@ absl::Status BlockStore::Put(const BlockHash& root, const StoredBlock& block) {
   }
   rocksdb::WriteBatch batch;
   absl::MutexLock lock(&mu_);  // one writer at a time keeps the index and the disk in step
+  if (!parent_key.empty() && !index_.contains(parent_key)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "block ", block.hash.Hex(), ": its parent ", block.parent.Hex(),
+        " is neither the root nor a block held for root ", root.Hex(),
+        " (put a chain from its first block, under the root of the model that computed it)"));
+  }
   if (index_.contains(key)) return absl::OkStatus();  // the same name is the same block
   if (absl::Status st = CheckSpace(); !st.ok()) return st;
-  const std::vector<std::string> victims = EvictFor(bytes, &batch);
+  const std::vector<std::string> victims = EvictFor(bytes, parent_key, &batch);
   const uint64_t stamp = ++clock_;
   batch.Put(handles_[kBlocks], key, value).PermitUncheckedError();
   batch.Put(handles_[kIndex], key, IndexValue(bytes, stamp)).PermitUncheckedError();
@@ -299,7 +294,10 @@ absl::StatusOr<StoredBlock> BlockStore::Get(const BlockHash& root, const BlockHa
   const std::string key = BlockKey(root, hash);
   rocksdb::PinnableSlice value;  // no copy out of RocksDB's cache
   rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), handles_[kBlocks], key, &value);
-  if (s.IsNotFound()) return absl::NotFoundError(absl::StrCat("block ", hash.Hex(), " is not held"));
+  if (s.IsNotFound()) {
+    if (Held(key)) Drop(key, /*corrupt=*/false);  // an index row without its block: forget it
+    return absl::NotFoundError(absl::StrCat("block ", hash.Hex(), " is not held"));
+  }
   if (!s.ok()) return FromRocks(s, "kvcache read");
   absl::StatusOr<absl::string_view> body = Unseal(kBlockFormat, key, absl::string_view(value.data(), value.size()));
   StoredBlock block;
@@ -316,7 +314,7 @@ absl::StatusOr<StoredBlock> BlockStore::Get(const BlockHash& root, const BlockHa
     }
   }
   if (!ok) {
-    Drop(key);
+    Drop(key, /*corrupt=*/true);
     return absl::DataLossError(absl::StrCat("block ", hash.Hex(), " failed its checksum and was dropped"));
   }
   Touch(key);
@@ -444,19 +442,32 @@ absl::StatusOr<std::vector<SessionRecord>> BlockStore::ListSessions(const std::s
 }
 
 int BlockStore::SweepExpiredSessions() {
-  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), handles_[kSessions]));
-  const absl::Time now = absl::Now();
-  rocksdb::WriteBatch batch;
-  int dropped = 0;
-  absl::MutexLock lock(&mu_);
-  for (it->SeekToFirst(); it->Valid(); it->Next()) {
-    absl::StatusOr<SessionRecord> rec =
-        ParseSession(it->key().ToString(), absl::string_view(it->value().data(), it->value().size()));
-    if (rec.ok() && now - rec->updated <= options_.session_ttl) continue;
-    batch.Delete(handles_[kSessions], it->key()).PermitUncheckedError();
-    ++dropped;
+  // The candidates, without the lock; each is read again under it, so that
+  // a session written meanwhile stays.
+  std::vector<std::string> expired;
+  {
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), handles_[kSessions]));
+    const absl::Time now = absl::Now();
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      absl::StatusOr<SessionRecord> rec =
+          ParseSession(it->key().ToString(), absl::string_view(it->value().data(), it->value().size()));
+      if (!rec.ok() || now - rec->updated > options_.session_ttl) expired.push_back(it->key().ToString());
+    }
   }
-  if (dropped > 0 && Write(&batch, /*sync=*/false).ok()) sessions_ -= dropped;
+  int dropped = 0;
+  for (const std::string& id : expired) {
+    absl::MutexLock lock(&mu_);
+    std::string value;
+    if (!db_->Get(rocksdb::ReadOptions(), handles_[kSessions], id, &value).ok()) continue;
+    absl::StatusOr<SessionRecord> rec = ParseSession(id, value);
+    if (rec.ok() && absl::Now() - rec->updated <= options_.session_ttl) continue;
+    rocksdb::WriteBatch batch;
+    batch.Delete(handles_[kSessions], id).PermitUncheckedError();
+    if (Write(&batch, /*sync=*/false).ok()) {
+      --sessions_;
+      ++dropped;
+    }
+  }
   return dropped;
 }
 

@@ -68,7 +68,7 @@ class BlockStore {
     int64_t max_block_bytes = int64_t{64} << 20;
     int max_block_tokens = 1024;
     int max_session_tokens = 1 << 20;
-    int max_session_id_bytes = 128;
+    int max_session_id_bytes = 256;  // as the gateway's (kMaxSessionIdBytes)
     // Writes are refused while the store's filesystem has less free space
     // than this: the room RocksDB needs to flush and compact. (Running
     // RocksDB itself out of space is not an option: Debian's build asserts
@@ -125,12 +125,13 @@ class BlockStore {
   bool Held(const std::string& key) const;
   // Marks a block used (LRU), in memory and, unlogged, in its index entry.
   void Touch(const std::string& key);
-  // The least recently used blocks that make room for `bytes` more; adds
-  // their deletion to `batch`.
-  std::vector<std::string> EvictFor(int64_t bytes, rocksdb::WriteBatch* batch) const
+  // The least recently used blocks, `keep` aside, that make room for
+  // `bytes` more; adds their deletion to `batch`.
+  std::vector<std::string> EvictFor(int64_t bytes, const std::string& keep, rocksdb::WriteBatch* batch) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Forget(const std::string& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);  // drops it from the index
-  void Drop(const std::string& key);  // a corrupt block
+  // Deletes a block (corrupt, or an index row without one) from disk and index.
+  void Drop(const std::string& key, bool corrupt);
 
   struct Entry {
     int64_t bytes = 0;

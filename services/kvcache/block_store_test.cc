@@ -181,7 +181,7 @@ TEST_F(BlockStoreTest, SessionsVersionListDeleteAndPersist) {
   EXPECT_EQ((*page)[0].id, "chat-2");
   EXPECT_EQ(store->GetSession("nope").status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(store->GetSession("").status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(store->GetSession(std::string(200, 'x')).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store->GetSession(std::string(300, 'x')).status().code(), absl::StatusCode::kInvalidArgument);
   SessionRecord huge;
   huge.id = "huge";
   huge.tokens.resize(static_cast<size_t>(options_.max_session_tokens) + 1);

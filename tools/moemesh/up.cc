@@ -216,6 +216,8 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
   if (cmd.kvcache) {
     for (int r = 0; r < cmd.kvcache_replicas; ++r) {
       const std::string dir = cmd.kvcache_replicas == 1 ? kv_dir : absl::StrCat(kv_dir, "/replica-", r);
+      std::error_code ec;
+      fs::create_directories(dir, ec);  // RocksDB makes only the last level
       specs.push_back({cmd.kvcache_replicas == 1 ? "kvcache" : absl::StrCat("kvcache replica ", r), "kvcache",
                        {kvcache_bin, "--dir=" + dir, host, "--port=0"},
                        /*essential=*/false});
