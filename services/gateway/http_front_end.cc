@@ -109,14 +109,25 @@ v1::Usage Total(const std::vector<v1::Usage>& usage) {
   return total;
 }
 
+// The text of a request's prompt, for echo: as sent, or its ids decoded.
+std::string PromptText(Gateway* gateway, const v1::GenerateRequest& r) {
+  if (r.has_text()) return r.text();
+  v1::DetokenizeRequest d;
+  *d.mutable_ids() = r.token_ids().ids();
+  d.set_skip_special_tokens(r.has_skip_special_tokens() ? r.skip_special_tokens() : true);
+  v1::DetokenizeResponse out;
+  return gateway->Detokenize(d, &out).ok() ? out.text() : std::string();
+}
+
 void Completions(Gateway* gateway, const std::string& model, const httplib::Request& req, httplib::Response& res) {
   absl::StatusOr<CompletionRequest> parsed = ParseCompletionRequest(req.body);
   if (!parsed.ok()) return SendError(res, parsed.status());
   // Checked before any byte goes out: a stream's status line says 200.
   if (absl::Status st = gateway->Check(parsed->request); !st.ok()) return SendError(res, st);
+  const std::string echoed = parsed->echo ? PromptText(gateway, parsed->request) : std::string();
   const CompletionIds ids = NewCompletionIds(parsed->request.model().empty() ? model : parsed->request.model());
   if (!parsed->stream) {
-    std::vector<CompletionChoice> choices(parsed->n);
+    std::vector<CompletionChoice> choices(parsed->n, CompletionChoice{echoed, v1::FINISH_REASON_UNSPECIFIED, ""});
     std::vector<LogprobsJson> logprobs(parsed->n, LogprobsJson(TokenText(gateway)));
     std::vector<v1::Usage> usage;
     absl::Status st = RunChoices(
@@ -137,7 +148,8 @@ void Completions(Gateway* gateway, const std::string& model, const httplib::Requ
   }
   auto request = std::make_shared<CompletionRequest>(*std::move(parsed));
   res.set_header("Cache-Control", "no-cache");
-  res.set_chunked_content_provider("text/event-stream", [gateway, request, ids](size_t, httplib::DataSink& sink) {
+  res.set_chunked_content_provider("text/event-stream", [gateway, request, ids, echoed](size_t,
+                                                                                       httplib::DataSink& sink) {
     std::mutex mu;  // the choices' threads share the sink
     bool gone = false;
     auto write = [&](const std::string& s) {
@@ -147,6 +159,11 @@ void Completions(Gateway* gateway, const std::string& model, const httplib::Requ
     };
     std::vector<LogprobsJson> logprobs(request->n, LogprobsJson(TokenText(gateway)));
     std::vector<size_t> sent(request->n, 0);  // each choice's text bytes so far, for the offsets
+    if (!echoed.empty()) {  // each choice begins with the prompt
+      for (int i = 0; i < request->n; ++i) {
+        write(CompletionChunkEvent(ids, i, {echoed, v1::FINISH_REASON_UNSPECIFIED, ""}));
+      }
+    }
     std::vector<v1::Usage> usage;
     absl::Status st = RunChoices(
         gateway, *request,

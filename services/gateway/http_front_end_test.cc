@@ -181,6 +181,30 @@ TEST_F(HttpFrontEndTest, SeveralChoices) {
   EXPECT_EQ(events.back(), "data: [DONE]");
 }
 
+// echo: the text begins with the prompt, as sent or decoded from ids.
+TEST_F(HttpFrontEndTest, EchoPrependsThePrompt) {
+  auto plain = client_->Post("/v1/completions", R"({"prompt": "Life is", "max_tokens": 5, "temperature": 0})",
+                             "application/json");
+  auto echoed = client_->Post("/v1/completions",
+                              R"({"prompt": "Life is", "max_tokens": 5, "temperature": 0, "echo": true})",
+                              "application/json");
+  ASSERT_TRUE(plain && echoed);
+  ASSERT_EQ(echoed->status, 200) << echoed->body;
+  const std::string answer = Json::parse(plain->body)["choices"][0]["text"];
+  EXPECT_EQ(Json::parse(echoed->body)["choices"][0]["text"], "Life is" + answer);
+  const std::vector<int> ids = *tokenizer_->Encode("Life is", true);  // the text prompt's ids
+  auto streamed = client_->Post("/v1/completions",
+                                Json({{"prompt", ids}, {"max_tokens", 5}, {"temperature", 0}, {"echo", true},
+                                      {"stream", true}})
+                                    .dump(),
+                                "application/json");
+  ASSERT_EQ(streamed->status, 200) << streamed->body;
+  std::vector<std::string> events = absl::StrSplit(streamed->body, "\n\n", absl::SkipEmpty());
+  std::string text;
+  for (size_t i = 0; i + 1 < events.size(); ++i) text += Json::parse(events[i].substr(6))["choices"][0]["text"];
+  EXPECT_EQ(text, *tokenizer_->Decode(ids, true) + answer);
+}
+
 TEST_F(HttpFrontEndTest, ErrorsAreOpenAiErrorsWithTheRightStatus) {
   auto res = client_->Post("/v1/completions", R"({"prompt": "hi", "max_tokens": 1000000})", "application/json");
   ASSERT_TRUE(res);

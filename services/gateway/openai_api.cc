@@ -140,13 +140,12 @@ absl::StatusOr<CompletionRequest> ParseCompletionRequest(const std::string& body
   if (absl::Status st = integer("n", &n); !st.ok()) return st;
   if (n < 1 || n > kMaxChoices) return Bad("n", absl::StrCat("must be 1 to ", kMaxChoices));
   out.n = static_cast<int>(n);
-  bool echo = false;
-  if (absl::Status st = boolean("echo", &echo); !st.ok()) return st;
-  if (echo) return Bad("echo", "is not supported yet");
+  if (absl::Status st = boolean("echo", &out.echo); !st.ok()) return st;
   int64_t logprobs = 0;  // the gateway checks the range
   if (absl::Status st = integer("logprobs", &logprobs); !st.ok()) return st;
   if (logprobs < INT32_MIN || logprobs > INT32_MAX) return Bad("logprobs", "must be 0 to 20");
   r.set_logprobs(static_cast<int>(logprobs));
+  if (out.echo && logprobs > 0) return Bad("echo", "with logprobs (the prompt's own) is not supported yet");
 
   if (const Json* stop = get("stop")) {
     if (stop->is_string()) {

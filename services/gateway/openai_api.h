@@ -21,6 +21,7 @@ namespace moemesh {
 struct CompletionRequest {
   v1::GenerateRequest request;
   int n = 1;  // choices, 1 to kMaxChoices
+  bool echo = false;  // each choice's text begins with the prompt's
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
 };
@@ -29,7 +30,8 @@ inline constexpr int kMaxChoices = 16;
 
 // INVALID_ARGUMENT naming the field (OpenAI's "param") for malformed JSON,
 // a field of the wrong type, n outside [1, kMaxChoices] (or with
-// continue_session), or what this server does not do yet (echo). Unknown fields are ignored, as OpenAI clients send
+// continue_session), or what this server does not do yet (echo with
+// logprobs). Unknown fields are ignored, as OpenAI clients send
 // their own. Range checks are the gateway's (BuildRouterRequest).
 absl::StatusOr<CompletionRequest> ParseCompletionRequest(const std::string& body);
 

@@ -65,7 +65,7 @@ TEST(OpenAiApiTest, RefusesWhatItCannotServeNamingTheField) {
       {R"({"prompt": "a", "n": 0})", "n"},
       {R"({"prompt": "a", "n": 17})", "n"},
       {R"({"prompt": "a", "n": 2, "session_id": "s", "continue_session": true})", "n"},
-      {R"({"prompt": "a", "echo": true})", "echo"},
+      {R"({"prompt": "a", "echo": true, "logprobs": 1})", "echo"},
       {R"({"prompt": "a", "logprobs": "2"})", "logprobs"},
       {R"({"prompt": "a", "stop": [1]})", "stop"},
       {R"({"prompt": "a", "seed": -1})", "seed"},
