@@ -58,6 +58,8 @@ GenerationLoop::Stats GenerationLoop::Publish() {
   s.kv_blocks_total = cache.num_blocks();
   s.kv_blocks_used = cache.num_blocks() - cache.free_blocks();
   s.kv_block_size = cache.block_size();
+  s.kv_blocks_cached = cache.cached_blocks();
+  s.kv_evictions = cache.evictions();
   absl::MutexLock l(&mu_);
   stats_ = s;
   moving_ = 0;  // now counted by the scheduler

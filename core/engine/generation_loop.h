@@ -28,6 +28,8 @@ class GenerationLoop {
     int kv_blocks_used = 0;  // by running requests
     int kv_blocks_total = 0;
     int kv_block_size = 0;
+    int kv_blocks_cached = 0;  // held by no request, kept for prefix caching
+    int64_t kv_evictions = 0;  // cached blocks dropped for room, since the start
     int64_t submitted = 0;   // accepted by Submit since the start
   };
 

@@ -223,10 +223,12 @@ int Main(int argc, char** argv) {
     });
   }
   double combined = 0;  // RemoteExpertExecutor::combine_seconds at the last step
-  auto on_step = [&metrics, remote_view, &combined](const StepStats& s, const GenerationLoop::Stats& l) {
+  auto on_step = [&metrics, remote_view, &combined, host = host_tier.get()](const StepStats& s,
+                                                                            const GenerationLoop::Stats& l) {
     const double now = remote_view ? remote_view->combine_seconds() : 0;
     metrics.OnStep(s, l, now - combined);
     combined = now;
+    if (host != nullptr) metrics.ObserveHostTier(host->bytes(), host->blocks(), host->evictions());
   };
   GenerationLoop loop((*engine)->NewScheduler(options.max_running, options.max_step_tokens), options.max_waiting,
                       on_step);

@@ -78,6 +78,31 @@ RouterMetrics::RouterMetrics(prometheus::Registry& r, int num_layers, int num_ex
                       .Help("Full KV blocks given to the lower tiers.")
                       .Register(r)
                       .Add({});
+  kv_cached_ = &prometheus::BuildGauge()
+                    .Name("moemesh_router_kv_cache_cached_blocks")
+                    .Help("KV-cache blocks no request holds, kept for prefix caching until room is needed.")
+                    .Register(r)
+                    .Add({});
+  kv_evictions_ = &prometheus::BuildCounter()
+                       .Name("moemesh_router_kv_cache_evictions_total")
+                       .Help("Cached KV-cache blocks dropped to make room, least recently used first.")
+                       .Register(r)
+                       .Add({});
+  host_bytes_ = &prometheus::BuildGauge()
+                     .Name("moemesh_router_kv_host_tier_bytes")
+                     .Help("Bytes of KV blocks in the host-memory tier (--kv-host-cache-mb).")
+                     .Register(r)
+                     .Add({});
+  host_blocks_ = &prometheus::BuildGauge()
+                      .Name("moemesh_router_kv_host_tier_blocks")
+                      .Help("KV blocks in the host-memory tier.")
+                      .Register(r)
+                      .Add({});
+  host_evictions_ = &prometheus::BuildCounter()
+                         .Name("moemesh_router_kv_host_tier_evictions_total")
+                         .Help("Blocks the host-memory tier dropped to stay within its size.")
+                         .Register(r)
+                         .Add({});
   imbalance_ = &prometheus::BuildGauge()
                     .Name("moemesh_router_expert_load_imbalance")
                     .Help("Max over mean of the tokens routed to each expert over roughly the last 50 steps, "
@@ -106,6 +131,14 @@ void RouterMetrics::OnStep(const StepStats& s, const GenerationLoop::Stats& loop
   running_->Set(loop.running);
   waiting_->Set(loop.waiting);
   kv_usage_->Set(loop.kv_blocks_total > 0 ? static_cast<double>(loop.kv_blocks_used) / loop.kv_blocks_total : 0);
+  kv_cached_->Set(loop.kv_blocks_cached);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (loop.kv_evictions > kv_evictions_seen_) {
+      kv_evictions_->Increment(static_cast<double>(loop.kv_evictions - kv_evictions_seen_));
+      kv_evictions_seen_ = loop.kv_evictions;
+    }
+  }
   prefix_query_->Increment(static_cast<double>(s.prefix_query_tokens));
   prefix_hit_->Increment(static_cast<double>(s.prefix_hit_tokens));
   tier_hit_->Increment(static_cast<double>(s.tier_hit_tokens));
@@ -134,6 +167,16 @@ void RouterMetrics::OnStep(const StepStats& s, const GenerationLoop::Stats& loop
     if (moe && total > 0) worst = std::max(worst, most / (total / num_experts_));
   }
   imbalance_->Set(worst);
+}
+
+void RouterMetrics::ObserveHostTier(int64_t bytes, int64_t blocks, int64_t evictions) {
+  host_bytes_->Set(static_cast<double>(bytes));
+  host_blocks_->Set(static_cast<double>(blocks));
+  std::lock_guard<std::mutex> lock(mu_);
+  if (evictions > host_evictions_seen_) {
+    host_evictions_->Increment(static_cast<double>(evictions - host_evictions_seen_));
+    host_evictions_seen_ = evictions;
+  }
 }
 
 void RouterMetrics::ObserveDispatch(const std::string& worker, double seconds) {

@@ -24,6 +24,8 @@ namespace moemesh {
 //   moemesh_router_batch_requests, moemesh_router_batch_tokens (histograms)
 //   moemesh_router_requests_running, moemesh_router_requests_waiting, moemesh_router_kv_cache_usage_ratio
 //   moemesh_router_prefix_cache_{query,hit}_tokens_total, moemesh_router_kv_tier_{hit_tokens,fallbacks,stored_blocks}_total
+//   moemesh_router_kv_cache_cached_blocks, moemesh_router_kv_cache_evictions_total
+//   moemesh_router_kv_host_tier_{bytes,blocks}, moemesh_router_kv_host_tier_evictions_total
 //   moemesh_router_routed_tokens_total{layer, expert}
 //   moemesh_router_expert_load_imbalance       max / mean tokens per expert (recent, worst layer)
 //   moemesh_router_dispatch_seconds{worker}    one expert worker's round trip
@@ -37,6 +39,8 @@ class RouterMetrics {
   // spent combining rows (0 with local experts).
   void OnStep(const StepStats& stats, const GenerationLoop::Stats& loop, double combine_seconds);
   void ObserveDispatch(const std::string& worker, double seconds);
+  // The host-memory tier's state (--kv-host-cache-mb), after a step.
+  void ObserveHostTier(int64_t bytes, int64_t blocks, int64_t evictions);
 
   // The imbalance gauge's value, for tests.
   double load_imbalance() const;
@@ -53,6 +57,12 @@ class RouterMetrics {
   prometheus::Counter* tier_hit_;
   prometheus::Counter* tier_fallbacks_;
   prometheus::Counter* tier_stored_;
+  prometheus::Counter* kv_evictions_;
+  prometheus::Gauge* kv_cached_;
+  prometheus::Gauge* host_bytes_;
+  prometheus::Gauge* host_blocks_;
+  prometheus::Counter* host_evictions_;
+  int64_t kv_evictions_seen_ = 0, host_evictions_seen_ = 0;  // guarded by mu_
   prometheus::Gauge* imbalance_;
   prometheus::Family<prometheus::Counter>* routed_family_;
   prometheus::Family<prometheus::Histogram>* dispatch_family_;

@@ -54,6 +54,21 @@ TEST(RouterMetricsTest, PhasesBatchCacheAndImbalance) {
   EXPECT_NEAR(m.load_imbalance(), 1.0, 0.01);
   m.ObserveDispatch("127.0.0.1:9", 0.002);
   EXPECT_TRUE(absl::StrContains(Scrape(r), "moemesh_router_dispatch_seconds_count{worker=\"127.0.0.1:9\"} 1"));
+  // Cache tiers: evictions as counters (from the running totals), occupancy
+  // as gauges.
+  loop.kv_blocks_cached = 7;
+  loop.kv_evictions = 3;
+  m.OnStep(s, loop, 0);
+  loop.kv_evictions = 5;
+  m.OnStep(s, loop, 0);
+  m.ObserveHostTier(4096, 2, 1);
+  m.ObserveHostTier(8192, 4, 6);
+  const std::string tiers = Scrape(r);
+  for (const char* want : {"moemesh_router_kv_cache_cached_blocks 7", "moemesh_router_kv_cache_evictions_total 5",
+                           "moemesh_router_kv_host_tier_bytes 8192", "moemesh_router_kv_host_tier_blocks 4",
+                           "moemesh_router_kv_host_tier_evictions_total 6"}) {
+    EXPECT_TRUE(absl::StrContains(tiers, want)) << want << "\n" << tiers;
+  }
 }
 
 // Every token of every request is routed to top-k experts in every MoE
