@@ -1,5 +1,7 @@
 #include "services/common/frame_socket.h"
 
+#include <algorithm>
+
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -103,6 +105,26 @@ absl::Status FrameSocket::Send(const google::protobuf::MessageLite& header, absl
   return absl::OkStatus();
 }
 
+namespace {
+
+// Reads `n` bytes into `buf` (resized to n), growing it past its old size
+// by at most the bytes read so far (at least 1 MiB) at a time. Memory a
+// buffer already has is reused without being cleared.
+template <typename Buffer>
+bool ReadGrowing(int fd, uint64_t n, Buffer* buf) {
+  if (buf->size() > n) buf->resize(n);
+  uint64_t have = 0;
+  while (have < n) {
+    const uint64_t want = std::min<uint64_t>(n - have, std::max<uint64_t>(uint64_t{1} << 20, have));
+    if (buf->size() < have + want) buf->resize(static_cast<size_t>(have + want));
+    if (!ReadFull(fd, buf->data() + have, static_cast<size_t>(want))) return false;
+    have += want;
+  }
+  return true;
+}
+
+}  // namespace
+
 absl::Status FrameSocket::Receive(google::protobuf::MessageLite* header, std::vector<char>* payload) {
   char prefix[kPrefixBytes];
   errno = 0;
@@ -115,11 +137,11 @@ absl::Status FrameSocket::Receive(google::protobuf::MessageLite* header, std::ve
   if (hb > (64u << 20) || pb > kMaxPayloadBytes) {
     return absl::DataLossError(absl::StrCat("frame channel: frame too large (", hb, " + ", pb, " bytes)"));
   }
-  header_buf_.resize(hb);
-  if (!ReadFull(fd_, header_buf_.data(), hb)) return Gone("receive");
+  // Buffers grow as bytes arrive, not to what a peer announces: a 16-byte
+  // prefix cannot make this process allocate half a gigabyte.
+  if (!ReadGrowing(fd_, hb, &header_buf_)) return Gone("receive");
   if (!header->ParseFromString(header_buf_)) return absl::DataLossError("frame channel: bad frame header");
-  payload->resize(pb);
-  if (!ReadFull(fd_, payload->data(), pb)) return Gone("receive");
+  if (!ReadGrowing(fd_, pb, payload)) return Gone("receive");
   return absl::OkStatus();
 }
 

@@ -94,6 +94,25 @@ TEST(FrameSocketTest, RefusesOversizedFramesBeforeAllocating) {
   close(fds[1]);
 }
 
+// A frame that announces 512 MiB and then stops: the receiver has not
+// allocated what was announced, only what came.
+TEST(FrameSocketTest, AnnouncedSizesAreNotAllocatedAhead) {
+  int fds[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  FrameSocket a(fds[0]);
+  char prefix[16] = {'M', 'M', 'F', '1'};
+  const uint64_t announced = FrameSocket::kMaxPayloadBytes;
+  std::memcpy(prefix + 8, &announced, 8);
+  ASSERT_EQ(write(fds[1], prefix, sizeof prefix), 16);
+  ASSERT_EQ(write(fds[1], "0123456789", 10), 10);  // 10 payload bytes, then the peer leaves
+  close(fds[1]);
+  v1::DispatchRequest h;
+  std::vector<char> p;
+  absl::Status st = a.Receive(&h, &p);
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  EXPECT_LE(p.capacity(), size_t{2} << 20);
+}
+
 TEST(FrameSocketTest, StopEndsConnectionsInProgress) {
   auto server = EchoServer();
   auto c = FrameSocket::Connect("127.0.0.1", server->port());
