@@ -18,10 +18,11 @@ constexpr int kMaxMessageBytes = 512 << 20;
 std::vector<std::string> NormalizeFlagNames(int argc, char** argv);
 
 // Builds and starts a server on `address` ("host:port", port 0 picks a free
-// one) with health checking and reflection. Returns null on failure;
+// one) with health checking and reflection, refusing messages larger than
+// `max_receive_bytes` (RESOURCE_EXHAUSTED). Returns null on failure;
 // *bound_port receives the port.
 std::unique_ptr<grpc::Server> StartServer(const std::string& address, const std::vector<grpc::Service*>& services,
-                                          int* bound_port);
+                                          int* bound_port, int max_receive_bytes = kMaxMessageBytes);
 
 // Channel arguments for clients of moemesh services.
 grpc::ChannelArguments ClientChannelArguments();

@@ -12,6 +12,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
@@ -23,6 +24,9 @@
 ABSL_FLAG(std::string, host, "127.0.0.1", "address to listen on");
 ABSL_FLAG(int, port, 0, "port to listen on; 0 picks a free one");
 ABSL_FLAG(int, metrics_port, 0, "port of the Prometheus /metrics endpoint; 0 picks a free one, -1 serves none");
+ABSL_FLAG(int, max_message_mb, 0,
+          "largest message a call may send here, in MiB (larger ones get RESOURCE_EXHAUSTED); 0: the service's "
+          "default (16 for the gateway's public API, 512 for the mesh's internal services)");
 
 namespace moemesh {
 namespace {
@@ -107,6 +111,10 @@ ServiceMain::ServiceMain(std::string name, int argc, char** argv, const char* us
   host_ = absl::GetFlag(FLAGS_host);
   port_ = absl::GetFlag(FLAGS_port);
   metrics_port_ = absl::GetFlag(FLAGS_metrics_port);
+  max_message_mb_ = absl::GetFlag(FLAGS_max_message_mb);
+  if (max_message_mb_ < 0 || max_message_mb_ > (kMaxMessageBytes >> 20)) {
+    std::exit(Fail(absl::StrCat("--max-message-mb must be in [0, ", kMaxMessageBytes >> 20, "]"), 2));
+  }
   // Start-up misconfiguration: say so and stop, as for a flag that does not parse.
   if (port_ < 0 || port_ > 65535) std::exit(Fail("--port must be in [0, 65535] (0 picks a free one)", 2));
   if (metrics_port_ < -1 || metrics_port_ > 65535) {
@@ -134,7 +142,8 @@ int ServiceMain::Serve(const std::vector<grpc::Service*>& services, std::shared_
   }
   const std::string address = HostPort(host_, port_);
   int port = 0;
-  std::unique_ptr<grpc::Server> server = StartServer(address, services, &port);
+  const int max_receive = max_message_mb_ > 0 ? max_message_mb_ << 20 : default_max_message_bytes_;
+  std::unique_ptr<grpc::Server> server = StartServer(address, services, &port, max_receive);
   if (server == nullptr) return Fail("cannot listen on " + address, 1);
   if (metrics) std::printf("metrics on %s\n", HostPort(host_, metrics->port()).c_str());
   std::printf("listening on %s\n", HostPort(host_, port).c_str());

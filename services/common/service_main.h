@@ -47,6 +47,9 @@ class ServiceMain {
 
   // --host: the address every port of the service listens on.
   const std::string& host() const { return host_; }
+  // The largest message Serve accepts unless --max-message-mb says
+  // otherwise (kMaxMessageBytes by default).
+  void set_default_max_message_bytes(int bytes) { default_max_message_bytes_ = bytes; }
 
   // Prints "NAME: error: MESSAGE" on stderr and returns `exit_code`: 2 for
   // bad flags or model files, 1 when the service cannot start.
@@ -77,6 +80,8 @@ class ServiceMain {
   std::string host_;
   int port_ = 0;
   int metrics_port_ = 0;
+  int max_message_mb_ = 0;
+  int default_max_message_bytes_ = 512 << 20;  // kMaxMessageBytes (server_util.h)
 };
 
 }  // namespace moemesh

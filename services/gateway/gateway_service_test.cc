@@ -28,7 +28,8 @@ constexpr char kModel[] = "models/fortune-moe";
 // A gateway in front of `routers`, served over a loopback socket.
 class LocalGateway {
  public:
-  LocalGateway(const std::vector<std::string>& routers, int max_in_flight = 512, GatewayMetrics* metrics = nullptr)
+  LocalGateway(const std::vector<std::string>& routers, int max_in_flight = 512, GatewayMetrics* metrics = nullptr,
+               int max_message_bytes = kMaxMessageBytes)
       : pool_(routers) {
     tokenizer_ = std::move(*LoadTokenizer(kModel));
     auto config = LoadModelConfig(kModel);
@@ -36,9 +37,10 @@ class LocalGateway {
     gateway_ = std::make_unique<Gateway>(tokenizer_.get(), model_, &pool_, Gateway::Options{max_in_flight}, metrics);
     service_ = std::make_unique<GatewayServiceImpl>(gateway_.get());
     int port = 0;
-    server_ = StartServer("127.0.0.1:0", {service_.get()}, &port);
-    stub_ = v1::Gateway::NewStub(
-        grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+    server_ = StartServer("127.0.0.1:0", {service_.get()}, &port, max_message_bytes);
+    stub_ = v1::Gateway::NewStub(grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port),
+                                                           grpc::InsecureChannelCredentials(),
+                                                           ClientChannelArguments()));
   }
   ~LocalGateway() { server_->Shutdown(std::chrono::system_clock::now()); }
   v1::Gateway::Stub* stub() { return stub_.get(); }
@@ -196,6 +198,24 @@ TEST(GatewayServiceTest, BadRequestsGetTheirDocumentedStatus) {
     EXPECT_EQ(a.responses, 0);
   }
   EXPECT_EQ(router.Status().requests_total(), 0);  // none reached the router
+}
+
+// Oversized input is refused by size before any work, and what is echoed
+// back of a bad model name is bounded (issue #18).
+TEST(GatewayServiceTest, OversizedInputIsRefusedAndNotEchoed) {
+  LocalRouter router(kModel);
+  LocalGateway gw({router.address()}, 512, nullptr, /*max_message_bytes=*/16 << 20);
+  v1::GenerateRequest huge = TextRequest("hi", 2);
+  huge.set_model(std::string(20 << 20, 'm'));
+  Answer a = Generate(gw.stub(), huge);
+  EXPECT_EQ(a.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << a.status.error_message();
+  v1::GenerateRequest long_name = TextRequest("hi", 2);
+  long_name.set_model(std::string(10000, 'm'));
+  a = Generate(gw.stub(), long_name);
+  EXPECT_EQ(a.status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_LT(a.status.error_message().size(), 200u) << a.status.error_message();
+  EXPECT_TRUE(Generate(gw.stub(), TextRequest("hi", 2)).status.ok());  // the channel still works
+  EXPECT_EQ(router.Status().requests_total(), 1);
 }
 
 TEST(GatewayServiceTest, AdmissionControlRefusesBeyondTheLimit) {

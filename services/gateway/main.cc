@@ -84,6 +84,8 @@ struct Options {
 int Main(int argc, char** argv) {
   ServiceMain service_main("moemesh-gateway", argc, argv,
                            "moemesh-gateway --model DIR --routers HOST:PORT[,...] [--port P]");
+  // The public API takes text prompts, not tensors: a smaller bound.
+  service_main.set_default_max_message_bytes(16 << 20);
   const Options options = Options::FromFlags();
   if (absl::Status st = options.Validate(); !st.ok()) return service_main.Fail(st, 2);
 

@@ -17,7 +17,10 @@ absl::Status NoTokenizer(absl::string_view what) {
 
 absl::Status CheckModelName(const std::string& name, const ServedModel& model) {
   if (name.empty() || name == model.name) return absl::OkStatus();
-  return absl::NotFoundError(absl::StrCat("model \"", name, "\" is not served here; this gateway serves \"",
+  // Only the name's beginning is echoed: a client's garbage is not sent back whole.
+  constexpr size_t kEcho = 64;
+  const std::string shown = name.size() <= kEcho ? name : absl::StrCat(name.substr(0, kEcho), "...");
+  return absl::NotFoundError(absl::StrCat("model \"", shown, "\" is not served here; this gateway serves \"",
                                           model.name, "\" (see ListModels)"));
 }
 
