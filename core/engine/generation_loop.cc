@@ -115,7 +115,8 @@ void GenerationLoop::Run() {
     // the loop carries on with the rest.
     (void)scheduler_->Step();
     Stats s = Publish();
-    if (on_step_ && scheduler_->last_step().requests > 0) on_step_(scheduler_->last_step(), s);
+    const StepStats& last = scheduler_->last_step();
+    if (on_step_ && (last.requests > 0 || last.tier_fallbacks > 0 || !cancels.empty())) on_step_(last, s);
   }
 }
 

@@ -36,7 +36,9 @@ class GenerationLoop {
   // Starts the loop. At most `max_waiting` requests may wait for admission;
   // more are refused with RESOURCE_EXHAUSTED.
   // `on_step`, when set, is called on the loop's thread after every step
-  // that ran a forward pass (for metrics); it must return quickly.
+  // that ran a forward pass, and after cancellations (then with a step of
+  // no requests, so that gauges follow what a cancel freed); it is for
+  // metrics and must return quickly.
   GenerationLoop(std::unique_ptr<Scheduler> scheduler, int max_waiting,
                  std::function<void(const StepStats&, const Stats&)> on_step = nullptr);
   // Drops every request (no more events) and joins the thread.

@@ -94,13 +94,20 @@ TEST(GenerationLoopTest, ConcurrentSubmissionsEqualRunsAlone) {
   EXPECT_EQ(s.submitted, kN);
 }
 
-// Cancelled requests leave the batch and free their cache within a step.
+// Cancelled requests leave the batch and free their cache within a step,
+// and the step observer hears of it even when nothing else runs.
 TEST(GenerationLoopTest, CancelFreesTheCache) {
   EngineOptions o;
   o.kv_block_size = 512;  // one block per request all along, so usage is exact
   auto engine = Engine::Create(kModel, o);
   ASSERT_TRUE(engine.ok());
-  auto loop = NewLoop(engine->get());
+  absl::Mutex observed_mu;
+  GenerationLoop::Stats observed;
+  auto loop = std::make_unique<GenerationLoop>(
+      (*engine)->NewScheduler(64, 2048), 256, [&](const StepStats&, const GenerationLoop::Stats& s) {
+        absl::MutexLock l(&observed_mu);
+        observed = s;
+      });
   GenerateParams g;
   g.sampling.temperature = 0;  // greedy
   g.max_new_tokens = 400;
@@ -134,6 +141,19 @@ TEST(GenerationLoopTest, CancelFreesTheCache) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   EXPECT_EQ(loop->stats().kv_blocks_used, 0);
+  // The last thing the observer saw is the empty batch, not the last pass.
+  deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  for (;;) {
+    {
+      absl::MutexLock l(&observed_mu);
+      if ((observed.running == 0 && observed.kv_blocks_used == 0) || std::chrono::steady_clock::now() > deadline) {
+        EXPECT_EQ(observed.running, 0);
+        EXPECT_EQ(observed.kv_blocks_used, 0);
+        break;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   // A cancelled request may see the step that was running, no more.
   for (int i = 0; i < 8; i += 2) EXPECT_LE(sinks[i].count(), at_cancel[i] + 1);
   for (auto& k : sinks) EXPECT_FALSE(k.finished);

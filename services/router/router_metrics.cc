@@ -125,9 +125,11 @@ void RouterMetrics::OnStep(const StepStats& s, const GenerationLoop::Stats& loop
   const double dispatch = std::max(0.0, s.expert_seconds - combine_seconds);
   const double attention = std::max(0.0, s.total_seconds - s.expert_seconds - s.sampling_seconds);
   const double values[5] = {attention, dispatch, combine_seconds, s.sampling_seconds, s.total_seconds};
-  for (int i = 0; i < 5; ++i) phase_[i]->Observe(values[i]);
-  batch_requests_->Observe(s.requests);
-  batch_tokens_->Observe(s.rows);
+  if (s.requests > 0) {  // else a step of no pass (after cancellations): the gauges only
+    for (int i = 0; i < 5; ++i) phase_[i]->Observe(values[i]);
+    batch_requests_->Observe(s.requests);
+    batch_tokens_->Observe(s.rows);
+  }
   running_->Set(loop.running);
   waiting_->Set(loop.waiting);
   kv_usage_->Set(loop.kv_blocks_total > 0 ? static_cast<double>(loop.kv_blocks_used) / loop.kv_blocks_total : 0);
