@@ -211,6 +211,20 @@ TEST(GatewayTest, ValidationRefusesBeforeAnyRouterIsCalled) {
   EXPECT_EQ(gw.gateway->in_flight(), 0);
 }
 
+// Bounds that cost nothing come before tokenizing: a megabyte of text for a
+// 1,024-token context is refused by its size (issue #18).
+TEST(GatewayTest, AnOversizedPromptIsRefusedBeforeItIsTokenized) {
+  LocalRouter router(kModel);
+  TestGateway gw({router.address()});
+  Answer a = Generate(*gw.gateway, TextRequest(std::string(1 << 20, 'a'), 4));
+  EXPECT_EQ(a.status.code(), absl::StatusCode::kInvalidArgument) << a.status;
+  EXPECT_NE(a.status.message().find("bytes cannot fit the context"), absl::string_view::npos) << a.status;
+  a = Generate(*gw.gateway, TextRequest("hi", 1024));
+  EXPECT_EQ(a.status.code(), absl::StatusCode::kInvalidArgument) << a.status;
+  EXPECT_NE(a.status.message().find("leaves no room for a prompt"), absl::string_view::npos) << a.status;
+  EXPECT_EQ(a.router_calls, 0);
+}
+
 TEST(GatewayTest, AdmissionRefusesAtTheLimit) {
   LocalRouter router(kModel);
   TestGateway gw({router.address()}, /*max_in_flight=*/1);

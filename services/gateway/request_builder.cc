@@ -27,11 +27,23 @@ absl::Status CheckModelName(const std::string& name, const ServedModel& model) {
 absl::StatusOr<v1::RouterGenerateRequest> BuildRouterRequest(const v1::GenerateRequest& request,
                                                              const Tokenizer* tokenizer, const ServedModel& model) {
   MM_RETURN_IF_ERROR(CheckModelName(request.model(), model));
+  // Cheap bounds first: a prompt that cannot fit is not tokenized.
+  if (model.context_length > 0 && request.max_tokens() >= model.context_length) {
+    return absl::InvalidArgumentError(absl::StrCat("max_tokens (", request.max_tokens(),
+                                                   ") with any prompt exceeds the context of ", model.context_length,
+                                                   " tokens: it leaves no room for a prompt"));
+  }
   std::vector<int> prompt;
   switch (request.prompt_case()) {
     case v1::GenerateRequest::kText: {
       if (request.text().empty()) return absl::InvalidArgumentError("text: the prompt is empty");
       if (tokenizer == nullptr) return NoTokenizer("text prompts");
+      if (model.context_length > 0 &&
+          request.text().size() > static_cast<size_t>(model.context_length) * kMaxBytesPerToken) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "text: ", request.text().size(), " bytes cannot fit the context of ", model.context_length,
+            " tokens (no token is longer than ", kMaxBytesPerToken, " bytes)"));
+      }
       bool special = request.has_add_special_tokens() ? request.add_special_tokens() : true;
       MM_ASSIGN_OR_RETURN(prompt, tokenizer->Encode(request.text(), special));
       if (prompt.empty()) return absl::InvalidArgumentError("text: the prompt has no tokens");

@@ -24,6 +24,10 @@ struct ServedModel {
 constexpr int kMaxStopSequences = 16;
 constexpr int kMaxStopSequenceBytes = 256;
 constexpr int kMaxSessionIdBytes = 256;
+// No token of a tokenizer moemesh serves is longer: a text prompt of more
+// bytes than this many a context token cannot fit, and is refused before it
+// is tokenized.
+constexpr int kMaxBytesPerToken = 128;
 
 // Checks a public Generate request and turns it into the router's:
 // NOT_FOUND for another model's name, INVALID_ARGUMENT (naming the field)
