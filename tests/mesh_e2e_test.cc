@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <future>
 #include <cstdio>
 #include <map>
 #include <string>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <httplib.h>
 
 #include "absl/strings/match.h"
@@ -457,6 +459,40 @@ TEST(MeshDemoModelTest, ClientCommand) {
 // An explicit placement file moves experts between shards, per layer; the
 // tokens do not change. A router and workers with different placements
 // refuse to work together.
+// grpc.health.v1.Health/Check of `service` at `target`, the messages
+// written by hand (the health proto is not among Debian's headers): 1
+// SERVING, 2 NOT_SERVING, -(gRPC code) on an error.
+int HealthOf(const std::string& target, const std::string& service) {
+  grpc::GenericStub stub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  std::string req = {0x0a, static_cast<char>(service.size())};  // field 1, a short string
+  req += service;
+  grpc::Slice slice(req);
+  grpc::ByteBuffer in(&slice, 1), out;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &in, &out,
+                 [&done](grpc::Status st) { done.set_value(st); });
+  const grpc::Status st = done.get_future().get();
+  if (!st.ok()) return -static_cast<int>(st.error_code());
+  std::vector<grpc::Slice> slices;
+  (void)out.Dump(&slices);
+  std::string bytes;
+  for (const grpc::Slice& sl : slices) bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+  return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : 0;
+}
+
+// Health checks answer by service name as well as for the whole server.
+TEST(MeshDemoModelTest, HealthByServiceName) {
+  Mesh mesh("models/fortune-moe", 1, 1, 1);
+  ASSERT_TRUE(mesh.ok());
+  EXPECT_EQ(HealthOf(mesh.target(), ""), 1);
+  EXPECT_EQ(HealthOf(mesh.target(), "moemesh.v1.Gateway"), 1);
+  EXPECT_EQ(HealthOf(mesh.router_addresses()[0], "moemesh.v1.Router"), 1);
+  EXPECT_EQ(HealthOf(mesh.kvcache_address(), "moemesh.v1.KvCacheService"), 1);
+  EXPECT_EQ(HealthOf(mesh.target(), "moemesh.v1.Nothing"), -static_cast<int>(grpc::StatusCode::NOT_FOUND));
+}
+
 // moemesh up --http-port: the OpenAI-compatible API answers as the gRPC one.
 TEST(MeshDemoModelTest, HttpApi) {
   Mesh mesh("models/fortune-moe", 2, 1, 1, {"--http-port=0"});

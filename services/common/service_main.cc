@@ -145,6 +145,9 @@ int ServiceMain::Serve(const std::vector<grpc::Service*>& services, std::shared_
   const int max_receive = max_message_mb_ > 0 ? max_message_mb_ << 20 : default_max_message_bytes_;
   std::unique_ptr<grpc::Server> server = StartServer(address, services, &port, max_receive);
   if (server == nullptr) return Fail("cannot listen on " + address, 1);
+  if (grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService()) {
+    for (const std::string& name : service_names_) health->SetServingStatus(name, true);
+  }
   if (metrics) std::printf("metrics on %s\n", HostPort(host_, metrics->port()).c_str());
   std::printf("listening on %s\n", HostPort(host_, port).c_str());
   std::fflush(stdout);

@@ -50,6 +50,9 @@ class ServiceMain {
   // The largest message Serve accepts unless --max-message-mb says
   // otherwise (kMaxMessageBytes by default).
   void set_default_max_message_bytes(int bytes) { default_max_message_bytes_ = bytes; }
+  // The full names of the gRPC services Serve will serve
+  // ("moemesh.v1.Gateway"): health checks answer for each by name too.
+  void set_service_names(std::vector<std::string> names) { service_names_ = std::move(names); }
 
   // Prints "NAME: error: MESSAGE" on stderr and returns `exit_code`: 2 for
   // bad flags or model files, 1 when the service cannot start.
@@ -82,6 +85,7 @@ class ServiceMain {
   int metrics_port_ = 0;
   int max_message_mb_ = 0;
   int default_max_message_bytes_ = 512 << 20;  // kMaxMessageBytes (server_util.h)
+  std::vector<std::string> service_names_;
 };
 
 }  // namespace moemesh

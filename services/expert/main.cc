@@ -103,6 +103,7 @@ int Main(int argc, char** argv) {
   if (gpu >= 0) gpu_metrics = [gpu] { return GpuCollector::Create({gpu}); };
   // Requests being computed finish; then the routers' streams are cancelled
   // (they resend to another replica).
+  service_main.set_service_names({v1::ExpertService::service_full_name()});
   return service_main.Serve({&service}, registry, [&] { return service.busy(); }, gpu_metrics);
 }
 

@@ -130,6 +130,7 @@ int Main(int argc, char** argv) {
     std::printf("http on %s:%d\n", ho.host.c_str(), http->port());
     std::fflush(stdout);
   }
+  service_main.set_service_names({v1::Gateway::service_full_name()});
   return service_main.Serve({&service}, registry, [&] { return gateway.in_flight(); });
 }
 

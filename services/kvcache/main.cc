@@ -49,6 +49,7 @@ int Main(int argc, char** argv) {
   std::thread sweeper([&] {
     while (!stop.WaitForNotificationWithTimeout(absl::Minutes(1))) (*store)->SweepExpiredSessions();
   });
+  service_main.set_service_names({v1::KvCacheService::service_full_name()});
   const int rc = service_main.Serve({&service}, registry, [&] { return service.busy(); });
   stop.Notify();
   sweeper.join();

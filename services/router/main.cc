@@ -235,6 +235,7 @@ int Main(int argc, char** argv) {
   RouterServiceImpl service(&loop);
   // Streams in progress may finish for a while, then are cancelled; the
   // loop stops after the server (it is destroyed after Serve returns).
+  service_main.set_service_names({v1::Router::service_full_name()});
   return service_main.Serve({&service}, registry, [&] { return service.active_calls(); });
 }
 
