@@ -197,7 +197,8 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
   std::vector<Service> kvcache, experts, routers, gateway;
   auto stop_all = [&] {
     for (auto* tier : {&gateway, &routers, &experts, &kvcache}) {
-      for (Service& s : *tier) s.process->Stop();
+      // Longer than a service's own 5 s drain, which must not race a SIGKILL.
+      for (Service& s : *tier) s.process->Stop(absl::Seconds(10));
     }
     if (!temp_kv_dir.empty()) {
       std::error_code ec;
