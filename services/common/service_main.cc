@@ -18,6 +18,7 @@
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
 #include "core/metrics/metrics_server.h"
+#include "services/common/drain.h"
 #include "services/common/server_util.h"
 
 // The flags every service has (--help lists them with the service's own).
@@ -94,6 +95,7 @@ void WaitForTerminationSignal() {
 // (cancelling what is left).
 void ShutdownGracefully(grpc::Server* server, const std::function<int()>& in_flight,
                         std::chrono::milliseconds grace) {
+  SetDraining(true);  // new calls are refused from here on
   if (grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService()) {
     health->SetServingStatus(false);
   }

@@ -4,6 +4,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "services/common/drain.h"
 #include "services/common/grpc_status.h"
 #include "services/gateway/gateway.h"
 
@@ -11,6 +12,7 @@ namespace moemesh {
 
 grpc::Status GatewayServiceImpl::Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                                           grpc::ServerWriter<v1::GenerateResponse>* writer) {
+  if (absl::Status st = RefuseWhileDraining("this gateway"); !st.ok()) return ToGrpcStatus(st);
   return ToGrpcStatus(gateway_->Generate(
       *request, [context] { return grpc::ClientContext::FromServerContext(*context); },
       [writer](const v1::GenerateResponse& response) { return writer->Write(response); }));

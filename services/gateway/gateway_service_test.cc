@@ -11,6 +11,7 @@
 #include "core/engine/scheduler.h"
 #include "core/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
+#include "services/common/drain.h"
 #include "services/common/server_util.h"
 #include "services/gateway/gateway.h"
 #include "absl/strings/match.h"
@@ -216,6 +217,19 @@ TEST(GatewayServiceTest, OversizedInputIsRefusedAndNotEchoed) {
   EXPECT_LT(a.status.error_message().size(), 200u) << a.status.error_message();
   EXPECT_TRUE(Generate(gw.stub(), TextRequest("hi", 2)).status.ok());  // the channel still works
   EXPECT_EQ(router.Status().requests_total(), 1);
+}
+
+// While the process drains, new calls are refused with UNAVAILABLE.
+TEST(GatewayServiceTest, RefusesNewCallsWhileDraining) {
+  LocalRouter router(kModel);
+  LocalGateway gw({router.address()});
+  SetDraining(true);
+  Answer a = Generate(gw.stub(), TextRequest("hi", 2));
+  SetDraining(false);
+  EXPECT_EQ(a.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(a.status.error_message().find("shutting down"), std::string::npos) << a.status.error_message();
+  EXPECT_EQ(router.Status().requests_total(), 0);
+  EXPECT_TRUE(Generate(gw.stub(), TextRequest("hi", 2)).status.ok());
 }
 
 TEST(GatewayServiceTest, AdmissionControlRefusesBeyondTheLimit) {

@@ -14,6 +14,7 @@
 #include "nlohmann/json.hpp"
 #include "prometheus/registry.h"
 #include "prometheus/text_serializer.h"
+#include "services/common/drain.h"
 #include "services/gateway/gateway.h"
 #include "services/gateway/openai_api.h"
 
@@ -120,6 +121,7 @@ std::string PromptText(Gateway* gateway, const v1::GenerateRequest& r) {
 }
 
 void Completions(Gateway* gateway, const std::string& model, const httplib::Request& req, httplib::Response& res) {
+  if (absl::Status st = RefuseWhileDraining("this gateway"); !st.ok()) return SendError(res, st);
   absl::StatusOr<CompletionRequest> parsed = ParseCompletionRequest(req.body);
   if (!parsed.ok()) return SendError(res, parsed.status());
   // Checked before any byte goes out: a stream's status line says 200.

@@ -6,6 +6,7 @@
 #include "absl/synchronization/mutex.h"
 #include "core/engine/generation_loop.h"
 #include "services/common/generate_params_proto.h"
+#include "services/common/drain.h"
 #include "services/common/grpc_status.h"
 
 namespace moemesh {
@@ -31,6 +32,11 @@ class RouterServiceImpl::GenerateCall : public grpc::ServerWriteReactor<v1::Rout
 
   void Start(std::shared_ptr<GenerateCall> self, const v1::RouterGenerateRequest* request) {
     self_ = self;
+    if (absl::Status st = RefuseWhileDraining("this router"); !st.ok()) {
+      absl::MutexLock l(&mu_);
+      FinishOnce(ToGrpcStatus(st));
+      return;
+    }
     std::vector<int> prompt(request->prompt_ids().begin(), request->prompt_ids().end());
     absl::StatusOr<int64_t> id =
         service_->loop_->Submit(std::move(prompt), GenerateParamsFromProto(*request),

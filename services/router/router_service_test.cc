@@ -9,6 +9,7 @@
 #include "core/engine/generation_loop.h"
 #include "core/engine/scheduler.h"
 #include "gtest/gtest.h"
+#include "services/common/drain.h"
 #include "services/common/server_util.h"
 
 namespace moemesh {
@@ -118,6 +119,26 @@ TEST_F(RouterServiceTest, BadRequestsGetInvalidArgument) {
   v1::RouterGenerateResponse resp;
   EXPECT_FALSE(reader->Read(&resp));
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+}
+
+// While the process drains (SIGTERM), new calls are refused with
+// UNAVAILABLE, which the gateway retries on another router; after, served.
+TEST_F(RouterServiceTest, RefusesNewCallsWhileDraining) {
+  SetDraining(true);
+  grpc::ClientContext ctx;
+  auto reader = stub_->Generate(&ctx, Request({1, 2, 3}, 2));
+  v1::RouterGenerateResponse resp;
+  EXPECT_FALSE(reader->Read(&resp));
+  grpc::Status st = reader->Finish();
+  SetDraining(false);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(st.error_message().find("shutting down"), std::string::npos) << st.error_message();
+  grpc::ClientContext again;
+  reader = stub_->Generate(&again, Request({1, 2, 3}, 2));
+  int tokens = 0;
+  while (reader->Read(&resp)) tokens += resp.token_ids_size();
+  EXPECT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(tokens, 2);
 }
 
 // A client that cancels, or whose deadline passes, leaves the batch and
