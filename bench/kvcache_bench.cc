@@ -14,13 +14,10 @@
 #include <string>
 #include <vector>
 
-#include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
 #include "rocksdb/db.h"
-#include "services/common/server_util.h"
-#include "services/kvcache/block_store.h"
-#include "services/kvcache/kvcache_service.h"
+#include "services/kvcache/local_kvcache.h"
 #include "services/kvcache_client/kvcache_tier.h"
 
 namespace moemesh {
@@ -93,19 +90,9 @@ int Run(int argc, char** argv) {
     if (total != chain.size() * chain[0].bytes.size()) return 1;
   }
 
-  BlockStore::Options so;
-  so.dir = service_dir;
-  so.min_free_bytes = 64 << 20;
-  auto store = BlockStore::Open(so);
-  if (!store.ok()) {
-    std::fprintf(stderr, "%s\n", store.status().ToString().c_str());
-    return 1;
-  }
-  KvCacheServiceImpl service(store->get());
-  int port = 0;
-  std::unique_ptr<grpc::Server> server = StartServer("127.0.0.1:0", {&service}, &port);
+  LocalKvCache kv(service_dir);
   KvCacheTier::Options to;
-  to.addresses = {absl::StrCat("127.0.0.1:", port)};
+  to.addresses = {kv.address()};
   to.fetch_timeout = absl::Seconds(60);
   to.max_queued_bytes = int64_t{1} << 40;
   auto tier = KvCacheTier::Create(to);
@@ -133,10 +120,10 @@ int Run(int argc, char** argv) {
   }
   t0 = std::chrono::steady_clock::now();
   for (const BlockHash& h : names) {
-    if (!(*store)->Get(root, h).ok()) return 1;
+    if (!kv.store()->Get(root, h).ok()) return 1;
   }
   const double store_get = Seconds(t0);
-  server->Shutdown();
+  kv.Shutdown();
 
   std::printf("kvcache_bench: %d blocks of %d KiB (%.0f MiB), write-ahead log on, no fsync\n", blocks, block_kib, mb);
   std::printf("%-6s %16s %16s %8s\n", "", "plain RocksDB", "kvcache (gRPC)", "ratio");

@@ -24,15 +24,11 @@
 
 #include <filesystem>
 
-#include <grpcpp/grpcpp.h>
-
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "core/engine/engine.h"
 #include "core/engine/scheduler.h"
-#include "services/common/server_util.h"
-#include "services/kvcache/block_store.h"
-#include "services/kvcache/kvcache_service.h"
+#include "services/kvcache/local_kvcache.h"
 #include "services/kvcache_client/kvcache_tier.h"
 
 namespace moemesh {
@@ -179,20 +175,9 @@ int Main(int argc, char** argv) {
   // A kvcache service, and two engines over it: the first turns run on one,
   // the second turns on the other.
   const std::string kv_dir = (std::filesystem::temp_directory_path() / "prefix_cache_bench_kv").string();
-  std::filesystem::remove_all(kv_dir);
-  BlockStore::Options so;
-  so.dir = kv_dir;
-  so.min_free_bytes = 64 << 20;
-  auto store = BlockStore::Open(so);
-  if (!store.ok()) {
-    std::fprintf(stderr, "prefix_cache_bench: %s\n", std::string(store.status().message()).c_str());
-    return 1;
-  }
-  KvCacheServiceImpl service(store->get());
-  int port = 0;
-  std::unique_ptr<grpc::Server> server = StartServer("127.0.0.1:0", {&service}, &port);
+  LocalKvCache kv(kv_dir);
   KvCacheTier::Options to;
-  to.addresses = {absl::StrCat("127.0.0.1:", port)};
+  to.addresses = {kv.address()};
   std::shared_ptr<KvCacheTier> tier = std::move(*KvCacheTier::Create(to));
   std::unique_ptr<Engine> tiered[2];
   for (auto& e : tiered) {
@@ -241,7 +226,7 @@ int Main(int argc, char** argv) {
   std::printf("%14.1f %14.1f %9.2fx %9.1f%%\n", batch[1].tokens_per_second, batch[0].tokens_per_second,
               batch[1].tokens_per_second / batch[0].tokens_per_second,
               batch[1].queried > 0 ? 100.0 * batch[1].hits / batch[1].queried : 0.0);
-  server->Shutdown();
+  kv.Shutdown();
   std::filesystem::remove_all(kv_dir);
   return 0;
 }

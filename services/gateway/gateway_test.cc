@@ -20,8 +20,7 @@
 #include "gtest/gtest.h"
 #include "services/common/server_util.h"
 #include "services/gateway/router_pool.h"
-#include "services/kvcache/block_store.h"
-#include "services/kvcache/kvcache_service.h"
+#include "services/kvcache/local_kvcache.h"
 #include "services/router/local_router.h"
 
 namespace moemesh {
@@ -122,16 +121,8 @@ TEST(GatewayTest, StreamsTextWithUsage) {
 // not fit; without a session id or a store, continue_session is refused.
 TEST(GatewayTest, SessionsContinueTheStoredConversation) {
   LocalRouter router(kModel);
-  BlockStore::Options so;
-  so.dir = ::testing::TempDir() + "/gateway_sessions";
-  std::filesystem::remove_all(so.dir);
-  so.min_free_bytes = 16 << 20;
-  std::unique_ptr<BlockStore> store = std::move(*BlockStore::Open(so));
-  KvCacheServiceImpl service(store.get());
-  int port = 0;
-  std::unique_ptr<grpc::Server> server = StartServer("127.0.0.1:0", {&service}, &port);
-  ASSERT_NE(server, nullptr);
-  SessionClient sessions("127.0.0.1:" + std::to_string(port), HashBytes("gateway_test"));
+  LocalKvCache kv(::testing::TempDir() + "/gateway_sessions");
+  SessionClient sessions(kv.address(), HashBytes("gateway_test"));
   Gateway::Options options;
   options.sessions = &sessions;
   TestGateway gw({router.address()}, options);
@@ -193,7 +184,6 @@ TEST(GatewayTest, SessionsContinueTheStoredConversation) {
   Answer refused = Generate(*no_store.gateway, turn("hi", 2));
   EXPECT_EQ(refused.status.code(), absl::StatusCode::kFailedPrecondition) << refused.status;
   EXPECT_EQ(refused.router_calls, 0);
-  server->Shutdown();
 }
 
 TEST(GatewayTest, ValidationRefusesBeforeAnyRouterIsCalled) {

@@ -53,17 +53,16 @@ void KvCacheMetrics::ObserveCall(const std::string& method, const std::string& c
 
 void KvCacheMetrics::AddBytes(bool in, double bytes) { (in ? bytes_in_ : bytes_out_)->Increment(bytes); }
 
-void KvCacheMetrics::Update(int64_t blocks, int64_t block_bytes, int64_t capacity_bytes, int64_t sessions,
-                            int64_t evictions, int64_t corrupt_reads) {
-  blocks_->Set(static_cast<double>(blocks));
-  block_bytes_->Set(static_cast<double>(block_bytes));
-  capacity_->Set(static_cast<double>(capacity_bytes));
-  sessions_->Set(static_cast<double>(sessions));
+void KvCacheMetrics::Update(const BlockStore::Stats& s) {
+  blocks_->Set(static_cast<double>(s.blocks));
+  block_bytes_->Set(static_cast<double>(s.block_bytes));
+  capacity_->Set(static_cast<double>(s.capacity_bytes));
+  sessions_->Set(static_cast<double>(s.sessions));
   std::lock_guard<std::mutex> lock(mu_);
-  if (evictions > evictions_seen_) evictions_->Increment(static_cast<double>(evictions - evictions_seen_));
-  if (corrupt_reads > corrupt_seen_) corrupt_->Increment(static_cast<double>(corrupt_reads - corrupt_seen_));
-  evictions_seen_ = std::max(evictions_seen_, evictions);
-  corrupt_seen_ = std::max(corrupt_seen_, corrupt_reads);
+  if (s.evictions > evictions_seen_) evictions_->Increment(static_cast<double>(s.evictions - evictions_seen_));
+  if (s.corrupt_reads > corrupt_seen_) corrupt_->Increment(static_cast<double>(s.corrupt_reads - corrupt_seen_));
+  evictions_seen_ = std::max(evictions_seen_, s.evictions);
+  corrupt_seen_ = std::max(corrupt_seen_, s.corrupt_reads);
 }
 
 }  // namespace moemesh

@@ -7,6 +7,8 @@
 #include <string>
 #include <utility>
 
+#include "services/kvcache/block_store.h"
+
 namespace prometheus {
 class Counter;
 class Gauge;
@@ -32,8 +34,7 @@ class KvCacheMetrics {
   void ObserveCall(const std::string& method, const std::string& code, double seconds);
   void AddBytes(bool in, double bytes);
   // The store's state after a call.
-  void Update(int64_t blocks, int64_t block_bytes, int64_t capacity_bytes, int64_t sessions, int64_t evictions,
-              int64_t corrupt_reads);
+  void Update(const BlockStore::Stats& stats);
 
  private:
   prometheus::Family<prometheus::Histogram>* rpc_family_;

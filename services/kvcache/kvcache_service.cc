@@ -55,8 +55,7 @@ class KvCacheServiceImpl::Call {
   }
   grpc::Status Done(const absl::Status& st) {
     if (service_->metrics_ != nullptr) {
-      const BlockStore::Stats s = service_->store_->stats();
-      service_->metrics_->Update(s.blocks, s.block_bytes, s.capacity_bytes, s.sessions, s.evictions, s.corrupt_reads);
+      service_->metrics_->Update(service_->store_->stats());
       service_->metrics_->ObserveCall(
           method_, absl::StatusCodeToString(st.code()),
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());

@@ -14,6 +14,7 @@
 #include "prometheus/text_serializer.h"
 #include "services/common/server_util.h"
 #include "services/kvcache/kvcache_metrics.h"
+#include "services/kvcache/local_kvcache.h"
 
 namespace moemesh {
 namespace {
@@ -24,22 +25,12 @@ class KvCacheServiceTest : public ::testing::Test {
     BlockStore::Options o;
     o.dir = absl::StrCat(::testing::TempDir(), "/kvcache_service_",
                          ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::remove_all(o.dir);
     o.max_block_bytes = 1 << 20;
     o.min_free_bytes = 16 << 20;
-    auto store = BlockStore::Open(o);
-    ASSERT_TRUE(store.ok()) << store.status();
-    store_ = std::move(*store);
     metrics_ = std::make_unique<KvCacheMetrics>(registry_);
-    service_ = std::make_unique<KvCacheServiceImpl>(store_.get(), metrics_.get());
-    int port = 0;
-    server_ = StartServer("127.0.0.1:0", {service_.get()}, &port);
-    ASSERT_NE(server_, nullptr);
-    stub_ = v1::KvCacheService::NewStub(grpc::CreateCustomChannel(
-        absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials(), ClientChannelArguments()));
-  }
-  void TearDown() override {
-    if (server_) server_->Shutdown();
+    kv_ = std::make_unique<LocalKvCache>(o, metrics_.get());
+    stub_ = v1::KvCacheService::NewStub(
+        grpc::CreateCustomChannel(kv_->address(), grpc::InsecureChannelCredentials(), ClientChannelArguments()));
   }
 
   std::vector<v1::KvBlock> Chain(int n, int first_token = 0) const {
@@ -89,10 +80,8 @@ class KvCacheServiceTest : public ::testing::Test {
 
   const BlockHash root_ = HashBytes("a model");
   prometheus::Registry registry_;
-  std::unique_ptr<BlockStore> store_;
   std::unique_ptr<KvCacheMetrics> metrics_;
-  std::unique_ptr<KvCacheServiceImpl> service_;
-  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<LocalKvCache> kv_;  // after the metrics it reports to
   std::unique_ptr<v1::KvCacheService::Stub> stub_;
 };
 

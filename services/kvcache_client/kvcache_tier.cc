@@ -8,6 +8,7 @@
 #include "moemesh/v1/kvcache.grpc.pb.h"
 #include "services/common/grpc_status.h"
 #include "services/common/server_util.h"
+#include "services/kvcache_client/rendezvous.h"
 
 namespace moemesh {
 
@@ -53,18 +54,7 @@ KvCacheTier::~KvCacheTier() {
 }
 
 int KvCacheTier::ReplicaOf(const BlockHash& head) const {
-  // Rendezvous hashing: the replica whose hash with the head is highest.
-  // Adding or removing a replica moves only the sequences it gains or had.
-  int best = 0;
-  uint64_t best_score = 0;
-  for (size_t i = 0; i < options_.addresses.size(); ++i) {
-    const uint64_t score = Checksum64(options_.addresses[i], head.Bytes());
-    if (i == 0 || score > best_score) {
-      best = static_cast<int>(i);
-      best_score = score;
-    }
-  }
-  return best;
+  return static_cast<int>(RendezvousPick(options_.addresses, head.Bytes()));
 }
 
 absl::StatusOr<std::vector<KvTierBlock>> KvCacheTier::Fetch(const BlockHash& root, absl::Span<const BlockHash> all,

@@ -15,7 +15,7 @@
 #include "gtest/gtest.h"
 #include "services/common/server_util.h"
 #include "services/kvcache/block_store.h"
-#include "services/kvcache/kvcache_service.h"
+#include "services/kvcache/local_kvcache.h"
 
 namespace moemesh {
 namespace {
@@ -23,20 +23,9 @@ namespace {
 class KvCacheTierTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    BlockStore::Options o;
-    o.dir = absl::StrCat(::testing::TempDir(), "/kvcache_tier_",
-                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::remove_all(o.dir);
-    o.min_free_bytes = 16 << 20;
-    store_ = std::move(*BlockStore::Open(o));
-    service_ = std::make_unique<KvCacheServiceImpl>(store_.get());
-    int port = 0;
-    server_ = StartServer("127.0.0.1:0", {service_.get()}, &port);
-    ASSERT_NE(server_, nullptr);
-    address_ = absl::StrCat("127.0.0.1:", port);
-  }
-  void TearDown() override {
-    if (server_) server_->Shutdown();
+    kv_ = std::make_unique<LocalKvCache>(absl::StrCat(
+        ::testing::TempDir(), "/kvcache_tier_", ::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    address_ = kv_->address();
   }
 
   std::unique_ptr<KvCacheTier> Tier(const std::string& address) {
@@ -47,9 +36,7 @@ class KvCacheTierTest : public ::testing::Test {
     return std::move(*tier);
   }
 
-  std::unique_ptr<BlockStore> store_;
-  std::unique_ptr<KvCacheServiceImpl> service_;
-  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<LocalKvCache> kv_;
   std::string address_;
 };
 
@@ -97,8 +84,7 @@ TEST_F(KvCacheTierTest, StoresInTheBackgroundAndFetchesTheLeadingRun) {
 }
 
 TEST_F(KvCacheTierTest, AServiceThatIsDownFailsFetchesFastAndDropsStores) {
-  server_->Shutdown();
-  server_.reset();
+  kv_->Shutdown();
   std::unique_ptr<KvCacheTier> tier = Tier(address_);
   const BlockHash root = HashBytes("m");
   const std::vector<KvTierBlock> chain = Chain(root, 2);
@@ -116,27 +102,10 @@ TEST_F(KvCacheTierTest, AServiceThatIsDownFailsFetchesFastAndDropsStores) {
 // replica loses its sequences (a fetch error: the router computes), not
 // the other's.
 TEST(KvCacheTierReplicasTest, SequencesSpreadOverReplicasAndSurviveTheLossOfOne) {
-  struct Replica {
-    std::unique_ptr<BlockStore> store;
-    std::unique_ptr<KvCacheServiceImpl> service;
-    std::unique_ptr<grpc::Server> server;
-    std::string address;
-  };
-  Replica replicas[2];
-  for (int i = 0; i < 2; ++i) {
-    BlockStore::Options o;
-    o.dir = absl::StrCat(::testing::TempDir(), "/kvcache_replica_", i);
-    std::filesystem::remove_all(o.dir);
-    o.min_free_bytes = 16 << 20;
-    replicas[i].store = std::move(*BlockStore::Open(o));
-    replicas[i].service = std::make_unique<KvCacheServiceImpl>(replicas[i].store.get());
-    int port = 0;
-    replicas[i].server = StartServer("127.0.0.1:0", {replicas[i].service.get()}, &port);
-    ASSERT_NE(replicas[i].server, nullptr);
-    replicas[i].address = absl::StrCat("127.0.0.1:", port);
-  }
+  LocalKvCache replicas[2] = {LocalKvCache(::testing::TempDir() + "/kvcache_replica_0"),
+                              LocalKvCache(::testing::TempDir() + "/kvcache_replica_1")};
   KvCacheTier::Options o;
-  o.addresses = {replicas[0].address, replicas[1].address};
+  o.addresses = {replicas[0].address(), replicas[1].address()};
   std::unique_ptr<KvCacheTier> tier = std::move(*KvCacheTier::Create(o));
   // 16 sequences of 3 blocks, each with its own first block.
   std::vector<std::vector<KvTierBlock>> seqs;
@@ -157,8 +126,8 @@ TEST(KvCacheTierReplicasTest, SequencesSpreadOverReplicasAndSurviveTheLossOfOne)
   EXPECT_EQ(tier->stats().stored_blocks, 48);
   EXPECT_GT(on[0], 0);
   EXPECT_GT(on[1], 0);
-  EXPECT_EQ(replicas[0].store->stats().blocks, 3 * on[0]);
-  EXPECT_EQ(replicas[1].store->stats().blocks, 3 * on[1]);
+  EXPECT_EQ(replicas[0].store()->stats().blocks, 3 * on[0]);
+  EXPECT_EQ(replicas[1].store()->stats().blocks, 3 * on[1]);
   auto names = [](const std::vector<KvTierBlock>& seq) {
     std::vector<BlockHash> n;
     for (const auto& b : seq) n.push_back(b.hash);
@@ -166,7 +135,7 @@ TEST(KvCacheTierReplicasTest, SequencesSpreadOverReplicasAndSurviveTheLossOfOne)
   };
   for (const auto& seq : seqs) EXPECT_EQ(tier->Fetch(HashBytes("m"), names(seq), 1)->size(), 2u);
 
-  replicas[1].server->Shutdown();
+  replicas[1].Shutdown();
   int fetched = 0, failed = 0;
   for (const auto& seq : seqs) {
     absl::StatusOr<std::vector<KvTierBlock>> got = tier->Fetch(HashBytes("m"), names(seq));
@@ -181,7 +150,6 @@ TEST(KvCacheTierReplicasTest, SequencesSpreadOverReplicasAndSurviveTheLossOfOne)
   }
   EXPECT_EQ(fetched, on[0]);
   EXPECT_EQ(failed, on[1]);
-  replicas[0].server->Shutdown();
 }
 
 // A conversation's second turn on a new engine (a router restarted) over

@@ -8,6 +8,7 @@
 #include "moemesh/v1/kvcache.grpc.pb.h"
 #include "services/common/grpc_status.h"
 #include "services/common/server_util.h"
+#include "services/kvcache_client/rendezvous.h"
 
 namespace moemesh {
 
@@ -25,16 +26,7 @@ SessionClient::SessionClient(const std::string& addresses, const BlockHash& root
 }
 
 SessionClient::Rpc& SessionClient::For(const std::string& session_id) const {
-  size_t best = 0;
-  uint64_t best_score = 0;
-  for (size_t i = 0; i < addresses_.size(); ++i) {
-    const uint64_t score = Checksum64(addresses_[i], session_id);
-    if (i == 0 || score > best_score) {
-      best = i;
-      best_score = score;
-    }
-  }
-  return *rpcs_[best];
+  return *rpcs_[RendezvousPick(addresses_, session_id)];
 }
 
 SessionClient::~SessionClient() = default;

@@ -14,9 +14,7 @@
 #include "core/tokenizer/tokenizer.h"
 #include "nlohmann/json.hpp"
 #include "gtest/gtest.h"
-#include "services/common/server_util.h"
-#include "services/kvcache/block_store.h"
-#include "services/kvcache/kvcache_service.h"
+#include "services/kvcache/local_kvcache.h"
 
 namespace moemesh {
 namespace {
@@ -36,23 +34,14 @@ int RunCli(std::vector<std::string> args, std::string* out, std::string* err) {
 
 // `moemesh kv` against a real kvcache service on loopback.
 TEST(CliTest, KvCommandsTalkToAKvcacheService) {
-  BlockStore::Options o;
-  o.dir = ::testing::TempDir() + "/cli_kv";
-  std::filesystem::remove_all(o.dir);
-  o.min_free_bytes = 16 << 20;
-  auto store = BlockStore::Open(o);
-  ASSERT_TRUE(store.ok()) << store.status();
+  LocalKvCache kv(::testing::TempDir() + "/cli_kv");
   for (const char* id : {"alpha", "beta", "gamma"}) {
     SessionRecord r;
     r.id = id;
     r.tokens = {1, 2, 3};
-    ASSERT_TRUE((*store)->PutSession(r).ok());
+    ASSERT_TRUE(kv.store()->PutSession(r).ok());
   }
-  KvCacheServiceImpl service(store->get());
-  int port = 0;
-  std::unique_ptr<grpc::Server> server = StartServer("127.0.0.1:0", {&service}, &port);
-  ASSERT_NE(server, nullptr);
-  const std::string target = "--target=127.0.0.1:" + std::to_string(port);
+  const std::string target = "--target=" + kv.address();
   std::string out, err;
   ASSERT_EQ(RunCli({"kv", "stats", target}, &out, &err), 0) << err;
   nlohmann::json stats = nlohmann::json::parse(out);
@@ -69,7 +58,7 @@ TEST(CliTest, KvCommandsTalkToAKvcacheService) {
 
   ASSERT_EQ(RunCli({"kv", "delete-session", target, "--session-id=beta"}, &out, &err), 0) << err;
   EXPECT_EQ(nlohmann::json::parse(out)["deleted"], "beta");
-  EXPECT_EQ((*store)->stats().sessions, 2);
+  EXPECT_EQ(kv.store()->stats().sessions, 2);
   // Errors: the service's status, or a missing flag, and a non-zero exit.
   EXPECT_NE(RunCli({"kv", "delete-session", target, "--session-id=beta"}, &out, &err), 0);
   EXPECT_TRUE(absl::StrContains(err, "no session 'beta'")) << err;
@@ -80,7 +69,6 @@ TEST(CliTest, KvCommandsTalkToAKvcacheService) {
   EXPECT_TRUE(absl::StrContains(err, "--target")) << err;
   ASSERT_EQ(RunCli({"kv", "sessions", "--help"}, &out, &err), 0);
   EXPECT_TRUE(absl::StrContains(out, "--start-after")) << out;
-  server->Shutdown();
 }
 
 TEST(CliTest, ParseTokenIds) {

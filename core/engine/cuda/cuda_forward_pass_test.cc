@@ -491,15 +491,20 @@ class CudaPrefixCachingTest : public ::testing::TestWithParam<std::string> {
   void SetUp() override {
     if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   }
+  // Greedy, six tokens, with log probabilities to compare.
+  static GenerateParams Params() {
+    GenerateParams p;
+    p.sampling.temperature = 0;
+    p.max_new_tokens = 6;
+    p.logprobs = 2;
+    p.ignore_eos = true;
+    return p;
+  }
 };
 
 TEST_P(CudaPrefixCachingTest, CachedTurnsEqualComputedTurns) {
   const std::string dir = "tests/fixtures/" + GetParam();
-  GenerateParams p;
-  p.sampling.temperature = 0;
-  p.max_new_tokens = 6;
-  p.logprobs = 2;
-  p.ignore_eos = true;
+  const GenerateParams p = Params();
   std::vector<std::vector<StepEvent>> turns[2];
   int64_t hits[2] = {0, 0};
   for (int caching = 0; caching < 2; ++caching) {
@@ -548,11 +553,7 @@ INSTANTIATE_TEST_SUITE_P(Models, CudaPrefixCachingTest,
 // cache (ReadKvBlock / WriteKvBlock), and its tokens equal computing it.
 TEST_P(CudaPrefixCachingTest, SecondTurnFromTheHostTierEqualsComputing) {
   const std::string dir = "tests/fixtures/" + GetParam();
-  GenerateParams p;
-  p.sampling.temperature = 0;
-  p.max_new_tokens = 6;
-  p.logprobs = 2;
-  p.ignore_eos = true;
+  const GenerateParams p = Params();
   auto tier = std::make_shared<HostKvTier>(int64_t{1} << 30);
   auto serve = [&](const std::vector<int>& prompt, bool caching, int64_t* tier_hits) {
     EngineOptions o;
