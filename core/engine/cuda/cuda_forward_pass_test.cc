@@ -485,7 +485,12 @@ TEST(CudaForwardPassSamplingTest, SamplesTheStepsLogits) {
 // Prefix caching on the GPU router, experts in place and graphs on: a
 // second turn that starts from the blocks its first turn cached (prompt and
 // answer) gives the tokens of computing it in full, and log probabilities
-// within 1e-3 (the passes' row counts, hence kernels, differ).
+// within kCachedLogprobTol nats. Not to the bit: the passes' row counts
+// differ, hence their kernels (the skinny GEMV against the tensor-core GEMM,
+// each over bf16-rounded activations) and their sums' order; measured on an
+// H100, up to 1.2e-2 nats on the fp32 fixtures. A wrong or misplaced block
+// moves log probabilities by whole nats and changes the tokens.
+constexpr double kCachedLogprobTol = 3e-2;
 class CudaPrefixCachingTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
@@ -534,15 +539,18 @@ TEST_P(CudaPrefixCachingTest, CachedTurnsEqualComputedTurns) {
   }
   EXPECT_EQ(hits[0], 0);
   EXPECT_EQ(hits[1], 24);  // 19 + 5 computed positions of the first turn
+  double worst = 0;
   for (int turn = 0; turn < 2; ++turn) {
     const auto &a = turns[1][turn], &b = turns[0][turn];
     ASSERT_EQ(a.size(), b.size());
     for (size_t t = 0; t < a.size(); ++t) {
       ASSERT_TRUE(a[t].error.ok() && b[t].error.ok()) << a[t].error << b[t].error;
       EXPECT_EQ(a[t].token, b[t].token) << "turn " << turn << " token " << t;
-      EXPECT_NEAR(a[t].logprob, b[t].logprob, 1e-3) << "turn " << turn << " token " << t;
+      EXPECT_NEAR(a[t].logprob, b[t].logprob, kCachedLogprobTol) << "turn " << turn << " token " << t;
+      worst = std::max<double>(worst, std::abs(a[t].logprob - b[t].logprob));
     }
   }
+  std::printf("%s: cached turns' log probabilities within %.1e of computing them\n", GetParam().c_str(), worst);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, CudaPrefixCachingTest,
@@ -585,11 +593,14 @@ TEST_P(CudaPrefixCachingTest, SecondTurnFromTheHostTierEqualsComputing) {
   EXPECT_EQ(hits, 24);  // 19 + 5 computed positions of the first turn
   EXPECT_EQ(tier->blocks(), (28 + 5) / 4);
   ASSERT_EQ(tiered.size(), computed.size());
+  double worst = 0;
   for (size_t t = 0; t < tiered.size(); ++t) {
     ASSERT_TRUE(tiered[t].error.ok()) << tiered[t].error;
     EXPECT_EQ(tiered[t].token, computed[t].token) << "token " << t;
-    EXPECT_NEAR(tiered[t].logprob, computed[t].logprob, 1e-3) << "token " << t;
+    EXPECT_NEAR(tiered[t].logprob, computed[t].logprob, kCachedLogprobTol) << "token " << t;
+    worst = std::max<double>(worst, std::abs(tiered[t].logprob - computed[t].logprob));
   }
+  std::printf("%s: host-tier turn's log probabilities within %.1e of computing it\n", GetParam().c_str(), worst);
 }
 
 TEST(CudaForwardPassErrorsTest, NoSuchDevice) {
