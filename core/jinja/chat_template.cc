@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "core/common/file_util.h"
 #include "core/common/status_macros.h"
@@ -13,6 +14,9 @@
 
 namespace moemesh::jinja {
 namespace {
+
+// Marks the statuses of the template's raise_exception.
+constexpr char kRaisedPayload[] = "moemesh.dev/jinja/raise_exception";
 
 // transformers' environment: ImmutableSandboxedEnvironment(trim_blocks=True,
 // lstrip_blocks=True); Jinja2 drops one trailing newline of the source.
@@ -45,7 +49,12 @@ absl::StatusOr<std::unique_ptr<ChatTemplate>> ChatTemplate::FromSource(absl::str
   return t;
 }
 
-absl::StatusOr<std::unique_ptr<ChatTemplate>> ChatTemplate::Load(const std::string& model_dir) {
+bool IsRaisedByTemplate(const absl::Status& status) {
+  return status.GetPayload(kRaisedPayload).has_value();
+}
+
+absl::StatusOr<std::unique_ptr<ChatTemplate>> ChatTemplate::Load(const std::string& model_dir,
+                                                                  const std::string& template_file) {
   const std::filesystem::path dir(model_dir);
   nlohmann::ordered_json config = nlohmann::ordered_json::object();
   if (std::filesystem::exists(dir / "tokenizer_config.json")) {
@@ -61,7 +70,10 @@ absl::StatusOr<std::unique_ptr<ChatTemplate>> ChatTemplate::Load(const std::stri
     AddSpecialToken(config, name, &special);
   }
   std::string source, where;
-  if (std::filesystem::exists(dir / "chat_template.jinja")) {
+  if (!template_file.empty()) {
+    where = template_file;
+    MM_ASSIGN_OR_RETURN(source, ReadFile(template_file));
+  } else if (std::filesystem::exists(dir / "chat_template.jinja")) {
     where = "chat_template.jinja";
     MM_ASSIGN_OR_RETURN(source, ReadFile((dir / where).string()));
   } else if (auto it = config.find("chat_template"); it != config.end() && !it->is_null()) {
@@ -85,6 +97,15 @@ absl::StatusOr<std::unique_ptr<ChatTemplate>> ChatTemplate::Load(const std::stri
   }
   absl::StatusOr<std::unique_ptr<ChatTemplate>> t = FromSource(source, std::move(special));
   if (!t.ok()) return absl::InvalidArgumentError(absl::StrCat(model_dir, ": ", where, ": ", t.status().message()));
+  const nlohmann::ordered_json probe = {
+      {"messages", nlohmann::ordered_json::array({{{"role", "user"}, {"content", "Hello"}}})},
+      {"tools", nullptr},
+      {"documents", nullptr},
+      {"add_generation_prompt", true}};
+  if (absl::StatusOr<std::string> r = (*t)->Render(probe); !r.ok() && !IsRaisedByTemplate(r.status())) {
+    return absl::InvalidArgumentError(absl::StrCat(model_dir, ": ", where,
+                                                   " fails on a one-message conversation: ", r.status().message()));
+  }
   return t;
 }
 
@@ -92,7 +113,10 @@ absl::StatusOr<std::string> ChatTemplate::Render(const nlohmann::ordered_json& c
   if (!context.is_object()) return absl::InvalidArgumentError("chat template context must be an object");
   Object vars;
   vars.Set("raise_exception", Value::Callable("raise_exception", [](CallArgs& args) -> absl::StatusOr<Value> {
-    return absl::InvalidArgumentError(args.positional.empty() ? "raise_exception" : args.positional[0].Str());
+    absl::Status raised =
+        absl::InvalidArgumentError(args.positional.empty() ? "raise_exception" : args.positional[0].Str());
+    raised.SetPayload(kRaisedPayload, absl::Cord("1"));
+    return raised;
   }));
   vars.Set("strftime_now", Value::Callable("strftime_now", [](CallArgs& args) -> absl::StatusOr<Value> {
     if (args.positional.size() != 1 || !args.positional[0].is_string()) {

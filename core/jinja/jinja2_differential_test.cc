@@ -1,6 +1,6 @@
 // Every chat template in tests/chat_templates (written in the styles of
 // DeepSeek-V3, Qwen3, Mistral, Llama 3, ChatML, and one that uses the rest of
-// the language) over every conversation in cases.json, rendered by moemesh
+// the language) and the demo model's, over every conversation in cases.json, rendered by moemesh
 // and by Python's Jinja2 set up as transformers sets it up
 // (tools/chat/render_chat_template.py): the texts are equal byte for byte,
 // and where Jinja2 fails, moemesh fails too (with raise_exception's message).
@@ -54,12 +54,13 @@ TEST(Jinja2DifferentialTest, ChatTemplatesRenderAsJinja2Does) {
     if (entry.path().extension() == ".jinja") templates.push_back(entry.path());
   }
   std::sort(templates.begin(), templates.end());
-  ASSERT_GE(templates.size(), 6u);
+  templates.push_back("models/fortune-moe/chat_template.jinja");  // the demo model's own
+  ASSERT_GE(templates.size(), 7u);
   for (const auto& path : templates) {
     absl::StatusOr<std::string> source = ReadFile(path.string());
     ASSERT_TRUE(source.ok()) << source.status();
     for (const Json& conversation : conversations) {
-      cases.push_back({path.stem().string(), conversation.value("name", "?"), *source, conversation});
+      cases.push_back({path.string(), conversation.value("name", "?"), *source, conversation});
     }
   }
   const Json want = RenderWithJinja2(cases);

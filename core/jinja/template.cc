@@ -22,9 +22,12 @@ constexpr int64_t kMaxSteps = int64_t{1} << 24;
 
 using Frame = absl::flat_hash_map<std::string, Value>;
 
+// The message prefixed with the template line, once; payloads kept.
 absl::Status AtLine(int line, const absl::Status& st) {
   if (st.ok() || absl::StartsWith(st.message(), "line ")) return st;
-  return absl::Status(st.code(), absl::StrCat("line ", line, ": ", st.message()));
+  absl::Status out(st.code(), absl::StrCat("line ", line, ": ", st.message()));
+  st.ForEachPayload([&](absl::string_view url, const absl::Cord& payload) { out.SetPayload(url, payload); });
+  return out;
 }
 
 class Renderer {

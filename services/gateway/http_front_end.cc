@@ -11,9 +11,11 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
+#include "core/jinja/chat_template.h"
 #include "nlohmann/json.hpp"
 #include "prometheus/registry.h"
 #include "prometheus/text_serializer.h"
+#include "core/common/status_macros.h"
 #include "services/common/drain.h"
 #include "services/gateway/gateway.h"
 #include "services/gateway/openai_api.h"
@@ -120,20 +122,43 @@ std::string PromptText(Gateway* gateway, const v1::GenerateRequest& r) {
   return gateway->Detokenize(d, &out).ok() ? out.text() : std::string();
 }
 
-void Completions(Gateway* gateway, const std::string& model, const httplib::Request& req, httplib::Response& res) {
-  if (absl::Status st = RefuseWhileDraining("this gateway"); !st.ok()) return SendError(res, st);
-  absl::StatusOr<CompletionRequest> parsed = ParseCompletionRequest(req.body);
-  if (!parsed.ok()) return SendError(res, parsed.status());
-  // Checked before any byte goes out: a stream's status line says 200.
-  if (absl::Status st = gateway->Check(parsed->request); !st.ok()) return SendError(res, st);
-  const std::string echoed = parsed->echo ? PromptText(gateway, parsed->request) : std::string();
-  const CompletionIds ids = NewCompletionIds(parsed->request.model().empty() ? model : parsed->request.model());
-  if (!parsed->stream) {
-    std::vector<CompletionChoice> choices(parsed->n, CompletionChoice{echoed, v1::FINISH_REASON_UNSPECIFIED, ""});
-    std::vector<LogprobsJson> logprobs(parsed->n, LogprobsJson(TokenText(gateway)));
+// A chat prompt's token ids: the template rendered over the request's
+// messages, tokenized without adding special tokens (the template has
+// them), as transformers' apply_chat_template(tokenize=True) does.
+absl::StatusOr<std::vector<int>> ChatPromptIds(Gateway* gateway, const jinja::ChatTemplate* chat_template,
+                                               const std::string& model, const nlohmann::ordered_json& context,
+                                               bool continue_final_message) {
+  if (chat_template == nullptr) {
+    return absl::FailedPreconditionError(
+        "this model has no chat template (chat_template.jinja or tokenizer_config.json's chat_template); start the "
+        "gateway with --chat-template FILE, or use /v1/completions");
+  }
+  absl::StatusOr<std::string> text = chat_template->Render(context);
+  if (!text.ok()) return absl::InvalidArgumentError(absl::StrCat("chat template: ", text.status().message()));
+  if (continue_final_message) {
+    absl::StatusOr<std::string> cut = CutAfterFinalMessage(*text, context["messages"]);
+    if (!cut.ok()) return cut.status();
+    text = *std::move(cut);
+  }
+  v1::TokenizeRequest t;
+  t.set_model(model);
+  t.set_text(*text);
+  t.set_add_special_tokens(false);
+  v1::TokenizeResponse out;
+  MM_RETURN_IF_ERROR(gateway->Tokenize(t, &out));
+  return std::vector<int>(out.ids().begin(), out.ids().end());
+}
+
+// A completion's or chat completion's choices, whole or streamed.
+void Serve(Gateway* gateway, std::shared_ptr<CompletionRequest> request, const CompletionIds& ids,
+           const std::string& echoed, httplib::Response& res) {
+  const bool chat = request->chat;
+  if (!request->stream) {
+    std::vector<CompletionChoice> choices(request->n, CompletionChoice{echoed, v1::FINISH_REASON_UNSPECIFIED, ""});
+    std::vector<LogprobsJson> logprobs(request->n, LogprobsJson(TokenText(gateway), chat, request->top_logprobs));
     std::vector<v1::Usage> usage;
     absl::Status st = RunChoices(
-        gateway, *parsed,
+        gateway, *request,
         [&](int i, const v1::GenerateResponse& r) {
           logprobs[i].Add(r, choices[i].text.size());
           choices[i].text += r.text_delta();
@@ -142,16 +167,15 @@ void Completions(Gateway* gateway, const std::string& model, const httplib::Requ
         },
         &usage);
     if (!st.ok()) return SendError(res, st);
-    for (int i = 0; i < parsed->n; ++i) {
+    for (int i = 0; i < request->n; ++i) {
       if (!logprobs[i].empty()) choices[i].logprobs = logprobs[i].Take();
     }
     res.set_content(CompletionJson(ids, choices, Total(usage)), "application/json");
     return;
   }
-  auto request = std::make_shared<CompletionRequest>(*std::move(parsed));
   res.set_header("Cache-Control", "no-cache");
-  res.set_chunked_content_provider("text/event-stream", [gateway, request, ids, echoed](size_t,
-                                                                                       httplib::DataSink& sink) {
+  res.set_chunked_content_provider("text/event-stream", [gateway, request, ids, echoed, chat](size_t,
+                                                                                             httplib::DataSink& sink) {
     std::mutex mu;  // the choices' threads share the sink
     bool gone = false;
     auto write = [&](const std::string& s) {
@@ -159,11 +183,13 @@ void Completions(Gateway* gateway, const std::string& model, const httplib::Requ
       gone = gone || !sink.is_writable() || !sink.write(s.data(), s.size());
       return !gone;
     };
-    std::vector<LogprobsJson> logprobs(request->n, LogprobsJson(TokenText(gateway)));
+    std::vector<LogprobsJson> logprobs(request->n, LogprobsJson(TokenText(gateway), chat, request->top_logprobs));
     std::vector<size_t> sent(request->n, 0);  // each choice's text bytes so far, for the offsets
-    if (!echoed.empty()) {  // each choice begins with the prompt
+    if (!echoed.empty() || chat) {  // each choice begins with the prompt, or (chat) says its role
       for (int i = 0; i < request->n; ++i) {
-        write(CompletionChunkEvent(ids, i, {echoed, v1::FINISH_REASON_UNSPECIFIED, ""}));
+        CompletionChoice first{echoed, v1::FINISH_REASON_UNSPECIFIED, ""};
+        first.role = chat;
+        write(CompletionChunkEvent(ids, i, first));
       }
     }
     std::vector<v1::Usage> usage;
@@ -172,10 +198,16 @@ void Completions(Gateway* gateway, const std::string& model, const httplib::Requ
         [&](int i, const v1::GenerateResponse& r) {
           logprobs[i].Add(r, sent[i]);
           sent[i] += r.text_delta().size();
-          if (r.text_delta().empty() && r.finish_reason() == v1::FINISH_REASON_UNSPECIFIED && logprobs[i].empty()) {
-            return true;
-          }
+          const bool last = r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED;
+          if (r.text_delta().empty() && !last && logprobs[i].empty()) return true;
           CompletionChoice c{r.text_delta(), r.finish_reason(), logprobs[i].empty() ? "" : logprobs[i].Take()};
+          if (chat && last && !c.text.empty()) {
+            // Chat ends with a chunk of its own: an empty delta and the reason.
+            CompletionChoice text = c;
+            text.reason = v1::FINISH_REASON_UNSPECIFIED;
+            if (!write(CompletionChunkEvent(ids, i, text))) return false;
+            c = CompletionChoice{"", r.finish_reason(), ""};
+          }
           return write(CompletionChunkEvent(ids, i, c));  // false: the client left; the router call is cancelled
         },
         &usage);
@@ -185,6 +217,41 @@ void Completions(Gateway* gateway, const std::string& model, const httplib::Requ
     sink.done();
     return true;
   });
+}
+
+void Completions(Gateway* gateway, const std::string& model, const httplib::Request& req, httplib::Response& res) {
+  if (absl::Status st = RefuseWhileDraining("this gateway"); !st.ok()) return SendError(res, st);
+  absl::StatusOr<CompletionRequest> parsed = ParseCompletionRequest(req.body);
+  if (!parsed.ok()) return SendError(res, parsed.status());
+  // Checked before any byte goes out: a stream's status line says 200.
+  if (absl::Status st = gateway->Check(parsed->request); !st.ok()) return SendError(res, st);
+  const std::string echoed = parsed->echo ? PromptText(gateway, parsed->request) : std::string();
+  const CompletionIds ids = NewCompletionIds(parsed->request.model().empty() ? model : parsed->request.model());
+  Serve(gateway, std::make_shared<CompletionRequest>(*std::move(parsed)), ids, echoed, res);
+}
+
+void ChatCompletions(Gateway* gateway, const jinja::ChatTemplate* chat_template, const v1::ModelInfo& info,
+                     const httplib::Request& req, httplib::Response& res) {
+  if (absl::Status st = RefuseWhileDraining("this gateway"); !st.ok()) return SendError(res, st);
+  absl::StatusOr<CompletionRequest> parsed = ParseChatRequest(req.body);
+  if (!parsed.ok()) return SendError(res, parsed.status());
+  v1::GenerateRequest& r = parsed->request;
+  absl::StatusOr<std::vector<int>> ids =
+      ChatPromptIds(gateway, chat_template, r.model(), parsed->template_context, parsed->continue_final_message);
+  if (!ids.ok()) return SendError(res, ids.status());
+  *r.mutable_token_ids()->mutable_ids() = {ids->begin(), ids->end()};
+  if (r.max_tokens() == 0) {  // the rest of the context
+    const int64_t left = static_cast<int64_t>(info.context_length()) - static_cast<int64_t>(ids->size());
+    if (left < 1) {
+      return SendError(res, absl::InvalidArgumentError(absl::StrCat("messages: the prompt's ", ids->size(),
+                                                                    " tokens fill the model's context of ",
+                                                                    info.context_length())));
+    }
+    r.set_max_tokens(static_cast<int>(left));
+  }
+  if (absl::Status st = gateway->Check(r); !st.ok()) return SendError(res, st);
+  const CompletionIds completion_ids = NewCompletionIds(r.model().empty() ? info.name() : r.model(), /*chat=*/true);
+  Serve(gateway, std::make_shared<CompletionRequest>(*std::move(parsed)), completion_ids, "", res);
 }
 
 }  // namespace
@@ -208,6 +275,10 @@ absl::StatusOr<std::unique_ptr<HttpFrontEnd>> HttpFrontEnd::Start(const Options&
   http.Post("/v1/completions", [gateway, name = info.name()](const httplib::Request& req, httplib::Response& res) {
     Completions(gateway, name, req, res);
   });
+  http.Post("/v1/chat/completions", [gateway, info, t = options.chat_template](const httplib::Request& req,
+                                                                               httplib::Response& res) {
+    ChatCompletions(gateway, t, info, req, res);
+  });
   http.Get("/v1/models", [info, started](const httplib::Request&, httplib::Response& res) {
     Json model = {{"id", info.name()},       {"object", "model"},   {"created", started},
                   {"owned_by", "moemesh"},   {"root", info.name()}, {"max_model_len", info.context_length()}};
@@ -215,23 +286,36 @@ absl::StatusOr<std::unique_ptr<HttpFrontEnd>> HttpFrontEnd::Start(const Options&
                                                                                   Json::error_handler_t::replace),
                     "application/json");
   });
-  http.Post("/tokenize", [gateway, info](const httplib::Request& req, httplib::Response& res) {
+  http.Post("/tokenize", [gateway, info, t = options.chat_template](const httplib::Request& req,
+                                                                    httplib::Response& res) {
     absl::StatusOr<Json> j = JsonBody(req);
     if (!j.ok()) return SendError(res, j.status());
-    if (!j->contains("prompt") || !(*j)["prompt"].is_string()) {
-      return SendError(res, absl::InvalidArgumentError("prompt: a string is required"));
-    }
     absl::StatusOr<std::string> model = StringField(*j, "model", "");
     if (!model.ok()) return SendError(res, model.status());
-    absl::StatusOr<bool> special = BoolField(*j, "add_special_tokens", true);
-    if (!special.ok()) return SendError(res, special.status());
-    v1::TokenizeRequest t;
-    t.set_model(*model);
-    t.set_text((*j)["prompt"].get<std::string>());
-    t.set_add_special_tokens(*special);
-    v1::TokenizeResponse out;
-    if (absl::Status st = gateway->Tokenize(t, &out); !st.ok()) return SendError(res, st);
-    const std::vector<int> ids(out.ids().begin(), out.ids().end());
+    std::vector<int> ids;
+    if (j->contains("messages")) {  // as a chat request with these messages would see them
+      const nlohmann::ordered_json body = nlohmann::ordered_json::parse(req.body);
+      absl::StatusOr<nlohmann::ordered_json> context = ChatTemplateContext(body);
+      if (!context.ok()) return SendError(res, context.status());
+      const auto cont = body.find("continue_final_message");
+      absl::StatusOr<std::vector<int>> chat_ids =
+          ChatPromptIds(gateway, t, *model, *context, cont != body.end() && cont->is_boolean() && cont->get<bool>());
+      if (!chat_ids.ok()) return SendError(res, chat_ids.status());
+      ids = *std::move(chat_ids);
+    } else {
+      if (!j->contains("prompt") || !(*j)["prompt"].is_string()) {
+        return SendError(res, absl::InvalidArgumentError("prompt: a string is required (or messages, for chat)"));
+      }
+      absl::StatusOr<bool> special = BoolField(*j, "add_special_tokens", true);
+      if (!special.ok()) return SendError(res, special.status());
+      v1::TokenizeRequest tr;
+      tr.set_model(*model);
+      tr.set_text((*j)["prompt"].get<std::string>());
+      tr.set_add_special_tokens(*special);
+      v1::TokenizeResponse out;
+      if (absl::Status st = gateway->Tokenize(tr, &out); !st.ok()) return SendError(res, st);
+      ids.assign(out.ids().begin(), out.ids().end());
+    }
     res.set_content(Json({{"count", ids.size()}, {"max_model_len", info.context_length()}, {"tokens", ids}}).dump(),
                     "application/json");
   });

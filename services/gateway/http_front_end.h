@@ -14,13 +14,17 @@ class Registry;
 namespace moemesh {
 
 class Gateway;
+namespace jinja {
+class ChatTemplate;
+}  // namespace jinja
 
 // The gateway's OpenAI-compatible HTTP API (docs/OPERATIONS.md, "HTTP API")
 // on a port of its own, over cpp-httplib, in front of the same Gateway
 // logic as the gRPC API:
-//   POST /v1/completions (streaming by server-sent events, or not),
-//   GET /v1/models, POST /tokenize, POST /detokenize, GET /health, and
-//   GET /metrics (the registry's metrics, when given).
+//   POST /v1/completions and POST /v1/chat/completions (streaming by
+//   server-sent events, or not), GET /v1/models, POST /tokenize (a prompt,
+//   or chat messages), POST /detokenize, GET /health, and GET /metrics (the
+//   registry's metrics, when given).
 // Each call runs on a worker of a pool of `threads`; a stream holds one for
 // its duration.
 class HttpFrontEnd {
@@ -29,6 +33,9 @@ class HttpFrontEnd {
     std::string host = "127.0.0.1";
     int port = 0;  // 0 picks a free one
     int threads = 128;
+    // The model's chat template (must outlive the front end); null: chat
+    // requests are refused with a message saying so.
+    const jinja::ChatTemplate* chat_template = nullptr;
   };
   // `gateway` (and `registry`, when not null) must outlive the front end.
   static absl::StatusOr<std::unique_ptr<HttpFrontEnd>> Start(const Options& options, Gateway* gateway,

@@ -7,7 +7,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "core/jinja/chat_template.h"
 #include "core/model/config.h"
 #include "core/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
@@ -35,7 +37,12 @@ class HttpFrontEndTest : public ::testing::Test {
     gateway_ = std::make_unique<Gateway>(tokenizer_.get(), model, pool_.get(), Gateway::Options{});
     registry_ = std::make_shared<prometheus::Registry>();
     prometheus::BuildCounter().Name("test_counter_total").Help("t").Register(*registry_).Add({}).Increment();
-    auto fe = HttpFrontEnd::Start({}, gateway_.get(), registry_);
+    auto t = jinja::ChatTemplate::Load(kModel);
+    ASSERT_TRUE(t.ok()) << t.status();
+    chat_template_ = std::move(*t);
+    HttpFrontEnd::Options o;
+    o.chat_template = chat_template_.get();
+    auto fe = HttpFrontEnd::Start(o, gateway_.get(), registry_);
     ASSERT_TRUE(fe.ok()) << fe.status();
     front_ = std::move(*fe);
     client_ = std::make_unique<httplib::Client>("127.0.0.1", front_->port());
@@ -59,6 +66,7 @@ class HttpFrontEndTest : public ::testing::Test {
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<Gateway> gateway_;
   std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<jinja::ChatTemplate> chat_template_;
   std::unique_ptr<HttpFrontEnd> front_;
   std::unique_ptr<httplib::Client> client_;
 };
@@ -259,6 +267,116 @@ TEST_F(HttpFrontEndTest, ModelsTokenizeDetokenizeHealthAndMetrics) {
   res = client_->Get("/metrics");
   EXPECT_EQ(res->status, 200);
   EXPECT_NE(res->body.find("test_counter_total 1"), std::string::npos) << res->body;
+}
+
+constexpr char kChat[] = R"("messages": [{"role": "system", "content": "Be wise."},
+                                        {"role": "user", "content": [{"type": "text", "text": "What is"},
+                                                                     {"type": "text", "text": "life?"}]}])";
+
+// A chat completion is the completion of its rendered template: the same
+// tokens as the gRPC API given the prompt that /tokenize reports for the
+// same messages (the template's own <|bos|>, no other special token added).
+TEST_F(HttpFrontEndTest, ChatCompletionIsTheCompletionOfItsRenderedTemplate) {
+  auto tok = client_->Post("/tokenize", absl::StrCat("{", kChat, R"(, "add_generation_prompt": true})"),
+                           "application/json");
+  ASSERT_EQ(tok->status, 200) << tok->body;
+  const std::vector<int> ids = Json::parse(tok->body)["tokens"].get<std::vector<int>>();
+  EXPECT_EQ(ids, *tokenizer_->Encode("<|bos|>Be wise.\nWhat is\nlife?\n", false));
+  auto res = client_->Post(
+      "/v1/chat/completions",
+      absl::StrCat("{", kChat, R"(, "model": "fortune-moe", "max_completion_tokens": 12, "temperature": 0})"),
+      "application/json");
+  ASSERT_EQ(res->status, 200) << res->body;
+  Json j = Json::parse(res->body);
+  EXPECT_EQ(j["object"], "chat.completion");
+  EXPECT_EQ(j["id"].get<std::string>().rfind("chatcmpl-", 0), 0u);
+  EXPECT_EQ(j["choices"][0]["message"]["role"], "assistant");
+  v1::GenerateRequest same;
+  *same.mutable_token_ids()->mutable_ids() = {ids.begin(), ids.end()};
+  same.set_max_tokens(12);
+  same.mutable_sampling()->set_temperature(0);
+  EXPECT_EQ(j["choices"][0]["message"]["content"], GrpcText(same));
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(j["usage"]["prompt_tokens"], static_cast<int>(ids.size()));
+  EXPECT_EQ(j["usage"]["completion_tokens"], 12);
+}
+
+TEST_F(HttpFrontEndTest, ChatStreamsDeltasRoleFirstUsageLast) {
+  const std::string body = absl::StrCat("{", kChat, R"(, "max_tokens": 9, "temperature": 0, "n": 2,
+      "logprobs": true, "top_logprobs": 2})");
+  auto whole = client_->Post("/v1/chat/completions", body, "application/json");
+  ASSERT_EQ(whole->status, 200) << whole->body;
+  const Json w = Json::parse(whole->body);
+  auto res = client_->Post("/v1/chat/completions",
+                           body.substr(0, body.size() - 1) +
+                               R"(, "stream": true, "stream_options": {"include_usage": true}})",
+                           "application/json");
+  ASSERT_EQ(res->status, 200) << res->body;
+  std::vector<std::string> events = absl::StrSplit(res->body, "\n\n", absl::SkipEmpty());
+  ASSERT_GE(events.size(), 5u);
+  EXPECT_EQ(events.back(), "data: [DONE]");
+  std::string text[2], finish[2];
+  int roles[2] = {0, 0}, tokens[2] = {0, 0};
+  for (size_t i = 0; i + 2 < events.size(); ++i) {
+    Json c = Json::parse(events[i].substr(6));
+    EXPECT_EQ(c["object"], "chat.completion.chunk");
+    const Json& choice = c["choices"][0];
+    const int k = choice["index"];
+    if (choice["delta"].contains("role")) {
+      EXPECT_EQ(choice["delta"]["role"], "assistant");
+      EXPECT_EQ(text[k], "") << "the role comes first";
+      ++roles[k];
+    }
+    if (choice["delta"].contains("content")) text[k] += choice["delta"]["content"].get<std::string>();
+    if (!choice["logprobs"].is_null()) {
+      for (const Json& t : choice["logprobs"]["content"]) {
+        EXPECT_EQ(t["top_logprobs"].size(), 2u);
+        EXPECT_EQ(t["bytes"].size(), t["token"].get<std::string>().size());
+        ++tokens[k];
+      }
+    }
+    if (!choice["finish_reason"].is_null()) {
+      EXPECT_TRUE(choice["delta"].empty()) << "chat's last chunk carries the reason alone";
+      finish[k] = choice["finish_reason"];
+    }
+  }
+  for (int k = 0; k < 2; ++k) {
+    EXPECT_EQ(roles[k], 1);
+    EXPECT_EQ(tokens[k], 9);
+    EXPECT_EQ(finish[k], "length");
+    EXPECT_EQ(text[k], w["choices"][k]["message"]["content"]);  // greedy: both choices and both forms agree
+    EXPECT_EQ(w["choices"][k]["logprobs"]["content"].size(), 9u);
+  }
+  EXPECT_EQ(Json::parse(events[events.size() - 2].substr(6))["usage"]["completion_tokens"], 18);
+}
+
+TEST_F(HttpFrontEndTest, ChatErrorsSayWhatIsWrong) {
+  const std::pair<std::string, std::string> cases[] = {
+      {R"({"messages": []})", "messages: a non-empty list"},
+      {R"({"messages": [{"content": "x"}]})", "messages[0].role"},
+      {R"({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]})",
+       "messages[0].content[0]: only"},
+      {R"({"messages": [{"role": "tool", "content": "42"}]})", "fortune-moe takes system, user and assistant"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"})", "tool_choice"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3})", "needs logprobs: true"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0})", "max_tokens: must be >= 1"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "max_tokens": 100000})", "context"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "echo": true})", "echo: is for /v1/completions"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "chat_template_kwargs": 3})", "chat_template_kwargs"},
+  };
+  for (const auto& [body, message] : cases) {
+    auto res = client_->Post("/v1/chat/completions", body, "application/json");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 400) << body << " " << res->body;
+    EXPECT_NE(res->body.find(message), std::string::npos) << body << " " << res->body;
+  }
+  // A model without a template says so.
+  auto fe = HttpFrontEnd::Start({}, gateway_.get(), nullptr);
+  ASSERT_TRUE(fe.ok());
+  httplib::Client other("127.0.0.1", (*fe)->port());
+  auto res = other.Post("/v1/chat/completions", absl::StrCat("{", kChat, "}"), "application/json");
+  EXPECT_EQ(res->status, 400);
+  EXPECT_NE(res->body.find("--chat-template"), std::string::npos) << res->body;
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "core/jinja/chat_template.h"
 #include "core/model/config.h"
 #include "core/tokenizer/tokenizer.h"
 #include "prometheus/registry.h"
@@ -29,8 +30,11 @@ ABSL_FLAG(std::string, kvcache, "",
           "a kvcache service (HOST:PORT) that keeps sessions: requests with continue_session continue the "
           "session's stored conversation");
 ABSL_FLAG(int, http_port, -1,
-          "port of the OpenAI-compatible HTTP API (/v1/completions, /v1/models, /tokenize, /detokenize, /health, "
+          "port of the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize, /health, "
           "/metrics); 0 picks a free one, -1 serves none");
+ABSL_FLAG(std::string, chat_template, "",
+          "a Jinja chat template file for /v1/chat/completions; default: the model's own (chat_template.jinja or "
+          "tokenizer_config.json's chat_template)");
 ABSL_FLAG(int, http_threads, 128, "HTTP calls served at once (a stream holds one until it ends)");
 ABSL_FLAG(int, session_window, 0,
           "tokens a session's turn may take, history and max_tokens included; the oldest whole turns are left out "
@@ -46,6 +50,7 @@ struct Options {
   std::vector<std::string> routers;
   Gateway::Options gateway;  // sessions are set from `kvcache`
   std::string kvcache;
+  std::string chat_template;  // empty: the model's own
   int http_port = -1, http_threads = 0;
 
   static Options FromFlags() {
@@ -59,6 +64,7 @@ struct Options {
     o.kvcache = absl::GetFlag(FLAGS_kvcache);
     o.http_port = absl::GetFlag(FLAGS_http_port);
     o.http_threads = absl::GetFlag(FLAGS_http_threads);
+    o.chat_template = absl::GetFlag(FLAGS_chat_template);
     return o;
   }
 
@@ -118,9 +124,18 @@ int Main(int argc, char** argv) {
   }
   Gateway gateway(tokenizer.get(), model, &pool, gateway_options, &metrics);
   GatewayServiceImpl service(&gateway);
+  std::unique_ptr<jinja::ChatTemplate> chat_template;  // outlives the front end
   std::unique_ptr<HttpFrontEnd> http;  // stops after the gRPC server (destroyed after Serve returns)
   if (options.http_port >= 0) {
+    if (auto t = jinja::ChatTemplate::Load(options.model_dir, options.chat_template); t.ok()) {
+      chat_template = std::move(*t);
+    } else if (absl::IsNotFound(t.status()) && options.chat_template.empty()) {
+      service_main.Warn(absl::StrCat(t.status().message(), "; /v1/chat/completions refuses requests"));
+    } else {
+      return service_main.Fail(t.status(), 2);
+    }
     HttpFrontEnd::Options ho;
+    ho.chat_template = chat_template.get();
     ho.host = service_main.host();
     ho.port = options.http_port;
     ho.threads = options.http_threads;

@@ -114,5 +114,51 @@ TEST(OpenAiApiTest, AnswersInOpenAisShapes) {
   EXPECT_EQ(j["error"]["type"], "invalid_request_error");
 }
 
+// A chat request's template variables: messages as the template expects
+// them (text parts joined, tool arguments as objects, key order kept),
+// tools, documents, add_generation_prompt, and chat_template_kwargs.
+TEST(OpenAiApiTest, ParsesAChatRequestIntoTemplateVariables) {
+  absl::StatusOr<CompletionRequest> r = ParseChatRequest(R"({
+    "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                 {"role": "assistant", "content": null, "tool_calls": [{"type": "function",
+                   "function": {"name": "f", "arguments": "{\"z\": 1, \"a\": [2]}"}}]},
+                 {"role": "tool", "content": "3", "tool_call_id": "c1"}],
+    "tools": [{"type": "function", "function": {"name": "f", "parameters": {"z": 1, "a": 2}}}],
+    "chat_template_kwargs": {"enable_thinking": false}, "logprobs": true, "top_logprobs": 3,
+    "max_completion_tokens": 5})");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->chat);
+  EXPECT_EQ(r->request.max_tokens(), 5);
+  EXPECT_EQ(r->request.logprobs(), 3);
+  EXPECT_EQ(r->top_logprobs, 3);
+  const nlohmann::ordered_json& c = r->template_context;
+  EXPECT_EQ(c["messages"][0]["content"], "a\nb");
+  EXPECT_EQ(c["messages"][1]["tool_calls"][0]["function"]["arguments"].dump(), R"({"z":1,"a":[2]})");
+  EXPECT_EQ(c["tools"][0]["function"]["parameters"].dump(), R"({"z":1,"a":2})");
+  EXPECT_TRUE(c["documents"].is_null());
+  EXPECT_EQ(c["add_generation_prompt"], true);
+  EXPECT_EQ(c["enable_thinking"], false);
+
+  r = ParseChatRequest(R"({"messages": [{"role": "user", "content": "x"}]})");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->request.max_tokens(), 0);  // the rest of the context
+  EXPECT_EQ(r->request.logprobs(), 0);
+  EXPECT_TRUE(r->template_context["tools"].is_null());
+  r = ParseChatRequest(R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true})");
+  EXPECT_EQ(r->request.logprobs(), 1);  // the sampled token's, no alternatives
+  r = ParseChatRequest(R"({"messages": [{"role": "assistant", "content": "Once"}], "continue_final_message": true})");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->continue_final_message);
+  EXPECT_EQ(r->template_context["add_generation_prompt"], false);
+}
+
+TEST(OpenAiApiTest, ContinuesTheFinalMessageWhereItsTextEnds) {
+  const auto messages = nlohmann::ordered_json::parse(R"([{"role": "assistant", "content": " Once upon "}])");
+  absl::StatusOr<std::string> cut = CutAfterFinalMessage("<s>[A] Once upon </s>\n", messages);
+  ASSERT_TRUE(cut.ok()) << cut.status();
+  EXPECT_EQ(*cut, "<s>[A] Once upon");
+  EXPECT_FALSE(CutAfterFinalMessage("<s>nothing</s>", messages).ok());
+}
+
 }  // namespace
 }  // namespace moemesh

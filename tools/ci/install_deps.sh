@@ -41,3 +41,10 @@ if [ ! -d "$hf/node_modules/@anush008/tokenizers" ]; then
   echo "install_deps: installing the Hugging Face tokenizers reference (npm)"
   npm install --prefix "$hf" --no-audit --no-fund --no-package-lock --loglevel=error
 fi
+
+# OpenAI's Node SDK: the real client of the HTTP API test (tests/openai_sdk_test.mjs).
+oa=tools/openai_client
+if [ ! -d "$oa/node_modules/openai" ]; then
+  echo "install_deps: installing OpenAI's Node SDK (npm)"
+  npm install --prefix "$oa" --no-audit --no-fund --no-package-lock --loglevel=error
+fi

@@ -9,7 +9,7 @@ few minutes:
 
 OUT receives what transformers and moemesh both load: config.json,
 model.safetensors (bf16), tokenizer.json, tokenizer_config.json,
-generation_config.json, plus eval/heldout.jsonl (the held-out fortunes,
+chat_template.jinja, generation_config.json, plus eval/heldout.jsonl (the held-out fortunes,
 never trained on) and eval/reference.json (transformers' perplexity on them,
 computed in fp32 with eager attention from the saved bf16 weights).
 """
@@ -19,6 +19,7 @@ import math
 import os
 import random
 import re
+import shutil
 import time
 
 import torch
@@ -215,6 +216,9 @@ def main():
         json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": BOS,
                    "eos_token": EOS, "pad_token": PAD, "add_bos_token": True,
                    "model_max_length": config.max_position_embeddings}, f, indent=1)
+    # The chat template (tools/train/fortune_chat_template.jinja) beside it.
+    shutil.copy(os.path.join(os.path.dirname(os.path.abspath(__file__)), "fortune_chat_template.jinja"),
+                os.path.join(args.out, "chat_template.jinja"))
     gen = transformers.GenerationConfig(bos_token_id=bos, eos_token_id=eos, do_sample=True,
                                         temperature=0.8, top_p=0.95)
     gen.save_pretrained(args.out)
