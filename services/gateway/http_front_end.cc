@@ -1,6 +1,7 @@
 #include "services/gateway/http_front_end.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <chrono>
 #include <functional>
@@ -348,8 +349,20 @@ absl::StatusOr<std::unique_ptr<HttpFrontEnd>> HttpFrontEnd::Start(const Options&
     });
   }
 
+  // Debian's cpp-httplib listens with a backlog of 5, so a burst of new
+  // clients loses connections: the listening socket is kept as it is made,
+  // and listened on again with the system's backlog once bound. Token
+  // chunks are small writes: no Nagle delay.
+  auto listening = std::make_shared<int>(-1);
+  http.set_socket_options([listening](int sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    *listening = sock;
+  });
+  http.set_tcp_nodelay(true);
   fe->port_ = options.port == 0 ? http.bind_to_any_port(options.host)
                                 : (http.bind_to_port(options.host, options.port) ? options.port : -1);
+  if (fe->port_ > 0 && *listening >= 0) ::listen(*listening, SOMAXCONN);
   if (fe->port_ <= 0) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen for HTTP on ", options.host, ":", options.port, " (in use, or not an address here)"));

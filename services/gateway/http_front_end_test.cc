@@ -4,7 +4,9 @@
 
 #include <httplib.h>
 
+#include <atomic>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -267,6 +269,22 @@ TEST_F(HttpFrontEndTest, ModelsTokenizeDetokenizeHealthAndMetrics) {
   res = client_->Get("/metrics");
   EXPECT_EQ(res->status, 200);
   EXPECT_NE(res->body.find("test_counter_total 1"), std::string::npos) << res->body;
+}
+
+// A burst of new clients is served, none refused or reset (cpp-httplib's
+// own listen backlog is 5).
+TEST_F(HttpFrontEndTest, ABurstOfClientsIsServed) {
+  std::vector<std::thread> clients;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 96; ++i) {
+    clients.emplace_back([&] {
+      httplib::Client c("127.0.0.1", front_->port());
+      auto res = c.Post("/tokenize", R"({"prompt": "Life is"})", "application/json");
+      ok += res && res->status == 200;
+    });
+  }
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(ok.load(), 96);
 }
 
 constexpr char kChat[] = R"("messages": [{"role": "system", "content": "Be wise."},
