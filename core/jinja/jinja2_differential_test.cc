@@ -37,7 +37,10 @@ Json RenderWithJinja2(const std::vector<Case>& cases) {
   const std::string dir = ::testing::TempDir();
   const std::string in_path = dir + "/jinja2_in.json", out_path = dir + "/jinja2_out.json";
   EXPECT_TRUE(WriteFileAtomically(in_path, in.dump()).ok());
-  const std::string cmd = absl::StrCat("python3 tools/chat/render_chat_template.py < ", in_path, " > ", out_path);
+  // Debian's python3 (python3-jinja2 is installed there), else the one on PATH.
+  const char* python = std::filesystem::exists("/usr/bin/python3") ? "/usr/bin/python3" : "python3";
+  const std::string cmd =
+      absl::StrCat(python, " tools/chat/render_chat_template.py < ", in_path, " > ", out_path);
   EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd << " (needs python3-jinja2: tools/ci/install_deps.sh)";
   absl::StatusOr<std::string> out = ReadFile(out_path);
   EXPECT_TRUE(out.ok()) << out.status();

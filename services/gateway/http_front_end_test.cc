@@ -232,6 +232,15 @@ TEST_F(HttpFrontEndTest, ErrorsAreOpenAiErrorsWithTheRightStatus) {
   EXPECT_EQ(res->status, 400);
   res = client_->Get("/v1/nothing");
   EXPECT_EQ(res->status, 404);
+  // A 10 MB prompt is read (under the 16 MiB bound) and refused before any
+  // tokenizing: far past what the context holds.
+  res = client_->Post("/v1/completions", Json({{"prompt", std::string(10 << 20, 'a')}}).dump(), "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 400);
+  EXPECT_NE(res->body.find("prompt"), std::string::npos) << res->body.substr(0, 200);
+  res = client_->Post("/v1/completions", R"({"prompt": "hi", "max_tokens": -3})", "application/json");
+  EXPECT_EQ(res->status, 400);
+  EXPECT_NE(res->body.find("max_tokens"), std::string::npos) << res->body;
 }
 
 TEST_F(HttpFrontEndTest, ModelsTokenizeDetokenizeHealthAndMetrics) {

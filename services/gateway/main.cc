@@ -19,6 +19,7 @@
 #include "services/gateway/gateway_metrics.h"
 #include "services/gateway/gateway_service.h"
 #include "services/gateway/http_front_end.h"
+#include "services/gateway/oip_service.h"
 #include "services/gateway/router_pool.h"
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory (config.json and the tokenizer)");
@@ -124,6 +125,7 @@ int Main(int argc, char** argv) {
   }
   Gateway gateway(tokenizer.get(), model, &pool, gateway_options, &metrics);
   GatewayServiceImpl service(&gateway);
+  OipServiceImpl oip(&gateway, model.name);  // the Open Inference Protocol, on the same port
   std::unique_ptr<jinja::ChatTemplate> chat_template;  // outlives the front end
   std::unique_ptr<HttpFrontEnd> http;  // stops after the gRPC server (destroyed after Serve returns)
   if (options.http_port >= 0) {
@@ -145,8 +147,9 @@ int Main(int argc, char** argv) {
     std::printf("http on %s:%d\n", ho.host.c_str(), http->port());
     std::fflush(stdout);
   }
-  service_main.set_service_names({v1::Gateway::service_full_name()});
-  return service_main.Serve({&service}, registry, [&] { return gateway.in_flight(); });
+  service_main.set_service_names(
+      {v1::Gateway::service_full_name(), inference::GRPCInferenceService::service_full_name()});
+  return service_main.Serve({&service, &oip}, registry, [&] { return gateway.in_flight(); });
 }
 
 }  // namespace
