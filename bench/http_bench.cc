@@ -33,8 +33,11 @@ double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::n
 
 std::vector<int> Prompt(int i) { return {1 + i % 50, 7 + i % 13, 42, 5 + i}; }
 
+Subprocess* g_mesh = nullptr;  // stopped on the way out, so no service outlives the bench
+
 [[noreturn]] void Die(const std::string& message) {
   std::fprintf(stderr, "http_bench: %s\n", message.c_str());
+  if (g_mesh != nullptr) g_mesh->Stop();
   std::exit(1);
 }
 
@@ -45,6 +48,7 @@ class Mesh {
         {moemesh, "up", "--model=" + model, "--expert-shards=2", "--http-port=0", "--kvcache=false"});
     if (!up.ok()) Die(std::string(up.status().message()));
     up_ = std::move(*up);
+    g_mesh = up_.get();
     auto http = up_->WaitForLine("  OpenAI-compatible HTTP API at http://", absl::Seconds(120));
     auto target = up_->WaitForLine("gateway listening on ", absl::Seconds(120));
     if (!http.ok() || !target.ok()) Die("moemesh up did not start");
@@ -55,7 +59,10 @@ class Mesh {
     GrpcStream(0, 4);  // connections up before any clock starts
     HttpStream(0, 4);
   }
-  ~Mesh() { up_->Stop(); }
+  ~Mesh() {
+    g_mesh = nullptr;
+    up_->Stop();
+  }
 
   // Tokens per second of `streams` concurrent streams of `tokens` each.
   double Run(bool http, int streams, int tokens) {

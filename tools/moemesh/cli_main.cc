@@ -78,6 +78,8 @@ ABSL_FLAG(int, routers, 1, "how many routers");
 ABSL_FLAG(std::string, host, "127.0.0.1", "address the services listen on");
 ABSL_FLAG(int, port, 0, "the gateway's port; 0 picks a free one");
 ABSL_FLAG(int, http_port, -1, "the gateway's OpenAI-compatible HTTP API port; 0 picks a free one, -1 serves none");
+ABSL_FLAG(std::string, chat_template, "",
+          "a Jinja chat template file for the gateway's /v1/chat/completions (default: the model's own)");
 ABSL_FLAG(int, max_running, 64, "requests in each router's batch at once");
 ABSL_FLAG(bool, kvcache, true,
           "start a kvcache service below the routers' KV caches (--kvcache=false: none); its loss costs recompute");
@@ -175,6 +177,7 @@ const std::vector<Command>& CliCommands() {
                      {"host"},
                      {"port"},
                      {"http_port"},
+                     {"chat_template"},
                      {"bin_dir"},
                      {"kvcache"},
                      {"kvcache_replicas"},
@@ -309,6 +312,7 @@ int UpMain() {
   cmd.host = absl::GetFlag(FLAGS_host);
   cmd.port = absl::GetFlag(FLAGS_port);
   cmd.http_port = absl::GetFlag(FLAGS_http_port);
+  cmd.chat_template = absl::GetFlag(FLAGS_chat_template);
   cmd.threads = absl::GetFlag(FLAGS_threads);
   cmd.kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
   cmd.max_running = absl::GetFlag(FLAGS_max_running);

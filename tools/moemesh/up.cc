@@ -274,6 +274,7 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
                absl::StrCat("--port=", cmd.port)}}};
     if (!kvcache.empty()) specs[0].argv.push_back("--kvcache=" + kvcache_addrs);
     specs[0].argv.push_back(absl::StrCat("--http-port=", cmd.http_port));
+    if (!cmd.chat_template.empty()) specs[0].argv.push_back("--chat-template=" + cmd.chat_template);
     st = StartTier(specs, "the gateway", cmd.start_timeout, cmd.terminal, &startup, &gateway);
   }
   status.Clear();
