@@ -60,10 +60,24 @@ const char* ReasonName(v1::FinishReason r) {
 }  // namespace
 
 absl::Status Gateway::Generate(const v1::GenerateRequest& request, const RouterCallContext& new_router_call,
-                               const ResponseSink& sink) {
-  absl::Status st = GenerateImpl(request, new_router_call, sink);
+                               const ResponseSink& sink, ApiKeys::Lease* lease) {
+  int64_t used = 0;
+  const ResponseSink counted = [&](const v1::GenerateResponse& r) {
+    used += r.token_ids_size() + (r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED ? r.usage().prompt_tokens() : 0);
+    return sink(r);
+  };
+  absl::Status st = GenerateImpl(request, new_router_call, lease == nullptr ? sink : counted);
+  if (lease != nullptr) lease->Charge(used);
   if (metrics_) metrics_->CountStatus(CodeName(st));
   return st;
+}
+
+absl::StatusOr<std::unique_ptr<ApiKeys::Lease>> Gateway::Authorize(absl::string_view authorization,
+                                                                   absl::string_view model) {
+  if (options_.api_keys == nullptr) return std::unique_ptr<ApiKeys::Lease>();
+  auto lease = options_.api_keys->Admit(authorization, model.empty() ? absl::string_view(model_.name) : model);
+  if (!lease.ok()) Rejected(lease.status());
+  return lease;
 }
 
 void Gateway::Rejected(const absl::Status& st) {

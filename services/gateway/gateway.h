@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "moemesh/v1/gateway.pb.h"
+#include "services/gateway/api_keys.h"
 #include "services/gateway/request_builder.h"
 #include "services/gateway/session.h"
 
@@ -36,6 +37,9 @@ class Gateway {
     // Tokens a session's turn may take, history and max_tokens included;
     // 0: the model's context.
     int session_window = 0;
+    // The API keys calls must present (Authorize); null: none needed. Must
+    // outlive the gateway.
+    ApiKeys* api_keys = nullptr;
   };
   // Makes the context of one router call. The gRPC adapter derives it from
   // the client's call (grpc::ClientContext::FromServerContext), so the
@@ -57,8 +61,16 @@ class Gateway {
   // UNAVAILABLE when no router could take the request, CANCELLED when the
   // sink returned false, else the router's status. A stop sequence cancels
   // the router call. Counted in the metrics by the status's code name.
+  // `lease` (may be null) is charged the tokens the request used, its
+  // prompt's and those generated, also when it ends early.
   absl::Status Generate(const v1::GenerateRequest& request, const RouterCallContext& new_router_call,
-                        const ResponseSink& sink);
+                        const ResponseSink& sink, ApiKeys::Lease* lease = nullptr);
+  // Admits a call that presents `authorization` ("Bearer KEY") to `model`
+  // (empty: the served one) under the API keys; null when the gateway needs
+  // none. Refusals (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED)
+  // are counted as rejections; no router sees the call.
+  absl::StatusOr<std::unique_ptr<ApiKeys::Lease>> Authorize(absl::string_view authorization,
+                                                            absl::string_view model);
   // What Generate would refuse before calling a router (except what a
   // session's history adds): for front ends that must answer before
   // streaming.

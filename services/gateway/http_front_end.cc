@@ -77,7 +77,7 @@ std::function<std::string(int)> TokenText(Gateway* gateway) {
 // seed is given, so that they differ and repeat), handing each response to
 // `on_response(i, response)`, which may run on any of their threads.
 // Returns the first error, and each choice's usage.
-absl::Status RunChoices(Gateway* gateway, const CompletionRequest& c,
+absl::Status RunChoices(Gateway* gateway, const CompletionRequest& c, ApiKeys::Lease* lease,
                         const std::function<bool(int, const v1::GenerateResponse&)>& on_response,
                         std::vector<v1::Usage>* usage) {
   std::vector<absl::Status> status(c.n);
@@ -85,10 +85,13 @@ absl::Status RunChoices(Gateway* gateway, const CompletionRequest& c,
   auto run = [&](int i) {
     v1::GenerateRequest r = c.request;
     if (r.sampling().has_seed()) r.mutable_sampling()->set_seed(r.sampling().seed() + i);
-    status[i] = gateway->Generate(r, NewRouterCall, [&, i](const v1::GenerateResponse& resp) {
-      if (resp.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) (*usage)[i] = resp.usage();
-      return on_response(i, resp);
-    });
+    status[i] = gateway->Generate(
+        r, NewRouterCall,
+        [&, i](const v1::GenerateResponse& resp) {
+          if (resp.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) (*usage)[i] = resp.usage();
+          return on_response(i, resp);
+        },
+        lease);
   };
   std::vector<std::thread> others;
   try {
@@ -151,15 +154,16 @@ absl::StatusOr<std::vector<int>> ChatPromptIds(Gateway* gateway, const jinja::Ch
 }
 
 // A completion's or chat completion's choices, whole or streamed.
-void Serve(Gateway* gateway, std::shared_ptr<CompletionRequest> request, const CompletionIds& ids,
-           const std::string& echoed, httplib::Response& res) {
+// `lease` (may be null) holds the call's API-key stream until it ends.
+void Serve(Gateway* gateway, std::shared_ptr<CompletionRequest> request, std::shared_ptr<ApiKeys::Lease> lease,
+           const CompletionIds& ids, const std::string& echoed, httplib::Response& res) {
   const bool chat = request->chat;
   if (!request->stream) {
     std::vector<CompletionChoice> choices(request->n, CompletionChoice{echoed, v1::FINISH_REASON_UNSPECIFIED, ""});
     std::vector<LogprobsJson> logprobs(request->n, LogprobsJson(TokenText(gateway), chat, request->top_logprobs));
     std::vector<v1::Usage> usage;
     absl::Status st = RunChoices(
-        gateway, *request,
+        gateway, *request, lease.get(),
         [&](int i, const v1::GenerateResponse& r) {
           logprobs[i].Add(r, choices[i].text.size());
           choices[i].text += r.text_delta();
@@ -175,8 +179,8 @@ void Serve(Gateway* gateway, std::shared_ptr<CompletionRequest> request, const C
     return;
   }
   res.set_header("Cache-Control", "no-cache");
-  res.set_chunked_content_provider("text/event-stream", [gateway, request, ids, echoed, chat](size_t,
-                                                                                             httplib::DataSink& sink) {
+  res.set_chunked_content_provider("text/event-stream", [gateway, request, lease, ids, echoed, chat](
+                                                          size_t, httplib::DataSink& sink) {
     std::mutex mu;  // the choices' threads share the sink
     bool gone = false;
     auto write = [&](const std::string& s) {
@@ -195,7 +199,7 @@ void Serve(Gateway* gateway, std::shared_ptr<CompletionRequest> request, const C
     }
     std::vector<v1::Usage> usage;
     absl::Status st = RunChoices(
-        gateway, *request,
+        gateway, *request, lease.get(),
         [&](int i, const v1::GenerateResponse& r) {
           logprobs[i].Add(r, sent[i]);
           sent[i] += r.text_delta().size();
@@ -224,11 +228,13 @@ void Completions(Gateway* gateway, const std::string& model, const httplib::Requ
   if (absl::Status st = RefuseWhileDraining("this gateway"); !st.ok()) return SendError(res, st);
   absl::StatusOr<CompletionRequest> parsed = ParseCompletionRequest(req.body);
   if (!parsed.ok()) return SendError(res, parsed.status());
+  auto lease = gateway->Authorize(req.get_header_value("Authorization"), parsed->request.model());
+  if (!lease.ok()) return SendError(res, lease.status());
   // Checked before any byte goes out: a stream's status line says 200.
   if (absl::Status st = gateway->Check(parsed->request); !st.ok()) return SendError(res, st);
   const std::string echoed = parsed->echo ? PromptText(gateway, parsed->request) : std::string();
   const CompletionIds ids = NewCompletionIds(parsed->request.model().empty() ? model : parsed->request.model());
-  Serve(gateway, std::make_shared<CompletionRequest>(*std::move(parsed)), ids, echoed, res);
+  Serve(gateway, std::make_shared<CompletionRequest>(*std::move(parsed)), std::move(*lease), ids, echoed, res);
 }
 
 void ChatCompletions(Gateway* gateway, const jinja::ChatTemplate* chat_template, const v1::ModelInfo& info,
@@ -236,6 +242,8 @@ void ChatCompletions(Gateway* gateway, const jinja::ChatTemplate* chat_template,
   if (absl::Status st = RefuseWhileDraining("this gateway"); !st.ok()) return SendError(res, st);
   absl::StatusOr<CompletionRequest> parsed = ParseChatRequest(req.body);
   if (!parsed.ok()) return SendError(res, parsed.status());
+  auto lease = gateway->Authorize(req.get_header_value("Authorization"), parsed->request.model());
+  if (!lease.ok()) return SendError(res, lease.status());
   v1::GenerateRequest& r = parsed->request;
   absl::StatusOr<std::vector<int>> ids =
       ChatPromptIds(gateway, chat_template, r.model(), parsed->template_context, parsed->continue_final_message);
@@ -252,7 +260,8 @@ void ChatCompletions(Gateway* gateway, const jinja::ChatTemplate* chat_template,
   }
   if (absl::Status st = gateway->Check(r); !st.ok()) return SendError(res, st);
   const CompletionIds completion_ids = NewCompletionIds(r.model().empty() ? info.name() : r.model(), /*chat=*/true);
-  Serve(gateway, std::make_shared<CompletionRequest>(*std::move(parsed)), completion_ids, "", res);
+  Serve(gateway, std::make_shared<CompletionRequest>(*std::move(parsed)), std::move(*lease), completion_ids, "",
+        res);
 }
 
 }  // namespace
@@ -279,6 +288,19 @@ absl::StatusOr<std::unique_ptr<HttpFrontEnd>> HttpFrontEnd::Start(const Options&
   http.Post("/v1/chat/completions", [gateway, info, t = options.chat_template](const httplib::Request& req,
                                                                                httplib::Response& res) {
     ChatCompletions(gateway, t, info, req, res);
+  });
+  // With API keys, the API's other paths need one too (the generating
+  // ones check theirs with the model and hold it while they run); /health
+  // and /metrics stay open, for probes and scrapers.
+  http.set_pre_routing_handler([gateway](const httplib::Request& req, httplib::Response& res) {
+    if (req.path == "/v1/models" || req.path == "/tokenize" || req.path == "/detokenize") {
+      auto lease = gateway->Authorize(req.get_header_value("Authorization"), "");
+      if (!lease.ok()) {
+        SendError(res, lease.status());
+        return httplib::Server::HandlerResponse::Handled;
+      }
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
   });
   http.Get("/v1/models", [info, started](const httplib::Request&, httplib::Response& res) {
     Json model = {{"id", info.name()},       {"object", "model"},   {"created", started},

@@ -36,6 +36,9 @@ ABSL_FLAG(int, http_port, -1,
 ABSL_FLAG(std::string, chat_template, "",
           "a Jinja chat template file for /v1/chat/completions; default: the model's own (chat_template.jinja or "
           "tokenizer_config.json's chat_template)");
+ABSL_FLAG(std::string, api_keys, "",
+          "a JSON file of API keys ({\"keys\": [{\"name\", \"key\", \"max_streams\", \"tokens_per_minute\", "
+          "\"models\"}]}): every call then presents one as \"authorization: Bearer KEY\"; default: none needed");
 ABSL_FLAG(int, http_threads, 128, "HTTP calls served at once (a stream holds one until it ends)");
 ABSL_FLAG(int, session_window, 0,
           "tokens a session's turn may take, history and max_tokens included; the oldest whole turns are left out "
@@ -52,6 +55,7 @@ struct Options {
   Gateway::Options gateway;  // sessions are set from `kvcache`
   std::string kvcache;
   std::string chat_template;  // empty: the model's own
+  std::string api_keys;       // empty: no keys needed
   int http_port = -1, http_threads = 0;
 
   static Options FromFlags() {
@@ -66,6 +70,7 @@ struct Options {
     o.http_port = absl::GetFlag(FLAGS_http_port);
     o.http_threads = absl::GetFlag(FLAGS_http_threads);
     o.chat_template = absl::GetFlag(FLAGS_chat_template);
+    o.api_keys = absl::GetFlag(FLAGS_api_keys);
     return o;
   }
 
@@ -122,6 +127,13 @@ int Main(int argc, char** argv) {
     sessions = std::make_unique<SessionClient>(
         options.kvcache, HashBytes(absl::StrCat("moemesh-session/1 ", model.name, " vocab=", model.vocab_size)));
     gateway_options.sessions = sessions.get();
+  }
+  std::unique_ptr<ApiKeys> api_keys;
+  if (!options.api_keys.empty()) {
+    auto k = ApiKeys::Load(options.api_keys);
+    if (!k.ok()) return service_main.Fail(k.status(), 2);
+    api_keys = std::move(*k);
+    gateway_options.api_keys = api_keys.get();
   }
   Gateway gateway(tokenizer.get(), model, &pool, gateway_options, &metrics);
   GatewayServiceImpl service(&gateway);

@@ -7,6 +7,7 @@
 #include "core/common/version.h"
 #include "services/common/drain.h"
 #include "services/common/grpc_status.h"
+#include "services/gateway/call_auth.h"
 #include "services/gateway/gateway.h"
 #include "services/gateway/oip_api.h"
 
@@ -17,6 +18,7 @@ namespace {
 // (whole: once, the prompt first unless excluded).
 absl::Status Run(Gateway* gateway, grpc::ServerContext* context, const InferRequest& r,
                  const std::function<bool(const std::string&, v1::FinishReason)>& sink) {
+  MM_ASSIGN_OR_RETURN(auto lease, gateway->Authorize(AuthorizationOf(*context), r.completion.request.model()));
   MM_RETURN_IF_ERROR(gateway->Check(r.completion.request));
   std::string whole = r.exclude_input ? "" : r.completion.request.text();
   return gateway->Generate(
@@ -29,7 +31,8 @@ absl::Status Run(Gateway* gateway, grpc::ServerContext* context, const InferRequ
         whole += resp.text_delta();
         if (resp.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) return sink(whole, resp.finish_reason());
         return true;
-      });
+      },
+      lease.get());
 }
 
 }  // namespace
@@ -50,8 +53,10 @@ grpc::Status OipServiceImpl::ServerReady(grpc::ServerContext*, const inference::
   return grpc::Status::OK;
 }
 
-grpc::Status OipServiceImpl::ModelReady(grpc::ServerContext*, const inference::ModelReadyRequest* request,
+grpc::Status OipServiceImpl::ModelReady(grpc::ServerContext* context, const inference::ModelReadyRequest* request,
                                         inference::ModelReadyResponse* response) {
+  auto lease = gateway_->Authorize(AuthorizationOf(*context), request->name());
+  if (!lease.ok() && !absl::IsPermissionDenied(lease.status())) return ToGrpcStatus(lease.status());
   response->set_ready(Serves(request->name(), request->version()) && RefuseWhileDraining("this gateway").ok());
   return grpc::Status::OK;
 }
@@ -63,8 +68,11 @@ grpc::Status OipServiceImpl::ServerMetadata(grpc::ServerContext*, const inferenc
   return grpc::Status::OK;
 }
 
-grpc::Status OipServiceImpl::ModelMetadata(grpc::ServerContext*, const inference::ModelMetadataRequest* request,
+grpc::Status OipServiceImpl::ModelMetadata(grpc::ServerContext* context,
+                                           const inference::ModelMetadataRequest* request,
                                            inference::ModelMetadataResponse* response) {
+  auto lease = gateway_->Authorize(AuthorizationOf(*context), request->name());
+  if (!lease.ok() && !absl::IsPermissionDenied(lease.status())) return ToGrpcStatus(lease.status());
   if (!Serves(request->name(), request->version())) {
     return ToGrpcStatus(absl::NotFoundError(absl::StrCat("no model '", request->name(), "' (version '",
                                                          request->version(), "'); this gateway serves '", model_,

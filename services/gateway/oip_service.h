@@ -15,7 +15,8 @@ class Gateway;
 // Triton's ModelStreamInfer serves the requests of a stream in order, each
 // whole or (input `stream`) a response per piece of text, the last with
 // triton_final_response; a request's failure there is an error_message,
-// and the stream goes on.
+// and the stream goes on. With the gateway's API keys, every RPC but
+// ServerLive and ServerReady needs one (`authorization` metadata).
 class OipServiceImpl final : public inference::GRPCInferenceService::Service {
  public:
   // `gateway` must outlive the service; `model` is the served model's name.
@@ -25,11 +26,11 @@ class OipServiceImpl final : public inference::GRPCInferenceService::Service {
                           inference::ServerLiveResponse* response) override;
   grpc::Status ServerReady(grpc::ServerContext*, const inference::ServerReadyRequest*,
                            inference::ServerReadyResponse* response) override;
-  grpc::Status ModelReady(grpc::ServerContext*, const inference::ModelReadyRequest* request,
+  grpc::Status ModelReady(grpc::ServerContext* context, const inference::ModelReadyRequest* request,
                           inference::ModelReadyResponse* response) override;
   grpc::Status ServerMetadata(grpc::ServerContext*, const inference::ServerMetadataRequest*,
                               inference::ServerMetadataResponse* response) override;
-  grpc::Status ModelMetadata(grpc::ServerContext*, const inference::ModelMetadataRequest* request,
+  grpc::Status ModelMetadata(grpc::ServerContext* context, const inference::ModelMetadataRequest* request,
                              inference::ModelMetadataResponse* response) override;
   grpc::Status ModelInfer(grpc::ServerContext* context, const inference::ModelInferRequest* request,
                           inference::ModelInferResponse* response) override;

@@ -502,6 +502,8 @@ int HttpStatusFor(const absl::Status& status) {
 std::string ErrorJson(const absl::Status& status) {
   const int http = HttpStatusFor(status);
   const char* type = http == 400   ? "invalid_request_error"
+                     : http == 401 ? "authentication_error"
+                     : http == 403 ? "permission_error"
                      : http == 404 ? "not_found_error"
                      : http == 429 ? "rate_limit_error"
                      : http == 503 ? "service_unavailable_error"

@@ -78,6 +78,8 @@ ABSL_FLAG(int, routers, 1, "how many routers");
 ABSL_FLAG(std::string, host, "127.0.0.1", "address the services listen on");
 ABSL_FLAG(int, port, 0, "the gateway's port; 0 picks a free one");
 ABSL_FLAG(int, http_port, -1, "the gateway's OpenAI-compatible HTTP API port; 0 picks a free one, -1 serves none");
+ABSL_FLAG(std::string, api_keys, "",
+          "a JSON file of API keys for the gateway: every call then needs one (docs/OPERATIONS.md, Authentication)");
 ABSL_FLAG(std::string, chat_template, "",
           "a Jinja chat template file for the gateway's /v1/chat/completions (default: the model's own)");
 ABSL_FLAG(int, max_running, 64, "requests in each router's batch at once");
@@ -178,6 +180,7 @@ const std::vector<Command>& CliCommands() {
                      {"port"},
                      {"http_port"},
                      {"chat_template"},
+                     {"api_keys"},
                      {"bin_dir"},
                      {"kvcache"},
                      {"kvcache_replicas"},
@@ -313,6 +316,7 @@ int UpMain() {
   cmd.port = absl::GetFlag(FLAGS_port);
   cmd.http_port = absl::GetFlag(FLAGS_http_port);
   cmd.chat_template = absl::GetFlag(FLAGS_chat_template);
+  cmd.api_keys = absl::GetFlag(FLAGS_api_keys);
   cmd.threads = absl::GetFlag(FLAGS_threads);
   cmd.kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
   cmd.max_running = absl::GetFlag(FLAGS_max_running);

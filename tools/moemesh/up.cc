@@ -275,6 +275,7 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
     if (!kvcache.empty()) specs[0].argv.push_back("--kvcache=" + kvcache_addrs);
     specs[0].argv.push_back(absl::StrCat("--http-port=", cmd.http_port));
     if (!cmd.chat_template.empty()) specs[0].argv.push_back("--chat-template=" + cmd.chat_template);
+    if (!cmd.api_keys.empty()) specs[0].argv.push_back("--api-keys=" + cmd.api_keys);
     st = StartTier(specs, "the gateway", cmd.start_timeout, cmd.terminal, &startup, &gateway);
   }
   status.Clear();

@@ -20,6 +20,7 @@ struct UpCommand {
   int port = 0;               // the gateway's; 0 picks a free one
   int http_port = -1;         // the gateway's HTTP API; 0 picks a free one, -1 none
   std::string chat_template;  // the gateway's --chat-template; empty: the model's own
+  std::string api_keys;       // the gateway's --api-keys; empty: none needed
   int threads = 1;            // per process
   std::string expert_device = "cpu";  // moemesh-expert --device: cpu, cuda, cuda:N
   std::string router_device = "cpu";  // moemesh-router --device: cpu, cuda, cuda:N
