@@ -10,34 +10,24 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include "core/model/config.h"
-#include "core/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "prometheus/registry.h"
 #include "prometheus/text_serializer.h"
 #include "services/common/server_util.h"
 #include "services/gateway/api_keys.h"
-#include "services/gateway/gateway.h"
 #include "services/gateway/gateway_metrics.h"
 #include "services/gateway/gateway_service.h"
+#include "services/gateway/gateway_test_util.h"
 #include "services/gateway/http_front_end.h"
 #include "services/gateway/oip_service.h"
-#include "services/gateway/router_pool.h"
-#include "services/router/local_router.h"
 
 namespace moemesh {
 namespace {
 
-constexpr char kModel[] = "models/fortune-moe";
-
 class AuthTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    router_ = std::make_unique<LocalRouter>(kModel);
-    pool_ = std::make_unique<RouterPool>(std::vector<std::string>{router_->address()});
-    tokenizer_ = std::move(*LoadTokenizer(kModel));
-    auto config = LoadModelConfig(kModel);
     std::vector<ApiKeys::Key> keys(2);
     keys[0] = {"good", "sk-good", 0, 0, {}};
     keys[1] = {"elsewhere", "sk-elsewhere", 0, 0, {"another-model"}};
@@ -46,18 +36,17 @@ class AuthTest : public ::testing::Test {
     metrics_ = std::make_unique<GatewayMetrics>(*registry_);
     Gateway::Options o;
     o.api_keys = keys_.get();
-    gateway_ = std::make_unique<Gateway>(
-        tokenizer_.get(), ServedModel{"fortune-moe", "deepseek_v3", config->vocab_size, config->context_length()},
-        pool_.get(), o, metrics_.get());
-    service_ = std::make_unique<GatewayServiceImpl>(gateway_.get());
-    oip_ = std::make_unique<OipServiceImpl>(gateway_.get(), "fortune-moe");
+    demo_ = std::make_unique<DemoGateway>(o, metrics_.get());
+    gateway_ = demo_->gateway.get();
+    service_ = std::make_unique<GatewayServiceImpl>(gateway_);
+    oip_ = std::make_unique<OipServiceImpl>(gateway_, "fortune-moe");
     int port = 0;
     server_ = StartServer("127.0.0.1:0", {service_.get(), oip_.get()}, &port);
     auto channel = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials(),
                                              ClientChannelArguments());
     stub_ = v1::Gateway::NewStub(channel);
     oip_stub_ = inference::GRPCInferenceService::NewStub(channel);
-    http_ = std::move(*HttpFrontEnd::Start({}, gateway_.get(), registry_));
+    http_ = std::move(*HttpFrontEnd::Start({}, gateway_, registry_));
     client_ = std::make_unique<httplib::Client>("127.0.0.1", http_->port());
   }
   void TearDown() override { server_->Shutdown(std::chrono::system_clock::now()); }
@@ -82,13 +71,11 @@ class AuthTest : public ::testing::Test {
     return at == std::string::npos ? 0 : std::atoi(text.c_str() + at + line.size());
   }
 
-  std::unique_ptr<LocalRouter> router_;
-  std::unique_ptr<RouterPool> pool_;
-  std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<ApiKeys> keys_;
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<GatewayMetrics> metrics_;
-  std::unique_ptr<Gateway> gateway_;
+  std::unique_ptr<DemoGateway> demo_;
+  Gateway* gateway_ = nullptr;
   std::unique_ptr<GatewayServiceImpl> service_;
   std::unique_ptr<OipServiceImpl> oip_;
   std::unique_ptr<grpc::Server> server_;

@@ -18,9 +18,7 @@
 #include "nlohmann/json.hpp"
 #include "prometheus/counter.h"
 #include "prometheus/registry.h"
-#include "services/gateway/gateway.h"
-#include "services/gateway/router_pool.h"
-#include "services/router/local_router.h"
+#include "services/gateway/gateway_test_util.h"
 
 namespace moemesh {
 namespace {
@@ -31,12 +29,9 @@ constexpr char kModel[] = "models/fortune-moe";
 class HttpFrontEndTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    router_ = std::make_unique<LocalRouter>(kModel);
-    pool_ = std::make_unique<RouterPool>(std::vector<std::string>{router_->address()});
-    tokenizer_ = std::move(*LoadTokenizer(kModel));
-    auto config = LoadModelConfig(kModel);
-    ServedModel model{"fortune-moe", "deepseek_v3", config->vocab_size, config->context_length()};
-    gateway_ = std::make_unique<Gateway>(tokenizer_.get(), model, pool_.get(), Gateway::Options{});
+    demo_ = std::make_unique<DemoGateway>();
+    tokenizer_ = demo_->tokenizer.get();
+    gateway_ = demo_->gateway.get();
     registry_ = std::make_shared<prometheus::Registry>();
     prometheus::BuildCounter().Name("test_counter_total").Help("t").Register(*registry_).Add({}).Increment();
     auto t = jinja::ChatTemplate::Load(kModel);
@@ -44,7 +39,7 @@ class HttpFrontEndTest : public ::testing::Test {
     chat_template_ = std::move(*t);
     HttpFrontEnd::Options o;
     o.chat_template = chat_template_.get();
-    auto fe = HttpFrontEnd::Start(o, gateway_.get(), registry_);
+    auto fe = HttpFrontEnd::Start(o, gateway_, registry_);
     ASSERT_TRUE(fe.ok()) << fe.status();
     front_ = std::move(*fe);
     client_ = std::make_unique<httplib::Client>("127.0.0.1", front_->port());
@@ -63,10 +58,9 @@ class HttpFrontEndTest : public ::testing::Test {
     return text;
   }
 
-  std::unique_ptr<LocalRouter> router_;
-  std::unique_ptr<RouterPool> pool_;
-  std::unique_ptr<Tokenizer> tokenizer_;
-  std::unique_ptr<Gateway> gateway_;
+  std::unique_ptr<DemoGateway> demo_;
+  const Tokenizer* tokenizer_ = nullptr;
+  Gateway* gateway_ = nullptr;
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<jinja::ChatTemplate> chat_template_;
   std::unique_ptr<HttpFrontEnd> front_;
@@ -398,7 +392,7 @@ TEST_F(HttpFrontEndTest, ChatErrorsSayWhatIsWrong) {
     EXPECT_NE(res->body.find(message), std::string::npos) << body << " " << res->body;
   }
   // A model without a template says so.
-  auto fe = HttpFrontEnd::Start({}, gateway_.get(), nullptr);
+  auto fe = HttpFrontEnd::Start({}, gateway_, nullptr);
   ASSERT_TRUE(fe.ok());
   httplib::Client other("127.0.0.1", (*fe)->port());
   auto res = other.Post("/v1/chat/completions", absl::StrCat("{", kChat, "}"), "application/json");

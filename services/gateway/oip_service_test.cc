@@ -9,30 +9,19 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include "core/model/config.h"
-#include "core/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
 #include "services/common/server_util.h"
-#include "services/gateway/gateway.h"
-#include "services/gateway/router_pool.h"
-#include "services/router/local_router.h"
+#include "services/gateway/gateway_test_util.h"
 
 namespace moemesh {
 namespace {
 
-constexpr char kModel[] = "models/fortune-moe";
-
 class OipServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    router_ = std::make_unique<LocalRouter>(kModel);
-    pool_ = std::make_unique<RouterPool>(std::vector<std::string>{router_->address()});
-    tokenizer_ = std::move(*LoadTokenizer(kModel));
-    auto config = LoadModelConfig(kModel);
-    gateway_ = std::make_unique<Gateway>(
-        tokenizer_.get(), ServedModel{"fortune-moe", "deepseek_v3", config->vocab_size, config->context_length()},
-        pool_.get(), Gateway::Options{});
-    service_ = std::make_unique<OipServiceImpl>(gateway_.get(), "fortune-moe");
+    demo_ = std::make_unique<DemoGateway>();
+    gateway_ = demo_->gateway.get();
+    service_ = std::make_unique<OipServiceImpl>(gateway_, "fortune-moe");
     int port = 0;
     server_ = StartServer("127.0.0.1:0", {service_.get()}, &port);
     stub_ = inference::GRPCInferenceService::NewStub(grpc::CreateCustomChannel(
@@ -85,10 +74,8 @@ class OipServiceTest : public ::testing::Test {
     return raw.substr(4);
   }
 
-  std::unique_ptr<LocalRouter> router_;
-  std::unique_ptr<RouterPool> pool_;
-  std::unique_ptr<Tokenizer> tokenizer_;
-  std::unique_ptr<Gateway> gateway_;
+  std::unique_ptr<DemoGateway> demo_;
+  Gateway* gateway_ = nullptr;
   std::unique_ptr<OipServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<inference::GRPCInferenceService::Stub> stub_;

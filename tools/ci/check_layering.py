@@ -44,7 +44,7 @@ GENERATED_PREFIX = "moemesh/v1/"
 #                violations even when they match `forbidden` (same syntax).
 #   transitive   True to follow project headers; False to check direct includes
 #                only.
-#   exempt_tests True to skip *_test.cc files (tests may link upward, e.g. to
+#   exempt_tests True to skip *_test.cc files and *_test_util.h test helpers (tests may link upward, e.g. to
 #                compare a kernel against the engine).
 RULES = [
     {
@@ -125,7 +125,7 @@ def _matches_any(path, patterns):
 
 
 def is_test_file(path):
-    return path.endswith("_test.cc")
+    return path.endswith("_test.cc") or path.endswith("_test_util.h")
 
 
 class Tree:
