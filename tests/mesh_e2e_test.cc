@@ -76,9 +76,10 @@ class Mesh {
         http_address_ = line.substr(line.find("http://") + 7);
         http_address_ = http_address_.substr(0, http_address_.find('/'));
       }
-      if (absl::StartsWith(line, "  metrics of router ")) {
+      if (absl::StartsWith(line, "  metrics of router ") || absl::StartsWith(line, "  metrics of kvcache")) {
         std::string url = line.substr(line.find("http://") + 7);
-        router_metrics_.push_back(url.substr(0, url.find('/')));
+        (absl::StartsWith(line, "  metrics of router ") ? router_metrics_ : kvcache_metrics_)
+            .push_back(url.substr(0, url.find('/')));
       }
       std::vector<std::string> w = absl::StrSplit(line, ' ', absl::SkipEmpty());
       if (w.size() < 5 || !absl::StrContains(line, "(pid ")) continue;
@@ -112,8 +113,14 @@ class Mesh {
   const std::string& kvcache_address() const { return kvcache_address_; }
   const std::string& http_address() const { return http_address_; }  // HOST:PORT, with --http-port
   // A counter's value on router i's /metrics, or -1.
-  double RouterCounter(int i, const std::string& name) {
-    const std::string& hp = router_metrics_[i];
+  double RouterCounter(int i, const std::string& name) { return Metric(router_metrics_[i], name); }
+  // A metric summed over the kvcache service's replicas.
+  double KvcacheMetric(const std::string& name) {
+    double sum = 0;
+    for (const std::string& hp : kvcache_metrics_) sum += Metric(hp, name);
+    return sum;
+  }
+  double Metric(const std::string& hp, const std::string& name) {
     absl::StatusOr<std::string> body = HttpGet(hp.substr(0, hp.rfind(':')), std::stoi(hp.substr(hp.rfind(':') + 1)),
                                                "/metrics");
     if (!body.ok()) return -1;
@@ -141,7 +148,8 @@ class Mesh {
   std::vector<std::unique_ptr<v1::Router::Stub>> routers_;
   std::vector<std::string> router_addresses_;
   std::vector<int> router_pids_;
-  std::vector<std::string> router_metrics_;  // HOST:PORT of each router's /metrics
+  std::vector<std::string> router_metrics_;   // HOST:PORT of each router's /metrics
+  std::vector<std::string> kvcache_metrics_;  // and of each kvcache replica's
   std::string kvcache_address_;
   std::string http_address_;
   std::map<std::pair<int, int>, int> expert_pids_;
@@ -251,6 +259,12 @@ TEST(MeshSessionTest, ASessionContinuesOnAnotherRouterFromTheKvcacheService) {
   ASSERT_TRUE(a1.status.ok()) << a1.status.error_message();
   ASSERT_EQ(a1.ids.size(), 8u);
 
+  // The router stores blocks behind the answer: wait until the service
+  // holds the first turn's two full blocks before killing it.
+  for (int i = 0; i < 200 && mesh.KvcacheMetric("moemesh_kvcache_blocks") < 2; ++i) {
+    absl::SleepFor(absl::Milliseconds(25));
+  }
+  ASSERT_GE(mesh.KvcacheMetric("moemesh_kvcache_blocks"), 2);
   const int home = HashRing(mesh.router_addresses()).Order("conversation")[0];
   ASSERT_EQ(kill(mesh.router_pid(home), SIGKILL), 0);
   const std::vector<int> second = {3, 1, 4, 1, 5};
