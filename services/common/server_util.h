@@ -17,10 +17,23 @@ constexpr int kMaxMessageBytes = 512 << 20;
 // underscores. Returns argv with the flag names rewritten.
 std::vector<std::string> NormalizeFlagNames(int argc, char** argv);
 
+// What one connection may take from a server (docs/OPERATIONS.md, "Limits"),
+// each a flag of every service (ServiceMain).
+struct ServerLimits {
+  int max_receive_bytes = kMaxMessageBytes;  // larger messages: RESOURCE_EXHAUSTED
+  int max_metadata_bytes = 16 << 10;         // a call's headers; larger: refused
+  int max_streams_per_connection = 1024;     // calls at once on one connection
+  int max_connection_idle_ms = 300000;       // an idle connection is closed (GOAWAY); 0: never
+  // Keepalive enforcement: a client may ping at most this often when no
+  // call is running; two pings too soon and the connection is closed.
+  int min_ping_interval_ms = 10000;
+};
+
 // Builds and starts a server on `address` ("host:port", port 0 picks a free
-// one) with health checking and reflection, refusing messages larger than
-// `max_receive_bytes` (RESOURCE_EXHAUSTED). Returns null on failure;
-// *bound_port receives the port.
+// one) with health checking and reflection, under `limits`. Returns null on
+// failure; *bound_port receives the port.
+std::unique_ptr<grpc::Server> StartServer(const std::string& address, const std::vector<grpc::Service*>& services,
+                                          int* bound_port, const ServerLimits& limits);
 std::unique_ptr<grpc::Server> StartServer(const std::string& address, const std::vector<grpc::Service*>& services,
                                           int* bound_port, int max_receive_bytes = kMaxMessageBytes);
 

@@ -29,6 +29,13 @@ ABSL_FLAG(int, max_message_mb, 0,
           "largest message a call may send here, in MiB (larger ones get RESOURCE_EXHAUSTED); 0: the service's "
           "default (16 for the gateway's public API, 512 for the mesh's internal services)");
 
+ABSL_FLAG(int, max_metadata_kb, 16, "largest headers (metadata) a call may send, in KiB; larger calls are refused");
+ABSL_FLAG(int, max_streams_per_connection, 1024, "calls at once on one client connection");
+ABSL_FLAG(int, max_connection_idle_s, 300, "an idle client connection is closed after this many seconds; 0: never");
+ABSL_FLAG(int, min_ping_interval_s, 10,
+          "a client may send keepalive pings at most this often while no call runs; two pings sooner close the "
+          "connection");
+
 namespace moemesh {
 namespace {
 
@@ -144,8 +151,19 @@ int ServiceMain::Serve(const std::vector<grpc::Service*>& services, std::shared_
   }
   const std::string address = HostPort(host_, port_);
   int port = 0;
-  const int max_receive = max_message_mb_ > 0 ? max_message_mb_ << 20 : default_max_message_bytes_;
-  std::unique_ptr<grpc::Server> server = StartServer(address, services, &port, max_receive);
+  ServerLimits limits;
+  limits.max_receive_bytes = max_message_mb_ > 0 ? max_message_mb_ << 20 : default_max_message_bytes_;
+  limits.max_metadata_bytes = absl::GetFlag(FLAGS_max_metadata_kb) << 10;
+  limits.max_streams_per_connection = absl::GetFlag(FLAGS_max_streams_per_connection);
+  limits.max_connection_idle_ms = absl::GetFlag(FLAGS_max_connection_idle_s) * 1000;
+  limits.min_ping_interval_ms = absl::GetFlag(FLAGS_min_ping_interval_s) * 1000;
+  if (limits.max_metadata_bytes < 1024 || limits.max_streams_per_connection < 1 || limits.max_connection_idle_ms < 0 ||
+      limits.min_ping_interval_ms < 0) {
+    return Fail("--max-metadata-kb must be >= 1, --max-streams-per-connection >= 1, --max-connection-idle-s and "
+                "--min-ping-interval-s >= 0",
+                2);
+  }
+  std::unique_ptr<grpc::Server> server = StartServer(address, services, &port, limits);
   if (server == nullptr) return Fail("cannot listen on " + address, 1);
   if (grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService()) {
     for (const std::string& name : service_names_) health->SetServingStatus(name, true);
