@@ -24,6 +24,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "core/common/file_util.h"
 #include "core/common/subprocess.h"
 #include "core/metrics/http_get.h"
 #include "gtest/gtest.h"
@@ -494,6 +495,26 @@ int HealthOf(const std::string& target, const std::string& service) {
   std::string bytes;
   for (const grpc::Slice& sl : slices) bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
   return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : 0;
+}
+
+// `moemesh up --api-keys`: the CLI's calls need the key (--api-key), and a
+// call without one is refused with a message saying what to send.
+TEST(MeshDemoModelTest, ApiKeysGuardTheGateway) {
+  const std::string keys = ::testing::TempDir() + "/mesh_api_keys.json";
+  ASSERT_TRUE(WriteFileAtomically(keys, R"({"keys": [{"name": "ci", "key": "sk-test", "max_streams": 4}]})").ok());
+  Mesh mesh("models/fortune-moe", 1, 1, 1, {"--api-keys=" + keys});
+  ASSERT_TRUE(mesh.ok());
+  const std::vector<std::string> call = {g_moemesh, "client", "generate", "--target", mesh.target(), "--prompt",
+                                         "Life is", "--max-new-tokens", "4", "--output", "json"};
+  auto [refused, refused_rc] = RunCommand(call);
+  EXPECT_NE(refused_rc, 0);
+  std::vector<std::string> with_key = call;
+  with_key.push_back("--api-key=sk-test");
+  auto [json, rc] = RunCommand(with_key);
+  EXPECT_EQ(rc, 0) << json;
+  auto j = nlohmann::json::parse(json, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << json;
+  EXPECT_EQ(j["usage"]["completion_tokens"], 4);
 }
 
 // Health checks answer by service name as well as for the whole server.

@@ -248,9 +248,14 @@ TEST(GatewayServiceTest, AdmissionControlRefusesBeyondTheLimit) {
   while (reader->Read(&resp)) {
   }
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
-  // The client left: the router drops the request and its cache.
+  // The client left: the router drops the request, then its cache blocks
+  // (the loop's next step: the two figures are read apart).
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (router.Status().running_requests() != 0 && std::chrono::steady_clock::now() < deadline) {
+  auto busy = [&] {
+    const v1::RouterStatus s = router.Status();
+    return s.running_requests() != 0 || s.kv_cache_blocks_used() != 0;
+  };
+  while (busy() && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   EXPECT_EQ(router.Status().kv_cache_blocks_used(), 0);

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -92,6 +93,9 @@ ABSL_FLAG(std::string, bin_dir, "",
           "tree)");
 ABSL_FLAG(std::string, target, "", "the gateway, HOST:PORT");
 ABSL_FLAG(int, timeout_ms, 0, "deadline of the call in milliseconds; 0: none");
+ABSL_FLAG(std::string, api_key, "",
+          "the API key the gateway wants (its --api-keys), sent as \"authorization: Bearer KEY\"; default: "
+          "$MOEMESH_API_KEY");
 ABSL_FLAG(std::vector<std::string>, stop, {}, "stop sequences, comma separated");
 ABSL_FLAG(int, logprobs, 0, "top-n log probabilities per token (0-20)");
 ABSL_FLAG(std::string, session_id, "", "session id (requests of a session share a router)");
@@ -117,6 +121,7 @@ const std::vector<Command>& CliCommands() {
     const FlagUse model_required = {"model", "model directory: config.json, safetensors weights (required)"};
     const FlagUse target = {"target", "the gateway, HOST:PORT (required)"};
     const FlagUse timeout = {"timeout_ms"};
+    const FlagUse api_key = {"api_key"};
     const FlagUse model_name = {"model_name"};
     const FlagUse tokenizer_file = {"tokenizer",
                                     "tokenizer.json or SentencePiece model file, or a model directory (required)"};
@@ -209,24 +214,25 @@ const std::vector<Command>& CliCommands() {
                      {"session_id"},
                      {"continue_session"},
                      {"output"},
-                     timeout}},
+                     timeout,
+                     api_key}},
                    {"sampling", sampling}}});
     c->push_back(
         {"client tokenize",
          "tokenize text with a gateway's tokenizer",
          "moemesh client tokenize --target HOST:PORT --text TEXT [--add-special-tokens]",
          "",
-         {{"flags", {target, {"text", "the text to tokenize"}, {"add_special_tokens"}, model_name, timeout}}}});
+         {{"flags", {target, {"text", "the text to tokenize"}, {"add_special_tokens"}, model_name, timeout, api_key}}}});
     c->push_back({"client detokenize",
                   "turn token ids into text with a gateway's tokenizer",
                   "moemesh client detokenize --target HOST:PORT --ids 1,2,3 [--skip-special-tokens]",
                   "",
-                  {{"flags", {target, {"ids"}, {"skip_special_tokens"}, model_name, timeout}}}});
+                  {{"flags", {target, {"ids"}, {"skip_special_tokens"}, model_name, timeout, api_key}}}});
     c->push_back({"client models",
                   "list the models a gateway serves",
                   "moemesh client models --target HOST:PORT",
                   "",
-                  {{"flags", {target, timeout}}}});
+                  {{"flags", {target, timeout, api_key}}}});
     const FlagUse kv_target = {"target", "the kvcache service, HOST:PORT (required)"};
     c->push_back({"kv stats",
                   "a kvcache service's blocks, bytes, sessions and evictions",
@@ -368,7 +374,8 @@ absl::StatusOr<v1::GenerateRequest> ClientGenerateRequest() {
 }
 
 int ClientMain(const std::string& sub) {
-  ClientOptions opt{absl::GetFlag(FLAGS_target), absl::GetFlag(FLAGS_timeout_ms)};
+  ClientOptions opt{absl::GetFlag(FLAGS_target), absl::GetFlag(FLAGS_timeout_ms), absl::GetFlag(FLAGS_api_key)};
+  if (opt.api_key.empty() && std::getenv("MOEMESH_API_KEY") != nullptr) opt.api_key = std::getenv("MOEMESH_API_KEY");
   if (opt.target.empty()) return ExitWith(absl::InvalidArgumentError("--target HOST:PORT (the gateway) is required"));
   if (sub == "generate") {
     auto json = JsonOutput();
@@ -397,7 +404,8 @@ int ClientMain(const std::string& sub) {
 }
 
 int KvMain(const std::string& sub) {
-  ClientOptions opt{absl::GetFlag(FLAGS_target), absl::GetFlag(FLAGS_timeout_ms)};
+  ClientOptions opt{absl::GetFlag(FLAGS_target), absl::GetFlag(FLAGS_timeout_ms), absl::GetFlag(FLAGS_api_key)};
+  if (opt.api_key.empty() && std::getenv("MOEMESH_API_KEY") != nullptr) opt.api_key = std::getenv("MOEMESH_API_KEY");
   if (opt.target.empty()) {
     return ExitWith(absl::InvalidArgumentError("--target HOST:PORT (the kvcache service) is required"));
   }

@@ -18,10 +18,12 @@ std::unique_ptr<v1::Gateway::Stub> Connect(const ClientOptions& opt) {
       grpc::CreateCustomChannel(opt.target, grpc::InsecureChannelCredentials(), ClientChannelArguments()));
 }
 
+// The call's deadline and API key.
 void SetDeadline(const ClientOptions& opt, grpc::ClientContext* ctx) {
   if (opt.timeout_ms > 0) {
     ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(opt.timeout_ms));
   }
+  if (!opt.api_key.empty()) ctx->AddMetadata("authorization", "Bearer " + opt.api_key);
 }
 
 const char* ReasonName(v1::FinishReason r) {

@@ -13,6 +13,7 @@ namespace moemesh {
 struct ClientOptions {
   std::string target;   // gateway HOST:PORT
   int timeout_ms = 0;   // call deadline; 0: none
+  std::string api_key;  // sent as "authorization: Bearer KEY"; empty: none
 };
 
 // Streams the answer: in text mode each text delta is printed (and
