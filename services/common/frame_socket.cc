@@ -125,7 +125,21 @@ bool ReadGrowing(int fd, uint64_t n, Buffer* buf) {
 
 }  // namespace
 
+void FrameSocket::SetReceiveTimeout(int ms) {
+  receive_timeout_ms_ = ms;
+  timeval tv{ms / 1000, (ms % 1000) * 1000};
+  setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+}
+
 absl::Status FrameSocket::Receive(google::protobuf::MessageLite* header, std::vector<char>* payload) {
+  absl::Status st = ReceiveFrame(header, payload);
+  if (!st.ok() && receive_timeout_ms_ > 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+    return absl::UnavailableError(absl::StrCat("frame channel: no answer within ", receive_timeout_ms_, " ms"));
+  }
+  return st;
+}
+
+absl::Status FrameSocket::ReceiveFrame(google::protobuf::MessageLite* header, std::vector<char>* payload) {
   char prefix[kPrefixBytes];
   errno = 0;
   if (!ReadFull(fd_, prefix, kPrefixBytes)) return Gone("receive");

@@ -44,13 +44,19 @@ class FrameSocket {
   absl::Status Receive(google::protobuf::MessageLite* header, std::vector<char>* payload);
   // Makes a blocked Receive return (from another thread).
   void Shutdown();
+  // Bounds how long Receive waits for the peer's next bytes (0: forever): a
+  // peer silent for longer (stopped, wedged) makes it UNAVAILABLE, "no
+  // answer within N ms".
+  void SetReceiveTimeout(int ms);
 
   // Larger frames are refused (DATA_LOSS) before anything is allocated;
   // the same bound as gRPC messages (kMaxMessageBytes).
   static constexpr uint64_t kMaxPayloadBytes = uint64_t{512} << 20;
 
  private:
+  absl::Status ReceiveFrame(google::protobuf::MessageLite* header, std::vector<char>* payload);
   int fd_;
+  int receive_timeout_ms_ = 0;
   std::string header_buf_;
 };
 

@@ -29,8 +29,10 @@ NegotiatedTransport NegotiateTransport(const std::string& address, const v1::Sha
       host.clear();  // a scheme
     }
     if (numeric_port && !host.empty() && host.find('/') == std::string::npos) {
-      const int port = info.data_port();
-      return {"frames", [host, port, hidden] { return std::make_unique<FrameTransport>(host, port, hidden); }};
+      const int port = info.data_port(), timeout = options.receive_timeout_ms;
+      return {"frames", [host, port, hidden, timeout] {
+                return std::make_unique<FrameTransport>(host, port, hidden, timeout);
+              }};
     }
   }
   return {"grpc-stream", [channel, hidden] { return std::make_unique<GrpcStreamTransport>(channel, hidden); }};

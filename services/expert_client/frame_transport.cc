@@ -10,6 +10,7 @@ absl::Status FrameTransport::Send(const v1::DispatchRequest& header, absl::Span<
     auto s = FrameSocket::Connect(host_, port_);
     if (!s.ok()) return s.status();
     socket_ = std::move(*s);
+    if (receive_timeout_ms_ > 0) socket_->SetReceiveTimeout(receive_timeout_ms_);
   }
   return socket_->Send(header, rows);
 }

@@ -12,11 +12,12 @@ namespace moemesh {
 
 // The raw data channel (FrameSocket): the rows are written by one writev
 // straight from the caller's buffer, and the answer's rows read into a
-// buffer reused from step to step. Connects on the first Send.
+// buffer reused from step to step. Connects on the first Send. With
+// `receive_timeout_ms`, a worker silent for longer is UNAVAILABLE.
 class FrameTransport : public ExpertTransport {
  public:
-  FrameTransport(std::string host, int port, int hidden_size)
-      : host_(std::move(host)), port_(port), hidden_size_(hidden_size) {}
+  FrameTransport(std::string host, int port, int hidden_size, int receive_timeout_ms = 0)
+      : host_(std::move(host)), port_(port), hidden_size_(hidden_size), receive_timeout_ms_(receive_timeout_ms) {}
 
   absl::Status Send(const v1::DispatchRequest& header, absl::Span<const iovec> rows) override;
   absl::Status Receive(v1::DispatchResponse* response, F32Matrix* outputs) override;
@@ -26,6 +27,7 @@ class FrameTransport : public ExpertTransport {
   const std::string host_;
   const int port_;
   const int hidden_size_;
+  const int receive_timeout_ms_;
   std::unique_ptr<FrameSocket> socket_;
   std::vector<char> payload_;  // the last answer's rows
 };

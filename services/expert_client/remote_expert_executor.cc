@@ -178,6 +178,7 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
       TransportOptions transport;
       transport.hidden_size = hidden_size;
       transport.allow_data_channel = options.use_data_channel;
+      transport.receive_timeout_ms = options.receive_timeout_ms;
       r->negotiated = NegotiateTransport(address, info, channel, transport);
       ex->num_experts_ = info.num_experts();
       all_exact = all_exact && info.bf16_rows_exact();

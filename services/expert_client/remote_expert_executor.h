@@ -22,8 +22,9 @@ namespace moemesh {
 //
 // A shard may have several replicas: steps rotate among them, and since an
 // expert call is a pure function, a request that fails on one replica is
-// sent again to the next. The step fails with UNAVAILABLE only when every
-// replica of a shard has failed it. Not thread-safe: the engine calls it
+// sent again to the next, as is one that a silent replica did not answer
+// within Options.receive_timeout_ms. The step fails with UNAVAILABLE only
+// when every replica of a shard has failed it. Not thread-safe: the engine calls it
 // from its step thread.
 class RemoteExpertExecutor : public ExpertExecutor {
  public:
@@ -41,6 +42,10 @@ class RemoteExpertExecutor : public ExpertExecutor {
     const ShardPlacement* placement = nullptr;  // null: modulo
     bool use_data_channel = true;
     Rows rows = Rows::kAuto;
+    // Over the data channel: a replica silent this long while an answer is
+    // awaited (stopped, wedged) is given up and the request sent to the
+    // shard's next replica; 0: wait forever (TransportOptions).
+    int receive_timeout_ms = 0;
   };
   // `shards[i]` lists the replicas (addresses) of shard i of
   // `shards.size()`, placed by `options.placement` (null: modulo). Checks

@@ -185,6 +185,34 @@ TEST(RemoteExpertExecutorTest, SurvivesLosingOneOfTwoReplicas) {
   EXPECT_GT((*remote)->retries(), 0);
 }
 
+// A replica that stops answering without closing its connection (SIGSTOP,
+// a wedged process): with a receive timeout its requests go to the shard's
+// other replica, and the logits do not change.
+TEST(RemoteExpertExecutorTest, RoutesAroundASilentReplica) {
+  const std::string dir = "tests/fixtures/qwen3_moe";
+  std::vector<Worker> good = StartWorkers(dir, 2), silent = StartWorkers(dir, 2);
+  // Shard 0's second replica reads requests and never answers.
+  silent[0].frames->Stop();
+  auto mute = FrameServer::Start("127.0.0.1", 0, [](FrameSocket* s) {
+    v1::DispatchRequest r;
+    std::vector<char> payload;
+    while (s->Receive(&r, &payload).ok()) {
+    }
+  });
+  ASSERT_TRUE(mute.ok());
+  silent[0].service->set_data_port((*mute)->port());
+  RemoteExpertExecutor::Options o;
+  o.receive_timeout_ms = 200;
+  auto remote = RemoteExpertExecutor::Connect(
+      {{good[0].address, silent[0].address}, {good[1].address, silent[1].address}}, 64, o);
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(RunModel(dir, remote->get()), RunModel(dir, nullptr));
+  EXPECT_GT((*remote)->retries(), 0);
+  // Seven steps, half of them waiting out the timeout once: far from a hang.
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+}
+
 TEST(RemoteExpertExecutorTest, ParsesReplicaSpecs) {
   auto s = RemoteExpertExecutor::ParseAddresses("a:1|b:2,c:3");
   ASSERT_TRUE(s.ok());

@@ -84,6 +84,9 @@ ABSL_FLAG(std::string, api_keys, "",
 ABSL_FLAG(std::string, chat_template, "",
           "a Jinja chat template file for the gateway's /v1/chat/completions (default: the model's own)");
 ABSL_FLAG(int, max_running, 64, "requests in each router's batch at once");
+ABSL_FLAG(int, expert_timeout_ms, 0,
+          "each router gives up an expert replica silent this long while its answer is awaited and asks the "
+          "shard's next replica; 0: wait forever");
 ABSL_FLAG(bool, kvcache, true,
           "start a kvcache service below the routers' KV caches (--kvcache=false: none); its loss costs recompute");
 ABSL_FLAG(std::string, kv_dir, "", "the kvcache service's folder (default: a temporary one, removed at exit)");
@@ -193,7 +196,8 @@ const std::vector<Command>& CliCommands() {
                    {"each service",
                     {{"threads", "CPU threads of each service"},
                      {"kv_cache_tokens", "KV cache capacity of each router, in tokens"},
-                     {"max_running"}}},
+                     {"max_running"},
+                     {"expert_timeout_ms"}}},
                    {"monitoring", {{"monitoring"}, {"prometheus_port"}, {"scrape_interval_s"}}}}});
     c->push_back({"client generate",
                   "generate text through a mesh's gateway",
@@ -326,6 +330,7 @@ int UpMain() {
   cmd.threads = absl::GetFlag(FLAGS_threads);
   cmd.kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
   cmd.max_running = absl::GetFlag(FLAGS_max_running);
+  cmd.expert_timeout_ms = absl::GetFlag(FLAGS_expert_timeout_ms);
   cmd.bin_dir = absl::GetFlag(FLAGS_bin_dir);
   cmd.kvcache = absl::GetFlag(FLAGS_kvcache);
   cmd.kv_dir = absl::GetFlag(FLAGS_kv_dir);

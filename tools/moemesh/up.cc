@@ -260,6 +260,7 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
       if (!shard_addrs.empty()) {
         argv.push_back("--experts=" + absl::StrJoin(shard_addrs, ","));
         argv.insert(argv.end(), placement_flag.begin(), placement_flag.end());
+        if (cmd.expert_timeout_ms > 0) argv.push_back(absl::StrCat("--expert-timeout-ms=", cmd.expert_timeout_ms));
       }
       specs.push_back({absl::StrCat("router ", r), "router", argv});
     }

@@ -26,6 +26,7 @@ struct UpCommand {
   std::string router_device = "cpu";  // moemesh-router --device: cpu, cuda, cuda:N
   int kv_cache_tokens = 65536;  // per router
   int max_running = 64;         // per router
+  int expert_timeout_ms = 0;    // the routers' --expert-timeout-ms; 0: wait forever
   std::string bin_dir;        // empty: beside this executable (FindServiceBinary)
   // A kvcache service below the routers' caches (its loss costs recompute,
   // never the mesh): in `kv_dir`, or in a temporary folder removed at exit.
