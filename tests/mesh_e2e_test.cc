@@ -354,6 +354,39 @@ TEST(MeshDemoModelTest, StreamsSurviveTheLossOfAReplica) {
   }
 }
 
+// SIGSTOP one of a shard's two replicas mid-generation (its connections
+// stay open, nothing fails): with --expert-timeout-ms the router gives it
+// up after 300 ms, ejects it and goes on with the other; every stream
+// finishes with the tokens of an undisturbed run, well within its deadline.
+// After SIGCONT the replica serves again.
+TEST(MeshDemoModelTest, AStoppedReplicaIsRoutedAround) {
+  Mesh mesh("models/fortune-moe", 2, 2, 1, {"--expert-timeout-ms=300"});
+  ASSERT_TRUE(mesh.ok());
+  std::vector<v1::GenerateRequest> reqs = MixedRequests(8);
+  std::vector<Answer> want(reqs.size()), got(reqs.size());
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    reqs[i].set_max_tokens(60);
+    reqs[i].set_ignore_eos(true);
+    want[i] = Generate(mesh.gateway(), reqs[i]);
+  }
+  std::vector<grpc::ClientContext> ctx(reqs.size());
+  std::atomic<int> started{0};
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    ctx[i].set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    threads.emplace_back([&, i] { got[i] = Generate(mesh.gateway(), reqs[i], &ctx[i], [&] { ++started; }); });
+  }
+  while (started < static_cast<int>(reqs.size())) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_EQ(kill(mesh.expert_pid(1, 0), SIGSTOP), 0);
+  for (auto& t : threads) t.join();
+  ASSERT_EQ(kill(mesh.expert_pid(1, 0), SIGCONT), 0);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    ASSERT_TRUE(got[i].status.ok()) << got[i].status.error_message();
+    EXPECT_EQ(got[i].ids, want[i].ids) << "request " << i;
+  }
+  EXPECT_TRUE(Generate(mesh.gateway(), reqs[0]).status.ok());
+}
+
 // Cancelling half of 32 streams takes them out of the router's batch and
 // frees their KV cache at once.
 TEST(MeshDemoModelTest, CancelledStreamsLeaveTheBatchAndFreeTheirCache) {

@@ -24,6 +24,9 @@ struct RemoteExpertExecutor::Replica {
   NegotiatedTransport negotiated;
   std::unique_ptr<ExpertTransport> transport;
   bool pending = false;  // a request was sent and its answer not read
+  // After a failure the replica is passed over until then; the first
+  // request after it is its probe.
+  std::chrono::steady_clock::time_point ejected_until{};
 
   // Drops the transport, whatever state it is in; the next Send makes a new one.
   void Reset() {
@@ -179,6 +182,7 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
       transport.hidden_size = hidden_size;
       transport.allow_data_channel = options.use_data_channel;
       transport.receive_timeout_ms = options.receive_timeout_ms;
+      ex->eject_ms_ = options.eject_ms;
       r->negotiated = NegotiateTransport(address, info, channel, transport);
       ex->num_experts_ = info.num_experts();
       all_exact = all_exact && info.bf16_rows_exact();
@@ -261,17 +265,37 @@ void RemoteExpertExecutor::Partition(int num_tokens) {
   }
 }
 
-absl::Status RemoteExpertExecutor::Exchange(Shard& s, bool already_sent) {
-  // The replicas in round-robin order, starting with a new one every step.
-  absl::Status last;
+// The shard's replicas in round-robin order from s.next, those not ejected
+// first (s.next leads when it was picked by FirstReplica).
+std::vector<size_t> RemoteExpertExecutor::Order(const Shard& s) const {
   const size_t n = s.replicas.size();
-  for (size_t attempt = 0; attempt < n; ++attempt) {
-    Replica* r = s.replicas[(s.next + attempt) % n].get();
+  const auto now = std::chrono::steady_clock::now();
+  std::vector<size_t> healthy, ejected;
+  for (size_t k = 0; k < n; ++k) {
+    const size_t i = (s.next + k) % n;
+    (s.replicas[i]->ejected_until > now ? ejected : healthy).push_back(i);
+  }
+  healthy.insert(healthy.end(), ejected.begin(), ejected.end());
+  return healthy;
+}
+
+void RemoteExpertExecutor::Fail(Replica* r) {
+  r->Reset();
+  r->ejected_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(eject_ms_);
+}
+
+absl::Status RemoteExpertExecutor::Exchange(Shard& s, bool already_sent) {
+  // The replicas in round-robin order, starting with a new one every step,
+  // ejected ones last.
+  absl::Status last;
+  const std::vector<size_t> order = Order(s);
+  for (size_t attempt = 0; attempt < order.size(); ++attempt) {
+    Replica* r = s.replicas[order[attempt]].get();
     if (attempt > 0 || !already_sent) {
       if (attempt > 0) ++retries_;
       last = r->Send(s.request, s.rows);
       if (!last.ok()) {
-        r->Reset();
+        Fail(r);
         continue;
       }
     }
@@ -282,8 +306,11 @@ absl::Status RemoteExpertExecutor::Exchange(Shard& s, bool already_sent) {
     }
     // Only a lost worker is worth another replica; a refused request
     // would be refused everywhere.
-    r->Reset();
-    if (!absl::IsUnavailable(last) && !absl::IsCancelled(last)) return last;
+    if (!absl::IsUnavailable(last) && !absl::IsCancelled(last)) {
+      r->Reset();
+      return last;
+    }
+    Fail(r);
   }
   return last;
 }
@@ -303,18 +330,16 @@ absl::Status RemoteExpertExecutor::ExecuteOnce(const ExpertBatch& b, float* out)
   for (size_t si = 0; si < shards_.size(); ++si) {
     Shard& s = *shards_[si];
     if (s.groups.empty()) continue;
-    Replica* first = s.replicas[s.next % s.replicas.size()].get();
+    s.next = Order(s).front();  // the next replica in turn that is not ejected
+    Replica* first = s.replicas[s.next].get();
     sent[si] = first->Send(s.request, s.rows).ok();
-    if (!sent[si]) first->Reset();
+    if (!sent[si]) Fail(first);
   }
   std::vector<const float*> group_rows(work_.groups.size(), nullptr);
   for (size_t si = 0; si < shards_.size(); ++si) {
     Shard& s = *shards_[si];
     if (s.groups.empty()) continue;
-    if (!sent[si]) {  // its first replica already failed: go to the next
-      ++s.next;
-      ++retries_;
-    }
+    if (!sent[si]) ++retries_;  // its first replica already failed (and is ejected): the next
     absl::Status st = Exchange(s, sent[si]);
     s.next = (s.next + 1) % s.replicas.size();
     if (!st.ok()) return st;

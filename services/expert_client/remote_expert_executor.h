@@ -23,8 +23,10 @@ namespace moemesh {
 // A shard may have several replicas: steps rotate among them, and since an
 // expert call is a pure function, a request that fails on one replica is
 // sent again to the next, as is one that a silent replica did not answer
-// within Options.receive_timeout_ms. The step fails with UNAVAILABLE only
-// when every replica of a shard has failed it. Not thread-safe: the engine calls it
+// within Options.receive_timeout_ms; a replica that failed is passed over
+// for Options.eject_ms (outlier ejection), then probed by the next request.
+// The step fails with UNAVAILABLE only when every replica of a shard has
+// failed it. Not thread-safe: the engine calls it
 // from its step thread.
 class RemoteExpertExecutor : public ExpertExecutor {
  public:
@@ -46,6 +48,9 @@ class RemoteExpertExecutor : public ExpertExecutor {
     // awaited (stopped, wedged) is given up and the request sent to the
     // shard's next replica; 0: wait forever (TransportOptions).
     int receive_timeout_ms = 0;
+    // A replica that failed (or timed out) is passed over for this long
+    // while the shard has others; then the next request probes it.
+    int eject_ms = 5000;
   };
   // `shards[i]` lists the replicas (addresses) of shard i of
   // `shards.size()`, placed by `options.placement` (null: modulo). Checks
@@ -94,6 +99,8 @@ class RemoteExpertExecutor : public ExpertExecutor {
   // Sends (unless already sent) and receives s's request, moving to the
   // next replica when one is lost.
   absl::Status Exchange(Shard& s, bool already_sent);
+  std::vector<size_t> Order(const Shard& s) const;
+  void Fail(Replica* r);
 
   std::vector<std::unique_ptr<Shard>> shards_;
   std::unique_ptr<ShardPlacement> placement_;
@@ -101,6 +108,7 @@ class RemoteExpertExecutor : public ExpertExecutor {
   int num_experts_ = 0;
   uint64_t step_ = 0;
   int64_t retries_ = 0;
+  int eject_ms_ = 5000;
   double combine_seconds_ = 0;
   ExpertWork work_;  // this step's rows by expert, reused
   std::function<void(const std::string&, double)> observer_;

@@ -186,8 +186,9 @@ TEST(RemoteExpertExecutorTest, SurvivesLosingOneOfTwoReplicas) {
 }
 
 // A replica that stops answering without closing its connection (SIGSTOP,
-// a wedged process): with a receive timeout its requests go to the shard's
-// other replica, and the logits do not change.
+// a wedged process): with a receive timeout its request goes to the shard's
+// other replica, the logits do not change, and the silent one is ejected:
+// the generation waits out the timeout once, not on every step.
 TEST(RemoteExpertExecutorTest, RoutesAroundASilentReplica) {
   const std::string dir = "tests/fixtures/qwen3_moe";
   std::vector<Worker> good = StartWorkers(dir, 2), silent = StartWorkers(dir, 2);
@@ -208,9 +209,8 @@ TEST(RemoteExpertExecutorTest, RoutesAroundASilentReplica) {
   ASSERT_TRUE(remote.ok()) << remote.status();
   const auto start = std::chrono::steady_clock::now();
   EXPECT_EQ(RunModel(dir, remote->get()), RunModel(dir, nullptr));
-  EXPECT_GT((*remote)->retries(), 0);
-  // Seven steps, half of them waiting out the timeout once: far from a hang.
-  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+  EXPECT_EQ((*remote)->retries(), 1);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
 }
 
 TEST(RemoteExpertExecutorTest, ParsesReplicaSpecs) {

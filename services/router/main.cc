@@ -37,6 +37,9 @@ ABSL_FLAG(std::string, expert_rows, "auto",
           "the rows' dtype on the wire to the expert workers: auto (bf16, half the bytes, to workers where that "
           "changes nothing: GPU workers; f32 to others), f32, or bf16 (everywhere; CPU workers then see rounded rows)");
 ABSL_FLAG(int, experts_connect_timeout_ms, 10000, "how long to wait for the expert workers at start");
+ABSL_FLAG(int, expert_eject_ms, 5000,
+          "after an expert replica fails or times out, pass it over for this long while its shard has others; then "
+          "the next request probes it");
 ABSL_FLAG(int, expert_timeout_ms, 0,
           "over the data channel, give up a replica silent this long while its answer is awaited (stopped, "
           "wedged) and send the request to the shard's next replica; 0: wait forever");
@@ -76,6 +79,7 @@ struct Options {
   std::string expert_rows;
   int experts_connect_timeout_ms = 0;
   int expert_timeout_ms = 0;
+  int expert_eject_ms = 0;
   std::string device;
   bool enforce_eager = false;
   EngineOptions engine;  // threads, KV cache, prefill chunk; the devices are set from `device`
@@ -93,6 +97,7 @@ struct Options {
     o.expert_rows = absl::GetFlag(FLAGS_expert_rows);
     o.experts_connect_timeout_ms = absl::GetFlag(FLAGS_experts_connect_timeout_ms);
     o.expert_timeout_ms = absl::GetFlag(FLAGS_expert_timeout_ms);
+    o.expert_eject_ms = absl::GetFlag(FLAGS_expert_eject_ms);
     o.device = absl::GetFlag(FLAGS_device);
     o.enforce_eager = absl::GetFlag(FLAGS_enforce_eager);
     o.engine.num_threads = absl::GetFlag(FLAGS_threads);
@@ -128,7 +133,9 @@ struct Options {
     if (expert_transport != "auto" && expert_transport != "grpc") {
       return absl::InvalidArgumentError("--expert-transport must be auto or grpc");
     }
-    if (expert_timeout_ms < 0) return absl::InvalidArgumentError("--expert-timeout-ms must not be negative");
+    if (expert_timeout_ms < 0 || expert_eject_ms < 0) {
+      return absl::InvalidArgumentError("--expert-timeout-ms and --expert-eject-ms must not be negative");
+    }
     if (absl::Status st = RemoteExpertExecutor::ParseRows(expert_rows).status(); !st.ok()) return st;
     if (kv_host_cache_mb < 0) return absl::InvalidArgumentError("--kv-host-cache-mb must not be negative");
     if (kvcache_timeout_ms <= 0) return absl::InvalidArgumentError("--kvcache-timeout-ms must be positive");
@@ -211,6 +218,7 @@ int Main(int argc, char** argv) {
     remote_options.placement = placement ? &*placement : nullptr;
     remote_options.use_data_channel = options.expert_transport == "auto";
     remote_options.receive_timeout_ms = options.expert_timeout_ms;
+    remote_options.eject_ms = options.expert_eject_ms;
     remote_options.rows = *RemoteExpertExecutor::ParseRows(options.expert_rows);  // checked by Validate
     auto r = RemoteExpertExecutor::Connect(*shards, config->hidden_size, remote_options);
     if (!r.ok()) return service_main.Fail(r.status(), 1);
