@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <future>
 #include <cstdio>
 #include <map>
@@ -528,6 +529,18 @@ int HealthOf(const std::string& target, const std::string& service) {
   std::string bytes;
   for (const grpc::Slice& sl : slices) bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
   return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : 0;
+}
+
+// Plaintext on an address other than loopback is refused unless asked for.
+TEST(MeshDemoModelTest, PlaintextOnAPublicAddressNeedsInsecure) {
+  // The build tree's layout, as `moemesh up` finds the services.
+  std::string root = std::filesystem::path(g_moemesh).parent_path().parent_path().parent_path().string();
+  if (root.empty()) root = ".";
+  const std::string gateway = root + "/services/gateway/moemesh-gateway";
+  const std::vector<std::string> argv = {gateway, "--model=models/fortune-moe", "--routers=127.0.0.1:1",
+                                         "--host=0.0.0.0", "--metrics-port=-1"};
+  auto [out, rc] = RunCommand(argv);
+  EXPECT_EQ(rc, 2) << out;
 }
 
 // `moemesh up --api-keys`: the CLI's calls need the key (--api-key), and a

@@ -5,6 +5,8 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include "services/common/tls.h"
+
 namespace moemesh {
 
 std::vector<std::string> NormalizeFlagNames(int argc, char** argv) {
@@ -34,7 +36,7 @@ std::unique_ptr<grpc::Server> StartServer(const std::string& address, const std:
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), bound_port);
+  builder.AddListeningPort(address, MeshServerCredentials(), bound_port);
   builder.SetMaxReceiveMessageSize(limits.max_receive_bytes);
   builder.SetMaxSendMessageSize(kMaxMessageBytes);
   builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, limits.max_metadata_bytes);

@@ -20,6 +20,7 @@
 #include "core/metrics/metrics_server.h"
 #include "services/common/drain.h"
 #include "services/common/server_util.h"
+#include "services/common/tls.h"
 
 // The flags every service has (--help lists them with the service's own).
 ABSL_FLAG(std::string, host, "127.0.0.1", "address to listen on");
@@ -29,6 +30,17 @@ ABSL_FLAG(int, max_message_mb, 0,
           "largest message a call may send here, in MiB (larger ones get RESOURCE_EXHAUSTED); 0: the service's "
           "default (16 for the gateway's public API, 512 for the mesh's internal services)");
 
+ABSL_FLAG(std::string, tls_cert, "", "TLS: this service's certificate chain (PEM); with it, the gRPC port speaks TLS");
+ABSL_FLAG(std::string, tls_key, "", "TLS: the certificate's private key (PEM)");
+ABSL_FLAG(std::string, tls_ca, "",
+          "TLS: the roots (PEM) that peers' certificates must chain to: the services this one calls are then "
+          "reached over TLS, and (with --tls-client-auth) its own clients must present a certificate");
+ABSL_FLAG(bool, tls_client_auth, true,
+          "with --tls-cert: require and verify client certificates (mutual TLS); false for a gateway whose public "
+          "clients have none");
+ABSL_FLAG(int, tls_refresh_s, 60, "TLS files are read again this often, so rotated certificates are taken");
+ABSL_FLAG(bool, insecure, false,
+          "serve plaintext on an address other than loopback (refused otherwise: give --tls-cert, or this)");
 ABSL_FLAG(int, max_metadata_kb, 16, "largest headers (metadata) a call may send, in KiB; larger calls are refused");
 ABSL_FLAG(int, max_streams_per_connection, 1024, "calls at once on one client connection");
 ABSL_FLAG(int, max_connection_idle_s, 300, "an idle client connection is closed after this many seconds; 0: never");
@@ -128,6 +140,19 @@ ServiceMain::ServiceMain(std::string name, int argc, char** argv, const char* us
   if (port_ < 0 || port_ > 65535) std::exit(Fail("--port must be in [0, 65535] (0 picks a free one)", 2));
   if (metrics_port_ < -1 || metrics_port_ > 65535) {
     std::exit(Fail("--metrics-port must be in [0, 65535], or -1 for no metrics endpoint", 2));
+  }
+  TlsConfig tls;
+  tls.cert = absl::GetFlag(FLAGS_tls_cert);
+  tls.key = absl::GetFlag(FLAGS_tls_key);
+  tls.ca = absl::GetFlag(FLAGS_tls_ca);
+  tls.client_auth = absl::GetFlag(FLAGS_tls_client_auth);
+  tls.refresh_s = absl::GetFlag(FLAGS_tls_refresh_s);
+  if (absl::Status st = SetMeshTls(tls); !st.ok()) std::exit(Fail(st, 2));
+  const bool loopback = host_ == "127.0.0.1" || host_ == "localhost" || host_ == "::1" || host_ == "[::1]";
+  if (!tls.server_tls() && !loopback && !absl::GetFlag(FLAGS_insecure)) {
+    std::exit(Fail(absl::StrCat("--host ", host_, " is not loopback: serving plaintext there needs --insecure "
+                                "(or give --tls-cert and --tls-key)"),
+                   2));
   }
 }
 

@@ -12,6 +12,7 @@
 #include "services/common/device_flag.h"
 #include "services/common/frame_socket.h"
 #include "services/common/service_main.h"
+#include "services/common/tls.h"
 #include "services/expert/expert_metrics.h"
 #include "services/expert/expert_service.h"
 #include "services/expert/expert_worker.h"
@@ -92,7 +93,11 @@ int Main(int argc, char** argv) {
   ExpertMetrics metrics(*registry);
   service.set_metrics(&metrics);
   std::unique_ptr<FrameServer> frames;  // stops after the gRPC server (destroyed after Serve returns)
-  if (options.data_port >= 0) {
+  // The raw data channel has no TLS: with TLS it is not offered, and
+  // routers use the (encrypted) gRPC stream.
+  if (MeshTls().server_tls() && options.data_port >= 0) {
+    service_main.Warn("TLS is on: the raw data channel is not offered; routers use the gRPC stream");
+  } else if (options.data_port >= 0) {
     auto f = FrameServer::Start(service_main.host(), options.data_port,
                                 [&service](FrameSocket* s) { service.ServeFrames(s); });
     if (!f.ok()) return service_main.Fail(f.status(), 1);

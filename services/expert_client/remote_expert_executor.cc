@@ -15,6 +15,7 @@
 #include "services/common/server_util.h"
 #include "services/common/tensor_proto.h"
 #include "services/expert_client/expert_transport.h"
+#include "services/common/tls.h"
 
 namespace moemesh {
 
@@ -145,7 +146,7 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
       auto r = std::make_unique<Replica>();
       r->address = address;
       std::shared_ptr<grpc::Channel> channel =
-          grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), ClientChannelArguments());
+          grpc::CreateCustomChannel(address, MeshChannelCredentials(), ClientChannelArguments());
       std::unique_ptr<v1::ExpertService::Stub> stub = v1::ExpertService::NewStub(channel);
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(options.connect_timeout_ms));

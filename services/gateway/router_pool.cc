@@ -3,13 +3,14 @@
 #include <grpcpp/grpcpp.h>
 
 #include "services/common/server_util.h"
+#include "services/common/tls.h"
 
 namespace moemesh {
 
 RouterPool::RouterPool(const std::vector<std::string>& addresses) : addresses_(addresses), ring_(addresses) {
   for (const std::string& a : addresses_) {
     stubs_.push_back(v1::Router::NewStub(
-        grpc::CreateCustomChannel(a, grpc::InsecureChannelCredentials(), ClientChannelArguments())));
+        grpc::CreateCustomChannel(a, MeshChannelCredentials(), ClientChannelArguments())));
   }
 }
 

@@ -9,6 +9,7 @@
 #include "services/common/grpc_status.h"
 #include "services/common/server_util.h"
 #include "services/kvcache_client/rendezvous.h"
+#include "services/common/tls.h"
 
 namespace moemesh {
 
@@ -39,7 +40,7 @@ absl::StatusOr<std::unique_ptr<KvCacheTier>> KvCacheTier::Create(const Options& 
   args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 16 << 20);
   for (const std::string& a : options.addresses) {
     tier->rpc_->stubs.push_back(
-        v1::KvCacheService::NewStub(grpc::CreateCustomChannel(a, grpc::InsecureChannelCredentials(), args)));
+        v1::KvCacheService::NewStub(grpc::CreateCustomChannel(a, MeshChannelCredentials(), args)));
   }
   tier->writer_ = std::thread([t = tier.get()] { t->WriteLoop(); });
   return tier;

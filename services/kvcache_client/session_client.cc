@@ -9,6 +9,7 @@
 #include "services/common/grpc_status.h"
 #include "services/common/server_util.h"
 #include "services/kvcache_client/rendezvous.h"
+#include "services/common/tls.h"
 
 namespace moemesh {
 
@@ -21,7 +22,7 @@ SessionClient::SessionClient(const std::string& addresses, const BlockHash& root
   for (const std::string& a : addresses_) {
     rpcs_.push_back(std::make_unique<Rpc>());
     rpcs_.back()->stub =
-        v1::KvCacheService::NewStub(grpc::CreateCustomChannel(a, grpc::InsecureChannelCredentials(), ClientChannelArguments()));
+        v1::KvCacheService::NewStub(grpc::CreateCustomChannel(a, MeshChannelCredentials(), ClientChannelArguments()));
   }
 }
 

@@ -9,6 +9,7 @@
 #include "core/engine/scheduler.h"
 #include "services/common/server_util.h"
 #include "services/router/router_service.h"
+#include "services/common/tls.h"
 
 namespace moemesh {
 
@@ -30,7 +31,7 @@ LocalRouter::LocalRouter(const std::string& model_dir, int kv_block_size) {
     std::abort();
   }
   address_ = "127.0.0.1:" + std::to_string(port);
-  stub_ = v1::Router::NewStub(grpc::CreateChannel(address_, grpc::InsecureChannelCredentials()));
+  stub_ = v1::Router::NewStub(grpc::CreateChannel(address_, MeshChannelCredentials()));
 }
 
 LocalRouter::~LocalRouter() {

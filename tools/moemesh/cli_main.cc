@@ -15,6 +15,7 @@
 #include "core/common/version.h"
 #include "services/common/device_flag.h"
 #include "tools/moemesh/cli.h"
+#include "services/common/tls.h"
 #include "tools/moemesh/client.h"
 #include "tools/moemesh/commands.h"
 #include "tools/moemesh/progress.h"
@@ -96,6 +97,11 @@ ABSL_FLAG(std::string, bin_dir, "",
           "tree)");
 ABSL_FLAG(std::string, target, "", "the gateway, HOST:PORT");
 ABSL_FLAG(int, timeout_ms, 0, "deadline of the call in milliseconds; 0: none");
+ABSL_FLAG(std::string, tls_ca, "",
+          "reach the service over TLS, verifying it by these roots (PEM); with --tls-cert/--tls-key, present that "
+          "certificate (mutual TLS)");
+ABSL_FLAG(std::string, tls_cert, "", "the client certificate for mutual TLS (PEM)");
+ABSL_FLAG(std::string, tls_key, "", "its private key (PEM)");
 ABSL_FLAG(std::string, api_key, "",
           "the API key the gateway wants (its --api-keys), sent as \"authorization: Bearer KEY\"; default: "
           "$MOEMESH_API_KEY");
@@ -125,6 +131,7 @@ const std::vector<Command>& CliCommands() {
     const FlagUse target = {"target", "the gateway, HOST:PORT (required)"};
     const FlagUse timeout = {"timeout_ms"};
     const FlagUse api_key = {"api_key"};
+    const FlagUse tls_ca = {"tls_ca"}, tls_cert = {"tls_cert"}, tls_key = {"tls_key"};
     const FlagUse model_name = {"model_name"};
     const FlagUse tokenizer_file = {"tokenizer",
                                     "tokenizer.json or SentencePiece model file, or a model directory (required)"};
@@ -219,24 +226,27 @@ const std::vector<Command>& CliCommands() {
                      {"continue_session"},
                      {"output"},
                      timeout,
-                     api_key}},
+                     api_key,
+                     tls_ca,
+                     tls_cert,
+                     tls_key}},
                    {"sampling", sampling}}});
     c->push_back(
         {"client tokenize",
          "tokenize text with a gateway's tokenizer",
          "moemesh client tokenize --target HOST:PORT --text TEXT [--add-special-tokens]",
          "",
-         {{"flags", {target, {"text", "the text to tokenize"}, {"add_special_tokens"}, model_name, timeout, api_key}}}});
+         {{"flags", {target, {"text", "the text to tokenize"}, {"add_special_tokens"}, model_name, timeout, api_key, tls_ca, tls_cert, tls_key}}}});
     c->push_back({"client detokenize",
                   "turn token ids into text with a gateway's tokenizer",
                   "moemesh client detokenize --target HOST:PORT --ids 1,2,3 [--skip-special-tokens]",
                   "",
-                  {{"flags", {target, {"ids"}, {"skip_special_tokens"}, model_name, timeout, api_key}}}});
+                  {{"flags", {target, {"ids"}, {"skip_special_tokens"}, model_name, timeout, api_key, tls_ca, tls_cert, tls_key}}}});
     c->push_back({"client models",
                   "list the models a gateway serves",
                   "moemesh client models --target HOST:PORT",
                   "",
-                  {{"flags", {target, timeout, api_key}}}});
+                  {{"flags", {target, timeout, api_key, tls_ca, tls_cert, tls_key}}}});
     const FlagUse kv_target = {"target", "the kvcache service, HOST:PORT (required)"};
     c->push_back({"kv stats",
                   "a kvcache service's blocks, bytes, sessions and evictions",
@@ -378,9 +388,19 @@ absl::StatusOr<v1::GenerateRequest> ClientGenerateRequest() {
   return r;
 }
 
+// The client's TLS (services/common/tls.h) from --tls-ca, --tls-cert, --tls-key.
+absl::Status SetClientTls() {
+  TlsConfig tls;
+  tls.ca = absl::GetFlag(FLAGS_tls_ca);
+  tls.cert = absl::GetFlag(FLAGS_tls_cert);
+  tls.key = absl::GetFlag(FLAGS_tls_key);
+  return SetMeshTls(tls);
+}
+
 int ClientMain(const std::string& sub) {
   ClientOptions opt{absl::GetFlag(FLAGS_target), absl::GetFlag(FLAGS_timeout_ms), absl::GetFlag(FLAGS_api_key)};
   if (opt.api_key.empty() && std::getenv("MOEMESH_API_KEY") != nullptr) opt.api_key = std::getenv("MOEMESH_API_KEY");
+  if (absl::Status st = SetClientTls(); !st.ok()) return ExitWith(st);
   if (opt.target.empty()) return ExitWith(absl::InvalidArgumentError("--target HOST:PORT (the gateway) is required"));
   if (sub == "generate") {
     auto json = JsonOutput();
@@ -411,6 +431,7 @@ int ClientMain(const std::string& sub) {
 int KvMain(const std::string& sub) {
   ClientOptions opt{absl::GetFlag(FLAGS_target), absl::GetFlag(FLAGS_timeout_ms), absl::GetFlag(FLAGS_api_key)};
   if (opt.api_key.empty() && std::getenv("MOEMESH_API_KEY") != nullptr) opt.api_key = std::getenv("MOEMESH_API_KEY");
+  if (absl::Status st = SetClientTls(); !st.ok()) return ExitWith(st);
   if (opt.target.empty()) {
     return ExitWith(absl::InvalidArgumentError("--target HOST:PORT (the kvcache service) is required"));
   }

@@ -9,13 +9,14 @@
 #include "nlohmann/json.hpp"
 #include "services/common/grpc_status.h"
 #include "services/common/server_util.h"
+#include "services/common/tls.h"
 
 namespace moemesh {
 namespace {
 
 std::unique_ptr<v1::KvCacheService::Stub> Connect(const ClientOptions& opt) {
   return v1::KvCacheService::NewStub(
-      grpc::CreateCustomChannel(opt.target, grpc::InsecureChannelCredentials(), ClientChannelArguments()));
+      grpc::CreateCustomChannel(opt.target, MeshChannelCredentials(), ClientChannelArguments()));
 }
 
 void SetDeadline(const ClientOptions& opt, grpc::ClientContext* ctx) {

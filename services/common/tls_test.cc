@@ -1,0 +1,132 @@
+// TLS on a real socket, with certificates made here by the openssl tool:
+// mutual TLS refuses a client without a certificate, with one from another
+// CA, or in plaintext, and serves a valid one; a rotated server certificate
+// is taken without a restart.
+#include "services/common/tls.h"
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <future>
+#include <string>
+#include <thread>
+
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "services/common/server_util.h"
+
+namespace moemesh {
+namespace {
+
+std::string g_dir;
+
+void Shell(const std::string& cmd) { ASSERT_EQ(std::system((cmd + " 2>/dev/null").c_str()), 0) << cmd; }
+
+// A CA `name`.pem/.key, and leaf certificates signed by one.
+void MakeCa(const std::string& name) {
+  Shell(absl::StrCat("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=", name,
+                   " -keyout ", g_dir, "/", name, ".key -out ", g_dir, "/", name, ".pem"));
+}
+void MakeLeaf(const std::string& name, const std::string& ca) {
+  const std::string d = g_dir + "/";
+  Shell(absl::StrCat("openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=", name, " -keyout ", d,
+                   name, ".key -out ", d, name, ".csr"));
+  Shell(absl::StrCat("printf 'subjectAltName=IP:127.0.0.1,DNS:localhost' > ", d, name, ".ext"));
+  Shell(absl::StrCat("openssl x509 -req -in ", d, name, ".csr -CA ", d, ca, ".pem -CAkey ", d, ca,
+                   ".key -CAcreateserial -days 2 -extfile ", d, name, ".ext -out ", d, name, ".pem"));
+}
+std::string Pem(const std::string& name) { return g_dir + "/" + name + ".pem"; }
+std::string Key(const std::string& name) { return g_dir + "/" + name + ".key"; }
+
+class TlsTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    g_dir = ::testing::TempDir() + "/tls_test";
+    std::filesystem::remove_all(g_dir);
+    std::filesystem::create_directories(g_dir);
+    MakeCa("ca");
+    MakeCa("other_ca");
+    MakeLeaf("server", "ca");
+    MakeLeaf("client", "ca");
+    MakeLeaf("stranger", "other_ca");
+    MakeLeaf("server2", "other_ca");
+    Shell(absl::StrCat("cat ", Pem("ca"), " ", Pem("other_ca"), " > ", g_dir, "/both.pem"));
+  }
+  void TearDown() override {
+    if (server_) server_->Shutdown(std::chrono::system_clock::now());
+    ASSERT_TRUE(SetMeshTls({}).ok());
+  }
+
+  void StartServer(const TlsConfig& tls) {
+    ASSERT_TRUE(SetMeshTls(tls).ok());
+    server_ = moemesh::StartServer("127.0.0.1:0", {}, &port_);
+    ASSERT_NE(server_, nullptr);
+  }
+  // A health check over a fresh channel with `tls` as the client's.
+  bool Reaches(const TlsConfig& tls) {
+    EXPECT_TRUE(SetMeshTls(tls).ok());
+    grpc::ChannelArguments args;
+    args.SetInt("grpc.use_local_subchannel_pool", 1);  // a new connection each time
+    grpc::GenericStub stub(grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port_), MeshChannelCredentials(),
+                                                     args));
+    grpc::Slice empty("");
+    grpc::ByteBuffer in(&empty, 1), out;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(3));
+    std::promise<grpc::Status> done;
+    stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &in, &out,
+                   [&done](grpc::Status st) { done.set_value(st); });
+    return done.get_future().get().ok();
+  }
+
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+};
+
+TEST_F(TlsTest, MutualTlsServesOnlyClientsTheCaVouchesFor) {
+  StartServer({Pem("server"), Key("server"), Pem("ca")});
+  EXPECT_TRUE(Reaches({Pem("client"), Key("client"), Pem("ca")}));
+  EXPECT_FALSE(Reaches({"", "", Pem("ca")})) << "no client certificate";
+  EXPECT_FALSE(Reaches({Pem("stranger"), Key("stranger"), Pem("ca")})) << "a certificate of another CA";
+  EXPECT_FALSE(Reaches({Pem("client"), Key("client"), Pem("other_ca")})) << "the server's CA not trusted";
+  EXPECT_FALSE(Reaches({})) << "plaintext";
+}
+
+TEST_F(TlsTest, ServerTlsWithoutClientAuthServesClientsWithoutCertificates) {
+  TlsConfig server{Pem("server"), Key("server"), ""};
+  server.client_auth = false;
+  StartServer(server);
+  EXPECT_TRUE(Reaches({"", "", Pem("ca")}));
+  EXPECT_FALSE(Reaches({})) << "plaintext";
+}
+
+TEST_F(TlsTest, ARotatedCertificateIsTakenWithoutARestart) {
+  const std::string cert = g_dir + "/live.pem", key = g_dir + "/live.key";
+  std::filesystem::copy_file(Pem("server"), cert, std::filesystem::copy_options::overwrite_existing);
+  std::filesystem::copy_file(Key("server"), key, std::filesystem::copy_options::overwrite_existing);
+  TlsConfig server{cert, key, g_dir + "/both.pem"};
+  server.refresh_s = 1;
+  StartServer(server);
+  const TlsConfig trusts_other{Pem("client"), Key("client"), Pem("other_ca")};
+  EXPECT_FALSE(Reaches(trusts_other)) << "the server still presents the first CA's certificate";
+  std::filesystem::copy_file(Pem("server2"), cert, std::filesystem::copy_options::overwrite_existing);
+  std::filesystem::copy_file(Key("server2"), key, std::filesystem::copy_options::overwrite_existing);
+  bool rotated = false;
+  for (int i = 0; i < 40 && !rotated; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    rotated = Reaches(trusts_other);
+  }
+  EXPECT_TRUE(rotated) << "the new certificate was not taken";
+}
+
+TEST_F(TlsTest, HalfConfigurationsAreRefused) {
+  EXPECT_FALSE(SetMeshTls({Pem("server"), "", Pem("ca")}).ok());
+  EXPECT_FALSE(SetMeshTls({Pem("server"), Key("server"), ""}).ok()) << "client auth without a CA";
+  EXPECT_FALSE(SetMeshTls({"/nonexistent.pem", Key("server"), Pem("ca")}).ok());
+}
+
+}  // namespace
+}  // namespace moemesh
