@@ -82,6 +82,8 @@ ABSL_FLAG(int, port, 0, "the gateway's port; 0 picks a free one");
 ABSL_FLAG(int, http_port, -1, "the gateway's OpenAI-compatible HTTP API port; 0 picks a free one, -1 serves none");
 ABSL_FLAG(std::string, api_keys, "",
           "a JSON file of API keys for the gateway: every call then needs one (docs/OPERATIONS.md, Authentication)");
+ABSL_FLAG(bool, insecure, false,
+          "let the services serve plaintext on a --host other than loopback (they refuse to otherwise)");
 ABSL_FLAG(std::string, chat_template, "",
           "a Jinja chat template file for the gateway's /v1/chat/completions (default: the model's own)");
 ABSL_FLAG(int, max_running, 64, "requests in each router's batch at once");
@@ -196,6 +198,7 @@ const std::vector<Command>& CliCommands() {
                      {"http_port"},
                      {"chat_template"},
                      {"api_keys"},
+                     {"insecure"},
                      {"bin_dir"},
                      {"kvcache"},
                      {"kvcache_replicas"},
@@ -337,6 +340,7 @@ int UpMain() {
   cmd.http_port = absl::GetFlag(FLAGS_http_port);
   cmd.chat_template = absl::GetFlag(FLAGS_chat_template);
   cmd.api_keys = absl::GetFlag(FLAGS_api_keys);
+  cmd.insecure = absl::GetFlag(FLAGS_insecure);
   cmd.threads = absl::GetFlag(FLAGS_threads);
   cmd.kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
   cmd.max_running = absl::GetFlag(FLAGS_max_running);

@@ -75,6 +75,13 @@ absl::StatusOr<std::string> WaitUntilListening(Service& s, absl::Duration timeou
 
 // Starts every process of a tier, then waits for each to listen, printing
 // "  ROLE on ADDRESS (pid N)" as it does.
+// `moemesh up --insecure`: the services may serve plaintext on a host other
+// than loopback.
+void AllowPlaintext(const UpCommand& cmd, std::vector<Spec>* specs) {
+  if (!cmd.insecure) return;
+  for (Spec& s : *specs) s.argv.push_back("--insecure");
+}
+
 absl::Status StartTier(const std::vector<Spec>& specs, const std::string& what, absl::Duration timeout, bool terminal,
                        Startup* startup, std::vector<Service>* tier) {
   startup->status->Print(absl::StrCat("moemesh up: starting ", what));
@@ -223,6 +230,7 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
                        {kvcache_bin, "--dir=" + dir, host, "--port=0"},
                        /*essential=*/false});
     }
+    AllowPlaintext(cmd, &specs);
     st = StartTier(specs, "the kvcache service", cmd.start_timeout, cmd.terminal, &startup, &kvcache);
     specs.clear();
   }
@@ -238,6 +246,7 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
     }
   }
   if (!specs.empty() && st.ok()) {
+    AllowPlaintext(cmd, &specs);
     st = StartTier(specs, absl::StrCat(specs.size(), " expert worker(s)"), cmd.start_timeout, cmd.terminal, &startup,
                    &experts);
   }
@@ -264,6 +273,7 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
       }
       specs.push_back({absl::StrCat("router ", r), "router", argv});
     }
+    AllowPlaintext(cmd, &specs);
     st = StartTier(specs, absl::StrCat(specs.size(), " router(s)"), cmd.start_timeout, cmd.terminal, &startup,
                    &routers);
   }
@@ -277,6 +287,7 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
     specs[0].argv.push_back(absl::StrCat("--http-port=", cmd.http_port));
     if (!cmd.chat_template.empty()) specs[0].argv.push_back("--chat-template=" + cmd.chat_template);
     if (!cmd.api_keys.empty()) specs[0].argv.push_back("--api-keys=" + cmd.api_keys);
+    AllowPlaintext(cmd, &specs);
     st = StartTier(specs, "the gateway", cmd.start_timeout, cmd.terminal, &startup, &gateway);
   }
   status.Clear();

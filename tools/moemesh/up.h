@@ -17,6 +17,7 @@ struct UpCommand {
   int expert_replicas = 1;    // per shard
   int routers = 1;
   std::string host = "127.0.0.1";
+  bool insecure = false;      // plaintext on a host other than loopback
   int port = 0;               // the gateway's; 0 picks a free one
   int http_port = -1;         // the gateway's HTTP API; 0 picks a free one, -1 none
   std::string chat_template;  // the gateway's --chat-template; empty: the model's own
