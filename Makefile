@@ -29,7 +29,7 @@ test-bazel: deps
 fuzz: deps
 	@CC=clang-14 CXX=clang++-14 cmake -S . -B $(FUZZ_DIR) -G Ninja -DMOEMESH_FUZZ=ON \
 	  -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null
-	@ninja -C $(FUZZ_DIR) -j $(JOBS) tokenizer_fuzzer chat_template_fuzzer model_files_fuzzer request_fuzzer
+	@ninja -C $(FUZZ_DIR) -j $(JOBS) tokenizer_fuzzer chat_template_fuzzer model_files_fuzzer request_fuzzer frame_fuzzer
 	@bash tools/ci/run_fuzzers.sh $(FUZZ_DIR) $(FUZZ_RUNS)
 
 # Every test through ctest, the same targets through Bazel, and the fuzzers.

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Writes the committed seed corpora of fuzz/model_files_fuzzer.cc and
-fuzz/request_fuzzer.cc into fuzz/corpus/ (each file: the selector byte the
-target reads first, then the input). Run from the repository root:
+"""Writes the committed seed corpora of fuzz/model_files_fuzzer.cc,
+fuzz/request_fuzzer.cc (each file: the selector byte the target reads first,
+then the input) and fuzz/frame_fuzzer.cc (frames as a peer sends them) into
+fuzz/corpus/. Run from the repository root:
 
     python3 fuzz/make_seeds.py
 """
@@ -78,6 +79,20 @@ def main():
     write(r, "oip_infer", 8, field(1, 2, b"fortune-moe") + field(5, 2, tensor) + field(5, 2, params))
     raw = field(1, 2, b"text_input") + field(2, 2, b"BYTES") + field(3, 2, varint(1))
     write(r, "oip_raw", 8, field(5, 2, raw) + field(7, 2, struct.pack("<I", 2) + b"hi"))
+
+    # Frames: "MMF1", the header's length (u32), the payload's (u64), then both.
+    def frame(header, payload):
+        return b"MMF1" + struct.pack("<IQ", len(header), len(payload)) + header + payload
+    f = "fuzz/corpus/frame"
+    os.makedirs(f, exist_ok=True)
+    dispatch = field(1, 0, varint(3)) + field(2, 0, varint(1))  # step 3, layer 1
+    rows = struct.pack("<8f", *range(8))
+    with open(os.path.join(f, "two_frames"), "wb") as out:
+        out.write(frame(dispatch, rows) + frame(dispatch, b""))
+    with open(os.path.join(f, "announces_much"), "wb") as out:
+        out.write(b"MMF1" + struct.pack("<IQ", 4, 1 << 28) + b"\0" * 40)
+    with open(os.path.join(f, "bad_magic"), "wb") as out:
+        out.write(b"XXXX" + struct.pack("<IQ", 0, 0))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 # Runs the libFuzzer targets for a bounded, reproducible number of inputs
 # each: the tokenizer's, seeded with the test tokenizers and sample strings;
 # the chat-template engine's, seeded with tests/chat_templates; and those of
-# model files and request validation, seeded with fuzz/corpus/ (written by
-# fuzz/make_seeds.py; copied, so runs leave it as committed).
+# model files, request validation and the data channel's frames, seeded with
+# fuzz/corpus/ (written by fuzz/make_seeds.py; copied, so runs leave it as
+# committed).
 #   tools/ci/run_fuzzers.sh BUILD_DIR [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -12,7 +13,7 @@ runs=${2:-${FUZZ_RUNS:-20000}}
 corpus=$(mktemp -d)
 trap 'rm -rf "$corpus"' EXIT
 mkdir -p "$corpus/tokenizer" "$corpus/chat_template"
-cp -r fuzz/corpus/model_files fuzz/corpus/request "$corpus/"
+cp -r fuzz/corpus/model_files fuzz/corpus/request fuzz/corpus/frame "$corpus/"
 i=0
 for f in tests/fixtures/tokenizers/*.json; do
   { printf '\x00'; cat "$f"; } > "$corpus/tokenizer/load_$i"
@@ -28,7 +29,7 @@ printf '\x08\x00\x10\x01\x02\x00\x03' > "$corpus/tokenizer/dec_0"
 cp tests/chat_templates/*.jinja models/*/chat_template.jinja "$corpus/chat_template/" 2>/dev/null || true
 mkdir -p "$build/fuzz-artifacts"
 status=0
-for fuzzer in tokenizer chat_template model_files request; do
+for fuzzer in tokenizer chat_template model_files request frame; do
   set +e
   "$build/fuzz/${fuzzer}_fuzzer" -runs="$runs" -seed=1 -timeout=10 -max_len=4096 -rss_limit_mb=2048 \
     -artifact_prefix="$build/fuzz-artifacts/${fuzzer}-" -print_final_stats=1 "$corpus/$fuzzer" \
