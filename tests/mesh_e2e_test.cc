@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <random>
 #include <future>
 #include <cstdio>
 #include <map>
@@ -386,6 +387,52 @@ TEST(MeshDemoModelTest, AStoppedReplicaIsRoutedAround) {
     EXPECT_EQ(got[i].ids, want[i].ids) << "request " << i;
   }
   EXPECT_TRUE(Generate(mesh.gateway(), reqs[0]).status.ok());
+}
+
+// 1,000 requests, 32 at a time, each ended early at random: by a deadline
+// of 5 to 200 ms, or by the client cancelling after 0 to 5 responses (the
+// rest run out). Afterwards nothing lingers on the router: no running or
+// waiting request, no KV block held, and a new request is served.
+TEST(MeshDemoModelTest, AThousandRandomCancellationsLeaveNothingBehind) {
+  Mesh mesh("models/fortune-moe", 1, 1, 1);
+  ASSERT_TRUE(mesh.ok());
+  constexpr int kRequests = 1000, kClients = 32;
+  std::atomic<int> next{0}, ended_early{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kClients; ++c) {
+    clients.emplace_back([&, c] {
+      std::mt19937 rng(static_cast<unsigned>(c) * 7919 + 1);
+      for (int i = next++; i < kRequests; i = next++) {
+        v1::GenerateRequest r = IdsRequest({1 + i % 97, 2, 3}, 64);
+        r.set_ignore_eos(true);
+        grpc::ClientContext ctx;
+        const int mode = static_cast<int>(rng() % 3);
+        if (mode == 0) {
+          ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(5 + rng() % 196));
+        }
+        const int cancel_after = mode == 1 ? static_cast<int>(rng() % 6) : -1;
+        auto reader = mesh.gateway()->Generate(&ctx, r);
+        v1::GenerateResponse resp;
+        for (int n = 0; reader->Read(&resp); ++n) {
+          if (n == cancel_after) ctx.TryCancel();
+        }
+        ended_early += !reader->Finish().ok();
+      }
+    });
+  }
+  for (auto& t : clients) t.join();
+  EXPECT_GT(ended_early.load(), kRequests / 4) << "the deadlines and cancellations should have ended many";
+  v1::RouterStatus s = mesh.RouterStatus(0);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while ((s.running_requests() || s.waiting_requests() || s.kv_cache_blocks_used()) &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    s = mesh.RouterStatus(0);
+  }
+  EXPECT_EQ(s.running_requests(), 0);
+  EXPECT_EQ(s.waiting_requests(), 0);
+  EXPECT_EQ(s.kv_cache_blocks_used(), 0);
+  EXPECT_TRUE(Generate(mesh.gateway(), IdsRequest({1, 2, 3}, 4)).status.ok());
 }
 
 // Cancelling half of 32 streams takes them out of the router's batch and
