@@ -389,6 +389,30 @@ TEST(MeshDemoModelTest, AStoppedReplicaIsRoutedAround) {
   EXPECT_TRUE(Generate(mesh.gateway(), reqs[0]).status.ok());
 }
 
+// SIGTERM to the router under load: it drains (refuses new calls, reports
+// NOT_SERVING) and the 16 streams in progress all finish within its grace
+// period, none failed.
+TEST(MeshDemoModelTest, ARouterDrainsUnderLoadWithoutFailingARequest) {
+  Mesh mesh("models/fortune-moe", 1, 1, 1);
+  ASSERT_TRUE(mesh.ok());
+  constexpr int kN = 16;
+  std::vector<Answer> got(kN);
+  std::atomic<int> started{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kN; ++i) {
+    v1::GenerateRequest r = IdsRequest({1 + i, 5, 9}, 48);
+    r.set_ignore_eos(true);
+    threads.emplace_back([&, i, r] { got[i] = Generate(mesh.gateway(), r, nullptr, [&] { ++started; }); });
+  }
+  while (started < kN) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_EQ(kill(mesh.router_pid(0), SIGTERM), 0);
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kN; ++i) {
+    EXPECT_TRUE(got[i].status.ok()) << "request " << i << ": " << got[i].status.error_message();
+    EXPECT_EQ(got[i].ids.size(), 48u) << "request " << i;
+  }
+}
+
 // 1,000 requests, 32 at a time, each ended early at random: by a deadline
 // of 5 to 200 ms, or by the client cancelling after 0 to 5 responses (the
 // rest run out). Afterwards nothing lingers on the router: no running or
