@@ -82,7 +82,7 @@ absl::StatusOr<std::unique_ptr<ChatTemplate>> ChatTemplate::Load(const std::stri
       source = it->get<std::string>();
     } else if (it->is_array()) {
       for (const auto& named : *it) {
-        if (named.is_object() && named.value("name", "") == "default" && named.contains("template") &&
+        if (named.is_object() && named.contains("name") && named["name"] == "default" && named.contains("template") &&
             named["template"].is_string()) {
           source = named["template"].get<std::string>();
         }

@@ -233,7 +233,9 @@ absl::StatusOr<nlohmann::ordered_json> ChatTemplateContext(const OrderedJson& bo
       std::string text;
       for (size_t k = 0; k < content->size(); ++k) {
         const OrderedJson& part = (*content)[k];
-        if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
+        // (nlohmann's value() throws on a field of another type: test first.)
+        const bool text_part = part.is_object() && part.contains("type") && part["type"] == "text";
+        if (!text_part || !part.contains("text") ||
             !part["text"].is_string()) {
           return Bad(absl::StrCat(where, ".content[", k, "]"), "only {\"type\": \"text\", \"text\": ...} parts are "
                                                                "supported");

@@ -152,6 +152,17 @@ TEST(OpenAiApiTest, ParsesAChatRequestIntoTemplateVariables) {
   EXPECT_EQ(r->template_context["add_generation_prompt"], false);
 }
 
+// Found by fuzz/request_fuzzer.cc: a part whose "type" is not a string
+// threw out of the parser.
+TEST(OpenAiApiTest, MalformedContentPartsAreRefusedNotThrown) {
+  for (const char* body : {R"({"messages": [{"role": "user", "content": [{"type": 3, "text": "x"}]}]})",
+                           R"({"messages": [{"role": "user", "content": [{"type": "text", "text": 3}]}]})",
+                           R"({"messages": [{"role": "user", "content": [null]}]})"}) {
+    absl::StatusOr<CompletionRequest> r = ParseChatRequest(body);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << body;
+  }
+}
+
 TEST(OpenAiApiTest, ContinuesTheFinalMessageWhereItsTextEnds) {
   const auto messages = nlohmann::ordered_json::parse(R"([{"role": "assistant", "content": " Once upon "}])");
   absl::StatusOr<std::string> cut = CutAfterFinalMessage("<s>[A] Once upon </s>\n", messages);
