@@ -35,7 +35,10 @@ NegotiatedTransport NegotiateTransport(const std::string& address, const v1::Sha
               }};
     }
   }
-  return {"grpc-stream", [channel, hidden] { return std::make_unique<GrpcStreamTransport>(channel, hidden); }};
+  const int timeout = options.receive_timeout_ms;
+  return {"grpc-stream", [channel, hidden, timeout] {
+            return std::make_unique<GrpcStreamTransport>(channel, hidden, timeout);
+          }};
 }
 
 }  // namespace moemesh

@@ -57,9 +57,9 @@ struct TransportOptions {
   // Use the raw data channel where the worker offers one (ShardInfo's
   // data_port on the worker's host); otherwise the gRPC stream.
   bool allow_data_channel = true;
-  // The raw data channel: a worker silent for longer than this while an
-  // answer is awaited (stopped, wedged) is given up, so that the request
-  // goes to another replica; 0: wait forever. The gRPC stream waits.
+  // A worker silent for longer than this while an answer is awaited
+  // (stopped, wedged) is given up, so that the request goes to another
+  // replica; 0: wait forever. Both transports.
   int receive_timeout_ms = 0;
 };
 

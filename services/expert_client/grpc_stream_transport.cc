@@ -2,16 +2,45 @@
 
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
+
 namespace moemesh {
 
-GrpcStreamTransport::GrpcStreamTransport(std::shared_ptr<grpc::Channel> channel, int hidden_size)
-    : hidden_size_(hidden_size), stub_(v1::ExpertService::NewStub(std::move(channel))) {
+GrpcStreamTransport::GrpcStreamTransport(std::shared_ptr<grpc::Channel> channel, int hidden_size,
+                                         int receive_timeout_ms)
+    : hidden_size_(hidden_size), stub_(v1::ExpertService::NewStub(std::move(channel))), timeout_ms_(receive_timeout_ms) {
   stream_ = stub_->Dispatch(&context_);
+  if (timeout_ms_ > 0) watchdog_ = std::thread([this] { Watch(); });
 }
 
 GrpcStreamTransport::~GrpcStreamTransport() {
+  if (watchdog_.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    watchdog_.join();
+  }
   context_.TryCancel();
   stream_->Finish();
+}
+
+// Cancels the stream when a Receive waits past its deadline.
+void GrpcStreamTransport::Watch() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stop_) {
+    if (!waiting_) {
+      cv_.wait(lock);
+      continue;
+    }
+    if (cv_.wait_until(lock, deadline_) == std::cv_status::timeout && waiting_ && !stop_ &&
+        std::chrono::steady_clock::now() >= deadline_) {
+      timed_out_ = true;
+      waiting_ = false;
+      context_.TryCancel();
+    }
+  }
 }
 
 absl::Status GrpcStreamTransport::Send(const v1::DispatchRequest& header, absl::Span<const iovec> rows) {
@@ -30,7 +59,21 @@ absl::Status GrpcStreamTransport::Send(const v1::DispatchRequest& header, absl::
 }
 
 absl::Status GrpcStreamTransport::Receive(v1::DispatchResponse* response, F32Matrix* outputs) {
-  if (!stream_->Read(response)) return absl::UnavailableError("the Dispatch stream closed");
+  if (timeout_ms_ > 0) {
+    std::lock_guard<std::mutex> lock(mu_);
+    waiting_ = true;
+    deadline_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms_);
+    cv_.notify_all();
+  }
+  const bool read = stream_->Read(response);
+  if (timeout_ms_ > 0) {
+    std::lock_guard<std::mutex> lock(mu_);
+    waiting_ = false;
+    if (!read && timed_out_) {
+      return absl::UnavailableError(absl::StrCat("the Dispatch stream: no answer within ", timeout_ms_, " ms"));
+    }
+  }
+  if (!read) return absl::UnavailableError("the Dispatch stream closed");
   if (response->error_code() != 0) return absl::OkStatus();
   auto m = GetF32Matrix(response->outputs(), hidden_size_, "outputs");
   if (!m.ok()) return absl::InternalError(m.status().message());

@@ -44,9 +44,9 @@ class RemoteExpertExecutor : public ExpertExecutor {
     const ShardPlacement* placement = nullptr;  // null: modulo
     bool use_data_channel = true;
     Rows rows = Rows::kAuto;
-    // Over the data channel: a replica silent this long while an answer is
-    // awaited (stopped, wedged) is given up and the request sent to the
-    // shard's next replica; 0: wait forever (TransportOptions).
+    // A replica silent this long while an answer is awaited (stopped,
+    // wedged) is given up and the request sent to the shard's next replica,
+    // over either transport; 0: wait forever (TransportOptions).
     int receive_timeout_ms = 0;
     // A replica that failed (or timed out) is passed over for this long
     // while the shard has others; then the next request probes it.

@@ -213,6 +213,48 @@ TEST(RemoteExpertExecutorTest, RoutesAroundASilentReplica) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
 }
 
+// The same over the gRPC Dispatch stream (the transport under TLS): a
+// replica whose stream takes requests and never answers.
+class SilentDispatch final : public v1::ExpertService::Service {
+ public:
+  explicit SilentDispatch(ExpertServiceImpl* real) : real_(real) {}
+  grpc::Status GetShardInfo(grpc::ServerContext* c, const v1::GetShardInfoRequest* r,
+                            v1::ShardInfo* out) override {
+    return real_->GetShardInfo(c, r, out);
+  }
+  grpc::Status Dispatch(grpc::ServerContext*,
+                        grpc::ServerReaderWriter<v1::DispatchResponse, v1::DispatchRequest>* stream) override {
+    v1::DispatchRequest r;
+    while (stream->Read(&r)) {
+    }
+    return grpc::Status::OK;
+  }
+
+ private:
+  ExpertServiceImpl* real_;
+};
+
+TEST(RemoteExpertExecutorTest, RoutesAroundASilentReplicaOnTheGrpcStream) {
+  const std::string dir = "tests/fixtures/qwen3_moe";
+  std::vector<Worker> good = StartWorkers(dir, 2, /*data_channel=*/false), other = StartWorkers(dir, 2, false);
+  SilentDispatch silent(other[0].service.get());
+  int port = 0;
+  auto server = StartServer("127.0.0.1:0", {&silent}, &port);
+  ASSERT_NE(server, nullptr);
+  RemoteExpertExecutor::Options o;
+  o.receive_timeout_ms = 200;
+  auto remote = RemoteExpertExecutor::Connect(
+      {{good[0].address, "127.0.0.1:" + std::to_string(port)}, {good[1].address, other[1].address}}, 64, o);
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  EXPECT_EQ((*remote)->transports()[0], "grpc-stream");
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(RunModel(dir, remote->get()), RunModel(dir, nullptr));
+  EXPECT_EQ((*remote)->retries(), 1);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
+  remote->reset();
+  server->Shutdown(std::chrono::system_clock::now());
+}
+
 TEST(RemoteExpertExecutorTest, ParsesReplicaSpecs) {
   auto s = RemoteExpertExecutor::ParseAddresses("a:1|b:2,c:3");
   ASSERT_TRUE(s.ok());

@@ -41,8 +41,8 @@ ABSL_FLAG(int, expert_eject_ms, 5000,
           "after an expert replica fails or times out, pass it over for this long while its shard has others; then "
           "the next request probes it");
 ABSL_FLAG(int, expert_timeout_ms, 0,
-          "over the data channel, give up a replica silent this long while its answer is awaited (stopped, "
-          "wedged) and send the request to the shard's next replica; 0: wait forever");
+          "give up an expert replica silent this long while its answer is awaited (stopped, wedged) and send the "
+          "request to the shard's next replica; 0: wait forever");
 ABSL_FLAG(int, threads, 1, "CPU threads for attention (and local experts)");
 ABSL_FLAG(std::string, device, "cpu",
           "where attention, gating and the LM head run, and the experts without --experts: cpu, or cuda[:N] (GPU N, "
