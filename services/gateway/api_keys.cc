@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
@@ -12,30 +13,41 @@
 
 namespace moemesh {
 
-ApiKeys::ApiKeys(std::vector<State> states) : states_(std::move(states)) {
-  for (size_t i = 0; i < states_.size(); ++i) by_key_[states_[i].key.key] = i;
-}
-
-absl::StatusOr<std::unique_ptr<ApiKeys>> ApiKeys::FromKeys(std::vector<Key> keys) {
-  std::vector<State> states;
-  absl::flat_hash_map<std::string, size_t> seen;
+absl::Status ApiKeys::Take(std::vector<Key> keys) {
+  absl::flat_hash_set<std::string> seen;
   for (size_t i = 0; i < keys.size(); ++i) {
     const std::string where = absl::StrCat("keys[", i, "] (", keys[i].name, ")");
     if (keys[i].key.empty()) return absl::InvalidArgumentError(where + ": an empty key");
-    if (!seen.emplace(keys[i].key, i).second) return absl::InvalidArgumentError(where + ": a repeated key");
+    if (!seen.insert(keys[i].key).second) return absl::InvalidArgumentError(where + ": a repeated key");
     if (keys[i].max_streams < 0 || keys[i].tokens_per_minute < 0) {
       return absl::InvalidArgumentError(where + ": limits must not be negative");
     }
-    State s;
-    s.key = std::move(keys[i]);
-    s.bucket = static_cast<double>(s.key.tokens_per_minute);
-    s.refilled = absl::Now();
-    states.push_back(std::move(s));
   }
-  return std::unique_ptr<ApiKeys>(new ApiKeys(std::move(states)));
+  absl::MutexLock lock(&mu_);
+  absl::flat_hash_map<std::string, std::shared_ptr<State>> next;
+  for (Key& k : keys) {
+    auto old = by_key_.find(k.key);
+    std::shared_ptr<State> s = old != by_key_.end() ? old->second : std::make_shared<State>();
+    if (old == by_key_.end()) {
+      s->bucket = static_cast<double>(k.tokens_per_minute);
+      s->refilled = now_();
+    } else {
+      s->bucket = std::min(s->bucket, static_cast<double>(k.tokens_per_minute));
+    }
+    s->key = std::move(k);
+    next.emplace(s->key.key, std::move(s));
+  }
+  by_key_ = std::move(next);
+  return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<ApiKeys>> ApiKeys::Load(const std::string& path) {
+absl::StatusOr<std::unique_ptr<ApiKeys>> ApiKeys::FromKeys(std::vector<Key> keys) {
+  std::unique_ptr<ApiKeys> out(new ApiKeys());
+  MM_RETURN_IF_ERROR(out->Take(std::move(keys)));
+  return out;
+}
+
+absl::StatusOr<std::vector<ApiKeys::Key>> ApiKeys::Parse(const std::string& path) {
   MM_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
   const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object() || !j.contains("keys") || !j["keys"].is_array()) {
@@ -67,9 +79,21 @@ absl::StatusOr<std::unique_ptr<ApiKeys>> ApiKeys::Load(const std::string& path) 
     }
     keys.push_back(std::move(k));
   }
+  return keys;
+}
+
+absl::StatusOr<std::unique_ptr<ApiKeys>> ApiKeys::Load(const std::string& path) {
+  MM_ASSIGN_OR_RETURN(std::vector<Key> keys, Parse(path));
   absl::StatusOr<std::unique_ptr<ApiKeys>> out = FromKeys(std::move(keys));
   if (!out.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", out.status().message()));
   return out;
+}
+
+absl::Status ApiKeys::Reload(const std::string& path) {
+  MM_ASSIGN_OR_RETURN(std::vector<Key> keys, Parse(path));
+  absl::Status st = Take(std::move(keys));
+  if (!st.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", st.message()));
+  return absl::OkStatus();
 }
 
 void ApiKeys::Refill(State& s) {
@@ -91,10 +115,10 @@ absl::StatusOr<std::unique_ptr<ApiKeys::Lease>> ApiKeys::Admit(absl::string_view
                               : "the authorization must be \"Bearer KEY\"");
   }
   key = absl::StripAsciiWhitespace(key);
+  absl::MutexLock lock(&mu_);
   auto it = by_key_.find(key);
   if (it == by_key_.end()) return absl::UnauthenticatedError("this API key is not known here");
-  absl::MutexLock lock(&mu_);
-  State& s = states_[it->second];
+  State& s = *it->second;
   if (!s.key.models.empty() && std::find(s.key.models.begin(), s.key.models.end(), model) == s.key.models.end()) {
     return absl::PermissionDeniedError(absl::StrCat("API key '", s.key.name, "' may not use model '", model, "'"));
   }
@@ -115,16 +139,13 @@ absl::StatusOr<std::unique_ptr<ApiKeys::Lease>> ApiKeys::Admit(absl::string_view
 
 ApiKeys::Lease::~Lease() {
   absl::MutexLock lock(&keys_->mu_);
-  --keys_->states_[index_].streams;
+  --state_->streams;
 }
 
 void ApiKeys::Lease::Charge(int64_t tokens) {
   absl::MutexLock lock(&keys_->mu_);
-  State& s = keys_->states_[index_];
-  keys_->Refill(s);
-  if (s.key.tokens_per_minute > 0) s.bucket -= static_cast<double>(tokens);
+  keys_->Refill(*state_);
+  if (state_->key.tokens_per_minute > 0) state_->bucket -= static_cast<double>(tokens);
 }
-
-const std::string& ApiKeys::Lease::key_name() const { return keys_->states_[index_].key.name; }
 
 }  // namespace moemesh

@@ -40,20 +40,25 @@ class ApiKeys {
   // empty or repeated key.
   static absl::StatusOr<std::unique_ptr<ApiKeys>> Load(const std::string& path);
   static absl::StatusOr<std::unique_ptr<ApiKeys>> FromKeys(std::vector<Key> keys);
+  // Reads the file again and takes its keys: a key still there keeps its
+  // running streams and bucket (and its new limits apply); a removed key
+  // admits no new call (calls in progress finish). On an error the keys
+  // stay as they were.
+  absl::Status Reload(const std::string& path);
 
   // An admitted call: holds one of its key's streams until destroyed, and
   // charges the tokens it used.
+  struct State;
   class Lease {
    public:
     ~Lease();
     void Charge(int64_t tokens);
-    const std::string& key_name() const;
 
    private:
     friend class ApiKeys;
-    Lease(ApiKeys* keys, size_t index) : keys_(keys), index_(index) {}
+    Lease(ApiKeys* keys, std::shared_ptr<State> state) : keys_(keys), state_(std::move(state)) {}
     ApiKeys* keys_;
-    size_t index_;
+    std::shared_ptr<State> state_;
   };
 
   // Admits a call with `authorization` ("Bearer KEY") to `model`.
@@ -62,20 +67,25 @@ class ApiKeys {
   // For tests: the clock the token buckets refill by.
   void set_clock(absl::Time (*now)()) { now_ = now; }
 
- private:
+  // A key's limits and use; shared with its leases, so that a reload can
+  // drop the key while its calls finish.
   struct State {
     Key key;
     int streams = 0;
     double bucket = 0;  // tokens left; may go below zero after a long answer
     absl::Time refilled;
   };
-  explicit ApiKeys(std::vector<State> states);
+
+ private:
+  ApiKeys() = default;
+  static absl::StatusOr<std::vector<Key>> Parse(const std::string& path);
+  // Takes `keys` (checked), keeping the state of keys already known.
+  absl::Status Take(std::vector<Key> keys);
   void Refill(State& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   absl::Time (*now_)() = &absl::Now;
   absl::Mutex mu_;
-  std::vector<State> states_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string, size_t> by_key_;  // immutable after construction
+  absl::flat_hash_map<std::string, std::shared_ptr<State>> by_key_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace moemesh

@@ -82,5 +82,28 @@ TEST(ApiKeysTest, LoadsAFileAndNamesWhatIsWrong) {
   }
 }
 
+// A reload takes added, changed and removed keys; a key still there keeps
+// its running streams, and a removed key's calls in progress finish.
+TEST(ApiKeysTest, ReloadTakesTheFileAsItIsNow) {
+  const std::string path = ::testing::TempDir() + "/api_keys_reload.json";
+  ASSERT_TRUE(WriteFileAtomically(path, R"({"keys": [{"key": "sk-1", "max_streams": 1}, {"key": "sk-2"}]})").ok());
+  auto keys = ApiKeys::Load(path);
+  ASSERT_TRUE(keys.ok()) << keys.status();
+  auto held = (*keys)->Admit("Bearer sk-1", "m");
+  auto gone = (*keys)->Admit("Bearer sk-2", "m");
+  ASSERT_TRUE(held.ok() && gone.ok());
+  ASSERT_TRUE(WriteFileAtomically(path, R"({"keys": [{"key": "sk-1", "max_streams": 2}, {"key": "sk-3"}]})").ok());
+  ASSERT_TRUE((*keys)->Reload(path).ok());
+  EXPECT_EQ((*keys)->Admit("Bearer sk-2", "m").status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_TRUE((*keys)->Admit("Bearer sk-3", "m").ok());
+  auto second = (*keys)->Admit("Bearer sk-1", "m");  // the new limit: 2, one of them still held
+  EXPECT_TRUE(second.ok());
+  EXPECT_EQ((*keys)->Admit("Bearer sk-1", "m").status().code(), absl::StatusCode::kResourceExhausted);
+  gone->reset();  // a removed key's lease ends safely
+  ASSERT_TRUE(WriteFileAtomically(path, "{broken").ok());
+  EXPECT_FALSE((*keys)->Reload(path).ok());
+  EXPECT_TRUE((*keys)->Admit("Bearer sk-3", "m").ok()) << "a failed reload keeps the keys";
+}
+
 }  // namespace
 }  // namespace moemesh

@@ -15,6 +15,7 @@
 #include "core/tokenizer/tokenizer.h"
 #include "prometheus/registry.h"
 #include "services/common/service_main.h"
+#include "services/common/file_watcher.h"
 #include "services/gateway/gateway.h"
 #include "services/gateway/gateway_metrics.h"
 #include "services/gateway/gateway_service.h"
@@ -39,6 +40,9 @@ ABSL_FLAG(std::string, chat_template, "",
 ABSL_FLAG(std::string, api_keys, "",
           "a JSON file of API keys ({\"keys\": [{\"name\", \"key\", \"max_streams\", \"tokens_per_minute\", "
           "\"models\"}]}): every call then presents one as \"authorization: Bearer KEY\"; default: none needed");
+ABSL_FLAG(int, api_keys_refresh_s, 30,
+          "the --api-keys file is read again this often when it has changed (keys added, changed, revoked without "
+          "a restart); 0: read once");
 ABSL_FLAG(int, http_threads, 128, "HTTP calls served at once (a stream holds one until it ends)");
 ABSL_FLAG(int, session_window, 0,
           "tokens a session's turn may take, history and max_tokens included; the oldest whole turns are left out "
@@ -129,11 +133,19 @@ int Main(int argc, char** argv) {
     gateway_options.sessions = sessions.get();
   }
   std::unique_ptr<ApiKeys> api_keys;
+  std::unique_ptr<FileWatcher> keys_watcher;  // stops before api_keys goes
   if (!options.api_keys.empty()) {
     auto k = ApiKeys::Load(options.api_keys);
     if (!k.ok()) return service_main.Fail(k.status(), 2);
     api_keys = std::move(*k);
     gateway_options.api_keys = api_keys.get();
+    if (const int every = absl::GetFlag(FLAGS_api_keys_refresh_s); every > 0) {
+      keys_watcher = std::make_unique<FileWatcher>(options.api_keys, absl::Seconds(every), [&] {
+        if (absl::Status st = api_keys->Reload(options.api_keys); !st.ok()) {
+          service_main.Warn(absl::StrCat("API keys not reloaded, the old ones stay: ", st.message()));
+        }
+      });
+    }
   }
   Gateway gateway(tokenizer.get(), model, &pool, gateway_options, &metrics);
   GatewayServiceImpl service(&gateway);
