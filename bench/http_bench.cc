@@ -21,6 +21,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "bench/mesh_load.h"
 #include "core/common/subprocess.h"
 #include "moemesh/v1/gateway.grpc.pb.h"
 #include "nlohmann/json.hpp"
@@ -29,9 +30,8 @@
 namespace moemesh {
 namespace {
 
-double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
-std::vector<int> Prompt(int i) { return {1 + i % 50, 7 + i % 13, 42, 5 + i}; }
+using bench::Now;
+using bench::Prompt;
 
 Subprocess* g_mesh = nullptr;  // stopped on the way out, so no service outlives the bench
 
@@ -77,18 +77,7 @@ class Mesh {
 
  private:
   void GrpcStream(int i, int n) {
-    v1::GenerateRequest r;
-    std::vector<int> p = Prompt(i);
-    r.mutable_token_ids()->mutable_ids()->Add(p.begin(), p.end());
-    r.set_max_tokens(n);
-    r.set_ignore_eos(true);
-    r.mutable_sampling()->set_temperature(0);
-    grpc::ClientContext ctx;
-    auto reader = stub_->Generate(&ctx, r);
-    v1::GenerateResponse resp;
-    int got = 0;
-    while (reader->Read(&resp)) got += resp.token_ids_size();
-    if (!reader->Finish().ok() || got != n) Die("a gRPC stream failed");
+    if (!bench::GreedyGrpcStream(stub_.get(), i, n)) Die("a gRPC stream failed");
   }
 
   // One SSE stream, read as it arrives; its usage chunk says how many
@@ -122,11 +111,6 @@ class Mesh {
   std::unique_ptr<v1::Gateway::Stub> stub_;
 };
 
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
 }  // namespace
 }  // namespace moemesh
 
@@ -149,7 +133,7 @@ int main(int argc, char** argv) {
     http_rate.push_back(m.Run(true, streams, tokens));
     std::printf("round %d: gRPC %.0f tokens/s, HTTP %.0f tokens/s\n", r + 1, grpc_rate.back(), http_rate.back());
   }
-  const double g = moemesh::Median(grpc_rate), h = moemesh::Median(http_rate);
+  const double g = moemesh::bench::Median(grpc_rate), h = moemesh::bench::Median(http_rate);
   std::printf("%-22s %12s\n", "median of rounds", "tokens/s");
   std::printf("%-22s %12.0f\n", "gRPC API", g);
   std::printf("%-22s %12.0f\n", "HTTP /v1/completions", h);

@@ -21,6 +21,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/synchronization/notification.h"
+#include "bench/mesh_load.h"
 #include "core/common/subprocess.h"
 #include "core/engine/engine.h"
 #include "core/engine/generation_loop.h"
@@ -31,9 +32,8 @@
 namespace moemesh {
 namespace {
 
-double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
-std::vector<int> Prompt(int i) { return {1 + i % 50, 7 + i % 13, 42, 5 + i}; }
+using bench::Now;
+using bench::Prompt;
 
 // Tokens per second of the single-process engine.
 double SingleProcess(const std::string& model, int streams, int tokens, int threads) {
@@ -93,28 +93,12 @@ class Mesh {
     std::exit(1);
   }
   void Stream(int i, int n) {
-    v1::GenerateRequest r;
-    std::vector<int> p = Prompt(i);
-    r.mutable_token_ids()->mutable_ids()->Add(p.begin(), p.end());
-    r.set_max_tokens(n);
-    r.set_ignore_eos(true);
-    r.mutable_sampling()->set_temperature(0);
-    grpc::ClientContext ctx;
-    auto reader = stub_->Generate(&ctx, r);
-    v1::GenerateResponse resp;
-    int got = 0;
-    while (reader->Read(&resp)) got += resp.token_ids_size();
-    if (!reader->Finish().ok() || got != n) Die(absl::InternalError("a stream failed"));
+    if (!bench::GreedyGrpcStream(stub_.get(), i, n)) Die(absl::InternalError("a stream failed"));
   }
 
   std::unique_ptr<Subprocess> up_;
   std::unique_ptr<v1::Gateway::Stub> stub_;
 };
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 }  // namespace
 }  // namespace moemesh
@@ -143,7 +127,7 @@ int main(int argc, char** argv) {
       std::printf("round %d: single %.0f tokens/s, mesh %.0f tokens/s\n", r + 1, single.back(), mesh.back());
     }
   }
-  const double s_med = moemesh::Median(single), m_med = moemesh::Median(mesh);
+  const double s_med = moemesh::bench::Median(single), m_med = moemesh::bench::Median(mesh);
   std::printf("%-16s %12s\n", "median of rounds", "tokens/s");
   std::printf("%-16s %12.0f\n", "single process", s_med);
   std::printf("%-16s %12.0f\n", "mesh", m_med);

@@ -266,8 +266,20 @@ void RemoteExpertExecutor::Partition(int num_tokens) {
   }
 }
 
-// The shard's replicas in round-robin order from s.next, those not ejected
-// first (s.next leads when it was picked by FirstReplica).
+// The shard's next replica in turn (from s.next) that is not ejected; s.next
+// when all are. No allocation: it runs for every shard of every layer.
+size_t RemoteExpertExecutor::FirstLive(const Shard& s) const {
+  const size_t n = s.replicas.size();
+  const auto now = std::chrono::steady_clock::now();
+  for (size_t k = 0; k < n; ++k) {
+    const size_t i = (s.next + k) % n;
+    if (s.replicas[i]->ejected_until <= now) return i;
+  }
+  return s.next;
+}
+
+// The shard's replicas after a failure: round robin from s.next, those not
+// ejected first.
 std::vector<size_t> RemoteExpertExecutor::Order(const Shard& s) const {
   const size_t n = s.replicas.size();
   const auto now = std::chrono::steady_clock::now();
@@ -285,33 +297,43 @@ void RemoteExpertExecutor::Fail(Replica* r) {
   r->ejected_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(eject_ms_);
 }
 
-absl::Status RemoteExpertExecutor::Exchange(Shard& s, bool already_sent) {
-  // The replicas in round-robin order, starting with a new one every step,
-  // ejected ones last.
-  absl::Status last;
-  const std::vector<size_t> order = Order(s);
-  for (size_t attempt = 0; attempt < order.size(); ++attempt) {
-    Replica* r = s.replicas[order[attempt]].get();
-    if (attempt > 0 || !already_sent) {
-      if (attempt > 0) ++retries_;
-      last = r->Send(s.request, s.rows);
-      if (!last.ok()) {
-        Fail(r);
-        continue;
-      }
+// Sends s's request to `r` (unless already sent) and reads the answer. A
+// lost worker is failed (ejected); any other error ends the exchange.
+absl::Status RemoteExpertExecutor::Attempt(Shard& s, Replica* r, bool send) {
+  if (send) {
+    if (absl::Status st = r->Send(s.request, s.rows); !st.ok()) {
+      Fail(r);
+      return st;
     }
-    last = r->Receive(&s.response, &s.outputs);
-    if (last.ok()) {
-      s.chosen = r;
-      return absl::OkStatus();
-    }
-    // Only a lost worker is worth another replica; a refused request
-    // would be refused everywhere.
-    if (!absl::IsUnavailable(last) && !absl::IsCancelled(last)) {
-      r->Reset();
-      return last;
-    }
+  }
+  absl::Status st = r->Receive(&s.response, &s.outputs);
+  if (st.ok()) {
+    s.chosen = r;
+  } else if (absl::IsUnavailable(st) || absl::IsCancelled(st)) {
     Fail(r);
+  } else {
+    r->Reset();
+  }
+  return st;
+}
+
+absl::Status RemoteExpertExecutor::Exchange(Shard& s, bool already_sent) {
+  // The common case: the request is out to s.next, whose answer comes.
+  absl::Status last;
+  if (already_sent) {
+    last = Attempt(s, s.replicas[s.next].get(), /*send=*/false);
+    if (last.ok()) return last;
+  }
+  // Only a lost worker is worth another replica; a refused request would be
+  // refused everywhere.
+  bool first = !already_sent;  // ExecuteOnce counted this retry already
+  for (size_t i : Order(s)) {
+    if (!last.ok() && !absl::IsUnavailable(last) && !absl::IsCancelled(last)) return last;
+    if (already_sent && i == s.next) continue;
+    if (!first) ++retries_;
+    first = false;
+    last = Attempt(s, s.replicas[i].get(), /*send=*/true);
+    if (last.ok()) return last;
   }
   return last;
 }
@@ -331,7 +353,7 @@ absl::Status RemoteExpertExecutor::ExecuteOnce(const ExpertBatch& b, float* out)
   for (size_t si = 0; si < shards_.size(); ++si) {
     Shard& s = *shards_[si];
     if (s.groups.empty()) continue;
-    s.next = Order(s).front();  // the next replica in turn that is not ejected
+    s.next = FirstLive(s);
     Replica* first = s.replicas[s.next].get();
     sent[si] = first->Send(s.request, s.rows).ok();
     if (!sent[si]) Fail(first);

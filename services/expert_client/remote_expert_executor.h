@@ -99,7 +99,9 @@ class RemoteExpertExecutor : public ExpertExecutor {
   // Sends (unless already sent) and receives s's request, moving to the
   // next replica when one is lost.
   absl::Status Exchange(Shard& s, bool already_sent);
+  size_t FirstLive(const Shard& s) const;
   std::vector<size_t> Order(const Shard& s) const;
+  absl::Status Attempt(Shard& s, Replica* r, bool send);
   void Fail(Replica* r);
 
   std::vector<std::unique_ptr<Shard>> shards_;
