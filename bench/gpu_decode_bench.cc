@@ -16,9 +16,15 @@
 // (Mixtral and Qwen3 by default; DeepSeek-V3's shape writes 23 GB per MoE
 // layer to /tmp.)
 //
-// One row per shape and batch size: step ms of each of the four, the
-// first's speedup over the other three, roofline ms and the first's share
-// of it.
+// And, with --ipc on (the default), the mesh on the same GPU: the same
+// forward pass with its experts in a moemesh-expert process (started here;
+// MOEMESH_EXPERT_BIN, or beside MOEMESH_BIN's CLI), the rows shared in GPU
+// memory (the cuda-ipc transport; eager: a step that talks to another
+// process per layer is not captured).
+//
+// One row per shape and batch size: step ms of each path, the first's
+// speedup over the next three, the one process's tokens/s over the mesh's
+// ("ipc/1p", the mesh's share), roofline ms and the first's share of it.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -32,9 +38,11 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "bench/roofline.h"
 #include "core/common/file_util.h"
+#include "core/common/subprocess.h"
 #include "core/engine/cuda/cuda_forward_pass.h"
 #include "core/engine/kv_cache.h"
 #include "core/experts/cuda/cuda_expert_device.h"
@@ -46,6 +54,8 @@
 #include "core/model/weights.h"
 #include "core/tensor/dtype.h"
 #include "nlohmann/json.hpp"
+#include "services/expert_client/cuda_ipc_transport.h"
+#include "services/expert_client/remote_expert_executor.h"
 
 namespace moemesh {
 namespace {
@@ -250,6 +260,40 @@ class ThroughHost : public ExpertExecutor {
   ExpertExecutor* inner_;
 };
 
+// The mesh's experts for `dir`: a moemesh-expert on GPU 0, reached over
+// cuda-ipc. Null (and why, on stderr) where it cannot start or connect, as
+// where the GPU has no room for a second copy of the experts.
+struct MeshExperts {
+  std::unique_ptr<Subprocess> worker;
+  std::unique_ptr<RemoteExpertExecutor> executor;
+};
+
+MeshExperts StartMeshExperts(const std::string& dir, int hidden) {
+  MeshExperts m;
+  auto p = Subprocess::Start({ServiceBinaryForTests("moemesh-expert", "MOEMESH_EXPERT_BIN"), "--model", dir,
+                              "--device", "cuda", "--port", "0", "--metrics-port", "-1"});
+  absl::StatusOr<std::string> line = p.ok() ? (*p)->WaitForLine("listening on ", absl::Minutes(10)) : p.status();
+  if (!line.ok()) {
+    std::fprintf(stderr, "gpu_decode_bench: no mesh column: the expert worker: %s\n",
+                 std::string(line.status().message()).c_str());
+    return m;
+  }
+  (*p)->ForwardOutput(2);
+  RemoteExpertExecutor::Options options;
+  options.cuda_device = 0;
+  options.device_rows = CudaIpcTransport::Wrapper(0);
+  options.warn = [](const std::string& w) { std::fprintf(stderr, "gpu_decode_bench: %s\n", w.c_str()); };
+  auto r = RemoteExpertExecutor::Connect({{line->substr(line->find("listening on ") + 13)}}, hidden, options);
+  if (!r.ok() || (*r)->cuda_device() != 0) {
+    std::fprintf(stderr, "gpu_decode_bench: no mesh column: %s\n",
+                 r.ok() ? "the rows would go through the host" : std::string(r.status().message()).c_str());
+    return m;
+  }
+  m.worker = std::move(*p);
+  m.executor = std::move(*r);
+  return m;
+}
+
 std::vector<int> ParseInts(const std::string& s) {
   std::vector<int> out;
   for (absl::string_view p : absl::StrSplit(s, ',', absl::SkipEmpty())) {
@@ -263,6 +307,7 @@ int Run(int argc, char** argv) {
   std::vector<std::string> shapes = {"mixtral", "qwen3"};
   std::vector<int> batches = {1, 8, 32, 64};
   int layers = 8, deepseek_layers = 3, steps = 24;
+  bool ipc = true;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--shapes") {
@@ -275,6 +320,8 @@ int Run(int argc, char** argv) {
       batches = ParseInts(value);
     } else if (flag == "--steps") {
       steps = std::atoi(value.c_str());
+    } else if (flag == "--ipc") {
+      ipc = value == "on";
     } else {
       std::fprintf(stderr, "gpu_decode_bench: unknown flag %s\n", flag.c_str());
       return 2;
@@ -292,8 +339,9 @@ int Run(int argc, char** argv) {
   constexpr int kPrompt = 180;  // with the decoded tokens, about roofline.h's 192 positions on average
   std::printf("copy bandwidth %.2f TB/s; prompts of %d tokens, then %d decode steps timed per batch\n", *bw / 1e12,
               kPrompt, steps);
-  std::printf("%-8s %6s %6s %10s %10s %10s %10s %8s %8s %8s %11s %9s\n", "shape", "layers", "batch", "graphs ms",
-              "eager ms", "host-gr ms", "v.host ms", "x eager", "x h.-gr", "x v.host", "roofline ms", "of roofl");
+  std::printf("%-8s %6s %6s %10s %10s %10s %10s %10s %8s %8s %8s %7s %11s %9s\n", "shape", "layers", "batch",
+              "graphs ms", "eager ms", "host-gr ms", "v.host ms", "ipc ms", "x eager", "x h.-gr", "x v.host", "ipc/1p",
+              "roofline ms", "of roofl");
   for (const std::string& name : shapes) {
     const bool deepseek = name == "deepseek";
     const Shape s = name == "qwen3" ? Qwen3(layers) : Mixtral(layers);
@@ -329,10 +377,14 @@ int Run(int argc, char** argv) {
     }
     LocalExpertExecutor in_place(std::move(*device), config->num_experts);
     ThroughHost via_host(&in_place);
+    MeshExperts mesh = ipc ? StartMeshExperts(dir, config->hidden_size) : MeshExperts{};
     for (int n : batches) {
-      double ms[4];
-      for (int path = 0; path < 4; ++path) {
-        ExpertExecutor* experts = path == 3 ? static_cast<ExpertExecutor*>(&via_host) : &in_place;
+      double ms[5] = {0, 0, 0, 0, 0};
+      for (int path = 0; path < 5; ++path) {
+        if (path == 4 && !mesh.executor) break;
+        ExpertExecutor* experts = path == 3   ? static_cast<ExpertExecutor*>(&via_host)
+                                  : path == 4 ? static_cast<ExpertExecutor*>(mesh.executor.get())
+                                              : &in_place;
         ForwardPass* fp = path == 1 ? pass_eager->get() : path == 2 ? pass_host_grouping->get() : pass->get();
         KvCache cache(config->num_layers, fp->kv_k_width(), fp->kv_v_width(), block, blocks);
         std::vector<KvSequence> seqs(n);
@@ -369,9 +421,11 @@ int Run(int argc, char** argv) {
       const double bytes = deepseek ? DecodeStepBytes(DeepSeekV3Roofline(deepseek_layers), n, kRooflineContext)
                                     : DecodeStepBytes(r, n, kRooflineContext);
       const double roof_ms = 1e3 * bytes / *bw;
-      std::printf("%-8s %6d %6d %10.3f %10.3f %10.3f %10.3f %7.2fx %7.2fx %7.2fx %11.3f %8.0f%%\n", name.c_str(),
-                  shape_layers, n, ms[0], ms[1], ms[2], ms[3], ms[1] / ms[0], ms[2] / ms[0], ms[3] / ms[0], roof_ms,
-                  100 * roof_ms / ms[0]);
+      const std::string ipc_ms = ms[4] > 0 ? absl::StrFormat("%10.3f", ms[4]) : absl::StrFormat("%10s", "-");
+      const std::string share = ms[4] > 0 ? absl::StrFormat("%6.2fx", ms[0] / ms[4]) : absl::StrFormat("%7s", "-");
+      std::printf("%-8s %6d %6d %10.3f %10.3f %10.3f %10.3f %s %7.2fx %7.2fx %7.2fx %s %11.3f %8.0f%%\n", name.c_str(),
+                  shape_layers, n, ms[0], ms[1], ms[2], ms[3], ipc_ms.c_str(), ms[1] / ms[0], ms[2] / ms[0],
+                  ms[3] / ms[0], share.c_str(), roof_ms, 100 * roof_ms / ms[0]);
       std::fflush(stdout);
     }
   }

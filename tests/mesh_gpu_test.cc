@@ -38,18 +38,20 @@ std::string Output(const std::vector<std::string>& argv) {
   return out;
 }
 
-// The router on the CPU or on the GPU, the experts on GPU workers; or
-// ("local") the router on the GPU with the experts in it, on the same GPU.
+// The router on the CPU or on the GPU, the experts on two GPU workers; or
+// ("local") the router on the GPU with the experts in it, on the same GPU;
+// or ("ipc") the router on the GPU and one GPU worker holding every expert,
+// their rows shared in GPU memory (the cuda-ipc transport).
 class MeshGpuTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(MeshGpuTest, GreedyTokensEqualTheCpuEngine) {
   if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-  const bool local = GetParam() == "local";
-  auto up = Subprocess::Start(local ? std::vector<std::string>{Moemesh(), "up", "--expert-shards=0",
-                                                               "--router-device=cuda"}
-                                    : std::vector<std::string>{Moemesh(), "up", "--expert-shards=2",
-                                                               "--expert-device=cuda",
-                                                               "--router-device=" + GetParam()});
+  const bool local = GetParam() == "local", ipc = GetParam() == "ipc";
+  std::vector<std::string> argv = {Moemesh(), "up", "--expert-shards=2", "--expert-device=cuda",
+                                   "--router-device=" + GetParam()};
+  if (local) argv = {Moemesh(), "up", "--expert-shards=0", "--router-device=cuda"};
+  if (ipc) argv = {Moemesh(), "up", "--expert-shards=1", "--expert-device=cuda", "--router-device=cuda"};
+  auto up = Subprocess::Start(argv);
   ASSERT_TRUE(up.ok());
   auto target = (*up)->WaitForLine("gateway listening on ", absl::Seconds(120));
   ASSERT_TRUE(target.ok()) << target.status();
@@ -59,8 +61,15 @@ TEST_P(MeshGpuTest, GreedyTokensEqualTheCpuEngine) {
     const std::string key = "metrics of expert shard 0 replica 0 at http://";
     if (line.find(key) != std::string::npos) expert_metrics = line.substr(line.find(key) + key.size());
   }
+  // The router says how each shard's rows travel: in GPU memory only where
+  // one GPU worker holds whole layers beside a GPU router.
+  std::string transports;
+  for (const std::string& line : (*up)->lines()) {
+    if (line.find("expert shard ") != std::string::npos) transports += line + "\n";
+  }
   (*up)->ForwardOutput(-1);
   ASSERT_EQ(expert_metrics.empty(), local);
+  EXPECT_EQ(transports.find("cuda-ipc (rows stay on the GPU)") != std::string::npos, ipc) << transports;
   if (!local) {
     const std::string hostport = expert_metrics.substr(0, expert_metrics.find('/'));
     auto body = HttpGet(hostport.substr(0, hostport.find(':')),
@@ -87,10 +96,10 @@ TEST_P(MeshGpuTest, GreedyTokensEqualTheCpuEngine) {
     ASSERT_FALSE(a.is_discarded() || b.is_discarded());
     std::vector<int> want = a["token_ids"].get<std::vector<int>>(), got = b["token_ids"].get<std::vector<int>>();
     ASSERT_EQ(got.size(), want.size()) << prompt;
-    if (local) {
+    if (local || ipc) {
       // The single-process engine on the GPU (`moemesh generate --device
-      // cuda`) runs the same code on the same GPU as this router: the same
-      // tokens exactly.
+      // cuda`) runs the same code on the same GPU as this router (and, over
+      // cuda-ipc, as its worker): the same tokens exactly.
       std::vector<std::string> one = {Moemesh(), "generate", "--model", "models/fortune-moe", "--device", "cuda"};
       one.insert(one.end(), flags.begin(), flags.end());
       auto c = nlohmann::json::parse(Output(one), nullptr, false);
@@ -111,7 +120,7 @@ TEST_P(MeshGpuTest, GreedyTokensEqualTheCpuEngine) {
   EXPECT_EQ((*up)->Stop(absl::Seconds(30)), 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(RouterDevice, MeshGpuTest, ::testing::Values("cpu", "cuda", "local"));
+INSTANTIATE_TEST_SUITE_P(RouterDevice, MeshGpuTest, ::testing::Values("cpu", "cuda", "local", "ipc"));
 
 }  // namespace
 }  // namespace moemesh

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 #include "absl/strings/match.h"
@@ -126,6 +127,14 @@ int Subprocess::Stop(absl::Duration grace) {
   int st;
   if (waitpid(pid_, &st, 0) == pid_) status_ = DecodeStatus(st);
   return status_;
+}
+
+std::string ServiceBinaryForTests(const std::string& name, const char* env) {
+  if (const char* bin = std::getenv(env)) return bin;
+  const char* bin = std::getenv("MOEMESH_BIN");
+  const std::string cli = bin ? bin : "build/tools/moemesh/moemesh", suffix = "tools/moemesh/moemesh";
+  const std::string root = absl::EndsWith(cli, suffix) ? cli.substr(0, cli.size() - suffix.size()) : "build/";
+  return absl::StrCat(root, "services/", name.substr(name.find('-') + 1), "/", name);
 }
 
 }  // namespace moemesh

@@ -54,6 +54,13 @@ class Subprocess {
   std::thread drain_;
 };
 
+// For tests and benchmarks that start a mesh service themselves: the path of
+// service `name` ("moemesh-expert"): $MOEMESH_EXPERT_BIN-style override
+// `env`, else beside the CLI ($MOEMESH_BIN, default
+// build/tools/moemesh/moemesh) in the build tree's layout
+// (services/expert/moemesh-expert).
+std::string ServiceBinaryForTests(const std::string& name, const char* env);
+
 }  // namespace moemesh
 
 #endif  // MOEMESH_CORE_COMMON_SUBPROCESS_H_

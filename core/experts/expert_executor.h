@@ -52,6 +52,10 @@ class ExpertExecutor {
   // (ExpertBatch::routing_on_device) for batches of up to
   // kMaxDeviceGroupedRoutes routes (core/kernels/cpu/gating_rule.h).
   virtual bool groups_on_device() const { return false; }
+  // Whether an Execute of rows and routing on the device enqueues only GPU
+  // work, so that a forward pass may capture it into a CUDA graph and
+  // replay it. Executors that talk to another process per call do not.
+  virtual bool capturable() const { return true; }
 };
 
 }  // namespace moemesh

@@ -5,6 +5,7 @@
 #include "services/common/frame_socket.h"
 #include "services/expert/expert_metrics.h"
 #include "services/common/grpc_status.h"
+#include "services/common/host_id.h"
 #include "services/common/tensor_proto.h"
 
 namespace moemesh {
@@ -43,6 +44,46 @@ void ExpertServiceImpl::Run(const v1::DispatchRequest& request, const absl::Stat
   if (!st.ok()) return fail(st);
 }
 
+void ExpertServiceImpl::ServeDeviceRows(const v1::DispatchRequest& request,
+                                        std::unique_ptr<DeviceRowsServer::Session>* session,
+                                        v1::DispatchResponse* response) {
+  response->set_step(request.step());
+  response->set_layer(request.layer());
+  response->set_micro_batch(request.micro_batch());
+  absl::Status st;
+  if (device_rows_ == nullptr) {
+    st = absl::FailedPreconditionError(
+        "this worker offers no CUDA IPC (ShardInfo.cuda_ipc): its experts are not on a GPU, whole layers of them");
+  } else if (request.has_ipc_setup()) {
+    session->reset();  // its buffers go before the new ones are made
+    auto opened = device_rows_->Open(request.ipc_setup(), response->mutable_ipc_buffers());
+    if (opened.ok()) {
+      *session = std::move(*opened);
+    } else {
+      st = opened.status();
+    }
+  } else if (*session == nullptr) {
+    st = absl::FailedPreconditionError("CUDA IPC work on a connection that has not set CUDA IPC up");
+  } else {
+    int64_t rows = 0;
+    if (request.ipc().slots() > 0 && request.hidden_states().shape_size() == 2) {
+      rows = request.hidden_states().shape(0) * request.ipc().slots();
+    }
+    for (const v1::ExpertRows& g : request.groups()) rows += g.rows_size();
+    const auto t0 = std::chrono::steady_clock::now();
+    st = (*session)->Run(request, response);
+    if (metrics_) {
+      metrics_->ObserveRequest(static_cast<int>(rows),
+                               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), st.ok());
+    }
+  }
+  if (!st.ok()) {
+    response->clear_ipc_buffers();
+    response->set_error_code(static_cast<int>(st.code()));
+    response->set_error_message(std::string(st.message()));
+  }
+}
+
 void ExpertServiceImpl::Handle(const v1::DispatchRequest& request, v1::DispatchResponse* response) {
   std::vector<float> out, widened;
   const std::string& rows = request.hidden_states().data();
@@ -60,15 +101,24 @@ void ExpertServiceImpl::ServeFrames(FrameSocket* socket) {
   v1::DispatchResponse response;
   std::vector<char> payload;
   std::vector<float> out, widened;
+  std::unique_ptr<DeviceRowsServer::Session> session;  // this connection's CUDA IPC
   const int h = worker_->config().hidden_size;
   while (socket->Receive(&request, &payload).ok()) {
     if (metrics_) metrics_->SetQueueDepth(busy_.fetch_add(1) + 1);
     response.Clear();
-    Run(request, GetRowsAsF32(request.hidden_states(), payload.data(), payload.size(), h, "hidden_states", &widened),
-        &response, &out);
+    const bool ipc = request.has_ipc() || request.has_ipc_setup();
+    if (ipc) {
+      ServeDeviceRows(request, &session, &response);
+      out.clear();
+    } else {
+      Run(request, GetRowsAsF32(request.hidden_states(), payload.data(), payload.size(), h, "hidden_states", &widened),
+          &response, &out);
+    }
     iovec data{out.data(), out.size() * sizeof(float)};
-    if (response.error_code() == 0) SetF32Shape(static_cast<int64_t>(out.size() / h), h, response.mutable_outputs());
-    const bool sent = socket->Send(response, {&data, response.error_code() == 0 ? 1u : 0u}).ok();
+    if (response.error_code() == 0 && !ipc) {
+      SetF32Shape(static_cast<int64_t>(out.size() / h), h, response.mutable_outputs());
+    }
+    const bool sent = socket->Send(response, {&data, response.error_code() == 0 && !ipc ? 1u : 0u}).ok();
     if (metrics_) {
       metrics_->SetQueueDepth(busy_.fetch_sub(1) - 1);
     } else {
@@ -81,10 +131,15 @@ void ExpertServiceImpl::ServeFrames(FrameSocket* socket) {
 grpc::Status ExpertServiceImpl::Dispatch(
     grpc::ServerContext* context, grpc::ServerReaderWriter<v1::DispatchResponse, v1::DispatchRequest>* stream) {
   v1::DispatchRequest request;
+  std::unique_ptr<DeviceRowsServer::Session> session;  // this stream's CUDA IPC
   while (stream->Read(&request)) {
     if (metrics_) metrics_->SetQueueDepth(busy_.fetch_add(1) + 1);
     v1::DispatchResponse response;
-    Handle(request, &response);
+    if (request.has_ipc() || request.has_ipc_setup()) {
+      ServeDeviceRows(request, &session, &response);
+    } else {
+      Handle(request, &response);
+    }
     const bool written = stream->Write(response);
     if (metrics_) {
       metrics_->SetQueueDepth(busy_.fetch_sub(1) - 1);
@@ -102,6 +157,10 @@ grpc::Status ExpertServiceImpl::GetShardInfo(grpc::ServerContext* context, const
   response->set_model(worker_->options().model_dir);
   response->set_data_port(data_port_);
   response->set_bf16_rows_exact(worker_->bf16_rows_exact());
+  if (device_rows_ != nullptr) {
+    response->mutable_cuda_ipc()->set_host_id(HostId());
+    response->mutable_cuda_ipc()->set_device(device_rows_->device());
+  }
   response->set_shard_index(worker_->options().shard_index);
   response->set_num_shards(worker_->options().num_shards);
   response->set_hidden_size(c.hidden_size);

@@ -7,6 +7,7 @@
 
 #include "moemesh/v1/expert.grpc.pb.h"
 #include "services/common/tensor_proto.h"
+#include "services/expert/device_rows.h"
 #include "services/expert/expert_worker.h"
 
 namespace moemesh {
@@ -41,16 +42,25 @@ class ExpertServiceImpl final : public v1::ExpertService::Service {
   void set_metrics(ExpertMetrics* m) { metrics_ = m; }
   // The raw data channel's port, advertised in ShardInfo (0: none).
   void set_data_port(int port) { data_port_ = port; }
+  // Shares rows in GPU memory with routers on this host (CUDA IPC),
+  // advertised in ShardInfo.cuda_ipc; null: not offered. Must outlive the
+  // service.
+  void set_device_rows(DeviceRowsServer* d) { device_rows_ = d; }
 
  private:
   // Runs `request` on `hidden`; fills the response's ids (and error) and
   // writes the outputs to `out`. Shared by both transports.
   void Run(const v1::DispatchRequest& request, const absl::StatusOr<F32Matrix>& hidden,
            v1::DispatchResponse* response, std::vector<float>* out);
+  // Serves a CUDA IPC request (a setup, or work in the connection's
+  // `session`), on either transport; the response carries no rows.
+  void ServeDeviceRows(const v1::DispatchRequest& request, std::unique_ptr<DeviceRowsServer::Session>* session,
+                       v1::DispatchResponse* response);
 
   ExpertWorker* worker_;
   std::atomic<int> busy_{0};
   int data_port_ = 0;
+  DeviceRowsServer* device_rows_ = nullptr;
   ExpertMetrics* metrics_ = nullptr;
 };
 

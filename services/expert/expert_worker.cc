@@ -5,6 +5,8 @@
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
 #include "core/experts/cpu_expert_device.h"
+#include "core/experts/expert_executor.h"
+#include "core/kernels/cpu/gating_rule.h"
 #include "core/experts/placement.h"
 #include "core/model/safetensors.h"
 #include "core/tensor/thread_pool.h"
@@ -53,12 +55,11 @@ std::vector<std::pair<int, std::vector<int>>> ExpertWorker::HeldExperts() const 
   return out;
 }
 
-absl::Status ExpertWorker::Run(const ExpertWork& work, std::vector<float>* out) {
+absl::Status ExpertWorker::Validate(const ExpertWork& work, size_t* total_rows) const {
   const ModelConfig& c = config_;
   if (work.layer < 0 || work.layer >= c.num_layers || !c.is_moe_layer[work.layer]) {
     return absl::InvalidArgumentError(absl::StrCat("layer ", work.layer, " is not a MoE layer of this model"));
   }
-  if (work.on_device) return absl::InvalidArgumentError("an expert worker takes rows in host memory");
   if (work.hidden_size != c.hidden_size) {
     return absl::InvalidArgumentError(
         absl::StrCat("hidden size ", work.hidden_size, " does not match the model's ", c.hidden_size));
@@ -92,8 +93,42 @@ absl::Status ExpertWorker::Run(const ExpertWork& work, std::vector<float>* out) 
     }
     total += g.rows.size();
   }
-  out->resize(total * static_cast<size_t>(c.hidden_size));
+  *total_rows = total;
+  return absl::OkStatus();
+}
+
+absl::Status ExpertWorker::Run(const ExpertWork& work, std::vector<float>* out) {
+  if (work.on_device) return absl::InvalidArgumentError("an expert worker takes rows in host memory");
+  size_t total = 0;
+  MM_RETURN_IF_ERROR(Validate(work, &total));
+  out->resize(total * static_cast<size_t>(config_.hidden_size));
   return device_->Run(work, out->data());
+}
+
+absl::Status ExpertWorker::RunCombinedOnDevice(const ExpertWork& work, float* out) {
+  if (!work.on_device || device_->cuda_device() < 0) {
+    return absl::InvalidArgumentError("RunCombinedOnDevice takes rows in the memory of the experts' GPU");
+  }
+  size_t total = 0;
+  MM_RETURN_IF_ERROR(Validate(work, &total));
+  return device_->RunCombined(work, out);
+}
+
+absl::Status ExpertWorker::RunRoutedOnDevice(const ExpertBatch& batch, float* out) {
+  const ModelConfig& c = config_;
+  if (batch.layer < 0 || batch.layer >= c.num_layers || !c.is_moe_layer[batch.layer]) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", batch.layer, " is not a MoE layer of this model"));
+  }
+  if (batch.num_tokens < 0 || batch.slots < 1 ||
+      static_cast<int64_t>(batch.num_tokens) * batch.slots > kMaxDeviceGroupedRoutes) {
+    return absl::InvalidArgumentError(absl::StrCat(batch.num_tokens, " tokens of ", batch.slots,
+                                                   " routed experts: a GPU groups at most ",
+                                                   kMaxDeviceGroupedRoutes, " routes itself"));
+  }
+  if (!device_->groups_on_device()) {
+    return absl::FailedPreconditionError("this worker's experts cannot group rows on a GPU (no GPU, or not whole layers)");
+  }
+  return device_->RunRouted(batch, out);
 }
 
 }  // namespace moemesh

@@ -42,6 +42,20 @@ class ExpertWorker {
   // expert this shard does not hold.
   absl::Status Run(const ExpertWork& work, std::vector<float>* out);
 
+  // Work whose rows are in this worker's GPU memory (work.on_device, a
+  // router's rows shared by CUDA IPC), validated as Run: the combined rows
+  // (ExpertDevice::RunCombined) go to `out` ([num_rows, hidden_size], on
+  // the device), enqueued on work.cuda_stream.
+  absl::Status RunCombinedOnDevice(const ExpertWork& work, float* out);
+  // A batch with its routing on this GPU too (ExpertDevice::RunRouted):
+  // INVALID_ARGUMENT past kMaxDeviceGroupedRoutes routes, FAILED_PRECONDITION
+  // for a layer this worker does not hold whole.
+  absl::Status RunRoutedOnDevice(const ExpertBatch& batch, float* out);
+  // The GPU of the experts, or -1; whether they are whole layers there
+  // (RunRoutedOnDevice works).
+  int cuda_device() const { return device_->cuda_device(); }
+  bool groups_on_device() const { return device_->groups_on_device(); }
+
   const ModelConfig& config() const { return config_; }
   // Whether bf16 rows give exactly what f32 rows do (ExpertDevice::rounds_rows_to_bf16).
   bool bf16_rows_exact() const { return device_->rounds_rows_to_bf16(); }
@@ -51,6 +65,9 @@ class ExpertWorker {
 
  private:
   ExpertWorker() = default;
+  // INVALID_ARGUMENT / FAILED_PRECONDITION for work Run must refuse; the
+  // rows it returns in `*total_rows`.
+  absl::Status Validate(const ExpertWork& work, size_t* total_rows) const;
 
   Options options_;
   ModelConfig config_;

@@ -18,6 +18,7 @@
 #include "services/expert/expert_worker.h"
 #ifdef MOEMESH_WITH_CUDA
 #include "core/experts/cuda/cuda_expert_device.h"
+#include "services/expert/cuda_ipc_server.h"
 #endif
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory");
@@ -29,6 +30,9 @@ ABSL_FLAG(int, threads, 1, "CPU threads for the expert kernels");
 ABSL_FLAG(std::string, device, "cpu", "where the experts run: cpu, or cuda[:N] (GPU N, default 0)");
 ABSL_FLAG(int, gpu_lanes, 2, "with --device cuda: requests that run on the GPU side by side");
 ABSL_FLAG(int, gpu_chunk_rows, 256, "with --device cuda: rows per pipelined chunk of a request");
+ABSL_FLAG(bool, cuda_ipc, true,
+          "with --device cuda: offer routers on this host the cuda-ipc transport (rows shared in GPU memory) where "
+          "this worker holds whole layers");
 
 namespace moemesh {
 namespace {
@@ -38,6 +42,7 @@ struct Options {
   std::string device;
   int gpu_lanes = 0, gpu_chunk_rows = 0;
   int data_port = 0;  // -1: no raw data channel
+  bool cuda_ipc = true;
 
   static Options FromFlags() {
     Options o;
@@ -50,6 +55,7 @@ struct Options {
     o.gpu_lanes = absl::GetFlag(FLAGS_gpu_lanes);
     o.gpu_chunk_rows = absl::GetFlag(FLAGS_gpu_chunk_rows);
     o.data_port = absl::GetFlag(FLAGS_data_port);
+    o.cuda_ipc = absl::GetFlag(FLAGS_cuda_ipc);
     return o;
   }
 
@@ -92,6 +98,15 @@ int Main(int argc, char** argv) {
   auto registry = std::make_shared<prometheus::Registry>();
   ExpertMetrics metrics(*registry);
   service.set_metrics(&metrics);
+  std::unique_ptr<DeviceRowsServer> device_rows;
+#ifdef MOEMESH_WITH_CUDA
+  if (gpu >= 0 && options.cuda_ipc && (*worker)->groups_on_device()) {
+    auto d = MakeCudaIpcServer(worker->get());
+    if (!d.ok()) return service_main.Fail(d.status(), 1);
+    device_rows = std::move(*d);
+    service.set_device_rows(device_rows.get());
+  }
+#endif
   std::unique_ptr<FrameServer> frames;  // stops after the gRPC server (destroyed after Serve returns)
   // The raw data channel has no TLS: with TLS it is not offered, and
   // routers use the (encrypted) gRPC stream.

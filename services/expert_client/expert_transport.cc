@@ -1,12 +1,24 @@
 #include "services/expert_client/expert_transport.h"
 
 #include "moemesh/v1/expert.pb.h"
+#include "absl/strings/str_cat.h"
+#include "services/common/host_id.h"
 #include "services/expert_client/frame_transport.h"
 #include "services/expert_client/grpc_stream_transport.h"
 
 namespace moemesh {
 
-NegotiatedTransport NegotiateTransport(const std::string& address, const v1::ShardInfo& info,
+absl::Status ExpertTransport::SendOnDevice(const v1::DispatchRequest&, const ExpertBatch&) {
+  return absl::UnimplementedError(absl::StrCat("the ", name(), " transport takes rows in host memory"));
+}
+
+absl::Status ExpertTransport::ReceiveOnDevice(v1::DispatchResponse*, F32Matrix*, float*, void*) {
+  return absl::UnimplementedError(absl::StrCat("the ", name(), " transport takes rows in host memory"));
+}
+
+namespace {
+
+NegotiatedTransport NegotiateHostTransport(const std::string& address, const v1::ShardInfo& info,
                                        std::shared_ptr<grpc::Channel> channel, const TransportOptions& options) {
   const int hidden = options.hidden_size;
   // Targets with a scheme name no TCP host (unix:PATH may even end in digits).
@@ -39,6 +51,19 @@ NegotiatedTransport NegotiateTransport(const std::string& address, const v1::Sha
   return {"grpc-stream", [channel, hidden, timeout] {
             return std::make_unique<GrpcStreamTransport>(channel, hidden, timeout);
           }};
+}
+
+}  // namespace
+
+NegotiatedTransport NegotiateTransport(const std::string& address, const v1::ShardInfo& info,
+                                       std::shared_ptr<grpc::Channel> channel, const TransportOptions& options) {
+  NegotiatedTransport host = NegotiateHostTransport(address, info, std::move(channel), options);
+  // CUDA IPC only between processes of one host (one kernel boot).
+  const std::string here = HostId();
+  if (options.device_rows && info.has_cuda_ipc() && !here.empty() && info.cuda_ipc().host_id() == here) {
+    return {"cuda-ipc", options.device_rows(info, std::move(host.make))};
+  }
+  return host;
 }
 
 }  // namespace moemesh

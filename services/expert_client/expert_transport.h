@@ -17,6 +17,7 @@ class Channel;
 }
 
 namespace moemesh {
+struct ExpertBatch;
 namespace v1 {
 class DispatchRequest;
 class DispatchResponse;
@@ -44,8 +45,26 @@ class ExpertTransport {
   // whose rows are malformed.
   virtual absl::Status Receive(v1::DispatchResponse* response, F32Matrix* outputs) = 0;
 
-  // "frames" or "grpc-stream", for logs and metrics.
+  // "frames", "grpc-stream" or "cuda-ipc", for logs and metrics.
   virtual absl::string_view name() const = 0;
+
+  // Transports whose rows stay in GPU memory (cuda-ipc): the GPU whose
+  // memory SendOnDevice takes, else -1 (and the two calls below are
+  // UNIMPLEMENTED).
+  virtual int cuda_device() const { return -1; }
+  // Sends `header` for `batch`, whose rows (and routing, with
+  // routing_on_device) are in that GPU's memory, after the work enqueued on
+  // batch.cuda_stream; UNAVAILABLE when the worker is gone.
+  virtual absl::Status SendOnDevice(const v1::DispatchRequest& header, const ExpertBatch& batch);
+  // Reads the answer to it; where it carries no error, `*outputs` gets the
+  // combined rows' shape (no data), and the rows are copied to `out`
+  // ([rows, hidden_size], device memory) on `stream` after the worker's
+  // work: ordered, not waited for.
+  virtual absl::Status ReceiveOnDevice(v1::DispatchResponse* response, F32Matrix* outputs, float* out,
+                                       void* stream);
+  // Connects (and sets the wire up) now rather than at the first Send, so
+  // that a wire that cannot work shows at start-up.
+  virtual absl::Status Warm() { return absl::OkStatus(); }
 };
 
 // Makes a fresh transport to one worker (after a failure, the old one is
@@ -61,6 +80,10 @@ struct TransportOptions {
   // (stopped, wedged) is given up, so that the request goes to another
   // replica; 0: wait forever. Both transports.
   int receive_timeout_ms = 0;
+  // Where set (CUDA builds, a router on a GPU): wraps the chosen transport
+  // into one whose rows stay in GPU memory, for a worker on this host that
+  // offers it (ShardInfo.cuda_ipc); the wrapped one carries the messages.
+  std::function<ExpertTransportFactory(const v1::ShardInfo&, ExpertTransportFactory)> device_rows;
 };
 
 // The transport chosen for a worker: its name (ExpertTransport::name) and

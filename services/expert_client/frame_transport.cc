@@ -20,7 +20,9 @@ absl::Status FrameTransport::Receive(v1::DispatchResponse* response, F32Matrix* 
   if (absl::Status st = socket_->Receive(response, &payload_); !st.ok()) {
     return absl::UnavailableError(st.message());
   }
-  if (response->error_code() != 0) return absl::OkStatus();
+  *outputs = F32Matrix{};
+  // An error, or the answer to CUDA IPC work (its rows are on a GPU).
+  if (response->error_code() != 0 || !response->has_outputs()) return absl::OkStatus();
   auto m = GetF32Matrix(response->outputs(), payload_.data(), payload_.size(), hidden_size_, "outputs");
   if (!m.ok()) return absl::InternalError(m.status().message());
   *outputs = *m;

@@ -74,7 +74,9 @@ absl::Status GrpcStreamTransport::Receive(v1::DispatchResponse* response, F32Mat
     }
   }
   if (!read) return absl::UnavailableError("the Dispatch stream closed");
-  if (response->error_code() != 0) return absl::OkStatus();
+  *outputs = F32Matrix{};
+  // An error, or the answer to CUDA IPC work (its rows are on a GPU).
+  if (response->error_code() != 0 || !response->has_outputs()) return absl::OkStatus();
   auto m = GetF32Matrix(response->outputs(), hidden_size_, "outputs");
   if (!m.ok()) return absl::InternalError(m.status().message());
   *outputs = *m;

@@ -23,6 +23,7 @@ namespace moemesh {
 struct RemoteExpertExecutor::Replica {
   std::string address;
   NegotiatedTransport negotiated;
+  NegotiatedTransport host;  // the transport without cuda-ipc (Options::device_rows)
   std::unique_ptr<ExpertTransport> transport;
   bool pending = false;  // a request was sent and its answer not read
   // After a failure the replica is passed over until then; the first
@@ -35,20 +36,25 @@ struct RemoteExpertExecutor::Replica {
     pending = false;
   }
 
-  absl::Status Send(const v1::DispatchRequest& request, absl::Span<const iovec> rows) {
+  // With `device`, the rows are that batch's, in GPU memory.
+  absl::Status Send(const v1::DispatchRequest& request, absl::Span<const iovec> rows, const ExpertBatch* device) {
     if (!transport) transport = negotiated.make();
-    if (absl::Status st = transport->Send(request, rows); !st.ok()) {
+    if (absl::Status st = device ? transport->SendOnDevice(request, *device) : transport->Send(request, rows);
+        !st.ok()) {
       return absl::UnavailableError(absl::StrCat("expert worker ", address, ": ", st.message()));
     }
     pending = true;
     return absl::OkStatus();
   }
 
-  // The answer, with the worker's own error as the status.
-  absl::Status Receive(v1::DispatchResponse* response, F32Matrix* outputs) {
+  // The answer, with the worker's own error as the status; with
+  // `device_out`, its rows are copied there on `stream`.
+  absl::Status Receive(v1::DispatchResponse* response, F32Matrix* outputs, float* device_out, void* stream) {
     pending = false;
     if (!transport) return absl::UnavailableError(absl::StrCat("expert worker ", address, ": not connected"));
-    if (absl::Status st = transport->Receive(response, outputs); !st.ok()) {
+    if (absl::Status st = device_out ? transport->ReceiveOnDevice(response, outputs, device_out, stream)
+                                     : transport->Receive(response, outputs);
+        !st.ok()) {
       return absl::Status(st.code(), absl::StrCat("expert worker ", address, ": ", st.message()));
     }
     if (response->error_code() != 0) {
@@ -73,6 +79,10 @@ struct RemoteExpertExecutor::Shard {
   std::vector<iovec> rows;      // the hidden states, in the engine's buffer
   v1::DispatchResponse response;
   F32Matrix outputs;
+  // Device mode: this step's batch (rows in GPU memory) and where its
+  // combined rows go; null otherwise.
+  const ExpertBatch* device_batch = nullptr;
+  float* device_out = nullptr;
 };
 
 RemoteExpertExecutor::~RemoteExpertExecutor() = default;
@@ -184,7 +194,10 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
       transport.allow_data_channel = options.use_data_channel;
       transport.receive_timeout_ms = options.receive_timeout_ms;
       ex->eject_ms_ = options.eject_ms;
-      r->negotiated = NegotiateTransport(address, info, channel, transport);
+      r->host = NegotiateTransport(address, info, channel, transport);
+      transport.device_rows = options.cuda_device >= 0 ? options.device_rows : nullptr;
+      r->negotiated = transport.device_rows ? NegotiateTransport(address, info, channel, transport) : r->host;
+      if (ex->layer_shard_.empty()) ex->layer_shard_.assign(info.num_layers(), -1);
       ex->num_experts_ = info.num_experts();
       all_exact = all_exact && info.bf16_rows_exact();
       shard->replicas.push_back(std::move(r));
@@ -192,7 +205,52 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
     shard->bf16 = options.rows == Rows::kBf16 || (options.rows == Rows::kAuto && all_exact);
     ex->shards_.push_back(std::move(shard));
   }
+  if (options.cuda_device >= 0) ex->EnterDeviceMode(options);
   return ex;
+}
+
+void RemoteExpertExecutor::EnterDeviceMode(const Options& options) {
+  bool ipc = true;
+  for (const auto& s : shards_) {
+    for (const auto& r : s->replicas) ipc = ipc && r->negotiated.name == "cuda-ipc";
+  }
+  // Each MoE layer whole on one shard: the worker groups and combines it.
+  bool whole = ipc;
+  for (size_t l = 0; whole && l < layer_shard_.size(); ++l) {
+    for (size_t i = 0; i < shards_.size(); ++i) {
+      const size_t held = placement_->ExpertsOf(static_cast<int>(i), static_cast<int>(l), num_experts_).size();
+      if (held == 0) continue;
+      whole = layer_shard_[l] < 0 && held == static_cast<size_t>(num_experts_);
+      layer_shard_[l] = static_cast<int>(i);
+      if (!whole) break;
+    }
+  }
+  // Set the wire up now: where it cannot be (containers apart), the rows
+  // go through the host.
+  absl::Status st = absl::OkStatus();
+  for (auto& s : shards_) {
+    for (auto& r : s->replicas) {
+      if (!ipc || !st.ok()) break;
+      r->transport = r->negotiated.make();
+      st = r->transport->Warm();
+      if (!st.ok()) st = absl::Status(st.code(), absl::StrCat("expert worker ", r->address, ": ", st.message()));
+    }
+  }
+  if (ipc && whole && st.ok()) {
+    cuda_device_ = options.cuda_device;
+    return;
+  }
+  if (ipc && options.warn) {
+    options.warn(st.ok() ? "cuda-ipc: the experts of a layer are on several shards (each worker must hold whole "
+                           "layers); the rows go through the host"
+                         : absl::StrCat("cuda-ipc cannot be set up, so the rows go through the host: ", st.message()));
+  }
+  for (auto& s : shards_) {
+    for (auto& r : s->replicas) {
+      r->Reset();
+      r->negotiated = r->host;
+    }
+  }
 }
 
 absl::Status RemoteExpertExecutor::Execute(const ExpertBatch& b, float* out) {
@@ -301,12 +359,13 @@ void RemoteExpertExecutor::Fail(Replica* r) {
 // lost worker is failed (ejected); any other error ends the exchange.
 absl::Status RemoteExpertExecutor::Attempt(Shard& s, Replica* r, bool send) {
   if (send) {
-    if (absl::Status st = r->Send(s.request, s.rows); !st.ok()) {
+    if (absl::Status st = r->Send(s.request, s.rows, s.device_batch); !st.ok()) {
       Fail(r);
       return st;
     }
   }
-  absl::Status st = r->Receive(&s.response, &s.outputs);
+  absl::Status st = r->Receive(&s.response, &s.outputs, s.device_out,
+                               s.device_batch ? s.device_batch->cuda_stream : nullptr);
   if (st.ok()) {
     s.chosen = r;
   } else if (absl::IsUnavailable(st) || absl::IsCancelled(st)) {
@@ -343,7 +402,11 @@ absl::Status RemoteExpertExecutor::ExecuteOnce(const ExpertBatch& b, float* out)
   if (h != hidden_size_) {
     return absl::InvalidArgumentError(absl::StrCat("hidden size ", h, " != ", hidden_size_));
   }
-  if (b.on_device) return absl::InvalidArgumentError("remote experts take rows in host memory");
+  if (b.on_device) {
+    if (cuda_device_ < 0) return absl::InvalidArgumentError("remote experts take rows in host memory");
+    return ExecuteOnDevice(b, out);
+  }
+  if (b.routing_on_device) return absl::InvalidArgumentError("routing on a GPU with rows in host memory");
   ++step_;
   MM_RETURN_IF_ERROR(GroupByExpert(b, num_experts_, &work_));
   Partition(b.num_tokens);
@@ -355,7 +418,7 @@ absl::Status RemoteExpertExecutor::ExecuteOnce(const ExpertBatch& b, float* out)
     if (s.groups.empty()) continue;
     s.next = FirstLive(s);
     Replica* first = s.replicas[s.next].get();
-    sent[si] = first->Send(s.request, s.rows).ok();
+    sent[si] = first->Send(s.request, s.rows, nullptr).ok();
     if (!sent[si]) Fail(first);
   }
   std::vector<const float*> group_rows(work_.groups.size(), nullptr);
@@ -370,19 +433,7 @@ absl::Status RemoteExpertExecutor::ExecuteOnce(const ExpertBatch& b, float* out)
       observer_(s.chosen->address,
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - sent_at).count());
     }
-    if (s.response.step() != step_ || s.response.layer() != b.layer ||
-        static_cast<size_t>(s.outputs.rows) != s.rows_out) {
-      s.chosen->Reset();  // out of step with this worker: start afresh next time
-    }
-    if (s.response.step() != step_ || s.response.layer() != b.layer) {
-      return absl::InternalError(absl::StrCat("expert worker ", s.chosen->address, " answered step ",
-                                              s.response.step(), " layer ", s.response.layer(), ", expected step ",
-                                              step_, " layer ", b.layer));
-    }
-    if (static_cast<size_t>(s.outputs.rows) != s.rows_out) {
-      return absl::InternalError(absl::StrCat("expert worker ", s.chosen->address, " returned ", s.outputs.rows,
-                                              " rows, expected ", s.rows_out));
-    }
+    MM_RETURN_IF_ERROR(CheckAnswer(s, b.layer));
     const float* row = s.outputs.data;
     for (int gi : s.groups) {
       group_rows[gi] = row;
@@ -393,6 +444,68 @@ absl::Status RemoteExpertExecutor::ExecuteOnce(const ExpertBatch& b, float* out)
   CombineExpertRows(work_, group_rows, b.num_tokens, out);
   combine_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - combine_start).count();
   return absl::OkStatus();
+}
+
+absl::Status RemoteExpertExecutor::CheckAnswer(Shard& s, int layer) {
+  const bool in_step = s.response.step() == step_ && s.response.layer() == layer;
+  if (!in_step || static_cast<size_t>(s.outputs.rows) != s.rows_out) {
+    s.chosen->Reset();  // out of step with this worker: start afresh next time
+  }
+  if (!in_step) {
+    return absl::InternalError(absl::StrCat("expert worker ", s.chosen->address, " answered step ",
+                                            s.response.step(), " layer ", s.response.layer(), ", expected step ",
+                                            step_, " layer ", layer));
+  }
+  if (static_cast<size_t>(s.outputs.rows) != s.rows_out) {
+    return absl::InternalError(absl::StrCat("expert worker ", s.chosen->address, " returned ", s.outputs.rows,
+                                            " rows, expected ", s.rows_out));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RemoteExpertExecutor::ExecuteOnDevice(const ExpertBatch& b, float* out) {
+  const int h = hidden_size_;
+  if (b.layer < 0 || b.layer >= static_cast<int>(layer_shard_.size()) || layer_shard_[b.layer] < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", b.layer, " has no routed experts on the workers"));
+  }
+  ++step_;
+  Shard& s = *shards_[layer_shard_[b.layer]];
+  v1::DispatchRequest& req = s.request;
+  req.Clear();
+  req.set_step(step_);
+  req.set_layer(b.layer);
+  SetF32Shape(b.num_tokens, h, req.mutable_hidden_states());
+  req.mutable_ipc()->set_slots(b.routing_on_device ? b.slots : 0);
+  if (!b.routing_on_device) {  // grouped here; the worker combines
+    MM_RETURN_IF_ERROR(GroupByExpert(b, num_experts_, &work_));
+    for (const ExpertWork::Group& g : work_.groups) {
+      v1::ExpertRows* rows = req.add_groups();
+      rows->set_expert(g.expert);
+      rows->mutable_rows()->Add(g.rows.begin(), g.rows.end());
+      rows->mutable_weights()->Add(g.weights.begin(), g.weights.end());
+    }
+  }
+  s.chosen = nullptr;
+  s.rows_out = static_cast<size_t>(b.num_tokens);
+  s.device_batch = &b;
+  s.device_out = out;
+  const auto sent_at = std::chrono::steady_clock::now();
+  s.next = FirstLive(s);
+  Replica* first = s.replicas[s.next].get();
+  const bool sent = first->Send(s.request, s.rows, &b).ok();
+  if (!sent) {
+    Fail(first);
+    ++retries_;
+  }
+  absl::Status st = Exchange(s, sent);
+  s.next = (s.next + 1) % s.replicas.size();
+  s.device_batch = nullptr;
+  s.device_out = nullptr;
+  if (!st.ok()) return st;
+  if (observer_) {
+    observer_(s.chosen->address, std::chrono::duration<double>(std::chrono::steady_clock::now() - sent_at).count());
+  }
+  return CheckAnswer(s, b.layer);
 }
 
 }  // namespace moemesh

@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "core/experts/expert_executor.h"
+#include "services/expert_client/expert_transport.h"
 #include "core/experts/expert_work.h"
 #include "core/experts/placement.h"
 
@@ -51,6 +52,17 @@ class RemoteExpertExecutor : public ExpertExecutor {
     // A replica that failed (or timed out) is passed over for this long
     // while the shard has others; then the next request probes it.
     int eject_ms = 5000;
+    // A router on GPU `cuda_device` (-1: none) whose workers offer the
+    // cuda-ipc transport (TransportOptions::device_rows, set by CUDA
+    // builds): where every replica takes it and each MoE layer's experts
+    // are all on one shard, Execute takes rows and routing in that GPU's
+    // memory and they never leave it (cuda_device(), groups_on_device());
+    // otherwise the rows go through the host as before.
+    int cuda_device = -1;
+    std::function<ExpertTransportFactory(const v1::ShardInfo&, ExpertTransportFactory)> device_rows;
+    // Told why the rows go through the host after all, where the cuda-ipc
+    // transport was negotiated but cannot be set up.
+    std::function<void(const std::string&)> warn;
   };
   // `shards[i]` lists the replicas (addresses) of shard i of
   // `shards.size()`, placed by `options.placement` (null: modulo). Checks
@@ -88,6 +100,9 @@ class RemoteExpertExecutor : public ExpertExecutor {
   ~RemoteExpertExecutor() override;
 
   absl::Status Execute(const ExpertBatch& batch, float* out) override;
+  int cuda_device() const override { return cuda_device_; }
+  bool groups_on_device() const override { return cuda_device_ >= 0; }
+  bool capturable() const override { return false; }
 
  private:
   struct Replica;
@@ -96,6 +111,15 @@ class RemoteExpertExecutor : public ExpertExecutor {
   // Fills each shard's request from work_.
   void Partition(int num_tokens);
   absl::Status ExecuteOnce(const ExpertBatch& batch, float* out);
+  // ExecuteOnce for rows in GPU memory (the cuda-ipc transport): the whole
+  // layer to the one shard that holds it, combined there.
+  absl::Status ExecuteOnDevice(const ExpertBatch& batch, float* out);
+  // Checks the answer s.chosen gave for `layer` (this step's, as many rows
+  // as asked).
+  absl::Status CheckAnswer(Shard& s, int layer);
+  // Sets up cuda-ipc ahead (Connect): device mode, or the host's
+  // transports after all.
+  void EnterDeviceMode(const Options& options);
   // Sends (unless already sent) and receives s's request, moving to the
   // next replica when one is lost.
   absl::Status Exchange(Shard& s, bool already_sent);
@@ -105,6 +129,8 @@ class RemoteExpertExecutor : public ExpertExecutor {
   void Fail(Replica* r);
 
   std::vector<std::unique_ptr<Shard>> shards_;
+  int cuda_device_ = -1;           // device mode: the router's GPU
+  std::vector<int> layer_shard_;   // device mode: the shard holding each layer (-1: none)
   std::unique_ptr<ShardPlacement> placement_;
   int hidden_size_ = 0;
   int num_experts_ = 0;

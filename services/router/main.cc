@@ -3,6 +3,7 @@
 //   moemesh-router --model DIR [--experts "a|b,c"] [--port 0] [--threads T]
 // Prints "listening on HOST:PORT" once serving; stops on SIGINT/SIGTERM.
 
+#include <cstdio>
 #include <memory>
 #include <optional>
 #include <string>
@@ -18,6 +19,7 @@
 #ifdef MOEMESH_WITH_CUDA
 #include "core/engine/cuda/cuda_forward_pass.h"
 #include "core/experts/cuda/cuda_expert_device.h"
+#include "services/expert_client/cuda_ipc_transport.h"
 #endif
 #include "prometheus/registry.h"
 #include "services/common/device_flag.h"
@@ -32,7 +34,9 @@ ABSL_FLAG(std::string, experts, "",
           "expert workers: shards separated by ',', replicas of a shard by '|'; empty runs the experts here");
 ABSL_FLAG(std::string, placement, "", "placement file (JSON) the expert workers were started with; default: modulo");
 ABSL_FLAG(std::string, expert_transport, "auto",
-          "auto: Dispatch over a worker's raw data channel when it offers one; grpc: always the gRPC stream");
+          "auto: with --device cuda, rows shared in GPU memory (cuda-ipc) with GPU workers on this host that hold "
+          "whole layers; else Dispatch over a worker's raw data channel when it offers one, else the gRPC stream; "
+          "frames: never cuda-ipc; grpc: always the gRPC stream");
 ABSL_FLAG(std::string, expert_rows, "auto",
           "the rows' dtype on the wire to the expert workers: auto (bf16, half the bytes, to workers where that "
           "changes nothing: GPU workers; f32 to others), f32, or bf16 (everywhere; CPU workers then see rounded rows)");
@@ -130,8 +134,8 @@ struct Options {
       return absl::InvalidArgumentError(
           "need --max-running >= 1, --max-waiting >= 0 and --max-step-tokens >= --max-running");
     }
-    if (expert_transport != "auto" && expert_transport != "grpc") {
-      return absl::InvalidArgumentError("--expert-transport must be auto or grpc");
+    if (expert_transport != "auto" && expert_transport != "frames" && expert_transport != "grpc") {
+      return absl::InvalidArgumentError("--expert-transport must be auto, frames or grpc");
     }
     if (expert_timeout_ms < 0 || expert_eject_ms < 0) {
       return absl::InvalidArgumentError("--expert-timeout-ms and --expert-eject-ms must not be negative");
@@ -216,7 +220,14 @@ int Main(int argc, char** argv) {
     RemoteExpertExecutor::Options remote_options;
     remote_options.connect_timeout_ms = options.experts_connect_timeout_ms;
     remote_options.placement = placement ? &*placement : nullptr;
-    remote_options.use_data_channel = options.expert_transport == "auto";
+    remote_options.use_data_channel = options.expert_transport != "grpc";
+#ifdef MOEMESH_WITH_CUDA
+    if (options.gpu() >= 0 && options.expert_transport == "auto") {
+      remote_options.cuda_device = options.gpu();
+      remote_options.device_rows = CudaIpcTransport::Wrapper(options.gpu());
+      remote_options.warn = [&service_main](const std::string& m) { service_main.Warn(m); };
+    }
+#endif
     remote_options.receive_timeout_ms = options.expert_timeout_ms;
     remote_options.eject_ms = options.expert_eject_ms;
     remote_options.rows = *RemoteExpertExecutor::ParseRows(options.expert_rows);  // checked by Validate
@@ -224,6 +235,12 @@ int Main(int argc, char** argv) {
     if (!r.ok()) return service_main.Fail(r.status(), 1);
     remote_view = r->get();
     remote = std::move(*r);
+    const std::vector<std::string> transports = remote_view->transports();
+    for (size_t i = 0; i < transports.size(); ++i) {
+      std::printf("expert shard %zu: %s%s\n", i, transports[i].c_str(),
+                  remote_view->cuda_device() >= 0 ? " (rows stay on the GPU)" : "");
+    }
+    std::fflush(stdout);
   }
   auto engine = Engine::Create(options.model_dir, engine_options, std::move(remote));
   if (!engine.ok()) return service_main.Fail(engine.status(), 2);

@@ -589,7 +589,7 @@ bool CudaForwardPass::GraphEligible(absl::Span<const ForwardItem> items, ExpertE
   }
   // A layer that waits on the host for its experts cannot be captured.
   return max_slots_ == 0 || (experts->cuda_device() == device_ && experts->groups_on_device() &&
-                             n <= options_.device_grouping_max_tokens &&
+                             experts->capturable() && n <= options_.device_grouping_max_tokens &&
                              static_cast<long long>(n) * max_slots_ <= kMaxDeviceGroupedRoutes);
 }
 

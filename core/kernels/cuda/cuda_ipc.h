@@ -1,0 +1,67 @@
+#ifndef MOEMESH_CORE_KERNELS_CUDA_CUDA_IPC_H_
+#define MOEMESH_CORE_KERNELS_CUDA_CUDA_IPC_H_
+
+// CUDA IPC behind a host-only header: device memory and events that two
+// processes on one host share (docs/ARCHITECTURE.md, "The seams": the
+// cuda-ipc expert transport). Handles travel as bytes, in messages.
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "core/kernels/cuda/cuda_runtime_util.h"
+
+namespace moemesh {
+
+// A handle to `buffer`'s memory (from cudaMalloc) that another process on
+// this host can map (IpcMemory::Open).
+absl::StatusOr<std::string> ExportDeviceMemory(const DeviceBuffer& buffer);
+
+// Another process's device memory, mapped into this one (on the current
+// device; another GPU's memory is reached by peer access); unmapped on
+// destruction, once the device has done what was enqueued. The exporter
+// must keep it allocated meanwhile.
+class IpcMemory {
+ public:
+  // INVALID_ARGUMENT for bytes that are no handle; UNAVAILABLE when the
+  // memory cannot be mapped (another host or IPC namespace, the same
+  // process, the exporter gone).
+  static absl::StatusOr<std::unique_ptr<IpcMemory>> Open(absl::string_view handle);
+  ~IpcMemory();
+  void* data() const { return ptr_; }
+
+ private:
+  explicit IpcMemory(void* ptr) : ptr_(ptr) {}
+  void* ptr_;
+};
+
+// An event that processes share: one records it, the other orders its
+// stream after the recorded work. A wait sees the record made before it
+// was enqueued, so the recorder must say (by a message) that it recorded.
+class IpcEvent {
+ public:
+  // A new event of this process, to export.
+  static absl::StatusOr<std::unique_ptr<IpcEvent>> Create();
+  // Another process's event, from its Export. INVALID_ARGUMENT for bytes
+  // that are no handle; UNAVAILABLE when it cannot be opened.
+  static absl::StatusOr<std::unique_ptr<IpcEvent>> Open(absl::string_view handle);
+  ~IpcEvent();
+
+  absl::StatusOr<std::string> Export() const;
+  absl::Status Record(CudaStream stream);
+  // Work enqueued on `stream` from now on waits for the recorded work.
+  absl::Status WaitOn(CudaStream stream);
+
+ private:
+  explicit IpcEvent(void* event) : event_(event) {}
+  void* event_;
+};
+
+// Copies `bytes` bytes between device pointers (of this device, or mapped
+// from another process), ordered on `stream`.
+absl::Status CopyOnDeviceAsync(void* dst, const void* src, size_t bytes, CudaStream stream);
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_CORE_KERNELS_CUDA_CUDA_IPC_H_

@@ -1,0 +1,141 @@
+#include "services/expert_client/cuda_ipc_transport.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "core/common/status_macros.h"
+#include "core/experts/expert_executor.h"
+#include "core/kernels/cuda/cuda_ipc.h"
+#include "core/kernels/cuda/cuda_runtime_util.h"
+#include "moemesh/v1/expert.pb.h"
+
+namespace moemesh {
+
+// The connection's buffers, mapped from the worker, and the two events.
+struct CudaIpcTransport::Shared {
+  std::unique_ptr<IpcEvent> worker_event;
+  std::unique_ptr<IpcMemory> memory;
+  v1::CudaIpcBuffers layout;
+
+  char* at(uint64_t offset) const { return static_cast<char*>(memory->data()) + offset; }
+};
+
+CudaIpcTransport::CudaIpcTransport(std::unique_ptr<ExpertTransport> control, int device, int hidden_size,
+                                   int initial_tokens)
+    : control_(std::move(control)), device_(device), hidden_(hidden_size), initial_tokens_(std::max(1, initial_tokens)) {}
+
+// The mapping goes (after the device's work) before the router's event.
+CudaIpcTransport::~CudaIpcTransport() {
+  shared_.reset();
+  router_event_.reset();
+}
+
+std::function<ExpertTransportFactory(const v1::ShardInfo&, ExpertTransportFactory)> CudaIpcTransport::Wrapper(
+    int device, int initial_tokens) {
+  return [=](const v1::ShardInfo& info, ExpertTransportFactory control) -> ExpertTransportFactory {
+    const int hidden = info.hidden_size();
+    return [=]() -> std::unique_ptr<ExpertTransport> {
+      return std::make_unique<CudaIpcTransport>(control(), device, hidden, initial_tokens);
+    };
+  };
+}
+
+absl::Status CudaIpcTransport::Send(const v1::DispatchRequest& header, absl::Span<const iovec> rows) {
+  return control_->Send(header, rows);
+}
+
+absl::Status CudaIpcTransport::Receive(v1::DispatchResponse* response, F32Matrix* outputs) {
+  return control_->Receive(response, outputs);
+}
+
+absl::Status CudaIpcTransport::Warm() { return shared_ ? absl::OkStatus() : SetUp(initial_tokens_, 0); }
+
+absl::Status CudaIpcTransport::SetUp(int tokens, int slots) {
+  MM_RETURN_IF_ERROR(CudaSetDevice(device_));
+  int capacity = std::max(tokens, initial_tokens_);
+  if (shared_) {  // never smaller; twice as large when it must grow
+    const int old = shared_->layout.max_tokens();
+    capacity = std::max(capacity, tokens > old ? 2 * old : old);
+    slots = std::max(slots, shared_->layout.max_slots());
+  }
+  shared_.reset();  // the worker frees the old buffers when it makes the new
+  if (!router_event_) {
+    MM_ASSIGN_OR_RETURN(router_event_, IpcEvent::Create());
+  }
+  v1::DispatchRequest request;
+  v1::CudaIpcSetup* setup = request.mutable_ipc_setup();
+  setup->set_max_tokens(capacity);
+  setup->set_max_slots(slots);
+  MM_ASSIGN_OR_RETURN(std::string event, router_event_->Export());
+  setup->set_router_event(std::move(event));
+  v1::DispatchResponse response;
+  F32Matrix none;
+  MM_RETURN_IF_ERROR(control_->Send(request, {}));
+  MM_RETURN_IF_ERROR(control_->Receive(&response, &none));
+  if (response.error_code() != 0) {
+    return absl::Status(static_cast<absl::StatusCode>(response.error_code()),
+                        absl::StrCat("setting CUDA IPC up: ", response.error_message()));
+  }
+  const v1::CudaIpcBuffers& b = response.ipc_buffers();
+  if (b.max_tokens() < capacity || b.max_slots() < slots) {
+    return absl::InternalError(absl::StrCat("the worker set CUDA IPC up for ", b.max_tokens(), " tokens of ",
+                                            b.max_slots(), " slots; asked for ", capacity, " of ", slots));
+  }
+  auto shared = std::make_unique<Shared>();
+  shared->layout = b;
+  MM_ASSIGN_OR_RETURN(shared->worker_event, IpcEvent::Open(b.worker_event()));
+  MM_ASSIGN_OR_RETURN(shared->memory, IpcMemory::Open(b.memory()));
+  shared_ = std::move(shared);
+  return absl::OkStatus();
+}
+
+absl::Status CudaIpcTransport::SendOnDevice(const v1::DispatchRequest& header, const ExpertBatch& batch) {
+  if (!batch.on_device || !header.has_ipc()) {
+    return absl::InvalidArgumentError("the cuda-ipc transport sends CUDA IPC requests of rows in GPU memory");
+  }
+  const int n = batch.num_tokens, slots = batch.routing_on_device ? batch.slots : 0;
+  if (batch.hidden_size != hidden_ || header.ipc().slots() != slots) {
+    return absl::InvalidArgumentError(absl::StrCat("a batch of hidden size ", batch.hidden_size, " and ", slots,
+                                                   " routed slots for a cuda-ipc transport of hidden size ", hidden_,
+                                                   " (request: ", header.ipc().slots(), " slots)"));
+  }
+  if (!shared_ || n > shared_->layout.max_tokens() || slots > shared_->layout.max_slots()) {
+    // The old buffers may still be read by work enqueued on the stream.
+    if (shared_) MM_RETURN_IF_ERROR(CudaSynchronize(batch.cuda_stream));
+    MM_RETURN_IF_ERROR(SetUp(n, slots));
+  }
+  const v1::CudaIpcBuffers& b = shared_->layout;
+  CudaStream stream = batch.cuda_stream;
+  MM_RETURN_IF_ERROR(CopyOnDeviceAsync(shared_->at(b.hidden_offset()), batch.hidden_states,
+                                       static_cast<size_t>(n) * hidden_ * sizeof(float), stream));
+  if (slots > 0) {
+    const size_t routes = static_cast<size_t>(n) * slots;
+    MM_RETURN_IF_ERROR(CopyOnDeviceAsync(shared_->at(b.ids_offset()), batch.expert_ids, routes * sizeof(int), stream));
+    MM_RETURN_IF_ERROR(
+        CopyOnDeviceAsync(shared_->at(b.weights_offset()), batch.weights, routes * sizeof(float), stream));
+  }
+  // The worker's wait sees this record: it is made before the request goes.
+  MM_RETURN_IF_ERROR(router_event_->Record(stream));
+  return control_->Send(header, {});
+}
+
+absl::Status CudaIpcTransport::ReceiveOnDevice(v1::DispatchResponse* response, F32Matrix* outputs, float* out,
+                                               void* stream) {
+  MM_RETURN_IF_ERROR(control_->Receive(response, outputs));
+  *outputs = F32Matrix{};
+  if (response->error_code() != 0) return absl::OkStatus();
+  if (!shared_) return absl::InternalError("a CUDA IPC answer on a connection not set up");
+  const int64_t rows = response->combined_rows();
+  if (rows < 0 || rows > shared_->layout.max_tokens()) {
+    return absl::InternalError(absl::StrCat("the worker combined ", rows, " rows; its buffers hold ",
+                                            shared_->layout.max_tokens()));
+  }
+  MM_RETURN_IF_ERROR(shared_->worker_event->WaitOn(stream));
+  MM_RETURN_IF_ERROR(CopyOnDeviceAsync(out, shared_->at(shared_->layout.out_offset()),
+                                       static_cast<size_t>(rows) * hidden_ * sizeof(float), stream));
+  outputs->rows = rows;
+  outputs->cols = hidden_;
+  return absl::OkStatus();
+}
+
+}  // namespace moemesh

@@ -1,0 +1,59 @@
+#ifndef MOEMESH_SERVICES_EXPERT_CLIENT_CUDA_IPC_TRANSPORT_H_
+#define MOEMESH_SERVICES_EXPERT_CLIENT_CUDA_IPC_TRANSPORT_H_
+
+#include <functional>
+#include <memory>
+
+#include "services/expert_client/expert_transport.h"
+
+namespace moemesh {
+
+class IpcEvent;
+
+// The cuda-ipc transport: for a router on a GPU and an expert worker on the
+// same host (same GPU or another), the rows never leave GPU memory. The
+// worker allocates the connection's buffers and exports them
+// (CudaIpcSetup / CudaIpcBuffers, over the wrapped `control` transport);
+// per layer the router copies the rows (and the routing) into them on its
+// stream, records its event and sends the request; the worker enqueues the
+// work after that event, records its own and answers at once; the router's
+// stream waits for that event and copies the combined rows out. The host
+// sees one small message each way per layer, never the rows, and neither
+// side waits for the GPU.
+//
+// Made by Wrapper (TransportOptions::device_rows). Buffers are set up for
+// `initial_tokens` rows and set up afresh, twice as large, when a batch
+// needs more (or more routed experts a token). Rows in host memory (Send/Receive) go over `control` as
+// they would without it.
+class CudaIpcTransport : public ExpertTransport {
+ public:
+  // `device`: the router's GPU, whose memory SendOnDevice takes.
+  CudaIpcTransport(std::unique_ptr<ExpertTransport> control, int device, int hidden_size, int initial_tokens);
+  ~CudaIpcTransport() override;
+
+  // TransportOptions::device_rows for a router on GPU `device`.
+  static std::function<ExpertTransportFactory(const v1::ShardInfo&, ExpertTransportFactory)> Wrapper(
+      int device, int initial_tokens = 256);
+
+  absl::Status Send(const v1::DispatchRequest& header, absl::Span<const iovec> rows) override;
+  absl::Status Receive(v1::DispatchResponse* response, F32Matrix* outputs) override;
+  absl::string_view name() const override { return "cuda-ipc"; }
+  int cuda_device() const override { return device_; }
+  absl::Status SendOnDevice(const v1::DispatchRequest& header, const ExpertBatch& batch) override;
+  absl::Status ReceiveOnDevice(v1::DispatchResponse* response, F32Matrix* outputs, float* out, void* stream) override;
+  absl::Status Warm() override;
+
+ private:
+  struct Shared;
+  // Sets the buffers up for at least `tokens` rows of `slots` routes.
+  absl::Status SetUp(int tokens, int slots);
+
+  std::unique_ptr<ExpertTransport> control_;
+  const int device_, hidden_, initial_tokens_;
+  std::unique_ptr<IpcEvent> router_event_;  // this side's, exported to the worker
+  std::unique_ptr<Shared> shared_;          // null until SetUp
+};
+
+}  // namespace moemesh
+
+#endif  // MOEMESH_SERVICES_EXPERT_CLIENT_CUDA_IPC_TRANSPORT_H_

@@ -1,0 +1,227 @@
+// The cuda-ipc transport against the experts in this process: a real
+// moemesh-expert on GPU 0 (another process, as CUDA IPC needs), reached by a
+// RemoteExpertExecutor whose rows and routing stay in GPU memory, gives the
+// rows LocalExpertExecutor gives on the same GPU with the same kernels.
+// Labelled `gpu`; skips without a GPU.
+//   MOEMESH_BIN=build/tools/moemesh/moemesh cuda_ipc_transport_test
+#include "services/expert_client/cuda_ipc_transport.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/common/subprocess.h"
+#include "core/experts/cuda/cuda_expert_device.h"
+#include "core/experts/local_expert_executor.h"
+#include "core/kernels/cuda/cuda_runtime_util.h"
+#include "core/model/config.h"
+#include "core/model/safetensors.h"
+#include "core/model/weights.h"
+#include "gtest/gtest.h"
+#include "services/expert_client/remote_expert_executor.h"
+
+namespace moemesh {
+namespace {
+
+constexpr char kModel[] = "models/fortune-moe";
+
+// A worker with every expert of the demo model on GPU 0; `data_port` -1
+// leaves the messages to the gRPC stream.
+std::unique_ptr<Subprocess> StartWorker(int data_port, std::string* address) {
+  auto p = Subprocess::Start({ServiceBinaryForTests("moemesh-expert", "MOEMESH_EXPERT_BIN"), "--model", kModel, "--device", "cuda", "--port", "0",
+                              "--metrics-port", "-1", "--data-port", std::to_string(data_port)});
+  EXPECT_TRUE(p.ok()) << p.status();
+  if (!p.ok()) return nullptr;
+  auto line = (*p)->WaitForLine("listening on ", absl::Seconds(120));
+  EXPECT_TRUE(line.ok()) << line.status();
+  if (!line.ok()) return nullptr;
+  *address = line->substr(line->find("listening on ") + 13);
+  (*p)->ForwardOutput(2);
+  return std::move(*p);
+}
+
+// The routing of `n` tokens to `slots` distinct experts each, in device
+// memory beside its host copy.
+struct Batch {
+  std::vector<float> hidden, weights;
+  std::vector<int> ids;
+  std::unique_ptr<DeviceBuffer> d_hidden, d_ids, d_weights;
+};
+
+Batch RandomBatch(int n, int h, int experts, int slots, std::mt19937* rng) {
+  Batch b;
+  std::normal_distribution<float> normal(0.f, 1.f);
+  std::uniform_real_distribution<float> uniform(0.05f, 1.f);
+  b.hidden.resize(static_cast<size_t>(n) * h);
+  for (float& v : b.hidden) v = normal(*rng);
+  std::vector<int> all(experts);
+  std::iota(all.begin(), all.end(), 0);
+  for (int t = 0; t < n; ++t) {
+    std::shuffle(all.begin(), all.end(), *rng);
+    for (int j = 0; j < slots; ++j) {
+      b.ids.push_back(all[j]);
+      b.weights.push_back(uniform(*rng));
+    }
+  }
+  auto upload = [](const void* p, size_t bytes) {
+    auto buf = DeviceBuffer::Allocate(bytes);
+    EXPECT_TRUE(buf.ok() && (*buf)->CopyFrom(p, bytes).ok());
+    return buf.ok() ? std::move(*buf) : nullptr;
+  };
+  b.d_hidden = upload(b.hidden.data(), b.hidden.size() * sizeof(float));
+  b.d_ids = upload(b.ids.data(), b.ids.size() * sizeof(int));
+  b.d_weights = upload(b.weights.data(), b.weights.size() * sizeof(float));
+  return b;
+}
+
+// Executes `ex` on `b` for `layer`, the rows on the device and the routing
+// there too (`routed`) or on the host; returns the output rows.
+std::vector<float> Execute(ExpertExecutor* ex, const Batch& b, int layer, int n, int h, int slots, bool routed) {
+  ExpertBatch batch{layer, n, h, b.d_hidden->as<float>(), slots,
+                    routed ? b.d_ids->as<int>() : b.ids.data(), routed ? b.d_weights->as<float>() : b.weights.data()};
+  batch.on_device = true;
+  batch.routing_on_device = routed;
+  auto out = DeviceBuffer::Allocate(static_cast<size_t>(n) * h * sizeof(float));
+  EXPECT_TRUE(out.ok());
+  EXPECT_TRUE((*out)->Fill(0xff).ok());  // NaNs, unless written
+  absl::Status st = ex->Execute(batch, (*out)->as<float>());
+  EXPECT_TRUE(st.ok()) << st;
+  std::vector<float> host(static_cast<size_t>(n) * h);
+  EXPECT_TRUE(CudaSynchronize(nullptr).ok());
+  EXPECT_TRUE((*out)->CopyTo(host.data(), host.size() * sizeof(float)).ok());
+  return host;
+}
+
+class CudaIpcTransportTest : public ::testing::TestWithParam<int> {
+ protected:
+  void SetUp() override {
+    if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+    auto config = LoadModelConfig(kModel);
+    auto ckpt = Checkpoint::Open(kModel);
+    ASSERT_TRUE(config.ok() && ckpt.ok());
+    config_ = *config;
+    WeightLoadOptions load;
+    load.load_dense = false;
+    auto w = LoadWeights(std::move(*ckpt), config_, load);
+    ASSERT_TRUE(w.ok()) << w.status();
+    weights_ = std::make_unique<ModelWeights>(std::move(*w));
+    auto device = CudaExpertDevice::Create(config_, *weights_, 0);
+    ASSERT_TRUE(device.ok()) << device.status();
+    local_ = std::make_unique<LocalExpertExecutor>(std::move(*device), config_.num_experts);
+    worker_ = StartWorker(GetParam(), &address_);
+    ASSERT_NE(worker_, nullptr);
+  }
+
+  absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> Connect(std::vector<std::string>* warnings) {
+    RemoteExpertExecutor::Options options;
+    options.cuda_device = 0;
+    options.device_rows = CudaIpcTransport::Wrapper(0, /*initial_tokens=*/64);
+    options.warn = [warnings](const std::string& w) { warnings->push_back(w); };
+    return RemoteExpertExecutor::Connect({{address_}}, config_.hidden_size, options);
+  }
+
+  ModelConfig config_;
+  std::unique_ptr<ModelWeights> weights_;
+  std::unique_ptr<LocalExpertExecutor> local_;
+  std::unique_ptr<Subprocess> worker_;
+  std::string address_;
+};
+
+// Decode-sized batches (grouped by the worker on its GPU) and prefill-sized
+// ones (grouped here, combined there), past the buffers' first size: the
+// same rows as the experts in this process, bit for bit (the same kernels
+// in the same order on the same GPU).
+TEST_P(CudaIpcTransportTest, RowsEqualTheExpertsInThisProcess) {
+  std::vector<std::string> warnings;
+  auto remote = Connect(&warnings);
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  EXPECT_TRUE(warnings.empty()) << warnings.front();
+  ASSERT_EQ((*remote)->transports(), std::vector<std::string>{"cuda-ipc"});
+  EXPECT_EQ((*remote)->cuda_device(), 0);
+  EXPECT_TRUE((*remote)->groups_on_device());
+  EXPECT_FALSE((*remote)->capturable());
+  const int h = config_.hidden_size, slots = config_.num_experts_per_tok;
+  std::mt19937 rng(7);
+  int compared = 0;
+  for (int layer = 0; layer < config_.num_layers; ++layer) {
+    if (!config_.is_moe_layer[layer]) continue;
+    for (const auto& [n, routed] : {std::pair{1, true}, {9, true}, {32, true}, {40, false}, {150, false}}) {
+      const Batch b = RandomBatch(n, h, config_.num_experts, slots, &rng);
+      const std::vector<float> want = Execute(local_.get(), b, layer, n, h, slots, routed);
+      const std::vector<float> got = Execute(remote->get(), b, layer, n, h, slots, routed);
+      ASSERT_EQ(got.size(), want.size());
+      size_t differ = 0;
+      for (size_t i = 0; i < got.size(); ++i) differ += !(got[i] == want[i]);
+      EXPECT_EQ(differ, 0u) << "layer " << layer << ", " << n << " tokens, routed " << routed;
+      ++compared;
+    }
+  }
+  EXPECT_GT(compared, 0);
+  EXPECT_EQ((*remote)->retries(), 0);
+}
+
+// A step of a layer no worker holds, or of rows in host memory with the
+// routing on a GPU, is refused with the reason; the next step works.
+TEST_P(CudaIpcTransportTest, BadStepsAreRefusedAndTheNextWorks) {
+  std::vector<std::string> warnings;
+  auto remote = Connect(&warnings);
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  const int h = config_.hidden_size, slots = config_.num_experts_per_tok;
+  std::mt19937 rng(8);
+  const Batch b = RandomBatch(4, h, config_.num_experts, slots, &rng);
+  auto out = DeviceBuffer::Allocate(4 * h * sizeof(float));
+  ASSERT_TRUE(out.ok());
+  ExpertBatch bad{config_.num_layers + 3, 4, h, b.d_hidden->as<float>(), slots, b.d_ids->as<int>(),
+                  b.d_weights->as<float>()};
+  bad.on_device = bad.routing_on_device = true;
+  absl::Status st = (*remote)->Execute(bad, (*out)->as<float>());
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  int layer = 0;
+  while (!config_.is_moe_layer[layer]) ++layer;
+  ExpertBatch host{layer, 4, h, b.hidden.data(), slots, b.d_ids->as<int>(), b.d_weights->as<float>()};
+  host.routing_on_device = true;
+  st = (*remote)->Execute(host, (*out)->as<float>());
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_EQ(Execute(remote->get(), b, layer, 4, h, slots, true), Execute(local_.get(), b, layer, 4, h, slots, true));
+}
+
+// A worker that stops is UNAVAILABLE to the next step (no hang), and the
+// router's GPU keeps working: the experts in this process still run.
+TEST_P(CudaIpcTransportTest, AStoppedWorkerIsUnavailable) {
+  std::vector<std::string> warnings;
+  auto remote = Connect(&warnings);
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  const int h = config_.hidden_size, slots = config_.num_experts_per_tok;
+  int layer = 0;
+  while (!config_.is_moe_layer[layer]) ++layer;
+  std::mt19937 rng(9);
+  const Batch b = RandomBatch(8, h, config_.num_experts, slots, &rng);
+  const std::vector<float> want = Execute(local_.get(), b, layer, 8, h, slots, true);
+  EXPECT_EQ(Execute(remote->get(), b, layer, 8, h, slots, true), want);
+  ASSERT_TRUE(CudaSynchronize(nullptr).ok());
+  worker_->Stop();
+  auto out = DeviceBuffer::Allocate(8 * h * sizeof(float));
+  ASSERT_TRUE(out.ok());
+  ExpertBatch batch{layer, 8, h, b.d_hidden->as<float>(), slots, b.d_ids->as<int>(), b.d_weights->as<float>()};
+  batch.on_device = batch.routing_on_device = true;
+  absl::Status st = (*remote)->Execute(batch, (*out)->as<float>());
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  remote->reset();
+  EXPECT_EQ(Execute(local_.get(), b, layer, 8, h, slots, true), want);
+}
+
+// The messages over the raw data channel (port 0: a free one) and over the
+// gRPC stream (-1: no data channel).
+INSTANTIATE_TEST_SUITE_P(Control, CudaIpcTransportTest, ::testing::Values(0, -1),
+                         [](const ::testing::TestParamInfo<int>& i) {
+                           return std::string(i.param == 0 ? "Frames" : "GrpcStream");
+                         });
+
+}  // namespace
+}  // namespace moemesh
