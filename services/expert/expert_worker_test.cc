@@ -3,6 +3,9 @@
 #include "core/experts/local_expert_executor.h"
 #include "core/model/safetensors.h"
 #include "gtest/gtest.h"
+#include "moemesh/v1/expert.pb.h"
+#include "services/common/frame_socket.h"
+#include "services/common/host_id.h"
 #include "services/expert/expert_service.h"
 
 namespace moemesh {
@@ -97,6 +100,112 @@ TEST(ExpertServiceTest, MalformedTensorIsAnsweredInTheResponse) {
   EXPECT_EQ(resp.error_code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
   EXPECT_NE(resp.error_message().find("hidden_states"), std::string::npos);
   EXPECT_FALSE(resp.has_outputs());
+}
+
+// A DeviceRowsServer that counts what it is asked (the real one needs a
+// GPU: services/expert_client/cuda_ipc_transport_test.cc).
+class CountingDeviceRows : public DeviceRowsServer {
+ public:
+  class CountingSession : public Session {
+   public:
+    explicit CountingSession(int* runs) : runs_(runs) {}
+    absl::Status Run(const v1::DispatchRequest& request, v1::DispatchResponse* response) override {
+      ++*runs_;
+      response->set_combined_rows(request.hidden_states().shape(0));
+      return absl::OkStatus();
+    }
+
+   private:
+    int* runs_;
+  };
+  absl::StatusOr<std::unique_ptr<Session>> Open(const v1::CudaIpcSetup& setup, v1::CudaIpcBuffers* buffers) override {
+    ++opened;
+    if (setup.max_tokens() < 1) return absl::InvalidArgumentError("max_tokens must be positive");
+    buffers->set_max_tokens(setup.max_tokens());
+    return std::make_unique<CountingSession>(&runs);
+  }
+  int device() const override { return 3; }
+  int opened = 0, runs = 0;
+};
+
+v1::DispatchResponse Exchange(FrameSocket* s, const v1::DispatchRequest& req) {
+  v1::DispatchResponse resp;
+  std::vector<char> payload;
+  EXPECT_TRUE(s->Send(req, {}).ok());
+  EXPECT_TRUE(s->Receive(&resp, &payload).ok());
+  EXPECT_TRUE(payload.empty());
+  return resp;
+}
+
+// CUDA IPC requests on the data channel: refused with the reason by a
+// worker that offers none, set up per connection by one that does, and
+// work only after the set-up; the connection serves plain rows throughout.
+TEST(ExpertServiceTest, CudaIpcRequestsPerConnection) {
+  auto w = ExpertWorker::Create(Shard(0, 1));
+  ASSERT_TRUE(w.ok());
+  ExpertServiceImpl service(w->get());
+  auto server = FrameServer::Start("127.0.0.1", 0, [&service](FrameSocket* s) { service.ServeFrames(s); });
+  ASSERT_TRUE(server.ok());
+  v1::DispatchRequest setup;
+  setup.mutable_ipc_setup()->set_max_tokens(16);
+  v1::DispatchRequest work;
+  work.set_step(4);
+  work.set_layer(0);
+  work.mutable_hidden_states()->set_dtype(v1::DTYPE_F32);
+  work.mutable_hidden_states()->add_shape(2);
+  work.mutable_hidden_states()->add_shape(64);
+  work.mutable_ipc()->set_slots(2);
+  grpc::ServerContext ctx;
+  v1::ShardInfo info;
+  ASSERT_TRUE(service.GetShardInfo(&ctx, nullptr, &info).ok());
+  EXPECT_FALSE(info.has_cuda_ipc());
+  {
+    auto s = FrameSocket::Connect("127.0.0.1", (*server)->port());
+    ASSERT_TRUE(s.ok());
+    v1::DispatchResponse r = Exchange(s->get(), setup);
+    EXPECT_EQ(r.error_code(), static_cast<int>(absl::StatusCode::kFailedPrecondition));
+    EXPECT_NE(r.error_message().find("offers no CUDA IPC"), std::string::npos) << r.error_message();
+    EXPECT_FALSE(r.has_ipc_buffers());
+  }
+  CountingDeviceRows rows;
+  service.set_device_rows(&rows);
+  ASSERT_TRUE(service.GetShardInfo(&ctx, nullptr, &info).ok());
+  EXPECT_EQ(info.cuda_ipc().host_id(), HostId());
+  EXPECT_EQ(info.cuda_ipc().device(), 3);
+  auto s = FrameSocket::Connect("127.0.0.1", (*server)->port());
+  ASSERT_TRUE(s.ok());
+  v1::DispatchResponse r = Exchange(s->get(), work);  // before any set-up
+  EXPECT_EQ(r.error_code(), static_cast<int>(absl::StatusCode::kFailedPrecondition));
+  EXPECT_NE(r.error_message().find("has not set CUDA IPC up"), std::string::npos) << r.error_message();
+  v1::DispatchRequest bad = setup;
+  bad.mutable_ipc_setup()->set_max_tokens(0);
+  r = Exchange(s->get(), bad);
+  EXPECT_EQ(r.error_code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+  r = Exchange(s->get(), setup);
+  EXPECT_EQ(r.error_code(), 0) << r.error_message();
+  EXPECT_EQ(r.ipc_buffers().max_tokens(), 16);
+  r = Exchange(s->get(), work);
+  EXPECT_EQ(r.error_code(), 0) << r.error_message();
+  EXPECT_EQ(r.step(), 4u);
+  EXPECT_EQ(r.combined_rows(), 2);
+  EXPECT_FALSE(r.has_outputs());
+  EXPECT_EQ(rows.opened, 2);
+  EXPECT_EQ(rows.runs, 1);
+  // Plain rows on the same connection still come back as rows.
+  v1::DispatchRequest plain;
+  plain.set_layer(0);
+  std::vector<float> x(64, 0.5f);
+  SetF32Shape(1, 64, plain.mutable_hidden_states());
+  v1::ExpertRows* g = plain.add_groups();
+  g->set_expert(0);
+  g->add_rows(0);
+  g->add_weights(1.0f);
+  iovec data{x.data(), x.size() * sizeof(float)};
+  ASSERT_TRUE((*s)->Send(plain, {&data, 1}).ok());
+  std::vector<char> payload;
+  ASSERT_TRUE((*s)->Receive(&r, &payload).ok());
+  EXPECT_EQ(r.error_code(), 0) << r.error_message();
+  EXPECT_EQ(payload.size(), 64 * sizeof(float));
 }
 
 }  // namespace
