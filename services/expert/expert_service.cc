@@ -36,7 +36,7 @@ void ExpertServiceImpl::Run(const v1::DispatchRequest& request, const absl::Stat
   int rows = 0;
   for (const ExpertWork::Group& g : work.groups) rows += static_cast<int>(g.rows.size());
   const auto t0 = std::chrono::steady_clock::now();
-  absl::Status st = worker_->Run(work, out);
+  absl::Status st = request.combine() ? worker_->RunCombined(work, out) : worker_->Run(work, out);
   if (metrics_) {
     metrics_->ObserveRequest(rows, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
                              st.ok());

@@ -105,6 +105,14 @@ absl::Status ExpertWorker::Run(const ExpertWork& work, std::vector<float>* out) 
   return device_->Run(work, out->data());
 }
 
+absl::Status ExpertWorker::RunCombined(const ExpertWork& work, std::vector<float>* out) {
+  if (work.on_device) return absl::InvalidArgumentError("an expert worker takes rows in host memory");
+  size_t total = 0;
+  MM_RETURN_IF_ERROR(Validate(work, &total));
+  out->resize(static_cast<size_t>(work.num_rows) * config_.hidden_size);
+  return device_->RunCombined(work, out->data());
+}
+
 absl::Status ExpertWorker::RunCombinedOnDevice(const ExpertWork& work, float* out) {
   if (!work.on_device || device_->cuda_device() < 0) {
     return absl::InvalidArgumentError("RunCombinedOnDevice takes rows in the memory of the experts' GPU");

@@ -41,6 +41,9 @@ class ExpertWorker {
   // malformed work (bad layer, row, sizes); FAILED_PRECONDITION for an
   // expert this shard does not hold.
   absl::Status Run(const ExpertWork& work, std::vector<float>* out);
+  // The same rows summed per token (ExpertDevice::RunCombined) into `out`
+  // ([num_rows, hidden_size]): what a request that asks to combine gets.
+  absl::Status RunCombined(const ExpertWork& work, std::vector<float>* out);
 
   // Work whose rows are in this worker's GPU memory (work.on_device, a
   // router's rows shared by CUDA IPC), validated as Run: the combined rows

@@ -100,6 +100,13 @@ absl::StatusOr<RemoteExpertExecutor::Rows> RemoteExpertExecutor::ParseRows(const
   return absl::InvalidArgumentError(absl::StrCat("--expert-rows ", value, ": expected auto, f32 or bf16"));
 }
 
+absl::StatusOr<RemoteExpertExecutor::Combine> RemoteExpertExecutor::ParseCombine(const std::string& value) {
+  if (value == "auto") return Combine::kAuto;
+  if (value == "workers") return Combine::kWorkers;
+  if (value == "router") return Combine::kRouter;
+  return absl::InvalidArgumentError(absl::StrCat("--expert-combine ", value, ": expected auto, workers or router"));
+}
+
 std::vector<std::string> RemoteExpertExecutor::transports() const {
   std::vector<std::string> out;
   for (const auto& s : shards_) out.push_back(s->replicas.front()->negotiated.name);
@@ -205,6 +212,16 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
     shard->bf16 = options.rows == Rows::kBf16 || (options.rows == Rows::kAuto && all_exact);
     ex->shards_.push_back(std::move(shard));
   }
+  ex->combine_ = options.combine;
+  for (size_t l = 0; l < ex->layer_shard_.size(); ++l) {
+    for (size_t i = 0; i < ex->shards_.size(); ++i) {
+      const size_t held = ex->placement_->ExpertsOf(static_cast<int>(i), static_cast<int>(l), ex->num_experts_).size();
+      if (held == 0) continue;
+      const bool whole = ex->layer_shard_[l] == -1 && held == static_cast<size_t>(ex->num_experts_);
+      ex->layer_shard_[l] = whole ? static_cast<int>(i) : -2;
+      if (!whole) break;
+    }
+  }
   if (options.cuda_device >= 0) ex->EnterDeviceMode(options);
   return ex;
 }
@@ -215,16 +232,7 @@ void RemoteExpertExecutor::EnterDeviceMode(const Options& options) {
     for (const auto& r : s->replicas) ipc = ipc && r->negotiated.name == "cuda-ipc";
   }
   // Each MoE layer whole on one shard: the worker groups and combines it.
-  bool whole = ipc;
-  for (size_t l = 0; whole && l < layer_shard_.size(); ++l) {
-    for (size_t i = 0; i < shards_.size(); ++i) {
-      const size_t held = placement_->ExpertsOf(static_cast<int>(i), static_cast<int>(l), num_experts_).size();
-      if (held == 0) continue;
-      whole = layer_shard_[l] < 0 && held == static_cast<size_t>(num_experts_);
-      layer_shard_[l] = static_cast<int>(i);
-      if (!whole) break;
-    }
-  }
+  const bool whole = std::find(layer_shard_.begin(), layer_shard_.end(), -2) == layer_shard_.end();
   // Set the wire up now: where it cannot be (containers apart), the rows
   // go through the host.
   absl::Status st = absl::OkStatus();
@@ -269,6 +277,9 @@ absl::Status RemoteExpertExecutor::Execute(const ExpertBatch& b, float* out) {
 
 void RemoteExpertExecutor::Partition(int num_tokens) {
   const int h = hidden_size_;
+  const int layer = work_.layer;
+  combined_ = combine_ == Combine::kWorkers ||
+              (combine_ == Combine::kAuto && layer < static_cast<int>(layer_shard_.size()) && layer_shard_[layer] >= 0);
   std::vector<int> local(num_tokens);
   for (size_t si = 0; si < shards_.size(); ++si) {
     Shard& s = *shards_[si];
@@ -299,7 +310,9 @@ void RemoteExpertExecutor::Partition(int num_tokens) {
     req.Clear();
     req.set_step(step_);
     req.set_layer(work_.layer);
+    req.set_combine(combined_);
     const int64_t n = static_cast<int64_t>(s.tokens.size());
+    if (combined_) s.rows_out = s.tokens.size();
     if (s.bf16) {  // rounded into one buffer, then written from there
       s.packed.resize(static_cast<size_t>(n) * h);
       uint16_t* dst = s.packed.data();
@@ -434,6 +447,7 @@ absl::Status RemoteExpertExecutor::ExecuteOnce(const ExpertBatch& b, float* out)
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - sent_at).count());
     }
     MM_RETURN_IF_ERROR(CheckAnswer(s, b.layer));
+    if (combined_) continue;  // summed per token: added below
     const float* row = s.outputs.data;
     for (int gi : s.groups) {
       group_rows[gi] = row;
@@ -441,7 +455,20 @@ absl::Status RemoteExpertExecutor::ExecuteOnce(const ExpertBatch& b, float* out)
     }
   }
   const auto combine_start = std::chrono::steady_clock::now();
-  CombineExpertRows(work_, group_rows, b.num_tokens, out);
+  if (combined_) {
+    // The shards' sums, in shard order (one shard: its rows exactly).
+    std::fill(out, out + static_cast<size_t>(b.num_tokens) * h, 0.f);
+    for (const auto& s : shards_) {
+      if (s->groups.empty()) continue;
+      for (size_t i = 0; i < s->tokens.size(); ++i) {
+        const float* src = s->outputs.data + i * h;
+        float* dst = out + static_cast<size_t>(s->tokens[i]) * h;
+        for (int d = 0; d < h; ++d) dst[d] += src[d];
+      }
+    }
+  } else {
+    CombineExpertRows(work_, group_rows, b.num_tokens, out);
+  }
   combine_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - combine_start).count();
   return absl::OkStatus();
 }

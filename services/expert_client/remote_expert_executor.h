@@ -40,11 +40,20 @@ class RemoteExpertExecutor : public ExpertExecutor {
   // later by a worker of another kind needs a new executor (a router
   // restart).
   enum class Rows { kAuto, kF32, kBf16 };
+  // Who adds a token's expert rows. kAuto: the worker, for a layer whose
+  // experts are all on one shard (it adds them in the order this executor
+  // would: the same sums, top_k times fewer rows back); this executor
+  // otherwise. kWorkers: each worker adds what it holds and this executor
+  // adds the shards' sums (top_k times fewer rows back; where a token's
+  // experts are on several shards the additions come in another order, so
+  // results move by f32 rounding). kRouter: always this executor.
+  enum class Combine { kAuto, kWorkers, kRouter };
   struct Options {
     int connect_timeout_ms = 10000;
     const ShardPlacement* placement = nullptr;  // null: modulo
     bool use_data_channel = true;
     Rows rows = Rows::kAuto;
+    Combine combine = Combine::kAuto;
     // A replica silent this long while an answer is awaited (stopped,
     // wedged) is given up and the request sent to the shard's next replica,
     // over either transport; 0: wait forever (TransportOptions).
@@ -83,6 +92,8 @@ class RemoteExpertExecutor : public ExpertExecutor {
 
   // Parses --expert-rows: auto, f32 or bf16.
   static absl::StatusOr<Rows> ParseRows(const std::string& value);
+  // Parses --expert-combine: auto, workers or router.
+  static absl::StatusOr<Combine> ParseCombine(const std::string& value);
   // Parses "a|b,c" (shards separated by ',', replicas by '|').
   static absl::StatusOr<std::vector<std::vector<std::string>>> ParseAddresses(const std::string& spec);
 
@@ -130,7 +141,11 @@ class RemoteExpertExecutor : public ExpertExecutor {
 
   std::vector<std::unique_ptr<Shard>> shards_;
   int cuda_device_ = -1;           // device mode: the router's GPU
-  std::vector<int> layer_shard_;   // device mode: the shard holding each layer (-1: none)
+  // Per layer: the one shard that holds every expert of it; -1 where no
+  // shard holds any, -2 where they are spread over several.
+  std::vector<int> layer_shard_;
+  Combine combine_ = Combine::kAuto;
+  bool combined_ = false;  // this step's workers add the rows
   std::unique_ptr<ShardPlacement> placement_;
   int hidden_size_ = 0;
   int num_experts_ = 0;

@@ -136,6 +136,39 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, RemoteExpertsTest,
                                   "_shards" + (std::get<2>(info.param) ? "_data_channel" : "_grpc");
                          });
 
+// Who adds a token's rows: a worker holding whole layers adds them as the
+// router would (bitwise the same logits, whoever adds); workers that hold a
+// part each add theirs when asked, and the router the parts (the same
+// logits up to f32 rounding, since the additions come in another order).
+TEST(RemoteExpertExecutorTest, WorkersAddTheirRowsWhenAsked) {
+  const std::string dir = "tests/fixtures/qwen2_moe";
+  auto config = LoadModelConfig(dir);
+  ASSERT_TRUE(config.ok());
+  const std::vector<float> local = RunModel(dir, nullptr);
+  for (int shards : {1, 3}) {
+    std::vector<Worker> workers = StartWorkers(dir, shards);
+    std::vector<std::vector<std::string>> replicas;
+    for (const std::string& a : Addresses(workers)) replicas.push_back({a});
+    for (auto combine : {RemoteExpertExecutor::Combine::kWorkers, RemoteExpertExecutor::Combine::kRouter}) {
+      RemoteExpertExecutor::Options options;
+      options.combine = combine;
+      auto remote = RemoteExpertExecutor::Connect(replicas, config->hidden_size, options);
+      ASSERT_TRUE(remote.ok()) << remote.status();
+      const std::vector<float> mesh = RunModel(dir, remote->get());
+      ASSERT_EQ(mesh.size(), local.size());
+      if (shards == 1 || combine == RemoteExpertExecutor::Combine::kRouter) {
+        EXPECT_EQ(mesh, local) << shards << " shards";
+        continue;
+      }
+      double worst = 0;
+      for (size_t i = 0; i < mesh.size(); ++i) worst = std::max(worst, std::abs(double{mesh[i]} - local[i]));
+      EXPECT_LT(worst, 1e-4) << "logits of workers' sums vs the router's";
+    }
+  }
+  EXPECT_EQ(RemoteExpertExecutor::ParseCombine("workers").value(), RemoteExpertExecutor::Combine::kWorkers);
+  EXPECT_EQ(RemoteExpertExecutor::ParseCombine("both").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(RemoteExpertExecutorTest, ConnectChecksPlacementAndReachability) {
   std::vector<Worker> workers = StartWorkers("tests/fixtures/mixtral", 2);
   // Swapped addresses: shard 0's address serves shard 1.

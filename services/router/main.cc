@@ -37,6 +37,11 @@ ABSL_FLAG(std::string, expert_transport, "auto",
           "auto: with --device cuda, rows shared in GPU memory (cuda-ipc) with GPU workers on this host that hold "
           "whole layers; else Dispatch over a worker's raw data channel when it offers one, else the gRPC stream; "
           "frames: never cuda-ipc; grpc: always the gRPC stream");
+ABSL_FLAG(std::string, expert_combine, "auto",
+          "who adds a token's expert rows: auto (the worker, for layers whose experts are all on one shard: the "
+          "same sums, top_k times fewer rows back; else the router), workers (each worker adds what it holds and "
+          "the router the shards' sums: results move by f32 rounding where a token's experts are on several "
+          "shards), or router");
 ABSL_FLAG(std::string, expert_rows, "auto",
           "the rows' dtype on the wire to the expert workers: auto (bf16, half the bytes, to workers where that "
           "changes nothing: GPU workers; f32 to others), f32, or bf16 (everywhere; CPU workers then see rounded rows)");
@@ -81,6 +86,7 @@ struct Options {
   std::string placement;
   std::string expert_transport;
   std::string expert_rows;
+  std::string expert_combine;
   int experts_connect_timeout_ms = 0;
   int expert_timeout_ms = 0;
   int expert_eject_ms = 0;
@@ -99,6 +105,7 @@ struct Options {
     o.placement = absl::GetFlag(FLAGS_placement);
     o.expert_transport = absl::GetFlag(FLAGS_expert_transport);
     o.expert_rows = absl::GetFlag(FLAGS_expert_rows);
+    o.expert_combine = absl::GetFlag(FLAGS_expert_combine);
     o.experts_connect_timeout_ms = absl::GetFlag(FLAGS_experts_connect_timeout_ms);
     o.expert_timeout_ms = absl::GetFlag(FLAGS_expert_timeout_ms);
     o.expert_eject_ms = absl::GetFlag(FLAGS_expert_eject_ms);
@@ -141,6 +148,7 @@ struct Options {
       return absl::InvalidArgumentError("--expert-timeout-ms and --expert-eject-ms must not be negative");
     }
     if (absl::Status st = RemoteExpertExecutor::ParseRows(expert_rows).status(); !st.ok()) return st;
+    if (absl::Status st = RemoteExpertExecutor::ParseCombine(expert_combine).status(); !st.ok()) return st;
     if (kv_host_cache_mb < 0) return absl::InvalidArgumentError("--kv-host-cache-mb must not be negative");
     if (kvcache_timeout_ms <= 0) return absl::InvalidArgumentError("--kvcache-timeout-ms must be positive");
     if ((kv_host_cache_mb > 0 || !kvcache.empty()) && !engine.prefix_caching) {
@@ -152,6 +160,7 @@ struct Options {
     if (experts.empty()) {
       for (const auto& [flag, set] : {std::pair<const char*, bool>{"--expert-transport", expert_transport != "auto"},
                                       {"--expert-rows", expert_rows != "auto"},
+                                      {"--expert-combine", expert_combine != "auto"},
                                       {"--placement", !placement.empty()}}) {
         if (set) return absl::InvalidArgumentError(std::string(flag) + " applies to expert workers: it needs --experts");
       }
@@ -231,6 +240,7 @@ int Main(int argc, char** argv) {
     remote_options.receive_timeout_ms = options.expert_timeout_ms;
     remote_options.eject_ms = options.expert_eject_ms;
     remote_options.rows = *RemoteExpertExecutor::ParseRows(options.expert_rows);  // checked by Validate
+    remote_options.combine = *RemoteExpertExecutor::ParseCombine(options.expert_combine);
     auto r = RemoteExpertExecutor::Connect(*shards, config->hidden_size, remote_options);
     if (!r.ok()) return service_main.Fail(r.status(), 1);
     remote_view = r->get();

@@ -1,0 +1,135 @@
+// The cost of one cuda-ipc expert hop (docs/PERFORMANCE.md): a layer's rows
+// from a router's GPU memory to a moemesh-expert process on the same GPU
+// and the combined rows back, against a device-to-device copy of the same
+// bytes in and out within one process. The rows are routed to no expert, so
+// the worker only writes zeros and the figure is the transport: the two
+// copies, the two interprocess events, and a small message each way.
+// Payloads of 4 KB to 8 MB of f32 rows of the demo model (hidden size 256);
+// the worker is started here (MOEMESH_EXPERT_BIN, or beside MOEMESH_BIN's
+// CLI in the build tree).
+//
+//   ipc_hop_bench [--iterations 200] [--model models/fortune-moe]
+//
+// One row per payload: median hop and copy µs, their ratio, and the target
+// the issue sets (hop <= 1.5 x copy + 20 µs).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/common/subprocess.h"
+#include "core/experts/expert_executor.h"
+#include "core/kernels/cuda/cuda_ipc.h"
+#include "core/kernels/cuda/cuda_runtime_util.h"
+#include "core/model/config.h"
+#include "services/expert_client/cuda_ipc_transport.h"
+#include "services/expert_client/remote_expert_executor.h"
+
+namespace moemesh {
+namespace {
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+int Run(int argc, char** argv) {
+  int iterations = 200;
+  std::string model = "models/fortune-moe";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i], value = argv[i + 1];
+    if (flag == "--iterations") {
+      iterations = std::max(1, std::atoi(value.c_str()));
+    } else if (flag == "--model") {
+      model = value;
+    } else {
+      std::fprintf(stderr, "ipc_hop_bench: unknown flag %s\n", flag.c_str());
+      return 2;
+    }
+  }
+  if (CudaDeviceCount() == 0) {
+    std::fprintf(stderr, "ipc_hop_bench: no CUDA device\n");
+    return 1;
+  }
+  auto config = LoadModelConfig(model);
+  if (!config.ok()) {
+    std::fprintf(stderr, "ipc_hop_bench: %s\n", std::string(config.status().message()).c_str());
+    return 1;
+  }
+  auto worker = Subprocess::Start({ServiceBinaryForTests("moemesh-expert", "MOEMESH_EXPERT_BIN"), "--model", model,
+                                   "--device", "cuda", "--port", "0", "--metrics-port", "-1"});
+  absl::StatusOr<std::string> line =
+      worker.ok() ? (*worker)->WaitForLine("listening on ", absl::Seconds(120)) : worker.status();
+  if (!line.ok()) {
+    std::fprintf(stderr, "ipc_hop_bench: the expert worker: %s\n", std::string(line.status().message()).c_str());
+    return 1;
+  }
+  (*worker)->ForwardOutput(2);
+  RemoteExpertExecutor::Options options;
+  options.cuda_device = 0;
+  options.device_rows = CudaIpcTransport::Wrapper(0);
+  auto remote = RemoteExpertExecutor::Connect({{line->substr(line->find("listening on ") + 13)}},
+                                              config->hidden_size, options);
+  if (!remote.ok() || (*remote)->cuda_device() != 0) {
+    std::fprintf(stderr, "ipc_hop_bench: no cuda-ipc: %s\n",
+                 remote.ok() ? "the rows would go through the host" : std::string(remote.status().message()).c_str());
+    return 1;
+  }
+  int layer = 0;
+  while (layer < config->num_layers && !config->is_moe_layer[layer]) ++layer;
+  const int h = config->hidden_size;
+  const size_t row_bytes = static_cast<size_t>(h) * sizeof(float);
+  std::printf("cuda-ipc hop (rows to a worker on the same GPU and back) against a device-to-device copy of the "
+              "same bytes in and out; %d iterations, medians\n",
+              iterations);
+  std::printf("%10s %8s %10s %10s %8s %14s\n", "payload", "rows", "hop us", "copy us", "x copy", "1.5 copy+20us");
+  for (size_t bytes = 4 << 10; bytes <= (8 << 20); bytes *= 4) {
+    const int n = static_cast<int>(bytes / row_bytes);
+    auto in = DeviceBuffer::Allocate(bytes), out = DeviceBuffer::Allocate(bytes), far = DeviceBuffer::Allocate(bytes);
+    if (!in.ok() || !out.ok() || !far.ok() || !(*in)->Fill(0).ok()) {
+      std::fprintf(stderr, "ipc_hop_bench: no room for %zu bytes\n", bytes);
+      return 1;
+    }
+    std::vector<int> ids(n, -1);  // routed to no expert: the worker writes zeros
+    std::vector<float> weights(n, 0.f);
+    ExpertBatch batch{layer, n, h, (*in)->as<float>(), 1, ids.data(), weights.data()};
+    batch.on_device = true;
+    std::vector<double> hop, copy;
+    for (int i = 0; i < iterations + 10; ++i) {
+      auto t0 = std::chrono::steady_clock::now();
+      absl::Status st = (*remote)->Execute(batch, (*out)->as<float>());
+      if (st.ok()) st = CudaSynchronize(nullptr);
+      const double us = 1e6 * std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (!st.ok()) {
+        std::fprintf(stderr, "ipc_hop_bench: %s\n", std::string(st.message()).c_str());
+        return 1;
+      }
+      t0 = std::chrono::steady_clock::now();
+      st = CopyOnDeviceAsync((*far)->data(), (*in)->data(), bytes, nullptr);
+      if (st.ok()) st = CopyOnDeviceAsync((*out)->data(), (*far)->data(), bytes, nullptr);
+      if (st.ok()) st = CudaSynchronize(nullptr);
+      const double copy_us = 1e6 * std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (!st.ok()) {
+        std::fprintf(stderr, "ipc_hop_bench: %s\n", std::string(st.message()).c_str());
+        return 1;
+      }
+      if (i >= 10) {
+        hop.push_back(us);
+        copy.push_back(copy_us);
+      }
+    }
+    const double h_us = Median(hop), c_us = Median(copy);
+    std::printf("%8zu K %8d %10.1f %10.1f %7.2fx %14s\n", bytes >> 10, n, h_us, c_us, h_us / c_us,
+                h_us <= 1.5 * c_us + 20 ? "met" : "missed");
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace moemesh
+
+int main(int argc, char** argv) { return moemesh::Run(argc, argv); }
