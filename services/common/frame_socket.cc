@@ -132,14 +132,27 @@ void FrameSocket::SetReceiveTimeout(int ms) {
 }
 
 absl::Status FrameSocket::Receive(google::protobuf::MessageLite* header, std::vector<char>* payload) {
-  absl::Status st = ReceiveFrame(header, payload);
+  uint64_t bytes = 0;
+  absl::Status st = ReceiveHeader(header, &bytes);
+  if (st.ok() && !ReadGrowing(fd_, bytes, payload)) st = Gone("receive");
+  return TimedOut(st);
+}
+
+absl::Status FrameSocket::Receive(google::protobuf::MessageLite* header, std::string* payload) {
+  uint64_t bytes = 0;
+  absl::Status st = ReceiveHeader(header, &bytes);
+  if (st.ok() && !ReadGrowing(fd_, bytes, payload)) st = Gone("receive");
+  return TimedOut(st);
+}
+
+absl::Status FrameSocket::TimedOut(absl::Status st) const {
   if (!st.ok() && receive_timeout_ms_ > 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
     return absl::UnavailableError(absl::StrCat("frame channel: no answer within ", receive_timeout_ms_, " ms"));
   }
   return st;
 }
 
-absl::Status FrameSocket::ReceiveFrame(google::protobuf::MessageLite* header, std::vector<char>* payload) {
+absl::Status FrameSocket::ReceiveHeader(google::protobuf::MessageLite* header, uint64_t* payload_bytes) {
   char prefix[kPrefixBytes];
   errno = 0;
   if (!ReadFull(fd_, prefix, kPrefixBytes)) return Gone("receive");
@@ -155,7 +168,7 @@ absl::Status FrameSocket::ReceiveFrame(google::protobuf::MessageLite* header, st
   // prefix cannot make this process allocate half a gigabyte.
   if (!ReadGrowing(fd_, hb, &header_buf_)) return Gone("receive");
   if (!header->ParseFromString(header_buf_)) return absl::DataLossError("frame channel: bad frame header");
-  if (!ReadGrowing(fd_, pb, payload)) return Gone("receive");
+  *payload_bytes = pb;
   return absl::OkStatus();
 }
 
@@ -231,5 +244,23 @@ void FrameServer::Stop() {
 }
 
 FrameServer::~FrameServer() { Stop(); }
+
+std::string DataChannelHost(const std::string& address) {
+  // Targets with a scheme name no TCP host (unix:PATH may even end in digits).
+  for (const char* scheme : {"unix:", "unix-abstract:", "vsock:", "dns:", "ipv4:", "ipv6:"}) {
+    if (address.rfind(scheme, 0) == 0) return "";
+  }
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos) return "";
+  std::string host = address.substr(0, colon);
+  const std::string port = address.substr(colon + 1);
+  if (port.empty() || port.find_first_not_of("0123456789") != std::string::npos) return "";
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);  // an IPv6 literal
+  } else if (host.find(':') != std::string::npos) {
+    return "";  // a scheme
+  }
+  return host.find('/') == std::string::npos ? host : "";
+}
 
 }  // namespace moemesh

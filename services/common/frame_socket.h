@@ -42,6 +42,8 @@ class FrameSocket {
   // Receives one frame into `header` and `*payload` (resized). UNAVAILABLE
   // when the peer is gone; DATA_LOSS for a malformed frame.
   absl::Status Receive(google::protobuf::MessageLite* header, std::vector<char>* payload);
+  // The same into a string (which a caller may then keep without a copy).
+  absl::Status Receive(google::protobuf::MessageLite* header, std::string* payload);
   // Makes a blocked Receive return (from another thread).
   void Shutdown();
   // Bounds how long Receive waits for the peer's next bytes (0: forever): a
@@ -54,11 +56,19 @@ class FrameSocket {
   static constexpr uint64_t kMaxPayloadBytes = uint64_t{512} << 20;
 
  private:
-  absl::Status ReceiveFrame(google::protobuf::MessageLite* header, std::vector<char>* payload);
+  // Reads a frame's prefix and header; its payload's size to `payload_bytes`.
+  absl::Status ReceiveHeader(google::protobuf::MessageLite* header, uint64_t* payload_bytes);
+  // `st`, or UNAVAILABLE "no answer within N ms" where a receive timed out.
+  absl::Status TimedOut(absl::Status st) const;
   int fd_;
   int receive_timeout_ms_ = 0;
   std::string header_buf_;
 };
+
+// The host of a gRPC target that is a plain HOST:PORT or [V6]:PORT, where
+// a service's data channel is (at the port it advertises); empty for other
+// target forms (unix:, dns:, ipv4: ...), which keep to gRPC.
+std::string DataChannelHost(const std::string& grpc_address);
 
 // Accepts frame connections on a port and runs `serve` on a thread per
 // connection until the peer leaves or Stop is called. Thread-safe.

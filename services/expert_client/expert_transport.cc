@@ -2,6 +2,7 @@
 
 #include "moemesh/v1/expert.pb.h"
 #include "absl/strings/str_cat.h"
+#include "services/common/frame_socket.h"
 #include "services/common/host_id.h"
 #include "services/expert_client/frame_transport.h"
 #include "services/expert_client/grpc_stream_transport.h"
@@ -21,31 +22,13 @@ namespace {
 NegotiatedTransport NegotiateHostTransport(const std::string& address, const v1::ShardInfo& info,
                                        std::shared_ptr<grpc::Channel> channel, const TransportOptions& options) {
   const int hidden = options.hidden_size;
-  // Targets with a scheme name no TCP host (unix:PATH may even end in digits).
-  bool schemed = false;
-  for (const char* scheme : {"unix:", "unix-abstract:", "vsock:", "dns:", "ipv4:", "ipv6:"}) {
-    schemed = schemed || address.rfind(scheme, 0) == 0;
-  }
-  if (options.allow_data_channel && info.data_port() > 0 && !schemed) {
-    // The data channel is on the worker's host, at the port it advertises,
-    // where the address is a plain HOST:PORT or [V6]:PORT; other gRPC
-    // target forms (unix:, dns:, ipv4: ...) keep to the gRPC stream.
-    const size_t colon = address.rfind(':');
-    std::string host = colon == std::string::npos ? std::string() : address.substr(0, colon);
-    const std::string target_port = colon == std::string::npos ? std::string() : address.substr(colon + 1);
-    const bool numeric_port =
-        !target_port.empty() && target_port.find_first_not_of("0123456789") == std::string::npos;
-    if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
-      host = host.substr(1, host.size() - 2);  // an IPv6 literal
-    } else if (host.find(':') != std::string::npos) {
-      host.clear();  // a scheme
-    }
-    if (numeric_port && !host.empty() && host.find('/') == std::string::npos) {
-      const int port = info.data_port(), timeout = options.receive_timeout_ms;
-      return {"frames", [host, port, hidden, timeout] {
-                return std::make_unique<FrameTransport>(host, port, hidden, timeout);
-              }};
-    }
+  // The data channel is on the worker's host, at the port it advertises.
+  const std::string host = DataChannelHost(address);
+  if (options.allow_data_channel && info.data_port() > 0 && !host.empty()) {
+    const int port = info.data_port(), timeout = options.receive_timeout_ms;
+    return {"frames", [host, port, hidden, timeout] {
+              return std::make_unique<FrameTransport>(host, port, hidden, timeout);
+            }};
   }
   const int timeout = options.receive_timeout_ms;
   return {"grpc-stream", [channel, hidden, timeout] {

@@ -1,10 +1,14 @@
 #include "services/kvcache/kvcache_service.h"
 
+#include <sys/uio.h>
+
 #include <chrono>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "services/common/frame_socket.h"
 #include "services/common/grpc_status.h"
 #include "services/kvcache/kvcache_metrics.h"
 
@@ -85,6 +89,50 @@ grpc::Status KvCacheServiceImpl::Lookup(grpc::ServerContext*, const v1::LookupRe
   return call.Done(absl::OkStatus());
 }
 
+absl::Status KvCacheServiceImpl::PutBlock(const BlockHash& root, const v1::KvBlock& b, std::string data, int index) {
+  const std::string where = absl::StrCat("block ", index);
+  StoredBlock block;
+  absl::StatusOr<BlockHash> hash = ParseHash(b.hash(), absl::StrCat(where, " hash"));
+  if (!hash.ok()) return hash.status();
+  absl::StatusOr<BlockHash> parent = ParseHash(b.parent(), absl::StrCat(where, " parent"));
+  if (!parent.ok()) return parent.status();
+  if (Checksum64(data) != b.checksum()) {
+    return absl::DataLossError(
+        absl::StrCat(where, " (", hash->Hex(), "): its data does not match its checksum; nothing of it stored"));
+  }
+  block.hash = *hash;
+  block.parent = *parent;
+  block.tokens.assign(b.tokens().begin(), b.tokens().end());
+  const size_t bytes = data.size();
+  block.data = std::move(data);
+  if (absl::Status st = store_->Put(root, block); !st.ok()) {
+    return absl::Status(st.code(), absl::StrCat(where, ": ", st.message()));
+  }
+  AddBytes(/*in=*/true, bytes);
+  return absl::OkStatus();
+}
+
+absl::Status KvCacheServiceImpl::GetRun(const v1::GetBlocksRequest& request,
+                                        const std::function<bool(v1::KvBlock*, std::string*)>& emit) {
+  absl::StatusOr<BlockHash> root = ParseHash(request.root(), "root");
+  if (!root.ok()) return root.status();
+  absl::StatusOr<std::vector<BlockHash>> chain = ParseChain(request.hashes());
+  if (!chain.ok()) return chain.status();
+  v1::KvBlock out;
+  for (const BlockHash& h : *chain) {
+    absl::StatusOr<StoredBlock> block = store_->Get(*root, h);
+    if (absl::IsNotFound(block.status())) break;  // the run held ends here
+    if (!block.ok()) return block.status();
+    out.set_hash(h.Bytes());
+    out.set_parent(block->parent.Bytes());
+    out.mutable_tokens()->Assign(block->tokens.begin(), block->tokens.end());
+    out.set_checksum(Checksum64(block->data));
+    AddBytes(/*in=*/false, block->data.size());
+    if (!emit(&out, &block->data)) return absl::CancelledError("the caller went away");
+  }
+  return absl::OkStatus();
+}
+
 grpc::Status KvCacheServiceImpl::PutBlocks(grpc::ServerContext*, grpc::ServerReader<v1::PutBlocksRequest>* reader,
                                            v1::PutBlocksResponse* response) {
   Call call(this, "PutBlocks");
@@ -103,26 +151,10 @@ grpc::Status KvCacheServiceImpl::PutBlocks(grpc::ServerContext*, grpc::ServerRea
       root = *r;
     }
     for (v1::KvBlock& b : *request.mutable_blocks()) {
-      const std::string where = absl::StrCat("block ", stored);
-      StoredBlock block;
-      absl::StatusOr<BlockHash> hash = ParseHash(b.hash(), absl::StrCat(where, " hash"));
-      if (!hash.ok()) return call.Done(hash.status());
-      absl::StatusOr<BlockHash> parent = ParseHash(b.parent(), absl::StrCat(where, " parent"));
-      if (!parent.ok()) return call.Done(parent.status());
-      if (Checksum64(b.data()) != b.checksum()) {
-        return call.Done(absl::DataLossError(
-            absl::StrCat(where, " (", hash->Hex(), "): its data does not match its checksum; nothing of it stored")));
-      }
-      block.hash = *hash;
-      block.parent = *parent;
-      block.tokens.assign(b.tokens().begin(), b.tokens().end());
-      const size_t bytes = b.data().size();
-      block.data = std::move(*b.mutable_data());
-      if (absl::Status st = store_->Put(root, block); !st.ok()) {
+      if (absl::Status st = PutBlock(root, b, std::move(*b.mutable_data()), stored); !st.ok()) {
         response->set_stored(stored);
-        return call.Done(absl::Status(st.code(), absl::StrCat(where, ": ", st.message())));
+        return call.Done(st);
       }
-      AddBytes(/*in=*/true, bytes);
       ++stored;
     }
   }
@@ -133,26 +165,61 @@ grpc::Status KvCacheServiceImpl::PutBlocks(grpc::ServerContext*, grpc::ServerRea
 grpc::Status KvCacheServiceImpl::GetBlocks(grpc::ServerContext* context, const v1::GetBlocksRequest* request,
                                            grpc::ServerWriter<v1::GetBlocksResponse>* writer) {
   Call call(this, "GetBlocks");
-  absl::StatusOr<BlockHash> root = ParseHash(request->root(), "root");
-  if (!root.ok()) return call.Done(root.status());
-  absl::StatusOr<std::vector<BlockHash>> chain = ParseChain(request->hashes());
-  if (!chain.ok()) return call.Done(chain.status());
   v1::GetBlocksResponse response;
-  for (const BlockHash& h : *chain) {
-    if (context->IsCancelled()) return call.Done(absl::CancelledError("the caller went away"));
-    absl::StatusOr<StoredBlock> block = store_->Get(*root, h);
-    if (absl::IsNotFound(block.status())) break;  // the run held ends here
-    if (!block.ok()) return call.Done(block.status());
-    v1::KvBlock* out = response.mutable_block();
-    out->set_hash(h.Bytes());
-    out->set_parent(block->parent.Bytes());
-    out->mutable_tokens()->Assign(block->tokens.begin(), block->tokens.end());
-    out->set_checksum(Checksum64(block->data));
-    AddBytes(/*in=*/false, block->data.size());
-    out->set_data(std::move(block->data));
-    if (!writer->Write(response)) return call.Done(absl::CancelledError("the caller went away"));
+  return call.Done(GetRun(*request, [&](v1::KvBlock* b, std::string* data) {
+    if (context->IsCancelled()) return false;
+    *response.mutable_block() = *b;
+    response.mutable_block()->set_data(std::move(*data));
+    return writer->Write(response);
+  }));
+}
+
+void KvCacheServiceImpl::ServeFrames(FrameSocket* socket) {
+  v1::KvFrame request, answer;
+  std::vector<char> payload;
+  while (socket->Receive(&request, &payload).ok()) {
+    answer.Clear();
+    absl::Status st;
+    if (request.has_get()) {
+      Call call(this, "GetBlocks");
+      v1::KvFrame part;
+      st = GetRun(request.get(), [&](v1::KvBlock* b, std::string* data) {
+        part.Clear();
+        *part.add_blocks() = *b;
+        part.add_data_sizes(data->size());
+        iovec bytes{data->data(), data->size()};
+        return socket->Send(part, {&bytes, 1}).ok();
+      });
+      call.Done(st);
+      if (absl::IsCancelled(st)) return;  // the router went away
+    } else if (request.has_put()) {
+      Call call(this, "PutBlocks");
+      int stored = 0;
+      absl::StatusOr<BlockHash> root = ParseHash(request.put().root(), "root");
+      st = root.status();
+      uint64_t total = 0;
+      for (uint64_t n : request.data_sizes()) total += n;
+      if (st.ok() && (request.data_sizes_size() != request.put().blocks_size() || total != payload.size())) {
+        st = absl::InvalidArgumentError(absl::StrCat("a put frame of ", request.put().blocks_size(), " blocks gives ",
+                                                     request.data_sizes_size(), " sizes adding up to ", total,
+                                                     " bytes for a payload of ", payload.size()));
+      }
+      const char* at = payload.data();
+      for (int i = 0; st.ok() && i < request.put().blocks_size(); ++i) {
+        st = PutBlock(*root, request.put().blocks(i), std::string(at, request.data_sizes(i)), stored);
+        at += request.data_sizes(i);
+        if (st.ok()) ++stored;
+      }
+      answer.set_stored(stored);
+      call.Done(st);
+    } else {
+      st = absl::InvalidArgumentError("a data channel frame must carry get or put");
+    }
+    answer.set_done(true);
+    answer.set_error_code(static_cast<int>(st.code()));
+    answer.set_error_message(std::string(st.message()));
+    if (!socket->Send(answer, {}).ok()) return;
   }
-  return call.Done(absl::OkStatus());
 }
 
 grpc::Status KvCacheServiceImpl::GetSession(grpc::ServerContext*, const v1::GetSessionRequest* request,
@@ -217,6 +284,7 @@ grpc::Status KvCacheServiceImpl::GetStats(grpc::ServerContext*, const v1::GetSta
   response->set_sessions(s.sessions);
   response->set_evictions(s.evictions);
   response->set_corrupt_reads(s.corrupt_reads);
+  response->set_data_port(data_port_);
   return call.Done(absl::OkStatus());
 }
 

@@ -2,12 +2,15 @@
 #define MOEMESH_SERVICES_KVCACHE_KVCACHE_SERVICE_H_
 
 #include <atomic>
+#include <functional>
+#include <string>
 
 #include "moemesh/v1/kvcache.grpc.pb.h"
 #include "services/kvcache/block_store.h"
 
 namespace moemesh {
 
+class FrameSocket;
 class KvCacheMetrics;
 
 // gRPC adapter of BlockStore: checks each message's shape (hash lengths,
@@ -38,16 +41,31 @@ class KvCacheServiceImpl final : public v1::KvCacheService::Service {
   grpc::Status GetStats(grpc::ServerContext* context, const v1::GetStatsRequest* request,
                         v1::KvCacheStats* response) override;
 
+  // Serves GetBlocks and PutBlocks on the raw data channel (FrameServer's
+  // callback) until the caller leaves: KvFrame headers, the blocks' bytes
+  // as payload, the same checks and store calls as the gRPC methods.
+  void ServeFrames(FrameSocket* socket);
+  // The data channel's port, advertised in GetStats (0: none).
+  void set_data_port(int port) { data_port_ = port; }
+
   // Calls in progress (for a graceful stop).
   int busy() const { return busy_.load(); }
 
  private:
   class Call;
   void AddBytes(bool in, size_t bytes);
+  // Checks block `index` of a put (hash, parent, `data` against its
+  // checksum) and stores it.
+  absl::Status PutBlock(const BlockHash& root, const v1::KvBlock& block, std::string data, int index);
+  // The held run of `request`'s chain, each block to `emit` (its data
+  // apart, to be moved); CANCELLED when `emit` says the caller left.
+  absl::Status GetRun(const v1::GetBlocksRequest& request,
+                      const std::function<bool(v1::KvBlock*, std::string*)>& emit);
 
   BlockStore* store_;
   KvCacheMetrics* metrics_;
   std::atomic<int> busy_{0};
+  int data_port_ = 0;
 };
 
 }  // namespace moemesh

@@ -8,6 +8,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
+#include "services/common/frame_socket.h"
 #include "services/common/server_util.h"
 #include "services/kvcache/kvcache_service.h"
 
@@ -23,9 +24,10 @@ BlockStore::Options InDir(const std::string& dir) {
 
 }  // namespace
 
-LocalKvCache::LocalKvCache(const std::string& dir) : LocalKvCache(InDir(dir)) {}
+LocalKvCache::LocalKvCache(const std::string& dir, bool data_channel)
+    : LocalKvCache(InDir(dir), nullptr, data_channel) {}
 
-LocalKvCache::LocalKvCache(BlockStore::Options options, KvCacheMetrics* metrics) {
+LocalKvCache::LocalKvCache(BlockStore::Options options, KvCacheMetrics* metrics, bool data_channel) {
   std::error_code ec;
   std::filesystem::remove_all(options.dir, ec);
   absl::StatusOr<std::unique_ptr<BlockStore>> store = BlockStore::Open(options);
@@ -35,6 +37,16 @@ LocalKvCache::LocalKvCache(BlockStore::Options options, KvCacheMetrics* metrics)
   }
   store_ = std::move(*store);
   service_ = std::make_unique<KvCacheServiceImpl>(store_.get(), metrics);
+  if (data_channel) {
+    KvCacheServiceImpl* service = service_.get();
+    auto frames = FrameServer::Start("127.0.0.1", 0, [service](FrameSocket* s) { service->ServeFrames(s); });
+    if (!frames.ok()) {
+      std::fprintf(stderr, "LocalKvCache: %s\n", frames.status().ToString().c_str());
+      std::abort();
+    }
+    frames_ = std::move(*frames);
+    service_->set_data_port(frames_->port());
+  }
   int port = 0;
   server_ = StartServer("127.0.0.1:0", {service_.get()}, &port);
   if (server_ == nullptr) {
@@ -46,7 +58,10 @@ LocalKvCache::LocalKvCache(BlockStore::Options options, KvCacheMetrics* metrics)
 
 LocalKvCache::~LocalKvCache() { Shutdown(); }
 
+int LocalKvCache::data_port() const { return frames_ ? frames_->port() : 0; }
+
 void LocalKvCache::Shutdown() {
+  if (frames_) frames_->Stop();
   if (server_) server_->Shutdown(std::chrono::system_clock::now());
   server_.reset();
 }

@@ -10,7 +10,9 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "prometheus/registry.h"
+#include "services/common/frame_socket.h"
 #include "services/common/service_main.h"
+#include "services/common/tls.h"
 #include "services/kvcache/block_store.h"
 #include "services/kvcache/kvcache_metrics.h"
 #include "services/kvcache/kvcache_service.h"
@@ -22,6 +24,9 @@ ABSL_FLAG(bool, sync, false,
           "not only a crash of the process");
 ABSL_FLAG(absl::Duration, session_ttl, absl::Hours(24 * 7), "a session is dropped this long after its last write");
 ABSL_FLAG(int64_t, max_block_mb, 64, "largest block accepted, in MiB");
+ABSL_FLAG(int, data_port, 0,
+          "port of the raw data channel for GetBlocks and PutBlocks (0 picks a free one, -1 offers none; none "
+          "under TLS)");
 ABSL_FLAG(int64_t, min_free_mb, 512,
           "writes are refused (RESOURCE_EXHAUSTED) while the store's filesystem has less free space than this, "
           "in MiB: RocksDB's room to flush and compact");
@@ -45,6 +50,18 @@ int Main(int argc, char** argv) {
   auto registry = std::make_shared<prometheus::Registry>();
   KvCacheMetrics metrics(*registry);
   KvCacheServiceImpl service(store->get(), &metrics);
+  std::unique_ptr<FrameServer> frames;  // stops after the gRPC server (destroyed after Serve returns)
+  const int data_port = absl::GetFlag(FLAGS_data_port);
+  // The raw data channel has no TLS: with TLS it is not offered, and
+  // routers use gRPC.
+  if (MeshTls().server_tls() && data_port >= 0) {
+    service_main.Warn("TLS is on: the raw data channel is not offered; routers use gRPC");
+  } else if (data_port >= 0) {
+    auto f = FrameServer::Start(service_main.host(), data_port, [&service](FrameSocket* s) { service.ServeFrames(s); });
+    if (!f.ok()) return service_main.Fail(f.status(), 1);
+    frames = std::move(*f);
+    service.set_data_port(frames->port());
+  }
   absl::Notification stop;
   std::thread sweeper([&] {
     while (!stop.WaitForNotificationWithTimeout(absl::Minutes(1))) (*store)->SweepExpiredSessions();

@@ -1,11 +1,16 @@
 #include "services/kvcache_client/kvcache_tier.h"
 
+#include <sys/uio.h>
+
+#include <algorithm>
 #include <chrono>
 
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
+#include "core/common/status_macros.h"
 #include "moemesh/v1/kvcache.grpc.pb.h"
+#include "services/common/frame_socket.h"
 #include "services/common/grpc_status.h"
 #include "services/common/server_util.h"
 #include "services/kvcache_client/rendezvous.h"
@@ -14,13 +19,61 @@
 namespace moemesh {
 
 struct KvCacheTier::Rpc {
-  std::vector<std::unique_ptr<v1::KvCacheService::Stub>> stubs;
+  struct Replica {
+    std::unique_ptr<v1::KvCacheService::Stub> stub;
+    std::string host;  // of the data channel; empty: not a plain HOST:PORT
+    absl::Mutex mu;
+    int data_port ABSL_GUARDED_BY(mu) = -1;  // -1: not asked yet; 0: none
+    std::vector<std::unique_ptr<FrameSocket>> idle ABSL_GUARDED_BY(mu);  // connected, free
+  };
+  std::vector<std::unique_ptr<Replica>> replicas;
+  v1::KvCacheService::Stub& stub(int r) { return *replicas[r]->stub; }
+
+  // A connected data channel socket of replica `r`, idle or new.
+  absl::StatusOr<std::unique_ptr<FrameSocket>> Take(int r) {
+    Replica& rep = *replicas[r];
+    int port;
+    {
+      absl::MutexLock lock(&rep.mu);
+      if (!rep.idle.empty()) {
+        std::unique_ptr<FrameSocket> s = std::move(rep.idle.back());
+        rep.idle.pop_back();
+        return s;
+      }
+      port = rep.data_port;
+    }
+    return FrameSocket::Connect(rep.host, port);
+  }
+  // Gives back a socket whose last exchange ended cleanly.
+  void Give(int r, std::unique_ptr<FrameSocket> s) {
+    absl::MutexLock lock(&replicas[r]->mu);
+    replicas[r]->idle.push_back(std::move(s));
+  }
 };
 
 namespace {
 
 std::chrono::system_clock::time_point Deadline(absl::Duration d) {
   return std::chrono::system_clock::now() + absl::ToChronoMicroseconds(d);
+}
+
+// Whether `b` (its data apart) is block `want` of the chain; its parent
+// and tokens into `block`.
+bool Check(const v1::KvBlock& b, absl::string_view data, const BlockHash& want, KvTierBlock* block) {
+  absl::StatusOr<BlockHash> parent = BlockHash::FromBytes(b.parent());
+  block->tokens.assign(b.tokens().begin(), b.tokens().end());
+  if (!parent.ok() || b.hash() != want.Bytes() || Checksum64(data) != b.checksum() ||
+      ChainBlockHash(*parent, block->tokens) != want) {
+    return false;
+  }
+  block->hash = want;
+  block->parent = *parent;
+  return true;
+}
+
+// The remaining time to `deadline` in whole milliseconds, at least 1.
+int MillisLeft(absl::Time deadline) {
+  return static_cast<int>(std::max<int64_t>(1, absl::ToInt64Milliseconds(deadline - absl::Now())));
 }
 
 }  // namespace
@@ -39,8 +92,10 @@ absl::StatusOr<std::unique_ptr<KvCacheTier>> KvCacheTier::Create(const Options& 
   grpc::ChannelArguments args = ClientChannelArguments();
   args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 16 << 20);
   for (const std::string& a : options.addresses) {
-    tier->rpc_->stubs.push_back(
-        v1::KvCacheService::NewStub(grpc::CreateCustomChannel(a, MeshChannelCredentials(), args)));
+    auto r = std::make_unique<Rpc::Replica>();
+    r->stub = v1::KvCacheService::NewStub(grpc::CreateCustomChannel(a, MeshChannelCredentials(), args));
+    r->host = options.use_data_channel ? DataChannelHost(a) : "";
+    tier->rpc_->replicas.push_back(std::move(r));
   }
   tier->writer_ = std::thread([t = tier.get()] { t->WriteLoop(); });
   return tier;
@@ -58,40 +113,85 @@ int KvCacheTier::ReplicaOf(const BlockHash& head) const {
   return static_cast<int>(RendezvousPick(options_.addresses, head.Bytes()));
 }
 
-absl::StatusOr<std::vector<KvTierBlock>> KvCacheTier::Fetch(const BlockHash& root, absl::Span<const BlockHash> all,
-                                                           size_t from) {
-  if (from >= all.size()) return std::vector<KvTierBlock>();
-  const absl::Span<const BlockHash> chain = all.subspan(from);
+bool KvCacheTier::HasDataChannel(int replica) {
+  Rpc::Replica& r = *rpc_->replicas[replica];
+  if (r.host.empty()) return false;
+  {
+    absl::MutexLock lock(&r.mu);
+    if (r.data_port >= 0) return r.data_port > 0;
+  }
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Deadline(options_.fetch_timeout));
+  v1::KvCacheStats stats;
+  if (!r.stub->GetStats(&ctx, v1::GetStatsRequest(), &stats).ok()) return false;  // asked again next time
+  absl::MutexLock lock(&r.mu);
+  r.data_port = stats.data_port();
+  return r.data_port > 0;
+}
+
+absl::Status KvCacheTier::FetchGrpc(int replica, const BlockHash& root, absl::Span<const BlockHash> chain,
+                                    std::vector<KvTierBlock>* out) {
   grpc::ClientContext ctx;
   ctx.set_deadline(Deadline(options_.fetch_timeout));
   v1::GetBlocksRequest req;
   req.set_root(root.Bytes());
   for (const BlockHash& h : chain) req.add_hashes(h.Bytes());
-  std::unique_ptr<grpc::ClientReader<v1::GetBlocksResponse>> reader =
-      rpc_->stubs[ReplicaOf(all[0])]->GetBlocks(&ctx, req);
-  std::vector<KvTierBlock> out;
+  std::unique_ptr<grpc::ClientReader<v1::GetBlocksResponse>> reader = rpc_->stub(replica).GetBlocks(&ctx, req);
   v1::GetBlocksResponse resp;
   bool valid = true;
-  while (valid && out.size() < chain.size() && reader->Read(&resp)) {
-    v1::KvBlock& b = *resp.mutable_block();
+  while (valid && out->size() < chain.size() && reader->Read(&resp)) {
     KvTierBlock block;
-    absl::StatusOr<BlockHash> parent = BlockHash::FromBytes(b.parent());
-    block.tokens.assign(b.tokens().begin(), b.tokens().end());
-    valid = parent.ok() && b.hash() == chain[out.size()].Bytes() && Checksum64(b.data()) == b.checksum() &&
-            ChainBlockHash(*parent, block.tokens) == chain[out.size()];
+    valid = Check(resp.block(), resp.block().data(), chain[out->size()], &block);
     if (!valid) break;  // keep what came before it
-    block.hash = chain[out.size()];
-    block.parent = *parent;
-    block.bytes = std::move(*b.mutable_data());
-    out.push_back(std::move(block));
+    block.bytes = std::move(*resp.mutable_block()->mutable_data());
+    out->push_back(std::move(block));
   }
-  if (!valid || out.size() == chain.size()) ctx.TryCancel();
+  if (!valid || out->size() == chain.size()) ctx.TryCancel();
   const grpc::Status st = reader->Finish();
+  return st.error_code() == grpc::StatusCode::CANCELLED ? absl::OkStatus() : FromGrpcStatus(st);
+}
+
+absl::Status KvCacheTier::FetchFrames(int replica, const BlockHash& root, absl::Span<const BlockHash> chain,
+                                      std::vector<KvTierBlock>* out) {
+  const absl::Time deadline = absl::Now() + options_.fetch_timeout;
+  MM_ASSIGN_OR_RETURN(std::unique_ptr<FrameSocket> socket, rpc_->Take(replica));
+  v1::KvFrame frame;
+  v1::GetBlocksRequest* req = frame.mutable_get();
+  req->set_root(root.Bytes());
+  for (const BlockHash& h : chain) req->add_hashes(h.Bytes());
+  MM_RETURN_IF_ERROR(socket->Send(frame, {}));
+  std::string payload;
+  bool valid = true;
+  for (;;) {
+    socket->SetReceiveTimeout(MillisLeft(deadline));
+    MM_RETURN_IF_ERROR(socket->Receive(&frame, &payload));  // the socket is dropped
+    if (frame.done()) break;
+    if (!valid) continue;  // read to the end, to keep the socket
+    KvTierBlock block;
+    valid = out->size() < chain.size() && frame.blocks_size() == 1 && frame.data_sizes_size() == 1 &&
+            frame.data_sizes(0) == payload.size() && Check(frame.blocks(0), payload, chain[out->size()], &block);
+    if (!valid) continue;
+    block.bytes = std::move(payload);  // the next frame's bytes go to a new string
+    payload = std::string();
+    out->push_back(std::move(block));
+  }
+  rpc_->Give(replica, std::move(socket));
+  return absl::Status(static_cast<absl::StatusCode>(frame.error_code()), frame.error_message());
+}
+
+absl::StatusOr<std::vector<KvTierBlock>> KvCacheTier::Fetch(const BlockHash& root, absl::Span<const BlockHash> all,
+                                                           size_t from) {
+  if (from >= all.size()) return std::vector<KvTierBlock>();
+  const absl::Span<const BlockHash> chain = all.subspan(from);
+  const int replica = ReplicaOf(all[0]);
+  std::vector<KvTierBlock> out;
+  const absl::Status st = HasDataChannel(replica) ? FetchFrames(replica, root, chain, &out)
+                                                  : FetchGrpc(replica, root, chain, &out);
   absl::MutexLock lock(&mu_);
   ++stats_.fetches;
-  if (!st.ok() && st.error_code() != grpc::StatusCode::CANCELLED && out.empty()) {
+  if (!st.ok() && out.empty()) {
     ++stats_.fetch_errors;
-    return FromGrpcStatus(st);
+    return st;
   }
   stats_.fetched_blocks += static_cast<int64_t>(out.size());
   return out;
@@ -110,11 +210,14 @@ void KvCacheTier::Store(const BlockHash& root, const BlockHash& head, std::vecto
 }
 
 bool KvCacheTier::Put(const Batch& batch) {
+  return HasDataChannel(batch.replica) ? PutFrames(batch) : PutGrpc(batch);
+}
+
+bool KvCacheTier::PutGrpc(const Batch& batch) {
   grpc::ClientContext ctx;
   ctx.set_deadline(Deadline(options_.store_timeout));
   v1::PutBlocksResponse resp;
-  std::unique_ptr<grpc::ClientWriter<v1::PutBlocksRequest>> writer =
-      rpc_->stubs[batch.replica]->PutBlocks(&ctx, &resp);
+  std::unique_ptr<grpc::ClientWriter<v1::PutBlocksRequest>> writer = rpc_->stub(batch.replica).PutBlocks(&ctx, &resp);
   v1::PutBlocksRequest req;
   req.set_root(batch.root.Bytes());
   for (const KvTierBlock& b : batch.blocks) {
@@ -129,6 +232,31 @@ bool KvCacheTier::Put(const Batch& batch) {
   }
   writer->WritesDone();
   return writer->Finish().ok();
+}
+
+bool KvCacheTier::PutFrames(const Batch& batch) {
+  absl::StatusOr<std::unique_ptr<FrameSocket>> socket = rpc_->Take(batch.replica);
+  if (!socket.ok()) return false;
+  v1::KvFrame frame;
+  v1::PutBlocksRequest* req = frame.mutable_put();
+  req->set_root(batch.root.Bytes());
+  std::vector<iovec> bytes;
+  for (const KvTierBlock& b : batch.blocks) {
+    v1::KvBlock* out = req->add_blocks();
+    out->set_hash(b.hash.Bytes());
+    out->set_parent(b.parent.Bytes());
+    out->mutable_tokens()->Assign(b.tokens.begin(), b.tokens.end());
+    out->set_checksum(Checksum64(b.bytes));
+    frame.add_data_sizes(b.bytes.size());
+    bytes.push_back({const_cast<char*>(b.bytes.data()), b.bytes.size()});
+  }
+  std::vector<char> payload;
+  (*socket)->SetReceiveTimeout(static_cast<int>(absl::ToInt64Milliseconds(options_.store_timeout)));
+  if (!(*socket)->Send(frame, bytes).ok() || !(*socket)->Receive(&frame, &payload).ok() || !frame.done()) {
+    return false;  // the socket is dropped
+  }
+  rpc_->Give(batch.replica, std::move(*socket));
+  return frame.error_code() == 0 && frame.stored() == static_cast<int>(batch.blocks.size());
 }
 
 void KvCacheTier::WriteLoop() {

@@ -20,7 +20,9 @@ namespace moemesh {
 // one or several replicas: each sequence lives on one replica, chosen by
 // rendezvous hashing of its first block's name, so sequences that share a
 // prefix share its blocks, and losing a replica loses (to recompute) only
-// its sequences. Fetch is one GetBlocks call bounded by `fetch_timeout`:
+// its sequences. Blocks go over a replica's raw data channel where it
+// offers one (KvCacheStats.data_port: frames with the bytes as raw
+// payload), else over gRPC. Fetch is one GetBlocks call bounded by `fetch_timeout`:
 // past it, or with the replica down, it fails and the router computes. It keeps only blocks that
 // are what they claim (checksum, chain hash). Store queues blocks for a
 // writer thread that puts them, in order, one PutBlocks stream per batch;
@@ -33,6 +35,8 @@ class KvCacheTier : public KvTier {
     absl::Duration fetch_timeout = absl::Milliseconds(500);
     absl::Duration store_timeout = absl::Seconds(10);
     int64_t max_queued_bytes = int64_t{256} << 20;
+    // Use a replica's raw data channel where it offers one.
+    bool use_data_channel = true;
   };
   struct Stats {
     int64_t fetches = 0, fetch_errors = 0, fetched_blocks = 0;
@@ -63,9 +67,20 @@ class KvCacheTier : public KvTier {
   };
   // Puts one batch; false on an error.
   bool Put(const Batch& batch);
+  // The same over gRPC and over the data channel.
+  bool PutGrpc(const Batch& batch);
+  bool PutFrames(const Batch& batch);
+  // GetBlocks's run of `chain` from `replica` into `out`, up to the first
+  // block that is not what it claims (checksum, chain hash).
+  absl::Status FetchGrpc(int replica, const BlockHash& root, absl::Span<const BlockHash> chain,
+                         std::vector<KvTierBlock>* out);
+  absl::Status FetchFrames(int replica, const BlockHash& root, absl::Span<const BlockHash> chain,
+                           std::vector<KvTierBlock>* out);
+  // Whether `replica` offers its data channel (asked once, by GetStats).
+  bool HasDataChannel(int replica);
 
   const Options options_;
-  struct Rpc;  // the gRPC stubs, one per replica, kept out of this header
+  struct Rpc;  // the gRPC stubs and data channels, one per replica, kept out of this header
   std::unique_ptr<Rpc> rpc_;
 
   mutable absl::Mutex mu_;

@@ -1,6 +1,7 @@
 // The kvcache service as a router's lower tier, over a real loopback socket.
 #include "services/kvcache_client/kvcache_tier.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <memory>
 #include <random>
@@ -13,6 +14,8 @@
 #include "core/engine/engine.h"
 #include "core/engine/scheduler.h"
 #include "gtest/gtest.h"
+#include "moemesh/v1/kvcache.pb.h"
+#include "services/common/frame_socket.h"
 #include "services/common/server_util.h"
 #include "services/kvcache/block_store.h"
 #include "services/kvcache/local_kvcache.h"
@@ -20,17 +23,20 @@
 namespace moemesh {
 namespace {
 
-class KvCacheTierTest : public ::testing::Test {
+// Over the service's raw data channel (true) and over gRPC alone (false).
+class KvCacheTierTest : public ::testing::TestWithParam<bool> {
  protected:
   void SetUp() override {
-    kv_ = std::make_unique<LocalKvCache>(absl::StrCat(
-        ::testing::TempDir(), "/kvcache_tier_", ::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    std::replace(name.begin(), name.end(), '/', '_');
+    kv_ = std::make_unique<LocalKvCache>(absl::StrCat(::testing::TempDir(), "/kvcache_tier_", name), GetParam());
     address_ = kv_->address();
   }
 
   std::unique_ptr<KvCacheTier> Tier(const std::string& address) {
     KvCacheTier::Options o;
     o.addresses = {address};
+    o.use_data_channel = GetParam();
     auto tier = KvCacheTier::Create(o);
     EXPECT_TRUE(tier.ok()) << tier.status();
     return std::move(*tier);
@@ -55,7 +61,7 @@ std::vector<KvTierBlock> Chain(const BlockHash& root, int n) {
   return chain;
 }
 
-TEST_F(KvCacheTierTest, StoresInTheBackgroundAndFetchesTheLeadingRun) {
+TEST_P(KvCacheTierTest, StoresInTheBackgroundAndFetchesTheLeadingRun) {
   const BlockHash root = HashBytes("m");
   const std::vector<KvTierBlock> chain = Chain(root, 5);
   std::unique_ptr<KvCacheTier> tier = Tier(address_);
@@ -83,7 +89,7 @@ TEST_F(KvCacheTierTest, StoresInTheBackgroundAndFetchesTheLeadingRun) {
   EXPECT_EQ(tier->stats().store_errors, 1);
 }
 
-TEST_F(KvCacheTierTest, AServiceThatIsDownFailsFetchesFastAndDropsStores) {
+TEST_P(KvCacheTierTest, AServiceThatIsDownFailsFetchesFastAndDropsStores) {
   kv_->Shutdown();
   std::unique_ptr<KvCacheTier> tier = Tier(address_);
   const BlockHash root = HashBytes("m");
@@ -155,7 +161,7 @@ TEST(KvCacheTierReplicasTest, SequencesSpreadOverReplicasAndSurviveTheLossOfOne)
 // A conversation's second turn on a new engine (a router restarted) over
 // the kvcache service gives exactly the tokens and log probabilities of
 // computing it, its first turn's blocks fetched from the service.
-TEST_F(KvCacheTierTest, SecondTurnAfterARestartEqualsComputing) {
+TEST_P(KvCacheTierTest, SecondTurnAfterARestartEqualsComputing) {
   for (const std::string name : {"mixtral", "mixtral_sliding", "deepseek_v3", "deepseek_v3_nolora", "qwen2_moe",
                                  "qwen3_moe", "olmoe", "olmoe_dynamic"}) {
     const std::string model = "tests/fixtures/" + name;
@@ -199,6 +205,55 @@ TEST_F(KvCacheTierTest, SecondTurnAfterARestartEqualsComputing) {
       EXPECT_NEAR(restarted[t].logprob, computed[t].logprob, 1e-4) << "token " << t;
     }
   }
+}
+
+INSTANTIATE_TEST_SUITE_P(Wire, KvCacheTierTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& i) {
+                           return std::string(i.param ? "DataChannel" : "Grpc");
+                         });
+
+// Frames that are not what the data channel carries are answered with the
+// reason and store nothing; the connection serves on.
+TEST(KvCacheDataChannelTest, BadFramesAreRefusedAndNothingIsStored) {
+  LocalKvCache kv(::testing::TempDir() + "/kvcache_data_channel");
+  ASSERT_GT(kv.data_port(), 0);
+  auto socket = FrameSocket::Connect("127.0.0.1", kv.data_port());
+  ASSERT_TRUE(socket.ok()) << socket.status();
+  const BlockHash root = HashBytes("m");
+  const std::vector<KvTierBlock> chain = Chain(root, 2);
+  auto exchange = [&](const v1::KvFrame& request, const std::vector<iovec>& payload) {
+    v1::KvFrame answer;
+    std::vector<char> bytes;
+    EXPECT_TRUE((*socket)->Send(request, payload).ok());
+    EXPECT_TRUE((*socket)->Receive(&answer, &bytes).ok());
+    EXPECT_TRUE(answer.done());
+    return answer;
+  };
+  v1::KvFrame neither;
+  EXPECT_EQ(exchange(neither, {}).error_code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+  v1::KvFrame put;
+  put.mutable_put()->set_root(root.Bytes());
+  v1::KvBlock* b = put.mutable_put()->add_blocks();
+  b->set_hash(chain[0].hash.Bytes());
+  b->set_parent(root.Bytes());
+  b->mutable_tokens()->Assign(chain[0].tokens.begin(), chain[0].tokens.end());
+  b->set_checksum(Checksum64(chain[0].bytes));
+  std::string data = chain[0].bytes;
+  iovec bytes{data.data(), data.size()};
+  put.add_data_sizes(data.size() + 1);  // more than the payload holds
+  v1::KvFrame answer = exchange(put, {bytes});
+  EXPECT_EQ(answer.error_code(), static_cast<int>(absl::StatusCode::kInvalidArgument)) << answer.error_message();
+  EXPECT_EQ(answer.stored(), 0);
+  put.set_data_sizes(0, data.size());
+  data[0] ^= 1;  // no longer what its checksum says
+  answer = exchange(put, {bytes});
+  EXPECT_EQ(answer.error_code(), static_cast<int>(absl::StatusCode::kDataLoss)) << answer.error_message();
+  EXPECT_EQ(kv.store()->stats().blocks, 0);
+  data[0] ^= 1;
+  answer = exchange(put, {bytes});
+  EXPECT_EQ(answer.error_code(), 0) << answer.error_message();
+  EXPECT_EQ(answer.stored(), 1);
+  EXPECT_EQ(kv.store()->stats().blocks, 1);
 }
 
 }  // namespace
