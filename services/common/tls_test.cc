@@ -30,13 +30,14 @@ void MakeCa(const std::string& name) {
   Shell(absl::StrCat("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=", name,
                    " -keyout ", g_dir, "/", name, ".key -out ", g_dir, "/", name, ".pem"));
 }
-void MakeLeaf(const std::string& name, const std::string& ca) {
+// `days` -1 makes one that has expired (valid until a day before it was made).
+void MakeLeaf(const std::string& name, const std::string& ca, int days = 2) {
   const std::string d = g_dir + "/";
   Shell(absl::StrCat("openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=", name, " -keyout ", d,
                    name, ".key -out ", d, name, ".csr"));
   Shell(absl::StrCat("printf 'subjectAltName=IP:127.0.0.1,DNS:localhost' > ", d, name, ".ext"));
   Shell(absl::StrCat("openssl x509 -req -in ", d, name, ".csr -CA ", d, ca, ".pem -CAkey ", d, ca,
-                   ".key -CAcreateserial -days 2 -extfile ", d, name, ".ext -out ", d, name, ".pem"));
+                   ".key -CAcreateserial -days ", days, " -extfile ", d, name, ".ext -out ", d, name, ".pem"));
 }
 std::string Pem(const std::string& name) { return g_dir + "/" + name + ".pem"; }
 std::string Key(const std::string& name) { return g_dir + "/" + name + ".key"; }
@@ -53,6 +54,8 @@ class TlsTest : public ::testing::Test {
     MakeLeaf("client", "ca");
     MakeLeaf("stranger", "other_ca");
     MakeLeaf("server2", "other_ca");
+    MakeLeaf("expired_client", "ca", -1);
+    MakeLeaf("expired_server", "ca", -1);
     Shell(absl::StrCat("cat ", Pem("ca"), " ", Pem("other_ca"), " > ", g_dir, "/both.pem"));
   }
   void TearDown() override {
@@ -93,6 +96,15 @@ TEST_F(TlsTest, MutualTlsServesOnlyClientsTheCaVouchesFor) {
   EXPECT_FALSE(Reaches({Pem("stranger"), Key("stranger"), Pem("ca")})) << "a certificate of another CA";
   EXPECT_FALSE(Reaches({Pem("client"), Key("client"), Pem("other_ca")})) << "the server's CA not trusted";
   EXPECT_FALSE(Reaches({})) << "plaintext";
+}
+
+TEST_F(TlsTest, ExpiredCertificatesAreRefusedBothWays) {
+  StartServer({Pem("server"), Key("server"), Pem("ca")});
+  EXPECT_TRUE(Reaches({Pem("client"), Key("client"), Pem("ca")}));
+  EXPECT_FALSE(Reaches({Pem("expired_client"), Key("expired_client"), Pem("ca")})) << "an expired client certificate";
+  server_->Shutdown(std::chrono::system_clock::now());
+  StartServer({Pem("expired_server"), Key("expired_server"), Pem("ca")});
+  EXPECT_FALSE(Reaches({Pem("client"), Key("client"), Pem("ca")})) << "an expired server certificate";
 }
 
 TEST_F(TlsTest, ServerTlsWithoutClientAuthServesClientsWithoutCertificates) {
