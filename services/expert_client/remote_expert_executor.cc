@@ -201,6 +201,7 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
       transport.allow_data_channel = options.use_data_channel;
       transport.receive_timeout_ms = options.receive_timeout_ms;
       ex->eject_ms_ = options.eject_ms;
+      ex->retry_tokens_ = ex->max_retry_tokens_ = std::max(0, options.retry_tokens);
       r->host = NegotiateTransport(address, info, channel, transport);
       transport.device_rows = options.cuda_device >= 0 ? options.device_rows : nullptr;
       r->negotiated = transport.device_rows ? NegotiateTransport(address, info, channel, transport) : r->host;
@@ -374,6 +375,7 @@ absl::Status RemoteExpertExecutor::Attempt(Shard& s, Replica* r, bool send) {
   if (send) {
     if (absl::Status st = r->Send(s.request, s.rows, s.device_batch); !st.ok()) {
       Fail(r);
+      retry_tokens_ = std::max(0.0, retry_tokens_ - 1);
       return st;
     }
   }
@@ -381,8 +383,10 @@ absl::Status RemoteExpertExecutor::Attempt(Shard& s, Replica* r, bool send) {
                                s.device_batch ? s.device_batch->cuda_stream : nullptr);
   if (st.ok()) {
     s.chosen = r;
+    retry_tokens_ = std::min(max_retry_tokens_, retry_tokens_ + 0.1);
   } else if (absl::IsUnavailable(st) || absl::IsCancelled(st)) {
     Fail(r);
+    retry_tokens_ = std::max(0.0, retry_tokens_ - 1);
   } else {
     r->Reset();
   }
@@ -398,12 +402,17 @@ absl::Status RemoteExpertExecutor::Exchange(Shard& s, bool already_sent) {
   }
   // Only a lost worker is worth another replica; a refused request would be
   // refused everywhere.
-  bool first = !already_sent;  // ExecuteOnce counted this retry already
+  // Every send from here on is a retry: of the answer that did not come, or
+  // of the first send, which failed.
   for (size_t i : Order(s)) {
     if (!last.ok() && !absl::IsUnavailable(last) && !absl::IsCancelled(last)) return last;
     if (already_sent && i == s.next) continue;
-    if (!first) ++retries_;
-    first = false;
+    if (retry_tokens_ <= max_retry_tokens_ / 2) {
+      return absl::UnavailableError(absl::StrCat(
+          last.ok() ? "an expert worker is gone" : last.message(),
+          "; not sent to another replica: the retry budget is spent (too many failed expert calls of late)"));
+    }
+    ++retries_;
     last = Attempt(s, s.replicas[i].get(), /*send=*/true);
     if (last.ok()) return last;
   }
@@ -432,14 +441,16 @@ absl::Status RemoteExpertExecutor::ExecuteOnce(const ExpertBatch& b, float* out)
     s.next = FirstLive(s);
     Replica* first = s.replicas[s.next].get();
     sent[si] = first->Send(s.request, s.rows, nullptr).ok();
-    if (!sent[si]) Fail(first);
+    if (!sent[si]) {
+      Fail(first);
+      retry_tokens_ = std::max(0.0, retry_tokens_ - 1);
+    }
   }
   std::vector<const float*> group_rows(work_.groups.size(), nullptr);
   for (size_t si = 0; si < shards_.size(); ++si) {
     Shard& s = *shards_[si];
     if (s.groups.empty()) continue;
-    if (!sent[si]) ++retries_;  // its first replica already failed (and is ejected): the next
-    absl::Status st = Exchange(s, sent[si]);
+    absl::Status st = Exchange(s, sent[si]);  // past a first replica that failed: the next
     s.next = (s.next + 1) % s.replicas.size();
     if (!st.ok()) return st;
     if (observer_) {
@@ -522,7 +533,7 @@ absl::Status RemoteExpertExecutor::ExecuteOnDevice(const ExpertBatch& b, float* 
   const bool sent = first->Send(s.request, s.rows, &b).ok();
   if (!sent) {
     Fail(first);
-    ++retries_;
+    retry_tokens_ = std::max(0.0, retry_tokens_ - 1);
   }
   absl::Status st = Exchange(s, sent);
   s.next = (s.next + 1) % s.replicas.size();

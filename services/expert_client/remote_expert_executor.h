@@ -61,6 +61,13 @@ class RemoteExpertExecutor : public ExpertExecutor {
     // A replica that failed (or timed out) is passed over for this long
     // while the shard has others; then the next request probes it.
     int eject_ms = 5000;
+    // Retry throttling, as gRPC's (gRFC A6): a budget of `retry_tokens`
+    // that each failed call spends one of and each answered call earns 0.1
+    // back; past half spent, a failed call is not sent again (the step
+    // fails UNAVAILABLE) until answers refill it. In steady failure that
+    // keeps attempts within about 1.1 times the calls, so sick replicas
+    // cannot multiply the traffic. 0: never retry.
+    int retry_tokens = 10;
     // A router on GPU `cuda_device` (-1: none) whose workers offer the
     // cuda-ipc transport (TransportOptions::device_rows, set by CUDA
     // builds): where every replica takes it and each MoE layer's experts
@@ -140,6 +147,7 @@ class RemoteExpertExecutor : public ExpertExecutor {
   void Fail(Replica* r);
 
   std::vector<std::unique_ptr<Shard>> shards_;
+  double retry_tokens_ = 10, max_retry_tokens_ = 10;  // Options.retry_tokens
   int cuda_device_ = -1;           // device mode: the router's GPU
   // Per layer: the one shard that holds every expert of it; -1 where no
   // shard holds any, -2 where they are spread over several.

@@ -218,6 +218,48 @@ TEST(RemoteExpertExecutorTest, SurvivesLosingOneOfTwoReplicas) {
   EXPECT_GT((*remote)->retries(), 0);
 }
 
+// Retry throttling: with a dead replica that is never passed over
+// (ejection off), every other step fails on it and is sent again to the
+// live one, spending the budget faster than answers refill it; once half is
+// spent such a step fails UNAVAILABLE, saying why, instead of doubling its
+// traffic. Retries stay within half the budget plus a tenth of the calls.
+// A budget of 0 never retries.
+TEST(RemoteExpertExecutorTest, ARetryBudgetBoundsTheRetries) {
+  const std::string dir = "tests/fixtures/qwen3_moe";
+  auto config = LoadModelConfig(dir);
+  ASSERT_TRUE(config.ok());
+  std::vector<Worker> a = StartWorkers(dir, 1), b = StartWorkers(dir, 1);
+  a[0].Kill(0);
+  const int h = config->hidden_size;
+  std::vector<float> x(2 * h, 0.25f), out(2 * h);
+  const std::vector<int> ids = {0, 1, 2, 3};
+  const std::vector<float> w = {0.5f, 0.5f, 0.5f, 0.5f};
+  const ExpertBatch batch{0, 2, h, x.data(), 2, ids.data(), w.data()};
+  for (int tokens : {10, 0}) {
+    RemoteExpertExecutor::Options options;
+    options.eject_ms = 0;
+    options.retry_tokens = tokens;
+    options.connect_timeout_ms = 2000;
+    // Connect checks every replica: connect while `a` still listens.
+    std::vector<Worker> fresh = StartWorkers(dir, 1);
+    auto remote = RemoteExpertExecutor::Connect({{fresh[0].address, b[0].address}}, h, options);
+    ASSERT_TRUE(remote.ok()) << remote.status();
+    fresh[0].Kill(0);
+    int calls = 0, refused_at = -1;
+    for (int step = 0; step < 60 && refused_at < 0; ++step) {
+      ++calls;
+      absl::Status st = (*remote)->Execute(batch, out.data());
+      if (st.ok()) continue;
+      EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+      EXPECT_NE(st.message().find("retry budget"), std::string::npos) << st;
+      refused_at = step;
+    }
+    ASSERT_GE(refused_at, 0) << "a budget of " << tokens << " was never spent";
+    EXPECT_LE((*remote)->retries(), tokens / 2 + calls / 10 + 1) << calls << " calls";
+    if (tokens == 0) EXPECT_EQ((*remote)->retries(), 0);
+  }
+}
+
 // A replica that stops answering without closing its connection (SIGSTOP,
 // a wedged process): with a receive timeout its request goes to the shard's
 // other replica, the logits do not change, and the silent one is ejected:

@@ -46,6 +46,9 @@ ABSL_FLAG(std::string, expert_rows, "auto",
           "the rows' dtype on the wire to the expert workers: auto (bf16, half the bytes, to workers where that "
           "changes nothing: GPU workers; f32 to others), f32, or bf16 (everywhere; CPU workers then see rounded rows)");
 ABSL_FLAG(int, experts_connect_timeout_ms, 10000, "how long to wait for the expert workers at start");
+ABSL_FLAG(int, expert_retry_tokens, 10,
+          "retry throttling of expert calls (gRPC's): each failed call spends a token, each answered one earns 0.1; "
+          "past half spent, a failed call is not sent to another replica; 0 never retries");
 ABSL_FLAG(int, expert_eject_ms, 5000,
           "after an expert replica fails or times out, pass it over for this long while its shard has others; then "
           "the next request probes it");
@@ -90,6 +93,7 @@ struct Options {
   int experts_connect_timeout_ms = 0;
   int expert_timeout_ms = 0;
   int expert_eject_ms = 0;
+  int expert_retry_tokens = 0;
   std::string device;
   bool enforce_eager = false;
   EngineOptions engine;  // threads, KV cache, prefill chunk; the devices are set from `device`
@@ -109,6 +113,7 @@ struct Options {
     o.experts_connect_timeout_ms = absl::GetFlag(FLAGS_experts_connect_timeout_ms);
     o.expert_timeout_ms = absl::GetFlag(FLAGS_expert_timeout_ms);
     o.expert_eject_ms = absl::GetFlag(FLAGS_expert_eject_ms);
+    o.expert_retry_tokens = absl::GetFlag(FLAGS_expert_retry_tokens);
     o.device = absl::GetFlag(FLAGS_device);
     o.enforce_eager = absl::GetFlag(FLAGS_enforce_eager);
     o.engine.num_threads = absl::GetFlag(FLAGS_threads);
@@ -144,8 +149,9 @@ struct Options {
     if (expert_transport != "auto" && expert_transport != "frames" && expert_transport != "grpc") {
       return absl::InvalidArgumentError("--expert-transport must be auto, frames or grpc");
     }
-    if (expert_timeout_ms < 0 || expert_eject_ms < 0) {
-      return absl::InvalidArgumentError("--expert-timeout-ms and --expert-eject-ms must not be negative");
+    if (expert_timeout_ms < 0 || expert_eject_ms < 0 || expert_retry_tokens < 0) {
+      return absl::InvalidArgumentError(
+          "--expert-timeout-ms, --expert-eject-ms and --expert-retry-tokens must not be negative");
     }
     if (absl::Status st = RemoteExpertExecutor::ParseRows(expert_rows).status(); !st.ok()) return st;
     if (absl::Status st = RemoteExpertExecutor::ParseCombine(expert_combine).status(); !st.ok()) return st;
@@ -239,6 +245,7 @@ int Main(int argc, char** argv) {
 #endif
     remote_options.receive_timeout_ms = options.expert_timeout_ms;
     remote_options.eject_ms = options.expert_eject_ms;
+    remote_options.retry_tokens = options.expert_retry_tokens;
     remote_options.rows = *RemoteExpertExecutor::ParseRows(options.expert_rows);  // checked by Validate
     remote_options.combine = *RemoteExpertExecutor::ParseCombine(options.expert_combine);
     auto r = RemoteExpertExecutor::Connect(*shards, config->hidden_size, remote_options);
