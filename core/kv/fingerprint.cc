@@ -51,7 +51,9 @@ absl::Status DescribeSafetensors(const std::filesystem::path& path, std::string*
 }  // namespace
 
 absl::StatusOr<BlockHash> ModelFingerprint(const std::string& model_dir) {
-  absl::StatusOr<std::string> config = ReadFile(JoinPath(model_dir, "config.json"));
+  absl::StatusOr<std::string> path = ModelFilePath(model_dir, "config.json");
+  if (!path.ok()) return path.status();
+  absl::StatusOr<std::string> config = ReadFile(*path);
   if (!config.ok()) return config.status();
   std::string desc = absl::StrCat("moemesh-model/1\n", *config, "\n");
   std::vector<std::filesystem::path> files;
