@@ -1,10 +1,8 @@
 #include "core/common/file_util.h"
 
-#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -48,26 +46,6 @@ std::string JoinPath(absl::string_view dir, absl::string_view name) {
   if (dir.empty()) return std::string(name);
   if (dir.back() == '/') return absl::StrCat(dir, name);
   return absl::StrCat(dir, "/", name);
-}
-
-absl::StatusOr<std::string> ModelFilePath(absl::string_view dir, absl::string_view name) {
-  namespace fs = std::filesystem;
-  const std::string path = JoinPath(dir, name);
-  std::error_code ec;
-  if (!fs::exists(fs::symlink_status(path, ec))) return path;
-  const fs::path target = fs::canonical(path, ec);
-  if (ec) return path;  // a dangling link: its reader says NOT_FOUND
-  const fs::path root = fs::canonical(fs::path(std::string(dir)), ec);
-  if (ec) return path;
-  auto under = [&target](const fs::path& base) {
-    auto [b, t] = std::mismatch(base.begin(), base.end(), target.begin(), target.end());
-    return b == base.end();
-  };
-  if (under(root)) return path;
-  // A Hugging Face snapshot's files link to the blobs of its repository.
-  if (root.parent_path().filename() == "snapshots" && under(root.parent_path().parent_path() / "blobs")) return path;
-  return absl::FailedPreconditionError(absl::StrCat(path, " leads to ", target.string(),
-                                                    ", outside the model directory: copy the file into it"));
 }
 
 }  // namespace moemesh

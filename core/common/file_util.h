@@ -18,15 +18,6 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view data
 // Joins two path components with exactly one '/'.
 std::string JoinPath(absl::string_view dir, absl::string_view name);
 
-// The path of file `name` of a model directory, refused
-// (FAILED_PRECONDITION) where it is a link that leads out of the directory:
-// a model directory is data from elsewhere, and must not make this process
-// read /etc/... or another user's files. Links into a Hugging Face cache's
-// blobs are allowed: a directory .../models--ORG--NAME/snapshots/REV links
-// its files to .../models--ORG--NAME/blobs/HASH. A file that does not exist
-// is returned as is (its reader says NOT_FOUND).
-absl::StatusOr<std::string> ModelFilePath(absl::string_view dir, absl::string_view name);
-
 }  // namespace moemesh
 
 #endif  // MOEMESH_CORE_COMMON_FILE_UTIL_H_

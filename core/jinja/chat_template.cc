@@ -58,8 +58,7 @@ absl::StatusOr<std::unique_ptr<ChatTemplate>> ChatTemplate::Load(const std::stri
   const std::filesystem::path dir(model_dir);
   nlohmann::ordered_json config = nlohmann::ordered_json::object();
   if (std::filesystem::exists(dir / "tokenizer_config.json")) {
-    MM_ASSIGN_OR_RETURN(std::string path, ModelFilePath(model_dir, "tokenizer_config.json"));
-    MM_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+    MM_ASSIGN_OR_RETURN(std::string text, ReadFile((dir / "tokenizer_config.json").string()));
     config = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
     if (config.is_discarded() || !config.is_object()) {
       return absl::InvalidArgumentError(absl::StrCat(model_dir, "/tokenizer_config.json is not a JSON object"));
@@ -76,8 +75,7 @@ absl::StatusOr<std::unique_ptr<ChatTemplate>> ChatTemplate::Load(const std::stri
     MM_ASSIGN_OR_RETURN(source, ReadFile(template_file));
   } else if (std::filesystem::exists(dir / "chat_template.jinja")) {
     where = "chat_template.jinja";
-    MM_ASSIGN_OR_RETURN(std::string path, ModelFilePath(model_dir, where));
-    MM_ASSIGN_OR_RETURN(source, ReadFile(path));
+    MM_ASSIGN_OR_RETURN(source, ReadFile((dir / where).string()));
   } else if (auto it = config.find("chat_template"); it != config.end() && !it->is_null()) {
     where = "tokenizer_config.json's chat_template";
     if (it->is_string()) {

@@ -51,9 +51,7 @@ absl::Status DescribeSafetensors(const std::filesystem::path& path, std::string*
 }  // namespace
 
 absl::StatusOr<BlockHash> ModelFingerprint(const std::string& model_dir) {
-  absl::StatusOr<std::string> path = ModelFilePath(model_dir, "config.json");
-  if (!path.ok()) return path.status();
-  absl::StatusOr<std::string> config = ReadFile(*path);
+  absl::StatusOr<std::string> config = ReadFile(JoinPath(model_dir, "config.json"));
   if (!config.ok()) return config.status();
   std::string desc = absl::StrCat("moemesh-model/1\n", *config, "\n");
   std::vector<std::filesystem::path> files;

@@ -479,10 +479,10 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
 }
 
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir) {
-  MM_ASSIGN_OR_RETURN(std::string path, ModelFilePath(dir, "config.json"));
+  std::string path = JoinPath(dir, "config.json");
   MM_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
   MM_ASSIGN_OR_RETURN(ModelConfig c, ParseModelConfig(text, path));
-  MM_ASSIGN_OR_RETURN(std::string gen_path, ModelFilePath(dir, "generation_config.json"));
+  std::string gen_path = JoinPath(dir, "generation_config.json");
   auto gen = ReadFile(gen_path);
   if (gen.ok()) {
     Json g = Json::parse(gen->begin(), gen->end(), nullptr, false);

@@ -134,7 +134,7 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   auto ckpt = std::make_unique<Checkpoint>();
   ckpt->dir_ = dir;
   std::vector<std::string> shard_names;
-  MM_ASSIGN_OR_RETURN(std::string index_path, ModelFilePath(dir, "model.safetensors.index.json"));
+  std::string index_path = JoinPath(dir, "model.safetensors.index.json");
   auto index_text = ReadFile(index_path);
   if (index_text.ok()) {
     Json j = Json::parse(index_text->begin(), index_text->end(), nullptr, false);
@@ -163,8 +163,7 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
     return index_text.status();
   }
   for (const std::string& shard : shard_names) {
-    MM_ASSIGN_OR_RETURN(std::string path, ModelFilePath(dir, shard));
-    auto file = SafetensorsFile::Open(path);
+    auto file = SafetensorsFile::Open(JoinPath(dir, shard));
     if (!file.ok()) {
       if (absl::IsNotFound(file.status())) {
         return absl::NotFoundError(absl::StrCat(

@@ -325,8 +325,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& path
   struct stat st;
   if (stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
     // A model directory: tokenizer.json, else a SentencePiece tokenizer.model.
-    MM_ASSIGN_OR_RETURN(file, ModelFilePath(path, "tokenizer.json"));
-    MM_ASSIGN_OR_RETURN(std::string spm, ModelFilePath(path, "tokenizer.model"));
+    file = JoinPath(path, "tokenizer.json");
+    std::string spm = JoinPath(path, "tokenizer.model");
     if (stat(file.c_str(), &st) != 0 && stat(spm.c_str(), &st) == 0) return LoadSentencePiece(spm);
   } else if (absl::EndsWith(path, ".model")) {
     return LoadSentencePiece(path);
