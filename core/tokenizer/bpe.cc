@@ -3,16 +3,23 @@
 #include <queue>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/strings/str_format.h"
 #include "core/tokenizer/utf8.h"
 
 namespace moemesh {
+
+struct BpeModel::Cache {
+  absl::Mutex mu;
+  absl::flat_hash_map<std::string, std::vector<int>> words ABSL_GUARDED_BY(mu);
+};
 
 absl::StatusOr<BpeModel> BpeModel::Create(absl::flat_hash_map<std::string, int> vocab,
                                           const std::vector<std::pair<std::string, std::string>>& merges,
                                           Options options) {
   BpeModel m;
   m.options_ = std::move(options);
+  m.cache_ = std::make_shared<Cache>();
   int max_id = -1;
   for (const auto& [tok, id] : vocab) {
     if (id < 0) return absl::InvalidArgumentError(absl::StrCat("token \"", tok, "\" has a negative id"));
@@ -50,6 +57,27 @@ std::optional<int> BpeModel::TokenToId(absl::string_view token) const {
 
 absl::Status BpeModel::Tokenize(absl::string_view word, std::vector<int>* ids) const {
   if (word.empty()) return absl::OkStatus();
+  if (word.size() > kCacheWordBytes) return TokenizeUncached(word, ids);
+  {
+    absl::ReaderMutexLock lock(&cache_->mu);
+    auto it = cache_->words.find(word);
+    if (it != cache_->words.end()) {
+      ids->insert(ids->end(), it->second.begin(), it->second.end());
+      return absl::OkStatus();
+    }
+  }
+  const size_t before = ids->size();
+  absl::Status st = TokenizeUncached(word, ids);
+  if (!st.ok()) return st;
+  absl::MutexLock lock(&cache_->mu);
+  // Full, it keeps what it has (as Hugging Face's): no churn.
+  if (cache_->words.size() < kCacheWords) {
+    cache_->words.try_emplace(word, ids->begin() + static_cast<std::ptrdiff_t>(before), ids->end());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status BpeModel::TokenizeUncached(absl::string_view word, std::vector<int>* ids) const {
   if (options_.ignore_merges) {
     auto it = vocab_.find(word);
     if (it != vocab_.end()) {

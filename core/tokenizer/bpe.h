@@ -1,6 +1,7 @@
 #ifndef MOEMESH_CORE_TOKENIZER_BPE_H_
 #define MOEMESH_CORE_TOKENIZER_BPE_H_
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -15,7 +16,9 @@ namespace moemesh {
 
 // Byte-pair encoding over a vocabulary and ranked merges, as Hugging Face's
 // BPE model: a word's characters are merged pairwise, lowest rank first
-// (leftmost first among equal ranks). Immutable; thread-safe.
+// (leftmost first among equal ranks). Words seen before come from a cache
+// (as Hugging Face's and tiktoken's: most words of a text recur), bounded
+// at kCacheWords words of up to kCacheWordBytes bytes. Thread-safe.
 class BpeModel {
  public:
   struct Options {
@@ -35,6 +38,9 @@ class BpeModel {
   // character is unknown and neither byte fallback nor unk applies.
   absl::Status Tokenize(absl::string_view word, std::vector<int>* ids) const;
 
+  static constexpr size_t kCacheWords = 10000;  // Hugging Face's default capacity
+  static constexpr size_t kCacheWordBytes = 256;
+
   std::optional<int> TokenToId(absl::string_view token) const;
   int vocab_size() const { return static_cast<int>(id_to_token_.size()); }
   // "" for ids with no token.
@@ -46,12 +52,16 @@ class BpeModel {
     int new_id;
   };
   static uint64_t Key(int a, int b) { return (static_cast<uint64_t>(a) << 32) | static_cast<uint32_t>(b); }
+  // Tokenize without the cache.
+  absl::Status TokenizeUncached(absl::string_view word, std::vector<int>* ids) const;
+  struct Cache;
 
   absl::flat_hash_map<std::string, int> vocab_;
   std::vector<std::string> id_to_token_;
   absl::flat_hash_map<uint64_t, Merge> merges_;
   Options options_;
   int unk_id_ = -1;
+  std::shared_ptr<Cache> cache_;  // shared by copies, which are the same model
 };
 
 }  // namespace moemesh

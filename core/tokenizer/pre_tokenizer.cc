@@ -145,8 +145,11 @@ class ByteLevelPreTokenizer : public PreTokenizer {
       : add_prefix_space_(add_prefix_space), re_(std::move(re)) {}
   absl::Status Apply(std::vector<Piece>* pieces) const override {
     return MapPieces(pieces, [&](const Piece& p, std::vector<Piece>* out) -> absl::Status {
-      std::string text = p.text;
-      if (add_prefix_space_ && !text.empty() && text[0] != ' ') text.insert(text.begin(), ' ');
+      // The piece as it is, unless a space goes in front (no copy per piece).
+      std::string prefixed;
+      const bool prefix = add_prefix_space_ && !p.text.empty() && p.text[0] != ' ';
+      if (prefix) prefixed = absl::StrCat(" ", p.text);
+      const std::string& text = prefix ? prefixed : p.text;
       if (!re_) {
         out->push_back({BytesToByteLevel(text)});
         return absl::OkStatus();
