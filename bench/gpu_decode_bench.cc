@@ -268,7 +268,7 @@ struct MeshExperts {
   std::unique_ptr<RemoteExpertExecutor> executor;
 };
 
-MeshExperts StartMeshExperts(const std::string& dir, int hidden) {
+MeshExperts StartMeshExperts(const std::string& dir, int hidden, int slots) {
   MeshExperts m;
   auto p = Subprocess::Start({ServiceBinaryForTests("moemesh-expert", "MOEMESH_EXPERT_BIN"), "--model", dir,
                               "--device", "cuda", "--port", "0", "--metrics-port", "-1"});
@@ -281,7 +281,7 @@ MeshExperts StartMeshExperts(const std::string& dir, int hidden) {
   (*p)->ForwardOutput(2);
   RemoteExpertExecutor::Options options;
   options.cuda_device = 0;
-  options.device_rows = CudaIpcTransport::Wrapper(0);
+  options.device_rows = CudaIpcTransport::Wrapper(0, slots);
   options.warn = [](const std::string& w) { std::fprintf(stderr, "gpu_decode_bench: %s\n", w.c_str()); };
   auto r = RemoteExpertExecutor::Connect({{line->substr(line->find("listening on ") + 13)}}, hidden, options);
   if (!r.ok() || (*r)->cuda_device() != 0) {
@@ -377,7 +377,7 @@ int Run(int argc, char** argv) {
     }
     LocalExpertExecutor in_place(std::move(*device), config->num_experts);
     ThroughHost via_host(&in_place);
-    MeshExperts mesh = ipc ? StartMeshExperts(dir, config->hidden_size) : MeshExperts{};
+    MeshExperts mesh = ipc ? StartMeshExperts(dir, config->hidden_size, config->num_experts_per_tok) : MeshExperts{};
     for (int n : batches) {
       double ms[5] = {0, 0, 0, 0, 0};
       for (int path = 0; path < 5; ++path) {

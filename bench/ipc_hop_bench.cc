@@ -3,7 +3,10 @@
 // and the combined rows back, against a device-to-device copy of the same
 // bytes in and out within one process. The rows are routed to no expert, so
 // the worker only writes zeros and the figure is the transport: the two
-// copies, the two interprocess events, and a small message each way.
+// copies, the two interprocess events, and a small message each way. Up to
+// 4,096 rows the routing goes on the GPU too (the decode path: the worker
+// groups the rows there); larger batches are grouped here (the prefill
+// path: the groups go in the message).
 // Payloads of 4 KB to 8 MB of f32 rows of the demo model (hidden size 256);
 // the worker is started here (MOEMESH_EXPERT_BIN, or beside MOEMESH_BIN's
 // CLI in the build tree).
@@ -22,6 +25,7 @@
 
 #include "core/common/subprocess.h"
 #include "core/experts/expert_executor.h"
+#include "core/kernels/cpu/gating_rule.h"
 #include "core/kernels/cuda/cuda_ipc.h"
 #include "core/kernels/cuda/cuda_runtime_util.h"
 #include "core/model/config.h"
@@ -85,18 +89,26 @@ int Run(int argc, char** argv) {
   std::printf("cuda-ipc hop (rows to a worker on the same GPU and back) against a device-to-device copy of the "
               "same bytes in and out; %d iterations, medians\n",
               iterations);
-  std::printf("%10s %8s %10s %10s %8s %14s\n", "payload", "rows", "hop us", "copy us", "x copy", "1.5 copy+20us");
-  for (size_t bytes = 4 << 10; bytes <= (8 << 20); bytes *= 4) {
+  std::printf("%10s %8s %8s %10s %10s %8s %14s\n", "payload", "rows", "routing", "hop us", "copy us", "x copy",
+              "1.5 copy+20us");
+  for (const size_t bytes : {size_t{4} << 10, size_t{16} << 10, size_t{64} << 10, size_t{256} << 10, size_t{1} << 20,
+                             size_t{4} << 20, size_t{8} << 20}) {
     const int n = static_cast<int>(bytes / row_bytes);
+    const bool on_gpu = n <= kMaxDeviceGroupedRoutes;
     auto in = DeviceBuffer::Allocate(bytes), out = DeviceBuffer::Allocate(bytes), far = DeviceBuffer::Allocate(bytes);
-    if (!in.ok() || !out.ok() || !far.ok() || !(*in)->Fill(0).ok()) {
+    std::vector<int> ids(n, -1);  // routed to no expert: the worker writes zeros
+    std::vector<float> weights(n, 0.f);
+    auto d_ids = DeviceBuffer::Allocate(n * sizeof(int)), d_weights = DeviceBuffer::Allocate(n * sizeof(float));
+    if (!in.ok() || !out.ok() || !far.ok() || !d_ids.ok() || !d_weights.ok() || !(*in)->Fill(0).ok() ||
+        !(*d_ids)->CopyFrom(ids.data(), n * sizeof(int)).ok() ||
+        !(*d_weights)->CopyFrom(weights.data(), n * sizeof(float)).ok()) {
       std::fprintf(stderr, "ipc_hop_bench: no room for %zu bytes\n", bytes);
       return 1;
     }
-    std::vector<int> ids(n, -1);  // routed to no expert: the worker writes zeros
-    std::vector<float> weights(n, 0.f);
-    ExpertBatch batch{layer, n, h, (*in)->as<float>(), 1, ids.data(), weights.data()};
+    ExpertBatch batch{layer, n, h, (*in)->as<float>(), 1, on_gpu ? (*d_ids)->as<int>() : ids.data(),
+                      on_gpu ? (*d_weights)->as<float>() : weights.data()};
     batch.on_device = true;
+    batch.routing_on_device = on_gpu;
     std::vector<double> hop, copy;
     for (int i = 0; i < iterations + 10; ++i) {
       auto t0 = std::chrono::steady_clock::now();
@@ -122,8 +134,8 @@ int Run(int argc, char** argv) {
       }
     }
     const double h_us = Median(hop), c_us = Median(copy);
-    std::printf("%8zu K %8d %10.1f %10.1f %7.2fx %14s\n", bytes >> 10, n, h_us, c_us, h_us / c_us,
-                h_us <= 1.5 * c_us + 20 ? "met" : "missed");
+    std::printf("%8zu K %8d %8s %10.1f %10.1f %7.2fx %14s\n", bytes >> 10, n, on_gpu ? "gpu" : "host", h_us, c_us,
+                h_us / c_us, h_us <= 1.5 * c_us + 20 ? "met" : "missed");
     std::fflush(stdout);
   }
   return 0;

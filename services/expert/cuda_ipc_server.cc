@@ -1,9 +1,12 @@
 #include "services/expert/cuda_ipc_server.h"
 
 #include <cstdint>
+#include <deque>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "core/common/status_macros.h"
 #include "core/experts/expert_executor.h"
 #include "core/experts/expert_work.h"
@@ -15,8 +18,14 @@
 namespace moemesh {
 namespace {
 
-// Bounds on what one router may ask a worker to allocate.
+// Bounds on what one router may ask a worker to allocate (the router's
+// CudaIpcTransport::kMaxTokens).
 constexpr int kMaxTokens = 1 << 16;
+// A connection's buffers and events outlive it by this long: the router may
+// still have copies into them, or a wait on the worker's event, enqueued
+// when it learns that the connection is gone; freeing them at once would
+// free memory under its GPU.
+constexpr absl::Duration kRetiredFor = absl::Seconds(30);
 constexpr int kMaxSlots = 64;
 
 size_t Align(size_t bytes) { return (bytes + 255) & ~size_t{255}; }
@@ -31,9 +40,24 @@ class CudaIpcServer : public DeviceRowsServer {
 
  private:
   class IpcSession;
+  // What a closed session leaves, freed after kRetiredFor.
+  struct Retired {
+    absl::Time until;
+    std::unique_ptr<DeviceBuffer> memory;
+    std::unique_ptr<IpcEvent> router_event, worker_event;
+  };
+  void Retire(Retired r) {
+    absl::MutexLock lock(&retired_mu_);
+    const absl::Time now = absl::Now();
+    while (!retired_.empty() && retired_.front().until <= now) retired_.pop_front();
+    retired_.push_back(std::move(r));
+  }
+
   ExpertWorker* worker_;
   std::unique_ptr<OwnedStream> stream_;
   absl::Mutex mu_;  // one session's wait, work and record at a time
+  absl::Mutex retired_mu_;
+  std::deque<Retired> retired_ ABSL_GUARDED_BY(retired_mu_);
 };
 
 class CudaIpcServer::IpcSession : public DeviceRowsServer::Session {
@@ -45,6 +69,9 @@ class CudaIpcServer::IpcSession : public DeviceRowsServer::Session {
         layout_(layout),
         router_event_(std::move(router_event)),
         worker_event_(std::move(worker_event)) {}
+  ~IpcSession() override {
+    server_->Retire({absl::Now() + kRetiredFor, std::move(memory_), std::move(router_event_), std::move(worker_event_)});
+  }
 
   absl::Status Run(const v1::DispatchRequest& request, v1::DispatchResponse* response) override {
     ExpertWorker& worker = *server_->worker_;

@@ -21,21 +21,42 @@ struct CudaIpcTransport::Shared {
 };
 
 CudaIpcTransport::CudaIpcTransport(std::unique_ptr<ExpertTransport> control, int device, int hidden_size,
-                                   int initial_tokens)
-    : control_(std::move(control)), device_(device), hidden_(hidden_size), initial_tokens_(std::max(1, initial_tokens)) {}
+                                   int initial_tokens, int initial_slots)
+    : control_(std::move(control)),
+      device_(device),
+      hidden_(hidden_size),
+      initial_tokens_(std::clamp(initial_tokens, 1, kMaxTokens)),
+      initial_slots_(std::max(0, initial_slots)) {}
 
-// The mapping goes (after the device's work) before the router's event.
 CudaIpcTransport::~CudaIpcTransport() {
+  Unmap().IgnoreError();
+  // The worker may still have a wait on this event enqueued (a request
+  // given up on before it ran): it outlives the connection. Rare (a failed
+  // replica) and 64 bytes of driver state.
+  (void)router_event_.release();
+}
+
+absl::Status CudaIpcTransport::Unmap() {
+  if (!shared_) return absl::OkStatus();
+  if (!WaitForStream(last_stream_, absl::Seconds(10))) {
+    // Still waiting on the worker's event: unmapping now would free memory
+    // under the GPU. Kept (leaked) instead.
+    (void)shared_->memory.release();
+    (void)shared_->worker_event.release();
+    shared_.reset();
+    return absl::UnavailableError("the GPU still waits on the expert worker's event after 10 s; its buffers are "
+                                  "left mapped");
+  }
   shared_.reset();
-  router_event_.reset();
+  return absl::OkStatus();
 }
 
 std::function<ExpertTransportFactory(const v1::ShardInfo&, ExpertTransportFactory)> CudaIpcTransport::Wrapper(
-    int device, int initial_tokens) {
+    int device, int slots, int initial_tokens) {
   return [=](const v1::ShardInfo& info, ExpertTransportFactory control) -> ExpertTransportFactory {
     const int hidden = info.hidden_size();
     return [=]() -> std::unique_ptr<ExpertTransport> {
-      return std::make_unique<CudaIpcTransport>(control(), device, hidden, initial_tokens);
+      return std::make_unique<CudaIpcTransport>(control(), device, hidden, initial_tokens, slots);
     };
   };
 }
@@ -48,17 +69,22 @@ absl::Status CudaIpcTransport::Receive(v1::DispatchResponse* response, F32Matrix
   return control_->Receive(response, outputs);
 }
 
-absl::Status CudaIpcTransport::Warm() { return shared_ ? absl::OkStatus() : SetUp(initial_tokens_, 0); }
+absl::Status CudaIpcTransport::Warm() { return shared_ ? absl::OkStatus() : SetUp(initial_tokens_, initial_slots_); }
 
 absl::Status CudaIpcTransport::SetUp(int tokens, int slots) {
   MM_RETURN_IF_ERROR(CudaSetDevice(device_));
+  if (tokens > kMaxTokens) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a batch of ", tokens, " tokens; the cuda-ipc transport carries at most ", kMaxTokens));
+  }
   int capacity = std::max(tokens, initial_tokens_);
-  if (shared_) {  // never smaller; twice as large when it must grow
+  if (shared_) {  // never smaller; twice as large when it must grow, within the bound
     const int old = shared_->layout.max_tokens();
-    capacity = std::max(capacity, tokens > old ? 2 * old : old);
+    capacity = std::max(capacity, tokens > old ? std::min(2 * old, kMaxTokens) : old);
     slots = std::max(slots, shared_->layout.max_slots());
   }
-  shared_.reset();  // the worker frees the old buffers when it makes the new
+  // The worker frees the old buffers when it makes the new: unmapped first.
+  MM_RETURN_IF_ERROR(Unmap());
   if (!router_event_) {
     MM_ASSIGN_OR_RETURN(router_event_, IpcEvent::Create());
   }
@@ -100,10 +126,10 @@ absl::Status CudaIpcTransport::SendOnDevice(const v1::DispatchRequest& header, c
                                                    " (request: ", header.ipc().slots(), " slots)"));
   }
   if (!shared_ || n > shared_->layout.max_tokens() || slots > shared_->layout.max_slots()) {
-    // The old buffers may still be read by work enqueued on the stream.
-    if (shared_) MM_RETURN_IF_ERROR(CudaSynchronize(batch.cuda_stream));
+    last_stream_ = batch.cuda_stream;  // the old buffers go once its work is done
     MM_RETURN_IF_ERROR(SetUp(n, slots));
   }
+  last_stream_ = batch.cuda_stream;
   const v1::CudaIpcBuffers& b = shared_->layout;
   CudaStream stream = batch.cuda_stream;
   MM_RETURN_IF_ERROR(CopyOnDeviceAsync(shared_->at(b.hidden_offset()), batch.hidden_states,
@@ -116,6 +142,9 @@ absl::Status CudaIpcTransport::SendOnDevice(const v1::DispatchRequest& header, c
   }
   // The worker's wait sees this record: it is made before the request goes.
   MM_RETURN_IF_ERROR(router_event_->Record(stream));
+  expect_step_ = header.step();
+  expect_layer_ = header.layer();
+  expect_rows_ = n;
   return control_->Send(header, {});
 }
 
@@ -125,11 +154,16 @@ absl::Status CudaIpcTransport::ReceiveOnDevice(v1::DispatchResponse* response, F
   *outputs = F32Matrix{};
   if (response->error_code() != 0) return absl::OkStatus();
   if (!shared_) return absl::InternalError("a CUDA IPC answer on a connection not set up");
+  // Checked before anything is copied: a stale or wrong answer must not
+  // write past the rows the caller's buffer holds.
   const int64_t rows = response->combined_rows();
-  if (rows < 0 || rows > shared_->layout.max_tokens()) {
-    return absl::InternalError(absl::StrCat("the worker combined ", rows, " rows; its buffers hold ",
-                                            shared_->layout.max_tokens()));
+  if (response->step() != expect_step_ || response->layer() != expect_layer_ || rows != expect_rows_) {
+    return absl::InternalError(absl::StrCat("the worker answered step ", response->step(), " layer ",
+                                            response->layer(), " with ", rows, " combined rows; expected step ",
+                                            expect_step_, " layer ", expect_layer_, " with ", expect_rows_));
   }
+  expect_rows_ = -1;
+  last_stream_ = stream;
   MM_RETURN_IF_ERROR(shared_->worker_event->WaitOn(stream));
   MM_RETURN_IF_ERROR(CopyOnDeviceAsync(out, shared_->at(shared_->layout.out_offset()),
                                        static_cast<size_t>(rows) * hidden_ * sizeof(float), stream));

@@ -27,13 +27,20 @@ class IpcEvent;
 // they would without it.
 class CudaIpcTransport : public ExpertTransport {
  public:
-  // `device`: the router's GPU, whose memory SendOnDevice takes.
-  CudaIpcTransport(std::unique_ptr<ExpertTransport> control, int device, int hidden_size, int initial_tokens);
+  // `device`: the router's GPU, whose memory SendOnDevice takes. The
+  // buffers are first set up for `initial_tokens` rows of `initial_slots`
+  // routed experts.
+  CudaIpcTransport(std::unique_ptr<ExpertTransport> control, int device, int hidden_size, int initial_tokens,
+                   int initial_slots);
   ~CudaIpcTransport() override;
 
-  // TransportOptions::device_rows for a router on GPU `device`.
+  // TransportOptions::device_rows for a router on GPU `device` whose
+  // tokens have `slots` routed experts.
   static std::function<ExpertTransportFactory(const v1::ShardInfo&, ExpertTransportFactory)> Wrapper(
-      int device, int initial_tokens = 256);
+      int device, int slots = 8, int initial_tokens = 256);
+
+  // The most rows one connection's buffers hold (the worker's bound too).
+  static constexpr int kMaxTokens = 1 << 16;
 
   absl::Status Send(const v1::DispatchRequest& header, absl::Span<const iovec> rows) override;
   absl::Status Receive(v1::DispatchResponse* response, F32Matrix* outputs) override;
@@ -47,11 +54,21 @@ class CudaIpcTransport : public ExpertTransport {
   struct Shared;
   // Sets the buffers up for at least `tokens` rows of `slots` routes.
   absl::Status SetUp(int tokens, int slots);
+  // Lets the mapping go once the work that used it is done; where that
+  // does not come (a peer that died mid-wait), the mapping is kept rather
+  // than freed under the GPU, and UNAVAILABLE says so.
+  absl::Status Unmap();
 
   std::unique_ptr<ExpertTransport> control_;
-  const int device_, hidden_, initial_tokens_;
+  const int device_, hidden_, initial_tokens_, initial_slots_;
   std::unique_ptr<IpcEvent> router_event_;  // this side's, exported to the worker
   std::unique_ptr<Shared> shared_;          // null until SetUp
+  void* last_stream_ = nullptr;             // where the mapping was last used
+  // The request awaiting its answer: the answer is checked against it
+  // before its rows are copied anywhere.
+  uint64_t expect_step_ = 0;
+  int expect_layer_ = -1;
+  int64_t expect_rows_ = -1;
 };
 
 }  // namespace moemesh

@@ -41,7 +41,11 @@ struct RemoteExpertExecutor::Replica {
     if (!transport) transport = negotiated.make();
     if (absl::Status st = device ? transport->SendOnDevice(request, *device) : transport->Send(request, rows);
         !st.ok()) {
-      return absl::UnavailableError(absl::StrCat("expert worker ", address, ": ", st.message()));
+      // A lost worker is UNAVAILABLE (try another); a request this side or
+      // the worker's set-up refuses keeps its code.
+      const bool lost = absl::IsUnavailable(st) || absl::IsCancelled(st) || absl::IsDeadlineExceeded(st);
+      return absl::Status(lost ? absl::StatusCode::kUnavailable : st.code(),
+                          absl::StrCat("expert worker ", address, ": ", st.message()));
     }
     pending = true;
     return absl::OkStatus();
@@ -374,6 +378,10 @@ void RemoteExpertExecutor::Fail(Replica* r) {
 absl::Status RemoteExpertExecutor::Attempt(Shard& s, Replica* r, bool send) {
   if (send) {
     if (absl::Status st = r->Send(s.request, s.rows, s.device_batch); !st.ok()) {
+      if (!absl::IsUnavailable(st)) {
+        r->Reset();  // refused, not lost: another replica would refuse it too
+        return st;
+      }
       Fail(r);
       retry_tokens_ = std::max(0.0, retry_tokens_ - 1);
       return st;
@@ -530,7 +538,14 @@ absl::Status RemoteExpertExecutor::ExecuteOnDevice(const ExpertBatch& b, float* 
   const auto sent_at = std::chrono::steady_clock::now();
   s.next = FirstLive(s);
   Replica* first = s.replicas[s.next].get();
-  const bool sent = first->Send(s.request, s.rows, &b).ok();
+  absl::Status sent_status = first->Send(s.request, s.rows, &b);
+  const bool sent = sent_status.ok();
+  if (!sent && !absl::IsUnavailable(sent_status)) {  // refused, not lost
+    first->Reset();
+    s.device_batch = nullptr;
+    s.device_out = nullptr;
+    return sent_status;
+  }
   if (!sent) {
     Fail(first);
     retry_tokens_ = std::max(0.0, retry_tokens_ - 1);

@@ -239,7 +239,7 @@ int Main(int argc, char** argv) {
 #ifdef MOEMESH_WITH_CUDA
     if (options.gpu() >= 0 && options.expert_transport == "auto") {
       remote_options.cuda_device = options.gpu();
-      remote_options.device_rows = CudaIpcTransport::Wrapper(options.gpu());
+      remote_options.device_rows = CudaIpcTransport::Wrapper(options.gpu(), config->num_experts_per_tok);
       remote_options.warn = [&service_main](const std::string& m) { service_main.Warn(m); };
     }
 #endif

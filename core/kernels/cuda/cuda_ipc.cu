@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "absl/time/clock.h"
+
 #include "core/common/status_macros.h"
 #include "core/kernels/cuda/cuda_check.cuh"
 
@@ -44,9 +46,22 @@ absl::StatusOr<std::unique_ptr<IpcMemory>> IpcMemory::Open(absl::string_view han
   return std::unique_ptr<IpcMemory>(new IpcMemory(p));
 }
 
-IpcMemory::~IpcMemory() {
-  cudaDeviceSynchronize();  // nothing enqueued may still use the mapping
-  cudaIpcCloseMemHandle(ptr_);
+IpcMemory::~IpcMemory() { cudaIpcCloseMemHandle(ptr_); }
+
+bool WaitForStream(CudaStream stream, absl::Duration timeout) {
+  cudaEvent_t e = nullptr;
+  if (cudaEventCreateWithFlags(&e, cudaEventDisableTiming) != cudaSuccess) return false;
+  bool done = cudaEventRecord(e, static_cast<cudaStream_t>(stream)) == cudaSuccess;
+  const absl::Time deadline = absl::Now() + timeout;
+  while (done) {
+    const cudaError_t q = cudaEventQuery(e);
+    if (q == cudaSuccess) break;
+    if (q != cudaErrorNotReady || absl::Now() > deadline) done = false;
+    if (done) absl::SleepFor(absl::Microseconds(100));
+  }
+  cudaEventDestroy(e);
+  cudaGetLastError();
+  return done;
 }
 
 absl::StatusOr<std::unique_ptr<IpcEvent>> IpcEvent::Create() {

@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "core/kernels/cuda/cuda_runtime_util.h"
 
 namespace moemesh {
@@ -20,8 +21,8 @@ absl::StatusOr<std::string> ExportDeviceMemory(const DeviceBuffer& buffer);
 
 // Another process's device memory, mapped into this one (on the current
 // device; another GPU's memory is reached by peer access); unmapped on
-// destruction, once the device has done what was enqueued. The exporter
-// must keep it allocated meanwhile.
+// destruction, which must come after the work that uses it (WaitForStream).
+// The exporter must keep it allocated meanwhile.
 class IpcMemory {
  public:
   // INVALID_ARGUMENT for bytes that are no handle; UNAVAILABLE when the
@@ -57,6 +58,11 @@ class IpcEvent {
   explicit IpcEvent(void* event) : event_(event) {}
   void* event_;
 };
+
+// Waits up to `timeout` for the work enqueued on `stream` so far; false
+// when it did not finish by then (it may wait on another process's event
+// that never comes, from a peer that died).
+bool WaitForStream(CudaStream stream, absl::Duration timeout);
 
 // Copies `bytes` bytes between device pointers (of this device, or mapped
 // from another process), ordered on `stream`.
