@@ -232,32 +232,40 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
 }
 
 void RemoteExpertExecutor::EnterDeviceMode(const Options& options) {
-  bool ipc = true;
+  size_t offered = 0, replicas = 0;
   for (const auto& s : shards_) {
-    for (const auto& r : s->replicas) ipc = ipc && r->negotiated.name == "cuda-ipc";
-  }
-  // Each MoE layer whole on one shard: the worker groups and combines it.
-  const bool whole = std::find(layer_shard_.begin(), layer_shard_.end(), -2) == layer_shard_.end();
-  // Set the wire up now: where it cannot be (containers apart), the rows
-  // go through the host.
-  absl::Status st = absl::OkStatus();
-  for (auto& s : shards_) {
-    for (auto& r : s->replicas) {
-      if (!ipc || !st.ok()) break;
-      r->transport = r->negotiated.make();
-      st = r->transport->Warm();
-      if (!st.ok()) st = absl::Status(st.code(), absl::StrCat("expert worker ", r->address, ": ", st.message()));
+    for (const auto& r : s->replicas) {
+      offered += r->negotiated.name == "cuda-ipc";
+      ++replicas;
     }
   }
-  if (ipc && whole && st.ok()) {
+  if (offered == 0) return;  // no GPU worker of this host: nothing to say
+  // Every replica takes it, each MoE layer is whole on one shard (its worker
+  // groups and combines it), and the workers may add the rows.
+  std::string why;
+  if (offered < replicas) {
+    why = absl::StrCat("only ", offered, " of ", replicas, " expert workers offer cuda-ipc");
+  } else if (std::find(layer_shard_.begin(), layer_shard_.end(), -2) != layer_shard_.end()) {
+    why = "the experts of a layer are on several shards (each worker must hold whole layers)";
+  } else if (combine_ == Combine::kRouter) {
+    why = "--expert-combine router: over cuda-ipc the workers add the rows";
+  }
+  // Set the wire up now: where it cannot be (containers apart), the rows
+  // go through the host.
+  for (auto& s : shards_) {
+    for (auto& r : s->replicas) {
+      if (!why.empty()) break;
+      r->transport = r->negotiated.make();
+      if (absl::Status st = r->transport->Warm(); !st.ok()) {
+        why = absl::StrCat("expert worker ", r->address, ": it cannot be set up: ", st.message());
+      }
+    }
+  }
+  if (why.empty()) {
     cuda_device_ = options.cuda_device;
     return;
   }
-  if (ipc && options.warn) {
-    options.warn(st.ok() ? "cuda-ipc: the experts of a layer are on several shards (each worker must hold whole "
-                           "layers); the rows go through the host"
-                         : absl::StrCat("cuda-ipc cannot be set up, so the rows go through the host: ", st.message()));
-  }
+  if (options.warn) options.warn(absl::StrCat("cuda-ipc not used, the rows go through the host: ", why));
   for (auto& s : shards_) {
     for (auto& r : s->replicas) {
       r->Reset();

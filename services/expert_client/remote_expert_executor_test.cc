@@ -256,7 +256,9 @@ TEST(RemoteExpertExecutorTest, ARetryBudgetBoundsTheRetries) {
     }
     ASSERT_GE(refused_at, 0) << "a budget of " << tokens << " was never spent";
     EXPECT_LE((*remote)->retries(), tokens / 2 + calls / 10 + 1) << calls << " calls";
-    if (tokens == 0) EXPECT_EQ((*remote)->retries(), 0);
+    if (tokens == 0) {
+      EXPECT_EQ((*remote)->retries(), 0);
+    }
   }
 }
 
