@@ -18,7 +18,8 @@ namespace moemesh {
 // BPE model: a word's characters are merged pairwise, lowest rank first
 // (leftmost first among equal ranks). Words seen before come from a cache
 // (as Hugging Face's and tiktoken's: most words of a text recur), bounded
-// at kCacheWords words of up to kCacheWordBytes bytes. Thread-safe.
+// at kCacheWords words of up to kCacheWordBytes bytes (a few MB; Hugging
+// Face keeps 10,000, which code and Chinese text outgrow). Thread-safe.
 class BpeModel {
  public:
   struct Options {
@@ -38,7 +39,7 @@ class BpeModel {
   // character is unknown and neither byte fallback nor unk applies.
   absl::Status Tokenize(absl::string_view word, std::vector<int>* ids) const;
 
-  static constexpr size_t kCacheWords = 10000;  // Hugging Face's default capacity
+  static constexpr size_t kCacheWords = 65536;
   static constexpr size_t kCacheWordBytes = 256;
 
   std::optional<int> TokenToId(absl::string_view token) const;
