@@ -26,7 +26,12 @@ absl::StatusOr<BpeModel> BpeModel::Create(absl::flat_hash_map<std::string, int> 
     max_id = std::max(max_id, id);
   }
   m.id_to_token_.assign(max_id + 1, "");
-  for (const auto& [tok, id] : vocab) m.id_to_token_[id] = tok;
+  for (const auto& [tok, id] : vocab) {
+    m.id_to_token_[id] = tok;
+    size_t pos = 0;
+    const char32_t cp = tok.empty() ? 0 : NextCodePoint(tok, &pos);
+    if (!tok.empty() && pos == tok.size()) m.char_ids_[cp] = id;
+  }
   m.vocab_ = std::move(vocab);
   for (size_t rank = 0; rank < merges.size(); ++rank) {
     const auto& [a, b] = merges[rank];
@@ -96,11 +101,18 @@ absl::Status BpeModel::TokenizeUncached(absl::string_view word, std::vector<int>
   bool last_unk = false;
   while (pos < word.size()) {
     size_t start = pos;
-    NextCodePoint(word, &pos);
+    const char32_t cp = NextCodePoint(word, &pos);
     absl::string_view ch = word.substr(start, pos - start);
-    auto it = vocab_.find(ch);
-    if (it != vocab_.end()) {
-      sym.push_back({it->second, 0, 0, true});
+    // By code point (a malformed sequence decodes to U+FFFD: only a true
+    // match counts), else by the bytes, as before.
+    int id = -1;
+    if (auto it = char_ids_.find(cp); it != char_ids_.end() && id_to_token_[it->second] == ch) {
+      id = it->second;
+    } else if (auto v = vocab_.find(ch); v != vocab_.end()) {
+      id = v->second;
+    }
+    if (id >= 0) {
+      sym.push_back({id, 0, 0, true});
       last_unk = false;
       continue;
     }
@@ -134,14 +146,14 @@ absl::Status BpeModel::TokenizeUncached(absl::string_view word, std::vector<int>
     sym[i].next = i + 1 < n ? i + 1 : -1;
   }
   struct Candidate {
-    int rank, pos, left_id, right_id;
+    int rank, pos, left_id, right_id, new_id;
     bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
   };
   std::priority_queue<Candidate, std::vector<Candidate>, std::greater<Candidate>> heap;
   auto consider = [&](int i) {
     if (i < 0 || sym[i].next < 0) return;
     auto it = merges_.find(Key(sym[i].id, sym[sym[i].next].id));
-    if (it != merges_.end()) heap.push({it->second.rank, i, sym[i].id, sym[sym[i].next].id});
+    if (it != merges_.end()) heap.push({it->second.rank, i, sym[i].id, sym[sym[i].next].id, it->second.new_id});
   };
   for (int i = 0; i + 1 < n; ++i) consider(i);
   while (!heap.empty()) {
@@ -151,7 +163,7 @@ absl::Status BpeModel::TokenizeUncached(absl::string_view word, std::vector<int>
     // Skip candidates made stale by earlier merges.
     if (!left.alive || left.id != c.left_id || left.next < 0 || sym[left.next].id != c.right_id) continue;
     Symbol& right = sym[left.next];
-    left.id = merges_.find(Key(c.left_id, c.right_id))->second.new_id;
+    left.id = c.new_id;
     right.alive = false;
     left.next = right.next;
     if (right.next >= 0) sym[right.next].prev = c.pos;

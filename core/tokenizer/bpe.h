@@ -52,6 +52,9 @@ class BpeModel {
     int rank;
     int new_id;
   };
+  // The ids of the vocabulary's one-character tokens by code point: a
+  // word's characters are looked up without hashing strings.
+  absl::flat_hash_map<char32_t, int> char_ids_;
   static uint64_t Key(int a, int b) { return (static_cast<uint64_t>(a) << 32) | static_cast<uint32_t>(b); }
   // Tokenize without the cache.
   absl::Status TokenizeUncached(absl::string_view word, std::vector<int>* ids) const;
