@@ -2,6 +2,7 @@
 #include <vector>
 
 #include "core/common/file_util.h"
+#include "core/tokenizer/batch_encode.h"
 #include "core/tokenizer/bpe.h"
 #include "core/tokenizer/hf_tokenizer.h"
 #include "core/tokenizer/streaming_detokenizer.h"
@@ -98,6 +99,24 @@ TEST_F(DemoTokenizerTest, CachedWordsEncodeAsComputedOnes) {
   std::string text;
   for (int i = 0; i < 2000; ++i) text += words[i];
   EXPECT_EQ(*tok_->Encode(text, false), *(*fresh)->Encode(text, false));
+}
+
+// A batch on several threads gives what Encode gives text by text; a bad
+// text fails the batch, named by its index.
+TEST_F(DemoTokenizerTest, BatchOnThreadsEqualsOneByOne) {
+  std::vector<std::string> texts;
+  for (const Case& c : LoadCases("tests/fixtures/tokenizers/fortune-moe.jsonl")) texts.push_back(c.text);
+  for (int threads : {1, 2, 4}) {
+    auto batch = EncodeBatch(*tok_, texts, true, threads);
+    ASSERT_TRUE(batch.ok()) << batch.status();
+    ASSERT_EQ(batch->size(), texts.size());
+    for (size_t i = 0; i < texts.size(); ++i) EXPECT_EQ((*batch)[i], *tok_->Encode(texts[i], true)) << texts[i];
+  }
+  texts[7] = "bad \xff byte";
+  auto bad = EncodeBatch(*tok_, texts, false, 2);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("text 7"), std::string::npos) << bad.status();
+  EXPECT_TRUE(EncodeBatch(*tok_, {}, false, 4)->empty());
 }
 
 TEST_F(DemoTokenizerTest, SpecialTokens) {
