@@ -55,11 +55,17 @@ std::vector<std::pair<int, std::vector<int>>> ExpertWorker::HeldExperts() const 
   return out;
 }
 
+absl::Status ExpertWorker::CheckMoeLayer(int layer) const {
+  const ModelConfig& c = config_;
+  if (layer < 0 || layer >= c.num_layers || !c.is_moe_layer[layer]) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " is not a MoE layer of this model"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ExpertWorker::Validate(const ExpertWork& work, size_t* total_rows) const {
   const ModelConfig& c = config_;
-  if (work.layer < 0 || work.layer >= c.num_layers || !c.is_moe_layer[work.layer]) {
-    return absl::InvalidArgumentError(absl::StrCat("layer ", work.layer, " is not a MoE layer of this model"));
-  }
+  MM_RETURN_IF_ERROR(CheckMoeLayer(work.layer));
   if (work.hidden_size != c.hidden_size) {
     return absl::InvalidArgumentError(
         absl::StrCat("hidden size ", work.hidden_size, " does not match the model's ", c.hidden_size));
@@ -123,10 +129,7 @@ absl::Status ExpertWorker::RunCombinedOnDevice(const ExpertWork& work, float* ou
 }
 
 absl::Status ExpertWorker::RunRoutedOnDevice(const ExpertBatch& batch, float* out) {
-  const ModelConfig& c = config_;
-  if (batch.layer < 0 || batch.layer >= c.num_layers || !c.is_moe_layer[batch.layer]) {
-    return absl::InvalidArgumentError(absl::StrCat("layer ", batch.layer, " is not a MoE layer of this model"));
-  }
+  MM_RETURN_IF_ERROR(CheckMoeLayer(batch.layer));
   if (batch.num_tokens < 0 || batch.slots < 1 ||
       static_cast<int64_t>(batch.num_tokens) * batch.slots > kMaxDeviceGroupedRoutes) {
     return absl::InvalidArgumentError(absl::StrCat(batch.num_tokens, " tokens of ", batch.slots,

@@ -68,6 +68,8 @@ class ExpertWorker {
 
  private:
   ExpertWorker() = default;
+  // INVALID_ARGUMENT unless `layer` is one of the model's MoE layers.
+  absl::Status CheckMoeLayer(int layer) const;
   // INVALID_ARGUMENT / FAILED_PRECONDITION for work Run must refuse; the
   // rows it returns in `*total_rows`.
   absl::Status Validate(const ExpertWork& work, size_t* total_rows) const;

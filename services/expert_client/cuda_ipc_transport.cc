@@ -125,11 +125,10 @@ absl::Status CudaIpcTransport::SendOnDevice(const v1::DispatchRequest& header, c
                                                    " routed slots for a cuda-ipc transport of hidden size ", hidden_,
                                                    " (request: ", header.ipc().slots(), " slots)"));
   }
+  last_stream_ = batch.cuda_stream;  // old buffers, when these outgrow them, go once its work is done
   if (!shared_ || n > shared_->layout.max_tokens() || slots > shared_->layout.max_slots()) {
-    last_stream_ = batch.cuda_stream;  // the old buffers go once its work is done
     MM_RETURN_IF_ERROR(SetUp(n, slots));
   }
-  last_stream_ = batch.cuda_stream;
   const v1::CudaIpcBuffers& b = shared_->layout;
   CudaStream stream = batch.cuda_stream;
   MM_RETURN_IF_ERROR(CopyOnDeviceAsync(shared_->at(b.hidden_offset()), batch.hidden_states,

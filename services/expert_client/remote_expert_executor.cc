@@ -379,6 +379,7 @@ std::vector<size_t> RemoteExpertExecutor::Order(const Shard& s) const {
 void RemoteExpertExecutor::Fail(Replica* r) {
   r->Reset();
   r->ejected_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(eject_ms_);
+  retry_tokens_ = std::max(0.0, retry_tokens_ - 1);  // a failed call spends a token
 }
 
 // Sends s's request to `r` (unless already sent) and reads the answer. A
@@ -391,7 +392,6 @@ absl::Status RemoteExpertExecutor::Attempt(Shard& s, Replica* r, bool send) {
         return st;
       }
       Fail(r);
-      retry_tokens_ = std::max(0.0, retry_tokens_ - 1);
       return st;
     }
   }
@@ -402,7 +402,6 @@ absl::Status RemoteExpertExecutor::Attempt(Shard& s, Replica* r, bool send) {
     retry_tokens_ = std::min(max_retry_tokens_, retry_tokens_ + 0.1);
   } else if (absl::IsUnavailable(st) || absl::IsCancelled(st)) {
     Fail(r);
-    retry_tokens_ = std::max(0.0, retry_tokens_ - 1);
   } else {
     r->Reset();
   }
@@ -457,10 +456,7 @@ absl::Status RemoteExpertExecutor::ExecuteOnce(const ExpertBatch& b, float* out)
     s.next = FirstLive(s);
     Replica* first = s.replicas[s.next].get();
     sent[si] = first->Send(s.request, s.rows, nullptr).ok();
-    if (!sent[si]) {
-      Fail(first);
-      retry_tokens_ = std::max(0.0, retry_tokens_ - 1);
-    }
+    if (!sent[si]) Fail(first);
   }
   std::vector<const float*> group_rows(work_.groups.size(), nullptr);
   for (size_t si = 0; si < shards_.size(); ++si) {
@@ -541,25 +537,22 @@ absl::Status RemoteExpertExecutor::ExecuteOnDevice(const ExpertBatch& b, float* 
   }
   s.chosen = nullptr;
   s.rows_out = static_cast<size_t>(b.num_tokens);
-  s.device_batch = &b;
-  s.device_out = out;
   const auto sent_at = std::chrono::steady_clock::now();
-  s.next = FirstLive(s);
-  Replica* first = s.replicas[s.next].get();
-  absl::Status sent_status = first->Send(s.request, s.rows, &b);
-  const bool sent = sent_status.ok();
-  if (!sent && !absl::IsUnavailable(sent_status)) {  // refused, not lost
-    first->Reset();
-    s.device_batch = nullptr;
-    s.device_out = nullptr;
-    return sent_status;
-  }
-  if (!sent) {
-    Fail(first);
-    retry_tokens_ = std::max(0.0, retry_tokens_ - 1);
-  }
-  absl::Status st = Exchange(s, sent);
-  s.next = (s.next + 1) % s.replicas.size();
+  s.device_batch = &b;  // for this exchange only
+  s.device_out = out;
+  const absl::Status st = [&]() -> absl::Status {
+    s.next = FirstLive(s);
+    Replica* first = s.replicas[s.next].get();
+    const absl::Status sent = first->Send(s.request, s.rows, &b);
+    if (!sent.ok() && !absl::IsUnavailable(sent)) {  // refused, not lost
+      first->Reset();
+      return sent;
+    }
+    if (!sent.ok()) Fail(first);
+    absl::Status exchanged = Exchange(s, sent.ok());
+    s.next = (s.next + 1) % s.replicas.size();
+    return exchanged;
+  }();
   s.device_batch = nullptr;
   s.device_out = nullptr;
   if (!st.ok()) return st;
