@@ -1,5 +1,7 @@
 #include "core/engine/decoder.h"
 
+#include <vector>
+
 #include "core/common/status_macros.h"
 #include "core/model/config.h"
 #include "core/model/weights.h"
@@ -77,30 +79,36 @@ absl::Status LatentAttention(const ModelConfig& c, int layer, int n, DecoderOps*
   return ops->Linear(layer, LayerLinear::kO, ctx, n, out);
 }
 
-// A dense FFN, or the MoE block: the routed experts' weighted sum plus the
-// shared expert (scaled by its sigmoid gate where there is one). The shared
-// expert runs while the routed experts are away.
-absl::Status Mlp(const ModelConfig& c, const LayerWeights& w, int layer, int n, DecoderOps* ops,
-                 ExpertExecutor* experts, const float* x, float* out) {
+// The first half of the MLP: a dense FFN, or the MoE block's gate, its
+// routed experts started (*away = layer) and the shared expert (scaled by
+// its sigmoid gate where there is one) computed while they are away, into
+// *shared.
+absl::Status StartMlp(const ModelConfig& c, const LayerWeights& w, int layer, int n, DecoderOps* ops,
+                      ExpertExecutor* experts, const float* x, float* out, float** shared, int* away) {
+  *shared = nullptr;
   if (!w.moe) return ops->Ffn(layer, LayerFfn::kDense, x, nullptr, out);
   MM_ASSIGN_OR_RETURN(float* logits, ops->Scratch(kSlotGate, Floats(n, c.num_experts)));
   MM_RETURN_IF_ERROR(ops->Linear(layer, LayerLinear::kRouter, x, n, logits));
-  MM_RETURN_IF_ERROR(ops->StartExperts(layer, x, logits, experts));
-  float* shared = nullptr;
-  if (!w.shared_expert.empty()) {
-    float* row_weight = nullptr;
-    if (!w.shared_expert_gate.empty()) {
-      MM_ASSIGN_OR_RETURN(row_weight, ops->Scratch(kSlotSharedGate, n));
-      MM_RETURN_IF_ERROR(ops->Linear(layer, LayerLinear::kSharedGate, x, n, row_weight));
-      MM_RETURN_IF_ERROR(ops->Sigmoid(row_weight, n));
-    }
-    MM_ASSIGN_OR_RETURN(shared, ops->Scratch(kSlotShared, Floats(n, c.hidden_size)));
-    MM_RETURN_IF_ERROR(ops->Ffn(layer, LayerFfn::kShared, x, row_weight, shared));
+  MM_RETURN_IF_ERROR(ops->StartExperts(layer, x, logits, experts, out));
+  *away = layer;
+  if (w.shared_expert.empty()) return absl::OkStatus();
+  float* row_weight = nullptr;
+  if (!w.shared_expert_gate.empty()) {
+    MM_ASSIGN_OR_RETURN(row_weight, ops->Scratch(kSlotSharedGate, n));
+    MM_RETURN_IF_ERROR(ops->Linear(layer, LayerLinear::kSharedGate, x, n, row_weight));
+    MM_RETURN_IF_ERROR(ops->Sigmoid(row_weight, n));
   }
-  MM_RETURN_IF_ERROR(ops->FinishExperts(layer, out));
-  if (shared != nullptr) MM_RETURN_IF_ERROR(ops->Add(out, shared, Floats(n, c.hidden_size)));
-  return absl::OkStatus();
+  MM_ASSIGN_OR_RETURN(*shared, ops->Scratch(kSlotShared, Floats(n, c.hidden_size)));
+  return ops->Ffn(layer, LayerFfn::kShared, x, row_weight, *shared);
 }
+
+// A lane between the halves of its layers.
+struct LaneState {
+  float* normed = nullptr;
+  float* delta = nullptr;
+  float* shared = nullptr;  // this layer's shared expert's rows, if any
+  int away = -1;            // the layer whose routed experts are started, not finished
+};
 
 }  // namespace
 
@@ -118,29 +126,71 @@ int CacheValueWidth(const ModelConfig& c) { return c.mla ? 0 : c.num_kv_heads * 
 
 absl::Status RunDecoderLayers(const ModelConfig& c, const ModelWeights& weights, int n, DecoderOps* ops,
                               ExpertExecutor* experts, float* hidden) {
+  const DecoderLane lane{n, ops, hidden, 0};
+  return RunDecoderLanes(c, weights, absl::MakeConstSpan(&lane, 1), experts);
+}
+
+absl::Status RunDecoderLanes(const ModelConfig& c, const ModelWeights& weights, absl::Span<const DecoderLane> lanes,
+                             ExpertExecutor* experts) {
   if (weights.layers.size() != static_cast<size_t>(c.num_layers)) {
     return absl::InvalidArgumentError("model weights lack the dense part (attention, norms, gates)");
   }
-  const size_t floats = Floats(n, c.hidden_size);
-  MM_ASSIGN_OR_RETURN(float* normed, ops->Scratch(kSlotNormed, floats));
-  MM_ASSIGN_OR_RETURN(float* delta, ops->Scratch(kSlotDelta, floats));
   const float eps = static_cast<float>(c.rms_norm_eps);
   const int h = c.hidden_size;
-  // Each residual is added together with the norm that follows it; the
-  // last one alone (the final norm is the head's).
-  MM_RETURN_IF_ERROR(ops->RmsNorm(0, LayerNorm::kInput, hidden, n, h, h, eps, normed));
-  for (int layer = 0; layer < c.num_layers; ++layer) {
-    MM_RETURN_IF_ERROR(c.mla ? LatentAttention(c, layer, n, ops, normed, delta)
-                             : Attention(c, layer, n, ops, normed, delta));
-    MM_RETURN_IF_ERROR(ops->AddRmsNorm(layer, LayerNorm::kPostAttention, hidden, delta, n, h, eps, normed));
-    MM_RETURN_IF_ERROR(Mlp(c, weights.layers[layer], layer, n, ops, experts, normed, delta));
+  std::vector<LaneState> state(lanes.size());
+  for (size_t i = 0; i < lanes.size(); ++i) {
+    const DecoderLane& ln = lanes[i];
+    const size_t floats = Floats(ln.n, h);
+    MM_ASSIGN_OR_RETURN(state[i].normed, ln.ops->Scratch(kSlotNormed, floats));
+    MM_ASSIGN_OR_RETURN(state[i].delta, ln.ops->Scratch(kSlotDelta, floats));
+    MM_RETURN_IF_ERROR(ln.ops->RmsNorm(0, LayerNorm::kInput, ln.hidden, ln.n, h, h, eps, state[i].normed));
+  }
+  // A layer's first half: attention, its residual with the next norm, and
+  // the MLP up to the routed experts' start.
+  auto start = [&](size_t i, int layer) -> absl::Status {
+    const DecoderLane& ln = lanes[i];
+    LaneState& st = state[i];
+    MM_RETURN_IF_ERROR(c.mla ? LatentAttention(c, layer, ln.n, ln.ops, st.normed, st.delta)
+                             : Attention(c, layer, ln.n, ln.ops, st.normed, st.delta));
+    MM_RETURN_IF_ERROR(
+        ln.ops->AddRmsNorm(layer, LayerNorm::kPostAttention, ln.hidden, st.delta, ln.n, h, eps, st.normed));
+    return StartMlp(c, weights.layers[layer], layer, ln.n, ln.ops, experts, st.normed, st.delta, &st.shared,
+                    &st.away);
+  };
+  // The second half: the routed experts' sums with the shared expert's, the
+  // residual, and the next layer's norm (each residual goes with the norm
+  // after it; the last alone: the final norm is the head's).
+  auto finish = [&](size_t i, int layer) -> absl::Status {
+    const DecoderLane& ln = lanes[i];
+    LaneState& st = state[i];
+    if (st.away >= 0) {
+      st.away = -1;
+      MM_RETURN_IF_ERROR(ln.ops->FinishExperts(layer, st.delta));
+    }
+    if (st.shared != nullptr) MM_RETURN_IF_ERROR(ln.ops->Add(st.delta, st.shared, Floats(ln.n, h)));
     if (layer + 1 < c.num_layers) {
-      MM_RETURN_IF_ERROR(ops->AddRmsNorm(layer + 1, LayerNorm::kInput, hidden, delta, n, h, eps, normed));
-    } else {
-      MM_RETURN_IF_ERROR(ops->Add(hidden, delta, floats));
+      return ln.ops->AddRmsNorm(layer + 1, LayerNorm::kInput, ln.hidden, st.delta, ln.n, h, eps, st.normed);
+    }
+    return ln.ops->Add(ln.hidden, st.delta, Floats(ln.n, h));
+  };
+  absl::Status status = [&]() -> absl::Status {
+    for (size_t i = 0; i < lanes.size(); ++i) MM_RETURN_IF_ERROR(start(i, 0));
+    for (int layer = 0; layer < c.num_layers; ++layer) {
+      for (size_t i = 0; i < lanes.size(); ++i) {
+        MM_RETURN_IF_ERROR(finish(i, layer));
+        if (layer + 1 < c.num_layers) MM_RETURN_IF_ERROR(start(i, layer + 1));
+      }
+    }
+    return absl::OkStatus();
+  }();
+  if (!status.ok()) {
+    // Collect what other lanes still have away, so that no answer is left
+    // in flight for the next step; the step failed already.
+    for (size_t i = 0; i < lanes.size(); ++i) {
+      if (state[i].away >= 0) lanes[i].ops->FinishExperts(state[i].away, state[i].delta).IgnoreError();
     }
   }
-  return absl::OkStatus();
+  return status;
 }
 
 }  // namespace moemesh

@@ -5,6 +5,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "core/kernels/cpu/attention.h"
 
 namespace moemesh {
@@ -96,11 +97,13 @@ class DecoderOps {
   virtual absl::Status Ffn(int layer, LayerFfn which, const float* x, const float* row_weight, float* out) = 0;
 
   // The routed experts of an MoE layer in two halves, so that a backend
-  // can overlap their travel with the shared expert: StartExperts picks
-  // each row's experts from the gate logits and starts what `experts` need
-  // (rows to the host, for instance); FinishExperts writes their weighted
-  // sum. `x` stays unchanged in between.
-  virtual absl::Status StartExperts(int layer, const float* x, const float* logits, ExpertExecutor* experts) = 0;
+  // can overlap their travel with the shared expert and with the other
+  // lanes' work: StartExperts picks each row's experts from the gate logits
+  // and starts what `experts` need (ExpertExecutor::Start, or rows to the
+  // host); FinishExperts writes their weighted sum to `out` (the same as
+  // StartExperts was given). `x` and `out` stay untouched in between.
+  virtual absl::Status StartExperts(int layer, const float* x, const float* logits, ExpertExecutor* experts,
+                                    float* out) = 0;
   virtual absl::Status FinishExperts(int layer, float* out) = 0;
 };
 
@@ -114,6 +117,26 @@ int CacheValueWidth(const ModelConfig& config);
 // block, residual.
 absl::Status RunDecoderLayers(const ModelConfig& config, const ModelWeights& weights, int n, DecoderOps* ops,
                               ExpertExecutor* experts, float* hidden);
+
+// A micro-batch of a step: `n` rows of hidden states (whole sequences'
+// tokens of this step) and the ops over them, with scratch of their own.
+// Its routed experts go in `lane` of the executor.
+struct DecoderLane {
+  int n = 0;
+  DecoderOps* ops = nullptr;
+  float* hidden = nullptr;
+  int lane = 0;
+};
+
+// The same over micro-batches in ping-pong: each layer's first half
+// (attention up to the routed experts' start, and the shared expert) of
+// one lane runs while the routed experts of the lane before it are away
+// (ExpertExecutor::Start / Finish), so that with remote experts neither
+// side waits on the other. A lane's layer L always comes after the lanes
+// before it have written their layer-L keys. Lanes use different
+// executor lanes (at most experts->lanes()). One lane is RunDecoderLayers.
+absl::Status RunDecoderLanes(const ModelConfig& config, const ModelWeights& weights,
+                             absl::Span<const DecoderLane> lanes, ExpertExecutor* experts);
 
 }  // namespace moemesh
 

@@ -1,5 +1,6 @@
 #include "core/engine/decoder.h"
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,9 @@ class TraceOps : public DecoderOps {
  public:
   std::vector<std::string> trace;
   std::string fail_on;  // an operation's name that returns an error
+  // Lanes log into one trace, each with its own prefix.
+  std::vector<std::string>* log = &trace;
+  std::string prefix;
 
   absl::StatusOr<float*> Scratch(int slot, size_t count) override {
     if (buffers_.size() <= static_cast<size_t>(slot)) buffers_.resize(slot + 1);
@@ -59,14 +63,14 @@ class TraceOps : public DecoderOps {
     return Log("Ffn", layer,
                absl::StrCat(which == LayerFfn::kDense ? "dense" : "shared", row_weight ? " gated" : ""));
   }
-  absl::Status StartExperts(int layer, const float*, const float*, ExpertExecutor*) override {
+  absl::Status StartExperts(int layer, const float*, const float*, ExpertExecutor*, float*) override {
     return Log("StartExperts", layer, "");
   }
   absl::Status FinishExperts(int layer, float*) override { return Log("FinishExperts", layer, ""); }
 
  protected:
   absl::Status Log(const std::string& op, int layer, const std::string& args) {
-    trace.push_back(absl::StrCat(op, layer >= 0 ? absl::StrCat("[", layer, "]") : "", args.empty() ? "" : " ",
+    log->push_back(absl::StrCat(prefix, op, layer >= 0 ? absl::StrCat("[", layer, "]") : "", args.empty() ? "" : " ",
                                  args));
     if (op == fail_on) return absl::UnavailableError(absl::StrCat(op, " failed"));
     return absl::OkStatus();
@@ -278,6 +282,55 @@ TEST(DecoderTest, AnOperationsErrorStopsTheStep) {
   absl::Status st = RunDecoderLayers(c, MoeWeights(c), 1, &ops, nullptr, hidden.data());
   EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(ops.trace.back(), "StartExperts[0]");
+}
+
+// Two lanes in ping-pong: each sees what one lane alone would, and a lane's
+// attention of a layer runs while the other lane's experts are away.
+TEST(DecoderTest, LanesPingPongAroundTheirExperts) {
+  ModelConfig c = GqaConfig(2);
+  ModelWeights w = MoeWeights(c);
+  TraceOps alone;
+  const std::vector<std::string> one = Trace(c, w, 3, &alone);
+
+  std::vector<std::string> both;
+  TraceOps a, b;
+  a.log = b.log = &both;
+  a.prefix = "A:";
+  b.prefix = "B:";
+  std::vector<float> ha(3 * c.hidden_size), hb(3 * c.hidden_size);
+  const DecoderLane lanes[] = {{3, &a, ha.data(), 0}, {3, &b, hb.data(), 1}};
+  ASSERT_TRUE(RunDecoderLanes(c, w, lanes, nullptr).ok());
+  std::vector<std::string> only_a, only_b;
+  for (const std::string& op : both) (absl::StartsWith(op, "A:") ? only_a : only_b).push_back(op.substr(2));
+  EXPECT_EQ(only_a, one);
+  EXPECT_EQ(only_b, one);
+  auto at = [&](const std::string& op) { return std::find(both.begin(), both.end(), op) - both.begin(); };
+  // A's experts of layer 0 are away during B's attention of layer 0; B's
+  // during A's attention of layer 1.
+  EXPECT_LT(at("A:StartExperts[0]"), at("B:Attend[0] 4/2/8/8 window=0"));
+  EXPECT_LT(at("B:Attend[0] 4/2/8/8 window=0"), at("A:FinishExperts[0]"));
+  EXPECT_LT(at("B:StartExperts[0]"), at("A:Attend[1] 4/2/8/8 window=0"));
+  EXPECT_LT(at("A:Attend[1] 4/2/8/8 window=0"), at("B:FinishExperts[0]"));
+  // A lane's layer comes after the lane before it wrote that layer's keys.
+  EXPECT_LT(at("A:WriteCache[1] k+v"), at("B:WriteCache[1] k+v"));
+}
+
+// A lane that fails ends the step, and the experts another lane has away
+// are collected first, so that no answer is left in flight.
+TEST(DecoderTest, AFailedLaneCollectsTheOthersExperts) {
+  ModelConfig c = GqaConfig(2);
+  std::vector<std::string> both;
+  TraceOps a, b;
+  a.log = b.log = &both;
+  a.prefix = "A:";
+  b.prefix = "B:";
+  b.fail_on = "Attend";
+  std::vector<float> ha(c.hidden_size), hb(c.hidden_size);
+  const DecoderLane lanes[] = {{1, &a, ha.data(), 0}, {1, &b, hb.data(), 1}};
+  EXPECT_EQ(RunDecoderLanes(c, MoeWeights(c), lanes, nullptr).code(), absl::StatusCode::kUnavailable);
+  ASSERT_GE(both.size(), 2u);
+  EXPECT_EQ(both[both.size() - 2], "B:Attend[0] 4/2/8/8 window=0");
+  EXPECT_EQ(both.back(), "A:FinishExperts[0]");
 }
 
 TEST(DecoderTest, WeightsWithoutTheDensePartAreRefused) {

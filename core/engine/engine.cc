@@ -24,6 +24,7 @@ absl::Status EngineOptions::Validate() const {
     return absl::InvalidArgumentError("KV cache must hold at least one block");
   }
   if (prefill_chunk < 1) return absl::InvalidArgumentError("prefill chunk must be positive");
+  if (micro_batches < 1 || micro_batches > 2) return absl::InvalidArgumentError("micro-batches must be 1 or 2");
   return absl::OkStatus();
 }
 
@@ -51,7 +52,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
   if (options.forward_pass) {
     MM_ASSIGN_OR_RETURN(e->model_, options.forward_pass(config, e->weights_, options.kv_block_size, blocks));
   } else {
-    MM_ASSIGN_OR_RETURN(e->model_, CpuForwardPass::Create(config, e->weights_, e->pool_.get()));
+    MM_ASSIGN_OR_RETURN(e->model_, CpuForwardPass::Create(config, e->weights_, e->pool_.get(), options.micro_batches));
   }
   // Blocks are named under the model and the cache layout, so that every
   // process serving this checkpoint names them alike (the kvcache service).

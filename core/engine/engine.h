@@ -35,6 +35,9 @@ struct EngineOptions {
   // caching: blocks go there and come back from there (Scheduler).
   std::shared_ptr<KvTier> kv_tier;
   GatingExtensions gating;      // overrides config.json's (off by default)
+  // 2: a step of several sequences runs as two micro-batches in ping-pong
+  // where the experts are remote (CpuForwardPass); 1: one batch.
+  int micro_batches = 1;
   // Where the dense part runs; null: the CPU (CpuForwardPass, on num_threads).
   ForwardPassFactory forward_pass;
   // Where the routed experts run when they run in this process; null: the

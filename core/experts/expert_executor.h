@@ -56,6 +56,19 @@ class ExpertExecutor {
   // work, so that a forward pass may capture it into a CUDA graph and
   // replay it. Executors that talk to another process per call do not.
   virtual bool capturable() const { return true; }
+
+  // Pipelining, for executors whose experts are away (remote workers):
+  // Start hands `batch` over and returns; Finish(lane) waits for it and
+  // writes the sums to the `out` given to Start. Up to lanes() batches may
+  // be away at once, one per lane in [0, lanes()), and are finished in the
+  // order they were started; their buffers (rows, routing, `out`) stay as
+  // they are until then. So a forward pass runs one micro-batch's
+  // attention while another's experts are away (docs/ARCHITECTURE.md,
+  // "Micro-batch ping-pong"). By default Start runs Execute and Finish has
+  // nothing left to do.
+  virtual int lanes() const { return 1; }
+  virtual absl::Status Start(const ExpertBatch& batch, float* out, int lane) { return Execute(batch, out); }
+  virtual absl::Status Finish(int lane) { return absl::OkStatus(); }
 };
 
 }  // namespace moemesh

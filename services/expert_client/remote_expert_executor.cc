@@ -19,27 +19,34 @@
 
 namespace moemesh {
 
-// One expert worker and the transport to it, made afresh after a failure.
+// One expert worker and a transport to it per lane, made afresh after a
+// failure.
 struct RemoteExpertExecutor::Replica {
   std::string address;
   NegotiatedTransport negotiated;
   NegotiatedTransport host;  // the transport without cuda-ipc (Options::device_rows)
-  std::unique_ptr<ExpertTransport> transport;
-  bool pending = false;  // a request was sent and its answer not read
+  std::unique_ptr<ExpertTransport> transport[kLanes];
+  bool pending[kLanes] = {};  // a request was sent and its answer not read
   // After a failure the replica is passed over until then; the first
   // request after it is its probe.
   std::chrono::steady_clock::time_point ejected_until{};
 
-  // Drops the transport, whatever state it is in; the next Send makes a new one.
-  void Reset() {
-    transport.reset();
-    pending = false;
+  // Drops a lane's transport, whatever state it is in; the next Send makes
+  // a new one.
+  void Reset(int lane) {
+    transport[lane].reset();
+    pending[lane] = false;
+  }
+  void ResetAll() {
+    for (int l = 0; l < kLanes; ++l) Reset(l);
   }
 
   // With `device`, the rows are that batch's, in GPU memory.
-  absl::Status Send(const v1::DispatchRequest& request, absl::Span<const iovec> rows, const ExpertBatch* device) {
-    if (!transport) transport = negotiated.make();
-    if (absl::Status st = device ? transport->SendOnDevice(request, *device) : transport->Send(request, rows);
+  absl::Status Send(int lane, const v1::DispatchRequest& request, absl::Span<const iovec> rows,
+                    const ExpertBatch* device) {
+    std::unique_ptr<ExpertTransport>& t = transport[lane];
+    if (!t) t = negotiated.make();
+    if (absl::Status st = device ? t->SendOnDevice(request, *device) : t->Send(request, rows);
         !st.ok()) {
       // A lost worker is UNAVAILABLE (try another); a request this side or
       // the worker's set-up refuses keeps its code.
@@ -47,17 +54,19 @@ struct RemoteExpertExecutor::Replica {
       return absl::Status(lost ? absl::StatusCode::kUnavailable : st.code(),
                           absl::StrCat("expert worker ", address, ": ", st.message()));
     }
-    pending = true;
+    pending[lane] = true;
     return absl::OkStatus();
   }
 
   // The answer, with the worker's own error as the status; with
   // `device_out`, its rows are copied there on `stream`.
-  absl::Status Receive(v1::DispatchResponse* response, F32Matrix* outputs, float* device_out, void* stream) {
-    pending = false;
-    if (!transport) return absl::UnavailableError(absl::StrCat("expert worker ", address, ": not connected"));
-    if (absl::Status st = device_out ? transport->ReceiveOnDevice(response, outputs, device_out, stream)
-                                     : transport->Receive(response, outputs);
+  absl::Status Receive(int lane, v1::DispatchResponse* response, F32Matrix* outputs, float* device_out,
+                       void* stream) {
+    pending[lane] = false;
+    ExpertTransport* t = transport[lane].get();
+    if (t == nullptr) return absl::UnavailableError(absl::StrCat("expert worker ", address, ": not connected"));
+    if (absl::Status st = device_out ? t->ReceiveOnDevice(response, outputs, device_out, stream)
+                                     : t->Receive(response, outputs);
         !st.ok()) {
       return absl::Status(st.code(), absl::StrCat("expert worker ", address, ": ", st.message()));
     }
@@ -69,24 +78,40 @@ struct RemoteExpertExecutor::Replica {
   }
 };
 
-// A shard: its replicas and this step's request.
+// A shard: its replicas, and its part of the batch away in each lane.
 struct RemoteExpertExecutor::Shard {
   std::vector<std::unique_ptr<Replica>> replicas;
-  bool bf16 = false;            // rows go as bf16
-  std::vector<uint16_t> packed;  // this step's rows in bf16
-  size_t next = 0;  // round-robin position
-  Replica* chosen = nullptr;
-  std::vector<int> groups;      // this step's groups (indices into work_.groups) it holds
-  std::vector<int> tokens;      // local row -> batch token
-  size_t rows_out = 0;          // rows it must return
-  v1::DispatchRequest request;  // header: the hidden states' shape, no bytes
-  std::vector<iovec> rows;      // the hidden states, in the engine's buffer
-  v1::DispatchResponse response;
-  F32Matrix outputs;
-  // Device mode: this step's batch (rows in GPU memory) and where its
-  // combined rows go; null otherwise.
-  const ExpertBatch* device_batch = nullptr;
-  float* device_out = nullptr;
+  bool bf16 = false;  // rows go as bf16
+  size_t next = 0;    // round-robin position
+  struct Work {
+    std::vector<uint16_t> packed;  // the rows in bf16
+    size_t sent_to = 0;            // the replica the request went to first
+    bool sent = false;             // and it took it
+    Replica* chosen = nullptr;     // the replica that answered
+    std::vector<int> groups;       // the groups (indices into the lane's work.groups) it holds
+    std::vector<int> tokens;       // local row -> batch token
+    size_t rows_out = 0;           // rows it must return
+    v1::DispatchRequest request;   // header: the hidden states' shape, no bytes
+    std::vector<iovec> rows;       // the hidden states, in the engine's buffer
+    v1::DispatchResponse response;
+    F32Matrix outputs;
+    // Device mode: the lane's batch (rows in GPU memory) and where its
+    // combined rows go; null otherwise.
+    const ExpertBatch* device_batch = nullptr;
+    float* device_out = nullptr;
+  };
+  Work lane[kLanes];
+};
+
+// A batch away: from Start to Finish.
+struct RemoteExpertExecutor::Lane {
+  bool busy = false;
+  ExpertBatch batch;
+  float* out = nullptr;
+  uint64_t step = 0;
+  bool combined = false;  // the workers add the rows
+  ExpertWork work;        // the rows by expert (host mode), reused
+  std::chrono::steady_clock::time_point sent_at;
 };
 
 RemoteExpertExecutor::~RemoteExpertExecutor() = default;
@@ -157,6 +182,7 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
                                                    " shards but --experts lists ", shards.size()));
   }
   std::unique_ptr<RemoteExpertExecutor> ex(new RemoteExpertExecutor);
+  ex->lanes_.resize(kLanes);
   ex->hidden_size_ = hidden_size;
   ex->placement_ = placement ? std::make_unique<ShardPlacement>(*placement)
                              : std::make_unique<ShardPlacement>(static_cast<int>(shards.size()));
@@ -254,10 +280,11 @@ void RemoteExpertExecutor::EnterDeviceMode(const Options& options) {
   // go through the host.
   for (auto& s : shards_) {
     for (auto& r : s->replicas) {
-      if (!why.empty()) break;
-      r->transport = r->negotiated.make();
-      if (absl::Status st = r->transport->Warm(); !st.ok()) {
-        why = absl::StrCat("expert worker ", r->address, ": it cannot be set up: ", st.message());
+      for (int l = 0; l < kLanes && why.empty(); ++l) {
+        r->transport[l] = r->negotiated.make();
+        if (absl::Status st = r->transport[l]->Warm(); !st.ok()) {
+          why = absl::StrCat("expert worker ", r->address, ": it cannot be set up: ", st.message());
+        }
       }
     }
   }
@@ -268,34 +295,63 @@ void RemoteExpertExecutor::EnterDeviceMode(const Options& options) {
   if (options.warn) options.warn(absl::StrCat("cuda-ipc not used, the rows go through the host: ", why));
   for (auto& s : shards_) {
     for (auto& r : s->replicas) {
-      r->Reset();
+      r->ResetAll();
       r->negotiated = r->host;
     }
   }
 }
 
 absl::Status RemoteExpertExecutor::Execute(const ExpertBatch& b, float* out) {
-  absl::Status st = ExecuteOnce(b, out);
-  if (!st.ok()) {
-    // A failed step can leave answers unread: start those transports afresh
-    // so the next step is not answered with stale rows.
-    for (auto& s : shards_) {
-      for (auto& r : s->replicas) {
-        if (r->pending) r->Reset();
-      }
-    }
+  MM_RETURN_IF_ERROR(Start(b, out, 0));
+  return Finish(0);
+}
+
+absl::Status RemoteExpertExecutor::Start(const ExpertBatch& b, float* out, int lane) {
+  if (lane < 0 || lane >= kLanes) {
+    return absl::InvalidArgumentError(absl::StrCat("lane ", lane, " is not in [0, ", kLanes, ")"));
   }
+  Lane& l = lanes_[lane];
+  if (l.busy) Abandon(lane);  // started again without a Finish: its answers are stale
+  absl::Status st = StartOnce(b, out, lane);
+  if (!st.ok()) {
+    Abandon(lane);
+    return st;
+  }
+  l.busy = true;
   return st;
 }
 
-void RemoteExpertExecutor::Partition(int num_tokens) {
+absl::Status RemoteExpertExecutor::Finish(int lane) {
+  if (lane < 0 || lane >= kLanes || !lanes_[lane].busy) {
+    return absl::FailedPreconditionError(absl::StrCat("Finish(", lane, ") without a Start"));
+  }
+  lanes_[lane].busy = false;
+  absl::Status st = FinishOnce(lane);
+  if (!st.ok()) Abandon(lane);
+  return st;
+}
+
+void RemoteExpertExecutor::Abandon(int lane) {
+  lanes_[lane].busy = false;
+  for (auto& s : shards_) {
+    for (auto& r : s->replicas) {
+      if (r->pending[lane]) r->Reset(lane);
+    }
+  }
+}
+
+void RemoteExpertExecutor::Partition(int lane) {
   const int h = hidden_size_;
-  const int layer = work_.layer;
-  combined_ = combine_ == Combine::kWorkers ||
-              (combine_ == Combine::kAuto && layer < static_cast<int>(layer_shard_.size()) && layer_shard_[layer] >= 0);
+  Lane& ln = lanes_[lane];
+  const ExpertWork& work = ln.work;
+  const int num_tokens = ln.batch.num_tokens;
+  const int layer = work.layer;
+  ln.combined = combine_ == Combine::kWorkers ||
+                (combine_ == Combine::kAuto && layer < static_cast<int>(layer_shard_.size()) && layer_shard_[layer] >= 0);
   std::vector<int> local(num_tokens);
   for (size_t si = 0; si < shards_.size(); ++si) {
-    Shard& s = *shards_[si];
+    Shard::Work& s = shards_[si]->lane[lane];
+    const bool bf16 = shards_[si]->bf16;
     s.groups.clear();
     s.tokens.clear();
     s.rows.clear();
@@ -303,9 +359,9 @@ void RemoteExpertExecutor::Partition(int num_tokens) {
     s.chosen = nullptr;
     // The shard's rows: every token one of its groups needs, in token order.
     std::fill(local.begin(), local.end(), -1);
-    for (size_t gi = 0; gi < work_.groups.size(); ++gi) {
-      const ExpertWork::Group& g = work_.groups[gi];
-      if (placement_->ShardOf(work_.layer, g.expert) != static_cast<int>(si)) continue;
+    for (size_t gi = 0; gi < work.groups.size(); ++gi) {
+      const ExpertWork::Group& g = work.groups[gi];
+      if (placement_->ShardOf(work.layer, g.expert) != static_cast<int>(si)) continue;
       s.groups.push_back(static_cast<int>(gi));
       s.rows_out += g.rows.size();
       for (int t : g.rows) local[t] = 0;
@@ -315,22 +371,23 @@ void RemoteExpertExecutor::Partition(int num_tokens) {
       if (local[t] < 0) continue;
       local[t] = static_cast<int>(s.tokens.size());
       s.tokens.push_back(t);
-      if (!s.bf16) {  // written straight from the engine's buffer
-        s.rows.push_back({const_cast<float*>(work_.hidden_states) + static_cast<size_t>(t) * h, h * sizeof(float)});
+      if (!bf16) {  // written straight from the engine's buffer
+        s.rows.push_back({const_cast<float*>(work.hidden_states) + static_cast<size_t>(t) * h, h * sizeof(float)});
       }
     }
     v1::DispatchRequest& req = s.request;
     req.Clear();
-    req.set_step(step_);
-    req.set_layer(work_.layer);
-    req.set_combine(combined_);
+    req.set_step(ln.step);
+    req.set_layer(work.layer);
+    req.set_micro_batch(lane);
+    req.set_combine(ln.combined);
     const int64_t n = static_cast<int64_t>(s.tokens.size());
-    if (combined_) s.rows_out = s.tokens.size();
-    if (s.bf16) {  // rounded into one buffer, then written from there
+    if (ln.combined) s.rows_out = s.tokens.size();
+    if (bf16) {  // rounded into one buffer, then written from there
       s.packed.resize(static_cast<size_t>(n) * h);
       uint16_t* dst = s.packed.data();
       for (int t : s.tokens) {
-        const float* src = work_.hidden_states + static_cast<size_t>(t) * h;
+        const float* src = work.hidden_states + static_cast<size_t>(t) * h;
         for (int d = 0; d < h; ++d) *dst++ = F32ToBf16(src[d]);
       }
       s.rows.push_back({s.packed.data(), s.packed.size() * sizeof(uint16_t)});
@@ -339,7 +396,7 @@ void RemoteExpertExecutor::Partition(int num_tokens) {
       SetF32Shape(n, h, req.mutable_hidden_states());
     }
     for (int gi : s.groups) {
-      const ExpertWork::Group& g = work_.groups[gi];
+      const ExpertWork::Group& g = work.groups[gi];
       v1::ExpertRows* rows = req.add_groups();
       rows->set_expert(g.expert);
       for (size_t i = 0; i < g.rows.size(); ++i) {
@@ -376,43 +433,61 @@ std::vector<size_t> RemoteExpertExecutor::Order(const Shard& s) const {
   return healthy;
 }
 
-void RemoteExpertExecutor::Fail(Replica* r) {
-  r->Reset();
+void RemoteExpertExecutor::Fail(Replica* r, int lane) {
+  r->Reset(lane);
   r->ejected_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(eject_ms_);
   retry_tokens_ = std::max(0.0, retry_tokens_ - 1);  // a failed call spends a token
 }
 
 // Sends s's request to `r` (unless already sent) and reads the answer. A
 // lost worker is failed (ejected); any other error ends the exchange.
-absl::Status RemoteExpertExecutor::Attempt(Shard& s, Replica* r, bool send) {
+absl::Status RemoteExpertExecutor::Attempt(Shard& s, int lane, Replica* r, bool send) {
+  Shard::Work& w = s.lane[lane];
   if (send) {
-    if (absl::Status st = r->Send(s.request, s.rows, s.device_batch); !st.ok()) {
+    if (absl::Status st = r->Send(lane, w.request, w.rows, w.device_batch); !st.ok()) {
       if (!absl::IsUnavailable(st)) {
-        r->Reset();  // refused, not lost: another replica would refuse it too
+        r->Reset(lane);  // refused, not lost: another replica would refuse it too
         return st;
       }
-      Fail(r);
+      Fail(r, lane);
       return st;
     }
   }
-  absl::Status st = r->Receive(&s.response, &s.outputs, s.device_out,
-                               s.device_batch ? s.device_batch->cuda_stream : nullptr);
+  absl::Status st = r->Receive(lane, &w.response, &w.outputs, w.device_out,
+                               w.device_batch ? w.device_batch->cuda_stream : nullptr);
   if (st.ok()) {
-    s.chosen = r;
+    w.chosen = r;
     retry_tokens_ = std::min(max_retry_tokens_, retry_tokens_ + 0.1);
   } else if (absl::IsUnavailable(st) || absl::IsCancelled(st)) {
-    Fail(r);
+    Fail(r, lane);
   } else {
-    r->Reset();
+    r->Reset(lane);
   }
   return st;
 }
 
-absl::Status RemoteExpertExecutor::Exchange(Shard& s, bool already_sent) {
-  // The common case: the request is out to s.next, whose answer comes.
+absl::Status RemoteExpertExecutor::SendFirst(Shard& s, int lane) {
+  Shard::Work& w = s.lane[lane];
+  w.sent_to = FirstLive(s);
+  s.next = (w.sent_to + 1) % s.replicas.size();
+  Replica* first = s.replicas[w.sent_to].get();
+  const absl::Status st = first->Send(lane, w.request, w.rows, w.device_batch);
+  w.sent = st.ok();
+  if (st.ok()) return st;
+  if (!absl::IsUnavailable(st)) {  // refused, not lost
+    first->Reset(lane);
+    return st;
+  }
+  Fail(first, lane);  // lost: Exchange tries the next replica
+  return absl::OkStatus();
+}
+
+absl::Status RemoteExpertExecutor::Exchange(Shard& s, int lane) {
+  Shard::Work& w = s.lane[lane];
+  // The common case: the request is out to w.sent_to, whose answer comes.
   absl::Status last;
-  if (already_sent) {
-    last = Attempt(s, s.replicas[s.next].get(), /*send=*/false);
+  if (w.sent) {
+    last = Attempt(s, lane, s.replicas[w.sent_to].get(), /*send=*/false);
     if (last.ok()) return last;
   }
   // Only a lost worker is worth another replica; a refused request would be
@@ -421,145 +496,146 @@ absl::Status RemoteExpertExecutor::Exchange(Shard& s, bool already_sent) {
   // of the first send, which failed.
   for (size_t i : Order(s)) {
     if (!last.ok() && !absl::IsUnavailable(last) && !absl::IsCancelled(last)) return last;
-    if (already_sent && i == s.next) continue;
+    if (w.sent && i == w.sent_to) continue;
     if (retry_tokens_ <= max_retry_tokens_ / 2) {
       return absl::UnavailableError(absl::StrCat(
           last.ok() ? "an expert worker is gone" : last.message(),
           "; not sent to another replica: the retry budget is spent (too many failed expert calls of late)"));
     }
     ++retries_;
-    last = Attempt(s, s.replicas[i].get(), /*send=*/true);
+    last = Attempt(s, lane, s.replicas[i].get(), /*send=*/true);
     if (last.ok()) return last;
   }
   return last;
 }
 
-absl::Status RemoteExpertExecutor::ExecuteOnce(const ExpertBatch& b, float* out) {
+absl::Status RemoteExpertExecutor::StartOnce(const ExpertBatch& b, float* out, int lane) {
   const int h = b.hidden_size;
   if (h != hidden_size_) {
     return absl::InvalidArgumentError(absl::StrCat("hidden size ", h, " != ", hidden_size_));
   }
+  Lane& l = lanes_[lane];
+  l.batch = b;
+  l.out = out;
+  l.step = ++step_;
+  l.sent_at = std::chrono::steady_clock::now();
   if (b.on_device) {
     if (cuda_device_ < 0) return absl::InvalidArgumentError("remote experts take rows in host memory");
-    return ExecuteOnDevice(b, out);
+    return StartOnDevice(b, lane);
   }
   if (b.routing_on_device) return absl::InvalidArgumentError("routing on a GPU with rows in host memory");
-  ++step_;
-  MM_RETURN_IF_ERROR(GroupByExpert(b, num_experts_, &work_));
-  Partition(b.num_tokens);
-  // Send every shard's request, then collect: all shards run at once.
-  std::vector<bool> sent(shards_.size(), false);
-  const auto sent_at = std::chrono::steady_clock::now();
-  for (size_t si = 0; si < shards_.size(); ++si) {
-    Shard& s = *shards_[si];
-    if (s.groups.empty()) continue;
-    s.next = FirstLive(s);
-    Replica* first = s.replicas[s.next].get();
-    sent[si] = first->Send(s.request, s.rows, nullptr).ok();
-    if (!sent[si]) Fail(first);
+  MM_RETURN_IF_ERROR(GroupByExpert(b, num_experts_, &l.work));
+  Partition(lane);
+  // Send every shard's request now; Finish collects: all shards run at once.
+  for (auto& s : shards_) {
+    Shard::Work& w = s->lane[lane];
+    w.device_batch = nullptr;
+    w.device_out = nullptr;
+    if (w.groups.empty()) continue;
+    MM_RETURN_IF_ERROR(SendFirst(*s, lane));
   }
-  std::vector<const float*> group_rows(work_.groups.size(), nullptr);
-  for (size_t si = 0; si < shards_.size(); ++si) {
-    Shard& s = *shards_[si];
-    if (s.groups.empty()) continue;
-    absl::Status st = Exchange(s, sent[si]);  // past a first replica that failed: the next
-    s.next = (s.next + 1) % s.replicas.size();
+  return absl::OkStatus();
+}
+
+absl::Status RemoteExpertExecutor::FinishOnce(int lane) {
+  Lane& l = lanes_[lane];
+  const ExpertBatch& b = l.batch;
+  const int h = hidden_size_;
+  float* out = l.out;
+  std::vector<const float*> group_rows(b.on_device ? 0 : l.work.groups.size(), nullptr);
+  for (auto& sp : shards_) {
+    Shard& s = *sp;
+    Shard::Work& w = s.lane[lane];
+    if (!b.on_device && w.groups.empty()) continue;
+    if (b.on_device && w.device_batch == nullptr) continue;  // not this layer's shard
+    const absl::Status st = Exchange(s, lane);  // past a first replica that failed: the next
+    w.device_batch = nullptr;
+    w.device_out = nullptr;
     if (!st.ok()) return st;
     if (observer_) {
-      observer_(s.chosen->address,
-                std::chrono::duration<double>(std::chrono::steady_clock::now() - sent_at).count());
+      observer_(w.chosen->address,
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - l.sent_at).count());
     }
-    MM_RETURN_IF_ERROR(CheckAnswer(s, b.layer));
-    if (combined_) continue;  // summed per token: added below
-    const float* row = s.outputs.data;
-    for (int gi : s.groups) {
+    MM_RETURN_IF_ERROR(CheckAnswer(s, lane));
+    if (b.on_device || l.combined) continue;  // summed per token: added below
+    const float* row = w.outputs.data;
+    for (int gi : w.groups) {
       group_rows[gi] = row;
-      row += work_.groups[gi].rows.size() * static_cast<size_t>(h);
+      row += l.work.groups[gi].rows.size() * static_cast<size_t>(h);
     }
   }
+  if (b.on_device) return absl::OkStatus();  // the rows are copied into `out` on the GPU
   const auto combine_start = std::chrono::steady_clock::now();
-  if (combined_) {
+  if (l.combined) {
     // The shards' sums, in shard order (one shard: its rows exactly).
     std::fill(out, out + static_cast<size_t>(b.num_tokens) * h, 0.f);
-    for (const auto& s : shards_) {
-      if (s->groups.empty()) continue;
-      for (size_t i = 0; i < s->tokens.size(); ++i) {
-        const float* src = s->outputs.data + i * h;
-        float* dst = out + static_cast<size_t>(s->tokens[i]) * h;
+    for (const auto& sp : shards_) {
+      const Shard::Work& w = sp->lane[lane];
+      if (w.groups.empty()) continue;
+      for (size_t i = 0; i < w.tokens.size(); ++i) {
+        const float* src = w.outputs.data + i * h;
+        float* dst = out + static_cast<size_t>(w.tokens[i]) * h;
         for (int d = 0; d < h; ++d) dst[d] += src[d];
       }
     }
   } else {
-    CombineExpertRows(work_, group_rows, b.num_tokens, out);
+    CombineExpertRows(l.work, group_rows, b.num_tokens, out);
   }
   combine_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - combine_start).count();
   return absl::OkStatus();
 }
 
-absl::Status RemoteExpertExecutor::CheckAnswer(Shard& s, int layer) {
-  const bool in_step = s.response.step() == step_ && s.response.layer() == layer;
-  if (!in_step || static_cast<size_t>(s.outputs.rows) != s.rows_out) {
-    s.chosen->Reset();  // out of step with this worker: start afresh next time
+absl::Status RemoteExpertExecutor::CheckAnswer(Shard& s, int lane) {
+  Shard::Work& w = s.lane[lane];
+  const Lane& l = lanes_[lane];
+  const int layer = l.batch.layer;
+  const bool in_step = w.response.step() == l.step && w.response.layer() == layer;
+  if (!in_step || static_cast<size_t>(w.outputs.rows) != w.rows_out) {
+    w.chosen->Reset(lane);  // out of step with this worker: start afresh next time
   }
   if (!in_step) {
-    return absl::InternalError(absl::StrCat("expert worker ", s.chosen->address, " answered step ",
-                                            s.response.step(), " layer ", s.response.layer(), ", expected step ",
-                                            step_, " layer ", layer));
+    return absl::InternalError(absl::StrCat("expert worker ", w.chosen->address, " answered step ",
+                                            w.response.step(), " layer ", w.response.layer(), ", expected step ",
+                                            l.step, " layer ", layer));
   }
-  if (static_cast<size_t>(s.outputs.rows) != s.rows_out) {
-    return absl::InternalError(absl::StrCat("expert worker ", s.chosen->address, " returned ", s.outputs.rows,
-                                            " rows, expected ", s.rows_out));
+  if (static_cast<size_t>(w.outputs.rows) != w.rows_out) {
+    return absl::InternalError(absl::StrCat("expert worker ", w.chosen->address, " returned ", w.outputs.rows,
+                                            " rows, expected ", w.rows_out));
   }
   return absl::OkStatus();
 }
 
-absl::Status RemoteExpertExecutor::ExecuteOnDevice(const ExpertBatch& b, float* out) {
+absl::Status RemoteExpertExecutor::StartOnDevice(const ExpertBatch& b, int lane) {
   const int h = hidden_size_;
   if (b.layer < 0 || b.layer >= static_cast<int>(layer_shard_.size()) || layer_shard_[b.layer] < 0) {
     return absl::InvalidArgumentError(absl::StrCat("layer ", b.layer, " has no routed experts on the workers"));
   }
-  ++step_;
+  Lane& l = lanes_[lane];
+  for (auto& s : shards_) s->lane[lane].device_batch = nullptr;
   Shard& s = *shards_[layer_shard_[b.layer]];
-  v1::DispatchRequest& req = s.request;
+  Shard::Work& w = s.lane[lane];
+  v1::DispatchRequest& req = w.request;
   req.Clear();
-  req.set_step(step_);
+  req.set_step(l.step);
   req.set_layer(b.layer);
+  req.set_micro_batch(lane);
   SetF32Shape(b.num_tokens, h, req.mutable_hidden_states());
   req.mutable_ipc()->set_slots(b.routing_on_device ? b.slots : 0);
   if (!b.routing_on_device) {  // grouped here; the worker combines
-    MM_RETURN_IF_ERROR(GroupByExpert(b, num_experts_, &work_));
-    for (const ExpertWork::Group& g : work_.groups) {
+    MM_RETURN_IF_ERROR(GroupByExpert(b, num_experts_, &l.work));
+    for (const ExpertWork::Group& g : l.work.groups) {
       v1::ExpertRows* rows = req.add_groups();
       rows->set_expert(g.expert);
       rows->mutable_rows()->Add(g.rows.begin(), g.rows.end());
       rows->mutable_weights()->Add(g.weights.begin(), g.weights.end());
     }
   }
-  s.chosen = nullptr;
-  s.rows_out = static_cast<size_t>(b.num_tokens);
-  const auto sent_at = std::chrono::steady_clock::now();
-  s.device_batch = &b;  // for this exchange only
-  s.device_out = out;
-  const absl::Status st = [&]() -> absl::Status {
-    s.next = FirstLive(s);
-    Replica* first = s.replicas[s.next].get();
-    const absl::Status sent = first->Send(s.request, s.rows, &b);
-    if (!sent.ok() && !absl::IsUnavailable(sent)) {  // refused, not lost
-      first->Reset();
-      return sent;
-    }
-    if (!sent.ok()) Fail(first);
-    absl::Status exchanged = Exchange(s, sent.ok());
-    s.next = (s.next + 1) % s.replicas.size();
-    return exchanged;
-  }();
-  s.device_batch = nullptr;
-  s.device_out = nullptr;
-  if (!st.ok()) return st;
-  if (observer_) {
-    observer_(s.chosen->address, std::chrono::duration<double>(std::chrono::steady_clock::now() - sent_at).count());
-  }
-  return CheckAnswer(s, b.layer);
+  w.chosen = nullptr;
+  w.rows.clear();
+  w.rows_out = static_cast<size_t>(b.num_tokens);
+  w.device_batch = &l.batch;  // until Finish
+  w.device_out = l.out;
+  return SendFirst(s, lane);
 }
 
 }  // namespace moemesh

@@ -27,8 +27,13 @@ namespace moemesh {
 // within Options.receive_timeout_ms; a replica that failed is passed over
 // for Options.eject_ms (outlier ejection), then probed by the next request.
 // The step fails with UNAVAILABLE only when every replica of a shard has
-// failed it. Not thread-safe: the engine calls it
-// from its step thread.
+// failed it.
+//
+// Two batches may be away at once (lanes(), Start / Finish: micro-batch
+// ping-pong): each lane has its own connection to each replica, so the
+// workers see two independent streams of requests, and neither side
+// waits on the other's buffers. Not thread-safe: the engine calls it from
+// its step thread.
 class RemoteExpertExecutor : public ExpertExecutor {
  public:
   // The rows' dtype on the wire. kAuto sends bf16 (half the bytes) to shards
@@ -117,7 +122,13 @@ class RemoteExpertExecutor : public ExpertExecutor {
   std::vector<bool> bf16_rows() const;
   ~RemoteExpertExecutor() override;
 
+  // Lanes of micro-batches that may be away at once.
+  static constexpr int kLanes = 2;
+
   absl::Status Execute(const ExpertBatch& batch, float* out) override;
+  int lanes() const override { return kLanes; }
+  absl::Status Start(const ExpertBatch& batch, float* out, int lane) override;
+  absl::Status Finish(int lane) override;
   int cuda_device() const override { return cuda_device_; }
   bool groups_on_device() const override { return cuda_device_ >= 0; }
   bool capturable() const override { return false; }
@@ -125,26 +136,34 @@ class RemoteExpertExecutor : public ExpertExecutor {
  private:
   struct Replica;
   struct Shard;
+  struct Lane;
   RemoteExpertExecutor() = default;
-  // Fills each shard's request from work_.
-  void Partition(int num_tokens);
-  absl::Status ExecuteOnce(const ExpertBatch& batch, float* out);
-  // ExecuteOnce for rows in GPU memory (the cuda-ipc transport): the whole
+  // Fills each shard's request in `lane` from its work.
+  void Partition(int lane);
+  // Start and Finish, without the clean-up after an error.
+  absl::Status StartOnce(const ExpertBatch& batch, float* out, int lane);
+  absl::Status FinishOnce(int lane);
+  // StartOnce for rows in GPU memory (the cuda-ipc transport): the whole
   // layer to the one shard that holds it, combined there.
-  absl::Status ExecuteOnDevice(const ExpertBatch& batch, float* out);
-  // Checks the answer s.chosen gave for `layer` (this step's, as many rows
-  // as asked).
-  absl::Status CheckAnswer(Shard& s, int layer);
+  absl::Status StartOnDevice(const ExpertBatch& batch, int lane);
+  // Drops the connections of `lane` that still owe an answer, so that the
+  // next request is not answered with stale rows.
+  void Abandon(int lane);
+  // Sends s's request of `lane` to its first replica, ejecting it when it
+  // is gone. A refusal (not a lost worker) is the error.
+  absl::Status SendFirst(Shard& s, int lane);
+  // Checks the answer s gave in `lane` (its step's, as many rows as asked).
+  absl::Status CheckAnswer(Shard& s, int lane);
   // Sets up cuda-ipc ahead (Connect): device mode, or the host's
   // transports after all.
   void EnterDeviceMode(const Options& options);
-  // Sends (unless already sent) and receives s's request, moving to the
-  // next replica when one is lost.
-  absl::Status Exchange(Shard& s, bool already_sent);
+  // Receives s's request of `lane` (sending it where the first send
+  // failed), moving to the next replica when one is lost.
+  absl::Status Exchange(Shard& s, int lane);
   size_t FirstLive(const Shard& s) const;
   std::vector<size_t> Order(const Shard& s) const;
-  absl::Status Attempt(Shard& s, Replica* r, bool send);
-  void Fail(Replica* r);
+  absl::Status Attempt(Shard& s, int lane, Replica* r, bool send);
+  void Fail(Replica* r, int lane);
 
   std::vector<std::unique_ptr<Shard>> shards_;
   double retry_tokens_ = 10, max_retry_tokens_ = 10;  // Options.retry_tokens
@@ -153,7 +172,6 @@ class RemoteExpertExecutor : public ExpertExecutor {
   // shard holds any, -2 where they are spread over several.
   std::vector<int> layer_shard_;
   Combine combine_ = Combine::kAuto;
-  bool combined_ = false;  // this step's workers add the rows
   std::unique_ptr<ShardPlacement> placement_;
   int hidden_size_ = 0;
   int num_experts_ = 0;
@@ -161,7 +179,7 @@ class RemoteExpertExecutor : public ExpertExecutor {
   int64_t retries_ = 0;
   int eject_ms_ = 5000;
   double combine_seconds_ = 0;
-  ExpertWork work_;  // this step's rows by expert, reused
+  std::vector<Lane> lanes_;  // kLanes: the batch away in each
   std::function<void(const std::string&, double)> observer_;
 };
 

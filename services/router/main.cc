@@ -55,6 +55,10 @@ ABSL_FLAG(int, expert_eject_ms, 5000,
 ABSL_FLAG(int, expert_timeout_ms, 0,
           "give up an expert replica silent this long while its answer is awaited (stopped, wedged) and send the "
           "request to the shard's next replica; 0: wait forever");
+ABSL_FLAG(int, micro_batches, 1,
+          "2: split each step of several sequences into two micro-batches in ping-pong, so that one's attention "
+          "runs while the other's experts are away on the workers (needs --experts; the CPU router for now); 1: "
+          "one batch a step");
 ABSL_FLAG(int, threads, 1, "CPU threads for attention (and local experts)");
 ABSL_FLAG(std::string, device, "cpu",
           "where attention, gating and the LM head run, and the experts without --experts: cpu, or cuda[:N] (GPU N, "
@@ -117,6 +121,7 @@ struct Options {
     o.device = absl::GetFlag(FLAGS_device);
     o.enforce_eager = absl::GetFlag(FLAGS_enforce_eager);
     o.engine.num_threads = absl::GetFlag(FLAGS_threads);
+    o.engine.micro_batches = absl::GetFlag(FLAGS_micro_batches);
     o.engine.kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
     o.engine.kv_block_size = absl::GetFlag(FLAGS_kv_block_size);
     o.engine.prefill_chunk = absl::GetFlag(FLAGS_prefill_chunk);
@@ -153,6 +158,12 @@ struct Options {
       return absl::InvalidArgumentError(
           "--expert-timeout-ms, --expert-eject-ms and --expert-retry-tokens must not be negative");
     }
+    if (engine.micro_batches != 1 && engine.micro_batches != 2) {
+      return absl::InvalidArgumentError("--micro-batches must be 1 or 2");
+    }
+    if (engine.micro_batches > 1 && *gpu >= 0) {
+      return absl::InvalidArgumentError("--micro-batches 2 runs on the CPU router for now (--device cpu)");
+    }
     if (absl::Status st = RemoteExpertExecutor::ParseRows(expert_rows).status(); !st.ok()) return st;
     if (absl::Status st = RemoteExpertExecutor::ParseCombine(expert_combine).status(); !st.ok()) return st;
     if (kv_host_cache_mb < 0) return absl::InvalidArgumentError("--kv-host-cache-mb must not be negative");
@@ -167,6 +178,7 @@ struct Options {
       for (const auto& [flag, set] : {std::pair<const char*, bool>{"--expert-transport", expert_transport != "auto"},
                                       {"--expert-rows", expert_rows != "auto"},
                                       {"--expert-combine", expert_combine != "auto"},
+                                      {"--micro-batches", engine.micro_batches != 1},
                                       {"--placement", !placement.empty()}}) {
         if (set) return absl::InvalidArgumentError(std::string(flag) + " applies to expert workers: it needs --experts");
       }

@@ -497,8 +497,11 @@ absl::Status CudaForwardPass::Ffn(int layer, LayerFfn which, const float* x, con
 // the routing goes to the host (the executor groups the rows there), and so
 // do the rows unless the executor's experts are on this GPU; what the
 // decoder enqueues next (the shared expert) runs behind those copies, while
-// the routed experts are away on the workers.
-absl::Status CudaForwardPass::StartExperts(int layer, const float* x, const float* logits, ExpertExecutor* experts) {
+// the routed experts are away on the workers. Rows and routing on the GPU
+// are handed over here (ExpertExecutor::Start), so that remote workers
+// (cuda-ipc) compute while the shared expert runs.
+absl::Status CudaForwardPass::StartExperts(int layer, const float* x, const float* logits, ExpertExecutor* experts,
+                                           float* out) {
   const ModelConfig& c = config_;
   const Layer& l = layers_[layer];
   const int n = step_->n;
@@ -528,7 +531,7 @@ absl::Status CudaForwardPass::StartExperts(int layer, const float* x, const floa
     MM_RETURN_IF_ERROR(CountRoutesCuda(static_cast<const int*>(d_ids), static_cast<int>(picks), c.num_experts,
                                        route_counts_ + static_cast<size_t>(layer) * c.num_experts, stream_));
     counted_routes_ = true;
-    return absl::OkStatus();
+    return experts->Start(batch_, out, 0);
   }
   MM_ASSIGN_OR_RETURN(void* ids, Pinned(kHostIds, picks * sizeof(int)));
   MM_ASSIGN_OR_RETURN(void* weights, Pinned(kHostWeights, picks * sizeof(float)));
@@ -552,7 +555,7 @@ absl::Status CudaForwardPass::FinishExperts(int layer, float* out) {
   const ExpertBatch batch = batch_;
   batch_.layer = -1;
   if (batch.layer != layer) return absl::InternalError("FinishExperts without StartExperts");
-  if (batch.routing_on_device) return experts_->Execute(batch, out);
+  if (batch.routing_on_device) return experts_->Finish(0);  // started with StartExperts
   MM_RETURN_IF_ERROR(copied_->Synchronize());
   if (batch.on_device) return experts_->Execute(batch, out);
   const size_t floats = static_cast<size_t>(batch.num_tokens) * batch.hidden_size;

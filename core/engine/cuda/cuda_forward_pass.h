@@ -123,7 +123,8 @@ class CudaForwardPass : public ForwardPass, private DecoderOps {
   absl::Status AbsorbQuery(int layer, const float* q, float* qabs) override;
   absl::Status ExpandLatent(int layer, const float* lat, float* ctx) override;
   absl::Status Ffn(int layer, LayerFfn which, const float* x, const float* row_weight, float* out) override;
-  absl::Status StartExperts(int layer, const float* x, const float* logits, ExpertExecutor* experts) override;
+  absl::Status StartExperts(int layer, const float* x, const float* logits, ExpertExecutor* experts,
+                            float* out) override;
   absl::Status FinishExperts(int layer, float* out) override;
 
   const DeviceBuffer* NormWeight(int layer, LayerNorm which) const;
