@@ -5,7 +5,10 @@
 //                   with --threads threads;
 //   mesh:           `moemesh up` (gateway, one router, 2 expert shards, each
 //                   process with --threads threads), N client streams over
-//                   gRPC to the gateway.
+//                   gRPC to the gateway;
+//   ping-pong:      the same mesh with --micro-batches 2 (each step as two
+//                   micro-batches, one's attention while the other's experts
+//                   are away).
 //
 //   build/bench/mesh_bench [--model models/fortune-moe] [--streams 32] [--tokens 128]
 //                          [--threads 1] [--rounds 5] [--moemesh build/tools/moemesh/moemesh]
@@ -64,9 +67,10 @@ double SingleProcess(const std::string& model, int streams, int tokens, int thre
 // A mesh started by `moemesh up` (gateway, one router, 2 expert shards).
 class Mesh {
  public:
-  Mesh(const std::string& moemesh, const std::string& model, int threads) {
+  Mesh(const std::string& moemesh, const std::string& model, int threads, int micro_batches) {
     auto up = Subprocess::Start({moemesh, "up", "--model=" + model, "--expert-shards=2", "--routers=1",
-                                 "--threads=" + std::to_string(threads)});
+                                 "--threads=" + std::to_string(threads),
+                                 "--micro-batches=" + std::to_string(micro_batches)});
     if (!up.ok()) Die(up.status());
     up_ = std::move(*up);
     auto target = up_->WaitForLine("gateway listening on ", absl::Seconds(120));
@@ -118,19 +122,24 @@ int main(int argc, char** argv) {
               threads);
   // Rounds alternate between the two, so that both see the same machine;
   // the medians are compared.
-  std::vector<double> single, mesh;
+  std::vector<double> single, mesh, ping_pong;
   {
-    moemesh::Mesh m(moemesh, model, threads);
+    moemesh::Mesh m(moemesh, model, threads, 1), pp(moemesh, model, threads, 2);
     for (int r = 0; r < rounds; ++r) {
       single.push_back(moemesh::SingleProcess(model, streams, tokens, threads));
       mesh.push_back(m.Run(streams, tokens));
-      std::printf("round %d: single %.0f tokens/s, mesh %.0f tokens/s\n", r + 1, single.back(), mesh.back());
+      ping_pong.push_back(pp.Run(streams, tokens));
+      std::printf("round %d: single %.0f tokens/s, mesh %.0f tokens/s, ping-pong %.0f tokens/s\n", r + 1,
+                  single.back(), mesh.back(), ping_pong.back());
     }
   }
-  const double s_med = moemesh::bench::Median(single), m_med = moemesh::bench::Median(mesh);
+  const double s_med = moemesh::bench::Median(single), m_med = moemesh::bench::Median(mesh),
+               p_med = moemesh::bench::Median(ping_pong);
   std::printf("%-16s %12s\n", "median of rounds", "tokens/s");
   std::printf("%-16s %12.0f\n", "single process", s_med);
   std::printf("%-16s %12.0f\n", "mesh", m_med);
+  std::printf("%-16s %12.0f\n", "mesh, ping-pong", p_med);
   std::printf("mesh / single = %.2f (target >= 0.8)\n", m_med / s_med);
+  std::printf("ping-pong / mesh = %.2f\n", p_med / m_med);
   return 0;
 }

@@ -136,6 +136,104 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, RemoteExpertsTest,
                                   "_shards" + (std::get<2>(info.param) ? "_data_channel" : "_grpc");
                          });
 
+// Three sequences prefilled in one step, then decoded together greedily;
+// every logit row produced. With `micro_batches` 2 (and an executor with
+// lanes) each step runs as two micro-batches in ping-pong.
+std::vector<float> RunBatch(const std::string& model_dir, ExpertExecutor* experts, int micro_batches) {
+  auto config = LoadModelConfig(model_dir);
+  auto ckpt = Checkpoint::Open(model_dir);
+  auto w = LoadWeights(std::move(*ckpt), *config);
+  auto weights = std::make_shared<const ModelWeights>(std::move(*w));
+  auto model = CpuForwardPass::Create(*config, weights, nullptr, micro_batches);
+  KvCache cache(config->num_layers, (*model)->kv_k_width(), (*model)->kv_v_width(), 16, 12);
+  LocalExpertExecutor local(&weights->experts, nullptr);
+  ExpertExecutor* ex = experts ? experts : &local;
+  const std::vector<std::vector<int>> prompts = {
+      {3, 14, 15, 92, 65, 35, 89, 79}, {2, 71, 82, 81, 82}, {1, 41, 42, 13, 56, 23, 7}};
+  std::vector<KvSequence> seqs(prompts.size());
+  std::vector<int> next(prompts.size());
+  std::vector<float> all, logits;
+  const int vocab = config->vocab_size;
+  for (int step = 0; step < 6; ++step) {
+    std::vector<ForwardItem> items;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      items.push_back({&seqs[i], step == 0 ? absl::MakeConstSpan(prompts[i]) : absl::MakeConstSpan(&next[i], 1),
+                       false});
+    }
+    logits.clear();
+    absl::Status st = (*model)->Forward(items, &cache, ex, &logits);
+    EXPECT_TRUE(st.ok()) << st;
+    if (!st.ok()) break;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      const float* row = logits.data() + i * vocab;
+      next[i] = static_cast<int>(std::max_element(row, row + vocab) - row);
+    }
+    all.insert(all.end(), logits.begin(), logits.end());
+  }
+  return all;
+}
+
+class PingPongTest : public ::testing::TestWithParam<std::tuple<std::string, bool>> {};
+
+// Micro-batch ping-pong moves no logit: two micro-batches of whole
+// sequences, their experts away on the workers in turn, give the one
+// process's logits of the same steps exactly, over either transport.
+TEST_P(PingPongTest, TwoMicroBatchesGiveTheSameLogits) {
+  const auto& [name, data_channel] = GetParam();
+  const std::string dir = "tests/fixtures/" + name;
+  auto config = LoadModelConfig(dir);
+  ASSERT_TRUE(config.ok());
+  std::vector<Worker> workers = StartWorkers(dir, 2, data_channel);
+  RemoteExpertExecutor::Options options;
+  options.use_data_channel = data_channel;
+  auto remote = RemoteExpertExecutor::Connect({{workers[0].address}, {workers[1].address}}, config->hidden_size,
+                                              options);
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  ASSERT_EQ((*remote)->lanes(), 2);
+  const std::vector<float> local = RunBatch(dir, nullptr, 1);
+  const std::vector<float> mesh = RunBatch(dir, remote->get(), 2);
+  ASSERT_EQ(local.size(), mesh.size());
+  EXPECT_EQ(local, mesh);  // bitwise
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, PingPongTest,
+                         ::testing::Combine(::testing::Values("mixtral", "qwen2_moe", "deepseek_v3"), ::testing::Bool()),
+                         [](const auto& info) {
+                           return std::get<0>(info.param) + (std::get<1>(info.param) ? "_data_channel" : "_grpc");
+                         });
+
+// A lane started again without its Finish drops what it had away: the
+// next answers are this batch's, not the stale one's.
+TEST(RemoteExpertsLanesTest, ARestartedLaneAnswersItsNewBatch) {
+  const std::string dir = "tests/fixtures/mixtral";
+  auto config = LoadModelConfig(dir);
+  ASSERT_TRUE(config.ok());
+  std::vector<Worker> workers = StartWorkers(dir, 1);
+  auto remote = RemoteExpertExecutor::Connect(Addresses(workers), config->hidden_size);
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  auto ckpt = Checkpoint::Open(dir);
+  auto w = LoadWeights(std::move(*ckpt), *config);
+  LocalExpertExecutor local(&w->experts, nullptr);
+  const int h = config->hidden_size, n = 3, k = config->num_experts_per_tok;
+  std::vector<float> x1(n * h), x2(n * h);
+  for (int i = 0; i < n * h; ++i) x1[i] = std::sin(0.1f * i), x2[i] = std::cos(0.07f * i);
+  std::vector<int> ids(n * k);
+  std::vector<float> gates(n * k, 1.0f / k);
+  for (int t = 0; t < n; ++t) {
+    for (int j = 0; j < k; ++j) ids[t * k + j] = (t + j) % config->num_experts;
+  }
+  const ExpertBatch b1{0, n, h, x1.data(), k, ids.data(), gates.data()};
+  const ExpertBatch b2{0, n, h, x2.data(), k, ids.data(), gates.data()};
+  std::vector<float> out1(n * h), out2(n * h), want(n * h);
+  ASSERT_TRUE((*remote)->Start(b1, out1.data(), 1).ok());
+  ASSERT_TRUE((*remote)->Start(b2, out2.data(), 1).ok());  // b1 abandoned
+  ASSERT_TRUE((*remote)->Finish(1).ok());
+  ASSERT_TRUE(local.Execute(b2, want.data()).ok());
+  EXPECT_EQ(out2, want);
+  EXPECT_EQ((*remote)->Finish(1).code(), absl::StatusCode::kFailedPrecondition);  // nothing away
+  EXPECT_EQ((*remote)->Start(b1, out1.data(), 2).code(), absl::StatusCode::kInvalidArgument);
+}
+
 // Who adds a token's rows: a worker holding whole layers adds them as the
 // router would (bitwise the same logits, whoever adds); workers that hold a
 // part each add theirs when asked, and the router the parts (the same

@@ -90,6 +90,9 @@ ABSL_FLAG(int, max_running, 64, "requests in each router's batch at once");
 ABSL_FLAG(int, expert_timeout_ms, 0,
           "each router gives up an expert replica silent this long while its answer is awaited and asks the "
           "shard's next replica; 0: wait forever");
+ABSL_FLAG(int, micro_batches, 1,
+          "2: each router splits a step of several sequences into two micro-batches in ping-pong, one's attention "
+          "running while the other's experts are away (CPU routers with expert shards); 1: one batch a step");
 ABSL_FLAG(bool, kvcache, true,
           "start a kvcache service below the routers' KV caches (--kvcache=false: none); its loss costs recompute");
 ABSL_FLAG(std::string, kv_dir, "", "the kvcache service's folder (default: a temporary one, removed at exit)");
@@ -207,7 +210,8 @@ const std::vector<Command>& CliCommands() {
                     {{"threads", "CPU threads of each service"},
                      {"kv_cache_tokens", "KV cache capacity of each router, in tokens"},
                      {"max_running"},
-                     {"expert_timeout_ms"}}},
+                     {"expert_timeout_ms"},
+                     {"micro_batches"}}},
                    {"monitoring", {{"monitoring"}, {"prometheus_port"}, {"scrape_interval_s"}}}}});
     c->push_back({"client generate",
                   "generate text through a mesh's gateway",
@@ -345,6 +349,7 @@ int UpMain() {
   cmd.kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
   cmd.max_running = absl::GetFlag(FLAGS_max_running);
   cmd.expert_timeout_ms = absl::GetFlag(FLAGS_expert_timeout_ms);
+  cmd.micro_batches = absl::GetFlag(FLAGS_micro_batches);
   cmd.bin_dir = absl::GetFlag(FLAGS_bin_dir);
   cmd.kvcache = absl::GetFlag(FLAGS_kvcache);
   cmd.kv_dir = absl::GetFlag(FLAGS_kv_dir);

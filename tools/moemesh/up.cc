@@ -173,6 +173,9 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
         "need --expert-shards >= 0, --expert-replicas >= 1, --routers >= 1, --threads >= 1 and "
         "--kvcache-replicas >= 1");
   }
+  if (cmd.micro_batches != 1 && (cmd.micro_batches != 2 || cmd.expert_shards == 0)) {
+    return absl::InvalidArgumentError("--micro-batches must be 1, or 2 with --expert-shards > 0");
+  }
   std::string model = cmd.model_dir.empty() ? FindDefaultModel() : cmd.model_dir;
   if (model.empty()) return absl::InvalidArgumentError("no --model DIR given and the demo model was not found");
   if (!fs::exists(fs::path(model) / "config.json")) {
@@ -273,6 +276,7 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
         argv.push_back("--experts=" + absl::StrJoin(shard_addrs, ","));
         argv.insert(argv.end(), placement_flag.begin(), placement_flag.end());
         if (cmd.expert_timeout_ms > 0) argv.push_back(absl::StrCat("--expert-timeout-ms=", cmd.expert_timeout_ms));
+        if (cmd.micro_batches != 1) argv.push_back(absl::StrCat("--micro-batches=", cmd.micro_batches));
       }
       specs.push_back({absl::StrCat("router ", r), "router", argv});
     }

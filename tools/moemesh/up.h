@@ -28,6 +28,7 @@ struct UpCommand {
   int kv_cache_tokens = 65536;  // per router
   int max_running = 64;         // per router
   int expert_timeout_ms = 0;    // the routers' --expert-timeout-ms; 0: wait forever
+  int micro_batches = 1;        // the routers' --micro-batches (with expert shards)
   std::string bin_dir;        // empty: beside this executable (FindServiceBinary)
   // A kvcache service below the routers' caches (its loss costs recompute,
   // never the mesh): in `kv_dir`, or in a temporary folder removed at exit.
