@@ -17,47 +17,18 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "services/common/server_util.h"
+#include "services/common/test_certs.h"
 
 namespace moemesh {
 namespace {
 
 std::string g_dir;
-
-void Shell(const std::string& cmd) { ASSERT_EQ(std::system((cmd + " 2>/dev/null").c_str()), 0) << cmd; }
-
-// A CA `name`.pem/.key, and leaf certificates signed by one.
-void MakeCa(const std::string& name) {
-  Shell(absl::StrCat("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=", name,
-                   " -keyout ", g_dir, "/", name, ".key -out ", g_dir, "/", name, ".pem"));
-}
-// `days` -1 makes one that has expired (valid until a day before it was made).
-void MakeLeaf(const std::string& name, const std::string& ca, int days = 2) {
-  const std::string d = g_dir + "/";
-  Shell(absl::StrCat("openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=", name, " -keyout ", d,
-                   name, ".key -out ", d, name, ".csr"));
-  Shell(absl::StrCat("printf 'subjectAltName=IP:127.0.0.1,DNS:localhost' > ", d, name, ".ext"));
-  Shell(absl::StrCat("openssl x509 -req -in ", d, name, ".csr -CA ", d, ca, ".pem -CAkey ", d, ca,
-                   ".key -CAcreateserial -days ", days, " -extfile ", d, name, ".ext -out ", d, name, ".pem"));
-}
-std::string Pem(const std::string& name) { return g_dir + "/" + name + ".pem"; }
-std::string Key(const std::string& name) { return g_dir + "/" + name + ".key"; }
+std::string Pem(const std::string& name) { return TestCerts::Get(::testing::TempDir()).Pem(name); }
+std::string Key(const std::string& name) { return TestCerts::Get(::testing::TempDir()).Key(name); }
 
 class TlsTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    g_dir = ::testing::TempDir() + "/tls_test";
-    std::filesystem::remove_all(g_dir);
-    std::filesystem::create_directories(g_dir);
-    MakeCa("ca");
-    MakeCa("other_ca");
-    MakeLeaf("server", "ca");
-    MakeLeaf("client", "ca");
-    MakeLeaf("stranger", "other_ca");
-    MakeLeaf("server2", "other_ca");
-    MakeLeaf("expired_client", "ca", -1);
-    MakeLeaf("expired_server", "ca", -1);
-    Shell(absl::StrCat("cat ", Pem("ca"), " ", Pem("other_ca"), " > ", g_dir, "/both.pem"));
-  }
+  static void SetUpTestSuite() { g_dir = TestCerts::Get(::testing::TempDir()).dir(); }
   void TearDown() override {
     if (server_) server_->Shutdown(std::chrono::system_clock::now());
     ASSERT_TRUE(SetMeshTls({}).ok());

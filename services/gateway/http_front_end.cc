@@ -19,12 +19,14 @@
 #include "core/common/status_macros.h"
 #include "services/common/drain.h"
 #include "services/gateway/gateway.h"
+#include "services/gateway/http_tls.h"
 #include "services/gateway/openai_api.h"
 
 namespace moemesh {
 
 struct HttpFrontEnd::Server {
-  httplib::Server http;
+  std::shared_ptr<HttpTls> tls;  // the SSL server's callbacks use it
+  std::unique_ptr<httplib::Server> server;
 };
 
 namespace {
@@ -270,7 +272,14 @@ absl::StatusOr<std::unique_ptr<HttpFrontEnd>> HttpFrontEnd::Start(const Options&
                                                                   std::shared_ptr<prometheus::Registry> registry) {
   std::unique_ptr<HttpFrontEnd> fe(new HttpFrontEnd);
   fe->server_ = std::make_unique<Server>();
-  httplib::Server& http = fe->server_->http;
+  fe->server_->tls = options.tls;
+  if (HttpTls* tls = options.tls.get()) {
+    fe->server_->server =
+        std::make_unique<httplib::SSLServer>([tls](SSL_CTX& ctx) { return tls->SetUp(&ctx); });
+  } else {
+    fe->server_->server = std::make_unique<httplib::Server>();
+  }
+  httplib::Server& http = *fe->server_->server;
   const int threads = options.threads;
   http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   // A request body is JSON with a prompt: bounded, as gRPC messages are.
@@ -389,12 +398,12 @@ absl::StatusOr<std::unique_ptr<HttpFrontEnd>> HttpFrontEnd::Start(const Options&
     return absl::UnavailableError(
         absl::StrCat("cannot listen for HTTP on ", options.host, ":", options.port, " (in use, or not an address here)"));
   }
-  fe->thread_ = std::thread([s = fe->server_.get()] { s->http.listen_after_bind(); });
+  fe->thread_ = std::thread([s = fe->server_.get()] { s->server->listen_after_bind(); });
   return fe;
 }
 
 HttpFrontEnd::~HttpFrontEnd() {
-  if (server_) server_->http.stop();
+  if (server_) server_->server->stop();
   if (thread_.joinable()) thread_.join();
 }
 

@@ -14,6 +14,7 @@ class Registry;
 namespace moemesh {
 
 class Gateway;
+class HttpTls;
 namespace jinja {
 class ChatTemplate;
 }  // namespace jinja
@@ -36,6 +37,9 @@ class HttpFrontEnd {
     // The model's chat template (must outlive the front end); null: chat
     // requests are refused with a message saying so.
     const jinja::ChatTemplate* chat_template = nullptr;
+    // Serve HTTPS with these certificates (services/gateway/http_tls.h);
+    // null: plain HTTP.
+    std::shared_ptr<HttpTls> tls;
   };
   // `gateway` (and `registry`, when not null) must outlive the front end.
   static absl::StatusOr<std::unique_ptr<HttpFrontEnd>> Start(const Options& options, Gateway* gateway,

@@ -18,7 +18,9 @@
 #include "nlohmann/json.hpp"
 #include "prometheus/counter.h"
 #include "prometheus/registry.h"
+#include "services/common/test_certs.h"
 #include "services/gateway/gateway_test_util.h"
+#include "services/gateway/http_tls.h"
 
 namespace moemesh {
 namespace {
@@ -398,6 +400,32 @@ TEST_F(HttpFrontEndTest, ChatErrorsSayWhatIsWrong) {
   auto res = other.Post("/v1/chat/completions", absl::StrCat("{", kChat, "}"), "application/json");
   EXPECT_EQ(res->status, 400);
   EXPECT_NE(res->body.find("--chat-template"), std::string::npos) << res->body;
+}
+
+// With the mesh's certificate (the gateway's --tls-cert and --tls-key) the
+// API is served over HTTPS, and plain HTTP on its port gets nothing.
+TEST_F(HttpFrontEndTest, ServesHttpsWithTheMeshCertificate) {
+  const TestCerts& certs = TestCerts::Get(::testing::TempDir());
+  TlsConfig config{certs.Pem("server"), certs.Key("server"), ""};
+  config.client_auth = false;
+  auto tls = HttpTls::Create(config);
+  ASSERT_TRUE(tls.ok()) << tls.status();
+  HttpFrontEnd::Options o;
+  o.tls = *tls;
+  auto fe = HttpFrontEnd::Start(o, gateway_, registry_);
+  ASSERT_TRUE(fe.ok()) << fe.status();
+  httplib::SSLClient https("127.0.0.1", (*fe)->port());
+  https.set_ca_cert_path(certs.Pem("ca").c_str());
+  https.enable_server_certificate_verification(true);
+  auto res = https.Post("/v1/completions",
+                        R"({"model": "fortune-moe", "prompt": "Life is", "max_tokens": 4, "temperature": 0})",
+                        "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200) << res->body;
+  httplib::Client plain("127.0.0.1", (*fe)->port());
+  plain.set_read_timeout(3);
+  auto refused = plain.Get("/health");
+  EXPECT_FALSE(refused && refused->status == 200);
 }
 
 }  // namespace

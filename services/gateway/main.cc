@@ -20,6 +20,7 @@
 #include "services/gateway/gateway_metrics.h"
 #include "services/gateway/gateway_service.h"
 #include "services/gateway/http_front_end.h"
+#include "services/gateway/http_tls.h"
 #include "services/gateway/oip_service.h"
 #include "services/gateway/router_pool.h"
 
@@ -165,10 +166,15 @@ int Main(int argc, char** argv) {
     ho.host = service_main.host();
     ho.port = options.http_port;
     ho.threads = options.http_threads;
+    if (MeshTls().server_tls()) {  // the gRPC port's certificate serves HTTPS too
+      auto tls = HttpTls::Create(MeshTls());
+      if (!tls.ok()) return service_main.Fail(tls.status(), 2);
+      ho.tls = std::move(*tls);
+    }
     auto h = HttpFrontEnd::Start(ho, &gateway, registry);
     if (!h.ok()) return service_main.Fail(h.status(), 1);
     http = std::move(*h);
-    std::printf("http on %s:%d\n", ho.host.c_str(), http->port());
+    std::printf("%s on %s:%d\n", ho.tls ? "https" : "http", ho.host.c_str(), http->port());
     std::fflush(stdout);
   }
   service_main.set_service_names(

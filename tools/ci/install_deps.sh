@@ -15,7 +15,7 @@ PACKAGES=(
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   clang-14 libclang-rt-14-dev
   prometheus-cpp-dev prometheus
-  librocksdb-dev libxxhash-dev libcpp-httplib-dev openssl
+  librocksdb-dev libxxhash-dev libcpp-httplib-dev libssl-dev openssl
 )
 
 # The Hugging Face tokenizers library (Node build) is the reference of the

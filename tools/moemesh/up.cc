@@ -330,7 +330,12 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
         << std::endl;
   }
   for (const std::string& line : gateway[0].process->lines()) {
-    if (line.rfind("http on ", 0) == 0) out << "  OpenAI-compatible HTTP API at http://" << line.substr(8) << "/v1" << std::endl;
+    for (const char* scheme : {"http", "https"}) {
+      const std::string said = absl::StrCat(scheme, " on ");
+      if (line.rfind(said, 0) == 0) {
+        out << "  OpenAI-compatible HTTP API at " << scheme << "://" << line.substr(said.size()) << "/v1" << std::endl;
+      }
+    }
   }
   out << "gateway listening on " << gateway[0].address << std::endl;
   st = Supervise({&gateway, &routers, &experts, &kvcache}, out);
