@@ -6,6 +6,7 @@
 //   mesh_e2e_test MOEMESH_BIN MOEMESH_EXPERT_BIN
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -13,6 +14,7 @@
 #include <future>
 #include <cstdio>
 #include <map>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -26,6 +28,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/strings/ascii.h"
 #include "core/common/file_util.h"
 #include "core/common/subprocess.h"
 #include "core/metrics/http_get.h"
@@ -96,6 +100,8 @@ class Mesh {
             grpc::CreateCustomChannel(w[3], grpc::InsecureChannelCredentials(), ClientChannelArguments())));
       } else if (w[0] == "expert") {
         expert_pids_[{std::stoi(w[2]), std::stoi(w[4])}] = pid;
+      } else if (w[0] == "gateway") {
+        gateway_pid_ = pid;
       }
       if (pid > 0) pids_.push_back(pid);
     }
@@ -113,6 +119,7 @@ class Mesh {
   int expert_pid(int shard, int replica) { return expert_pids_[{shard, replica}]; }
   const std::vector<std::string>& router_addresses() const { return router_addresses_; }
   int router_pid(int i) const { return router_pids_[i]; }
+  int gateway_pid() const { return gateway_pid_; }
   const std::string& kvcache_address() const { return kvcache_address_; }
   const std::string& http_address() const { return http_address_; }  // HOST:PORT, with --http-port
   // A counter's value on router i's /metrics, or -1.
@@ -156,8 +163,22 @@ class Mesh {
   std::string kvcache_address_;
   std::string http_address_;
   std::map<std::pair<int, int>, int> expert_pids_;
+  int gateway_pid_ = 0;
   std::vector<int> pids_;
 };
+
+// A process's resident memory in MiB (VmRSS), or -1.
+double RssMib(int pid) {
+  absl::StatusOr<std::string> status = ReadFile(absl::StrCat("/proc/", pid, "/status"));
+  if (!status.ok()) return -1;
+  for (absl::string_view line : absl::StrSplit(*status, '\n')) {
+    if (!absl::StartsWith(line, "VmRSS:")) continue;
+    double kb = -1;
+    (void)absl::SimpleAtod(absl::StripSuffix(absl::StripAsciiWhitespace(line.substr(6)), " kB"), &kb);
+    return kb / 1024;
+  }
+  return -1;
+}
 
 struct Answer {
   grpc::Status status;
@@ -411,6 +432,66 @@ TEST(MeshDemoModelTest, ARouterDrainsUnderLoadWithoutFailingARequest) {
     EXPECT_TRUE(got[i].status.ok()) << "request " << i << ": " << got[i].status.error_message();
     EXPECT_EQ(got[i].ids.size(), 48u) << "request " << i;
   }
+}
+
+// Three times the load a router admits (4 running and 4 waiting; 24
+// clients asking without pause) for 30 s: the excess is refused with
+// RESOURCE_EXHAUSTED in under 50 ms at P99, every admitted request
+// completes with all its tokens, nothing else fails, the gateway's and the
+// router's memory stay bounded (no growth past 32 MiB after the first 5 s),
+// and afterwards the router holds nothing.
+TEST(MeshDemoModelTest, ThreeTimesOverloadIsRefusedFastAndTheAdmittedComplete) {
+  Mesh mesh("models/fortune-moe", 1, 1, 1, {"--max-running=4", "--max-waiting=4"});
+  ASSERT_TRUE(mesh.ok());
+  constexpr int kClients = 24, kTokens = 16;
+  const auto start = std::chrono::steady_clock::now(), end = start + std::chrono::seconds(30);
+  std::mutex mu;
+  std::vector<double> refused_ms;
+  int completed = 0;
+  std::map<int, int> other;  // failures by code, none expected
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kClients; ++c) {
+    clients.emplace_back([&, c] {
+      for (int i = 0; std::chrono::steady_clock::now() < end; ++i) {
+        v1::GenerateRequest r = IdsRequest({1 + (c * 31 + i) % 97, 2, 3}, kTokens);
+        r.set_ignore_eos(true);
+        const auto t0 = std::chrono::steady_clock::now();
+        Answer a = Generate(mesh.gateway(), r);
+        const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        std::lock_guard<std::mutex> lock(mu);
+        if (a.status.ok() && a.ids.size() == static_cast<size_t>(kTokens)) {
+          ++completed;
+        } else if (a.status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+          refused_ms.push_back(ms);
+        } else {
+          ++other[a.status.ok() ? -1 : a.status.error_code()];  // -1: too few tokens
+        }
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(5));
+  const double router_rss = RssMib(mesh.router_pid(0)), gateway_rss = RssMib(mesh.gateway_pid());
+  for (auto& t : clients) t.join();
+  EXPECT_TRUE(other.empty()) << "failures other than RESOURCE_EXHAUSTED, first code " << other.begin()->first;
+  EXPECT_GT(completed, 0);
+  ASSERT_GT(refused_ms.size(), 0u) << "24 clients against 8 places: some must be refused";
+  std::sort(refused_ms.begin(), refused_ms.end());
+  const double p99 = refused_ms[std::min(refused_ms.size() - 1, refused_ms.size() * 99 / 100)];
+  EXPECT_LT(p99, 50) << refused_ms.size() << " refusals, P99 " << p99 << " ms";
+  std::printf("overload: %d completed, %zu refused (P50 %.1f ms, P99 %.1f ms)\n", completed, refused_ms.size(),
+              refused_ms[refused_ms.size() / 2], p99);
+  ASSERT_GT(router_rss, 0);
+  ASSERT_GT(gateway_rss, 0);
+  EXPECT_LT(RssMib(mesh.router_pid(0)), router_rss + 32) << "the router grew under overload";
+  EXPECT_LT(RssMib(mesh.gateway_pid()), gateway_rss + 32) << "the gateway grew under overload";
+  v1::RouterStatus s = mesh.RouterStatus(0);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while ((s.running_requests() || s.waiting_requests()) && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    s = mesh.RouterStatus(0);
+  }
+  EXPECT_EQ(s.running_requests(), 0);
+  EXPECT_EQ(s.waiting_requests(), 0);
 }
 
 // 1,000 requests, 32 at a time, each ended early at random: by a deadline

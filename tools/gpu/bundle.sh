@@ -14,7 +14,7 @@ tests=$(cd "$build" && ctest -L gpu --show-only=json-v1 |
 targets=$(for t in $tests; do basename "$t"; done)
 binaries="tools/moemesh/moemesh services/router/moemesh-router services/gateway/moemesh-gateway services/kvcache/moemesh-kvcache
           services/expert/moemesh-expert"
-benches="expert_ffn_bench attention_bench linear_bench gpu_decode_bench ipc_hop_bench"
+benches="expert_ffn_bench attention_bench linear_bench gpu_decode_bench ipc_hop_bench mesh_bench"
 ninja -C "$build" $targets $benches moemesh moemesh-router moemesh-gateway moemesh-expert moemesh-kvcache > /dev/null
 rm -rf .gpu-bundle
 mkdir -p .gpu-bundle/bin .gpu-bundle/lib .gpu-bundle/bench

@@ -87,6 +87,9 @@ ABSL_FLAG(bool, insecure, false,
 ABSL_FLAG(std::string, chat_template, "",
           "a Jinja chat template file for the gateway's /v1/chat/completions (default: the model's own)");
 ABSL_FLAG(int, max_running, 64, "requests in each router's batch at once");
+ABSL_FLAG(int, max_waiting, 256,
+          "requests waiting for admission at each router; past them a new request is refused at once with "
+          "RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, expert_timeout_ms, 0,
           "each router gives up an expert replica silent this long while its answer is awaited and asks the "
           "shard's next replica; 0: wait forever");
@@ -210,6 +213,7 @@ const std::vector<Command>& CliCommands() {
                     {{"threads", "CPU threads of each service"},
                      {"kv_cache_tokens", "KV cache capacity of each router, in tokens"},
                      {"max_running"},
+                     {"max_waiting"},
                      {"expert_timeout_ms"},
                      {"micro_batches"}}},
                    {"monitoring", {{"monitoring"}, {"prometheus_port"}, {"scrape_interval_s"}}}}});
@@ -348,6 +352,7 @@ int UpMain() {
   cmd.threads = absl::GetFlag(FLAGS_threads);
   cmd.kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
   cmd.max_running = absl::GetFlag(FLAGS_max_running);
+  cmd.max_waiting = absl::GetFlag(FLAGS_max_waiting);
   cmd.expert_timeout_ms = absl::GetFlag(FLAGS_expert_timeout_ms);
   cmd.micro_batches = absl::GetFlag(FLAGS_micro_batches);
   cmd.bin_dir = absl::GetFlag(FLAGS_bin_dir);

@@ -270,6 +270,7 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
       std::vector<std::string> argv = {router_bin, "--model=" + model, host, "--port=0", threads,
                                        absl::StrCat("--kv-cache-tokens=", cmd.kv_cache_tokens),
                                        absl::StrCat("--max-running=", cmd.max_running),
+                                       absl::StrCat("--max-waiting=", cmd.max_waiting),
                                        "--device=" + cmd.router_device};
       if (!kvcache.empty()) argv.push_back("--kvcache=" + kvcache_addrs);
       if (!shard_addrs.empty()) {

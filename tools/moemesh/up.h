@@ -27,6 +27,7 @@ struct UpCommand {
   std::string router_device = "cpu";  // moemesh-router --device: cpu, cuda, cuda:N
   int kv_cache_tokens = 65536;  // per router
   int max_running = 64;         // per router
+  int max_waiting = 256;        // per router
   int expert_timeout_ms = 0;    // the routers' --expert-timeout-ms; 0: wait forever
   int micro_batches = 1;        // the routers' --micro-batches (with expert shards)
   std::string bin_dir;        // empty: beside this executable (FindServiceBinary)
