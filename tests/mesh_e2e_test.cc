@@ -494,6 +494,117 @@ TEST(MeshDemoModelTest, ThreeTimesOverloadIsRefusedFastAndTheAdmittedComplete) {
   EXPECT_EQ(s.waiting_requests(), 0);
 }
 
+// A service started by hand rather than by `moemesh up`: its gRPC address
+// and its /metrics (HOST:PORT).
+struct Started {
+  std::unique_ptr<Subprocess> process;
+  std::string address, metrics;
+};
+Started StartService(const std::vector<std::string>& argv) {
+  Started s;
+  auto p = Subprocess::Start(argv);
+  EXPECT_TRUE(p.ok()) << p.status();
+  if (!p.ok()) return s;
+  auto metrics = (*p)->WaitForLine("metrics on ", absl::Seconds(60));
+  auto address = (*p)->WaitForLine("listening on ", absl::Seconds(60));
+  EXPECT_TRUE(metrics.ok() && address.ok()) << argv[0] << " did not start";
+  if (metrics.ok() && address.ok()) s.metrics = *metrics, s.address = *address;
+  (*p)->ForwardOutput(2);
+  s.process = std::move(*p);
+  return s;
+}
+
+// A value on a /metrics page (HOST:PORT), summed over its label sets; -1
+// when the page cannot be read.
+double ScrapeSum(const std::string& hostport, const std::string& name) {
+  absl::StatusOr<std::string> body =
+      HttpGet(hostport.substr(0, hostport.rfind(':')), std::stoi(hostport.substr(hostport.rfind(':') + 1)), "/metrics");
+  if (!body.ok()) return -1;
+  double sum = 0;
+  for (absl::string_view line : absl::StrSplit(*body, '\n')) {
+    if (!absl::StartsWith(line, name) || (line.size() > name.size() && line[name.size()] != ' ' &&
+                                          line[name.size()] != '{')) {
+      continue;
+    }
+    double v = 0;
+    if (absl::SimpleAtod(line.substr(line.rfind(' ') + 1), &v)) sum += v;
+  }
+  return sum;
+}
+
+// One stream straight to a router; its seconds, or -1 when it failed or
+// came short of `tokens`.
+double TimedRouterStream(v1::Router::Stub* router, int first_id, int tokens) {
+  v1::RouterGenerateRequest r;
+  r.add_prompt_ids(first_id);
+  r.add_prompt_ids(2);
+  r.add_prompt_ids(3);
+  r.set_max_tokens(tokens);
+  r.set_ignore_eos(true);
+  r.mutable_sampling()->set_temperature(0);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  const auto t0 = std::chrono::steady_clock::now();
+  auto reader = router->Generate(&ctx, r);
+  v1::RouterGenerateResponse resp;
+  int got = 0;
+  while (reader->Read(&resp)) got += resp.token_ids_size();
+  const bool ok = reader->Finish().ok() && got == tokens;
+  return ok ? std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() : -1;
+}
+
+// One of a shard's two replicas answers every call 400 ms late (the
+// worker's --fault-delay-ms): a router with --expert-timeout-ms 150 gives
+// it up, ejects it and goes on with the other, probing it again every
+// --expert-eject-ms. Waves of 8 streams to that router and to one whose
+// shard has the fast replica alone alternate: every stream completes, the
+// P99 of their times stays within 2x the undisturbed router's, and the
+// calls sent again stay under a tenth of the calls.
+TEST(MeshFaultTest, ASlowReplicaIsEjectedAndP99StaysWithinTwiceUndisturbed) {
+  const std::string model = "models/fortune-moe";
+  Started fast = StartService({g_expert, "--model=" + model, "--port=0"});
+  Started slow = StartService({g_expert, "--model=" + model, "--port=0", "--fault-delay-ms=400"});
+  const std::string router_bin = ServiceBinaryForTests("moemesh-router", "MOEMESH_ROUTER_BIN");
+  Started undisturbed = StartService({router_bin, "--model=" + model, "--port=0", "--experts=" + fast.address});
+  Started disturbed = StartService({router_bin, "--model=" + model, "--port=0", "--expert-timeout-ms=150",
+                                    "--expert-eject-ms=2000", "--experts=" + fast.address + "|" + slow.address});
+  ASSERT_FALSE(undisturbed.address.empty() || disturbed.address.empty());
+  auto stub = [](const std::string& a) {
+    return v1::Router::NewStub(grpc::CreateCustomChannel(a, grpc::InsecureChannelCredentials(), ClientChannelArguments()));
+  };
+  auto u = stub(undisturbed.address), d = stub(disturbed.address);
+  constexpr int kStreams = 8, kTokens = 96, kWaves = 3;
+  std::vector<double> times[2];
+  for (int wave = 0; wave < 2 * kWaves; ++wave) {
+    v1::Router::Stub* router = wave % 2 ? d.get() : u.get();
+    std::vector<double> t(kStreams);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < kStreams; ++i) {
+      threads.emplace_back([&, i] { t[i] = TimedRouterStream(router, 1 + (wave * kStreams + i) % 97, kTokens); });
+    }
+    for (auto& th : threads) th.join();
+    for (int i = 0; i < kStreams; ++i) {
+      ASSERT_GT(t[i], 0) << (wave % 2 ? "disturbed" : "undisturbed") << " stream " << i << " failed";
+      times[wave % 2].push_back(t[i]);
+    }
+  }
+  auto p99 = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[std::min(v.size() - 1, v.size() * 99 / 100)];
+  };
+  const double base = p99(times[0]), slowed = p99(times[1]);
+  EXPECT_LT(slowed, 2 * base) << "P99 " << slowed << " s against " << base << " s undisturbed";
+  const double retries = ScrapeSum(disturbed.metrics, "moemesh_router_expert_retries_total");
+  const double calls = ScrapeSum(disturbed.metrics, "moemesh_router_dispatch_seconds_count");
+  EXPECT_GT(retries, 0) << "the slow replica was never given up";
+  EXPECT_LT(retries, 0.1 * calls) << retries << " calls sent again of " << calls;
+  std::printf("slow replica: P99 %.3f s against %.3f s undisturbed; %.0f of %.0f calls sent again\n", slowed, base,
+              retries, calls);
+  for (Started* s : {&disturbed, &undisturbed, &slow, &fast}) {
+    if (s->process) EXPECT_EQ(s->process->Stop(absl::Seconds(20)), 0);
+  }
+}
+
 // 1,000 requests, 32 at a time, each ended early at random: by a deadline
 // of 5 to 200 ms, or by the client cancelling after 0 to 5 responses (the
 // rest run out). Afterwards nothing lingers on the router: no running or
@@ -830,5 +941,6 @@ int main(int argc, char** argv) {
   }
   moemesh::g_moemesh = argv[1];
   moemesh::g_expert = argv[2];
+  setenv("MOEMESH_BIN", argv[1], 0);  // where ServiceBinaryForTests finds the router
   return RUN_ALL_TESTS();
 }

@@ -1,6 +1,7 @@
 #include "services/expert/expert_service.h"
 
 #include <chrono>
+#include <thread>
 
 #include "services/common/frame_socket.h"
 #include "services/expert/expert_metrics.h"
@@ -96,6 +97,10 @@ void ExpertServiceImpl::Handle(const v1::DispatchRequest& request, v1::DispatchR
   SetF32Tensor(out.data(), static_cast<int64_t>(out.size() / h), h, response->mutable_outputs());
 }
 
+void ExpertServiceImpl::InjectedDelay() const {
+  if (fault_delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(fault_delay_ms_));
+}
+
 void ExpertServiceImpl::ServeFrames(FrameSocket* socket) {
   v1::DispatchRequest request;
   v1::DispatchResponse response;
@@ -114,6 +119,7 @@ void ExpertServiceImpl::ServeFrames(FrameSocket* socket) {
       Run(request, GetRowsAsF32(request.hidden_states(), payload.data(), payload.size(), h, "hidden_states", &widened),
           &response, &out);
     }
+    InjectedDelay();
     iovec data{out.data(), out.size() * sizeof(float)};
     if (response.error_code() == 0 && !ipc) {
       SetF32Shape(static_cast<int64_t>(out.size() / h), h, response.mutable_outputs());
@@ -140,6 +146,7 @@ grpc::Status ExpertServiceImpl::Dispatch(
     } else {
       Handle(request, &response);
     }
+    InjectedDelay();
     const bool written = stream->Write(response);
     if (metrics_) {
       metrics_->SetQueueDepth(busy_.fetch_sub(1) - 1);

@@ -46,6 +46,9 @@ class ExpertServiceImpl final : public v1::ExpertService::Service {
   // advertised in ShardInfo.cuda_ipc; null: not offered. Must outlive the
   // service.
   void set_device_rows(DeviceRowsServer* d) { device_rows_ = d; }
+  // Fault injection: every layer's answer is held back this long (a slow
+  // replica, for the fault tests); 0: none.
+  void set_fault_delay_ms(int ms) { fault_delay_ms_ = ms; }
 
  private:
   // Runs `request` on `hidden`; fills the response's ids (and error) and
@@ -62,6 +65,9 @@ class ExpertServiceImpl final : public v1::ExpertService::Service {
   int data_port_ = 0;
   DeviceRowsServer* device_rows_ = nullptr;
   ExpertMetrics* metrics_ = nullptr;
+  int fault_delay_ms_ = 0;
+  // Holds an answer back by fault_delay_ms_.
+  void InjectedDelay() const;
 };
 
 }  // namespace moemesh

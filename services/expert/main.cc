@@ -30,6 +30,8 @@ ABSL_FLAG(int, threads, 1, "CPU threads for the expert kernels");
 ABSL_FLAG(std::string, device, "cpu", "where the experts run: cpu, or cuda[:N] (GPU N, default 0)");
 ABSL_FLAG(int, gpu_lanes, 2, "with --device cuda: requests that run on the GPU side by side");
 ABSL_FLAG(int, gpu_chunk_rows, 256, "with --device cuda: rows per pipelined chunk of a request");
+ABSL_FLAG(int, fault_delay_ms, 0,
+          "fault injection, for tests: hold every answer back this long (a slow replica); 0: none");
 ABSL_FLAG(bool, cuda_ipc, true,
           "with --device cuda: offer routers on this host the cuda-ipc transport (rows shared in GPU memory) where "
           "this worker holds whole layers");
@@ -43,6 +45,7 @@ struct Options {
   int gpu_lanes = 0, gpu_chunk_rows = 0;
   int data_port = 0;  // -1: no raw data channel
   bool cuda_ipc = true;
+  int fault_delay_ms = 0;
 
   static Options FromFlags() {
     Options o;
@@ -56,6 +59,7 @@ struct Options {
     o.gpu_chunk_rows = absl::GetFlag(FLAGS_gpu_chunk_rows);
     o.data_port = absl::GetFlag(FLAGS_data_port);
     o.cuda_ipc = absl::GetFlag(FLAGS_cuda_ipc);
+    o.fault_delay_ms = absl::GetFlag(FLAGS_fault_delay_ms);
     return o;
   }
 
@@ -69,6 +73,7 @@ struct Options {
     }
 #endif
     if (worker.model_dir.empty()) return absl::InvalidArgumentError("--model DIR is required");
+    if (fault_delay_ms < 0) return absl::InvalidArgumentError("--fault-delay-ms must not be negative");
     return absl::OkStatus();
   }
 
@@ -98,6 +103,7 @@ int Main(int argc, char** argv) {
   auto registry = std::make_shared<prometheus::Registry>();
   ExpertMetrics metrics(*registry);
   service.set_metrics(&metrics);
+  service.set_fault_delay_ms(options.fault_delay_ms);
   std::unique_ptr<DeviceRowsServer> device_rows;
 #ifdef MOEMESH_WITH_CUDA
   if (gpu >= 0 && options.cuda_ipc && (*worker)->groups_on_device()) {

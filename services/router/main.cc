@@ -289,6 +289,7 @@ int Main(int argc, char** argv) {
     const double now = remote_view ? remote_view->combine_seconds() : 0;
     metrics.OnStep(s, l, now - combined);
     combined = now;
+    if (remote_view != nullptr) metrics.ObserveExpertRetries(remote_view->retries());
     if (host != nullptr) metrics.ObserveHostTier(host->bytes(), host->blocks(), host->evictions());
   };
   GenerationLoop loop((*engine)->NewScheduler(options.max_running, options.max_step_tokens), options.max_waiting,

@@ -103,6 +103,12 @@ RouterMetrics::RouterMetrics(prometheus::Registry& r, int num_layers, int num_ex
                          .Help("Blocks the host-memory tier dropped to stay within its size.")
                          .Register(r)
                          .Add({});
+  expert_retries_ = &prometheus::BuildCounter()
+                         .Name("moemesh_router_expert_retries_total")
+                         .Help("Expert calls sent again to another replica of their shard, after a replica failed "
+                               "or stayed silent past --expert-timeout-ms.")
+                         .Register(r)
+                         .Add({});
   imbalance_ = &prometheus::BuildGauge()
                     .Name("moemesh_router_expert_load_imbalance")
                     .Help("Max over mean of the tokens routed to each expert over roughly the last 50 steps, "
@@ -169,6 +175,14 @@ void RouterMetrics::OnStep(const StepStats& s, const GenerationLoop::Stats& loop
     if (moe && total > 0) worst = std::max(worst, most / (total / num_experts_));
   }
   imbalance_->Set(worst);
+}
+
+void RouterMetrics::ObserveExpertRetries(int64_t total) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (total > expert_retries_seen_) {
+    expert_retries_->Increment(static_cast<double>(total - expert_retries_seen_));
+    expert_retries_seen_ = total;
+  }
 }
 
 void RouterMetrics::ObserveHostTier(int64_t bytes, int64_t blocks, int64_t evictions) {

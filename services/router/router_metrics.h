@@ -29,6 +29,7 @@ namespace moemesh {
 //   moemesh_router_routed_tokens_total{layer, expert}
 //   moemesh_router_expert_load_imbalance       max / mean tokens per expert (recent, worst layer)
 //   moemesh_router_dispatch_seconds{worker}    one expert worker's round trip
+//   moemesh_router_expert_retries_total        expert calls sent again to another replica
 // OnStep is called from the generation loop's thread, ObserveDispatch from
 // the same thread (inside the step); both are thread-safe anyway.
 class RouterMetrics {
@@ -41,6 +42,8 @@ class RouterMetrics {
   void ObserveDispatch(const std::string& worker, double seconds);
   // The host-memory tier's state (--kv-host-cache-mb), after a step.
   void ObserveHostTier(int64_t bytes, int64_t blocks, int64_t evictions);
+  // The expert calls resent to another replica so far (RemoteExpertExecutor::retries).
+  void ObserveExpertRetries(int64_t total);
 
   // The imbalance gauge's value, for tests.
   double load_imbalance() const;
@@ -58,6 +61,8 @@ class RouterMetrics {
   prometheus::Counter* tier_fallbacks_;
   prometheus::Counter* tier_stored_;
   prometheus::Counter* kv_evictions_;
+  prometheus::Counter* expert_retries_;
+  int64_t expert_retries_seen_ = 0;
   prometheus::Gauge* kv_cached_;
   prometheus::Gauge* host_bytes_;
   prometheus::Gauge* host_blocks_;
