@@ -40,6 +40,10 @@
 namespace moemesh {
 namespace {
 
+// SIGINT or SIGTERM ends the run early, with its report, and stops the mesh.
+std::atomic<bool> g_stop{false};
+void OnStop(int) { g_stop = true; }
+
 struct Process {
   std::string role;  // "router 0", "expert shard 1 replica 0", "gateway", ...
   int pid = 0;
@@ -86,7 +90,7 @@ struct Load {
 
 void Client(v1::Gateway::Stub* gateway, int c, std::chrono::steady_clock::time_point end, Load* load) {
   std::mt19937 rng(static_cast<unsigned>(c) * 104729 + 7);
-  while (std::chrono::steady_clock::now() < end) {
+  while (std::chrono::steady_clock::now() < end && !g_stop) {
     v1::GenerateRequest r;
     for (int i = 0; i < 3 + static_cast<int>(rng() % 6); ++i) r.mutable_token_ids()->add_ids(1 + rng() % 200);
     r.set_max_tokens(8 + static_cast<int>(rng() % 57));
@@ -147,6 +151,8 @@ int Run(int argc, char** argv) {
     std::fprintf(stderr, "soak: need --minutes > 0, --streams >= 1, --sample-s >= 1, --fault-s >= 5\n");
     return 2;
   }
+  signal(SIGINT, OnStop);
+  signal(SIGTERM, OnStop);
   auto up = Subprocess::Start({moemesh, "up", "--model=" + model, "--expert-shards=2", "--expert-replicas=2",
                                "--routers=2", "--expert-timeout-ms=300"});
   if (!up.ok()) {
@@ -198,7 +204,9 @@ int Run(int argc, char** argv) {
   std::vector<std::vector<Figures>> samples;
   std::vector<double> p99s;
   for (auto next = start + std::chrono::seconds(sample_s);; next += std::chrono::seconds(sample_s)) {
-    std::this_thread::sleep_until(std::min(next, end));
+    while (!g_stop && std::chrono::steady_clock::now() < std::min(next, end)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
     std::vector<double> seconds;
     int64_t completed, early;
     {
@@ -220,7 +228,7 @@ int Run(int argc, char** argv) {
     std::fflush(stdout);
     samples.push_back(row);
     p99s.push_back(p99);
-    if (next >= end) break;
+    if (next >= end || g_stop) break;
   }
   for (auto& c : clients) c.join();
   done = true;
