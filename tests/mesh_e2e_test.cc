@@ -795,6 +795,62 @@ int HealthOf(const std::string& target, const std::string& service) {
 }
 
 // Plaintext on an address other than loopback is refused unless asked for.
+// `moemesh bench serve` against the mesh: every request of every load point
+// completes with its output length, nothing fails, and the latencies are
+// positive and ordered; bad input fails at once with a clear message.
+TEST(MeshDemoModelTest, BenchServe) {
+  Mesh mesh("models/fortune-moe", 1, 1, 1);
+  ASSERT_TRUE(mesh.ok());
+  auto [out, rc] = RunCommand({g_moemesh, "bench", "serve", "--target", mesh.target(), "--concurrency", "2,4",
+                               "--num-prompts", "8", "--input-len", "12", "--output-len", "10", "--warmup", "2",
+                               "--output", "json"});
+  ASSERT_EQ(rc, 0) << out;
+  nlohmann::json j = nlohmann::json::parse(out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << out;
+  ASSERT_EQ(j["results"].size(), 2u);
+  for (const auto& r : j["results"]) {
+    EXPECT_EQ(r["requests"], 8);
+    EXPECT_EQ(r["completed"], 8);
+    EXPECT_EQ(r["output_tokens"], 80);
+    EXPECT_EQ(r["prompt_tokens"], 96);
+    EXPECT_TRUE(r["errors"].empty()) << r["errors"];
+    EXPECT_GT(r["output_tokens_per_s"].get<double>(), 0);
+    for (const char* k : {"ttft_ms", "itl_ms", "tpot_ms", "e2e_ms"}) {
+      const auto& d = r[k];
+      EXPECT_GT(d["p50"].get<double>(), 0) << k;
+      EXPECT_LE(d["p50"].get<double>(), d["p90"].get<double>()) << k;
+      EXPECT_LE(d["p90"].get<double>(), d["p99"].get<double>()) << k;
+    }
+    EXPECT_LE(r["ttft_ms"]["p99"].get<double>(), r["e2e_ms"]["max"].get<double>());
+  }
+  EXPECT_EQ(j["results"][0]["load"], "concurrency 2");
+  // A rate for a second.
+  auto [rate_out, rate_rc] = RunCommand({g_moemesh, "bench", "serve", "--target", mesh.target(), "--request-rate", "10",
+                                         "--duration-s", "1", "--input-len", "8", "--output-len", "4", "--output", "json"});
+  ASSERT_EQ(rate_rc, 0) << rate_out;
+  nlohmann::json rate = nlohmann::json::parse(rate_out, nullptr, false);
+  ASSERT_FALSE(rate.is_discarded());
+  EXPECT_GT(rate["results"][0]["completed"].get<int>(), 3);
+  EXPECT_EQ(rate["results"][0]["completed"], rate["results"][0]["requests"]);
+  // Bad input.
+  const auto t0 = std::chrono::steady_clock::now();
+  auto [gone, gone_rc] = RunCommand({g_moemesh, "bench", "serve", "--target", "127.0.0.1:1", "--concurrency", "2",
+                                     "--num-prompts", "2", "--timeout-ms", "1000"});
+  EXPECT_EQ(gone_rc, 1);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(10)) << "an unreachable gateway hangs it";
+  auto [too_long, too_long_rc] = RunCommand({g_moemesh, "bench", "serve", "--target", mesh.target(), "--concurrency", "1",
+                                             "--num-prompts", "1", "--input-len", "100000"});
+  EXPECT_EQ(too_long_rc, 2);
+  const std::string dataset = ::testing::TempDir() + "/bench_dataset.jsonl";
+  ASSERT_TRUE(WriteFileAtomically(dataset, "{\"prompt\": \"Life is\"}\n{\"ids\": \"oops\"}\n").ok());
+  auto [bad, bad_rc] = RunCommand({g_moemesh, "bench", "serve", "--target", mesh.target(), "--concurrency", "1",
+                                   "--num-prompts", "1", "--dataset", dataset});
+  EXPECT_EQ(bad_rc, 2);
+  auto [both, both_rc] = RunCommand({g_moemesh, "bench", "serve", "--target", mesh.target(), "--concurrency", "1",
+                                     "--request-rate", "1", "--num-prompts", "1"});
+  EXPECT_EQ(both_rc, 2);
+}
+
 TEST(MeshDemoModelTest, PlaintextOnAPublicAddressNeedsInsecure) {
   // The build tree's layout, as `moemesh up` finds the services.
   std::string root = std::filesystem::path(g_moemesh).parent_path().parent_path().parent_path().string();

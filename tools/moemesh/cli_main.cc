@@ -5,15 +5,21 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/status/status.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "core/common/version.h"
+#include "nlohmann/json.hpp"
 #include "services/common/device_flag.h"
+#include "tools/moemesh/bench_serve.h"
 #include "tools/moemesh/cli.h"
 #include "services/common/tls.h"
 #include "tools/moemesh/client.h"
@@ -124,6 +130,20 @@ ABSL_FLAG(int, limit, 100, "at most this many sessions (1 to 1000)");
 ABSL_FLAG(std::string, text, "", "the text");
 ABSL_FLAG(std::string, ids, "", "token ids, comma separated");
 ABSL_FLAG(std::string, model_name, "", "the model's name (default: the only one served)");
+ABSL_FLAG(std::string, concurrency, "",
+          "load points of a fixed concurrency, comma separated (8 or 1,4,16,64): that many requests in flight, each "
+          "sent as the last ended");
+ABSL_FLAG(std::string, request_rate, "",
+          "load points of a request rate in requests per second, comma separated: Poisson arrivals");
+ABSL_FLAG(int, max_concurrency, 0, "with --request-rate: at most this many requests in flight; 0: no bound");
+ABSL_FLAG(int, num_prompts, 0, "requests per load point (or --duration-s)");
+ABSL_FLAG(double, duration_s, 0, "seconds per load point (or --num-prompts)");
+ABSL_FLAG(int, warmup, 0, "requests before each load point's clock starts, not counted");
+ABSL_FLAG(int, input_len, 128, "random prompts' length in tokens");
+ABSL_FLAG(int, output_len, 128, "tokens to generate per request (a dataset line's output_len overrides it)");
+ABSL_FLAG(double, range_ratio, 0, "lengths drawn uniformly within +-this fraction of --input-len and --output-len");
+ABSL_FLAG(int, shared_prefix_len, 0, "random ids shared by every prompt before its own (prefix-cache studies)");
+ABSL_FLAG(std::string, result_file, "", "also write the results as JSON to this file");
 
 namespace moemesh {
 
@@ -274,6 +294,34 @@ const std::vector<Command>& CliCommands() {
                   "moemesh kv delete-session --target HOST:PORT --session-id ID",
                   "",
                   {{"flags", {kv_target, {"session_id", "the session to delete (required)"}, timeout}}}});
+    c->push_back(
+        {"bench serve",
+         "load a running mesh's gateway and report TTFT, ITL, TPOT and throughput",
+         "moemesh bench serve --target HOST:PORT (--concurrency N[,N] | --request-rate R[,R]) "
+         "(--num-prompts N | --duration-s S) [flags]",
+         "Sends greedy requests that ignore EOS (so each generates its output length) over the gRPC API, one load "
+         "point after the other, and prints per point: requests, errors by status, output tokens/s, requests/s, "
+         "and mean, P50, P90 and P99 of the time to first token (TTFT), the gaps between streamed responses (ITL), "
+         "the time per output token after the first (TPOT) and the request's time (E2E); --output json prints "
+         "them as JSON. A status line shows progress on a terminal.",
+         {{"load",
+           {target,
+            {"concurrency"},
+            {"request_rate"},
+            {"max_concurrency"},
+            {"num_prompts"},
+            {"duration_s"},
+            {"warmup"},
+            {"seed", "seed of the prompts and arrivals (-1: 0)"}}},
+          {"prompts",
+           {{"input_len"},
+            {"output_len"},
+            {"range_ratio"},
+            {"shared_prefix_len"},
+            {"dataset", "JSON lines of {\"prompt\": TEXT} or {\"ids\": [...]}, each with an optional "
+                        "\"output_len\", instead of random prompts"}}},
+          {"output and connection",
+           {{"output"}, {"result_file"}, model_name, timeout, api_key, tls_ca, tls_cert, tls_key}}}});
     c->push_back({"help", "list the commands, or a command's flags", "moemesh help [COMMAND]", "", {}});
     c->push_back({"version",
                   "print the version, the commit and how it was built",
@@ -442,6 +490,67 @@ int ClientMain(const std::string& sub) {
   return ExitWith(RunClientModels(opt, std::cout));  // "models"
 }
 
+// Comma-separated numbers of one kind; INVALID_ARGUMENT naming the flag.
+template <typename T>
+absl::StatusOr<std::vector<T>> ParseList(const std::string& flag, const std::string& value) {
+  std::vector<T> out;
+  for (absl::string_view part : absl::StrSplit(value, ',', absl::SkipWhitespace())) {
+    T v{};
+    bool ok;
+    if constexpr (std::is_same_v<T, int>) {
+      ok = absl::SimpleAtoi(part, &v);
+    } else {
+      ok = absl::SimpleAtod(part, &v);
+    }
+    if (!ok) return absl::InvalidArgumentError(absl::StrCat("--", flag, " ", value, ": expected numbers, comma separated"));
+    out.push_back(v);
+  }
+  return out;
+}
+
+int BenchServeMain() {
+  BenchServeOptions o;
+  o.target = absl::GetFlag(FLAGS_target);
+  o.api_key = absl::GetFlag(FLAGS_api_key);
+  if (o.api_key.empty() && std::getenv("MOEMESH_API_KEY") != nullptr) o.api_key = std::getenv("MOEMESH_API_KEY");
+  o.model = absl::GetFlag(FLAGS_model_name);
+  auto concurrency = ParseList<int>("concurrency", absl::GetFlag(FLAGS_concurrency));
+  if (!concurrency.ok()) return ExitWith(concurrency.status());
+  o.concurrency = *concurrency;
+  auto rates = ParseList<double>("request-rate", absl::GetFlag(FLAGS_request_rate));
+  if (!rates.ok()) return ExitWith(rates.status());
+  o.rates = *rates;
+  o.max_concurrency = absl::GetFlag(FLAGS_max_concurrency);
+  o.num_prompts = absl::GetFlag(FLAGS_num_prompts);
+  o.duration_s = absl::GetFlag(FLAGS_duration_s);
+  o.warmup = absl::GetFlag(FLAGS_warmup);
+  o.seed = static_cast<uint64_t>(std::max<int64_t>(0, absl::GetFlag(FLAGS_seed)));
+  o.input_len = absl::GetFlag(FLAGS_input_len);
+  o.output_len = absl::GetFlag(FLAGS_output_len);
+  o.range_ratio = absl::GetFlag(FLAGS_range_ratio);
+  o.shared_prefix_len = absl::GetFlag(FLAGS_shared_prefix_len);
+  o.dataset = absl::GetFlag(FLAGS_dataset);
+  if (absl::GetFlag(FLAGS_timeout_ms) > 0) o.timeout_ms = absl::GetFlag(FLAGS_timeout_ms);
+  auto json = JsonOutput();
+  if (!json.ok()) return ExitWith(json.status());
+  if (absl::Status st = SetClientTls(); !st.ok()) return ExitWith(st);
+  auto results = RunBenchServe(o, ProgressOn(STDERR_FILENO));
+  if (!results.ok()) return ExitWith(results.status());
+  nlohmann::json all = {{"target", o.target}, {"results", nlohmann::json::array()}};
+  for (const BenchSummary& s : *results) {
+    all["results"].push_back(ToJson(s));
+    if (!*json) std::printf("%s", ToTable(s).c_str());
+  }
+  const std::string dumped = all.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
+  if (*json) std::printf("%s\n", dumped.c_str());
+  if (const std::string file = absl::GetFlag(FLAGS_result_file); !file.empty()) {
+    std::ofstream f(file);
+    f << dumped << "\n";
+    if (!f) return ExitWith(absl::InternalError(absl::StrCat("cannot write ", file)));
+  }
+  return 0;
+}
+
 int KvMain(const std::string& sub) {
   ClientOptions opt{absl::GetFlag(FLAGS_target), absl::GetFlag(FLAGS_timeout_ms), absl::GetFlag(FLAGS_api_key)};
   if (opt.api_key.empty() && std::getenv("MOEMESH_API_KEY") != nullptr) opt.api_key = std::getenv("MOEMESH_API_KEY");
@@ -571,6 +680,7 @@ int CliMain(int argc, char** argv) {
   if (name == "up") return UpMain();
   if (name.rfind("client ", 0) == 0) return ClientMain(name.substr(7));
   if (name.rfind("kv ", 0) == 0) return KvMain(name.substr(3));
+  if (name == "bench serve") return BenchServeMain();
   if (name == "tokenize" || name == "detokenize") {
     TokenizeCommand cmd{absl::GetFlag(FLAGS_tokenizer), absl::GetFlag(FLAGS_add_special_tokens),
                         absl::GetFlag(FLAGS_skip_special_tokens)};
