@@ -11,7 +11,7 @@
 //                   are away).
 //
 //   build/bench/mesh_bench [--model models/fortune-moe] [--streams 32] [--tokens 128]
-//                          [--threads 1] [--rounds 5] [--moemesh build/tools/moemesh/moemesh]
+//                          [--threads 1] [--rounds 5] [--moemesh $MOEMESH_BIN or build/tools/moemesh/moemesh]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -109,6 +109,7 @@ class Mesh {
 
 int main(int argc, char** argv) {
   std::string model = "models/fortune-moe", moemesh = "build/tools/moemesh/moemesh";
+  if (const char* bin = std::getenv("MOEMESH_BIN")) moemesh = bin;  // as the GPU bundle lays it out
   int streams = 32, tokens = 128, threads = 1, rounds = 5;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--model")) model = argv[i + 1];

@@ -16,6 +16,7 @@ PACKAGES=(
   clang-14 libclang-rt-14-dev
   prometheus-cpp-dev prometheus
   librocksdb-dev libxxhash-dev libcpp-httplib-dev libssl-dev openssl
+  gnuplot-nox
 )
 
 # The Hugging Face tokenizers library (Node build) is the reference of the

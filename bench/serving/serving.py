@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""The serving matrix: `moemesh bench serve` over models x lengths x load, and its plots.
+
+  serving.py run --models models/fortune-moe [--lengths 128:128,512:64] [--concurrency 1,4,16,64]
+                 [--num-prompts 64] [--up-flags "--expert-shards=2"] --out DIR
+      For each model: starts `moemesh up --model MODEL UP_FLAGS`, runs `moemesh bench serve`
+      for each input:output length pair over the concurrency sweep, stops the mesh, and
+      writes DIR/results.json with the machine, the commit and the flags. Then plots.
+  serving.py plot DIR
+      Renders DIR/results.json with gnuplot: DIR/throughput.svg (output tokens/s against
+      concurrency) and DIR/itl.svg (P99 inter-token latency against output tokens/s), a line
+      per model and length pair.
+
+docs/PERFORMANCE.md, "Serving", keeps the figures this writes.
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def machine():
+    info = {"system": platform.platform(), "cpus": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    if shutil.which("nvidia-smi"):
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True)
+        if out.returncode == 0:
+            info["gpus"] = [l.strip() for l in out.stdout.splitlines() if l.strip()]
+    return info
+
+
+def commit():
+    out = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def start_mesh(moemesh, model, up_flags):
+    p = subprocess.Popen([moemesh, "up", "--model=" + model] + up_flags, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    deadline = time.time() + 300
+    for line in p.stdout:
+        if line.startswith("gateway listening on "):
+            return p, line.split()[-1]
+        if time.time() > deadline:
+            break
+    p.terminate()
+    sys.exit("serving.py: the mesh for %s did not start" % model)
+
+
+def run(args):
+    os.makedirs(args.out, exist_ok=True)
+    results = {"machine": machine(), "commit": commit(), "flags": vars(args), "runs": []}
+    for model in args.models.split(","):
+        mesh, target = start_mesh(args.moemesh, model, args.up_flags.split())
+        try:
+            for pair in args.lengths.split(","):
+                input_len, output_len = (int(x) for x in pair.split(":"))
+                out_file = os.path.join(args.out, "bench.json")
+                cmd = [args.moemesh, "bench", "serve", "--target", target, "--concurrency", args.concurrency,
+                       "--num-prompts", str(args.num_prompts), "--warmup", str(args.warmup), "--input-len",
+                       str(input_len), "--output-len", str(output_len), "--output", "json", "--result-file", out_file]
+                done = subprocess.run(cmd, stdout=subprocess.DEVNULL, cwd=ROOT)
+                if done.returncode != 0:
+                    sys.exit("serving.py: %s failed (%d)" % (" ".join(cmd), done.returncode))
+                with open(out_file) as f:
+                    bench = json.load(f)
+                os.remove(out_file)
+                results["runs"].append({"model": os.path.basename(os.path.normpath(model)), "input_len": input_len,
+                                        "output_len": output_len, "results": bench["results"]})
+                print("%s %d:%d done" % (model, input_len, output_len), flush=True)
+        finally:
+            mesh.terminate()
+            mesh.wait(timeout=60)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    plot(args.out)
+
+
+def plot(out):
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    series = []
+    for i, r in enumerate(results["runs"]):
+        dat = os.path.join(out, "series%d.dat" % i)
+        with open(dat, "w") as f:
+            f.write("# concurrency output_tokens_per_s p99_itl_ms\n")
+            for point in r["results"]:
+                concurrency = int(point["load"].split()[-1]) if point["load"].startswith("concurrency") else 0
+                f.write("%d %f %f\n" % (concurrency, point["output_tokens_per_s"], point["itl_ms"]["p99"]))
+        series.append((dat, "%s %d:%d" % (r["model"], r["input_len"], r["output_len"])))
+    title = "moemesh %s on %s" % (results["commit"], results["machine"].get("cpu", results["machine"]["system"]))
+    gp = ['set terminal svg size 800,500 dynamic enhanced', 'set grid', 'set key top left', 'set datafile commentschars "#"',
+          'set title "%s" noenhanced' % title.replace('"', "'"),
+          'set output "%s"' % os.path.join(out, "throughput.svg"), 'set logscale x 2',
+          'set xlabel "concurrency (requests in flight)"', 'set ylabel "output tokens/s"',
+          "plot " + ", ".join('"%s" using 1:2 with linespoints title "%s" noenhanced' % (d, t) for d, t in series),
+          'unset logscale x', 'set output "%s"' % os.path.join(out, "itl.svg"),
+          'set xlabel "output tokens/s"', 'set ylabel "P99 inter-token latency (ms)"',
+          "plot " + ", ".join('"%s" using 2:3 with linespoints title "%s" noenhanced' % (d, t) for d, t in series)]
+    done = subprocess.run(["gnuplot"], input="\n".join(gp) + "\n", text=True, capture_output=True)
+    if done.returncode != 0:
+        sys.exit("serving.py: gnuplot failed: " + done.stderr)
+    for dat, _ in series:
+        os.remove(dat)
+    print("plots in %s/throughput.svg and %s/itl.svg" % (out, out))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--models", required=True, help="model directories, comma separated")
+    r.add_argument("--lengths", default="128:128", help="input:output token lengths, comma separated")
+    r.add_argument("--concurrency", default="1,4,16,64")
+    r.add_argument("--num-prompts", type=int, default=64)
+    r.add_argument("--warmup", type=int, default=4)
+    r.add_argument("--up-flags", default="", help="flags for `moemesh up`, e.g. \"--expert-device=cuda\"")
+    r.add_argument("--moemesh", default=os.environ.get("MOEMESH_BIN", os.path.join(ROOT, "build/tools/moemesh/moemesh")))
+    r.add_argument("--out", required=True)
+    p = sub.add_parser("plot")
+    p.add_argument("out")
+    args = ap.parse_args()
+    if args.command == "run":
+        run(args)
+    else:
+        plot(args.out)
+
+
+if __name__ == "__main__":
+    main()
