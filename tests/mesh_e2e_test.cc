@@ -795,11 +795,12 @@ int HealthOf(const std::string& target, const std::string& service) {
 }
 
 // Plaintext on an address other than loopback is refused unless asked for.
-// `moemesh bench serve` against the mesh: every request of every load point
-// completes with its output length, nothing fails, and the latencies are
-// positive and ordered; bad input fails at once with a clear message.
+// `moemesh bench serve` against the mesh, over its gRPC and its HTTP API:
+// every request of every load point completes with its output length,
+// nothing fails, and the latencies are positive and ordered; bad input
+// fails at once with a clear message.
 TEST(MeshDemoModelTest, BenchServe) {
-  Mesh mesh("models/fortune-moe", 1, 1, 1);
+  Mesh mesh("models/fortune-moe", 1, 1, 1, {"--http-port=0"});
   ASSERT_TRUE(mesh.ok());
   auto [out, rc] = RunCommand({g_moemesh, "bench", "serve", "--target", mesh.target(), "--concurrency", "2,4",
                                "--num-prompts", "8", "--input-len", "12", "--output-len", "10", "--warmup", "2",
@@ -832,6 +833,17 @@ TEST(MeshDemoModelTest, BenchServe) {
   ASSERT_FALSE(rate.is_discarded());
   EXPECT_GT(rate["results"][0]["completed"].get<int>(), 3);
   EXPECT_EQ(rate["results"][0]["completed"], rate["results"][0]["requests"]);
+  // The OpenAI-compatible HTTP API, streamed.
+  auto [http_out, http_rc] = RunCommand({g_moemesh, "bench", "serve", "--backend", "openai", "--target",
+                                         mesh.http_address(), "--concurrency", "3", "--num-prompts", "6",
+                                         "--input-len", "10", "--output-len", "7", "--output", "json"});
+  ASSERT_EQ(http_rc, 0) << http_out;
+  nlohmann::json http = nlohmann::json::parse(http_out, nullptr, false);
+  ASSERT_FALSE(http.is_discarded()) << http_out;
+  EXPECT_EQ(http["results"][0]["completed"], 6);
+  EXPECT_EQ(http["results"][0]["output_tokens"], 42);
+  EXPECT_EQ(http["results"][0]["prompt_tokens"], 60);
+  EXPECT_GT(http["results"][0]["ttft_ms"]["p50"].get<double>(), 0);
   // Bad input.
   const auto t0 = std::chrono::steady_clock::now();
   auto [gone, gone_rc] = RunCommand({g_moemesh, "bench", "serve", "--target", "127.0.0.1:1", "--concurrency", "2",

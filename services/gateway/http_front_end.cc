@@ -313,7 +313,8 @@ absl::StatusOr<std::unique_ptr<HttpFrontEnd>> HttpFrontEnd::Start(const Options&
   });
   http.Get("/v1/models", [info, started](const httplib::Request&, httplib::Response& res) {
     Json model = {{"id", info.name()},       {"object", "model"},   {"created", started},
-                  {"owned_by", "moemesh"},   {"root", info.name()}, {"max_model_len", info.context_length()}};
+                  {"owned_by", "moemesh"},   {"root", info.name()}, {"max_model_len", info.context_length()},
+                  {"vocab_size", info.vocab_size()}};
     res.set_content(Json({{"object", "list"}, {"data", Json::array({model})}}).dump(-1, ' ', false,
                                                                                   Json::error_handler_t::replace),
                     "application/json");

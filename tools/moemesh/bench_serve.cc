@@ -5,12 +5,16 @@
 #include <chrono>
 #include <condition_variable>
 #include <fstream>
+#include <functional>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <thread>
 
 #include <grpcpp/grpcpp.h>
+#include <httplib.h>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "moemesh/v1/gateway.grpc.pb.h"
@@ -26,9 +30,12 @@ using Clock = std::chrono::steady_clock;
 
 double Since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// Sends one prompt and records what came back.
-RequestRecord RunOne(v1::Gateway::Stub* gateway, const BenchServeOptions& o, const std::string& model,
-                     const BenchPrompt& p) {
+// One request sent, and what came back.
+using Send = std::function<RequestRecord(const BenchPrompt&)>;
+
+// Over the gRPC API: a response per token chunk.
+RequestRecord SendGrpc(v1::Gateway::Stub* gateway, const BenchServeOptions& o, const std::string& model,
+                       const BenchPrompt& p) {
   v1::GenerateRequest r;
   r.set_model(model);
   if (p.ids.empty()) {
@@ -58,12 +65,89 @@ RequestRecord RunOne(v1::Gateway::Stub* gateway, const BenchServeOptions& o, con
   return rec;
 }
 
+// The gRPC code of an HTTP status, for errors by status.
+int CodeOfHttp(int status) {
+  switch (status) {
+    case 400: return static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT);
+    case 401: return static_cast<int>(grpc::StatusCode::UNAUTHENTICATED);
+    case 403: return static_cast<int>(grpc::StatusCode::PERMISSION_DENIED);
+    case 404: return static_cast<int>(grpc::StatusCode::NOT_FOUND);
+    case 429: return static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED);
+    case 503: return static_cast<int>(grpc::StatusCode::UNAVAILABLE);
+    default: return static_cast<int>(grpc::StatusCode::UNKNOWN);
+  }
+}
+
+// Over the OpenAI-compatible HTTP API: POST /v1/completions, streamed as
+// server-sent events. An event's token count is not on the wire: each
+// counts one, and the last takes what the usage chunk says is left.
+RequestRecord SendOpenAi(const std::string& host, int port, const BenchServeOptions& o, const std::string& model,
+                         const BenchPrompt& p) {
+  nlohmann::json body = {{"model", model},
+                         {"max_tokens", p.output_len},
+                         {"temperature", o.temperature},
+                         {"ignore_eos", o.ignore_eos},
+                         {"stream", true},
+                         {"stream_options", {{"include_usage", true}}}};
+  if (p.ids.empty()) {
+    body["prompt"] = p.text;
+  } else {
+    body["prompt"] = p.ids;
+  }
+  httplib::Client client(host, port);
+  client.set_read_timeout(3600);
+  httplib::Headers headers;
+  if (!o.api_key.empty()) headers.emplace("Authorization", "Bearer " + o.api_key);
+  RequestRecord rec;
+  rec.prompt_tokens = static_cast<int>(p.ids.size());
+  int completion_tokens = -1;
+  std::string pending;
+  Clock::time_point t0;  // set as the request goes
+  httplib::Request req;
+  req.method = "POST";
+  req.path = "/v1/completions";
+  req.headers = headers;
+  req.set_header("Content-Type", "application/json");
+  req.body = body.dump();
+  req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
+    pending.append(data, n);
+    for (size_t eol; (eol = pending.find("\n\n")) != std::string::npos; pending.erase(0, eol + 2)) {
+      const std::string event = pending.substr(0, eol);
+      if (event.rfind("data: ", 0) != 0 || event == "data: [DONE]") continue;
+      nlohmann::json j = nlohmann::json::parse(event.substr(6), nullptr, false);
+      if (j.is_discarded()) continue;
+      if (j.contains("usage") && j["usage"].is_object()) {
+        rec.prompt_tokens = j["usage"].value("prompt_tokens", rec.prompt_tokens);
+        completion_tokens = j["usage"].value("completion_tokens", -1);
+      }
+      if (j.contains("choices") && j["choices"].is_array() && !j["choices"].empty() &&
+          !j["choices"][0].value("text", std::string()).empty()) {
+        rec.chunk_times.push_back(Since(t0));
+        rec.chunk_tokens.push_back(1);
+      }
+    }
+    return true;
+  };
+  httplib::Response res;
+  httplib::Error error = httplib::Error::Success;
+  t0 = Clock::now();
+  const bool sent = client.send(req, res, error);
+  rec.end = Since(t0);
+  if (!sent) {
+    rec.code = static_cast<int>(grpc::StatusCode::UNAVAILABLE);
+  } else if (res.status != 200) {
+    rec.code = CodeOfHttp(res.status);
+  } else if (completion_tokens > 0 && !rec.chunk_tokens.empty()) {
+    rec.chunk_tokens.back() += completion_tokens - rec.output_tokens();
+  }
+  return rec;
+}
+
 // The requests of one load point, their records in sending order.
 class LoadPoint {
  public:
-  LoadPoint(v1::Gateway::Stub* gateway, const BenchServeOptions& o, const std::string& model,
-            const std::vector<BenchPrompt>& prompts)
-      : gateway_(gateway), o_(o), model_(model), prompts_(prompts) {}
+  LoadPoint(Send send, const BenchServeOptions& o, const std::vector<BenchPrompt>& prompts)
+      : send_(std::move(send)), o_(o), prompts_(prompts) {}
 
   // `concurrency` > 0: that many in flight; else Poisson arrivals at `rate`.
   std::vector<RequestRecord> Run(int concurrency, double rate, StatusLine* status, const std::string& name,
@@ -116,7 +200,7 @@ class LoadPoint {
     for (int w = 0; w < workers; ++w) {
       threads.emplace_back([&] {
         for (int i = next++; out == nullptr ? i < count : Wanted(i); i = next++) {
-          RequestRecord r = RunOne(gateway_, o_, model_, PromptFor(i));
+          RequestRecord r = send_(PromptFor(i));
           if (out != nullptr) Record(out, i, std::move(r));
         }
       });
@@ -144,7 +228,7 @@ class LoadPoint {
         ++in_flight;
       }
       threads.emplace_back([&, i] {
-        Record(out, i, RunOne(gateway_, o_, model_, PromptFor(i)));
+        Record(out, i, send_(PromptFor(i)));
         std::lock_guard<std::mutex> lock(mu);
         --in_flight;
         cv.notify_one();
@@ -153,9 +237,8 @@ class LoadPoint {
     for (auto& t : threads) t.join();
   }
 
-  v1::Gateway::Stub* gateway_;
+  Send send_;
   const BenchServeOptions& o_;
-  const std::string& model_;
   const std::vector<BenchPrompt>& prompts_;
   Clock::time_point start_;
   std::mutex mu_;
@@ -256,33 +339,83 @@ absl::StatusOr<std::vector<BenchPrompt>> LoadBenchDataset(const std::string& pat
   return out;
 }
 
-absl::StatusOr<std::vector<BenchSummary>> RunBenchServe(const BenchServeOptions& o, const ProgressOutput& progress) {
-  if (absl::Status st = CheckOptions(o); !st.ok()) return st;
-  auto gateway = v1::Gateway::NewStub(
+namespace {
+
+// The model to load, and how to send it a request, over `o.backend`.
+absl::Status Connect(const BenchServeOptions& o, v1::ModelInfo* model, Send* send,
+                     std::shared_ptr<v1::Gateway::Stub>* stub) {
+  if (o.backend == "openai") {
+    const size_t colon = o.target.rfind(':');
+    int port = 0;
+    if (colon == std::string::npos || !absl::SimpleAtoi(o.target.substr(colon + 1), &port)) {
+      return absl::InvalidArgumentError(absl::StrCat("--target ", o.target, ": expected HOST:PORT"));
+    }
+    const std::string host = o.target.substr(0, colon);
+    httplib::Client client(host, port);
+    client.set_connection_timeout(std::chrono::milliseconds(o.timeout_ms));
+    client.set_read_timeout(std::chrono::milliseconds(o.timeout_ms));
+    httplib::Headers headers;
+    if (!o.api_key.empty()) headers.emplace("Authorization", "Bearer " + o.api_key);
+    auto res = client.Get("/v1/models", headers);
+    if (!res) {
+      return absl::UnavailableError(absl::StrCat("the HTTP API at ", o.target, " did not answer: ",
+                                                 httplib::to_string(res.error())));
+    }
+    if (res->status != 200) {
+      return absl::Status(static_cast<absl::StatusCode>(CodeOfHttp(res->status)),
+                          absl::StrCat("GET /v1/models at ", o.target, ": HTTP ", res->status, " ", res->body));
+    }
+    nlohmann::json j = nlohmann::json::parse(res->body, nullptr, false);
+    if (j.is_discarded() || !j.contains("data") || !j["data"].is_array()) {
+      return absl::InternalError(absl::StrCat("GET /v1/models at ", o.target, " is not a model list"));
+    }
+    for (const auto& m : j["data"]) {
+      if (!o.model.empty() && m.value("id", std::string()) != o.model) continue;
+      model->set_name(m.value("id", std::string()));
+      model->set_context_length(m.value("max_model_len", 0));
+      model->set_vocab_size(m.value("vocab_size", 0));
+      *send = [host, port, &o, name = model->name()](const BenchPrompt& p) {
+        return SendOpenAi(host, port, o, name, p);
+      };
+      return absl::OkStatus();
+    }
+    return absl::NotFoundError(absl::StrCat("the HTTP API serves no model \"", o.model, "\""));
+  }
+  if (o.backend != "grpc") return absl::InvalidArgumentError("--backend must be grpc or openai");
+  *stub = v1::Gateway::NewStub(
       grpc::CreateCustomChannel(o.target, MeshChannelCredentials(), ClientChannelArguments()));
   // The model, and whether the gateway is there at all.
   v1::ListModelsResponse models;
-  {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(o.timeout_ms));
-    ctx.set_wait_for_ready(true);
-    if (!o.api_key.empty()) ctx.AddMetadata("authorization", "Bearer " + o.api_key);
-    grpc::Status st = gateway->ListModels(&ctx, v1::ListModelsRequest(), &models);
-    if (!st.ok()) {
-      return absl::Status(FromGrpcStatus(st).code(),
-                          absl::StrCat("the gateway at ", o.target, " did not answer: ", st.error_message()));
-    }
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(o.timeout_ms));
+  ctx.set_wait_for_ready(true);
+  if (!o.api_key.empty()) ctx.AddMetadata("authorization", "Bearer " + o.api_key);
+  grpc::Status st = (*stub)->ListModels(&ctx, v1::ListModelsRequest(), &models);
+  if (!st.ok()) {
+    return absl::Status(FromGrpcStatus(st).code(),
+                        absl::StrCat("the gateway at ", o.target, " did not answer: ", st.error_message()));
   }
-  const v1::ModelInfo* model = nullptr;
   for (const v1::ModelInfo& m : models.models()) {
-    if (o.model.empty() || m.name() == o.model) {
-      model = &m;
-      break;
-    }
+    if (!o.model.empty() && m.name() != o.model) continue;
+    *model = m;
+    *send = [gateway = stub->get(), &o, name = m.name()](const BenchPrompt& p) {
+      return SendGrpc(gateway, o, name, p);
+    };
+    return absl::OkStatus();
   }
-  if (model == nullptr) return absl::NotFoundError(absl::StrCat("the gateway serves no model \"", o.model, "\""));
+  return absl::NotFoundError(absl::StrCat("the gateway serves no model \"", o.model, "\""));
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<BenchSummary>> RunBenchServe(const BenchServeOptions& o, const ProgressOutput& progress) {
+  if (absl::Status st = CheckOptions(o); !st.ok()) return st;
+  v1::ModelInfo model;
+  Send send;
+  std::shared_ptr<v1::Gateway::Stub> stub;  // the gRPC backend's, alive while `send` is used
+  if (absl::Status st = Connect(o, &model, &send, &stub); !st.ok()) return st;
   absl::StatusOr<std::vector<BenchPrompt>> prompts =
-      o.dataset.empty() ? RandomPrompts(o, *model, o.num_prompts > 0 ? o.num_prompts : 4096)
+      o.dataset.empty() ? RandomPrompts(o, model, o.num_prompts > 0 ? o.num_prompts : 4096)
                         : LoadBenchDataset(o.dataset, o.output_len);
   if (!prompts.ok()) return prompts.status();
   StatusLine status(progress);
@@ -293,7 +426,7 @@ absl::StatusOr<std::vector<BenchSummary>> RunBenchServe(const BenchServeOptions&
     const double rate = o.rates.empty() ? 0 : o.rates[i];
     const std::string name = concurrency > 0 ? absl::StrCat("concurrency ", concurrency)
                                              : absl::StrFormat("rate %g/s", rate);
-    LoadPoint point(gateway.get(), o, model->name(), *prompts);
+    LoadPoint point(send, o, *prompts);
     double seconds = 0;
     std::vector<RequestRecord> records = point.Run(concurrency, rate, &status, name, &seconds);
     out.push_back(Summarize(name, records, seconds));

@@ -15,7 +15,10 @@ namespace moemesh {
 // `moemesh bench serve`: loads a running gateway as `vllm bench serve`
 // does and reports what clients saw (docs/PERFORMANCE.md, "Serving").
 struct BenchServeOptions {
-  std::string target;   // the gateway, HOST:PORT
+  // "grpc": the gateway's gRPC API at `target`; "openai": its
+  // OpenAI-compatible HTTP API (POST /v1/completions, streamed) at `target`.
+  std::string backend = "grpc";
+  std::string target;   // HOST:PORT
   std::string api_key;  // empty: none
   std::string model;    // empty: the gateway's first
   // The load points, run one after the other: each concurrency (that many
@@ -52,7 +55,7 @@ struct BenchPrompt {
 };
 
 // `count` random prompts for `model` (INVALID_ARGUMENT for lengths the
-// model cannot take).
+// model cannot take; FAILED_PRECONDITION without its vocabulary size).
 absl::StatusOr<std::vector<BenchPrompt>> RandomPrompts(const BenchServeOptions& options, const v1::ModelInfo& model,
                                                        size_t count);
 // A dataset's prompts: one JSON object a line, {"prompt": "text"} or

@@ -144,6 +144,9 @@ ABSL_FLAG(int, output_len, 128, "tokens to generate per request (a dataset line'
 ABSL_FLAG(double, range_ratio, 0, "lengths drawn uniformly within +-this fraction of --input-len and --output-len");
 ABSL_FLAG(int, shared_prefix_len, 0, "random ids shared by every prompt before its own (prefix-cache studies)");
 ABSL_FLAG(std::string, result_file, "", "also write the results as JSON to this file");
+ABSL_FLAG(std::string, backend, "grpc",
+          "grpc: the gateway's gRPC API at --target; openai: its OpenAI-compatible HTTP API at --target (the "
+          "gateway's --http-port), POST /v1/completions streamed");
 
 namespace moemesh {
 
@@ -305,7 +308,8 @@ const std::vector<Command>& CliCommands() {
          "the time per output token after the first (TPOT) and the request's time (E2E); --output json prints "
          "them as JSON. A status line shows progress on a terminal.",
          {{"load",
-           {target,
+           {{"target", "the gateway, HOST:PORT: its gRPC port, or its HTTP port with --backend openai (required)"},
+            {"backend"},
             {"concurrency"},
             {"request_rate"},
             {"max_concurrency"},
@@ -510,6 +514,7 @@ absl::StatusOr<std::vector<T>> ParseList(const std::string& flag, const std::str
 
 int BenchServeMain() {
   BenchServeOptions o;
+  o.backend = absl::GetFlag(FLAGS_backend);
   o.target = absl::GetFlag(FLAGS_target);
   o.api_key = absl::GetFlag(FLAGS_api_key);
   if (o.api_key.empty() && std::getenv("MOEMESH_API_KEY") != nullptr) o.api_key = std::getenv("MOEMESH_API_KEY");
