@@ -1,26 +1,55 @@
 #include "core/common/file_util.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 
 namespace moemesh {
 
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    int err = errno;
+absl::StatusOr<int> OpenRegularFile(const std::string& path, size_t* size) {
+  // Non-blocking, so that opening a FIFO does not wait for a writer.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    const int err = errno;
     std::string msg = absl::StrCat("cannot open ", path, ": ", std::strerror(err));
     return err == ENOENT ? absl::NotFoundError(msg) : absl::PermissionDeniedError(msg);
   }
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) return absl::DataLossError(absl::StrCat("error reading ", path));
-  return ss.str();
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, " is not a regular file (a directory, device or FIFO, or a link to one): refused"));
+  }
+  *size = static_cast<size_t>(st.st_size);
+  return fd;
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  size_t size = 0;
+  absl::StatusOr<int> fd = OpenRegularFile(path, &size);
+  if (!fd.ok()) return fd.status();
+  std::string out;
+  out.reserve(size);
+  char buf[1 << 16];
+  for (;;) {  // to the end, not to st_size: /proc's files say 0
+    const ssize_t n = ::read(*fd, buf, sizeof buf);
+    if (n == 0) break;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      ::close(*fd);
+      return absl::DataLossError(absl::StrCat("error reading ", path, ": ", std::strerror(errno)));
+    }
+    out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(*fd);
+  return out;
 }
 
 absl::Status WriteFileAtomically(const std::string& path, absl::string_view data) {

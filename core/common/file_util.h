@@ -8,8 +8,15 @@
 
 namespace moemesh {
 
-// Reads a whole file. NOT_FOUND when it does not exist; the message names it.
+// Reads a whole file. NOT_FOUND when it does not exist; the message names
+// it. Links are followed (Hugging Face's cache is made of them), but what
+// they lead to must be a regular file: a directory, device or FIFO (which
+// would never end, or block) is FAILED_PRECONDITION.
 absl::StatusOr<std::string> ReadFile(const std::string& path);
+
+// Opens `path` for reading (O_CLOEXEC) only if it is a regular file, as
+// ReadFile does; the descriptor is the caller's. *size gets its size.
+absl::StatusOr<int> OpenRegularFile(const std::string& path, size_t* size);
 
 // Writes `data` to `path` through a temporary file and a rename, so readers
 // never see a partial file.

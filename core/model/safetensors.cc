@@ -41,18 +41,8 @@ SafetensorsFile::~SafetensorsFile() {
 }
 
 absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    int err = errno;
-    std::string msg = absl::StrCat("cannot open ", path, ": ", std::strerror(err));
-    return err == ENOENT ? absl::NotFoundError(msg) : absl::PermissionDeniedError(msg);
-  }
-  struct stat st;
-  if (fstat(fd, &st) != 0) {
-    ::close(fd);
-    return absl::InternalError(absl::StrCat("cannot stat ", path));
-  }
-  size_t size = static_cast<size_t>(st.st_size);
+  size_t size = 0;
+  MM_ASSIGN_OR_RETURN(const int fd, OpenRegularFile(path, &size));
   std::unique_ptr<SafetensorsFile> f(new SafetensorsFile);
   f->path_ = path;
   if (size < 8) {

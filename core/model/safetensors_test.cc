@@ -1,6 +1,9 @@
 #include "core/model/safetensors.h"
 
+#include <sys/stat.h>
+
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 
 #include "core/common/file_util.h"
@@ -113,6 +116,36 @@ TEST(CheckpointTest, MissingWeightsAndShards) {
   auto c = Checkpoint::Open(dir);
   EXPECT_EQ(c.status().code(), absl::StatusCode::kNotFound);
   EXPECT_NE(c.status().message().find("model-00001-of-00002.safetensors"), std::string::npos);
+}
+
+// A weights file that links to a FIFO, a device or a directory is refused
+// at once (no hang, no endless read); one that links to a regular file, as
+// in Hugging Face's cache, is read; and a shard name cannot leave the
+// model's directory.
+TEST(CheckpointTest, WeightsMustBeRegularFilesInTheModelDirectory) {
+  const std::string dir = TempPath("linked_model");
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir + "/blobs");
+  std::filesystem::create_directories(dir + "/snapshot");
+  std::filesystem::copy_file("tests/fixtures/mixtral/model.safetensors", dir + "/blobs/abc");
+  std::filesystem::create_symlink("../blobs/abc", dir + "/snapshot/model.safetensors");
+  auto linked = Checkpoint::Open(dir + "/snapshot");
+  EXPECT_TRUE(linked.ok()) << linked.status();
+  for (const std::string& target : {std::string("/dev/zero"), dir + "/fifo", dir + "/blobs"}) {
+    if (target == dir + "/fifo") ASSERT_EQ(mkfifo(target.c_str(), 0600), 0);
+    const std::string model = dir + "/bad";
+    std::filesystem::remove_all(model);
+    std::filesystem::create_directories(model);
+    std::filesystem::create_symlink(target, model + "/model.safetensors");
+    auto c = Checkpoint::Open(model);
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kFailedPrecondition) << target << ": " << c.status();
+  }
+  const std::string escaping = dir + "/escaping";
+  std::filesystem::create_directories(escaping);
+  ASSERT_TRUE(WriteFileAtomically(escaping + "/model.safetensors.index.json",
+                                  R"({"weight_map": {"a": "../blobs/abc"}})")
+                  .ok());
+  EXPECT_EQ(Checkpoint::Open(escaping).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
