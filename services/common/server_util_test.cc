@@ -11,6 +11,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "gtest/gtest.h"
+#include "moemesh/v1/gateway.grpc.pb.h"
 
 namespace moemesh {
 namespace {
@@ -76,6 +77,34 @@ TEST_F(ServerLimitsTest, IdleConnectionsAreClosed) {
   }
   EXPECT_EQ(state, GRPC_CHANNEL_IDLE) << "the server closed the idle connection";
   EXPECT_TRUE(Check(0, /*wait_for_ready=*/true).ok()) << "and a new call connects again";
+}
+
+// A request protobuf cannot parse (proto3 refuses a string field that is
+// not UTF-8) is INVALID_ARGUMENT saying so, not gRPC's INTERNAL with an
+// empty message; a valid one reaches its handler.
+TEST(ParseErrorTest, InvalidUtf8IsInvalidArgumentSayingSo) {
+  v1::Gateway::Service bare;  // every method UNIMPLEMENTED: only parsing is tested
+  int port = 0;
+  std::unique_ptr<grpc::Server> server = StartServer("127.0.0.1:0", {&bare}, &port);
+  ASSERT_NE(server, nullptr);
+  grpc::GenericStub stub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+  auto call = [&stub](const std::string& bytes) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    grpc::Slice slice(bytes);
+    grpc::ByteBuffer in(&slice, 1), out;
+    std::promise<grpc::Status> done;
+    stub.UnaryCall(&ctx, "/moemesh.v1.Gateway/Tokenize", grpc::StubOptions(), &in, &out,
+                   [&done](grpc::Status st) { done.set_value(st); });
+    return done.get_future().get();
+  };
+  // TokenizeRequest.text (field 2) = "\xff\xfe".
+  const grpc::Status bad = call(std::string("\x12\x02\xff\xfe", 4));
+  EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << bad.error_message();
+  EXPECT_NE(bad.error_message().find("UTF-8"), std::string::npos) << bad.error_message();
+  EXPECT_NE(bad.error_message().find("/moemesh.v1.Gateway/Tokenize"), std::string::npos) << bad.error_message();
+  EXPECT_EQ(call(std::string("\x12\x02hi", 4)).error_code(), grpc::StatusCode::UNIMPLEMENTED) << "a valid request";
+  server->Shutdown(std::chrono::system_clock::now());
 }
 
 }  // namespace
