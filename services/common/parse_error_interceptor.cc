@@ -12,7 +12,8 @@ using grpc::experimental::InterceptionHookPoints;
 
 class ParseErrorInterceptor : public grpc::experimental::Interceptor {
  public:
-  explicit ParseErrorInterceptor(const char* method) : method_(method) {}
+  ParseErrorInterceptor(const char* method, const std::function<void(const std::string&)>* on_unparsed)
+      : method_(method), on_unparsed_(on_unparsed) {}
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     // The handler's request arrives parsed, or (unparsable) as null.
@@ -22,6 +23,7 @@ class ParseErrorInterceptor : public grpc::experimental::Interceptor {
     }
     if (unparsed_ && methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS) &&
         methods->GetSendStatus().error_code() == grpc::StatusCode::INTERNAL) {
+      if (*on_unparsed_) (*on_unparsed_)(method_);
       methods->ModifySendStatus(grpc::Status(
           grpc::StatusCode::INVALID_ARGUMENT,
           "the request is not a valid message of " + method_ +
@@ -33,11 +35,14 @@ class ParseErrorInterceptor : public grpc::experimental::Interceptor {
 
  private:
   const std::string method_;
+  const std::function<void(const std::string&)>* on_unparsed_;  // the factory's
   bool unparsed_ = false;
 };
 
 class Factory : public grpc::experimental::ServerInterceptorFactoryInterface {
  public:
+  explicit Factory(std::function<void(const std::string&)> on_unparsed) : on_unparsed_(std::move(on_unparsed)) {}
+
   grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override {
     // Streams of requests end with a null message too: only calls of one.
     const auto type = info->type();
@@ -45,14 +50,18 @@ class Factory : public grpc::experimental::ServerInterceptorFactoryInterface {
         type != grpc::experimental::ServerRpcInfo::Type::SERVER_STREAMING) {
       return nullptr;
     }
-    return new ParseErrorInterceptor(info->method());
+    return new ParseErrorInterceptor(info->method(), &on_unparsed_);
   }
+
+ private:
+  const std::function<void(const std::string&)> on_unparsed_;
 };
 
 }  // namespace
 
-std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> NewParseErrorInterceptorFactory() {
-  return std::make_unique<Factory>();
+std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> NewParseErrorInterceptorFactory(
+    std::function<void(const std::string& method)> on_unparsed) {
+  return std::make_unique<Factory>(std::move(on_unparsed));
 }
 
 }  // namespace moemesh

@@ -1,7 +1,9 @@
 #ifndef MOEMESH_SERVICES_COMMON_PARSE_ERROR_INTERCEPTOR_H_
 #define MOEMESH_SERVICES_COMMON_PARSE_ERROR_INTERCEPTOR_H_
 
+#include <functional>
 #include <memory>
+#include <string>
 
 namespace grpc::experimental {
 class ServerInterceptorFactoryInterface;
@@ -14,8 +16,10 @@ namespace moemesh {
 // bytes that are not the message at all) ends, by gRPC's own doing, with
 // INTERNAL and an empty message. This server interceptor answers such a
 // call of one request message (unary or server streaming) with
-// INVALID_ARGUMENT saying what to fix instead. StartServer installs it.
-std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> NewParseErrorInterceptorFactory();
+// INVALID_ARGUMENT saying what to fix instead, and tells `on_unparsed`
+// (when set) the method. StartServer installs it.
+std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> NewParseErrorInterceptorFactory(
+    std::function<void(const std::string& method)> on_unparsed = nullptr);
 
 }  // namespace moemesh
 

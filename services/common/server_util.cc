@@ -49,7 +49,7 @@ std::unique_ptr<grpc::Server> StartServer(const std::string& address, const std:
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, limits.min_ping_interval_ms);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
-  interceptors.push_back(NewParseErrorInterceptorFactory());
+  interceptors.push_back(NewParseErrorInterceptorFactory(limits.on_unparsed));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   for (grpc::Service* s : services) builder.RegisterService(s);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();

@@ -1,6 +1,7 @@
 #ifndef MOEMESH_SERVICES_COMMON_SERVER_UTIL_H_
 #define MOEMESH_SERVICES_COMMON_SERVER_UTIL_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,6 +28,9 @@ struct ServerLimits {
   // Keepalive enforcement: a client may ping at most this often when no
   // call is running; two pings too soon and the connection is closed.
   int min_ping_interval_ms = 10000;
+  // Called with the method of each request that could not be parsed (it is
+  // answered INVALID_ARGUMENT: parse_error_interceptor.h); may be empty.
+  std::function<void(const std::string& method)> on_unparsed;
 };
 
 // Builds and starts a server on `address` ("host:port", port 0 picks a free

@@ -6,6 +6,7 @@
 #include <future>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
@@ -85,7 +86,10 @@ TEST_F(ServerLimitsTest, IdleConnectionsAreClosed) {
 TEST(ParseErrorTest, InvalidUtf8IsInvalidArgumentSayingSo) {
   v1::Gateway::Service bare;  // every method UNIMPLEMENTED: only parsing is tested
   int port = 0;
-  std::unique_ptr<grpc::Server> server = StartServer("127.0.0.1:0", {&bare}, &port);
+  std::vector<std::string> unparsed;  // told of each
+  ServerLimits limits;
+  limits.on_unparsed = [&unparsed](const std::string& method) { unparsed.push_back(method); };
+  std::unique_ptr<grpc::Server> server = StartServer("127.0.0.1:0", {&bare}, &port, limits);
   ASSERT_NE(server, nullptr);
   grpc::GenericStub stub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
   auto call = [&stub](const std::string& bytes) {
@@ -104,6 +108,7 @@ TEST(ParseErrorTest, InvalidUtf8IsInvalidArgumentSayingSo) {
   EXPECT_NE(bad.error_message().find("UTF-8"), std::string::npos) << bad.error_message();
   EXPECT_NE(bad.error_message().find("/moemesh.v1.Gateway/Tokenize"), std::string::npos) << bad.error_message();
   EXPECT_EQ(call(std::string("\x12\x02hi", 4)).error_code(), grpc::StatusCode::UNIMPLEMENTED) << "a valid request";
+  EXPECT_EQ(unparsed, std::vector<std::string>{"/moemesh.v1.Gateway/Tokenize"});
   server->Shutdown(std::chrono::system_clock::now());
 }
 

@@ -182,6 +182,7 @@ int ServiceMain::Serve(const std::vector<grpc::Service*>& services, std::shared_
   limits.max_streams_per_connection = absl::GetFlag(FLAGS_max_streams_per_connection);
   limits.max_connection_idle_ms = absl::GetFlag(FLAGS_max_connection_idle_s) * 1000;
   limits.min_ping_interval_ms = absl::GetFlag(FLAGS_min_ping_interval_s) * 1000;
+  limits.on_unparsed = on_unparsed_;
   if (limits.max_metadata_bytes < 1024 || limits.max_streams_per_connection < 1 || limits.max_connection_idle_ms < 0 ||
       limits.min_ping_interval_ms < 0) {
     return Fail("--max-metadata-kb must be >= 1, --max-streams-per-connection >= 1, --max-connection-idle-s and "

@@ -74,6 +74,9 @@ class ServiceMain {
   // out the deadline for clients that merely keep an idle connection open).
   // Returns main's exit code: 0, or 1 (after Fail) when a port cannot be
   // bound.
+  // Told of each request that could not be parsed (ServerLimits::on_unparsed).
+  void set_on_unparsed(std::function<void(const std::string& method)> f) { on_unparsed_ = std::move(f); }
+
   int Serve(const std::vector<grpc::Service*>& services, std::shared_ptr<prometheus::Registry> registry,
             const std::function<int()>& in_flight,
             const std::function<std::shared_ptr<prometheus::Collectable>()>& more_metrics = nullptr) const;
@@ -86,6 +89,7 @@ class ServiceMain {
   int max_message_mb_ = 0;
   int default_max_message_bytes_ = 512 << 20;  // kMaxMessageBytes (server_util.h)
   std::vector<std::string> service_names_;
+  std::function<void(const std::string&)> on_unparsed_;
 };
 
 }  // namespace moemesh

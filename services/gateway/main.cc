@@ -179,6 +179,11 @@ int Main(int argc, char** argv) {
   }
   service_main.set_service_names(
       {v1::Gateway::service_full_name(), inference::GRPCInferenceService::service_full_name()});
+  // A request that cannot be parsed never reaches the gateway's logic: count it here.
+  service_main.set_on_unparsed([&metrics](const std::string&) {
+    metrics.CountRejected("INVALID_ARGUMENT");
+    metrics.CountStatus("INVALID_ARGUMENT");
+  });
   return service_main.Serve({&service, &oip}, registry, [&] { return gateway.in_flight(); });
 }
 
