@@ -146,8 +146,11 @@ RequestRecord SendOpenAi(const std::string& host, int port, const BenchServeOpti
 // The requests of one load point, their records in sending order.
 class LoadPoint {
  public:
-  LoadPoint(Send send, const BenchServeOptions& o, const std::vector<BenchPrompt>& prompts)
-      : send_(std::move(send)), o_(o), prompts_(prompts) {}
+  // The warm-up sends warmup_prompts (so that what it caches is not what
+  // the clock then measures), the load point `prompts`, in turn.
+  LoadPoint(Send send, const BenchServeOptions& o, const std::vector<BenchPrompt>& prompts,
+            const std::vector<BenchPrompt>& warmup_prompts)
+      : send_(std::move(send)), o_(o), prompts_(prompts), warmup_prompts_(warmup_prompts) {}
 
   // `concurrency` > 0: that many in flight; else Poisson arrivals at `rate`.
   std::vector<RequestRecord> Run(int concurrency, double rate, StatusLine* status, const std::string& name,
@@ -200,8 +203,11 @@ class LoadPoint {
     for (int w = 0; w < workers; ++w) {
       threads.emplace_back([&] {
         for (int i = next++; out == nullptr ? i < count : Wanted(i); i = next++) {
-          RequestRecord r = send_(PromptFor(i));
-          if (out != nullptr) Record(out, i, std::move(r));
+          if (out == nullptr) {
+            send_(warmup_prompts_[static_cast<size_t>(i) % warmup_prompts_.size()]);
+            continue;
+          }
+          Record(out, i, send_(PromptFor(i)));
         }
       });
     }
@@ -240,6 +246,7 @@ class LoadPoint {
   Send send_;
   const BenchServeOptions& o_;
   const std::vector<BenchPrompt>& prompts_;
+  const std::vector<BenchPrompt>& warmup_prompts_;
   Clock::time_point start_;
   std::mutex mu_;
   std::atomic<int> finished_{0};
@@ -278,7 +285,7 @@ absl::Status CheckOptions(const BenchServeOptions& o) {
 }  // namespace
 
 absl::StatusOr<std::vector<BenchPrompt>> RandomPrompts(const BenchServeOptions& o, const v1::ModelInfo& model,
-                                                       size_t count) {
+                                                       size_t count, uint64_t stream) {
   const int longest_in = o.shared_prefix_len + static_cast<int>(o.input_len * (1 + o.range_ratio));
   const int longest_out = static_cast<int>(o.output_len * (1 + o.range_ratio));
   if (model.context_length() > 0 && longest_in + longest_out > model.context_length()) {
@@ -287,10 +294,10 @@ absl::StatusOr<std::vector<BenchPrompt>> RandomPrompts(const BenchServeOptions& 
                                                    model.context_length()));
   }
   if (model.vocab_size() < 2) return absl::FailedPreconditionError("the gateway reports no vocabulary size");
-  std::mt19937_64 rng(o.seed);
+  std::mt19937_64 prefix_rng(o.seed), rng(o.seed + 0x9e3779b97f4a7c15ULL * (stream + 1));
   std::uniform_int_distribution<int> id(1, model.vocab_size() - 1);
   std::vector<int> prefix(o.shared_prefix_len);
-  for (int& t : prefix) t = id(rng);
+  for (int& t : prefix) t = id(prefix_rng);
   std::vector<BenchPrompt> out(count);
   for (BenchPrompt& p : out) {
     p.ids = prefix;
@@ -414,10 +421,12 @@ absl::StatusOr<std::vector<BenchSummary>> RunBenchServe(const BenchServeOptions&
   Send send;
   std::shared_ptr<v1::Gateway::Stub> stub;  // the gRPC backend's, alive while `send` is used
   if (absl::Status st = Connect(o, &model, &send, &stub); !st.ok()) return st;
-  absl::StatusOr<std::vector<BenchPrompt>> prompts =
-      o.dataset.empty() ? RandomPrompts(o, model, o.num_prompts > 0 ? o.num_prompts : 4096)
-                        : LoadBenchDataset(o.dataset, o.output_len);
-  if (!prompts.ok()) return prompts.status();
+  std::vector<BenchPrompt> dataset;
+  if (!o.dataset.empty()) {
+    absl::StatusOr<std::vector<BenchPrompt>> lines = LoadBenchDataset(o.dataset, o.output_len);
+    if (!lines.ok()) return lines.status();
+    dataset = std::move(*lines);
+  }
   StatusLine status(progress);
   std::vector<BenchSummary> out;
   const size_t points = std::max(o.concurrency.size(), o.rates.size());
@@ -426,7 +435,19 @@ absl::StatusOr<std::vector<BenchSummary>> RunBenchServe(const BenchServeOptions&
     const double rate = o.rates.empty() ? 0 : o.rates[i];
     const std::string name = concurrency > 0 ? absl::StrCat("concurrency ", concurrency)
                                              : absl::StrFormat("rate %g/s", rate);
-    LoadPoint point(send, o, *prompts);
+    // Random prompts of their own for each load point and for its warm-up,
+    // so that no point is served from blocks an earlier one cached (the
+    // shared prefix, when asked for, is shared by all); a dataset's lines
+    // are the same for every point.
+    std::vector<BenchPrompt> prompts = dataset, warmup = dataset;
+    if (dataset.empty()) {
+      const size_t count = o.num_prompts > 0 ? o.num_prompts : 4096;
+      absl::StatusOr<std::vector<BenchPrompt>> drawn = RandomPrompts(o, model, count + std::max(o.warmup, 1), i);
+      if (!drawn.ok()) return drawn.status();
+      prompts.assign(drawn->begin(), drawn->begin() + count);
+      warmup.assign(drawn->begin() + count, drawn->end());
+    }
+    LoadPoint point(send, o, prompts, warmup);
     double seconds = 0;
     std::vector<RequestRecord> records = point.Run(concurrency, rate, &status, name, &seconds);
     out.push_back(Summarize(name, records, seconds));

@@ -55,9 +55,11 @@ struct BenchPrompt {
 };
 
 // `count` random prompts for `model` (INVALID_ARGUMENT for lengths the
-// model cannot take; FAILED_PRECONDITION without its vocabulary size).
+// model cannot take; FAILED_PRECONDITION without its vocabulary size):
+// the shared prefix drawn from options.seed, the rest from it and
+// `stream`, so that each load point gets prompts of its own.
 absl::StatusOr<std::vector<BenchPrompt>> RandomPrompts(const BenchServeOptions& options, const v1::ModelInfo& model,
-                                                       size_t count);
+                                                       size_t count, uint64_t stream = 0);
 // A dataset's prompts: one JSON object a line, {"prompt": "text"} or
 // {"ids": [...]}, with "output_len" (else `output_len`). INVALID_ARGUMENT
 // naming the line for one that is not.
