@@ -91,10 +91,16 @@ v1::GenerateRequest TextRequest(const std::string& text, int max_tokens) {
   return r;
 }
 
-// Waits up to 5 s for the router to hold no request.
+// Waits up to 5 s for the router to run nothing and hold no KV block (the
+// two are published together, but a cancelled request may take a step to
+// leave and release).
 void WaitUntilIdle(LocalRouter& router) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (router.Status().running_requests() != 0 && std::chrono::steady_clock::now() < deadline) {
+  auto busy = [&router] {
+    const v1::RouterStatus s = router.Status();
+    return s.running_requests() != 0 || s.kv_cache_blocks_used() != 0;
+  };
+  while (busy() && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
 }
