@@ -601,7 +601,9 @@ TEST(MeshFaultTest, ASlowReplicaIsEjectedAndP99StaysWithinTwiceUndisturbed) {
   std::printf("slow replica: P99 %.3f s against %.3f s undisturbed; %.0f of %.0f calls sent again\n", slowed, base,
               retries, calls);
   for (Started* s : {&disturbed, &undisturbed, &slow, &fast}) {
-    if (s->process) EXPECT_EQ(s->process->Stop(absl::Seconds(20)), 0);
+    if (s->process) {
+      EXPECT_EQ(s->process->Stop(absl::Seconds(20)), 0);
+    }
   }
 }
 

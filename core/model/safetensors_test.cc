@@ -132,7 +132,9 @@ TEST(CheckpointTest, WeightsMustBeRegularFilesInTheModelDirectory) {
   auto linked = Checkpoint::Open(dir + "/snapshot");
   EXPECT_TRUE(linked.ok()) << linked.status();
   for (const std::string& target : {std::string("/dev/zero"), dir + "/fifo", dir + "/blobs"}) {
-    if (target == dir + "/fifo") ASSERT_EQ(mkfifo(target.c_str(), 0600), 0);
+    if (target == dir + "/fifo") {
+      ASSERT_EQ(mkfifo(target.c_str(), 0600), 0);
+    }
     const std::string model = dir + "/bad";
     std::filesystem::remove_all(model);
     std::filesystem::create_directories(model);
