@@ -29,7 +29,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "absl/strings/ascii.h"
 #include "core/common/file_util.h"
 #include "core/common/subprocess.h"
 #include "core/metrics/http_get.h"
@@ -61,6 +60,24 @@ std::pair<std::string, int> RunCommand(const std::vector<std::string>& argv) {
 
 // A mesh started by `moemesh up`, stopped (and checked to stop cleanly) at
 // the end of the test.
+// A metric on a /metrics page (HOST:PORT), summed over its label sets; -1
+// when the page cannot be read or does not have it.
+double Scrape(const std::string& hostport, const std::string& name) {
+  absl::StatusOr<std::string> body =
+      HttpGet(hostport.substr(0, hostport.rfind(':')), std::stoi(hostport.substr(hostport.rfind(':') + 1)), "/metrics");
+  if (!body.ok()) return -1;
+  double sum = -1;
+  for (absl::string_view line : absl::StrSplit(*body, '\n')) {
+    if (!absl::StartsWith(line, name) || line.size() == name.size() ||
+        (line[name.size()] != ' ' && line[name.size()] != '{')) {
+      continue;
+    }
+    double v = 0;
+    if (absl::SimpleAtod(line.substr(line.rfind(' ') + 1), &v)) sum = std::max(sum, 0.0) + v;
+  }
+  return sum;
+}
+
 class Mesh {
  public:
   Mesh(const std::string& model, int shards, int replicas, int routers, const std::vector<std::string>& extra = {}) {
@@ -83,6 +100,10 @@ class Mesh {
         http_address_ = line.substr(line.find("http://") + 7);
         http_address_ = http_address_.substr(0, http_address_.find('/'));
       }
+      if (absl::StartsWith(line, "  metrics of gateway at http://")) {
+        gateway_metrics_ = line.substr(line.find("http://") + 7);
+        gateway_metrics_ = gateway_metrics_.substr(0, gateway_metrics_.find('/'));
+      }
       if (absl::StartsWith(line, "  metrics of router ") || absl::StartsWith(line, "  metrics of kvcache")) {
         std::string url = line.substr(line.find("http://") + 7);
         (absl::StartsWith(line, "  metrics of router ") ? router_metrics_ : kvcache_metrics_)
@@ -100,8 +121,6 @@ class Mesh {
             grpc::CreateCustomChannel(w[3], grpc::InsecureChannelCredentials(), ClientChannelArguments())));
       } else if (w[0] == "expert") {
         expert_pids_[{std::stoi(w[2]), std::stoi(w[4])}] = pid;
-      } else if (w[0] == "gateway") {
-        gateway_pid_ = pid;
       }
       if (pid > 0) pids_.push_back(pid);
     }
@@ -119,10 +138,9 @@ class Mesh {
   int expert_pid(int shard, int replica) { return expert_pids_[{shard, replica}]; }
   const std::vector<std::string>& router_addresses() const { return router_addresses_; }
   int router_pid(int i) const { return router_pids_[i]; }
-  int gateway_pid() const { return gateway_pid_; }
   const std::string& kvcache_address() const { return kvcache_address_; }
   const std::string& http_address() const { return http_address_; }  // HOST:PORT, with --http-port
-  // A counter's value on router i's /metrics, or -1.
+  // A metric on router i's /metrics, or -1.
   double RouterCounter(int i, const std::string& name) { return Metric(router_metrics_[i], name); }
   // A metric summed over the kvcache service's replicas.
   double KvcacheMetric(const std::string& name) {
@@ -130,19 +148,9 @@ class Mesh {
     for (const std::string& hp : kvcache_metrics_) sum += Metric(hp, name);
     return sum;
   }
-  double Metric(const std::string& hp, const std::string& name) {
-    absl::StatusOr<std::string> body = HttpGet(hp.substr(0, hp.rfind(':')), std::stoi(hp.substr(hp.rfind(':') + 1)),
-                                               "/metrics");
-    if (!body.ok()) return -1;
-    for (absl::string_view line : absl::StrSplit(*body, '\n')) {
-      if (absl::StartsWith(line, name + " ")) {
-        double v = -1;
-        (void)absl::SimpleAtod(line.substr(name.size() + 1), &v);
-        return v;
-      }
-    }
-    return -1;
-  }
+  double Metric(const std::string& hp, const std::string& name) { return Scrape(hp, name); }
+  // A metric of the gateway's, or -1.
+  double GatewayMetric(const std::string& name) { return Scrape(gateway_metrics_, name); }
 
   v1::RouterStatus RouterStatus(int i) {
     grpc::ClientContext ctx;
@@ -163,22 +171,10 @@ class Mesh {
   std::string kvcache_address_;
   std::string http_address_;
   std::map<std::pair<int, int>, int> expert_pids_;
-  int gateway_pid_ = 0;
+  std::string gateway_metrics_;  // HOST:PORT of the gateway's /metrics
   std::vector<int> pids_;
 };
 
-// A process's resident memory in MiB (VmRSS), or -1.
-double RssMib(int pid) {
-  absl::StatusOr<std::string> status = ReadFile(absl::StrCat("/proc/", pid, "/status"));
-  if (!status.ok()) return -1;
-  for (absl::string_view line : absl::StrSplit(*status, '\n')) {
-    if (!absl::StartsWith(line, "VmRSS:")) continue;
-    double kb = -1;
-    (void)absl::SimpleAtod(absl::StripSuffix(absl::StripAsciiWhitespace(line.substr(6)), " kB"), &kb);
-    return kb / 1024;
-  }
-  return -1;
-}
 
 struct Answer {
   grpc::Status status;
@@ -470,7 +466,9 @@ TEST(MeshDemoModelTest, ThreeTimesOverloadIsRefusedFastAndTheAdmittedComplete) {
     });
   }
   std::this_thread::sleep_for(std::chrono::seconds(5));
-  const double router_rss = RssMib(mesh.router_pid(0)), gateway_rss = RssMib(mesh.gateway_pid());
+  // Resident memory, as each service exports it.
+  const std::string rss = "process_resident_memory_bytes";
+  const double router_rss = mesh.RouterCounter(0, rss), gateway_rss = mesh.GatewayMetric(rss);
   for (auto& t : clients) t.join();
   EXPECT_TRUE(other.empty()) << "failures other than RESOURCE_EXHAUSTED, first code " << other.begin()->first;
   EXPECT_GT(completed, 0);
@@ -482,8 +480,8 @@ TEST(MeshDemoModelTest, ThreeTimesOverloadIsRefusedFastAndTheAdmittedComplete) {
               refused_ms[refused_ms.size() / 2], p99);
   ASSERT_GT(router_rss, 0);
   ASSERT_GT(gateway_rss, 0);
-  EXPECT_LT(RssMib(mesh.router_pid(0)), router_rss + 32) << "the router grew under overload";
-  EXPECT_LT(RssMib(mesh.gateway_pid()), gateway_rss + 32) << "the gateway grew under overload";
+  EXPECT_LT(mesh.RouterCounter(0, rss), router_rss + (32 << 20)) << "the router grew under overload";
+  EXPECT_LT(mesh.GatewayMetric(rss), gateway_rss + (32 << 20)) << "the gateway grew under overload";
   v1::RouterStatus s = mesh.RouterStatus(0);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while ((s.running_requests() || s.waiting_requests()) && std::chrono::steady_clock::now() < deadline) {
@@ -512,24 +510,6 @@ Started StartService(const std::vector<std::string>& argv) {
   (*p)->ForwardOutput(2);
   s.process = std::move(*p);
   return s;
-}
-
-// A value on a /metrics page (HOST:PORT), summed over its label sets; -1
-// when the page cannot be read.
-double ScrapeSum(const std::string& hostport, const std::string& name) {
-  absl::StatusOr<std::string> body =
-      HttpGet(hostport.substr(0, hostport.rfind(':')), std::stoi(hostport.substr(hostport.rfind(':') + 1)), "/metrics");
-  if (!body.ok()) return -1;
-  double sum = 0;
-  for (absl::string_view line : absl::StrSplit(*body, '\n')) {
-    if (!absl::StartsWith(line, name) || (line.size() > name.size() && line[name.size()] != ' ' &&
-                                          line[name.size()] != '{')) {
-      continue;
-    }
-    double v = 0;
-    if (absl::SimpleAtod(line.substr(line.rfind(' ') + 1), &v)) sum += v;
-  }
-  return sum;
 }
 
 // One stream straight to a router; its seconds, or -1 when it failed or
@@ -594,8 +574,8 @@ TEST(MeshFaultTest, ASlowReplicaIsEjectedAndP99StaysWithinTwiceUndisturbed) {
   };
   const double base = p99(times[0]), slowed = p99(times[1]);
   EXPECT_LT(slowed, 2 * base) << "P99 " << slowed << " s against " << base << " s undisturbed";
-  const double retries = ScrapeSum(disturbed.metrics, "moemesh_router_expert_retries_total");
-  const double calls = ScrapeSum(disturbed.metrics, "moemesh_router_dispatch_seconds_count");
+  const double retries = Scrape(disturbed.metrics, "moemesh_router_expert_retries_total");
+  const double calls = Scrape(disturbed.metrics, "moemesh_router_dispatch_seconds_count");
   EXPECT_GT(retries, 0) << "the slow replica was never given up";
   EXPECT_LT(retries, 0.1 * calls) << retries << " calls sent again of " << calls;
   std::printf("slow replica: P99 %.3f s against %.3f s undisturbed; %.0f of %.0f calls sent again\n", slowed, base,

@@ -439,20 +439,23 @@ void RemoteExpertExecutor::Fail(Replica* r, int lane) {
   retry_tokens_ = std::max(0.0, retry_tokens_ - 1);  // a failed call spends a token
 }
 
+absl::Status RemoteExpertExecutor::SendTo(Shard& s, int lane, Replica* r) {
+  Shard::Work& w = s.lane[lane];
+  absl::Status st = r->Send(lane, w.request, w.rows, w.device_batch);
+  if (st.ok()) return st;
+  if (absl::IsUnavailable(st)) {
+    Fail(r, lane);
+  } else {
+    r->Reset(lane);  // refused, not lost: another replica would refuse it too
+  }
+  return st;
+}
+
 // Sends s's request to `r` (unless already sent) and reads the answer. A
 // lost worker is failed (ejected); any other error ends the exchange.
 absl::Status RemoteExpertExecutor::Attempt(Shard& s, int lane, Replica* r, bool send) {
   Shard::Work& w = s.lane[lane];
-  if (send) {
-    if (absl::Status st = r->Send(lane, w.request, w.rows, w.device_batch); !st.ok()) {
-      if (!absl::IsUnavailable(st)) {
-        r->Reset(lane);  // refused, not lost: another replica would refuse it too
-        return st;
-      }
-      Fail(r, lane);
-      return st;
-    }
-  }
+  if (send) MM_RETURN_IF_ERROR(SendTo(s, lane, r));
   absl::Status st = r->Receive(lane, &w.response, &w.outputs, w.device_out,
                                w.device_batch ? w.device_batch->cuda_stream : nullptr);
   if (st.ok()) {
@@ -470,16 +473,10 @@ absl::Status RemoteExpertExecutor::SendFirst(Shard& s, int lane) {
   Shard::Work& w = s.lane[lane];
   w.sent_to = FirstLive(s);
   s.next = (w.sent_to + 1) % s.replicas.size();
-  Replica* first = s.replicas[w.sent_to].get();
-  const absl::Status st = first->Send(lane, w.request, w.rows, w.device_batch);
+  const absl::Status st = SendTo(s, lane, s.replicas[w.sent_to].get());
   w.sent = st.ok();
-  if (st.ok()) return st;
-  if (!absl::IsUnavailable(st)) {  // refused, not lost
-    first->Reset(lane);
-    return st;
-  }
-  Fail(first, lane);  // lost: Exchange tries the next replica
-  return absl::OkStatus();
+  // Lost: Exchange tries the next replica; refused: the error.
+  return st.ok() || absl::IsUnavailable(st) ? absl::OkStatus() : st;
 }
 
 absl::Status RemoteExpertExecutor::Exchange(Shard& s, int lane) {

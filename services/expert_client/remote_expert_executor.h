@@ -162,6 +162,9 @@ class RemoteExpertExecutor : public ExpertExecutor {
   absl::Status Exchange(Shard& s, int lane);
   size_t FirstLive(const Shard& s) const;
   std::vector<size_t> Order(const Shard& s) const;
+  // Sends s's request of `lane` to `r`: a lost worker is failed (ejected),
+  // a refused request drops the lane's transport; the send's status.
+  absl::Status SendTo(Shard& s, int lane, Replica* r);
   absl::Status Attempt(Shard& s, int lane, Replica* r, bool send);
   void Fail(Replica* r, int lane);
 

@@ -156,7 +156,8 @@ class LoadPoint {
   std::vector<RequestRecord> Run(int concurrency, double rate, StatusLine* status, const std::string& name,
                                  double* seconds) {
     // The warm-up, not recorded: connections and caches as in service.
-    RunConcurrent(std::max(1, concurrency > 0 ? concurrency : o_.max_concurrency), o_.warmup, nullptr, nullptr);
+    RunWorkers(std::max(1, concurrency > 0 ? concurrency : o_.max_concurrency), [this](int i) { return i < o_.warmup; },
+               [this](int i) { send_(warmup_prompts_[static_cast<size_t>(i) % warmup_prompts_.size()]); });
     std::vector<RequestRecord> records;
     start_ = Clock::now();
     std::atomic<bool> done{false};
@@ -168,7 +169,8 @@ class LoadPoint {
       }
     });
     if (concurrency > 0) {
-      RunConcurrent(concurrency, o_.num_prompts, &records, &start_);
+      RunWorkers(concurrency, [this](int i) { return Wanted(i); },
+                 [&](int i) { Record(&records, i, send_(PromptFor(i))); });
     } else {
       RunPoisson(rate, &records);
     }
@@ -194,21 +196,15 @@ class LoadPoint {
     (*out)[i] = std::move(r);
   }
 
-  // `workers` threads, each sending its next request as its last ends:
-  // `count` requests (0 with `out`: while Wanted).
-  void RunConcurrent(int workers, int count, std::vector<RequestRecord>* out, const Clock::time_point* clock) {
-    if (out == nullptr && count == 0) return;
+  // `workers` threads, each running request i (`run`), the next as its
+  // last ends, while more(i).
+  void RunWorkers(int workers, const std::function<bool(int)>& more, const std::function<void(int)>& run) {
+    if (!more(0)) return;
     std::atomic<int> next{0};
     std::vector<std::thread> threads;
     for (int w = 0; w < workers; ++w) {
       threads.emplace_back([&] {
-        for (int i = next++; out == nullptr ? i < count : Wanted(i); i = next++) {
-          if (out == nullptr) {
-            send_(warmup_prompts_[static_cast<size_t>(i) % warmup_prompts_.size()]);
-            continue;
-          }
-          Record(out, i, send_(PromptFor(i)));
-        }
+        for (int i = next++; more(i); i = next++) run(i);
       });
     }
     for (auto& t : threads) t.join();
