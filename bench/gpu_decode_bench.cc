@@ -11,7 +11,7 @@
 // (bf16), written once under /tmp.
 //
 //   gpu_decode_bench [--shapes mixtral,qwen3,deepseek] [--layers 8] [--deepseek-layers 3]
-//                    [--batches 1,8,32,64] [--steps 24]
+//                    [--batches 1,8,32,64] [--steps 24] [--ipc on|off] [--ipc-sync auto|gpu|host]
 //
 // (Mixtral and Qwen3 by default; DeepSeek-V3's shape writes 23 GB per MoE
 // layer to /tmp.)
@@ -19,7 +19,8 @@
 // And, with --ipc on (the default), the mesh on the same GPU: the same
 // forward pass with its experts in a moemesh-expert process (started here;
 // MOEMESH_EXPERT_BIN, or beside MOEMESH_BIN's CLI), the rows shared in GPU
-// memory (the cuda-ipc transport; eager: a step that talks to another
+// memory (the cuda-ipc transport, its GPU work ordered as --ipc-sync says,
+// as the router's --cuda-ipc-sync; eager: a step that talks to another
 // process per layer is not captured).
 //
 // One row per shape and batch size: step ms of each path, the first's
@@ -268,7 +269,7 @@ struct MeshExperts {
   std::unique_ptr<RemoteExpertExecutor> executor;
 };
 
-MeshExperts StartMeshExperts(const std::string& dir, int hidden, int slots) {
+MeshExperts StartMeshExperts(const std::string& dir, int hidden, int slots, CudaIpcTransport::Sync sync) {
   MeshExperts m;
   auto p = Subprocess::Start({ServiceBinaryForTests("moemesh-expert", "MOEMESH_EXPERT_BIN"), "--model", dir,
                               "--device", "cuda", "--port", "0", "--metrics-port", "-1"});
@@ -281,9 +282,9 @@ MeshExperts StartMeshExperts(const std::string& dir, int hidden, int slots) {
   (*p)->ForwardOutput(2);
   RemoteExpertExecutor::Options options;
   options.cuda_device = 0;
-  options.device_rows = CudaIpcTransport::Wrapper(0, slots);
+  options.device_rows = CudaIpcTransport::Wrapper(0, slots, 256, sync);
   options.warn = [](const std::string& w) { std::fprintf(stderr, "gpu_decode_bench: %s\n", w.c_str()); };
-  auto r = RemoteExpertExecutor::Connect({{line->substr(line->find("listening on ") + 13)}}, hidden, options);
+  auto r = RemoteExpertExecutor::Connect({{*line}}, hidden, options);
   if (!r.ok() || (*r)->cuda_device() != 0) {
     std::fprintf(stderr, "gpu_decode_bench: no mesh column: %s\n",
                  r.ok() ? "the rows would go through the host" : std::string(r.status().message()).c_str());
@@ -308,6 +309,7 @@ int Run(int argc, char** argv) {
   std::vector<int> batches = {1, 8, 32, 64};
   int layers = 8, deepseek_layers = 3, steps = 24;
   bool ipc = true;
+  CudaIpcTransport::Sync sync = CudaIpcTransport::Sync::kAuto;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--shapes") {
@@ -322,6 +324,13 @@ int Run(int argc, char** argv) {
       steps = std::atoi(value.c_str());
     } else if (flag == "--ipc") {
       ipc = value == "on";
+    } else if (flag == "--ipc-sync") {
+      auto s = CudaIpcTransport::ParseSync(value);
+      if (!s.ok()) {
+        std::fprintf(stderr, "gpu_decode_bench: %s\n", std::string(s.status().message()).c_str());
+        return 2;
+      }
+      sync = *s;
     } else {
       std::fprintf(stderr, "gpu_decode_bench: unknown flag %s\n", flag.c_str());
       return 2;
@@ -377,7 +386,7 @@ int Run(int argc, char** argv) {
     }
     LocalExpertExecutor in_place(std::move(*device), config->num_experts);
     ThroughHost via_host(&in_place);
-    MeshExperts mesh = ipc ? StartMeshExperts(dir, config->hidden_size, config->num_experts_per_tok) : MeshExperts{};
+    MeshExperts mesh = ipc ? StartMeshExperts(dir, config->hidden_size, config->num_experts_per_tok, sync) : MeshExperts{};
     for (int n : batches) {
       double ms[5] = {0, 0, 0, 0, 0};
       for (int path = 0; path < 5; ++path) {

@@ -37,6 +37,7 @@ class CudaIpcServer : public DeviceRowsServer {
 
   absl::StatusOr<std::unique_ptr<Session>> Open(const v1::CudaIpcSetup& setup, v1::CudaIpcBuffers* buffers) override;
   int device() const override { return worker_->cuda_device(); }
+  std::string device_uuid() const override { return CudaDeviceUuid(device()); }
 
  private:
   class IpcSession;
@@ -96,7 +97,9 @@ class CudaIpcServer::IpcSession : public DeviceRowsServer::Session {
     CudaStream stream = server_->stream_->get();
     absl::MutexLock lock(&server_->mu_);
     MM_RETURN_IF_ERROR(CudaSetDevice(server_->device()));
-    MM_RETURN_IF_ERROR(router_event_->WaitOn(stream));
+    // With host_sync the router's copies are done already.
+    const bool host_sync = request.ipc().host_sync();
+    if (!host_sync) MM_RETURN_IF_ERROR(router_event_->WaitOn(stream));
     if (slots > 0) {
       ExpertBatch batch{request.layer(), n, h, hidden, slots,
                         reinterpret_cast<const int*>(base + layout_.ids_offset()),
@@ -119,6 +122,7 @@ class CudaIpcServer::IpcSession : public DeviceRowsServer::Session {
       MM_RETURN_IF_ERROR(worker.RunCombinedOnDevice(work, out));
     }
     MM_RETURN_IF_ERROR(worker_event_->Record(stream));
+    if (host_sync) MM_RETURN_IF_ERROR(CudaSynchronize(stream));
     response->set_combined_rows(n);
     return absl::OkStatus();
   }

@@ -2,6 +2,7 @@
 #define MOEMESH_SERVICES_EXPERT_DEVICE_ROWS_H_
 
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 
@@ -38,8 +39,9 @@ class DeviceRowsServer {
   // router's event cannot be opened (another host or IPC namespace).
   virtual absl::StatusOr<std::unique_ptr<Session>> Open(const v1::CudaIpcSetup& setup,
                                                         v1::CudaIpcBuffers* buffers) = 0;
-  // The GPU the buffers are on.
+  // The GPU the buffers are on, and its UUID (CudaDeviceUuid).
   virtual int device() const = 0;
+  virtual std::string device_uuid() const = 0;
 };
 
 }  // namespace moemesh

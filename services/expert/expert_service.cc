@@ -167,6 +167,7 @@ grpc::Status ExpertServiceImpl::GetShardInfo(grpc::ServerContext* context, const
   if (device_rows_ != nullptr) {
     response->mutable_cuda_ipc()->set_host_id(HostId());
     response->mutable_cuda_ipc()->set_device(device_rows_->device());
+    response->mutable_cuda_ipc()->set_device_uuid(device_rows_->device_uuid());
   }
   response->set_shard_index(worker_->options().shard_index);
   response->set_num_shards(worker_->options().num_shards);

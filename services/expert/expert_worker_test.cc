@@ -125,6 +125,7 @@ class CountingDeviceRows : public DeviceRowsServer {
     return std::make_unique<CountingSession>(&runs);
   }
   int device() const override { return 3; }
+  std::string device_uuid() const override { return "00112233445566778899aabbccddeeff"; }
   int opened = 0, runs = 0;
 };
 
@@ -172,6 +173,7 @@ TEST(ExpertServiceTest, CudaIpcRequestsPerConnection) {
   ASSERT_TRUE(service.GetShardInfo(&ctx, nullptr, &info).ok());
   EXPECT_EQ(info.cuda_ipc().host_id(), HostId());
   EXPECT_EQ(info.cuda_ipc().device(), 3);
+  EXPECT_EQ(info.cuda_ipc().device_uuid(), "00112233445566778899aabbccddeeff");
   auto s = FrameSocket::Connect("127.0.0.1", (*server)->port());
   ASSERT_TRUE(s.ok());
   v1::DispatchResponse r = Exchange(s->get(), work);  // before any set-up

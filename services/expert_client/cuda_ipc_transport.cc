@@ -21,12 +21,13 @@ struct CudaIpcTransport::Shared {
 };
 
 CudaIpcTransport::CudaIpcTransport(std::unique_ptr<ExpertTransport> control, int device, int hidden_size,
-                                   int initial_tokens, int initial_slots)
+                                   int initial_tokens, int initial_slots, bool host_sync)
     : control_(std::move(control)),
       device_(device),
       hidden_(hidden_size),
       initial_tokens_(std::clamp(initial_tokens, 1, kMaxTokens)),
-      initial_slots_(std::max(0, initial_slots)) {}
+      initial_slots_(std::max(0, initial_slots)),
+      host_sync_(host_sync) {}
 
 CudaIpcTransport::~CudaIpcTransport() {
   Unmap().IgnoreError();
@@ -51,12 +52,23 @@ absl::Status CudaIpcTransport::Unmap() {
   return absl::OkStatus();
 }
 
+absl::StatusOr<CudaIpcTransport::Sync> CudaIpcTransport::ParseSync(absl::string_view name) {
+  if (name == "auto") return Sync::kAuto;
+  if (name == "gpu") return Sync::kGpu;
+  if (name == "host") return Sync::kHost;
+  return absl::InvalidArgumentError(absl::StrCat("CUDA IPC sync \"", name, "\": use auto, gpu or host"));
+}
+
 std::function<ExpertTransportFactory(const v1::ShardInfo&, ExpertTransportFactory)> CudaIpcTransport::Wrapper(
-    int device, int slots, int initial_tokens) {
+    int device, int slots, int initial_tokens, Sync sync) {
   return [=](const v1::ShardInfo& info, ExpertTransportFactory control) -> ExpertTransportFactory {
     const int hidden = info.hidden_size();
+    // Older workers send no UUID: their index then, as numbered here.
+    const std::string& uuid = info.cuda_ipc().device_uuid();
+    const bool same_gpu = uuid.empty() ? info.cuda_ipc().device() == device : uuid == CudaDeviceUuid(device);
+    const bool host_sync = sync == Sync::kHost || (sync == Sync::kAuto && same_gpu);
     return [=]() -> std::unique_ptr<ExpertTransport> {
-      return std::make_unique<CudaIpcTransport>(control(), device, hidden, initial_tokens, slots);
+      return std::make_unique<CudaIpcTransport>(control(), device, hidden, initial_tokens, slots, host_sync);
     };
   };
 }
@@ -144,7 +156,11 @@ absl::Status CudaIpcTransport::SendOnDevice(const v1::DispatchRequest& header, c
   expect_step_ = header.step();
   expect_layer_ = header.layer();
   expect_rows_ = n;
-  return control_->Send(header, {});
+  if (!host_sync_) return control_->Send(header, {});
+  MM_RETURN_IF_ERROR(router_event_->Synchronize());
+  v1::DispatchRequest synced = header;
+  synced.mutable_ipc()->set_host_sync(true);
+  return control_->Send(synced, {});
 }
 
 absl::Status CudaIpcTransport::ReceiveOnDevice(v1::DispatchResponse* response, F32Matrix* outputs, float* out,
@@ -163,7 +179,8 @@ absl::Status CudaIpcTransport::ReceiveOnDevice(v1::DispatchResponse* response, F
   }
   expect_rows_ = -1;
   last_stream_ = stream;
-  MM_RETURN_IF_ERROR(shared_->worker_event->WaitOn(stream));
+  // With host_sync the worker answered once its rows were written.
+  if (!host_sync_) MM_RETURN_IF_ERROR(shared_->worker_event->WaitOn(stream));
   MM_RETURN_IF_ERROR(CopyOnDeviceAsync(out, shared_->at(shared_->layout.out_offset()),
                                        static_cast<size_t>(rows) * hidden_ * sizeof(float), stream));
   outputs->rows = rows;

@@ -26,6 +26,7 @@
 #include "core/model/safetensors.h"
 #include "core/model/weights.h"
 #include "gtest/gtest.h"
+#include "moemesh/v1/expert.pb.h"
 #include "services/expert_client/remote_expert_executor.h"
 
 namespace moemesh {
@@ -43,7 +44,7 @@ std::unique_ptr<Subprocess> StartWorker(int data_port, std::string* address) {
   auto line = (*p)->WaitForLine("listening on ", absl::Seconds(120));
   EXPECT_TRUE(line.ok()) << line.status();
   if (!line.ok()) return nullptr;
-  *address = line->substr(line->find("listening on ") + 13);
+  *address = *line;
   (*p)->ForwardOutput(2);
   return std::move(*p);
 }
@@ -100,7 +101,14 @@ std::vector<float> Execute(ExpertExecutor* ex, const Batch& b, int layer, int n,
   return host;
 }
 
-class CudaIpcTransportTest : public ::testing::TestWithParam<int> {
+// The messages over the raw data channel (`data_port` 0: a free one) or the
+// gRPC stream (-1: no data channel); the GPU work ordered by `sync`.
+struct Control {
+  int data_port;
+  CudaIpcTransport::Sync sync;
+};
+
+class CudaIpcTransportTest : public ::testing::TestWithParam<Control> {
  protected:
   void SetUp() override {
     if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
@@ -116,7 +124,7 @@ class CudaIpcTransportTest : public ::testing::TestWithParam<int> {
     auto device = CudaExpertDevice::Create(config_, *weights_, 0);
     ASSERT_TRUE(device.ok()) << device.status();
     local_ = std::make_unique<LocalExpertExecutor>(std::move(*device), config_.num_experts);
-    worker_ = StartWorker(GetParam(), &address_);
+    worker_ = StartWorker(GetParam().data_port, &address_);
     ASSERT_NE(worker_, nullptr);
   }
 
@@ -125,7 +133,8 @@ class CudaIpcTransportTest : public ::testing::TestWithParam<int> {
     RemoteExpertExecutor::Options options;
     options.receive_timeout_ms = receive_timeout_ms;
     options.cuda_device = 0;
-    options.device_rows = CudaIpcTransport::Wrapper(0, config_.num_experts_per_tok, /*initial_tokens=*/64);
+    options.device_rows =
+        CudaIpcTransport::Wrapper(0, config_.num_experts_per_tok, /*initial_tokens=*/64, GetParam().sync);
     options.warn = [warnings](const std::string& w) { warnings->push_back(w); };
     return RemoteExpertExecutor::Connect({{address_}}, config_.hidden_size, options);
   }
@@ -225,12 +234,42 @@ TEST_P(CudaIpcTransportTest, AStoppedWorkerIsUnavailable) {
   kill(worker_->pid(), SIGCONT);
 }
 
-// The messages over the raw data channel (port 0: a free one) and over the
-// gRPC stream (-1: no data channel).
-INSTANTIATE_TEST_SUITE_P(Control, CudaIpcTransportTest, ::testing::Values(0, -1),
-                         [](const ::testing::TestParamInfo<int>& i) {
-                           return std::string(i.param == 0 ? "Frames" : "GrpcStream");
-                         });
+const Control kControls[] = {{0, CudaIpcTransport::Sync::kGpu},
+                             {0, CudaIpcTransport::Sync::kHost},
+                             {-1, CudaIpcTransport::Sync::kGpu},
+                             {-1, CudaIpcTransport::Sync::kAuto}};
+std::string ControlName(const ::testing::TestParamInfo<Control>& i) {
+  static const char* const kSync[] = {"Auto", "Gpu", "Host"};
+  return std::string(i.param.data_port == 0 ? "Frames" : "GrpcStream") + kSync[static_cast<int>(i.param.sync)] +
+         "Sync";
+}
+INSTANTIATE_TEST_SUITE_P(Control, CudaIpcTransportTest, ::testing::ValuesIn(kControls), ControlName);
+
+// kAuto synchronizes on the hosts exactly where the worker is on the
+// router's GPU: by UUID, or by index from a worker that sends none.
+TEST(CudaIpcSyncTest, AutoWaitsOnTheHostsOnlyOnTheSameGpu) {
+  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const std::string uuid = CudaDeviceUuid(0);
+  ASSERT_EQ(uuid.size(), 32u);
+  auto host_sync = [](const std::string& worker_uuid, int worker_device, CudaIpcTransport::Sync sync) {
+    v1::ShardInfo info;
+    info.set_hidden_size(8);
+    info.mutable_cuda_ipc()->set_device(worker_device);
+    info.mutable_cuda_ipc()->set_device_uuid(worker_uuid);
+    auto factory = CudaIpcTransport::Wrapper(0, 2, 16, sync)(info, [] { return std::unique_ptr<ExpertTransport>(); });
+    auto transport = factory();
+    return static_cast<CudaIpcTransport*>(transport.get())->host_sync();
+  };
+  const std::string other(32, 'f');
+  EXPECT_TRUE(host_sync(uuid, 5, CudaIpcTransport::Sync::kAuto));
+  EXPECT_FALSE(host_sync(other, 0, CudaIpcTransport::Sync::kAuto));
+  EXPECT_TRUE(host_sync("", 0, CudaIpcTransport::Sync::kAuto));
+  EXPECT_FALSE(host_sync("", 1, CudaIpcTransport::Sync::kAuto));
+  EXPECT_FALSE(host_sync(uuid, 0, CudaIpcTransport::Sync::kGpu));
+  EXPECT_TRUE(host_sync(other, 0, CudaIpcTransport::Sync::kHost));
+  EXPECT_EQ(CudaIpcTransport::ParseSync("host").value(), CudaIpcTransport::Sync::kHost);
+  EXPECT_EQ(CudaIpcTransport::ParseSync("sometimes").status().code(), absl::StatusCode::kInvalidArgument);
+}
 
 }  // namespace
 }  // namespace moemesh

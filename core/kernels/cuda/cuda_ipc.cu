@@ -96,6 +96,10 @@ absl::Status IpcEvent::WaitOn(CudaStream stream) {
                     "cudaStreamWaitEvent (interprocess)");
 }
 
+absl::Status IpcEvent::Synchronize() {
+  return CudaStatus(cudaEventSynchronize(static_cast<cudaEvent_t>(event_)), "cudaEventSynchronize (interprocess)");
+}
+
 absl::Status CopyOnDeviceAsync(void* dst, const void* src, size_t bytes, CudaStream stream) {
   if (bytes == 0) return absl::OkStatus();
   return CudaStatus(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, static_cast<cudaStream_t>(stream)),

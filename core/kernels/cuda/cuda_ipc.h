@@ -53,6 +53,8 @@ class IpcEvent {
   absl::Status Record(CudaStream stream);
   // Work enqueued on `stream` from now on waits for the recorded work.
   absl::Status WaitOn(CudaStream stream);
+  // Waits on this host for the recorded work.
+  absl::Status Synchronize();
 
  private:
   explicit IpcEvent(void* event) : event_(event) {}

@@ -204,4 +204,19 @@ absl::Status CudaSynchronize(CudaStream stream) {
   return CudaStatus(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "cudaStreamSynchronize");
 }
 
+std::string CudaDeviceUuid(int index) {
+  cudaDeviceProp prop;
+  if (cudaGetDeviceProperties(&prop, index) != cudaSuccess) {
+    cudaGetLastError();
+    return "";
+  }
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string uuid;
+  for (unsigned char b : prop.uuid.bytes) {
+    uuid += kHex[b >> 4];
+    uuid += kHex[b & 15];
+  }
+  return uuid;
+}
+
 }  // namespace moemesh

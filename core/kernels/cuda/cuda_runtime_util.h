@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 
@@ -157,6 +158,10 @@ absl::Status CudaSetDevice(int index);
 
 // Waits for all work on `stream`.
 absl::Status CudaSynchronize(CudaStream stream);
+
+// GPU `index`'s UUID as 32 lowercase hex digits (the same in every process,
+// whatever CUDA_VISIBLE_DEVICES numbers it); empty when it cannot be read.
+std::string CudaDeviceUuid(int index);
 
 }  // namespace moemesh
 
