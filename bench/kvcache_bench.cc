@@ -4,8 +4,11 @@
 // The service runs in this process behind a real loopback gRPC server and
 // its raw data channel; blocks go through KvCacheTier (the router's
 // client): puts of 16 blocks at a time, gets of all in one call, over the
-// data channel (frames, the bytes as raw payload) and over gRPC alone
-// (PutBlocks and GetBlocks streams).
+// data channel (frames, the bytes as raw payload), over the data channel
+// with the bytes in memory shared with the service (as large as the whole
+// get: what a router on the service's host gives --kvcache-shared-memory-mb)
+// and over gRPC alone (PutBlocks and GetBlocks streams).
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <cstdio>
@@ -16,7 +19,6 @@
 #include <string>
 #include <vector>
 
-
 #include "absl/strings/str_cat.h"
 #include "rocksdb/db.h"
 #include "services/kvcache/local_kvcache.h"
@@ -24,6 +26,10 @@
 
 namespace moemesh {
 namespace {
+
+// Gets are timed this many times, each side's best kept: a steady state,
+// where the first round also pays for pages the process touches first.
+constexpr int kGetRounds = 3;
 
 double Seconds(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -81,15 +87,18 @@ int Run(int argc, char** argv) {
       if (!db->Put({}, root.Bytes() + b.hash.Bytes(), b.bytes).ok()) return 1;
     }
     plain_put = Seconds(t0);
-    t0 = std::chrono::steady_clock::now();
-    std::string v;
-    size_t total = 0;
-    for (const KvTierBlock& b : chain) {
-      if (!db->Get({}, root.Bytes() + b.hash.Bytes(), &v).ok()) return 1;
-      total += v.size();
+    plain_get = 1e30;
+    for (int round = 0; round < kGetRounds; ++round) {
+      t0 = std::chrono::steady_clock::now();
+      std::string v;
+      size_t total = 0;
+      for (const KvTierBlock& b : chain) {
+        if (!db->Get({}, root.Bytes() + b.hash.Bytes(), &v).ok()) return 1;
+        total += v.size();
+      }
+      plain_get = std::min(plain_get, Seconds(t0));
+      if (total != chain.size() * chain[0].bytes.size()) return 1;
     }
-    plain_get = Seconds(t0);
-    if (total != chain.size() * chain[0].bytes.size()) return 1;
   }
 
   // The service twice: over its raw data channel (what routers use where
@@ -97,7 +106,7 @@ int Run(int argc, char** argv) {
   struct Figures {
     double put = 0, get = 0, store_get = 0;
   };
-  auto measure = [&](bool data_channel, Figures* f) -> bool {
+  auto measure = [&](bool data_channel, bool shared_memory, Figures* f) -> bool {
     std::filesystem::remove_all(service_dir);
     LocalKvCache kv(service_dir, data_channel);
     KvCacheTier::Options to;
@@ -105,8 +114,11 @@ int Run(int argc, char** argv) {
     to.fetch_timeout = absl::Seconds(60);
     to.max_queued_bytes = int64_t{1} << 40;
     to.use_data_channel = data_channel;
+    to.shared_memory_bytes = shared_memory ? std::min(int64_t{1} << 30, int64_t{blocks} * block_kib * 1024 + 4096) : 0;
     auto tier = KvCacheTier::Create(to);
     if (!tier.ok()) return false;
+    // A connection made (and its shared memory set up) before the clock.
+    if (!(*tier)->Fetch(root, {HashBytes("none")}).ok()) return false;
     auto t0 = std::chrono::steady_clock::now();
     for (int i = 0; i < blocks; i += 16) {
       (*tier)->Store(root, chain[0].hash,
@@ -126,27 +138,38 @@ int Run(int argc, char** argv) {
       if (!kv.store()->Get(root, h).ok()) return false;
     }
     f->store_get = Seconds(t0);
-    t0 = std::chrono::steady_clock::now();
-    absl::StatusOr<std::vector<KvTierBlock>> got = (*tier)->Fetch(root, names);
-    f->get = Seconds(t0);
-    if (!got.ok() || static_cast<int>(got->size()) != blocks) {
-      std::fprintf(stderr, "fetched %zu of %d blocks: %s\n", got.ok() ? got->size() : 0, blocks,
-                   got.status().ToString().c_str());
+    f->get = 1e30;
+    for (int round = 0; round < kGetRounds; ++round) {
+      t0 = std::chrono::steady_clock::now();
+      absl::StatusOr<std::vector<KvTierBlock>> got = (*tier)->Fetch(root, names);
+      f->get = std::min(f->get, Seconds(t0));
+      if (!got.ok() || static_cast<int>(got->size()) != blocks) {
+        std::fprintf(stderr, "fetched %zu of %d blocks: %s\n", got.ok() ? got->size() : 0, blocks,
+                     got.status().ToString().c_str());
+        return false;
+      }
+    }
+    if (shared_memory && (*tier)->stats().shared_memory_blocks != (1 + kGetRounds) * blocks) {
+      std::fprintf(stderr, "only %lld of %d blocks went through shared memory\n",
+                   static_cast<long long>((*tier)->stats().shared_memory_blocks), (1 + kGetRounds) * blocks);
       return false;
     }
     kv.Shutdown();
     return true;
   };
-  Figures frames, grpc;
-  if (!measure(true, &frames) || !measure(false, &grpc)) return 1;
+  Figures shm, frames, grpc;
+  if (!measure(true, true, &shm) || !measure(true, false, &frames) || !measure(false, false, &grpc)) return 1;
 
   std::printf("kvcache_bench: %d blocks of %d KiB (%.0f MiB), write-ahead log on, no fsync\n", blocks, block_kib, mb);
-  std::printf("%-6s %16s %20s %8s %16s %8s\n", "", "plain RocksDB", "kvcache (data chan.)", "ratio", "kvcache (gRPC)",
-              "ratio");
-  std::printf("%-6s %11.0f MB/s %15.0f MB/s %7.2fx %11.0f MB/s %7.2fx\n", "put", mb / plain_put, mb / frames.put,
-              plain_put / frames.put, mb / grpc.put, plain_put / grpc.put);
-  std::printf("%-6s %11.0f MB/s %15.0f MB/s %7.2fx %11.0f MB/s %7.2fx\n", "get", mb / plain_get, mb / frames.get,
-              plain_get / frames.get, mb / grpc.get, plain_get / grpc.get);
+  std::printf("%-6s %16s %18s %7s %20s %7s %16s %7s\n", "", "plain RocksDB", "kvcache (shm)", "ratio",
+              "kvcache (data chan.)", "ratio", "kvcache (gRPC)", "ratio");
+  for (const bool put : {true, false}) {
+    const double plain = put ? plain_put : plain_get;
+    auto of = [put](const Figures& f) { return put ? f.put : f.get; };
+    std::printf("%-6s %11.0f MB/s %13.0f MB/s %6.2fx %15.0f MB/s %6.2fx %11.0f MB/s %6.2fx\n", put ? "put" : "get",
+                mb / plain, mb / of(shm), plain / of(shm), mb / of(frames), plain / of(frames), mb / of(grpc),
+                plain / of(grpc));
+  }
   std::printf("(the store alone, without a network hop: get %.0f MB/s)\n", mb / frames.store_get);
   std::filesystem::remove_all(plain_dir);
   std::filesystem::remove_all(service_dir);

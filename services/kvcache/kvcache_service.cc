@@ -3,6 +3,7 @@
 #include <sys/uio.h>
 
 #include <chrono>
+#include <cstring>
 #include <functional>
 #include <string>
 #include <vector>
@@ -10,6 +11,8 @@
 #include "absl/strings/str_cat.h"
 #include "services/common/frame_socket.h"
 #include "services/common/grpc_status.h"
+#include "services/common/host_id.h"
+#include "services/common/shared_memory.h"
 #include "services/kvcache/kvcache_metrics.h"
 
 namespace moemesh {
@@ -174,19 +177,86 @@ grpc::Status KvCacheServiceImpl::GetBlocks(grpc::ServerContext* context, const v
   }));
 }
 
+void KvCacheServiceImpl::set_data_port(int port) {
+  data_port_ = port;
+  host_id_ = port > 0 ? HostId() : "";
+}
+
+namespace {
+
+// Where each block of a put frame lies: its bytes, in the payload (in
+// order) or in the connection's shared memory; INVALID_ARGUMENT for sizes
+// and offsets that do not add up, before anything is stored.
+absl::StatusOr<std::vector<absl::string_view>> PutData(const v1::KvFrame& request, const std::vector<char>& payload,
+                                                       const SharedMemory* shm) {
+  const int n = request.put().blocks_size();
+  if (request.data_sizes_size() != n || (request.shm_offsets_size() != 0 && request.shm_offsets_size() != n)) {
+    return absl::InvalidArgumentError(absl::StrCat("a put frame of ", n, " blocks gives ", request.data_sizes_size(),
+                                                   " sizes and ", request.shm_offsets_size(), " shared memory offsets"));
+  }
+  std::vector<absl::string_view> data;
+  uint64_t in_payload = 0;
+  for (int i = 0; i < n; ++i) {
+    const uint64_t size = request.data_sizes(i);
+    const int64_t offset = request.shm_offsets_size() ? request.shm_offsets(i) : -1;
+    if (offset < 0) {
+      if (size > payload.size() - in_payload) break;  // reported below
+      data.emplace_back(payload.data() + in_payload, size);
+      in_payload += size;
+      continue;
+    }
+    if (shm == nullptr) {
+      return absl::FailedPreconditionError("a put frame names shared memory offsets on a connection that set none up");
+    }
+    if (static_cast<uint64_t>(offset) > shm->size() || size > shm->size() - offset) {
+      return absl::InvalidArgumentError(absl::StrCat("block ", i, ": ", size, " bytes at ", offset,
+                                                     " past the shared memory's ", shm->size()));
+    }
+    data.emplace_back(shm->data() + offset, size);
+  }
+  if (static_cast<int>(data.size()) != n || in_payload != payload.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("a put frame's sizes of its payload blocks do not add up to its "
+                                                   "payload of ", payload.size(), " bytes"));
+  }
+  return data;
+}
+
+}  // namespace
+
 void KvCacheServiceImpl::ServeFrames(FrameSocket* socket) {
   v1::KvFrame request, answer;
   std::vector<char> payload;
+  std::unique_ptr<SharedMemory> shm;  // the connection's, once set up
   while (socket->Receive(&request, &payload).ok()) {
     answer.Clear();
     absl::Status st;
-    if (request.has_get()) {
+    if (request.has_shm_setup()) {
+      const v1::KvShmSetup& setup = request.shm_setup();
+      if (host_id_.empty()) {
+        st = absl::FailedPreconditionError("this kvcache service offers no shared memory");
+      } else if (setup.size() == 0 || setup.size() > kMaxSharedMemoryBytes) {
+        st = absl::InvalidArgumentError(
+            absl::StrCat("shared memory of ", setup.size(), " bytes; 1 to ", kMaxSharedMemoryBytes));
+      } else {
+        absl::StatusOr<std::unique_ptr<SharedMemory>> m = SharedMemory::Open(setup.name(), setup.size());
+        st = m.status();
+        if (m.ok()) shm = std::move(*m);
+      }
+    } else if (request.has_get()) {
       Call call(this, "GetBlocks");
       v1::KvFrame part;
+      uint64_t used = 0;  // of the shared memory, by this call's blocks
       st = GetRun(request.get(), [&](v1::KvBlock* b, std::string* data) {
         part.Clear();
         *part.add_blocks() = *b;
         part.add_data_sizes(data->size());
+        if (shm != nullptr && data->size() <= shm->size() - used) {
+          std::memcpy(shm->data() + used, data->data(), data->size());
+          part.add_shm_offsets(static_cast<int64_t>(used));
+          used += data->size();
+          return socket->Send(part, {}).ok();
+        }
+        if (shm != nullptr) part.add_shm_offsets(-1);
         iovec bytes{data->data(), data->size()};
         return socket->Send(part, {&bytes, 1}).ok();
       });
@@ -196,24 +266,16 @@ void KvCacheServiceImpl::ServeFrames(FrameSocket* socket) {
       Call call(this, "PutBlocks");
       int stored = 0;
       absl::StatusOr<BlockHash> root = ParseHash(request.put().root(), "root");
-      st = root.status();
-      uint64_t total = 0;
-      for (uint64_t n : request.data_sizes()) total += n;
-      if (st.ok() && (request.data_sizes_size() != request.put().blocks_size() || total != payload.size())) {
-        st = absl::InvalidArgumentError(absl::StrCat("a put frame of ", request.put().blocks_size(), " blocks gives ",
-                                                     request.data_sizes_size(), " sizes adding up to ", total,
-                                                     " bytes for a payload of ", payload.size()));
-      }
-      const char* at = payload.data();
+      absl::StatusOr<std::vector<absl::string_view>> data = PutData(request, payload, shm.get());
+      st = root.ok() ? data.status() : root.status();
       for (int i = 0; st.ok() && i < request.put().blocks_size(); ++i) {
-        st = PutBlock(*root, request.put().blocks(i), std::string(at, request.data_sizes(i)), stored);
-        at += request.data_sizes(i);
+        st = PutBlock(*root, request.put().blocks(i), std::string((*data)[i]), stored);
         if (st.ok()) ++stored;
       }
       answer.set_stored(stored);
       call.Done(st);
     } else {
-      st = absl::InvalidArgumentError("a data channel frame must carry get or put");
+      st = absl::InvalidArgumentError("a data channel frame must carry get, put or shm_setup");
     }
     answer.set_done(true);
     answer.set_error_code(static_cast<int>(st.code()));
@@ -285,6 +347,7 @@ grpc::Status KvCacheServiceImpl::GetStats(grpc::ServerContext*, const v1::GetSta
   response->set_evictions(s.evictions);
   response->set_corrupt_reads(s.corrupt_reads);
   response->set_data_port(data_port_);
+  response->set_host_id(host_id_);
   return call.Done(absl::OkStatus());
 }
 

@@ -43,10 +43,16 @@ class KvCacheServiceImpl final : public v1::KvCacheService::Service {
 
   // Serves GetBlocks and PutBlocks on the raw data channel (FrameServer's
   // callback) until the caller leaves: KvFrame headers, the blocks' bytes
-  // as payload, the same checks and store calls as the gRPC methods.
+  // as payload or in the shared memory the caller set up for the
+  // connection (KvFrame.shm_setup), the same checks and store calls as the
+  // gRPC methods.
   void ServeFrames(FrameSocket* socket);
-  // The data channel's port, advertised in GetStats (0: none).
-  void set_data_port(int port) { data_port_ = port; }
+  // The data channel's port, advertised in GetStats with this host's id
+  // (0: none).
+  void set_data_port(int port);
+
+  // The most shared memory one connection may ask to be mapped.
+  static constexpr uint64_t kMaxSharedMemoryBytes = uint64_t{1} << 30;
 
   // Calls in progress (for a graceful stop).
   int busy() const { return busy_.load(); }
@@ -66,6 +72,7 @@ class KvCacheServiceImpl final : public v1::KvCacheService::Service {
   KvCacheMetrics* metrics_;
   std::atomic<int> busy_{0};
   int data_port_ = 0;
+  std::string host_id_;  // with a data channel: offered for shared memory
 };
 
 }  // namespace moemesh

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 
 #include <grpcpp/grpcpp.h>
 
@@ -12,11 +13,20 @@
 #include "moemesh/v1/kvcache.grpc.pb.h"
 #include "services/common/frame_socket.h"
 #include "services/common/grpc_status.h"
+#include "services/common/host_id.h"
 #include "services/common/server_util.h"
+#include "services/common/shared_memory.h"
 #include "services/kvcache_client/rendezvous.h"
 #include "services/common/tls.h"
 
 namespace moemesh {
+
+// A data channel connection, and the memory it shares with the service
+// (null: none).
+struct KvCacheTier::Channel {
+  std::unique_ptr<FrameSocket> socket;
+  std::unique_ptr<SharedMemory> shm;
+};
 
 struct KvCacheTier::Rpc {
   struct Replica {
@@ -24,30 +34,57 @@ struct KvCacheTier::Rpc {
     std::string host;  // of the data channel; empty: not a plain HOST:PORT
     absl::Mutex mu;
     int data_port ABSL_GUARDED_BY(mu) = -1;  // -1: not asked yet; 0: none
-    std::vector<std::unique_ptr<FrameSocket>> idle ABSL_GUARDED_BY(mu);  // connected, free
+    // The service shares memory: it is on this host, and has not refused.
+    bool shares_memory ABSL_GUARDED_BY(mu) = false;
+    std::vector<Channel> idle ABSL_GUARDED_BY(mu);  // connected, free
   };
   std::vector<std::unique_ptr<Replica>> replicas;
+  int64_t shared_memory_bytes = 0;
   v1::KvCacheService::Stub& stub(int r) { return *replicas[r]->stub; }
 
-  // A connected data channel socket of replica `r`, idle or new.
-  absl::StatusOr<std::unique_ptr<FrameSocket>> Take(int r) {
+  // A connected data channel of replica `r`, idle or new; a new one gets
+  // shared memory where the service offers it (where that fails, it is
+  // not asked again, and the bytes go through the socket).
+  absl::StatusOr<Channel> Take(int r, absl::Duration timeout) {
     Replica& rep = *replicas[r];
     int port;
+    bool share;
     {
       absl::MutexLock lock(&rep.mu);
       if (!rep.idle.empty()) {
-        std::unique_ptr<FrameSocket> s = std::move(rep.idle.back());
+        Channel c = std::move(rep.idle.back());
         rep.idle.pop_back();
-        return s;
+        return c;
       }
       port = rep.data_port;
+      share = rep.shares_memory;
     }
-    return FrameSocket::Connect(rep.host, port);
+    Channel c;
+    MM_ASSIGN_OR_RETURN(c.socket, FrameSocket::Connect(rep.host, port));
+    if (!share) return c;
+    absl::StatusOr<std::unique_ptr<SharedMemory>> shm = SharedMemory::Create(shared_memory_bytes);
+    v1::KvFrame frame;
+    if (shm.ok()) {
+      frame.mutable_shm_setup()->set_name((*shm)->name());
+      frame.mutable_shm_setup()->set_size((*shm)->size());
+      std::vector<char> none;
+      c.socket->SetReceiveTimeout(static_cast<int>(std::max<int64_t>(1, absl::ToInt64Milliseconds(timeout))));
+      MM_RETURN_IF_ERROR(c.socket->Send(frame, {}));
+      MM_RETURN_IF_ERROR(c.socket->Receive(&frame, &none));
+    }
+    if (!shm.ok() || !frame.done() || frame.error_code() != 0) {
+      absl::MutexLock lock(&rep.mu);
+      rep.shares_memory = false;  // another user, another IPC namespace: the socket it is
+      return c;
+    }
+    (*shm)->Unlink();  // mapped on both sides: nothing is left behind when either goes
+    c.shm = std::move(*shm);
+    return c;
   }
-  // Gives back a socket whose last exchange ended cleanly.
-  void Give(int r, std::unique_ptr<FrameSocket> s) {
+  // Gives back a channel whose last exchange ended cleanly.
+  void Give(int r, Channel c) {
     absl::MutexLock lock(&replicas[r]->mu);
-    replicas[r]->idle.push_back(std::move(s));
+    replicas[r]->idle.push_back(std::move(c));
   }
 };
 
@@ -88,6 +125,9 @@ absl::StatusOr<std::unique_ptr<KvCacheTier>> KvCacheTier::Create(const Options& 
   if (options.fetch_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("the kvcache fetch timeout must be positive");
   }
+  if (options.shared_memory_bytes < 0 || options.shared_memory_bytes > (int64_t{1} << 30)) {  // KvShmSetup.size
+    return absl::InvalidArgumentError("the kvcache shared memory is 0 (none) to 1 GiB a connection");
+  }
   std::unique_ptr<KvCacheTier> tier(new KvCacheTier(options));
   grpc::ChannelArguments args = ClientChannelArguments();
   args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 16 << 20);
@@ -97,6 +137,7 @@ absl::StatusOr<std::unique_ptr<KvCacheTier>> KvCacheTier::Create(const Options& 
     r->host = options.use_data_channel ? DataChannelHost(a) : "";
     tier->rpc_->replicas.push_back(std::move(r));
   }
+  tier->rpc_->shared_memory_bytes = options.shared_memory_bytes;
   tier->writer_ = std::thread([t = tier.get()] { t->WriteLoop(); });
   return tier;
 }
@@ -126,6 +167,7 @@ bool KvCacheTier::HasDataChannel(int replica) {
   if (!r.stub->GetStats(&ctx, v1::GetStatsRequest(), &stats).ok()) return false;  // asked again next time
   absl::MutexLock lock(&r.mu);
   r.data_port = stats.data_port();
+  r.shares_memory = rpc_->shared_memory_bytes > 0 && !stats.host_id().empty() && stats.host_id() == HostId();
   return r.data_port > 0;
 }
 
@@ -154,7 +196,9 @@ absl::Status KvCacheTier::FetchGrpc(int replica, const BlockHash& root, absl::Sp
 absl::Status KvCacheTier::FetchFrames(int replica, const BlockHash& root, absl::Span<const BlockHash> chain,
                                       std::vector<KvTierBlock>* out) {
   const absl::Time deadline = absl::Now() + options_.fetch_timeout;
-  MM_ASSIGN_OR_RETURN(std::unique_ptr<FrameSocket> socket, rpc_->Take(replica));
+  MM_ASSIGN_OR_RETURN(Channel channel, rpc_->Take(replica, options_.fetch_timeout));
+  FrameSocket* socket = channel.socket.get();
+  const SharedMemory* shm = channel.shm.get();
   v1::KvFrame frame;
   v1::GetBlocksRequest* req = frame.mutable_get();
   req->set_root(root.Bytes());
@@ -162,6 +206,7 @@ absl::Status KvCacheTier::FetchFrames(int replica, const BlockHash& root, absl::
   MM_RETURN_IF_ERROR(socket->Send(frame, {}));
   std::string payload;
   bool valid = true;
+  int64_t shared = 0;
   for (;;) {
     socket->SetReceiveTimeout(MillisLeft(deadline));
     MM_RETURN_IF_ERROR(socket->Receive(&frame, &payload));  // the socket is dropped
@@ -169,13 +214,27 @@ absl::Status KvCacheTier::FetchFrames(int replica, const BlockHash& root, absl::
     if (!valid) continue;  // read to the end, to keep the socket
     KvTierBlock block;
     valid = out->size() < chain.size() && frame.blocks_size() == 1 && frame.data_sizes_size() == 1 &&
-            frame.data_sizes(0) == payload.size() && Check(frame.blocks(0), payload, chain[out->size()], &block);
+            frame.shm_offsets_size() <= 1;
     if (!valid) continue;
-    block.bytes = std::move(payload);  // the next frame's bytes go to a new string
-    payload = std::string();
+    const uint64_t size = frame.data_sizes(0);
+    const int64_t offset = frame.shm_offsets_size() ? frame.shm_offsets(0) : -1;
+    if (offset >= 0) {  // in the shared memory: checked there, then copied out
+      valid = shm != nullptr && payload.empty() && static_cast<uint64_t>(offset) <= shm->size() &&
+              size <= shm->size() - offset &&
+              Check(frame.blocks(0), absl::string_view(shm->data() + offset, size), chain[out->size()], &block);
+      if (!valid) continue;
+      block.bytes.assign(shm->data() + offset, size);
+      ++shared;
+    } else {
+      valid = size == payload.size() && Check(frame.blocks(0), payload, chain[out->size()], &block);
+      if (!valid) continue;
+      block.bytes = std::move(payload);  // the next frame's bytes go to a new string
+      payload = std::string();
+    }
     out->push_back(std::move(block));
   }
-  rpc_->Give(replica, std::move(socket));
+  rpc_->Give(replica, std::move(channel));
+  CountSharedMemoryBlocks(shared);
   return absl::Status(static_cast<absl::StatusCode>(frame.error_code()), frame.error_message());
 }
 
@@ -235,12 +294,16 @@ bool KvCacheTier::PutGrpc(const Batch& batch) {
 }
 
 bool KvCacheTier::PutFrames(const Batch& batch) {
-  absl::StatusOr<std::unique_ptr<FrameSocket>> socket = rpc_->Take(batch.replica);
-  if (!socket.ok()) return false;
+  absl::StatusOr<Channel> channel = rpc_->Take(batch.replica, options_.store_timeout);
+  if (!channel.ok()) return false;
+  FrameSocket* socket = channel->socket.get();
+  const SharedMemory* shm = channel->shm.get();
   v1::KvFrame frame;
   v1::PutBlocksRequest* req = frame.mutable_put();
   req->set_root(batch.root.Bytes());
   std::vector<iovec> bytes;
+  uint64_t used = 0;  // of the shared memory
+  int64_t shared = 0;
   for (const KvTierBlock& b : batch.blocks) {
     v1::KvBlock* out = req->add_blocks();
     out->set_hash(b.hash.Bytes());
@@ -248,15 +311,30 @@ bool KvCacheTier::PutFrames(const Batch& batch) {
     out->mutable_tokens()->Assign(b.tokens.begin(), b.tokens.end());
     out->set_checksum(Checksum64(b.bytes));
     frame.add_data_sizes(b.bytes.size());
+    if (shm != nullptr && b.bytes.size() <= shm->size() - used) {
+      std::memcpy(shm->data() + used, b.bytes.data(), b.bytes.size());
+      frame.add_shm_offsets(static_cast<int64_t>(used));
+      used += b.bytes.size();
+      ++shared;
+      continue;
+    }
+    if (shm != nullptr) frame.add_shm_offsets(-1);
     bytes.push_back({const_cast<char*>(b.bytes.data()), b.bytes.size()});
   }
   std::vector<char> payload;
-  (*socket)->SetReceiveTimeout(static_cast<int>(absl::ToInt64Milliseconds(options_.store_timeout)));
-  if (!(*socket)->Send(frame, bytes).ok() || !(*socket)->Receive(&frame, &payload).ok() || !frame.done()) {
+  socket->SetReceiveTimeout(static_cast<int>(absl::ToInt64Milliseconds(options_.store_timeout)));
+  if (!socket->Send(frame, bytes).ok() || !socket->Receive(&frame, &payload).ok() || !frame.done()) {
     return false;  // the socket is dropped
   }
-  rpc_->Give(batch.replica, std::move(*socket));
-  return frame.error_code() == 0 && frame.stored() == static_cast<int>(batch.blocks.size());
+  rpc_->Give(batch.replica, std::move(*channel));
+  const bool ok = frame.error_code() == 0 && frame.stored() == static_cast<int>(batch.blocks.size());
+  if (ok) CountSharedMemoryBlocks(shared);
+  return ok;
+}
+
+void KvCacheTier::CountSharedMemoryBlocks(int64_t n) {
+  absl::MutexLock lock(&mu_);
+  stats_.shared_memory_blocks += n;
 }
 
 void KvCacheTier::WriteLoop() {

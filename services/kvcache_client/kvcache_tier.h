@@ -22,7 +22,8 @@ namespace moemesh {
 // prefix share its blocks, and losing a replica loses (to recompute) only
 // its sequences. Blocks go over a replica's raw data channel where it
 // offers one (KvCacheStats.data_port: frames with the bytes as raw
-// payload), else over gRPC. Fetch is one GetBlocks call bounded by `fetch_timeout`:
+// payload; on the service's own host, the bytes in memory the two share,
+// KvFrame.shm_setup), else over gRPC. Fetch is one GetBlocks call bounded by `fetch_timeout`:
 // past it, or with the replica down, it fails and the router computes. It keeps only blocks that
 // are what they claim (checksum, chain hash). Store queues blocks for a
 // writer thread that puts them, in order, one PutBlocks stream per batch;
@@ -37,10 +38,14 @@ class KvCacheTier : public KvTier {
     int64_t max_queued_bytes = int64_t{256} << 20;
     // Use a replica's raw data channel where it offers one.
     bool use_data_channel = true;
+    // Shared memory per data channel connection with a replica on this
+    // host (0: none). A call's blocks past it go through the socket.
+    int64_t shared_memory_bytes = int64_t{64} << 20;
   };
   struct Stats {
     int64_t fetches = 0, fetch_errors = 0, fetched_blocks = 0;
     int64_t stored_blocks = 0, store_errors = 0, dropped_blocks = 0;
+    int64_t shared_memory_blocks = 0;  // fetched or stored through shared memory
   };
 
   static absl::StatusOr<std::unique_ptr<KvCacheTier>> Create(const Options& options);
@@ -70,6 +75,7 @@ class KvCacheTier : public KvTier {
   // The same over gRPC and over the data channel.
   bool PutGrpc(const Batch& batch);
   bool PutFrames(const Batch& batch);
+  void CountSharedMemoryBlocks(int64_t n);
   // GetBlocks's run of `chain` from `replica` into `out`, up to the first
   // block that is not what it claims (checksum, chain hash).
   absl::Status FetchGrpc(int replica, const BlockHash& root, absl::Span<const BlockHash> chain,
@@ -80,6 +86,7 @@ class KvCacheTier : public KvTier {
   bool HasDataChannel(int replica);
 
   const Options options_;
+  struct Channel;
   struct Rpc;  // the gRPC stubs and data channels, one per replica, kept out of this header
   std::unique_ptr<Rpc> rpc_;
 

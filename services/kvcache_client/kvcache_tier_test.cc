@@ -2,6 +2,7 @@
 #include "services/kvcache_client/kvcache_tier.h"
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <random>
@@ -17,26 +18,32 @@
 #include "moemesh/v1/kvcache.pb.h"
 #include "services/common/frame_socket.h"
 #include "services/common/server_util.h"
+#include "services/common/shared_memory.h"
 #include "services/kvcache/block_store.h"
 #include "services/kvcache/local_kvcache.h"
 
 namespace moemesh {
 namespace {
 
-// Over the service's raw data channel (true) and over gRPC alone (false).
-class KvCacheTierTest : public ::testing::TestWithParam<bool> {
+// How the blocks travel: over gRPC alone, through the service's raw data
+// channel, or in memory shared on that channel (this host's service).
+enum class Wire { kGrpc, kDataChannel, kSharedMemory };
+
+class KvCacheTierTest : public ::testing::TestWithParam<Wire> {
  protected:
   void SetUp() override {
     std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
     std::replace(name.begin(), name.end(), '/', '_');
-    kv_ = std::make_unique<LocalKvCache>(absl::StrCat(::testing::TempDir(), "/kvcache_tier_", name), GetParam());
+    kv_ = std::make_unique<LocalKvCache>(absl::StrCat(::testing::TempDir(), "/kvcache_tier_", name),
+                                         GetParam() != Wire::kGrpc);
     address_ = kv_->address();
   }
 
-  std::unique_ptr<KvCacheTier> Tier(const std::string& address) {
+  std::unique_ptr<KvCacheTier> Tier(const std::string& address, int64_t shared_memory_bytes = int64_t{64} << 20) {
     KvCacheTier::Options o;
     o.addresses = {address};
-    o.use_data_channel = GetParam();
+    o.use_data_channel = GetParam() != Wire::kGrpc;
+    o.shared_memory_bytes = GetParam() == Wire::kSharedMemory ? shared_memory_bytes : 0;
     auto tier = KvCacheTier::Create(o);
     EXPECT_TRUE(tier.ok()) << tier.status();
     return std::move(*tier);
@@ -69,6 +76,7 @@ TEST_P(KvCacheTierTest, StoresInTheBackgroundAndFetchesTheLeadingRun) {
   tier->Store(root, chain[0].hash, {chain[2]});
   tier->Flush();
   EXPECT_EQ(tier->stats().stored_blocks, 3);
+  EXPECT_EQ(tier->stats().shared_memory_blocks, GetParam() == Wire::kSharedMemory ? 3 : 0);
   std::vector<BlockHash> names;
   for (const auto& b : chain) names.push_back(b.hash);
   absl::StatusOr<std::vector<KvTierBlock>> got = tier->Fetch(root, names);
@@ -79,6 +87,7 @@ TEST_P(KvCacheTierTest, StoresInTheBackgroundAndFetchesTheLeadingRun) {
     EXPECT_EQ((*got)[i].tokens, chain[i].tokens);
     EXPECT_EQ((*got)[i].parent, chain[i].parent);
   }
+  EXPECT_EQ(tier->stats().shared_memory_blocks, GetParam() == Wire::kSharedMemory ? 6 : 0);
   // From the middle of a chain, as a router whose own cache holds the head asks.
   got = tier->Fetch(root, names, 1);
   ASSERT_TRUE(got.ok());
@@ -207,9 +216,34 @@ TEST_P(KvCacheTierTest, SecondTurnAfterARestartEqualsComputing) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Wire, KvCacheTierTest, ::testing::Bool(),
-                         [](const ::testing::TestParamInfo<bool>& i) {
-                           return std::string(i.param ? "DataChannel" : "Grpc");
+// Shared memory smaller than a call's blocks: those that fit go in it, the
+// rest through the socket, both ways, and all arrive whole.
+TEST_P(KvCacheTierTest, BlocksPastTheSharedMemoryGoThroughTheSocket) {
+  if (GetParam() != Wire::kSharedMemory) GTEST_SKIP() << "shared memory only";
+  const BlockHash root = HashBytes("m");
+  const std::vector<KvTierBlock> chain = Chain(root, 6);  // 1000 to 1005 bytes each
+  std::unique_ptr<KvCacheTier> tier = Tier(address_, /*shared_memory_bytes=*/2500);
+  tier->Store(root, chain[0].hash, chain);
+  tier->Flush();
+  EXPECT_EQ(tier->stats().stored_blocks, 6);
+  EXPECT_EQ(tier->stats().shared_memory_blocks, 2);
+  std::vector<BlockHash> names;
+  for (const auto& b : chain) names.push_back(b.hash);
+  for (int round = 0; round < 2; ++round) {  // the second call reuses the memory from its start
+    absl::StatusOr<std::vector<KvTierBlock>> got = tier->Fetch(root, names);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_EQ(got->size(), 6u);
+    for (size_t i = 0; i < 6; ++i) EXPECT_EQ((*got)[i].bytes, chain[i].bytes) << i;
+  }
+  EXPECT_EQ(tier->stats().shared_memory_blocks, 6);
+}
+
+INSTANTIATE_TEST_SUITE_P(Wire, KvCacheTierTest,
+                         ::testing::Values(Wire::kGrpc, Wire::kDataChannel, Wire::kSharedMemory),
+                         [](const ::testing::TestParamInfo<Wire>& i) {
+                           return std::string(i.param == Wire::kGrpc          ? "Grpc"
+                                              : i.param == Wire::kDataChannel ? "DataChannel"
+                                                                              : "SharedMemory");
                          });
 
 // Frames that are not what the data channel carries are answered with the
@@ -254,6 +288,43 @@ TEST(KvCacheDataChannelTest, BadFramesAreRefusedAndNothingIsStored) {
   EXPECT_EQ(answer.error_code(), 0) << answer.error_message();
   EXPECT_EQ(answer.stored(), 1);
   EXPECT_EQ(kv.store()->stats().blocks, 1);
+
+  // Shared memory: offsets on a connection that set none up, names that
+  // are not the mesh's, sizes out of bounds, offsets past its end.
+  v1::KvFrame second = put;
+  *second.mutable_put()->mutable_blocks(0) = *b;
+  v1::KvBlock* b1 = second.mutable_put()->mutable_blocks(0);
+  b1->set_hash(chain[1].hash.Bytes());
+  b1->set_parent(chain[0].hash.Bytes());
+  b1->mutable_tokens()->Assign(chain[1].tokens.begin(), chain[1].tokens.end());
+  b1->set_checksum(Checksum64(chain[1].bytes));
+  second.set_data_sizes(0, chain[1].bytes.size());
+  second.add_shm_offsets(0);
+  answer = exchange(second, {});
+  EXPECT_EQ(answer.error_code(), static_cast<int>(absl::StatusCode::kFailedPrecondition)) << answer.error_message();
+  v1::KvFrame setup;
+  setup.mutable_shm_setup()->set_name("/etc/passwd");
+  setup.mutable_shm_setup()->set_size(4096);
+  EXPECT_EQ(exchange(setup, {}).error_code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+  auto shm = SharedMemory::Create(4096);
+  ASSERT_TRUE(shm.ok()) << shm.status();
+  setup.mutable_shm_setup()->set_name((*shm)->name());
+  setup.mutable_shm_setup()->set_size(uint64_t{2} << 30);
+  EXPECT_EQ(exchange(setup, {}).error_code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+  setup.mutable_shm_setup()->set_size(4096);
+  answer = exchange(setup, {});
+  ASSERT_EQ(answer.error_code(), 0) << answer.error_message();
+  std::memcpy((*shm)->data() + 3000, chain[1].bytes.data(), chain[1].bytes.size() - 1000);
+  second.set_shm_offsets(0, 3500);  // 1001 bytes from 3500: past 4096
+  answer = exchange(second, {});
+  EXPECT_EQ(answer.error_code(), static_cast<int>(absl::StatusCode::kInvalidArgument)) << answer.error_message();
+  EXPECT_EQ(kv.store()->stats().blocks, 1);
+  std::memcpy((*shm)->data() + 3000, chain[1].bytes.data(), chain[1].bytes.size());
+  second.set_shm_offsets(0, 3000);
+  answer = exchange(second, {});
+  EXPECT_EQ(answer.error_code(), 0) << answer.error_message();
+  EXPECT_EQ(answer.stored(), 1);
+  EXPECT_EQ(kv.store()->stats().blocks, 2);
 }
 
 }  // namespace
