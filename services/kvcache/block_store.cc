@@ -291,6 +291,14 @@ absl::Status BlockStore::Put(const BlockHash& root, const StoredBlock& block) {
 }
 
 absl::StatusOr<StoredBlock> BlockStore::Get(const BlockHash& root, const BlockHash& hash) {
+  StoredBlock block;
+  absl::Status st = Read(root, hash, &block, [&block](absl::string_view data) { block.data = std::string(data); });
+  if (!st.ok()) return st;
+  return block;
+}
+
+absl::Status BlockStore::Read(const BlockHash& root, const BlockHash& hash, StoredBlock* out,
+                              absl::FunctionRef<void(absl::string_view data)> take) {
   const std::string key = BlockKey(root, hash);
   rocksdb::PinnableSlice value;  // no copy out of RocksDB's cache
   rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), handles_[kBlocks], key, &value);
@@ -300,16 +308,17 @@ absl::StatusOr<StoredBlock> BlockStore::Get(const BlockHash& root, const BlockHa
   }
   if (!s.ok()) return FromRocks(s, "kvcache read");
   absl::StatusOr<absl::string_view> body = Unseal(kBlockFormat, key, absl::string_view(value.data(), value.size()));
-  StoredBlock block;
+  StoredBlock& block = *out;
   block.hash = hash;
   bool ok = body.ok();
+  absl::string_view data;
   if (ok) {
     Reader r(*body);
     absl::string_view parent;
     ok = r.Bytes(16, &parent) && r.Tokens(&block.tokens);
     if (ok) {
       block.parent = *BlockHash::FromBytes(parent);
-      block.data = std::string(r.rest());
+      data = r.rest();
       ok = ChainBlockHash(block.parent, block.tokens) == hash;
     }
   }
@@ -318,7 +327,8 @@ absl::StatusOr<StoredBlock> BlockStore::Get(const BlockHash& root, const BlockHa
     return absl::DataLossError(absl::StrCat("block ", hash.Hex(), " failed its checksum and was dropped"));
   }
   Touch(key);
-  return block;
+  take(data);
+  return absl::OkStatus();
 }
 
 absl::Status BlockStore::CheckSessionId(const std::string& id) const {

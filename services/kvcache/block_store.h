@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -98,6 +99,11 @@ class BlockStore {
   absl::Status Put(const BlockHash& root, const StoredBlock& block);
   // NOT_FOUND when not held; DATA_LOSS when its checksum fails (then dropped).
   absl::StatusOr<StoredBlock> Get(const BlockHash& root, const BlockHash& hash);
+  // The same without copying the bytes: `block` gets all but its data, and
+  // `take` is called with the data where RocksDB holds it (valid only
+  // during the call), once it has passed its checksum.
+  absl::Status Read(const BlockHash& root, const BlockHash& hash, StoredBlock* block,
+                    absl::FunctionRef<void(absl::string_view data)> take);
 
   // NOT_FOUND when unknown or expired.
   absl::StatusOr<SessionRecord> GetSession(const std::string& id);

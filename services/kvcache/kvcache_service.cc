@@ -116,22 +116,25 @@ absl::Status KvCacheServiceImpl::PutBlock(const BlockHash& root, const v1::KvBlo
 }
 
 absl::Status KvCacheServiceImpl::GetRun(const v1::GetBlocksRequest& request,
-                                        const std::function<bool(v1::KvBlock*, std::string*)>& emit) {
+                                        const std::function<bool(v1::KvBlock*, absl::string_view)>& emit) {
   absl::StatusOr<BlockHash> root = ParseHash(request.root(), "root");
   if (!root.ok()) return root.status();
   absl::StatusOr<std::vector<BlockHash>> chain = ParseChain(request.hashes());
   if (!chain.ok()) return chain.status();
   v1::KvBlock out;
   for (const BlockHash& h : *chain) {
-    absl::StatusOr<StoredBlock> block = store_->Get(*root, h);
-    if (absl::IsNotFound(block.status())) break;  // the run held ends here
-    if (!block.ok()) return block.status();
-    out.set_hash(h.Bytes());
-    out.set_parent(block->parent.Bytes());
-    out.mutable_tokens()->Assign(block->tokens.begin(), block->tokens.end());
-    out.set_checksum(Checksum64(block->data));
-    AddBytes(/*in=*/false, block->data.size());
-    if (!emit(&out, &block->data)) return absl::CancelledError("the caller went away");
+    StoredBlock block;
+    bool more = true;
+    const absl::Status st = store_->Read(*root, h, &block, [&](absl::string_view data) {
+      out.set_hash(h.Bytes());
+      out.set_parent(block.parent.Bytes());
+      out.mutable_tokens()->Assign(block.tokens.begin(), block.tokens.end());
+      AddBytes(/*in=*/false, data.size());
+      more = emit(&out, data);
+    });
+    if (absl::IsNotFound(st)) break;  // the run held ends here
+    if (!st.ok()) return st;
+    if (!more) return absl::CancelledError("the caller went away");
   }
   return absl::OkStatus();
 }
@@ -169,10 +172,11 @@ grpc::Status KvCacheServiceImpl::GetBlocks(grpc::ServerContext* context, const v
                                            grpc::ServerWriter<v1::GetBlocksResponse>* writer) {
   Call call(this, "GetBlocks");
   v1::GetBlocksResponse response;
-  return call.Done(GetRun(*request, [&](v1::KvBlock* b, std::string* data) {
+  return call.Done(GetRun(*request, [&](v1::KvBlock* b, absl::string_view data) {
     if (context->IsCancelled()) return false;
     *response.mutable_block() = *b;
-    response.mutable_block()->set_data(std::move(*data));
+    response.mutable_block()->set_checksum(Checksum64(data));
+    response.mutable_block()->set_data(std::string(data));
     return writer->Write(response);
   }));
 }
@@ -246,18 +250,21 @@ void KvCacheServiceImpl::ServeFrames(FrameSocket* socket) {
       Call call(this, "GetBlocks");
       v1::KvFrame part;
       uint64_t used = 0;  // of the shared memory, by this call's blocks
-      st = GetRun(request.get(), [&](v1::KvBlock* b, std::string* data) {
+      st = GetRun(request.get(), [&](v1::KvBlock* b, absl::string_view data) {
         part.Clear();
         *part.add_blocks() = *b;
-        part.add_data_sizes(data->size());
-        if (shm != nullptr && data->size() <= shm->size() - used) {
-          std::memcpy(shm->data() + used, data->data(), data->size());
+        part.add_data_sizes(data.size());
+        // In shared memory the bytes cannot change on the way (the store
+        // checked them against their own checksum): none is sent.
+        if (shm != nullptr && data.size() <= shm->size() - used) {
+          std::memcpy(shm->data() + used, data.data(), data.size());
           part.add_shm_offsets(static_cast<int64_t>(used));
-          used += data->size();
+          used += data.size();
           return socket->Send(part, {}).ok();
         }
         if (shm != nullptr) part.add_shm_offsets(-1);
-        iovec bytes{data->data(), data->size()};
+        part.mutable_blocks(0)->set_checksum(Checksum64(data));
+        iovec bytes{const_cast<char*>(data.data()), data.size()};
         return socket->Send(part, {&bytes, 1}).ok();
       });
       call.Done(st);

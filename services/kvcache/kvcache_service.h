@@ -64,9 +64,11 @@ class KvCacheServiceImpl final : public v1::KvCacheService::Service {
   // checksum) and stores it.
   absl::Status PutBlock(const BlockHash& root, const v1::KvBlock& block, std::string data, int index);
   // The held run of `request`'s chain, each block to `emit` (its data
-  // apart, to be moved); CANCELLED when `emit` says the caller left.
+  // apart, where the store holds it: valid only during the call; the
+  // checksum is left to `emit`);
+  // CANCELLED when `emit` says the caller left.
   absl::Status GetRun(const v1::GetBlocksRequest& request,
-                      const std::function<bool(v1::KvBlock*, std::string*)>& emit);
+                      const std::function<bool(v1::KvBlock*, absl::string_view)>& emit);
 
   BlockStore* store_;
   KvCacheMetrics* metrics_;

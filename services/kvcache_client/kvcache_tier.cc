@@ -95,11 +95,13 @@ std::chrono::system_clock::time_point Deadline(absl::Duration d) {
 }
 
 // Whether `b` (its data apart) is block `want` of the chain; its parent
-// and tokens into `block`.
-bool Check(const v1::KvBlock& b, absl::string_view data, const BlockHash& want, KvTierBlock* block) {
+// and tokens into `block`. The data is checked against b.checksum() unless
+// it came through shared memory (`data` null), where it cannot change on
+// the way and the service sends none.
+bool Check(const v1::KvBlock& b, const absl::string_view* data, const BlockHash& want, KvTierBlock* block) {
   absl::StatusOr<BlockHash> parent = BlockHash::FromBytes(b.parent());
   block->tokens.assign(b.tokens().begin(), b.tokens().end());
-  if (!parent.ok() || b.hash() != want.Bytes() || Checksum64(data) != b.checksum() ||
+  if (!parent.ok() || b.hash() != want.Bytes() || (data != nullptr && Checksum64(*data) != b.checksum()) ||
       ChainBlockHash(*parent, block->tokens) != want) {
     return false;
   }
@@ -183,7 +185,8 @@ absl::Status KvCacheTier::FetchGrpc(int replica, const BlockHash& root, absl::Sp
   bool valid = true;
   while (valid && out->size() < chain.size() && reader->Read(&resp)) {
     KvTierBlock block;
-    valid = Check(resp.block(), resp.block().data(), chain[out->size()], &block);
+    const absl::string_view data = resp.block().data();
+    valid = Check(resp.block(), &data, chain[out->size()], &block);
     if (!valid) break;  // keep what came before it
     block.bytes = std::move(*resp.mutable_block()->mutable_data());
     out->push_back(std::move(block));
@@ -218,15 +221,15 @@ absl::Status KvCacheTier::FetchFrames(int replica, const BlockHash& root, absl::
     if (!valid) continue;
     const uint64_t size = frame.data_sizes(0);
     const int64_t offset = frame.shm_offsets_size() ? frame.shm_offsets(0) : -1;
-    if (offset >= 0) {  // in the shared memory: checked there, then copied out
+    if (offset >= 0) {  // in the shared memory
       valid = shm != nullptr && payload.empty() && static_cast<uint64_t>(offset) <= shm->size() &&
-              size <= shm->size() - offset &&
-              Check(frame.blocks(0), absl::string_view(shm->data() + offset, size), chain[out->size()], &block);
+              size <= shm->size() - offset && Check(frame.blocks(0), nullptr, chain[out->size()], &block);
       if (!valid) continue;
       block.bytes.assign(shm->data() + offset, size);
       ++shared;
     } else {
-      valid = size == payload.size() && Check(frame.blocks(0), payload, chain[out->size()], &block);
+      const absl::string_view data = payload;
+      valid = size == payload.size() && Check(frame.blocks(0), &data, chain[out->size()], &block);
       if (!valid) continue;
       block.bytes = std::move(payload);  // the next frame's bytes go to a new string
       payload = std::string();
