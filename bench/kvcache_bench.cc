@@ -75,7 +75,9 @@ int Run(int argc, char** argv) {
   const std::string plain_dir = base + "/kvcache_bench_plain", service_dir = base + "/kvcache_bench_service";
   std::filesystem::remove_all(plain_dir);
   std::filesystem::remove_all(service_dir);
-  double plain_put, plain_get;
+  // Gets into one string, and into a string a value kept (as a fetch
+  // returns a run of blocks).
+  double plain_put, plain_get, plain_get_kept;
   {
     rocksdb::Options o;
     o.create_if_missing = true;
@@ -87,17 +89,22 @@ int Run(int argc, char** argv) {
       if (!db->Put({}, root.Bytes() + b.hash.Bytes(), b.bytes).ok()) return 1;
     }
     plain_put = Seconds(t0);
-    plain_get = 1e30;
+    plain_get = plain_get_kept = 1e30;
     for (int round = 0; round < kGetRounds; ++round) {
-      t0 = std::chrono::steady_clock::now();
-      std::string v;
-      size_t total = 0;
-      for (const KvTierBlock& b : chain) {
-        if (!db->Get({}, root.Bytes() + b.hash.Bytes(), &v).ok()) return 1;
-        total += v.size();
+      for (const bool keep : {false, true}) {
+        t0 = std::chrono::steady_clock::now();
+        std::string v;
+        std::vector<std::string> kept;
+        size_t total = 0;
+        for (const KvTierBlock& b : chain) {
+          if (!db->Get({}, root.Bytes() + b.hash.Bytes(), &v).ok()) return 1;
+          total += v.size();
+          if (keep) kept.push_back(std::move(v));
+        }
+        double& best = keep ? plain_get_kept : plain_get;
+        best = std::min(best, Seconds(t0));
+        if (total != chain.size() * chain[0].bytes.size()) return 1;
       }
-      plain_get = std::min(plain_get, Seconds(t0));
-      if (total != chain.size() * chain[0].bytes.size()) return 1;
     }
   }
 
@@ -170,7 +177,9 @@ int Run(int argc, char** argv) {
                 mb / plain, mb / of(shm), plain / of(shm), mb / of(frames), plain / of(frames), mb / of(grpc),
                 plain / of(grpc));
   }
-  std::printf("(the store alone, without a network hop: get %.0f MB/s)\n", mb / frames.store_get);
+  std::printf("(the store alone, without a network hop: get %.0f MB/s; plain RocksDB keeping each value in its own "
+              "string, as a fetch returns them: get %.0f MB/s, kvcache (shm) %.2fx of it)\n",
+              mb / frames.store_get, mb / plain_get_kept, plain_get_kept / shm.get);
   std::filesystem::remove_all(plain_dir);
   std::filesystem::remove_all(service_dir);
   return 0;

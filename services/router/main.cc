@@ -87,6 +87,9 @@ ABSL_FLAG(std::string, kvcache, "",
           "sequences are spread) below the cache (and the host tier): every full block goes there, and a prompt's "
           "blocks found there are fetched instead of computed");
 ABSL_FLAG(int, kvcache_timeout_ms, 500, "how long a fetch from the kvcache service may take before computing instead");
+ABSL_FLAG(int, kvcache_shared_memory_mb, 64,
+          "memory shared with a kvcache service on this host per data channel connection (the blocks' bytes skip the "
+          "socket; a call's blocks past it go through it); 0: none");
 
 namespace moemesh {
 namespace {
@@ -110,6 +113,7 @@ struct Options {
   int64_t kv_host_cache_mb = 0;
   std::string kvcache;
   int kvcache_timeout_ms = 0;
+  int kvcache_shared_memory_mb = 0;
 
   static Options FromFlags() {
     Options o;
@@ -138,6 +142,7 @@ struct Options {
     o.kv_host_cache_mb = absl::GetFlag(FLAGS_kv_host_cache_mb);
     o.kvcache = absl::GetFlag(FLAGS_kvcache);
     o.kvcache_timeout_ms = absl::GetFlag(FLAGS_kvcache_timeout_ms);
+    o.kvcache_shared_memory_mb = absl::GetFlag(FLAGS_kvcache_shared_memory_mb);
     return o;
   }
 
@@ -177,6 +182,9 @@ struct Options {
     if (absl::Status st = RemoteExpertExecutor::ParseCombine(expert_combine).status(); !st.ok()) return st;
     if (kv_host_cache_mb < 0) return absl::InvalidArgumentError("--kv-host-cache-mb must not be negative");
     if (kvcache_timeout_ms <= 0) return absl::InvalidArgumentError("--kvcache-timeout-ms must be positive");
+    if (kvcache_shared_memory_mb < 0 || kvcache_shared_memory_mb > 1024) {
+      return absl::InvalidArgumentError("--kvcache-shared-memory-mb is 0 (none) to 1024");
+    }
     if ((kv_host_cache_mb > 0 || !kvcache.empty()) && !engine.prefix_caching) {
       return absl::InvalidArgumentError("--kv-host-cache-mb and --kvcache are tiers below prefix caching: "
                                         "they need --prefix-caching");
@@ -227,6 +235,7 @@ int Main(int argc, char** argv) {
     KvCacheTier::Options kv;
     kv.addresses = absl::StrSplit(options.kvcache, ',');
     kv.fetch_timeout = absl::Milliseconds(options.kvcache_timeout_ms);
+    kv.shared_memory_bytes = int64_t{options.kvcache_shared_memory_mb} << 20;
     auto t = KvCacheTier::Create(kv);
     if (!t.ok()) return service_main.Fail(t.status(), 2);
     kvcache_tier = std::move(*t);
