@@ -534,19 +534,25 @@ double TimedRouterStream(v1::Router::Stub* router, int first_id, int tokens) {
 }
 
 // One of a shard's two replicas answers every call 400 ms late (the
-// worker's --fault-delay-ms): a router with --expert-timeout-ms 150 gives
+// worker's --fault-delay-ms). A router with --expert-timeout-ms 150 gives
 // it up, ejects it and goes on with the other, probing it again every
-// --expert-eject-ms. Waves of 8 streams to that router and to one whose
+// --expert-eject-ms; one with --expert-hedge-ms 40 (and no timeout) sends
+// the call to the other replica too, takes its answer and passes the slow
+// one over likewise. Waves of 8 streams to each of them and to one whose
 // shard has the fast replica alone alternate: every stream completes, the
 // P99 of their times stays within 2x the undisturbed router's, and the
-// calls sent again stay under a tenth of the calls.
-TEST(MeshFaultTest, ASlowReplicaIsEjectedAndP99StaysWithinTwiceUndisturbed) {
+// calls sent again or hedged stay under a tenth of the calls.
+class MeshSlowReplicaTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(MeshSlowReplicaTest, P99StaysWithinTwiceUndisturbed) {
   const std::string model = "models/fortune-moe";
+  const bool hedge = GetParam() == "Hedged";
   Started fast = StartService({g_expert, "--model=" + model, "--port=0"});
   Started slow = StartService({g_expert, "--model=" + model, "--port=0", "--fault-delay-ms=400"});
   const std::string router_bin = ServiceBinaryForTests("moemesh-router", "MOEMESH_ROUTER_BIN");
   Started undisturbed = StartService({router_bin, "--model=" + model, "--port=0", "--experts=" + fast.address});
-  Started disturbed = StartService({router_bin, "--model=" + model, "--port=0", "--expert-timeout-ms=150",
+  Started disturbed = StartService({router_bin, "--model=" + model, "--port=0",
+                                    hedge ? "--expert-hedge-ms=40" : "--expert-timeout-ms=150",
                                     "--expert-eject-ms=2000", "--experts=" + fast.address + "|" + slow.address});
   ASSERT_FALSE(undisturbed.address.empty() || disturbed.address.empty());
   auto stub = [](const std::string& a) {
@@ -575,17 +581,22 @@ TEST(MeshFaultTest, ASlowReplicaIsEjectedAndP99StaysWithinTwiceUndisturbed) {
   const double base = p99(times[0]), slowed = p99(times[1]);
   EXPECT_LT(slowed, 2 * base) << "P99 " << slowed << " s against " << base << " s undisturbed";
   const double retries = Scrape(disturbed.metrics, "moemesh_router_expert_retries_total");
+  const double hedges = Scrape(disturbed.metrics, "moemesh_router_expert_hedges_total");
   const double calls = Scrape(disturbed.metrics, "moemesh_router_dispatch_seconds_count");
-  EXPECT_GT(retries, 0) << "the slow replica was never given up";
-  EXPECT_LT(retries, 0.1 * calls) << retries << " calls sent again of " << calls;
-  std::printf("slow replica: P99 %.3f s against %.3f s undisturbed; %.0f of %.0f calls sent again\n", slowed, base,
-              retries, calls);
+  EXPECT_GT(hedge ? hedges : retries, 0) << "the slow replica was never given up";
+  EXPECT_EQ(hedge ? retries : hedges, 0);
+  EXPECT_LT(retries + hedges, 0.1 * calls) << retries << " calls sent again and " << hedges << " hedged of " << calls;
+  std::printf("slow replica (%s): P99 %.3f s against %.3f s undisturbed; %.0f of %.0f calls sent again, %.0f hedged\n",
+              GetParam().c_str(), slowed, base, retries, calls, hedges);
   for (Started* s : {&disturbed, &undisturbed, &slow, &fast}) {
     if (s->process) {
       EXPECT_EQ(s->process->Stop(absl::Seconds(20)), 0);
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Mesh, MeshSlowReplicaTest, ::testing::Values("Ejected", "Hedged"),
+                         [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });
 
 // 1,000 requests, 32 at a time, each ended early at random: by a deadline
 // of 5 to 200 ms, or by the client cancelling after 0 to 5 responses (the

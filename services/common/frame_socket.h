@@ -50,6 +50,9 @@ class FrameSocket {
   // peer silent for longer (stopped, wedged) makes it UNAVAILABLE, "no
   // answer within N ms".
   void SetReceiveTimeout(int ms);
+  // The socket, for poll(2) alone (readable: a frame is coming, or the
+  // peer left); Receive reads no further ahead than one frame.
+  int pollable_fd() const { return fd_; }
 
   // Larger frames are refused (DATA_LOSS) before anything is allocated;
   // the same bound as gRPC messages (kMaxMessageBytes).

@@ -67,6 +67,7 @@ class CudaIpcTransport : public ExpertTransport {
   absl::Status Send(const v1::DispatchRequest& header, absl::Span<const iovec> rows) override;
   absl::Status Receive(v1::DispatchResponse* response, F32Matrix* outputs) override;
   absl::string_view name() const override { return "cuda-ipc"; }
+  int answer_fd() const override { return control_->answer_fd(); }
   int cuda_device() const override { return device_; }
   absl::Status SendOnDevice(const v1::DispatchRequest& header, const ExpertBatch& batch) override;
   absl::Status ReceiveOnDevice(v1::DispatchResponse* response, F32Matrix* outputs, float* out, void* stream) override;

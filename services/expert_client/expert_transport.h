@@ -48,6 +48,12 @@ class ExpertTransport {
   // "frames", "grpc-stream" or "cuda-ipc", for logs and metrics.
   virtual absl::string_view name() const = 0;
 
+  // A file descriptor for poll(2) that is readable once the answer to the
+  // oldest request is coming (or the connection broke: Receive says how);
+  // -1 where the transport cannot tell, or has sent nothing. Hedging
+  // (RemoteExpertExecutor::Options::hedge_ms) needs it.
+  virtual int answer_fd() const { return -1; }
+
   // Transports whose rows stay in GPU memory (cuda-ipc): the GPU whose
   // memory SendOnDevice takes, else -1 (and the two calls below are
   // UNIMPLEMENTED).

@@ -22,6 +22,7 @@ class FrameTransport : public ExpertTransport {
   absl::Status Send(const v1::DispatchRequest& header, absl::Span<const iovec> rows) override;
   absl::Status Receive(v1::DispatchResponse* response, F32Matrix* outputs) override;
   absl::string_view name() const override { return "frames"; }
+  int answer_fd() const override { return socket_ ? socket_->pollable_fd() : -1; }
 
  private:
   const std::string host_;

@@ -1,5 +1,7 @@
 #include "services/expert_client/remote_expert_executor.h"
 
+#include <poll.h>
+
 #include <algorithm>
 #include <chrono>
 #include <map>
@@ -40,6 +42,8 @@ struct RemoteExpertExecutor::Replica {
   void ResetAll() {
     for (int l = 0; l < kLanes; ++l) Reset(l);
   }
+  // ExpertTransport::answer_fd of a lane that awaits an answer; else -1.
+  int answer_fd(int lane) const { return pending[lane] && transport[lane] ? transport[lane]->answer_fd() : -1; }
 
   // With `device`, the rows are that batch's, in GPU memory.
   absl::Status Send(int lane, const v1::DispatchRequest& request, absl::Span<const iovec> rows,
@@ -231,6 +235,8 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
       transport.allow_data_channel = options.use_data_channel;
       transport.receive_timeout_ms = options.receive_timeout_ms;
       ex->eject_ms_ = options.eject_ms;
+      ex->hedge_ms_ = std::max(0, options.hedge_ms);
+      ex->receive_timeout_ms_ = options.receive_timeout_ms;
       ex->retry_tokens_ = ex->max_retry_tokens_ = std::max(0, options.retry_tokens);
       r->host = NegotiateTransport(address, info, channel, transport);
       transport.device_rows = options.cuda_device >= 0 ? options.device_rows : nullptr;
@@ -479,11 +485,50 @@ absl::Status RemoteExpertExecutor::SendFirst(Shard& s, int lane) {
   return st.ok() || absl::IsUnavailable(st) ? absl::OkStatus() : st;
 }
 
+size_t RemoteExpertExecutor::Hedge(Shard& s, int lane) {
+  Shard::Work& w = s.lane[lane];
+  Replica* first = s.replicas[w.sent_to].get();
+  pollfd fds[2] = {{first->answer_fd(lane), POLLIN, 0}, {-1, POLLIN, 0}};
+  if (hedge_ms_ <= 0 || s.replicas.size() < 2 || fds[0].fd < 0) return w.sent_to;
+  if (poll(fds, 1, hedge_ms_) != 0) return w.sent_to;  // answered in time (or broke: Receive says)
+  if (retry_tokens_ <= max_retry_tokens_ / 2) return w.sent_to;
+  const auto now = std::chrono::steady_clock::now();
+  size_t second = w.sent_to;
+  for (size_t i : Order(s)) {
+    if (i != w.sent_to && s.replicas[i]->ejected_until <= now) {
+      second = i;
+      break;
+    }
+  }
+  if (second == w.sent_to) return w.sent_to;  // no other live replica
+  Replica* other = s.replicas[second].get();
+  if (!SendTo(s, lane, other).ok()) return w.sent_to;  // lost: ejected; refused: the first it is
+  ++hedges_;
+  fds[1].fd = other->answer_fd(lane);
+  if (fds[1].fd < 0) {  // a transport that cannot tell: wait for the first after all
+    other->Reset(lane);
+    return w.sent_to;
+  }
+  const int left = receive_timeout_ms_ > 0 ? std::max(1, receive_timeout_ms_ - hedge_ms_) : -1;
+  if (poll(fds, 2, left) <= 0 || fds[0].revents != 0) {
+    other->Reset(lane);  // the first answered first (or neither did: its Receive times out)
+    return w.sent_to;
+  }
+  // Its answer is not read (a fresh connection next time), and it is passed
+  // over like a failed replica, without spending the retry budget: a slow
+  // replica would otherwise cost a hedge at each of its turns.
+  first->Reset(lane);
+  first->ejected_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(eject_ms_);
+  return second;
+}
+
 absl::Status RemoteExpertExecutor::Exchange(Shard& s, int lane) {
   Shard::Work& w = s.lane[lane];
-  // The common case: the request is out to w.sent_to, whose answer comes.
+  // The common case: the request is out to w.sent_to, whose answer comes
+  // (or, hedged, to another replica too, which answered first).
   absl::Status last;
   if (w.sent) {
+    w.sent_to = Hedge(s, lane);
     last = Attempt(s, lane, s.replicas[w.sent_to].get(), /*send=*/false);
     if (last.ok()) return last;
   }

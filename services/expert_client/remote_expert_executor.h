@@ -73,6 +73,16 @@ class RemoteExpertExecutor : public ExpertExecutor {
     // keeps attempts within about 1.1 times the calls, so sick replicas
     // cannot multiply the traffic. 0: never retry.
     int retry_tokens = 10;
+    // Hedging: a shard's request still unanswered after this long is sent
+    // to its next live replica too, and the first answer taken (the other
+    // connection is dropped, its answer unread): a slow replica costs this
+    // delay, not its own, and is passed over for eject_ms as a failed one
+    // would be (then probed). Only where both transports can say when their
+    // answer comes (the data channel, and cuda-ipc over it; not the gRPC
+    // stream). A hedge is not sent while the retry budget is past half
+    // spent, so hedges and retries together stay near 1.1 times the calls
+    // in steady trouble. 0: never.
+    int hedge_ms = 0;
     // A router on GPU `cuda_device` (-1: none) whose workers offer the
     // cuda-ipc transport (TransportOptions::device_rows, set by CUDA
     // builds): where every replica takes it and each MoE layer's experts
@@ -111,6 +121,8 @@ class RemoteExpertExecutor : public ExpertExecutor {
 
   // Requests resent to another replica after a failure (for tests and metrics).
   int64_t retries() const { return retries_; }
+  // Requests also sent to a second replica because the first was slow.
+  int64_t hedges() const { return hedges_; }
   // Seconds spent adding the returned rows into the output, since the start.
   double combine_seconds() const { return combine_seconds_; }
   // Called with a worker's address and the seconds from sending a request
@@ -160,6 +172,11 @@ class RemoteExpertExecutor : public ExpertExecutor {
   // Receives s's request of `lane` (sending it where the first send
   // failed), moving to the next replica when one is lost.
   absl::Status Exchange(Shard& s, int lane);
+  // With hedge_ms: waits that long for the answer of s's first replica in
+  // `lane`; without one, sends the request to the next live replica too
+  // and returns whichever answers first (the other's connection dropped).
+  // Otherwise, and where it cannot hedge, w.sent_to. The replica's index.
+  size_t Hedge(Shard& s, int lane);
   size_t FirstLive(const Shard& s) const;
   std::vector<size_t> Order(const Shard& s) const;
   // Sends s's request of `lane` to `r`: a lost worker is failed (ejected),
@@ -180,6 +197,9 @@ class RemoteExpertExecutor : public ExpertExecutor {
   int num_experts_ = 0;
   uint64_t step_ = 0;
   int64_t retries_ = 0;
+  int64_t hedges_ = 0;
+  int hedge_ms_ = 0;
+  int receive_timeout_ms_ = 0;
   int eject_ms_ = 5000;
   double combine_seconds_ = 0;
   std::vector<Lane> lanes_;  // kLanes: the batch away in each

@@ -388,6 +388,38 @@ TEST(RemoteExpertExecutorTest, RoutesAroundASilentReplica) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
 }
 
+// Hedging: shard 0's first replica holds every answer back 300 ms; after
+// 20 ms the request goes to the other replica too, whose answer is taken.
+// Nothing is a failure (no retry, no ejection) and the logits are exact.
+// A replica that answers in time is never hedged; nor is one reached over
+// the gRPC stream, which cannot say when its answer comes.
+TEST(RemoteExpertExecutorTest, HedgesPastASlowReplica) {
+  const std::string dir = "tests/fixtures/qwen3_moe";
+  const std::vector<float> want = RunModel(dir, nullptr);
+  for (const bool data_channel : {true, false}) {
+    std::vector<Worker> slow = StartWorkers(dir, 2, data_channel), fast = StartWorkers(dir, 2, data_channel);
+    slow[0].service->set_fault_delay_ms(300);
+    RemoteExpertExecutor::Options o;
+    o.hedge_ms = 20;
+    auto remote = RemoteExpertExecutor::Connect(
+        {{slow[0].address, fast[0].address}, {fast[1].address, slow[1].address}}, 64, o);
+    ASSERT_TRUE(remote.ok()) << remote.status();
+    EXPECT_EQ(RunModel(dir, remote->get()), want);
+    EXPECT_EQ((*remote)->retries(), 0);
+    if (data_channel) {
+      // Every call whose turn fell on the slow replica: at least one.
+      EXPECT_GE((*remote)->hedges(), 1);
+    } else {
+      EXPECT_EQ((*remote)->hedges(), 0);
+    }
+    o.hedge_ms = 5000;  // longer than any answer takes
+    remote = RemoteExpertExecutor::Connect({{fast[0].address}, {fast[1].address, slow[1].address}}, 64, o);
+    ASSERT_TRUE(remote.ok()) << remote.status();
+    EXPECT_EQ(RunModel(dir, remote->get()), want);
+    EXPECT_EQ((*remote)->hedges(), 0);
+  }
+}
+
 // The same over the gRPC Dispatch stream (the transport under TLS): a
 // replica whose stream takes requests and never answers.
 class SilentDispatch final : public v1::ExpertService::Service {

@@ -53,6 +53,10 @@ ABSL_FLAG(int, experts_connect_timeout_ms, 10000, "how long to wait for the expe
 ABSL_FLAG(int, expert_retry_tokens, 10,
           "retry throttling of expert calls (gRPC's): each failed call spends a token, each answered one earns 0.1; "
           "past half spent, a failed call is not sent to another replica; 0 never retries");
+ABSL_FLAG(int, expert_hedge_ms, 0,
+          "send a shard's request still unanswered after this long to its next live replica too, and take the first "
+          "answer (over the data channel; not the gRPC stream); hedges are held back with the retries past half the "
+          "retry budget; 0: never");
 ABSL_FLAG(int, expert_eject_ms, 5000,
           "after an expert replica fails or times out, pass it over for this long while its shard has others; then "
           "the next request probes it");
@@ -105,6 +109,7 @@ struct Options {
   int experts_connect_timeout_ms = 0;
   int expert_timeout_ms = 0;
   int expert_eject_ms = 0;
+  int expert_hedge_ms = 0;
   int expert_retry_tokens = 0;
   std::string device;
   bool enforce_eager = false;
@@ -127,6 +132,7 @@ struct Options {
     o.experts_connect_timeout_ms = absl::GetFlag(FLAGS_experts_connect_timeout_ms);
     o.expert_timeout_ms = absl::GetFlag(FLAGS_expert_timeout_ms);
     o.expert_eject_ms = absl::GetFlag(FLAGS_expert_eject_ms);
+    o.expert_hedge_ms = absl::GetFlag(FLAGS_expert_hedge_ms);
     o.expert_retry_tokens = absl::GetFlag(FLAGS_expert_retry_tokens);
     o.device = absl::GetFlag(FLAGS_device);
     o.enforce_eager = absl::GetFlag(FLAGS_enforce_eager);
@@ -168,9 +174,9 @@ struct Options {
     if (cuda_ipc_sync != "auto" && cuda_ipc_sync != "gpu" && cuda_ipc_sync != "host") {
       return absl::InvalidArgumentError("--cuda-ipc-sync must be auto, gpu or host");
     }
-    if (expert_timeout_ms < 0 || expert_eject_ms < 0 || expert_retry_tokens < 0) {
+    if (expert_timeout_ms < 0 || expert_eject_ms < 0 || expert_retry_tokens < 0 || expert_hedge_ms < 0) {
       return absl::InvalidArgumentError(
-          "--expert-timeout-ms, --expert-eject-ms and --expert-retry-tokens must not be negative");
+          "--expert-timeout-ms, --expert-eject-ms, --expert-hedge-ms and --expert-retry-tokens must not be negative");
     }
     if (engine.micro_batches != 1 && engine.micro_batches != 2) {
       return absl::InvalidArgumentError("--micro-batches must be 1 or 2");
@@ -277,6 +283,7 @@ int Main(int argc, char** argv) {
 #endif
     remote_options.receive_timeout_ms = options.expert_timeout_ms;
     remote_options.eject_ms = options.expert_eject_ms;
+    remote_options.hedge_ms = options.expert_hedge_ms;
     remote_options.retry_tokens = options.expert_retry_tokens;
     remote_options.rows = *RemoteExpertExecutor::ParseRows(options.expert_rows);  // checked by Validate
     remote_options.combine = *RemoteExpertExecutor::ParseCombine(options.expert_combine);
@@ -309,7 +316,7 @@ int Main(int argc, char** argv) {
     const double now = remote_view ? remote_view->combine_seconds() : 0;
     metrics.OnStep(s, l, now - combined);
     combined = now;
-    if (remote_view != nullptr) metrics.ObserveExpertRetries(remote_view->retries());
+    if (remote_view != nullptr) metrics.ObserveExpertCalls(remote_view->retries(), remote_view->hedges());
     if (host != nullptr) metrics.ObserveHostTier(host->bytes(), host->blocks(), host->evictions());
   };
   GenerationLoop loop((*engine)->NewScheduler(options.max_running, options.max_step_tokens), options.max_waiting,

@@ -1,6 +1,7 @@
 #include "services/router/router_metrics.h"
 
 #include <algorithm>
+#include <tuple>
 
 #include "core/metrics/buckets.h"
 #include "prometheus/counter.h"
@@ -109,6 +110,12 @@ RouterMetrics::RouterMetrics(prometheus::Registry& r, int num_layers, int num_ex
                                "or stayed silent past --expert-timeout-ms.")
                          .Register(r)
                          .Add({});
+  expert_hedges_ = &prometheus::BuildCounter()
+                        .Name("moemesh_router_expert_hedges_total")
+                        .Help("Expert calls also sent to a second replica because the first had not answered "
+                              "within --expert-hedge-ms.")
+                        .Register(r)
+                        .Add({});
   imbalance_ = &prometheus::BuildGauge()
                     .Name("moemesh_router_expert_load_imbalance")
                     .Help("Max over mean of the tokens routed to each expert over roughly the last 50 steps, "
@@ -177,11 +184,14 @@ void RouterMetrics::OnStep(const StepStats& s, const GenerationLoop::Stats& loop
   imbalance_->Set(worst);
 }
 
-void RouterMetrics::ObserveExpertRetries(int64_t total) {
+void RouterMetrics::ObserveExpertCalls(int64_t retries, int64_t hedges) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (total > expert_retries_seen_) {
-    expert_retries_->Increment(static_cast<double>(total - expert_retries_seen_));
-    expert_retries_seen_ = total;
+  for (auto [counter, total, seen] : {std::tuple{expert_retries_, retries, &expert_retries_seen_},
+                                      std::tuple{expert_hedges_, hedges, &expert_hedges_seen_}}) {
+    if (total > *seen) {
+      counter->Increment(static_cast<double>(total - *seen));
+      *seen = total;
+    }
   }
 }
 

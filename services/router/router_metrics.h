@@ -30,6 +30,7 @@ namespace moemesh {
 //   moemesh_router_expert_load_imbalance       max / mean tokens per expert (recent, worst layer)
 //   moemesh_router_dispatch_seconds{worker}    one expert worker's round trip
 //   moemesh_router_expert_retries_total        expert calls sent again to another replica
+//   moemesh_router_expert_hedges_total         expert calls also sent to a second replica (--expert-hedge-ms)
 // OnStep is called from the generation loop's thread, ObserveDispatch from
 // the same thread (inside the step); both are thread-safe anyway.
 class RouterMetrics {
@@ -42,8 +43,9 @@ class RouterMetrics {
   void ObserveDispatch(const std::string& worker, double seconds);
   // The host-memory tier's state (--kv-host-cache-mb), after a step.
   void ObserveHostTier(int64_t bytes, int64_t blocks, int64_t evictions);
-  // The expert calls resent to another replica so far (RemoteExpertExecutor::retries).
-  void ObserveExpertRetries(int64_t total);
+  // The expert calls resent to another replica and those hedged so far
+  // (RemoteExpertExecutor::retries and hedges).
+  void ObserveExpertCalls(int64_t retries, int64_t hedges);
 
   // The imbalance gauge's value, for tests.
   double load_imbalance() const;
@@ -62,7 +64,8 @@ class RouterMetrics {
   prometheus::Counter* tier_stored_;
   prometheus::Counter* kv_evictions_;
   prometheus::Counter* expert_retries_;
-  int64_t expert_retries_seen_ = 0;
+  prometheus::Counter* expert_hedges_;
+  int64_t expert_retries_seen_ = 0, expert_hedges_seen_ = 0;
   prometheus::Gauge* kv_cached_;
   prometheus::Gauge* host_bytes_;
   prometheus::Gauge* host_blocks_;

@@ -99,6 +99,9 @@ ABSL_FLAG(int, max_waiting, 256,
 ABSL_FLAG(int, expert_timeout_ms, 0,
           "each router gives up an expert replica silent this long while its answer is awaited and asks the "
           "shard's next replica; 0: wait forever");
+ABSL_FLAG(int, expert_hedge_ms, 0,
+          "each router also sends an expert call still unanswered after this long to the shard's next replica, and "
+          "takes the first answer; 0: never");
 ABSL_FLAG(int, micro_batches, 1,
           "2: each router splits a step of several sequences into two micro-batches in ping-pong, one's attention "
           "running while the other's experts are away (CPU routers with expert shards); 1: one batch a step");
@@ -238,6 +241,7 @@ const std::vector<Command>& CliCommands() {
                      {"max_running"},
                      {"max_waiting"},
                      {"expert_timeout_ms"},
+                     {"expert_hedge_ms"},
                      {"micro_batches"}}},
                    {"monitoring", {{"monitoring"}, {"prometheus_port"}, {"scrape_interval_s"}}}}});
     c->push_back({"client generate",
@@ -406,6 +410,7 @@ int UpMain() {
   cmd.max_running = absl::GetFlag(FLAGS_max_running);
   cmd.max_waiting = absl::GetFlag(FLAGS_max_waiting);
   cmd.expert_timeout_ms = absl::GetFlag(FLAGS_expert_timeout_ms);
+  cmd.expert_hedge_ms = absl::GetFlag(FLAGS_expert_hedge_ms);
   cmd.micro_batches = absl::GetFlag(FLAGS_micro_batches);
   cmd.bin_dir = absl::GetFlag(FLAGS_bin_dir);
   cmd.kvcache = absl::GetFlag(FLAGS_kvcache);

@@ -277,6 +277,7 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
         argv.push_back("--experts=" + absl::StrJoin(shard_addrs, ","));
         argv.insert(argv.end(), placement_flag.begin(), placement_flag.end());
         if (cmd.expert_timeout_ms > 0) argv.push_back(absl::StrCat("--expert-timeout-ms=", cmd.expert_timeout_ms));
+        if (cmd.expert_hedge_ms > 0) argv.push_back(absl::StrCat("--expert-hedge-ms=", cmd.expert_hedge_ms));
         if (cmd.micro_batches != 1) argv.push_back(absl::StrCat("--micro-batches=", cmd.micro_batches));
       }
       specs.push_back({absl::StrCat("router ", r), "router", argv});
