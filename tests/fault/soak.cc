@@ -13,6 +13,7 @@
 // and cancellations it asked for.
 //
 //   build/tests/soak [--minutes 60] [--streams 16] [--sample-s 60] [--fault-s 90]
+//                    [--kvcache-capacity-mb 0 (the service's default)]
 //                    [--model models/fortune-moe] [--moemesh $MOEMESH_BIN or build/tools/moemesh/moemesh]
 #include <dirent.h>
 #include <signal.h>
@@ -132,29 +133,32 @@ int Run(int argc, char** argv) {
   std::string model = "models/fortune-moe", moemesh = "build/tools/moemesh/moemesh";
   if (const char* bin = std::getenv("MOEMESH_BIN")) moemesh = bin;
   double minutes = 60;
-  int streams = 16, sample_s = 60, fault_s = 90;
+  int streams = 16, sample_s = 60, fault_s = 90, kvcache_mb = 0;
   for (int i = 1; i < argc; ++i) {
     const bool has = i + 1 < argc;
     if (!std::strcmp(argv[i], "--minutes") && has) minutes = std::atof(argv[++i]);
     else if (!std::strcmp(argv[i], "--streams") && has) streams = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--sample-s") && has) sample_s = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--fault-s") && has) fault_s = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--kvcache-capacity-mb") && has) kvcache_mb = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--model") && has) model = argv[++i];
     else if (!std::strcmp(argv[i], "--moemesh") && has) moemesh = argv[++i];
     else {
-      std::fprintf(stderr, "usage: soak [--minutes 60] [--streams 16] [--sample-s 60] [--fault-s 90] [--model DIR] "
-                           "[--moemesh PATH]\n");
+      std::fprintf(stderr, "usage: soak [--minutes 60] [--streams 16] [--sample-s 60] [--fault-s 90] "
+                           "[--kvcache-capacity-mb N] [--model DIR] [--moemesh PATH]\n");
       return 2;
     }
   }
-  if (minutes <= 0 || streams < 1 || sample_s < 1 || fault_s < 5) {
-    std::fprintf(stderr, "soak: need --minutes > 0, --streams >= 1, --sample-s >= 1, --fault-s >= 5\n");
+  if (minutes <= 0 || streams < 1 || sample_s < 1 || fault_s < 5 || kvcache_mb < 0) {
+    std::fprintf(stderr, "soak: need --minutes > 0, --streams >= 1, --sample-s >= 1, --fault-s >= 5, "
+                         "--kvcache-capacity-mb >= 0\n");
     return 2;
   }
   signal(SIGINT, OnStop);
   signal(SIGTERM, OnStop);
   auto up = Subprocess::Start({moemesh, "up", "--model=" + model, "--expert-shards=2", "--expert-replicas=2",
-                               "--routers=2", "--expert-timeout-ms=300"});
+                               "--routers=2", "--expert-timeout-ms=300",
+                               "--kvcache-capacity-mb=" + std::to_string(kvcache_mb)});
   if (!up.ok()) {
     std::fprintf(stderr, "soak: %s\n", std::string(up.status().message()).c_str());
     return 1;

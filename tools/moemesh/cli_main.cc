@@ -109,6 +109,9 @@ ABSL_FLAG(bool, kvcache, true,
           "start a kvcache service below the routers' KV caches (--kvcache=false: none); its loss costs recompute");
 ABSL_FLAG(std::string, kv_dir, "", "the kvcache service's folder (default: a temporary one, removed at exit)");
 ABSL_FLAG(int, kvcache_replicas, 1, "kvcache services; sequences and sessions are spread over them by hashing");
+ABSL_FLAG(int, kvcache_capacity_mb, 0,
+          "each kvcache service's bound on its blocks' bytes (past it the least recently used go); 0: the "
+          "service's default, 16384");
 ABSL_FLAG(std::string, bin_dir, "",
           "directory of moemesh-expert, moemesh-router and moemesh-gateway (default: beside moemesh, or the build "
           "tree)");
@@ -234,6 +237,7 @@ const std::vector<Command>& CliCommands() {
                      {"bin_dir"},
                      {"kvcache"},
                      {"kvcache_replicas"},
+                     {"kvcache_capacity_mb"},
                      {"kv_dir"}}},
                    {"each service",
                     {{"threads", "CPU threads of each service"},
@@ -416,6 +420,7 @@ int UpMain() {
   cmd.kvcache = absl::GetFlag(FLAGS_kvcache);
   cmd.kv_dir = absl::GetFlag(FLAGS_kv_dir);
   cmd.kvcache_replicas = absl::GetFlag(FLAGS_kvcache_replicas);
+  cmd.kvcache_capacity_mb = absl::GetFlag(FLAGS_kvcache_capacity_mb);
   const ProgressOutput stdout_progress = ProgressOn(STDOUT_FILENO);  // a status line while the services start
   cmd.terminal = stdout_progress.terminal;
   cmd.columns = stdout_progress.columns;

@@ -168,10 +168,10 @@ absl::StatusOr<std::string> FindServiceBinary(const std::string& name, const std
 
 absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
   if (cmd.expert_shards < 0 || cmd.expert_replicas < 1 || cmd.routers < 1 || cmd.threads < 1 ||
-      cmd.kvcache_replicas < 1) {
+      cmd.kvcache_replicas < 1 || cmd.kvcache_capacity_mb < 0) {
     return absl::InvalidArgumentError(
-        "need --expert-shards >= 0, --expert-replicas >= 1, --routers >= 1, --threads >= 1 and "
-        "--kvcache-replicas >= 1");
+        "need --expert-shards >= 0, --expert-replicas >= 1, --routers >= 1, --threads >= 1, "
+        "--kvcache-replicas >= 1 and --kvcache-capacity-mb >= 0");
   }
   if (cmd.micro_batches != 1 && (cmd.micro_batches != 2 || cmd.expert_shards == 0)) {
     return absl::InvalidArgumentError("--micro-batches must be 1, or 2 with --expert-shards > 0");
@@ -232,9 +232,10 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
       const std::string dir = cmd.kvcache_replicas == 1 ? kv_dir : absl::StrCat(kv_dir, "/replica-", r);
       std::error_code ec;
       fs::create_directories(dir, ec);  // RocksDB makes only the last level
+      std::vector<std::string> argv = {kvcache_bin, "--dir=" + dir, host, "--port=0"};
+      if (cmd.kvcache_capacity_mb > 0) argv.push_back(absl::StrCat("--capacity-mb=", cmd.kvcache_capacity_mb));
       specs.push_back({cmd.kvcache_replicas == 1 ? "kvcache" : absl::StrCat("kvcache replica ", r), "kvcache",
-                       {kvcache_bin, "--dir=" + dir, host, "--port=0"},
-                       /*essential=*/false});
+                       std::move(argv), /*essential=*/false});
     }
     AllowPlaintext(cmd, &specs);
     st = StartTier(specs, "the kvcache service", cmd.start_timeout, cmd.terminal, &startup, &kvcache);

@@ -36,6 +36,7 @@ struct UpCommand {
   // never the mesh): in `kv_dir`, or in a temporary folder removed at exit.
   bool kvcache = true;
   int kvcache_replicas = 1;  // sequences and sessions spread over them by hashing
+  int kvcache_capacity_mb = 0;  // each kvcache service's --capacity-mb; 0: the service's default
   std::string kv_dir;
   bool monitoring = false;    // also run a local Prometheus scraping the mesh
   int prometheus_port = 0;    // 0 picks a free one
