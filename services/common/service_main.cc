@@ -43,6 +43,9 @@ ABSL_FLAG(bool, insecure, false,
           "serve plaintext on an address other than loopback (refused otherwise: give --tls-cert, or this)");
 ABSL_FLAG(int, max_metadata_kb, 16, "largest headers (metadata) a call may send, in KiB; larger calls are refused");
 ABSL_FLAG(int, max_streams_per_connection, 1024, "calls at once on one client connection");
+ABSL_FLAG(int, drain_grace_s, 5,
+          "on SIGTERM, how long the calls in progress may go on before the server stops (match the orchestrator's "
+          "grace period: Kubernetes' terminationGracePeriodSeconds)");
 ABSL_FLAG(int, max_connection_idle_s, 300, "an idle client connection is closed after this many seconds; 0: never");
 ABSL_FLAG(int, min_ping_interval_s, 10,
           "a client may send keepalive pings at most this often while no call runs; two pings sooner close the "
@@ -54,8 +57,6 @@ namespace {
 // The file whose flags are listed by --help beside the service's main.cc.
 constexpr char kThisFile[] = "services/common/service_main.cc";
 
-// How long a shutdown waits for the calls in progress.
-constexpr std::chrono::seconds kDrainGrace(5);
 
 sigset_t TerminationSignals() {
   sigset_t set;
@@ -183,6 +184,8 @@ int ServiceMain::Serve(const std::vector<grpc::Service*>& services, std::shared_
   limits.max_connection_idle_ms = absl::GetFlag(FLAGS_max_connection_idle_s) * 1000;
   limits.min_ping_interval_ms = absl::GetFlag(FLAGS_min_ping_interval_s) * 1000;
   limits.on_unparsed = on_unparsed_;
+  const int drain_grace_s = absl::GetFlag(FLAGS_drain_grace_s);
+  if (drain_grace_s < 0 || drain_grace_s > 3600) return Fail("--drain-grace-s is 0 to 3600", 2);
   if (limits.max_metadata_bytes < 1024 || limits.max_streams_per_connection < 1 || limits.max_connection_idle_ms < 0 ||
       limits.min_ping_interval_ms < 0) {
     return Fail("--max-metadata-kb must be >= 1, --max-streams-per-connection >= 1, --max-connection-idle-s and "
@@ -198,7 +201,7 @@ int ServiceMain::Serve(const std::vector<grpc::Service*>& services, std::shared_
   std::printf("listening on %s\n", HostPort(host_, port).c_str());
   std::fflush(stdout);
   WaitForTerminationSignal();
-  ShutdownGracefully(server.get(), in_flight, kDrainGrace);
+  ShutdownGracefully(server.get(), in_flight, std::chrono::seconds(drain_grace_s));
   // The metrics endpoint's web server takes seconds to stop, and the
   // process is ending anyway.
   (void)metrics.release();

@@ -69,7 +69,8 @@ class ServiceMain {
   // (when there is an endpoint), then "listening on HOST:PORT": the lines
   // `moemesh up` and the tests wait for. Then blocks until SIGINT or
   // SIGTERM, and stops the server: marks it NOT_SERVING for health checks,
-  // lets the calls that `in_flight` counts finish for up to 5 s, then shuts
+  // lets the calls that `in_flight` counts finish for up to --drain-grace-s
+  // (5 s by default), then shuts
   // it down at once (grpc::Server::Shutdown(deadline) alone would also wait
   // out the deadline for clients that merely keep an idle connection open).
   // Returns main's exit code: 0, or 1 (after Fail) when a port cannot be
