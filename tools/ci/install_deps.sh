@@ -10,7 +10,7 @@ PACKAGES=(
   libabsl-dev nlohmann-json3-dev libpcre2-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   bazel-bootstrap
-  python3 python3-jinja2 python3-grpcio python3-protobuf
+  python3 python3-jinja2 python3-grpcio python3-protobuf python3-yaml
   libutf8proc-dev libsentencepiece-dev sentencepiece
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   clang-14 libclang-rt-14-dev

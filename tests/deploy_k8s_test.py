@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""The Kubernetes manifests (deploy/k8s) render and hold what docs/DEPLOY.md
+promises: every workload has startup, readiness and liveness probes on its gRPC
+port, resource requests and a memory limit, a non-root read-only security
+context, a grace period that covers its preStop sleep and --drain-grace-s, a
+PodDisruptionBudget, a Service whose ports are its containers' named ports, and
+a NetworkPolicy; every flag in its arguments is one its binary takes; and
+base/experts.yaml is what gen_experts.py makes.
+
+  deploy_k8s_test.py BUILD_DIR
+
+Rendering needs kubectl with kustomize 5 (kubectl 1.27 or later); without it
+the test says so and is skipped (exit 77).
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+K8S = os.path.join(ROOT, "deploy", "k8s")
+BINARIES = {
+    "/opt/moemesh/bin/moemesh-gateway": "services/gateway/moemesh-gateway",
+    "/opt/moemesh/bin/moemesh-router": "services/router/moemesh-router",
+    "/opt/moemesh/bin/moemesh-expert": "services/expert/moemesh-expert",
+    "/opt/moemesh/bin/moemesh-kvcache": "services/kvcache/moemesh-kvcache",
+}
+failures = []
+
+
+def check(ok, what):
+    if not ok:
+        failures.append(what)
+
+
+def kustomize_version():
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        return None
+    out = subprocess.run([kubectl, "version", "--client"], capture_output=True, text=True).stdout
+    m = re.search(r"Kustomize Version: v(\d+)", out)
+    return int(m.group(1)) if m else None
+
+
+def flags_of(binary, cache={}):
+    """The flag names (with dashes) that `binary --helpfull` lists."""
+    if binary not in cache:
+        out = subprocess.run([binary, "--helpfull"], capture_output=True, text=True)
+        cache[binary] = {f.replace("_", "-") for f in re.findall(r"^\s+--([a-z0-9_]+) ", out.stdout + out.stderr, re.M)}
+    return cache[binary]
+
+
+def matches(selector, labels):
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def check_overlay(name, objects, build_dir):
+    workloads = [o for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
+    check(len(workloads) >= 4, f"{name}: {len(workloads)} workloads")
+    pdbs = [o for o in objects if o["kind"] == "PodDisruptionBudget"]
+    services = [o for o in objects if o["kind"] == "Service"]
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    for w in workloads:
+        where = f"{name}: {w['kind']} {w['metadata']['name']}"
+        pod = w["spec"]["template"]
+        labels = pod["metadata"]["labels"]
+        spec = pod["spec"]
+        check(spec.get("securityContext", {}).get("runAsNonRoot") is True, f"{where}: runAsNonRoot")
+        check(spec.get("automountServiceAccountToken") is False, f"{where}: service account token mounted")
+        check(any(matches(p["spec"]["selector"]["matchLabels"], labels) for p in pdbs), f"{where}: no PDB")
+        check(any(matches(p["spec"]["podSelector"]["matchLabels"], labels) and p["spec"].get("ingress")
+                  for p in policies), f"{where}: no NetworkPolicy lets anything in")
+        for c in spec["containers"]:
+            cw = f"{where} container {c['name']}"
+            ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                check(c.get(probe, {}).get("grpc", {}).get("port") == ports.get("grpc"), f"{cw}: {probe} on grpc")
+            res = c.get("resources", {})
+            check("cpu" in res.get("requests", {}) and "memory" in res.get("requests", {}), f"{cw}: requests")
+            check("memory" in res.get("limits", {}), f"{cw}: memory limit")
+            sc = c.get("securityContext", {})
+            check(sc.get("readOnlyRootFilesystem") is True, f"{cw}: readOnlyRootFilesystem")
+            check(sc.get("allowPrivilegeEscalation") is False, f"{cw}: allowPrivilegeEscalation")
+            check(sc.get("capabilities", {}).get("drop") == ["ALL"], f"{cw}: capabilities")
+            args = c.get("args", [])
+            grace = next((int(a.split("=")[1]) for a in args if a.startswith("--drain-grace-s=")), 5)
+            sleep = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+            check(spec.get("terminationGracePeriodSeconds", 30) >= sleep + grace + 1,
+                  f"{cw}: terminationGracePeriodSeconds below preStop {sleep} s + drain {grace} s")
+            port_args = {a.split("=")[0]: a.split("=")[1] for a in args if "=" in a}
+            for flag, port in (("--port", "grpc"), ("--data-port", "data"), ("--metrics-port", "metrics"),
+                               ("--http-port", "http")):
+                if flag in port_args:
+                    check(str(ports.get(port)) == port_args[flag], f"{cw}: {flag} is not the {port} port")
+            binary = BINARIES.get(c["command"][0])
+            check(binary is not None, f"{cw}: unknown command {c['command']}")
+            if binary:
+                known = flags_of(os.path.join(build_dir, binary))
+                for a in args:
+                    flag = a[2:].split("=")[0]
+                    check(flag in known, f"{cw}: {c['command'][0]} has no flag --{flag}")
+        for s in services:
+            if matches(s["spec"]["selector"], labels):
+                for p in s["spec"]["ports"]:
+                    check(any(p["targetPort"] == q["name"] for c in spec["containers"] for q in c.get("ports", [])),
+                          f"{where}: Service {s['metadata']['name']} port {p['name']} targets no container port")
+        check(any(matches(s["spec"]["selector"], labels) for s in services), f"{where}: no Service")
+
+
+def main():
+    build_dir = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "build"))
+    made = subprocess.run([sys.executable, os.path.join(K8S, "gen_experts.py"), "--out", "/dev/stdout"],
+                          capture_output=True, text=True, check=True).stdout
+    with open(os.path.join(K8S, "base", "experts.yaml")) as f:
+        check(made == f.read(), "base/experts.yaml is not what gen_experts.py makes: run it again")
+    version = kustomize_version()
+    if version is None or version < 5:
+        print("SKIPPED: rendering needs kubectl with kustomize 5 (kubectl 1.27 or later)")
+        return 77 if not failures else 1
+    for overlay in sorted(os.listdir(os.path.join(K8S, "overlays"))):
+        out = subprocess.run(["kubectl", "kustomize", os.path.join(K8S, "overlays", overlay)],
+                             capture_output=True, text=True)
+        check(out.returncode == 0, f"{overlay}: kubectl kustomize: {out.stderr.strip()}")
+        if out.returncode == 0:
+            check_overlay(overlay, [o for o in yaml.safe_load_all(out.stdout) if o], build_dir)
+    for f in failures:
+        print("FAIL", f)
+    print(f"{len(failures)} failures")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
