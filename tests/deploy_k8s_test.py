@@ -4,8 +4,10 @@ promises: every workload has startup, readiness and liveness probes on its gRPC
 port, resource requests and a memory limit, a non-root read-only security
 context, a grace period that covers its preStop sleep and --drain-grace-s, a
 PodDisruptionBudget, a Service whose ports are its containers' named ports, and
-a NetworkPolicy; every flag in its arguments is one its binary takes; and
-base/experts.yaml is what gen_experts.py makes.
+a NetworkPolicy; every flag in its arguments is one its binary takes; the image
+(deploy/docker) installs every program the workloads run, as the user they run
+as, with the model where the cpu overlay looks; and base/experts.yaml is what
+gen_experts.py makes.
 
   deploy_k8s_test.py BUILD_DIR
 
@@ -110,6 +112,37 @@ def check_overlay(name, objects, build_dir):
         check(any(matches(s["spec"]["selector"], labels) for s in services), f"{where}: no Service")
 
 
+def check_image(cpu_objects):
+    """The Dockerfile and collect.sh against the rendered cpu overlay."""
+    docker = os.path.join(ROOT, "deploy", "docker")
+    with open(os.path.join(docker, "Dockerfile")) as f:
+        dockerfile = f.read()
+    with open(os.path.join(docker, "collect.sh")) as f:
+        collect = f.read()
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY ") and "--from=" not in line:
+            for src in line.split()[1:-1]:
+                check(os.path.exists(os.path.join(ROOT, src)), f"Dockerfile: COPY source {src} does not exist")
+    for path in re.findall(r"bash (\S+\.sh)", dockerfile):
+        check(os.path.exists(os.path.join(ROOT, path)), f"Dockerfile: {path} does not exist")
+    programs = re.findall(r"(?:tools|services)/[^\s\"]+", collect)
+    installed = {"/opt/moemesh/bin/" + os.path.basename(p) for p in programs}
+    model = re.search(r"cp -r (\S+) ", collect).group(1)
+    check(os.path.isdir(os.path.join(ROOT, model)), f"collect.sh: no model folder {model}")
+    uid = re.search(r"useradd --uid (\d+)", dockerfile).group(1)
+    for o in cpu_objects:
+        if o["kind"] == "ConfigMap" and "MOEMESH_MODEL" in o.get("data", {}):
+            check(o["data"]["MOEMESH_MODEL"] == "/opt/moemesh/models/" + os.path.basename(model),
+                  f"cpu: MOEMESH_MODEL {o['data']['MOEMESH_MODEL']} is not where the image puts the model")
+        if o["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        spec = o["spec"]["template"]["spec"]
+        check(str(spec["securityContext"].get("runAsUser")) == uid,
+              f"cpu: {o['metadata']['name']} runs as {spec['securityContext'].get('runAsUser')}, the image as {uid}")
+        for c in spec["containers"]:
+            check(c["command"][0] in installed, f"cpu: {o['metadata']['name']} runs {c['command'][0]}, not in the image")
+
+
 def main():
     build_dir = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "build"))
     made = subprocess.run([sys.executable, os.path.join(K8S, "gen_experts.py"), "--out", "/dev/stdout"],
@@ -125,7 +158,10 @@ def main():
                              capture_output=True, text=True)
         check(out.returncode == 0, f"{overlay}: kubectl kustomize: {out.stderr.strip()}")
         if out.returncode == 0:
-            check_overlay(overlay, [o for o in yaml.safe_load_all(out.stdout) if o], build_dir)
+            objects = [o for o in yaml.safe_load_all(out.stdout) if o]
+            check_overlay(overlay, objects, build_dir)
+            if overlay == "cpu":
+                check_image(objects)
     for f in failures:
         print("FAIL", f)
     print(f"{len(failures)} failures")
