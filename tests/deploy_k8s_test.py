@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import yaml
 
@@ -112,6 +113,22 @@ def check_overlay(name, objects, build_dir):
         check(any(matches(s["spec"]["selector"], labels) for s in services), f"{where}: no Service")
 
 
+def check_collect(build_dir):
+    """collect.sh gathers what the image's stage copies: programs that run
+    with its libraries first on the path, and the model."""
+    with tempfile.TemporaryDirectory() as out:
+        run = subprocess.run(["bash", os.path.join(ROOT, "deploy", "docker", "collect.sh"), build_dir, out],
+                             cwd=ROOT, capture_output=True, text=True)
+        check(run.returncode == 0, f"collect.sh: {run.stderr.strip()}")
+        if run.returncode != 0:
+            return
+        check(os.path.exists(os.path.join(out, "models", "fortune-moe", "config.json")), "collect.sh: no model")
+        for program in os.listdir(os.path.join(out, "bin")):
+            help_run = subprocess.run([os.path.join(out, "bin", program), "--help"], capture_output=True,
+                                      env=dict(os.environ, LD_LIBRARY_PATH=os.path.join(out, "lib")))
+            check(help_run.returncode in (0, 1), f"collect.sh: {program} --help exits {help_run.returncode}")
+
+
 def check_image(cpu_objects):
     """The Dockerfile and collect.sh against the rendered cpu overlay."""
     docker = os.path.join(ROOT, "deploy", "docker")
@@ -149,6 +166,7 @@ def main():
                           capture_output=True, text=True, check=True).stdout
     with open(os.path.join(K8S, "base", "experts.yaml")) as f:
         check(made == f.read(), "base/experts.yaml is not what gen_experts.py makes: run it again")
+    check_collect(build_dir)
     version = kustomize_version()
     if version is None or version < 5:
         print("SKIPPED: rendering needs kubectl with kustomize 5 (kubectl 1.27 or later)")
