@@ -6,8 +6,9 @@ context, a grace period that covers its preStop sleep and --drain-grace-s, a
 PodDisruptionBudget, a Service whose ports are its containers' named ports, and
 a NetworkPolicy; every flag in its arguments is one its binary takes; the image
 (deploy/docker) installs every program the workloads run, as the user they run
-as, with the model where the cpu overlay looks; and base/experts.yaml is what
-gen_experts.py makes.
+as, with the model where the cpu overlay looks; every autoscaler targets a
+workload and the ServiceMonitor every metrics port; and the generated files
+(gen_experts.py, gen_monitoring.py) are what their scripts make.
 
   deploy_k8s_test.py BUILD_DIR
 
@@ -111,6 +112,16 @@ def check_overlay(name, objects, build_dir):
                     check(any(p["targetPort"] == q["name"] for c in spec["containers"] for q in c.get("ports", [])),
                           f"{where}: Service {s['metadata']['name']} port {p['name']} targets no container port")
         check(any(matches(s["spec"]["selector"], labels) for s in services), f"{where}: no Service")
+    names = {(w["kind"], w["metadata"]["name"]) for w in workloads}
+    for h in (o for o in objects if o["kind"] == "HorizontalPodAutoscaler"):
+        ref = h["spec"]["scaleTargetRef"]
+        check((ref["kind"], ref["name"]) in names, f"{name}: autoscaler {h['metadata']['name']} targets nothing")
+    for m in (o for o in objects if o["kind"] == "ServiceMonitor"):
+        for s in services:
+            if any(p["name"] == "metrics" for p in s["spec"]["ports"]):
+                sl = s["metadata"].get("labels", {})
+                check(matches(m["spec"]["selector"]["matchLabels"], sl) and m["spec"]["jobLabel"] in sl,
+                      f"{name}: ServiceMonitor misses Service {s['metadata']['name']}")
 
 
 def check_collect(build_dir):
@@ -162,10 +173,14 @@ def check_image(cpu_objects):
 
 def main():
     build_dir = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "build"))
-    made = subprocess.run([sys.executable, os.path.join(K8S, "gen_experts.py"), "--out", "/dev/stdout"],
-                          capture_output=True, text=True, check=True).stdout
-    with open(os.path.join(K8S, "base", "experts.yaml")) as f:
-        check(made == f.read(), "base/experts.yaml is not what gen_experts.py makes: run it again")
+    with tempfile.TemporaryDirectory() as made:
+        subprocess.run([sys.executable, os.path.join(K8S, "gen_experts.py"), "--out", made], check=True)
+        for rel in ("base/experts.yaml", "components/autoscaling/experts-hpa.yaml"):
+            with open(os.path.join(made, rel)) as a, open(os.path.join(K8S, rel)) as b:
+                check(a.read() == b.read(), f"{rel} is not what gen_experts.py makes: run it again")
+    gen = subprocess.run([sys.executable, os.path.join(K8S, "gen_monitoring.py"), "--check"], capture_output=True,
+                         text=True)
+    check(gen.returncode == 0, gen.stdout.strip())
     check_collect(build_dir)
     version = kustomize_version()
     if version is None or version < 5:

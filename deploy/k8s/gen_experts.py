@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Writes base/experts.yaml: one Deployment, Service and PodDisruptionBudget per
-expert shard, so that each shard scales on its own (docs/DEPLOY.md).
+"""Writes base/experts.yaml (one Deployment, Service and PodDisruptionBudget per
+expert shard, so that each shard scales on its own) and
+components/autoscaling/experts-hpa.yaml (a HorizontalPodAutoscaler per shard,
+on that shard's busy time) (docs/DEPLOY.md).
 
-  deploy/k8s/gen_experts.py [--shards 2] [--out deploy/k8s/base/experts.yaml]
+  deploy/k8s/gen_experts.py [--shards 2] [--out DIR (default deploy/k8s)]
 
-The file is checked in; tests/deploy_k8s_test.py checks that it is what this
-script makes. With another shard count, also set MOEMESH_EXPERTS in
+The files are checked in; tests/deploy_k8s_test.py checks that they are what
+this script makes. With another shard count, also set MOEMESH_EXPERTS in
 base/kustomization.yaml (moemesh-expert-0:50051,...,moemesh-expert-N-1:50051).
 """
 import argparse
@@ -93,19 +95,51 @@ spec:
 """
 
 
-def render(shards: int) -> str:
+HPA_TEMPLATE = """\
+# Shard {i}: more replicas while its workers are busy more than 70% of the
+# time (moemesh_expert_busy_ratio: prometheus-adapter-rules.yaml).
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: moemesh-expert-{i}
+spec:
+  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: moemesh-expert-{i}}}
+  minReplicas: 1
+  maxReplicas: 8
+  metrics:
+    - type: Pods
+      pods:
+        metric: {{name: moemesh_expert_busy_ratio}}
+        target: {{type: AverageValue, averageValue: 700m}}
+  behavior:
+    scaleDown: {{stabilizationWindowSeconds: 300}}
+"""
+
+
+def render(template: str, shards: int) -> str:
     header = "# Made by deploy/k8s/gen_experts.py --shards {}; do not edit.\n".format(shards)
-    return header + "---\n".join(TEMPLATE.format(i=i, n=shards) for i in range(shards))
+    return header + "---\n".join(template.format(i=i, n=shards) for i in range(shards))
+
+
+def files(shards: int) -> dict:
+    """Path (under deploy/k8s) -> contents."""
+    return {
+        "base/experts.yaml": render(TEMPLATE, shards),
+        "components/autoscaling/experts-hpa.yaml": render(HPA_TEMPLATE, shards),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", type=int, default=2)
-    parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "base" / "experts.yaml"))
+    parser.add_argument("--out", default=str(pathlib.Path(__file__).parent))
     args = parser.parse_args()
     if args.shards < 1:
         parser.error("--shards must be at least 1")
-    pathlib.Path(args.out).write_text(render(args.shards))
+    for name, text in files(args.shards).items():
+        path = pathlib.Path(args.out) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
 
 
 if __name__ == "__main__":
