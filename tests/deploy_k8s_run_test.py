@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Runs the rendered cpu overlay's containers (deploy/k8s) as local processes,
+one pod of each workload: each container's exact command, arguments and
+environment, with its ports remapped to free loopback ports, the Services'
+names resolved to them, and the image's paths (/opt/moemesh) to this checkout
+and build. Then generates through the gateway, over gRPC and over the HTTP
+API, so that a wrong flag or address in a manifest fails CI.
+
+  deploy_k8s_run_test.py BUILD_DIR
+
+Rendering needs kubectl with kustomize 5; without it the test is skipped
+(exit 77).
+"""
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from deploy_k8s_test import BINARIES, K8S, ROOT, kustomize_version  # noqa: E402
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main():
+    build_dir = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "build"))
+    version = kustomize_version()
+    if version is None or version < 5:
+        print("SKIPPED: rendering needs kubectl with kustomize 5 (kubectl 1.27 or later)")
+        return 77
+    rendered = subprocess.run(["kubectl", "kustomize", os.path.join(K8S, "overlays", "cpu")], capture_output=True,
+                              text=True, check=True).stdout
+    objects = [o for o in yaml.safe_load_all(rendered) if o]
+    config = {}
+    for o in objects:
+        if o["kind"] == "ConfigMap":
+            config.update(o.get("data", {}))
+    workloads = [o for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
+    services = [o for o in objects if o["kind"] == "Service"]
+    # Each workload's pod 0 gets its own ports; a Service name (and a
+    # StatefulSet pod's name under its Service) leads to its pod's ports.
+    pods = {}
+    for w in workloads:
+        c = w["spec"]["template"]["spec"]["containers"][0]
+        pods[w["metadata"]["name"]] = {p["name"]: (p["containerPort"], free_port()) for p in c["ports"]}
+    names = {}
+    for s in services:
+        for w in workloads:
+            labels = w["spec"]["template"]["metadata"]["labels"]
+            if all(labels.get(k) == v for k, v in s["spec"]["selector"].items()):
+                names[s["metadata"]["name"]] = w["metadata"]["name"]
+                if w["kind"] == "StatefulSet":
+                    names[f"{w['metadata']['name']}-0.{s['metadata']['name']}"] = w["metadata"]["name"]
+    scratch = tempfile.mkdtemp(prefix="deploy_k8s_run_")
+
+    def rewrite(arg, pod):
+        arg = re.sub(r"\$\((\w+)\)", lambda m: config[m.group(1)], arg)
+        # NAME:PORT of a Service (or a StatefulSet pod) -> 127.0.0.1:its pod's port.
+        def address(m):
+            target = pods[names[m.group(1)]]
+            port = next(local for (cport, local) in target.values() if cport == int(m.group(2)))
+            return f"127.0.0.1:{port}"
+        arg = re.sub(r"([a-z0-9.-]+):(\d+)", lambda m: address(m) if m.group(1) in names else m.group(0), arg)
+        for flag, name in (("--port", "grpc"), ("--data-port", "data"), ("--metrics-port", "metrics"),
+                           ("--http-port", "http")):
+            if arg.startswith(flag + "="):
+                arg = f"{flag}={pods[pod][name][1]}"
+        arg = arg.replace("/opt/moemesh/models/", os.path.join(ROOT, "models") + "/")
+        return arg.replace("/var/lib/moemesh-kvcache", os.path.join(scratch, pod))
+
+    order = {"kvcache": 0, "expert": 1, "router": 2, "gateway": 3}
+    workloads.sort(key=lambda w: order[w["metadata"]["labels"]["app.kubernetes.io/component"]])
+    procs = []
+    try:
+        for w in workloads:
+            name = w["metadata"]["name"]
+            c = w["spec"]["template"]["spec"]["containers"][0]
+            argv = [os.path.join(build_dir, BINARIES[c["command"][0]])] + [rewrite(a, name) for a in c["args"]]
+            p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 env=dict(os.environ, **config))
+            procs.append((name, p))
+            deadline = time.time() + 120
+            while True:
+                line = p.stdout.readline()
+                if line.startswith("listening on "):
+                    break
+                if not line and p.poll() is not None or time.time() > deadline:
+                    print(f"FAIL {name} did not start: {' '.join(argv)}")
+                    return 1
+            # Its later output, drained so that it never blocks on a full pipe.
+            threading.Thread(target=lambda f=p.stdout: [None for _ in f], daemon=True).start()
+        gateway = pods["moemesh-gateway"]
+        out = subprocess.run([os.path.join(build_dir, "tools/moemesh/moemesh"), "client", "generate",
+                              f"--target=127.0.0.1:{gateway['grpc'][1]}", "--prompt=Once upon a time",
+                              "--max-new-tokens=8", "--output=json"], capture_output=True, text=True, timeout=60)
+        if out.returncode != 0 or len(json.loads(out.stdout)["token_ids"]) == 0:
+            print(f"FAIL generation over gRPC: {out.stdout} {out.stderr}")
+            return 1
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{gateway['http'][1]}/v1/completions",
+            data=json.dumps({"prompt": "Once upon a time", "max_tokens": 8}).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as r:
+            text = json.loads(r.read())["choices"][0]["text"]
+        print(f"ok: {len(procs)} pods; gRPC gave {len(json.loads(out.stdout)['token_ids'])} tokens, "
+              f"HTTP {text!r}")
+        return 0
+    finally:
+        for _, p in reversed(procs):
+            p.terminate()
+        for _, p in procs:
+            try:
+                p.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
