@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <chrono>
 #include <filesystem>
 #include <random>
@@ -512,9 +513,9 @@ Started StartService(const std::vector<std::string>& argv) {
   return s;
 }
 
-// One stream straight to a router; its seconds, or -1 when it failed or
-// came short of `tokens`.
-double TimedRouterStream(v1::Router::Stub* router, int first_id, int tokens) {
+// One greedy stream straight to a router, of the prompt {first_id, 2, 3}:
+// its tokens, none when it failed.
+std::vector<int> RouterTokens(v1::Router::Stub* router, int first_id, int tokens) {
   v1::RouterGenerateRequest r;
   r.add_prompt_ids(first_id);
   r.add_prompt_ids(2);
@@ -524,13 +525,89 @@ double TimedRouterStream(v1::Router::Stub* router, int first_id, int tokens) {
   r.mutable_sampling()->set_temperature(0);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-  const auto t0 = std::chrono::steady_clock::now();
   auto reader = router->Generate(&ctx, r);
   v1::RouterGenerateResponse resp;
-  int got = 0;
-  while (reader->Read(&resp)) got += resp.token_ids_size();
-  const bool ok = reader->Finish().ok() && got == tokens;
+  std::vector<int> got;
+  while (reader->Read(&resp)) got.insert(got.end(), resp.token_ids().begin(), resp.token_ids().end());
+  return reader->Finish().ok() ? got : std::vector<int>();
+}
+
+// The same timed: its seconds, or -1 when it failed or came short of `tokens`.
+double TimedRouterStream(v1::Router::Stub* router, int first_id, int tokens) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const bool ok = static_cast<int>(RouterTokens(router, first_id, tokens).size()) == tokens;
   return ok ? std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() : -1;
+}
+
+// A shard scaled from one replica to three and back to one while 16
+// streams run on a router that finds the shard's replicas in a file
+// (--experts file:PATH, as dns:/// in Kubernetes): every stream completes
+// with the tokens it gets from a router whose shards stay as they are; the
+// new replicas take calls, and the ones that left get none once the router
+// has dropped them (then they are stopped).
+TEST(MeshDiscoveryTest, AShardScaledUpAndDownWhileStreamsRun) {
+  const std::string model = "models/fortune-moe";
+  auto worker = [&](int shard) {
+    return StartService({g_expert, "--model=" + model, "--port=0", "--num-shards=2",
+                         "--shard-index=" + std::to_string(shard)});
+  };
+  Started a = worker(0), b = worker(0), c = worker(0), other = worker(1);
+  const std::string list = ::testing::TempDir() + "/mesh_discovery_shard_0";
+  ASSERT_TRUE(WriteFileAtomically(list, a.address).ok());
+  const std::string router_bin = ServiceBinaryForTests("moemesh-router", "MOEMESH_ROUTER_BIN");
+  Started fixed = StartService({router_bin, "--model=" + model, "--port=0", "--experts=" + c.address + "," + other.address});
+  Started found = StartService({router_bin, "--model=" + model, "--port=0", "--experts-resolve-ms=50",
+                                "--experts=file:" + list + "," + other.address});
+  ASSERT_FALSE(fixed.address.empty() || found.address.empty());
+  auto stub = [](const std::string& addr) {
+    return v1::Router::NewStub(grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(),
+                                                         ClientChannelArguments()));
+  };
+  auto f = stub(fixed.address), d = stub(found.address);
+  constexpr int kStreams = 16, kTokens = 400;
+  std::vector<std::vector<int>> want(kStreams), got(kStreams);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kStreams; ++i) threads.emplace_back([&, i] { want[i] = RouterTokens(f.get(), 5 + i, kTokens); });
+  for (auto& t : threads) t.join();
+  threads.clear();
+  std::atomic<int> finished{0};
+  for (int i = 0; i < kStreams; ++i) {
+    threads.emplace_back([&, i] {
+      got[i] = RouterTokens(d.get(), 5 + i, kTokens);
+      ++finished;
+    });
+  }
+  auto calls = [](const Started& w) { return Scrape(w.metrics, "moemesh_expert_requests_total"); };
+  auto wait_for = [](const std::function<bool()>& done) {
+    for (int i = 0; i < 500 && !done(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return done();
+  };
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  ASSERT_TRUE(WriteFileAtomically(list, a.address + "\n" + b.address + "\n" + c.address + "\n").ok());
+  ASSERT_TRUE(wait_for([&] { return calls(b) > 0 && calls(c) > 0; })) << "the new replicas got no calls";
+  ASSERT_TRUE(WriteFileAtomically(list, c.address + "\n").ok());
+  // Once dropped (between two steps), a and b get nothing more.
+  double before[2] = {-1, -1};
+  ASSERT_TRUE(wait_for([&] {
+    const double now[2] = {calls(a), calls(b)};
+    const bool still = now[0] == before[0] && now[1] == before[1];
+    before[0] = now[0], before[1] = now[1];
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    return still;
+  }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(calls(a), before[0]);
+  EXPECT_EQ(calls(b), before[1]);
+  EXPECT_LT(finished.load(), kStreams) << "the streams ended before the shard was scaled down: make them longer";
+  for (Started* s : {&a, &b}) EXPECT_EQ(s->process->Stop(absl::Seconds(20)), 0);
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kStreams; ++i) {
+    ASSERT_EQ(want[i].size(), static_cast<size_t>(kTokens)) << "stream " << i << " on the fixed router";
+    EXPECT_EQ(got[i], want[i]) << "stream " << i;
+  }
+  EXPECT_EQ(Scrape(found.metrics, "moemesh_router_expert_retries_total"), 0)
+      << "a replica was called after it left";
+  for (Started* s : {&found, &fixed, &c, &other}) EXPECT_EQ(s->process->Stop(absl::Seconds(20)), 0);
 }
 
 // One of a shard's two replicas answers every call 400 ms late (the

@@ -8,7 +8,7 @@ on that shard's busy time) (docs/DEPLOY.md).
 
 The files are checked in; tests/deploy_k8s_test.py checks that they are what
 this script makes. With another shard count, also set MOEMESH_EXPERTS in
-base/kustomization.yaml (moemesh-expert-0:50051,...,moemesh-expert-N-1:50051).
+base/kustomization.yaml (dns:///moemesh-expert-0:50051,...,dns:///moemesh-expert-N-1:50051).
 """
 import argparse
 import pathlib
@@ -72,12 +72,15 @@ spec:
       volumes:
         - {{name: tmp, emptyDir: {{}}}}
 ---
+# Headless: its name resolves to every ready replica, which routers ask for
+# again every --experts-resolve-ms (dns:///moemesh-expert-{i}:50051).
 apiVersion: v1
 kind: Service
 metadata:
   name: moemesh-expert-{i}
   labels: {{app.kubernetes.io/name: moemesh-expert, moemesh.io/shard: "{i}"}}
 spec:
+  clusterIP: None
   selector: {{app.kubernetes.io/name: moemesh-expert, moemesh.io/shard: "{i}"}}
   ports:
     - {{name: grpc, port: 50051, targetPort: grpc}}

@@ -17,6 +17,7 @@
 #include "services/common/server_util.h"
 #include "services/common/tensor_proto.h"
 #include "services/expert_client/expert_transport.h"
+#include "services/expert_client/replica_source.h"
 #include "services/common/tls.h"
 
 namespace moemesh {
@@ -85,6 +86,17 @@ struct RemoteExpertExecutor::Replica {
 // A shard: its replicas, and its part of the batch away in each lane.
 struct RemoteExpertExecutor::Shard {
   std::vector<std::unique_ptr<Replica>> replicas;
+  // Where the replicas are found again and again (null: a fixed list), the
+  // addresses it gave (replicas, and those on their way), and the changes
+  // the resolver made ready for the step thread to take (AdoptChanges).
+  // known and changes are guarded by changes_mu_.
+  std::unique_ptr<ReplicaSource> source;
+  std::vector<std::string> known;
+  struct Changes {
+    std::vector<std::unique_ptr<Replica>> added;
+    std::vector<std::string> removed;
+  };
+  Changes changes;
   bool bf16 = false;  // rows go as bf16
   size_t next = 0;    // round-robin position
   struct Work {
@@ -118,7 +130,6 @@ struct RemoteExpertExecutor::Lane {
   std::chrono::steady_clock::time_point sent_at;
 };
 
-RemoteExpertExecutor::~RemoteExpertExecutor() = default;
 
 std::vector<bool> RemoteExpertExecutor::bf16_rows() const {
   std::vector<bool> out;
@@ -174,6 +185,54 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
   return Connect(shards, hidden_size, Options());
 }
 
+absl::StatusOr<std::unique_ptr<RemoteExpertExecutor::Replica>> RemoteExpertExecutor::MakeReplica(
+    const std::string& address, int shard, v1::ShardInfo* info) const {
+  const Options& options = options_;
+  auto r = std::make_unique<Replica>();
+  r->address = address;
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateCustomChannel(address, MeshChannelCredentials(), ClientChannelArguments());
+  std::unique_ptr<v1::ExpertService::Stub> stub = v1::ExpertService::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(options.connect_timeout_ms));
+  ctx.set_wait_for_ready(true);
+  grpc::Status st = stub->GetShardInfo(&ctx, v1::GetShardInfoRequest(), info);
+  if (!st.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("expert worker ", address, " (shard ", shard, ") is not reachable: ", st.error_message()));
+  }
+  const int shards = placement_->num_shards();
+  if (info->shard_index() != shard || info->num_shards() != shards || info->hidden_size() != hidden_size_) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "expert worker ", address, " serves shard ", info->shard_index(), " of ", info->num_shards(),
+        " with hidden size ", info->hidden_size(), "; expected shard ", shard, " of ", shards, " with hidden size ",
+        hidden_size_));
+  }
+  // The worker must hold exactly its shard's experts of every layer.
+  std::map<int, std::vector<int>> held;
+  for (const v1::LayerExperts& le : info->experts()) held[le.layer()].assign(le.experts().begin(), le.experts().end());
+  for (int l = 0; l < info->num_layers(); ++l) {
+    auto it = held.find(l);
+    std::vector<int> have = it == held.end() ? std::vector<int>() : it->second;
+    if (have.empty()) continue;  // a dense layer, or nothing of this shard
+    std::vector<int> want = placement_->ExpertsOf(shard, l, info->num_experts());
+    if (have != want) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "expert worker ", address, " holds experts [", absl::StrJoin(have, ","), "] of layer ", l,
+          " but the placement gives shard ", shard, " [", absl::StrJoin(want, ","),
+          "]; start the workers and the router with the same placement"));
+    }
+  }
+  TransportOptions transport;
+  transport.hidden_size = hidden_size_;
+  transport.allow_data_channel = options.use_data_channel;
+  transport.receive_timeout_ms = options.receive_timeout_ms;
+  r->host = NegotiateTransport(address, *info, channel, transport);
+  transport.device_rows = options.cuda_device >= 0 ? options.device_rows : nullptr;
+  r->negotiated = transport.device_rows ? NegotiateTransport(address, *info, channel, transport) : r->host;
+  return r;
+}
+
 absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Connect(
     const std::vector<std::vector<std::string>>& shards, int hidden_size, const Options& options) {
   const ShardPlacement* placement = options.placement;
@@ -186,67 +245,47 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
                                                    " shards but --experts lists ", shards.size()));
   }
   std::unique_ptr<RemoteExpertExecutor> ex(new RemoteExpertExecutor);
+  ex->options_ = options;
+  ex->options_.placement = nullptr;  // placement_ holds it
   ex->lanes_.resize(kLanes);
   ex->hidden_size_ = hidden_size;
+  ex->eject_ms_ = options.eject_ms;
+  ex->hedge_ms_ = std::max(0, options.hedge_ms);
+  ex->receive_timeout_ms_ = options.receive_timeout_ms;
+  ex->retry_tokens_ = ex->max_retry_tokens_ = std::max(0, options.retry_tokens);
   ex->placement_ = placement ? std::make_unique<ShardPlacement>(*placement)
                              : std::make_unique<ShardPlacement>(static_cast<int>(shards.size()));
+  bool dynamic = false;
   for (size_t i = 0; i < shards.size(); ++i) {
     auto shard = std::make_unique<Shard>();
-    bool all_exact = true;
-    for (const std::string& address : shards[i]) {
-      auto r = std::make_unique<Replica>();
-      r->address = address;
-      std::shared_ptr<grpc::Channel> channel =
-          grpc::CreateCustomChannel(address, MeshChannelCredentials(), ClientChannelArguments());
-      std::unique_ptr<v1::ExpertService::Stub> stub = v1::ExpertService::NewStub(channel);
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(options.connect_timeout_ms));
-      ctx.set_wait_for_ready(true);
-      v1::ShardInfo info;
-      grpc::Status st = stub->GetShardInfo(&ctx, v1::GetShardInfoRequest(), &info);
-      if (!st.ok()) {
-        return absl::UnavailableError(
-            absl::StrCat("expert worker ", address, " (shard ", i, ") is not reachable: ", st.error_message()));
+    std::vector<std::string> addresses = shards[i];
+    if (addresses.size() == 1 && ReplicaSource::IsSource(addresses[0])) {
+      MM_ASSIGN_OR_RETURN(shard->source, ReplicaSource::Parse(addresses[0]));
+      absl::StatusOr<std::vector<std::string>> now = shard->source->Resolve();
+      if (!now.ok() || now->empty()) {
+        return absl::UnavailableError(absl::StrCat("expert shard ", i, " (", addresses[0], ") has no replica: ",
+                                                   now.ok() ? "it names none" : now.status().message()));
       }
-      if (info.shard_index() != static_cast<int>(i) || info.num_shards() != static_cast<int>(shards.size()) ||
-          info.hidden_size() != hidden_size) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "expert worker ", address, " serves shard ", info.shard_index(), " of ", info.num_shards(),
-            " with hidden size ", info.hidden_size(), "; expected shard ", i, " of ", shards.size(),
-            " with hidden size ", hidden_size));
-      }
-      // The worker must hold exactly its shard's experts of every layer.
-      std::map<int, std::vector<int>> held;
-      for (const v1::LayerExperts& le : info.experts()) held[le.layer()].assign(le.experts().begin(), le.experts().end());
-      for (int l = 0; l < info.num_layers(); ++l) {
-        auto it = held.find(l);
-        std::vector<int> have = it == held.end() ? std::vector<int>() : it->second;
-        if (have.empty()) continue;  // a dense layer, or nothing of this shard
-        std::vector<int> want = ex->placement_->ExpertsOf(static_cast<int>(i), l, info.num_experts());
-        if (have != want) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              "expert worker ", address, " holds experts [", absl::StrJoin(have, ","), "] of layer ", l,
-              " but the placement gives shard ", i, " [", absl::StrJoin(want, ","),
-              "]; start the workers and the router with the same placement"));
+      addresses = std::move(*now);
+      dynamic = true;
+    } else {
+      for (const std::string& a : addresses) {
+        if (ReplicaSource::IsSource(a)) {
+          return absl::InvalidArgumentError(absl::StrCat("shard ", i, ": ", a, " stands alone (no '|' beside it)"));
         }
       }
-      TransportOptions transport;
-      transport.hidden_size = hidden_size;
-      transport.allow_data_channel = options.use_data_channel;
-      transport.receive_timeout_ms = options.receive_timeout_ms;
-      ex->eject_ms_ = options.eject_ms;
-      ex->hedge_ms_ = std::max(0, options.hedge_ms);
-      ex->receive_timeout_ms_ = options.receive_timeout_ms;
-      ex->retry_tokens_ = ex->max_retry_tokens_ = std::max(0, options.retry_tokens);
-      r->host = NegotiateTransport(address, info, channel, transport);
-      transport.device_rows = options.cuda_device >= 0 ? options.device_rows : nullptr;
-      r->negotiated = transport.device_rows ? NegotiateTransport(address, info, channel, transport) : r->host;
+    }
+    bool all_exact = true;
+    for (const std::string& address : addresses) {
+      v1::ShardInfo info;
+      MM_ASSIGN_OR_RETURN(std::unique_ptr<Replica> r, ex->MakeReplica(address, static_cast<int>(i), &info));
       if (ex->layer_shard_.empty()) ex->layer_shard_.assign(info.num_layers(), -1);
       ex->num_experts_ = info.num_experts();
       all_exact = all_exact && info.bf16_rows_exact();
       shard->replicas.push_back(std::move(r));
     }
     shard->bf16 = options.rows == Rows::kBf16 || (options.rows == Rows::kAuto && all_exact);
+    shard->known = addresses;
     ex->shards_.push_back(std::move(shard));
   }
   ex->combine_ = options.combine;
@@ -260,7 +299,95 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
     }
   }
   if (options.cuda_device >= 0) ex->EnterDeviceMode(options);
+  if (dynamic) ex->resolver_ = std::thread([e = ex.get()] { e->ResolveLoop(); });
   return ex;
+}
+
+void RemoteExpertExecutor::ResolveLoop() {
+  const absl::Duration period = absl::Milliseconds(std::max(1, options_.resolve_period_ms));
+  for (;;) {
+    {
+      absl::MutexLock lock(&changes_mu_);
+      if (changes_mu_.AwaitWithTimeout(absl::Condition(&stop_resolving_), period)) return;
+    }
+    for (size_t i = 0; i < shards_.size(); ++i) {
+      Shard& s = *shards_[i];
+      if (!s.source) continue;
+      absl::StatusOr<std::vector<std::string>> now = s.source->Resolve();
+      if (!now.ok() || now->empty()) continue;  // a hiccup: keep the replicas there are
+      std::vector<std::string> known;
+      {
+        absl::MutexLock lock(&changes_mu_);
+        known = s.known;
+      }
+      Shard::Changes changes;
+      for (const std::string& a : *now) {
+        if (std::find(known.begin(), known.end(), a) != known.end()) continue;
+        v1::ShardInfo info;
+        absl::StatusOr<std::unique_ptr<Replica>> r = MakeReplica(a, static_cast<int>(i), &info);
+        std::string why = r.ok() ? "" : std::string(r.status().message());
+        if (r.ok() && s.bf16 && options_.rows == Rows::kAuto && !info.bf16_rows_exact()) {
+          why = absl::StrCat("expert worker ", a, " would not give f32 results for bf16 rows, as the shard's others do");
+        }
+        if (r.ok() && cuda_device_ >= 0 && (*r)->negotiated.name != "cuda-ipc") {
+          why = absl::StrCat("expert worker ", a, " does not take cuda-ipc, as the shard's others do");
+        }
+        if (!why.empty()) {
+          if (options_.warn) options_.warn(absl::StrCat("expert shard ", i, ": not using it: ", why));
+          continue;
+        }
+        changes.added.push_back(std::move(*r));
+      }
+      for (const std::string& a : known) {
+        if (!std::binary_search(now->begin(), now->end(), a)) changes.removed.push_back(a);
+      }
+      if (changes.added.empty() && changes.removed.empty()) continue;
+      absl::MutexLock lock(&changes_mu_);
+      for (auto& r : changes.added) s.known.push_back(r->address);
+      for (const std::string& a : changes.removed) s.known.erase(std::find(s.known.begin(), s.known.end(), a));
+      for (auto& r : changes.added) s.changes.added.push_back(std::move(r));
+      for (std::string& a : changes.removed) s.changes.removed.push_back(std::move(a));
+    }
+  }
+}
+
+void RemoteExpertExecutor::AdoptChanges() {
+  if (!resolver_.joinable()) return;
+  for (const Lane& l : lanes_) {
+    if (l.busy) return;  // replicas are indexed by the batches away: next time
+  }
+  absl::MutexLock lock(&changes_mu_);
+  for (auto& sp : shards_) {
+    Shard& s = *sp;
+    for (auto& r : s.changes.added) s.replicas.push_back(std::move(r));
+    for (const std::string& a : s.changes.removed) {
+      auto it = std::find_if(s.replicas.begin(), s.replicas.end(), [&](const auto& r) { return r->address == a; });
+      if (it == s.replicas.end()) continue;
+      if (s.replicas.size() <= 1) {  // never none: kept, and asked about again
+        s.known.push_back(a);
+        continue;
+      }
+      s.replicas.erase(it);
+    }
+    s.changes = Shard::Changes();
+    s.next %= s.replicas.size();
+  }
+}
+
+std::vector<std::string> RemoteExpertExecutor::replicas(int shard) const {
+  std::vector<std::string> out;
+  for (const auto& r : shards_[shard]->replicas) out.push_back(r->address);
+  return out;
+}
+
+RemoteExpertExecutor::~RemoteExpertExecutor() {
+  if (resolver_.joinable()) {
+    {
+      absl::MutexLock lock(&changes_mu_);
+      stop_resolving_ = true;
+    }
+    resolver_.join();
+  }
 }
 
 void RemoteExpertExecutor::EnterDeviceMode(const Options& options) {
@@ -316,6 +443,7 @@ absl::Status RemoteExpertExecutor::Start(const ExpertBatch& b, float* out, int l
   if (lane < 0 || lane >= kLanes) {
     return absl::InvalidArgumentError(absl::StrCat("lane ", lane, " is not in [0, ", kLanes, ")"));
   }
+  AdoptChanges();
   Lane& l = lanes_[lane];
   if (l.busy) Abandon(lane);  // started again without a Finish: its answers are stale
   absl::Status st = StartOnce(b, out, lane);

@@ -4,9 +4,11 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "core/experts/expert_executor.h"
 #include "services/expert_client/expert_transport.h"
 #include "core/experts/expert_work.h"
@@ -83,6 +85,11 @@ class RemoteExpertExecutor : public ExpertExecutor {
     // spent, so hedges and retries together stay near 1.1 times the calls
     // in steady trouble. 0: never.
     int hedge_ms = 0;
+    // Shards given as a source (ReplicaSource: dns:///NAME:PORT, file:PATH)
+    // are asked this often for their replicas: new ones are connected and
+    // checked off the step thread and used from the next step on; gone
+    // ones are dropped (never a shard's last).
+    int resolve_period_ms = 5000;
     // A router on GPU `cuda_device` (-1: none) whose workers offer the
     // cuda-ipc transport (TransportOptions::device_rows, set by CUDA
     // builds): where every replica takes it and each MoE layer's experts
@@ -116,13 +123,17 @@ class RemoteExpertExecutor : public ExpertExecutor {
   static absl::StatusOr<Rows> ParseRows(const std::string& value);
   // Parses --expert-combine: auto, workers or router.
   static absl::StatusOr<Combine> ParseCombine(const std::string& value);
-  // Parses "a|b,c" (shards separated by ',', replicas by '|').
+  // Parses "a|b,c" (shards separated by ',', replicas by '|'); a shard may
+  // instead be one source of replicas, dns:///NAME:PORT or file:PATH
+  // (ReplicaSource).
   static absl::StatusOr<std::vector<std::vector<std::string>>> ParseAddresses(const std::string& spec);
 
   // Requests resent to another replica after a failure (for tests and metrics).
   int64_t retries() const { return retries_; }
   // Requests also sent to a second replica because the first was slow.
   int64_t hedges() const { return hedges_; }
+  // The addresses of `shard`'s replicas in use (for tests and logs).
+  std::vector<std::string> replicas(int shard) const;
   // Seconds spent adding the returned rows into the output, since the start.
   double combine_seconds() const { return combine_seconds_; }
   // Called with a worker's address and the seconds from sending a request
@@ -150,6 +161,15 @@ class RemoteExpertExecutor : public ExpertExecutor {
   struct Shard;
   struct Lane;
   RemoteExpertExecutor() = default;
+  // Connects to the worker at `address`, checks that it serves `shard` as
+  // placed, and negotiates its transport; its ShardInfo into `info`.
+  absl::StatusOr<std::unique_ptr<Replica>> MakeReplica(const std::string& address, int shard,
+                                                       v1::ShardInfo* info) const;
+  // The resolver thread: asks each source shard for its replicas every
+  // Options.resolve_period_ms and makes the changes ready.
+  void ResolveLoop();
+  // Takes the ready changes into the shards, when no batch is away.
+  void AdoptChanges();
   // Fills each shard's request in `lane` from its work.
   void Partition(int lane);
   // Start and Finish, without the clean-up after an error.
@@ -204,6 +224,10 @@ class RemoteExpertExecutor : public ExpertExecutor {
   double combine_seconds_ = 0;
   std::vector<Lane> lanes_;  // kLanes: the batch away in each
   std::function<void(const std::string&, double)> observer_;
+  Options options_;  // as given to Connect (placement_ holds the placement)
+  absl::Mutex changes_mu_;
+  bool stop_resolving_ ABSL_GUARDED_BY(changes_mu_) = false;
+  std::thread resolver_;  // with source shards
 };
 
 }  // namespace moemesh

@@ -7,9 +7,12 @@
 #include <chrono>
 #include <cmath>
 #include <memory>
+#include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "core/common/file_util.h"
 #include "core/engine/kv_cache.h"
 #include "core/engine/cpu_forward_pass.h"
 #include "core/experts/local_expert_executor.h"
@@ -418,6 +421,56 @@ TEST(RemoteExpertExecutorTest, HedgesPastASlowReplica) {
     EXPECT_EQ(RunModel(dir, remote->get()), want);
     EXPECT_EQ((*remote)->hedges(), 0);
   }
+}
+
+// A shard whose replicas come from a source (here a file; dns:/// in
+// Kubernetes): scaled from one replica to three and back to one while the
+// model runs. New replicas take calls from the next steps on, gone ones
+// none (they are stopped: a call to them would fail), and every logit stays
+// exact. A source that names nothing, or a worker of the wrong shard, never
+// empties the shard.
+TEST(RemoteExpertExecutorTest, ReplicasComeAndGoFromTheirSource) {
+  const std::string dir = "tests/fixtures/qwen3_moe";
+  const std::vector<float> want = RunModel(dir, nullptr);
+  std::vector<Worker> a = StartWorkers(dir, 2), b = StartWorkers(dir, 2), c = StartWorkers(dir, 2);
+  const std::string list = ::testing::TempDir() + "/replicas_of_shard_0";
+  auto write = [&](const std::string& text) { ASSERT_TRUE(WriteFileAtomically(list, text).ok()); };
+  write(a[0].address + "\n");
+  RemoteExpertExecutor::Options o;
+  o.resolve_period_ms = 20;
+  auto remote = RemoteExpertExecutor::Connect({{"file:" + list}, {a[1].address}}, 64, o);
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  std::set<std::string> answered;
+  (*remote)->set_dispatch_observer([&](const std::string& w, double) { answered.insert(w); });
+  // Waits (running the model, which takes the changes) until shard 0 has `n`.
+  auto settle = [&](size_t n) {
+    for (int i = 0; i < 200 && (*remote)->replicas(0).size() != n; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      EXPECT_EQ(RunModel(dir, remote->get()), want);
+    }
+    return (*remote)->replicas(0).size();
+  };
+  EXPECT_EQ(RunModel(dir, remote->get()), want);
+  write(a[0].address + "\n# more\n" + b[0].address + " | " + c[0].address + "\n" + c[1].address + "\n");
+  EXPECT_EQ(settle(3), 3u) << "c[1] serves shard 1: it must not join shard 0";
+  answered.clear();
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(RunModel(dir, remote->get()), want);
+  EXPECT_TRUE(answered.count(b[0].address) && answered.count(c[0].address));
+  write(c[0].address + "\n");
+  EXPECT_EQ(settle(1), 1u);
+  EXPECT_EQ((*remote)->replicas(0), std::vector<std::string>{c[0].address});
+  a[0].Kill(0);
+  b[0].Kill(0);
+  write("");  // names nothing: the shard keeps what it has
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(RunModel(dir, remote->get()), want);
+  EXPECT_EQ((*remote)->replicas(0), std::vector<std::string>{c[0].address});
+  EXPECT_EQ((*remote)->retries(), 0);
+  // Malformed sources are refused at once.
+  EXPECT_EQ(RemoteExpertExecutor::Connect({{"dns:///no-port"}, {a[1].address}}, 64, o).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(RemoteExpertExecutor::Connect({{"file:" + list + ".missing"}, {a[1].address}}, 64, o).status().code(),
+            absl::StatusCode::kUnavailable);
 }
 
 // The same over the gRPC Dispatch stream (the transport under TLS): a

@@ -31,7 +31,12 @@
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory");
 ABSL_FLAG(std::string, experts, "",
-          "expert workers: shards separated by ',', replicas of a shard by '|'; empty runs the experts here");
+          "expert workers: shards separated by ',', replicas of a shard by '|', or a shard's replicas found again "
+          "and again at dns:///NAME:PORT (every address of NAME) or file:PATH (the addresses listed); empty runs the "
+          "experts here");
+ABSL_FLAG(int, experts_resolve_ms, 5000,
+          "how often shards given as dns:/// or file: are asked for their replicas (new ones are used within this "
+          "long, gone ones dropped)");
 ABSL_FLAG(std::string, placement, "", "placement file (JSON) the expert workers were started with; default: modulo");
 ABSL_FLAG(std::string, expert_transport, "auto",
           "auto: with --device cuda, rows shared in GPU memory (cuda-ipc) with GPU workers on this host that hold "
@@ -110,6 +115,7 @@ struct Options {
   int expert_timeout_ms = 0;
   int expert_eject_ms = 0;
   int expert_hedge_ms = 0;
+  int experts_resolve_ms = 0;
   int expert_retry_tokens = 0;
   std::string device;
   bool enforce_eager = false;
@@ -133,6 +139,7 @@ struct Options {
     o.expert_timeout_ms = absl::GetFlag(FLAGS_expert_timeout_ms);
     o.expert_eject_ms = absl::GetFlag(FLAGS_expert_eject_ms);
     o.expert_hedge_ms = absl::GetFlag(FLAGS_expert_hedge_ms);
+    o.experts_resolve_ms = absl::GetFlag(FLAGS_experts_resolve_ms);
     o.expert_retry_tokens = absl::GetFlag(FLAGS_expert_retry_tokens);
     o.device = absl::GetFlag(FLAGS_device);
     o.enforce_eager = absl::GetFlag(FLAGS_enforce_eager);
@@ -174,6 +181,7 @@ struct Options {
     if (cuda_ipc_sync != "auto" && cuda_ipc_sync != "gpu" && cuda_ipc_sync != "host") {
       return absl::InvalidArgumentError("--cuda-ipc-sync must be auto, gpu or host");
     }
+    if (experts_resolve_ms < 1) return absl::InvalidArgumentError("--experts-resolve-ms must be positive");
     if (expert_timeout_ms < 0 || expert_eject_ms < 0 || expert_retry_tokens < 0 || expert_hedge_ms < 0) {
       return absl::InvalidArgumentError(
           "--expert-timeout-ms, --expert-eject-ms, --expert-hedge-ms and --expert-retry-tokens must not be negative");
@@ -284,6 +292,7 @@ int Main(int argc, char** argv) {
     remote_options.receive_timeout_ms = options.expert_timeout_ms;
     remote_options.eject_ms = options.expert_eject_ms;
     remote_options.hedge_ms = options.expert_hedge_ms;
+    remote_options.resolve_period_ms = options.experts_resolve_ms;
     remote_options.retry_tokens = options.expert_retry_tokens;
     remote_options.rows = *RemoteExpertExecutor::ParseRows(options.expert_rows);  // checked by Validate
     remote_options.combine = *RemoteExpertExecutor::ParseCombine(options.expert_combine);
