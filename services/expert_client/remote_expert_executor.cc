@@ -17,7 +17,7 @@
 #include "services/common/server_util.h"
 #include "services/common/tensor_proto.h"
 #include "services/expert_client/expert_transport.h"
-#include "services/expert_client/replica_source.h"
+#include "services/common/address_source.h"
 #include "services/common/tls.h"
 
 namespace moemesh {
@@ -90,7 +90,7 @@ struct RemoteExpertExecutor::Shard {
   // addresses it gave (replicas, and those on their way), and the changes
   // the resolver made ready for the step thread to take (AdoptChanges).
   // known and changes are guarded by changes_mu_.
-  std::unique_ptr<ReplicaSource> source;
+  std::unique_ptr<AddressSource> source;
   std::vector<std::string> known;
   struct Changes {
     std::vector<std::unique_ptr<Replica>> added;
@@ -259,8 +259,8 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
   for (size_t i = 0; i < shards.size(); ++i) {
     auto shard = std::make_unique<Shard>();
     std::vector<std::string> addresses = shards[i];
-    if (addresses.size() == 1 && ReplicaSource::IsSource(addresses[0])) {
-      MM_ASSIGN_OR_RETURN(shard->source, ReplicaSource::Parse(addresses[0]));
+    if (addresses.size() == 1 && AddressSource::IsSource(addresses[0])) {
+      MM_ASSIGN_OR_RETURN(shard->source, AddressSource::Parse(addresses[0]));
       absl::StatusOr<std::vector<std::string>> now = shard->source->Resolve();
       if (!now.ok() || now->empty()) {
         return absl::UnavailableError(absl::StrCat("expert shard ", i, " (", addresses[0], ") has no replica: ",
@@ -270,7 +270,7 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
       dynamic = true;
     } else {
       for (const std::string& a : addresses) {
-        if (ReplicaSource::IsSource(a)) {
+        if (AddressSource::IsSource(a)) {
           return absl::InvalidArgumentError(absl::StrCat("shard ", i, ": ", a, " stands alone (no '|' beside it)"));
         }
       }

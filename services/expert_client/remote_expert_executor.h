@@ -85,7 +85,7 @@ class RemoteExpertExecutor : public ExpertExecutor {
     // spent, so hedges and retries together stay near 1.1 times the calls
     // in steady trouble. 0: never.
     int hedge_ms = 0;
-    // Shards given as a source (ReplicaSource: dns:///NAME:PORT, file:PATH)
+    // Shards given as a source (AddressSource: dns:///NAME:PORT, file:PATH)
     // are asked this often for their replicas: new ones are connected and
     // checked off the step thread and used from the next step on; gone
     // ones are dropped (never a shard's last).
@@ -125,7 +125,7 @@ class RemoteExpertExecutor : public ExpertExecutor {
   static absl::StatusOr<Combine> ParseCombine(const std::string& value);
   // Parses "a|b,c" (shards separated by ',', replicas by '|'); a shard may
   // instead be one source of replicas, dns:///NAME:PORT or file:PATH
-  // (ReplicaSource).
+  // (AddressSource).
   static absl::StatusOr<std::vector<std::vector<std::string>>> ParseAddresses(const std::string& spec);
 
   // Requests resent to another replica after a failure (for tests and metrics).

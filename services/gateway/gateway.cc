@@ -136,9 +136,10 @@ absl::Status Gateway::GenerateImpl(const v1::GenerateRequest& request, const Rou
   v1::Usage usage;
   usage.set_prompt_tokens(routed->prompt_ids_size());
   absl::Status last = absl::UnavailableError("no router is configured");
-  for (int r : routers_->Order(request.session_id())) {
+  const RouterPool::Choice choice = routers_->Choose(request.session_id());
+  for (int r : choice.order) {
     std::unique_ptr<grpc::ClientContext> call = new_router_call();
-    auto reader = routers_->stub(r)->Generate(call.get(), *routed);
+    auto reader = choice.members->stubs[r]->Generate(call.get(), *routed);
     v1::RouterGenerateResponse in;
     bool received = false, finished = false;
     while (!finished && reader->Read(&in)) {

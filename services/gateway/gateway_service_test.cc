@@ -280,7 +280,7 @@ TEST(GatewayServiceTest, SessionsStickToOneRouterAndSkipDeadOnes) {
   int served = 0;
   for (int s = 0; s < 12; ++s) {
     std::string session = "session-" + std::to_string(s);
-    int home = pool.Order(session)[0];
+    int home = pool.Choose(session).order[0];
     int64_t before_a = a.Status().requests_total(), before_b = b.Status().requests_total();
     for (int turn = 0; turn < 3; ++turn) {
       v1::GenerateRequest req = TextRequest("Hello", 3);

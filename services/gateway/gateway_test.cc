@@ -271,7 +271,7 @@ TEST(GatewayTest, FailsOverToTheNextRouterWhenOneIsDown) {
   std::string session;
   for (int s = 0; session.empty(); ++s) {
     const std::string id = "session-" + std::to_string(s);
-    if (gw.pool.Order(id)[0] == 0) session = id;
+    if (gw.pool.Choose(id).order[0] == 0) session = id;
   }
   v1::GenerateRequest req = TextRequest("Hello", 3);
   req.set_session_id(session);

@@ -27,7 +27,10 @@
 ABSL_FLAG(std::string, model, "", "checkpoint directory (config.json and the tokenizer)");
 ABSL_FLAG(std::string, model_name, "", "name clients use for the model; default: the directory's name");
 ABSL_FLAG(std::string, tokenizer, "", "tokenizer.json or .model file; default: the one in --model");
-ABSL_FLAG(std::string, routers, "", "routers, comma-separated HOST:PORT");
+ABSL_FLAG(std::string, routers, "",
+          "routers, comma-separated HOST:PORT, or found again and again at dns:///NAME:PORT (every address of NAME) "
+          "or file:PATH (the addresses listed)");
+ABSL_FLAG(int, routers_resolve_ms, 5000, "how often --routers given as dns:/// or file: is asked for the routers");
 ABSL_FLAG(int, max_in_flight, 512, "requests in progress before RESOURCE_EXHAUSTED");
 ABSL_FLAG(std::string, kvcache, "",
           "a kvcache service (HOST:PORT) that keeps sessions: requests with continue_session continue the "
@@ -56,7 +59,8 @@ struct Options {
   std::string model_dir;
   std::string model_name;  // empty: the directory's name
   std::string tokenizer;   // empty: the one in model_dir, if any
-  std::vector<std::string> routers;
+  std::string routers;
+  int routers_resolve_ms = 0;
   Gateway::Options gateway;  // sessions are set from `kvcache`
   std::string kvcache;
   std::string chat_template;  // empty: the model's own
@@ -68,7 +72,8 @@ struct Options {
     o.model_dir = absl::GetFlag(FLAGS_model);
     o.model_name = absl::GetFlag(FLAGS_model_name);
     o.tokenizer = absl::GetFlag(FLAGS_tokenizer);
-    o.routers = absl::StrSplit(absl::GetFlag(FLAGS_routers), ',', absl::SkipWhitespace());
+    o.routers = absl::GetFlag(FLAGS_routers);
+    o.routers_resolve_ms = absl::GetFlag(FLAGS_routers_resolve_ms);
     o.gateway.max_in_flight = absl::GetFlag(FLAGS_max_in_flight);
     o.gateway.session_window = absl::GetFlag(FLAGS_session_window);
     o.kvcache = absl::GetFlag(FLAGS_kvcache);
@@ -82,6 +87,7 @@ struct Options {
   absl::Status Validate() const {
     if (model_dir.empty()) return absl::InvalidArgumentError("--model DIR is required");
     if (routers.empty()) return absl::InvalidArgumentError("--routers HOST:PORT[,...] is required");
+    if (routers_resolve_ms < 1) return absl::InvalidArgumentError("--routers-resolve-ms must be positive");
     if (gateway.max_in_flight < 1) return absl::InvalidArgumentError("--max-in-flight must be >= 1");
     if (gateway.session_window < 0) return absl::InvalidArgumentError("--session-window must not be negative");
     if (http_port < -1 || http_port > 65535) return absl::InvalidArgumentError("--http-port must be -1 to 65535");
@@ -122,7 +128,8 @@ int Main(int argc, char** argv) {
   model.vocab_size = config->vocab_size;
   model.context_length = config->context_length();
 
-  RouterPool pool(options.routers);
+  absl::StatusOr<std::unique_ptr<RouterPool>> pool = RouterPool::Create(options.routers, options.routers_resolve_ms);
+  if (!pool.ok()) return service_main.Fail(pool.status(), 2);
   auto registry = std::make_shared<prometheus::Registry>();
   GatewayMetrics metrics(*registry);
   // Sessions hold token ids: they belong to this model name and vocabulary.
@@ -148,7 +155,7 @@ int Main(int argc, char** argv) {
       });
     }
   }
-  Gateway gateway(tokenizer.get(), model, &pool, gateway_options, &metrics);
+  Gateway gateway(tokenizer.get(), model, pool->get(), gateway_options, &metrics);
   GatewayServiceImpl service(&gateway);
   OipServiceImpl oip(&gateway, model.name);  // the Open Inference Protocol, on the same port
   std::unique_ptr<jinja::ChatTemplate> chat_template;  // outlives the front end

@@ -1,4 +1,4 @@
-#include "services/expert_client/replica_source.h"
+#include "services/common/address_source.h"
 
 #include <arpa/inet.h>
 #include <netdb.h>
@@ -25,10 +25,10 @@ std::vector<std::string> Sorted(std::vector<std::string> v) {
   return v;
 }
 
-class DnsSource : public ReplicaSource {
+class DnsSource : public AddressSource {
  public:
   DnsSource(std::string spec, std::string name, std::string port)
-      : ReplicaSource(std::move(spec)), name_(std::move(name)), port_(std::move(port)) {}
+      : AddressSource(std::move(spec)), name_(std::move(name)), port_(std::move(port)) {}
 
   absl::StatusOr<std::vector<std::string>> Resolve() const override {
     addrinfo hints{};
@@ -54,9 +54,9 @@ class DnsSource : public ReplicaSource {
   std::string name_, port_;
 };
 
-class FileSource : public ReplicaSource {
+class FileSource : public AddressSource {
  public:
-  FileSource(std::string spec, std::string path) : ReplicaSource(std::move(spec)), path_(std::move(path)) {}
+  FileSource(std::string spec, std::string path) : AddressSource(std::move(spec)), path_(std::move(path)) {}
 
   absl::StatusOr<std::vector<std::string>> Resolve() const override {
     absl::StatusOr<std::string> text = ReadFile(path_);
@@ -77,11 +77,11 @@ class FileSource : public ReplicaSource {
 
 }  // namespace
 
-bool ReplicaSource::IsSource(const std::string& spec) {
+bool AddressSource::IsSource(const std::string& spec) {
   return absl::StartsWith(spec, kDns) || absl::StartsWith(spec, kFile);
 }
 
-absl::StatusOr<std::unique_ptr<ReplicaSource>> ReplicaSource::Parse(const std::string& spec) {
+absl::StatusOr<std::unique_ptr<AddressSource>> AddressSource::Parse(const std::string& spec) {
   absl::string_view rest = spec;
   if (absl::ConsumePrefix(&rest, kDns)) {
     const size_t colon = rest.rfind(':');
@@ -90,12 +90,12 @@ absl::StatusOr<std::unique_ptr<ReplicaSource>> ReplicaSource::Parse(const std::s
         port < 1 || port > 65535) {
       return absl::InvalidArgumentError(absl::StrCat("\"", spec, "\": expected dns:///NAME:PORT"));
     }
-    return std::unique_ptr<ReplicaSource>(
+    return std::unique_ptr<AddressSource>(
         new DnsSource(spec, std::string(rest.substr(0, colon)), std::string(rest.substr(colon + 1))));
   }
   if (absl::ConsumePrefix(&rest, kFile)) {
     if (rest.empty()) return absl::InvalidArgumentError(absl::StrCat("\"", spec, "\": expected file:PATH"));
-    return std::unique_ptr<ReplicaSource>(new FileSource(spec, std::string(rest)));
+    return std::unique_ptr<AddressSource>(new FileSource(spec, std::string(rest)));
   }
   return absl::InvalidArgumentError(absl::StrCat("\"", spec, "\" is not dns:///NAME:PORT or file:PATH"));
 }

@@ -1,5 +1,5 @@
-#ifndef MOEMESH_SERVICES_EXPERT_CLIENT_REPLICA_SOURCE_H_
-#define MOEMESH_SERVICES_EXPERT_CLIENT_REPLICA_SOURCE_H_
+#ifndef MOEMESH_SERVICES_COMMON_ADDRESS_SOURCE_H_
+#define MOEMESH_SERVICES_COMMON_ADDRESS_SOURCE_H_
 
 #include <memory>
 #include <string>
@@ -9,22 +9,23 @@
 
 namespace moemesh {
 
-// Where a shard's replicas are found, asked again and again so that
-// replicas may come and go while the router serves (RemoteExpertExecutor
-// re-resolves on a period):
+// Where a service's peers are found, asked again and again so that they may
+// come and go while it serves (a router's expert replicas, a gateway's
+// routers: RemoteExpertExecutor and RouterPool re-resolve on a period):
 //   "dns:///NAME:PORT"  every address NAME resolves to (A and AAAA
 //                       records: a Kubernetes headless Service), at PORT
 //   "file:PATH"         the addresses listed in the file (HOST:PORT,
 //                       separated by newlines, spaces or '|'; '#' starts a
 //                       comment), read afresh each time
-// A fixed list of addresses (the plain form of --experts) is not one.
-class ReplicaSource {
+// A fixed list of addresses (the plain form of --experts, --routers) is not
+// one.
+class AddressSource {
  public:
-  virtual ~ReplicaSource() = default;
+  virtual ~AddressSource() = default;
   // Whether `spec` names a source (dns:/// or file:) rather than an address.
   static bool IsSource(const std::string& spec);
   // INVALID_ARGUMENT for a malformed spec.
-  static absl::StatusOr<std::unique_ptr<ReplicaSource>> Parse(const std::string& spec);
+  static absl::StatusOr<std::unique_ptr<AddressSource>> Parse(const std::string& spec);
 
   // The addresses now, sorted, without duplicates. UNAVAILABLE when the
   // name does not resolve or the file cannot be read: the caller keeps
@@ -33,7 +34,7 @@ class ReplicaSource {
   const std::string& spec() const { return spec_; }
 
  protected:
-  explicit ReplicaSource(std::string spec) : spec_(std::move(spec)) {}
+  explicit AddressSource(std::string spec) : spec_(std::move(spec)) {}
 
  private:
   std::string spec_;
@@ -41,4 +42,4 @@ class ReplicaSource {
 
 }  // namespace moemesh
 
-#endif  // MOEMESH_SERVICES_EXPERT_CLIENT_REPLICA_SOURCE_H_
+#endif  // MOEMESH_SERVICES_COMMON_ADDRESS_SOURCE_H_
