@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -130,7 +131,7 @@ class CheckpointWriter {
 // fused layout) unless the last run left the same model there.
 std::string WriteModel(const Shape& s) {
   const std::string dir = absl::StrCat("/tmp/moemesh_gpu_bench_", s.name, "_", s.layers, "l");
-  std::system(("mkdir -p " + dir).c_str());
+  std::filesystem::create_directories(dir);
   nlohmann::json cfg = {{"model_type", s.model_type},       {"vocab_size", s.vocab},
                         {"hidden_size", s.hidden},          {"intermediate_size", s.expert_width},
                         {"moe_intermediate_size", s.expert_width}, {"num_hidden_layers", s.layers},
@@ -174,7 +175,7 @@ std::string WriteModel(const Shape& s) {
 // 23 GB per MoE layer.
 std::string WriteDeepSeek(int layers) {
   const std::string dir = absl::StrCat("/tmp/moemesh_gpu_bench_deepseek_", layers, "l");
-  std::system(("mkdir -p " + dir).c_str());
+  std::filesystem::create_directories(dir);
   const MlaRooflineShape s = DeepSeekV3Roofline(layers);
   nlohmann::json cfg = {{"model_type", "deepseek_v3"},
                         {"vocab_size", s.vocab},
