@@ -34,10 +34,13 @@
 #include "core/common/subprocess.h"
 #include "core/metrics/http_get.h"
 #include "gtest/gtest.h"
+#include "moemesh/v1/expert.grpc.pb.h"
 #include "moemesh/v1/gateway.grpc.pb.h"
 #include "moemesh/v1/router.grpc.pb.h"
 #include "nlohmann/json.hpp"
 #include "services/common/server_util.h"
+#include "services/common/test_certs.h"
+#include "services/common/tls.h"
 #include "services/gateway/hash_ring.h"
 
 namespace moemesh {
@@ -537,6 +540,66 @@ double TimedRouterStream(v1::Router::Stub* router, int first_id, int tokens) {
   const auto t0 = std::chrono::steady_clock::now();
   const bool ok = static_cast<int>(RouterTokens(router, first_id, tokens).size()) == tokens;
   return ok ? std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() : -1;
+}
+
+// TLS across the mesh (docs/OPERATIONS.md, "TLS"): an expert worker and a
+// router with certificates of one CA, client certificates required. The
+// worker offers no raw data channel (it has no TLS) and refuses clients
+// without a certificate, with another CA's, or in plaintext; the router
+// reaches it over the gRPC stream, encrypted, and generates for a client
+// with a certificate of the CA exactly what a plaintext mesh does.
+TEST(MeshTlsTest, MutualTlsEverywhereAndNoDataChannel) {
+  const std::string model = "models/fortune-moe";
+  const TestCerts& certs = TestCerts::Get(::testing::TempDir());
+  const std::vector<std::string> tls = {"--tls-cert=" + certs.Pem("server"), "--tls-key=" + certs.Key("server"),
+                                        "--tls-ca=" + certs.Pem("ca")};
+  auto with_tls = [&](std::vector<std::string> argv) {
+    argv.insert(argv.end(), tls.begin(), tls.end());
+    return StartService(argv);
+  };
+  Started worker = with_tls({g_expert, "--model=" + model, "--port=0"});
+  const std::string router_bin = ServiceBinaryForTests("moemesh-router", "MOEMESH_ROUTER_BIN");
+  Started router = with_tls({router_bin, "--model=" + model, "--port=0", "--experts=" + worker.address});
+  Started plain_worker = StartService({g_expert, "--model=" + model, "--port=0"});
+  Started plain_router = StartService({router_bin, "--model=" + model, "--port=0", "--experts=" + plain_worker.address});
+  ASSERT_FALSE(worker.address.empty() || router.address.empty() || plain_router.address.empty());
+  auto shard_info = [&](const TlsConfig& client, v1::ShardInfo* info) {
+    EXPECT_TRUE(SetMeshTls(client).ok());
+    grpc::ChannelArguments args;
+    args.SetInt("grpc.use_local_subchannel_pool", 1);  // a connection of this client's own
+    auto stub = v1::ExpertService::NewStub(grpc::CreateCustomChannel(worker.address, MeshChannelCredentials(), args));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    return stub->GetShardInfo(&ctx, v1::GetShardInfoRequest(), info);
+  };
+  TlsConfig client;
+  client.cert = certs.Pem("client");
+  client.key = certs.Key("client");
+  client.ca = certs.Pem("ca");
+  v1::ShardInfo info;
+  ASSERT_TRUE(shard_info(client, &info).ok());
+  EXPECT_EQ(info.data_port(), 0) << "a worker under TLS must not offer the plaintext data channel";
+  TlsConfig no_cert;
+  no_cert.ca = certs.Pem("ca");
+  EXPECT_FALSE(shard_info(no_cert, &info).ok()) << "no client certificate";
+  TlsConfig stranger;
+  stranger.cert = certs.Pem("stranger");
+  stranger.key = certs.Key("stranger");
+  stranger.ca = certs.Pem("ca");
+  EXPECT_FALSE(shard_info(stranger, &info).ok()) << "a certificate of another CA";
+  EXPECT_FALSE(shard_info(TlsConfig(), &info).ok()) << "plaintext";
+  // A generation over TLS gives the plaintext mesh's tokens.
+  ASSERT_TRUE(SetMeshTls(client).ok());
+  auto secure = v1::Router::NewStub(grpc::CreateCustomChannel(router.address, MeshChannelCredentials(),
+                                                              ClientChannelArguments()));
+  const std::vector<int> got = RouterTokens(secure.get(), 7, 24);
+  ASSERT_TRUE(SetMeshTls(TlsConfig()).ok());
+  auto plain = v1::Router::NewStub(grpc::CreateCustomChannel(plain_router.address, grpc::InsecureChannelCredentials(),
+                                                             ClientChannelArguments()));
+  const std::vector<int> want = RouterTokens(plain.get(), 7, 24);
+  ASSERT_EQ(want.size(), 24u);
+  EXPECT_EQ(got, want);
+  for (Started* s : {&router, &worker, &plain_router, &plain_worker}) EXPECT_EQ(s->process->Stop(absl::Seconds(20)), 0);
 }
 
 // A shard scaled from one replica to three and back to one while 16
