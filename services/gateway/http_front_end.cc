@@ -181,6 +181,11 @@ void Serve(Gateway* gateway, std::shared_ptr<CompletionRequest> request, std::sh
     return;
   }
   res.set_header("Cache-Control", "no-cache");
+  // A stream ends its connection: node-fetch (the OpenAI SDK's HTTP client
+  // on Node 18) takes a chunked answer on a connection kept for the next
+  // request as cut short ("Premature close"). A stream lasts far longer than
+  // a new connection takes.
+  res.set_header("Connection", "close");
   res.set_chunked_content_provider("text/event-stream", [gateway, request, lease, ids, echoed, chat](
                                                           size_t, httplib::DataSink& sink) {
     std::mutex mu;  // the choices' threads share the sink
