@@ -11,12 +11,7 @@ programs="tools/moemesh/moemesh services/gateway/moemesh-gateway services/router
 mkdir -p "$out/bin" "$out/lib" "$out/models"
 for p in $programs; do
   cp "$build/$p" "$out/bin/"
-  ldd "$build/$p" | awk '$3 ~ /^\// {print $3}' | while read -r lib; do
-    case "$(basename "$lib")" in
-      libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*|libcuda.so*|libnvidia*|libcublas*) ;;
-      *) cp -n "$lib" "$out/lib/" ;;
-    esac
-  done
+  tools/ci/copy_shared_libs.sh "$build/$p" "$out/lib"
 done
 strip --strip-debug "$out"/bin/* "$out"/lib/*
 cp -r models/fortune-moe "$out/models/"

@@ -25,13 +25,7 @@ for b in $binaries; do
 done
 for t in $tests $(for b in $binaries; do echo "$build/$b"; done) $(for b in $benches; do echo "$build/bench/$b"; done); do
   case "$t" in "$build"/tools/*|"$build"/services/*/moemesh-*|"$build"/bench/*) ;; *) cp "$t" .gpu-bundle/bin/ ;; esac
-  ldd "$t" | awk '$3 ~ /^\// {print $3}' | while read -r lib; do
-    case "$(basename "$lib")" in
-      # The GPU machine has the driver and CUDA 13 (cuBLAS is 600 MB).
-      libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*|libcuda.so*|libnvidia*|libcublas*) ;;
-      *) cp -n "$lib" .gpu-bundle/lib/ ;;
-    esac
-  done
+  tools/ci/copy_shared_libs.sh "$t" .gpu-bundle/lib
 done
 # The device tool carries at most 64 MiB with the tree: debug info stays
 # here, and the rest travels compressed (run.sh unpacks it).
