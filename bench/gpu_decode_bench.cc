@@ -25,7 +25,9 @@
 //
 // One row per shape and batch size: step ms of each path, the first's
 // speedup over the next three, the one process's tokens/s over the mesh's
-// ("ipc/1p", the mesh's share), roofline ms and the first's share of it.
+// ("ipc/1p", the mesh's share), roofline ms and the first's share of it,
+// and the mesh's mean round trip a request ("ipc rt us": from its send to
+// its answer read, which the step thread waits out).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -268,6 +270,9 @@ class ThroughHost : public ExpertExecutor {
 struct MeshExperts {
   std::unique_ptr<Subprocess> worker;
   std::unique_ptr<RemoteExpertExecutor> executor;
+  // Each request's time from send to answer read (the hosts' round trip,
+  // which the router's step thread waits out), summed since the reset.
+  std::shared_ptr<std::pair<double, int64_t>> round_trips = std::make_shared<std::pair<double, int64_t>>();
 };
 
 MeshExperts StartMeshExperts(const std::string& dir, int hidden, int slots, CudaIpcTransport::Sync sync) {
@@ -293,6 +298,10 @@ MeshExperts StartMeshExperts(const std::string& dir, int hidden, int slots, Cuda
   }
   m.worker = std::move(*p);
   m.executor = std::move(*r);
+  m.executor->set_dispatch_observer([rt = m.round_trips](const std::string&, double seconds) {
+    rt->first += seconds;
+    ++rt->second;
+  });
   return m;
 }
 
@@ -349,9 +358,9 @@ int Run(int argc, char** argv) {
   constexpr int kPrompt = 180;  // with the decoded tokens, about roofline.h's 192 positions on average
   std::printf("copy bandwidth %.2f TB/s; prompts of %d tokens, then %d decode steps timed per batch\n", *bw / 1e12,
               kPrompt, steps);
-  std::printf("%-8s %6s %6s %10s %10s %10s %10s %10s %8s %8s %8s %7s %11s %9s\n", "shape", "layers", "batch",
+  std::printf("%-8s %6s %6s %10s %10s %10s %10s %10s %8s %8s %8s %7s %11s %9s %10s\n", "shape", "layers", "batch",
               "graphs ms", "eager ms", "host-gr ms", "v.host ms", "ipc ms", "x eager", "x h.-gr", "x v.host", "ipc/1p",
-              "roofline ms", "of roofl");
+              "roofline ms", "of roofl", "ipc rt us");
   for (const std::string& name : shapes) {
     const bool deepseek = name == "deepseek";
     const Shape s = name == "qwen3" ? Qwen3(layers) : Mixtral(layers);
@@ -389,7 +398,7 @@ int Run(int argc, char** argv) {
     ThroughHost via_host(&in_place);
     MeshExperts mesh = ipc ? StartMeshExperts(dir, config->hidden_size, config->num_experts_per_tok, sync) : MeshExperts{};
     for (int n : batches) {
-      double ms[5] = {0, 0, 0, 0, 0};
+      double ms[5] = {0, 0, 0, 0, 0}, round_trip_us = 0;
       for (int path = 0; path < 5; ++path) {
         if (path == 4 && !mesh.executor) break;
         ExpertExecutor* experts = path == 3   ? static_cast<ExpertExecutor*>(&via_host)
@@ -408,6 +417,7 @@ int Run(int argc, char** argv) {
         }
         std::vector<double> times;
         std::vector<int> tokens(n);
+        if (path == 4) *mesh.round_trips = {0, 0};
         for (int step = 0; ok && step < steps + 2; ++step) {
           std::vector<ForwardItem> items;
           for (int i = 0; i < n; ++i) {
@@ -425,6 +435,9 @@ int Run(int argc, char** argv) {
         }
         std::sort(times.begin(), times.end());
         ms[path] = 1e3 * times[times.size() / 2];
+        if (path == 4 && mesh.round_trips->second > 0) {
+          round_trip_us = 1e6 * mesh.round_trips->first / mesh.round_trips->second;
+        }
       }
       const RooflineShape r{s.layers, s.hidden, s.heads, s.kv_heads, s.head_dim, s.experts, s.top_k, s.expert_width,
                             s.vocab};
@@ -433,9 +446,9 @@ int Run(int argc, char** argv) {
       const double roof_ms = 1e3 * bytes / *bw;
       const std::string ipc_ms = ms[4] > 0 ? absl::StrFormat("%10.3f", ms[4]) : absl::StrFormat("%10s", "-");
       const std::string share = ms[4] > 0 ? absl::StrFormat("%6.2fx", ms[0] / ms[4]) : absl::StrFormat("%7s", "-");
-      std::printf("%-8s %6d %6d %10.3f %10.3f %10.3f %10.3f %s %7.2fx %7.2fx %7.2fx %s %11.3f %8.0f%%\n", name.c_str(),
-                  shape_layers, n, ms[0], ms[1], ms[2], ms[3], ipc_ms.c_str(), ms[1] / ms[0], ms[2] / ms[0],
-                  ms[3] / ms[0], share.c_str(), roof_ms, 100 * roof_ms / ms[0]);
+      std::printf("%-8s %6d %6d %10.3f %10.3f %10.3f %10.3f %s %7.2fx %7.2fx %7.2fx %s %11.3f %8.0f%% %10.1f\n",
+                  name.c_str(), shape_layers, n, ms[0], ms[1], ms[2], ms[3], ipc_ms.c_str(), ms[1] / ms[0],
+                  ms[2] / ms[0], ms[3] / ms[0], share.c_str(), roof_ms, 100 * roof_ms / ms[0], round_trip_us);
       std::fflush(stdout);
     }
   }
