@@ -17,7 +17,8 @@
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
-#include "core/metrics/metrics_server.h"
+#include "services/common/http_tls.h"
+#include "services/common/metrics_server.h"
 #include "services/common/drain.h"
 #include "services/common/server_util.h"
 #include "services/common/tls.h"
@@ -169,7 +170,14 @@ void ServiceMain::Warn(absl::string_view message) const {
 int ServiceMain::Serve(const std::vector<grpc::Service*>& services, std::shared_ptr<prometheus::Registry> registry,
                        const std::function<int()>& in_flight,
                        const std::function<std::shared_ptr<prometheus::Collectable>()>& more_metrics) const {
-  auto started = MetricsServer::StartIfEnabled(host_, metrics_port_, std::move(registry));
+  // Under TLS the metrics port serves HTTPS with the gRPC port's certificate.
+  std::shared_ptr<HttpTls> metrics_tls;
+  if (MeshTls().server_tls() && metrics_port_ >= 0) {
+    auto tls = HttpTls::Create(MeshTls());
+    if (!tls.ok()) return Fail(tls.status(), 2);
+    metrics_tls = std::move(*tls);
+  }
+  auto started = MetricsServer::StartIfEnabled(host_, metrics_port_, std::move(registry), std::move(metrics_tls));
   if (!started.ok()) return Fail(started.status(), 1);
   std::unique_ptr<MetricsServer> metrics = std::move(*started);
   if (metrics && more_metrics) {

@@ -63,7 +63,8 @@ class ServiceMain {
 
   // Serves `services` (with health checking and reflection) on
   // --host:--port, and `registry` with the process's own metrics on
-  // /metrics at --metrics-port (unless it is -1); `more_metrics`, if given,
+  // /metrics at --metrics-port (unless it is -1; over HTTPS with the gRPC
+  // port's certificate and client-certificate rule under TLS); `more_metrics`, if given,
   // is called once that endpoint is up, and what it returns (may be null,
   // e.g. a GpuCollector) is served there too. Prints "metrics on HOST:PORT"
   // (when there is an endpoint), then "listening on HOST:PORT": the lines

@@ -3,6 +3,7 @@
 #include <httplib.h>
 #include <sys/socket.h>
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <mutex>
@@ -19,7 +20,7 @@
 #include "core/common/status_macros.h"
 #include "services/common/drain.h"
 #include "services/gateway/gateway.h"
-#include "services/gateway/http_tls.h"
+#include "services/common/http_tls.h"
 #include "services/gateway/openai_api.h"
 
 namespace moemesh {
@@ -27,6 +28,7 @@ namespace moemesh {
 struct HttpFrontEnd::Server {
   std::shared_ptr<HttpTls> tls;  // the SSL server's callbacks use it
   std::unique_ptr<httplib::Server> server;
+  std::atomic<bool> listened{false};  // the listening loop is over
 };
 
 namespace {
@@ -404,12 +406,20 @@ absl::StatusOr<std::unique_ptr<HttpFrontEnd>> HttpFrontEnd::Start(const Options&
     return absl::UnavailableError(
         absl::StrCat("cannot listen for HTTP on ", options.host, ":", options.port, " (in use, or not an address here)"));
   }
-  fe->thread_ = std::thread([s = fe->server_.get()] { s->server->listen_after_bind(); });
+  fe->thread_ = std::thread([s = fe->server_.get()] {
+    s->server->listen_after_bind();
+    s->listened = true;
+  });
   return fe;
 }
 
 HttpFrontEnd::~HttpFrontEnd() {
-  if (server_) server_->server->stop();
+  // cpp-httplib's stop() does nothing until the listening loop has begun:
+  // asked again until the loop is over.
+  while (thread_.joinable() && !server_->listened.load()) {
+    server_->server->stop();
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   if (thread_.joinable()) thread_.join();
 }
 

@@ -37,7 +37,7 @@ class HttpFrontEnd {
     // The model's chat template (must outlive the front end); null: chat
     // requests are refused with a message saying so.
     const jinja::ChatTemplate* chat_template = nullptr;
-    // Serve HTTPS with these certificates (services/gateway/http_tls.h);
+    // Serve HTTPS with these certificates (services/common/http_tls.h);
     // null: plain HTTP.
     std::shared_ptr<HttpTls> tls;
   };

@@ -20,7 +20,7 @@
 #include "prometheus/registry.h"
 #include "services/common/test_certs.h"
 #include "services/gateway/gateway_test_util.h"
-#include "services/gateway/http_tls.h"
+#include "services/common/http_tls.h"
 
 namespace moemesh {
 namespace {

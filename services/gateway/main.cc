@@ -20,7 +20,7 @@
 #include "services/gateway/gateway_metrics.h"
 #include "services/gateway/gateway_service.h"
 #include "services/gateway/http_front_end.h"
-#include "services/gateway/http_tls.h"
+#include "services/common/http_tls.h"
 #include "services/gateway/oip_service.h"
 #include "services/gateway/router_pool.h"
 

@@ -1,4 +1,4 @@
-#include "services/gateway/http_tls.h"
+#include "services/common/http_tls.h"
 
 #include <openssl/err.h>
 #include <openssl/pem.h>

@@ -1,5 +1,5 @@
-#ifndef MOEMESH_SERVICES_GATEWAY_HTTP_TLS_H_
-#define MOEMESH_SERVICES_GATEWAY_HTTP_TLS_H_
+#ifndef MOEMESH_SERVICES_COMMON_HTTP_TLS_H_
+#define MOEMESH_SERVICES_COMMON_HTTP_TLS_H_
 
 #include <chrono>
 #include <filesystem>
@@ -46,4 +46,4 @@ class HttpTls {
 
 }  // namespace moemesh
 
-#endif  // MOEMESH_SERVICES_GATEWAY_HTTP_TLS_H_
+#endif  // MOEMESH_SERVICES_COMMON_HTTP_TLS_H_

@@ -4,7 +4,7 @@
 // auth, only clients with a certificate of the CA, not expired, are; a
 // rotated certificate is served without a restart; unusable files are
 // refused at start with the file named.
-#include "services/gateway/http_tls.h"
+#include "services/common/http_tls.h"
 
 #include <httplib.h>
 
