@@ -11,7 +11,7 @@
 // (bf16), written once under /tmp.
 //
 //   gpu_decode_bench [--shapes mixtral,qwen3,deepseek] [--layers 8] [--deepseek-layers 3]
-//                    [--batches 1,8,32,64] [--steps 24] [--ipc on|off] [--ipc-sync auto|gpu|host]
+//                    [--batches 1,8,32,64] [--steps 24] [--ipc on|off] [--ipc-sync auto|counter|gpu|host]
 //
 // (Mixtral and Qwen3 by default; DeepSeek-V3's shape writes 23 GB per MoE
 // layer to /tmp.)

@@ -69,6 +69,13 @@ class ExpertExecutor {
   virtual int lanes() const { return 1; }
   virtual absl::Status Start(const ExpertBatch& batch, float* out, int lane) { return Execute(batch, out); }
   virtual absl::Status Finish(int lane) { return absl::OkStatus(); }
+  // Where Finish of rows on a GPU returns before the workers have answered
+  // (their work ordered on the GPU: the cuda-ipc transport's counter), reads
+  // those answers. A forward pass calls it before it uses a step's results.
+  // ABORTED: a worker failed work whose rows were already used, so the
+  // step's results are wrong and it must run again (that replica is passed
+  // over from now on).
+  virtual absl::Status Settle() { return absl::OkStatus(); }
 };
 
 }  // namespace moemesh

@@ -46,6 +46,7 @@ class CudaIpcServer : public DeviceRowsServer {
     absl::Time until;
     std::unique_ptr<DeviceBuffer> memory;
     std::unique_ptr<IpcEvent> router_event, worker_event;
+    std::unique_ptr<IpcMemory> counter;
   };
   void Retire(Retired r) {
     absl::MutexLock lock(&retired_mu_);
@@ -64,17 +65,49 @@ class CudaIpcServer : public DeviceRowsServer {
 class CudaIpcServer::IpcSession : public DeviceRowsServer::Session {
  public:
   IpcSession(CudaIpcServer* server, std::unique_ptr<DeviceBuffer> memory, const v1::CudaIpcBuffers& layout,
-             std::unique_ptr<IpcEvent> router_event, std::unique_ptr<IpcEvent> worker_event)
+             std::unique_ptr<IpcEvent> router_event, std::unique_ptr<IpcEvent> worker_event,
+             std::unique_ptr<IpcMemory> counter)
       : server_(server),
         memory_(std::move(memory)),
         layout_(layout),
         router_event_(std::move(router_event)),
-        worker_event_(std::move(worker_event)) {}
+        worker_event_(std::move(worker_event)),
+        counter_(std::move(counter)) {}
   ~IpcSession() override {
-    server_->Retire({absl::Now() + kRetiredFor, std::move(memory_), std::move(router_event_), std::move(worker_event_)});
+    // A router gone before its GPU set the ready word for work enqueued
+    // here: release this stream's wait, or every session's work stalls.
+    if (counter_ && waited_ready_ != 0) {
+      WriteValueNow(memory_->as<char>() + layout_.ready_offset(), waited_ready_).IgnoreError();
+    }
+    // The counter's mapping too: writes to it may still be enqueued.
+    server_->Retire({absl::Now() + kRetiredFor, std::move(memory_), std::move(router_event_), std::move(worker_event_),
+                     std::move(counter_)});
   }
 
   absl::Status Run(const v1::DispatchRequest& request, v1::DispatchResponse* response) override {
+    absl::MutexLock lock(&server_->mu_);
+    MM_RETURN_IF_ERROR(CudaSetDevice(server_->device()));
+    CudaStream stream = server_->stream_->get();
+    absl::Status st = Enqueue(request, stream);
+    const uint32_t done = counter_ ? request.ipc().done_value() : 0;
+    if (done != 0) {
+      // Failed work too: the router's GPU waits for the word, and the
+      // answer says what went wrong.
+      const absl::Status written = StreamWriteValue(stream, counter_->data(), done);
+      if (st.ok()) st = written;
+    } else if (st.ok()) {
+      st = worker_event_->Record(stream);
+      if (st.ok() && request.ipc().host_sync()) st = CudaSynchronize(stream);
+    }
+    MM_RETURN_IF_ERROR(st);
+    response->set_combined_rows(request.hidden_states().shape(0));
+    return absl::OkStatus();
+  }
+
+ private:
+  // Checks the request and enqueues its work on `stream` after the
+  // router's copies.
+  absl::Status Enqueue(const v1::DispatchRequest& request, CudaStream stream) {
     ExpertWorker& worker = *server_->worker_;
     const int h = worker.config().hidden_size;
     const v1::Tensor& t = request.hidden_states();
@@ -94,44 +127,42 @@ class CudaIpcServer::IpcSession : public DeviceRowsServer::Session {
     char* base = memory_->as<char>();
     const float* hidden = reinterpret_cast<const float*>(base + layout_.hidden_offset());
     float* out = reinterpret_cast<float*>(base + layout_.out_offset());
-    CudaStream stream = server_->stream_->get();
-    absl::MutexLock lock(&server_->mu_);
-    MM_RETURN_IF_ERROR(CudaSetDevice(server_->device()));
-    // With host_sync the router's copies are done already.
-    const bool host_sync = request.ipc().host_sync();
-    if (!host_sync) MM_RETURN_IF_ERROR(router_event_->WaitOn(stream));
+    // After the router's copies: its ready word, or its event (with
+    // host_sync they are done already).
+    if (counter_ && request.ipc().done_value() != 0) {
+      MM_RETURN_IF_ERROR(StreamWaitValue(stream, base + layout_.ready_offset(), request.ipc().done_value()));
+      waited_ready_ = request.ipc().done_value();
+    } else if (!request.ipc().host_sync()) {
+      MM_RETURN_IF_ERROR(router_event_->WaitOn(stream));
+    }
     if (slots > 0) {
       ExpertBatch batch{request.layer(), n, h, hidden, slots,
                         reinterpret_cast<const int*>(base + layout_.ids_offset()),
                         reinterpret_cast<const float*>(base + layout_.weights_offset())};
       batch.on_device = batch.routing_on_device = true;
       batch.cuda_stream = stream;
-      MM_RETURN_IF_ERROR(worker.RunRoutedOnDevice(batch, out));
-    } else {
-      ExpertWork work;
-      work.layer = request.layer();
-      work.num_rows = n;
-      work.hidden_size = h;
-      work.hidden_states = hidden;
-      work.on_device = true;
-      work.cuda_stream = stream;
-      work.groups.reserve(request.groups_size());
-      for (const v1::ExpertRows& g : request.groups()) {
-        work.groups.push_back({g.expert(), {g.rows().begin(), g.rows().end()}, {g.weights().begin(), g.weights().end()}});
-      }
-      MM_RETURN_IF_ERROR(worker.RunCombinedOnDevice(work, out));
+      return worker.RunRoutedOnDevice(batch, out);
     }
-    MM_RETURN_IF_ERROR(worker_event_->Record(stream));
-    if (host_sync) MM_RETURN_IF_ERROR(CudaSynchronize(stream));
-    response->set_combined_rows(n);
-    return absl::OkStatus();
+    ExpertWork work;
+    work.layer = request.layer();
+    work.num_rows = n;
+    work.hidden_size = h;
+    work.hidden_states = hidden;
+    work.on_device = true;
+    work.cuda_stream = stream;
+    work.groups.reserve(request.groups_size());
+    for (const v1::ExpertRows& g : request.groups()) {
+      work.groups.push_back({g.expert(), {g.rows().begin(), g.rows().end()}, {g.weights().begin(), g.weights().end()}});
+    }
+    return worker.RunCombinedOnDevice(work, out);
   }
 
- private:
   CudaIpcServer* server_;
   std::unique_ptr<DeviceBuffer> memory_;
   v1::CudaIpcBuffers layout_;
   std::unique_ptr<IpcEvent> router_event_, worker_event_;
+  std::unique_ptr<IpcMemory> counter_;  // the router's word (CudaIpcSetup.router_counter), or null
+  uint32_t waited_ready_ = 0;           // the last ready value this stream waits for
 };
 
 absl::StatusOr<std::unique_ptr<DeviceRowsServer::Session>> CudaIpcServer::Open(const v1::CudaIpcSetup& setup,
@@ -154,14 +185,24 @@ absl::StatusOr<std::unique_ptr<DeviceRowsServer::Session>> CudaIpcServer::Open(c
   MM_RETURN_IF_ERROR(CudaSetDevice(device()));
   MM_ASSIGN_OR_RETURN(std::unique_ptr<IpcEvent> router_event, IpcEvent::Open(setup.router_event()));
   MM_ASSIGN_OR_RETURN(std::unique_ptr<IpcEvent> worker_event, IpcEvent::Create());
-  MM_ASSIGN_OR_RETURN(std::unique_ptr<DeviceBuffer> memory, DeviceBuffer::Allocate(2 * rows + 2 * routes));
+  // The rows, the routing, the combined rows, and the ready word.
+  layout.set_ready_offset(2 * rows + 2 * routes);
+  MM_ASSIGN_OR_RETURN(std::unique_ptr<DeviceBuffer> memory, DeviceBuffer::Allocate(2 * rows + 2 * routes + 256));
+  MM_RETURN_IF_ERROR(memory->Fill(0));
   MM_ASSIGN_OR_RETURN(std::string handle, ExportDeviceMemory(*memory));
   MM_ASSIGN_OR_RETURN(std::string event_handle, worker_event->Export());
   layout.set_memory(std::move(handle));
   layout.set_worker_event(std::move(event_handle));
+  // The router's counter where both sides can use one; else events.
+  std::unique_ptr<IpcMemory> counter;
+  if (!setup.router_counter().empty() && StreamMemOpsSupported(device())) {
+    auto opened = IpcMemory::Open(setup.router_counter());
+    if (opened.ok()) counter = std::move(*opened);
+  }
+  layout.set_counter(counter != nullptr);
   *buffers = layout;
   return std::make_unique<IpcSession>(this, std::move(memory), layout, std::move(router_event),
-                                      std::move(worker_event));
+                                      std::move(worker_event), std::move(counter));
 }
 
 }  // namespace

@@ -21,16 +21,22 @@ struct CudaIpcTransport::Shared {
 };
 
 CudaIpcTransport::CudaIpcTransport(std::unique_ptr<ExpertTransport> control, int device, int hidden_size,
-                                   int initial_tokens, int initial_slots, bool host_sync)
+                                   int initial_tokens, int initial_slots, Sync sync)
     : control_(std::move(control)),
       device_(device),
       hidden_(hidden_size),
       initial_tokens_(std::clamp(initial_tokens, 1, kMaxTokens)),
       initial_slots_(std::max(0, initial_slots)),
-      host_sync_(host_sync) {}
+      sync_(sync) {}
 
 CudaIpcTransport::~CudaIpcTransport() {
-  Unmap().IgnoreError();
+  // Answers unread or waits not enqueued: the worker may still set the
+  // counter (or never will): the GPU's waits are released, and the word is
+  // kept rather than freed under the worker (256 bytes; a failed replica).
+  const bool unsettled = !owed_.empty() || waited_ != sent_;
+  if (unsettled) ReleaseCounter();
+  const bool unmapped = Unmap().ok();
+  if (counter_ && (unsettled || !unmapped)) (void)counter_.release();
   // The worker may still have a wait on this event enqueued (a request
   // given up on before it ran): it outlives the connection. Rare (a failed
   // replica) and 64 bytes of driver state.
@@ -56,21 +62,49 @@ absl::StatusOr<CudaIpcTransport::Sync> CudaIpcTransport::ParseSync(absl::string_
   if (name == "auto") return Sync::kAuto;
   if (name == "gpu") return Sync::kGpu;
   if (name == "host") return Sync::kHost;
-  return absl::InvalidArgumentError(absl::StrCat("CUDA IPC sync \"", name, "\": use auto, gpu or host"));
+  if (name == "counter") return Sync::kCounter;
+  return absl::InvalidArgumentError(absl::StrCat("CUDA IPC sync \"", name, "\": use auto, counter, gpu or host"));
 }
 
 std::function<ExpertTransportFactory(const v1::ShardInfo&, ExpertTransportFactory)> CudaIpcTransport::Wrapper(
     int device, int slots, int initial_tokens, Sync sync) {
   return [=](const v1::ShardInfo& info, ExpertTransportFactory control) -> ExpertTransportFactory {
     const int hidden = info.hidden_size();
-    // Older workers send no UUID: their index then, as numbered here.
-    const std::string& uuid = info.cuda_ipc().device_uuid();
-    const bool same_gpu = uuid.empty() ? info.cuda_ipc().device() == device : uuid == CudaDeviceUuid(device);
-    const bool host_sync = sync == Sync::kHost || (sync == Sync::kAuto && same_gpu);
     return [=]() -> std::unique_ptr<ExpertTransport> {
-      return std::make_unique<CudaIpcTransport>(control(), device, hidden, initial_tokens, slots, host_sync);
+      return std::make_unique<CudaIpcTransport>(control(), device, hidden, initial_tokens, slots, sync);
     };
   };
+}
+
+void CudaIpcTransport::ReleaseCounter() {
+  if (counter_ && sent_ != 0) WriteValueNow(counter_->data(), sent_).IgnoreError();
+}
+
+absl::Status CudaIpcTransport::Settle() {
+  while (!owed_.empty()) {
+    const Owed o = owed_.front();
+    v1::DispatchResponse response;
+    F32Matrix outputs;
+    absl::Status st = control_->Receive(&response, &outputs);
+    if (st.ok() && response.error_code() != 0) {
+      st = absl::Status(static_cast<absl::StatusCode>(response.error_code()), response.error_message());
+    } else if (st.ok() && (response.step() != o.step || response.layer() != o.layer ||
+                           response.combined_rows() != o.rows)) {
+      st = absl::InternalError(absl::StrCat("the worker answered step ", response.step(), " layer ",
+                                            response.layer(), " with ", response.combined_rows(),
+                                            " combined rows; expected step ", o.step, " layer ", o.layer, " with ",
+                                            o.rows));
+    }
+    if (!st.ok()) {
+      // The worker set the counter for failed work it enqueued, but not
+      // where it died or never got the request: release every wait here.
+      ReleaseCounter();
+      owed_.clear();
+      return st;
+    }
+    owed_.pop_front();
+  }
+  return absl::OkStatus();
 }
 
 absl::Status CudaIpcTransport::Send(const v1::DispatchRequest& header, absl::Span<const iovec> rows) {
@@ -84,6 +118,8 @@ absl::Status CudaIpcTransport::Receive(v1::DispatchResponse* response, F32Matrix
 absl::Status CudaIpcTransport::Warm() { return shared_ ? absl::OkStatus() : SetUp(initial_tokens_, initial_slots_); }
 
 absl::Status CudaIpcTransport::SetUp(int tokens, int slots) {
+  // Answers come in order: those owed come before the set-up's.
+  MM_RETURN_IF_ERROR(Settle());
   MM_RETURN_IF_ERROR(CudaSetDevice(device_));
   if (tokens > kMaxTokens) {
     return absl::InvalidArgumentError(
@@ -106,6 +142,17 @@ absl::Status CudaIpcTransport::SetUp(int tokens, int slots) {
   setup->set_max_slots(slots);
   MM_ASSIGN_OR_RETURN(std::string event, router_event_->Export());
   setup->set_router_event(std::move(event));
+  // A counter where the driver can: one word, kept for the connection's
+  // life (the worker maps it again at each set-up).
+  if (sync_ == Sync::kCounter && !counter_ && StreamMemOpsSupported(device_)) {
+    MM_ASSIGN_OR_RETURN(counter_, DeviceBuffer::Allocate(256));
+    MM_RETURN_IF_ERROR(counter_->Fill(0));
+    sent_ = waited_ = 0;
+  }
+  if (counter_) {
+    MM_ASSIGN_OR_RETURN(std::string handle, ExportDeviceMemory(*counter_));
+    setup->set_router_counter(std::move(handle));
+  }
   v1::DispatchResponse response;
   F32Matrix none;
   MM_RETURN_IF_ERROR(control_->Send(request, {}));
@@ -121,6 +168,7 @@ absl::Status CudaIpcTransport::SetUp(int tokens, int slots) {
   }
   auto shared = std::make_unique<Shared>();
   shared->layout = b;
+  counting_ = counter_ != nullptr && b.counter();
   MM_ASSIGN_OR_RETURN(shared->worker_event, IpcEvent::Open(b.worker_event()));
   MM_ASSIGN_OR_RETURN(shared->memory, IpcMemory::Open(b.memory()));
   shared_ = std::move(shared);
@@ -151,12 +199,25 @@ absl::Status CudaIpcTransport::SendOnDevice(const v1::DispatchRequest& header, c
     MM_RETURN_IF_ERROR(
         CopyOnDeviceAsync(shared_->at(b.weights_offset()), batch.weights, routes * sizeof(float), stream));
   }
-  // The worker's wait sees this record: it is made before the request goes.
-  MM_RETURN_IF_ERROR(router_event_->Record(stream));
   expect_step_ = header.step();
   expect_layer_ = header.layer();
   expect_rows_ = n;
-  if (!host_sync_) return control_->Send(header, {});
+  if (counting_) {
+    // Unread answers stay few where no one settles (Execute settles).
+    if (owed_.size() >= kMaxOwed) MM_RETURN_IF_ERROR(Settle());
+    // The worker's GPU waits for this request's number in the ready word,
+    // set once the copies above are done.
+    if (++sent_ == 0) ++sent_;  // 0 is the words' start: never a request's
+    MM_RETURN_IF_ERROR(StreamWriteValue(stream, shared_->at(b.ready_offset()), sent_));
+    v1::DispatchRequest numbered = header;
+    numbered.mutable_ipc()->set_done_value(sent_);
+    MM_RETURN_IF_ERROR(control_->Send(numbered, {}));
+    owed_.push_back({header.step(), header.layer(), n});
+    return absl::OkStatus();
+  }
+  // The worker's wait sees this record: it is made before the request goes.
+  MM_RETURN_IF_ERROR(router_event_->Record(stream));
+  if (sync_ != Sync::kHost) return control_->Send(header, {});
   MM_RETURN_IF_ERROR(router_event_->Synchronize());
   v1::DispatchRequest synced = header;
   synced.mutable_ipc()->set_host_sync(true);
@@ -165,6 +226,25 @@ absl::Status CudaIpcTransport::SendOnDevice(const v1::DispatchRequest& header, c
 
 absl::Status CudaIpcTransport::ReceiveOnDevice(v1::DispatchResponse* response, F32Matrix* outputs, float* out,
                                                void* stream) {
+  if (counting_) {
+    // The answer is read later (Settle): the GPU waits for the worker's word
+    // and copies the rows out after it.
+    if (expect_rows_ < 0 || !shared_) return absl::InternalError("a CUDA IPC answer awaited without a request");
+    response->Clear();
+    response->set_step(expect_step_);
+    response->set_layer(expect_layer_);
+    response->set_combined_rows(expect_rows_);
+    last_stream_ = stream;
+    MM_RETURN_IF_ERROR(StreamWaitValue(stream, counter_->data(), sent_));
+    waited_ = sent_;
+    MM_RETURN_IF_ERROR(CopyOnDeviceAsync(out, shared_->at(shared_->layout.out_offset()),
+                                         static_cast<size_t>(expect_rows_) * hidden_ * sizeof(float), stream));
+    *outputs = F32Matrix{};
+    outputs->rows = expect_rows_;
+    outputs->cols = hidden_;
+    expect_rows_ = -1;
+    return absl::OkStatus();
+  }
   MM_RETURN_IF_ERROR(control_->Receive(response, outputs));
   *outputs = F32Matrix{};
   if (response->error_code() != 0) return absl::OkStatus();
@@ -180,7 +260,7 @@ absl::Status CudaIpcTransport::ReceiveOnDevice(v1::DispatchResponse* response, F
   expect_rows_ = -1;
   last_stream_ = stream;
   // With host_sync the worker answered once its rows were written.
-  if (!host_sync_) MM_RETURN_IF_ERROR(shared_->worker_event->WaitOn(stream));
+  if (sync_ != Sync::kHost) MM_RETURN_IF_ERROR(shared_->worker_event->WaitOn(stream));
   MM_RETURN_IF_ERROR(CopyOnDeviceAsync(out, shared_->at(shared_->layout.out_offset()),
                                        static_cast<size_t>(rows) * hidden_ * sizeof(float), stream));
   outputs->rows = rows;

@@ -1,6 +1,7 @@
 #ifndef MOEMESH_SERVICES_EXPERT_CLIENT_CUDA_IPC_TRANSPORT_H_
 #define MOEMESH_SERVICES_EXPERT_CLIENT_CUDA_IPC_TRANSPORT_H_
 
+#include <deque>
 #include <functional>
 #include <memory>
 
@@ -10,6 +11,7 @@
 
 namespace moemesh {
 
+class DeviceBuffer;
 class IpcEvent;
 
 // The cuda-ipc transport: for a router on a GPU and an expert worker on the
@@ -18,40 +20,49 @@ class IpcEvent;
 // (CudaIpcSetup / CudaIpcBuffers, over the wrapped `control` transport);
 // per layer the router copies the rows (and the routing) into them on its
 // stream, records its event and sends the request; the worker enqueues the
-// work after that event, records its own and answers at once; the router's
-// stream waits for that event and copies the combined rows out. The host
-// sees one small message each way per layer, never the rows, and neither
-// side waits for the GPU.
+// work after that event and answers. The host sees one small message each
+// way per layer, never the rows.
 //
-// Where the worker shares the router's GPU that is slow: without MPS the
-// two processes' contexts take turns on the GPU, and a stream of one that
-// waits on the other's event costs a context switch (about 0.3 ms a hop on
-// an H100). There the transport synchronizes on the hosts instead
-// (CudaIpcRows.host_sync): the router waits for its copies before it sends,
-// the worker for its work before it answers. Sync::kAuto picks that by the
-// GPUs' UUIDs.
+// How the router's GPU learns that the worker's rows are written (Sync):
+//   - counters (kCounter, where the driver has stream memory operations):
+//     the worker's GPU sets a word of the router's memory to the request's
+//     number, and the router's GPU waits for it. The router enqueues that
+//     wait and the copy out at once, without waiting for the answer, which
+//     it reads later (Settle): no host waits a round trip per layer, so the
+//     router's host runs ahead of its GPU as in one process;
+//     The router's GPU likewise sets a word of the worker's buffers once
+//     its rows are copied in, which the worker's GPU waits for;
+//   - interprocess events (kGpu, and kAuto for now): the router records
+//     its event before it sends, the worker records its own and answers;
+//     the router's GPU waits for that event once the answer is read;
+//   - the hosts (kHost): the router waits for its copies before it sends,
+//     the worker for its work before it answers.
+// Where the worker shares the router's GPU, both processes should be MPS
+// clients: without MPS their contexts take turns on the GPU and every hop
+// costs a context switch each way (about 0.35 ms on an H100, whatever the
+// order; docs/PERFORMANCE.md).
 //
 // Made by Wrapper (TransportOptions::device_rows). Buffers are set up for
 // `initial_tokens` rows and set up afresh, twice as large, when a batch
-// needs more (or more routed experts a token). Rows in host memory (Send/Receive) go over `control` as
-// they would without it.
+// needs more (or more routed experts a token). Rows in host memory
+// (Send/Receive) go over `control` as they would without it.
 class CudaIpcTransport : public ExpertTransport {
  public:
+  // How the two processes order their work (above).
+  enum class Sync {
+    kAuto,     // events, until the counter has run on a GPU (docs/PERFORMANCE.md)
+    kGpu,      // interprocess events, each answer read before the GPU waits
+    kHost,     // on the hosts
+    kCounter,  // counters where the driver has stream memory operations, else events
+  };
+
   // `device`: the router's GPU, whose memory SendOnDevice takes. The
   // buffers are first set up for `initial_tokens` rows of `initial_slots`
   // routed experts.
-  // `host_sync`: CudaIpcRows.host_sync on every request.
   CudaIpcTransport(std::unique_ptr<ExpertTransport> control, int device, int hidden_size, int initial_tokens,
-                   int initial_slots, bool host_sync);
+                   int initial_slots, Sync sync);
   ~CudaIpcTransport() override;
-
-  // How the two processes order their work on the GPU.
-  enum class Sync {
-    kAuto,  // on the hosts where the worker is on the router's GPU, else on the GPUs
-    kGpu,   // interprocess events only (the host never waits)
-    kHost,  // on the hosts
-  };
-  // "auto", "gpu" or "host"; INVALID_ARGUMENT otherwise.
+  // "auto", "counter", "gpu" or "host"; INVALID_ARGUMENT otherwise.
   static absl::StatusOr<Sync> ParseSync(absl::string_view name);
 
   // TransportOptions::device_rows for a router on GPU `device` whose
@@ -59,10 +70,14 @@ class CudaIpcTransport : public ExpertTransport {
   static std::function<ExpertTransportFactory(const v1::ShardInfo&, ExpertTransportFactory)> Wrapper(
       int device, int slots = 8, int initial_tokens = 256, Sync sync = Sync::kAuto);
 
-  bool host_sync() const { return host_sync_; }
+  bool host_sync() const { return sync_ == Sync::kHost; }
+  // Whether the worker sets this side's counter (negotiated at set-up).
+  bool counting() const { return counting_; }
 
   // The most rows one connection's buffers hold (the worker's bound too).
   static constexpr int kMaxTokens = 1 << 16;
+  // With a counter, answers read at the latest once this many are unread.
+  static constexpr size_t kMaxOwed = 256;
 
   absl::Status Send(const v1::DispatchRequest& header, absl::Span<const iovec> rows) override;
   absl::Status Receive(v1::DispatchResponse* response, F32Matrix* outputs) override;
@@ -72,6 +87,8 @@ class CudaIpcTransport : public ExpertTransport {
   absl::Status SendOnDevice(const v1::DispatchRequest& header, const ExpertBatch& batch) override;
   absl::Status ReceiveOnDevice(v1::DispatchResponse* response, F32Matrix* outputs, float* out, void* stream) override;
   absl::Status Warm() override;
+  bool defers_answers() const override { return counting_; }
+  absl::Status Settle() override;
 
  private:
   struct Shared;
@@ -82,9 +99,12 @@ class CudaIpcTransport : public ExpertTransport {
   // than freed under the GPU, and UNAVAILABLE says so.
   absl::Status Unmap();
 
+  // Lets every GPU wait on the counter pass (after a failure).
+  void ReleaseCounter();
+
   std::unique_ptr<ExpertTransport> control_;
   const int device_, hidden_, initial_tokens_, initial_slots_;
-  const bool host_sync_;
+  const Sync sync_;
   std::unique_ptr<IpcEvent> router_event_;  // this side's, exported to the worker
   std::unique_ptr<Shared> shared_;          // null until SetUp
   void* last_stream_ = nullptr;             // where the mapping was last used
@@ -93,6 +113,20 @@ class CudaIpcTransport : public ExpertTransport {
   uint64_t expect_step_ = 0;
   int expect_layer_ = -1;
   int64_t expect_rows_ = -1;
+  // The counter: a word of this side's memory that the worker's GPU sets
+  // to each request's CudaIpcRows.done_value (null, and counting_ false,
+  // where events order the work).
+  std::unique_ptr<DeviceBuffer> counter_;
+  bool counting_ = false;
+  uint32_t sent_ = 0;    // the last done_value sent
+  uint32_t waited_ = 0;  // the last one a GPU wait was enqueued for
+  // Requests whose answers are still to be read (counting_), oldest first.
+  struct Owed {
+    uint64_t step;
+    int layer;
+    int64_t rows;
+  };
+  std::deque<Owed> owed_;
 };
 
 }  // namespace moemesh

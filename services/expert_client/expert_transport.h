@@ -68,6 +68,16 @@ class ExpertTransport {
   // work: ordered, not waited for.
   virtual absl::Status ReceiveOnDevice(v1::DispatchResponse* response, F32Matrix* outputs, float* out,
                                        void* stream);
+  // Whether ReceiveOnDevice orders the copy after the worker's work on the
+  // GPU without reading the worker's answer (cuda-ipc with a counter: the
+  // host need not wait a round trip per layer). The answers are then read
+  // by Settle, and `*response` of ReceiveOnDevice holds what was expected.
+  virtual bool defers_answers() const { return false; }
+  // Reads the answers ReceiveOnDevice did not. OK when each said the work
+  // was done; else the first failure (the worker's error, INTERNAL for an
+  // answer out of step, UNAVAILABLE for a lost worker), after the GPU's
+  // waits on the rest were released: the rows copied after them are wrong.
+  virtual absl::Status Settle() { return absl::OkStatus(); }
   // Connects (and sets the wire up) now rather than at the first Send, so
   // that a wire that cannot work shows at start-up.
   virtual absl::Status Warm() { return absl::OkStatus(); }

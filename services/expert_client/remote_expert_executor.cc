@@ -436,7 +436,29 @@ void RemoteExpertExecutor::EnterDeviceMode(const Options& options) {
 
 absl::Status RemoteExpertExecutor::Execute(const ExpertBatch& b, float* out) {
   MM_RETURN_IF_ERROR(Start(b, out, 0));
-  return Finish(0);
+  MM_RETURN_IF_ERROR(Finish(0));
+  return Settle();
+}
+
+absl::Status RemoteExpertExecutor::Settle() {
+  absl::Status first;
+  for (auto& s : shards_) {
+    for (auto& r : s->replicas) {
+      for (int lane = 0; lane < kLanes; ++lane) {
+        ExpertTransport* t = r->transport[lane].get();
+        if (t == nullptr || !t->defers_answers()) continue;
+        absl::Status st = t->Settle();
+        if (st.ok()) continue;
+        Fail(r.get(), lane);  // passed over for eject_ms, its connection made afresh
+        if (first.ok()) {
+          first = absl::AbortedError(absl::StrCat("expert worker ", r->address, " failed work whose rows were "
+                                                  "already used (",
+                                                  st.message(), "): the step must run again"));
+        }
+      }
+    }
+  }
+  return first;
 }
 
 absl::Status RemoteExpertExecutor::Start(const ExpertBatch& b, float* out, int lane) {
@@ -616,6 +638,8 @@ absl::Status RemoteExpertExecutor::SendFirst(Shard& s, int lane) {
 size_t RemoteExpertExecutor::Hedge(Shard& s, int lane) {
   Shard::Work& w = s.lane[lane];
   Replica* first = s.replicas[w.sent_to].get();
+  // An answer read later (cuda-ipc's counter) is not waited for here.
+  if (first->transport[lane] && first->transport[lane]->defers_answers()) return w.sent_to;
   pollfd fds[2] = {{first->answer_fd(lane), POLLIN, 0}, {-1, POLLIN, 0}};
   if (hedge_ms_ <= 0 || s.replicas.size() < 2 || fds[0].fd < 0) return w.sent_to;
   if (poll(fds, 1, hedge_ms_) != 0) return w.sent_to;  // answered in time (or broke: Receive says)

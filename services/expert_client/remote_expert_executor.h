@@ -152,6 +152,10 @@ class RemoteExpertExecutor : public ExpertExecutor {
   int lanes() const override { return kLanes; }
   absl::Status Start(const ExpertBatch& batch, float* out, int lane) override;
   absl::Status Finish(int lane) override;
+  // Reads the answers that cuda-ipc transports with a counter left unread
+  // (ExpertTransport::defers_answers); a replica that failed is failed as a
+  // lost one would be. Execute settles before it returns.
+  absl::Status Settle() override;
   int cuda_device() const override { return cuda_device_; }
   bool groups_on_device() const override { return cuda_device_ >= 0; }
   bool capturable() const override { return false; }

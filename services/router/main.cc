@@ -43,9 +43,10 @@ ABSL_FLAG(std::string, expert_transport, "auto",
           "whole layers; else Dispatch over a worker's raw data channel when it offers one, else the gRPC stream; "
           "frames: never cuda-ipc; grpc: always the gRPC stream");
 ABSL_FLAG(std::string, cuda_ipc_sync, "auto",
-          "how a cuda-ipc router and worker order their GPU work: gpu (interprocess events; the hosts never wait), "
-          "host (each side waits on its host before it sends), or auto (host where the worker is on this GPU: "
-          "without MPS a GPU wait on another process costs a context switch, ~0.3 ms a hop; else gpu)");
+          "how a cuda-ipc router and worker order their GPU work: gpu (interprocess events; each answer read "
+          "before this GPU waits), counter (words in GPU memory each side's GPU sets and the other's waits for; "
+          "answers read later, so no host waits a round trip per layer), host (each side waits on its host), or "
+          "auto (gpu, until counter has run on a GPU). On one GPU run both under MPS (docs/OPERATIONS.md)");
 ABSL_FLAG(std::string, expert_combine, "auto",
           "who adds a token's expert rows: auto (the worker, for layers whose experts are all on one shard: the "
           "same sums, top_k times fewer rows back; else the router), workers (each worker adds what it holds and "
@@ -178,8 +179,8 @@ struct Options {
     if (expert_transport != "auto" && expert_transport != "frames" && expert_transport != "grpc") {
       return absl::InvalidArgumentError("--expert-transport must be auto, frames or grpc");
     }
-    if (cuda_ipc_sync != "auto" && cuda_ipc_sync != "gpu" && cuda_ipc_sync != "host") {
-      return absl::InvalidArgumentError("--cuda-ipc-sync must be auto, gpu or host");
+    if (cuda_ipc_sync != "auto" && cuda_ipc_sync != "counter" && cuda_ipc_sync != "gpu" && cuda_ipc_sync != "host") {
+      return absl::InvalidArgumentError("--cuda-ipc-sync must be auto, counter, gpu or host");
     }
     if (experts_resolve_ms < 1) return absl::InvalidArgumentError("--experts-resolve-ms must be positive");
     if (expert_timeout_ms < 0 || expert_eject_ms < 0 || expert_retry_tokens < 0 || expert_hedge_ms < 0) {

@@ -90,6 +90,9 @@ YARN = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
         "original_max_position_embeddings": 8, "beta_fast": 32.0,
         "beta_slow": 1.0}
 
+# Variants added after the first fixtures were made, and their seeds.
+ADDED = {"qwen3_moe_dynamic": 3001}
+
 VARIANTS = {
     "mixtral": lambda: mixtral(),
     "mixtral_sliding": lambda: mixtral(sliding_window=5),
@@ -108,6 +111,12 @@ VARIANTS = {
                                         max_position_embeddings=32),
     "qwen3_moe_sliding": lambda: qwen3_moe(use_sliding_window=True,
                                            sliding_window=6),
+    # Qwen3-MoE with dynamic NTK rope past max_position_embeddings: the GPU
+    # mesh once parted from transformers on such a checkpoint (issue #21).
+    "qwen3_moe_dynamic": lambda: qwen3_moe(
+        max_position_embeddings=16,
+        rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0,
+                         "factor": 4.0}),
     "olmoe": lambda: olmoe(),
     "olmoe_dynamic": lambda: olmoe(
         max_position_embeddings=16,
@@ -207,9 +216,12 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     names = args.only or list(VARIANTS)
-    for i, name in enumerate(sorted(VARIANTS)):
+    # Seeds by position among the first variants, so that a variant added
+    # later (ADDED, with its own seed) leaves the others' weights as they were.
+    first = sorted(n for n in VARIANTS if n not in ADDED)
+    for name in sorted(VARIANTS):
         if name in names:
-            make(name, args.out, 1000 + 17 * i)
+            make(name, args.out, ADDED.get(name) or 1000 + 17 * first.index(name))
 
 
 if __name__ == "__main__":

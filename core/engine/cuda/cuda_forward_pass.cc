@@ -513,7 +513,12 @@ absl::Status CudaForwardPass::StartExperts(int layer, const float* x, const floa
   MM_RETURN_IF_ERROR(RouteTokensCuda(g, logits, n, static_cast<int*>(d_ids), static_cast<float*>(d_w), stream_));
   const bool in_place = experts->cuda_device() == device_;
   experts_ = experts;
-  if (in_place && experts->groups_on_device() && n <= options_.device_grouping_max_tokens &&
+  // Experts in another process (cuda-ipc: not capturable) group on the GPU
+  // whatever the step's size: grouping on the host would make this thread
+  // wait for the GPU every layer, and the GPU then wait for the hosts' round
+  // trip to the worker.
+  const bool device_grouping = n <= options_.device_grouping_max_tokens || !experts->capturable();
+  if (in_place && experts->groups_on_device() && device_grouping &&
       picks <= static_cast<size_t>(kMaxDeviceGroupedRoutes)) {
     batch_ = ExpertBatch{layer, n, c.hidden_size, x, slots, static_cast<const int*>(d_ids),
                          static_cast<const float*>(d_w)};
@@ -649,7 +654,20 @@ absl::Status CudaForwardPass::Forward(absl::Span<const ForwardItem> items, KvCac
   step_ = &step;
   absl::Cleanup forget = [this] { step_ = nullptr; };
   bool on_graph_stream = false;
-  MM_ASSIGN_OR_RETURN(float* out, graphed ? RunGraphed(experts, &on_graph_stream) : RunStep(experts));
+  absl::StatusOr<float*> ran = graphed ? RunGraphed(experts, &on_graph_stream) : RunStep(experts);
+  if (!graphed) {
+    // Workers' answers read after their rows were used (cuda-ipc's
+    // counter): one that failed spoils the step, which runs once more, on
+    // the replicas left.
+    absl::Status settled = experts->Settle();
+    if (ran.ok() && absl::IsAborted(settled)) {
+      MM_RETURN_IF_ERROR(CudaSynchronize(stream_));
+      ran = RunStep(experts);
+      settled = experts->Settle();
+    }
+    if (ran.ok() && !settled.ok()) return absl::UnavailableError(settled.message());
+  }
+  MM_ASSIGN_OR_RETURN(float* out, ran);
   // The default stream does not wait for the graph's.
   if (on_graph_stream) MM_RETURN_IF_ERROR(CudaSynchronize(graph_stream_->get()));
   const int m = static_cast<int>(step.head_rows.size());

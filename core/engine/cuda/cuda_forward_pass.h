@@ -42,7 +42,9 @@ class CudaForwardPass : public ForwardPass, private DecoderOps {
     // can group rows there (ExpertExecutor::groups_on_device) keep the
     // routing on the device too: no layer waits on the host. Larger steps
     // group on the host, where the expert layer picks its GEMMs by group
-    // size (bench/gpu_decode_bench compares the two).
+    // size (bench/gpu_decode_bench compares the two); but experts in
+    // another process (not capturable: cuda-ipc) group on the GPU at any
+    // size up to kMaxDeviceGroupedRoutes routes.
     int device_grouping_max_tokens = 32;
     // Decode steps of up to graph_max_tokens tokens whose layers need
     // nothing from the host (experts grouped on this GPU, or none) run as

@@ -275,8 +275,8 @@ std::vector<std::string> Models() {
   return {"models/fortune-moe",           "tests/fixtures/mixtral",          "tests/fixtures/mixtral_llama3",
           "tests/fixtures/mixtral_sliding", "tests/fixtures/qwen2_moe",        "tests/fixtures/qwen2_moe_linear",
           "tests/fixtures/qwen2_moe_sliding", "tests/fixtures/qwen3_moe",      "tests/fixtures/qwen3_moe_sliding",
-          "tests/fixtures/qwen3_moe_yarn", "tests/fixtures/olmoe",           "tests/fixtures/olmoe_dynamic",
-          "tests/fixtures/deepseek_v3",    "tests/fixtures/deepseek_v3_nolora"};
+          "tests/fixtures/qwen3_moe_yarn", "tests/fixtures/qwen3_moe_dynamic", "tests/fixtures/olmoe",
+          "tests/fixtures/olmoe_dynamic",  "tests/fixtures/deepseek_v3",     "tests/fixtures/deepseek_v3_nolora"};
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, CudaForwardPassTest,

@@ -1,5 +1,7 @@
 #include "core/kernels/cuda/cuda_ipc.h"
 
+#include <cuda.h>
+
 #include <cstring>
 
 #include "absl/time/clock.h"
@@ -31,7 +33,80 @@ absl::StatusOr<Handle> ParseHandle(absl::string_view bytes, const char* what) {
   return h;
 }
 
+// The driver's stream memory operations, looked up once through the
+// runtime (no link to libcuda).
+struct MemOps {
+  CUresult (*wait)(CUstream, CUdeviceptr, cuuint32_t, unsigned int) = nullptr;
+  CUresult (*write)(CUstream, CUdeviceptr, cuuint32_t, unsigned int) = nullptr;
+};
+
+const MemOps& DriverMemOps() {
+  static const MemOps ops = [] {
+    MemOps m;
+    cudaDriverEntryPointQueryResult q;
+    void* fn = nullptr;
+    if (cudaGetDriverEntryPointByVersion("cuStreamWaitValue32", &fn, 12000, cudaEnableDefault, &q) == cudaSuccess &&
+        q == cudaDriverEntryPointSuccess) {
+      m.wait = reinterpret_cast<decltype(m.wait)>(fn);
+    }
+    fn = nullptr;
+    if (cudaGetDriverEntryPointByVersion("cuStreamWriteValue32", &fn, 12000, cudaEnableDefault, &q) == cudaSuccess &&
+        q == cudaDriverEntryPointSuccess) {
+      m.write = reinterpret_cast<decltype(m.write)>(fn);
+    }
+    cudaGetLastError();
+    return m;
+  }();
+  return ops;
+}
+
+absl::Status DriverStatus(CUresult r, const char* what) {
+  if (r == CUDA_SUCCESS) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(what, " failed: CUresult ", static_cast<int>(r)));
+}
+
 }  // namespace
+
+bool StreamMemOpsSupported(int device) {
+  const MemOps& ops = DriverMemOps();
+  if (ops.wait == nullptr || ops.write == nullptr) return false;
+  // Every GPU of compute capability 7.0 or later with a driver of CUDA 12
+  // has them (CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_MEM_OPS_V1 is deprecated,
+  // always on); older ones may not.
+  int major = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return major >= 7;
+}
+
+absl::Status StreamWaitValue(CudaStream stream, const void* addr, uint32_t value) {
+  const MemOps& ops = DriverMemOps();
+  if (ops.wait == nullptr) return absl::UnimplementedError("the CUDA driver has no cuStreamWaitValue32");
+  return DriverStatus(ops.wait(static_cast<CUstream>(stream), reinterpret_cast<CUdeviceptr>(addr), value,
+                               CU_STREAM_WAIT_VALUE_GEQ),
+                      "cuStreamWaitValue32");
+}
+
+absl::Status StreamWriteValue(CudaStream stream, void* addr, uint32_t value) {
+  const MemOps& ops = DriverMemOps();
+  if (ops.write == nullptr) return absl::UnimplementedError("the CUDA driver has no cuStreamWriteValue32");
+  return DriverStatus(ops.write(static_cast<CUstream>(stream), reinterpret_cast<CUdeviceptr>(addr), value,
+                                CU_STREAM_WRITE_VALUE_DEFAULT),
+                      "cuStreamWriteValue32");
+}
+
+absl::Status WriteValueNow(void* addr, uint32_t value) {
+  // A stream of its own that waits for no other (the legacy default stream
+  // may be the one stuck on this word).
+  cudaStream_t s = nullptr;
+  MM_RETURN_IF_ERROR(CudaStatus(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate"));
+  absl::Status st = StreamWriteValue(s, addr, value);
+  if (st.ok()) st = CudaStatus(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+  cudaStreamDestroy(s);
+  return st;
+}
 
 absl::StatusOr<std::string> ExportDeviceMemory(const DeviceBuffer& buffer) {
   cudaIpcMemHandle_t h;

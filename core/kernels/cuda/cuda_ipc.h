@@ -5,6 +5,7 @@
 // processes on one host share (docs/ARCHITECTURE.md, "The seams": the
 // cuda-ipc expert transport). Handles travel as bytes, in messages.
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -65,6 +66,24 @@ class IpcEvent {
 // when it did not finish by then (it may wait on another process's event
 // that never comes, from a peer that died).
 bool WaitForStream(CudaStream stream, absl::Duration timeout);
+
+// Stream memory operations (the driver's cuStreamWaitValue32 and
+// cuStreamWriteValue32, reached through the runtime): a stream of one
+// process waits until a 32-bit word in device memory, written by a stream
+// of another, reaches a value, so that neither host waits for the other
+// (the cuda-ipc transport's counters). False where the driver or `device`
+// lacks them; the calls below are then UNIMPLEMENTED.
+bool StreamMemOpsSupported(int device);
+// Work enqueued on `stream` from now on waits until *addr, compared
+// cyclically, is at least `value`.
+absl::Status StreamWaitValue(CudaStream stream, const void* addr, uint32_t value);
+// Writes `value` to *addr once the work enqueued on `stream` before it is
+// done (and its writes visible).
+absl::Status StreamWriteValue(CudaStream stream, void* addr, uint32_t value);
+// Writes `value` to *addr now, ordered after no stream's work, and waits
+// for it: releases a stream that waits on a word its writer will not write
+// (a peer that died).
+absl::Status WriteValueNow(void* addr, uint32_t value);
 
 // Copies `bytes` bytes between device pointers (of this device, or mapped
 // from another process), ordered on `stream`.
