@@ -12,7 +12,9 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -23,11 +25,13 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "core/common/subprocess.h"
+#include "core/common/tcp_connect.h"
 #include "core/metrics/buckets.h"
 #include "core/metrics/http_get.h"
 #include "gtest/gtest.h"
 #include "moemesh/v1/gateway.grpc.pb.h"
 #include "nlohmann/json.hpp"
+#include "services/common/test_certs.h"
 
 namespace moemesh {
 namespace {
@@ -96,6 +100,69 @@ class PrometheusApi {
   std::string host_;
   int port_ = 0;
 };
+
+// Under TLS a service's metrics port serves HTTPS with its certificate and
+// asks scrapers for one of its CA's: Prometheus with a client certificate
+// scrapes it; without one, or over plain HTTP, its target is down.
+TEST(MonitoringTest, PrometheusScrapesMetricsOverHttpsWithAClientCertificate) {
+  const TestCerts& certs = TestCerts::Get(::testing::TempDir());
+  auto expert = Subprocess::Start({ServiceBinaryForTests("moemesh-expert", "MOEMESH_EXPERT_BIN"), "--model",
+                                   "models/fortune-moe", "--port", "0", "--metrics-port", "0", "--tls-cert",
+                                   certs.Pem("server"), "--tls-key", certs.Key("server"), "--tls-ca",
+                                   certs.Pem("ca")});
+  ASSERT_TRUE(expert.ok()) << expert.status();
+  auto metrics = (*expert)->WaitForLine("metrics on ", absl::Seconds(60));
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  ASSERT_TRUE((*expert)->WaitForLine("listening on ", absl::Seconds(60)).ok());
+  (*expert)->ForwardOutput(2);
+  const std::string dir = ::testing::TempDir() + "/prometheus_tls";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const std::string target = "[\"" + *metrics + "\"]";
+  {
+    std::ofstream config(dir + "/prometheus.yml");
+    config << "global:\n  scrape_interval: 1s\nscrape_configs:\n"
+           << "  - job_name: with-cert\n    scheme: https\n    tls_config:\n      ca_file: " << certs.Pem("ca")
+           << "\n      cert_file: " << certs.Pem("client") << "\n      key_file: " << certs.Key("client")
+           << "\n    static_configs:\n      - targets: " << target << "\n"
+           << "  - job_name: without-cert\n    scheme: https\n    tls_config:\n      ca_file: " << certs.Pem("ca")
+           << "\n    static_configs:\n      - targets: " << target << "\n"
+           << "  - job_name: plain\n    static_configs:\n      - targets: " << target << "\n";
+  }
+  auto port = FreeLoopbackPort();
+  ASSERT_TRUE(port.ok());
+  const std::string address = absl::StrCat("127.0.0.1:", *port);
+  auto prometheus = Subprocess::Start({"/usr/bin/prometheus", "--config.file=" + dir + "/prometheus.yml",
+                                       "--storage.tsdb.path=" + dir + "/data", "--web.listen-address=" + address,
+                                       "--log.level=warn"});
+  ASSERT_TRUE(prometheus.ok()) << prometheus.status();
+  (*prometheus)->ForwardOutput(2);
+  PrometheusApi api(address);
+  // Each job's health once every target has been scraped at least once.
+  std::map<std::string, std::string> health;
+  const double end = Now() + 60;
+  while (Now() < end) {
+    health.clear();
+    auto body = HttpGet("127.0.0.1", *port, "/api/v1/targets?state=active");
+    if (body.ok()) {
+      auto j = nlohmann::json::parse(*body, nullptr, false);
+      if (!j.is_discarded()) {
+        for (const auto& t : j["data"]["activeTargets"]) {
+          if (t.value("health", "unknown") != "unknown") health[t["labels"].value("job", "")] = t["health"];
+        }
+      }
+    }
+    if (health.size() == 3) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  EXPECT_EQ(health["with-cert"], "up");
+  EXPECT_EQ(health["without-cert"], "down") << "a scraper without a client certificate";
+  EXPECT_EQ(health["plain"], "down") << "plain HTTP on the HTTPS port";
+  EXPECT_TRUE(api.WaitFor("process_resident_memory_bytes{job=\"with-cert\"}",
+                          [](const nlohmann::json& r) { return r.is_array() && !r.empty(); }, 10));
+  (*prometheus)->Stop();
+  EXPECT_EQ((*expert)->Stop(absl::Seconds(30)), 0);
+}
 
 int BucketIndex(double v, const std::vector<double>& bounds) {
   return static_cast<int>(std::lower_bound(bounds.begin(), bounds.end(), v) - bounds.begin());
@@ -242,5 +309,6 @@ int main(int argc, char** argv) {
     return 2;
   }
   moemesh::g_moemesh = argv[1];
+  setenv("MOEMESH_BIN", argv[1], 0);  // where the services are (ServiceBinaryForTests)
   return RUN_ALL_TESTS();
 }
