@@ -1,5 +1,7 @@
 #include "services/common/test_certs.h"
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <filesystem>
 
@@ -14,7 +16,14 @@ void Shell(const std::string& cmd) { ASSERT_EQ(std::system((cmd + " 2>/dev/null"
 }  // namespace
 
 const TestCerts& TestCerts::Get(const std::string& root) {
-  static const TestCerts* certs = new TestCerts(root + "/test_certs");
+  // A folder of this process's own: test binaries that ctest runs at once
+  // share one temporary root, and each makes (and rotates) its files.
+  static const TestCerts* certs = new TestCerts(absl::StrCat(root, "/test_certs.", getpid()));
+  static const int removed_at_exit = std::atexit([] {
+    std::error_code ec;
+    std::filesystem::remove_all(certs->dir(), ec);
+  });
+  (void)removed_at_exit;
   return *certs;
 }
 

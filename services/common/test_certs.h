@@ -12,7 +12,8 @@ namespace moemesh {
 // "both" (ca and other_ca in one file, .pem only). Made once per process.
 class TestCerts {
  public:
-  // The folder under `root` (a test's temporary directory).
+  // A folder of this process's own under `root` (a test's temporary
+  // directory), removed at exit.
   static const TestCerts& Get(const std::string& root);
 
   std::string Pem(const std::string& name) const { return dir_ + "/" + name + ".pem"; }
