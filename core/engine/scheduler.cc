@@ -194,7 +194,7 @@ void Scheduler::ImportFetched(Request* r) {
       break;  // not the block this sequence needs: compute from here
     }
     if (!cache_->Reserve(&r->seq, r->seq.length + bs).ok()) break;
-    if (!model_->WriteKvBlock(cache_, r->seq.blocks.back(), b.bytes).ok()) {
+    if (!model_->WriteKvBlock(cache_, r->seq.blocks.back(), b.data()).ok()) {
       cache_->Shrink(&r->seq);
       ++last_step_.tier_fallbacks;
       break;

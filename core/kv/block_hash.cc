@@ -69,11 +69,12 @@ BlockHash ChainBlockHash(const BlockHash& parent, absl::Span<const int> tokens) 
 
 uint64_t Checksum64(absl::string_view bytes) { return XXH3_64bits(bytes.data(), bytes.size()); }
 
-uint64_t Checksum64(absl::string_view a, absl::string_view b) {
+uint64_t Checksum64(absl::string_view a, absl::string_view b) { return Checksum64Parts({a, b}); }
+
+uint64_t Checksum64Parts(absl::Span<const absl::string_view> parts) {
   XXH3_state_t state;
   XXH3_64bits_reset(&state);
-  XXH3_64bits_update(&state, a.data(), a.size());
-  XXH3_64bits_update(&state, b.data(), b.size());
+  for (absl::string_view p : parts) XXH3_64bits_update(&state, p.data(), p.size());
   return XXH3_64bits_digest(&state);
 }
 

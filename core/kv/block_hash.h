@@ -44,6 +44,8 @@ BlockHash ChainBlockHash(const BlockHash& parent, absl::Span<const int> tokens);
 // `bytes`, or of `a` then `b` (as of their concatenation, without making it).
 uint64_t Checksum64(absl::string_view bytes);
 uint64_t Checksum64(absl::string_view a, absl::string_view b);
+// The checksum of the parts one after another (as of their concatenation).
+uint64_t Checksum64Parts(absl::Span<const absl::string_view> parts);
 
 }  // namespace moemesh
 

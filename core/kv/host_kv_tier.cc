@@ -22,6 +22,8 @@ absl::StatusOr<std::vector<KvTierBlock>> HostKvTier::Fetch(const BlockHash& root
 }
 
 void HostKvTier::Store(const BlockHash& root, const BlockHash&, std::vector<KvTierBlock> blocks) {
+  // Rows a lower tier left in its memory are copied here, outside the lock.
+  for (KvTierBlock& b : blocks) b.Own();
   absl::MutexLock lock(&mu_);
   for (KvTierBlock& b : blocks) {
     const int64_t size = static_cast<int64_t>(b.bytes.size());

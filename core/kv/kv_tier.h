@@ -1,10 +1,12 @@
 #ifndef MOEMESH_CORE_KV_KV_TIER_H_
 #define MOEMESH_CORE_KV_KV_TIER_H_
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "core/kv/block_hash.h"
 
@@ -16,7 +18,22 @@ namespace moemesh {
 struct KvTierBlock {
   BlockHash hash, parent;
   std::vector<int> tokens;
-  std::string bytes;
+  std::string bytes;  // the rows, owned (empty where `pin` is set)
+  // Or rows left where the tier received them (the kvcache service's
+  // shared memory): `view`, valid while `pin` or a copy of it lives. A pin
+  // holds that memory (a connection) from other fetches: consume the rows
+  // soon, or Own() them.
+  absl::string_view view;
+  std::shared_ptr<const void> pin;
+
+  absl::string_view data() const { return pin ? view : absl::string_view(bytes); }
+  // Copies pinned rows into `bytes` and lets the pin go.
+  void Own() {
+    if (!pin) return;
+    bytes.assign(view.data(), view.size());
+    view = {};
+    pin.reset();
+  }
 };
 
 // A tier of the KV cache below the router's own (docs/ARCHITECTURE.md, "KV

@@ -242,6 +242,10 @@ int BlockStore::LongestPrefix(const BlockHash& root, absl::Span<const BlockHash>
 }
 
 absl::Status BlockStore::Put(const BlockHash& root, const StoredBlock& block) {
+  return Put(root, BlockView{block.hash, block.parent, block.tokens, block.data});
+}
+
+absl::Status BlockStore::Put(const BlockHash& root, const BlockView& block) {
   if (block.tokens.empty() || static_cast<int>(block.tokens.size()) > options_.max_block_tokens) {
     return absl::InvalidArgumentError(absl::StrCat("a block holds 1 to ", options_.max_block_tokens,
                                                    " tokens; this one has ", block.tokens.size()));
@@ -256,11 +260,14 @@ absl::Status BlockStore::Put(const BlockHash& root, const StoredBlock& block) {
   }
   const std::string key = BlockKey(root, block.hash);
   const std::string parent_key = block.parent == root ? std::string() : BlockKey(root, block.parent);
-  std::string body = block.parent.Bytes();
-  PutTokens(&body, block.tokens);
-  body += block.data;
-  const std::string value = Seal(kBlockFormat, key, body);
-  const int64_t bytes = static_cast<int64_t>(key.size() + value.size());
+  // The value is Seal(kBlockFormat, key, parent + tokens + data), written
+  // in parts: the data is not copied into one string first.
+  std::string head = block.parent.Bytes();
+  PutTokens(&head, block.tokens);
+  std::string seal(1, kBlockFormat);
+  PutU64(&seal, Checksum64Parts({key, head, block.data}));
+  const rocksdb::Slice key_part(key), value_parts[3] = {seal, head, rocksdb::Slice(block.data.data(), block.data.size())};
+  const int64_t bytes = static_cast<int64_t>(key.size() + seal.size() + head.size() + block.data.size());
   if (bytes > options_.capacity_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat("a block of ", bytes, " bytes exceeds the store's capacity of ",
                                                      options_.capacity_bytes));
@@ -277,7 +284,8 @@ absl::Status BlockStore::Put(const BlockHash& root, const StoredBlock& block) {
   if (absl::Status st = CheckSpace(); !st.ok()) return st;
   const std::vector<std::string> victims = EvictFor(bytes, parent_key, &batch);
   const uint64_t stamp = ++clock_;
-  batch.Put(handles_[kBlocks], key, value).PermitUncheckedError();
+  batch.Put(handles_[kBlocks], rocksdb::SliceParts(&key_part, 1), rocksdb::SliceParts(value_parts, 3))
+      .PermitUncheckedError();
   batch.Put(handles_[kIndex], key, IndexValue(bytes, stamp)).PermitUncheckedError();
   absl::Status st = Write(&batch, /*sync=*/true);
   if (!st.ok()) return st;

@@ -97,6 +97,14 @@ class BlockStore {
   // from `root`) are held, counted from the first.
   int LongestPrefix(const BlockHash& root, absl::Span<const BlockHash> chain);
   absl::Status Put(const BlockHash& root, const StoredBlock& block);
+  // The same for a block whose tokens and data stay where they are (a
+  // request's, shared memory): nothing is copied before RocksDB takes it.
+  struct BlockView {
+    BlockHash hash, parent;
+    absl::Span<const int> tokens;
+    absl::string_view data;
+  };
+  absl::Status Put(const BlockHash& root, const BlockView& block);
   // NOT_FOUND when not held; DATA_LOSS when its checksum fails (then dropped).
   absl::StatusOr<StoredBlock> Get(const BlockHash& root, const BlockHash& hash);
   // The same without copying the bytes: `block` gets all but its data, and

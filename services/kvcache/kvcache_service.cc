@@ -92,9 +92,10 @@ grpc::Status KvCacheServiceImpl::Lookup(grpc::ServerContext*, const v1::LookupRe
   return call.Done(absl::OkStatus());
 }
 
-absl::Status KvCacheServiceImpl::PutBlock(const BlockHash& root, const v1::KvBlock& b, std::string data, int index) {
+absl::Status KvCacheServiceImpl::PutBlock(const BlockHash& root, const v1::KvBlock& b, absl::string_view data,
+                                          int index) {
   const std::string where = absl::StrCat("block ", index);
-  StoredBlock block;
+  BlockStore::BlockView block;
   absl::StatusOr<BlockHash> hash = ParseHash(b.hash(), absl::StrCat(where, " hash"));
   if (!hash.ok()) return hash.status();
   absl::StatusOr<BlockHash> parent = ParseHash(b.parent(), absl::StrCat(where, " parent"));
@@ -105,9 +106,9 @@ absl::Status KvCacheServiceImpl::PutBlock(const BlockHash& root, const v1::KvBlo
   }
   block.hash = *hash;
   block.parent = *parent;
-  block.tokens.assign(b.tokens().begin(), b.tokens().end());
+  block.tokens = absl::MakeConstSpan(b.tokens().data(), b.tokens().size());
   const size_t bytes = data.size();
-  block.data = std::move(data);
+  block.data = data;
   if (absl::Status st = store_->Put(root, block); !st.ok()) {
     return absl::Status(st.code(), absl::StrCat(where, ": ", st.message()));
   }
@@ -157,7 +158,7 @@ grpc::Status KvCacheServiceImpl::PutBlocks(grpc::ServerContext*, grpc::ServerRea
       root = *r;
     }
     for (v1::KvBlock& b : *request.mutable_blocks()) {
-      if (absl::Status st = PutBlock(root, b, std::move(*b.mutable_data()), stored); !st.ok()) {
+      if (absl::Status st = PutBlock(root, b, b.data(), stored); !st.ok()) {
         response->set_stored(stored);
         return call.Done(st);
       }
@@ -276,7 +277,7 @@ void KvCacheServiceImpl::ServeFrames(FrameSocket* socket) {
       absl::StatusOr<std::vector<absl::string_view>> data = PutData(request, payload, shm.get());
       st = root.ok() ? data.status() : root.status();
       for (int i = 0; st.ok() && i < request.put().blocks_size(); ++i) {
-        st = PutBlock(*root, request.put().blocks(i), std::string((*data)[i]), stored);
+        st = PutBlock(*root, request.put().blocks(i), (*data)[i], stored);
         if (st.ok()) ++stored;
       }
       answer.set_stored(stored);

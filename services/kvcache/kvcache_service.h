@@ -62,7 +62,7 @@ class KvCacheServiceImpl final : public v1::KvCacheService::Service {
   void AddBytes(bool in, size_t bytes);
   // Checks block `index` of a put (hash, parent, `data` against its
   // checksum) and stores it.
-  absl::Status PutBlock(const BlockHash& root, const v1::KvBlock& block, std::string data, int index);
+  absl::Status PutBlock(const BlockHash& root, const v1::KvBlock& block, absl::string_view data, int index);
   // The held run of `request`'s chain, each block to `emit` (its data
   // apart, where the store holds it: valid only during the call; the
   // checksum is left to `emit`);

@@ -88,6 +88,19 @@ struct KvCacheTier::Rpc {
   }
 };
 
+// A channel whose shared memory holds fetched rows (KvTierBlock::pin):
+// back to the idle ones once the last block lets it go, if its exchange
+// ended cleanly; closed otherwise.
+struct KvCacheTier::Lease {
+  std::shared_ptr<Rpc> rpc;
+  int replica;
+  Channel channel;
+  bool clean = false;
+  ~Lease() {
+    if (clean) rpc->Give(replica, std::move(channel));
+  }
+};
+
 namespace {
 
 std::chrono::system_clock::time_point Deadline(absl::Duration d) {
@@ -117,7 +130,7 @@ int MillisLeft(absl::Time deadline) {
 
 }  // namespace
 
-KvCacheTier::KvCacheTier(const Options& options) : options_(options), rpc_(std::make_unique<Rpc>()) {}
+KvCacheTier::KvCacheTier(const Options& options) : options_(options), rpc_(std::make_shared<Rpc>()) {}
 
 absl::StatusOr<std::unique_ptr<KvCacheTier>> KvCacheTier::Create(const Options& options) {
   if (options.addresses.empty()) return absl::InvalidArgumentError("--kvcache needs HOST:PORT[,HOST:PORT...]");
@@ -199,9 +212,16 @@ absl::Status KvCacheTier::FetchGrpc(int replica, const BlockHash& root, absl::Sp
 absl::Status KvCacheTier::FetchFrames(int replica, const BlockHash& root, absl::Span<const BlockHash> chain,
                                       std::vector<KvTierBlock>* out) {
   const absl::Time deadline = absl::Now() + options_.fetch_timeout;
-  MM_ASSIGN_OR_RETURN(Channel channel, rpc_->Take(replica, options_.fetch_timeout));
-  FrameSocket* socket = channel.socket.get();
-  const SharedMemory* shm = channel.shm.get();
+  MM_ASSIGN_OR_RETURN(Channel taken, rpc_->Take(replica, options_.fetch_timeout));
+  // Rows in the shared memory stay there (the blocks pin the channel), so
+  // the lease owns the channel from the start: on an error too, the rows
+  // already handed out stay mapped.
+  auto lease = std::make_shared<Lease>();
+  lease->rpc = rpc_;
+  lease->replica = replica;
+  lease->channel = std::move(taken);
+  FrameSocket* socket = lease->channel.socket.get();
+  const SharedMemory* shm = lease->channel.shm.get();
   v1::KvFrame frame;
   v1::GetBlocksRequest* req = frame.mutable_get();
   req->set_root(root.Bytes());
@@ -225,7 +245,8 @@ absl::Status KvCacheTier::FetchFrames(int replica, const BlockHash& root, absl::
       valid = shm != nullptr && payload.empty() && static_cast<uint64_t>(offset) <= shm->size() &&
               size <= shm->size() - offset && Check(frame.blocks(0), nullptr, chain[out->size()], &block);
       if (!valid) continue;
-      block.bytes.assign(shm->data() + offset, size);
+      block.view = absl::string_view(shm->data() + offset, size);
+      block.pin = lease;
       ++shared;
     } else {
       const absl::string_view data = payload;
@@ -236,7 +257,7 @@ absl::Status KvCacheTier::FetchFrames(int replica, const BlockHash& root, absl::
     }
     out->push_back(std::move(block));
   }
-  rpc_->Give(replica, std::move(channel));
+  lease->clean = true;  // back to the idle channels once no block pins it
   CountSharedMemoryBlocks(shared);
   return absl::Status(static_cast<absl::StatusCode>(frame.error_code()), frame.error_message());
 }
@@ -261,7 +282,7 @@ absl::StatusOr<std::vector<KvTierBlock>> KvCacheTier::Fetch(const BlockHash& roo
 
 void KvCacheTier::Store(const BlockHash& root, const BlockHash& head, std::vector<KvTierBlock> blocks) {
   int64_t bytes = 0;
-  for (const KvTierBlock& b : blocks) bytes += static_cast<int64_t>(b.bytes.size());
+  for (const KvTierBlock& b : blocks) bytes += static_cast<int64_t>(b.data().size());
   absl::MutexLock lock(&mu_);
   if (queued_bytes_ + bytes > options_.max_queued_bytes) {
     stats_.dropped_blocks += static_cast<int64_t>(blocks.size());
@@ -287,8 +308,8 @@ bool KvCacheTier::PutGrpc(const Batch& batch) {
     out->set_hash(b.hash.Bytes());
     out->set_parent(b.parent.Bytes());
     out->mutable_tokens()->Assign(b.tokens.begin(), b.tokens.end());
-    out->set_data(b.bytes);
-    out->set_checksum(Checksum64(b.bytes));
+    out->set_data(b.data().data(), b.data().size());
+    out->set_checksum(Checksum64(b.data()));
     if (!writer->Write(req)) break;
     req.clear_blocks();
   }
@@ -312,17 +333,18 @@ bool KvCacheTier::PutFrames(const Batch& batch) {
     out->set_hash(b.hash.Bytes());
     out->set_parent(b.parent.Bytes());
     out->mutable_tokens()->Assign(b.tokens.begin(), b.tokens.end());
-    out->set_checksum(Checksum64(b.bytes));
-    frame.add_data_sizes(b.bytes.size());
-    if (shm != nullptr && b.bytes.size() <= shm->size() - used) {
-      std::memcpy(shm->data() + used, b.bytes.data(), b.bytes.size());
+    const absl::string_view data = b.data();
+    out->set_checksum(Checksum64(data));
+    frame.add_data_sizes(data.size());
+    if (shm != nullptr && data.size() <= shm->size() - used) {
+      std::memcpy(shm->data() + used, data.data(), data.size());
       frame.add_shm_offsets(static_cast<int64_t>(used));
-      used += b.bytes.size();
+      used += data.size();
       ++shared;
       continue;
     }
     if (shm != nullptr) frame.add_shm_offsets(-1);
-    bytes.push_back({const_cast<char*>(b.bytes.data()), b.bytes.size()});
+    bytes.push_back({const_cast<char*>(data.data()), data.size()});
   }
   std::vector<char> payload;
   socket->SetReceiveTimeout(static_cast<int>(absl::ToInt64Milliseconds(options_.store_timeout)));
@@ -353,7 +375,7 @@ void KvCacheTier::WriteLoop() {
     }
     const bool ok = Put(batch);
     int64_t bytes = 0;
-    for (const KvTierBlock& b : batch.blocks) bytes += static_cast<int64_t>(b.bytes.size());
+    for (const KvTierBlock& b : batch.blocks) bytes += static_cast<int64_t>(b.data().size());
     absl::MutexLock lock(&mu_);
     writing_ = false;
     queued_bytes_ -= bytes;

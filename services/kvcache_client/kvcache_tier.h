@@ -88,7 +88,8 @@ class KvCacheTier : public KvTier {
   const Options options_;
   struct Channel;
   struct Rpc;  // the gRPC stubs and data channels, one per replica, kept out of this header
-  std::unique_ptr<Rpc> rpc_;
+  struct Lease;
+  std::shared_ptr<Rpc> rpc_;  // shared with the leases of pinned rows
 
   mutable absl::Mutex mu_;
   std::deque<Batch> queue_ ABSL_GUARDED_BY(mu_);

@@ -83,7 +83,7 @@ TEST_P(KvCacheTierTest, StoresInTheBackgroundAndFetchesTheLeadingRun) {
   ASSERT_TRUE(got.ok()) << got.status();
   ASSERT_EQ(got->size(), 3u);
   for (size_t i = 0; i < 3; ++i) {
-    EXPECT_EQ((*got)[i].bytes, chain[i].bytes);
+    EXPECT_EQ((*got)[i].data(), chain[i].bytes);
     EXPECT_EQ((*got)[i].tokens, chain[i].tokens);
     EXPECT_EQ((*got)[i].parent, chain[i].parent);
   }
@@ -233,9 +233,27 @@ TEST_P(KvCacheTierTest, BlocksPastTheSharedMemoryGoThroughTheSocket) {
     absl::StatusOr<std::vector<KvTierBlock>> got = tier->Fetch(root, names);
     ASSERT_TRUE(got.ok()) << got.status();
     ASSERT_EQ(got->size(), 6u);
-    for (size_t i = 0; i < 6; ++i) EXPECT_EQ((*got)[i].bytes, chain[i].bytes) << i;
+    for (size_t i = 0; i < 6; ++i) EXPECT_EQ((*got)[i].data(), chain[i].bytes) << i;
+    // The first two came in the shared memory and stay there (pinned), the
+    // rest as frame payload.
+    EXPECT_TRUE((*got)[0].pin && (*got)[1].pin && !(*got)[2].pin);
   }
   EXPECT_EQ(tier->stats().shared_memory_blocks, 6);
+
+  // Rows still held pin their memory: a fetch meanwhile takes other memory
+  // and leaves them as they are; held past the tier's end, they stay
+  // readable; Own() copies them out.
+  absl::StatusOr<std::vector<KvTierBlock>> held = tier->Fetch(root, names);
+  ASSERT_TRUE(held.ok());
+  absl::StatusOr<std::vector<KvTierBlock>> other = tier->Fetch(root, {names[3], names[4]});
+  ASSERT_TRUE(other.ok());
+  tier.reset();
+  for (size_t i = 0; i < 6; ++i) EXPECT_EQ((*held)[i].data(), chain[i].bytes) << i;
+  KvTierBlock owned = (*held)[0];
+  owned.Own();
+  held->clear();
+  EXPECT_FALSE(owned.pin);
+  EXPECT_EQ(owned.bytes, chain[0].bytes);
 }
 
 INSTANTIATE_TEST_SUITE_P(Wire, KvCacheTierTest,
