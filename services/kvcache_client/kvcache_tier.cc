@@ -3,6 +3,7 @@
 #include <sys/uio.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 
@@ -40,6 +41,11 @@ struct KvCacheTier::Rpc {
   };
   std::vector<std::unique_ptr<Replica>> replicas;
   int64_t shared_memory_bytes = 0;
+  // Channels whose shared memory fetched blocks still pin (Lease): past
+  // kMaxPinned a fetch copies its rows out instead, so that requests
+  // waiting with fetched blocks do not hold memory without bound.
+  static constexpr int kMaxPinned = 4;
+  std::atomic<int> pinned{0};
   v1::KvCacheService::Stub& stub(int r) { return *replicas[r]->stub; }
 
   // A connected data channel of replica `r`, idle or new; a new one gets
@@ -96,7 +102,9 @@ struct KvCacheTier::Lease {
   int replica;
   Channel channel;
   bool clean = false;
+  bool counted = false;  // in rpc->pinned
   ~Lease() {
+    if (counted) --rpc->pinned;
     if (clean) rpc->Give(replica, std::move(channel));
   }
 };
@@ -222,6 +230,15 @@ absl::Status KvCacheTier::FetchFrames(int replica, const BlockHash& root, absl::
   lease->channel = std::move(taken);
   FrameSocket* socket = lease->channel.socket.get();
   const SharedMemory* shm = lease->channel.shm.get();
+  // Rows stay in the shared memory (pinned) unless too many channels are.
+  const bool pin = shm != nullptr && ++rpc_->pinned <= Rpc::kMaxPinned;
+  if (shm != nullptr) {
+    lease->counted = true;
+    if (!pin) {
+      --rpc_->pinned;
+      lease->counted = false;
+    }
+  }
   v1::KvFrame frame;
   v1::GetBlocksRequest* req = frame.mutable_get();
   req->set_root(root.Bytes());
@@ -245,8 +262,12 @@ absl::Status KvCacheTier::FetchFrames(int replica, const BlockHash& root, absl::
       valid = shm != nullptr && payload.empty() && static_cast<uint64_t>(offset) <= shm->size() &&
               size <= shm->size() - offset && Check(frame.blocks(0), nullptr, chain[out->size()], &block);
       if (!valid) continue;
-      block.view = absl::string_view(shm->data() + offset, size);
-      block.pin = lease;
+      if (pin) {
+        block.view = absl::string_view(shm->data() + offset, size);
+        block.pin = lease;
+      } else {
+        block.bytes.assign(shm->data() + offset, size);
+      }
       ++shared;
     } else {
       const absl::string_view data = payload;

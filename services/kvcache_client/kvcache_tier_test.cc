@@ -245,8 +245,19 @@ TEST_P(KvCacheTierTest, BlocksPastTheSharedMemoryGoThroughTheSocket) {
   // readable; Own() copies them out.
   absl::StatusOr<std::vector<KvTierBlock>> held = tier->Fetch(root, names);
   ASSERT_TRUE(held.ok());
-  absl::StatusOr<std::vector<KvTierBlock>> other = tier->Fetch(root, {names[3], names[4]});
+  absl::StatusOr<std::vector<KvTierBlock>> other = tier->Fetch(root, {names[0], names[1]});
   ASSERT_TRUE(other.ok());
+  EXPECT_TRUE((*other)[0].pin && (*other)[0].pin != (*held)[0].pin);
+  // At most four connections' memory is pinned: the fifth fetch held at
+  // once copies its rows out.
+  std::vector<std::vector<KvTierBlock>> more;
+  for (int i = 0; i < 3; ++i) {
+    absl::StatusOr<std::vector<KvTierBlock>> got = tier->Fetch(root, {names[0], names[1]});
+    ASSERT_TRUE(got.ok());
+    EXPECT_EQ((*got)[0].pin != nullptr, i < 2) << i;
+    EXPECT_EQ((*got)[0].data(), chain[0].bytes);
+    more.push_back(std::move(*got));
+  }
   tier.reset();
   for (size_t i = 0; i < 6; ++i) EXPECT_EQ((*held)[i].data(), chain[i].bytes) << i;
   KvTierBlock owned = (*held)[0];
