@@ -11,6 +11,12 @@ namespace moemesh {
 // N. INVALID_ARGUMENT, quoting the value, for anything else.
 absl::StatusOr<int> ParseDeviceFlag(const std::string& value);
 
+// Whether a CUDA MPS control daemon serves this environment's clients: its
+// pipe directory ($CUDA_MPS_PIPE_DIRECTORY, else /tmp/nvidia-mps) holds
+// its `control` pipe. Processes that share a GPU without it take turns on
+// it (docs/OPERATIONS.md, "cuda-ipc").
+bool MpsDaemonRunning();
+
 }  // namespace moemesh
 
 #endif  // MOEMESH_SERVICES_COMMON_DEVICE_FLAG_H_

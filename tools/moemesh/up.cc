@@ -16,6 +16,7 @@
 #include "core/common/subprocess.h"
 #include "core/experts/placement.h"
 #include "core/model/config.h"
+#include "services/common/device_flag.h"
 #include "tools/moemesh/monitoring.h"
 #include "tools/moemesh/progress.h"
 
@@ -218,6 +219,17 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
       fs::remove_all(temp_kv_dir, ec);
     }
   };
+  // Expert workers on the router's GPU: without MPS the processes take
+  // turns on it, and every expert hop costs two context switches.
+  const absl::StatusOr<int> router_gpu = ParseDeviceFlag(cmd.router_device),
+                            expert_gpu = ParseDeviceFlag(cmd.expert_device);
+  if (num_shards > 0 && router_gpu.ok() && expert_gpu.ok() && *router_gpu >= 0 && *router_gpu == *expert_gpu &&
+      !MpsDaemonRunning()) {
+    out << "moemesh up: warning: the router and the expert workers share GPU " << *router_gpu
+        << " without the CUDA MPS daemon: each expert hop will cost ~0.35 ms of context switches. Start it first "
+           "(nvidia-cuda-mps-control -d; docs/OPERATIONS.md), or run the experts in the router (--expert-shards 0)"
+        << std::endl;
+  }
   out << "moemesh up: model " << model << ", " << num_shards << " expert shard(s) x " << cmd.expert_replicas
       << " replica(s), " << cmd.routers << " router(s)" << (cmd.kvcache ? ", a kvcache service in " + kv_dir : "")
       << std::endl;
