@@ -1,5 +1,6 @@
 #include "services/expert/cuda_ipc_server.h"
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 
@@ -58,6 +59,7 @@ class CudaIpcServer : public DeviceRowsServer {
   ExpertWorker* worker_;
   std::unique_ptr<OwnedStream> stream_;
   absl::Mutex mu_;  // one session's wait, work and record at a time
+  std::atomic<int> counter_sessions_{0};  // sessions that use a router's counter (at most one)
   absl::Mutex retired_mu_;
   std::deque<Retired> retired_ ABSL_GUARDED_BY(retired_mu_);
 };
@@ -74,6 +76,7 @@ class CudaIpcServer::IpcSession : public DeviceRowsServer::Session {
         worker_event_(std::move(worker_event)),
         counter_(std::move(counter)) {}
   ~IpcSession() override {
+    if (counter_) --server_->counter_sessions_;
     // A router gone before its GPU set the ready word for work enqueued
     // here: release this stream's wait, or every session's work stalls.
     if (counter_ && waited_ready_ != 0) {
@@ -193,11 +196,21 @@ absl::StatusOr<std::unique_ptr<DeviceRowsServer::Session>> CudaIpcServer::Open(c
   MM_ASSIGN_OR_RETURN(std::string event_handle, worker_event->Export());
   layout.set_memory(std::move(handle));
   layout.set_worker_event(std::move(event_handle));
-  // The router's counter where both sides can use one; else events.
+  // The router's counter where both sides can use one, for one session
+  // at a time; else events. The sessions share this worker's stream, and a
+  // router that does not wait for answers may have later layers queued
+  // there ahead of another router's earlier ones: two such routers over
+  // workers holding different layers could each wait on the other.
   std::unique_ptr<IpcMemory> counter;
-  if (!setup.router_counter().empty() && StreamMemOpsSupported(device())) {
+  int none = 0;
+  if (!setup.router_counter().empty() && StreamMemOpsSupported(device()) &&
+      counter_sessions_.compare_exchange_strong(none, 1)) {
     auto opened = IpcMemory::Open(setup.router_counter());
-    if (opened.ok()) counter = std::move(*opened);
+    if (opened.ok()) {
+      counter = std::move(*opened);  // the session gives its place back when it ends
+    } else {
+      counter_sessions_ = 0;
+    }
   }
   layout.set_counter(counter != nullptr);
   *buffers = layout;

@@ -36,7 +36,7 @@ CudaIpcTransport::~CudaIpcTransport() {
   const bool unsettled = !owed_.empty() || waited_ != sent_;
   if (unsettled) ReleaseCounter();
   const bool unmapped = Unmap().ok();
-  if (counter_ && (unsettled || !unmapped)) (void)counter_.release();
+  if (counter_ && (unsettled || poisoned_ || !unmapped)) (void)counter_.release();
   // The worker may still have a wait on this event enqueued (a request
   // given up on before it ran): it outlives the connection. Rare (a failed
   // replica) and 64 bytes of driver state.
@@ -77,7 +77,10 @@ std::function<ExpertTransportFactory(const v1::ShardInfo&, ExpertTransportFactor
 }
 
 void CudaIpcTransport::ReleaseCounter() {
-  if (counter_ && sent_ != 0) WriteValueNow(counter_->data(), sent_).IgnoreError();
+  if (!counter_) return;
+  // The worker may still write values up to sent_ into it: never freed now.
+  poisoned_ = true;
+  if (sent_ != 0) WriteValueNow(counter_->data(), sent_).IgnoreError();
 }
 
 absl::Status CudaIpcTransport::Settle() {
@@ -133,6 +136,15 @@ absl::Status CudaIpcTransport::SetUp(int tokens, int slots) {
   }
   // The worker frees the old buffers when it makes the new: unmapped first.
   MM_RETURN_IF_ERROR(Unmap());
+  // A fresh counter from 0 with each set-up (the worker's new ready word
+  // starts at 0 too): the old one is freed where the stream is past every
+  // wait on it and the worker owes it nothing, else kept.
+  if (counter_) {
+    if (poisoned_ || waited_ != sent_) (void)counter_.release();
+    counter_.reset();
+    poisoned_ = false;
+    counting_ = false;
+  }
   if (!router_event_) {
     MM_ASSIGN_OR_RETURN(router_event_, IpcEvent::Create());
   }
@@ -142,9 +154,8 @@ absl::Status CudaIpcTransport::SetUp(int tokens, int slots) {
   setup->set_max_slots(slots);
   MM_ASSIGN_OR_RETURN(std::string event, router_event_->Export());
   setup->set_router_event(std::move(event));
-  // A counter where the driver can: one word, kept for the connection's
-  // life (the worker maps it again at each set-up).
-  if (sync_ == Sync::kCounter && !counter_ && StreamMemOpsSupported(device_)) {
+  // A counter where the driver can: one word per set-up.
+  if (sync_ == Sync::kCounter && StreamMemOpsSupported(device_)) {
     MM_ASSIGN_OR_RETURN(counter_, DeviceBuffer::Allocate(256));
     MM_RETURN_IF_ERROR(counter_->Fill(0));
     sent_ = waited_ = 0;

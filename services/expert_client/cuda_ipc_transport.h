@@ -31,7 +31,11 @@ class IpcEvent;
 //     it reads later (Settle): no host waits a round trip per layer, so the
 //     router's host runs ahead of its GPU as in one process;
 //     The router's GPU likewise sets a word of the worker's buffers once
-//     its rows are copied in, which the worker's GPU waits for;
+//     its rows are copied in, which the worker's GPU waits for. A worker
+//     gives a counter to one connection at a time (events to the rest):
+//     its sessions share one stream, and two routers that do not wait for
+//     answers could each have later layers queued ahead of the other's
+//     earlier ones on workers holding different layers;
 //   - interprocess events (kGpu, and kAuto for now): the router records
 //     its event before it sends, the worker records its own and answers;
 //     the router's GPU waits for that event once the answer is read;
@@ -118,6 +122,7 @@ class CudaIpcTransport : public ExpertTransport {
   // where events order the work).
   std::unique_ptr<DeviceBuffer> counter_;
   bool counting_ = false;
+  bool poisoned_ = false;  // waits were released from the host: the worker may still write it
   uint32_t sent_ = 0;    // the last done_value sent
   uint32_t waited_ = 0;  // the last one a GPU wait was enqueued for
   // Requests whose answers are still to be read (counting_), oldest first.

@@ -35,11 +35,14 @@ struct RemoteExpertExecutor::Replica {
   std::chrono::steady_clock::time_point ejected_until{};
 
   // Drops a lane's transport, whatever state it is in; the next Send makes
-  // a new one.
+  // a new one. Answers it still owes (a counter's) are read first: where
+  // they cannot be, rows the step already used may be wrong (`spoiled`).
   void Reset(int lane) {
+    if (transport[lane] && transport[lane]->defers_answers() && !transport[lane]->Settle().ok()) spoiled = true;
     transport[lane].reset();
     pending[lane] = false;
   }
+  bool spoiled = false;  // until the executor's Settle reports it
   void ResetAll() {
     for (int l = 0; l < kLanes; ++l) Reset(l);
   }
@@ -367,6 +370,8 @@ void RemoteExpertExecutor::AdoptChanges() {
         s.known.push_back(a);
         continue;
       }
+      (*it)->ResetAll();  // its answers owed read first
+      spoiled_ = spoiled_ || (*it)->spoiled;
       s.replicas.erase(it);
     }
     s.changes = Shard::Changes();
@@ -442,6 +447,11 @@ absl::Status RemoteExpertExecutor::Execute(const ExpertBatch& b, float* out) {
 
 absl::Status RemoteExpertExecutor::Settle() {
   absl::Status first;
+  if (spoiled_) {
+    spoiled_ = false;
+    first = absl::AbortedError("an expert worker dropped from the mesh owed answers for rows this step already "
+                               "used: the step must run again");
+  }
   for (auto& s : shards_) {
     for (auto& r : s->replicas) {
       for (int lane = 0; lane < kLanes; ++lane) {
@@ -449,11 +459,26 @@ absl::Status RemoteExpertExecutor::Settle() {
         if (t == nullptr || !t->defers_answers()) continue;
         absl::Status st = t->Settle();
         if (st.ok()) continue;
-        Fail(r.get(), lane);  // passed over for eject_ms, its connection made afresh
+        // A lost worker is failed (passed over, then probed) and the step
+        // runs again; a refusal would be refused again: it is the error.
+        const bool lost = absl::IsUnavailable(st) || absl::IsCancelled(st) || absl::IsDeadlineExceeded(st);
+        if (lost) {
+          Fail(r.get(), lane);
+        } else {
+          r->Reset(lane);
+        }
+        if (first.ok() || (absl::IsAborted(first) && !lost)) {
+          first = lost ? absl::AbortedError(absl::StrCat("expert worker ", r->address,
+                                                         " failed work whose rows were already used (", st.message(),
+                                                         "): the step must run again"))
+                       : absl::Status(st.code(), absl::StrCat("expert worker ", r->address, ": ", st.message()));
+        }
+      }
+      if (r->spoiled) {
+        r->spoiled = false;
         if (first.ok()) {
-          first = absl::AbortedError(absl::StrCat("expert worker ", r->address, " failed work whose rows were "
-                                                  "already used (",
-                                                  st.message(), "): the step must run again"));
+          first = absl::AbortedError(absl::StrCat("expert worker ", r->address, " was dropped owing answers for "
+                                                  "rows this step already used: the step must run again"));
         }
       }
     }

@@ -223,6 +223,9 @@ class RemoteExpertExecutor : public ExpertExecutor {
   int64_t retries_ = 0;
   int64_t hedges_ = 0;
   int hedge_ms_ = 0;
+  // A replica dropped (source changes) whose answers owed could not be
+  // read: the next Settle says ABORTED.
+  bool spoiled_ = false;
   int receive_timeout_ms_ = 0;
   int eject_ms_ = 5000;
   double combine_seconds_ = 0;

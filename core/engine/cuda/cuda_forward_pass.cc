@@ -660,12 +660,15 @@ absl::Status CudaForwardPass::Forward(absl::Span<const ForwardItem> items, KvCac
     // counter): one that failed spoils the step, which runs once more, on
     // the replicas left.
     absl::Status settled = experts->Settle();
-    if (ran.ok() && absl::IsAborted(settled)) {
+    if (absl::IsAborted(settled) || absl::IsAborted(ran.status())) {
       MM_RETURN_IF_ERROR(CudaSynchronize(stream_));
       ran = RunStep(experts);
       settled = experts->Settle();
     }
-    if (ran.ok() && !settled.ok()) return absl::UnavailableError(settled.message());
+    if (ran.ok() && !settled.ok()) {
+      return absl::IsAborted(settled) ? absl::UnavailableError(settled.message()) : settled;
+    }
+    if (absl::IsAborted(ran.status())) return absl::UnavailableError(ran.status().message());
   }
   MM_ASSIGN_OR_RETURN(float* out, ran);
   // The default stream does not wait for the graph's.
