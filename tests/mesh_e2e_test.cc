@@ -38,6 +38,7 @@
 #include "moemesh/v1/gateway.grpc.pb.h"
 #include "moemesh/v1/router.grpc.pb.h"
 #include "nlohmann/json.hpp"
+#include "services/common/health_check.h"
 #include "services/common/server_util.h"
 #include "services/common/test_certs.h"
 #include "services/common/tls.h"
@@ -904,27 +905,13 @@ TEST(MeshDemoModelTest, ClientCommand) {
 // An explicit placement file moves experts between shards, per layer; the
 // tokens do not change. A router and workers with different placements
 // refuse to work together.
-// grpc.health.v1.Health/Check of `service` at `target`, the messages
-// written by hand (the health proto is not among Debian's headers): 1
+// grpc.health.v1.Health/Check of `service` at `target` (CheckHealth): 1
 // SERVING, 2 NOT_SERVING, -(gRPC code) on an error.
 int HealthOf(const std::string& target, const std::string& service) {
-  grpc::GenericStub stub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
-  std::string req = {0x0a, static_cast<char>(service.size())};  // field 1, a short string
-  req += service;
-  grpc::Slice slice(req);
-  grpc::ByteBuffer in(&slice, 1), out;
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  std::promise<grpc::Status> done;
-  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &in, &out,
-                 [&done](grpc::Status st) { done.set_value(st); });
-  const grpc::Status st = done.get_future().get();
-  if (!st.ok()) return -static_cast<int>(st.error_code());
-  std::vector<grpc::Slice> slices;
-  (void)out.Dump(&slices);
-  std::string bytes;
-  for (const grpc::Slice& sl : slices) bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
-  return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : 0;
+  absl::StatusOr<bool> serving =
+      CheckHealth(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()), service, absl::Seconds(5));
+  if (!serving.ok()) return -static_cast<int>(serving.status().code());
+  return *serving ? 1 : 2;
 }
 
 // Plaintext on an address other than loopback is refused unless asked for.
@@ -1034,6 +1021,16 @@ TEST(MeshDemoModelTest, HealthByServiceName) {
   EXPECT_EQ(HealthOf(mesh.target(), ""), 1);
   EXPECT_EQ(HealthOf(mesh.target(), "moemesh.v1.Gateway"), 1);
   EXPECT_EQ(HealthOf(mesh.router_addresses()[0], "moemesh.v1.Router"), 1);
+  // The same from the CLI, as an exec probe would ask.
+  auto [serving, rc] = RunCommand({g_moemesh, "client", "health", "--target", mesh.target()});
+  EXPECT_EQ(rc, 0);
+  EXPECT_EQ(serving, "SERVING\n");
+  auto [router, rc_router] = RunCommand({g_moemesh, "client", "health", "--target", mesh.router_addresses()[0],
+                                         "--service", "moemesh.v1.Router"});
+  EXPECT_EQ(rc_router, 0) << router;
+  auto [unknown, rc_unknown] =
+      RunCommand({g_moemesh, "client", "health", "--target", mesh.target(), "--service", "moemesh.v1.Nothing"});
+  EXPECT_EQ(rc_unknown, 1) << unknown;
   EXPECT_EQ(HealthOf(mesh.kvcache_address(), "moemesh.v1.KvCacheService"), 1);
   EXPECT_EQ(HealthOf(mesh.target(), "moemesh.v1.Nothing"), -static_cast<int>(grpc::StatusCode::NOT_FOUND));
 }

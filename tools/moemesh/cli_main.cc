@@ -116,6 +116,7 @@ ABSL_FLAG(std::string, bin_dir, "",
           "directory of moemesh-expert, moemesh-router and moemesh-gateway (default: beside moemesh, or the build "
           "tree)");
 ABSL_FLAG(std::string, target, "", "the gateway, HOST:PORT");
+ABSL_FLAG(std::string, service, "", "the gRPC service to ask about (moemesh.v1.Gateway, ...); empty: the whole server");
 ABSL_FLAG(int, timeout_ms, 0, "deadline of the call in milliseconds; 0: none");
 ABSL_FLAG(std::string, tls_ca, "",
           "reach the service over TLS, verifying it by these roots (PEM); with --tls-cert/--tls-key, present that "
@@ -284,6 +285,14 @@ const std::vector<Command>& CliCommands() {
                   "moemesh client detokenize --target HOST:PORT --ids 1,2,3 [--skip-special-tokens]",
                   "",
                   {{"flags", {target, {"ids"}, {"skip_special_tokens"}, model_name, timeout, api_key, tls_ca, tls_cert, tls_key}}}});
+    c->push_back({"client health",
+                  "ask any moemesh service whether it serves (grpc.health.v1)",
+                  "moemesh client health --target HOST:PORT [--service NAME]",
+                  "Prints SERVING and exits 0, or NOT_SERVING (starting, draining) and exits 1; an unknown service "
+                  "or a server not reached is an error (exit 1). With --tls-ca (and --tls-cert, --tls-key) it "
+                  "speaks TLS: what an exec probe runs where a kubelet's gRPC probe cannot.",
+                  {{"flags", {{"target", "the service, HOST:PORT (required)"}, {"service"}, timeout, tls_ca, tls_cert,
+                              tls_key}}}});
     c->push_back({"client models",
                   "list the models a gateway serves",
                   "moemesh client models --target HOST:PORT",
@@ -478,6 +487,12 @@ int ClientMain(const std::string& sub) {
   if (opt.api_key.empty() && std::getenv("MOEMESH_API_KEY") != nullptr) opt.api_key = std::getenv("MOEMESH_API_KEY");
   if (absl::Status st = SetClientTls(); !st.ok()) return ExitWith(st);
   if (opt.target.empty()) return ExitWith(absl::InvalidArgumentError("--target HOST:PORT (the gateway) is required"));
+  if (sub == "health") {
+    absl::StatusOr<bool> serving = RunClientHealth(opt, absl::GetFlag(FLAGS_service));
+    if (!serving.ok()) return ExitWith(serving.status());
+    std::cout << (*serving ? "SERVING" : "NOT_SERVING") << std::endl;
+    return *serving ? 0 : 1;
+  }
   if (sub == "generate") {
     auto json = JsonOutput();
     if (!json.ok()) return ExitWith(json.status());

@@ -299,7 +299,8 @@ TEST(CliHelpTest, ClientAloneListsItsSubcommands) {
   EXPECT_EQ(RunCli({"client"}, &out, &err), 2);
   EXPECT_TRUE(out.empty()) << out;
   EXPECT_EQ(err.rfind("moemesh: error: `moemesh client` needs a subcommand\n", 0), 0u) << err;
-  for (const char* sub : {"client generate", "client tokenize", "client detokenize", "client models"}) {
+  for (const char* sub :
+       {"client generate", "client tokenize", "client detokenize", "client models", "client health"}) {
     EXPECT_TRUE(absl::StrContains(err, sub)) << err;
   }
   EXPECT_FALSE(absl::StrContains(err, "\n  up ")) << err;

@@ -8,6 +8,7 @@
 #include "moemesh/v1/gateway.grpc.pb.h"
 #include "nlohmann/json.hpp"
 #include "services/common/grpc_status.h"
+#include "services/common/health_check.h"
 #include "services/common/server_util.h"
 #include "services/common/tls.h"
 
@@ -125,6 +126,11 @@ absl::Status RunClientModels(const ClientOptions& opt, std::ostream& out) {
         << std::endl;
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<bool> RunClientHealth(const ClientOptions& opt, const std::string& service) {
+  return CheckHealth(grpc::CreateCustomChannel(opt.target, MeshChannelCredentials(), ClientChannelArguments()),
+                     service, opt.timeout_ms > 0 ? absl::Milliseconds(opt.timeout_ms) : absl::Seconds(5));
 }
 
 }  // namespace moemesh

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "moemesh/v1/gateway.pb.h"
 
 namespace moemesh {
@@ -29,6 +30,9 @@ absl::Status RunClientTokenize(const ClientOptions& opt, const v1::TokenizeReque
 absl::Status RunClientDetokenize(const ClientOptions& opt, const v1::DetokenizeRequest& request, std::ostream& out);
 // One JSON object per served model.
 absl::Status RunClientModels(const ClientOptions& opt, std::ostream& out);
+// Whether the service at opt.target serves `service` ("": the whole
+// server), by grpc.health.v1 (CheckHealth), within opt.timeout_ms or 5 s.
+absl::StatusOr<bool> RunClientHealth(const ClientOptions& opt, const std::string& service);
 
 }  // namespace moemesh
 
