@@ -100,7 +100,11 @@ void WaitUntilIdle(LocalRouter& router) {
     const v1::RouterStatus s = router.Status();
     return s.running_requests() != 0 || s.kv_cache_blocks_used() != 0;
   };
-  while (busy() && std::chrono::steady_clock::now() < deadline) {
+  // Idle for 200 ms on end: the router publishes its status after a step,
+  // so a first idle reading may predate the step that admitted the request.
+  int idle_polls = 0;
+  while (idle_polls < 40 && std::chrono::steady_clock::now() < deadline) {
+    idle_polls = busy() ? 0 : idle_polls + 1;
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
 }
