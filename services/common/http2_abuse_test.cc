@@ -17,16 +17,15 @@
 #include <chrono>
 #include <cstdint>
 #include <fstream>
-#include <future>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
-#include <grpcpp/generic/generic_stub.h>
 
 #include "gtest/gtest.h"
+#include "services/common/health_check.h"
 #include "services/common/server_util.h"
 
 namespace moemesh {
@@ -176,17 +175,7 @@ class Http2AbuseTest : public ::testing::Test {
   void TearDown() override { server_->Shutdown(std::chrono::system_clock::now()); }
 
   // A normal client's health check, answered within 2 s.
-  bool Served() {
-    grpc::GenericStub stub(channel_);
-    grpc::Slice empty("");
-    grpc::ByteBuffer in(&empty, 1), out;
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-    std::promise<grpc::Status> done;
-    stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &in, &out,
-                   [&done](grpc::Status st) { done.set_value(st); });
-    return done.get_future().get().ok();
-  }
+  bool Served() { return CheckHealth(channel_, "", absl::Seconds(2)).ok(); }
 
   std::unique_ptr<grpc::Server> server_;
   std::shared_ptr<grpc::Channel> channel_;

@@ -7,15 +7,14 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
-#include <future>
 #include <string>
 #include <thread>
 
-#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "services/common/health_check.h"
 #include "services/common/server_util.h"
 #include "services/common/test_certs.h"
 
@@ -44,16 +43,9 @@ class TlsTest : public ::testing::Test {
     EXPECT_TRUE(SetMeshTls(tls).ok());
     grpc::ChannelArguments args;
     args.SetInt("grpc.use_local_subchannel_pool", 1);  // a new connection each time
-    grpc::GenericStub stub(grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port_), MeshChannelCredentials(),
-                                                     args));
-    grpc::Slice empty("");
-    grpc::ByteBuffer in(&empty, 1), out;
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(3));
-    std::promise<grpc::Status> done;
-    stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &in, &out,
-                   [&done](grpc::Status st) { done.set_value(st); });
-    return done.get_future().get().ok();
+    return CheckHealth(grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port_), MeshChannelCredentials(), args),
+                       "", absl::Seconds(3))
+        .ok();
   }
 
   std::unique_ptr<grpc::Server> server_;

@@ -231,14 +231,9 @@ absl::Status KvCacheTier::FetchFrames(int replica, const BlockHash& root, absl::
   FrameSocket* socket = lease->channel.socket.get();
   const SharedMemory* shm = lease->channel.shm.get();
   // Rows stay in the shared memory (pinned) unless too many channels are.
-  const bool pin = shm != nullptr && ++rpc_->pinned <= Rpc::kMaxPinned;
-  if (shm != nullptr) {
-    lease->counted = true;
-    if (!pin) {
-      --rpc_->pinned;
-      lease->counted = false;
-    }
-  }
+  const bool pin = shm != nullptr && rpc_->pinned.fetch_add(1) < Rpc::kMaxPinned;
+  if (shm != nullptr && !pin) --rpc_->pinned;
+  lease->counted = pin;
   v1::KvFrame frame;
   v1::GetBlocksRequest* req = frame.mutable_get();
   req->set_root(root.Bytes());
