@@ -43,6 +43,14 @@ if [ ! -d "$hf/node_modules/@anush008/tokenizers" ]; then
   npm install --prefix "$hf" --no-audit --no-fund --no-package-lock --loglevel=error
 fi
 
+# The Kubernetes API's schemas, for the offline check of the rendered
+# manifests (tests/deploy_k8s_schema_test.mjs).
+ks=tools/k8s_schemas
+if [ ! -d "$ks/node_modules/kubernetes-models" ]; then
+  echo "install_deps: installing the Kubernetes API schemas (npm)"
+  npm install --prefix "$ks" --no-audit --no-fund --no-package-lock --loglevel=error
+fi
+
 # OpenAI's Node SDK: the real client of the HTTP API test (tests/openai_sdk_test.mjs).
 oa=tools/openai_client
 if [ ! -d "$oa/node_modules/openai" ]; then
