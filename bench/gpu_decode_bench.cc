@@ -20,14 +20,16 @@
 // forward pass with its experts in a moemesh-expert process (started here;
 // MOEMESH_EXPERT_BIN, or beside MOEMESH_BIN's CLI), the rows shared in GPU
 // memory (the cuda-ipc transport, its GPU work ordered as --ipc-sync says,
-// as the router's --cuda-ipc-sync; eager: a step that talks to another
-// process per layer is not captured).
+// as the router's --cuda-ipc-sync; with counters its decode steps run as
+// CUDA graphs too, their requests sent to the worker before each launch;
+// otherwise eager).
 //
 // One row per shape and batch size: step ms of each path, the first's
 // speedup over the next three, the one process's tokens/s over the mesh's
 // ("ipc/1p", the mesh's share), roofline ms and the first's share of it,
 // and the mesh's mean round trip a request ("ipc rt us": from its send to
-// its answer read, which the step thread waits out).
+// its answer read, which the step thread waits out; "ipc gr": the share of
+// the mesh's steps that ran as graphs).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -289,6 +291,7 @@ MeshExperts StartMeshExperts(const std::string& dir, int hidden, int slots, Cuda
   RemoteExpertExecutor::Options options;
   options.cuda_device = 0;
   options.device_rows = CudaIpcTransport::Wrapper(0, slots, 256, sync);
+  options.graph_steps = true;  // with counters: decode steps as graphs
   options.warn = [](const std::string& w) { std::fprintf(stderr, "gpu_decode_bench: %s\n", w.c_str()); };
   auto r = RemoteExpertExecutor::Connect({{*line}}, hidden, options);
   if (!r.ok() || (*r)->cuda_device() != 0) {
@@ -358,9 +361,9 @@ int Run(int argc, char** argv) {
   constexpr int kPrompt = 180;  // with the decoded tokens, about roofline.h's 192 positions on average
   std::printf("copy bandwidth %.2f TB/s; prompts of %d tokens, then %d decode steps timed per batch\n", *bw / 1e12,
               kPrompt, steps);
-  std::printf("%-8s %6s %6s %10s %10s %10s %10s %10s %8s %8s %8s %7s %11s %9s %10s\n", "shape", "layers", "batch",
+  std::printf("%-8s %6s %6s %10s %10s %10s %10s %10s %8s %8s %8s %7s %11s %9s %10s %7s\n", "shape", "layers", "batch",
               "graphs ms", "eager ms", "host-gr ms", "v.host ms", "ipc ms", "x eager", "x h.-gr", "x v.host", "ipc/1p",
-              "roofline ms", "of roofl", "ipc rt us");
+              "roofline ms", "of roofl", "ipc rt us", "ipc gr");
   for (const std::string& name : shapes) {
     const bool deepseek = name == "deepseek";
     const Shape s = name == "qwen3" ? Qwen3(layers) : Mixtral(layers);
@@ -398,7 +401,7 @@ int Run(int argc, char** argv) {
     ThroughHost via_host(&in_place);
     MeshExperts mesh = ipc ? StartMeshExperts(dir, config->hidden_size, config->num_experts_per_tok, sync) : MeshExperts{};
     for (int n : batches) {
-      double ms[5] = {0, 0, 0, 0, 0}, round_trip_us = 0;
+      double ms[5] = {0, 0, 0, 0, 0}, round_trip_us = 0, ipc_graphed = 0;
       for (int path = 0; path < 5; ++path) {
         if (path == 4 && !mesh.executor) break;
         ExpertExecutor* experts = path == 3   ? static_cast<ExpertExecutor*>(&via_host)
@@ -418,6 +421,8 @@ int Run(int argc, char** argv) {
         std::vector<double> times;
         std::vector<int> tokens(n);
         if (path == 4) *mesh.round_trips = {0, 0};
+        // The mesh's steps replayed as graphs (counters: their requests sent ahead).
+        const int replayed_before = static_cast<const CudaForwardPass*>(pass->get())->graph_stats().replayed;
         for (int step = 0; ok && step < steps + 2; ++step) {
           std::vector<ForwardItem> items;
           for (int i = 0; i < n; ++i) {
@@ -435,6 +440,10 @@ int Run(int argc, char** argv) {
         }
         std::sort(times.begin(), times.end());
         ms[path] = 1e3 * times[times.size() / 2];
+        if (path == 4) {
+          const int replayed = static_cast<const CudaForwardPass*>(pass->get())->graph_stats().replayed;
+          ipc_graphed = static_cast<double>(replayed - replayed_before) / (steps + 2);
+        }
         if (path == 4 && mesh.round_trips->second > 0) {
           round_trip_us = 1e6 * mesh.round_trips->first / mesh.round_trips->second;
         }
@@ -446,9 +455,10 @@ int Run(int argc, char** argv) {
       const double roof_ms = 1e3 * bytes / *bw;
       const std::string ipc_ms = ms[4] > 0 ? absl::StrFormat("%10.3f", ms[4]) : absl::StrFormat("%10s", "-");
       const std::string share = ms[4] > 0 ? absl::StrFormat("%6.2fx", ms[0] / ms[4]) : absl::StrFormat("%7s", "-");
-      std::printf("%-8s %6d %6d %10.3f %10.3f %10.3f %10.3f %s %7.2fx %7.2fx %7.2fx %s %11.3f %8.0f%% %10.1f\n",
+      std::printf("%-8s %6d %6d %10.3f %10.3f %10.3f %10.3f %s %7.2fx %7.2fx %7.2fx %s %11.3f %8.0f%% %10.1f %6.0f%%\n",
                   name.c_str(), shape_layers, n, ms[0], ms[1], ms[2], ms[3], ipc_ms.c_str(), ms[1] / ms[0],
-                  ms[2] / ms[0], ms[3] / ms[0], share.c_str(), roof_ms, 100 * roof_ms / ms[0], round_trip_us);
+                  ms[2] / ms[0], ms[3] / ms[0], share.c_str(), roof_ms, 100 * roof_ms / ms[0], round_trip_us,
+                  100 * ipc_graphed);
       std::fflush(stdout);
     }
   }

@@ -20,7 +20,10 @@
 // counter's hop goes: "answer" is when Execute returned (the worker's
 // answer read: the hosts' round trip), and "piped" the time a hop takes
 // when kPiped hops go back to back, Finish without Settle, and one Settle
-// and one wait at the end (the host running ahead, as in a decode step).
+// and one wait at the end (the host running ahead, as in a decode step);
+// "graph" the same kPiped hops captured into a CUDA graph and replayed
+// (ExpertExecutor::Replay: the requests sent as the graph starts, so no
+// host stands between the two GPUs; routing on the GPU only).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -85,6 +88,7 @@ int Run(int argc, char** argv) {
     RemoteExpertExecutor::Options options;
     options.cuda_device = 0;
     options.device_rows = CudaIpcTransport::Wrapper(0, 8, 256, kSyncs[i]);
+    options.graph_steps = true;
     auto remote = RemoteExpertExecutor::Connect({{*line}}, config->hidden_size, options);
     if (!remote.ok() || (*remote)->cuda_device() != 0) {
       std::fprintf(stderr, "ipc_hop_bench: no cuda-ipc: %s\n",
@@ -100,8 +104,14 @@ int Run(int argc, char** argv) {
   std::printf("cuda-ipc hop (rows to a worker on the same GPU and back) against a device-to-device copy of the "
               "same bytes in and out; %d iterations, medians\n",
               iterations);
-  std::printf("%10s %8s %8s %11s %10s %10s %10s %8s %14s %10s %10s\n", "payload", "rows", "routing", "counter us",
-              "event us", "host us", "copy us", "x copy", "1.5 copy+20us", "answer us", "piped us");
+  std::printf("%10s %8s %8s %11s %10s %10s %10s %8s %14s %10s %10s %10s\n", "payload", "rows", "routing", "counter us",
+              "event us", "host us", "copy us", "x copy", "1.5 copy+20us", "answer us", "piped us", "graph us");
+  auto graph_stream = OwnedStream::Create();
+  if (!graph_stream.ok()) {
+    std::fprintf(stderr, "ipc_hop_bench: %s\n", std::string(graph_stream.status().message()).c_str());
+    return 1;
+  }
+  const CudaStream gs = (*graph_stream)->get();
   for (const size_t bytes : {size_t{4} << 10, size_t{16} << 10, size_t{64} << 10, size_t{256} << 10, size_t{1} << 20,
                              size_t{4} << 20, size_t{8} << 20}) {
     const int n = static_cast<int>(bytes / row_bytes);
@@ -120,9 +130,41 @@ int Run(int argc, char** argv) {
                       on_gpu ? (*d_weights)->as<float>() : weights.data()};
     batch.on_device = true;
     batch.routing_on_device = on_gpu;
-    std::vector<double> hops[3], copy, answer, piped;
+    std::vector<double> hops[3], copy, answer, piped, graphed;
     constexpr int kPiped = 16;
+    std::unique_ptr<CudaGraph> graph;
+    int64_t recording = -1;
     for (int i = 0; i < iterations + 10; ++i) {
+      if (i == 10 && on_gpu && remotes[0]->replays()) {  // set up by the steps before
+        ExpertBatch b = batch;
+        b.cuda_stream = gs;
+        absl::Status st = remotes[0]->BeginRecording();
+        if (st.ok()) st = CudaGraph::BeginCapture(gs);
+        for (int k = 0; k < kPiped && st.ok(); ++k) {
+          st = remotes[0]->Start(b, (*out)->as<float>(), 0);
+          if (st.ok()) st = remotes[0]->Finish(0);
+        }
+        auto captured = CudaGraph::EndCapture(gs);
+        const bool ok = st.ok() && captured.ok();
+        if (!remotes[0]->EndRecording(ok, &recording).ok() || !ok) {
+          std::fprintf(stderr, "ipc_hop_bench: no graph of %zu bytes: %s\n", bytes,
+                       std::string((st.ok() ? captured.status() : st).message()).c_str());
+          CudaClearLastError();
+        } else {
+          graph = std::move(*captured);
+        }
+      }
+      if (i >= 10 && i % 4 == 0 && graph) {
+        auto t0 = std::chrono::steady_clock::now();
+        absl::Status st = remotes[0]->Replay(recording, [&] { return graph->Launch(gs); });
+        if (st.ok()) st = remotes[0]->Settle();
+        if (st.ok()) st = CudaSynchronize(gs);
+        if (!st.ok()) {
+          std::fprintf(stderr, "ipc_hop_bench: %s\n", std::string(st.message()).c_str());
+          return 1;
+        }
+        graphed.push_back(1e6 * std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / kPiped);
+      }
       for (int r = 0; r < 3; ++r) {
         auto t0 = std::chrono::steady_clock::now();
         absl::Status st = remotes[r]->Execute(batch, (*out)->as<float>());
@@ -165,9 +207,12 @@ int Run(int argc, char** argv) {
     }
     const double k_us = Median(hops[0]), g_us = Median(hops[1]), h_us = Median(hops[2]), c_us = Median(copy),
                  best = std::min({k_us, g_us, h_us});
-    std::printf("%8zu K %8d %8s %11.1f %10.1f %10.1f %10.1f %7.2fx %14s %10.1f %10.1f\n", bytes >> 10, n,
+    char graph_us[32] = "-";
+    if (!graphed.empty()) std::snprintf(graph_us, sizeof(graph_us), "%.1f", Median(graphed));
+    std::printf("%8zu K %8d %8s %11.1f %10.1f %10.1f %10.1f %7.2fx %14s %10.1f %10.1f %10s\n", bytes >> 10, n,
                 on_gpu ? "gpu" : "host", k_us, g_us, h_us, c_us, best / c_us,
-                best <= 1.5 * c_us + 20 ? "met" : "missed", Median(answer), Median(piped));
+                best <= 1.5 * c_us + 20 ? "met" : "missed", Median(answer), Median(piped), graph_us);
+    if (graph) remotes[0]->ForgetRecording(recording);
     std::fflush(stdout);
   }
   return 0;

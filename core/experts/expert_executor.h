@@ -1,6 +1,9 @@
 #ifndef MOEMESH_CORE_EXPERTS_EXPERT_EXECUTOR_H_
 #define MOEMESH_CORE_EXPERTS_EXPERT_EXECUTOR_H_
 
+#include <cstdint>
+#include <functional>
+
 #include "absl/status/status.h"
 
 namespace moemesh {
@@ -76,6 +79,31 @@ class ExpertExecutor {
   // step's results are wrong and it must run again (that replica is passed
   // over from now on).
   virtual absl::Status Settle() { return absl::OkStatus(); }
+
+  // Graphs of steps whose experts are away (not capturable(): cuda-ipc
+  // with a counter), where the executor can keep its messages apart from
+  // its GPU work. A forward pass captures a step between BeginRecording and
+  // EndRecording: Start and Finish of rows and routing on the device then
+  // enqueue only GPU work (into the graph) and send nothing. Replay(id,
+  // launch) sets that recording's numbers up, calls `launch` (the graph's),
+  // and then sends the recording's messages, so the workers queue a step's
+  // work while its first layer runs, and neither host stands between the
+  // GPUs. Their answers are read by Settle, as for any step (ABORTED where
+  // a worker was lost meanwhile). Whether this executor can, now.
+  virtual bool replays() const { return false; }
+  virtual absl::Status BeginRecording() { return absl::UnimplementedError("this executor does not record"); }
+  // With `keep`, the recording's id for Replay; else it is dropped (the
+  // capture failed) and -1 returned.
+  virtual absl::Status EndRecording(bool keep, int64_t* id) {
+    return absl::UnimplementedError("this executor does not record");
+  }
+  // FAILED_PRECONDITION where the connections it recorded changed since (a
+  // failed replica, a larger set-up): the graph is stale, and the step
+  // must run as usual. Nothing is sent where this, or `launch`, fails.
+  virtual absl::Status Replay(int64_t id, const std::function<absl::Status()>& launch) {
+    return absl::UnimplementedError("this executor does not record");
+  }
+  virtual void ForgetRecording(int64_t id) {}
 };
 
 }  // namespace moemesh

@@ -1,6 +1,8 @@
 #include "services/expert_client/cuda_ipc_transport.h"
 
 #include <algorithm>
+#include <atomic>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
@@ -20,6 +22,19 @@ struct CudaIpcTransport::Shared {
   char* at(uint64_t offset) const { return static_cast<char*>(memory->data()) + offset; }
 };
 
+// A recorded graph's hops: their requests (numbered at each replay) and
+// rows.
+struct CudaIpcTransport::Recording {
+  uint64_t generation = 0;
+  CudaStream stream = nullptr;  // captured from, launched on
+  std::vector<v1::DispatchRequest> requests;
+  std::vector<int64_t> rows;
+};
+
+namespace {
+std::atomic<int64_t> next_recording{0};
+}  // namespace
+
 CudaIpcTransport::CudaIpcTransport(std::unique_ptr<ExpertTransport> control, int device, int hidden_size,
                                    int initial_tokens, int initial_slots, Sync sync)
     : control_(std::move(control)),
@@ -37,6 +52,7 @@ CudaIpcTransport::~CudaIpcTransport() {
   if (unsettled) ReleaseCounter();
   const bool unmapped = Unmap().ok();
   if (counter_ && (unsettled || poisoned_ || !unmapped)) (void)counter_.release();
+  if (!unmapped) (void)base_.release();  // a graph's kernels may still read it
   // The worker may still have a wait on this event enqueued (a request
   // given up on before it ran): it outlives the connection. Rare (a failed
   // replica) and 64 bytes of driver state.
@@ -134,7 +150,11 @@ absl::Status CudaIpcTransport::SetUp(int tokens, int slots) {
     capacity = std::max(capacity, tokens > old ? std::min(2 * old, kMaxTokens) : old);
     slots = std::max(slots, shared_->layout.max_slots());
   }
-  // The worker frees the old buffers when it makes the new: unmapped first.
+  if (recording_) return absl::FailedPreconditionError("the cuda-ipc connection cannot be set up while recording");
+  // The worker frees the old buffers when it makes the new: unmapped first
+  // (graphs recorded on them are stale: their replays are refused).
+  ++generation_;
+  recordings_.clear();
   MM_RETURN_IF_ERROR(Unmap());
   // A fresh counter from 0 with each set-up (the worker's new ready word
   // starts at 0 too): the old one is freed where the stream is past every
@@ -180,6 +200,10 @@ absl::Status CudaIpcTransport::SetUp(int tokens, int slots) {
   auto shared = std::make_unique<Shared>();
   shared->layout = b;
   counting_ = counter_ != nullptr && b.counter();
+  if (counting_ && !base_) {  // for recordings (not allocated while a stream is captured)
+    MM_ASSIGN_OR_RETURN(base_, DeviceBuffer::Allocate(256));
+    MM_RETURN_IF_ERROR(base_->Fill(0));
+  }
   MM_ASSIGN_OR_RETURN(shared->worker_event, IpcEvent::Open(b.worker_event()));
   MM_ASSIGN_OR_RETURN(shared->memory, IpcMemory::Open(b.memory()));
   shared_ = std::move(shared);
@@ -198,7 +222,7 @@ absl::Status CudaIpcTransport::SendOnDevice(const v1::DispatchRequest& header, c
   }
   last_stream_ = batch.cuda_stream;  // old buffers, when these outgrow them, go once its work is done
   if (!shared_ || n > shared_->layout.max_tokens() || slots > shared_->layout.max_slots()) {
-    MM_RETURN_IF_ERROR(SetUp(n, slots));
+    MM_RETURN_IF_ERROR(SetUp(n, slots));  // refused while recording
   }
   const v1::CudaIpcBuffers& b = shared_->layout;
   CudaStream stream = batch.cuda_stream;
@@ -213,6 +237,14 @@ absl::Status CudaIpcTransport::SendOnDevice(const v1::DispatchRequest& header, c
   expect_step_ = header.step();
   expect_layer_ = header.layer();
   expect_rows_ = n;
+  if (recording_) {
+    // The hop's number is the replay's base plus its place in the graph.
+    if (taking_->requests.empty()) taking_->stream = stream;
+    taking_->requests.push_back(header);
+    taking_->rows.push_back(n);
+    const uint32_t k = static_cast<uint32_t>(taking_->requests.size());
+    return SignalWordAsync(shared_->at(b.ready_offset()), base_->as<uint32_t>(), k, stream);
+  }
   if (counting_) {
     // Unread answers stay few where no one settles (Execute settles).
     if (owed_.size() >= kMaxOwed) MM_RETURN_IF_ERROR(Settle());
@@ -246,8 +278,13 @@ absl::Status CudaIpcTransport::ReceiveOnDevice(v1::DispatchResponse* response, F
     response->set_layer(expect_layer_);
     response->set_combined_rows(expect_rows_);
     last_stream_ = stream;
-    MM_RETURN_IF_ERROR(StreamWaitValue(stream, counter_->data(), sent_));
-    waited_ = sent_;
+    if (recording_) {
+      MM_RETURN_IF_ERROR(AwaitWordAsync(counter_->data(), base_->as<uint32_t>(),
+                                        static_cast<uint32_t>(taking_->requests.size()), stream));
+    } else {
+      MM_RETURN_IF_ERROR(StreamWaitValue(stream, counter_->data(), sent_));
+      waited_ = sent_;
+    }
     MM_RETURN_IF_ERROR(CopyOnDeviceAsync(out, shared_->at(shared_->layout.out_offset()),
                                          static_cast<size_t>(expect_rows_) * hidden_ * sizeof(float), stream));
     *outputs = F32Matrix{};
@@ -276,6 +313,72 @@ absl::Status CudaIpcTransport::ReceiveOnDevice(v1::DispatchResponse* response, F
                                        static_cast<size_t>(rows) * hidden_ * sizeof(float), stream));
   outputs->rows = rows;
   outputs->cols = hidden_;
+  return absl::OkStatus();
+}
+
+absl::Status CudaIpcTransport::BeginRecording() {
+  if (!records()) return absl::FailedPreconditionError("cuda-ipc records only with a counter, once set up");
+  if (recording_) return absl::FailedPreconditionError("cuda-ipc is recording already");
+  taking_ = std::make_unique<Recording>();
+  taking_->generation = generation_;
+  recording_ = true;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> CudaIpcTransport::EndRecording(bool keep) {
+  if (!recording_) return absl::FailedPreconditionError("cuda-ipc is not recording");
+  recording_ = false;
+  std::unique_ptr<Recording> r = std::move(taking_);
+  expect_rows_ = -1;
+  if (!keep) return -1;
+  const int64_t id = next_recording.fetch_add(1) + 1;
+  recordings_[id] = std::move(r);
+  return id;
+}
+
+void CudaIpcTransport::ForgetRecording(int64_t id) { recordings_.erase(id); }
+
+absl::Status CudaIpcTransport::ArmReplay(int64_t id) {
+  armed_ = nullptr;
+  auto it = recordings_.find(id);
+  if (it == recordings_.end()) return absl::FailedPreconditionError("a recording this cuda-ipc connection lacks");
+  const Recording& r = *it->second;
+  if (r.generation != generation_ || !counting_ || poisoned_ || !shared_ || recording_) {
+    return absl::FailedPreconditionError("the cuda-ipc connection was set up afresh since the graph was recorded");
+  }
+  const uint32_t hops = static_cast<uint32_t>(r.requests.size());
+  if (owed_.size() + hops > kMaxOwed) MM_RETURN_IF_ERROR(Settle());
+  // 0 is never a hop's number (the words' start): past the wrap, numbers
+  // begin again at 1, which the cyclic comparisons take as later.
+  uint32_t base = sent_;
+  if (base > std::numeric_limits<uint32_t>::max() - hops) base = 0;
+  // Before the launch, on its stream (which the mapping, when it goes,
+  // waits for).
+  MM_RETURN_IF_ERROR(StreamWriteValue(r.stream, base_->data(), base));
+  last_stream_ = r.stream;
+  // The numbers are the graph's from now on, sent or not (a number
+  // skipped is harmless: the words only grow).
+  sent_ = waited_ = base + hops;
+  armed_ = &r;
+  armed_base_ = base;
+  return absl::OkStatus();
+}
+
+absl::Status CudaIpcTransport::SendReplay(uint64_t* step) {
+  if (armed_ == nullptr) return absl::FailedPreconditionError("SendReplay without ArmReplay");
+  const Recording& r = *armed_;
+  armed_ = nullptr;
+  for (size_t i = 0; i < r.requests.size(); ++i) {
+    v1::DispatchRequest numbered = r.requests[i];
+    numbered.set_step(++*step);
+    numbered.mutable_ipc()->set_done_value(armed_base_ + static_cast<uint32_t>(i) + 1);
+    if (absl::Status st = control_->Send(numbered, {}); !st.ok()) {
+      // The graph runs already: its waits on this worker are let go.
+      ReleaseCounter();
+      return st;
+    }
+    owed_.push_back({numbered.step(), numbered.layer(), r.rows[i]});
+  }
   return absl::OkStatus();
 }
 

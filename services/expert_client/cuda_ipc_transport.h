@@ -3,6 +3,7 @@
 
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 
 #include "absl/status/statusor.h"
@@ -93,6 +94,17 @@ class CudaIpcTransport : public ExpertTransport {
   absl::Status Warm() override;
   bool defers_answers() const override { return counting_; }
   absl::Status Settle() override;
+  // With a counter, once set up: recorded hops signal through kernels that
+  // read their numbers from a word of device memory (base_), which
+  // ArmReplay sets on the stream the graph was captured from, where it must
+  // be launched (AwaitWordAsync).
+  bool records() const override { return counting_ && shared_ != nullptr && base_ != nullptr; }
+  absl::Status BeginRecording() override;
+  absl::StatusOr<int64_t> EndRecording(bool keep) override;
+  absl::Status ArmReplay(int64_t id) override;
+  absl::Status SendReplay(uint64_t* step) override;
+  void DisarmReplay() override { armed_ = nullptr; }
+  void ForgetRecording(int64_t id) override;
 
  private:
   struct Shared;
@@ -132,6 +144,19 @@ class CudaIpcTransport : public ExpertTransport {
     int64_t rows;
   };
   std::deque<Owed> owed_;
+  // Recording: the requests of each graph's hops, kept with the set-up
+  // they were recorded on (SetUp counts in generation_).
+  struct Recording;
+  uint64_t generation_ = 0;
+  bool recording_ = false;
+  std::unique_ptr<Recording> taking_;  // while recording
+  std::map<int64_t, std::unique_ptr<Recording>> recordings_;
+  // The number before a replay's first hop, in device memory: written on
+  // the graph's stream before each launch (a word of host memory polled by
+  // a kernel may be read stale from the GPU's cache).
+  std::unique_ptr<DeviceBuffer> base_;
+  const Recording* armed_ = nullptr;    // ArmReplay's, until SendReplay
+  uint32_t armed_base_ = 0;
 };
 
 }  // namespace moemesh

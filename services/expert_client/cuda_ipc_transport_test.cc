@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <fstream>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -18,6 +19,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "core/common/status_macros.h"
 #include "core/common/subprocess.h"
 #include "core/experts/cuda/cuda_expert_device.h"
 #include "core/experts/local_expert_executor.h"
@@ -48,6 +51,20 @@ std::unique_ptr<Subprocess> StartWorker(int data_port, std::string* address) {
   *address = *line;
   (*p)->ForwardOutput(2);
   return std::move(*p);
+}
+
+// Whether process `pid` is stopped (state T in /proc/PID/stat) within 5 s:
+// kill(2) returns before a signal takes effect.
+bool WaitUntilStopped(int pid) {
+  for (int i = 0; i < 500; ++i) {
+    std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
+    std::string line;
+    std::getline(stat, line);
+    const size_t close = line.rfind(')');
+    if (close != std::string::npos && close + 2 < line.size() && line[close + 2] == 'T') return true;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return false;
 }
 
 // The routing of `n` tokens to `slots` distinct experts each, in device
@@ -137,6 +154,7 @@ class CudaIpcTransportTest : public ::testing::TestWithParam<Control> {
     options.device_rows =
         CudaIpcTransport::Wrapper(0, config_.num_experts_per_tok, /*initial_tokens=*/64, GetParam().sync);
     options.warn = [warnings](const std::string& w) { warnings->push_back(w); };
+    options.graph_steps = true;
     return RemoteExpertExecutor::Connect({{address_}}, config_.hidden_size, options);
   }
 
@@ -225,6 +243,7 @@ TEST_P(CudaIpcTransportTest, AStoppedWorkerIsUnavailable) {
   EXPECT_EQ(Execute(remote->get(), b, layer, 8, h, slots, true), want);
   ASSERT_TRUE(CudaSynchronize(nullptr).ok());
   ASSERT_EQ(kill(worker_->pid(), SIGSTOP), 0);
+  ASSERT_TRUE(WaitUntilStopped(worker_->pid())) << "SIGSTOP takes effect";
   auto out = DeviceBuffer::Allocate(8 * h * sizeof(float));
   ASSERT_TRUE(out.ok());
   ExpertBatch batch{layer, 8, h, b.d_hidden->as<float>(), slots, b.d_ids->as<int>(), b.d_weights->as<float>()};
@@ -269,6 +288,111 @@ TEST_P(CudaIpcTransportTest, AnswersReadLaterGiveTheSameRows) {
     ASSERT_TRUE(outs[i]->CopyTo(got.data(), got.size() * sizeof(float)).ok());
     EXPECT_EQ(got, Execute(local_.get(), batches[i], layer, 3 + i, h, slots, true)) << "batch " << i;
   }
+}
+
+// A graph of two layers' hops captured while the executor records (the
+// GPU work only), replayed three times with fresh rows in the same buffers:
+// each replay's requests are numbered afresh, and the rows equal the
+// experts in this process. Eager steps between replays keep working; a
+// connection set up afresh since makes the replay FAILED_PRECONDITION,
+// having sent nothing. Without a counter nothing records, and the executor
+// says so from then on.
+TEST_P(CudaIpcTransportTest, RecordedHopsReplayWithFreshRows) {
+  std::vector<std::string> warnings;
+  auto remote = Connect(&warnings);
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  ExpertExecutor* ex = remote->get();
+  const int h = config_.hidden_size, slots = config_.num_experts_per_tok, n = 5;
+  std::vector<int> layers;
+  for (int l = 0; l < config_.num_layers && layers.size() < 2; ++l) {
+    if (config_.is_moe_layer[l]) layers.push_back(l);
+  }
+  ASSERT_FALSE(layers.empty());
+  std::mt19937 rng(13);
+  std::vector<Batch> batches;
+  std::vector<std::unique_ptr<DeviceBuffer>> outs;
+  for (int l : layers) {
+    batches.push_back(RandomBatch(n, h, config_.num_experts, slots, &rng));
+    auto out = DeviceBuffer::Allocate(static_cast<size_t>(n) * h * sizeof(float));
+    ASSERT_TRUE(out.ok());
+    outs.push_back(std::move(*out));
+    // Set up (and warm) as a step before a capture would.
+    EXPECT_EQ(Execute(ex, batches.back(), l, n, h, slots, true),
+              Execute(local_.get(), batches.back(), l, n, h, slots, true));
+  }
+  auto stream = OwnedStream::Create();
+  ASSERT_TRUE(stream.ok());
+  auto run_layers = [&](CudaStream s) -> absl::Status {
+    for (size_t i = 0; i < layers.size(); ++i) {
+      ExpertBatch batch{layers[i], n, h, batches[i].d_hidden->as<float>(), slots, batches[i].d_ids->as<int>(),
+                        batches[i].d_weights->as<float>()};
+      batch.on_device = batch.routing_on_device = true;
+      batch.cuda_stream = s;
+      MM_RETURN_IF_ERROR(ex->Start(batch, outs[i]->as<float>(), 0));
+      MM_RETURN_IF_ERROR(ex->Finish(0));
+    }
+    return absl::OkStatus();
+  };
+  const bool counter = GetParam().sync == CudaIpcTransport::Sync::kCounter && StreamMemOpsSupported(0);
+  ASSERT_TRUE(ex->replays());
+  ASSERT_TRUE(ex->BeginRecording().ok());
+  ASSERT_TRUE(CudaGraph::BeginCapture((*stream)->get()).ok());
+  const absl::Status ran = run_layers((*stream)->get());
+  auto graph = CudaGraph::EndCapture((*stream)->get());
+  int64_t id = -1;
+  const absl::Status ended = ex->EndRecording(ran.ok() && graph.ok(), &id);
+  if (!counter) {
+    EXPECT_EQ(ran.code(), absl::StatusCode::kFailedPrecondition) << ran;
+    EXPECT_FALSE(ended.ok());
+    EXPECT_FALSE(ex->replays()) << "events cannot record: said once, for good";
+    CudaClearLastError();
+    EXPECT_EQ(Execute(ex, batches[0], layers[0], n, h, slots, true),
+              Execute(local_.get(), batches[0], layers[0], n, h, slots, true));
+    return;
+  }
+  ASSERT_TRUE(ran.ok()) << ran;
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  ASSERT_TRUE(ended.ok()) << ended;
+  for (int replay = 0; replay < 3; ++replay) {
+    for (size_t i = 0; i < layers.size(); ++i) {  // fresh rows and routing, in place
+      Batch fresh = RandomBatch(n, h, config_.num_experts, slots, &rng);
+      ASSERT_TRUE(batches[i].d_hidden->CopyFrom(fresh.hidden.data(), fresh.hidden.size() * sizeof(float)).ok());
+      ASSERT_TRUE(batches[i].d_ids->CopyFrom(fresh.ids.data(), fresh.ids.size() * sizeof(int)).ok());
+      ASSERT_TRUE(batches[i].d_weights->CopyFrom(fresh.weights.data(), fresh.weights.size() * sizeof(float)).ok());
+      batches[i].hidden = fresh.hidden;
+      batches[i].ids = fresh.ids;
+      batches[i].weights = fresh.weights;
+      ASSERT_TRUE(outs[i]->Fill(0xff).ok());
+    }
+    const absl::Status st = ex->Replay(id, [&] { return (*graph)->Launch((*stream)->get()); });
+    ASSERT_TRUE(st.ok()) << st;
+    ASSERT_TRUE(ex->Settle().ok());
+    ASSERT_TRUE(CudaSynchronize((*stream)->get()).ok());
+    for (size_t i = 0; i < layers.size(); ++i) {
+      std::vector<float> got(static_cast<size_t>(n) * h);
+      ASSERT_TRUE(outs[i]->CopyTo(got.data(), got.size() * sizeof(float)).ok());
+      EXPECT_EQ(got, Execute(local_.get(), batches[i], layers[i], n, h, slots, true))
+          << "replay " << replay << ", layer " << layers[i];
+    }
+    // An eager step between replays.
+    EXPECT_EQ(Execute(ex, batches[0], layers[0], n, h, slots, true),
+              Execute(local_.get(), batches[0], layers[0], n, h, slots, true));
+  }
+  // Set up afresh (a batch past the buffers' size): the graph is stale.
+  const Batch big = RandomBatch(100, h, config_.num_experts, slots, &rng);
+  EXPECT_EQ(Execute(ex, big, layers[0], 100, h, slots, true),
+            Execute(local_.get(), big, layers[0], 100, h, slots, true));
+  bool launched = false;
+  const absl::Status stale = ex->Replay(id, [&] {
+    launched = true;
+    return absl::OkStatus();
+  });
+  EXPECT_EQ(stale.code(), absl::StatusCode::kFailedPrecondition) << stale;
+  EXPECT_FALSE(launched);
+  ex->ForgetRecording(id);
+  EXPECT_TRUE(ex->Settle().ok());
+  EXPECT_EQ(Execute(ex, batches[1 % batches.size()], layers[1 % layers.size()], n, h, slots, true),
+            Execute(local_.get(), batches[1 % batches.size()], layers[1 % layers.size()], n, h, slots, true));
 }
 
 const Control kControls[] = {{0, CudaIpcTransport::Sync::kCounter},

@@ -17,6 +17,22 @@ absl::Status ExpertTransport::ReceiveOnDevice(v1::DispatchResponse*, F32Matrix*,
   return absl::UnimplementedError(absl::StrCat("the ", name(), " transport takes rows in host memory"));
 }
 
+absl::Status ExpertTransport::BeginRecording() {
+  return absl::UnimplementedError(absl::StrCat("the ", name(), " transport cannot record GPU work"));
+}
+
+absl::StatusOr<int64_t> ExpertTransport::EndRecording(bool) {
+  return absl::UnimplementedError(absl::StrCat("the ", name(), " transport cannot record GPU work"));
+}
+
+absl::Status ExpertTransport::ArmReplay(int64_t) {
+  return absl::UnimplementedError(absl::StrCat("the ", name(), " transport cannot record GPU work"));
+}
+
+absl::Status ExpertTransport::SendReplay(uint64_t*) {
+  return absl::UnimplementedError(absl::StrCat("the ", name(), " transport cannot record GPU work"));
+}
+
 namespace {
 
 NegotiatedTransport NegotiateHostTransport(const std::string& address, const v1::ShardInfo& info,

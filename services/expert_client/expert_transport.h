@@ -81,6 +81,31 @@ class ExpertTransport {
   // Connects (and sets the wire up) now rather than at the first Send, so
   // that a wire that cannot work shows at start-up.
   virtual absl::Status Warm() { return absl::OkStatus(); }
+
+  // Recording, for a step captured into a CUDA graph while its experts are
+  // away (cuda-ipc with a counter): between BeginRecording and
+  // EndRecording, SendOnDevice and ReceiveOnDevice enqueue only GPU work,
+  // which numbers each hop from this transport's base word rather than from
+  // constants, and send nothing. For each launch of that graph, ArmReplay
+  // sets the numbers up before it and SendReplay sends the recorded
+  // requests, numbered afresh, after it (the worker's waits pass at once
+  // for rows already there). Whether this transport can (as set up now).
+  virtual bool records() const { return false; }
+  virtual absl::Status BeginRecording();
+  // Ends the recording: with `keep`, its id (unique in the process), else
+  // -1 and nothing is kept.
+  virtual absl::StatusOr<int64_t> EndRecording(bool keep);
+  // FAILED_PRECONDITION where the connection was set up afresh since (the
+  // graph names buffers it no longer has) or `id` is not this transport's.
+  virtual absl::Status ArmReplay(int64_t id);
+  // Sends the armed requests, their step numbers from ++*step; their
+  // answers are read by Settle. UNAVAILABLE when the worker is gone: the
+  // GPU's waits for its rows are then released (the rows copied after them
+  // are wrong, and Settle says so).
+  virtual absl::Status SendReplay(uint64_t* step);
+  // Where the graph was not launched after ArmReplay.
+  virtual void DisarmReplay() {}
+  virtual void ForgetRecording(int64_t id) {}
 };
 
 // Makes a fresh transport to one worker (after a failure, the old one is

@@ -490,7 +490,7 @@ absl::Status RemoteExpertExecutor::Start(const ExpertBatch& b, float* out, int l
   if (lane < 0 || lane >= kLanes) {
     return absl::InvalidArgumentError(absl::StrCat("lane ", lane, " is not in [0, ", kLanes, ")"));
   }
-  AdoptChanges();
+  if (!recording_) AdoptChanges();  // the recording's replicas stay until it ends
   Lane& l = lanes_[lane];
   if (l.busy) Abandon(lane);  // started again without a Finish: its answers are stale
   absl::Status st = StartOnce(b, out, lane);
@@ -514,6 +514,14 @@ absl::Status RemoteExpertExecutor::Finish(int lane) {
 
 void RemoteExpertExecutor::Abandon(int lane) {
   lanes_[lane].busy = false;
+  if (recording_) {
+    // Nothing was sent; the transports stay for EndRecording to end.
+    record_failed_ = true;
+    for (auto& s : shards_) {
+      for (auto& r : s->replicas) r->pending[lane] = false;
+    }
+    return;
+  }
   for (auto& s : shards_) {
     for (auto& r : s->replicas) {
       if (r->pending[lane]) r->Reset(lane);
@@ -621,6 +629,7 @@ void RemoteExpertExecutor::Fail(Replica* r, int lane) {
 }
 
 absl::Status RemoteExpertExecutor::SendTo(Shard& s, int lane, Replica* r) {
+  if (recording_) return RecordTo(s, lane, r);
   Shard::Work& w = s.lane[lane];
   absl::Status st = r->Send(lane, w.request, w.rows, w.device_batch);
   if (st.ok()) return st;
@@ -639,6 +648,14 @@ absl::Status RemoteExpertExecutor::Attempt(Shard& s, int lane, Replica* r, bool 
   if (send) MM_RETURN_IF_ERROR(SendTo(s, lane, r));
   absl::Status st = r->Receive(lane, &w.response, &w.outputs, w.device_out,
                                w.device_batch ? w.device_batch->cuda_stream : nullptr);
+  if (recording_) {  // only GPU work was enqueued: nothing to fail over
+    if (st.ok()) {
+      w.chosen = r;
+      return st;
+    }
+    record_failed_ = true;
+    return absl::FailedPreconditionError(st.message());
+  }
   if (st.ok()) {
     w.chosen = r;
     retry_tokens_ = std::min(max_retry_tokens_, retry_tokens_ + 0.1);
@@ -771,7 +788,7 @@ absl::Status RemoteExpertExecutor::FinishOnce(int lane) {
     w.device_batch = nullptr;
     w.device_out = nullptr;
     if (!st.ok()) return st;
-    if (observer_) {
+    if (observer_ && !recording_) {
       observer_(w.chosen->address,
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - l.sent_at).count());
     }
@@ -855,6 +872,136 @@ absl::Status RemoteExpertExecutor::StartOnDevice(const ExpertBatch& b, int lane)
   w.device_batch = &l.batch;  // until Finish
   w.device_out = l.out;
   return SendFirst(s, lane);
+}
+
+absl::Status RemoteExpertExecutor::RecordTo(Shard& s, int lane, Replica* r) {
+  Shard::Work& w = s.lane[lane];
+  ExpertTransport* t = r->transport[lane].get();
+  // A transport is set up by the step that ran before the capture; one
+  // made now would set up inside it.
+  if (w.device_batch == nullptr || t == nullptr || !t->records()) {
+    if (t != nullptr && !t->records()) cannot_record_ = true;  // events, or a counter the worker gave another
+    record_failed_ = true;
+    return absl::FailedPreconditionError(absl::StrCat("expert worker ", r->address, ": its connection cannot record"));
+  }
+  int index = 0;
+  while (index < static_cast<int>(shards_.size()) && shards_[index].get() != &s) ++index;
+  bool begun = false;
+  for (const RecordedHop& h : recorded_) begun = begun || h.transport == t;
+  if (!begun) {
+    if (absl::Status st = t->BeginRecording(); !st.ok()) {
+      record_failed_ = true;
+      return absl::FailedPreconditionError(st.message());
+    }
+    recorded_.push_back({index, lane, t, -1});
+  }
+  if (absl::Status st = r->Send(lane, w.request, w.rows, w.device_batch); !st.ok()) {
+    record_failed_ = true;
+    return absl::FailedPreconditionError(st.message());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RemoteExpertExecutor::BeginRecording() {
+  if (!replays()) return absl::FailedPreconditionError("these expert connections cannot record");
+  if (recording_) return absl::FailedPreconditionError("recording already");
+  for (const Lane& l : lanes_) {
+    if (l.busy) return absl::FailedPreconditionError("a batch is away: recording starts between steps");
+  }
+  recording_ = true;
+  record_failed_ = false;
+  recorded_.clear();
+  return absl::OkStatus();
+}
+
+absl::Status RemoteExpertExecutor::EndRecording(bool keep, int64_t* id) {
+  if (!recording_) return absl::FailedPreconditionError("not recording");
+  recording_ = false;
+  keep = keep && !record_failed_ && !recorded_.empty();
+  for (const Lane& l : lanes_) keep = keep && !l.busy;
+  absl::Status first;
+  for (RecordedHop& h : recorded_) {
+    absl::StatusOr<int64_t> got = h.transport->EndRecording(keep);
+    if (got.ok()) {
+      h.id = *got;
+    } else if (first.ok()) {
+      first = got.status();
+    }
+  }
+  std::vector<RecordedHop> hops = std::move(recorded_);
+  recorded_.clear();
+  *id = -1;
+  if (!keep || !first.ok()) {
+    for (const RecordedHop& h : hops) {
+      if (h.id >= 0) h.transport->ForgetRecording(h.id);
+    }
+    for (Lane& l : lanes_) l.busy = false;
+    return first.ok() ? absl::FailedPreconditionError("the recording failed") : first;
+  }
+  *id = ++next_recording_;
+  recordings_[*id] = std::move(hops);
+  return absl::OkStatus();
+}
+
+void RemoteExpertExecutor::ForgetRecording(int64_t id) {
+  auto it = recordings_.find(id);
+  if (it == recordings_.end()) return;
+  // Only transports still in place are told (the others took their
+  // recordings with them).
+  for (const RecordedHop& h : it->second) {
+    if (h.shard >= static_cast<int>(shards_.size())) continue;
+    for (auto& r : shards_[h.shard]->replicas) {
+      if (r->transport[h.lane].get() == h.transport) h.transport->ForgetRecording(h.id);
+    }
+  }
+  recordings_.erase(it);
+}
+
+absl::Status RemoteExpertExecutor::Replay(int64_t id, const std::function<absl::Status()>& launch) {
+  auto it = recordings_.find(id);
+  if (it == recordings_.end()) return absl::FailedPreconditionError("no such recording");
+  AdoptChanges();
+  const std::vector<RecordedHop>& hops = it->second;
+  // Each transport recorded must still be one of its shard's replicas'.
+  std::vector<Replica*> replicas;
+  for (const RecordedHop& h : hops) {
+    Replica* found = nullptr;
+    if (h.shard < static_cast<int>(shards_.size())) {
+      for (auto& r : shards_[h.shard]->replicas) {
+        if (r->transport[h.lane].get() == h.transport) found = r.get();
+      }
+    }
+    if (found == nullptr) {
+      return absl::FailedPreconditionError("an expert connection the graph was recorded on is gone");
+    }
+    replicas.push_back(found);
+  }
+  // The numbers first, then the launch, then the requests: the step's GPU
+  // work starts while the messages go, and the workers' waits pass at once
+  // for rows already written.
+  for (size_t i = 0; i < hops.size(); ++i) {
+    if (absl::Status st = hops[i].transport->ArmReplay(hops[i].id); !st.ok()) {
+      for (size_t j = 0; j < i; ++j) hops[j].transport->DisarmReplay();
+      return st;
+    }
+  }
+  if (absl::Status st = launch(); !st.ok()) {
+    for (const RecordedHop& h : hops) h.transport->DisarmReplay();
+    return st;
+  }
+  // A worker lost now has had its waits released: the step's rows are
+  // wrong, and Settle says ABORTED (the step runs again). Its connection is
+  // dropped once every request has gone (dropping it waits for the GPU,
+  // which waits for the other workers' rows).
+  std::vector<size_t> lost;
+  for (size_t i = 0; i < hops.size(); ++i) {
+    if (!hops[i].transport->SendReplay(&step_).ok()) lost.push_back(i);
+  }
+  for (size_t i : lost) {
+    Fail(replicas[i], hops[i].lane);
+    spoiled_ = true;
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace moemesh

@@ -2,6 +2,7 @@
 #define MOEMESH_SERVICES_EXPERT_CLIENT_REMOTE_EXPERT_EXECUTOR_H_
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -101,6 +102,11 @@ class RemoteExpertExecutor : public ExpertExecutor {
     // Told why the rows go through the host after all, where the cuda-ipc
     // transport was negotiated but cannot be set up.
     std::function<void(const std::string&)> warn;
+    // In device mode over cuda-ipc with a counter: let a GPU forward pass
+    // capture steps into CUDA graphs whose requests are replayed
+    // (replays()). Off until the GPU suite has passed with it (the tests and
+    // benchmarks turn it on).
+    bool graph_steps = false;
   };
   // `shards[i]` lists the replicas (addresses) of shard i of
   // `shards.size()`, placed by `options.placement` (null: modulo). Checks
@@ -159,6 +165,15 @@ class RemoteExpertExecutor : public ExpertExecutor {
   int cuda_device() const override { return cuda_device_; }
   bool groups_on_device() const override { return cuda_device_ >= 0; }
   bool capturable() const override { return false; }
+  // In device mode over transports that record (cuda-ipc with a counter):
+  // a recording names the replica each layer went to, and its replays go
+  // there (no rotation) until the graph is dropped; a failed or replaced
+  // replica makes its replays FAILED_PRECONDITION.
+  bool replays() const override { return options_.graph_steps && cuda_device_ >= 0 && !cannot_record_; }
+  absl::Status BeginRecording() override;
+  absl::Status EndRecording(bool keep, int64_t* id) override;
+  absl::Status Replay(int64_t id, const std::function<absl::Status()>& launch) override;
+  void ForgetRecording(int64_t id) override;
 
  private:
   struct Replica;
@@ -208,6 +223,8 @@ class RemoteExpertExecutor : public ExpertExecutor {
   absl::Status SendTo(Shard& s, int lane, Replica* r);
   absl::Status Attempt(Shard& s, int lane, Replica* r, bool send);
   void Fail(Replica* r, int lane);
+  // SendTo while recording: the transport records the request instead.
+  absl::Status RecordTo(Shard& s, int lane, Replica* r);
 
   std::vector<std::unique_ptr<Shard>> shards_;
   double retry_tokens_ = 10, max_retry_tokens_ = 10;  // Options.retry_tokens
@@ -230,6 +247,19 @@ class RemoteExpertExecutor : public ExpertExecutor {
   int eject_ms_ = 5000;
   double combine_seconds_ = 0;
   std::vector<Lane> lanes_;  // kLanes: the batch away in each
+  // Recording (BeginRecording to EndRecording): the transports that
+  // recorded hops, by shard and lane; the recordings kept, by id.
+  struct RecordedHop {
+    int shard = 0, lane = 0;
+    ExpertTransport* transport = nullptr;  // compared, not used, until found among the replicas
+    int64_t id = -1;                       // the transport's recording
+  };
+  bool recording_ = false;
+  bool record_failed_ = false;
+  bool cannot_record_ = false;  // a transport that cannot record was met
+  std::vector<RecordedHop> recorded_;
+  std::map<int64_t, std::vector<RecordedHop>> recordings_;
+  int64_t next_recording_ = 0;
   std::function<void(const std::string&, double)> observer_;
   Options options_;  // as given to Connect (placement_ holds the placement)
   absl::Mutex changes_mu_;

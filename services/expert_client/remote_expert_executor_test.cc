@@ -595,5 +595,32 @@ TEST(RemoteExpertExecutorTest, WorkerGoneIsUnavailable) {
   EXPECT_NE(st.message().find(workers[1].address), std::string::npos);
 }
 
+// Rows in host memory cannot be recorded into a CUDA graph: the executor
+// says so, and refuses a recording and a replay with the reason; steps go
+// on as before.
+TEST(RemoteExpertExecutorTest, HostRowsAreNotRecorded) {
+  std::vector<Worker> workers = StartWorkers("tests/fixtures/mixtral", 1);
+  auto remote = RemoteExpertExecutor::Connect(Addresses(workers), 64);
+  ASSERT_TRUE(remote.ok());
+  ExpertExecutor* ex = remote->get();
+  EXPECT_FALSE(ex->capturable());
+  EXPECT_FALSE(ex->replays());
+  EXPECT_EQ(ex->BeginRecording().code(), absl::StatusCode::kFailedPrecondition);
+  int64_t id = 7;
+  EXPECT_EQ(ex->EndRecording(true, &id).code(), absl::StatusCode::kFailedPrecondition);
+  bool launched = false;
+  const absl::Status st = ex->Replay(1, [&] {
+    launched = true;
+    return absl::OkStatus();
+  });
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_FALSE(launched);
+  std::vector<float> hidden(2 * 64, 0.1f), out(2 * 64);
+  int ids[4] = {0, 1, 2, 3};
+  float wts[4] = {0.5f, 0.5f, 0.5f, 0.5f};
+  ExpertBatch batch{0, 2, 64, hidden.data(), 2, ids, wts};
+  EXPECT_TRUE(ex->Execute(batch, out.data()).ok());
+}
+
 }  // namespace
 }  // namespace moemesh

@@ -11,6 +11,9 @@
 // two, on every fixture. Placements:
 //   cpu-router/gpu-worker    the rows through the host, to a GPU worker
 //   gpu-router/gpu-worker    the rows in GPU memory (cuda-ipc)
+//   gpu-router/gpu-worker-counter  the same, ordered by counters
+//   gpu-router/gpu-worker-graphs   with counters, decode steps as CUDA graphs
+//                            whose requests are replayed
 //   gpu-router/gpu-via-host  the rows through the host, to a GPU worker
 //   gpu-router/cpu-worker    the rows through the host, to a CPU worker
 // Labelled `gpu`; skips without a GPU.
@@ -71,13 +74,16 @@ std::string WorkerAddress(const std::string& dir, const std::string& device) {
 struct Sides {
   std::shared_ptr<const ModelWeights> experts;  // the in-process side's
   std::unique_ptr<Engine> local, remote;
+  const CudaForwardPass* remote_pass = nullptr;  // the remote engine's, on a GPU router
 };
 
 Sides MakeSides(const std::string& dir, const std::string& placement) {
   Sides s;
   const bool gpu_router = placement.rfind("gpu-router", 0) == 0;
   const bool gpu_experts = placement.find("cpu-worker") == std::string::npos;
-  const bool ipc = placement == "gpu-router/gpu-worker";
+  const bool graphs = placement == "gpu-router/gpu-worker-graphs";
+  const bool counter = graphs || placement == "gpu-router/gpu-worker-counter";
+  const bool ipc = placement == "gpu-router/gpu-worker" || counter;
   auto config = LoadModelConfig(dir);
   auto ckpt = Checkpoint::Open(dir);
   EXPECT_TRUE(config.ok() && ckpt.ok());
@@ -104,31 +110,41 @@ Sides MakeSides(const std::string& dir, const std::string& placement) {
   RemoteExpertExecutor::Options options;
   if (ipc) {
     options.cuda_device = 0;
-    options.device_rows = CudaIpcTransport::Wrapper(0, config->num_experts_per_tok);
+    options.device_rows = CudaIpcTransport::Wrapper(
+        0, config->num_experts_per_tok, 256, counter ? CudaIpcTransport::Sync::kCounter : CudaIpcTransport::Sync::kAuto);
     options.warn = [](const std::string& w) { ADD_FAILURE() << w; };
+    options.graph_steps = graphs;
   }
   auto remote = RemoteExpertExecutor::Connect({{address}}, config->hidden_size, options);
   EXPECT_TRUE(remote.ok()) << remote.status();
   if (!remote.ok()) return s;
   EXPECT_EQ((*remote)->cuda_device(), ipc ? 0 : -1) << "rows in GPU memory exactly over cuda-ipc";
 
-  auto make = [&](std::unique_ptr<ExpertExecutor> experts) -> std::unique_ptr<Engine> {
+  auto make = [&](std::unique_ptr<ExpertExecutor> experts, const CudaForwardPass** pass) -> std::unique_ptr<Engine> {
     EngineOptions o;
     o.kv_cache_tokens = 4096;
     if (gpu_router) {
       CudaForwardPass::Options options;
-      options.cuda_graphs = false;  // a step that talks to another process is not captured
+      // Steps that talk to another process are captured where they replay
+      // (counters); the rest run eager on both sides.
+      options.cuda_graphs = graphs;
       // Experts away over cuda-ipc group on the GPU at any size (the
       // prompt's 40 tokens too): here as well, so both run the same kernels.
       if (ipc) options.device_grouping_max_tokens = 1 << 20;
-      o.forward_pass = CudaForwardPass::Factory(0, options);
+      ForwardPassFactory factory = CudaForwardPass::Factory(0, options);
+      o.forward_pass = [factory, pass](const ModelConfig& c, std::shared_ptr<const ModelWeights> w, int block,
+                                       int blocks) {
+        auto p = factory(c, std::move(w), block, blocks);
+        if (p.ok() && pass != nullptr) *pass = static_cast<const CudaForwardPass*>(p->get());
+        return p;
+      };
     }
     auto e = Engine::Create(dir, o, std::move(experts));
     EXPECT_TRUE(e.ok()) << dir << ": " << e.status();
     return e.ok() ? std::move(*e) : nullptr;
   };
-  s.local = make(std::move(local));
-  s.remote = make(std::move(*remote));
+  s.local = make(std::move(local), nullptr);
+  s.remote = make(std::move(*remote), &s.remote_pass);
   return s;
 }
 
@@ -160,8 +176,19 @@ TEST_P(RemoteExpertsGpuTest, EqualsTheExpertsInProcess) {
   auto a = s.local->Generate(prompt, p), b = s.remote->Generate(prompt, p);
   ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
   EXPECT_EQ(b->tokens, a->tokens) << dir << ", " << placement;
-  std::printf("%s, %s: prompt logits within %.1e of the experts in process; greedy tokens %s\n", dir.c_str(),
-              placement.c_str(), err, b->tokens == a->tokens ? "equal" : "DIFFER");
+  if (placement == "gpu-router/gpu-worker-graphs") {
+    ASSERT_NE(s.remote_pass, nullptr);
+    const CudaForwardPass::GraphStats& g = s.remote_pass->graph_stats();
+    EXPECT_EQ(g.failed, 0) << dir;
+    EXPECT_EQ(g.stale, 0) << dir;
+    // Past the trained length, dynamic NTK's steps run as usual.
+    if (s.remote->config().rope.type != RopeType::kDynamic) {
+      EXPECT_GE(g.replayed, 10) << dir << ": the decode steps replay, their requests sent ahead";
+    }
+  }
+  std::printf("%s, %s: prompt logits within %.1e of the experts in process; greedy tokens %s; %d graphs replayed\n",
+              dir.c_str(), placement.c_str(), err, b->tokens == a->tokens ? "equal" : "DIFFER",
+              s.remote_pass != nullptr ? s.remote_pass->graph_stats().replayed : 0);
 }
 
 std::vector<std::string> Models() {
@@ -175,7 +202,9 @@ std::vector<std::string> Models() {
 INSTANTIATE_TEST_SUITE_P(Models, RemoteExpertsGpuTest,
                          ::testing::Combine(::testing::ValuesIn(Models()),
                                             ::testing::Values("cpu-router/gpu-worker", "gpu-router/gpu-worker",
-                                                              "gpu-router/gpu-via-host", "gpu-router/cpu-worker")));
+                                                              "gpu-router/gpu-worker-counter",
+                                                              "gpu-router/gpu-worker-graphs", "gpu-router/gpu-via-host",
+                                                              "gpu-router/cpu-worker")));
 
 }  // namespace
 }  // namespace moemesh

@@ -595,10 +595,18 @@ bool CudaForwardPass::GraphEligible(absl::Span<const ForwardItem> items, ExpertE
   for (const ForwardItem& it : items) {
     if (it.tokens.size() != 1) return false;  // decode steps only
   }
-  // A layer that waits on the host for its experts cannot be captured.
-  return max_slots_ == 0 || (experts->cuda_device() == device_ && experts->groups_on_device() &&
-                             experts->capturable() && n <= options_.device_grouping_max_tokens &&
-                             static_cast<long long>(n) * max_slots_ <= kMaxDeviceGroupedRoutes);
+  // A layer that waits on the host for its experts cannot be captured;
+  // experts in another process can where they replay their messages.
+  return max_slots_ == 0 ||
+         (experts->cuda_device() == device_ && experts->groups_on_device() &&
+          (experts->capturable() || experts->replays()) && n <= options_.device_grouping_max_tokens &&
+          static_cast<long long>(n) * max_slots_ <= kMaxDeviceGroupedRoutes);
+}
+
+void CudaForwardPass::DropGraph(Graphed& g, ExpertExecutor* experts) {
+  g.graph.reset();
+  if (g.recording >= 0) experts->ForgetRecording(g.recording);
+  g.recording = -1;
 }
 
 absl::StatusOr<float*> CudaForwardPass::RunGraphed(ExpertExecutor* experts, bool* on_graph_stream) {
@@ -607,9 +615,11 @@ absl::StatusOr<float*> CudaForwardPass::RunGraphed(ExpertExecutor* experts, bool
   // A graph names the buffers it was captured with: any freed since, it is
   // stale. A step is captured after it ran once as it is (every buffer it
   // needs grown), with nothing freed since.
-  if (g.graph != nullptr && g.frees != DeviceFreeCount()) g.graph.reset();
+  if (g.graph != nullptr && g.frees != DeviceFreeCount()) DropGraph(g, experts);
   const bool capture =
       g.graph == nullptr && g.warm && g.frees == DeviceFreeCount() && g.failures < kMaxCaptureFailures;
+  // Experts away record their messages while the step is captured.
+  const bool record = max_slots_ > 0 && !experts->capturable();
   if (capture || g.graph != nullptr) {
     // After everything on the default stream (this step's tables among it).
     MM_RETURN_IF_ERROR(ready_->Record(nullptr));
@@ -617,11 +627,15 @@ absl::StatusOr<float*> CudaForwardPass::RunGraphed(ExpertExecutor* experts, bool
   }
   if (capture) {
     stream_ = graph_stream_->get();
-    absl::Status st = CudaGraph::BeginCapture(stream_);
+    absl::Status st = record ? experts->BeginRecording() : absl::OkStatus();
+    const bool recording = st.ok() && record;
+    if (st.ok()) st = CudaGraph::BeginCapture(stream_);
     absl::StatusOr<float*> out = st.ok() ? RunStep(experts) : st;
     auto graph = st.ok() ? CudaGraph::EndCapture(stream_) : absl::StatusOr<std::unique_ptr<CudaGraph>>(st);
     stream_ = nullptr;
-    if (out.ok() && graph.ok() && g.frees == DeviceFreeCount()) {
+    bool ok = out.ok() && graph.ok() && g.frees == DeviceFreeCount();
+    if (recording) ok = experts->EndRecording(ok, &g.recording).ok() && ok;
+    if (ok) {
       g.graph = std::move(*graph);
       g.logits = *out;
       ++graph_stats_.captured;
@@ -632,10 +646,20 @@ absl::StatusOr<float*> CudaForwardPass::RunGraphed(ExpertExecutor* experts, bool
     }
   }
   if (g.graph != nullptr) {
-    MM_RETURN_IF_ERROR(g.graph->Launch(graph_stream_->get()));
-    ++graph_stats_.replayed;
-    *on_graph_stream = true;
-    return g.logits;
+    CudaGraph* graph = g.graph.get();
+    auto launch = [&] { return graph->Launch(graph_stream_->get()); };
+    // The workers get the step's requests before its first layer runs.
+    const absl::Status st = g.recording >= 0 ? experts->Replay(g.recording, launch) : launch();
+    if (st.ok()) {
+      ++graph_stats_.replayed;
+      *on_graph_stream = true;
+      return g.logits;
+    }
+    // Its experts' connections changed (or a worker is gone): captured
+    // again later; this step runs as usual, through the replicas left.
+    if (g.recording < 0) return st;
+    DropGraph(g, experts);
+    ++graph_stats_.stale;
   }
   MM_ASSIGN_OR_RETURN(float* out, RunStep(experts));
   g.warm = true;
@@ -655,12 +679,14 @@ absl::Status CudaForwardPass::Forward(absl::Span<const ForwardItem> items, KvCac
   absl::Cleanup forget = [this] { step_ = nullptr; };
   bool on_graph_stream = false;
   absl::StatusOr<float*> ran = graphed ? RunGraphed(experts, &on_graph_stream) : RunStep(experts);
-  if (!graphed) {
+  if (!graphed || !experts->capturable()) {
     // Workers' answers read after their rows were used (cuda-ipc's
-    // counter): one that failed spoils the step, which runs once more, on
-    // the replicas left.
+    // counter, a replayed graph's too): one that failed spoils the step,
+    // which runs once more, as usual, on the replicas left.
     absl::Status settled = experts->Settle();
     if (absl::IsAborted(settled) || absl::IsAborted(ran.status())) {
+      if (on_graph_stream) MM_RETURN_IF_ERROR(CudaSynchronize(graph_stream_->get()));
+      on_graph_stream = false;
       MM_RETURN_IF_ERROR(CudaSynchronize(stream_));
       ran = RunStep(experts);
       settled = experts->Settle();

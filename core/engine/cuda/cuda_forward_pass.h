@@ -60,6 +60,7 @@ class CudaForwardPass : public ForwardPass, private DecoderOps {
     int captured = 0;  // graphs made
     int replayed = 0;  // steps run as a graph
     int failed = 0;    // captures that failed (the step then ran as usual)
+    int stale = 0;     // graphs dropped at launch: their experts' connections had changed
   };
   // FAILED_PRECONDITION without GPU `device`; RESOURCE_EXHAUSTED when the
   // weights or the cache do not fit.
@@ -181,7 +182,12 @@ class CudaForwardPass : public ForwardPass, private DecoderOps {
     bool warm = false;        // ran once as it is, with `frees` as it was
     uint64_t frees = 0;       // DeviceFreeCount() then
     int failures = 0;
+    // Experts away that replay (ExpertExecutor::replays): the recording
+    // whose messages go with each launch; -1 for none.
+    int64_t recording = -1;
   };
+  // Drops g's graph (and its recording with `experts`).
+  void DropGraph(Graphed& g, ExpertExecutor* experts);
   static constexpr int kMaxCaptureFailures = 2;
   std::map<GraphKey, Graphed> graphs_;
   GraphStats graph_stats_;

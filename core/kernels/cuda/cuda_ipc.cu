@@ -65,7 +65,33 @@ absl::Status DriverStatus(CUresult r, const char* what) {
   return absl::InternalError(absl::StrCat(what, " failed: CUresult ", static_cast<int>(r)));
 }
 
+__global__ void SignalWordKernel(uint32_t* word, const volatile uint32_t* base, uint32_t k) {
+  const uint32_t v = *base + k;
+  __threadfence_system();  // the rows written before this kernel first
+  asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(word), "r"(v) : "memory");
+}
+
+__global__ void AwaitWordKernel(const uint32_t* word, const volatile uint32_t* base, uint32_t k) {
+  const uint32_t v = *base + k;
+  for (;;) {
+    uint32_t w;
+    asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(w) : "l"(word) : "memory");
+    if (static_cast<int32_t>(w - v) >= 0) break;
+    __nanosleep(32);
+  }
+}
+
 }  // namespace
+
+absl::Status SignalWordAsync(void* word, const uint32_t* base, uint32_t k, CudaStream stream) {
+  SignalWordKernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(static_cast<uint32_t*>(word), base, k);
+  return LaunchStatus("SignalWordKernel");
+}
+
+absl::Status AwaitWordAsync(const void* word, const uint32_t* base, uint32_t k, CudaStream stream) {
+  AwaitWordKernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(static_cast<const uint32_t*>(word), base, k);
+  return LaunchStatus("AwaitWordKernel");
+}
 
 bool StreamMemOpsSupported(int device) {
   const MemOps& ops = DriverMemOps();
@@ -121,7 +147,10 @@ absl::StatusOr<std::unique_ptr<IpcMemory>> IpcMemory::Open(absl::string_view han
   return std::unique_ptr<IpcMemory>(new IpcMemory(p));
 }
 
-IpcMemory::~IpcMemory() { cudaIpcCloseMemHandle(ptr_); }
+IpcMemory::~IpcMemory() {
+  CountDeviceFree();  // graphs captured with this mapping are stale
+  cudaIpcCloseMemHandle(ptr_);
+}
 
 bool WaitForStream(CudaStream stream, absl::Duration timeout) {
   cudaEvent_t e = nullptr;

@@ -85,6 +85,20 @@ absl::Status StreamWriteValue(CudaStream stream, void* addr, uint32_t value);
 // (a peer that died).
 absl::Status WriteValueNow(void* addr, uint32_t value);
 
+// The same words written and waited for by kernels, for work captured
+// into a CUDA graph and replayed: each hop's number is `*base + k`, where
+// `base` is a word of device memory set before each launch (StreamWriteValue
+// on the graph's stream), so one graph serves every step (a stream memory
+// operation would keep the value it was captured with).
+// Writes *base + k to *word once the work enqueued on `stream` before it is
+// done, released to the whole system (the other process, the other GPU).
+absl::Status SignalWordAsync(void* word, const uint32_t* base, uint32_t k, CudaStream stream);
+// Work enqueued on `stream` from now on waits until *word, compared
+// cyclically, is at least *base + k: a one-thread kernel polls it. Both
+// processes on one GPU must be MPS clients (else the poller holds the GPU
+// for its whole time slice).
+absl::Status AwaitWordAsync(const void* word, const uint32_t* base, uint32_t k, CudaStream stream);
+
 // Copies `bytes` bytes between device pointers (of this device, or mapped
 // from another process), ordered on `stream`.
 absl::Status CopyOnDeviceAsync(void* dst, const void* src, size_t bytes, CudaStream stream);

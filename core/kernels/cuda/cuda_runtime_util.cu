@@ -42,6 +42,8 @@ std::atomic<uint64_t> device_frees{0};
 
 uint64_t DeviceFreeCount() { return device_frees.load(std::memory_order_acquire); }
 
+void CountDeviceFree() { device_frees.fetch_add(1, std::memory_order_acq_rel); }
+
 DeviceBuffer::~DeviceBuffer() {
   if (ptr_ != nullptr) {
     device_frees.fetch_add(1, std::memory_order_acq_rel);

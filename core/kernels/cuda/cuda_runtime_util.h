@@ -28,6 +28,9 @@ int CudaComputeCapability();
 // addresses its kernels were captured with: one captured at an earlier
 // count may name freed memory, and must be captured again.
 uint64_t DeviceFreeCount();
+// Counts a release of device memory that DeviceBuffer did not make (another
+// process's memory unmapped, core/kernels/cuda/cuda_ipc.h).
+void CountDeviceFree();
 
 // Device memory, freed on destruction.
 class DeviceBuffer {
