@@ -80,8 +80,15 @@ def check_overlay(name, objects, build_dir):
         for c in spec["containers"]:
             cw = f"{where} container {c['name']}"
             ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+            mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+            secrets = {v["name"] for v in spec.get("volumes", []) if "secret" in v}
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                check(c.get(probe, {}).get("grpc", {}).get("port") == ports.get("grpc"), f"{cw}: {probe} on grpc")
+                p = c.get(probe, {})
+                if "exec" in p:  # TLS: `moemesh client health` against this pod's gRPC port
+                    check_health_probe(f"{cw}: {probe}", p["exec"]["command"], ports.get("grpc"), mounts, secrets,
+                                       build_dir)
+                else:
+                    check(p.get("grpc", {}).get("port") == ports.get("grpc"), f"{cw}: {probe} on grpc")
             res = c.get("resources", {})
             check("cpu" in res.get("requests", {}) and "memory" in res.get("requests", {}), f"{cw}: requests")
             check("memory" in res.get("limits", {}), f"{cw}: memory limit")
@@ -95,6 +102,12 @@ def check_overlay(name, objects, build_dir):
             check(spec.get("terminationGracePeriodSeconds", 30) >= sleep + grace + 1,
                   f"{cw}: terminationGracePeriodSeconds below preStop {sleep} s + drain {grace} s")
             port_args = {a.split("=")[0]: a.split("=")[1] for a in args if "=" in a}
+            for flag in ("--tls-cert", "--tls-key", "--tls-ca"):
+                if flag in port_args:
+                    check(in_secret(port_args[flag], mounts, secrets), f"{cw}: {flag} is not in a mounted Secret")
+            if "--tls-cert" in port_args:
+                insecure = [a for a in args if a.startswith("--insecure")]
+                check(not insecure or insecure[-1] == "--insecure=false", f"{cw}: --insecure left on under TLS")
             for flag, port in (("--port", "grpc"), ("--data-port", "data"), ("--metrics-port", "metrics"),
                                ("--http-port", "http")):
                 if flag in port_args:
@@ -122,6 +135,26 @@ def check_overlay(name, objects, build_dir):
                 sl = s["metadata"].get("labels", {})
                 check(matches(m["spec"]["selector"]["matchLabels"], sl) and m["spec"]["jobLabel"] in sl,
                       f"{name}: ServiceMonitor misses Service {s['metadata']['name']}")
+
+
+def in_secret(path, mounts, secrets):
+    """Whether `path` is under a mount of one of the pod's Secret volumes."""
+    return any(path.startswith(m.rstrip("/") + "/") and v in secrets for m, v in mounts.items())
+
+
+def check_health_probe(where, command, grpc_port, mounts, secrets, build_dir):
+    """An exec probe: the image's CLI asking this pod's gRPC port, its TLS
+    files in a mounted Secret, every flag one `moemesh client health` has."""
+    check(command[:3] == ["/opt/moemesh/bin/moemesh", "client", "health"], f"{where}: runs {command[:3]}")
+    flags = dict(a[2:].split("=", 1) for a in command[3:] if a.startswith("--") and "=" in a)
+    check(flags.get("target") == f"localhost:{grpc_port}", f"{where}: asks {flags.get('target')}")
+    for f in ("tls-ca", "tls-cert", "tls-key"):
+        check(f in flags and in_secret(flags[f], mounts, secrets), f"{where}: --{f} is not in a mounted Secret")
+    cli = os.path.join(build_dir, "tools/moemesh/moemesh")
+    known = set(re.findall(r"^\s+--([a-z0-9-]+)", subprocess.run([cli, "client", "health", "--help"],
+                                                                  capture_output=True, text=True).stdout, re.M))
+    for f in flags:
+        check(f in known, f"{where}: moemesh client health has no flag --{f}")
 
 
 def check_collect(build_dir):
@@ -169,6 +202,11 @@ def check_image(cpu_objects):
               f"cpu: {o['metadata']['name']} runs as {spec['securityContext'].get('runAsUser')}, the image as {uid}")
         for c in spec["containers"]:
             check(c["command"][0] in installed, f"cpu: {o['metadata']['name']} runs {c['command'][0]}, not in the image")
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                command = c.get(probe, {}).get("exec", {}).get("command")
+                if command:
+                    check(command[0] in installed, f"cpu: {o['metadata']['name']}'s {probe} runs {command[0]}, "
+                                                   "not in the image")
 
 
 def main():
@@ -193,7 +231,7 @@ def main():
         if out.returncode == 0:
             objects = [o for o in yaml.safe_load_all(out.stdout) if o]
             check_overlay(overlay, objects, build_dir)
-            if overlay == "cpu":
+            if overlay in ("cpu", "cpu-tls"):
                 check_image(objects)
     for f in failures:
         print("FAIL", f)
