@@ -23,30 +23,35 @@ std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.0f) {
 }
 
 // Linear against a double-precision reference on the same rounded weights,
-// for every weight dtype and shapes that are not multiples of the tiles.
+// for every weight dtype, every kernel variant this CPU runs, and shapes
+// that are not multiples of the tiles or the vector loops (k past 64 + 16
+// with a scalar tail).
 TEST(LinearTest, MatchesReferenceForEachDtypeAndShape) {
   ThreadPool pool(2);
-  for (DType dt : {DType::kF32, DType::kBF16, DType::kF16}) {
-    for (auto [m, n, k] : {std::tuple{1, 7, 13}, {3, 33, 64}, {17, 130, 257}, {2, 1, 8}}) {
-      std::vector<float> x = Random(static_cast<size_t>(m) * k, 1), wf = Random(static_cast<size_t>(n) * k, 2);
-      std::vector<float> bias = Random(n, 3);
-      std::vector<uint16_t> w16(wf.size());
-      std::vector<float> wr(wf.size());  // the weights as the kernel sees them
-      for (size_t i = 0; i < wf.size(); ++i) {
-        if (dt == DType::kBF16) w16[i] = F32ToBf16(wf[i]), wr[i] = Bf16ToF32(w16[i]);
-        if (dt == DType::kF16) w16[i] = F32ToF16(wf[i]), wr[i] = F16ToF32(w16[i]);
-        if (dt == DType::kF32) wr[i] = wf[i];
-      }
-      MatrixView w{dt, n, k, dt == DType::kF32 ? static_cast<const void*>(wf.data()) : w16.data()};
-      for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool}) {
-        std::vector<float> y(static_cast<size_t>(m) * n, NAN);
-        Linear(x.data(), m, w, bias.data(), y.data(), p);
-        for (int i = 0; i < m; ++i) {
-          for (int j = 0; j < n; ++j) {
-            double ref = bias[j];
-            for (int d = 0; d < k; ++d) ref += static_cast<double>(x[i * k + d]) * wr[j * k + d];
-            ASSERT_NEAR(y[i * n + j], ref, 1e-4 * (1 + std::fabs(ref)))
-                << DTypeName(dt) << " m=" << m << " n=" << n << " k=" << k;
+  for (int v = 0; v <= static_cast<int>(BestLinearIsa()); ++v) {
+    for (DType dt : {DType::kF32, DType::kBF16, DType::kF16}) {
+      for (auto [m, n, k] : {std::tuple{1, 7, 13}, {3, 33, 64}, {17, 130, 257}, {2, 1, 8}, {1, 9, 1111},
+                             {4, 5, 87}}) {
+        std::vector<float> x = Random(static_cast<size_t>(m) * k, 1), wf = Random(static_cast<size_t>(n) * k, 2);
+        std::vector<float> bias = Random(n, 3);
+        std::vector<uint16_t> w16(wf.size());
+        std::vector<float> wr(wf.size());  // the weights as the kernel sees them
+        for (size_t i = 0; i < wf.size(); ++i) {
+          if (dt == DType::kBF16) w16[i] = F32ToBf16(wf[i]), wr[i] = Bf16ToF32(w16[i]);
+          if (dt == DType::kF16) w16[i] = F32ToF16(wf[i]), wr[i] = F16ToF32(w16[i]);
+          if (dt == DType::kF32) wr[i] = wf[i];
+        }
+        MatrixView w{dt, n, k, dt == DType::kF32 ? static_cast<const void*>(wf.data()) : w16.data()};
+        for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool}) {
+          std::vector<float> y(static_cast<size_t>(m) * n, NAN);
+          Linear(x.data(), m, w, bias.data(), y.data(), p, static_cast<LinearIsa>(v));
+          for (int i = 0; i < m; ++i) {
+            for (int j = 0; j < n; ++j) {
+              double ref = bias[j];
+              for (int d = 0; d < k; ++d) ref += static_cast<double>(x[i * k + d]) * wr[j * k + d];
+              ASSERT_NEAR(y[i * n + j], ref, 1e-4 * (1 + std::fabs(ref)))
+                  << DTypeName(dt) << " m=" << m << " n=" << n << " k=" << k << " isa " << v;
+            }
           }
         }
       }

@@ -46,75 +46,168 @@ __attribute__((target("avx2,fma"))) inline float HSum(__m256 v) {
   return _mm_cvtss_f32(lo);
 }
 
-// out[r] = dot(x, w + r*k) for r < rows (rows <= kRowTile), fp32 weights.
-__attribute__((target("avx2,fma"))) void DotTileAvx2(const float* x, const float* w, int rows,
-                                                     int k, float* out) {
-  __m256 acc[kRowTile];
-  for (int r = 0; r < kRowTile; ++r) acc[r] = _mm256_setzero_ps();
-  int i = 0;
-  if (rows == kRowTile) {
-    for (; i + 8 <= k; i += 8) {
-      __m256 xv = _mm256_loadu_ps(x + i);
-      acc[0] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w + i), acc[0]);
-      acc[1] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w + k + i), acc[1]);
-      acc[2] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w + 2 * k + i), acc[2]);
-      acc[3] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w + 3 * k + i), acc[3]);
+// The weights' element types the vector kernels read.
+enum class W { kF32, kBf16, kF16 };
+
+template <W kW>
+inline float WeightAt(const void* w, int i) {
+  if constexpr (kW == W::kF32) return static_cast<const float*>(w)[i];
+  if constexpr (kW == W::kBf16) return Bf16ToF32(static_cast<const uint16_t*>(w)[i]);
+  return F16ToF32(static_cast<const uint16_t*>(w)[i]);
+}
+
+// Eight weights from element i, widened to float in registers.
+template <W kW>
+__attribute__((target("avx2,fma,f16c"))) inline __m256 Load8(const void* w, int i) {
+  if constexpr (kW == W::kF32) return _mm256_loadu_ps(static_cast<const float*>(w) + i);
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + i));
+  if constexpr (kW == W::kBf16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  return _mm256_cvtph_ps(h);
+}
+
+// out[a * MR + b] = dot(xs[a], ws[b]) over k weights of each of MR rows,
+// widened in registers, for MX input rows: each sum in one order whatever
+// MX and MR are (four accumulators, each taking every fourth vector of
+// the row, the leftover vectors into the first, added pairwise, then the
+// scalar tail), so results do not depend on how rows are batched or
+// blocked, nor on whether a row was converted to float first. Blocks of
+// several rows reuse each load (prefill); one row at a time reads a weight
+// matrix start to end, one sequential stream the hardware prefetchers
+// follow (decode: four rows read side by side were four short streams,
+// and decode ran at 0.4 of the read bandwidth).
+template <W kW, int MX, int MR>
+__attribute__((target("avx2,fma,f16c"))) void DotBlockAvx2(const float* const* xs, const void* const* ws, int k,
+                                                           float* out) {
+  __m256 acc[MX][MR][4];
+  #pragma GCC unroll 4
+  for (int a = 0; a < MX; ++a) {
+    #pragma GCC unroll 4
+    for (int b = 0; b < MR; ++b) {
+      #pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) acc[a][b][q] = _mm256_setzero_ps();
     }
-  } else {
-    for (; i + 8 <= k; i += 8) {
-      __m256 xv = _mm256_loadu_ps(x + i);
-      for (int r = 0; r < rows; ++r) {
-        acc[r] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w + r * k + i), acc[r]);
+  }
+  int i = 0;
+  for (; i + 32 <= k; i += 32) {
+    #pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) {
+      __m256 wv[MR];
+      #pragma GCC unroll 4
+      for (int b = 0; b < MR; ++b) wv[b] = Load8<kW>(ws[b], i + 8 * q);
+      #pragma GCC unroll 4
+      for (int a = 0; a < MX; ++a) {
+        const __m256 xv = _mm256_loadu_ps(xs[a] + i + 8 * q);
+        #pragma GCC unroll 4
+        for (int b = 0; b < MR; ++b) acc[a][b][q] = _mm256_fmadd_ps(xv, wv[b], acc[a][b][q]);
       }
     }
   }
-  for (int r = 0; r < rows; ++r) {
-    float s = HSum(acc[r]);
-    for (int j = i; j < k; ++j) s += x[j] * w[r * k + j];
-    out[r] = s;
+  for (; i + 8 <= k; i += 8) {
+    #pragma GCC unroll 4
+    for (int a = 0; a < MX; ++a) {
+      const __m256 xv = _mm256_loadu_ps(xs[a] + i);
+      #pragma GCC unroll 4
+      for (int b = 0; b < MR; ++b) acc[a][b][0] = _mm256_fmadd_ps(xv, Load8<kW>(ws[b], i), acc[a][b][0]);
+    }
+  }
+  #pragma GCC unroll 4
+  for (int a = 0; a < MX; ++a) {
+    #pragma GCC unroll 4
+    for (int b = 0; b < MR; ++b) {
+      float s = HSum(_mm256_add_ps(_mm256_add_ps(acc[a][b][0], acc[a][b][1]),
+                                   _mm256_add_ps(acc[a][b][2], acc[a][b][3])));
+      for (int j = i; j < k; ++j) s += xs[a][j] * WeightAt<kW>(ws[b], j);
+      out[a * MR + b] = s;
+    }
   }
 }
 
-template <bool kBf16>
-__attribute__((target("avx2,fma,f16c"))) inline __m256 Load8(const uint16_t* p) {
-  __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  if constexpr (kBf16) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-  } else {
-    return _mm256_cvtph_ps(h);
-  }
+// GCC 12's AVX-512 headers start conversions from _mm512_undefined_*,
+// which its -Wuninitialized then reports in every caller.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#if !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+template <W kW>
+__attribute__((target("avx512f"))) inline __m512 Load16(const void* w, int i) {
+  if constexpr (kW == W::kF32) return _mm512_loadu_ps(static_cast<const float*>(w) + i);
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(w) + i));
+  if constexpr (kW == W::kBf16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  return _mm512_cvtph_ps(h);
 }
 
-// Like DotTileAvx2 but reads 16-bit weights directly, widening them in
-// registers: for the few-row (decode) case this keeps the loop a pure stream
-// over the weights without a scratch round trip.
-template <bool kBf16>
-__attribute__((target("avx2,fma,f16c"))) void DotTile16Avx2(const float* x, const uint16_t* w,
-                                                            int rows, int k, float* out) {
-  __m256 acc[kRowTile];
-  for (int r = 0; r < kRowTile; ++r) acc[r] = _mm256_setzero_ps();
+// DotBlockAvx2 in 16 lanes.
+template <W kW, int MX, int MR>
+__attribute__((target("avx512f"))) void DotBlockAvx512(const float* const* xs, const void* const* ws, int k,
+                                                       float* out) {
+  __m512 acc[MX][MR][4];
+  #pragma GCC unroll 4
+  for (int a = 0; a < MX; ++a) {
+    #pragma GCC unroll 4
+    for (int b = 0; b < MR; ++b) {
+      #pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) acc[a][b][q] = _mm512_setzero_ps();
+    }
+  }
   int i = 0;
-  if (rows == kRowTile) {
-    for (; i + 8 <= k; i += 8) {
-      __m256 xv = _mm256_loadu_ps(x + i);
-      acc[0] = _mm256_fmadd_ps(xv, Load8<kBf16>(w + i), acc[0]);
-      acc[1] = _mm256_fmadd_ps(xv, Load8<kBf16>(w + k + i), acc[1]);
-      acc[2] = _mm256_fmadd_ps(xv, Load8<kBf16>(w + 2 * k + i), acc[2]);
-      acc[3] = _mm256_fmadd_ps(xv, Load8<kBf16>(w + 3 * k + i), acc[3]);
-    }
-  } else {
-    for (; i + 8 <= k; i += 8) {
-      __m256 xv = _mm256_loadu_ps(x + i);
-      for (int r = 0; r < rows; ++r) acc[r] = _mm256_fmadd_ps(xv, Load8<kBf16>(w + r * k + i), acc[r]);
+  for (; i + 64 <= k; i += 64) {
+    #pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) {
+      __m512 wv[MR];
+      #pragma GCC unroll 4
+      for (int b = 0; b < MR; ++b) wv[b] = Load16<kW>(ws[b], i + 16 * q);
+      #pragma GCC unroll 4
+      for (int a = 0; a < MX; ++a) {
+        const __m512 xv = _mm512_loadu_ps(xs[a] + i + 16 * q);
+        #pragma GCC unroll 4
+        for (int b = 0; b < MR; ++b) acc[a][b][q] = _mm512_fmadd_ps(xv, wv[b], acc[a][b][q]);
+      }
     }
   }
-  for (int r = 0; r < rows; ++r) {
-    float s = HSum(acc[r]);
-    for (int j = i; j < k; ++j) {
-      s += x[j] * (kBf16 ? Bf16ToF32(w[r * k + j]) : F16ToF32(w[r * k + j]));
+  for (; i + 16 <= k; i += 16) {
+    #pragma GCC unroll 4
+    for (int a = 0; a < MX; ++a) {
+      const __m512 xv = _mm512_loadu_ps(xs[a] + i);
+      #pragma GCC unroll 4
+      for (int b = 0; b < MR; ++b) acc[a][b][0] = _mm512_fmadd_ps(xv, Load16<kW>(ws[b], i), acc[a][b][0]);
     }
-    out[r] = s;
   }
+  #pragma GCC unroll 4
+  for (int a = 0; a < MX; ++a) {
+    #pragma GCC unroll 4
+    for (int b = 0; b < MR; ++b) {
+      float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[a][b][0], acc[a][b][1]),
+                                                   _mm512_add_ps(acc[a][b][2], acc[a][b][3])));
+      for (int j = i; j < k; ++j) s += xs[a][j] * WeightAt<kW>(ws[b], j);
+      out[a * MR + b] = s;
+    }
+  }
+}
+#pragma GCC diagnostic pop
+
+using BlockFn = void (*)(const float* const*, const void* const*, int, float*);
+
+// The block kernels of one instruction set and weight type, by block shape
+// ([MX - 1][MR - 1], up to 2 x 2).
+struct Blocks {
+  BlockFn fn[2][2];
+};
+
+template <W kW>
+Blocks BlocksOf(bool avx512) {
+  if (avx512) {
+    return {{{DotBlockAvx512<kW, 1, 1>, DotBlockAvx512<kW, 1, 2>}, {DotBlockAvx512<kW, 2, 1>, DotBlockAvx512<kW, 2, 2>}}};
+  }
+  // Sixteen ymm registers: no 2 x 2 block (16 accumulators) without spills.
+  return {{{DotBlockAvx2<kW, 1, 1>, DotBlockAvx2<kW, 1, 2>}, {DotBlockAvx2<kW, 1, 1>, DotBlockAvx2<kW, 1, 2>}}};
+}
+
+Blocks BlocksFor(LinearIsa isa, DType t) {
+  const bool wide = isa == LinearIsa::kAvx512;
+  if (t == DType::kBF16) return BlocksOf<W::kBf16>(wide);
+  if (t == DType::kF16) return BlocksOf<W::kF16>(wide);
+  return BlocksOf<W::kF32>(wide);
 }
 
 // Up to this many input rows read 16-bit weights directly; more rows
@@ -129,58 +222,90 @@ void DotTilePortable(const float* x, const float* w, int rows, int k, float* out
   }
 }
 
-bool HasAvx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("f16c");
-  return has;
-}
-
 }  // namespace
 
-void Linear(const float* x, int m, const MatrixView& w, const float* bias, float* y,
-            ThreadPool* pool) {
+LinearIsa BestLinearIsa() {
+  static const LinearIsa best = [] {
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !__builtin_cpu_supports("f16c")) {
+      return LinearIsa::kPortable;
+    }
+    return __builtin_cpu_supports("avx512f") ? LinearIsa::kAvx512 : LinearIsa::kAvx2;
+  }();
+  return best;
+}
+
+void Linear(const float* x, int m, const MatrixView& w, const float* bias, float* y, ThreadPool* pool) {
+  Linear(x, m, w, bias, y, pool, BestLinearIsa());
+}
+
+void Linear(const float* x, int m, const MatrixView& w, const float* bias, float* y, ThreadPool* pool,
+            LinearIsa isa) {
   const int n = w.rows, k = w.cols;
   if (m <= 0 || n <= 0) return;
-  const bool avx2 = HasAvx2();
+  if (isa > BestLinearIsa()) isa = BestLinearIsa();
+  const bool vector = isa != LinearIsa::kPortable;
+  const Blocks blocks = vector ? BlocksFor(isa, w.dtype) : Blocks{};
+  const Blocks blocks_f32 = vector ? BlocksFor(isa, DType::kF32) : Blocks{};
   const size_t elem = DTypeSize(w.dtype);
   auto run = [&](int64_t tile_begin, int64_t tile_end) {
     thread_local std::vector<float> scratch;
     if (w.dtype != DType::kF32) scratch.resize(static_cast<size_t>(kRowTile) * k);
     float out[kRowTile];
     for (int64_t t = tile_begin; t < tile_end; ++t) {
-      int r0 = static_cast<int>(t * kRowTile);
-      int rows = std::min(kRowTile, n - r0);
+      const int r0 = static_cast<int>(t * kRowTile);
+      const int rows = std::min(kRowTile, n - r0);
       const char* src = static_cast<const char*>(w.data) + static_cast<size_t>(r0) * k * elem;
-      if (avx2 && w.dtype != DType::kF32 && m <= kDirectMaxRows) {
-        const uint16_t* w16 = reinterpret_cast<const uint16_t*>(src);
-        for (int i = 0; i < m; ++i) {
-          if (w.dtype == DType::kBF16) {
-            DotTile16Avx2<true>(x + static_cast<size_t>(i) * k, w16, rows, k, out);
-          } else {
-            DotTile16Avx2<false>(x + static_cast<size_t>(i) * k, w16, rows, k, out);
+      if (vector) {
+        // Few input rows read the weights as they are, a row at a time (one
+        // stream); more convert the tile to float once and take blocks of
+        // rows (the same sums either way).
+        const bool direct = w.dtype == DType::kF32 || m <= kDirectMaxRows;
+        const void* wt = src;
+        size_t row_bytes = static_cast<size_t>(k) * elem;
+        const Blocks* kernels = &blocks;
+        if (!direct) {
+          ToF32Avx2(w.dtype, src, rows * k, scratch.data());
+          wt = scratch.data();
+          row_bytes = static_cast<size_t>(k) * sizeof(float);
+          kernels = &blocks_f32;
+        }
+        const int mr = direct && m <= kDirectMaxRows ? 1 : 2, mx = isa == LinearIsa::kAvx512 ? 2 : 1;
+        // Input rows outer: a block of them stays in L1 while it meets
+        // every row of the tile.
+        for (int i = 0; i < m; i += mx) {
+          const int bx = std::min(mx, m - i);
+          const float* xs[2] = {x + static_cast<size_t>(i) * k, x + static_cast<size_t>(i + bx - 1) * k};
+          for (int r = 0; r < rows; r += mr) {
+            const int br = std::min(mr, rows - r);
+            const void* ws[2] = {static_cast<const char*>(wt) + r * row_bytes,
+                                 static_cast<const char*>(wt) + (r + br - 1) * row_bytes};
+            float block[4];
+            kernels->fn[bx - 1][br - 1](xs, ws, k, block);
+            for (int a = 0; a < bx; ++a) {
+              for (int b = 0; b < br; ++b) {
+                const float v = block[a * br + b];
+                y[static_cast<size_t>(i + a) * n + r0 + r + b] = bias ? v + bias[r0 + r + b] : v;
+              }
+            }
           }
-          float* yi = y + static_cast<size_t>(i) * n + r0;
-          for (int r = 0; r < rows; ++r) yi[r] = bias ? out[r] + bias[r0 + r] : out[r];
         }
         continue;
       }
-      const float* wt;
-      if (w.dtype == DType::kF32) {
-        wt = reinterpret_cast<const float*>(src);
-      } else {
-        (avx2 ? ToF32Avx2 : ToF32Portable)(w.dtype, src, rows * k, scratch.data());
+      const float* wt = reinterpret_cast<const float*>(src);
+      if (w.dtype != DType::kF32) {
+        ToF32Portable(w.dtype, src, rows * k, scratch.data());
         wt = scratch.data();
       }
       for (int i = 0; i < m; ++i) {
-        (avx2 ? DotTileAvx2 : DotTilePortable)(x + static_cast<size_t>(i) * k, wt, rows, k, out);
+        DotTilePortable(x + static_cast<size_t>(i) * k, wt, rows, k, out);
         float* yi = y + static_cast<size_t>(i) * n + r0;
         for (int r = 0; r < rows; ++r) yi[r] = bias ? out[r] + bias[r0 + r] : out[r];
       }
     }
   };
-  int64_t tiles = (n + kRowTile - 1) / kRowTile;
+  const int64_t tiles = (n + kRowTile - 1) / kRowTile;
   // Aim for at least ~64K multiply-adds per chunk so threads pay off.
-  int64_t grain = std::max<int64_t>(1, 65536 / (static_cast<int64_t>(k) * kRowTile * m + 1));
+  const int64_t grain = std::max<int64_t>(1, 65536 / (static_cast<int64_t>(k) * kRowTile * m + 1));
   if (pool != nullptr) {
     pool->ParallelFor(tiles, grain, run);
   } else {
