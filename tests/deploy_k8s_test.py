@@ -129,7 +129,13 @@ def check_overlay(name, objects, build_dir):
     for h in (o for o in objects if o["kind"] == "HorizontalPodAutoscaler"):
         ref = h["spec"]["scaleTargetRef"]
         check((ref["kind"], ref["name"]) in names, f"{name}: autoscaler {h['metadata']['name']} targets nothing")
+    tls = any(a.startswith("--tls-cert=") for w in workloads for c in w["spec"]["template"]["spec"]["containers"]
+              for a in c.get("args", []))
     for m in (o for o in objects if o["kind"] == "ServiceMonitor"):
+        for e in m["spec"]["endpoints"]:
+            check(not tls or (e.get("scheme") == "https" and "cert" in e.get("tlsConfig", {})),
+                  f"{name}: the metrics ports speak TLS and ask for a certificate; ServiceMonitor endpoint "
+                  f"{e.get('port')} scrapes without")
         for s in services:
             if any(p["name"] == "metrics" for p in s["spec"]["ports"]):
                 sl = s["metadata"].get("labels", {})
