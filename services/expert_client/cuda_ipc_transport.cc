@@ -22,13 +22,11 @@ struct CudaIpcTransport::Shared {
   char* at(uint64_t offset) const { return static_cast<char*>(memory->data()) + offset; }
 };
 
-// A recorded graph's hops: their requests (numbered at each replay) and
-// rows.
+// A recorded graph's hops: their requests, numbered at each replay.
 struct CudaIpcTransport::Recording {
   uint64_t generation = 0;
   CudaStream stream = nullptr;  // captured from, launched on
   std::vector<v1::DispatchRequest> requests;
-  std::vector<int64_t> rows;
 };
 
 namespace {
@@ -241,7 +239,6 @@ absl::Status CudaIpcTransport::SendOnDevice(const v1::DispatchRequest& header, c
     // The hop's number is the replay's base plus its place in the graph.
     if (taking_->requests.empty()) taking_->stream = stream;
     taking_->requests.push_back(header);
-    taking_->rows.push_back(n);
     const uint32_t k = static_cast<uint32_t>(taking_->requests.size());
     return SignalWordAsync(shared_->at(b.ready_offset()), base_->as<uint32_t>(), k, stream);
   }
@@ -377,7 +374,7 @@ absl::Status CudaIpcTransport::SendReplay(uint64_t* step) {
       ReleaseCounter();
       return st;
     }
-    owed_.push_back({numbered.step(), numbered.layer(), r.rows[i]});
+    owed_.push_back({numbered.step(), numbered.layer(), numbered.hidden_states().shape(0)});
   }
   return absl::OkStatus();
 }

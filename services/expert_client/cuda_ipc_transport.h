@@ -98,7 +98,7 @@ class CudaIpcTransport : public ExpertTransport {
   // read their numbers from a word of device memory (base_), which
   // ArmReplay sets on the stream the graph was captured from, where it must
   // be launched (AwaitWordAsync).
-  bool records() const override { return counting_ && shared_ != nullptr && base_ != nullptr; }
+  bool records() const override { return counting_ && shared_ != nullptr; }
   absl::Status BeginRecording() override;
   absl::StatusOr<int64_t> EndRecording(bool keep) override;
   absl::Status ArmReplay(int64_t id) override;

@@ -943,16 +943,21 @@ absl::Status RemoteExpertExecutor::EndRecording(bool keep, int64_t* id) {
   return absl::OkStatus();
 }
 
+RemoteExpertExecutor::Replica* RemoteExpertExecutor::RecordedOn(const RecordedHop& h) const {
+  if (h.shard >= static_cast<int>(shards_.size())) return nullptr;
+  for (const auto& r : shards_[h.shard]->replicas) {
+    if (r->transport[h.lane].get() == h.transport) return r.get();
+  }
+  return nullptr;
+}
+
 void RemoteExpertExecutor::ForgetRecording(int64_t id) {
   auto it = recordings_.find(id);
   if (it == recordings_.end()) return;
   // Only transports still in place are told (the others took their
   // recordings with them).
   for (const RecordedHop& h : it->second) {
-    if (h.shard >= static_cast<int>(shards_.size())) continue;
-    for (auto& r : shards_[h.shard]->replicas) {
-      if (r->transport[h.lane].get() == h.transport) h.transport->ForgetRecording(h.id);
-    }
+    if (RecordedOn(h) != nullptr) h.transport->ForgetRecording(h.id);
   }
   recordings_.erase(it);
 }
@@ -965,12 +970,7 @@ absl::Status RemoteExpertExecutor::Replay(int64_t id, const std::function<absl::
   // Each transport recorded must still be one of its shard's replicas'.
   std::vector<Replica*> replicas;
   for (const RecordedHop& h : hops) {
-    Replica* found = nullptr;
-    if (h.shard < static_cast<int>(shards_.size())) {
-      for (auto& r : shards_[h.shard]->replicas) {
-        if (r->transport[h.lane].get() == h.transport) found = r.get();
-      }
-    }
+    Replica* found = RecordedOn(h);
     if (found == nullptr) {
       return absl::FailedPreconditionError("an expert connection the graph was recorded on is gone");
     }

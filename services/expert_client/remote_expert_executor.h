@@ -254,6 +254,8 @@ class RemoteExpertExecutor : public ExpertExecutor {
     ExpertTransport* transport = nullptr;  // compared, not used, until found among the replicas
     int64_t id = -1;                       // the transport's recording
   };
+  // The replica whose transport `h` is still, or null (dropped, replaced).
+  Replica* RecordedOn(const RecordedHop& h) const;
   bool recording_ = false;
   bool record_failed_ = false;
   bool cannot_record_ = false;  // a transport that cannot record was met
