@@ -3,6 +3,8 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "core/tensor/thread_pool.h"
@@ -184,23 +186,129 @@ __attribute__((target("avx512f"))) void DotBlockAvx512(const float* const* xs, c
     }
   }
 }
+
+// One vector of each row into the MX x MR accumulators (a pass's step).
+template <int MX, int MR>
+__attribute__((target("avx512f"), always_inline)) inline void PassStep512(const float* const* xs,
+                                                                   const float* const* ws, int i,
+                                                                   __m512 (&acc)[MX][MR]) {
+  __m512 wv[MR];
+  #pragma GCC unroll 8
+  for (int b = 0; b < MR; ++b) wv[b] = _mm512_loadu_ps(ws[b] + i);
+  #pragma GCC unroll 8
+  for (int a = 0; a < MX; ++a) {
+    const __m512 xv = _mm512_loadu_ps(xs[a] + i);
+    #pragma GCC unroll 8
+    for (int b = 0; b < MR; ++b) acc[a][b] = _mm512_fmadd_ps(xv, wv[b], acc[a][b]);
+  }
+}
+
+// Prefill's block: out[a * MR + b] = dot(xs[a], ws[b]) for MX input rows
+// and MR float weight rows, each sum in DotBlockAvx512's order, bit for bit
+// (so a row's result does not depend on its batch), but one of its four
+// accumulator streams at a time: MX x MR accumulators fit in the registers
+// where MX x MR x 4 did not, and each load feeds MX or MR products instead
+// of two. A pass reads every fourth 64-byte line of rows that stay in L1.
+template <int MX, int MR>
+__attribute__((target("avx512f"))) void DotPassesAvx512(const float* const* xs, const void* const* ws_, int k,
+                                                        float* out) {
+  const float* const* ws = reinterpret_cast<const float* const*>(ws_);
+  const int full = k / 64 * 64;
+  __m512 part[4][MX][MR];
+  #pragma GCC unroll 1
+  for (int q = 0; q < 4; ++q) {
+    __m512 acc[MX][MR];
+    #pragma GCC unroll 8
+    for (int a = 0; a < MX; ++a) {
+      #pragma GCC unroll 8
+      for (int b = 0; b < MR; ++b) acc[a][b] = _mm512_setzero_ps();
+    }
+    for (int i = 16 * q; i < full; i += 64) PassStep512<MX, MR>(xs, ws, i, acc);
+    if (q == 0) {
+      for (int i = full; i + 16 <= k; i += 16) PassStep512<MX, MR>(xs, ws, i, acc);  // the leftover vectors, as DotBlockAvx512
+    }
+    #pragma GCC unroll 8
+    for (int a = 0; a < MX; ++a) {
+      #pragma GCC unroll 8
+      for (int b = 0; b < MR; ++b) part[q][a][b] = acc[a][b];
+    }
+  }
+  const int tail = full + (k - full) / 16 * 16;
+  for (int a = 0; a < MX; ++a) {
+    for (int b = 0; b < MR; ++b) {
+      float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(part[0][a][b], part[1][a][b]),
+                                                   _mm512_add_ps(part[2][a][b], part[3][a][b])));
+      for (int j = tail; j < k; ++j) s += xs[a][j] * WeightAt<W::kF32>(ws[b], j);
+      out[a * MR + b] = s;
+    }
+  }
+}
 #pragma GCC diagnostic pop
+
+// One vector of each row into the MX x MR accumulators (a pass's step).
+template <int MX, int MR>
+__attribute__((target("avx2,fma,f16c"), always_inline)) inline void PassStep256(const float* const* xs,
+                                                                   const float* const* ws, int i,
+                                                                   __m256 (&acc)[MX][MR]) {
+  __m256 wv[MR];
+  #pragma GCC unroll 8
+  for (int b = 0; b < MR; ++b) wv[b] = _mm256_loadu_ps(ws[b] + i);
+  #pragma GCC unroll 8
+  for (int a = 0; a < MX; ++a) {
+    const __m256 xv = _mm256_loadu_ps(xs[a] + i);
+    #pragma GCC unroll 8
+    for (int b = 0; b < MR; ++b) acc[a][b] = _mm256_fmadd_ps(xv, wv[b], acc[a][b]);
+  }
+}
+
+// DotPassesAvx512 in 8 lanes, in DotBlockAvx2's order.
+template <int MX, int MR>
+__attribute__((target("avx2,fma,f16c"))) void DotPassesAvx2(const float* const* xs, const void* const* ws_, int k,
+                                                            float* out) {
+  const float* const* ws = reinterpret_cast<const float* const*>(ws_);
+  const int full = k / 32 * 32;
+  __m256 part[4][MX][MR];
+  #pragma GCC unroll 1
+  for (int q = 0; q < 4; ++q) {
+    __m256 acc[MX][MR];
+    #pragma GCC unroll 8
+    for (int a = 0; a < MX; ++a) {
+      #pragma GCC unroll 8
+      for (int b = 0; b < MR; ++b) acc[a][b] = _mm256_setzero_ps();
+    }
+    for (int i = 8 * q; i < full; i += 32) PassStep256<MX, MR>(xs, ws, i, acc);
+    if (q == 0) {
+      for (int i = full; i + 8 <= k; i += 8) PassStep256<MX, MR>(xs, ws, i, acc);
+    }
+    #pragma GCC unroll 8
+    for (int a = 0; a < MX; ++a) {
+      #pragma GCC unroll 8
+      for (int b = 0; b < MR; ++b) part[q][a][b] = acc[a][b];
+    }
+  }
+  const int tail = full + (k - full) / 8 * 8;
+  for (int a = 0; a < MX; ++a) {
+    for (int b = 0; b < MR; ++b) {
+      float s = HSum(_mm256_add_ps(_mm256_add_ps(part[0][a][b], part[1][a][b]),
+                                   _mm256_add_ps(part[2][a][b], part[3][a][b])));
+      for (int j = tail; j < k; ++j) s += xs[a][j] * WeightAt<W::kF32>(ws[b], j);
+      out[a * MR + b] = s;
+    }
+  }
+}
 
 using BlockFn = void (*)(const float* const*, const void* const*, int, float*);
 
-// The block kernels of one instruction set and weight type, by block shape
-// ([MX - 1][MR - 1], up to 2 x 2).
+// Decode's kernels of one instruction set and weight type, by the number of
+// input rows a call takes (fn[MX - 1]), a weight row at a time.
 struct Blocks {
-  BlockFn fn[2][2];
+  BlockFn fn[2];
 };
 
 template <W kW>
 Blocks BlocksOf(bool avx512) {
-  if (avx512) {
-    return {{{DotBlockAvx512<kW, 1, 1>, DotBlockAvx512<kW, 1, 2>}, {DotBlockAvx512<kW, 2, 1>, DotBlockAvx512<kW, 2, 2>}}};
-  }
-  // Sixteen ymm registers: no 2 x 2 block (16 accumulators) without spills.
-  return {{{DotBlockAvx2<kW, 1, 1>, DotBlockAvx2<kW, 1, 2>}, {DotBlockAvx2<kW, 1, 1>, DotBlockAvx2<kW, 1, 2>}}};
+  if (avx512) return {{DotBlockAvx512<kW, 1, 1>, DotBlockAvx512<kW, 2, 1>}};
+  return {{DotBlockAvx2<kW, 1, 1>, DotBlockAvx2<kW, 1, 1>}};  // mx is 1 (16 ymm registers)
 }
 
 Blocks BlocksFor(LinearIsa isa, DType t) {
@@ -208,6 +316,99 @@ Blocks BlocksFor(LinearIsa isa, DType t) {
   if (t == DType::kBF16) return BlocksOf<W::kBf16>(wide);
   if (t == DType::kF16) return BlocksOf<W::kF16>(wide);
   return BlocksOf<W::kF32>(wide);
+}
+
+// Prefill's pass kernels by block shape ([MX - 1][MR - 1]), and the largest
+// block the instruction set's registers hold: 4 x 4 accumulators in 32 zmm,
+// 2 x 4 in 16 ymm.
+constexpr int kPassMaxMx = 4, kPassMaxMr = 4;
+struct PassBlocks {
+  BlockFn fn[kPassMaxMx][kPassMaxMr];
+  int mx, mr;
+};
+
+template <int... I>
+PassBlocks MakePassBlocks(bool avx512, std::integer_sequence<int, I...>) {
+  PassBlocks p{};
+  ((p.fn[I / kPassMaxMr][I % kPassMaxMr] = avx512 ? DotPassesAvx512<I / kPassMaxMr + 1, I % kPassMaxMr + 1>
+                                                  : DotPassesAvx2<I / kPassMaxMr + 1, I % kPassMaxMr + 1>),
+   ...);
+  p.mx = avx512 ? 4 : 2;
+  p.mr = 4;
+  return p;
+}
+
+const PassBlocks& PassBlocksFor(LinearIsa isa) {
+  static const PassBlocks avx512 =
+      MakePassBlocks(true, std::make_integer_sequence<int, kPassMaxMx * kPassMaxMr>{});
+  static const PassBlocks avx2 = MakePassBlocks(false, std::make_integer_sequence<int, kPassMaxMx * kPassMaxMr>{});
+  return isa == LinearIsa::kAvx512 ? avx512 : avx2;
+}
+
+// Weight rows converted to float together in prefill: a block of input
+// rows meets the whole panel while it stays in L1 (the panel in L2).
+constexpr int kPanelRows = 16;
+
+// `n` floats of `v`, 64-byte aligned: a vector load that straddles two
+// cache lines costs two, and prefill ran 15-25% slower for it.
+float* AlignedFloats(std::vector<float>& v, size_t n) {
+  v.resize(n + 16);
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t{63});
+}
+
+// Linear for more than kDirectMaxRows input rows with vector kernels.
+void LinearWide(const float* x, int m, const MatrixView& w, const float* bias, float* y, ThreadPool* pool,
+                LinearIsa isa) {
+  const int n = w.rows, k = w.cols;
+  const PassBlocks& kernels = PassBlocksFor(isa);
+  const size_t elem = DTypeSize(w.dtype);
+  // Input rows start on cache lines (a copy where they do not, once: each
+  // row meets every weight row).
+  size_t x_stride = k;
+  if ((reinterpret_cast<uintptr_t>(x) | k * sizeof(float)) % 64 != 0 && n >= kPanelRows) {
+    thread_local std::vector<float> aligned_x;
+    x_stride = (static_cast<size_t>(k) + 15) / 16 * 16;
+    float* copy = AlignedFloats(aligned_x, m * x_stride);
+    for (int i = 0; i < m; ++i) std::copy_n(x + static_cast<size_t>(i) * k, k, copy + i * x_stride);
+    x = copy;
+  }
+  auto run = [&](int64_t panel_begin, int64_t panel_end) {
+    thread_local std::vector<float> scratch;
+    float* converted = w.dtype != DType::kF32 ? AlignedFloats(scratch, static_cast<size_t>(kPanelRows) * k) : nullptr;
+    for (int64_t p = panel_begin; p < panel_end; ++p) {
+      const int r0 = static_cast<int>(p * kPanelRows);
+      const int rows = std::min(kPanelRows, n - r0);
+      const char* src = static_cast<const char*>(w.data) + static_cast<size_t>(r0) * k * elem;
+      const float* panel = reinterpret_cast<const float*>(src);
+      if (converted != nullptr) {
+        ToF32Avx2(w.dtype, src, rows * k, converted);
+        panel = converted;
+      }
+      for (int i = 0; i < m; i += kernels.mx) {
+        const int bx = std::min(kernels.mx, m - i);
+        const float* xs[kPassMaxMx];
+        for (int a = 0; a < bx; ++a) xs[a] = x + (i + a) * x_stride;
+        for (int r = 0; r < rows; r += kernels.mr) {
+          const int br = std::min(kernels.mr, rows - r);
+          const void* ws[kPassMaxMr];
+          for (int b = 0; b < br; ++b) ws[b] = panel + static_cast<size_t>(r + b) * k;
+          float block[kPassMaxMx * kPassMaxMr];
+          kernels.fn[bx - 1][br - 1](xs, ws, k, block);
+          for (int a = 0; a < bx; ++a) {
+            float* yi = y + static_cast<size_t>(i + a) * n + r0 + r;
+            for (int b = 0; b < br; ++b) yi[b] = bias ? block[a * br + b] + bias[r0 + r + b] : block[a * br + b];
+          }
+        }
+      }
+    }
+  };
+  const int64_t panels = (n + kPanelRows - 1) / kPanelRows;
+  const int64_t grain = std::max<int64_t>(1, 65536 / (static_cast<int64_t>(k) * kPanelRows * m + 1));
+  if (pool != nullptr) {
+    pool->ParallelFor(panels, grain, run);
+  } else {
+    run(0, panels);
+  }
 }
 
 // Up to this many input rows read 16-bit weights directly; more rows
@@ -244,8 +445,8 @@ void Linear(const float* x, int m, const MatrixView& w, const float* bias, float
   if (m <= 0 || n <= 0) return;
   if (isa > BestLinearIsa()) isa = BestLinearIsa();
   const bool vector = isa != LinearIsa::kPortable;
+  if (vector && m > kDirectMaxRows) return LinearWide(x, m, w, bias, y, pool, isa);
   const Blocks blocks = vector ? BlocksFor(isa, w.dtype) : Blocks{};
-  const Blocks blocks_f32 = vector ? BlocksFor(isa, DType::kF32) : Blocks{};
   const size_t elem = DTypeSize(w.dtype);
   auto run = [&](int64_t tile_begin, int64_t tile_end) {
     thread_local std::vector<float> scratch;
@@ -256,36 +457,19 @@ void Linear(const float* x, int m, const MatrixView& w, const float* bias, float
       const int rows = std::min(kRowTile, n - r0);
       const char* src = static_cast<const char*>(w.data) + static_cast<size_t>(r0) * k * elem;
       if (vector) {
-        // Few input rows read the weights as they are, a row at a time (one
-        // stream); more convert the tile to float once and take blocks of
-        // rows (the same sums either way).
-        const bool direct = w.dtype == DType::kF32 || m <= kDirectMaxRows;
-        const void* wt = src;
-        size_t row_bytes = static_cast<size_t>(k) * elem;
-        const Blocks* kernels = &blocks;
-        if (!direct) {
-          ToF32Avx2(w.dtype, src, rows * k, scratch.data());
-          wt = scratch.data();
-          row_bytes = static_cast<size_t>(k) * sizeof(float);
-          kernels = &blocks_f32;
-        }
-        const int mr = direct && m <= kDirectMaxRows ? 1 : 2, mx = isa == LinearIsa::kAvx512 ? 2 : 1;
-        // Input rows outer: a block of them stays in L1 while it meets
-        // every row of the tile.
+        // Few input rows read the weights as they are, a row at a time: a
+        // weight matrix is one stream.
+        const size_t row_bytes = static_cast<size_t>(k) * elem;
+        const int mx = isa == LinearIsa::kAvx512 ? 2 : 1;
         for (int i = 0; i < m; i += mx) {
           const int bx = std::min(mx, m - i);
           const float* xs[2] = {x + static_cast<size_t>(i) * k, x + static_cast<size_t>(i + bx - 1) * k};
-          for (int r = 0; r < rows; r += mr) {
-            const int br = std::min(mr, rows - r);
-            const void* ws[2] = {static_cast<const char*>(wt) + r * row_bytes,
-                                 static_cast<const char*>(wt) + (r + br - 1) * row_bytes};
-            float block[4];
-            kernels->fn[bx - 1][br - 1](xs, ws, k, block);
+          for (int r = 0; r < rows; ++r) {
+            const void* ws[1] = {src + r * row_bytes};
+            float block[2];
+            blocks.fn[bx - 1](xs, ws, k, block);
             for (int a = 0; a < bx; ++a) {
-              for (int b = 0; b < br; ++b) {
-                const float v = block[a * br + b];
-                y[static_cast<size_t>(i + a) * n + r0 + r + b] = bias ? v + bias[r0 + r + b] : v;
-              }
+              y[static_cast<size_t>(i + a) * n + r0 + r] = bias ? block[a] + bias[r0 + r] : block[a];
             }
           }
         }
