@@ -32,8 +32,14 @@ struct AttentionShape {
 // first_pos .. first_pos + n - 1, whose keys (positions 0 .. first_pos+n-1)
 // are already in `kv`. q: [n, num_heads * head_dim]; out: [n, num_heads *
 // v_head_dim]. Softmax in fp32 as transformers' eager attention.
+// Uses AVX2 where the CPU has it (the same sums bit for bit: the vector
+// code multiplies and adds as the portable loops do, column by column).
 void CausalAttention(const AttentionShape& shape, const float* q, int n, int first_pos,
                      const KvPages& kv, float* out, ThreadPool* pool);
+// With AVX2 only where `avx2` and the CPU has it, for tests.
+void CausalAttention(const AttentionShape& shape, const float* q, int n, int first_pos, const KvPages& kv, float* out,
+                     ThreadPool* pool, bool avx2);
+bool AttentionUsesAvx2();
 
 }  // namespace moemesh
 

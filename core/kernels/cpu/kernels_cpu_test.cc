@@ -202,44 +202,51 @@ TEST(RopeTest, ScalingTypes) {
 
 // Paged causal attention against a direct computation, with GQA, a
 // sliding window and blocks of 3 positions.
+// Against a double-precision computation, with head sizes that miss the
+// vector loops and others that take them (v narrower than q, as in latent
+// attention), and the AVX2 code equal to the portable loops bit for bit.
 TEST(AttentionTest, MatchesDirectComputation) {
-  const int heads = 4, kv_heads = 2, hd = 5, len = 11, block = 3;
-  for (int window : {0, 4}) {
-    std::vector<float> keys = Random(len * kv_heads * hd, 7), vals = Random(len * kv_heads * hd, 8);
-    const int row = 2 * kv_heads * hd;
-    std::vector<std::vector<float>> blocks((len + block - 1) / block, std::vector<float>(block * row));
-    for (int t = 0; t < len; ++t) {
-      float* r = blocks[t / block].data() + (t % block) * row;
-      std::copy(&keys[t * kv_heads * hd], &keys[(t + 1) * kv_heads * hd], r);
-      std::copy(&vals[t * kv_heads * hd], &vals[(t + 1) * kv_heads * hd], r + kv_heads * hd);
-    }
-    std::vector<const float*> ptrs;
-    for (auto& b : blocks) ptrs.push_back(b.data());
-    KvPages kv{ptrs.data(), ptrs.data(), block, row, row, 0, kv_heads * hd};
-    const int n = 3, first = len - n;
-    std::vector<float> q = Random(n * heads * hd, 9), out(n * heads * hd);
-    AttentionShape s{heads, kv_heads, hd, hd, 0.37f, window};
-    ThreadPool pool(2);
-    CausalAttention(s, q.data(), n, first, kv, out.data(), &pool);
-    for (int i = 0; i < n; ++i) {
-      int pos = first + i;
-      for (int h = 0; h < heads; ++h) {
-        int g = h / (heads / kv_heads);
-        std::vector<double> w;
-        int lo = window ? std::max(0, pos - window + 1) : 0;
-        double mx = -1e30;
-        for (int t = lo; t <= pos; ++t) {
-          double d = 0;
-          for (int j = 0; j < hd; ++j) d += q[(i * heads + h) * hd + j] * keys[(t * kv_heads + g) * hd + j];
-          w.push_back(d * 0.37);
-          mx = std::max(mx, w.back());
-        }
-        double sum = 0;
-        for (double& x : w) sum += (x = std::exp(x - mx));
-        for (int j = 0; j < hd; ++j) {
-          double ref = 0;
-          for (int t = lo; t <= pos; ++t) ref += w[t - lo] / sum * vals[(t * kv_heads + g) * hd + j];
-          ASSERT_NEAR(out[(i * heads + h) * hd + j], ref, 1e-5) << "window " << window;
+  const int heads = 4, kv_heads = 2, len = 23, block = 3;
+  for (auto [hd, vhd] : {std::pair{5, 5}, {72, 40}, {64, 64}}) {
+    for (int window : {0, 4}) {
+      std::vector<float> keys = Random(len * kv_heads * hd, 7), vals = Random(len * kv_heads * vhd, 8);
+      const int row = kv_heads * (hd + vhd);
+      std::vector<std::vector<float>> blocks((len + block - 1) / block, std::vector<float>(block * row));
+      for (int t = 0; t < len; ++t) {
+        float* r = blocks[t / block].data() + (t % block) * row;
+        std::copy(&keys[t * kv_heads * hd], &keys[(t + 1) * kv_heads * hd], r);
+        std::copy(&vals[t * kv_heads * vhd], &vals[(t + 1) * kv_heads * vhd], r + kv_heads * hd);
+      }
+      std::vector<const float*> ptrs;
+      for (auto& b : blocks) ptrs.push_back(b.data());
+      KvPages kv{ptrs.data(), ptrs.data(), block, row, row, 0, kv_heads * hd};
+      const int n = 9, first = len - n;
+      std::vector<float> q = Random(n * heads * hd, 9), out(n * heads * vhd), portable(out.size());
+      AttentionShape s{heads, kv_heads, hd, vhd, 0.37f, window};
+      ThreadPool pool(2);
+      CausalAttention(s, q.data(), n, first, kv, out.data(), &pool);
+      CausalAttention(s, q.data(), n, first, kv, portable.data(), nullptr, /*avx2=*/false);
+      EXPECT_EQ(out, portable) << "hd " << hd << " window " << window;
+      for (int i = 0; i < n; ++i) {
+        int pos = first + i;
+        for (int h = 0; h < heads; ++h) {
+          int g = h / (heads / kv_heads);
+          std::vector<double> w;
+          int lo = window ? std::max(0, pos - window + 1) : 0;
+          double mx = -1e30;
+          for (int t = lo; t <= pos; ++t) {
+            double d = 0;
+            for (int j = 0; j < hd; ++j) d += q[(i * heads + h) * hd + j] * keys[(t * kv_heads + g) * hd + j];
+            w.push_back(d * 0.37);
+            mx = std::max(mx, w.back());
+          }
+          double sum = 0;
+          for (double& x : w) sum += (x = std::exp(x - mx));
+          for (int j = 0; j < vhd; ++j) {
+            double ref = 0;
+            for (int t = lo; t <= pos; ++t) ref += w[t - lo] / sum * vals[(t * kv_heads + g) * vhd + j];
+            ASSERT_NEAR(out[(i * heads + h) * vhd + j], ref, 1e-5) << "hd " << hd << " window " << window;
+          }
         }
       }
     }
