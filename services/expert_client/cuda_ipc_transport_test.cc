@@ -353,7 +353,7 @@ TEST_P(CudaIpcTransportTest, RecordedHopsReplayWithFreshRows) {
   ASSERT_TRUE(ran.ok()) << ran;
   ASSERT_TRUE(graph.ok()) << graph.status();
   ASSERT_TRUE(ended.ok()) << ended;
-  for (int replay = 0; replay < 3; ++replay) {
+  for (int replay = 0; replay < 4; ++replay) {
     for (size_t i = 0; i < layers.size(); ++i) {  // fresh rows and routing, in place
       Batch fresh = RandomBatch(n, h, config_.num_experts, slots, &rng);
       ASSERT_TRUE(batches[i].d_hidden->CopyFrom(fresh.hidden.data(), fresh.hidden.size() * sizeof(float)).ok());
@@ -374,7 +374,8 @@ TEST_P(CudaIpcTransportTest, RecordedHopsReplayWithFreshRows) {
       EXPECT_EQ(got, Execute(local_.get(), batches[i], layers[i], n, h, slots, true))
           << "replay " << replay << ", layer " << layers[i];
     }
-    // An eager step between replays.
+    // Replays back to back (a decode's steps), and an eager step between.
+    if (replay % 2 == 0) continue;
     EXPECT_EQ(Execute(ex, batches[0], layers[0], n, h, slots, true),
               Execute(local_.get(), batches[0], layers[0], n, h, slots, true));
   }
