@@ -2,24 +2,62 @@
 #define MOEMESH_CORE_TENSOR_MATRIX_VIEW_H_
 
 #include <cstddef>
+#include <cstdint>
 
 #include "core/tensor/dtype.h"
 
 namespace moemesh {
 
-// A non-owning row-major [rows, cols] matrix of F32, F16 or BF16 elements.
+// How a matrix's weights are stored when quantized (core/quant/quantize.h):
+// the weight at (r, c) is (code - zero) * scale, with the scale and zero of
+// its row's group of columns.
+enum class QuantKind : uint8_t {
+  kNone,
+  // int8 codes, a row of `cols` bytes; one group a row; zero 0.
+  kInt8,
+  // 4-bit codes 0..15, a row in blocks of 32 columns of 16 bytes each: byte
+  // j of a block holds column j in its low nibble and column j + 16 in its
+  // high one (a vector of 16 columns is one shift or mask of 16 bytes); the
+  // last block is padded with zero codes.
+  kInt4,
+};
+
+// A non-owning row-major [rows, cols] matrix of F32, F16 or BF16 elements,
+// or of quantized codes (dtype kI8, `quant` set) with their groups' scales
+// and zero points.
 struct MatrixView {
   DType dtype = DType::kF32;
   int rows = 0;
   int cols = 0;
   const void* data = nullptr;
+  QuantKind quant = QuantKind::kNone;
+  int group = 0;                  // columns a scale covers (a power of two; int8: any, one group a row)
+  const float* scales = nullptr;  // [rows, groups()]
+  const float* zeros = nullptr;   // [rows, groups()], integer-valued
 
   bool empty() const { return data == nullptr; }
-  size_t nbytes() const { return static_cast<size_t>(rows) * cols * DTypeSize(dtype); }
+  bool quantized() const { return quant != QuantKind::kNone; }
+  int groups() const { return quantized() ? (cols + group - 1) / group : 0; }
+  // Bytes of one row's weights (codes, for a quantized matrix).
+  size_t row_bytes() const {
+    if (quant == QuantKind::kInt4) return static_cast<size_t>((cols + 31) / 32) * 16;
+    return static_cast<size_t>(cols) * DTypeSize(dtype);
+  }
+  // The bytes a product with it reads: the weights, and the scales and
+  // zero points of a quantized matrix.
+  size_t nbytes() const {
+    return static_cast<size_t>(rows) * (row_bytes() + (quantized() ? 2 * groups() * sizeof(float) : 0));
+  }
   // Rows [first, first + count) as a matrix of their own.
   MatrixView RowSlice(int first, int count) const {
-    return MatrixView{dtype, count, cols,
-                      static_cast<const char*>(data) + static_cast<size_t>(first) * cols * DTypeSize(dtype)};
+    MatrixView m = *this;
+    m.rows = count;
+    m.data = static_cast<const char*>(data) + static_cast<size_t>(first) * row_bytes();
+    if (quantized()) {
+      m.scales = scales + static_cast<size_t>(first) * groups();
+      m.zeros = zeros + static_cast<size_t>(first) * groups();
+    }
+    return m;
   }
 };
 

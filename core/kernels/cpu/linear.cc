@@ -25,20 +25,62 @@ __attribute__((target("avx2,fma"))) inline float HSum(__m256 v) {
   return _mm_cvtss_f32(lo);
 }
 
-// The weights' element types the vector kernels read.
-enum class W { kF32, kBf16, kF16 };
+// The weights' element types the vector kernels read: floats, 16-bit
+// floats, and quantized codes (a QRow stands for a row of those).
+enum class W { kF32, kBf16, kF16, kQ8, kQ4 };
+
+// A quantized row: its codes, its groups' scales and zero points, and
+// log2 of the columns a group covers (30 for int8's one group a row).
+struct QRow {
+  const uint8_t* codes;
+  const float* scales;
+  const float* zeros;
+  int shift;
+};
+
+QRow QRowOf(const MatrixView& w, int row) {
+  const size_t g = static_cast<size_t>(row) * w.groups();
+  return QRow{static_cast<const uint8_t*>(w.data) + static_cast<size_t>(row) * w.row_bytes(), w.scales + g,
+              w.zeros + g, w.quant == QuantKind::kInt8 ? 30 : __builtin_ctz(static_cast<unsigned>(w.group))};
+}
+
+// Code i of a quantized row (int8 signed, int4 0..15).
+template <W kW>
+inline int CodeAt(const QRow& r, int i) {
+  if constexpr (kW == W::kQ8) return static_cast<int8_t>(r.codes[i]);
+  const uint8_t b = r.codes[(i >> 5) * 16 + (i & 15)];
+  return (i & 16) ? b >> 4 : b & 15;
+}
 
 template <W kW>
 inline float WeightAt(const void* w, int i) {
   if constexpr (kW == W::kF32) return static_cast<const float*>(w)[i];
   if constexpr (kW == W::kBf16) return Bf16ToF32(static_cast<const uint16_t*>(w)[i]);
-  return F16ToF32(static_cast<const uint16_t*>(w)[i]);
+  if constexpr (kW == W::kF16) return F16ToF32(static_cast<const uint16_t*>(w)[i]);
+  const QRow& r = *static_cast<const QRow*>(w);
+  const int g = i >> r.shift;
+  return (static_cast<float>(CodeAt<kW>(r, i)) - r.zeros[g]) * r.scales[g];
 }
 
-// Eight weights from element i, widened to float in registers.
+// Eight weights from element i, widened to float in registers (quantized:
+// i a multiple of 8, the eight in one group; (code - zero) * scale as
+// WeightAt, the same floats).
 template <W kW>
 __attribute__((target("avx2,fma,f16c"))) inline __m256 Load8(const void* w, int i) {
   if constexpr (kW == W::kF32) return _mm256_loadu_ps(static_cast<const float*>(w) + i);
+  if constexpr (kW == W::kQ8 || kW == W::kQ4) {
+    const QRow& r = *static_cast<const QRow*>(w);
+    __m256i c;
+    if constexpr (kW == W::kQ8) {
+      c = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(r.codes + i)));
+    } else {
+      c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(r.codes + (i >> 5) * 16 + (i & 15))));
+      c = (i & 16) ? _mm256_srli_epi32(c, 4) : _mm256_and_si256(c, _mm256_set1_epi32(15));
+    }
+    const int g = i >> r.shift;
+    return _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(c), _mm256_set1_ps(r.zeros[g])),
+                         _mm256_set1_ps(r.scales[g]));
+  }
   const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + i));
   if constexpr (kW == W::kBf16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
   return _mm256_cvtph_ps(h);
@@ -111,6 +153,19 @@ __attribute__((target("avx2,fma,f16c"))) void DotBlockAvx2(const float* const* x
 template <W kW>
 __attribute__((target("avx512f"))) inline __m512 Load16(const void* w, int i) {
   if constexpr (kW == W::kF32) return _mm512_loadu_ps(static_cast<const float*>(w) + i);
+  if constexpr (kW == W::kQ8 || kW == W::kQ4) {
+    const QRow& r = *static_cast<const QRow*>(w);
+    __m512i c;
+    if constexpr (kW == W::kQ8) {
+      c = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r.codes + i)));
+    } else {  // i a multiple of 16: a block's low or high nibbles
+      c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r.codes + (i >> 5) * 16)));
+      c = (i & 16) ? _mm512_srli_epi32(c, 4) : _mm512_and_si512(c, _mm512_set1_epi32(15));
+    }
+    const int g = i >> r.shift;
+    return _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(c), _mm512_set1_ps(r.zeros[g])),
+                         _mm512_set1_ps(r.scales[g]));
+  }
   const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(w) + i));
   if constexpr (kW == W::kBf16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
   return _mm512_cvtph_ps(h);
@@ -289,8 +344,11 @@ Blocks BlocksOf(bool avx512) {
   return {{DotBlockAvx2<kW, 1, 1>, DotBlockAvx2<kW, 1, 1>}};  // mx is 1 (16 ymm registers)
 }
 
-Blocks BlocksFor(LinearIsa isa, DType t) {
+Blocks BlocksFor(LinearIsa isa, const MatrixView& w) {
   const bool wide = isa == LinearIsa::kAvx512;
+  const DType t = w.dtype;
+  if (w.quant == QuantKind::kInt8) return BlocksOf<W::kQ8>(wide);
+  if (w.quant == QuantKind::kInt4) return BlocksOf<W::kQ4>(wide);
   if (t == DType::kBF16) return BlocksOf<W::kBf16>(wide);
   if (t == DType::kF16) return BlocksOf<W::kF16>(wide);
   return BlocksOf<W::kF32>(wide);
@@ -346,12 +404,27 @@ float* AlignedFloats(std::vector<float>& v, size_t n) {
   return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t{63});
 }
 
+// Row `row` of a quantized matrix as floats: WeightAt's, and the vector
+// loads', bit for bit.
+template <W kW>
+void DequantizeRowOf(const MatrixView& w, int row, float* out) {
+  const QRow r = QRowOf(w, row);
+  for (int c = 0; c < w.cols; ++c) out[c] = WeightAt<kW>(&r, c);
+}
+
+void DequantizeRow(const MatrixView& w, int row, float* out) {
+  if (w.quant == QuantKind::kInt8) return DequantizeRowOf<W::kQ8>(w, row, out);
+  DequantizeRowOf<W::kQ4>(w, row, out);
+}
+
 // Linear for more than kDirectMaxRows input rows with vector kernels.
 void LinearWide(const float* x, int m, const MatrixView& w, const float* bias, float* y, ThreadPool* pool,
                 LinearIsa isa) {
   const int n = w.rows, k = w.cols;
-  const PassBlocks& kernels = PassBlocksFor(isa, w.dtype);
-  const size_t elem = DTypeSize(w.dtype);
+  // Quantized weights are widened to a float panel first (decode widens
+  // them in registers; the floats are the same).
+  const PassBlocks& kernels = PassBlocksFor(isa, w.quantized() ? DType::kF32 : w.dtype);
+  const size_t row_bytes = w.row_bytes();
   // Input rows start on cache lines (a copy where they do not, once: each
   // row meets every weight row).
   size_t x_stride = k;
@@ -363,10 +436,18 @@ void LinearWide(const float* x, int m, const MatrixView& w, const float* bias, f
     x = copy;
   }
   auto run = [&](int64_t panel_begin, int64_t panel_end) {
+    thread_local std::vector<float> scratch;
+    float* widened = w.quantized() ? AlignedFloats(scratch, static_cast<size_t>(kPanelRows) * k) : nullptr;
     for (int64_t p = panel_begin; p < panel_end; ++p) {
       const int r0 = static_cast<int>(p * kPanelRows);
       const int rows = std::min(kPanelRows, n - r0);
-      const char* panel = static_cast<const char*>(w.data) + static_cast<size_t>(r0) * k * elem;
+      const char* panel = static_cast<const char*>(w.data) + static_cast<size_t>(r0) * row_bytes;
+      size_t stride = row_bytes;
+      if (widened != nullptr) {
+        for (int r = 0; r < rows; ++r) DequantizeRow(w, r0 + r, widened + static_cast<size_t>(r) * k);
+        panel = reinterpret_cast<const char*>(widened);
+        stride = static_cast<size_t>(k) * sizeof(float);
+      }
       for (int i = 0; i < m; i += kernels.mx) {
         const int bx = std::min(kernels.mx, m - i);
         const float* xs[kPassMaxMx];
@@ -374,7 +455,7 @@ void LinearWide(const float* x, int m, const MatrixView& w, const float* bias, f
         for (int r = 0; r < rows; r += kernels.mr) {
           const int br = std::min(kernels.mr, rows - r);
           const void* ws[kPassMaxMr];
-          for (int b = 0; b < br; ++b) ws[b] = panel + static_cast<size_t>(r + b) * k * elem;
+          for (int b = 0; b < br; ++b) ws[b] = panel + static_cast<size_t>(r + b) * stride;
           float block[kPassMaxMx * kPassMaxMr];
           kernels.fn[bx - 1][br - 1](xs, ws, k, block);
           for (int a = 0; a < bx; ++a) {
@@ -429,8 +510,8 @@ void Linear(const float* x, int m, const MatrixView& w, const float* bias, float
   if (isa > BestLinearIsa()) isa = BestLinearIsa();
   const bool vector = isa != LinearIsa::kPortable;
   if (vector && m > kDirectMaxRows) return LinearWide(x, m, w, bias, y, pool, isa);
-  const Blocks blocks = vector ? BlocksFor(isa, w.dtype) : Blocks{};
-  const size_t elem = DTypeSize(w.dtype);
+  const Blocks blocks = vector ? BlocksFor(isa, w) : Blocks{};
+  const size_t row_bytes = w.row_bytes();
   auto run = [&](int64_t tile_begin, int64_t tile_end) {
     thread_local std::vector<float> scratch;
     if (w.dtype != DType::kF32) scratch.resize(static_cast<size_t>(kRowTile) * k);
@@ -438,17 +519,18 @@ void Linear(const float* x, int m, const MatrixView& w, const float* bias, float
     for (int64_t t = tile_begin; t < tile_end; ++t) {
       const int r0 = static_cast<int>(t * kRowTile);
       const int rows = std::min(kRowTile, n - r0);
-      const char* src = static_cast<const char*>(w.data) + static_cast<size_t>(r0) * k * elem;
+      const char* src = static_cast<const char*>(w.data) + static_cast<size_t>(r0) * row_bytes;
       if (vector) {
         // Few input rows read the weights as they are, a row at a time: a
         // weight matrix is one stream.
-        const size_t row_bytes = static_cast<size_t>(k) * elem;
         const int mx = isa == LinearIsa::kAvx512 ? 2 : 1;
+        QRow qrows[kRowTile];
+        for (int r = 0; r < rows && w.quantized(); ++r) qrows[r] = QRowOf(w, r0 + r);
         for (int i = 0; i < m; i += mx) {
           const int bx = std::min(mx, m - i);
           const float* xs[2] = {x + static_cast<size_t>(i) * k, x + static_cast<size_t>(i + bx - 1) * k};
           for (int r = 0; r < rows; ++r) {
-            const void* ws[1] = {src + r * row_bytes};
+            const void* ws[1] = {w.quantized() ? static_cast<const void*>(&qrows[r]) : src + r * row_bytes};
             float block[2];
             blocks.fn[bx - 1](xs, ws, k, block);
             for (int a = 0; a < bx; ++a) {
@@ -459,7 +541,10 @@ void Linear(const float* x, int m, const MatrixView& w, const float* bias, float
         continue;
       }
       const float* wt = reinterpret_cast<const float*>(src);
-      if (w.dtype != DType::kF32) {
+      if (w.quantized()) {
+        for (int r = 0; r < rows; ++r) DequantizeRow(w, r0 + r, scratch.data() + static_cast<size_t>(r) * k);
+        wt = scratch.data();
+      } else if (w.dtype != DType::kF32) {
         ToF32Portable(w.dtype, src, rows * k, scratch.data());
         wt = scratch.data();
       }
@@ -481,8 +566,8 @@ void Linear(const float* x, int m, const MatrixView& w, const float* bias, float
 }
 
 void GatherRow(const MatrixView& w, int row, float* out) {
-  const char* src = static_cast<const char*>(w.data) +
-                    static_cast<size_t>(row) * w.cols * DTypeSize(w.dtype);
+  if (w.quantized()) return DequantizeRow(w, row, out);
+  const char* src = static_cast<const char*>(w.data) + static_cast<size_t>(row) * w.row_bytes();
   ConvertToF32(w.dtype, src, w.cols, out);
 }
 

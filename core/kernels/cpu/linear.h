@@ -13,7 +13,8 @@ enum class LinearIsa { kPortable, kAvx2, kAvx512 };
 LinearIsa BestLinearIsa();
 
 // y[m, w.rows] = x[m, w.cols] * w^T (+ bias[w.rows] when not null).
-// Weights may be F32, F16 or BF16; arithmetic is fp32 with fp32
+// Weights may be F32, F16, BF16, or int8 / int4 codes (MatrixView::quant:
+// each weight (code - zero) * scale in fp32); arithmetic is fp32 with fp32
 // accumulation. `x` and `y` must not overlap. `pool` may be null.
 // Uses the widest kernels the CPU runs (BestLinearIsa): AVX-512 for few
 // rows of 16-bit weights (decode), AVX2/FMA, or a portable loop.
@@ -23,7 +24,8 @@ void Linear(const float* x, int m, const MatrixView& w, const float* bias, float
 void Linear(const float* x, int m, const MatrixView& w, const float* bias, float* y, ThreadPool* pool,
             LinearIsa isa);
 
-// Copies row `row` of `w` to `out` as floats (embedding lookup).
+// Copies row `row` of `w` to `out` as floats (embedding lookup), a
+// quantized row as the kernels see it.
 void GatherRow(const MatrixView& w, int row, float* out);
 
 }  // namespace moemesh

@@ -1,0 +1,116 @@
+#include "core/quant/quantize.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+namespace moemesh {
+
+absl::StatusOr<QuantSpec> ParseQuantSpec(absl::string_view text) {
+  const std::vector<absl::string_view> parts = absl::StrSplit(text, ':');
+  QuantSpec spec;
+  auto bad = [&] {
+    return absl::InvalidArgumentError(absl::StrCat("quantization \"", text,
+                                                   "\": use none, int8, int4, int4:G or int4:G:asym (G: 32, 64 "
+                                                   "or 128 columns a scale)"));
+  };
+  if (parts[0] == "none" || parts[0].empty()) return parts.size() == 1 ? absl::StatusOr<QuantSpec>(spec) : bad();
+  if (parts[0] == "int8") {
+    if (parts.size() != 1) return bad();
+    spec.kind = QuantKind::kInt8;
+    return spec;
+  }
+  if (parts[0] != "int4" || parts.size() > 3) return bad();
+  spec.kind = QuantKind::kInt4;
+  spec.group = 128;
+  if (parts.size() >= 2 && (!absl::SimpleAtoi(parts[1], &spec.group) ||
+                            (spec.group != 32 && spec.group != 64 && spec.group != 128))) {
+    return bad();
+  }
+  if (parts.size() == 3) {
+    if (parts[2] != "asym" && parts[2] != "sym") return bad();
+    spec.symmetric = parts[2] == "sym";
+  }
+  return spec;
+}
+
+std::string QuantSpecName(const QuantSpec& spec) {
+  switch (spec.kind) {
+    case QuantKind::kNone:
+      return "none";
+    case QuantKind::kInt8:
+      return "int8";
+    case QuantKind::kInt4:
+      return absl::StrCat("int4:", spec.group, spec.symmetric ? "" : ":asym");
+  }
+  return "none";
+}
+
+absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> Quantize(const MatrixView& w, const QuantSpec& spec) {
+  if (w.quantized() || (w.dtype != DType::kF32 && w.dtype != DType::kF16 && w.dtype != DType::kBF16)) {
+    return absl::InvalidArgumentError(absl::StrCat("only F32, F16 or BF16 weights are quantized, not ",
+                                                   w.quantized() ? "quantized ones" : DTypeName(w.dtype)));
+  }
+  if (spec.kind == QuantKind::kNone) return absl::InvalidArgumentError("no quantization asked for");
+  if (spec.kind == QuantKind::kInt4 && (spec.group < 32 || (spec.group & (spec.group - 1)) != 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("int4 groups of ", spec.group, " columns: 32, 64 or 128"));
+  }
+  auto q = std::shared_ptr<QuantizedMatrix>(new QuantizedMatrix);
+  MatrixView& v = q->view_;
+  v = MatrixView{DType::kI8, w.rows, w.cols, nullptr};
+  v.quant = spec.kind;
+  v.group = spec.kind == QuantKind::kInt8 ? std::max(w.cols, 1) : spec.group;
+  const int groups = v.groups(), cols = w.cols;
+  q->codes_.assign(static_cast<size_t>(w.rows) * v.row_bytes(), 0);
+  q->scales_.assign(static_cast<size_t>(w.rows) * groups, 0.f);
+  q->zeros_.assign(static_cast<size_t>(w.rows) * groups, 0.f);
+  std::vector<float> row(cols);
+  const size_t elem = DTypeSize(w.dtype);
+  for (int r = 0; r < w.rows; ++r) {
+    ConvertToF32(w.dtype, static_cast<const char*>(w.data) + static_cast<size_t>(r) * cols * elem, cols, row.data());
+    for (int c = 0; c < cols; ++c) {
+      if (!std::isfinite(row[c])) {
+        return absl::InvalidArgumentError(absl::StrCat("weight (", r, ", ", c, ") is ", row[c], ": not quantized"));
+      }
+    }
+    uint8_t* codes = q->codes_.data() + static_cast<size_t>(r) * v.row_bytes();
+    for (int g = 0; g < groups; ++g) {
+      const int c0 = g * v.group, c1 = std::min(cols, c0 + v.group);
+      float lo = 0, hi = 0;  // the range holds zero (as GPTQ's)
+      for (int c = c0; c < c1; ++c) lo = std::min(lo, row[c]), hi = std::max(hi, row[c]);
+      float scale = 0, zero = 0;
+      int qmin = 0, qmax = 15;
+      if (spec.kind == QuantKind::kInt8) {
+        scale = std::max(-lo, hi) / 127.f;
+        qmin = -127, qmax = 127;
+      } else if (spec.symmetric) {
+        scale = std::max(-lo, hi) / 7.f;
+        zero = 8;
+      } else {
+        scale = hi / 15.f - lo / 15.f;  // (hi - lo) / 15 may overflow where they are near float's range
+        zero = scale > 0 ? std::clamp(std::nearbyint(-lo / scale), 0.f, 15.f) : 0.f;
+      }
+      q->scales_[static_cast<size_t>(r) * groups + g] = scale;
+      q->zeros_[static_cast<size_t>(r) * groups + g] = zero;
+      for (int c = c0; c < c1; ++c) {
+        const float code = scale > 0 ? std::nearbyint(row[c] / scale) + zero : zero;
+        const int k = static_cast<int>(std::clamp(code, static_cast<float>(qmin), static_cast<float>(qmax)));
+        if (spec.kind == QuantKind::kInt8) {
+          codes[c] = static_cast<uint8_t>(static_cast<int8_t>(k));
+        } else {
+          const int block = c / 32, j = c % 32;
+          codes[block * 16 + j % 16] |= static_cast<uint8_t>(j < 16 ? k : k << 4);
+        }
+      }
+    }
+  }
+  v.data = q->codes_.data();
+  v.scales = q->scales_.data();
+  v.zeros = q->zeros_.data();
+  return std::shared_ptr<const QuantizedMatrix>(std::move(q));
+}
+
+}  // namespace moemesh

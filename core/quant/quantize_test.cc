@@ -1,0 +1,152 @@
+#include "core/quant/quantize.h"
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <tuple>
+#include <vector>
+
+#include "core/kernels/cpu/linear.h"
+#include "core/tensor/thread_pool.h"
+#include "gtest/gtest.h"
+
+namespace moemesh {
+namespace {
+
+std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> d(0, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(g);
+  return v;
+}
+
+std::vector<QuantSpec> Specs() {
+  std::vector<QuantSpec> specs;
+  for (const char* s : {"int8", "int4:32", "int4:64", "int4:128", "int4:32:asym", "int4:64:asym", "int4:128:asym"}) {
+    specs.push_back(*ParseQuantSpec(s));
+  }
+  return specs;
+}
+
+TEST(QuantSpecTest, ParsesWhatItNamesAndRefusesTheRest) {
+  for (const char* s : {"none", "int8", "int4:128", "int4:32", "int4:64:asym"}) {
+    auto spec = ParseQuantSpec(s);
+    ASSERT_TRUE(spec.ok()) << s << ": " << spec.status();
+    EXPECT_EQ(QuantSpecName(*spec), s);
+  }
+  EXPECT_EQ(QuantSpecName(*ParseQuantSpec("int4")), "int4:128");
+  EXPECT_EQ(QuantSpecName(*ParseQuantSpec("int4:64:sym")), "int4:64");
+  EXPECT_EQ(QuantSpecName(*ParseQuantSpec("")), "none");
+  for (const char* s : {"int3", "int4:48", "int4:16", "int8:32", "int4:64:zero", "fp8", "int4:x", "none:1"}) {
+    auto spec = ParseQuantSpec(s);
+    EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument) << s;
+    if (!spec.ok()) {
+      EXPECT_NE(spec.status().message().find("int4:G:asym"), absl::string_view::npos);
+    }
+  }
+}
+
+// Every weight comes back within half a step of its group (a step is the
+// scale), the groups' zero points are integers in range, and a row of
+// zeros stays zeros.
+TEST(QuantizeTest, RoundTripsWithinHalfAStep) {
+  for (const QuantSpec& spec : Specs()) {
+    for (auto [rows, cols] : {std::pair{3, 13}, {5, 48}, {2, 257}, {4, 320}}) {
+      std::vector<float> w = Random(static_cast<size_t>(rows) * cols, 11);
+      std::fill(w.begin(), w.begin() + cols, 0.f);  // row 0: zeros
+      if (!spec.symmetric) {
+        for (int c = 0; c < cols; ++c) w[cols + c] = std::fabs(w[cols + c]) + 1;  // row 1: all positive
+      }
+      auto q = Quantize(MatrixView{DType::kF32, rows, cols, w.data()}, spec);
+      ASSERT_TRUE(q.ok()) << q.status();
+      const MatrixView& v = (*q)->view();
+      EXPECT_EQ(v.quant, spec.kind);
+      std::vector<float> back(cols);
+      for (int r = 0; r < rows; ++r) {
+        GatherRow(v, r, back.data());
+        for (int c = 0; c < cols; ++c) {
+          const int g = c / v.group;
+          const float scale = v.scales[r * v.groups() + g], zero = v.zeros[r * v.groups() + g];
+          EXPECT_EQ(zero, std::nearbyint(zero));
+          EXPECT_GE(zero, 0);
+          EXPECT_LE(zero, 15);
+          if (r == 0) {
+            ASSERT_EQ(back[c], 0.f) << QuantSpecName(spec);
+            continue;
+          }
+          ASSERT_LE(std::fabs(back[c] - w[r * cols + c]), 0.5f * scale * (1 + 1e-5f) + 1e-7f)
+              << QuantSpecName(spec) << " " << rows << "x" << cols << " at " << r << "," << c;
+        }
+      }
+    }
+  }
+}
+
+TEST(QuantizeTest, ExtremeAndBadWeights) {
+  // Weights near float's range keep finite scales and come back close.
+  std::vector<float> big = {3e38f, -3e38f, 1e-30f, 0.f, 2e38f, -1e38f, 5.f, 7.f};
+  for (const QuantSpec& spec : Specs()) {
+    auto q = Quantize(MatrixView{DType::kF32, 1, 8, big.data()}, spec);
+    ASSERT_TRUE(q.ok()) << q.status();
+    std::vector<float> back(8);
+    GatherRow((*q)->view(), 0, back.data());
+    EXPECT_TRUE(std::isfinite((*q)->view().scales[0]));
+    EXPECT_NEAR(back[0] / 3e38f, 1.0f, 0.15f) << QuantSpecName(spec);
+  }
+  std::vector<float> nan = {1.f, std::numeric_limits<float>::quiet_NaN()}, inf = {std::numeric_limits<float>::infinity(), 0};
+  for (auto* w : {&nan, &inf}) {
+    auto q = Quantize(MatrixView{DType::kF32, 1, 2, w->data()}, *ParseQuantSpec("int8"));
+    EXPECT_EQ(q.status().code(), absl::StatusCode::kInvalidArgument);
+  }
+  std::vector<int8_t> codes(4);
+  EXPECT_EQ(Quantize(MatrixView{DType::kI8, 2, 2, codes.data()}, *ParseQuantSpec("int8")).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// Linear with quantized weights against a double-precision product with the
+// weights as GatherRow gives them, for every kernel variant, odd sizes
+// (scalar tails, partial groups and blocks) and batch widths; and every
+// batch width gives each row exactly what it gives alone.
+TEST(QuantizedLinearTest, MatchesTheDequantizedProductAndDoesNotDependOnTheBatch) {
+  ThreadPool pool(2);
+  for (const QuantSpec& spec : Specs()) {
+    for (auto [n, k] : {std::pair{7, 13}, {33, 48}, {17, 257}, {20, 320}}) {
+      std::vector<float> wf = Random(static_cast<size_t>(n) * k, 21), bias = Random(n, 22);
+      auto q = Quantize(MatrixView{DType::kF32, n, k, wf.data()}, spec);
+      ASSERT_TRUE(q.ok()) << q.status();
+      const MatrixView& w = (*q)->view();
+      std::vector<float> wr(static_cast<size_t>(n) * k);
+      for (int r = 0; r < n; ++r) GatherRow(w, r, wr.data() + static_cast<size_t>(r) * k);
+      const int max_m = 11;
+      std::vector<float> x = Random(static_cast<size_t>(max_m) * k, 23);
+      for (int v = 0; v <= static_cast<int>(BestLinearIsa()); ++v) {
+        const LinearIsa isa = static_cast<LinearIsa>(v);
+        std::vector<float> alone(static_cast<size_t>(max_m) * n);
+        for (int i = 0; i < max_m; ++i) {
+          Linear(x.data() + static_cast<size_t>(i) * k, 1, w, bias.data(), alone.data() + static_cast<size_t>(i) * n,
+                 nullptr, isa);
+        }
+        for (int i = 0; i < max_m; ++i) {
+          for (int j = 0; j < n; ++j) {
+            double ref = bias[j];
+            for (int d = 0; d < k; ++d) ref += static_cast<double>(x[i * k + d]) * wr[j * k + d];
+            ASSERT_NEAR(alone[i * n + j], ref, 1e-4 * (1 + std::fabs(ref)))
+                << QuantSpecName(spec) << " n=" << n << " k=" << k << " isa " << v;
+          }
+        }
+        for (int m : {2, 3, 4, 5, 9, 11}) {
+          std::vector<float> y(static_cast<size_t>(m) * n);
+          Linear(x.data(), m, w, bias.data(), y.data(), &pool, isa);
+          for (size_t j = 0; j < y.size(); ++j) {
+            ASSERT_EQ(y[j], alone[j]) << QuantSpecName(spec) << " isa " << v << " m=" << m << " n=" << n
+                                      << " k=" << k << " at " << j;
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace moemesh
