@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <functional>
 #include <chrono>
 #include <filesystem>
@@ -216,9 +217,12 @@ v1::GenerateRequest IdsRequest(const std::vector<int>& ids, int max_tokens) {
   return r;
 }
 
-std::vector<int> SingleProcessTokens(const std::string& model, const std::string& ids, int n) {
-  auto [out, rc] = RunCommand({g_moemesh, "generate", "--model", model, "--prompt-ids", ids, "--max-new-tokens",
-                        std::to_string(n), "--temperature", "0", "--output", "json"});
+std::vector<int> SingleProcessTokens(const std::string& model, const std::string& ids, int n,
+                                     const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> argv = {g_moemesh, "generate", "--model", model, "--prompt-ids", ids, "--max-new-tokens",
+                                   std::to_string(n), "--temperature", "0", "--output", "json"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  auto [out, rc] = RunCommand(argv);
   EXPECT_EQ(rc, 0);
   auto j = nlohmann::json::parse(out, nullptr, false);
   if (j.is_discarded()) return {};
@@ -263,6 +267,30 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, MeshTest,
                                             ::testing::Values(1, 2)),
                          [](const auto& info) {
                            return std::get<0>(info.param) + "_" + std::to_string(std::get<1>(info.param)) + "_shards";
+                         });
+
+class MeshQuantizedTest : public ::testing::TestWithParam<std::tuple<std::string, int>> {};
+
+// Experts quantized at load (moemesh up --quantize) on the workers, or in the
+// router without shards, give the tokens of the one process quantized alike.
+TEST_P(MeshQuantizedTest, GreedyTokensEqualSingleProcessQuantizedAlike) {
+  const auto& [spec, shards] = GetParam();
+  const std::string model = "tests/fixtures/deepseek_v3";
+  std::vector<int> want = SingleProcessTokens(model, "5,17,300,42,7,99,3,250", 10, {"--quantize=" + spec});
+  ASSERT_EQ(want.size(), 10u);
+  Mesh mesh(model, shards, 1, 1, {"--quantize=" + spec});
+  ASSERT_TRUE(mesh.ok());
+  Answer a = Generate(mesh.gateway(), IdsRequest({5, 17, 300, 42, 7, 99, 3, 250}, 10));
+  ASSERT_TRUE(a.status.ok()) << a.status.error_message();
+  EXPECT_EQ(a.ids, want) << spec << ", " << shards << " shards";
+}
+
+INSTANTIATE_TEST_SUITE_P(Specs, MeshQuantizedTest,
+                         ::testing::Combine(::testing::Values("int8", "int4:32:asym"), ::testing::Values(0, 2)),
+                         [](const auto& info) {
+                           std::string name = std::get<0>(info.param) + "_" + std::to_string(std::get<1>(info.param));
+                           for (char& c : name) c = std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+                           return name + "_shards";
                          });
 
 // A session whose home router dies continues on the other router: the

@@ -43,6 +43,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
   MM_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(model_dir));
   WeightLoadOptions load;
   if (experts) load.load_expert = [](int, int) { return false; };
+  load.quantize_experts = options.quantize_experts;
   MM_ASSIGN_OR_RETURN(ModelWeights w, LoadWeights(std::move(ckpt), config, load));
   std::unique_ptr<Engine> e(new Engine);
   e->options_ = options;

@@ -14,6 +14,7 @@
 #include "core/engine/sampler.h"
 #include "core/kv/block_hash.h"
 #include "core/model/config.h"
+#include "core/quant/quantize.h"
 
 namespace moemesh {
 
@@ -44,6 +45,9 @@ struct EngineOptions {
   // CPU, on the engine's threads. A GPU device on the forward pass's GPU
   // takes the rows in device memory (docs/ARCHITECTURE.md, "Expert compute").
   ExpertDeviceFactory expert_device;
+  // Routed experts in this process quantized as they load (none: as
+  // stored); the CPU's kernels take them (core/quant/quantize.h).
+  QuantSpec quantize_experts;
 
   absl::Status Validate() const;
 };

@@ -1,7 +1,9 @@
 #include "core/engine/engine.h"
 
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 
 #include "core/common/file_util.h"
 #include "core/experts/local_expert_executor.h"
@@ -9,6 +11,8 @@
 #include "core/engine/cpu_forward_pass.h"
 #include "core/model/safetensors.h"
 #include "core/model/weights.h"
+#include "core/quant/quantize.h"
+#include "core/tensor/rel_error.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
@@ -219,6 +223,32 @@ TEST(EngineTest, LegacyRopeSpellingGivesSameLogits) {
   auto b = MakeEngine(dst)->Score(kPrompt);
   ASSERT_TRUE(a.ok() && b.ok());
   EXPECT_EQ(*a, *b);
+}
+
+// Experts quantized at load: the logits stay near the stored weights' (int8
+// nearer than int4), moving from them all the same, for each architecture
+// (partial int4 groups where a fixture's widths are not multiples of 32).
+TEST(EngineTest, QuantizedExpertsStayNearTheStoredOnes) {
+  for (const char* dir : {"tests/fixtures/mixtral", "tests/fixtures/qwen2_moe", "tests/fixtures/deepseek_v3",
+                          "models/fortune-moe"}) {
+    auto stored = MakeEngine(dir)->Score(kPrompt);
+    ASSERT_TRUE(stored.ok()) << stored.status();
+    std::map<std::string, double> err;
+    for (const char* spec : {"int8", "int4:32", "int4:32:asym", "int4:128"}) {
+      EngineOptions o;
+      o.quantize_experts = *ParseQuantSpec(spec);
+      auto e = MakeEngine(dir, o);
+      ASSERT_NE(e, nullptr) << dir << " " << spec;
+      auto got = e->Score(kPrompt);
+      ASSERT_TRUE(got.ok()) << got.status();
+      err[spec] = RelError(*got, *stored);
+      std::printf("%s, %s experts: logits within %.2e of the stored weights'\n", dir, spec, err[spec]);
+      EXPECT_GT(err[spec], 0) << dir << " " << spec << ": quantizing changed nothing";
+    }
+    EXPECT_LT(err["int8"], 0.02) << dir;
+    EXPECT_LT(err["int4:32:asym"], 0.25) << dir;
+    EXPECT_LT(err["int8"], err["int4:32"]) << dir;
+  }
 }
 
 }  // namespace

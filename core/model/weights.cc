@@ -154,6 +154,18 @@ class Loader {
       for (int e = 0; e < c_.num_experts; ++e) {
         if (opt.load_expert && !opt.load_expert(i, e)) continue;
         MM_ASSIGN_OR_RETURN(FfnWeights f, Expert(moe_prefix, e));
+        if (opt.quantize_experts.kind != QuantKind::kNone) {
+          for (auto [m, name] : {std::pair{&f.gate, "gate"}, {&f.up, "up"}, {&f.down, "down"}}) {
+            auto q = Quantize(*m, opt.quantize_experts);
+            if (!q.ok()) {
+              return absl::InvalidArgumentError(absl::StrCat("quantizing layer ", i, " expert ", e, "'s ", name,
+                                                             " projection to ", QuantSpecName(opt.quantize_experts),
+                                                             ": ", q.status().message()));
+            }
+            *m = (*q)->view();
+            mw->quantized.push_back(std::move(*q));
+          }
+        }
         mw->experts.Add(i, e, f);
       }
     }

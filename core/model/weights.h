@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "core/model/config.h"
 #include "core/model/safetensors.h"
+#include "core/quant/quantize.h"
 #include "core/tensor/matrix_view.h"
 
 namespace moemesh {
@@ -76,6 +77,8 @@ struct ModelWeights {
   std::vector<float> final_norm;
   std::vector<LayerWeights> layers;  // empty when load_dense was false
   ExpertWeightsTable experts;
+  // What quantized weights' views point into (WeightLoadOptions::quantize_experts).
+  std::vector<std::shared_ptr<const QuantizedMatrix>> quantized;
 };
 
 struct WeightLoadOptions {
@@ -83,6 +86,8 @@ struct WeightLoadOptions {
   bool load_dense = true;
   // Which routed experts to map; null loads all.
   std::function<bool(int layer, int expert)> load_expert;
+  // Routed experts quantized as they load (kind kNone: as stored).
+  QuantSpec quantize_experts;
 };
 
 // Maps the checkpoint's tensors (hub names of each architecture) and checks

@@ -29,6 +29,7 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const Options
   WeightLoadOptions load;
   load.load_dense = false;  // experts only: attention and the rest live on the router
   load.load_expert = [&](int layer, int expert) { return placement.Holds(options.shard_index, layer, expert); };
+  load.quantize_experts = options.quantize;
   MM_ASSIGN_OR_RETURN(ModelWeights weights, LoadWeights(std::move(ckpt), config, load));
   std::unique_ptr<ExpertWorker> w(new ExpertWorker);
   w->options_ = resolved;

@@ -32,6 +32,8 @@ class ExpertWorker {
     int threads = 1;
     // Empty: the CPU kernels with `threads` threads; else e.g. a GPU.
     ExpertDeviceFactory device;
+    // The experts quantized as they load (none: as stored; the CPU only).
+    QuantSpec quantize;
   };
   static absl::StatusOr<std::unique_ptr<ExpertWorker>> Create(const Options& options);
   ~ExpertWorker();

@@ -7,7 +7,9 @@
 #include <string>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
 #include "core/metrics/gpu_collector.h"
+#include "core/quant/quantize.h"
 #include "prometheus/registry.h"
 #include "services/common/device_flag.h"
 #include "services/common/frame_socket.h"
@@ -28,6 +30,9 @@ ABSL_FLAG(std::string, placement, "", "placement file (JSON) saying which expert
 ABSL_FLAG(int, data_port, 0, "port of the raw data channel for Dispatch (0 picks a free one, -1 offers none)");
 ABSL_FLAG(int, threads, 1, "CPU threads for the expert kernels");
 ABSL_FLAG(std::string, device, "cpu", "where the experts run: cpu, or cuda[:N] (GPU N, default 0)");
+ABSL_FLAG(std::string, quantize, "none",
+          "quantize the experts as they load: none, int8 (a scale a row), int4 (groups of 128), int4:G or "
+          "int4:G:asym (G 32, 64 or 128); the CPU only");
 ABSL_FLAG(int, gpu_lanes, 2, "with --device cuda: requests that run on the GPU side by side");
 ABSL_FLAG(int, gpu_chunk_rows, 256, "with --device cuda: rows per pipelined chunk of a request");
 ABSL_FLAG(int, fault_delay_ms, 0,
@@ -42,6 +47,7 @@ namespace {
 struct Options {
   ExpertWorker::Options worker;  // the device is set from `device`
   std::string device;
+  std::string quantize;
   int gpu_lanes = 0, gpu_chunk_rows = 0;
   int data_port = 0;  // -1: no raw data channel
   bool cuda_ipc = true;
@@ -55,6 +61,7 @@ struct Options {
     o.worker.placement_file = absl::GetFlag(FLAGS_placement);
     o.worker.threads = absl::GetFlag(FLAGS_threads);
     o.device = absl::GetFlag(FLAGS_device);
+    o.quantize = absl::GetFlag(FLAGS_quantize);
     o.gpu_lanes = absl::GetFlag(FLAGS_gpu_lanes);
     o.gpu_chunk_rows = absl::GetFlag(FLAGS_gpu_chunk_rows);
     o.data_port = absl::GetFlag(FLAGS_data_port);
@@ -73,6 +80,12 @@ struct Options {
     }
 #endif
     if (worker.model_dir.empty()) return absl::InvalidArgumentError("--model DIR is required");
+    absl::StatusOr<QuantSpec> quant = ParseQuantSpec(quantize);
+    if (!quant.ok()) return absl::InvalidArgumentError(absl::StrCat("--quantize: ", quant.status().message()));
+    if (quant->kind != QuantKind::kNone && *gpu >= 0) {
+      return absl::InvalidArgumentError("--quantize " + quantize + " with --device " + device +
+                                        ": quantized experts run on the CPU for now");
+    }
     if (fault_delay_ms < 0) return absl::InvalidArgumentError("--fault-delay-ms must not be negative");
     return absl::OkStatus();
   }
@@ -89,6 +102,7 @@ int Main(int argc, char** argv) {
 
   const int gpu = options.gpu();  // the GPU in use (-1: none), for its metrics
   ExpertWorker::Options worker_options = options.worker;
+  worker_options.quantize = *ParseQuantSpec(options.quantize);  // checked by Validate
 #ifdef MOEMESH_WITH_CUDA
   if (gpu >= 0) {
     CudaExpertDevice::Options cuda;

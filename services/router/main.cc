@@ -10,12 +10,14 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "core/engine/engine.h"
 #include "core/engine/generation_loop.h"
 #include "core/engine/scheduler.h"
 #include "core/experts/placement.h"
 #include "core/kv/host_kv_tier.h"
+#include "core/quant/quantize.h"
 #ifdef MOEMESH_WITH_CUDA
 #include "core/engine/cuda/cuda_forward_pass.h"
 #include "core/experts/cuda/cuda_expert_device.h"
@@ -69,6 +71,9 @@ ABSL_FLAG(int, expert_eject_ms, 5000,
 ABSL_FLAG(int, expert_timeout_ms, 0,
           "give up an expert replica silent this long while its answer is awaited (stopped, wedged) and send the "
           "request to the shard's next replica; 0: wait forever");
+ABSL_FLAG(std::string, quantize, "none",
+          "without --experts: quantize the experts as they load: none, int8 (a scale a row), int4 (groups of 128), "
+          "int4:G or int4:G:asym (G 32, 64 or 128); the CPU only");
 ABSL_FLAG(int, micro_batches, 1,
           "2: split each step of several sequences into two micro-batches in ping-pong, so that one's attention "
           "runs while the other's experts are away on the workers (needs --experts; the CPU router for now); 1: "
@@ -119,6 +124,7 @@ struct Options {
   int experts_resolve_ms = 0;
   int expert_retry_tokens = 0;
   std::string device;
+  std::string quantize;
   bool enforce_eager = false;
   EngineOptions engine;  // threads, KV cache, prefill chunk; the devices are set from `device`
   int max_running = 0, max_waiting = 0, max_step_tokens = 0;
@@ -143,6 +149,8 @@ struct Options {
     o.experts_resolve_ms = absl::GetFlag(FLAGS_experts_resolve_ms);
     o.expert_retry_tokens = absl::GetFlag(FLAGS_expert_retry_tokens);
     o.device = absl::GetFlag(FLAGS_device);
+    o.quantize = absl::GetFlag(FLAGS_quantize);
+    if (absl::StatusOr<QuantSpec> q = ParseQuantSpec(o.quantize); q.ok()) o.engine.quantize_experts = *q;
     o.enforce_eager = absl::GetFlag(FLAGS_enforce_eager);
     o.engine.num_threads = absl::GetFlag(FLAGS_threads);
     o.engine.micro_batches = absl::GetFlag(FLAGS_micro_batches);
@@ -187,6 +195,13 @@ struct Options {
       return absl::InvalidArgumentError(
           "--expert-timeout-ms, --expert-eject-ms, --expert-hedge-ms and --expert-retry-tokens must not be negative");
     }
+    if (absl::StatusOr<QuantSpec> q = ParseQuantSpec(quantize); !q.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--quantize: ", q.status().message()));
+    }
+    if (engine.quantize_experts.kind != QuantKind::kNone && *gpu >= 0) {
+      return absl::InvalidArgumentError("--quantize " + quantize + " with --device " + device +
+                                        ": quantized experts run on the CPU for now");
+    }
     if (engine.micro_batches != 1 && engine.micro_batches != 2) {
       return absl::InvalidArgumentError("--micro-batches must be 1 or 2");
     }
@@ -206,6 +221,10 @@ struct Options {
     }
     // The expert workers' flags mean nothing without workers: say so rather
     // than ignore them.
+    if (!experts.empty() && engine.quantize_experts.kind != QuantKind::kNone) {
+      return absl::InvalidArgumentError("--quantize applies to experts in this process: the workers of --experts "
+                                        "take their own --quantize");
+    }
     if (experts.empty()) {
       for (const auto& [flag, set] : {std::pair<const char*, bool>{"--expert-transport", expert_transport != "auto"},
                                       {"--expert-rows", expert_rows != "auto"},

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "core/common/version.h"
+#include "core/quant/quantize.h"
 #include "nlohmann/json.hpp"
 #include "services/common/device_flag.h"
 #include "tools/moemesh/bench_serve.h"
@@ -79,6 +80,9 @@ ABSL_FLAG(bool, monitoring, false, "also start a local Prometheus (Debian's prom
 ABSL_FLAG(int, prometheus_port, 0, "with --monitoring: Prometheus's port; 0 picks a free one");
 ABSL_FLAG(int, scrape_interval_s, 5, "with --monitoring: scrape and rule evaluation interval in seconds");
 ABSL_FLAG(std::string, expert_device, "cpu", "where the expert workers compute: cpu, cuda or cuda:N");
+ABSL_FLAG(std::string, quantize, "none",
+          "quantize the routed experts as they load: none, int8 (a scale a row), int4 (groups of 128), int4:G or "
+          "int4:G:asym (G 32, 64 or 128); the CPU only");
 ABSL_FLAG(std::string, router_device, "cpu",
           "where the routers run attention, gating and the LM head: cpu, cuda or cuda:N");
 ABSL_FLAG(int, expert_replicas, 1, "replicas of each expert shard");
@@ -164,7 +168,7 @@ const std::vector<Command>& CliCommands() {
         {"frequency_penalty"}, {"seed"}};
     const std::vector<FlagUse> engine = {
         {"threads"},       {"device"},        {"kv_cache_tokens"}, {"prefill_chunk"}, {"gating_temperature"},
-        {"dynamic_k_min"}, {"dynamic_k_max"}, {"dynamic_k_p"}};
+        {"dynamic_k_min"}, {"dynamic_k_max"}, {"dynamic_k_p"},     {"quantize"}};
     const FlagUse model_required = {"model", "model directory: config.json, safetensors weights (required)"};
     const FlagUse target = {"target", "the gateway, HOST:PORT (required)"};
     const FlagUse timeout = {"timeout_ms"};
@@ -229,6 +233,7 @@ const std::vector<Command>& CliCommands() {
                      {"placement"},
                      {"expert_device"},
                      {"router_device"},
+                     {"quantize"},
                      {"host"},
                      {"port"},
                      {"http_port"},
@@ -375,6 +380,13 @@ absl::StatusOr<EngineOptions> EngineFlags() {
   e.gating.dynamic_k_p = absl::GetFlag(FLAGS_dynamic_k_p);
   absl::StatusOr<int> gpu = ParseDeviceFlag(absl::GetFlag(FLAGS_device));
   if (!gpu.ok()) return gpu.status();
+  absl::StatusOr<QuantSpec> quant = ParseQuantSpec(absl::GetFlag(FLAGS_quantize));
+  if (!quant.ok()) return absl::InvalidArgumentError(absl::StrCat("--quantize: ", quant.status().message()));
+  e.quantize_experts = *quant;
+  if (quant->kind != QuantKind::kNone && *gpu >= 0) {
+    return absl::InvalidArgumentError("--quantize with --device " + absl::GetFlag(FLAGS_device) +
+                                      ": quantized experts run on the CPU for now");
+  }
   if (*gpu >= 0) {
 #ifdef MOEMESH_WITH_CUDA
     e.forward_pass = CudaForwardPass::Factory(*gpu);
@@ -407,6 +419,7 @@ int UpMain() {
   cmd.expert_replicas = absl::GetFlag(FLAGS_expert_replicas);
   cmd.expert_device = absl::GetFlag(FLAGS_expert_device);
   cmd.router_device = absl::GetFlag(FLAGS_router_device);
+  cmd.quantize = absl::GetFlag(FLAGS_quantize);
   cmd.placement = absl::GetFlag(FLAGS_placement);
   cmd.monitoring = absl::GetFlag(FLAGS_monitoring);
   cmd.prometheus_port = absl::GetFlag(FLAGS_prometheus_port);

@@ -169,6 +169,10 @@ TEST(CliTest, BadInputExitsNonZeroWithOneLine) {
            {"score", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1"},
            {"frobnicate", "--model", "tests/fixtures/olmoe"},
            {"generate", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1", "--device", "tpu"},
+           {"generate", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1", "--quantize", "int4:48"},
+           {"generate", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1", "--quantize", "int8",
+            "--device", "cuda"},
+           {"up", "--quantize", "fp4"},
            {"generate", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1", "--top-k", "2", "--top-k", "3"},
        }) {
     int rc = RunCli(args, &out, &err);

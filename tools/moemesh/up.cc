@@ -16,6 +16,7 @@
 #include "core/common/subprocess.h"
 #include "core/experts/placement.h"
 #include "core/model/config.h"
+#include "core/quant/quantize.h"
 #include "services/common/device_flag.h"
 #include "tools/moemesh/monitoring.h"
 #include "tools/moemesh/progress.h"
@@ -177,6 +178,14 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
   if (cmd.micro_batches != 1 && (cmd.micro_batches != 2 || cmd.expert_shards == 0)) {
     return absl::InvalidArgumentError("--micro-batches must be 1, or 2 with --expert-shards > 0");
   }
+  // Checked here rather than by each service at start: one clear error.
+  if (absl::StatusOr<QuantSpec> q = ParseQuantSpec(cmd.quantize); !q.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--quantize: ", q.status().message()));
+  } else if (q->kind != QuantKind::kNone &&
+             ParseDeviceFlag(cmd.expert_shards > 0 ? cmd.expert_device : cmd.router_device).value_or(-1) >= 0) {
+    return absl::InvalidArgumentError("--quantize " + cmd.quantize + ": quantized experts run on the CPU for now (" +
+                                      (cmd.expert_shards > 0 ? "--expert-device" : "--router-device") + " cpu)");
+  }
   std::string model = cmd.model_dir.empty() ? FindDefaultModel() : cmd.model_dir;
   if (model.empty()) return absl::InvalidArgumentError("no --model DIR given and the demo model was not found");
   if (!fs::exists(fs::path(model) / "config.json")) {
@@ -262,6 +271,7 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
                         absl::StrCat("--num-shards=", num_shards), host, "--port=0", threads,
                         "--device=" + cmd.expert_device}});
       specs.back().argv.insert(specs.back().argv.end(), placement_flag.begin(), placement_flag.end());
+      if (cmd.quantize != "none") specs.back().argv.push_back("--quantize=" + cmd.quantize);
     }
   }
   if (!specs.empty() && st.ok()) {
@@ -292,6 +302,8 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
         if (cmd.expert_timeout_ms > 0) argv.push_back(absl::StrCat("--expert-timeout-ms=", cmd.expert_timeout_ms));
         if (cmd.expert_hedge_ms > 0) argv.push_back(absl::StrCat("--expert-hedge-ms=", cmd.expert_hedge_ms));
         if (cmd.micro_batches != 1) argv.push_back(absl::StrCat("--micro-batches=", cmd.micro_batches));
+      } else if (cmd.quantize != "none") {
+        argv.push_back("--quantize=" + cmd.quantize);  // the experts are the routers'
       }
       specs.push_back({absl::StrCat("router ", r), "router", argv});
     }

@@ -25,6 +25,7 @@ struct UpCommand {
   int threads = 1;            // per process
   std::string expert_device = "cpu";  // moemesh-expert --device: cpu, cuda, cuda:N
   std::string router_device = "cpu";  // moemesh-router --device: cpu, cuda, cuda:N
+  std::string quantize = "none";      // the experts' --quantize (workers', or the routers' with no shards)
   int kv_cache_tokens = 65536;  // per router
   int max_running = 64;         // per router
   int max_waiting = 256;        // per router
