@@ -32,6 +32,7 @@
 #include "core/engine/cpu_forward_pass.h"
 #include "core/model/safetensors.h"
 #include "core/model/weights.h"
+#include "core/quant/quantize.h"
 #include "core/tensor/thread_pool.h"
 #include "nlohmann/json.hpp"
 
@@ -178,16 +179,18 @@ double PrefillFlops(const ModelConfig& c, const ModelWeights& w, int n) {
 
 constexpr char kUsage[] =
     "usage: engine_bench [--threads 1,2] [--model DIR | --hidden N --layers N --experts N --top-k N\n"
-    "                    --expert-width N] [--decode-tokens 64] [--prefill-tokens 256]\n"
+    "                    --expert-width N] [--decode-tokens 64] [--prefill-tokens 256] [--quantize SPEC]\n"
     "Decode tok/s beside the read-bandwidth bound, and prefill GFLOP/s beside the FMA peak, for each\n"
     "thread count. Without --model, a random-weight Mixtral-style model (hidden 1024, 8 layers, 8 experts\n"
-    "of width 1408, top 2) is written once to /tmp/moemesh_bench_model.\n";
+    "of width 1408, top 2) is written once to /tmp/moemesh_bench_model. --quantize int8, int4[:G[:asym]]\n"
+    "quantizes the routed experts as they load; the bound then counts their quantized bytes.\n";
 
 int Main(int argc, char** argv) {
   Shape s;
   int decode_tokens = 64, prefill_tokens = 256;
   std::vector<int> thread_counts;
   std::string model_dir;
+  QuantSpec quantize;
   bool shape_flags = false;
   for (int i = 1; i < argc; ++i) {
     const std::string f = argv[i];
@@ -202,6 +205,15 @@ int Main(int argc, char** argv) {
     const std::string value = argv[++i];
     if (f == "--model") {
       model_dir = value;
+      continue;
+    }
+    if (f == "--quantize") {
+      absl::StatusOr<QuantSpec> q = ParseQuantSpec(value);
+      if (!q.ok()) {
+        std::fprintf(stderr, "engine_bench: --quantize: %s\n", std::string(q.status().message()).c_str());
+        return 2;
+      }
+      quantize = *q;
       continue;
     }
     if (f == "--threads") {
@@ -252,7 +264,9 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "engine_bench: %s\n", std::string(ckpt.status().message()).c_str());
     return 1;
   }
-  auto mw = LoadWeights(std::move(*ckpt), *config);
+  WeightLoadOptions load;
+  load.quantize_experts = quantize;
+  auto mw = LoadWeights(std::move(*ckpt), *config, load);
   if (!mw.ok()) {
     std::fprintf(stderr, "%s\n", std::string(mw.status().message()).c_str());
     return 1;
@@ -266,10 +280,12 @@ int Main(int argc, char** argv) {
       if (w != nullptr) total_bytes += w->gate.nbytes() + w->up.nbytes() + w->down.nbytes();
     }
   }
-  std::printf("model: %s (%s), hidden %d, %d layers, %d experts (width %d), top-%d, vocab %d, weights %.0f MB\n",
+  std::printf("model: %s (%s), hidden %d, %d layers, %d experts (width %d), top-%d, vocab %d, weights %.0f MB "
+              "(experts: %s)\n",
               dir.c_str(), std::string(ArchitectureName(config->arch)).c_str(), config->hidden_size,
               config->num_layers, config->num_experts, config->ExpertWidth(), config->num_experts_per_tok,
-              config->vocab_size, total_bytes / 1e6);
+              config->vocab_size, total_bytes / 1e6,
+              quantize.kind == QuantKind::kNone ? "as stored" : QuantSpecName(quantize).c_str());
   const double prefill_flops = PrefillFlops(*config, *weights, prefill_tokens);
   std::printf("%-8s %9s %11s %12s %11s %7s %13s %12s %10s %9s\n", "threads", "bw GB/s", "MB/token",
               "decode tok/s", "bound tok/s", "ratio", "prefill tok/s", "prefill GF/s", "peak GF/s", "of peak");

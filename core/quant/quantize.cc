@@ -66,7 +66,7 @@ absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> Quantize(const MatrixView
   const int groups = v.groups(), cols = w.cols;
   q->codes_.assign(static_cast<size_t>(w.rows) * v.row_bytes(), 0);
   q->scales_.assign(static_cast<size_t>(w.rows) * groups, 0.f);
-  q->zeros_.assign(static_cast<size_t>(w.rows) * groups, 0.f);
+  q->biases_.assign(static_cast<size_t>(w.rows) * groups, 0.f);
   std::vector<float> row(cols);
   const size_t elem = DTypeSize(w.dtype);
   for (int r = 0; r < w.rows; ++r) {
@@ -93,8 +93,13 @@ absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> Quantize(const MatrixView
         scale = hi / 15.f - lo / 15.f;  // (hi - lo) / 15 may overflow where they are near float's range
         zero = scale > 0 ? std::clamp(std::nearbyint(-lo / scale), 0.f, 15.f) : 0.f;
       }
+      if (!std::isfinite(zero * scale)) {  // |w| near float's limit: 8 steps of absmax / 7 overflow
+        return absl::InvalidArgumentError(absl::StrCat("row ", r, ", columns ", c0, "..", c1 - 1, ": weights up to ",
+                                                       std::max(-lo, hi), " overflow ", QuantSpecName(spec),
+                                                       "'s zero point; use int4:", spec.group, ":asym or int8"));
+      }
       q->scales_[static_cast<size_t>(r) * groups + g] = scale;
-      q->zeros_[static_cast<size_t>(r) * groups + g] = zero;
+      q->biases_[static_cast<size_t>(r) * groups + g] = -zero * scale;
       for (int c = c0; c < c1; ++c) {
         const float code = scale > 0 ? std::nearbyint(row[c] / scale) + zero : zero;
         const int k = static_cast<int>(std::clamp(code, static_cast<float>(qmin), static_cast<float>(qmax)));
@@ -109,7 +114,7 @@ absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> Quantize(const MatrixView
   }
   v.data = q->codes_.data();
   v.scales = q->scales_.data();
-  v.zeros = q->zeros_.data();
+  v.biases = q->biases_.data();
   return std::shared_ptr<const QuantizedMatrix>(std::move(q));
 }
 

@@ -25,7 +25,7 @@ absl::StatusOr<QuantSpec> ParseQuantSpec(absl::string_view text);
 // The spelling ParseQuantSpec takes back.
 std::string QuantSpecName(const QuantSpec& spec);
 
-// A quantized matrix's codes, scales and zero points, owned; view() is what
+// A quantized matrix's codes, scales and biases, owned; view() is what
 // the kernels (Linear) take.
 class QuantizedMatrix {
  public:
@@ -34,15 +34,17 @@ class QuantizedMatrix {
  private:
   friend absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> Quantize(const MatrixView&, const QuantSpec&);
   std::vector<uint8_t> codes_;
-  std::vector<float> scales_, zeros_;
+  std::vector<float> scales_, biases_;
   MatrixView view_;
 };
 
 // Quantizes an F32, F16 or BF16 matrix (the weights widened to float
 // first): int8 with one scale a row (absmax / 127, codes -127..127), or
-// int4 with a scale and zero point a group of columns, rounding to nearest
-// even. A group of zeros gets scale 0. The weight the kernels then see at
-// (r, c) is (code - zero) * scale in float, exactly GatherRow's.
+// int4 with a scale and zero point a group of columns (symmetric: zero 8
+// and scale absmax / 7; else the group's range, zero included, in 15
+// steps), rounding to nearest even. A group of zeros gets scale 0. The
+// weights the kernels then see are MatrixView's (code * scale, or
+// code * scale - zero * scale fused), GatherRow's.
 absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> Quantize(const MatrixView& w, const QuantSpec& spec);
 
 }  // namespace moemesh

@@ -8,13 +8,15 @@
 
 namespace moemesh {
 
-// How a matrix's weights are stored when quantized (core/quant/quantize.h):
-// the weight at (r, c) is (code - zero) * scale, with the scale and zero of
-// its row's group of columns.
+// How a matrix's weights are stored when quantized (core/quant/quantize.h).
 enum class QuantKind : uint8_t {
   kNone,
-  // int8 codes, a row of `cols` bytes; one group a row; zero 0.
+  // int8 codes, a row of `cols` bytes; one scale a row: the weight at (r, c)
+  // is code * scale, and a row's product is scale * sum(x * code).
   kInt8,
+  // The weight at (r, c) is code * scale + bias (one fused multiply-add),
+  // with the scale and bias of its row's group of columns; bias is
+  // -zero * scale for a zero point in 0..15.
   // 4-bit codes 0..15, a row in blocks of 32 columns of 16 bytes each: byte
   // j of a block holds column j in its low nibble and column j + 16 in its
   // high one (a vector of 16 columns is one shift or mask of 16 bytes); the
@@ -24,7 +26,7 @@ enum class QuantKind : uint8_t {
 
 // A non-owning row-major [rows, cols] matrix of F32, F16 or BF16 elements,
 // or of quantized codes (dtype kI8, `quant` set) with their groups' scales
-// and zero points.
+// and biases.
 struct MatrixView {
   DType dtype = DType::kF32;
   int rows = 0;
@@ -33,7 +35,7 @@ struct MatrixView {
   QuantKind quant = QuantKind::kNone;
   int group = 0;                  // columns a scale covers (a power of two; int8: any, one group a row)
   const float* scales = nullptr;  // [rows, groups()]
-  const float* zeros = nullptr;   // [rows, groups()], integer-valued
+  const float* biases = nullptr;  // [rows, groups()]; int8: zeros
 
   bool empty() const { return data == nullptr; }
   bool quantized() const { return quant != QuantKind::kNone; }
@@ -44,7 +46,7 @@ struct MatrixView {
     return static_cast<size_t>(cols) * DTypeSize(dtype);
   }
   // The bytes a product with it reads: the weights, and the scales and
-  // zero points of a quantized matrix.
+  // biases of a quantized matrix.
   size_t nbytes() const {
     return static_cast<size_t>(rows) * (row_bytes() + (quantized() ? 2 * groups() * sizeof(float) : 0));
   }
@@ -55,7 +57,7 @@ struct MatrixView {
     m.data = static_cast<const char*>(data) + static_cast<size_t>(first) * row_bytes();
     if (quantized()) {
       m.scales = scales + static_cast<size_t>(first) * groups();
-      m.zeros = zeros + static_cast<size_t>(first) * groups();
+      m.biases = biases + static_cast<size_t>(first) * groups();
     }
     return m;
   }

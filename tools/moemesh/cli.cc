@@ -185,14 +185,39 @@ absl::Status RunEval(const EvalCommand& cmd, std::ostream& out) {
   if (cmd.dataset.empty()) return absl::InvalidArgumentError("--dataset FILE is required");
   MM_ASSIGN_OR_RETURN(std::string text, ReadFile(cmd.dataset));
   std::vector<std::vector<int>> seqs;
+  std::unique_ptr<Tokenizer> tokenizer;  // for {"text"} lines, loaded at the first
   int line_no = 0;
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
     ++line_no;
     if (absl::StripAsciiWhitespace(line).empty()) continue;
     nlohmann::json j = nlohmann::json::parse(line.begin(), line.end(), nullptr, false);
-    if (j.is_discarded() || !j.is_object() || !j.contains("ids") || !j["ids"].is_array()) {
+    const bool has_text = !j.is_discarded() && j.is_object() && j.contains("text") && j["text"].is_string();
+    if (j.is_discarded() || !j.is_object() || (!has_text && (!j.contains("ids") || !j["ids"].is_array()))) {
       return absl::InvalidArgumentError(absl::StrCat(
-          cmd.dataset, ":", line_no, ": expected a JSON object with an \"ids\" list"));
+          cmd.dataset, ":", line_no, ": expected a JSON object with an \"ids\" list or a \"text\" string"));
+    }
+    if (has_text) {
+      // As a prompt is tokenized: the model's tokenizer, its special tokens
+      // (a BOS) added.
+      if (tokenizer == nullptr) {
+        absl::StatusOr<std::unique_ptr<Tokenizer>> t = LoadTokenizer(cmd.model_dir);
+        if (!t.ok()) {
+          return absl::Status(t.status().code(), absl::StrCat(cmd.dataset, ":", line_no, ": a \"text\" line needs ",
+                                                              "the model's tokenizer: ", t.status().message()));
+        }
+        tokenizer = std::move(*t);
+      }
+      absl::StatusOr<std::vector<int>> ids = tokenizer->Encode(j["text"].get<std::string>(), true);
+      if (!ids.ok()) {
+        return absl::Status(ids.status().code(),
+                            absl::StrCat(cmd.dataset, ":", line_no, ": ", ids.status().message()));
+      }
+      if (ids->size() < 2) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(cmd.dataset, ":", line_no, ": the text is ", ids->size(), " token(s); it needs at least 2"));
+      }
+      seqs.push_back(std::move(*ids));
+      continue;
     }
     std::vector<int> ids;
     for (const auto& v : j["ids"]) {

@@ -40,7 +40,8 @@ struct ScoreCommand {
 };
 
 // Perplexity over a JSON-lines dataset, one sequence per line as
-// {"ids": [...]}; each sequence is scored on its own.
+// {"ids": [...]} or {"text": "..."} (tokenized with the model's tokenizer
+// as a prompt is, special tokens added); each sequence is scored on its own.
 struct EvalCommand {
   std::string model_dir;
   std::string dataset;

@@ -182,6 +182,52 @@ TEST(CliTest, BadInputExitsNonZeroWithOneLine) {
   }
 }
 
+// `moemesh eval`: {"text"} lines are the model's tokenizer's ids (special
+// tokens added), scored as those ids are; --quantize moves the perplexity a
+// little; bad lines name their line number.
+TEST(CliTest, EvalTakesTextOrIds) {
+  const std::string dir = ::testing::TempDir();
+  const std::vector<std::string> texts = {"The clothes have no emperor.", "Without followers, evil cannot spread."};
+  auto tok = LoadTokenizer("models/fortune-moe");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  std::string text_lines, id_lines;
+  for (const std::string& t : texts) {
+    text_lines += nlohmann::json({{"text", t}}).dump() + "\n";
+    auto ids = (*tok)->Encode(t, /*add_special_tokens=*/true);
+    ASSERT_TRUE(ids.ok());
+    id_lines += nlohmann::json({{"ids", *ids}}).dump() + "\n";
+  }
+  ASSERT_TRUE(WriteFileAtomically(dir + "/text.jsonl", text_lines).ok());
+  ASSERT_TRUE(WriteFileAtomically(dir + "/ids.jsonl", id_lines).ok());
+  std::string out, err;
+  auto ppl = [&](const std::string& file, const std::string& quantize) {
+    EXPECT_EQ(RunCli({"eval", "--model", "models/fortune-moe", "--dataset", dir + "/" + file, "--quantize", quantize},
+                     &out, &err),
+              0)
+        << err;
+    nlohmann::json j = nlohmann::json::parse(out, nullptr, false);
+    return j.is_object() ? j["perplexity"].get<double>() : -1.0;
+  };
+  const double by_text = ppl("text.jsonl", "none"), by_ids = ppl("ids.jsonl", "none");
+  EXPECT_GT(by_text, 1);
+  EXPECT_EQ(by_text, by_ids);
+  const double int8 = ppl("text.jsonl", "int8");
+  EXPECT_NE(int8, by_text);
+  EXPECT_NEAR(int8 / by_text, 1, 0.01);
+
+  for (const auto& [lines, want] : std::vector<std::pair<std::string, std::string>>{
+           {"{\"ids\": [1, 2]}\n{\"text\": 5}\n", "bad.jsonl:2: expected a JSON object"},
+           {"{\"text\": \"\"}\n", "bad.jsonl:1: the text is 1 token(s)"},
+           {"not json\n", "bad.jsonl:1:"}}) {
+    ASSERT_TRUE(WriteFileAtomically(dir + "/bad.jsonl", lines).ok());
+    EXPECT_EQ(RunCli({"eval", "--model", "models/fortune-moe", "--dataset", dir + "/bad.jsonl"}, &out, &err), 2);
+    EXPECT_NE(err.find(want), std::string::npos) << err;
+  }
+  ASSERT_TRUE(WriteFileAtomically(dir + "/bad.jsonl", "{\"text\": \"hello there\"}\n").ok());
+  EXPECT_NE(RunCli({"eval", "--model", "tests/fixtures/olmoe", "--dataset", dir + "/bad.jsonl"}, &out, &err), 0);
+  EXPECT_NE(err.find("bad.jsonl:1: a \"text\" line needs the model's tokenizer"), std::string::npos) << err;
+}
+
 // --device cuda runs the dense part and the experts on a GPU; where there is
 // none it says so (and the test stops there: GPU runs are in the GPU tests).
 TEST(CliTest, DeviceFlag) {

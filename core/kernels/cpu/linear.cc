@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -29,19 +30,19 @@ __attribute__((target("avx2,fma"))) inline float HSum(__m256 v) {
 // floats, and quantized codes (a QRow stands for a row of those).
 enum class W { kF32, kBf16, kF16, kQ8, kQ4 };
 
-// A quantized row: its codes, its groups' scales and zero points, and
-// log2 of the columns a group covers (30 for int8's one group a row).
+// A quantized row: its codes, its groups' scales and biases, and log2 of
+// the columns a group covers (30 for int8's one group a row).
 struct QRow {
   const uint8_t* codes;
   const float* scales;
-  const float* zeros;
+  const float* biases;
   int shift;
 };
 
 QRow QRowOf(const MatrixView& w, int row) {
   const size_t g = static_cast<size_t>(row) * w.groups();
   return QRow{static_cast<const uint8_t*>(w.data) + static_cast<size_t>(row) * w.row_bytes(), w.scales + g,
-              w.zeros + g, w.quant == QuantKind::kInt8 ? 30 : __builtin_ctz(static_cast<unsigned>(w.group))};
+              w.biases + g, w.quant == QuantKind::kInt8 ? 30 : __builtin_ctz(static_cast<unsigned>(w.group))};
 }
 
 // Code i of a quantized row (int8 signed, int4 0..15).
@@ -52,38 +53,65 @@ inline int CodeAt(const QRow& r, int i) {
   return (i & 16) ? b >> 4 : b & 15;
 }
 
+// Weight i as the kernels multiply by it: int8's code (its row's scale
+// multiplies the sum), int4's code * scale + bias, fused.
 template <W kW>
 inline float WeightAt(const void* w, int i) {
   if constexpr (kW == W::kF32) return static_cast<const float*>(w)[i];
   if constexpr (kW == W::kBf16) return Bf16ToF32(static_cast<const uint16_t*>(w)[i]);
   if constexpr (kW == W::kF16) return F16ToF32(static_cast<const uint16_t*>(w)[i]);
   const QRow& r = *static_cast<const QRow*>(w);
+  if constexpr (kW == W::kQ8) return static_cast<float>(CodeAt<kW>(r, i));
   const int g = i >> r.shift;
-  return (static_cast<float>(CodeAt<kW>(r, i)) - r.zeros[g]) * r.scales[g];
+  return std::fma(static_cast<float>(CodeAt<kW>(r, i)), r.scales[g], r.biases[g]);
+}
+
+// What multiplies a row's sum: int8's scale, else 1.
+template <W kW>
+inline float RowFactor(const void* w) {
+  if constexpr (kW == W::kQ8) return static_cast<const QRow*>(w)->scales[0];
+  return 1.0f;
 }
 
 // Eight weights from element i, widened to float in registers (quantized:
-// i a multiple of 8, the eight in one group; (code - zero) * scale as
-// WeightAt, the same floats).
+// i a multiple of 8; WeightAt's floats).
 template <W kW>
 __attribute__((target("avx2,fma,f16c"))) inline __m256 Load8(const void* w, int i) {
   if constexpr (kW == W::kF32) return _mm256_loadu_ps(static_cast<const float*>(w) + i);
-  if constexpr (kW == W::kQ8 || kW == W::kQ4) {
+  if constexpr (kW == W::kQ8) {
     const QRow& r = *static_cast<const QRow*>(w);
-    __m256i c;
-    if constexpr (kW == W::kQ8) {
-      c = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(r.codes + i)));
-    } else {
-      c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(r.codes + (i >> 5) * 16 + (i & 15))));
-      c = (i & 16) ? _mm256_srli_epi32(c, 4) : _mm256_and_si256(c, _mm256_set1_epi32(15));
-    }
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(r.codes + i))));
+  }
+  if constexpr (kW == W::kQ4) {
+    const QRow& r = *static_cast<const QRow*>(w);
+    __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(r.codes + (i >> 5) * 16 + (i & 15))));
+    c = (i & 16) ? _mm256_srli_epi32(c, 4) : _mm256_and_si256(c, _mm256_set1_epi32(15));
     const int g = i >> r.shift;
-    return _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(c), _mm256_set1_ps(r.zeros[g])),
-                         _mm256_set1_ps(r.scales[g]));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(c), _mm256_set1_ps(r.scales[g]), _mm256_set1_ps(r.biases[g]));
   }
   const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + i));
   if constexpr (kW == W::kBf16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
   return _mm256_cvtph_ps(h);
+}
+
+// Weights i .. i + 31 as four vectors (i a multiple of 32): an int4 block
+// is read and widened once for all four.
+template <W kW>
+__attribute__((target("avx2,fma,f16c"))) inline void Load32(const void* w, int i, __m256 (&v)[4]) {
+  if constexpr (kW == W::kQ4) {
+    const QRow& r = *static_cast<const QRow*>(w);
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(r.codes + (i >> 5) * 16));
+    const __m256i lo = _mm256_cvtepu8_epi32(bytes), hi = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(bytes, bytes));
+    const __m256i mask = _mm256_set1_epi32(15);
+    const int g = i >> r.shift;
+    const __m256 scale = _mm256_set1_ps(r.scales[g]), bias = _mm256_set1_ps(r.biases[g]);
+    v[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(lo, mask)), scale, bias);
+    v[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(hi, mask)), scale, bias);
+    v[2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(lo, 4)), scale, bias);
+    v[3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(hi, 4)), scale, bias);
+  } else {
+    for (int q = 0; q < 4; ++q) v[q] = Load8<kW>(w, i + 8 * q);
+  }
 }
 
 // out[a * MR + b] = dot(xs[a], ws[b]) over k weights of each of MR rows,
@@ -110,16 +138,16 @@ __attribute__((target("avx2,fma,f16c"))) void DotBlockAvx2(const float* const* x
   }
   int i = 0;
   for (; i + 32 <= k; i += 32) {
+    __m256 wv[MR][4];
+    #pragma GCC unroll 4
+    for (int b = 0; b < MR; ++b) Load32<kW>(ws[b], i, wv[b]);
     #pragma GCC unroll 4
     for (int q = 0; q < 4; ++q) {
-      __m256 wv[MR];
-      #pragma GCC unroll 4
-      for (int b = 0; b < MR; ++b) wv[b] = Load8<kW>(ws[b], i + 8 * q);
       #pragma GCC unroll 4
       for (int a = 0; a < MX; ++a) {
         const __m256 xv = _mm256_loadu_ps(xs[a] + i + 8 * q);
         #pragma GCC unroll 4
-        for (int b = 0; b < MR; ++b) acc[a][b][q] = _mm256_fmadd_ps(xv, wv[b], acc[a][b][q]);
+        for (int b = 0; b < MR; ++b) acc[a][b][q] = _mm256_fmadd_ps(xv, wv[b][q], acc[a][b][q]);
       }
     }
   }
@@ -138,7 +166,7 @@ __attribute__((target("avx2,fma,f16c"))) void DotBlockAvx2(const float* const* x
       float s = HSum(_mm256_add_ps(_mm256_add_ps(acc[a][b][0], acc[a][b][1]),
                                    _mm256_add_ps(acc[a][b][2], acc[a][b][3])));
       for (int j = i; j < k; ++j) s += xs[a][j] * WeightAt<kW>(ws[b], j);
-      out[a * MR + b] = s;
+      out[a * MR + b] = kW == W::kQ8 ? s * RowFactor<kW>(ws[b]) : s;
     }
   }
 }
@@ -153,22 +181,41 @@ __attribute__((target("avx2,fma,f16c"))) void DotBlockAvx2(const float* const* x
 template <W kW>
 __attribute__((target("avx512f"))) inline __m512 Load16(const void* w, int i) {
   if constexpr (kW == W::kF32) return _mm512_loadu_ps(static_cast<const float*>(w) + i);
-  if constexpr (kW == W::kQ8 || kW == W::kQ4) {
+  if constexpr (kW == W::kQ8) {
     const QRow& r = *static_cast<const QRow*>(w);
-    __m512i c;
-    if constexpr (kW == W::kQ8) {
-      c = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r.codes + i)));
-    } else {  // i a multiple of 16: a block's low or high nibbles
-      c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r.codes + (i >> 5) * 16)));
-      c = (i & 16) ? _mm512_srli_epi32(c, 4) : _mm512_and_si512(c, _mm512_set1_epi32(15));
-    }
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r.codes + i))));
+  }
+  if constexpr (kW == W::kQ4) {  // i a multiple of 16: a block's low or high nibbles
+    const QRow& r = *static_cast<const QRow*>(w);
+    __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r.codes + (i >> 5) * 16)));
+    c = (i & 16) ? _mm512_srli_epi32(c, 4) : _mm512_and_si512(c, _mm512_set1_epi32(15));
     const int g = i >> r.shift;
-    return _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(c), _mm512_set1_ps(r.zeros[g])),
-                         _mm512_set1_ps(r.scales[g]));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), _mm512_set1_ps(r.scales[g]), _mm512_set1_ps(r.biases[g]));
   }
   const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(w) + i));
   if constexpr (kW == W::kBf16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
   return _mm512_cvtph_ps(h);
+}
+
+// Weights i .. i + 63 as four vectors (i a multiple of 64): each int4
+// block is read and widened once for its two vectors.
+template <W kW>
+__attribute__((target("avx512f"))) inline void Load64(const void* w, int i, __m512 (&v)[4]) {
+  if constexpr (kW == W::kQ4) {
+    const QRow& r = *static_cast<const QRow*>(w);
+    const __m512i mask = _mm512_set1_epi32(15);
+    #pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      const int at = i + 32 * h, g = at >> r.shift;
+      const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r.codes + (at >> 5) * 16)));
+      const __m512 scale = _mm512_set1_ps(r.scales[g]), bias = _mm512_set1_ps(r.biases[g]);
+      v[2 * h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(c, mask)), scale, bias);
+      v[2 * h + 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(c, 4)), scale, bias);
+    }
+  } else {
+    #pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) v[q] = Load16<kW>(w, i + 16 * q);
+  }
 }
 
 // DotBlockAvx2 in 16 lanes.
@@ -186,16 +233,16 @@ __attribute__((target("avx512f"))) void DotBlockAvx512(const float* const* xs, c
   }
   int i = 0;
   for (; i + 64 <= k; i += 64) {
+    __m512 wv[MR][4];
+    #pragma GCC unroll 4
+    for (int b = 0; b < MR; ++b) Load64<kW>(ws[b], i, wv[b]);
     #pragma GCC unroll 4
     for (int q = 0; q < 4; ++q) {
-      __m512 wv[MR];
-      #pragma GCC unroll 4
-      for (int b = 0; b < MR; ++b) wv[b] = Load16<kW>(ws[b], i + 16 * q);
       #pragma GCC unroll 4
       for (int a = 0; a < MX; ++a) {
         const __m512 xv = _mm512_loadu_ps(xs[a] + i + 16 * q);
         #pragma GCC unroll 4
-        for (int b = 0; b < MR; ++b) acc[a][b][q] = _mm512_fmadd_ps(xv, wv[b], acc[a][b][q]);
+        for (int b = 0; b < MR; ++b) acc[a][b][q] = _mm512_fmadd_ps(xv, wv[b][q], acc[a][b][q]);
       }
     }
   }
@@ -214,7 +261,7 @@ __attribute__((target("avx512f"))) void DotBlockAvx512(const float* const* xs, c
       float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[a][b][0], acc[a][b][1]),
                                                    _mm512_add_ps(acc[a][b][2], acc[a][b][3])));
       for (int j = i; j < k; ++j) s += xs[a][j] * WeightAt<kW>(ws[b], j);
-      out[a * MR + b] = s;
+      out[a * MR + b] = kW == W::kQ8 ? s * RowFactor<kW>(ws[b]) : s;
     }
   }
 }
@@ -404,20 +451,22 @@ float* AlignedFloats(std::vector<float>& v, size_t n) {
   return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t{63});
 }
 
-// Row `row` of a quantized matrix as floats: WeightAt's, and the vector
-// loads', bit for bit.
+// Row `row` of a quantized matrix as the kernels multiply by it
+// (WeightAt's floats: int8's codes, int4's weights), and what multiplies
+// the row's sums (int8's scale, else 1).
 template <W kW>
-void DequantizeRowOf(const MatrixView& w, int row, float* out) {
+float WidenRowOf(const MatrixView& w, int row, float* out) {
   const QRow r = QRowOf(w, row);
   for (int c = 0; c < w.cols; ++c) out[c] = WeightAt<kW>(&r, c);
+  return RowFactor<kW>(&r);
 }
 
-void DequantizeRow(const MatrixView& w, int row, float* out) {
-  if (w.quant == QuantKind::kInt8) return DequantizeRowOf<W::kQ8>(w, row, out);
-  DequantizeRowOf<W::kQ4>(w, row, out);
+float WidenRow(const MatrixView& w, int row, float* out) {
+  if (w.quant == QuantKind::kInt8) return WidenRowOf<W::kQ8>(w, row, out);
+  return WidenRowOf<W::kQ4>(w, row, out);
 }
 
-// Linear for more than kDirectMaxRows input rows with vector kernels.
+// Linear for more than kDirectMaxRows input rows with vector kernels.// Linear for more than kDirectMaxRows input rows with vector kernels.
 void LinearWide(const float* x, int m, const MatrixView& w, const float* bias, float* y, ThreadPool* pool,
                 LinearIsa isa) {
   const int n = w.rows, k = w.cols;
@@ -443,8 +492,10 @@ void LinearWide(const float* x, int m, const MatrixView& w, const float* bias, f
       const int rows = std::min(kPanelRows, n - r0);
       const char* panel = static_cast<const char*>(w.data) + static_cast<size_t>(r0) * row_bytes;
       size_t stride = row_bytes;
+      float factor[kPanelRows];
+      std::fill_n(factor, kPanelRows, 1.0f);
       if (widened != nullptr) {
-        for (int r = 0; r < rows; ++r) DequantizeRow(w, r0 + r, widened + static_cast<size_t>(r) * k);
+        for (int r = 0; r < rows; ++r) factor[r] = WidenRow(w, r0 + r, widened + static_cast<size_t>(r) * k);
         panel = reinterpret_cast<const char*>(widened);
         stride = static_cast<size_t>(k) * sizeof(float);
       }
@@ -460,7 +511,10 @@ void LinearWide(const float* x, int m, const MatrixView& w, const float* bias, f
           kernels.fn[bx - 1][br - 1](xs, ws, k, block);
           for (int a = 0; a < bx; ++a) {
             float* yi = y + static_cast<size_t>(i + a) * n + r0 + r;
-            for (int b = 0; b < br; ++b) yi[b] = bias ? block[a * br + b] + bias[r0 + r + b] : block[a * br + b];
+            for (int b = 0; b < br; ++b) {
+              const float v = w.quant == QuantKind::kInt8 ? block[a * br + b] * factor[r + b] : block[a * br + b];
+              yi[b] = bias ? v + bias[r0 + r + b] : v;
+            }
           }
         }
       }
@@ -541,8 +595,9 @@ void Linear(const float* x, int m, const MatrixView& w, const float* bias, float
         continue;
       }
       const float* wt = reinterpret_cast<const float*>(src);
+      float factor[kRowTile] = {1, 1, 1, 1};
       if (w.quantized()) {
-        for (int r = 0; r < rows; ++r) DequantizeRow(w, r0 + r, scratch.data() + static_cast<size_t>(r) * k);
+        for (int r = 0; r < rows; ++r) factor[r] = WidenRow(w, r0 + r, scratch.data() + static_cast<size_t>(r) * k);
         wt = scratch.data();
       } else if (w.dtype != DType::kF32) {
         ToF32Portable(w.dtype, src, rows * k, scratch.data());
@@ -551,7 +606,10 @@ void Linear(const float* x, int m, const MatrixView& w, const float* bias, float
       for (int i = 0; i < m; ++i) {
         DotTilePortable(x + static_cast<size_t>(i) * k, wt, rows, k, out);
         float* yi = y + static_cast<size_t>(i) * n + r0;
-        for (int r = 0; r < rows; ++r) yi[r] = bias ? out[r] + bias[r0 + r] : out[r];
+        for (int r = 0; r < rows; ++r) {
+          const float v = w.quant == QuantKind::kInt8 ? out[r] * factor[r] : out[r];
+          yi[r] = bias ? v + bias[r0 + r] : v;
+        }
       }
     }
   };
@@ -566,7 +624,13 @@ void Linear(const float* x, int m, const MatrixView& w, const float* bias, float
 }
 
 void GatherRow(const MatrixView& w, int row, float* out) {
-  if (w.quantized()) return DequantizeRow(w, row, out);
+  if (w.quantized()) {
+    const float factor = WidenRow(w, row, out);
+    if (w.quant == QuantKind::kInt8) {
+      for (int c = 0; c < w.cols; ++c) out[c] *= factor;
+    }
+    return;
+  }
   const char* src = static_cast<const char*>(w.data) + static_cast<size_t>(row) * w.row_bytes();
   ConvertToF32(w.dtype, src, w.cols, out);
 }
