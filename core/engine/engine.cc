@@ -44,10 +44,11 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
   WeightLoadOptions load;
   if (experts) load.load_expert = [](int, int) { return false; };
   load.quantize_experts = options.quantize_experts;
-  MM_ASSIGN_OR_RETURN(ModelWeights w, LoadWeights(std::move(ckpt), config, load));
   std::unique_ptr<Engine> e(new Engine);
   e->options_ = options;
   e->pool_ = std::make_unique<ThreadPool>(options.num_threads);
+  load.pool = e->pool_.get();
+  MM_ASSIGN_OR_RETURN(ModelWeights w, LoadWeights(std::move(ckpt), config, load));
   e->weights_ = std::make_shared<const ModelWeights>(std::move(w));
   int blocks = (options.kv_cache_tokens + options.kv_block_size - 1) / options.kv_block_size;
   if (options.forward_pass) {

@@ -1,7 +1,10 @@
 #include "core/model/weights.h"
 
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
+#include "core/tensor/thread_pool.h"
 
 namespace moemesh {
 namespace {
@@ -154,18 +157,6 @@ class Loader {
       for (int e = 0; e < c_.num_experts; ++e) {
         if (opt.load_expert && !opt.load_expert(i, e)) continue;
         MM_ASSIGN_OR_RETURN(FfnWeights f, Expert(moe_prefix, e));
-        if (opt.quantize_experts.kind != QuantKind::kNone) {
-          for (auto [m, name] : {std::pair{&f.gate, "gate"}, {&f.up, "up"}, {&f.down, "down"}}) {
-            auto q = Quantize(*m, opt.quantize_experts);
-            if (!q.ok()) {
-              return absl::InvalidArgumentError(absl::StrCat("quantizing layer ", i, " expert ", e, "'s ", name,
-                                                             " projection to ", QuantSpecName(opt.quantize_experts),
-                                                             ": ", q.status().message()));
-            }
-            *m = (*q)->view();
-            mw->quantized.push_back(std::move(*q));
-          }
-        }
         mw->experts.Add(i, e, f);
       }
     }
@@ -176,6 +167,53 @@ class Loader {
   const Checkpoint& ckpt_;
   const ModelConfig& c_;
 };
+
+// Quantizes every routed expert held (WeightLoadOptions::quantize_experts),
+// its projections spread over the pool's threads; the first error names
+// its expert and projection.
+absl::Status QuantizeExperts(const ModelConfig& config, const WeightLoadOptions& options, ModelWeights* mw) {
+  struct Job {
+    int layer, expert;
+    const char* name;
+    Matrix FfnWeights::*field;
+  };
+  std::vector<Job> jobs;
+  for (int l = 0; l < config.num_layers; ++l) {
+    for (int e = 0; e < config.num_experts; ++e) {
+      if (mw->experts.Find(l, e) == nullptr) continue;
+      for (auto [name, field] : {std::pair{"gate", &FfnWeights::gate}, {"up", &FfnWeights::up},
+                                 {"down", &FfnWeights::down}}) {
+        jobs.push_back({l, e, name, field});
+      }
+    }
+  }
+  std::vector<absl::StatusOr<std::shared_ptr<const QuantizedMatrix>>> done(jobs.size(), absl::UnknownError(""));
+  auto run = [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      const Job& job = jobs[j];
+      done[j] = Quantize(mw->experts.Find(job.layer, job.expert)->*job.field, options.quantize_experts);
+    }
+  };
+  if (options.pool != nullptr) {
+    options.pool->ParallelFor(static_cast<int64_t>(jobs.size()), 1, run);
+  } else {
+    run(0, static_cast<int64_t>(jobs.size()));
+  }
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    const Job& job = jobs[j];
+    if (!done[j].ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("quantizing layer ", job.layer, " expert ", job.expert, "'s ",
+                                                     job.name, " projection to ",
+                                                     QuantSpecName(options.quantize_experts), ": ",
+                                                     done[j].status().message()));
+    }
+    FfnWeights f = *mw->experts.Find(job.layer, job.expert);
+    f.*job.field = (*done[j])->view();
+    mw->experts.Add(job.layer, job.expert, f);
+    mw->quantized.push_back(std::move(*done[j]));
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace
 
@@ -198,6 +236,7 @@ absl::StatusOr<ModelWeights> LoadWeights(std::shared_ptr<const Checkpoint> check
   for (int i = 0; i < config.num_layers; ++i) {
     MM_RETURN_IF_ERROR(ld.Layer(i, options, &mw));
   }
+  if (options.quantize_experts.kind != QuantKind::kNone) MM_RETURN_IF_ERROR(QuantizeExperts(config, options, &mw));
   return mw;
 }
 

@@ -16,6 +16,8 @@
 
 namespace moemesh {
 
+class ThreadPool;
+
 // A weight in its checkpoint dtype. `data` points into the memory-mapped
 // checkpoint (no copy); the Checkpoint must outlive it.
 using Matrix = MatrixView;
@@ -86,8 +88,10 @@ struct WeightLoadOptions {
   bool load_dense = true;
   // Which routed experts to map; null loads all.
   std::function<bool(int layer, int expert)> load_expert;
-  // Routed experts quantized as they load (kind kNone: as stored).
+  // Routed experts quantized as they load (kind kNone: as stored), on
+  // `pool`'s threads where given.
   QuantSpec quantize_experts;
+  ThreadPool* pool = nullptr;
 };
 
 // Maps the checkpoint's tensors (hub names of each architecture) and checks

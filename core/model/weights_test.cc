@@ -1,6 +1,7 @@
 #include "core/model/weights.h"
 
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <map>
 
@@ -8,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "core/common/file_util.h"
+#include "core/tensor/thread_pool.h"
 #include "gtest/gtest.h"
 
 namespace moemesh {
@@ -108,6 +110,37 @@ TEST(WeightsTest, IntegerWeightsAreRejected) {
   auto w = Load(dir);
   EXPECT_EQ(w.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(w.status().message().find("I8"), std::string::npos);
+}
+
+// Experts quantized as they load, on a pool's threads: every expert's
+// projections become codes, the dense weights stay as stored; a weight that
+// cannot be quantized names its layer, expert and projection.
+TEST(WeightsTest, QuantizedExpertsAndTheirErrors) {
+  ThreadPool pool(2);
+  WeightLoadOptions opt;
+  opt.quantize_experts = *ParseQuantSpec("int4:32");
+  opt.pool = &pool;
+  auto w = Load("tests/fixtures/olmoe", opt);
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_EQ(w->quantized.size(), 3 * w->experts.size());
+  const FfnWeights* f = w->experts.Find(1, 3);
+  ASSERT_NE(f, nullptr);
+  EXPECT_EQ(f->gate.quant, QuantKind::kInt4);
+  EXPECT_EQ(f->down.quant, QuantKind::kInt4);
+  EXPECT_EQ(f->down.rows, 64);
+  EXPECT_FALSE(w->layers[1].attn.q.quantized());
+
+  const std::string name = "model.layers.1.mlp.experts.3.down_proj.weight";
+  std::string dir = CopyFixture("olmoe", "huge_weight", [&](TensorMap* t) {
+    const uint16_t huge = F32ToBf16(3e38f);  // 8 steps of it / 7 overflow
+    std::memcpy((*t)[name].bytes.data(), &huge, sizeof huge);
+  });
+  auto bad = Load(dir, opt);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("layer 1 expert 3's down projection to int4:32"), std::string::npos)
+      << bad.status();
+  opt.quantize_experts = *ParseQuantSpec("int8");
+  EXPECT_TRUE(Load(dir, opt).ok());
 }
 
 // transformers 5 keeps experts fused in memory; a checkpoint saved without

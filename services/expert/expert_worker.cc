@@ -30,12 +30,13 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const Options
   load.load_dense = false;  // experts only: attention and the rest live on the router
   load.load_expert = [&](int layer, int expert) { return placement.Holds(options.shard_index, layer, expert); };
   load.quantize_experts = options.quantize;
-  MM_ASSIGN_OR_RETURN(ModelWeights weights, LoadWeights(std::move(ckpt), config, load));
   std::unique_ptr<ExpertWorker> w(new ExpertWorker);
+  w->pool_ = std::make_unique<ThreadPool>(options.threads);
+  load.pool = w->pool_.get();
+  MM_ASSIGN_OR_RETURN(ModelWeights weights, LoadWeights(std::move(ckpt), config, load));
   w->options_ = resolved;
   w->config_ = config;
   w->weights_ = std::make_unique<ModelWeights>(std::move(weights));
-  w->pool_ = std::make_unique<ThreadPool>(options.threads);
   if (options.device) {
     MM_ASSIGN_OR_RETURN(w->device_, options.device(w->config_, *w->weights_));
   } else {
