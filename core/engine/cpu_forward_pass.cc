@@ -76,7 +76,7 @@ absl::StatusOr<std::unique_ptr<CpuForwardPass>> CpuForwardPass::Create(const Mod
     for (const LayerWeights& l : m->w_->layers) {
       const Matrix& kvb = l.attn.kv_b;
       std::vector<float> f(static_cast<size_t>(kvb.rows) * kvb.cols);
-      ConvertToF32(kvb.dtype, kvb.data, f.size(), f.data());
+      for (int r = 0; r < kvb.rows; ++r) GatherRow(kvb, r, f.data() + static_cast<size_t>(r) * kvb.cols);  // codes too
       m->kv_b_f32_.push_back(std::move(f));
     }
   }

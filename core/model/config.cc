@@ -5,6 +5,7 @@
 #include <functional>
 #include <optional>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/common/file_util.h"
@@ -228,6 +229,56 @@ absl::Status SlidingLayers(const Json& j, const Reader& r, int window,
     return absl::OkStatus();
   }
   for (int i = 0; i < c->num_layers; ++i) c->sliding_window[i] = fallback(i) ? window : 0;
+  return absl::OkStatus();
+}
+
+// quantization_config: 4-bit GPTQ (groups along the input, no act-order)
+// and AWQ (GEMM layout, zero points) are read; anything else is refused here,
+// before any weight loads.
+absl::Status ParseQuantization(const Json& j, absl::string_view source, CheckpointQuantization* q) {
+  if (!j.contains("quantization_config") || j.at("quantization_config").is_null()) return absl::OkStatus();
+  const Json& qc = j.at("quantization_config");
+  const std::string where = absl::StrCat(source, ": quantization_config");
+  if (!qc.is_object()) return absl::InvalidArgumentError(where + " must be an object");
+  Reader r(qc, where);
+  MM_ASSIGN_OR_RETURN(std::string method, r.String("quant_method"));
+  if (method == "gptq") {
+    q->method = CheckpointQuantization::Method::kGptq;
+  } else if (method == "awq") {
+    q->method = CheckpointQuantization::Method::kAwq;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(where, ".quant_method \"", method,
+                                                   "\" is not read (supported: gptq, awq)"));
+  }
+  MM_ASSIGN_OR_RETURN(q->bits, r.IntAny({"bits", "w_bit"}));
+  MM_ASSIGN_OR_RETURN(q->group_size, r.IntAny({"group_size", "q_group_size"}));
+  if (q->bits != 4) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": ", q->bits, "-bit ", method, " (4-bit is read)"));
+  }
+  if (q->group_size != 32 && q->group_size != 64 && q->group_size != 128) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ".group_size ", q->group_size,
+                                                   " (groups of 32, 64 or 128 input columns are read)"));
+  }
+  if (q->method == CheckpointQuantization::Method::kGptq) {
+    MM_ASSIGN_OR_RETURN(bool desc_act, r.Bool("desc_act", false));
+    if (desc_act) {
+      return absl::InvalidArgumentError(where + ".desc_act: act-order GPTQ checkpoints are not read yet");
+    }
+    MM_ASSIGN_OR_RETURN(std::string format, r.String("checkpoint_format", "gptq"));
+    if (format != "gptq" && format != "gptq_v2") {
+      return absl::InvalidArgumentError(absl::StrCat(where, ".checkpoint_format \"", format,
+                                                     "\" (gptq or gptq_v2 are read)"));
+    }
+    q->gptq_v2 = format == "gptq_v2";
+  } else {
+    MM_ASSIGN_OR_RETURN(std::string version, r.String("version", "gemm"));
+    MM_ASSIGN_OR_RETURN(bool zero_point, r.Bool("zero_point", true));
+    if (absl::AsciiStrToLower(version) != "gemm" || !zero_point) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": AWQ version \"", version, "\"",
+                                                     zero_point ? "" : " without zero points",
+                                                     " (the GEMM layout with zero points is read)"));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -461,6 +512,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
         absl::StrCat(source, ": unsupported hidden_act \"", act, "\" (supported: silu)"));
   }
   MM_RETURN_IF_ERROR(ParseArchitecture(j, source, &c));
+  MM_RETURN_IF_ERROR(ParseQuantization(j, source, &c.quantization));
   double default_theta = c.arch == Architecture::kMixtral ? 1e6 : 1e4;
   MM_RETURN_IF_ERROR(ParseRope(j, source, default_theta, &c));
   if (c.mla) {

@@ -55,8 +55,21 @@ struct GatingExtensions {
 };
 
 // Everything the engine needs from a Hugging Face config.json.
+// A checkpoint quantized before it was published (config.json's
+// quantization_config): which layout its linear layers' tensors take.
+struct CheckpointQuantization {
+  enum class Method { kNone, kGptq, kAwq };
+  Method method = Method::kNone;
+  int bits = 0;
+  int group_size = 0;
+  // GPTQ's checkpoint_format "gptq" (v1) stores zero points minus one;
+  // "gptq_v2" as they are.
+  bool gptq_v2 = false;
+};
+
 struct ModelConfig {
   Architecture arch = Architecture::kMixtral;
+  CheckpointQuantization quantization;
   int vocab_size = 0;
   int hidden_size = 0;
   int num_layers = 0;

@@ -2,6 +2,7 @@
 
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
 #include "core/tensor/thread_pool.h"
@@ -11,11 +12,72 @@ namespace {
 
 class Loader {
  public:
-  Loader(const Checkpoint& ckpt, const ModelConfig& c) : ckpt_(ckpt), c_(c) {}
+  // Layers of a quantized checkpoint are repacked into `owned`'s matrices.
+  Loader(const Checkpoint& ckpt, const ModelConfig& c, std::vector<std::shared_ptr<const QuantizedMatrix>>* owned)
+      : ckpt_(ckpt), c_(c), owned_(owned) {}
 
   absl::StatusOr<Matrix> Mat(const std::string& name, int rows, int cols) const {
+    if (c_.quantization.method != CheckpointQuantization::Method::kNone && absl::EndsWith(name, ".weight")) {
+      const std::string layer = name.substr(0, name.size() - 7);
+      if (ckpt_.Has(layer + ".qweight")) return Packed(layer, rows, cols);
+    }
     MM_ASSIGN_OR_RETURN(TensorInfo t, ckpt_.GetFloat(name, {rows, cols}));
     return Matrix{t.dtype, rows, cols, t.data};
+  }
+  // A GPTQ or AWQ layer: qweight, qzeros, scales (and GPTQ's g_idx, which
+  // must name the groups in order: act-order is not read).
+  absl::StatusOr<Matrix> Packed(const std::string& layer, int rows, int cols) const {
+    const CheckpointQuantization& cq = c_.quantization;
+    const bool gptq = cq.method == CheckpointQuantization::Method::kGptq;
+    const int group = cq.group_size;
+    if (rows % 8 != 0 || cols % 8 != 0 || cols % group != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(layer, ": ", rows, " x ", cols, " does not pack in 4 bits ",
+                                                     "in groups of ", group));
+    }
+    auto get = [&](const char* suffix, const std::vector<int64_t>& shape, bool integer) -> absl::StatusOr<TensorInfo> {
+      MM_ASSIGN_OR_RETURN(TensorInfo t, ckpt_.Get(layer + suffix));
+      const bool dtype_ok = integer ? t.dtype == DType::kI32
+                                    : (t.dtype == DType::kF16 || t.dtype == DType::kBF16 || t.dtype == DType::kF32);
+      if (!dtype_ok || t.shape != shape) {
+        TensorInfo want;
+        want.shape = shape;
+        return absl::InvalidArgumentError(absl::StrCat(t.file, ": tensor ", t.name, " is ", DTypeName(t.dtype), " ",
+                                                       t.ShapeString(), "; this ", gptq ? "GPTQ" : "AWQ",
+                                                       " layer needs ", integer ? "I32 " : "F16 ", want.ShapeString()));
+      }
+      return t;
+    };
+    PackedInt4 p;
+    p.layout = gptq ? PackedInt4::Layout::kGptq : PackedInt4::Layout::kAwq;
+    p.rows = rows;
+    p.cols = cols;
+    p.group = group;
+    p.gptq_v2 = cq.gptq_v2;
+    const int64_t groups = cols / group;
+    MM_ASSIGN_OR_RETURN(TensorInfo qweight, get(".qweight", gptq ? std::vector<int64_t>{cols / 8, rows}
+                                                                 : std::vector<int64_t>{cols, rows / 8},
+                                                true));
+    MM_ASSIGN_OR_RETURN(TensorInfo qzeros, get(".qzeros", {groups, rows / 8}, true));
+    MM_ASSIGN_OR_RETURN(TensorInfo scales, get(".scales", {groups, rows}, false));
+    p.qweight = static_cast<const int32_t*>(qweight.data);
+    p.qzeros = static_cast<const int32_t*>(qzeros.data);
+    p.scales = scales.data;
+    p.scales_dtype = scales.dtype;
+    if (gptq && ckpt_.Has(layer + ".g_idx")) {
+      MM_ASSIGN_OR_RETURN(TensorInfo g_idx, get(".g_idx", {cols}, true));
+      const int32_t* idx = static_cast<const int32_t*>(g_idx.data);
+      for (int i = 0; i < cols; ++i) {
+        if (idx[i] != i / group) {
+          return absl::InvalidArgumentError(absl::StrCat(g_idx.file, ": ", g_idx.name, " puts input ", i,
+                                                         " in group ", idx[i], ": act-order GPTQ checkpoints are "
+                                                         "not read yet"));
+        }
+      }
+    }
+    absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> m = FromPackedInt4(p);
+    if (!m.ok()) return absl::InvalidArgumentError(absl::StrCat(layer, ": ", m.status().message()));
+    owned_->push_back(*m);
+    return (*m)->view();
   }
   absl::StatusOr<std::vector<float>> Vec(const std::string& name, int n) const {
     MM_ASSIGN_OR_RETURN(TensorInfo t, ckpt_.GetFloat(name, {n}));
@@ -166,6 +228,7 @@ class Loader {
  private:
   const Checkpoint& ckpt_;
   const ModelConfig& c_;
+  std::vector<std::shared_ptr<const QuantizedMatrix>>* owned_;
 };
 
 // Quantizes every routed expert held (WeightLoadOptions::quantize_experts),
@@ -222,7 +285,7 @@ absl::StatusOr<ModelWeights> LoadWeights(std::shared_ptr<const Checkpoint> check
                                          const WeightLoadOptions& options) {
   ModelWeights mw;
   mw.checkpoint = checkpoint;
-  Loader ld(*checkpoint, config);
+  Loader ld(*checkpoint, config, &mw.quantized);
   if (options.load_dense) {
     MM_ASSIGN_OR_RETURN(mw.embed, ld.Mat("model.embed_tokens.weight", config.vocab_size, config.hidden_size));
     if (config.tie_word_embeddings) {

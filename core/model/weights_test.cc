@@ -1,5 +1,7 @@
 #include "core/model/weights.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -9,8 +11,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "core/common/file_util.h"
+#include "core/kernels/cpu/linear.h"
 #include "core/tensor/thread_pool.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 
 namespace moemesh {
 namespace {
@@ -141,6 +145,168 @@ TEST(WeightsTest, QuantizedExpertsAndTheirErrors) {
       << bad.status();
   opt.quantize_experts = *ParseQuantSpec("int8");
   EXPECT_TRUE(Load(dir, opt).ok());
+}
+
+// A 4-bit layer quantized to nearest in groups of 32 inputs (zero point
+// and F16 scale a group), packed as GPTQ (v1: zero points minus one) or AWQ
+// store it, and its dequantized weights, (code - zero) * scale.
+struct PackedLayer {
+  TensorToWrite qweight, qzeros, scales, dequantized;
+};
+
+PackedLayer PackLayer(const TensorToWrite& w, bool gptq) {
+  const int rows = static_cast<int>(w.shape[0]), cols = static_cast<int>(w.shape[1]), group = 32;
+  const int groups = cols / group;
+  std::vector<float> f(static_cast<size_t>(rows) * cols);
+  ConvertToF32(w.dtype, w.bytes.data(), f.size(), f.data());
+  std::vector<int32_t> qweight(gptq ? static_cast<size_t>(cols / 8) * rows : static_cast<size_t>(cols) * rows / 8);
+  std::vector<int32_t> qzeros(static_cast<size_t>(groups) * rows / 8);
+  std::vector<uint16_t> scales(static_cast<size_t>(groups) * rows);
+  std::vector<float> deq(f.size());
+  const int awq_order[8] = {0, 2, 4, 6, 1, 3, 5, 7};  // the output each nibble holds
+  int awq_nibble[8];
+  for (int j = 0; j < 8; ++j) awq_nibble[awq_order[j]] = j;
+  for (int o = 0; o < rows; ++o) {
+    for (int g = 0; g < groups; ++g) {
+      float lo = 0, hi = 0;
+      for (int i = g * group; i < (g + 1) * group; ++i) lo = std::min(lo, f[o * cols + i]), hi = std::max(hi, f[o * cols + i]);
+      const float scale = F16ToF32(F32ToF16((hi - lo) / 15));
+      const int zero = scale > 0 ? std::clamp(static_cast<int>(std::nearbyint(-lo / scale)), 0, 15) : 0;
+      scales[static_cast<size_t>(g) * rows + o] = F32ToF16(scale);
+      const uint32_t stored = gptq ? zero - 1 : zero;  // v1's zero - 1 (0 stores 15, wrapping as it does)
+      const int nib = gptq ? o % 8 : awq_nibble[o % 8];
+      qzeros[static_cast<size_t>(g) * rows / 8 + o / 8] |= static_cast<int32_t>((stored & 15u) << (4 * nib));
+      // What the format says the zero point is: v1 reads its stored value plus one.
+      const int read_zero = gptq ? static_cast<int>(stored & 15u) + 1 : zero;
+      for (int i = g * group; i < (g + 1) * group; ++i) {
+        const int code = scale > 0 ? std::clamp(static_cast<int>(std::nearbyint(f[o * cols + i] / scale)) + zero, 0, 15)
+                                   : zero;
+        deq[o * cols + i] = (static_cast<float>(code) - static_cast<float>(read_zero)) * scale;
+        if (gptq) {
+          qweight[static_cast<size_t>(i / 8) * rows + o] |= static_cast<int32_t>(static_cast<uint32_t>(code) << (4 * (i % 8)));
+        } else {
+          qweight[static_cast<size_t>(i) * rows / 8 + o / 8] |= static_cast<int32_t>(static_cast<uint32_t>(code) << (4 * nib));
+        }
+      }
+    }
+  }
+  auto bytes = [](const auto& v) { return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(v[0])); };
+  const std::string layer = w.name.substr(0, w.name.size() - 7);
+  PackedLayer p;
+  p.qweight = {layer + ".qweight", DType::kI32,
+               gptq ? std::vector<int64_t>{cols / 8, rows} : std::vector<int64_t>{cols, rows / 8}, bytes(qweight)};
+  p.qzeros = {layer + ".qzeros", DType::kI32, {groups, rows / 8}, bytes(qzeros)};
+  p.scales = {layer + ".scales", DType::kF16, {groups, rows}, bytes(scales)};
+  p.dequantized = {w.name, DType::kF32, w.shape, bytes(deq)};
+  return p;
+}
+
+// GPTQ and AWQ checkpoints (attention and experts in 4 bits, the router and
+// embeddings as stored) load as their dequantized weights do: the same logits.
+TEST(WeightsTest, GptqAndAwqCheckpointsLoadAsTheirDequantizedWeights) {
+  auto quantized = [](const std::string& name) {
+    return absl::EndsWith(name, "_proj.weight") && absl::StrContains(name, "layers.");
+  };
+  auto fixture_config = ReadFile("tests/fixtures/olmoe/config.json");
+  ASSERT_TRUE(fixture_config.ok());
+  for (bool gptq : {true, false}) {
+    const std::string kind = gptq ? "gptq" : "awq";
+    std::string packed_dir = CopyFixture("olmoe", kind, [&](TensorMap* t) {
+      TensorMap out;
+      for (auto& [n, w] : *t) {
+        if (!quantized(n)) {
+          out[n] = w;
+          continue;
+        }
+        PackedLayer p = PackLayer(w, gptq);
+        for (TensorToWrite* x : {&p.qweight, &p.qzeros, &p.scales}) out[x->name] = *x;
+        if (gptq) {
+          std::vector<int32_t> g_idx(w.shape[1]);
+          for (size_t i = 0; i < g_idx.size(); ++i) g_idx[i] = static_cast<int32_t>(i / 32);
+          const std::string layer = n.substr(0, n.size() - 7);
+          out[layer + ".g_idx"] = {layer + ".g_idx", DType::kI32, {w.shape[1]},
+                                   std::string(reinterpret_cast<const char*>(g_idx.data()), g_idx.size() * 4)};
+        }
+      }
+      *t = std::move(out);
+    });
+    std::string dense_dir = CopyFixture("olmoe", kind + "_dequantized", [&](TensorMap* t) {
+      for (auto& [n, w] : *t) {
+        if (quantized(n)) w = PackLayer(w, gptq).dequantized;
+      }
+    });
+    nlohmann::json cfg = nlohmann::json::parse(*fixture_config);
+    cfg["quantization_config"] = gptq ? nlohmann::json{{"quant_method", "gptq"}, {"bits", 4}, {"group_size", 32},
+                                                       {"desc_act", false}, {"sym", false}}
+                                      : nlohmann::json{{"quant_method", "awq"}, {"bits", 4}, {"group_size", 32},
+                                                       {"version", "gemm"}, {"zero_point", true}};
+    ASSERT_TRUE(WriteFileAtomically(packed_dir + "/config.json", cfg.dump()).ok());
+
+    auto packed = Load(packed_dir);
+    ASSERT_TRUE(packed.ok()) << kind << ": " << packed.status();
+    EXPECT_EQ(packed->layers[1].attn.q.quant, QuantKind::kInt4);
+    EXPECT_EQ(packed->experts.Find(1, 3)->down.quant, QuantKind::kInt4);
+    EXPECT_FALSE(packed->layers[1].router.quantized());
+    auto dense = Load(dense_dir);
+    ASSERT_TRUE(dense.ok()) << dense.status();
+    // Every layer's weights, as the kernels see them, against the dequantized ones.
+    std::vector<float> a(64), b(64);
+    const FfnWeights* pe = packed->experts.Find(1, 3);
+    const FfnWeights* de = dense->experts.Find(1, 3);
+    using Pair = std::pair<const Matrix*, const Matrix*>;
+    for (auto [p, d] : {Pair{&packed->layers[0].attn.q, &dense->layers[0].attn.q},
+                        Pair{&packed->layers[1].attn.v, &dense->layers[1].attn.v}, Pair{&pe->gate, &de->gate},
+                        Pair{&pe->down, &de->down}}) {
+      for (int r = 0; r < p->rows; ++r) {
+        GatherRow(*p, r, a.data());
+        GatherRow(*d, r, b.data());
+        for (int c = 0; c < p->cols; ++c) ASSERT_NEAR(a[c], b[c], 1e-6 * (1 + std::fabs(b[c]))) << kind << " row " << r;
+      }
+    }
+  }
+}
+
+// What a quantized checkpoint's config or tensors get wrong is named.
+TEST(WeightsTest, QuantizedCheckpointErrorsAreNamed) {
+  auto config = ReadFile("tests/fixtures/olmoe/config.json");
+  ASSERT_TRUE(config.ok());
+  for (const auto& [qc, want] : std::vector<std::pair<nlohmann::json, std::string>>{
+           {{{"quant_method", "fp8"}}, "quant_method \"fp8\" is not read"},
+           {{{"quant_method", "gptq"}, {"bits", 8}, {"group_size", 128}}, "8-bit gptq"},
+           {{{"quant_method", "gptq"}, {"bits", 4}, {"group_size", -1}}, "group_size -1"},
+           {{{"quant_method", "gptq"}, {"bits", 4}, {"group_size", 128}, {"desc_act", true}}, "act-order"},
+           {{{"quant_method", "awq"}, {"bits", 4}, {"group_size", 128}, {"version", "gemv"}}, "AWQ version"},
+           {{{"quant_method", "awq"}, {"group_size", 128}}, "missing required field \"bits\""}}) {
+    nlohmann::json cfg = nlohmann::json::parse(*config);
+    cfg["quantization_config"] = qc;
+    auto c = ParseModelConfig(cfg.dump(), "config.json");
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << qc.dump();
+    EXPECT_NE(c.status().message().find(want), std::string::npos) << c.status();
+  }
+  // A GPTQ layer whose qweight has the wrong shape, or whose g_idx reorders
+  // the inputs (act-order), is named.
+  std::string dir = CopyFixture("olmoe", "gptq_bad", [&](TensorMap* t) {
+    TensorMap out;
+    for (auto& [n, w] : *t) {
+      if (n != "model.layers.0.self_attn.q_proj.weight" && n != "model.layers.0.self_attn.k_proj.weight") {
+        out[n] = w;
+        continue;
+      }
+      PackedLayer p = PackLayer(w, true);
+      for (TensorToWrite* x : {&p.qweight, &p.qzeros, &p.scales}) out[x->name] = *x;
+    }
+    out["model.layers.0.self_attn.q_proj.qweight"].shape = {16, 32};
+    out["model.layers.0.self_attn.q_proj.qweight"].bytes.resize(16 * 32 * 4);
+    *t = std::move(out);
+  });
+  nlohmann::json cfg = nlohmann::json::parse(*config);
+  cfg["quantization_config"] = {{"quant_method", "gptq"}, {"bits", 4}, {"group_size", 32}};
+  ASSERT_TRUE(WriteFileAtomically(dir + "/config.json", cfg.dump()).ok());
+  auto w = Load(dir);
+  EXPECT_EQ(w.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(w.status().message().find("q_proj.qweight is I32 [16, 32]; this GPTQ layer needs I32 [8, 64]"),
+            std::string::npos)
+      << w.status();
 }
 
 // transformers 5 keeps experts fused in memory; a checkpoint saved without

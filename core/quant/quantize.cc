@@ -118,4 +118,57 @@ absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> Quantize(const MatrixView
   return std::shared_ptr<const QuantizedMatrix>(std::move(q));
 }
 
+absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromPackedInt4(const PackedInt4& p) {
+  const bool gptq = p.layout == PackedInt4::Layout::kGptq;
+  if (p.rows <= 0 || p.cols <= 0 || p.rows % 8 != 0 || (gptq && p.cols % 8 != 0) ||
+      (p.group != 32 && p.group != 64 && p.group != 128) || p.cols % p.group != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("a 4-bit ", gptq ? "GPTQ" : "AWQ", " layer of ", p.rows,
+                                                   " outputs and ", p.cols, " inputs in groups of ", p.group,
+                                                   ": outputs must be a multiple of 8 and inputs of the group "
+                                                   "(32, 64 or 128)"));
+  }
+  auto q = std::shared_ptr<QuantizedMatrix>(new QuantizedMatrix);
+  MatrixView& v = q->view_;
+  v = MatrixView{DType::kI8, p.rows, p.cols, nullptr};
+  v.quant = QuantKind::kInt4;
+  v.group = p.group;
+  const int groups = v.groups(), packed_rows = p.rows / 8;
+  q->codes_.assign(static_cast<size_t>(p.rows) * v.row_bytes(), 0);
+  q->scales_.resize(static_cast<size_t>(p.rows) * groups);
+  q->biases_.resize(q->scales_.size());
+  // AWQ's nibble of each of a word's 8 outputs.
+  static constexpr int kAwqNibble[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+  auto nibble = [](int32_t word, int j) { return (static_cast<uint32_t>(word) >> (4 * j)) & 15u; };
+  std::vector<float> group_scales(p.rows);
+  for (int g = 0; g < groups; ++g) {
+    ConvertToF32(p.scales_dtype,
+                 static_cast<const char*>(p.scales) + static_cast<size_t>(g) * p.rows * DTypeSize(p.scales_dtype),
+                 p.rows, group_scales.data());
+    for (int o = 0; o < p.rows; ++o) {
+      const int32_t word = p.qzeros[static_cast<size_t>(g) * packed_rows + o / 8];
+      const float zero = static_cast<float>(nibble(word, gptq ? o % 8 : kAwqNibble[o % 8])) +
+                         (gptq && !p.gptq_v2 ? 1.0f : 0.0f);
+      const float scale = group_scales[o];
+      if (!std::isfinite(scale)) {
+        return absl::InvalidArgumentError(absl::StrCat("scale of output ", o, ", group ", g, " is ", scale));
+      }
+      q->scales_[static_cast<size_t>(o) * groups + g] = scale;
+      q->biases_[static_cast<size_t>(o) * groups + g] = -zero * scale;
+    }
+  }
+  for (int o = 0; o < p.rows; ++o) {
+    uint8_t* codes = q->codes_.data() + static_cast<size_t>(o) * v.row_bytes();
+    for (int i = 0; i < p.cols; ++i) {
+      const uint32_t k = gptq ? nibble(p.qweight[static_cast<size_t>(i / 8) * p.rows + o], i % 8)
+                              : nibble(p.qweight[static_cast<size_t>(i) * packed_rows + o / 8], kAwqNibble[o % 8]);
+      const int block = i / 32, j = i % 32;  // MatrixView's int4 layout
+      codes[block * 16 + j % 16] |= static_cast<uint8_t>(j < 16 ? k : k << 4);
+    }
+  }
+  v.data = q->codes_.data();
+  v.scales = q->scales_.data();
+  v.biases = q->biases_.data();
+  return std::shared_ptr<const QuantizedMatrix>(std::move(q));
+}
+
 }  // namespace moemesh

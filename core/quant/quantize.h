@@ -25,6 +25,8 @@ absl::StatusOr<QuantSpec> ParseQuantSpec(absl::string_view text);
 // The spelling ParseQuantSpec takes back.
 std::string QuantSpecName(const QuantSpec& spec);
 
+struct PackedInt4;
+
 // A quantized matrix's codes, scales and biases, owned; view() is what
 // the kernels (Linear) take.
 class QuantizedMatrix {
@@ -33,6 +35,7 @@ class QuantizedMatrix {
 
  private:
   friend absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> Quantize(const MatrixView&, const QuantSpec&);
+  friend absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromPackedInt4(const PackedInt4&);
   std::vector<uint8_t> codes_;
   std::vector<float> scales_, biases_;
   MatrixView view_;
@@ -46,6 +49,29 @@ class QuantizedMatrix {
 // weights the kernels then see are MatrixView's (code * scale, or
 // code * scale - zero * scale fused), GatherRow's.
 absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> Quantize(const MatrixView& w, const QuantSpec& spec);
+
+// One 4-bit linear layer of a GPTQ or AWQ checkpoint, as stored, for a
+// matrix of `rows` outputs and `cols` inputs (groups of `group` inputs).
+struct PackedInt4 {
+  enum class Layout {
+    kGptq,  // qweight [cols / 8, rows]: nibble j of word (i / 8, o) is input i = 8 (i / 8) + j of output o
+    kAwq,   // qweight [cols, rows / 8]: nibble j of word (i, p) is output 8 p + {0, 2, 4, 6, 1, 3, 5, 7}[j]
+  };
+  Layout layout = Layout::kGptq;
+  int rows = 0, cols = 0, group = 0;
+  bool gptq_v2 = false;           // GPTQ's v1 format stores each zero point minus one
+  const int32_t* qweight = nullptr;
+  const int32_t* qzeros = nullptr;  // [cols / group, rows / 8], outputs packed as qweight's (AWQ: its order)
+  const void* scales = nullptr;     // [cols / group, rows]
+  DType scales_dtype = DType::kF16;
+};
+
+// The layer in moemesh's int4 layout: each weight (code - zero) * scale as
+// the format defines it (MatrixView: code * scale + bias, bias = -zero *
+// scale). INVALID_ARGUMENT for sizes the layout cannot hold (rows and
+// packed dimensions multiples of 8, cols a multiple of the group, groups
+// of 32, 64 or 128).
+absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromPackedInt4(const PackedInt4& packed);
 
 }  // namespace moemesh
 

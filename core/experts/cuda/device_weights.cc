@@ -10,6 +10,11 @@ namespace moemesh {
 absl::StatusOr<std::unique_ptr<DeviceBuffer>> UploadBf16(std::initializer_list<const MatrixView*> matrices) {
   std::vector<uint16_t> bf16;
   for (const MatrixView* m : matrices) {
+    if (m->quantized()) {
+      return absl::InvalidArgumentError(
+          "int4 / int8 weights (a GPTQ or AWQ checkpoint, or --quantize) run on the CPU: the GPU takes BF16, F16 or "
+          "F32 weights for now");
+    }
     const size_t n = static_cast<size_t>(m->rows) * m->cols;
     const size_t at = bf16.size();
     bf16.resize(at + n);
@@ -27,6 +32,7 @@ absl::StatusOr<std::unique_ptr<DeviceBuffer>> UploadBf16(std::initializer_list<c
 }
 
 absl::StatusOr<std::unique_ptr<DeviceBuffer>> UploadF32(const MatrixView& m) {
+  if (m.quantized()) return absl::InvalidArgumentError("int4 / int8 weights run on the CPU for now");
   std::vector<float> f32(static_cast<size_t>(m.rows) * m.cols);
   ConvertToF32(m.dtype, m.data, f32.size(), f32.data());
   return UploadVector(f32);
