@@ -65,6 +65,8 @@ class Checkpoint {
   absl::StatusOr<TensorInfo> GetFloat(absl::string_view name,
                                       const std::vector<int64_t>& shape) const;
   size_t num_tensors() const { return index_.size(); }
+  // The weight files, in the order the index names them.
+  const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
 
  private:
   std::string dir_;

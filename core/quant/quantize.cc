@@ -171,4 +171,49 @@ absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromPackedInt4(const Pack
   return std::shared_ptr<const QuantizedMatrix>(std::move(q));
 }
 
+absl::StatusOr<PackedInt4Tensors> PackInt4(const MatrixView& w, PackedInt4::Layout layout, bool gptq_v2) {
+  const bool gptq = layout == PackedInt4::Layout::kGptq;
+  if (w.quant != QuantKind::kInt4 || w.rows % 8 != 0 || (gptq && w.cols % 8 != 0) || w.cols % w.group != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("a ", w.rows, " x ", w.cols, " matrix ",
+                                                   w.quant == QuantKind::kInt4 ? "" : "not in int4 ",
+                                                   "does not pack as ", gptq ? "GPTQ" : "AWQ",
+                                                   " (rows a multiple of 8, columns of 8 and of the group)"));
+  }
+  static constexpr int kAwqNibble[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+  const int groups = w.groups(), packed_rows = w.rows / 8;
+  PackedInt4Tensors t;
+  t.qweight.assign(gptq ? static_cast<size_t>(w.cols / 8) * w.rows : static_cast<size_t>(w.cols) * packed_rows, 0);
+  t.qzeros.assign(static_cast<size_t>(groups) * packed_rows, 0);
+  t.scales.resize(static_cast<size_t>(groups) * w.rows);
+  auto put = [](int32_t* word, int nibble, uint32_t value) {
+    *word = static_cast<int32_t>(static_cast<uint32_t>(*word) | ((value & 15u) << (4 * nibble)));
+  };
+  for (int o = 0; o < w.rows; ++o) {
+    const int nibble = gptq ? o % 8 : kAwqNibble[o % 8];
+    for (int g = 0; g < groups; ++g) {
+      const float scale = w.scales[static_cast<size_t>(o) * groups + g];
+      const float bias = w.biases[static_cast<size_t>(o) * groups + g];
+      const int zero = scale > 0 ? static_cast<int>(std::nearbyint(-bias / scale)) : 8;
+      if (gptq && !gptq_v2 && zero == 0) {
+        return absl::InvalidArgumentError(absl::StrCat("row ", o, ", group ", g, " has zero point 0, which GPTQ's v1 "
+                                                       "format cannot store (write gptq_v2 or AWQ)"));
+      }
+      t.scales[static_cast<size_t>(g) * w.rows + o] = F32ToF16(scale);
+      put(&t.qzeros[static_cast<size_t>(g) * packed_rows + o / 8], nibble,
+          static_cast<uint32_t>(gptq && !gptq_v2 ? zero - 1 : zero));
+    }
+    const uint8_t* codes = static_cast<const uint8_t*>(w.data) + static_cast<size_t>(o) * w.row_bytes();
+    for (int i = 0; i < w.cols; ++i) {
+      const uint8_t b = codes[(i / 32) * 16 + i % 16];
+      const uint32_t code = i % 32 < 16 ? b & 15u : b >> 4;
+      if (gptq) {
+        put(&t.qweight[static_cast<size_t>(i / 8) * w.rows + o], i % 8, code);
+      } else {
+        put(&t.qweight[static_cast<size_t>(i) * packed_rows + o / 8], nibble, code);
+      }
+    }
+  }
+  return t;
+}
+
 }  // namespace moemesh

@@ -73,6 +73,16 @@ struct PackedInt4 {
 // of 32, 64 or 128).
 absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromPackedInt4(const PackedInt4& packed);
 
+// An int4 matrix (Quantize's) in a GPTQ or AWQ layer's tensors, as
+// FromPackedInt4 reads them back: scales in F16, zero points as stored
+// (GPTQ: v1's zero minus one when `gptq_v2` is false, which cannot hold a
+// zero point of 0: INVALID_ARGUMENT then; write v2 or AWQ for those).
+struct PackedInt4Tensors {
+  std::vector<int32_t> qweight, qzeros;
+  std::vector<uint16_t> scales;  // F16
+};
+absl::StatusOr<PackedInt4Tensors> PackInt4(const MatrixView& w, PackedInt4::Layout layout, bool gptq_v2);
+
 }  // namespace moemesh
 
 #endif  // MOEMESH_CORE_QUANT_QUANTIZE_H_

@@ -155,5 +155,52 @@ TEST(QuantizedLinearTest, MatchesTheDequantizedProductAndDoesNotDependOnTheBatch
   }
 }
 
+// Int4 matrices packed as GPTQ (v1, v2) and AWQ store them read back as
+// the same codes, zero points and (F16-rounded) scales: the same weights.
+TEST(PackedInt4Test, PackedAndReadBackGiveTheSameWeights) {
+  const int rows = 24, cols = 256;
+  std::vector<float> w = Random(static_cast<size_t>(rows) * cols, 31, 0.05f);
+  for (const char* spec : {"int4:32", "int4:128", "int4:64:asym"}) {
+    auto q = Quantize(MatrixView{DType::kF32, rows, cols, w.data()}, *ParseQuantSpec(spec));
+    ASSERT_TRUE(q.ok());
+    for (auto [layout, v2] : {std::pair{PackedInt4::Layout::kGptq, false}, {PackedInt4::Layout::kGptq, true},
+                              {PackedInt4::Layout::kAwq, false}}) {
+      auto t = PackInt4((*q)->view(), layout, v2);
+      ASSERT_TRUE(t.ok()) << spec << ": " << t.status();
+      PackedInt4 p;
+      p.layout = layout;
+      p.rows = rows;
+      p.cols = cols;
+      p.group = (*q)->view().group;
+      p.gptq_v2 = v2;
+      p.qweight = t->qweight.data();
+      p.qzeros = t->qzeros.data();
+      p.scales = t->scales.data();
+      p.scales_dtype = DType::kF16;
+      auto back = FromPackedInt4(p);
+      ASSERT_TRUE(back.ok()) << back.status();
+      std::vector<float> a(cols), b(cols);
+      for (int r = 0; r < rows; ++r) {
+        GatherRow((*q)->view(), r, a.data());
+        GatherRow((*back)->view(), r, b.data());
+        const float scale = (*q)->view().scales[static_cast<size_t>(r) * (*q)->view().groups()];
+        for (int c = 0; c < cols; ++c) {
+          // F16 scales: within F16's rounding of 15 steps.
+          ASSERT_NEAR(a[c], b[c], 15 * scale * 1e-3f) << spec << " row " << r << " col " << c;
+        }
+      }
+    }
+  }
+  // v1 cannot store a zero point of 0 (an all-positive asymmetric group).
+  std::vector<float> positive(static_cast<size_t>(8) * 32, 1.0f);
+  positive[5] = 2.0f;
+  auto q = Quantize(MatrixView{DType::kF32, 8, 32, positive.data()}, *ParseQuantSpec("int4:32:asym"));
+  ASSERT_TRUE(q.ok());
+  EXPECT_EQ(PackInt4((*q)->view(), PackedInt4::Layout::kGptq, false).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(PackInt4((*q)->view(), PackedInt4::Layout::kGptq, true).ok());
+  EXPECT_TRUE(PackInt4((*q)->view(), PackedInt4::Layout::kAwq, false).ok());
+}
+
 }  // namespace
 }  // namespace moemesh

@@ -26,6 +26,7 @@
 #include "tools/moemesh/client.h"
 #include "tools/moemesh/commands.h"
 #include "tools/moemesh/progress.h"
+#include "tools/moemesh/quantize_command.h"
 #include "tools/moemesh/kv.h"
 #include "tools/moemesh/up.h"
 #ifdef MOEMESH_WITH_CUDA
@@ -60,6 +61,9 @@ ABSL_FLAG(bool, ignore_eos, false, "keep generating past the model's EOS tokens"
 ABSL_FLAG(std::string, output, "text", "output format: text or json");
 ABSL_FLAG(std::string, logits_out, "", "safetensors file to write the logits to");
 ABSL_FLAG(std::string, dataset, "", "JSON lines of {\"ids\": [...]}, one sequence per line");
+ABSL_FLAG(std::string, out, "", "directory to write the quantized checkpoint to (new, or empty)");
+ABSL_FLAG(std::string, format, "gptq", "checkpoint format to write: gptq or awq");
+ABSL_FLAG(bool, all_layers, false, "quantize every projection of the decoder layers, not only the routed experts'");
 ABSL_FLAG(int, threads, 1, "CPU threads");
 ABSL_FLAG(std::string, device, "cpu",
           "where the model runs: cpu, or cuda[:N] for GPU N (attention, gating, the LM head and the experts; cuda is "
@@ -209,6 +213,20 @@ const std::vector<Command>& CliCommands() {
          "Scores each {\"ids\": [...]} line on its own and prints {\"perplexity\", \"nll_sum\", "
          "\"predicted_tokens\", \"sequences\"}.",
          {{"flags", {model_required, {"dataset", "JSON lines of {\"ids\": [...]} (required)"}}}, {"engine", engine}}});
+    c->push_back({"quantize",
+                  "write a checkpoint's projections in int4 as a GPTQ or AWQ checkpoint",
+                  "moemesh quantize --model DIR --out DIR [--quantize int4[:G[:asym]]] [--format gptq|awq] "
+                  "[--all-layers]",
+                  "Quantizes the routed experts' projections (with --all-layers every projection of the decoder "
+                  "layers) to int4, with a progress line, and writes them in the layout --format names, with "
+                  "config.json's quantization_config; the other tensors and files are copied. moemesh, vLLM "
+                  "and transformers read the result.",
+                  {{"flags",
+                    {model_required,
+                     {"out"},
+                     {"quantize", "int4 (groups of 128), int4:G or int4:G:asym (G 32, 64 or 128)"},
+                     {"format"},
+                     {"all_layers"}}}}});
     c->push_back({"tokenize",
                   "text to token ids: {\"text\"} lines in, {\"ids\"} lines out",
                   "moemesh tokenize --tokenizer FILE [--add-special-tokens] < {\"text\": \"...\"} lines",
@@ -724,6 +742,19 @@ int CliMain(int argc, char** argv) {
   if (name.rfind("client ", 0) == 0) return ClientMain(name.substr(7));
   if (name.rfind("kv ", 0) == 0) return KvMain(name.substr(3));
   if (name == "bench serve") return BenchServeMain();
+  if (name == "quantize") {
+    QuantizeCommand cmd;
+    cmd.model_dir = absl::GetFlag(FLAGS_model);
+    cmd.out_dir = absl::GetFlag(FLAGS_out);
+    std::string spec = absl::GetFlag(FLAGS_quantize);
+    absl::StatusOr<QuantSpec> q = ParseQuantSpec(spec == "none" ? "int4" : spec);  // the command's default
+    if (!q.ok()) return ExitWith(absl::InvalidArgumentError(absl::StrCat("--quantize: ", q.status().message())));
+    cmd.spec = *q;
+    cmd.format = absl::GetFlag(FLAGS_format);
+    cmd.all_layers = absl::GetFlag(FLAGS_all_layers);
+    cmd.progress = ProgressOn(STDERR_FILENO);
+    return ExitWith(RunQuantize(cmd, std::cout));
+  }
   if (name == "tokenize" || name == "detokenize") {
     TokenizeCommand cmd{absl::GetFlag(FLAGS_tokenizer), absl::GetFlag(FLAGS_add_special_tokens),
                         absl::GetFlag(FLAGS_skip_special_tokens)};

@@ -228,6 +228,57 @@ TEST(CliTest, EvalTakesTextOrIds) {
   EXPECT_NE(err.find("bad.jsonl:1: a \"text\" line needs the model's tokenizer"), std::string::npos) << err;
 }
 
+// `moemesh quantize` writes GPTQ and AWQ checkpoints that load and score as
+// the original quantized in memory alike does (F16 scales aside); what it
+// cannot do, it says.
+TEST(CliTest, QuantizeWritesCheckpointsThatLoadBack) {
+  const std::string dir = ::testing::TempDir() + "/quantize";
+  std::filesystem::remove_all(dir);
+  std::string out, err;
+  ASSERT_TRUE(WriteFileAtomically(::testing::TempDir() + "/q_ids.jsonl",
+                                  "{\"ids\": [5, 17, 300, 42, 7, 99, 3, 250]}\n{\"ids\": [1, 2, 3, 4, 5]}\n")
+                  .ok());
+  auto nll = [&](const std::string& model, const std::string& quantize) {
+    EXPECT_EQ(RunCli({"eval", "--model", model, "--dataset", ::testing::TempDir() + "/q_ids.jsonl", "--quantize",
+                      quantize},
+                     &out, &err),
+              0)
+        << err;
+    nlohmann::json j = nlohmann::json::parse(out, nullptr, false);
+    return j.is_object() ? j["nll_sum"].get<double>() : -1.0;
+  };
+  const double stored = nll("tests/fixtures/olmoe", "none");
+  for (const auto& [format, spec] : std::vector<std::pair<std::string, std::string>>{{"gptq", "int4:32"},
+                                                                                    {"gptq", "int4:32:asym"},
+                                                                                    {"awq", "int4:32:asym"}}) {
+    const std::string to = dir + "/" + format + "_" + std::to_string(spec.size());
+    ASSERT_EQ(RunCli({"quantize", "--model", "tests/fixtures/olmoe", "--out", to, "--quantize", spec, "--format",
+                      format},
+                     &out, &err),
+              0)
+        << err;
+    EXPECT_NE(out.find("wrote 48 projections"), std::string::npos) << out;  // 2 layers x 8 experts x 3
+    auto config = ReadFile(to + "/config.json");
+    ASSERT_TRUE(config.ok());
+    EXPECT_EQ(nlohmann::json::parse(*config)["quantization_config"]["quant_method"], format);
+    const double in_memory = nll("tests/fixtures/olmoe", spec), written = nll(to, "none");
+    EXPECT_NE(written, stored) << format << " " << spec;
+    EXPECT_NEAR(written / in_memory, 1.0, 1e-3) << format << " " << spec;
+  }
+  for (const auto& [args, want] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"--quantize", "int8"}, "a checkpoint is written in int4"},
+           {{"--format", "exl2"}, "--format must be gptq or awq"},
+           {{}, "exists and is not empty"}}) {
+    std::vector<std::string> argv = {"quantize", "--model", "tests/fixtures/olmoe", "--out",
+                                     args.empty() ? dir + "/gptq_7" : dir + "/new"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    EXPECT_NE(RunCli(argv, &out, &err), 0);
+    EXPECT_NE(err.find(want), std::string::npos) << err;
+  }
+  EXPECT_NE(RunCli({"quantize", "--model", dir + "/gptq_7", "--out", dir + "/again"}, &out, &err), 0);
+  EXPECT_NE(err.find("is quantized already"), std::string::npos) << err;
+}
+
 // --device cuda runs the dense part and the experts on a GPU; where there is
 // none it says so (and the test stops there: GPU runs are in the GPU tests).
 TEST(CliTest, DeviceFlag) {
