@@ -242,13 +242,32 @@ absl::Status ParseQuantization(const Json& j, absl::string_view source, Checkpoi
   if (!qc.is_object()) return absl::InvalidArgumentError(where + " must be an object");
   Reader r(qc, where);
   MM_ASSIGN_OR_RETURN(std::string method, r.String("quant_method"));
+  if (method == "fp8") {
+    q->method = CheckpointQuantization::Method::kFp8;
+    MM_ASSIGN_OR_RETURN(std::vector<int> block, r.IntList("weight_block_size"));
+    MM_ASSIGN_OR_RETURN(std::string activations, r.String("activation_scheme", "dynamic"));
+    MM_ASSIGN_OR_RETURN(std::string fmt, r.String("fmt", "e4m3"));
+    if (block.size() != 2 || block[0] < 1 || block[1] < 16 || (block[1] & (block[1] - 1)) != 0) {
+      return absl::InvalidArgumentError(
+          where + ".weight_block_size must be [rows, columns], columns a power of two of 16 or more (DeepSeek-V3: "
+                  "[128, 128]); per-tensor FP8 is not read yet");
+    }
+    if (activations != "dynamic" || fmt != "e4m3") {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": activation_scheme \"", activations, "\", fmt \"", fmt,
+                                                     "\" (dynamic e4m3 is read)"));
+    }
+    q->bits = 8;
+    q->block_rows = block[0];
+    q->block_cols = block[1];
+    return absl::OkStatus();
+  }
   if (method == "gptq") {
     q->method = CheckpointQuantization::Method::kGptq;
   } else if (method == "awq") {
     q->method = CheckpointQuantization::Method::kAwq;
   } else {
     return absl::InvalidArgumentError(absl::StrCat(where, ".quant_method \"", method,
-                                                   "\" is not read (supported: gptq, awq)"));
+                                                   "\" is not read (supported: gptq, awq, fp8)"));
   }
   MM_ASSIGN_OR_RETURN(q->bits, r.IntAny({"bits", "w_bit"}));
   MM_ASSIGN_OR_RETURN(q->group_size, r.IntAny({"group_size", "q_group_size"}));

@@ -58,10 +58,13 @@ struct GatingExtensions {
 // A checkpoint quantized before it was published (config.json's
 // quantization_config): which layout its linear layers' tensors take.
 struct CheckpointQuantization {
-  enum class Method { kNone, kGptq, kAwq };
+  enum class Method { kNone, kGptq, kAwq, kFp8 };
   Method method = Method::kNone;
   int bits = 0;
   int group_size = 0;
+  // FP8 (DeepSeek-V3): E4M3 weights with a weight_scale_inv a block of
+  // block_rows x block_cols (weight_block_size).
+  int block_rows = 0, block_cols = 0;
   // GPTQ's checkpoint_format "gptq" (v1) stores zero points minus one;
   // "gptq_v2" as they are.
   bool gptq_v2 = false;

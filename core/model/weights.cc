@@ -20,9 +20,34 @@ class Loader {
     if (c_.quantization.method != CheckpointQuantization::Method::kNone && absl::EndsWith(name, ".weight")) {
       const std::string layer = name.substr(0, name.size() - 7);
       if (ckpt_.Has(layer + ".qweight")) return Packed(layer, rows, cols);
+      if (c_.quantization.method == CheckpointQuantization::Method::kFp8 && ckpt_.Has(name + "_scale_inv")) {
+        return Fp8(name, rows, cols);
+      }
     }
     MM_ASSIGN_OR_RETURN(TensorInfo t, ckpt_.GetFloat(name, {rows, cols}));
     return Matrix{t.dtype, rows, cols, t.data};
+  }
+  // An FP8 layer: E4M3 weights and their blocks' weight_scale_inv.
+  absl::StatusOr<Matrix> Fp8(const std::string& name, int rows, int cols) const {
+    const CheckpointQuantization& cq = c_.quantization;
+    MM_ASSIGN_OR_RETURN(TensorInfo w, ckpt_.Get(name));
+    MM_ASSIGN_OR_RETURN(TensorInfo s, ckpt_.Get(name + "_scale_inv"));
+    const std::vector<int64_t> grid = {(rows + cq.block_rows - 1) / cq.block_rows,
+                                       (cols + cq.block_cols - 1) / cq.block_cols};
+    if (w.dtype != DType::kF8E4M3 || w.shape != std::vector<int64_t>{rows, cols}) {
+      return absl::InvalidArgumentError(absl::StrCat(w.file, ": tensor ", name, " is ", DTypeName(w.dtype), " ",
+                                                     w.ShapeString(), "; expected F8_E4M3 [", rows, ", ", cols, "]"));
+    }
+    if ((s.dtype != DType::kF32 && s.dtype != DType::kBF16) || s.shape != grid) {
+      return absl::InvalidArgumentError(absl::StrCat(s.file, ": tensor ", s.name, " is ", DTypeName(s.dtype), " ",
+                                                     s.ShapeString(), "; blocks of ", cq.block_rows, " x ",
+                                                     cq.block_cols, " need F32 [", grid[0], ", ", grid[1], "]"));
+    }
+    absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> m =
+        FromFp8Blocks(rows, cols, cq.block_rows, cq.block_cols, w.data, s.data, s.dtype);
+    if (!m.ok()) return absl::InvalidArgumentError(absl::StrCat(name, ": ", m.status().message()));
+    owned_->push_back(*m);
+    return (*m)->view();
   }
   // A GPTQ or AWQ layer: qweight, qzeros, scales (and GPTQ's g_idx, which
   // must name the groups in order: act-order is not read).

@@ -266,12 +266,116 @@ TEST(WeightsTest, GptqAndAwqCheckpointsLoadAsTheirDequantizedWeights) {
   }
 }
 
+// An E4M3 byte's value from the format's definition (not the decoder under test).
+double E4M3Value(uint8_t b) {
+  const int e = (b >> 3) & 15, m = b & 7;
+  const double v = e == 0 ? std::ldexp(m / 8.0, -6) : std::ldexp(1 + m / 8.0, e - 7);
+  return (b & 0x80) ? -v : v;
+}
+
+// DeepSeek-V3's FP8 layout (E4M3 weights, an F32 weight_scale_inv a block of
+// 16 x 32 here, partial blocks at the edges): every projection of the
+// decoder layers loads as its dequantized weights do; the router and
+// embeddings stay as stored.
+TEST(WeightsTest, Fp8CheckpointsLoadAsTheirDequantizedWeights) {
+  const int block_rows = 16, block_cols = 32;
+  auto quantized = [](const std::string& name) {
+    return absl::EndsWith(name, "_proj.weight") || absl::EndsWith(name, "_proj_with_mqa.weight");
+  };
+  // Nearest E4M3 byte (of the 254 that are not NaN) to each weight / its block's scale.
+  auto to_fp8 = [&](const TensorToWrite& w, TensorToWrite* scale_inv) {
+    const int rows = static_cast<int>(w.shape[0]), cols = static_cast<int>(w.shape[1]);
+    const int gr = (rows + block_rows - 1) / block_rows, gc = (cols + block_cols - 1) / block_cols;
+    std::vector<float> f(static_cast<size_t>(rows) * cols), scales(static_cast<size_t>(gr) * gc, 0.f);
+    ConvertToF32(w.dtype, w.bytes.data(), f.size(), f.data());
+    for (int r = 0; r < rows; ++r) {
+      for (int c = 0; c < cols; ++c) {
+        float& s = scales[(r / block_rows) * gc + c / block_cols];
+        s = std::max(s, std::fabs(f[r * cols + c]) / 448.0f);
+      }
+    }
+    std::string codes(f.size(), '\0');
+    for (size_t i = 0; i < f.size(); ++i) {
+      const float s = scales[(i / cols / block_rows) * gc + (i % cols) / block_cols];
+      const double x = s > 0 ? f[i] / s : 0.0;
+      int best = 0;
+      for (int b = 0; b < 256; ++b) {
+        if ((b & 0x7F) == 0x7F) continue;
+        if (std::fabs(E4M3Value(b) - x) < std::fabs(E4M3Value(best) - x)) best = b;
+      }
+      codes[i] = static_cast<char>(best);
+    }
+    *scale_inv = {w.name + "_scale_inv", DType::kF32, {gr, gc},
+                  std::string(reinterpret_cast<const char*>(scales.data()), scales.size() * 4)};
+    return TensorToWrite{w.name, DType::kF8E4M3, w.shape, codes};
+  };
+  std::string fp8_dir = CopyFixture("deepseek_v3", "fp8", [&](TensorMap* t) {
+    TensorMap out;
+    for (auto& [n, w] : *t) {
+      if (!quantized(n)) {
+        out[n] = w;
+        continue;
+      }
+      TensorToWrite scale_inv;
+      out[n] = to_fp8(w, &scale_inv);
+      out[scale_inv.name] = scale_inv;
+    }
+    *t = std::move(out);
+  });
+  std::string dense_dir = CopyFixture("deepseek_v3", "fp8_dequantized", [&](TensorMap* t) {
+    for (auto& [n, w] : *t) {
+      if (!quantized(n)) continue;
+      TensorToWrite scale_inv;
+      const TensorToWrite q = to_fp8(w, &scale_inv);
+      const int rows = static_cast<int>(w.shape[0]), cols = static_cast<int>(w.shape[1]);
+      const int gc = (cols + block_cols - 1) / block_cols;
+      const float* s = reinterpret_cast<const float*>(scale_inv.bytes.data());
+      std::vector<float> deq(static_cast<size_t>(rows) * cols);
+      for (size_t i = 0; i < deq.size(); ++i) {
+        const int r = static_cast<int>(i / cols), c = static_cast<int>(i % cols);
+        deq[i] = static_cast<float>(E4M3Value(static_cast<uint8_t>(q.bytes[i])) * s[(r / block_rows) * gc + c / block_cols]);
+      }
+      w = {n, DType::kF32, w.shape, std::string(reinterpret_cast<const char*>(deq.data()), deq.size() * 4)};
+    }
+  });
+  auto config = ReadFile("tests/fixtures/deepseek_v3/config.json");
+  ASSERT_TRUE(config.ok());
+  nlohmann::json cfg = nlohmann::json::parse(*config);
+  cfg["quantization_config"] = {{"quant_method", "fp8"}, {"weight_block_size", {block_rows, block_cols}},
+                                {"activation_scheme", "dynamic"}, {"fmt", "e4m3"}};
+  ASSERT_TRUE(WriteFileAtomically(fp8_dir + "/config.json", cfg.dump()).ok());
+  auto fp8 = Load(fp8_dir);
+  ASSERT_TRUE(fp8.ok()) << fp8.status();
+  auto dense = Load(dense_dir);
+  ASSERT_TRUE(dense.ok()) << dense.status();
+  EXPECT_EQ(fp8->layers[1].attn.kv_b.quant, QuantKind::kFp8);
+  EXPECT_FALSE(fp8->layers[1].router.quantized());
+  using Pair = std::pair<const Matrix*, const Matrix*>;
+  const FfnWeights* fe = fp8->experts.Find(1, 4);
+  const FfnWeights* de = dense->experts.Find(1, 4);
+  ASSERT_TRUE(fe != nullptr && de != nullptr);
+  std::vector<float> a(256), b(256);
+  for (auto [p, d] : {Pair{&fp8->layers[1].attn.kv_b, &dense->layers[1].attn.kv_b},
+                      Pair{&fp8->layers[1].attn.q_b, &dense->layers[1].attn.q_b},
+                      Pair{&fp8->layers[0].dense.down, &dense->layers[0].dense.down}, Pair{&fe->up, &de->up}}) {
+    ASSERT_EQ(p->quant, QuantKind::kFp8);
+    for (int r = 0; r < p->rows; ++r) {
+      GatherRow(*p, r, a.data());
+      GatherRow(*d, r, b.data());
+      for (int c = 0; c < p->cols; ++c) ASSERT_EQ(a[c], b[c]) << "row " << r << " col " << c;
+    }
+  }
+}
+
 // What a quantized checkpoint's config or tensors get wrong is named.
 TEST(WeightsTest, QuantizedCheckpointErrorsAreNamed) {
   auto config = ReadFile("tests/fixtures/olmoe/config.json");
   ASSERT_TRUE(config.ok());
   for (const auto& [qc, want] : std::vector<std::pair<nlohmann::json, std::string>>{
-           {{{"quant_method", "fp8"}}, "quant_method \"fp8\" is not read"},
+           {{{"quant_method", "bitsandbytes"}}, "quant_method \"bitsandbytes\" is not read"},
+           {{{"quant_method", "fp8"}}, "weight_block_size must be [rows, columns]"},
+           {{{"quant_method", "fp8"}, {"weight_block_size", {128, 128}}, {"activation_scheme", "static"}},
+            "activation_scheme \"static\""},
            {{{"quant_method", "gptq"}, {"bits", 8}, {"group_size", 128}}, "8-bit gptq"},
            {{{"quant_method", "gptq"}, {"bits", 4}, {"group_size", -1}}, "group_size -1"},
            {{{"quant_method", "gptq"}, {"bits", 4}, {"group_size", 128}, {"desc_act", true}}, "act-order"},

@@ -45,6 +45,8 @@ std::string QuantSpecName(const QuantSpec& spec) {
       return "int8";
     case QuantKind::kInt4:
       return absl::StrCat("int4:", spec.group, spec.symmetric ? "" : ":asym");
+    case QuantKind::kFp8:
+      return "fp8";  // read from checkpoints only
   }
   return "none";
 }
@@ -166,6 +168,37 @@ absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromPackedInt4(const Pack
     }
   }
   v.data = q->codes_.data();
+  v.scales = q->scales_.data();
+  v.biases = q->biases_.data();
+  return std::shared_ptr<const QuantizedMatrix>(std::move(q));
+}
+
+absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromFp8Blocks(int rows, int cols, int block_rows,
+                                                                     int block_cols, const void* codes,
+                                                                     const void* scales, DType scales_dtype) {
+  if (rows <= 0 || cols <= 0 || block_rows <= 0 || block_cols < 16 || (block_cols & (block_cols - 1)) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("FP8 blocks of ", block_rows, " x ", block_cols,
+                                                   " (block columns: a power of two, 16 or more)"));
+  }
+  auto q = std::shared_ptr<QuantizedMatrix>(new QuantizedMatrix);
+  MatrixView& v = q->view_;
+  v = MatrixView{DType::kF8E4M3, rows, cols, codes};
+  v.quant = QuantKind::kFp8;
+  v.group = block_cols;
+  const int groups = v.groups(), block_grid_rows = (rows + block_rows - 1) / block_rows;
+  std::vector<float> grid(static_cast<size_t>(block_grid_rows) * groups);
+  ConvertToF32(scales_dtype, scales, grid.size(), grid.data());
+  q->scales_.resize(static_cast<size_t>(rows) * groups);
+  q->biases_.assign(q->scales_.size(), 0.f);
+  for (int r = 0; r < rows; ++r) {
+    for (int g = 0; g < groups; ++g) {
+      const float s = grid[static_cast<size_t>(r / block_rows) * groups + g];
+      if (!std::isfinite(s)) {
+        return absl::InvalidArgumentError(absl::StrCat("block (", r / block_rows, ", ", g, ")'s scale is ", s));
+      }
+      q->scales_[static_cast<size_t>(r) * groups + g] = s;
+    }
+  }
   v.scales = q->scales_.data();
   v.biases = q->biases_.data();
   return std::shared_ptr<const QuantizedMatrix>(std::move(q));

@@ -36,6 +36,8 @@ class QuantizedMatrix {
  private:
   friend absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> Quantize(const MatrixView&, const QuantSpec&);
   friend absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromPackedInt4(const PackedInt4&);
+  friend absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromFp8Blocks(int, int, int, int, const void*,
+                                                                             const void*, DType);
   std::vector<uint8_t> codes_;
   std::vector<float> scales_, biases_;
   MatrixView view_;
@@ -72,6 +74,15 @@ struct PackedInt4 {
 // packed dimensions multiples of 8, cols a multiple of the group, groups
 // of 32, 64 or 128).
 absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromPackedInt4(const PackedInt4& packed);
+
+// A block-scaled FP8 matrix as DeepSeek-V3's checkpoints store it: `codes`
+// [rows, cols] E4M3 bytes (used in place: they must outlive the result),
+// `scales` [ceil(rows / block_rows), ceil(cols / block_cols)] (weight_scale_inv,
+// F32 or BF16), each weight code * scale of its block. INVALID_ARGUMENT for
+// block columns not a power of two of 16 or more, or scales not finite.
+absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromFp8Blocks(int rows, int cols, int block_rows,
+                                                                     int block_cols, const void* codes,
+                                                                     const void* scales, DType scales_dtype);
 
 // An int4 matrix (Quantize's) in a GPTQ or AWQ layer's tensors, as
 // FromPackedInt4 reads them back: scales in F16, zero points as stored

@@ -202,5 +202,63 @@ TEST(PackedInt4Test, PackedAndReadBackGiveTheSameWeights) {
   EXPECT_TRUE(PackInt4((*q)->view(), PackedInt4::Layout::kAwq, false).ok());
 }
 
+// Block-scaled FP8 (DeepSeek-V3's checkpoints): Linear against the
+// dequantized product for every kernel variant, partial blocks and odd
+// sizes included, and every batch width giving each row exactly what it
+// gives alone; the weights are each byte's E4M3 value times its block's scale.
+TEST(Fp8BlocksTest, LinearMatchesTheDequantizedProductAndDoesNotDependOnTheBatch) {
+  ThreadPool pool(2);
+  for (auto [n, k, block] : {std::tuple{7, 13, 16}, {33, 200, 128}, {130, 257, 64}}) {
+    std::mt19937 g(41);
+    std::vector<uint8_t> codes(static_cast<size_t>(n) * k);
+    for (uint8_t& c : codes) {
+      c = static_cast<uint8_t>(g() & 0xFF);
+      if ((c & 0x7F) == 0x7F) c &= 0xF0;  // no NaN
+    }
+    const int block_rows = 16, grid_rows = (n + block_rows - 1) / block_rows, grid_cols = (k + block - 1) / block;
+    std::vector<float> scales = Random(static_cast<size_t>(grid_rows) * grid_cols, 42, 0.01f);
+    auto q = FromFp8Blocks(n, k, block_rows, block, codes.data(), scales.data(), DType::kF32);
+    ASSERT_TRUE(q.ok()) << q.status();
+    const MatrixView& w = (*q)->view();
+    std::vector<float> row(k);
+    for (int r = 0; r < n; ++r) {
+      GatherRow(w, r, row.data());
+      for (int c = 0; c < k; ++c) {
+        ASSERT_EQ(row[c], F8E4M3ToF32(codes[static_cast<size_t>(r) * k + c]) *
+                              scales[static_cast<size_t>(r / block_rows) * grid_cols + c / block]);
+      }
+    }
+    const int max_m = 9;
+    std::vector<float> x = Random(static_cast<size_t>(max_m) * k, 43);
+    for (int v = 0; v <= static_cast<int>(BestLinearIsa()); ++v) {
+      const LinearIsa isa = static_cast<LinearIsa>(v);
+      std::vector<float> alone(static_cast<size_t>(max_m) * n);
+      for (int i = 0; i < max_m; ++i) {
+        Linear(x.data() + static_cast<size_t>(i) * k, 1, w, nullptr, alone.data() + static_cast<size_t>(i) * n, nullptr,
+               isa);
+      }
+      for (int i = 0; i < max_m; ++i) {
+        for (int j = 0; j < n; ++j) {
+          GatherRow(w, j, row.data());
+          double ref = 0;
+          for (int d = 0; d < k; ++d) ref += static_cast<double>(x[i * k + d]) * row[d];
+          ASSERT_NEAR(alone[i * n + j], ref, 1e-4 * (1 + std::fabs(ref))) << "n=" << n << " k=" << k << " isa " << v;
+        }
+      }
+      for (int m : {2, 5, 9}) {
+        std::vector<float> y(static_cast<size_t>(m) * n);
+        Linear(x.data(), m, w, nullptr, y.data(), &pool, isa);
+        for (size_t j = 0; j < y.size(); ++j) ASSERT_EQ(y[j], alone[j]) << "isa " << v << " m=" << m << " at " << j;
+      }
+    }
+  }
+  std::vector<uint8_t> codes(64);
+  std::vector<float> bad = {NAN};
+  EXPECT_EQ(FromFp8Blocks(2, 32, 128, 128, codes.data(), bad.data(), DType::kF32).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(FromFp8Blocks(2, 32, 128, 48, codes.data(), bad.data(), DType::kF32).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace moemesh

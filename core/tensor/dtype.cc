@@ -14,6 +14,7 @@ size_t DTypeSize(DType t) {
     case DType::kI8: return 1;
     case DType::kI32: return 4;
     case DType::kI64: return 8;
+    case DType::kF8E4M3: return 1;
   }
   return 0;
 }
@@ -26,6 +27,7 @@ absl::string_view DTypeName(DType t) {
     case DType::kI8: return "I8";
     case DType::kI32: return "I32";
     case DType::kI64: return "I64";
+    case DType::kF8E4M3: return "F8_E4M3";
   }
   return "?";
 }
@@ -37,8 +39,9 @@ absl::StatusOr<DType> ParseDType(absl::string_view name) {
   if (name == "I8") return DType::kI8;
   if (name == "I32") return DType::kI32;
   if (name == "I64") return DType::kI64;
+  if (name == "F8_E4M3") return DType::kF8E4M3;
   return absl::InvalidArgumentError(absl::StrCat(
-      "unsupported dtype \"", name, "\" (supported: F32, F16, BF16, I8, I32, I64)"));
+      "unsupported dtype \"", name, "\" (supported: F32, F16, BF16, I8, I32, I64, F8_E4M3)"));
 }
 
 float F16ToF32(uint16_t h) {
@@ -96,6 +99,11 @@ void ConvertToF32(DType src_type, const void* src, size_t n, float* dst) {
     case DType::kF16: {
       const uint16_t* s = static_cast<const uint16_t*>(src);
       for (size_t i = 0; i < n; ++i) dst[i] = F16ToF32(s[i]);
+      return;
+    }
+    case DType::kF8E4M3: {
+      const uint8_t* s = static_cast<const uint8_t*>(src);
+      for (size_t i = 0; i < n; ++i) dst[i] = F8E4M3ToF32(s[i]);
       return;
     }
     default:

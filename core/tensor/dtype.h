@@ -10,14 +10,26 @@
 namespace moemesh {
 
 // Element types of weights and wire tensors.
-enum class DType : uint8_t { kF32, kF16, kBF16, kI8, kI32, kI64 };
+// kF8E4M3: OCP FP8 E4M3 ("e4m3fn": no infinities, 0x7F/0xFF are NaN), as
+// DeepSeek-V3's checkpoints store their weights (with block scales).
+enum class DType : uint8_t { kF32, kF16, kBF16, kI8, kI32, kI64, kF8E4M3 };
 
 // Bytes per element.
 size_t DTypeSize(DType t);
-// The safetensors spelling: "F32", "F16", "BF16", "I8", "I32", "I64".
+// The safetensors spelling: "F32", "F16", "BF16", "I8", "I32", "I64", "F8_E4M3".
 absl::string_view DTypeName(DType t);
 // Parses the safetensors spelling; INVALID_ARGUMENT names unsupported types.
 absl::StatusOr<DType> ParseDType(absl::string_view name);
+
+// An E4M3 byte's value: its 7 magnitude bits placed at float's exponent
+// and mantissa and scaled by 2^120 (the biases' difference) are exact for
+// normal and subnormal values alike.
+inline float F8E4M3ToF32(uint8_t v) {
+  const uint32_t bits = (static_cast<uint32_t>(v & 0x7F) << 20) | (static_cast<uint32_t>(v & 0x80) << 24);
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f * 0x1p120f;
+}
 
 inline float Bf16ToF32(uint16_t v) {
   uint32_t bits = static_cast<uint32_t>(v) << 16;

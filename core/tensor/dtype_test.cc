@@ -9,14 +9,31 @@ namespace moemesh {
 namespace {
 
 TEST(DTypeTest, ParsesSafetensorsNames) {
-  for (DType t : {DType::kF32, DType::kF16, DType::kBF16, DType::kI8, DType::kI32, DType::kI64}) {
+  for (DType t : {DType::kF32, DType::kF16, DType::kBF16, DType::kI8, DType::kI32, DType::kI64, DType::kF8E4M3}) {
     auto parsed = ParseDType(DTypeName(t));
     ASSERT_TRUE(parsed.ok());
     EXPECT_EQ(*parsed, t);
   }
-  auto bad = ParseDType("F8_E4M3");
+  auto bad = ParseDType("F8_E5M2");
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(bad.status().message().find("F8_E4M3"), std::string::npos);
+  EXPECT_NE(bad.status().message().find("F8_E5M2"), std::string::npos);
+}
+
+// Every E4M3 byte against the format's definition: (-1)^s 2^(e - 7) (1 + m / 8),
+// or 2^-6 (m / 8) where e is 0; 0x7F and 0xFF (NaN in e4m3fn) come out as 480.
+TEST(DTypeTest, F8E4M3DecodesEveryByte) {
+  for (int b = 0; b < 256; ++b) {
+    const int s = b >> 7, e = (b >> 3) & 15, m = b & 7;
+    double want = e == 0 ? std::ldexp(m / 8.0, -6) : std::ldexp(1 + m / 8.0, e - 7);
+    if (s) want = -want;
+    EXPECT_EQ(F8E4M3ToF32(static_cast<uint8_t>(b)), static_cast<float>(want)) << "byte " << b;
+  }
+  const uint8_t bytes[3] = {0x38, 0xB8, 0x7E};  // 1, -1, 448
+  float out[3];
+  ConvertToF32(DType::kF8E4M3, bytes, 3, out);
+  EXPECT_EQ(out[0], 1.0f);
+  EXPECT_EQ(out[1], -1.0f);
+  EXPECT_EQ(out[2], 448.0f);
 }
 
 TEST(DTypeTest, Bf16RoundTripsAndRoundsToNearestEven) {

@@ -22,6 +22,10 @@ enum class QuantKind : uint8_t {
   // high one (a vector of 16 columns is one shift or mask of 16 bytes); the
   // last block is padded with zero codes.
   kInt4,
+  // FP8 E4M3 codes (dtype kF8E4M3), a row of `cols` bytes; the weight is
+  // the code's value * scale, one scale a block of rows and `group`
+  // columns (DeepSeek-V3's weight_scale_inv, given per row here); bias 0.
+  kFp8,
 };
 
 // A non-owning row-major [rows, cols] matrix of F32, F16 or BF16 elements,

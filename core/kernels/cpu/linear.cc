@@ -28,7 +28,7 @@ __attribute__((target("avx2,fma"))) inline float HSum(__m256 v) {
 
 // The weights' element types the vector kernels read: floats, 16-bit
 // floats, and quantized codes (a QRow stands for a row of those).
-enum class W { kF32, kBf16, kF16, kQ8, kQ4 };
+enum class W { kF32, kBf16, kF16, kQ8, kQ4, kF8 };
 
 // A quantized row: its codes, its groups' scales and biases, and log2 of
 // the columns a group covers (30 for int8's one group a row).
@@ -62,6 +62,7 @@ inline float WeightAt(const void* w, int i) {
   if constexpr (kW == W::kF16) return F16ToF32(static_cast<const uint16_t*>(w)[i]);
   const QRow& r = *static_cast<const QRow*>(w);
   if constexpr (kW == W::kQ8) return static_cast<float>(CodeAt<kW>(r, i));
+  if constexpr (kW == W::kF8) return F8E4M3ToF32(r.codes[i]) * r.scales[i >> r.shift];
   const int g = i >> r.shift;
   return std::fma(static_cast<float>(CodeAt<kW>(r, i)), r.scales[g], r.biases[g]);
 }
@@ -81,6 +82,14 @@ __attribute__((target("avx2,fma,f16c"))) inline __m256 Load8(const void* w, int 
   if constexpr (kW == W::kQ8) {
     const QRow& r = *static_cast<const QRow*>(w);
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(r.codes + i))));
+  }
+  if constexpr (kW == W::kF8) {  // F8E4M3ToF32's bit placement, eight at a time, then the block's scale
+    const QRow& r = *static_cast<const QRow*>(w);
+    const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(r.codes + i)));
+    const __m256i bits = _mm256_or_si256(_mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x7F)), 20),
+                                         _mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x80)), 24));
+    return _mm256_mul_ps(_mm256_mul_ps(_mm256_castsi256_ps(bits), _mm256_set1_ps(0x1p120f)),
+                         _mm256_set1_ps(r.scales[i >> r.shift]));
   }
   if constexpr (kW == W::kQ4) {
     const QRow& r = *static_cast<const QRow*>(w);
@@ -184,6 +193,14 @@ __attribute__((target("avx512f"))) inline __m512 Load16(const void* w, int i) {
   if constexpr (kW == W::kQ8) {
     const QRow& r = *static_cast<const QRow*>(w);
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r.codes + i))));
+  }
+  if constexpr (kW == W::kF8) {  // as Load8
+    const QRow& r = *static_cast<const QRow*>(w);
+    const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r.codes + i)));
+    const __m512i bits = _mm512_or_si512(_mm512_slli_epi32(_mm512_and_si512(b, _mm512_set1_epi32(0x7F)), 20),
+                                         _mm512_slli_epi32(_mm512_and_si512(b, _mm512_set1_epi32(0x80)), 24));
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_castsi512_ps(bits), _mm512_set1_ps(0x1p120f)),
+                         _mm512_set1_ps(r.scales[i >> r.shift]));
   }
   if constexpr (kW == W::kQ4) {  // i a multiple of 16: a block's low or high nibbles
     const QRow& r = *static_cast<const QRow*>(w);
@@ -396,6 +413,7 @@ Blocks BlocksFor(LinearIsa isa, const MatrixView& w) {
   const DType t = w.dtype;
   if (w.quant == QuantKind::kInt8) return BlocksOf<W::kQ8>(wide);
   if (w.quant == QuantKind::kInt4) return BlocksOf<W::kQ4>(wide);
+  if (w.quant == QuantKind::kFp8) return BlocksOf<W::kF8>(wide);
   if (t == DType::kBF16) return BlocksOf<W::kBf16>(wide);
   if (t == DType::kF16) return BlocksOf<W::kF16>(wide);
   return BlocksOf<W::kF32>(wide);
@@ -474,6 +492,7 @@ __attribute__((target("avx2,fma,f16c"))) float WidenRowAvx2(const MatrixView& w,
 float WidenRow(const MatrixView& w, int row, float* out) {
   const bool avx2 = BestLinearIsa() != LinearIsa::kPortable;
   if (w.quant == QuantKind::kInt8) return avx2 ? WidenRowAvx2<W::kQ8>(w, row, out) : WidenRowOf<W::kQ8>(w, row, out);
+  if (w.quant == QuantKind::kFp8) return avx2 ? WidenRowAvx2<W::kF8>(w, row, out) : WidenRowOf<W::kF8>(w, row, out);
   return avx2 ? WidenRowAvx2<W::kQ4>(w, row, out) : WidenRowOf<W::kQ4>(w, row, out);
 }
 
