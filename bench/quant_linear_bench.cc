@@ -1,5 +1,5 @@
 // The CPU's decode product (Linear with one input row) over expert-sized
-// weight matrices, as stored (BF16) and quantized (int8, int4): the bytes
+// weight matrices, as stored (BF16) and quantized (FP8, int8, int4): the bytes
 // each form reads per second, beside the machine's read bandwidth measured
 // in the same run; issue #17 asks for half of it or more on the quantized
 // bytes. The matrices together are far larger than the caches, so each
@@ -7,6 +7,7 @@
 //   build/bench/quant_linear_bench [--threads 1,2]
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <memory>
 #include <random>
@@ -23,6 +24,29 @@
 
 namespace moemesh {
 namespace {
+
+// `bf16` as DeepSeek-V3's FP8 checkpoints store weights: E4M3 codes (kept
+// in `codes`, a new vector each call) with a scale a 128 x 128 block.
+absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> Fp8Matrix(const std::vector<uint16_t>& bf16, int n, int k,
+                                                                 std::vector<std::vector<uint8_t>>* codes) {
+  const int block = 128, gr = (n + block - 1) / block, gc = (k + block - 1) / block;
+  std::vector<float> scales(static_cast<size_t>(gr) * gc, 0.f);
+  for (int r = 0; r < n; ++r) {
+    for (int c = 0; c < k; ++c) {
+      float& s = scales[(r / block) * gc + c / block];
+      s = std::max(s, std::fabs(Bf16ToF32(bf16[static_cast<size_t>(r) * k + c])) / 448.0f);
+    }
+  }
+  codes->emplace_back(static_cast<size_t>(n) * k);
+  for (int r = 0; r < n; ++r) {
+    for (int c = 0; c < k; ++c) {
+      const float s = scales[(r / block) * gc + c / block];
+      const float w = Bf16ToF32(bf16[static_cast<size_t>(r) * k + c]);
+      codes->back()[static_cast<size_t>(r) * k + c] = F32ToF8E4M3(s > 0 ? w / s : 0.f);
+    }
+  }
+  return FromFp8Blocks(n, k, block, block, codes->back().data(), scales.data(), DType::kF32);
+}
 
 int Main(int argc, char** argv) {
   std::vector<int> thread_counts;
@@ -61,14 +85,20 @@ int Main(int argc, char** argv) {
   for (int threads : thread_counts) {
     const double bandwidth = MeasureReadBandwidth(threads);
     ThreadPool pool(threads);
-    for (const char* name : {"bf16", "int8", "int4:128", "int4:32:asym"}) {
+    for (const char* name : {"bf16", "fp8", "int8", "int4:128", "int4:32:asym"}) {
       std::vector<std::vector<uint16_t>> copies;
+      std::vector<std::vector<uint8_t>> fp8_codes;
       std::vector<std::shared_ptr<const QuantizedMatrix>> quantized;
       std::vector<MatrixView> ms;
       for (int c = 0; c < count; ++c) {
         if (std::string(name) == "bf16") {
           copies.push_back(bf16);
           ms.push_back(MatrixView{DType::kBF16, n, k, copies.back().data()});
+        } else if (std::string(name) == "fp8") {
+          auto q = Fp8Matrix(bf16, n, k, &fp8_codes);
+          if (!q.ok()) return 1;
+          quantized.push_back(*q);
+          ms.push_back((*q)->view());
         } else {
           auto q = Quantize(MatrixView{DType::kBF16, n, k, bf16.data()}, *ParseQuantSpec(name));
           if (!q.ok()) return 1;

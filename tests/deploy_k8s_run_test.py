@@ -17,6 +17,7 @@ Rendering needs kubectl with kustomize 5; without it the test is skipped
 """
 import json
 import os
+import random
 import re
 import socket
 import ssl
@@ -33,10 +34,24 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from deploy_k8s_test import BINARIES, K8S, ROOT, kustomize_version  # noqa: E402
 
 
+_taken = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    # Below Linux's ephemeral range (32768 and up): the tests that run beside
+    # this one bind port 0 there, and could take a port chosen here before
+    # its process binds it.
+    while True:
+        port = random.randrange(20000, 32000)
+        if port in _taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _taken.add(port)
+        return port
 
 
 def make_certs(out):
@@ -119,12 +134,14 @@ def run_overlay(overlay, build_dir):
                                  env=dict(os.environ, **config))
             procs.append((name, p))
             deadline = time.time() + 120
+            said = []
             while True:
                 line = p.stdout.readline()
                 if line.startswith("listening on "):
                     break
+                said.append(line)
                 if not line and p.poll() is not None or time.time() > deadline:
-                    print(f"FAIL {overlay}: {name} did not start: {' '.join(argv)}")
+                    print(f"FAIL {overlay}: {name} did not start: {' '.join(argv)}\n{''.join(said[-20:])}")
                     return 1
             # Its later output, drained so that it never blocks on a full pipe.
             threading.Thread(target=lambda f=p.stdout: [None for _ in f], daemon=True).start()

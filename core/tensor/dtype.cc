@@ -86,6 +86,28 @@ uint16_t F32ToF16(float f) {
   return sign | static_cast<uint16_t>((abs - 0x38000000u) >> 13);
 }
 
+uint8_t F32ToF8E4M3(float f) {
+  if (std::isnan(f)) return 0x7F;
+  const uint8_t sign = std::signbit(f) ? 0x80 : 0;
+  const float a = std::fabs(f);
+  if (a >= 448.0f) return sign | 0x7E;  // the largest finite value
+  // The step between neighbours at a's binade: 2^(e - 3) for normals
+  // (e >= -6), 2^-9 below; a / step rounded to even is then exact.
+  int e = 0;
+  std::frexp(a, &e);  // a = m * 2^e, m in [0.5, 1)
+  const int exp = std::max(e - 1, -6);
+  const float step = std::ldexp(1.0f, exp - 3);
+  const float units = std::nearbyint(a / step);  // 8..16 for normals (16: the next binade's 1.0)
+  const float value = units * step;
+  if (value == 0) return sign;
+  // Re-encode the rounded value (it may have moved up a binade).
+  std::frexp(value, &e);
+  const int biased = e - 1 + 7;
+  if (biased <= 0) return sign | static_cast<uint8_t>(std::nearbyint(value / std::ldexp(1.0f, -9)));  // subnormal
+  const int mantissa = static_cast<int>(std::nearbyint((value / std::ldexp(1.0f, e - 1) - 1) * 8));
+  return sign | static_cast<uint8_t>(biased << 3) | static_cast<uint8_t>(mantissa);
+}
+
 void ConvertToF32(DType src_type, const void* src, size_t n, float* dst) {
   switch (src_type) {
     case DType::kF32:

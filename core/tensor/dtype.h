@@ -31,6 +31,10 @@ inline float F8E4M3ToF32(uint8_t v) {
   return f * 0x1p120f;
 }
 
+// The nearest E4M3 value to `f` (ties to even), saturating at ±448 (as
+// torch's cast to float8_e4m3fn with clamping); NaN gives 0x7F.
+uint8_t F32ToF8E4M3(float f);
+
 inline float Bf16ToF32(uint16_t v) {
   uint32_t bits = static_cast<uint32_t>(v) << 16;
   float f;

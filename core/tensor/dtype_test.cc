@@ -28,6 +28,22 @@ TEST(DTypeTest, F8E4M3DecodesEveryByte) {
     if (s) want = -want;
     EXPECT_EQ(F8E4M3ToF32(static_cast<uint8_t>(b)), static_cast<float>(want)) << "byte " << b;
   }
+  // Encoding: every finite value round-trips; between two neighbours the
+  // nearer wins (ties to the even code); beyond 448 saturates.
+  for (int b = 0; b < 256; ++b) {
+    if ((b & 0x7F) == 0x7F) continue;
+    const float v = F8E4M3ToF32(static_cast<uint8_t>(b));
+    EXPECT_EQ(F8E4M3ToF32(F32ToF8E4M3(v)), v) << "byte " << b;
+    const uint8_t next = static_cast<uint8_t>(b + 1);
+    if ((b & 0x80) || (next & 0x7F) == 0x7F) continue;
+    const float w = F8E4M3ToF32(next), mid = (v + w) / 2;
+    EXPECT_EQ(F8E4M3ToF32(F32ToF8E4M3(v + (w - v) * 0.4f)), v) << "byte " << b;
+    EXPECT_EQ(F8E4M3ToF32(F32ToF8E4M3(v + (w - v) * 0.6f)), w) << "byte " << b;
+    EXPECT_EQ(F32ToF8E4M3(mid) & 1, 0) << "byte " << b << ": a tie goes to the even code";
+  }
+  EXPECT_EQ(F32ToF8E4M3(1e6f), 0x7E);
+  EXPECT_EQ(F32ToF8E4M3(-500.0f), 0xFE);
+  EXPECT_EQ(F32ToF8E4M3(1e-9f), 0x00);
   const uint8_t bytes[3] = {0x38, 0xB8, 0x7E};  // 1, -1, 448
   float out[3];
   ConvertToF32(DType::kF8E4M3, bytes, 3, out);
