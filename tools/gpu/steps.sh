@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# On the GPU machine (the device tool), from the repository root: unpacks
+# .gpu-bundle (tools/gpu/bundle.sh) and runs the named steps under the CUDA
+# MPS daemon, each with a time limit, its log under $OUT (or ./gpu-results),
+# its summary on stdout. For short, targeted calls; tools/gpu/run.sh runs
+# every GPU test.
+#   tools/gpu/steps.sh ipcr mesh decode
+#   MESH_FILTER='*InProcess/3:*InProcess/9' tools/gpu/steps.sh mesh
+# Steps: ipc (cuda_ipc_transport_test), ipcr (its recording tests), mesh
+# (remote_experts_gpu_test, MESH_FILTER), fwd (cuda_forward_pass_test),
+# decode / decodem (gpu_decode_bench, Qwen3 / Mixtral shapes, counters),
+# hop (ipc_hop_bench).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+out=${OUT:-gpu-results}
+mkdir -p "$out"
+B=/tmp/moemesh-gpu-bundle
+rm -rf "$B" && mkdir -p "$B" && tar -C "$B" -xzf .gpu-bundle/bundle.tar.gz
+export LD_LIBRARY_PATH=$B/lib:/usr/local/cuda/lib64 MOEMESH_BIN=$B/build/tools/moemesh/moemesh
+export MOEMESH_EXPERT_BIN=$B/build/services/expert/moemesh-expert
+export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mpslog
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+mkdir -p /tmp/mps /tmp/mpslog
+# The daemon keeps any stdout it inherits open: a pipe reading this script
+# would never end.
+nvidia-cuda-mps-control -d < /dev/null > /dev/null 2>&1
+gtest() {  # NAME LOG TIMEOUT ARGS...
+  local name=$1 log=$2 limit=$3
+  shift 3
+  timeout "$limit" "$B/bin/$name" "$@" > "$out/$log" 2>&1
+  echo "$log rc=$?"
+  grep -E "^\[  (FAILED|PASSED) |FAILED  \]|graphs replayed" "$out/$log" | head -40
+  grep -A8 "Failure" "$out/$log" | head -60
+}
+for step in "$@"; do
+  start=$(date +%s)
+  case $step in
+    ipc) gtest cuda_ipc_transport_test ipc.log 240 ;;
+    ipcr) gtest cuda_ipc_transport_test ipcr.log 60 --gtest_filter='*Record*' ;;
+    mesh) gtest remote_experts_gpu_test mesh.log 240 --gtest_filter="${MESH_FILTER:-*}" ;;
+    fwd) gtest cuda_forward_pass_test fwd.log 300 ;;
+    decode|decodem)
+      shape=qwen3
+      [ "$step" = decodem ] && shape=mixtral
+      timeout 200 "$B/bench/gpu_decode_bench" --shapes "$shape" --batches 1,8,32,64 --ipc-sync counter \
+        > "$out/$step.txt" 2>&1
+      echo "$step rc=$?"
+      tail -8 "$out/$step.txt" ;;
+    hop) timeout 200 "$B/bench/ipc_hop_bench" --iterations 30 > "$out/hop.txt" 2>&1; echo "hop rc=$?"; tail -12 "$out/hop.txt" ;;
+    *) echo "unknown step $step" ;;
+  esac
+  echo "  ($step: $(( $(date +%s) - start )) s)"
+done
+echo quit | nvidia-cuda-mps-control
