@@ -6,11 +6,30 @@
 #include <chrono>
 #include <cstring>
 #include <memory>
+#include <thread>
 #include <vector>
 
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 #include "core/tensor/thread_pool.h"
 
 namespace moemesh {
+
+bool ParseThreadCounts(absl::string_view list, std::vector<int>* counts) {
+  for (absl::string_view t : absl::StrSplit(list, ',')) {
+    int n = 0;
+    if (!absl::SimpleAtoi(t, &n) || n < 1) return false;
+    counts->push_back(n);
+  }
+  return true;
+}
+
+std::vector<int> DefaultThreadCounts() {
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  std::vector<int> counts;
+  for (int t = 1; t <= std::min(2, cores); ++t) counts.push_back(t);
+  return counts;
+}
 namespace {
 
 double Now() {

@@ -19,12 +19,10 @@
 #include <random>
 #include <set>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "bench/cpu_ceilings.h"
 #include "core/common/file_util.h"
 #include "core/experts/local_expert_executor.h"
@@ -217,13 +215,9 @@ int Main(int argc, char** argv) {
       continue;
     }
     if (f == "--threads") {
-      for (absl::string_view t : absl::StrSplit(value, ',')) {
-        int n = 0;
-        if (!absl::SimpleAtoi(t, &n) || n < 1) {
-          std::fprintf(stderr, "engine_bench: --threads takes counts of 1 or more, such as 1,2\n");
-          return 2;
-        }
-        thread_counts.push_back(n);
+      if (!ParseThreadCounts(value, &thread_counts)) {
+        std::fprintf(stderr, "engine_bench: --threads takes counts of 1 or more, such as 1,2\n");
+        return 2;
       }
       continue;
     }
@@ -253,10 +247,7 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "engine_bench: --model runs that checkpoint: the shape flags do not apply\n");
     return 2;
   }
-  if (thread_counts.empty()) {
-    const int max_threads = std::max(1u, std::thread::hardware_concurrency());
-    for (int t = 1; t <= std::min(2, max_threads); ++t) thread_counts.push_back(t);
-  }
+  if (thread_counts.empty()) thread_counts = DefaultThreadCounts();
   const std::string dir = model_dir.empty() ? WriteRandomModel(s) : model_dir;
   auto config = LoadModelConfig(dir);
   auto ckpt = config.ok() ? Checkpoint::Open(dir) : config.status();

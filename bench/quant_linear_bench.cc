@@ -12,11 +12,8 @@
 #include <memory>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_split.h"
 #include "bench/cpu_ceilings.h"
 #include "core/kernels/cpu/linear.h"
 #include "core/quant/quantize.h"
@@ -53,25 +50,16 @@ int Main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string f = argv[i];
     if (f == "--threads" && i + 1 < argc) {
-      for (absl::string_view t : absl::StrSplit(argv[++i], ',')) {
-        int n = 0;
-        if (!absl::SimpleAtoi(t, &n) || n < 1) {
-          std::fprintf(stderr, "quant_linear_bench: --threads takes counts of 1 or more, such as 1,2\n");
-          return 2;
-        }
-        thread_counts.push_back(n);
+      if (!ParseThreadCounts(argv[++i], &thread_counts)) {
+        std::fprintf(stderr, "quant_linear_bench: --threads takes counts of 1 or more, such as 1,2\n");
+        return 2;
       }
       continue;
     }
     std::fprintf(stderr, "usage: quant_linear_bench [--threads 1,2]\n");
     return f == "--help" || f == "-h" ? 0 : 2;
   }
-  if (thread_counts.empty()) {
-    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-    for (int t = 1; t <= std::min(2, cores); ++t) {
-      thread_counts.push_back(t);
-    }
-  }
+  if (thread_counts.empty()) thread_counts = DefaultThreadCounts();
   // A Mixtral-8x7B-like expert projection scaled down: 1,408 x 1,024.
   const int n = 1408, k = 1024, count = 96;
   std::mt19937 g(1);

@@ -108,8 +108,7 @@ absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> Quantize(const MatrixView
         if (spec.kind == QuantKind::kInt8) {
           codes[c] = static_cast<uint8_t>(static_cast<int8_t>(k));
         } else {
-          const int block = c / 32, j = c % 32;
-          codes[block * 16 + j % 16] |= static_cast<uint8_t>(j < 16 ? k : k << 4);
+          PutInt4Code(codes, c, k);
         }
       }
     }
@@ -163,8 +162,7 @@ absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromPackedInt4(const Pack
     for (int i = 0; i < p.cols; ++i) {
       const uint32_t k = gptq ? nibble(p.qweight[static_cast<size_t>(i / 8) * p.rows + o], i % 8)
                               : nibble(p.qweight[static_cast<size_t>(i) * packed_rows + o / 8], kAwqNibble[o % 8]);
-      const int block = i / 32, j = i % 32;  // MatrixView's int4 layout
-      codes[block * 16 + j % 16] |= static_cast<uint8_t>(j < 16 ? k : k << 4);
+      PutInt4Code(codes, i, static_cast<int>(k));
     }
   }
   v.data = q->codes_.data();
@@ -237,8 +235,7 @@ absl::StatusOr<PackedInt4Tensors> PackInt4(const MatrixView& w, PackedInt4::Layo
     }
     const uint8_t* codes = static_cast<const uint8_t*>(w.data) + static_cast<size_t>(o) * w.row_bytes();
     for (int i = 0; i < w.cols; ++i) {
-      const uint8_t b = codes[(i / 32) * 16 + i % 16];
-      const uint32_t code = i % 32 < 16 ? b & 15u : b >> 4;
+      const uint32_t code = static_cast<uint32_t>(Int4CodeAt(codes, i));
       if (gptq) {
         put(&t.qweight[static_cast<size_t>(i / 8) * w.rows + o], i % 8, code);
       } else {

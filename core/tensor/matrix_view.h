@@ -28,6 +28,16 @@ enum class QuantKind : uint8_t {
   kFp8,
 };
 
+// Code `col` (0..15) of a kInt4 row, and writing it into a row of zeros:
+// the one place the int4 layout is spelled out.
+inline int Int4CodeAt(const uint8_t* row, int col) {
+  const uint8_t b = row[(col >> 5) * 16 + (col & 15)];
+  return (col & 16) ? b >> 4 : b & 15;
+}
+inline void PutInt4Code(uint8_t* row, int col, int code) {
+  row[(col >> 5) * 16 + (col & 15)] |= static_cast<uint8_t>((col & 16) ? code << 4 : code);
+}
+
 // A non-owning row-major [rows, cols] matrix of F32, F16 or BF16 elements,
 // or of quantized codes (dtype kI8, `quant` set) with their groups' scales
 // and biases.

@@ -49,8 +49,7 @@ QRow QRowOf(const MatrixView& w, int row) {
 template <W kW>
 inline int CodeAt(const QRow& r, int i) {
   if constexpr (kW == W::kQ8) return static_cast<int8_t>(r.codes[i]);
-  const uint8_t b = r.codes[(i >> 5) * 16 + (i & 15)];
-  return (i & 16) ? b >> 4 : b & 15;
+  return Int4CodeAt(r.codes, i);
 }
 
 // Weight i as the kernels multiply by it: int8's code (its row's scale
@@ -496,7 +495,7 @@ float WidenRow(const MatrixView& w, int row, float* out) {
   return avx2 ? WidenRowAvx2<W::kQ4>(w, row, out) : WidenRowOf<W::kQ4>(w, row, out);
 }
 
-// Linear for more than kDirectMaxRows input rows with vector kernels.// Linear for more than kDirectMaxRows input rows with vector kernels.
+// Linear for more than kDirectMaxRows input rows with vector kernels.
 void LinearWide(const float* x, int m, const MatrixView& w, const float* bias, float* y, ThreadPool* pool,
                 LinearIsa isa) {
   const int n = w.rows, k = w.cols;
@@ -559,8 +558,8 @@ void LinearWide(const float* x, int m, const MatrixView& w, const float* bias, f
   }
 }
 
-// Up to this many input rows read 16-bit weights directly; more rows
-// amortise converting the tile to fp32 once.
+// Up to this many input rows take the decode kernels (a weight row at a
+// time, one stream); more take the register-blocked passes (LinearWide).
 constexpr int kDirectMaxRows = 4;
 
 void DotTilePortable(const float* x, const float* w, int rows, int k, float* out) {
