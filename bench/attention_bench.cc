@@ -1,21 +1,28 @@
-// Decode attention on the GPU (CudaPagedAttention): one new token per
-// sequence attending to its whole context in the paged fp32 KV cache, for a
-// batch of sequences in one call, at Mixtral's shape (32 heads over 8 KV heads of 128)
-// and DeepSeek-V3's latent shape (128 heads over one shared 576-wide row,
-// values its first 512). Achieved bandwidth counts each KV byte once (the
-// least a decode step must read) and is set against the copy bandwidth
-// measured in the same run. Then prefill: one prompt of 1,024 and 4,096
-// tokens in one call, as TFLOP/s. Run on the GPU machine (tools/gpu/run.sh
-// bench).
+// Attention on the GPU (CudaPagedAttention) over the paged KV cache in each
+// of its types (fp32, bf16, FP8 e4m3), at Mixtral's shape (32 heads over 8
+// KV heads of 128) and DeepSeek-V3's latent shape (128 heads over one
+// shared 576-wide row, values its first 512).
+//   Decode: one new token per sequence attending to its whole context, for
+//   a batch of sequences in one call. Achieved bandwidth counts each KV byte
+//   once (the least a decode step must read) and is set against the copy
+//   bandwidth measured in the same run.
+//   Prefill: one prompt in one call, as TFLOP/s of the causal products,
+//   set against a large bf16 GEMM through cuBLAS measured in the same run.
+// Run on the GPU machine (tools/gpu/run.sh bench).
+//   attention_bench [--dtypes f32,bf16,fp8] [--prefill-tokens 1024,4096,16384]
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 #include "core/kernels/cuda/attention.h"
 #include "core/kernels/cuda/ceilings.h"
 #include "core/kernels/cuda/cuda_runtime_util.h"
+#include "core/kernels/cuda/dense.h"
 
 namespace moemesh {
 namespace {
@@ -23,16 +30,17 @@ namespace {
 struct Shape {
   const char* name;
   AttentionShape attn;
-  bool latent;  // V is the first v_head_dim floats of the K row
+  bool latent;  // V is the first v_head_dim elements of the K row
 
-  // Floats of a cache row: K of every KV head, then V unless latent.
+  // Elements of a cache row: K of every KV head, then V unless latent.
   int k_width() const { return attn.num_kv_heads * attn.head_dim; }
   int row() const { return k_width() + (latent ? 0 : attn.num_kv_heads * attn.v_head_dim); }
 };
 
-// A call's page table and rows on the device, and the PagedRows over them.
+// A cache pool, a call's page table and rows on the device, and the
+// PagedRows over them.
 struct DeviceRows {
-  std::unique_ptr<DeviceBuffer> pages, positions, offsets;
+  std::unique_ptr<DeviceBuffer> pool, pages, positions, offsets;
   PagedRows rows;
 };
 
@@ -44,10 +52,46 @@ absl::StatusOr<std::unique_ptr<DeviceBuffer>> Upload(const std::vector<T>& v) {
   return std::move(*b);
 }
 
-// Rows of `sh`'s cache layout (K, then V unless latent) in blocks of `block`.
-absl::StatusOr<DeviceRows> UploadRows(const Shape& sh, int block, const std::vector<const float*>& table,
-                                      const std::vector<int>& positions, const std::vector<int>& offsets) {
+// `blocks` blocks of `block` rows of `sh`'s layout, random values stored
+// as `dtype` (through the cache's own store kernel), and rows at
+// `positions` whose sequences' pages start at `offsets` in a table that
+// lists each sequence's blocks in reverse (pages not simply contiguous).
+absl::StatusOr<DeviceRows> MakeRows(const Shape& sh, KvDType dtype, int block, int blocks, int blocks_per_seq,
+                                    const std::vector<int>& positions, const std::vector<int>& offsets) {
   DeviceRows d;
+  const size_t elem = KvDTypeBytes(dtype), rows = static_cast<size_t>(blocks) * block;
+  auto pool = DeviceBuffer::Allocate(rows * sh.row() * elem);
+  if (!pool.ok()) return pool.status();
+  d.pool = std::move(*pool);
+  {
+    // In pieces of 64K rows: the fp32 source stays small.
+    const size_t piece = 65536;
+    auto src = DeviceBuffer::Allocate(piece * sh.row() * sizeof(float));
+    if (!src.ok()) return src.status();
+    if (absl::Status st = FillRandomF32((*src)->as<float>(), piece * sh.row(), 1); !st.ok()) return st;
+    std::vector<void*> dst(piece);
+    auto ddst = DeviceBuffer::Allocate(piece * sizeof(void*));
+    if (!ddst.ok()) return ddst.status();
+    KvStore store;
+    store.dtype = dtype;
+    for (size_t r0 = 0; r0 < rows; r0 += piece) {
+      const size_t n = std::min(piece, rows - r0);
+      for (size_t i = 0; i < n; ++i) dst[i] = d.pool->as<char>() + (r0 + i) * sh.row() * elem;
+      if (absl::Status st = (*ddst)->CopyFrom(dst.data(), n * sizeof(void*)); !st.ok()) return st;
+      if (absl::Status st = ScatterKvRowsCuda((*src)->as<float>(), sh.row(), (*ddst)->as<void*>(), nullptr, 0,
+                                              nullptr, static_cast<int>(n), store, nullptr);
+          !st.ok()) {
+        return st;
+      }
+      if (absl::Status st = CudaSynchronize(nullptr); !st.ok()) return st;
+    }
+  }
+  std::vector<const void*> table(blocks);
+  for (int b = 0; b < blocks; ++b) {
+    const int seq = b / blocks_per_seq, within = b % blocks_per_seq;
+    table[b] = d.pool->as<char>() +
+               (static_cast<size_t>(seq) * blocks_per_seq + (blocks_per_seq - 1 - within)) * block * sh.row() * elem;
+  }
   auto pages = Upload(table);
   auto pos = Upload(positions);
   auto off = Upload(offsets);
@@ -57,11 +101,12 @@ absl::StatusOr<DeviceRows> UploadRows(const Shape& sh, int block, const std::vec
   d.pages = std::move(*pages);
   d.positions = std::move(*pos);
   d.offsets = std::move(*off);
-  d.rows.kv.k_blocks = d.rows.kv.v_blocks = d.pages->as<const float*>();
+  d.rows.kv.k_blocks = d.rows.kv.v_blocks = d.pages->as<const void*>();
   d.rows.kv.block_size = block;
   d.rows.kv.k_stride = d.rows.kv.v_stride = sh.row();
   d.rows.kv.k_offset = 0;
   d.rows.kv.v_offset = sh.latent ? 0 : sh.k_width();
+  d.rows.kv.dtype = dtype;
   d.rows.positions = d.positions->as<int>();
   d.rows.page_offsets = d.offsets->as<int>();
   d.rows.rows = static_cast<int>(positions.size());
@@ -69,91 +114,113 @@ absl::StatusOr<DeviceRows> UploadRows(const Shape& sh, int block, const std::vec
   return d;
 }
 
-int Main() {
+bool ParseList(const char* flag, const char* value, std::vector<std::string>* out) {
+  *out = absl::StrSplit(value, ',', absl::SkipEmpty());
+  if (out->empty()) std::fprintf(stderr, "attention_bench: %s needs a list\n", flag);
+  return !out->empty();
+}
+
+int Fail(const absl::Status& st) {
+  std::fprintf(stderr, "attention_bench: %s\n", std::string(st.message()).c_str());
+  return 1;
+}
+
+int Main(int argc, char** argv) {
+  std::vector<KvDType> dtypes = {KvDType::kF32, KvDType::kBf16, KvDType::kF8E4M3};
+  std::vector<int> prefill_tokens = {1024, 4096, 16384};
+  for (int i = 1; i < argc; ++i) {
+    std::vector<std::string> list;
+    if (std::strcmp(argv[i], "--dtypes") == 0 && i + 1 < argc) {
+      if (!ParseList("--dtypes", argv[++i], &list)) return 2;
+      dtypes.clear();
+      for (const std::string& d : list) {
+        auto t = ParseKvCacheDType(d == "f32" ? "float32" : d == "bf16" ? "bfloat16" : d, /*gpu=*/true);
+        if (!t.ok()) return Fail(t.status());
+        dtypes.push_back(*t);
+      }
+    } else if (std::strcmp(argv[i], "--prefill-tokens") == 0 && i + 1 < argc) {
+      if (!ParseList("--prefill-tokens", argv[++i], &list)) return 2;
+      prefill_tokens.clear();
+      for (const std::string& t : list) {
+        int n = 0;
+        if (!absl::SimpleAtoi(t, &n) || n < 1) return Fail(absl::InvalidArgumentError("bad --prefill-tokens"));
+        prefill_tokens.push_back(n);
+      }
+    } else {
+      std::fprintf(stderr, "usage: attention_bench [--dtypes f32,bf16,fp8] [--prefill-tokens 1024,4096]\n");
+      return 2;
+    }
+  }
   if (CudaDeviceCount() == 0) {
     std::fprintf(stderr, "attention_bench: no CUDA device\n");
     return 1;
   }
   auto bw = MeasureCopyBandwidth(size_t{4} << 30);
-  if (!bw.ok()) return 1;
-  std::printf("ceiling: copy %.2f TB/s; KV cache fp32, blocks of 16 positions\n", *bw / 1e12);
-  std::printf("%-12s %6s %8s %10s %8s %7s\n", "shape", "batch", "context", "ms", "TB/s", "%BW");
+  if (!bw.ok()) return Fail(bw.status());
+  auto gemm = MeasureBf16GemmFlops(8192, 8192, 8192, 1.0);
+  if (!gemm.ok()) return Fail(gemm.status());
+  std::printf("ceilings: copy %.2f TB/s, bf16 GEMM %.0f TFLOP/s; KV cache blocks of 16 positions\n", *bw / 1e12,
+              *gemm / 1e12);
+  std::printf("%-12s %-7s %6s %8s %10s %8s %7s\n", "shape", "cache", "batch", "context", "ms", "TB/s", "%BW");
   const Shape shapes[] = {{"mixtral", {32, 8, 128, 128, 0.0884f, 0}, false},
                           {"deepseek-v3", {128, 1, 576, 512, 0.0417f, 0}, true}};
   constexpr int kBlock = 16;
   for (const Shape& sh : shapes) {
     const AttentionShape& a = sh.attn;
-    const int row = sh.row();
-    for (auto [batch, context] : std::vector<std::pair<int, int>>{{1, 4096}, {1, 32768}, {32, 4096}, {64, 2048}}) {
-      const int blocks_per_seq = (context + kBlock - 1) / kBlock;
-      const size_t floats = static_cast<size_t>(batch) * blocks_per_seq * kBlock * row;
-      auto pool = DeviceBuffer::Allocate(floats * sizeof(float));
-      auto q = DeviceBuffer::Allocate(static_cast<size_t>(batch) * a.num_heads * a.head_dim * sizeof(float));
-      auto out = DeviceBuffer::Allocate(static_cast<size_t>(batch) * a.num_heads * a.v_head_dim * sizeof(float));
-      if (!pool.ok() || !q.ok() || !out.ok()) return 1;
-      if (!FillRandomF32((*pool)->as<float>(), floats, 1).ok()) return 1;
-      if (!FillRandomF32((*q)->as<float>(), static_cast<size_t>(batch) * a.num_heads * a.head_dim, 2).ok()) return 1;
-      // Sequence s owns blocks [s * blocks_per_seq, (s + 1) * blocks_per_seq),
-      // listed in reverse so that pages are not simply contiguous.
-      std::vector<const float*> table(static_cast<size_t>(batch) * blocks_per_seq);
-      for (int s = 0; s < batch; ++s) {
-        for (int b = 0; b < blocks_per_seq; ++b) {
-          table[static_cast<size_t>(s) * blocks_per_seq + b] =
-              (*pool)->as<float>() +
-              (static_cast<size_t>(s) * blocks_per_seq + (blocks_per_seq - 1 - b)) * kBlock * row;
-        }
+    for (KvDType dtype : dtypes) {
+      for (auto [batch, context] :
+           std::vector<std::pair<int, int>>{{1, 4096}, {1, 32768}, {8, 4096}, {32, 4096}, {64, 2048}}) {
+        const int blocks_per_seq = (context + kBlock - 1) / kBlock;
+        std::vector<int> positions(batch, context - 1), page_offsets(batch);
+        for (int s = 0; s < batch; ++s) page_offsets[s] = s * blocks_per_seq;
+        auto dev = MakeRows(sh, dtype, kBlock, batch * blocks_per_seq, blocks_per_seq, positions, page_offsets);
+        auto q = DeviceBuffer::Allocate(static_cast<size_t>(batch) * a.num_heads * a.head_dim * sizeof(float));
+        auto out = DeviceBuffer::Allocate(static_cast<size_t>(batch) * a.num_heads * a.v_head_dim * sizeof(float));
+        if (!dev.ok()) return Fail(dev.status());
+        if (!q.ok() || !out.ok()) return 1;
+        if (!FillRandomF32((*q)->as<float>(), static_cast<size_t>(batch) * a.num_heads * a.head_dim, 2).ok()) return 1;
+        const PagedRows& rows = dev->rows;
+        CudaPagedAttention attention;
+        auto step = [&]() { return attention.Run(a, (*q)->as<float>(), rows, (*out)->as<float>(), nullptr); };
+        auto t = TimeOnGpu(step, 2, 10);
+        if (!t.ok()) return Fail(t.status());
+        const double bytes = static_cast<double>(batch) * context * sh.row() * KvDTypeBytes(dtype);
+        std::printf("%-12s %-7s %6d %8d %10.3f %8.2f %6.1f%%\n", sh.name, std::string(KvDTypeName(dtype)).c_str(),
+                    batch, context, *t * 1e3, bytes / *t / 1e12, 100 * bytes / *t / *bw);
       }
-      std::vector<int> positions(batch, context - 1), page_offsets(batch);
-      for (int s = 0; s < batch; ++s) page_offsets[s] = s * blocks_per_seq;
-      auto dev = UploadRows(sh, kBlock, table, positions, page_offsets);
-      if (!dev.ok()) return 1;
-      const PagedRows& rows = dev->rows;
-      CudaPagedAttention attention;
-      auto step = [&]() { return attention.Run(a, (*q)->as<float>(), rows, (*out)->as<float>(), nullptr); };
-      auto t = TimeOnGpu(step, 2, 10);
-      if (!t.ok()) {
-        std::fprintf(stderr, "attention_bench: %s\n", std::string(t.status().message()).c_str());
-        return 1;
-      }
-      const double bytes = static_cast<double>(batch) * context * row * sizeof(float);
-      std::printf("%-12s %6d %8d %10.3f %8.2f %6.1f%%\n", sh.name, batch, context, *t * 1e3, bytes / *t / 1e12,
-                  100 * bytes / *t / *bw);
     }
   }
   // Prefill: every position of one prompt attends to those before it, in
-  // one call. Set against nothing yet: the figure is the achieved rate of
-  // the causal products, heads * n (n + 1) / 2 * (d_k + d_v) * 2 FLOP.
-  std::printf("\nprefill, one prompt\n%-12s %8s %10s %9s\n", "shape", "tokens", "ms", "TFLOP/s");
+  // one call: heads * n (n + 1) / 2 * (d_k + d_v) * 2 FLOP.
+  std::printf("\nprefill, one prompt\n%-12s %-7s %8s %10s %9s %7s\n", "shape", "cache", "tokens", "ms", "TFLOP/s",
+              "%GEMM");
   for (const Shape& sh : shapes) {
     const AttentionShape& a = sh.attn;
-    const int row = sh.row();
-    for (int tokens : {1024, 4096}) {
-      const int blocks = (tokens + kBlock - 1) / kBlock;
-      auto pool = DeviceBuffer::Allocate(static_cast<size_t>(blocks) * kBlock * row * sizeof(float));
-      auto q = DeviceBuffer::Allocate(static_cast<size_t>(tokens) * a.num_heads * a.head_dim * sizeof(float));
-      auto out = DeviceBuffer::Allocate(static_cast<size_t>(tokens) * a.num_heads * a.v_head_dim * sizeof(float));
-      if (!pool.ok() || !q.ok() || !out.ok()) return 1;
-      if (!FillRandomF32((*pool)->as<float>(), static_cast<size_t>(blocks) * kBlock * row, 3).ok()) return 1;
-      if (!FillRandomF32((*q)->as<float>(), static_cast<size_t>(tokens) * a.num_heads * a.head_dim, 4).ok()) return 1;
-      std::vector<const float*> table(blocks);
-      for (int b = 0; b < blocks; ++b) table[b] = (*pool)->as<float>() + static_cast<size_t>(b) * kBlock * row;
-      std::vector<int> positions(tokens), offsets(tokens, 0);
-      for (int i = 0; i < tokens; ++i) positions[i] = i;
-      auto dev = UploadRows(sh, kBlock, table, positions, offsets);
-      if (!dev.ok()) return 1;
-      const PagedRows& rows = dev->rows;
-      CudaPagedAttention attention;
-      const RowSpan prompt{0, tokens};
-      auto t = TimeOnGpu(
-          [&] { return attention.Run(a, (*q)->as<float>(), rows, (*out)->as<float>(), nullptr, {&prompt, 1}); }, 1,
-          3);
-      if (!t.ok()) {
-        std::fprintf(stderr, "attention_bench: %s\n", std::string(t.status().message()).c_str());
-        return 1;
+    for (KvDType dtype : dtypes) {
+      for (int tokens : prefill_tokens) {
+        const int blocks = (tokens + kBlock - 1) / kBlock;
+        std::vector<int> positions(tokens), offsets(tokens, 0);
+        for (int i = 0; i < tokens; ++i) positions[i] = i;
+        auto dev = MakeRows(sh, dtype, kBlock, blocks, blocks, positions, offsets);
+        auto q = DeviceBuffer::Allocate(static_cast<size_t>(tokens) * a.num_heads * a.head_dim * sizeof(float));
+        auto out = DeviceBuffer::Allocate(static_cast<size_t>(tokens) * a.num_heads * a.v_head_dim * sizeof(float));
+        if (!dev.ok()) return Fail(dev.status());
+        if (!q.ok() || !out.ok()) return 1;
+        if (!FillRandomF32((*q)->as<float>(), static_cast<size_t>(tokens) * a.num_heads * a.head_dim, 4).ok()) {
+          return 1;
+        }
+        const PagedRows& rows = dev->rows;
+        CudaPagedAttention attention;
+        const RowSpan prompt{0, tokens};
+        auto t = TimeOnGpu(
+            [&] { return attention.Run(a, (*q)->as<float>(), rows, (*out)->as<float>(), nullptr, {&prompt, 1}); }, 1,
+            3);
+        if (!t.ok()) return Fail(t.status());
+        const double flops = 2.0 * a.num_heads * (static_cast<double>(tokens) * (tokens + 1) / 2) *
+                             (a.head_dim + a.v_head_dim);
+        std::printf("%-12s %-7s %8d %10.3f %9.1f %6.1f%%\n", sh.name, std::string(KvDTypeName(dtype)).c_str(), tokens,
+                    *t * 1e3, flops / *t / 1e12, 100 * flops / *t / *gemm);
       }
-      const double flops = 2.0 * a.num_heads * (static_cast<double>(tokens) * (tokens + 1) / 2) *
-                           (a.head_dim + a.v_head_dim);
-      std::printf("%-12s %8d %10.3f %9.1f\n", sh.name, tokens, *t * 1e3, flops / *t / 1e12);
     }
   }
   return 0;
@@ -162,4 +229,4 @@ int Main() {
 }  // namespace
 }  // namespace moemesh
 
-int main() { return moemesh::Main(); }
+int main(int argc, char** argv) { return moemesh::Main(argc, argv); }

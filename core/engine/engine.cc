@@ -60,6 +60,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
   // process serving this checkpoint names them alike (the kvcache service).
   MM_ASSIGN_OR_RETURN(const BlockHash model_fingerprint, ModelFingerprint(model_dir));
   CacheLayout layout;
+  layout.dtype = e->model_->kv_dtype();
   layout.block_size = options.kv_block_size;
   layout.num_layers = config.num_layers;
   layout.k_width = e->model_->kv_k_width();
@@ -71,6 +72,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
                                    g.dynamic_k_p);
   }
   e->cache_root_ = CacheRoot(model_fingerprint, layout);
+  e->cache_layout_ = layout;
   e->cache_ = std::make_unique<KvCache>(config.num_layers, layout.k_width, layout.v_width, options.kv_block_size,
                                         blocks, e->cache_root_);
   if (experts) {
@@ -86,6 +88,13 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
 }
 
 const ModelConfig& Engine::config() const { return model_->config(); }
+
+std::string Engine::DescribeCache() const {
+  const int blocks = cache_->num_blocks(), size = cache_->block_size();
+  return absl::StrFormat("KV cache: %d tokens (%d blocks of %d), %s, %.2f GiB", blocks * size, blocks, size,
+                         KvDTypeName(cache_layout_.dtype),
+                         static_cast<double>(cache_layout_.BlockBytes()) * blocks / (1 << 30));
+}
 
 std::unique_ptr<Scheduler> Engine::NewScheduler(int max_running, int max_step_tokens) {
   Scheduler::Options o;

@@ -13,6 +13,7 @@
 #include "core/engine/request.h"
 #include "core/engine/sampler.h"
 #include "core/kv/block_hash.h"
+#include "core/kv/fingerprint.h"
 #include "core/model/config.h"
 #include "core/quant/quantize.h"
 
@@ -74,6 +75,9 @@ class Engine {
   // The root of this engine's block hashes: the checkpoint's fingerprint and
   // the cache layout (core/kv/fingerprint.h).
   const BlockHash& cache_root() const { return cache_root_; }
+  // The KV cache's size and type for a start-up line: "KV cache: 65536
+  // tokens (4096 blocks of 16), bf16, 1.00 GiB".
+  std::string DescribeCache() const;
 
   // Generates up to max_new_tokens after `prompt`. `on_token`, when set,
   // sees each new token as soon as it is sampled (for streaming).
@@ -96,6 +100,7 @@ class Engine {
   std::unique_ptr<ForwardPass> model_;
   std::unique_ptr<KvCache> cache_;
   BlockHash cache_root_;
+  CacheLayout cache_layout_;
   std::unique_ptr<ExpertExecutor> experts_;
   EngineOptions options_;
 };

@@ -12,6 +12,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "core/engine/sampler.h"
+#include "core/kv/kv_dtype.h"
 #include "core/model/config.h"
 
 namespace moemesh {
@@ -52,6 +53,8 @@ class ForwardPass {
   // the decoder writes them (core/engine/decoder.h).
   int kv_k_width() const;
   int kv_v_width() const;
+  // What the cache stores: fp32 here; a GPU pass may store bf16 or FP8.
+  virtual KvDType kv_dtype() const { return KvDType::kF32; }
 
   // Runs one step. Appends rows to `logits` ([rows, vocab]): one per item,
   // or one per token for items with all_logits. On error nothing is
@@ -77,7 +80,7 @@ class ForwardPass {
   virtual void AddRoutedCounts(std::vector<int64_t>* routed) const {}
 
   // One cache block's rows, every layer, as the KV tiers keep them:
-  // [layers][block_size][k_width + v_width] floats. This pass reads them
+  // [layers][block_size][k_width + v_width] elements of kv_dtype(). This pass reads them
   // from (and writes them to) `cache`'s memory; a pass that keeps the
   // cache's contents elsewhere (the GPU's) overrides both. Write checks
   // the size: INVALID_ARGUMENT for bytes of another layout.

@@ -85,6 +85,34 @@ TEST(FingerprintTest, DependsOnConfigWeightsAndLayout) {
   layout.block_size = 16;
   layout.extra = "gating=1";
   EXPECT_NE(CacheRoot(*demo, layout), root);
+  layout.extra.clear();
+  // A bf16 or FP8 cache's blocks are other bytes: other names, other sizes.
+  layout.dtype = KvDType::kBf16;
+  EXPECT_NE(CacheRoot(*demo, layout), root);
+  EXPECT_EQ(layout.BlockBytes(), 2 * 16 * 2 * 128);
+  const BlockHash bf16 = CacheRoot(*demo, layout);
+  layout.dtype = KvDType::kF8E4M3;
+  EXPECT_NE(CacheRoot(*demo, layout), bf16);
+  EXPECT_EQ(layout.BlockBytes(), 16 * 2 * 128);
+}
+
+TEST(KvDTypeTest, FlagsPickTheStoredType) {
+  EXPECT_EQ(*ParseKvCacheDType("auto", /*gpu=*/true), KvDType::kBf16);
+  EXPECT_EQ(*ParseKvCacheDType("auto", /*gpu=*/false), KvDType::kF32);
+  EXPECT_EQ(*ParseKvCacheDType("float32", true), KvDType::kF32);
+  EXPECT_EQ(*ParseKvCacheDType("float32", false), KvDType::kF32);
+  EXPECT_EQ(*ParseKvCacheDType("bfloat16", true), KvDType::kBf16);
+  EXPECT_EQ(*ParseKvCacheDType("fp8", true), KvDType::kF8E4M3);
+  EXPECT_EQ(*ParseKvCacheDType("fp8_e4m3", true), KvDType::kF8E4M3);
+  // The CPU's cache is fp32 only; unknown names say what is accepted.
+  const absl::Status cpu = ParseKvCacheDType("bfloat16", false).status();
+  EXPECT_EQ(cpu.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(cpu.message().find("--device cuda"), std::string::npos) << cpu;
+  const absl::Status bad = ParseKvCacheDType("fp8_e5m2", true).status();
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.message().find("auto, float32, bfloat16"), std::string::npos) << bad;
+  EXPECT_EQ(KvDTypeName(KvDType::kBf16), "bf16");
+  EXPECT_EQ(KvDTypeBytes(KvDType::kF8E4M3), 1);
 }
 
 }  // namespace

@@ -69,12 +69,11 @@ absl::StatusOr<BlockHash> ModelFingerprint(const std::string& model_dir) {
 }
 
 int64_t CacheLayout::BlockBytes() const {
-  const int64_t dtype_bytes = dtype == "f32" ? 4 : 2;
-  return dtype_bytes * block_size * num_layers * (k_width + v_width);
+  return int64_t{KvDTypeBytes(dtype)} * block_size * num_layers * (k_width + v_width);
 }
 
 std::string CacheLayout::Describe() const {
-  return absl::StrCat("moemesh-kv/1 dtype=", dtype, " block=", block_size, " layers=", num_layers, " k=", k_width,
+  return absl::StrCat("moemesh-kv/1 dtype=", KvDTypeName(dtype), " block=", block_size, " layers=", num_layers, " k=", k_width,
                       " v=", v_width, extra.empty() ? "" : " ", extra);
 }
 

@@ -5,6 +5,7 @@
 
 #include "absl/status/statusor.h"
 #include "core/kv/block_hash.h"
+#include "core/kv/kv_dtype.h"
 
 namespace moemesh {
 
@@ -17,10 +18,10 @@ absl::StatusOr<BlockHash> ModelFingerprint(const std::string& model_dir);
 
 // What a cached block's bytes depend on beside its tokens.
 struct CacheLayout {
-  std::string dtype = "f32";
+  KvDType dtype = KvDType::kF32;
   int block_size = 0;
   int num_layers = 0;
-  int k_width = 0;  // floats of one position's key row (or latent row)
+  int k_width = 0;  // elements of one position's key row (or latent row)
   int v_width = 0;
   // Anything else that changes the cached values (a routing override).
   std::string extra;

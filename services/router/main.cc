@@ -17,6 +17,7 @@
 #include "core/engine/scheduler.h"
 #include "core/experts/placement.h"
 #include "core/kv/host_kv_tier.h"
+#include "core/kv/kv_dtype.h"
 #include "core/quant/quantize.h"
 #ifdef MOEMESH_WITH_CUDA
 #include "core/engine/cuda/cuda_forward_pass.h"
@@ -86,6 +87,9 @@ ABSL_FLAG(bool, enforce_eager, false,
           "with --device cuda: launch every kernel of every step, never CUDA graphs (by default decode steps of up "
           "to 32 tokens whose experts run on this GPU are captured per step shape and replayed as one launch)");
 ABSL_FLAG(int, kv_cache_tokens, 65536, "capacity of the paged KV cache, in tokens");
+ABSL_FLAG(std::string, kv_cache_dtype, "auto",
+          "what the KV cache stores: auto (bfloat16 with --device cuda, float32 on the CPU), float32, bfloat16, or "
+          "fp8 / fp8_e4m3 (scale 1: keys and values past +-448 saturate); other than float32 needs --device cuda");
 ABSL_FLAG(int, kv_block_size, 16, "tokens per KV-cache block");
 ABSL_FLAG(int, max_running, 64, "requests in the batch at once");
 ABSL_FLAG(int, max_waiting, 256, "requests waiting for admission before RESOURCE_EXHAUSTED");
@@ -126,6 +130,7 @@ struct Options {
   std::string device;
   std::string quantize;
   bool enforce_eager = false;
+  std::string kv_cache_dtype;
   EngineOptions engine;  // threads, KV cache, prefill chunk; the devices are set from `device`
   int max_running = 0, max_waiting = 0, max_step_tokens = 0;
   int64_t kv_host_cache_mb = 0;
@@ -152,6 +157,7 @@ struct Options {
     o.quantize = absl::GetFlag(FLAGS_quantize);
     if (absl::StatusOr<QuantSpec> q = ParseQuantSpec(o.quantize); q.ok()) o.engine.quantize_experts = *q;
     o.enforce_eager = absl::GetFlag(FLAGS_enforce_eager);
+    o.kv_cache_dtype = absl::GetFlag(FLAGS_kv_cache_dtype);
     o.engine.num_threads = absl::GetFlag(FLAGS_threads);
     o.engine.micro_batches = absl::GetFlag(FLAGS_micro_batches);
     o.engine.kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
@@ -175,6 +181,7 @@ struct Options {
     if (enforce_eager && *gpu < 0) {
       return absl::InvalidArgumentError("--enforce-eager applies to --device cuda[:N] (the CPU has no graphs)");
     }
+    if (absl::Status st = ParseKvCacheDType(kv_cache_dtype, *gpu >= 0).status(); !st.ok()) return st;
 #ifndef MOEMESH_WITH_CUDA
     if (*gpu >= 0) {
       return absl::InvalidArgumentError("--device " + device + ": this build has no CUDA (nvcc was not found)");
@@ -252,6 +259,7 @@ int Main(int argc, char** argv) {
   if (const int gpu = options.gpu(); gpu >= 0) {
     CudaForwardPass::Options pass_options;
     pass_options.cuda_graphs = !options.enforce_eager;
+    pass_options.kv_dtype = *ParseKvCacheDType(options.kv_cache_dtype, true);  // checked by Validate
     engine_options.forward_pass = CudaForwardPass::Factory(gpu, pass_options);
     // Experts run here (no --experts): on the same GPU, rows in place.
     engine_options.expert_device = CudaExpertDevice::Factory(gpu);
@@ -329,6 +337,8 @@ int Main(int argc, char** argv) {
   }
   auto engine = Engine::Create(options.model_dir, engine_options, std::move(remote));
   if (!engine.ok()) return service_main.Fail(engine.status(), 2);
+  std::printf("%s\n", (*engine)->DescribeCache().c_str());
+  std::fflush(stdout);
 
   // Metrics: the step observer runs on the loop's thread, after each step.
   auto registry = std::make_shared<prometheus::Registry>();

@@ -7,9 +7,10 @@
 #   tools/gpu/steps.sh ipcr mesh decode
 #   MESH_FILTER='*InProcess/3:*InProcess/9' tools/gpu/steps.sh mesh
 # Steps: ipc (cuda_ipc_transport_test), ipcr (its recording tests), mesh
-# (remote_experts_gpu_test, MESH_FILTER), fwd (cuda_forward_pass_test),
-# decode / decodem (gpu_decode_bench, Qwen3 / Mixtral shapes, counters),
-# hop (ipc_hop_bench).
+# (remote_experts_gpu_test, MESH_FILTER), fwd (cuda_forward_pass_test,
+# FWD_FILTER), kern (cuda_kernels_test, KERN_FILTER), decode / decodem
+# (gpu_decode_bench, Qwen3 / Mixtral shapes, counters), hop (ipc_hop_bench),
+# attn (attention_bench, ATTN_ARGS).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-gpu-results}
@@ -38,7 +39,12 @@ for step in "$@"; do
     ipc) gtest cuda_ipc_transport_test ipc.log 240 ;;
     ipcr) gtest cuda_ipc_transport_test ipcr.log 60 --gtest_filter='*Record*' ;;
     mesh) gtest remote_experts_gpu_test mesh.log 240 --gtest_filter="${MESH_FILTER:-*}" ;;
-    fwd) gtest cuda_forward_pass_test fwd.log 300 ;;
+    fwd) gtest cuda_forward_pass_test fwd.log 300 --gtest_filter="${FWD_FILTER:-*}" ;;
+    kern) gtest cuda_kernels_test kern.log 200 --gtest_filter="${KERN_FILTER:-*}" ;;
+    attn)
+      timeout 240 "$B/bench/attention_bench" ${ATTN_ARGS:-} > "$out/attn.txt" 2>&1
+      echo "attn rc=$?"
+      cat "$out/attn.txt" ;;
     decode|decodem)
       shape=qwen3
       [ "$step" = decodem ] && shape=mixtral
@@ -51,4 +57,9 @@ for step in "$@"; do
   esac
   echo "  ($step: $(( $(date +%s) - start )) s)"
 done
-echo quit | nvidia-cuda-mps-control
+# MPS's quit waits for its clients: an expert worker a failed test left
+# behind would hold the call to its time limit.
+pkill -f "$B/" 2> /dev/null
+sleep 1
+pkill -9 -f "$B/" 2> /dev/null
+echo quit | timeout 20 nvidia-cuda-mps-control

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "core/common/version.h"
+#include "core/kv/kv_dtype.h"
 #include "core/quant/quantize.h"
 #include "nlohmann/json.hpp"
 #include "services/common/device_flag.h"
@@ -87,6 +88,9 @@ ABSL_FLAG(std::string, expert_device, "cpu", "where the expert workers compute: 
 ABSL_FLAG(std::string, quantize, "none",
           "quantize the routed experts as they load: none, int8 (a scale a row), int4 (groups of 128), int4:G or "
           "int4:G:asym (G 32, 64 or 128); the CPU only");
+ABSL_FLAG(std::string, kv_cache_dtype, "auto",
+          "what the KV cache stores: auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16, or fp8 / "
+          "fp8_e4m3 (scale 1: keys and values past +-448 saturate); other than float32 needs a GPU");
 ABSL_FLAG(std::string, router_device, "cpu",
           "where the routers run attention, gating and the LM head: cpu, cuda or cuda:N");
 ABSL_FLAG(int, expert_replicas, 1, "replicas of each expert shard");
@@ -172,7 +176,7 @@ const std::vector<Command>& CliCommands() {
         {"frequency_penalty"}, {"seed"}};
     const std::vector<FlagUse> engine = {
         {"threads"},       {"device"},        {"kv_cache_tokens"}, {"prefill_chunk"}, {"gating_temperature"},
-        {"dynamic_k_min"}, {"dynamic_k_max"}, {"dynamic_k_p"},     {"quantize"}};
+        {"dynamic_k_min"}, {"dynamic_k_max"}, {"dynamic_k_p"},     {"quantize"},        {"kv_cache_dtype"}};
     const FlagUse model_required = {"model", "model directory: config.json, safetensors weights (required)"};
     const FlagUse target = {"target", "the gateway, HOST:PORT (required)"};
     const FlagUse timeout = {"timeout_ms"};
@@ -266,6 +270,7 @@ const std::vector<Command>& CliCommands() {
                    {"each service",
                     {{"threads", "CPU threads of each service"},
                      {"kv_cache_tokens", "KV cache capacity of each router, in tokens"},
+                     {"kv_cache_dtype", "what each router's KV cache stores (as moemesh-router --kv-cache-dtype)"},
                      {"max_running"},
                      {"max_waiting"},
                      {"expert_timeout_ms"},
@@ -405,9 +410,13 @@ absl::StatusOr<EngineOptions> EngineFlags() {
     return absl::InvalidArgumentError("--quantize with --device " + absl::GetFlag(FLAGS_device) +
                                       ": quantized experts run on the CPU for now");
   }
+  absl::StatusOr<KvDType> kv_dtype = ParseKvCacheDType(absl::GetFlag(FLAGS_kv_cache_dtype), *gpu >= 0);
+  if (!kv_dtype.ok()) return kv_dtype.status();
   if (*gpu >= 0) {
 #ifdef MOEMESH_WITH_CUDA
-    e.forward_pass = CudaForwardPass::Factory(*gpu);
+    CudaForwardPass::Options pass;
+    pass.kv_dtype = *kv_dtype;
+    e.forward_pass = CudaForwardPass::Factory(*gpu, pass);
     e.expert_device = CudaExpertDevice::Factory(*gpu);
 #else
     return absl::InvalidArgumentError("--device " + absl::GetFlag(FLAGS_device) +
@@ -451,6 +460,7 @@ int UpMain() {
   cmd.insecure = absl::GetFlag(FLAGS_insecure);
   cmd.threads = absl::GetFlag(FLAGS_threads);
   cmd.kv_cache_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
+  cmd.kv_cache_dtype = absl::GetFlag(FLAGS_kv_cache_dtype);
   cmd.max_running = absl::GetFlag(FLAGS_max_running);
   cmd.max_waiting = absl::GetFlag(FLAGS_max_waiting);
   cmd.expert_timeout_ms = absl::GetFlag(FLAGS_expert_timeout_ms);

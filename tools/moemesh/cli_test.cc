@@ -173,6 +173,10 @@ TEST(CliTest, BadInputExitsNonZeroWithOneLine) {
            {"generate", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1", "--quantize", "int8",
             "--device", "cuda"},
            {"up", "--quantize", "fp4"},
+           // A 16- or 8-bit KV cache is the GPU's; unknown types are named.
+           {"generate", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1", "--kv-cache-dtype", "bfloat16"},
+           {"generate", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1", "--kv-cache-dtype", "fp16"},
+           {"up", "--kv-cache-dtype", "fp8"},
            {"generate", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1", "--top-k", "2", "--top-k", "3"},
        }) {
     int rc = RunCli(args, &out, &err);

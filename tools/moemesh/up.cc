@@ -15,6 +15,7 @@
 #include "core/common/status_macros.h"
 #include "core/common/subprocess.h"
 #include "core/experts/placement.h"
+#include "core/kv/kv_dtype.h"
 #include "core/model/config.h"
 #include "core/quant/quantize.h"
 #include "services/common/device_flag.h"
@@ -186,6 +187,11 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
     return absl::InvalidArgumentError("--quantize " + cmd.quantize + ": quantized experts run on the CPU for now (" +
                                       (cmd.expert_shards > 0 ? "--expert-device" : "--router-device") + " cpu)");
   }
+  if (absl::Status st =
+          ParseKvCacheDType(cmd.kv_cache_dtype, ParseDeviceFlag(cmd.router_device).value_or(-1) >= 0).status();
+      !st.ok()) {
+    return st;
+  }
   std::string model = cmd.model_dir.empty() ? FindDefaultModel() : cmd.model_dir;
   if (model.empty()) return absl::InvalidArgumentError("no --model DIR given and the demo model was not found");
   if (!fs::exists(fs::path(model) / "config.json")) {
@@ -292,6 +298,7 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
     for (int r = 0; r < cmd.routers; ++r) {
       std::vector<std::string> argv = {router_bin, "--model=" + model, host, "--port=0", threads,
                                        absl::StrCat("--kv-cache-tokens=", cmd.kv_cache_tokens),
+                                       "--kv-cache-dtype=" + cmd.kv_cache_dtype,
                                        absl::StrCat("--max-running=", cmd.max_running),
                                        absl::StrCat("--max-waiting=", cmd.max_waiting),
                                        "--device=" + cmd.router_device};

@@ -27,6 +27,7 @@ struct UpCommand {
   std::string router_device = "cpu";  // moemesh-router --device: cpu, cuda, cuda:N
   std::string quantize = "none";      // the experts' --quantize (workers', or the routers' with no shards)
   int kv_cache_tokens = 65536;  // per router
+  std::string kv_cache_dtype = "auto";  // the routers' --kv-cache-dtype
   int max_running = 64;         // per router
   int max_waiting = 256;        // per router
   int expert_timeout_ms = 0;    // the routers' --expert-timeout-ms; 0: wait forever

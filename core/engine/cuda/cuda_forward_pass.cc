@@ -89,9 +89,9 @@ struct CudaForwardPass::Step {
   const int* ids = nullptr;
   const int* positions = nullptr;
   const int* row_pages = nullptr;  // each row's sequence's page_offset
-  float* const* k_dst = nullptr;  // [layer][row]
-  float* const* v_dst = nullptr;
-  const float* const* pages = nullptr;  // [layer][pages_per_layer]
+  void* const* k_dst = nullptr;  // [layer][row]
+  void* const* v_dst = nullptr;
+  const void* const* pages = nullptr;  // [layer][pages_per_layer]
   const float* inv_freq = nullptr;       // [table][dim / 2]
   const int* head_rows_dev = nullptr;
   const float* ones = nullptr;  // n row weights of 1, for dense and shared FFNs
@@ -209,10 +209,16 @@ absl::Status CudaForwardPass::Upload(int kv_block_size, int kv_blocks) {
   }
   block_size_ = kv_block_size;
   num_blocks_ = kv_blocks;
-  const size_t row = static_cast<size_t>(kv_k_width()) + kv_v_width();
-  MM_ASSIGN_OR_RETURN(kv_pool_, DeviceBuffer::Allocate(static_cast<size_t>(config_.num_layers) * kv_blocks *
-                                                       kv_block_size * row * sizeof(float)));
+  // Blocks start on 16-byte lines (attention copies 16 bytes at a time).
+  kv_block_bytes_ = (static_cast<size_t>(kv_block_size) * (kv_k_width() + kv_v_width()) *
+                         KvDTypeBytes(options_.kv_dtype) + 15) / 16 * 16;
+  MM_ASSIGN_OR_RETURN(kv_pool_,
+                      DeviceBuffer::Allocate(static_cast<size_t>(config_.num_layers) * kv_blocks * kv_block_bytes_));
   return absl::OkStatus();
+}
+
+char* CudaForwardPass::KvBlock(int layer, int block) const {
+  return kv_pool_->as<char>() + (static_cast<size_t>(layer) * num_blocks_ + block) * kv_block_bytes_;
 }
 
 absl::StatusOr<float*> CudaForwardPass::Scratch(int slot, size_t count) {
@@ -281,25 +287,23 @@ absl::StatusOr<CudaForwardPass::Step> CudaForwardPass::Prepare(absl::Span<const 
     step.max_position = PowerOfTwoAtLeast(step.max_position + 1, 256) - 1;
   }
   // Where each row's keys go, and each sequence's pages, for every layer.
-  const size_t row = static_cast<size_t>(kv_k_width()) + kv_v_width();
-  auto block_ptr = [&](int layer, int block) {
-    return kv_pool_->as<float>() + ((static_cast<size_t>(layer) * num_blocks_ + block) * block_size_) * row;
-  };
+  const size_t row_bytes = (static_cast<size_t>(kv_k_width()) + kv_v_width()) * KvDTypeBytes(options_.kv_dtype);
+  const size_t k_bytes = static_cast<size_t>(kv_k_width()) * KvDTypeBytes(options_.kv_dtype);
   const int L = c.num_layers;
-  std::vector<float*> k_dst(static_cast<size_t>(L) * step.n), v_dst(k_dst.size());
-  std::vector<const float*> pages(static_cast<size_t>(L) * std::max(step.pages_per_layer, 1));
+  std::vector<void*> k_dst(static_cast<size_t>(L) * step.n), v_dst(k_dst.size());
+  std::vector<const void*> pages(static_cast<size_t>(L) * std::max(step.pages_per_layer, 1));
   for (int l = 0; l < L; ++l) {
     int r = 0;
     for (size_t i = 0; i < items.size(); ++i) {
       const KvSequence& seq = *items[i].seq;
       for (size_t b = 0; b < seq.blocks.size(); ++b) {
-        pages[static_cast<size_t>(l) * step.pages_per_layer + step.items[i].page_offset + b] = block_ptr(l, seq.blocks[b]);
+        pages[static_cast<size_t>(l) * step.pages_per_layer + step.items[i].page_offset + b] = KvBlock(l, seq.blocks[b]);
       }
       for (int j = 0; j < step.items[i].count; ++j, ++r) {
         const int pos = step.items[i].first_pos + j;
-        float* dst = block_ptr(l, seq.blocks[pos / block_size_]) + static_cast<size_t>(pos % block_size_) * row;
+        char* dst = KvBlock(l, seq.blocks[pos / block_size_]) + static_cast<size_t>(pos % block_size_) * row_bytes;
         k_dst[static_cast<size_t>(l) * step.n + r] = dst;
-        v_dst[static_cast<size_t>(l) * step.n + r] = dst + kv_k_width();
+        v_dst[static_cast<size_t>(l) * step.n + r] = dst + k_bytes;
       }
     }
   }
@@ -313,17 +317,17 @@ absl::StatusOr<CudaForwardPass::Step> CudaForwardPass::Prepare(absl::Span<const 
   MM_ASSIGN_OR_RETURN(void* d_ids, stage(kIds, ids.data(), ids.size() * sizeof(int)));
   MM_ASSIGN_OR_RETURN(void* d_pos, stage(kPositions, positions.data(), positions.size() * sizeof(int)));
   MM_ASSIGN_OR_RETURN(void* d_rp, stage(kRowPages, row_pages.data(), row_pages.size() * sizeof(int)));
-  MM_ASSIGN_OR_RETURN(void* d_k, stage(kKDst, k_dst.data(), k_dst.size() * sizeof(float*)));
-  MM_ASSIGN_OR_RETURN(void* d_v, stage(kVDst, v_dst.data(), v_dst.size() * sizeof(float*)));
-  MM_ASSIGN_OR_RETURN(void* d_pages, stage(kPages, pages.data(), pages.size() * sizeof(float*)));
+  MM_ASSIGN_OR_RETURN(void* d_k, stage(kKDst, k_dst.data(), k_dst.size() * sizeof(void*)));
+  MM_ASSIGN_OR_RETURN(void* d_v, stage(kVDst, v_dst.data(), v_dst.size() * sizeof(void*)));
+  MM_ASSIGN_OR_RETURN(void* d_pages, stage(kPages, pages.data(), pages.size() * sizeof(void*)));
   MM_ASSIGN_OR_RETURN(void* d_freq, stage(kInvFreq, freq_flat.data(), freq_flat.size() * sizeof(float)));
   MM_ASSIGN_OR_RETURN(void* d_head, stage(kHeadRows, step.head_rows.data(), step.head_rows.size() * sizeof(int)));
   step.ids = static_cast<const int*>(d_ids);
   step.positions = static_cast<const int*>(d_pos);
   step.row_pages = static_cast<const int*>(d_rp);
-  step.k_dst = static_cast<float* const*>(d_k);
-  step.v_dst = static_cast<float* const*>(d_v);
-  step.pages = static_cast<const float* const*>(d_pages);
+  step.k_dst = static_cast<void* const*>(d_k);
+  step.v_dst = static_cast<void* const*>(d_v);
+  step.pages = static_cast<const void* const*>(d_pages);
   step.inv_freq = static_cast<const float*>(d_freq);
   step.head_rows_dev = static_cast<const int*>(d_head);
   const std::vector<float> ones(step.n, 1.0f);
@@ -352,6 +356,7 @@ PagedRows CudaForwardPass::StepRows(int layer) const {
   PagedRows rows;
   rows.kv.k_blocks = rows.kv.v_blocks = step.pages + static_cast<size_t>(layer) * step.pages_per_layer;
   rows.kv.block_size = block_size_;
+  rows.kv.dtype = options_.kv_dtype;
   rows.positions = step.positions;
   rows.page_offsets = step.row_pages;
   rows.rows = step.n;
@@ -443,7 +448,9 @@ absl::Status CudaForwardPass::Rotate(float* x, int heads, int token_stride, int 
 absl::Status CudaForwardPass::WriteCache(int layer, const float* k, const float* v) {
   const int n = step_->n, k_w = kv_k_width(), v_w = kv_v_width();
   const size_t at = static_cast<size_t>(layer) * n;
-  return ScatterKvRowsCuda(k, k_w, step_->k_dst + at, v, v_w, step_->v_dst + at, n, stream_);
+  KvStore store;
+  store.dtype = options_.kv_dtype;
+  return ScatterKvRowsCuda(k, k_w, step_->k_dst + at, v, v_w, step_->v_dst + at, n, store, stream_);
 }
 
 absl::Status CudaForwardPass::Attend(int layer, const AttentionShape& shape, const float* q, float* out) {
@@ -769,29 +776,31 @@ absl::Status CudaForwardPass::SampleLast(absl::Span<const DeviceSampleRow> rows,
   return sampler_->Run(last_logits_, last_rows_, vocab, params, penalties, tokens->data(), stream_);
 }
 
+// A block's bytes: each layer's rows, in the cache's dtype (the tiers and
+// the kvcache service name blocks by a layout that includes it).
+size_t CudaForwardPass::KvLayerBytes() const {
+  return static_cast<size_t>(block_size_) * (kv_k_width() + kv_v_width()) * KvDTypeBytes(options_.kv_dtype);
+}
+
 absl::Status CudaForwardPass::ReadKvBlock(const KvCache& cache, int block, std::string* bytes) {
-  const size_t row = static_cast<size_t>(kv_k_width()) + kv_v_width();
-  const size_t layer_bytes = static_cast<size_t>(block_size_) * row * sizeof(float);
+  const size_t layer_bytes = KvLayerBytes();
   bytes->resize(layer_bytes * config_.num_layers);
   MM_RETURN_IF_ERROR(CudaSetDevice(device_));
   for (int l = 0; l < config_.num_layers; ++l) {
-    const float* src = kv_pool_->as<float>() + ((static_cast<size_t>(l) * num_blocks_ + block) * block_size_) * row;
-    MM_RETURN_IF_ERROR(CopyToHost(bytes->data() + l * layer_bytes, src, layer_bytes));
+    MM_RETURN_IF_ERROR(CopyToHost(bytes->data() + l * layer_bytes, KvBlock(l, block), layer_bytes));
   }
   return absl::OkStatus();
 }
 
 absl::Status CudaForwardPass::WriteKvBlock(KvCache* cache, int block, absl::string_view bytes) {
-  const size_t row = static_cast<size_t>(kv_k_width()) + kv_v_width();
-  const size_t layer_bytes = static_cast<size_t>(block_size_) * row * sizeof(float);
+  const size_t layer_bytes = KvLayerBytes();
   if (bytes.size() != layer_bytes * config_.num_layers) {
     return absl::InvalidArgumentError(absl::StrCat("a KV block of this cache is ", layer_bytes * config_.num_layers,
                                                    " bytes; got ", bytes.size()));
   }
   MM_RETURN_IF_ERROR(CudaSetDevice(device_));
   for (int l = 0; l < config_.num_layers; ++l) {
-    float* dst = kv_pool_->as<float>() + ((static_cast<size_t>(l) * num_blocks_ + block) * block_size_) * row;
-    MM_RETURN_IF_ERROR(CopyToDevice(dst, bytes.data() + l * layer_bytes, layer_bytes));
+    MM_RETURN_IF_ERROR(CopyToDevice(KvBlock(l, block), bytes.data() + l * layer_bytes, layer_bytes));
   }
   return absl::OkStatus();
 }

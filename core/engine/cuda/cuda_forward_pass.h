@@ -11,6 +11,7 @@
 #include "core/experts/expert_executor.h"
 #include "core/kernels/cpu/rope.h"
 #include "core/kernels/cuda/cuda_runtime_util.h"
+#include "core/kv/kv_dtype.h"
 
 namespace moemesh {
 
@@ -54,6 +55,11 @@ class CudaForwardPass : public ForwardPass, private DecoderOps {
     // The router's --enforce-eager turns them off.
     bool cuda_graphs = true;
     int graph_max_tokens = 32;
+    // What the KV cache stores (the router's --kv-cache-dtype): bf16 by
+    // default, half fp32's bytes and twice its tokens in the same memory;
+    // fp32 as the CPU; or FP8 e4m3 (scale 1, as vLLM without calibrated
+    // scales: keys and values past +-448 saturate).
+    KvDType kv_dtype = KvDType::kBf16;
   };
   // What the graphs did, for tests and benchmarks.
   struct GraphStats {
@@ -85,6 +91,7 @@ class CudaForwardPass : public ForwardPass, private DecoderOps {
   // need, come back to the host.
   bool samples_on_device() const override { return true; }
   const GraphStats& graph_stats() const { return graph_stats_; }
+  KvDType kv_dtype() const override { return options_.kv_dtype; }
   void AddRoutedCounts(std::vector<int64_t>* routed) const override;
   // The cache's rows live in device memory (kv_pool_, layer-major).
   absl::Status ReadKvBlock(const KvCache& cache, int block, std::string* bytes) override;
@@ -97,6 +104,9 @@ class CudaForwardPass : public ForwardPass, private DecoderOps {
   struct Step;
   CudaForwardPass(const ModelConfig& config, std::shared_ptr<const ModelWeights> weights);
   absl::Status Upload(int kv_block_size, int kv_blocks);
+  // Block `block` of `layer` in kv_pool_, and the bytes of one layer's rows of a block.
+  char* KvBlock(int layer, int block) const;
+  size_t KvLayerBytes() const;
   // The step's tables on the device; with `graph_layout`, sized as a
   // captured step expects (Options::cuda_graphs).
   absl::StatusOr<Step> Prepare(absl::Span<const ForwardItem> items, KvCache* cache, bool graph_layout);
@@ -143,6 +153,7 @@ class CudaForwardPass : public ForwardPass, private DecoderOps {
   int device_ = 0;
   Options options_;
   int block_size_ = 0, num_blocks_ = 0;
+  size_t kv_block_bytes_ = 0;  // one layer's block in kv_pool_, rounded up to 16 bytes
   std::unique_ptr<DeviceBuffer> kv_pool_;
   std::vector<Layer> layers_;
   std::unique_ptr<DeviceBuffer> embed_, lm_head_, final_norm_;

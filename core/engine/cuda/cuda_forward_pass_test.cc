@@ -19,6 +19,13 @@
 //     or kernel would change most of them);
 //   - greedy tokens agree up to a step explained by one of the two kinds.
 // It prints where the two parted.
+//
+// The GPU's KV cache is bf16 by default: its rounding adds a little to the
+// error above, within the same bounds. An fp32 cache must stay within them
+// too. An FP8 (e4m3) cache, whose 3-bit mantissas cost up to 3% a key and
+// value, moves logits by 4-12% on these fixtures and flips more near-tied
+// gates: it is held to 2e-1, routing apart for at most a quarter of the
+// token-layers, and its greedy tokens are printed, not checked.
 #include "core/engine/cuda/cuda_forward_pass.h"
 
 #include <algorithm>
@@ -92,6 +99,7 @@ struct Placement {
   bool gpu_router = false;
   bool gpu_experts = false;
   bool device_grouping = true;  // small steps group the rows on the GPU (both there)
+  KvDType kv_dtype = KvDType::kBf16;  // the GPU router's cache
 };
 
 struct Side {
@@ -130,6 +138,7 @@ Side MakeSide(const std::string& dir, Placement where, int block_size = 16, int 
   if (where.gpu_router) {
     CudaForwardPass::Options options;
     if (!where.device_grouping) options.device_grouping_max_tokens = 0;
+    options.kv_dtype = where.kv_dtype;
     // The recorder reads each layer's routing on the host, which a captured
     // step cannot; GraphsMatchEagerSteps tests the graphs.
     options.cuda_graphs = false;
@@ -142,9 +151,11 @@ Side MakeSide(const std::string& dir, Placement where, int block_size = 16, int 
 }
 
 // The first recorded call in which the two sides' routing differs, and the
-// first token row in it; {-1, -1} when none does. Counts differing tokens.
+// first token row in it; {-1, -1} when none does. `first_row`: the least
+// row routed apart in any call (a prompt's rows before it are clean).
+// Counts differing tokens.
 struct RoutingDiff {
-  int call = -1, row = -1;
+  int call = -1, row = -1, first_row = -1;
   size_t tokens = 0, differing = 0;
 };
 RoutingDiff CompareRouting(const std::vector<std::vector<int>>& a, const std::vector<std::vector<int>>& b, int slots) {
@@ -159,6 +170,7 @@ RoutingDiff CompareRouting(const std::vector<std::vector<int>>& a, const std::ve
       if (x == y) continue;
       ++d.differing;
       if (d.call < 0) d.call = static_cast<int>(c), d.row = static_cast<int>(t);
+      if (d.first_row < 0 || static_cast<int>(t) < d.first_row) d.first_row = static_cast<int>(t);
     }
   }
   return d;
@@ -183,8 +195,13 @@ TEST_P(CudaForwardPassTest, MatchesTheCpuEngine) {
   // The GPU side: "router" (experts on the CPU), "experts" (the CPU forward
   // pass), "both" (the single-process GPU engine: decode steps and small
   // prefill chunks group the rows on the GPU, larger steps on the host) or
-  // "both-host-grouping" (every step groups on the host).
-  const Placement on_gpu{placement != "experts", placement != "router", placement != "both-host-grouping"};
+  // "both-host-grouping" (every step groups on the host); "both-f32-cache"
+  // and "both-fp8-cache" are "both" over those caches.
+  Placement on_gpu{placement != "experts", placement != "router", placement != "both-host-grouping"};
+  if (placement == "both-f32-cache") on_gpu.kv_dtype = KvDType::kF32;
+  if (placement == "both-fp8-cache") on_gpu.kv_dtype = KvDType::kF8E4M3;
+  const bool fp8 = on_gpu.kv_dtype == KvDType::kF8E4M3;
+  const double tolerance = fp8 ? 2e-1 : 2e-2;
   Side cpu = MakeSide(dir, Placement()), gpu = MakeSide(dir, on_gpu);
   ASSERT_TRUE(cpu.engine && gpu.engine);
   const ModelConfig& config = cpu.engine->config();
@@ -196,13 +213,15 @@ TEST_P(CudaForwardPassTest, MatchesTheCpuEngine) {
   auto want = cpu.engine->Score(prompt), got = gpu.engine->Score(prompt);
   ASSERT_TRUE(want.ok() && got.ok()) << want.status() << got.status();
   RoutingDiff routing = CompareRouting(cpu.recorder->calls(), gpu.recorder->calls(), slots);
-  const int exact_rows = routing.row < 0 ? static_cast<int>(prompt.size()) : routing.row;
+  // Rows before the first routed apart in any layer (routing.row is the
+  // first in the first layer that differs: a later layer may part sooner).
+  const int exact_rows = routing.first_row < 0 ? static_cast<int>(prompt.size()) : routing.first_row;
   std::vector<float> head_want(want->begin(), want->begin() + static_cast<size_t>(exact_rows) * vocab),
       head_got(got->begin(), got->begin() + static_cast<size_t>(exact_rows) * vocab);
   const double err = RelError(head_got, head_want);
-  EXPECT_LT(err, 2e-2) << dir << "; by position: " << ErrorsByRow(*got, *want, vocab);
-  EXPECT_LE(routing.differing * 10, routing.tokens) << dir << ": routing differs for " << routing.differing << " of "
-                                                    << routing.tokens << " token-layers";
+  EXPECT_LT(err, tolerance) << dir << "; by position: " << ErrorsByRow(*got, *want, vocab);
+  EXPECT_LE(routing.differing * (fp8 ? 4 : 10), routing.tokens)
+      << dir << ": routing differs for " << routing.differing << " of " << routing.tokens << " token-layers";
   // Prefill in chunks of 5 over blocks of 4 positions, against the CPU
   // doing the same (dynamic rope's frequencies follow each pass's length):
   // the first chunk's rows, which no earlier routing difference can reach.
@@ -218,7 +237,7 @@ TEST_P(CudaForwardPassTest, MatchesTheCpuEngine) {
   const size_t clean = std::min<size_t>(static_cast<size_t>(clean_chunks) * 5, prompt.size()) * vocab;
   EXPECT_LT(RelError(std::vector<float>(got_chunked->begin(), got_chunked->begin() + clean),
                      std::vector<float>(want_chunked->begin(), want_chunked->begin() + clean)),
-            2e-2)
+            tolerance)
       << dir << ", chunked";
   // Greedy tokens.
   cpu.recorder->calls().clear();
@@ -239,7 +258,8 @@ TEST_P(CudaForwardPassTest, MatchesTheCpuEngine) {
   while (same < a->tokens.size() && a->tokens[same] == b->tokens[same]) ++same;
   std::printf("%s, GPU %s: logits within %.1e before the first routing difference (position %d; %zu of %zu token-layers "
               "differ); greedy tokens equal for %zu of %zu",
-              dir.c_str(), placement.c_str(), err, routing.row, routing.differing, routing.tokens, same, a->tokens.size());
+              dir.c_str(), placement.c_str(), err, routing.first_row, routing.differing, routing.tokens, same,
+              a->tokens.size());
   if (same < a->tokens.size()) {
     // Token `same` came out of forward pass `same` (the prompt is pass 0).
     RoutingDiff gen = CompareRouting(cpu.recorder->calls(), gpu.recorder->calls(), slots);
@@ -251,7 +271,9 @@ TEST_P(CudaForwardPassTest, MatchesTheCpuEngine) {
     // The CPU's token against the GPU's best, on the GPU's logits.
     const double gap = GapToBest(logits->data() + (prefix.size() - 1) * vocab, vocab, a->tokens[same]);
     const bool tie = gap < kTie;
-    EXPECT_TRUE(routed_apart || tie) << dir << ": tokens part at " << same << ", where the CPU's token scores " << gap
+    // FP8 moves too many logits by more than a tie for greedy tokens to
+    // say much: they are printed, not checked.
+    EXPECT_TRUE(routed_apart || tie || fp8) << dir << ": tokens part at " << same << ", where the CPU's token scores " << gap
                                      << " below the GPU's, with the same routing";
     std::printf(", then part after %s", routed_apart ? "a routing difference" : "a near-tie");
     if (tie) std::printf(" (gap %.4f)", gap);
@@ -281,8 +303,8 @@ std::vector<std::string> Models() {
 
 INSTANTIATE_TEST_SUITE_P(Models, CudaForwardPassTest,
                          ::testing::Combine(::testing::ValuesIn(Models()),
-                                            ::testing::Values("router", "experts", "both",
-                                                              "both-host-grouping")));
+                                            ::testing::Values("router", "experts", "both", "both-host-grouping",
+                                                              "both-f32-cache", "both-fp8-cache")));
 
 // Decode steps as CUDA graphs against the same steps run as usual, on every
 // fixture with its experts on the GPU: three sequences of unlike lengths,

@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 #include <vector>
+
+#include <cuda_fp8.h>
 
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
@@ -26,14 +29,53 @@ struct Geometry {
   int head_groups;  // blocks per KV head
   int splits;
   int dpad, vpad;      // head sizes rounded up to whole float4s
-  int kpitch, vpitch;  // shared-memory row pitches in floats (a float4 more: no bank conflicts)
+  int kpitch, vpitch;  // CUDA-core kernel: tile row pitches in elements (16 bytes more: no bank conflicts)
+  int qpitch, mma_kpitch, mma_vpitch;  // tensor-core kernel: query pitch in floats, tiles' in elements
   bool v_in_k;         // V's rows are the heads of K's rows (latent attention): one tile
-  bool aligned;        // rows are whole float4s: 16-byte copies
+  bool aligned;        // rows are whole 16-byte pieces: 16-byte copies
+  float out_scale;     // the values' scale (FP8), applied to the outputs
   const int* tiles;    // tensor-core kernel: [tiles][2] first row and count, or null: a row each
   int pair_heads;      // tensor-core kernel: heads per block (the rest of its 32 pairs are rows)
   float* part_acc;     // [rows][heads][splits][vpad], when splits > 1
   float* part_ml;      // [rows][heads][splits][2]: running max and sum
 };
+
+// The cache's element types: fp32, bf16's bits, e4m3 bytes; widened to
+// fp32 exactly.
+template <typename T>
+__device__ inline float Widen(T v);
+template <>
+__device__ inline float Widen<float>(float v) {
+  return v;
+}
+template <>
+__device__ inline float Widen<uint16_t>(uint16_t v) {
+  return __uint_as_float(static_cast<unsigned>(v) << 16);
+}
+template <>
+__device__ inline float Widen<uint8_t>(uint8_t v) {
+  return __half2float(__half(__nv_cvt_fp8_to_halfraw(v, __NV_E4M3)));
+}
+// Elements [0, 4) at p, 4-element aligned.
+template <typename T>
+__device__ inline float4 Widen4(const T* p);
+template <>
+__device__ inline float4 Widen4<float>(const float* p) {
+  return *reinterpret_cast<const float4*>(p);
+}
+template <>
+__device__ inline float4 Widen4<uint16_t>(const uint16_t* p) {
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+  return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                     __uint_as_float(u.y & 0xffff0000u));
+}
+template <>
+__device__ inline float4 Widen4<uint8_t>(const uint8_t* p) {
+  const unsigned u = *reinterpret_cast<const unsigned*>(p);
+  const float2 lo = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(u & 0xffffu, __NV_E4M3)));
+  const float2 hi = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(u >> 16, __NV_E4M3)));
+  return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
 
 __device__ inline float WarpMax(float v) {
   for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
@@ -44,27 +86,29 @@ __device__ inline float WarpSum(float v) {
   return v;
 }
 
-// Copies keys [t0, t0 + nv) of one KV head (width floats at `offset` of
-// rows `stride` floats apart) into rows [0, nv) of a tile of rows `pitch`
-// floats apart, and zeros into rows [nv, rows) (the 16-byte path only; the
-// 4-byte one needs rows == nv). kBlockThreads threads share the copies.
-template <int kBlockThreads>
-__device__ inline void LoadTile(const float* const* blocks, int block_size, int stride, int offset, int width,
-                                bool aligned, int t0, int nv, int rows, float* tile, int pitch) {
+// Copies keys [t0, t0 + nv) of one KV head (width elements at `offset` of
+// rows `stride` elements apart) into rows [0, nv) of a tile of rows `pitch`
+// elements apart, and zeros into rows [nv, rows) (the 16-byte path only;
+// the element-wise one needs rows == nv). kBlockThreads threads share the
+// copies.
+template <int kBlockThreads, typename T>
+__device__ inline void LoadTile(const void* const* blocks, int block_size, int stride, int offset, int width,
+                                bool aligned, int t0, int nv, int rows, T* tile, int pitch) {
+  constexpr int kPer = 16 / sizeof(T);  // elements of a 16-byte piece
   if (aligned) {
     // Each thread walks its pieces (row t, 16-byte column d4) and their
     // rows' pages by steps, dividing once rather than three times a piece
     // (latent decode and prefill 3-4% faster on an H200).
-    const int per_row = width / 4, total = rows * per_row;
+    const int per_row = width / kPer, total = rows * per_row;
     int c = threadIdx.x;
     if (c >= total) return;
     const int step_t = kBlockThreads / per_row, step_d = kBlockThreads - step_t * per_row;
     int t = c / per_row, d4 = c - t * per_row;
     int p = t0 + min(t, nv - 1), page = p / block_size, within = p - page * block_size;
-    const float* base = blocks[page];
+    const T* base = static_cast<const T*>(blocks[page]);
     for (;;) {
-      CpAsync16<false>(tile + t * pitch + 4 * d4, base + static_cast<size_t>(within) * stride + offset + 4 * d4,
-                       t < nv);
+      CpAsync16<false>(tile + t * pitch + kPer * d4,
+                       base + static_cast<size_t>(within) * stride + offset + kPer * d4, t < nv);
       if ((c += kBlockThreads) >= total) break;
       t += step_t;
       d4 += step_d;
@@ -77,13 +121,19 @@ __device__ inline void LoadTile(const float* const* blocks, int block_size, int 
           within -= block_size;
           ++page;
         } while (within >= block_size);
-        base = blocks[page];
+        base = static_cast<const T*>(blocks[page]);
       }
     }
   } else {
     for (int c = threadIdx.x; c < nv * width; c += kBlockThreads) {
       const int t = c / width, d = c - t * width, p = t0 + t;
-      CpAsync4(tile + t * pitch + d, blocks[p / block_size] + static_cast<size_t>(p % block_size) * stride + offset + d);
+      const T* src =
+          static_cast<const T*>(blocks[p / block_size]) + static_cast<size_t>(p % block_size) * stride + offset + d;
+      if constexpr (sizeof(T) == 4) {
+        CpAsync4(tile + t * pitch + d, src);
+      } else {  // cp.async moves 4 bytes at least; the barrier after the wait publishes these
+        tile[t * pitch + d] = *src;
+      }
     }
   }
 }
@@ -92,11 +142,11 @@ __device__ inline void LoadTile(const float* const* blocks, int block_size, int 
 // from first + tile * kKeys to at most `last`) of KV head `kvh` into buffer
 // tile & 1 of `ks` (and `vs`, unless V shares K's rows), as one cp.async
 // group. With `whole`, rows past the keys are zeros (kKeys rows always).
-template <int kBlockThreads, int kKeys>
+template <int kBlockThreads, int kKeys, typename T>
 __device__ inline void LoadKvTile(const Geometry& g, int page0, int kvh, int first, int last, int tile, bool whole,
-                                  float* ks, int kpitch, float* vs, int vpitch) {
+                                  T* ks, int kpitch, T* vs, int vpitch) {
   const AttentionShape& s = g.s;
-  const KvPages& kv = g.rows.kv;
+  const CudaKvPages& kv = g.rows.kv;
   const int t0 = first + tile * kKeys, nv = min(kKeys, last - t0 + 1), rows = whole ? kKeys : nv, buf = tile & 1;
   const bool aligned = whole || g.aligned;  // `whole` needs the 16-byte path
   LoadTile<kBlockThreads>(kv.k_blocks + page0, kv.block_size, kv.k_stride, kv.k_offset + kvh * s.head_dim,
@@ -139,15 +189,18 @@ __device__ inline float OnlineSoftmaxStep(float v, float* m, float* l, float* co
   return p;
 }
 
-__host__ __device__ inline size_t SmemFloats(const Geometry& g, int heads, int keys) {
-  return static_cast<size_t>(heads) * g.dpad + 2 * static_cast<size_t>(keys) * g.kpitch +
-         (g.v_in_k ? 0 : 2 * static_cast<size_t>(keys) * g.vpitch) + static_cast<size_t>(heads) * keys + 3 * heads;
+// The CUDA-core kernel's shared memory: queries (fp32), two tiles of keys
+// and of values (elements of `elem` bytes), scores and softmax state.
+inline size_t SmemBytes(const Geometry& g, int elem, int heads, int keys) {
+  const size_t tiles = 2 * static_cast<size_t>(keys) * g.kpitch + (g.v_in_k ? 0 : 2 * static_cast<size_t>(keys) * g.vpitch);
+  return (static_cast<size_t>(heads) * g.dpad + static_cast<size_t>(heads) * keys + 3 * heads) * sizeof(float) +
+         tiles * elem;
 }
 
 // One block: query row blockIdx.x, up to kHeads query heads of one KV head
 // (blockIdx.y), keys of chunk blockIdx.z of the row's range. kDim4: the
 // widest head in float4s; kKeys: keys per tile (at most 32, a warp's).
-template <int kDim4, int kHeads, int kKeys>
+template <int kDim4, int kHeads, int kKeys, typename T>
 __global__ void __launch_bounds__(kThreads) SplitKernel(Geometry g) {
   static_assert(kKeys <= 32, "a warp reduces a tile's scores");
   constexpr int kItems = (kHeads * kDim4 + kThreads - 1) / kThreads;
@@ -163,9 +216,9 @@ __global__ void __launch_bounds__(kThreads) SplitKernel(Geometry g) {
   const int first = lo + split * chunk, last = min(pos, first + chunk - 1);
 
   float* qs = reinterpret_cast<float*>(smem4);
-  float* ks = qs + kHeads * g.dpad;
-  float* vs = g.v_in_k ? ks : ks + 2 * kKeys * g.kpitch;
-  float* sp = ks + 2 * kKeys * g.kpitch + (g.v_in_k ? 0 : 2 * kKeys * g.vpitch);  // scores, then weights
+  T* ks = reinterpret_cast<T*>(qs + kHeads * g.dpad);
+  T* vs = g.v_in_k ? ks : ks + 2 * kKeys * g.kpitch;
+  float* sp = reinterpret_cast<float*>(ks + 2 * kKeys * g.kpitch + (g.v_in_k ? 0 : 2 * kKeys * g.vpitch));  // scores, then weights
   float* sm = sp + kHeads * kKeys;  // running max per head
   float* sl = sm + kHeads;          // running sum
   float* sc = sl + kHeads;          // this tile's correction
@@ -177,7 +230,7 @@ __global__ void __launch_bounds__(kThreads) SplitKernel(Geometry g) {
     qs[i] = j < nh && d < s.head_dim ? g.q[(static_cast<size_t>(r) * s.num_heads + h0 + j) * s.head_dim + d] : 0.f;
   }
   const int kpad = g.dpad - s.head_dim;
-  for (int i = tid; i < 2 * kKeys * kpad; i += kThreads) ks[(i / kpad) * g.kpitch + s.head_dim + i % kpad] = 0.f;
+  for (int i = tid; i < 2 * kKeys * kpad; i += kThreads) ks[(i / kpad) * g.kpitch + s.head_dim + i % kpad] = T(0);
   if (tid < kHeads) {
     sm[tid] = -INFINITY;
     sl[tid] = 0.f;
@@ -198,27 +251,27 @@ __global__ void __launch_bounds__(kThreads) SplitKernel(Geometry g) {
   for (int tile = 0; tile < tiles; ++tile) {
     AwaitKvTile(tile, tiles, load);
     const int nv = min(kKeys, last - (first + tile * kKeys) + 1), buf = tile & 1;
-    const float* kt = ks + buf * kKeys * g.kpitch;
-    const float* vt = vs + buf * kKeys * g.vpitch;
+    const T* kt = ks + buf * kKeys * g.kpitch;
+    const T* vt = vs + buf * kKeys * g.vpitch;
     // Scores: a warp's lanes take different keys of one head.
     for (int p = tid; p < kHeads * kKeys; p += kThreads) {
       const int j = p / kKeys, t = p - j * kKeys;
       float score = -INFINITY;
       if (j < nh && t < nv) {
         const float4* qv = reinterpret_cast<const float4*>(qs + j * g.dpad);
-        const float4* kr = reinterpret_cast<const float4*>(kt + t * g.kpitch);
+        const T* kr = kt + t * g.kpitch;
         // Eight independent sums: one chain of dependent adds would leave
         // each lane waiting on its own latency.
         float4 e = make_float4(0.f, 0.f, 0.f, 0.f), o = e;
         const int d4 = g.dpad / 4;
         int d = 0;
         for (; d + 1 < d4; d += 2) {
-          const float4 a = qv[d], b = kr[d], a1 = qv[d + 1], b1 = kr[d + 1];
+          const float4 a = qv[d], b = Widen4(kr + 4 * d), a1 = qv[d + 1], b1 = Widen4(kr + 4 * d + 4);
           e.x += a.x * b.x, e.y += a.y * b.y, e.z += a.z * b.z, e.w += a.w * b.w;
           o.x += a1.x * b1.x, o.y += a1.y * b1.y, o.z += a1.z * b1.z, o.w += a1.w * b1.w;
         }
         if (d < d4) {
-          const float4 a = qv[d], b = kr[d];
+          const float4 a = qv[d], b = Widen4(kr + 4 * d);
           e.x += a.x * b.x, e.y += a.y * b.y, e.z += a.z * b.z, e.w += a.w * b.w;
         }
         score = (((e.x + o.x) + (e.y + o.y)) + ((e.z + o.z) + (e.w + o.w))) * s.scale;
@@ -247,14 +300,14 @@ __global__ void __launch_bounds__(kThreads) SplitKernel(Geometry g) {
         int t = 0;
         for (; t + 1 < nv; t += 2) {
           const float p = pj[t], p1 = pj[t + 1];
-          const float4 v = reinterpret_cast<const float4*>(vt + t * g.vpitch)[c];
-          const float4 v1 = reinterpret_cast<const float4*>(vt + (t + 1) * g.vpitch)[c];
+          const float4 v = Widen4(vt + t * g.vpitch + 4 * c);
+          const float4 v1 = Widen4(vt + (t + 1) * g.vpitch + 4 * c);
           a.x += p * v.x, a.y += p * v.y, a.z += p * v.z, a.w += p * v.w;
           b.x += p1 * v1.x, b.y += p1 * v1.y, b.z += p1 * v1.z, b.w += p1 * v1.w;
         }
         if (t < nv) {
           const float p = pj[t];
-          const float4 v = reinterpret_cast<const float4*>(vt + t * g.vpitch)[c];
+          const float4 v = Widen4(vt + t * g.vpitch + 4 * c);
           a.x += p * v.x, a.y += p * v.y, a.z += p * v.z, a.w += p * v.w;
         }
         acc[i] = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
@@ -270,7 +323,7 @@ __global__ void __launch_bounds__(kThreads) SplitKernel(Geometry g) {
     const int j = item / dv4, c = item - j * dv4;
     const size_t head = static_cast<size_t>(r) * s.num_heads + h0 + j;
     if (g.splits == 1) {
-      const float inv = sl[j] > 0 ? 1.f / sl[j] : 0.f;  // no keys (a bad position): zeros, not NaN
+      const float inv = sl[j] > 0 ? g.out_scale / sl[j] : 0.f;  // no keys (a bad position): zeros, not NaN
       const float o[4] = {acc[i].x * inv, acc[i].y * inv, acc[i].z * inv, acc[i].w * inv};
       for (int e = 0; e < 4 && c * 4 + e < s.v_head_dim; ++e) g.out[head * s.v_head_dim + c * 4 + e] = o[e];
     } else {
@@ -317,25 +370,31 @@ __device__ inline void MmaTf32(float (&c)[4], const unsigned (&a)[4], unsigned b
 }
 
 __host__ __device__ inline int RoundUp8(int v) { return (v + 7) / 8 * 8; }
+inline int RoundUp(int v, int to) { return (v + to - 1) / to * to; }
 
-// Row pitches in floats. K's is 4 past a multiple of 32, so that the score
-// product's fragment loads (8 rows by 4 columns) hit 32 banks; a separate
-// V's is 8 past, for the value product's (4 rows by 8 columns). V within K
-// rows shares K's pitch (two-way conflicts on its loads).
-__host__ __device__ inline int MmaKPitch(const Geometry& g) { return RoundUp8(g.s.head_dim) + 4; }
-__host__ __device__ inline int MmaVPitch(const Geometry& g) {
-  const int v8 = RoundUp8(g.s.v_head_dim);
-  return g.v_in_k ? MmaKPitch(g) : v8 + (40 - v8 % 32) % 32;
+// Row pitches, in elements of `elem` bytes. K's is 16 bytes past a
+// multiple of 128, so that the score product's fragment loads (8 rows by 4
+// columns) hit distinct banks; a separate V's is 32 bytes past, for the
+// value product's (4 rows by 8 columns). V within K rows shares K's pitch
+// (two-way conflicts on its loads). The queries' (fp32) is K's in floats.
+void SetMmaPitches(Geometry* g, int elem) {
+  const int per = 16 / elem;  // elements of a 16-byte piece
+  g->qpitch = RoundUp8(g->s.head_dim) + 4;
+  g->mma_kpitch = RoundUp(RoundUp8(g->s.head_dim), per) + per;
+  const int v8 = RoundUp(RoundUp8(g->s.v_head_dim), per), line = 128 / elem;
+  g->mma_vpitch = g->v_in_k ? g->mma_kpitch : v8 + (2 * per - v8 % line + line) % line;
 }
 
-__host__ __device__ inline size_t MmaSmemFloats(const Geometry& g) {
-  const size_t kp = MmaKPitch(g), vp = MmaVPitch(g);
-  return kPairs * kp + 2 * kMmaKeys * kp + (g.v_in_k ? 0 : 2 * kMmaKeys * vp) + kPairs * (kMmaKeys + 4) +
-         5 * kPairs;  // running max, sum, correction; each pair's first and last key
+size_t MmaSmemBytes(const Geometry& g, int elem) {
+  const size_t tiles = 2 * kMmaKeys * static_cast<size_t>(g.mma_kpitch) +
+                       (g.v_in_k ? 0 : 2 * kMmaKeys * static_cast<size_t>(g.mma_vpitch));
+  return (kPairs * static_cast<size_t>(g.qpitch) + kPairs * (kMmaKeys + 4) +
+          5 * kPairs) * sizeof(float) +  // running max, sum, correction; each pair's first and last key
+         tiles * elem;
 }
 
 // kNT: the most value n-tiles (8 columns) a warp owns.
-template <int kNT>
+template <int kNT, typename T>
 __global__ void __launch_bounds__(kMmaThreads) MmaKernel(Geometry g) {
   extern __shared__ float4 smem4[];
   const AttentionShape& s = g.s;
@@ -347,13 +406,13 @@ __global__ void __launch_bounds__(kMmaThreads) MmaKernel(Geometry g) {
   const int kvh = blockIdx.y / g.head_groups;
   const int h0 = kvh * g.group + (blockIdx.y % g.head_groups) * g.pair_heads;
   const int nh = min(g.pair_heads, (kvh + 1) * g.group - h0);
-  const int d8 = RoundUp8(s.head_dim), kpitch = MmaKPitch(g), v8 = RoundUp8(s.v_head_dim);
-  const int vpitch = MmaVPitch(g), spitch = kMmaKeys + 4;
+  const int d8 = RoundUp8(s.head_dim), qpitch = g.qpitch, kpitch = g.mma_kpitch, v8 = RoundUp8(s.v_head_dim);
+  const int vpitch = g.mma_vpitch, spitch = kMmaKeys + 4;
 
   float* qs = reinterpret_cast<float*>(smem4);
-  float* ks = qs + kPairs * kpitch;
-  float* vs = g.v_in_k ? ks : ks + 2 * kMmaKeys * kpitch;
-  float* sp = ks + 2 * kMmaKeys * kpitch + (g.v_in_k ? 0 : 2 * kMmaKeys * vpitch);  // [pair][key]
+  T* ks = reinterpret_cast<T*>(qs + kPairs * qpitch);
+  T* vs = g.v_in_k ? ks : ks + 2 * kMmaKeys * kpitch;
+  float* sp = reinterpret_cast<float*>(ks + 2 * kMmaKeys * kpitch + (g.v_in_k ? 0 : 2 * kMmaKeys * vpitch));  // [pair][key]
   float* sm = sp + kPairs * spitch;
   float* sl = sm + kPairs;
   float* sc = sl + kPairs;
@@ -382,12 +441,12 @@ __global__ void __launch_bounds__(kMmaThreads) MmaKernel(Geometry g) {
     const bool ok = rr < nrows && hh < nh;
     const float* src = g.q + (ok ? (static_cast<size_t>(row0 + rr) * s.num_heads + h0 + hh) * s.head_dim : 0);
     for (int d = 4 * lane; d < d8; d += 128) {
-      *reinterpret_cast<float4*>(qs + m * kpitch + d) =
+      *reinterpret_cast<float4*>(qs + m * qpitch + d) =
           ok && d < s.head_dim ? *reinterpret_cast<const float4*>(src + d) : make_float4(0.f, 0.f, 0.f, 0.f);
     }
   }
   const int kpad = d8 - s.head_dim;
-  for (int i = tid; i < 2 * kMmaKeys * kpad; i += kMmaThreads) ks[(i / kpad) * kpitch + s.head_dim + i % kpad] = 0.f;
+  for (int i = tid; i < 2 * kMmaKeys * kpad; i += kMmaThreads) ks[(i / kpad) * kpitch + s.head_dim + i % kpad] = T(0);
   __syncthreads();
 
   // The block's keys: from the smallest first key to the largest last one.
@@ -417,27 +476,27 @@ __global__ void __launch_bounds__(kMmaThreads) MmaKernel(Geometry g) {
   for (int tile = 0; tile < tiles; ++tile) {
     AwaitKvTile(tile, tiles, load);
     const int t0 = first + tile * kMmaKeys;
-    const float* kt = ks + (tile & 1) * kMmaKeys * kpitch;
-    const float* vt = vs + (tile & 1) * kMmaKeys * vpitch;
+    const T* kt = ks + (tile & 1) * kMmaKeys * kpitch;
+    const T* vt = vs + (tile & 1) * kMmaKeys * vpitch;
     {
       // Four independent sums over the k steps: one chain of dependent
       // mma.sync would leave the tensor cores waiting on their own latency.
       float c4[4][4] = {};
-      const float* krow = kt + (8 * quarter + gq) * kpitch;
+      const T* krow = kt + (8 * quarter + gq) * kpitch;
       int k0 = 0;
       for (; k0 + 32 <= d8; k0 += 32) {
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
           const int k = k0 + 8 * u;
-          const unsigned a[4] = {ToTf32(qs[mq * kpitch + k + tq]), ToTf32(qs[(mq + 8) * kpitch + k + tq]),
-                                 ToTf32(qs[mq * kpitch + k + tq + 4]), ToTf32(qs[(mq + 8) * kpitch + k + tq + 4])};
-          MmaTf32(c4[u], a, ToTf32(krow[k + tq]), ToTf32(krow[k + tq + 4]));
+          const unsigned a[4] = {ToTf32(qs[mq * qpitch + k + tq]), ToTf32(qs[(mq + 8) * qpitch + k + tq]),
+                                 ToTf32(qs[mq * qpitch + k + tq + 4]), ToTf32(qs[(mq + 8) * qpitch + k + tq + 4])};
+          MmaTf32(c4[u], a, ToTf32(Widen(krow[k + tq])), ToTf32(Widen(krow[k + tq + 4])));
         }
       }
       for (int u = 0; k0 < d8; k0 += 8, ++u) {
-        const unsigned a[4] = {ToTf32(qs[mq * kpitch + k0 + tq]), ToTf32(qs[(mq + 8) * kpitch + k0 + tq]),
-                               ToTf32(qs[mq * kpitch + k0 + tq + 4]), ToTf32(qs[(mq + 8) * kpitch + k0 + tq + 4])};
-        MmaTf32(c4[u], a, ToTf32(krow[k0 + tq]), ToTf32(krow[k0 + tq + 4]));
+        const unsigned a[4] = {ToTf32(qs[mq * qpitch + k0 + tq]), ToTf32(qs[(mq + 8) * qpitch + k0 + tq]),
+                               ToTf32(qs[mq * qpitch + k0 + tq + 4]), ToTf32(qs[(mq + 8) * qpitch + k0 + tq + 4])};
+        MmaTf32(c4[u], a, ToTf32(Widen(krow[k0 + tq])), ToTf32(Widen(krow[k0 + tq + 4])));
       }
       // c4: pairs mq and mq + 8, keys 8 quarter + 2tq and + 1 of the tile.
 #pragma unroll
@@ -461,13 +520,13 @@ __global__ void __launch_bounds__(kMmaThreads) MmaKernel(Geometry g) {
       for (int k0 = 0; k0 < kMmaKeys; k0 += 8) {
         const unsigned a[4] = {ToTf32(sp[mq * spitch + k0 + tq]), ToTf32(sp[(mq + 8) * spitch + k0 + tq]),
                                ToTf32(sp[mq * spitch + k0 + tq + 4]), ToTf32(sp[(mq + 8) * spitch + k0 + tq + 4])};
-        const float* v0 = vt + (k0 + tq) * vpitch;
-        const float* v1 = vt + (k0 + tq + 4) * vpitch;
+        const T* v0 = vt + (k0 + tq) * vpitch;
+        const T* v1 = vt + (k0 + tq + 4) * vpitch;
 #pragma unroll
         for (int i = 0; i < kNT; ++i) {
           if (i < nts) {
             const int n = 8 * (nt0 + i) + gq;
-            MmaTf32(acc[i], a, ToTf32(v0[n]), ToTf32(v1[n]));
+            MmaTf32(acc[i], a, ToTf32(Widen(v0[n])), ToTf32(Widen(v1[n])));
           }
         }
       }
@@ -485,7 +544,7 @@ __global__ void __launch_bounds__(kMmaThreads) MmaKernel(Geometry g) {
     const int m = mq + 8 * h;
     pair_head[h] = static_cast<size_t>(row0 + m / g.pair_heads) * s.num_heads + h0 + m % g.pair_heads;
     live[h] = pair_hi[m] >= 0;
-    inv_sum[h] = sl[m] > 0 ? 1.f / sl[m] : 0.f;
+    inv_sum[h] = sl[m] > 0 ? g.out_scale / sl[m] : 0.f;
   }
 #pragma unroll
   for (int i = 0; i < kNT; ++i) {
@@ -528,7 +587,7 @@ __global__ void __launch_bounds__(kThreads) CombineKernel(Geometry g) {
       sum += w * ml[2 * s + 1];
     }
     sum = WarpSum(sum);
-    if (threadIdx.x == 0) inv_sum = sum > 0 ? 1.f / sum : 0.f;
+    if (threadIdx.x == 0) inv_sum = sum > 0 ? g.out_scale / sum : 0.f;
   }
   __syncthreads();
   const float* acc = g.part_acc + head * g.splits * g.vpad;
@@ -544,11 +603,27 @@ struct Config {
   void (*kernel)(Geometry);
 };
 
+template <typename T>
 Config Pick(int widest) {
-  if (widest <= 128) return {8, 32, SplitKernel<32, 8, 32>};
-  if (widest <= 256) return {8, 32, SplitKernel<64, 8, 32>};
+  if (widest <= 128) return {8, 32, SplitKernel<32, 8, 32, T>};
+  if (widest <= 256) return {8, 32, SplitKernel<64, 8, 32, T>};
   static_assert(kMaxAttentionHeadDim == 4 * 160, "the widest instantiation");
-  return {16, 16, SplitKernel<160, 16, 16>};
+  return {16, 16, SplitKernel<160, 16, 16, T>};
+}
+
+// The kernels for the cache's element type.
+struct Kernels {
+  Config (*pick)(int widest);
+  void (*mma)(Geometry);
+};
+Kernels KernelsFor(KvDType dtype) {
+  constexpr int kNT = kMaxLatentDim / 8 / 4;
+  switch (dtype) {
+    case KvDType::kBf16: return {Pick<uint16_t>, MmaKernel<kNT, uint16_t>};
+    case KvDType::kF8E4M3: return {Pick<uint8_t>, MmaKernel<kNT, uint8_t>};
+    case KvDType::kF32: break;
+  }
+  return {Pick<float>, MmaKernel<kNT, float>};
 }
 
 int RoundUp4(int v) { return (v + 3) / 4 * 4; }
@@ -568,10 +643,14 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
     return absl::InvalidArgumentError(
         absl::StrCat("CudaPagedAttention: head sizes must be in [1, ", kMaxAttentionHeadDim, "]"));
   }
-  const KvPages& kv = rows.kv;
+  const CudaKvPages& kv = rows.kv;
   if (rows.rows < 0 || rows.max_position < 0 || kv.block_size <= 0 || kv.k_stride <= 0 || kv.v_stride <= 0 ||
       kv.k_offset < 0 || kv.v_offset < 0) {
     return absl::InvalidArgumentError("CudaPagedAttention: bad sizes");
+  }
+  const bool fp8 = kv.dtype == KvDType::kF8E4M3;
+  if (fp8 && !(kv.k_scale > 0 && kv.v_scale > 0 && std::isfinite(kv.k_scale) && std::isfinite(kv.v_scale))) {
+    return absl::InvalidArgumentError("CudaPagedAttention: FP8 scales must be positive and finite");
   }
   if (rows.rows == 0) return absl::OkStatus();
   if (!sequences.empty()) {
@@ -593,15 +672,21 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
   g.q = q;
   g.out = out;
   g.group = s.num_heads / s.num_kv_heads;
-  Config config = Pick(std::max(s.head_dim, s.v_head_dim));
+  // An FP8 key's scale goes into the scores' scale, a value's into the output.
+  if (fp8) g.s.scale *= kv.k_scale;
+  g.out_scale = fp8 ? kv.v_scale : 1.f;
+  const int elem = KvDTypeBytes(kv.dtype), per = 16 / elem;
+  const Kernels kernels = KernelsFor(kv.dtype);
+  Config config = kernels.pick(std::max(s.head_dim, s.v_head_dim));
   g.head_groups = (g.group + config.heads - 1) / config.heads;
   g.dpad = RoundUp4(s.head_dim);
   g.vpad = RoundUp4(s.v_head_dim);
-  g.kpitch = g.dpad + 4;
+  g.kpitch = RoundUp(g.dpad, per) + per;
   g.v_in_k = kv.k_blocks == kv.v_blocks && kv.k_stride == kv.v_stride && kv.k_offset == kv.v_offset &&
              s.v_head_dim <= s.head_dim && (s.num_kv_heads == 1 || s.head_dim == s.v_head_dim);
-  g.vpitch = g.v_in_k ? g.kpitch : g.vpad + 4;
-  g.aligned = (kv.k_stride | kv.v_stride | kv.k_offset | kv.v_offset | s.head_dim | s.v_head_dim) % 4 == 0;
+  g.vpitch = g.v_in_k ? g.kpitch : RoundUp(g.vpad, per) + per;
+  g.aligned = (kv.k_stride | kv.v_stride | kv.k_offset | kv.v_offset | s.head_dim | s.v_head_dim) % per == 0;
+  SetMmaPitches(&g, elem);
 
   if (sm_count_ == 0) {
     int device = 0;
@@ -618,7 +703,7 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
   g.pair_heads = 0;
   int grid_x = rows.rows;
   // Only where its shared memory fits this GPU (else the CUDA-core kernel).
-  const bool mma_fits = MmaSmemFloats(g) * sizeof(float) <= static_cast<size_t>(smem_limit_);
+  const bool mma_fits = MmaSmemBytes(g, elem) <= static_cast<size_t>(smem_limit_);
   // It reads whole float4s of the cache and of q.
   const bool mma_aligned = g.aligned && reinterpret_cast<uintptr_t>(q) % 16 == 0;
   const bool latent = g.v_in_k && mma_aligned && g.group >= 16 && s.v_head_dim <= s.head_dim &&
@@ -653,9 +738,9 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
     grid_x = static_cast<int>(tiles_host_.size() / 2);
   }
   const bool mma = latent || prefill;
-  if (mma) config = {kPairs, kMmaKeys, MmaKernel<kMaxLatentDim / 8 / 4>};
+  if (mma) config = {kPairs, kMmaKeys, kernels.mma};
   const int threads = mma ? kMmaThreads : kThreads;
-  const size_t smem = (mma ? MmaSmemFloats(g) : SmemFloats(g, config.heads, config.keys)) * sizeof(float);
+  const size_t smem = mma ? MmaSmemBytes(g, elem) : SmemBytes(g, elem, config.heads, config.keys);
   if (smem > static_cast<size_t>(smem_limit_)) {
     return absl::InvalidArgumentError(absl::StrCat("CudaPagedAttention: heads of ", s.head_dim, " need ", smem,
                                                    " bytes of shared memory; this GPU has ", smem_limit_));

@@ -8,8 +8,25 @@
 #include "absl/types/span.h"
 #include "core/kernels/cpu/attention.h"
 #include "core/kernels/cuda/cuda_runtime_util.h"
+#include "core/kv/kv_dtype.h"
 
 namespace moemesh {
+
+// A paged KV cache in device memory, as KvPages (core/kernels/cpu/attention.h)
+// but of any KvDType: strides and offsets count elements, and a stored FP8
+// code c stands for c * k_scale (keys) or c * v_scale (values).
+struct CudaKvPages {
+  const void* const* k_blocks = nullptr;
+  const void* const* v_blocks = nullptr;
+  int block_size = 0;
+  int k_stride = 0;
+  int v_stride = 0;
+  int k_offset = 0;
+  int v_offset = 0;
+  KvDType dtype = KvDType::kF32;
+  float k_scale = 1.f;  // FP8 only
+  float v_scale = 1.f;
+};
 
 // The query rows of one batched attention call, from any number of
 // sequences: row r is at position positions[r] of the sequence whose block
@@ -18,7 +35,7 @@ namespace moemesh {
 // 0 .. positions[r] (or the sliding window's), already in the cache.
 // Every pointer is a device pointer; page pointers are 16-byte aligned.
 struct PagedRows {
-  KvPages kv;
+  CudaKvPages kv;
   const int* positions = nullptr;     // [rows]
   const int* page_offsets = nullptr;  // [rows]
   int rows = 0;
@@ -42,7 +59,10 @@ struct RowSpan {
 // block serves all query heads of one KV head (up to 8 or 16 of them), so
 // a KV row is read once per group, not once per head; tiles of keys are
 // copied into shared memory with 16-byte cp.async, two tiles in flight.
-// Scores, softmax and sums are fp32, as on the CPU. Two cases do enough
+// Scores, softmax and sums are fp32, as on the CPU; bf16 and FP8 caches
+// are widened to fp32 as they are read from shared memory (an FP8 code
+// times its scale, folded into the score scale for keys and into the
+// output for values). Two cases do enough
 // arithmetic per byte for tensor cores, where both products run in TF32
 // (10-bit mantissas, fp32 sums; within 3e-3 of the CPU): latent attention
 // (16 or more query heads over rows whose heads are V, as in DeepSeek-V3),

@@ -4,9 +4,12 @@
 // tools/gpu/run.sh.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "core/experts/cpu_expert_device.h"
 #include "core/experts/expert_executor.h"
 #include "core/experts/expert_work.h"
@@ -158,42 +161,74 @@ TEST_F(CudaKernelsTest, LinearMatchesCpu) {
 }
 
 // Keys and values of a step's rows to their cache rows (row pointers) in
-// one launch, and keys alone (the latent cache).
+// one launch, and keys alone (the latent cache), stored as each cache type:
+// fp32 as is, bf16 and FP8 (value / scale) rounded as the host rounds them.
 TEST_F(CudaKernelsTest, ScatterKvRowsReachTheirCacheRows) {
   const int rows = 5, kw = 24, vw = 16;
   std::vector<float> k(rows * kw), v(rows * vw);
-  for (size_t i = 0; i < k.size(); ++i) k[i] = static_cast<float>(i);
-  for (size_t i = 0; i < v.size(); ++i) v[i] = -static_cast<float>(i) - 1;
-  for (bool with_values : {true, false}) {
-    auto dk = Upload(k), dv = Upload(v);
-    auto cache = DeviceBuffer::Allocate(static_cast<size_t>(2 * rows) * (kw + vw) * sizeof(float));
-    ASSERT_TRUE(cache.ok());
-    ASSERT_TRUE((*cache)->Fill(0).ok());
-    // Row r goes to cache row 2 * (rows - 1 - r): reversed, with gaps.
-    std::vector<float*> kd(rows), vd(rows);
-    float* base = (*cache)->as<float>();
-    for (int r = 0; r < rows; ++r) {
-      kd[r] = base + static_cast<size_t>(2 * (rows - 1 - r)) * (kw + vw);
-      vd[r] = kd[r] + kw;
-    }
-    auto dkd = DeviceBuffer::Allocate(rows * sizeof(float*)), dvd = DeviceBuffer::Allocate(rows * sizeof(float*));
-    ASSERT_TRUE(dkd.ok() && dvd.ok());
-    ASSERT_TRUE((*dkd)->CopyFrom(kd.data(), rows * sizeof(float*)).ok());
-    ASSERT_TRUE((*dvd)->CopyFrom(vd.data(), rows * sizeof(float*)).ok());
-    ASSERT_TRUE(ScatterKvRowsCuda(dk->as<float>(), kw, (*dkd)->as<float*>(), with_values ? dv->as<float>() : nullptr,
-                                  vw, (*dvd)->as<float*>(), rows, nullptr)
-                    .ok());
-    std::vector<float> got(static_cast<size_t>(2 * rows) * (kw + vw));
-    ASSERT_TRUE((*cache)->CopyTo(got.data(), got.size() * sizeof(float)).ok());
-    for (int r = 0; r < rows; ++r) {
-      const float* row = got.data() + static_cast<size_t>(2 * (rows - 1 - r)) * (kw + vw);
-      for (int j = 0; j < kw; ++j) EXPECT_EQ(row[j], k[r * kw + j]) << r << "," << j;
-      for (int j = 0; j < vw; ++j) EXPECT_EQ(row[kw + j], with_values ? v[r * vw + j] : 0.f) << r << "," << j;
-    }
-    for (size_t i = 0; i < got.size(); i += 2 * (kw + vw)) {  // the gaps stay untouched
-      EXPECT_EQ(got[i + kw + vw], 0.f);
+  for (size_t i = 0; i < k.size(); ++i) k[i] = static_cast<float>(i) * 1.37f - 40.f;
+  for (size_t i = 0; i < v.size(); ++i) v[i] = -static_cast<float>(i) * 0.61f - 1;
+  k[3] = 1e6f;  // past FP8's range: saturates at 448 * scale
+  k[4] = -1e6f;
+  for (KvDType dtype : {KvDType::kF32, KvDType::kBf16, KvDType::kF8E4M3}) {
+    SCOPED_TRACE(std::string(KvDTypeName(dtype)));
+    KvStore store;
+    store.dtype = dtype;
+    if (dtype == KvDType::kF8E4M3) store.k_scale = 0.5f, store.v_scale = 0.25f;
+    const size_t elem = KvDTypeBytes(dtype), row_bytes = (kw + vw) * elem;
+    // The stored bytes of x, as the host rounds them.
+    auto stored = [&](float x, float scale) {
+      std::string b(elem, '\0');
+      if (dtype == KvDType::kF32) std::memcpy(b.data(), &x, 4);
+      if (dtype == KvDType::kBf16) {
+        const uint16_t h = F32ToBf16(x);
+        std::memcpy(b.data(), &h, 2);
+      }
+      if (dtype == KvDType::kF8E4M3) b[0] = static_cast<char>(F32ToF8E4M3(x / scale));
+      return b;
+    };
+    for (bool with_values : {true, false}) {
+      auto dk = Upload(k), dv = Upload(v);
+      auto cache = DeviceBuffer::Allocate(2 * rows * row_bytes);
+      ASSERT_TRUE(cache.ok());
+      ASSERT_TRUE((*cache)->Fill(0).ok());
+      // Row r goes to cache row 2 * (rows - 1 - r): reversed, with gaps.
+      std::vector<void*> kd(rows), vd(rows);
+      char* base = (*cache)->as<char>();
+      for (int r = 0; r < rows; ++r) {
+        kd[r] = base + static_cast<size_t>(2 * (rows - 1 - r)) * row_bytes;
+        vd[r] = static_cast<char*>(kd[r]) + kw * elem;
+      }
+      auto dkd = DeviceBuffer::Allocate(rows * sizeof(void*)), dvd = DeviceBuffer::Allocate(rows * sizeof(void*));
+      ASSERT_TRUE(dkd.ok() && dvd.ok());
+      ASSERT_TRUE((*dkd)->CopyFrom(kd.data(), rows * sizeof(void*)).ok());
+      ASSERT_TRUE((*dvd)->CopyFrom(vd.data(), rows * sizeof(void*)).ok());
+      ASSERT_TRUE(ScatterKvRowsCuda(dk->as<float>(), kw, (*dkd)->as<void*>(), with_values ? dv->as<float>() : nullptr,
+                                    vw, (*dvd)->as<void*>(), rows, store, nullptr)
+                      .ok());
+      std::string got(2 * rows * row_bytes, '\0');
+      ASSERT_TRUE((*cache)->CopyTo(got.data(), got.size()).ok());
+      for (int r = 0; r < rows; ++r) {
+        const char* row = got.data() + static_cast<size_t>(2 * (rows - 1 - r)) * row_bytes;
+        for (int j = 0; j < kw; ++j) {
+          EXPECT_EQ(std::string(row + j * elem, elem), stored(k[r * kw + j], store.k_scale)) << r << "," << j;
+        }
+        for (int j = 0; j < vw; ++j) {
+          EXPECT_EQ(std::string(row + (kw + j) * elem, elem),
+                    with_values ? stored(v[r * vw + j], store.v_scale) : std::string(elem, '\0'))
+              << r << "," << j;
+        }
+      }
+      for (size_t i = 0; i < got.size(); i += 2 * row_bytes) {  // the gaps stay untouched
+        EXPECT_EQ(got.substr(i + row_bytes, row_bytes), std::string(row_bytes, '\0'));
+      }
     }
   }
+  KvStore bad;
+  bad.dtype = KvDType::kF8E4M3;
+  bad.k_scale = 0;
+  EXPECT_EQ(ScatterKvRowsCuda(nullptr, 4, nullptr, nullptr, 4, nullptr, 1, bad, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // 32 to 71 rows per expert: padded sizes that groups share, some exact.
@@ -534,7 +569,9 @@ TEST_F(CudaKernelsTest, RopeMatchesCpuForEveryScaling) {
 // one call, contexts long enough to be split, GQA, sliding windows, K and V
 // sharing rows with different head sizes (latent attention), head sizes that
 // are not multiples of 16 and rows that are not 16-byte aligned, against
-// CausalAttention on the CPU.
+// CausalAttention on the CPU; over fp32, bf16 and FP8 caches (the CPU given
+// the values the cache holds: the kernels must add no error of their own
+// beyond TF32's where they use it).
 TEST_F(CudaKernelsTest, PagedAttentionMatchesCpu) {
   std::mt19937 rng(13);
   std::normal_distribution<float> normal(0.f, 1.f);
@@ -574,8 +611,13 @@ TEST_F(CudaKernelsTest, PagedAttentionMatchesCpu) {
       {"more heads than a block takes", {40, 2, 64, 64, 0.125f, 0}, {{1, 77}, {3, 5}}, false, 8},
   };
   for (const Case& c : cases) {
-    SCOPED_TRACE(c.what);
+   for (KvDType dtype : {KvDType::kF32, KvDType::kBf16, KvDType::kF8E4M3}) {
+    SCOPED_TRACE(absl::StrCat(c.what, ", ", KvDTypeName(dtype), " cache"));
     const AttentionShape& sh = c.shape;
+    const size_t elem = KvDTypeBytes(dtype);
+    // FP8: scales apart, unless V is K's rows (one scale for the row).
+    const bool fp8 = dtype == KvDType::kF8E4M3;
+    const float k_scale = fp8 ? 1.f / 16 : 1.f, v_scale = fp8 && !c.shared_rows ? 1.f / 32 : k_scale;
     const int block_size = 16;
     const int k_stride = sh.num_kv_heads * sh.head_dim + c.pad, v_stride = sh.num_kv_heads * sh.v_head_dim + c.pad / 2;
     // One pool of blocks; each sequence owns a run of them, in reverse order
@@ -590,7 +632,28 @@ TEST_F(CudaKernelsTest, PagedAttentionMatchesCpu) {
     std::vector<float> vdata(static_cast<size_t>(total_blocks) * block_size * v_stride);
     for (float& v : kdata) v = normal(rng);
     for (float& v : vdata) v = normal(rng);
-    auto dk = Upload(kdata), dv = Upload(vdata);
+    // What the cache stores, and (in place) the values those bytes stand for.
+    auto store = [&](std::vector<float>* values, float scale) {
+      std::string bytes(values->size() * elem, '\0');
+      for (size_t i = 0; i < values->size(); ++i) {
+        float& x = (*values)[i];
+        if (dtype == KvDType::kF32) std::memcpy(&bytes[i * 4], &x, 4);
+        if (dtype == KvDType::kBf16) {
+          const uint16_t h = F32ToBf16(x);
+          std::memcpy(&bytes[i * 2], &h, 2);
+          x = Bf16ToF32(h);
+        }
+        if (dtype == KvDType::kF8E4M3) {
+          const uint8_t code = F32ToF8E4M3(x / scale);
+          bytes[i] = static_cast<char>(code);
+          x = F8E4M3ToF32(code) * scale;
+        }
+      }
+      auto d = DeviceBuffer::Allocate(bytes.size());
+      EXPECT_TRUE(d.ok() && (*d)->CopyFrom(bytes.data(), bytes.size()).ok());
+      return std::move(*d);
+    };
+    auto dk = store(&kdata, k_scale), dv = store(&vdata, v_scale);
     std::vector<int> kb_index(total_blocks);  // page -> block of the pool
     std::vector<float> q, want;
     std::vector<int> positions, page_offsets;
@@ -620,23 +683,23 @@ TEST_F(CudaKernelsTest, PagedAttentionMatchesCpu) {
       }
       max_position = std::max(max_position, seq.first_pos + seq.n - 1);
     }
-    std::vector<const float*> dkb(total_blocks), dvb(total_blocks);
+    std::vector<const void*> dkb(total_blocks), dvb(total_blocks);
     for (int p = 0; p < total_blocks; ++p) {
-      dkb[p] = dk->as<float>() + static_cast<size_t>(kb_index[p]) * block_size * k_stride;
-      dvb[p] = c.shared_rows ? dkb[p] : dv->as<float>() + static_cast<size_t>(kb_index[p]) * block_size * v_stride;
+      dkb[p] = dk->as<char>() + static_cast<size_t>(kb_index[p]) * block_size * k_stride * elem;
+      dvb[p] = c.shared_rows ? dkb[p] : dv->as<char>() + static_cast<size_t>(kb_index[p]) * block_size * v_stride * elem;
     }
-    auto dkp = DeviceBuffer::Allocate(total_blocks * sizeof(float*));
-    auto dvp = DeviceBuffer::Allocate(total_blocks * sizeof(float*));
+    auto dkp = DeviceBuffer::Allocate(total_blocks * sizeof(void*));
+    auto dvp = DeviceBuffer::Allocate(total_blocks * sizeof(void*));
     auto dpos = DeviceBuffer::Allocate(positions.size() * sizeof(int));
     auto dpo = DeviceBuffer::Allocate(page_offsets.size() * sizeof(int));
     ASSERT_TRUE(dkp.ok() && dvp.ok() && dpos.ok() && dpo.ok());
-    ASSERT_TRUE((*dkp)->CopyFrom(dkb.data(), total_blocks * sizeof(float*)).ok());
-    ASSERT_TRUE((*dvp)->CopyFrom(dvb.data(), total_blocks * sizeof(float*)).ok());
+    ASSERT_TRUE((*dkp)->CopyFrom(dkb.data(), total_blocks * sizeof(void*)).ok());
+    ASSERT_TRUE((*dvp)->CopyFrom(dvb.data(), total_blocks * sizeof(void*)).ok());
     ASSERT_TRUE((*dpos)->CopyFrom(positions.data(), positions.size() * sizeof(int)).ok());
     ASSERT_TRUE((*dpo)->CopyFrom(page_offsets.data(), page_offsets.size() * sizeof(int)).ok());
     PagedRows rows;
-    rows.kv = KvPages{(*dkp)->as<const float*>(), (*dvp)->as<const float*>(), block_size, k_stride,
-                      c.shared_rows ? k_stride : v_stride, 0, 0};
+    rows.kv = CudaKvPages{(*dkp)->as<const void*>(), (*dvp)->as<const void*>(), block_size, k_stride,
+                          c.shared_rows ? k_stride : v_stride, 0, 0, dtype, k_scale, v_scale};
     rows.positions = (*dpos)->as<int>();
     rows.page_offsets = (*dpo)->as<int>();
     rows.rows = static_cast<int>(positions.size());
@@ -652,6 +715,7 @@ TEST_F(CudaKernelsTest, PagedAttentionMatchesCpu) {
     std::vector<float> got(want.size());
     ASSERT_TRUE((*dout)->CopyTo(got.data(), got.size() * sizeof(float)).ok());
     EXPECT_LT(RelError(got, want), c.tolerance);
+   }
   }
 }
 
@@ -750,7 +814,7 @@ TEST_F(CudaKernelsTest, SamplerMatchesCpu) {
 TEST(CudaRuntimeTest, BadArgumentsAreErrorsNotCrashes) {
   AttentionShape bad{6, 4, 64, 64, 1.f, 0};  // 4 does not divide 6
   PagedRows rows;
-  rows.kv = KvPages{nullptr, nullptr, 16, 64, 64, 0, 0};
+  rows.kv = CudaKvPages{nullptr, nullptr, 16, 64, 64, 0, 0};
   rows.rows = 1;
   CudaPagedAttention attention;
   EXPECT_EQ(attention.Run(bad, nullptr, rows, nullptr, nullptr).code(), absl::StatusCode::kInvalidArgument);

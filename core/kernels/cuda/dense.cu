@@ -1,8 +1,10 @@
 #include "core/kernels/cuda/dense.h"
 
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include "core/common/status_macros.h"
@@ -54,15 +56,32 @@ __global__ void SigmoidKernel(const float* x, size_t n, float* y) {
   MM_GRID_STRIDE(i, n) { y[i] = 1.f / (1.f + expf(-x[i])); }
 }
 
-__global__ void ScatterKvRowsKernel(const float* k, int k_width, float* const* k_dst, const float* v, int v_width,
-                                    float* const* v_dst, int rows) {
+// A cache element from fp32 (`inv_scale`: FP8's 1 / scale).
+template <typename T>
+__device__ inline T Narrow(float x, float inv_scale);
+template <>
+__device__ inline float Narrow<float>(float x, float) {
+  return x;
+}
+template <>
+__device__ inline uint16_t Narrow<uint16_t>(float x, float) {
+  return __bfloat16_as_ushort(__float2bfloat16_rn(x));
+}
+template <>
+__device__ inline uint8_t Narrow<uint8_t>(float x, float inv_scale) {
+  return __nv_cvt_float_to_fp8(x * inv_scale, __NV_SATFINITE, __NV_E4M3);
+}
+
+template <typename T>
+__global__ void ScatterKvRowsKernel(const float* k, int k_width, void* const* k_dst, const float* v, int v_width,
+                                    void* const* v_dst, int rows, float k_inv, float v_inv) {
   const int width = k_width + (v != nullptr ? v_width : 0);
   MM_GRID_STRIDE(i, static_cast<size_t>(rows) * width) {
     const int r = static_cast<int>(i / width), j = static_cast<int>(i % width);
     if (j < k_width) {
-      k_dst[r][j] = k[static_cast<size_t>(r) * k_width + j];
+      static_cast<T*>(k_dst[r])[j] = Narrow<T>(k[static_cast<size_t>(r) * k_width + j], k_inv);
     } else {
-      v_dst[r][j - k_width] = v[static_cast<size_t>(r) * v_width + j - k_width];
+      static_cast<T*>(v_dst[r])[j - k_width] = Narrow<T>(v[static_cast<size_t>(r) * v_width + j - k_width], v_inv);
     }
   }
 }
@@ -138,12 +157,29 @@ absl::Status SigmoidCuda(const float* x, size_t n, float* y, CudaStream stream) 
   return LaunchStatus("SigmoidKernel");
 }
 
-absl::Status ScatterKvRowsCuda(const float* k, int k_width, float* const* k_dst, const float* v, int v_width,
-                               float* const* v_dst, int rows, CudaStream stream) {
+absl::Status ScatterKvRowsCuda(const float* k, int k_width, void* const* k_dst, const float* v, int v_width,
+                               void* const* v_dst, int rows, const KvStore& store, CudaStream stream) {
   const size_t count = static_cast<size_t>(rows) * (k_width + (v != nullptr ? v_width : 0));
   if (count == 0) return absl::OkStatus();
-  ScatterKvRowsKernel<<<Blocks(count), 256, 0, static_cast<cudaStream_t>(stream)>>>(k, k_width, k_dst, v, v_width,
-                                                                                    v_dst, rows);
+  if (store.dtype == KvDType::kF8E4M3 &&
+      !(store.k_scale > 0 && store.v_scale > 0 && std::isfinite(store.k_scale) && std::isfinite(store.v_scale))) {
+    return absl::InvalidArgumentError("ScatterKvRowsCuda: FP8 scales must be positive and finite");
+  }
+  const float k_inv = 1.f / store.k_scale, v_inv = 1.f / store.v_scale;
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  switch (store.dtype) {
+    case KvDType::kF32:
+      ScatterKvRowsKernel<float><<<Blocks(count), 256, 0, st>>>(k, k_width, k_dst, v, v_width, v_dst, rows, 1.f, 1.f);
+      break;
+    case KvDType::kBf16:
+      ScatterKvRowsKernel<uint16_t><<<Blocks(count), 256, 0, st>>>(k, k_width, k_dst, v, v_width, v_dst, rows, 1.f,
+                                                                    1.f);
+      break;
+    case KvDType::kF8E4M3:
+      ScatterKvRowsKernel<uint8_t><<<Blocks(count), 256, 0, st>>>(k, k_width, k_dst, v, v_width, v_dst, rows, k_inv,
+                                                                   v_inv);
+      break;
+  }
   return LaunchStatus("ScatterKvRowsKernel");
 }
 

@@ -6,6 +6,7 @@
 
 #include "absl/status/status.h"
 #include "core/kernels/cuda/cuda_runtime_util.h"
+#include "core/kv/kv_dtype.h"
 
 namespace moemesh {
 
@@ -26,11 +27,18 @@ absl::Status AddBiasCuda(float* y, const float* bias, int rows, int width, CudaS
 absl::Status ClampCuda(float* y, size_t n, float limit, CudaStream stream);
 // y = 1 / (1 + exp(-x)).
 absl::Status SigmoidCuda(const float* x, size_t n, float* y, CudaStream stream);
+// How a KV cache stores its elements: FP8 stores value / scale, rounded to
+// nearest even and saturated at +-448; bf16 rounds to nearest even.
+struct KvStore {
+  KvDType dtype = KvDType::kF32;
+  float k_scale = 1.f;
+  float v_scale = 1.f;
+};
 // The K and V rows of a step into the KV cache in one launch: row r of `k`
 // ([rows, k_width]) to k_dst[r], and of `v` to v_dst[r] (`v` null: keys
-// only).
-absl::Status ScatterKvRowsCuda(const float* k, int k_width, float* const* k_dst, const float* v, int v_width,
-                               float* const* v_dst, int rows, CudaStream stream);
+// only), as `store` says. The destinations are elements of its dtype.
+absl::Status ScatterKvRowsCuda(const float* k, int k_width, void* const* k_dst, const float* v, int v_width,
+                               void* const* v_dst, int rows, const KvStore& store, CudaStream stream);
 // out[i] = src[rows[i]] (width floats each).
 absl::Status GatherRowsCuda(const float* src, int width, const int* rows, int n, float* out, CudaStream stream);
 // The ordered combine of routed experts' rows (CombineTable's table,
