@@ -396,6 +396,92 @@ TEST_P(CudaIpcTransportTest, RecordedHopsReplayWithFreshRows) {
             Execute(local_.get(), batches[1 % batches.size()], layers[1 % layers.size()], n, h, slots, true));
 }
 
+// A decode step as the router's graph has it: each hop's rows are the
+// previous hop's answer (copied on the GPU inside the graph), one token, as
+// many hops as a model has MoE layers, replayed back to back with fresh
+// routing and a fresh first row. Every hop's answer must equal the experts
+// in process given the same rows.
+TEST_P(CudaIpcTransportTest, ChainedHopsReplayBackToBack) {
+  const bool counter = GetParam().sync == CudaIpcTransport::Sync::kCounter && StreamMemOpsSupported(0);
+  if (!counter) GTEST_SKIP() << "only counters record";
+  std::vector<std::string> warnings;
+  auto remote = Connect(&warnings);
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  ExpertExecutor* ex = remote->get();
+  const int h = config_.hidden_size, slots = config_.num_experts_per_tok, n = 1;
+  std::vector<int> layers;
+  for (int l = 0; l < config_.num_layers; ++l) {
+    if (config_.is_moe_layer[l]) layers.push_back(l);
+  }
+  for (size_t i = 0; layers.size() < 4; ++i) layers.push_back(layers[i]);  // at least four hops
+  std::mt19937 rng(29);
+  std::vector<Batch> batches;
+  std::vector<std::unique_ptr<DeviceBuffer>> outs;
+  for (int l : layers) {
+    batches.push_back(RandomBatch(n, h, config_.num_experts, slots, &rng));
+    auto out = DeviceBuffer::Allocate(static_cast<size_t>(n) * h * sizeof(float));
+    ASSERT_TRUE(out.ok());
+    outs.push_back(std::move(*out));
+    EXPECT_EQ(Execute(ex, batches.back(), l, n, h, slots, true),
+              Execute(local_.get(), batches.back(), l, n, h, slots, true));
+  }
+  auto stream = OwnedStream::Create();
+  ASSERT_TRUE(stream.ok());
+  const size_t bytes = static_cast<size_t>(n) * h * sizeof(float);
+  auto run_chain = [&](CudaStream s) -> absl::Status {
+    for (size_t i = 0; i < layers.size(); ++i) {
+      if (i > 0) MM_RETURN_IF_ERROR(CopyOnDeviceAsync(batches[i].d_hidden->data(), outs[i - 1]->data(), bytes, s));
+      ExpertBatch batch{layers[i], n, h, batches[i].d_hidden->as<float>(), slots, batches[i].d_ids->as<int>(),
+                        batches[i].d_weights->as<float>()};
+      batch.on_device = batch.routing_on_device = true;
+      batch.cuda_stream = s;
+      MM_RETURN_IF_ERROR(ex->Start(batch, outs[i]->as<float>(), 0));
+      MM_RETURN_IF_ERROR(ex->Finish(0));
+    }
+    return absl::OkStatus();
+  };
+  ASSERT_TRUE(ex->BeginRecording().ok());
+  ASSERT_TRUE(CudaGraph::BeginCapture((*stream)->get()).ok());
+  const absl::Status ran = run_chain((*stream)->get());
+  auto graph = CudaGraph::EndCapture((*stream)->get());
+  int64_t id = -1;
+  ASSERT_TRUE(ran.ok()) << ran;
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  ASSERT_TRUE(ex->EndRecording(true, &id).ok());
+  for (int replay = 0; replay < 6; ++replay) {
+    for (size_t i = 0; i < layers.size(); ++i) {
+      Batch fresh = RandomBatch(n, h, config_.num_experts, slots, &rng);
+      if (i == 0) {
+        ASSERT_TRUE(batches[0].d_hidden->CopyFrom(fresh.hidden.data(), bytes).ok());
+        batches[0].hidden = fresh.hidden;
+      }
+      ASSERT_TRUE(batches[i].d_ids->CopyFrom(fresh.ids.data(), fresh.ids.size() * sizeof(int)).ok());
+      ASSERT_TRUE(batches[i].d_weights->CopyFrom(fresh.weights.data(), fresh.weights.size() * sizeof(float)).ok());
+      batches[i].ids = fresh.ids;
+      batches[i].weights = fresh.weights;
+      ASSERT_TRUE(outs[i]->Fill(0xff).ok());
+    }
+    const absl::Status st = ex->Replay(id, [&] { return (*graph)->Launch((*stream)->get()); });
+    ASSERT_TRUE(st.ok()) << st;
+    ASSERT_TRUE(ex->Settle().ok());
+    ASSERT_TRUE(CudaSynchronize((*stream)->get()).ok());
+    // The experts in process, hop by hop, on what the chain fed each hop.
+    std::vector<float> rows = batches[0].hidden;
+    for (size_t i = 0; i < layers.size(); ++i) {
+      Batch b = RandomBatch(n, h, config_.num_experts, slots, &rng);  // buffers of the right size
+      ASSERT_TRUE(b.d_hidden->CopyFrom(rows.data(), bytes).ok());
+      ASSERT_TRUE(b.d_ids->CopyFrom(batches[i].ids.data(), batches[i].ids.size() * sizeof(int)).ok());
+      ASSERT_TRUE(b.d_weights->CopyFrom(batches[i].weights.data(), batches[i].weights.size() * sizeof(float)).ok());
+      const std::vector<float> want = Execute(local_.get(), b, layers[i], n, h, slots, true);
+      std::vector<float> got(static_cast<size_t>(n) * h);
+      ASSERT_TRUE(outs[i]->CopyTo(got.data(), bytes).ok());
+      ASSERT_EQ(got, want) << "replay " << replay << ", hop " << i << " (layer " << layers[i] << ")";
+      rows = want;
+    }
+  }
+  ex->ForgetRecording(id);
+}
+
 const Control kControls[] = {{0, CudaIpcTransport::Sync::kCounter},
                              {0, CudaIpcTransport::Sync::kGpu},
                              {0, CudaIpcTransport::Sync::kHost},

@@ -4,7 +4,7 @@
 # them) and the shared libraries they all need (not libc, not the NVIDIA
 # driver's) into .gpu-bundle/, which the device tool carries to the GPU
 # machine, compressed; tools/gpu/run.sh unpacks and runs them there.
-#   tools/gpu/bundle.sh [BUILD_DIR]
+#   [BUNDLE_BENCHES="attention_bench ..."] tools/gpu/bundle.sh [BUILD_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${1:-build}
@@ -14,7 +14,9 @@ tests=$(cd "$build" && ctest -L gpu --show-only=json-v1 |
 targets=$(for t in $tests; do basename "$t"; done)
 binaries="tools/moemesh/moemesh services/router/moemesh-router services/gateway/moemesh-gateway services/kvcache/moemesh-kvcache
           services/expert/moemesh-expert"
-benches="expert_ffn_bench attention_bench linear_bench gpu_decode_bench ipc_hop_bench mesh_bench"
+# BUNDLE_BENCHES: fewer benchmarks, where the tree and the bundle must stay
+# within the device tool's 64 MiB.
+benches="${BUNDLE_BENCHES:-expert_ffn_bench attention_bench linear_bench gpu_decode_bench ipc_hop_bench mesh_bench}"
 ninja -C "$build" $targets $benches moemesh moemesh-router moemesh-gateway moemesh-expert moemesh-kvcache > /dev/null
 rm -rf .gpu-bundle
 mkdir -p .gpu-bundle/bin .gpu-bundle/lib .gpu-bundle/bench

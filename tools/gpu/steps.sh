@@ -6,7 +6,7 @@
 # every GPU test.
 #   tools/gpu/steps.sh ipcr mesh decode
 #   MESH_FILTER='*InProcess/3:*InProcess/9' tools/gpu/steps.sh mesh
-# Steps: ipc (cuda_ipc_transport_test), ipcr (its recording tests), mesh
+# Steps: ipc (cuda_ipc_transport_test, IPC_FILTER), ipcr (its recording tests), mesh
 # (remote_experts_gpu_test, MESH_FILTER), fwd (cuda_forward_pass_test,
 # FWD_FILTER), kern (cuda_kernels_test, KERN_FILTER), decode / decodem
 # (gpu_decode_bench, Qwen3 / Mixtral shapes, counters), hop (ipc_hop_bench),
@@ -36,7 +36,7 @@ gtest() {  # NAME LOG TIMEOUT ARGS...
 for step in "$@"; do
   start=$(date +%s)
   case $step in
-    ipc) gtest cuda_ipc_transport_test ipc.log 240 ;;
+    ipc) gtest cuda_ipc_transport_test ipc.log 240 --gtest_filter="${IPC_FILTER:-*}" ;;
     ipcr) gtest cuda_ipc_transport_test ipcr.log 60 --gtest_filter='*Record*' ;;
     mesh) gtest remote_experts_gpu_test mesh.log 240 --gtest_filter="${MESH_FILTER:-*}" ;;
     fwd) gtest cuda_forward_pass_test fwd.log 300 --gtest_filter="${FWD_FILTER:-*}" ;;
