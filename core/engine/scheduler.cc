@@ -1,6 +1,8 @@
 #include "core/engine/scheduler.h"
 
 #include <algorithm>
+#include <chrono>
+#include <functional>
 #include <future>
 #include <system_error>
 
@@ -48,28 +50,58 @@ struct Scheduler::Request {
 };
 
 // Times the expert calls and counts the tokens routed to each expert.
+// The executor as the forward pass sees it through the scheduler: every
+// call passed on (a call left to the base class's default would hide what
+// the executor can do: pipelining, recording, settling), with the routed
+// tokens counted and the host's time in the experts summed.
 class Scheduler::StatsExecutor : public ExpertExecutor {
  public:
   StatsExecutor(ExpertExecutor* inner, StepStats* stats, int num_experts)
       : inner_(inner), stats_(stats), num_experts_(num_experts) {}
   absl::Status Execute(const ExpertBatch& b, float* out) override {
+    Count(b);
+    return Timed([&] { return inner_->Execute(b, out); });
+  }
+  int cuda_device() const override { return inner_->cuda_device(); }
+  bool groups_on_device() const override { return inner_->groups_on_device(); }
+  bool capturable() const override { return inner_->capturable(); }
+  int lanes() const override { return inner_->lanes(); }
+  absl::Status Start(const ExpertBatch& b, float* out, int lane) override {
+    Count(b);
+    return Timed([&] { return inner_->Start(b, out, lane); });
+  }
+  absl::Status Finish(int lane) override {
+    return Timed([&] { return inner_->Finish(lane); });
+  }
+  absl::Status Settle() override {
+    return Timed([&] { return inner_->Settle(); });
+  }
+  bool replays() const override { return inner_->replays(); }
+  absl::Status BeginRecording() override { return inner_->BeginRecording(); }
+  absl::Status EndRecording(bool keep, int64_t* id) override { return inner_->EndRecording(keep, id); }
+  absl::Status Replay(int64_t id, const std::function<absl::Status()>& launch) override {
+    return Timed([&] { return inner_->Replay(id, launch); });
+  }
+  void ForgetRecording(int64_t id) override { inner_->ForgetRecording(id); }
+
+ private:
+  // Routing on the device is counted by the forward pass (AddRoutedCounts).
+  void Count(const ExpertBatch& b) {
     const size_t need = static_cast<size_t>(b.layer + 1) * num_experts_;
     if (stats_->routed.size() < need) stats_->routed.resize(need, 0);
-    // Routing on the device is counted by the forward pass (AddRoutedCounts).
     for (int i = 0; !b.routing_on_device && i < b.num_tokens * b.slots; ++i) {
       const int e = b.expert_ids[i];
       if (e >= 0 && e < num_experts_) ++stats_->routed[static_cast<size_t>(b.layer) * num_experts_ + e];
     }
+  }
+  template <typename F>
+  absl::Status Timed(const F& f) {
     const auto t0 = std::chrono::steady_clock::now();
-    absl::Status st = inner_->Execute(b, out);
+    absl::Status st = f();
     stats_->expert_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return st;
   }
-  // What the forward pass asks of the executor, the inner one's answers.
-  int cuda_device() const override { return inner_->cuda_device(); }
-  bool groups_on_device() const override { return inner_->groups_on_device(); }
 
- private:
   ExpertExecutor* inner_;
   StepStats* stats_;
   int num_experts_;

@@ -599,6 +599,126 @@ TEST(SchedulerTest, APassSeesTheExecutorsGpuAndCountsItsRoutes) {
   EXPECT_EQ(total, 3 * l.config.num_experts_per_tok * l.config.num_layers + 1000);
 }
 
+// An executor whose experts are "away" (run here, in place): two lanes,
+// not capturable, able to record and to settle. It counts what it is
+// asked, so that a test sees what reached it through the scheduler.
+class Away : public ExpertExecutor {
+ public:
+  explicit Away(ExpertExecutor* inner) : inner_(inner) {}
+  absl::Status Execute(const ExpertBatch& b, float* out) override {
+    ++executes;
+    return inner_->Execute(b, out);
+  }
+  bool capturable() const override { return false; }
+  int lanes() const override { return 2; }
+  absl::Status Start(const ExpertBatch& b, float* out, int lane) override {
+    ++starts[lane];
+    return inner_->Execute(b, out);
+  }
+  absl::Status Finish(int lane) override {
+    ++finishes[lane];
+    return absl::OkStatus();
+  }
+  absl::Status Settle() override {
+    ++settles;
+    return absl::OkStatus();
+  }
+  bool replays() const override { return true; }
+  absl::Status BeginRecording() override {
+    ++recordings;
+    return absl::OkStatus();
+  }
+  absl::Status EndRecording(bool keep, int64_t* id) override {
+    *id = 7;
+    return absl::OkStatus();
+  }
+  absl::Status Replay(int64_t id, const std::function<absl::Status()>& launch) override {
+    replayed = id;
+    return launch();
+  }
+  int executes = 0, starts[2] = {0, 0}, finishes[2] = {0, 0}, settles = 0, recordings = 0;
+  int64_t replayed = -1;
+
+ private:
+  ExpertExecutor* inner_;
+};
+
+// A pass that asks everything a GPU pass asks of its executor, and records
+// and replays a step as a GPU pass does with experts away.
+class AsksForAll : public KeepsLogits {
+ public:
+  using KeepsLogits::KeepsLogits;
+  absl::Status Forward(absl::Span<const ForwardItem> items, KvCache* cache, ExpertExecutor* experts,
+                       std::vector<float>* logits) override {
+    seen_capturable = experts->capturable();
+    seen_replays = experts->replays();
+    seen_lanes = experts->lanes();
+    int64_t id = -1;
+    if (!experts->BeginRecording().ok() || !experts->EndRecording(true, &id).ok()) return absl::InternalError("rec");
+    bool launched = false;
+    if (!experts->Replay(id, [&] {
+          launched = true;
+          return absl::OkStatus();
+        }).ok() ||
+        !launched) {
+      return absl::InternalError("replay");
+    }
+    if (!experts->Settle().ok()) return absl::InternalError("settle");
+    return KeepsLogits::Forward(items, cache, experts, logits);
+  }
+  bool seen_capturable = true, seen_replays = false;
+  int seen_lanes = 0;
+};
+
+// The scheduler wraps its executor (for its figures): the wrapper must pass
+// on everything the executor can do. Else a GPU pass takes experts away
+// over cuda-ipc for in-process ones (and captures their messages' numbers
+// into graphs that then replay stale rows), and the CPU pass never runs
+// micro-batches in ping-pong.
+TEST(SchedulerTest, TheExecutorsAbilitiesReachThePass) {
+  Loaded l = Load("tests/fixtures/mixtral", nullptr);
+  LocalExpertExecutor local(&l.weights->experts, nullptr);
+  GenerateParams p;
+  p.sampling.temperature = 0;
+  p.max_new_tokens = 4;
+  {
+    AsksForAll pass(l.model.get());
+    KvCache cache(l.config.num_layers, pass.kv_k_width(), pass.kv_v_width(), 4, 64);
+    Away experts(&local);
+    Scheduler sched(&pass, &cache, &experts, {});
+    ASSERT_TRUE(sched.Add({1, 2, 3}, p, [](const StepEvent&) {}).ok());
+    ASSERT_TRUE(sched.Step().ok());
+    EXPECT_FALSE(pass.seen_capturable);
+    EXPECT_TRUE(pass.seen_replays);
+    EXPECT_EQ(pass.seen_lanes, 2);
+    EXPECT_EQ(experts.recordings, 1);
+    EXPECT_EQ(experts.replayed, 7);
+    EXPECT_EQ(experts.settles, 1);
+  }
+  // The CPU pass in two micro-batches: both lanes used through the
+  // scheduler, and the tokens of one batch.
+  auto run = [&](int micro_batches, Away* experts) {
+    auto pass = CpuForwardPass::Create(l.config, l.weights, nullptr, micro_batches);
+    EXPECT_TRUE(pass.ok());
+    KvCache cache(l.config.num_layers, (*pass)->kv_k_width(), (*pass)->kv_v_width(), 4, 64);
+    Scheduler sched(pass->get(), &cache, experts, {});
+    std::vector<std::vector<int>> tokens(3);
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_TRUE(sched.Add({1 + i, 2, 3, 4 + i}, p, [&tokens, i](const StepEvent& ev) {
+                         if (ev.error.ok() && ev.token >= 0) tokens[i].push_back(ev.token);
+                       }).ok());
+    }
+    for (int steps = 0; !sched.idle() && steps < 100; ++steps) EXPECT_TRUE(sched.Step().ok());
+    return tokens;
+  };
+  Away one(&local), two(&local);
+  const auto want = run(1, &one), got = run(2, &two);
+  EXPECT_EQ(got, want);
+  EXPECT_GT(two.starts[1], 0) << "the second micro-batch's experts never went away";
+  EXPECT_EQ(two.starts[0], two.finishes[0]);
+  EXPECT_EQ(two.starts[1], two.finishes[1]);
+}
+
 class FailingExecutor : public ExpertExecutor {
  public:
   absl::Status Execute(const ExpertBatch&, float*) override { return absl::UnavailableError("worker lost"); }
