@@ -104,8 +104,7 @@ class RemoteExpertExecutor : public ExpertExecutor {
     std::function<void(const std::string&)> warn;
     // In device mode over cuda-ipc with a counter: let a GPU forward pass
     // capture steps into CUDA graphs whose requests are replayed
-    // (replays()). Off until the GPU suite has passed with it (the tests and
-    // benchmarks turn it on).
+    // (replays()). The router sets it unless --enforce-eager.
     bool graph_steps = false;
   };
   // `shards[i]` lists the replicas (addresses) of shard i of

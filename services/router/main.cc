@@ -85,7 +85,8 @@ ABSL_FLAG(std::string, device, "cpu",
           "default 0)");
 ABSL_FLAG(bool, enforce_eager, false,
           "with --device cuda: launch every kernel of every step, never CUDA graphs (by default decode steps of up "
-          "to 32 tokens whose experts run on this GPU are captured per step shape and replayed as one launch)");
+          "to 32 tokens whose experts run on this GPU, or on workers over cuda-ipc with --cuda-ipc-sync counter, are "
+          "captured per step shape and replayed as one launch)");
 ABSL_FLAG(int, kv_cache_tokens, 65536, "capacity of the paged KV cache, in tokens");
 ABSL_FLAG(std::string, kv_cache_dtype, "auto",
           "what the KV cache stores: auto (bfloat16 with --device cuda, float32 on the CPU), float32, bfloat16, or "
@@ -317,6 +318,9 @@ int Main(int argc, char** argv) {
       remote_options.warn = [&service_main](const std::string& m) { service_main.Warn(m); };
     }
 #endif
+    // Decode steps over cuda-ipc with a counter replay as CUDA graphs (the
+    // worker's requests sent as the graph starts); other syncs run eager.
+    remote_options.graph_steps = !options.enforce_eager;
     remote_options.receive_timeout_ms = options.expert_timeout_ms;
     remote_options.eject_ms = options.expert_eject_ms;
     remote_options.hedge_ms = options.expert_hedge_ms;

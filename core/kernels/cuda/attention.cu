@@ -11,6 +11,8 @@
 #include "core/common/status_macros.h"
 #include "core/kernels/cuda/cp_async.cuh"
 #include "core/kernels/cuda/cuda_check.cuh"
+#include "core/kernels/cuda/flash_prefill.h"
+#include "core/kernels/cuda/mma_sync.cuh"
 
 namespace moemesh {
 namespace {
@@ -156,18 +158,6 @@ __device__ inline void LoadKvTile(const Geometry& g, int page0, int kvh, int fir
                             s.v_head_dim, aligned, t0, nv, rows, vs + buf * kKeys * vpitch, vpitch);
   }
   CpAsyncCommit();
-}
-// Before tile `tile` of `tiles`: starts the next tile's copy (`load(tile +
-// 1)`), waits for this one's and makes it visible to the block.
-template <typename Load>
-__device__ inline void AwaitKvTile(int tile, int tiles, const Load& load) {
-  if (tile + 1 < tiles) {
-    load(tile + 1);
-    CpAsyncWait<1>();
-  } else {
-    CpAsyncWait<0>();
-  }
-  __syncthreads();
 }
 
 // One tile's step of the online softmax for one row of scores, a warp per
@@ -354,20 +344,6 @@ __global__ void __launch_bounds__(kThreads) SplitKernel(Geometry g) {
 // of values, unless they are the keys' heads), which bounds the head size.
 constexpr int kPairs = 32, kMmaKeys = 32, kMmaWarps = 8, kMmaThreads = 32 * kMmaWarps;
 constexpr int kMaxLatentDim = 576, kMaxPrefillDim = 256;
-
-__device__ inline unsigned ToTf32(float v) {
-  unsigned r;
-  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(v));
-  return r;
-}
-
-__device__ inline void MmaTf32(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 __host__ __device__ inline int RoundUp8(int v) { return (v + 7) / 8 * 8; }
 inline int RoundUp(int v, int to) { return (v + to - 1) / to * to; }
@@ -633,6 +609,24 @@ int RoundUp4(int v) { return (v + 3) / 4 * 4; }
 CudaPagedAttention::CudaPagedAttention() = default;
 CudaPagedAttention::~CudaPagedAttention() = default;
 
+absl::Status CudaPagedAttention::UploadTiles(absl::Span<const RowSpan> sequences, int per_tile, CudaStream stream) {
+  std::vector<int> tiles;
+  for (const RowSpan& span : sequences) {
+    for (int r = 0; r < span.count; r += per_tile) {
+      tiles.push_back(span.first_row + r);
+      tiles.push_back(std::min(per_tile, span.count - r));
+    }
+  }
+  // The layers of a step ask for the same tiles: copy them once.
+  if (tiles != tiles_host_) {
+    tiles_host_.clear();  // until the copy is queued
+    MM_RETURN_IF_ERROR(GrowBuffer(&tiles_, tiles.size() * sizeof(int)));  // cudaFree waits for its readers
+    MM_RETURN_IF_ERROR(CopyToDeviceAsync(tiles_->data(), tiles.data(), tiles.size() * sizeof(int), stream));
+    tiles_host_ = std::move(tiles);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, const PagedRows& rows, float* out,
                                      CudaStream stream, absl::Span<const RowSpan> sequences) {
   if (s.num_heads <= 0 || s.num_kv_heads <= 0 || s.num_heads % s.num_kv_heads != 0) {
@@ -696,6 +690,13 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
     MM_RETURN_IF_ERROR(CudaStatus(
         cudaDeviceGetAttribute(&smem_limit_, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "shared memory"));
   }
+  // Prompt chunks over a bf16 cache: FlashAttention-2's layout.
+  bool chunks = false;
+  for (const RowSpan& span : sequences) chunks |= span.count > 1;
+  if (chunks && FlashPrefillFits(s, rows, q)) {
+    MM_RETURN_IF_ERROR(UploadTiles(sequences, kFlashPrefillRows, stream));
+    return FlashPrefillCuda(s, q, rows, tiles_->as<int>(), static_cast<int>(tiles_host_.size() / 2), out, stream);
+  }
   // The tensor-core kernel: for many heads over rows that hold V too
   // (latent attention), 32 heads of a row a block; for prompts, the group's
   // heads of 32 / group consecutive rows of one sequence a block.
@@ -719,21 +720,7 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
   } else if (prefill) {
     g.pair_heads = g.group;
     g.head_groups = 1;
-    const int per_tile = kPairs / g.group;
-    std::vector<int> tiles;
-    for (const RowSpan& span : sequences) {
-      for (int r = 0; r < span.count; r += per_tile) {
-        tiles.push_back(span.first_row + r);
-        tiles.push_back(std::min(per_tile, span.count - r));
-      }
-    }
-    // The layers of a step ask for the same tiles: copy them once.
-    if (tiles != tiles_host_) {
-      tiles_host_.clear();  // until the copy is queued
-      MM_RETURN_IF_ERROR(GrowBuffer(&tiles_, tiles.size() * sizeof(int)));  // cudaFree waits for its readers
-      MM_RETURN_IF_ERROR(CopyToDeviceAsync(tiles_->data(), tiles.data(), tiles.size() * sizeof(int), stream));
-      tiles_host_ = std::move(tiles);
-    }
+    MM_RETURN_IF_ERROR(UploadTiles(sequences, kPairs / g.group, stream));
     g.tiles = tiles_->as<int>();
     grid_x = static_cast<int>(tiles_host_.size() / 2);
   }

@@ -35,6 +35,20 @@ __device__ inline void CpAsyncWait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+// Two tiles in flight: before tile `tile` of `tiles`, starts the next
+// tile's copy (`load(tile + 1)`, one committed group), waits for this
+// one's and makes it visible to the block.
+template <typename Load>
+__device__ inline void AwaitKvTile(int tile, int tiles, const Load& load) {
+  if (tile + 1 < tiles) {
+    load(tile + 1);
+    CpAsyncWait<1>();
+  } else {
+    CpAsyncWait<0>();
+  }
+  __syncthreads();
+}
+
 }  // namespace moemesh
 
 #endif  // MOEMESH_CORE_KERNELS_CUDA_CP_ASYNC_CUH_
