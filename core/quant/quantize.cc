@@ -202,6 +202,39 @@ absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromFp8Blocks(int rows, i
   return std::shared_ptr<const QuantizedMatrix>(std::move(q));
 }
 
+absl::StatusOr<Fp8BlockTensors> ToFp8Blocks(const MatrixView& w, int block_rows, int block_cols) {
+  if (w.quant != QuantKind::kNone || w.rows <= 0 || w.cols <= 0 || block_rows <= 0 || block_cols < 16 ||
+      (block_cols & (block_cols - 1)) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("FP8 blocks of ", block_rows, " x ", block_cols, " for a ",
+                                                   w.rows, " x ", w.cols, " matrix (unquantized; block columns a "
+                                                   "power of two, 16 or more)"));
+  }
+  const int grid_rows = (w.rows + block_rows - 1) / block_rows, grid_cols = (w.cols + block_cols - 1) / block_cols;
+  Fp8BlockTensors t;
+  t.scales.assign(static_cast<size_t>(grid_rows) * grid_cols, 0.f);
+  t.codes.resize(static_cast<size_t>(w.rows) * w.cols);
+  std::vector<float> row(w.cols);
+  for (int pass = 0; pass < 2; ++pass) {  // the blocks' scales, then the codes
+    for (int r = 0; r < w.rows; ++r) {
+      ConvertToF32(w.dtype, static_cast<const char*>(w.data) + static_cast<size_t>(r) * w.cols * DTypeSize(w.dtype),
+                   w.cols, row.data());
+      float* scales = t.scales.data() + static_cast<size_t>(r / block_rows) * grid_cols;
+      for (int c = 0; c < w.cols; ++c) {
+        if (!std::isfinite(row[c])) {
+          return absl::InvalidArgumentError(absl::StrCat("weight (", r, ", ", c, ") is ", row[c]));
+        }
+        float& s = scales[c / block_cols];
+        if (pass == 0) {
+          s = std::max(s, std::fabs(row[c]) / 448.0f);
+        } else {
+          t.codes[static_cast<size_t>(r) * w.cols + c] = s > 0 ? F32ToF8E4M3(row[c] / s) : 0;
+        }
+      }
+    }
+  }
+  return t;
+}
+
 absl::StatusOr<PackedInt4Tensors> PackInt4(const MatrixView& w, PackedInt4::Layout layout, bool gptq_v2) {
   const bool gptq = layout == PackedInt4::Layout::kGptq;
   if (w.quant != QuantKind::kInt4 || w.rows % 8 != 0 || (gptq && w.cols % 8 != 0) || w.cols % w.group != 0) {

@@ -84,6 +84,17 @@ absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromFp8Blocks(int rows, i
                                                                      int block_cols, const void* codes,
                                                                      const void* scales, DType scales_dtype);
 
+// FromFp8Blocks' inverse, as DeepSeek-V3's checkpoints are made: each
+// block's scale its largest magnitude / 448 (0 for a block of zeros), each
+// weight / its scale rounded to the nearest E4M3 (ties to even). `w` is
+// unquantized (F32, BF16 or F16); INVALID_ARGUMENT for non-finite weights
+// or bad blocks.
+struct Fp8BlockTensors {
+  std::vector<uint8_t> codes;  // [rows, cols]
+  std::vector<float> scales;   // [ceil(rows / block_rows), ceil(cols / block_cols)] (weight_scale_inv)
+};
+absl::StatusOr<Fp8BlockTensors> ToFp8Blocks(const MatrixView& w, int block_rows, int block_cols);
+
 // An int4 matrix (Quantize's) in a GPTQ or AWQ layer's tensors, as
 // FromPackedInt4 reads them back: scales in F16, zero points as stored
 // (GPTQ: v1's zero minus one when `gptq_v2` is false, which cannot hold a

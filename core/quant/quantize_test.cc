@@ -260,5 +260,54 @@ TEST(Fp8BlocksTest, LinearMatchesTheDequantizedProductAndDoesNotDependOnTheBatch
             absl::StatusCode::kInvalidArgument);
 }
 
+// ToFp8Blocks, FromFp8Blocks' inverse: each block's scale its largest
+// magnitude / 448 (that weight's code the largest, 448), every weight within
+// half an E4M3 step of its block's scale times its code (3-bit mantissas:
+// 1/16 of its magnitude, or of the subnormal step), blocks of zeros zero;
+// read back by FromFp8Blocks to those values; bad input refused.
+TEST(Fp8BlocksTest, WrittenBlocksReadBackWithinHalfAStep) {
+  for (auto [n, k, block_rows, block_cols] : {std::tuple{7, 13, 4, 16}, {130, 257, 128, 128}, {64, 64, 16, 32}}) {
+    std::vector<float> w = Random(static_cast<size_t>(n) * k, 51, 2.0f);
+    for (int c = 0; c < std::min(k, block_cols); ++c) {  // the first block of the first rows: zeros
+      for (int r = 0; r < std::min(n, block_rows); ++r) w[static_cast<size_t>(r) * k + c] = 0.f;
+    }
+    auto t = ToFp8Blocks(MatrixView{DType::kF32, n, k, w.data()}, block_rows, block_cols);
+    ASSERT_TRUE(t.ok()) << t.status();
+    const int grid_cols = (k + block_cols - 1) / block_cols;
+    ASSERT_EQ(t->scales.size(), static_cast<size_t>((n + block_rows - 1) / block_rows) * grid_cols);
+    EXPECT_EQ(t->scales[0], 0.f);
+    auto q = FromFp8Blocks(n, k, block_rows, block_cols, t->codes.data(), t->scales.data(), DType::kF32);
+    ASSERT_TRUE(q.ok()) << q.status();
+    std::vector<float> row(k), amax(t->scales.size(), 0.f);
+    for (int r = 0; r < n; ++r) {
+      for (int c = 0; c < k; ++c) {
+        float& a = amax[static_cast<size_t>(r / block_rows) * grid_cols + c / block_cols];
+        a = std::max(a, std::fabs(w[static_cast<size_t>(r) * k + c]));
+      }
+    }
+    for (size_t b = 0; b < amax.size(); ++b) EXPECT_EQ(t->scales[b], amax[b] / 448.0f) << "block " << b;
+    for (int r = 0; r < n; ++r) {
+      GatherRow((*q)->view(), r, row.data());
+      for (int c = 0; c < k; ++c) {
+        const float x = w[static_cast<size_t>(r) * k + c];
+        const float s = t->scales[static_cast<size_t>(r / block_rows) * grid_cols + c / block_cols];
+        const uint8_t code = t->codes[static_cast<size_t>(r) * k + c];
+        ASSERT_EQ(row[c], F8E4M3ToF32(code) * s);
+        // Half a step of E4M3 at x / s: 2^(exponent - 4), subnormals 2^-10.
+        const float scaled = std::fabs(x) / (s > 0 ? s : 1.f);
+        const float half_step = scaled < std::ldexp(1.f, -6) ? std::ldexp(1.f, -10)
+                                                             : std::ldexp(1.f, std::ilogb(scaled) - 4);
+        ASSERT_LE(std::fabs(row[c] - x), half_step * s * 1.0001f + 1e-12f) << r << "," << c << " x=" << x;
+      }
+    }
+  }
+  std::vector<float> bad = {1.f, NAN};
+  EXPECT_EQ(ToFp8Blocks(MatrixView{DType::kF32, 1, 2, bad.data()}, 1, 16).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  std::vector<float> ok = {1.f, 2.f};
+  EXPECT_EQ(ToFp8Blocks(MatrixView{DType::kF32, 1, 2, ok.data()}, 1, 48).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace moemesh

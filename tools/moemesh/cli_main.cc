@@ -63,7 +63,9 @@ ABSL_FLAG(std::string, output, "text", "output format: text or json");
 ABSL_FLAG(std::string, logits_out, "", "safetensors file to write the logits to");
 ABSL_FLAG(std::string, dataset, "", "JSON lines of {\"ids\": [...]}, one sequence per line");
 ABSL_FLAG(std::string, out, "", "directory to write the quantized checkpoint to (new, or empty)");
-ABSL_FLAG(std::string, format, "gptq", "checkpoint format to write: gptq or awq");
+ABSL_FLAG(std::string, format, "gptq",
+          "checkpoint format to write: gptq or awq (int4), or fp8 (e4m3 in blocks of 128 x 128 with a scale each, "
+          "as DeepSeek-V3's checkpoints; no --quantize)");
 ABSL_FLAG(bool, all_layers, false, "quantize every projection of the decoder layers, not only the routed experts'");
 ABSL_FLAG(int, threads, 1, "CPU threads");
 ABSL_FLAG(std::string, device, "cpu",
@@ -218,11 +220,12 @@ const std::vector<Command>& CliCommands() {
          "\"predicted_tokens\", \"sequences\"}.",
          {{"flags", {model_required, {"dataset", "JSON lines of {\"ids\": [...]} (required)"}}}, {"engine", engine}}});
     c->push_back({"quantize",
-                  "write a checkpoint's projections in int4 as a GPTQ or AWQ checkpoint",
-                  "moemesh quantize --model DIR --out DIR [--quantize int4[:G[:asym]]] [--format gptq|awq] "
+                  "write a checkpoint's projections in int4 as a GPTQ or AWQ checkpoint, or in FP8 blocks",
+                  "moemesh quantize --model DIR --out DIR [--quantize int4[:G[:asym]]] [--format gptq|awq|fp8] "
                   "[--all-layers]",
                   "Quantizes the routed experts' projections (with --all-layers every projection of the decoder "
-                  "layers) to int4, with a progress line, and writes them in the layout --format names, with "
+                  "layers) to int4, or with --format fp8 to e4m3 in blocks of 128 x 128 with a scale each "
+                  "(DeepSeek-V3's layout), with a progress line, and writes them in the layout --format names, with "
                   "config.json's quantization_config; the other tensors and files are copied. moemesh, vLLM "
                   "and transformers read the result.",
                   {{"flags",
@@ -757,10 +760,11 @@ int CliMain(int argc, char** argv) {
     cmd.model_dir = absl::GetFlag(FLAGS_model);
     cmd.out_dir = absl::GetFlag(FLAGS_out);
     std::string spec = absl::GetFlag(FLAGS_quantize);
-    absl::StatusOr<QuantSpec> q = ParseQuantSpec(spec == "none" ? "int4" : spec);  // the command's default
+    cmd.format = absl::GetFlag(FLAGS_format);
+    // The command's default: int4, or for FP8 blocks nothing.
+    absl::StatusOr<QuantSpec> q = ParseQuantSpec(spec == "none" && cmd.format != "fp8" ? "int4" : spec);
     if (!q.ok()) return ExitWith(absl::InvalidArgumentError(absl::StrCat("--quantize: ", q.status().message())));
     cmd.spec = *q;
-    cmd.format = absl::GetFlag(FLAGS_format);
     cmd.all_layers = absl::GetFlag(FLAGS_all_layers);
     cmd.progress = ProgressOn(STDERR_FILENO);
     return ExitWith(RunQuantize(cmd, std::cout));

@@ -18,6 +18,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// DeepSeek-V3's blocks (weight_block_size).
+constexpr int kFp8Block = 128;
+
 // Whether a tensor is a projection the command quantizes.
 bool Quantized(const std::string& name, const TensorInfo& t, bool all_layers) {
   if (t.shape.size() != 2 || !absl::StartsWith(name, "model.layers.") || !absl::EndsWith(name, ".weight")) {
@@ -38,11 +41,18 @@ absl::Status RunQuantize(const QuantizeCommand& cmd, std::ostream& out) {
   if (cmd.model_dir.empty() || cmd.out_dir.empty()) {
     return absl::InvalidArgumentError("--model DIR and --out DIR are required");
   }
-  if (cmd.spec.kind != QuantKind::kInt4) {
+  if (cmd.format != "gptq" && cmd.format != "awq" && cmd.format != "fp8") {
+    return absl::InvalidArgumentError("--format must be gptq, awq or fp8");
+  }
+  const bool fp8 = cmd.format == "fp8";
+  if (fp8 && cmd.spec.kind != QuantKind::kNone) {
+    return absl::InvalidArgumentError(absl::StrCat("--quantize ", QuantSpecName(cmd.spec),
+                                                   " with --format fp8: FP8 blocks take no --quantize"));
+  }
+  if (!fp8 && cmd.spec.kind != QuantKind::kInt4) {
     return absl::InvalidArgumentError(absl::StrCat("--quantize ", QuantSpecName(cmd.spec),
                                                    ": a checkpoint is written in int4 (int4, int4:G, int4:G:asym)"));
   }
-  if (cmd.format != "gptq" && cmd.format != "awq") return absl::InvalidArgumentError("--format must be gptq or awq");
   std::error_code ec;
   if (fs::exists(cmd.out_dir, ec) && !fs::is_empty(cmd.out_dir, ec)) {
     return absl::AlreadyExistsError(absl::StrCat("--out ", cmd.out_dir, " exists and is not empty"));
@@ -77,6 +87,18 @@ absl::Status RunQuantize(const QuantizeCommand& cmd, std::ostream& out) {
         continue;
       }
       const int rows = static_cast<int>(t.shape[0]), cols = static_cast<int>(t.shape[1]);
+      if (fp8) {
+        absl::StatusOr<Fp8BlockTensors> b = ToFp8Blocks(MatrixView{t.dtype, rows, cols, t.data}, kFp8Block, kFp8Block);
+        if (!b.ok()) return absl::InvalidArgumentError(absl::StrCat(name, ": ", b.status().message()));
+        tensors.push_back({name, DType::kF8E4M3, t.shape, Bytes(b->codes.data(), b->codes.size())});
+        tensors.push_back({name + "_scale_inv", DType::kF32,
+                           {(rows + kFp8Block - 1) / kFp8Block, (cols + kFp8Block - 1) / kFp8Block},
+                           Bytes(b->scales.data(), b->scales.size() * 4)});
+        weight_map[name] = weight_map[name + "_scale_inv"] = file;
+        ++done;
+        status.Set(absl::StrCat("quantizing ", done, "/", total, " projections (", name, ")"));
+        continue;
+      }
       absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> q = Quantize(MatrixView{t.dtype, rows, cols, t.data}, cmd.spec);
       absl::StatusOr<PackedInt4Tensors> packed =
           q.ok() ? PackInt4((*q)->view(), layout, v2) : absl::StatusOr<PackedInt4Tensors>(q.status());
@@ -107,7 +129,9 @@ absl::Status RunQuantize(const QuantizeCommand& cmd, std::ostream& out) {
   MM_ASSIGN_OR_RETURN(std::string config_text, ReadFile(JoinPath(cmd.model_dir, "config.json")));
   nlohmann::json j = nlohmann::json::parse(config_text);
   j["quantization_config"] =
-      gptq ? nlohmann::json{{"quant_method", "gptq"}, {"bits", 4}, {"group_size", cmd.spec.group},
+      fp8    ? nlohmann::json{{"quant_method", "fp8"}, {"fmt", "e4m3"}, {"activation_scheme", "dynamic"},
+                              {"weight_block_size", {kFp8Block, kFp8Block}}}
+      : gptq ? nlohmann::json{{"quant_method", "gptq"}, {"bits", 4}, {"group_size", cmd.spec.group},
                             {"desc_act", false}, {"sym", cmd.spec.symmetric},
                             {"checkpoint_format", v2 ? "gptq_v2" : "gptq"}}
            : nlohmann::json{{"quant_method", "awq"}, {"bits", 4}, {"group_size", cmd.spec.group},
@@ -128,7 +152,9 @@ absl::Status RunQuantize(const QuantizeCommand& cmd, std::ostream& out) {
     if (ec) return absl::InternalError(absl::StrCat("cannot copy ", n, ": ", ec.message()));
   }
   status.Clear();
-  out << "wrote " << done << " projections in " << QuantSpecName(cmd.spec) << " as " << (gptq ? "a GPTQ" : "an AWQ")
+  out << "wrote " << done << " projections in "
+      << (fp8 ? absl::StrCat("FP8 blocks of ", kFp8Block, " x ", kFp8Block, " as a DeepSeek-V3-style")
+              : absl::StrCat(QuantSpecName(cmd.spec), " as ", gptq ? "a GPTQ" : "an AWQ"))
       << " checkpoint to " << cmd.out_dir << "\n";
   return absl::OkStatus();
 }

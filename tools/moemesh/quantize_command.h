@@ -11,9 +11,10 @@
 namespace moemesh {
 
 // `moemesh quantize`: a checkpoint's linear layers quantized to int4 and
-// written as a GPTQ or AWQ checkpoint (config.json's quantization_config
-// says which), the formats moemesh reads back (and vLLM and transformers
-// read). The routed experts' projections, or with `all_layers` every
+// written as a GPTQ or AWQ checkpoint, or to FP8 e4m3 in blocks of 128 x
+// 128 with a scale each as DeepSeek-V3's checkpoints are (config.json's
+// quantization_config says which): formats moemesh reads back (and vLLM
+// and transformers read). The routed experts' projections, or with `all_layers` every
 // projection of the decoder layers (attention, dense and shared FFNs); the
 // router, embeddings, norms and LM head stay as stored. Each weight file
 // becomes one of the same name; the others in the model directory are
@@ -21,8 +22,10 @@ namespace moemesh {
 struct QuantizeCommand {
   std::string model_dir;
   std::string out_dir;  // must not exist, or be empty
-  QuantSpec spec;       // int4 (int8 has no such format)
-  std::string format = "gptq";  // gptq (v1 symmetric, v2 asymmetric: v1 cannot store a zero point of 0) or awq
+  QuantSpec spec;       // int4 for gptq and awq (int8 has no such format); none for fp8
+  // gptq (v1 symmetric, v2 asymmetric: v1 cannot store a zero point of 0),
+  // awq, or fp8.
+  std::string format = "gptq";
   bool all_layers = false;
   ProgressOutput progress;
 };
