@@ -129,7 +129,7 @@ absl::Status WriteValueNow(void* addr, uint32_t value) {
   cudaStream_t s = nullptr;
   MM_RETURN_IF_ERROR(CudaStatus(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate"));
   absl::Status st = StreamWriteValue(s, addr, value);
-  if (st.ok()) st = CudaStatus(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+  if (st.ok()) st.Update(CudaStatus(cudaStreamSynchronize(s), "cudaStreamSynchronize"));
   cudaStreamDestroy(s);
   return st;
 }
