@@ -232,7 +232,7 @@ absl::Status SlidingLayers(const Json& j, const Reader& r, int window,
   return absl::OkStatus();
 }
 
-// quantization_config: 4-bit GPTQ (groups along the input, no act-order)
+// quantization_config: 4-bit GPTQ (groups along the input; act-order too)
 // and AWQ (GEMM layout, zero points) are read; anything else is refused here,
 // before any weight loads.
 absl::Status ParseQuantization(const Json& j, absl::string_view source, CheckpointQuantization* q) {
@@ -279,10 +279,7 @@ absl::Status ParseQuantization(const Json& j, absl::string_view source, Checkpoi
                                                    " (groups of 32, 64 or 128 input columns are read)"));
   }
   if (q->method == CheckpointQuantization::Method::kGptq) {
-    MM_ASSIGN_OR_RETURN(bool desc_act, r.Bool("desc_act", false));
-    if (desc_act) {
-      return absl::InvalidArgumentError(where + ".desc_act: act-order GPTQ checkpoints are not read yet");
-    }
+    MM_ASSIGN_OR_RETURN(q->act_order, r.Bool("desc_act", false));
     MM_ASSIGN_OR_RETURN(std::string format, r.String("checkpoint_format", "gptq"));
     if (format != "gptq" && format != "gptq_v2") {
       return absl::InvalidArgumentError(absl::StrCat(where, ".checkpoint_format \"", format,

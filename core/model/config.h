@@ -68,6 +68,9 @@ struct CheckpointQuantization {
   // GPTQ's checkpoint_format "gptq" (v1) stores zero points minus one;
   // "gptq_v2" as they are.
   bool gptq_v2 = false;
+  // GPTQ's desc_act (act-order): each layer's g_idx says each input's
+  // group; such layers load dequantized to BF16.
+  bool act_order = false;
 };
 
 struct ModelConfig {

@@ -50,7 +50,8 @@ class Loader {
     return (*m)->view();
   }
   // A GPTQ or AWQ layer: qweight, qzeros, scales (and GPTQ's g_idx, which
-  // must name the groups in order: act-order is not read).
+  // names the groups in order, or under act-order in any order: such a
+  // layer is dequantized to BF16).
   absl::StatusOr<Matrix> Packed(const std::string& layer, int rows, int cols) const {
     const CheckpointQuantization& cq = c_.quantization;
     const bool gptq = cq.method == CheckpointQuantization::Method::kGptq;
@@ -88,15 +89,23 @@ class Loader {
     p.qzeros = static_cast<const int32_t*>(qzeros.data);
     p.scales = scales.data;
     p.scales_dtype = scales.dtype;
+    if (gptq && cq.act_order && !ckpt_.Has(layer + ".g_idx")) {
+      return absl::InvalidArgumentError(absl::StrCat(layer, ": an act-order GPTQ layer (desc_act) without g_idx"));
+    }
     if (gptq && ckpt_.Has(layer + ".g_idx")) {
       MM_ASSIGN_OR_RETURN(TensorInfo g_idx, get(".g_idx", {cols}, true));
       const int32_t* idx = static_cast<const int32_t*>(g_idx.data);
-      for (int i = 0; i < cols; ++i) {
-        if (idx[i] != i / group) {
-          return absl::InvalidArgumentError(absl::StrCat(g_idx.file, ": ", g_idx.name, " puts input ", i,
-                                                         " in group ", idx[i], ": act-order GPTQ checkpoints are "
-                                                         "not read yet"));
-        }
+      bool in_order = true;
+      for (int i = 0; i < cols && in_order; ++i) in_order = idx[i] == i / group;
+      if (!in_order && !cq.act_order) {
+        return absl::InvalidArgumentError(absl::StrCat(g_idx.file, ": ", g_idx.name, " puts the inputs out of their "
+                                                       "groups' order, as act-order does, but desc_act is false"));
+      }
+      if (!in_order) {
+        absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> m = DequantizeActOrder(p, idx);
+        if (!m.ok()) return absl::InvalidArgumentError(absl::StrCat(layer, ": ", m.status().message()));
+        owned_->push_back(*m);
+        return (*m)->view();
       }
     }
     absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> m = FromPackedInt4(p);

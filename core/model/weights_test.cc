@@ -367,6 +367,98 @@ TEST(WeightsTest, Fp8CheckpointsLoadAsTheirDequantizedWeights) {
   }
 }
 
+// An act-order GPTQ checkpoint (desc_act: each input's group in g_idx, the
+// groups not runs of inputs) loads each such layer as its weights
+// dequantized, (code - zero) * scale, rounded to BF16; g_idx out of order
+// without desc_act, or desc_act without g_idx, is named.
+TEST(WeightsTest, ActOrderGptqLoadsDequantized) {
+  const int group = 32;
+  std::map<std::string, std::vector<float>> want;  // each packed layer's weights, as the format defines them
+  auto pack = [&](const TensorToWrite& w, bool with_g_idx, TensorMap* out) {
+    const int rows = static_cast<int>(w.shape[0]), cols = static_cast<int>(w.shape[1]), groups = cols / group;
+    std::vector<float> f(static_cast<size_t>(rows) * cols);
+    ConvertToF32(w.dtype, w.bytes.data(), f.size(), f.data());
+    // Input i in group (i * 5 + 3) % groups: every group gets `group` inputs, none a run.
+    std::vector<int32_t> g_idx(cols);
+    for (int i = 0; i < cols; ++i) g_idx[i] = (i * 5 + 3) % groups;
+    std::vector<int32_t> qweight(static_cast<size_t>(cols / 8) * rows, 0), qzeros(static_cast<size_t>(groups) * rows / 8, 0);
+    std::vector<uint16_t> scales(static_cast<size_t>(groups) * rows);
+    std::vector<float>& deq = want[w.name];
+    deq.assign(f.size(), 0.f);
+    for (int o = 0; o < rows; ++o) {
+      for (int g = 0; g < groups; ++g) {
+        float lo = 0, hi = 0;
+        for (int i = 0; i < cols; ++i) {
+          if (g_idx[i] == g) lo = std::min(lo, f[o * cols + i]), hi = std::max(hi, f[o * cols + i]);
+        }
+        const float scale = F16ToF32(F32ToF16((hi - lo) / 15));
+        const int zero = scale > 0 ? std::clamp(static_cast<int>(std::nearbyint(-lo / scale)), 0, 15) : 0;
+        scales[static_cast<size_t>(g) * rows + o] = F32ToF16(scale);
+        qzeros[static_cast<size_t>(g) * rows / 8 + o / 8] |= static_cast<int32_t>(static_cast<uint32_t>(zero) << (4 * (o % 8)));
+        for (int i = 0; i < cols; ++i) {
+          if (g_idx[i] != g) continue;
+          const int code = scale > 0 ? std::clamp(static_cast<int>(std::nearbyint(f[o * cols + i] / scale)) + zero, 0, 15)
+                                     : zero;
+          deq[o * cols + i] = (static_cast<float>(code) - static_cast<float>(zero)) * scale;
+          qweight[static_cast<size_t>(i / 8) * rows + o] |= static_cast<int32_t>(static_cast<uint32_t>(code) << (4 * (i % 8)));
+        }
+      }
+    }
+    auto bytes = [](const auto& v) { return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(v[0])); };
+    const std::string layer = w.name.substr(0, w.name.size() - 7);
+    (*out)[layer + ".qweight"] = {layer + ".qweight", DType::kI32, {cols / 8, rows}, bytes(qweight)};
+    (*out)[layer + ".qzeros"] = {layer + ".qzeros", DType::kI32, {groups, rows / 8}, bytes(qzeros)};
+    (*out)[layer + ".scales"] = {layer + ".scales", DType::kF16, {groups, rows}, bytes(scales)};
+    if (with_g_idx) (*out)[layer + ".g_idx"] = {layer + ".g_idx", DType::kI32, {cols}, bytes(g_idx)};
+  };
+  auto quantized = [](const std::string& name) {
+    return absl::EndsWith(name, "_proj.weight") && absl::StrContains(name, "layers.");
+  };
+  auto write = [&](const std::string& kind, bool with_g_idx, bool desc_act) {
+    std::string dir = CopyFixture("olmoe", kind, [&](TensorMap* t) {
+      TensorMap out;
+      for (auto& [n, w] : *t) {
+        if (quantized(n)) {
+          pack(w, with_g_idx, &out);
+        } else {
+          out[n] = w;
+        }
+      }
+      *t = std::move(out);
+    });
+    auto config = ReadFile("tests/fixtures/olmoe/config.json");
+    EXPECT_TRUE(config.ok());
+    nlohmann::json cfg = nlohmann::json::parse(*config);
+    cfg["quantization_config"] = {{"quant_method", "gptq"},    {"bits", 4},      {"group_size", group},
+                                  {"desc_act", desc_act},      {"sym", false},   {"checkpoint_format", "gptq_v2"}};
+    EXPECT_TRUE(WriteFileAtomically(dir + "/config.json", cfg.dump()).ok());
+    return dir;
+  };
+  auto loaded = Load(write("act_order", true, true));
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const FfnWeights* e = loaded->experts.Find(1, 3);
+  using Named = std::pair<const Matrix*, std::string>;
+  for (auto [m, name] : {Named{&loaded->layers[0].attn.q, "model.layers.0.self_attn.q_proj.weight"},
+                         Named{&e->gate, "model.layers.1.mlp.experts.3.gate_proj.weight"}}) {
+    ASSERT_EQ(m->dtype, DType::kBF16) << name;
+    ASSERT_EQ(m->quant, QuantKind::kNone) << name;
+    const std::vector<float>& w = want.at(name);
+    std::vector<float> row(m->cols);
+    for (int r = 0; r < m->rows; ++r) {
+      GatherRow(*m, r, row.data());
+      for (int c = 0; c < m->cols; ++c) {
+        ASSERT_EQ(row[c], Bf16ToF32(F32ToBf16(w[static_cast<size_t>(r) * m->cols + c]))) << name << " " << r << "," << c;
+      }
+    }
+  }
+  auto no_desc_act = Load(write("act_order_no_desc_act", true, false));
+  EXPECT_EQ(no_desc_act.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(no_desc_act.status().message().find("desc_act is false"), std::string::npos) << no_desc_act.status();
+  auto no_g_idx = Load(write("act_order_no_g_idx", false, true));
+  EXPECT_EQ(no_g_idx.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(no_g_idx.status().message().find("without g_idx"), std::string::npos) << no_g_idx.status();
+}
+
 // What a quantized checkpoint's config or tensors get wrong is named.
 TEST(WeightsTest, QuantizedCheckpointErrorsAreNamed) {
   auto config = ReadFile("tests/fixtures/olmoe/config.json");
@@ -378,7 +470,6 @@ TEST(WeightsTest, QuantizedCheckpointErrorsAreNamed) {
             "activation_scheme \"static\""},
            {{{"quant_method", "gptq"}, {"bits", 8}, {"group_size", 128}}, "8-bit gptq"},
            {{{"quant_method", "gptq"}, {"bits", 4}, {"group_size", -1}}, "group_size -1"},
-           {{{"quant_method", "gptq"}, {"bits", 4}, {"group_size", 128}, {"desc_act", true}}, "act-order"},
            {{{"quant_method", "awq"}, {"bits", 4}, {"group_size", 128}, {"version", "gemv"}}, "AWQ version"},
            {{{"quant_method", "awq"}, {"group_size", 128}}, "missing required field \"bits\""}}) {
     nlohmann::json cfg = nlohmann::json::parse(*config);

@@ -171,6 +171,50 @@ absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromPackedInt4(const Pack
   return std::shared_ptr<const QuantizedMatrix>(std::move(q));
 }
 
+absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> DequantizeActOrder(const PackedInt4& p,
+                                                                          const int32_t* g_idx) {
+  if (p.layout != PackedInt4::Layout::kGptq || p.rows <= 0 || p.cols <= 0 || p.rows % 8 != 0 || p.cols % 8 != 0 ||
+      (p.group != 32 && p.group != 64 && p.group != 128) || p.cols % p.group != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("an act-order GPTQ layer of ", p.rows, " outputs and ", p.cols,
+                                                   " inputs in groups of ", p.group,
+                                                   ": both multiples of 8, inputs of the group (32, 64 or 128)"));
+  }
+  const int groups = p.cols / p.group, packed_rows = p.rows / 8;
+  for (int i = 0; i < p.cols; ++i) {
+    if (g_idx[i] < 0 || g_idx[i] >= groups) {
+      return absl::InvalidArgumentError(absl::StrCat("g_idx puts input ", i, " in group ", g_idx[i], " of ", groups));
+    }
+  }
+  // Each group's scales and zero points, [group][output].
+  std::vector<float> scales(static_cast<size_t>(groups) * p.rows), zeros(scales.size());
+  for (int g = 0; g < groups; ++g) {
+    ConvertToF32(p.scales_dtype,
+                 static_cast<const char*>(p.scales) + static_cast<size_t>(g) * p.rows * DTypeSize(p.scales_dtype),
+                 p.rows, scales.data() + static_cast<size_t>(g) * p.rows);
+    for (int o = 0; o < p.rows; ++o) {
+      const uint32_t word = static_cast<uint32_t>(p.qzeros[static_cast<size_t>(g) * packed_rows + o / 8]);
+      zeros[static_cast<size_t>(g) * p.rows + o] = static_cast<float>((word >> (4 * (o % 8))) & 15u) +
+                                                   (p.gptq_v2 ? 0.0f : 1.0f);  // v1 stores zero - 1
+      if (!std::isfinite(scales[static_cast<size_t>(g) * p.rows + o])) {
+        return absl::InvalidArgumentError(absl::StrCat("scale of output ", o, ", group ", g, " is not finite"));
+      }
+    }
+  }
+  auto q = std::shared_ptr<QuantizedMatrix>(new QuantizedMatrix);
+  q->codes_.resize(static_cast<size_t>(p.rows) * p.cols * sizeof(uint16_t));
+  uint16_t* w = reinterpret_cast<uint16_t*>(q->codes_.data());
+  for (int o = 0; o < p.rows; ++o) {
+    for (int i = 0; i < p.cols; ++i) {
+      const uint32_t code = (static_cast<uint32_t>(p.qweight[static_cast<size_t>(i / 8) * p.rows + o]) >> (4 * (i % 8))) & 15u;
+      const size_t at = static_cast<size_t>(g_idx[i]) * p.rows + o;
+      // As MatrixView reads int4: code * scale + bias, bias = -zero * scale.
+      w[static_cast<size_t>(o) * p.cols + i] = F32ToBf16(std::fma(static_cast<float>(code), scales[at], -zeros[at] * scales[at]));
+    }
+  }
+  q->view_ = MatrixView{DType::kBF16, p.rows, p.cols, q->codes_.data()};
+  return std::shared_ptr<const QuantizedMatrix>(std::move(q));
+}
+
 absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromFp8Blocks(int rows, int cols, int block_rows,
                                                                      int block_cols, const void* codes,
                                                                      const void* scales, DType scales_dtype) {

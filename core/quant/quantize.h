@@ -27,8 +27,9 @@ std::string QuantSpecName(const QuantSpec& spec);
 
 struct PackedInt4;
 
-// A quantized matrix's codes, scales and biases, owned; view() is what
-// the kernels (Linear) take.
+// A quantized matrix's codes, scales and biases, owned (or, for an
+// act-order GPTQ layer, its dequantized BF16 weights); view() is what the
+// kernels (Linear) take.
 class QuantizedMatrix {
  public:
   const MatrixView& view() const { return view_; }
@@ -38,6 +39,8 @@ class QuantizedMatrix {
   friend absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromPackedInt4(const PackedInt4&);
   friend absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromFp8Blocks(int, int, int, int, const void*,
                                                                              const void*, DType);
+  friend absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> DequantizeActOrder(const PackedInt4&,
+                                                                                  const int32_t*);
   std::vector<uint8_t> codes_;
   std::vector<float> scales_, biases_;
   MatrixView view_;
@@ -74,6 +77,14 @@ struct PackedInt4 {
 // packed dimensions multiples of 8, cols a multiple of the group, groups
 // of 32, 64 or 128).
 absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromPackedInt4(const PackedInt4& packed);
+
+// An act-order GPTQ layer (desc_act: input i in group g_idx[i], groups
+// that are not runs of inputs, which the int4 kernels need): its weights
+// (code - zero) * scale as FromPackedInt4 reads them, rounded to BF16 (a
+// dense matrix, BF16's memory). GPTQ layout only; INVALID_ARGUMENT for a
+// group outside [0, cols / group) or sizes FromPackedInt4 refuses.
+absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> DequantizeActOrder(const PackedInt4& p,
+                                                                          const int32_t* g_idx);
 
 // A block-scaled FP8 matrix as DeepSeek-V3's checkpoints store it: `codes`
 // [rows, cols] E4M3 bytes (used in place: they must outlive the result),
