@@ -35,6 +35,44 @@ bool Quantized(const std::string& name, const TensorInfo& t, bool all_layers) {
 
 std::string Bytes(const void* data, size_t n) { return std::string(static_cast<const char*>(data), n); }
 
+// A projection as DeepSeek-V3's FP8 checkpoints store it: E4M3 weights
+// under its name, and their blocks' scales.
+absl::StatusOr<std::vector<TensorToWrite>> Fp8Layer(const std::string& name, const TensorInfo& t) {
+  const int rows = static_cast<int>(t.shape[0]), cols = static_cast<int>(t.shape[1]);
+  absl::StatusOr<Fp8BlockTensors> b = ToFp8Blocks(MatrixView{t.dtype, rows, cols, t.data}, kFp8Block, kFp8Block);
+  if (!b.ok()) return absl::InvalidArgumentError(absl::StrCat(name, ": ", b.status().message()));
+  return std::vector<TensorToWrite>{
+      {name, DType::kF8E4M3, t.shape, Bytes(b->codes.data(), b->codes.size())},
+      {name + "_scale_inv", DType::kF32, {(rows + kFp8Block - 1) / kFp8Block, (cols + kFp8Block - 1) / kFp8Block},
+       Bytes(b->scales.data(), b->scales.size() * 4)}};
+}
+
+// A projection in int4 as a GPTQ (v1, or v2 where `v2`) or AWQ layer:
+// qweight, qzeros, scales (and GPTQ's g_idx, in order).
+absl::StatusOr<std::vector<TensorToWrite>> Int4Layer(const std::string& name, const TensorInfo& t,
+                                                     const QuantSpec& spec, bool gptq, bool v2) {
+  const int rows = static_cast<int>(t.shape[0]), cols = static_cast<int>(t.shape[1]);
+  absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> q = Quantize(MatrixView{t.dtype, rows, cols, t.data}, spec);
+  absl::StatusOr<PackedInt4Tensors> packed =
+      q.ok() ? PackInt4((*q)->view(), gptq ? PackedInt4::Layout::kGptq : PackedInt4::Layout::kAwq, v2)
+             : absl::StatusOr<PackedInt4Tensors>(q.status());
+  if (!packed.ok()) return absl::InvalidArgumentError(absl::StrCat(name, ": ", packed.status().message()));
+  const std::string layer = name.substr(0, name.size() - 7);
+  const int64_t groups = (*q)->view().groups();
+  std::vector<TensorToWrite> out = {
+      {layer + ".qweight", DType::kI32,
+       gptq ? std::vector<int64_t>{cols / 8, rows} : std::vector<int64_t>{cols, rows / 8},
+       Bytes(packed->qweight.data(), packed->qweight.size() * 4)},
+      {layer + ".qzeros", DType::kI32, {groups, rows / 8}, Bytes(packed->qzeros.data(), packed->qzeros.size() * 4)},
+      {layer + ".scales", DType::kF16, {groups, rows}, Bytes(packed->scales.data(), packed->scales.size() * 2)}};
+  if (gptq) {
+    std::vector<int32_t> g_idx(cols);
+    for (int i = 0; i < cols; ++i) g_idx[i] = i / spec.group;
+    out.push_back({layer + ".g_idx", DType::kI32, {cols}, Bytes(g_idx.data(), g_idx.size() * 4)});
+  }
+  return out;
+}
+
 }  // namespace
 
 absl::Status RunQuantize(const QuantizeCommand& cmd, std::ostream& out) {
@@ -65,7 +103,6 @@ absl::Status RunQuantize(const QuantizeCommand& cmd, std::ostream& out) {
   fs::create_directories(cmd.out_dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot make ", cmd.out_dir, ": ", ec.message()));
   const bool gptq = cmd.format == "gptq";
-  const PackedInt4::Layout layout = gptq ? PackedInt4::Layout::kGptq : PackedInt4::Layout::kAwq;
 
   size_t total = 0, done = 0;
   for (const auto& f : ckpt->files()) {
@@ -86,39 +123,12 @@ absl::Status RunQuantize(const QuantizeCommand& cmd, std::ostream& out) {
         weight_map[name] = file;
         continue;
       }
-      const int rows = static_cast<int>(t.shape[0]), cols = static_cast<int>(t.shape[1]);
-      if (fp8) {
-        absl::StatusOr<Fp8BlockTensors> b = ToFp8Blocks(MatrixView{t.dtype, rows, cols, t.data}, kFp8Block, kFp8Block);
-        if (!b.ok()) return absl::InvalidArgumentError(absl::StrCat(name, ": ", b.status().message()));
-        tensors.push_back({name, DType::kF8E4M3, t.shape, Bytes(b->codes.data(), b->codes.size())});
-        tensors.push_back({name + "_scale_inv", DType::kF32,
-                           {(rows + kFp8Block - 1) / kFp8Block, (cols + kFp8Block - 1) / kFp8Block},
-                           Bytes(b->scales.data(), b->scales.size() * 4)});
-        weight_map[name] = weight_map[name + "_scale_inv"] = file;
-        ++done;
-        status.Set(absl::StrCat("quantizing ", done, "/", total, " projections (", name, ")"));
-        continue;
-      }
-      absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> q = Quantize(MatrixView{t.dtype, rows, cols, t.data}, cmd.spec);
-      absl::StatusOr<PackedInt4Tensors> packed =
-          q.ok() ? PackInt4((*q)->view(), layout, v2) : absl::StatusOr<PackedInt4Tensors>(q.status());
-      if (!packed.ok()) return absl::InvalidArgumentError(absl::StrCat(name, ": ", packed.status().message()));
-      const std::string layer = name.substr(0, name.size() - 7);
-      const int64_t groups = (*q)->view().groups();
-      tensors.push_back({layer + ".qweight", DType::kI32,
-                         gptq ? std::vector<int64_t>{cols / 8, rows} : std::vector<int64_t>{cols, rows / 8},
-                         Bytes(packed->qweight.data(), packed->qweight.size() * 4)});
-      tensors.push_back({layer + ".qzeros", DType::kI32, {groups, rows / 8},
-                         Bytes(packed->qzeros.data(), packed->qzeros.size() * 4)});
-      tensors.push_back({layer + ".scales", DType::kF16, {groups, rows},
-                         Bytes(packed->scales.data(), packed->scales.size() * 2)});
-      if (gptq) {
-        std::vector<int32_t> g_idx(cols);
-        for (int i = 0; i < cols; ++i) g_idx[i] = i / cmd.spec.group;
-        tensors.push_back({layer + ".g_idx", DType::kI32, {cols}, Bytes(g_idx.data(), g_idx.size() * 4)});
-      }
-      for (const char* suffix : {".qweight", ".qzeros", ".scales", ".g_idx"}) {
-        if (gptq || std::string(suffix) != ".g_idx") weight_map[layer + suffix] = file;
+      absl::StatusOr<std::vector<TensorToWrite>> written =
+          fp8 ? Fp8Layer(name, t) : Int4Layer(name, t, cmd.spec, gptq, v2);
+      if (!written.ok()) return written.status();
+      for (TensorToWrite& w : *written) {
+        weight_map[w.name] = file;
+        tensors.push_back(std::move(w));
       }
       ++done;
       status.Set(absl::StrCat("quantizing ", done, "/", total, " projections (", name, ")"));

@@ -210,8 +210,7 @@ absl::Status CudaForwardPass::Upload(int kv_block_size, int kv_blocks) {
   block_size_ = kv_block_size;
   num_blocks_ = kv_blocks;
   // Blocks start on 16-byte lines (attention copies 16 bytes at a time).
-  kv_block_bytes_ = (static_cast<size_t>(kv_block_size) * (kv_k_width() + kv_v_width()) *
-                         KvDTypeBytes(options_.kv_dtype) + 15) / 16 * 16;
+  kv_block_bytes_ = (KvLayerBytes() + 15) / 16 * 16;
   MM_ASSIGN_OR_RETURN(kv_pool_,
                       DeviceBuffer::Allocate(static_cast<size_t>(config_.num_layers) * kv_blocks * kv_block_bytes_));
   return absl::OkStatus();

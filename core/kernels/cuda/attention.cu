@@ -660,6 +660,14 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
       return absl::InvalidArgumentError("CudaPagedAttention: `sequences` must cover the rows once, in order");
     }
   }
+  // Prompt chunks over a bf16 cache: FlashAttention-2's layout (its own
+  // kernel, which needs none of the geometry below).
+  bool chunks = false;
+  for (const RowSpan& span : sequences) chunks |= span.count > 1;
+  if (chunks && FlashPrefillFits(s, rows, q)) {
+    MM_RETURN_IF_ERROR(UploadTiles(sequences, kFlashPrefillRows, stream));
+    return FlashPrefillCuda(s, q, rows, tiles_->as<int>(), static_cast<int>(tiles_host_.size() / 2), out, stream);
+  }
   Geometry g;
   g.s = s;
   g.rows = rows;
@@ -689,13 +697,6 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
         CudaStatus(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device), "SM count"));
     MM_RETURN_IF_ERROR(CudaStatus(
         cudaDeviceGetAttribute(&smem_limit_, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "shared memory"));
-  }
-  // Prompt chunks over a bf16 cache: FlashAttention-2's layout.
-  bool chunks = false;
-  for (const RowSpan& span : sequences) chunks |= span.count > 1;
-  if (chunks && FlashPrefillFits(s, rows, q)) {
-    MM_RETURN_IF_ERROR(UploadTiles(sequences, kFlashPrefillRows, stream));
-    return FlashPrefillCuda(s, q, rows, tiles_->as<int>(), static_cast<int>(tiles_host_.size() / 2), out, stream);
   }
   // The tensor-core kernel: for many heads over rows that hold V too
   // (latent attention), 32 heads of a row a block; for prompts, the group's
