@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "core/kernels/cuda/attention.h"
 #include "core/kernels/cuda/ceilings.h"
@@ -161,7 +162,7 @@ int Main(int argc, char** argv) {
   if (!gemm.ok()) return Fail(gemm.status());
   std::printf("ceilings: copy %.2f TB/s, bf16 GEMM %.0f TFLOP/s; KV cache blocks of 16 positions\n", *bw / 1e12,
               *gemm / 1e12);
-  std::printf("%-12s %-7s %6s %8s %10s %8s %7s\n", "shape", "cache", "batch", "context", "ms", "TB/s", "%BW");
+  std::printf("decode (/cc: the CUDA-core kernel FlashDecodeCuda replaced)\n%-12s %-8s %6s %8s %10s %8s %7s\n", "shape", "cache", "batch", "context", "ms", "TB/s", "%BW");
   const Shape shapes[] = {{"mixtral", {32, 8, 128, 128, 0.0884f, 0}, false},
                           {"deepseek-v3", {128, 1, 576, 512, 0.0417f, 0}, true}};
   constexpr int kBlock = 16;
@@ -180,19 +181,26 @@ int Main(int argc, char** argv) {
         if (!q.ok() || !out.ok()) return 1;
         if (!FillRandomF32((*q)->as<float>(), static_cast<size_t>(batch) * a.num_heads * a.head_dim, 2).ok()) return 1;
         const PagedRows& rows = dev->rows;
-        CudaPagedAttention attention;
-        auto step = [&]() { return attention.Run(a, (*q)->as<float>(), rows, (*out)->as<float>(), nullptr); };
-        auto t = TimeOnGpu(step, 2, 10);
-        if (!t.ok()) return Fail(t.status());
-        const double bytes = static_cast<double>(batch) * context * sh.row() * KvDTypeBytes(dtype);
-        std::printf("%-12s %-7s %6d %8d %10.3f %8.2f %6.1f%%\n", sh.name, std::string(KvDTypeName(dtype)).c_str(),
-                    batch, context, *t * 1e3, bytes / *t / 1e12, 100 * bytes / *t / *bw);
+        // A bf16 cache of GQA rows: FlashDecodeCuda, then the CUDA-core
+        // kernel it replaced ("/cc").
+        const bool flash = dtype == KvDType::kBf16 && !sh.latent;
+        for (bool flash_decode : flash ? std::vector<bool>{true, false} : std::vector<bool>{true}) {
+          CudaPagedAttention attention;
+          attention.set_flash_decode(flash_decode);
+          auto step = [&]() { return attention.Run(a, (*q)->as<float>(), rows, (*out)->as<float>(), nullptr); };
+          auto t = TimeOnGpu(step, 2, 10);
+          if (!t.ok()) return Fail(t.status());
+          const double bytes = static_cast<double>(batch) * context * sh.row() * KvDTypeBytes(dtype);
+          const std::string cache = std::string(KvDTypeName(dtype)) + (flash && !flash_decode ? "/cc" : "");
+          std::printf("%-12s %-8s %6d %8d %10.3f %8.2f %6.1f%%\n", sh.name, cache.c_str(), batch, context, *t * 1e3,
+                      bytes / *t / 1e12, 100 * bytes / *t / *bw);
+        }
       }
     }
   }
   // Prefill: every position of one prompt attends to those before it, in
   // one call: heads * n (n + 1) / 2 * (d_k + d_v) * 2 FLOP.
-  std::printf("\nprefill, one prompt\n%-12s %-7s %8s %10s %9s %7s\n", "shape", "cache", "tokens", "ms", "TFLOP/s",
+  std::printf("\nprefill, one prompt (/wN: FlashAttention-2's kernel, N rows a warp)\n%-12s %-8s %8s %10s %9s %7s\n", "shape", "cache", "tokens", "ms", "TFLOP/s",
               "%GEMM");
   for (const Shape& sh : shapes) {
     const AttentionShape& a = sh.attn;
@@ -210,16 +218,24 @@ int Main(int argc, char** argv) {
           return 1;
         }
         const PagedRows& rows = dev->rows;
-        CudaPagedAttention attention;
         const RowSpan prompt{0, tokens};
-        auto t = TimeOnGpu(
-            [&] { return attention.Run(a, (*q)->as<float>(), rows, (*out)->as<float>(), nullptr, {&prompt, 1}); }, 1,
-            3);
-        if (!t.ok()) return Fail(t.status());
-        const double flops = 2.0 * a.num_heads * (static_cast<double>(tokens) * (tokens + 1) / 2) *
-                             (a.head_dim + a.v_head_dim);
-        std::printf("%-12s %-7s %8d %10.3f %9.1f %6.1f%%\n", sh.name, std::string(KvDTypeName(dtype)).c_str(), tokens,
-                    *t * 1e3, flops / *t / 1e12, 100 * flops / *t / *gemm);
+        // FlashAttention-2's kernel (a bf16 cache of GQA rows) with each
+        // count of rows a warp.
+        const bool flash = dtype == KvDType::kBf16 && !sh.latent;
+        for (int warp_rows : flash ? std::vector<int>{16, 32} : std::vector<int>{0}) {
+          CudaPagedAttention attention;
+          attention.set_flash_warp_rows(warp_rows);
+          auto t = TimeOnGpu(
+              [&] { return attention.Run(a, (*q)->as<float>(), rows, (*out)->as<float>(), nullptr, {&prompt, 1}); },
+              1, 3);
+          if (!t.ok()) return Fail(t.status());
+          const double flops = 2.0 * a.num_heads * (static_cast<double>(tokens) * (tokens + 1) / 2) *
+                               (a.head_dim + a.v_head_dim);
+          const std::string cache =
+              std::string(KvDTypeName(dtype)) + (warp_rows ? absl::StrCat("/w", warp_rows) : std::string());
+          std::printf("%-12s %-8s %8d %10.3f %9.1f %6.1f%%\n", sh.name, cache.c_str(), tokens, *t * 1e3,
+                      flops / *t / 1e12, 100 * flops / *t / *gemm);
+        }
       }
     }
   }

@@ -10,7 +10,7 @@
 # (remote_experts_gpu_test, MESH_FILTER), fwd (cuda_forward_pass_test,
 # FWD_FILTER), kern (cuda_kernels_test, KERN_FILTER), decode / decodem
 # (gpu_decode_bench, Qwen3 / Mixtral shapes, counters), hop (ipc_hop_bench),
-# attn (attention_bench, ATTN_ARGS).
+# attn (attention_bench, ATTN_ARGS, then bench/attention_torch.py, TORCH_ARGS).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-gpu-results}
@@ -44,7 +44,11 @@ for step in "$@"; do
     attn)
       timeout 240 "$B/bench/attention_bench" ${ATTN_ARGS:-} > "$out/attn.txt" 2>&1
       echo "attn rc=$?"
-      cat "$out/attn.txt" ;;
+      cat "$out/attn.txt"
+      # PyTorch's SDPA on the same prompts, beside the figures above.
+      timeout 200 python3 bench/attention_torch.py --moemesh "$out/attn.txt" ${TORCH_ARGS:-} > "$out/attn_torch.txt" 2>&1
+      echo "attn_torch rc=$?"
+      cat "$out/attn_torch.txt" ;;
     decode|decodem)
       shape=qwen3
       [ "$step" = decodem ] && shape=mixtral

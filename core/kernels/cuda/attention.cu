@@ -11,6 +11,7 @@
 #include "core/common/status_macros.h"
 #include "core/kernels/cuda/cp_async.cuh"
 #include "core/kernels/cuda/cuda_check.cuh"
+#include "core/kernels/cuda/flash_decode.h"
 #include "core/kernels/cuda/flash_prefill.h"
 #include "core/kernels/cuda/mma_sync.cuh"
 
@@ -666,7 +667,8 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
   for (const RowSpan& span : sequences) chunks |= span.count > 1;
   if (chunks && FlashPrefillFits(s, rows, q)) {
     MM_RETURN_IF_ERROR(UploadTiles(sequences, kFlashPrefillRows, stream));
-    return FlashPrefillCuda(s, q, rows, tiles_->as<int>(), static_cast<int>(tiles_host_.size() / 2), out, stream);
+    return FlashPrefillCuda(s, q, rows, tiles_->as<int>(), static_cast<int>(tiles_host_.size() / 2), out, stream,
+                            flash_warp_rows_);
   }
   Geometry g;
   g.s = s;
@@ -697,6 +699,39 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
         CudaStatus(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device), "SM count"));
     MM_RETURN_IF_ERROR(CudaStatus(
         cudaDeviceGetAttribute(&smem_limit_, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "shared memory"));
+  }
+  // Several chunks of each row's keys run as separate blocks when that
+  // fills the GPU better (`blocks` of them without, `per_sm` at once on
+  // each multiprocessor, `tile_keys` keys at least a chunk); the merge
+  // runs after them.
+  auto split = [&](long long blocks, int per_sm, int tile_keys) -> absl::Status {
+    const int keys =
+        s.sliding_window > 0 ? std::min(rows.max_position + 1, s.sliding_window) : rows.max_position + 1;
+    const long long wanted = (2LL * std::max(per_sm, 1) * sm_count_ + blocks - 1) / blocks;  // twice over
+    g.splits = static_cast<int>(
+        std::clamp<long long>(wanted, 1, std::min<long long>(kMaxSplits, (keys + tile_keys - 1) / tile_keys)));
+    g.part_acc = g.part_ml = nullptr;
+    if (g.splits > 1) {
+      const size_t heads = static_cast<size_t>(rows.rows) * s.num_heads * g.splits;
+      const size_t bytes = heads * (g.vpad + 2) * sizeof(float);
+      MM_RETURN_IF_ERROR(GrowBuffer(&partials_, bytes));  // cudaFree waits for kernels that may still use it
+      g.part_acc = partials_->as<float>();
+      g.part_ml = g.part_acc + heads * g.vpad;
+    }
+    return absl::OkStatus();
+  };
+  auto merge = [&]() -> absl::Status {
+    if (g.splits == 1) return absl::OkStatus();
+    CombineKernel<<<dim3(rows.rows, s.num_heads), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(g);
+    return LaunchStatus("attention CombineKernel");
+  };
+  // Decode rows over a bf16 cache of GQA rows: their own kernel, which
+  // keeps more of the cache in flight.
+  if (!chunks && flash_decode_ && FlashDecodeFits(s, rows, q)) {
+    MM_RETURN_IF_ERROR(split(static_cast<long long>(rows.rows) * s.num_kv_heads, kFlashDecodeBlocksPerSm,
+                             kFlashDecodeKeys));
+    MM_RETURN_IF_ERROR(FlashDecodeCuda(s, q, rows, out, g.splits, g.part_acc, g.part_ml, stream));
+    return merge();
   }
   // The tensor-core kernel: for many heads over rows that hold V too
   // (latent attention), 32 heads of a row a block; for prompts, the group's
@@ -741,29 +776,14 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
   int per_sm = 0;
   MM_RETURN_IF_ERROR(CudaStatus(
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, config.kernel, threads, smem), "occupancy"));
-  // Enough chunks to fill the GPU twice over, none shorter than a tile.
-  const long long blocks = static_cast<long long>(grid_x) * s.num_kv_heads * g.head_groups;
-  const int keys = s.sliding_window > 0 ? std::min(rows.max_position + 1, s.sliding_window) : rows.max_position + 1;
-  const long long wanted = (2LL * std::max(per_sm, 1) * sm_count_ + blocks - 1) / blocks;
-  g.splits = static_cast<int>(std::clamp<long long>(
-      wanted, 1, std::min<long long>(kMaxSplits, (keys + config.keys - 1) / config.keys)));
-  g.part_acc = g.part_ml = nullptr;
-  if (g.splits > 1) {
-    const size_t heads = static_cast<size_t>(rows.rows) * s.num_heads * g.splits;
-    const size_t bytes = heads * (g.vpad + 2) * sizeof(float);
-    MM_RETURN_IF_ERROR(GrowBuffer(&partials_, bytes));  // cudaFree waits for kernels that may still use it
-    g.part_acc = partials_->as<float>();
-    g.part_ml = g.part_acc + heads * g.vpad;
-  }
+  MM_RETURN_IF_ERROR(split(static_cast<long long>(grid_x) * s.num_kv_heads * g.head_groups, per_sm, config.keys));
   if (s.num_kv_heads * g.head_groups > 65535 || s.num_heads > 65535) {
     return absl::InvalidArgumentError("CudaPagedAttention: too many heads");
   }
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   config.kernel<<<dim3(grid_x, s.num_kv_heads * g.head_groups, g.splits), threads, smem, st>>>(g);
   MM_RETURN_IF_ERROR(LaunchStatus("attention SplitKernel"));
-  if (g.splits == 1) return absl::OkStatus();
-  CombineKernel<<<dim3(rows.rows, s.num_heads), kThreads, 0, st>>>(g);
-  return LaunchStatus("attention CombineKernel");
+  return merge();
 }
 
 }  // namespace moemesh

@@ -70,7 +70,9 @@ struct RowSpan {
 // each tile of keys read. A call with any prompt chunk runs all its rows
 // that way; over a bf16 cache with equal head sizes of 16, 32, 64 or 128,
 // in FlashAttention-2's layout instead (core/kernels/cuda/flash_prefill.h:
-// bf16 products, within about 1e-2 of fp32).
+// bf16 products, within about 1e-2 of fp32). Decode rows over a bf16 cache
+// of GQA rows with heads of 64 or 128 take core/kernels/cuda/flash_decode.h
+// (bf16 products, more of the cache in flight; the same merge).
 //
 // Holds the scratch for the partial results; one instance per stream.
 inline constexpr int kMaxAttentionHeadDim = 640;
@@ -88,6 +90,13 @@ class CudaPagedAttention {
   absl::Status Run(const AttentionShape& shape, const float* q, const PagedRows& rows, float* out,
                    CudaStream stream, absl::Span<const RowSpan> sequences = {});
 
+  // Rows a warp of FlashAttention-2's prefill kernel takes (16 or 32; 0,
+  // the default, kFlashPrefillWarpRows): for benchmarks and tests.
+  void set_flash_warp_rows(int rows) { flash_warp_rows_ = rows; }
+  // Whether decode rows over a bf16 cache take FlashDecodeCuda (the
+  // default) or the CUDA-core kernel: for benchmarks.
+  void set_flash_decode(bool on) { flash_decode_ = on; }
+
  private:
   // The spans cut into tiles of up to `per_tile` rows, [tile][2] first row
   // and count, in tiles_ (copied only when they change: a step's layers
@@ -97,6 +106,8 @@ class CudaPagedAttention {
   std::unique_ptr<DeviceBuffer> partials_, tiles_;
   std::vector<int> tiles_host_;  // what tiles_ holds
   int sm_count_ = 0, smem_limit_ = 0;
+  int flash_warp_rows_ = 0;
+  bool flash_decode_ = true;
 };
 
 }  // namespace moemesh

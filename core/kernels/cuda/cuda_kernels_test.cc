@@ -21,6 +21,7 @@
 #include "core/kernels/cpu/rope.h"
 #include "core/kernels/cuda/attention.h"
 #include "core/kernels/cuda/dense.h"
+#include "core/kernels/cuda/flash_decode.h"
 #include "core/kernels/cuda/flash_prefill.h"
 #include "core/kernels/cuda/gemm.h"
 #include "core/kernels/cuda/gating.h"
@@ -616,8 +617,17 @@ TEST_F(CudaKernelsTest, PagedAttentionMatchesCpu) {
       {"long prompts in a window", {8, 2, 64, 64, 0.125f, 100}, {{150, 0}, {90, 200}, {1, 60}}, false, 16, 3e-3},
       {"small heads", {4, 2, 16, 16, 0.25f, 0}, {{70, 5}, {1, 33}}, false, 16, 3e-3},
       {"heads of 32 in a window", {4, 1, 32, 32, 0.17f, 20}, {{65, 10}}, false, 16, 3e-3},
+      // Decode rows over a bf16 cache of GQA rows: FlashDecodeCuda, split
+      // or not, groups of 2 to 16 heads, windows, contexts shorter than a tile.
+      {"decodes of many lengths", {32, 8, 128, 128, 0.088f, 0}, {{1, 6000}, {1, 17}, {1, 300}, {1, 0}}, false, 16,
+       3e-3},
+      {"decodes in a window, heads of 64", {16, 2, 64, 64, 0.125f, 100}, {{1, 3000}, {1, 50}, {1, 163}}, false, 16,
+       3e-3},
+      {"decodes, 16 heads a KV head", {16, 1, 128, 128, 0.088f, 0}, {{1, 200}}, false, 16, 3e-3},
+      {"prompts of several 128-row tiles", {8, 2, 128, 128, 0.088f, 0}, {{300, 0}, {1, 20}, {129, 64}}, false, 16,
+       3e-3},
   };
-  int flash_calls = 0;
+  int flash_calls = 0, decode_calls = 0;
   for (const Case& c : cases) {
    for (KvDType dtype : {KvDType::kF32, KvDType::kBf16, KvDType::kF8E4M3}) {
     SCOPED_TRACE(absl::StrCat(c.what, ", ", KvDTypeName(dtype), " cache"));
@@ -715,23 +725,31 @@ TEST_F(CudaKernelsTest, PagedAttentionMatchesCpu) {
     auto dq = Upload(q);
     auto dout = DeviceBuffer::Allocate(want.size() * sizeof(float));
     ASSERT_TRUE(dout.ok());
-    ASSERT_TRUE((*dout)->Fill(0xff).ok());
-    CudaPagedAttention attention;
-    absl::Status st = attention.Run(sh, dq->as<float>(), rows, (*dout)->as<float>(), nullptr, sequences);
-    ASSERT_TRUE(st.ok()) << st;
-    ASSERT_TRUE(CudaSynchronize(nullptr).ok());
-    std::vector<float> got(want.size());
-    ASSERT_TRUE((*dout)->CopyTo(got.data(), got.size() * sizeof(float)).ok());
     // FlashAttention-2's kernel rounds the queries and the probabilities
-    // to bf16 for its products.
+    // to bf16 for its products; it runs with 16 and with 32 rows a warp.
     bool chunks = false;
     for (const Seq& seq : c.seqs) chunks |= seq.n > 1;
     const bool flash = chunks && FlashPrefillFits(sh, rows, dq->as<float>());
     flash_calls += flash;
-    EXPECT_LT(RelError(got, want), flash ? 1e-2 : c.tolerance) << (flash ? "(FlashAttention-2's kernel)" : "");
+    const bool flash_decode = !chunks && FlashDecodeFits(sh, rows, dq->as<float>());
+    decode_calls += flash_decode;
+    for (int warp_rows : flash ? std::vector<int>{16, 32} : std::vector<int>{0}) {
+      SCOPED_TRACE(absl::StrCat("rows a warp: ", warp_rows));
+      ASSERT_TRUE((*dout)->Fill(0xff).ok());
+      CudaPagedAttention attention;
+      attention.set_flash_warp_rows(warp_rows);
+      absl::Status st = attention.Run(sh, dq->as<float>(), rows, (*dout)->as<float>(), nullptr, sequences);
+      ASSERT_TRUE(st.ok()) << st;
+      ASSERT_TRUE(CudaSynchronize(nullptr).ok());
+      std::vector<float> got(want.size());
+      ASSERT_TRUE((*dout)->CopyTo(got.data(), got.size() * sizeof(float)).ok());
+      EXPECT_LT(RelError(got, want), flash || flash_decode ? 1e-2 : c.tolerance)
+          << (flash ? "(FlashAttention-2's kernel)" : flash_decode ? "(FlashDecodeCuda)" : "");
+    }
    }
   }
-  EXPECT_EQ(flash_calls, 5) << "the cases must reach FlashAttention-2's kernel";
+  EXPECT_EQ(flash_calls, 6) << "the cases must reach FlashAttention-2's kernel";
+  EXPECT_EQ(decode_calls, 3) << "the cases must reach FlashDecodeCuda";
 }
 
 // The GPU sampler against Sampler::Sample, given the same draws: greedy and

@@ -61,6 +61,17 @@ __device__ inline void LdMatrixX4Trans(unsigned (&r)[4], const void* p) {
                : "r"(SharedAddress(p)));
 }
 
+// The maximum and the sum over the four lanes of a quad (lanes 4g .. 4g +
+// 3), which hold one row of an mma fragment.
+__device__ inline float QuadMax(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ inline float QuadSum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
 }  // namespace moemesh
 
 #endif  // MOEMESH_CORE_KERNELS_CUDA_MMA_SYNC_CUH_
