@@ -173,7 +173,7 @@ absl::Status CudaIpcTransport::SetUp(int tokens, int slots) {
   MM_ASSIGN_OR_RETURN(std::string event, router_event_->Export());
   setup->set_router_event(std::move(event));
   // A counter where the driver can: one word per set-up.
-  if (sync_ == Sync::kCounter && StreamMemOpsSupported(device_)) {
+  if ((sync_ == Sync::kCounter || sync_ == Sync::kAuto) && StreamMemOpsSupported(device_)) {
     MM_ASSIGN_OR_RETURN(counter_, DeviceBuffer::Allocate(256));
     MM_RETURN_IF_ERROR(counter_->Fill(0));
     sent_ = waited_ = 0;

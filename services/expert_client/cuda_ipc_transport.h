@@ -37,7 +37,8 @@ class IpcEvent;
 //     its sessions share one stream, and two routers that do not wait for
 //     answers could each have later layers queued ahead of the other's
 //     earlier ones on workers holding different layers;
-//   - interprocess events (kGpu, and kAuto for now): the router records
+//   - interprocess events (kGpu, and where the driver lacks stream memory
+//     operations kCounter and kAuto): the router records
 //     its event before it sends, the worker records its own and answers;
 //     the router's GPU waits for that event once the answer is read;
 //   - the hosts (kHost): the router waits for its copies before it sends,
@@ -55,7 +56,7 @@ class CudaIpcTransport : public ExpertTransport {
  public:
   // How the two processes order their work (above).
   enum class Sync {
-    kAuto,     // events, until the counter has run on a GPU (docs/PERFORMANCE.md)
+    kAuto,     // kCounter (docs/PERFORMANCE.md, "CUDA IPC")
     kGpu,      // interprocess events, each answer read before the GPU waits
     kHost,     // on the hosts
     kCounter,  // counters where the driver has stream memory operations, else events

@@ -165,6 +165,12 @@ class CudaIpcTransportTest : public ::testing::TestWithParam<Control> {
   std::string address_;
 };
 
+// Whether a connection of this sync counts (kAuto is kCounter).
+bool Counts(CudaIpcTransport::Sync sync) {
+  return (sync == CudaIpcTransport::Sync::kCounter || sync == CudaIpcTransport::Sync::kAuto) &&
+         StreamMemOpsSupported(0);
+}
+
 // Decode-sized batches (grouped by the worker on its GPU) and prefill-sized
 // ones (grouped here, combined there), past the buffers' first size: the
 // same rows as the experts in this process, bit for bit (the same kernels
@@ -249,7 +255,7 @@ TEST_P(CudaIpcTransportTest, AStoppedWorkerIsUnavailable) {
   ExpertBatch batch{layer, 8, h, b.d_hidden->as<float>(), slots, b.d_ids->as<int>(), b.d_weights->as<float>()};
   batch.on_device = batch.routing_on_device = true;
   absl::Status st = (*remote)->Execute(batch, (*out)->as<float>());
-  const bool counter = GetParam().sync == CudaIpcTransport::Sync::kCounter && StreamMemOpsSupported(0);
+  const bool counter = Counts(GetParam().sync);
   EXPECT_EQ(st.code(), counter ? absl::StatusCode::kAborted : absl::StatusCode::kUnavailable) << st;
   EXPECT_TRUE(CudaSynchronize(nullptr).ok()) << "the router's GPU is released";
   remote->reset();
@@ -333,7 +339,7 @@ TEST_P(CudaIpcTransportTest, RecordedHopsReplayWithFreshRows) {
     }
     return absl::OkStatus();
   };
-  const bool counter = GetParam().sync == CudaIpcTransport::Sync::kCounter && StreamMemOpsSupported(0);
+  const bool counter = Counts(GetParam().sync);
   ASSERT_TRUE(ex->replays());
   ASSERT_TRUE(ex->BeginRecording().ok());
   ASSERT_TRUE(CudaGraph::BeginCapture((*stream)->get()).ok());
@@ -400,7 +406,8 @@ const Control kControls[] = {{0, CudaIpcTransport::Sync::kCounter},
                              {0, CudaIpcTransport::Sync::kGpu},
                              {0, CudaIpcTransport::Sync::kHost},
                              {-1, CudaIpcTransport::Sync::kCounter},
-                             {-1, CudaIpcTransport::Sync::kAuto}};
+                             {-1, CudaIpcTransport::Sync::kGpu},
+                             {0, CudaIpcTransport::Sync::kAuto}};
 std::string ControlName(const ::testing::TestParamInfo<Control>& i) {
   static const char* const kSync[] = {"Auto", "Gpu", "Host", "Counter"};
   return std::string(i.param.data_port == 0 ? "Frames" : "GrpcStream") + kSync[static_cast<int>(i.param.sync)] +

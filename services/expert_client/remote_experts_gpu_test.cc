@@ -10,8 +10,9 @@
 // sides), that covers router and experts on CPU or GPU, in one process or
 // two, on every fixture. Placements:
 //   cpu-router/gpu-worker    the rows through the host, to a GPU worker
-//   gpu-router/gpu-worker    the rows in GPU memory (cuda-ipc)
-//   gpu-router/gpu-worker-counter  the same, ordered by counters
+//   gpu-router/gpu-worker    the rows in GPU memory (cuda-ipc), ordered by
+//                            interprocess events (--cuda-ipc-sync gpu)
+//   gpu-router/gpu-worker-counter  the same, ordered by counters (auto)
 //   gpu-router/gpu-worker-graphs   with counters, decode steps as CUDA graphs
 //                            whose requests are replayed
 //   gpu-router/gpu-via-host  the rows through the host, to a GPU worker
@@ -112,7 +113,7 @@ Sides MakeSides(const std::string& dir, const std::string& placement) {
   if (ipc) {
     options.cuda_device = 0;
     options.device_rows = CudaIpcTransport::Wrapper(
-        0, config->num_experts_per_tok, 256, counter ? CudaIpcTransport::Sync::kCounter : CudaIpcTransport::Sync::kAuto);
+        0, config->num_experts_per_tok, 256, counter ? CudaIpcTransport::Sync::kAuto : CudaIpcTransport::Sync::kGpu);
     options.warn = [](const std::string& w) { ADD_FAILURE() << w; };
     options.graph_steps = graphs;
   }

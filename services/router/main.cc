@@ -49,7 +49,7 @@ ABSL_FLAG(std::string, cuda_ipc_sync, "auto",
           "how a cuda-ipc router and worker order their GPU work: gpu (interprocess events; each answer read "
           "before this GPU waits), counter (words in GPU memory each side's GPU sets and the other's waits for; "
           "answers read later, so no host waits a round trip per layer), host (each side waits on its host), or "
-          "auto (gpu, until counter has run on a GPU). On one GPU run both under MPS (docs/OPERATIONS.md)");
+          "auto (counter). On one GPU run both under MPS (docs/OPERATIONS.md)");
 ABSL_FLAG(std::string, expert_combine, "auto",
           "who adds a token's expert rows: auto (the worker, for layers whose experts are all on one shard: the "
           "same sums, top_k times fewer rows back; else the router), workers (each worker adds what it holds and "
@@ -85,7 +85,7 @@ ABSL_FLAG(std::string, device, "cpu",
           "default 0)");
 ABSL_FLAG(bool, enforce_eager, false,
           "with --device cuda: launch every kernel of every step, never CUDA graphs (by default decode steps of up "
-          "to 32 tokens whose experts run on this GPU, or on workers over cuda-ipc with --cuda-ipc-sync counter, are "
+          "to 32 tokens whose experts run on this GPU, or on workers over cuda-ipc with counters (--cuda-ipc-sync auto or counter), are "
           "captured per step shape and replayed as one launch)");
 ABSL_FLAG(int, kv_cache_tokens, 65536, "capacity of the paged KV cache, in tokens");
 ABSL_FLAG(std::string, kv_cache_dtype, "auto",

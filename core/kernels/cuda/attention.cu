@@ -41,6 +41,7 @@ struct Geometry {
   int pair_heads;      // tensor-core kernel: heads per block (the rest of its 32 pairs are rows)
   float* part_acc;     // [rows][heads][splits][vpad], when splits > 1
   float* part_ml;      // [rows][heads][splits][2]: running max and sum
+  const int* row_ids;  // the merge's rows (one a block), or null: all
 };
 
 // The cache's element types: fp32, bf16's bits, e4m3 bytes; widened to
@@ -546,12 +547,13 @@ __global__ void __launch_bounds__(kMmaThreads) MmaKernel(Geometry g) {
   }
 }
 
-// Merges the splits of (row blockIdx.x, head blockIdx.y); a split without
-// keys has max -inf and adds nothing.
+// Merges the splits of (row blockIdx.x, or row_ids[blockIdx.x], head
+// blockIdx.y); a split without keys has max -inf and adds nothing.
 __global__ void __launch_bounds__(kThreads) CombineKernel(Geometry g) {
   __shared__ float weight[kMaxSplits];
   __shared__ float inv_sum;
-  const size_t head = static_cast<size_t>(blockIdx.x) * g.s.num_heads + blockIdx.y;
+  const int r = g.row_ids != nullptr ? g.row_ids[blockIdx.x] : blockIdx.x;
+  const size_t head = static_cast<size_t>(r) * g.s.num_heads + blockIdx.y;
   const float* ml = g.part_ml + head * g.splits * 2;
   if (threadIdx.x < 32) {
     float mx = -INFINITY;
@@ -610,20 +612,28 @@ int RoundUp4(int v) { return (v + 3) / 4 * 4; }
 CudaPagedAttention::CudaPagedAttention() = default;
 CudaPagedAttention::~CudaPagedAttention() = default;
 
-absl::Status CudaPagedAttention::UploadTiles(absl::Span<const RowSpan> sequences, int per_tile, CudaStream stream) {
-  std::vector<int> tiles;
+absl::Status CudaPagedAttention::UploadTiles(absl::Span<const RowSpan> sequences, int per_tile, bool singles_apart,
+                                             CudaStream stream) {
+  std::vector<int> tiles, singles;
   for (const RowSpan& span : sequences) {
+    if (singles_apart && span.count == 1) {
+      singles.push_back(span.first_row);
+      continue;
+    }
     for (int r = 0; r < span.count; r += per_tile) {
       tiles.push_back(span.first_row + r);
       tiles.push_back(std::min(per_tile, span.count - r));
     }
   }
+  const int num_tiles = static_cast<int>(tiles.size() / 2);
+  tiles.insert(tiles.end(), singles.begin(), singles.end());
   // The layers of a step ask for the same tiles: copy them once.
-  if (tiles != tiles_host_) {
+  if (tiles != tiles_host_ || num_tiles != num_tiles_) {
     tiles_host_.clear();  // until the copy is queued
     MM_RETURN_IF_ERROR(GrowBuffer(&tiles_, tiles.size() * sizeof(int)));  // cudaFree waits for its readers
     MM_RETURN_IF_ERROR(CopyToDeviceAsync(tiles_->data(), tiles.data(), tiles.size() * sizeof(int), stream));
     tiles_host_ = std::move(tiles);
+    num_tiles_ = num_tiles;
   }
   return absl::OkStatus();
 }
@@ -662,13 +672,21 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
     }
   }
   // Prompt chunks over a bf16 cache: FlashAttention-2's layout (its own
-  // kernel, which needs none of the geometry below).
+  // kernel, which needs none of the geometry below). The step's decode
+  // rows go to FlashDecodeCuda (below) where it takes them: as 1-row tiles
+  // they would read their keys once per query head, on idle warps.
   bool chunks = false;
   for (const RowSpan& span : sequences) chunks |= span.count > 1;
+  const bool decodes = flash_decode_ && FlashDecodeFits(s, rows, q);
+  const int* decode_rows = nullptr;  // rows FlashDecodeCuda takes (null: all)
+  int num_decode_rows = rows.rows;
   if (chunks && FlashPrefillFits(s, rows, q)) {
-    MM_RETURN_IF_ERROR(UploadTiles(sequences, kFlashPrefillRows, stream));
-    return FlashPrefillCuda(s, q, rows, tiles_->as<int>(), static_cast<int>(tiles_host_.size() / 2), out, stream,
-                            flash_warp_rows_);
+    MM_RETURN_IF_ERROR(UploadTiles(sequences, kFlashPrefillRows, decodes, stream));
+    MM_RETURN_IF_ERROR(
+        FlashPrefillCuda(s, q, rows, tiles_->as<int>(), num_tiles_, out, stream, flash_warp_rows_));
+    num_decode_rows = static_cast<int>(tiles_host_.size()) - 2 * num_tiles_;
+    if (num_decode_rows == 0) return absl::OkStatus();
+    decode_rows = tiles_->as<int>() + 2 * num_tiles_;
   }
   Geometry g;
   g.s = s;
@@ -676,6 +694,7 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
   g.q = q;
   g.out = out;
   g.group = s.num_heads / s.num_kv_heads;
+  g.row_ids = nullptr;
   // An FP8 key's scale goes into the scores' scale, a value's into the output.
   if (fp8) g.s.scale *= kv.k_scale;
   g.out_scale = fp8 ? kv.v_scale : 1.f;
@@ -703,13 +722,27 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
   // Several chunks of each row's keys run as separate blocks when that
   // fills the GPU better (`blocks` of them without, `per_sm` at once on
   // each multiprocessor, `tile_keys` keys at least a chunk); the merge
-  // runs after them.
-  auto split = [&](long long blocks, int per_sm, int tile_keys) -> absl::Status {
+  // runs after them. By default enough to fill the GPU twice over; with
+  // `whole_waves` (blocks of equal work, that keep the memory system
+  // busy), the fewest from once over whose last wave is 90% full: a GPU
+  // waiting on a last wave's few blocks reads at their rate alone (at 8 x
+  // 4K keys, 2.2 waves gave 57% of copy bandwidth).
+  auto split = [&](long long blocks, int per_sm, int tile_keys, bool whole_waves) -> absl::Status {
     const int keys =
         s.sliding_window > 0 ? std::min(rows.max_position + 1, s.sliding_window) : rows.max_position + 1;
-    const long long wanted = (2LL * std::max(per_sm, 1) * sm_count_ + blocks - 1) / blocks;  // twice over
-    g.splits = static_cast<int>(
-        std::clamp<long long>(wanted, 1, std::min<long long>(kMaxSplits, (keys + tile_keys - 1) / tile_keys)));
+    const long long wave = static_cast<long long>(std::max(per_sm, 1)) * sm_count_;
+    const long long most = std::min<long long>(kMaxSplits, (keys + tile_keys - 1) / tile_keys);
+    long long splits = std::clamp<long long>((2 * wave + blocks - 1) / blocks, 1, most);
+    if (whole_waves) {
+      const long long once = std::clamp<long long>((wave + blocks - 1) / blocks, 1, most);
+      double best = 0;
+      for (long long n = once; n <= std::min(most, 4 * once); ++n) {
+        const double waves = static_cast<double>(blocks * n) / wave, full = waves / std::ceil(waves);
+        if (full > best) best = full, splits = n;
+        if (full >= 0.9) break;
+      }
+    }
+    g.splits = static_cast<int>(splits);
     g.part_acc = g.part_ml = nullptr;
     if (g.splits > 1) {
       const size_t heads = static_cast<size_t>(rows.rows) * s.num_heads * g.splits;
@@ -720,18 +753,21 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
     }
     return absl::OkStatus();
   };
-  auto merge = [&]() -> absl::Status {
+  auto merge = [&](int num_rows) -> absl::Status {
     if (g.splits == 1) return absl::OkStatus();
-    CombineKernel<<<dim3(rows.rows, s.num_heads), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(g);
+    CombineKernel<<<dim3(num_rows, s.num_heads), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(g);
     return LaunchStatus("attention CombineKernel");
   };
   // Decode rows over a bf16 cache of GQA rows: their own kernel, which
   // keeps more of the cache in flight.
-  if (!chunks && flash_decode_ && FlashDecodeFits(s, rows, q)) {
-    MM_RETURN_IF_ERROR(split(static_cast<long long>(rows.rows) * s.num_kv_heads, kFlashDecodeBlocksPerSm,
-                             kFlashDecodeKeys));
-    MM_RETURN_IF_ERROR(FlashDecodeCuda(s, q, rows, out, g.splits, g.part_acc, g.part_ml, stream));
-    return merge();
+  if (decodes && (!chunks || decode_rows != nullptr)) {
+    MM_ASSIGN_OR_RETURN(const int per_sm, FlashDecodeBlocksPerSm(s));
+    MM_RETURN_IF_ERROR(split(static_cast<long long>(num_decode_rows) * s.num_kv_heads, per_sm, kFlashDecodeKeys,
+                             /*whole_waves=*/true));
+    g.row_ids = decode_rows;
+    MM_RETURN_IF_ERROR(FlashDecodeCuda(s, q, rows, decode_rows, num_decode_rows, out, g.splits, g.part_acc,
+                                       g.part_ml, stream));
+    return merge(num_decode_rows);
   }
   // The tensor-core kernel: for many heads over rows that hold V too
   // (latent attention), 32 heads of a row a block; for prompts, the group's
@@ -756,9 +792,9 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
   } else if (prefill) {
     g.pair_heads = g.group;
     g.head_groups = 1;
-    MM_RETURN_IF_ERROR(UploadTiles(sequences, kPairs / g.group, stream));
+    MM_RETURN_IF_ERROR(UploadTiles(sequences, kPairs / g.group, /*singles_apart=*/false, stream));
     g.tiles = tiles_->as<int>();
-    grid_x = static_cast<int>(tiles_host_.size() / 2);
+    grid_x = num_tiles_;
   }
   const bool mma = latent || prefill;
   if (mma) config = {kPairs, kMmaKeys, kernels.mma};
@@ -776,14 +812,15 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
   int per_sm = 0;
   MM_RETURN_IF_ERROR(CudaStatus(
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, config.kernel, threads, smem), "occupancy"));
-  MM_RETURN_IF_ERROR(split(static_cast<long long>(grid_x) * s.num_kv_heads * g.head_groups, per_sm, config.keys));
+  MM_RETURN_IF_ERROR(
+      split(static_cast<long long>(grid_x) * s.num_kv_heads * g.head_groups, per_sm, config.keys, false));
   if (s.num_kv_heads * g.head_groups > 65535 || s.num_heads > 65535) {
     return absl::InvalidArgumentError("CudaPagedAttention: too many heads");
   }
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   config.kernel<<<dim3(grid_x, s.num_kv_heads * g.head_groups, g.splits), threads, smem, st>>>(g);
   MM_RETURN_IF_ERROR(LaunchStatus("attention SplitKernel"));
-  return merge();
+  return merge(rows.rows);
 }
 
 }  // namespace moemesh

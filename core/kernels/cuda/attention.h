@@ -99,12 +99,15 @@ class CudaPagedAttention {
 
  private:
   // The spans cut into tiles of up to `per_tile` rows, [tile][2] first row
-  // and count, in tiles_ (copied only when they change: a step's layers
-  // ask for the same).
-  absl::Status UploadTiles(absl::Span<const RowSpan> sequences, int per_tile, CudaStream stream);
+  // and count (num_tiles_ of them), in tiles_; with `singles_apart`,
+  // spans of one row are not tiles but listed after them, a row id each.
+  // Copied only when they change: a step's layers ask for the same.
+  absl::Status UploadTiles(absl::Span<const RowSpan> sequences, int per_tile, bool singles_apart,
+                           CudaStream stream);
 
   std::unique_ptr<DeviceBuffer> partials_, tiles_;
   std::vector<int> tiles_host_;  // what tiles_ holds
+  int num_tiles_ = 0;
   int sm_count_ = 0, smem_limit_ = 0;
   int flash_warp_rows_ = 0;
   bool flash_decode_ = true;

@@ -624,6 +624,10 @@ TEST_F(CudaKernelsTest, PagedAttentionMatchesCpu) {
       {"decodes in a window, heads of 64", {16, 2, 64, 64, 0.125f, 100}, {{1, 3000}, {1, 50}, {1, 163}}, false, 16,
        3e-3},
       {"decodes, 16 heads a KV head", {16, 1, 128, 128, 0.088f, 0}, {{1, 200}}, false, 16, 3e-3},
+      // A step of prompt chunks and decode rows: the chunks through
+      // FlashAttention-2's kernel, the decode rows through FlashDecodeCuda.
+      {"a step of decodes and prompt chunks", {32, 8, 128, 128, 0.088f, 0},
+       {{1, 5000}, {100, 20}, {1, 40}, {1, 0}, {3, 7}}, false, 16, 3e-3},
       {"prompts of several 128-row tiles", {8, 2, 128, 128, 0.088f, 0}, {{300, 0}, {1, 20}, {129, 64}}, false, 16,
        3e-3},
   };
@@ -748,7 +752,7 @@ TEST_F(CudaKernelsTest, PagedAttentionMatchesCpu) {
     }
    }
   }
-  EXPECT_EQ(flash_calls, 6) << "the cases must reach FlashAttention-2's kernel";
+  EXPECT_EQ(flash_calls, 7) << "the cases must reach FlashAttention-2's kernel";
   EXPECT_EQ(decode_calls, 3) << "the cases must reach FlashDecodeCuda";
 }
 

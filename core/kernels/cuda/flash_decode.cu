@@ -19,12 +19,14 @@ struct DecodeGeometry {
   AttentionShape s;
   PagedRows rows;
   const float* q;
+  const int* row_ids;  // or null: row blockIdx.x
   float* out;
   float* part_acc;
   float* part_ml;
   int group;       // query heads per KV head
   int splits;
   int block_log2;  // log2 of the cache's block size, or -1 when not a power of two
+  int num_rows;
 };
 
 // Rows of kD + 8 elements: ldmatrix's eight 16-byte rows fall in distinct
@@ -38,12 +40,13 @@ constexpr size_t SmemBytes() {
   return static_cast<size_t>(kHeads + 2 * kStages * kKeys) * Pitch<kD>() * sizeof(uint16_t);
 }
 
-// Block (row blockIdx.x, KV head blockIdx.y, chunk blockIdx.z). Warp w
+// Block (row blockIdx.x or row_ids[blockIdx.x], KV head blockIdx.y, chunk
+// blockIdx.z). Warp w
 // scores keys [16 w, 16 w + 16) of each tile for the group's heads and
 // adds their values into its own sums; lane (g = lane / 4, t = lane % 4)
 // holds heads g and g + 8.
 template <int kD>
-__global__ void __launch_bounds__(kThreads, kFlashDecodeBlocksPerSm) FlashDecodeKernel(DecodeGeometry g) {
+__global__ void __launch_bounds__(kThreads, 2) FlashDecodeKernel(DecodeGeometry g) {
   constexpr int kPitch = Pitch<kD>(), kSteps = kD / 16, kOutTiles = kD / 8;
   constexpr int kPieces = kD / 8, kKeyStep = kThreads / kPieces;  // 16-byte pieces of a row
   static_assert(kKeys % kKeyStep == 0, "a thread's piece must stay put");
@@ -54,7 +57,7 @@ __global__ void __launch_bounds__(kThreads, kFlashDecodeBlocksPerSm) FlashDecode
   const AttentionShape& s = g.s;
   const CudaKvPages& kv = g.rows.kv;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;
-  const int r = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z, h0 = kvh * g.group;
+  const int r = g.row_ids != nullptr ? g.row_ids[blockIdx.x] : blockIdx.x, kvh = blockIdx.y, split = blockIdx.z, h0 = kvh * g.group;
   const int pos = g.rows.positions[r], win = s.sliding_window;
   const int lo = win > 0 ? max(0, pos - win + 1) : 0;
   const int chunk = ((pos - lo + g.splits) / g.splits + kKeys - 1) / kKeys * kKeys;
@@ -214,12 +217,26 @@ __global__ void __launch_bounds__(kThreads, kFlashDecodeBlocksPerSm) FlashDecode
 }
 
 template <int kD>
-absl::Status Launch(const DecodeGeometry& g, cudaStream_t stream) {
-  constexpr size_t kSmem = SmemBytes<kD>();
+absl::Status AllowSmem() {
+  return CudaStatus(
+      cudaFuncSetAttribute(FlashDecodeKernel<kD>, cudaFuncAttributeMaxDynamicSharedMemorySize, SmemBytes<kD>()),
+      "FlashDecodeKernel: shared memory");
+}
+
+template <int kD>
+absl::StatusOr<int> BlocksPerSm() {
+  MM_RETURN_IF_ERROR(AllowSmem<kD>());
+  int n = 0;
   MM_RETURN_IF_ERROR(CudaStatus(
-      cudaFuncSetAttribute(FlashDecodeKernel<kD>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem),
-      "FlashDecodeKernel: shared memory"));
-  FlashDecodeKernel<kD><<<dim3(g.rows.rows, g.s.num_kv_heads, g.splits), kThreads, kSmem, stream>>>(g);
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, FlashDecodeKernel<kD>, kThreads, SmemBytes<kD>()),
+      "FlashDecodeKernel: occupancy"));
+  return n;
+}
+
+template <int kD>
+absl::Status Launch(const DecodeGeometry& g, cudaStream_t stream) {
+  MM_RETURN_IF_ERROR(AllowSmem<kD>());
+  FlashDecodeKernel<kD><<<dim3(g.num_rows, g.s.num_kv_heads, g.splits), kThreads, SmemBytes<kD>(), stream>>>(g);
   return LaunchStatus("FlashDecodeKernel");
 }
 
@@ -234,8 +251,15 @@ bool FlashDecodeFits(const AttentionShape& s, const PagedRows& rows, const float
          (kv.k_stride | kv.v_stride | kv.k_offset | kv.v_offset) % 8 == 0 && reinterpret_cast<uintptr_t>(q) % 16 == 0;
 }
 
-absl::Status FlashDecodeCuda(const AttentionShape& s, const float* q, const PagedRows& rows, float* out, int splits,
-                             float* part_acc, float* part_ml, CudaStream stream) {
+absl::StatusOr<int> FlashDecodeBlocksPerSm(const AttentionShape& s) {
+  if (s.head_dim == 64) return BlocksPerSm<64>();
+  if (s.head_dim == 128) return BlocksPerSm<128>();
+  return absl::InvalidArgumentError("FlashDecodeBlocksPerSm: heads of 64 or 128");
+}
+
+absl::Status FlashDecodeCuda(const AttentionShape& s, const float* q, const PagedRows& rows, const int* row_ids,
+                             int num_rows, float* out, int splits, float* part_acc, float* part_ml,
+                             CudaStream stream) {
   if (!FlashDecodeFits(s, rows, q)) {
     return absl::InvalidArgumentError("FlashDecodeCuda: a call it does not take (FlashDecodeFits)");
   }
@@ -243,10 +267,13 @@ absl::Status FlashDecodeCuda(const AttentionShape& s, const float* q, const Page
     return absl::InvalidArgumentError("FlashDecodeCuda: splits must be in [1, 65535], with partials past 1");
   }
   if (s.num_kv_heads > 65535) return absl::InvalidArgumentError("FlashDecodeCuda: too many heads");
-  if (rows.rows == 0) return absl::OkStatus();
+  if (num_rows < 0 || num_rows > rows.rows || (row_ids == nullptr && num_rows != rows.rows)) {
+    return absl::InvalidArgumentError("FlashDecodeCuda: num_rows must be the rows', or row_ids' count");
+  }
+  if (num_rows == 0) return absl::OkStatus();
   const int bs = rows.kv.block_size;
-  DecodeGeometry g{s, rows, q, out, part_acc, part_ml, s.num_heads / s.num_kv_heads, splits,
-                   (bs & (bs - 1)) == 0 ? __builtin_ctz(bs) : -1};
+  DecodeGeometry g{s, rows, q, row_ids, out, part_acc, part_ml, s.num_heads / s.num_kv_heads, splits,
+                   (bs & (bs - 1)) == 0 ? __builtin_ctz(bs) : -1, num_rows};
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   return s.head_dim == 64 ? Launch<64>(g, st) : Launch<128>(g, st);
 }

@@ -2,6 +2,7 @@
 #define MOEMESH_CORE_KERNELS_CUDA_FLASH_DECODE_H_
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "core/kernels/cuda/attention.h"
 
 namespace moemesh {
@@ -18,21 +19,27 @@ namespace moemesh {
 // about 1e-2 of fp32 attention over the same cache.
 inline constexpr int kFlashDecodeKeys = 64;
 inline constexpr int kFlashDecodeStages = 3;
-inline constexpr int kFlashDecodeBlocksPerSm = 2;  // its shared memory's bound for heads of 128
 
 // Whether the kernel takes this call: a bf16 cache of separate K and V
 // rows in 16-byte pieces, head sizes equal and 64 or 128, at most 16 query
 // heads a KV head.
 bool FlashDecodeFits(const AttentionShape& s, const PagedRows& rows, const float* q);
 
-// Each row's keys (0 .. its position, or its window) in `splits` chunks of
-// whole tiles. With one split it writes `out` ([rows][heads][head_dim]);
+// How many of its blocks run at once on one multiprocessor of this GPU,
+// for heads of s.head_dim (64 or 128): what sizes the split.
+absl::StatusOr<int> FlashDecodeBlocksPerSm(const AttentionShape& s);
+
+// Each of `num_rows` rows' keys (0 .. its position, or its window) in
+// `splits` chunks of whole tiles: rows row_ids[0 .. num_rows) (device
+// memory), or with no row_ids rows 0 .. num_rows. With one split it writes
+// those rows of `out` ([rows][heads][head_dim]);
 // with more, each chunk's unnormalised sums to part_acc
 // ([rows][heads][splits][head_dim]) and its running max (natural-log units
 // of the scaled scores; -inf for a chunk without keys) and sum to part_ml
 // ([rows][heads][splits][2]), for CudaPagedAttention's merge.
-absl::Status FlashDecodeCuda(const AttentionShape& s, const float* q, const PagedRows& rows, float* out, int splits,
-                             float* part_acc, float* part_ml, CudaStream stream);
+absl::Status FlashDecodeCuda(const AttentionShape& s, const float* q, const PagedRows& rows, const int* row_ids,
+                             int num_rows, float* out, int splits, float* part_acc, float* part_ml,
+                             CudaStream stream);
 
 }  // namespace moemesh
 
