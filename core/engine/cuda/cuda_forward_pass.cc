@@ -1,6 +1,7 @@
 #include "core/engine/cuda/cuda_forward_pass.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
@@ -28,7 +29,7 @@ namespace {
 
 
 // Pinned host buffers for the rows that go to the expert workers and back.
-enum PinnedSlot { kHostIds, kHostWeights, kHostRows, kHostRouted };
+enum PinnedSlot { kHostIds, kHostWeights, kHostRows, kHostRouted, kHostKvBlock };
 
 // Scratch slots (CudaForwardPass::Scratch) of this pass's own, after the
 // decoder's.
@@ -781,13 +782,19 @@ size_t CudaForwardPass::KvLayerBytes() const {
   return static_cast<size_t>(block_size_) * (kv_k_width() + kv_v_width()) * KvDTypeBytes(options_.kv_dtype);
 }
 
+// A block's layers move through pinned memory on the pass's stream, one
+// wait a block: each layer by itself through pageable memory was a
+// synchronous copy, a wait a layer.
 absl::Status CudaForwardPass::ReadKvBlock(const KvCache& cache, int block, std::string* bytes) {
-  const size_t layer_bytes = KvLayerBytes();
-  bytes->resize(layer_bytes * config_.num_layers);
+  const size_t layer_bytes = KvLayerBytes(), total = layer_bytes * config_.num_layers;
   MM_RETURN_IF_ERROR(CudaSetDevice(device_));
+  MM_ASSIGN_OR_RETURN(void* staging, Pinned(kHostKvBlock, total));
+  char* host = static_cast<char*>(staging);
   for (int l = 0; l < config_.num_layers; ++l) {
-    MM_RETURN_IF_ERROR(CopyToHost(bytes->data() + l * layer_bytes, KvBlock(l, block), layer_bytes));
+    MM_RETURN_IF_ERROR(CopyToHostAsync(host + l * layer_bytes, KvBlock(l, block), layer_bytes, stream_));
   }
+  MM_RETURN_IF_ERROR(CudaSynchronize(stream_));
+  bytes->assign(host, total);
   return absl::OkStatus();
 }
 
@@ -798,10 +805,13 @@ absl::Status CudaForwardPass::WriteKvBlock(KvCache* cache, int block, absl::stri
                                                    " bytes; got ", bytes.size()));
   }
   MM_RETURN_IF_ERROR(CudaSetDevice(device_));
+  MM_ASSIGN_OR_RETURN(void* staging, Pinned(kHostKvBlock, bytes.size()));
+  std::memcpy(staging, bytes.data(), bytes.size());
+  const char* host = static_cast<const char*>(staging);
   for (int l = 0; l < config_.num_layers; ++l) {
-    MM_RETURN_IF_ERROR(CopyToDevice(KvBlock(l, block), bytes.data() + l * layer_bytes, layer_bytes));
+    MM_RETURN_IF_ERROR(CopyToDeviceAsync(KvBlock(l, block), host + l * layer_bytes, layer_bytes, stream_));
   }
-  return absl::OkStatus();
+  return CudaSynchronize(stream_);  // before the staging memory is written again
 }
 
 }  // namespace moemesh

@@ -41,10 +41,9 @@ constexpr size_t SmemBytes() {
 }
 
 // Block (row blockIdx.x or row_ids[blockIdx.x], KV head blockIdx.y, chunk
-// blockIdx.z). Warp w
-// scores keys [16 w, 16 w + 16) of each tile for the group's heads and
-// adds their values into its own sums; lane (g = lane / 4, t = lane % 4)
-// holds heads g and g + 8.
+// blockIdx.z). Warp w scores keys [16 w, 16 w + 16) of each tile for the
+// group's heads and adds their values into its own sums; lane (g = lane /
+// 4, t = lane % 4) holds heads g and g + 8.
 template <int kD>
 __global__ void __launch_bounds__(kThreads, 2) FlashDecodeKernel(DecodeGeometry g) {
   constexpr int kPitch = Pitch<kD>(), kSteps = kD / 16, kOutTiles = kD / 8;
@@ -57,7 +56,8 @@ __global__ void __launch_bounds__(kThreads, 2) FlashDecodeKernel(DecodeGeometry 
   const AttentionShape& s = g.s;
   const CudaKvPages& kv = g.rows.kv;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;
-  const int r = g.row_ids != nullptr ? g.row_ids[blockIdx.x] : blockIdx.x, kvh = blockIdx.y, split = blockIdx.z, h0 = kvh * g.group;
+  const int r = g.row_ids != nullptr ? g.row_ids[blockIdx.x] : blockIdx.x;
+  const int kvh = blockIdx.y, split = blockIdx.z, h0 = kvh * g.group;
   const int pos = g.rows.positions[r], win = s.sliding_window;
   const int lo = win > 0 ? max(0, pos - win + 1) : 0;
   const int chunk = ((pos - lo + g.splits) / g.splits + kKeys - 1) / kKeys * kKeys;
@@ -65,13 +65,6 @@ __global__ void __launch_bounds__(kThreads, 2) FlashDecodeKernel(DecodeGeometry 
   const int tiles = first <= last ? (last - first) / kKeys + 1 : 0;
   const int page0 = g.rows.page_offsets[r];
 
-  // The group's queries as bf16, zeros past it.
-  for (int i = tid; i < kHeads * kD / 4; i += kThreads) {
-    const int j = i / (kD / 4), d = (i - j * (kD / 4)) * 4;
-    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (j < g.group) v = *reinterpret_cast<const float4*>(g.q + (static_cast<size_t>(r) * s.num_heads + h0 + j) * kD + d);
-    *reinterpret_cast<uint2*>(sq + j * kPitch + d) = make_uint2(PackBf16(v.x, v.y), PackBf16(v.z, v.w));
-  }
   // Tile `tile` into stage tile % kStages, zeros past `last`; an empty
   // group past the last tile, so that every thread counts the same groups.
   const int piece = tid % kPieces, key_first = tid / kPieces;
@@ -99,6 +92,13 @@ __global__ void __launch_bounds__(kThreads, 2) FlashDecodeKernel(DecodeGeometry 
   };
 #pragma unroll
   for (int t = 0; t < kStages - 1; ++t) load(t);
+  // The group's queries as bf16, zeros past it, while the first tiles come.
+  for (int i = tid; i < kHeads * kD / 4; i += kThreads) {
+    const int j = i / (kD / 4), d = (i - j * (kD / 4)) * 4;
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (j < g.group) v = *reinterpret_cast<const float4*>(g.q + (static_cast<size_t>(r) * s.num_heads + h0 + j) * kD + d);
+    *reinterpret_cast<uint2*>(sq + j * kPitch + d) = make_uint2(PackBf16(v.x, v.y), PackBf16(v.z, v.w));
+  }
   __syncthreads();  // the queries
   unsigned qa[kSteps][4];
 #pragma unroll

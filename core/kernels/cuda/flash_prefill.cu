@@ -61,13 +61,6 @@ __global__ void __launch_bounds__(kRows / kMT * 2, 2) FlashPrefillKernel(FlashGe
   const int lo = win > 0 ? max(0, p0 - win + 1) : 0;
   const int page0 = g.rows.page_offsets[row0];
 
-  // The queries as bf16, zeros past the rows.
-  for (int i = tid; i < kRows * kD / 4; i += kThreads) {
-    const int r = i / (kD / 4), d = (i - r * (kD / 4)) * 4;
-    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (r < count) v = *reinterpret_cast<const float4*>(g.q + (static_cast<size_t>(row0 + r) * s.num_heads + h) * kD + d);
-    *reinterpret_cast<uint2*>(sq + r * kPitch + d) = make_uint2(PackBf16(v.x, v.y), PackBf16(v.z, v.w));
-  }
   // Keys [t0, t0 + kKeys) of tile `tile` into buffer tile & 1, zeros past
   // `last`. A thread copies one 16-byte piece of every kThreads / kPieces-th
   // key, so that its column and its offset within a row stay put.
@@ -99,6 +92,13 @@ __global__ void __launch_bounds__(kRows / kMT * 2, 2) FlashPrefillKernel(FlashGe
   };
   const int tiles = (last - lo) / kKeys + 1;
   load(0);
+  // The queries as bf16, zeros past the rows, while the first tile comes.
+  for (int i = tid; i < kRows * kD / 4; i += kThreads) {
+    const int r = i / (kD / 4), d = (i - r * (kD / 4)) * 4;
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (r < count) v = *reinterpret_cast<const float4*>(g.q + (static_cast<size_t>(row0 + r) * s.num_heads + h) * kD + d);
+    *reinterpret_cast<uint2*>(sq + r * kPitch + d) = make_uint2(PackBf16(v.x, v.y), PackBf16(v.z, v.w));
+  }
   __syncthreads();  // the queries
 
   // This warp's rows and their first and last positions (warps past the
