@@ -33,13 +33,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <filesystem>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -47,7 +45,6 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "bench/roofline.h"
-#include "core/common/file_util.h"
 #include "core/common/subprocess.h"
 #include "core/engine/cuda/cuda_forward_pass.h"
 #include "core/engine/kv_cache.h"
@@ -56,202 +53,45 @@
 #include "core/kernels/cuda/ceilings.h"
 #include "core/kernels/cuda/cuda_runtime_util.h"
 #include "core/model/config.h"
+#include "core/model/random_checkpoint.h"
 #include "core/model/safetensors.h"
 #include "core/model/weights.h"
-#include "core/tensor/dtype.h"
-#include "nlohmann/json.hpp"
 #include "services/expert_client/cuda_ipc_transport.h"
 #include "services/expert_client/remote_expert_executor.h"
 
 namespace moemesh {
 namespace {
 
-struct Shape {
-  std::string name, model_type;
-  int hidden, layers, heads, kv_heads, head_dim, experts, top_k, expert_width, vocab;
+// A shape of the bench: the checkpoint's, named.
+struct Shape : RandomMoeShape {
+  std::string name;
 };
 
-Shape Mixtral(int layers) { return {"mixtral", "mixtral", 4096, layers, 32, 8, 128, 8, 2, 14336, 32000}; }
-Shape Qwen3(int layers) { return {"qwen3", "qwen3_moe", 2048, layers, 32, 4, 128, 128, 8, 768, 151936}; }
+Shape Mixtral(int layers) { return {MixtralShape(layers), "mixtral"}; }
+Shape Qwen3(int layers) { return {Qwen3MoeShape(layers), "qwen3"}; }
 
-// bf16 values of variance 1/fan_in (uniform), from a counter hash: fast
-// enough for tens of GB, and never zeros (docs/PERFORMANCE.md).
-std::string RandomBf16(size_t n, float fan_in, uint64_t seed) {
-  std::string bytes(n * 2, '\0');
-  uint16_t* p = reinterpret_cast<uint16_t*>(bytes.data());
-  const float a = std::sqrt(3.0f / fan_in);
-  const int threads = std::max(1u, std::thread::hardware_concurrency());
-  std::vector<std::thread> pool;
-  for (int t = 0; t < threads; ++t) {
-    pool.emplace_back([=] {
-      for (size_t i = n * t / threads; i < n * (t + 1) / threads; ++i) {
-        uint64_t z = (i + seed * 0x9E3779B97F4A7C15ull) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 31)) * 0x94D049BB133111EBull;
-        const float u = static_cast<float>((z >> 40) & 0xFFFFFF) / 16777216.0f;  // [0, 1)
-        p[i] = F32ToBf16((2 * u - 1) * a);
-      }
-    });
+// Exits on failure: a benchmark without its model has nothing to run.
+template <typename S>
+std::string Written(const S& shape, const std::string& dir) {
+  absl::StatusOr<bool> wrote = WriteRandomCheckpoint(shape, dir);
+  if (!wrote.ok()) {
+    std::fprintf(stderr, "gpu_decode_bench: cannot write the model to %s: %s\n", dir.c_str(),
+                 std::string(wrote.status().message()).c_str());
+    std::exit(1);
   }
-  for (auto& th : pool) th.join();
-  return bytes;
+  return dir;
 }
 
-// A random-weight checkpoint being written: bf16 tensors, random (Add) or
-// ones (Ones, for norms), then config.json and model.safetensors together.
-class CheckpointWriter {
- public:
-  CheckpointWriter(std::string dir, uint64_t seed) : dir_(std::move(dir)), seed_(seed) {}
-  // Whether the last run left a model of this config in the directory.
-  bool Current(const std::string& config_text) const {
-    auto old = ReadFile(dir_ + "/config.json");
-    return old.ok() && *old == config_text && SafetensorsFile::Open(dir_ + "/model.safetensors").ok();
-  }
-  void Add(const std::string& name, std::vector<int64_t> shape, float fan_in) {
-    size_t n = 1;
-    for (int64_t d : shape) n *= d;
-    tensors_.push_back({name, DType::kBF16, shape, RandomBf16(n, fan_in, seed_++)});
-  }
-  void Ones(const std::string& name, int64_t n) {
-    std::string bytes(n * 2, '\0');
-    for (int64_t i = 0; i < n; ++i) reinterpret_cast<uint16_t*>(bytes.data())[i] = F32ToBf16(1.0f);
-    tensors_.push_back({name, DType::kBF16, {n}, std::move(bytes)});
-  }
-  // Exits on failure: a benchmark without its model has nothing to run.
-  void Write(const std::string& config_text) {
-    if (!WriteSafetensors(dir_ + "/model.safetensors", tensors_).ok() ||
-        !WriteFileAtomically(dir_ + "/config.json", config_text).ok()) {
-      std::fprintf(stderr, "gpu_decode_bench: cannot write the model to %s\n", dir_.c_str());
-      std::exit(1);
-    }
-  }
-
- private:
-  std::string dir_;
-  uint64_t seed_;
-  std::vector<TensorToWrite> tensors_;
-};
-
-// Writes config.json and model.safetensors (experts in transformers 5's
-// fused layout) unless the last run left the same model there.
+// The checkpoint (core/model/random_checkpoint.h), unless the last run
+// left the same one there.
 std::string WriteModel(const Shape& s) {
-  const std::string dir = absl::StrCat("/tmp/moemesh_gpu_bench_", s.name, "_", s.layers, "l");
-  std::filesystem::create_directories(dir);
-  nlohmann::json cfg = {{"model_type", s.model_type},       {"vocab_size", s.vocab},
-                        {"hidden_size", s.hidden},          {"intermediate_size", s.expert_width},
-                        {"moe_intermediate_size", s.expert_width}, {"num_hidden_layers", s.layers},
-                        {"num_attention_heads", s.heads},   {"num_key_value_heads", s.kv_heads},
-                        {"head_dim", s.head_dim},           {"num_local_experts", s.experts},
-                        {"num_experts", s.experts},         {"num_experts_per_tok", s.top_k},
-                        {"norm_topk_prob", true},           {"max_position_embeddings", 4096},
-                        {"rms_norm_eps", 1e-6},             {"tie_word_embeddings", false},
-                        {"decoder_sparse_step", 1},         {"mlp_only_layers", nlohmann::json::array()}};
-  const std::string cfg_text = cfg.dump(1);
-  CheckpointWriter w(dir, 1);
-  if (w.Current(cfg_text)) return dir;
-  auto add = [&](const std::string& name, std::vector<int64_t> shape, float fan_in) { w.Add(name, shape, fan_in); };
-  auto ones = [&](const std::string& name, int64_t n) { w.Ones(name, n); };
-  const int h = s.hidden, q = s.heads * s.head_dim, kv = s.kv_heads * s.head_dim;
-  add("model.embed_tokens.weight", {s.vocab, h}, 1.0f);
-  add("lm_head.weight", {s.vocab, h}, h);
-  ones("model.norm.weight", h);
-  for (int l = 0; l < s.layers; ++l) {
-    const std::string p = absl::StrCat("model.layers.", l, ".");
-    ones(p + "input_layernorm.weight", h);
-    ones(p + "post_attention_layernorm.weight", h);
-    add(p + "self_attn.q_proj.weight", {q, h}, h);
-    add(p + "self_attn.k_proj.weight", {kv, h}, h);
-    add(p + "self_attn.v_proj.weight", {kv, h}, h);
-    add(p + "self_attn.o_proj.weight", {h, q}, q);
-    if (s.model_type == "qwen3_moe") {
-      ones(p + "self_attn.q_norm.weight", s.head_dim);
-      ones(p + "self_attn.k_norm.weight", s.head_dim);
-    }
-    add(p + "mlp.gate.weight", {s.experts, h}, h);
-    add(p + "mlp.experts.gate_up_proj", {s.experts, 2 * s.expert_width, h}, h);
-    add(p + "mlp.experts.down_proj", {s.experts, h, s.expert_width}, s.expert_width);
-  }
-  w.Write(cfg_text);
-  return dir;
+  return Written<RandomMoeShape>(s, absl::StrCat("/tmp/moemesh_gpu_bench_", s.name, "_", s.layers, "l"));
 }
 
-// DeepSeek-V3's shape with `layers` layers, the first dense (as
-// first_k_dense_replace = 1), in transformers' per-expert layout; about
-// 23 GB per MoE layer.
+// DeepSeek-V3's shape with `layers` layers, the first dense; about 23 GB
+// per MoE layer. The same sizes as its roofline (bench/roofline.h).
 std::string WriteDeepSeek(int layers) {
-  const std::string dir = absl::StrCat("/tmp/moemesh_gpu_bench_deepseek_", layers, "l");
-  std::filesystem::create_directories(dir);
-  const MlaRooflineShape s = DeepSeekV3Roofline(layers);
-  nlohmann::json cfg = {{"model_type", "deepseek_v3"},
-                        {"vocab_size", s.vocab},
-                        {"hidden_size", s.hidden},
-                        {"intermediate_size", s.dense_width},
-                        {"moe_intermediate_size", s.expert_width},
-                        {"num_hidden_layers", layers},
-                        {"first_k_dense_replace", s.dense_layers},
-                        {"num_attention_heads", s.heads},
-                        {"num_key_value_heads", s.heads},
-                        {"q_lora_rank", s.q_lora},
-                        {"kv_lora_rank", s.kv_lora},
-                        {"qk_nope_head_dim", s.nope},
-                        {"qk_rope_head_dim", s.rope},
-                        {"v_head_dim", s.v_head},
-                        {"n_routed_experts", s.experts},
-                        {"n_shared_experts", s.shared_experts},
-                        {"num_experts_per_tok", s.top_k},
-                        {"n_group", 8},
-                        {"topk_group", 4},
-                        {"norm_topk_prob", true},
-                        {"routed_scaling_factor", 2.5},
-                        {"rope_interleave", true},
-                        {"max_position_embeddings", 163840},
-                        {"rope_parameters",
-                         {{"rope_type", "yarn"},
-                          {"rope_theta", 10000.0},
-                          {"factor", 40.0},
-                          {"original_max_position_embeddings", 4096},
-                          {"beta_fast", 32.0},
-                          {"beta_slow", 1.0},
-                          {"mscale", 1.0},
-                          {"mscale_all_dim", 1.0}}},
-                        {"rms_norm_eps", 1e-6},
-                        {"tie_word_embeddings", false}};
-  const std::string cfg_text = cfg.dump(1);
-  CheckpointWriter w(dir, 101);
-  if (w.Current(cfg_text)) return dir;
-  auto add = [&](const std::string& name, std::vector<int64_t> shape, float fan_in) { w.Add(name, shape, fan_in); };
-  auto ones = [&](const std::string& name, int64_t n) { w.Ones(name, n); };
-  const int h = s.hidden, qk = s.nope + s.rope;
-  add("model.embed_tokens.weight", {s.vocab, h}, 1.0f);
-  add("lm_head.weight", {s.vocab, h}, h);
-  ones("model.norm.weight", h);
-  auto ffn = [&](const std::string& p, int width) {
-    add(p + "gate_proj.weight", {width, h}, h);
-    add(p + "up_proj.weight", {width, h}, h);
-    add(p + "down_proj.weight", {h, width}, width);
-  };
-  for (int l = 0; l < layers; ++l) {
-    const std::string p = absl::StrCat("model.layers.", l, ".");
-    ones(p + "input_layernorm.weight", h);
-    ones(p + "post_attention_layernorm.weight", h);
-    add(p + "self_attn.q_a_proj.weight", {s.q_lora, h}, h);
-    ones(p + "self_attn.q_a_layernorm.weight", s.q_lora);
-    add(p + "self_attn.q_b_proj.weight", {static_cast<int64_t>(s.heads) * qk, s.q_lora}, s.q_lora);
-    add(p + "self_attn.kv_a_proj_with_mqa.weight", {s.kv_lora + s.rope, h}, h);
-    ones(p + "self_attn.kv_a_layernorm.weight", s.kv_lora);
-    add(p + "self_attn.kv_b_proj.weight", {static_cast<int64_t>(s.heads) * (s.nope + s.v_head), s.kv_lora},
-        s.kv_lora);
-    add(p + "self_attn.o_proj.weight", {h, static_cast<int64_t>(s.heads) * s.v_head}, s.heads * s.v_head);
-    if (l < s.dense_layers) {
-      ffn(p + "mlp.", s.dense_width);
-      continue;
-    }
-    add(p + "mlp.gate.weight", {s.experts, h}, h);
-    add(p + "mlp.gate.e_score_correction_bias", {s.experts}, 1e4f);  // small, as trained ones are
-    ffn(p + "mlp.shared_experts.", s.expert_width);
-    for (int e = 0; e < s.experts; ++e) ffn(absl::StrCat(p, "mlp.experts.", e, "."), s.expert_width);
-  }
-  w.Write(cfg_text);
-  return dir;
+  return Written(DeepSeekV3Shape(layers), absl::StrCat("/tmp/moemesh_gpu_bench_deepseek_", layers, "l"));
 }
 
 // The same experts, announced as host-only: the forward pass copies each

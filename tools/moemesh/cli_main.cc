@@ -28,6 +28,7 @@
 #include "tools/moemesh/commands.h"
 #include "tools/moemesh/progress.h"
 #include "tools/moemesh/quantize_command.h"
+#include "tools/moemesh/random_model_command.h"
 #include "tools/moemesh/kv.h"
 #include "tools/moemesh/up.h"
 #ifdef MOEMESH_WITH_CUDA
@@ -62,7 +63,9 @@ ABSL_FLAG(bool, ignore_eos, false, "keep generating past the model's EOS tokens"
 ABSL_FLAG(std::string, output, "text", "output format: text or json");
 ABSL_FLAG(std::string, logits_out, "", "safetensors file to write the logits to");
 ABSL_FLAG(std::string, dataset, "", "JSON lines of {\"ids\": [...]}, one sequence per line");
-ABSL_FLAG(std::string, out, "", "directory to write the quantized checkpoint to (new, or empty)");
+ABSL_FLAG(std::string, out, "", "directory to write the checkpoint to (quantize: new, or empty)");
+ABSL_FLAG(std::string, preset, "", "random-model: mixtral-8x7b, qwen3-30b-a3b or deepseek-v3");
+ABSL_FLAG(int, layers, 8, "random-model: decoder layers (DeepSeek-V3's first is dense)");
 ABSL_FLAG(std::string, format, "gptq",
           "checkpoint format to write: gptq or awq (int4), or fp8 (e4m3 in blocks of 128 x 128 with a scale each, "
           "as DeepSeek-V3's checkpoints; no --quantize)");
@@ -234,6 +237,20 @@ const std::vector<Command>& CliCommands() {
                      {"quantize", "int4 (groups of 128), int4:G or int4:G:asym (G 32, 64 or 128)"},
                      {"format"},
                      {"all_layers"}}}}});
+    c->push_back({"random-model",
+                  "write a random-weight checkpoint at a real model's layer shapes, for benchmarks",
+                  "moemesh random-model --preset mixtral-8x7b|qwen3-30b-a3b|deepseek-v3 --out DIR [--layers 8] "
+                  "[--tokenizer DIR]",
+                  "Writes config.json and model.safetensors with --layers of the model's layers (bf16, uniform "
+                  "weights of variance 1 / fan-in, norms at 1), unless DIR holds that checkpoint already. With "
+                  "--tokenizer, that model directory's tokenizer files are copied in and the vocabulary takes the "
+                  "tokenizer's size, so that `moemesh up --model DIR` serves it end to end. Mixtral-8x7B's layers "
+                  "are about 2.9 GB each, Qwen3-30B-A3B's 1.3 GB, DeepSeek-V3's MoE layers 23 GB.",
+                  {{"flags",
+                    {{"preset"},
+                     {"out"},
+                     {"layers"},
+                     {"tokenizer", "a model directory whose tokenizer to copy (optional)"}}}}});
     c->push_back({"tokenize",
                   "text to token ids: {\"text\"} lines in, {\"ids\"} lines out",
                   "moemesh tokenize --tokenizer FILE [--add-special-tokens] < {\"text\": \"...\"} lines",
@@ -768,6 +785,11 @@ int CliMain(int argc, char** argv) {
     cmd.all_layers = absl::GetFlag(FLAGS_all_layers);
     cmd.progress = ProgressOn(STDERR_FILENO);
     return ExitWith(RunQuantize(cmd, std::cout));
+  }
+  if (name == "random-model") {
+    RandomModelCommand cmd{absl::GetFlag(FLAGS_preset), absl::GetFlag(FLAGS_layers), absl::GetFlag(FLAGS_out),
+                           absl::GetFlag(FLAGS_tokenizer)};
+    return ExitWith(RunRandomModel(cmd, std::cout));
   }
   if (name == "tokenize" || name == "detokenize") {
     TokenizeCommand cmd{absl::GetFlag(FLAGS_tokenizer), absl::GetFlag(FLAGS_add_special_tokens),

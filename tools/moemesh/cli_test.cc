@@ -502,5 +502,29 @@ TEST(CliTest, LoadingTheModelIsReportedOnStderr) {
   EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;  // stdout has the tokens only
 }
 
+// `moemesh random-model` refuses what it cannot write, by name, and writes
+// nothing (core/model/random_checkpoint_test checks what it writes: a real
+// preset's layers are gigabytes).
+TEST(CliTest, RandomModelRefusesBadRequests) {
+  const std::string dir = ::testing::TempDir() + "/random_cli";
+  struct Bad {
+    std::vector<std::string> args;
+    const char* says;
+  };
+  const Bad bad[] = {
+      {{"random-model", "--preset", "llama-70b", "--out", dir}, "--preset must be"},
+      {{"random-model", "--preset", "mixtral-8x7b"}, "--out DIR is required"},
+      {{"random-model", "--preset", "qwen3-30b-a3b", "--out", dir, "--layers", "0"}, "--layers must be"},
+      {{"random-model", "--preset", "deepseek-v3", "--out", dir, "--layers", "1"}, "is dense"},
+      {{"random-model", "--preset", "mixtral-8x7b", "--out", dir, "--tokenizer", dir + "/nowhere"}, "nowhere"},
+  };
+  for (const Bad& b : bad) {
+    std::string out, err;
+    EXPECT_NE(RunCli(b.args, &out, &err), 0) << b.args[2];
+    EXPECT_NE(err.find(b.says), std::string::npos) << err;
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir + "/model.safetensors"));
+}
+
 }  // namespace
 }  // namespace moemesh
