@@ -13,34 +13,19 @@ it prints moemesh's fastest bf16 figure beside the fastest backend's.
   python3 bench/attention_torch.py --tokens 1024,4096,16384,32768 --moemesh attn.txt
 """
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import expert_ffn_torch  # beside this file
+
 HEADS, KV_HEADS, DIM = 32, 8, 128
-WARM_UP_SECONDS = 0.5
 
 
 def time_gpu(f, iters):
-    start = time.perf_counter()
-    while True:  # past the GPU's burst clocks, as attention_bench
-        f()
-        torch.cuda.synchronize()
-        if time.perf_counter() - start >= WARM_UP_SECONDS:
-            break
-    times = []
-    for _ in range(iters):
-        a = torch.cuda.Event(enable_timing=True)
-        b = torch.cuda.Event(enable_timing=True)
-        a.record()
-        f()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / 1e3)
-    times.sort()
-    return times[len(times) // 2]
+    """Seconds: expert_ffn_torch's median of CUDA-event-timed runs after its warm-up."""
+    return expert_ffn_torch.time_gpu(f, iters) / 1e3
 
 
 def moemesh_figures(path):
