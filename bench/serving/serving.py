@@ -11,6 +11,12 @@
       concurrency) and DIR/itl.svg (P99 inter-token latency against output tokens/s), a line
       per model and length pair.
 
+  serving.py long --model MODEL [--prompt-len 32000] [--streams 16] [--up-flags ...] --out DIR
+      A long prompt beside running streams: starts `moemesh up`, runs STREAMS streams of
+      128-token prompts alone, then again while long prompts of PROMPT_LEN tokens arrive one
+      after another, and writes DIR/long.json: the long prompts' time to first token and the
+      streams' inter-token latency with and without them.
+
 docs/PERFORMANCE.md, "Serving", keeps the figures this writes.
 """
 import argparse
@@ -61,6 +67,18 @@ def start_mesh(moemesh, model, up_flags):
     sys.exit("serving.py: the mesh for %s did not start" % model)
 
 
+def bench_serve(args, target, flags, out_file):
+    """Runs `moemesh bench serve` against `target` and returns its JSON results."""
+    cmd = [args.moemesh, "bench", "serve", "--target", target, "--output", "json", "--result-file", out_file] + flags
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, cwd=ROOT)
+    if done.returncode != 0:
+        sys.exit("serving.py: %s failed (%d)" % (" ".join(cmd), done.returncode))
+    with open(out_file) as f:
+        bench = json.load(f)
+    os.remove(out_file)
+    return bench["results"]
+
+
 def run(args):
     os.makedirs(args.out, exist_ok=True)
     results = {"machine": machine(), "commit": commit(), "flags": vars(args), "runs": []}
@@ -69,25 +87,58 @@ def run(args):
         try:
             for pair in args.lengths.split(","):
                 input_len, output_len = (int(x) for x in pair.split(":"))
-                out_file = os.path.join(args.out, "bench.json")
-                cmd = [args.moemesh, "bench", "serve", "--target", target, "--concurrency", args.concurrency,
-                       "--num-prompts", str(args.num_prompts), "--warmup", str(args.warmup), "--input-len",
-                       str(input_len), "--output-len", str(output_len), "--output", "json", "--result-file", out_file]
-                done = subprocess.run(cmd, stdout=subprocess.DEVNULL, cwd=ROOT)
-                if done.returncode != 0:
-                    sys.exit("serving.py: %s failed (%d)" % (" ".join(cmd), done.returncode))
-                with open(out_file) as f:
-                    bench = json.load(f)
-                os.remove(out_file)
+                flags = ["--concurrency", args.concurrency, "--num-prompts", str(args.num_prompts), "--warmup",
+                         str(args.warmup), "--input-len", str(input_len), "--output-len", str(output_len)]
+                points = bench_serve(args, target, flags, os.path.join(args.out, "bench.json"))
                 results["runs"].append({"model": os.path.basename(os.path.normpath(model)), "input_len": input_len,
-                                        "output_len": output_len, "results": bench["results"]})
+                                        "output_len": output_len, "results": points})
                 print("%s %d:%d done" % (model, input_len, output_len), flush=True)
         finally:
             mesh.terminate()
             mesh.wait(timeout=60)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    plot(args.out)
+    if shutil.which("gnuplot"):
+        plot(args.out)
+    else:
+        print("no gnuplot here: run `serving.py plot %s` where it is" % args.out)
+
+
+def long_prompt(args):
+    os.makedirs(args.out, exist_ok=True)
+    def load(concurrency, prompts, input_len, output_len):
+        return ["--concurrency", str(concurrency), "--num-prompts", str(prompts), "--warmup", "0", "--input-len",
+                str(input_len), "--output-len", str(output_len)]
+    streams = load(args.streams, args.streams, 128, args.stream_output_len)
+    prompts = load(1, args.prompts, args.prompt_len, 4)
+    mesh, target = start_mesh(args.moemesh, args.model, args.up_flags.split())
+    try:
+        # A warm-up, so that the first figures do not carry the mesh's first steps.
+        bench_serve(args, target, load(args.streams, args.streams, 128, 16), os.path.join(args.out, "warm.json"))
+        alone = bench_serve(args, target, streams, os.path.join(args.out, "alone.json"))
+        # The streams run in the background while the long prompts arrive.
+        out_file = os.path.join(args.out, "beside.json")
+        cmd = [args.moemesh, "bench", "serve", "--target", target, "--output", "json", "--result-file", out_file]
+        background = subprocess.Popen(cmd + streams, stdout=subprocess.DEVNULL, cwd=ROOT)
+        time.sleep(args.delay_s)
+        long_points = bench_serve(args, target, prompts, os.path.join(args.out, "long.json.part"))
+        if background.wait() != 0:
+            sys.exit("serving.py: the background streams failed")
+        with open(out_file) as f:
+            beside = json.load(f)["results"]
+        os.remove(out_file)
+    finally:
+        mesh.terminate()
+        mesh.wait(timeout=60)
+    result = {"machine": machine(), "commit": commit(), "flags": vars(args), "streams_alone": alone,
+              "streams_beside_long_prompts": beside, "long_prompts": long_points}
+    with open(os.path.join(args.out, "long.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    for name, points in (("streams alone", alone), ("streams beside", beside), ("long prompts", long_points)):
+        p = points[0]
+        print("%-15s TTFT P50 %8.1f ms  P99 %8.1f ms | ITL P50 %6.2f ms  P99 %7.2f ms  max %7.2f ms | %.1f tok/s" %
+              (name, p["ttft_ms"]["p50"], p["ttft_ms"]["p99"], p["itl_ms"]["p50"], p["itl_ms"]["p99"],
+               p["itl_ms"]["max"], p["output_tokens_per_s"]))
 
 
 def plot(out):
@@ -133,9 +184,21 @@ def main():
     r.add_argument("--out", required=True)
     p = sub.add_parser("plot")
     p.add_argument("out")
+    l = sub.add_parser("long")
+    l.add_argument("--model", required=True)
+    l.add_argument("--prompt-len", type=int, default=32000)
+    l.add_argument("--prompts", type=int, default=2, help="long prompts, one after another")
+    l.add_argument("--streams", type=int, default=16)
+    l.add_argument("--stream-output-len", type=int, default=1024)
+    l.add_argument("--delay-s", type=float, default=1.0, help="after the streams start, before the first long prompt")
+    l.add_argument("--up-flags", default="")
+    l.add_argument("--moemesh", default=os.environ.get("MOEMESH_BIN", os.path.join(ROOT, "build/tools/moemesh/moemesh")))
+    l.add_argument("--out", required=True)
     args = ap.parse_args()
     if args.command == "run":
         run(args)
+    elif args.command == "long":
+        long_prompt(args)
     else:
         plot(args.out)
 

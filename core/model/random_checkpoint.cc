@@ -89,8 +89,12 @@ absl::Status CheckPositive(std::initializer_list<int> values) {
 
 }  // namespace
 
-RandomMoeShape MixtralShape(int layers) { return {"mixtral", layers, 4096, 32, 8, 128, 8, 2, 14336, 32000}; }
-RandomMoeShape Qwen3MoeShape(int layers) { return {"qwen3_moe", layers, 2048, 32, 4, 128, 128, 8, 768, 151936}; }
+RandomMoeShape MixtralShape(int layers) {
+  return {"mixtral", layers, 4096, 32, 8, 128, 8, 2, 14336, 32000, 32768};
+}
+RandomMoeShape Qwen3MoeShape(int layers) {
+  return {"qwen3_moe", layers, 2048, 32, 4, 128, 128, 8, 768, 151936, 40960};
+}
 RandomMlaShape DeepSeekV3Shape(int layers) {
   return {layers, 1, 7168, 128, 1536, 512, 128, 64, 128, 256, 8, 2048, 18432, 1, 129280};
 }
@@ -99,8 +103,8 @@ absl::StatusOr<bool> WriteRandomCheckpoint(const RandomMoeShape& s, const std::s
   if (s.model_type != "mixtral" && s.model_type != "qwen3_moe") {
     return absl::InvalidArgumentError("random MoE checkpoints are mixtral or qwen3_moe; got " + s.model_type);
   }
-  MM_RETURN_IF_ERROR(CheckPositive(
-      {s.layers, s.hidden, s.heads, s.kv_heads, s.head_dim, s.experts, s.top_k, s.expert_width, s.vocab}));
+  MM_RETURN_IF_ERROR(CheckPositive({s.layers, s.hidden, s.heads, s.kv_heads, s.head_dim, s.experts, s.top_k,
+                                    s.expert_width, s.vocab, s.max_positions}));
   if (s.heads % s.kv_heads != 0 || s.top_k > s.experts) {
     return absl::InvalidArgumentError("kv_heads must divide heads, and top_k be at most experts");
   }
@@ -111,7 +115,7 @@ absl::StatusOr<bool> WriteRandomCheckpoint(const RandomMoeShape& s, const std::s
                         {"num_attention_heads", s.heads},   {"num_key_value_heads", s.kv_heads},
                         {"head_dim", s.head_dim},           {"num_local_experts", s.experts},
                         {"num_experts", s.experts},         {"num_experts_per_tok", s.top_k},
-                        {"norm_topk_prob", true},           {"max_position_embeddings", 4096},
+                        {"norm_topk_prob", true},           {"max_position_embeddings", s.max_positions},
                         {"rms_norm_eps", 1e-6},             {"tie_word_embeddings", false},
                         {"decoder_sparse_step", 1},         {"mlp_only_layers", nlohmann::json::array()}};
   const std::string cfg_text = cfg.dump(1);

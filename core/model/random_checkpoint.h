@@ -20,6 +20,7 @@ namespace moemesh {
 struct RandomMoeShape {
   std::string model_type;  // "mixtral" or "qwen3_moe"
   int layers, hidden, heads, kv_heads, head_dim, experts, top_k, expert_width, vocab;
+  int max_positions = 4096;  // the context the mesh will take
 };
 RandomMoeShape MixtralShape(int layers);   // Mixtral-8x7B's layers
 RandomMoeShape Qwen3MoeShape(int layers);  // Qwen3-30B-A3B's layers

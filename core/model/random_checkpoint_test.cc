@@ -32,7 +32,7 @@ absl::StatusOr<ModelConfig> Load(const std::string& dir) {
 }
 
 TEST(RandomCheckpointTest, EachArchitectureLoadsAtItsShape) {
-  for (RandomMoeShape s : {RandomMoeShape{"mixtral", 2, 64, 4, 2, 16, 4, 2, 96, 300},
+  for (RandomMoeShape s : {RandomMoeShape{"mixtral", 2, 64, 4, 2, 16, 4, 2, 96, 300, 1000},
                            RandomMoeShape{"qwen3_moe", 3, 48, 6, 2, 8, 8, 4, 32, 200}}) {
     SCOPED_TRACE(s.model_type);
     const std::string dir = TempDir("random_" + s.model_type);
@@ -47,6 +47,7 @@ TEST(RandomCheckpointTest, EachArchitectureLoadsAtItsShape) {
     EXPECT_EQ(c->num_experts, s.experts);
     EXPECT_EQ(c->num_experts_per_tok, s.top_k);
     EXPECT_EQ(c->vocab_size, s.vocab);
+    EXPECT_EQ(c->max_position_embeddings, s.max_positions);
   }
   const RandomMlaShape mla{3, 1, 64, 4, 24, 16, 8, 8, 8, 16, 4, 32, 96, 1, 250};
   const std::string dir = TempDir("random_deepseek");
@@ -96,6 +97,8 @@ TEST(RandomCheckpointTest, ImpossibleShapesAreRefused) {
 TEST(RandomCheckpointTest, PresetsAreTheRealShapes) {
   EXPECT_EQ(MixtralShape(8).expert_width, 14336);
   EXPECT_EQ(Qwen3MoeShape(8).experts, 128);
+  EXPECT_EQ(MixtralShape(8).max_positions, 32768);  // long prompts need the real context
+  EXPECT_EQ(Qwen3MoeShape(8).max_positions, 40960);
   EXPECT_EQ(DeepSeekV3Shape(3).hidden, 7168);
   EXPECT_EQ(DeepSeekV3Shape(3).experts, 256);
 }
