@@ -724,9 +724,10 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
   // each multiprocessor, `tile_keys` keys at least a chunk); the merge
   // runs after them. By default enough to fill the GPU twice over; with
   // `whole_waves` (blocks of equal work, that keep the memory system
-  // busy), the fewest from once over whose last wave is 90% full: a GPU
-  // waiting on a last wave's few blocks reads at their rate alone (at 8 x
-  // 4K keys, 2.2 waves gave 57% of copy bandwidth).
+  // busy), the fewest whose last wave is 90% full: a GPU waiting on a last
+  // wave's few blocks reads at their rate alone (at 8 x 4K keys, 2.2 waves
+  // gave 57% of copy bandwidth), and each further wave of blocks starts
+  // its pipeline again.
   auto split = [&](long long blocks, int per_sm, int tile_keys, bool whole_waves) -> absl::Status {
     const int keys =
         s.sliding_window > 0 ? std::min(rows.max_position + 1, s.sliding_window) : rows.max_position + 1;
@@ -736,7 +737,7 @@ absl::Status CudaPagedAttention::Run(const AttentionShape& s, const float* q, co
     if (whole_waves) {
       const long long once = std::clamp<long long>((wave + blocks - 1) / blocks, 1, most);
       double best = 0;
-      for (long long n = once; n <= std::min(most, 4 * once); ++n) {
+      for (long long n = 1; n <= std::min(most, 4 * once); ++n) {
         const double waves = static_cast<double>(blocks * n) / wave, full = waves / std::ceil(waves);
         if (full > best) best = full, splits = n;
         if (full >= 0.9) break;

@@ -1,5 +1,6 @@
 #include "core/kernels/cuda/flash_decode.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 
@@ -7,6 +8,7 @@
 #include "core/kernels/cuda/cp_async.cuh"
 #include "core/kernels/cuda/cuda_check.cuh"
 #include "core/kernels/cuda/mma_sync.cuh"
+#include "core/kernels/cuda/paged_kv.cuh"
 
 namespace moemesh {
 namespace {
@@ -76,16 +78,8 @@ __global__ void __launch_bounds__(kThreads, 2) FlashDecodeKernel(DecodeGeometry 
       uint16_t* vd = sv + stage * kKeys * kPitch + 8 * piece;
 #pragma unroll
       for (int t = key_first; t < kKeys; t += kKeyStep) {
-        const int key = min(t0 + t, last);
-        const int page = g.block_log2 >= 0 ? key >> g.block_log2 : key / kv.block_size;
-        const int within = key - page * kv.block_size;
-        const uint16_t* kr = static_cast<const uint16_t*>(kv.k_blocks[page0 + page]) +
-                             static_cast<size_t>(within) * kv.k_stride + k_col;
-        const uint16_t* vr = static_cast<const uint16_t*>(kv.v_blocks[page0 + page]) +
-                             static_cast<size_t>(within) * kv.v_stride + v_col;
-        const bool ok = t0 + t <= last;
-        CpAsync16<false>(kd + t * kPitch, kr, ok);
-        CpAsync16<false>(vd + t * kPitch, vr, ok);
+        CopyKvPiece(kv, page0, g.block_log2, min(t0 + t, last), k_col, v_col, t0 + t <= last, kd + t * kPitch,
+                    vd + t * kPitch);
       }
     }
     CpAsyncCommit();
@@ -218,18 +212,24 @@ __global__ void __launch_bounds__(kThreads, 2) FlashDecodeKernel(DecodeGeometry 
 
 template <int kD>
 absl::Status AllowSmem() {
-  return CudaStatus(
-      cudaFuncSetAttribute(FlashDecodeKernel<kD>, cudaFuncAttributeMaxDynamicSharedMemorySize, SmemBytes<kD>()),
-      "FlashDecodeKernel: shared memory");
+  return AllowDynamicSmem<FlashDecodeKernel<kD>>(SmemBytes<kD>(), "FlashDecodeKernel: shared memory");
 }
 
+// Asked of the driver once per device: it sizes every call's split.
 template <int kD>
 absl::StatusOr<int> BlocksPerSm() {
+  static std::atomic<int> known[64];  // by device; 0: not asked yet
+  int device = 0;
+  MM_RETURN_IF_ERROR(CudaStatus(cudaGetDevice(&device), "cudaGetDevice"));
+  if (device < 64) {
+    if (const int n = known[device].load(std::memory_order_relaxed); n > 0) return n;
+  }
   MM_RETURN_IF_ERROR(AllowSmem<kD>());
   int n = 0;
   MM_RETURN_IF_ERROR(CudaStatus(
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, FlashDecodeKernel<kD>, kThreads, SmemBytes<kD>()),
       "FlashDecodeKernel: occupancy"));
+  if (device < 64) known[device].store(n, std::memory_order_relaxed);
   return n;
 }
 
@@ -271,9 +271,8 @@ absl::Status FlashDecodeCuda(const AttentionShape& s, const float* q, const Page
     return absl::InvalidArgumentError("FlashDecodeCuda: num_rows must be the rows', or row_ids' count");
   }
   if (num_rows == 0) return absl::OkStatus();
-  const int bs = rows.kv.block_size;
   DecodeGeometry g{s, rows, q, row_ids, out, part_acc, part_ml, s.num_heads / s.num_kv_heads, splits,
-                   (bs & (bs - 1)) == 0 ? __builtin_ctz(bs) : -1, num_rows};
+                   BlockLog2(rows.kv.block_size), num_rows};
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   return s.head_dim == 64 ? Launch<64>(g, st) : Launch<128>(g, st);
 }

@@ -8,6 +8,7 @@
 #include "core/kernels/cuda/cp_async.cuh"
 #include "core/kernels/cuda/cuda_check.cuh"
 #include "core/kernels/cuda/mma_sync.cuh"
+#include "core/kernels/cuda/paged_kv.cuh"
 
 namespace moemesh {
 namespace {
@@ -77,16 +78,8 @@ __global__ void __launch_bounds__(kRows / kMT * 2, 2) FlashPrefillKernel(FlashGe
     for (int j = 0; j < kLoads; ++j) {
       const int t = key_first + j * kKeyStep;
       if (t >= kKeys) break;
-      const int key = min(t0 + t, last);
-      const int page = g.block_log2 >= 0 ? key >> g.block_log2 : key / kv.block_size;
-      const int within = key - page * kv.block_size;
-      const uint16_t* kr = static_cast<const uint16_t*>(kv.k_blocks[page0 + page]) +
-                           static_cast<size_t>(within) * kv.k_stride + k_col;
-      const uint16_t* vr = static_cast<const uint16_t*>(kv.v_blocks[page0 + page]) +
-                           static_cast<size_t>(within) * kv.v_stride + v_col;
-      const bool ok = t0 + t <= last;
-      CpAsync16<false>(kd + t * kPitch, kr, ok);
-      CpAsync16<false>(vd + t * kPitch, vr, ok);
+      CopyKvPiece(kv, page0, g.block_log2, min(t0 + t, last), k_col, v_col, t0 + t <= last, kd + t * kPitch,
+                  vd + t * kPitch);
     }
     CpAsyncCommit();
   };
@@ -242,9 +235,7 @@ template <int kD, int kMT>
 absl::Status Launch(const FlashGeometry& g, cudaStream_t stream) {
   constexpr size_t kSmem = SmemBytes<kD>();
   constexpr int kThreads = kRows / kMT * 2;
-  MM_RETURN_IF_ERROR(CudaStatus(
-      cudaFuncSetAttribute(FlashPrefillKernel<kD, kMT>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem),
-      "FlashPrefillKernel: shared memory"));
+  MM_RETURN_IF_ERROR((AllowDynamicSmem<FlashPrefillKernel<kD, kMT>>(kSmem, "FlashPrefillKernel: shared memory")));
   FlashPrefillKernel<kD, kMT><<<dim3(g.num_tiles, g.s.num_heads), kThreads, kSmem, stream>>>(g);
   return LaunchStatus("FlashPrefillKernel");
 }
@@ -275,9 +266,8 @@ absl::Status FlashPrefillCuda(const AttentionShape& s, const float* q, const Pag
   }
   if (num_tiles == 0) return absl::OkStatus();
   if (s.num_heads > 65535) return absl::InvalidArgumentError("FlashPrefillCuda: too many heads");
-  const int bs = rows.kv.block_size;
   FlashGeometry g{s, rows, q, out, tiles, num_tiles, s.num_heads / s.num_kv_heads,
-                  (bs & (bs - 1)) == 0 ? __builtin_ctz(bs) : -1};
+                  BlockLog2(rows.kv.block_size)};
   if (warp_rows == 0) warp_rows = kFlashPrefillWarpRows;
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   switch (s.head_dim) {
