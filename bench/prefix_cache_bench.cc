@@ -5,14 +5,17 @@
 //    (median of --repeats conversations, each with its own random tokens),
 //    and when a new engine (a restarted router) serves it, its first turn's
 //    blocks fetched from a kvcache service (in this process, behind a real
-//    loopback gRPC server, on disk in a temporary folder);
+//    loopback gRPC server, on disk in a temporary folder), or from a host
+//    memory tier (HostKvTier: blocks a GPU's cache gave up come back by a
+//    host-to-device copy);
 //  - many streams sharing a long system prompt: tokens per second of the
 //    whole batch, and the share of prompt tokens the cache served.
 // By default on the demo model (models/fortune-moe) with conversations that
-// fill its 1,024-token context.
+// fill its 1,024-token context. With --device cuda the dense part and the
+// experts run on the GPU (CudaForwardPass, CudaExpertDevice).
 //
-//   build/bench/prefix_cache_bench [--model DIR] [--threads N] [--conversation 1000] [--repeats 5]
-//                                  [--streams 64] [--shared-prompt 900]
+//   build/bench/prefix_cache_bench [--model DIR] [--threads N] [--device cpu|cuda[:N]] [--conversation 1000]
+//                                  [--repeats 5] [--streams 64] [--shared-prompt 900]
 #include <algorithm>
 #include <chrono>
 #include <functional>
@@ -28,20 +31,28 @@
 #include "absl/strings/str_cat.h"
 #include "core/engine/engine.h"
 #include "core/engine/scheduler.h"
+#include "core/kv/host_kv_tier.h"
+#include "services/common/device_flag.h"
 #include "services/kvcache/local_kvcache.h"
 #include "services/kvcache_client/kvcache_tier.h"
+
+#ifdef MOEMESH_WITH_CUDA
+#include "core/engine/cuda/cuda_forward_pass.h"
+#include "core/experts/cuda/cuda_expert_device.h"
+#endif
 
 namespace moemesh {
 namespace {
 
 constexpr char kUsage[] =
-    "usage: prefix_cache_bench [--model DIR] [--threads N] [--conversation TOKENS] [--repeats N]\n"
-    "                          [--streams N] [--shared-prompt TOKENS]\n";
+    "usage: prefix_cache_bench [--model DIR] [--threads N] [--device cpu|cuda[:N]] [--conversation TOKENS]\n"
+    "                          [--repeats N] [--streams N] [--shared-prompt TOKENS]\n";
 
 using Clock = std::chrono::steady_clock;
 
 struct Flags {
   std::string model = "models/fortune-moe";
+  int gpu = -1;  // --device: -1 the CPU
   int threads = 1, conversation = 1000, repeats = 5, streams = 64, shared_prompt = 900;
 };
 
@@ -54,6 +65,20 @@ std::vector<int> RandomTokens(std::mt19937* rng, int n, int vocab) {
   std::vector<int> v(n);
   for (int& t : v) t = static_cast<int>((*rng)() % vocab);
   return v;
+}
+
+// An engine on the flags' device, the rest of its options from `o`.
+absl::StatusOr<std::unique_ptr<Engine>> NewEngine(const Flags& f, EngineOptions o) {
+  o.num_threads = f.threads;
+  if (f.gpu >= 0) {
+#ifdef MOEMESH_WITH_CUDA
+    o.forward_pass = CudaForwardPass::Factory(f.gpu);
+    o.expert_device = CudaExpertDevice::Factory(f.gpu);
+#else
+    return absl::InvalidArgumentError("--device cuda: this build has no CUDA (nvcc was not found)");
+#endif
+  }
+  return Engine::Create(f.model, o);
 }
 
 GenerateParams Greedy(int max_new_tokens) {
@@ -150,6 +175,13 @@ int Main(int argc, char** argv) {
                                               : nullptr;
     if (flag == "--model") {
       f.model = value;
+    } else if (flag == "--device") {
+      absl::StatusOr<int> gpu = ParseDeviceFlag(value);
+      if (!gpu.ok()) {
+        std::fprintf(stderr, "prefix_cache_bench: --device: %s\n", std::string(gpu.status().message()).c_str());
+        return 2;
+      }
+      f.gpu = *gpu;
     } else if (number == nullptr || !absl::SimpleAtoi(value, number) || *number < 1) {
       std::fprintf(stderr, "prefix_cache_bench: bad flag %s %s\n%s", flag.c_str(), value.c_str(), kUsage);
       return 2;
@@ -159,43 +191,51 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "prefix_cache_bench: --conversation must exceed %d tokens\n", kFirstAnswer + kNewTurn + 1);
     return 2;
   }
+  auto fail = [](const absl::Status& st) {
+    std::fprintf(stderr, "prefix_cache_bench: %s\n", std::string(st.message()).c_str());
+    return 1;
+  };
   std::unique_ptr<Engine> engines[2];  // caching off, on
   for (int on = 0; on < 2; ++on) {
     EngineOptions o;
-    o.num_threads = f.threads;
     o.prefix_caching = on == 1;
     o.kv_cache_tokens = std::max(65536, f.streams * (f.shared_prompt + kStreamTail + kStreamAnswer) * 2);
-    auto e = Engine::Create(f.model, o);
-    if (!e.ok()) {
-      std::fprintf(stderr, "prefix_cache_bench: %s\n", std::string(e.status().message()).c_str());
-      return 1;
-    }
+    auto e = NewEngine(f, o);
+    if (!e.ok()) return fail(e.status());
     engines[on] = std::move(*e);
   }
   // A kvcache service, and two engines over it: the first turns run on one,
-  // the second turns on the other.
+  // the second turns on the other; and two over one host-memory tier.
   const std::string kv_dir = (std::filesystem::temp_directory_path() / "prefix_cache_bench_kv").string();
   LocalKvCache kv(kv_dir);
   KvCacheTier::Options to;
   to.addresses = {kv.address()};
   std::shared_ptr<KvCacheTier> tier = std::move(*KvCacheTier::Create(to));
-  std::unique_ptr<Engine> tiered[2];
-  for (auto& e : tiered) {
+  auto host = std::make_shared<HostKvTier>(int64_t{4} << 30);
+  std::unique_ptr<Engine> tiered[2], hosted[2];
+  for (int i = 0; i < 2; ++i) {
     EngineOptions o;
-    o.num_threads = f.threads;
     o.kv_tier = tier;
-    e = std::move(*Engine::Create(f.model, o));
+    auto e = NewEngine(f, o);
+    if (!e.ok()) return fail(e.status());
+    tiered[i] = std::move(*e);
+    o.kv_tier = host;
+    e = NewEngine(f, o);
+    if (!e.ok()) return fail(e.status());
+    hosted[i] = std::move(*e);
   }
-  std::printf("model %s, %d thread(s)\n\n", f.model.c_str(), f.threads);
+  std::printf("model %s, %s\n\n", f.model.c_str(),
+              f.gpu >= 0 ? absl::StrCat("GPU ", f.gpu).c_str() : absl::StrCat(f.threads, " thread(s)").c_str());
   std::printf("second turn of a %d-token conversation (+%d new tokens), time to first token, median of %d\n",
               f.conversation, kNewTurn, f.repeats);
-  std::vector<double> seconds[3];  // computed, cached, restarted
-  int64_t hits[3] = {0, 0, 0};
+  std::vector<double> seconds[4];  // computed, cached, restarted, from host memory
+  int64_t hits[4] = {0, 0, 0, 0};
   for (int r = 0; r < f.repeats; ++r) {
-    for (int on = 0; on < 3; ++on) {
-      const double s = on < 2 ? SecondTurnSeconds(engines[on].get(), f, 1000 + r, &hits[on])
-                              : SecondTurnSeconds(tiered[0].get(), f, 1000 + r, &hits[on], tiered[1].get(),
-                                                  [&tier] { tier->Flush(); });
+    for (int on = 0; on < 4; ++on) {
+      const double s = on < 2    ? SecondTurnSeconds(engines[on].get(), f, 1000 + r, &hits[on])
+                       : on == 2 ? SecondTurnSeconds(tiered[0].get(), f, 1000 + r, &hits[on], tiered[1].get(),
+                                                     [&tier] { tier->Flush(); })
+                                 : SecondTurnSeconds(hosted[0].get(), f, 1000 + r, &hits[on], hosted[1].get());
       if (s < 0) {
         std::fprintf(stderr, "prefix_cache_bench: a step failed\n");
         return 1;
@@ -207,12 +247,15 @@ int Main(int argc, char** argv) {
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
   };
-  const double cached = median(seconds[1]), computed = median(seconds[0]), restarted = median(seconds[2]);
+  const double cached = median(seconds[1]), computed = median(seconds[0]), restarted = median(seconds[2]),
+               from_host = median(seconds[3]);
   std::printf("%12s %12s %10s %16s\n", "cached ms", "computed ms", "ratio", "cached tokens");
   std::printf("%12.2f %12.2f %9.3fx %16lld   (this router's cache)\n", cached * 1e3, computed * 1e3,
               cached / computed, static_cast<long long>(hits[1] / f.repeats));
-  std::printf("%12.2f %12.2f %9.3fx %16lld   (a restarted router, blocks from the kvcache service)\n\n",
+  std::printf("%12.2f %12.2f %9.3fx %16lld   (a restarted router, blocks from the kvcache service)\n",
               restarted * 1e3, computed * 1e3, restarted / computed, static_cast<long long>(hits[2] / f.repeats));
+  std::printf("%12.2f %12.2f %9.3fx %16lld   (another router's cache, blocks from host memory)\n\n",
+              from_host * 1e3, computed * 1e3, from_host / computed, static_cast<long long>(hits[3] / f.repeats));
   std::printf("%d streams sharing a %d-token prompt (+%d own tokens, %d generated each)\n", f.streams, f.shared_prompt,
               kStreamTail, kStreamAnswer);
   Batch batch[2];

@@ -13,7 +13,9 @@
 # attn (attention_bench, ATTN_ARGS, then bench/attention_torch.py, TORCH_ARGS),
 # serve (`moemesh bench serve` over `moemesh up` on an 8-layer random
 # Mixtral-8x7B: the experts in the router, then in a worker over cuda-ipc;
-# SERVE_ARGS), long (a 32K-token prompt beside 16 streams, LONG_ARGS).
+# SERVE_ARGS), long (a 32K-token prompt beside 16 streams, LONG_ARGS),
+# prefix (prefix_cache_bench on the GPU, the demo model), decoded
+# (gpu_decode_bench, DeepSeek-V3's shape, DECODED_ARGS).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-gpu-results}
@@ -86,6 +88,15 @@ for r in json.load(open(sys.argv[1]))["runs"]:
         ${LONG_ARGS:-} --out "$out/long" > "$out/long.txt" 2>&1
       echo "long rc=$?"
       tail -5 "$out/long.txt" ;;
+    prefix)
+      timeout 200 "$B/bench/prefix_cache_bench" --device cuda > "$out/prefix.txt" 2>&1
+      echo "prefix rc=$?"
+      tail -12 "$out/prefix.txt" ;;
+    decoded)
+      timeout 400 "$B/bench/gpu_decode_bench" --shapes deepseek ${DECODED_ARGS:---deepseek-layers 3 --batches 64} \
+        > "$out/decoded.txt" 2>&1
+      echo "decoded rc=$?"
+      tail -8 "$out/decoded.txt" ;;
     hop) timeout 200 "$B/bench/ipc_hop_bench" --iterations 30 > "$out/hop.txt" 2>&1; echo "hop rc=$?"; tail -12 "$out/hop.txt" ;;
     *) echo "unknown step $step" ;;
   esac
