@@ -11,9 +11,8 @@
 # FWD_FILTER), kern (cuda_kernels_test, KERN_FILTER), decode / decodem
 # (gpu_decode_bench, Qwen3 / Mixtral shapes, counters), hop (ipc_hop_bench),
 # attn (attention_bench, ATTN_ARGS, then bench/attention_torch.py, TORCH_ARGS),
-# serve (`moemesh bench serve` over `moemesh up` on an 8-layer random
-# Mixtral-8x7B: the experts in the router, then in a worker over cuda-ipc;
-# SERVE_ARGS), long (a 32K-token prompt beside 16 streams, LONG_ARGS),
+# serve (`moemesh bench serve` over `moemesh up` on random checkpoints at
+# real shapes, SERVE_MODELS="mixtral qwen3 deepseek", SERVE_ARGS), long (a 32K-token prompt beside 16 streams, LONG_ARGS),
 # prefix (prefix_cache_bench on the GPU, the demo model), decoded
 # (gpu_decode_bench, DeepSeek-V3's shape, DECODED_ARGS).
 set -uo pipefail
@@ -38,11 +37,15 @@ gtest() {  # NAME LOG TIMEOUT ARGS...
   grep -E "^\[  (FAILED|PASSED) |FAILED  \]|graphs replayed" "$out/$log" | head -40
   grep -A8 "Failure" "$out/$log" | head -60
 }
-# An 8-layer random Mixtral-8x7B with the demo model's tokenizer, once.
-mixtral() {
-  [ -f /tmp/mx/model.safetensors ] ||
-    timeout 200 "$MOEMESH_BIN" random-model --preset mixtral-8x7b --layers 8 --tokenizer models/fortune-moe \
-      --out /tmp/mx > "$out/random-model.txt" 2>&1
+# A random-weight checkpoint at a real model's shape with the demo model's
+# tokenizer, in /tmp/NAME, once: mixtral and qwen3 of 8 layers, deepseek of
+# 2 (1 dense, 1 MoE: 24 GB; the disk holds 64).
+model() {
+  local preset=mixtral-8x7b layers=8
+  case $1 in qwen3) preset=qwen3-30b-a3b ;; deepseek) preset=deepseek-v3 layers=2 ;; esac
+  [ -f "/tmp/$1/model.safetensors" ] ||
+    timeout 200 "$MOEMESH_BIN" random-model --preset $preset --layers $layers --tokenizer models/fortune-moe \
+      --out "/tmp/$1" >> "$out/random-model.txt" 2>&1
 }
 for step in "$@"; do
   start=$(date +%s)
@@ -68,23 +71,29 @@ for step in "$@"; do
       echo "$step rc=$?"
       tail -8 "$out/$step.txt" ;;
     serve)
-      mixtral
-      for where in router worker; do
-        flags="--router-device=cuda --expert-shards=0"
-        [ $where = worker ] && flags="--router-device=cuda --expert-device=cuda --expert-shards=1"
-        timeout 240 python3 bench/serving/serving.py run --models /tmp/mx --up-flags "$flags" \
-          ${SERVE_ARGS:---lengths 128:128 --concurrency 1,8,32,64 --num-prompts 64} --out "$out/serve-$where" \
-          > "$out/serve-$where.txt" 2>&1
-        echo "serve ($where) rc=$?"
-        tail -3 "$out/serve-$where.txt"
-        python3 -c 'import json,sys
+      # SERVE_MODELS in turn (each removed after, but the last): the experts
+      # in the router, then in a worker on the same GPU over cuda-ipc.
+      models=(${SERVE_MODELS:-mixtral})
+      for m in "${models[@]}"; do
+        model "$m"
+        for where in router worker; do
+          flags="--router-device=cuda --expert-shards=0"
+          [ $where = worker ] && flags="--router-device=cuda --expert-device=cuda --expert-shards=1"
+          timeout 240 python3 bench/serving/serving.py run --models "/tmp/$m" --up-flags "$flags" \
+            ${SERVE_ARGS:---lengths 128:128 --concurrency 1,8,32,64 --num-prompts 64} --out "$out/serve-$m-$where" \
+            > "$out/serve-$m-$where.txt" 2>&1
+          echo "serve ($m, $where) rc=$?"
+          tail -2 "$out/serve-$m-$where.txt"
+          python3 -c 'import json,sys
 for r in json.load(open(sys.argv[1]))["runs"]:
   for p in r["results"]: print(r["input_len"], r["output_len"], p["load"], "%.0f tok/s" % p["output_tokens_per_s"], "TTFT p50 %.1f" % p["ttft_ms"]["p50"], "ITL p50 %.2f p99 %.2f" % (p["itl_ms"]["p50"], p["itl_ms"]["p99"]))' \
-          "$out/serve-$where/results.json" 2>&1 | tail -12
+            "$out/serve-$m-$where/results.json" 2>&1 | tail -12
+        done
+        [ "$m" != "${models[-1]}" ] && rm -rf "/tmp/$m"
       done ;;
     long)
-      mixtral
-      timeout 300 python3 bench/serving/serving.py long --model /tmp/mx --up-flags "--router-device=cuda --expert-shards=0" \
+      model mixtral
+      timeout 300 python3 bench/serving/serving.py long --model /tmp/mixtral --up-flags "--router-device=cuda --expert-shards=0" \
         ${LONG_ARGS:-} --out "$out/long" > "$out/long.txt" 2>&1
       echo "long rc=$?"
       tail -5 "$out/long.txt" ;;
