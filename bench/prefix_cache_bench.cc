@@ -39,6 +39,7 @@
 #ifdef MOEMESH_WITH_CUDA
 #include "core/engine/cuda/cuda_forward_pass.h"
 #include "core/experts/cuda/cuda_expert_device.h"
+#include "core/kernels/cuda/cuda_runtime_util.h"
 #endif
 
 namespace moemesh {
@@ -211,7 +212,14 @@ int Main(int argc, char** argv) {
   KvCacheTier::Options to;
   to.addresses = {kv.address()};
   std::shared_ptr<KvCacheTier> tier = std::move(*KvCacheTier::Create(to));
-  auto host = std::make_shared<HostKvTier>(int64_t{4} << 30);
+  std::shared_ptr<HostKvTier> host = std::make_shared<HostKvTier>(int64_t{4} << 30);
+#ifdef MOEMESH_WITH_CUDA
+  if (f.gpu >= 0) {  // page-locked, as a GPU router's (services/router/main.cc)
+    auto pinned = HostKvTier::WithArena(int64_t{4} << 30, PinnedHostArena);
+    if (!pinned.ok()) return fail(pinned.status());
+    host = std::move(*pinned);
+  }
+#endif
   std::unique_ptr<Engine> tiered[2], hosted[2];
   for (int i = 0; i < 2; ++i) {
     EngineOptions o;

@@ -37,7 +37,7 @@ TEST(HostKvTierTest, FetchesTheLeadingRunHeldUnderItsRoot) {
   absl::StatusOr<std::vector<KvTierBlock>> got = tier.Fetch(root, Names(chain));
   ASSERT_TRUE(got.ok());
   ASSERT_EQ(got->size(), 2u);  // stops at the gap
-  EXPECT_EQ((*got)[1].bytes, chain[1].bytes);
+  EXPECT_EQ((*got)[1].data(), chain[1].bytes);
   EXPECT_EQ((*got)[1].tokens, chain[1].tokens);
   EXPECT_TRUE(tier.Fetch(HashBytes("other"), Names(chain))->empty());
   got = tier.Fetch(root, Names(chain), 1);  // from the second block
@@ -61,6 +61,79 @@ TEST(HostKvTierTest, DropsLeastRecentlyUsedPastCapacity) {
   EXPECT_EQ(tier.Fetch(root, Names(b))->size(), 2u);
   tier.Store(root, {}, Chain(root, 1, 500, 400));  // larger than the whole tier: not kept
   EXPECT_EQ(tier.blocks(), 3);
+}
+
+TEST(HostKvTierTest, AFetchedBlockOutlivesItsEviction) {
+  const BlockHash root = HashBytes("m");
+  HostKvTier tier(250);  // two blocks of 100 bytes
+  const std::vector<KvTierBlock> chain = Chain(root, 3, 0);
+  tier.Store(root, chain[0].hash, {chain[0]});
+  std::vector<KvTierBlock> held = *tier.Fetch(root, {chain[0].hash});
+  ASSERT_EQ(held.size(), 1u);
+  EXPECT_TRUE(held[0].bytes.empty()) << "a view of the tier's memory, not a copy";
+  tier.Store(root, chain[0].hash, {chain[1], chain[2]});  // evicts chain[0]
+  EXPECT_EQ(tier.evictions(), 1);
+  EXPECT_EQ(held[0].data(), chain[0].bytes);
+}
+
+// Plain memory standing in for a GPU router's page-locked arena.
+HostArena PlainArena(int* calls) {
+  return [calls](size_t bytes) -> absl::StatusOr<std::shared_ptr<void>> {
+    ++*calls;
+    return std::shared_ptr<void>(new char[bytes], [](void* p) { delete[] static_cast<char*>(p); });
+  };
+}
+
+TEST(HostKvTierTest, AnArenaHoldsBlocksInSlotsAndReusesThem) {
+  const BlockHash root = HashBytes("m");
+  int calls = 0;
+  absl::StatusOr<std::unique_ptr<HostKvTier>> tier = HostKvTier::WithArena(350, PlainArena(&calls));
+  ASSERT_TRUE(tier.ok()) << tier.status();
+  EXPECT_EQ(calls, 1);
+  const std::vector<KvTierBlock> a = Chain(root, 3, 0), b = Chain(root, 3, 100);
+  (*tier)->Store(root, a[0].hash, a);  // three slots of 100 bytes
+  EXPECT_EQ((*tier)->blocks(), 3);
+  std::vector<KvTierBlock> got = *(*tier)->Fetch(root, Names(a));
+  ASSERT_EQ(got.size(), 3u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(got[i].data(), a[i].bytes) << i;
+  got.clear();
+  (*tier)->Store(root, b[0].hash, b);  // every slot reused
+  EXPECT_EQ((*tier)->evictions(), 3);
+  got = *(*tier)->Fetch(root, Names(b));
+  ASSERT_EQ(got.size(), 3u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(got[i].data(), b[i].bytes) << i;
+  EXPECT_TRUE((*tier)->Fetch(root, Names(a))->empty());
+  (*tier)->Store(root, {}, Chain(root, 1, 500, 60));  // another size: not kept
+  EXPECT_EQ((*tier)->blocks(), 3);
+  EXPECT_EQ((*tier)->bytes(), 300);
+}
+
+TEST(HostKvTierTest, AnArenaSlotAFetchedBlockViewsIsNotOverwritten) {
+  const BlockHash root = HashBytes("m");
+  int calls = 0;
+  std::unique_ptr<HostKvTier> tier = *HostKvTier::WithArena(200, PlainArena(&calls));
+  const std::vector<KvTierBlock> a = Chain(root, 2, 0), b = Chain(root, 2, 100), c = Chain(root, 1, 200);
+  tier->Store(root, a[0].hash, a);
+  std::vector<KvTierBlock> held = *tier->Fetch(root, Names(a));
+  ASSERT_EQ(held.size(), 2u);
+  tier->Store(root, b[0].hash, b);  // both slots held: a's blocks go, b's are not kept
+  EXPECT_EQ(held[0].data(), a[0].bytes);
+  EXPECT_EQ(held[1].data(), a[1].bytes);
+  EXPECT_TRUE(tier->Fetch(root, Names(b))->empty());
+  held.pop_back();                  // a[1]'s slot is free again
+  tier->Store(root, c[0].hash, c);
+  EXPECT_EQ(tier->Fetch(root, Names(c))->size(), 1u);
+  EXPECT_EQ(held[0].data(), a[0].bytes);
+}
+
+TEST(HostKvTierTest, AnArenaThatCannotBeHadIsAnError) {
+  HostArena none = [](size_t) -> absl::StatusOr<std::shared_ptr<void>> {
+    return absl::ResourceExhaustedError("no page-locked memory");
+  };
+  absl::StatusOr<std::unique_ptr<HostKvTier>> tier = HostKvTier::WithArena(1 << 20, none);
+  EXPECT_EQ(tier.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(tier.status().message().find("no page-locked memory"), std::string::npos);
+  EXPECT_EQ(HostKvTier::WithArena(0, none).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 class DownTier : public KvTier {

@@ -22,6 +22,7 @@
 #ifdef MOEMESH_WITH_CUDA
 #include "core/engine/cuda/cuda_forward_pass.h"
 #include "core/experts/cuda/cuda_expert_device.h"
+#include "core/kernels/cuda/cuda_runtime_util.h"
 #include "services/expert_client/cuda_ipc_transport.h"
 #endif
 #include "prometheus/registry.h"
@@ -272,6 +273,14 @@ int Main(int argc, char** argv) {
   std::vector<KvTier*> tiers;
   if (options.kv_host_cache_mb > 0) {
     host_tier = std::make_shared<HostKvTier>(options.kv_host_cache_mb << 20);
+#ifdef MOEMESH_WITH_CUDA
+    // Below a GPU's cache: page-locked, so blocks go back by DMA.
+    if (options.gpu() >= 0) {
+      auto pinned = HostKvTier::WithArena(options.kv_host_cache_mb << 20, PinnedHostArena);
+      if (!pinned.ok()) return service_main.Fail(pinned.status(), 2);
+      host_tier = std::move(*pinned);
+    }
+#endif
     tiers.push_back(host_tier.get());
   }
   if (!options.kvcache.empty()) {

@@ -805,13 +805,18 @@ absl::Status CudaForwardPass::WriteKvBlock(KvCache* cache, int block, absl::stri
                                                    " bytes; got ", bytes.size()));
   }
   MM_RETURN_IF_ERROR(CudaSetDevice(device_));
-  MM_ASSIGN_OR_RETURN(void* staging, Pinned(kHostKvBlock, bytes.size()));
-  std::memcpy(staging, bytes.data(), bytes.size());
-  const char* host = static_cast<const char*>(staging);
+  // Rows in page-locked memory (a GPU router's host tier) copy straight
+  // from there; others through the staging buffer.
+  const char* host = bytes.data();
+  if (!IsPageLocked(host)) {
+    MM_ASSIGN_OR_RETURN(void* staging, Pinned(kHostKvBlock, bytes.size()));
+    std::memcpy(staging, bytes.data(), bytes.size());
+    host = static_cast<const char*>(staging);
+  }
   for (int l = 0; l < config_.num_layers; ++l) {
     MM_RETURN_IF_ERROR(CopyToDeviceAsync(KvBlock(l, block), host + l * layer_bytes, layer_bytes, stream_));
   }
-  return CudaSynchronize(stream_);  // before the staging memory is written again
+  return CudaSynchronize(stream_);  // before the source is written again or let go
 }
 
 }  // namespace moemesh

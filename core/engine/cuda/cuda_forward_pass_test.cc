@@ -584,7 +584,8 @@ INSTANTIATE_TEST_SUITE_P(Models, CudaPrefixCachingTest,
 TEST_P(CudaPrefixCachingTest, SecondTurnFromTheHostTierEqualsComputing) {
   const std::string dir = "tests/fixtures/" + GetParam();
   const GenerateParams p = Params();
-  auto tier = std::make_shared<HostKvTier>(int64_t{1} << 30);
+  // Page-locked, as a GPU router's: blocks come back from it by DMA.
+  std::shared_ptr<HostKvTier> tier = *HostKvTier::WithArena(int64_t{1} << 30, PinnedHostArena);
   auto serve = [&](const std::vector<int>& prompt, bool caching, int64_t* tier_hits) {
     EngineOptions o;
     o.kv_cache_tokens = 1024;

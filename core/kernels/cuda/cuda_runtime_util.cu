@@ -88,6 +88,21 @@ PinnedBuffer::~PinnedBuffer() {
   if (ptr_ != nullptr) cudaFreeHost(ptr_);
 }
 
+absl::StatusOr<std::shared_ptr<void>> PinnedHostArena(size_t bytes) {
+  MM_ASSIGN_OR_RETURN(std::unique_ptr<PinnedBuffer> buf, PinnedBuffer::Allocate(bytes));
+  PinnedBuffer* raw = buf.release();
+  return std::shared_ptr<void>(raw->data(), [raw](void*) { delete raw; });
+}
+
+bool IsPageLocked(const void* host) {
+  cudaPointerAttributes a{};
+  if (cudaPointerGetAttributes(&a, host) != cudaSuccess) {
+    cudaGetLastError();  // not an error worth keeping: just not CUDA's memory
+    return false;
+  }
+  return a.type == cudaMemoryTypeHost;
+}
+
 namespace {
 template <typename Buffer>
 absl::Status Grow(std::unique_ptr<Buffer>* buf, size_t bytes) {

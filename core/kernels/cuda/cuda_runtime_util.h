@@ -78,6 +78,15 @@ class PinnedBuffer {
   size_t bytes_;
 };
 
+// `bytes` of page-locked host memory in one piece, freed when the last
+// owner lets go: the arena of a GPU router's host KV tier (HostArena in
+// core/kv/host_kv_tier.h), from which blocks copy to the GPU by DMA.
+absl::StatusOr<std::shared_ptr<void>> PinnedHostArena(size_t bytes);
+
+// Whether `host` lies in page-locked memory (cudaHostAlloc or registered):
+// a copy from there needs no staging buffer.
+bool IsPageLocked(const void* host);
+
 // A stream of its own that does not wait for the legacy default stream
 // (cudaStreamNonBlocking), destroyed with the object.
 class OwnedStream {
