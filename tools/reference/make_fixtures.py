@@ -13,6 +13,15 @@ Logits are computed in fp32 with eager attention from the bf16 weights, the
 greedy continuation through transformers' KV cache (DynamicCache), so dynamic
 rope and sliding windows follow the incremental path.
 
+Quantized variants (QUANTIZED) store their linear layers as the published
+formats do: 4-bit GPTQ (qweight [in / 8, out], qzeros with each zero point
+minus one, fp16 scales, g_idx; act-order too) and AWQ (GEMM layout, qweight
+[in, out / 8] in AWQ's nibble order, zero points), quantized here by
+round-to-nearest, and FP8 e4m3 blocks with weight_scale_inv (DeepSeek-V3's
+layout); config.json carries the quantization_config. Their reference is
+transformers on the dequantized weights (each code's value as the format
+defines it, in fp32), the other tensors bf16.
+
 Usage: make_fixtures.py --out tests/fixtures [--only NAME ...]
 """
 import argparse
@@ -20,9 +29,11 @@ import json
 import os
 import shutil
 
+import re
+
 import torch
 import transformers
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 VOCAB = 512
 HIDDEN = 64
@@ -133,6 +144,119 @@ VARIANTS = {
 
 SHARDED = {"qwen3_moe"}
 
+# Linear layers that quantized checkpoints store quantized: attention and
+# experts for GPTQ / AWQ (as AutoGPTQ and AutoAWQ quantize Mixtral and
+# Qwen3-MoE; the router stays), every projection for DeepSeek-V3's FP8.
+INT4_LAYERS = re.compile(r"model\.layers\.\d+\.(self_attn\.[qkvo]_proj|block_sparse_moe\.experts\.\d+\.w[123]|"
+                         r"mlp\.experts\.\d+\.(gate|up|down)_proj)\.weight$")
+FP8_LAYERS = re.compile(r"model\.layers\.\d+\.(self_attn\.(q_a_proj|q_b_proj|kv_a_proj_with_mqa|kv_b_proj|o_proj)|"
+                        r"mlp\.(experts\.\d+\.|shared_experts\.)?(gate|up|down)_proj)\.weight$")
+
+# name: (format, base config, quantizer options, seed). Expert widths are
+# multiples of the 32-column groups.
+QUANTIZED = {
+    "mixtral_gptq": ("gptq", lambda: mixtral(intermediate_size=64),
+                     dict(group=32, sym=True, act_order=False), 4001),
+    "mixtral_awq": ("awq", lambda: mixtral(intermediate_size=64), dict(group=32), 4002),
+    "qwen3_moe_gptq_actorder": ("gptq", lambda: qwen3_moe(),
+                                dict(group=32, sym=False, act_order=True), 4003),
+    "deepseek_v3_fp8": ("fp8", lambda: VARIANTS["deepseek_v3"](), dict(block=(16, 32)), 4004),
+}
+
+
+def to_int32(words):
+    """uint32 values held in int64 as the int32 tensors the formats store."""
+    return torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32)
+
+
+def pack_nibbles(codes, order):
+    """Packs the last dimension of integer `codes` eight to a word: nibble j
+    of word p holds codes[..., 8 p + order[j]]."""
+    words = torch.zeros(codes.shape[:-1] + (codes.shape[-1] // 8,), dtype=torch.int64)
+    for j, k in enumerate(order):
+        words |= codes[..., k::8].to(torch.int64) << (4 * j)
+    return to_int32(words)
+
+
+def int4_groups(w, g_idx, groups, sym):
+    """Scales (rounded to fp16) and zero points per (group, output), and the
+    codes, by round-to-nearest."""
+    rows, cols = w.shape
+    scales = torch.empty(groups, rows)
+    zeros = torch.empty(groups, rows, dtype=torch.int64)
+    codes = torch.empty(rows, cols, dtype=torch.int64)
+    for g in range(groups):
+        cols_g = (g_idx == g).nonzero().flatten()
+        wg = w[:, cols_g]
+        if sym:
+            s = wg.abs().amax(1) / 7
+            z = torch.full((rows,), 8, dtype=torch.int64)
+        else:
+            lo, hi = wg.amin(1).clamp(max=0), wg.amax(1).clamp(min=0)
+            s = (hi - lo) / 15
+            z = torch.round(-lo / torch.where(s > 0, s, 1)).to(torch.int64).clamp(0, 15)
+        s = torch.where(s > 0, s, 1).half().float()
+        scales[g], zeros[g] = s, z
+        codes[:, cols_g] = torch.round(wg / s[:, None] + z[:, None]).to(torch.int64).clamp(0, 15)
+    return scales, zeros, codes
+
+
+def gptq(w, group, sym, act_order, gen):
+    """A GPTQ (v1) layer: its tensors and the weights they mean."""
+    rows, cols = w.shape
+    g_idx = torch.arange(cols) // group
+    if act_order:  # inputs quantized in another order: each input names its group
+        g_idx = torch.empty(cols, dtype=torch.int64)
+        g_idx[torch.randperm(cols, generator=gen)] = torch.arange(cols) // group
+    scales, zeros, codes = int4_groups(w, g_idx, cols // group, sym)
+    stored_zeros = (zeros - 1) & 15  # v1 stores each zero point minus one
+    read_zeros = stored_zeros + 1    # and readers add it back (0 reads as 16)
+    deq = (codes - read_zeros[g_idx].T) * scales[g_idx].T
+    tensors = {
+        "qweight": pack_nibbles(codes.contiguous(), range(8)).T.contiguous(),  # [in / 8, out]
+        "qzeros": pack_nibbles(stored_zeros, range(8)),                        # [groups, out / 8]
+        "scales": scales.half(),
+        "g_idx": g_idx.to(torch.int32),
+    }
+    return tensors, deq
+
+
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+
+
+def awq(w, group, gen):
+    """An AWQ (GEMM) layer: its tensors and the weights they mean."""
+    rows, cols = w.shape
+    g_idx = torch.arange(cols) // group
+    scales, zeros, codes = int4_groups(w, g_idx, cols // group, sym=False)
+    deq = (codes - zeros[g_idx].T) * scales[g_idx].T
+    tensors = {
+        "qweight": pack_nibbles(codes.T.contiguous(), AWQ_ORDER),  # [in, out / 8]
+        "qzeros": pack_nibbles(zeros, AWQ_ORDER),                  # [groups, out / 8]
+        "scales": scales.half(),
+    }
+    return tensors, deq
+
+
+def fp8(w, block, gen):
+    """FP8 e4m3 weights with a scale a block (weight_scale_inv: the factor
+    that gives the weights back), and the weights they mean."""
+    rows, cols = w.shape
+    br, bc = block
+    grid = (-(-rows // br), -(-cols // bc))
+    scale = torch.empty(grid)
+    codes = torch.empty(rows, cols, dtype=torch.float8_e4m3fn)
+    deq = torch.empty(rows, cols)
+    for i in range(grid[0]):
+        for j in range(grid[1]):
+            blk = w[i * br:(i + 1) * br, j * bc:(j + 1) * bc]
+            s = float(blk.abs().max()) / 448 or 1.0
+            q = (blk / s).to(torch.float8_e4m3fn)
+            scale[i, j] = s
+            codes[i * br:(i + 1) * br, j * bc:(j + 1) * bc] = q
+            deq[i * br:(i + 1) * br, j * bc:(j + 1) * bc] = q.float() * s
+    return {"weight": codes, "weight_scale_inv": scale}, deq
+
 
 def randomize(model, seed):
     """Gives every parameter and buffer distinct values, so that a loader that
@@ -167,8 +291,13 @@ def make(name, out_root, seed):
         out, max_shard_size="150KB" if name in SHARDED else "50GB")
 
     # Reload from disk so the reference sees exactly the saved bf16 weights.
+    record(name, out, out, config, seed)
+
+
+def record(name, out, weights_dir, config, seed):
+    """Writes out/reference.* from the model in `weights_dir`."""
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        out, dtype=torch.float32, attn_implementation="eager").cuda().eval()
+        weights_dir, dtype=torch.float32, attn_implementation="eager").cuda().eval()
     g = torch.Generator().manual_seed(seed + 1)
     prompt = torch.randint(0, VOCAB, (1, PROMPT_LEN), generator=g).cuda()
     with torch.no_grad():
@@ -208,6 +337,58 @@ def make(name, out_root, seed):
     print(f"{name}: {files} greedy={tokens} min_gap={min_gap:.4g}")
 
 
+def make_quantized(name, out_root):
+    method, base, opts, seed = QUANTIZED[name]
+    config = base()
+    config._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    randomize(model, seed)
+    out = os.path.join(out_root, name)
+    shutil.rmtree(out, ignore_errors=True)
+    model.to(torch.bfloat16).save_pretrained(out)
+    path = os.path.join(out, "model.safetensors")
+    bf16 = load_file(path)
+    gen = torch.Generator().manual_seed(seed + 2)
+    layers = FP8_LAYERS if method == "fp8" else INT4_LAYERS
+    quantize = {"gptq": gptq, "awq": awq, "fp8": fp8}[method]
+    stored, dequantized, count = {}, {}, 0
+    for tname, t in sorted(bf16.items()):
+        if layers.match(tname):
+            tensors, deq = quantize(t.float(), gen=gen, **opts)
+            prefix = tname[:-len("weight")]
+            stored.update({prefix + k: v.contiguous() for k, v in tensors.items()})
+            dequantized[tname] = deq.contiguous()
+            count += 1
+        else:
+            stored[tname] = t
+            dequantized[tname] = t.float()
+    assert count > 0, name
+    # The reference: transformers on what the stored layers mean, in fp32.
+    ref_dir = out + ".dequantized"
+    shutil.rmtree(ref_dir, ignore_errors=True)
+    shutil.copytree(out, ref_dir)
+    save_file(dequantized, os.path.join(ref_dir, "model.safetensors"), metadata={"format": "pt"})
+    record(name, out, ref_dir, config, seed)
+    shutil.rmtree(ref_dir)
+    save_file(stored, path, metadata={"format": "pt"})
+    with open(os.path.join(out, "config.json")) as f:
+        cfg = json.load(f)
+    if method == "fp8":
+        cfg["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                      "weight_block_size": list(opts["block"])}
+    elif method == "gptq":
+        cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": opts["group"],
+                                      "desc_act": opts["act_order"], "sym": opts["sym"],
+                                      "checkpoint_format": "gptq"}
+    else:
+        cfg["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": opts["group"],
+                                      "version": "gemm", "zero_point": True}
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    print(f"{name}: {count} layers stored as {method}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -215,13 +396,16 @@ def main():
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    names = args.only or list(VARIANTS)
+    names = args.only or list(VARIANTS) + list(QUANTIZED)
     # Seeds by position among the first variants, so that a variant added
     # later (ADDED, with its own seed) leaves the others' weights as they were.
     first = sorted(n for n in VARIANTS if n not in ADDED)
     for name in sorted(VARIANTS):
         if name in names:
             make(name, args.out, ADDED.get(name) or 1000 + 17 * first.index(name))
+    for name in sorted(QUANTIZED):
+        if name in names:
+            make_quantized(name, args.out)
 
 
 if __name__ == "__main__":
