@@ -74,10 +74,6 @@ absl::StatusOr<std::unique_ptr<ExpertDevice>> CudaExpertDevice::Create(const Mod
     for (int e = 0; e < config.num_experts; ++e) {
       const FfnWeights* f = weights.experts.Find(l, e);
       if (f == nullptr) continue;
-      if (f->gate.quantized() || f->up.quantized() || f->down.quantized()) {
-        return absl::InvalidArgumentError(
-            "int8 / int4 experts (--quantize) run on the CPU: the GPU's quantized kernels are not here yet");
-      }
       if (d->intermediate_ == 0) d->intermediate_ = f->gate.rows;
       if (f->gate.rows != d->intermediate_ || f->up.rows != f->gate.rows || f->down.cols != f->gate.rows) {
         return absl::InvalidArgumentError(absl::StrCat("expert ", e, " of layer ", l, " has an FFN size unlike the others"));

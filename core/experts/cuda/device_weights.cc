@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "core/common/status_macros.h"
+#include "core/kernels/cpu/linear.h"
 #include "core/tensor/dtype.h"
 
 namespace moemesh {
@@ -10,15 +11,19 @@ namespace moemesh {
 absl::StatusOr<std::unique_ptr<DeviceBuffer>> UploadBf16(std::initializer_list<const MatrixView*> matrices) {
   std::vector<uint16_t> bf16;
   for (const MatrixView* m : matrices) {
-    if (m->quantized()) {
-      return absl::InvalidArgumentError(
-          "int4 / int8 weights (a GPTQ or AWQ checkpoint, or --quantize) run on the CPU: the GPU takes BF16, F16 or "
-          "F32 weights for now");
-    }
     const size_t n = static_cast<size_t>(m->rows) * m->cols;
     const size_t at = bf16.size();
     bf16.resize(at + n);
-    if (m->dtype == DType::kBF16) {
+    if (m->quantized()) {
+      // A quantized checkpoint's layer (GPTQ, AWQ, FP8 blocks), its weights
+      // as the CPU's kernels see them, rounded to bf16: the GPU has no
+      // quantized kernels yet.
+      std::vector<float> row(m->cols);
+      for (int r = 0; r < m->rows; ++r) {
+        GatherRow(*m, r, row.data());
+        for (int c = 0; c < m->cols; ++c) bf16[at + static_cast<size_t>(r) * m->cols + c] = F32ToBf16(row[c]);
+      }
+    } else if (m->dtype == DType::kBF16) {
       std::memcpy(bf16.data() + at, m->data, n * 2);
     } else {
       std::vector<float> f32(n);
@@ -32,9 +37,12 @@ absl::StatusOr<std::unique_ptr<DeviceBuffer>> UploadBf16(std::initializer_list<c
 }
 
 absl::StatusOr<std::unique_ptr<DeviceBuffer>> UploadF32(const MatrixView& m) {
-  if (m.quantized()) return absl::InvalidArgumentError("int4 / int8 weights run on the CPU for now");
   std::vector<float> f32(static_cast<size_t>(m.rows) * m.cols);
-  ConvertToF32(m.dtype, m.data, f32.size(), f32.data());
+  if (m.quantized()) {
+    for (int r = 0; r < m.rows; ++r) GatherRow(m, r, f32.data() + static_cast<size_t>(r) * m.cols);
+  } else {
+    ConvertToF32(m.dtype, m.data, f32.size(), f32.data());
+  }
   return UploadVector(f32);
 }
 
