@@ -1,7 +1,9 @@
 // Every fixture model under tests/fixtures (made by tools/reference from
 // Hugging Face transformers) must reproduce its reference: prompt logits and
 // the logits of each greedy decode step within 1e-3, and the same greedy
-// tokens, through the engine, chunked prefill, and a mixed batch.
+// tokens, through the engine, chunked prefill, and a mixed batch. The
+// quantized fixtures (GPTQ, AWQ, FP8 blocks) are held to the logits of
+// their dequantized weights.
 #include <dirent.h>
 #include <unistd.h>
 
@@ -23,7 +25,13 @@
 namespace moemesh {
 namespace {
 
-constexpr float kTolerance = 1e-3f;
+// 1e-3, but for act-order GPTQ: its layers load dequantized and rounded to
+// BF16 (README, "Quantized checkpoints") while the reference multiplies the
+// exact dequantized weights, so 5e-2 there (measured: 3.4e-2; within 1e-3
+// when the layers are kept in fp32), with the same greedy tokens.
+float Tolerance(const std::string& fixture) {
+  return fixture.find("actorder") != std::string::npos ? 5e-2f : 1e-3f;
+}
 const char kFixtures[] = "tests/fixtures";
 
 std::vector<std::string> FixtureNames() {
@@ -88,7 +96,7 @@ TEST_P(FixtureTest, ScoreMatchesPromptLogits) {
   auto logits = (*engine)->Score(ref.prompt);
   ASSERT_TRUE(logits.ok()) << logits.status();
   ASSERT_EQ(logits->size(), ref.prompt_logits.size());
-  EXPECT_LT(MaxAbsDiff(logits->data(), ref.prompt_logits.data(), logits->size()), kTolerance);
+  EXPECT_LT(MaxAbsDiff(logits->data(), ref.prompt_logits.data(), logits->size()), Tolerance(GetParam()));
 }
 
 TEST_P(FixtureTest, GreedyContinuationIsIdentical) {
@@ -129,13 +137,13 @@ TEST_P(FixtureTest, DecodeLogitsMatchWithChunkedPrefill) {
     ASSERT_TRUE((*model)->Forward({&item, 1}, &cache, &experts, &logits).ok());
   }
   ASSERT_EQ(logits.size(), ref.prompt_logits.size());
-  EXPECT_LT(MaxAbsDiff(logits.data(), ref.prompt_logits.data(), logits.size()), kTolerance);
+  EXPECT_LT(MaxAbsDiff(logits.data(), ref.prompt_logits.data(), logits.size()), Tolerance(GetParam()));
   for (size_t i = 0; i + 1 < ref.greedy.size(); ++i) {
     logits.clear();
     ForwardItem item{&seq, absl::MakeConstSpan(&ref.greedy[i], 1), false};
     ASSERT_TRUE((*model)->Forward({&item, 1}, &cache, &experts, &logits).ok());
     ASSERT_EQ(logits.size(), static_cast<size_t>(vocab));
-    EXPECT_LT(MaxAbsDiff(logits.data(), ref.decode_logits.data() + i * vocab, vocab), kTolerance)
+    EXPECT_LT(MaxAbsDiff(logits.data(), ref.decode_logits.data() + i * vocab, vocab), Tolerance(GetParam()))
         << "decode step " << i;
   }
 }
@@ -168,9 +176,9 @@ TEST_P(FixtureTest, MixedBatchEqualsSeparateRuns) {
                          {&b, ref.prompt, true}};
   ASSERT_TRUE((*model)->Forward(step, &cache, &experts, &logits).ok());
   ASSERT_EQ(logits.size(), (1 + ref.prompt.size()) * vocab);
-  EXPECT_LT(MaxAbsDiff(logits.data(), ref.decode_logits.data(), vocab), kTolerance);
+  EXPECT_LT(MaxAbsDiff(logits.data(), ref.decode_logits.data(), vocab), Tolerance(GetParam()));
   EXPECT_LT(MaxAbsDiff(logits.data() + vocab, ref.prompt_logits.data(), ref.prompt_logits.size()),
-            kTolerance);
+            Tolerance(GetParam()));
 }
 
 INSTANTIATE_TEST_SUITE_P(AllFixtures, FixtureTest, ::testing::ValuesIn(FixtureNames()),
@@ -180,7 +188,8 @@ TEST(FixtureSetTest, CoversEveryArchitectureAndVariant) {
   std::vector<std::string> names = FixtureNames();
   for (const char* want : {"mixtral", "mixtral_sliding", "mixtral_llama3", "qwen2_moe",
                            "qwen2_moe_linear", "qwen2_moe_sliding", "qwen3_moe", "qwen3_moe_yarn",
-                           "olmoe", "olmoe_dynamic", "deepseek_v3", "deepseek_v3_nolora"}) {
+                           "olmoe", "olmoe_dynamic", "deepseek_v3", "deepseek_v3_nolora", "mixtral_gptq",
+                           "mixtral_awq", "qwen3_moe_gptq_actorder", "deepseek_v3_fp8"}) {
     EXPECT_NE(std::find(names.begin(), names.end(), want), names.end()) << want;
   }
 }
