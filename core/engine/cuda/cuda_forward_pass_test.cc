@@ -298,7 +298,10 @@ std::vector<std::string> Models() {
           "tests/fixtures/mixtral_sliding", "tests/fixtures/qwen2_moe",        "tests/fixtures/qwen2_moe_linear",
           "tests/fixtures/qwen2_moe_sliding", "tests/fixtures/qwen3_moe",      "tests/fixtures/qwen3_moe_sliding",
           "tests/fixtures/qwen3_moe_yarn", "tests/fixtures/qwen3_moe_dynamic", "tests/fixtures/olmoe",
-          "tests/fixtures/olmoe_dynamic",  "tests/fixtures/deepseek_v3",     "tests/fixtures/deepseek_v3_nolora"};
+          "tests/fixtures/olmoe_dynamic",  "tests/fixtures/deepseek_v3",     "tests/fixtures/deepseek_v3_nolora",
+          // Quantized checkpoints: the GPU takes their layers dequantized to BF16.
+          "tests/fixtures/mixtral_gptq", "tests/fixtures/mixtral_awq", "tests/fixtures/qwen3_moe_gptq_actorder",
+          "tests/fixtures/deepseek_v3_fp8"};
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, CudaForwardPassTest,
