@@ -583,50 +583,57 @@ INSTANTIATE_TEST_SUITE_P(Models, CudaPrefixCachingTest,
 
 // A second turn on a new GPU engine over the host tier that the first
 // engine filled: its blocks come back from host memory into the device's
-// cache (ReadKvBlock / WriteKvBlock), and its tokens equal computing it.
+// cache (ReadKvBlock / WriteKvBlock), and its tokens equal computing it;
+// from a page-locked tier (a GPU router's: copied by DMA from the tier) and
+// from a pageable one (through the pass's staging buffer, as rows from the
+// kvcache service come).
 TEST_P(CudaPrefixCachingTest, SecondTurnFromTheHostTierEqualsComputing) {
   const std::string dir = "tests/fixtures/" + GetParam();
   const GenerateParams p = Params();
-  // Page-locked, as a GPU router's: blocks come back from it by DMA.
-  std::shared_ptr<HostKvTier> tier = *HostKvTier::WithArena(int64_t{1} << 30, PinnedHostArena);
-  auto serve = [&](const std::vector<int>& prompt, bool caching, int64_t* tier_hits) {
-    EngineOptions o;
-    o.kv_cache_tokens = 1024;
-    o.kv_block_size = 4;
-    o.prefix_caching = caching;
-    if (caching) o.kv_tier = tier;
-    o.forward_pass = CudaForwardPass::Factory(0);
-    o.expert_device = CudaExpertDevice::Factory(0);
-    std::vector<StepEvent> events;
-    auto e = Engine::Create(dir, o);
-    EXPECT_TRUE(e.ok()) << e.status();
-    if (!e.ok()) return events;
-    std::unique_ptr<Scheduler> sched = (*e)->NewScheduler(4, 4096);
-    EXPECT_TRUE(sched->Add(prompt, p, [&](const StepEvent& ev) { events.push_back(ev); }).ok());
-    for (int steps = 0; !sched->idle() && steps < 100; ++steps) {
-      EXPECT_TRUE(sched->Step().ok());
-      *tier_hits += sched->last_step().tier_hit_tokens;
+  for (const bool page_locked : {true, false}) {
+    SCOPED_TRACE(page_locked ? "page-locked tier" : "pageable tier");
+    std::shared_ptr<HostKvTier> tier = page_locked ? *HostKvTier::WithArena(int64_t{1} << 30, PinnedHostArena)
+                                                   : std::make_shared<HostKvTier>(int64_t{1} << 30);
+    auto serve = [&](const std::vector<int>& prompt, bool caching, int64_t* tier_hits) {
+      EngineOptions o;
+      o.kv_cache_tokens = 1024;
+      o.kv_block_size = 4;
+      o.prefix_caching = caching;
+      if (caching) o.kv_tier = tier;
+      o.forward_pass = CudaForwardPass::Factory(0);
+      o.expert_device = CudaExpertDevice::Factory(0);
+      std::vector<StepEvent> events;
+      auto e = Engine::Create(dir, o);
+      EXPECT_TRUE(e.ok()) << e.status();
+      if (!e.ok()) return events;
+      std::unique_ptr<Scheduler> sched = (*e)->NewScheduler(4, 4096);
+      EXPECT_TRUE(sched->Add(prompt, p, [&](const StepEvent& ev) { events.push_back(ev); }).ok());
+      for (int steps = 0; !sched->idle() && steps < 100; ++steps) {
+        EXPECT_TRUE(sched->Step().ok());
+        *tier_hits += sched->last_step().tier_hit_tokens;
+      }
+      return events;
+    };
+    std::mt19937 rng(5);
+    std::vector<int> prompt(19);
+    for (int& t : prompt) t = static_cast<int>(rng() % 64);
+    int64_t hits = 0, none = 0;
+    for (const StepEvent& ev : serve(prompt, true, &hits)) prompt.push_back(ev.token);
+    prompt.insert(prompt.end(), {1, 2, 3});
+    const std::vector<StepEvent> tiered = serve(prompt, true, &hits), computed = serve(prompt, false, &none);
+    EXPECT_EQ(hits, 24);  // 19 + 5 computed positions of the first turn
+    EXPECT_EQ(tier->blocks(), (28 + 5) / 4);
+    ASSERT_EQ(tiered.size(), computed.size());
+    double worst = 0;
+    for (size_t t = 0; t < tiered.size(); ++t) {
+      ASSERT_TRUE(tiered[t].error.ok()) << tiered[t].error;
+      EXPECT_EQ(tiered[t].token, computed[t].token) << "token " << t;
+      EXPECT_NEAR(tiered[t].logprob, computed[t].logprob, kCachedLogprobTol) << "token " << t;
+      worst = std::max<double>(worst, std::abs(tiered[t].logprob - computed[t].logprob));
     }
-    return events;
-  };
-  std::mt19937 rng(5);
-  std::vector<int> prompt(19);
-  for (int& t : prompt) t = static_cast<int>(rng() % 64);
-  int64_t hits = 0, none = 0;
-  for (const StepEvent& ev : serve(prompt, true, &hits)) prompt.push_back(ev.token);
-  prompt.insert(prompt.end(), {1, 2, 3});
-  const std::vector<StepEvent> tiered = serve(prompt, true, &hits), computed = serve(prompt, false, &none);
-  EXPECT_EQ(hits, 24);  // 19 + 5 computed positions of the first turn
-  EXPECT_EQ(tier->blocks(), (28 + 5) / 4);
-  ASSERT_EQ(tiered.size(), computed.size());
-  double worst = 0;
-  for (size_t t = 0; t < tiered.size(); ++t) {
-    ASSERT_TRUE(tiered[t].error.ok()) << tiered[t].error;
-    EXPECT_EQ(tiered[t].token, computed[t].token) << "token " << t;
-    EXPECT_NEAR(tiered[t].logprob, computed[t].logprob, kCachedLogprobTol) << "token " << t;
-    worst = std::max<double>(worst, std::abs(tiered[t].logprob - computed[t].logprob));
+    std::printf("%s, %s host tier: the turn's log probabilities within %.1e of computing it\n", GetParam().c_str(),
+                page_locked ? "page-locked" : "pageable", worst);
   }
-  std::printf("%s: host-tier turn's log probabilities within %.1e of computing it\n", GetParam().c_str(), worst);
 }
 
 TEST(CudaForwardPassErrorsTest, NoSuchDevice) {
