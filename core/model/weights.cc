@@ -102,7 +102,7 @@ class Loader {
                                                        "groups' order, as act-order does, but desc_act is false"));
       }
       if (!in_order) {
-        absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> m = DequantizeActOrder(p, idx);
+        absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> m = FromActOrder(p, idx);
         if (!m.ok()) return absl::InvalidArgumentError(absl::StrCat(layer, ": ", m.status().message()));
         owned_->push_back(*m);
         return (*m)->view();

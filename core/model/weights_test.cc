@@ -368,19 +368,23 @@ TEST(WeightsTest, Fp8CheckpointsLoadAsTheirDequantizedWeights) {
 }
 
 // An act-order GPTQ checkpoint (desc_act: each input's group in g_idx, the
-// groups not runs of inputs) loads each such layer as its weights
-// dequantized, (code - zero) * scale, rounded to BF16; g_idx out of order
+// groups not runs of inputs) loads each such layer as its exact weights,
+// (code - zero) * scale: 4-bit, its inputs taken in their groups' order
+// (MatrixView::input_order), where every group holds `group` inputs, as
+// GPTQ makes them; else dequantized and rounded to BF16. g_idx out of order
 // without desc_act, or desc_act without g_idx, is named.
-TEST(WeightsTest, ActOrderGptqLoadsDequantized) {
+TEST(WeightsTest, ActOrderGptqLoadsItsWeights) {
   const int group = 32;
   std::map<std::string, std::vector<float>> want;  // each packed layer's weights, as the format defines them
+  bool uneven = false;                             // groups of unlike sizes
   auto pack = [&](const TensorToWrite& w, bool with_g_idx, TensorMap* out) {
     const int rows = static_cast<int>(w.shape[0]), cols = static_cast<int>(w.shape[1]), groups = cols / group;
     std::vector<float> f(static_cast<size_t>(rows) * cols);
     ConvertToF32(w.dtype, w.bytes.data(), f.size(), f.data());
-    // Input i in group (i * 5 + 3) % groups: every group gets `group` inputs, none a run.
+    // Input i in group (i * 5 + 3) % groups: every group gets `group` inputs,
+    // none a run; uneven: every other input in group 0.
     std::vector<int32_t> g_idx(cols);
-    for (int i = 0; i < cols; ++i) g_idx[i] = (i * 5 + 3) % groups;
+    for (int i = 0; i < cols; ++i) g_idx[i] = uneven && i % 2 == 0 ? 0 : (i * 5 + 3) % groups;
     std::vector<int32_t> qweight(static_cast<size_t>(cols / 8) * rows, 0), qzeros(static_cast<size_t>(groups) * rows / 8, 0);
     std::vector<uint16_t> scales(static_cast<size_t>(groups) * rows);
     std::vector<float>& deq = want[w.name];
@@ -434,23 +438,44 @@ TEST(WeightsTest, ActOrderGptqLoadsDequantized) {
     EXPECT_TRUE(WriteFileAtomically(dir + "/config.json", cfg.dump()).ok());
     return dir;
   };
-  auto loaded = Load(write("act_order", true, true));
-  ASSERT_TRUE(loaded.ok()) << loaded.status();
-  const FfnWeights* e = loaded->experts.Find(1, 3);
-  using Named = std::pair<const Matrix*, std::string>;
-  for (auto [m, name] : {Named{&loaded->layers[0].attn.q, "model.layers.0.self_attn.q_proj.weight"},
-                         Named{&e->gate, "model.layers.1.mlp.experts.3.gate_proj.weight"}}) {
-    ASSERT_EQ(m->dtype, DType::kBF16) << name;
-    ASSERT_EQ(m->quant, QuantKind::kNone) << name;
-    const std::vector<float>& w = want.at(name);
-    std::vector<float> row(m->cols);
-    for (int r = 0; r < m->rows; ++r) {
-      GatherRow(*m, r, row.data());
-      for (int c = 0; c < m->cols; ++c) {
-        ASSERT_EQ(row[c], Bf16ToF32(F32ToBf16(w[static_cast<size_t>(r) * m->cols + c]))) << name << " " << r << "," << c;
+  for (const bool groups_uneven : {false, true}) {
+    SCOPED_TRACE(groups_uneven ? "groups of unlike sizes" : "groups of `group` inputs");
+    uneven = groups_uneven;
+    auto loaded = Load(write(groups_uneven ? "act_order_uneven" : "act_order", true, true));
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    const FfnWeights* e = loaded->experts.Find(1, 3);
+    using Named = std::pair<const Matrix*, std::string>;
+    for (auto [m, name] : {Named{&loaded->layers[0].attn.q, "model.layers.0.self_attn.q_proj.weight"},
+                           Named{&e->gate, "model.layers.1.mlp.experts.3.gate_proj.weight"}}) {
+      if (groups_uneven) {
+        ASSERT_EQ(m->dtype, DType::kBF16) << name;
+        ASSERT_EQ(m->quant, QuantKind::kNone) << name;
+      } else {
+        ASSERT_EQ(m->quant, QuantKind::kInt4) << name;
+        ASSERT_NE(m->input_order, nullptr) << name;
+      }
+      const std::vector<float>& w = want.at(name);
+      std::vector<float> row(m->cols), x(m->cols), y(m->rows);
+      for (int c = 0; c < m->cols; ++c) x[c] = std::sin(0.37f * c);
+      Linear(x.data(), 1, *m, nullptr, y.data(), nullptr);
+      for (int r = 0; r < m->rows; ++r) {
+        GatherRow(*m, r, row.data());
+        double dot = 0;
+        for (int c = 0; c < m->cols; ++c) {
+          const float want_w = w[static_cast<size_t>(r) * m->cols + c];
+          if (groups_uneven) {
+            ASSERT_EQ(row[c], Bf16ToF32(F32ToBf16(want_w))) << name << " " << r << "," << c;
+          } else {  // code * scale - zero * scale, fused: within an ulp or two
+            ASSERT_NEAR(row[c], want_w, 1e-6f * std::fabs(want_w) + 1e-9f) << name << " " << r << "," << c;
+          }
+          dot += static_cast<double>(row[c]) * x[c];
+        }
+        // Linear takes each input where the weights' column wants it.
+        ASSERT_NEAR(y[r], dot, 1e-4 * (1 + std::fabs(dot))) << name << " row " << r;
       }
     }
   }
+  uneven = false;
   auto no_desc_act = Load(write("act_order_no_desc_act", true, false));
   EXPECT_EQ(no_desc_act.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(no_desc_act.status().message().find("desc_act is false"), std::string::npos) << no_desc_act.status();

@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "core/common/status_macros.h"
 
 namespace moemesh {
 
@@ -171,8 +173,7 @@ absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromPackedInt4(const Pack
   return std::shared_ptr<const QuantizedMatrix>(std::move(q));
 }
 
-absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> DequantizeActOrder(const PackedInt4& p,
-                                                                          const int32_t* g_idx) {
+absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromActOrder(const PackedInt4& p, const int32_t* g_idx) {
   if (p.layout != PackedInt4::Layout::kGptq || p.rows <= 0 || p.cols <= 0 || p.rows % 8 != 0 || p.cols % 8 != 0 ||
       (p.group != 32 && p.group != 64 && p.group != 128) || p.cols % p.group != 0) {
     return absl::InvalidArgumentError(absl::StrCat("an act-order GPTQ layer of ", p.rows, " outputs and ", p.cols,
@@ -184,6 +185,33 @@ absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> DequantizeActOrder(const 
     if (g_idx[i] < 0 || g_idx[i] >= groups) {
       return absl::InvalidArgumentError(absl::StrCat("g_idx puts input ", i, " in group ", g_idx[i], " of ", groups));
     }
+  }
+  // The inputs sorted by group: if every group holds `group` of them, the
+  // groups become runs of columns and the layer stays 4-bit.
+  std::vector<int32_t> order(p.cols);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return g_idx[a] < g_idx[b]; });
+  bool runs = true;
+  for (int c = 0; c < p.cols && runs; ++c) runs = g_idx[order[c]] == c / p.group;
+  if (runs) {
+    std::vector<int32_t> qweight(static_cast<size_t>(p.cols / 8) * p.rows, 0);  // GPTQ's layout, inputs reordered
+    for (int c = 0; c < p.cols; ++c) {
+      const int i = order[c];
+      for (int o = 0; o < p.rows; ++o) {
+        const uint32_t code = (static_cast<uint32_t>(p.qweight[static_cast<size_t>(i / 8) * p.rows + o]) >> (4 * (i % 8))) & 15u;
+        qweight[static_cast<size_t>(c / 8) * p.rows + o] |= static_cast<int32_t>(code << (4 * (c % 8)));
+      }
+    }
+    PackedInt4 runs_of_inputs = p;
+    runs_of_inputs.qweight = qweight.data();
+    MM_ASSIGN_OR_RETURN(std::shared_ptr<const QuantizedMatrix> packed, FromPackedInt4(runs_of_inputs));
+    auto q = std::shared_ptr<QuantizedMatrix>(new QuantizedMatrix(*packed));
+    q->input_order_ = std::move(order);
+    q->view_.data = q->codes_.data();
+    q->view_.scales = q->scales_.data();
+    q->view_.biases = q->biases_.data();
+    q->view_.input_order = q->input_order_.data();
+    return std::shared_ptr<const QuantizedMatrix>(std::move(q));
   }
   // Each group's scales and zero points, [group][output].
   std::vector<float> scales(static_cast<size_t>(groups) * p.rows), zeros(scales.size());

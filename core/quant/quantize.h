@@ -27,9 +27,9 @@ std::string QuantSpecName(const QuantSpec& spec);
 
 struct PackedInt4;
 
-// A quantized matrix's codes, scales and biases, owned (or, for an
-// act-order GPTQ layer, its dequantized BF16 weights); view() is what the
-// kernels (Linear) take.
+// A quantized matrix's codes, scales and biases (and, for an act-order
+// GPTQ layer, the order of its inputs), owned, or a layer dequantized to
+// BF16; view() is what the kernels (Linear) take.
 class QuantizedMatrix {
  public:
   const MatrixView& view() const { return view_; }
@@ -39,10 +39,10 @@ class QuantizedMatrix {
   friend absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromPackedInt4(const PackedInt4&);
   friend absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromFp8Blocks(int, int, int, int, const void*,
                                                                              const void*, DType);
-  friend absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> DequantizeActOrder(const PackedInt4&,
-                                                                                  const int32_t*);
+  friend absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromActOrder(const PackedInt4&, const int32_t*);
   std::vector<uint8_t> codes_;
   std::vector<float> scales_, biases_;
+  std::vector<int32_t> input_order_;
   MatrixView view_;
 };
 
@@ -79,12 +79,14 @@ struct PackedInt4 {
 absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromPackedInt4(const PackedInt4& packed);
 
 // An act-order GPTQ layer (desc_act: input i in group g_idx[i], groups
-// that are not runs of inputs, which the int4 kernels need): its weights
-// (code - zero) * scale as FromPackedInt4 reads them, rounded to BF16 (a
+// that are not runs of inputs, which the int4 kernels need). Where every
+// group holds `group` inputs (as GPTQ makes them), the layer stays 4-bit
+// with its columns in the groups' order and MatrixView::input_order saying
+// which input each takes: the weights exactly as FromPackedInt4 reads
+// them. Otherwise its weights, (code - zero) * scale, rounded to BF16 (a
 // dense matrix, BF16's memory). GPTQ layout only; INVALID_ARGUMENT for a
 // group outside [0, cols / group) or sizes FromPackedInt4 refuses.
-absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> DequantizeActOrder(const PackedInt4& p,
-                                                                          const int32_t* g_idx);
+absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromActOrder(const PackedInt4& p, const int32_t* g_idx);
 
 // A block-scaled FP8 matrix as DeepSeek-V3's checkpoints store it: `codes`
 // [rows, cols] E4M3 bytes (used in place: they must outlive the result),

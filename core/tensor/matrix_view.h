@@ -50,6 +50,10 @@ struct MatrixView {
   int group = 0;                  // columns a scale covers (a power of two; int8: any, one group a row)
   const float* scales = nullptr;  // [rows, groups()]
   const float* biases = nullptr;  // [rows, groups()]; int8: zeros
+  // Or null: column c of the weights takes input input_order[c] (an
+  // act-order GPTQ layer, its inputs put in their groups' order so that the
+  // groups are runs of columns). Linear and GatherRow apply it.
+  const int32_t* input_order = nullptr;
 
   bool empty() const { return data == nullptr; }
   bool quantized() const { return quant != QuantKind::kNone; }

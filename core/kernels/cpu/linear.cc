@@ -590,6 +590,19 @@ void Linear(const float* x, int m, const MatrixView& w, const float* bias, float
             LinearIsa isa) {
   const int n = w.rows, k = w.cols;
   if (m <= 0 || n <= 0) return;
+  if (w.input_order != nullptr) {
+    // The inputs in the order of the weights' columns, then a plain product.
+    thread_local std::vector<float> ordered;
+    ordered.resize(static_cast<size_t>(m) * k);
+    for (int i = 0; i < m; ++i) {
+      const float* in = x + static_cast<size_t>(i) * k;
+      float* to = ordered.data() + static_cast<size_t>(i) * k;
+      for (int c = 0; c < k; ++c) to[c] = in[w.input_order[c]];
+    }
+    MatrixView plain = w;
+    plain.input_order = nullptr;
+    return Linear(ordered.data(), m, plain, bias, y, pool, isa);
+  }
   if (isa > BestLinearIsa()) isa = BestLinearIsa();
   const bool vector = isa != LinearIsa::kPortable;
   if (vector && m > kDirectMaxRows) return LinearWide(x, m, w, bias, y, pool, isa);
@@ -653,6 +666,15 @@ void Linear(const float* x, int m, const MatrixView& w, const float* bias, float
 }
 
 void GatherRow(const MatrixView& w, int row, float* out) {
+  if (w.input_order != nullptr) {  // back in the inputs' order
+    thread_local std::vector<float> row_in_columns;
+    row_in_columns.resize(w.cols);
+    MatrixView plain = w;
+    plain.input_order = nullptr;
+    GatherRow(plain, row, row_in_columns.data());
+    for (int c = 0; c < w.cols; ++c) out[w.input_order[c]] = row_in_columns[c];
+    return;
+  }
   if (w.quantized()) {
     const float factor = WidenRow(w, row, out);
     if (w.quant == QuantKind::kInt8) {
