@@ -12,7 +12,9 @@
 //    whole batch, and the share of prompt tokens the cache served.
 // By default on the demo model (models/fortune-moe) with conversations that
 // fill its 1,024-token context. With --device cuda the dense part and the
-// experts run on the GPU (CudaForwardPass, CudaExpertDevice).
+// experts run on the GPU (CudaForwardPass, CudaExpertDevice); at most two
+// engines hold the model at once, so a large checkpoint (moemesh
+// random-model) fits a GPU twice over.
 //
 //   build/bench/prefix_cache_bench [--model DIR] [--threads N] [--device cpu|cuda[:N]] [--conversation 1000]
 //                                  [--repeats 5] [--streams 64] [--shared-prompt 900]
@@ -196,17 +198,29 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "prefix_cache_bench: %s\n", std::string(st.message()).c_str());
     return 1;
   };
-  std::unique_ptr<Engine> engines[2];  // caching off, on
-  for (int on = 0; on < 2; ++on) {
+  // Each way in turn, so that at most two engines (a first turn's and a
+  // restarted router's) hold the model at once: a GPU holds a large
+  // checkpoint twice, not six times.
+  std::printf("model %s, %s\n\n", f.model.c_str(),
+              f.gpu >= 0 ? absl::StrCat("GPU ", f.gpu).c_str() : absl::StrCat(f.threads, " thread(s)").c_str());
+  std::vector<double> seconds[4];  // computed, cached, restarted, from host memory
+  int64_t hits[4] = {0, 0, 0, 0};
+  Batch batch[2];
+  for (int on = 0; on < 2; ++on) {  // caching off, on: the second turns, then the shared prompt
     EngineOptions o;
     o.prefix_caching = on == 1;
     o.kv_cache_tokens = std::max(65536, f.streams * (f.shared_prompt + kStreamTail + kStreamAnswer) * 2);
     auto e = NewEngine(f, o);
     if (!e.ok()) return fail(e.status());
-    engines[on] = std::move(*e);
+    for (int r = 0; r < f.repeats; ++r) {
+      const double s = SecondTurnSeconds(e->get(), f, 1000 + r, &hits[on]);
+      if (s < 0) return fail(absl::InternalError("a step failed"));
+      seconds[on].push_back(s);
+    }
+    if (!SharedPrompt(e->get(), f, &batch[on])) return fail(absl::InternalError("a step failed"));
   }
   // A kvcache service, and two engines over it: the first turns run on one,
-  // the second turns on the other; and two over one host-memory tier.
+  // the second turns on the other; then two over one host-memory tier.
   const std::string kv_dir = (std::filesystem::temp_directory_path() / "prefix_cache_bench_kv").string();
   LocalKvCache kv(kv_dir);
   KvCacheTier::Options to;
@@ -220,35 +234,21 @@ int Main(int argc, char** argv) {
     host = std::move(*pinned);
   }
 #endif
-  std::unique_ptr<Engine> tiered[2], hosted[2];
-  for (int i = 0; i < 2; ++i) {
-    EngineOptions o;
-    o.kv_tier = tier;
-    auto e = NewEngine(f, o);
-    if (!e.ok()) return fail(e.status());
-    tiered[i] = std::move(*e);
-    o.kv_tier = host;
-    e = NewEngine(f, o);
-    if (!e.ok()) return fail(e.status());
-    hosted[i] = std::move(*e);
-  }
-  std::printf("model %s, %s\n\n", f.model.c_str(),
-              f.gpu >= 0 ? absl::StrCat("GPU ", f.gpu).c_str() : absl::StrCat(f.threads, " thread(s)").c_str());
-  std::printf("second turn of a %d-token conversation (+%d new tokens), time to first token, median of %d\n",
-              f.conversation, kNewTurn, f.repeats);
-  std::vector<double> seconds[4];  // computed, cached, restarted, from host memory
-  int64_t hits[4] = {0, 0, 0, 0};
-  for (int r = 0; r < f.repeats; ++r) {
-    for (int on = 0; on < 4; ++on) {
-      const double s = on < 2    ? SecondTurnSeconds(engines[on].get(), f, 1000 + r, &hits[on])
-                       : on == 2 ? SecondTurnSeconds(tiered[0].get(), f, 1000 + r, &hits[on], tiered[1].get(),
-                                                     [&tier] { tier->Flush(); })
-                                 : SecondTurnSeconds(hosted[0].get(), f, 1000 + r, &hits[on], hosted[1].get());
-      if (s < 0) {
-        std::fprintf(stderr, "prefix_cache_bench: a step failed\n");
-        return 1;
-      }
-      seconds[on].push_back(s);
+  for (int way = 2; way < 4; ++way) {
+    std::unique_ptr<Engine> pair[2];
+    for (auto& engine : pair) {
+      EngineOptions o;
+      o.kv_tier = way == 2 ? std::shared_ptr<KvTier>(tier) : std::shared_ptr<KvTier>(host);
+      auto e = NewEngine(f, o);
+      if (!e.ok()) return fail(e.status());
+      engine = std::move(*e);
+    }
+    for (int r = 0; r < f.repeats; ++r) {
+      const double s = way == 2 ? SecondTurnSeconds(pair[0].get(), f, 1000 + r, &hits[way], pair[1].get(),
+                                                    [&tier] { tier->Flush(); })
+                                : SecondTurnSeconds(pair[0].get(), f, 1000 + r, &hits[way], pair[1].get());
+      if (s < 0) return fail(absl::InternalError("a step failed"));
+      seconds[way].push_back(s);
     }
   }
   auto median = [](std::vector<double> v) {
@@ -257,6 +257,8 @@ int Main(int argc, char** argv) {
   };
   const double cached = median(seconds[1]), computed = median(seconds[0]), restarted = median(seconds[2]),
                from_host = median(seconds[3]);
+  std::printf("second turn of a %d-token conversation (+%d new tokens), time to first token, median of %d\n",
+              f.conversation, kNewTurn, f.repeats);
   std::printf("%12s %12s %10s %16s\n", "cached ms", "computed ms", "ratio", "cached tokens");
   std::printf("%12.2f %12.2f %9.3fx %16lld   (this router's cache)\n", cached * 1e3, computed * 1e3,
               cached / computed, static_cast<long long>(hits[1] / f.repeats));
@@ -266,13 +268,6 @@ int Main(int argc, char** argv) {
               from_host * 1e3, computed * 1e3, from_host / computed, static_cast<long long>(hits[3] / f.repeats));
   std::printf("%d streams sharing a %d-token prompt (+%d own tokens, %d generated each)\n", f.streams, f.shared_prompt,
               kStreamTail, kStreamAnswer);
-  Batch batch[2];
-  for (int on = 0; on < 2; ++on) {
-    if (!SharedPrompt(engines[on].get(), f, &batch[on])) {
-      std::fprintf(stderr, "prefix_cache_bench: a step failed\n");
-      return 1;
-    }
-  }
   std::printf("%14s %14s %10s %10s\n", "cached tok/s", "computed tok/s", "speed-up", "hit rate");
   std::printf("%14.1f %14.1f %9.2fx %9.1f%%\n", batch[1].tokens_per_second, batch[0].tokens_per_second,
               batch[1].tokens_per_second / batch[0].tokens_per_second,

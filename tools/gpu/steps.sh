@@ -13,7 +13,8 @@
 # attn (attention_bench, ATTN_ARGS, then bench/attention_torch.py, TORCH_ARGS),
 # serve (`moemesh bench serve` over `moemesh up` on random checkpoints at
 # real shapes, SERVE_MODELS="mixtral qwen3 deepseek", SERVE_ARGS), long (a 32K-token prompt beside 16 streams, LONG_ARGS),
-# prefix (prefix_cache_bench on the GPU, the demo model), decoded
+# prefix (prefix_cache_bench on the GPU, the demo model; prefixm: on the
+# 8-layer random Mixtral, a 2,000-token conversation), decoded
 # (gpu_decode_bench, DeepSeek-V3's shape, DECODED_ARGS).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -101,6 +102,12 @@ for r in json.load(open(sys.argv[1]))["runs"]:
       timeout 200 "$B/bench/prefix_cache_bench" --device cuda > "$out/prefix.txt" 2>&1
       echo "prefix rc=$?"
       tail -12 "$out/prefix.txt" ;;
+    prefixm)  # issue #14's figure: a 2,000-token conversation, 64 streams sharing 1,000 tokens
+      model mixtral
+      timeout 300 "$B/bench/prefix_cache_bench" --device cuda --model /tmp/mixtral --conversation 2000 \
+        --shared-prompt 1000 > "$out/prefixm.txt" 2>&1
+      echo "prefixm rc=$?"
+      tail -12 "$out/prefixm.txt" ;;
     decoded)
       timeout 400 "$B/bench/gpu_decode_bench" --shapes deepseek ${DECODED_ARGS:---deepseek-layers 3 --batches 64} \
         > "$out/decoded.txt" 2>&1
