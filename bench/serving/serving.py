@@ -2,10 +2,14 @@
 """The serving matrix: `moemesh bench serve` over models x lengths x load, and its plots.
 
   serving.py run --models models/fortune-moe [--lengths 128:128,512:64] [--concurrency 1,4,16,64]
-                 [--num-prompts 64] [--up-flags "--expert-shards=2"] --out DIR
+                 [--num-prompts 64] [--up-flags "--expert-shards=2"] [--label NAME] --out DIR
       For each model: starts `moemesh up --model MODEL UP_FLAGS`, runs `moemesh bench serve`
       for each input:output length pair over the concurrency sweep, stops the mesh, and
-      writes DIR/results.json with the machine, the commit and the flags. Then plots.
+      writes DIR/results.json with the machine, the commit and the flags. Then plots. Each run is
+      named by its model's folder, or by --label (one model): its line in the plots.
+  serving.py merge --out DIR RESULTS.json...
+      The runs of several results.json (the first's machine and commit) in DIR/results.json,
+      plotted together: one configuration beside another.
   serving.py plot DIR
       Renders DIR/results.json with gnuplot: DIR/throughput.svg (output tokens/s against
       concurrency) and DIR/itl.svg (P99 inter-token latency against output tokens/s), a line
@@ -80,6 +84,8 @@ def bench_serve(args, target, flags, out_file):
 
 
 def run(args):
+    if args.label and "," in args.models:
+        sys.exit("serving.py: --label names one model's runs; give one model")
     os.makedirs(args.out, exist_ok=True)
     results = {"machine": machine(), "commit": commit(), "flags": vars(args), "runs": []}
     for model in args.models.split(","):
@@ -90,18 +96,38 @@ def run(args):
                 flags = ["--concurrency", args.concurrency, "--num-prompts", str(args.num_prompts), "--warmup",
                          str(args.warmup), "--input-len", str(input_len), "--output-len", str(output_len)]
                 points = bench_serve(args, target, flags, os.path.join(args.out, "bench.json"))
-                results["runs"].append({"model": os.path.basename(os.path.normpath(model)), "input_len": input_len,
-                                        "output_len": output_len, "results": points})
+                name = args.label or os.path.basename(os.path.normpath(model))
+                results["runs"].append({"model": name, "input_len": input_len, "output_len": output_len,
+                                        "results": points})
                 print("%s %d:%d done" % (model, input_len, output_len), flush=True)
         finally:
             mesh.terminate()
             mesh.wait(timeout=60)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
+    plot_if_possible(args.out)
+
+
+def plot_if_possible(out):
     if shutil.which("gnuplot"):
-        plot(args.out)
+        plot(out)
     else:
-        print("no gnuplot here: run `serving.py plot %s` where it is" % args.out)
+        print("no gnuplot here: run `serving.py plot %s` where it is" % out)
+
+
+def merge(args):
+    merged = None
+    for path in args.results:
+        with open(path) as f:
+            results = json.load(f)
+        if merged is None:
+            merged = dict(results, runs=[], merged_from=[])
+        merged["runs"] += results["runs"]
+        merged["merged_from"].append({"file": path, "flags": results.get("flags")})
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(merged, f, indent=2)
+    plot_if_possible(args.out)
 
 
 def long_prompt(args):
@@ -180,10 +206,14 @@ def main():
     r.add_argument("--num-prompts", type=int, default=64)
     r.add_argument("--warmup", type=int, default=4)
     r.add_argument("--up-flags", default="", help="flags for `moemesh up`, e.g. \"--expert-device=cuda\"")
+    r.add_argument("--label", help="the runs' name in results and plots (default: the model's folder)")
     r.add_argument("--moemesh", default=os.environ.get("MOEMESH_BIN", os.path.join(ROOT, "build/tools/moemesh/moemesh")))
     r.add_argument("--out", required=True)
     p = sub.add_parser("plot")
     p.add_argument("out")
+    m = sub.add_parser("merge")
+    m.add_argument("--out", required=True)
+    m.add_argument("results", nargs="+", help="results.json files")
     l = sub.add_parser("long")
     l.add_argument("--model", required=True)
     l.add_argument("--prompt-len", type=int, default=32000)
@@ -199,6 +229,8 @@ def main():
         run(args)
     elif args.command == "long":
         long_prompt(args)
+    elif args.command == "merge":
+        merge(args)
     else:
         plot(args.out)
 

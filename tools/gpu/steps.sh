@@ -78,9 +78,10 @@ for step in "$@"; do
       for m in "${models[@]}"; do
         model "$m"
         for where in router worker; do
-          flags="--router-device=cuda --expert-shards=0"
-          [ $where = worker ] && flags="--router-device=cuda --expert-device=cuda --expert-shards=1"
-          timeout 240 python3 bench/serving/serving.py run --models "/tmp/$m" --up-flags "$flags" \
+          flags="--router-device=cuda --expert-shards=0" label="$m, experts in the router"
+          [ $where = worker ] && flags="--router-device=cuda --expert-device=cuda --expert-shards=1" \
+            label="$m, experts in a worker (cuda-ipc)"
+          timeout 240 python3 bench/serving/serving.py run --models "/tmp/$m" --up-flags "$flags" --label "$label" \
             ${SERVE_ARGS:---lengths 128:128 --concurrency 1,8,32,64 --num-prompts 64} --out "$out/serve-$m-$where" \
             > "$out/serve-$m-$where.txt" 2>&1
           echo "serve ($m, $where) rc=$?"
@@ -90,6 +91,9 @@ for r in json.load(open(sys.argv[1]))["runs"]:
   for p in r["results"]: print(r["input_len"], r["output_len"], p["load"], "%.0f tok/s" % p["output_tokens_per_s"], "TTFT p50 %.1f" % p["ttft_ms"]["p50"], "ITL p50 %.2f p99 %.2f" % (p["itl_ms"]["p50"], p["itl_ms"]["p99"]))' \
             "$out/serve-$m-$where/results.json" 2>&1 | tail -12
         done
+        # Both in one results.json (plot it where gnuplot is: serving.py plot).
+        python3 bench/serving/serving.py merge --out "$out/serve-$m" "$out/serve-$m-router/results.json" \
+          "$out/serve-$m-worker/results.json" > /dev/null
         [ "$m" != "${models[-1]}" ] && rm -rf "/tmp/$m"
       done ;;
     long)
