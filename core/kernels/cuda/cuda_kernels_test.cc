@@ -52,6 +52,28 @@ std::unique_ptr<DeviceBuffer> Upload(const std::vector<float>& v) {
   return std::move(*b);
 }
 
+// A GPU router's host KV tier: page-locked memory in one piece, which
+// IsPageLocked tells from ordinary memory (anywhere inside it), and from
+// which a copy to the device arrives whole.
+TEST_F(CudaKernelsTest, PinnedHostArenaIsPageLocked) {
+  constexpr size_t kBytes = size_t{4} << 20;
+  absl::StatusOr<std::shared_ptr<void>> arena = PinnedHostArena(kBytes);
+  ASSERT_TRUE(arena.ok()) << arena.status();
+  char* base = static_cast<char*>(arena->get());
+  EXPECT_TRUE(IsPageLocked(base));
+  EXPECT_TRUE(IsPageLocked(base + kBytes / 2 + 3));
+  std::vector<char> pageable(1 << 16);
+  EXPECT_FALSE(IsPageLocked(pageable.data()));
+  EXPECT_FALSE(IsPageLocked(&pageable));  // the stack
+  for (size_t i = 0; i < (1 << 20); ++i) base[kBytes / 2 + i] = static_cast<char>(i * 7);
+  auto device = DeviceBuffer::Allocate(1 << 20);
+  ASSERT_TRUE(device.ok()) << device.status();
+  ASSERT_TRUE((*device)->CopyFrom(base + kBytes / 2, 1 << 20).ok());
+  std::vector<char> back(1 << 20);
+  ASSERT_TRUE((*device)->CopyTo(back.data(), back.size()).ok());
+  EXPECT_EQ(std::memcmp(back.data(), base + kBytes / 2, back.size()), 0);
+}
+
 TEST_F(CudaKernelsTest, RmsNormMatchesCpu) {
   std::mt19937 rng(7);
   std::normal_distribution<float> normal(0.f, 1.f);
