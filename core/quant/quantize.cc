@@ -122,6 +122,11 @@ absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> Quantize(const MatrixView
 }
 
 absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromPackedInt4(const PackedInt4& p) {
+  MM_ASSIGN_OR_RETURN(std::shared_ptr<QuantizedMatrix> q, QuantizedMatrix::PackInt4(p));
+  return std::shared_ptr<const QuantizedMatrix>(std::move(q));
+}
+
+absl::StatusOr<std::shared_ptr<QuantizedMatrix>> QuantizedMatrix::PackInt4(const PackedInt4& p) {
   const bool gptq = p.layout == PackedInt4::Layout::kGptq;
   if (p.rows <= 0 || p.cols <= 0 || p.rows % 8 != 0 || (gptq && p.cols % 8 != 0) ||
       (p.group != 32 && p.group != 64 && p.group != 128) || p.cols % p.group != 0) {
@@ -170,7 +175,7 @@ absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromPackedInt4(const Pack
   v.data = q->codes_.data();
   v.scales = q->scales_.data();
   v.biases = q->biases_.data();
-  return std::shared_ptr<const QuantizedMatrix>(std::move(q));
+  return q;
 }
 
 absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromActOrder(const PackedInt4& p, const int32_t* g_idx) {
@@ -204,12 +209,8 @@ absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromActOrder(const Packed
     }
     PackedInt4 runs_of_inputs = p;
     runs_of_inputs.qweight = qweight.data();
-    MM_ASSIGN_OR_RETURN(std::shared_ptr<const QuantizedMatrix> packed, FromPackedInt4(runs_of_inputs));
-    auto q = std::shared_ptr<QuantizedMatrix>(new QuantizedMatrix(*packed));
+    MM_ASSIGN_OR_RETURN(std::shared_ptr<QuantizedMatrix> q, QuantizedMatrix::PackInt4(runs_of_inputs));
     q->input_order_ = std::move(order);
-    q->view_.data = q->codes_.data();
-    q->view_.scales = q->scales_.data();
-    q->view_.biases = q->biases_.data();
     q->view_.input_order = q->input_order_.data();
     return std::shared_ptr<const QuantizedMatrix>(std::move(q));
   }

@@ -40,6 +40,8 @@ class QuantizedMatrix {
   friend absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromFp8Blocks(int, int, int, int, const void*,
                                                                              const void*, DType);
   friend absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> FromActOrder(const PackedInt4&, const int32_t*);
+  // FromPackedInt4's work, the result still open to FromActOrder.
+  static absl::StatusOr<std::shared_ptr<QuantizedMatrix>> PackInt4(const PackedInt4& p);
   std::vector<uint8_t> codes_;
   std::vector<float> scales_, biases_;
   std::vector<int32_t> input_order_;

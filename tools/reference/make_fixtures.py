@@ -279,22 +279,24 @@ def randomize(model, seed):
                 p.copy_(torch.randn(p.shape, generator=g) * (1.5 / fan_in ** 0.5))
 
 
-def make(name, out_root, seed):
-    config = VARIANTS[name]()
+def save_random(config, seed, out, max_shard_size="50GB"):
+    """A model of `config` with randomize()'s weights, saved in bf16 to `out`."""
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     randomize(model, seed)
-    out = os.path.join(out_root, name)
     shutil.rmtree(out, ignore_errors=True)
-    model.to(torch.bfloat16).save_pretrained(
-        out, max_shard_size="150KB" if name in SHARDED else "50GB")
+    model.to(torch.bfloat16).save_pretrained(out, max_shard_size=max_shard_size)
 
+
+def make(name, out_root, seed):
+    out = os.path.join(out_root, name)
+    save_random(VARIANTS[name](), seed, out, max_shard_size="150KB" if name in SHARDED else "50GB")
     # Reload from disk so the reference sees exactly the saved bf16 weights.
-    record(name, out, out, config, seed)
+    record(name, out, out, seed)
 
 
-def record(name, out, weights_dir, config, seed):
+def record(name, out, weights_dir, seed):
     """Writes out/reference.* from the model in `weights_dir`."""
     model = transformers.AutoModelForCausalLM.from_pretrained(
         weights_dir, dtype=torch.float32, attn_implementation="eager").cuda().eval()
@@ -339,14 +341,8 @@ def record(name, out, weights_dir, config, seed):
 
 def make_quantized(name, out_root):
     method, base, opts, seed = QUANTIZED[name]
-    config = base()
-    config._attn_implementation = "eager"
-    torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    randomize(model, seed)
     out = os.path.join(out_root, name)
-    shutil.rmtree(out, ignore_errors=True)
-    model.to(torch.bfloat16).save_pretrained(out)
+    save_random(base(), seed, out)
     path = os.path.join(out, "model.safetensors")
     bf16 = load_file(path)
     gen = torch.Generator().manual_seed(seed + 2)
@@ -369,7 +365,7 @@ def make_quantized(name, out_root):
     shutil.rmtree(ref_dir, ignore_errors=True)
     shutil.copytree(out, ref_dir)
     save_file(dequantized, os.path.join(ref_dir, "model.safetensors"), metadata={"format": "pt"})
-    record(name, out, ref_dir, config, seed)
+    record(name, out, ref_dir, seed)
     shutil.rmtree(ref_dir)
     save_file(stored, path, metadata={"format": "pt"})
     with open(os.path.join(out, "config.json")) as f:
