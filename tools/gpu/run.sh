@@ -12,7 +12,7 @@ out=${OUT:-gpu-results}
 mkdir -p "$out"
 bundle=/tmp/moemesh-gpu-bundle
 rm -rf "$bundle" && mkdir -p "$bundle"
-tar -C "$bundle" -xzf .gpu-bundle/bundle.tar.gz
+tar -C "$bundle" -xJf .gpu-bundle/bundle.tar.xz
 export LD_LIBRARY_PATH="$bundle/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export MOEMESH_BIN="$bundle/build/tools/moemesh/moemesh"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"

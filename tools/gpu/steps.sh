@@ -21,7 +21,7 @@ cd "$(dirname "$0")/../.."
 out=${OUT:-gpu-results}
 mkdir -p "$out"
 B=/tmp/moemesh-gpu-bundle
-rm -rf "$B" && mkdir -p "$B" && tar -C "$B" -xzf .gpu-bundle/bundle.tar.gz
+rm -rf "$B" && mkdir -p "$B" && tar -C "$B" -xJf .gpu-bundle/bundle.tar.xz
 export LD_LIBRARY_PATH=$B/lib:/usr/local/cuda/lib64 MOEMESH_BIN=$B/build/tools/moemesh/moemesh
 export MOEMESH_EXPERT_BIN=$B/build/services/expert/moemesh-expert
 export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mpslog
