@@ -19,26 +19,17 @@ absl::Status Attention(const ModelConfig& c, int layer, int n, DecoderOps* ops, 
   MM_ASSIGN_OR_RETURN(float* q, ops->Scratch(kSlotQ, Floats(n, q_w)));
   MM_ASSIGN_OR_RETURN(float* k, ops->Scratch(kSlotK, Floats(n, kv_w)));
   MM_ASSIGN_OR_RETURN(float* v, ops->Scratch(kSlotV, Floats(n, kv_w)));
-  MM_RETURN_IF_ERROR(ops->Linear(layer, LayerLinear::kQ, x, n, q));
-  MM_RETURN_IF_ERROR(ops->Linear(layer, LayerLinear::kK, x, n, k));
-  MM_RETURN_IF_ERROR(ops->Linear(layer, LayerLinear::kV, x, n, v));
+  MM_RETURN_IF_ERROR(ops->LinearQkv(layer, x, n, q, k, v));
   const float eps = static_cast<float>(c.rms_norm_eps);
   if (c.qk_norm_full) {  // OLMoE: over all heads at once
     MM_RETURN_IF_ERROR(ops->RmsNorm(layer, LayerNorm::kQ, q, n, q_w, q_w, eps, q));
     MM_RETURN_IF_ERROR(ops->RmsNorm(layer, LayerNorm::kK, k, n, kv_w, kv_w, eps, k));
-  } else if (c.qk_norm_per_head) {  // Qwen3: each head on its own
-    MM_RETURN_IF_ERROR(ops->RmsNorm(layer, LayerNorm::kQ, q, n * c.num_heads, hd, hd, eps, q));
-    MM_RETURN_IF_ERROR(ops->RmsNorm(layer, LayerNorm::kK, k, n * c.num_kv_heads, hd, hd, eps, k));
   }
-  if (c.clip_qkv > 0) {
-    const float lim = static_cast<float>(c.clip_qkv);
-    MM_RETURN_IF_ERROR(ops->Clamp(q, Floats(n, q_w), lim));
-    MM_RETURN_IF_ERROR(ops->Clamp(k, Floats(n, kv_w), lim));
-    MM_RETURN_IF_ERROR(ops->Clamp(v, Floats(n, kv_w), lim));
-  }
-  MM_RETURN_IF_ERROR(ops->Rotate(q, c.num_heads, q_w, hd));
-  MM_RETURN_IF_ERROR(ops->Rotate(k, c.num_kv_heads, kv_w, hd));
-  MM_RETURN_IF_ERROR(ops->WriteCache(layer, k, v));
+  DecoderOps::QkHeads heads;
+  heads.q_heads = c.num_heads, heads.kv_heads = c.num_kv_heads, heads.head_dim = hd;
+  heads.norm = c.qk_norm_per_head, heads.eps = eps;  // Qwen3: each head on its own
+  heads.clip = c.clip_qkv > 0 ? static_cast<float>(c.clip_qkv) : 0.f;
+  MM_RETURN_IF_ERROR(ops->NormRotateCache(layer, heads, n, q, k, v));
   const AttentionShape shape{c.num_heads, c.num_kv_heads, hd, hd, static_cast<float>(c.AttentionScale()),
                              c.sliding_window[layer]};
   MM_ASSIGN_OR_RETURN(float* ctx, ops->Scratch(kSlotCtx, Floats(n, q_w)));
@@ -116,6 +107,28 @@ absl::Status DecoderOps::AddRmsNorm(int layer, LayerNorm which, float* hidden, c
                                     int width, float eps, float* out) {
   MM_RETURN_IF_ERROR(Add(hidden, delta, Floats(rows, width)));
   return RmsNorm(layer, which, hidden, rows, width, width, eps, out);
+}
+
+absl::Status DecoderOps::LinearQkv(int layer, const float* x, int n, float* q, float* k, float* v) {
+  MM_RETURN_IF_ERROR(Linear(layer, LayerLinear::kQ, x, n, q));
+  MM_RETURN_IF_ERROR(Linear(layer, LayerLinear::kK, x, n, k));
+  return Linear(layer, LayerLinear::kV, x, n, v);
+}
+
+absl::Status DecoderOps::NormRotateCache(int layer, const QkHeads& h, int n, float* q, float* k, float* v) {
+  const int q_w = h.q_heads * h.head_dim, kv_w = h.kv_heads * h.head_dim;
+  if (h.norm) {
+    MM_RETURN_IF_ERROR(RmsNorm(layer, LayerNorm::kQ, q, n * h.q_heads, h.head_dim, h.head_dim, h.eps, q));
+    MM_RETURN_IF_ERROR(RmsNorm(layer, LayerNorm::kK, k, n * h.kv_heads, h.head_dim, h.head_dim, h.eps, k));
+  }
+  if (h.clip > 0) {
+    MM_RETURN_IF_ERROR(Clamp(q, Floats(n, q_w), h.clip));
+    MM_RETURN_IF_ERROR(Clamp(k, Floats(n, kv_w), h.clip));
+    MM_RETURN_IF_ERROR(Clamp(v, Floats(n, kv_w), h.clip));
+  }
+  MM_RETURN_IF_ERROR(Rotate(q, h.q_heads, q_w, h.head_dim));
+  MM_RETURN_IF_ERROR(Rotate(k, h.kv_heads, kv_w, h.head_dim));
+  return WriteCache(layer, k, v);
 }
 
 int CacheKeyWidth(const ModelConfig& c) {

@@ -73,6 +73,10 @@ class DecoderOps {
   // them where launches cost.
   virtual absl::Status AddRmsNorm(int layer, LayerNorm which, float* hidden, const float* delta, int rows,
                                   int width, float eps, float* out);
+  // A grouped-query layer's query, key and value products of the same `n`
+  // rows of x. By default three Linears; a backend does them in one pass
+  // where launches cost.
+  virtual absl::Status LinearQkv(int layer, const float* x, int n, float* q, float* k, float* v);
   virtual absl::Status Clamp(float* x, size_t count, float limit) = 0;
   virtual absl::Status Sigmoid(float* x, size_t count) = 0;
   virtual absl::Status Add(float* y, const float* x, size_t count) = 0;
@@ -80,6 +84,21 @@ class DecoderOps {
   // Rotary embedding of each row at its position: `heads` heads of the rope
   // dimension, head h of row r at x + r * token_stride + h * head_stride.
   virtual absl::Status Rotate(float* x, int heads, int token_stride, int head_stride) = 0;
+  // Then, for a grouped-query layer's `n` rows: each head of q and k
+  // normalised on its own where heads.norm (Qwen3's qk-norm, LayerNorm::kQ
+  // and kK), q, k and v clamped to [-clip, clip] where clip > 0 (OLMoE's
+  // clip_qkv), q and k rotated, and k and v written to the cache. By
+  // default RmsNorm, Clamp, Rotate and WriteCache; a backend fuses them
+  // where launches cost.
+  struct QkHeads {
+    int q_heads = 0;
+    int kv_heads = 0;
+    int head_dim = 0;
+    bool norm = false;
+    float eps = 0.f;
+    float clip = 0.f;
+  };
+  virtual absl::Status NormRotateCache(int layer, const QkHeads& heads, int n, float* q, float* k, float* v);
   // Appends the rows' keys and values ([n, kv_k_width] and [n, kv_v_width];
   // `v` null for the latent cache) to `layer`'s cache at their positions.
   virtual absl::Status WriteCache(int layer, const float* k, const float* v) = 0;

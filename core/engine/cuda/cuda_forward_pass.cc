@@ -19,6 +19,7 @@
 #include "core/kernels/cuda/gating.h"
 #include "core/kernels/cuda/gemm.h"
 #include "core/kernels/cuda/norm.h"
+#include "core/kernels/cuda/qk_cache.h"
 #include "core/kernels/cuda/rope.h"
 #include "core/kernels/cuda/sampling.h"
 #include "core/model/weights.h"
@@ -394,6 +395,20 @@ absl::Status CudaForwardPass::Linear(int layer, LayerLinear which, const float* 
   return absl::OkStatus();
 }
 
+// One launch for the three where a decode step's rows take the skinny
+// kernel (CudaGemm::LinearsBf16), the biases added in it.
+absl::Status CudaForwardPass::LinearQkv(int layer, const float* x, int n, float* q, float* k, float* v) {
+  const Layer& l = layers_[layer];
+  const AttentionWeights& a = weights_->layers[layer].attn;
+  auto bias = [](const std::unique_ptr<DeviceBuffer>& b) { return b ? b->as<float>() : nullptr; };
+  const CudaGemm::Bf16Product products[] = {
+      {l.q->as<uint16_t>(), a.q.rows, bias(l.q_bias), q},
+      {l.k->as<uint16_t>(), a.k.rows, bias(l.k_bias), k},
+      {l.v->as<uint16_t>(), a.v.rows, bias(l.v_bias), v},
+  };
+  return gemm_->LinearsBf16(x, n, a.q.cols, products, stream_);
+}
+
 const DeviceBuffer* CudaForwardPass::NormWeight(int layer, LayerNorm which) const {
   const Layer& l = layers_[layer];
   switch (which) {
@@ -443,6 +458,29 @@ absl::Status CudaForwardPass::Rotate(float* x, int heads, int token_stride, int 
                                 stream_));
   }
   return absl::OkStatus();
+}
+
+// One launch where the step has one rope table and nothing comes between
+// the norm and the rotation.
+absl::Status CudaForwardPass::NormRotateCache(int layer, const QkHeads& h, int n, float* q, float* k, float* v) {
+  const Step& step = *step_;
+  if (!step.one_rope_table || h.clip > 0) return DecoderOps::NormRotateCache(layer, h, n, q, k, v);
+  QkRows rows;
+  rows.q = q, rows.k = k, rows.v = v, rows.tokens = n;
+  rows.q_heads = h.q_heads, rows.kv_heads = h.kv_heads, rows.head_dim = h.head_dim;
+  QkNorm norm;
+  if (h.norm) {
+    norm.q_weight = NormWeight(layer, LayerNorm::kQ)->as<float>();
+    norm.k_weight = NormWeight(layer, LayerNorm::kK)->as<float>();
+    norm.eps = h.eps;
+  }
+  QkRope rope;
+  rope.inv_freq = step.inv_freq, rope.attention_scaling = rope_.attention_scaling();
+  rope.dim = config_.rope.dim, rope.interleaved = config_.rope.interleaved, rope.positions = step.positions;
+  const size_t at = static_cast<size_t>(layer) * n;
+  KvStore store;
+  store.dtype = options_.kv_dtype;
+  return NormRotateCacheCuda(rows, norm, rope, step.k_dst + at, step.v_dst + at, store, stream_);
 }
 
 absl::Status CudaForwardPass::WriteCache(int layer, const float* k, const float* v) {

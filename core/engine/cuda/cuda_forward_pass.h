@@ -123,6 +123,7 @@ class CudaForwardPass : public ForwardPass, private DecoderOps {
   // DecoderOps, on the step in flight (step_).
   absl::StatusOr<float*> Scratch(int slot, size_t count) override;
   absl::Status Linear(int layer, LayerLinear which, const float* x, int n, float* out) override;
+  absl::Status LinearQkv(int layer, const float* x, int n, float* q, float* k, float* v) override;
   absl::Status RmsNorm(int layer, LayerNorm which, const float* x, int rows, int width, int stride, float eps,
                        float* out) override;
   absl::Status AddRmsNorm(int layer, LayerNorm which, float* hidden, const float* delta, int rows, int width,
@@ -131,6 +132,7 @@ class CudaForwardPass : public ForwardPass, private DecoderOps {
   absl::Status Sigmoid(float* x, size_t count) override;
   absl::Status Add(float* y, const float* x, size_t count) override;
   absl::Status Rotate(float* x, int heads, int token_stride, int head_stride) override;
+  absl::Status NormRotateCache(int layer, const QkHeads& heads, int n, float* q, float* k, float* v) override;
   absl::Status WriteCache(int layer, const float* k, const float* v) override;
   absl::Status Attend(int layer, const AttentionShape& shape, const float* q, float* out) override;
   absl::Status AbsorbQuery(int layer, const float* q, float* qabs) override;

@@ -25,6 +25,7 @@
 #include "core/kernels/cuda/flash_prefill.h"
 #include "core/kernels/cuda/gemm.h"
 #include "core/kernels/cuda/gating.h"
+#include "core/kernels/cuda/qk_cache.h"
 #include "core/kernels/cuda/rope.h"
 #include "core/kernels/cuda/sampling.h"
 #include "core/engine/sampler.h"
@@ -182,6 +183,170 @@ TEST_F(CudaKernelsTest, LinearMatchesCpu) {
     }
   }
   EXPECT_FALSE(CudaGemm::Create(CudaGemm::kSkinnyMaxRows + 1).ok());
+}
+
+std::vector<float> Download(const DeviceBuffer& b, size_t floats) {
+  std::vector<float> v(floats);
+  EXPECT_TRUE(b.CopyTo(v.data(), floats * sizeof(float)).ok());
+  return v;
+}
+
+// A layer's query, key and value products in one launch (decode steps) or
+// one each (wider): the bits of a LinearBf16 and an AddBiasCuda each.
+TEST_F(CudaKernelsTest, LinearsBf16EqualOneProductAndBiasEach) {
+  std::mt19937 rng(21);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  const int k = 520, ms[3] = {256, 40, 72};
+  std::vector<std::unique_ptr<DeviceBuffer>> w, bias;
+  for (int m : ms) {
+    std::vector<uint16_t> wb = RandomBf16(static_cast<size_t>(m) * k, rng, 0.05f);
+    auto d = DeviceBuffer::Allocate(wb.size() * sizeof(uint16_t));
+    ASSERT_TRUE(d.ok());
+    ASSERT_TRUE((*d)->CopyFrom(wb.data(), wb.size() * sizeof(uint16_t)).ok());
+    w.push_back(std::move(*d));
+    std::vector<float> b(m);
+    for (float& v : b) v = normal(rng);
+    bias.push_back(Upload(b));
+  }
+  for (int skinny_rows : {CudaGemm::kSkinnyMaxRows, CudaGemm::kSkinnyDefaultRows}) {
+    auto gemm = CudaGemm::Create(skinny_rows);
+    ASSERT_TRUE(gemm.ok()) << gemm.status();
+    for (int n : {1, 2, 5, 9}) {
+      std::vector<float> x(static_cast<size_t>(n) * k);
+      for (float& v : x) v = normal(rng);
+      auto dx = Upload(x);
+      std::vector<std::unique_ptr<DeviceBuffer>> one, fused;
+      std::vector<CudaGemm::Bf16Product> products;
+      for (int i = 0; i < 3; ++i) {
+        one.push_back(Upload(std::vector<float>(static_cast<size_t>(n) * ms[i], 0.f)));
+        fused.push_back(Upload(std::vector<float>(static_cast<size_t>(n) * ms[i], 0.f)));
+        const float* b = i == 1 ? nullptr : bias[i]->as<float>();  // the key without a bias
+        products.push_back({w[i]->as<uint16_t>(), ms[i], b, fused[i]->as<float>()});
+        ASSERT_TRUE((*gemm)->LinearBf16(dx->as<float>(), n, w[i]->as<uint16_t>(), ms[i], k, one[i]->as<float>(),
+                                        nullptr)
+                        .ok());
+        if (b != nullptr) {
+          ASSERT_TRUE(AddBiasCuda(one[i]->as<float>(), b, n, ms[i], nullptr).ok());
+        }
+      }
+      ASSERT_TRUE((*gemm)->LinearsBf16(dx->as<float>(), n, k, products, nullptr).ok());
+      for (int i = 0; i < 3; ++i) {
+        const size_t floats = static_cast<size_t>(n) * ms[i];
+        EXPECT_EQ(Download(*fused[i], floats), Download(*one[i], floats))
+            << "product " << i << ", " << n << " rows, skinny up to " << skinny_rows;
+      }
+    }
+    std::vector<CudaGemm::Bf16Product> four(CudaGemm::kMaxSkinnyProducts + 1);
+    EXPECT_EQ((*gemm)->LinearsBf16(nullptr, 1, k, four, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  }
+}
+
+// What a grouped-query layer does between its products and attention, in
+// one launch: Qwen3's per-head norm (or none), the rotation (whole or
+// partial, interleaved or not) and the cache's rows in each of its types,
+// the bits of RmsNormCuda, RopeCuda and ScatterKvRowsCuda one after another.
+TEST_F(CudaKernelsTest, NormRotateCacheEqualsItsParts) {
+  std::mt19937 rng(23);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  struct Case {
+    int head_dim, rope_dim;
+    bool interleaved, norm;
+  };
+  const int tokens = 3, q_heads = 4, kv_heads = 2;
+  for (const Case& c : {Case{128, 128, false, true}, Case{128, 128, false, false}, Case{64, 32, true, true},
+                        Case{72, 40, false, true}, Case{320, 64, true, true}}) {
+    for (KvDType dtype : {KvDType::kF32, KvDType::kBf16, KvDType::kF8E4M3}) {
+      SCOPED_TRACE(absl::StrCat("head_dim ", c.head_dim, " rope ", c.rope_dim, c.interleaved ? " interleaved" : "",
+                                c.norm ? " norm " : " ", KvDTypeName(dtype)));
+      const int hd = c.head_dim, q_w = q_heads * hd, kv_w = kv_heads * hd;
+      std::vector<float> q(static_cast<size_t>(tokens) * q_w), k(static_cast<size_t>(tokens) * kv_w), v(k.size());
+      for (float& x : q) x = normal(rng);
+      for (float& x : k) x = normal(rng) * 3;
+      for (float& x : v) x = normal(rng);
+      std::vector<float> qn(hd), kn(hd), inv(c.rope_dim / 2);
+      for (float& x : qn) x = 1 + 0.1f * normal(rng);
+      for (float& x : kn) x = 1 + 0.1f * normal(rng);
+      for (int i = 0; i < c.rope_dim / 2; ++i) inv[i] = std::pow(10000.f, -2.f * i / c.rope_dim);
+      const std::vector<int> positions = {7, 0, 2999};
+      auto dpos = DeviceBuffer::Allocate(tokens * sizeof(int));
+      ASSERT_TRUE(dpos.ok());
+      ASSERT_TRUE((*dpos)->CopyFrom(positions.data(), tokens * sizeof(int)).ok());
+      auto dqn = Upload(qn), dkn = Upload(kn), dinv = Upload(inv), dv = Upload(v);
+      KvStore store;
+      store.dtype = dtype;
+      if (dtype == KvDType::kF8E4M3) store.k_scale = 0.5f, store.v_scale = 0.25f;
+      const size_t row_bytes = 2 * kv_w * KvDTypeBytes(dtype);
+      // Each way into its own cache, rows reversed.
+      auto run = [&](bool fused, std::vector<float>* q_out, std::vector<float>* k_out, std::string* cache_out) {
+        auto dq = Upload(q), dk = Upload(k);
+        auto cache = DeviceBuffer::Allocate(tokens * row_bytes);
+        ASSERT_TRUE(cache.ok());
+        ASSERT_TRUE((*cache)->Fill(0).ok());
+        std::vector<void*> kd(tokens), vd(tokens);
+        for (int t = 0; t < tokens; ++t) {
+          kd[t] = (*cache)->as<char>() + (tokens - 1 - t) * row_bytes;
+          vd[t] = static_cast<char*>(kd[t]) + row_bytes / 2;
+        }
+        auto dkd = DeviceBuffer::Allocate(tokens * sizeof(void*)), dvd = DeviceBuffer::Allocate(tokens * sizeof(void*));
+        ASSERT_TRUE(dkd.ok() && dvd.ok());
+        ASSERT_TRUE((*dkd)->CopyFrom(kd.data(), tokens * sizeof(void*)).ok());
+        ASSERT_TRUE((*dvd)->CopyFrom(vd.data(), tokens * sizeof(void*)).ok());
+        const float scaling = 0.9f;
+        if (fused) {
+          QkRows rows;
+          rows.q = dq->as<float>(), rows.k = dk->as<float>(), rows.v = dv->as<float>(), rows.tokens = tokens;
+          rows.q_heads = q_heads, rows.kv_heads = kv_heads, rows.head_dim = hd;
+          QkNorm norm;
+          if (c.norm) norm.q_weight = dqn->as<float>(), norm.k_weight = dkn->as<float>(), norm.eps = 1e-6f;
+          QkRope rope;
+          rope.inv_freq = dinv->as<float>(), rope.attention_scaling = scaling, rope.dim = c.rope_dim;
+          rope.interleaved = c.interleaved, rope.positions = (*dpos)->as<int>();
+          ASSERT_TRUE(NormRotateCacheCuda(rows, norm, rope, (*dkd)->as<void*>(), (*dvd)->as<void*>(), store, nullptr)
+                          .ok());
+        } else {
+          if (c.norm) {
+            ASSERT_TRUE(RmsNormCuda(dq->as<float>(), dqn->as<float>(), tokens * q_heads, hd, 1e-6f, dq->as<float>(),
+                                    nullptr)
+                            .ok());
+            ASSERT_TRUE(RmsNormCuda(dk->as<float>(), dkn->as<float>(), tokens * kv_heads, hd, 1e-6f,
+                                    dk->as<float>(), nullptr)
+                            .ok());
+          }
+          ASSERT_TRUE(RopeCuda(dinv->as<float>(), scaling, c.rope_dim, c.interleaved, (*dpos)->as<int>(), tokens,
+                               q_heads, q_w, hd, dq->as<float>(), nullptr)
+                          .ok());
+          ASSERT_TRUE(RopeCuda(dinv->as<float>(), scaling, c.rope_dim, c.interleaved, (*dpos)->as<int>(), tokens,
+                               kv_heads, kv_w, hd, dk->as<float>(), nullptr)
+                          .ok());
+          ASSERT_TRUE(ScatterKvRowsCuda(dk->as<float>(), kv_w, (*dkd)->as<void*>(), dv->as<float>(), kv_w,
+                                        (*dvd)->as<void*>(), tokens, store, nullptr)
+                          .ok());
+        }
+        *q_out = Download(*dq, q.size());
+        *k_out = Download(*dk, k.size());
+        cache_out->assign(tokens * row_bytes, '\0');
+        ASSERT_TRUE((*cache)->CopyTo(cache_out->data(), cache_out->size()).ok());
+      };
+      std::vector<float> q1, k1, q2, k2;
+      std::string c1, c2;
+      run(false, &q1, &k1, &c1);
+      run(true, &q2, &k2, &c2);
+      EXPECT_EQ(q2, q1);
+      EXPECT_EQ(k2, k1);
+      EXPECT_TRUE(c2 == c1) << "the cache rows differ";
+      EXPECT_NE(q2, q);  // it did something
+    }
+  }
+  QkRows rows;
+  rows.tokens = 1, rows.q_heads = 1, rows.kv_heads = 1, rows.head_dim = 64;
+  QkRope odd;
+  odd.dim = 33;
+  EXPECT_EQ(NormRotateCacheCuda(rows, QkNorm{}, odd, nullptr, nullptr, KvStore{}, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+  QkRope wide;
+  wide.dim = 66;
+  EXPECT_EQ(NormRotateCacheCuda(rows, QkNorm{}, wide, nullptr, nullptr, KvStore{}, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // Keys and values of a step's rows to their cache rows (row pointers) in

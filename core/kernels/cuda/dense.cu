@@ -1,14 +1,15 @@
 #include "core/kernels/cuda/dense.h"
 
 #include <cuda_bf16.h>
-#include <cuda_fp8.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 
+#include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
 #include "core/kernels/cuda/cuda_check.cuh"
+#include "core/kernels/cuda/kv_narrow.cuh"
 
 namespace moemesh {
 namespace {
@@ -54,22 +55,6 @@ __global__ void ClampKernel(float* y, size_t n, float limit) {
 
 __global__ void SigmoidKernel(const float* x, size_t n, float* y) {
   MM_GRID_STRIDE(i, n) { y[i] = 1.f / (1.f + expf(-x[i])); }
-}
-
-// A cache element from fp32 (`inv_scale`: FP8's 1 / scale).
-template <typename T>
-__device__ inline T Narrow(float x, float inv_scale);
-template <>
-__device__ inline float Narrow<float>(float x, float) {
-  return x;
-}
-template <>
-__device__ inline uint16_t Narrow<uint16_t>(float x, float) {
-  return __bfloat16_as_ushort(__float2bfloat16_rn(x));
-}
-template <>
-__device__ inline uint8_t Narrow<uint8_t>(float x, float inv_scale) {
-  return __nv_cvt_float_to_fp8(x * inv_scale, __NV_SATFINITE, __NV_E4M3);
 }
 
 template <typename T>
@@ -157,14 +142,19 @@ absl::Status SigmoidCuda(const float* x, size_t n, float* y, CudaStream stream) 
   return LaunchStatus("SigmoidKernel");
 }
 
+absl::Status CheckKvStore(const KvStore& store, const char* who) {
+  if (store.dtype == KvDType::kF8E4M3 &&
+      !(store.k_scale > 0 && store.v_scale > 0 && std::isfinite(store.k_scale) && std::isfinite(store.v_scale))) {
+    return absl::InvalidArgumentError(absl::StrCat(who, ": FP8 scales must be positive and finite"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ScatterKvRowsCuda(const float* k, int k_width, void* const* k_dst, const float* v, int v_width,
                                void* const* v_dst, int rows, const KvStore& store, CudaStream stream) {
   const size_t count = static_cast<size_t>(rows) * (k_width + (v != nullptr ? v_width : 0));
   if (count == 0) return absl::OkStatus();
-  if (store.dtype == KvDType::kF8E4M3 &&
-      !(store.k_scale > 0 && store.v_scale > 0 && std::isfinite(store.k_scale) && std::isfinite(store.v_scale))) {
-    return absl::InvalidArgumentError("ScatterKvRowsCuda: FP8 scales must be positive and finite");
-  }
+  MM_RETURN_IF_ERROR(CheckKvStore(store, "ScatterKvRowsCuda"));
   const float k_inv = 1.f / store.k_scale, v_inv = 1.f / store.v_scale;
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   switch (store.dtype) {

@@ -34,6 +34,8 @@ struct KvStore {
   float k_scale = 1.f;
   float v_scale = 1.f;
 };
+// InvalidArgument naming `who` where FP8's scales are not positive and finite.
+absl::Status CheckKvStore(const KvStore& store, const char* who);
 // The K and V rows of a step into the KV cache in one launch: row r of `k`
 // ([rows, k_width]) to k_dst[r], and of `v` to v_dst[r] (`v` null: keys
 // only), as `store` says. The destinations are elements of its dtype.

@@ -56,15 +56,33 @@ struct F32Weights {
   }
 };
 
+// Up to kMaxSkinnyProducts products of the same x in one launch (a layer's
+// query, key and value): each takes the blocks [block_begin[i],
+// block_begin[i + 1]) of the grid.
+struct SkinnyProducts {
+  const void* w[CudaGemm::kMaxSkinnyProducts];
+  const float* bias[CudaGemm::kMaxSkinnyProducts];  // null: none
+  float* out[CudaGemm::kMaxSkinnyProducts];
+  int m[CudaGemm::kMaxSkinnyProducts];
+  int block_begin[CudaGemm::kMaxSkinnyProducts + 1];
+  int count;
+};
+
 // A warp per kCols output columns: each x load serves kCols weight rows,
 // which more rows of x need (the loads of x, not of the weights, bound the
 // kernel past a few rows). k % W::kPerLoad == 0; w and x 16-byte aligned.
+// The bias, where there is one, is added to the finished sum (as a
+// separate AddBias would).
 template <class W, int kRows, int kCols>
 __global__ void __launch_bounds__(kSkinnyWarps * 32)
-    SkinnyKernel(const float* __restrict__ x, int n, const typename W::T* __restrict__ w, int m, int k,
-                 float* __restrict__ out) {
+    SkinnyKernel(const float* __restrict__ x, int n, SkinnyProducts p, int k) {
   constexpr int kPer = W::kPerLoad;
-  const int col0 = (blockIdx.x * kSkinnyWarps + threadIdx.x / 32) * kCols, lane = threadIdx.x % 32;
+  int i = 0;
+  while (i + 1 < p.count && static_cast<int>(blockIdx.x) >= p.block_begin[i + 1]) ++i;
+  const typename W::T* __restrict__ w = static_cast<const typename W::T*>(p.w[i]);
+  const int m = p.m[i];
+  const int col0 = ((blockIdx.x - p.block_begin[i]) * kSkinnyWarps + threadIdx.x / 32) * kCols,
+            lane = threadIdx.x % 32;
   if (col0 >= m) return;
   float acc[kRows][kCols] = {};
 #pragma unroll 4
@@ -101,13 +119,18 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32)
       }
     }
   }
+  const float* bias = p.bias[i];
+  float* out = p.out[i];
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
     if (r >= n) break;
 #pragma unroll
     for (int j = 0; j < kCols; ++j) {
-      const float v = WarpSum(acc[r][j]);
-      if (lane == 0 && col0 + j < m) out[static_cast<size_t>(r) * m + col0 + j] = v;
+      float v = WarpSum(acc[r][j]);
+      if (lane == 0 && col0 + j < m) {
+        if (bias != nullptr) v += bias[col0 + j];
+        out[static_cast<size_t>(r) * m + col0 + j] = v;
+      }
     }
   }
 }
@@ -121,17 +144,28 @@ unsigned SkinnyBlocks(int m, int cols) {
 }
 
 // Up to two rows a column per warp keeps the most warps reading weights;
-// past that, four columns per warp share each load of x.
+// past that, four columns per warp share each load of x. Fills in the
+// products' blocks.
 template <class W>
-absl::Status LaunchSkinny(const float* x, int n, const typename W::T* w, int m, int k, float* out,
-                          CudaStream stream) {
+absl::Status LaunchSkinny(const float* x, int n, SkinnyProducts p, int k, CudaStream stream) {
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  const int cols = n <= 2 ? 1 : 4;
+  p.block_begin[0] = 0;
+  for (int i = 0; i < p.count; ++i) p.block_begin[i + 1] = p.block_begin[i] + static_cast<int>(SkinnyBlocks(p.m[i], cols));
+  const unsigned blocks = static_cast<unsigned>(p.block_begin[p.count]);
+  if (blocks == 0) return absl::OkStatus();
   if (n <= 2) {
-    SkinnyKernel<W, 2, 1><<<SkinnyBlocks(m, 1), kSkinnyWarps * 32, 0, st>>>(x, n, w, m, k, out);
+    SkinnyKernel<W, 2, 1><<<blocks, kSkinnyWarps * 32, 0, st>>>(x, n, p, k);
   } else {
-    SkinnyKernel<W, kSkinnyRows, 4><<<SkinnyBlocks(m, 4), kSkinnyWarps * 32, 0, st>>>(x, n, w, m, k, out);
+    SkinnyKernel<W, kSkinnyRows, 4><<<blocks, kSkinnyWarps * 32, 0, st>>>(x, n, p, k);
   }
   return LaunchStatus("SkinnyKernel");
+}
+
+SkinnyProducts OneProduct(const void* w, int m, float* out) {
+  SkinnyProducts p{};
+  p.w[0] = w, p.m[0] = m, p.out[0] = out, p.count = 1;
+  return p;
 }
 
 bool Skinny(const float* x, int n, const void* w, int k, int k_multiple, int max_rows) {
@@ -181,7 +215,7 @@ absl::Status CudaGemm::LinearBf16(const float* x, int n, const uint16_t* w, int 
                                   CudaStream stream) {
   if (n == 0) return absl::OkStatus();
   if (Skinny(x, n, w, k, Bf16Weights::kPerLoad, skinny_max_rows_)) {
-    return LaunchSkinny<Bf16Weights>(x, n, reinterpret_cast<const __nv_bfloat16*>(w), m, k, out, stream);
+    return LaunchSkinny<Bf16Weights>(x, n, OneProduct(w, m, out), k, stream);
   }
   const CublasApi& api = *impl_->api;
   const size_t need = static_cast<size_t>(n) * k * 2;
@@ -198,10 +232,33 @@ absl::Status CudaGemm::LinearBf16(const float* x, int n, const uint16_t* w, int 
                    "cublasGemmEx (bf16)");
 }
 
+absl::Status CudaGemm::LinearsBf16(const float* x, int n, int k, absl::Span<const Bf16Product> products,
+                                   CudaStream stream) {
+  if (products.size() > static_cast<size_t>(kMaxSkinnyProducts)) {
+    return absl::InvalidArgumentError(absl::StrCat("CudaGemm::LinearsBf16: at most ", kMaxSkinnyProducts, " products"));
+  }
+  if (n == 0 || products.empty()) return absl::OkStatus();
+  bool skinny = true;
+  for (const Bf16Product& p : products) skinny = skinny && Skinny(x, n, p.w, k, Bf16Weights::kPerLoad, skinny_max_rows_);
+  if (skinny) {
+    SkinnyProducts sp{};
+    for (const Bf16Product& p : products) {
+      sp.w[sp.count] = p.w, sp.bias[sp.count] = p.bias, sp.out[sp.count] = p.out, sp.m[sp.count] = p.m;
+      ++sp.count;
+    }
+    return LaunchSkinny<Bf16Weights>(x, n, sp, k, stream);
+  }
+  for (const Bf16Product& p : products) {
+    MM_RETURN_IF_ERROR(LinearBf16(x, n, p.w, p.m, k, p.out, stream));
+    if (p.bias != nullptr) MM_RETURN_IF_ERROR(AddBiasCuda(p.out, p.bias, n, p.m, stream));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CudaGemm::LinearF32(const float* x, int n, const float* w, int m, int k, float* out, CudaStream stream) {
   if (n == 0) return absl::OkStatus();
   if (Skinny(x, n, w, k, F32Weights::kPerLoad, skinny_max_rows_)) {
-    return LaunchSkinny<F32Weights>(x, n, w, m, k, out, stream);
+    return LaunchSkinny<F32Weights>(x, n, OneProduct(w, m, out), k, stream);
   }
   const CublasApi& api = *impl_->api;
   MM_RETURN_IF_ERROR(SetStream(stream));

@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "core/kernels/cuda/cuda_runtime_util.h"
 
 namespace moemesh {
@@ -29,6 +30,19 @@ class CudaGemm {
   // one kernel of ours, a warp per output column, instead of cuBLAS's two
   // or three.
   absl::Status LinearBf16(const float* x, int n, const uint16_t* w, int m, int k, float* out, CudaStream stream);
+  // Several products of the same x, each with its own bf16 weights [m, k],
+  // output and optional fp32 bias [m] (out = x . w^T + bias): one launch of
+  // the skinny kernel where LinearBf16 would take it (a decode step's
+  // query, key and value), else one LinearBf16 and bias each. Results are
+  // those of LinearBf16 and a separate AddBiasCuda, bit for bit.
+  static constexpr int kMaxSkinnyProducts = 3;
+  struct Bf16Product {
+    const uint16_t* w;
+    int m;
+    const float* bias;  // null: none
+    float* out;
+  };
+  absl::Status LinearsBf16(const float* x, int n, int k, absl::Span<const Bf16Product> products, CudaStream stream);
   // The same with fp32 weights and fp32 arithmetic (no TF32), for small
   // matrices where rounding would matter (expert gates). Up to
   // skinny_max_rows rows take one kernel of ours, as above.

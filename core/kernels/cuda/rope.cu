@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/kernels/cuda/cuda_check.cuh"
+#include "core/kernels/cuda/rope.cuh"
 
 namespace moemesh {
 namespace {
@@ -11,21 +12,10 @@ namespace {
 __global__ void RopeKernel(const float* __restrict__ inv_freq, float scaling, int dim, bool interleaved,
                            const int* __restrict__ positions, int token_stride, int head_stride,
                            float* __restrict__ x) {
-  const int t = blockIdx.x, h = blockIdx.y, half = dim / 2;
-  float* v = x + static_cast<size_t>(t) * token_stride + static_cast<size_t>(h) * head_stride;
-  const float pos = static_cast<float>(positions[t]);
-  // Interleaved input is read whole before any thread writes it back.
+  const int t = blockIdx.x, h = blockIdx.y;
   extern __shared__ float tmp[];
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    const float a_ = pos * inv_freq[i];
-    const float c = cosf(a_) * scaling, s = sinf(a_) * scaling;
-    const float a = interleaved ? v[2 * i] : v[i];
-    const float b = interleaved ? v[2 * i + 1] : v[i + half];
-    tmp[i] = a * c - b * s;
-    tmp[i + half] = b * c + a * s;
-  }
-  __syncthreads();
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) v[i] = tmp[i];
+  RotateHead(inv_freq, scaling, dim, interleaved, static_cast<float>(positions[t]),
+             x + static_cast<size_t>(t) * token_stride + static_cast<size_t>(h) * head_stride, tmp);
 }
 
 }  // namespace
