@@ -555,7 +555,6 @@ absl::Status CudaForwardPass::StartExperts(int layer, const float* x, const floa
   const size_t picks = static_cast<size_t>(n) * slots, floats = static_cast<size_t>(n) * c.hidden_size;
   MM_ASSIGN_OR_RETURN(void* d_ids, Staging(kExpertIds, picks * sizeof(int)));
   MM_ASSIGN_OR_RETURN(void* d_w, Staging(kExpertW, picks * sizeof(float)));
-  MM_RETURN_IF_ERROR(RouteTokensCuda(g, logits, n, static_cast<int*>(d_ids), static_cast<float*>(d_w), stream_));
   const bool in_place = experts->cuda_device() == device_;
   experts_ = experts;
   // Experts in another process (cuda-ipc: not capturable) group on the GPU
@@ -565,24 +564,25 @@ absl::Status CudaForwardPass::StartExperts(int layer, const float* x, const floa
   const bool device_grouping = n <= options_.device_grouping_max_tokens || !experts->capturable();
   if (in_place && experts->groups_on_device() && device_grouping &&
       picks <= static_cast<size_t>(kMaxDeviceGroupedRoutes)) {
-    batch_ = ExpertBatch{layer, n, c.hidden_size, x, slots, static_cast<const int*>(d_ids),
-                         static_cast<const float*>(d_w)};
-    batch_.on_device = batch_.routing_on_device = true;
-    batch_.cuda_stream = stream_;
-    // No one reads this routing on the host: count it here for the
-    // scheduler's expert-load figures (AddRoutedCounts), from zero at the
-    // step's first such layer.
+    // No one reads this routing on the host: the routing kernel counts it
+    // for the scheduler's expert-load figures (AddRoutedCounts), from zero
+    // at the step's first such layer.
     if (!counted_routes_) {
       const size_t counts = static_cast<size_t>(c.num_layers) * c.num_experts;
       MM_ASSIGN_OR_RETURN(void* p, Staging(kRouteCounts, counts * sizeof(int)));
       route_counts_ = static_cast<int*>(p);
       MM_RETURN_IF_ERROR(ZeroDeviceAsync(route_counts_, counts * sizeof(int), stream_));
     }
-    MM_RETURN_IF_ERROR(CountRoutesCuda(static_cast<const int*>(d_ids), static_cast<int>(picks), c.num_experts,
-                                       route_counts_ + static_cast<size_t>(layer) * c.num_experts, stream_));
+    MM_RETURN_IF_ERROR(RouteTokensCuda(g, logits, n, static_cast<int*>(d_ids), static_cast<float*>(d_w), stream_,
+                                       route_counts_ + static_cast<size_t>(layer) * c.num_experts));
     counted_routes_ = true;
+    batch_ = ExpertBatch{layer, n, c.hidden_size, x, slots, static_cast<const int*>(d_ids),
+                         static_cast<const float*>(d_w)};
+    batch_.on_device = batch_.routing_on_device = true;
+    batch_.cuda_stream = stream_;
     return experts->Start(batch_, out, 0);
   }
+  MM_RETURN_IF_ERROR(RouteTokensCuda(g, logits, n, static_cast<int*>(d_ids), static_cast<float*>(d_w), stream_));
   MM_ASSIGN_OR_RETURN(void* ids, Pinned(kHostIds, picks * sizeof(int)));
   MM_ASSIGN_OR_RETURN(void* weights, Pinned(kHostWeights, picks * sizeof(float)));
   MM_RETURN_IF_ERROR(CopyToHostAsync(ids, d_ids, picks * sizeof(int), stream_));

@@ -584,12 +584,24 @@ TEST_F(CudaKernelsTest, RoutingMatchesCpu) {
     ASSERT_TRUE(dids.ok() && dw.ok());
     GatingParams gpu = base;
     if (gpu.sigmoid) gpu.score_bias = db->as<float>();
-    ASSERT_TRUE(RouteTokensCuda(gpu, dl->as<float>(), n, (*dids)->as<int>(), (*dw)->as<float>(), nullptr).ok());
+    // Counted as well, onto counts from before.
+    std::vector<int> counts(ec, 5);
+    auto dcounts = DeviceBuffer::Allocate(ec * sizeof(int));
+    ASSERT_TRUE(dcounts.ok());
+    ASSERT_TRUE((*dcounts)->CopyFrom(counts.data(), ec * sizeof(int)).ok());
+    ASSERT_TRUE(RouteTokensCuda(gpu, dl->as<float>(), n, (*dids)->as<int>(), (*dw)->as<float>(), nullptr,
+                                (*dcounts)->as<int>())
+                    .ok());
     ASSERT_TRUE(CudaSynchronize(nullptr).ok());
     std::vector<int> got_ids(want_ids.size());
     std::vector<float> got_w(want_w.size());
     ASSERT_TRUE((*dids)->CopyTo(got_ids.data(), got_ids.size() * sizeof(int)).ok());
     ASSERT_TRUE((*dw)->CopyTo(got_w.data(), got_w.size() * sizeof(float)).ok());
+    ASSERT_TRUE((*dcounts)->CopyTo(counts.data(), ec * sizeof(int)).ok());
+    for (int id : got_ids) {
+      if (id >= 0) --counts[id];
+    }
+    EXPECT_EQ(counts, std::vector<int>(ec, 5)) << "the routes counted are the routes written";
     int near_ties = 0;
     for (int t = 0; t < n; ++t) {
       const size_t o = static_cast<size_t>(t) * slots;

@@ -72,21 +72,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-__global__ void CountRoutesKernel(const int* __restrict__ ids, int routes, int num_experts, int* __restrict__ counts) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < routes; i += gridDim.x * blockDim.x) {
-    const int e = ids[i];
-    if (e >= 0 && e < num_experts) atomicAdd(&counts[e], 1);
-  }
-}
-
 }  // namespace
-
-absl::Status CountRoutesCuda(const int* ids, int routes, int num_experts, int* counts, CudaStream stream) {
-  if (routes <= 0) return absl::OkStatus();
-  CountRoutesKernel<<<(routes + 255) / 256, 256, 0, static_cast<cudaStream_t>(stream)>>>(ids, routes, num_experts,
-                                                                                         counts);
-  return LaunchStatus("CountRoutesKernel");
-}
 
 absl::Status GroupExpertsCuda(const int* expert_ids, const float* weights, int tokens, int slots, int num_experts,
                               const ExpertFfnGroup* experts, const DeviceExpertGroups& out, CudaStream stream) {

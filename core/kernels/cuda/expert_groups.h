@@ -37,10 +37,6 @@ struct DeviceExpertGroups {
 absl::Status GroupExpertsCuda(const int* expert_ids, const float* weights, int tokens, int slots, int num_experts,
                               const ExpertFfnGroup* experts, const DeviceExpertGroups& out, CudaStream stream);
 
-// counts[e] += the routes among `routes` ids that name expert e (ids
-// outside [0, num_experts) count nowhere); `ids` and `counts` on the device.
-absl::Status CountRoutesCuda(const int* ids, int routes, int num_experts, int* counts, CudaStream stream);
-
 }  // namespace moemesh
 
 #endif  // MOEMESH_CORE_KERNELS_CUDA_EXPERT_GROUPS_H_
