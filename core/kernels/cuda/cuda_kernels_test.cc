@@ -632,7 +632,8 @@ TEST_F(CudaKernelsTest, ExpertGroupsMatchTheHost) {
     int tokens, slots, experts;
   };
   for (const Shape& shape : {Shape{1, 2, 8}, Shape{5, 8, 128}, Shape{33, 3, 8}, Shape{200, 9, 256},
-                             Shape{kMaxDeviceGroupedRoutes / 8, 8, 64}}) {
+                             Shape{kMaxDeviceGroupedRoutes / 8, 8, 64}, Shape{kMaxDeviceGroupedRoutes / 2, 2, 8},
+                             Shape{kMaxDeviceGroupedRoutes, 1, kMaxGatingExperts}}) {
     const int tokens = shape.tokens, slots = shape.slots, num_experts = shape.experts;
     const size_t routes = static_cast<size_t>(tokens) * slots;
     std::vector<int> ids(routes);
