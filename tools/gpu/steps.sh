@@ -9,7 +9,7 @@
 # Steps: ipc (cuda_ipc_transport_test, IPC_FILTER), ipcr (its recording tests), mesh
 # (remote_experts_gpu_test, MESH_FILTER), fwd (cuda_forward_pass_test,
 # FWD_FILTER), kern (cuda_kernels_test, KERN_FILTER), decode / decodem
-# (gpu_decode_bench, Qwen3 / Mixtral shapes, counters), hop (ipc_hop_bench),
+# (gpu_decode_bench, Qwen3 / Mixtral shapes, counters, DECODE_BATCHES), hop (ipc_hop_bench),
 # attn (attention_bench, ATTN_ARGS, then bench/attention_torch.py, TORCH_ARGS),
 # serve (`moemesh bench serve` over `moemesh up` on random checkpoints at
 # real shapes, SERVE_MODELS="mixtral qwen3 deepseek", SERVE_ARGS), long (a 32K-token prompt beside 16 streams, LONG_ARGS),
@@ -67,7 +67,7 @@ for step in "$@"; do
     decode|decodem)
       shape=qwen3
       [ "$step" = decodem ] && shape=mixtral
-      timeout 200 "$B/bench/gpu_decode_bench" --shapes "$shape" --batches 1,8,32,64 --ipc-sync counter \
+      timeout 200 "$B/bench/gpu_decode_bench" --shapes "$shape" --batches "${DECODE_BATCHES:-1,8,32,64}" --ipc-sync counter \
         > "$out/$step.txt" 2>&1
       echo "$step rc=$?"
       tail -8 "$out/$step.txt" ;;
