@@ -202,6 +202,43 @@ TEST(EngineTest, ExpertExecutorSeam) {
   EXPECT_NE(st.message().find("layer 1"), std::string::npos);
 }
 
+// The KV tiers' copies of cache blocks: several blocks read out and written
+// into others come back whole, in order; bytes of another size are refused
+// before anything is written.
+TEST(EngineTest, KvBlocksCopyOutAndInWhole) {
+  const std::string dir = "tests/fixtures/deepseek_v3";
+  auto config = LoadModelConfig(dir);
+  auto ckpt = Checkpoint::Open(dir);
+  ASSERT_TRUE(config.ok() && ckpt.ok());
+  auto w = LoadWeights(std::move(*ckpt), *config);
+  ASSERT_TRUE(w.ok());
+  auto model = CpuForwardPass::Create(*config, std::make_shared<const ModelWeights>(std::move(*w)), nullptr);
+  ASSERT_TRUE(model.ok());
+  KvCache cache(config->num_layers, (*model)->kv_k_width(), (*model)->kv_v_width(), 4, 6);
+  const size_t layer_floats = 4 * static_cast<size_t>(cache.row_width());
+  for (int b = 0; b < 6; ++b) {
+    for (int l = 0; l < config->num_layers; ++l) {
+      for (size_t i = 0; i < layer_floats; ++i) cache.BlockRows(b, l)[i] = b * 1000 + l * 100 + static_cast<float>(i);
+    }
+  }
+  std::vector<std::string> out;
+  ASSERT_TRUE((*model)->ReadKvBlocks(cache, {2, 0}, &out).ok());
+  ASSERT_EQ(out.size(), 2u);
+  ASSERT_TRUE((*model)->WriteKvBlocks(&cache, {5, 4}, {out[0], out[1]}).ok());
+  for (int l = 0; l < config->num_layers; ++l) {
+    for (size_t i = 0; i < layer_floats; ++i) {
+      ASSERT_EQ(cache.BlockRows(5, l)[i], cache.BlockRows(2, l)[i]);
+      ASSERT_EQ(cache.BlockRows(4, l)[i], cache.BlockRows(0, l)[i]);
+    }
+  }
+  const std::string short_block = out[1].substr(1);
+  const float before = cache.BlockRows(3, 0)[0];
+  EXPECT_EQ((*model)->WriteKvBlocks(&cache, {3, 1}, {out[0], short_block}).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cache.BlockRows(3, 0)[0], before);  // nothing written
+  EXPECT_EQ((*model)->WriteKvBlocks(&cache, {3, 1}, {out[0]}).code(), absl::StatusCode::kInvalidArgument);
+}
+
 // Checkpoints written before transformers 5 spell rope as rope_scaling +
 // rope_theta; they must give the same logits.
 TEST(EngineTest, LegacyRopeSpellingGivesSameLogits) {

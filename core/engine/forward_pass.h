@@ -79,18 +79,25 @@ class ForwardPass {
   // it). Others add nothing.
   virtual void AddRoutedCounts(std::vector<int64_t>* routed) const {}
 
-  // One cache block's rows, every layer, as the KV tiers keep them:
-  // [layers][block_size][k_width + v_width] elements of kv_dtype(). This pass reads them
-  // from (and writes them to) `cache`'s memory; a pass that keeps the
-  // cache's contents elsewhere (the GPU's) overrides both. Write checks
-  // the size: INVALID_ARGUMENT for bytes of another layout.
-  virtual absl::Status ReadKvBlock(const KvCache& cache, int block, std::string* bytes);
-  virtual absl::Status WriteKvBlock(KvCache* cache, int block, absl::string_view bytes);
+  // Cache blocks' rows, every layer, as the KV tiers keep them, a block
+  // [layers][block_size][k_width + v_width] elements of kv_dtype(): out[i]
+  // (resized) of blocks[i], and bytes[i] into blocks[i]. This pass reads
+  // them from (and writes them to) `cache`'s memory; a pass that keeps the
+  // cache's contents elsewhere (the GPU's) overrides both, waiting once for
+  // all the blocks of a call. Write checks the sizes first: INVALID_ARGUMENT
+  // for bytes of another layout, nothing written.
+  virtual absl::Status ReadKvBlocks(const KvCache& cache, absl::Span<const int> blocks, std::vector<std::string>* out);
+  virtual absl::Status WriteKvBlocks(KvCache* cache, absl::Span<const int> blocks,
+                                     absl::Span<const absl::string_view> bytes);
 };
 
 // INVALID_ARGUMENT for an item without tokens or a token outside the
 // vocabulary: the checks every ForwardPass makes before a step.
 absl::Status CheckForwardItems(absl::Span<const ForwardItem> items, int vocab_size);
+// INVALID_ARGUMENT unless there are as many `bytes` as `blocks`, each of
+// `block_bytes`: what WriteKvBlocks checks first.
+absl::Status CheckKvBlockSizes(absl::Span<const int> blocks, absl::Span<const absl::string_view> bytes,
+                               size_t block_bytes);
 
 // Makes the forward pass for a model; `weights` hold its dense part. The
 // cache's block size and block count come with it, for passes that keep

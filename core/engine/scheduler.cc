@@ -216,40 +216,55 @@ void Scheduler::ImportFetched(Request* r) {
   // fetch began: use the fetched ones that continue the sequence.
   const int held = static_cast<int>(r->seq.blocks.size());
   if (r->seq.length != held * bs || static_cast<int>(r->seq.block_hashes.size()) != held) return;
+  // The fetched blocks that continue the sequence, each checked against its
+  // parent, tokens and hash.
+  std::vector<absl::string_view> bytes;
+  BlockHash parent = held == 0 ? cache_->root() : r->seq.block_hashes.back();
   for (int i = held - r->fetch_first; i >= 0 && i < static_cast<int>(got->size()); ++i) {
     const KvTierBlock& b = (*got)[i];
     const int index = r->fetch_first + i;
     const absl::Span<const int> tokens = r->prompt().subspan(static_cast<size_t>(index) * bs, bs);
-    const BlockHash parent = index == 0 ? cache_->root() : r->seq.block_hashes.back();
     if (b.parent != parent || !std::equal(tokens.begin(), tokens.end(), b.tokens.begin(), b.tokens.end()) ||
         ChainBlockHash(parent, tokens) != b.hash) {
       break;  // not the block this sequence needs: compute from here
     }
-    if (!cache_->Reserve(&r->seq, r->seq.length + bs).ok()) break;
-    if (!model_->WriteKvBlock(cache_, r->seq.blocks.back(), b.data()).ok()) {
+    bytes.push_back(b.data());
+    parent = b.hash;
+  }
+  // As many as the cache has room for, copied in at once.
+  while (!bytes.empty() && !cache_->Reserve(&r->seq, r->seq.length + static_cast<int>(bytes.size()) * bs).ok()) {
+    bytes.pop_back();
+  }
+  if (!bytes.empty()) {
+    const auto blocks = absl::MakeConstSpan(r->seq.blocks).subspan(held, bytes.size());
+    if (model_->WriteKvBlocks(cache_, blocks, bytes).ok()) {
+      const int tokens = static_cast<int>(bytes.size()) * bs;
+      r->seq.length += tokens;
+      cache_->Commit(&r->seq, r->tokens);
+      last_step_.tier_hit_tokens += tokens;
+    } else {
       cache_->Shrink(&r->seq);
       ++last_step_.tier_fallbacks;
-      break;
     }
-    r->seq.length += bs;
-    cache_->Commit(&r->seq, r->tokens);
-    last_step_.tier_hit_tokens += bs;
   }
   r->stored_blocks = r->seq.block_hashes.size();  // the tier has these already
 }
 
 void Scheduler::StoreCommitted(Request* r) {
   if (r->seq.block_hashes.size() <= r->stored_blocks) return;
-  std::vector<KvTierBlock> blocks;
   const int bs = cache_->block_size();
-  for (size_t i = r->stored_blocks; i < r->seq.block_hashes.size(); ++i) {
-    KvTierBlock b;
+  const size_t first = r->stored_blocks, count = r->seq.block_hashes.size() - first;
+  std::vector<std::string> bytes;
+  if (!model_->ReadKvBlocks(*cache_, absl::MakeConstSpan(r->seq.blocks).subspan(first, count), &bytes).ok()) return;
+  std::vector<KvTierBlock> blocks(count);
+  for (size_t j = 0; j < count; ++j) {
+    const size_t i = first + j;
+    KvTierBlock& b = blocks[j];
     b.hash = r->seq.block_hashes[i];
     b.parent = i == 0 ? cache_->root() : r->seq.block_hashes[i - 1];
     const auto tokens = absl::MakeConstSpan(r->tokens).subspan(i * bs, bs);
     b.tokens.assign(tokens.begin(), tokens.end());
-    if (!model_->ReadKvBlock(*cache_, r->seq.blocks[i], &b.bytes).ok()) break;
-    blocks.push_back(std::move(b));
+    b.bytes = std::move(bytes[j]);
   }
   r->stored_blocks += blocks.size();
   last_step_.tier_stored_blocks += static_cast<int64_t>(blocks.size());

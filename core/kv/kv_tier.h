@@ -14,7 +14,7 @@ namespace moemesh {
 
 // One full KV block leaving or entering the router's cache: its name, its
 // parent's (the root for a sequence's first block), its tokens, and its
-// rows: [layers][block_size][k_width + v_width] floats (ForwardPass::ReadKvBlock).
+// rows: [layers][block_size][k_width + v_width] floats (ForwardPass::ReadKvBlocks).
 struct KvTierBlock {
   BlockHash hash, parent;
   std::vector<int> tokens;

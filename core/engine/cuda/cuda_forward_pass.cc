@@ -823,38 +823,53 @@ size_t CudaForwardPass::KvLayerBytes() const {
 // A block's layers move through pinned memory on the pass's stream, one
 // wait a block: each layer by itself through pageable memory was a
 // synchronous copy, a wait a layer.
-absl::Status CudaForwardPass::ReadKvBlock(const KvCache& cache, int block, std::string* bytes) {
-  const size_t layer_bytes = KvLayerBytes(), total = layer_bytes * config_.num_layers;
+absl::Status CudaForwardPass::ReadKvBlocks(const KvCache& cache, absl::Span<const int> blocks,
+                                           std::vector<std::string>* out) {
+  const size_t layer_bytes = KvLayerBytes(), block_bytes = layer_bytes * config_.num_layers;
+  out->resize(blocks.size());
+  if (blocks.empty()) return absl::OkStatus();
   MM_RETURN_IF_ERROR(CudaSetDevice(device_));
-  MM_ASSIGN_OR_RETURN(void* staging, Pinned(kHostKvBlock, total));
+  MM_ASSIGN_OR_RETURN(void* staging, Pinned(kHostKvBlock, block_bytes * blocks.size()));
   char* host = static_cast<char*>(staging);
-  for (int l = 0; l < config_.num_layers; ++l) {
-    MM_RETURN_IF_ERROR(CopyToHostAsync(host + l * layer_bytes, KvBlock(l, block), layer_bytes, stream_));
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    for (int l = 0; l < config_.num_layers; ++l) {
+      MM_RETURN_IF_ERROR(
+          CopyToHostAsync(host + i * block_bytes + l * layer_bytes, KvBlock(l, blocks[i]), layer_bytes, stream_));
+    }
   }
-  MM_RETURN_IF_ERROR(CudaSynchronize(stream_));
-  bytes->assign(host, total);
+  MM_RETURN_IF_ERROR(CudaSynchronize(stream_));  // once for all the blocks
+  for (size_t i = 0; i < blocks.size(); ++i) (*out)[i].assign(host + i * block_bytes, block_bytes);
   return absl::OkStatus();
 }
 
-absl::Status CudaForwardPass::WriteKvBlock(KvCache* cache, int block, absl::string_view bytes) {
-  const size_t layer_bytes = KvLayerBytes();
-  if (bytes.size() != layer_bytes * config_.num_layers) {
-    return absl::InvalidArgumentError(absl::StrCat("a KV block of this cache is ", layer_bytes * config_.num_layers,
-                                                   " bytes; got ", bytes.size()));
-  }
+absl::Status CudaForwardPass::WriteKvBlocks(KvCache* cache, absl::Span<const int> blocks,
+                                            absl::Span<const absl::string_view> bytes) {
+  const size_t layer_bytes = KvLayerBytes(), block_bytes = layer_bytes * config_.num_layers;
+  MM_RETURN_IF_ERROR(CheckKvBlockSizes(blocks, bytes, block_bytes));
+  if (blocks.empty()) return absl::OkStatus();
   MM_RETURN_IF_ERROR(CudaSetDevice(device_));
   // Rows in page-locked memory (a GPU router's host tier) copy straight
   // from there; others through the staging buffer.
-  const char* host = bytes.data();
-  if (!IsPageLocked(host)) {
-    MM_ASSIGN_OR_RETURN(void* staging, Pinned(kHostKvBlock, bytes.size()));
-    std::memcpy(staging, bytes.data(), bytes.size());
-    host = static_cast<const char*>(staging);
+  size_t pageable = 0;
+  for (absl::string_view b : bytes) pageable += IsPageLocked(b.data()) ? 0 : b.size();
+  char* staging = nullptr;
+  if (pageable > 0) {
+    MM_ASSIGN_OR_RETURN(void* p, Pinned(kHostKvBlock, pageable));
+    staging = static_cast<char*>(p);
   }
-  for (int l = 0; l < config_.num_layers; ++l) {
-    MM_RETURN_IF_ERROR(CopyToDeviceAsync(KvBlock(l, block), host + l * layer_bytes, layer_bytes, stream_));
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const char* host = bytes[i].data();
+    if (!IsPageLocked(host)) {
+      std::memcpy(staging, host, block_bytes);
+      host = staging;
+      staging += block_bytes;
+    }
+    for (int l = 0; l < config_.num_layers; ++l) {
+      MM_RETURN_IF_ERROR(CopyToDeviceAsync(KvBlock(l, blocks[i]), host + l * layer_bytes, layer_bytes, stream_));
+    }
   }
-  return CudaSynchronize(stream_);  // before the source is written again or let go
+  // Once for all the blocks, before the sources are written again or let go.
+  return CudaSynchronize(stream_);
 }
 
 }  // namespace moemesh

@@ -94,8 +94,10 @@ class CudaForwardPass : public ForwardPass, private DecoderOps {
   KvDType kv_dtype() const override { return options_.kv_dtype; }
   void AddRoutedCounts(std::vector<int64_t>* routed) const override;
   // The cache's rows live in device memory (kv_pool_, layer-major).
-  absl::Status ReadKvBlock(const KvCache& cache, int block, std::string* bytes) override;
-  absl::Status WriteKvBlock(KvCache* cache, int block, absl::string_view bytes) override;
+  absl::Status ReadKvBlocks(const KvCache& cache, absl::Span<const int> blocks,
+                            std::vector<std::string>* out) override;
+  absl::Status WriteKvBlocks(KvCache* cache, absl::Span<const int> blocks,
+                             absl::Span<const absl::string_view> bytes) override;
   absl::Status SampleLast(absl::Span<const DeviceSampleRow> rows, std::vector<int>* tokens,
                           std::vector<float>* raw_logits) override;
 

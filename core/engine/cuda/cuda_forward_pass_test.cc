@@ -583,7 +583,7 @@ INSTANTIATE_TEST_SUITE_P(Models, CudaPrefixCachingTest,
 
 // A second turn on a new GPU engine over the host tier that the first
 // engine filled: its blocks come back from host memory into the device's
-// cache (ReadKvBlock / WriteKvBlock), and its tokens equal computing it;
+// cache (ReadKvBlocks / WriteKvBlocks), and its tokens equal computing it;
 // from a page-locked tier (a GPU router's: copied by DMA from the tier) and
 // from a pageable one (through the pass's staging buffer, as rows from the
 // kvcache service come).
