@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
@@ -256,6 +257,24 @@ absl::Status CudaExpertDevice::RunOnDevice(Lane& lane, const ExpertWork& work, b
   return st.ok() ? recorded : st;
 }
 
+absl::Status CudaExpertDevice::RunRoutedInGemms(const ExpertBatch& batch, float* out) {
+  MM_RETURN_IF_ERROR(CudaSetDevice(device_));
+  const size_t routes = static_cast<size_t>(batch.num_tokens) * batch.slots;
+  std::vector<int> ids(routes);
+  std::vector<float> weights(routes);
+  MM_RETURN_IF_ERROR(CopyToHostAsync(ids.data(), batch.expert_ids, routes * sizeof(int), batch.cuda_stream));
+  MM_RETURN_IF_ERROR(CopyToHostAsync(weights.data(), batch.weights, routes * sizeof(float), batch.cuda_stream));
+  MM_RETURN_IF_ERROR(CudaSynchronize(batch.cuda_stream));
+  for (int& id : ids) id = id >= 0 && id < num_experts_ ? id : -1;  // as GroupExpertsCuda counts them
+  ExpertBatch host = batch;
+  host.expert_ids = ids.data();
+  host.weights = weights.data();
+  host.routing_on_device = false;
+  ExpertWork work;
+  MM_RETURN_IF_ERROR(GroupByExpert(host, num_experts_, &work));
+  return RunCombined(work, out);
+}
+
 absl::Status CudaExpertDevice::RunRouted(const ExpertBatch& batch, float* out) {
   if (batch.hidden_size != hidden_) {
     return absl::InvalidArgumentError(
@@ -270,6 +289,9 @@ absl::Status CudaExpertDevice::RunRouted(const ExpertBatch& batch, float* out) {
         absl::StrCat("layer ", batch.layer, "'s experts are not all on this GPU: it cannot group them itself"));
   }
   if (batch.num_tokens == 0) return absl::OkStatus();
+  if (batch.num_tokens > options_.routed_gemm_min_tokens && !CudaStreamIsCapturing(batch.cuda_stream)) {
+    return RunRoutedInGemms(batch, out);
+  }
   absl::MutexLock lock(&routed_mu_);
   Lane& lane = *routed_lane_;
   absl::Status done = [&]() -> absl::Status {

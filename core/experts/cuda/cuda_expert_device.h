@@ -35,12 +35,18 @@ struct ExpertFfnGroup;
 // still in use by its last call). With the routing on the device too
 // (RunRouted: a decode step's), the rows are grouped there as well
 // (GroupExpertsCuda) and computed in the decode kernels, so that the host
-// waits for nothing.
+// waits for nothing; a larger batch (a prefill chunk sent over cuda-ipc)
+// has its routing read back and runs as work in device memory does, its
+// groups in the GEMMs.
 class CudaExpertDevice : public ExpertDevice {
  public:
   struct Options {
     int lanes = 2;
     int chunk_rows = 256;
+    // RunRouted with more tokens, outside a graph's capture: the host waits
+    // for the routing and groups it, and the groups run in the GEMMs (the
+    // decode kernels read a group's weights again for every 32 rows).
+    int routed_gemm_min_tokens = 128;
   };
   // FAILED_PRECONDITION without a GPU `device_index`; RESOURCE_EXHAUSTED
   // when the experts do not fit; INVALID_ARGUMENT for bad options or experts
@@ -78,6 +84,8 @@ class CudaExpertDevice : public ExpertDevice {
   struct Lane;
   CudaExpertDevice();
   absl::StatusOr<std::unique_ptr<Lane>> MakeLane() const;
+  // RunRouted for a large batch: the routing to the host, then RunCombined.
+  absl::Status RunRoutedInGemms(const ExpertBatch& batch, float* out);
   // Takes a free lane (waiting for one) and gives it back after `fn`.
   absl::Status OnLane(const std::function<absl::Status(Lane&)>& fn);
   // INVALID_ARGUMENT for work these experts cannot take (its hidden size).
