@@ -77,50 +77,69 @@ template <class W, int kRows, int kCols>
 __global__ void __launch_bounds__(kSkinnyWarps * 32)
     SkinnyKernel(const float* __restrict__ x, int n, SkinnyProducts p, int k) {
   constexpr int kPer = W::kPerLoad;
-  int i = 0;
-  while (i + 1 < p.count && static_cast<int>(blockIdx.x) >= p.block_begin[i + 1]) ++i;
-  const typename W::T* __restrict__ w = static_cast<const typename W::T*>(p.w[i]);
-  const int m = p.m[i];
-  const int col0 = ((blockIdx.x - p.block_begin[i]) * kSkinnyWarps + threadIdx.x / 32) * kCols,
-            lane = threadIdx.x % 32;
+  // Which product this block's: constant indices keep the table in the
+  // parameters (an indexed one is copied to each thread's stack).
+  const void* wp = p.w[0];
+  const float* bias = p.bias[0];
+  float* out = p.out[0];
+  int m = p.m[0], begin = 0;
+#pragma unroll
+  for (int j = 1; j < CudaGemm::kMaxSkinnyProducts; ++j) {
+    if (j < p.count && static_cast<int>(blockIdx.x) >= p.block_begin[j]) {
+      wp = p.w[j], bias = p.bias[j], out = p.out[j], m = p.m[j], begin = p.block_begin[j];
+    }
+  }
+  const typename W::T* __restrict__ w = static_cast<const typename W::T*>(wp);
+  const int col0 = ((blockIdx.x - begin) * kSkinnyWarps + threadIdx.x / 32) * kCols, lane = threadIdx.x % 32;
   if (col0 >= m) return;
   float acc[kRows][kCols] = {};
-#pragma unroll 4
-  for (int c = lane; c < k / kPer; c += 32) {
-    float wf[kCols][kPer];
+  // A lane's weight pieces are loaded kBatch at a time, all in flight
+  // together, before any is used: a decode step's products take a few
+  // microseconds, where each further round of loads costs as much again.
+  constexpr int kBatch = kCols == 1 ? 4 : 2;
+  const int pieces = k / kPer;
+  for (int c0 = lane; c0 < pieces; c0 += 32 * kBatch) {
+    float wf[kBatch][kCols][kPer];
 #pragma unroll
-    for (int j = 0; j < kCols; ++j) {
-      if (col0 + j < m) {
-        W::Load(w + static_cast<size_t>(col0 + j) * k, c, wf[j]);
-      } else {
+    for (int b = 0; b < kBatch; ++b) {
+      const int c = c0 + 32 * b;
 #pragma unroll
-        for (int e = 0; e < kPer; ++e) wf[j][e] = 0.f;
+      for (int j = 0; j < kCols; ++j) {
+        if (c < pieces && col0 + j < m) {
+          W::Load(w + static_cast<size_t>(col0 + j) * k, c, wf[b][j]);
+        } else {
+#pragma unroll
+          for (int e = 0; e < kPer; ++e) wf[b][j][e] = 0.f;
+        }
       }
     }
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      if (r >= n) break;
-      const float4* xr =
-          reinterpret_cast<const float4*>(x + static_cast<size_t>(r) * k + static_cast<size_t>(c) * kPer);
-      float xv[kPer];
+    for (int b = 0; b < kBatch; ++b) {
+      const int c = c0 + 32 * b;
+      if (c >= pieces) break;
 #pragma unroll
-      for (int q = 0; q < kPer / 4; ++q) {
-        const float4 v = xr[q];
-        xv[4 * q] = v.x, xv[4 * q + 1] = v.y, xv[4 * q + 2] = v.z, xv[4 * q + 3] = v.w;
-      }
-      if (W::kRoundX) {
+      for (int r = 0; r < kRows; ++r) {
+        if (r >= n) break;
+        const float4* xr =
+            reinterpret_cast<const float4*>(x + static_cast<size_t>(r) * k + static_cast<size_t>(c) * kPer);
+        float xv[kPer];
 #pragma unroll
-        for (int e = 0; e < kPer; ++e) xv[e] = RoundBf16(xv[e]);
-      }
+        for (int q = 0; q < kPer / 4; ++q) {
+          const float4 v = xr[q];
+          xv[4 * q] = v.x, xv[4 * q + 1] = v.y, xv[4 * q + 2] = v.z, xv[4 * q + 3] = v.w;
+        }
+        if (W::kRoundX) {
 #pragma unroll
-      for (int j = 0; j < kCols; ++j) {
+          for (int e = 0; e < kPer; ++e) xv[e] = RoundBf16(xv[e]);
+        }
 #pragma unroll
-        for (int e = 0; e < kPer; ++e) acc[r][j] += wf[j][e] * xv[e];
+        for (int j = 0; j < kCols; ++j) {
+#pragma unroll
+          for (int e = 0; e < kPer; ++e) acc[r][j] += wf[b][j][e] * xv[e];
+        }
       }
     }
   }
-  const float* bias = p.bias[i];
-  float* out = p.out[i];
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
     if (r >= n) break;
