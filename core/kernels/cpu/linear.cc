@@ -73,6 +73,12 @@ inline float RowFactor(const void* w) {
   return 1.0f;
 }
 
+// FP8 E4M3 codes as floats in three instructions: the code sign-extended
+// and shifted left 20 puts its exponent and mantissa in bits 20..26 and a
+// copy of its sign in bit 31 (and 27..30, which the mask clears); that
+// float is the code's value times 2^-120 (subnormals too).
+constexpr int32_t kF8Bits = static_cast<int32_t>(0x87F00000u);
+
 // Eight weights from element i, widened to float in registers (quantized:
 // i a multiple of 8; WeightAt's floats).
 template <W kW>
@@ -84,9 +90,8 @@ __attribute__((target("avx2,fma,f16c"))) inline __m256 Load8(const void* w, int 
   }
   if constexpr (kW == W::kF8) {  // F8E4M3ToF32's bit placement, eight at a time, then the block's scale
     const QRow& r = *static_cast<const QRow*>(w);
-    const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(r.codes + i)));
-    const __m256i bits = _mm256_or_si256(_mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x7F)), 20),
-                                         _mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x80)), 24));
+    const __m256i b = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(r.codes + i)));
+    const __m256i bits = _mm256_and_si256(_mm256_slli_epi32(b, 20), _mm256_set1_epi32(kF8Bits));
     return _mm256_mul_ps(_mm256_mul_ps(_mm256_castsi256_ps(bits), _mm256_set1_ps(0x1p120f)),
                          _mm256_set1_ps(r.scales[i >> r.shift]));
   }
@@ -195,9 +200,8 @@ __attribute__((target("avx512f"))) inline __m512 Load16(const void* w, int i) {
   }
   if constexpr (kW == W::kF8) {  // as Load8
     const QRow& r = *static_cast<const QRow*>(w);
-    const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r.codes + i)));
-    const __m512i bits = _mm512_or_si512(_mm512_slli_epi32(_mm512_and_si512(b, _mm512_set1_epi32(0x7F)), 20),
-                                         _mm512_slli_epi32(_mm512_and_si512(b, _mm512_set1_epi32(0x80)), 24));
+    const __m512i b = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r.codes + i)));
+    const __m512i bits = _mm512_and_si512(_mm512_slli_epi32(b, 20), _mm512_set1_epi32(kF8Bits));
     return _mm512_mul_ps(_mm512_mul_ps(_mm512_castsi512_ps(bits), _mm512_set1_ps(0x1p120f)),
                          _mm512_set1_ps(r.scales[i >> r.shift]));
   }
