@@ -823,22 +823,37 @@ size_t CudaForwardPass::KvLayerBytes() const {
 // A block's layers move through pinned memory on the pass's stream, one
 // wait a block: each layer by itself through pageable memory was a
 // synchronous copy, a wait a layer.
+namespace {
+
+// Blocks staged in page-locked memory between two waits: a long prompt's
+// thousands of blocks go through in pieces rather than pin gigabytes.
+size_t StagedBlocks(size_t block_bytes) {
+  constexpr size_t kStagingBytes = size_t{64} << 20;
+  return std::max<size_t>(1, kStagingBytes / block_bytes);
+}
+
+}  // namespace
+
 absl::Status CudaForwardPass::ReadKvBlocks(const KvCache& cache, absl::Span<const int> blocks,
                                            std::vector<std::string>* out) {
   const size_t layer_bytes = KvLayerBytes(), block_bytes = layer_bytes * config_.num_layers;
   out->resize(blocks.size());
   if (blocks.empty()) return absl::OkStatus();
   MM_RETURN_IF_ERROR(CudaSetDevice(device_));
-  MM_ASSIGN_OR_RETURN(void* staging, Pinned(kHostKvBlock, block_bytes * blocks.size()));
+  const size_t per = std::min(blocks.size(), StagedBlocks(block_bytes));
+  MM_ASSIGN_OR_RETURN(void* staging, Pinned(kHostKvBlock, block_bytes * per));
   char* host = static_cast<char*>(staging);
-  for (size_t i = 0; i < blocks.size(); ++i) {
-    for (int l = 0; l < config_.num_layers; ++l) {
-      MM_RETURN_IF_ERROR(
-          CopyToHostAsync(host + i * block_bytes + l * layer_bytes, KvBlock(l, blocks[i]), layer_bytes, stream_));
+  for (size_t first = 0; first < blocks.size(); first += per) {
+    const size_t count = std::min(per, blocks.size() - first);
+    for (size_t i = 0; i < count; ++i) {
+      for (int l = 0; l < config_.num_layers; ++l) {
+        MM_RETURN_IF_ERROR(CopyToHostAsync(host + i * block_bytes + l * layer_bytes, KvBlock(l, blocks[first + i]),
+                                           layer_bytes, stream_));
+      }
     }
+    MM_RETURN_IF_ERROR(CudaSynchronize(stream_));  // once for the staged blocks
+    for (size_t i = 0; i < count; ++i) (*out)[first + i].assign(host + i * block_bytes, block_bytes);
   }
-  MM_RETURN_IF_ERROR(CudaSynchronize(stream_));  // once for all the blocks
-  for (size_t i = 0; i < blocks.size(); ++i) (*out)[i].assign(host + i * block_bytes, block_bytes);
   return absl::OkStatus();
 }
 
@@ -851,24 +866,31 @@ absl::Status CudaForwardPass::WriteKvBlocks(KvCache* cache, absl::Span<const int
   // Rows in page-locked memory (a GPU router's host tier) copy straight
   // from there; others through the staging buffer.
   size_t pageable = 0;
-  for (absl::string_view b : bytes) pageable += IsPageLocked(b.data()) ? 0 : b.size();
+  for (absl::string_view b : bytes) pageable += IsPageLocked(b.data()) ? 1 : 0;
+  pageable = blocks.size() - pageable;
+  const size_t per = std::min(pageable, StagedBlocks(block_bytes));
   char* staging = nullptr;
-  if (pageable > 0) {
-    MM_ASSIGN_OR_RETURN(void* p, Pinned(kHostKvBlock, pageable));
+  if (per > 0) {
+    MM_ASSIGN_OR_RETURN(void* p, Pinned(kHostKvBlock, per * block_bytes));
     staging = static_cast<char*>(p);
   }
+  size_t staged = 0;  // since the last wait
   for (size_t i = 0; i < blocks.size(); ++i) {
     const char* host = bytes[i].data();
     if (!IsPageLocked(host)) {
-      std::memcpy(staging, host, block_bytes);
-      host = staging;
-      staging += block_bytes;
+      if (staged == per) {  // the staging buffer is read before it is written again
+        MM_RETURN_IF_ERROR(CudaSynchronize(stream_));
+        staged = 0;
+      }
+      char* to = staging + staged++ * block_bytes;
+      std::memcpy(to, host, block_bytes);
+      host = to;
     }
     for (int l = 0; l < config_.num_layers; ++l) {
       MM_RETURN_IF_ERROR(CopyToDeviceAsync(KvBlock(l, blocks[i]), host + l * layer_bytes, layer_bytes, stream_));
     }
   }
-  // Once for all the blocks, before the sources are written again or let go.
+  // Once for the rest, before the sources are written again or let go.
   return CudaSynchronize(stream_);
 }
 
