@@ -27,7 +27,7 @@ absl::Status Attention(const ModelConfig& c, int layer, int n, DecoderOps* ops, 
   }
   DecoderOps::QkHeads heads;
   heads.q_heads = c.num_heads, heads.kv_heads = c.num_kv_heads, heads.head_dim = hd;
-  heads.norm = c.qk_norm_per_head, heads.eps = eps;  // Qwen3: each head on its own
+  heads.norm = c.qk_norm_per_head && !c.qk_norm_full, heads.eps = eps;  // Qwen3: each head on its own
   heads.clip = c.clip_qkv > 0 ? static_cast<float>(c.clip_qkv) : 0.f;
   MM_RETURN_IF_ERROR(ops->NormRotateCache(layer, heads, n, q, k, v));
   const AttentionShape shape{c.num_heads, c.num_kv_heads, hd, hd, static_cast<float>(c.AttentionScale()),

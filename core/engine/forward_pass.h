@@ -83,9 +83,10 @@ class ForwardPass {
   // [layers][block_size][k_width + v_width] elements of kv_dtype(): out[i]
   // (resized) of blocks[i], and bytes[i] into blocks[i]. This pass reads
   // them from (and writes them to) `cache`'s memory; a pass that keeps the
-  // cache's contents elsewhere (the GPU's) overrides both, waiting once for
-  // all the blocks of a call. Write checks the sizes first: INVALID_ARGUMENT
-  // for bytes of another layout, nothing written.
+  // cache's contents elsewhere (the GPU's) overrides both, waiting for the
+  // copies once for many blocks (the GPU's: per 64 MiB staged). Write checks
+  // the sizes first: INVALID_ARGUMENT for bytes of another layout, nothing
+  // written.
   virtual absl::Status ReadKvBlocks(const KvCache& cache, absl::Span<const int> blocks, std::vector<std::string>* out);
   virtual absl::Status WriteKvBlocks(KvCache* cache, absl::Span<const int> blocks,
                                      absl::Span<const absl::string_view> bytes);

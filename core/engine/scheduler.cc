@@ -231,7 +231,8 @@ void Scheduler::ImportFetched(Request* r) {
     bytes.push_back(b.data());
     parent = b.hash;
   }
-  // As many as the cache has room for, copied in at once.
+  // As many as the cache has room for, copied in at once; if the copy
+  // fails (bytes of another layout), none of them is used: computed instead.
   while (!bytes.empty() && !cache_->Reserve(&r->seq, r->seq.length + static_cast<int>(bytes.size()) * bs).ok()) {
     bytes.pop_back();
   }

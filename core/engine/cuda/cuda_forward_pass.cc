@@ -820,9 +820,9 @@ size_t CudaForwardPass::KvLayerBytes() const {
   return static_cast<size_t>(block_size_) * (kv_k_width() + kv_v_width()) * KvDTypeBytes(options_.kv_dtype);
 }
 
-// A block's layers move through pinned memory on the pass's stream, one
-// wait a block: each layer by itself through pageable memory was a
-// synchronous copy, a wait a layer.
+// Blocks' layers move through pinned memory on the pass's stream, with a
+// wait for many blocks at once: each layer by itself through pageable
+// memory was a synchronous copy, a wait a layer.
 namespace {
 
 // Blocks staged in page-locked memory between two waits: a long prompt's
@@ -843,6 +843,9 @@ absl::Status CudaForwardPass::ReadKvBlocks(const KvCache& cache, absl::Span<cons
   const size_t per = std::min(blocks.size(), StagedBlocks(block_bytes));
   MM_ASSIGN_OR_RETURN(void* staging, Pinned(kHostKvBlock, block_bytes * per));
   char* host = static_cast<char*>(staging);
+  // A failed call still waits for the copies it queued: they use the
+  // staging buffer, which the next call may write.
+  absl::Cleanup drain = [&] { CudaSynchronize(stream_).IgnoreError(); };
   for (size_t first = 0; first < blocks.size(); first += per) {
     const size_t count = std::min(per, blocks.size() - first);
     for (size_t i = 0; i < count; ++i) {
@@ -854,6 +857,7 @@ absl::Status CudaForwardPass::ReadKvBlocks(const KvCache& cache, absl::Span<cons
     MM_RETURN_IF_ERROR(CudaSynchronize(stream_));  // once for the staged blocks
     for (size_t i = 0; i < count; ++i) (*out)[first + i].assign(host + i * block_bytes, block_bytes);
   }
+  std::move(drain).Cancel();
   return absl::OkStatus();
 }
 
@@ -875,6 +879,9 @@ absl::Status CudaForwardPass::WriteKvBlocks(KvCache* cache, absl::Span<const int
     staging = static_cast<char*>(p);
   }
   size_t staged = 0;  // since the last wait
+  // A failed call still waits for the copies it queued: they read the
+  // staging buffer and the callers' bytes, which go once it returns.
+  absl::Cleanup drain = [&] { CudaSynchronize(stream_).IgnoreError(); };
   for (size_t i = 0; i < blocks.size(); ++i) {
     const char* host = bytes[i].data();
     if (!IsPageLocked(host)) {
@@ -891,6 +898,7 @@ absl::Status CudaForwardPass::WriteKvBlocks(KvCache* cache, absl::Span<const int
     }
   }
   // Once for the rest, before the sources are written again or let go.
+  std::move(drain).Cancel();
   return CudaSynchronize(stream_);
 }
 

@@ -59,8 +59,8 @@ ExpertDeviceFactory CudaExpertDevice::Factory(int device_index, const Options& o
 absl::StatusOr<std::unique_ptr<ExpertDevice>> CudaExpertDevice::Create(const ModelConfig& config,
                                                                        const ModelWeights& weights,
                                                                        int device_index, const Options& options) {
-  if (options.lanes < 1 || options.chunk_rows < 1) {
-    return absl::InvalidArgumentError("CudaExpertDevice: lanes and chunk_rows must be >= 1");
+  if (options.lanes < 1 || options.chunk_rows < 1 || options.routed_gemm_min_tokens < 1) {
+    return absl::InvalidArgumentError("CudaExpertDevice: lanes, chunk_rows and routed_gemm_min_tokens must be >= 1");
   }
   if (device_index < 0 || device_index >= CudaDeviceCount()) {
     return absl::FailedPreconditionError(absl::StrCat("--device cuda:", device_index, ": this machine has ",
@@ -289,7 +289,7 @@ absl::Status CudaExpertDevice::RunRouted(const ExpertBatch& batch, float* out) {
         absl::StrCat("layer ", batch.layer, "'s experts are not all on this GPU: it cannot group them itself"));
   }
   if (batch.num_tokens == 0) return absl::OkStatus();
-  if (batch.num_tokens > options_.routed_gemm_min_tokens && !CudaStreamIsCapturing(batch.cuda_stream)) {
+  if (batch.num_tokens >= options_.routed_gemm_min_tokens && !CudaStreamIsCapturing(batch.cuda_stream)) {
     return RunRoutedInGemms(batch, out);
   }
   absl::MutexLock lock(&routed_mu_);

@@ -35,7 +35,7 @@ struct ExpertFfnGroup;
 // still in use by its last call). With the routing on the device too
 // (RunRouted: a decode step's), the rows are grouped there as well
 // (GroupExpertsCuda) and computed in the decode kernels, so that the host
-// waits for nothing; a larger batch (a prefill chunk sent over cuda-ipc)
+// waits for nothing; a large batch (a prefill chunk sent over cuda-ipc)
 // has its routing read back and runs as work in device memory does, its
 // groups in the GEMMs.
 class CudaExpertDevice : public ExpertDevice {
@@ -43,9 +43,10 @@ class CudaExpertDevice : public ExpertDevice {
   struct Options {
     int lanes = 2;
     int chunk_rows = 256;
-    // RunRouted with more tokens, outside a graph's capture: the host waits
-    // for the routing and groups it, and the groups run in the GEMMs (the
-    // decode kernels read a group's weights again for every 32 rows).
+    // RunRouted with at least this many tokens, outside a graph's capture:
+    // the host waits for the routing and groups it, and the groups run in
+    // the GEMMs (the decode kernels read a group's weights again for every
+    // 32 rows).
     int routed_gemm_min_tokens = 128;
   };
   // FAILED_PRECONDITION without a GPU `device_index`; RESOURCE_EXHAUSTED

@@ -47,7 +47,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   RouteToken(WarpTeam{static_cast<int>(threadIdx.x % 32)}, p, logits + static_cast<size_t>(t) * p.num_experts, ids,
              w_out + static_cast<size_t>(t) * slots, &scratch[warp]);
   if (counts == nullptr) return;
-  __syncwarp();  // the ids the other lanes wrote
+  __syncwarp();  // RouteToken's writes (lane 0's) done
   if (threadIdx.x % 32 != 0) return;
   for (int s = 0; s < slots; ++s) {
     if (ids[s] >= 0 && ids[s] < p.num_experts) atomicAdd(&counts[ids[s]], 1);
