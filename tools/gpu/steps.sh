@@ -123,8 +123,10 @@ for r in json.load(open(sys.argv[1]))["runs"]:
   echo "  ($step: $(( $(date +%s) - start )) s)"
 done
 # MPS's quit waits for its clients: an expert worker a failed test left
-# behind would hold the call to its time limit.
-pkill -f "$B/" 2> /dev/null
+# behind would hold the call to its time limit. Only programs started from
+# the bundle (their command line begins with its path), not a shell whose
+# command line merely names it.
+pkill -f "^$B/" 2> /dev/null
 sleep 1
-pkill -9 -f "$B/" 2> /dev/null
+pkill -9 -f "^$B/" 2> /dev/null
 echo quit | timeout 20 nvidia-cuda-mps-control
