@@ -12,13 +12,19 @@
 namespace moemesh {
 
 absl::StatusOr<QuantSpec> ParseQuantSpec(absl::string_view text) {
-  const std::vector<absl::string_view> parts = absl::StrSplit(text, ':');
+  std::vector<absl::string_view> parts = absl::StrSplit(text, ':');
   QuantSpec spec;
   auto bad = [&] {
     return absl::InvalidArgumentError(absl::StrCat("quantization \"", text,
                                                    "\": use none, int8, int4, int4:G or int4:G:asym (G: 32, 64 "
-                                                   "or 128 columns a scale)"));
+                                                   "or 128 columns a scale), an int4 form with :q8 at the end "
+                                                   "for int8 inputs"));
   };
+  if (parts.size() > 1 && parts.back() == "q8") {  // int4 by int8 inputs
+    if (parts[0] != "int4") return bad();
+    spec.int8_inputs = true;
+    parts.pop_back();
+  }
   if (parts[0] == "none" || parts[0].empty()) return parts.size() == 1 ? absl::StatusOr<QuantSpec>(spec) : bad();
   if (parts[0] == "int8") {
     if (parts.size() != 1) return bad();
@@ -46,7 +52,7 @@ std::string QuantSpecName(const QuantSpec& spec) {
     case QuantKind::kInt8:
       return "int8";
     case QuantKind::kInt4:
-      return absl::StrCat("int4:", spec.group, spec.symmetric ? "" : ":asym");
+      return absl::StrCat("int4:", spec.group, spec.symmetric ? "" : ":asym", spec.int8_inputs ? ":q8" : "");
     case QuantKind::kFp8:
       return "fp8";  // read from checkpoints only
   }
@@ -67,6 +73,7 @@ absl::StatusOr<std::shared_ptr<const QuantizedMatrix>> Quantize(const MatrixView
   v = MatrixView{DType::kI8, w.rows, w.cols, nullptr};
   v.quant = spec.kind;
   v.group = spec.kind == QuantKind::kInt8 ? std::max(w.cols, 1) : spec.group;
+  v.int8_inputs = spec.kind == QuantKind::kInt4 && spec.int8_inputs;
   const int groups = v.groups(), cols = w.cols;
   q->codes_.assign(static_cast<size_t>(w.rows) * v.row_bytes(), 0);
   q->scales_.assign(static_cast<size_t>(w.rows) * groups, 0.f);

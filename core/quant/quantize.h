@@ -17,10 +17,14 @@ struct QuantSpec {
   QuantKind kind = QuantKind::kNone;
   int group = 0;          // int4: columns a scale covers, 32, 64 or 128; int8: the whole row
   bool symmetric = true;  // int4: zero point 8 and scale absmax / 7; else the group's range in 15 steps
+  // int4: the kernels multiply by int8 inputs (MatrixView::int8_inputs): a
+  // run-time choice, not part of a checkpoint's format.
+  bool int8_inputs = false;
 };
 
 // "none", "int8", "int4" (groups of 128, symmetric), "int4:G" and
-// "int4:G:asym" (G 32, 64 or 128). INVALID_ARGUMENT says what is accepted.
+// "int4:G:asym" (G 32, 64 or 128), an int4 form with ":q8" after it for
+// int8 inputs ("int4:128:q8"). INVALID_ARGUMENT says what is accepted.
 absl::StatusOr<QuantSpec> ParseQuantSpec(absl::string_view text);
 // The spelling ParseQuantSpec takes back.
 std::string QuantSpecName(const QuantSpec& spec);

@@ -30,7 +30,7 @@ std::vector<QuantSpec> Specs() {
 }
 
 TEST(QuantSpecTest, ParsesWhatItNamesAndRefusesTheRest) {
-  for (const char* s : {"none", "int8", "int4:128", "int4:32", "int4:64:asym"}) {
+  for (const char* s : {"none", "int8", "int4:128", "int4:32", "int4:64:asym", "int4:128:q8", "int4:32:asym:q8"}) {
     auto spec = ParseQuantSpec(s);
     ASSERT_TRUE(spec.ok()) << s << ": " << spec.status();
     EXPECT_EQ(QuantSpecName(*spec), s);
@@ -38,7 +38,11 @@ TEST(QuantSpecTest, ParsesWhatItNamesAndRefusesTheRest) {
   EXPECT_EQ(QuantSpecName(*ParseQuantSpec("int4")), "int4:128");
   EXPECT_EQ(QuantSpecName(*ParseQuantSpec("int4:64:sym")), "int4:64");
   EXPECT_EQ(QuantSpecName(*ParseQuantSpec("")), "none");
-  for (const char* s : {"int3", "int4:48", "int4:16", "int8:32", "int4:64:zero", "fp8", "int4:x", "none:1"}) {
+  EXPECT_EQ(QuantSpecName(*ParseQuantSpec("int4:q8")), "int4:128:q8");
+  EXPECT_TRUE(ParseQuantSpec("int4:64:q8")->int8_inputs);
+  EXPECT_FALSE(ParseQuantSpec("int4:64")->int8_inputs);
+  for (const char* s : {"int3", "int4:48", "int4:16", "int8:32", "int4:64:zero", "fp8", "int4:x", "none:1", "int8:q8",
+                        "q8", "int4:q8:asym", "int4:64:asym:q8:q8"}) {
     auto spec = ParseQuantSpec(s);
     EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument) << s;
     if (!spec.ok()) {
@@ -148,6 +152,68 @@ TEST(QuantizedLinearTest, MatchesTheDequantizedProductAndDoesNotDependOnTheBatch
           for (size_t j = 0; j < y.size(); ++j) {
             ASSERT_EQ(y[j], alone[j]) << QuantSpecName(spec) << " isa " << v << " m=" << m << " n=" << n
                                       << " k=" << k << " at " << j;
+          }
+        }
+      }
+    }
+  }
+}
+
+// Int4 weights by int8 inputs ("int4:G:q8", MatrixView::int8_inputs):
+// within the inputs' rounding of the dequantized product (each input off by
+// at most its block's largest / 254), the same bits whatever the batch and
+// whatever the kernels (portable, AVX2, AVX-512 with VNNI where the CPU has
+// it), with odd sizes (a last block in part, a last chunk of fewer than
+// four blocks) and a row of zero inputs.
+TEST(QuantizedLinearTest, Int8InputsStayWithinTheirRoundingAndDependNeitherOnBatchNorOnKernels) {
+  ThreadPool pool(2);
+  for (const char* name : {"int4:32:q8", "int4:64:q8", "int4:128:q8", "int4:32:asym:q8", "int4:128:asym:q8"}) {
+    const QuantSpec spec = *ParseQuantSpec(name);
+    for (auto [n, k] : {std::pair{7, 13}, {33, 48}, {17, 257}, {20, 320}, {9, 1024}, {5, 416}}) {
+      std::vector<float> wf = Random(static_cast<size_t>(n) * k, 31), bias = Random(n, 32);
+      auto q = Quantize(MatrixView{DType::kF32, n, k, wf.data()}, spec);
+      ASSERT_TRUE(q.ok()) << q.status();
+      const MatrixView& w = (*q)->view();
+      ASSERT_TRUE(w.int8_inputs);
+      std::vector<float> wr(static_cast<size_t>(n) * k);
+      for (int r = 0; r < n; ++r) GatherRow(w, r, wr.data() + static_cast<size_t>(r) * k);
+      const int max_m = 6;
+      std::vector<float> x = Random(static_cast<size_t>(max_m) * k, 33, 2.0f);
+      for (int d = 0; d < k; ++d) x[static_cast<size_t>(2) * k + d] = 0.0f;  // row 2: zeros
+      std::vector<float> first;
+      for (int v = 0; v <= static_cast<int>(BestLinearIsa()); ++v) {
+        const LinearIsa isa = static_cast<LinearIsa>(v);
+        std::vector<float> alone(static_cast<size_t>(max_m) * n);
+        for (int i = 0; i < max_m; ++i) {
+          Linear(x.data() + static_cast<size_t>(i) * k, 1, w, bias.data(), alone.data() + static_cast<size_t>(i) * n,
+                 nullptr, isa);
+        }
+        for (int i = 0; i < max_m; ++i) {
+          for (int j = 0; j < n; ++j) {
+            double ref = bias[j], bound = 0;
+            for (int b = 0; b * 32 < k; ++b) {
+              double amax = 0, wsum = 0;
+              for (int d = 32 * b; d < std::min(k, 32 * b + 32); ++d) {
+                amax = std::max(amax, std::fabs(static_cast<double>(x[i * k + d])));
+                wsum += std::fabs(wr[j * k + d]);
+              }
+              bound += amax / 254 * wsum;
+            }
+            for (int d = 0; d < k; ++d) ref += static_cast<double>(x[i * k + d]) * wr[j * k + d];
+            ASSERT_NEAR(alone[i * n + j], ref, bound + 1e-4 * (1 + std::fabs(ref)))
+                << name << " n=" << n << " k=" << k << " isa " << v;
+            if (i == 2) {
+              ASSERT_EQ(alone[i * n + j], bias[j]);
+            }
+          }
+        }
+        if (first.empty()) first = alone;
+        ASSERT_EQ(alone, first) << name << " n=" << n << " k=" << k << ": isa " << v;
+        for (int m : {2, 5, 6}) {
+          std::vector<float> y(static_cast<size_t>(m) * n);
+          Linear(x.data(), m, w, bias.data(), y.data(), &pool, isa);
+          for (size_t j = 0; j < y.size(); ++j) {
+            ASSERT_EQ(y[j], alone[j]) << name << " isa " << v << " m=" << m << " at " << j;
           }
         }
       }

@@ -32,7 +32,7 @@ ABSL_FLAG(int, threads, 1, "CPU threads for the expert kernels");
 ABSL_FLAG(std::string, device, "cpu", "where the experts run: cpu, or cuda[:N] (GPU N, default 0)");
 ABSL_FLAG(std::string, quantize, "none",
           "quantize the experts as they load: none, int8 (a scale a row), int4 (groups of 128), int4:G or "
-          "int4:G:asym (G 32, 64 or 128); the CPU only");
+          "int4:G:asym (G 32, 64 or 128), :q8 after an int4 form for int8 inputs; the CPU only");
 ABSL_FLAG(int, gpu_lanes, 2, "with --device cuda: requests that run on the GPU side by side");
 ABSL_FLAG(int, gpu_chunk_rows, 256, "with --device cuda: rows per pipelined chunk of a request");
 ABSL_FLAG(int, fault_delay_ms, 0,

@@ -75,7 +75,7 @@ ABSL_FLAG(int, expert_timeout_ms, 0,
           "request to the shard's next replica; 0: wait forever");
 ABSL_FLAG(std::string, quantize, "none",
           "without --experts: quantize the experts as they load: none, int8 (a scale a row), int4 (groups of 128), "
-          "int4:G or int4:G:asym (G 32, 64 or 128); the CPU only");
+          "int4:G or int4:G:asym (G 32, 64 or 128), :q8 after an int4 form for int8 inputs; the CPU only");
 ABSL_FLAG(int, micro_batches, 1,
           "2: split each step of several sequences into two micro-batches in ping-pong, so that one's attention "
           "runs while the other's experts are away on the workers (needs --experts; the CPU router for now); 1: "

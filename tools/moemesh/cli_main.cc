@@ -92,7 +92,7 @@ ABSL_FLAG(int, scrape_interval_s, 5, "with --monitoring: scrape and rule evaluat
 ABSL_FLAG(std::string, expert_device, "cpu", "where the expert workers compute: cpu, cuda or cuda:N");
 ABSL_FLAG(std::string, quantize, "none",
           "quantize the routed experts as they load: none, int8 (a scale a row), int4 (groups of 128), int4:G or "
-          "int4:G:asym (G 32, 64 or 128); the CPU only");
+          "int4:G:asym (G 32, 64 or 128), :q8 after an int4 form for int8 inputs; the CPU only");
 ABSL_FLAG(std::string, kv_cache_dtype, "auto",
           "what the KV cache stores: auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16, or fp8 / "
           "fp8_e4m3 (scale 1: keys and values past +-448 saturate); other than float32 needs a GPU");

@@ -287,6 +287,7 @@ TEST(CliTest, QuantizeWritesCheckpointsThatLoadBack) {
   }
   for (const auto& [args, want] : std::vector<std::pair<std::vector<std::string>, std::string>>{
            {{"--quantize", "int8"}, "a checkpoint is written in int4"},
+           {{"--quantize", "int4:64:q8"}, "chosen when a model is served"},
            {{"--format", "exl2"}, "--format must be gptq, awq or fp8"},
            {{"--format", "fp8", "--quantize", "int4"}, "FP8 blocks take no --quantize"},
            {{}, "exists and is not empty"}}) {

@@ -91,6 +91,11 @@ absl::Status RunQuantize(const QuantizeCommand& cmd, std::ostream& out) {
     return absl::InvalidArgumentError(absl::StrCat("--quantize ", QuantSpecName(cmd.spec),
                                                    ": a checkpoint is written in int4 (int4, int4:G, int4:G:asym)"));
   }
+  if (cmd.spec.int8_inputs) {
+    return absl::InvalidArgumentError(absl::StrCat("--quantize ", QuantSpecName(cmd.spec),
+                                                   ": int8 inputs (:q8) are chosen when a model is served, not "
+                                                   "written into a checkpoint"));
+  }
   std::error_code ec;
   if (fs::exists(cmd.out_dir, ec) && !fs::is_empty(cmd.out_dir, ec)) {
     return absl::AlreadyExistsError(absl::StrCat("--out ", cmd.out_dir, " exists and is not empty"));
