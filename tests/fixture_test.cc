@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/engine/engine.h"
+#include "core/quant/quantize.h"
 #include "core/experts/local_expert_executor.h"
 #include "core/engine/kv_cache.h"
 #include "core/engine/cpu_forward_pass.h"
@@ -177,6 +178,42 @@ TEST_P(FixtureTest, MixedBatchEqualsSeparateRuns) {
 
 INSTANTIATE_TEST_SUITE_P(AllFixtures, FixtureTest, ::testing::ValuesIn(FixtureNames()),
                          [](const auto& info) { return info.param; });
+
+// Int4 checkpoints as published (GPTQ, AWQ, act-order GPTQ) served by int8
+// inputs (--quantize int4:q8): their own int4 weights, every expert input
+// rounded to int8 per 32 columns. On these tiny random models (hidden 64,
+// heavy-tailed activations between the experts' two products) that moves
+// the logits by about 2.6% of their RMS (measured 2026-12-08), far more
+// than the fixtures' 1e-3 but well within the stated bound here (the demo
+// model's held-out perplexity moves by 0.01%: docs/PERFORMANCE.md); and it
+// does move them, so the int8 inputs are in use.
+constexpr double kInt8InputsRmsTolerance = 0.05;  // of the logits' RMS
+
+TEST(QuantizedCheckpointTest, Int4CheckpointsTakeInt8Inputs) {
+  for (const std::string name : {"mixtral_gptq", "mixtral_awq", "qwen3_moe_gptq_actorder"}) {
+    const std::string dir = std::string(kFixtures) + "/" + name;
+    Reference ref = LoadReference(dir);
+    EngineOptions exact_opt;
+    exact_opt.num_threads = 2;
+    EngineOptions q8_opt = exact_opt;
+    q8_opt.quantize_experts = *ParseQuantSpec("int4:q8");
+    auto exact = Engine::Create(dir, exact_opt);
+    auto q8 = Engine::Create(dir, q8_opt);
+    ASSERT_TRUE(exact.ok() && q8.ok()) << name << ": " << exact.status() << " " << q8.status();
+    auto want = (*exact)->Score(ref.prompt);
+    auto got = (*q8)->Score(ref.prompt);
+    ASSERT_TRUE(want.ok() && got.ok()) << name;
+    ASSERT_EQ(got->size(), ref.prompt_logits.size());
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < got->size(); ++i) {
+      diff += ((*got)[i] - ref.prompt_logits[i]) * ((*got)[i] - ref.prompt_logits[i]);
+      norm += ref.prompt_logits[i] * ref.prompt_logits[i];
+    }
+    EXPECT_LT(std::sqrt(diff / norm), kInt8InputsRmsTolerance) << name;
+    EXPECT_LT(MaxAbsDiff(want->data(), ref.prompt_logits.data(), want->size()), kTolerance) << name;
+    EXPECT_NE(*got, *want) << name << ": the int8 inputs were not used";
+  }
+}
 
 TEST(FixtureSetTest, CoversEveryArchitectureAndVariant) {
   std::vector<std::string> names = FixtureNames();

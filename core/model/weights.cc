@@ -285,10 +285,16 @@ absl::Status QuantizeExperts(const ModelConfig& config, const WeightLoadOptions&
     }
   }
   std::vector<absl::StatusOr<std::shared_ptr<const QuantizedMatrix>>> done(jobs.size(), absl::UnknownError(""));
+  // Int4 in the checkpoint already (GPTQ, AWQ) with ":q8": its own codes,
+  // groups and zero points, by int8 inputs (a null result says so).
+  const QuantSpec& spec = options.quantize_experts;
   auto run = [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
       const Job& job = jobs[j];
-      done[j] = Quantize(mw->experts.Find(job.layer, job.expert)->*job.field, options.quantize_experts);
+      const Matrix& m = mw->experts.Find(job.layer, job.expert)->*job.field;
+      done[j] = m.quant == QuantKind::kInt4 && spec.kind == QuantKind::kInt4 && spec.int8_inputs
+                    ? std::shared_ptr<const QuantizedMatrix>()
+                    : Quantize(m, spec);
     }
   };
   if (options.pool != nullptr) {
@@ -305,9 +311,13 @@ absl::Status QuantizeExperts(const ModelConfig& config, const WeightLoadOptions&
                                                      done[j].status().message()));
     }
     FfnWeights f = *mw->experts.Find(job.layer, job.expert);
-    f.*job.field = (*done[j])->view();
+    if (*done[j] == nullptr) {
+      (f.*job.field).int8_inputs = true;
+    } else {
+      f.*job.field = (*done[j])->view();
+      mw->quantized.push_back(std::move(*done[j]));
+    }
     mw->experts.Add(job.layer, job.expert, f);
-    mw->quantized.push_back(std::move(*done[j]));
   }
   return absl::OkStatus();
 }
