@@ -161,7 +161,8 @@ TEST(QuantizedLinearTest, MatchesTheDequantizedProductAndDoesNotDependOnTheBatch
 
 // Int4 weights by int8 inputs ("int4:G:q8", MatrixView::int8_inputs):
 // within the inputs' rounding of the dequantized product (each input off by
-// at most its block's largest / 254), the same bits whatever the batch and
+// at most its block's largest / 254, against code * scale), the same bits
+// whatever the batch and
 // whatever the kernels (portable, AVX2, AVX-512 with VNNI where the CPU has
 // it), with odd sizes (a last block in part, a last chunk of fewer than
 // four blocks) and a row of zero inputs.
@@ -180,6 +181,10 @@ TEST(QuantizedLinearTest, Int8InputsStayWithinTheirRoundingAndDependNeitherOnBat
       const int max_m = 6;
       std::vector<float> x = Random(static_cast<size_t>(max_m) * k, 33, 2.0f);
       for (int d = 0; d < k; ++d) x[static_cast<size_t>(2) * k + d] = 0.0f;  // row 2: zeros
+      // Row 3: a first block of inputs too small to scale (they count as
+      // zeros), row 4: one of very large inputs.
+      for (int d = 0; d < std::min(k, 32); ++d) x[static_cast<size_t>(3) * k + d] = 1e-38f * (d % 3 - 1);
+      for (int d = 0; d < std::min(k, 32); ++d) x[static_cast<size_t>(4) * k + d] *= 1e6f;
       std::vector<float> first;
       for (int v = 0; v <= static_cast<int>(BestLinearIsa()); ++v) {
         const LinearIsa isa = static_cast<LinearIsa>(v);
@@ -193,15 +198,21 @@ TEST(QuantizedLinearTest, Int8InputsStayWithinTheirRoundingAndDependNeitherOnBat
             double ref = bias[j], bound = 0;
             for (int b = 0; b * 32 < k; ++b) {
               double amax = 0, wsum = 0;
+              // The inputs' rounding meets code * scale (the weight less its
+              // group's bias: the bias terms take the exact inputs).
               for (int d = 32 * b; d < std::min(k, 32 * b + 32); ++d) {
                 amax = std::max(amax, std::fabs(static_cast<double>(x[i * k + d])));
-                wsum += std::fabs(wr[j * k + d]);
+                wsum += std::fabs(wr[j * k + d] - w.biases[static_cast<size_t>(j) * w.groups() + d / w.group]);
               }
               bound += amax / 254 * wsum;
             }
-            for (int d = 0; d < k; ++d) ref += static_cast<double>(x[i * k + d]) * wr[j * k + d];
-            ASSERT_NEAR(alone[i * n + j], ref, bound + 1e-4 * (1 + std::fabs(ref)))
-                << name << " n=" << n << " k=" << k << " isa " << v;
+            double terms = std::fabs(bias[j]);  // fp32 sums err with the terms' size, not the result's
+            for (int d = 0; d < k; ++d) {
+              ref += static_cast<double>(x[i * k + d]) * wr[j * k + d];
+              terms += std::fabs(static_cast<double>(x[i * k + d]) * wr[j * k + d]);
+            }
+            ASSERT_NEAR(alone[i * n + j], ref, bound + 1e-5 * terms + 1e-4)
+                << name << " n=" << n << " k=" << k << " isa " << v << " row " << i;
             if (i == 2) {
               ASSERT_EQ(alone[i * n + j], bias[j]);
             }

@@ -609,11 +609,16 @@ void QuantizeInputs(const float* x, int m, int k, int group, Int8Inputs* in) {
       const int first = 32 * b, end = std::min(k, first + 32);
       float amax = 0.0f;
       for (int c = first; c < end; ++c) amax = std::max(amax, std::fabs(xi[c]));
-      const float scale = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+      // A block too small for 127 / amax to be a float (below about 4e-37)
+      // counts as zeros, as does one that is not finite.
+      const float inv = amax > 0 ? 127.0f / amax : 0.0f;
+      const bool zero = !std::isfinite(inv) || !std::isfinite(amax) || inv == 0.0f;
+      const float scale = zero ? 0.0f : amax / 127.0f;
       int8_t* low = codes + (b / 4) * 128 + (b % 4) * 16;
       for (int c = first; c < end; ++c) {
         // Rounded to nearest even by adding and taking away 1.5 * 2^23 (|v|
         // is at most 127), as nearbyint would, without its call.
+        if (zero) continue;
         const float v = xi[c] * inv;
         const float q = (v + 0x1.8p23f) - 0x1.8p23f;
         const int j = c - first;
