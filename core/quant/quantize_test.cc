@@ -162,10 +162,10 @@ TEST(QuantizedLinearTest, MatchesTheDequantizedProductAndDoesNotDependOnTheBatch
 // Int4 weights by int8 inputs ("int4:G:q8", MatrixView::int8_inputs):
 // within the inputs' rounding of the dequantized product (each input off by
 // at most its block's largest / 254, against code * scale), the same bits
-// whatever the batch and
-// whatever the kernels (portable, AVX2, AVX-512 with VNNI where the CPU has
-// it), with odd sizes (a last block in part, a last chunk of fewer than
-// four blocks) and a row of zero inputs.
+// whatever the batch and whatever the kernels (portable, AVX2, AVX-512 with
+// VNNI where the CPU has it), with odd sizes (a last block in part, a last
+// chunk of fewer than four blocks), a row of zero inputs, a block too small
+// to scale and one of huge inputs.
 TEST(QuantizedLinearTest, Int8InputsStayWithinTheirRoundingAndDependNeitherOnBatchNorOnKernels) {
   ThreadPool pool(2);
   for (const char* name : {"int4:32:q8", "int4:64:q8", "int4:128:q8", "int4:32:asym:q8", "int4:128:asym:q8"}) {
