@@ -1,11 +1,14 @@
 #include "core/quant/quantize.h"
 
 #include <cmath>
+#include <initializer_list>
 #include <limits>
 #include <random>
+#include <string>
 #include <tuple>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "core/kernels/cpu/linear.h"
 #include "core/tensor/thread_pool.h"
 #include "gtest/gtest.h"
@@ -27,6 +30,32 @@ std::vector<QuantSpec> Specs() {
     specs.push_back(*ParseQuantSpec(s));
   }
   return specs;
+}
+
+// Each of x's `rows` rows ([rows, k]) through Linear alone.
+std::vector<float> EachRowAlone(const std::vector<float>& x, int rows, const MatrixView& w, const float* bias,
+                                LinearIsa isa) {
+  const int k = w.cols, n = w.rows;
+  std::vector<float> alone(static_cast<size_t>(rows) * n);
+  for (int i = 0; i < rows; ++i) {
+    Linear(x.data() + static_cast<size_t>(i) * k, 1, w, bias, alone.data() + static_cast<size_t>(i) * n, nullptr,
+           isa);
+  }
+  return alone;
+}
+
+// x's first m rows in one call, for each m of `batches`, give the bits
+// each row gives alone.
+void ExpectBatchIndependent(const std::vector<float>& x, const MatrixView& w, const float* bias,
+                            const std::vector<float>& alone, std::initializer_list<int> batches, ThreadPool* pool,
+                            LinearIsa isa, const std::string& what) {
+  for (int m : batches) {
+    std::vector<float> y(static_cast<size_t>(m) * w.rows);
+    Linear(x.data(), m, w, bias, y.data(), pool, isa);
+    for (size_t j = 0; j < y.size(); ++j) {
+      ASSERT_EQ(y[j], alone[j]) << what << " isa " << static_cast<int>(isa) << " m=" << m << " at " << j;
+    }
+  }
 }
 
 TEST(QuantSpecTest, ParsesWhatItNamesAndRefusesTheRest) {
@@ -133,11 +162,7 @@ TEST(QuantizedLinearTest, MatchesTheDequantizedProductAndDoesNotDependOnTheBatch
       std::vector<float> x = Random(static_cast<size_t>(max_m) * k, 23);
       for (int v = 0; v <= static_cast<int>(BestLinearIsa()); ++v) {
         const LinearIsa isa = static_cast<LinearIsa>(v);
-        std::vector<float> alone(static_cast<size_t>(max_m) * n);
-        for (int i = 0; i < max_m; ++i) {
-          Linear(x.data() + static_cast<size_t>(i) * k, 1, w, bias.data(), alone.data() + static_cast<size_t>(i) * n,
-                 nullptr, isa);
-        }
+        const std::vector<float> alone = EachRowAlone(x, max_m, w, bias.data(), isa);
         for (int i = 0; i < max_m; ++i) {
           for (int j = 0; j < n; ++j) {
             double ref = bias[j];
@@ -146,14 +171,8 @@ TEST(QuantizedLinearTest, MatchesTheDequantizedProductAndDoesNotDependOnTheBatch
                 << QuantSpecName(spec) << " n=" << n << " k=" << k << " isa " << v;
           }
         }
-        for (int m : {2, 3, 4, 5, 9, 11}) {
-          std::vector<float> y(static_cast<size_t>(m) * n);
-          Linear(x.data(), m, w, bias.data(), y.data(), &pool, isa);
-          for (size_t j = 0; j < y.size(); ++j) {
-            ASSERT_EQ(y[j], alone[j]) << QuantSpecName(spec) << " isa " << v << " m=" << m << " n=" << n
-                                      << " k=" << k << " at " << j;
-          }
-        }
+        ExpectBatchIndependent(x, w, bias.data(), alone, {2, 3, 4, 5, 9, 11}, &pool, isa,
+                               absl::StrCat(QuantSpecName(spec), " n=", n, " k=", k));
       }
     }
   }
@@ -188,11 +207,7 @@ TEST(QuantizedLinearTest, Int8InputsStayWithinTheirRoundingAndDependNeitherOnBat
       std::vector<float> first;
       for (int v = 0; v <= static_cast<int>(BestLinearIsa()); ++v) {
         const LinearIsa isa = static_cast<LinearIsa>(v);
-        std::vector<float> alone(static_cast<size_t>(max_m) * n);
-        for (int i = 0; i < max_m; ++i) {
-          Linear(x.data() + static_cast<size_t>(i) * k, 1, w, bias.data(), alone.data() + static_cast<size_t>(i) * n,
-                 nullptr, isa);
-        }
+        const std::vector<float> alone = EachRowAlone(x, max_m, w, bias.data(), isa);
         for (int i = 0; i < max_m; ++i) {
           for (int j = 0; j < n; ++j) {
             double ref = bias[j], bound = 0;
@@ -220,13 +235,8 @@ TEST(QuantizedLinearTest, Int8InputsStayWithinTheirRoundingAndDependNeitherOnBat
         }
         if (first.empty()) first = alone;
         ASSERT_EQ(alone, first) << name << " n=" << n << " k=" << k << ": isa " << v;
-        for (int m : {2, 5, 6}) {
-          std::vector<float> y(static_cast<size_t>(m) * n);
-          Linear(x.data(), m, w, bias.data(), y.data(), &pool, isa);
-          for (size_t j = 0; j < y.size(); ++j) {
-            ASSERT_EQ(y[j], alone[j]) << name << " isa " << v << " m=" << m << " at " << j;
-          }
-        }
+        ExpectBatchIndependent(x, w, bias.data(), alone, {2, 5, 6}, &pool, isa,
+                               absl::StrCat(name, " n=", n, " k=", k));
       }
     }
   }
@@ -309,11 +319,7 @@ TEST(Fp8BlocksTest, LinearMatchesTheDequantizedProductAndDoesNotDependOnTheBatch
     std::vector<float> x = Random(static_cast<size_t>(max_m) * k, 43);
     for (int v = 0; v <= static_cast<int>(BestLinearIsa()); ++v) {
       const LinearIsa isa = static_cast<LinearIsa>(v);
-      std::vector<float> alone(static_cast<size_t>(max_m) * n);
-      for (int i = 0; i < max_m; ++i) {
-        Linear(x.data() + static_cast<size_t>(i) * k, 1, w, nullptr, alone.data() + static_cast<size_t>(i) * n, nullptr,
-               isa);
-      }
+      const std::vector<float> alone = EachRowAlone(x, max_m, w, nullptr, isa);
       for (int i = 0; i < max_m; ++i) {
         for (int j = 0; j < n; ++j) {
           GatherRow(w, j, row.data());
@@ -322,11 +328,7 @@ TEST(Fp8BlocksTest, LinearMatchesTheDequantizedProductAndDoesNotDependOnTheBatch
           ASSERT_NEAR(alone[i * n + j], ref, 1e-4 * (1 + std::fabs(ref))) << "n=" << n << " k=" << k << " isa " << v;
         }
       }
-      for (int m : {2, 5, 9}) {
-        std::vector<float> y(static_cast<size_t>(m) * n);
-        Linear(x.data(), m, w, nullptr, y.data(), &pool, isa);
-        for (size_t j = 0; j < y.size(); ++j) ASSERT_EQ(y[j], alone[j]) << "isa " << v << " m=" << m << " at " << j;
-      }
+      ExpectBatchIndependent(x, w, nullptr, alone, {2, 5, 9}, &pool, isa, absl::StrCat("fp8 n=", n, " k=", k));
     }
   }
   std::vector<uint8_t> codes(64);

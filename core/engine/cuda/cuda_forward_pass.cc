@@ -870,8 +870,7 @@ absl::Status CudaForwardPass::WriteKvBlocks(KvCache* cache, absl::Span<const int
   // Rows in page-locked memory (a GPU router's host tier) copy straight
   // from there; others through the staging buffer.
   size_t pageable = 0;
-  for (absl::string_view b : bytes) pageable += IsPageLocked(b.data()) ? 1 : 0;
-  pageable = blocks.size() - pageable;
+  for (absl::string_view b : bytes) pageable += IsPageLocked(b.data()) ? 0 : 1;
   const size_t per = std::min(pageable, StagedBlocks(block_bytes));
   char* staging = nullptr;
   if (per > 0) {

@@ -15,6 +15,20 @@ namespace {
 
 constexpr int kRowTile = 4;  // weight rows a decode chunk takes together
 
+// Runs run(first, end) over the [first, end) tiles of `tile_rows` weight
+// rows of n, on the pool where there is one, each thread's chunk at least
+// ~64K multiply-adds (with k columns and m input rows) so threads pay off.
+template <typename Run>
+void ForEachTile(int n, int tile_rows, int k, int m, ThreadPool* pool, const Run& run) {
+  const int64_t tiles = (n + tile_rows - 1) / tile_rows;
+  const int64_t grain = std::max<int64_t>(1, 65536 / (static_cast<int64_t>(k) * tile_rows * m + 1));
+  if (pool != nullptr) {
+    pool->ParallelFor(tiles, grain, run);
+  } else {
+    run(0, tiles);
+  }
+}
+
 // Converts `n` weights to float (the tile's scratch).
 void ToF32Portable(DType t, const void* src, int n, float* dst) { ConvertToF32(t, src, n, dst); }
 
@@ -553,13 +567,7 @@ void LinearWide(const float* x, int m, const MatrixView& w, const float* bias, f
       }
     }
   };
-  const int64_t panels = (n + kPanelRows - 1) / kPanelRows;
-  const int64_t grain = std::max<int64_t>(1, 65536 / (static_cast<int64_t>(k) * kPanelRows * m + 1));
-  if (pool != nullptr) {
-    pool->ParallelFor(panels, grain, run);
-  } else {
-    run(0, panels);
-  }
+  ForEachTile(n, kPanelRows, k, m, pool, run);
 }
 
 // Up to this many input rows take the decode kernels (a weight row at a
@@ -741,23 +749,14 @@ void LinearInt8Inputs(const float* x, int m, const MatrixView& w, const float* b
       QRow q[kRowTile];
       for (int r = 0; r < rows; ++r) q[r] = QRowOf(w, r0 + r);
       for (int i = 0; i < m; ++i) {
-        float v[kRowTile];
-        if (vnni) {
-          for (int r = 0; r < rows; ++r) v[r] = DotInt8InputsVnni(q[r], in, i);
-        } else {
-          for (int r = 0; r < rows; ++r) v[r] = DotInt8InputsPortable(q[r], in, i);
+        for (int r = 0; r < rows; ++r) {
+          const float v = vnni ? DotInt8InputsVnni(q[r], in, i) : DotInt8InputsPortable(q[r], in, i);
+          y[static_cast<size_t>(i) * n + r0 + r] = bias ? v + bias[r0 + r] : v;
         }
-        for (int r = 0; r < rows; ++r) y[static_cast<size_t>(i) * n + r0 + r] = bias ? v[r] + bias[r0 + r] : v[r];
       }
     }
   };
-  const int64_t tiles = (n + kRowTile - 1) / kRowTile;
-  const int64_t grain = std::max<int64_t>(1, 65536 / (static_cast<int64_t>(k) * kRowTile * m + 1));
-  if (pool != nullptr) {
-    pool->ParallelFor(tiles, grain, run);
-  } else {
-    run(0, tiles);
-  }
+  ForEachTile(n, kRowTile, k, m, pool, run);
 }
 
 }  // namespace
@@ -848,14 +847,7 @@ void Linear(const float* x, int m, const MatrixView& w, const float* bias, float
       }
     }
   };
-  const int64_t tiles = (n + kRowTile - 1) / kRowTile;
-  // Aim for at least ~64K multiply-adds per chunk so threads pay off.
-  const int64_t grain = std::max<int64_t>(1, 65536 / (static_cast<int64_t>(k) * kRowTile * m + 1));
-  if (pool != nullptr) {
-    pool->ParallelFor(tiles, grain, run);
-  } else {
-    run(0, tiles);
-  }
+  ForEachTile(n, kRowTile, k, m, pool, run);
 }
 
 void GatherRow(const MatrixView& w, int row, float* out) {
