@@ -1,10 +1,13 @@
 // The cost of one expert hop: round-trip time of a Dispatch from
 // RemoteExpertExecutor to a worker, over the raw data channel (the default),
-// the same with the rows in bf16 (what GPU workers get), and over the gRPC
-// stream, against a plain TCP echo of the f32 rows' bytes, on loopback, for
-// payloads of 4 KB to 2 MB of f32 rows. The worker side answers with an
-// output of the same size without computing, so the figure is transport
-// alone.
+// the same with the rows in bf16 (what GPU workers get) and in FP8
+// (--expert-rows fp8), and over the gRPC stream, against a plain TCP echo of
+// the f32 rows' bytes, on loopback, for payloads of 4 KB to 2 MB of f32
+// rows. The worker side widens the rows to f32 as a worker does and answers
+// with f32 zeros of the same size without computing, so the figure is the
+// transport and the conversions alone. To see a slower link, shape the
+// loopback first (as root): tc qdisc add dev lo root tbf rate 10gbit burst
+// 512kb latency 5ms (and tc qdisc del dev lo root after).
 //
 //   build/bench/dispatch_bench [--iterations 200]
 #include <arpa/inet.h>
@@ -44,8 +47,13 @@ class NullExpertService final : public v1::ExpertService::Service {
   grpc::Status Dispatch(grpc::ServerContext*,
                         grpc::ServerReaderWriter<v1::DispatchResponse, v1::DispatchRequest>* stream) override {
     v1::DispatchRequest req;
-    std::vector<float> zeros;
+    std::vector<float> zeros, widened;
     while (stream->Read(&req)) {
+      const std::string& data = req.hidden_states().data();
+      if (!GetRowsAsF32(req.hidden_states(), data.data(), data.size(), hidden_, "rows", req.hidden_scales(), &widened)
+               .ok()) {
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "bad rows");
+      }
       v1::DispatchResponse resp;
       resp.set_step(req.step());
       resp.set_layer(req.layer());
@@ -61,8 +69,13 @@ class NullExpertService final : public v1::ExpertService::Service {
   void ServeFrames(FrameSocket* socket) {
     v1::DispatchRequest req;
     std::vector<char> payload;
-    std::vector<float> zeros;
+    std::vector<float> zeros, widened;
     while (socket->Receive(&req, &payload).ok()) {
+      if (!GetRowsAsF32(req.hidden_states(), payload.data(), payload.size(), hidden_, "rows", req.hidden_scales(),
+                        &widened)
+               .ok()) {
+        return;
+      }
       v1::DispatchResponse resp;
       resp.set_step(req.step());
       resp.set_layer(req.layer());
@@ -81,6 +94,7 @@ class NullExpertService final : public v1::ExpertService::Service {
     info->set_hidden_size(hidden_);
     info->set_num_layers(1);
     info->set_num_experts(1);  // the bench routes every row to expert 0
+    info->set_fp8_rows(true);
     return grpc::Status::OK;
   }
 
@@ -173,12 +187,15 @@ int Main(int argc, char** argv) {
   RemoteExpertExecutor::Options bf16_options;
   bf16_options.rows = RemoteExpertExecutor::Rows::kBf16;
   auto bf16 = RemoteExpertExecutor::Connect(shards, hidden, bf16_options);
-  if (!raw.ok() || !grpc_stream.ok() || !bf16.ok()) {
+  RemoteExpertExecutor::Options fp8_options;
+  fp8_options.rows = RemoteExpertExecutor::Rows::kFp8;
+  auto fp8 = RemoteExpertExecutor::Connect(shards, hidden, fp8_options);
+  if (!raw.ok() || !grpc_stream.ok() || !bf16.ok() || !fp8.ok()) {
     std::fprintf(stderr, "cannot connect\n");
     return 1;
   }
-  std::printf("%-10s %12s %12s %12s %12s %14s %12s %12s\n", "payload", "channel us", "bf16 us", "grpc us",
-              "tcp echo us", "channel/echo", "bf16/echo", "grpc/echo");
+  std::printf("%-10s %11s %11s %11s %11s %11s %13s %10s %10s %10s\n", "payload", "channel us", "bf16 us", "fp8 us",
+              "grpc us", "echo us", "channel/echo", "bf16/echo", "fp8/echo", "grpc/echo");
   for (int rows : {1, 4, 16, 64, 256, 512}) {
     std::vector<float> hidden_states(static_cast<size_t>(rows) * hidden, 0.5f), out(hidden_states.size());
     std::vector<int> ids(rows, 0);
@@ -187,29 +204,32 @@ int Main(int argc, char** argv) {
     // The three are interleaved, one round trip of each in turn, so that
     // all see the same machine (a 2-core VM's timing drifts).
     TcpEcho echo_server(static_cast<size_t>(rows) * hidden * sizeof(float));
-    std::vector<double> t_channel, t_bf16, t_grpc, t_echo;
+    std::vector<double> t_channel, t_bf16, t_fp8, t_grpc, t_echo;
     auto once = [&](RemoteExpertExecutor* ex) {
       double t0 = Now();
       if (!ex->Execute(batch, out.data()).ok()) std::exit(1);
       return Now() - t0;
     };
     for (int i = 0; i < iterations + 10; ++i) {
-      double a = once(raw->get()), half = once(bf16->get()), b = once(grpc_stream->get()),
-             c = echo_server.RoundTrip();
+      double a = once(raw->get()), half = once(bf16->get()), quarter = once(fp8->get()),
+             b = once(grpc_stream->get()), c = echo_server.RoundTrip();
       if (i < 10) continue;  // warm-up
       t_channel.push_back(a);
       t_bf16.push_back(half);
+      t_fp8.push_back(quarter);
       t_grpc.push_back(b);
       t_echo.push_back(c);
     }
-    double channel = Median(t_channel), half = Median(t_bf16), via_grpc = Median(t_grpc), echo = Median(t_echo);
+    double channel = Median(t_channel), half = Median(t_bf16), quarter = Median(t_fp8), via_grpc = Median(t_grpc),
+           echo = Median(t_echo);
     size_t bytes = static_cast<size_t>(rows) * hidden * sizeof(float);
-    std::printf("%-10s %12.1f %12.1f %12.1f %12.1f %14.2f %12.2f %12.2f\n",
-                (std::to_string(bytes / 1024) + " KB").c_str(), channel * 1e6, half * 1e6, via_grpc * 1e6,
-                echo * 1e6, channel / echo, half / echo, via_grpc / echo);
+    std::printf("%-10s %11.1f %11.1f %11.1f %11.1f %11.1f %13.2f %10.2f %10.2f %10.2f\n",
+                (std::to_string(bytes / 1024) + " KB").c_str(), channel * 1e6, half * 1e6, quarter * 1e6,
+                via_grpc * 1e6, echo * 1e6, channel / echo, half / echo, quarter / echo, via_grpc / echo);
   }
   raw->reset();
   bf16->reset();
+  fp8->reset();
   grpc_stream->reset();
   (*frames)->Stop();
   server->Shutdown();

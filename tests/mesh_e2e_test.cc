@@ -1112,6 +1112,43 @@ TEST(MeshDemoModelTest, PlacementFile) {
   EXPECT_TRUE(absl::StrContains(out, "but the placement gives shard 0 [0,2,4,6]")) << out;
 }
 
+// The expert hop with FP8 rows (--expert-rows fp8) on the demo model's
+// held-out text, through two real workers: f32 rows give exactly the
+// single-process perplexity (CPU experts are exact), FP8 rows (a quarter of
+// the bytes) move it by well under the 1% that #17 allows FP8.
+TEST(MeshDemoModelTest, EvalThroughWorkersWithFp8Rows) {
+  const std::string model = "models/fortune-moe", data = model + "/eval/heldout.jsonl";
+  std::vector<std::unique_ptr<Subprocess>> workers;
+  std::vector<std::string> addresses;
+  for (int i = 0; i < 2; ++i) {
+    auto w = Subprocess::Start({g_expert, "--model", model, "--shard-index", std::to_string(i), "--num-shards", "2"});
+    ASSERT_TRUE(w.ok()) << w.status();
+    auto addr = (*w)->WaitForLine("listening on ", absl::Seconds(60));
+    ASSERT_TRUE(addr.ok()) << addr.status();
+    (*w)->ForwardOutput(-1);
+    addresses.push_back(*addr);
+    workers.push_back(std::move(*w));
+  }
+  auto perplexity = [&](std::vector<std::string> extra) {
+    std::vector<std::string> argv = {g_moemesh, "eval", "--model", model, "--dataset", data};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    auto [out, rc] = RunCommand(argv);
+    EXPECT_EQ(rc, 0) << out;
+    // The JSON is the last line (loading progress comes first on stderr).
+    const size_t at = out.rfind('{');
+    nlohmann::json j = nlohmann::json::parse(at == std::string::npos ? "" : out.substr(at), nullptr, false);
+    return j.is_object() ? j["perplexity"].get<double>() : -1.0;
+  };
+  const std::string experts = "--experts=" + absl::StrJoin(addresses, ",");
+  const double alone = perplexity({}), f32 = perplexity({experts}), fp8 = perplexity({experts, "--expert-rows=fp8"});
+  EXPECT_GT(alone, 1);
+  EXPECT_EQ(f32, alone);
+  EXPECT_NE(fp8, alone);
+  EXPECT_NEAR(fp8 / alone, 1, 0.01) << fp8 << " against " << alone;
+  std::printf("held-out perplexity: %.4f alone, %.4f through workers with f32 rows, %.4f with fp8 rows (%+.3f%%)\n",
+              alone, f32, fp8, 100 * (fp8 / alone - 1));
+}
+
 // `--help` lists a service's own flags (Abseil's default filter found none).
 TEST(ServiceFlagsTest, HelpListsTheWorkersOwnFlags) {
   const auto [out, status] = RunCommand({g_expert, "--help"});

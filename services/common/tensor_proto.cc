@@ -1,8 +1,11 @@
 #include "services/common/tensor_proto.h"
 
 #include <cstring>
+#include <limits>
+#include <string>
 
 #include "absl/strings/str_cat.h"
+#include "core/quant/fp8_rows.h"
 #include "core/tensor/dtype.h"
 
 namespace moemesh {
@@ -49,11 +52,41 @@ void SetF32Shape(int64_t rows, int64_t cols, v1::Tensor* t) { SetShape(v1::DTYPE
 
 void SetBf16Shape(int64_t rows, int64_t cols, v1::Tensor* t) { SetShape(v1::DTYPE_BF16, rows, cols, t); }
 
+void SetF8Shape(int64_t rows, int64_t cols, v1::Tensor* t) { SetShape(v1::DTYPE_F8_E4M3, rows, cols, t); }
+
+void SetFp8Scales(const float* scales, int64_t rows, int64_t cols, v1::Tensor* t) {
+  SetF32Tensor(scales, rows, Fp8RowGroups(static_cast<int>(cols)), t);
+}
+
 absl::StatusOr<F32Matrix> GetRowsAsF32(const v1::Tensor& t, const char* data, size_t bytes, int64_t want_cols,
-                                       const char* what, std::vector<float>* widened) {
+                                       const char* what, const v1::Tensor& scales, std::vector<float>* widened) {
   if (t.dtype() == v1::DTYPE_F32) return GetF32Matrix(t, data, bytes, want_cols, what);
+  if (t.dtype() == v1::DTYPE_F8_E4M3) {
+    if (absl::Status st = CheckRows(t, bytes, want_cols, 1, what); !st.ok()) return st;
+    const int64_t rows = t.shape(0), cols = t.shape(1);
+    if (cols > std::numeric_limits<int>::max()) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": ", cols, " columns is too many"));
+    }
+    const int groups = Fp8RowGroups(static_cast<int>(cols));
+    const std::string scales_what = absl::StrCat(what, " (F8_E4M3): their scales");
+    if (scales.dtype() != v1::DTYPE_F32 || scales.shape_size() != 2 || scales.shape(0) != rows ||
+        scales.shape(1) != groups) {
+      return absl::InvalidArgumentError(absl::StrCat(scales_what, " must be an F32 tensor [", rows, ", ", groups,
+                                                     "] (a scale per 128 columns of each row)"));
+    }
+    if (absl::Status st = CheckRows(scales, scales.data().size(), groups, 4, scales_what.c_str()); !st.ok()) return st;
+    std::vector<float> s(static_cast<size_t>(rows) * groups);
+    std::memcpy(s.data(), scales.data().data(), s.size() * sizeof(float));  // the bytes need not be aligned
+    widened->resize(static_cast<size_t>(rows * cols));
+    for (int64_t r = 0; r < rows; ++r) {
+      DequantizeRowFp8(reinterpret_cast<const uint8_t*>(data) + r * cols, s.data() + r * groups,
+                       static_cast<int>(cols), widened->data() + r * cols);
+    }
+    return F32Matrix{widened->data(), rows, cols};
+  }
   if (t.dtype() != v1::DTYPE_BF16) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": dtype must be DTYPE_F32 or DTYPE_BF16, got ", t.dtype()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": dtype must be DTYPE_F32, DTYPE_BF16 or DTYPE_F8_E4M3, got ", t.dtype()));
   }
   if (absl::Status st = CheckRows(t, bytes, want_cols, 2, what); !st.ok()) return st;
   const size_t n = bytes / 2;

@@ -30,12 +30,18 @@ void SetF32Shape(int64_t rows, int64_t cols, v1::Tensor* t);
 absl::StatusOr<F32Matrix> GetF32Matrix(const v1::Tensor& t, const char* data, size_t bytes, int64_t want_cols,
                                        const char* what);
 
-// Rows sent as BF16 (half the bytes of F32): SetBf16Shape fills the header
-// side. GetRowsAsF32 takes F32 rows as GetF32Matrix does and BF16 rows
-// widened into `*widened` (exact), which the view then points into.
+// Rows sent as BF16 (half the bytes of F32) or FP8 (a quarter, and a scale
+// per 128 columns: core/quant/fp8_rows.h): SetBf16Shape and SetF8Shape fill
+// the header side, SetFp8Scales the scales' tensor (with its data).
+// GetRowsAsF32 takes F32 rows as GetF32Matrix does, and BF16 or FP8 rows
+// widened into `*widened` (BF16 exactly; FP8 as code × scale, the scales
+// from `scales`, checked against the rows' shape), which the view then
+// points into.
 void SetBf16Shape(int64_t rows, int64_t cols, v1::Tensor* t);
+void SetF8Shape(int64_t rows, int64_t cols, v1::Tensor* t);
+void SetFp8Scales(const float* scales, int64_t rows, int64_t cols, v1::Tensor* t);
 absl::StatusOr<F32Matrix> GetRowsAsF32(const v1::Tensor& t, const char* data, size_t bytes, int64_t want_cols,
-                                       const char* what, std::vector<float>* widened);
+                                       const char* what, const v1::Tensor& scales, std::vector<float>* widened);
 
 }  // namespace moemesh
 

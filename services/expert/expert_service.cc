@@ -90,7 +90,7 @@ void ExpertServiceImpl::Handle(const v1::DispatchRequest& request, v1::DispatchR
   const std::string& rows = request.hidden_states().data();
   Run(request,
       GetRowsAsF32(request.hidden_states(), rows.data(), rows.size(), worker_->config().hidden_size,
-                   "hidden_states", &widened),
+                   "hidden_states", request.hidden_scales(), &widened),
       response, &out);
   if (response->error_code() != 0) return;
   const int h = worker_->config().hidden_size;
@@ -116,7 +116,9 @@ void ExpertServiceImpl::ServeFrames(FrameSocket* socket) {
       ServeDeviceRows(request, &session, &response);
       out.clear();
     } else {
-      Run(request, GetRowsAsF32(request.hidden_states(), payload.data(), payload.size(), h, "hidden_states", &widened),
+      Run(request,
+          GetRowsAsF32(request.hidden_states(), payload.data(), payload.size(), h, "hidden_states",
+                       request.hidden_scales(), &widened),
           &response, &out);
     }
     InjectedDelay();
@@ -164,6 +166,7 @@ grpc::Status ExpertServiceImpl::GetShardInfo(grpc::ServerContext* context, const
   response->set_model(worker_->options().model_dir);
   response->set_data_port(data_port_);
   response->set_bf16_rows_exact(worker_->bf16_rows_exact());
+  response->set_fp8_rows(true);
   if (device_rows_ != nullptr) {
     response->mutable_cuda_ipc()->set_host_id(HostId());
     response->mutable_cuda_ipc()->set_device(device_rows_->device());

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <map>
 
 #include <grpcpp/grpcpp.h>
@@ -13,6 +14,7 @@
 #include "absl/strings/str_split.h"
 #include "moemesh/v1/expert.grpc.pb.h"
 #include "core/common/status_macros.h"
+#include "core/quant/fp8_rows.h"
 #include "core/tensor/dtype.h"
 #include "services/common/server_util.h"
 #include "services/common/tensor_proto.h"
@@ -100,10 +102,11 @@ struct RemoteExpertExecutor::Shard {
     std::vector<std::string> removed;
   };
   Changes changes;
-  bool bf16 = false;  // rows go as bf16
-  size_t next = 0;    // round-robin position
+  Rows wire = Rows::kF32;  // the rows' dtype on the wire: kF32, kBf16 or kFp8
+  size_t next = 0;         // round-robin position
   struct Work {
-    std::vector<uint16_t> packed;  // the rows in bf16
+    std::vector<uint8_t> packed;  // the rows in bf16 or FP8 codes
+    std::vector<float> scales;    // FP8: each row's group scales
     size_t sent_to = 0;            // the replica the request went to first
     bool sent = false;             // and it took it
     Replica* chosen = nullptr;     // the replica that answered
@@ -134,9 +137,9 @@ struct RemoteExpertExecutor::Lane {
 };
 
 
-std::vector<bool> RemoteExpertExecutor::bf16_rows() const {
-  std::vector<bool> out;
-  for (const auto& s : shards_) out.push_back(s->bf16);
+std::vector<RemoteExpertExecutor::Rows> RemoteExpertExecutor::row_types() const {
+  std::vector<Rows> out;
+  for (const auto& s : shards_) out.push_back(s->wire);
   return out;
 }
 
@@ -144,7 +147,8 @@ absl::StatusOr<RemoteExpertExecutor::Rows> RemoteExpertExecutor::ParseRows(const
   if (value == "auto") return Rows::kAuto;
   if (value == "f32") return Rows::kF32;
   if (value == "bf16") return Rows::kBf16;
-  return absl::InvalidArgumentError(absl::StrCat("--expert-rows ", value, ": expected auto, f32 or bf16"));
+  if (value == "fp8") return Rows::kFp8;
+  return absl::InvalidArgumentError(absl::StrCat("--expert-rows ", value, ": expected auto, f32, bf16 or fp8"));
 }
 
 absl::StatusOr<RemoteExpertExecutor::Combine> RemoteExpertExecutor::ParseCombine(const std::string& value) {
@@ -278,16 +282,31 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
         }
       }
     }
-    bool all_exact = true;
+    bool all_exact = true, all_fp8 = true;
     for (const std::string& address : addresses) {
       v1::ShardInfo info;
       MM_ASSIGN_OR_RETURN(std::unique_ptr<Replica> r, ex->MakeReplica(address, static_cast<int>(i), &info));
       if (ex->layer_shard_.empty()) ex->layer_shard_.assign(info.num_layers(), -1);
       ex->num_experts_ = info.num_experts();
       all_exact = all_exact && info.bf16_rows_exact();
+      all_fp8 = all_fp8 && info.fp8_rows();
       shard->replicas.push_back(std::move(r));
     }
-    shard->bf16 = options.rows == Rows::kBf16 || (options.rows == Rows::kAuto && all_exact);
+    const Rows automatic = all_exact ? Rows::kBf16 : Rows::kF32;
+    switch (options.rows) {
+      case Rows::kAuto:
+        shard->wire = automatic;
+        break;
+      case Rows::kFp8:
+        shard->wire = all_fp8 ? Rows::kFp8 : automatic;
+        if (!all_fp8 && options.warn) {
+          options.warn(absl::StrCat("expert shard ", i, ": a worker does not take fp8 rows (an older moemesh-expert); ",
+                                    "sending ", automatic == Rows::kBf16 ? "bf16" : "f32", " rows"));
+        }
+        break;
+      default:
+        shard->wire = options.rows;
+    }
     shard->known = addresses;
     ex->shards_.push_back(std::move(shard));
   }
@@ -329,8 +348,11 @@ void RemoteExpertExecutor::ResolveLoop() {
         v1::ShardInfo info;
         absl::StatusOr<std::unique_ptr<Replica>> r = MakeReplica(a, static_cast<int>(i), &info);
         std::string why = r.ok() ? "" : std::string(r.status().message());
-        if (r.ok() && s.bf16 && options_.rows == Rows::kAuto && !info.bf16_rows_exact()) {
+        if (r.ok() && s.wire == Rows::kBf16 && options_.rows != Rows::kBf16 && !info.bf16_rows_exact()) {
           why = absl::StrCat("expert worker ", a, " would not give f32 results for bf16 rows, as the shard's others do");
+        }
+        if (r.ok() && s.wire == Rows::kFp8 && !info.fp8_rows()) {
+          why = absl::StrCat("expert worker ", a, " does not take fp8 rows, as the shard's others do");
         }
         if (r.ok() && cuda_device_ >= 0 && (*r)->negotiated.name != "cuda-ipc") {
           why = absl::StrCat("expert worker ", a, " does not take cuda-ipc, as the shard's others do");
@@ -540,7 +562,7 @@ void RemoteExpertExecutor::Partition(int lane) {
   std::vector<int> local(num_tokens);
   for (size_t si = 0; si < shards_.size(); ++si) {
     Shard::Work& s = shards_[si]->lane[lane];
-    const bool bf16 = shards_[si]->bf16;
+    const Rows wire = shards_[si]->wire;
     s.groups.clear();
     s.tokens.clear();
     s.rows.clear();
@@ -560,7 +582,7 @@ void RemoteExpertExecutor::Partition(int lane) {
       if (local[t] < 0) continue;
       local[t] = static_cast<int>(s.tokens.size());
       s.tokens.push_back(t);
-      if (!bf16) {  // written straight from the engine's buffer
+      if (wire == Rows::kF32) {  // written straight from the engine's buffer
         s.rows.push_back({const_cast<float*>(work.hidden_states) + static_cast<size_t>(t) * h, h * sizeof(float)});
       }
     }
@@ -572,15 +594,29 @@ void RemoteExpertExecutor::Partition(int lane) {
     req.set_combine(ln.combined);
     const int64_t n = static_cast<int64_t>(s.tokens.size());
     if (ln.combined) s.rows_out = s.tokens.size();
-    if (bf16) {  // rounded into one buffer, then written from there
-      s.packed.resize(static_cast<size_t>(n) * h);
-      uint16_t* dst = s.packed.data();
+    if (wire == Rows::kBf16) {  // rounded into one buffer, then written from there
+      s.packed.resize(static_cast<size_t>(n) * h * sizeof(uint16_t));
+      uint8_t* dst = s.packed.data();
       for (int t : s.tokens) {
         const float* src = work.hidden_states + static_cast<size_t>(t) * h;
-        for (int d = 0; d < h; ++d) *dst++ = F32ToBf16(src[d]);
+        for (int d = 0; d < h; ++d, dst += sizeof(uint16_t)) {
+          const uint16_t v = F32ToBf16(src[d]);
+          std::memcpy(dst, &v, sizeof v);
+        }
       }
-      s.rows.push_back({s.packed.data(), s.packed.size() * sizeof(uint16_t)});
+      s.rows.push_back({s.packed.data(), s.packed.size()});
       SetBf16Shape(n, h, req.mutable_hidden_states());
+    } else if (wire == Rows::kFp8) {  // codes into one buffer, the scales into the header
+      const int groups = Fp8RowGroups(h);
+      s.packed.resize(static_cast<size_t>(n) * h);
+      s.scales.resize(static_cast<size_t>(n) * groups);
+      for (int64_t i = 0; i < n; ++i) {
+        QuantizeRowFp8(work.hidden_states + static_cast<size_t>(s.tokens[i]) * h, h, s.packed.data() + i * h,
+                       s.scales.data() + i * groups);
+      }
+      s.rows.push_back({s.packed.data(), s.packed.size()});
+      SetF8Shape(n, h, req.mutable_hidden_states());
+      SetFp8Scales(s.scales.data(), n, h, req.mutable_hidden_scales());
     } else {
       SetF32Shape(n, h, req.mutable_hidden_states());
     }

@@ -43,11 +43,15 @@ class RemoteExpertExecutor : public ExpertExecutor {
   // whose workers all say bf16 rows give exactly what f32 rows do (GPU
   // workers: ShardInfo.bf16_rows_exact), f32 to the rest; kBf16 sends bf16
   // everywhere (on CPU workers the rows are then rounded: results move by
-  // bf16 rounding); kF32 never does. The answers are f32 either way. Like
-  // the transport, the choice is made once, at Connect: a replica replaced
-  // later by a worker of another kind needs a new executor (a router
-  // restart).
-  enum class Rows { kAuto, kF32, kBf16 };
+  // bf16 rounding); kF32 never does. kFp8 sends FP8 rows with a scale per
+  // 128 columns (a quarter of f32's bytes; core/quant/fp8_rows.h) to shards
+  // whose workers all take them (ShardInfo.fp8_rows), and what kAuto would
+  // to the rest (Options.warn says so); results move by FP8's rounding of
+  // the rows. The answers are f32 either way, and rows that stay on a GPU
+  // (cuda-ipc's device mode) are never converted. Like the transport, the
+  // choice is made once, at Connect: a replica replaced later by a worker
+  // of another kind needs a new executor (a router restart).
+  enum class Rows { kAuto, kF32, kBf16, kFp8 };
   // Who adds a token's expert rows. kAuto: the worker, for a layer whose
   // experts are all on one shard (it adds them in the order this executor
   // would: the same sums, top_k times fewer rows back); this executor
@@ -124,7 +128,7 @@ class RemoteExpertExecutor : public ExpertExecutor {
   static absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> Connect(
       const std::vector<std::string>& shard_addresses, int hidden_size, int connect_timeout_ms = 10000);
 
-  // Parses --expert-rows: auto, f32 or bf16.
+  // Parses --expert-rows: auto, f32, bf16 or fp8.
   static absl::StatusOr<Rows> ParseRows(const std::string& value);
   // Parses --expert-combine: auto, workers or router.
   static absl::StatusOr<Combine> ParseCombine(const std::string& value);
@@ -146,8 +150,8 @@ class RemoteExpertExecutor : public ExpertExecutor {
   void set_dispatch_observer(std::function<void(const std::string&, double)> f) { observer_ = std::move(f); }
   // The transport each shard's first replica uses ("frames", "grpc-stream").
   std::vector<std::string> transports() const;
-  // Whether each shard is sent bf16 rows.
-  std::vector<bool> bf16_rows() const;
+  // The dtype each shard's rows are sent in (kF32, kBf16 or kFp8).
+  std::vector<Rows> row_types() const;
   ~RemoteExpertExecutor() override;
 
   // Lanes of micro-batches that may be away at once.

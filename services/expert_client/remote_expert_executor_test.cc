@@ -18,6 +18,7 @@
 #include "core/experts/local_expert_executor.h"
 #include "core/model/safetensors.h"
 #include "core/model/weights.h"
+#include "core/quant/fp8_rows.h"
 #include "core/tensor/dtype.h"
 #include "core/tensor/thread_pool.h"
 #include "gtest/gtest.h"
@@ -525,8 +526,9 @@ TEST(RemoteExpertExecutorTest, ParsesReplicaSpecs) {
 // Rows in bf16 on the wire: by default only to workers where that changes
 // nothing (CPU workers get f32), and when asked for everywhere: then a CPU
 // worker computes on the rounded rows, exactly as the local experts do on
-// them. Over both transports.
-TEST(RemoteExpertExecutorTest, Bf16RowsOnTheWire) {
+// them. The same for FP8 rows with their scales (workers take them, so
+// asking is enough). Over both transports.
+TEST(RemoteExpertExecutorTest, Bf16AndFp8RowsOnTheWire) {
   const std::string dir = "tests/fixtures/mixtral";
   auto config = LoadModelConfig(dir);
   ASSERT_TRUE(config.ok());
@@ -543,6 +545,16 @@ TEST(RemoteExpertExecutorTest, Bf16RowsOnTheWire) {
     rounded[i] = Bf16ToF32(F32ToBf16(hidden[i]));
   }
   ASSERT_NE(hidden, rounded);
+  std::vector<float> fp8(hidden.size());
+  {
+    std::vector<uint8_t> codes(h);
+    std::vector<float> scales(Fp8RowGroups(h));
+    for (int t = 0; t < tokens; ++t) {
+      QuantizeRowFp8(hidden.data() + t * h, h, codes.data(), scales.data());
+      DequantizeRowFp8(codes.data(), scales.data(), h, fp8.data() + t * h);
+    }
+  }
+  ASSERT_NE(hidden, fp8);
   std::vector<int> ids;
   std::vector<float> weights;
   for (int t = 0; t < tokens; ++t) {
@@ -552,11 +564,13 @@ TEST(RemoteExpertExecutorTest, Bf16RowsOnTheWire) {
     }
   }
   ExpertBatch batch{0, tokens, h, hidden.data(), slots, ids.data(), weights.data()};
-  ExpertBatch batch_rounded = batch;
+  ExpertBatch batch_rounded = batch, batch_fp8 = batch;
   batch_rounded.hidden_states = rounded.data();
-  std::vector<float> want(hidden.size()), want_rounded(hidden.size());
+  batch_fp8.hidden_states = fp8.data();
+  std::vector<float> want(hidden.size()), want_rounded(hidden.size()), want_fp8(hidden.size());
   ASSERT_TRUE(local.Execute(batch, want.data()).ok());
   ASSERT_TRUE(local.Execute(batch_rounded, want_rounded.data()).ok());
+  ASSERT_TRUE(local.Execute(batch_fp8, want_fp8.data()).ok());
   for (bool data_channel : {true, false}) {
     std::vector<Worker> workers = StartWorkers(dir, 2, data_channel);
     std::vector<std::vector<std::string>> shards;
@@ -566,17 +580,78 @@ TEST(RemoteExpertExecutorTest, Bf16RowsOnTheWire) {
     auto automatic = RemoteExpertExecutor::Connect(shards, h, options);
     options.rows = RemoteExpertExecutor::Rows::kBf16;
     auto bf16 = RemoteExpertExecutor::Connect(shards, h, options);
-    ASSERT_TRUE(automatic.ok() && bf16.ok());
-    EXPECT_EQ((*automatic)->bf16_rows(), (std::vector<bool>{false, false}));  // CPU workers round nothing
-    EXPECT_EQ((*bf16)->bf16_rows(), (std::vector<bool>{true, true}));
-    std::vector<float> got(hidden.size()), got_bf16(hidden.size());
+    options.rows = RemoteExpertExecutor::Rows::kFp8;
+    auto fp8_rows = RemoteExpertExecutor::Connect(shards, h, options);
+    ASSERT_TRUE(automatic.ok() && bf16.ok() && fp8_rows.ok());
+    using Rows = RemoteExpertExecutor::Rows;
+    EXPECT_EQ((*automatic)->row_types(), (std::vector<Rows>{Rows::kF32, Rows::kF32}));  // CPU workers round nothing
+    EXPECT_EQ((*bf16)->row_types(), (std::vector<Rows>{Rows::kBf16, Rows::kBf16}));
+    EXPECT_EQ((*fp8_rows)->row_types(), (std::vector<Rows>{Rows::kFp8, Rows::kFp8}));
+    std::vector<float> got(hidden.size()), got_bf16(hidden.size()), got_fp8(hidden.size());
     ASSERT_TRUE((*automatic)->Execute(batch, got.data()).ok());
     ASSERT_TRUE((*bf16)->Execute(batch, got_bf16.data()).ok());
+    ASSERT_TRUE((*fp8_rows)->Execute(batch, got_fp8.data()).ok());
     EXPECT_EQ(got, want) << "data channel " << data_channel;
     EXPECT_EQ(got_bf16, want_rounded) << "data channel " << data_channel;
+    EXPECT_EQ(got_fp8, want_fp8) << "data channel " << data_channel;
   }
-  EXPECT_TRUE(RemoteExpertExecutor::ParseRows("bf16").ok());
-  EXPECT_EQ(RemoteExpertExecutor::ParseRows("fp8").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(*RemoteExpertExecutor::ParseRows("bf16"), RemoteExpertExecutor::Rows::kBf16);
+  EXPECT_EQ(*RemoteExpertExecutor::ParseRows("fp8"), RemoteExpertExecutor::Rows::kFp8);
+  EXPECT_EQ(RemoteExpertExecutor::ParseRows("fp4").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// A worker from before FP8 rows: what the real one serves, but its
+// ShardInfo does not say fp8_rows.
+class OlderExpertService final : public v1::ExpertService::Service {
+ public:
+  explicit OlderExpertService(ExpertServiceImpl* inner) : inner_(inner) {}
+  grpc::Status Dispatch(grpc::ServerContext* context,
+                        grpc::ServerReaderWriter<v1::DispatchResponse, v1::DispatchRequest>* stream) override {
+    return inner_->Dispatch(context, stream);
+  }
+  grpc::Status GetShardInfo(grpc::ServerContext* context, const v1::GetShardInfoRequest* request,
+                            v1::ShardInfo* info) override {
+    grpc::Status st = inner_->GetShardInfo(context, request, info);
+    info->clear_fp8_rows();
+    return st;
+  }
+
+ private:
+  ExpertServiceImpl* inner_;
+};
+
+// Asked for FP8 rows, a router sends a worker that does not take them what
+// it would have sent anyway (f32 to a CPU worker) and says so; results are
+// then the exact ones.
+TEST(RemoteExpertExecutorTest, Fp8RowsFallBackForAWorkerWithoutThem) {
+  std::vector<Worker> workers = StartWorkers("tests/fixtures/mixtral", 1, /*data_channel=*/false);
+  OlderExpertService older(workers[0].service.get());
+  int port = 0;
+  std::unique_ptr<grpc::Server> server = StartServer("127.0.0.1:0", {&older}, &port);
+  ASSERT_NE(server, nullptr);
+  const std::vector<std::vector<std::string>> shards = {{"127.0.0.1:" + std::to_string(port)}};
+  const int h = 64;
+  RemoteExpertExecutor::Options options;
+  options.rows = RemoteExpertExecutor::Rows::kFp8;
+  std::vector<std::string> warnings;
+  options.warn = [&warnings](const std::string& w) { warnings.push_back(w); };
+  auto remote = RemoteExpertExecutor::Connect(shards, h, options);
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  EXPECT_EQ((*remote)->row_types(), std::vector<RemoteExpertExecutor::Rows>{RemoteExpertExecutor::Rows::kF32});
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find("does not take fp8 rows"), std::string::npos) << warnings[0];
+  auto exact = RemoteExpertExecutor::Connect({workers[0].address}, h);
+  ASSERT_TRUE(exact.ok()) << exact.status();
+  std::vector<float> hidden(3 * h), got(hidden.size()), want(hidden.size());
+  for (size_t i = 0; i < hidden.size(); ++i) hidden[i] = 0.3f * std::cos(0.7f * static_cast<float>(i));
+  int ids[6] = {0, 1, 2, 3, 4, 5};
+  float wts[6] = {0.5f, 0.5f, 0.25f, 0.75f, 0.5f, 0.5f};
+  ExpertBatch batch{0, 3, h, hidden.data(), 2, ids, wts};
+  ASSERT_TRUE((*remote)->Execute(batch, got.data()).ok());
+  ASSERT_TRUE((*exact)->Execute(batch, want.data()).ok());
+  EXPECT_EQ(got, want);
+  remote->reset();
+  server->Shutdown();
 }
 
 TEST(RemoteExpertExecutorTest, WorkerGoneIsUnavailable) {

@@ -58,7 +58,9 @@ ABSL_FLAG(std::string, expert_combine, "auto",
           "shards), or router");
 ABSL_FLAG(std::string, expert_rows, "auto",
           "the rows' dtype on the wire to the expert workers: auto (bf16, half the bytes, to workers where that "
-          "changes nothing: GPU workers; f32 to others), f32, or bf16 (everywhere; CPU workers then see rounded rows)");
+          "changes nothing: GPU workers; f32 to others), f32, bf16 (everywhere; CPU workers then see rounded rows), "
+          "or fp8 (a quarter of f32's bytes: E4M3 with a scale per 128 columns, as DeepSeek-V3 quantizes "
+          "activations; results move by FP8 rounding; workers that do not take it get what auto sends)");
 ABSL_FLAG(int, experts_connect_timeout_ms, 10000, "how long to wait for the expert workers at start");
 ABSL_FLAG(int, expert_retry_tokens, 10,
           "retry throttling of expert calls (gRPC's): each failed call spends a token, each answered one earns 0.1; "
@@ -319,12 +321,12 @@ int Main(int argc, char** argv) {
     remote_options.connect_timeout_ms = options.experts_connect_timeout_ms;
     remote_options.placement = placement ? &*placement : nullptr;
     remote_options.use_data_channel = options.expert_transport != "grpc";
+    remote_options.warn = [&service_main](const std::string& m) { service_main.Warn(m); };
 #ifdef MOEMESH_WITH_CUDA
     if (options.gpu() >= 0 && options.expert_transport == "auto") {
       remote_options.cuda_device = options.gpu();
       remote_options.device_rows = CudaIpcTransport::Wrapper(options.gpu(), config->num_experts_per_tok, /*initial_tokens=*/256,
                                                              *CudaIpcTransport::ParseSync(options.cuda_ipc_sync));
-      remote_options.warn = [&service_main](const std::string& m) { service_main.Warn(m); };
     }
 #endif
     // Decode steps over cuda-ipc with a counter replay as CUDA graphs (the

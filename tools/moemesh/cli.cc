@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <functional>
+#include <iostream>
 #include <memory>
 #include <cstring>
 
@@ -39,6 +40,30 @@ absl::StatusOr<std::vector<int>> ParseTokenIds(const std::string& text) {
   return ids;
 }
 
+namespace {
+
+// The expert workers' executor, or null where there are none (the engine
+// then runs the experts itself). Warnings (a worker that does not take the
+// rows' dtype asked for) go to stderr.
+absl::StatusOr<std::unique_ptr<ExpertExecutor>> ConnectExperts(const ExpertWorkers& experts, int hidden_size) {
+  RemoteExpertExecutor::Options options;
+  MM_ASSIGN_OR_RETURN(options.rows, RemoteExpertExecutor::ParseRows(experts.rows));
+  if (experts.addresses.empty()) {
+    if (options.rows != RemoteExpertExecutor::Rows::kAuto) {
+      return absl::InvalidArgumentError("--expert-rows needs --experts (without workers no rows travel)");
+    }
+    return nullptr;
+  }
+  MM_ASSIGN_OR_RETURN(auto shards, RemoteExpertExecutor::ParseAddresses(experts.addresses));
+  options.connect_timeout_ms = experts.connect_timeout_ms;
+  options.warn = [](const std::string& m) { std::cerr << "warning: " << m << "\n"; };
+  MM_ASSIGN_OR_RETURN(std::unique_ptr<RemoteExpertExecutor> remote,
+                      RemoteExpertExecutor::Connect(shards, hidden_size, options));
+  return std::unique_ptr<ExpertExecutor>(std::move(remote));
+}
+
+}  // namespace
+
 absl::Status RunGenerate(const GenerateCommand& cmd, std::ostream& out) {
   MM_RETURN_IF_ERROR(cmd.params.sampling.Validate());  // the rest once the prompt is known
   std::unique_ptr<Tokenizer> tokenizer;
@@ -65,13 +90,7 @@ absl::Status RunGenerate(const GenerateCommand& cmd, std::ostream& out) {
   RequestLimits limits;
   limits.vocab_size = config.vocab_size;
   MM_RETURN_IF_ERROR(ValidateRequest(prompt, cmd.params, limits));
-  std::unique_ptr<ExpertExecutor> remote;
-  if (!cmd.experts.empty()) {
-    MM_ASSIGN_OR_RETURN(auto shards, RemoteExpertExecutor::ParseAddresses(cmd.experts));
-    RemoteExpertExecutor::Options options;
-    options.connect_timeout_ms = cmd.experts_connect_timeout_ms;
-    MM_ASSIGN_OR_RETURN(remote, RemoteExpertExecutor::Connect(shards, config.hidden_size, options));
-  }
+  MM_ASSIGN_OR_RETURN(std::unique_ptr<ExpertExecutor> remote, ConnectExperts(cmd.experts, config.hidden_size));
   MM_ASSIGN_OR_RETURN(auto engine,
                       CreateEngineWithProgress(cmd.model_dir, cmd.engine, std::move(remote), cmd.progress));
   std::unique_ptr<StreamingDetokenizer> stream;
@@ -234,7 +253,10 @@ absl::Status RunEval(const EvalCommand& cmd, std::ostream& out) {
     seqs.push_back(std::move(ids));
   }
   if (seqs.empty()) return absl::InvalidArgumentError(absl::StrCat(cmd.dataset, ": no sequences"));
-  MM_ASSIGN_OR_RETURN(auto engine, CreateEngineWithProgress(cmd.model_dir, cmd.engine, nullptr, cmd.progress));
+  MM_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(cmd.model_dir));
+  MM_ASSIGN_OR_RETURN(std::unique_ptr<ExpertExecutor> remote, ConnectExperts(cmd.experts, config.hidden_size));
+  MM_ASSIGN_OR_RETURN(auto engine,
+                      CreateEngineWithProgress(cmd.model_dir, cmd.engine, std::move(remote), cmd.progress));
   double nll = 0;
   int64_t count = 0;
   for (size_t i = 0; i < seqs.size(); ++i) {

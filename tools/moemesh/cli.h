@@ -16,12 +16,19 @@ namespace moemesh {
 // Parses "1,2,3" (spaces allowed). INVALID_ARGUMENT names the bad item.
 absl::StatusOr<std::vector<int>> ParseTokenIds(const std::string& text);
 
+// Expert workers for a command that runs the rest of the model in this
+// process, as a router does.
+struct ExpertWorkers {
+  // "a|b,c" = shard 0 on replicas a and b, shard 1 on c; empty runs the
+  // experts in this process.
+  std::string addresses;
+  int connect_timeout_ms = 10000;
+  std::string rows = "auto";  // the rows' dtype on the wire, as moemesh-router --expert-rows
+};
+
 struct GenerateCommand {
   std::string model_dir;
-  // Expert workers: "a|b,c" = shard 0 on replicas a and b, shard 1 on c;
-  // empty runs the experts in this process.
-  std::string experts;
-  int experts_connect_timeout_ms = 10000;
+  ExpertWorkers experts;
   std::vector<int> prompt_ids;
   std::string prompt;          // text; used when prompt_ids is empty
   std::string tokenizer_path;  // default: the model directory's tokenizer.json
@@ -45,6 +52,7 @@ struct ScoreCommand {
 struct EvalCommand {
   std::string model_dir;
   std::string dataset;
+  ExpertWorkers experts;  // so that a mesh's expert hop can be measured too
   EngineOptions engine;
   ProgressOutput progress;
 };

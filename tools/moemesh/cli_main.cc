@@ -75,6 +75,9 @@ ABSL_FLAG(std::string, device, "cpu",
           "where the model runs: cpu, or cuda[:N] for GPU N (attention, gating, the LM head and the experts; cuda is "
           "cuda:0)");
 ABSL_FLAG(int, experts_connect_timeout_ms, 10000, "how long to wait for the expert workers");
+ABSL_FLAG(std::string, expert_rows, "auto",
+          "the rows' dtype on the wire to the expert workers (as moemesh-router --expert-rows): auto, f32, bf16, "
+          "or fp8 (E4M3 with a scale per 128 columns: a quarter of f32's bytes; results move by FP8 rounding)");
 ABSL_FLAG(std::string, experts, "",
           "expert workers, shards in order separated by ',', replicas of a shard by '|' (a:1|b:2,c:3); empty runs "
           "the experts in this process");
@@ -182,6 +185,7 @@ const std::vector<Command>& CliCommands() {
     const std::vector<FlagUse> engine = {
         {"threads"},       {"device"},        {"kv_cache_tokens"}, {"prefill_chunk"}, {"gating_temperature"},
         {"dynamic_k_min"}, {"dynamic_k_max"}, {"dynamic_k_p"},     {"quantize"},        {"kv_cache_dtype"}};
+    const std::vector<FlagUse> experts = {{"experts"}, {"experts_connect_timeout_ms"}, {"expert_rows"}};
     const FlagUse model_required = {"model", "model directory: config.json, safetensors weights (required)"};
     const FlagUse target = {"target", "the gateway, HOST:PORT (required)"};
     const FlagUse timeout = {"timeout_ms"};
@@ -207,7 +211,7 @@ const std::vector<Command>& CliCommands() {
                      {"ignore_eos"},
                      {"output"}}},
                    {"sampling", sampling},
-                   {"experts on expert workers", {{"experts"}, {"experts_connect_timeout_ms"}}},
+                   {"experts on expert workers", experts},
                    {"engine", engine}}});
     c->push_back({"score",
                   "write a prompt's logits to a safetensors file",
@@ -221,7 +225,9 @@ const std::vector<Command>& CliCommands() {
          "moemesh eval --model DIR --dataset FILE.jsonl [flags]",
          "Scores each {\"ids\": [...]} line on its own and prints {\"perplexity\", \"nll_sum\", "
          "\"predicted_tokens\", \"sequences\"}.",
-         {{"flags", {model_required, {"dataset", "JSON lines of {\"ids\": [...]} (required)"}}}, {"engine", engine}}});
+         {{"flags", {model_required, {"dataset", "JSON lines of {\"ids\": [...]} (required)"}}},
+          {"experts on expert workers", experts},
+          {"engine", engine}}});
     c->push_back({"quantize",
                   "write a checkpoint's projections in int4 as a GPTQ or AWQ checkpoint, or in FP8 blocks",
                   "moemesh quantize --model DIR --out DIR [--quantize int4[:G[:asym]]] [--format gptq|awq|fp8] "
@@ -295,6 +301,7 @@ const std::vector<Command>& CliCommands() {
                      {"max_waiting"},
                      {"expert_timeout_ms"},
                      {"expert_hedge_ms"},
+                     {"expert_rows"},
                      {"micro_batches"}}},
                    {"monitoring", {{"monitoring"}, {"prometheus_port"}, {"scrape_interval_s"}}}}});
     c->push_back({"client generate",
@@ -485,6 +492,7 @@ int UpMain() {
   cmd.max_waiting = absl::GetFlag(FLAGS_max_waiting);
   cmd.expert_timeout_ms = absl::GetFlag(FLAGS_expert_timeout_ms);
   cmd.expert_hedge_ms = absl::GetFlag(FLAGS_expert_hedge_ms);
+  cmd.expert_rows = absl::GetFlag(FLAGS_expert_rows);
   cmd.micro_batches = absl::GetFlag(FLAGS_micro_batches);
   cmd.bin_dir = absl::GetFlag(FLAGS_bin_dir);
   cmd.kvcache = absl::GetFlag(FLAGS_kvcache);
@@ -656,6 +664,11 @@ int KvMain(const std::string& sub) {
   return ExitWith(RunKvDeleteSession(opt, absl::GetFlag(FLAGS_session_id), std::cout));  // "delete-session"
 }
 
+ExpertWorkers ExpertWorkersFlags() {
+  return {absl::GetFlag(FLAGS_experts), absl::GetFlag(FLAGS_experts_connect_timeout_ms),
+          absl::GetFlag(FLAGS_expert_rows)};
+}
+
 // Runs a command that loads a model: generate, score or eval.
 int ModelCommandMain(const std::string& command) {
   std::string model = absl::GetFlag(FLAGS_model);
@@ -664,7 +677,7 @@ int ModelCommandMain(const std::string& command) {
   if (!engine.ok()) return ExitWith(engine.status());
   const ProgressOutput progress = ProgressOn(STDERR_FILENO);
   if (command == "eval") {
-    EvalCommand cmd{model, absl::GetFlag(FLAGS_dataset), *engine, progress};
+    EvalCommand cmd{model, absl::GetFlag(FLAGS_dataset), ExpertWorkersFlags(), *engine, progress};
     return ExitWith(RunEval(cmd, std::cout));
   }
   auto ids = ParseTokenIds(absl::GetFlag(FLAGS_prompt_ids));
@@ -683,8 +696,7 @@ int ModelCommandMain(const std::string& command) {
   cmd.prompt_ids = *ids;
   cmd.prompt = absl::GetFlag(FLAGS_prompt);
   cmd.tokenizer_path = absl::GetFlag(FLAGS_tokenizer);
-  cmd.experts_connect_timeout_ms = absl::GetFlag(FLAGS_experts_connect_timeout_ms);
-  cmd.experts = absl::GetFlag(FLAGS_experts);
+  cmd.experts = ExpertWorkersFlags();
   cmd.engine = *engine;
   cmd.progress = progress;
   cmd.params.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);

@@ -173,6 +173,11 @@ TEST(CliTest, BadInputExitsNonZeroWithOneLine) {
            {"generate", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1", "--quantize", "int8",
             "--device", "cuda"},
            {"up", "--quantize", "fp4"},
+           {"up", "--expert-rows", "fp4"},
+           {"up", "--expert-shards", "0", "--expert-rows", "fp8"},
+           {"generate", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1", "--expert-rows", "fp8"},
+           {"eval", "--model", "tests/fixtures/olmoe", "--dataset", "x.jsonl", "--experts", "127.0.0.1:1",
+            "--expert-rows", "fp4"},
            // A 16- or 8-bit KV cache is the GPU's; unknown types are named.
            {"generate", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1", "--kv-cache-dtype", "bfloat16"},
            {"generate", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1", "--kv-cache-dtype", "fp16"},

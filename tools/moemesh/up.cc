@@ -19,6 +19,7 @@
 #include "core/model/config.h"
 #include "core/quant/quantize.h"
 #include "services/common/device_flag.h"
+#include "services/expert_client/remote_expert_executor.h"
 #include "tools/moemesh/monitoring.h"
 #include "tools/moemesh/progress.h"
 
@@ -179,6 +180,10 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
   if (cmd.micro_batches != 1 && (cmd.micro_batches != 2 || cmd.expert_shards == 0)) {
     return absl::InvalidArgumentError("--micro-batches must be 1, or 2 with --expert-shards > 0");
   }
+  if (absl::Status st = RemoteExpertExecutor::ParseRows(cmd.expert_rows).status(); !st.ok()) return st;
+  if (cmd.expert_rows != "auto" && cmd.expert_shards == 0) {
+    return absl::InvalidArgumentError("--expert-rows needs --expert-shards > 0 (without workers no rows travel)");
+  }
   // Checked here rather than by each service at start: one clear error.
   if (absl::StatusOr<QuantSpec> q = ParseQuantSpec(cmd.quantize); !q.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--quantize: ", q.status().message()));
@@ -309,6 +314,7 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
         if (cmd.expert_timeout_ms > 0) argv.push_back(absl::StrCat("--expert-timeout-ms=", cmd.expert_timeout_ms));
         if (cmd.expert_hedge_ms > 0) argv.push_back(absl::StrCat("--expert-hedge-ms=", cmd.expert_hedge_ms));
         if (cmd.micro_batches != 1) argv.push_back(absl::StrCat("--micro-batches=", cmd.micro_batches));
+        if (cmd.expert_rows != "auto") argv.push_back("--expert-rows=" + cmd.expert_rows);
       } else if (cmd.quantize != "none") {
         argv.push_back("--quantize=" + cmd.quantize);  // the experts are the routers'
       }
