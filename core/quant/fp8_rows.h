@@ -17,7 +17,7 @@ namespace moemesh {
 inline constexpr int kFp8RowGroup = 128;
 
 // Scales a row of `cols` columns needs.
-inline int Fp8RowGroups(int cols) { return (cols + kFp8RowGroup - 1) / kFp8RowGroup; }
+inline int Fp8RowGroups(int cols) { return cols / kFp8RowGroup + (cols % kFp8RowGroup != 0); }
 
 // Writes `cols` codes and Fp8RowGroups(cols) scales. A group whose largest
 // magnitude is below FLT_MIN (all zeros, or too small to scale) gets scale 0

@@ -78,7 +78,7 @@ absl::StatusOr<F32Matrix> GetRowsAsF32(const v1::Tensor& t, const char* data, si
     std::vector<float> s(static_cast<size_t>(rows) * groups);
     std::memcpy(s.data(), scales.data().data(), s.size() * sizeof(float));  // the bytes need not be aligned
     widened->resize(static_cast<size_t>(rows * cols));
-    for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t r = 0; cols > 0 && r < rows; ++r) {  // no columns: rows may be any count of nothing
       DequantizeRowFp8(reinterpret_cast<const uint8_t*>(data) + r * cols, s.data() + r * groups,
                        static_cast<int>(cols), widened->data() + r * cols);
     }

@@ -87,6 +87,19 @@ TEST(TensorProtoTest, RowsAsF32FromFp8WithScales) {
   bad = s;
   bad.set_dtype(v1::DTYPE_BF16);
   refused(bad);
+  // Hostile shapes: a count of empty rows takes no time; columns past an
+  // int are refused.
+  v1::Tensor empty_rows, no_scales;
+  SetF8Shape(int64_t{1} << 60, 0, &empty_rows);
+  no_scales.set_dtype(v1::DTYPE_F32);
+  no_scales.add_shape(int64_t{1} << 60);  // [rows, no groups]
+  no_scales.add_shape(0);
+  auto none = GetRowsAsF32(empty_rows, data, 0, -1, "rows", no_scales, &widened);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_EQ(none->cols, 0);
+  v1::Tensor wide;
+  SetF8Shape(0, int64_t{1} << 35, &wide);
+  EXPECT_EQ(GetRowsAsF32(wide, data, 0, -1, "rows", s, &widened).status().code(), absl::StatusCode::kInvalidArgument);
   // Codes that do not fill the shape.
   EXPECT_EQ(GetRowsAsF32(t, data, codes.size() - 1, cols, "rows", s, &widened).status().code(),
             absl::StatusCode::kInvalidArgument);
