@@ -89,6 +89,19 @@ def main():
     rows = struct.pack("<8f", *range(8))
     with open(os.path.join(f, "two_frames"), "wb") as out:
         out.write(frame(dispatch, rows) + frame(dispatch, b""))
+    # Rows as a worker widens them: [2, 4] F32 in the payload, the same in
+    # BF16, and in FP8 (F8_E4M3 codes) with their scales ([2, 1] F32) in the
+    # header.
+    def tensor(dtype, shape, data=b""):
+        t = field(1, 0, varint(dtype)) + field(2, 2, b"".join(varint(d) for d in shape))
+        return t + (field(3, 2, data) if data else b"")
+    for name, dtype, payload, scales in [
+            ("rows_f32", 1, rows, b""),
+            ("rows_bf16", 3, struct.pack("<8H", *[0x3F80 + i for i in range(8)]), b""),
+            ("rows_fp8", 7, bytes(range(0x30, 0x38)), tensor(1, [2, 1], struct.pack("<2f", 0.5, 2.0)))]:
+        header = dispatch + field(4, 2, tensor(dtype, [2, 4])) + (field(9, 2, scales) if scales else b"")
+        with open(os.path.join(f, name), "wb") as out:
+            out.write(frame(header, payload))
     with open(os.path.join(f, "announces_much"), "wb") as out:
         out.write(b"MMF1" + struct.pack("<IQ", 4, 1 << 28) + b"\0" * 40)
     with open(os.path.join(f, "bad_magic"), "wb") as out:
