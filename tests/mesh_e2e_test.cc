@@ -1169,6 +1169,8 @@ TEST(ServiceFlagsTest, BadArgumentsExitTwo) {
   for (const std::vector<std::string>& args :
        {std::vector<std::string>{router, "--model", "tests/fixtures/mixtral", "--enforce-eager"},
         std::vector<std::string>{router, "--model", "tests/fixtures/mixtral", "--expert-rows", "bf16"},
+        std::vector<std::string>{router, "--model", "tests/fixtures/mixtral", "--bf16-inputs", "--device", "cuda"},
+        std::vector<std::string>{g_expert, "--model", "tests/fixtures/mixtral", "--bf16-inputs", "--device", "cuda"},
         std::vector<std::string>{g_expert, "--model", "tests/fixtures/mixtral", "stray"},
         std::vector<std::string>{g_expert, "--model", "tests/fixtures/mixtral", "--port", "70000"},
         std::vector<std::string>{g_expert, "--model", "tests/fixtures/mixtral", "--metrics-port", "-5"}}) {

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "core/common/status_macros.h"
 #include "core/experts/cpu_expert_device.h"
 #include "core/experts/local_expert_executor.h"
@@ -44,6 +45,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
   WeightLoadOptions load;
   if (experts) load.load_expert = [](int, int) { return false; };
   load.quantize_experts = options.quantize_experts;
+  load.bf16_inputs = options.bf16_inputs;
   std::unique_ptr<Engine> e(new Engine);
   e->options_ = options;
   e->pool_ = std::make_unique<ThreadPool>(options.num_threads);
@@ -66,11 +68,19 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
   layout.k_width = e->model_->kv_k_width();
   layout.v_width = e->model_->kv_v_width();
   const GatingExtensions& g = config.gating;
+  std::vector<std::string> extra;
   if (g.temperature > 0 || g.dynamic_k_max > 0) {
     // Every digit: two settings that differ must name different blocks.
-    layout.extra = absl::StrFormat("gating=%.17g/%d/%d/%.17g", g.temperature, g.dynamic_k_min, g.dynamic_k_max,
-                                   g.dynamic_k_p);
+    extra.push_back(absl::StrFormat("gating=%.17g/%d/%d/%.17g", g.temperature, g.dynamic_k_min, g.dynamic_k_max,
+                                    g.dynamic_k_p));
   }
+  // What moves the values this process computes: experts quantized here,
+  // products of bf16-rounded inputs.
+  if (!experts && options.quantize_experts.kind != QuantKind::kNone) {
+    extra.push_back("quantize=" + QuantSpecName(options.quantize_experts));
+  }
+  if (options.bf16_inputs) extra.push_back("bf16_inputs");
+  layout.extra = absl::StrJoin(extra, " ");
   e->cache_root_ = CacheRoot(model_fingerprint, layout);
   e->cache_layout_ = layout;
   e->cache_ = std::make_unique<KvCache>(config.num_layers, layout.k_width, layout.v_width, options.kv_block_size,

@@ -49,6 +49,9 @@ struct EngineOptions {
   // Routed experts in this process quantized as they load (none: as
   // stored); the CPU's kernels take them (core/quant/quantize.h).
   QuantSpec quantize_experts;
+  // The CPU multiplies BF16 weights by bf16-rounded inputs, as a GPU does
+  // (WeightLoadOptions::bf16_inputs): AVX-512 BF16 where the CPU has it.
+  bool bf16_inputs = false;
 
   absl::Status Validate() const;
 };

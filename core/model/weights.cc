@@ -322,6 +322,37 @@ absl::Status QuantizeExperts(const ModelConfig& config, const WeightLoadOptions&
   return absl::OkStatus();
 }
 
+// Flags every BF16 projection for bf16 inputs (WeightLoadOptions::bf16_inputs)
+// but the routers' gates: routing stays as exact as the weights allow.
+void UseBf16Inputs(const ModelConfig& config, ModelWeights* mw) {
+  auto use = [](Matrix& m) {
+    if (m.dtype == DType::kBF16 && !m.quantized()) m.bf16_inputs = true;
+  };
+  auto ffn = [&](FfnWeights& f) {
+    use(f.gate);
+    use(f.up);
+    use(f.down);
+  };
+  use(mw->lm_head);
+  for (LayerWeights& l : mw->layers) {
+    for (Matrix* m : {&l.attn.q, &l.attn.k, &l.attn.v, &l.attn.q_a, &l.attn.q_b, &l.attn.kv_a, &l.attn.kv_b,
+                      &l.attn.o}) {
+      use(*m);
+    }
+    ffn(l.dense);
+    ffn(l.shared_expert);
+  }
+  for (int l = 0; l < config.num_layers; ++l) {
+    for (int e = 0; e < config.num_experts; ++e) {
+      const FfnWeights* held = mw->experts.Find(l, e);
+      if (held == nullptr) continue;
+      FfnWeights f = *held;
+      ffn(f);
+      mw->experts.Add(l, e, f);
+    }
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<ModelWeights> LoadWeights(std::shared_ptr<const Checkpoint> checkpoint,
@@ -344,6 +375,7 @@ absl::StatusOr<ModelWeights> LoadWeights(std::shared_ptr<const Checkpoint> check
     MM_RETURN_IF_ERROR(ld.Layer(i, options, &mw));
   }
   if (options.quantize_experts.kind != QuantKind::kNone) MM_RETURN_IF_ERROR(QuantizeExperts(config, options, &mw));
+  if (options.bf16_inputs) UseBf16Inputs(config, &mw);
   return mw;
 }
 

@@ -91,6 +91,9 @@ struct WeightLoadOptions {
   // Routed experts quantized as they load (kind kNone: as stored), on
   // `pool`'s threads where given.
   QuantSpec quantize_experts;
+  // Every BF16 projection but the routers' gates multiplies bf16-rounded
+  // inputs on the CPU (MatrixView::bf16_inputs), as a GPU does.
+  bool bf16_inputs = false;
   ThreadPool* pool = nullptr;
 };
 

@@ -62,6 +62,12 @@ struct MatrixView {
   // / 254). A row's result still depends neither on its batch nor on the
   // CPU's instruction sets. Groups of 32 columns or more.
   bool int8_inputs = false;
+  // BF16 weights only: Linear rounds the inputs to bf16 and sums products
+  // of two bf16s in fp32, as a GPU does, with AVX-512 BF16 where the CPU has
+  // it (about twice the fp32 kernels' rate in prefill; LinearBf16Inputs,
+  // core/kernels/cpu/bf16_inputs.h). Each input is then off by at most 2^-9
+  // of itself.
+  bool bf16_inputs = false;
 
   bool empty() const { return data == nullptr; }
   bool quantized() const { return quant != QuantKind::kNone; }

@@ -30,6 +30,7 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const Options
   load.load_dense = false;  // experts only: attention and the rest live on the router
   load.load_expert = [&](int layer, int expert) { return placement.Holds(options.shard_index, layer, expert); };
   load.quantize_experts = options.quantize;
+  load.bf16_inputs = options.bf16_inputs;
   std::unique_ptr<ExpertWorker> w(new ExpertWorker);
   w->pool_ = std::make_unique<ThreadPool>(options.threads);
   load.pool = w->pool_.get();

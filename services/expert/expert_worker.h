@@ -34,6 +34,8 @@ class ExpertWorker {
     ExpertDeviceFactory device;
     // The experts quantized as they load (none: as stored; the CPU only).
     QuantSpec quantize;
+    // BF16 experts multiply bf16-rounded inputs (WeightLoadOptions::bf16_inputs; the CPU only).
+    bool bf16_inputs = false;
   };
   static absl::StatusOr<std::unique_ptr<ExpertWorker>> Create(const Options& options);
   ~ExpertWorker();

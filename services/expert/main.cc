@@ -33,6 +33,9 @@ ABSL_FLAG(std::string, device, "cpu", "where the experts run: cpu, or cuda[:N] (
 ABSL_FLAG(std::string, quantize, "none",
           "quantize the experts as they load: none, int8 (a scale a row), int4 (groups of 128), int4:G or "
           "int4:G:asym (G 32, 64 or 128), :q8 after an int4 form for int8 inputs; the CPU only");
+ABSL_FLAG(bool, bf16_inputs, false,
+          "multiply the BF16 experts by inputs rounded to bf16, as a GPU does (AVX-512 BF16 where the CPU has "
+          "it: prefill up to 1.6x faster); results move by bf16 rounding; the CPU only");
 ABSL_FLAG(int, gpu_lanes, 2, "with --device cuda: requests that run on the GPU side by side");
 ABSL_FLAG(int, gpu_chunk_rows, 256, "with --device cuda: rows per pipelined chunk of a request");
 ABSL_FLAG(int, fault_delay_ms, 0,
@@ -60,6 +63,7 @@ struct Options {
     o.worker.num_shards = absl::GetFlag(FLAGS_num_shards);
     o.worker.placement_file = absl::GetFlag(FLAGS_placement);
     o.worker.threads = absl::GetFlag(FLAGS_threads);
+    o.worker.bf16_inputs = absl::GetFlag(FLAGS_bf16_inputs);
     o.device = absl::GetFlag(FLAGS_device);
     o.quantize = absl::GetFlag(FLAGS_quantize);
     o.gpu_lanes = absl::GetFlag(FLAGS_gpu_lanes);
@@ -85,6 +89,10 @@ struct Options {
     if (quant->kind != QuantKind::kNone && *gpu >= 0) {
       return absl::InvalidArgumentError("--quantize " + quantize + " with --device " + device +
                                         ": quantized experts run on the CPU for now");
+    }
+    if (worker.bf16_inputs && *gpu >= 0) {
+      return absl::InvalidArgumentError("--bf16-inputs with --device " + device +
+                                        ": the GPU's products take bf16 inputs already");
     }
     if (fault_delay_ms < 0) return absl::InvalidArgumentError("--fault-delay-ms must not be negative");
     return absl::OkStatus();

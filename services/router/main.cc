@@ -78,6 +78,10 @@ ABSL_FLAG(int, expert_timeout_ms, 0,
 ABSL_FLAG(std::string, quantize, "none",
           "without --experts: quantize the experts as they load: none, int8 (a scale a row), int4 (groups of 128), "
           "int4:G or int4:G:asym (G 32, 64 or 128), :q8 after an int4 form for int8 inputs; the CPU only");
+ABSL_FLAG(bool, bf16_inputs, false,
+          "multiply BF16 weights (attention, shared experts, LM head, and the experts in this process; not the "
+          "gates) by inputs rounded to bf16, as a GPU does (AVX-512 BF16 where the CPU has it: prefill up to 1.6x "
+          "faster); results move by bf16 rounding; the CPU only (workers take their own --bf16-inputs)");
 ABSL_FLAG(int, micro_batches, 1,
           "2: split each step of several sequences into two micro-batches in ping-pong, so that one's attention "
           "runs while the other's experts are away on the workers (needs --experts; the CPU router for now); 1: "
@@ -160,6 +164,7 @@ struct Options {
     o.device = absl::GetFlag(FLAGS_device);
     o.quantize = absl::GetFlag(FLAGS_quantize);
     if (absl::StatusOr<QuantSpec> q = ParseQuantSpec(o.quantize); q.ok()) o.engine.quantize_experts = *q;
+    o.engine.bf16_inputs = absl::GetFlag(FLAGS_bf16_inputs);
     o.enforce_eager = absl::GetFlag(FLAGS_enforce_eager);
     o.kv_cache_dtype = absl::GetFlag(FLAGS_kv_cache_dtype);
     o.engine.num_threads = absl::GetFlag(FLAGS_threads);
@@ -212,6 +217,10 @@ struct Options {
     if (engine.quantize_experts.kind != QuantKind::kNone && *gpu >= 0) {
       return absl::InvalidArgumentError("--quantize " + quantize + " with --device " + device +
                                         ": quantized experts run on the CPU for now");
+    }
+    if (engine.bf16_inputs && *gpu >= 0) {
+      return absl::InvalidArgumentError("--bf16-inputs with --device " + device +
+                                        ": the GPU's products take bf16 inputs already");
     }
     if (engine.micro_batches != 1 && engine.micro_batches != 2) {
       return absl::InvalidArgumentError("--micro-batches must be 1 or 2");

@@ -81,6 +81,9 @@ ABSL_FLAG(std::string, expert_rows, "auto",
 ABSL_FLAG(std::string, experts, "",
           "expert workers, shards in order separated by ',', replicas of a shard by '|' (a:1|b:2,c:3); empty runs "
           "the experts in this process");
+ABSL_FLAG(bool, bf16_inputs, false,
+          "multiply BF16 weights by inputs rounded to bf16 on the CPU, as a GPU does (AVX-512 BF16 where the CPU "
+          "has it: prefill up to 1.6x faster); results move by bf16 rounding; not the routers' gates");
 ABSL_FLAG(int, kv_cache_tokens, 65536, "KV cache capacity in tokens");
 ABSL_FLAG(int, prefill_chunk, 512, "longest prefill chunk per forward step");
 ABSL_FLAG(double, gating_temperature, 0.0, "MoE gating temperature T (off when 0)");
@@ -184,7 +187,8 @@ const std::vector<Command>& CliCommands() {
         {"frequency_penalty"}, {"seed"}};
     const std::vector<FlagUse> engine = {
         {"threads"},       {"device"},        {"kv_cache_tokens"}, {"prefill_chunk"}, {"gating_temperature"},
-        {"dynamic_k_min"}, {"dynamic_k_max"}, {"dynamic_k_p"},     {"quantize"},        {"kv_cache_dtype"}};
+        {"dynamic_k_min"}, {"dynamic_k_max"}, {"dynamic_k_p"},     {"quantize"},        {"bf16_inputs"},
+        {"kv_cache_dtype"}};
     const std::vector<FlagUse> experts = {{"experts"}, {"experts_connect_timeout_ms"}, {"expert_rows"}};
     const FlagUse model_required = {"model", "model directory: config.json, safetensors weights (required)"};
     const FlagUse target = {"target", "the gateway, HOST:PORT (required)"};
@@ -282,6 +286,8 @@ const std::vector<Command>& CliCommands() {
                      {"expert_device"},
                      {"router_device"},
                      {"quantize"},
+                     {"bf16_inputs", "every CPU service multiplies BF16 weights by bf16-rounded inputs (as "
+                                     "moemesh-router --bf16-inputs)"},
                      {"host"},
                      {"port"},
                      {"http_port"},
@@ -437,6 +443,11 @@ absl::StatusOr<EngineOptions> EngineFlags() {
     return absl::InvalidArgumentError("--quantize with --device " + absl::GetFlag(FLAGS_device) +
                                       ": quantized experts run on the CPU for now");
   }
+  e.bf16_inputs = absl::GetFlag(FLAGS_bf16_inputs);
+  if (e.bf16_inputs && *gpu >= 0) {
+    return absl::InvalidArgumentError("--bf16-inputs with --device " + absl::GetFlag(FLAGS_device) +
+                                      ": the GPU's products take bf16 inputs already");
+  }
   absl::StatusOr<KvDType> kv_dtype = ParseKvCacheDType(absl::GetFlag(FLAGS_kv_cache_dtype), *gpu >= 0);
   if (!kv_dtype.ok()) return kv_dtype.status();
   if (*gpu >= 0) {
@@ -474,6 +485,7 @@ int UpMain() {
   cmd.expert_device = absl::GetFlag(FLAGS_expert_device);
   cmd.router_device = absl::GetFlag(FLAGS_router_device);
   cmd.quantize = absl::GetFlag(FLAGS_quantize);
+  cmd.bf16_inputs = absl::GetFlag(FLAGS_bf16_inputs);
   cmd.placement = absl::GetFlag(FLAGS_placement);
   cmd.monitoring = absl::GetFlag(FLAGS_monitoring);
   cmd.prometheus_port = absl::GetFlag(FLAGS_prometheus_port);

@@ -174,6 +174,8 @@ TEST(CliTest, BadInputExitsNonZeroWithOneLine) {
             "--device", "cuda"},
            {"up", "--quantize", "fp4"},
            {"up", "--expert-rows", "fp4"},
+           {"generate", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1", "--bf16-inputs", "--device", "cuda"},
+           {"up", "--bf16-inputs", "--router-device", "cuda", "--expert-device", "cuda"},
            {"up", "--expert-shards", "0", "--expert-rows", "fp8"},
            {"generate", "--model", "tests/fixtures/olmoe", "--prompt-ids", "1", "--expert-rows", "fp8"},
            {"eval", "--model", "tests/fixtures/olmoe", "--dataset", "x.jsonl", "--experts", "127.0.0.1:1",
@@ -192,8 +194,8 @@ TEST(CliTest, BadInputExitsNonZeroWithOneLine) {
 }
 
 // `moemesh eval`: {"text"} lines are the model's tokenizer's ids (special
-// tokens added), scored as those ids are; --quantize moves the perplexity a
-// little; bad lines name their line number.
+// tokens added), scored as those ids are; --quantize and --bf16-inputs move
+// the perplexity a little; bad lines name their line number.
 TEST(CliTest, EvalTakesTextOrIds) {
   const std::string dir = ::testing::TempDir();
   const std::vector<std::string> texts = {"The clothes have no emperor.", "Without followers, evil cannot spread."};
@@ -209,11 +211,11 @@ TEST(CliTest, EvalTakesTextOrIds) {
   ASSERT_TRUE(WriteFileAtomically(dir + "/text.jsonl", text_lines).ok());
   ASSERT_TRUE(WriteFileAtomically(dir + "/ids.jsonl", id_lines).ok());
   std::string out, err;
-  auto ppl = [&](const std::string& file, const std::string& quantize) {
-    EXPECT_EQ(RunCli({"eval", "--model", "models/fortune-moe", "--dataset", dir + "/" + file, "--quantize", quantize},
-                     &out, &err),
-              0)
-        << err;
+  auto ppl = [&](const std::string& file, const std::string& quantize, bool bf16_inputs = false) {
+    std::vector<std::string> args = {"eval",       "--model",  "models/fortune-moe", "--dataset", dir + "/" + file,
+                                     "--quantize", quantize};
+    if (bf16_inputs) args.push_back("--bf16-inputs");
+    EXPECT_EQ(RunCli(args, &out, &err), 0) << err;
     nlohmann::json j = nlohmann::json::parse(out, nullptr, false);
     return j.is_object() ? j["perplexity"].get<double>() : -1.0;
   };
@@ -223,6 +225,9 @@ TEST(CliTest, EvalTakesTextOrIds) {
   const double int8 = ppl("text.jsonl", "int8");
   EXPECT_NE(int8, by_text);
   EXPECT_NEAR(int8 / by_text, 1, 0.01);
+  const double bf16_inputs = ppl("text.jsonl", "none", true);
+  EXPECT_NE(bf16_inputs, by_text);
+  EXPECT_NEAR(bf16_inputs / by_text, 1, 0.01);
 
   for (const auto& [lines, want] : std::vector<std::pair<std::string, std::string>>{
            {"{\"ids\": [1, 2]}\n{\"text\": 5}\n", "bad.jsonl:2: expected a JSON object"},

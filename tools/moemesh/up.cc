@@ -192,6 +192,12 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
     return absl::InvalidArgumentError("--quantize " + cmd.quantize + ": quantized experts run on the CPU for now (" +
                                       (cmd.expert_shards > 0 ? "--expert-device" : "--router-device") + " cpu)");
   }
+  const bool cpu_routers = ParseDeviceFlag(cmd.router_device).value_or(-1) < 0;
+  const bool cpu_workers = cmd.expert_shards > 0 && ParseDeviceFlag(cmd.expert_device).value_or(-1) < 0;
+  if (cmd.bf16_inputs && !cpu_routers && !cpu_workers) {
+    return absl::InvalidArgumentError("--bf16-inputs: no service runs on the CPU (the GPU's products take bf16 "
+                                      "inputs already)");
+  }
   if (absl::Status st =
           ParseKvCacheDType(cmd.kv_cache_dtype, ParseDeviceFlag(cmd.router_device).value_or(-1) >= 0).status();
       !st.ok()) {
@@ -283,6 +289,7 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
                         "--device=" + cmd.expert_device}});
       specs.back().argv.insert(specs.back().argv.end(), placement_flag.begin(), placement_flag.end());
       if (cmd.quantize != "none") specs.back().argv.push_back("--quantize=" + cmd.quantize);
+      if (cmd.bf16_inputs && cpu_workers) specs.back().argv.push_back("--bf16-inputs");
     }
   }
   if (!specs.empty() && st.ok()) {
@@ -308,6 +315,7 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
                                        absl::StrCat("--max-waiting=", cmd.max_waiting),
                                        "--device=" + cmd.router_device};
       if (!kvcache.empty()) argv.push_back("--kvcache=" + kvcache_addrs);
+      if (cmd.bf16_inputs && cpu_routers) argv.push_back("--bf16-inputs");
       if (!shard_addrs.empty()) {
         argv.push_back("--experts=" + absl::StrJoin(shard_addrs, ","));
         argv.insert(argv.end(), placement_flag.begin(), placement_flag.end());

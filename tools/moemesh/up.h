@@ -26,6 +26,7 @@ struct UpCommand {
   std::string expert_device = "cpu";  // moemesh-expert --device: cpu, cuda, cuda:N
   std::string router_device = "cpu";  // moemesh-router --device: cpu, cuda, cuda:N
   std::string quantize = "none";      // the experts' --quantize (workers', or the routers' with no shards)
+  bool bf16_inputs = false;           // --bf16-inputs to every service on the CPU
   int kv_cache_tokens = 65536;  // per router
   std::string kv_cache_dtype = "auto";  // the routers' --kv-cache-dtype
   int max_running = 64;         // per router

@@ -37,6 +37,7 @@
 #include <tuple>
 
 #include "core/engine/engine.h"
+#include "core/experts/routing_recorder.h"
 #include "core/kv/host_kv_tier.h"
 #include "core/engine/sampler.h"
 #include "core/engine/scheduler.h"
@@ -67,30 +68,23 @@ std::string ErrorsByRow(const std::vector<float>& got, const std::vector<float>&
   return out;
 }
 
-// Runs the experts in process and records each call's routing.
-class RecordingExecutor : public ExpertExecutor {
+// Runs the experts in process and records each call's routing, read back
+// from the GPU where the batch's routing is there.
+class RecordingExecutor : public RoutingRecorder {
  public:
-  explicit RecordingExecutor(std::unique_ptr<LocalExpertExecutor> inner) : inner_(std::move(inner)) {}
-  absl::Status Execute(const ExpertBatch& batch, float* out) override {
-    std::vector<int> ids(static_cast<size_t>(batch.num_tokens) * batch.slots);
-    if (batch.routing_on_device) {
-      if (absl::Status st = CudaSynchronize(batch.cuda_stream); !st.ok()) return st;
-      if (absl::Status st = CopyToHost(ids.data(), batch.expert_ids, ids.size() * sizeof(int)); !st.ok()) return st;
-      ++device_grouped_;
-    } else {
-      std::copy(batch.expert_ids, batch.expert_ids + ids.size(), ids.begin());
-    }
-    calls_.push_back(std::move(ids));
-    return inner_->Execute(batch, out);
-  }
-  int cuda_device() const override { return inner_->cuda_device(); }
-  bool groups_on_device() const override { return inner_->groups_on_device(); }
+  explicit RecordingExecutor(std::unique_ptr<LocalExpertExecutor> inner)
+      : RoutingRecorder(std::move(inner), [this](const ExpertBatch& batch, std::vector<int>* ids) {
+          if (!batch.routing_on_device) {
+            std::copy(batch.expert_ids, batch.expert_ids + ids->size(), ids->begin());
+            return absl::OkStatus();
+          }
+          ++device_grouped_;
+          if (absl::Status st = CudaSynchronize(batch.cuda_stream); !st.ok()) return st;
+          return CopyToHost(ids->data(), batch.expert_ids, ids->size() * sizeof(int));
+        }) {}
   int device_grouped() const { return device_grouped_; }
-  std::vector<std::vector<int>>& calls() { return calls_; }
 
  private:
-  std::unique_ptr<LocalExpertExecutor> inner_;
-  std::vector<std::vector<int>> calls_;
   int device_grouped_ = 0;  // calls with the routing on the device
 };
 
@@ -148,32 +142,6 @@ Side MakeSide(const std::string& dir, Placement where, int block_size = 16, int 
   EXPECT_TRUE(e.ok()) << dir << ": " << e.status();
   if (e.ok()) side.engine = std::move(*e);
   return side;
-}
-
-// The first recorded call in which the two sides' routing differs, and the
-// first token row in it; {-1, -1} when none does. `first_row`: the least
-// row routed apart in any call (a prompt's rows before it are clean).
-// Counts differing tokens.
-struct RoutingDiff {
-  int call = -1, row = -1, first_row = -1;
-  size_t tokens = 0, differing = 0;
-};
-RoutingDiff CompareRouting(const std::vector<std::vector<int>>& a, const std::vector<std::vector<int>>& b, int slots) {
-  RoutingDiff d;
-  for (size_t c = 0; c < std::min(a.size(), b.size()); ++c) {
-    for (size_t t = 0; t * slots < std::min(a[c].size(), b[c].size()); ++t) {
-      ++d.tokens;
-      std::vector<int> x(a[c].begin() + t * slots, a[c].begin() + (t + 1) * slots),
-          y(b[c].begin() + t * slots, b[c].begin() + (t + 1) * slots);
-      std::sort(x.begin(), x.end());
-      std::sort(y.begin(), y.end());
-      if (x == y) continue;
-      ++d.differing;
-      if (d.call < 0) d.call = static_cast<int>(c), d.row = static_cast<int>(t);
-      if (d.first_row < 0 || static_cast<int>(t) < d.first_row) d.first_row = static_cast<int>(t);
-    }
-  }
-  return d;
 }
 
 // How far `token` scores below the best of a row of logits, in nats (a

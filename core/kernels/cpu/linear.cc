@@ -8,26 +8,14 @@
 #include <utility>
 #include <vector>
 
+#include "core/kernels/cpu/bf16_inputs.h"
+#include "core/kernels/cpu/for_each_tile.h"
 #include "core/tensor/thread_pool.h"
 
 namespace moemesh {
 namespace {
 
 constexpr int kRowTile = 4;  // weight rows a decode chunk takes together
-
-// Runs run(first, end) over the [first, end) tiles of `tile_rows` weight
-// rows of n, on the pool where there is one, each thread's chunk at least
-// ~64K multiply-adds (with k columns and m input rows) so threads pay off.
-template <typename Run>
-void ForEachTile(int n, int tile_rows, int k, int m, ThreadPool* pool, const Run& run) {
-  const int64_t tiles = (n + tile_rows - 1) / tile_rows;
-  const int64_t grain = std::max<int64_t>(1, 65536 / (static_cast<int64_t>(k) * tile_rows * m + 1));
-  if (pool != nullptr) {
-    pool->ParallelFor(tiles, grain, run);
-  } else {
-    run(0, tiles);
-  }
-}
 
 // Converts `n` weights to float (the tile's scratch).
 void ToF32Portable(DType t, const void* src, int n, float* dst) { ConvertToF32(t, src, n, dst); }
@@ -795,6 +783,9 @@ void Linear(const float* x, int m, const MatrixView& w, const float* bias, float
   if (isa > BestLinearIsa()) isa = BestLinearIsa();
   if (w.quant == QuantKind::kInt4 && w.int8_inputs && w.group >= 32) {
     return LinearInt8Inputs(x, m, w, bias, y, pool, isa);
+  }
+  if (w.bf16_inputs && w.dtype == DType::kBF16 && !w.quantized()) {
+    return LinearBf16Inputs(x, m, w, bias, y, pool, isa);
   }
   const bool vector = isa != LinearIsa::kPortable;
   if (vector && m > kDirectMaxRows) return LinearWide(x, m, w, bias, y, pool, isa);
