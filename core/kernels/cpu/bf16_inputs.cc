@@ -17,7 +17,7 @@ namespace {
 constexpr int kChunk = 32;       // columns a vdpbf16ps takes: 16 lanes of pairs
 constexpr int kDirectMaxRows = 4;  // up to this many input rows: a weight row at a time (decode)
 constexpr int kRowTile = 4;      // weight rows a decode tile takes
-constexpr int kPanelRows = 16;   // weight rows a prefill panel takes (in L2 while input blocks meet it)
+constexpr int kPanelRows = 32;   // weight rows a prefill panel takes (in L2 while input blocks meet it)
 constexpr int kMaxMx = 4, kMaxMr = 4;  // prefill's block: 16 accumulators of 32 zmm
 
 // The inputs rounded to bf16, each row padded with zeros to whole chunks
@@ -63,8 +63,40 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline __m
   return reinterpret_cast<__m512bh>(_mm512_load_si512(x + j * kChunk));
 }
 
+// A (row, weight row)'s sum: its four accumulators added pairwise, then the
+// lanes by a fixed tree (lane i + lane i+8, then + i+4, + i+2, + i+1), the
+// same in Reduce and ReduceSixteen whatever the compiler's intrinsics do.
+__attribute__((target("avx512f"), always_inline)) inline __m512 Vertical(const __m512 (&part)[4]) {
+  return _mm512_add_ps(_mm512_add_ps(part[0], part[1]), _mm512_add_ps(part[2], part[3]));
+}
+
 __attribute__((target("avx512f"), always_inline)) inline float Reduce(const __m512 (&part)[4]) {
-  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(part[0], part[1]), _mm512_add_ps(part[2], part[3])));
+  const __m512 v = Vertical(part);
+  const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  const __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  const __m128 c = _mm_add_ps(b, _mm_shuffle_ps(b, b, _MM_SHUFFLE(1, 0, 3, 2)));
+  return _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps(c, c, _MM_SHUFFLE(1, 1, 1, 1))));
+}
+
+// Reduce of sixteen sums at once, by the same tree: each level adds the
+// halves of two vectors' live lanes into one vector. Sum p ends in lane
+// 4 * (p % 4) + p / 4.
+__attribute__((target("avx512f"), always_inline)) inline __m512 ReduceSixteen(const __m512 (&v)[16]) {
+  __m512 x[8], y[4], z[2];
+  for (int j = 0; j < 8; ++j) {  // lanes 0-7: v[2j]'s i + i+8; 8-15: v[2j+1]'s
+    x[j] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * j], v[2 * j + 1], 0x44),
+                         _mm512_shuffle_f32x4(v[2 * j], v[2 * j + 1], 0xEE));
+  }
+  for (int j = 0; j < 4; ++j) {  // quarter k: v[4j + k]'s i + i+4
+    y[j] = _mm512_add_ps(_mm512_shuffle_f32x4(x[2 * j], x[2 * j + 1], 0x88),
+                         _mm512_shuffle_f32x4(x[2 * j], x[2 * j + 1], 0xDD));
+  }
+  for (int j = 0; j < 2; ++j) {  // quarter k: v[8j + k]'s i + i+2 twice, then v[8j + 4 + k]'s
+    z[j] = _mm512_add_ps(_mm512_shuffle_ps(y[2 * j], y[2 * j + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_ps(y[2 * j], y[2 * j + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  return _mm512_add_ps(_mm512_shuffle_ps(z[0], z[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_ps(z[0], z[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
 // Decode: MX input rows by one weight row, its four accumulators in one
@@ -127,9 +159,11 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void DotBf16Passes(const 
       for (int b = 0; b < MR; ++b) part[a][b][q] = acc[a][b];
     }
   }
-  for (int a = 0; a < MX; ++a) {
-    for (int b = 0; b < MR; ++b) out[a * MR + b] = Reduce(part[a][b]);
-  }
+  __m512 sums[16];
+  for (int p = 0; p < 16; ++p) sums[p] = p < MX * MR ? Vertical(part[p / MR][p % MR]) : _mm512_setzero_ps();
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, ReduceSixteen(sums));
+  for (int p = 0; p < MX * MR; ++p) out[p] = lanes[4 * (p % 4) + p / 4];
 }
 #pragma GCC diagnostic pop
 
