@@ -1,7 +1,8 @@
 // The cost of one expert hop: round-trip time of a Dispatch from
 // RemoteExpertExecutor to a worker, over the raw data channel (the default),
-// the same with the rows in bf16 (what GPU workers get) and in FP8
-// (--expert-rows fp8), and over the gRPC stream, against a plain TCP echo of
+// the same with the rows in bf16 (what GPU workers get), in FP8
+// (--expert-rows fp8) and in FP8 with bf16 answers (--expert-answers bf16),
+// and over the gRPC stream, against a plain TCP echo of
 // the f32 rows' bytes, on loopback, for payloads of 4 KB to 2 MB of f32
 // rows. The worker side widens the rows to f32 as a worker does and answers
 // with f32 zeros of the same size without computing, so the figure is the
@@ -61,6 +62,10 @@ class NullExpertService final : public v1::ExpertService::Service {
       for (const auto& g : req.groups()) rows += g.rows_size();
       zeros.assign(static_cast<size_t>(rows) * hidden_, 0.0f);
       SetF32Tensor(zeros.data(), rows, hidden_, resp.mutable_outputs());
+      if (req.bf16_outputs()) {  // zeros in bf16 are the first half of the bytes
+        SetBf16Shape(rows, hidden_, resp.mutable_outputs());
+        resp.mutable_outputs()->set_data(reinterpret_cast<const char*>(zeros.data()), zeros.size() * 2);
+      }
       if (!stream->Write(resp)) break;
     }
     return grpc::Status::OK;
@@ -84,6 +89,10 @@ class NullExpertService final : public v1::ExpertService::Service {
       zeros.assign(static_cast<size_t>(rows) * hidden_, 0.0f);
       SetF32Shape(rows, hidden_, resp.mutable_outputs());
       iovec data{zeros.data(), zeros.size() * sizeof(float)};
+      if (req.bf16_outputs()) {  // zeros in bf16 are the first half of the bytes
+        SetBf16Shape(rows, hidden_, resp.mutable_outputs());
+        data.iov_len /= 2;
+      }
       if (!socket->Send(resp, {&data, 1}).ok()) return;
     }
   }
@@ -95,6 +104,7 @@ class NullExpertService final : public v1::ExpertService::Service {
     info->set_num_layers(1);
     info->set_num_experts(1);  // the bench routes every row to expert 0
     info->set_fp8_rows(true);
+    info->set_bf16_outputs(true);
     return grpc::Status::OK;
   }
 
@@ -190,12 +200,15 @@ int Main(int argc, char** argv) {
   RemoteExpertExecutor::Options fp8_options;
   fp8_options.rows = RemoteExpertExecutor::Rows::kFp8;
   auto fp8 = RemoteExpertExecutor::Connect(shards, hidden, fp8_options);
-  if (!raw.ok() || !grpc_stream.ok() || !bf16.ok() || !fp8.ok()) {
+  fp8_options.answers = RemoteExpertExecutor::Answers::kBf16;
+  auto fp8_bf16 = RemoteExpertExecutor::Connect(shards, hidden, fp8_options);
+  if (!raw.ok() || !grpc_stream.ok() || !bf16.ok() || !fp8.ok() || !fp8_bf16.ok()) {
     std::fprintf(stderr, "cannot connect\n");
     return 1;
   }
-  std::printf("%-10s %11s %11s %11s %11s %11s %13s %10s %10s %10s\n", "payload", "channel us", "bf16 us", "fp8 us",
-              "grpc us", "echo us", "channel/echo", "bf16/echo", "fp8/echo", "grpc/echo");
+  std::printf("%-10s %10s %10s %10s %10s %10s %10s %12s %10s %10s %10s %10s\n", "payload", "channel us", "bf16 us",
+              "fp8 us", "fp8+bf16", "grpc us", "echo us", "channel/echo", "bf16/echo", "fp8/echo", "fp8+/echo",
+              "grpc/echo");
   for (int rows : {1, 4, 16, 64, 256, 512}) {
     std::vector<float> hidden_states(static_cast<size_t>(rows) * hidden, 0.5f), out(hidden_states.size());
     std::vector<int> ids(rows, 0);
@@ -204,7 +217,7 @@ int Main(int argc, char** argv) {
     // The three are interleaved, one round trip of each in turn, so that
     // all see the same machine (a 2-core VM's timing drifts).
     TcpEcho echo_server(static_cast<size_t>(rows) * hidden * sizeof(float));
-    std::vector<double> t_channel, t_bf16, t_fp8, t_grpc, t_echo;
+    std::vector<double> t_channel, t_bf16, t_fp8, t_fp8_bf16, t_grpc, t_echo;
     auto once = [&](RemoteExpertExecutor* ex) {
       double t0 = Now();
       if (!ex->Execute(batch, out.data()).ok()) std::exit(1);
@@ -212,24 +225,27 @@ int Main(int argc, char** argv) {
     };
     for (int i = 0; i < iterations + 10; ++i) {
       double a = once(raw->get()), half = once(bf16->get()), quarter = once(fp8->get()),
-             b = once(grpc_stream->get()), c = echo_server.RoundTrip();
+             both = once(fp8_bf16->get()), b = once(grpc_stream->get()), c = echo_server.RoundTrip();
       if (i < 10) continue;  // warm-up
       t_channel.push_back(a);
       t_bf16.push_back(half);
       t_fp8.push_back(quarter);
+      t_fp8_bf16.push_back(both);
       t_grpc.push_back(b);
       t_echo.push_back(c);
     }
-    double channel = Median(t_channel), half = Median(t_bf16), quarter = Median(t_fp8), via_grpc = Median(t_grpc),
-           echo = Median(t_echo);
+    double channel = Median(t_channel), half = Median(t_bf16), quarter = Median(t_fp8), both = Median(t_fp8_bf16),
+           via_grpc = Median(t_grpc), echo = Median(t_echo);
     size_t bytes = static_cast<size_t>(rows) * hidden * sizeof(float);
-    std::printf("%-10s %11.1f %11.1f %11.1f %11.1f %11.1f %13.2f %10.2f %10.2f %10.2f\n",
-                (std::to_string(bytes / 1024) + " KB").c_str(), channel * 1e6, half * 1e6, quarter * 1e6,
-                via_grpc * 1e6, echo * 1e6, channel / echo, half / echo, quarter / echo, via_grpc / echo);
+    std::printf("%-10s %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f %12.2f %10.2f %10.2f %10.2f %10.2f\n",
+                (std::to_string(bytes / 1024) + " KB").c_str(), channel * 1e6, half * 1e6, quarter * 1e6, both * 1e6,
+                via_grpc * 1e6, echo * 1e6, channel / echo, half / echo, quarter / echo, both / echo,
+                via_grpc / echo);
   }
   raw->reset();
   bf16->reset();
   fp8->reset();
+  fp8_bf16->reset();
   grpc_stream->reset();
   (*frames)->Stop();
   server->Shutdown();

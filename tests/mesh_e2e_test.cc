@@ -1112,10 +1112,11 @@ TEST(MeshDemoModelTest, PlacementFile) {
   EXPECT_TRUE(absl::StrContains(out, "but the placement gives shard 0 [0,2,4,6]")) << out;
 }
 
-// The expert hop with FP8 rows (--expert-rows fp8) on the demo model's
-// held-out text, through two real workers: f32 rows give exactly the
-// single-process perplexity (CPU experts are exact), FP8 rows (a quarter of
-// the bytes) move it by well under the 1% that #17 allows FP8.
+// The expert hop with FP8 rows (--expert-rows fp8), and with bf16 answers
+// too (--expert-answers bf16), on the demo model's held-out text, through
+// two real workers: f32 rows give exactly the single-process perplexity
+// (CPU experts are exact); FP8 rows (a quarter of the bytes) and bf16
+// answers (half) move it by well under the 1% that #17 allows FP8.
 TEST(MeshDemoModelTest, EvalThroughWorkersWithFp8Rows) {
   const std::string model = "models/fortune-moe", data = model + "/eval/heldout.jsonl";
   std::vector<std::unique_ptr<Subprocess>> workers;
@@ -1141,12 +1142,16 @@ TEST(MeshDemoModelTest, EvalThroughWorkersWithFp8Rows) {
   };
   const std::string experts = "--experts=" + absl::StrJoin(addresses, ",");
   const double alone = perplexity({}), f32 = perplexity({experts}), fp8 = perplexity({experts, "--expert-rows=fp8"});
+  const double fp8_bf16 = perplexity({experts, "--expert-rows=fp8", "--expert-answers=bf16"});
   EXPECT_GT(alone, 1);
   EXPECT_EQ(f32, alone);
   EXPECT_NE(fp8, alone);
   EXPECT_NEAR(fp8 / alone, 1, 0.01) << fp8 << " against " << alone;
-  std::printf("held-out perplexity: %.4f alone, %.4f through workers with f32 rows, %.4f with fp8 rows (%+.3f%%)\n",
-              alone, f32, fp8, 100 * (fp8 / alone - 1));
+  EXPECT_NE(fp8_bf16, fp8);
+  EXPECT_NEAR(fp8_bf16 / alone, 1, 0.01) << fp8_bf16 << " against " << alone;
+  std::printf("held-out perplexity: %.4f alone, %.4f through workers with f32 rows, %.4f with fp8 rows (%+.3f%%), "
+              "%.4f with fp8 rows and bf16 answers (%+.3f%%)\n",
+              alone, f32, fp8, 100 * (fp8 / alone - 1), fp8_bf16, 100 * (fp8_bf16 / alone - 1));
 }
 
 // `--help` lists a service's own flags (Abseil's default filter found none).

@@ -8,6 +8,7 @@
 #include "services/common/grpc_status.h"
 #include "services/common/host_id.h"
 #include "services/common/tensor_proto.h"
+#include "core/tensor/dtype.h"
 
 namespace moemesh {
 
@@ -85,6 +86,25 @@ void ExpertServiceImpl::ServeDeviceRows(const v1::DispatchRequest& request,
   }
 }
 
+namespace {
+
+// The answer's rows as the request asked: `out` itself (f32), or rounded
+// to bf16 into `packed`. Sets the outputs' header and returns the bytes.
+iovec AnswerRows(const v1::DispatchRequest& request, const std::vector<float>& out, int h,
+                 std::vector<uint16_t>* packed, v1::Tensor* outputs) {
+  const int64_t rows = static_cast<int64_t>(out.size() / h);
+  if (!request.bf16_outputs()) {
+    SetF32Shape(rows, h, outputs);
+    return {const_cast<float*>(out.data()), out.size() * sizeof(float)};
+  }
+  packed->resize(out.size());
+  for (size_t i = 0; i < out.size(); ++i) (*packed)[i] = F32ToBf16(out[i]);
+  SetBf16Shape(rows, h, outputs);
+  return {packed->data(), packed->size() * sizeof(uint16_t)};
+}
+
+}  // namespace
+
 void ExpertServiceImpl::Handle(const v1::DispatchRequest& request, v1::DispatchResponse* response) {
   std::vector<float> out, widened;
   const std::string& rows = request.hidden_states().data();
@@ -93,8 +113,9 @@ void ExpertServiceImpl::Handle(const v1::DispatchRequest& request, v1::DispatchR
                    "hidden_states", request.hidden_scales(), &widened),
       response, &out);
   if (response->error_code() != 0) return;
-  const int h = worker_->config().hidden_size;
-  SetF32Tensor(out.data(), static_cast<int64_t>(out.size() / h), h, response->mutable_outputs());
+  std::vector<uint16_t> packed;
+  const iovec data = AnswerRows(request, out, worker_->config().hidden_size, &packed, response->mutable_outputs());
+  response->mutable_outputs()->set_data(static_cast<const char*>(data.iov_base), data.iov_len);
 }
 
 void ExpertServiceImpl::InjectedDelay() const {
@@ -106,6 +127,7 @@ void ExpertServiceImpl::ServeFrames(FrameSocket* socket) {
   v1::DispatchResponse response;
   std::vector<char> payload;
   std::vector<float> out, widened;
+  std::vector<uint16_t> packed;  // bf16 answers
   std::unique_ptr<DeviceRowsServer::Session> session;  // this connection's CUDA IPC
   const int h = worker_->config().hidden_size;
   while (socket->Receive(&request, &payload).ok()) {
@@ -122,10 +144,8 @@ void ExpertServiceImpl::ServeFrames(FrameSocket* socket) {
           &response, &out);
     }
     InjectedDelay();
-    iovec data{out.data(), out.size() * sizeof(float)};
-    if (response.error_code() == 0 && !ipc) {
-      SetF32Shape(static_cast<int64_t>(out.size() / h), h, response.mutable_outputs());
-    }
+    iovec data{out.data(), 0};
+    if (response.error_code() == 0 && !ipc) data = AnswerRows(request, out, h, &packed, response.mutable_outputs());
     const bool sent = socket->Send(response, {&data, response.error_code() == 0 && !ipc ? 1u : 0u}).ok();
     if (metrics_) {
       metrics_->SetQueueDepth(busy_.fetch_sub(1) - 1);
@@ -167,6 +187,7 @@ grpc::Status ExpertServiceImpl::GetShardInfo(grpc::ServerContext* context, const
   response->set_data_port(data_port_);
   response->set_bf16_rows_exact(worker_->bf16_rows_exact());
   response->set_fp8_rows(true);
+  response->set_bf16_outputs(true);
   if (device_rows_ != nullptr) {
     response->mutable_cuda_ipc()->set_host_id(HostId());
     response->mutable_cuda_ipc()->set_device(device_rows_->device());

@@ -23,7 +23,8 @@ absl::Status FrameTransport::Receive(v1::DispatchResponse* response, F32Matrix* 
   *outputs = F32Matrix{};
   // An error, or the answer to CUDA IPC work (its rows are on a GPU).
   if (response->error_code() != 0 || !response->has_outputs()) return absl::OkStatus();
-  auto m = GetF32Matrix(response->outputs(), payload_.data(), payload_.size(), hidden_size_, "outputs");
+  auto m = GetRowsAsF32(response->outputs(), payload_.data(), payload_.size(), hidden_size_, "outputs",
+                        v1::Tensor::default_instance(), &widened_);
   if (!m.ok()) return absl::InternalError(m.status().message());
   *outputs = *m;
   return absl::OkStatus();

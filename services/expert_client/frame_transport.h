@@ -30,7 +30,8 @@ class FrameTransport : public ExpertTransport {
   const int hidden_size_;
   const int receive_timeout_ms_;
   std::unique_ptr<FrameSocket> socket_;
-  std::vector<char> payload_;  // the last answer's rows
+  std::vector<char> payload_;   // the last answer's rows
+  std::vector<float> widened_;  // the same, widened where they came as bf16
 };
 
 }  // namespace moemesh

@@ -77,7 +77,9 @@ absl::Status GrpcStreamTransport::Receive(v1::DispatchResponse* response, F32Mat
   *outputs = F32Matrix{};
   // An error, or the answer to CUDA IPC work (its rows are on a GPU).
   if (response->error_code() != 0 || !response->has_outputs()) return absl::OkStatus();
-  auto m = GetF32Matrix(response->outputs(), hidden_size_, "outputs");
+  const std::string& data = response->outputs().data();
+  auto m = GetRowsAsF32(response->outputs(), data.data(), data.size(), hidden_size_, "outputs",
+                        v1::Tensor::default_instance(), &widened_);
   if (!m.ok()) return absl::InternalError(m.status().message());
   *outputs = *m;
   return absl::OkStatus();

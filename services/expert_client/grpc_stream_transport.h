@@ -35,6 +35,7 @@ class GrpcStreamTransport : public ExpertTransport {
   grpc::ClientContext context_;
   std::unique_ptr<grpc::ClientReaderWriter<v1::DispatchRequest, v1::DispatchResponse>> stream_;
   v1::DispatchRequest full_;  // the request with its rows, reused
+  std::vector<float> widened_;  // the answer's rows, widened where they came as bf16
 
   void Watch();
   const int timeout_ms_;

@@ -103,6 +103,7 @@ struct RemoteExpertExecutor::Shard {
   };
   Changes changes;
   Rows wire = Rows::kF32;  // the rows' dtype on the wire: kF32, kBf16 or kFp8
+  Answers answers = Answers::kF32;
   size_t next = 0;         // round-robin position
   struct Work {
     std::vector<uint8_t> packed;  // the rows in bf16 or FP8 codes
@@ -136,6 +137,18 @@ struct RemoteExpertExecutor::Lane {
   std::chrono::steady_clock::time_point sent_at;
 };
 
+
+std::vector<RemoteExpertExecutor::Answers> RemoteExpertExecutor::answer_types() const {
+  std::vector<Answers> out;
+  for (const auto& s : shards_) out.push_back(s->answers);
+  return out;
+}
+
+absl::StatusOr<RemoteExpertExecutor::Answers> RemoteExpertExecutor::ParseAnswers(const std::string& value) {
+  if (value == "f32") return Answers::kF32;
+  if (value == "bf16") return Answers::kBf16;
+  return absl::InvalidArgumentError(absl::StrCat("--expert-answers ", value, ": expected f32 or bf16"));
+}
 
 std::vector<RemoteExpertExecutor::Rows> RemoteExpertExecutor::row_types() const {
   std::vector<Rows> out;
@@ -282,7 +295,7 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
         }
       }
     }
-    bool all_exact = true, all_fp8 = true;
+    bool all_exact = true, all_fp8 = true, all_bf16_outputs = true;
     for (const std::string& address : addresses) {
       v1::ShardInfo info;
       MM_ASSIGN_OR_RETURN(std::unique_ptr<Replica> r, ex->MakeReplica(address, static_cast<int>(i), &info));
@@ -290,6 +303,7 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
       ex->num_experts_ = info.num_experts();
       all_exact = all_exact && info.bf16_rows_exact();
       all_fp8 = all_fp8 && info.fp8_rows();
+      all_bf16_outputs = all_bf16_outputs && info.bf16_outputs();
       shard->replicas.push_back(std::move(r));
     }
     const Rows automatic = all_exact ? Rows::kBf16 : Rows::kF32;
@@ -306,6 +320,13 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
         break;
       default:
         shard->wire = options.rows;
+    }
+    if (options.answers == Answers::kBf16) {
+      shard->answers = all_bf16_outputs ? Answers::kBf16 : Answers::kF32;
+      if (!all_bf16_outputs && options.warn) {
+        options.warn(absl::StrCat("expert shard ", i, ": a worker does not answer in bf16 (an older "
+                                  "moemesh-expert); its answers come as f32"));
+      }
     }
     shard->known = addresses;
     ex->shards_.push_back(std::move(shard));
@@ -353,6 +374,9 @@ void RemoteExpertExecutor::ResolveLoop() {
         }
         if (r.ok() && s.wire == Rows::kFp8 && !info.fp8_rows()) {
           why = absl::StrCat("expert worker ", a, " does not take fp8 rows, as the shard's others do");
+        }
+        if (r.ok() && s.answers == Answers::kBf16 && !info.bf16_outputs()) {
+          why = absl::StrCat("expert worker ", a, " does not answer in bf16, as the shard's others do");
         }
         if (r.ok() && cuda_device_ >= 0 && (*r)->negotiated.name != "cuda-ipc") {
           why = absl::StrCat("expert worker ", a, " does not take cuda-ipc, as the shard's others do");
@@ -592,6 +616,7 @@ void RemoteExpertExecutor::Partition(int lane) {
     req.set_layer(work.layer);
     req.set_micro_batch(lane);
     req.set_combine(ln.combined);
+    req.set_bf16_outputs(shards_[si]->answers == Answers::kBf16);
     const int64_t n = static_cast<int64_t>(s.tokens.size());
     if (ln.combined) s.rows_out = s.tokens.size();
     if (wire == Rows::kBf16) {  // rounded into one buffer, then written from there

@@ -52,6 +52,11 @@ class RemoteExpertExecutor : public ExpertExecutor {
   // choice is made once, at Connect: a replica replaced later by a worker
   // of another kind needs a new executor (a router restart).
   enum class Rows { kAuto, kF32, kBf16, kFp8 };
+  // The answers' dtype on the wire: f32 (exact), or bf16 (half the bytes
+  // back, as DeepEP's combine sends them; results move by bf16 rounding) from
+  // shards whose workers all offer it (ShardInfo.bf16_outputs; the rest
+  // answer f32, and Options.warn says so). Never for rows that stay on a GPU.
+  enum class Answers { kF32, kBf16 };
   // Who adds a token's expert rows. kAuto: the worker, for a layer whose
   // experts are all on one shard (it adds them in the order this executor
   // would: the same sums, top_k times fewer rows back); this executor
@@ -65,6 +70,7 @@ class RemoteExpertExecutor : public ExpertExecutor {
     const ShardPlacement* placement = nullptr;  // null: modulo
     bool use_data_channel = true;
     Rows rows = Rows::kAuto;
+    Answers answers = Answers::kF32;
     Combine combine = Combine::kAuto;
     // A replica silent this long while an answer is awaited (stopped,
     // wedged) is given up and the request sent to the shard's next replica,
@@ -130,6 +136,8 @@ class RemoteExpertExecutor : public ExpertExecutor {
 
   // Parses --expert-rows: auto, f32, bf16 or fp8.
   static absl::StatusOr<Rows> ParseRows(const std::string& value);
+  // Parses --expert-answers: f32 or bf16.
+  static absl::StatusOr<Answers> ParseAnswers(const std::string& value);
   // Parses --expert-combine: auto, workers or router.
   static absl::StatusOr<Combine> ParseCombine(const std::string& value);
   // Parses "a|b,c" (shards separated by ',', replicas by '|'); a shard may
@@ -152,6 +160,8 @@ class RemoteExpertExecutor : public ExpertExecutor {
   std::vector<std::string> transports() const;
   // The dtype each shard's rows are sent in (kF32, kBf16 or kFp8).
   std::vector<Rows> row_types() const;
+  // The dtype each shard answers in.
+  std::vector<Answers> answer_types() const;
   ~RemoteExpertExecutor() override;
 
   // Lanes of micro-batches that may be away at once.

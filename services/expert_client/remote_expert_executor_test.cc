@@ -600,8 +600,59 @@ TEST(RemoteExpertExecutorTest, Bf16AndFp8RowsOnTheWire) {
   EXPECT_EQ(RemoteExpertExecutor::ParseRows("fp4").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-// A worker from before FP8 rows: what the real one serves, but its
-// ShardInfo does not say fp8_rows.
+// Answers in bf16 (--expert-answers bf16): a worker that holds a layer whole
+// adds a token's rows in f32 as the local experts do and rounds the sum
+// once, so the answer is the local result rounded to bf16, over both
+// transports; by default answers stay f32.
+TEST(RemoteExpertExecutorTest, Bf16AnswersOnTheWire) {
+  const std::string dir = "tests/fixtures/mixtral";
+  auto config = LoadModelConfig(dir);
+  ASSERT_TRUE(config.ok());
+  const int h = config->hidden_size, tokens = 6, slots = config->num_experts_per_tok;
+  auto ckpt = Checkpoint::Open(dir);
+  WeightLoadOptions load;
+  load.load_dense = false;
+  auto w = LoadWeights(std::move(*ckpt), *config, load);
+  ASSERT_TRUE(w.ok());
+  LocalExpertExecutor local(&w->experts, nullptr);
+  std::vector<float> hidden(static_cast<size_t>(tokens) * h);
+  for (size_t i = 0; i < hidden.size(); ++i) hidden[i] = 0.41f * std::sin(0.13f * static_cast<float>(i));
+  std::vector<int> ids;
+  std::vector<float> weights;
+  for (int t = 0; t < tokens; ++t) {
+    for (int j = 0; j < slots; ++j) {
+      ids.push_back((2 * t + 5 * j) % config->num_experts);
+      weights.push_back(0.3f + 0.4f * j);
+    }
+  }
+  ExpertBatch batch{0, tokens, h, hidden.data(), slots, ids.data(), weights.data()};
+  std::vector<float> want(hidden.size()), rounded(hidden.size());
+  ASSERT_TRUE(local.Execute(batch, want.data()).ok());
+  for (size_t i = 0; i < want.size(); ++i) rounded[i] = Bf16ToF32(F32ToBf16(want[i]));
+  ASSERT_NE(want, rounded);
+  for (bool data_channel : {true, false}) {
+    std::vector<Worker> workers = StartWorkers(dir, 1, data_channel);
+    RemoteExpertExecutor::Options options;
+    options.use_data_channel = data_channel;
+    auto exact = RemoteExpertExecutor::Connect({{workers[0].address}}, h, options);
+    options.answers = RemoteExpertExecutor::Answers::kBf16;
+    auto half = RemoteExpertExecutor::Connect({{workers[0].address}}, h, options);
+    ASSERT_TRUE(exact.ok() && half.ok());
+    using Answers = RemoteExpertExecutor::Answers;
+    EXPECT_EQ((*exact)->answer_types(), std::vector<Answers>{Answers::kF32});
+    EXPECT_EQ((*half)->answer_types(), std::vector<Answers>{Answers::kBf16});
+    std::vector<float> got(hidden.size()), got_half(hidden.size());
+    ASSERT_TRUE((*exact)->Execute(batch, got.data()).ok());
+    ASSERT_TRUE((*half)->Execute(batch, got_half.data()).ok());
+    EXPECT_EQ(got, want) << "data channel " << data_channel;
+    EXPECT_EQ(got_half, rounded) << "data channel " << data_channel;
+  }
+  EXPECT_EQ(*RemoteExpertExecutor::ParseAnswers("bf16"), RemoteExpertExecutor::Answers::kBf16);
+  EXPECT_EQ(RemoteExpertExecutor::ParseAnswers("fp8").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// A worker from before FP8 rows and BF16 answers: what the real one serves,
+// but its ShardInfo says neither fp8_rows nor bf16_outputs.
 class OlderExpertService final : public v1::ExpertService::Service {
  public:
   explicit OlderExpertService(ExpertServiceImpl* inner) : inner_(inner) {}
@@ -613,6 +664,7 @@ class OlderExpertService final : public v1::ExpertService::Service {
                             v1::ShardInfo* info) override {
     grpc::Status st = inner_->GetShardInfo(context, request, info);
     info->clear_fp8_rows();
+    info->clear_bf16_outputs();
     return st;
   }
 
@@ -620,10 +672,10 @@ class OlderExpertService final : public v1::ExpertService::Service {
   ExpertServiceImpl* inner_;
 };
 
-// Asked for FP8 rows, a router sends a worker that does not take them what
-// it would have sent anyway (f32 to a CPU worker) and says so; results are
-// then the exact ones.
-TEST(RemoteExpertExecutorTest, Fp8RowsFallBackForAWorkerWithoutThem) {
+// Asked for FP8 rows and BF16 answers, a router sends a worker that takes
+// neither what it would have sent anyway (f32 to a CPU worker), takes f32
+// answers, and says so; results are then the exact ones.
+TEST(RemoteExpertExecutorTest, Fp8RowsAndBf16AnswersFallBackForAWorkerWithoutThem) {
   std::vector<Worker> workers = StartWorkers("tests/fixtures/mixtral", 1, /*data_channel=*/false);
   OlderExpertService older(workers[0].service.get());
   int port = 0;
@@ -633,13 +685,17 @@ TEST(RemoteExpertExecutorTest, Fp8RowsFallBackForAWorkerWithoutThem) {
   const int h = 64;
   RemoteExpertExecutor::Options options;
   options.rows = RemoteExpertExecutor::Rows::kFp8;
+  options.answers = RemoteExpertExecutor::Answers::kBf16;
   std::vector<std::string> warnings;
   options.warn = [&warnings](const std::string& w) { warnings.push_back(w); };
   auto remote = RemoteExpertExecutor::Connect(shards, h, options);
   ASSERT_TRUE(remote.ok()) << remote.status();
   EXPECT_EQ((*remote)->row_types(), std::vector<RemoteExpertExecutor::Rows>{RemoteExpertExecutor::Rows::kF32});
-  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_EQ((*remote)->answer_types(),
+            std::vector<RemoteExpertExecutor::Answers>{RemoteExpertExecutor::Answers::kF32});
+  ASSERT_EQ(warnings.size(), 2u);
   EXPECT_NE(warnings[0].find("does not take fp8 rows"), std::string::npos) << warnings[0];
+  EXPECT_NE(warnings[1].find("does not answer in bf16"), std::string::npos) << warnings[1];
   auto exact = RemoteExpertExecutor::Connect({workers[0].address}, h);
   ASSERT_TRUE(exact.ok()) << exact.status();
   std::vector<float> hidden(3 * h), got(hidden.size()), want(hidden.size());

@@ -61,6 +61,9 @@ ABSL_FLAG(std::string, expert_rows, "auto",
           "changes nothing: GPU workers; f32 to others), f32, bf16 (everywhere; CPU workers then see rounded rows), "
           "or fp8 (a quarter of f32's bytes: E4M3 with a scale per 128 columns, as DeepSeek-V3 quantizes "
           "activations; results move by FP8 rounding; workers that do not take it get what auto sends)");
+ABSL_FLAG(std::string, expert_answers, "f32",
+          "the answers' dtype on the wire from the expert workers: f32 (exact), or bf16 (half the bytes back, as "
+          "DeepEP combines; results move by bf16 rounding; workers that do not offer it answer f32)");
 ABSL_FLAG(int, experts_connect_timeout_ms, 10000, "how long to wait for the expert workers at start");
 ABSL_FLAG(int, expert_retry_tokens, 10,
           "retry throttling of expert calls (gRPC's): each failed call spends a token, each answered one earns 0.1; "
@@ -128,6 +131,7 @@ struct Options {
   std::string expert_transport;
   std::string cuda_ipc_sync;
   std::string expert_rows;
+  std::string expert_answers;
   std::string expert_combine;
   int experts_connect_timeout_ms = 0;
   int expert_timeout_ms = 0;
@@ -154,6 +158,7 @@ struct Options {
     o.expert_transport = absl::GetFlag(FLAGS_expert_transport);
     o.cuda_ipc_sync = absl::GetFlag(FLAGS_cuda_ipc_sync);
     o.expert_rows = absl::GetFlag(FLAGS_expert_rows);
+    o.expert_answers = absl::GetFlag(FLAGS_expert_answers);
     o.expert_combine = absl::GetFlag(FLAGS_expert_combine);
     o.experts_connect_timeout_ms = absl::GetFlag(FLAGS_experts_connect_timeout_ms);
     o.expert_timeout_ms = absl::GetFlag(FLAGS_expert_timeout_ms);
@@ -229,6 +234,7 @@ struct Options {
       return absl::InvalidArgumentError("--micro-batches 2 runs on the CPU router for now (--device cpu)");
     }
     if (absl::Status st = RemoteExpertExecutor::ParseRows(expert_rows).status(); !st.ok()) return st;
+    if (absl::Status st = RemoteExpertExecutor::ParseAnswers(expert_answers).status(); !st.ok()) return st;
     if (absl::Status st = RemoteExpertExecutor::ParseCombine(expert_combine).status(); !st.ok()) return st;
     if (kv_host_cache_mb < 0) return absl::InvalidArgumentError("--kv-host-cache-mb must not be negative");
     if (kvcache_timeout_ms <= 0) return absl::InvalidArgumentError("--kvcache-timeout-ms must be positive");
@@ -248,6 +254,7 @@ struct Options {
     if (experts.empty()) {
       for (const auto& [flag, set] : {std::pair<const char*, bool>{"--expert-transport", expert_transport != "auto"},
                                       {"--expert-rows", expert_rows != "auto"},
+                                      {"--expert-answers", expert_answers != "f32"},
                                       {"--cuda-ipc-sync", cuda_ipc_sync != "auto"},
                                       {"--expert-combine", expert_combine != "auto"},
                                       {"--micro-batches", engine.micro_batches != 1},
@@ -347,6 +354,7 @@ int Main(int argc, char** argv) {
     remote_options.resolve_period_ms = options.experts_resolve_ms;
     remote_options.retry_tokens = options.expert_retry_tokens;
     remote_options.rows = *RemoteExpertExecutor::ParseRows(options.expert_rows);  // checked by Validate
+    remote_options.answers = *RemoteExpertExecutor::ParseAnswers(options.expert_answers);
     remote_options.combine = *RemoteExpertExecutor::ParseCombine(options.expert_combine);
     auto r = RemoteExpertExecutor::Connect(*shards, config->hidden_size, remote_options);
     if (!r.ok()) return service_main.Fail(r.status(), 1);

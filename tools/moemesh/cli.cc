@@ -48,9 +48,11 @@ namespace {
 absl::StatusOr<std::unique_ptr<ExpertExecutor>> ConnectExperts(const ExpertWorkers& experts, int hidden_size) {
   RemoteExpertExecutor::Options options;
   MM_ASSIGN_OR_RETURN(options.rows, RemoteExpertExecutor::ParseRows(experts.rows));
+  MM_ASSIGN_OR_RETURN(options.answers, RemoteExpertExecutor::ParseAnswers(experts.answers));
   if (experts.addresses.empty()) {
-    if (options.rows != RemoteExpertExecutor::Rows::kAuto) {
-      return absl::InvalidArgumentError("--expert-rows needs --experts (without workers no rows travel)");
+    if (options.rows != RemoteExpertExecutor::Rows::kAuto || options.answers != RemoteExpertExecutor::Answers::kF32) {
+      return absl::InvalidArgumentError(
+          "--expert-rows and --expert-answers need --experts (without workers no rows travel)");
     }
     return nullptr;
   }

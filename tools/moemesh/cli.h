@@ -23,7 +23,8 @@ struct ExpertWorkers {
   // experts in this process.
   std::string addresses;
   int connect_timeout_ms = 10000;
-  std::string rows = "auto";  // the rows' dtype on the wire, as moemesh-router --expert-rows
+  std::string rows = "auto";    // the rows' dtype on the wire, as moemesh-router --expert-rows
+  std::string answers = "f32";  // the answers', as moemesh-router --expert-answers
 };
 
 struct GenerateCommand {

@@ -75,6 +75,9 @@ ABSL_FLAG(std::string, device, "cpu",
           "where the model runs: cpu, or cuda[:N] for GPU N (attention, gating, the LM head and the experts; cuda is "
           "cuda:0)");
 ABSL_FLAG(int, experts_connect_timeout_ms, 10000, "how long to wait for the expert workers");
+ABSL_FLAG(std::string, expert_answers, "f32",
+          "the answers' dtype on the wire from the expert workers (as moemesh-router --expert-answers): f32, or bf16 "
+          "(half the bytes back; results move by bf16 rounding)");
 ABSL_FLAG(std::string, expert_rows, "auto",
           "the rows' dtype on the wire to the expert workers (as moemesh-router --expert-rows): auto, f32, bf16, "
           "or fp8 (E4M3 with a scale per 128 columns: a quarter of f32's bytes; results move by FP8 rounding)");
@@ -189,7 +192,8 @@ const std::vector<Command>& CliCommands() {
         {"threads"},       {"device"},        {"kv_cache_tokens"}, {"prefill_chunk"}, {"gating_temperature"},
         {"dynamic_k_min"}, {"dynamic_k_max"}, {"dynamic_k_p"},     {"quantize"},        {"bf16_inputs"},
         {"kv_cache_dtype"}};
-    const std::vector<FlagUse> experts = {{"experts"}, {"experts_connect_timeout_ms"}, {"expert_rows"}};
+    const std::vector<FlagUse> experts = {
+        {"experts"}, {"experts_connect_timeout_ms"}, {"expert_rows"}, {"expert_answers"}};
     const FlagUse model_required = {"model", "model directory: config.json, safetensors weights (required)"};
     const FlagUse target = {"target", "the gateway, HOST:PORT (required)"};
     const FlagUse timeout = {"timeout_ms"};
@@ -308,6 +312,7 @@ const std::vector<Command>& CliCommands() {
                      {"expert_timeout_ms"},
                      {"expert_hedge_ms"},
                      {"expert_rows"},
+                     {"expert_answers"},
                      {"micro_batches"}}},
                    {"monitoring", {{"monitoring"}, {"prometheus_port"}, {"scrape_interval_s"}}}}});
     c->push_back({"client generate",
@@ -505,6 +510,7 @@ int UpMain() {
   cmd.expert_timeout_ms = absl::GetFlag(FLAGS_expert_timeout_ms);
   cmd.expert_hedge_ms = absl::GetFlag(FLAGS_expert_hedge_ms);
   cmd.expert_rows = absl::GetFlag(FLAGS_expert_rows);
+  cmd.expert_answers = absl::GetFlag(FLAGS_expert_answers);
   cmd.micro_batches = absl::GetFlag(FLAGS_micro_batches);
   cmd.bin_dir = absl::GetFlag(FLAGS_bin_dir);
   cmd.kvcache = absl::GetFlag(FLAGS_kvcache);
@@ -678,7 +684,7 @@ int KvMain(const std::string& sub) {
 
 ExpertWorkers ExpertWorkersFlags() {
   return {absl::GetFlag(FLAGS_experts), absl::GetFlag(FLAGS_experts_connect_timeout_ms),
-          absl::GetFlag(FLAGS_expert_rows)};
+          absl::GetFlag(FLAGS_expert_rows), absl::GetFlag(FLAGS_expert_answers)};
 }
 
 // Runs a command that loads a model: generate, score or eval.

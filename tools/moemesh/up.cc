@@ -181,8 +181,10 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
     return absl::InvalidArgumentError("--micro-batches must be 1, or 2 with --expert-shards > 0");
   }
   if (absl::Status st = RemoteExpertExecutor::ParseRows(cmd.expert_rows).status(); !st.ok()) return st;
-  if (cmd.expert_rows != "auto" && cmd.expert_shards == 0) {
-    return absl::InvalidArgumentError("--expert-rows needs --expert-shards > 0 (without workers no rows travel)");
+  if (absl::Status st = RemoteExpertExecutor::ParseAnswers(cmd.expert_answers).status(); !st.ok()) return st;
+  if ((cmd.expert_rows != "auto" || cmd.expert_answers != "f32") && cmd.expert_shards == 0) {
+    return absl::InvalidArgumentError(
+        "--expert-rows and --expert-answers need --expert-shards > 0 (without workers no rows travel)");
   }
   // Checked here rather than by each service at start: one clear error.
   if (absl::StatusOr<QuantSpec> q = ParseQuantSpec(cmd.quantize); !q.ok()) {
@@ -323,6 +325,7 @@ absl::Status RunUp(const UpCommand& cmd, std::ostream& out) {
         if (cmd.expert_hedge_ms > 0) argv.push_back(absl::StrCat("--expert-hedge-ms=", cmd.expert_hedge_ms));
         if (cmd.micro_batches != 1) argv.push_back(absl::StrCat("--micro-batches=", cmd.micro_batches));
         if (cmd.expert_rows != "auto") argv.push_back("--expert-rows=" + cmd.expert_rows);
+        if (cmd.expert_answers != "f32") argv.push_back("--expert-answers=" + cmd.expert_answers);
       } else if (cmd.quantize != "none") {
         argv.push_back("--quantize=" + cmd.quantize);  // the experts are the routers'
       }

@@ -34,6 +34,7 @@ struct UpCommand {
   int expert_timeout_ms = 0;    // the routers' --expert-timeout-ms; 0: wait forever
   int expert_hedge_ms = 0;      // the routers' --expert-hedge-ms; 0: never
   std::string expert_rows = "auto";  // the routers' --expert-rows (with expert shards)
+  std::string expert_answers = "f32";  // the routers' --expert-answers (with expert shards)
   int micro_batches = 1;        // the routers' --micro-batches (with expert shards)
   std::string bin_dir;        // empty: beside this executable (FindServiceBinary)
   // A kvcache service below the routers' caches (its loss costs recompute,
