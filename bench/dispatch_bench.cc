@@ -5,8 +5,8 @@
 // and over the gRPC stream, against a plain TCP echo of
 // the f32 rows' bytes, on loopback, for payloads of 4 KB to 2 MB of f32
 // rows. The worker side widens the rows to f32 as a worker does and answers
-// with f32 zeros of the same size without computing, so the figure is the
-// transport and the conversions alone. To see a slower link, shape the
+// with zeros of the same size (f32, or bf16 where asked) without computing,
+// so the figure is the transport and the conversions alone. To see a slower link, shape the
 // loopback first (as root): tc qdisc add dev lo root tbf rate 10gbit burst
 // 512kb latency 5ms (and tc qdisc del dev lo root after).
 //
@@ -214,8 +214,8 @@ int Main(int argc, char** argv) {
     std::vector<int> ids(rows, 0);
     std::vector<float> weights(rows, 1.0f);
     ExpertBatch batch{0, rows, hidden, hidden_states.data(), 1, ids.data(), weights.data()};
-    // The three are interleaved, one round trip of each in turn, so that
-    // all see the same machine (a 2-core VM's timing drifts).
+    // They are interleaved, one round trip of each in turn, so that all see
+    // the same machine (a 2-core VM's timing drifts).
     TcpEcho echo_server(static_cast<size_t>(rows) * hidden * sizeof(float));
     std::vector<double> t_channel, t_bf16, t_fp8, t_fp8_bf16, t_grpc, t_echo;
     auto once = [&](RemoteExpertExecutor* ex) {

@@ -58,6 +58,16 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
   } else {
     MM_ASSIGN_OR_RETURN(e->model_, CpuForwardPass::Create(config, e->weights_, e->pool_.get(), options.micro_batches));
   }
+  const bool remote_experts = experts != nullptr;
+  if (experts) {
+    e->experts_ = std::move(experts);
+  } else if (options.expert_device) {
+    MM_ASSIGN_OR_RETURN(std::unique_ptr<ExpertDevice> device, options.expert_device(config, *e->weights_));
+    e->experts_ = std::make_unique<LocalExpertExecutor>(std::move(device), config.num_experts);
+  } else {
+    e->experts_ = std::make_unique<LocalExpertExecutor>(
+        std::make_unique<CpuExpertDevice>(&e->weights_->experts, e->pool_.get()), config.num_experts);
+  }
   // Blocks are named under the model and the cache layout, so that every
   // process serving this checkpoint names them alike (the kvcache service).
   MM_ASSIGN_OR_RETURN(const BlockHash model_fingerprint, ModelFingerprint(model_dir));
@@ -75,25 +85,18 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
                                     g.dynamic_k_p));
   }
   // What moves the values this process computes: experts quantized here,
-  // products of bf16-rounded inputs.
-  if (!experts && options.quantize_experts.kind != QuantKind::kNone) {
+  // products of bf16-rounded inputs, how the experts compute (a GPU, their
+  // workers' options, rows or answers rounded on a wire).
+  if (!remote_experts && options.quantize_experts.kind != QuantKind::kNone) {
     extra.push_back("quantize=" + QuantSpecName(options.quantize_experts));
   }
   if (options.bf16_inputs) extra.push_back("bf16_inputs");
+  if (const std::string tag = e->experts_->ResultsTag(); !tag.empty()) extra.push_back("experts=" + tag);
   layout.extra = absl::StrJoin(extra, " ");
   e->cache_root_ = CacheRoot(model_fingerprint, layout);
   e->cache_layout_ = layout;
   e->cache_ = std::make_unique<KvCache>(config.num_layers, layout.k_width, layout.v_width, options.kv_block_size,
                                         blocks, e->cache_root_);
-  if (experts) {
-    e->experts_ = std::move(experts);
-  } else if (options.expert_device) {
-    MM_ASSIGN_OR_RETURN(std::unique_ptr<ExpertDevice> device, options.expert_device(config, *e->weights_));
-    e->experts_ = std::make_unique<LocalExpertExecutor>(std::move(device), config.num_experts);
-  } else {
-    e->experts_ = std::make_unique<LocalExpertExecutor>(
-        std::make_unique<CpuExpertDevice>(&e->weights_->experts, e->pool_.get()), config.num_experts);
-  }
   return e;
 }
 

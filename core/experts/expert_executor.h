@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
 
 #include "absl/status/status.h"
 
@@ -59,6 +60,12 @@ class ExpertExecutor {
   // work, so that a forward pass may capture it into a CUDA graph and
   // replay it. Executors that talk to another process per call do not.
   virtual bool capturable() const { return true; }
+  // What moves this executor's results away from exact f32 products on the
+  // checkpoint's weights (experts on a GPU, quantized or fed bf16 inputs by
+  // their workers, rows or answers rounded on a wire), or empty where
+  // nothing does; engines name their KV blocks by it (CacheLayout::extra),
+  // so that caches computed differently share no blocks.
+  virtual std::string ResultsTag() const { return ""; }
 
   // Pipelining, for executors whose experts are away (remote workers):
   // Start hands `batch` over and returns; Finish(lane) waits for it and

@@ -32,6 +32,7 @@ class LocalExpertExecutor : public ExpertExecutor {
   absl::Status Execute(const ExpertBatch& batch, float* out) override;
   int cuda_device() const override { return device_->cuda_device(); }
   bool groups_on_device() const override { return device_->groups_on_device(); }
+  std::string ResultsTag() const override { return device_->rounds_rows_to_bf16() ? "gpu" : ""; }
 
  private:
   std::unique_ptr<ExpertDevice> device_;

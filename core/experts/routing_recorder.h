@@ -24,6 +24,7 @@ class RoutingRecorder : public ExpertExecutor {
   absl::Status Execute(const ExpertBatch& batch, float* out) override;
   int cuda_device() const override { return inner_->cuda_device(); }
   bool groups_on_device() const override { return inner_->groups_on_device(); }
+  std::string ResultsTag() const override { return inner_->ResultsTag(); }
 
   std::vector<std::vector<int>>& calls() { return calls_; }
 

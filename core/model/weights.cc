@@ -323,7 +323,8 @@ absl::Status QuantizeExperts(const ModelConfig& config, const WeightLoadOptions&
 }
 
 // Flags every BF16 projection for bf16 inputs (WeightLoadOptions::bf16_inputs)
-// but the routers' gates: routing stays as exact as the weights allow.
+// but the routers' gates (routing stays as exact as the weights allow) and
+// DeepSeek-V3's kv_b, which the CPU's absorbed attention holds in f32.
 void UseBf16Inputs(const ModelConfig& config, ModelWeights* mw) {
   auto use = [](Matrix& m) {
     if (m.dtype == DType::kBF16 && !m.quantized()) m.bf16_inputs = true;
@@ -335,8 +336,7 @@ void UseBf16Inputs(const ModelConfig& config, ModelWeights* mw) {
   };
   use(mw->lm_head);
   for (LayerWeights& l : mw->layers) {
-    for (Matrix* m : {&l.attn.q, &l.attn.k, &l.attn.v, &l.attn.q_a, &l.attn.q_b, &l.attn.kv_a, &l.attn.kv_b,
-                      &l.attn.o}) {
+    for (Matrix* m : {&l.attn.q, &l.attn.k, &l.attn.v, &l.attn.q_a, &l.attn.q_b, &l.attn.kv_a, &l.attn.o}) {
       use(*m);
     }
     ffn(l.dense);

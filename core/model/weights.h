@@ -91,8 +91,9 @@ struct WeightLoadOptions {
   // Routed experts quantized as they load (kind kNone: as stored), on
   // `pool`'s threads where given.
   QuantSpec quantize_experts;
-  // Every BF16 projection but the routers' gates multiplies bf16-rounded
-  // inputs on the CPU (MatrixView::bf16_inputs), as a GPU does.
+  // Every BF16 projection but the routers' gates (and DeepSeek-V3's kv_b,
+  // held in f32 by the absorbed attention) multiplies bf16-rounded inputs on
+  // the CPU (MatrixView::bf16_inputs), as a GPU does.
   bool bf16_inputs = false;
   ThreadPool* pool = nullptr;
 };

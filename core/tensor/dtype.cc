@@ -108,6 +108,10 @@ uint8_t F32ToF8E4M3(float f) {
   return sign | static_cast<uint8_t>(biased << 3) | static_cast<uint8_t>(mantissa);
 }
 
+void F32ToBf16N(const float* src, size_t n, uint16_t* dst) {
+  for (size_t i = 0; i < n; ++i) dst[i] = F32ToBf16(src[i]);
+}
+
 void ConvertToF32(DType src_type, const void* src, size_t n, float* dst) {
   switch (src_type) {
     case DType::kF32:

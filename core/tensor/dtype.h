@@ -51,6 +51,9 @@ inline uint16_t F32ToBf16(float f) {
   return static_cast<uint16_t>((bits + rounding) >> 16);
 }
 
+// F32ToBf16 of `n` floats (a row on the wire, a kernel's inputs).
+void F32ToBf16N(const float* src, size_t n, uint16_t* dst);
+
 // IEEE half precision, exact for every value (subnormals included).
 float F16ToF32(uint16_t v);
 uint16_t F32ToF16(float f);

@@ -1,12 +1,11 @@
-// Tensors on the wire: shapes and byte counts are checked, and bf16 rows
-// come back widened exactly.
+// Tensors on the wire: shapes and byte counts are checked, bf16 rows come
+// back widened exactly, and FP8 rows as code x scale.
 #include "services/common/tensor_proto.h"
 
 #include <cmath>
 #include <vector>
 
 #include "core/quant/fp8_rows.h"
-
 #include "core/tensor/dtype.h"
 #include "gtest/gtest.h"
 

@@ -3,12 +3,12 @@
 #include <chrono>
 #include <thread>
 
+#include "core/tensor/dtype.h"
 #include "services/common/frame_socket.h"
 #include "services/expert/expert_metrics.h"
 #include "services/common/grpc_status.h"
 #include "services/common/host_id.h"
 #include "services/common/tensor_proto.h"
-#include "core/tensor/dtype.h"
 
 namespace moemesh {
 
@@ -98,7 +98,7 @@ iovec AnswerRows(const v1::DispatchRequest& request, const std::vector<float>& o
     return {const_cast<float*>(out.data()), out.size() * sizeof(float)};
   }
   packed->resize(out.size());
-  for (size_t i = 0; i < out.size(); ++i) (*packed)[i] = F32ToBf16(out[i]);
+  F32ToBf16N(out.data(), out.size(), packed->data());
   SetBf16Shape(rows, h, outputs);
   return {packed->data(), packed->size() * sizeof(uint16_t)};
 }
@@ -188,6 +188,7 @@ grpc::Status ExpertServiceImpl::GetShardInfo(grpc::ServerContext* context, const
   response->set_bf16_rows_exact(worker_->bf16_rows_exact());
   response->set_fp8_rows(true);
   response->set_bf16_outputs(true);
+  response->set_results_tag(worker_->results_tag());
   if (device_rows_ != nullptr) {
     response->mutable_cuda_ipc()->set_host_id(HostId());
     response->mutable_cuda_ipc()->set_device(device_rows_->device());

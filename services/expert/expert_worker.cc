@@ -1,8 +1,10 @@
 #include "services/expert/expert_worker.h"
 
+#include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "core/common/status_macros.h"
 #include "core/experts/cpu_expert_device.h"
 #include "core/experts/expert_executor.h"
@@ -44,6 +46,14 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const Options
     w->device_ = std::make_unique<CpuExpertDevice>(&w->weights_->experts, w->pool_.get());
   }
   return w;
+}
+
+std::string ExpertWorker::results_tag() const {
+  std::vector<std::string> parts;
+  if (options_.quantize.kind != QuantKind::kNone) parts.push_back("quantize=" + QuantSpecName(options_.quantize));
+  if (options_.bf16_inputs) parts.push_back("bf16_inputs");
+  if (device_->rounds_rows_to_bf16()) parts.push_back("gpu");
+  return absl::StrJoin(parts, " ");
 }
 
 std::vector<std::pair<int, std::vector<int>>> ExpertWorker::HeldExperts() const {

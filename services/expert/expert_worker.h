@@ -66,6 +66,8 @@ class ExpertWorker {
   const ModelConfig& config() const { return config_; }
   // Whether bf16 rows give exactly what f32 rows do (ExpertDevice::rounds_rows_to_bf16).
   bool bf16_rows_exact() const { return device_->rounds_rows_to_bf16(); }
+  // ShardInfo.results_tag: this worker's quantization, bf16 inputs, GPU.
+  std::string results_tag() const;
   const Options& options() const { return options_; }
   // (layer, experts) this worker holds, in increasing order.
   std::vector<std::pair<int, std::vector<int>>> HeldExperts() const;

@@ -29,6 +29,27 @@ TEST(ExpertWorkerTest, LoadsOnlyItsShard) {
   EXPECT_EQ(held[1].first, 2);
 }
 
+// ShardInfo.results_tag says what moves a worker's results from exact f32
+// products: nothing by default, else its quantization and bf16 inputs.
+TEST(ExpertWorkerTest, ResultsTagNamesWhatMovesItsResults) {
+  auto exact = ExpertWorker::Create(Shard(0, 1));
+  ASSERT_TRUE(exact.ok()) << exact.status();
+  EXPECT_EQ((*exact)->results_tag(), "");
+  ExpertWorker::Options o = Shard(0, 1);
+  o.quantize = *ParseQuantSpec("int4:64");
+  o.bf16_inputs = true;
+  auto moved = ExpertWorker::Create(o);
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  EXPECT_EQ((*moved)->results_tag(), "quantize=int4:64 bf16_inputs");
+  ExpertServiceImpl service(moved->get());
+  v1::ShardInfo info;
+  grpc::ServerContext context;
+  v1::GetShardInfoRequest request;
+  ASSERT_TRUE(service.GetShardInfo(&context, &request, &info).ok());
+  EXPECT_EQ(info.results_tag(), "quantize=int4:64 bf16_inputs");
+  EXPECT_TRUE(info.fp8_rows() && info.bf16_outputs());
+}
+
 TEST(ExpertWorkerTest, BadOptions) {
   EXPECT_EQ(ExpertWorker::Create(Shard(3, 3)).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ExpertWorker::Create(Shard(0, 9)).status().code(), absl::StatusCode::kInvalidArgument);

@@ -35,7 +35,7 @@ ABSL_FLAG(std::string, quantize, "none",
           "int4:G:asym (G 32, 64 or 128), :q8 after an int4 form for int8 inputs; the CPU only");
 ABSL_FLAG(bool, bf16_inputs, false,
           "multiply the BF16 experts by inputs rounded to bf16, as a GPU does (AVX-512 BF16 where the CPU has "
-          "it: prefill up to 1.6x faster); results move by bf16 rounding; the CPU only");
+          "it: prefill 1.3-1.8x faster); results move by bf16 rounding; the CPU only");
 ABSL_FLAG(int, gpu_lanes, 2, "with --device cuda: requests that run on the GPU side by side");
 ABSL_FLAG(int, gpu_chunk_rows, 256, "with --device cuda: rows per pipelined chunk of a request");
 ABSL_FLAG(int, fault_delay_ms, 0,

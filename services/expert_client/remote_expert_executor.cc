@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstring>
 #include <map>
 
 #include <grpcpp/grpcpp.h>
@@ -104,10 +103,13 @@ struct RemoteExpertExecutor::Shard {
   Changes changes;
   Rows wire = Rows::kF32;  // the rows' dtype on the wire: kF32, kBf16 or kFp8
   Answers answers = Answers::kF32;
+  bool exact_bf16 = false;  // its workers round rows to bf16 themselves
+  std::string tag;          // its workers' ShardInfo.results_tag, the same for each
   size_t next = 0;         // round-robin position
   struct Work {
-    std::vector<uint8_t> packed;  // the rows in bf16 or FP8 codes
-    std::vector<float> scales;    // FP8: each row's group scales
+    std::vector<uint16_t> bf16;   // the rows in bf16
+    std::vector<uint8_t> codes;   // or in FP8 codes
+    std::vector<float> scales;    // with each row's group scales
     size_t sent_to = 0;            // the replica the request went to first
     bool sent = false;             // and it took it
     Replica* chosen = nullptr;     // the replica that answered
@@ -137,6 +139,20 @@ struct RemoteExpertExecutor::Lane {
   std::chrono::steady_clock::time_point sent_at;
 };
 
+
+std::string RemoteExpertExecutor::ResultsTag() const {
+  std::vector<std::string> shards;
+  for (size_t i = 0; i < shards_.size(); ++i) {
+    const Shard& s = *shards_[i];
+    std::vector<std::string> parts;
+    if (!s.tag.empty()) parts.push_back(s.tag);
+    if (s.wire == Rows::kFp8) parts.push_back("rows=fp8");
+    if (s.wire == Rows::kBf16 && !s.exact_bf16) parts.push_back("rows=bf16");
+    if (s.answers == Answers::kBf16) parts.push_back("answers=bf16");
+    if (!parts.empty()) shards.push_back(absl::StrCat("shard ", i, ": ", absl::StrJoin(parts, " ")));
+  }
+  return absl::StrJoin(shards, "; ");
+}
 
 std::vector<RemoteExpertExecutor::Answers> RemoteExpertExecutor::answer_types() const {
   std::vector<Answers> out;
@@ -299,6 +315,16 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
     for (const std::string& address : addresses) {
       v1::ShardInfo info;
       MM_ASSIGN_OR_RETURN(std::unique_ptr<Replica> r, ex->MakeReplica(address, static_cast<int>(i), &info));
+      // Any replica may answer any call: they must compute alike, and the
+      // KV cache is named by how they do.
+      if (shard->replicas.empty()) {
+        shard->tag = info.results_tag();
+      } else if (info.results_tag() != shard->tag) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "expert shard ", i, ": worker ", address, " computes as \"", info.results_tag(), "\" and ",
+            shard->replicas[0]->address, " as \"", shard->tag,
+            "\": a shard's replicas need the same --device, --quantize and --bf16-inputs"));
+      }
       if (ex->layer_shard_.empty()) ex->layer_shard_.assign(info.num_layers(), -1);
       ex->num_experts_ = info.num_experts();
       all_exact = all_exact && info.bf16_rows_exact();
@@ -306,6 +332,7 @@ absl::StatusOr<std::unique_ptr<RemoteExpertExecutor>> RemoteExpertExecutor::Conn
       all_bf16_outputs = all_bf16_outputs && info.bf16_outputs();
       shard->replicas.push_back(std::move(r));
     }
+    shard->exact_bf16 = all_exact;
     const Rows automatic = all_exact ? Rows::kBf16 : Rows::kF32;
     switch (options.rows) {
       case Rows::kAuto:
@@ -377,6 +404,10 @@ void RemoteExpertExecutor::ResolveLoop() {
         }
         if (r.ok() && s.answers == Answers::kBf16 && !info.bf16_outputs()) {
           why = absl::StrCat("expert worker ", a, " does not answer in bf16, as the shard's others do");
+        }
+        if (r.ok() && info.results_tag() != s.tag) {
+          why = absl::StrCat("expert worker ", a, " computes as \"", info.results_tag(), "\", the shard's others as \"",
+                             s.tag, "\" (--device, --quantize, --bf16-inputs)");
         }
         if (r.ok() && cuda_device_ >= 0 && (*r)->negotiated.name != "cuda-ipc") {
           why = absl::StrCat("expert worker ", a, " does not take cuda-ipc, as the shard's others do");
@@ -620,26 +651,21 @@ void RemoteExpertExecutor::Partition(int lane) {
     const int64_t n = static_cast<int64_t>(s.tokens.size());
     if (ln.combined) s.rows_out = s.tokens.size();
     if (wire == Rows::kBf16) {  // rounded into one buffer, then written from there
-      s.packed.resize(static_cast<size_t>(n) * h * sizeof(uint16_t));
-      uint8_t* dst = s.packed.data();
-      for (int t : s.tokens) {
-        const float* src = work.hidden_states + static_cast<size_t>(t) * h;
-        for (int d = 0; d < h; ++d, dst += sizeof(uint16_t)) {
-          const uint16_t v = F32ToBf16(src[d]);
-          std::memcpy(dst, &v, sizeof v);
-        }
+      s.bf16.resize(static_cast<size_t>(n) * h);
+      for (int64_t i = 0; i < n; ++i) {
+        F32ToBf16N(work.hidden_states + static_cast<size_t>(s.tokens[i]) * h, h, s.bf16.data() + i * h);
       }
-      s.rows.push_back({s.packed.data(), s.packed.size()});
+      s.rows.push_back({s.bf16.data(), s.bf16.size() * sizeof(uint16_t)});
       SetBf16Shape(n, h, req.mutable_hidden_states());
     } else if (wire == Rows::kFp8) {  // codes into one buffer, the scales into the header
       const int groups = Fp8RowGroups(h);
-      s.packed.resize(static_cast<size_t>(n) * h);
+      s.codes.resize(static_cast<size_t>(n) * h);
       s.scales.resize(static_cast<size_t>(n) * groups);
       for (int64_t i = 0; i < n; ++i) {
-        QuantizeRowFp8(work.hidden_states + static_cast<size_t>(s.tokens[i]) * h, h, s.packed.data() + i * h,
+        QuantizeRowFp8(work.hidden_states + static_cast<size_t>(s.tokens[i]) * h, h, s.codes.data() + i * h,
                        s.scales.data() + i * groups);
       }
-      s.rows.push_back({s.packed.data(), s.packed.size()});
+      s.rows.push_back({s.codes.data(), s.codes.size()});
       SetF8Shape(n, h, req.mutable_hidden_states());
       SetFp8Scales(s.scales.data(), n, h, req.mutable_hidden_scales());
     } else {

@@ -47,8 +47,8 @@ class RemoteExpertExecutor : public ExpertExecutor {
   // 128 columns (a quarter of f32's bytes; core/quant/fp8_rows.h) to shards
   // whose workers all take them (ShardInfo.fp8_rows), and what kAuto would
   // to the rest (Options.warn says so); results move by FP8's rounding of
-  // the rows. The answers are f32 either way, and rows that stay on a GPU
-  // (cuda-ipc's device mode) are never converted. Like the transport, the
+  // the rows. The answers are f32 unless Options.answers asks for bf16;
+  // rows that stay on a GPU (cuda-ipc's device mode) are never converted. Like the transport, the
   // choice is made once, at Connect: a replica replaced later by a worker
   // of another kind needs a new executor (a router restart).
   enum class Rows { kAuto, kF32, kBf16, kFp8 };
@@ -162,6 +162,10 @@ class RemoteExpertExecutor : public ExpertExecutor {
   std::vector<Rows> row_types() const;
   // The dtype each shard answers in.
   std::vector<Answers> answer_types() const;
+  // Per shard whose results are not exact: "shard I: " its workers'
+  // ShardInfo.results_tag and what the wire rounds ("rows=fp8", "rows=bf16"
+  // to workers that would not round them, "answers=bf16"), ";"-separated.
+  std::string ResultsTag() const override;
   ~RemoteExpertExecutor() override;
 
   // Lanes of micro-batches that may be away at once.

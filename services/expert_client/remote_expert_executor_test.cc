@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/common/file_util.h"
+#include "core/engine/engine.h"
 #include "core/engine/kv_cache.h"
 #include "core/engine/cpu_forward_pass.h"
 #include "core/experts/local_expert_executor.h"
@@ -587,6 +588,10 @@ TEST(RemoteExpertExecutorTest, Bf16AndFp8RowsOnTheWire) {
     EXPECT_EQ((*automatic)->row_types(), (std::vector<Rows>{Rows::kF32, Rows::kF32}));  // CPU workers round nothing
     EXPECT_EQ((*bf16)->row_types(), (std::vector<Rows>{Rows::kBf16, Rows::kBf16}));
     EXPECT_EQ((*fp8_rows)->row_types(), (std::vector<Rows>{Rows::kFp8, Rows::kFp8}));
+    // What moves the results names the KV cache's blocks.
+    EXPECT_EQ((*automatic)->ResultsTag(), "");
+    EXPECT_EQ((*bf16)->ResultsTag(), "shard 0: rows=bf16; shard 1: rows=bf16");
+    EXPECT_EQ((*fp8_rows)->ResultsTag(), "shard 0: rows=fp8; shard 1: rows=fp8");
     std::vector<float> got(hidden.size()), got_bf16(hidden.size()), got_fp8(hidden.size());
     ASSERT_TRUE((*automatic)->Execute(batch, got.data()).ok());
     ASSERT_TRUE((*bf16)->Execute(batch, got_bf16.data()).ok());
@@ -641,6 +646,8 @@ TEST(RemoteExpertExecutorTest, Bf16AnswersOnTheWire) {
     using Answers = RemoteExpertExecutor::Answers;
     EXPECT_EQ((*exact)->answer_types(), std::vector<Answers>{Answers::kF32});
     EXPECT_EQ((*half)->answer_types(), std::vector<Answers>{Answers::kBf16});
+    EXPECT_EQ((*exact)->ResultsTag(), "");
+    EXPECT_EQ((*half)->ResultsTag(), "shard 0: answers=bf16");
     std::vector<float> got(hidden.size()), got_half(hidden.size());
     ASSERT_TRUE((*exact)->Execute(batch, got.data()).ok());
     ASSERT_TRUE((*half)->Execute(batch, got_half.data()).ok());
@@ -649,6 +656,44 @@ TEST(RemoteExpertExecutorTest, Bf16AnswersOnTheWire) {
   }
   EXPECT_EQ(*RemoteExpertExecutor::ParseAnswers("bf16"), RemoteExpertExecutor::Answers::kBf16);
   EXPECT_EQ(RemoteExpertExecutor::ParseAnswers("fp8").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// A shard's replicas must compute alike (any may answer any call, and the
+// KV cache is named by how they do): a worker with --bf16-inputs beside one
+// without is refused, naming both; two alike name the cache by their tag,
+// and an engine over them names its blocks apart from one over exact workers.
+TEST(RemoteExpertExecutorTest, ReplicasComputeAlikeAndNameTheCache) {
+  const std::string dir = "tests/fixtures/mixtral";
+  std::vector<Worker> exact = StartWorkers(dir, 1);
+  std::vector<Worker> rounded;
+  for (int i = 0; i < 2; ++i) {
+    Worker w;
+    ExpertWorker::Options o;
+    o.model_dir = dir;
+    o.bf16_inputs = true;
+    auto worker = ExpertWorker::Create(o);
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    w.worker = std::move(*worker);
+    w.service = std::make_unique<ExpertServiceImpl>(w.worker.get());
+    int port = 0;
+    w.server = StartServer("127.0.0.1:0", {w.service.get()}, &port);
+    w.address = "127.0.0.1:" + std::to_string(port);
+    rounded.push_back(std::move(w));
+  }
+  using Shards = std::vector<std::vector<std::string>>;
+  auto mixed = RemoteExpertExecutor::Connect(Shards{{exact[0].address, rounded[0].address}}, 64);
+  EXPECT_EQ(mixed.status().code(), absl::StatusCode::kFailedPrecondition) << mixed.status();
+  EXPECT_NE(mixed.status().message().find("bf16_inputs"), std::string::npos) << mixed.status();
+  auto alike = RemoteExpertExecutor::Connect(Shards{{rounded[0].address, rounded[1].address}}, 64);
+  ASSERT_TRUE(alike.ok()) << alike.status();
+  EXPECT_EQ((*alike)->ResultsTag(), "shard 0: bf16_inputs");
+  auto exact_remote = RemoteExpertExecutor::Connect(Shards{{exact[0].address}}, 64);
+  ASSERT_TRUE(exact_remote.ok()) << exact_remote.status();
+  EngineOptions o;
+  auto over_exact = Engine::Create(dir, o, std::move(*exact_remote));
+  auto over_rounded = Engine::Create(dir, o, std::move(*alike));
+  ASSERT_TRUE(over_exact.ok() && over_rounded.ok()) << over_exact.status() << over_rounded.status();
+  EXPECT_NE((*over_exact)->cache_root(), (*over_rounded)->cache_root());
 }
 
 // A worker from before FP8 rows and BF16 answers: what the real one serves,

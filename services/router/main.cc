@@ -83,7 +83,7 @@ ABSL_FLAG(std::string, quantize, "none",
           "int4:G or int4:G:asym (G 32, 64 or 128), :q8 after an int4 form for int8 inputs; the CPU only");
 ABSL_FLAG(bool, bf16_inputs, false,
           "multiply BF16 weights (attention, shared experts, LM head, and the experts in this process; not the "
-          "gates) by inputs rounded to bf16, as a GPU does (AVX-512 BF16 where the CPU has it: prefill up to 1.6x "
+          "gates) by inputs rounded to bf16, as a GPU does (AVX-512 BF16 where the CPU has it: prefill 1.3-1.8x "
           "faster); results move by bf16 rounding; the CPU only (workers take their own --bf16-inputs)");
 ABSL_FLAG(int, micro_batches, 1,
           "2: split each step of several sequences into two micro-batches in ping-pong, so that one's attention "

@@ -31,11 +31,13 @@ struct RoundedInputs {
 
 void RoundInputs(const float* x, int m, int k, RoundedInputs* in) {
   in->stride = static_cast<size_t>(k + kChunk - 1) / kChunk * kChunk;
-  in->buf.assign(static_cast<size_t>(m) * in->stride + 32, 0);
+  in->buf.resize(static_cast<size_t>(m) * in->stride + 32);
   uint16_t* data =
       reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(in->buf.data()) + 63) & ~uintptr_t{63});
   for (int i = 0; i < m; ++i) {
-    for (int c = 0; c < k; ++c) data[i * in->stride + c] = F32ToBf16(x[static_cast<size_t>(i) * k + c]);
+    uint16_t* row = data + i * in->stride;
+    F32ToBf16N(x + static_cast<size_t>(i) * k, k, row);
+    std::fill(row + k, row + in->stride, 0);  // the last chunk's padding
   }
   in->data = data;
 }
@@ -50,16 +52,16 @@ void RoundInputs(const float* x, int m, int k, RoundedInputs* in) {
 
 // Chunk j of a weight row of k columns; the last, partial one masked (the
 // inputs' padding is zeros, but what follows a weight row is not its own).
-__attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline __m512bh LoadChunk(const uint16_t* w,
-                                                                                              int j, int k) {
+__attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline __m512bh LoadChunk(
+    const uint16_t* w, int j, int k) {
   const int c = j * kChunk;
   if (c + kChunk <= k) return reinterpret_cast<__m512bh>(_mm512_loadu_si512(w + c));
   const __mmask32 mask = (__mmask32{1} << (k - c)) - 1;
   return reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(mask, w + c));
 }
 
-__attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline __m512bh LoadInputs(const uint16_t* x,
-                                                                                               int j) {
+__attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline __m512bh LoadInputs(
+    const uint16_t* x, int j) {
   return reinterpret_cast<__m512bh>(_mm512_load_si512(x + j * kChunk));
 }
 
@@ -72,7 +74,8 @@ __attribute__((target("avx512f"), always_inline)) inline __m512 Vertical(const _
 
 __attribute__((target("avx512f"), always_inline)) inline float Reduce(const __m512 (&part)[4]) {
   const __m512 v = Vertical(part);
-  const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+  const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), hi);
   const __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
   const __m128 c = _mm_add_ps(b, _mm_shuffle_ps(b, b, _MM_SHUFFLE(1, 0, 3, 2)));
   return _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps(c, c, _MM_SHUFFLE(1, 1, 1, 1))));
