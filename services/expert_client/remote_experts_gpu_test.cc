@@ -195,6 +195,44 @@ TEST_P(RemoteExpertsGpuTest, EqualsTheExpertsInProcess) {
               s.remote_pass != nullptr ? s.remote_pass->graph_stats().replayed : 0);
 }
 
+// FP8 rows and bf16 answers (--expert-rows fp8 --expert-answers bf16) to a
+// GPU worker through the host: results within FP8's rounding of the exact
+// hop's (each row off by at most 2^-4 of its group's largest; the sums over
+// the hidden size average that down), and the KV cache's name says how.
+TEST(RemoteExpertsGpuWireTest, Fp8RowsAndBf16AnswersToAGpuWorker) {
+  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const std::string dir = "models/fortune-moe";
+  auto config = LoadModelConfig(dir);
+  ASSERT_TRUE(config.ok()) << config.status();
+  const std::string address = WorkerAddress(dir, "cuda");
+  ASSERT_FALSE(address.empty());
+  RemoteExpertExecutor::Options options;
+  auto exact = RemoteExpertExecutor::Connect({{address}}, config->hidden_size, options);
+  options.rows = RemoteExpertExecutor::Rows::kFp8;
+  options.answers = RemoteExpertExecutor::Answers::kBf16;
+  auto lossy = RemoteExpertExecutor::Connect({{address}}, config->hidden_size, options);
+  ASSERT_TRUE(exact.ok() && lossy.ok()) << exact.status() << lossy.status();
+  EXPECT_EQ((*exact)->ResultsTag(), "shard 0: gpu");
+  EXPECT_EQ((*lossy)->ResultsTag(), "shard 0: gpu rows=fp8 answers=bf16");
+  const int h = config->hidden_size, tokens = 33, slots = config->num_experts_per_tok;
+  std::mt19937 rng(9);
+  std::normal_distribution<float> d(0, 1);
+  std::vector<float> hidden(static_cast<size_t>(tokens) * h), weights(static_cast<size_t>(tokens) * slots, 0.5f);
+  for (float& x : hidden) x = d(rng);
+  std::vector<int> ids;
+  for (int t = 0; t < tokens; ++t) {
+    for (int j = 0; j < slots; ++j) ids.push_back((t + 3 * j) % config->num_experts);
+  }
+  ExpertBatch batch{0, tokens, h, hidden.data(), slots, ids.data(), weights.data()};
+  std::vector<float> want(hidden.size()), got(hidden.size());
+  ASSERT_TRUE((*exact)->Execute(batch, want.data()).ok());
+  ASSERT_TRUE((*lossy)->Execute(batch, got.data()).ok());
+  const double err = RelError(got, want);
+  EXPECT_GT(err, 0) << "the rows were not rounded";
+  EXPECT_LT(err, 5e-2);
+  std::printf("FP8 rows and bf16 answers to a GPU worker: within %.2e of f32 rows and answers\n", err);
+}
+
 std::vector<std::string> Models() {
   return {"models/fortune-moe",           "tests/fixtures/mixtral",          "tests/fixtures/mixtral_llama3",
           "tests/fixtures/mixtral_sliding", "tests/fixtures/qwen2_moe",        "tests/fixtures/qwen2_moe_linear",
