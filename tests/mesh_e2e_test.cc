@@ -130,6 +130,7 @@ class Mesh {
       }
       if (pid > 0) pids_.push_back(pid);
     }
+    startup_lines_ = up_->lines();
     up_->ForwardOutput(2);
   }
   ~Mesh() {
@@ -146,6 +147,7 @@ class Mesh {
   int router_pid(int i) const { return router_pids_[i]; }
   const std::string& kvcache_address() const { return kvcache_address_; }
   const std::string& http_address() const { return http_address_; }  // HOST:PORT, with --http-port
+  const std::vector<std::string>& startup_lines() const { return startup_lines_; }  // what `up` printed
   // A metric on router i's /metrics, or -1.
   double RouterCounter(int i, const std::string& name) { return Metric(router_metrics_[i], name); }
   // A metric summed over the kvcache service's replicas.
@@ -178,6 +180,7 @@ class Mesh {
   std::string http_address_;
   std::map<std::pair<int, int>, int> expert_pids_;
   std::string gateway_metrics_;  // HOST:PORT of the gateway's /metrics
+  std::vector<std::string> startup_lines_;
   std::vector<int> pids_;
 };
 
@@ -1110,6 +1113,19 @@ TEST(MeshDemoModelTest, PlacementFile) {
                                    ",127.0.0.1:1 2>&1"});
   EXPECT_EQ(rc, 1);
   EXPECT_TRUE(absl::StrContains(out, "but the placement gives shard 0 [0,2,4,6]")) << out;
+}
+
+// `moemesh up --expert-rows fp8 --expert-answers bf16` passes both to the
+// router, which says so for each shard, and the mesh serves.
+TEST(MeshDemoModelTest, UpPassesTheWireDtypes) {
+  Mesh mesh("models/fortune-moe", 2, 1, 1, {"--expert-rows=fp8", "--expert-answers=bf16"});
+  ASSERT_TRUE(mesh.ok());
+  const std::string lines = absl::StrJoin(mesh.startup_lines(), "\n");
+  EXPECT_TRUE(absl::StrContains(lines, "expert shard 0: frames, rows fp8, answers bf16")) << lines;
+  EXPECT_TRUE(absl::StrContains(lines, "expert shard 1: frames, rows fp8, answers bf16")) << lines;
+  Answer a = Generate(mesh.gateway(), IdsRequest({5, 17, 300, 42}, 8));
+  ASSERT_TRUE(a.status.ok()) << a.status.error_message();
+  EXPECT_EQ(a.ids.size(), 8u);
 }
 
 // The expert hop with FP8 rows (--expert-rows fp8), and with bf16 answers

@@ -361,9 +361,19 @@ int Main(int argc, char** argv) {
     remote_view = r->get();
     remote = std::move(*r);
     const std::vector<std::string> transports = remote_view->transports();
+    const std::vector<RemoteExpertExecutor::Rows> rows = remote_view->row_types();
+    const std::vector<RemoteExpertExecutor::Answers> answers = remote_view->answer_types();
     for (size_t i = 0; i < transports.size(); ++i) {
-      std::printf("expert shard %zu: %s%s\n", i, transports[i].c_str(),
-                  remote_view->cuda_device() >= 0 ? " (rows stay on the GPU)" : "");
+      // Rows that stay on a GPU are never converted; else the wire's dtypes.
+      std::string wire = " (rows stay on the GPU)";
+      if (remote_view->cuda_device() < 0) {
+        wire = absl::StrCat(", rows ",
+                            rows[i] == RemoteExpertExecutor::Rows::kFp8    ? "fp8"
+                            : rows[i] == RemoteExpertExecutor::Rows::kBf16 ? "bf16"
+                                                                          : "f32",
+                            ", answers ", answers[i] == RemoteExpertExecutor::Answers::kBf16 ? "bf16" : "f32");
+      }
+      std::printf("expert shard %zu: %s%s\n", i, transports[i].c_str(), wire.c_str());
     }
     std::fflush(stdout);
   }
