@@ -1,5 +1,6 @@
 #include "core/kernels/cuda/norm.h"
 
+#include "core/kernels/cuda/block_reduce.cuh"
 #include "core/kernels/cuda/cuda_check.cuh"
 
 namespace moemesh {
@@ -55,18 +56,7 @@ __global__ void __launch_bounds__(kThreads)
       sum += e * e;
     }
   }
-  // Warp sums, then the block's.
-  for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-  __shared__ float warp_sums[kThreads / 32];
-  __shared__ float scale;
-  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = sum;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float t = 0.f;
-    for (int i = 0; i < kThreads / 32; ++i) t += warp_sums[i];
-    scale = rsqrtf(t / n + eps);
-  }
-  __syncthreads();
+  const float scale = BlockRmsScale<kThreads>(sum, n, eps);
   if (held) {
 #pragma unroll
     for (int j = 0; j < kHeld; ++j) {

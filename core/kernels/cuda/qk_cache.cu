@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "core/common/status_macros.h"
+#include "core/kernels/cuda/block_reduce.cuh"
 #include "core/kernels/cuda/cuda_check.cuh"
 #include "core/kernels/cuda/kv_narrow.cuh"
 #include "core/kernels/cuda/rope.cuh"
@@ -38,17 +39,7 @@ __global__ void __launch_bounds__(kMaxThreads)
     sum += v * v;
   }
   if (w != nullptr) {
-    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-    __shared__ float warp_sums[kMaxThreads / 32];
-    __shared__ float scale;
-    if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = sum;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      float s = 0.f;
-      for (int i = 0; i < static_cast<int>(blockDim.x) / 32; ++i) s += warp_sums[i];
-      scale = rsqrtf(s / hd + norm.eps);
-    }
-    __syncthreads();
+    const float scale = BlockRmsScale<kMaxThreads>(sum, hd, norm.eps);
     for (int i = threadIdx.x; i < hd; i += blockDim.x) head[i] = w[i] * (head[i] * scale);
   }
   __syncthreads();
