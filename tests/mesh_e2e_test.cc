@@ -1128,6 +1128,20 @@ TEST(MeshDemoModelTest, UpPassesTheWireDtypes) {
   EXPECT_EQ(a.ids.size(), 8u);
 }
 
+// `moemesh up --bf16-inputs` reaches the router and the workers (CPU
+// services), whose KV cache names its blocks for both; the mesh serves.
+TEST(MeshDemoModelTest, UpPassesBf16Inputs) {
+  Mesh mesh("models/fortune-moe", 2, 1, 1, {"--bf16-inputs"});
+  ASSERT_TRUE(mesh.ok());
+  const std::string lines = absl::StrJoin(mesh.startup_lines(), "\n");
+  EXPECT_TRUE(absl::StrContains(
+      lines, "; blocks named for bf16_inputs experts=shard 0: bf16_inputs; shard 1: bf16_inputs"))
+      << lines;
+  Answer a = Generate(mesh.gateway(), IdsRequest({5, 17, 300, 42}, 8));
+  ASSERT_TRUE(a.status.ok()) << a.status.error_message();
+  EXPECT_EQ(a.ids.size(), 8u);
+}
+
 // The expert hop with FP8 rows (--expert-rows fp8), and with bf16 answers
 // too (--expert-answers bf16), on the demo model's held-out text, through
 // two real workers: f32 rows give exactly the single-process perplexity

@@ -104,9 +104,12 @@ const ModelConfig& Engine::config() const { return model_->config(); }
 
 std::string Engine::DescribeCache() const {
   const int blocks = cache_->num_blocks(), size = cache_->block_size();
-  return absl::StrFormat("KV cache: %d tokens (%d blocks of %d), %s, %.2f GiB", blocks * size, blocks, size,
-                         KvDTypeName(cache_layout_.dtype),
-                         static_cast<double>(cache_layout_.BlockBytes()) * blocks / (1 << 30));
+  std::string line = absl::StrFormat("KV cache: %d tokens (%d blocks of %d), %s, %.2f GiB", blocks * size, blocks,
+                                     size, KvDTypeName(cache_layout_.dtype),
+                                     static_cast<double>(cache_layout_.BlockBytes()) * blocks / (1 << 30));
+  // What else names its blocks: caches computed otherwise share none.
+  if (!cache_layout_.extra.empty()) absl::StrAppend(&line, "; blocks named for ", cache_layout_.extra);
+  return line;
 }
 
 std::unique_ptr<Scheduler> Engine::NewScheduler(int max_running, int max_step_tokens) {

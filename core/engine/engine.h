@@ -79,7 +79,8 @@ class Engine {
   // the cache layout (core/kv/fingerprint.h).
   const BlockHash& cache_root() const { return cache_root_; }
   // The KV cache's size and type for a start-up line: "KV cache: 65536
-  // tokens (4096 blocks of 16), bf16, 1.00 GiB".
+  // tokens (4096 blocks of 16), bf16, 1.00 GiB", and where more than the
+  // layout names its blocks (CacheLayout::extra), "; blocks named for ...".
   std::string DescribeCache() const;
 
   // Generates up to max_new_tokens after `prompt`. `on_token`, when set,

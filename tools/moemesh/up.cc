@@ -97,10 +97,10 @@ absl::Status StartTier(const std::vector<Spec>& specs, const std::string& what, 
     absl::StatusOr<std::string> addr = WaitUntilListening(s, timeout, terminal, startup);
     if (!addr.ok()) return absl::Status(addr.status().code(), absl::StrCat(s.role, ": ", addr.status().message()));
     s.address = *addr;
-    std::vector<std::string> transports;  // a router's, per expert shard
+    std::vector<std::string> transports;  // a router's, per expert shard, and its KV cache
     for (const std::string& line : s.process->lines()) {
       if (line.rfind("metrics on ", 0) == 0) s.metrics = line.substr(11);
-      if (line.rfind("expert shard ", 0) == 0) transports.push_back(line);
+      if (line.rfind("expert shard ", 0) == 0 || line.rfind("KV cache: ", 0) == 0) transports.push_back(line);
     }
     s.process->ForwardOutput(2);
     ++startup->ready;
