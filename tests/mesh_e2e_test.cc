@@ -1126,6 +1126,7 @@ TEST(MeshDemoModelTest, UpPassesTheWireDtypes) {
   Answer a = Generate(mesh.gateway(), IdsRequest({5, 17, 300, 42}, 8));
   ASSERT_TRUE(a.status.ok()) << a.status.error_message();
   EXPECT_EQ(a.ids.size(), 8u);
+  EXPECT_GT(mesh.RouterCounter(0, "moemesh_router_expert_wire_bytes_total"), 0);
 }
 
 // `moemesh up --bf16-inputs` reaches the router and the workers (CPU

@@ -719,7 +719,13 @@ absl::Status RemoteExpertExecutor::SendTo(Shard& s, int lane, Replica* r) {
   if (recording_) return RecordTo(s, lane, r);
   Shard::Work& w = s.lane[lane];
   absl::Status st = r->Send(lane, w.request, w.rows, w.device_batch);
-  if (st.ok()) return st;
+  if (st.ok()) {
+    if (w.device_batch == nullptr) {
+      for (const iovec& v : w.rows) row_bytes_sent_ += static_cast<int64_t>(v.iov_len);
+      row_bytes_sent_ += static_cast<int64_t>(w.request.hidden_scales().data().size());
+    }
+    return st;
+  }
   if (absl::IsUnavailable(st)) {
     Fail(r, lane);
   } else {
@@ -746,6 +752,10 @@ absl::Status RemoteExpertExecutor::Attempt(Shard& s, int lane, Replica* r, bool 
   if (st.ok()) {
     w.chosen = r;
     retry_tokens_ = std::min(max_retry_tokens_, retry_tokens_ + 0.1);
+    if (w.device_batch == nullptr) {
+      const int bytes = w.response.outputs().dtype() == v1::DTYPE_BF16 ? 2 : 4;
+      answer_bytes_received_ += w.outputs.rows * w.outputs.cols * bytes;
+    }
   } else if (absl::IsUnavailable(st) || absl::IsCancelled(st)) {
     Fail(r, lane);
   } else {

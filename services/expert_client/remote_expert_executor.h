@@ -149,6 +149,10 @@ class RemoteExpertExecutor : public ExpertExecutor {
   int64_t retries() const { return retries_; }
   // Requests also sent to a second replica because the first was slow.
   int64_t hedges() const { return hedges_; }
+  // Bytes of rows (with FP8's scales) sent and of answers received through
+  // the host so far, every attempt counted (rows that stay on a GPU are not).
+  int64_t row_bytes_sent() const { return row_bytes_sent_; }
+  int64_t answer_bytes_received() const { return answer_bytes_received_; }
   // The addresses of `shard`'s replicas in use (for tests and logs).
   std::vector<std::string> replicas(int shard) const;
   // Seconds spent adding the returned rows into the output, since the start.
@@ -256,6 +260,7 @@ class RemoteExpertExecutor : public ExpertExecutor {
   uint64_t step_ = 0;
   int64_t retries_ = 0;
   int64_t hedges_ = 0;
+  int64_t row_bytes_sent_ = 0, answer_bytes_received_ = 0;
   int hedge_ms_ = 0;
   // A replica dropped (source changes) whose answers owed could not be
   // read: the next Settle says ABORTED.

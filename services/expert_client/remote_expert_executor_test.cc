@@ -599,6 +599,13 @@ TEST(RemoteExpertExecutorTest, Bf16AndFp8RowsOnTheWire) {
     EXPECT_EQ(got, want) << "data channel " << data_channel;
     EXPECT_EQ(got_bf16, want_rounded) << "data channel " << data_channel;
     EXPECT_EQ(got_fp8, want_fp8) << "data channel " << data_channel;
+    // The bytes on the wire: bf16 rows half of f32's, FP8 a quarter plus a
+    // 4-byte scale a row (hidden 64: one group); the answers alike.
+    const int64_t f32_bytes = (*automatic)->row_bytes_sent();
+    EXPECT_GT(f32_bytes, 0);
+    EXPECT_EQ((*bf16)->row_bytes_sent() * 2, f32_bytes);
+    EXPECT_EQ((*fp8_rows)->row_bytes_sent() * 4 * h, f32_bytes * (h + 4));
+    EXPECT_EQ((*fp8_rows)->answer_bytes_received(), (*automatic)->answer_bytes_received());
   }
   EXPECT_EQ(*RemoteExpertExecutor::ParseRows("bf16"), RemoteExpertExecutor::Rows::kBf16);
   EXPECT_EQ(*RemoteExpertExecutor::ParseRows("fp8"), RemoteExpertExecutor::Rows::kFp8);
@@ -653,6 +660,8 @@ TEST(RemoteExpertExecutorTest, Bf16AnswersOnTheWire) {
     ASSERT_TRUE((*half)->Execute(batch, got_half.data()).ok());
     EXPECT_EQ(got, want) << "data channel " << data_channel;
     EXPECT_EQ(got_half, rounded) << "data channel " << data_channel;
+    EXPECT_EQ((*half)->answer_bytes_received() * 2, (*exact)->answer_bytes_received());
+    EXPECT_EQ((*exact)->answer_bytes_received(), static_cast<int64_t>(want.size() * sizeof(float)));
   }
   EXPECT_EQ(*RemoteExpertExecutor::ParseAnswers("bf16"), RemoteExpertExecutor::Answers::kBf16);
   EXPECT_EQ(RemoteExpertExecutor::ParseAnswers("fp8").status().code(), absl::StatusCode::kInvalidArgument);

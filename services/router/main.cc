@@ -397,7 +397,10 @@ int Main(int argc, char** argv) {
     const double now = remote_view ? remote_view->combine_seconds() : 0;
     metrics.OnStep(s, l, now - combined);
     combined = now;
-    if (remote_view != nullptr) metrics.ObserveExpertCalls(remote_view->retries(), remote_view->hedges());
+    if (remote_view != nullptr) {
+      metrics.ObserveExpertCalls(remote_view->retries(), remote_view->hedges());
+      metrics.ObserveExpertWire(remote_view->row_bytes_sent(), remote_view->answer_bytes_received());
+    }
     if (host != nullptr) metrics.ObserveHostTier(host->bytes(), host->blocks(), host->evictions());
   };
   GenerationLoop loop((*engine)->NewScheduler(options.max_running, options.max_step_tokens), options.max_waiting,

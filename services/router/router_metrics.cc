@@ -116,6 +116,14 @@ RouterMetrics::RouterMetrics(prometheus::Registry& r, int num_layers, int num_ex
                               "within --expert-hedge-ms.")
                         .Register(r)
                         .Add({});
+  auto& wire = prometheus::BuildCounter()
+                   .Name("moemesh_router_expert_wire_bytes_total")
+                   .Help("Bytes of hidden-state rows sent to expert workers (direction=\"sent\"; with FP8 rows "
+                         "their scales too) and of answers received (\"received\") through the host, every "
+                         "attempt counted; rows shared in GPU memory (cuda-ipc) are not.")
+                   .Register(r);
+  wire_sent_ = &wire.Add({{"direction", "sent"}});
+  wire_received_ = &wire.Add({{"direction", "received"}});
   imbalance_ = &prometheus::BuildGauge()
                     .Name("moemesh_router_expert_load_imbalance")
                     .Help("Max over mean of the tokens routed to each expert over roughly the last 50 steps, "
@@ -184,15 +192,28 @@ void RouterMetrics::OnStep(const StepStats& s, const GenerationLoop::Stats& loop
   imbalance_->Set(worst);
 }
 
+namespace {
+
+// A counter fed from a running total: what it grew by since `*seen`.
+void AddSince(prometheus::Counter* counter, int64_t total, int64_t* seen) {
+  if (total > *seen) {
+    counter->Increment(static_cast<double>(total - *seen));
+    *seen = total;
+  }
+}
+
+}  // namespace
+
 void RouterMetrics::ObserveExpertCalls(int64_t retries, int64_t hedges) {
   std::lock_guard<std::mutex> lock(mu_);
-  for (auto [counter, total, seen] : {std::tuple{expert_retries_, retries, &expert_retries_seen_},
-                                      std::tuple{expert_hedges_, hedges, &expert_hedges_seen_}}) {
-    if (total > *seen) {
-      counter->Increment(static_cast<double>(total - *seen));
-      *seen = total;
-    }
-  }
+  AddSince(expert_retries_, retries, &expert_retries_seen_);
+  AddSince(expert_hedges_, hedges, &expert_hedges_seen_);
+}
+
+void RouterMetrics::ObserveExpertWire(int64_t rows_sent, int64_t answers_received) {
+  std::lock_guard<std::mutex> lock(mu_);
+  AddSince(wire_sent_, rows_sent, &wire_sent_seen_);
+  AddSince(wire_received_, answers_received, &wire_received_seen_);
 }
 
 void RouterMetrics::ObserveHostTier(int64_t bytes, int64_t blocks, int64_t evictions) {

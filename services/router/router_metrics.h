@@ -31,6 +31,7 @@ namespace moemesh {
 //   moemesh_router_dispatch_seconds{worker}    one expert worker's round trip
 //   moemesh_router_expert_retries_total        expert calls sent again to another replica
 //   moemesh_router_expert_hedges_total         expert calls also sent to a second replica (--expert-hedge-ms)
+//   moemesh_router_expert_wire_bytes_total{direction}  rows sent, answers received through the host
 // OnStep is called from the generation loop's thread, ObserveDispatch from
 // the same thread (inside the step); both are thread-safe anyway.
 class RouterMetrics {
@@ -46,6 +47,9 @@ class RouterMetrics {
   // The expert calls resent to another replica and those hedged so far
   // (RemoteExpertExecutor::retries and hedges).
   void ObserveExpertCalls(int64_t retries, int64_t hedges);
+  // The bytes of rows sent and answers received so far
+  // (RemoteExpertExecutor::row_bytes_sent and answer_bytes_received).
+  void ObserveExpertWire(int64_t rows_sent, int64_t answers_received);
 
   // The imbalance gauge's value, for tests.
   double load_imbalance() const;
@@ -66,6 +70,9 @@ class RouterMetrics {
   prometheus::Counter* expert_retries_;
   prometheus::Counter* expert_hedges_;
   int64_t expert_retries_seen_ = 0, expert_hedges_seen_ = 0;
+  prometheus::Counter* wire_sent_;
+  prometheus::Counter* wire_received_;
+  int64_t wire_sent_seen_ = 0, wire_received_seen_ = 0;
   prometheus::Gauge* kv_cached_;
   prometheus::Gauge* host_bytes_;
   prometheus::Gauge* host_blocks_;

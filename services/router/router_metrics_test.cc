@@ -65,11 +65,15 @@ TEST(RouterMetricsTest, PhasesBatchCacheAndImbalance) {
   m.ObserveHostTier(8192, 4, 6);
   m.ObserveExpertCalls(2, 0);
   m.ObserveExpertCalls(3, 4);
+  m.ObserveExpertWire(1000, 4000);
+  m.ObserveExpertWire(1500, 6000);
   const std::string tiers = Scrape(r);
   for (const char* want : {"moemesh_router_kv_cache_cached_blocks 7", "moemesh_router_kv_cache_evictions_total 5",
                            "moemesh_router_kv_host_tier_bytes 8192", "moemesh_router_kv_host_tier_blocks 4",
                            "moemesh_router_kv_host_tier_evictions_total 6", "moemesh_router_expert_retries_total 3",
-                           "moemesh_router_expert_hedges_total 4"}) {
+                           "moemesh_router_expert_hedges_total 4",
+                           "moemesh_router_expert_wire_bytes_total{direction=\"sent\"} 1500",
+                           "moemesh_router_expert_wire_bytes_total{direction=\"received\"} 6000"}) {
     EXPECT_TRUE(absl::StrContains(tiers, want)) << want << "\n" << tiers;
   }
 }
