@@ -85,12 +85,13 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const std::string& model_
                                     g.dynamic_k_p));
   }
   // What moves the values this process computes: experts quantized here,
-  // products of bf16-rounded inputs, how the experts compute (a GPU, their
-  // workers' options, rows or answers rounded on a wire).
+  // products of bf16-rounded inputs, a GPU pass, how the experts compute (a
+  // GPU, their workers' options, rows or answers rounded on a wire).
   if (!remote_experts && options.quantize_experts.kind != QuantKind::kNone) {
     extra.push_back("quantize=" + QuantSpecName(options.quantize_experts));
   }
   if (options.bf16_inputs) extra.push_back("bf16_inputs");
+  if (const std::string tag = e->model_->ResultsTag(); !tag.empty()) extra.push_back("pass=" + tag);
   if (const std::string tag = e->experts_->ResultsTag(); !tag.empty()) extra.push_back("experts=" + tag);
   layout.extra = absl::StrJoin(extra, " ");
   e->cache_root_ = CacheRoot(model_fingerprint, layout);

@@ -288,5 +288,46 @@ TEST(EngineTest, QuantizedExpertsStayNearTheStoredOnes) {
   }
 }
 
+// A pass that computes as the CPU's does but says it computes otherwise
+// (as a GPU pass says "gpu").
+class TaggedPass : public ForwardPass {
+ public:
+  explicit TaggedPass(std::unique_ptr<ForwardPass> inner) : inner_(std::move(inner)) {}
+  const ModelConfig& config() const override { return inner_->config(); }
+  std::string ResultsTag() const override { return "test"; }
+  absl::Status Forward(absl::Span<const ForwardItem> items, KvCache* cache, ExpertExecutor* experts,
+                       std::vector<float>* logits) override {
+    return inner_->Forward(items, cache, experts, logits);
+  }
+
+ private:
+  std::unique_ptr<ForwardPass> inner_;
+};
+
+// A pass that computes otherwise names its KV blocks apart, and the cache's
+// start-up line says what names them.
+TEST(EngineTest, APassThatComputesOtherwiseNamesItsBlocksApart) {
+  const std::string dir = "tests/fixtures/mixtral";
+  auto plain = Engine::Create(dir, EngineOptions{});
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EngineOptions o;
+  o.forward_pass = [](const ModelConfig& c, std::shared_ptr<const ModelWeights> w, int, int)
+      -> absl::StatusOr<std::unique_ptr<ForwardPass>> {
+    auto inner = CpuForwardPass::Create(c, std::move(w), nullptr);
+    if (!inner.ok()) return inner.status();
+    return std::unique_ptr<ForwardPass>(new TaggedPass(std::move(*inner)));
+  };
+  auto tagged = Engine::Create(dir, o);
+  ASSERT_TRUE(tagged.ok()) << tagged.status();
+  EXPECT_NE((*tagged)->cache_root(), (*plain)->cache_root());
+  EXPECT_NE((*tagged)->DescribeCache().find("; blocks named for pass=test"), std::string::npos)
+      << (*tagged)->DescribeCache();
+  EXPECT_EQ((*plain)->DescribeCache().find("blocks named for"), std::string::npos) << (*plain)->DescribeCache();
+  // The same tokens either way: only the names differ.
+  auto a = (*plain)->Score({1, 2, 3}), b = (*tagged)->Score({1, 2, 3});
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(*a, *b);
+}
+
 }  // namespace
 }  // namespace moemesh

@@ -55,6 +55,10 @@ class ForwardPass {
   int kv_v_width() const;
   // What the cache stores: fp32 here; a GPU pass may store bf16 or FP8.
   virtual KvDType kv_dtype() const { return KvDType::kF32; }
+  // What moves the values this pass computes from the CPU's exact f32
+  // products ("gpu": bf16 products), or empty; the engine names its KV
+  // blocks by it (CacheLayout::extra), whatever the cache stores.
+  virtual std::string ResultsTag() const { return ""; }
 
   // Runs one step. Appends rows to `logits` ([rows, vocab]): one per item,
   // or one per token for items with all_logits. On error nothing is

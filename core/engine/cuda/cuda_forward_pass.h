@@ -90,6 +90,7 @@ class CudaForwardPass : public ForwardPass, private DecoderOps {
   // On the GPU (CudaSampler): only token ids, and the raw rows logprobs
   // need, come back to the host.
   bool samples_on_device() const override { return true; }
+  std::string ResultsTag() const override { return "gpu"; }
   const GraphStats& graph_stats() const { return graph_stats_; }
   KvDType kv_dtype() const override { return options_.kv_dtype; }
   void AddRoutedCounts(std::vector<int64_t>* routed) const override;
