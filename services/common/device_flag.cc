@@ -24,4 +24,18 @@ bool MpsDaemonRunning() {
   return stat(control.c_str(), &st) == 0;
 }
 
+absl::Status CheckCpuOnlyFlags(const std::string& device, int gpu, const std::string& quantize, bool quantized,
+                               bool bf16_inputs) {
+  if (gpu < 0) return absl::OkStatus();
+  if (quantized) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--quantize ", quantize, " with --device ", device, ": quantized experts run on the CPU for now"));
+  }
+  if (bf16_inputs) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--bf16-inputs with --device ", device, ": the GPU's products take bf16 inputs already"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace moemesh

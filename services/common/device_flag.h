@@ -17,6 +17,12 @@ absl::StatusOr<int> ParseDeviceFlag(const std::string& value);
 // it (docs/OPERATIONS.md, "cuda-ipc").
 bool MpsDaemonRunning();
 
+// The CPU-only flags (--quantize, --bf16-inputs) on a process whose
+// --device is `device` (GPU `gpu`, -1 for the CPU): INVALID_ARGUMENT "--quantize
+// SPEC with --device cuda: ..." naming each that is set, OK otherwise.
+absl::Status CheckCpuOnlyFlags(const std::string& device, int gpu, const std::string& quantize, bool quantized,
+                               bool bf16_inputs);
+
 }  // namespace moemesh
 
 #endif  // MOEMESH_SERVICES_COMMON_DEVICE_FLAG_H_

@@ -34,5 +34,18 @@ TEST(DeviceFlagTest, MpsDaemonRunningLooksForItsControlPipe) {
   unsetenv("CUDA_MPS_PIPE_DIRECTORY");
 }
 
+// The CPU-only flags are refused on a GPU, each named with the device; on
+// the CPU, or unset, they pass.
+TEST(DeviceFlagTest, CpuOnlyFlagsAreRefusedOnAGpu) {
+  EXPECT_TRUE(CheckCpuOnlyFlags("cpu", -1, "int8", true, true).ok());
+  EXPECT_TRUE(CheckCpuOnlyFlags("cuda", 0, "none", false, false).ok());
+  absl::Status q = CheckCpuOnlyFlags("cuda:1", 1, "int4:64", true, false);
+  EXPECT_EQ(q.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(q.message(), "--quantize int4:64 with --device cuda:1: quantized experts run on the CPU for now");
+  absl::Status b = CheckCpuOnlyFlags("cuda", 0, "none", false, true);
+  EXPECT_EQ(b.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(b.message(), "--bf16-inputs with --device cuda: the GPU's products take bf16 inputs already");
+}
+
 }  // namespace
 }  // namespace moemesh

@@ -86,13 +86,10 @@ struct Options {
     if (worker.model_dir.empty()) return absl::InvalidArgumentError("--model DIR is required");
     absl::StatusOr<QuantSpec> quant = ParseQuantSpec(quantize);
     if (!quant.ok()) return absl::InvalidArgumentError(absl::StrCat("--quantize: ", quant.status().message()));
-    if (quant->kind != QuantKind::kNone && *gpu >= 0) {
-      return absl::InvalidArgumentError("--quantize " + quantize + " with --device " + device +
-                                        ": quantized experts run on the CPU for now");
-    }
-    if (worker.bf16_inputs && *gpu >= 0) {
-      return absl::InvalidArgumentError("--bf16-inputs with --device " + device +
-                                        ": the GPU's products take bf16 inputs already");
+    if (absl::Status st = CheckCpuOnlyFlags(device, *gpu, quantize, quant->kind != QuantKind::kNone,
+                                            worker.bf16_inputs);
+        !st.ok()) {
+      return st;
     }
     if (fault_delay_ms < 0) return absl::InvalidArgumentError("--fault-delay-ms must not be negative");
     return absl::OkStatus();

@@ -219,13 +219,10 @@ struct Options {
     if (absl::StatusOr<QuantSpec> q = ParseQuantSpec(quantize); !q.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("--quantize: ", q.status().message()));
     }
-    if (engine.quantize_experts.kind != QuantKind::kNone && *gpu >= 0) {
-      return absl::InvalidArgumentError("--quantize " + quantize + " with --device " + device +
-                                        ": quantized experts run on the CPU for now");
-    }
-    if (engine.bf16_inputs && *gpu >= 0) {
-      return absl::InvalidArgumentError("--bf16-inputs with --device " + device +
-                                        ": the GPU's products take bf16 inputs already");
+    if (absl::Status st = CheckCpuOnlyFlags(device, *gpu, quantize, engine.quantize_experts.kind != QuantKind::kNone,
+                                            engine.bf16_inputs);
+        !st.ok()) {
+      return st;
     }
     if (engine.micro_batches != 1 && engine.micro_batches != 2) {
       return absl::InvalidArgumentError("--micro-batches must be 1 or 2");

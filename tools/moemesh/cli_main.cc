@@ -444,14 +444,11 @@ absl::StatusOr<EngineOptions> EngineFlags() {
   absl::StatusOr<QuantSpec> quant = ParseQuantSpec(absl::GetFlag(FLAGS_quantize));
   if (!quant.ok()) return absl::InvalidArgumentError(absl::StrCat("--quantize: ", quant.status().message()));
   e.quantize_experts = *quant;
-  if (quant->kind != QuantKind::kNone && *gpu >= 0) {
-    return absl::InvalidArgumentError("--quantize with --device " + absl::GetFlag(FLAGS_device) +
-                                      ": quantized experts run on the CPU for now");
-  }
   e.bf16_inputs = absl::GetFlag(FLAGS_bf16_inputs);
-  if (e.bf16_inputs && *gpu >= 0) {
-    return absl::InvalidArgumentError("--bf16-inputs with --device " + absl::GetFlag(FLAGS_device) +
-                                      ": the GPU's products take bf16 inputs already");
+  if (absl::Status st = CheckCpuOnlyFlags(absl::GetFlag(FLAGS_device), *gpu, absl::GetFlag(FLAGS_quantize),
+                                          quant->kind != QuantKind::kNone, e.bf16_inputs);
+      !st.ok()) {
+    return st;
   }
   absl::StatusOr<KvDType> kv_dtype = ParseKvCacheDType(absl::GetFlag(FLAGS_kv_cache_dtype), *gpu >= 0);
   if (!kv_dtype.ok()) return kv_dtype.status();
