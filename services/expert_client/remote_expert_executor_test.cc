@@ -524,6 +524,16 @@ TEST(RemoteExpertExecutorTest, ParsesReplicaSpecs) {
   EXPECT_EQ(RemoteExpertExecutor::ParseAddresses("a:1,,c:3").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// A model's routed experts alone (the wire tests run them here beside the
+// workers).
+absl::StatusOr<ModelWeights> LoadRoutedExperts(const std::string& dir, const ModelConfig& config) {
+  auto ckpt = Checkpoint::Open(dir);
+  if (!ckpt.ok()) return ckpt.status();
+  WeightLoadOptions load;
+  load.load_dense = false;
+  return LoadWeights(std::move(*ckpt), config, load);
+}
+
 // Rows in bf16 on the wire: by default only to workers where that changes
 // nothing (CPU workers get f32), and when asked for everywhere: then a CPU
 // worker computes on the rounded rows, exactly as the local experts do on
@@ -534,11 +544,8 @@ TEST(RemoteExpertExecutorTest, Bf16AndFp8RowsOnTheWire) {
   auto config = LoadModelConfig(dir);
   ASSERT_TRUE(config.ok());
   const int h = config->hidden_size, tokens = 5, slots = config->num_experts_per_tok;
-  auto ckpt = Checkpoint::Open(dir);
-  WeightLoadOptions load;
-  load.load_dense = false;
-  auto w = LoadWeights(std::move(*ckpt), *config, load);
-  ASSERT_TRUE(w.ok());
+  auto w = LoadRoutedExperts(dir, *config);
+  ASSERT_TRUE(w.ok()) << w.status();
   LocalExpertExecutor local(&w->experts, nullptr);
   std::vector<float> hidden(static_cast<size_t>(tokens) * h), rounded(hidden.size());
   for (size_t i = 0; i < hidden.size(); ++i) {
@@ -621,11 +628,8 @@ TEST(RemoteExpertExecutorTest, Bf16AnswersOnTheWire) {
   auto config = LoadModelConfig(dir);
   ASSERT_TRUE(config.ok());
   const int h = config->hidden_size, tokens = 6, slots = config->num_experts_per_tok;
-  auto ckpt = Checkpoint::Open(dir);
-  WeightLoadOptions load;
-  load.load_dense = false;
-  auto w = LoadWeights(std::move(*ckpt), *config, load);
-  ASSERT_TRUE(w.ok());
+  auto w = LoadRoutedExperts(dir, *config);
+  ASSERT_TRUE(w.ok()) << w.status();
   LocalExpertExecutor local(&w->experts, nullptr);
   std::vector<float> hidden(static_cast<size_t>(tokens) * h);
   for (size_t i = 0; i < hidden.size(); ++i) hidden[i] = 0.41f * std::sin(0.13f * static_cast<float>(i));
